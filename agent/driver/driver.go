@@ -1,0 +1,32 @@
+// Package driver defines how an agent drives one local proxy: the small
+// interface every proxy package (haproxy, envoy) implements.
+package driver
+
+import (
+	"context"
+	"errors"
+)
+
+// ErrUnavailable wraps failures to reach the proxy at all (socket gone,
+// process down); the agent reports itself degraded and retries.
+var ErrUnavailable = errors.New("proxy unavailable")
+
+// ErrUnknownBackend is returned for a backend name the driver was not
+// configured with.
+var ErrUnknownBackend = errors.New("unknown backend")
+
+// Driver sets and reads the traffic split of one service on one local proxy.
+// Backends are named as in rollout specs ("blue", "green"); the driver maps
+// them to the proxy's own servers or clusters.
+type Driver interface {
+	// Apply sets the weights (0..100) of the named backends. A proxy that
+	// applies weights one server at a time raises the incoming backends
+	// before lowering the outgoing ones, so no request finds every server at
+	// weight 0. Backends not named keep their weights.
+	Apply(ctx context.Context, weights map[string]uint32) error
+	// Weights reads back the weights the proxy has now, so the agent can
+	// notice drift (a proxy restarted or reloaded under it).
+	Weights(ctx context.Context) (map[string]uint32, error)
+	// Close releases the driver's resources.
+	Close() error
+}

@@ -1,0 +1,94 @@
+package bus
+
+import (
+	"context"
+	"errors"
+	"fmt"
+
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+	"google.golang.org/protobuf/proto"
+
+	sv1 "github.com/switchyard/switchyard/proto/switchyard/v1"
+)
+
+// ErrNoResult is returned by SendIntent when the intent was stored on the
+// stream but no coordinator answered before the context ended. The intent is
+// not lost: a leader will apply it when there is one.
+var ErrNoResult = errors.New("intent stored, but no coordinator answered in time")
+
+// SendIntent publishes an intent to the intent stream, deduplicated by its id,
+// and waits for the coordinators' result.
+func SendIntent(ctx context.Context, nc *nats.Conn, kind string, in *sv1.Intent) (*sv1.IntentResult, error) {
+	if in.GetId() == "" {
+		return nil, fmt.Errorf("intent: id is required")
+	}
+	body, err := proto.Marshal(in)
+	if err != nil {
+		return nil, fmt.Errorf("encode intent: %w", err)
+	}
+	inbox := nc.NewRespInbox()
+	sub, err := nc.SubscribeSync(inbox)
+	if err != nil {
+		return nil, fmt.Errorf("subscribe for intent result: %w", err)
+	}
+	defer sub.Unsubscribe()
+
+	js, err := jetstream.New(nc)
+	if err != nil {
+		return nil, err
+	}
+	msg := nats.NewMsg(IntentSubject(kind))
+	msg.Data = body
+	msg.Header.Set(MsgIDHeader, in.GetId())
+	msg.Header.Set(ReplyHeader, inbox)
+	if _, err := js.PublishMsg(ctx, msg); err != nil {
+		return nil, fmt.Errorf("publish intent to %s: %w", IntentStream, err)
+	}
+	for {
+		m, err := sub.NextMsgWithContext(ctx)
+		if err != nil {
+			if ctx.Err() != nil {
+				return nil, fmt.Errorf("%w (intent %s)", ErrNoResult, in.GetId())
+			}
+			return nil, fmt.Errorf("wait for intent result: %w", err)
+		}
+		var res sv1.IntentResult
+		if err := proto.Unmarshal(m.Data, &res); err != nil {
+			return nil, fmt.Errorf("decode intent result: %w", err)
+		}
+		if res.GetIntentId() != in.GetId() && res.GetIntentId() != "" {
+			continue
+		}
+		return &res, nil
+	}
+}
+
+// Query sends a read query to the coordinators and decodes the answer into
+// out. Any coordinator answers, from its own replica.
+func Query(ctx context.Context, nc *nats.Conn, name string, req, out proto.Message) error {
+	var body []byte
+	if req != nil {
+		var err error
+		if body, err = proto.Marshal(req); err != nil {
+			return fmt.Errorf("encode query %s: %w", name, err)
+		}
+	}
+	m, err := nc.RequestWithContext(ctx, QuerySubject(name), body)
+	if err != nil {
+		if errors.Is(err, nats.ErrNoResponders) {
+			return fmt.Errorf("query %s: no coordinator is running", name)
+		}
+		return fmt.Errorf("query %s: %w", name, err)
+	}
+	if e := m.Header.Get(ErrorHeader); e != "" {
+		return fmt.Errorf("query %s: %s", name, e)
+	}
+	if err := proto.Unmarshal(m.Data, out); err != nil {
+		return fmt.Errorf("decode answer to %s: %w", name, err)
+	}
+	return nil
+}
+
+// ErrorHeader carries a coordinator's refusal of a query.
+const ErrorHeader = "Switchyard-Error"

@@ -1,0 +1,97 @@
+// Package bus is Switchyard's contract with NATS: connections, the embedded
+// server, and every subject, stream and bucket name, spelled here and nowhere
+// else.
+package bus
+
+import (
+	"errors"
+	"fmt"
+	"regexp"
+)
+
+// Streams, buckets and subjects of the bus contract (see DESIGN.md, "Bus
+// contract"). Nothing outside this package spells these strings.
+const (
+	// IntentStream holds operator and pipeline intents until the leader has
+	// committed them.
+	IntentStream = "SWITCHYARD_INTENTS"
+	// intentPrefix is the subject prefix of intents; the last token names the
+	// kind of intent so that NATS permissions can tell them apart.
+	intentPrefix = "switchyard.intent"
+	// IntentConsumer is the one durable consumer of the intent stream, shared
+	// by whichever coordinator leads.
+	IntentConsumer = "coordinator"
+	// DesiredBucket is the KV bucket with one DesiredState per service.
+	DesiredBucket = "switchyard_desired"
+	// telemetryPrefix: switchyard.telemetry.<service>.<node>.
+	telemetryPrefix = "switchyard.telemetry"
+	// statusPrefix: switchyard.status.<node>.
+	statusPrefix = "switchyard.status"
+	// queryPrefix: switchyard.query.<what>, served by every coordinator in a
+	// queue group from its local replica.
+	queryPrefix = "switchyard.query"
+	// QueryQueue is the queue group coordinators answer queries in.
+	QueryQueue = "coordinators"
+
+	// ReplyHeader carries the subject an intent's result is sent to. A
+	// JetStream publish uses the message's own reply subject for the stream
+	// acknowledgement, so the sender names a second one here.
+	ReplyHeader = "Switchyard-Reply"
+	// MsgIDHeader is the NATS header JetStream deduplicates on.
+	MsgIDHeader = "Nats-Msg-Id"
+)
+
+// Intent kinds, the last token of an intent subject.
+const (
+	IntentKindRollout = "rollout"
+)
+
+// Query names, the last token of a query subject.
+const (
+	QueryRollouts = "rollouts"
+)
+
+// IntentSubjects is the filter of the intent stream.
+func IntentSubjects() string { return intentPrefix + ".>" }
+
+// IntentSubject is where intents of one kind are published.
+func IntentSubject(kind string) string { return intentPrefix + "." + kind }
+
+// DesiredKeySubject is the core subject a KV put of the service's desired
+// state is published on; agents subscribe to it for push delivery.
+func DesiredKeySubject(service string) string {
+	return "$KV." + DesiredBucket + "." + service
+}
+
+// TelemetrySubject is where a node publishes HealthReports for a service.
+func TelemetrySubject(service, node string) string {
+	return telemetryPrefix + "." + service + "." + node
+}
+
+// TelemetryAll matches every HealthReport.
+func TelemetryAll() string { return telemetryPrefix + ".>" }
+
+// StatusSubject is where a node publishes its AgentStatus.
+func StatusSubject(node string) string { return statusPrefix + "." + node }
+
+// StatusAll matches every AgentStatus.
+func StatusAll() string { return statusPrefix + ".*" }
+
+// QuerySubject is the request subject of one read query.
+func QuerySubject(name string) string { return queryPrefix + "." + name }
+
+// ErrInvalidName is returned for a service, node or rollout name that cannot
+// be one token of a NATS subject or a KV key.
+var ErrInvalidName = errors.New("invalid name")
+
+var nameRE = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9_-]{0,62}$`)
+
+// ValidateName checks that s can name a service, node, rollout or backend:
+// 1 to 63 letters, digits, '-' or '_', starting with a letter or digit. Such
+// a name is one subject token and one KV key.
+func ValidateName(s string) error {
+	if !nameRE.MatchString(s) {
+		return fmt.Errorf("%w: %q: want 1-63 letters, digits, '-' or '_', starting with a letter or digit", ErrInvalidName, s)
+	}
+	return nil
+}
