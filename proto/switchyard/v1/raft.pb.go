@@ -76,6 +76,79 @@ func (x *IntentEntry) GetStampedAt() *timestamppb.Timestamp {
 	return nil
 }
 
+// RolloutConvergedEntry records that every live node running the rollout's
+// service reported the rollout's generation as applied.
+type RolloutConvergedEntry struct {
+	state   protoimpl.MessageState `protogen:"open.v1"`
+	Rollout string                 `protobuf:"bytes,1,opt,name=rollout,proto3" json:"rollout,omitempty"`
+	// Generation is the generation the nodes confirmed; the entry is a no-op
+	// when the rollout has moved on since.
+	Generation uint64 `protobuf:"varint,2,opt,name=generation,proto3" json:"generation,omitempty"`
+	// Nodes is how many live nodes confirmed it.
+	Nodes         uint32                 `protobuf:"varint,3,opt,name=nodes,proto3" json:"nodes,omitempty"`
+	StampedAt     *timestamppb.Timestamp `protobuf:"bytes,4,opt,name=stamped_at,json=stampedAt,proto3" json:"stamped_at,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *RolloutConvergedEntry) Reset() {
+	*x = RolloutConvergedEntry{}
+	mi := &file_switchyard_v1_raft_proto_msgTypes[1]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RolloutConvergedEntry) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RolloutConvergedEntry) ProtoMessage() {}
+
+func (x *RolloutConvergedEntry) ProtoReflect() protoreflect.Message {
+	mi := &file_switchyard_v1_raft_proto_msgTypes[1]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RolloutConvergedEntry.ProtoReflect.Descriptor instead.
+func (*RolloutConvergedEntry) Descriptor() ([]byte, []int) {
+	return file_switchyard_v1_raft_proto_rawDescGZIP(), []int{1}
+}
+
+func (x *RolloutConvergedEntry) GetRollout() string {
+	if x != nil {
+		return x.Rollout
+	}
+	return ""
+}
+
+func (x *RolloutConvergedEntry) GetGeneration() uint64 {
+	if x != nil {
+		return x.Generation
+	}
+	return 0
+}
+
+func (x *RolloutConvergedEntry) GetNodes() uint32 {
+	if x != nil {
+		return x.Nodes
+	}
+	return 0
+}
+
+func (x *RolloutConvergedEntry) GetStampedAt() *timestamppb.Timestamp {
+	if x != nil {
+		return x.StampedAt
+	}
+	return nil
+}
+
 // StateSnapshot is the whole replicated state, as written to a Raft
 // snapshot. Restoring it replaces the state.
 type StateSnapshot struct {
@@ -89,7 +162,7 @@ type StateSnapshot struct {
 
 func (x *StateSnapshot) Reset() {
 	*x = StateSnapshot{}
-	mi := &file_switchyard_v1_raft_proto_msgTypes[1]
+	mi := &file_switchyard_v1_raft_proto_msgTypes[2]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -101,7 +174,7 @@ func (x *StateSnapshot) String() string {
 func (*StateSnapshot) ProtoMessage() {}
 
 func (x *StateSnapshot) ProtoReflect() protoreflect.Message {
-	mi := &file_switchyard_v1_raft_proto_msgTypes[1]
+	mi := &file_switchyard_v1_raft_proto_msgTypes[2]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -114,7 +187,7 @@ func (x *StateSnapshot) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StateSnapshot.ProtoReflect.Descriptor instead.
 func (*StateSnapshot) Descriptor() ([]byte, []int) {
-	return file_switchyard_v1_raft_proto_rawDescGZIP(), []int{1}
+	return file_switchyard_v1_raft_proto_rawDescGZIP(), []int{2}
 }
 
 func (x *StateSnapshot) GetServices() []*ServiceRecord {
@@ -151,7 +224,7 @@ type ServiceRecord struct {
 
 func (x *ServiceRecord) Reset() {
 	*x = ServiceRecord{}
-	mi := &file_switchyard_v1_raft_proto_msgTypes[2]
+	mi := &file_switchyard_v1_raft_proto_msgTypes[3]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -163,7 +236,7 @@ func (x *ServiceRecord) String() string {
 func (*ServiceRecord) ProtoMessage() {}
 
 func (x *ServiceRecord) ProtoReflect() protoreflect.Message {
-	mi := &file_switchyard_v1_raft_proto_msgTypes[2]
+	mi := &file_switchyard_v1_raft_proto_msgTypes[3]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -176,7 +249,7 @@ func (x *ServiceRecord) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ServiceRecord.ProtoReflect.Descriptor instead.
 func (*ServiceRecord) Descriptor() ([]byte, []int) {
-	return file_switchyard_v1_raft_proto_rawDescGZIP(), []int{2}
+	return file_switchyard_v1_raft_proto_rawDescGZIP(), []int{3}
 }
 
 func (x *ServiceRecord) GetName() string {
@@ -212,7 +285,7 @@ type ProcessedIntent struct {
 
 func (x *ProcessedIntent) Reset() {
 	*x = ProcessedIntent{}
-	mi := &file_switchyard_v1_raft_proto_msgTypes[3]
+	mi := &file_switchyard_v1_raft_proto_msgTypes[4]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -224,7 +297,7 @@ func (x *ProcessedIntent) String() string {
 func (*ProcessedIntent) ProtoMessage() {}
 
 func (x *ProcessedIntent) ProtoReflect() protoreflect.Message {
-	mi := &file_switchyard_v1_raft_proto_msgTypes[3]
+	mi := &file_switchyard_v1_raft_proto_msgTypes[4]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -237,7 +310,7 @@ func (x *ProcessedIntent) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ProcessedIntent.ProtoReflect.Descriptor instead.
 func (*ProcessedIntent) Descriptor() ([]byte, []int) {
-	return file_switchyard_v1_raft_proto_rawDescGZIP(), []int{3}
+	return file_switchyard_v1_raft_proto_rawDescGZIP(), []int{4}
 }
 
 func (x *ProcessedIntent) GetId() string {
@@ -269,7 +342,15 @@ const file_switchyard_v1_raft_proto_rawDesc = "" +
 	"\vIntentEntry\x12-\n" +
 	"\x06intent\x18\x01 \x01(\v2\x15.switchyard.v1.IntentR\x06intent\x129\n" +
 	"\n" +
-	"stamped_at\x18\x02 \x01(\v2\x1a.google.protobuf.TimestampR\tstampedAt\"\xb7\x01\n" +
+	"stamped_at\x18\x02 \x01(\v2\x1a.google.protobuf.TimestampR\tstampedAt\"\xa2\x01\n" +
+	"\x15RolloutConvergedEntry\x12\x18\n" +
+	"\arollout\x18\x01 \x01(\tR\arollout\x12\x1e\n" +
+	"\n" +
+	"generation\x18\x02 \x01(\x04R\n" +
+	"generation\x12\x14\n" +
+	"\x05nodes\x18\x03 \x01(\rR\x05nodes\x129\n" +
+	"\n" +
+	"stamped_at\x18\x04 \x01(\v2\x1a.google.protobuf.TimestampR\tstampedAt\"\xb7\x01\n" +
 	"\rStateSnapshot\x128\n" +
 	"\bservices\x18\x01 \x03(\v2\x1c.switchyard.v1.ServiceRecordR\bservices\x122\n" +
 	"\brollouts\x18\x02 \x03(\v2\x16.switchyard.v1.RolloutR\brollouts\x128\n" +
@@ -295,32 +376,34 @@ func file_switchyard_v1_raft_proto_rawDescGZIP() []byte {
 	return file_switchyard_v1_raft_proto_rawDescData
 }
 
-var file_switchyard_v1_raft_proto_msgTypes = make([]protoimpl.MessageInfo, 4)
+var file_switchyard_v1_raft_proto_msgTypes = make([]protoimpl.MessageInfo, 5)
 var file_switchyard_v1_raft_proto_goTypes = []any{
 	(*IntentEntry)(nil),           // 0: switchyard.v1.IntentEntry
-	(*StateSnapshot)(nil),         // 1: switchyard.v1.StateSnapshot
-	(*ServiceRecord)(nil),         // 2: switchyard.v1.ServiceRecord
-	(*ProcessedIntent)(nil),       // 3: switchyard.v1.ProcessedIntent
-	(*Intent)(nil),                // 4: switchyard.v1.Intent
-	(*timestamppb.Timestamp)(nil), // 5: google.protobuf.Timestamp
-	(*Rollout)(nil),               // 6: switchyard.v1.Rollout
-	(*DesiredState)(nil),          // 7: switchyard.v1.DesiredState
-	(*IntentResult)(nil),          // 8: switchyard.v1.IntentResult
+	(*RolloutConvergedEntry)(nil), // 1: switchyard.v1.RolloutConvergedEntry
+	(*StateSnapshot)(nil),         // 2: switchyard.v1.StateSnapshot
+	(*ServiceRecord)(nil),         // 3: switchyard.v1.ServiceRecord
+	(*ProcessedIntent)(nil),       // 4: switchyard.v1.ProcessedIntent
+	(*Intent)(nil),                // 5: switchyard.v1.Intent
+	(*timestamppb.Timestamp)(nil), // 6: google.protobuf.Timestamp
+	(*Rollout)(nil),               // 7: switchyard.v1.Rollout
+	(*DesiredState)(nil),          // 8: switchyard.v1.DesiredState
+	(*IntentResult)(nil),          // 9: switchyard.v1.IntentResult
 }
 var file_switchyard_v1_raft_proto_depIdxs = []int32{
-	4, // 0: switchyard.v1.IntentEntry.intent:type_name -> switchyard.v1.Intent
-	5, // 1: switchyard.v1.IntentEntry.stamped_at:type_name -> google.protobuf.Timestamp
-	2, // 2: switchyard.v1.StateSnapshot.services:type_name -> switchyard.v1.ServiceRecord
-	6, // 3: switchyard.v1.StateSnapshot.rollouts:type_name -> switchyard.v1.Rollout
-	3, // 4: switchyard.v1.StateSnapshot.intents:type_name -> switchyard.v1.ProcessedIntent
-	7, // 5: switchyard.v1.ServiceRecord.desired:type_name -> switchyard.v1.DesiredState
-	8, // 6: switchyard.v1.ProcessedIntent.result:type_name -> switchyard.v1.IntentResult
-	5, // 7: switchyard.v1.ProcessedIntent.at:type_name -> google.protobuf.Timestamp
-	8, // [8:8] is the sub-list for method output_type
-	8, // [8:8] is the sub-list for method input_type
-	8, // [8:8] is the sub-list for extension type_name
-	8, // [8:8] is the sub-list for extension extendee
-	0, // [0:8] is the sub-list for field type_name
+	5, // 0: switchyard.v1.IntentEntry.intent:type_name -> switchyard.v1.Intent
+	6, // 1: switchyard.v1.IntentEntry.stamped_at:type_name -> google.protobuf.Timestamp
+	6, // 2: switchyard.v1.RolloutConvergedEntry.stamped_at:type_name -> google.protobuf.Timestamp
+	3, // 3: switchyard.v1.StateSnapshot.services:type_name -> switchyard.v1.ServiceRecord
+	7, // 4: switchyard.v1.StateSnapshot.rollouts:type_name -> switchyard.v1.Rollout
+	4, // 5: switchyard.v1.StateSnapshot.intents:type_name -> switchyard.v1.ProcessedIntent
+	8, // 6: switchyard.v1.ServiceRecord.desired:type_name -> switchyard.v1.DesiredState
+	9, // 7: switchyard.v1.ProcessedIntent.result:type_name -> switchyard.v1.IntentResult
+	6, // 8: switchyard.v1.ProcessedIntent.at:type_name -> google.protobuf.Timestamp
+	9, // [9:9] is the sub-list for method output_type
+	9, // [9:9] is the sub-list for method input_type
+	9, // [9:9] is the sub-list for extension type_name
+	9, // [9:9] is the sub-list for extension extendee
+	0, // [0:9] is the sub-list for field type_name
 }
 
 func init() { file_switchyard_v1_raft_proto_init() }
@@ -337,7 +420,7 @@ func file_switchyard_v1_raft_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_switchyard_v1_raft_proto_rawDesc), len(file_switchyard_v1_raft_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   4,
+			NumMessages:   5,
 			NumExtensions: 0,
 			NumServices:   0,
 		},

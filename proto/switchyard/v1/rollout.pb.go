@@ -226,7 +226,9 @@ type Rollout struct {
 	// rollout's desired state.
 	Generation uint64 `protobuf:"varint,7,opt,name=generation,proto3" json:"generation,omitempty"`
 	// History lists what happened to the rollout, oldest first.
-	History       []*RolloutEvent `protobuf:"bytes,8,rep,name=history,proto3" json:"history,omitempty"`
+	History []*RolloutEvent `protobuf:"bytes,8,rep,name=history,proto3" json:"history,omitempty"`
+	// Reason says why the rollout is rolling or rolled back.
+	Reason        string `protobuf:"bytes,9,opt,name=reason,proto3" json:"reason,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -315,6 +317,13 @@ func (x *Rollout) GetHistory() []*RolloutEvent {
 		return x.History
 	}
 	return nil
+}
+
+func (x *Rollout) GetReason() string {
+	if x != nil {
+		return x.Reason
+	}
+	return ""
 }
 
 // RolloutEvent is one committed change to a rollout, kept for operators.
@@ -409,7 +418,7 @@ const file_switchyard_v1_rollout_proto_rawDesc = "" +
 	"\n" +
 	"blue_green\x18\x01 \x01(\v2\x18.switchyard.v1.BlueGreenH\x00R\tblueGreenB\x06\n" +
 	"\x04kind\"\v\n" +
-	"\tBlueGreen\"\xe5\x02\n" +
+	"\tBlueGreen\"\xfd\x02\n" +
 	"\aRollout\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\tR\x02id\x12.\n" +
 	"\x04spec\x18\x02 \x01(\v2\x1a.switchyard.v1.RolloutSpecR\x04spec\x121\n" +
@@ -422,7 +431,8 @@ const file_switchyard_v1_rollout_proto_rawDesc = "" +
 	"\n" +
 	"generation\x18\a \x01(\x04R\n" +
 	"generation\x125\n" +
-	"\ahistory\x18\b \x03(\v2\x1b.switchyard.v1.RolloutEventR\ahistory\"\xb9\x01\n" +
+	"\ahistory\x18\b \x03(\v2\x1b.switchyard.v1.RolloutEventR\ahistory\x12\x16\n" +
+	"\x06reason\x18\t \x01(\tR\x06reason\"\xb9\x01\n" +
 	"\fRolloutEvent\x12*\n" +
 	"\x02at\x18\x01 \x01(\v2\x1a.google.protobuf.TimestampR\x02at\x12\x14\n" +
 	"\x05index\x18\x02 \x01(\x04R\x05index\x121\n" +

@@ -1,0 +1,173 @@
+// Package fsm is the coordinator's Raft state machine: it decodes log entries
+// (one type byte and a protobuf body) and applies them to the replicated
+// state, and it snapshots and restores that state.
+package fsm
+
+import (
+	"errors"
+	"fmt"
+	"io"
+	"sync"
+
+	"github.com/hashicorp/raft"
+	"google.golang.org/protobuf/proto"
+
+	"github.com/switchyard/switchyard/coordinator/state"
+	sv1 "github.com/switchyard/switchyard/proto/switchyard/v1"
+)
+
+// MessageType is the first byte of every log entry. Numbers are append-only:
+// a number once used keeps its meaning forever, or old logs replay wrong.
+type MessageType uint8
+
+const (
+	// IntentType carries an sv1.IntentEntry: an operator's intent, stamped
+	// by the leader.
+	IntentType MessageType = 1
+	// RolloutConvergedType carries an sv1.RolloutConvergedEntry.
+	RolloutConvergedType MessageType = 2
+)
+
+// ErrMalformedEntry is returned by Decode for bytes that are not an entry.
+var ErrMalformedEntry = errors.New("malformed log entry")
+
+// Encode builds a log entry.
+func Encode(t MessageType, body proto.Message) ([]byte, error) {
+	b, err := proto.MarshalOptions{Deterministic: true}.Marshal(body)
+	if err != nil {
+		return nil, fmt.Errorf("encode entry type %d: %w", t, err)
+	}
+	return append([]byte{byte(t)}, b...), nil
+}
+
+// Decode parses a log entry into its type and body. Bad bytes give an error,
+// never a panic; only Apply turns that error into a panic.
+func Decode(data []byte) (MessageType, proto.Message, error) {
+	if len(data) == 0 {
+		return 0, nil, fmt.Errorf("%w: empty", ErrMalformedEntry)
+	}
+	t := MessageType(data[0])
+	var body proto.Message
+	switch t {
+	case IntentType:
+		body = &sv1.IntentEntry{}
+	case RolloutConvergedType:
+		body = &sv1.RolloutConvergedEntry{}
+	default:
+		return t, nil, fmt.Errorf("%w: unknown type %d", ErrMalformedEntry, t)
+	}
+	if err := proto.Unmarshal(data[1:], body); err != nil {
+		return t, nil, fmt.Errorf("%w: type %d: %v", ErrMalformedEntry, t, err)
+	}
+	return t, body, nil
+}
+
+// Response is what Apply returns to the caller of raft.Apply on the leader.
+type Response struct {
+	// Applied is set for intents.
+	Applied state.Applied
+}
+
+// FSM implements raft.FSM over state.State.
+type FSM struct {
+	mu    sync.RWMutex
+	state *state.State
+	// onChange is told which services' desired state changed, on every
+	// replica; the leader uses it to publish.
+	onChange func(services []string)
+}
+
+var _ raft.FSM = (*FSM)(nil)
+
+// New returns a state machine over an empty state. onChange, if not nil, is
+// called from Apply and Restore with the services whose desired state may
+// have changed; it must not block.
+func New(onChange func(services []string)) *FSM {
+	return &FSM{state: state.New(), onChange: onChange}
+}
+
+// State returns the current state for reading. After a Restore it is a new
+// value, so callers should not hold on to it.
+func (f *FSM) State() *state.State {
+	f.mu.RLock()
+	defer f.mu.RUnlock()
+	return f.state
+}
+
+// Apply applies one committed entry. An entry that does not decode means this
+// replica would diverge from the others, so it panics rather than guess.
+func (f *FSM) Apply(l *raft.Log) any {
+	if l.Type != raft.LogCommand {
+		return nil
+	}
+	t, body, err := Decode(l.Data)
+	if err != nil {
+		panic(fmt.Sprintf("raft log index %d: %v", l.Index, err))
+	}
+	st := f.State()
+	switch t {
+	case IntentType:
+		a := st.ApplyIntent(l.Index, body.(*sv1.IntentEntry))
+		f.changed(a.Changed)
+		return Response{Applied: a}
+	case RolloutConvergedType:
+		st.ApplyConverged(l.Index, body.(*sv1.RolloutConvergedEntry))
+		return Response{}
+	}
+	panic(fmt.Sprintf("raft log index %d: type %d decoded but not applied", l.Index, t))
+}
+
+func (f *FSM) changed(services []string) {
+	if f.onChange != nil && len(services) > 0 {
+		f.onChange(services)
+	}
+}
+
+// Snapshot captures the state as an immutable message; Persist writes it.
+func (f *FSM) Snapshot() (raft.FSMSnapshot, error) {
+	return &snapshot{msg: f.State().Snapshot()}, nil
+}
+
+// Restore replaces the state with a snapshot's.
+func (f *FSM) Restore(rc io.ReadCloser) error {
+	defer rc.Close()
+	st, err := ReadSnapshot(rc)
+	if err != nil {
+		return err
+	}
+	f.mu.Lock()
+	f.state = st
+	f.mu.Unlock()
+	f.changed(st.Services())
+	return nil
+}
+
+// ReadSnapshot decodes a snapshot stream into a state. Bad bytes give an
+// error, never a panic.
+func ReadSnapshot(r io.Reader) (*state.State, error) {
+	data, err := io.ReadAll(r)
+	if err != nil {
+		return nil, fmt.Errorf("read snapshot: %w", err)
+	}
+	var msg sv1.StateSnapshot
+	if err := proto.Unmarshal(data, &msg); err != nil {
+		return nil, fmt.Errorf("decode snapshot: %w", err)
+	}
+	return state.FromSnapshot(&msg)
+}
+
+type snapshot struct{ msg *sv1.StateSnapshot }
+
+func (s *snapshot) Persist(sink raft.SnapshotSink) error {
+	b, err := proto.MarshalOptions{Deterministic: true}.Marshal(s.msg)
+	if err == nil {
+		_, err = sink.Write(b)
+	}
+	if err != nil {
+		sink.Cancel()
+		return fmt.Errorf("persist snapshot: %w", err)
+	}
+	return sink.Close()
+}
+
+func (s *snapshot) Release() {}

@@ -1,0 +1,131 @@
+package fsm
+
+import (
+	"bytes"
+	"io"
+	"testing"
+	"time"
+
+	"github.com/hashicorp/raft"
+	"google.golang.org/protobuf/proto"
+	"google.golang.org/protobuf/types/known/timestamppb"
+
+	sv1 "github.com/switchyard/switchyard/proto/switchyard/v1"
+)
+
+func intentLog(t testing.TB, index uint64, id, name string) *raft.Log {
+	t.Helper()
+	b, err := Encode(IntentType, &sv1.IntentEntry{
+		StampedAt: timestamppb.New(time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)),
+		Intent: &sv1.Intent{Id: id, Operator: "ana", Action: &sv1.Intent_ApplyRollout{ApplyRollout: &sv1.ApplyRollout{Spec: &sv1.RolloutSpec{
+			Name: name, Service: name + "-svc", From: "blue", To: "green",
+			Strategy: &sv1.Strategy{Kind: &sv1.Strategy_BlueGreen{BlueGreen: &sv1.BlueGreen{}}},
+		}}}},
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return &raft.Log{Index: index, Type: raft.LogCommand, Data: b}
+}
+
+func TestFSM_ApplyNotifiesAndAnswers(t *testing.T) {
+	var changed []string
+	f := New(func(s []string) { changed = append(changed, s...) })
+	resp := f.Apply(intentLog(t, 4, "i1", "r1")).(Response)
+	if !resp.Applied.Result.GetAccepted() || resp.Applied.Result.GetIndex() != 4 {
+		t.Fatalf("response %v", resp.Applied.Result)
+	}
+	if len(changed) != 1 || changed[0] != "r1-svc" {
+		t.Fatalf("changed %v", changed)
+	}
+	if f.State().Desired("r1-svc").GetGeneration() != 4 {
+		t.Fatal("generation is not the log index")
+	}
+	// Non-command entries (configuration changes, barriers) are ignored.
+	if f.Apply(&raft.Log{Index: 5, Type: raft.LogBarrier}) != nil {
+		t.Fatal("barrier applied")
+	}
+}
+
+func TestFSM_ApplyPanicsOnUndecodableEntry(t *testing.T) {
+	defer func() {
+		if recover() == nil {
+			t.Fatal("no panic on a corrupt entry")
+		}
+	}()
+	New(nil).Apply(&raft.Log{Index: 1, Type: raft.LogCommand, Data: []byte{99, 1, 2}})
+}
+
+type sink struct {
+	bytes.Buffer
+	cancelled, closed bool
+}
+
+func (s *sink) ID() string    { return "test" }
+func (s *sink) Cancel() error { s.cancelled = true; return nil }
+func (s *sink) Close() error  { s.closed = true; return nil }
+
+func TestFSM_SnapshotRestoreRoundTrip(t *testing.T) {
+	f := New(nil)
+	for i, name := range []string{"a", "b", "c"} {
+		f.Apply(intentLog(t, uint64(i+1), "id-"+name, name))
+	}
+	snap, err := f.Snapshot()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var s sink
+	if err := snap.Persist(&s); err != nil || !s.closed {
+		t.Fatalf("persist: %v closed %v", err, s.closed)
+	}
+	var restored []string
+	g := New(func(svcs []string) { restored = append(restored, svcs...) })
+	if err := g.Restore(io.NopCloser(bytes.NewReader(s.Bytes()))); err != nil {
+		t.Fatal(err)
+	}
+	if !proto.Equal(f.State().Snapshot(), g.State().Snapshot()) {
+		t.Fatal("restored state differs")
+	}
+	if len(restored) != 3 {
+		t.Fatalf("restore announced %v, want every service republished", restored)
+	}
+}
+
+func TestFSM_RestoreRefusesGarbage(t *testing.T) {
+	if err := New(nil).Restore(io.NopCloser(bytes.NewReader([]byte{0xff, 0xff, 0xff}))); err == nil {
+		t.Fatal("restored garbage")
+	}
+}
+
+func FuzzFSM_Decode(f *testing.F) {
+	good, _ := Encode(IntentType, &sv1.IntentEntry{Intent: &sv1.Intent{Id: "x"}})
+	conv, _ := Encode(RolloutConvergedType, &sv1.RolloutConvergedEntry{Rollout: "r", Generation: 3})
+	f.Add(good)
+	f.Add(conv)
+	f.Add([]byte{})
+	f.Add([]byte{200})
+	f.Fuzz(func(t *testing.T, data []byte) {
+		typ, body, err := Decode(data)
+		if err != nil {
+			return
+		}
+		again, err := Encode(typ, body)
+		if err != nil {
+			t.Fatalf("decoded entry does not encode: %v", err)
+		}
+		if _, _, err := Decode(again); err != nil {
+			t.Fatalf("re-encoded entry does not decode: %v", err)
+		}
+	})
+}
+
+func FuzzFSM_ReadSnapshot(f *testing.F) {
+	fs := New(nil)
+	fs.Apply(intentLog(f, 1, "i", "r"))
+	b, _ := proto.Marshal(fs.State().Snapshot())
+	f.Add(b)
+	f.Add([]byte{0x0a, 0x00})
+	f.Fuzz(func(t *testing.T, data []byte) {
+		_, _ = ReadSnapshot(bytes.NewReader(data)) // must not panic
+	})
+}
