@@ -3,11 +3,6 @@
 // else.
 package bus
 
-import (
-	"errors"
-	"fmt"
-	"regexp"
-)
 
 // Streams, buckets and subjects of the bus contract (see DESIGN.md, "Bus
 // contract"). Nothing outside this package spells these strings.
@@ -79,19 +74,3 @@ func StatusAll() string { return statusPrefix + ".*" }
 
 // QuerySubject is the request subject of one read query.
 func QuerySubject(name string) string { return queryPrefix + "." + name }
-
-// ErrInvalidName is returned for a service, node or rollout name that cannot
-// be one token of a NATS subject or a KV key.
-var ErrInvalidName = errors.New("invalid name")
-
-var nameRE = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9_-]{0,62}$`)
-
-// ValidateName checks that s can name a service, node, rollout or backend:
-// 1 to 63 letters, digits, '-' or '_', starting with a letter or digit. Such
-// a name is one subject token and one KV key.
-func ValidateName(s string) error {
-	if !nameRE.MatchString(s) {
-		return fmt.Errorf("%w: %q: want 1-63 letters, digits, '-' or '_', starting with a letter or digit", ErrInvalidName, s)
-	}
-	return nil
-}

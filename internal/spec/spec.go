@@ -13,7 +13,7 @@ import (
 
 	"go.yaml.in/yaml/v3"
 
-	"github.com/switchyard/switchyard/bus"
+	"github.com/switchyard/switchyard/internal/names"
 	sv1 "github.com/switchyard/switchyard/proto/switchyard/v1"
 )
 
@@ -115,8 +115,8 @@ func Validate(s *sv1.RolloutSpec) error {
 			errs = append(errs, &FieldError{Path: path, Problem: "required: " + what})
 			return
 		}
-		if err := bus.ValidateName(v); err != nil {
-			errs = append(errs, &FieldError{Path: path, Problem: strings.TrimPrefix(err.Error(), bus.ErrInvalidName.Error()+": ")})
+		if err := names.Validate(v); err != nil {
+			errs = append(errs, &FieldError{Path: path, Problem: strings.TrimPrefix(err.Error(), names.ErrInvalid.Error()+": ")})
 		}
 	}
 	name("spec.name", s.GetName(), "a name for this rollout, unique among rollouts")

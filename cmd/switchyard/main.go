@@ -1,0 +1,103 @@
+// Command switchyard is the one Switchyard binary: the coordinator, the edge
+// agent, a development fleet in one process, and the operator verbs.
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"os"
+	"os/signal"
+	"syscall"
+)
+
+// Exit codes.
+const (
+	exitOK      = 0
+	exitFailure = 1 // the command ran and failed, or the request was refused
+	exitUsage   = 2 // the command line was wrong
+)
+
+// errUsage marks command-line mistakes; the message has been printed.
+var errUsage = errors.New("usage")
+
+const usage = `switchyard: safe blue-green and canary releases for edge fleets
+
+Usage:
+  switchyard dev          [flags]   embedded NATS and one coordinator, for trying things
+  switchyard coordinator  [flags]   run a coordinator
+  switchyard agent --config FILE    run the agent of one edge node
+  switchyard rollout apply -f FILE  start a rollout
+  switchyard rollout status [NAME]  show rollouts and how far the fleet followed
+  switchyard rollout abort NAME     send a rollout's service back to its old backend
+
+Run 'switchyard <command> -h' for a command's flags.
+Client commands take --nats URL or the SWITCHYARD_NATS environment variable.
+`
+
+func main() {
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	code := run(ctx, os.Args[1:], os.Stdout, os.Stderr)
+	stop()
+	os.Exit(code)
+}
+
+func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
+	if len(args) == 0 {
+		fmt.Fprint(stderr, usage)
+		return exitUsage
+	}
+	var err error
+	switch args[0] {
+	case "dev":
+		err = runDev(ctx, args[1:], stdout, stderr)
+	case "coordinator":
+		err = runCoordinator(ctx, args[1:], stderr)
+	case "agent":
+		err = runAgent(ctx, args[1:], stderr)
+	case "rollout":
+		err = runRollout(ctx, args[1:], stdout, stderr)
+	case "-h", "--help", "help":
+		fmt.Fprint(stdout, usage)
+		return exitOK
+	default:
+		fmt.Fprintf(stderr, "switchyard: unknown command %q\n\n%s", args[0], usage)
+		return exitUsage
+	}
+	switch {
+	case err == nil:
+		return exitOK
+	case errors.Is(err, flag.ErrHelp):
+		return exitOK
+	case errors.Is(err, errUsage):
+		return exitUsage
+	default:
+		fmt.Fprintf(stderr, "error: %v\n", err)
+		return exitFailure
+	}
+}
+
+// newFlags returns a flag set that reports mistakes as errUsage.
+func newFlags(name string, stderr io.Writer) *flag.FlagSet {
+	fs := flag.NewFlagSet("switchyard "+name, flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	return fs
+}
+
+// parse parses args, mapping flag errors to errUsage (flag has printed them).
+func parse(fs *flag.FlagSet, args []string) error {
+	if err := fs.Parse(args); err != nil {
+		if errors.Is(err, flag.ErrHelp) {
+			return err
+		}
+		return errUsage
+	}
+	return nil
+}
+
+func usageErr(stderr io.Writer, format string, args ...any) error {
+	fmt.Fprintf(stderr, format+"\n", args...)
+	return errUsage
+}

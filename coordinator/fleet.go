@@ -1,0 +1,127 @@
+package coordinator
+
+import (
+	"cmp"
+	"context"
+	"maps"
+	"slices"
+	"sync"
+	"time"
+
+	"github.com/nats-io/nats.go"
+	"google.golang.org/protobuf/proto"
+	"google.golang.org/protobuf/types/known/timestamppb"
+
+	"github.com/switchyard/switchyard/coordinator/fsm"
+	"github.com/switchyard/switchyard/coordinator/state"
+	sv1 "github.com/switchyard/switchyard/proto/switchyard/v1"
+)
+
+// fleet is every coordinator's soft view of the agents: their last status
+// and when it arrived. It is not replicated; a new leader rebuilds it from
+// heartbeats within one heartbeat period.
+type fleet struct {
+	staleAfter time.Duration
+	metrics    *metrics
+	now        func() time.Time
+
+	mu    sync.RWMutex
+	nodes map[string]*nodeSeen
+}
+
+type nodeSeen struct {
+	status *sv1.AgentStatus
+	seen   time.Time
+}
+
+func newFleet(staleAfter time.Duration, m *metrics) *fleet {
+	return &fleet{staleAfter: staleAfter, metrics: m, now: time.Now, nodes: map[string]*nodeSeen{}}
+}
+
+func (f *fleet) handleStatus(msg *nats.Msg) {
+	var st sv1.AgentStatus
+	if err := proto.Unmarshal(msg.Data, &st); err != nil || st.GetNode() == "" {
+		f.metrics.statusRejected.Inc()
+		return
+	}
+	f.metrics.statuses.Inc()
+	f.mu.Lock()
+	f.nodes[st.GetNode()] = &nodeSeen{status: &st, seen: f.now()}
+	f.mu.Unlock()
+}
+
+// nodesFor returns the view of every node that runs service, live or stale,
+// sorted by node id.
+func (f *fleet) nodesFor(service string) []*sv1.NodeView {
+	f.mu.RLock()
+	defer f.mu.RUnlock()
+	now := f.now()
+	var out []*sv1.NodeView
+	for _, n := range f.nodes {
+		for _, svc := range n.status.GetServices() {
+			if svc.GetService() != service {
+				continue
+			}
+			age := now.Sub(n.seen)
+			out = append(out, &sv1.NodeView{
+				Node:              n.status.GetNode(),
+				AppliedGeneration: svc.GetAppliedGeneration(),
+				Weights:           maps.Clone(svc.GetWeights()),
+				Driver:            svc.GetDriver(),
+				Message:           svc.GetMessage(),
+				Stale:             age > f.staleAfter,
+				SecondsSinceSeen:  age.Seconds(),
+			})
+		}
+	}
+	slices.SortFunc(out, func(a, b *sv1.NodeView) int { return cmp.Compare(a.GetNode(), b.GetNode()) })
+	return out
+}
+
+// converged counts the live nodes that applied generation, and the live
+// nodes in all.
+func converged(nodes []*sv1.NodeView, generation uint64) (applied, live int) {
+	for _, n := range nodes {
+		if n.GetStale() {
+			continue
+		}
+		live++
+		if n.GetAppliedGeneration() >= generation {
+			applied++
+		}
+	}
+	return applied, live
+}
+
+// watchConvergence commits the end of a switch or a rollback once every live
+// node running the service reports the rollout's generation.
+func (s *Server) watchConvergence(ctx context.Context) {
+	tick := time.NewTicker(s.cfg.ConvergeInterval)
+	defer tick.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-tick.C:
+		}
+		for _, r := range s.fsm.State().Rollouts() {
+			if state.Terminal(r.GetPhase()) {
+				continue
+			}
+			applied, live := converged(s.fleet.nodesFor(r.GetSpec().GetService()), r.GetGeneration())
+			if live == 0 || applied < live {
+				continue
+			}
+			_, index, err := s.raftApply(fsm.RolloutConvergedType, &sv1.RolloutConvergedEntry{
+				Rollout: r.GetId(), Generation: r.GetGeneration(), Nodes: uint32(live),
+				StampedAt: timestamppb.New(s.cfg.Clock.Now()),
+			})
+			if err != nil {
+				s.log.Warn("committing convergence", "rollout", r.GetId(), "err", err)
+				continue
+			}
+			s.log.Info("fleet converged", "rollout", r.GetId(), "service", r.GetSpec().GetService(),
+				"generation", r.GetGeneration(), "nodes", live, "index", index)
+		}
+	}
+}

@@ -1,0 +1,57 @@
+package coordinator
+
+import (
+	"fmt"
+	"net"
+	"net/http"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+	"google.golang.org/protobuf/encoding/protojson"
+
+	sv1 "github.com/switchyard/switchyard/proto/switchyard/v1"
+)
+
+func (s *Server) startHTTP() error {
+	if s.cfg.HTTPAddr == "" {
+		return nil
+	}
+	mux := http.NewServeMux()
+	if s.cfg.Gatherer != nil {
+		mux.Handle("GET /metrics", promhttp.HandlerFor(s.cfg.Gatherer, promhttp.HandlerOpts{}))
+	}
+	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) {
+		_, leader := s.raft.LeaderWithID()
+		if leader == "" {
+			http.Error(w, "no leader", http.StatusServiceUnavailable)
+			return
+		}
+		fmt.Fprintf(w, "ok leader=%s\n", leader)
+	})
+	mux.HandleFunc("GET /v1/rollouts", func(w http.ResponseWriter, r *http.Request) {
+		ans, err := s.Rollouts(&sv1.RolloutsQuery{Rollout: r.URL.Query().Get("name")})
+		if err != nil {
+			http.Error(w, err.Error(), http.StatusNotFound)
+			return
+		}
+		b, err := protojson.MarshalOptions{Multiline: true, EmitUnpopulated: false}.Marshal(ans)
+		if err != nil {
+			http.Error(w, err.Error(), http.StatusInternalServerError)
+			return
+		}
+		w.Header().Set("Content-Type", "application/json")
+		_, _ = w.Write(b)
+	})
+	ln, err := net.Listen("tcp", s.cfg.HTTPAddr)
+	if err != nil {
+		return fmt.Errorf("coordinator: --http-addr %s: %w", s.cfg.HTTPAddr, err)
+	}
+	s.httpAddr = ln.Addr()
+	s.httpSrv = &http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second}
+	go func() {
+		if err := s.httpSrv.Serve(ln); err != nil && err != http.ErrServerClosed {
+			s.log.Error("http server", "err", err)
+		}
+	}()
+	return nil
+}

@@ -1,0 +1,168 @@
+package coordinator
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"time"
+
+	"github.com/nats-io/nats.go/jetstream"
+	"google.golang.org/protobuf/encoding/protojson"
+	"google.golang.org/protobuf/proto"
+	"google.golang.org/protobuf/types/known/timestamppb"
+
+	"github.com/switchyard/switchyard/bus"
+	"github.com/switchyard/switchyard/coordinator/fsm"
+	"github.com/switchyard/switchyard/coordinator/state"
+	"github.com/switchyard/switchyard/internal/spec"
+	sv1 "github.com/switchyard/switchyard/proto/switchyard/v1"
+)
+
+// consumeIntents reads the intent stream through the one durable consumer
+// and commits each intent. An intent is acknowledged only after it is
+// committed (or refused for good), so one that arrives during an election
+// is redelivered to the next leader; the state machine's memory of intent
+// ids makes a redelivered intent apply once.
+func (s *Server) consumeIntents(ctx context.Context) {
+	var iter jetstream.MessagesContext
+	for iter == nil {
+		cons, err := s.ensureIntentConsumer(ctx)
+		if err == nil {
+			iter, err = cons.Messages(jetstream.PullMaxMessages(64))
+		}
+		if err != nil {
+			s.log.Warn("intent consumer unavailable; retrying", "err", err)
+			select {
+			case <-ctx.Done():
+				return
+			case <-time.After(time.Second):
+			}
+		}
+	}
+	go func() {
+		<-ctx.Done()
+		iter.Stop()
+	}()
+	for {
+		msg, err := iter.Next()
+		if err != nil {
+			if errors.Is(err, jetstream.ErrMsgIteratorClosed) || ctx.Err() != nil {
+				return
+			}
+			s.log.Warn("reading intents", "err", err)
+			continue
+		}
+		s.handleIntent(ctx, msg)
+	}
+}
+
+func (s *Server) ensureIntentConsumer(ctx context.Context) (jetstream.Consumer, error) {
+	if _, err := bus.EnsureIntentStream(ctx, s.js, 1); err != nil {
+		return nil, err
+	}
+	return bus.EnsureIntentConsumer(ctx, s.js)
+}
+
+// decodeIntent reads an intent as protobuf, or as protojson when the body is
+// a JSON object, so a pipeline can publish one from a shell.
+func decodeIntent(data []byte) (*sv1.Intent, error) {
+	var in sv1.Intent
+	if t := bytes.TrimSpace(data); len(t) > 0 && t[0] == '{' {
+		if err := protojson.Unmarshal(t, &in); err != nil {
+			return nil, fmt.Errorf("intent is neither protobuf nor valid protojson: %v", err)
+		}
+		return &in, nil
+	}
+	if err := proto.Unmarshal(data, &in); err != nil {
+		return nil, fmt.Errorf("intent does not decode as protobuf: %v", err)
+	}
+	return &in, nil
+}
+
+func (s *Server) handleIntent(ctx context.Context, msg jetstream.Msg) {
+	reply := msg.Headers().Get(bus.ReplyHeader)
+	in, err := decodeIntent(msg.Data())
+	if err == nil && in.GetId() == "" {
+		in.Id = msg.Headers().Get(bus.MsgIDHeader)
+	}
+	if err == nil {
+		err = precheck(in)
+	}
+	if err != nil {
+		code := state.CodeMalformed
+		if errors.Is(err, spec.ErrInvalid) {
+			code = state.CodeInvalid
+		}
+		res := &sv1.IntentResult{IntentId: in.GetId(), Code: code, Error: err.Error()}
+		s.log.Warn("intent refused before commit", "subject", msg.Subject(), "code", code, "err", err)
+		s.metrics.intentsRejected.WithLabelValues(code).Inc()
+		s.answer(reply, res)
+		// A message that will never decode must not come back.
+		_ = msg.Term()
+		return
+	}
+
+	entry := &sv1.IntentEntry{Intent: in, StampedAt: timestamppb.New(s.cfg.Clock.Now())}
+	resp, index, err := s.raftApply(fsm.IntentType, entry)
+	if err != nil {
+		// Not committed here (or not known to be): leave the message
+		// unacknowledged so the next leader gets it.
+		s.log.Warn("intent not committed; leaving it to the next leader", "intent", in.GetId(), "err", err)
+		_ = msg.NakWithDelay(200 * time.Millisecond)
+		return
+	}
+	res := resp.Applied.Result
+	log := s.log.With("intent", in.GetId(), "operator", in.GetOperator(), "index", index, "rollout", res.GetRolloutId())
+	switch {
+	case res.GetDuplicate():
+		log.Info("intent was applied before; answering with the earlier result")
+	case res.GetAccepted():
+		s.metrics.intentsAccepted.Inc()
+		log.Info("intent committed")
+	default:
+		s.metrics.intentsRejected.WithLabelValues(res.GetCode()).Inc()
+		log.Info("intent refused", "code", res.GetCode(), "err", res.GetError())
+	}
+	s.answer(reply, res)
+	if err := msg.DoubleAck(ctx); err != nil {
+		// Committed already; a redelivery will be answered as a duplicate.
+		log.Warn("acknowledging intent", "err", err)
+	}
+}
+
+// precheck refuses intents that could never commit, before they reach the
+// log: the state machine would refuse them too, but nothing should be
+// written for them.
+func precheck(in *sv1.Intent) error {
+	if in.GetId() == "" {
+		return errors.New("intent.id: required (or a Nats-Msg-Id header)")
+	}
+	switch act := in.GetAction().(type) {
+	case *sv1.Intent_ApplyRollout:
+		if act.ApplyRollout.GetSpec() == nil {
+			return fmt.Errorf("%w: apply_rollout.spec: required", spec.ErrInvalid)
+		}
+		return spec.Validate(act.ApplyRollout.GetSpec())
+	case *sv1.Intent_AbortRollout:
+		if act.AbortRollout.GetRollout() == "" {
+			return fmt.Errorf("%w: abort_rollout.rollout: required", spec.ErrInvalid)
+		}
+		return nil
+	default:
+		return errors.New("intent names no action; want apply_rollout or abort_rollout")
+	}
+}
+
+func (s *Server) answer(reply string, res *sv1.IntentResult) {
+	if reply == "" {
+		return
+	}
+	b, err := proto.Marshal(res)
+	if err == nil {
+		err = s.nc.Publish(reply, b)
+	}
+	if err != nil {
+		s.log.Warn("answering intent", "intent", res.GetIntentId(), "err", err)
+	}
+}

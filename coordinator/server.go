@@ -1,0 +1,309 @@
+// Package coordinator is the replicated Switchyard coordinator: a Raft node
+// whose leader turns intents into committed decisions and publishes desired
+// state, while every node tracks the fleet and answers reads.
+package coordinator
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
+	"os"
+	"path/filepath"
+	"sync"
+	"time"
+
+	"github.com/hashicorp/go-hclog"
+	"github.com/hashicorp/raft"
+	raftboltdb "github.com/hashicorp/raft-boltdb/v2"
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/switchyard/switchyard/bus"
+	"github.com/switchyard/switchyard/coordinator/fsm"
+	"github.com/switchyard/switchyard/internal/clock"
+	"github.com/switchyard/switchyard/internal/names"
+)
+
+// Config configures one coordinator.
+type Config struct {
+	// NodeID names this coordinator in the Raft cluster. Required.
+	NodeID string
+	// DataDir holds the Raft log, stable store and snapshots. Required.
+	DataDir string
+	// RaftAddr is the TCP address Raft listens on, e.g. 127.0.0.1:7000.
+	RaftAddr string
+	// HTTPAddr serves /metrics, /healthz and the read API; empty disables.
+	HTTPAddr string
+	// NATSURL is the bus; ignored when Conn is set.
+	NATSURL string
+	// Conn is an existing bus connection (switchyard dev); optional.
+	Conn *nats.Conn
+	// BootstrapExpect is the cluster size to bootstrap. 1 bootstraps a
+	// single-node cluster when the data directory is empty.
+	BootstrapExpect int
+	// StaleAfter is how long a node may be silent before it counts as gone.
+	StaleAfter time.Duration
+	// ConvergeInterval is how often the leader checks whether the fleet has
+	// applied the current generations.
+	ConvergeInterval time.Duration
+	// Logger; slog.Default when nil.
+	Logger *slog.Logger
+	// Registerer receives the coordinator's metrics; Gatherer serves them.
+	Registerer prometheus.Registerer
+	Gatherer   prometheus.Gatherer
+	// Clock stamps log entries; the real clock when nil.
+	Clock clock.Clock
+}
+
+func (c *Config) setDefaults() error {
+	if c.NodeID == "" {
+		return errors.New("coordinator: --node-id is required")
+	}
+	if err := names.Validate(c.NodeID); err != nil {
+		return fmt.Errorf("coordinator: --node-id: %w", err)
+	}
+	if c.DataDir == "" {
+		return errors.New("coordinator: --data-dir is required")
+	}
+	if c.RaftAddr == "" {
+		c.RaftAddr = "127.0.0.1:7000"
+	}
+	if c.BootstrapExpect < 0 {
+		return fmt.Errorf("coordinator: --bootstrap-expect: %d is negative", c.BootstrapExpect)
+	}
+	if c.StaleAfter == 0 {
+		c.StaleAfter = 15 * time.Second
+	}
+	if c.ConvergeInterval == 0 {
+		c.ConvergeInterval = 250 * time.Millisecond
+	}
+	if c.Logger == nil {
+		c.Logger = slog.Default()
+	}
+	if c.Registerer == nil {
+		reg := prometheus.NewRegistry()
+		c.Registerer, c.Gatherer = reg, reg
+	}
+	if c.Clock == nil {
+		c.Clock = clock.Real{}
+	}
+	return nil
+}
+
+// Server is one running coordinator.
+type Server struct {
+	cfg     Config
+	log     *slog.Logger
+	metrics *metrics
+
+	fsm       *fsm.FSM
+	raft      *raft.Raft
+	transport *raft.NetworkTransport
+	store     *raftboltdb.BoltStore
+
+	nc     *nats.Conn
+	ownsNC bool
+	js     jetstream.JetStream
+
+	fleet     *fleet
+	publisher *publisher
+
+	httpSrv  *http.Server
+	httpAddr net.Addr
+
+	leaderCh chan bool
+	wg       sync.WaitGroup
+}
+
+// New opens the coordinator's stores and joins or bootstraps Raft. It does
+// not start serving until Run.
+func New(cfg Config) (*Server, error) {
+	if err := cfg.setDefaults(); err != nil {
+		return nil, err
+	}
+	s := &Server{
+		cfg:      cfg,
+		log:      cfg.Logger.With("coordinator", cfg.NodeID),
+		metrics:  newMetrics(cfg.Registerer),
+		leaderCh: make(chan bool, 16),
+	}
+	s.publisher = newPublisher(s)
+	s.fleet = newFleet(cfg.StaleAfter, s.metrics)
+	s.fsm = fsm.New(s.publisher.mark)
+
+	if err := s.setupRaft(); err != nil {
+		s.closeStores()
+		return nil, err
+	}
+	if err := s.setupBus(); err != nil {
+		s.shutdownRaft()
+		return nil, err
+	}
+	if err := s.startHTTP(); err != nil {
+		s.shutdown()
+		return nil, err
+	}
+	return s, nil
+}
+
+func (s *Server) setupRaft() error {
+	if err := os.MkdirAll(s.cfg.DataDir, 0o750); err != nil {
+		return fmt.Errorf("coordinator: data dir: %w", err)
+	}
+	rc := raft.DefaultConfig()
+	rc.LocalID = raft.ServerID(s.cfg.NodeID)
+	// Tuned for a LAN: the library defaults (1 s) take about 2 s to elect a
+	// new leader; a coordinator cluster sits in one site.
+	rc.HeartbeatTimeout = 300 * time.Millisecond
+	rc.ElectionTimeout = 300 * time.Millisecond
+	rc.LeaderLeaseTimeout = 200 * time.Millisecond
+	rc.CommitTimeout = 20 * time.Millisecond
+	rc.NotifyCh = s.leaderCh
+	rc.Logger = hclog.FromStandardLogger(slog.NewLogLogger(s.log.With("component", "raft").Handler(), slog.LevelInfo),
+		&hclog.LoggerOptions{Name: "raft", Level: hclog.Warn})
+
+	store, err := raftboltdb.New(raftboltdb.Options{Path: filepath.Join(s.cfg.DataDir, "raft.db")})
+	if err != nil {
+		return fmt.Errorf("coordinator: open raft store: %w", err)
+	}
+	s.store = store
+	snaps, err := raft.NewFileSnapshotStoreWithLogger(s.cfg.DataDir, 3, rc.Logger)
+	if err != nil {
+		return fmt.Errorf("coordinator: snapshot store: %w", err)
+	}
+	// With no advertise address the transport advertises what it bound,
+	// which also resolves port 0.
+	trans, err := raft.NewTCPTransportWithLogger(s.cfg.RaftAddr, nil, 3, 10*time.Second, rc.Logger)
+	if err != nil {
+		return fmt.Errorf("coordinator: listen for raft on %s: %w", s.cfg.RaftAddr, err)
+	}
+	s.transport = trans
+
+	hasState, err := raft.HasExistingState(store, store, snaps)
+	if err != nil {
+		return fmt.Errorf("coordinator: inspect raft state: %w", err)
+	}
+	r, err := raft.NewRaft(rc, s.fsm, store, store, snaps, trans)
+	if err != nil {
+		return fmt.Errorf("coordinator: start raft: %w", err)
+	}
+	s.raft = r
+	if !hasState && s.cfg.BootstrapExpect == 1 {
+		f := r.BootstrapCluster(raft.Configuration{Servers: []raft.Server{{
+			ID: rc.LocalID, Address: trans.LocalAddr(),
+		}}})
+		if err := f.Error(); err != nil && !errors.Is(err, raft.ErrCantBootstrap) {
+			return fmt.Errorf("coordinator: bootstrap: %w", err)
+		}
+	}
+	return nil
+}
+
+func (s *Server) setupBus() error {
+	s.nc = s.cfg.Conn
+	if s.nc == nil {
+		nc, err := bus.Connect(s.cfg.NATSURL, "switchyard-coordinator-"+s.cfg.NodeID, s.log)
+		if err != nil {
+			return fmt.Errorf("coordinator: %w", err)
+		}
+		s.nc, s.ownsNC = nc, true
+	}
+	js, err := jetstream.New(s.nc)
+	if err != nil {
+		return fmt.Errorf("coordinator: jetstream: %w", err)
+	}
+	s.js = js
+	return nil
+}
+
+// RaftAddr is the address Raft listens on (useful with port 0).
+func (s *Server) RaftAddr() string { return string(s.transport.LocalAddr()) }
+
+// HTTPAddr is the address the HTTP server listens on; empty when disabled.
+func (s *Server) HTTPAddr() string {
+	if s.httpAddr == nil {
+		return ""
+	}
+	return s.httpAddr.String()
+}
+
+// IsLeader reports whether this coordinator leads.
+func (s *Server) IsLeader() bool { return s.raft.State() == raft.Leader }
+
+// Run serves until ctx ends, then shuts down: leader work stops, Raft shuts
+// down, and the stores close.
+func (s *Server) Run(ctx context.Context) error {
+	subs, err := s.subscribe()
+	if err != nil {
+		s.shutdown()
+		return err
+	}
+	s.log.Info("coordinator running", "raft", s.RaftAddr(), "http", s.HTTPAddr())
+
+	runCtx, cancel := context.WithCancel(ctx)
+	s.wg.Add(1)
+	go func() {
+		defer s.wg.Done()
+		s.monitorLeadership(runCtx)
+	}()
+	<-ctx.Done()
+	cancel()
+	for _, sub := range subs {
+		_ = sub.Unsubscribe()
+	}
+	s.wg.Wait()
+	s.shutdown()
+	s.log.Info("coordinator stopped")
+	return nil
+}
+
+// subscribe starts the work every coordinator does, leader or not: tracking
+// the fleet's status and answering reads.
+func (s *Server) subscribe() ([]*nats.Subscription, error) {
+	status, err := s.nc.Subscribe(bus.StatusAll(), s.fleet.handleStatus)
+	if err != nil {
+		return nil, fmt.Errorf("coordinator: subscribe to agent status: %w", err)
+	}
+	query, err := s.nc.QueueSubscribe(bus.QuerySubject(bus.QueryRollouts), bus.QueryQueue, s.handleRolloutsQuery)
+	if err != nil {
+		_ = status.Unsubscribe()
+		return nil, fmt.Errorf("coordinator: subscribe to queries: %w", err)
+	}
+	return []*nats.Subscription{status, query}, nil
+}
+
+func (s *Server) shutdown() {
+	if s.httpSrv != nil {
+		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+		_ = s.httpSrv.Shutdown(ctx)
+		cancel()
+	}
+	s.shutdownRaft()
+	if s.ownsNC {
+		_ = s.nc.Drain()
+	}
+}
+
+func (s *Server) shutdownRaft() {
+	if s.raft != nil {
+		if err := s.raft.Shutdown().Error(); err != nil {
+			s.log.Warn("raft shutdown", "err", err)
+		}
+		s.raft = nil
+	}
+	if s.transport != nil {
+		_ = s.transport.Close()
+	}
+	s.closeStores()
+}
+
+func (s *Server) closeStores() {
+	if s.store != nil {
+		_ = s.store.Close()
+		s.store = nil
+	}
+}
