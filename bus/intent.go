@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"time"
 
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
@@ -42,8 +43,14 @@ func SendIntent(ctx context.Context, nc *nats.Conn, kind string, in *sv1.Intent)
 	msg.Data = body
 	msg.Header.Set(MsgIDHeader, in.GetId())
 	msg.Header.Set(ReplyHeader, inbox)
-	if _, err := js.PublishMsg(ctx, msg); err != nil {
+	ack, err := js.PublishMsg(ctx, msg)
+	if err != nil {
 		return nil, fmt.Errorf("publish intent to %s: %w", IntentStream, err)
+	}
+	if ack.Duplicate {
+		// The stream already holds this id, so no new result will come:
+		// ask for the first one, waiting while it is still being applied.
+		return awaitEarlierResult(ctx, nc, in.GetId())
 	}
 	for {
 		m, err := sub.NextMsgWithContext(ctx)
@@ -61,6 +68,22 @@ func SendIntent(ctx context.Context, nc *nats.Conn, kind string, in *sv1.Intent)
 			continue
 		}
 		return &res, nil
+	}
+}
+
+func awaitEarlierResult(ctx context.Context, nc *nats.Conn, id string) (*sv1.IntentResult, error) {
+	for {
+		var res sv1.IntentResult
+		err := Query(ctx, nc, QueryIntent, &sv1.IntentQuery{Id: id}, &res)
+		if err == nil {
+			res.Duplicate = true
+			return &res, nil
+		}
+		select {
+		case <-ctx.Done():
+			return nil, fmt.Errorf("%w (intent %s was sent before: %v)", ErrNoResult, id, err)
+		case <-time.After(100 * time.Millisecond):
+		}
 	}
 }
 

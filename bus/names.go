@@ -44,6 +44,7 @@ const (
 // Query names, the last token of a query subject.
 const (
 	QueryRollouts = "rollouts"
+	QueryIntent   = "intent"
 )
 
 // IntentSubjects is the filter of the intent stream.

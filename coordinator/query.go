@@ -34,22 +34,39 @@ func (s *Server) Rollouts(q *sv1.RolloutsQuery) (*sv1.RolloutsAnswer, error) {
 	return ans, nil
 }
 
-func (s *Server) handleRolloutsQuery(msg *nats.Msg) {
-	var q sv1.RolloutsQuery
-	reply := nats.NewMsg(msg.Reply)
-	ans, err := func() (*sv1.RolloutsAnswer, error) {
-		if err := proto.Unmarshal(msg.Data, &q); err != nil {
-			return nil, fmt.Errorf("query does not decode: %v", err)
+// serveQuery adapts a typed query handler to a NATS handler: decode the
+// request, answer with the result or with an error header.
+func serveQuery[Q any, PQ interface {
+	*Q
+	proto.Message
+}, A proto.Message](s *Server, handle func(PQ) (A, error)) nats.MsgHandler {
+	return func(msg *nats.Msg) {
+		reply := nats.NewMsg(msg.Reply)
+		q := PQ(new(Q))
+		var ans A
+		err := proto.Unmarshal(msg.Data, q)
+		if err != nil {
+			err = fmt.Errorf("query does not decode: %v", err)
+		} else {
+			ans, err = handle(q)
 		}
-		return s.Rollouts(&q)
-	}()
-	if err == nil {
-		reply.Data, err = proto.Marshal(ans)
+		if err == nil {
+			reply.Data, err = proto.Marshal(ans)
+		}
+		if err != nil {
+			reply.Header.Set(bus.ErrorHeader, err.Error())
+		}
+		if err := msg.RespondMsg(reply); err != nil {
+			s.log.Debug("answering query", "subject", msg.Subject, "err", err)
+		}
 	}
-	if err != nil {
-		reply.Header.Set(bus.ErrorHeader, err.Error())
+}
+
+// IntentResult answers with the recorded result of an applied intent.
+func (s *Server) IntentResult(q *sv1.IntentQuery) (*sv1.IntentResult, error) {
+	res := s.fsm.State().IntentResult(q.GetId())
+	if res == nil {
+		return nil, fmt.Errorf("no applied intent with id %q", q.GetId())
 	}
-	if err := msg.RespondMsg(reply); err != nil {
-		s.log.Debug("answering query", "err", err)
-	}
+	return res, nil
 }

@@ -268,12 +268,21 @@ func (s *Server) subscribe() ([]*nats.Subscription, error) {
 	if err != nil {
 		return nil, fmt.Errorf("coordinator: subscribe to agent status: %w", err)
 	}
-	query, err := s.nc.QueueSubscribe(bus.QuerySubject(bus.QueryRollouts), bus.QueryQueue, s.handleRolloutsQuery)
-	if err != nil {
-		_ = status.Unsubscribe()
-		return nil, fmt.Errorf("coordinator: subscribe to queries: %w", err)
+	subs := []*nats.Subscription{status}
+	for name, h := range map[string]nats.MsgHandler{
+		bus.QueryRollouts: serveQuery(s, s.Rollouts),
+		bus.QueryIntent:   serveQuery(s, s.IntentResult),
+	} {
+		sub, err := s.nc.QueueSubscribe(bus.QuerySubject(name), bus.QueryQueue, h)
+		if err != nil {
+			for _, sub := range subs {
+				_ = sub.Unsubscribe()
+			}
+			return nil, fmt.Errorf("coordinator: subscribe to %s queries: %w", name, err)
+		}
+		subs = append(subs, sub)
 	}
-	return []*nats.Subscription{status, query}, nil
+	return subs, nil
 }
 
 func (s *Server) shutdown() {

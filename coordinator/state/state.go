@@ -240,6 +240,16 @@ func PhaseName(p sv1.RolloutPhase) string {
 	return "unknown"
 }
 
+// IntentResult returns the recorded result of an applied intent, or nil.
+func (s *State) IntentResult(id string) *sv1.IntentResult {
+	s.mu.RLock()
+	defer s.mu.RUnlock()
+	if p := s.intents[id]; p != nil {
+		return proto.Clone(p.GetResult()).(*sv1.IntentResult)
+	}
+	return nil
+}
+
 // Rollout returns a copy of one rollout, or nil.
 func (s *State) Rollout(id string) *sv1.Rollout {
 	s.mu.RLock()

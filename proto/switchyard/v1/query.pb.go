@@ -290,6 +290,52 @@ func (x *NodeView) GetSecondsSinceSeen() float64 {
 	return 0
 }
 
+// IntentQuery asks for the result of an intent by id, for a sender whose
+// intent the stream dropped as a duplicate of one sent before.
+type IntentQuery struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Id            string                 `protobuf:"bytes,1,opt,name=id,proto3" json:"id,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *IntentQuery) Reset() {
+	*x = IntentQuery{}
+	mi := &file_switchyard_v1_query_proto_msgTypes[4]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *IntentQuery) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*IntentQuery) ProtoMessage() {}
+
+func (x *IntentQuery) ProtoReflect() protoreflect.Message {
+	mi := &file_switchyard_v1_query_proto_msgTypes[4]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use IntentQuery.ProtoReflect.Descriptor instead.
+func (*IntentQuery) Descriptor() ([]byte, []int) {
+	return file_switchyard_v1_query_proto_rawDescGZIP(), []int{4}
+}
+
+func (x *IntentQuery) GetId() string {
+	if x != nil {
+		return x.Id
+	}
+	return ""
+}
+
 var File_switchyard_v1_query_proto protoreflect.FileDescriptor
 
 const file_switchyard_v1_query_proto_rawDesc = "" +
@@ -316,7 +362,9 @@ const file_switchyard_v1_query_proto_rawDesc = "" +
 	"\x12seconds_since_seen\x18\a \x01(\x01R\x10secondsSinceSeen\x1a:\n" +
 	"\fWeightsEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
-	"\x05value\x18\x02 \x01(\rR\x05value:\x028\x01BCZAgithub.com/switchyard/switchyard/proto/switchyard/v1;switchyardv1b\x06proto3"
+	"\x05value\x18\x02 \x01(\rR\x05value:\x028\x01\"\x1d\n" +
+	"\vIntentQuery\x12\x0e\n" +
+	"\x02id\x18\x01 \x01(\tR\x02idBCZAgithub.com/switchyard/switchyard/proto/switchyard/v1;switchyardv1b\x06proto3"
 
 var (
 	file_switchyard_v1_query_proto_rawDescOnce sync.Once
@@ -330,22 +378,23 @@ func file_switchyard_v1_query_proto_rawDescGZIP() []byte {
 	return file_switchyard_v1_query_proto_rawDescData
 }
 
-var file_switchyard_v1_query_proto_msgTypes = make([]protoimpl.MessageInfo, 5)
+var file_switchyard_v1_query_proto_msgTypes = make([]protoimpl.MessageInfo, 6)
 var file_switchyard_v1_query_proto_goTypes = []any{
 	(*RolloutsQuery)(nil),  // 0: switchyard.v1.RolloutsQuery
 	(*RolloutsAnswer)(nil), // 1: switchyard.v1.RolloutsAnswer
 	(*RolloutView)(nil),    // 2: switchyard.v1.RolloutView
 	(*NodeView)(nil),       // 3: switchyard.v1.NodeView
-	nil,                    // 4: switchyard.v1.NodeView.WeightsEntry
-	(*Rollout)(nil),        // 5: switchyard.v1.Rollout
-	(DriverHealth)(0),      // 6: switchyard.v1.DriverHealth
+	(*IntentQuery)(nil),    // 4: switchyard.v1.IntentQuery
+	nil,                    // 5: switchyard.v1.NodeView.WeightsEntry
+	(*Rollout)(nil),        // 6: switchyard.v1.Rollout
+	(DriverHealth)(0),      // 7: switchyard.v1.DriverHealth
 }
 var file_switchyard_v1_query_proto_depIdxs = []int32{
 	2, // 0: switchyard.v1.RolloutsAnswer.rollouts:type_name -> switchyard.v1.RolloutView
-	5, // 1: switchyard.v1.RolloutView.rollout:type_name -> switchyard.v1.Rollout
+	6, // 1: switchyard.v1.RolloutView.rollout:type_name -> switchyard.v1.Rollout
 	3, // 2: switchyard.v1.RolloutView.nodes:type_name -> switchyard.v1.NodeView
-	4, // 3: switchyard.v1.NodeView.weights:type_name -> switchyard.v1.NodeView.WeightsEntry
-	6, // 4: switchyard.v1.NodeView.driver:type_name -> switchyard.v1.DriverHealth
+	5, // 3: switchyard.v1.NodeView.weights:type_name -> switchyard.v1.NodeView.WeightsEntry
+	7, // 4: switchyard.v1.NodeView.driver:type_name -> switchyard.v1.DriverHealth
 	5, // [5:5] is the sub-list for method output_type
 	5, // [5:5] is the sub-list for method input_type
 	5, // [5:5] is the sub-list for extension type_name
@@ -366,7 +415,7 @@ func file_switchyard_v1_query_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_switchyard_v1_query_proto_rawDesc), len(file_switchyard_v1_query_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   5,
+			NumMessages:   6,
 			NumExtensions: 0,
 			NumServices:   0,
 		},

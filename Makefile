@@ -1,0 +1,69 @@
+# Switchyard build, checks, tests and demo. `make help` lists the targets.
+
+GO        ?= go
+BIN       := $(CURDIR)/bin
+BUF_VERSION         := v1.75.0
+STATICCHECK_VERSION := v0.8.2
+BUF       := $(BIN)/buf
+export PATH := $(BIN):$(PATH)
+
+.DEFAULT_GOAL := help
+
+.PHONY: help
+help: ## list targets
+	@awk 'BEGIN {FS = ":.*## "} /^[a-z-]+:.*## / {printf "  %-10s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
+
+.PHONY: build
+build: ## build the switchyard binary into bin/
+	$(GO) build -o $(BIN)/switchyard ./cmd/switchyard
+
+$(BUF):
+	GOBIN=$(BIN) $(GO) install github.com/bufbuild/buf/cmd/buf@$(BUF_VERSION)
+
+# protoc-gen-go is built from the protobuf module go.mod pins, so the
+# generated code matches the runtime it is compiled against.
+.PHONY: $(BIN)/protoc-gen-go
+$(BIN)/protoc-gen-go:
+	$(GO) build -o $@ google.golang.org/protobuf/cmd/protoc-gen-go
+
+$(BIN)/staticcheck:
+	GOBIN=$(BIN) $(GO) install honnef.co/go/tools/cmd/staticcheck@$(STATICCHECK_VERSION)
+
+.PHONY: generate
+generate: $(BUF) $(BIN)/protoc-gen-go ## regenerate Go code from proto/ (committed)
+	$(BUF) generate
+
+.PHONY: check
+check: $(BUF) $(BIN)/protoc-gen-go $(BIN)/staticcheck ## formatting, vet, staticcheck, buf lint, generated-code and go.mod drift, import arrows
+	@echo "== gofmt"; out=$$(gofmt -l $$(git ls-files '*.go')); if [ -n "$$out" ]; then echo "$$out"; exit 1; fi
+	@echo "== go vet"; $(GO) vet ./...
+	@echo "== staticcheck"; $(BIN)/staticcheck ./...
+	@echo "== buf lint"; $(BUF) lint
+	@echo "== buf breaking"; if git describe --tags --abbrev=0 >/dev/null 2>&1; then \
+		$(BUF) breaking --against ".git#tag=$$(git describe --tags --abbrev=0)"; else echo "no release tag yet; skipped"; fi
+	@echo "== generated code"; $(BUF) generate && git diff --exit-code -- proto || \
+		{ echo "generated code is stale: run make generate and commit"; exit 1; }
+	@echo "== go mod tidy"; $(GO) mod tidy -diff || { echo "go.mod/go.sum not tidy: run go mod tidy"; exit 1; }
+	@echo "== import arrows"; $(GO) test -count=1 -run TestArrows ./internal/arrows/
+
+.PHONY: test
+test: ## run every test with the race detector (needs haproxy: see README)
+	$(GO) test -race -count=1 -timeout 30m ./...
+
+.PHONY: demo
+demo: ## a local fleet: NATS, a coordinator, 3 agents with real HAProxy; blue -> green -> blue
+	@scripts/ensure-haproxy
+	$(GO) run ./integration/demo
+
+.PHONY: bench
+bench: ## benchmarks, reported as figures
+	$(GO) test -run '^$$' -bench . -benchmem -count=1 -timeout 30m ./...
+
+.PHONY: fuzz
+fuzz: ## run each fuzz target for a short while
+	$(GO) test -run '^$$' -fuzz FuzzFSM_Decode -fuzztime 20s ./coordinator/fsm/
+	$(GO) test -run '^$$' -fuzz FuzzSpec_Parse -fuzztime 20s ./internal/spec/
+
+.PHONY: clean
+clean: ## remove built binaries
+	rm -rf $(BIN)
