@@ -3,7 +3,6 @@
 // else.
 package bus
 
-
 // Streams, buckets and subjects of the bus contract (see DESIGN.md, "Bus
 // contract"). Nothing outside this package spells these strings.
 const (
