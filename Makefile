@@ -47,7 +47,8 @@ check: $(BUF) $(BIN)/protoc-gen-go $(BIN)/staticcheck ## formatting, vet, static
 	@echo "== import arrows"; $(GO) test -count=1 -run TestArrows ./internal/arrows/
 
 .PHONY: test
-test: ## run every test with the race detector (needs haproxy: see README)
+test: ## run every test with the race detector (installs haproxy when missing)
+	@scripts/ensure-haproxy
 	$(GO) test -race -count=1 -timeout 30m ./...
 
 .PHONY: demo
