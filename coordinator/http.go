@@ -42,6 +42,7 @@ func (s *Server) startHTTP() error {
 		w.Header().Set("Content-Type", "application/json")
 		_, _ = w.Write(b)
 	})
+	s.clusterRoutes(mux)
 	ln, err := net.Listen("tcp", s.cfg.HTTPAddr)
 	if err != nil {
 		return fmt.Errorf("coordinator: --http-addr %s: %w", s.cfg.HTTPAddr, err)

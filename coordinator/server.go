@@ -42,9 +42,16 @@ type Config struct {
 	NATSURL string
 	// Conn is an existing bus connection (switchyard dev); optional.
 	Conn *nats.Conn
-	// BootstrapExpect is the cluster size to bootstrap. 1 bootstraps a
-	// single-node cluster when the data directory is empty.
+	// BootstrapExpect is the number of coordinators to bootstrap the
+	// cluster with, once they have found each other through RetryJoin. 1
+	// bootstraps a single-node cluster; 0 only joins an existing cluster.
+	// Ignored when the data directory holds Raft state already.
 	BootstrapExpect int
+	// RetryJoin lists other coordinators' HTTP addresses, tried until this
+	// node is part of a cluster.
+	RetryJoin []string
+	// SnapshotThreshold is how many log entries trigger a snapshot.
+	SnapshotThreshold uint64
 	// StaleAfter is how long a node may be silent before it counts as gone.
 	StaleAfter time.Duration
 	// ConvergeInterval is how often the leader checks whether the fleet has
@@ -74,6 +81,15 @@ func (c *Config) setDefaults() error {
 	}
 	if c.BootstrapExpect < 0 {
 		return fmt.Errorf("coordinator: --bootstrap-expect: %d is negative", c.BootstrapExpect)
+	}
+	if c.BootstrapExpect > 1 && len(c.RetryJoin) == 0 {
+		return fmt.Errorf("coordinator: --bootstrap-expect %d needs --retry-join addresses of the other coordinators", c.BootstrapExpect)
+	}
+	if c.BootstrapExpect == 0 && len(c.RetryJoin) == 0 {
+		return errors.New("coordinator: --bootstrap-expect 0 joins an existing cluster and needs --retry-join")
+	}
+	if c.SnapshotThreshold == 0 {
+		c.SnapshotThreshold = 1024
 	}
 	if c.StaleAfter == 0 {
 		c.StaleAfter = 15 * time.Second
@@ -115,6 +131,7 @@ type Server struct {
 	httpSrv  *http.Server
 	httpAddr net.Addr
 
+	hasState bool
 	leaderCh chan bool
 	wg       sync.WaitGroup
 }
@@ -162,6 +179,9 @@ func (s *Server) setupRaft() error {
 	rc.ElectionTimeout = 300 * time.Millisecond
 	rc.LeaderLeaseTimeout = 200 * time.Millisecond
 	rc.CommitTimeout = 20 * time.Millisecond
+	rc.SnapshotThreshold = s.cfg.SnapshotThreshold
+	rc.SnapshotInterval = 30 * time.Second
+	rc.TrailingLogs = 1024
 	rc.NotifyCh = s.leaderCh
 	rc.Logger = hclog.FromStandardLogger(slog.NewLogLogger(s.log.With("component", "raft").Handler(), slog.LevelInfo),
 		&hclog.LoggerOptions{Name: "raft", Level: hclog.Warn})
@@ -192,6 +212,7 @@ func (s *Server) setupRaft() error {
 		return fmt.Errorf("coordinator: start raft: %w", err)
 	}
 	s.raft = r
+	s.hasState = hasState
 	if !hasState && s.cfg.BootstrapExpect == 1 {
 		f := r.BootstrapCluster(raft.Configuration{Servers: []raft.Server{{
 			ID: rc.LocalID, Address: trans.LocalAddr(),
@@ -245,10 +266,14 @@ func (s *Server) Run(ctx context.Context) error {
 	s.log.Info("coordinator running", "raft", s.RaftAddr(), "http", s.HTTPAddr())
 
 	runCtx, cancel := context.WithCancel(ctx)
-	s.wg.Add(1)
+	s.wg.Add(2)
 	go func() {
 		defer s.wg.Done()
 		s.monitorLeadership(runCtx)
+	}()
+	go func() {
+		defer s.wg.Done()
+		s.formCluster(runCtx, s.hasState)
 	}()
 	<-ctx.Done()
 	cancel()
@@ -299,6 +324,10 @@ func (s *Server) shutdown() {
 
 func (s *Server) shutdownRaft() {
 	if s.raft != nil {
+		// A snapshot on the way out makes the next start replay fewer entries.
+		if err := s.raft.Snapshot().Error(); err != nil && !errors.Is(err, raft.ErrNothingNewToSnapshot) {
+			s.log.Debug("snapshot on shutdown", "err", err)
+		}
 		if err := s.raft.Shutdown().Error(); err != nil {
 			s.log.Warn("raft shutdown", "err", err)
 		}

@@ -1,12 +1,21 @@
 package main
 
 import (
+	"bytes"
 	"context"
+	"encoding/json"
+	"errors"
+	"flag"
 	"fmt"
 	"io"
+	"os"
+	"strings"
+	"text/tabwriter"
+	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
+	"go.yaml.in/yaml/v3"
 
 	"github.com/switchyard/switchyard/coordinator"
 )
@@ -17,28 +26,126 @@ func newRegistry() *prometheus.Registry {
 	return reg
 }
 
-func runCoordinator(ctx context.Context, args []string, stderr io.Writer) error {
+const coordinatorUsage = `Usage:
+  switchyard coordinator [--config FILE] [flags]      run a coordinator
+  switchyard coordinator members [--http ADDR] [-o json]
+  switchyard coordinator remove-peer --http ADDR[,ADDR...] ID
+`
+
+// stringList is a repeatable flag.
+type stringList []string
+
+func (l *stringList) String() string { return strings.Join(*l, ",") }
+func (l *stringList) Set(v string) error {
+	for _, p := range strings.Split(v, ",") {
+		if p = strings.TrimSpace(p); p != "" {
+			*l = append(*l, p)
+		}
+	}
+	return nil
+}
+
+// coordinatorFile is the coordinator's config file; flags given on the
+// command line override it.
+type coordinatorFile struct {
+	NodeID          string   `yaml:"nodeId"`
+	DataDir         string   `yaml:"dataDir"`
+	RaftAddr        string   `yaml:"raftAddr"`
+	HTTPAddr        string   `yaml:"httpAddr"`
+	NATS            string   `yaml:"nats"`
+	BootstrapExpect *int     `yaml:"bootstrapExpect"`
+	RetryJoin       []string `yaml:"retryJoin"`
+}
+
+func loadCoordinatorFile(path string, cfg *coordinator.Config) error {
+	data, err := os.ReadFile(path)
+	if err != nil {
+		return fmt.Errorf("--config: %w", err)
+	}
+	var f coordinatorFile
+	dec := yaml.NewDecoder(bytes.NewReader(data))
+	dec.KnownFields(true)
+	if err := dec.Decode(&f); err != nil && !errors.Is(err, io.EOF) {
+		return fmt.Errorf("--config %s: %v", path, strings.TrimPrefix(err.Error(), "yaml: "))
+	}
+	set := func(dst *string, v string) {
+		if v != "" {
+			*dst = v
+		}
+	}
+	set(&cfg.NodeID, f.NodeID)
+	set(&cfg.DataDir, f.DataDir)
+	set(&cfg.RaftAddr, f.RaftAddr)
+	set(&cfg.HTTPAddr, f.HTTPAddr)
+	set(&cfg.NATSURL, f.NATS)
+	if f.BootstrapExpect != nil {
+		cfg.BootstrapExpect = *f.BootstrapExpect
+	}
+	if len(f.RetryJoin) > 0 {
+		cfg.RetryJoin = f.RetryJoin
+	}
+	return nil
+}
+
+func runCoordinator(ctx context.Context, args []string, stdout, stderr io.Writer) error {
+	if len(args) > 0 {
+		switch args[0] {
+		case "members":
+			return coordinatorMembers(ctx, args[1:], stdout, stderr)
+		case "remove-peer":
+			return coordinatorRemovePeer(ctx, args[1:], stdout, stderr)
+		case "help":
+			fmt.Fprint(stdout, coordinatorUsage)
+			return nil
+		}
+	}
 	fs := newFlags("coordinator", stderr)
 	var (
-		cfg  coordinator.Config
-		logf logFlags
+		cfg       coordinator.Config
+		logf      logFlags
+		retryJoin stringList
 	)
+	configFile := fs.String("config", "", "YAML config file with the same keys (nodeId, dataDir, raftAddr, httpAddr, nats, bootstrapExpect, retryJoin); flags override it")
 	fs.StringVar(&cfg.NodeID, "node-id", "", "this coordinator's id in the cluster (required)")
 	fs.StringVar(&cfg.DataDir, "data-dir", "", "directory for the Raft log and snapshots (required)")
-	fs.StringVar(&cfg.RaftAddr, "raft-addr", "127.0.0.1:7000", "address Raft listens on")
-	fs.StringVar(&cfg.HTTPAddr, "http-addr", "127.0.0.1:7070", "address for /metrics, /healthz and the read API; empty disables")
+	fs.StringVar(&cfg.RaftAddr, "raft-addr", "127.0.0.1:7000", "address Raft listens on and other coordinators reach it at")
+	fs.StringVar(&cfg.HTTPAddr, "http-addr", "127.0.0.1:7070", "address for /metrics, /healthz, the read API and cluster joins")
 	fs.StringVar(&cfg.NATSURL, "nats", envOr("SWITCHYARD_NATS", "nats://127.0.0.1:4222"), "NATS URL (env SWITCHYARD_NATS)")
-	fs.IntVar(&cfg.BootstrapExpect, "bootstrap-expect", 1, "number of coordinators to bootstrap the cluster with")
+	fs.IntVar(&cfg.BootstrapExpect, "bootstrap-expect", 1, "coordinators to wait for before bootstrapping a new cluster; 0 only joins")
+	fs.Var(&retryJoin, "retry-join", "HTTP address of another coordinator (repeatable, or comma-separated)")
 	logf.register(fs)
 	if err := parse(fs, args); err != nil {
 		return err
 	}
 	if fs.NArg() > 0 {
-		return usageErr(stderr, "switchyard coordinator: unexpected argument %q", fs.Arg(0))
+		return usageErr(stderr, "switchyard coordinator: unexpected argument %q\n\n%s", fs.Arg(0), coordinatorUsage)
 	}
-	if cfg.BootstrapExpect != 1 {
-		return fmt.Errorf("--bootstrap-expect %d: only single-node clusters (1) are supported by this build", cfg.BootstrapExpect)
+	if *configFile != "" {
+		// The file fills in what the command line did not set.
+		var fromFile coordinator.Config
+		if err := loadCoordinatorFile(*configFile, &fromFile); err != nil {
+			return err
+		}
+		given := map[string]bool{}
+		fs.Visit(func(f *flag.Flag) { given[f.Name] = true })
+		pick := func(name string, dst *string, v string) {
+			if !given[name] && v != "" {
+				*dst = v
+			}
+		}
+		pick("node-id", &cfg.NodeID, fromFile.NodeID)
+		pick("data-dir", &cfg.DataDir, fromFile.DataDir)
+		pick("raft-addr", &cfg.RaftAddr, fromFile.RaftAddr)
+		pick("http-addr", &cfg.HTTPAddr, fromFile.HTTPAddr)
+		pick("nats", &cfg.NATSURL, fromFile.NATSURL)
+		if !given["bootstrap-expect"] && fromFile.BootstrapExpect != 0 {
+			cfg.BootstrapExpect = fromFile.BootstrapExpect
+		}
+		if !given["retry-join"] {
+			retryJoin = fromFile.RetryJoin
+		}
 	}
+	cfg.RetryJoin = retryJoin
 	log, err := logf.logger(stderr)
 	if err != nil {
 		return usageErr(stderr, "switchyard coordinator: %v", err)
@@ -50,4 +157,63 @@ func runCoordinator(ctx context.Context, args []string, stderr io.Writer) error 
 		return err
 	}
 	return srv.Run(ctx)
+}
+
+func coordinatorMembers(ctx context.Context, args []string, stdout, stderr io.Writer) error {
+	fs := newFlags("coordinator members", stderr)
+	addr := fs.String("http", envOr("SWITCHYARD_HTTP", "127.0.0.1:7070"), "HTTP address of any coordinator (env SWITCHYARD_HTTP)")
+	output := fs.String("o", "table", "output: table or json")
+	if err := parse(fs, args); err != nil {
+		return err
+	}
+	ctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	defer cancel()
+	m, err := coordinator.ClusterMembers(ctx, *addr)
+	if err != nil {
+		return err
+	}
+	if *output == "json" {
+		enc := json.NewEncoder(stdout)
+		enc.SetIndent("", "  ")
+		return enc.Encode(m)
+	}
+	fmt.Fprintf(stdout, "Leader: %s   Term: %d   Last index: %d   Commit index: %d   (answered by %s, %s)\n\n",
+		orDash(m.Leader), m.Term, m.LastIndex, m.CommitIndex, m.AnsweredBy, strings.ToLower(m.State))
+	tw := tabwriter.NewWriter(stdout, 0, 0, 2, ' ', 0)
+	fmt.Fprintln(tw, "ID\tRAFT ADDRESS\tSUFFRAGE\tROLE")
+	for _, mem := range m.Members {
+		role := "follower"
+		if mem.Leader {
+			role = "leader"
+		}
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\n", mem.ID, mem.RaftAddr, strings.ToLower(mem.Suffrage), role)
+	}
+	return tw.Flush()
+}
+
+func coordinatorRemovePeer(ctx context.Context, args []string, stdout, stderr io.Writer) error {
+	fs := newFlags("coordinator remove-peer", stderr)
+	var addrs stringList
+	fs.Var(&addrs, "http", "HTTP address of a coordinator (repeatable); the leader among them removes the peer")
+	pos, err := parseInterleaved(fs, args)
+	if err != nil {
+		return err
+	}
+	if len(pos) != 1 || len(addrs) == 0 {
+		return usageErr(stderr, "switchyard coordinator remove-peer: want --http ADDR and exactly one peer ID")
+	}
+	ctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+	defer cancel()
+	if err := coordinator.RemovePeer(ctx, addrs, pos[0]); err != nil {
+		return fmt.Errorf("remove %s: %w", pos[0], err)
+	}
+	fmt.Fprintf(stdout, "removed %s from the cluster\n", pos[0])
+	return nil
+}
+
+func orDash(s string) string {
+	if s == "" {
+		return "-"
+	}
+	return s
 }

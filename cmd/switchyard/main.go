@@ -54,7 +54,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	case "dev":
 		err = runDev(ctx, args[1:], stdout, stderr)
 	case "coordinator":
-		err = runCoordinator(ctx, args[1:], stderr)
+		err = runCoordinator(ctx, args[1:], stdout, stderr)
 	case "agent":
 		err = runAgent(ctx, args[1:], stderr)
 	case "rollout":

@@ -223,16 +223,26 @@ func TestProcess_HealthChecksMarkDeadServerDown(t *testing.T) {
 	c.Servers[1].Addr = fmt.Sprintf("127.0.0.1:%d", deadPort)
 	p := start(t, c)
 
-	deadline := time.Now().Add(10 * time.Second)
-	for {
+	var last string
+	waitFor(t, 10*time.Second, func() bool {
 		ans, err := command(context.Background(), p.SocketPath(), "show stat web 4 -1")
-		if err == nil && strings.Contains(ans, "\nweb,green,") && strings.Contains(strings.SplitN(ans, "\nweb,green,", 2)[1], ",DOWN,") {
-			break
-		}
+		last = fmt.Sprintf("%q, %v", ans, err)
+		_, green, found := strings.Cut(ans, "\nweb,green,")
+		return err == nil && found && strings.Contains(green, ",DOWN,")
+	}, func() string { return "green never marked DOWN by health checks; last show stat: " + last })
+}
+
+// waitFor polls cond until it holds, failing with what() after timeout.
+func waitFor(t *testing.T, timeout time.Duration, cond func() bool, what func() string) {
+	t.Helper()
+	deadline := time.Now().Add(timeout)
+	tick := time.NewTicker(10 * time.Millisecond)
+	defer tick.Stop()
+	for !cond() {
 		if time.Now().After(deadline) {
-			t.Fatalf("green never marked DOWN by health checks; last show stat: %q, %v", ans, err)
+			t.Fatal(what())
 		}
-		time.Sleep(20 * time.Millisecond) // poll interval, bounded by deadline
+		<-tick.C
 	}
 }
 

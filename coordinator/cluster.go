@@ -1,0 +1,320 @@
+package coordinator
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net/http"
+	"slices"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/hashicorp/raft"
+)
+
+// Cluster formation follows Consul and Nomad: every coordinator is started
+// with the HTTP addresses of the others (--retry-join) and the number of
+// coordinators to wait for (--bootstrap-expect). When a node with no Raft
+// state finds that many peers and none of them is in a running cluster, it
+// bootstraps Raft with all of them; every node that sees the same peers
+// bootstraps the same configuration, which Raft accepts. A node that finds a
+// running cluster asks its leader to add it instead.
+
+// PeerInfo is what a coordinator says about itself on /v1/cluster/self.
+type PeerInfo struct {
+	ID       string `json:"id"`
+	RaftAddr string `json:"raft_addr"`
+	// Leader is the id of the leader this node follows, empty if none.
+	Leader string `json:"leader,omitempty"`
+}
+
+// Member is one server of the Raft configuration.
+type Member struct {
+	ID       string `json:"id"`
+	RaftAddr string `json:"raft_addr"`
+	Suffrage string `json:"suffrage"`
+	Leader   bool   `json:"leader"`
+}
+
+// Members is the cluster as one coordinator sees it.
+type Members struct {
+	AnsweredBy   string   `json:"answered_by"`
+	State        string   `json:"state"`
+	Leader       string   `json:"leader"`
+	Term         uint64   `json:"term"`
+	LastIndex    uint64   `json:"last_index"`
+	CommitIndex  uint64   `json:"commit_index"`
+	AppliedIndex uint64   `json:"applied_index"`
+	Members      []Member `json:"members"`
+}
+
+// errNotLeaderHTTP is answered to cluster changes sent to a follower.
+var errNotLeaderHTTP = errors.New("not the leader")
+
+func (s *Server) self() PeerInfo {
+	_, leader := s.raft.LeaderWithID()
+	return PeerInfo{ID: s.cfg.NodeID, RaftAddr: s.RaftAddr(), Leader: string(leader)}
+}
+
+// MembersView reads the Raft configuration and this node's indexes.
+func (s *Server) MembersView() (*Members, error) {
+	f := s.raft.GetConfiguration()
+	if err := f.Error(); err != nil {
+		return nil, fmt.Errorf("read raft configuration: %w", err)
+	}
+	_, leader := s.raft.LeaderWithID()
+	stats := s.raft.Stats()
+	num := func(k string) uint64 { n, _ := strconv.ParseUint(stats[k], 10, 64); return n }
+	m := &Members{
+		AnsweredBy: s.cfg.NodeID, State: s.raft.State().String(), Leader: string(leader),
+		Term: num("term"), LastIndex: num("last_log_index"), CommitIndex: num("commit_index"), AppliedIndex: num("applied_index"),
+	}
+	for _, srv := range f.Configuration().Servers {
+		m.Members = append(m.Members, Member{
+			ID: string(srv.ID), RaftAddr: string(srv.Address), Suffrage: srv.Suffrage.String(), Leader: srv.ID == leader,
+		})
+	}
+	return m, nil
+}
+
+// addPeer adds (or re-adds under a new address) a voter; leader only.
+func (s *Server) addPeer(id, addr string) error {
+	if s.raft.State() != raft.Leader {
+		return errNotLeaderHTTP
+	}
+	f := s.raft.GetConfiguration()
+	if err := f.Error(); err != nil {
+		return err
+	}
+	for _, srv := range f.Configuration().Servers {
+		if string(srv.ID) == id && string(srv.Address) == addr {
+			return nil // already a member
+		}
+		if string(srv.ID) == id || string(srv.Address) == addr {
+			// A node replaced under the same id or address: drop the old
+			// entry so the cluster does not count a ghost toward quorum.
+			if err := s.raft.RemoveServer(srv.ID, 0, applyTimeout).Error(); err != nil {
+				return fmt.Errorf("remove old entry of %s: %w", srv.ID, err)
+			}
+		}
+	}
+	if err := s.raft.AddVoter(raft.ServerID(id), raft.ServerAddress(addr), 0, applyTimeout).Error(); err != nil {
+		return fmt.Errorf("add voter %s at %s: %w", id, addr, err)
+	}
+	s.log.Info("coordinator joined the cluster", "peer", id, "raft", addr)
+	return nil
+}
+
+// removePeer removes a server from the configuration; leader only. A leader
+// asked to remove itself hands leadership over first.
+func (s *Server) removePeer(id string) error {
+	if s.raft.State() != raft.Leader {
+		return errNotLeaderHTTP
+	}
+	if id == s.cfg.NodeID {
+		if err := s.raft.LeadershipTransfer().Error(); err != nil {
+			return fmt.Errorf("hand over leadership before leaving: %w", err)
+		}
+		return errNotLeaderHTTP
+	}
+	if err := s.raft.RemoveServer(raft.ServerID(id), 0, applyTimeout).Error(); err != nil {
+		return fmt.Errorf("remove %s: %w", id, err)
+	}
+	s.log.Info("coordinator removed from the cluster", "peer", id)
+	return nil
+}
+
+// clusterClient talks to other coordinators' HTTP APIs.
+var clusterClient = &http.Client{Timeout: 3 * time.Second}
+
+func httpURL(addr, path string) string {
+	if strings.HasPrefix(addr, "http://") || strings.HasPrefix(addr, "https://") {
+		return strings.TrimSuffix(addr, "/") + path
+	}
+	return "http://" + addr + path
+}
+
+func getJSON(ctx context.Context, addr, path string, out any) error {
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, httpURL(addr, path), nil)
+	if err != nil {
+		return err
+	}
+	resp, err := clusterClient.Do(req)
+	if err != nil {
+		return err
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		b, _ := io.ReadAll(io.LimitReader(resp.Body, 1024))
+		return fmt.Errorf("%s: %s: %s", addr, resp.Status, strings.TrimSpace(string(b)))
+	}
+	return json.NewDecoder(resp.Body).Decode(out)
+}
+
+func postJSON(ctx context.Context, addr, path string, in any) error {
+	b, _ := json.Marshal(in)
+	req, err := http.NewRequestWithContext(ctx, http.MethodPost, httpURL(addr, path), bytes.NewReader(b))
+	if err != nil {
+		return err
+	}
+	req.Header.Set("Content-Type", "application/json")
+	resp, err := clusterClient.Do(req)
+	if err != nil {
+		return err
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		msg, _ := io.ReadAll(io.LimitReader(resp.Body, 1024))
+		return fmt.Errorf("%s: %s: %s", addr, resp.Status, strings.TrimSpace(string(msg)))
+	}
+	return nil
+}
+
+// formCluster runs until this node is part of a cluster: it bootstraps when
+// it finds bootstrap-expect peers with no cluster, or joins one it finds.
+// It returns at once when the node has Raft state already.
+func (s *Server) formCluster(ctx context.Context, hasState bool) {
+	if hasState || (s.cfg.BootstrapExpect <= 1 && len(s.cfg.RetryJoin) == 0) {
+		return
+	}
+	for attempt := 0; ; attempt++ {
+		done, err := s.tryForm(ctx)
+		if done {
+			return
+		}
+		if attempt%10 == 0 && err != nil {
+			s.log.Info("waiting for the cluster to form", "expect", s.cfg.BootstrapExpect, "retry_join", s.cfg.RetryJoin, "detail", err)
+		}
+		select {
+		case <-ctx.Done():
+			return
+		case <-time.After(500 * time.Millisecond):
+		}
+	}
+}
+
+func (s *Server) tryForm(ctx context.Context) (bool, error) {
+	if _, leader := s.raft.LeaderWithID(); leader != "" {
+		return true, nil // someone added us, or we bootstrapped
+	}
+	peers := []PeerInfo{{ID: s.cfg.NodeID, RaftAddr: s.RaftAddr()}}
+	var running []string
+	var errs []error
+	for _, addr := range s.cfg.RetryJoin {
+		var p PeerInfo
+		if err := getJSON(ctx, addr, "/v1/cluster/self", &p); err != nil {
+			errs = append(errs, err)
+			continue
+		}
+		if p.ID == s.cfg.NodeID {
+			continue // our own address in the list
+		}
+		if p.Leader != "" {
+			running = append(running, addr)
+		}
+		peers = append(peers, p)
+	}
+	if len(running) > 0 {
+		// A cluster exists: ask each member until the leader adds us.
+		for _, addr := range s.cfg.RetryJoin {
+			err := postJSON(ctx, addr, "/v1/cluster/join", PeerInfo{ID: s.cfg.NodeID, RaftAddr: s.RaftAddr()})
+			if err == nil {
+				s.log.Info("joined the cluster", "via", addr)
+				return true, nil
+			}
+			errs = append(errs, err)
+		}
+		return false, errors.Join(errs...)
+	}
+	if s.cfg.BootstrapExpect > 1 && len(peers) >= s.cfg.BootstrapExpect {
+		slices.SortFunc(peers, func(a, b PeerInfo) int { return strings.Compare(a.ID, b.ID) })
+		var conf raft.Configuration
+		for _, p := range peers {
+			conf.Servers = append(conf.Servers, raft.Server{ID: raft.ServerID(p.ID), Address: raft.ServerAddress(p.RaftAddr), Suffrage: raft.Voter})
+		}
+		err := s.raft.BootstrapCluster(conf).Error()
+		if err != nil && !errors.Is(err, raft.ErrCantBootstrap) {
+			return false, fmt.Errorf("bootstrap: %w", err)
+		}
+		s.log.Info("bootstrapped the cluster", "servers", len(conf.Servers))
+		return true, nil
+	}
+	errs = append(errs, fmt.Errorf("found %d of %d coordinators", len(peers), s.cfg.BootstrapExpect))
+	return false, errors.Join(errs...)
+}
+
+func (s *Server) clusterRoutes(mux *http.ServeMux) {
+	mux.HandleFunc("GET /v1/cluster/self", func(w http.ResponseWriter, _ *http.Request) {
+		writeJSON(w, s.self())
+	})
+	mux.HandleFunc("GET /v1/cluster/members", func(w http.ResponseWriter, _ *http.Request) {
+		m, err := s.MembersView()
+		if err != nil {
+			http.Error(w, err.Error(), http.StatusServiceUnavailable)
+			return
+		}
+		writeJSON(w, m)
+	})
+	mux.HandleFunc("POST /v1/cluster/join", func(w http.ResponseWriter, r *http.Request) {
+		var p PeerInfo
+		if err := json.NewDecoder(io.LimitReader(r.Body, 4096)).Decode(&p); err != nil || p.ID == "" || p.RaftAddr == "" {
+			http.Error(w, "want JSON {\"id\": ..., \"raft_addr\": ...}", http.StatusBadRequest)
+			return
+		}
+		clusterChange(w, s.addPeer(p.ID, p.RaftAddr), s)
+	})
+	mux.HandleFunc("POST /v1/cluster/remove", func(w http.ResponseWriter, r *http.Request) {
+		var p PeerInfo
+		if err := json.NewDecoder(io.LimitReader(r.Body, 4096)).Decode(&p); err != nil || p.ID == "" {
+			http.Error(w, "want JSON {\"id\": ...}", http.StatusBadRequest)
+			return
+		}
+		clusterChange(w, s.removePeer(p.ID), s)
+	})
+}
+
+func clusterChange(w http.ResponseWriter, err error, s *Server) {
+	switch {
+	case err == nil:
+		writeJSON(w, map[string]string{"result": "ok"})
+	case errors.Is(err, errNotLeaderHTTP):
+		_, leader := s.raft.LeaderWithID()
+		http.Error(w, fmt.Sprintf("not the leader; the leader is %q", leader), http.StatusMisdirectedRequest)
+	default:
+		http.Error(w, err.Error(), http.StatusInternalServerError)
+	}
+}
+
+func writeJSON(w http.ResponseWriter, v any) {
+	w.Header().Set("Content-Type", "application/json")
+	enc := json.NewEncoder(w)
+	enc.SetIndent("", "  ")
+	_ = enc.Encode(v)
+}
+
+// ClusterMembers asks a coordinator's HTTP API for the members.
+func ClusterMembers(ctx context.Context, httpAddr string) (*Members, error) {
+	var m Members
+	if err := getJSON(ctx, httpAddr, "/v1/cluster/members", &m); err != nil {
+		return nil, err
+	}
+	return &m, nil
+}
+
+// RemovePeer asks the coordinators at addrs, in turn, to remove a peer; the
+// leader among them does it.
+func RemovePeer(ctx context.Context, addrs []string, id string) error {
+	var errs []error
+	for _, a := range addrs {
+		err := postJSON(ctx, a, "/v1/cluster/remove", PeerInfo{ID: id})
+		if err == nil {
+			return nil
+		}
+		errs = append(errs, err)
+	}
+	return errors.Join(errs...)
+}

@@ -1,0 +1,178 @@
+package coordinator
+
+import (
+	"context"
+	"fmt"
+	"net"
+	"path/filepath"
+	"testing"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"google.golang.org/protobuf/proto"
+
+	sv1 "github.com/switchyard/switchyard/proto/switchyard/v1"
+)
+
+func freeAddr(t *testing.T) string {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	return ln.Addr().String()
+}
+
+type clusterNode struct {
+	cfg Config
+	*testCoordinator
+}
+
+func (n *clusterNode) start(t *testing.T) {
+	t.Helper()
+	reg := prometheus.NewRegistry()
+	cfg := n.cfg
+	cfg.Registerer, cfg.Gatherer = reg, reg
+	srv, err := New(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	c := &testCoordinator{srv: srv, reg: reg, cancel: cancel, done: make(chan struct{})}
+	go func() {
+		defer close(c.done)
+		_ = srv.Run(ctx)
+	}()
+	n.testCoordinator = c
+}
+
+func (n *clusterNode) stop() {
+	if n.testCoordinator != nil {
+		n.testCoordinator.stop()
+		n.testCoordinator = nil
+	}
+}
+
+func startCluster(t *testing.T, natsURL string, size int) []*clusterNode {
+	t.Helper()
+	dir := t.TempDir()
+	var httpAddrs []string
+	nodes := make([]*clusterNode, size)
+	for range nodes {
+		httpAddrs = append(httpAddrs, freeAddr(t))
+	}
+	for i := range nodes {
+		nodes[i] = &clusterNode{cfg: Config{
+			NodeID: fmt.Sprintf("c%d", i+1), DataDir: filepath.Join(dir, fmt.Sprintf("c%d", i+1)),
+			RaftAddr: freeAddr(t), HTTPAddr: httpAddrs[i], NATSURL: natsURL,
+			BootstrapExpect: size, RetryJoin: httpAddrs, ConvergeInterval: 50 * time.Millisecond,
+		}}
+		nodes[i].start(t)
+	}
+	t.Cleanup(func() {
+		for _, n := range nodes {
+			n.stop()
+		}
+	})
+	return nodes
+}
+
+func leaderOf(nodes []*clusterNode) *clusterNode {
+	for _, n := range nodes {
+		if n.testCoordinator != nil && n.srv.IsLeader() {
+			return n
+		}
+	}
+	return nil
+}
+
+func TestCluster_FormsFailsOverAndRestartsWithSameState(t *testing.T) {
+	nc, url := startNATS(t)
+	nodes := startCluster(t, url, 3)
+
+	var leader *clusterNode
+	waitFor(t, "a leader", 15*time.Second, func() bool { leader = leaderOf(nodes); return leader != nil })
+	waitFor(t, "three members", 5*time.Second, func() bool {
+		m, err := ClusterMembers(context.Background(), leader.cfg.HTTPAddr)
+		return err == nil && len(m.Members) == 3 && m.Leader == leader.cfg.NodeID
+	})
+
+	first := send(t, nc, applyIntent("i-1", "web-1"))
+	if !first.GetAccepted() {
+		t.Fatal(first)
+	}
+
+	// The leader goes away; another takes over and handles the next intent.
+	leader.stop()
+	var next *clusterNode
+	waitFor(t, "a new leader", 15*time.Second, func() bool { next = leaderOf(nodes); return next != nil })
+	ab := send(t, nc, &sv1.Intent{Id: "i-2", Action: &sv1.Intent_AbortRollout{AbortRollout: &sv1.AbortRollout{Rollout: "web-1"}}})
+	if !ab.GetAccepted() || ab.GetIndex() <= first.GetIndex() {
+		t.Fatalf("abort on the new leader: %v", ab)
+	}
+	waitFor(t, "the new leader's desired state", 5*time.Second, func() bool {
+		return desiredInBucket(t, nc, "web").GetGeneration() == ab.GetIndex()
+	})
+
+	// The old leader comes back from its data directory and catches up.
+	leader.start(t)
+	waitFor(t, "every replica to hold the same state", 15*time.Second, func() bool {
+		want := next.srv.fsm.State().Snapshot()
+		for _, n := range nodes {
+			if !proto.Equal(n.srv.fsm.State().Snapshot(), want) {
+				return false
+			}
+		}
+		return true
+	})
+
+	// All three stop and start again: the state is intact and the cluster
+	// carries on.
+	want := next.srv.fsm.State().Snapshot()
+	for _, n := range nodes {
+		n.stop()
+	}
+	for _, n := range nodes {
+		n.start(t)
+	}
+	waitFor(t, "a leader after a full restart", 15*time.Second, func() bool { return leaderOf(nodes) != nil })
+	for _, n := range nodes {
+		waitFor(t, n.cfg.NodeID+" to restore its state", 10*time.Second, func() bool {
+			return proto.Equal(n.srv.fsm.State().Snapshot(), want)
+		})
+	}
+	res := send(t, nc, applyIntent("i-3", "web-2"))
+	if res.GetAccepted() {
+		t.Fatalf("second rollout accepted while web-1 is still rolling back: %v", res)
+	}
+}
+
+func TestCluster_RemovePeer(t *testing.T) {
+	_, url := startNATS(t)
+	nodes := startCluster(t, url, 3)
+	var leader *clusterNode
+	waitFor(t, "a leader", 15*time.Second, func() bool { leader = leaderOf(nodes); return leader != nil })
+	var victim *clusterNode
+	for _, n := range nodes {
+		if n != leader {
+			victim = n
+			break
+		}
+	}
+	var addrs []string
+	for _, n := range nodes {
+		addrs = append(addrs, n.cfg.HTTPAddr)
+	}
+	victim.stop()
+	if err := RemovePeer(context.Background(), addrs, victim.cfg.NodeID); err != nil {
+		t.Fatal(err)
+	}
+	m, err := ClusterMembers(context.Background(), leader.cfg.HTTPAddr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(m.Members) != 2 {
+		t.Fatalf("members after removal: %+v", m.Members)
+	}
+}
