@@ -15,7 +15,6 @@ import (
 	"sync"
 	"time"
 
-	"github.com/hashicorp/go-hclog"
 	"github.com/hashicorp/raft"
 	raftboltdb "github.com/hashicorp/raft-boltdb/v2"
 	"github.com/nats-io/nats.go"
@@ -183,8 +182,7 @@ func (s *Server) setupRaft() error {
 	rc.SnapshotInterval = 30 * time.Second
 	rc.TrailingLogs = 1024
 	rc.NotifyCh = s.leaderCh
-	rc.Logger = hclog.FromStandardLogger(slog.NewLogLogger(s.log.With("component", "raft").Handler(), slog.LevelInfo),
-		&hclog.LoggerOptions{Name: "raft", Level: hclog.Warn})
+	rc.Logger = raftLogger(s.log)
 
 	store, err := raftboltdb.New(raftboltdb.Options{Path: filepath.Join(s.cfg.DataDir, "raft.db")})
 	if err != nil {
