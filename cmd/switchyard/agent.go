@@ -2,10 +2,63 @@ package main
 
 import (
 	"context"
-	"errors"
+	"fmt"
 	"io"
+	"os"
+
+	"github.com/switchyard/switchyard/agent"
+	"github.com/switchyard/switchyard/agent/driver"
+	"github.com/switchyard/switchyard/agent/driver/haproxy"
 )
 
+// version is reported by agents in their status; set at link time.
+var version = "dev"
+
 func runAgent(ctx context.Context, args []string, stderr io.Writer) error {
-	return errors.New("agent: wiring pending")
+	fs := newFlags("agent", stderr)
+	var logf logFlags
+	configPath := fs.String("config", "", "agent config file (YAML; see examples/agent.yaml)")
+	natsURL := fs.String("nats", os.Getenv("SWITCHYARD_NATS"), "NATS URL; overrides the config's nats (env SWITCHYARD_NATS)")
+	logf.register(fs)
+	if err := parse(fs, args); err != nil {
+		return err
+	}
+	if *configPath == "" || fs.NArg() > 0 {
+		return usageErr(stderr, "switchyard agent: want --config FILE and no other arguments")
+	}
+	log, err := logf.logger(stderr)
+	if err != nil {
+		return usageErr(stderr, "switchyard agent: %v", err)
+	}
+	cfg, err := agent.LoadConfig(*configPath)
+	if err != nil {
+		return err
+	}
+	reg := newRegistry()
+	a, err := agent.New(cfg, agent.Options{
+		Logger:        log,
+		Registerer:    reg,
+		Gatherer:      reg,
+		DriverFactory: newDriver,
+		NATSURL:       *natsURL,
+		Version:       version,
+	})
+	if err != nil {
+		return err
+	}
+	return a.Run(ctx)
+}
+
+// newDriver builds the proxy driver a service's config names.
+func newDriver(service string, svc agent.ServiceConfig) (driver.Driver, error) {
+	switch {
+	case svc.HAProxy != nil:
+		return haproxy.New(haproxy.Config{
+			Socket:  svc.HAProxy.Socket,
+			Backend: svc.HAProxy.Backend,
+			Servers: svc.HAProxy.Servers,
+			Timeout: svc.HAProxy.Timeout,
+		})
+	}
+	return nil, fmt.Errorf("services.%s: no proxy configured; want haproxy", service)
 }
