@@ -1,0 +1,77 @@
+package agent
+
+import (
+	"errors"
+	"fmt"
+	"net"
+	"net/http"
+	"strings"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+
+	sv1 "github.com/switchyard/switchyard/proto/switchyard/v1"
+)
+
+// serveHTTP serves /metrics and /healthz on the config's httpAddr until the
+// returned server is shut down.
+func (a *Agent) serveHTTP() (*http.Server, error) {
+	ln, err := listen(a.cfg.HTTPAddr)
+	if err != nil {
+		return nil, err
+	}
+	mux := http.NewServeMux()
+	if a.gatherer != nil {
+		mux.Handle("GET /metrics", promhttp.HandlerFor(a.gatherer, promhttp.HandlerOpts{}))
+	} else {
+		a.log.Warn("no prometheus Gatherer given; /metrics is not served")
+	}
+	mux.HandleFunc("GET /healthz", a.healthz)
+	srv := &http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second}
+	a.mu.Lock()
+	a.httpAddr = ln.Addr().String()
+	a.mu.Unlock()
+	go func() {
+		if err := srv.Serve(ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
+			a.log.Error("http server stopped", "err", err)
+		}
+	}()
+	a.log.Info("serving /metrics and /healthz", "addr", ln.Addr().String())
+	return srv, nil
+}
+
+// healthz answers 200 when the agent is connected to the bus and can drive
+// every proxy, else 503; the body says why.
+func (a *Agent) healthz(w http.ResponseWriter, _ *http.Request) {
+	var problems []string
+	select {
+	case <-a.ready:
+	default:
+		problems = append(problems, "agent: starting")
+	}
+	if nc := a.conn(); nc == nil || !nc.IsConnected() {
+		problems = append(problems, "nats: not connected")
+	}
+	for _, s := range a.status(false).GetServices() {
+		if s.GetDriver() == sv1.DriverHealth_DRIVER_HEALTH_DEGRADED {
+			problems = append(problems, fmt.Sprintf("service %s: driver degraded: %s", s.GetService(), s.GetMessage()))
+		}
+	}
+	w.Header().Set("Content-Type", "text/plain; charset=utf-8")
+	if len(problems) > 0 {
+		w.WriteHeader(http.StatusServiceUnavailable)
+		fmt.Fprintln(w, strings.Join(problems, "\n"))
+		return
+	}
+	fmt.Fprintln(w, "ok")
+}
+
+// listen binds the HTTP address; split out so Run reports a busy port as a
+// start error.
+func listen(addr string) (net.Listener, error) {
+	ln, err := net.Listen("tcp", addr)
+	if err != nil {
+		return nil, fmt.Errorf("listen on httpAddr %s: %w", addr, err)
+	}
+	return ln, nil
+}

@@ -1,0 +1,113 @@
+package agent
+
+import (
+	"errors"
+	"fmt"
+
+	"github.com/prometheus/client_golang/prometheus"
+)
+
+// Apply results, the values of the "result" label of applies_total.
+const (
+	resultOK = "ok"
+	// resultError: the driver failed; the agent retries.
+	resultError = "error"
+	// resultRefused: the driver does not know a backend the document names;
+	// retried only on resync or when a newer document arrives.
+	resultRefused = "refused"
+	// resultNoWave: the node is in no wave and the document has no default
+	// weights, so the proxy keeps its weights.
+	resultNoWave = "no_wave"
+)
+
+// Reasons a document is rejected, the values of the "reason" label of
+// documents_rejected_total.
+const (
+	reasonMalformed      = "malformed"
+	reasonUnknownService = "unknown_service"
+	reasonStale          = "stale"
+)
+
+// metrics are the agent's Prometheus metrics, registered on the registry the
+// caller injects.
+type metrics struct {
+	applies           *prometheus.CounterVec
+	applySeconds      *prometheus.HistogramVec
+	rejected          *prometheus.CounterVec
+	drift             *prometheus.CounterVec
+	appliedGeneration *prometheus.GaugeVec
+	driverDegraded    *prometheus.GaugeVec
+	stateSaveErrors   *prometheus.CounterVec
+	busReconnects     prometheus.Counter
+	resyncErrors      prometheus.Counter
+}
+
+func newMetrics(reg prometheus.Registerer) (*metrics, error) {
+	m := &metrics{
+		applies: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "switchyard_agent_applies_total",
+			Help: "Attempts to apply a desired state or repair drift on the local proxy, by service and result (ok, error, refused, no_wave).",
+		}, []string{"service", "result"}),
+		applySeconds: prometheus.NewHistogramVec(prometheus.HistogramOpts{
+			Name:    "switchyard_agent_apply_seconds",
+			Help:    "Time the proxy driver took to apply weights, successful or not.",
+			Buckets: []float64{.001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5, 10},
+		}, []string{"service"}),
+		rejected: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "switchyard_agent_documents_rejected_total",
+			Help: "Desired-state documents ignored, by service and reason (malformed, unknown_service, stale).",
+		}, []string{"service", "reason"}),
+		drift: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "switchyard_agent_drift_total",
+			Help: "Times the proxy's weights differed from the applied state and the agent re-applied them.",
+		}, []string{"service"}),
+		appliedGeneration: prometheus.NewGaugeVec(prometheus.GaugeOpts{
+			Name: "switchyard_agent_applied_generation",
+			Help: "Generation of the desired state applied to the local proxy, 0 before the first.",
+		}, []string{"service"}),
+		driverDegraded: prometheus.NewGaugeVec(prometheus.GaugeOpts{
+			Name: "switchyard_agent_driver_degraded",
+			Help: "1 while the agent cannot drive the service's proxy and is retrying, else 0.",
+		}, []string{"service"}),
+		stateSaveErrors: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "switchyard_agent_state_save_errors_total",
+			Help: "Applied states the agent set on its proxy but failed to persist locally.",
+		}, []string{"service"}),
+		busReconnects: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "switchyard_agent_bus_reconnects_total",
+			Help: "Times the agent reconnected to NATS (each followed by a resync).",
+		}),
+		resyncErrors: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "switchyard_agent_resync_errors_total",
+			Help: "Failed reads of a desired state from the bucket during a resync.",
+		}),
+	}
+	var errs []error
+	for _, c := range []prometheus.Collector{
+		m.applies, m.applySeconds, m.rejected, m.drift, m.appliedGeneration,
+		m.driverDegraded, m.stateSaveErrors, m.busReconnects, m.resyncErrors,
+	} {
+		if err := reg.Register(c); err != nil {
+			errs = append(errs, err)
+		}
+	}
+	if err := errors.Join(errs...); err != nil {
+		return nil, fmt.Errorf("register agent metrics: %w", err)
+	}
+	return m, nil
+}
+
+// initService creates a service's series so that they read 0 before the
+// first event rather than being absent.
+func (m *metrics) initService(service string) {
+	for _, r := range []string{resultOK, resultError, resultRefused, resultNoWave} {
+		m.applies.WithLabelValues(service, r)
+	}
+	for _, r := range []string{reasonMalformed, reasonUnknownService, reasonStale} {
+		m.rejected.WithLabelValues(service, r)
+	}
+	m.drift.WithLabelValues(service)
+	m.appliedGeneration.WithLabelValues(service)
+	m.driverDegraded.WithLabelValues(service)
+	m.stateSaveErrors.WithLabelValues(service)
+}

@@ -1,0 +1,134 @@
+package agent
+
+import (
+	"log/slog"
+	"testing"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	dto "github.com/prometheus/client_model/go"
+	"google.golang.org/protobuf/proto"
+
+	sv1 "github.com/switchyard/switchyard/proto/switchyard/v1"
+)
+
+// FuzzAgent_DesiredDocument feeds arbitrary bus bytes to a service's
+// decoder and fence: it must never panic, and a document it accepts must be
+// for its service and newer than anything it has.
+func FuzzAgent_DesiredDocument(f *testing.F) {
+	seed := func(ds *sv1.DesiredState) []byte {
+		b, err := proto.Marshal(ds)
+		if err != nil {
+			f.Fatal(err)
+		}
+		return b
+	}
+	f.Add(seed(&sv1.DesiredState{Service: "web", Generation: 8, DefaultWeights: map[string]uint32{"blue": 100}}), false)
+	f.Add(seed(&sv1.DesiredState{Service: "web", Generation: 7}), true)
+	f.Add(seed(&sv1.DesiredState{Service: "api", Generation: 9}), false)
+	f.Add(seed(&sv1.DesiredState{Service: "web", Generation: 9, Waves: []*sv1.WaveWeights{{BasisPoints: 20000}}}), false)
+	f.Add([]byte{0x0a, 0x05, 'w'}, false)
+	f.Add([]byte{}, true)
+
+	m, err := newMetrics(prometheus.NewRegistry())
+	if err != nil {
+		f.Fatal(err)
+	}
+	f.Fuzz(func(t *testing.T, raw []byte, poll bool) {
+		w := &serviceWorker{
+			name:    "web",
+			log:     slog.New(slog.DiscardHandler),
+			m:       m,
+			inbox:   newInbox(),
+			applied: &sv1.AppliedState{Service: "web", Desired: &sv1.DesiredState{Service: "web", Generation: 7}},
+		}
+		if !w.consider(delivery{raw: raw, poll: poll}) {
+			if w.pending != nil {
+				t.Fatalf("rejected, but pending = %v", w.pending)
+			}
+			return
+		}
+		if w.pending.GetService() != "web" || w.pending.GetGeneration() <= 7 {
+			t.Fatalf("accepted %v over applied generation 7", w.pending)
+		}
+		if checkDocument(w.pending) != nil {
+			t.Fatalf("accepted a document checkDocument refuses: %v", w.pending)
+		}
+	})
+}
+
+func TestAgent_ConsiderFencesOnNewestKnownGeneration(t *testing.T) {
+	m, err := newMetrics(prometheus.NewRegistry())
+	if err != nil {
+		t.Fatal(err)
+	}
+	w := &serviceWorker{name: "web", log: slog.New(slog.DiscardHandler), m: m, inbox: newInbox()}
+	doc := func(gen uint64) []byte {
+		b, _ := proto.Marshal(&sv1.DesiredState{Service: "web", Generation: gen})
+		return b
+	}
+	steps := []struct {
+		gen      uint64
+		poll     bool
+		accepted bool
+	}{
+		{3, true, true},   // first document
+		{3, true, false},  // the same one on resync: silent
+		{3, false, false}, // pushed again: stale
+		{5, false, true},  // newer, supersedes the pending 3
+		{4, false, false}, // older than the pending 5: stale
+		{6, true, true},
+	}
+	for i, s := range steps {
+		if got := w.consider(delivery{raw: doc(s.gen), poll: s.poll}); got != s.accepted {
+			t.Fatalf("step %d (generation %d, poll %v): accepted = %v, want %v", i, s.gen, s.poll, got, s.accepted)
+		}
+	}
+	if w.pending.GetGeneration() != 6 {
+		t.Fatalf("pending generation = %d, want 6", w.pending.GetGeneration())
+	}
+	if got := testCounter(t, m.rejected.WithLabelValues("web", reasonStale)); got != 2 {
+		t.Errorf("stale = %v, want 2", got)
+	}
+}
+
+func TestAgent_BackoffDoublesToCap(t *testing.T) {
+	var got []time.Duration
+	d := time.Duration(0)
+	for range 8 {
+		d = nextBackoff(d, 250*time.Millisecond, 10*time.Second)
+		got = append(got, d)
+	}
+	want := []time.Duration{250 * time.Millisecond, 500 * time.Millisecond, time.Second, 2 * time.Second, 4 * time.Second, 8 * time.Second, 10 * time.Second, 10 * time.Second}
+	for i := range want {
+		if got[i] != want[i] {
+			t.Fatalf("backoff = %v, want %v", got, want)
+		}
+	}
+}
+
+func TestAgent_InboxDropsOldestWhenFull(t *testing.T) {
+	b := newInbox()
+	for i := range inboxCap + 3 {
+		dropped := b.put(delivery{raw: []byte{byte(i)}})
+		if dropped != (i >= inboxCap) {
+			t.Fatalf("put %d: dropped = %v", i, dropped)
+		}
+	}
+	items := b.drain()
+	if len(items) != inboxCap || items[0].raw[0] != 3 || items[len(items)-1].raw[0] != inboxCap+2 {
+		t.Fatalf("inbox kept %d items from %d to %d", len(items), items[0].raw[0], items[len(items)-1].raw[0])
+	}
+	if len(b.drain()) != 0 {
+		t.Fatal("drain did not empty the inbox")
+	}
+}
+
+func testCounter(t *testing.T, c prometheus.Counter) float64 {
+	t.Helper()
+	var m dto.Metric
+	if err := c.Write(&m); err != nil {
+		t.Fatal(err)
+	}
+	return m.GetCounter().GetValue()
+}
