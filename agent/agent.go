@@ -24,6 +24,7 @@ import (
 	"github.com/switchyard/switchyard/agent/driver"
 	"github.com/switchyard/switchyard/agent/state"
 	"github.com/switchyard/switchyard/bus"
+	"github.com/switchyard/switchyard/internal/clock"
 	sv1 "github.com/switchyard/switchyard/proto/switchyard/v1"
 )
 
@@ -57,7 +58,7 @@ type Options struct {
 	// caller keeps ownership and closes it.
 	StateStore StateStore
 	// Clock stamps applied states and statuses; nil is the system clock.
-	Clock Clock
+	Clock clock.Clock
 	// Version is reported in the agent's status.
 	Version string
 	// RetryMin and RetryMax bound the backoff between attempts of a failing
@@ -76,7 +77,7 @@ type Agent struct {
 	gatherer prometheus.Gatherer
 	factory  DriverFactory
 	store    StateStore
-	clock    Clock
+	clock    clock.Clock
 	version  string
 	timing   timing
 	names    []string // configured services, sorted
@@ -132,7 +133,7 @@ func New(cfg *Config, opts Options) (*Agent, error) {
 	}
 	a.log = a.log.With("node", cfg.Node)
 	if a.clock == nil {
-		a.clock = systemClock{}
+		a.clock = clock.Real{}
 	}
 	reg := opts.Registerer
 	if reg == nil {

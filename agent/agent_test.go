@@ -128,7 +128,7 @@ func TestAgent_MalformedDocumentsAreCountedAndSurvived(t *testing.T) {
 
 	// A delete on the key is not a document at all.
 	del := nats.Header{}
-	del.Set("KV-Operation", "DEL")
+	del.Set(bus.KVOperationHeader, bus.KVOperationDelete)
 	b.publishRaw(t, "web", nil, del)
 	// Truncated protobuf: field 1 claims 5 bytes, 1 follows.
 	b.publishRaw(t, "web", []byte{0x0a, 0x05, 'w'}, nil)

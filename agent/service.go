@@ -14,13 +14,11 @@ import (
 	"google.golang.org/protobuf/types/known/timestamppb"
 
 	"github.com/switchyard/switchyard/agent/driver"
+	"github.com/switchyard/switchyard/bus"
+	"github.com/switchyard/switchyard/internal/clock"
 	"github.com/switchyard/switchyard/internal/desired"
 	sv1 "github.com/switchyard/switchyard/proto/switchyard/v1"
 )
-
-// kvOperationHeader is the header JetStream KV sets on the key subject's
-// message of a delete or purge; a put has none. It is NATS's name, not ours.
-const kvOperationHeader = "KV-Operation"
 
 // delivery is one desired-state document as it came off the bus.
 type delivery struct {
@@ -89,7 +87,7 @@ type serviceWorker struct {
 	store  StateStore
 	log    *slog.Logger
 	m      *metrics
-	clock  Clock
+	clock  clock.Clock
 	timing timing
 	// report hands a changed status to the agent.
 	report func(*sv1.ServiceStatus)
@@ -123,8 +121,8 @@ type serviceWorker struct {
 
 // onMsg receives a push on the service's KV key subject.
 func (w *serviceWorker) onMsg(m *nats.Msg) {
-	switch m.Header.Get(kvOperationHeader) {
-	case "DEL", "PURGE":
+	switch m.Header.Get(bus.KVOperationHeader) {
+	case bus.KVOperationDelete, bus.KVOperationPurge:
 		w.log.Info("desired state deleted on the bus; keeping the applied state")
 		return
 	}

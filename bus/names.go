@@ -33,6 +33,12 @@ const (
 	ReplyHeader = "Switchyard-Reply"
 	// MsgIDHeader is the NATS header JetStream deduplicates on.
 	MsgIDHeader = "Nats-Msg-Id"
+
+	// KVOperationHeader marks a KV delete or purge on a key's subject; a
+	// plain put has none. nats.go does not export these names.
+	KVOperationHeader = "KV-Operation"
+	KVOperationDelete = "DEL"
+	KVOperationPurge  = "PURGE"
 )
 
 // Intent kinds, the last token of an intent subject.
