@@ -1,0 +1,116 @@
+package sketch
+
+import (
+	"math"
+	"math/rand/v2"
+	"testing"
+
+	"google.golang.org/protobuf/proto"
+
+	sv1 "github.com/switchyard/switchyard/proto/switchyard/v1"
+)
+
+func TestSketch_QuantilesWithinAccuracy(t *testing.T) {
+	s := New()
+	for i := 1; i <= 1000; i++ {
+		s.Add(float64(i) / 1000) // 1 ms .. 1 s
+	}
+	for _, q := range []float64{0.5, 0.9, 0.99} {
+		want := q
+		got := s.Quantile(q)
+		if math.Abs(got-want)/want > 0.02 {
+			t.Errorf("p%v = %v, want %v within 2%%", q*100, got, want)
+		}
+	}
+	if s.Count() != 1000 {
+		t.Errorf("count %v", s.Count())
+	}
+}
+
+func TestSketch_RoundTripAndMerge(t *testing.T) {
+	r := rand.New(rand.NewPCG(1, 2))
+	a, b := New(), New()
+	for range 5000 {
+		a.Add(0.010 + r.ExpFloat64()*0.005)
+		b.Add(0.060 + r.ExpFloat64()*0.005)
+	}
+	a.Add(0)
+	wire, err := proto.Marshal(a.ToProto())
+	if err != nil {
+		t.Fatal(err)
+	}
+	var p sv1.LatencySketch
+	if err := proto.Unmarshal(wire, &p); err != nil {
+		t.Fatal(err)
+	}
+	back, err := FromProto(&p)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if back.Count() != a.Count() || back.Quantile(0.99) != a.Quantile(0.99) {
+		t.Fatalf("round trip: count %v p99 %v, want %v %v", back.Count(), back.Quantile(0.99), a.Count(), a.Quantile(0.99))
+	}
+	back.Merge(b)
+	if back.Count() != 10001 {
+		t.Fatalf("merged count %v", back.Count())
+	}
+	if p50 := back.Quantile(0.5); p50 < 0.010 || p50 > 0.070 {
+		t.Fatalf("merged p50 %v", p50)
+	}
+	bins := back.Bins()
+	if bins[0].Index != ZeroIndex || bins[0].Count != 1 {
+		t.Fatalf("first bin %v, want the zero bucket", bins[0])
+	}
+	for i := 1; i < len(bins); i++ {
+		if bins[i].Index <= bins[i-1].Index {
+			t.Fatal("bins out of order")
+		}
+	}
+}
+
+func TestSketch_BadValuesCountAsZero(t *testing.T) {
+	s := New()
+	s.Add(-1)
+	s.Add(math.NaN())
+	s.Add(math.Inf(1))
+	if s.Count() != 3 {
+		t.Fatalf("count %v", s.Count())
+	}
+}
+
+func TestSketch_FromProtoRefuses(t *testing.T) {
+	for name, p := range map[string]*sv1.LatencySketch{
+		"other accuracy":  {RelativeAccuracy: 0.05},
+		"negative count":  {RelativeAccuracy: RelativeAccuracy, Counts: []float64{1, -1}},
+		"nan count":       {RelativeAccuracy: RelativeAccuracy, Counts: []float64{math.NaN()}},
+		"negative zero":   {RelativeAccuracy: RelativeAccuracy, ZeroCount: -3},
+		"too many bins":   {RelativeAccuracy: RelativeAccuracy, Counts: make([]float64, MaxBins+1)},
+		"offset too high": {RelativeAccuracy: RelativeAccuracy, IndexOffset: math.MaxInt32, Counts: []float64{1}},
+		"offset too low":  {RelativeAccuracy: RelativeAccuracy, IndexOffset: math.MinInt32, Counts: []float64{1}},
+	} {
+		if _, err := FromProto(p); err == nil {
+			t.Errorf("%s: accepted", name)
+		}
+	}
+}
+
+func FuzzSketch_FromProto(f *testing.F) {
+	s := New()
+	s.Add(0.01)
+	s.Add(0.2)
+	b, _ := proto.Marshal(s.ToProto())
+	f.Add(b)
+	f.Fuzz(func(t *testing.T, data []byte) {
+		var p sv1.LatencySketch
+		if proto.Unmarshal(data, &p) != nil {
+			return
+		}
+		got, err := FromProto(&p)
+		if err != nil {
+			return
+		}
+		got.Quantile(0.99)
+		got.Bins()
+		got.Merge(s)
+	})
+}
