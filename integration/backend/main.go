@@ -1,0 +1,110 @@
+// Command backend is the tiny HTTP service integration tests and the demo put
+// behind HAProxy as "blue" and "green": it says who answered, and can be told
+// to fail a share of requests or to answer slowly, so guardrail and fault
+// tests have a misbehaving green to catch.
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"log/slog"
+	"math/rand/v2"
+	"net"
+	"net/http"
+	"os"
+	"os/signal"
+	"syscall"
+	"time"
+)
+
+func main() {
+	if err := run(); err != nil {
+		fmt.Fprintln(os.Stderr, "backend:", err)
+		os.Exit(1)
+	}
+}
+
+func run() error {
+	var (
+		addr      = flag.String("addr", "127.0.0.1:0", "address to listen on; only 127.0.0.1 makes sense in tests")
+		name      = flag.String("name", "", "backend name returned in the body and the X-Backend header (e.g. blue, green)")
+		node      = flag.String("node", "", "edge node this backend sits behind, returned in the X-Node header")
+		errorRate = flag.Float64("error-rate", 0, "share of requests to GET / answered with 503, 0..1")
+		latency   = flag.Duration("latency", 0, "delay added before every answer to GET /")
+	)
+	flag.Parse()
+	if *name == "" {
+		return errors.New("--name is required")
+	}
+	if *errorRate < 0 || *errorRate > 1 {
+		return fmt.Errorf("--error-rate %v: want a share between 0 and 1", *errorRate)
+	}
+	if *latency < 0 {
+		return fmt.Errorf("--latency %v: want a duration >= 0", *latency)
+	}
+	log := slog.New(slog.NewTextHandler(os.Stderr, nil)).With("backend", *name, "node", *node)
+
+	// SIGTERM is how the harness stops every process; the backend drains and
+	// exits 0 so an unclean exit in a test log means something really broke.
+	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, os.Interrupt)
+	defer stop()
+
+	ln, err := net.Listen("tcp", *addr)
+	if err != nil {
+		return fmt.Errorf("listen on %s: %w", *addr, err)
+	}
+	srv := &http.Server{
+		Handler:           handler(*name, *node, *errorRate, *latency),
+		ReadHeaderTimeout: 5 * time.Second,
+	}
+	errc := make(chan error, 1)
+	go func() { errc <- srv.Serve(ln) }()
+	log.Info("backend listening", "addr", ln.Addr().String(), "error_rate", *errorRate, "latency", *latency)
+
+	select {
+	case err := <-errc:
+		return fmt.Errorf("serve: %w", err)
+	case <-ctx.Done():
+	}
+	shutdownCtx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	if err := srv.Shutdown(shutdownCtx); err != nil {
+		return fmt.Errorf("shutdown: %w", err)
+	}
+	log.Info("backend stopped")
+	return nil
+}
+
+func handler(name, node string, errorRate float64, latency time.Duration) http.Handler {
+	mux := http.NewServeMux()
+	// /healthz ignores error-rate and latency on purpose: a backend that
+	// fails real traffic while passing its health check is exactly the bad
+	// green that only traffic analysis catches.
+	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) {
+		w.Header().Set("X-Backend", name)
+		fmt.Fprintln(w, "ok")
+	})
+	mux.HandleFunc("GET /{$}", func(w http.ResponseWriter, r *http.Request) {
+		if latency > 0 {
+			t := time.NewTimer(latency)
+			select {
+			case <-t.C:
+			case <-r.Context().Done():
+				t.Stop()
+				return
+			}
+		}
+		w.Header().Set("X-Backend", name)
+		if node != "" {
+			w.Header().Set("X-Node", node)
+		}
+		w.Header().Set("Content-Type", "text/plain; charset=utf-8")
+		if errorRate > 0 && rand.Float64() < errorRate {
+			w.WriteHeader(http.StatusServiceUnavailable)
+		}
+		fmt.Fprintln(w, name)
+	})
+	return mux
+}
