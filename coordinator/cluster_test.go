@@ -66,7 +66,7 @@ func startCluster(t *testing.T, natsURL string, size int) []*clusterNode {
 		nodes[i] = &clusterNode{cfg: Config{
 			NodeID: fmt.Sprintf("c%d", i+1), DataDir: filepath.Join(dir, fmt.Sprintf("c%d", i+1)),
 			RaftAddr: freeAddr(t), HTTPAddr: httpAddrs[i], NATSURL: natsURL,
-			BootstrapExpect: size, RetryJoin: httpAddrs, ConvergeInterval: 50 * time.Millisecond,
+			BootstrapExpect: size, RetryJoin: httpAddrs, TickInterval: 50 * time.Millisecond,
 		}}
 		nodes[i].start(t)
 	}

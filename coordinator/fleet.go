@@ -2,19 +2,14 @@ package coordinator
 
 import (
 	"cmp"
-	"context"
 	"maps"
 	"slices"
 	"sync"
 	"time"
 
 	"github.com/nats-io/nats.go"
-	"google.golang.org/protobuf/proto"
-	"google.golang.org/protobuf/types/known/timestamppb"
-
-	"github.com/switchyard/switchyard/coordinator/fsm"
-	"github.com/switchyard/switchyard/coordinator/state"
 	sv1 "github.com/switchyard/switchyard/proto/switchyard/v1"
+	"google.golang.org/protobuf/proto"
 )
 
 // fleet is every coordinator's soft view of the agents: their last status
@@ -93,35 +88,8 @@ func converged(nodes []*sv1.NodeView, generation uint64) (applied, live int) {
 	return applied, live
 }
 
-// watchConvergence commits the end of a switch or a rollback once every live
-// node running the service reports the rollout's generation.
-func (s *Server) watchConvergence(ctx context.Context) {
-	tick := time.NewTicker(s.cfg.ConvergeInterval)
-	defer tick.Stop()
-	for {
-		select {
-		case <-ctx.Done():
-			return
-		case <-tick.C:
-		}
-		for _, r := range s.fsm.State().Rollouts() {
-			if state.Terminal(r.GetPhase()) {
-				continue
-			}
-			applied, live := converged(s.fleet.nodesFor(r.GetSpec().GetService()), r.GetGeneration())
-			if live == 0 || applied < live {
-				continue
-			}
-			_, index, err := s.raftApply(fsm.RolloutConvergedType, &sv1.RolloutConvergedEntry{
-				Rollout: r.GetId(), Generation: r.GetGeneration(), Nodes: uint32(live),
-				StampedAt: timestamppb.New(s.cfg.Clock.Now()),
-			})
-			if err != nil {
-				s.log.Warn("committing convergence", "rollout", r.GetId(), "err", err)
-				continue
-			}
-			s.log.Info("fleet converged", "rollout", r.GetId(), "service", r.GetSpec().GetService(),
-				"generation", r.GetGeneration(), "nodes", live, "index", index)
-		}
-	}
+// Convergence counts the live nodes of a service that applied generation,
+// and all live nodes of the service.
+func (f *fleet) Convergence(service string, generation uint64) (applied, live int) {
+	return converged(f.nodesFor(service), generation)
 }

@@ -138,19 +138,34 @@ func precheck(in *sv1.Intent) error {
 	if in.GetId() == "" {
 		return errors.New("intent.id: required (or a Nats-Msg-Id header)")
 	}
+	named := func(field, rollout string) error {
+		if rollout == "" {
+			return fmt.Errorf("%w: %s.rollout: required", spec.ErrInvalid, field)
+		}
+		return nil
+	}
 	switch act := in.GetAction().(type) {
 	case *sv1.Intent_ApplyRollout:
 		if act.ApplyRollout.GetSpec() == nil {
 			return fmt.Errorf("%w: apply_rollout.spec: required", spec.ErrInvalid)
 		}
-		return spec.Validate(act.ApplyRollout.GetSpec())
+		sp := proto.Clone(act.ApplyRollout.GetSpec()).(*sv1.RolloutSpec)
+		spec.Default(sp)
+		return spec.Validate(sp)
 	case *sv1.Intent_AbortRollout:
-		if act.AbortRollout.GetRollout() == "" {
-			return fmt.Errorf("%w: abort_rollout.rollout: required", spec.ErrInvalid)
-		}
-		return nil
+		return named("abort_rollout", act.AbortRollout.GetRollout())
+	case *sv1.Intent_PauseRollout:
+		return named("pause_rollout", act.PauseRollout.GetRollout())
+	case *sv1.Intent_ResumeRollout:
+		return named("resume_rollout", act.ResumeRollout.GetRollout())
+	case *sv1.Intent_ApproveRollout:
+		return named("approve_rollout", act.ApproveRollout.GetRollout())
+	case *sv1.Intent_UndoRollout:
+		return named("undo_rollout", act.UndoRollout.GetRollout())
+	case *sv1.Intent_PromoteRollout:
+		return named("promote_rollout", act.PromoteRollout.GetRollout())
 	default:
-		return errors.New("intent names no action; want apply_rollout or abort_rollout")
+		return errors.New("intent names no action; want one of apply_rollout, abort_rollout, pause_rollout, resume_rollout, approve_rollout, promote_rollout, undo_rollout")
 	}
 }
 

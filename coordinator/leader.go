@@ -109,9 +109,9 @@ func (s *Server) leaderLoop(ctx context.Context) {
 	s.log.Info("leadership established")
 
 	routines := map[string]func(context.Context){
-		"publisher":   s.publisher.run,
-		"intents":     s.consumeIntents,
-		"convergence": s.watchConvergence,
+		"publisher": s.publisher.run,
+		"intents":   s.consumeIntents,
+		"rollouts":  s.runRollouts,
 	}
 	var wg sync.WaitGroup
 	for name, run := range routines {

@@ -7,14 +7,17 @@ import (
 // metrics are the coordinator's Prometheus metrics, registered on the
 // registry the caller injects.
 type metrics struct {
-	intentsAccepted prometheus.Counter
-	intentsRejected *prometheus.CounterVec
-	publishes       *prometheus.CounterVec
-	publishSeconds  prometheus.Histogram
-	raftApply       prometheus.Histogram
-	isLeader        prometheus.Gauge
-	statusRejected  prometheus.Counter
-	statuses        prometheus.Counter
+	intentsAccepted   prometheus.Counter
+	intentsRejected   *prometheus.CounterVec
+	publishes         *prometheus.CounterVec
+	publishSeconds    prometheus.Histogram
+	raftApply         prometheus.Histogram
+	isLeader          prometheus.Gauge
+	statusRejected    prometheus.Counter
+	statuses          prometheus.Counter
+	telemetry         prometheus.Counter
+	telemetryRejected prometheus.Counter
+	decisions         *prometheus.CounterVec
 }
 
 func newMetrics(reg prometheus.Registerer) *metrics {
@@ -53,9 +56,21 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 			Name: "switchyard_coordinator_agent_status_total",
 			Help: "Agent status messages received.",
 		}),
+		telemetry: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "switchyard_coordinator_health_reports_total",
+			Help: "Agent health reports merged into analysis windows.",
+		}),
+		telemetryRejected: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "switchyard_coordinator_health_reports_rejected_total",
+			Help: "Agent health reports that did not decode or were inconsistent.",
+		}),
+		decisions: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "switchyard_coordinator_rollout_decisions_total",
+			Help: "Rollout decisions committed by the leader's controller, by action: advance, promote, finish, rollback, confirm-rollback.",
+		}, []string{"action"}),
 	}
 	reg.MustRegister(m.intentsAccepted, m.intentsRejected, m.publishes, m.publishSeconds,
-		m.raftApply, m.isLeader, m.statusRejected, m.statuses)
+		m.raftApply, m.isLeader, m.statusRejected, m.statuses, m.telemetry, m.telemetryRejected, m.decisions)
 	for _, r := range []string{"malformed", "invalid", "not_found", "conflict"} {
 		m.intentsRejected.WithLabelValues(r)
 	}

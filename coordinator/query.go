@@ -7,6 +7,8 @@ import (
 	"google.golang.org/protobuf/proto"
 
 	"github.com/switchyard/switchyard/bus"
+	"github.com/switchyard/switchyard/coordinator/rollout"
+	"github.com/switchyard/switchyard/coordinator/state"
 	sv1 "github.com/switchyard/switchyard/proto/switchyard/v1"
 )
 
@@ -26,10 +28,21 @@ func (s *Server) Rollouts(q *sv1.RolloutsQuery) (*sv1.RolloutsAnswer, error) {
 	} else {
 		rollouts = st.Rollouts()
 	}
+	c := s.controller()
+	now := s.cfg.Clock.Now()
 	for _, r := range rollouts {
 		nodes := s.fleet.nodesFor(r.GetSpec().GetService())
 		applied, _ := converged(nodes, r.GetGeneration())
-		ans.Rollouts = append(ans.Rollouts, &sv1.RolloutView{Rollout: r, Nodes: nodes, Converged: uint32(applied)})
+		view := &sv1.RolloutView{Rollout: r, Nodes: nodes, Converged: uint32(applied)}
+		if !state.Terminal(r.GetPhase()) {
+			obs := c.Observe(r, now)
+			view.Waiting = rollout.Decide(r, obs).Waiting
+			wins := obs.Analysis.Windows
+			for _, w := range wins[max(0, len(wins)-6):] {
+				view.Windows = append(view.Windows, w.Proto())
+			}
+		}
+		ans.Rollouts = append(ans.Rollouts, view)
 	}
 	return ans, nil
 }

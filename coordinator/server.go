@@ -22,6 +22,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/switchyard/switchyard/bus"
+	"github.com/switchyard/switchyard/coordinator/analysis"
 	"github.com/switchyard/switchyard/coordinator/fsm"
 	"github.com/switchyard/switchyard/internal/clock"
 	"github.com/switchyard/switchyard/internal/names"
@@ -53,9 +54,9 @@ type Config struct {
 	SnapshotThreshold uint64
 	// StaleAfter is how long a node may be silent before it counts as gone.
 	StaleAfter time.Duration
-	// ConvergeInterval is how often the leader checks whether the fleet has
-	// applied the current generations.
-	ConvergeInterval time.Duration
+	// TickInterval is how often the leader's rollout controller looks at
+	// every live rollout.
+	TickInterval time.Duration
 	// Logger; slog.Default when nil.
 	Logger *slog.Logger
 	// Registerer receives the coordinator's metrics; Gatherer serves them.
@@ -93,8 +94,8 @@ func (c *Config) setDefaults() error {
 	if c.StaleAfter == 0 {
 		c.StaleAfter = 15 * time.Second
 	}
-	if c.ConvergeInterval == 0 {
-		c.ConvergeInterval = 250 * time.Millisecond
+	if c.TickInterval == 0 {
+		c.TickInterval = 250 * time.Millisecond
 	}
 	if c.Logger == nil {
 		c.Logger = slog.Default()
@@ -125,6 +126,7 @@ type Server struct {
 	js     jetstream.JetStream
 
 	fleet     *fleet
+	analysis  *analysis.Store
 	publisher *publisher
 
 	httpSrv  *http.Server
@@ -149,6 +151,7 @@ func New(cfg Config) (*Server, error) {
 	}
 	s.publisher = newPublisher(s)
 	s.fleet = newFleet(cfg.StaleAfter, s.metrics)
+	s.analysis = analysis.NewStore()
 	s.fsm = fsm.New(s.publisher.mark)
 
 	if err := s.setupRaft(); err != nil {
@@ -291,7 +294,12 @@ func (s *Server) subscribe() ([]*nats.Subscription, error) {
 	if err != nil {
 		return nil, fmt.Errorf("coordinator: subscribe to agent status: %w", err)
 	}
-	subs := []*nats.Subscription{status}
+	telemetry, err := s.nc.Subscribe(bus.TelemetryAll(), s.handleTelemetry)
+	if err != nil {
+		_ = status.Unsubscribe()
+		return nil, fmt.Errorf("coordinator: subscribe to telemetry: %w", err)
+	}
+	subs := []*nats.Subscription{status, telemetry}
 	for name, h := range map[string]nats.MsgHandler{
 		bus.QueryRollouts: serveQuery(s, s.Rollouts),
 		bus.QueryIntent:   serveQuery(s, s.IntentResult),

@@ -47,7 +47,7 @@ func startCoordinator(t *testing.T, natsURL, dataDir string) *testCoordinator {
 	srv, err := New(Config{
 		NodeID: "c1", DataDir: dataDir, RaftAddr: "127.0.0.1:0", HTTPAddr: "127.0.0.1:0",
 		NATSURL: natsURL, BootstrapExpect: 1, Registerer: reg, Gatherer: reg,
-		ConvergeInterval: 50 * time.Millisecond,
+		TickInterval: 50 * time.Millisecond,
 	})
 	if err != nil {
 		t.Fatal(err)

@@ -26,6 +26,12 @@ const (
 	IntentType MessageType = 1
 	// RolloutConvergedType carries an sv1.RolloutConvergedEntry.
 	RolloutConvergedType MessageType = 2
+	// RolloutAdvanceType carries an sv1.RolloutAdvanceEntry.
+	RolloutAdvanceType MessageType = 3
+	// RollbackType carries an sv1.RollbackEntry.
+	RollbackType MessageType = 4
+	// RolloutFinishType carries an sv1.RolloutFinishEntry.
+	RolloutFinishType MessageType = 5
 )
 
 // ErrMalformedEntry is returned by Decode for bytes that are not an entry.
@@ -53,6 +59,12 @@ func Decode(data []byte) (MessageType, proto.Message, error) {
 		body = &sv1.IntentEntry{}
 	case RolloutConvergedType:
 		body = &sv1.RolloutConvergedEntry{}
+	case RolloutAdvanceType:
+		body = &sv1.RolloutAdvanceEntry{}
+	case RollbackType:
+		body = &sv1.RollbackEntry{}
+	case RolloutFinishType:
+		body = &sv1.RolloutFinishEntry{}
 	default:
 		return t, nil, fmt.Errorf("%w: unknown type %d", ErrMalformedEntry, t)
 	}
@@ -112,6 +124,15 @@ func (f *FSM) Apply(l *raft.Log) any {
 		return Response{Applied: a}
 	case RolloutConvergedType:
 		st.ApplyConverged(l.Index, body.(*sv1.RolloutConvergedEntry))
+		return Response{}
+	case RolloutAdvanceType:
+		f.changed(st.ApplyAdvance(l.Index, body.(*sv1.RolloutAdvanceEntry)))
+		return Response{}
+	case RollbackType:
+		f.changed(st.ApplyRollback(l.Index, body.(*sv1.RollbackEntry)))
+		return Response{}
+	case RolloutFinishType:
+		st.ApplyFinish(l.Index, body.(*sv1.RolloutFinishEntry))
 		return Response{}
 	}
 	panic(fmt.Sprintf("raft log index %d: type %d decoded but not applied", l.Index, t))

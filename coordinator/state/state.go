@@ -13,7 +13,6 @@ import (
 	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/timestamppb"
 
-	"github.com/switchyard/switchyard/internal/desired"
 	"github.com/switchyard/switchyard/internal/spec"
 	sv1 "github.com/switchyard/switchyard/proto/switchyard/v1"
 )
@@ -72,13 +71,24 @@ func (s *State) ApplyIntent(index uint64, e *sv1.IntentEntry) Applied {
 	s.forgetIntentsBefore(at.Add(-IntentMemory))
 
 	var a Applied
+	op := in.GetOperator()
 	switch act := in.GetAction().(type) {
 	case *sv1.Intent_ApplyRollout:
-		a = s.applyRollout(index, at, in.GetOperator(), act.ApplyRollout.GetSpec())
+		a = s.applyRollout(index, at, op, act.ApplyRollout.GetSpec())
 	case *sv1.Intent_AbortRollout:
-		a = s.abortRollout(index, at, in.GetOperator(), act.AbortRollout)
+		a = s.rollBack(index, at, op, act.AbortRollout.GetRollout(), act.AbortRollout.GetReason(), "abort")
+	case *sv1.Intent_UndoRollout:
+		a = s.rollBack(index, at, op, act.UndoRollout.GetRollout(), act.UndoRollout.GetReason(), "undo")
+	case *sv1.Intent_PauseRollout:
+		a = s.setPaused(index, at, op, act.PauseRollout, true)
+	case *sv1.Intent_ResumeRollout:
+		a = s.setPaused(index, at, op, act.ResumeRollout, false)
+	case *sv1.Intent_ApproveRollout:
+		a = s.approve(index, at, op, act.ApproveRollout)
+	case *sv1.Intent_PromoteRollout:
+		a = s.promote(index, at, op, act.PromoteRollout)
 	default:
-		a = refuse(CodeInvalid, "intent names no action; want apply_rollout or abort_rollout")
+		a = refuse(CodeInvalid, "intent names no action")
 	}
 	a.Result.IntentId = in.GetId()
 	a.Result.Index = index
@@ -104,6 +114,8 @@ func (s *State) applyRollout(index uint64, at time.Time, operator string, sp *sv
 	if sp == nil {
 		return refuse(CodeInvalid, "apply_rollout.spec: required")
 	}
+	sp = proto.Clone(sp).(*sv1.RolloutSpec)
+	spec.Default(sp)
 	if err := spec.Validate(sp); err != nil {
 		return refuse(CodeInvalid, "%v", err)
 	}
@@ -122,99 +134,297 @@ func (s *State) applyRollout(index uint64, at time.Time, operator string, sp *sv
 	}
 	ts := timestamppb.New(at)
 	r := &sv1.Rollout{
-		Id:         sp.GetName(),
-		Spec:       proto.Clone(sp).(*sv1.RolloutSpec),
-		Phase:      sv1.RolloutPhase_ROLLOUT_PHASE_PROGRESSING,
-		CreatedAt:  ts,
-		UpdatedAt:  ts,
-		Operator:   operator,
-		Generation: index,
+		Id:            sp.GetName(),
+		Spec:          sp,
+		Phase:         sv1.RolloutPhase_ROLLOUT_PHASE_PROGRESSING,
+		CreatedAt:     ts,
+		UpdatedAt:     ts,
+		Operator:      operator,
+		StepStartedAt: ts,
+		ApprovedWave:  -1,
+		ApprovedStep:  -1,
 	}
-	r.History = append(r.History, &sv1.RolloutEvent{At: ts, Index: index, Phase: r.Phase, Operator: operator,
-		Message: fmt.Sprintf("switch %s from %s to %s", sp.GetService(), sp.GetFrom(), sp.GetTo())})
 	s.rollouts[r.Id] = r
 	svc.ActiveRollout = r.Id
-	svc.Desired = derive(r, index, ts)
-	return Applied{Result: &sv1.IntentResult{Accepted: true, RolloutId: r.Id}, Changed: []string{svc.Name}}
+	changed := s.rederive(svc, r, index, ts)
+	s.record(r, index, ts, operator, fmt.Sprintf("started: %s from %s to %s, %s", sp.GetService(), sp.GetFrom(), sp.GetTo(), s.position(r)))
+	return Applied{Result: &sv1.IntentResult{Accepted: true, RolloutId: r.Id}, Changed: changed}
 }
 
-func (s *State) abortRollout(index uint64, at time.Time, operator string, ab *sv1.AbortRollout) Applied {
-	r := s.rollouts[ab.GetRollout()]
+// rederive recomputes the service's desired state after r changed. A new
+// document, with generation index, is made only when some wave's weights
+// changed: a step that only waits must not make every agent re-apply.
+func (s *State) rederive(svc *sv1.ServiceRecord, r *sv1.Rollout, index uint64, at *timestamppb.Timestamp) []string {
+	next := derive(r, index, at)
+	if cur := svc.GetDesired(); cur != nil && cur.GetRolloutId() == next.GetRolloutId() && sameWeights(cur, next) {
+		return nil
+	}
+	svc.Desired = next
+	r.Generation = index
+	return []string{svc.GetName()}
+}
+
+func sameWeights(a, b *sv1.DesiredState) bool {
+	strip := func(d *sv1.DesiredState) *sv1.DesiredState {
+		return &sv1.DesiredState{Waves: d.GetWaves(), DefaultWeights: d.GetDefaultWeights()}
+	}
+	return proto.Equal(strip(a), strip(b))
+}
+
+// record appends to a rollout's history.
+func (s *State) record(r *sv1.Rollout, index uint64, at *timestamppb.Timestamp, operator, message string) {
+	r.UpdatedAt = at
+	r.History = append(r.History, &sv1.RolloutEvent{At: at, Index: index, Phase: r.GetPhase(), Operator: operator, Message: message})
+}
+
+// position says where a rollout is, for history lines.
+func (s *State) position(r *sv1.Rollout) string {
+	plan := spec.Compile(r.GetSpec())
+	w, st := int(r.GetWave()), int(r.GetStep())
+	if w >= len(plan) {
+		return "past the last wave"
+	}
+	pw := plan[w]
+	if st >= len(pw.Steps) {
+		return fmt.Sprintf("wave %s done", pw.Wave.GetName())
+	}
+	return fmt.Sprintf("wave %s step %d/%d (%s, new backend at %d%%)", pw.Wave.GetName(), st+1, len(pw.Steps),
+		spec.DescribeStep(pw.Steps[st]), spec.WeightAt(pw.Steps, st))
+}
+
+// owned returns the rollout named id if it is the one that owns its service.
+func (s *State) owned(id, field string) (*sv1.Rollout, *sv1.ServiceRecord, *Applied) {
+	r := s.rollouts[id]
 	if r == nil {
-		return refuse(CodeNotFound, "abort_rollout.rollout: no rollout named %q", ab.GetRollout())
+		a := refuse(CodeNotFound, "%s: no rollout named %q", field, id)
+		return nil, nil, &a
 	}
 	svc := s.services[r.GetSpec().GetService()]
 	if svc.GetActiveRollout() != r.GetId() {
-		return refuse(CodeConflict, "abort_rollout.rollout: %q is no longer the latest rollout of %q (%q is); abort that one",
-			r.GetId(), svc.GetName(), svc.GetActiveRollout())
+		a := refuse(CodeConflict, "%s: %q is no longer the latest rollout of %q (%q is)", field, r.GetId(), svc.GetName(), svc.GetActiveRollout())
+		return nil, nil, &a
 	}
-	switch r.GetPhase() {
-	case sv1.RolloutPhase_ROLLOUT_PHASE_ROLLING_BACK, sv1.RolloutPhase_ROLLOUT_PHASE_ROLLED_BACK:
-		return refuse(CodeConflict, "abort_rollout.rollout: %q is already %s", r.GetId(), PhaseName(r.GetPhase()))
-	}
-	ts := timestamppb.New(at)
-	reason := ab.GetReason()
-	if reason == "" {
-		reason = "aborted by " + cmp.Or(operator, "an operator")
-	}
-	r.Phase = sv1.RolloutPhase_ROLLOUT_PHASE_ROLLING_BACK
-	r.Reason = reason
-	r.UpdatedAt = ts
-	r.Generation = index
-	r.History = append(r.History, &sv1.RolloutEvent{At: ts, Index: index, Phase: r.Phase, Operator: operator, Message: reason})
-	svc.Desired = derive(r, index, ts)
-	return Applied{Result: &sv1.IntentResult{Accepted: true, RolloutId: r.Id}, Changed: []string{svc.Name}}
+	return r, svc, nil
 }
 
-// ApplyConverged records that the fleet confirmed a rollout's generation.
-// It is a no-op when the rollout has moved on since the leader looked.
-func (s *State) ApplyConverged(index uint64, e *sv1.RolloutConvergedEntry) {
+// rollBack sends a rollout's service back to its old backend. "abort" works
+// at any point until the rollout is rolled back; "undo" is for a completed
+// rollout only, so a script cannot roll back a release still in flight by
+// mistake.
+func (s *State) rollBack(index uint64, at time.Time, operator, id, reason, verb string) Applied {
+	r, svc, refused := s.owned(id, verb+"_rollout.rollout")
+	if refused != nil {
+		return *refused
+	}
+	switch p := r.GetPhase(); {
+	case p == sv1.RolloutPhase_ROLLOUT_PHASE_ROLLING_BACK || p == sv1.RolloutPhase_ROLLOUT_PHASE_ROLLED_BACK:
+		return refuse(CodeConflict, "%s_rollout.rollout: %q is already %s", verb, r.GetId(), PhaseName(p))
+	case verb == "undo" && p != sv1.RolloutPhase_ROLLOUT_PHASE_COMPLETED:
+		return refuse(CodeConflict, "undo_rollout.rollout: %q is %s, not completed; abort it instead", r.GetId(), PhaseName(p))
+	}
+	if reason == "" {
+		reason = verb + " by " + cmp.Or(operator, "an operator")
+	}
+	ts := timestamppb.New(at)
+	r.Phase = sv1.RolloutPhase_ROLLOUT_PHASE_ROLLING_BACK
+	r.Reason = reason
+	changed := s.rederive(svc, r, index, ts)
+	s.record(r, index, ts, operator, "rolling back: "+reason)
+	return Applied{Result: &sv1.IntentResult{Accepted: true, RolloutId: r.Id}, Changed: changed}
+}
+
+func (s *State) setPaused(index uint64, at time.Time, operator string, c *sv1.RolloutControl, paused bool) Applied {
+	verb := map[bool]string{true: "pause", false: "resume"}[paused]
+	r, _, refused := s.owned(c.GetRollout(), verb+"_rollout.rollout")
+	if refused != nil {
+		return *refused
+	}
+	if r.GetPhase() != sv1.RolloutPhase_ROLLOUT_PHASE_PROGRESSING {
+		return refuse(CodeConflict, "%s_rollout.rollout: %q is %s; only a progressing rollout can be paused or resumed", verb, r.GetId(), PhaseName(r.GetPhase()))
+	}
+	if r.GetPaused() == paused {
+		return refuse(CodeConflict, "%s_rollout.rollout: %q is already %sd", verb, r.GetId(), verb)
+	}
+	r.Paused = paused
+	msg := verb + "d"
+	if c.GetReason() != "" {
+		msg += ": " + c.GetReason()
+	}
+	s.record(r, index, timestamppb.New(at), operator, msg)
+	return Applied{Result: &sv1.IntentResult{Accepted: true, RolloutId: r.Id}}
+}
+
+// approve approves the gate at the rollout's current position: a pause
+// without a duration, or the manual gate of the next wave.
+func (s *State) approve(index uint64, at time.Time, operator string, c *sv1.RolloutControl) Applied {
+	r, _, refused := s.owned(c.GetRollout(), "approve_rollout.rollout")
+	if refused != nil {
+		return *refused
+	}
+	if r.GetPhase() != sv1.RolloutPhase_ROLLOUT_PHASE_PROGRESSING {
+		return refuse(CodeConflict, "approve_rollout.rollout: %q is %s; there is nothing to approve", r.GetId(), PhaseName(r.GetPhase()))
+	}
+	r.ApprovedWave, r.ApprovedStep = r.GetWave(), r.GetStep()
+	s.record(r, index, timestamppb.New(at), operator, "approved at "+s.position(r))
+	return Applied{Result: &sv1.IntentResult{Accepted: true, RolloutId: r.Id}}
+}
+
+// promote skips the current step, or with full every remaining one.
+func (s *State) promote(index uint64, at time.Time, operator string, c *sv1.PromoteRollout) Applied {
+	r, svc, refused := s.owned(c.GetRollout(), "promote_rollout.rollout")
+	if refused != nil {
+		return *refused
+	}
+	if r.GetPhase() != sv1.RolloutPhase_ROLLOUT_PHASE_PROGRESSING {
+		return refuse(CodeConflict, "promote_rollout.rollout: %q is %s; only a progressing rollout can be promoted", r.GetId(), PhaseName(r.GetPhase()))
+	}
+	ts := timestamppb.New(at)
+	var changed []string
+	if c.GetFull() {
+		changed = s.promoteFully(svc, r, index, ts, operator, "promoted fully by an operator")
+	} else {
+		w, st, full := spec.Next(spec.Compile(r.GetSpec()), int(r.GetWave()), int(r.GetStep()))
+		if full {
+			changed = s.promoteFully(svc, r, index, ts, operator, "promoted past the last step by an operator")
+		} else {
+			changed = s.moveTo(svc, r, index, ts, operator, w, st, "skipped ahead by an operator")
+		}
+	}
+	return Applied{Result: &sv1.IntentResult{Accepted: true, RolloutId: r.Id}, Changed: changed}
+}
+
+func (s *State) moveTo(svc *sv1.ServiceRecord, r *sv1.Rollout, index uint64, at *timestamppb.Timestamp, operator string, wave, step int, why string) []string {
+	r.Wave, r.Step = int32(wave), int32(step)
+	r.StepStartedAt = at
+	changed := s.rederive(svc, r, index, at)
+	s.record(r, index, at, operator, why+": "+s.position(r))
+	return changed
+}
+
+func (s *State) promoteFully(svc *sv1.ServiceRecord, r *sv1.Rollout, index uint64, at *timestamppb.Timestamp, operator, why string) []string {
+	r.Phase = sv1.RolloutPhase_ROLLOUT_PHASE_PROMOTED
+	r.PromotedAt = at
+	r.StepStartedAt = at
+	changed := s.rederive(svc, r, index, at)
+	msg := why + ": all traffic on " + r.GetSpec().GetTo()
+	if d := spec.KeepWarm(r.GetSpec()); d > 0 {
+		msg += fmt.Sprintf(", %s kept warm for %s", r.GetSpec().GetFrom(), d)
+	}
+	s.record(r, index, at, operator, msg)
+	return changed
+}
+
+// ApplyAdvance moves a rollout on, as the leader's controller decided. It is
+// a no-op when the rollout is no longer where the controller saw it.
+func (s *State) ApplyAdvance(index uint64, e *sv1.RolloutAdvanceEntry) []string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	r := s.rollouts[e.GetRollout()]
+	if r == nil || r.GetPhase() != sv1.RolloutPhase_ROLLOUT_PHASE_PROGRESSING || r.GetPaused() ||
+		r.GetWave() != e.GetFromWave() || r.GetStep() != e.GetFromStep() {
+		return nil
+	}
+	svc := s.services[r.GetSpec().GetService()]
+	if e.GetPromote() {
+		return s.promoteFully(svc, r, index, e.GetStampedAt(), "", cmp.Or(e.GetMessage(), "promoted"))
+	}
+	return s.moveTo(svc, r, index, e.GetStampedAt(), "", int(e.GetToWave()), int(e.GetToStep()), cmp.Or(e.GetMessage(), "advanced"))
+}
+
+// ApplyRollback sends a rollout back because a guardrail breached. It is a
+// no-op when the rollout has moved on from the generation judged.
+func (s *State) ApplyRollback(index uint64, e *sv1.RollbackEntry) []string {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	r := s.rollouts[e.GetRollout()]
 	if r == nil || r.GetGeneration() != e.GetGeneration() {
+		return nil
+	}
+	if p := r.GetPhase(); p != sv1.RolloutPhase_ROLLOUT_PHASE_PROGRESSING && p != sv1.RolloutPhase_ROLLOUT_PHASE_PROMOTED {
+		return nil
+	}
+	svc := s.services[r.GetSpec().GetService()]
+	r.Phase = sv1.RolloutPhase_ROLLOUT_PHASE_ROLLING_BACK
+	r.Evidence = e.GetEvidence()
+	r.Reason = "guardrail " + e.GetEvidence().GetGuardrail() + " breached: " + e.GetEvidence().GetSummary()
+	changed := s.rederive(svc, r, index, e.GetStampedAt())
+	s.record(r, index, e.GetStampedAt(), "", "rolling back: "+r.Reason)
+	return changed
+}
+
+// ApplyFinish ends a promoted rollout's warm period.
+func (s *State) ApplyFinish(index uint64, e *sv1.RolloutFinishEntry) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	r := s.rollouts[e.GetRollout()]
+	if r == nil || r.GetPhase() != sv1.RolloutPhase_ROLLOUT_PHASE_PROMOTED {
 		return
 	}
-	var next sv1.RolloutPhase
-	switch r.GetPhase() {
-	case sv1.RolloutPhase_ROLLOUT_PHASE_PROGRESSING:
-		next = sv1.RolloutPhase_ROLLOUT_PHASE_COMPLETED
-	case sv1.RolloutPhase_ROLLOUT_PHASE_ROLLING_BACK:
-		next = sv1.RolloutPhase_ROLLOUT_PHASE_ROLLED_BACK
-	default:
+	r.Phase = sv1.RolloutPhase_ROLLOUT_PHASE_COMPLETED
+	s.record(r, index, e.GetStampedAt(), "", "completed: "+r.GetSpec().GetTo()+" serves every wave")
+}
+
+// ApplyConverged records that the fleet confirmed a rollback. It is a no-op
+// when the rollout has moved on since the leader looked.
+func (s *State) ApplyConverged(index uint64, e *sv1.RolloutConvergedEntry) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	r := s.rollouts[e.GetRollout()]
+	if r == nil || r.GetGeneration() != e.GetGeneration() || r.GetPhase() != sv1.RolloutPhase_ROLLOUT_PHASE_ROLLING_BACK {
 		return
 	}
-	r.Phase = next
-	r.UpdatedAt = e.GetStampedAt()
-	r.History = append(r.History, &sv1.RolloutEvent{At: e.GetStampedAt(), Index: index, Phase: next,
-		Message: fmt.Sprintf("%d live nodes applied generation %d", e.GetNodes(), e.GetGeneration())})
+	r.Phase = sv1.RolloutPhase_ROLLOUT_PHASE_ROLLED_BACK
 	// The desired state is unchanged: its generation stays that of the entry
 	// that produced it, so agents have nothing new to apply.
+	s.record(r, index, e.GetStampedAt(), "", fmt.Sprintf("rolled back: %d live nodes applied generation %d", e.GetNodes(), e.GetGeneration()))
 }
 
 // derive computes a rollout's desired state at a generation. It is a pure
 // function of committed state, so every replica derives the same document.
+// Waves the rollout has not reached are left out, so their nodes keep the
+// weights they have.
 func derive(r *sv1.Rollout, generation uint64, at *timestamppb.Timestamp) *sv1.DesiredState {
 	sp := r.GetSpec()
-	weights := map[string]uint32{sp.GetFrom(): 0, sp.GetTo(): 100}
-	name := "switch"
-	if r.GetPhase() == sv1.RolloutPhase_ROLLOUT_PHASE_ROLLING_BACK || r.GetPhase() == sv1.RolloutPhase_ROLLOUT_PHASE_ROLLED_BACK {
-		weights = map[string]uint32{sp.GetFrom(): 100, sp.GetTo(): 0}
-		name = "rollback"
+	split := func(green uint32) map[string]uint32 {
+		return map[string]uint32{sp.GetFrom(): 100 - green, sp.GetTo(): green}
 	}
-	return &sv1.DesiredState{
+	ds := &sv1.DesiredState{
 		Service:    sp.GetService(),
 		Generation: generation,
 		RolloutId:  r.GetId(),
-		Waves: []*sv1.WaveWeights{{
-			Index:       0,
-			Name:        name,
-			BasisPoints: desired.FullBasisPoints,
-			Weights:     weights,
-		}},
-		IssuedAt: at,
-		Phase:    r.GetPhase(),
+		IssuedAt:   at,
+		Phase:      r.GetPhase(),
 	}
+	plan := spec.Compile(sp)
+	for i, pw := range plan {
+		var green uint32
+		switch r.GetPhase() {
+		case sv1.RolloutPhase_ROLLOUT_PHASE_ROLLING_BACK, sv1.RolloutPhase_ROLLOUT_PHASE_ROLLED_BACK:
+			green = 0
+		case sv1.RolloutPhase_ROLLOUT_PHASE_PROMOTED, sv1.RolloutPhase_ROLLOUT_PHASE_COMPLETED:
+			green = 100
+		default:
+			if i > int(r.GetWave()) {
+				continue
+			}
+			green = 100
+			if i == int(r.GetWave()) {
+				green = spec.WeightAt(pw.Steps, int(r.GetStep()))
+			}
+		}
+		ds.Waves = append(ds.Waves, &sv1.WaveWeights{
+			Index:       int32(i),
+			Name:        pw.Wave.GetName(),
+			Selector:    pw.Wave.GetSelector(),
+			BasisPoints: pw.Wave.GetBasisPoints(),
+			Weights:     split(green),
+		})
+	}
+	if p := r.GetPhase(); p == sv1.RolloutPhase_ROLLOUT_PHASE_ROLLING_BACK || p == sv1.RolloutPhase_ROLLOUT_PHASE_ROLLED_BACK {
+		// Every node of the service goes back, whichever wave it was in.
+		ds.DefaultWeights = split(0)
+	}
+	return ds
 }
 
 func terminal(p sv1.RolloutPhase) bool {
@@ -236,6 +446,8 @@ func PhaseName(p sv1.RolloutPhase) string {
 		return "rolling-back"
 	case sv1.RolloutPhase_ROLLOUT_PHASE_ROLLED_BACK:
 		return "rolled-back"
+	case sv1.RolloutPhase_ROLLOUT_PHASE_PROMOTED:
+		return "promoted"
 	}
 	return "unknown"
 }

@@ -143,14 +143,18 @@ func TestState_ForgetsOldIntents(t *testing.T) {
 func TestState_NewRolloutAfterCompletion(t *testing.T) {
 	s := New()
 	s.ApplyIntent(1, applyEntry("i1", bgSpec("r1"), t0))
-	s.ApplyConverged(2, &sv1.RolloutConvergedEntry{Rollout: "r1", Generation: 1, Nodes: 1})
+	s.ApplyAdvance(2, &sv1.RolloutAdvanceEntry{Rollout: "r1", Promote: true, StampedAt: timestamppb.New(t0)})
+	s.ApplyFinish(3, &sv1.RolloutFinishEntry{Rollout: "r1", StampedAt: timestamppb.New(t0)})
+	if p := s.Rollout("r1").GetPhase(); p != sv1.RolloutPhase_ROLLOUT_PHASE_COMPLETED {
+		t.Fatalf("phase %v", p)
+	}
 	sp := bgSpec("r2")
 	sp.From, sp.To = "green", "blue"
-	if a := s.ApplyIntent(3, applyEntry("i2", sp, t0)); !a.Result.GetAccepted() {
+	if a := s.ApplyIntent(4, applyEntry("i2", sp, t0)); !a.Result.GetAccepted() {
 		t.Fatalf("refused: %v", a.Result)
 	}
 	// The older rollout can no longer be aborted: it does not own the service.
-	if a := s.ApplyIntent(4, abortEntry("i3", "r1", t0)); a.Result.GetCode() != CodeConflict {
+	if a := s.ApplyIntent(5, abortEntry("i3", "r1", t0)); a.Result.GetCode() != CodeConflict {
 		t.Fatalf("abort of superseded rollout: %v", a.Result)
 	}
 }
@@ -193,5 +197,159 @@ func TestState_FromSnapshotRefusesDuplicates(t *testing.T) {
 	snap := &sv1.StateSnapshot{Rollouts: []*sv1.Rollout{{Id: "a"}, {Id: "a"}}}
 	if _, err := FromSnapshot(snap); err == nil {
 		t.Fatal("accepted duplicate rollouts")
+	}
+}
+
+func canarySpec(name string) *sv1.RolloutSpec {
+	sp := bgSpec(name)
+	sp.Strategy = &sv1.Strategy{Kind: &sv1.Strategy_Canary{Canary: &sv1.Canary{Steps: []*sv1.Step{
+		{Kind: &sv1.Step_SetWeight{SetWeight: 10}},
+		{Kind: &sv1.Step_Pause{Pause: &sv1.Pause{}}},
+		{Kind: &sv1.Step_SetWeight{SetWeight: 50}},
+	}}}}
+	sp.Waves = []*sv1.WaveSpec{
+		{Name: "canary", Selector: map[string]string{"tier": "canary"}, BasisPoints: 10000},
+		{Name: "rest", BasisPoints: 10000, ManualGate: true},
+	}
+	return sp
+}
+
+func control(id, rollout string, action func(*sv1.RolloutControl) any) *sv1.IntentEntry {
+	c := &sv1.RolloutControl{Rollout: rollout}
+	in := &sv1.Intent{Id: id, Operator: "cy"}
+	switch a := action(c).(type) {
+	case *sv1.Intent_PauseRollout:
+		in.Action = a
+	case *sv1.Intent_ResumeRollout:
+		in.Action = a
+	case *sv1.Intent_ApproveRollout:
+		in.Action = a
+	case *sv1.Intent_UndoRollout:
+		in.Action = a
+	}
+	return &sv1.IntentEntry{Intent: in, StampedAt: timestamppb.New(t0)}
+}
+
+func weightsOf(t *testing.T, ds *sv1.DesiredState, labels map[string]string) map[string]uint32 {
+	t.Helper()
+	w, _, ok := desired.Evaluate(ds, "node-x", labels)
+	if !ok {
+		return nil
+	}
+	return w
+}
+
+func TestState_CanaryWavesDeriveWeights(t *testing.T) {
+	s := New()
+	canaryNode := map[string]string{"tier": "canary"}
+	if a := s.ApplyIntent(1, applyEntry("i1", canarySpec("c1"), t0)); !a.Result.GetAccepted() {
+		t.Fatal(a.Result)
+	}
+	ds := s.Desired("web")
+	if w := weightsOf(t, ds, canaryNode); w["green"] != 10 || w["blue"] != 90 {
+		t.Fatalf("canary node at step 0: %v", w)
+	}
+	if w := weightsOf(t, ds, nil); w != nil {
+		t.Fatalf("a node of a later wave is touched: %v", w)
+	}
+	// Advancing to the pause changes no weight: no new generation.
+	if ch := s.ApplyAdvance(2, &sv1.RolloutAdvanceEntry{Rollout: "c1", FromWave: 0, FromStep: 0, ToWave: 0, ToStep: 1, StampedAt: timestamppb.New(t0)}); ch != nil {
+		t.Fatalf("pause step changed %v", ch)
+	}
+	if g := s.Desired("web").GetGeneration(); g != 1 {
+		t.Fatalf("generation %d after a step that changes no weight", g)
+	}
+	// A stale advance (from a position the rollout left) is a no-op.
+	if ch := s.ApplyAdvance(3, &sv1.RolloutAdvanceEntry{Rollout: "c1", FromWave: 0, FromStep: 0, ToWave: 0, ToStep: 2}); ch != nil || s.Rollout("c1").GetStep() != 1 {
+		t.Fatal("stale advance applied")
+	}
+	s.ApplyAdvance(4, &sv1.RolloutAdvanceEntry{Rollout: "c1", FromWave: 0, FromStep: 1, ToWave: 0, ToStep: 2, StampedAt: timestamppb.New(t0)})
+	if w := weightsOf(t, s.Desired("web"), canaryNode); w["green"] != 50 || s.Desired("web").GetGeneration() != 4 {
+		t.Fatalf("step 2: %v gen %d", w, s.Desired("web").GetGeneration())
+	}
+	// Wave done: the canary wave goes to 100, the next wave is still untouched.
+	s.ApplyAdvance(5, &sv1.RolloutAdvanceEntry{Rollout: "c1", FromWave: 0, FromStep: 2, ToWave: 0, ToStep: 3, StampedAt: timestamppb.New(t0)})
+	if w := weightsOf(t, s.Desired("web"), canaryNode); w["green"] != 100 {
+		t.Fatalf("finished wave: %v", w)
+	}
+	s.ApplyAdvance(6, &sv1.RolloutAdvanceEntry{Rollout: "c1", FromWave: 0, FromStep: 3, ToWave: 1, ToStep: 0, StampedAt: timestamppb.New(t0)})
+	if w := weightsOf(t, s.Desired("web"), nil); w["green"] != 10 {
+		t.Fatalf("second wave at its first step: %v", w)
+	}
+	// A guardrail breach sends every node back, in any wave or none.
+	a := s.ApplyRollback(7, &sv1.RollbackEntry{Rollout: "c1", Generation: 6, Evidence: &sv1.Evidence{Guardrail: "error_rate", Summary: "bad"}, StampedAt: timestamppb.New(t0)})
+	if len(a) != 1 {
+		t.Fatal("rollback changed nothing")
+	}
+	for _, labels := range []map[string]string{canaryNode, nil, {"tier": "other"}} {
+		if w := weightsOf(t, s.Desired("web"), labels); w["blue"] != 100 || w["green"] != 0 {
+			t.Fatalf("after rollback, node %v: %v", labels, w)
+		}
+	}
+	r := s.Rollout("c1")
+	if r.GetPhase() != sv1.RolloutPhase_ROLLOUT_PHASE_ROLLING_BACK || r.GetEvidence().GetGuardrail() != "error_rate" || !strings.Contains(r.GetReason(), "error_rate") {
+		t.Fatalf("rollout after breach: %v", r)
+	}
+}
+
+func TestState_RollbackForStaleGenerationIsNoop(t *testing.T) {
+	s := New()
+	s.ApplyIntent(1, applyEntry("i1", canarySpec("c1"), t0))
+	s.ApplyAdvance(2, &sv1.RolloutAdvanceEntry{Rollout: "c1", FromWave: 0, FromStep: 0, ToWave: 0, ToStep: 1})
+	s.ApplyAdvance(3, &sv1.RolloutAdvanceEntry{Rollout: "c1", FromWave: 0, FromStep: 1, ToWave: 0, ToStep: 2})
+	if ch := s.ApplyRollback(4, &sv1.RollbackEntry{Rollout: "c1", Generation: 1}); ch != nil {
+		t.Fatal("rollback judged on an old generation applied")
+	}
+}
+
+func TestState_PauseResumeApprovePromoteUndo(t *testing.T) {
+	s := New()
+	s.ApplyIntent(1, applyEntry("i1", canarySpec("c1"), t0))
+	pause := func(c *sv1.RolloutControl) any { return &sv1.Intent_PauseRollout{PauseRollout: c} }
+	resume := func(c *sv1.RolloutControl) any { return &sv1.Intent_ResumeRollout{ResumeRollout: c} }
+	approve := func(c *sv1.RolloutControl) any { return &sv1.Intent_ApproveRollout{ApproveRollout: c} }
+	undo := func(c *sv1.RolloutControl) any { return &sv1.Intent_UndoRollout{UndoRollout: c} }
+
+	if a := s.ApplyIntent(2, control("p1", "c1", pause)); !a.Result.GetAccepted() || !s.Rollout("c1").GetPaused() {
+		t.Fatalf("pause: %v", a.Result)
+	}
+	if a := s.ApplyIntent(3, control("p2", "c1", pause)); a.Result.GetCode() != CodeConflict {
+		t.Fatalf("second pause: %v", a.Result)
+	}
+	// A paused rollout does not advance.
+	if ch := s.ApplyAdvance(4, &sv1.RolloutAdvanceEntry{Rollout: "c1", ToStep: 1}); ch != nil || s.Rollout("c1").GetStep() != 0 {
+		t.Fatal("paused rollout advanced")
+	}
+	s.ApplyIntent(5, control("p3", "c1", resume))
+	s.ApplyAdvance(6, &sv1.RolloutAdvanceEntry{Rollout: "c1", FromStep: 0, ToStep: 1})
+	if a := s.ApplyIntent(7, control("a1", "c1", approve)); !a.Result.GetAccepted() {
+		t.Fatal(a.Result)
+	}
+	if r := s.Rollout("c1"); r.GetApprovedWave() != 0 || r.GetApprovedStep() != 1 {
+		t.Fatalf("approval recorded at %d/%d", r.GetApprovedWave(), r.GetApprovedStep())
+	}
+	// Undo is only for completed rollouts.
+	if a := s.ApplyIntent(8, control("u1", "c1", undo)); a.Result.GetCode() != CodeConflict {
+		t.Fatalf("undo in flight: %v", a.Result)
+	}
+	promote := &sv1.IntentEntry{StampedAt: timestamppb.New(t0), Intent: &sv1.Intent{Id: "pr1",
+		Action: &sv1.Intent_PromoteRollout{PromoteRollout: &sv1.PromoteRollout{Rollout: "c1", Full: true}}}}
+	if a := s.ApplyIntent(9, promote); !a.Result.GetAccepted() || len(a.Changed) != 1 {
+		t.Fatalf("promote: %v", a)
+	}
+	if p := s.Rollout("c1").GetPhase(); p != sv1.RolloutPhase_ROLLOUT_PHASE_PROMOTED {
+		t.Fatalf("phase %v", p)
+	}
+	for _, labels := range []map[string]string{{"tier": "canary"}, nil} {
+		if w := weightsOf(t, s.Desired("web"), labels); w["green"] != 100 {
+			t.Fatalf("promoted, node %v: %v", labels, w)
+		}
+	}
+	s.ApplyFinish(10, &sv1.RolloutFinishEntry{Rollout: "c1"})
+	if a := s.ApplyIntent(11, control("u2", "c1", undo)); !a.Result.GetAccepted() {
+		t.Fatalf("undo: %v", a.Result)
+	}
+	if w := weightsOf(t, s.Desired("web"), nil); w["blue"] != 100 {
+		t.Fatalf("after undo: %v", w)
 	}
 }

@@ -4,6 +4,7 @@ import (
 	"errors"
 	"strings"
 	"testing"
+	"time"
 )
 
 const good = `
@@ -15,6 +16,60 @@ to: green
 strategy:
   blueGreen: {}
 `
+
+const canary = `
+version: v1
+name: web-canary-1
+service: web
+from: blue
+to: green
+strategy:
+  canary:
+    steps:
+      - setWeight: 10
+      - pause: {duration: 30s}
+      - analysis: {windows: 3}
+`
+
+func TestSpec_ParseCanaryWithWavesAndDefaults(t *testing.T) {
+	s, err := Parse([]byte(canary + `waves:
+  - name: canary
+    selector: {region: eu}
+    percent: 12.5
+  - name: rest
+    manualGate: true
+    steps: [{setWeight: 100}]
+`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	steps := s.GetStrategy().GetCanary().GetSteps()
+	if len(steps) != 3 || steps[0].GetSetWeight() != 10 || steps[1].GetPause().GetDuration().AsDuration() != 30*time.Second || steps[2].GetAnalysis().GetWindows() != 3 {
+		t.Fatalf("steps %v", steps)
+	}
+	w := s.GetWaves()
+	if len(w) != 2 || w[0].GetBasisPoints() != 1250 || w[0].GetSelector()["region"] != "eu" || w[1].GetBasisPoints() != 10000 || !w[1].GetManualGate() || len(w[1].GetSteps()) != 1 {
+		t.Fatalf("waves %v", w)
+	}
+	a := s.GetAnalysis()
+	if a.GetWindow().AsDuration() != DefaultWindow || a.GetBreachWindows() != DefaultBreachWindows || a.GetConfidence() != DefaultConfidence ||
+		a.GetErrorRate().GetMaxIncrease() != DefaultMaxErrorRise || a.GetLatency().GetQuantile() != DefaultQuantile {
+		t.Fatalf("analysis defaults %v", a)
+	}
+}
+
+func TestSpec_DefaultsBlueGreen(t *testing.T) {
+	s, err := Parse([]byte(good))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if r := s.GetStrategy().GetBlueGreen().GetRamp(); len(r) != 1 || r[0] != 100 {
+		t.Fatalf("ramp %v, want [100]", r)
+	}
+	if len(s.GetWaves()) != 1 || s.GetWaves()[0].GetBasisPoints() != 10000 || s.GetWaves()[0].GetName() != "all" {
+		t.Fatalf("waves %v, want one wave of every node", s.GetWaves())
+	}
+}
 
 func TestSpec_ParseGood(t *testing.T) {
 	s, err := Parse([]byte(good))
@@ -34,12 +89,26 @@ func TestSpec_ParseRefuses(t *testing.T) {
 	}{
 		{"unknown top-level field", good + "colour: red\n", []string{"spec.colour: unknown field", "line 9"}},
 		{"unknown nested field", strings.Replace(good, "blueGreen: {}", "blueGren: {}", 1), []string{"spec.strategy.blueGren: unknown field", "want one of blueGreen"}},
-		{"unknown field inside blueGreen", strings.Replace(good, "blueGreen: {}", "blueGreen: {ramp: 5}", 1), []string{"spec.strategy.blueGreen.ramp: unknown field"}},
+		{"unknown field inside blueGreen", strings.Replace(good, "blueGreen: {}", "blueGreen: {rampp: 5}", 1), []string{"spec.strategy.blueGreen.rampp: unknown field", "want one of ramp, rampInterval"}},
+		{"ramp not a list", strings.Replace(good, "blueGreen: {}", "blueGreen: {ramp: 5}", 1), []string{"spec.strategy.blueGreen.ramp: want a list"}},
+		{"ramp out of range", strings.Replace(good, "blueGreen: {}", "blueGreen: {ramp: [50, 140]}", 1), []string{"spec.strategy.blueGreen.ramp[1]: 140 is out of range"}},
+		{"ramp not ending at 100", strings.Replace(good, "blueGreen: {}", "blueGreen: {ramp: [10, 50]}", 1), []string{"spec.strategy.blueGreen.ramp: ends at 50"}},
+		{"ramp going down", strings.Replace(good, "blueGreen: {}", "blueGreen: {ramp: [50, 20, 100]}", 1), []string{"spec.strategy.blueGreen.ramp[1]: 20 does not rise"}},
+		{"canary weight out of range", canary + "      - setWeight: 140\n", []string{"spec.strategy.canary.steps[3].setWeight: 140 is out of range, want 0..100"}},
+		{"canary step with two kinds", canary + "      - {setWeight: 5, pause: {}}\n", []string{"spec.strategy.canary.steps[3]: want exactly one of"}},
+		{"canary unknown step", canary + "      - wait: 5s\n", []string{"spec.strategy.canary.steps[3].wait: unknown field; want one of setWeight, pause, analysis"}},
+		{"analysis step without windows", canary + "      - analysis: {}\n", []string{"spec.strategy.canary.steps[3].analysis.windows: required"}},
+		{"both strategies", strings.Replace(good, "blueGreen: {}", "blueGreen: {}\n  canary: {steps: [{setWeight: 5}]}", 1), []string{"spec.strategy: both blueGreen and canary"}},
+		{"wave percent out of range", good + "waves:\n  - {name: eu, percent: 140}\n", []string{"spec.waves[0].percent: 140 is out of range"}},
+		{"duplicate wave names", good + "waves:\n  - {name: eu, percent: 10}\n  - {name: eu}\n", []string{`spec.waves[1].name: "eu" names two waves`}},
+		{"error rate as percent", good + "analysis:\n  errorRate: {max: 5}\n", []string{"spec.analysis.errorRate.max: 5 is out of range, want a fraction"}},
+		{"bad quantile", good + "analysis:\n  latency: {quantile: 99}\n", []string{"spec.analysis.latency.quantile: 99 is out of range"}},
+		{"bad duration", good + "analysis:\n  window: soon\n", []string{"spec:", "soon"}},
 		{"missing to", strings.Replace(good, "to: green\n", "", 1), []string{"spec.to: required"}},
 		{"missing from", strings.Replace(good, "from: blue\n", "", 1), []string{"spec.from: required"}},
 		{"same backend", strings.Replace(good, "to: green", "to: blue", 1), []string{`spec.to: "blue" is also spec.from`}},
 		{"bad service name", strings.Replace(good, "service: web", "service: web.eu", 1), []string{`spec.service: "web.eu"`, "letters, digits"}},
-		{"no strategy", strings.Replace(good, "strategy:\n  blueGreen: {}\n", "", 1), []string{"spec.strategy: required: one of blueGreen"}},
+		{"no strategy", strings.Replace(good, "strategy:\n  blueGreen: {}\n", "", 1), []string{"spec.strategy: required: one of blueGreen, canary"}},
 		{"wrong version", strings.Replace(good, "version: v1", "version: v9", 1), []string{`spec.version: "v9" is not supported`}},
 		{"not yaml", "name: [", []string{"spec: not valid YAML"}},
 		{"empty", "", []string{"spec: empty document"}},

@@ -32,8 +32,16 @@ type AppliedState struct {
 	// Weights are the weights the agent set on its proxy for this node.
 	Weights map[string]uint32 `protobuf:"bytes,3,rep,name=weights,proto3" json:"weights,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"varint,2,opt,name=value"`
 	// Wave is the index of the node's wave, -1 for none.
-	Wave          int32                  `protobuf:"varint,4,opt,name=wave,proto3" json:"wave,omitempty"`
-	AppliedAt     *timestamppb.Timestamp `protobuf:"bytes,5,opt,name=applied_at,json=appliedAt,proto3" json:"applied_at,omitempty"`
+	Wave      int32                  `protobuf:"varint,4,opt,name=wave,proto3" json:"wave,omitempty"`
+	AppliedAt *timestamppb.Timestamp `protobuf:"bytes,5,opt,name=applied_at,json=appliedAt,proto3" json:"applied_at,omitempty"`
+	// FromBackend and ToBackend are the backends the rollout moves this node
+	// away from and towards, as the agent inferred them from the weights that
+	// fell and rose; empty when it could not tell. The local guard uses them.
+	FromBackend string `protobuf:"bytes,6,opt,name=from_backend,json=fromBackend,proto3" json:"from_backend,omitempty"`
+	ToBackend   string `protobuf:"bytes,7,opt,name=to_backend,json=toBackend,proto3" json:"to_backend,omitempty"`
+	// LocalRollback is set when the weights are the local guard's, not the
+	// document's.
+	LocalRollback *LocalRollback `protobuf:"bytes,8,opt,name=local_rollback,json=localRollback,proto3" json:"local_rollback,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -103,18 +111,43 @@ func (x *AppliedState) GetAppliedAt() *timestamppb.Timestamp {
 	return nil
 }
 
+func (x *AppliedState) GetFromBackend() string {
+	if x != nil {
+		return x.FromBackend
+	}
+	return ""
+}
+
+func (x *AppliedState) GetToBackend() string {
+	if x != nil {
+		return x.ToBackend
+	}
+	return ""
+}
+
+func (x *AppliedState) GetLocalRollback() *LocalRollback {
+	if x != nil {
+		return x.LocalRollback
+	}
+	return nil
+}
+
 var File_switchyard_v1_agent_proto protoreflect.FileDescriptor
 
 const file_switchyard_v1_agent_proto_rawDesc = "" +
 	"\n" +
-	"\x19switchyard/v1/agent.proto\x12\rswitchyard.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x1bswitchyard/v1/desired.proto\"\xae\x02\n" +
+	"\x19switchyard/v1/agent.proto\x12\rswitchyard.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x1bswitchyard/v1/desired.proto\x1a\x1dswitchyard/v1/telemetry.proto\"\xb5\x03\n" +
 	"\fAppliedState\x12\x18\n" +
 	"\aservice\x18\x01 \x01(\tR\aservice\x125\n" +
 	"\adesired\x18\x02 \x01(\v2\x1b.switchyard.v1.DesiredStateR\adesired\x12B\n" +
 	"\aweights\x18\x03 \x03(\v2(.switchyard.v1.AppliedState.WeightsEntryR\aweights\x12\x12\n" +
 	"\x04wave\x18\x04 \x01(\x05R\x04wave\x129\n" +
 	"\n" +
-	"applied_at\x18\x05 \x01(\v2\x1a.google.protobuf.TimestampR\tappliedAt\x1a:\n" +
+	"applied_at\x18\x05 \x01(\v2\x1a.google.protobuf.TimestampR\tappliedAt\x12!\n" +
+	"\ffrom_backend\x18\x06 \x01(\tR\vfromBackend\x12\x1d\n" +
+	"\n" +
+	"to_backend\x18\a \x01(\tR\ttoBackend\x12C\n" +
+	"\x0elocal_rollback\x18\b \x01(\v2\x1c.switchyard.v1.LocalRollbackR\rlocalRollback\x1a:\n" +
 	"\fWeightsEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
 	"\x05value\x18\x02 \x01(\rR\x05value:\x028\x01BCZAgithub.com/switchyard/switchyard/proto/switchyard/v1;switchyardv1b\x06proto3"
@@ -137,16 +170,18 @@ var file_switchyard_v1_agent_proto_goTypes = []any{
 	nil,                           // 1: switchyard.v1.AppliedState.WeightsEntry
 	(*DesiredState)(nil),          // 2: switchyard.v1.DesiredState
 	(*timestamppb.Timestamp)(nil), // 3: google.protobuf.Timestamp
+	(*LocalRollback)(nil),         // 4: switchyard.v1.LocalRollback
 }
 var file_switchyard_v1_agent_proto_depIdxs = []int32{
 	2, // 0: switchyard.v1.AppliedState.desired:type_name -> switchyard.v1.DesiredState
 	1, // 1: switchyard.v1.AppliedState.weights:type_name -> switchyard.v1.AppliedState.WeightsEntry
 	3, // 2: switchyard.v1.AppliedState.applied_at:type_name -> google.protobuf.Timestamp
-	3, // [3:3] is the sub-list for method output_type
-	3, // [3:3] is the sub-list for method input_type
-	3, // [3:3] is the sub-list for extension type_name
-	3, // [3:3] is the sub-list for extension extendee
-	0, // [0:3] is the sub-list for field type_name
+	4, // 3: switchyard.v1.AppliedState.local_rollback:type_name -> switchyard.v1.LocalRollback
+	4, // [4:4] is the sub-list for method output_type
+	4, // [4:4] is the sub-list for method input_type
+	4, // [4:4] is the sub-list for extension type_name
+	4, // [4:4] is the sub-list for extension extendee
+	0, // [0:4] is the sub-list for field type_name
 }
 
 func init() { file_switchyard_v1_agent_proto_init() }
@@ -155,6 +190,7 @@ func file_switchyard_v1_agent_proto_init() {
 		return
 	}
 	file_switchyard_v1_desired_proto_init()
+	file_switchyard_v1_telemetry_proto_init()
 	type x struct{}
 	out := protoimpl.TypeBuilder{
 		File: protoimpl.DescBuilder{

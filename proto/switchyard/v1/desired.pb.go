@@ -36,6 +36,9 @@ const (
 	RolloutPhase_ROLLOUT_PHASE_ROLLING_BACK RolloutPhase = 3
 	// RolledBack: every live node confirmed the old backend.
 	RolloutPhase_ROLLOUT_PHASE_ROLLED_BACK RolloutPhase = 4
+	// Promoted: all traffic is on the new backend and the old one is kept warm;
+	// guardrails can still roll back.
+	RolloutPhase_ROLLOUT_PHASE_PROMOTED RolloutPhase = 5
 )
 
 // Enum value maps for RolloutPhase.
@@ -46,6 +49,7 @@ var (
 		2: "ROLLOUT_PHASE_COMPLETED",
 		3: "ROLLOUT_PHASE_ROLLING_BACK",
 		4: "ROLLOUT_PHASE_ROLLED_BACK",
+		5: "ROLLOUT_PHASE_PROMOTED",
 	}
 	RolloutPhase_value = map[string]int32{
 		"ROLLOUT_PHASE_UNSPECIFIED":  0,
@@ -53,6 +57,7 @@ var (
 		"ROLLOUT_PHASE_COMPLETED":    2,
 		"ROLLOUT_PHASE_ROLLING_BACK": 3,
 		"ROLLOUT_PHASE_ROLLED_BACK":  4,
+		"ROLLOUT_PHASE_PROMOTED":     5,
 	}
 )
 
@@ -377,13 +382,14 @@ const file_switchyard_v1_desired_proto_rawDesc = "" +
 	"\x05value\x18\x02 \x01(\rR\x05value:\x028\x01\"@\n" +
 	"\tSignature\x12\x15\n" +
 	"\x06key_id\x18\x01 \x01(\tR\x05keyId\x12\x1c\n" +
-	"\tsignature\x18\x02 \x01(\fR\tsignature*\xa8\x01\n" +
+	"\tsignature\x18\x02 \x01(\fR\tsignature*\xc4\x01\n" +
 	"\fRolloutPhase\x12\x1d\n" +
 	"\x19ROLLOUT_PHASE_UNSPECIFIED\x10\x00\x12\x1d\n" +
 	"\x19ROLLOUT_PHASE_PROGRESSING\x10\x01\x12\x1b\n" +
 	"\x17ROLLOUT_PHASE_COMPLETED\x10\x02\x12\x1e\n" +
 	"\x1aROLLOUT_PHASE_ROLLING_BACK\x10\x03\x12\x1d\n" +
-	"\x19ROLLOUT_PHASE_ROLLED_BACK\x10\x04BCZAgithub.com/switchyard/switchyard/proto/switchyard/v1;switchyardv1b\x06proto3"
+	"\x19ROLLOUT_PHASE_ROLLED_BACK\x10\x04\x12\x1a\n" +
+	"\x16ROLLOUT_PHASE_PROMOTED\x10\x05BCZAgithub.com/switchyard/switchyard/proto/switchyard/v1;switchyardv1b\x06proto3"
 
 var (
 	file_switchyard_v1_desired_proto_rawDescOnce sync.Once

@@ -36,6 +36,11 @@ type Intent struct {
 	//
 	//	*Intent_ApplyRollout
 	//	*Intent_AbortRollout
+	//	*Intent_PauseRollout
+	//	*Intent_ResumeRollout
+	//	*Intent_PromoteRollout
+	//	*Intent_ApproveRollout
+	//	*Intent_UndoRollout
 	Action        isIntent_Action `protobuf_oneof:"action"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
@@ -117,6 +122,51 @@ func (x *Intent) GetAbortRollout() *AbortRollout {
 	return nil
 }
 
+func (x *Intent) GetPauseRollout() *RolloutControl {
+	if x != nil {
+		if x, ok := x.Action.(*Intent_PauseRollout); ok {
+			return x.PauseRollout
+		}
+	}
+	return nil
+}
+
+func (x *Intent) GetResumeRollout() *RolloutControl {
+	if x != nil {
+		if x, ok := x.Action.(*Intent_ResumeRollout); ok {
+			return x.ResumeRollout
+		}
+	}
+	return nil
+}
+
+func (x *Intent) GetPromoteRollout() *PromoteRollout {
+	if x != nil {
+		if x, ok := x.Action.(*Intent_PromoteRollout); ok {
+			return x.PromoteRollout
+		}
+	}
+	return nil
+}
+
+func (x *Intent) GetApproveRollout() *RolloutControl {
+	if x != nil {
+		if x, ok := x.Action.(*Intent_ApproveRollout); ok {
+			return x.ApproveRollout
+		}
+	}
+	return nil
+}
+
+func (x *Intent) GetUndoRollout() *RolloutControl {
+	if x != nil {
+		if x, ok := x.Action.(*Intent_UndoRollout); ok {
+			return x.UndoRollout
+		}
+	}
+	return nil
+}
+
 type isIntent_Action interface {
 	isIntent_Action()
 }
@@ -129,9 +179,145 @@ type Intent_AbortRollout struct {
 	AbortRollout *AbortRollout `protobuf:"bytes,11,opt,name=abort_rollout,json=abortRollout,proto3,oneof"`
 }
 
+type Intent_PauseRollout struct {
+	PauseRollout *RolloutControl `protobuf:"bytes,12,opt,name=pause_rollout,json=pauseRollout,proto3,oneof"`
+}
+
+type Intent_ResumeRollout struct {
+	ResumeRollout *RolloutControl `protobuf:"bytes,13,opt,name=resume_rollout,json=resumeRollout,proto3,oneof"`
+}
+
+type Intent_PromoteRollout struct {
+	PromoteRollout *PromoteRollout `protobuf:"bytes,14,opt,name=promote_rollout,json=promoteRollout,proto3,oneof"`
+}
+
+type Intent_ApproveRollout struct {
+	ApproveRollout *RolloutControl `protobuf:"bytes,15,opt,name=approve_rollout,json=approveRollout,proto3,oneof"`
+}
+
+type Intent_UndoRollout struct {
+	UndoRollout *RolloutControl `protobuf:"bytes,16,opt,name=undo_rollout,json=undoRollout,proto3,oneof"`
+}
+
 func (*Intent_ApplyRollout) isIntent_Action() {}
 
 func (*Intent_AbortRollout) isIntent_Action() {}
+
+func (*Intent_PauseRollout) isIntent_Action() {}
+
+func (*Intent_ResumeRollout) isIntent_Action() {}
+
+func (*Intent_PromoteRollout) isIntent_Action() {}
+
+func (*Intent_ApproveRollout) isIntent_Action() {}
+
+func (*Intent_UndoRollout) isIntent_Action() {}
+
+// RolloutControl names a rollout for pause, resume, approve and undo.
+type RolloutControl struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Rollout       string                 `protobuf:"bytes,1,opt,name=rollout,proto3" json:"rollout,omitempty"`
+	Reason        string                 `protobuf:"bytes,2,opt,name=reason,proto3" json:"reason,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *RolloutControl) Reset() {
+	*x = RolloutControl{}
+	mi := &file_switchyard_v1_intent_proto_msgTypes[1]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RolloutControl) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RolloutControl) ProtoMessage() {}
+
+func (x *RolloutControl) ProtoReflect() protoreflect.Message {
+	mi := &file_switchyard_v1_intent_proto_msgTypes[1]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RolloutControl.ProtoReflect.Descriptor instead.
+func (*RolloutControl) Descriptor() ([]byte, []int) {
+	return file_switchyard_v1_intent_proto_rawDescGZIP(), []int{1}
+}
+
+func (x *RolloutControl) GetRollout() string {
+	if x != nil {
+		return x.Rollout
+	}
+	return ""
+}
+
+func (x *RolloutControl) GetReason() string {
+	if x != nil {
+		return x.Reason
+	}
+	return ""
+}
+
+// PromoteRollout skips the current step, or with full every remaining step.
+type PromoteRollout struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Rollout       string                 `protobuf:"bytes,1,opt,name=rollout,proto3" json:"rollout,omitempty"`
+	Full          bool                   `protobuf:"varint,2,opt,name=full,proto3" json:"full,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *PromoteRollout) Reset() {
+	*x = PromoteRollout{}
+	mi := &file_switchyard_v1_intent_proto_msgTypes[2]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *PromoteRollout) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*PromoteRollout) ProtoMessage() {}
+
+func (x *PromoteRollout) ProtoReflect() protoreflect.Message {
+	mi := &file_switchyard_v1_intent_proto_msgTypes[2]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use PromoteRollout.ProtoReflect.Descriptor instead.
+func (*PromoteRollout) Descriptor() ([]byte, []int) {
+	return file_switchyard_v1_intent_proto_rawDescGZIP(), []int{2}
+}
+
+func (x *PromoteRollout) GetRollout() string {
+	if x != nil {
+		return x.Rollout
+	}
+	return ""
+}
+
+func (x *PromoteRollout) GetFull() bool {
+	if x != nil {
+		return x.Full
+	}
+	return false
+}
 
 // ApplyRollout starts a rollout.
 type ApplyRollout struct {
@@ -143,7 +329,7 @@ type ApplyRollout struct {
 
 func (x *ApplyRollout) Reset() {
 	*x = ApplyRollout{}
-	mi := &file_switchyard_v1_intent_proto_msgTypes[1]
+	mi := &file_switchyard_v1_intent_proto_msgTypes[3]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -155,7 +341,7 @@ func (x *ApplyRollout) String() string {
 func (*ApplyRollout) ProtoMessage() {}
 
 func (x *ApplyRollout) ProtoReflect() protoreflect.Message {
-	mi := &file_switchyard_v1_intent_proto_msgTypes[1]
+	mi := &file_switchyard_v1_intent_proto_msgTypes[3]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -168,7 +354,7 @@ func (x *ApplyRollout) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ApplyRollout.ProtoReflect.Descriptor instead.
 func (*ApplyRollout) Descriptor() ([]byte, []int) {
-	return file_switchyard_v1_intent_proto_rawDescGZIP(), []int{1}
+	return file_switchyard_v1_intent_proto_rawDescGZIP(), []int{3}
 }
 
 func (x *ApplyRollout) GetSpec() *RolloutSpec {
@@ -189,7 +375,7 @@ type AbortRollout struct {
 
 func (x *AbortRollout) Reset() {
 	*x = AbortRollout{}
-	mi := &file_switchyard_v1_intent_proto_msgTypes[2]
+	mi := &file_switchyard_v1_intent_proto_msgTypes[4]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -201,7 +387,7 @@ func (x *AbortRollout) String() string {
 func (*AbortRollout) ProtoMessage() {}
 
 func (x *AbortRollout) ProtoReflect() protoreflect.Message {
-	mi := &file_switchyard_v1_intent_proto_msgTypes[2]
+	mi := &file_switchyard_v1_intent_proto_msgTypes[4]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -214,7 +400,7 @@ func (x *AbortRollout) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AbortRollout.ProtoReflect.Descriptor instead.
 func (*AbortRollout) Descriptor() ([]byte, []int) {
-	return file_switchyard_v1_intent_proto_rawDescGZIP(), []int{2}
+	return file_switchyard_v1_intent_proto_rawDescGZIP(), []int{4}
 }
 
 func (x *AbortRollout) GetRollout() string {
@@ -253,7 +439,7 @@ type IntentResult struct {
 
 func (x *IntentResult) Reset() {
 	*x = IntentResult{}
-	mi := &file_switchyard_v1_intent_proto_msgTypes[3]
+	mi := &file_switchyard_v1_intent_proto_msgTypes[5]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -265,7 +451,7 @@ func (x *IntentResult) String() string {
 func (*IntentResult) ProtoMessage() {}
 
 func (x *IntentResult) ProtoReflect() protoreflect.Message {
-	mi := &file_switchyard_v1_intent_proto_msgTypes[3]
+	mi := &file_switchyard_v1_intent_proto_msgTypes[5]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -278,7 +464,7 @@ func (x *IntentResult) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use IntentResult.ProtoReflect.Descriptor instead.
 func (*IntentResult) Descriptor() ([]byte, []int) {
-	return file_switchyard_v1_intent_proto_rawDescGZIP(), []int{3}
+	return file_switchyard_v1_intent_proto_rawDescGZIP(), []int{5}
 }
 
 func (x *IntentResult) GetIntentId() string {
@@ -334,7 +520,7 @@ var File_switchyard_v1_intent_proto protoreflect.FileDescriptor
 
 const file_switchyard_v1_intent_proto_rawDesc = "" +
 	"\n" +
-	"\x1aswitchyard/v1/intent.proto\x12\rswitchyard.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x1bswitchyard/v1/rollout.proto\"\x81\x02\n" +
+	"\x1aswitchyard/v1/intent.proto\x12\rswitchyard.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x1bswitchyard/v1/rollout.proto\"\xe7\x04\n" +
 	"\x06Intent\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\tR\x02id\x12\x1a\n" +
 	"\boperator\x18\x02 \x01(\tR\boperator\x129\n" +
@@ -342,8 +528,19 @@ const file_switchyard_v1_intent_proto_rawDesc = "" +
 	"created_at\x18\x03 \x01(\v2\x1a.google.protobuf.TimestampR\tcreatedAt\x12B\n" +
 	"\rapply_rollout\x18\n" +
 	" \x01(\v2\x1b.switchyard.v1.ApplyRolloutH\x00R\fapplyRollout\x12B\n" +
-	"\rabort_rollout\x18\v \x01(\v2\x1b.switchyard.v1.AbortRolloutH\x00R\fabortRolloutB\b\n" +
-	"\x06action\">\n" +
+	"\rabort_rollout\x18\v \x01(\v2\x1b.switchyard.v1.AbortRolloutH\x00R\fabortRollout\x12D\n" +
+	"\rpause_rollout\x18\f \x01(\v2\x1d.switchyard.v1.RolloutControlH\x00R\fpauseRollout\x12F\n" +
+	"\x0eresume_rollout\x18\r \x01(\v2\x1d.switchyard.v1.RolloutControlH\x00R\rresumeRollout\x12H\n" +
+	"\x0fpromote_rollout\x18\x0e \x01(\v2\x1d.switchyard.v1.PromoteRolloutH\x00R\x0epromoteRollout\x12H\n" +
+	"\x0fapprove_rollout\x18\x0f \x01(\v2\x1d.switchyard.v1.RolloutControlH\x00R\x0eapproveRollout\x12B\n" +
+	"\fundo_rollout\x18\x10 \x01(\v2\x1d.switchyard.v1.RolloutControlH\x00R\vundoRolloutB\b\n" +
+	"\x06action\"B\n" +
+	"\x0eRolloutControl\x12\x18\n" +
+	"\arollout\x18\x01 \x01(\tR\arollout\x12\x16\n" +
+	"\x06reason\x18\x02 \x01(\tR\x06reason\">\n" +
+	"\x0ePromoteRollout\x12\x18\n" +
+	"\arollout\x18\x01 \x01(\tR\arollout\x12\x12\n" +
+	"\x04full\x18\x02 \x01(\bR\x04full\">\n" +
 	"\fApplyRollout\x12.\n" +
 	"\x04spec\x18\x01 \x01(\v2\x1a.switchyard.v1.RolloutSpecR\x04spec\"@\n" +
 	"\fAbortRollout\x12\x18\n" +
@@ -371,25 +568,32 @@ func file_switchyard_v1_intent_proto_rawDescGZIP() []byte {
 	return file_switchyard_v1_intent_proto_rawDescData
 }
 
-var file_switchyard_v1_intent_proto_msgTypes = make([]protoimpl.MessageInfo, 4)
+var file_switchyard_v1_intent_proto_msgTypes = make([]protoimpl.MessageInfo, 6)
 var file_switchyard_v1_intent_proto_goTypes = []any{
 	(*Intent)(nil),                // 0: switchyard.v1.Intent
-	(*ApplyRollout)(nil),          // 1: switchyard.v1.ApplyRollout
-	(*AbortRollout)(nil),          // 2: switchyard.v1.AbortRollout
-	(*IntentResult)(nil),          // 3: switchyard.v1.IntentResult
-	(*timestamppb.Timestamp)(nil), // 4: google.protobuf.Timestamp
-	(*RolloutSpec)(nil),           // 5: switchyard.v1.RolloutSpec
+	(*RolloutControl)(nil),        // 1: switchyard.v1.RolloutControl
+	(*PromoteRollout)(nil),        // 2: switchyard.v1.PromoteRollout
+	(*ApplyRollout)(nil),          // 3: switchyard.v1.ApplyRollout
+	(*AbortRollout)(nil),          // 4: switchyard.v1.AbortRollout
+	(*IntentResult)(nil),          // 5: switchyard.v1.IntentResult
+	(*timestamppb.Timestamp)(nil), // 6: google.protobuf.Timestamp
+	(*RolloutSpec)(nil),           // 7: switchyard.v1.RolloutSpec
 }
 var file_switchyard_v1_intent_proto_depIdxs = []int32{
-	4, // 0: switchyard.v1.Intent.created_at:type_name -> google.protobuf.Timestamp
-	1, // 1: switchyard.v1.Intent.apply_rollout:type_name -> switchyard.v1.ApplyRollout
-	2, // 2: switchyard.v1.Intent.abort_rollout:type_name -> switchyard.v1.AbortRollout
-	5, // 3: switchyard.v1.ApplyRollout.spec:type_name -> switchyard.v1.RolloutSpec
-	4, // [4:4] is the sub-list for method output_type
-	4, // [4:4] is the sub-list for method input_type
-	4, // [4:4] is the sub-list for extension type_name
-	4, // [4:4] is the sub-list for extension extendee
-	0, // [0:4] is the sub-list for field type_name
+	6, // 0: switchyard.v1.Intent.created_at:type_name -> google.protobuf.Timestamp
+	3, // 1: switchyard.v1.Intent.apply_rollout:type_name -> switchyard.v1.ApplyRollout
+	4, // 2: switchyard.v1.Intent.abort_rollout:type_name -> switchyard.v1.AbortRollout
+	1, // 3: switchyard.v1.Intent.pause_rollout:type_name -> switchyard.v1.RolloutControl
+	1, // 4: switchyard.v1.Intent.resume_rollout:type_name -> switchyard.v1.RolloutControl
+	2, // 5: switchyard.v1.Intent.promote_rollout:type_name -> switchyard.v1.PromoteRollout
+	1, // 6: switchyard.v1.Intent.approve_rollout:type_name -> switchyard.v1.RolloutControl
+	1, // 7: switchyard.v1.Intent.undo_rollout:type_name -> switchyard.v1.RolloutControl
+	7, // 8: switchyard.v1.ApplyRollout.spec:type_name -> switchyard.v1.RolloutSpec
+	9, // [9:9] is the sub-list for method output_type
+	9, // [9:9] is the sub-list for method input_type
+	9, // [9:9] is the sub-list for extension type_name
+	9, // [9:9] is the sub-list for extension extendee
+	0, // [0:9] is the sub-list for field type_name
 }
 
 func init() { file_switchyard_v1_intent_proto_init() }
@@ -401,6 +605,11 @@ func file_switchyard_v1_intent_proto_init() {
 	file_switchyard_v1_intent_proto_msgTypes[0].OneofWrappers = []any{
 		(*Intent_ApplyRollout)(nil),
 		(*Intent_AbortRollout)(nil),
+		(*Intent_PauseRollout)(nil),
+		(*Intent_ResumeRollout)(nil),
+		(*Intent_PromoteRollout)(nil),
+		(*Intent_ApproveRollout)(nil),
+		(*Intent_UndoRollout)(nil),
 	}
 	type x struct{}
 	out := protoimpl.TypeBuilder{
@@ -408,7 +617,7 @@ func file_switchyard_v1_intent_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_switchyard_v1_intent_proto_rawDesc), len(file_switchyard_v1_intent_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   4,
+			NumMessages:   6,
 			NumExtensions: 0,
 			NumServices:   0,
 		},

@@ -139,7 +139,12 @@ type RolloutView struct {
 	// Nodes are the live nodes that run the rollout's service.
 	Nodes []*NodeView `protobuf:"bytes,2,rep,name=nodes,proto3" json:"nodes,omitempty"`
 	// Converged counts the live nodes that applied the rollout's generation.
-	Converged     uint32 `protobuf:"varint,3,opt,name=converged,proto3" json:"converged,omitempty"`
+	Converged uint32 `protobuf:"varint,3,opt,name=converged,proto3" json:"converged,omitempty"`
+	// Waiting says what the rollout waits for, as the answering coordinator
+	// sees it.
+	Waiting string `protobuf:"bytes,4,opt,name=waiting,proto3" json:"waiting,omitempty"`
+	// Windows are the latest closed analysis windows, oldest first.
+	Windows       []*WindowEvidence `protobuf:"bytes,5,rep,name=windows,proto3" json:"windows,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -193,6 +198,20 @@ func (x *RolloutView) GetConverged() uint32 {
 		return x.Converged
 	}
 	return 0
+}
+
+func (x *RolloutView) GetWaiting() string {
+	if x != nil {
+		return x.Waiting
+	}
+	return ""
+}
+
+func (x *RolloutView) GetWindows() []*WindowEvidence {
+	if x != nil {
+		return x.Windows
+	}
+	return nil
 }
 
 // NodeView is one node's last reported state for one service.
@@ -347,11 +366,13 @@ const file_switchyard_v1_query_proto_rawDesc = "" +
 	"\brollouts\x18\x01 \x03(\v2\x1a.switchyard.v1.RolloutViewR\brollouts\x12\x1f\n" +
 	"\vanswered_by\x18\x02 \x01(\tR\n" +
 	"answeredBy\x12\x16\n" +
-	"\x06leader\x18\x03 \x01(\tR\x06leader\"\x8c\x01\n" +
+	"\x06leader\x18\x03 \x01(\tR\x06leader\"\xdf\x01\n" +
 	"\vRolloutView\x120\n" +
 	"\arollout\x18\x01 \x01(\v2\x16.switchyard.v1.RolloutR\arollout\x12-\n" +
 	"\x05nodes\x18\x02 \x03(\v2\x17.switchyard.v1.NodeViewR\x05nodes\x12\x1c\n" +
-	"\tconverged\x18\x03 \x01(\rR\tconverged\"\xdc\x02\n" +
+	"\tconverged\x18\x03 \x01(\rR\tconverged\x12\x18\n" +
+	"\awaiting\x18\x04 \x01(\tR\awaiting\x127\n" +
+	"\awindows\x18\x05 \x03(\v2\x1d.switchyard.v1.WindowEvidenceR\awindows\"\xdc\x02\n" +
 	"\bNodeView\x12\x12\n" +
 	"\x04node\x18\x01 \x01(\tR\x04node\x12-\n" +
 	"\x12applied_generation\x18\x02 \x01(\x04R\x11appliedGeneration\x12>\n" +
@@ -387,19 +408,21 @@ var file_switchyard_v1_query_proto_goTypes = []any{
 	(*IntentQuery)(nil),    // 4: switchyard.v1.IntentQuery
 	nil,                    // 5: switchyard.v1.NodeView.WeightsEntry
 	(*Rollout)(nil),        // 6: switchyard.v1.Rollout
-	(DriverHealth)(0),      // 7: switchyard.v1.DriverHealth
+	(*WindowEvidence)(nil), // 7: switchyard.v1.WindowEvidence
+	(DriverHealth)(0),      // 8: switchyard.v1.DriverHealth
 }
 var file_switchyard_v1_query_proto_depIdxs = []int32{
 	2, // 0: switchyard.v1.RolloutsAnswer.rollouts:type_name -> switchyard.v1.RolloutView
 	6, // 1: switchyard.v1.RolloutView.rollout:type_name -> switchyard.v1.Rollout
 	3, // 2: switchyard.v1.RolloutView.nodes:type_name -> switchyard.v1.NodeView
-	5, // 3: switchyard.v1.NodeView.weights:type_name -> switchyard.v1.NodeView.WeightsEntry
-	7, // 4: switchyard.v1.NodeView.driver:type_name -> switchyard.v1.DriverHealth
-	5, // [5:5] is the sub-list for method output_type
-	5, // [5:5] is the sub-list for method input_type
-	5, // [5:5] is the sub-list for extension type_name
-	5, // [5:5] is the sub-list for extension extendee
-	0, // [0:5] is the sub-list for field type_name
+	7, // 3: switchyard.v1.RolloutView.windows:type_name -> switchyard.v1.WindowEvidence
+	5, // 4: switchyard.v1.NodeView.weights:type_name -> switchyard.v1.NodeView.WeightsEntry
+	8, // 5: switchyard.v1.NodeView.driver:type_name -> switchyard.v1.DriverHealth
+	6, // [6:6] is the sub-list for method output_type
+	6, // [6:6] is the sub-list for method input_type
+	6, // [6:6] is the sub-list for extension type_name
+	6, // [6:6] is the sub-list for extension extendee
+	0, // [0:6] is the sub-list for field type_name
 }
 
 func init() { file_switchyard_v1_query_proto_init() }

@@ -149,6 +149,233 @@ func (x *RolloutConvergedEntry) GetStampedAt() *timestamppb.Timestamp {
 	return nil
 }
 
+// RolloutAdvanceEntry moves a rollout to its next position. It is a no-op
+// unless the rollout is still where the leader saw it.
+type RolloutAdvanceEntry struct {
+	state    protoimpl.MessageState `protogen:"open.v1"`
+	Rollout  string                 `protobuf:"bytes,1,opt,name=rollout,proto3" json:"rollout,omitempty"`
+	FromWave int32                  `protobuf:"varint,2,opt,name=from_wave,json=fromWave,proto3" json:"from_wave,omitempty"`
+	FromStep int32                  `protobuf:"varint,3,opt,name=from_step,json=fromStep,proto3" json:"from_step,omitempty"`
+	ToWave   int32                  `protobuf:"varint,4,opt,name=to_wave,json=toWave,proto3" json:"to_wave,omitempty"`
+	ToStep   int32                  `protobuf:"varint,5,opt,name=to_step,json=toStep,proto3" json:"to_step,omitempty"`
+	// Promote ends the steps: all traffic on the new backend.
+	Promote       bool                   `protobuf:"varint,6,opt,name=promote,proto3" json:"promote,omitempty"`
+	Message       string                 `protobuf:"bytes,7,opt,name=message,proto3" json:"message,omitempty"`
+	StampedAt     *timestamppb.Timestamp `protobuf:"bytes,8,opt,name=stamped_at,json=stampedAt,proto3" json:"stamped_at,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *RolloutAdvanceEntry) Reset() {
+	*x = RolloutAdvanceEntry{}
+	mi := &file_switchyard_v1_raft_proto_msgTypes[2]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RolloutAdvanceEntry) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RolloutAdvanceEntry) ProtoMessage() {}
+
+func (x *RolloutAdvanceEntry) ProtoReflect() protoreflect.Message {
+	mi := &file_switchyard_v1_raft_proto_msgTypes[2]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RolloutAdvanceEntry.ProtoReflect.Descriptor instead.
+func (*RolloutAdvanceEntry) Descriptor() ([]byte, []int) {
+	return file_switchyard_v1_raft_proto_rawDescGZIP(), []int{2}
+}
+
+func (x *RolloutAdvanceEntry) GetRollout() string {
+	if x != nil {
+		return x.Rollout
+	}
+	return ""
+}
+
+func (x *RolloutAdvanceEntry) GetFromWave() int32 {
+	if x != nil {
+		return x.FromWave
+	}
+	return 0
+}
+
+func (x *RolloutAdvanceEntry) GetFromStep() int32 {
+	if x != nil {
+		return x.FromStep
+	}
+	return 0
+}
+
+func (x *RolloutAdvanceEntry) GetToWave() int32 {
+	if x != nil {
+		return x.ToWave
+	}
+	return 0
+}
+
+func (x *RolloutAdvanceEntry) GetToStep() int32 {
+	if x != nil {
+		return x.ToStep
+	}
+	return 0
+}
+
+func (x *RolloutAdvanceEntry) GetPromote() bool {
+	if x != nil {
+		return x.Promote
+	}
+	return false
+}
+
+func (x *RolloutAdvanceEntry) GetMessage() string {
+	if x != nil {
+		return x.Message
+	}
+	return ""
+}
+
+func (x *RolloutAdvanceEntry) GetStampedAt() *timestamppb.Timestamp {
+	if x != nil {
+		return x.StampedAt
+	}
+	return nil
+}
+
+// RollbackEntry sends a rollout's service back to its old backend because a
+// guardrail breached, with what it saw.
+type RollbackEntry struct {
+	state   protoimpl.MessageState `protogen:"open.v1"`
+	Rollout string                 `protobuf:"bytes,1,opt,name=rollout,proto3" json:"rollout,omitempty"`
+	// Generation the leader judged; a no-op if the rollout has moved on.
+	Generation    uint64                 `protobuf:"varint,2,opt,name=generation,proto3" json:"generation,omitempty"`
+	Evidence      *Evidence              `protobuf:"bytes,3,opt,name=evidence,proto3" json:"evidence,omitempty"`
+	StampedAt     *timestamppb.Timestamp `protobuf:"bytes,4,opt,name=stamped_at,json=stampedAt,proto3" json:"stamped_at,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *RollbackEntry) Reset() {
+	*x = RollbackEntry{}
+	mi := &file_switchyard_v1_raft_proto_msgTypes[3]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RollbackEntry) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RollbackEntry) ProtoMessage() {}
+
+func (x *RollbackEntry) ProtoReflect() protoreflect.Message {
+	mi := &file_switchyard_v1_raft_proto_msgTypes[3]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RollbackEntry.ProtoReflect.Descriptor instead.
+func (*RollbackEntry) Descriptor() ([]byte, []int) {
+	return file_switchyard_v1_raft_proto_rawDescGZIP(), []int{3}
+}
+
+func (x *RollbackEntry) GetRollout() string {
+	if x != nil {
+		return x.Rollout
+	}
+	return ""
+}
+
+func (x *RollbackEntry) GetGeneration() uint64 {
+	if x != nil {
+		return x.Generation
+	}
+	return 0
+}
+
+func (x *RollbackEntry) GetEvidence() *Evidence {
+	if x != nil {
+		return x.Evidence
+	}
+	return nil
+}
+
+func (x *RollbackEntry) GetStampedAt() *timestamppb.Timestamp {
+	if x != nil {
+		return x.StampedAt
+	}
+	return nil
+}
+
+// RolloutFinishEntry ends a promoted rollout's warm period.
+type RolloutFinishEntry struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Rollout       string                 `protobuf:"bytes,1,opt,name=rollout,proto3" json:"rollout,omitempty"`
+	StampedAt     *timestamppb.Timestamp `protobuf:"bytes,2,opt,name=stamped_at,json=stampedAt,proto3" json:"stamped_at,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *RolloutFinishEntry) Reset() {
+	*x = RolloutFinishEntry{}
+	mi := &file_switchyard_v1_raft_proto_msgTypes[4]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RolloutFinishEntry) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RolloutFinishEntry) ProtoMessage() {}
+
+func (x *RolloutFinishEntry) ProtoReflect() protoreflect.Message {
+	mi := &file_switchyard_v1_raft_proto_msgTypes[4]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RolloutFinishEntry.ProtoReflect.Descriptor instead.
+func (*RolloutFinishEntry) Descriptor() ([]byte, []int) {
+	return file_switchyard_v1_raft_proto_rawDescGZIP(), []int{4}
+}
+
+func (x *RolloutFinishEntry) GetRollout() string {
+	if x != nil {
+		return x.Rollout
+	}
+	return ""
+}
+
+func (x *RolloutFinishEntry) GetStampedAt() *timestamppb.Timestamp {
+	if x != nil {
+		return x.StampedAt
+	}
+	return nil
+}
+
 // StateSnapshot is the whole replicated state, as written to a Raft
 // snapshot. Restoring it replaces the state.
 type StateSnapshot struct {
@@ -162,7 +389,7 @@ type StateSnapshot struct {
 
 func (x *StateSnapshot) Reset() {
 	*x = StateSnapshot{}
-	mi := &file_switchyard_v1_raft_proto_msgTypes[2]
+	mi := &file_switchyard_v1_raft_proto_msgTypes[5]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -174,7 +401,7 @@ func (x *StateSnapshot) String() string {
 func (*StateSnapshot) ProtoMessage() {}
 
 func (x *StateSnapshot) ProtoReflect() protoreflect.Message {
-	mi := &file_switchyard_v1_raft_proto_msgTypes[2]
+	mi := &file_switchyard_v1_raft_proto_msgTypes[5]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -187,7 +414,7 @@ func (x *StateSnapshot) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StateSnapshot.ProtoReflect.Descriptor instead.
 func (*StateSnapshot) Descriptor() ([]byte, []int) {
-	return file_switchyard_v1_raft_proto_rawDescGZIP(), []int{2}
+	return file_switchyard_v1_raft_proto_rawDescGZIP(), []int{5}
 }
 
 func (x *StateSnapshot) GetServices() []*ServiceRecord {
@@ -224,7 +451,7 @@ type ServiceRecord struct {
 
 func (x *ServiceRecord) Reset() {
 	*x = ServiceRecord{}
-	mi := &file_switchyard_v1_raft_proto_msgTypes[3]
+	mi := &file_switchyard_v1_raft_proto_msgTypes[6]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -236,7 +463,7 @@ func (x *ServiceRecord) String() string {
 func (*ServiceRecord) ProtoMessage() {}
 
 func (x *ServiceRecord) ProtoReflect() protoreflect.Message {
-	mi := &file_switchyard_v1_raft_proto_msgTypes[3]
+	mi := &file_switchyard_v1_raft_proto_msgTypes[6]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -249,7 +476,7 @@ func (x *ServiceRecord) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ServiceRecord.ProtoReflect.Descriptor instead.
 func (*ServiceRecord) Descriptor() ([]byte, []int) {
-	return file_switchyard_v1_raft_proto_rawDescGZIP(), []int{3}
+	return file_switchyard_v1_raft_proto_rawDescGZIP(), []int{6}
 }
 
 func (x *ServiceRecord) GetName() string {
@@ -285,7 +512,7 @@ type ProcessedIntent struct {
 
 func (x *ProcessedIntent) Reset() {
 	*x = ProcessedIntent{}
-	mi := &file_switchyard_v1_raft_proto_msgTypes[4]
+	mi := &file_switchyard_v1_raft_proto_msgTypes[7]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -297,7 +524,7 @@ func (x *ProcessedIntent) String() string {
 func (*ProcessedIntent) ProtoMessage() {}
 
 func (x *ProcessedIntent) ProtoReflect() protoreflect.Message {
-	mi := &file_switchyard_v1_raft_proto_msgTypes[4]
+	mi := &file_switchyard_v1_raft_proto_msgTypes[7]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -310,7 +537,7 @@ func (x *ProcessedIntent) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ProcessedIntent.ProtoReflect.Descriptor instead.
 func (*ProcessedIntent) Descriptor() ([]byte, []int) {
-	return file_switchyard_v1_raft_proto_rawDescGZIP(), []int{4}
+	return file_switchyard_v1_raft_proto_rawDescGZIP(), []int{7}
 }
 
 func (x *ProcessedIntent) GetId() string {
@@ -350,7 +577,29 @@ const file_switchyard_v1_raft_proto_rawDesc = "" +
 	"generation\x12\x14\n" +
 	"\x05nodes\x18\x03 \x01(\rR\x05nodes\x129\n" +
 	"\n" +
-	"stamped_at\x18\x04 \x01(\v2\x1a.google.protobuf.TimestampR\tstampedAt\"\xb7\x01\n" +
+	"stamped_at\x18\x04 \x01(\v2\x1a.google.protobuf.TimestampR\tstampedAt\"\x8a\x02\n" +
+	"\x13RolloutAdvanceEntry\x12\x18\n" +
+	"\arollout\x18\x01 \x01(\tR\arollout\x12\x1b\n" +
+	"\tfrom_wave\x18\x02 \x01(\x05R\bfromWave\x12\x1b\n" +
+	"\tfrom_step\x18\x03 \x01(\x05R\bfromStep\x12\x17\n" +
+	"\ato_wave\x18\x04 \x01(\x05R\x06toWave\x12\x17\n" +
+	"\ato_step\x18\x05 \x01(\x05R\x06toStep\x12\x18\n" +
+	"\apromote\x18\x06 \x01(\bR\apromote\x12\x18\n" +
+	"\amessage\x18\a \x01(\tR\amessage\x129\n" +
+	"\n" +
+	"stamped_at\x18\b \x01(\v2\x1a.google.protobuf.TimestampR\tstampedAt\"\xb9\x01\n" +
+	"\rRollbackEntry\x12\x18\n" +
+	"\arollout\x18\x01 \x01(\tR\arollout\x12\x1e\n" +
+	"\n" +
+	"generation\x18\x02 \x01(\x04R\n" +
+	"generation\x123\n" +
+	"\bevidence\x18\x03 \x01(\v2\x17.switchyard.v1.EvidenceR\bevidence\x129\n" +
+	"\n" +
+	"stamped_at\x18\x04 \x01(\v2\x1a.google.protobuf.TimestampR\tstampedAt\"i\n" +
+	"\x12RolloutFinishEntry\x12\x18\n" +
+	"\arollout\x18\x01 \x01(\tR\arollout\x129\n" +
+	"\n" +
+	"stamped_at\x18\x02 \x01(\v2\x1a.google.protobuf.TimestampR\tstampedAt\"\xb7\x01\n" +
 	"\rStateSnapshot\x128\n" +
 	"\bservices\x18\x01 \x03(\v2\x1c.switchyard.v1.ServiceRecordR\bservices\x122\n" +
 	"\brollouts\x18\x02 \x03(\v2\x16.switchyard.v1.RolloutR\brollouts\x128\n" +
@@ -376,34 +625,42 @@ func file_switchyard_v1_raft_proto_rawDescGZIP() []byte {
 	return file_switchyard_v1_raft_proto_rawDescData
 }
 
-var file_switchyard_v1_raft_proto_msgTypes = make([]protoimpl.MessageInfo, 5)
+var file_switchyard_v1_raft_proto_msgTypes = make([]protoimpl.MessageInfo, 8)
 var file_switchyard_v1_raft_proto_goTypes = []any{
 	(*IntentEntry)(nil),           // 0: switchyard.v1.IntentEntry
 	(*RolloutConvergedEntry)(nil), // 1: switchyard.v1.RolloutConvergedEntry
-	(*StateSnapshot)(nil),         // 2: switchyard.v1.StateSnapshot
-	(*ServiceRecord)(nil),         // 3: switchyard.v1.ServiceRecord
-	(*ProcessedIntent)(nil),       // 4: switchyard.v1.ProcessedIntent
-	(*Intent)(nil),                // 5: switchyard.v1.Intent
-	(*timestamppb.Timestamp)(nil), // 6: google.protobuf.Timestamp
-	(*Rollout)(nil),               // 7: switchyard.v1.Rollout
-	(*DesiredState)(nil),          // 8: switchyard.v1.DesiredState
-	(*IntentResult)(nil),          // 9: switchyard.v1.IntentResult
+	(*RolloutAdvanceEntry)(nil),   // 2: switchyard.v1.RolloutAdvanceEntry
+	(*RollbackEntry)(nil),         // 3: switchyard.v1.RollbackEntry
+	(*RolloutFinishEntry)(nil),    // 4: switchyard.v1.RolloutFinishEntry
+	(*StateSnapshot)(nil),         // 5: switchyard.v1.StateSnapshot
+	(*ServiceRecord)(nil),         // 6: switchyard.v1.ServiceRecord
+	(*ProcessedIntent)(nil),       // 7: switchyard.v1.ProcessedIntent
+	(*Intent)(nil),                // 8: switchyard.v1.Intent
+	(*timestamppb.Timestamp)(nil), // 9: google.protobuf.Timestamp
+	(*Evidence)(nil),              // 10: switchyard.v1.Evidence
+	(*Rollout)(nil),               // 11: switchyard.v1.Rollout
+	(*DesiredState)(nil),          // 12: switchyard.v1.DesiredState
+	(*IntentResult)(nil),          // 13: switchyard.v1.IntentResult
 }
 var file_switchyard_v1_raft_proto_depIdxs = []int32{
-	5, // 0: switchyard.v1.IntentEntry.intent:type_name -> switchyard.v1.Intent
-	6, // 1: switchyard.v1.IntentEntry.stamped_at:type_name -> google.protobuf.Timestamp
-	6, // 2: switchyard.v1.RolloutConvergedEntry.stamped_at:type_name -> google.protobuf.Timestamp
-	3, // 3: switchyard.v1.StateSnapshot.services:type_name -> switchyard.v1.ServiceRecord
-	7, // 4: switchyard.v1.StateSnapshot.rollouts:type_name -> switchyard.v1.Rollout
-	4, // 5: switchyard.v1.StateSnapshot.intents:type_name -> switchyard.v1.ProcessedIntent
-	8, // 6: switchyard.v1.ServiceRecord.desired:type_name -> switchyard.v1.DesiredState
-	9, // 7: switchyard.v1.ProcessedIntent.result:type_name -> switchyard.v1.IntentResult
-	6, // 8: switchyard.v1.ProcessedIntent.at:type_name -> google.protobuf.Timestamp
-	9, // [9:9] is the sub-list for method output_type
-	9, // [9:9] is the sub-list for method input_type
-	9, // [9:9] is the sub-list for extension type_name
-	9, // [9:9] is the sub-list for extension extendee
-	0, // [0:9] is the sub-list for field type_name
+	8,  // 0: switchyard.v1.IntentEntry.intent:type_name -> switchyard.v1.Intent
+	9,  // 1: switchyard.v1.IntentEntry.stamped_at:type_name -> google.protobuf.Timestamp
+	9,  // 2: switchyard.v1.RolloutConvergedEntry.stamped_at:type_name -> google.protobuf.Timestamp
+	9,  // 3: switchyard.v1.RolloutAdvanceEntry.stamped_at:type_name -> google.protobuf.Timestamp
+	10, // 4: switchyard.v1.RollbackEntry.evidence:type_name -> switchyard.v1.Evidence
+	9,  // 5: switchyard.v1.RollbackEntry.stamped_at:type_name -> google.protobuf.Timestamp
+	9,  // 6: switchyard.v1.RolloutFinishEntry.stamped_at:type_name -> google.protobuf.Timestamp
+	6,  // 7: switchyard.v1.StateSnapshot.services:type_name -> switchyard.v1.ServiceRecord
+	11, // 8: switchyard.v1.StateSnapshot.rollouts:type_name -> switchyard.v1.Rollout
+	7,  // 9: switchyard.v1.StateSnapshot.intents:type_name -> switchyard.v1.ProcessedIntent
+	12, // 10: switchyard.v1.ServiceRecord.desired:type_name -> switchyard.v1.DesiredState
+	13, // 11: switchyard.v1.ProcessedIntent.result:type_name -> switchyard.v1.IntentResult
+	9,  // 12: switchyard.v1.ProcessedIntent.at:type_name -> google.protobuf.Timestamp
+	13, // [13:13] is the sub-list for method output_type
+	13, // [13:13] is the sub-list for method input_type
+	13, // [13:13] is the sub-list for extension type_name
+	13, // [13:13] is the sub-list for extension extendee
+	0,  // [0:13] is the sub-list for field type_name
 }
 
 func init() { file_switchyard_v1_raft_proto_init() }
@@ -420,7 +677,7 @@ func file_switchyard_v1_raft_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_switchyard_v1_raft_proto_rawDesc), len(file_switchyard_v1_raft_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   5,
+			NumMessages:   8,
 			NumExtensions: 0,
 			NumServices:   0,
 		},

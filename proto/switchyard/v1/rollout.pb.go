@@ -9,6 +9,7 @@ package switchyardv1
 import (
 	protoreflect "google.golang.org/protobuf/reflect/protoreflect"
 	protoimpl "google.golang.org/protobuf/runtime/protoimpl"
+	durationpb "google.golang.org/protobuf/types/known/durationpb"
 	timestamppb "google.golang.org/protobuf/types/known/timestamppb"
 	reflect "reflect"
 	sync "sync"
@@ -36,7 +37,12 @@ type RolloutSpec struct {
 	// To is the backend that should serve afterwards ("green").
 	To string `protobuf:"bytes,4,opt,name=to,proto3" json:"to,omitempty"`
 	// Strategy says how traffic moves.
-	Strategy      *Strategy `protobuf:"bytes,5,opt,name=strategy,proto3" json:"strategy,omitempty"`
+	Strategy *Strategy `protobuf:"bytes,5,opt,name=strategy,proto3" json:"strategy,omitempty"`
+	// Waves choose nodes, one group after another; empty is one wave of every
+	// node.
+	Waves []*WaveSpec `protobuf:"bytes,6,rep,name=waves,proto3" json:"waves,omitempty"`
+	// Analysis holds the guardrails watched while the new backend has weight.
+	Analysis      *AnalysisSpec `protobuf:"bytes,7,opt,name=analysis,proto3" json:"analysis,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -106,12 +112,27 @@ func (x *RolloutSpec) GetStrategy() *Strategy {
 	return nil
 }
 
+func (x *RolloutSpec) GetWaves() []*WaveSpec {
+	if x != nil {
+		return x.Waves
+	}
+	return nil
+}
+
+func (x *RolloutSpec) GetAnalysis() *AnalysisSpec {
+	if x != nil {
+		return x.Analysis
+	}
+	return nil
+}
+
 // Strategy is one of the ways traffic can move.
 type Strategy struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// Types that are valid to be assigned to Kind:
 	//
 	//	*Strategy_BlueGreen
+	//	*Strategy_Canary
 	Kind          isStrategy_Kind `protobuf_oneof:"kind"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
@@ -163,6 +184,15 @@ func (x *Strategy) GetBlueGreen() *BlueGreen {
 	return nil
 }
 
+func (x *Strategy) GetCanary() *Canary {
+	if x != nil {
+		if x, ok := x.Kind.(*Strategy_Canary); ok {
+			return x.Canary
+		}
+	}
+	return nil
+}
+
 type isStrategy_Kind interface {
 	isStrategy_Kind()
 }
@@ -171,11 +201,29 @@ type Strategy_BlueGreen struct {
 	BlueGreen *BlueGreen `protobuf:"bytes,1,opt,name=blue_green,json=blueGreen,proto3,oneof"`
 }
 
+type Strategy_Canary struct {
+	Canary *Canary `protobuf:"bytes,2,opt,name=canary,proto3,oneof"`
+}
+
 func (*Strategy_BlueGreen) isStrategy_Kind() {}
 
-// BlueGreen moves all traffic from the old backend to the new one at once.
+func (*Strategy_Canary) isStrategy_Kind() {}
+
+// BlueGreen switches all traffic to the new backend, at once or as a short
+// ramp, checks it, and keeps the old one warm for a while so a rollback
+// stays instant.
 type BlueGreen struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Ramp lists the weights of the switch, ending at 100; empty is [100].
+	Ramp []uint32 `protobuf:"varint,1,rep,packed,name=ramp,proto3" json:"ramp,omitempty"`
+	// RampInterval is the pause between ramp steps.
+	RampInterval *durationpb.Duration `protobuf:"bytes,2,opt,name=ramp_interval,json=rampInterval,proto3" json:"ramp_interval,omitempty"`
+	// PostPromotionWindows is how many analysis windows must pass once all
+	// traffic is on the new backend.
+	PostPromotionWindows uint32 `protobuf:"varint,3,opt,name=post_promotion_windows,json=postPromotionWindows,proto3" json:"post_promotion_windows,omitempty"`
+	// KeepWarm is how long the old backend is kept ready after promotion;
+	// guardrails still roll back during it.
+	KeepWarm      *durationpb.Duration `protobuf:"bytes,4,opt,name=keep_warm,json=keepWarm,proto3" json:"keep_warm,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -210,6 +258,614 @@ func (*BlueGreen) Descriptor() ([]byte, []int) {
 	return file_switchyard_v1_rollout_proto_rawDescGZIP(), []int{2}
 }
 
+func (x *BlueGreen) GetRamp() []uint32 {
+	if x != nil {
+		return x.Ramp
+	}
+	return nil
+}
+
+func (x *BlueGreen) GetRampInterval() *durationpb.Duration {
+	if x != nil {
+		return x.RampInterval
+	}
+	return nil
+}
+
+func (x *BlueGreen) GetPostPromotionWindows() uint32 {
+	if x != nil {
+		return x.PostPromotionWindows
+	}
+	return 0
+}
+
+func (x *BlueGreen) GetKeepWarm() *durationpb.Duration {
+	if x != nil {
+		return x.KeepWarm
+	}
+	return nil
+}
+
+// Canary moves traffic in steps.
+type Canary struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Steps         []*Step                `protobuf:"bytes,1,rep,name=steps,proto3" json:"steps,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *Canary) Reset() {
+	*x = Canary{}
+	mi := &file_switchyard_v1_rollout_proto_msgTypes[3]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *Canary) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*Canary) ProtoMessage() {}
+
+func (x *Canary) ProtoReflect() protoreflect.Message {
+	mi := &file_switchyard_v1_rollout_proto_msgTypes[3]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use Canary.ProtoReflect.Descriptor instead.
+func (*Canary) Descriptor() ([]byte, []int) {
+	return file_switchyard_v1_rollout_proto_rawDescGZIP(), []int{3}
+}
+
+func (x *Canary) GetSteps() []*Step {
+	if x != nil {
+		return x.Steps
+	}
+	return nil
+}
+
+// Step is one step of a canary (or of a compiled blue-green switch).
+type Step struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Types that are valid to be assigned to Kind:
+	//
+	//	*Step_SetWeight
+	//	*Step_Pause
+	//	*Step_Analysis
+	Kind          isStep_Kind `protobuf_oneof:"kind"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *Step) Reset() {
+	*x = Step{}
+	mi := &file_switchyard_v1_rollout_proto_msgTypes[4]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *Step) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*Step) ProtoMessage() {}
+
+func (x *Step) ProtoReflect() protoreflect.Message {
+	mi := &file_switchyard_v1_rollout_proto_msgTypes[4]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use Step.ProtoReflect.Descriptor instead.
+func (*Step) Descriptor() ([]byte, []int) {
+	return file_switchyard_v1_rollout_proto_rawDescGZIP(), []int{4}
+}
+
+func (x *Step) GetKind() isStep_Kind {
+	if x != nil {
+		return x.Kind
+	}
+	return nil
+}
+
+func (x *Step) GetSetWeight() uint32 {
+	if x != nil {
+		if x, ok := x.Kind.(*Step_SetWeight); ok {
+			return x.SetWeight
+		}
+	}
+	return 0
+}
+
+func (x *Step) GetPause() *Pause {
+	if x != nil {
+		if x, ok := x.Kind.(*Step_Pause); ok {
+			return x.Pause
+		}
+	}
+	return nil
+}
+
+func (x *Step) GetAnalysis() *AnalysisStep {
+	if x != nil {
+		if x, ok := x.Kind.(*Step_Analysis); ok {
+			return x.Analysis
+		}
+	}
+	return nil
+}
+
+type isStep_Kind interface {
+	isStep_Kind()
+}
+
+type Step_SetWeight struct {
+	// SetWeight sends this share (0..100) of the wave's traffic to the new
+	// backend; the step is done when every live node applied it.
+	SetWeight uint32 `protobuf:"varint,1,opt,name=set_weight,json=setWeight,proto3,oneof"`
+}
+
+type Step_Pause struct {
+	Pause *Pause `protobuf:"bytes,2,opt,name=pause,proto3,oneof"`
+}
+
+type Step_Analysis struct {
+	Analysis *AnalysisStep `protobuf:"bytes,3,opt,name=analysis,proto3,oneof"`
+}
+
+func (*Step_SetWeight) isStep_Kind() {}
+
+func (*Step_Pause) isStep_Kind() {}
+
+func (*Step_Analysis) isStep_Kind() {}
+
+// Pause waits for a duration, or until an operator approves when there is
+// none.
+type Pause struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Duration      *durationpb.Duration   `protobuf:"bytes,1,opt,name=duration,proto3" json:"duration,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *Pause) Reset() {
+	*x = Pause{}
+	mi := &file_switchyard_v1_rollout_proto_msgTypes[5]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *Pause) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*Pause) ProtoMessage() {}
+
+func (x *Pause) ProtoReflect() protoreflect.Message {
+	mi := &file_switchyard_v1_rollout_proto_msgTypes[5]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use Pause.ProtoReflect.Descriptor instead.
+func (*Pause) Descriptor() ([]byte, []int) {
+	return file_switchyard_v1_rollout_proto_rawDescGZIP(), []int{5}
+}
+
+func (x *Pause) GetDuration() *durationpb.Duration {
+	if x != nil {
+		return x.Duration
+	}
+	return nil
+}
+
+// AnalysisStep waits until this many consecutive conclusive analysis windows
+// passed.
+type AnalysisStep struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Windows       uint32                 `protobuf:"varint,1,opt,name=windows,proto3" json:"windows,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *AnalysisStep) Reset() {
+	*x = AnalysisStep{}
+	mi := &file_switchyard_v1_rollout_proto_msgTypes[6]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *AnalysisStep) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*AnalysisStep) ProtoMessage() {}
+
+func (x *AnalysisStep) ProtoReflect() protoreflect.Message {
+	mi := &file_switchyard_v1_rollout_proto_msgTypes[6]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use AnalysisStep.ProtoReflect.Descriptor instead.
+func (*AnalysisStep) Descriptor() ([]byte, []int) {
+	return file_switchyard_v1_rollout_proto_rawDescGZIP(), []int{6}
+}
+
+func (x *AnalysisStep) GetWindows() uint32 {
+	if x != nil {
+		return x.Windows
+	}
+	return 0
+}
+
+// WaveSpec is one group of nodes.
+type WaveSpec struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	Name  string                 `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
+	// Selector chooses candidates by label; empty matches every node.
+	Selector map[string]string `protobuf:"bytes,2,rep,name=selector,proto3" json:"selector,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"bytes,2,opt,name=value"`
+	// BasisPoints is the share of candidates, 0..10000 (percent x 100).
+	BasisPoints uint32 `protobuf:"varint,3,opt,name=basis_points,json=basisPoints,proto3" json:"basis_points,omitempty"`
+	// ManualGate makes the rollout wait for an approval before this wave.
+	ManualGate bool `protobuf:"varint,4,opt,name=manual_gate,json=manualGate,proto3" json:"manual_gate,omitempty"`
+	// Steps replace the strategy's steps for this wave.
+	Steps         []*Step `protobuf:"bytes,5,rep,name=steps,proto3" json:"steps,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *WaveSpec) Reset() {
+	*x = WaveSpec{}
+	mi := &file_switchyard_v1_rollout_proto_msgTypes[7]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *WaveSpec) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*WaveSpec) ProtoMessage() {}
+
+func (x *WaveSpec) ProtoReflect() protoreflect.Message {
+	mi := &file_switchyard_v1_rollout_proto_msgTypes[7]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use WaveSpec.ProtoReflect.Descriptor instead.
+func (*WaveSpec) Descriptor() ([]byte, []int) {
+	return file_switchyard_v1_rollout_proto_rawDescGZIP(), []int{7}
+}
+
+func (x *WaveSpec) GetName() string {
+	if x != nil {
+		return x.Name
+	}
+	return ""
+}
+
+func (x *WaveSpec) GetSelector() map[string]string {
+	if x != nil {
+		return x.Selector
+	}
+	return nil
+}
+
+func (x *WaveSpec) GetBasisPoints() uint32 {
+	if x != nil {
+		return x.BasisPoints
+	}
+	return 0
+}
+
+func (x *WaveSpec) GetManualGate() bool {
+	if x != nil {
+		return x.ManualGate
+	}
+	return false
+}
+
+func (x *WaveSpec) GetSteps() []*Step {
+	if x != nil {
+		return x.Steps
+	}
+	return nil
+}
+
+// AnalysisSpec holds the guardrails of a rollout.
+type AnalysisSpec struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Window is the length of one analysis window.
+	Window *durationpb.Duration `protobuf:"bytes,1,opt,name=window,proto3" json:"window,omitempty"`
+	// BreachWindows is how many consecutive failing windows make a breach.
+	BreachWindows uint32 `protobuf:"varint,2,opt,name=breach_windows,json=breachWindows,proto3" json:"breach_windows,omitempty"`
+	// MinRequests per backend per window below which a window is
+	// inconclusive.
+	MinRequests uint64               `protobuf:"varint,3,opt,name=min_requests,json=minRequests,proto3" json:"min_requests,omitempty"`
+	ErrorRate   *ErrorRateGuardrail  `protobuf:"bytes,4,opt,name=error_rate,json=errorRate,proto3" json:"error_rate,omitempty"`
+	Latency     *LatencyGuardrail    `protobuf:"bytes,5,opt,name=latency,proto3" json:"latency,omitempty"`
+	Saturation  *SaturationGuardrail `protobuf:"bytes,6,opt,name=saturation,proto3" json:"saturation,omitempty"`
+	// Confidence of the statistical judge, e.g. 0.99.
+	Confidence    float64 `protobuf:"fixed64,7,opt,name=confidence,proto3" json:"confidence,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *AnalysisSpec) Reset() {
+	*x = AnalysisSpec{}
+	mi := &file_switchyard_v1_rollout_proto_msgTypes[8]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *AnalysisSpec) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*AnalysisSpec) ProtoMessage() {}
+
+func (x *AnalysisSpec) ProtoReflect() protoreflect.Message {
+	mi := &file_switchyard_v1_rollout_proto_msgTypes[8]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use AnalysisSpec.ProtoReflect.Descriptor instead.
+func (*AnalysisSpec) Descriptor() ([]byte, []int) {
+	return file_switchyard_v1_rollout_proto_rawDescGZIP(), []int{8}
+}
+
+func (x *AnalysisSpec) GetWindow() *durationpb.Duration {
+	if x != nil {
+		return x.Window
+	}
+	return nil
+}
+
+func (x *AnalysisSpec) GetBreachWindows() uint32 {
+	if x != nil {
+		return x.BreachWindows
+	}
+	return 0
+}
+
+func (x *AnalysisSpec) GetMinRequests() uint64 {
+	if x != nil {
+		return x.MinRequests
+	}
+	return 0
+}
+
+func (x *AnalysisSpec) GetErrorRate() *ErrorRateGuardrail {
+	if x != nil {
+		return x.ErrorRate
+	}
+	return nil
+}
+
+func (x *AnalysisSpec) GetLatency() *LatencyGuardrail {
+	if x != nil {
+		return x.Latency
+	}
+	return nil
+}
+
+func (x *AnalysisSpec) GetSaturation() *SaturationGuardrail {
+	if x != nil {
+		return x.Saturation
+	}
+	return nil
+}
+
+func (x *AnalysisSpec) GetConfidence() float64 {
+	if x != nil {
+		return x.Confidence
+	}
+	return 0
+}
+
+// ErrorRateGuardrail bounds the new backend's error rate (5xx and failed
+// connections), as fractions.
+type ErrorRateGuardrail struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Max is the highest acceptable error rate.
+	Max float64 `protobuf:"fixed64,1,opt,name=max,proto3" json:"max,omitempty"`
+	// MaxIncrease is how much worse than the old backend it may be.
+	MaxIncrease   float64 `protobuf:"fixed64,2,opt,name=max_increase,json=maxIncrease,proto3" json:"max_increase,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ErrorRateGuardrail) Reset() {
+	*x = ErrorRateGuardrail{}
+	mi := &file_switchyard_v1_rollout_proto_msgTypes[9]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ErrorRateGuardrail) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ErrorRateGuardrail) ProtoMessage() {}
+
+func (x *ErrorRateGuardrail) ProtoReflect() protoreflect.Message {
+	mi := &file_switchyard_v1_rollout_proto_msgTypes[9]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ErrorRateGuardrail.ProtoReflect.Descriptor instead.
+func (*ErrorRateGuardrail) Descriptor() ([]byte, []int) {
+	return file_switchyard_v1_rollout_proto_rawDescGZIP(), []int{9}
+}
+
+func (x *ErrorRateGuardrail) GetMax() float64 {
+	if x != nil {
+		return x.Max
+	}
+	return 0
+}
+
+func (x *ErrorRateGuardrail) GetMaxIncrease() float64 {
+	if x != nil {
+		return x.MaxIncrease
+	}
+	return 0
+}
+
+// LatencyGuardrail bounds a latency quantile of the new backend.
+type LatencyGuardrail struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Quantile, e.g. 0.99.
+	Quantile      float64              `protobuf:"fixed64,1,opt,name=quantile,proto3" json:"quantile,omitempty"`
+	Max           *durationpb.Duration `protobuf:"bytes,2,opt,name=max,proto3" json:"max,omitempty"`
+	MaxIncrease   *durationpb.Duration `protobuf:"bytes,3,opt,name=max_increase,json=maxIncrease,proto3" json:"max_increase,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *LatencyGuardrail) Reset() {
+	*x = LatencyGuardrail{}
+	mi := &file_switchyard_v1_rollout_proto_msgTypes[10]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *LatencyGuardrail) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*LatencyGuardrail) ProtoMessage() {}
+
+func (x *LatencyGuardrail) ProtoReflect() protoreflect.Message {
+	mi := &file_switchyard_v1_rollout_proto_msgTypes[10]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use LatencyGuardrail.ProtoReflect.Descriptor instead.
+func (*LatencyGuardrail) Descriptor() ([]byte, []int) {
+	return file_switchyard_v1_rollout_proto_rawDescGZIP(), []int{10}
+}
+
+func (x *LatencyGuardrail) GetQuantile() float64 {
+	if x != nil {
+		return x.Quantile
+	}
+	return 0
+}
+
+func (x *LatencyGuardrail) GetMax() *durationpb.Duration {
+	if x != nil {
+		return x.Max
+	}
+	return nil
+}
+
+func (x *LatencyGuardrail) GetMaxIncrease() *durationpb.Duration {
+	if x != nil {
+		return x.MaxIncrease
+	}
+	return nil
+}
+
+// SaturationGuardrail bounds the new backend's queue on any node.
+type SaturationGuardrail struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	MaxQueue      uint32                 `protobuf:"varint,1,opt,name=max_queue,json=maxQueue,proto3" json:"max_queue,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *SaturationGuardrail) Reset() {
+	*x = SaturationGuardrail{}
+	mi := &file_switchyard_v1_rollout_proto_msgTypes[11]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *SaturationGuardrail) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*SaturationGuardrail) ProtoMessage() {}
+
+func (x *SaturationGuardrail) ProtoReflect() protoreflect.Message {
+	mi := &file_switchyard_v1_rollout_proto_msgTypes[11]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use SaturationGuardrail.ProtoReflect.Descriptor instead.
+func (*SaturationGuardrail) Descriptor() ([]byte, []int) {
+	return file_switchyard_v1_rollout_proto_rawDescGZIP(), []int{11}
+}
+
+func (x *SaturationGuardrail) GetMaxQueue() uint32 {
+	if x != nil {
+		return x.MaxQueue
+	}
+	return 0
+}
+
 // Rollout is the coordinator's replicated record of one rollout.
 type Rollout struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
@@ -228,14 +884,30 @@ type Rollout struct {
 	// History lists what happened to the rollout, oldest first.
 	History []*RolloutEvent `protobuf:"bytes,8,rep,name=history,proto3" json:"history,omitempty"`
 	// Reason says why the rollout is rolling or rolled back.
-	Reason        string `protobuf:"bytes,9,opt,name=reason,proto3" json:"reason,omitempty"`
+	Reason string `protobuf:"bytes,9,opt,name=reason,proto3" json:"reason,omitempty"`
+	// Wave and Step are where the rollout is: the step index within the
+	// wave's steps; Step equal to the number of steps means the wave is done.
+	Wave          int32                  `protobuf:"varint,10,opt,name=wave,proto3" json:"wave,omitempty"`
+	Step          int32                  `protobuf:"varint,11,opt,name=step,proto3" json:"step,omitempty"`
+	StepStartedAt *timestamppb.Timestamp `protobuf:"bytes,12,opt,name=step_started_at,json=stepStartedAt,proto3" json:"step_started_at,omitempty"`
+	// Paused is set by an operator; a paused rollout does not advance, but
+	// guardrails still roll it back.
+	Paused bool `protobuf:"varint,13,opt,name=paused,proto3" json:"paused,omitempty"`
+	// ApprovedWave and ApprovedStep record an approval of the gate at that
+	// position; -1 when none.
+	ApprovedWave int32 `protobuf:"varint,14,opt,name=approved_wave,json=approvedWave,proto3" json:"approved_wave,omitempty"`
+	ApprovedStep int32 `protobuf:"varint,15,opt,name=approved_step,json=approvedStep,proto3" json:"approved_step,omitempty"`
+	// Evidence is why a guardrail rolled the rollout back.
+	Evidence *Evidence `protobuf:"bytes,16,opt,name=evidence,proto3" json:"evidence,omitempty"`
+	// PromotedAt is when all traffic reached the new backend.
+	PromotedAt    *timestamppb.Timestamp `protobuf:"bytes,17,opt,name=promoted_at,json=promotedAt,proto3" json:"promoted_at,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
 
 func (x *Rollout) Reset() {
 	*x = Rollout{}
-	mi := &file_switchyard_v1_rollout_proto_msgTypes[3]
+	mi := &file_switchyard_v1_rollout_proto_msgTypes[12]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -247,7 +919,7 @@ func (x *Rollout) String() string {
 func (*Rollout) ProtoMessage() {}
 
 func (x *Rollout) ProtoReflect() protoreflect.Message {
-	mi := &file_switchyard_v1_rollout_proto_msgTypes[3]
+	mi := &file_switchyard_v1_rollout_proto_msgTypes[12]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -260,7 +932,7 @@ func (x *Rollout) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Rollout.ProtoReflect.Descriptor instead.
 func (*Rollout) Descriptor() ([]byte, []int) {
-	return file_switchyard_v1_rollout_proto_rawDescGZIP(), []int{3}
+	return file_switchyard_v1_rollout_proto_rawDescGZIP(), []int{12}
 }
 
 func (x *Rollout) GetId() string {
@@ -326,6 +998,314 @@ func (x *Rollout) GetReason() string {
 	return ""
 }
 
+func (x *Rollout) GetWave() int32 {
+	if x != nil {
+		return x.Wave
+	}
+	return 0
+}
+
+func (x *Rollout) GetStep() int32 {
+	if x != nil {
+		return x.Step
+	}
+	return 0
+}
+
+func (x *Rollout) GetStepStartedAt() *timestamppb.Timestamp {
+	if x != nil {
+		return x.StepStartedAt
+	}
+	return nil
+}
+
+func (x *Rollout) GetPaused() bool {
+	if x != nil {
+		return x.Paused
+	}
+	return false
+}
+
+func (x *Rollout) GetApprovedWave() int32 {
+	if x != nil {
+		return x.ApprovedWave
+	}
+	return 0
+}
+
+func (x *Rollout) GetApprovedStep() int32 {
+	if x != nil {
+		return x.ApprovedStep
+	}
+	return 0
+}
+
+func (x *Rollout) GetEvidence() *Evidence {
+	if x != nil {
+		return x.Evidence
+	}
+	return nil
+}
+
+func (x *Rollout) GetPromotedAt() *timestamppb.Timestamp {
+	if x != nil {
+		return x.PromotedAt
+	}
+	return nil
+}
+
+// Evidence is what a rollback decision saw: the guardrail and the windows.
+type Evidence struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Guardrail names the check: "error_rate", "latency", "saturation".
+	Guardrail string `protobuf:"bytes,1,opt,name=guardrail,proto3" json:"guardrail,omitempty"`
+	// Summary is one line for people.
+	Summary       string            `protobuf:"bytes,2,opt,name=summary,proto3" json:"summary,omitempty"`
+	Windows       []*WindowEvidence `protobuf:"bytes,3,rep,name=windows,proto3" json:"windows,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *Evidence) Reset() {
+	*x = Evidence{}
+	mi := &file_switchyard_v1_rollout_proto_msgTypes[13]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *Evidence) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*Evidence) ProtoMessage() {}
+
+func (x *Evidence) ProtoReflect() protoreflect.Message {
+	mi := &file_switchyard_v1_rollout_proto_msgTypes[13]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use Evidence.ProtoReflect.Descriptor instead.
+func (*Evidence) Descriptor() ([]byte, []int) {
+	return file_switchyard_v1_rollout_proto_rawDescGZIP(), []int{13}
+}
+
+func (x *Evidence) GetGuardrail() string {
+	if x != nil {
+		return x.Guardrail
+	}
+	return ""
+}
+
+func (x *Evidence) GetSummary() string {
+	if x != nil {
+		return x.Summary
+	}
+	return ""
+}
+
+func (x *Evidence) GetWindows() []*WindowEvidence {
+	if x != nil {
+		return x.Windows
+	}
+	return nil
+}
+
+// WindowEvidence is one analysis window's numbers and verdict.
+type WindowEvidence struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	Start *timestamppb.Timestamp `protobuf:"bytes,1,opt,name=start,proto3" json:"start,omitempty"`
+	End   *timestamppb.Timestamp `protobuf:"bytes,2,opt,name=end,proto3" json:"end,omitempty"`
+	// Verdict is "pass", "fail" or "inconclusive".
+	Verdict   string         `protobuf:"bytes,3,opt,name=verdict,proto3" json:"verdict,omitempty"`
+	Reason    string         `protobuf:"bytes,4,opt,name=reason,proto3" json:"reason,omitempty"`
+	Candidate *BackendWindow `protobuf:"bytes,5,opt,name=candidate,proto3" json:"candidate,omitempty"`
+	Baseline  *BackendWindow `protobuf:"bytes,6,opt,name=baseline,proto3" json:"baseline,omitempty"`
+	// PValue of the statistical test behind a relative verdict, when one ran.
+	PValue        float64 `protobuf:"fixed64,7,opt,name=p_value,json=pValue,proto3" json:"p_value,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *WindowEvidence) Reset() {
+	*x = WindowEvidence{}
+	mi := &file_switchyard_v1_rollout_proto_msgTypes[14]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *WindowEvidence) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*WindowEvidence) ProtoMessage() {}
+
+func (x *WindowEvidence) ProtoReflect() protoreflect.Message {
+	mi := &file_switchyard_v1_rollout_proto_msgTypes[14]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use WindowEvidence.ProtoReflect.Descriptor instead.
+func (*WindowEvidence) Descriptor() ([]byte, []int) {
+	return file_switchyard_v1_rollout_proto_rawDescGZIP(), []int{14}
+}
+
+func (x *WindowEvidence) GetStart() *timestamppb.Timestamp {
+	if x != nil {
+		return x.Start
+	}
+	return nil
+}
+
+func (x *WindowEvidence) GetEnd() *timestamppb.Timestamp {
+	if x != nil {
+		return x.End
+	}
+	return nil
+}
+
+func (x *WindowEvidence) GetVerdict() string {
+	if x != nil {
+		return x.Verdict
+	}
+	return ""
+}
+
+func (x *WindowEvidence) GetReason() string {
+	if x != nil {
+		return x.Reason
+	}
+	return ""
+}
+
+func (x *WindowEvidence) GetCandidate() *BackendWindow {
+	if x != nil {
+		return x.Candidate
+	}
+	return nil
+}
+
+func (x *WindowEvidence) GetBaseline() *BackendWindow {
+	if x != nil {
+		return x.Baseline
+	}
+	return nil
+}
+
+func (x *WindowEvidence) GetPValue() float64 {
+	if x != nil {
+		return x.PValue
+	}
+	return 0
+}
+
+// BackendWindow is one backend's merged telemetry in one window.
+type BackendWindow struct {
+	state     protoimpl.MessageState `protogen:"open.v1"`
+	Backend   string                 `protobuf:"bytes,1,opt,name=backend,proto3" json:"backend,omitempty"`
+	Requests  uint64                 `protobuf:"varint,2,opt,name=requests,proto3" json:"requests,omitempty"`
+	Errors    uint64                 `protobuf:"varint,3,opt,name=errors,proto3" json:"errors,omitempty"`
+	ErrorRate float64                `protobuf:"fixed64,4,opt,name=error_rate,json=errorRate,proto3" json:"error_rate,omitempty"`
+	// LatencySeconds is the guardrail's quantile.
+	LatencySeconds float64 `protobuf:"fixed64,5,opt,name=latency_seconds,json=latencySeconds,proto3" json:"latency_seconds,omitempty"`
+	MaxQueue       uint32  `protobuf:"varint,6,opt,name=max_queue,json=maxQueue,proto3" json:"max_queue,omitempty"`
+	Nodes          uint32  `protobuf:"varint,7,opt,name=nodes,proto3" json:"nodes,omitempty"`
+	unknownFields  protoimpl.UnknownFields
+	sizeCache      protoimpl.SizeCache
+}
+
+func (x *BackendWindow) Reset() {
+	*x = BackendWindow{}
+	mi := &file_switchyard_v1_rollout_proto_msgTypes[15]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *BackendWindow) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*BackendWindow) ProtoMessage() {}
+
+func (x *BackendWindow) ProtoReflect() protoreflect.Message {
+	mi := &file_switchyard_v1_rollout_proto_msgTypes[15]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use BackendWindow.ProtoReflect.Descriptor instead.
+func (*BackendWindow) Descriptor() ([]byte, []int) {
+	return file_switchyard_v1_rollout_proto_rawDescGZIP(), []int{15}
+}
+
+func (x *BackendWindow) GetBackend() string {
+	if x != nil {
+		return x.Backend
+	}
+	return ""
+}
+
+func (x *BackendWindow) GetRequests() uint64 {
+	if x != nil {
+		return x.Requests
+	}
+	return 0
+}
+
+func (x *BackendWindow) GetErrors() uint64 {
+	if x != nil {
+		return x.Errors
+	}
+	return 0
+}
+
+func (x *BackendWindow) GetErrorRate() float64 {
+	if x != nil {
+		return x.ErrorRate
+	}
+	return 0
+}
+
+func (x *BackendWindow) GetLatencySeconds() float64 {
+	if x != nil {
+		return x.LatencySeconds
+	}
+	return 0
+}
+
+func (x *BackendWindow) GetMaxQueue() uint32 {
+	if x != nil {
+		return x.MaxQueue
+	}
+	return 0
+}
+
+func (x *BackendWindow) GetNodes() uint32 {
+	if x != nil {
+		return x.Nodes
+	}
+	return 0
+}
+
 // RolloutEvent is one committed change to a rollout, kept for operators.
 type RolloutEvent struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
@@ -340,7 +1320,7 @@ type RolloutEvent struct {
 
 func (x *RolloutEvent) Reset() {
 	*x = RolloutEvent{}
-	mi := &file_switchyard_v1_rollout_proto_msgTypes[4]
+	mi := &file_switchyard_v1_rollout_proto_msgTypes[16]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -352,7 +1332,7 @@ func (x *RolloutEvent) String() string {
 func (*RolloutEvent) ProtoMessage() {}
 
 func (x *RolloutEvent) ProtoReflect() protoreflect.Message {
-	mi := &file_switchyard_v1_rollout_proto_msgTypes[4]
+	mi := &file_switchyard_v1_rollout_proto_msgTypes[16]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -365,7 +1345,7 @@ func (x *RolloutEvent) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RolloutEvent.ProtoReflect.Descriptor instead.
 func (*RolloutEvent) Descriptor() ([]byte, []int) {
-	return file_switchyard_v1_rollout_proto_rawDescGZIP(), []int{4}
+	return file_switchyard_v1_rollout_proto_rawDescGZIP(), []int{16}
 }
 
 func (x *RolloutEvent) GetAt() *timestamppb.Timestamp {
@@ -407,18 +1387,69 @@ var File_switchyard_v1_rollout_proto protoreflect.FileDescriptor
 
 const file_switchyard_v1_rollout_proto_rawDesc = "" +
 	"\n" +
-	"\x1bswitchyard/v1/rollout.proto\x12\rswitchyard.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x1bswitchyard/v1/desired.proto\"\x94\x01\n" +
+	"\x1bswitchyard/v1/rollout.proto\x12\rswitchyard.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x1bswitchyard/v1/desired.proto\"\xfc\x01\n" +
 	"\vRolloutSpec\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12\x18\n" +
 	"\aservice\x18\x02 \x01(\tR\aservice\x12\x12\n" +
 	"\x04from\x18\x03 \x01(\tR\x04from\x12\x0e\n" +
 	"\x02to\x18\x04 \x01(\tR\x02to\x123\n" +
-	"\bstrategy\x18\x05 \x01(\v2\x17.switchyard.v1.StrategyR\bstrategy\"M\n" +
+	"\bstrategy\x18\x05 \x01(\v2\x17.switchyard.v1.StrategyR\bstrategy\x12-\n" +
+	"\x05waves\x18\x06 \x03(\v2\x17.switchyard.v1.WaveSpecR\x05waves\x127\n" +
+	"\banalysis\x18\a \x01(\v2\x1b.switchyard.v1.AnalysisSpecR\banalysis\"~\n" +
 	"\bStrategy\x129\n" +
 	"\n" +
-	"blue_green\x18\x01 \x01(\v2\x18.switchyard.v1.BlueGreenH\x00R\tblueGreenB\x06\n" +
-	"\x04kind\"\v\n" +
-	"\tBlueGreen\"\xfd\x02\n" +
+	"blue_green\x18\x01 \x01(\v2\x18.switchyard.v1.BlueGreenH\x00R\tblueGreen\x12/\n" +
+	"\x06canary\x18\x02 \x01(\v2\x15.switchyard.v1.CanaryH\x00R\x06canaryB\x06\n" +
+	"\x04kind\"\xcd\x01\n" +
+	"\tBlueGreen\x12\x12\n" +
+	"\x04ramp\x18\x01 \x03(\rR\x04ramp\x12>\n" +
+	"\rramp_interval\x18\x02 \x01(\v2\x19.google.protobuf.DurationR\frampInterval\x124\n" +
+	"\x16post_promotion_windows\x18\x03 \x01(\rR\x14postPromotionWindows\x126\n" +
+	"\tkeep_warm\x18\x04 \x01(\v2\x19.google.protobuf.DurationR\bkeepWarm\"3\n" +
+	"\x06Canary\x12)\n" +
+	"\x05steps\x18\x01 \x03(\v2\x13.switchyard.v1.StepR\x05steps\"\x98\x01\n" +
+	"\x04Step\x12\x1f\n" +
+	"\n" +
+	"set_weight\x18\x01 \x01(\rH\x00R\tsetWeight\x12,\n" +
+	"\x05pause\x18\x02 \x01(\v2\x14.switchyard.v1.PauseH\x00R\x05pause\x129\n" +
+	"\banalysis\x18\x03 \x01(\v2\x1b.switchyard.v1.AnalysisStepH\x00R\banalysisB\x06\n" +
+	"\x04kind\">\n" +
+	"\x05Pause\x125\n" +
+	"\bduration\x18\x01 \x01(\v2\x19.google.protobuf.DurationR\bduration\"(\n" +
+	"\fAnalysisStep\x12\x18\n" +
+	"\awindows\x18\x01 \x01(\rR\awindows\"\x8d\x02\n" +
+	"\bWaveSpec\x12\x12\n" +
+	"\x04name\x18\x01 \x01(\tR\x04name\x12A\n" +
+	"\bselector\x18\x02 \x03(\v2%.switchyard.v1.WaveSpec.SelectorEntryR\bselector\x12!\n" +
+	"\fbasis_points\x18\x03 \x01(\rR\vbasisPoints\x12\x1f\n" +
+	"\vmanual_gate\x18\x04 \x01(\bR\n" +
+	"manualGate\x12)\n" +
+	"\x05steps\x18\x05 \x03(\v2\x13.switchyard.v1.StepR\x05steps\x1a;\n" +
+	"\rSelectorEntry\x12\x10\n" +
+	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
+	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"\xec\x02\n" +
+	"\fAnalysisSpec\x121\n" +
+	"\x06window\x18\x01 \x01(\v2\x19.google.protobuf.DurationR\x06window\x12%\n" +
+	"\x0ebreach_windows\x18\x02 \x01(\rR\rbreachWindows\x12!\n" +
+	"\fmin_requests\x18\x03 \x01(\x04R\vminRequests\x12@\n" +
+	"\n" +
+	"error_rate\x18\x04 \x01(\v2!.switchyard.v1.ErrorRateGuardrailR\terrorRate\x129\n" +
+	"\alatency\x18\x05 \x01(\v2\x1f.switchyard.v1.LatencyGuardrailR\alatency\x12B\n" +
+	"\n" +
+	"saturation\x18\x06 \x01(\v2\".switchyard.v1.SaturationGuardrailR\n" +
+	"saturation\x12\x1e\n" +
+	"\n" +
+	"confidence\x18\a \x01(\x01R\n" +
+	"confidence\"I\n" +
+	"\x12ErrorRateGuardrail\x12\x10\n" +
+	"\x03max\x18\x01 \x01(\x01R\x03max\x12!\n" +
+	"\fmax_increase\x18\x02 \x01(\x01R\vmaxIncrease\"\x99\x01\n" +
+	"\x10LatencyGuardrail\x12\x1a\n" +
+	"\bquantile\x18\x01 \x01(\x01R\bquantile\x12+\n" +
+	"\x03max\x18\x02 \x01(\v2\x19.google.protobuf.DurationR\x03max\x12<\n" +
+	"\fmax_increase\x18\x03 \x01(\v2\x19.google.protobuf.DurationR\vmaxIncrease\"2\n" +
+	"\x13SaturationGuardrail\x12\x1b\n" +
+	"\tmax_queue\x18\x01 \x01(\rR\bmaxQueue\"\xbd\x05\n" +
 	"\aRollout\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\tR\x02id\x12.\n" +
 	"\x04spec\x18\x02 \x01(\v2\x1a.switchyard.v1.RolloutSpecR\x04spec\x121\n" +
@@ -432,7 +1463,38 @@ const file_switchyard_v1_rollout_proto_rawDesc = "" +
 	"generation\x18\a \x01(\x04R\n" +
 	"generation\x125\n" +
 	"\ahistory\x18\b \x03(\v2\x1b.switchyard.v1.RolloutEventR\ahistory\x12\x16\n" +
-	"\x06reason\x18\t \x01(\tR\x06reason\"\xb9\x01\n" +
+	"\x06reason\x18\t \x01(\tR\x06reason\x12\x12\n" +
+	"\x04wave\x18\n" +
+	" \x01(\x05R\x04wave\x12\x12\n" +
+	"\x04step\x18\v \x01(\x05R\x04step\x12B\n" +
+	"\x0fstep_started_at\x18\f \x01(\v2\x1a.google.protobuf.TimestampR\rstepStartedAt\x12\x16\n" +
+	"\x06paused\x18\r \x01(\bR\x06paused\x12#\n" +
+	"\rapproved_wave\x18\x0e \x01(\x05R\fapprovedWave\x12#\n" +
+	"\rapproved_step\x18\x0f \x01(\x05R\fapprovedStep\x123\n" +
+	"\bevidence\x18\x10 \x01(\v2\x17.switchyard.v1.EvidenceR\bevidence\x12;\n" +
+	"\vpromoted_at\x18\x11 \x01(\v2\x1a.google.protobuf.TimestampR\n" +
+	"promotedAt\"{\n" +
+	"\bEvidence\x12\x1c\n" +
+	"\tguardrail\x18\x01 \x01(\tR\tguardrail\x12\x18\n" +
+	"\asummary\x18\x02 \x01(\tR\asummary\x127\n" +
+	"\awindows\x18\x03 \x03(\v2\x1d.switchyard.v1.WindowEvidenceR\awindows\"\xb1\x02\n" +
+	"\x0eWindowEvidence\x120\n" +
+	"\x05start\x18\x01 \x01(\v2\x1a.google.protobuf.TimestampR\x05start\x12,\n" +
+	"\x03end\x18\x02 \x01(\v2\x1a.google.protobuf.TimestampR\x03end\x12\x18\n" +
+	"\averdict\x18\x03 \x01(\tR\averdict\x12\x16\n" +
+	"\x06reason\x18\x04 \x01(\tR\x06reason\x12:\n" +
+	"\tcandidate\x18\x05 \x01(\v2\x1c.switchyard.v1.BackendWindowR\tcandidate\x128\n" +
+	"\bbaseline\x18\x06 \x01(\v2\x1c.switchyard.v1.BackendWindowR\bbaseline\x12\x17\n" +
+	"\ap_value\x18\a \x01(\x01R\x06pValue\"\xd8\x01\n" +
+	"\rBackendWindow\x12\x18\n" +
+	"\abackend\x18\x01 \x01(\tR\abackend\x12\x1a\n" +
+	"\brequests\x18\x02 \x01(\x04R\brequests\x12\x16\n" +
+	"\x06errors\x18\x03 \x01(\x04R\x06errors\x12\x1d\n" +
+	"\n" +
+	"error_rate\x18\x04 \x01(\x01R\terrorRate\x12'\n" +
+	"\x0flatency_seconds\x18\x05 \x01(\x01R\x0elatencySeconds\x12\x1b\n" +
+	"\tmax_queue\x18\x06 \x01(\rR\bmaxQueue\x12\x14\n" +
+	"\x05nodes\x18\a \x01(\rR\x05nodes\"\xb9\x01\n" +
 	"\fRolloutEvent\x12*\n" +
 	"\x02at\x18\x01 \x01(\v2\x1a.google.protobuf.TimestampR\x02at\x12\x14\n" +
 	"\x05index\x18\x02 \x01(\x04R\x05index\x121\n" +
@@ -452,31 +1514,70 @@ func file_switchyard_v1_rollout_proto_rawDescGZIP() []byte {
 	return file_switchyard_v1_rollout_proto_rawDescData
 }
 
-var file_switchyard_v1_rollout_proto_msgTypes = make([]protoimpl.MessageInfo, 5)
+var file_switchyard_v1_rollout_proto_msgTypes = make([]protoimpl.MessageInfo, 18)
 var file_switchyard_v1_rollout_proto_goTypes = []any{
 	(*RolloutSpec)(nil),           // 0: switchyard.v1.RolloutSpec
 	(*Strategy)(nil),              // 1: switchyard.v1.Strategy
 	(*BlueGreen)(nil),             // 2: switchyard.v1.BlueGreen
-	(*Rollout)(nil),               // 3: switchyard.v1.Rollout
-	(*RolloutEvent)(nil),          // 4: switchyard.v1.RolloutEvent
-	(RolloutPhase)(0),             // 5: switchyard.v1.RolloutPhase
-	(*timestamppb.Timestamp)(nil), // 6: google.protobuf.Timestamp
+	(*Canary)(nil),                // 3: switchyard.v1.Canary
+	(*Step)(nil),                  // 4: switchyard.v1.Step
+	(*Pause)(nil),                 // 5: switchyard.v1.Pause
+	(*AnalysisStep)(nil),          // 6: switchyard.v1.AnalysisStep
+	(*WaveSpec)(nil),              // 7: switchyard.v1.WaveSpec
+	(*AnalysisSpec)(nil),          // 8: switchyard.v1.AnalysisSpec
+	(*ErrorRateGuardrail)(nil),    // 9: switchyard.v1.ErrorRateGuardrail
+	(*LatencyGuardrail)(nil),      // 10: switchyard.v1.LatencyGuardrail
+	(*SaturationGuardrail)(nil),   // 11: switchyard.v1.SaturationGuardrail
+	(*Rollout)(nil),               // 12: switchyard.v1.Rollout
+	(*Evidence)(nil),              // 13: switchyard.v1.Evidence
+	(*WindowEvidence)(nil),        // 14: switchyard.v1.WindowEvidence
+	(*BackendWindow)(nil),         // 15: switchyard.v1.BackendWindow
+	(*RolloutEvent)(nil),          // 16: switchyard.v1.RolloutEvent
+	nil,                           // 17: switchyard.v1.WaveSpec.SelectorEntry
+	(*durationpb.Duration)(nil),   // 18: google.protobuf.Duration
+	(RolloutPhase)(0),             // 19: switchyard.v1.RolloutPhase
+	(*timestamppb.Timestamp)(nil), // 20: google.protobuf.Timestamp
 }
 var file_switchyard_v1_rollout_proto_depIdxs = []int32{
-	1, // 0: switchyard.v1.RolloutSpec.strategy:type_name -> switchyard.v1.Strategy
-	2, // 1: switchyard.v1.Strategy.blue_green:type_name -> switchyard.v1.BlueGreen
-	0, // 2: switchyard.v1.Rollout.spec:type_name -> switchyard.v1.RolloutSpec
-	5, // 3: switchyard.v1.Rollout.phase:type_name -> switchyard.v1.RolloutPhase
-	6, // 4: switchyard.v1.Rollout.created_at:type_name -> google.protobuf.Timestamp
-	6, // 5: switchyard.v1.Rollout.updated_at:type_name -> google.protobuf.Timestamp
-	4, // 6: switchyard.v1.Rollout.history:type_name -> switchyard.v1.RolloutEvent
-	6, // 7: switchyard.v1.RolloutEvent.at:type_name -> google.protobuf.Timestamp
-	5, // 8: switchyard.v1.RolloutEvent.phase:type_name -> switchyard.v1.RolloutPhase
-	9, // [9:9] is the sub-list for method output_type
-	9, // [9:9] is the sub-list for method input_type
-	9, // [9:9] is the sub-list for extension type_name
-	9, // [9:9] is the sub-list for extension extendee
-	0, // [0:9] is the sub-list for field type_name
+	1,  // 0: switchyard.v1.RolloutSpec.strategy:type_name -> switchyard.v1.Strategy
+	7,  // 1: switchyard.v1.RolloutSpec.waves:type_name -> switchyard.v1.WaveSpec
+	8,  // 2: switchyard.v1.RolloutSpec.analysis:type_name -> switchyard.v1.AnalysisSpec
+	2,  // 3: switchyard.v1.Strategy.blue_green:type_name -> switchyard.v1.BlueGreen
+	3,  // 4: switchyard.v1.Strategy.canary:type_name -> switchyard.v1.Canary
+	18, // 5: switchyard.v1.BlueGreen.ramp_interval:type_name -> google.protobuf.Duration
+	18, // 6: switchyard.v1.BlueGreen.keep_warm:type_name -> google.protobuf.Duration
+	4,  // 7: switchyard.v1.Canary.steps:type_name -> switchyard.v1.Step
+	5,  // 8: switchyard.v1.Step.pause:type_name -> switchyard.v1.Pause
+	6,  // 9: switchyard.v1.Step.analysis:type_name -> switchyard.v1.AnalysisStep
+	18, // 10: switchyard.v1.Pause.duration:type_name -> google.protobuf.Duration
+	17, // 11: switchyard.v1.WaveSpec.selector:type_name -> switchyard.v1.WaveSpec.SelectorEntry
+	4,  // 12: switchyard.v1.WaveSpec.steps:type_name -> switchyard.v1.Step
+	18, // 13: switchyard.v1.AnalysisSpec.window:type_name -> google.protobuf.Duration
+	9,  // 14: switchyard.v1.AnalysisSpec.error_rate:type_name -> switchyard.v1.ErrorRateGuardrail
+	10, // 15: switchyard.v1.AnalysisSpec.latency:type_name -> switchyard.v1.LatencyGuardrail
+	11, // 16: switchyard.v1.AnalysisSpec.saturation:type_name -> switchyard.v1.SaturationGuardrail
+	18, // 17: switchyard.v1.LatencyGuardrail.max:type_name -> google.protobuf.Duration
+	18, // 18: switchyard.v1.LatencyGuardrail.max_increase:type_name -> google.protobuf.Duration
+	0,  // 19: switchyard.v1.Rollout.spec:type_name -> switchyard.v1.RolloutSpec
+	19, // 20: switchyard.v1.Rollout.phase:type_name -> switchyard.v1.RolloutPhase
+	20, // 21: switchyard.v1.Rollout.created_at:type_name -> google.protobuf.Timestamp
+	20, // 22: switchyard.v1.Rollout.updated_at:type_name -> google.protobuf.Timestamp
+	16, // 23: switchyard.v1.Rollout.history:type_name -> switchyard.v1.RolloutEvent
+	20, // 24: switchyard.v1.Rollout.step_started_at:type_name -> google.protobuf.Timestamp
+	13, // 25: switchyard.v1.Rollout.evidence:type_name -> switchyard.v1.Evidence
+	20, // 26: switchyard.v1.Rollout.promoted_at:type_name -> google.protobuf.Timestamp
+	14, // 27: switchyard.v1.Evidence.windows:type_name -> switchyard.v1.WindowEvidence
+	20, // 28: switchyard.v1.WindowEvidence.start:type_name -> google.protobuf.Timestamp
+	20, // 29: switchyard.v1.WindowEvidence.end:type_name -> google.protobuf.Timestamp
+	15, // 30: switchyard.v1.WindowEvidence.candidate:type_name -> switchyard.v1.BackendWindow
+	15, // 31: switchyard.v1.WindowEvidence.baseline:type_name -> switchyard.v1.BackendWindow
+	20, // 32: switchyard.v1.RolloutEvent.at:type_name -> google.protobuf.Timestamp
+	19, // 33: switchyard.v1.RolloutEvent.phase:type_name -> switchyard.v1.RolloutPhase
+	34, // [34:34] is the sub-list for method output_type
+	34, // [34:34] is the sub-list for method input_type
+	34, // [34:34] is the sub-list for extension type_name
+	34, // [34:34] is the sub-list for extension extendee
+	0,  // [0:34] is the sub-list for field type_name
 }
 
 func init() { file_switchyard_v1_rollout_proto_init() }
@@ -487,6 +1588,12 @@ func file_switchyard_v1_rollout_proto_init() {
 	file_switchyard_v1_desired_proto_init()
 	file_switchyard_v1_rollout_proto_msgTypes[1].OneofWrappers = []any{
 		(*Strategy_BlueGreen)(nil),
+		(*Strategy_Canary)(nil),
+	}
+	file_switchyard_v1_rollout_proto_msgTypes[4].OneofWrappers = []any{
+		(*Step_SetWeight)(nil),
+		(*Step_Pause)(nil),
+		(*Step_Analysis)(nil),
 	}
 	type x struct{}
 	out := protoimpl.TypeBuilder{
@@ -494,7 +1601,7 @@ func file_switchyard_v1_rollout_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_switchyard_v1_rollout_proto_rawDesc), len(file_switchyard_v1_rollout_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   5,
+			NumMessages:   18,
 			NumExtensions: 0,
 			NumServices:   0,
 		},

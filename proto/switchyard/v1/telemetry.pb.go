@@ -9,6 +9,7 @@ package switchyardv1
 import (
 	protoreflect "google.golang.org/protobuf/reflect/protoreflect"
 	protoimpl "google.golang.org/protobuf/runtime/protoimpl"
+	durationpb "google.golang.org/protobuf/types/known/durationpb"
 	timestamppb "google.golang.org/protobuf/types/known/timestamppb"
 	reflect "reflect"
 	sync "sync"
@@ -87,8 +88,11 @@ type HealthReport struct {
 	Generation uint64 `protobuf:"varint,5,opt,name=generation,proto3" json:"generation,omitempty"`
 	RolloutId  string `protobuf:"bytes,6,opt,name=rollout_id,json=rolloutId,proto3" json:"rollout_id,omitempty"`
 	// Wave is the index of the wave the node belonged to, or -1 for none.
-	Wave          int32            `protobuf:"varint,7,opt,name=wave,proto3" json:"wave,omitempty"`
-	Backends      []*BackendHealth `protobuf:"bytes,8,rep,name=backends,proto3" json:"backends,omitempty"`
+	Wave     int32            `protobuf:"varint,7,opt,name=wave,proto3" json:"wave,omitempty"`
+	Backends []*BackendHealth `protobuf:"bytes,8,rep,name=backends,proto3" json:"backends,omitempty"`
+	// Probes are the agent's own synthetic requests (preflights and scripted
+	// transactions) finished in the window, kept apart from real traffic.
+	Probes        []*ProbeResult `protobuf:"bytes,9,rep,name=probes,proto3" json:"probes,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -179,6 +183,101 @@ func (x *HealthReport) GetBackends() []*BackendHealth {
 	return nil
 }
 
+func (x *HealthReport) GetProbes() []*ProbeResult {
+	if x != nil {
+		return x.Probes
+	}
+	return nil
+}
+
+// ProbeResult is one synthetic HTTP request an agent made to a backend.
+type ProbeResult struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Backend is the backend name ("blue", "green").
+	Backend string `protobuf:"bytes,1,opt,name=backend,proto3" json:"backend,omitempty"`
+	// Name is the step's name from the agent config, or "preflight".
+	Name    string               `protobuf:"bytes,2,opt,name=name,proto3" json:"name,omitempty"`
+	Ok      bool                 `protobuf:"varint,3,opt,name=ok,proto3" json:"ok,omitempty"`
+	Latency *durationpb.Duration `protobuf:"bytes,4,opt,name=latency,proto3" json:"latency,omitempty"`
+	// Error says why the probe failed; empty when ok.
+	Error         string                 `protobuf:"bytes,5,opt,name=error,proto3" json:"error,omitempty"`
+	At            *timestamppb.Timestamp `protobuf:"bytes,6,opt,name=at,proto3" json:"at,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ProbeResult) Reset() {
+	*x = ProbeResult{}
+	mi := &file_switchyard_v1_telemetry_proto_msgTypes[1]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ProbeResult) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ProbeResult) ProtoMessage() {}
+
+func (x *ProbeResult) ProtoReflect() protoreflect.Message {
+	mi := &file_switchyard_v1_telemetry_proto_msgTypes[1]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ProbeResult.ProtoReflect.Descriptor instead.
+func (*ProbeResult) Descriptor() ([]byte, []int) {
+	return file_switchyard_v1_telemetry_proto_rawDescGZIP(), []int{1}
+}
+
+func (x *ProbeResult) GetBackend() string {
+	if x != nil {
+		return x.Backend
+	}
+	return ""
+}
+
+func (x *ProbeResult) GetName() string {
+	if x != nil {
+		return x.Name
+	}
+	return ""
+}
+
+func (x *ProbeResult) GetOk() bool {
+	if x != nil {
+		return x.Ok
+	}
+	return false
+}
+
+func (x *ProbeResult) GetLatency() *durationpb.Duration {
+	if x != nil {
+		return x.Latency
+	}
+	return nil
+}
+
+func (x *ProbeResult) GetError() string {
+	if x != nil {
+		return x.Error
+	}
+	return ""
+}
+
+func (x *ProbeResult) GetAt() *timestamppb.Timestamp {
+	if x != nil {
+		return x.At
+	}
+	return nil
+}
+
 // BackendHealth is real traffic to one backend on one node in one window.
 type BackendHealth struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
@@ -198,7 +297,7 @@ type BackendHealth struct {
 
 func (x *BackendHealth) Reset() {
 	*x = BackendHealth{}
-	mi := &file_switchyard_v1_telemetry_proto_msgTypes[1]
+	mi := &file_switchyard_v1_telemetry_proto_msgTypes[2]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -210,7 +309,7 @@ func (x *BackendHealth) String() string {
 func (*BackendHealth) ProtoMessage() {}
 
 func (x *BackendHealth) ProtoReflect() protoreflect.Message {
-	mi := &file_switchyard_v1_telemetry_proto_msgTypes[1]
+	mi := &file_switchyard_v1_telemetry_proto_msgTypes[2]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -223,7 +322,7 @@ func (x *BackendHealth) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use BackendHealth.ProtoReflect.Descriptor instead.
 func (*BackendHealth) Descriptor() ([]byte, []int) {
-	return file_switchyard_v1_telemetry_proto_rawDescGZIP(), []int{1}
+	return file_switchyard_v1_telemetry_proto_rawDescGZIP(), []int{2}
 }
 
 func (x *BackendHealth) GetBackend() string {
@@ -289,7 +388,7 @@ type LatencySketch struct {
 
 func (x *LatencySketch) Reset() {
 	*x = LatencySketch{}
-	mi := &file_switchyard_v1_telemetry_proto_msgTypes[2]
+	mi := &file_switchyard_v1_telemetry_proto_msgTypes[3]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -301,7 +400,7 @@ func (x *LatencySketch) String() string {
 func (*LatencySketch) ProtoMessage() {}
 
 func (x *LatencySketch) ProtoReflect() protoreflect.Message {
-	mi := &file_switchyard_v1_telemetry_proto_msgTypes[2]
+	mi := &file_switchyard_v1_telemetry_proto_msgTypes[3]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -314,7 +413,7 @@ func (x *LatencySketch) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use LatencySketch.ProtoReflect.Descriptor instead.
 func (*LatencySketch) Descriptor() ([]byte, []int) {
-	return file_switchyard_v1_telemetry_proto_rawDescGZIP(), []int{2}
+	return file_switchyard_v1_telemetry_proto_rawDescGZIP(), []int{3}
 }
 
 func (x *LatencySketch) GetRelativeAccuracy() float64 {
@@ -362,7 +461,7 @@ type AgentStatus struct {
 
 func (x *AgentStatus) Reset() {
 	*x = AgentStatus{}
-	mi := &file_switchyard_v1_telemetry_proto_msgTypes[3]
+	mi := &file_switchyard_v1_telemetry_proto_msgTypes[4]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -374,7 +473,7 @@ func (x *AgentStatus) String() string {
 func (*AgentStatus) ProtoMessage() {}
 
 func (x *AgentStatus) ProtoReflect() protoreflect.Message {
-	mi := &file_switchyard_v1_telemetry_proto_msgTypes[3]
+	mi := &file_switchyard_v1_telemetry_proto_msgTypes[4]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -387,7 +486,7 @@ func (x *AgentStatus) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AgentStatus.ProtoReflect.Descriptor instead.
 func (*AgentStatus) Descriptor() ([]byte, []int) {
-	return file_switchyard_v1_telemetry_proto_rawDescGZIP(), []int{3}
+	return file_switchyard_v1_telemetry_proto_rawDescGZIP(), []int{4}
 }
 
 func (x *AgentStatus) GetNode() string {
@@ -443,14 +542,17 @@ type ServiceStatus struct {
 	Weights map[string]uint32 `protobuf:"bytes,4,rep,name=weights,proto3" json:"weights,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"varint,2,opt,name=value"`
 	Driver  DriverHealth      `protobuf:"varint,5,opt,name=driver,proto3,enum=switchyard.v1.DriverHealth" json:"driver,omitempty"`
 	// Message explains a degraded driver or a refused desired state.
-	Message       string `protobuf:"bytes,6,opt,name=message,proto3" json:"message,omitempty"`
+	Message string `protobuf:"bytes,6,opt,name=message,proto3" json:"message,omitempty"`
+	// LocalRollback is set while the node serves weights its own local guard
+	// chose, until a newer generation from the coordinator replaces them.
+	LocalRollback *LocalRollback `protobuf:"bytes,7,opt,name=local_rollback,json=localRollback,proto3" json:"local_rollback,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
 
 func (x *ServiceStatus) Reset() {
 	*x = ServiceStatus{}
-	mi := &file_switchyard_v1_telemetry_proto_msgTypes[4]
+	mi := &file_switchyard_v1_telemetry_proto_msgTypes[5]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -462,7 +564,7 @@ func (x *ServiceStatus) String() string {
 func (*ServiceStatus) ProtoMessage() {}
 
 func (x *ServiceStatus) ProtoReflect() protoreflect.Message {
-	mi := &file_switchyard_v1_telemetry_proto_msgTypes[4]
+	mi := &file_switchyard_v1_telemetry_proto_msgTypes[5]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -475,7 +577,7 @@ func (x *ServiceStatus) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ServiceStatus.ProtoReflect.Descriptor instead.
 func (*ServiceStatus) Descriptor() ([]byte, []int) {
-	return file_switchyard_v1_telemetry_proto_rawDescGZIP(), []int{4}
+	return file_switchyard_v1_telemetry_proto_rawDescGZIP(), []int{5}
 }
 
 func (x *ServiceStatus) GetService() string {
@@ -520,11 +622,109 @@ func (x *ServiceStatus) GetMessage() string {
 	return ""
 }
 
+func (x *ServiceStatus) GetLocalRollback() *LocalRollback {
+	if x != nil {
+		return x.LocalRollback
+	}
+	return nil
+}
+
+// LocalRollback records an agent moving its own node back to the old backend
+// while it was cut off from the bus and the new backend breached the local
+// guardrail.
+type LocalRollback struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Generation is the applied generation the guard overrode.
+	Generation uint64 `protobuf:"varint,1,opt,name=generation,proto3" json:"generation,omitempty"`
+	RolloutId  string `protobuf:"bytes,2,opt,name=rollout_id,json=rolloutId,proto3" json:"rollout_id,omitempty"`
+	// From is the backend the node moved away from (the rollout's new one).
+	From string `protobuf:"bytes,3,opt,name=from,proto3" json:"from,omitempty"`
+	// To is the backend that took all the weight (the rollout's old one).
+	To string `protobuf:"bytes,4,opt,name=to,proto3" json:"to,omitempty"`
+	// Reason is the breach, with the evidence, for operators.
+	Reason        string                 `protobuf:"bytes,5,opt,name=reason,proto3" json:"reason,omitempty"`
+	At            *timestamppb.Timestamp `protobuf:"bytes,6,opt,name=at,proto3" json:"at,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *LocalRollback) Reset() {
+	*x = LocalRollback{}
+	mi := &file_switchyard_v1_telemetry_proto_msgTypes[6]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *LocalRollback) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*LocalRollback) ProtoMessage() {}
+
+func (x *LocalRollback) ProtoReflect() protoreflect.Message {
+	mi := &file_switchyard_v1_telemetry_proto_msgTypes[6]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use LocalRollback.ProtoReflect.Descriptor instead.
+func (*LocalRollback) Descriptor() ([]byte, []int) {
+	return file_switchyard_v1_telemetry_proto_rawDescGZIP(), []int{6}
+}
+
+func (x *LocalRollback) GetGeneration() uint64 {
+	if x != nil {
+		return x.Generation
+	}
+	return 0
+}
+
+func (x *LocalRollback) GetRolloutId() string {
+	if x != nil {
+		return x.RolloutId
+	}
+	return ""
+}
+
+func (x *LocalRollback) GetFrom() string {
+	if x != nil {
+		return x.From
+	}
+	return ""
+}
+
+func (x *LocalRollback) GetTo() string {
+	if x != nil {
+		return x.To
+	}
+	return ""
+}
+
+func (x *LocalRollback) GetReason() string {
+	if x != nil {
+		return x.Reason
+	}
+	return ""
+}
+
+func (x *LocalRollback) GetAt() *timestamppb.Timestamp {
+	if x != nil {
+		return x.At
+	}
+	return nil
+}
+
 var File_switchyard_v1_telemetry_proto protoreflect.FileDescriptor
 
 const file_switchyard_v1_telemetry_proto_rawDesc = "" +
 	"\n" +
-	"\x1dswitchyard/v1/telemetry.proto\x12\rswitchyard.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"\xc3\x02\n" +
+	"\x1dswitchyard/v1/telemetry.proto\x12\rswitchyard.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xf7\x02\n" +
 	"\fHealthReport\x12\x12\n" +
 	"\x04node\x18\x01 \x01(\tR\x04node\x12\x18\n" +
 	"\aservice\x18\x02 \x01(\tR\aservice\x12=\n" +
@@ -537,7 +737,15 @@ const file_switchyard_v1_telemetry_proto_rawDesc = "" +
 	"\n" +
 	"rollout_id\x18\x06 \x01(\tR\trolloutId\x12\x12\n" +
 	"\x04wave\x18\a \x01(\x05R\x04wave\x128\n" +
-	"\bbackends\x18\b \x03(\v2\x1c.switchyard.v1.BackendHealthR\bbackends\"\xf6\x01\n" +
+	"\bbackends\x18\b \x03(\v2\x1c.switchyard.v1.BackendHealthR\bbackends\x122\n" +
+	"\x06probes\x18\t \x03(\v2\x1a.switchyard.v1.ProbeResultR\x06probes\"\xc2\x01\n" +
+	"\vProbeResult\x12\x18\n" +
+	"\abackend\x18\x01 \x01(\tR\abackend\x12\x12\n" +
+	"\x04name\x18\x02 \x01(\tR\x04name\x12\x0e\n" +
+	"\x02ok\x18\x03 \x01(\bR\x02ok\x123\n" +
+	"\alatency\x18\x04 \x01(\v2\x19.google.protobuf.DurationR\alatency\x12\x14\n" +
+	"\x05error\x18\x05 \x01(\tR\x05error\x12*\n" +
+	"\x02at\x18\x06 \x01(\v2\x1a.google.protobuf.TimestampR\x02at\"\xf6\x01\n" +
 	"\rBackendHealth\x12\x18\n" +
 	"\abackend\x18\x01 \x01(\tR\abackend\x12\x1a\n" +
 	"\brequests\x18\x02 \x01(\x04R\brequests\x12\x16\n" +
@@ -561,7 +769,7 @@ const file_switchyard_v1_telemetry_proto_rawDesc = "" +
 	"\theartbeat\x18\x06 \x01(\bR\theartbeat\x1a9\n" +
 	"\vLabelsEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
-	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"\xc7\x02\n" +
+	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"\x8c\x03\n" +
 	"\rServiceStatus\x12\x18\n" +
 	"\aservice\x18\x01 \x01(\tR\aservice\x12-\n" +
 	"\x12applied_generation\x18\x02 \x01(\x04R\x11appliedGeneration\x12\x1d\n" +
@@ -569,10 +777,21 @@ const file_switchyard_v1_telemetry_proto_rawDesc = "" +
 	"rollout_id\x18\x03 \x01(\tR\trolloutId\x12C\n" +
 	"\aweights\x18\x04 \x03(\v2).switchyard.v1.ServiceStatus.WeightsEntryR\aweights\x123\n" +
 	"\x06driver\x18\x05 \x01(\x0e2\x1b.switchyard.v1.DriverHealthR\x06driver\x12\x18\n" +
-	"\amessage\x18\x06 \x01(\tR\amessage\x1a:\n" +
+	"\amessage\x18\x06 \x01(\tR\amessage\x12C\n" +
+	"\x0elocal_rollback\x18\a \x01(\v2\x1c.switchyard.v1.LocalRollbackR\rlocalRollback\x1a:\n" +
 	"\fWeightsEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
-	"\x05value\x18\x02 \x01(\rR\x05value:\x028\x01*_\n" +
+	"\x05value\x18\x02 \x01(\rR\x05value:\x028\x01\"\xb6\x01\n" +
+	"\rLocalRollback\x12\x1e\n" +
+	"\n" +
+	"generation\x18\x01 \x01(\x04R\n" +
+	"generation\x12\x1d\n" +
+	"\n" +
+	"rollout_id\x18\x02 \x01(\tR\trolloutId\x12\x12\n" +
+	"\x04from\x18\x03 \x01(\tR\x04from\x12\x0e\n" +
+	"\x02to\x18\x04 \x01(\tR\x02to\x12\x16\n" +
+	"\x06reason\x18\x05 \x01(\tR\x06reason\x12*\n" +
+	"\x02at\x18\x06 \x01(\v2\x1a.google.protobuf.TimestampR\x02at*_\n" +
 	"\fDriverHealth\x12\x1d\n" +
 	"\x19DRIVER_HEALTH_UNSPECIFIED\x10\x00\x12\x14\n" +
 	"\x10DRIVER_HEALTH_OK\x10\x01\x12\x1a\n" +
@@ -591,33 +810,41 @@ func file_switchyard_v1_telemetry_proto_rawDescGZIP() []byte {
 }
 
 var file_switchyard_v1_telemetry_proto_enumTypes = make([]protoimpl.EnumInfo, 1)
-var file_switchyard_v1_telemetry_proto_msgTypes = make([]protoimpl.MessageInfo, 7)
+var file_switchyard_v1_telemetry_proto_msgTypes = make([]protoimpl.MessageInfo, 9)
 var file_switchyard_v1_telemetry_proto_goTypes = []any{
 	(DriverHealth)(0),             // 0: switchyard.v1.DriverHealth
 	(*HealthReport)(nil),          // 1: switchyard.v1.HealthReport
-	(*BackendHealth)(nil),         // 2: switchyard.v1.BackendHealth
-	(*LatencySketch)(nil),         // 3: switchyard.v1.LatencySketch
-	(*AgentStatus)(nil),           // 4: switchyard.v1.AgentStatus
-	(*ServiceStatus)(nil),         // 5: switchyard.v1.ServiceStatus
-	nil,                           // 6: switchyard.v1.AgentStatus.LabelsEntry
-	nil,                           // 7: switchyard.v1.ServiceStatus.WeightsEntry
-	(*timestamppb.Timestamp)(nil), // 8: google.protobuf.Timestamp
+	(*ProbeResult)(nil),           // 2: switchyard.v1.ProbeResult
+	(*BackendHealth)(nil),         // 3: switchyard.v1.BackendHealth
+	(*LatencySketch)(nil),         // 4: switchyard.v1.LatencySketch
+	(*AgentStatus)(nil),           // 5: switchyard.v1.AgentStatus
+	(*ServiceStatus)(nil),         // 6: switchyard.v1.ServiceStatus
+	(*LocalRollback)(nil),         // 7: switchyard.v1.LocalRollback
+	nil,                           // 8: switchyard.v1.AgentStatus.LabelsEntry
+	nil,                           // 9: switchyard.v1.ServiceStatus.WeightsEntry
+	(*timestamppb.Timestamp)(nil), // 10: google.protobuf.Timestamp
+	(*durationpb.Duration)(nil),   // 11: google.protobuf.Duration
 }
 var file_switchyard_v1_telemetry_proto_depIdxs = []int32{
-	8, // 0: switchyard.v1.HealthReport.window_start:type_name -> google.protobuf.Timestamp
-	8, // 1: switchyard.v1.HealthReport.window_end:type_name -> google.protobuf.Timestamp
-	2, // 2: switchyard.v1.HealthReport.backends:type_name -> switchyard.v1.BackendHealth
-	3, // 3: switchyard.v1.BackendHealth.latency:type_name -> switchyard.v1.LatencySketch
-	6, // 4: switchyard.v1.AgentStatus.labels:type_name -> switchyard.v1.AgentStatus.LabelsEntry
-	8, // 5: switchyard.v1.AgentStatus.at:type_name -> google.protobuf.Timestamp
-	5, // 6: switchyard.v1.AgentStatus.services:type_name -> switchyard.v1.ServiceStatus
-	7, // 7: switchyard.v1.ServiceStatus.weights:type_name -> switchyard.v1.ServiceStatus.WeightsEntry
-	0, // 8: switchyard.v1.ServiceStatus.driver:type_name -> switchyard.v1.DriverHealth
-	9, // [9:9] is the sub-list for method output_type
-	9, // [9:9] is the sub-list for method input_type
-	9, // [9:9] is the sub-list for extension type_name
-	9, // [9:9] is the sub-list for extension extendee
-	0, // [0:9] is the sub-list for field type_name
+	10, // 0: switchyard.v1.HealthReport.window_start:type_name -> google.protobuf.Timestamp
+	10, // 1: switchyard.v1.HealthReport.window_end:type_name -> google.protobuf.Timestamp
+	3,  // 2: switchyard.v1.HealthReport.backends:type_name -> switchyard.v1.BackendHealth
+	2,  // 3: switchyard.v1.HealthReport.probes:type_name -> switchyard.v1.ProbeResult
+	11, // 4: switchyard.v1.ProbeResult.latency:type_name -> google.protobuf.Duration
+	10, // 5: switchyard.v1.ProbeResult.at:type_name -> google.protobuf.Timestamp
+	4,  // 6: switchyard.v1.BackendHealth.latency:type_name -> switchyard.v1.LatencySketch
+	8,  // 7: switchyard.v1.AgentStatus.labels:type_name -> switchyard.v1.AgentStatus.LabelsEntry
+	10, // 8: switchyard.v1.AgentStatus.at:type_name -> google.protobuf.Timestamp
+	6,  // 9: switchyard.v1.AgentStatus.services:type_name -> switchyard.v1.ServiceStatus
+	9,  // 10: switchyard.v1.ServiceStatus.weights:type_name -> switchyard.v1.ServiceStatus.WeightsEntry
+	0,  // 11: switchyard.v1.ServiceStatus.driver:type_name -> switchyard.v1.DriverHealth
+	7,  // 12: switchyard.v1.ServiceStatus.local_rollback:type_name -> switchyard.v1.LocalRollback
+	10, // 13: switchyard.v1.LocalRollback.at:type_name -> google.protobuf.Timestamp
+	14, // [14:14] is the sub-list for method output_type
+	14, // [14:14] is the sub-list for method input_type
+	14, // [14:14] is the sub-list for extension type_name
+	14, // [14:14] is the sub-list for extension extendee
+	0,  // [0:14] is the sub-list for field type_name
 }
 
 func init() { file_switchyard_v1_telemetry_proto_init() }
@@ -631,7 +858,7 @@ func file_switchyard_v1_telemetry_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_switchyard_v1_telemetry_proto_rawDesc), len(file_switchyard_v1_telemetry_proto_rawDesc)),
 			NumEnums:      1,
-			NumMessages:   7,
+			NumMessages:   9,
 			NumExtensions: 0,
 			NumServices:   0,
 		},

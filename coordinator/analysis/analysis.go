@@ -1,0 +1,305 @@
+// Package analysis turns agents' health reports into verdicts on rollouts:
+// it merges reports into windows per rollout and backend, and judges the new
+// backend against the old one with guardrails and statistical tests. Every
+// coordinator keeps the windows warm, so a new leader can decide at once.
+package analysis
+
+import (
+	"errors"
+	"fmt"
+	"sort"
+	"sync"
+	"time"
+
+	"google.golang.org/protobuf/types/known/timestamppb"
+
+	"github.com/switchyard/switchyard/internal/sketch"
+	"github.com/switchyard/switchyard/internal/spec"
+	sv1 "github.com/switchyard/switchyard/proto/switchyard/v1"
+)
+
+// Retention is how much telemetry a Store keeps per service.
+const Retention = 15 * time.Minute
+
+// Grace is how long after a window ends its reports are still awaited: one
+// telemetry interval plus delivery.
+const Grace = 1500 * time.Millisecond
+
+// ErrBadReport is wrapped by Add's errors.
+var ErrBadReport = errors.New("bad health report")
+
+// Verdict is the outcome of judging one window.
+type Verdict int
+
+const (
+	// Inconclusive: too little data to tell; never counts as a pass.
+	Inconclusive Verdict = iota
+	// Pass: every guardrail held.
+	Pass
+	// Fail: some guardrail did not hold.
+	Fail
+)
+
+func (v Verdict) String() string {
+	return [...]string{"inconclusive", "pass", "fail"}[v]
+}
+
+// Store keeps recent health reports merged into one-second cells per
+// service, rollout, wave and backend. It is safe for concurrent use.
+type Store struct {
+	mu       sync.Mutex
+	services map[string]map[int64]map[cellKey]*cell // service -> unix second of window end -> cell
+	newest   map[string]int64
+	cache    map[cacheKey]WindowResult
+}
+
+type cellKey struct {
+	rollout string
+	wave    int32
+	backend string
+}
+
+type cell struct {
+	requests, errors uint64
+	latency          *sketch.Sketch
+	maxQueue         uint32
+	nodes            map[string]struct{}
+}
+
+type cacheKey struct {
+	rollout string
+	start   int64
+	wave    int32
+}
+
+// NewStore returns an empty store.
+func NewStore() *Store {
+	return &Store{services: map[string]map[int64]map[cellKey]*cell{}, newest: map[string]int64{}, cache: map[cacheKey]WindowResult{}}
+}
+
+// Add merges one report. Reports for no rollout, or whose generation changed
+// inside their window (generation 0), are not judged and are dropped.
+func (s *Store) Add(r *sv1.HealthReport) error {
+	if r.GetNode() == "" || r.GetService() == "" || r.GetWindowEnd() == nil {
+		return fmt.Errorf("%w: node, service and window_end are required", ErrBadReport)
+	}
+	if r.GetRolloutId() == "" || r.GetGeneration() == 0 {
+		return nil
+	}
+	type decoded struct {
+		b  *sv1.BackendHealth
+		sk *sketch.Sketch
+	}
+	var ds []decoded
+	for _, b := range r.GetBackends() {
+		if b.GetErrors() > b.GetRequests() {
+			return fmt.Errorf("%w: %s has %d errors in %d requests", ErrBadReport, b.GetBackend(), b.GetErrors(), b.GetRequests())
+		}
+		sk, err := sketch.FromProto(b.GetLatency())
+		if err != nil {
+			return fmt.Errorf("%w: %s: %v", ErrBadReport, b.GetBackend(), err)
+		}
+		ds = append(ds, decoded{b, sk})
+	}
+	sec := r.GetWindowEnd().AsTime().Unix()
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	series := s.services[r.GetService()]
+	if series == nil {
+		series = map[int64]map[cellKey]*cell{}
+		s.services[r.GetService()] = series
+	}
+	cells := series[sec]
+	if cells == nil {
+		cells = map[cellKey]*cell{}
+		series[sec] = cells
+	}
+	for _, d := range ds {
+		k := cellKey{rollout: r.GetRolloutId(), wave: r.GetWave(), backend: d.b.GetBackend()}
+		c := cells[k]
+		if c == nil {
+			c = &cell{latency: sketch.New(), nodes: map[string]struct{}{}}
+			cells[k] = c
+		}
+		c.requests += d.b.GetRequests()
+		c.errors += d.b.GetErrors()
+		c.latency.Merge(d.sk)
+		c.maxQueue = max(c.maxQueue, d.b.GetQueued())
+		c.nodes[r.GetNode()] = struct{}{}
+	}
+	if sec > s.newest[r.GetService()] {
+		s.newest[r.GetService()] = sec
+		for t := range series {
+			if t < sec-int64(Retention/time.Second) {
+				delete(series, t)
+			}
+		}
+	}
+	return nil
+}
+
+// Aggregate is one backend's merged telemetry over a window.
+type Aggregate struct {
+	Requests, Errors uint64
+	Latency          *sketch.Sketch
+	MaxQueue         uint32
+	Nodes            int
+}
+
+func (a *Aggregate) add(c *cell, nodes map[string]struct{}) {
+	a.Requests += c.requests
+	a.Errors += c.errors
+	a.Latency.Merge(c.latency)
+	a.MaxQueue = max(a.MaxQueue, c.maxQueue)
+	for n := range c.nodes {
+		nodes[n] = struct{}{}
+	}
+}
+
+// window merges the cells of [start, end) for a rollout's backend, from the
+// given wave's nodes (or every node when wave is AnyWave).
+func (s *Store) window(service, rollout, backend string, wave int32, start, end time.Time) *Aggregate {
+	agg := &Aggregate{Latency: sketch.New()}
+	nodes := map[string]struct{}{}
+	series := s.services[service]
+	for sec := start.Unix() + 1; sec <= end.Unix(); sec++ {
+		for k, c := range series[sec] {
+			if k.rollout == rollout && k.backend == backend && (wave == AnyWave || k.wave == wave) {
+				agg.add(c, nodes)
+			}
+		}
+	}
+	agg.Nodes = len(nodes)
+	return agg
+}
+
+// AnyWave selects every node in window queries.
+const AnyWave int32 = -2
+
+// WindowResult is the verdict on one window with the numbers behind it.
+type WindowResult struct {
+	Start, End time.Time
+	Verdict    Verdict
+	// Guardrail is the failing check ("error_rate", "latency",
+	// "saturation"), or empty.
+	Guardrail string
+	Reason    string
+	PValue    float64
+	Candidate *sv1.BackendWindow
+	Baseline  *sv1.BackendWindow
+}
+
+// Proto renders the result as evidence.
+func (w WindowResult) Proto() *sv1.WindowEvidence {
+	return &sv1.WindowEvidence{
+		Start: timestamppb.New(w.Start), End: timestamppb.New(w.End), Verdict: w.Verdict.String(),
+		Reason: w.Reason, Candidate: w.Candidate, Baseline: w.Baseline, PValue: w.PValue,
+	}
+}
+
+// Assessment is the state of a rollout's analysis at one moment.
+type Assessment struct {
+	// Windows are the closed windows since the rollout began, oldest first.
+	Windows []WindowResult
+	// Breach is set when the last BreachWindows conclusive windows failed.
+	Breach *sv1.Evidence
+}
+
+// PassedSince counts the passing windows that started at or after t, ending
+// the count at a failure: an analysis step needs consecutive passes.
+func (a Assessment) PassedSince(t time.Time) int {
+	n := 0
+	for _, w := range a.Windows {
+		if w.Start.Before(t) {
+			continue
+		}
+		switch w.Verdict {
+		case Pass:
+			n++
+		case Fail:
+			n = 0
+		}
+	}
+	return n
+}
+
+// Latest is the newest closed window, if any.
+func (a Assessment) Latest() (WindowResult, bool) {
+	if len(a.Windows) == 0 {
+		return WindowResult{}, false
+	}
+	return a.Windows[len(a.Windows)-1], true
+}
+
+// Assess judges every closed window of a rollout since it began, up to now.
+// The new backend is compared with the old one on the nodes of the current
+// wave, where both serve in the same windows; when those have too little
+// old-backend traffic, with the old backend anywhere in the service.
+func (s *Store) Assess(r *sv1.Rollout, now time.Time) Assessment {
+	sp := r.GetSpec()
+	win := spec.Window(sp)
+	first := r.GetCreatedAt().AsTime().Truncate(win)
+	if !first.Equal(r.GetCreatedAt().AsTime()) {
+		first = first.Add(win) // the first whole window after the start
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	var out Assessment
+	for start := first; !start.Add(win).Add(Grace).After(now); start = start.Add(win) {
+		key := cacheKey{rollout: r.GetId(), start: start.UnixNano(), wave: r.GetWave()}
+		res, ok := s.cache[key]
+		if !ok {
+			res = s.judgeWindow(r, start, start.Add(win))
+			s.cache[key] = res
+		}
+		out.Windows = append(out.Windows, res)
+	}
+	s.pruneCache(r.GetId(), now.Add(-Retention))
+	need := int(sp.GetAnalysis().GetBreachWindows())
+	if need == 0 {
+		need = spec.DefaultBreachWindows
+	}
+	var failing []WindowResult
+	for i := len(out.Windows) - 1; i >= 0 && len(failing) < need; i-- {
+		w := out.Windows[i]
+		if w.Verdict == Inconclusive {
+			continue
+		}
+		if w.Verdict != Fail {
+			break
+		}
+		failing = append(failing, w)
+	}
+	if len(failing) == need {
+		sort.Slice(failing, func(i, j int) bool { return failing[i].Start.Before(failing[j].Start) })
+		last := failing[len(failing)-1]
+		ev := &sv1.Evidence{Guardrail: last.Guardrail,
+			Summary: fmt.Sprintf("%s in %d consecutive windows of %s; last: %s", last.Guardrail, need, win, last.Reason)}
+		for _, w := range failing {
+			ev.Windows = append(ev.Windows, w.Proto())
+		}
+		out.Breach = ev
+	}
+	return out
+}
+
+func (s *Store) pruneCache(rollout string, before time.Time) {
+	for k := range s.cache {
+		if k.rollout == rollout && k.start < before.UnixNano() {
+			delete(s.cache, k)
+		}
+	}
+}
+
+func (s *Store) judgeWindow(r *sv1.Rollout, start, end time.Time) WindowResult {
+	sp := r.GetSpec()
+	svc, id := sp.GetService(), r.GetId()
+	cand := s.window(svc, id, sp.GetTo(), AnyWave, start, end)
+	base := s.window(svc, id, sp.GetFrom(), r.GetWave(), start, end)
+	if base.Requests < sp.GetAnalysis().GetMinRequests() {
+		base = s.window(svc, id, sp.GetFrom(), AnyWave, start, end)
+	}
+	res := Judge(sp.GetAnalysis(), sp.GetTo(), sp.GetFrom(), cand, base)
+	res.Start, res.End = start, end
+	return res
+}

@@ -1,0 +1,204 @@
+package analysis
+
+import (
+	"math"
+	"math/rand/v2"
+	"strings"
+	"testing"
+	"time"
+
+	"google.golang.org/protobuf/types/known/durationpb"
+	"google.golang.org/protobuf/types/known/timestamppb"
+
+	"github.com/switchyard/switchyard/internal/sketch"
+	"github.com/switchyard/switchyard/internal/spec"
+	sv1 "github.com/switchyard/switchyard/proto/switchyard/v1"
+)
+
+func TestStats_NormalQuantile(t *testing.T) {
+	for p, want := range map[float64]float64{0.5: 0, 0.975: 1.959964, 0.99: 2.326348} {
+		if got := normalQuantile(p); math.Abs(got-want) > 1e-4 {
+			t.Errorf("normalQuantile(%v) = %v, want %v", p, got, want)
+		}
+	}
+}
+
+func TestStats_ExcessTest(t *testing.T) {
+	cases := []struct {
+		name               string
+		errC, nC, errB, nB uint64
+		margin             float64
+		significantAt99    bool
+	}{
+		{"same rates", 50, 1000, 500, 10000, 0, false},
+		{"5% vs 0.5%", 25, 500, 22, 4500, 0.01, true},
+		{"small excess inside margin", 12, 1000, 10, 1000, 0.01, false},
+		{"too few requests to tell", 2, 20, 1, 200, 0, false},
+		{"both zero", 0, 1000, 0, 1000, 0, false},
+		{"all fail vs none", 100, 100, 0, 100, 0.01, true},
+	}
+	for _, c := range cases {
+		_, p := excessTest(c.errC, c.nC, c.errB, c.nB, c.margin)
+		if (p < 0.01) != c.significantAt99 {
+			t.Errorf("%s: p = %v, significant %v, want %v", c.name, p, p < 0.01, c.significantAt99)
+		}
+	}
+}
+
+func TestStats_WilsonLower(t *testing.T) {
+	if lo := wilsonLower(10, 100, 2.326); lo >= 0.1 || lo < 0.04 {
+		t.Errorf("wilson lower of 10/100 = %v", lo)
+	}
+	if lo := wilsonLower(0, 100, 2.326); lo > 1e-12 {
+		t.Errorf("wilson lower of 0/100 = %v", lo)
+	}
+	// With few requests a 50% observed rate does not prove > 20%.
+	if lo := wilsonLower(2, 4, 2.326); lo > 0.2 {
+		t.Errorf("wilson lower of 2/4 = %v", lo)
+	}
+}
+
+func latencies(r *rand.Rand, n int, base, extra time.Duration) *sketch.Sketch {
+	s := sketch.New()
+	for range n {
+		s.Add(base.Seconds() + r.ExpFloat64()*0.005 + extra.Seconds())
+	}
+	return s
+}
+
+func TestStats_MannWhitney(t *testing.T) {
+	r := rand.New(rand.NewPCG(7, 7))
+	same1, same2 := latencies(r, 2000, 20*time.Millisecond, 0), latencies(r, 2000, 20*time.Millisecond, 0)
+	if p := mannWhitneyGreater(same1, same2); p < 0.01 {
+		t.Errorf("same distribution: p = %v", p)
+	}
+	slow := latencies(r, 500, 20*time.Millisecond, 10*time.Millisecond)
+	if p := mannWhitneyGreater(slow, same1); p > 1e-6 {
+		t.Errorf("shifted by 10ms: p = %v", p)
+	}
+	if p := mannWhitneyGreater(same1, slow); p < 0.99 {
+		t.Errorf("faster side: p = %v", p)
+	}
+	if p := mannWhitneyGreater(sketch.New(), same1); p != 1 {
+		t.Errorf("empty side: p = %v", p)
+	}
+}
+
+func aggregate(r *rand.Rand, requests, errors uint64, latency time.Duration, queue uint32) *Aggregate {
+	return &Aggregate{Requests: requests, Errors: errors, Latency: latencies(r, int(requests), latency, 0), MaxQueue: queue, Nodes: 1}
+}
+
+func defaultAnalysis() *sv1.AnalysisSpec {
+	s := &sv1.RolloutSpec{}
+	spec.Default(s)
+	s.Analysis.Latency.Max = durationpb.New(500 * time.Millisecond)
+	s.Analysis.Saturation = &sv1.SaturationGuardrail{MaxQueue: 10}
+	return s.Analysis
+}
+
+func TestJudge_Verdicts(t *testing.T) {
+	r := rand.New(rand.NewPCG(1, 1))
+	cases := []struct {
+		name      string
+		cand      *Aggregate
+		base      *Aggregate
+		verdict   Verdict
+		guardrail string
+	}{
+		{"healthy", aggregate(r, 500, 2, 20*time.Millisecond, 0), aggregate(r, 4500, 20, 20*time.Millisecond, 0), Pass, ""},
+		{"too little traffic", aggregate(r, 20, 0, 20*time.Millisecond, 0), aggregate(r, 4500, 20, 20*time.Millisecond, 0), Inconclusive, ""},
+		{"errors up", aggregate(r, 500, 25, 20*time.Millisecond, 0), aggregate(r, 4500, 22, 20*time.Millisecond, 0), Fail, "error_rate"},
+		{"both bad alike", aggregate(r, 500, 40, 20*time.Millisecond, 0), aggregate(r, 4500, 360, 20*time.Millisecond, 0), Pass, ""},
+		{"over absolute limit, no baseline", aggregate(r, 500, 50, 20*time.Millisecond, 0), aggregate(r, 0, 0, 0, 0), Fail, "error_rate"},
+		{"slower by 100ms", aggregate(r, 500, 0, 120*time.Millisecond, 0), aggregate(r, 4500, 0, 20*time.Millisecond, 0), Fail, "latency"},
+		{"slower within margin", aggregate(r, 500, 0, 40*time.Millisecond, 0), aggregate(r, 4500, 0, 20*time.Millisecond, 0), Pass, ""},
+		{"both slow alike", aggregate(r, 500, 0, 700*time.Millisecond, 0), aggregate(r, 4500, 0, 700*time.Millisecond, 0), Pass, ""},
+		{"slow with no baseline", aggregate(r, 500, 0, 700*time.Millisecond, 0), aggregate(r, 0, 0, 0, 0), Fail, "latency"},
+		{"queueing", aggregate(r, 500, 0, 20*time.Millisecond, 30), aggregate(r, 4500, 0, 20*time.Millisecond, 2), Fail, "saturation"},
+	}
+	for _, c := range cases {
+		t.Run(c.name, func(t *testing.T) {
+			res := Judge(defaultAnalysis(), "green", "blue", c.cand, c.base)
+			if res.Verdict != c.verdict || res.Guardrail != c.guardrail {
+				t.Fatalf("verdict %v guardrail %q (%s), want %v %q", res.Verdict, res.Guardrail, res.Reason, c.verdict, c.guardrail)
+			}
+			if res.Reason == "" {
+				t.Fatal("no reason given")
+			}
+		})
+	}
+}
+
+func report(node string, end time.Time, wave int32, backends ...*sv1.BackendHealth) *sv1.HealthReport {
+	return &sv1.HealthReport{Node: node, Service: "web", RolloutId: "r1", Generation: 5, Wave: wave,
+		WindowStart: timestamppb.New(end.Add(-time.Second)), WindowEnd: timestamppb.New(end), Backends: backends}
+}
+
+func backend(name string, requests, errors uint64, latency time.Duration) *sv1.BackendHealth {
+	s := sketch.New()
+	s.AddWithCount(latency.Seconds(), float64(requests))
+	return &sv1.BackendHealth{Backend: name, Requests: requests, Errors: errors, Latency: s.ToProto()}
+}
+
+func TestStore_AssessFindsBreachAfterConsecutiveWindows(t *testing.T) {
+	t0 := time.Date(2026, 1, 1, 12, 0, 0, 0, time.UTC)
+	sp := &sv1.RolloutSpec{Name: "r1", Service: "web", From: "blue", To: "green"}
+	spec.Default(sp)
+	r := &sv1.Rollout{Id: "r1", Spec: sp, CreatedAt: timestamppb.New(t0)}
+	s := NewStore()
+	// 30 s of telemetry from 10 nodes; green goes bad at t0+15s.
+	for sec := 1; sec <= 30; sec++ {
+		end := t0.Add(time.Duration(sec) * time.Second)
+		gErr := uint64(0)
+		if sec > 15 {
+			gErr = 5
+		}
+		for n := range 10 {
+			node := string(rune('a' + n))
+			if err := s.Add(report(node, end, 0, backend("green", 10, gErr, 20*time.Millisecond), backend("blue", 90, 0, 20*time.Millisecond))); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	a := s.Assess(r, t0.Add(30*time.Second+Grace))
+	if len(a.Windows) != 6 {
+		t.Fatalf("%d windows, want 6", len(a.Windows))
+	}
+	for i, w := range a.Windows {
+		want := Pass
+		if i >= 3 {
+			want = Fail
+		}
+		if w.Verdict != want {
+			t.Errorf("window %d: %v (%s), want %v", i, w.Verdict, w.Reason, want)
+		}
+	}
+	if a.Breach == nil || a.Breach.GetGuardrail() != "error_rate" || len(a.Breach.GetWindows()) != 2 {
+		t.Fatalf("breach %v", a.Breach)
+	}
+	if !strings.Contains(a.Breach.GetSummary(), "2 consecutive windows") {
+		t.Errorf("summary %q", a.Breach.GetSummary())
+	}
+	if got := a.PassedSince(t0); got != 0 {
+		t.Errorf("passed since start after failures: %d", got)
+	}
+	// Before the second failing window closes there is no breach yet.
+	if early := s.Assess(r, t0.Add(20*time.Second+Grace)); early.Breach != nil {
+		t.Fatal("breach after one failing window")
+	}
+}
+
+func TestStore_AddRefusesBadReports(t *testing.T) {
+	s := NewStore()
+	now := time.Now()
+	bad := []*sv1.HealthReport{
+		{Service: "web", WindowEnd: timestamppb.New(now)},
+		report("n", now, 0, &sv1.BackendHealth{Backend: "green", Requests: 1, Errors: 2}),
+		report("n", now, 0, &sv1.BackendHealth{Backend: "green", Requests: 1, Latency: &sv1.LatencySketch{RelativeAccuracy: 0.5}}),
+	}
+	for i, r := range bad {
+		if err := s.Add(r); err == nil {
+			t.Errorf("report %d accepted", i)
+		}
+	}
+}

@@ -1,0 +1,126 @@
+package analysis
+
+import (
+	"fmt"
+	"math"
+	"sync"
+
+	sv1 "github.com/switchyard/switchyard/proto/switchyard/v1"
+)
+
+var zCache sync.Map // confidence -> z
+
+func zFor(confidence float64) float64 {
+	if v, ok := zCache.Load(confidence); ok {
+		return v.(float64)
+	}
+	z := normalQuantile(confidence)
+	zCache.Store(confidence, z)
+	return z
+}
+
+func backendWindow(name string, a *Aggregate, quantile float64) *sv1.BackendWindow {
+	bw := &sv1.BackendWindow{Backend: name, Requests: a.Requests, Errors: a.Errors, MaxQueue: a.MaxQueue, Nodes: uint32(a.Nodes)}
+	if a.Requests > 0 {
+		bw.ErrorRate = float64(a.Errors) / float64(a.Requests)
+	}
+	bw.LatencySeconds = a.Latency.Quantile(quantile)
+	return bw
+}
+
+// Judge decides one window: the candidate (new backend) against its
+// guardrails, absolutely and relative to the baseline (old backend) in the
+// same window. A relative failure needs statistical confidence that the
+// candidate is worse by more than the allowed margin, so load that swings
+// both backends alike fails nothing. An absolute failure needs the
+// candidate's own numbers over the limit with confidence and, when there is
+// a baseline, the candidate worse than it: a fleet-wide problem is not the
+// release's fault and rolling back would not fix it.
+func Judge(a *sv1.AnalysisSpec, candName, baseName string, cand, base *Aggregate) WindowResult {
+	q := a.GetLatency().GetQuantile()
+	res := WindowResult{
+		Verdict:   Pass,
+		Candidate: backendWindow(candName, cand, q),
+		Baseline:  backendWindow(baseName, base, q),
+		PValue:    1,
+	}
+	minReq := a.GetMinRequests()
+	if cand.Requests < minReq || cand.Requests == 0 {
+		res.Verdict = Inconclusive
+		res.Reason = fmt.Sprintf("%s served %d requests, fewer than the %d needed", candName, cand.Requests, max(minReq, 1))
+		return res
+	}
+	z := zFor(a.GetConfidence())
+	alpha := 1 - a.GetConfidence()
+	haveBase := base.Requests >= max(minReq, 1)
+	fail := func(guardrail, reason string, p float64) {
+		if res.Verdict == Fail {
+			return // the first failure explains the window
+		}
+		res.Verdict, res.Guardrail, res.Reason, res.PValue = Fail, guardrail, reason, p
+	}
+
+	// Error rate.
+	if g := a.GetErrorRate(); g != nil {
+		cRate := float64(cand.Errors) / float64(cand.Requests)
+		if haveBase {
+			bRate := float64(base.Errors) / float64(base.Requests)
+			if _, p := excessTest(cand.Errors, cand.Requests, base.Errors, base.Requests, g.GetMaxIncrease()); p < alpha {
+				fail("error_rate", fmt.Sprintf("%s error rate %.2f%% vs %s %.2f%%: more than %.2f points worse (p=%.2g)",
+					candName, 100*cRate, baseName, 100*bRate, 100*g.GetMaxIncrease(), p), p)
+			}
+		}
+		if g.GetMax() > 0 && wilsonLower(cand.Errors, cand.Requests, z) > g.GetMax() {
+			worse := !haveBase
+			p := 0.0
+			if haveBase {
+				_, p = excessTest(cand.Errors, cand.Requests, base.Errors, base.Requests, 0)
+				worse = p < alpha
+			}
+			if worse {
+				fail("error_rate", fmt.Sprintf("%s error rate %.2f%% is over the %.2f%% limit", candName, 100*cRate, 100*g.GetMax()), p)
+			}
+		}
+	}
+
+	// Latency.
+	if l := a.GetLatency(); l != nil && cand.Latency.Count() >= float64(max(minReq, 1)) {
+		cq := cand.Latency.Quantile(q)
+		haveBaseLat := base.Latency.Count() >= float64(max(minReq, 1))
+		if haveBaseLat {
+			bq := base.Latency.Quantile(q)
+			if inc := l.GetMaxIncrease().AsDuration().Seconds(); l.GetMaxIncrease() != nil && cq-bq > inc {
+				if p := mannWhitneyGreater(cand.Latency, base.Latency); p < alpha {
+					fail("latency", fmt.Sprintf("%s p%s %s vs %s %s: more than %s slower (p=%.2g)",
+						candName, pct(q), dur(cq), baseName, dur(bq), l.GetMaxIncrease().AsDuration(), p), p)
+				}
+			}
+		}
+		if lim := l.GetMax().AsDuration().Seconds(); l.GetMax() != nil && lim > 0 && cq > lim {
+			p := 0.0
+			if haveBaseLat {
+				p = mannWhitneyGreater(cand.Latency, base.Latency)
+			}
+			if !haveBaseLat || p < alpha {
+				fail("latency", fmt.Sprintf("%s p%s %s is over the %s limit", candName, pct(q), dur(cq), l.GetMax().AsDuration()), p)
+			}
+		}
+	}
+
+	// Saturation.
+	if s := a.GetSaturation(); s != nil && s.GetMaxQueue() > 0 && cand.MaxQueue > s.GetMaxQueue() &&
+		(!haveBase || base.MaxQueue <= s.GetMaxQueue()) {
+		fail("saturation", fmt.Sprintf("%s queued %d requests on a node, over the limit of %d", candName, cand.MaxQueue, s.GetMaxQueue()), 0)
+	}
+	if res.Verdict == Pass {
+		res.Reason = fmt.Sprintf("%s %d requests, %.2f%% errors, p%s %s", candName, cand.Requests,
+			100*float64(cand.Errors)/float64(cand.Requests), pct(q), dur(cand.Latency.Quantile(q)))
+	}
+	return res
+}
+
+func pct(q float64) string { return fmt.Sprintf("%g", math.Round(q*1000)/10) }
+
+func dur(seconds float64) string {
+	return fmt.Sprintf("%.0fms", seconds*1000)
+}

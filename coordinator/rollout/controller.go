@@ -1,0 +1,243 @@
+// Package rollout is the leader's rollout controller: a step function that
+// looks at each live rollout, the fleet's convergence and the analysis, and
+// decides whether to advance, promote, finish or roll back. It reaches Raft
+// only through the narrow interface it defines, so tests and the simulator
+// drive it without a cluster.
+package rollout
+
+import (
+	"fmt"
+	"log/slog"
+	"time"
+
+	"google.golang.org/protobuf/types/known/timestamppb"
+
+	"github.com/switchyard/switchyard/coordinator/analysis"
+	"github.com/switchyard/switchyard/internal/spec"
+	sv1 "github.com/switchyard/switchyard/proto/switchyard/v1"
+)
+
+// Action is what the controller does with a rollout on one tick.
+type Action int
+
+const (
+	// Wait: nothing to do yet; Decision.Waiting says for what.
+	Wait Action = iota
+	// Advance to the next step or wave.
+	Advance
+	// Promote: every step is done; all traffic goes to the new backend.
+	Promote
+	// Finish a promoted rollout whose warm period is over.
+	Finish
+	// Rollback because a guardrail breached.
+	Rollback
+	// ConfirmRollback once the fleet applied the rollback.
+	ConfirmRollback
+)
+
+func (a Action) String() string {
+	return [...]string{"wait", "advance", "promote", "finish", "rollback", "confirm-rollback"}[a]
+}
+
+// Observation is what the controller knows about a rollout besides its
+// replicated record.
+type Observation struct {
+	Now time.Time
+	// Applied and Live count the live nodes of the service that applied the
+	// rollout's current generation, and all live nodes of the service.
+	Applied, Live int
+	Analysis      analysis.Assessment
+}
+
+// Decision is the controller's verdict on one rollout.
+type Decision struct {
+	Action           Action
+	ToWave, ToStep   int
+	Evidence         *sv1.Evidence
+	Message, Waiting string
+}
+
+// Decide is the rollout state machine's pure core.
+func Decide(r *sv1.Rollout, obs Observation) Decision {
+	converged := obs.Live > 0 && obs.Applied >= obs.Live
+	waitNodes := func() Decision {
+		if obs.Live == 0 {
+			return Decision{Waiting: "no live node runs " + r.GetSpec().GetService()}
+		}
+		return Decision{Waiting: fmt.Sprintf("%d of %d live nodes applied generation %d", obs.Applied, obs.Live, r.GetGeneration())}
+	}
+	switch r.GetPhase() {
+	case sv1.RolloutPhase_ROLLOUT_PHASE_ROLLING_BACK:
+		if converged {
+			return Decision{Action: ConfirmRollback, Message: fmt.Sprintf("%d live nodes back on %s", obs.Live, r.GetSpec().GetFrom())}
+		}
+		return waitNodes()
+	case sv1.RolloutPhase_ROLLOUT_PHASE_PROGRESSING, sv1.RolloutPhase_ROLLOUT_PHASE_PROMOTED:
+	default:
+		return Decision{}
+	}
+	if b := obs.Analysis.Breach; b != nil {
+		return Decision{Action: Rollback, Evidence: b, Message: b.GetSummary()}
+	}
+	if r.GetPhase() == sv1.RolloutPhase_ROLLOUT_PHASE_PROMOTED {
+		if !converged {
+			return waitNodes()
+		}
+		until := r.GetPromotedAt().AsTime().Add(spec.KeepWarm(r.GetSpec()))
+		if obs.Now.Before(until) {
+			return Decision{Waiting: fmt.Sprintf("%s kept warm until %s", r.GetSpec().GetFrom(), until.Format(time.TimeOnly))}
+		}
+		return Decision{Action: Finish, Message: "completed"}
+	}
+	if r.GetPaused() {
+		return Decision{Waiting: "paused by an operator"}
+	}
+	if !converged {
+		return waitNodes()
+	}
+	plan := spec.Compile(r.GetSpec())
+	w, s := int(r.GetWave()), int(r.GetStep())
+	approved := r.GetApprovedWave() == r.GetWave() && r.GetApprovedStep() == r.GetStep()
+	next := func(why string) Decision {
+		nw, ns, promote := spec.Next(plan, w, s)
+		if promote {
+			return Decision{Action: Promote, Message: why + "; promoted"}
+		}
+		return Decision{Action: Advance, ToWave: nw, ToStep: ns, Message: why}
+	}
+	if w >= len(plan) {
+		return next("past the last wave")
+	}
+	pw := plan[w]
+	if s >= len(pw.Steps) {
+		if w+1 < len(plan) && plan[w+1].Wave.GetManualGate() && !approved {
+			return Decision{Waiting: fmt.Sprintf("approval to start wave %s", plan[w+1].Wave.GetName())}
+		}
+		return next(fmt.Sprintf("wave %s done", pw.Wave.GetName()))
+	}
+	step := pw.Steps[s]
+	switch k := step.GetKind().(type) {
+	case *sv1.Step_SetWeight:
+		return next(fmt.Sprintf("wave %s at %d%% on every live node", pw.Wave.GetName(), k.SetWeight))
+	case *sv1.Step_Pause:
+		if d := k.Pause.GetDuration().AsDuration(); d > 0 {
+			until := r.GetStepStartedAt().AsTime().Add(d)
+			if obs.Now.Before(until) {
+				return Decision{Waiting: fmt.Sprintf("pause until %s", until.Format(time.TimeOnly))}
+			}
+			return next(fmt.Sprintf("paused %s", d))
+		}
+		if !approved {
+			return Decision{Waiting: "approval to continue"}
+		}
+		return next("approved")
+	case *sv1.Step_Analysis:
+		need := int(k.Analysis.GetWindows())
+		got := obs.Analysis.PassedSince(r.GetStepStartedAt().AsTime())
+		if got < need {
+			return Decision{Waiting: fmt.Sprintf("analysis: %d of %d windows passed%s", got, need, latest(obs.Analysis))}
+		}
+		return next(fmt.Sprintf("analysis passed %d windows", got))
+	}
+	return Decision{Waiting: "unknown step kind"}
+}
+
+func latest(a analysis.Assessment) string {
+	w, ok := a.Latest()
+	if !ok {
+		return ""
+	}
+	return fmt.Sprintf(" (last window %s: %s)", w.Verdict, w.Reason)
+}
+
+// Raft is how the controller commits decisions; the coordinator implements
+// it over raftApply, the simulator over an in-memory state.
+type Raft interface {
+	Advance(*sv1.RolloutAdvanceEntry) error
+	Rollback(*sv1.RollbackEntry) error
+	Finish(*sv1.RolloutFinishEntry) error
+	Converged(*sv1.RolloutConvergedEntry) error
+}
+
+// Rollouts reads the replicated rollouts.
+type Rollouts interface {
+	Rollouts() []*sv1.Rollout
+}
+
+// Fleet tells how many live nodes of a service applied a generation.
+type Fleet interface {
+	Convergence(service string, generation uint64) (applied, live int)
+}
+
+// Analyzer assesses a rollout's telemetry.
+type Analyzer interface {
+	Assess(r *sv1.Rollout, now time.Time) analysis.Assessment
+}
+
+// Controller runs Decide over every live rollout and commits the results.
+type Controller struct {
+	State    Rollouts
+	Raft     Raft
+	Fleet    Fleet
+	Analyzer Analyzer
+	Log      *slog.Logger
+	// OnDecision, if set, is told every decision that commits something.
+	OnDecision func(r *sv1.Rollout, d Decision, at time.Time)
+}
+
+// Observe gathers the observation of one rollout.
+func (c *Controller) Observe(r *sv1.Rollout, now time.Time) Observation {
+	applied, live := c.Fleet.Convergence(r.GetSpec().GetService(), r.GetGeneration())
+	obs := Observation{Now: now, Applied: applied, Live: live}
+	if p := r.GetPhase(); p == sv1.RolloutPhase_ROLLOUT_PHASE_PROGRESSING || p == sv1.RolloutPhase_ROLLOUT_PHASE_PROMOTED {
+		obs.Analysis = c.Analyzer.Assess(r, now)
+	}
+	return obs
+}
+
+// Step makes one pass over the live rollouts at now. Errors from Raft (lost
+// leadership) end the pass; the next leader decides again from the same
+// committed state.
+func (c *Controller) Step(now time.Time) error {
+	for _, r := range c.State.Rollouts() {
+		switch r.GetPhase() {
+		case sv1.RolloutPhase_ROLLOUT_PHASE_COMPLETED, sv1.RolloutPhase_ROLLOUT_PHASE_ROLLED_BACK:
+			continue
+		}
+		d := Decide(r, c.Observe(r, now))
+		if d.Action == Wait {
+			continue
+		}
+		if err := c.commit(r, d, now); err != nil {
+			return fmt.Errorf("rollout %s: %s: %w", r.GetId(), d.Action, err)
+		}
+		if c.Log != nil {
+			c.Log.Info("rollout decision", "rollout", r.GetId(), "service", r.GetSpec().GetService(),
+				"action", d.Action.String(), "generation", r.GetGeneration(), "message", d.Message)
+		}
+		if c.OnDecision != nil {
+			c.OnDecision(r, d, now)
+		}
+	}
+	return nil
+}
+
+func (c *Controller) commit(r *sv1.Rollout, d Decision, now time.Time) error {
+	at := timestamppb.New(now)
+	switch d.Action {
+	case Advance, Promote:
+		return c.Raft.Advance(&sv1.RolloutAdvanceEntry{
+			Rollout: r.GetId(), FromWave: r.GetWave(), FromStep: r.GetStep(),
+			ToWave: int32(d.ToWave), ToStep: int32(d.ToStep), Promote: d.Action == Promote,
+			Message: d.Message, StampedAt: at,
+		})
+	case Rollback:
+		return c.Raft.Rollback(&sv1.RollbackEntry{Rollout: r.GetId(), Generation: r.GetGeneration(), Evidence: d.Evidence, StampedAt: at})
+	case Finish:
+		return c.Raft.Finish(&sv1.RolloutFinishEntry{Rollout: r.GetId(), StampedAt: at})
+	case ConfirmRollback:
+		applied, _ := c.Fleet.Convergence(r.GetSpec().GetService(), r.GetGeneration())
+		return c.Raft.Converged(&sv1.RolloutConvergedEntry{Rollout: r.GetId(), Generation: r.GetGeneration(), Nodes: uint32(applied), StampedAt: at})
+	}
+	return nil
+}

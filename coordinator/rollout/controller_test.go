@@ -1,0 +1,212 @@
+package rollout
+
+import (
+	"strings"
+	"testing"
+	"time"
+
+	"google.golang.org/protobuf/proto"
+	"google.golang.org/protobuf/types/known/durationpb"
+	"google.golang.org/protobuf/types/known/timestamppb"
+
+	"github.com/switchyard/switchyard/coordinator/analysis"
+	"github.com/switchyard/switchyard/coordinator/state"
+	"github.com/switchyard/switchyard/internal/clock"
+	"github.com/switchyard/switchyard/internal/spec"
+	sv1 "github.com/switchyard/switchyard/proto/switchyard/v1"
+)
+
+var t0 = time.Date(2026, 11, 25, 12, 0, 0, 0, time.UTC)
+
+func setW(w uint32) *sv1.Step { return &sv1.Step{Kind: &sv1.Step_SetWeight{SetWeight: w}} }
+func pause(d time.Duration) *sv1.Step {
+	p := &sv1.Pause{}
+	if d > 0 {
+		p.Duration = durationpb.New(d)
+	}
+	return &sv1.Step{Kind: &sv1.Step_Pause{Pause: p}}
+}
+func analyse(n uint32) *sv1.Step {
+	return &sv1.Step{Kind: &sv1.Step_Analysis{Analysis: &sv1.AnalysisStep{Windows: n}}}
+}
+
+func canary(steps ...*sv1.Step) *sv1.RolloutSpec {
+	sp := &sv1.RolloutSpec{Name: "r", Service: "web", From: "blue", To: "green",
+		Strategy: &sv1.Strategy{Kind: &sv1.Strategy_Canary{Canary: &sv1.Canary{Steps: steps}}}}
+	spec.Default(sp)
+	return sp
+}
+
+func at(sp *sv1.RolloutSpec, wave, step int32) *sv1.Rollout {
+	return &sv1.Rollout{Id: "r", Spec: sp, Phase: sv1.RolloutPhase_ROLLOUT_PHASE_PROGRESSING, Wave: wave, Step: step,
+		Generation: 7, StepStartedAt: timestamppb.New(t0), CreatedAt: timestamppb.New(t0), ApprovedWave: -1, ApprovedStep: -1}
+}
+
+func passes(n int, start time.Time) analysis.Assessment {
+	var a analysis.Assessment
+	for i := range n {
+		s := start.Add(time.Duration(i) * 5 * time.Second)
+		a.Windows = append(a.Windows, analysis.WindowResult{Start: s, End: s.Add(5 * time.Second), Verdict: analysis.Pass})
+	}
+	return a
+}
+
+func TestRollout_Decide(t *testing.T) {
+	sp := canary(setW(10), pause(30*time.Second), pause(0), analyse(2))
+	twoWaves := canary(setW(50))
+	twoWaves.Waves = []*sv1.WaveSpec{{Name: "a", BasisPoints: 10000}, {Name: "b", BasisPoints: 10000, ManualGate: true}}
+	approvedGate := at(twoWaves, 0, 1)
+	approvedGate.ApprovedWave, approvedGate.ApprovedStep = 0, 1
+	approvedPause := at(sp, 0, 2)
+	approvedPause.ApprovedWave, approvedPause.ApprovedStep = 0, 2
+	paused := at(sp, 0, 0)
+	paused.Paused = true
+	promoted := at(sp, 0, 4)
+	promoted.Phase = sv1.RolloutPhase_ROLLOUT_PHASE_PROMOTED
+	promoted.PromotedAt = timestamppb.New(t0)
+	warm := proto.Clone(promoted).(*sv1.Rollout)
+	warm.Spec = canary(setW(50))
+	warm.Spec.Strategy = &sv1.Strategy{Kind: &sv1.Strategy_BlueGreen{BlueGreen: &sv1.BlueGreen{KeepWarm: durationpb.New(time.Minute)}}}
+	rolling := at(sp, 0, 1)
+	rolling.Phase = sv1.RolloutPhase_ROLLOUT_PHASE_ROLLING_BACK
+	breach := analysis.Assessment{Breach: &sv1.Evidence{Guardrail: "error_rate", Summary: "errors"}}
+
+	all := Observation{Now: t0.Add(time.Second), Applied: 3, Live: 3}
+	with := func(o Observation, f func(*Observation)) Observation { f(&o); return o }
+
+	cases := []struct {
+		name    string
+		r       *sv1.Rollout
+		obs     Observation
+		action  Action
+		to      [2]int
+		waiting string
+	}{
+		{"setWeight waits for nodes", at(sp, 0, 0), with(all, func(o *Observation) { o.Applied = 2 }), Wait, [2]int{}, "2 of 3 live nodes"},
+		{"no nodes at all", at(sp, 0, 0), Observation{Now: t0}, Wait, [2]int{}, "no live node"},
+		{"setWeight done", at(sp, 0, 0), all, Advance, [2]int{0, 1}, ""},
+		{"timed pause running", at(sp, 0, 1), with(all, func(o *Observation) { o.Now = t0.Add(29 * time.Second) }), Wait, [2]int{}, "pause until"},
+		{"timed pause over", at(sp, 0, 1), with(all, func(o *Observation) { o.Now = t0.Add(30 * time.Second) }), Advance, [2]int{0, 2}, ""},
+		{"pause until approved", at(sp, 0, 2), all, Wait, [2]int{}, "approval to continue"},
+		{"approved pause", approvedPause, all, Advance, [2]int{0, 3}, ""},
+		{"analysis needs windows", at(sp, 0, 3), with(all, func(o *Observation) { o.Analysis = passes(1, t0) }), Wait, [2]int{}, "1 of 2 windows"},
+		{"analysis windows before the step do not count", at(sp, 0, 3), with(all, func(o *Observation) { o.Analysis = passes(3, t0.Add(-time.Minute)) }), Wait, [2]int{}, "0 of 2"},
+		{"analysis passed", at(sp, 0, 3), with(all, func(o *Observation) { o.Analysis = passes(2, t0) }), Advance, [2]int{0, 4}, ""},
+		{"last wave done promotes", at(sp, 0, 4), all, Promote, [2]int{}, ""},
+		{"manual gate waits", at(twoWaves, 0, 1), all, Wait, [2]int{}, "approval to start wave b"},
+		{"approved gate", approvedGate, all, Advance, [2]int{1, 0}, ""},
+		{"paused", paused, all, Wait, [2]int{}, "paused"},
+		{"breach rolls back even when paused", paused, with(all, func(o *Observation) { o.Analysis = breach }), Rollback, [2]int{}, ""},
+		{"breach rolls back while waiting for nodes", at(sp, 0, 0), with(all, func(o *Observation) { o.Applied = 0; o.Analysis = breach }), Rollback, [2]int{}, ""},
+		{"promoted finishes", promoted, all, Finish, [2]int{}, ""},
+		{"promoted keeps blue warm", warm, all, Wait, [2]int{}, "kept warm until"},
+		{"promoted and warm still rolls back", warm, with(all, func(o *Observation) { o.Analysis = breach }), Rollback, [2]int{}, ""},
+		{"rolling back waits", rolling, with(all, func(o *Observation) { o.Applied = 1 }), Wait, [2]int{}, "1 of 3"},
+		{"rolling back confirmed", rolling, all, ConfirmRollback, [2]int{}, ""},
+	}
+	for _, c := range cases {
+		t.Run(c.name, func(t *testing.T) {
+			d := Decide(c.r, c.obs)
+			if d.Action != c.action {
+				t.Fatalf("action %v (%q %q), want %v", d.Action, d.Message, d.Waiting, c.action)
+			}
+			if c.action == Advance && (d.ToWave != c.to[0] || d.ToStep != c.to[1]) {
+				t.Fatalf("advance to %d/%d, want %v", d.ToWave, d.ToStep, c.to)
+			}
+			if !strings.Contains(d.Waiting, c.waiting) {
+				t.Fatalf("waiting %q, want %q", d.Waiting, c.waiting)
+			}
+			if c.action == Rollback && d.Evidence == nil {
+				t.Fatal("rollback without evidence")
+			}
+		})
+	}
+}
+
+// memRaft applies the controller's entries to an in-memory state, as the
+// simulator does.
+type memRaft struct {
+	st    *state.State
+	index uint64
+}
+
+func (m *memRaft) next() uint64 { m.index++; return m.index }
+func (m *memRaft) Advance(e *sv1.RolloutAdvanceEntry) error {
+	m.st.ApplyAdvance(m.next(), e)
+	return nil
+}
+func (m *memRaft) Rollback(e *sv1.RollbackEntry) error { m.st.ApplyRollback(m.next(), e); return nil }
+func (m *memRaft) Finish(e *sv1.RolloutFinishEntry) error {
+	m.st.ApplyFinish(m.next(), e)
+	return nil
+}
+func (m *memRaft) Converged(e *sv1.RolloutConvergedEntry) error {
+	m.st.ApplyConverged(m.next(), e)
+	return nil
+}
+
+// instantFleet: every node applies every generation at once.
+type instantFleet struct{ live int }
+
+func (f instantFleet) Convergence(string, uint64) (int, int) { return f.live, f.live }
+
+type fixedAnalyzer struct{ a analysis.Assessment }
+
+func (f *fixedAnalyzer) Assess(*sv1.Rollout, time.Time) analysis.Assessment { return f.a }
+
+func TestRollout_ControllerStepsThroughACanaryWithAFakeClock(t *testing.T) {
+	st := state.New()
+	raft := &memRaft{st: st, index: 1}
+	sp := canary(setW(10), pause(time.Minute), setW(50))
+	st.ApplyIntent(1, &sv1.IntentEntry{StampedAt: timestamppb.New(t0), Intent: &sv1.Intent{Id: "i",
+		Action: &sv1.Intent_ApplyRollout{ApplyRollout: &sv1.ApplyRollout{Spec: sp}}}})
+	clk := clock.NewFake(t0)
+	an := &fixedAnalyzer{}
+	var actions []string
+	c := &Controller{State: st, Raft: raft, Fleet: instantFleet{live: 3}, Analyzer: an,
+		OnDecision: func(_ *sv1.Rollout, d Decision, _ time.Time) { actions = append(actions, d.Action.String()) }}
+
+	step := func() {
+		if err := c.Step(clk.Now()); err != nil {
+			t.Fatal(err)
+		}
+	}
+	step() // setWeight 10 applied everywhere -> pause
+	step() // pause running
+	if got := st.Rollout("r"); got.GetStep() != 1 {
+		t.Fatalf("step %d, want the pause", got.GetStep())
+	}
+	clk.Advance(time.Minute)
+	step() // pause over -> setWeight 50
+	step() // 50 applied -> wave done
+	step() // wave done -> promoted
+	step() // promoted, no warm period -> completed
+	if got := st.Rollout("r"); got.GetPhase() != sv1.RolloutPhase_ROLLOUT_PHASE_COMPLETED {
+		t.Fatalf("phase %v after %v", got.GetPhase(), actions)
+	}
+	want := "advance advance advance promote finish"
+	if strings.Join(actions, " ") != want {
+		t.Fatalf("actions %v, want %s", actions, want)
+	}
+}
+
+func TestRollout_ControllerRollsBackOnBreach(t *testing.T) {
+	st := state.New()
+	raft := &memRaft{st: st, index: 1}
+	st.ApplyIntent(1, &sv1.IntentEntry{StampedAt: timestamppb.New(t0), Intent: &sv1.Intent{Id: "i",
+		Action: &sv1.Intent_ApplyRollout{ApplyRollout: &sv1.ApplyRollout{Spec: canary(setW(10), pause(0))}}}})
+	an := &fixedAnalyzer{}
+	c := &Controller{State: st, Raft: raft, Fleet: instantFleet{live: 2}, Analyzer: an}
+	_ = c.Step(t0)
+	_ = c.Step(t0)
+	an.a.Breach = &sv1.Evidence{Guardrail: "latency", Summary: "slow"}
+	_ = c.Step(t0.Add(10 * time.Second))
+	r := st.Rollout("r")
+	if r.GetPhase() != sv1.RolloutPhase_ROLLOUT_PHASE_ROLLING_BACK || r.GetEvidence().GetGuardrail() != "latency" {
+		t.Fatalf("after breach: %v", r)
+	}
+	_ = c.Step(t0.Add(11 * time.Second))
+	if p := st.Rollout("r").GetPhase(); p != sv1.RolloutPhase_ROLLOUT_PHASE_ROLLED_BACK {
+		t.Fatalf("phase %v once every node applied the rollback", p)
+	}
+}

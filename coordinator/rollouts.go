@@ -1,0 +1,83 @@
+package coordinator
+
+import (
+	"context"
+	"time"
+
+	"github.com/nats-io/nats.go"
+	"google.golang.org/protobuf/proto"
+
+	"github.com/switchyard/switchyard/coordinator/fsm"
+	"github.com/switchyard/switchyard/coordinator/rollout"
+	sv1 "github.com/switchyard/switchyard/proto/switchyard/v1"
+)
+
+// raftShim commits the rollout controller's decisions through raftApply.
+type raftShim struct{ s *Server }
+
+var _ rollout.Raft = raftShim{}
+
+func (r raftShim) apply(t fsm.MessageType, m proto.Message) error {
+	_, _, err := r.s.raftApply(t, m)
+	return err
+}
+
+func (r raftShim) Advance(e *sv1.RolloutAdvanceEntry) error {
+	return r.apply(fsm.RolloutAdvanceType, e)
+}
+func (r raftShim) Rollback(e *sv1.RollbackEntry) error    { return r.apply(fsm.RollbackType, e) }
+func (r raftShim) Finish(e *sv1.RolloutFinishEntry) error { return r.apply(fsm.RolloutFinishType, e) }
+func (r raftShim) Converged(e *sv1.RolloutConvergedEntry) error {
+	return r.apply(fsm.RolloutConvergedType, e)
+}
+
+// stateReader reads the current replicated state, which Restore may swap.
+type stateReader struct{ s *Server }
+
+func (r stateReader) Rollouts() []*sv1.Rollout { return r.s.fsm.State().Rollouts() }
+
+func (s *Server) controller() *rollout.Controller {
+	return &rollout.Controller{
+		State:    stateReader{s},
+		Raft:     raftShim{s},
+		Fleet:    s.fleet,
+		Analyzer: s.analysis,
+		Log:      s.log,
+		OnDecision: func(_ *sv1.Rollout, d rollout.Decision, _ time.Time) {
+			s.metrics.decisions.WithLabelValues(d.Action.String()).Inc()
+		},
+	}
+}
+
+// runRollouts steps every live rollout on each tick while this node leads.
+func (s *Server) runRollouts(ctx context.Context) {
+	c := s.controller()
+	tick := time.NewTicker(s.cfg.TickInterval)
+	defer tick.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-tick.C:
+		}
+		if err := c.Step(s.cfg.Clock.Now()); err != nil {
+			s.log.Warn("rollout controller", "err", err)
+		}
+	}
+}
+
+// handleTelemetry feeds agents' health reports into the analysis windows;
+// every coordinator does, so a new leader has them warm.
+func (s *Server) handleTelemetry(msg *nats.Msg) {
+	var r sv1.HealthReport
+	if err := proto.Unmarshal(msg.Data, &r); err != nil {
+		s.metrics.telemetryRejected.Inc()
+		return
+	}
+	if err := s.analysis.Add(&r); err != nil {
+		s.metrics.telemetryRejected.Inc()
+		s.log.Debug("health report refused", "subject", msg.Subject, "err", err)
+		return
+	}
+	s.metrics.telemetry.Inc()
+}
