@@ -156,8 +156,14 @@ func (a *Aggregate) add(c *cell, nodes map[string]struct{}) {
 	}
 }
 
-// window merges the cells of [start, end) for a rollout's backend, from the
+// Window merges the cells of [start, end) for a rollout's backend, from the
 // given wave's nodes (or every node when wave is AnyWave).
+func (s *Store) Window(service, rollout, backend string, wave int32, start, end time.Time) *Aggregate {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.window(service, rollout, backend, wave, start, end)
+}
+
 func (s *Store) window(service, rollout, backend string, wave int32, start, end time.Time) *Aggregate {
 	agg := &Aggregate{Latency: sketch.New()}
 	nodes := map[string]struct{}{}

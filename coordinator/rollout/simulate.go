@@ -47,6 +47,9 @@ type SimOptions struct {
 	// Until bounds the simulation; zero runs until the source is done or the
 	// rollout ends.
 	Until time.Duration
+	// Analyzer, when set, replaces the statistical analysis over the
+	// simulation's windows (to compare judges on the same telemetry).
+	Analyzer func(*analysis.Store) Analyzer
 }
 
 // Event is one committed decision of a simulated rollout.
@@ -88,7 +91,11 @@ func Simulate(sp *sv1.RolloutSpec, src Source, o SimOptions) (*SimResult, error)
 	fleet := newSimFleet(src.Nodes(), o.ApplyDelay)
 	store := analysis.NewStore()
 	res := &SimResult{}
-	c := &Controller{State: st, Raft: raft, Fleet: fleet, Analyzer: store,
+	var an Analyzer = store
+	if o.Analyzer != nil {
+		an = o.Analyzer(store)
+	}
+	c := &Controller{State: st, Raft: raft, Fleet: fleet, Analyzer: an,
 		OnDecision: func(r *sv1.Rollout, d Decision, now time.Time) {
 			after := st.Rollout(r.GetId())
 			res.Events = append(res.Events, Event{At: now, Offset: now.Sub(o.Start), Action: d.Action,

@@ -61,7 +61,7 @@ func (s *Synthetic) Reports(from, to time.Time, nodes []SimNode) []*sv1.HealthRe
 		}
 		rateMul, errAdd, latMul := 1.0, 0.0, 1.0
 		if s.Swing != nil {
-			rateMul, errAdd, latMul = s.Swing(end)
+			rateMul, errAdd, latMul = s.Swing(end.Add(-iv))
 		}
 		for _, n := range nodes {
 			weights := n.Weights
@@ -82,7 +82,8 @@ func (s *Synthetic) Reports(from, to time.Time, nodes []SimNode) []*sv1.HealthRe
 				n := s.binomial(remaining, float64(w)/float64(weightLeft))
 				remaining -= n
 				weightLeft -= w
-				beh := s.Behave(b, end)
+				// A report covering (end-iv, end] shows what held from its start.
+				beh := s.Behave(b, end.Add(-iv))
 				errRate := math.Min(1, beh.ErrorRate+errAdd)
 				errs := s.binomial(n, errRate)
 				lat := sketch.New()
