@@ -50,6 +50,7 @@ const (
 const (
 	QueryRollouts = "rollouts"
 	QueryIntent   = "intent"
+	QueryFleet    = "fleet"
 )
 
 // IntentSubjects is the filter of the intent stream.

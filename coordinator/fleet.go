@@ -66,6 +66,7 @@ func (f *fleet) nodesFor(service string) []*sv1.NodeView {
 				Message:           svc.GetMessage(),
 				Stale:             age > f.staleAfter,
 				SecondsSinceSeen:  age.Seconds(),
+				Labels:            maps.Clone(n.status.GetLabels()),
 			})
 		}
 	}

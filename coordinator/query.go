@@ -75,6 +75,14 @@ func serveQuery[Q any, PQ interface {
 	}
 }
 
+// Fleet answers with the nodes that run a service.
+func (s *Server) Fleet(q *sv1.FleetQuery) (*sv1.FleetAnswer, error) {
+	if q.GetService() == "" {
+		return nil, fmt.Errorf("fleet query: service is required")
+	}
+	return &sv1.FleetAnswer{Nodes: s.fleet.nodesFor(q.GetService())}, nil
+}
+
 // IntentResult answers with the recorded result of an applied intent.
 func (s *Server) IntentResult(q *sv1.IntentQuery) (*sv1.IntentResult, error) {
 	res := s.fsm.State().IntentResult(q.GetId())

@@ -303,6 +303,7 @@ func (s *Server) subscribe() ([]*nats.Subscription, error) {
 	for name, h := range map[string]nats.MsgHandler{
 		bus.QueryRollouts: serveQuery(s, s.Rollouts),
 		bus.QueryIntent:   serveQuery(s, s.IntentResult),
+		bus.QueryFleet:    serveQuery(s, s.Fleet),
 	} {
 		sub, err := s.nc.QueueSubscribe(bus.QuerySubject(name), bus.QueryQueue, h)
 		if err != nil {

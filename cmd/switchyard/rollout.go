@@ -21,14 +21,24 @@ import (
 
 	"github.com/switchyard/switchyard/bus"
 	"github.com/switchyard/switchyard/coordinator/state"
-	"github.com/switchyard/switchyard/internal/spec"
 	sv1 "github.com/switchyard/switchyard/proto/switchyard/v1"
 )
 
 const rolloutUsage = `Usage:
-  switchyard rollout apply -f FILE [--nats URL] [--timeout D] [-o json]
-  switchyard rollout status [NAME] [--nats URL] [-o json]
-  switchyard rollout abort NAME [--reason TEXT] [--nats URL] [-o json]
+  switchyard rollout apply -f FILE          start a rollout
+  switchyard rollout plan -f FILE           dry run: steps, nodes per wave, guardrails; changes nothing
+  switchyard rollout status [NAME]          every rollout, or one in detail
+  switchyard rollout watch NAME             live view until the rollout ends (exit 1 if rolled back)
+  switchyard rollout history NAME           every committed change of a rollout
+  switchyard rollout pause NAME             stop advancing (guardrails still act)
+  switchyard rollout resume NAME
+  switchyard rollout approve NAME           pass the gate the rollout waits at
+  switchyard rollout promote NAME [--full]  skip the current step, or every remaining one
+  switchyard rollout abort NAME             send the service back to the old backend
+  switchyard rollout undo NAME              roll back a completed rollout
+  switchyard rollout simulate -f FILE --telemetry FILE
+                                            replay telemetry against a spec, offline
+Common flags: --nats URL (env SWITCHYARD_NATS), --timeout D, -o table|json, --reason TEXT.
 `
 
 // clientFlags are the flags of every verb that talks to the coordinators.
@@ -99,8 +109,16 @@ func runRollout(ctx context.Context, args []string, stdout, stderr io.Writer) er
 		return rolloutApply(ctx, args[1:], stdout, stderr)
 	case "status":
 		return rolloutStatus(ctx, args[1:], stdout, stderr)
-	case "abort":
-		return rolloutAbort(ctx, args[1:], stdout, stderr)
+	case "abort", "undo", "pause", "resume", "approve", "promote":
+		return rolloutControl(ctx, args[0], args[1:], stdout, stderr)
+	case "plan":
+		return rolloutPlan(ctx, args[1:], stdout, stderr)
+	case "watch":
+		return rolloutWatch(ctx, args[1:], stdout, stderr)
+	case "history":
+		return rolloutHistory(ctx, args[1:], stdout, stderr)
+	case "simulate":
+		return rolloutSimulate(args[1:], stdout, stderr)
 	case "-h", "--help", "help":
 		fmt.Fprint(stdout, rolloutUsage)
 		return nil
@@ -123,28 +141,21 @@ func rolloutApply(ctx context.Context, args []string, stdout, stderr io.Writer) 
 	if *file == "" || len(pos) > 0 {
 		return usageErr(stderr, "switchyard rollout apply: want -f FILE and no other arguments")
 	}
-	var data []byte
-	if *file == "-" {
-		data, err = io.ReadAll(os.Stdin)
-	} else {
-		data, err = os.ReadFile(*file)
-	}
+	sp, err := readSpec(*file)
 	if err != nil {
-		return fmt.Errorf("read spec: %w", err)
-	}
-	sp, err := spec.Parse(data)
-	if err != nil {
-		return fmt.Errorf("%s is not a valid rollout spec; nothing was sent:\n%w", *file, indent(err))
+		return err
 	}
 	in := &sv1.Intent{Action: &sv1.Intent_ApplyRollout{ApplyRollout: &sv1.ApplyRollout{Spec: sp}}}
-	return sendIntent(ctx, c, in, stdout)
+	return sendIntent(ctx, c, in, "apply", stdout)
 }
 
-func rolloutAbort(ctx context.Context, args []string, stdout, stderr io.Writer) error {
-	fs := newFlags("rollout abort", stderr)
+// rolloutControl sends one of the verbs that act on a named rollout.
+func rolloutControl(ctx context.Context, verb string, args []string, stdout, stderr io.Writer) error {
+	fs := newFlags("rollout "+verb, stderr)
 	var c clientFlags
 	c.register(fs)
 	reason := fs.String("reason", "", "why, for the record")
+	full := fs.Bool("full", false, "promote: skip every remaining step and wave")
 	pos, err := parseInterleaved(fs, args)
 	if err != nil {
 		return err
@@ -153,16 +164,35 @@ func rolloutAbort(ctx context.Context, args []string, stdout, stderr io.Writer) 
 		return err
 	}
 	if len(pos) != 1 {
-		return usageErr(stderr, "switchyard rollout abort: want exactly one rollout NAME")
+		return usageErr(stderr, "switchyard rollout %s: want exactly one rollout NAME", verb)
 	}
-	in := &sv1.Intent{Action: &sv1.Intent_AbortRollout{AbortRollout: &sv1.AbortRollout{Rollout: pos[0], Reason: *reason}}}
-	return sendIntent(ctx, c, in, stdout)
+	if *full && verb != "promote" {
+		return usageErr(stderr, "switchyard rollout %s: --full goes with promote", verb)
+	}
+	name := pos[0]
+	ctl := &sv1.RolloutControl{Rollout: name, Reason: *reason}
+	in := &sv1.Intent{}
+	switch verb {
+	case "abort":
+		in.Action = &sv1.Intent_AbortRollout{AbortRollout: &sv1.AbortRollout{Rollout: name, Reason: *reason}}
+	case "undo":
+		in.Action = &sv1.Intent_UndoRollout{UndoRollout: ctl}
+	case "pause":
+		in.Action = &sv1.Intent_PauseRollout{PauseRollout: ctl}
+	case "resume":
+		in.Action = &sv1.Intent_ResumeRollout{ResumeRollout: ctl}
+	case "approve":
+		in.Action = &sv1.Intent_ApproveRollout{ApproveRollout: ctl}
+	case "promote":
+		in.Action = &sv1.Intent_PromoteRollout{PromoteRollout: &sv1.PromoteRollout{Rollout: name, Full: *full}}
+	}
+	return sendIntent(ctx, c, in, verb, stdout)
 }
 
 // errRefused is returned when the coordinators refused an intent.
 var errRefused = errors.New("refused")
 
-func sendIntent(ctx context.Context, c clientFlags, in *sv1.Intent, stdout io.Writer) error {
+func sendIntent(ctx context.Context, c clientFlags, in *sv1.Intent, verb string, stdout io.Writer) error {
 	nc, err := c.connect()
 	if err != nil {
 		return err
@@ -180,11 +210,7 @@ func sendIntent(ctx context.Context, c clientFlags, in *sv1.Intent, stdout io.Wr
 	if c.output == "json" {
 		printJSON(stdout, res)
 	} else if res.GetAccepted() {
-		what := "applied"
-		if in.GetAbortRollout() != nil {
-			what = "abort committed"
-		}
-		fmt.Fprintf(stdout, "rollout %s: %s at generation %d\n", res.GetRolloutId(), what, res.GetIndex())
+		fmt.Fprintf(stdout, "rollout %s: %s committed at index %d\n", res.GetRolloutId(), verb, res.GetIndex())
 		if res.GetDuplicate() {
 			fmt.Fprintln(stdout, "(this intent had been applied before; nothing changed)")
 		}
@@ -213,19 +239,12 @@ func rolloutStatus(ctx context.Context, args []string, stdout, stderr io.Writer)
 	if len(pos) == 1 {
 		q.Rollout = pos[0]
 	}
-	nc, err := c.connect()
+	ans, err := queryRollouts(ctx, c, q)
 	if err != nil {
 		return err
 	}
-	defer nc.Close()
-	ctx, cancel := context.WithTimeout(ctx, c.timeout)
-	defer cancel()
-	var ans sv1.RolloutsAnswer
-	if err := bus.Query(ctx, nc, bus.QueryRollouts, q, &ans); err != nil {
-		return err
-	}
 	if c.output == "json" {
-		printJSON(stdout, &ans)
+		printJSON(stdout, ans)
 		return nil
 	}
 	if q.Rollout != "" && len(ans.GetRollouts()) == 1 {
@@ -234,6 +253,21 @@ func rolloutStatus(ctx context.Context, args []string, stdout, stderr io.Writer)
 	}
 	printRolloutTable(stdout, ans.GetRollouts())
 	return nil
+}
+
+func queryRollouts(ctx context.Context, c clientFlags, q *sv1.RolloutsQuery) (*sv1.RolloutsAnswer, error) {
+	nc, err := c.connect()
+	if err != nil {
+		return nil, err
+	}
+	defer nc.Close()
+	ctx, cancel := context.WithTimeout(ctx, c.timeout)
+	defer cancel()
+	var ans sv1.RolloutsAnswer
+	if err := bus.Query(ctx, nc, bus.QueryRollouts, q, &ans); err != nil {
+		return nil, err
+	}
+	return &ans, nil
 }
 
 func printJSON(w io.Writer, m proto.Message) {
@@ -266,11 +300,27 @@ func convergence(v *sv1.RolloutView) string {
 	return fmt.Sprintf("%d/%d", v.GetConverged(), live)
 }
 
+func strategyName(sp *sv1.RolloutSpec) string {
+	if sp.GetStrategy().GetCanary() != nil {
+		return "canary"
+	}
+	return "blue-green"
+}
+
 func printRolloutDetail(w io.Writer, v *sv1.RolloutView) {
 	r := v.GetRollout()
+	sp := r.GetSpec()
 	fmt.Fprintf(w, "Rollout:     %s\n", r.GetId())
-	fmt.Fprintf(w, "Service:     %s (%s -> %s, blue-green)\n", r.GetSpec().GetService(), r.GetSpec().GetFrom(), r.GetSpec().GetTo())
-	fmt.Fprintf(w, "Phase:       %s\n", state.PhaseName(r.GetPhase()))
+	fmt.Fprintf(w, "Service:     %s (%s -> %s, %s)\n", sp.GetService(), sp.GetFrom(), sp.GetTo(), strategyName(sp))
+	phase := state.PhaseName(r.GetPhase())
+	if r.GetPaused() {
+		phase += " (paused)"
+	}
+	fmt.Fprintf(w, "Phase:       %s\n", phase)
+	fmt.Fprintf(w, "Position:    %s\n", position(r))
+	if v.GetWaiting() != "" {
+		fmt.Fprintf(w, "Waiting for: %s\n", v.GetWaiting())
+	}
 	if r.GetReason() != "" {
 		fmt.Fprintf(w, "Reason:      %s\n", r.GetReason())
 	}
@@ -288,10 +338,16 @@ func printRolloutDetail(w io.Writer, v *sv1.RolloutView) {
 			strings.TrimPrefix(strings.ToLower(n.GetDriver().String()), "driver_health_"), seen, n.GetMessage())
 	}
 	tw.Flush()
-	fmt.Fprintln(w, "\nHistory:")
-	for _, e := range r.GetHistory() {
-		fmt.Fprintf(w, "  %s  #%d  %-12s  %s\n", e.GetAt().AsTime().Local().Format("15:04:05"), e.GetIndex(), state.PhaseName(e.GetPhase()), e.GetMessage())
+	if len(v.GetWindows()) > 0 {
+		fmt.Fprintln(w, "\nAnalysis (latest windows):")
+		printWindows(w, v.GetWindows())
 	}
+	if ev := r.GetEvidence(); ev != nil {
+		fmt.Fprintf(w, "\nRollback evidence: %s\n", ev.GetSummary())
+		printWindows(w, ev.GetWindows())
+	}
+	fmt.Fprintln(w, "\nHistory:")
+	printHistory(w, r)
 }
 
 func weights(w map[string]uint32) string {

@@ -225,7 +225,8 @@ type NodeView struct {
 	// Stale is true when the node has not been heard from for the stale period.
 	Stale bool `protobuf:"varint,6,opt,name=stale,proto3" json:"stale,omitempty"`
 	// SecondsSinceSeen is how long ago its last status arrived.
-	SecondsSinceSeen float64 `protobuf:"fixed64,7,opt,name=seconds_since_seen,json=secondsSinceSeen,proto3" json:"seconds_since_seen,omitempty"`
+	SecondsSinceSeen float64           `protobuf:"fixed64,7,opt,name=seconds_since_seen,json=secondsSinceSeen,proto3" json:"seconds_since_seen,omitempty"`
+	Labels           map[string]string `protobuf:"bytes,8,rep,name=labels,proto3" json:"labels,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"bytes,2,opt,name=value"`
 	unknownFields    protoimpl.UnknownFields
 	sizeCache        protoimpl.SizeCache
 }
@@ -309,6 +310,103 @@ func (x *NodeView) GetSecondsSinceSeen() float64 {
 	return 0
 }
 
+func (x *NodeView) GetLabels() map[string]string {
+	if x != nil {
+		return x.Labels
+	}
+	return nil
+}
+
+// FleetQuery asks for the nodes that run a service.
+type FleetQuery struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Service       string                 `protobuf:"bytes,1,opt,name=service,proto3" json:"service,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *FleetQuery) Reset() {
+	*x = FleetQuery{}
+	mi := &file_switchyard_v1_query_proto_msgTypes[4]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *FleetQuery) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*FleetQuery) ProtoMessage() {}
+
+func (x *FleetQuery) ProtoReflect() protoreflect.Message {
+	mi := &file_switchyard_v1_query_proto_msgTypes[4]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use FleetQuery.ProtoReflect.Descriptor instead.
+func (*FleetQuery) Descriptor() ([]byte, []int) {
+	return file_switchyard_v1_query_proto_rawDescGZIP(), []int{4}
+}
+
+func (x *FleetQuery) GetService() string {
+	if x != nil {
+		return x.Service
+	}
+	return ""
+}
+
+// FleetAnswer lists nodes as the answering coordinator last heard of them.
+type FleetAnswer struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Nodes         []*NodeView            `protobuf:"bytes,1,rep,name=nodes,proto3" json:"nodes,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *FleetAnswer) Reset() {
+	*x = FleetAnswer{}
+	mi := &file_switchyard_v1_query_proto_msgTypes[5]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *FleetAnswer) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*FleetAnswer) ProtoMessage() {}
+
+func (x *FleetAnswer) ProtoReflect() protoreflect.Message {
+	mi := &file_switchyard_v1_query_proto_msgTypes[5]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use FleetAnswer.ProtoReflect.Descriptor instead.
+func (*FleetAnswer) Descriptor() ([]byte, []int) {
+	return file_switchyard_v1_query_proto_rawDescGZIP(), []int{5}
+}
+
+func (x *FleetAnswer) GetNodes() []*NodeView {
+	if x != nil {
+		return x.Nodes
+	}
+	return nil
+}
+
 // IntentQuery asks for the result of an intent by id, for a sender whose
 // intent the stream dropped as a duplicate of one sent before.
 type IntentQuery struct {
@@ -320,7 +418,7 @@ type IntentQuery struct {
 
 func (x *IntentQuery) Reset() {
 	*x = IntentQuery{}
-	mi := &file_switchyard_v1_query_proto_msgTypes[4]
+	mi := &file_switchyard_v1_query_proto_msgTypes[6]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -332,7 +430,7 @@ func (x *IntentQuery) String() string {
 func (*IntentQuery) ProtoMessage() {}
 
 func (x *IntentQuery) ProtoReflect() protoreflect.Message {
-	mi := &file_switchyard_v1_query_proto_msgTypes[4]
+	mi := &file_switchyard_v1_query_proto_msgTypes[6]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -345,7 +443,7 @@ func (x *IntentQuery) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use IntentQuery.ProtoReflect.Descriptor instead.
 func (*IntentQuery) Descriptor() ([]byte, []int) {
-	return file_switchyard_v1_query_proto_rawDescGZIP(), []int{4}
+	return file_switchyard_v1_query_proto_rawDescGZIP(), []int{6}
 }
 
 func (x *IntentQuery) GetId() string {
@@ -372,7 +470,7 @@ const file_switchyard_v1_query_proto_rawDesc = "" +
 	"\x05nodes\x18\x02 \x03(\v2\x17.switchyard.v1.NodeViewR\x05nodes\x12\x1c\n" +
 	"\tconverged\x18\x03 \x01(\rR\tconverged\x12\x18\n" +
 	"\awaiting\x18\x04 \x01(\tR\awaiting\x127\n" +
-	"\awindows\x18\x05 \x03(\v2\x1d.switchyard.v1.WindowEvidenceR\awindows\"\xdc\x02\n" +
+	"\awindows\x18\x05 \x03(\v2\x1d.switchyard.v1.WindowEvidenceR\awindows\"\xd4\x03\n" +
 	"\bNodeView\x12\x12\n" +
 	"\x04node\x18\x01 \x01(\tR\x04node\x12-\n" +
 	"\x12applied_generation\x18\x02 \x01(\x04R\x11appliedGeneration\x12>\n" +
@@ -380,10 +478,19 @@ const file_switchyard_v1_query_proto_rawDesc = "" +
 	"\x06driver\x18\x04 \x01(\x0e2\x1b.switchyard.v1.DriverHealthR\x06driver\x12\x18\n" +
 	"\amessage\x18\x05 \x01(\tR\amessage\x12\x14\n" +
 	"\x05stale\x18\x06 \x01(\bR\x05stale\x12,\n" +
-	"\x12seconds_since_seen\x18\a \x01(\x01R\x10secondsSinceSeen\x1a:\n" +
+	"\x12seconds_since_seen\x18\a \x01(\x01R\x10secondsSinceSeen\x12;\n" +
+	"\x06labels\x18\b \x03(\v2#.switchyard.v1.NodeView.LabelsEntryR\x06labels\x1a:\n" +
 	"\fWeightsEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
-	"\x05value\x18\x02 \x01(\rR\x05value:\x028\x01\"\x1d\n" +
+	"\x05value\x18\x02 \x01(\rR\x05value:\x028\x01\x1a9\n" +
+	"\vLabelsEntry\x12\x10\n" +
+	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
+	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"&\n" +
+	"\n" +
+	"FleetQuery\x12\x18\n" +
+	"\aservice\x18\x01 \x01(\tR\aservice\"<\n" +
+	"\vFleetAnswer\x12-\n" +
+	"\x05nodes\x18\x01 \x03(\v2\x17.switchyard.v1.NodeViewR\x05nodes\"\x1d\n" +
 	"\vIntentQuery\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\tR\x02idBCZAgithub.com/switchyard/switchyard/proto/switchyard/v1;switchyardv1b\x06proto3"
 
@@ -399,30 +506,35 @@ func file_switchyard_v1_query_proto_rawDescGZIP() []byte {
 	return file_switchyard_v1_query_proto_rawDescData
 }
 
-var file_switchyard_v1_query_proto_msgTypes = make([]protoimpl.MessageInfo, 6)
+var file_switchyard_v1_query_proto_msgTypes = make([]protoimpl.MessageInfo, 9)
 var file_switchyard_v1_query_proto_goTypes = []any{
 	(*RolloutsQuery)(nil),  // 0: switchyard.v1.RolloutsQuery
 	(*RolloutsAnswer)(nil), // 1: switchyard.v1.RolloutsAnswer
 	(*RolloutView)(nil),    // 2: switchyard.v1.RolloutView
 	(*NodeView)(nil),       // 3: switchyard.v1.NodeView
-	(*IntentQuery)(nil),    // 4: switchyard.v1.IntentQuery
-	nil,                    // 5: switchyard.v1.NodeView.WeightsEntry
-	(*Rollout)(nil),        // 6: switchyard.v1.Rollout
-	(*WindowEvidence)(nil), // 7: switchyard.v1.WindowEvidence
-	(DriverHealth)(0),      // 8: switchyard.v1.DriverHealth
+	(*FleetQuery)(nil),     // 4: switchyard.v1.FleetQuery
+	(*FleetAnswer)(nil),    // 5: switchyard.v1.FleetAnswer
+	(*IntentQuery)(nil),    // 6: switchyard.v1.IntentQuery
+	nil,                    // 7: switchyard.v1.NodeView.WeightsEntry
+	nil,                    // 8: switchyard.v1.NodeView.LabelsEntry
+	(*Rollout)(nil),        // 9: switchyard.v1.Rollout
+	(*WindowEvidence)(nil), // 10: switchyard.v1.WindowEvidence
+	(DriverHealth)(0),      // 11: switchyard.v1.DriverHealth
 }
 var file_switchyard_v1_query_proto_depIdxs = []int32{
-	2, // 0: switchyard.v1.RolloutsAnswer.rollouts:type_name -> switchyard.v1.RolloutView
-	6, // 1: switchyard.v1.RolloutView.rollout:type_name -> switchyard.v1.Rollout
-	3, // 2: switchyard.v1.RolloutView.nodes:type_name -> switchyard.v1.NodeView
-	7, // 3: switchyard.v1.RolloutView.windows:type_name -> switchyard.v1.WindowEvidence
-	5, // 4: switchyard.v1.NodeView.weights:type_name -> switchyard.v1.NodeView.WeightsEntry
-	8, // 5: switchyard.v1.NodeView.driver:type_name -> switchyard.v1.DriverHealth
-	6, // [6:6] is the sub-list for method output_type
-	6, // [6:6] is the sub-list for method input_type
-	6, // [6:6] is the sub-list for extension type_name
-	6, // [6:6] is the sub-list for extension extendee
-	0, // [0:6] is the sub-list for field type_name
+	2,  // 0: switchyard.v1.RolloutsAnswer.rollouts:type_name -> switchyard.v1.RolloutView
+	9,  // 1: switchyard.v1.RolloutView.rollout:type_name -> switchyard.v1.Rollout
+	3,  // 2: switchyard.v1.RolloutView.nodes:type_name -> switchyard.v1.NodeView
+	10, // 3: switchyard.v1.RolloutView.windows:type_name -> switchyard.v1.WindowEvidence
+	7,  // 4: switchyard.v1.NodeView.weights:type_name -> switchyard.v1.NodeView.WeightsEntry
+	11, // 5: switchyard.v1.NodeView.driver:type_name -> switchyard.v1.DriverHealth
+	8,  // 6: switchyard.v1.NodeView.labels:type_name -> switchyard.v1.NodeView.LabelsEntry
+	3,  // 7: switchyard.v1.FleetAnswer.nodes:type_name -> switchyard.v1.NodeView
+	8,  // [8:8] is the sub-list for method output_type
+	8,  // [8:8] is the sub-list for method input_type
+	8,  // [8:8] is the sub-list for extension type_name
+	8,  // [8:8] is the sub-list for extension extendee
+	0,  // [0:8] is the sub-list for field type_name
 }
 
 func init() { file_switchyard_v1_query_proto_init() }
@@ -438,7 +550,7 @@ func file_switchyard_v1_query_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_switchyard_v1_query_proto_rawDesc), len(file_switchyard_v1_query_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   6,
+			NumMessages:   9,
 			NumExtensions: 0,
 			NumServices:   0,
 		},
