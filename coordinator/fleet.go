@@ -94,3 +94,14 @@ func converged(nodes []*sv1.NodeView, generation uint64) (applied, live int) {
 func (f *fleet) Convergence(service string, generation uint64) (applied, live int) {
 	return converged(f.nodesFor(service), generation)
 }
+
+// Stale names the nodes of a service not heard from within the stale period.
+func (f *fleet) Stale(service string) []string {
+	var out []string
+	for _, n := range f.nodesFor(service) {
+		if n.GetStale() {
+			out = append(out, n.GetNode())
+		}
+	}
+	return out
+}

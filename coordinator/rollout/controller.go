@@ -8,6 +8,7 @@ package rollout
 import (
 	"fmt"
 	"log/slog"
+	"strings"
 	"time"
 
 	"google.golang.org/protobuf/types/known/timestamppb"
@@ -46,7 +47,10 @@ type Observation struct {
 	// Applied and Live count the live nodes of the service that applied the
 	// rollout's current generation, and all live nodes of the service.
 	Applied, Live int
-	Analysis      analysis.Assessment
+	// Stale names the nodes of the service that went silent; they are not
+	// waited for.
+	Stale    []string
+	Analysis analysis.Assessment
 }
 
 // Decision is the controller's verdict on one rollout.
@@ -69,7 +73,11 @@ func Decide(r *sv1.Rollout, obs Observation) Decision {
 	switch r.GetPhase() {
 	case sv1.RolloutPhase_ROLLOUT_PHASE_ROLLING_BACK:
 		if converged {
-			return Decision{Action: ConfirmRollback, Message: fmt.Sprintf("%d live nodes back on %s", obs.Live, r.GetSpec().GetFrom())}
+			msg := fmt.Sprintf("%d live nodes back on %s", obs.Live, r.GetSpec().GetFrom())
+			if len(obs.Stale) > 0 {
+				msg += fmt.Sprintf("; not heard from, so not confirmed: %s", strings.Join(obs.Stale, ", "))
+			}
+			return Decision{Action: ConfirmRollback, Message: msg}
 		}
 		return waitNodes()
 	case sv1.RolloutPhase_ROLLOUT_PHASE_PROGRESSING, sv1.RolloutPhase_ROLLOUT_PHASE_PROMOTED:
@@ -164,9 +172,11 @@ type Rollouts interface {
 	Rollouts() []*sv1.Rollout
 }
 
-// Fleet tells how many live nodes of a service applied a generation.
+// Fleet tells how many live nodes of a service applied a generation, and
+// which nodes went silent.
 type Fleet interface {
 	Convergence(service string, generation uint64) (applied, live int)
+	Stale(service string) []string
 }
 
 // Analyzer assesses a rollout's telemetry.
@@ -188,7 +198,7 @@ type Controller struct {
 // Observe gathers the observation of one rollout.
 func (c *Controller) Observe(r *sv1.Rollout, now time.Time) Observation {
 	applied, live := c.Fleet.Convergence(r.GetSpec().GetService(), r.GetGeneration())
-	obs := Observation{Now: now, Applied: applied, Live: live}
+	obs := Observation{Now: now, Applied: applied, Live: live, Stale: c.Fleet.Stale(r.GetSpec().GetService())}
 	if p := r.GetPhase(); p == sv1.RolloutPhase_ROLLOUT_PHASE_PROGRESSING || p == sv1.RolloutPhase_ROLLOUT_PHASE_PROMOTED {
 		obs.Analysis = c.Analyzer.Assess(r, now)
 	}
@@ -237,7 +247,8 @@ func (c *Controller) commit(r *sv1.Rollout, d Decision, now time.Time) error {
 		return c.Raft.Finish(&sv1.RolloutFinishEntry{Rollout: r.GetId(), StampedAt: at})
 	case ConfirmRollback:
 		applied, _ := c.Fleet.Convergence(r.GetSpec().GetService(), r.GetGeneration())
-		return c.Raft.Converged(&sv1.RolloutConvergedEntry{Rollout: r.GetId(), Generation: r.GetGeneration(), Nodes: uint32(applied), StampedAt: at})
+		return c.Raft.Converged(&sv1.RolloutConvergedEntry{Rollout: r.GetId(), Generation: r.GetGeneration(), Nodes: uint32(applied),
+			Stale: c.Fleet.Stale(r.GetSpec().GetService()), StampedAt: at})
 	}
 	return nil
 }

@@ -149,6 +149,7 @@ func (m *memRaft) Converged(e *sv1.RolloutConvergedEntry) error {
 type instantFleet struct{ live int }
 
 func (f instantFleet) Convergence(string, uint64) (int, int) { return f.live, f.live }
+func (f instantFleet) Stale(string) []string                 { return []string{"edge-9"} }
 
 type fixedAnalyzer struct{ a analysis.Assessment }
 
@@ -206,7 +207,11 @@ func TestRollout_ControllerRollsBackOnBreach(t *testing.T) {
 		t.Fatalf("after breach: %v", r)
 	}
 	_ = c.Step(t0.Add(11 * time.Second))
-	if p := st.Rollout("r").GetPhase(); p != sv1.RolloutPhase_ROLLOUT_PHASE_ROLLED_BACK {
-		t.Fatalf("phase %v once every node applied the rollback", p)
+	r = st.Rollout("r")
+	if r.GetPhase() != sv1.RolloutPhase_ROLLOUT_PHASE_ROLLED_BACK {
+		t.Fatalf("phase %v once every node applied the rollback", r.GetPhase())
+	}
+	if last := r.GetHistory()[len(r.GetHistory())-1].GetMessage(); !strings.Contains(last, "edge-9") {
+		t.Fatalf("stale node not named: %q", last)
 	}
 }

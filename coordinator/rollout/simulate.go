@@ -216,6 +216,9 @@ func (f *simFleet) view(*sv1.DesiredState) []SimNode {
 	return out
 }
 
+// Stale implements Fleet: simulated nodes never go silent.
+func (f *simFleet) Stale(string) []string { return nil }
+
 // Convergence implements Fleet: every simulated node is live.
 func (f *simFleet) Convergence(_ string, generation uint64) (applied, live int) {
 	for _, n := range f.nodes {

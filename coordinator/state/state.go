@@ -7,6 +7,7 @@ import (
 	"cmp"
 	"fmt"
 	"slices"
+	"strings"
 	"sync"
 	"time"
 
@@ -376,7 +377,11 @@ func (s *State) ApplyConverged(index uint64, e *sv1.RolloutConvergedEntry) {
 	r.Phase = sv1.RolloutPhase_ROLLOUT_PHASE_ROLLED_BACK
 	// The desired state is unchanged: its generation stays that of the entry
 	// that produced it, so agents have nothing new to apply.
-	s.record(r, index, e.GetStampedAt(), "", fmt.Sprintf("rolled back: %d live nodes applied generation %d", e.GetNodes(), e.GetGeneration()))
+	msg := fmt.Sprintf("rolled back: %d live nodes applied generation %d", e.GetNodes(), e.GetGeneration())
+	if len(e.GetStale()) > 0 {
+		msg += "; not heard from, so not confirmed: " + strings.Join(e.GetStale(), ", ")
+	}
+	s.record(r, index, e.GetStampedAt(), "", msg)
 }
 
 // derive computes a rollout's desired state at a generation. It is a pure

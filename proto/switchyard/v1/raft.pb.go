@@ -85,8 +85,10 @@ type RolloutConvergedEntry struct {
 	// when the rollout has moved on since.
 	Generation uint64 `protobuf:"varint,2,opt,name=generation,proto3" json:"generation,omitempty"`
 	// Nodes is how many live nodes confirmed it.
-	Nodes         uint32                 `protobuf:"varint,3,opt,name=nodes,proto3" json:"nodes,omitempty"`
-	StampedAt     *timestamppb.Timestamp `protobuf:"bytes,4,opt,name=stamped_at,json=stampedAt,proto3" json:"stamped_at,omitempty"`
+	Nodes     uint32                 `protobuf:"varint,3,opt,name=nodes,proto3" json:"nodes,omitempty"`
+	StampedAt *timestamppb.Timestamp `protobuf:"bytes,4,opt,name=stamped_at,json=stampedAt,proto3" json:"stamped_at,omitempty"`
+	// Stale names the nodes not heard from, which were not waited for.
+	Stale         []string `protobuf:"bytes,5,rep,name=stale,proto3" json:"stale,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -145,6 +147,13 @@ func (x *RolloutConvergedEntry) GetNodes() uint32 {
 func (x *RolloutConvergedEntry) GetStampedAt() *timestamppb.Timestamp {
 	if x != nil {
 		return x.StampedAt
+	}
+	return nil
+}
+
+func (x *RolloutConvergedEntry) GetStale() []string {
+	if x != nil {
+		return x.Stale
 	}
 	return nil
 }
@@ -569,7 +578,7 @@ const file_switchyard_v1_raft_proto_rawDesc = "" +
 	"\vIntentEntry\x12-\n" +
 	"\x06intent\x18\x01 \x01(\v2\x15.switchyard.v1.IntentR\x06intent\x129\n" +
 	"\n" +
-	"stamped_at\x18\x02 \x01(\v2\x1a.google.protobuf.TimestampR\tstampedAt\"\xa2\x01\n" +
+	"stamped_at\x18\x02 \x01(\v2\x1a.google.protobuf.TimestampR\tstampedAt\"\xb8\x01\n" +
 	"\x15RolloutConvergedEntry\x12\x18\n" +
 	"\arollout\x18\x01 \x01(\tR\arollout\x12\x1e\n" +
 	"\n" +
@@ -577,7 +586,8 @@ const file_switchyard_v1_raft_proto_rawDesc = "" +
 	"generation\x12\x14\n" +
 	"\x05nodes\x18\x03 \x01(\rR\x05nodes\x129\n" +
 	"\n" +
-	"stamped_at\x18\x04 \x01(\v2\x1a.google.protobuf.TimestampR\tstampedAt\"\x8a\x02\n" +
+	"stamped_at\x18\x04 \x01(\v2\x1a.google.protobuf.TimestampR\tstampedAt\x12\x14\n" +
+	"\x05stale\x18\x05 \x03(\tR\x05stale\"\x8a\x02\n" +
 	"\x13RolloutAdvanceEntry\x12\x18\n" +
 	"\arollout\x18\x01 \x01(\tR\arollout\x12\x1b\n" +
 	"\tfrom_wave\x18\x02 \x01(\x05R\bfromWave\x12\x1b\n" +
