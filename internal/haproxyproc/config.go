@@ -17,7 +17,8 @@ type Config struct {
 	// Dir is the working directory for haproxy.cfg, the pid file and the
 	// admin socket. Required; created if missing.
 	Dir string
-	// FrontendAddr is where clients connect, e.g. "127.0.0.1:18080".
+	// FrontendAddr is where clients connect, e.g. "127.0.0.1:18080"; port 0
+	// makes Start pick a free port (Process.FrontendAddr tells which).
 	FrontendAddr string
 	// Backend is the HAProxy backend name, e.g. "web".
 	Backend string
@@ -161,8 +162,8 @@ func validAddr(addr string) error {
 		return fmt.Errorf("host %q has a space, quote, '#' or backslash", host)
 	}
 	n, err := strconv.Atoi(port)
-	if err != nil || n < 1 || n > 65535 {
-		return fmt.Errorf("port %q must be 1..65535", port)
+	if err != nil || n < 0 || n > 65535 {
+		return fmt.Errorf("port %q must be 1..65535, or 0 to pick a free one", port)
 	}
 	return nil
 }

@@ -72,7 +72,41 @@ func Binary(explicit string) (string, error) {
 // HAProxy in the foreground and returns once its admin socket answers. ctx
 // bounds the start only (10s if it has no deadline); the process outlives it
 // until Stop.
+//
+// A FrontendAddr with port 0 asks Start to pick a free port; it retries with
+// another when HAProxy cannot bind the one it picked (another process took
+// it in between). FrontendAddr on the Process tells the port in use.
 func Start(ctx context.Context, c Config) (*Process, error) {
+	host, port, err := net.SplitHostPort(c.FrontendAddr)
+	pick := err == nil && port == "0"
+	attempts := 1
+	if pick {
+		attempts = 5
+	}
+	for i := 0; ; i++ {
+		cc := c
+		if pick {
+			free, err := FreePort()
+			if err != nil {
+				return nil, err
+			}
+			cc.FrontendAddr = net.JoinHostPort(host, strconv.Itoa(free))
+		}
+		p, err := startOnce(ctx, cc)
+		if err == nil || !pick || i+1 >= attempts || !isBindFailure(err) {
+			return p, err
+		}
+	}
+}
+
+// isBindFailure recognises HAProxy's refusal to start for a listener it
+// could not bind.
+func isBindFailure(err error) bool {
+	s := err.Error()
+	return strings.Contains(s, "cannot bind socket") || strings.Contains(s, "failed to start their listeners")
+}
+
+func startOnce(ctx context.Context, c Config) (*Process, error) {
 	text, err := Render(c)
 	if err != nil {
 		return nil, err
@@ -96,6 +130,9 @@ func Start(ctx context.Context, c Config) (*Process, error) {
 	}
 	return p, nil
 }
+
+// FrontendAddr is the address clients connect to.
+func (p *Process) FrontendAddr() string { return p.cfg.FrontendAddr }
 
 // SocketPath is the admin socket (runtime API) path.
 func (p *Process) SocketPath() string { return p.cfg.AdminSocket() }

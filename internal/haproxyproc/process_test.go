@@ -257,3 +257,21 @@ func TestFreePort_Bindable(t *testing.T) {
 	}
 	l.Close()
 }
+
+func TestStart_PicksAFreePortForPortZero(t *testing.T) {
+	c := testConfig(t)
+	c.FrontendAddr = "127.0.0.1:0"
+	ctx, cancel := context.WithTimeout(context.Background(), 15*time.Second)
+	defer cancel()
+	p, err := Start(ctx, c)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = p.Stop() })
+	if strings.HasSuffix(p.FrontendAddr(), ":0") {
+		t.Fatalf("frontend %s", p.FrontendAddr())
+	}
+	if body := get(t, p.FrontendAddr()); body != "blue" {
+		t.Fatalf("through %s: %q", p.FrontendAddr(), body)
+	}
+}

@@ -5,17 +5,13 @@
 package spec
 
 import (
-	"bytes"
-	"errors"
 	"fmt"
 	"math"
-	"reflect"
-	"strings"
 	"time"
 
-	"go.yaml.in/yaml/v3"
 	"google.golang.org/protobuf/types/known/durationpb"
 
+	"github.com/switchyard/switchyard/internal/strictyaml"
 	sv1 "github.com/switchyard/switchyard/proto/switchyard/v1"
 )
 
@@ -23,38 +19,13 @@ import (
 const Version = "v1"
 
 // ErrInvalid is wrapped by every validation and parse error.
-var ErrInvalid = errors.New("invalid rollout spec")
+var ErrInvalid = strictyaml.ErrInvalid
 
 // FieldError is one problem with one field of a spec.
-type FieldError struct {
-	// Path is the field's path, e.g. "spec.strategy.blueGreen".
-	Path string
-	// Problem says what is wrong and what would be accepted.
-	Problem string
-	// Line is the YAML line, when known.
-	Line int
-}
-
-func (e *FieldError) Error() string {
-	if e.Line > 0 {
-		return fmt.Sprintf("%s: %s (line %d)", e.Path, e.Problem, e.Line)
-	}
-	return fmt.Sprintf("%s: %s", e.Path, e.Problem)
-}
+type FieldError = strictyaml.FieldError
 
 // Errors is every problem found in a spec.
-type Errors []*FieldError
-
-func (es Errors) Error() string {
-	lines := make([]string, len(es))
-	for i, e := range es {
-		lines[i] = e.Error()
-	}
-	return strings.Join(lines, "\n")
-}
-
-// Unwrap lets errors.Is(err, ErrInvalid) hold for every spec error.
-func (es Errors) Unwrap() error { return ErrInvalid }
+type Errors = strictyaml.Errors
 
 // file is the YAML shape of a spec. Field names are what operators write.
 type file struct {
@@ -134,21 +105,9 @@ type saturationFile struct {
 // Parse reads a YAML spec, refusing unknown fields, fills in defaults and
 // validates it.
 func Parse(data []byte) (*sv1.RolloutSpec, error) {
-	var root yaml.Node
-	if err := yaml.Unmarshal(data, &root); err != nil {
-		return nil, Errors{{Path: "spec", Problem: "not valid YAML: " + strings.TrimPrefix(err.Error(), "yaml: ")}}
-	}
-	if len(root.Content) == 0 {
-		return nil, Errors{{Path: "spec", Problem: "empty document"}}
-	}
-	if errs := checkKnown(root.Content[0], reflect.TypeOf(file{}), "spec"); len(errs) > 0 {
-		return nil, errs
-	}
 	var f file
-	dec := yaml.NewDecoder(bytes.NewReader(data))
-	dec.KnownFields(true)
-	if err := dec.Decode(&f); err != nil {
-		return nil, Errors{{Path: "spec", Problem: strings.TrimPrefix(err.Error(), "yaml: ")}}
+	if err := strictyaml.Decode(data, &f, "spec"); err != nil {
+		return nil, err
 	}
 	if f.Version != Version {
 		return nil, Errors{{Path: "spec.version", Problem: fmt.Sprintf("%q is not supported, want %q", f.Version, Version)}}
@@ -265,65 +224,4 @@ func convertSteps(add func(string, string, ...any), in []stepFile, path string) 
 		out = append(out, step)
 	}
 	return out
-}
-
-// checkKnown walks a YAML mapping against the struct type it decodes into
-// and reports every key the type does not have, with its full path, so an
-// operator sees "spec.strategy.blueGren: unknown field" rather than a Go
-// type name.
-func checkKnown(n *yaml.Node, t reflect.Type, path string) Errors {
-	for t.Kind() == reflect.Pointer {
-		t = t.Elem()
-	}
-	if n.Kind == yaml.ScalarNode && n.Tag == "!!null" {
-		return nil
-	}
-	switch t.Kind() {
-	case reflect.Slice:
-		if n.Kind != yaml.SequenceNode {
-			return Errors{{Path: path, Problem: "want a list", Line: n.Line}}
-		}
-		var errs Errors
-		for i, item := range n.Content {
-			errs = append(errs, checkKnown(item, t.Elem(), fmt.Sprintf("%s[%d]", path, i))...)
-		}
-		return errs
-	case reflect.Map:
-		if n.Kind != yaml.MappingNode {
-			return Errors{{Path: path, Problem: "want a mapping", Line: n.Line}}
-		}
-		return nil
-	case reflect.Struct:
-	default:
-		return nil
-	}
-	if n.Kind != yaml.MappingNode {
-		return Errors{{Path: path, Problem: "want a mapping of fields", Line: n.Line}}
-	}
-	fields := map[string]reflect.Type{}
-	var known []string
-	for i := range t.NumField() {
-		f := t.Field(i)
-		tag := strings.Split(f.Tag.Get("yaml"), ",")[0]
-		if tag == "" || tag == "-" {
-			continue
-		}
-		fields[tag] = f.Type
-		known = append(known, tag)
-	}
-	var errs Errors
-	for i := 0; i+1 < len(n.Content); i += 2 {
-		k, v := n.Content[i], n.Content[i+1]
-		ft, ok := fields[k.Value]
-		if !ok {
-			want := "this mapping has no fields"
-			if len(known) > 0 {
-				want = "want one of " + strings.Join(known, ", ")
-			}
-			errs = append(errs, &FieldError{Path: path + "." + k.Value, Problem: "unknown field; " + want, Line: k.Line})
-			continue
-		}
-		errs = append(errs, checkKnown(v, ft, path+"."+k.Value)...)
-	}
-	return errs
 }

@@ -36,13 +36,9 @@ func startLive(t *testing.T) *live {
 		t.Cleanup(s.Close)
 		return s.Listener.Addr().String()
 	}
-	port, err := haproxyproc.FreePort()
-	if err != nil {
-		t.Fatal(err)
-	}
 	cfg := haproxyproc.Config{
 		Dir:          t.TempDir(),
-		FrontendAddr: fmt.Sprintf("127.0.0.1:%d", port),
+		FrontendAddr: "127.0.0.1:0",
 		Backend:      "web",
 		Servers: []haproxyproc.Server{
 			{Name: "blue", Addr: backend("blue"), Weight: 100},
@@ -65,7 +61,7 @@ func startLive(t *testing.T) *live {
 	return &live{
 		proc:     proc,
 		drv:      newDriver(t, blueGreen(proc.SocketPath())),
-		frontend: "http://" + cfg.FrontendAddr + "/",
+		frontend: "http://" + proc.FrontendAddr() + "/",
 		client:   &http.Client{Timeout: 5 * time.Second, Transport: transport},
 	}
 }

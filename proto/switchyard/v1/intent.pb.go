@@ -41,6 +41,9 @@ type Intent struct {
 	//	*Intent_PromoteRollout
 	//	*Intent_ApproveRollout
 	//	*Intent_UndoRollout
+	//	*Intent_RunDrill
+	//	*Intent_AbortDrill
+	//	*Intent_StopAllDrills
 	Action        isIntent_Action `protobuf_oneof:"action"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
@@ -167,6 +170,33 @@ func (x *Intent) GetUndoRollout() *RolloutControl {
 	return nil
 }
 
+func (x *Intent) GetRunDrill() *RunDrill {
+	if x != nil {
+		if x, ok := x.Action.(*Intent_RunDrill); ok {
+			return x.RunDrill
+		}
+	}
+	return nil
+}
+
+func (x *Intent) GetAbortDrill() *AbortDrill {
+	if x != nil {
+		if x, ok := x.Action.(*Intent_AbortDrill); ok {
+			return x.AbortDrill
+		}
+	}
+	return nil
+}
+
+func (x *Intent) GetStopAllDrills() *StopAllDrills {
+	if x != nil {
+		if x, ok := x.Action.(*Intent_StopAllDrills); ok {
+			return x.StopAllDrills
+		}
+	}
+	return nil
+}
+
 type isIntent_Action interface {
 	isIntent_Action()
 }
@@ -199,6 +229,18 @@ type Intent_UndoRollout struct {
 	UndoRollout *RolloutControl `protobuf:"bytes,16,opt,name=undo_rollout,json=undoRollout,proto3,oneof"`
 }
 
+type Intent_RunDrill struct {
+	RunDrill *RunDrill `protobuf:"bytes,20,opt,name=run_drill,json=runDrill,proto3,oneof"`
+}
+
+type Intent_AbortDrill struct {
+	AbortDrill *AbortDrill `protobuf:"bytes,21,opt,name=abort_drill,json=abortDrill,proto3,oneof"`
+}
+
+type Intent_StopAllDrills struct {
+	StopAllDrills *StopAllDrills `protobuf:"bytes,22,opt,name=stop_all_drills,json=stopAllDrills,proto3,oneof"`
+}
+
 func (*Intent_ApplyRollout) isIntent_Action() {}
 
 func (*Intent_AbortRollout) isIntent_Action() {}
@@ -213,6 +255,156 @@ func (*Intent_ApproveRollout) isIntent_Action() {}
 
 func (*Intent_UndoRollout) isIntent_Action() {}
 
+func (*Intent_RunDrill) isIntent_Action() {}
+
+func (*Intent_AbortDrill) isIntent_Action() {}
+
+func (*Intent_StopAllDrills) isIntent_Action() {}
+
+// RunDrill schedules a chaos drill.
+type RunDrill struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Spec          *DrillSpec             `protobuf:"bytes,1,opt,name=spec,proto3" json:"spec,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *RunDrill) Reset() {
+	*x = RunDrill{}
+	mi := &file_switchyard_v1_intent_proto_msgTypes[1]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RunDrill) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RunDrill) ProtoMessage() {}
+
+func (x *RunDrill) ProtoReflect() protoreflect.Message {
+	mi := &file_switchyard_v1_intent_proto_msgTypes[1]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RunDrill.ProtoReflect.Descriptor instead.
+func (*RunDrill) Descriptor() ([]byte, []int) {
+	return file_switchyard_v1_intent_proto_rawDescGZIP(), []int{1}
+}
+
+func (x *RunDrill) GetSpec() *DrillSpec {
+	if x != nil {
+		return x.Spec
+	}
+	return nil
+}
+
+// AbortDrill ends one drill now.
+type AbortDrill struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Drill         string                 `protobuf:"bytes,1,opt,name=drill,proto3" json:"drill,omitempty"`
+	Reason        string                 `protobuf:"bytes,2,opt,name=reason,proto3" json:"reason,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *AbortDrill) Reset() {
+	*x = AbortDrill{}
+	mi := &file_switchyard_v1_intent_proto_msgTypes[2]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *AbortDrill) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*AbortDrill) ProtoMessage() {}
+
+func (x *AbortDrill) ProtoReflect() protoreflect.Message {
+	mi := &file_switchyard_v1_intent_proto_msgTypes[2]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use AbortDrill.ProtoReflect.Descriptor instead.
+func (*AbortDrill) Descriptor() ([]byte, []int) {
+	return file_switchyard_v1_intent_proto_rawDescGZIP(), []int{2}
+}
+
+func (x *AbortDrill) GetDrill() string {
+	if x != nil {
+		return x.Drill
+	}
+	return ""
+}
+
+func (x *AbortDrill) GetReason() string {
+	if x != nil {
+		return x.Reason
+	}
+	return ""
+}
+
+// StopAllDrills is the kill switch: every scheduled or running drill ends
+// now.
+type StopAllDrills struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Reason        string                 `protobuf:"bytes,1,opt,name=reason,proto3" json:"reason,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *StopAllDrills) Reset() {
+	*x = StopAllDrills{}
+	mi := &file_switchyard_v1_intent_proto_msgTypes[3]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *StopAllDrills) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*StopAllDrills) ProtoMessage() {}
+
+func (x *StopAllDrills) ProtoReflect() protoreflect.Message {
+	mi := &file_switchyard_v1_intent_proto_msgTypes[3]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use StopAllDrills.ProtoReflect.Descriptor instead.
+func (*StopAllDrills) Descriptor() ([]byte, []int) {
+	return file_switchyard_v1_intent_proto_rawDescGZIP(), []int{3}
+}
+
+func (x *StopAllDrills) GetReason() string {
+	if x != nil {
+		return x.Reason
+	}
+	return ""
+}
+
 // RolloutControl names a rollout for pause, resume, approve and undo.
 type RolloutControl struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
@@ -224,7 +416,7 @@ type RolloutControl struct {
 
 func (x *RolloutControl) Reset() {
 	*x = RolloutControl{}
-	mi := &file_switchyard_v1_intent_proto_msgTypes[1]
+	mi := &file_switchyard_v1_intent_proto_msgTypes[4]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -236,7 +428,7 @@ func (x *RolloutControl) String() string {
 func (*RolloutControl) ProtoMessage() {}
 
 func (x *RolloutControl) ProtoReflect() protoreflect.Message {
-	mi := &file_switchyard_v1_intent_proto_msgTypes[1]
+	mi := &file_switchyard_v1_intent_proto_msgTypes[4]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -249,7 +441,7 @@ func (x *RolloutControl) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RolloutControl.ProtoReflect.Descriptor instead.
 func (*RolloutControl) Descriptor() ([]byte, []int) {
-	return file_switchyard_v1_intent_proto_rawDescGZIP(), []int{1}
+	return file_switchyard_v1_intent_proto_rawDescGZIP(), []int{4}
 }
 
 func (x *RolloutControl) GetRollout() string {
@@ -277,7 +469,7 @@ type PromoteRollout struct {
 
 func (x *PromoteRollout) Reset() {
 	*x = PromoteRollout{}
-	mi := &file_switchyard_v1_intent_proto_msgTypes[2]
+	mi := &file_switchyard_v1_intent_proto_msgTypes[5]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -289,7 +481,7 @@ func (x *PromoteRollout) String() string {
 func (*PromoteRollout) ProtoMessage() {}
 
 func (x *PromoteRollout) ProtoReflect() protoreflect.Message {
-	mi := &file_switchyard_v1_intent_proto_msgTypes[2]
+	mi := &file_switchyard_v1_intent_proto_msgTypes[5]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -302,7 +494,7 @@ func (x *PromoteRollout) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PromoteRollout.ProtoReflect.Descriptor instead.
 func (*PromoteRollout) Descriptor() ([]byte, []int) {
-	return file_switchyard_v1_intent_proto_rawDescGZIP(), []int{2}
+	return file_switchyard_v1_intent_proto_rawDescGZIP(), []int{5}
 }
 
 func (x *PromoteRollout) GetRollout() string {
@@ -329,7 +521,7 @@ type ApplyRollout struct {
 
 func (x *ApplyRollout) Reset() {
 	*x = ApplyRollout{}
-	mi := &file_switchyard_v1_intent_proto_msgTypes[3]
+	mi := &file_switchyard_v1_intent_proto_msgTypes[6]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -341,7 +533,7 @@ func (x *ApplyRollout) String() string {
 func (*ApplyRollout) ProtoMessage() {}
 
 func (x *ApplyRollout) ProtoReflect() protoreflect.Message {
-	mi := &file_switchyard_v1_intent_proto_msgTypes[3]
+	mi := &file_switchyard_v1_intent_proto_msgTypes[6]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -354,7 +546,7 @@ func (x *ApplyRollout) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ApplyRollout.ProtoReflect.Descriptor instead.
 func (*ApplyRollout) Descriptor() ([]byte, []int) {
-	return file_switchyard_v1_intent_proto_rawDescGZIP(), []int{3}
+	return file_switchyard_v1_intent_proto_rawDescGZIP(), []int{6}
 }
 
 func (x *ApplyRollout) GetSpec() *RolloutSpec {
@@ -375,7 +567,7 @@ type AbortRollout struct {
 
 func (x *AbortRollout) Reset() {
 	*x = AbortRollout{}
-	mi := &file_switchyard_v1_intent_proto_msgTypes[4]
+	mi := &file_switchyard_v1_intent_proto_msgTypes[7]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -387,7 +579,7 @@ func (x *AbortRollout) String() string {
 func (*AbortRollout) ProtoMessage() {}
 
 func (x *AbortRollout) ProtoReflect() protoreflect.Message {
-	mi := &file_switchyard_v1_intent_proto_msgTypes[4]
+	mi := &file_switchyard_v1_intent_proto_msgTypes[7]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -400,7 +592,7 @@ func (x *AbortRollout) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AbortRollout.ProtoReflect.Descriptor instead.
 func (*AbortRollout) Descriptor() ([]byte, []int) {
-	return file_switchyard_v1_intent_proto_rawDescGZIP(), []int{4}
+	return file_switchyard_v1_intent_proto_rawDescGZIP(), []int{7}
 }
 
 func (x *AbortRollout) GetRollout() string {
@@ -439,7 +631,7 @@ type IntentResult struct {
 
 func (x *IntentResult) Reset() {
 	*x = IntentResult{}
-	mi := &file_switchyard_v1_intent_proto_msgTypes[5]
+	mi := &file_switchyard_v1_intent_proto_msgTypes[8]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -451,7 +643,7 @@ func (x *IntentResult) String() string {
 func (*IntentResult) ProtoMessage() {}
 
 func (x *IntentResult) ProtoReflect() protoreflect.Message {
-	mi := &file_switchyard_v1_intent_proto_msgTypes[5]
+	mi := &file_switchyard_v1_intent_proto_msgTypes[8]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -464,7 +656,7 @@ func (x *IntentResult) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use IntentResult.ProtoReflect.Descriptor instead.
 func (*IntentResult) Descriptor() ([]byte, []int) {
-	return file_switchyard_v1_intent_proto_rawDescGZIP(), []int{5}
+	return file_switchyard_v1_intent_proto_rawDescGZIP(), []int{8}
 }
 
 func (x *IntentResult) GetIntentId() string {
@@ -520,7 +712,7 @@ var File_switchyard_v1_intent_proto protoreflect.FileDescriptor
 
 const file_switchyard_v1_intent_proto_rawDesc = "" +
 	"\n" +
-	"\x1aswitchyard/v1/intent.proto\x12\rswitchyard.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x1bswitchyard/v1/rollout.proto\"\xe7\x04\n" +
+	"\x1aswitchyard/v1/intent.proto\x12\rswitchyard.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x19switchyard/v1/drill.proto\x1a\x1bswitchyard/v1/rollout.proto\"\xa5\x06\n" +
 	"\x06Intent\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\tR\x02id\x12\x1a\n" +
 	"\boperator\x18\x02 \x01(\tR\boperator\x129\n" +
@@ -533,8 +725,20 @@ const file_switchyard_v1_intent_proto_rawDesc = "" +
 	"\x0eresume_rollout\x18\r \x01(\v2\x1d.switchyard.v1.RolloutControlH\x00R\rresumeRollout\x12H\n" +
 	"\x0fpromote_rollout\x18\x0e \x01(\v2\x1d.switchyard.v1.PromoteRolloutH\x00R\x0epromoteRollout\x12H\n" +
 	"\x0fapprove_rollout\x18\x0f \x01(\v2\x1d.switchyard.v1.RolloutControlH\x00R\x0eapproveRollout\x12B\n" +
-	"\fundo_rollout\x18\x10 \x01(\v2\x1d.switchyard.v1.RolloutControlH\x00R\vundoRolloutB\b\n" +
-	"\x06action\"B\n" +
+	"\fundo_rollout\x18\x10 \x01(\v2\x1d.switchyard.v1.RolloutControlH\x00R\vundoRollout\x126\n" +
+	"\trun_drill\x18\x14 \x01(\v2\x17.switchyard.v1.RunDrillH\x00R\brunDrill\x12<\n" +
+	"\vabort_drill\x18\x15 \x01(\v2\x19.switchyard.v1.AbortDrillH\x00R\n" +
+	"abortDrill\x12F\n" +
+	"\x0fstop_all_drills\x18\x16 \x01(\v2\x1c.switchyard.v1.StopAllDrillsH\x00R\rstopAllDrillsB\b\n" +
+	"\x06action\"8\n" +
+	"\bRunDrill\x12,\n" +
+	"\x04spec\x18\x01 \x01(\v2\x18.switchyard.v1.DrillSpecR\x04spec\":\n" +
+	"\n" +
+	"AbortDrill\x12\x14\n" +
+	"\x05drill\x18\x01 \x01(\tR\x05drill\x12\x16\n" +
+	"\x06reason\x18\x02 \x01(\tR\x06reason\"'\n" +
+	"\rStopAllDrills\x12\x16\n" +
+	"\x06reason\x18\x01 \x01(\tR\x06reason\"B\n" +
 	"\x0eRolloutControl\x12\x18\n" +
 	"\arollout\x18\x01 \x01(\tR\arollout\x12\x16\n" +
 	"\x06reason\x18\x02 \x01(\tR\x06reason\">\n" +
@@ -568,32 +772,40 @@ func file_switchyard_v1_intent_proto_rawDescGZIP() []byte {
 	return file_switchyard_v1_intent_proto_rawDescData
 }
 
-var file_switchyard_v1_intent_proto_msgTypes = make([]protoimpl.MessageInfo, 6)
+var file_switchyard_v1_intent_proto_msgTypes = make([]protoimpl.MessageInfo, 9)
 var file_switchyard_v1_intent_proto_goTypes = []any{
 	(*Intent)(nil),                // 0: switchyard.v1.Intent
-	(*RolloutControl)(nil),        // 1: switchyard.v1.RolloutControl
-	(*PromoteRollout)(nil),        // 2: switchyard.v1.PromoteRollout
-	(*ApplyRollout)(nil),          // 3: switchyard.v1.ApplyRollout
-	(*AbortRollout)(nil),          // 4: switchyard.v1.AbortRollout
-	(*IntentResult)(nil),          // 5: switchyard.v1.IntentResult
-	(*timestamppb.Timestamp)(nil), // 6: google.protobuf.Timestamp
-	(*RolloutSpec)(nil),           // 7: switchyard.v1.RolloutSpec
+	(*RunDrill)(nil),              // 1: switchyard.v1.RunDrill
+	(*AbortDrill)(nil),            // 2: switchyard.v1.AbortDrill
+	(*StopAllDrills)(nil),         // 3: switchyard.v1.StopAllDrills
+	(*RolloutControl)(nil),        // 4: switchyard.v1.RolloutControl
+	(*PromoteRollout)(nil),        // 5: switchyard.v1.PromoteRollout
+	(*ApplyRollout)(nil),          // 6: switchyard.v1.ApplyRollout
+	(*AbortRollout)(nil),          // 7: switchyard.v1.AbortRollout
+	(*IntentResult)(nil),          // 8: switchyard.v1.IntentResult
+	(*timestamppb.Timestamp)(nil), // 9: google.protobuf.Timestamp
+	(*DrillSpec)(nil),             // 10: switchyard.v1.DrillSpec
+	(*RolloutSpec)(nil),           // 11: switchyard.v1.RolloutSpec
 }
 var file_switchyard_v1_intent_proto_depIdxs = []int32{
-	6, // 0: switchyard.v1.Intent.created_at:type_name -> google.protobuf.Timestamp
-	3, // 1: switchyard.v1.Intent.apply_rollout:type_name -> switchyard.v1.ApplyRollout
-	4, // 2: switchyard.v1.Intent.abort_rollout:type_name -> switchyard.v1.AbortRollout
-	1, // 3: switchyard.v1.Intent.pause_rollout:type_name -> switchyard.v1.RolloutControl
-	1, // 4: switchyard.v1.Intent.resume_rollout:type_name -> switchyard.v1.RolloutControl
-	2, // 5: switchyard.v1.Intent.promote_rollout:type_name -> switchyard.v1.PromoteRollout
-	1, // 6: switchyard.v1.Intent.approve_rollout:type_name -> switchyard.v1.RolloutControl
-	1, // 7: switchyard.v1.Intent.undo_rollout:type_name -> switchyard.v1.RolloutControl
-	7, // 8: switchyard.v1.ApplyRollout.spec:type_name -> switchyard.v1.RolloutSpec
-	9, // [9:9] is the sub-list for method output_type
-	9, // [9:9] is the sub-list for method input_type
-	9, // [9:9] is the sub-list for extension type_name
-	9, // [9:9] is the sub-list for extension extendee
-	0, // [0:9] is the sub-list for field type_name
+	9,  // 0: switchyard.v1.Intent.created_at:type_name -> google.protobuf.Timestamp
+	6,  // 1: switchyard.v1.Intent.apply_rollout:type_name -> switchyard.v1.ApplyRollout
+	7,  // 2: switchyard.v1.Intent.abort_rollout:type_name -> switchyard.v1.AbortRollout
+	4,  // 3: switchyard.v1.Intent.pause_rollout:type_name -> switchyard.v1.RolloutControl
+	4,  // 4: switchyard.v1.Intent.resume_rollout:type_name -> switchyard.v1.RolloutControl
+	5,  // 5: switchyard.v1.Intent.promote_rollout:type_name -> switchyard.v1.PromoteRollout
+	4,  // 6: switchyard.v1.Intent.approve_rollout:type_name -> switchyard.v1.RolloutControl
+	4,  // 7: switchyard.v1.Intent.undo_rollout:type_name -> switchyard.v1.RolloutControl
+	1,  // 8: switchyard.v1.Intent.run_drill:type_name -> switchyard.v1.RunDrill
+	2,  // 9: switchyard.v1.Intent.abort_drill:type_name -> switchyard.v1.AbortDrill
+	3,  // 10: switchyard.v1.Intent.stop_all_drills:type_name -> switchyard.v1.StopAllDrills
+	10, // 11: switchyard.v1.RunDrill.spec:type_name -> switchyard.v1.DrillSpec
+	11, // 12: switchyard.v1.ApplyRollout.spec:type_name -> switchyard.v1.RolloutSpec
+	13, // [13:13] is the sub-list for method output_type
+	13, // [13:13] is the sub-list for method input_type
+	13, // [13:13] is the sub-list for extension type_name
+	13, // [13:13] is the sub-list for extension extendee
+	0,  // [0:13] is the sub-list for field type_name
 }
 
 func init() { file_switchyard_v1_intent_proto_init() }
@@ -601,6 +813,7 @@ func file_switchyard_v1_intent_proto_init() {
 	if File_switchyard_v1_intent_proto != nil {
 		return
 	}
+	file_switchyard_v1_drill_proto_init()
 	file_switchyard_v1_rollout_proto_init()
 	file_switchyard_v1_intent_proto_msgTypes[0].OneofWrappers = []any{
 		(*Intent_ApplyRollout)(nil),
@@ -610,6 +823,9 @@ func file_switchyard_v1_intent_proto_init() {
 		(*Intent_PromoteRollout)(nil),
 		(*Intent_ApproveRollout)(nil),
 		(*Intent_UndoRollout)(nil),
+		(*Intent_RunDrill)(nil),
+		(*Intent_AbortDrill)(nil),
+		(*Intent_StopAllDrills)(nil),
 	}
 	type x struct{}
 	out := protoimpl.TypeBuilder{
@@ -617,7 +833,7 @@ func file_switchyard_v1_intent_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_switchyard_v1_intent_proto_rawDesc), len(file_switchyard_v1_intent_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   6,
+			NumMessages:   9,
 			NumExtensions: 0,
 			NumServices:   0,
 		},

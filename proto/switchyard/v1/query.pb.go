@@ -453,11 +453,155 @@ func (x *IntentQuery) GetId() string {
 	return ""
 }
 
+// DrillsQuery asks for drills; empty drill asks for all.
+type DrillsQuery struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Drill         string                 `protobuf:"bytes,1,opt,name=drill,proto3" json:"drill,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *DrillsQuery) Reset() {
+	*x = DrillsQuery{}
+	mi := &file_switchyard_v1_query_proto_msgTypes[7]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *DrillsQuery) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*DrillsQuery) ProtoMessage() {}
+
+func (x *DrillsQuery) ProtoReflect() protoreflect.Message {
+	mi := &file_switchyard_v1_query_proto_msgTypes[7]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use DrillsQuery.ProtoReflect.Descriptor instead.
+func (*DrillsQuery) Descriptor() ([]byte, []int) {
+	return file_switchyard_v1_query_proto_rawDescGZIP(), []int{7}
+}
+
+func (x *DrillsQuery) GetDrill() string {
+	if x != nil {
+		return x.Drill
+	}
+	return ""
+}
+
+// DrillsAnswer lists drills with what the fleet reports of them.
+type DrillsAnswer struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Drills        []*DrillView           `protobuf:"bytes,1,rep,name=drills,proto3" json:"drills,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *DrillsAnswer) Reset() {
+	*x = DrillsAnswer{}
+	mi := &file_switchyard_v1_query_proto_msgTypes[8]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *DrillsAnswer) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*DrillsAnswer) ProtoMessage() {}
+
+func (x *DrillsAnswer) ProtoReflect() protoreflect.Message {
+	mi := &file_switchyard_v1_query_proto_msgTypes[8]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use DrillsAnswer.ProtoReflect.Descriptor instead.
+func (*DrillsAnswer) Descriptor() ([]byte, []int) {
+	return file_switchyard_v1_query_proto_rawDescGZIP(), []int{8}
+}
+
+func (x *DrillsAnswer) GetDrills() []*DrillView {
+	if x != nil {
+		return x.Drills
+	}
+	return nil
+}
+
+// DrillView is one drill and its targets' reports.
+type DrillView struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	Drill *Drill                 `protobuf:"bytes,1,opt,name=drill,proto3" json:"drill,omitempty"`
+	// Active names the targets whose agents report the fault active now.
+	Active        []string `protobuf:"bytes,2,rep,name=active,proto3" json:"active,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *DrillView) Reset() {
+	*x = DrillView{}
+	mi := &file_switchyard_v1_query_proto_msgTypes[9]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *DrillView) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*DrillView) ProtoMessage() {}
+
+func (x *DrillView) ProtoReflect() protoreflect.Message {
+	mi := &file_switchyard_v1_query_proto_msgTypes[9]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use DrillView.ProtoReflect.Descriptor instead.
+func (*DrillView) Descriptor() ([]byte, []int) {
+	return file_switchyard_v1_query_proto_rawDescGZIP(), []int{9}
+}
+
+func (x *DrillView) GetDrill() *Drill {
+	if x != nil {
+		return x.Drill
+	}
+	return nil
+}
+
+func (x *DrillView) GetActive() []string {
+	if x != nil {
+		return x.Active
+	}
+	return nil
+}
+
 var File_switchyard_v1_query_proto protoreflect.FileDescriptor
 
 const file_switchyard_v1_query_proto_rawDesc = "" +
 	"\n" +
-	"\x19switchyard/v1/query.proto\x12\rswitchyard.v1\x1a\x1bswitchyard/v1/rollout.proto\x1a\x1dswitchyard/v1/telemetry.proto\")\n" +
+	"\x19switchyard/v1/query.proto\x12\rswitchyard.v1\x1a\x19switchyard/v1/drill.proto\x1a\x1bswitchyard/v1/rollout.proto\x1a\x1dswitchyard/v1/telemetry.proto\")\n" +
 	"\rRolloutsQuery\x12\x18\n" +
 	"\arollout\x18\x01 \x01(\tR\arollout\"\x81\x01\n" +
 	"\x0eRolloutsAnswer\x126\n" +
@@ -492,7 +636,14 @@ const file_switchyard_v1_query_proto_rawDesc = "" +
 	"\vFleetAnswer\x12-\n" +
 	"\x05nodes\x18\x01 \x03(\v2\x17.switchyard.v1.NodeViewR\x05nodes\"\x1d\n" +
 	"\vIntentQuery\x12\x0e\n" +
-	"\x02id\x18\x01 \x01(\tR\x02idBCZAgithub.com/switchyard/switchyard/proto/switchyard/v1;switchyardv1b\x06proto3"
+	"\x02id\x18\x01 \x01(\tR\x02id\"#\n" +
+	"\vDrillsQuery\x12\x14\n" +
+	"\x05drill\x18\x01 \x01(\tR\x05drill\"@\n" +
+	"\fDrillsAnswer\x120\n" +
+	"\x06drills\x18\x01 \x03(\v2\x18.switchyard.v1.DrillViewR\x06drills\"O\n" +
+	"\tDrillView\x12*\n" +
+	"\x05drill\x18\x01 \x01(\v2\x14.switchyard.v1.DrillR\x05drill\x12\x16\n" +
+	"\x06active\x18\x02 \x03(\tR\x06activeBCZAgithub.com/switchyard/switchyard/proto/switchyard/v1;switchyardv1b\x06proto3"
 
 var (
 	file_switchyard_v1_query_proto_rawDescOnce sync.Once
@@ -506,7 +657,7 @@ func file_switchyard_v1_query_proto_rawDescGZIP() []byte {
 	return file_switchyard_v1_query_proto_rawDescData
 }
 
-var file_switchyard_v1_query_proto_msgTypes = make([]protoimpl.MessageInfo, 9)
+var file_switchyard_v1_query_proto_msgTypes = make([]protoimpl.MessageInfo, 12)
 var file_switchyard_v1_query_proto_goTypes = []any{
 	(*RolloutsQuery)(nil),  // 0: switchyard.v1.RolloutsQuery
 	(*RolloutsAnswer)(nil), // 1: switchyard.v1.RolloutsAnswer
@@ -515,26 +666,32 @@ var file_switchyard_v1_query_proto_goTypes = []any{
 	(*FleetQuery)(nil),     // 4: switchyard.v1.FleetQuery
 	(*FleetAnswer)(nil),    // 5: switchyard.v1.FleetAnswer
 	(*IntentQuery)(nil),    // 6: switchyard.v1.IntentQuery
-	nil,                    // 7: switchyard.v1.NodeView.WeightsEntry
-	nil,                    // 8: switchyard.v1.NodeView.LabelsEntry
-	(*Rollout)(nil),        // 9: switchyard.v1.Rollout
-	(*WindowEvidence)(nil), // 10: switchyard.v1.WindowEvidence
-	(DriverHealth)(0),      // 11: switchyard.v1.DriverHealth
+	(*DrillsQuery)(nil),    // 7: switchyard.v1.DrillsQuery
+	(*DrillsAnswer)(nil),   // 8: switchyard.v1.DrillsAnswer
+	(*DrillView)(nil),      // 9: switchyard.v1.DrillView
+	nil,                    // 10: switchyard.v1.NodeView.WeightsEntry
+	nil,                    // 11: switchyard.v1.NodeView.LabelsEntry
+	(*Rollout)(nil),        // 12: switchyard.v1.Rollout
+	(*WindowEvidence)(nil), // 13: switchyard.v1.WindowEvidence
+	(DriverHealth)(0),      // 14: switchyard.v1.DriverHealth
+	(*Drill)(nil),          // 15: switchyard.v1.Drill
 }
 var file_switchyard_v1_query_proto_depIdxs = []int32{
 	2,  // 0: switchyard.v1.RolloutsAnswer.rollouts:type_name -> switchyard.v1.RolloutView
-	9,  // 1: switchyard.v1.RolloutView.rollout:type_name -> switchyard.v1.Rollout
+	12, // 1: switchyard.v1.RolloutView.rollout:type_name -> switchyard.v1.Rollout
 	3,  // 2: switchyard.v1.RolloutView.nodes:type_name -> switchyard.v1.NodeView
-	10, // 3: switchyard.v1.RolloutView.windows:type_name -> switchyard.v1.WindowEvidence
-	7,  // 4: switchyard.v1.NodeView.weights:type_name -> switchyard.v1.NodeView.WeightsEntry
-	11, // 5: switchyard.v1.NodeView.driver:type_name -> switchyard.v1.DriverHealth
-	8,  // 6: switchyard.v1.NodeView.labels:type_name -> switchyard.v1.NodeView.LabelsEntry
+	13, // 3: switchyard.v1.RolloutView.windows:type_name -> switchyard.v1.WindowEvidence
+	10, // 4: switchyard.v1.NodeView.weights:type_name -> switchyard.v1.NodeView.WeightsEntry
+	14, // 5: switchyard.v1.NodeView.driver:type_name -> switchyard.v1.DriverHealth
+	11, // 6: switchyard.v1.NodeView.labels:type_name -> switchyard.v1.NodeView.LabelsEntry
 	3,  // 7: switchyard.v1.FleetAnswer.nodes:type_name -> switchyard.v1.NodeView
-	8,  // [8:8] is the sub-list for method output_type
-	8,  // [8:8] is the sub-list for method input_type
-	8,  // [8:8] is the sub-list for extension type_name
-	8,  // [8:8] is the sub-list for extension extendee
-	0,  // [0:8] is the sub-list for field type_name
+	9,  // 8: switchyard.v1.DrillsAnswer.drills:type_name -> switchyard.v1.DrillView
+	15, // 9: switchyard.v1.DrillView.drill:type_name -> switchyard.v1.Drill
+	10, // [10:10] is the sub-list for method output_type
+	10, // [10:10] is the sub-list for method input_type
+	10, // [10:10] is the sub-list for extension type_name
+	10, // [10:10] is the sub-list for extension extendee
+	0,  // [0:10] is the sub-list for field type_name
 }
 
 func init() { file_switchyard_v1_query_proto_init() }
@@ -542,6 +699,7 @@ func file_switchyard_v1_query_proto_init() {
 	if File_switchyard_v1_query_proto != nil {
 		return
 	}
+	file_switchyard_v1_drill_proto_init()
 	file_switchyard_v1_rollout_proto_init()
 	file_switchyard_v1_telemetry_proto_init()
 	type x struct{}
@@ -550,7 +708,7 @@ func file_switchyard_v1_query_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_switchyard_v1_query_proto_rawDesc), len(file_switchyard_v1_query_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   9,
+			NumMessages:   12,
 			NumExtensions: 0,
 			NumServices:   0,
 		},

@@ -385,6 +385,190 @@ func (x *RolloutFinishEntry) GetStampedAt() *timestamppb.Timestamp {
 	return nil
 }
 
+// DrillStartEntry starts a scheduled drill on the targets the leader chose
+// from its view of the fleet.
+type DrillStartEntry struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Drill         string                 `protobuf:"bytes,1,opt,name=drill,proto3" json:"drill,omitempty"`
+	Targets       []string               `protobuf:"bytes,2,rep,name=targets,proto3" json:"targets,omitempty"`
+	StampedAt     *timestamppb.Timestamp `protobuf:"bytes,3,opt,name=stamped_at,json=stampedAt,proto3" json:"stamped_at,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *DrillStartEntry) Reset() {
+	*x = DrillStartEntry{}
+	mi := &file_switchyard_v1_raft_proto_msgTypes[5]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *DrillStartEntry) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*DrillStartEntry) ProtoMessage() {}
+
+func (x *DrillStartEntry) ProtoReflect() protoreflect.Message {
+	mi := &file_switchyard_v1_raft_proto_msgTypes[5]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use DrillStartEntry.ProtoReflect.Descriptor instead.
+func (*DrillStartEntry) Descriptor() ([]byte, []int) {
+	return file_switchyard_v1_raft_proto_rawDescGZIP(), []int{5}
+}
+
+func (x *DrillStartEntry) GetDrill() string {
+	if x != nil {
+		return x.Drill
+	}
+	return ""
+}
+
+func (x *DrillStartEntry) GetTargets() []string {
+	if x != nil {
+		return x.Targets
+	}
+	return nil
+}
+
+func (x *DrillStartEntry) GetStampedAt() *timestamppb.Timestamp {
+	if x != nil {
+		return x.StampedAt
+	}
+	return nil
+}
+
+// DrillEndEntry ends a drill: at its end, or aborted.
+type DrillEndEntry struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Drill         string                 `protobuf:"bytes,1,opt,name=drill,proto3" json:"drill,omitempty"`
+	Aborted       bool                   `protobuf:"varint,2,opt,name=aborted,proto3" json:"aborted,omitempty"`
+	Reason        string                 `protobuf:"bytes,3,opt,name=reason,proto3" json:"reason,omitempty"`
+	StampedAt     *timestamppb.Timestamp `protobuf:"bytes,4,opt,name=stamped_at,json=stampedAt,proto3" json:"stamped_at,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *DrillEndEntry) Reset() {
+	*x = DrillEndEntry{}
+	mi := &file_switchyard_v1_raft_proto_msgTypes[6]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *DrillEndEntry) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*DrillEndEntry) ProtoMessage() {}
+
+func (x *DrillEndEntry) ProtoReflect() protoreflect.Message {
+	mi := &file_switchyard_v1_raft_proto_msgTypes[6]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use DrillEndEntry.ProtoReflect.Descriptor instead.
+func (*DrillEndEntry) Descriptor() ([]byte, []int) {
+	return file_switchyard_v1_raft_proto_rawDescGZIP(), []int{6}
+}
+
+func (x *DrillEndEntry) GetDrill() string {
+	if x != nil {
+		return x.Drill
+	}
+	return ""
+}
+
+func (x *DrillEndEntry) GetAborted() bool {
+	if x != nil {
+		return x.Aborted
+	}
+	return false
+}
+
+func (x *DrillEndEntry) GetReason() string {
+	if x != nil {
+		return x.Reason
+	}
+	return ""
+}
+
+func (x *DrillEndEntry) GetStampedAt() *timestamppb.Timestamp {
+	if x != nil {
+		return x.StampedAt
+	}
+	return nil
+}
+
+// DrillReportEntry records what a drill proved.
+type DrillReportEntry struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Drill         string                 `protobuf:"bytes,1,opt,name=drill,proto3" json:"drill,omitempty"`
+	Report        *DrillReport           `protobuf:"bytes,2,opt,name=report,proto3" json:"report,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *DrillReportEntry) Reset() {
+	*x = DrillReportEntry{}
+	mi := &file_switchyard_v1_raft_proto_msgTypes[7]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *DrillReportEntry) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*DrillReportEntry) ProtoMessage() {}
+
+func (x *DrillReportEntry) ProtoReflect() protoreflect.Message {
+	mi := &file_switchyard_v1_raft_proto_msgTypes[7]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use DrillReportEntry.ProtoReflect.Descriptor instead.
+func (*DrillReportEntry) Descriptor() ([]byte, []int) {
+	return file_switchyard_v1_raft_proto_rawDescGZIP(), []int{7}
+}
+
+func (x *DrillReportEntry) GetDrill() string {
+	if x != nil {
+		return x.Drill
+	}
+	return ""
+}
+
+func (x *DrillReportEntry) GetReport() *DrillReport {
+	if x != nil {
+		return x.Report
+	}
+	return nil
+}
+
 // StateSnapshot is the whole replicated state, as written to a Raft
 // snapshot. Restoring it replaces the state.
 type StateSnapshot struct {
@@ -392,13 +576,14 @@ type StateSnapshot struct {
 	Services      []*ServiceRecord       `protobuf:"bytes,1,rep,name=services,proto3" json:"services,omitempty"`
 	Rollouts      []*Rollout             `protobuf:"bytes,2,rep,name=rollouts,proto3" json:"rollouts,omitempty"`
 	Intents       []*ProcessedIntent     `protobuf:"bytes,3,rep,name=intents,proto3" json:"intents,omitempty"`
+	Drills        []*Drill               `protobuf:"bytes,4,rep,name=drills,proto3" json:"drills,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
 
 func (x *StateSnapshot) Reset() {
 	*x = StateSnapshot{}
-	mi := &file_switchyard_v1_raft_proto_msgTypes[5]
+	mi := &file_switchyard_v1_raft_proto_msgTypes[8]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -410,7 +595,7 @@ func (x *StateSnapshot) String() string {
 func (*StateSnapshot) ProtoMessage() {}
 
 func (x *StateSnapshot) ProtoReflect() protoreflect.Message {
-	mi := &file_switchyard_v1_raft_proto_msgTypes[5]
+	mi := &file_switchyard_v1_raft_proto_msgTypes[8]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -423,7 +608,7 @@ func (x *StateSnapshot) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StateSnapshot.ProtoReflect.Descriptor instead.
 func (*StateSnapshot) Descriptor() ([]byte, []int) {
-	return file_switchyard_v1_raft_proto_rawDescGZIP(), []int{5}
+	return file_switchyard_v1_raft_proto_rawDescGZIP(), []int{8}
 }
 
 func (x *StateSnapshot) GetServices() []*ServiceRecord {
@@ -447,6 +632,13 @@ func (x *StateSnapshot) GetIntents() []*ProcessedIntent {
 	return nil
 }
 
+func (x *StateSnapshot) GetDrills() []*Drill {
+	if x != nil {
+		return x.Drills
+	}
+	return nil
+}
+
 // ServiceRecord is one service and its current desired state.
 type ServiceRecord struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
@@ -460,7 +652,7 @@ type ServiceRecord struct {
 
 func (x *ServiceRecord) Reset() {
 	*x = ServiceRecord{}
-	mi := &file_switchyard_v1_raft_proto_msgTypes[6]
+	mi := &file_switchyard_v1_raft_proto_msgTypes[9]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -472,7 +664,7 @@ func (x *ServiceRecord) String() string {
 func (*ServiceRecord) ProtoMessage() {}
 
 func (x *ServiceRecord) ProtoReflect() protoreflect.Message {
-	mi := &file_switchyard_v1_raft_proto_msgTypes[6]
+	mi := &file_switchyard_v1_raft_proto_msgTypes[9]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -485,7 +677,7 @@ func (x *ServiceRecord) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ServiceRecord.ProtoReflect.Descriptor instead.
 func (*ServiceRecord) Descriptor() ([]byte, []int) {
-	return file_switchyard_v1_raft_proto_rawDescGZIP(), []int{6}
+	return file_switchyard_v1_raft_proto_rawDescGZIP(), []int{9}
 }
 
 func (x *ServiceRecord) GetName() string {
@@ -521,7 +713,7 @@ type ProcessedIntent struct {
 
 func (x *ProcessedIntent) Reset() {
 	*x = ProcessedIntent{}
-	mi := &file_switchyard_v1_raft_proto_msgTypes[7]
+	mi := &file_switchyard_v1_raft_proto_msgTypes[10]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -533,7 +725,7 @@ func (x *ProcessedIntent) String() string {
 func (*ProcessedIntent) ProtoMessage() {}
 
 func (x *ProcessedIntent) ProtoReflect() protoreflect.Message {
-	mi := &file_switchyard_v1_raft_proto_msgTypes[7]
+	mi := &file_switchyard_v1_raft_proto_msgTypes[10]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -546,7 +738,7 @@ func (x *ProcessedIntent) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ProcessedIntent.ProtoReflect.Descriptor instead.
 func (*ProcessedIntent) Descriptor() ([]byte, []int) {
-	return file_switchyard_v1_raft_proto_rawDescGZIP(), []int{7}
+	return file_switchyard_v1_raft_proto_rawDescGZIP(), []int{10}
 }
 
 func (x *ProcessedIntent) GetId() string {
@@ -574,7 +766,7 @@ var File_switchyard_v1_raft_proto protoreflect.FileDescriptor
 
 const file_switchyard_v1_raft_proto_rawDesc = "" +
 	"\n" +
-	"\x18switchyard/v1/raft.proto\x12\rswitchyard.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x1bswitchyard/v1/desired.proto\x1a\x1aswitchyard/v1/intent.proto\x1a\x1bswitchyard/v1/rollout.proto\"w\n" +
+	"\x18switchyard/v1/raft.proto\x12\rswitchyard.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x1bswitchyard/v1/desired.proto\x1a\x19switchyard/v1/drill.proto\x1a\x1aswitchyard/v1/intent.proto\x1a\x1bswitchyard/v1/rollout.proto\"w\n" +
 	"\vIntentEntry\x12-\n" +
 	"\x06intent\x18\x01 \x01(\v2\x15.switchyard.v1.IntentR\x06intent\x129\n" +
 	"\n" +
@@ -609,11 +801,26 @@ const file_switchyard_v1_raft_proto_rawDesc = "" +
 	"\x12RolloutFinishEntry\x12\x18\n" +
 	"\arollout\x18\x01 \x01(\tR\arollout\x129\n" +
 	"\n" +
-	"stamped_at\x18\x02 \x01(\v2\x1a.google.protobuf.TimestampR\tstampedAt\"\xb7\x01\n" +
+	"stamped_at\x18\x02 \x01(\v2\x1a.google.protobuf.TimestampR\tstampedAt\"|\n" +
+	"\x0fDrillStartEntry\x12\x14\n" +
+	"\x05drill\x18\x01 \x01(\tR\x05drill\x12\x18\n" +
+	"\atargets\x18\x02 \x03(\tR\atargets\x129\n" +
+	"\n" +
+	"stamped_at\x18\x03 \x01(\v2\x1a.google.protobuf.TimestampR\tstampedAt\"\x92\x01\n" +
+	"\rDrillEndEntry\x12\x14\n" +
+	"\x05drill\x18\x01 \x01(\tR\x05drill\x12\x18\n" +
+	"\aaborted\x18\x02 \x01(\bR\aaborted\x12\x16\n" +
+	"\x06reason\x18\x03 \x01(\tR\x06reason\x129\n" +
+	"\n" +
+	"stamped_at\x18\x04 \x01(\v2\x1a.google.protobuf.TimestampR\tstampedAt\"\\\n" +
+	"\x10DrillReportEntry\x12\x14\n" +
+	"\x05drill\x18\x01 \x01(\tR\x05drill\x122\n" +
+	"\x06report\x18\x02 \x01(\v2\x1a.switchyard.v1.DrillReportR\x06report\"\xe5\x01\n" +
 	"\rStateSnapshot\x128\n" +
 	"\bservices\x18\x01 \x03(\v2\x1c.switchyard.v1.ServiceRecordR\bservices\x122\n" +
 	"\brollouts\x18\x02 \x03(\v2\x16.switchyard.v1.RolloutR\brollouts\x128\n" +
-	"\aintents\x18\x03 \x03(\v2\x1e.switchyard.v1.ProcessedIntentR\aintents\"\x81\x01\n" +
+	"\aintents\x18\x03 \x03(\v2\x1e.switchyard.v1.ProcessedIntentR\aintents\x12,\n" +
+	"\x06drills\x18\x04 \x03(\v2\x14.switchyard.v1.DrillR\x06drills\"\x81\x01\n" +
 	"\rServiceRecord\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12%\n" +
 	"\x0eactive_rollout\x18\x02 \x01(\tR\ractiveRollout\x125\n" +
@@ -635,42 +842,51 @@ func file_switchyard_v1_raft_proto_rawDescGZIP() []byte {
 	return file_switchyard_v1_raft_proto_rawDescData
 }
 
-var file_switchyard_v1_raft_proto_msgTypes = make([]protoimpl.MessageInfo, 8)
+var file_switchyard_v1_raft_proto_msgTypes = make([]protoimpl.MessageInfo, 11)
 var file_switchyard_v1_raft_proto_goTypes = []any{
 	(*IntentEntry)(nil),           // 0: switchyard.v1.IntentEntry
 	(*RolloutConvergedEntry)(nil), // 1: switchyard.v1.RolloutConvergedEntry
 	(*RolloutAdvanceEntry)(nil),   // 2: switchyard.v1.RolloutAdvanceEntry
 	(*RollbackEntry)(nil),         // 3: switchyard.v1.RollbackEntry
 	(*RolloutFinishEntry)(nil),    // 4: switchyard.v1.RolloutFinishEntry
-	(*StateSnapshot)(nil),         // 5: switchyard.v1.StateSnapshot
-	(*ServiceRecord)(nil),         // 6: switchyard.v1.ServiceRecord
-	(*ProcessedIntent)(nil),       // 7: switchyard.v1.ProcessedIntent
-	(*Intent)(nil),                // 8: switchyard.v1.Intent
-	(*timestamppb.Timestamp)(nil), // 9: google.protobuf.Timestamp
-	(*Evidence)(nil),              // 10: switchyard.v1.Evidence
-	(*Rollout)(nil),               // 11: switchyard.v1.Rollout
-	(*DesiredState)(nil),          // 12: switchyard.v1.DesiredState
-	(*IntentResult)(nil),          // 13: switchyard.v1.IntentResult
+	(*DrillStartEntry)(nil),       // 5: switchyard.v1.DrillStartEntry
+	(*DrillEndEntry)(nil),         // 6: switchyard.v1.DrillEndEntry
+	(*DrillReportEntry)(nil),      // 7: switchyard.v1.DrillReportEntry
+	(*StateSnapshot)(nil),         // 8: switchyard.v1.StateSnapshot
+	(*ServiceRecord)(nil),         // 9: switchyard.v1.ServiceRecord
+	(*ProcessedIntent)(nil),       // 10: switchyard.v1.ProcessedIntent
+	(*Intent)(nil),                // 11: switchyard.v1.Intent
+	(*timestamppb.Timestamp)(nil), // 12: google.protobuf.Timestamp
+	(*Evidence)(nil),              // 13: switchyard.v1.Evidence
+	(*DrillReport)(nil),           // 14: switchyard.v1.DrillReport
+	(*Rollout)(nil),               // 15: switchyard.v1.Rollout
+	(*Drill)(nil),                 // 16: switchyard.v1.Drill
+	(*DesiredState)(nil),          // 17: switchyard.v1.DesiredState
+	(*IntentResult)(nil),          // 18: switchyard.v1.IntentResult
 }
 var file_switchyard_v1_raft_proto_depIdxs = []int32{
-	8,  // 0: switchyard.v1.IntentEntry.intent:type_name -> switchyard.v1.Intent
-	9,  // 1: switchyard.v1.IntentEntry.stamped_at:type_name -> google.protobuf.Timestamp
-	9,  // 2: switchyard.v1.RolloutConvergedEntry.stamped_at:type_name -> google.protobuf.Timestamp
-	9,  // 3: switchyard.v1.RolloutAdvanceEntry.stamped_at:type_name -> google.protobuf.Timestamp
-	10, // 4: switchyard.v1.RollbackEntry.evidence:type_name -> switchyard.v1.Evidence
-	9,  // 5: switchyard.v1.RollbackEntry.stamped_at:type_name -> google.protobuf.Timestamp
-	9,  // 6: switchyard.v1.RolloutFinishEntry.stamped_at:type_name -> google.protobuf.Timestamp
-	6,  // 7: switchyard.v1.StateSnapshot.services:type_name -> switchyard.v1.ServiceRecord
-	11, // 8: switchyard.v1.StateSnapshot.rollouts:type_name -> switchyard.v1.Rollout
-	7,  // 9: switchyard.v1.StateSnapshot.intents:type_name -> switchyard.v1.ProcessedIntent
-	12, // 10: switchyard.v1.ServiceRecord.desired:type_name -> switchyard.v1.DesiredState
-	13, // 11: switchyard.v1.ProcessedIntent.result:type_name -> switchyard.v1.IntentResult
-	9,  // 12: switchyard.v1.ProcessedIntent.at:type_name -> google.protobuf.Timestamp
-	13, // [13:13] is the sub-list for method output_type
-	13, // [13:13] is the sub-list for method input_type
-	13, // [13:13] is the sub-list for extension type_name
-	13, // [13:13] is the sub-list for extension extendee
-	0,  // [0:13] is the sub-list for field type_name
+	11, // 0: switchyard.v1.IntentEntry.intent:type_name -> switchyard.v1.Intent
+	12, // 1: switchyard.v1.IntentEntry.stamped_at:type_name -> google.protobuf.Timestamp
+	12, // 2: switchyard.v1.RolloutConvergedEntry.stamped_at:type_name -> google.protobuf.Timestamp
+	12, // 3: switchyard.v1.RolloutAdvanceEntry.stamped_at:type_name -> google.protobuf.Timestamp
+	13, // 4: switchyard.v1.RollbackEntry.evidence:type_name -> switchyard.v1.Evidence
+	12, // 5: switchyard.v1.RollbackEntry.stamped_at:type_name -> google.protobuf.Timestamp
+	12, // 6: switchyard.v1.RolloutFinishEntry.stamped_at:type_name -> google.protobuf.Timestamp
+	12, // 7: switchyard.v1.DrillStartEntry.stamped_at:type_name -> google.protobuf.Timestamp
+	12, // 8: switchyard.v1.DrillEndEntry.stamped_at:type_name -> google.protobuf.Timestamp
+	14, // 9: switchyard.v1.DrillReportEntry.report:type_name -> switchyard.v1.DrillReport
+	9,  // 10: switchyard.v1.StateSnapshot.services:type_name -> switchyard.v1.ServiceRecord
+	15, // 11: switchyard.v1.StateSnapshot.rollouts:type_name -> switchyard.v1.Rollout
+	10, // 12: switchyard.v1.StateSnapshot.intents:type_name -> switchyard.v1.ProcessedIntent
+	16, // 13: switchyard.v1.StateSnapshot.drills:type_name -> switchyard.v1.Drill
+	17, // 14: switchyard.v1.ServiceRecord.desired:type_name -> switchyard.v1.DesiredState
+	18, // 15: switchyard.v1.ProcessedIntent.result:type_name -> switchyard.v1.IntentResult
+	12, // 16: switchyard.v1.ProcessedIntent.at:type_name -> google.protobuf.Timestamp
+	17, // [17:17] is the sub-list for method output_type
+	17, // [17:17] is the sub-list for method input_type
+	17, // [17:17] is the sub-list for extension type_name
+	17, // [17:17] is the sub-list for extension extendee
+	0,  // [0:17] is the sub-list for field type_name
 }
 
 func init() { file_switchyard_v1_raft_proto_init() }
@@ -679,6 +895,7 @@ func file_switchyard_v1_raft_proto_init() {
 		return
 	}
 	file_switchyard_v1_desired_proto_init()
+	file_switchyard_v1_drill_proto_init()
 	file_switchyard_v1_intent_proto_init()
 	file_switchyard_v1_rollout_proto_init()
 	type x struct{}
@@ -687,7 +904,7 @@ func file_switchyard_v1_raft_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_switchyard_v1_raft_proto_rawDesc), len(file_switchyard_v1_raft_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   8,
+			NumMessages:   11,
 			NumExtensions: 0,
 			NumServices:   0,
 		},

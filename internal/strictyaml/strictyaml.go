@@ -1,0 +1,132 @@
+// Package strictyaml decodes YAML written by people into Go structs,
+// refusing unknown fields and reporting every problem with the field's full
+// path and line, so an operator sees "spec.strategy.blueGren: unknown
+// field" rather than a Go type name.
+package strictyaml
+
+import (
+	"bytes"
+	"errors"
+	"fmt"
+	"reflect"
+	"strings"
+
+	"go.yaml.in/yaml/v3"
+)
+
+// ErrInvalid is wrapped by every error Decode and the validators built on it
+// return.
+var ErrInvalid = errors.New("invalid document")
+
+// Decode decodes data into out (a pointer to a struct with yaml tags). root
+// names the document in paths ("spec", "drill").
+func Decode(data []byte, out any, root string) error {
+	var doc yaml.Node
+	if err := yaml.Unmarshal(data, &doc); err != nil {
+		return Errors{{Path: root, Problem: "not valid YAML: " + strings.TrimPrefix(err.Error(), "yaml: ")}}
+	}
+	if len(doc.Content) == 0 {
+		return Errors{{Path: root, Problem: "empty document"}}
+	}
+	if errs := checkKnown(doc.Content[0], reflect.TypeOf(out), root); len(errs) > 0 {
+		return errs
+	}
+	dec := yaml.NewDecoder(bytes.NewReader(data))
+	dec.KnownFields(true)
+	if err := dec.Decode(out); err != nil {
+		return Errors{{Path: root, Problem: strings.TrimPrefix(err.Error(), "yaml: ")}}
+	}
+	return nil
+}
+
+// FieldError is one problem with one field of a document.
+type FieldError struct {
+	// Path is the field's path, e.g. "spec.strategy.blueGreen".
+	Path string
+	// Problem says what is wrong and what would be accepted.
+	Problem string
+	// Line is the YAML line, when known.
+	Line int
+}
+
+func (e *FieldError) Error() string {
+	if e.Line > 0 {
+		return fmt.Sprintf("%s: %s (line %d)", e.Path, e.Problem, e.Line)
+	}
+	return fmt.Sprintf("%s: %s", e.Path, e.Problem)
+}
+
+// Errors is every problem found in a document.
+type Errors []*FieldError
+
+func (es Errors) Error() string {
+	lines := make([]string, len(es))
+	for i, e := range es {
+		lines[i] = e.Error()
+	}
+	return strings.Join(lines, "\n")
+}
+
+// Unwrap lets errors.Is(err, ErrInvalid) hold for every error.
+func (es Errors) Unwrap() error { return ErrInvalid }
+
+// checkKnown walks a YAML mapping against the struct type it decodes into
+// and reports every key the type does not have, with its full path, so an
+// operator sees "spec.strategy.blueGren: unknown field" rather than a Go
+// type name.
+func checkKnown(n *yaml.Node, t reflect.Type, path string) Errors {
+	for t.Kind() == reflect.Pointer {
+		t = t.Elem()
+	}
+	if n.Kind == yaml.ScalarNode && n.Tag == "!!null" {
+		return nil
+	}
+	switch t.Kind() {
+	case reflect.Slice:
+		if n.Kind != yaml.SequenceNode {
+			return Errors{{Path: path, Problem: "want a list", Line: n.Line}}
+		}
+		var errs Errors
+		for i, item := range n.Content {
+			errs = append(errs, checkKnown(item, t.Elem(), fmt.Sprintf("%s[%d]", path, i))...)
+		}
+		return errs
+	case reflect.Map:
+		if n.Kind != yaml.MappingNode {
+			return Errors{{Path: path, Problem: "want a mapping", Line: n.Line}}
+		}
+		return nil
+	case reflect.Struct:
+	default:
+		return nil
+	}
+	if n.Kind != yaml.MappingNode {
+		return Errors{{Path: path, Problem: "want a mapping of fields", Line: n.Line}}
+	}
+	fields := map[string]reflect.Type{}
+	var known []string
+	for i := range t.NumField() {
+		f := t.Field(i)
+		tag := strings.Split(f.Tag.Get("yaml"), ",")[0]
+		if tag == "" || tag == "-" {
+			continue
+		}
+		fields[tag] = f.Type
+		known = append(known, tag)
+	}
+	var errs Errors
+	for i := 0; i+1 < len(n.Content); i += 2 {
+		k, v := n.Content[i], n.Content[i+1]
+		ft, ok := fields[k.Value]
+		if !ok {
+			want := "this mapping has no fields"
+			if len(known) > 0 {
+				want = "want one of " + strings.Join(known, ", ")
+			}
+			errs = append(errs, &FieldError{Path: path + "." + k.Value, Problem: "unknown field; " + want, Line: k.Line})
+			continue
+		}
+		errs = append(errs, checkKnown(v, ft, path+"."+k.Value)...)
+	}
+	return errs
+}
