@@ -1,0 +1,124 @@
+package chaos
+
+import (
+	"errors"
+	"fmt"
+	"strings"
+	"testing"
+
+	sv1 "github.com/switchyard/switchyard/proto/switchyard/v1"
+)
+
+const goodDrill = `
+version: v1
+name: green-errors
+service: web
+maxNodes: 2
+maxPercent: 50
+duration: 30s
+fault:
+  http: {backend: green, errorPercent: 20}
+`
+
+func TestChaos_ParseDrill(t *testing.T) {
+	s, err := ParseDrill([]byte(goodDrill))
+	if err != nil {
+		t.Fatal(err)
+	}
+	h := s.GetFault().GetHttp()
+	if h.GetStatus() != 503 || h.GetErrorPercent() != 20 || s.GetBasisPoints() != 10000 || s.GetMaxBasisPoints() != 5000 {
+		t.Fatalf("parsed %v", s)
+	}
+}
+
+func TestChaos_ParseDrillRefuses(t *testing.T) {
+	cases := []struct{ name, yaml, want string }{
+		{"unknown field", goodDrill + "colour: red\n", "drill.colour: unknown field"},
+		{"unknown fault", strings.Replace(goodDrill, "http: {backend: green, errorPercent: 20}", "flood: {}", 1), "drill.fault.flood: unknown field"},
+		{"no cap", strings.Replace(goodDrill, "maxNodes: 2\n", "", 1), "drill.maxNodes: required"},
+		{"no percent cap", strings.Replace(goodDrill, "maxPercent: 50\n", "", 1), "drill.maxPercent: required"},
+		{"no duration", strings.Replace(goodDrill, "duration: 30s\n", "", 1), "drill.duration: required"},
+		{"too long", strings.Replace(goodDrill, "duration: 30s", "duration: 48h", 1), "drill.duration"},
+		{"two faults", goodDrill + "  cpuBurn: {cores: 1}\n", "drill.fault: more than one fault"},
+		{"no fault", strings.Replace(goodDrill, "fault:\n  http: {backend: green, errorPercent: 20}\n", "", 1), "drill.fault: required"},
+		{"error percent", strings.Replace(goodDrill, "errorPercent: 20", "errorPercent: 120", 1), "drill.fault.http.errorPercent: 120 is out of range"},
+		{"status", strings.Replace(goodDrill, "errorPercent: 20", "errorPercent: 20, status: 200", 1), "drill.fault.http.status: 200 is not an error status"},
+		{"http injects nothing", strings.Replace(goodDrill, "errorPercent: 20", "errorPercent: 0", 1), "injects nothing"},
+		{"tcp kind", strings.Replace(goodDrill, "http: {backend: green, errorPercent: 20}", "tcp: {backend: green, kind: melt}", 1), `drill.fault.tcp.kind: "melt"`},
+		{"tcp latency", strings.Replace(goodDrill, "http: {backend: green, errorPercent: 20}", "tcp: {backend: green, kind: latency}", 1), "drill.fault.tcp.latency: required"},
+		{"state", strings.Replace(goodDrill, "http: {backend: green, errorPercent: 20}", "backendState: {backend: green, state: off}", 1), `drill.fault.backendState.state: "off"`},
+		{"process action", strings.Replace(goodDrill, "http: {backend: green, errorPercent: 20}", "process: {process: green, action: nuke}", 1), `drill.fault.process.action: "nuke"`},
+		{"cores", strings.Replace(goodDrill, "http: {backend: green, errorPercent: 20}", "cpuBurn: {cores: 0}", 1), "drill.fault.cpuBurn.cores: 0 is out of range"},
+		{"version", strings.Replace(goodDrill, "version: v1", "version: v2", 1), `drill.version: "v2"`},
+	}
+	for _, c := range cases {
+		t.Run(c.name, func(t *testing.T) {
+			_, err := ParseDrill([]byte(c.yaml))
+			if err == nil || !strings.Contains(err.Error(), c.want) {
+				t.Fatalf("error %v, want it to mention %q", err, c.want)
+			}
+			if !errors.Is(err, ErrInvalid) {
+				t.Fatalf("%v does not wrap ErrInvalid", err)
+			}
+		})
+	}
+}
+
+func fleet(n int, labels map[string]string) []Node {
+	var out []Node
+	for i := range n {
+		out = append(out, Node{ID: fmt.Sprintf("edge-%02d", i), Labels: labels})
+	}
+	return out
+}
+
+func TestChaos_SelectAndCap(t *testing.T) {
+	s, _ := ParseDrill([]byte(goodDrill))
+	sel := Select(s, fleet(3, nil))
+	if len(sel) != 3 {
+		t.Fatalf("selected %v", sel)
+	}
+	if err := CheckCap(s, len(sel), 3); !errors.Is(err, ErrBlastRadius) || !strings.Contains(err.Error(), "more than maxNodes 2") {
+		t.Fatalf("cap: %v", err)
+	}
+	if err := CheckCap(s, 2, 3); !errors.Is(err, ErrBlastRadius) || !strings.Contains(err.Error(), "maxPercent 50") {
+		t.Fatalf("percent cap: %v", err)
+	}
+	if err := CheckCap(s, 2, 4); err != nil {
+		t.Fatalf("2 of 4 within caps: %v", err)
+	}
+	if err := CheckCap(s, 0, 4); err == nil {
+		t.Fatal("empty selection accepted")
+	}
+	s.Selector = map[string]string{"region": "eu"}
+	if got := Select(s, fleet(3, map[string]string{"region": "us"})); len(got) != 0 {
+		t.Fatalf("selector ignored: %v", got)
+	}
+}
+
+func TestChaos_TargetsChecksTheDocumentItself(t *testing.T) {
+	s, _ := ParseDrill([]byte(goodDrill))
+	doc := &sv1.DrillDocument{Spec: s, Targets: []string{"edge-1", "edge-2"}}
+	if !Targets(doc, "edge-1", nil) || Targets(doc, "edge-3", nil) {
+		t.Fatal("target membership")
+	}
+	wide := &sv1.DrillDocument{Spec: s, Targets: []string{"a", "b", "c"}}
+	if Targets(wide, "a", nil) {
+		t.Fatal("a document over its own cap was obeyed")
+	}
+	aborted := &sv1.DrillDocument{Spec: s, Targets: []string{"edge-1"}, Aborted: true}
+	if Targets(aborted, "edge-1", nil) {
+		t.Fatal("aborted drill still targets")
+	}
+}
+
+func FuzzChaos_ParseDrill(f *testing.F) {
+	f.Add([]byte(goodDrill))
+	f.Add([]byte("fault: {tcp: {kind: latency}}"))
+	f.Fuzz(func(t *testing.T, data []byte) {
+		s, err := ParseDrill(data)
+		if err == nil && ValidateDrill(s) != nil {
+			t.Fatal("ParseDrill accepted a drill ValidateDrill refuses")
+		}
+	})
+}
