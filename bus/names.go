@@ -17,6 +17,8 @@ const (
 	IntentConsumer = "coordinator"
 	// DesiredBucket is the KV bucket with one DesiredState per service.
 	DesiredBucket = "switchyard_desired"
+	// DrillsBucket is the KV bucket with one DrillDocument per drill.
+	DrillsBucket = "switchyard_drills"
 	// telemetryPrefix: switchyard.telemetry.<service>.<node>.
 	telemetryPrefix = "switchyard.telemetry"
 	// statusPrefix: switchyard.status.<node>.
@@ -44,6 +46,9 @@ const (
 // Intent kinds, the last token of an intent subject.
 const (
 	IntentKindRollout = "rollout"
+	// IntentKindChaos carries drills, so NATS permissions can give chaos
+	// its own role.
+	IntentKindChaos = "chaos"
 )
 
 // Query names, the last token of a query subject.
@@ -51,6 +56,7 @@ const (
 	QueryRollouts = "rollouts"
 	QueryIntent   = "intent"
 	QueryFleet    = "fleet"
+	QueryDrills   = "drills"
 )
 
 // IntentSubjects is the filter of the intent stream.
@@ -64,6 +70,13 @@ func IntentSubject(kind string) string { return intentPrefix + "." + kind }
 func DesiredKeySubject(service string) string {
 	return "$KV." + DesiredBucket + "." + service
 }
+
+// DrillKeySubject is the core subject a KV put of a drill is published on.
+func DrillKeySubject(drill string) string { return "$KV." + DrillsBucket + "." + drill }
+
+// DrillsAll matches every drill's key subject; agents follow all drills
+// with one subscription and decide themselves whether they are targets.
+func DrillsAll() string { return "$KV." + DrillsBucket + ".>" }
 
 // TelemetrySubject is where a node publishes HealthReports for a service.
 func TelemetrySubject(service, node string) string {

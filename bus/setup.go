@@ -66,6 +66,21 @@ func EnsureDesiredBucket(ctx context.Context, js jetstream.JetStream, r Replicas
 	return kv, nil
 }
 
+// EnsureDrillsBucket creates or updates the drills bucket.
+func EnsureDrillsBucket(ctx context.Context, js jetstream.JetStream, r Replicas) (jetstream.KeyValue, error) {
+	kv, err := js.CreateOrUpdateKeyValue(ctx, jetstream.KeyValueConfig{
+		Bucket:      DrillsBucket,
+		Description: "Switchyard chaos drills, one signed document per drill",
+		History:     1,
+		Storage:     jetstream.FileStorage,
+		Replicas:    max(int(r), 1),
+	})
+	if err != nil {
+		return nil, fmt.Errorf("ensure bucket %s: %w", DrillsBucket, err)
+	}
+	return kv, nil
+}
+
 // DesiredBucketHandle opens the desired-state bucket without creating it, for
 // agents whose credentials may not allow creation.
 func DesiredBucketHandle(ctx context.Context, js jetstream.JetStream) (jetstream.KeyValue, error) {

@@ -6,6 +6,8 @@ import (
 	"sync"
 	"time"
 
+	"github.com/nats-io/nats.go/jetstream"
+
 	"github.com/switchyard/switchyard/bus"
 )
 
@@ -21,20 +23,32 @@ const republishEvery = 30 * time.Second
 type publisher struct {
 	s     *Server
 	mu    sync.Mutex
-	dirty map[string]bool
+	dirty map[docKey]bool
 	wake  chan struct{}
 }
 
+// docKey names one published document: a service's desired state or a
+// drill.
+type docKey struct {
+	drill bool
+	name  string
+}
+
 func newPublisher(s *Server) *publisher {
-	return &publisher{s: s, dirty: map[string]bool{}, wake: make(chan struct{}, 1)}
+	return &publisher{s: s, dirty: map[docKey]bool{}, wake: make(chan struct{}, 1)}
 }
 
 // mark records services whose desired state changed. It never blocks: it is
 // called from the state machine.
-func (p *publisher) mark(services []string) {
+func (p *publisher) mark(services []string) { p.markKeys(false, services) }
+
+// markDrills records drills whose document changed.
+func (p *publisher) markDrills(drills []string) { p.markKeys(true, drills) }
+
+func (p *publisher) markKeys(drill bool, names []string) {
 	p.mu.Lock()
-	for _, svc := range services {
-		p.dirty[svc] = true
+	for _, n := range names {
+		p.dirty[docKey{drill, n}] = true
 	}
 	p.mu.Unlock()
 	select {
@@ -43,32 +57,44 @@ func (p *publisher) mark(services []string) {
 	}
 }
 
-func (p *publisher) take() []string {
+func (p *publisher) take() []docKey {
 	p.mu.Lock()
 	defer p.mu.Unlock()
-	out := make([]string, 0, len(p.dirty))
-	for svc := range p.dirty {
-		out = append(out, svc)
+	out := make([]docKey, 0, len(p.dirty))
+	for k := range p.dirty {
+		out = append(out, k)
 	}
 	clear(p.dirty)
 	return out
+}
+
+func (p *publisher) markAll() {
+	st := p.s.fsm.State()
+	p.mark(st.Services())
+	p.markDrills(st.PublishedDrills())
 }
 
 // run publishes until ctx ends. On start it republishes every service: a new
 // leader cannot know what its predecessor managed to write.
 func (p *publisher) run(ctx context.Context) {
 	s := p.s
-	kv, err := bus.EnsureDesiredBucket(ctx, s.js, 1)
-	for err != nil {
-		s.log.Warn("desired-state bucket unavailable; retrying", "err", err)
+	var kv, drillsKV jetstream.KeyValue
+	for {
+		var err error
+		if kv, err = bus.EnsureDesiredBucket(ctx, s.js, 1); err == nil {
+			drillsKV, err = bus.EnsureDrillsBucket(ctx, s.js, 1)
+		}
+		if err == nil {
+			break
+		}
+		s.log.Warn("KV buckets unavailable; retrying", "err", err)
 		select {
 		case <-ctx.Done():
 			return
 		case <-time.After(time.Second):
 		}
-		kv, err = bus.EnsureDesiredBucket(ctx, s.js, 1)
 	}
-	p.mark(s.fsm.State().Services())
+	p.markAll()
 	tick := time.NewTicker(republishEvery)
 	defer tick.Stop()
 	for {
@@ -76,18 +102,31 @@ func (p *publisher) run(ctx context.Context) {
 		case <-ctx.Done():
 			return
 		case <-tick.C:
-			p.mark(s.fsm.State().Services())
+			p.markAll()
 		case <-p.wake:
 		}
-		var failed []string
-		for _, svc := range p.take() {
-			ds := s.fsm.State().Desired(svc)
-			if ds == nil {
-				continue
+		var failed []docKey
+		for _, k := range p.take() {
+			var (
+				err   error
+				log   = s.log
+				start = time.Now()
+			)
+			if k.drill {
+				doc := s.fsm.State().DrillDocument(k.name)
+				if doc == nil {
+					continue
+				}
+				_, err = bus.PutDrill(ctx, drillsKV, doc)
+				log = log.With("drill", k.name, "generation", doc.GetGeneration())
+			} else {
+				ds := s.fsm.State().Desired(k.name)
+				if ds == nil {
+					continue
+				}
+				_, err = bus.PutDesired(ctx, kv, ds)
+				log = log.With("service", k.name, "generation", ds.GetGeneration(), "rollout", ds.GetRolloutId())
 			}
-			start := time.Now()
-			_, err := bus.PutDesired(ctx, kv, ds)
-			log := s.log.With("service", svc, "generation", ds.GetGeneration(), "rollout", ds.GetRolloutId())
 			switch {
 			case err == nil:
 				s.metrics.publishes.WithLabelValues("written").Inc()
@@ -99,7 +138,7 @@ func (p *publisher) run(ctx context.Context) {
 			default:
 				s.metrics.publishes.WithLabelValues("error").Inc()
 				log.Warn("publish desired state failed; will retry", "err", err)
-				failed = append(failed, svc)
+				failed = append(failed, k)
 			}
 		}
 		if len(failed) > 0 {
@@ -108,7 +147,9 @@ func (p *publisher) run(ctx context.Context) {
 				return
 			case <-time.After(500 * time.Millisecond):
 			}
-			p.mark(failed)
+			for _, k := range failed {
+				p.markKeys(k.drill, []string{k.name})
+			}
 		}
 	}
 }

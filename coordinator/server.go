@@ -152,7 +152,7 @@ func New(cfg Config) (*Server, error) {
 	s.publisher = newPublisher(s)
 	s.fleet = newFleet(cfg.StaleAfter, s.metrics)
 	s.analysis = analysis.NewStore()
-	s.fsm = fsm.New(s.publisher.mark)
+	s.fsm = fsm.New(fsm.Hooks{Desired: s.publisher.mark, Drills: s.publisher.markDrills})
 
 	if err := s.setupRaft(); err != nil {
 		s.closeStores()

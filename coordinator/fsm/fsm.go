@@ -32,6 +32,12 @@ const (
 	RollbackType MessageType = 4
 	// RolloutFinishType carries an sv1.RolloutFinishEntry.
 	RolloutFinishType MessageType = 5
+	// DrillStartType carries an sv1.DrillStartEntry.
+	DrillStartType MessageType = 6
+	// DrillEndType carries an sv1.DrillEndEntry.
+	DrillEndType MessageType = 7
+	// DrillReportType carries an sv1.DrillReportEntry.
+	DrillReportType MessageType = 8
 )
 
 // ErrMalformedEntry is returned by Decode for bytes that are not an entry.
@@ -65,6 +71,12 @@ func Decode(data []byte) (MessageType, proto.Message, error) {
 		body = &sv1.RollbackEntry{}
 	case RolloutFinishType:
 		body = &sv1.RolloutFinishEntry{}
+	case DrillStartType:
+		body = &sv1.DrillStartEntry{}
+	case DrillEndType:
+		body = &sv1.DrillEndEntry{}
+	case DrillReportType:
+		body = &sv1.DrillReportEntry{}
 	default:
 		return t, nil, fmt.Errorf("%w: unknown type %d", ErrMalformedEntry, t)
 	}
@@ -80,22 +92,27 @@ type Response struct {
 	Applied state.Applied
 }
 
+// Hooks are told, on every replica, which documents an entry changed; the
+// leader uses them to publish. They must not block.
+type Hooks struct {
+	// Desired is told services whose desired state changed.
+	Desired func(services []string)
+	// Drills is told drills whose document changed.
+	Drills func(drills []string)
+}
+
 // FSM implements raft.FSM over state.State.
 type FSM struct {
 	mu    sync.RWMutex
 	state *state.State
-	// onChange is told which services' desired state changed, on every
-	// replica; the leader uses it to publish.
-	onChange func(services []string)
+	hooks Hooks
 }
 
 var _ raft.FSM = (*FSM)(nil)
 
-// New returns a state machine over an empty state. onChange, if not nil, is
-// called from Apply and Restore with the services whose desired state may
-// have changed; it must not block.
-func New(onChange func(services []string)) *FSM {
-	return &FSM{state: state.New(), onChange: onChange}
+// New returns a state machine over an empty state.
+func New(hooks Hooks) *FSM {
+	return &FSM{state: state.New(), hooks: hooks}
 }
 
 // State returns the current state for reading. After a Restore it is a new
@@ -121,6 +138,7 @@ func (f *FSM) Apply(l *raft.Log) any {
 	case IntentType:
 		a := st.ApplyIntent(l.Index, body.(*sv1.IntentEntry))
 		f.changed(a.Changed)
+		f.drillsChanged(a.Drills)
 		return Response{Applied: a}
 	case RolloutConvergedType:
 		st.ApplyConverged(l.Index, body.(*sv1.RolloutConvergedEntry))
@@ -134,13 +152,28 @@ func (f *FSM) Apply(l *raft.Log) any {
 	case RolloutFinishType:
 		st.ApplyFinish(l.Index, body.(*sv1.RolloutFinishEntry))
 		return Response{}
+	case DrillStartType:
+		f.drillsChanged(st.ApplyDrillStart(l.Index, body.(*sv1.DrillStartEntry)))
+		return Response{}
+	case DrillEndType:
+		f.drillsChanged(st.ApplyDrillEnd(l.Index, body.(*sv1.DrillEndEntry)))
+		return Response{}
+	case DrillReportType:
+		st.ApplyDrillReport(l.Index, body.(*sv1.DrillReportEntry))
+		return Response{}
 	}
 	panic(fmt.Sprintf("raft log index %d: type %d decoded but not applied", l.Index, t))
 }
 
 func (f *FSM) changed(services []string) {
-	if f.onChange != nil && len(services) > 0 {
-		f.onChange(services)
+	if f.hooks.Desired != nil && len(services) > 0 {
+		f.hooks.Desired(services)
+	}
+}
+
+func (f *FSM) drillsChanged(drills []string) {
+	if f.hooks.Drills != nil && len(drills) > 0 {
+		f.hooks.Drills(drills)
 	}
 }
 
@@ -160,6 +193,7 @@ func (f *FSM) Restore(rc io.ReadCloser) error {
 	f.state = st
 	f.mu.Unlock()
 	f.changed(st.Services())
+	f.drillsChanged(st.PublishedDrills())
 	return nil
 }
 

@@ -30,7 +30,7 @@ func intentLog(t testing.TB, index uint64, id, name string) *raft.Log {
 
 func TestFSM_ApplyNotifiesAndAnswers(t *testing.T) {
 	var changed []string
-	f := New(func(s []string) { changed = append(changed, s...) })
+	f := New(Hooks{Desired: func(s []string) { changed = append(changed, s...) }})
 	resp := f.Apply(intentLog(t, 4, "i1", "r1")).(Response)
 	if !resp.Applied.Result.GetAccepted() || resp.Applied.Result.GetIndex() != 4 {
 		t.Fatalf("response %v", resp.Applied.Result)
@@ -53,7 +53,7 @@ func TestFSM_ApplyPanicsOnUndecodableEntry(t *testing.T) {
 			t.Fatal("no panic on a corrupt entry")
 		}
 	}()
-	New(nil).Apply(&raft.Log{Index: 1, Type: raft.LogCommand, Data: []byte{99, 1, 2}})
+	New(Hooks{}).Apply(&raft.Log{Index: 1, Type: raft.LogCommand, Data: []byte{99, 1, 2}})
 }
 
 type sink struct {
@@ -66,7 +66,7 @@ func (s *sink) Cancel() error { s.cancelled = true; return nil }
 func (s *sink) Close() error  { s.closed = true; return nil }
 
 func TestFSM_SnapshotRestoreRoundTrip(t *testing.T) {
-	f := New(nil)
+	f := New(Hooks{})
 	for i, name := range []string{"a", "b", "c"} {
 		f.Apply(intentLog(t, uint64(i+1), "id-"+name, name))
 	}
@@ -79,7 +79,7 @@ func TestFSM_SnapshotRestoreRoundTrip(t *testing.T) {
 		t.Fatalf("persist: %v closed %v", err, s.closed)
 	}
 	var restored []string
-	g := New(func(svcs []string) { restored = append(restored, svcs...) })
+	g := New(Hooks{Desired: func(svcs []string) { restored = append(restored, svcs...) }})
 	if err := g.Restore(io.NopCloser(bytes.NewReader(s.Bytes()))); err != nil {
 		t.Fatal(err)
 	}
@@ -92,7 +92,7 @@ func TestFSM_SnapshotRestoreRoundTrip(t *testing.T) {
 }
 
 func TestFSM_RestoreRefusesGarbage(t *testing.T) {
-	if err := New(nil).Restore(io.NopCloser(bytes.NewReader([]byte{0xff, 0xff, 0xff}))); err == nil {
+	if err := New(Hooks{}).Restore(io.NopCloser(bytes.NewReader([]byte{0xff, 0xff, 0xff}))); err == nil {
 		t.Fatal("restored garbage")
 	}
 }
@@ -120,7 +120,7 @@ func FuzzFSM_Decode(f *testing.F) {
 }
 
 func FuzzFSM_ReadSnapshot(f *testing.F) {
-	fs := New(nil)
+	fs := New(Hooks{})
 	fs.Apply(intentLog(f, 1, "i", "r"))
 	b, _ := proto.Marshal(fs.State().Snapshot())
 	f.Add(b)

@@ -35,6 +35,8 @@ const IntentMemory = 7 * 24 * time.Hour
 type Applied struct {
 	Result  *sv1.IntentResult
 	Changed []string
+	// Drills names drills whose document changed.
+	Drills []string
 }
 
 // State is the replicated state. Apply functions are called by the state
@@ -45,6 +47,7 @@ type State struct {
 	services map[string]*sv1.ServiceRecord
 	rollouts map[string]*sv1.Rollout
 	intents  map[string]*sv1.ProcessedIntent
+	drills   map[string]*sv1.Drill
 }
 
 // New returns an empty state.
@@ -53,6 +56,7 @@ func New() *State {
 		services: map[string]*sv1.ServiceRecord{},
 		rollouts: map[string]*sv1.Rollout{},
 		intents:  map[string]*sv1.ProcessedIntent{},
+		drills:   map[string]*sv1.Drill{},
 	}
 }
 
@@ -88,6 +92,12 @@ func (s *State) ApplyIntent(index uint64, e *sv1.IntentEntry) Applied {
 		a = s.approve(index, at, op, act.ApproveRollout)
 	case *sv1.Intent_PromoteRollout:
 		a = s.promote(index, at, op, act.PromoteRollout)
+	case *sv1.Intent_RunDrill:
+		a = s.runDrill(index, at, op, act.RunDrill.GetSpec())
+	case *sv1.Intent_AbortDrill:
+		a = s.abortDrill(index, at, op, act.AbortDrill)
+	case *sv1.Intent_StopAllDrills:
+		a = s.stopAllDrills(index, at, op, act.StopAllDrills)
 	default:
 		a = refuse(CodeInvalid, "intent names no action")
 	}
@@ -96,7 +106,7 @@ func (s *State) ApplyIntent(index uint64, e *sv1.IntentEntry) Applied {
 	if in.GetId() != "" {
 		s.intents[in.GetId()] = &sv1.ProcessedIntent{Id: in.GetId(), Result: a.Result, At: e.GetStampedAt()}
 	}
-	return Applied{Result: proto.Clone(a.Result).(*sv1.IntentResult), Changed: a.Changed}
+	return Applied{Result: proto.Clone(a.Result).(*sv1.IntentResult), Changed: a.Changed, Drills: a.Drills}
 }
 
 func refuse(code, format string, args ...any) Applied {
@@ -528,6 +538,9 @@ func (s *State) Snapshot() *sv1.StateSnapshot {
 	for _, k := range sortedKeys(s.intents) {
 		snap.Intents = append(snap.Intents, proto.Clone(s.intents[k]).(*sv1.ProcessedIntent))
 	}
+	for _, k := range sortedKeys(s.drills) {
+		snap.Drills = append(snap.Drills, proto.Clone(s.drills[k]).(*sv1.Drill))
+	}
 	return snap
 }
 
@@ -552,6 +565,12 @@ func FromSnapshot(snap *sv1.StateSnapshot) (*State, error) {
 			return nil, fmt.Errorf("snapshot: intent with empty or duplicate id %q", v.GetId())
 		}
 		s.intents[v.GetId()] = v
+	}
+	for _, v := range snap.GetDrills() {
+		if v.GetId() == "" || s.drills[v.GetId()] != nil {
+			return nil, fmt.Errorf("snapshot: drill with empty or duplicate id %q", v.GetId())
+		}
+		s.drills[v.GetId()] = v
 	}
 	return s, nil
 }
