@@ -8,6 +8,8 @@ import (
 	"time"
 
 	"github.com/nats-io/nats.go"
+
+	"github.com/switchyard/switchyard/chaos"
 	sv1 "github.com/switchyard/switchyard/proto/switchyard/v1"
 	"google.golang.org/protobuf/proto"
 )
@@ -22,6 +24,8 @@ type fleet struct {
 
 	mu    sync.RWMutex
 	nodes map[string]*nodeSeen
+	// faultSeen is when each (node, drill) fault was first reported active.
+	faultSeen map[[2]string]time.Time
 }
 
 type nodeSeen struct {
@@ -30,7 +34,7 @@ type nodeSeen struct {
 }
 
 func newFleet(staleAfter time.Duration, m *metrics) *fleet {
-	return &fleet{staleAfter: staleAfter, metrics: m, now: time.Now, nodes: map[string]*nodeSeen{}}
+	return &fleet{staleAfter: staleAfter, metrics: m, now: time.Now, nodes: map[string]*nodeSeen{}, faultSeen: map[[2]string]time.Time{}}
 }
 
 func (f *fleet) handleStatus(msg *nats.Msg) {
@@ -40,8 +44,19 @@ func (f *fleet) handleStatus(msg *nats.Msg) {
 		return
 	}
 	f.metrics.statuses.Inc()
+	now := f.now()
 	f.mu.Lock()
-	f.nodes[st.GetNode()] = &nodeSeen{status: &st, seen: f.now()}
+	f.nodes[st.GetNode()] = &nodeSeen{status: &st, seen: now}
+	for _, flt := range st.GetFaults() {
+		k := [2]string{st.GetNode(), flt.GetDrill()}
+		if _, ok := f.faultSeen[k]; !ok {
+			at := now
+			if s := flt.GetSince(); s != nil && s.AsTime().Before(now) {
+				at = s.AsTime() // the agent's own time of injection
+			}
+			f.faultSeen[k] = at
+		}
+	}
 	f.mu.Unlock()
 }
 
@@ -103,5 +118,43 @@ func (f *fleet) Stale(service string) []string {
 			out = append(out, n.GetNode())
 		}
 	}
+	return out
+}
+
+// Live returns the live nodes that run a service, with their labels.
+func (f *fleet) Live(service string) []chaos.Node {
+	var out []chaos.Node
+	for _, n := range f.nodesFor(service) {
+		if !n.GetStale() {
+			out = append(out, chaos.Node{ID: n.GetNode(), Labels: n.GetLabels()})
+		}
+	}
+	return out
+}
+
+// FaultSeen is when a node first reported a drill's fault active.
+func (f *fleet) FaultSeen(node, drill string) (time.Time, bool) {
+	f.mu.RLock()
+	defer f.mu.RUnlock()
+	t, ok := f.faultSeen[[2]string{node, drill}]
+	return t, ok
+}
+
+// activeFaults names the nodes reporting a drill's fault active now.
+func (f *fleet) activeFaults(drill string) []string {
+	f.mu.RLock()
+	defer f.mu.RUnlock()
+	var out []string
+	for id, n := range f.nodes {
+		if f.now().Sub(n.seen) > f.staleAfter {
+			continue
+		}
+		for _, flt := range n.status.GetFaults() {
+			if flt.GetDrill() == drill {
+				out = append(out, id)
+			}
+		}
+	}
+	slices.Sort(out)
 	return out
 }

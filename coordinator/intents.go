@@ -13,6 +13,7 @@ import (
 	"google.golang.org/protobuf/types/known/timestamppb"
 
 	"github.com/switchyard/switchyard/bus"
+	"github.com/switchyard/switchyard/chaos"
 	"github.com/switchyard/switchyard/coordinator/fsm"
 	"github.com/switchyard/switchyard/coordinator/state"
 	"github.com/switchyard/switchyard/internal/spec"
@@ -89,9 +90,15 @@ func (s *Server) handleIntent(ctx context.Context, msg jetstream.Msg) {
 	if err == nil {
 		err = precheck(in)
 	}
+	if err == nil {
+		err = s.checkBlastRadius(in)
+	}
 	if err != nil {
 		code := state.CodeMalformed
-		if errors.Is(err, spec.ErrInvalid) {
+		switch {
+		case errors.Is(err, chaos.ErrBlastRadius):
+			code = state.CodeBlastRadius
+		case errors.Is(err, spec.ErrInvalid):
 			code = state.CodeInvalid
 		}
 		res := &sv1.IntentResult{IntentId: in.GetId(), Code: code, Error: err.Error()}
@@ -164,9 +171,38 @@ func precheck(in *sv1.Intent) error {
 		return named("undo_rollout", act.UndoRollout.GetRollout())
 	case *sv1.Intent_PromoteRollout:
 		return named("promote_rollout", act.PromoteRollout.GetRollout())
+	case *sv1.Intent_RunDrill:
+		if act.RunDrill.GetSpec() == nil {
+			return fmt.Errorf("%w: run_drill.spec: required", spec.ErrInvalid)
+		}
+		sp := proto.Clone(act.RunDrill.GetSpec()).(*sv1.DrillSpec)
+		chaos.DefaultDrill(sp)
+		return chaos.ValidateDrill(sp)
+	case *sv1.Intent_AbortDrill:
+		if act.AbortDrill.GetDrill() == "" {
+			return fmt.Errorf("%w: abort_drill.drill: required", spec.ErrInvalid)
+		}
+		return nil
+	case *sv1.Intent_StopAllDrills:
+		return nil
 	default:
-		return errors.New("intent names no action; want one of apply_rollout, abort_rollout, pause_rollout, resume_rollout, approve_rollout, promote_rollout, undo_rollout")
+		return errors.New("intent names no action; want one of apply_rollout, abort_rollout, pause_rollout, resume_rollout, approve_rollout, promote_rollout, undo_rollout, run_drill, abort_drill, stop_all_drills")
 	}
+}
+
+// checkBlastRadius refuses, before anything is committed, a drill that
+// would touch more nodes than its caps allow on the fleet as this leader
+// sees it now. The cap is checked again when the drill starts, and by every
+// agent.
+func (s *Server) checkBlastRadius(in *sv1.Intent) error {
+	run := in.GetRunDrill()
+	if run == nil || run.GetSpec().GetRollout() != "" {
+		return nil // a rollback drill's targets are its rollout's wave, known at start
+	}
+	sp := proto.Clone(run.GetSpec()).(*sv1.DrillSpec)
+	chaos.DefaultDrill(sp)
+	live := s.fleet.Live(sp.GetService())
+	return chaos.CheckCap(sp, len(chaos.Select(sp, live)), len(live))
 }
 
 func (s *Server) answer(reply string, res *sv1.IntentResult) {

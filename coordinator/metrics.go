@@ -28,7 +28,7 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 		}),
 		intentsRejected: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "switchyard_coordinator_intents_rejected_total",
-			Help: "Intents refused, by reason: malformed, invalid, not_found, conflict.",
+			Help: "Intents refused, by reason: malformed, invalid, not_found, conflict, blast_radius.",
 		}, []string{"reason"}),
 		publishes: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "switchyard_coordinator_desired_publishes_total",
@@ -71,7 +71,7 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 	}
 	reg.MustRegister(m.intentsAccepted, m.intentsRejected, m.publishes, m.publishSeconds,
 		m.raftApply, m.isLeader, m.statusRejected, m.statuses, m.telemetry, m.telemetryRejected, m.decisions)
-	for _, r := range []string{"malformed", "invalid", "not_found", "conflict"} {
+	for _, r := range []string{"malformed", "invalid", "not_found", "conflict", "blast_radius"} {
 		m.intentsRejected.WithLabelValues(r)
 	}
 	return m

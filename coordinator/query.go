@@ -83,6 +83,26 @@ func (s *Server) Fleet(q *sv1.FleetQuery) (*sv1.FleetAnswer, error) {
 	return &sv1.FleetAnswer{Nodes: s.fleet.nodesFor(q.GetService())}, nil
 }
 
+// Drills answers with drills and which targets report their fault active.
+func (s *Server) Drills(q *sv1.DrillsQuery) (*sv1.DrillsAnswer, error) {
+	st := s.fsm.State()
+	var drills []*sv1.Drill
+	if q.GetDrill() != "" {
+		d := st.Drill(q.GetDrill())
+		if d == nil {
+			return nil, fmt.Errorf("no drill named %q", q.GetDrill())
+		}
+		drills = append(drills, d)
+	} else {
+		drills = st.Drills()
+	}
+	ans := &sv1.DrillsAnswer{}
+	for _, d := range drills {
+		ans.Drills = append(ans.Drills, &sv1.DrillView{Drill: d, Active: s.fleet.activeFaults(d.GetId())})
+	}
+	return ans, nil
+}
+
 // IntentResult answers with the recorded result of an applied intent.
 func (s *Server) IntentResult(q *sv1.IntentQuery) (*sv1.IntentResult, error) {
 	res := s.fsm.State().IntentResult(q.GetId())

@@ -7,6 +7,7 @@ import (
 	"github.com/nats-io/nats.go"
 	"google.golang.org/protobuf/proto"
 
+	"github.com/switchyard/switchyard/coordinator/drill"
 	"github.com/switchyard/switchyard/coordinator/fsm"
 	"github.com/switchyard/switchyard/coordinator/rollout"
 	sv1 "github.com/switchyard/switchyard/proto/switchyard/v1"
@@ -80,4 +81,48 @@ func (s *Server) handleTelemetry(msg *nats.Msg) {
 		return
 	}
 	s.metrics.telemetry.Inc()
+}
+
+// drillRaft commits the drill controller's decisions through raftApply.
+type drillRaft struct{ s *Server }
+
+var _ drill.Raft = drillRaft{}
+
+func (r drillRaft) apply(t fsm.MessageType, m proto.Message) error {
+	_, _, err := r.s.raftApply(t, m)
+	return err
+}
+
+func (r drillRaft) Start(e *sv1.DrillStartEntry) error   { return r.apply(fsm.DrillStartType, e) }
+func (r drillRaft) End(e *sv1.DrillEndEntry) error       { return r.apply(fsm.DrillEndType, e) }
+func (r drillRaft) Report(e *sv1.DrillReportEntry) error { return r.apply(fsm.DrillReportType, e) }
+
+// drillState reads the current replicated state for the drill controller.
+type drillState struct{ s *Server }
+
+func (d drillState) Drills() []*sv1.Drill     { return d.s.fsm.State().Drills() }
+func (d drillState) Rollouts() []*sv1.Rollout { return d.s.fsm.State().Rollouts() }
+func (d drillState) Desired(service string) *sv1.DesiredState {
+	return d.s.fsm.State().Desired(service)
+}
+
+func (s *Server) drillController() *drill.Controller {
+	return &drill.Controller{State: drillState{s}, Raft: drillRaft{s}, Fleet: s.fleet, Health: s.analysis, Log: s.log}
+}
+
+// runDrills steps every drill on each tick while this node leads.
+func (s *Server) runDrills(ctx context.Context) {
+	c := s.drillController()
+	tick := time.NewTicker(s.cfg.TickInterval)
+	defer tick.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-tick.C:
+		}
+		if err := c.Step(s.cfg.Clock.Now()); err != nil {
+			s.log.Warn("drill controller", "err", err)
+		}
+	}
 }

@@ -304,6 +304,7 @@ func (s *Server) subscribe() ([]*nats.Subscription, error) {
 		bus.QueryRollouts: serveQuery(s, s.Rollouts),
 		bus.QueryIntent:   serveQuery(s, s.IntentResult),
 		bus.QueryFleet:    serveQuery(s, s.Fleet),
+		bus.QueryDrills:   serveQuery(s, s.Drills),
 	} {
 		sub, err := s.nc.QueueSubscribe(bus.QuerySubject(name), bus.QueryQueue, h)
 		if err != nil {

@@ -49,8 +49,18 @@ func (v Verdict) String() string {
 type Store struct {
 	mu       sync.Mutex
 	services map[string]map[int64]map[cellKey]*cell // service -> unix second of window end -> cell
+	nodes    map[string]map[int64]map[string]*nodeCell
 	newest   map[string]int64
-	cache    map[cacheKey]WindowResult
+	// newestNode is the newest second in nodes, per service; old seconds
+	// are dropped when it moves.
+	newestNode map[string]int64
+	cache      map[cacheKey]WindowResult
+}
+
+// nodeCell is all of one node's traffic in one second, whatever the rollout:
+// drills and fleet-wide checks look at nodes, not backends.
+type nodeCell struct {
+	requests, errors uint64
 }
 
 type cellKey struct {
@@ -74,15 +84,23 @@ type cacheKey struct {
 
 // NewStore returns an empty store.
 func NewStore() *Store {
-	return &Store{services: map[string]map[int64]map[cellKey]*cell{}, newest: map[string]int64{}, cache: map[cacheKey]WindowResult{}}
+	return &Store{services: map[string]map[int64]map[cellKey]*cell{}, nodes: map[string]map[int64]map[string]*nodeCell{},
+		newest: map[string]int64{}, newestNode: map[string]int64{}, cache: map[cacheKey]WindowResult{}}
 }
 
-// Add merges one report. Reports for no rollout, or whose generation changed
-// inside their window (generation 0), are not judged and are dropped.
+// Add merges one report. Every report counts toward its node's health;
+// reports for no rollout, or whose generation changed inside their window
+// (generation 0), are not judged for a rollout.
 func (s *Store) Add(r *sv1.HealthReport) error {
 	if r.GetNode() == "" || r.GetService() == "" || r.GetWindowEnd() == nil {
 		return fmt.Errorf("%w: node, service and window_end are required", ErrBadReport)
 	}
+	for _, b := range r.GetBackends() {
+		if b.GetErrors() > b.GetRequests() {
+			return fmt.Errorf("%w: %s has %d errors in %d requests", ErrBadReport, b.GetBackend(), b.GetErrors(), b.GetRequests())
+		}
+	}
+	s.addNode(r)
 	if r.GetRolloutId() == "" || r.GetGeneration() == 0 {
 		return nil
 	}
@@ -136,6 +154,60 @@ func (s *Store) Add(r *sv1.HealthReport) error {
 		}
 	}
 	return nil
+}
+
+func (s *Store) addNode(r *sv1.HealthReport) {
+	sec := r.GetWindowEnd().AsTime().Unix()
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	series := s.nodes[r.GetService()]
+	if series == nil {
+		series = map[int64]map[string]*nodeCell{}
+		s.nodes[r.GetService()] = series
+	}
+	cells := series[sec]
+	if cells == nil {
+		cells = map[string]*nodeCell{}
+		series[sec] = cells
+	}
+	c := cells[r.GetNode()]
+	if c == nil {
+		c = &nodeCell{}
+		cells[r.GetNode()] = c
+	}
+	for _, b := range r.GetBackends() {
+		c.requests += b.GetRequests()
+		c.errors += b.GetErrors()
+	}
+	if sec > s.newestNode[r.GetService()] {
+		s.newestNode[r.GetService()] = sec
+		for t := range series {
+			if t < sec-int64(Retention/time.Second) {
+				delete(series, t)
+			}
+		}
+	}
+}
+
+// NodeHealth sums the traffic of a service's nodes over (start, end],
+// leaving out the excluded nodes: what the rest of the fleet sees while a
+// drill hurts its targets.
+func (s *Store) NodeHealth(service string, exclude map[string]bool, start, end time.Time) (requests, errors uint64, nodes int) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	seen := map[string]bool{}
+	series := s.nodes[service]
+	for sec := start.Unix() + 1; sec <= end.Unix(); sec++ {
+		for node, c := range series[sec] {
+			if exclude[node] {
+				continue
+			}
+			seen[node] = true
+			requests += c.requests
+			errors += c.errors
+		}
+	}
+	return requests, errors, len(seen)
 }
 
 // Aggregate is one backend's merged telemetry over a window.

@@ -24,6 +24,9 @@ const (
 	CodeNotFound  = "not_found"
 	CodeConflict  = "conflict"
 	CodeMalformed = "malformed"
+	// CodeBlastRadius refuses a drill that would touch more nodes than its
+	// caps allow.
+	CodeBlastRadius = "blast_radius"
 )
 
 // IntentMemory is how long an applied intent id is remembered for

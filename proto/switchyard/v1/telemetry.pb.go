@@ -92,7 +92,15 @@ type HealthReport struct {
 	Backends []*BackendHealth `protobuf:"bytes,8,rep,name=backends,proto3" json:"backends,omitempty"`
 	// Probes are the agent's own synthetic requests (preflights and scripted
 	// transactions) finished in the window, kept apart from real traffic.
-	Probes        []*ProbeResult `protobuf:"bytes,9,rep,name=probes,proto3" json:"probes,omitempty"`
+	Probes []*ProbeResult `protobuf:"bytes,9,rep,name=probes,proto3" json:"probes,omitempty"`
+	// DroppedLogLines counts per-request log lines the proxy could not hand
+	// to the agent in the window (HAProxy's DroppedLogs, for all its
+	// backends). When it is not zero, requests and errors come from the
+	// proxy's counters instead, and the latency sketch is a sample.
+	DroppedLogLines uint64 `protobuf:"varint,10,opt,name=dropped_log_lines,json=droppedLogLines,proto3" json:"dropped_log_lines,omitempty"`
+	// DrillId is set while a drill's fault is active on this node, so
+	// drill-caused telemetry is told apart.
+	DrillId       string `protobuf:"bytes,20,opt,name=drill_id,json=drillId,proto3" json:"drill_id,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -188,6 +196,20 @@ func (x *HealthReport) GetProbes() []*ProbeResult {
 		return x.Probes
 	}
 	return nil
+}
+
+func (x *HealthReport) GetDroppedLogLines() uint64 {
+	if x != nil {
+		return x.DroppedLogLines
+	}
+	return 0
+}
+
+func (x *HealthReport) GetDrillId() string {
+	if x != nil {
+		return x.DrillId
+	}
+	return ""
 }
 
 // ProbeResult is one synthetic HTTP request an agent made to a backend.
@@ -454,7 +476,9 @@ type AgentStatus struct {
 	Services []*ServiceStatus       `protobuf:"bytes,4,rep,name=services,proto3" json:"services,omitempty"`
 	Version  string                 `protobuf:"bytes,5,opt,name=version,proto3" json:"version,omitempty"`
 	// Heartbeat is true when nothing changed since the previous status.
-	Heartbeat     bool `protobuf:"varint,6,opt,name=heartbeat,proto3" json:"heartbeat,omitempty"`
+	Heartbeat bool `protobuf:"varint,6,opt,name=heartbeat,proto3" json:"heartbeat,omitempty"`
+	// Faults are the drill faults active on this node now.
+	Faults        []*ActiveFault `protobuf:"bytes,20,rep,name=faults,proto3" json:"faults,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -529,6 +553,13 @@ func (x *AgentStatus) GetHeartbeat() bool {
 		return x.Heartbeat
 	}
 	return false
+}
+
+func (x *AgentStatus) GetFaults() []*ActiveFault {
+	if x != nil {
+		return x.Faults
+	}
+	return nil
 }
 
 // ServiceStatus is one service on one agent.
@@ -720,11 +751,82 @@ func (x *LocalRollback) GetAt() *timestamppb.Timestamp {
 	return nil
 }
 
+// ActiveFault is one drill fault an agent has injected and not yet reverted.
+type ActiveFault struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	Drill string                 `protobuf:"bytes,1,opt,name=drill,proto3" json:"drill,omitempty"`
+	// Kind names the fault ("http", "tcp", "backend_state", "process",
+	// "cpu_burn", "bus_drop").
+	Kind          string                 `protobuf:"bytes,2,opt,name=kind,proto3" json:"kind,omitempty"`
+	Since         *timestamppb.Timestamp `protobuf:"bytes,3,opt,name=since,proto3" json:"since,omitempty"`
+	Until         *timestamppb.Timestamp `protobuf:"bytes,4,opt,name=until,proto3" json:"until,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ActiveFault) Reset() {
+	*x = ActiveFault{}
+	mi := &file_switchyard_v1_telemetry_proto_msgTypes[7]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ActiveFault) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ActiveFault) ProtoMessage() {}
+
+func (x *ActiveFault) ProtoReflect() protoreflect.Message {
+	mi := &file_switchyard_v1_telemetry_proto_msgTypes[7]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ActiveFault.ProtoReflect.Descriptor instead.
+func (*ActiveFault) Descriptor() ([]byte, []int) {
+	return file_switchyard_v1_telemetry_proto_rawDescGZIP(), []int{7}
+}
+
+func (x *ActiveFault) GetDrill() string {
+	if x != nil {
+		return x.Drill
+	}
+	return ""
+}
+
+func (x *ActiveFault) GetKind() string {
+	if x != nil {
+		return x.Kind
+	}
+	return ""
+}
+
+func (x *ActiveFault) GetSince() *timestamppb.Timestamp {
+	if x != nil {
+		return x.Since
+	}
+	return nil
+}
+
+func (x *ActiveFault) GetUntil() *timestamppb.Timestamp {
+	if x != nil {
+		return x.Until
+	}
+	return nil
+}
+
 var File_switchyard_v1_telemetry_proto protoreflect.FileDescriptor
 
 const file_switchyard_v1_telemetry_proto_rawDesc = "" +
 	"\n" +
-	"\x1dswitchyard/v1/telemetry.proto\x12\rswitchyard.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xf7\x02\n" +
+	"\x1dswitchyard/v1/telemetry.proto\x12\rswitchyard.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xbe\x03\n" +
 	"\fHealthReport\x12\x12\n" +
 	"\x04node\x18\x01 \x01(\tR\x04node\x12\x18\n" +
 	"\aservice\x18\x02 \x01(\tR\aservice\x12=\n" +
@@ -738,7 +840,10 @@ const file_switchyard_v1_telemetry_proto_rawDesc = "" +
 	"rollout_id\x18\x06 \x01(\tR\trolloutId\x12\x12\n" +
 	"\x04wave\x18\a \x01(\x05R\x04wave\x128\n" +
 	"\bbackends\x18\b \x03(\v2\x1c.switchyard.v1.BackendHealthR\bbackends\x122\n" +
-	"\x06probes\x18\t \x03(\v2\x1a.switchyard.v1.ProbeResultR\x06probes\"\xc2\x01\n" +
+	"\x06probes\x18\t \x03(\v2\x1a.switchyard.v1.ProbeResultR\x06probes\x12*\n" +
+	"\x11dropped_log_lines\x18\n" +
+	" \x01(\x04R\x0fdroppedLogLines\x12\x19\n" +
+	"\bdrill_id\x18\x14 \x01(\tR\adrillId\"\xc2\x01\n" +
 	"\vProbeResult\x12\x18\n" +
 	"\abackend\x18\x01 \x01(\tR\abackend\x12\x12\n" +
 	"\x04name\x18\x02 \x01(\tR\x04name\x12\x0e\n" +
@@ -759,14 +864,15 @@ const file_switchyard_v1_telemetry_proto_rawDesc = "" +
 	"\n" +
 	"zero_count\x18\x02 \x01(\x01R\tzeroCount\x12!\n" +
 	"\findex_offset\x18\x03 \x01(\x11R\vindexOffset\x12\x16\n" +
-	"\x06counts\x18\x04 \x03(\x01R\x06counts\"\xba\x02\n" +
+	"\x06counts\x18\x04 \x03(\x01R\x06counts\"\xee\x02\n" +
 	"\vAgentStatus\x12\x12\n" +
 	"\x04node\x18\x01 \x01(\tR\x04node\x12>\n" +
 	"\x06labels\x18\x02 \x03(\v2&.switchyard.v1.AgentStatus.LabelsEntryR\x06labels\x12*\n" +
 	"\x02at\x18\x03 \x01(\v2\x1a.google.protobuf.TimestampR\x02at\x128\n" +
 	"\bservices\x18\x04 \x03(\v2\x1c.switchyard.v1.ServiceStatusR\bservices\x12\x18\n" +
 	"\aversion\x18\x05 \x01(\tR\aversion\x12\x1c\n" +
-	"\theartbeat\x18\x06 \x01(\bR\theartbeat\x1a9\n" +
+	"\theartbeat\x18\x06 \x01(\bR\theartbeat\x122\n" +
+	"\x06faults\x18\x14 \x03(\v2\x1a.switchyard.v1.ActiveFaultR\x06faults\x1a9\n" +
 	"\vLabelsEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
 	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"\x8c\x03\n" +
@@ -791,7 +897,12 @@ const file_switchyard_v1_telemetry_proto_rawDesc = "" +
 	"\x04from\x18\x03 \x01(\tR\x04from\x12\x0e\n" +
 	"\x02to\x18\x04 \x01(\tR\x02to\x12\x16\n" +
 	"\x06reason\x18\x05 \x01(\tR\x06reason\x12*\n" +
-	"\x02at\x18\x06 \x01(\v2\x1a.google.protobuf.TimestampR\x02at*_\n" +
+	"\x02at\x18\x06 \x01(\v2\x1a.google.protobuf.TimestampR\x02at\"\x9b\x01\n" +
+	"\vActiveFault\x12\x14\n" +
+	"\x05drill\x18\x01 \x01(\tR\x05drill\x12\x12\n" +
+	"\x04kind\x18\x02 \x01(\tR\x04kind\x120\n" +
+	"\x05since\x18\x03 \x01(\v2\x1a.google.protobuf.TimestampR\x05since\x120\n" +
+	"\x05until\x18\x04 \x01(\v2\x1a.google.protobuf.TimestampR\x05until*_\n" +
 	"\fDriverHealth\x12\x1d\n" +
 	"\x19DRIVER_HEALTH_UNSPECIFIED\x10\x00\x12\x14\n" +
 	"\x10DRIVER_HEALTH_OK\x10\x01\x12\x1a\n" +
@@ -810,7 +921,7 @@ func file_switchyard_v1_telemetry_proto_rawDescGZIP() []byte {
 }
 
 var file_switchyard_v1_telemetry_proto_enumTypes = make([]protoimpl.EnumInfo, 1)
-var file_switchyard_v1_telemetry_proto_msgTypes = make([]protoimpl.MessageInfo, 9)
+var file_switchyard_v1_telemetry_proto_msgTypes = make([]protoimpl.MessageInfo, 10)
 var file_switchyard_v1_telemetry_proto_goTypes = []any{
 	(DriverHealth)(0),             // 0: switchyard.v1.DriverHealth
 	(*HealthReport)(nil),          // 1: switchyard.v1.HealthReport
@@ -820,31 +931,35 @@ var file_switchyard_v1_telemetry_proto_goTypes = []any{
 	(*AgentStatus)(nil),           // 5: switchyard.v1.AgentStatus
 	(*ServiceStatus)(nil),         // 6: switchyard.v1.ServiceStatus
 	(*LocalRollback)(nil),         // 7: switchyard.v1.LocalRollback
-	nil,                           // 8: switchyard.v1.AgentStatus.LabelsEntry
-	nil,                           // 9: switchyard.v1.ServiceStatus.WeightsEntry
-	(*timestamppb.Timestamp)(nil), // 10: google.protobuf.Timestamp
-	(*durationpb.Duration)(nil),   // 11: google.protobuf.Duration
+	(*ActiveFault)(nil),           // 8: switchyard.v1.ActiveFault
+	nil,                           // 9: switchyard.v1.AgentStatus.LabelsEntry
+	nil,                           // 10: switchyard.v1.ServiceStatus.WeightsEntry
+	(*timestamppb.Timestamp)(nil), // 11: google.protobuf.Timestamp
+	(*durationpb.Duration)(nil),   // 12: google.protobuf.Duration
 }
 var file_switchyard_v1_telemetry_proto_depIdxs = []int32{
-	10, // 0: switchyard.v1.HealthReport.window_start:type_name -> google.protobuf.Timestamp
-	10, // 1: switchyard.v1.HealthReport.window_end:type_name -> google.protobuf.Timestamp
+	11, // 0: switchyard.v1.HealthReport.window_start:type_name -> google.protobuf.Timestamp
+	11, // 1: switchyard.v1.HealthReport.window_end:type_name -> google.protobuf.Timestamp
 	3,  // 2: switchyard.v1.HealthReport.backends:type_name -> switchyard.v1.BackendHealth
 	2,  // 3: switchyard.v1.HealthReport.probes:type_name -> switchyard.v1.ProbeResult
-	11, // 4: switchyard.v1.ProbeResult.latency:type_name -> google.protobuf.Duration
-	10, // 5: switchyard.v1.ProbeResult.at:type_name -> google.protobuf.Timestamp
+	12, // 4: switchyard.v1.ProbeResult.latency:type_name -> google.protobuf.Duration
+	11, // 5: switchyard.v1.ProbeResult.at:type_name -> google.protobuf.Timestamp
 	4,  // 6: switchyard.v1.BackendHealth.latency:type_name -> switchyard.v1.LatencySketch
-	8,  // 7: switchyard.v1.AgentStatus.labels:type_name -> switchyard.v1.AgentStatus.LabelsEntry
-	10, // 8: switchyard.v1.AgentStatus.at:type_name -> google.protobuf.Timestamp
+	9,  // 7: switchyard.v1.AgentStatus.labels:type_name -> switchyard.v1.AgentStatus.LabelsEntry
+	11, // 8: switchyard.v1.AgentStatus.at:type_name -> google.protobuf.Timestamp
 	6,  // 9: switchyard.v1.AgentStatus.services:type_name -> switchyard.v1.ServiceStatus
-	9,  // 10: switchyard.v1.ServiceStatus.weights:type_name -> switchyard.v1.ServiceStatus.WeightsEntry
-	0,  // 11: switchyard.v1.ServiceStatus.driver:type_name -> switchyard.v1.DriverHealth
-	7,  // 12: switchyard.v1.ServiceStatus.local_rollback:type_name -> switchyard.v1.LocalRollback
-	10, // 13: switchyard.v1.LocalRollback.at:type_name -> google.protobuf.Timestamp
-	14, // [14:14] is the sub-list for method output_type
-	14, // [14:14] is the sub-list for method input_type
-	14, // [14:14] is the sub-list for extension type_name
-	14, // [14:14] is the sub-list for extension extendee
-	0,  // [0:14] is the sub-list for field type_name
+	8,  // 10: switchyard.v1.AgentStatus.faults:type_name -> switchyard.v1.ActiveFault
+	10, // 11: switchyard.v1.ServiceStatus.weights:type_name -> switchyard.v1.ServiceStatus.WeightsEntry
+	0,  // 12: switchyard.v1.ServiceStatus.driver:type_name -> switchyard.v1.DriverHealth
+	7,  // 13: switchyard.v1.ServiceStatus.local_rollback:type_name -> switchyard.v1.LocalRollback
+	11, // 14: switchyard.v1.LocalRollback.at:type_name -> google.protobuf.Timestamp
+	11, // 15: switchyard.v1.ActiveFault.since:type_name -> google.protobuf.Timestamp
+	11, // 16: switchyard.v1.ActiveFault.until:type_name -> google.protobuf.Timestamp
+	17, // [17:17] is the sub-list for method output_type
+	17, // [17:17] is the sub-list for method input_type
+	17, // [17:17] is the sub-list for extension type_name
+	17, // [17:17] is the sub-list for extension extendee
+	0,  // [0:17] is the sub-list for field type_name
 }
 
 func init() { file_switchyard_v1_telemetry_proto_init() }
@@ -858,7 +973,7 @@ func file_switchyard_v1_telemetry_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_switchyard_v1_telemetry_proto_rawDesc), len(file_switchyard_v1_telemetry_proto_rawDesc)),
 			NumEnums:      1,
-			NumMessages:   9,
+			NumMessages:   10,
 			NumExtensions: 0,
 			NumServices:   0,
 		},
