@@ -58,9 +58,20 @@ func (s *Server) consumeIntents(ctx context.Context) {
 	}
 }
 
+// ensureIntentConsumer gives this leader a fresh intent consumer. Intents a
+// previous leader had received but not acknowledged (it was killed, or lost
+// leadership with a batch in hand) would otherwise wait out the consumer's
+// AckWait, 30 s, before anyone saw them again. The stream is a work queue,
+// so it holds only unacknowledged intents, and a new consumer delivers
+// exactly those at once; the state machine answers the ones already
+// committed as duplicates.
 func (s *Server) ensureIntentConsumer(ctx context.Context) (jetstream.Consumer, error) {
 	if _, err := bus.EnsureIntentStream(ctx, s.js, 1); err != nil {
 		return nil, err
+	}
+	err := s.js.DeleteConsumer(ctx, bus.IntentStream, bus.IntentConsumer)
+	if err != nil && !errors.Is(err, jetstream.ErrConsumerNotFound) {
+		return nil, fmt.Errorf("reset consumer %s on %s: %w", bus.IntentConsumer, bus.IntentStream, err)
 	}
 	return bus.EnsureIntentConsumer(ctx, s.js)
 }

@@ -1,0 +1,161 @@
+package drill
+
+import (
+	"strings"
+	"testing"
+	"time"
+
+	"google.golang.org/protobuf/types/known/timestamppb"
+
+	"github.com/switchyard/switchyard/chaos"
+	"github.com/switchyard/switchyard/coordinator/state"
+	sv1 "github.com/switchyard/switchyard/proto/switchyard/v1"
+)
+
+var t0 = time.Date(2026, 11, 25, 12, 0, 0, 0, time.UTC)
+
+type memRaft struct {
+	st    *state.State
+	index uint64
+}
+
+func (m *memRaft) next() uint64 { m.index++; return m.index }
+func (m *memRaft) Start(e *sv1.DrillStartEntry) error {
+	m.st.ApplyDrillStart(m.next(), e)
+	return nil
+}
+func (m *memRaft) End(e *sv1.DrillEndEntry) error { m.st.ApplyDrillEnd(m.next(), e); return nil }
+func (m *memRaft) Report(e *sv1.DrillReportEntry) error {
+	m.st.ApplyDrillReport(m.next(), e)
+	return nil
+}
+
+type fakeFleet struct {
+	live []chaos.Node
+	seen map[string]time.Time
+}
+
+func (f *fakeFleet) Live(string) []chaos.Node { return f.live }
+func (f *fakeFleet) FaultSeen(node, _ string) (time.Time, bool) {
+	t, ok := f.seen[node]
+	return t, ok
+}
+
+type fakeHealth struct{ req, errs uint64 }
+
+func (h *fakeHealth) NodeHealth(string, map[string]bool, time.Time, time.Time) (uint64, uint64, int) {
+	return h.req, h.errs, 3
+}
+
+func nodes(ids ...string) []chaos.Node {
+	var out []chaos.Node
+	for _, id := range ids {
+		out = append(out, chaos.Node{ID: id})
+	}
+	return out
+}
+
+func setup(t *testing.T, yaml string, live []chaos.Node) (*state.State, *Controller, *fakeFleet, *fakeHealth) {
+	t.Helper()
+	sp, err := chaos.ParseDrill([]byte(yaml))
+	if err != nil {
+		t.Fatal(err)
+	}
+	st := state.New()
+	r := &memRaft{st: st, index: 1}
+	a := st.ApplyIntent(1, &sv1.IntentEntry{StampedAt: timestamppb.New(t0), Intent: &sv1.Intent{Id: "i", Operator: "sre",
+		Action: &sv1.Intent_RunDrill{RunDrill: &sv1.RunDrill{Spec: sp}}}})
+	if !a.Result.GetAccepted() {
+		t.Fatal(a.Result)
+	}
+	fl := &fakeFleet{live: live, seen: map[string]time.Time{}}
+	h := &fakeHealth{}
+	return st, &Controller{State: st, Raft: r, Fleet: fl, Health: h}, fl, h
+}
+
+const drillYAML = `
+version: v1
+name: d1
+service: web
+maxNodes: 2
+maxPercent: 50
+startAfter: 5s
+duration: 30s
+fault:
+  http: {backend: green, errorPercent: 20}
+`
+
+func TestDrill_StartsOnTimeRunsAndEnds(t *testing.T) {
+	st, c, fl, _ := setup(t, drillYAML, nodes("a", "b", "c", "d"))
+	_ = c.Step(t0.Add(4 * time.Second))
+	if p := st.Drill("d1").GetPhase(); p != sv1.DrillPhase_DRILL_PHASE_SCHEDULED {
+		t.Fatalf("started early: %v", p)
+	}
+	// 4 live nodes, 100% selected = 4 > maxNodes 2: refused at start.
+	_ = c.Step(t0.Add(5 * time.Second))
+	d := st.Drill("d1")
+	if d.GetPhase() != sv1.DrillPhase_DRILL_PHASE_ABORTED || !strings.Contains(d.GetAbortReason(), "more than maxNodes 2") {
+		t.Fatalf("over the cap: %v %q", d.GetPhase(), d.GetAbortReason())
+	}
+	if st.DrillDocument("d1") != nil {
+		t.Fatal("a drill that never started was published")
+	}
+	_ = fl
+}
+
+func TestDrill_RunsWithinCapAndReports(t *testing.T) {
+	yaml := strings.Replace(drillYAML, "maxNodes: 2", "maxNodes: 4", 1)
+	yaml = strings.Replace(yaml, "maxPercent: 50", "maxPercent: 100", 1)
+	st, c, fl, _ := setup(t, yaml, nodes("a", "b", "c"))
+	_ = c.Step(t0.Add(5 * time.Second))
+	d := st.Drill("d1")
+	if d.GetPhase() != sv1.DrillPhase_DRILL_PHASE_RUNNING || len(d.GetTargets()) != 3 {
+		t.Fatalf("running: %v targets %v", d.GetPhase(), d.GetTargets())
+	}
+	doc := st.DrillDocument("d1")
+	if doc.GetGeneration() == 0 || !doc.GetEndAt().AsTime().Equal(t0.Add(35*time.Second)) {
+		t.Fatalf("document %v", doc)
+	}
+	fl.seen = map[string]time.Time{"a": t0.Add(6 * time.Second), "b": t0.Add(6 * time.Second), "c": t0.Add(7 * time.Second)}
+	_ = c.Step(t0.Add(20 * time.Second))
+	if st.Drill("d1").GetPhase() != sv1.DrillPhase_DRILL_PHASE_RUNNING {
+		t.Fatal("ended early")
+	}
+	_ = c.Step(t0.Add(35 * time.Second))
+	_ = c.Step(t0.Add(36 * time.Second))
+	d = st.Drill("d1")
+	if d.GetPhase() != sv1.DrillPhase_DRILL_PHASE_ENDED || d.GetReport().GetVerdict() != "pass" || len(d.GetReport().GetInjected()) != 3 {
+		t.Fatalf("ended: %v report %v", d.GetPhase(), d.GetReport())
+	}
+}
+
+func TestDrill_AbortsWhenTheRestOfTheFleetSuffers(t *testing.T) {
+	yaml := strings.Replace(drillYAML, "maxNodes: 2", "maxNodes: 4", 1)
+	yaml = strings.Replace(yaml, "maxPercent: 50", "maxPercent: 100", 1)
+	st, c, _, h := setup(t, yaml, nodes("a", "b"))
+	_ = c.Step(t0.Add(5 * time.Second))
+	h.req, h.errs = 1000, 200
+	_ = c.Step(t0.Add(10 * time.Second))
+	d := st.Drill("d1")
+	if d.GetPhase() != sv1.DrillPhase_DRILL_PHASE_ABORTED || !strings.Contains(d.GetAbortReason(), "outside the drill's targets") {
+		t.Fatalf("%v %q", d.GetPhase(), d.GetAbortReason())
+	}
+	if !st.DrillDocument("d1").GetAborted() {
+		t.Fatal("agents were not told to revert")
+	}
+}
+
+func TestDrill_StopAllEndsEveryDrill(t *testing.T) {
+	yaml := strings.Replace(drillYAML, "maxNodes: 2", "maxNodes: 4", 1)
+	yaml = strings.Replace(yaml, "maxPercent: 50", "maxPercent: 100", 1)
+	st, c, _, _ := setup(t, yaml, nodes("a"))
+	_ = c.Step(t0.Add(5 * time.Second))
+	a := st.ApplyIntent(10, &sv1.IntentEntry{StampedAt: timestamppb.New(t0.Add(6 * time.Second)), Intent: &sv1.Intent{Id: "stop",
+		Operator: "sre", Action: &sv1.Intent_StopAllDrills{StopAllDrills: &sv1.StopAllDrills{}}}})
+	if !a.Result.GetAccepted() || len(a.Drills) != 1 {
+		t.Fatalf("stop-all: %v", a)
+	}
+	if !st.DrillDocument("d1").GetAborted() {
+		t.Fatal("document not marked aborted")
+	}
+}
