@@ -31,7 +31,10 @@ Usage:
   switchyard agent --config FILE    run the agent of one edge node
   switchyard rollout apply -f FILE  start a rollout
   switchyard rollout status [NAME]  show rollouts and how far the fleet followed
-  switchyard rollout abort NAME     send a rollout's service back to its old backend
+  switchyard rollout ...            plan, watch, pause, resume, approve, promote, abort, undo,
+                                    history, simulate (see 'switchyard rollout help')
+  switchyard chaos run -f FILE      schedule a chaos drill (see 'switchyard chaos help')
+  switchyard coordinator members    the coordinator cluster
 
 Run 'switchyard <command> -h' for a command's flags.
 Client commands take --nats URL or the SWITCHYARD_NATS environment variable.
@@ -59,6 +62,8 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 		err = runAgent(ctx, args[1:], stderr)
 	case "rollout":
 		err = runRollout(ctx, args[1:], stdout, stderr)
+	case "chaos":
+		err = runChaos(ctx, args[1:], stdout, stderr)
 	case "-h", "--help", "help":
 		fmt.Fprint(stdout, usage)
 		return exitOK

@@ -1,0 +1,256 @@
+package main
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"os"
+	"strings"
+	"text/tabwriter"
+
+	"github.com/nats-io/nuid"
+	"google.golang.org/protobuf/types/known/timestamppb"
+
+	"github.com/switchyard/switchyard/bus"
+	"github.com/switchyard/switchyard/chaos"
+	"github.com/switchyard/switchyard/coordinator/drill"
+	"github.com/switchyard/switchyard/coordinator/state"
+	"github.com/switchyard/switchyard/internal/desired"
+	"github.com/switchyard/switchyard/internal/spec"
+	sv1 "github.com/switchyard/switchyard/proto/switchyard/v1"
+)
+
+const chaosUsage = `Usage:
+  switchyard chaos run -f DRILL.yaml [--dry-run]   schedule a drill (--dry-run: show what each node would do)
+  switchyard chaos status [NAME]                   drills, their targets and reports
+  switchyard chaos abort NAME [--reason TEXT]      end one drill now
+  switchyard chaos stop-all [--reason TEXT]        the kill switch: end every drill now
+Common flags: --nats URL (env SWITCHYARD_NATS), --timeout D, -o table|json.
+`
+
+func runChaos(ctx context.Context, args []string, stdout, stderr io.Writer) error {
+	if len(args) == 0 {
+		fmt.Fprint(stderr, chaosUsage)
+		return errUsage
+	}
+	switch args[0] {
+	case "run":
+		return chaosRun(ctx, args[1:], stdout, stderr)
+	case "status":
+		return chaosStatus(ctx, args[1:], stdout, stderr)
+	case "abort", "stop-all":
+		return chaosEnd(ctx, args[0], args[1:], stdout, stderr)
+	case "-h", "--help", "help":
+		fmt.Fprint(stdout, chaosUsage)
+		return nil
+	}
+	return usageErr(stderr, "switchyard chaos: unknown verb %q\n\n%s", args[0], chaosUsage)
+}
+
+func sendChaos(ctx context.Context, c clientFlags, in *sv1.Intent, verb string, stdout io.Writer) error {
+	nc, err := c.connect()
+	if err != nil {
+		return err
+	}
+	defer nc.Close()
+	in.Id = nuid.Next()
+	in.Operator = c.operator
+	in.CreatedAt = timestamppb.Now()
+	ctx, cancel := context.WithTimeout(ctx, c.timeout)
+	defer cancel()
+	res, err := bus.SendIntent(ctx, nc, bus.IntentKindChaos, in)
+	if err != nil {
+		return err
+	}
+	if c.output == "json" {
+		printJSON(stdout, res)
+	} else if res.GetAccepted() {
+		fmt.Fprintf(stdout, "%s committed at index %d\n", verb, res.GetIndex())
+	}
+	if !res.GetAccepted() {
+		return fmt.Errorf("%w by the coordinator (%s):\n%s", errRefused, res.GetCode(), indent(fmt.Errorf("%s", res.GetError())))
+	}
+	return nil
+}
+
+func chaosRun(ctx context.Context, args []string, stdout, stderr io.Writer) error {
+	fs := newFlags("chaos run", stderr)
+	var c clientFlags
+	c.register(fs)
+	file := fs.String("f", "", "drill spec (YAML)")
+	dry := fs.Bool("dry-run", false, "print the concrete action per selected node and change nothing")
+	pos, err := parseInterleaved(fs, args)
+	if err != nil {
+		return err
+	}
+	if err := c.check(stderr); err != nil {
+		return err
+	}
+	if *file == "" || len(pos) > 0 {
+		return usageErr(stderr, "switchyard chaos run: want -f DRILL.yaml and no other arguments")
+	}
+	data, err := os.ReadFile(*file)
+	if err != nil {
+		return fmt.Errorf("read drill: %w", err)
+	}
+	sp, err := chaos.ParseDrill(data)
+	if err != nil {
+		return fmt.Errorf("%s is not a valid drill; nothing was sent:\n%w", *file, indent(err))
+	}
+	if *dry {
+		return chaosDryRun(ctx, c, sp, stdout)
+	}
+	return sendChaos(ctx, c, &sv1.Intent{Action: &sv1.Intent_RunDrill{RunDrill: &sv1.RunDrill{Spec: sp}}}, "drill "+sp.GetName(), stdout)
+}
+
+// chaosDryRun asks the coordinators for the fleet and prints what the drill
+// would do on each node it selects, with the cap check, and sends nothing.
+func chaosDryRun(ctx context.Context, c clientFlags, sp *sv1.DrillSpec, stdout io.Writer) error {
+	nc, err := c.connect()
+	if err != nil {
+		return err
+	}
+	defer nc.Close()
+	qctx, cancel := context.WithTimeout(ctx, c.timeout)
+	defer cancel()
+	var fleet sv1.FleetAnswer
+	if err := bus.Query(qctx, nc, bus.QueryFleet, &sv1.FleetQuery{Service: sp.GetService()}, &fleet); err != nil {
+		return err
+	}
+	var live []chaos.Node
+	for _, n := range fleet.GetNodes() {
+		if !n.GetStale() {
+			live = append(live, chaos.Node{ID: n.GetNode(), Labels: n.GetLabels()})
+		}
+	}
+	fmt.Fprintf(stdout, "Drill %s on %s (dry run: nothing is sent)\n", sp.GetName(), sp.GetService())
+	targets := chaos.Select(sp, live)
+	if id := sp.GetRollout(); id != "" {
+		var ans sv1.RolloutsAnswer
+		if err := bus.Query(qctx, nc, bus.QueryRollouts, &sv1.RolloutsQuery{Rollout: id}, &ans); err != nil {
+			return err
+		}
+		r := ans.GetRollouts()[0].GetRollout()
+		fmt.Fprintf(stdout, "Rollback drill inside %s (%s): the targets are the nodes of its current wave when it starts.\n", id, state.PhaseName(r.GetPhase()))
+		targets = currentWave(r, live)
+	}
+	if err := chaos.CheckCap(sp, len(targets), len(live)); err != nil {
+		fmt.Fprintf(stdout, "\nREFUSED: %v\n", err)
+		return err
+	}
+	fmt.Fprintf(stdout, "Caps: at most %d nodes and %g%% of %d live nodes\n\n", sp.GetMaxNodes(), float64(sp.GetMaxBasisPoints())/100, len(live))
+	action := drill.Describe(sp.GetFault(), sp.GetDuration().AsDuration())
+	tw := tabwriter.NewWriter(stdout, 0, 0, 2, ' ', 0)
+	fmt.Fprintln(tw, "NODE\tACTION")
+	for _, t := range targets {
+		fmt.Fprintf(tw, "%s\t%s\n", t, action)
+	}
+	tw.Flush()
+	if sp.GetStartAfter() != nil {
+		fmt.Fprintf(stdout, "\nStarts %s after it is committed.\n", sp.GetStartAfter().AsDuration())
+	}
+	return nil
+}
+
+func chaosEnd(ctx context.Context, verb string, args []string, stdout, stderr io.Writer) error {
+	fs := newFlags("chaos "+verb, stderr)
+	var c clientFlags
+	c.register(fs)
+	reason := fs.String("reason", "", "why, for the record")
+	pos, err := parseInterleaved(fs, args)
+	if err != nil {
+		return err
+	}
+	if err := c.check(stderr); err != nil {
+		return err
+	}
+	in := &sv1.Intent{}
+	switch verb {
+	case "abort":
+		if len(pos) != 1 {
+			return usageErr(stderr, "switchyard chaos abort: want exactly one drill NAME")
+		}
+		in.Action = &sv1.Intent_AbortDrill{AbortDrill: &sv1.AbortDrill{Drill: pos[0], Reason: *reason}}
+		verb = "abort of " + pos[0]
+	default:
+		if len(pos) != 0 {
+			return usageErr(stderr, "switchyard chaos stop-all: takes no arguments")
+		}
+		in.Action = &sv1.Intent_StopAllDrills{StopAllDrills: &sv1.StopAllDrills{Reason: *reason}}
+	}
+	return sendChaos(ctx, c, in, verb, stdout)
+}
+
+func chaosStatus(ctx context.Context, args []string, stdout, stderr io.Writer) error {
+	fs := newFlags("chaos status", stderr)
+	var c clientFlags
+	c.register(fs)
+	pos, err := parseInterleaved(fs, args)
+	if err != nil {
+		return err
+	}
+	if err := c.check(stderr); err != nil {
+		return err
+	}
+	if len(pos) > 1 {
+		return usageErr(stderr, "switchyard chaos status: want at most one drill NAME")
+	}
+	q := &sv1.DrillsQuery{}
+	if len(pos) == 1 {
+		q.Drill = pos[0]
+	}
+	nc, err := c.connect()
+	if err != nil {
+		return err
+	}
+	defer nc.Close()
+	qctx, cancel := context.WithTimeout(ctx, c.timeout)
+	defer cancel()
+	var ans sv1.DrillsAnswer
+	if err := bus.Query(qctx, nc, bus.QueryDrills, q, &ans); err != nil {
+		return err
+	}
+	if c.output == "json" {
+		printJSON(stdout, &ans)
+		return nil
+	}
+	if len(ans.GetDrills()) == 0 {
+		fmt.Fprintln(stdout, "no drills")
+		return nil
+	}
+	tw := tabwriter.NewWriter(stdout, 0, 0, 2, ' ', 0)
+	fmt.Fprintln(tw, "DRILL\tSERVICE\tPHASE\tTARGETS\tACTIVE\tENDS\tREPORT")
+	for _, v := range ans.GetDrills() {
+		d := v.GetDrill()
+		ends := "-"
+		if d.GetEndAt() != nil {
+			ends = d.GetEndAt().AsTime().Local().Format("15:04:05")
+		}
+		rep := d.GetAbortReason()
+		if d.GetReport() != nil {
+			rep = d.GetReport().GetVerdict() + ": " + d.GetReport().GetSummary()
+		}
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\n", d.GetId(), d.GetSpec().GetService(), state.DrillPhaseName(d.GetPhase()),
+			orDash(strings.Join(d.GetTargets(), ",")), orDash(strings.Join(v.GetActive(), ",")), ends, rep)
+	}
+	return tw.Flush()
+}
+
+// currentWave lists the live nodes whose wave is the rollout's current one:
+// the first wave, in spec order, that takes them.
+func currentWave(r *sv1.Rollout, live []chaos.Node) []string {
+	plan := spec.Compile(r.GetSpec())
+	var out []string
+	for _, n := range live {
+		for i, pw := range plan {
+			ww := &sv1.WaveWeights{Selector: pw.Wave.GetSelector(), BasisPoints: pw.Wave.GetBasisPoints()}
+			if desired.InWave(r.GetId(), n.ID, n.Labels, ww) {
+				if int32(i) == r.GetWave() {
+					out = append(out, n.ID)
+				}
+				break
+			}
+		}
+	}
+	return out
+}
