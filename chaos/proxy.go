@@ -1,0 +1,243 @@
+package chaos
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"math/rand/v2"
+	"net"
+	"net/http"
+	"net/http/httputil"
+	"net/url"
+	"sync"
+	"time"
+
+	"golang.org/x/time/rate"
+
+	sv1 "github.com/switchyard/switchyard/proto/switchyard/v1"
+)
+
+// FaultProxy is a userspace proxy an agent puts between its proxy and one
+// backend, for faults the host's network stack cannot do here (no tc, no
+// iptables): HTTP errors and delays for a share of requests, and TCP
+// latency, resets, blackholes and bandwidth limits. It listens on a free
+// 127.0.0.1 port; the agent points the proxy's server at it and back.
+type FaultProxy struct {
+	target string
+	ln     net.Listener
+	srv    *http.Server // HTTP faults
+	wg     sync.WaitGroup
+
+	mu     sync.Mutex
+	conns  map[net.Conn]struct{}
+	closed bool
+
+	http *sv1.HTTPFault
+	tcp  *sv1.TCPFault
+	rand func() float64
+}
+
+// NewHTTPFaultProxy returns a proxy to target that answers ErrorPercent of
+// requests with Status and delays DelayPercent of them by Delay.
+func NewHTTPFaultProxy(target string, f *sv1.HTTPFault) *FaultProxy {
+	return &FaultProxy{target: target, http: f, conns: map[net.Conn]struct{}{}, rand: rand.Float64}
+}
+
+// NewTCPFaultProxy returns a proxy to target with a TCP-level fault.
+func NewTCPFaultProxy(target string, f *sv1.TCPFault) *FaultProxy {
+	return &FaultProxy{target: target, tcp: f, conns: map[net.Conn]struct{}{}, rand: rand.Float64}
+}
+
+// Addr is where the proxy listens, once started.
+func (p *FaultProxy) Addr() string {
+	if p.ln == nil {
+		return ""
+	}
+	return p.ln.Addr().String()
+}
+
+// Start listens and serves. Starting a started proxy is a no-op.
+func (p *FaultProxy) Start() error {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.ln != nil {
+		return nil
+	}
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		return fmt.Errorf("fault proxy: listen: %w", err)
+	}
+	p.ln = ln
+	if p.http != nil {
+		return p.startHTTP()
+	}
+	p.wg.Add(1)
+	go p.acceptTCP()
+	return nil
+}
+
+func (p *FaultProxy) startHTTP() error {
+	u, err := url.Parse("http://" + p.target)
+	if err != nil {
+		return fmt.Errorf("fault proxy: target %q: %w", p.target, err)
+	}
+	rp := httputil.NewSingleHostReverseProxy(u)
+	rp.ErrorHandler = func(w http.ResponseWriter, _ *http.Request, err error) {
+		http.Error(w, "fault proxy: backend unreachable: "+err.Error(), http.StatusBadGateway)
+	}
+	f := p.http
+	status := int(f.GetStatus())
+	if status == 0 {
+		status = http.StatusServiceUnavailable
+	}
+	handler := http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if d := f.GetDelay().AsDuration(); d > 0 && p.rand()*100 < float64(f.GetDelayPercent()) {
+			select {
+			case <-time.After(d):
+			case <-r.Context().Done():
+				return
+			}
+		}
+		if p.rand()*100 < float64(f.GetErrorPercent()) {
+			w.Header().Set("X-Switchyard-Fault", "http")
+			http.Error(w, "injected by a Switchyard drill", status)
+			return
+		}
+		rp.ServeHTTP(w, r)
+	})
+	p.srv = &http.Server{Handler: handler, ReadHeaderTimeout: 10 * time.Second}
+	p.wg.Add(1)
+	go func() {
+		defer p.wg.Done()
+		_ = p.srv.Serve(p.ln)
+	}()
+	return nil
+}
+
+func (p *FaultProxy) track(c net.Conn) bool {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.closed {
+		return false
+	}
+	p.conns[c] = struct{}{}
+	return true
+}
+
+func (p *FaultProxy) untrack(c net.Conn) {
+	p.mu.Lock()
+	delete(p.conns, c)
+	p.mu.Unlock()
+	_ = c.Close()
+}
+
+func (p *FaultProxy) acceptTCP() {
+	defer p.wg.Done()
+	for {
+		c, err := p.ln.Accept()
+		if err != nil {
+			return
+		}
+		if !p.track(c) {
+			_ = c.Close()
+			return
+		}
+		p.wg.Add(1)
+		go func() {
+			defer p.wg.Done()
+			defer p.untrack(c)
+			p.serveTCP(c)
+		}()
+	}
+}
+
+func (p *FaultProxy) serveTCP(c net.Conn) {
+	switch p.tcp.GetKind() {
+	case "reset":
+		if tc, ok := c.(*net.TCPConn); ok {
+			_ = tc.SetLinger(0) // close sends RST
+		}
+		return
+	case "blackhole":
+		_, _ = io.Copy(io.Discard, c) // accept, read, never answer
+		return
+	}
+	up, err := net.DialTimeout("tcp", p.target, 5*time.Second)
+	if err != nil {
+		return
+	}
+	if !p.track(up) {
+		_ = up.Close()
+		return
+	}
+	defer p.untrack(up)
+	done := make(chan struct{}, 2)
+	pipe := func(dst, src net.Conn, delay time.Duration, lim *rate.Limiter) {
+		defer func() { done <- struct{}{} }()
+		buf := make([]byte, 32<<10)
+		for {
+			n, err := src.Read(buf)
+			if n > 0 {
+				if delay > 0 {
+					time.Sleep(delay)
+				}
+				if lim != nil {
+					_ = lim.WaitN(context.Background(), min(n, lim.Burst()))
+				}
+				if _, werr := dst.Write(buf[:n]); werr != nil {
+					return
+				}
+			}
+			if err != nil {
+				if tc, ok := dst.(*net.TCPConn); ok {
+					_ = tc.CloseWrite()
+				}
+				return
+			}
+		}
+	}
+	var delay time.Duration
+	var lim *rate.Limiter
+	switch p.tcp.GetKind() {
+	case "latency":
+		delay = p.tcp.GetLatency().AsDuration()
+	case "bandwidth":
+		bps := int(p.tcp.GetBytesPerSecond())
+		lim = rate.NewLimiter(rate.Limit(bps), max(bps, 1))
+	}
+	// Latency applies to the request direction: each request waits once.
+	go pipe(up, c, delay, nil)
+	go pipe(c, up, 0, lim)
+	<-done
+	<-done
+}
+
+// Close stops the proxy and cuts every connection through it. Closing a
+// closed proxy is a no-op.
+func (p *FaultProxy) Close() error {
+	p.mu.Lock()
+	if p.closed || p.ln == nil {
+		p.closed = true
+		p.mu.Unlock()
+		return nil
+	}
+	p.closed = true
+	for c := range p.conns {
+		_ = c.Close()
+	}
+	p.mu.Unlock()
+	var err error
+	if p.srv != nil {
+		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+		err = p.srv.Shutdown(ctx)
+		cancel()
+		if errors.Is(err, context.DeadlineExceeded) {
+			err = p.srv.Close()
+		}
+	} else {
+		err = p.ln.Close()
+	}
+	p.wg.Wait()
+	return err
+}
