@@ -1,0 +1,286 @@
+package integration
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"log/slog"
+	"maps"
+	"slices"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+	"github.com/prometheus/client_golang/prometheus"
+	"google.golang.org/protobuf/proto"
+
+	"github.com/switchyard/switchyard/agent"
+	"github.com/switchyard/switchyard/agent/driver"
+	"github.com/switchyard/switchyard/bus"
+	"github.com/switchyard/switchyard/coordinator"
+	sv1 "github.com/switchyard/switchyard/proto/switchyard/v1"
+)
+
+// The fleet-scale benchmark: a decision committed by the leader, to every
+// in-process agent having applied it through its (recording) driver, beside
+// the raw NATS fan-out of one message to the same number of subscribers on
+// the same number of connections, measured in the same run.
+
+// recorder is a driver that remembers when each weight change arrived.
+type recorder struct {
+	mu      sync.Mutex
+	weights map[string]uint32
+	applied chan time.Time
+}
+
+var _ driver.Driver = (*recorder)(nil)
+
+func (r *recorder) Apply(_ context.Context, w map[string]uint32) error {
+	r.mu.Lock()
+	maps.Copy(r.weights, w)
+	r.mu.Unlock()
+	select {
+	case r.applied <- time.Now():
+	default:
+	}
+	return nil
+}
+
+func (r *recorder) Weights(context.Context) (map[string]uint32, error) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return maps.Clone(r.weights), nil
+}
+
+func (r *recorder) Close() error { return nil }
+
+// memStore keeps an agent's applied state in memory.
+type memStore struct {
+	mu sync.Mutex
+	m  map[string]*sv1.AppliedState
+}
+
+func (s *memStore) Load(svc string) (*sv1.AppliedState, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.m[svc], nil
+}
+
+func (s *memStore) Save(st *sv1.AppliedState) error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.m[st.GetService()] = proto.Clone(st).(*sv1.AppliedState)
+	return nil
+}
+
+func (s *memStore) Close() error { return nil }
+
+func quantiles(ds []time.Duration) (p50, p99, worst time.Duration) {
+	slices.Sort(ds)
+	at := func(q float64) time.Duration { return ds[min(len(ds)-1, int(q*float64(len(ds))))] }
+	return at(0.5), at(0.99), ds[len(ds)-1]
+}
+
+func benchFleet(b *testing.B, n int) {
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Minute)
+	defer cancel()
+	ns, err := bus.RunEmbedded(bus.EmbeddedOptions{StoreDir: b.TempDir()})
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer func() { ns.Shutdown(); ns.WaitForShutdown() }()
+	url := ns.ClientURL()
+	quiet := slog.New(slog.NewTextHandler(io.Discard, nil))
+
+	reg := prometheus.NewRegistry()
+	srv, err := coordinator.New(coordinator.Config{NodeID: "c1", DataDir: b.TempDir(), RaftAddr: "127.0.0.1:0",
+		NATSURL: url, BootstrapExpect: 1, Logger: quiet, Registerer: reg, Gatherer: reg, StaleAfter: time.Minute})
+	if err != nil {
+		b.Fatal(err)
+	}
+	cctx, ccancel := context.WithCancel(ctx)
+	cdone := make(chan struct{})
+	go func() { defer close(cdone); _ = srv.Run(cctx) }()
+	defer func() { ccancel(); <-cdone }()
+
+	recs := make([]*recorder, n)
+	actx, acancel := context.WithCancel(ctx)
+	var awg sync.WaitGroup
+	defer func() { acancel(); awg.Wait() }()
+	for i := range n {
+		rec := &recorder{weights: map[string]uint32{"blue": 100, "green": 0}, applied: make(chan time.Time, 4)}
+		recs[i] = rec
+		cfg := &agent.Config{
+			Node: fmt.Sprintf("edge-%05d", i), NATS: url, StateDir: b.TempDir(), Heartbeat: 5 * time.Second, Resync: time.Minute,
+			Services: map[string]agent.ServiceConfig{"web": {HAProxy: &agent.HAProxyConfig{Socket: "/unused", Backend: "web",
+				Servers: map[string]string{"blue": "blue", "green": "green"}}}},
+		}
+		a, err := agent.New(cfg, agent.Options{Logger: quiet, StateStore: &memStore{m: map[string]*sv1.AppliedState{}},
+			DriverFactory: func(string, agent.ServiceConfig) (driver.Driver, error) { return rec, nil }})
+		if err != nil {
+			b.Fatal(err)
+		}
+		awg.Add(1)
+		go func() { defer awg.Done(); _ = a.Run(actx) }()
+		select {
+		case <-a.Ready():
+		case <-ctx.Done():
+			b.Fatal("agent not ready")
+		}
+	}
+	nc, err := nats.Connect(url)
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer nc.Close()
+	// Every agent heard of by the coordinator before the first decision.
+	for {
+		var fleet sv1.FleetAnswer
+		if err := bus.Query(ctx, nc, bus.QueryFleet, &sv1.FleetQuery{Service: "web"}, &fleet); err == nil && len(fleet.GetNodes()) == n {
+			break
+		}
+		select {
+		case <-ctx.Done():
+			b.Fatal("agents not seen by the coordinator")
+		case <-time.After(100 * time.Millisecond):
+		}
+	}
+
+	js, err := jetstream.New(nc)
+	if err != nil {
+		b.Fatal(err)
+	}
+	kv, err := bus.EnsureDesiredBucket(ctx, js, 1)
+	if err != nil {
+		b.Fatal(err)
+	}
+	var all, toAll []time.Duration
+	decide := func(in *sv1.Intent) {
+		for _, r := range recs {
+			for len(r.applied) > 0 {
+				<-r.applied
+			}
+		}
+		rctx, rcancel := context.WithTimeout(ctx, 30*time.Second)
+		res, err := bus.SendIntent(rctx, nc, bus.IntentKindRollout, in)
+		rcancel()
+		if err != nil || !res.GetAccepted() {
+			b.Fatalf("intent %s: %v %v", in.GetId(), res, err)
+		}
+		// The decision's time is the leader's stamp on the committed entry,
+		// carried in the desired state it produced (same process clock).
+		// The publisher writes right after the commit; poll until it has.
+		var ds sv1.DesiredState
+		for ds.GetGeneration() < res.GetIndex() {
+			entry, err := kv.Get(ctx, "web")
+			if err != nil {
+				b.Fatal(err)
+			}
+			if err := proto.Unmarshal(entry.Value(), &ds); err != nil {
+				b.Fatal(err)
+			}
+			if ds.GetGeneration() < res.GetIndex() {
+				time.Sleep(time.Millisecond)
+			}
+		}
+		decided := ds.GetIssuedAt().AsTime()
+		var last time.Duration
+		for _, r := range recs {
+			select {
+			case at := <-r.applied:
+				d := max(at.Sub(decided), 0)
+				all = append(all, d)
+				last = max(last, d)
+			case <-ctx.Done():
+				b.Fatal("an agent never applied the decision")
+			}
+		}
+		toAll = append(toAll, last)
+	}
+	waitPhase := func(name string, phase sv1.RolloutPhase) {
+		for {
+			var ans sv1.RolloutsAnswer
+			if err := bus.Query(ctx, nc, bus.QueryRollouts, &sv1.RolloutsQuery{Rollout: name}, &ans); err == nil && ans.GetRollouts()[0].GetRollout().GetPhase() == phase {
+				return
+			}
+			select {
+			case <-ctx.Done():
+				b.Fatalf("rollout %s never reached %v", name, phase)
+			case <-time.After(50 * time.Millisecond):
+			}
+		}
+	}
+	const decisions = 5
+	for i := range decisions {
+		name := fmt.Sprintf("web-%d", i)
+		decide(&sv1.Intent{Id: name + "-apply", Action: &sv1.Intent_ApplyRollout{ApplyRollout: &sv1.ApplyRollout{Spec: &sv1.RolloutSpec{
+			Name: name, Service: "web", From: "blue", To: "green",
+			Strategy: &sv1.Strategy{Kind: &sv1.Strategy_BlueGreen{BlueGreen: &sv1.BlueGreen{}}},
+		}}}})
+		decide(&sv1.Intent{Id: name + "-abort", Action: &sv1.Intent_AbortRollout{AbortRollout: &sv1.AbortRollout{Rollout: name}}})
+		waitPhase(name, sv1.RolloutPhase_ROLLOUT_PHASE_ROLLED_BACK)
+	}
+	p50, p99, _ := quantiles(all)
+	a50, a99, _ := quantiles(toAll)
+	b.ReportMetric(float64(p50.Microseconds())/1000, "agent_apply_p50_ms")
+	b.ReportMetric(float64(p99.Microseconds())/1000, "agent_apply_p99_ms")
+	b.ReportMetric(float64(a50.Microseconds())/1000, "all_applied_p50_ms")
+	b.ReportMetric(float64(a99.Microseconds())/1000, "all_applied_p99_ms")
+
+	// Raw fan-out: one publish to n core subscribers, one connection each,
+	// on the same server.
+	subs := make([]*nats.Conn, n)
+	got := make(chan time.Duration, n)
+	for i := range n {
+		c, err := nats.Connect(url)
+		if err != nil {
+			b.Fatal(err)
+		}
+		defer c.Close()
+		subs[i] = c
+		if _, err := c.Subscribe("bench.fanout", func(m *nats.Msg) {
+			var sent time.Time
+			_ = sent.UnmarshalBinary(m.Data)
+			got <- time.Since(sent)
+		}); err != nil {
+			b.Fatal(err)
+		}
+		_ = c.Flush()
+	}
+	var raw, rawAll []time.Duration
+	for range decisions * 2 {
+		now, _ := time.Now().MarshalBinary()
+		if err := nc.Publish("bench.fanout", now); err != nil {
+			b.Fatal(err)
+		}
+		var last time.Duration
+		for range n {
+			select {
+			case d := <-got:
+				raw = append(raw, d)
+				last = max(last, d)
+			case <-ctx.Done():
+				b.Fatal("fan-out lost a message")
+			}
+		}
+		rawAll = append(rawAll, last)
+	}
+	r50, r99, _ := quantiles(raw)
+	ra50, ra99, _ := quantiles(rawAll)
+	b.ReportMetric(float64(r50.Microseconds())/1000, "nats_fanout_p50_ms")
+	b.ReportMetric(float64(r99.Microseconds())/1000, "nats_fanout_p99_ms")
+	b.ReportMetric(float64(ra50.Microseconds())/1000, "nats_all_p50_ms")
+	b.ReportMetric(float64(ra99.Microseconds())/1000, "nats_all_p99_ms")
+}
+
+func BenchmarkScale_DecisionToApplied(b *testing.B) {
+	for _, n := range []int{100, 1000, 10000} {
+		b.Run(fmt.Sprintf("agents=%d", n), func(b *testing.B) {
+			for range b.N {
+				benchFleet(b, n)
+			}
+		})
+	}
+}
