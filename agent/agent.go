@@ -22,6 +22,7 @@ import (
 	"google.golang.org/protobuf/types/known/timestamppb"
 
 	"github.com/switchyard/switchyard/agent/driver"
+	"github.com/switchyard/switchyard/agent/driver/haproxy"
 	"github.com/switchyard/switchyard/agent/state"
 	"github.com/switchyard/switchyard/bus"
 	"github.com/switchyard/switchyard/internal/clock"
@@ -85,6 +86,11 @@ type Agent struct {
 	started       atomic.Bool
 	ready         chan struct{}
 	statusChanged chan struct{}
+
+	// busDownSince is when the agent last lost the bus (its start, until
+	// the first connect), in Unix nanoseconds of its clock; 0 while
+	// connected.
+	busDownSince atomic.Int64
 
 	mu       sync.Mutex
 	services map[string]*sv1.ServiceStatus
@@ -162,9 +168,34 @@ func cmpOr(v, def time.Duration) time.Duration {
 	return def
 }
 
-// Ready is closed once Run has restored local state, subscribed to every
-// service's desired state and asked the bucket for it once.
+// Ready is closed once Run has restored local state, started driving the
+// proxies and subscribed to every service's desired state; when the bus was
+// reachable at start it has also asked the bucket for each document once.
+// An unreachable bus does not hold Ready back: the agent serves from its
+// local state and catches up when the bus appears.
 func (a *Agent) Ready() <-chan struct{} { return a.ready }
+
+// BusDownFor reports how long the agent has been without the bus; ok is
+// false while it is connected.
+func (a *Agent) BusDownFor() (d time.Duration, ok bool) {
+	since := a.busDownSince.Load()
+	if since == 0 {
+		return 0, false
+	}
+	return a.clock.Now().Sub(time.Unix(0, since)), true
+}
+
+// busLost records the moment the bus went away, keeping the earliest.
+func (a *Agent) busLost() {
+	a.busDownSince.CompareAndSwap(0, a.clock.Now().UnixNano())
+	a.m.busConnected.Set(0)
+}
+
+// busFound records a (re)connect.
+func (a *Agent) busFound() {
+	a.busDownSince.Store(0)
+	a.m.busConnected.Set(1)
+}
 
 // HTTPAddr is the address /metrics and /healthz are served on, once Ready;
 // empty when the config has no httpAddr.
@@ -213,6 +244,8 @@ func (a *Agent) Run(ctx context.Context) error {
 			}
 			scancel()
 		}
+		// The log readers return once their sockets are closed.
+		res.closeSinks(a.log)
 		wg.Wait()
 		if nc != nil {
 			nc.Close()
@@ -227,14 +260,41 @@ func (a *Agent) Run(ctx context.Context) error {
 		wg.Go(func() { w.run(ctx) })
 	}
 
+	// The agent has no bus until the first connect, however that goes.
+	a.busLost()
 	reconnected := make(chan struct{}, 1)
+	resync := func() {
+		select {
+		case reconnected <- struct{}{}:
+		default:
+		}
+		// A status that changed while the bus was away goes out now.
+		select {
+		case a.statusChanged <- struct{}{}:
+		default:
+		}
+	}
+	// RetryOnFailedConnect: an edge node that boots while the bus is
+	// unreachable (a WAN link down, NATS restarting) must still serve from
+	// its local state; the connection keeps trying in the background and
+	// the connect handler resyncs when it succeeds.
 	nc, err = bus.Connect(a.natsURL, "switchyard-agent "+a.cfg.Node, a.log,
+		nats.RetryOnFailedConnect(true),
+		nats.ConnectHandler(func(c *nats.Conn) {
+			a.log.Info("nats connected; resyncing desired state", "url", c.ConnectedUrlRedacted())
+			a.busFound()
+			resync()
+		}),
 		nats.ReconnectHandler(func(c *nats.Conn) {
 			a.log.Info("nats reconnected; resyncing desired state", "url", c.ConnectedUrlRedacted())
 			a.m.busReconnects.Inc()
-			select {
-			case reconnected <- struct{}{}:
-			default:
+			a.busFound()
+			resync()
+		}),
+		nats.DisconnectErrHandler(func(_ *nats.Conn, err error) {
+			a.busLost()
+			if err != nil {
+				a.log.Warn("nats disconnected; serving from local state", "err", err)
 			}
 		}))
 	if err != nil {
@@ -243,33 +303,93 @@ func (a *Agent) Run(ctx context.Context) error {
 	a.mu.Lock()
 	a.nc = nc
 	a.mu.Unlock()
+	// Subscriptions made before the first connect are sent when it happens.
 	for _, w := range res.workers {
 		if _, err := nc.Subscribe(bus.DesiredKeySubject(w.name), w.onMsg); err != nil {
 			return fmt.Errorf("subscribe to desired state of %s: %w", w.name, err)
 		}
-	}
-	if err := nc.FlushTimeout(busTimeout); err != nil {
-		return fmt.Errorf("subscribe to desired state: %w", err)
 	}
 	js, err := jetstream.New(nc)
 	if err != nil {
 		return fmt.Errorf("jetstream: %w", err)
 	}
 	p := &desiredPoller{js: js, log: a.log, m: a.m}
-	p.poll(ctx, res.workers)
+	if nc.IsConnected() {
+		a.busFound()
+		if err := nc.FlushTimeout(busTimeout); err != nil {
+			a.log.Warn("subscribe to desired state: flush; the next resync catches up", "err", err)
+		}
+		p.poll(ctx, res.workers)
+	} else {
+		a.log.Warn("nats unreachable at start; serving from local state and retrying in the background", "url", a.natsURL)
+	}
+
+	for _, sink := range res.sinks {
+		wg.Go(sink.serve)
+	}
+	for _, w := range res.workers {
+		tl := a.telemetryLoop(w, res.windows[w.name])
+		wg.Go(func() { tl.run(ctx) })
+		wg.Go(func() { w.prober.syntheticLoop(ctx, w.currentView) })
+	}
 
 	if a.cfg.HTTPAddr != "" {
 		if srv, err = a.serveHTTP(); err != nil {
 			return err
 		}
 	}
-	wg.Go(func() { a.statusLoop(ctx, nc) })
+	wg.Go(func() { a.statusLoop(ctx) })
 	wg.Go(func() { a.resyncLoop(ctx, p, res.workers, reconnected) })
 
-	a.log.Info("agent running", "services", a.names, "nats", nc.ConnectedUrlRedacted())
+	a.log.Info("agent running", "services", a.names, "nats", a.natsURL, "bus_connected", nc.IsConnected())
 	close(a.ready)
 	<-ctx.Done()
 	return nil
+}
+
+// telemetryLoop builds the telemetry of one service.
+func (a *Agent) telemetryLoop(w *serviceWorker, logs *requestWindow) *telemetryLoop {
+	tl := &telemetryLoop{
+		service:     w.name,
+		node:        a.cfg.Node,
+		subject:     bus.TelemetrySubject(w.name, a.cfg.Node),
+		backends:    slices.Sorted(maps.Keys(a.cfg.Services[w.name].HAProxy.Servers)),
+		interval:    a.cfg.TelemetryInterval,
+		logs:        logs,
+		probes:      w.prober.buf,
+		worker:      w,
+		guardAfter:  a.cfg.LocalGuard.AfterDisconnect,
+		busDown:     a.BusDownFor,
+		publish:     a.publish,
+		clock:       a.clock,
+		m:           a.m,
+		log:         w.log,
+		statTimeout: min(a.timing.applyTimeout, a.cfg.TelemetryInterval),
+	}
+	if sr, ok := w.drv.(driver.StatsReader); ok {
+		tl.stats = sr
+	}
+	if dr, ok := w.drv.(logDropReader); ok {
+		tl.drops = dr
+	}
+	if a.cfg.LocalGuard.On() {
+		tl.guard = &localGuard{cfg: a.cfg.LocalGuard}
+	}
+	return tl
+}
+
+// publish sends on the bus if it is connected. While it is not, nothing is
+// queued: stale telemetry and statuses are worth less than none, and the
+// connect handler publishes a fresh status.
+func (a *Agent) publish(subject string, body []byte) (bool, error) {
+	nc := a.conn()
+	if nc == nil || !nc.IsConnected() {
+		return false, nil
+	}
+	if err := nc.Publish(subject, body); err != nil {
+		return false, err
+	}
+	return true, nil
 }
 
 // resources are what Run opens and must close.
@@ -278,9 +398,24 @@ type resources struct {
 	ownsStore bool
 	drivers   []driver.Driver
 	workers   []*serviceWorker
+	// sinks read HAProxy log sockets; windows are their per-service
+	// accumulators, by service.
+	sinks   []*logSink
+	windows map[string]*requestWindow
+}
+
+// closeSinks closes the log sockets; it may be called more than once.
+func (r *resources) closeSinks(log *slog.Logger) {
+	for _, s := range r.sinks {
+		if err := s.ln.Close(); err != nil {
+			log.Warn("close request log socket", "log_socket", s.ln.Path(), "err", err)
+		}
+	}
+	r.sinks = nil
 }
 
 func (r *resources) close(log *slog.Logger) {
+	r.closeSinks(log)
 	for i, d := range r.drivers {
 		if err := d.Close(); err != nil {
 			log.Warn("close proxy driver", "service", r.workers[i].name, "err", err)
@@ -327,7 +462,7 @@ func (a *Agent) open() (_ *resources, err error) {
 				"rollout", applied.GetDesired().GetRolloutId(), "weights", applied.GetWeights())
 		}
 		res.drivers = append(res.drivers, d)
-		res.workers = append(res.workers, &serviceWorker{
+		w := &serviceWorker{
 			name:       name,
 			node:       a.cfg.Node,
 			labels:     a.cfg.Labels,
@@ -340,10 +475,51 @@ func (a *Agent) open() (_ *resources, err error) {
 			report:     func(st *sv1.ServiceStatus) { a.setServiceStatus(st) },
 			inbox:      newInbox(),
 			driftCheck: make(chan struct{}, 1),
+			guard:      make(chan localRollbackRequest, 1),
 			applied:    applied,
-		})
+			prober: &prober{
+				service: name,
+				cfg:     a.cfg.Services[name].Probes,
+				buf:     &probeBuffer{},
+				m:       a.m,
+				clock:   a.clock,
+				log:     log,
+			},
+		}
+		w.publishView()
+		res.workers = append(res.workers, w)
+	}
+	if err := a.openLogSinks(res); err != nil {
+		return nil, err
 	}
 	return res, nil
+}
+
+// openLogSinks binds every configured HAProxy log socket, one listener per
+// path shared by the services that name it.
+func (a *Agent) openLogSinks(res *resources) error {
+	res.windows = map[string]*requestWindow{}
+	byPath := map[string]*logSink{}
+	for _, name := range a.names {
+		h := a.cfg.Services[name].HAProxy
+		if h == nil || h.LogSocket == "" {
+			continue
+		}
+		sink, ok := byPath[h.LogSocket]
+		if !ok {
+			ln, err := haproxy.ListenLog(h.LogSocket)
+			if err != nil {
+				return fmt.Errorf("services.%s.haproxy.logSocket: %w", name, err)
+			}
+			sink = newLogSink(ln, a.m, a.log)
+			byPath[h.LogSocket] = sink
+			res.sinks = append(res.sinks, sink)
+		}
+		win := newRequestWindow(h.Servers)
+		sink.byBackend[h.Backend] = win
+		res.windows[name] = win
+	}
+	return nil
 }
 
 // desiredPoller reads desired states from the bucket. Only the goroutine
@@ -444,12 +620,12 @@ func (a *Agent) status(heartbeat bool) *sv1.AgentStatus {
 
 // statusLoop publishes the status on every change and, when nothing changed
 // for a heartbeat period, as a heartbeat.
-func (a *Agent) statusLoop(ctx context.Context, nc *nats.Conn) {
+func (a *Agent) statusLoop(ctx context.Context) {
 	subject := bus.StatusSubject(a.cfg.Node)
 	publish := func(heartbeat bool) {
 		body, err := proto.Marshal(a.status(heartbeat))
 		if err == nil {
-			err = nc.Publish(subject, body)
+			_, err = a.publish(subject, body)
 		}
 		if err != nil {
 			a.log.Warn("publish status", "err", err)

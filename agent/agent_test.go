@@ -8,6 +8,7 @@ import (
 	"maps"
 	"net"
 	"net/http"
+	"net/http/httptest"
 	"slices"
 	"strings"
 	"testing"
@@ -20,6 +21,7 @@ import (
 	"github.com/switchyard/switchyard/agent/state"
 	"github.com/switchyard/switchyard/bus"
 	"github.com/switchyard/switchyard/internal/desired"
+	"github.com/switchyard/switchyard/internal/haproxyproc"
 	sv1 "github.com/switchyard/switchyard/proto/switchyard/v1"
 )
 
@@ -517,19 +519,107 @@ func TestAgent_NewRejectsBadInput(t *testing.T) {
 	}
 }
 
-func TestAgent_RunFailsWhenBusUnreachable(t *testing.T) {
-	cfg := testConfig(t, "nats://127.0.0.1:1")
-	drv := newFakeDriver()
-	_, err := runAgent(t, cfg, map[string]*fakeDriver{"web": drv})
-	if err == nil {
-		t.Fatal("Run with no bus: want an error")
+func TestAgent_StartsWithBusDownRepairsFromStoreAndConverges(t *testing.T) {
+	// A port nothing listens on yet; the bus will appear there later.
+	port, err := haproxyproc.FreePort()
+	if err != nil {
+		t.Fatal(err)
 	}
-	waitFor(t, 5*time.Second, "driver closed", func() error {
-		drv.mu.Lock()
-		defer drv.mu.Unlock()
-		if drv.closes != 1 {
-			return fmt.Errorf("closed %d times", drv.closes)
+	cfg := testConfig(t, fmt.Sprintf("nats://127.0.0.1:%d", port))
+	// What the agent applied before the node rebooted.
+	st, err := state.Open(cfg.StateDir, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	applied := map[string]uint32{"blue": 30, "green": 70}
+	if err := st.Save(&sv1.AppliedState{Service: "web", Desired: defaults(4, applied), Weights: applied, Wave: desired.NoWave}); err != nil {
+		t.Fatal(err)
+	}
+	st.Close()
+	// The proxy came back from the reboot with its config's weights.
+	drv := newFakeDriver()
+	drv.setWeights(map[string]uint32{"blue": 100, "green": 0})
+
+	// Ready does not wait for the bus.
+	ra := startAgent(t, cfg, map[string]*fakeDriver{"web": drv})
+	if _, down := ra.BusDownFor(); !down {
+		t.Fatal("BusDownFor says connected with no server")
+	}
+	// Repaired from the local state, without the bus.
+	ra.waitMetric(t, 1, "switchyard_agent_drift_total", "service", "web")
+	waitFor(t, 10*time.Second, "weights restored from the local state", func() error {
+		if w, _ := drv.Weights(context.Background()); !maps.Equal(w, applied) {
+			return fmt.Errorf("proxy has %v", w)
 		}
 		return nil
 	})
+	if gen, _ := ra.Applied("web"); gen != 4 {
+		t.Fatalf("applied generation = %d, want 4 from the local state", gen)
+	}
+	ra.waitMetric(t, 0, "switchyard_agent_bus_connected")
+
+	// The bus appears on that port with a newer document; the connect
+	// handler resyncs without waiting for the (hour-long) resync period.
+	srv, err := bus.RunEmbedded(bus.EmbeddedOptions{StoreDir: t.TempDir(), Port: port})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		srv.Shutdown()
+		srv.WaitForShutdown()
+	})
+	b := &testBus{srv: srv, url: srv.ClientURL()}
+	b.connect(t)
+	b.put(t, defaults(5, map[string]uint32{"blue": 0, "green": 100}))
+	ra.waitApplied(t, "web", 5)
+	ra.waitMetric(t, 1, "switchyard_agent_bus_connected")
+	if _, down := ra.BusDownFor(); down {
+		t.Error("BusDownFor says down after connecting")
+	}
+	statuses := b.statuses(t, "edge-1")
+	b.put(t, defaults(6, map[string]uint32{"blue": 50, "green": 50}))
+	waitStatus(t, statuses, "generation 6 published", func(st *sv1.AgentStatus) bool {
+		return serviceStatus(st, "web").GetAppliedGeneration() == 6
+	})
+}
+
+func TestAgent_DriftRepairedWhilePreflightFails(t *testing.T) {
+	b := startBus(t)
+	green := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) {
+		http.Error(w, "not ready", http.StatusServiceUnavailable)
+	}))
+	t.Cleanup(green.Close)
+	cfg := testConfig(t, b.url)
+	cfg.Resync = 50 * time.Millisecond
+	svc := cfg.Services["web"]
+	svc.Probes = &ProbesConfig{Preflight: map[string]*HTTPCheck{"green": {URL: green.URL + "/healthz"}}}
+	cfg.Services["web"] = svc
+	drv := newFakeDriver()
+	ra := startAgent(t, cfg, map[string]*fakeDriver{"web": drv})
+
+	blue := map[string]uint32{"blue": 100, "green": 0}
+	b.put(t, defaults(1, blue))
+	ra.waitApplied(t, "web", 1)
+	b.put(t, defaults(2, map[string]uint32{"blue": 0, "green": 100}))
+	waitFor(t, 10*time.Second, "a failed preflight", func() error {
+		if n := ra.metric(t, "switchyard_agent_probes_total", "backend", "green", "kind", "preflight", "result", "failed"); n < 1 {
+			return errors.New("none yet")
+		}
+		return nil
+	})
+
+	// The proxy restarts while generation 2 waits for green.
+	drv.setWeights(map[string]uint32{"blue": 0, "green": 0})
+	waitFor(t, 10*time.Second, "generation 1's weights repaired", func() error {
+		if w, _ := drv.Weights(context.Background()); !maps.Equal(w, blue) {
+			return fmt.Errorf("proxy has %v", w)
+		}
+		return nil
+	})
+	if gen, _ := ra.Applied("web"); gen != 1 {
+		t.Fatalf("applied generation = %d, want 1 while green's preflight fails", gen)
+	}
+	if drv.triedWeights(map[string]uint32{"blue": 0, "green": 100}) {
+		t.Fatal("generation 2 reached the proxy although green's preflight fails")
+	}
 }

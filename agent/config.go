@@ -6,7 +6,11 @@ import (
 	"fmt"
 	"io"
 	"maps"
+	"math"
+	"net/http"
+	"net/url"
 	"os"
+	"path/filepath"
 	"regexp"
 	"slices"
 	"strings"
@@ -19,9 +23,27 @@ import (
 
 // Defaults of the agent config (DESIGN.md, "Defaults").
 const (
-	DefaultHeartbeat = 5 * time.Second
-	DefaultResync    = 30 * time.Second
-	DefaultNATS      = "nats://127.0.0.1:4222"
+	DefaultHeartbeat         = 5 * time.Second
+	DefaultResync            = 30 * time.Second
+	DefaultNATS              = "nats://127.0.0.1:4222"
+	DefaultTelemetryInterval = time.Second
+)
+
+// Defaults of the local guard: conservative, so that it only acts on a new
+// backend that is plainly broken while the coordinator cannot see it.
+const (
+	DefaultGuardAfterDisconnect = 30 * time.Second
+	DefaultGuardWindow          = 10 * time.Second
+	DefaultGuardMinRequests     = 50
+	DefaultGuardMaxErrorRate    = 0.20
+	DefaultGuardMaxP99          = 2 * time.Second
+)
+
+// Defaults of probes.
+const (
+	DefaultProbeTimeout      = 2 * time.Second
+	DefaultProbeStatus       = 200
+	DefaultSyntheticInterval = 10 * time.Second
 )
 
 // ErrInvalidConfig wraps every problem Validate finds.
@@ -46,14 +68,86 @@ type Config struct {
 	// Resync is how often the agent reads every desired state from the
 	// bucket, in case it missed a push.
 	Resync time.Duration `yaml:"resync"`
+	// TelemetryInterval is the length of one HealthReport window.
+	TelemetryInterval time.Duration `yaml:"telemetryInterval"`
+	// LocalGuard lets the agent move its own node back to the old backend
+	// when it is cut off from the bus and the new backend is failing.
+	LocalGuard LocalGuardConfig `yaml:"localGuard"`
 	// Services maps a service name to the local proxy that serves it.
 	Services map[string]ServiceConfig `yaml:"services"`
 }
 
-// ServiceConfig names the proxy driving one service. Exactly one driver
-// section is set.
+// LocalGuardConfig is the guardrail an agent applies on its own while it
+// has lost the bus. Zero fields take the defaults.
+type LocalGuardConfig struct {
+	// Enabled turns the guard on; nil (absent) means on.
+	Enabled *bool `yaml:"enabled"`
+	// AfterDisconnect is how long the bus must have been lost before the
+	// guard may act; until then the coordinator decides.
+	AfterDisconnect time.Duration `yaml:"afterDisconnect"`
+	// Window is how far back the guard looks at the new backend's traffic.
+	Window time.Duration `yaml:"window"`
+	// MinRequests is the fewest requests in Window the guard decides on.
+	MinRequests uint64 `yaml:"minRequests"`
+	// MaxErrorRate is the error rate (0..1) above which the guard acts.
+	MaxErrorRate float64 `yaml:"maxErrorRate"`
+	// MaxP99 is the 99th percentile latency above which the guard acts;
+	// it needs the service's logSocket.
+	MaxP99 time.Duration `yaml:"maxP99"`
+}
+
+// On reports whether the guard is enabled.
+func (g LocalGuardConfig) On() bool { return g.Enabled == nil || *g.Enabled }
+
+// ServiceConfig names the proxy driving one service, and the agent's own
+// probes of its backends. Exactly one driver section is set.
 type ServiceConfig struct {
 	HAProxy *HAProxyConfig `yaml:"haproxy"`
+	// Probes are HTTP checks the agent makes to the backends directly.
+	Probes *ProbesConfig `yaml:"probes"`
+}
+
+// ProbesConfig holds a service's preflights and synthetic transactions,
+// each keyed by backend name as in rollout specs.
+type ProbesConfig struct {
+	// Preflight is checked before a backend's weight goes from 0 to more;
+	// while it fails the agent keeps the old weights and retries.
+	Preflight map[string]*HTTPCheck `yaml:"preflight"`
+	// Synthetic is run periodically while a rollout is in progress.
+	Synthetic *SyntheticConfig `yaml:"synthetic"`
+}
+
+// SyntheticConfig is a scripted sequence of requests per backend.
+type SyntheticConfig struct {
+	// Interval is the time between two runs of every sequence.
+	Interval time.Duration `yaml:"interval"`
+	// Transactions maps a backend name to its steps, run in order with one
+	// cookie jar; a failing step ends the run.
+	Transactions map[string][]*HTTPCheck `yaml:"transactions"`
+}
+
+// HTTPCheck is one HTTP request and what its answer must be.
+type HTTPCheck struct {
+	// Name identifies a synthetic step in reports ("preflight" for a
+	// preflight); required for steps.
+	Name string `yaml:"name"`
+	// Method is the HTTP method; GET when empty.
+	Method string `yaml:"method"`
+	// URL is where the request goes, usually the backend itself rather
+	// than the proxy. Required.
+	URL string `yaml:"url"`
+	// Headers are added to the request.
+	Headers map[string]string `yaml:"headers"`
+	// Body is sent as the request body.
+	Body string `yaml:"body"`
+	// ExpectStatus is the status the answer must have; 200 when zero.
+	ExpectStatus int `yaml:"expectStatus"`
+	// BodyContains, when set, must occur in the answer's body.
+	BodyContains string `yaml:"bodyContains"`
+	// MaxLatency, when set, is the longest the answer may take.
+	MaxLatency time.Duration `yaml:"maxLatency"`
+	// Timeout bounds the request; 2s when zero.
+	Timeout time.Duration `yaml:"timeout"`
 }
 
 // HAProxyConfig drives a service through HAProxy's runtime API.
@@ -68,6 +162,13 @@ type HAProxyConfig struct {
 	// Timeout bounds one runtime API command; zero leaves the driver's
 	// default.
 	Timeout time.Duration `yaml:"timeout"`
+	// LogSocket, when set, is the unix datagram socket the agent creates
+	// and HAProxy sends its per-request log lines to (haproxy.cfg: "log
+	// <path> len 4096 format raw local0 info" and the log-format of
+	// haproxyproc.LogFormat). It gives per-request errors and the latency
+	// sketch; without it telemetry comes from "show stat" alone and has no
+	// latency.
+	LogSocket string `yaml:"logSocket"`
 }
 
 // LoadConfig reads, defaults and validates the config file at path. Unknown
@@ -111,9 +212,13 @@ var unknownFieldRE = regexp.MustCompile(`field (\S+) not found in type agent\.(\
 
 // sections names, for operators, the part of the file each Go type decodes.
 var sections = map[string]string{
-	"Config":        "at the top level",
-	"ServiceConfig": "in a service (want haproxy)",
-	"HAProxyConfig": "in a haproxy section (want socket, backend, servers, timeout)",
+	"Config":           "at the top level",
+	"ServiceConfig":    "in a service (want haproxy, probes)",
+	"HAProxyConfig":    "in a haproxy section (want socket, backend, servers, timeout, logSocket)",
+	"LocalGuardConfig": "in localGuard (want enabled, afterDisconnect, window, minRequests, maxErrorRate, maxP99)",
+	"ProbesConfig":     "in probes (want preflight, synthetic)",
+	"SyntheticConfig":  "in probes.synthetic (want interval, transactions)",
+	"HTTPCheck":        "in a probe (want name, method, url, headers, body, expectStatus, bodyContains, maxLatency, timeout)",
 }
 
 // explainYAMLError rewrites yaml's unknown-field errors in the config's own
@@ -148,6 +253,60 @@ func (c *Config) setDefaults() {
 	if c.Resync == 0 {
 		c.Resync = DefaultResync
 	}
+	if c.TelemetryInterval == 0 {
+		c.TelemetryInterval = DefaultTelemetryInterval
+	}
+	g := &c.LocalGuard
+	if g.AfterDisconnect == 0 {
+		g.AfterDisconnect = DefaultGuardAfterDisconnect
+	}
+	if g.Window == 0 {
+		g.Window = DefaultGuardWindow
+	}
+	if g.MinRequests == 0 {
+		g.MinRequests = DefaultGuardMinRequests
+	}
+	if g.MaxErrorRate == 0 {
+		g.MaxErrorRate = DefaultGuardMaxErrorRate
+	}
+	if g.MaxP99 == 0 {
+		g.MaxP99 = DefaultGuardMaxP99
+	}
+	for _, svc := range c.Services {
+		p := svc.Probes
+		if p == nil {
+			continue
+		}
+		for _, chk := range p.Preflight {
+			if chk != nil {
+				chk.setDefaults()
+			}
+		}
+		if p.Synthetic != nil {
+			if p.Synthetic.Interval == 0 {
+				p.Synthetic.Interval = DefaultSyntheticInterval
+			}
+			for _, steps := range p.Synthetic.Transactions {
+				for _, chk := range steps {
+					if chk != nil {
+						chk.setDefaults()
+					}
+				}
+			}
+		}
+	}
+}
+
+func (h *HTTPCheck) setDefaults() {
+	if h.Method == "" {
+		h.Method = http.MethodGet
+	}
+	if h.ExpectStatus == 0 {
+		h.ExpectStatus = DefaultProbeStatus
+	}
+	if h.Timeout == 0 {
+		h.Timeout = DefaultProbeTimeout
+	}
 }
 
 // Validate reports every problem of the config at once, each naming its
@@ -180,6 +339,11 @@ func (c *Config) Validate() error {
 	if c.Resync <= 0 {
 		bad("resync", "%s: must be positive", c.Resync)
 	}
+	if c.TelemetryInterval <= 0 {
+		bad("telemetryInterval", "%s: must be positive", c.TelemetryInterval)
+	}
+	probs = append(probs, c.LocalGuard.validate(c.TelemetryInterval)...)
+	logBackends := map[string]string{} // log socket + HAProxy backend -> service
 	if len(c.Services) == 0 {
 		bad("services", "required: at least one service")
 	}
@@ -194,6 +358,18 @@ func (c *Config) Validate() error {
 			continue
 		}
 		probs = append(probs, svc.HAProxy.validate(field+".haproxy")...)
+		if sock := svc.HAProxy.LogSocket; sock != "" {
+			// One socket may serve several services of one HAProxy: lines
+			// are told apart by their HAProxy backend, which must differ.
+			key := sock + "\x00" + svc.HAProxy.Backend
+			if other, dup := logBackends[key]; dup {
+				bad(field+".haproxy.logSocket", "%s is also services.%s's log socket with the same backend %q; lines could not be told apart", sock, other, svc.HAProxy.Backend)
+			}
+			logBackends[key] = name
+		}
+		if svc.Probes != nil {
+			probs = append(probs, svc.Probes.validate(field+".probes", svc.HAProxy.Servers)...)
+		}
 	}
 	if len(probs) == 0 {
 		return nil
@@ -226,7 +402,144 @@ func (h *HAProxyConfig) validate(field string) []error {
 	if h.Timeout < 0 {
 		bad("timeout", "%s: must not be negative", h.Timeout)
 	}
+	if h.LogSocket != "" {
+		switch {
+		case !filepath.IsAbs(h.LogSocket):
+			bad("logSocket", "%q: want an absolute path", h.LogSocket)
+		case len(h.LogSocket) > maxUnixSocketPath:
+			bad("logSocket", "%q has %d bytes; a unix socket path takes at most %d", h.LogSocket, len(h.LogSocket), maxUnixSocketPath)
+		}
+	}
 	return probs
+}
+
+// maxUnixSocketPath is sun_path's size on Linux minus the terminating NUL.
+const maxUnixSocketPath = 107
+
+func (g LocalGuardConfig) validate(interval time.Duration) []error {
+	var probs []error
+	bad := func(sub, format string, args ...any) {
+		probs = append(probs, fmt.Errorf("localGuard.%s: %s", sub, fmt.Sprintf(format, args...)))
+	}
+	if g.AfterDisconnect < 0 {
+		bad("afterDisconnect", "%s: must not be negative", g.AfterDisconnect)
+	}
+	if g.Window < interval {
+		bad("window", "%s: must be at least telemetryInterval (%s)", g.Window, interval)
+	}
+	if g.MaxErrorRate <= 0 || g.MaxErrorRate > 1 || math.IsNaN(g.MaxErrorRate) {
+		bad("maxErrorRate", "%v: want a fraction in (0, 1], e.g. 0.2 for 20%%", g.MaxErrorRate)
+	}
+	if g.MaxP99 < 0 {
+		bad("maxP99", "%s: must not be negative", g.MaxP99)
+	}
+	return probs
+}
+
+func (p *ProbesConfig) validate(field string, servers map[string]string) []error {
+	var probs []error
+	bad := func(sub, format string, args ...any) {
+		probs = append(probs, fmt.Errorf("%s.%s: %s", field, sub, fmt.Sprintf(format, args...)))
+	}
+	known := func(sub, backend string) bool {
+		if _, ok := servers[backend]; !ok {
+			bad(sub, "backend %q is not in haproxy.servers (have %s)", backend, strings.Join(slices.Sorted(maps.Keys(servers)), ", "))
+			return false
+		}
+		return true
+	}
+	for _, backend := range slices.Sorted(maps.Keys(p.Preflight)) {
+		sub := "preflight." + backend
+		if !known(sub, backend) {
+			continue
+		}
+		chk := p.Preflight[backend]
+		if chk == nil {
+			bad(sub, "empty; want at least url")
+			continue
+		}
+		probs = append(probs, chk.validate(field+"."+sub)...)
+	}
+	if s := p.Synthetic; s != nil {
+		if s.Interval <= 0 {
+			bad("synthetic.interval", "%s: must be positive", s.Interval)
+		}
+		if len(s.Transactions) == 0 {
+			bad("synthetic.transactions", "required: map a backend to its steps")
+		}
+		for _, backend := range slices.Sorted(maps.Keys(s.Transactions)) {
+			sub := "synthetic.transactions." + backend
+			if !known(sub, backend) {
+				continue
+			}
+			steps := s.Transactions[backend]
+			if len(steps) == 0 {
+				bad(sub, "required: at least one step")
+			}
+			seen := map[string]bool{}
+			for i, chk := range steps {
+				at := fmt.Sprintf("%s[%d]", sub, i)
+				if chk == nil {
+					bad(at, "empty step")
+					continue
+				}
+				switch {
+				case chk.Name == "":
+					bad(at+".name", "required: steps are reported by name")
+				case chk.Name == PreflightProbeName:
+					bad(at+".name", "%q is reserved for preflights", chk.Name)
+				case seen[chk.Name]:
+					bad(at+".name", "%q is used twice", chk.Name)
+				}
+				seen[chk.Name] = true
+				probs = append(probs, chk.validate(field+"."+at)...)
+			}
+		}
+	}
+	return probs
+}
+
+func (h *HTTPCheck) validate(field string) []error {
+	var probs []error
+	bad := func(sub, format string, args ...any) {
+		probs = append(probs, fmt.Errorf("%s.%s: %s", field, sub, fmt.Sprintf(format, args...)))
+	}
+	if h.URL == "" {
+		bad("url", "required")
+	} else if u, err := url.Parse(h.URL); err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
+		bad("url", "%q: want an http:// or https:// URL with a host", h.URL)
+	}
+	if !validMethod(h.Method) {
+		bad("method", "%q: want an HTTP method such as GET or POST", h.Method)
+	}
+	if h.ExpectStatus < 100 || h.ExpectStatus > 599 {
+		bad("expectStatus", "%d: want an HTTP status 100..599", h.ExpectStatus)
+	}
+	if h.MaxLatency < 0 {
+		bad("maxLatency", "%s: must not be negative", h.MaxLatency)
+	}
+	if h.Timeout <= 0 {
+		bad("timeout", "%s: must be positive", h.Timeout)
+	}
+	for k := range h.Headers {
+		if k == "" || strings.ContainsAny(k, " :\r\n") {
+			bad("headers", "%q is not a header name", k)
+		}
+	}
+	return probs
+}
+
+// validMethod accepts an HTTP token, which is all net/http asks of a method.
+func validMethod(m string) bool {
+	if m == "" {
+		return false
+	}
+	for _, r := range m {
+		if r <= ' ' || r >= 0x7f || strings.ContainsRune("()<>@,;:\\\"/[]?={}", r) {
+			return false
+		}
+	}
+	return true
 }
 
 // clone returns a deep copy, so that an agent does not share maps with its
@@ -234,6 +547,10 @@ func (h *HAProxyConfig) validate(field string) []error {
 func (c *Config) clone() *Config {
 	out := *c
 	out.Labels = maps.Clone(c.Labels)
+	if c.LocalGuard.Enabled != nil {
+		on := *c.LocalGuard.Enabled
+		out.LocalGuard.Enabled = &on
+	}
 	out.Services = make(map[string]ServiceConfig, len(c.Services))
 	for name, svc := range c.Services {
 		if svc.HAProxy != nil {
@@ -241,7 +558,42 @@ func (c *Config) clone() *Config {
 			h.Servers = maps.Clone(h.Servers)
 			svc.HAProxy = &h
 		}
+		if svc.Probes != nil {
+			svc.Probes = svc.Probes.clone()
+		}
 		out.Services[name] = svc
 	}
+	return &out
+}
+
+func (p *ProbesConfig) clone() *ProbesConfig {
+	out := &ProbesConfig{}
+	if p.Preflight != nil {
+		out.Preflight = make(map[string]*HTTPCheck, len(p.Preflight))
+		for b, chk := range p.Preflight {
+			out.Preflight[b] = chk.clone()
+		}
+	}
+	if p.Synthetic != nil {
+		s := *p.Synthetic
+		s.Transactions = make(map[string][]*HTTPCheck, len(p.Synthetic.Transactions))
+		for b, steps := range p.Synthetic.Transactions {
+			cp := make([]*HTTPCheck, len(steps))
+			for i, chk := range steps {
+				cp[i] = chk.clone()
+			}
+			s.Transactions[b] = cp
+		}
+		out.Synthetic = &s
+	}
+	return out
+}
+
+func (h *HTTPCheck) clone() *HTTPCheck {
+	if h == nil {
+		return nil
+	}
+	out := *h
+	out.Headers = maps.Clone(h.Headers)
 	return &out
 }

@@ -121,3 +121,108 @@ func TestConfig_LoadConfigNamesTheFile(t *testing.T) {
 		t.Fatalf("LoadConfig of a missing file = %v, want ErrNotExist", err)
 	}
 }
+
+func TestConfig_TelemetryProbesAndGuard(t *testing.T) {
+	cfg, err := ParseConfig([]byte(`
+node: edge-1
+stateDir: /tmp/x
+telemetryInterval: 2s
+localGuard: {afterDisconnect: 1m, maxErrorRate: 0.1}
+services:
+  web:
+    haproxy:
+      socket: /run/haproxy/admin.sock
+      backend: web
+      servers: {blue: blue, green: green}
+      logSocket: /run/switchyard/web-log.sock
+    probes:
+      preflight:
+        green: {url: "http://127.0.0.1:9002/healthz", bodyContains: ok, maxLatency: 300ms}
+      synthetic:
+        transactions:
+          green:
+            - {name: login, method: POST, url: "http://127.0.0.1:9002/login", body: "user=probe", headers: {Content-Type: application/x-www-form-urlencoded}}
+            - {name: account, url: "http://127.0.0.1:9002/account", expectStatus: 200, timeout: 1s}
+`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if cfg.TelemetryInterval != 2*time.Second || cfg.Services["web"].HAProxy.LogSocket != "/run/switchyard/web-log.sock" {
+		t.Errorf("telemetry: interval %s, log socket %q", cfg.TelemetryInterval, cfg.Services["web"].HAProxy.LogSocket)
+	}
+	g := cfg.LocalGuard
+	if !g.On() || g.AfterDisconnect != time.Minute || g.MaxErrorRate != 0.1 || g.Window != DefaultGuardWindow ||
+		g.MinRequests != DefaultGuardMinRequests || g.MaxP99 != DefaultGuardMaxP99 {
+		t.Errorf("localGuard = %+v; want on, the two given values and defaults", g)
+	}
+	p := cfg.Services["web"].Probes
+	pre := p.Preflight["green"]
+	if pre.Method != "GET" || pre.ExpectStatus != 200 || pre.Timeout != DefaultProbeTimeout || pre.MaxLatency != 300*time.Millisecond || pre.BodyContains != "ok" {
+		t.Errorf("preflight = %+v", pre)
+	}
+	steps := p.Synthetic.Transactions["green"]
+	if p.Synthetic.Interval != DefaultSyntheticInterval || len(steps) != 2 || steps[0].Method != "POST" || steps[0].Headers["Content-Type"] == "" ||
+		steps[1].Timeout != time.Second || steps[1].Method != "GET" {
+		t.Errorf("synthetic = %+v, steps %+v %+v", p.Synthetic, steps[0], steps[1])
+	}
+
+	off, err := ParseConfig([]byte("node: edge-1\nstateDir: /tmp/x\nlocalGuard: {enabled: false}\nservices: {web: {haproxy: {socket: /s, backend: web, servers: {blue: b}}}}\n"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if off.LocalGuard.On() {
+		t.Error("localGuard {enabled: false} is on")
+	}
+	if on := (LocalGuardConfig{}); !on.On() {
+		t.Error("a guard config without enabled must be on")
+	}
+}
+
+func TestConfig_TelemetryProbesAndGuardErrors(t *testing.T) {
+	const head = "node: edge-1\nstateDir: /tmp/x\n"
+	svc := func(extra string) string {
+		return head + "services:\n  web:\n    haproxy: {socket: /s, backend: web, servers: {blue: blue, green: green}}\n" + extra
+	}
+	cases := []struct {
+		name string
+		doc  string
+		want []string
+	}{
+		{"negative interval", "telemetryInterval: -1s\n" + svc(""), []string{"telemetryInterval: -1s: must be positive"}},
+		{"error rate out of range", "localGuard: {maxErrorRate: 20}\n" + svc(""), []string{"localGuard.maxErrorRate: 20: want a fraction"}},
+		{"window shorter than interval", "telemetryInterval: 5s\nlocalGuard: {window: 1s}\n" + svc(""), []string{"localGuard.window: 1s: must be at least telemetryInterval (5s)"}},
+		{"unknown guard field", "localGuard: {after: 1s}\n" + svc(""), []string{`unknown field "after" in localGuard`}},
+		{"relative log socket", head + "services:\n  web:\n    haproxy: {socket: /s, backend: web, servers: {blue: b}, logSocket: web.sock}\n",
+			[]string{`services.web.haproxy.logSocket: "web.sock": want an absolute path`}},
+		{"shared log socket, same backend", head + "services:\n  web:\n    haproxy: {socket: /s, backend: web, servers: {blue: b}, logSocket: /l.sock}\n  api:\n    haproxy: {socket: /s, backend: web, servers: {blue: b2}, logSocket: /l.sock}\n",
+			[]string{"services.web.haproxy.logSocket: /l.sock is also services.api's log socket with the same backend"}},
+		{"preflight of an unknown backend", svc("    probes: {preflight: {purple: {url: 'http://x/'}}}\n"),
+			[]string{`services.web.probes.preflight.purple: backend "purple" is not in haproxy.servers (have blue, green)`}},
+		{"preflight without url", svc("    probes: {preflight: {green: {expectStatus: 204}}}\n"), []string{"services.web.probes.preflight.green.url: required"}},
+		{"preflight bad url and status", svc("    probes: {preflight: {green: {url: 'ftp://x/', expectStatus: 99}}}\n"),
+			[]string{`preflight.green.url: "ftp://x/": want an http:// or https:// URL`, "preflight.green.expectStatus: 99"}},
+		{"unknown probe field", svc("    probes: {preflight: {green: {url: 'http://x/', status: 200}}}\n"), []string{`unknown field "status" in a probe`}},
+		{"step without name", svc("    probes: {synthetic: {transactions: {green: [{url: 'http://x/'}]}}}\n"),
+			[]string{"services.web.probes.synthetic.transactions.green[0].name: required"}},
+		{"reserved and duplicate names", svc("    probes: {synthetic: {transactions: {green: [{name: preflight, url: 'http://x/'}, {name: a, url: 'http://x/'}, {name: a, url: 'http://x/'}]}}}\n"),
+			[]string{`green[0].name: "preflight" is reserved`, `green[2].name: "a" is used twice`}},
+		{"no transactions", svc("    probes: {synthetic: {interval: 5s}}\n"), []string{"synthetic.transactions: required"}},
+		{"bad method", svc("    probes: {preflight: {green: {url: 'http://x/', method: 'GE T'}}}\n"), []string{`preflight.green.method: "GE T"`}},
+	}
+	for _, c := range cases {
+		t.Run(c.name, func(t *testing.T) {
+			_, err := ParseConfig([]byte(c.doc))
+			if err == nil {
+				t.Fatal("want an error")
+			}
+			if !errors.Is(err, ErrInvalidConfig) {
+				t.Errorf("error %v does not wrap ErrInvalidConfig", err)
+			}
+			for _, w := range c.want {
+				if !strings.Contains(err.Error(), w) {
+					t.Errorf("error %q does not contain %q", err, w)
+				}
+			}
+		})
+	}
+}

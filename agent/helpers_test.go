@@ -288,20 +288,26 @@ func startAgent(t *testing.T, cfg *Config, drivers map[string]*fakeDriver) *runn
 // runAgent starts an agent and returns Run's error if it fails to start.
 func runAgent(t *testing.T, cfg *Config, drivers map[string]*fakeDriver) (*runningAgent, error) {
 	t.Helper()
+	return runAgentWith(t, cfg, func(service string, _ ServiceConfig) (driver.Driver, error) {
+		d, ok := drivers[service]
+		if !ok {
+			return nil, fmt.Errorf("no fake driver for %s", service)
+		}
+		return d, nil
+	})
+}
+
+// runAgentWith starts an agent with any driver factory.
+func runAgentWith(t *testing.T, cfg *Config, factory DriverFactory) (*runningAgent, error) {
+	t.Helper()
 	reg := prometheus.NewRegistry()
 	a, err := New(cfg, Options{
-		Logger:     slog.New(slog.NewTextHandler(t.Output(), &slog.HandlerOptions{Level: slog.LevelInfo})),
-		Registerer: reg,
-		DriverFactory: func(service string, _ ServiceConfig) (driver.Driver, error) {
-			d, ok := drivers[service]
-			if !ok {
-				return nil, fmt.Errorf("no fake driver for %s", service)
-			}
-			return d, nil
-		},
-		Version:  "test",
-		RetryMin: 10 * time.Millisecond,
-		RetryMax: 100 * time.Millisecond,
+		Logger:        slog.New(slog.NewTextHandler(t.Output(), &slog.HandlerOptions{Level: slog.LevelInfo})),
+		Registerer:    reg,
+		DriverFactory: factory,
+		Version:       "test",
+		RetryMin:      10 * time.Millisecond,
+		RetryMax:      100 * time.Millisecond,
 	})
 	if err != nil {
 		t.Fatal(err)

@@ -28,6 +28,42 @@ const (
 	reasonStale          = "stale"
 )
 
+// Telemetry report results, the values of the "result" label of
+// telemetry_reports_total.
+const (
+	reportPublished = "published"
+	// reportDisconnected: the bus was down; the report is dropped, not
+	// queued, since a late window is worth less than none.
+	reportDisconnected = "disconnected"
+	// reportNoData: neither "show stat" nor a log socket gave numbers for
+	// the window (the proxy is down, or it is the first read of counters).
+	reportNoData = "no_data"
+	reportError  = "error"
+)
+
+// Request-log line results, the values of the "result" label of
+// request_log_lines_total.
+const (
+	logCounted = "counted"
+	// logNotRequest: not a request line of the expected format (HAProxy
+	// also sends its alerts to the log target).
+	logNotRequest = "not_request"
+	// logUnknownBackend: a request of an HAProxy backend no service of this
+	// socket drives.
+	logUnknownBackend = "unknown_backend"
+	// logUnknownServer: a request of a server that is not one of the
+	// service's backends, including "<NOSRV>" (no server was chosen).
+	logUnknownServer = "unknown_server"
+)
+
+// Probe kinds and results, the labels of probes_total.
+const (
+	probePreflight = "preflight"
+	probeSynthetic = "synthetic"
+	probeOK        = "ok"
+	probeFailed    = "failed"
+)
+
 // metrics are the agent's Prometheus metrics, registered on the registry the
 // caller injects.
 type metrics struct {
@@ -40,6 +76,12 @@ type metrics struct {
 	stateSaveErrors   *prometheus.CounterVec
 	busReconnects     prometheus.Counter
 	resyncErrors      prometheus.Counter
+	busConnected      prometheus.Gauge
+	reports           *prometheus.CounterVec
+	logLines          *prometheus.CounterVec
+	probes            *prometheus.CounterVec
+	localRollbacks    *prometheus.CounterVec
+	droppedLogLines   *prometheus.CounterVec
 }
 
 func newMetrics(reg prometheus.Registerer) (*metrics, error) {
@@ -81,11 +123,36 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 			Name: "switchyard_agent_resync_errors_total",
 			Help: "Failed reads of a desired state from the bucket during a resync.",
 		}),
+		busConnected: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "switchyard_agent_bus_connected",
+			Help: "1 while the agent is connected to NATS, else 0.",
+		}),
+		reports: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "switchyard_agent_telemetry_reports_total",
+			Help: "HealthReport windows by service and result (published, disconnected, no_data, error).",
+		}, []string{"service", "result"}),
+		logLines: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "switchyard_agent_request_log_lines_total",
+			Help: "Datagrams read from HAProxy log sockets by result (counted, not_request, unknown_backend, unknown_server).",
+		}, []string{"result"}),
+		probes: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "switchyard_agent_probes_total",
+			Help: "HTTP probes the agent made to backends, by service, backend, kind (preflight, synthetic) and result (ok, failed).",
+		}, []string{"service", "backend", "kind", "result"}),
+		localRollbacks: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "switchyard_agent_local_rollbacks_total",
+			Help: "Times the local guard moved this node back to the old backend while the bus was lost.",
+		}, []string{"service"}),
+		droppedLogLines: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "switchyard_agent_request_log_lines_dropped_total",
+			Help: "Request log lines the proxy of a service failed to send (HAProxy DroppedLogs, all its log targets); raise net.unix.max_dgram_qlen if it grows.",
+		}, []string{"service"}),
 	}
 	var errs []error
 	for _, c := range []prometheus.Collector{
 		m.applies, m.applySeconds, m.rejected, m.drift, m.appliedGeneration,
 		m.driverDegraded, m.stateSaveErrors, m.busReconnects, m.resyncErrors,
+		m.busConnected, m.reports, m.logLines, m.probes, m.localRollbacks, m.droppedLogLines,
 	} {
 		if err := reg.Register(c); err != nil {
 			errs = append(errs, err)
@@ -110,4 +177,9 @@ func (m *metrics) initService(service string) {
 	m.appliedGeneration.WithLabelValues(service)
 	m.driverDegraded.WithLabelValues(service)
 	m.stateSaveErrors.WithLabelValues(service)
+	for _, r := range []string{reportPublished, reportDisconnected, reportNoData, reportError} {
+		m.reports.WithLabelValues(service, r)
+	}
+	m.localRollbacks.WithLabelValues(service)
+	m.droppedLogLines.WithLabelValues(service)
 }

@@ -6,7 +6,10 @@ import (
 	"fmt"
 	"log/slog"
 	"maps"
+	"slices"
+	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/nats-io/nats.go"
@@ -75,6 +78,48 @@ type timing struct {
 	applyTimeout       time.Duration
 }
 
+// appliedView is a read-only snapshot of what a service has applied, for the
+// goroutines that do not own the service (telemetry, probes, local guard).
+// Its maps are never changed after it is published.
+type appliedView struct {
+	// seq changes on every commit, so a telemetry window can tell whether
+	// the weights changed during it even when the generation did not.
+	seq           uint64
+	generation    uint64
+	rolloutID     string
+	phase         sv1.RolloutPhase
+	wave          int32
+	weights       map[string]uint32
+	from, to      string
+	localRollback bool
+}
+
+// rolloutActive reports whether a rollout is under way: traffic is moving
+// to the new backend (progressing) or has moved and is still watched
+// (promoted). Synthetic transactions run and the local guard may act only
+// then; while rolling back, completed or rolled back there is nothing to
+// guard.
+func (v *appliedView) rolloutActive() bool {
+	if v.rolloutID == "" {
+		return false
+	}
+	switch v.phase {
+	case sv1.RolloutPhase_ROLLOUT_PHASE_PROGRESSING, sv1.RolloutPhase_ROLLOUT_PHASE_PROMOTED:
+		return true
+	}
+	return false
+}
+
+// localRollbackRequest is the telemetry loop asking the service to move
+// back to the old backend; the service checks it still applies.
+type localRollbackRequest struct {
+	generation uint64
+	seq        uint64
+	from, to   string
+	reason     string
+	busDownFor time.Duration
+}
+
 // serviceWorker owns one service on this node: the document it is applying,
 // the state it applied, and its proxy driver. Everything below the inbox is
 // touched only by run's goroutine, which serializes the handling of the
@@ -91,6 +136,13 @@ type serviceWorker struct {
 	timing timing
 	// report hands a changed status to the agent.
 	report func(*sv1.ServiceStatus)
+	// prober runs the service's preflights.
+	prober *prober
+	// view is what the service has applied, for other goroutines.
+	view    atomic.Pointer[appliedView]
+	viewSeq uint64
+	// guard receives the telemetry loop's local rollback requests.
+	guard chan localRollbackRequest
 
 	inbox *inbox
 	// driftCheck asks run to read the proxy back and repair drift (on every
@@ -112,11 +164,13 @@ type serviceWorker struct {
 	check bool
 	// note is shown in the status while the driver is healthy (e.g. a failed
 	// local save).
-	note     string
-	health   sv1.DriverHealth
-	message  string
-	backoff  time.Duration
-	lastSent *sv1.ServiceStatus
+	note string
+	// preflightMsg says why pending is held back by a failing preflight.
+	preflightMsg string
+	health       sv1.DriverHealth
+	message      string
+	backoff      time.Duration
+	lastSent     *sv1.ServiceStatus
 }
 
 // onMsg receives a push on the service's KV key subject.
@@ -154,7 +208,22 @@ func (w *serviceWorker) run(ctx context.Context) {
 		if ctx.Err() != nil {
 			return
 		}
+		var pe *preflightError
 		switch {
+		case errors.As(err, &pe):
+			// The driver is fine; the document waits for its new backend.
+			w.backoff = nextBackoff(w.backoff, w.timing.retryMin, w.timing.retryMax)
+			retry.Reset(w.backoff)
+			retrying = true
+			msg := err.Error() + "; keeping the current weights and retrying"
+			level := slog.LevelDebug
+			if msg != w.preflightMsg {
+				level = slog.LevelWarn
+			}
+			w.preflightMsg = msg
+			w.log.Log(ctx, level, "preflight failed; desired state held back", "generation", w.pending.GetGeneration(),
+				"rollout", w.pending.GetRolloutId(), "err", pe.err, "backend", pe.backend, "retry_in", w.backoff)
+			w.setHealth(sv1.DriverHealth_DRIVER_HEALTH_OK, w.okMessage())
 		case err != nil:
 			w.backoff = nextBackoff(w.backoff, w.timing.retryMin, w.timing.retryMax)
 			retry.Reset(w.backoff)
@@ -174,7 +243,7 @@ func (w *serviceWorker) run(ctx context.Context) {
 			if w.refused {
 				w.setHealth(sv1.DriverHealth_DRIVER_HEALTH_DEGRADED, w.refusedMsg)
 			} else {
-				w.setHealth(sv1.DriverHealth_DRIVER_HEALTH_OK, w.note)
+				w.setHealth(sv1.DriverHealth_DRIVER_HEALTH_OK, w.okMessage())
 			}
 		}
 		w.sendStatus()
@@ -204,8 +273,94 @@ func (w *serviceWorker) run(ctx context.Context) {
 		case <-retry.C:
 			retrying = false
 			step()
+		case req := <-w.guard:
+			if w.localRollback(ctx, req) {
+				if retrying {
+					// Keep the retry's schedule; only the message changes.
+					if w.health == sv1.DriverHealth_DRIVER_HEALTH_OK {
+						w.setHealth(w.health, w.okMessage())
+					}
+					w.sendStatus()
+				} else {
+					step()
+				}
+			}
 		}
 	}
+}
+
+// okMessage is the status message while the driver is healthy: what the
+// operator should know anyway.
+func (w *serviceWorker) okMessage() string {
+	var parts []string
+	if w.note != "" {
+		parts = append(parts, w.note)
+	}
+	if w.preflightMsg != "" && w.pending != nil {
+		parts = append(parts, fmt.Sprintf("generation %d not applied: %s", w.pending.GetGeneration(), w.preflightMsg))
+	}
+	if lr := w.applied.GetLocalRollback(); lr != nil {
+		parts = append(parts, localRollbackMessage(lr))
+	}
+	return strings.Join(parts, "; ")
+}
+
+func localRollbackMessage(lr *sv1.LocalRollback) string {
+	return fmt.Sprintf("local guard moved this node from %q to %q at %s, overriding generation %d of rollout %q: %s; a newer generation from the coordinator replaces this",
+		lr.GetFrom(), lr.GetTo(), lr.GetAt().AsTime().UTC().Format(time.RFC3339), lr.GetGeneration(), lr.GetRolloutId(), lr.GetReason())
+}
+
+// requestLocalRollback is called by the telemetry loop; a request already
+// waiting is as good as a new one.
+func (w *serviceWorker) requestLocalRollback(req localRollbackRequest) {
+	select {
+	case w.guard <- req:
+	default:
+	}
+}
+
+// localRollback moves the node's traffic back to the old backend, keeping
+// the applied generation: the coordinator's next document governs again
+// only if its generation is higher (normal fencing), so the agent does not
+// bounce back to the breaching backend when the bus returns with the same
+// document. It reports whether it changed anything.
+func (w *serviceWorker) localRollback(ctx context.Context, req localRollbackRequest) bool {
+	a := w.applied
+	if a == nil || req.seq != w.viewSeq || a.GetLocalRollback() != nil {
+		return false // the service moved on since the window was judged
+	}
+	weights := make(map[string]uint32, len(a.GetWeights()))
+	for b := range a.GetWeights() {
+		weights[b] = 0
+	}
+	weights[req.from] = 100
+	log := w.log.With("generation", req.generation, "rollout", a.GetDesired().GetRolloutId())
+	if err := w.setWeights(ctx, weights); err != nil {
+		log.Error("local guard could not move the node back; will try again after the next window", "err", err, "to", req.from)
+		return false
+	}
+	now := w.clock.Now()
+	lr := &sv1.LocalRollback{
+		Generation: req.generation,
+		RolloutId:  a.GetDesired().GetRolloutId(),
+		From:       req.to,
+		To:         req.from,
+		Reason:     fmt.Sprintf("bus lost for %s and %s", req.busDownFor.Round(time.Second), req.reason),
+		At:         timestamppb.New(now),
+	}
+	w.m.localRollbacks.WithLabelValues(w.name).Inc()
+	log.Error("local guard moved this node back to the old backend", "from", req.to, "to", req.from, "weights", weights, "reason", lr.GetReason())
+	w.commit(log, &sv1.AppliedState{
+		Service:       w.name,
+		Desired:       a.GetDesired(),
+		Weights:       weights,
+		Wave:          a.GetWave(),
+		AppliedAt:     timestamppb.New(now),
+		FromBackend:   a.GetFromBackend(),
+		ToBackend:     a.GetToBackend(),
+		LocalRollback: lr,
+	})
+	return true
 }
 
 // nextBackoff doubles the retry delay from lo up to hi.
@@ -244,10 +399,16 @@ func (w *serviceWorker) consider(d delivery) bool {
 		}
 		w.pending = ds
 		w.refused = false
+		w.preflightMsg = ""
 		w.backoff = 0
 		w.log.Info("desired state received", "generation", gen, "rollout", ds.GetRolloutId(), "phase", ds.GetPhase().String())
 		return true
-	case d.poll && gen == newest:
+	case d.poll && gen <= newest:
+		// A read of the bucket that a push overtook (or the generation the
+		// agent already has): the steady state of polling, not a rejection.
+		if gen < newest {
+			w.log.Debug("poll read an older generation than the agent has; a push overtook it", "generation", gen, "newest", newest)
+		}
 		return false
 	default:
 		w.reject(reasonStale, ds, fmt.Errorf("generation %d is not above %d", gen, newest))
@@ -297,15 +458,24 @@ func (w *serviceWorker) reject(reason string, ds *sv1.DesiredState, err error) {
 // step applies the pending document and then checks the proxy, as far as the
 // driver lets it. An error means "retry with backoff".
 func (w *serviceWorker) step(ctx context.Context) error {
+	var held error
 	if w.pending != nil && !w.refused {
 		if err := w.applyPending(ctx); err != nil {
-			return err
+			var pe *preflightError
+			if !errors.As(err, &pe) {
+				return err
+			}
+			// A document held back by its preflight must not hold back
+			// the repair of what is applied (HAProxy restarted meanwhile).
+			held = err
 		}
 	}
 	if w.check {
-		return w.checkProxy(ctx)
+		if err := w.checkProxy(ctx); err != nil {
+			return err
+		}
 	}
-	return nil
+	return held
 }
 
 func (w *serviceWorker) applyPending(ctx context.Context) error {
@@ -313,17 +483,29 @@ func (w *serviceWorker) applyPending(ctx context.Context) error {
 	gen := ds.GetGeneration()
 	log := w.log.With("generation", gen, "rollout", ds.GetRolloutId())
 	weights, wave, ok := desired.Evaluate(ds, w.node, w.labels)
+	before := w.applied.GetWeights()
 	if !ok {
 		w.m.applies.WithLabelValues(w.name, resultNoWave).Inc()
 		log.Info("node is in no wave and the document has no default weights; the proxy keeps its weights")
+		from, to := w.direction(ds, before, before)
 		w.commit(log, &sv1.AppliedState{
-			Service:   w.name,
-			Desired:   ds,
-			Weights:   maps.Clone(w.applied.GetWeights()),
-			Wave:      desired.NoWave,
-			AppliedAt: timestamppb.New(w.clock.Now()),
+			Service:       w.name,
+			Desired:       ds,
+			Weights:       maps.Clone(before),
+			Wave:          desired.NoWave,
+			AppliedAt:     timestamppb.New(w.clock.Now()),
+			FromBackend:   from,
+			ToBackend:     to,
+			LocalRollback: w.applied.GetLocalRollback(), // the weights are still the guard's
 		})
+		w.pending, w.refused, w.preflightMsg = nil, false, ""
 		return nil
+	}
+	if err := w.prober.preflight(ctx, before, weights); err != nil {
+		if ctx.Err() != nil {
+			return ctx.Err()
+		}
+		return err
 	}
 	if err := w.setWeights(ctx, weights); err != nil {
 		if errors.Is(err, driver.ErrUnknownBackend) {
@@ -334,16 +516,69 @@ func (w *serviceWorker) applyPending(ctx context.Context) error {
 		}
 		return fmt.Errorf("apply generation %d: %w", gen, err)
 	}
-	log.Info("desired state applied", "weights", weights, "wave", wave)
+	from, to := w.direction(ds, before, weights)
+	log.Info("desired state applied", "weights", weights, "wave", wave, "from", from, "to", to)
 	w.check = false
 	w.commit(log, &sv1.AppliedState{
-		Service:   w.name,
-		Desired:   ds,
-		Weights:   weights,
-		Wave:      wave,
-		AppliedAt: timestamppb.New(w.clock.Now()),
+		Service:     w.name,
+		Desired:     ds,
+		Weights:     weights,
+		Wave:        wave,
+		AppliedAt:   timestamppb.New(w.clock.Now()),
+		FromBackend: from,
+		ToBackend:   to,
 	})
+	w.pending, w.refused, w.preflightMsg = nil, false, ""
 	return nil
+}
+
+// direction names the backends a rollout moves this node away from and
+// towards. The document does not say (it carries weights only), so the
+// agent infers it from the weights that rose and fell; when this document
+// moves nothing for the node, the previous answer of the same rollout
+// stands.
+func (w *serviceWorker) direction(ds *sv1.DesiredState, before, after map[string]uint32) (from, to string) {
+	from, to = inferDirection(before, after)
+	if to == "" && ds.GetRolloutId() != "" && ds.GetRolloutId() == w.applied.GetDesired().GetRolloutId() {
+		return w.applied.GetFromBackend(), w.applied.GetToBackend()
+	}
+	return from, to
+}
+
+// inferDirection returns the backend whose weight rose the most (to) and
+// the one whose weight fell the most (from); with two backends the other
+// one is from even if it had no weight before (a node's first document).
+// Ties name nothing: the agent will not guess.
+func inferDirection(before, after map[string]uint32) (from, to string) {
+	var upBy, downBy int64
+	upTie, downTie := false, false
+	for _, b := range slices.Sorted(maps.Keys(after)) {
+		d := int64(after[b]) - int64(before[b])
+		switch {
+		case d > upBy:
+			to, upBy, upTie = b, d, false
+		case d > 0 && d == upBy:
+			upTie = true
+		case -d > downBy:
+			from, downBy, downTie = b, -d, false
+		case d < 0 && -d == downBy:
+			downTie = true
+		}
+	}
+	if upTie || to == "" {
+		return "", ""
+	}
+	if downTie {
+		from = ""
+	}
+	if from == "" && len(after) == 2 {
+		for b := range after {
+			if b != to {
+				from = b
+			}
+		}
+	}
+	return from, to
 }
 
 // commit makes st the applied state, persisting it first. A failed save does
@@ -358,10 +593,34 @@ func (w *serviceWorker) commit(log *slog.Logger, st *sv1.AppliedState) {
 		w.note = ""
 	}
 	w.applied = st
-	w.pending = nil
-	w.refused = false
+	w.publishView()
 	w.m.appliedGeneration.WithLabelValues(w.name).Set(float64(st.GetDesired().GetGeneration()))
 }
+
+// publishView makes the applied state visible to the service's other
+// goroutines.
+func (w *serviceWorker) publishView() {
+	w.viewSeq++
+	a := w.applied
+	v := &appliedView{
+		seq:           w.viewSeq,
+		generation:    a.GetDesired().GetGeneration(),
+		rolloutID:     a.GetDesired().GetRolloutId(),
+		phase:         a.GetDesired().GetPhase(),
+		wave:          desired.NoWave,
+		weights:       maps.Clone(a.GetWeights()),
+		from:          a.GetFromBackend(),
+		to:            a.GetToBackend(),
+		localRollback: a.GetLocalRollback() != nil,
+	}
+	if a != nil {
+		v.wave = a.GetWave()
+	}
+	w.view.Store(v)
+}
+
+// currentView is the latest applied state, safe from any goroutine.
+func (w *serviceWorker) currentView() *appliedView { return w.view.Load() }
 
 // checkProxy reads the proxy's weights and re-applies the applied ones if
 // the proxy no longer has them (it restarted or was reloaded under the
@@ -442,6 +701,7 @@ func (w *serviceWorker) sendStatus() {
 		Weights:           maps.Clone(w.applied.GetWeights()),
 		Driver:            w.health,
 		Message:           w.message,
+		LocalRollback:     proto.CloneOf(w.applied.GetLocalRollback()),
 	}
 	if proto.Equal(st, w.lastSent) {
 		return

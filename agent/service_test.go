@@ -77,6 +77,7 @@ func TestAgent_ConsiderFencesOnNewestKnownGeneration(t *testing.T) {
 		{3, false, false}, // pushed again: stale
 		{5, false, true},  // newer, supersedes the pending 3
 		{4, false, false}, // older than the pending 5: stale
+		{4, true, false},  // a resync read that a push overtook: silent
 		{6, true, true},
 	}
 	for i, s := range steps {

@@ -30,3 +30,27 @@ type Driver interface {
 	// Close releases the driver's resources.
 	Close() error
 }
+
+// BackendCounters are one backend's traffic counters on the proxy. Requests
+// and Errors are cumulative since the proxy started, so they go down when it
+// restarts; Current, Queued and Weight are the values now.
+type BackendCounters struct {
+	// Backend is the name as in rollout specs ("blue").
+	Backend string
+	// Requests counts requests the backend answered or failed to answer.
+	Requests uint64
+	// Errors counts 5xx answers and connection or response failures.
+	Errors uint64
+	// Current is the number of open sessions to the backend.
+	Current uint32
+	// Queued is the number of requests waiting for a connection slot.
+	Queued uint32
+	// Weight is the weight the proxy uses now.
+	Weight uint32
+}
+
+// StatsReader is implemented by drivers that can read their proxy's traffic
+// counters; the agent turns them into per-window telemetry.
+type StatsReader interface {
+	Counters(ctx context.Context) ([]BackendCounters, error)
+}

@@ -17,7 +17,10 @@ import (
 	"github.com/switchyard/switchyard/agent/driver"
 )
 
-var _ driver.Driver = (*Driver)(nil)
+var (
+	_ driver.Driver      = (*Driver)(nil)
+	_ driver.StatsReader = (*Driver)(nil)
+)
 
 // DefaultTimeout bounds one runtime API command when Config.Timeout is 0.
 const DefaultTimeout = 2 * time.Second
@@ -295,6 +298,64 @@ func (d *Driver) Stats(ctx context.Context) ([]ServerStat, error) {
 		out = append(out, st)
 	}
 	return out, nil
+}
+
+// Counters reads "show stat" as the driver-neutral counters the agent's
+// telemetry uses, one per spec backend, sorted by its name.
+func (d *Driver) Counters(ctx context.Context) ([]driver.BackendCounters, error) {
+	stats, err := d.Stats(ctx)
+	if err != nil {
+		return nil, err
+	}
+	out := make([]driver.BackendCounters, len(stats))
+	for i, s := range stats {
+		out[i] = s.Counters()
+	}
+	return out, nil
+}
+
+// Counters turns one server's "show stat" row into request and error
+// counts. HAProxy counts, per server, the responses the server sent (by
+// class), responses that failed (eresp: empty, truncated or invalid, for
+// which HAProxy itself answers 502 without counting it under hrsp_5xx) and
+// requests that could not connect (econ: counted once per request, after
+// its retries; HAProxy's own 503 is not counted under hrsp_5xx either). A
+// response cut short after its headers counts both as a response and in
+// eresp, so it adds one request too many; that is rare and errs towards
+// lower error rates only slightly.
+func (s ServerStat) Counters() driver.BackendCounters {
+	responses := s.Hrsp1xx + s.Hrsp2xx + s.Hrsp3xx + s.Hrsp4xx + s.Hrsp5xx + s.HrspOther
+	return driver.BackendCounters{
+		Backend:  s.Backend,
+		Requests: responses + s.Eresp + s.Econ,
+		Errors:   s.Hrsp5xx + s.Eresp + s.Econ,
+		Current:  clampUint32(s.Scur),
+		Queued:   clampUint32(s.Qcur),
+		Weight:   s.Weight,
+	}
+}
+
+func clampUint32(v uint64) uint32 {
+	return uint32(min(v, uint64(^uint32(0))))
+}
+
+// DroppedLogs reads how many log lines HAProxy failed to send since it
+// started, to any log target ("DroppedLogs" of "show info"). A unix
+// datagram log socket holds only net.unix.max_dgram_qlen lines and HAProxy
+// drops, never waits, when it is full.
+func (d *Driver) DroppedLogs(ctx context.Context) (uint64, error) {
+	if d.closed.Load() {
+		return 0, errClosed
+	}
+	ans, err := d.api.show(ctx, "show info")
+	if err != nil {
+		return 0, fmt.Errorf("haproxy driver: %w", err)
+	}
+	v, err := parseInfoCounter(ans, "DroppedLogs")
+	if err != nil {
+		return 0, fmt.Errorf("haproxy driver: %w", err)
+	}
+	return v, nil
 }
 
 // Close marks the driver closed; there is no connection to release.

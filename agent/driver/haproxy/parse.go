@@ -104,12 +104,17 @@ type ServerStat struct {
 	Hrsp2xx uint64 // HTTP responses by class
 	Hrsp4xx uint64
 	Hrsp5xx uint64
-	Eresp   uint64 // response errors (server aborted, bad response)
-	Econ    uint64 // failed connection attempts
-	Wretr   uint64 // connection retries
-	Wredis  uint64 // requests redispatched to another server
-	CliAbrt uint64 // transfers aborted by the client
-	SrvAbrt uint64 // transfers aborted by the server
+	// Hrsp1xx, Hrsp3xx and HrspOther complete the classes; they read 0
+	// when the answer lacks their column.
+	Hrsp1xx   uint64
+	Hrsp3xx   uint64
+	HrspOther uint64
+	Eresp     uint64 // response errors (server aborted, bad response)
+	Econ      uint64 // failed connection attempts
+	Wretr     uint64 // connection retries
+	Wredis    uint64 // requests redispatched to another server
+	CliAbrt   uint64 // transfers aborted by the client
+	SrvAbrt   uint64 // transfers aborted by the server
 }
 
 // statColumns are the "show stat" columns a ServerStat needs; HAProxy has
@@ -119,6 +124,10 @@ var statColumns = []string{
 	"hrsp_2xx", "hrsp_4xx", "hrsp_5xx", "eresp", "econ", "wretr", "wredis",
 	"cli_abrt", "srv_abrt",
 }
+
+// optionalStatColumns complete a ServerStat when present; a missing one
+// reads as 0.
+var optionalStatColumns = []string{"hrsp_1xx", "hrsp_3xx", "hrsp_other"}
 
 // statRow is one "show stat" row with its proxy name.
 type statRow struct {
@@ -149,6 +158,13 @@ func parseStat(answer string) ([]statRow, error) {
 			return nil, fmt.Errorf("show stat: header lacks column %q", name)
 		}
 		idx[i] = j
+	}
+	opt := make([]int, len(optionalStatColumns))
+	for i, name := range optionalStatColumns {
+		opt[i] = -1
+		if j, ok := col[name]; ok {
+			opt[i] = j
+		}
 	}
 	var rows []statRow
 	for n := 1; ; n++ {
@@ -181,6 +197,15 @@ func parseStat(answer string) ([]statRow, error) {
 			v := orZero(field(4 + k))
 			if *dst, err = strconv.ParseUint(v, 10, 64); err != nil {
 				return nil, fmt.Errorf("show stat: row %d (%s/%s): %s: %q is not a counter", n, row.Proxy, s.Server, statColumns[4+k], head(v))
+			}
+		}
+		for k, dst := range []*uint64{&s.Hrsp1xx, &s.Hrsp3xx, &s.HrspOther} {
+			if opt[k] < 0 || opt[k] >= len(rec) {
+				continue
+			}
+			v := orZero(rec[opt[k]])
+			if *dst, err = strconv.ParseUint(v, 10, 64); err != nil {
+				return nil, fmt.Errorf("show stat: row %d (%s/%s): %s: %q is not a counter", n, row.Proxy, s.Server, optionalStatColumns[k], head(v))
 			}
 		}
 		rows = append(rows, row)
@@ -224,4 +249,20 @@ func head(s string) string {
 		return s
 	}
 	return s[:n] + "…"
+}
+
+// parseInfoCounter reads one "Name: value" counter of "show info".
+func parseInfoCounter(answer, name string) (uint64, error) {
+	for line := range strings.Lines(answer) {
+		k, v, ok := strings.Cut(strings.TrimRight(line, "\r\n"), ":")
+		if !ok || k != name {
+			continue
+		}
+		n, err := strconv.ParseUint(strings.TrimSpace(v), 10, 64)
+		if err != nil {
+			return 0, fmt.Errorf("show info: %s: %q is not a counter", name, head(v))
+		}
+		return n, nil
+	}
+	return 0, fmt.Errorf("show info: no %s line in %q", name, head(answer))
 }

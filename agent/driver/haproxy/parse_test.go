@@ -191,3 +191,16 @@ func FuzzParseServersState(f *testing.F) {
 		}
 	})
 }
+
+func TestParseInfoCounter(t *testing.T) {
+	const info = "Name: HAProxy\nVersion: 2.6.12-1+deb12u4\nPid: 7\nDroppedLogs: 305\nBusyPolling: 0\n"
+	if v, err := parseInfoCounter(info, "DroppedLogs"); err != nil || v != 305 {
+		t.Fatalf("DroppedLogs = %d, %v; want 305", v, err)
+	}
+	if _, err := parseInfoCounter(info, "Missing"); err == nil || !strings.Contains(err.Error(), "no Missing line") {
+		t.Fatalf("missing field: err = %v", err)
+	}
+	if _, err := parseInfoCounter("DroppedLogs: lots\n", "DroppedLogs"); err == nil || !strings.Contains(err.Error(), `" lots" is not a counter`) {
+		t.Fatalf("bad value: err = %v", err)
+	}
+}

@@ -1,0 +1,185 @@
+package agent
+
+import (
+	"log/slog"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/switchyard/switchyard/agent/driver"
+	"github.com/switchyard/switchyard/internal/clock"
+	"github.com/switchyard/switchyard/internal/sketch"
+	sv1 "github.com/switchyard/switchyard/proto/switchyard/v1"
+)
+
+func TestTelemetry_CounterDeltaSurvivesResets(t *testing.T) {
+	c := func(req, errs uint64) driver.BackendCounters {
+		return driver.BackendCounters{Requests: req, Errors: errs}
+	}
+	tests := []struct {
+		name             string
+		prev, cur        driver.BackendCounters
+		wantReq, wantErr uint64
+	}{
+		{"growth", c(100, 5), c(150, 7), 50, 2},
+		{"no traffic", c(100, 5), c(100, 5), 0, 0},
+		{"restart: requests went down", c(1000, 50), c(30, 1), 30, 1},
+		{"restart: only errors went down", c(10, 9), c(12, 0), 12, 0},
+		{"restart to zero", c(1000, 50), c(0, 0), 0, 0},
+		{"errors never exceed requests", c(0, 0), c(3, 7), 3, 3},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			req, errs := counterDelta(tt.prev, tt.cur)
+			if req != tt.wantReq || errs != tt.wantErr {
+				t.Fatalf("counterDelta(%v, %v) = %d, %d; want %d, %d", tt.prev, tt.cur, req, errs, tt.wantReq, tt.wantErr)
+			}
+		})
+	}
+}
+
+func TestTelemetry_InferDirection(t *testing.T) {
+	w := func(kv ...any) map[string]uint32 {
+		m := map[string]uint32{}
+		for i := 0; i < len(kv); i += 2 {
+			m[kv[i].(string)] = uint32(kv[i+1].(int))
+		}
+		return m
+	}
+	tests := []struct {
+		name          string
+		before, after map[string]uint32
+		from, to      string
+	}{
+		{"canary step", w("blue", 100, "green", 0), w("blue", 90, "green", 10), "blue", "green"},
+		{"next step", w("blue", 90, "green", 10), w("blue", 50, "green", 50), "blue", "green"},
+		{"rollback", w("blue", 50, "green", 50), w("blue", 100, "green", 0), "green", "blue"},
+		{"first document of a node", nil, w("blue", 0, "green", 100), "blue", "green"},
+		{"nothing moves", w("blue", 100, "green", 0), w("blue", 100, "green", 0), "", ""},
+		{"three backends", w("a", 100, "b", 0, "c", 0), w("a", 50, "b", 40, "c", 10), "a", "b"},
+		{"tie on the rise", w("a", 100, "b", 0, "c", 0), w("a", 0, "b", 50, "c", 50), "", ""},
+		{"tie on the fall, three backends", w("a", 50, "b", 50, "c", 0), w("a", 0, "b", 0, "c", 100), "", "c"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			from, to := inferDirection(tt.before, tt.after)
+			if from != tt.from || to != tt.to {
+				t.Fatalf("inferDirection(%v, %v) = %q -> %q, want %q -> %q", tt.before, tt.after, from, to, tt.from, tt.to)
+			}
+		})
+	}
+}
+
+func TestLocalGuard_Breach(t *testing.T) {
+	cfg := LocalGuardConfig{Window: 10 * time.Second, MinRequests: 50, MaxErrorRate: 0.2, MaxP99: 2 * time.Second}
+	lat := func(seconds float64, n int) *sketch.Sketch {
+		s := sketch.New()
+		s.AddWithCount(seconds, float64(n))
+		return s
+	}
+	t0 := time.Unix(1000, 0)
+	win := func(at time.Duration, req, errs uint64, l *sketch.Sketch) guardWindow {
+		return guardWindow{end: t0.Add(at), backends: map[string]windowCounts{"green": {requests: req, errors: errs, latency: l}}}
+	}
+	tests := []struct {
+		name    string
+		windows []guardWindow
+		want    string // substring of the reason; "" for no breach
+	}{
+		{"too few requests", []guardWindow{win(0, 49, 49, nil)}, ""},
+		{"error rate over 20%", []guardWindow{win(0, 30, 5, nil), win(time.Second, 30, 10, nil)}, `error rate 25.0% (15 of 60 requests`},
+		{"error rate exactly 20% is not over", []guardWindow{win(0, 100, 20, nil)}, ""},
+		{"old windows fall out", []guardWindow{win(0, 100, 100, nil), win(11*time.Second, 60, 0, nil)}, ""},
+		{"slow", []guardWindow{win(0, 60, 0, lat(3, 60))}, "p99 latency 2.9"},
+		{"slow but too few samples", []guardWindow{win(0, 60, 0, lat(3, 10))}, ""},
+		{"fast enough", []guardWindow{win(0, 60, 0, lat(1.5, 60))}, ""},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			g := &localGuard{cfg: cfg}
+			for _, w := range tt.windows {
+				g.add(w)
+			}
+			reason, breached := g.breach("green")
+			if breached != (tt.want != "") || !strings.Contains(reason, tt.want) {
+				t.Fatalf("breach = %v %q, want %q", breached, reason, tt.want)
+			}
+		})
+	}
+}
+
+func TestAppliedView_RolloutActive(t *testing.T) {
+	for phase, want := range map[sv1.RolloutPhase]bool{
+		sv1.RolloutPhase_ROLLOUT_PHASE_UNSPECIFIED:  false,
+		sv1.RolloutPhase_ROLLOUT_PHASE_PROGRESSING:  true,
+		sv1.RolloutPhase_ROLLOUT_PHASE_PROMOTED:     true,
+		sv1.RolloutPhase_ROLLOUT_PHASE_COMPLETED:    false,
+		sv1.RolloutPhase_ROLLOUT_PHASE_ROLLING_BACK: false,
+		sv1.RolloutPhase_ROLLOUT_PHASE_ROLLED_BACK:  false,
+	} {
+		if got := (&appliedView{rolloutID: "r1", phase: phase}).rolloutActive(); got != want {
+			t.Errorf("phase %s: active = %v, want %v", phase, got, want)
+		}
+	}
+	if (&appliedView{phase: sv1.RolloutPhase_ROLLOUT_PHASE_PROGRESSING}).rolloutActive() {
+		t.Error("a document without a rollout id is no rollout")
+	}
+}
+
+// TestTelemetry_GuardOnlyActsWhenTheBusIsGoneLongEnough drives the
+// telemetry loop's guard step directly.
+func TestTelemetry_GuardOnlyActsWhenTheBusIsGoneLongEnough(t *testing.T) {
+	m, err := newMetrics(prometheus.NewRegistry())
+	if err != nil {
+		t.Fatal(err)
+	}
+	w := &serviceWorker{name: "web", guard: make(chan localRollbackRequest, 1)}
+	var down time.Duration
+	var isDown bool
+	tl := &telemetryLoop{
+		service: "web", worker: w, guardAfter: 30 * time.Second, m: m,
+		log: slog.New(slog.DiscardHandler), clock: clock.Real{},
+		guard:   &localGuard{cfg: LocalGuardConfig{Window: 10 * time.Second, MinRequests: 50, MaxErrorRate: 0.2}},
+		busDown: func() (time.Duration, bool) { return down, isDown },
+	}
+	tl.guard.add(guardWindow{end: time.Now(), backends: map[string]windowCounts{"green": {requests: 100, errors: 50}}})
+	view := &appliedView{seq: 3, generation: 7, rolloutID: "r1", phase: sv1.RolloutPhase_ROLLOUT_PHASE_PROGRESSING,
+		weights: map[string]uint32{"blue": 50, "green": 50}, from: "blue", to: "green"}
+	asked := func() *localRollbackRequest {
+		select {
+		case r := <-w.guard:
+			return &r
+		default:
+			return nil
+		}
+	}
+
+	tl.checkGuard(view)
+	if r := asked(); r != nil {
+		t.Fatalf("connected: guard asked %+v", r)
+	}
+	down, isDown = 29*time.Second, true
+	tl.checkGuard(view)
+	if r := asked(); r != nil {
+		t.Fatalf("down 29s of 30: guard asked %+v", r)
+	}
+	down = 31 * time.Second
+	for _, v := range []*appliedView{
+		{seq: 3, rolloutID: "r1", phase: sv1.RolloutPhase_ROLLOUT_PHASE_ROLLING_BACK, weights: view.weights, from: "blue", to: "green"},
+		{seq: 3, rolloutID: "r1", phase: sv1.RolloutPhase_ROLLOUT_PHASE_PROGRESSING, weights: map[string]uint32{"blue": 100, "green": 0}, from: "blue", to: "green"},
+		{seq: 3, rolloutID: "r1", phase: sv1.RolloutPhase_ROLLOUT_PHASE_PROGRESSING, weights: view.weights, from: "", to: "green"},
+		{seq: 3, rolloutID: "r1", phase: sv1.RolloutPhase_ROLLOUT_PHASE_PROGRESSING, weights: view.weights, from: "blue", to: "green", localRollback: true},
+	} {
+		tl.checkGuard(v)
+		if r := asked(); r != nil {
+			t.Fatalf("view %+v: guard asked %+v", v, r)
+		}
+	}
+	tl.checkGuard(view)
+	r := asked()
+	if r == nil || r.generation != 7 || r.seq != 3 || r.from != "blue" || r.to != "green" || !strings.Contains(r.reason, "error rate 50.0%") {
+		t.Fatalf("guard asked %+v", r)
+	}
+}
