@@ -538,6 +538,10 @@ func (w *serviceWorker) applyPending(ctx context.Context) error {
 // moves nothing for the node, the previous answer of the same rollout
 // stands.
 func (w *serviceWorker) direction(ds *sv1.DesiredState, before, after map[string]uint32) (from, to string) {
+	if ds.GetFromBackend() != "" && ds.GetToBackend() != "" {
+		return ds.GetFromBackend(), ds.GetToBackend()
+	}
+	// Documents from coordinators that predate the fields: infer.
 	from, to = inferDirection(before, after)
 	if to == "" && ds.GetRolloutId() != "" && ds.GetRolloutId() == w.applied.GetDesired().GetRolloutId() {
 		return w.applied.GetFromBackend(), w.applied.GetToBackend()

@@ -407,11 +407,13 @@ func derive(r *sv1.Rollout, generation uint64, at *timestamppb.Timestamp) *sv1.D
 		return map[string]uint32{sp.GetFrom(): 100 - green, sp.GetTo(): green}
 	}
 	ds := &sv1.DesiredState{
-		Service:    sp.GetService(),
-		Generation: generation,
-		RolloutId:  r.GetId(),
-		IssuedAt:   at,
-		Phase:      r.GetPhase(),
+		Service:     sp.GetService(),
+		Generation:  generation,
+		RolloutId:   r.GetId(),
+		IssuedAt:    at,
+		Phase:       r.GetPhase(),
+		FromBackend: sp.GetFrom(),
+		ToBackend:   sp.GetTo(),
 	}
 	plan := spec.Compile(sp)
 	for i, pw := range plan {

@@ -116,6 +116,10 @@ type DesiredState struct {
 	IssuedAt *timestamppb.Timestamp `protobuf:"bytes,6,opt,name=issued_at,json=issuedAt,proto3" json:"issued_at,omitempty"`
 	// Phase is the rollout phase at this generation, for display.
 	Phase RolloutPhase `protobuf:"varint,7,opt,name=phase,proto3,enum=switchyard.v1.RolloutPhase" json:"phase,omitempty"`
+	// FromBackend and ToBackend are the rollout's old and new backends, so an
+	// agent acting alone (its local guard) knows which way is back.
+	FromBackend string `protobuf:"bytes,8,opt,name=from_backend,json=fromBackend,proto3" json:"from_backend,omitempty"`
+	ToBackend   string `protobuf:"bytes,9,opt,name=to_backend,json=toBackend,proto3" json:"to_backend,omitempty"`
 	// Signature is set by the coordinator that signs desired state; it is the
 	// last field on the wire so that verification covers the exact bytes before
 	// it. Reserved for the security work; agents ignore it until then.
@@ -201,6 +205,20 @@ func (x *DesiredState) GetPhase() RolloutPhase {
 		return x.Phase
 	}
 	return RolloutPhase_ROLLOUT_PHASE_UNSPECIFIED
+}
+
+func (x *DesiredState) GetFromBackend() string {
+	if x != nil {
+		return x.FromBackend
+	}
+	return ""
+}
+
+func (x *DesiredState) GetToBackend() string {
+	if x != nil {
+		return x.ToBackend
+	}
+	return ""
 }
 
 func (x *DesiredState) GetSignature() *Signature {
@@ -352,7 +370,7 @@ var File_switchyard_v1_desired_proto protoreflect.FileDescriptor
 
 const file_switchyard_v1_desired_proto_rawDesc = "" +
 	"\n" +
-	"\x1bswitchyard/v1/desired.proto\x12\rswitchyard.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"\xda\x03\n" +
+	"\x1bswitchyard/v1/desired.proto\x12\rswitchyard.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"\x9c\x04\n" +
 	"\fDesiredState\x12\x18\n" +
 	"\aservice\x18\x01 \x01(\tR\aservice\x12\x1e\n" +
 	"\n" +
@@ -363,7 +381,10 @@ const file_switchyard_v1_desired_proto_rawDesc = "" +
 	"\x05waves\x18\x04 \x03(\v2\x1a.switchyard.v1.WaveWeightsR\x05waves\x12X\n" +
 	"\x0fdefault_weights\x18\x05 \x03(\v2/.switchyard.v1.DesiredState.DefaultWeightsEntryR\x0edefaultWeights\x127\n" +
 	"\tissued_at\x18\x06 \x01(\v2\x1a.google.protobuf.TimestampR\bissuedAt\x121\n" +
-	"\x05phase\x18\a \x01(\x0e2\x1b.switchyard.v1.RolloutPhaseR\x05phase\x126\n" +
+	"\x05phase\x18\a \x01(\x0e2\x1b.switchyard.v1.RolloutPhaseR\x05phase\x12!\n" +
+	"\ffrom_backend\x18\b \x01(\tR\vfromBackend\x12\x1d\n" +
+	"\n" +
+	"to_backend\x18\t \x01(\tR\ttoBackend\x126\n" +
 	"\tsignature\x18\x0f \x01(\v2\x18.switchyard.v1.SignatureR\tsignature\x1aA\n" +
 	"\x13DefaultWeightsEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
