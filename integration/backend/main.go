@@ -15,6 +15,8 @@ import (
 	"net/http"
 	"os"
 	"os/signal"
+	"strconv"
+	"sync"
 	"syscall"
 	"time"
 )
@@ -77,8 +79,42 @@ func run() error {
 	return nil
 }
 
+// behavior is how GET / answers; tests change it while the backend runs
+// (PUT /behavior) to make a green go bad in the middle of a rollout.
+type behavior struct {
+	mu        sync.Mutex
+	errorRate float64
+	latency   time.Duration
+}
+
+func (b *behavior) get() (float64, time.Duration) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.errorRate, b.latency
+}
+
 func handler(name, node string, errorRate float64, latency time.Duration) http.Handler {
 	mux := http.NewServeMux()
+	bh := &behavior{errorRate: errorRate, latency: latency}
+	mux.HandleFunc("PUT /behavior", func(w http.ResponseWriter, r *http.Request) {
+		q := r.URL.Query()
+		rate, err := strconv.ParseFloat(q.Get("error-rate"), 64)
+		if err != nil || rate < 0 || rate > 1 {
+			http.Error(w, "error-rate: want a share between 0 and 1", http.StatusBadRequest)
+			return
+		}
+		lat := time.Duration(0)
+		if v := q.Get("latency"); v != "" {
+			if lat, err = time.ParseDuration(v); err != nil || lat < 0 {
+				http.Error(w, "latency: want a duration >= 0", http.StatusBadRequest)
+				return
+			}
+		}
+		bh.mu.Lock()
+		bh.errorRate, bh.latency = rate, lat
+		bh.mu.Unlock()
+		fmt.Fprintf(w, "error-rate=%v latency=%v\n", rate, lat)
+	})
 	// /healthz ignores error-rate and latency on purpose: a backend that
 	// fails real traffic while passing its health check is exactly the bad
 	// green that only traffic analysis catches.
@@ -87,6 +123,7 @@ func handler(name, node string, errorRate float64, latency time.Duration) http.H
 		fmt.Fprintln(w, "ok")
 	})
 	mux.HandleFunc("GET /{$}", func(w http.ResponseWriter, r *http.Request) {
+		errorRate, latency := bh.get()
 		if latency > 0 {
 			t := time.NewTimer(latency)
 			select {

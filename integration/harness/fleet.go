@@ -47,6 +47,10 @@ type FleetOptions struct {
 	Resync time.Duration
 	// HealthChecks turns on HAProxy's health checks of blue and green.
 	HealthChecks bool
+	// NATSURL, when set, is an existing bus with its own coordinators (see
+	// StartCluster): the fleet starts no `switchyard dev`, only the edge
+	// nodes, and CoordinatorHTTP stays empty.
+	NATSURL string
 }
 
 // Backend names every node has, as rollout specs name them.
@@ -56,16 +60,19 @@ const (
 )
 
 // Fleet is a running Switchyard fleet: `switchyard dev` (embedded NATS and one
-// coordinator) and, per node, a blue and a green backend, a real HAProxy and
-// an agent.
+// coordinator), unless FleetOptions.NATSURL names a control plane of the
+// caller's, and, per node, a blue and a green backend, a real HAProxy and an
+// agent.
 type Fleet struct {
 	opts FleetOptions
 	log  *slog.Logger
-	// Dev is the `switchyard dev` process.
+	// Dev is the `switchyard dev` process; nil with an external control
+	// plane.
 	Dev *Process
-	// NATSURL is what dev printed as SWITCHYARD_NATS.
+	// NATSURL is what dev printed as SWITCHYARD_NATS, or FleetOptions.NATSURL.
 	NATSURL string
-	// CoordinatorHTTP is the coordinator's /metrics and /healthz address.
+	// CoordinatorHTTP is dev's coordinator /metrics and /healthz address;
+	// empty with an external control plane.
 	CoordinatorHTTP string
 	Nodes           []*Node
 
@@ -86,8 +93,10 @@ type Node struct {
 	AgentHTTP    string
 	AgentConfig  string
 	Blue, Green  *Process
-	HAProxy      *haproxyproc.Process
-	Agent        *Process
+	// BlueAddr and GreenAddr are the backends' addresses.
+	BlueAddr, GreenAddr string
+	HAProxy             *haproxyproc.Process
+	Agent               *Process
 }
 
 // readyPoll is how often the harness re-checks a condition it waits for.
@@ -121,7 +130,7 @@ func StartFleet(ctx context.Context, o FleetOptions) (f *Fleet, err error) {
 	f = &Fleet{
 		opts:  o,
 		log:   slog.New(slog.NewTextHandler(o.Log, nil)),
-		ports: &portSet{seen: map[int]bool{}},
+		ports: ports,
 		// No keep-alive: every sample is a new connection, so what it
 		// measures is HAProxy's choice of server, not a reused session.
 		client: &http.Client{
@@ -139,7 +148,9 @@ func StartFleet(ctx context.Context, o FleetOptions) (f *Fleet, err error) {
 			f = nil
 		}
 	}()
-	if err := f.startDev(ctx); err != nil {
+	if o.NATSURL != "" {
+		f.NATSURL = o.NATSURL
+	} else if err := f.startDev(ctx); err != nil {
 		return f, err
 	}
 	for i := range o.Nodes {
@@ -215,6 +226,7 @@ func (f *Fleet) startNode(ctx context.Context, i int) (*Node, error) {
 		addrs[j] = "127.0.0.1:" + strconv.Itoa(p)
 	}
 	blueAddr, greenAddr := addrs[0], addrs[1]
+	n.BlueAddr, n.GreenAddr = blueAddr, greenAddr
 	n.FrontendAddr, n.AgentHTTP = addrs[2], addrs[3]
 
 	var err error
@@ -542,6 +554,9 @@ func NodeSummary(v *sv1.RolloutView) string {
 
 // CoordinatorMetrics fetches the coordinator's /metrics text.
 func (f *Fleet) CoordinatorMetrics(ctx context.Context) (string, error) {
+	if f.CoordinatorHTTP == "" {
+		return "", errors.New("fleet runs against an external control plane; ask its coordinators")
+	}
 	return f.metrics(ctx, f.CoordinatorHTTP)
 }
 
@@ -679,9 +694,13 @@ func (f *Fleet) Close() error {
 	return f.closeErr
 }
 
-// portSet hands out free 127.0.0.1 ports, never the same one twice in a
-// fleet: the kernel may offer a port again right after we closed the probe
-// listener, before the process meant to bind it has started.
+// ports hands out the ports of every fleet and cluster of this process, so
+// a fleet and the cluster it runs against never get the same one.
+var ports = &portSet{seen: map[int]bool{}}
+
+// portSet hands out free 127.0.0.1 ports, never the same one twice: the
+// kernel may offer a port again right after we closed the probe listener,
+// before the process meant to bind it has started.
 type portSet struct {
 	mu   sync.Mutex
 	seen map[int]bool
