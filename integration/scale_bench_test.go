@@ -2,6 +2,7 @@ package integration
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"io"
 	"log/slog"
@@ -175,6 +176,10 @@ func benchFleet(b *testing.B, n int) {
 		var ds sv1.DesiredState
 		for ds.GetGeneration() < res.GetIndex() {
 			entry, err := kv.Get(ctx, "web")
+			if errors.Is(err, jetstream.ErrKeyNotFound) {
+				time.Sleep(time.Millisecond)
+				continue
+			}
 			if err != nil {
 				b.Fatal(err)
 			}
