@@ -112,6 +112,7 @@ func (s *Server) leaderLoop(ctx context.Context) {
 		"publisher": s.publisher.run,
 		"intents":   s.consumeIntents,
 		"rollouts":  s.runRollouts,
+		"drills":    s.runDrills,
 	}
 	var wg sync.WaitGroup
 	for name, run := range routines {
