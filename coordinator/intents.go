@@ -24,31 +24,58 @@ import (
 // and commits each intent. An intent is acknowledged only after it is
 // committed (or refused for good), so one that arrives during an election
 // is redelivered to the next leader; the state machine's memory of intent
-// ids makes a redelivered intent apply once.
+// ids makes a redelivered intent apply once. A consumer that goes away
+// while this node leads (deleted by hand, lost by the server) is created
+// again rather than leaving the term without intents.
 func (s *Server) consumeIntents(ctx context.Context) {
-	var iter jetstream.MessagesContext
-	for iter == nil {
-		cons, err := s.ensureIntentConsumer(ctx)
-		if err == nil {
-			iter, err = cons.Messages(jetstream.PullMaxMessages(64))
+	reset := true
+	for {
+		iter := s.openIntents(ctx, reset)
+		if iter == nil {
+			return
 		}
-		if err != nil {
-			s.log.Warn("intent consumer unavailable; retrying", "err", err)
-			select {
-			case <-ctx.Done():
-				return
-			case <-time.After(time.Second):
+		reset = false
+		s.readIntents(ctx, iter)
+		iter.Stop()
+		select {
+		case <-ctx.Done():
+			return
+		case <-time.After(200 * time.Millisecond):
+		}
+		s.log.Warn("intent consumer went away while leading; opening it again")
+	}
+}
+
+// openIntents returns an iterator over the intent consumer, retrying until
+// it has one or ctx ends (nil then). reset starts a new leadership term
+// with a fresh consumer (see ensureIntentConsumer); later opens in the same
+// term must not delete the consumer a newer leader may be reading.
+func (s *Server) openIntents(ctx context.Context, reset bool) jetstream.MessagesContext {
+	for {
+		cons, err := s.ensureIntentConsumer(ctx, reset)
+		if err == nil {
+			var iter jetstream.MessagesContext
+			if iter, err = cons.Messages(jetstream.PullMaxMessages(64)); err == nil {
+				return iter
 			}
 		}
+		s.log.Warn("intent consumer unavailable; retrying", "err", err)
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-time.After(time.Second):
+		}
 	}
-	go func() {
-		<-ctx.Done()
-		iter.Stop()
-	}()
+}
+
+// readIntents handles intents until ctx ends or the iterator closes.
+func (s *Server) readIntents(ctx context.Context, iter jetstream.MessagesContext) {
+	stop := context.AfterFunc(ctx, iter.Stop)
+	defer stop()
 	for {
 		msg, err := iter.Next()
 		if err != nil {
-			if errors.Is(err, jetstream.ErrMsgIteratorClosed) || ctx.Err() != nil {
+			if errors.Is(err, jetstream.ErrMsgIteratorClosed) || errors.Is(err, jetstream.ErrConsumerDeleted) || ctx.Err() != nil {
 				return
 			}
 			s.log.Warn("reading intents", "err", err)
@@ -58,20 +85,22 @@ func (s *Server) consumeIntents(ctx context.Context) {
 	}
 }
 
-// ensureIntentConsumer gives this leader a fresh intent consumer. Intents a
-// previous leader had received but not acknowledged (it was killed, or lost
-// leadership with a batch in hand) would otherwise wait out the consumer's
-// AckWait, 30 s, before anyone saw them again. The stream is a work queue,
-// so it holds only unacknowledged intents, and a new consumer delivers
-// exactly those at once; the state machine answers the ones already
-// committed as duplicates.
-func (s *Server) ensureIntentConsumer(ctx context.Context) (jetstream.Consumer, error) {
+// ensureIntentConsumer makes sure the intent consumer exists; with reset it
+// deletes and recreates it first. Intents a previous leader had received but
+// not acknowledged (it was killed, or lost leadership with a batch in hand)
+// would otherwise wait out the consumer's AckWait, 30 s, before anyone saw
+// them again. The stream is a work queue, so it holds only unacknowledged
+// intents, and a new consumer delivers exactly those at once; the state
+// machine answers the ones already committed as duplicates.
+func (s *Server) ensureIntentConsumer(ctx context.Context, reset bool) (jetstream.Consumer, error) {
 	if _, err := bus.EnsureIntentStream(ctx, s.js, 1); err != nil {
 		return nil, err
 	}
-	err := s.js.DeleteConsumer(ctx, bus.IntentStream, bus.IntentConsumer)
-	if err != nil && !errors.Is(err, jetstream.ErrConsumerNotFound) {
-		return nil, fmt.Errorf("reset consumer %s on %s: %w", bus.IntentConsumer, bus.IntentStream, err)
+	if reset {
+		err := s.js.DeleteConsumer(ctx, bus.IntentStream, bus.IntentConsumer)
+		if err != nil && !errors.Is(err, jetstream.ErrConsumerNotFound) {
+			return nil, fmt.Errorf("reset consumer %s on %s: %w", bus.IntentConsumer, bus.IntentStream, err)
+		}
 	}
 	return bus.EnsureIntentConsumer(ctx, s.js)
 }

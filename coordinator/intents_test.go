@@ -90,3 +90,26 @@ func TestIntents_NewLeaderGetsAtOnceWhatADeadLeaderHeld(t *testing.T) {
 	}
 	t.Logf("held intent answered %v after the new leader started", time.Since(start).Round(time.Millisecond))
 }
+
+// A consumer deleted under a running leader (by hand, or lost by the
+// server) is opened again: the leader's term goes on taking intents.
+func TestIntents_LeaderReopensADeletedConsumer(t *testing.T) {
+	nc, url := startNATS(t)
+	startCoordinator(t, url, t.TempDir())
+	if res := send(t, nc, applyIntent("i-1", "web-1")); !res.GetAccepted() {
+		t.Fatalf("first intent: %v", res)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	js, err := jetstream.New(nc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := js.DeleteConsumer(ctx, bus.IntentStream, bus.IntentConsumer); err != nil {
+		t.Fatal(err)
+	}
+	res := send(t, nc, &sv1.Intent{Id: "i-2", Action: &sv1.Intent_AbortRollout{AbortRollout: &sv1.AbortRollout{Rollout: "web-1"}}})
+	if !res.GetAccepted() {
+		t.Fatalf("intent after the consumer was deleted: %v", res)
+	}
+}

@@ -18,7 +18,7 @@ import (
 )
 
 // waitFor polls cond until it holds or the deadline passes.
-func waitFor(t *testing.T, what string, d time.Duration, cond func() bool) {
+func waitFor(t testing.TB, what string, d time.Duration, cond func() bool) {
 	t.Helper()
 	deadline := time.Now().Add(d)
 	for !cond() {
@@ -63,7 +63,7 @@ func startCoordinator(t *testing.T, natsURL, dataDir string) *testCoordinator {
 	return c
 }
 
-func startNATS(t *testing.T) (*nats.Conn, string) {
+func startNATS(t testing.TB) (*nats.Conn, string) {
 	t.Helper()
 	ns, err := bus.RunEmbedded(bus.EmbeddedOptions{StoreDir: t.TempDir()})
 	if err != nil {
@@ -85,7 +85,7 @@ func applyIntent(id, name string) *sv1.Intent {
 	}}}}
 }
 
-func send(t *testing.T, nc *nats.Conn, in *sv1.Intent) *sv1.IntentResult {
+func send(t testing.TB, nc *nats.Conn, in *sv1.Intent) *sv1.IntentResult {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()

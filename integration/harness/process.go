@@ -198,6 +198,10 @@ func (p *Process) Stop() error {
 	if err := syscall.Kill(-pid, syscall.SIGTERM); err != nil && !errors.Is(err, syscall.ESRCH) {
 		return fmt.Errorf("stop %s: %w", p.spec.Name, err)
 	}
+	// A process frozen with SIGSTOP (a fault test that failed half-way)
+	// would hold SIGTERM pending until it is killed; wake it as systemd
+	// does, so it can exit cleanly.
+	_ = syscall.Kill(-pid, syscall.SIGCONT)
 	timeout := p.spec.StopTimeout
 	if timeout <= 0 {
 		timeout = DefaultStopTimeout
@@ -239,6 +243,25 @@ func (p *Process) Kill() error {
 		return fmt.Errorf("kill %s: %w", p.spec.Name, err)
 	}
 	<-r.done
+	return nil
+}
+
+// Signal sends sig to the process group of the current run; a run that has
+// exited is not signalled. Fault tests freeze a process with SIGSTOP and
+// thaw it with SIGCONT.
+func (p *Process) Signal(sig syscall.Signal) error {
+	r := p.current()
+	if r == nil {
+		return fmt.Errorf("signal %s: not started", p.spec.Name)
+	}
+	select {
+	case <-r.done:
+		return fmt.Errorf("signal %s: exited", p.spec.Name)
+	default:
+	}
+	if err := syscall.Kill(-r.cmd.Process.Pid, sig); err != nil {
+		return fmt.Errorf("signal %s (pid %d) with %v: %w", p.spec.Name, r.cmd.Process.Pid, sig, err)
+	}
 	return nil
 }
 

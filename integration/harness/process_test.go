@@ -3,6 +3,7 @@ package harness
 import (
 	"context"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 )
@@ -133,5 +134,23 @@ func TestProcess_RaceReports(t *testing.T) {
 	r := p.RaceReports()
 	if len(r) != 1 || !strings.Contains(r[0], "goroutine 7") {
 		t.Fatalf("RaceReports = %q", r)
+	}
+}
+
+func TestProcess_StopWakesAFrozenProcess(t *testing.T) {
+	ctx := testContext(t)
+	p := script(t, "frozen", cleanOnTerm)
+	if _, err := p.WaitForStdoutLine(ctx, "READY="); err != nil {
+		t.Fatal(err)
+	}
+	if err := p.Signal(syscall.SIGSTOP); err != nil {
+		t.Fatal(err)
+	}
+	// Frozen, it would sit on SIGTERM until the stop timeout killed it.
+	if err := p.Stop(); err != nil {
+		t.Fatalf("stop of a frozen process: %v", err)
+	}
+	if err := p.Signal(syscall.SIGCONT); err == nil {
+		t.Error("signalling an exited process succeeded")
 	}
 }

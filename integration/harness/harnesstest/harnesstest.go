@@ -6,10 +6,12 @@ package harnesstest
 import (
 	"context"
 	"os"
+	"path/filepath"
 	"strings"
 	"testing"
 	"time"
 
+	"github.com/switchyard/switchyard/bus"
 	"github.com/switchyard/switchyard/integration/harness"
 )
 
@@ -76,6 +78,52 @@ func StartFleet(tb testing.TB, ctx context.Context, o harness.FleetOptions) *har
 		}
 	})
 	return f
+}
+
+// StartNATS runs a NATS server with JetStream inside the test process (the
+// real nats-server code) on a random 127.0.0.1 port with its store in a
+// temporary directory, and shuts it down when the test ends. It returns the
+// client URL.
+func StartNATS(tb testing.TB) string {
+	tb.Helper()
+	ns, err := bus.RunEmbedded(bus.EmbeddedOptions{StoreDir: filepath.Join(tb.TempDir(), "nats")})
+	if err != nil {
+		tb.Fatalf("start nats: %v", err)
+	}
+	tb.Cleanup(func() {
+		ns.Shutdown()
+		ns.WaitForShutdown()
+	})
+	return ns.ClientURL()
+}
+
+// StartCluster starts a coordinator cluster for the test and stops it when
+// the test ends, with the same failure reporting as StartFleet. Start it
+// before the fleet that uses it, so that the fleet's agents stop first.
+func StartCluster(tb testing.TB, ctx context.Context, o harness.ClusterOptions) *harness.Cluster {
+	tb.Helper()
+	if o.Dir == "" {
+		o.Dir = Dir(tb)
+	}
+	if o.Log == nil {
+		o.Log = logWriter{tb}
+	}
+	c, err := harness.StartCluster(ctx, o)
+	if err != nil {
+		tb.Fatalf("start cluster: %v", err)
+	}
+	tb.Cleanup(func() {
+		if tb.Failed() {
+			tb.Logf("logs of the coordinators in %s:\n%s", o.Dir, c.LogTails(80))
+		}
+		if err := c.Close(); err != nil {
+			tb.Errorf("cluster shutdown was not clean: %v\n%s", err, c.LogTails(30))
+		}
+		for _, r := range c.RaceReports() {
+			tb.Errorf("data race in a coordinator:\n%s", r)
+		}
+	})
+	return c
 }
 
 // logWriter sends the harness's progress lines to the test log, so they
