@@ -56,13 +56,15 @@ func (s *Server) runRollouts(ctx context.Context) {
 	tick := time.NewTicker(s.cfg.TickInterval)
 	defer tick.Stop()
 	for {
+		// The first pass runs at once: a new leader decides what its
+		// predecessor left due without waiting a tick.
+		if err := c.Step(s.cfg.Clock.Now()); err != nil {
+			s.log.Warn("rollout controller", "err", err)
+		}
 		select {
 		case <-ctx.Done():
 			return
 		case <-tick.C:
-		}
-		if err := c.Step(s.cfg.Clock.Now()); err != nil {
-			s.log.Warn("rollout controller", "err", err)
 		}
 	}
 }
@@ -116,13 +118,13 @@ func (s *Server) runDrills(ctx context.Context) {
 	tick := time.NewTicker(s.cfg.TickInterval)
 	defer tick.Stop()
 	for {
+		if err := c.Step(s.cfg.Clock.Now()); err != nil {
+			s.log.Warn("drill controller", "err", err)
+		}
 		select {
 		case <-ctx.Done():
 			return
 		case <-tick.C:
-		}
-		if err := c.Step(s.cfg.Clock.Now()); err != nil {
-			s.log.Warn("drill controller", "err", err)
 		}
 	}
 }
