@@ -174,6 +174,8 @@ func TestSkeleton_BadInput(t *testing.T) {
 		{"missing to", strings.Replace(goodSpec, "to: green\n", "", 1), "spec.to"},
 		{"from equals to", strings.Replace(goodSpec, "to: green", "to: blue", 1), "spec.to"},
 		{"invalid service name", strings.Replace(goodSpec, "service: web", "service: web/prod", 1), "spec.service"},
+		{"weight out of range", strings.Replace(goodSpec, "blueGreen: {}", "canary: {steps: [{setWeight: 140}]}", 1), "spec.strategy.canary.steps[0].setWeight: 140 is out of range"},
+		{"ramp weight out of range", strings.Replace(goodSpec, "blueGreen: {}", "blueGreen: {ramp: [50, 120]}", 1), "spec.strategy.blueGreen.ramp[1]"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			path := filepath.Join(dir, strings.ReplaceAll(tc.name, " ", "-")+".yaml")
