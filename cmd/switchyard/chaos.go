@@ -8,9 +8,6 @@ import (
 	"strings"
 	"text/tabwriter"
 
-	"github.com/nats-io/nuid"
-	"google.golang.org/protobuf/types/known/timestamppb"
-
 	"github.com/switchyard/switchyard/bus"
 	"github.com/switchyard/switchyard/chaos"
 	"github.com/switchyard/switchyard/coordinator/drill"
@@ -47,32 +44,6 @@ func runChaos(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	return usageErr(stderr, "switchyard chaos: unknown verb %q\n\n%s", args[0], chaosUsage)
 }
 
-func sendChaos(ctx context.Context, c clientFlags, in *sv1.Intent, verb string, stdout io.Writer) error {
-	nc, err := c.connect()
-	if err != nil {
-		return err
-	}
-	defer nc.Close()
-	in.Id = nuid.Next()
-	in.Operator = c.operator
-	in.CreatedAt = timestamppb.Now()
-	ctx, cancel := context.WithTimeout(ctx, c.timeout)
-	defer cancel()
-	res, err := bus.SendIntent(ctx, nc, bus.IntentKindChaos, in)
-	if err != nil {
-		return err
-	}
-	if c.output == "json" {
-		printJSON(stdout, res)
-	} else if res.GetAccepted() {
-		fmt.Fprintf(stdout, "%s committed at index %d\n", verb, res.GetIndex())
-	}
-	if !res.GetAccepted() {
-		return fmt.Errorf("%w by the coordinator (%s):\n%s", errRefused, res.GetCode(), indent(fmt.Errorf("%s", res.GetError())))
-	}
-	return nil
-}
-
 func chaosRun(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	fs := newFlags("chaos run", stderr)
 	var c clientFlags
@@ -100,21 +71,14 @@ func chaosRun(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	if *dry {
 		return chaosDryRun(ctx, c, sp, stdout)
 	}
-	return sendChaos(ctx, c, &sv1.Intent{Action: &sv1.Intent_RunDrill{RunDrill: &sv1.RunDrill{Spec: sp}}}, "drill "+sp.GetName(), stdout)
+	return sendIntent(ctx, c, bus.IntentKindChaos, &sv1.Intent{Action: &sv1.Intent_RunDrill{RunDrill: &sv1.RunDrill{Spec: sp}}}, "drill "+sp.GetName(), stdout)
 }
 
 // chaosDryRun asks the coordinators for the fleet and prints what the drill
 // would do on each node it selects, with the cap check, and sends nothing.
 func chaosDryRun(ctx context.Context, c clientFlags, sp *sv1.DrillSpec, stdout io.Writer) error {
-	nc, err := c.connect()
-	if err != nil {
-		return err
-	}
-	defer nc.Close()
-	qctx, cancel := context.WithTimeout(ctx, c.timeout)
-	defer cancel()
 	var fleet sv1.FleetAnswer
-	if err := bus.Query(qctx, nc, bus.QueryFleet, &sv1.FleetQuery{Service: sp.GetService()}, &fleet); err != nil {
+	if err := query(ctx, c, bus.QueryFleet, &sv1.FleetQuery{Service: sp.GetService()}, &fleet); err != nil {
 		return err
 	}
 	var live []chaos.Node
@@ -126,8 +90,8 @@ func chaosDryRun(ctx context.Context, c clientFlags, sp *sv1.DrillSpec, stdout i
 	fmt.Fprintf(stdout, "Drill %s on %s (dry run: nothing is sent)\n", sp.GetName(), sp.GetService())
 	targets := chaos.Select(sp, live)
 	if id := sp.GetRollout(); id != "" {
-		var ans sv1.RolloutsAnswer
-		if err := bus.Query(qctx, nc, bus.QueryRollouts, &sv1.RolloutsQuery{Rollout: id}, &ans); err != nil {
+		ans, err := queryRollouts(ctx, c, &sv1.RolloutsQuery{Rollout: id})
+		if err != nil {
 			return err
 		}
 		r := ans.GetRollouts()[0].GetRollout()
@@ -178,7 +142,7 @@ func chaosEnd(ctx context.Context, verb string, args []string, stdout, stderr io
 		}
 		in.Action = &sv1.Intent_StopAllDrills{StopAllDrills: &sv1.StopAllDrills{Reason: *reason}}
 	}
-	return sendChaos(ctx, c, in, verb, stdout)
+	return sendIntent(ctx, c, bus.IntentKindChaos, in, verb, stdout)
 }
 
 func chaosStatus(ctx context.Context, args []string, stdout, stderr io.Writer) error {
@@ -199,15 +163,8 @@ func chaosStatus(ctx context.Context, args []string, stdout, stderr io.Writer) e
 	if len(pos) == 1 {
 		q.Drill = pos[0]
 	}
-	nc, err := c.connect()
-	if err != nil {
-		return err
-	}
-	defer nc.Close()
-	qctx, cancel := context.WithTimeout(ctx, c.timeout)
-	defer cancel()
 	var ans sv1.DrillsAnswer
-	if err := bus.Query(qctx, nc, bus.QueryDrills, q, &ans); err != nil {
+	if err := query(ctx, c, bus.QueryDrills, q, &ans); err != nil {
 		return err
 	}
 	if c.output == "json" {

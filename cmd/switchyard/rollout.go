@@ -146,7 +146,7 @@ func rolloutApply(ctx context.Context, args []string, stdout, stderr io.Writer) 
 		return err
 	}
 	in := &sv1.Intent{Action: &sv1.Intent_ApplyRollout{ApplyRollout: &sv1.ApplyRollout{Spec: sp}}}
-	return sendIntent(ctx, c, in, "apply", stdout)
+	return sendIntent(ctx, c, bus.IntentKindRollout, in, "rollout "+sp.GetName()+": apply", stdout)
 }
 
 // rolloutControl sends one of the verbs that act on a named rollout.
@@ -186,13 +186,15 @@ func rolloutControl(ctx context.Context, verb string, args []string, stdout, std
 	case "promote":
 		in.Action = &sv1.Intent_PromoteRollout{PromoteRollout: &sv1.PromoteRollout{Rollout: name, Full: *full}}
 	}
-	return sendIntent(ctx, c, in, verb, stdout)
+	return sendIntent(ctx, c, bus.IntentKindRollout, in, "rollout "+name+": "+verb, stdout)
 }
 
 // errRefused is returned when the coordinators refused an intent.
 var errRefused = errors.New("refused")
 
-func sendIntent(ctx context.Context, c clientFlags, in *sv1.Intent, verb string, stdout io.Writer) error {
+// sendIntent sends an intent of a kind, waits for the coordinators' answer
+// and prints it; what names the change in the printed line.
+func sendIntent(ctx context.Context, c clientFlags, kind string, in *sv1.Intent, what string, stdout io.Writer) error {
 	nc, err := c.connect()
 	if err != nil {
 		return err
@@ -203,14 +205,14 @@ func sendIntent(ctx context.Context, c clientFlags, in *sv1.Intent, verb string,
 	in.CreatedAt = timestamppb.Now()
 	ctx, cancel := context.WithTimeout(ctx, c.timeout)
 	defer cancel()
-	res, err := bus.SendIntent(ctx, nc, bus.IntentKindRollout, in)
+	res, err := bus.SendIntent(ctx, nc, kind, in)
 	if err != nil {
 		return err
 	}
 	if c.output == "json" {
 		printJSON(stdout, res)
 	} else if res.GetAccepted() {
-		fmt.Fprintf(stdout, "rollout %s: %s committed at index %d\n", res.GetRolloutId(), verb, res.GetIndex())
+		fmt.Fprintf(stdout, "%s committed at index %d\n", what, res.GetIndex())
 		if res.GetDuplicate() {
 			fmt.Fprintln(stdout, "(this intent had been applied before; nothing changed)")
 		}
@@ -219,6 +221,18 @@ func sendIntent(ctx context.Context, c clientFlags, in *sv1.Intent, verb string,
 		return fmt.Errorf("%w by the coordinator (%s):\n%s", errRefused, res.GetCode(), indent(errors.New(res.GetError())))
 	}
 	return nil
+}
+
+// query asks the coordinators one read query.
+func query(ctx context.Context, c clientFlags, name string, req, out proto.Message) error {
+	nc, err := c.connect()
+	if err != nil {
+		return err
+	}
+	defer nc.Close()
+	ctx, cancel := context.WithTimeout(ctx, c.timeout)
+	defer cancel()
+	return bus.Query(ctx, nc, name, req, out)
 }
 
 func rolloutStatus(ctx context.Context, args []string, stdout, stderr io.Writer) error {
@@ -256,15 +270,8 @@ func rolloutStatus(ctx context.Context, args []string, stdout, stderr io.Writer)
 }
 
 func queryRollouts(ctx context.Context, c clientFlags, q *sv1.RolloutsQuery) (*sv1.RolloutsAnswer, error) {
-	nc, err := c.connect()
-	if err != nil {
-		return nil, err
-	}
-	defer nc.Close()
-	ctx, cancel := context.WithTimeout(ctx, c.timeout)
-	defer cancel()
 	var ans sv1.RolloutsAnswer
-	if err := bus.Query(ctx, nc, bus.QueryRollouts, q, &ans); err != nil {
+	if err := query(ctx, c, bus.QueryRollouts, q, &ans); err != nil {
 		return nil, err
 	}
 	return &ans, nil

@@ -117,15 +117,8 @@ func rolloutPlan(ctx context.Context, args []string, stdout, stderr io.Writer) e
 	}
 	var nodes []*sv1.NodeView
 	if !*offline {
-		nc, err := c.connect()
-		if err != nil {
-			return err
-		}
-		defer nc.Close()
-		qctx, cancel := context.WithTimeout(ctx, c.timeout)
-		defer cancel()
 		var ans sv1.FleetAnswer
-		if err := bus.Query(qctx, nc, bus.QueryFleet, &sv1.FleetQuery{Service: sp.GetService()}, &ans); err != nil {
+		if err := query(ctx, c, bus.QueryFleet, &sv1.FleetQuery{Service: sp.GetService()}, &ans); err != nil {
 			return fmt.Errorf("%w (use --offline to plan without the fleet)", err)
 		}
 		nodes = ans.GetNodes()
