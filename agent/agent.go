@@ -96,6 +96,9 @@ type Agent struct {
 	services map[string]*sv1.ServiceStatus
 	nc       *nats.Conn
 	httpAddr string
+	// drills follows chaos drills and keeps this node's faults; nil until
+	// Run has opened the local state.
+	drills *drillFollower
 }
 
 // New checks cfg and opts and registers the agent's metrics. It does no I/O:
@@ -228,6 +231,15 @@ func (a *Agent) Run(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
+	journal, ok := res.store.(FaultJournal)
+	if !ok {
+		a.log.Warn("the injected state store keeps no fault journal; a crash during a chaos fault leaves it to be reverted by hand")
+		journal = newMemJournal()
+	}
+	drills := newDrillFollower(a, res, journal)
+	a.mu.Lock()
+	a.drills = drills
+	a.mu.Unlock()
 
 	ctx, cancel := context.WithCancel(ctx)
 	var (
@@ -259,6 +271,9 @@ func (a *Agent) Run(ctx context.Context) error {
 	for _, w := range res.workers {
 		wg.Go(func() { w.run(ctx) })
 	}
+	// Faults a previous run left behind are reverted from the journal
+	// first thing, bus or not.
+	wg.Go(func() { drills.run(ctx) })
 
 	// The agent has no bus until the first connect, however that goes.
 	a.busLost()
@@ -268,6 +283,7 @@ func (a *Agent) Run(ctx context.Context) error {
 		case reconnected <- struct{}{}:
 		default:
 		}
+		drills.requestPoll()
 		// A status that changed while the bus was away goes out now.
 		select {
 		case a.statusChanged <- struct{}{}:
@@ -280,6 +296,8 @@ func (a *Agent) Run(ctx context.Context) error {
 	// the connect handler resyncs when it succeeds.
 	nc, err = bus.Connect(a.natsURL, "switchyard-agent "+a.cfg.Node, a.log,
 		nats.RetryOnFailedConnect(true),
+		// A bus_drop fault refuses the dials until it ends.
+		nats.SetCustomDialer(drills.gate),
 		nats.ConnectHandler(func(c *nats.Conn) {
 			a.log.Info("nats connected; resyncing desired state", "url", c.ConnectedUrlRedacted())
 			a.busFound()
@@ -309,10 +327,14 @@ func (a *Agent) Run(ctx context.Context) error {
 			return fmt.Errorf("subscribe to desired state of %s: %w", w.name, err)
 		}
 	}
+	if _, err := nc.Subscribe(bus.DrillsAll(), drills.onMsg); err != nil {
+		return fmt.Errorf("subscribe to drills: %w", err)
+	}
 	js, err := jetstream.New(nc)
 	if err != nil {
 		return fmt.Errorf("jetstream: %w", err)
 	}
+	wg.Go(func() { drills.pollLoop(ctx, js) })
 	p := &desiredPoller{js: js, log: a.log, m: a.m}
 	if nc.IsConnected() {
 		a.busFound()
@@ -320,6 +342,7 @@ func (a *Agent) Run(ctx context.Context) error {
 			a.log.Warn("subscribe to desired state: flush; the next resync catches up", "err", err)
 		}
 		p.poll(ctx, res.workers)
+		drills.requestPoll()
 	} else {
 		a.log.Warn("nats unreachable at start; serving from local state and retrying in the background", "url", a.natsURL)
 	}
@@ -361,6 +384,7 @@ func (a *Agent) telemetryLoop(w *serviceWorker, logs *requestWindow) *telemetryL
 		guardAfter:  a.cfg.LocalGuard.AfterDisconnect,
 		busDown:     a.BusDownFor,
 		publish:     a.publish,
+		drill:       a.drills.drillDuring,
 		clock:       a.clock,
 		m:           a.m,
 		log:         w.log,
@@ -615,7 +639,33 @@ func (a *Agent) status(heartbeat bool) *sv1.AgentStatus {
 	for _, name := range a.names {
 		st.Services = append(st.Services, proto.CloneOf(a.services[name]))
 	}
+	if a.drills != nil {
+		st.Faults = a.drills.activeFaults()
+	}
 	return st
+}
+
+// statusDirty wakes the status loop to publish a changed status.
+func (a *Agent) statusDirty() {
+	select {
+	case a.statusChanged <- struct{}{}:
+	default:
+	}
+}
+
+// publishStatusNow publishes the status and waits for the server to have
+// it, for the last word before the agent drops its own bus connection.
+func (a *Agent) publishStatusNow() {
+	body, err := proto.Marshal(a.status(false))
+	if err == nil {
+		_, err = a.publish(bus.StatusSubject(a.cfg.Node), body)
+	}
+	if nc := a.conn(); err == nil && nc != nil && nc.IsConnected() {
+		err = nc.FlushTimeout(time.Second)
+	}
+	if err != nil {
+		a.log.Warn("publish status before dropping the bus", "err", err)
+	}
 }
 
 // statusLoop publishes the status on every change and, when nothing changed

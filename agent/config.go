@@ -75,6 +75,16 @@ type Config struct {
 	LocalGuard LocalGuardConfig `yaml:"localGuard"`
 	// Services maps a service name to the local proxy that serves it.
 	Services map[string]ServiceConfig `yaml:"services"`
+	// Processes names the backend processes chaos drills may pause or
+	// kill: the bus names a process, never a command or a path.
+	Processes map[string]ProcessConfig `yaml:"processes"`
+}
+
+// ProcessConfig is a process a drill's process fault may signal.
+type ProcessConfig struct {
+	// PIDFile is the absolute path of the file holding the process's pid,
+	// read at the moment of the signal.
+	PIDFile string `yaml:"pidFile"`
 }
 
 // LocalGuardConfig is the guardrail an agent applies on its own while it
@@ -219,6 +229,7 @@ var sections = map[string]string{
 	"ProbesConfig":     "in probes (want preflight, synthetic)",
 	"SyntheticConfig":  "in probes.synthetic (want interval, transactions)",
 	"HTTPCheck":        "in a probe (want name, method, url, headers, body, expectStatus, bodyContains, maxLatency, timeout)",
+	"ProcessConfig":    "in a process (want pidFile)",
 }
 
 // explainYAMLError rewrites yaml's unknown-field errors in the config's own
@@ -369,6 +380,18 @@ func (c *Config) Validate() error {
 		}
 		if svc.Probes != nil {
 			probs = append(probs, svc.Probes.validate(field+".probes", svc.HAProxy.Servers)...)
+		}
+	}
+	for _, name := range slices.Sorted(maps.Keys(c.Processes)) {
+		field := "processes." + name
+		if err := names.Validate(name); err != nil {
+			bad(field, "%v", err)
+		}
+		switch pf := c.Processes[name].PIDFile; {
+		case pf == "":
+			bad(field+".pidFile", "required: the file holding the process's pid")
+		case !filepath.IsAbs(pf):
+			bad(field+".pidFile", "%q: want an absolute path", pf)
 		}
 	}
 	if len(probs) == 0 {
@@ -547,6 +570,7 @@ func validMethod(m string) bool {
 func (c *Config) clone() *Config {
 	out := *c
 	out.Labels = maps.Clone(c.Labels)
+	out.Processes = maps.Clone(c.Processes)
 	if c.LocalGuard.Enabled != nil {
 		on := *c.LocalGuard.Enabled
 		out.LocalGuard.Enabled = &on

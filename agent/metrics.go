@@ -64,6 +64,31 @@ const (
 	probeFailed    = "failed"
 )
 
+// Chaos fault results, the values of the "result" label of faults_total.
+const (
+	faultApplied  = "applied"
+	faultReverted = "reverted"
+	// faultFailed: applying failed; the agent undoes what it did and
+	// retries with backoff until the drill ends.
+	faultFailed = "failed"
+	// faultRevertFailed: reverting failed; the agent retries with backoff
+	// and keeps reporting the fault active.
+	faultRevertFailed = "revert_failed"
+	// faultRefused: the fault cannot be injected on this node (a backend,
+	// process or driver capability it does not have); not retried.
+	faultRefused = "refused"
+)
+
+// Reasons a drill document is ignored, the values of the "reason" label of
+// drill_documents_rejected_total.
+const (
+	drillMalformed = "malformed"
+	drillStale     = "stale"
+	// drillOverCap: the document lists more targets than its own maxNodes;
+	// the agent does not inject it.
+	drillOverCap = "over_cap"
+)
+
 // metrics are the agent's Prometheus metrics, registered on the registry the
 // caller injects.
 type metrics struct {
@@ -82,6 +107,9 @@ type metrics struct {
 	probes            *prometheus.CounterVec
 	localRollbacks    *prometheus.CounterVec
 	droppedLogLines   *prometheus.CounterVec
+	faultsActive      *prometheus.GaugeVec
+	faults            *prometheus.CounterVec
+	drillRejected     *prometheus.CounterVec
 }
 
 func newMetrics(reg prometheus.Registerer) (*metrics, error) {
@@ -147,12 +175,25 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 			Name: "switchyard_agent_request_log_lines_dropped_total",
 			Help: "Request log lines the proxy of a service failed to send (HAProxy DroppedLogs, all its log targets); raise net.unix.max_dgram_qlen if it grows.",
 		}, []string{"service"}),
+		faultsActive: prometheus.NewGaugeVec(prometheus.GaugeOpts{
+			Name: "switchyard_agent_faults_active",
+			Help: "Chaos faults injected on this node and not yet reverted, by kind.",
+		}, []string{"kind"}),
+		faults: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "switchyard_agent_faults_total",
+			Help: "Chaos fault injections and reverts on this node, by kind and result (applied, reverted, failed, revert_failed, refused).",
+		}, []string{"kind", "result"}),
+		drillRejected: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "switchyard_agent_drill_documents_rejected_total",
+			Help: "Drill documents ignored, by reason (malformed, stale, over_cap).",
+		}, []string{"reason"}),
 	}
 	var errs []error
 	for _, c := range []prometheus.Collector{
 		m.applies, m.applySeconds, m.rejected, m.drift, m.appliedGeneration,
 		m.driverDegraded, m.stateSaveErrors, m.busReconnects, m.resyncErrors,
 		m.busConnected, m.reports, m.logLines, m.probes, m.localRollbacks, m.droppedLogLines,
+		m.faultsActive, m.faults, m.drillRejected,
 	} {
 		if err := reg.Register(c); err != nil {
 			errs = append(errs, err)
@@ -160,6 +201,15 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 	}
 	if err := errors.Join(errs...); err != nil {
 		return nil, fmt.Errorf("register agent metrics: %w", err)
+	}
+	for _, k := range faultKinds {
+		m.faultsActive.WithLabelValues(k)
+		for _, r := range []string{faultApplied, faultReverted, faultFailed, faultRevertFailed, faultRefused} {
+			m.faults.WithLabelValues(k, r)
+		}
+	}
+	for _, r := range []string{drillMalformed, drillStale, drillOverCap} {
+		m.drillRejected.WithLabelValues(r)
 	}
 	return m, nil
 }

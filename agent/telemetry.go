@@ -58,10 +58,13 @@ type telemetryLoop struct {
 	guardAfter    time.Duration
 	busDown       func() (time.Duration, bool)
 	publish       busPublisher
-	clock         clock.Clock
-	m             *metrics
-	log           *slog.Logger
-	statTimeout   time.Duration
+	// drill names the drill whose fault on this node overlapped a window
+	// of the service; nil or "" when none.
+	drill       func(service string, start, end time.Time) string
+	clock       clock.Clock
+	m           *metrics
+	log         *slog.Logger
+	statTimeout time.Duration
 
 	prev       map[string]driver.BackendCounters
 	prevDrops  uint64
@@ -167,6 +170,9 @@ func (t *telemetryLoop) closeWindow(ctx context.Context) {
 		Wave:            endView.wave,
 		Probes:          t.probes.take(),
 		DroppedLogLines: dropped,
+	}
+	if t.drill != nil {
+		rep.DrillId = t.drill(t.service, t.start, end)
 	}
 	// The generation is only meaningful if it held for the whole window;
 	// the coordinator must not count a window that straddles a switch

@@ -1,6 +1,7 @@
 // Package state persists, per service, the desired state an agent last
 // applied to its proxy, so that the agent resumes from it after a restart
-// instead of waiting for the bus.
+// instead of waiting for the bus, and the journal of the chaos faults it
+// injected, so that it reverts them after a crash.
 package state
 
 import (

@@ -184,9 +184,15 @@ func (s *State) DrillDocument(id string) *sv1.DrillDocument {
 	if d == nil || d.GetGeneration() == 0 {
 		return nil
 	}
+	// A drill that ended before its time (a rollback drill whose fleet
+	// recovered) ends on the agents then too: they revert at end_at.
+	end := d.GetEndAt()
+	if e := d.GetEndedAt(); e != nil && e.AsTime().Before(end.AsTime()) {
+		end = e
+	}
 	return &sv1.DrillDocument{
 		Drill: d.GetId(), Generation: d.GetGeneration(), Spec: proto.Clone(d.GetSpec()).(*sv1.DrillSpec),
-		Targets: slices.Clone(d.GetTargets()), StartAt: d.GetStartAt(), EndAt: d.GetEndAt(),
+		Targets: slices.Clone(d.GetTargets()), StartAt: d.GetStartAt(), EndAt: end,
 		Aborted: d.GetPhase() == sv1.DrillPhase_DRILL_PHASE_ABORTED,
 	}
 }

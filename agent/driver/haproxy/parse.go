@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"net"
 	"strconv"
 	"strings"
 )
@@ -26,6 +27,9 @@ type serverState struct {
 	Weight     uint32 // srv_uweight: the weight last set (config or runtime)
 	Initial    uint32 // srv_iweight: the weight in the config
 	AdminState uint32 // srv_admin_state bits
+	// Addr is "srv_addr:srv_port", the address HAProxy connects to now;
+	// empty when the answer lacks either column.
+	Addr string
 }
 
 // effectiveWeight is the share of new requests the server competes for:
@@ -60,6 +64,8 @@ func parseServersState(answer, backend string) (map[string]serverState, error) {
 	if !okBe || !okSrv || !okAdmin || !okUW || !okIW {
 		return nil, fmt.Errorf("show servers state: header lacks be_name, srv_name, srv_admin_state, srv_uweight or srv_iweight: %q", head(header))
 	}
+	addrCol, okAddr := col["srv_addr"]
+	portCol, okPort := col["srv_port"]
 	out := make(map[string]serverState)
 	for i, line := range lines[2:] {
 		f := strings.Fields(line)
@@ -82,6 +88,9 @@ func parseServersState(answer, backend string) (map[string]serverState, error) {
 		}
 		if st.AdminState, err = parseUint32(f[admin]); err != nil {
 			return nil, fmt.Errorf("show servers state: server %s: srv_admin_state: %w", f[srv], err)
+		}
+		if okAddr && okPort {
+			st.Addr = net.JoinHostPort(f[addrCol], f[portCol])
 		}
 		out[f[srv]] = st
 	}

@@ -34,8 +34,8 @@ func TestParse_ServersState(t *testing.T) {
 			answer:  testdata(t, "haproxy26-show-servers-state-drain.txt"),
 			backend: "web",
 			want: map[string]serverState{
-				"blue":  {Weight: 0, Initial: 100, AdminState: adminForcedDrain},
-				"green": {Weight: 100, Initial: 0},
+				"blue":  {Weight: 0, Initial: 100, AdminState: adminForcedDrain, Addr: "127.0.0.1:9001"},
+				"green": {Weight: 100, Initial: 0, Addr: "127.0.0.1:9002"},
 			},
 		},
 		{
@@ -43,8 +43,8 @@ func TestParse_ServersState(t *testing.T) {
 			answer:  testdata(t, "haproxy26-show-servers-state-maint.txt"),
 			backend: "web",
 			want: map[string]serverState{
-				"blue":  {Weight: 0, Initial: 100, AdminState: adminForcedMaint},
-				"green": {Weight: 100, Initial: 0},
+				"blue":  {Weight: 0, Initial: 100, AdminState: adminForcedMaint, Addr: "127.0.0.1:9001"},
+				"green": {Weight: 100, Initial: 0, Addr: "127.0.0.1:9002"},
 			},
 		},
 		{
@@ -53,7 +53,7 @@ func TestParse_ServersState(t *testing.T) {
 				"3 web 1 blue 127.0.0.1 2 0 7 100 0 1 0 2 0 0 0 0 - 9001 - 0 0 - - 0\n" +
 				"4 api 1 blue 127.0.0.1 2 0 9 100 0 1 0 2 0 0 0 0 - 9001 - 0 0 - - 0\n\n",
 			backend: "web",
-			want:    map[string]serverState{"blue": {Weight: 7, Initial: 100}},
+			want:    map[string]serverState{"blue": {Weight: 7, Initial: 100, Addr: "127.0.0.1:9001"}},
 		},
 		{
 			name:    "no servers",

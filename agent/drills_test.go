@@ -1,0 +1,346 @@
+package agent
+
+import (
+	"context"
+	"fmt"
+	"log/slog"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/nats-io/nats.go"
+	"github.com/prometheus/client_golang/prometheus"
+	"google.golang.org/protobuf/proto"
+	"google.golang.org/protobuf/types/known/timestamppb"
+
+	"github.com/switchyard/switchyard/agent/driver"
+	"github.com/switchyard/switchyard/agent/state"
+	"github.com/switchyard/switchyard/chaos"
+	"github.com/switchyard/switchyard/internal/clock"
+	sv1 "github.com/switchyard/switchyard/proto/switchyard/v1"
+)
+
+// fuzzNow is the fake time of the follower under fuzzing; seeds run around
+// it.
+var fuzzNow = time.Date(2026, 5, 1, 12, 0, 0, 0, time.UTC)
+
+// eventLog records, in order, what a fake driver and journal were asked.
+type eventLog struct {
+	mu     sync.Mutex
+	events []string
+}
+
+func (l *eventLog) add(format string, args ...any) {
+	l.mu.Lock()
+	l.events = append(l.events, fmt.Sprintf(format, args...))
+	l.mu.Unlock()
+}
+
+func (l *eventLog) String() string {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return strings.Join(l.events, "; ")
+}
+
+// chaosDriver is a fake driver that can re-point servers and set states.
+type chaosDriver struct {
+	*fakeDriver
+	log   *eventLog
+	mu    sync.Mutex
+	addrs map[string]string
+	// failAddr fails this many more SetServerAddr calls.
+	failAddr int
+}
+
+var (
+	_ driver.ServerAddresser = (*chaosDriver)(nil)
+	_ driver.StateSetter     = (*chaosDriver)(nil)
+)
+
+func newChaosDriver(log *eventLog) *chaosDriver {
+	return &chaosDriver{fakeDriver: newFakeDriver(), log: log, addrs: map[string]string{"blue": "127.0.0.1:9001", "green": "127.0.0.1:9002"}}
+}
+
+func (d *chaosDriver) ServerAddr(_ context.Context, backend string) (string, error) {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	a, ok := d.addrs[backend]
+	if !ok {
+		return "", fmt.Errorf("backend %q: %w", backend, driver.ErrUnknownBackend)
+	}
+	return a, nil
+}
+
+func (d *chaosDriver) SetServerAddr(_ context.Context, backend, addr string) error {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if d.failAddr > 0 {
+		d.failAddr--
+		d.log.add("addr %s %s failed", backend, addr)
+		return errProxyDown
+	}
+	d.log.add("addr %s %s", backend, addr)
+	d.addrs[backend] = addr
+	return nil
+}
+
+func (d *chaosDriver) SetState(_ context.Context, backend, st string) error {
+	d.log.add("state %s %s", backend, st)
+	return nil
+}
+
+// loggingJournal is a memJournal that records its writes.
+type loggingJournal struct {
+	*memJournal
+	log *eventLog
+}
+
+func (j *loggingJournal) SaveFault(r state.FaultRecord) error {
+	j.log.add("journal %s reverted=%v", r.Drill, r.Reverted)
+	return j.memJournal.SaveFault(r)
+}
+
+// testFollower is a follower of node edge-1 (region eu) with service web
+// on a fake driver, at a fake time.
+func testFollower(t testing.TB, m *metrics, now time.Time) (*drillFollower, *eventLog, *loggingJournal) {
+	t.Helper()
+	log := &eventLog{}
+	j := &loggingJournal{memJournal: newMemJournal(), log: log}
+	f := &drillFollower{
+		node: "edge-1", labels: map[string]string{"region": "eu"},
+		drivers:   map[string]driver.Driver{"web": newChaosDriver(log)},
+		backends:  map[string][]string{"web": {"blue", "green"}},
+		processes: map[string]ProcessConfig{},
+		journal:   j,
+		gate:      newBusGate(),
+		conn:      func() *nats.Conn { return nil },
+		announce:  func() {},
+		changed:   func() {},
+		clock:     clock.NewFake(now),
+		log:       slog.New(slog.DiscardHandler),
+		m:         m,
+		timeout:   time.Second,
+		resync:    time.Hour,
+		retryMin:  time.Millisecond,
+		retryMax:  time.Millisecond,
+		newProxy: func(target string, fault *sv1.Fault) *chaos.FaultProxy {
+			if h := fault.GetHttp(); h != nil {
+				return chaos.NewHTTPFaultProxy(target, h)
+			}
+			return chaos.NewTCPFaultProxy(target, fault.GetTcp())
+		},
+		inbox:   drillInbox{wake: make(chan struct{}, 1)},
+		pollReq: make(chan struct{}, 1),
+		due:     map[string]bool{},
+		dueWake: make(chan struct{}, 1),
+		docs:    map[string]*sv1.DrillDocument{},
+		faults:  map[string]*nodeFault{},
+		done:    map[string]time.Time{},
+		retry:   map[string]time.Time{},
+		tries:   map[string]time.Duration{},
+		timers:  map[string]*time.Timer{},
+	}
+	return f, log, j
+}
+
+func marshalDrill(t testing.TB, doc *sv1.DrillDocument) []byte {
+	t.Helper()
+	b, err := proto.Marshal(doc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return b
+}
+
+func TestDrills_DecodeRefuses(t *testing.T) {
+	good := drillDoc("green-errors", 3, green100, fuzzNow, time.Minute)
+	cases := []struct {
+		name   string
+		mutate func(*sv1.DrillDocument)
+		key    string
+		want   string
+	}{
+		{"no name", func(d *sv1.DrillDocument) { d.Drill = "" }, "", "drill name"},
+		{"other key", func(*sv1.DrillDocument) {}, "other", `under the key of "other"`},
+		{"generation 0", func(d *sv1.DrillDocument) { d.Generation = 0 }, "", "generation is 0"},
+		{"no spec", func(d *sv1.DrillDocument) { d.Spec = nil }, "", "no spec"},
+		{"spec of another drill", func(d *sv1.DrillDocument) { d.Spec.Name = "other" }, "", `spec of drill "other"`},
+		{"invalid spec", func(d *sv1.DrillDocument) { d.Spec.MaxNodes = 0 }, "", "drill.maxNodes"},
+		{"no end", func(d *sv1.DrillDocument) { d.EndAt = nil }, "", "end_at are required"},
+		{"ends before it starts", func(d *sv1.DrillDocument) { d.EndAt = timestamppb.New(fuzzNow.Add(-time.Second)) }, "", "want an end not before the start"},
+		{"longer than allowed", func(d *sv1.DrillDocument) { d.EndAt = timestamppb.New(fuzzNow.Add(chaos.MaxDuration + time.Second)) }, "", "at most 12h0m0s later"},
+	}
+	for _, c := range cases {
+		t.Run(c.name, func(t *testing.T) {
+			d := proto.CloneOf(good)
+			c.mutate(d)
+			_, err := decodeDrill(marshalDrill(t, d), c.key)
+			if err == nil || !strings.Contains(err.Error(), c.want) {
+				t.Fatalf("decode: %v, want an error containing %q", err, c.want)
+			}
+		})
+	}
+	if _, err := decodeDrill(marshalDrill(t, good), "green-errors"); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// TestDrills_JournalBeforeApply checks the order that makes crash recovery
+// possible: the record (with the server's address) is durable before the
+// server is touched, and marked reverted only after it is back.
+func TestDrills_JournalBeforeApply(t *testing.T) {
+	m, err := newMetrics(prometheus.NewRegistry())
+	if err != nil {
+		t.Fatal(err)
+	}
+	f, log, j := testFollower(t, m, fuzzNow)
+	ctx := context.Background()
+	f.deliver(ctx, drillDelivery{key: "d1", raw: marshalDrill(t, drillDoc("d1", 1, green100, fuzzNow, time.Minute))})
+	if f.faults["d1"] == nil {
+		t.Fatalf("fault not injected: %s", log)
+	}
+	aborted := drillDoc("d1", 2, green100, fuzzNow, time.Minute)
+	aborted.Aborted = true
+	f.deliver(ctx, drillDelivery{key: "d1", raw: marshalDrill(t, aborted)})
+	events := strings.Split(log.String(), "; ")
+	if len(events) != 4 || events[0] != "journal d1 reverted=false" || !strings.HasPrefix(events[1], "addr green 127.0.0.1:") ||
+		events[2] != "addr green 127.0.0.1:9002" || events[3] != "journal d1 reverted=true" {
+		t.Fatalf("events %s; want journal, re-point, point back, journal reverted", log)
+	}
+	recs, _ := j.LoadFaults()
+	if len(recs) != 1 || recs[0].OrigAddr != "127.0.0.1:9002" {
+		t.Fatalf("journal %+v", recs)
+	}
+	f.shutdown()
+}
+
+func TestDrills_TelemetryTagOverlapsTheFault(t *testing.T) {
+	f := &drillFollower{}
+	t0 := fuzzNow
+	f.addSpan(state.FaultRecord{Drill: "b", Kind: kindHTTP, Service: "web", Since: t0.Add(2 * time.Second), Until: t0.Add(time.Hour)})
+	f.addSpan(state.FaultRecord{Drill: "a", Kind: kindCPUBurn, Service: "web", Since: t0, Until: t0.Add(time.Hour)})
+	f.endSpan("a", t0.Add(5*time.Second))
+	for _, c := range []struct {
+		service    string
+		start, end time.Duration
+		want       string
+	}{
+		{"web", -2 * time.Second, -time.Second, ""},
+		{"web", -time.Second, time.Second, "a"},
+		{"web", 4 * time.Second, 6 * time.Second, "a"},
+		{"web", 6 * time.Second, 7 * time.Second, "b"},
+		{"api", 0, 7 * time.Second, ""},
+	} {
+		if got := f.drillDuring(c.service, t0.Add(c.start), t0.Add(c.end)); got != c.want {
+			t.Errorf("%s window %v..%v tagged %q, want %q", c.service, c.start, c.end, got, c.want)
+		}
+	}
+	if af := f.activeFaults(); len(af) != 1 || af[0].GetDrill() != "b" {
+		t.Errorf("active faults %v, want only b", af)
+	}
+}
+
+// FuzzAgent_DrillDocument feeds arbitrary bus bytes, pushed or polled, to
+// the drill follower: it must never panic, and whatever fault it holds
+// afterwards must belong to a document that targets this node, is running
+// now, and is journaled.
+func FuzzAgent_DrillDocument(f *testing.F) {
+	seed := func(doc *sv1.DrillDocument) []byte { return marshalDrill(f, doc) }
+	running := drillDoc("green-errors", 5, green100, fuzzNow.Add(-time.Second), time.Minute)
+	runningRaw := seed(running)
+	f.Add(runningRaw, "green-errors", false)
+	aborted := proto.CloneOf(running)
+	aborted.Aborted = true
+	f.Add(seed(aborted), "green-errors", true)
+	over := proto.CloneOf(running)
+	over.Targets = []string{"edge-1", "edge-2"}
+	f.Add(seed(over), "green-errors", false)
+	f.Add(seed(drillDoc("later", 2, stateFaultOf("green", "maint"), fuzzNow.Add(time.Hour), time.Minute)), "later", false)
+	f.Add(seed(drillDoc("ended", 2, stateFaultOf("green", "drain"), fuzzNow.Add(-time.Hour), time.Minute)), "ended", false)
+	f.Add(seed(drillDoc("unknown", 2, stateFaultOf("purple", "maint"), fuzzNow, time.Minute)), "unknown", false)
+	f.Add([]byte{0x0a, 0x03, 'a', 'b', 'c', 0x10, 0x01}, "abc", false)
+	f.Add([]byte("\xff\x00"), "", true)
+
+	m, err := newMetrics(prometheus.NewRegistry())
+	if err != nil {
+		f.Fatal(err)
+	}
+	f.Fuzz(func(t *testing.T, raw []byte, key string, poll bool) {
+		fl, _, j := testFollower(t, m, fuzzNow)
+		defer fl.shutdown()
+		ctx := context.Background()
+		// The running drill first, so fencing and untargeting are reached.
+		fl.deliver(ctx, drillDelivery{key: "green-errors", raw: runningRaw})
+		fl.deliver(ctx, drillDelivery{key: key, raw: raw, poll: poll})
+		recs, _ := j.LoadFaults()
+		journaled := map[string]bool{}
+		for _, r := range recs {
+			journaled[r.Drill] = !r.Reverted
+		}
+		for name, nf := range fl.faults {
+			doc := fl.docs[name]
+			if doc == nil || doc.GetAborted() || !chaos.Targets(doc, "edge-1", fl.labels) || doc.GetSpec().GetService() != "web" ||
+				fuzzNow.Before(doc.GetStartAt().AsTime()) || !fuzzNow.Before(doc.GetEndAt().AsTime()) {
+				t.Fatalf("fault of %s active for document %v", name, doc)
+			}
+			if !journaled[name] || nf.reverting {
+				t.Fatalf("fault of %s active but journaled=%v reverting=%v", name, journaled[name], nf.reverting)
+			}
+		}
+	})
+}
+
+// TestDrills_FailuresAreRetried: a fault that cannot be applied is undone
+// and tried again; a fault that cannot be reverted stays reported and is
+// reverted again until it is gone.
+func TestDrills_FailuresAreRetried(t *testing.T) {
+	m, err := newMetrics(prometheus.NewRegistry())
+	if err != nil {
+		t.Fatal(err)
+	}
+	f, log, j := testFollower(t, m, fuzzNow)
+	defer f.shutdown()
+	drv := f.drivers["web"].(*chaosDriver)
+	ctx := context.Background()
+
+	drv.failAddr = 1
+	f.deliver(ctx, drillDelivery{key: "d1", raw: marshalDrill(t, drillDoc("d1", 1, green100, fuzzNow, time.Minute))})
+	if f.faults["d1"] != nil || len(f.activeFaults()) != 0 {
+		t.Fatalf("a fault that failed to apply is held: %s", log)
+	}
+	if recs, _ := j.LoadFaults(); len(recs) != 0 {
+		t.Fatalf("journal keeps a fault that was undone: %+v", recs)
+	}
+	if got := testCounter(t, m.faults.WithLabelValues(kindHTTP, faultFailed)); got != 1 {
+		t.Fatalf("failed = %v", got)
+	}
+	f.clock.(*clock.Fake).Advance(time.Second) // past the retry's backoff
+	f.reconcile(ctx, "d1")
+	if f.faults["d1"] == nil || len(f.activeFaults()) != 1 {
+		t.Fatalf("the retry did not inject: %s", log)
+	}
+
+	drv.failAddr = 2
+	ab := drillDoc("d1", 2, green100, fuzzNow, time.Minute)
+	ab.Aborted = true
+	f.deliver(ctx, drillDelivery{key: "d1", raw: marshalDrill(t, ab)})
+	if nf := f.faults["d1"]; nf == nil || !nf.reverting || len(f.activeFaults()) != 1 {
+		t.Fatalf("a fault that failed to revert is not held as reverting and reported: %s", log)
+	}
+	f.reconcile(ctx, "d1") // the second failure
+	f.reconcile(ctx, "d1")
+	if f.faults["d1"] != nil || len(f.activeFaults()) != 0 {
+		t.Fatalf("fault still held after a successful revert: %s", log)
+	}
+	if got := testCounter(t, m.faults.WithLabelValues(kindHTTP, faultRevertFailed)); got != 2 {
+		t.Fatalf("revert_failed = %v, want 2", got)
+	}
+	if got, _ := drv.ServerAddr(ctx, "green"); got != "127.0.0.1:9002" {
+		t.Fatalf("green at %s after the revert", got)
+	}
+	recs, _ := j.LoadFaults()
+	if len(recs) != 1 || !recs[0].Reverted {
+		t.Fatalf("journal %+v, want the record reverted", recs)
+	}
+}

@@ -1,0 +1,206 @@
+package agent
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/nats-io/nats.go"
+
+	"github.com/switchyard/switchyard/agent/driver"
+	"github.com/switchyard/switchyard/chaos"
+	sv1 "github.com/switchyard/switchyard/proto/switchyard/v1"
+)
+
+// Fault kinds, as AgentStatus.faults, the journal and the metrics name them.
+const (
+	kindHTTP         = "http"
+	kindTCP          = "tcp"
+	kindBackendState = "backend_state"
+	kindProcess      = "process"
+	kindCPUBurn      = "cpu_burn"
+	kindBusDrop      = "bus_drop"
+)
+
+var faultKinds = []string{kindHTTP, kindTCP, kindBackendState, kindProcess, kindCPUBurn, kindBusDrop}
+
+// faultKind names a fault's kind; "" for none.
+func faultKind(f *sv1.Fault) string {
+	switch f.GetKind().(type) {
+	case *sv1.Fault_Http:
+		return kindHTTP
+	case *sv1.Fault_Tcp:
+		return kindTCP
+	case *sv1.Fault_BackendState:
+		return kindBackendState
+	case *sv1.Fault_Process:
+		return kindProcess
+	case *sv1.Fault_CpuBurn:
+		return kindCPUBurn
+	case *sv1.Fault_BusDrop:
+		return kindBusDrop
+	}
+	return ""
+}
+
+// proxyFault puts a chaos.FaultProxy between the local proxy and one
+// backend: it points the backend's server at the fault proxy and back at
+// its own address. Built from the journal after a crash it has no fault
+// proxy and can only revert.
+type proxyFault struct {
+	drv     driver.ServerAddresser
+	backend string
+	// orig is the server's address without the fault.
+	orig string
+	// newProxy builds the fault proxy in front of a target; nil for a
+	// revert-only fault.
+	newProxy func(target string) *chaos.FaultProxy
+
+	mu    sync.Mutex
+	proxy *chaos.FaultProxy
+}
+
+var _ chaos.Injector = (*proxyFault)(nil)
+
+// errRevertOnly is returned by Apply of a fault rebuilt from the journal.
+var errRevertOnly = errors.New("a fault rebuilt from the journal can only be reverted")
+
+// Apply starts the fault proxy (once) and points the server at it.
+func (p *proxyFault) Apply(ctx context.Context) error {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.proxy == nil {
+		if p.newProxy == nil {
+			return errRevertOnly
+		}
+		p.proxy = p.newProxy(p.orig)
+	}
+	if err := p.proxy.Start(); err != nil {
+		return err
+	}
+	return p.drv.SetServerAddr(ctx, p.backend, p.proxy.Addr())
+}
+
+// Revert points the server back at its own address, then stops the fault
+// proxy. While the server cannot be pointed back the fault proxy keeps
+// serving (with its fault): closing it would take the backend down.
+func (p *proxyFault) Revert(ctx context.Context) error {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if err := p.drv.SetServerAddr(ctx, p.backend, p.orig); err != nil {
+		return err
+	}
+	return p.closeProxy()
+}
+
+// proxyAddr is where the fault proxy listens; "" when it does not.
+func (p *proxyFault) proxyAddr() string {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.proxy == nil {
+		return ""
+	}
+	return p.proxy.Addr()
+}
+
+// abandon stops the fault proxy and leaves the server pointing at it, as
+// the agent's death would.
+func (p *proxyFault) abandon() {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	_ = p.closeProxy()
+}
+
+func (p *proxyFault) closeProxy() error {
+	if p.proxy == nil {
+		return nil
+	}
+	err := p.proxy.Close()
+	p.proxy = nil
+	return err
+}
+
+// stateFault sets a backend's server to maint or drain and back to ready.
+type stateFault struct {
+	drv     driver.StateSetter
+	backend string
+	state   string
+}
+
+var _ chaos.Injector = (*stateFault)(nil)
+
+func (s *stateFault) Apply(ctx context.Context) error {
+	return s.drv.SetState(ctx, s.backend, s.state)
+}
+
+func (s *stateFault) Revert(ctx context.Context) error {
+	return s.drv.SetState(ctx, s.backend, "ready")
+}
+
+// errBusDropped is what the agent's NATS dialer answers while a bus_drop
+// fault is active.
+var errBusDropped = errors.New("bus connection dropped by a chaos drill")
+
+// busGate is the agent's NATS dialer: it refuses every dial while a
+// bus_drop fault is active, so the connection stays down until the fault
+// ends, however often nats.go retries.
+type busGate struct {
+	dropped atomic.Bool
+	dialer  net.Dialer
+}
+
+var _ nats.CustomDialer = (*busGate)(nil)
+
+func newBusGate() *busGate { return &busGate{dialer: net.Dialer{Timeout: 5 * time.Second}} }
+
+// Dial is nats.CustomDialer.
+func (g *busGate) Dial(network, address string) (net.Conn, error) {
+	if g.dropped.Load() {
+		return nil, errBusDropped
+	}
+	return g.dialer.Dial(network, address)
+}
+
+// busDropFault drops the agent's own bus connection.
+type busDropFault struct {
+	gate *busGate
+	conn func() *nats.Conn
+	// announce publishes the agent's status, with this fault, before the
+	// connection goes: afterwards nothing can be said.
+	announce func()
+}
+
+var _ chaos.Injector = (*busDropFault)(nil)
+
+func (b *busDropFault) Apply(context.Context) error {
+	if b.gate.dropped.Load() {
+		return nil
+	}
+	if b.announce != nil {
+		b.announce()
+	}
+	b.gate.dropped.Store(true)
+	if nc := b.conn(); nc != nil && !nc.IsClosed() {
+		if err := nc.ForceReconnect(); err != nil {
+			b.gate.dropped.Store(false)
+			return fmt.Errorf("drop the bus connection: %w", err)
+		}
+	}
+	return nil
+}
+
+// Revert lets the connection back; a reconnect waiting for its next try is
+// told to try now.
+func (b *busDropFault) Revert(context.Context) error {
+	if !b.gate.dropped.Swap(false) {
+		return nil
+	}
+	if nc := b.conn(); nc != nil && !nc.IsClosed() && !nc.IsConnected() {
+		_ = nc.ForceReconnect()
+	}
+	return nil
+}
