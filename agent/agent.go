@@ -55,6 +55,12 @@ type Options struct {
 	DriverFactory DriverFactory
 	// NATSURL overrides the config's nats URL when not empty.
 	NATSURL string
+	// Conn, when set, is a bus connection shared by several agents in one
+	// process (fleet benchmarks and simulations). The agent neither closes
+	// it nor sees its connection events, so it relies on its periodic resync
+	// after a reconnect, and it refuses the bus-drop fault, which would cut
+	// the other agents off too.
+	Conn *nats.Conn
 	// StateStore overrides the bbolt database in the config's stateDir. The
 	// caller keeps ownership and closes it.
 	StateStore StateStore
@@ -78,10 +84,12 @@ type Agent struct {
 	gatherer prometheus.Gatherer
 	factory  DriverFactory
 	store    StateStore
-	clock    clock.Clock
-	version  string
-	timing   timing
-	names    []string // configured services, sorted
+	// sharedConn is Options.Conn; nil when the agent owns its connection.
+	sharedConn *nats.Conn
+	clock      clock.Clock
+	version    string
+	timing     timing
+	names      []string // configured services, sorted
 
 	started       atomic.Bool
 	ready         chan struct{}
@@ -122,6 +130,7 @@ func New(cfg *Config, opts Options) (*Agent, error) {
 		gatherer:      opts.Gatherer,
 		factory:       opts.DriverFactory,
 		store:         opts.StateStore,
+		sharedConn:    opts.Conn,
 		clock:         opts.Clock,
 		version:       opts.Version,
 		names:         slices.Sorted(maps.Keys(cfg.Services)),
@@ -259,7 +268,7 @@ func (a *Agent) Run(ctx context.Context) error {
 		// The log readers return once their sockets are closed.
 		res.closeSinks(a.log)
 		wg.Wait()
-		if nc != nil {
+		if nc != nil && a.sharedConn == nil {
 			nc.Close()
 		}
 		res.close(a.log)
@@ -294,7 +303,9 @@ func (a *Agent) Run(ctx context.Context) error {
 	// unreachable (a WAN link down, NATS restarting) must still serve from
 	// its local state; the connection keeps trying in the background and
 	// the connect handler resyncs when it succeeds.
-	nc, err = bus.Connect(a.natsURL, "switchyard-agent "+a.cfg.Node, a.log,
+	if a.sharedConn != nil {
+		nc = a.sharedConn
+	} else if nc, err = bus.Connect(a.natsURL, "switchyard-agent "+a.cfg.Node, a.log,
 		nats.RetryOnFailedConnect(true),
 		// A bus_drop fault refuses the dials until it ends.
 		nats.SetCustomDialer(drills.gate),
@@ -314,8 +325,7 @@ func (a *Agent) Run(ctx context.Context) error {
 			if err != nil {
 				a.log.Warn("nats disconnected; serving from local state", "err", err)
 			}
-		}))
-	if err != nil {
+		})); err != nil {
 		return err
 	}
 	a.mu.Lock()

@@ -115,15 +115,17 @@ type drillFollower struct {
 	journal   FaultJournal
 	gate      *busGate
 	conn      func() *nats.Conn
-	announce  func()
-	changed   func()
-	clock     clock.Clock
-	log       *slog.Logger
-	m         *metrics
-	timeout   time.Duration
-	resync    time.Duration
-	retryMin  time.Duration
-	retryMax  time.Duration
+	// sharedConn: the connection is not the agent's own to drop.
+	sharedConn bool
+	announce   func()
+	changed    func()
+	clock      clock.Clock
+	log        *slog.Logger
+	m          *metrics
+	timeout    time.Duration
+	resync     time.Duration
+	retryMin   time.Duration
+	retryMax   time.Duration
 	// newProxy builds a fault proxy; a seam for tests.
 	newProxy func(target string, f *sv1.Fault) *chaos.FaultProxy
 
@@ -154,23 +156,24 @@ type drillFollower struct {
 
 func newDrillFollower(a *Agent, res *resources, journal FaultJournal) *drillFollower {
 	f := &drillFollower{
-		node:      a.cfg.Node,
-		labels:    a.cfg.Labels,
-		drivers:   map[string]driver.Driver{},
-		backends:  map[string][]string{},
-		processes: a.cfg.Processes,
-		journal:   journal,
-		gate:      newBusGate(),
-		conn:      a.conn,
-		announce:  a.publishStatusNow,
-		changed:   a.statusDirty,
-		clock:     a.clock,
-		log:       a.log,
-		m:         a.m,
-		timeout:   a.timing.applyTimeout,
-		resync:    a.cfg.Resync,
-		retryMin:  a.timing.retryMin,
-		retryMax:  a.timing.retryMax,
+		node:       a.cfg.Node,
+		labels:     a.cfg.Labels,
+		drivers:    map[string]driver.Driver{},
+		backends:   map[string][]string{},
+		processes:  a.cfg.Processes,
+		journal:    journal,
+		gate:       newBusGate(),
+		conn:       a.conn,
+		sharedConn: a.sharedConn != nil,
+		announce:   a.publishStatusNow,
+		changed:    a.statusDirty,
+		clock:      a.clock,
+		log:        a.log,
+		m:          a.m,
+		timeout:    a.timing.applyTimeout,
+		resync:     a.cfg.Resync,
+		retryMin:   a.timing.retryMin,
+		retryMax:   a.timing.retryMax,
 		newProxy: func(target string, f *sv1.Fault) *chaos.FaultProxy {
 			if h := f.GetHttp(); h != nil {
 				return chaos.NewHTTPFaultProxy(target, h)
@@ -578,6 +581,9 @@ func (f *drillFollower) plan(ctx context.Context, doc *sv1.DrillDocument, now ti
 		}
 		return rec, &chaos.CPUBurn{Cores: cores}, nil
 	case *sv1.Fault_BusDrop:
+		if f.sharedConn {
+			return rec, nil, fmt.Errorf("%w: bus_drop on an agent whose bus connection is shared with others", errNotHere)
+		}
 		// The fault is reported before the connection goes: afterwards
 		// nothing can be said until it is over.
 		announce := func() {
