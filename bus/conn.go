@@ -11,7 +11,9 @@ import (
 // Connect dials NATS at url (comma-separated for a cluster) and keeps
 // reconnecting for as long as the process lives: an edge node or a
 // coordinator that loses the bus must come back by itself. The first dial
-// fails fast so a wrong URL is reported at start.
+// fails fast, so a wrong URL is reported at start, unless the caller passes
+// nats.RetryOnFailedConnect: agents do, to serve from local state while the
+// bus is away.
 func Connect(url, name string, log *slog.Logger, opts ...nats.Option) (*nats.Conn, error) {
 	base := []nats.Option{
 		nats.Name(name),
