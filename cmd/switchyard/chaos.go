@@ -50,11 +50,8 @@ func chaosRun(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	c.register(fs)
 	file := fs.String("f", "", "drill spec (YAML)")
 	dry := fs.Bool("dry-run", false, "print the concrete action per selected node and change nothing")
-	pos, err := parseInterleaved(fs, args)
+	pos, err := c.parse(fs, args, stderr)
 	if err != nil {
-		return err
-	}
-	if err := c.check(stderr); err != nil {
 		return err
 	}
 	if *file == "" || len(pos) > 0 {
@@ -121,11 +118,8 @@ func chaosEnd(ctx context.Context, verb string, args []string, stdout, stderr io
 	var c clientFlags
 	c.register(fs)
 	reason := fs.String("reason", "", "why, for the record")
-	pos, err := parseInterleaved(fs, args)
+	pos, err := c.parse(fs, args, stderr)
 	if err != nil {
-		return err
-	}
-	if err := c.check(stderr); err != nil {
 		return err
 	}
 	in := &sv1.Intent{}
@@ -149,11 +143,8 @@ func chaosStatus(ctx context.Context, args []string, stdout, stderr io.Writer) e
 	fs := newFlags("chaos status", stderr)
 	var c clientFlags
 	c.register(fs)
-	pos, err := parseInterleaved(fs, args)
+	pos, err := c.parse(fs, args, stderr)
 	if err != nil {
-		return err
-	}
-	if err := c.check(stderr); err != nil {
 		return err
 	}
 	if len(pos) > 1 {

@@ -63,6 +63,19 @@ func (c *clientFlags) check(stderr io.Writer) error {
 	return nil
 }
 
+// parse parses a client verb's flags, which may follow its positional
+// arguments, checks the output format, and returns the positionals.
+func (c *clientFlags) parse(fs *flag.FlagSet, args []string, stderr io.Writer) ([]string, error) {
+	pos, err := parseInterleaved(fs, args)
+	if err != nil {
+		return nil, err
+	}
+	if err := c.check(stderr); err != nil {
+		return nil, err
+	}
+	return pos, nil
+}
+
 func (c *clientFlags) connect() (*nats.Conn, error) {
 	nc, err := nats.Connect(c.nats, nats.Name("switchyard-cli"), nats.Timeout(5*time.Second))
 	if err != nil {
@@ -131,11 +144,8 @@ func rolloutApply(ctx context.Context, args []string, stdout, stderr io.Writer) 
 	var c clientFlags
 	c.register(fs)
 	file := fs.String("f", "", "rollout spec file (YAML); - reads standard input")
-	pos, err := parseInterleaved(fs, args)
+	pos, err := c.parse(fs, args, stderr)
 	if err != nil {
-		return err
-	}
-	if err := c.check(stderr); err != nil {
 		return err
 	}
 	if *file == "" || len(pos) > 0 {
@@ -156,11 +166,8 @@ func rolloutControl(ctx context.Context, verb string, args []string, stdout, std
 	c.register(fs)
 	reason := fs.String("reason", "", "why, for the record")
 	full := fs.Bool("full", false, "promote: skip every remaining step and wave")
-	pos, err := parseInterleaved(fs, args)
+	pos, err := c.parse(fs, args, stderr)
 	if err != nil {
-		return err
-	}
-	if err := c.check(stderr); err != nil {
 		return err
 	}
 	if len(pos) != 1 {
@@ -239,11 +246,8 @@ func rolloutStatus(ctx context.Context, args []string, stdout, stderr io.Writer)
 	fs := newFlags("rollout status", stderr)
 	var c clientFlags
 	c.register(fs)
-	pos, err := parseInterleaved(fs, args)
+	pos, err := c.parse(fs, args, stderr)
 	if err != nil {
-		return err
-	}
-	if err := c.check(stderr); err != nil {
 		return err
 	}
 	if len(pos) > 1 {

@@ -68,11 +68,8 @@ func rolloutHistory(ctx context.Context, args []string, stdout, stderr io.Writer
 	fs := newFlags("rollout history", stderr)
 	var c clientFlags
 	c.register(fs)
-	pos, err := parseInterleaved(fs, args)
+	pos, err := c.parse(fs, args, stderr)
 	if err != nil {
-		return err
-	}
-	if err := c.check(stderr); err != nil {
 		return err
 	}
 	if len(pos) != 1 {

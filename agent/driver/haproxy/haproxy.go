@@ -15,6 +15,7 @@ import (
 	"time"
 
 	"github.com/switchyard/switchyard/agent/driver"
+	"github.com/switchyard/switchyard/internal/haproxyproc"
 )
 
 var (
@@ -65,7 +66,7 @@ func New(cfg Config) (*Driver, error) {
 	if cfg.Socket == "" {
 		return nil, errors.New("haproxy driver: Config.Socket is required (HAProxy's admin socket path)")
 	}
-	if err := validName(cfg.Backend); err != nil {
+	if err := haproxyproc.ValidName(cfg.Backend); err != nil {
 		return nil, fmt.Errorf("haproxy driver: Config.Backend: %w", err)
 	}
 	if len(cfg.Servers) == 0 {
@@ -84,7 +85,7 @@ func New(cfg Config) (*Driver, error) {
 		if strings.TrimSpace(spec) == "" {
 			return nil, fmt.Errorf("haproxy driver: Config.Servers has an empty backend name (for server %q)", srv)
 		}
-		if err := validName(srv); err != nil {
+		if err := haproxyproc.ValidName(srv); err != nil {
 			return nil, fmt.Errorf("haproxy driver: Config.Servers[%q]: %w", spec, err)
 		}
 		if other, dup := owner[srv]; dup {
@@ -102,24 +103,6 @@ func New(cfg Config) (*Driver, error) {
 		api:   runtimeAPI{socket: cfg.Socket, timeout: cfg.Timeout},
 		names: names,
 	}, nil
-}
-
-// validName accepts HAProxy proxy and server names (letters, digits, '-',
-// '_', '.', ':'); refusing anything else also keeps a name from carrying a
-// second runtime API command (';' or a newline).
-func validName(s string) error {
-	if s == "" {
-		return errors.New("name is empty")
-	}
-	for _, r := range s {
-		switch {
-		case r >= 'a' && r <= 'z', r >= 'A' && r <= 'Z', r >= '0' && r <= '9',
-			r == '-', r == '_', r == '.', r == ':':
-		default:
-			return fmt.Errorf("name %q has character %q; HAProxy names use letters, digits, '-', '_', '.', ':'", s, r)
-		}
-	}
-	return nil
 }
 
 var errClosed = fmt.Errorf("haproxy driver: %w", net.ErrClosed)
