@@ -4,6 +4,7 @@
 package chaos
 
 import (
+	"errors"
 	"fmt"
 	"math"
 	"slices"
@@ -291,8 +292,8 @@ func Select(s *sv1.DrillSpec, live []Node) []string {
 	return out
 }
 
-// ErrBlastRadius is wrapped when a drill would touch more than its cap.
-var ErrBlastRadius = fmt.Errorf("%w: over the blast-radius cap", ErrInvalid)
+// ErrBlastRadius is wrapped when a drill would touch more than its caps.
+var ErrBlastRadius = errors.New("over the blast-radius cap")
 
 // CheckCap refuses a selection larger than the drill's caps: at most
 // MaxNodes nodes and MaxBasisPoints of the live nodes.
@@ -301,10 +302,10 @@ func CheckCap(s *sv1.DrillSpec, selected, live int) error {
 		return fmt.Errorf("%w: drill %s selects no live node of %s", ErrInvalid, s.GetName(), s.GetService())
 	}
 	if uint32(selected) > s.GetMaxNodes() {
-		return fmt.Errorf("%w: drill %s would touch %d nodes, more than maxNodes %d", ErrBlastRadius, s.GetName(), selected, s.GetMaxNodes())
+		return fmt.Errorf("%w: drill %s would touch %d nodes, more than drill.maxNodes %d", ErrBlastRadius, s.GetName(), selected, s.GetMaxNodes())
 	}
 	if live > 0 && uint64(selected)*10000 > uint64(s.GetMaxBasisPoints())*uint64(live) {
-		return fmt.Errorf("%w: drill %s would touch %d of %d live nodes (%.1f%%), more than maxPercent %g",
+		return fmt.Errorf("%w: drill %s would touch %d of %d live nodes (%.1f%%), more than drill.maxPercent %g",
 			ErrBlastRadius, s.GetName(), selected, live, 100*float64(selected)/float64(live), float64(s.GetMaxBasisPoints())/100)
 	}
 	return nil

@@ -78,10 +78,10 @@ func TestChaos_SelectAndCap(t *testing.T) {
 	if len(sel) != 3 {
 		t.Fatalf("selected %v", sel)
 	}
-	if err := CheckCap(s, len(sel), 3); !errors.Is(err, ErrBlastRadius) || !strings.Contains(err.Error(), "more than maxNodes 2") {
+	if err := CheckCap(s, len(sel), 3); !errors.Is(err, ErrBlastRadius) || !strings.Contains(err.Error(), "more than drill.maxNodes 2") {
 		t.Fatalf("cap: %v", err)
 	}
-	if err := CheckCap(s, 2, 3); !errors.Is(err, ErrBlastRadius) || !strings.Contains(err.Error(), "maxPercent 50") {
+	if err := CheckCap(s, 2, 3); !errors.Is(err, ErrBlastRadius) || !strings.Contains(err.Error(), "drill.maxPercent 50") {
 		t.Fatalf("percent cap: %v", err)
 	}
 	if err := CheckCap(s, 2, 4); err != nil {

@@ -60,7 +60,7 @@ func TestCoordinator_DrillRunsThroughTheLeaderAndStopAll(t *testing.T) {
 	})
 	// Over the cap: three nodes for a cap of two is refused before commit.
 	res := sendChaos(t, nc, &sv1.Intent{Id: "d-over", Action: &sv1.Intent_RunDrill{RunDrill: &sv1.RunDrill{Spec: drillSpec(t, testDrill)}}})
-	if res.GetAccepted() || res.GetCode() != "blast_radius" || !strings.Contains(res.GetError(), "more than maxNodes 2") {
+	if res.GetAccepted() || res.GetCode() != "blast_radius" || !strings.Contains(res.GetError(), "more than drill.maxNodes 2") {
 		t.Fatalf("over the cap: %v", res)
 	}
 

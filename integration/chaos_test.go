@@ -225,7 +225,7 @@ func TestChaos_DrillsOnAFleet(t *testing.T) {
 			t.Fatal(err)
 		}
 		t.Logf("chaos run: exit %d: %s", res.ExitCode, strings.TrimSpace(res.Stderr))
-		if res.ExitCode != 1 || !strings.Contains(res.Stderr, "blast_radius") || !strings.Contains(res.Stderr, "more than maxNodes 2") {
+		if res.ExitCode != 1 || !strings.Contains(res.Stderr, "blast_radius") || !strings.Contains(res.Stderr, "more than drill.maxNodes 2") {
 			t.Fatalf("a drill over its cap: exit %d, stderr %q; want exit 1 and a blast_radius error naming maxNodes 2", res.ExitCode, res.Stderr)
 		}
 		if _, err := drillStatus(ctx, f, "too-wide"); err == nil {

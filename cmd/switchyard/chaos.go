@@ -96,8 +96,7 @@ func chaosDryRun(ctx context.Context, c clientFlags, sp *sv1.DrillSpec, stdout i
 		targets = currentWave(r, live)
 	}
 	if err := chaos.CheckCap(sp, len(targets), len(live)); err != nil {
-		fmt.Fprintf(stdout, "\nREFUSED: %v\n", err)
-		return err
+		return fmt.Errorf("the coordinators would refuse this drill: %w", err)
 	}
 	fmt.Fprintf(stdout, "Caps: at most %d nodes and %g%% of %d live nodes\n\n", sp.GetMaxNodes(), float64(sp.GetMaxBasisPoints())/100, len(live))
 	action := drill.Describe(sp.GetFault(), sp.GetDuration().AsDuration())

@@ -94,7 +94,7 @@ func TestDrill_StartsOnTimeRunsAndEnds(t *testing.T) {
 	// 4 live nodes, 100% selected = 4 > maxNodes 2: refused at start.
 	_ = c.Step(t0.Add(5 * time.Second))
 	d := st.Drill("d1")
-	if d.GetPhase() != sv1.DrillPhase_DRILL_PHASE_ABORTED || !strings.Contains(d.GetAbortReason(), "more than maxNodes 2") {
+	if d.GetPhase() != sv1.DrillPhase_DRILL_PHASE_ABORTED || !strings.Contains(d.GetAbortReason(), "more than drill.maxNodes 2") {
 		t.Fatalf("over the cap: %v %q", d.GetPhase(), d.GetAbortReason())
 	}
 	if st.DrillDocument("d1") != nil {

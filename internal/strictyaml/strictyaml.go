@@ -16,7 +16,7 @@ import (
 
 // ErrInvalid is wrapped by every error Decode and the validators built on it
 // return.
-var ErrInvalid = errors.New("invalid document")
+var ErrInvalid = errors.New("invalid")
 
 // Decode decodes data into out (a pointer to a struct with yaml tags). root
 // names the document in paths ("spec", "drill").
