@@ -238,6 +238,32 @@ func TestChaos_DrillsOnAFleet(t *testing.T) {
 		}
 	})
 
+	t.Run("dry run changes nothing", func(t *testing.T) {
+		res, err := f.Run(ctx, "chaos", "run", "--dry-run", "-f", writeDrill(t, "dry", fmt.Sprintf(fleetDrill, "dry", "1m", 20)))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if res.ExitCode != 0 {
+			t.Fatalf("dry run: exit %d: %s", res.ExitCode, res.Stderr)
+		}
+		for _, id := range ids {
+			if !strings.Contains(res.Stdout, id+" ") {
+				t.Errorf("dry run does not name %s:\n%s", id, res.Stdout)
+			}
+		}
+		if !strings.Contains(res.Stdout, "answer 20% of green's requests with 503") {
+			t.Errorf("dry run does not say what each node would do:\n%s", res.Stdout)
+		}
+		if _, err := drillStatus(ctx, f, "dry"); err == nil {
+			t.Fatal("a dry run committed the drill")
+		}
+		for i, s := range sampleNodes(ctx, f, 20) {
+			if s[harness.Green] != 20 {
+				t.Fatalf("%s after the dry run: %v", ids[i], s)
+			}
+		}
+	})
+
 	t.Run("20% errors until the end", func(t *testing.T) {
 		runDrill(t, ctx, f, "green-errors", fmt.Sprintf(fleetDrill, "green-errors", "25s", 20))
 		view := waitDrill(t, ctx, f, "green-errors", activeOn(ids...))
