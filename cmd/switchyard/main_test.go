@@ -1,0 +1,81 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+)
+
+func runCLI(t *testing.T, args ...string) (code int, stdout, stderr string) {
+	t.Helper()
+	var out, errb bytes.Buffer
+	code = run(context.Background(), args, &out, &errb)
+	return code, out.String(), errb.String()
+}
+
+func example(t *testing.T, name string) string {
+	t.Helper()
+	return filepath.Join("..", "..", "examples", name)
+}
+
+func TestCLI_ExitCodes(t *testing.T) {
+	bad := filepath.Join(t.TempDir(), "bad.yaml")
+	if err := os.WriteFile(bad, []byte("version: v1\nname: x\nservice: web\nfrom: blue\nto: green\nstrategy:\n  canary: {steps: [{setWeight: 140}]}\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	badDrill := filepath.Join(t.TempDir(), "drill.yaml")
+	if err := os.WriteFile(badDrill, []byte("version: v1\nname: d\nservice: web\nduration: 1m\nfault: {cpuBurn: {cores: 1}}\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	cases := []struct {
+		name   string
+		args   []string
+		code   int
+		stderr string
+	}{
+		{"no command", nil, exitUsage, "Usage:"},
+		{"unknown command", []string{"deploy"}, exitUsage, `unknown command "deploy"`},
+		{"help", []string{"help"}, exitOK, ""},
+		{"unknown rollout verb", []string{"rollout", "ship"}, exitUsage, `unknown verb "ship"`},
+		{"apply without -f", []string{"rollout", "apply"}, exitUsage, "want -f FILE"},
+		{"bad flag", []string{"rollout", "status", "--colour"}, exitUsage, "flag provided but not defined"},
+		{"bad output", []string{"rollout", "status", "-o", "yaml"}, exitUsage, `-o "yaml"`},
+		{"invalid spec is refused before sending", []string{"rollout", "apply", "-f", bad, "--nats", "nats://127.0.0.1:1"}, exitFailure,
+			"spec.strategy.canary.steps[0].setWeight: 140 is out of range, want 0..100"},
+		{"missing spec file", []string{"rollout", "apply", "-f", filepath.Join(t.TempDir(), "none.yaml")}, exitFailure, "read spec"},
+		{"drill without caps", []string{"chaos", "run", "-f", badDrill}, exitFailure, "drill.maxNodes: required"},
+		{"--full outside promote", []string{"rollout", "pause", "r", "--full"}, exitUsage, "--full goes with promote"},
+		{"coordinator without data dir", []string{"coordinator", "--node-id", "c1", "--nats", "nats://127.0.0.1:1"}, exitFailure, "--data-dir is required"},
+		{"agent without config", []string{"agent"}, exitUsage, "want --config FILE"},
+		{"agent with a missing config", []string{"agent", "--config", filepath.Join(t.TempDir(), "none.yaml")}, exitFailure, "none.yaml"},
+	}
+	for _, c := range cases {
+		t.Run(c.name, func(t *testing.T) {
+			code, _, stderr := runCLI(t, c.args...)
+			if code != c.code || !strings.Contains(stderr, c.stderr) {
+				t.Fatalf("exit %d, stderr %q; want exit %d and %q", code, stderr, c.code, c.stderr)
+			}
+		})
+	}
+}
+
+func TestCLI_PlanOfflineShowsStepsWavesAndGuardrails(t *testing.T) {
+	code, out, stderr := runCLI(t, "rollout", "plan", "--offline", "-f", example(t, "canary.yaml"))
+	if code != exitOK {
+		t.Fatalf("exit %d: %s", code, stderr)
+	}
+	for _, want := range []string{
+		"Rollout web-canary-1: web from blue to green, canary",
+		"error rate: at most 5.00%, and at most 1.00 points above blue",
+		"Wave 1/2 eu-canary (region=eu, 10%)",
+		"Wave 2/2 everyone (every node, 100%, waits for approval)",
+		"5. pause until approved",
+	} {
+		if !strings.Contains(out, want) {
+			t.Errorf("plan lacks %q:\n%s", want, out)
+		}
+	}
+}
