@@ -217,7 +217,7 @@ func (f *Fleet) startNode(ctx context.Context, i int) (*Node, error) {
 	id := fmt.Sprintf("edge-%d", i+1)
 	n := &Node{ID: id, Labels: f.opts.Labels(i), Dir: filepath.Join(f.opts.Dir, id)}
 	logDir := filepath.Join(f.opts.Dir, "logs")
-	addrs := make([]string, 4)
+	addrs := make([]string, 3) // blue, green, agent HTTP
 	for j := range addrs {
 		p, err := f.ports.free()
 		if err != nil {
@@ -227,7 +227,7 @@ func (f *Fleet) startNode(ctx context.Context, i int) (*Node, error) {
 	}
 	blueAddr, greenAddr := addrs[0], addrs[1]
 	n.BlueAddr, n.GreenAddr = blueAddr, greenAddr
-	n.FrontendAddr, n.AgentHTTP = addrs[2], addrs[3]
+	n.AgentHTTP = addrs[2]
 
 	var err error
 	for _, b := range []struct {
@@ -253,9 +253,11 @@ func (f *Fleet) startNode(ctx context.Context, i int) (*Node, error) {
 	if err != nil {
 		return n, err
 	}
+	// Port 0: HAProxy's start picks a free port and retries if another
+	// test binary takes it in between.
 	n.HAProxy, err = haproxyproc.Start(ctx, haproxyproc.Config{
 		Dir:          hapDir,
-		FrontendAddr: n.FrontendAddr,
+		FrontendAddr: "127.0.0.1:0",
 		Backend:      f.opts.Service,
 		Servers: []haproxyproc.Server{
 			{Name: Blue, Addr: blueAddr, Weight: 100},
@@ -266,6 +268,7 @@ func (f *Fleet) startNode(ctx context.Context, i int) (*Node, error) {
 	if err != nil {
 		return n, fmt.Errorf("%s: start haproxy: %w", id, err)
 	}
+	n.FrontendAddr = n.HAProxy.FrontendAddr()
 	f.log.Info("haproxy started", "node", id, "pid", n.HAProxy.Pid(), "frontend", n.FrontendAddr, "socket", n.HAProxy.SocketPath())
 
 	n.AgentConfig = filepath.Join(n.Dir, "agent.yaml")
