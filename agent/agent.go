@@ -507,7 +507,7 @@ func (a *Agent) open() (_ *resources, err error) {
 			clock:      a.clock,
 			timing:     a.timing,
 			report:     func(st *sv1.ServiceStatus) { a.setServiceStatus(st) },
-			inbox:      newInbox(),
+			inbox:      newInbox[delivery](inboxCap),
 			driftCheck: make(chan struct{}, 1),
 			guard:      make(chan localRollbackRequest, 1),
 			applied:    applied,

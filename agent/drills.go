@@ -57,33 +57,6 @@ type drillDelivery struct {
 	listed map[string]bool
 }
 
-// drillInbox hands deliveries from NATS callbacks and the poller to the
-// drill goroutine without blocking them. Every document is a drill of its
-// own, so nothing is dropped; a flood is bounded by the bucket's size.
-type drillInbox struct {
-	mu    sync.Mutex
-	items []drillDelivery
-	wake  chan struct{}
-}
-
-func (b *drillInbox) put(d drillDelivery) {
-	b.mu.Lock()
-	b.items = append(b.items, d)
-	b.mu.Unlock()
-	select {
-	case b.wake <- struct{}{}:
-	default:
-	}
-}
-
-func (b *drillInbox) drain() []drillDelivery {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	items := b.items
-	b.items = nil
-	return items
-}
-
 // nodeFault is one fault on this node: injected, or journaled by a previous
 // run and waiting to be reverted.
 type nodeFault struct {
@@ -129,7 +102,9 @@ type drillFollower struct {
 	// newProxy builds a fault proxy; a seam for tests.
 	newProxy func(target string, f *sv1.Fault) *chaos.FaultProxy
 
-	inbox   drillInbox
+	// inbox is unbounded: every document is a drill of its own, and a
+	// flood is bounded by the bucket's size.
+	inbox   *inbox[drillDelivery]
 	pollReq chan struct{}
 	dueMu   sync.Mutex
 	due     map[string]bool
@@ -180,7 +155,7 @@ func newDrillFollower(a *Agent, res *resources, journal FaultJournal) *drillFoll
 			}
 			return chaos.NewTCPFaultProxy(target, f.GetTcp())
 		},
-		inbox:   drillInbox{wake: make(chan struct{}, 1)},
+		inbox:   newInbox[drillDelivery](0),
 		pollReq: make(chan struct{}, 1),
 		due:     map[string]bool{},
 		dueWake: make(chan struct{}, 1),

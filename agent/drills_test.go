@@ -130,7 +130,7 @@ func testFollower(t testing.TB, m *metrics, now time.Time) (*drillFollower, *eve
 			}
 			return chaos.NewTCPFaultProxy(target, fault.GetTcp())
 		},
-		inbox:   drillInbox{wake: make(chan struct{}, 1)},
+		inbox:   newInbox[drillDelivery](0),
 		pollReq: make(chan struct{}, 1),
 		due:     map[string]bool{},
 		dueWake: make(chan struct{}, 1),

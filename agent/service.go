@@ -37,21 +37,26 @@ type delivery struct {
 // oldest loses nothing.
 const inboxCap = 64
 
-// inbox hands deliveries from NATS callbacks to a service's goroutine without
-// ever blocking the callback.
-type inbox struct {
+// inbox hands deliveries from NATS callbacks to one goroutine without ever
+// blocking the callback. With a capacity, the oldest waiting delivery makes
+// room for a new one (a service only needs its newest document); without,
+// nothing is dropped.
+type inbox[T any] struct {
 	mu    sync.Mutex
-	items []delivery
+	items []T
+	cap   int // 0: unbounded
 	wake  chan struct{}
 }
 
-func newInbox() *inbox { return &inbox{wake: make(chan struct{}, 1)} }
+func newInbox[T any](capacity int) *inbox[T] {
+	return &inbox[T]{cap: capacity, wake: make(chan struct{}, 1)}
+}
 
-// put queues d and wakes the service goroutine. It reports whether the oldest
+// put queues d and wakes the goroutine. It reports whether the oldest
 // waiting delivery was dropped to make room.
-func (b *inbox) put(d delivery) (dropped bool) {
+func (b *inbox[T]) put(d T) (dropped bool) {
 	b.mu.Lock()
-	if len(b.items) >= inboxCap {
+	if b.cap > 0 && len(b.items) >= b.cap {
 		b.items = append(b.items[:0], b.items[1:]...)
 		dropped = true
 	}
@@ -64,7 +69,7 @@ func (b *inbox) put(d delivery) (dropped bool) {
 	return dropped
 }
 
-func (b *inbox) drain() []delivery {
+func (b *inbox[T]) drain() []T {
 	b.mu.Lock()
 	defer b.mu.Unlock()
 	items := b.items
@@ -144,7 +149,7 @@ type serviceWorker struct {
 	// guard receives the telemetry loop's local rollback requests.
 	guard chan localRollbackRequest
 
-	inbox *inbox
+	inbox *inbox[delivery]
 	// driftCheck asks run to read the proxy back and repair drift (on every
 	// resync) and to retry a refused document.
 	driftCheck chan struct{}

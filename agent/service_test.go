@@ -39,7 +39,7 @@ func FuzzAgent_DesiredDocument(f *testing.F) {
 			name:    "web",
 			log:     slog.New(slog.DiscardHandler),
 			m:       m,
-			inbox:   newInbox(),
+			inbox:   newInbox[delivery](inboxCap),
 			applied: &sv1.AppliedState{Service: "web", Desired: &sv1.DesiredState{Service: "web", Generation: 7}},
 		}
 		if !w.consider(delivery{raw: raw, poll: poll}) {
@@ -62,7 +62,7 @@ func TestAgent_ConsiderFencesOnNewestKnownGeneration(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	w := &serviceWorker{name: "web", log: slog.New(slog.DiscardHandler), m: m, inbox: newInbox()}
+	w := &serviceWorker{name: "web", log: slog.New(slog.DiscardHandler), m: m, inbox: newInbox[delivery](inboxCap)}
 	doc := func(gen uint64) []byte {
 		b, _ := proto.Marshal(&sv1.DesiredState{Service: "web", Generation: gen})
 		return b
@@ -109,7 +109,7 @@ func TestAgent_BackoffDoublesToCap(t *testing.T) {
 }
 
 func TestAgent_InboxDropsOldestWhenFull(t *testing.T) {
-	b := newInbox()
+	b := newInbox[delivery](inboxCap)
 	for i := range inboxCap + 3 {
 		dropped := b.put(delivery{raw: []byte{byte(i)}})
 		if dropped != (i >= inboxCap) {
