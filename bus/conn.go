@@ -3,9 +3,13 @@ package bus
 import (
 	"fmt"
 	"log/slog"
+	"os"
 	"time"
 
+	"github.com/nats-io/jwt/v2"
 	"github.com/nats-io/nats.go"
+
+	"github.com/switchyard/switchyard/internal/certs"
 )
 
 // Connect dials NATS at url (comma-separated for a cluster) and keeps
@@ -35,4 +39,64 @@ func Connect(url, name string, log *slog.Logger, opts ...nats.Option) (*nats.Con
 		return nil, fmt.Errorf("connect to nats at %s: %w", url, err)
 	}
 	return nc, nil
+}
+
+// Security is how a process proves itself to NATS and checks the server:
+// a .creds file (its NATS user, see bus/auth), the CA that signed the
+// server's certificate, and optionally a client certificate. The zero value
+// connects without either.
+type Security struct {
+	Creds string `yaml:"creds"`
+	CA    string `yaml:"ca"`
+	Cert  string `yaml:"cert"`
+	Key   string `yaml:"key"`
+}
+
+// Options checks the files and returns the connection options for them.
+// Errors name the setting as prefix+field (prefix "--nats-" gives
+// "--nats-creds", "natsClient." gives "natsClient.creds").
+func (s Security) Options(prefix string) ([]nats.Option, error) {
+	var opts []nats.Option
+	if s.Creds != "" {
+		b, err := os.ReadFile(s.Creds)
+		if err != nil {
+			return nil, fmt.Errorf("%screds: %w", prefix, err)
+		}
+		name, err := CredsName(b)
+		if err != nil {
+			return nil, fmt.Errorf("%screds %s: not a NATS .creds file: %w", prefix, s.Creds, err)
+		}
+		opts = append(opts, nats.UserCredentials(s.Creds), nats.CustomInboxPrefix(InboxPrefix(name)))
+	}
+	if s.CA != "" || s.Cert != "" || s.Key != "" {
+		if s.CA == "" {
+			return nil, fmt.Errorf("%sca: required with %scert and %skey", prefix, prefix, prefix)
+		}
+		tc, err := certs.Files{
+			CA: s.CA, Cert: s.Cert, Key: s.Key,
+			CALabel: prefix + "ca", CertLabel: prefix + "cert", KeyLabel: prefix + "key",
+		}.Client()
+		if err != nil {
+			return nil, err
+		}
+		opts = append(opts, nats.Secure(tc))
+	}
+	return opts, nil
+}
+
+// CredsName reads the user name from a .creds file; the identity's
+// permissions allow inboxes under InboxPrefix(name) only.
+func CredsName(creds []byte) (string, error) {
+	token, err := jwt.ParseDecoratedJWT(creds)
+	if err != nil {
+		return "", err
+	}
+	uc, err := jwt.DecodeUserClaims(token)
+	if err != nil {
+		return "", err
+	}
+	if uc.Name == "" {
+		return "", fmt.Errorf("user %s has no name", uc.Subject)
+	}
+	return uc.Name, nil
 }

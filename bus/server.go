@@ -3,9 +3,13 @@ package bus
 import (
 	"fmt"
 	"log/slog"
+	"os"
+	"path/filepath"
 	"time"
 
 	"github.com/nats-io/nats-server/v2/server"
+
+	"github.com/switchyard/switchyard/internal/certs"
 )
 
 // EmbeddedOptions configure an in-process NATS server with JetStream.
@@ -18,6 +22,16 @@ type EmbeddedOptions struct {
 	StoreDir string
 	// Logger receives the server's log lines at debug level; nil is silent.
 	Logger *slog.Logger
+	// AuthConfig is a NATS server configuration with the operator, system
+	// account and resolver (bus/auth's ServerConfig), parsed by the server
+	// exactly as a production server parses its file. Empty runs the server
+	// without authorization.
+	AuthConfig string
+	// TLS is the server's certificate, key and CA; when set, every client
+	// must speak TLS.
+	TLS certs.Files
+	// VerifyClients also requires client certificates signed by the CA.
+	VerifyClients bool
 }
 
 // RunEmbedded starts a NATS server with JetStream inside this process and
@@ -35,16 +49,36 @@ func RunEmbedded(o EmbeddedOptions) (*server.Server, error) {
 	if port == 0 {
 		port = server.RANDOM_PORT
 	}
-	s, err := server.NewServer(&server.Options{
-		ServerName: "switchyard-embedded",
-		Host:       host,
-		Port:       port,
-		JetStream:  true,
-		StoreDir:   o.StoreDir,
-		NoSigs:     true,
-		// The HTTP monitor is off; Switchyard serves its own /metrics.
-		HTTPPort: 0,
-	})
+	opts := &server.Options{}
+	if o.AuthConfig != "" {
+		if err := os.MkdirAll(o.StoreDir, 0o700); err != nil {
+			return nil, fmt.Errorf("embedded nats: %w", err)
+		}
+		path := filepath.Join(o.StoreDir, "auth.conf")
+		if err := os.WriteFile(path, []byte(o.AuthConfig), 0o600); err != nil {
+			return nil, fmt.Errorf("embedded nats: %w", err)
+		}
+		var err error
+		if opts, err = server.ProcessConfigFile(path); err != nil {
+			return nil, fmt.Errorf("embedded nats: auth config: %w", err)
+		}
+	}
+	opts.ServerName = "switchyard-embedded"
+	opts.Host, opts.Port = host, port
+	opts.JetStream, opts.StoreDir = true, o.StoreDir
+	opts.NoSigs = true
+	// The HTTP monitor is off; Switchyard serves its own /metrics.
+	opts.HTTPPort = 0
+	if o.TLS.Cert != "" || o.TLS.CA != "" {
+		tc, err := server.GenTLSConfig(&server.TLSConfigOpts{
+			CertFile: o.TLS.Cert, KeyFile: o.TLS.Key, CaFile: o.TLS.CA, Verify: o.VerifyClients,
+		})
+		if err != nil {
+			return nil, fmt.Errorf("embedded nats: tls: %w", err)
+		}
+		opts.TLSConfig, opts.TLS, opts.TLSVerify, opts.TLSTimeout = tc, true, o.VerifyClients, 2
+	}
+	s, err := server.NewServer(opts)
 	if err != nil {
 		return nil, fmt.Errorf("embedded nats: %w", err)
 	}

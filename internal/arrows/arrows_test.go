@@ -18,6 +18,7 @@ var allowed = map[string][]string{
 	"proto/":           {},
 	"internal/":        {"proto/", "internal/"},
 	"bus":              {"proto/", "internal/"},
+	"bus/":             {"proto/", "internal/", "bus"},
 	"chaos":            {"proto/", "internal/"},
 	"agent/driver/":    {"proto/", "internal/", "agent/driver"},
 	"agent":            {"proto/", "internal/", "bus", "chaos", "agent"},

@@ -1,0 +1,126 @@
+package bus
+
+import "fmt"
+
+// Role is what a NATS identity may do on the bus. Each role's subjects are
+// spelled here, beside the names they grant; bus/auth turns them into the
+// permission template of a scoped signing key.
+type Role string
+
+// Roles of the bus. A user's name (its NATS JWT name) is substituted for
+// NameTemplate when it connects, so one signing key serves every node.
+const (
+	// RoleAgent is one edge node: read the desired-state and drill
+	// documents, publish its own telemetry and status.
+	RoleAgent Role = "agent"
+	// RoleCoordinator runs the control plane: JetStream administration,
+	// writes to the buckets, intents, telemetry and status of every node.
+	RoleCoordinator Role = "coordinator"
+	// RoleOperator is a person or pipeline: publish intents and queries.
+	RoleOperator Role = "operator"
+	// RoleViewer asks queries and nothing else.
+	RoleViewer Role = "viewer"
+)
+
+// Roles lists every role, in the order the CLI shows them.
+var Roles = []Role{RoleAgent, RoleCoordinator, RoleOperator, RoleViewer}
+
+// ParseRole checks a role name.
+func ParseRole(s string) (Role, error) {
+	for _, r := range Roles {
+		if string(r) == s {
+			return r, nil
+		}
+	}
+	return "", fmt.Errorf("role %q: want agent, coordinator, operator or viewer", s)
+}
+
+// NameTemplate is replaced by the connecting user's name in a permission
+// template (NATS's own template syntax).
+const NameTemplate = "{{name()}}"
+
+// inboxRoot prefixes every client's inboxes. Each identity receives replies
+// only under its own name (see InboxPrefix), so no one can read another's
+// answers.
+const inboxRoot = "_INBOX"
+
+// InboxPrefix is the inbox prefix of the identity called name; bus.Connect
+// sets it from the credentials, and the permission template grants
+// subscriptions below it.
+func InboxPrefix(name string) string { return inboxRoot + "." + name }
+
+// Permissions are the subjects a role may publish to and subscribe to.
+type Permissions struct {
+	Publish   []string
+	Subscribe []string
+	// Responses allows replying to requests received (query answers).
+	Responses bool
+}
+
+// jsAPI is the JetStream API prefix.
+const jsAPI = "$JS.API."
+
+// kvStream is the stream behind a KV bucket.
+func kvStream(bucket string) string { return "KV_" + bucket }
+
+// kvRead are the JetStream API subjects a KV Get and Watch need on one
+// bucket, and nothing that writes: the bucket's stream info (opening it),
+// direct and classic message get, and an ordered consumer for watches and
+// key listings (create, its flow control, delete).
+func kvRead(bucket string) []string {
+	s := kvStream(bucket)
+	return []string{
+		jsAPI + "STREAM.INFO." + s,
+		jsAPI + "DIRECT.GET." + s,
+		jsAPI + "DIRECT.GET." + s + ".>",
+		jsAPI + "STREAM.MSG.GET." + s,
+		jsAPI + "CONSUMER.CREATE." + s + ".>",
+		jsAPI + "CONSUMER.DELETE." + s + ".>",
+		jsAPI + "CONSUMER.INFO." + s + ".>",
+		"$JS.FC." + s + ".>",
+	}
+}
+
+// RolePermissions returns what role may do; NameTemplate stands for the
+// user's own name.
+func RolePermissions(role Role) (Permissions, error) {
+	inbox := InboxPrefix(NameTemplate) + ".>"
+	switch role {
+	case RoleAgent:
+		pub := []string{
+			telemetryPrefix + ".*." + NameTemplate,
+			StatusSubject(NameTemplate),
+		}
+		pub = append(pub, kvRead(DesiredBucket)...)
+		pub = append(pub, kvRead(DrillsBucket)...)
+		return Permissions{
+			Publish:   pub,
+			Subscribe: []string{"$KV." + DesiredBucket + ".>", DrillsAll(), inbox},
+		}, nil
+	case RoleCoordinator:
+		return Permissions{
+			Publish: []string{
+				jsAPI + ">",
+				"$KV." + DesiredBucket + ".>",
+				"$KV." + DrillsBucket + ".>",
+				"$JS.ACK." + IntentStream + ".>",
+				"$JS.FC.>",
+				// Intent results go to the sender's inbox, named in a header.
+				inboxRoot + ".>",
+			},
+			Subscribe: []string{TelemetryAll(), StatusAll(), queryPrefix + ".>", inbox},
+			Responses: true,
+		}, nil
+	case RoleOperator:
+		return Permissions{
+			Publish:   []string{IntentSubjects(), queryPrefix + ".>"},
+			Subscribe: []string{inbox},
+		}, nil
+	case RoleViewer:
+		return Permissions{
+			Publish:   []string{queryPrefix + ".>"},
+			Subscribe: []string{inbox},
+		}, nil
+	}
+	return Permissions{}, fmt.Errorf("role %q: want agent, coordinator, operator or viewer", role)
+}

@@ -1,0 +1,489 @@
+package auth_test
+
+import (
+	"context"
+	"errors"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/nats-io/nats-server/v2/server"
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/switchyard/switchyard/bus"
+	"github.com/switchyard/switchyard/bus/auth"
+	"github.com/switchyard/switchyard/internal/certs"
+)
+
+// securedServer runs the embedded server in operator mode with the setup's
+// full resolver and TLS, the way `switchyard dev` does.
+type securedServer struct {
+	ns    *server.Server
+	setup *auth.Setup
+	ca    *certs.CA
+	dir   string
+}
+
+func startSecured(t *testing.T) *securedServer {
+	t.Helper()
+	dir := t.TempDir()
+	setup, err := auth.Init(filepath.Join(dir, "auth"), "test")
+	if err != nil {
+		t.Fatal(err)
+	}
+	ca, err := certs.NewCA(filepath.Join(dir, "tls"), "test CA")
+	if err != nil {
+		t.Fatal(err)
+	}
+	srvCert, err := ca.Issue("nats", []string{"127.0.0.1", "localhost"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	store := filepath.Join(dir, "nats")
+	ns, err := bus.RunEmbedded(bus.EmbeddedOptions{
+		StoreDir:   store,
+		AuthConfig: setup.ServerConfig(filepath.Join(store, "jwt")),
+		TLS:        srvCert,
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { ns.Shutdown(); ns.WaitForShutdown() })
+	return &securedServer{ns: ns, setup: setup, ca: ca, dir: dir}
+}
+
+// issue writes creds for role/name and returns the client security.
+func (s *securedServer) issue(t *testing.T, role bus.Role, name string) bus.Security {
+	t.Helper()
+	creds, err := s.setup.Issue(role, name)
+	if err != nil {
+		t.Fatal(err)
+	}
+	path := filepath.Join(s.dir, name+".creds")
+	if err := os.WriteFile(path, creds, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	return bus.Security{Creds: path, CA: s.ca.CAPath()}
+}
+
+// client connects with sec and records the asynchronous errors the server
+// sends (permission violations).
+type client struct {
+	nc   *nats.Conn
+	mu   sync.Mutex
+	errs []error
+}
+
+func (c *client) violations() []string {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	var out []string
+	for _, err := range c.errs {
+		if errors.Is(err, nats.ErrPermissionViolation) {
+			out = append(out, err.Error())
+		}
+	}
+	return out
+}
+
+func (s *securedServer) connect(t *testing.T, sec bus.Security) *client {
+	t.Helper()
+	opts, err := sec.Options("--nats-")
+	if err != nil {
+		t.Fatal(err)
+	}
+	c := &client{}
+	opts = append(opts, nats.ErrorHandler(func(_ *nats.Conn, _ *nats.Subscription, err error) {
+		c.mu.Lock()
+		c.errs = append(c.errs, err)
+		c.mu.Unlock()
+	}), nats.MaxReconnects(-1), nats.ReconnectWait(50*time.Millisecond))
+	nc, err := nats.Connect(s.ns.ClientURL(), opts...)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(nc.Close)
+	c.nc = nc
+	return c
+}
+
+func waitFor(t *testing.T, what string, d time.Duration, ok func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(d)
+	for !ok() {
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out after %v waiting for %s", d, what)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+}
+
+func TestAuth_AgentHasLeastPrivilege(t *testing.T) {
+	s := startSecured(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+
+	coord := s.connect(t, s.issue(t, bus.RoleCoordinator, "coord-1"))
+	cjs, err := jetstream.New(coord.nc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	desired, err := bus.EnsureDesiredBucket(ctx, cjs, 1)
+	if err != nil {
+		t.Fatalf("coordinator creates the desired bucket: %v", err)
+	}
+	drills, err := bus.EnsureDrillsBucket(ctx, cjs, 1)
+	if err != nil {
+		t.Fatal(err)
+	}
+	intents, err := bus.EnsureIntentStream(ctx, cjs, 1)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := desired.Put(ctx, "web", []byte("doc-1")); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := drills.Put(ctx, "d1", []byte("drill-1")); err != nil {
+		t.Fatal(err)
+	}
+	// The coordinator hears telemetry and status of every node.
+	heard, err := coord.nc.SubscribeSync(bus.TelemetryAll())
+	if err != nil {
+		t.Fatal(err)
+	}
+	statusHeard, err := coord.nc.SubscribeSync(bus.StatusAll())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := coord.nc.Flush(); err != nil {
+		t.Fatal(err)
+	}
+
+	agent := s.connect(t, s.issue(t, bus.RoleAgent, "edge-1"))
+	ajs, err := jetstream.New(agent.nc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	// What an agent does: open both buckets, get, list and watch, follow
+	// the key subjects, publish its own telemetry and status.
+	akv, err := bus.DesiredBucketHandle(ctx, ajs)
+	if err != nil {
+		t.Fatalf("agent opens the desired bucket: %v", err)
+	}
+	if e, err := akv.Get(ctx, "web"); err != nil || string(e.Value()) != "doc-1" {
+		t.Fatalf("agent gets its document: %v", err)
+	}
+	adr, err := ajs.KeyValue(ctx, bus.DrillsBucket)
+	if err != nil {
+		t.Fatalf("agent opens the drills bucket: %v", err)
+	}
+	keys, err := adr.ListKeys(ctx)
+	if err != nil {
+		t.Fatalf("agent lists drills: %v", err)
+	}
+	var listed []string
+	for k := range keys.Keys() {
+		listed = append(listed, k)
+	}
+	if len(listed) != 1 || listed[0] != "d1" {
+		t.Fatalf("agent listed drills %v, want [d1]", listed)
+	}
+	w, err := akv.Watch(ctx, "web")
+	if err != nil {
+		t.Fatalf("agent watches its document: %v", err)
+	}
+	if e := <-w.Updates(); e == nil || string(e.Value()) != "doc-1" {
+		t.Fatalf("watch delivered %v", e)
+	}
+	_ = w.Stop()
+	push, err := agent.nc.SubscribeSync(bus.DesiredKeySubject("web"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := agent.nc.Flush(); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := desired.Put(ctx, "web", []byte("doc-2")); err != nil {
+		t.Fatal(err)
+	}
+	if m, err := push.NextMsg(5 * time.Second); err != nil || string(m.Data) != "doc-2" {
+		t.Fatalf("agent is pushed the new document: %v", err)
+	}
+	if err := agent.nc.Publish(bus.TelemetrySubject("web", "edge-1"), []byte("own")); err != nil {
+		t.Fatal(err)
+	}
+	if err := agent.nc.Publish(bus.StatusSubject("edge-1"), []byte("own")); err != nil {
+		t.Fatal(err)
+	}
+	if m, err := heard.NextMsg(5 * time.Second); err != nil || string(m.Data) != "own" {
+		t.Fatalf("own telemetry reaches the coordinator: %v", err)
+	}
+	if m, err := statusHeard.NextMsg(5 * time.Second); err != nil || string(m.Data) != "own" {
+		t.Fatalf("own status reaches the coordinator: %v", err)
+	}
+	if v := agent.violations(); len(v) != 0 {
+		t.Fatalf("the agent's own work was refused: %v", v)
+	}
+
+	// What it must not do.
+	forbidden := []string{
+		bus.TelemetrySubject("web", "edge-2"),
+		bus.StatusSubject("edge-2"),
+		bus.IntentSubject(bus.IntentKindRollout),
+		bus.IntentSubject(bus.IntentKindChaos),
+		bus.DesiredKeySubject("web"),
+		bus.DrillKeySubject("d1"),
+		bus.QuerySubject(bus.QueryFleet),
+	}
+	for _, subj := range forbidden {
+		if err := agent.nc.Publish(subj, []byte("forged")); err != nil {
+			t.Fatal(err)
+		}
+	}
+	// A KV write and an intent through JetStream fail too.
+	wctx, wcancel := context.WithTimeout(ctx, 2*time.Second)
+	if _, err := akv.Put(wctx, "web", []byte("forged")); err == nil {
+		t.Fatal("agent wrote to the desired bucket")
+	}
+	if _, err := ajs.Publish(wctx, bus.IntentSubject(bus.IntentKindRollout), []byte("forged")); err == nil {
+		t.Fatal("agent published an intent")
+	}
+	wcancel()
+	// Reading another inbox (another identity's answers) is refused.
+	if _, err := agent.nc.SubscribeSync(bus.InboxPrefix("coord-1") + ".>"); err != nil {
+		t.Fatal(err)
+	}
+	if err := agent.nc.Flush(); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, "a permission violation for every forbidden subject", 5*time.Second, func() bool {
+		got := strings.Join(agent.violations(), "\n")
+		for _, subj := range append(forbidden, bus.InboxPrefix("coord-1")+".>") {
+			if !strings.Contains(got, subj) {
+				return false
+			}
+		}
+		return true
+	})
+	// Nothing stored: the document, the drill and the intent stream are as
+	// the coordinator left them, and no forged telemetry arrived.
+	if e, err := desired.Get(ctx, "web"); err != nil || string(e.Value()) != "doc-2" {
+		t.Fatalf("desired bucket after the forgeries: %v %q", err, e.Value())
+	}
+	if e, err := drills.Get(ctx, "d1"); err != nil || string(e.Value()) != "drill-1" {
+		t.Fatalf("drills bucket after the forgeries: %v", err)
+	}
+	info, err := intents.Info(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if info.State.Msgs != 0 {
+		t.Fatalf("intent stream holds %d messages, want 0", info.State.Msgs)
+	}
+	if m, err := heard.NextMsg(200 * time.Millisecond); err == nil {
+		t.Fatalf("forged telemetry reached the coordinator on %s", m.Subject)
+	}
+}
+
+func TestAuth_OperatorAndViewerRoles(t *testing.T) {
+	s := startSecured(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	coord := s.connect(t, s.issue(t, bus.RoleCoordinator, "coord-1"))
+	cjs, _ := jetstream.New(coord.nc)
+	intents, err := bus.EnsureIntentStream(ctx, cjs, 1)
+	if err != nil {
+		t.Fatal(err)
+	}
+	// A query answered by the coordinator reaches both roles.
+	if _, err := coord.nc.QueueSubscribe(bus.QuerySubject(bus.QueryFleet), bus.QueryQueue, func(m *nats.Msg) {
+		_ = m.Respond([]byte("fleet"))
+	}); err != nil {
+		t.Fatal(err)
+	}
+	if err := coord.nc.Flush(); err != nil {
+		t.Fatal(err)
+	}
+	op := s.connect(t, s.issue(t, bus.RoleOperator, "ci"))
+	viewer := s.connect(t, s.issue(t, bus.RoleViewer, "dashboard"))
+	for _, c := range []*client{op, viewer} {
+		m, err := c.nc.RequestWithContext(ctx, bus.QuerySubject(bus.QueryFleet), nil)
+		if err != nil || string(m.Data) != "fleet" {
+			t.Fatalf("query: %v", err)
+		}
+	}
+	ojs, _ := jetstream.New(op.nc)
+	if _, err := ojs.Publish(ctx, bus.IntentSubject(bus.IntentKindRollout), []byte("intent")); err != nil {
+		t.Fatalf("operator publishes an intent: %v", err)
+	}
+	vjs, _ := jetstream.New(viewer.nc)
+	wctx, wcancel := context.WithTimeout(ctx, 2*time.Second)
+	if _, err := vjs.Publish(wctx, bus.IntentSubject(bus.IntentKindRollout), []byte("intent")); err == nil {
+		t.Fatal("viewer published an intent")
+	}
+	wcancel()
+	info, err := intents.Info(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if info.State.Msgs != 1 {
+		t.Fatalf("intent stream holds %d messages, want the operator's 1", info.State.Msgs)
+	}
+	waitFor(t, "the viewer's violation", 5*time.Second, func() bool { return len(viewer.violations()) > 0 })
+}
+
+func TestAuth_UnauthenticatedForeignAndPlainClientsAreRefused(t *testing.T) {
+	s := startSecured(t)
+	url := s.ns.ClientURL()
+	if !strings.HasPrefix(url, "tls://") {
+		t.Fatalf("server URL %s, want tls://", url)
+	}
+	tlsOnly, err := bus.Security{CA: s.ca.CAPath()}.Options("--nats-")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if nc, err := nats.Connect(url, tlsOnly...); err == nil {
+		nc.Close()
+		t.Fatal("a client without credentials connected")
+	} else if !errors.Is(err, nats.ErrAuthorization) && !strings.Contains(strings.ToLower(err.Error()), "authorization") {
+		t.Fatalf("no credentials: %v, want an authorization error", err)
+	}
+	// Credentials from another operator.
+	other, err := auth.Init(filepath.Join(s.dir, "other"), "other")
+	if err != nil {
+		t.Fatal(err)
+	}
+	creds, err := other.Issue(bus.RoleAgent, "edge-1")
+	if err != nil {
+		t.Fatal(err)
+	}
+	foreign := filepath.Join(s.dir, "foreign.creds")
+	if err := os.WriteFile(foreign, creds, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	fopts, err := bus.Security{Creds: foreign, CA: s.ca.CAPath()}.Options("--nats-")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if nc, err := nats.Connect(url, fopts...); err == nil {
+		nc.Close()
+		t.Fatal("credentials of another operator were accepted")
+	}
+	// Good credentials without TLS.
+	good := s.issue(t, bus.RoleAgent, "edge-2")
+	plain, err := bus.Security{Creds: good.Creds}.Options("--nats-")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if nc, err := nats.Connect(strings.Replace(url, "tls://", "nats://", 1), plain...); err == nil {
+		nc.Close()
+		t.Fatal("a client without TLS connected")
+	}
+	// A server certificate from a CA the client does not trust.
+	otherCA, err := certs.NewCA(filepath.Join(s.dir, "other-ca"), "other CA")
+	if err != nil {
+		t.Fatal(err)
+	}
+	wrongCA, err := bus.Security{Creds: good.Creds, CA: otherCA.CAPath()}.Options("--nats-")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if nc, err := nats.Connect(url, wrongCA...); err == nil {
+		nc.Close()
+		t.Fatal("a client trusting another CA accepted the server")
+	}
+	// The same credentials with TLS connect.
+	s.connect(t, good)
+}
+
+func TestAuth_RevokedNodeIsCutOff(t *testing.T) {
+	s := startSecured(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	edge := s.connect(t, s.issue(t, bus.RoleAgent, "edge-1"))
+	keep := s.connect(t, s.issue(t, bus.RoleAgent, "edge-2"))
+
+	sys, err := nats.Connect(s.ns.ClientURL(), mustOptions(t, bus.Security{
+		Creds: filepath.Join(s.setup.Dir(), auth.SystemCredsFile), CA: s.ca.CAPath(),
+	})...)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer sys.Close()
+	token, err := s.setup.Revoke("edge-1", time.Now())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := auth.Push(ctx, sys, token); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, "the revoked node to be disconnected", 10*time.Second, func() bool {
+		return !edge.nc.IsConnected()
+	})
+	// It stays out: reconnects are refused while the other node stays on.
+	time.Sleep(300 * time.Millisecond) // several reconnect attempts at 50 ms
+	if edge.nc.IsConnected() {
+		t.Fatal("the revoked node reconnected")
+	}
+	if !keep.nc.IsConnected() {
+		t.Fatal("revoking edge-1 disconnected edge-2")
+	}
+	if _, err := nats.Connect(s.ns.ClientURL(), mustOptions(t, bus.Security{Creds: filepath.Join(s.dir, "edge-1.creds"), CA: s.ca.CAPath()})...); err == nil {
+		t.Fatal("a new connection with revoked creds was accepted")
+	}
+	// Revoking a name never issued says so.
+	if _, err := s.setup.Revoke("nobody", time.Now()); !errors.Is(err, auth.ErrUnknownName) {
+		t.Fatalf("revoke unknown: %v", err)
+	}
+	// A reloaded setup keeps the revocation (and a server restarted from
+	// its snippet would too).
+	again, err := auth.Load(s.setup.Dir())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if again.AccountJWT != token {
+		t.Fatal("the revocation was not saved")
+	}
+}
+
+func mustOptions(t *testing.T, sec bus.Security) []nats.Option {
+	t.Helper()
+	o, err := sec.Options("--nats-")
+	if err != nil {
+		t.Fatal(err)
+	}
+	return o
+}
+
+func TestAuth_InitRefusesAnExistingSetupAndBadInput(t *testing.T) {
+	dir := t.TempDir()
+	s, err := auth.Init(dir, "x")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := auth.Init(dir, "x"); !errors.Is(err, auth.ErrExists) {
+		t.Fatalf("second init: %v", err)
+	}
+	if _, err := auth.Load(t.TempDir()); !errors.Is(err, auth.ErrNoSetup) {
+		t.Fatalf("load empty: %v", err)
+	}
+	if _, err := s.Issue(bus.RoleAgent, "bad.name"); err == nil || !strings.Contains(err.Error(), "--name") {
+		t.Fatalf("bad name: %v", err)
+	}
+	if _, err := s.Issue("admin", "x"); err == nil || !strings.Contains(err.Error(), "--role") {
+		t.Fatalf("bad role: %v", err)
+	}
+	if _, err := (bus.Security{Creds: filepath.Join(dir, "missing.creds")}).Options("--nats-"); err == nil || !strings.Contains(err.Error(), "--nats-creds") {
+		t.Fatalf("missing creds: %v", err)
+	}
+	if _, err := (bus.Security{Creds: filepath.Join(dir, "account.jwt")}).Options("natsClient."); err == nil || !strings.Contains(err.Error(), "natsClient.creds") {
+		t.Fatalf("not creds: %v", err)
+	}
+	if _, err := (bus.Security{CA: filepath.Join(dir, "operator.jwt")}).Options("--nats-"); err == nil || !strings.Contains(err.Error(), "--nats-ca") {
+		t.Fatalf("not a CA: %v", err)
+	}
+}
