@@ -3,6 +3,7 @@ package coordinator
 import (
 	"bytes"
 	"context"
+	"crypto/tls"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -128,22 +129,41 @@ func (s *Server) removePeer(id string) error {
 	return nil
 }
 
-// clusterClient talks to other coordinators' HTTP APIs.
-var clusterClient = &http.Client{Timeout: 3 * time.Second}
+// ClusterClient talks to coordinators' HTTP APIs: over HTTPS, presenting
+// the cluster certificate, when TLS is set.
+type ClusterClient struct {
+	// TLS verifies coordinators against the cluster CA and presents a
+	// certificate (cluster changes need one); nil speaks plain HTTP.
+	TLS *tls.Config
+	hc  *http.Client
+}
 
-func httpURL(addr, path string) string {
+func (c *ClusterClient) client() *http.Client {
+	if c.hc == nil {
+		c.hc = &http.Client{Timeout: 3 * time.Second}
+		if c.TLS != nil {
+			c.hc.Transport = &http.Transport{TLSClientConfig: c.TLS, ForceAttemptHTTP2: true}
+		}
+	}
+	return c.hc
+}
+
+func (c *ClusterClient) url(addr, path string) string {
 	if strings.HasPrefix(addr, "http://") || strings.HasPrefix(addr, "https://") {
 		return strings.TrimSuffix(addr, "/") + path
+	}
+	if c.TLS != nil {
+		return "https://" + addr + path
 	}
 	return "http://" + addr + path
 }
 
-func getJSON(ctx context.Context, addr, path string, out any) error {
-	req, err := http.NewRequestWithContext(ctx, http.MethodGet, httpURL(addr, path), nil)
+func (c *ClusterClient) getJSON(ctx context.Context, addr, path string, out any) error {
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, c.url(addr, path), nil)
 	if err != nil {
 		return err
 	}
-	resp, err := clusterClient.Do(req)
+	resp, err := c.client().Do(req)
 	if err != nil {
 		return err
 	}
@@ -155,14 +175,14 @@ func getJSON(ctx context.Context, addr, path string, out any) error {
 	return json.NewDecoder(resp.Body).Decode(out)
 }
 
-func postJSON(ctx context.Context, addr, path string, in any) error {
+func (c *ClusterClient) postJSON(ctx context.Context, addr, path string, in any) error {
 	b, _ := json.Marshal(in)
-	req, err := http.NewRequestWithContext(ctx, http.MethodPost, httpURL(addr, path), bytes.NewReader(b))
+	req, err := http.NewRequestWithContext(ctx, http.MethodPost, c.url(addr, path), bytes.NewReader(b))
 	if err != nil {
 		return err
 	}
 	req.Header.Set("Content-Type", "application/json")
-	resp, err := clusterClient.Do(req)
+	resp, err := c.client().Do(req)
 	if err != nil {
 		return err
 	}
@@ -186,6 +206,9 @@ func (s *Server) formCluster(ctx context.Context, hasState bool) {
 		if done {
 			return
 		}
+		if err != nil {
+			s.metrics.joinFailures.Inc()
+		}
 		if attempt%10 == 0 && err != nil {
 			s.log.Info("waiting for the cluster to form", "expect", s.cfg.BootstrapExpect, "retry_join", s.cfg.RetryJoin, "detail", err)
 		}
@@ -206,7 +229,7 @@ func (s *Server) tryForm(ctx context.Context) (bool, error) {
 	var errs []error
 	for _, addr := range s.cfg.RetryJoin {
 		var p PeerInfo
-		if err := getJSON(ctx, addr, "/v1/cluster/self", &p); err != nil {
+		if err := s.cluster.getJSON(ctx, addr, "/v1/cluster/self", &p); err != nil {
 			errs = append(errs, err)
 			continue
 		}
@@ -221,7 +244,7 @@ func (s *Server) tryForm(ctx context.Context) (bool, error) {
 	if len(running) > 0 {
 		// A cluster exists: ask each member until the leader adds us.
 		for _, addr := range s.cfg.RetryJoin {
-			err := postJSON(ctx, addr, "/v1/cluster/join", PeerInfo{ID: s.cfg.NodeID, RaftAddr: s.RaftAddr()})
+			err := s.cluster.postJSON(ctx, addr, "/v1/cluster/join", PeerInfo{ID: s.cfg.NodeID, RaftAddr: s.RaftAddr()})
 			if err == nil {
 				s.log.Info("joined the cluster", "via", addr)
 				return true, nil
@@ -260,6 +283,9 @@ func (s *Server) clusterRoutes(mux *http.ServeMux) {
 		writeJSON(w, m)
 	})
 	mux.HandleFunc("POST /v1/cluster/join", func(w http.ResponseWriter, r *http.Request) {
+		if !s.clusterPeer(w, r) {
+			return
+		}
 		var p PeerInfo
 		if err := json.NewDecoder(io.LimitReader(r.Body, 4096)).Decode(&p); err != nil || p.ID == "" || p.RaftAddr == "" {
 			http.Error(w, "want JSON {\"id\": ..., \"raft_addr\": ...}", http.StatusBadRequest)
@@ -268,6 +294,9 @@ func (s *Server) clusterRoutes(mux *http.ServeMux) {
 		clusterChange(w, s.addPeer(p.ID, p.RaftAddr), s)
 	})
 	mux.HandleFunc("POST /v1/cluster/remove", func(w http.ResponseWriter, r *http.Request) {
+		if !s.clusterPeer(w, r) {
+			return
+		}
 		var p PeerInfo
 		if err := json.NewDecoder(io.LimitReader(r.Body, 4096)).Decode(&p); err != nil || p.ID == "" {
 			http.Error(w, "want JSON {\"id\": ...}", http.StatusBadRequest)
@@ -296,21 +325,33 @@ func writeJSON(w http.ResponseWriter, v any) {
 	_ = enc.Encode(v)
 }
 
-// ClusterMembers asks a coordinator's HTTP API for the members.
+// ClusterMembers asks a coordinator's HTTP API for the members over plain
+// HTTP.
 func ClusterMembers(ctx context.Context, httpAddr string) (*Members, error) {
+	return (&ClusterClient{}).Members(ctx, httpAddr)
+}
+
+// Members asks a coordinator's HTTP API for the members.
+func (c *ClusterClient) Members(ctx context.Context, httpAddr string) (*Members, error) {
 	var m Members
-	if err := getJSON(ctx, httpAddr, "/v1/cluster/members", &m); err != nil {
+	if err := c.getJSON(ctx, httpAddr, "/v1/cluster/members", &m); err != nil {
 		return nil, err
 	}
 	return &m, nil
 }
 
+// RemovePeer asks the coordinators at addrs over plain HTTP, in turn, to
+// remove a peer; the leader among them does it.
+func RemovePeer(ctx context.Context, addrs []string, id string) error {
+	return (&ClusterClient{}).RemovePeer(ctx, addrs, id)
+}
+
 // RemovePeer asks the coordinators at addrs, in turn, to remove a peer; the
 // leader among them does it.
-func RemovePeer(ctx context.Context, addrs []string, id string) error {
+func (c *ClusterClient) RemovePeer(ctx context.Context, addrs []string, id string) error {
 	var errs []error
 	for _, a := range addrs {
-		err := postJSON(ctx, a, "/v1/cluster/remove", PeerInfo{ID: id})
+		err := c.postJSON(ctx, a, "/v1/cluster/remove", PeerInfo{ID: id})
 		if err == nil {
 			return nil
 		}

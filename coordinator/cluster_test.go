@@ -54,7 +54,7 @@ func (n *clusterNode) stop() {
 	}
 }
 
-func startCluster(t *testing.T, natsURL string, size int) []*clusterNode {
+func startCluster(t *testing.T, natsURL string, size int, tune ...func(i int, c *Config)) []*clusterNode {
 	t.Helper()
 	dir := t.TempDir()
 	var httpAddrs []string
@@ -68,6 +68,9 @@ func startCluster(t *testing.T, natsURL string, size int) []*clusterNode {
 			RaftAddr: freeAddr(t), HTTPAddr: httpAddrs[i], NATSURL: natsURL,
 			BootstrapExpect: size, RetryJoin: httpAddrs, TickInterval: 50 * time.Millisecond,
 		}}
+		for _, f := range tune {
+			f(i, &nodes[i].cfg)
+		}
 		nodes[i].start(t)
 	}
 	t.Cleanup(func() {

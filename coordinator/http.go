@@ -1,6 +1,7 @@
 package coordinator
 
 import (
+	"crypto/tls"
 	"fmt"
 	"net"
 	"net/http"
@@ -49,6 +50,10 @@ func (s *Server) startHTTP() error {
 	}
 	s.httpAddr = ln.Addr()
 	s.httpSrv = &http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second}
+	if s.clusterTLS != nil {
+		s.httpSrv.TLSConfig = httpTLS(s.clusterTLS)
+		ln = tls.NewListener(ln, s.httpSrv.TLSConfig)
+	}
 	go func() {
 		if err := s.httpSrv.Serve(ln); err != nil && err != http.ErrServerClosed {
 			s.log.Error("http server", "err", err)

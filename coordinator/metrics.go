@@ -18,6 +18,8 @@ type metrics struct {
 	telemetry         prometheus.Counter
 	telemetryRejected prometheus.Counter
 	decisions         *prometheus.CounterVec
+	peerRejected      prometheus.Counter
+	joinFailures      prometheus.Counter
 }
 
 func newMetrics(reg prometheus.Registerer) *metrics {
@@ -68,8 +70,16 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 			Name: "switchyard_coordinator_rollout_decisions_total",
 			Help: "Rollout decisions committed by the leader's controller, by action: advance, promote, finish, rollback, confirm-rollback.",
 		}, []string{"action"}),
+		peerRejected: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "switchyard_coordinator_cluster_peers_rejected_total",
+			Help: "Raft connections whose TLS handshake failed and cluster changes without a certificate from the cluster CA.",
+		}),
+		joinFailures: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "switchyard_coordinator_cluster_join_failures_total",
+			Help: "Attempts to find or join the cluster that failed (peers unreachable, refused, or not trusted).",
+		}),
 	}
-	reg.MustRegister(m.intentsAccepted, m.intentsRejected, m.publishes, m.publishSeconds,
+	reg.MustRegister(m.peerRejected, m.joinFailures, m.intentsAccepted, m.intentsRejected, m.publishes, m.publishSeconds,
 		m.raftApply, m.isLeader, m.statusRejected, m.statuses, m.telemetry, m.telemetryRejected, m.decisions)
 	for _, r := range []string{"malformed", "invalid", "not_found", "conflict", "blast_radius"} {
 		m.intentsRejected.WithLabelValues(r)

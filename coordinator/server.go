@@ -5,6 +5,7 @@ package coordinator
 
 import (
 	"context"
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -24,6 +25,7 @@ import (
 	"github.com/switchyard/switchyard/bus"
 	"github.com/switchyard/switchyard/coordinator/analysis"
 	"github.com/switchyard/switchyard/coordinator/fsm"
+	"github.com/switchyard/switchyard/internal/certs"
 	"github.com/switchyard/switchyard/internal/clock"
 	"github.com/switchyard/switchyard/internal/names"
 )
@@ -40,6 +42,13 @@ type Config struct {
 	HTTPAddr string
 	// NATSURL is the bus; ignored when Conn is set.
 	NATSURL string
+	// NATS is this coordinator's NATS identity and the CA of the NATS
+	// servers; ignored when Conn is set.
+	NATS bus.Security
+	// ClusterTLS is the cluster CA and this coordinator's certificate:
+	// when set, Raft and the HTTP API speak mutual TLS and only
+	// coordinators with a certificate from that CA can join.
+	ClusterTLS certs.Files
 	// Conn is an existing bus connection (switchyard dev); optional.
 	Conn *nats.Conn
 	// BootstrapExpect is the number of coordinators to bootstrap the
@@ -123,6 +132,9 @@ type Server struct {
 
 	nc     *nats.Conn
 	ownsNC bool
+
+	clusterTLS *tls.Config
+	cluster    *ClusterClient
 	js     jetstream.JetStream
 
 	fleet     *fleet
@@ -149,6 +161,11 @@ func New(cfg Config) (*Server, error) {
 		metrics:  newMetrics(cfg.Registerer),
 		leaderCh: make(chan bool, 16),
 	}
+	var err error
+	if s.clusterTLS, err = cfg.clusterTLS(); err != nil {
+		return nil, err
+	}
+	s.cluster = &ClusterClient{TLS: s.clusterTLS}
 	s.publisher = newPublisher(s)
 	s.fleet = newFleet(cfg.StaleAfter, s.metrics)
 	s.analysis = analysis.NewStore()
@@ -198,8 +215,17 @@ func (s *Server) setupRaft() error {
 	}
 	// With no advertise address the transport advertises what it bound,
 	// which also resolves port 0.
-	trans, err := raft.NewTCPTransportWithLogger(s.cfg.RaftAddr, nil, 3, 10*time.Second, rc.Logger)
-	if err != nil {
+	var trans *raft.NetworkTransport
+	if s.clusterTLS != nil {
+		stream, err := newTLSStreamLayer(s.cfg.RaftAddr, s.clusterTLS, func(peer net.Addr, err error) {
+			s.metrics.peerRejected.Inc()
+			s.log.Warn("refused a raft connection: TLS handshake failed", "from", peer.String(), "err", err)
+		})
+		if err != nil {
+			return fmt.Errorf("coordinator: listen for raft on %s: %w", s.cfg.RaftAddr, err)
+		}
+		trans = raft.NewNetworkTransportWithLogger(stream, 3, 10*time.Second, rc.Logger)
+	} else if trans, err = raft.NewTCPTransportWithLogger(s.cfg.RaftAddr, nil, 3, 10*time.Second, rc.Logger); err != nil {
 		return fmt.Errorf("coordinator: listen for raft on %s: %w", s.cfg.RaftAddr, err)
 	}
 	s.transport = trans
@@ -228,7 +254,11 @@ func (s *Server) setupRaft() error {
 func (s *Server) setupBus() error {
 	s.nc = s.cfg.Conn
 	if s.nc == nil {
-		nc, err := bus.Connect(s.cfg.NATSURL, "switchyard-coordinator-"+s.cfg.NodeID, s.log)
+		sec, err := s.cfg.NATS.Options("--nats-")
+		if err != nil {
+			return fmt.Errorf("coordinator: %w", err)
+		}
+		nc, err := bus.Connect(s.cfg.NATSURL, "switchyard-coordinator-"+s.cfg.NodeID, s.log, sec...)
 		if err != nil {
 			return fmt.Errorf("coordinator: %w", err)
 		}

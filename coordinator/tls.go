@@ -1,0 +1,159 @@
+package coordinator
+
+import (
+	"context"
+	"crypto/tls"
+	"errors"
+	"fmt"
+	"net"
+	"net/http"
+	"sync"
+	"time"
+
+	"github.com/hashicorp/raft"
+
+	"github.com/switchyard/switchyard/internal/certs"
+)
+
+// Coordinators talk to each other over mutual TLS when the cluster CA is
+// configured: Raft's transport and the cluster routes of the HTTP API both
+// present this coordinator's certificate and accept only peers whose
+// certificate the same CA signed. A coordinator with a certificate from any
+// other CA can neither join nor take part in a vote.
+
+// clusterTLS loads the mutual-TLS configuration, or nil when none is set.
+func (c *Config) clusterTLS() (*tls.Config, error) {
+	f := c.ClusterTLS
+	if f.CA == "" && f.Cert == "" && f.Key == "" {
+		return nil, nil
+	}
+	f.CALabel, f.CertLabel, f.KeyLabel = "--cluster-ca", "--cluster-cert", "--cluster-key"
+	if f.CA == "" {
+		return nil, fmt.Errorf("coordinator: --cluster-ca: required with --cluster-cert and --cluster-key")
+	}
+	cfg, err := f.Mutual()
+	if err != nil {
+		return nil, fmt.Errorf("coordinator: %w", err)
+	}
+	return cfg, nil
+}
+
+// tlsStreamLayer is Raft's network under mutual TLS.
+type tlsStreamLayer struct {
+	ln       net.Listener
+	cfg      *tls.Config
+	rejected func(peer net.Addr, err error)
+}
+
+var _ raft.StreamLayer = (*tlsStreamLayer)(nil)
+
+func newTLSStreamLayer(addr string, cfg *tls.Config, rejected func(net.Addr, error)) (*tlsStreamLayer, error) {
+	ln, err := net.Listen("tcp", addr)
+	if err != nil {
+		return nil, err
+	}
+	if tcp, ok := ln.Addr().(*net.TCPAddr); ok && tcp.IP.IsUnspecified() {
+		ln.Close()
+		return nil, fmt.Errorf("raft address %s: give an address other coordinators can reach, not an unspecified one", addr)
+	}
+	return &tlsStreamLayer{ln: ln, cfg: cfg, rejected: rejected}, nil
+}
+
+// Accept returns connections whose handshake runs on first use, so a slow
+// or hostile peer never holds up the accept loop; a failed handshake is
+// counted and logged through rejected.
+func (l *tlsStreamLayer) Accept() (net.Conn, error) {
+	c, err := l.ln.Accept()
+	if err != nil {
+		return nil, err
+	}
+	return &handshakeConn{Conn: tls.Server(c, l.cfg), rejected: l.rejected}, nil
+}
+
+func (l *tlsStreamLayer) Close() error   { return l.ln.Close() }
+func (l *tlsStreamLayer) Addr() net.Addr { return l.ln.Addr() }
+
+// Dial connects to a peer and completes the handshake, verifying the peer's
+// certificate against the cluster CA and the address dialled.
+func (l *tlsStreamLayer) Dial(addr raft.ServerAddress, timeout time.Duration) (net.Conn, error) {
+	d := &tls.Dialer{NetDialer: &net.Dialer{Timeout: timeout}, Config: l.cfg}
+	ctx, cancel := context.WithTimeout(context.Background(), timeout)
+	defer cancel()
+	return d.DialContext(ctx, "tcp", string(addr))
+}
+
+// handshakeConn runs the TLS handshake before the first read or write and
+// reports a failure once.
+type handshakeConn struct {
+	*tls.Conn
+	once     sync.Once
+	err      error
+	rejected func(net.Addr, error)
+}
+
+func (c *handshakeConn) handshake() error {
+	c.once.Do(func() {
+		_ = c.SetDeadline(time.Now().Add(10 * time.Second))
+		if c.err = c.Handshake(); c.err != nil {
+			c.rejected(c.RemoteAddr(), c.err)
+			return
+		}
+		_ = c.SetDeadline(time.Time{})
+	})
+	return c.err
+}
+
+func (c *handshakeConn) Read(b []byte) (int, error) {
+	if err := c.handshake(); err != nil {
+		return 0, err
+	}
+	return c.Conn.Read(b)
+}
+
+func (c *handshakeConn) Write(b []byte) (int, error) {
+	if err := c.handshake(); err != nil {
+		return 0, err
+	}
+	return c.Conn.Write(b)
+}
+
+// errNoPeerCertificate answers cluster changes from a client without a
+// certificate from the cluster CA.
+var errNoPeerCertificate = errors.New("cluster changes need a coordinator certificate from the cluster CA")
+
+// clusterPeer admits a cluster change: any caller without TLS, only a
+// caller with a verified certificate with it.
+func (s *Server) clusterPeer(w http.ResponseWriter, r *http.Request) bool {
+	if s.clusterTLS == nil {
+		return true
+	}
+	if r.TLS == nil || len(r.TLS.VerifiedChains) == 0 {
+		s.metrics.peerRejected.Inc()
+		s.log.Warn("refused a cluster change without a coordinator certificate", "from", r.RemoteAddr, "path", r.URL.Path)
+		http.Error(w, errNoPeerCertificate.Error(), http.StatusForbidden)
+		return false
+	}
+	return true
+}
+
+// httpTLS is the HTTP API's server configuration: a client certificate is
+// optional (Prometheus and browsers read without one) but verified when
+// given, and cluster changes require it.
+func httpTLS(mutual *tls.Config) *tls.Config {
+	c := mutual.Clone()
+	c.ClientAuth = tls.VerifyClientCertIfGiven
+	return c
+}
+
+// ClusterClientTLS loads the configuration a client of the coordinators'
+// HTTP API uses (`switchyard coordinator members|remove-peer`): the CA, and
+// the certificate that cluster changes need.
+func ClusterClientTLS(f certs.Files) (*tls.Config, error) {
+	if f.CA == "" && f.Cert == "" && f.Key == "" {
+		return nil, nil
+	}
+	if f.CA == "" {
+		return nil, fmt.Errorf("%s: required with %s and %s", f.CALabel, f.CertLabel, f.KeyLabel)
+	}
+	return f.Client()
+}

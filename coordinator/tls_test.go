@@ -1,0 +1,150 @@
+package coordinator
+
+import (
+	"context"
+	"crypto/tls"
+	"fmt"
+	"net"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/hashicorp/raft"
+	"github.com/prometheus/client_golang/prometheus/testutil"
+
+	"github.com/switchyard/switchyard/internal/certs"
+	sv1 "github.com/switchyard/switchyard/proto/switchyard/v1"
+)
+
+// clusterCA makes a CA and a certificate per coordinator at run time.
+func clusterCA(t *testing.T, name string, ids ...string) map[string]certs.Files {
+	t.Helper()
+	ca, err := certs.NewCA(filepath.Join(t.TempDir(), name), name)
+	if err != nil {
+		t.Fatal(err)
+	}
+	out := map[string]certs.Files{}
+	for _, id := range ids {
+		f, err := ca.Issue(id, []string{"127.0.0.1", "localhost"})
+		if err != nil {
+			t.Fatal(err)
+		}
+		out[id] = f
+	}
+	return out
+}
+
+func TestCluster_MutualTLSFailsOverAndRefusesAForeignCA(t *testing.T) {
+	nc, url := startNATS(t)
+	files := clusterCA(t, "cluster-ca", "c1", "c2", "c3")
+	nodes := startCluster(t, url, 3, func(i int, c *Config) {
+		c.ClusterTLS = files[fmt.Sprintf("c%d", i+1)]
+	})
+	client := &ClusterClient{}
+	var err error
+	if client.TLS, err = ClusterClientTLS(files["c1"]); err != nil {
+		t.Fatal(err)
+	}
+
+	var leader *clusterNode
+	waitFor(t, "a leader", 15*time.Second, func() bool { leader = leaderOf(nodes); return leader != nil })
+	waitFor(t, "three members over https", 5*time.Second, func() bool {
+		m, err := client.Members(context.Background(), leader.cfg.HTTPAddr)
+		return err == nil && len(m.Members) == 3
+	})
+	if _, err := ClusterMembers(context.Background(), leader.cfg.HTTPAddr); err == nil {
+		t.Fatal("the HTTP API answered plain HTTP")
+	}
+	first := send(t, nc, applyIntent("i-1", "web-1"))
+	if !first.GetAccepted() {
+		t.Fatal(first)
+	}
+
+	// Failover over TLS: the leader goes, another takes over and commits.
+	leader.stop()
+	var next *clusterNode
+	waitFor(t, "a new leader", 15*time.Second, func() bool { next = leaderOf(nodes); return next != nil })
+	ab := send(t, nc, &sv1.Intent{Id: "i-2", Action: &sv1.Intent_AbortRollout{AbortRollout: &sv1.AbortRollout{Rollout: "web-1"}}})
+	if !ab.GetAccepted() || ab.GetIndex() <= first.GetIndex() {
+		t.Fatalf("abort on the new leader: %v", ab)
+	}
+	leader.start(t)
+	waitFor(t, "the old leader to catch up over TLS", 15*time.Second, func() bool {
+		return leader.srv.raft.AppliedIndex() >= ab.GetIndex()
+	})
+
+	// A coordinator whose certificate another CA signed tries to join.
+	foreign := clusterCA(t, "other-ca", "c4")["c4"]
+	var addrs []string
+	for _, n := range nodes {
+		addrs = append(addrs, n.cfg.HTTPAddr)
+	}
+	intruder := &clusterNode{cfg: Config{
+		NodeID: "c4", DataDir: filepath.Join(t.TempDir(), "c4"), RaftAddr: freeAddr(t), HTTPAddr: freeAddr(t),
+		NATSURL: url, BootstrapExpect: 0, RetryJoin: addrs, ClusterTLS: foreign,
+	}}
+	intruder.start(t)
+	defer intruder.stop()
+	waitFor(t, "the intruder's join attempts to fail", 15*time.Second, func() bool {
+		return testutil.ToFloat64(intruder.srv.metrics.joinFailures) >= 3
+	})
+	// Even with the address known, Raft itself refuses it: the leader's
+	// handshake with it fails both ways and is counted.
+	var lead *clusterNode
+	waitFor(t, "a leader", 10*time.Second, func() bool { lead = leaderOf(nodes); return lead != nil })
+	before := testutil.ToFloat64(lead.srv.metrics.peerRejected)
+	stream, err := newTLSStreamLayer("127.0.0.1:0", mustMutual(t, foreign), func(net.Addr, error) {})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer stream.Close()
+	if c, err := stream.Dial(raft.ServerAddress(lead.srv.RaftAddr()), 2*time.Second); err == nil {
+		// TLS 1.3: the client finishes before the server has checked the
+		// client certificate; the server's refusal arrives on first read.
+		_, _ = c.Write([]byte{0})
+		buf := make([]byte, 1)
+		_ = c.SetReadDeadline(time.Now().Add(5 * time.Second))
+		if _, err := c.Read(buf); err == nil {
+			t.Fatal("the leader accepted a raft connection from a foreign certificate")
+		}
+		c.Close()
+	} else if !strings.Contains(err.Error(), "certificate") {
+		t.Fatalf("dial with a foreign certificate: %v", err)
+	}
+	waitFor(t, "the leader to count the refused peer", 5*time.Second, func() bool {
+		return testutil.ToFloat64(lead.srv.metrics.peerRejected) > before
+	})
+	// A cluster change from a client without a certificate is refused too.
+	plainCA, err := ClusterClientTLS(certs.Files{CA: files["c1"].CA})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := (&ClusterClient{TLS: plainCA}).RemovePeer(context.Background(), addrs, "c2"); err == nil || !strings.Contains(err.Error(), "403") {
+		t.Fatalf("remove-peer without a certificate: %v", err)
+	}
+	m, err := client.Members(context.Background(), lead.cfg.HTTPAddr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(m.Members) != 3 {
+		t.Fatalf("members after the intruder: %+v", m.Members)
+	}
+	for _, mem := range m.Members {
+		if mem.ID == "c4" {
+			t.Fatal("the intruder joined")
+		}
+	}
+	if _, l := intruder.srv.raft.LeaderWithID(); l != "" {
+		t.Fatalf("the intruder follows leader %s", l)
+	}
+}
+
+func mustMutual(t *testing.T, f certs.Files) *tls.Config {
+	t.Helper()
+	c, err := f.Mutual()
+	if err != nil {
+		t.Fatal(err)
+	}
+	return c
+}
