@@ -303,9 +303,15 @@ func (a *Agent) Run(ctx context.Context) error {
 	// unreachable (a WAN link down, NATS restarting) must still serve from
 	// its local state; the connection keeps trying in the background and
 	// the connect handler resyncs when it succeeds.
+	var security []nats.Option
+	if a.sharedConn == nil {
+		if security, err = a.cfg.NATSClient.Options("natsClient."); err != nil {
+			return err
+		}
+	}
 	if a.sharedConn != nil {
 		nc = a.sharedConn
-	} else if nc, err = bus.Connect(a.natsURL, "switchyard-agent "+a.cfg.Node, a.log,
+	} else if nc, err = bus.Connect(a.natsURL, "switchyard-agent "+a.cfg.Node, a.log, append(security,
 		nats.RetryOnFailedConnect(true),
 		// A bus_drop fault refuses the dials until it ends.
 		nats.SetCustomDialer(drills.gate),
@@ -325,7 +331,7 @@ func (a *Agent) Run(ctx context.Context) error {
 			if err != nil {
 				a.log.Warn("nats disconnected; serving from local state", "err", err)
 			}
-		})); err != nil {
+		}))...); err != nil {
 		return err
 	}
 	a.mu.Lock()

@@ -18,6 +18,7 @@ import (
 
 	"go.yaml.in/yaml/v3"
 
+	"github.com/switchyard/switchyard/bus"
 	"github.com/switchyard/switchyard/internal/names"
 )
 
@@ -58,6 +59,10 @@ type Config struct {
 	// NATS is the bus URL (comma-separated for a cluster); the command line
 	// may override it.
 	NATS string `yaml:"nats"`
+	// NATSClient is this node's NATS credentials (from `switchyard auth
+	// issue --role agent`) and the CA of the NATS servers; the command
+	// line may override each file.
+	NATSClient bus.Security `yaml:"natsClient"`
 	// StateDir holds the agent's local database.
 	StateDir string `yaml:"stateDir"`
 	// HTTPAddr, when set, serves /metrics and /healthz.
@@ -340,6 +345,9 @@ func (c *Config) Validate() error {
 	}
 	if c.NATS == "" {
 		bad("nats", "required")
+	}
+	if _, err := c.NATSClient.Options("natsClient."); err != nil {
+		bad("natsClient", "%v", err)
 	}
 	if c.StateDir == "" {
 		bad("stateDir", "required")

@@ -16,11 +16,18 @@ var version = "dev"
 
 func runAgent(ctx context.Context, args []string, stderr io.Writer) error {
 	fs := newFlags("agent", stderr)
-	var logf logFlags
+	var (
+		logf    logFlags
+		natsSec natsSecurityFlags
+	)
 	configPath := fs.String("config", "", "agent config file (YAML; see examples/agent.yaml)")
 	natsURL := fs.String("nats", os.Getenv("SWITCHYARD_NATS"), "NATS URL; overrides the config's nats (env SWITCHYARD_NATS)")
+	natsSec.register(fs)
 	logf.register(fs)
 	if err := parse(fs, args); err != nil {
+		return err
+	}
+	if _, err := natsSec.options(); err != nil {
 		return err
 	}
 	if *configPath == "" || fs.NArg() > 0 {
@@ -33,6 +40,19 @@ func runAgent(ctx context.Context, args []string, stderr io.Writer) error {
 	cfg, err := agent.LoadConfig(*configPath)
 	if err != nil {
 		return err
+	}
+	// Files named on the command line (or in the environment) replace the
+	// config's.
+	for _, f := range []struct {
+		dst *string
+		v   string
+	}{
+		{&cfg.NATSClient.Creds, natsSec.sec.Creds}, {&cfg.NATSClient.CA, natsSec.sec.CA},
+		{&cfg.NATSClient.Cert, natsSec.sec.Cert}, {&cfg.NATSClient.Key, natsSec.sec.Key},
+	} {
+		if f.v != "" {
+			*f.dst = f.v
+		}
 	}
 	reg := newRegistry()
 	a, err := agent.New(cfg, agent.Options{

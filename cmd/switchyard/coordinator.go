@@ -17,8 +17,30 @@ import (
 	"github.com/prometheus/client_golang/prometheus/collectors"
 	"go.yaml.in/yaml/v3"
 
+	"github.com/switchyard/switchyard/bus"
 	"github.com/switchyard/switchyard/coordinator"
+	"github.com/switchyard/switchyard/internal/certs"
 )
+
+// clusterTLSFlags name the cluster CA and this process's certificate.
+type clusterTLSFlags struct{ files certs.Files }
+
+func (f *clusterTLSFlags) register(fs *flag.FlagSet) {
+	fs.StringVar(&f.files.CA, "cluster-ca", envOr("SWITCHYARD_CLUSTER_CA", ""), "CA of the coordinators' certificates; turns mutual TLS on for Raft and the HTTP API (env SWITCHYARD_CLUSTER_CA)")
+	fs.StringVar(&f.files.Cert, "cluster-cert", envOr("SWITCHYARD_CLUSTER_CERT", ""), "this process's certificate from --cluster-ca (env SWITCHYARD_CLUSTER_CERT)")
+	fs.StringVar(&f.files.Key, "cluster-key", envOr("SWITCHYARD_CLUSTER_KEY", ""), "key of --cluster-cert (env SWITCHYARD_CLUSTER_KEY)")
+}
+
+// client is an HTTP client for the coordinators' API.
+func (f *clusterTLSFlags) client() (*coordinator.ClusterClient, error) {
+	files := f.files
+	files.CALabel, files.CertLabel, files.KeyLabel = "--cluster-ca", "--cluster-cert", "--cluster-key"
+	tc, err := coordinator.ClusterClientTLS(files)
+	if err != nil {
+		return nil, err
+	}
+	return &coordinator.ClusterClient{TLS: tc}, nil
+}
 
 func newRegistry() *prometheus.Registry {
 	reg := prometheus.NewRegistry()
@@ -28,8 +50,8 @@ func newRegistry() *prometheus.Registry {
 
 const coordinatorUsage = `Usage:
   switchyard coordinator [--config FILE] [flags]      run a coordinator
-  switchyard coordinator members [--http ADDR] [-o json]
-  switchyard coordinator remove-peer --http ADDR[,ADDR...] ID
+  switchyard coordinator members [--http ADDR] [--cluster-ca FILE] [-o json]
+  switchyard coordinator remove-peer --http ADDR[,ADDR...] --cluster-ca FILE --cluster-cert FILE --cluster-key FILE ID
 `
 
 // stringList is a repeatable flag.
@@ -45,6 +67,12 @@ func (l *stringList) Set(v string) error {
 	return nil
 }
 
+type clusterTLSFile struct {
+	CA   string `yaml:"ca"`
+	Cert string `yaml:"cert"`
+	Key  string `yaml:"key"`
+}
+
 // coordinatorFile is the coordinator's config file; flags given on the
 // command line override it.
 type coordinatorFile struct {
@@ -53,6 +81,11 @@ type coordinatorFile struct {
 	RaftAddr        string   `yaml:"raftAddr"`
 	HTTPAddr        string   `yaml:"httpAddr"`
 	NATS            string   `yaml:"nats"`
+	// NATSClient is the coordinator's NATS creds and TLS files.
+	NATSClient bus.Security `yaml:"natsClient"`
+	// Cluster is the cluster CA and this coordinator's certificate, for
+	// mutual TLS between coordinators.
+	Cluster clusterTLSFile `yaml:"clusterTLS"`
 	BootstrapExpect *int     `yaml:"bootstrapExpect"`
 	RetryJoin       []string `yaml:"retryJoin"`
 }
@@ -78,6 +111,13 @@ func loadCoordinatorFile(path string, cfg *coordinator.Config) error {
 	set(&cfg.RaftAddr, f.RaftAddr)
 	set(&cfg.HTTPAddr, f.HTTPAddr)
 	set(&cfg.NATSURL, f.NATS)
+	set(&cfg.NATS.Creds, f.NATSClient.Creds)
+	set(&cfg.NATS.CA, f.NATSClient.CA)
+	set(&cfg.NATS.Cert, f.NATSClient.Cert)
+	set(&cfg.NATS.Key, f.NATSClient.Key)
+	set(&cfg.ClusterTLS.CA, f.Cluster.CA)
+	set(&cfg.ClusterTLS.Cert, f.Cluster.Cert)
+	set(&cfg.ClusterTLS.Key, f.Cluster.Key)
 	if f.BootstrapExpect != nil {
 		cfg.BootstrapExpect = *f.BootstrapExpect
 	}
@@ -104,8 +144,10 @@ func runCoordinator(ctx context.Context, args []string, stdout, stderr io.Writer
 		cfg       coordinator.Config
 		logf      logFlags
 		retryJoin stringList
+		natsSec   natsSecurityFlags
+		cluster   clusterTLSFlags
 	)
-	configFile := fs.String("config", "", "YAML config file with the same keys (nodeId, dataDir, raftAddr, httpAddr, nats, bootstrapExpect, retryJoin); flags override it")
+	configFile := fs.String("config", "", "YAML config file with the same keys (nodeId, dataDir, raftAddr, httpAddr, nats, natsClient {creds, ca, cert, key}, clusterTLS {ca, cert, key}, bootstrapExpect, retryJoin); flags override it")
 	fs.StringVar(&cfg.NodeID, "node-id", "", "this coordinator's id in the cluster (required)")
 	fs.StringVar(&cfg.DataDir, "data-dir", "", "directory for the Raft log and snapshots (required)")
 	fs.StringVar(&cfg.RaftAddr, "raft-addr", "127.0.0.1:7000", "address Raft listens on and other coordinators reach it at")
@@ -113,6 +155,8 @@ func runCoordinator(ctx context.Context, args []string, stdout, stderr io.Writer
 	fs.StringVar(&cfg.NATSURL, "nats", envOr("SWITCHYARD_NATS", "nats://127.0.0.1:4222"), "NATS URL (env SWITCHYARD_NATS)")
 	fs.IntVar(&cfg.BootstrapExpect, "bootstrap-expect", 1, "coordinators to wait for before bootstrapping a new cluster; 0 only joins")
 	fs.Var(&retryJoin, "retry-join", "HTTP address of another coordinator (repeatable, or comma-separated)")
+	natsSec.register(fs)
+	cluster.register(fs)
 	logf.register(fs)
 	if err := parse(fs, args); err != nil {
 		return err
@@ -138,6 +182,13 @@ func runCoordinator(ctx context.Context, args []string, stdout, stderr io.Writer
 		pick("raft-addr", &cfg.RaftAddr, fromFile.RaftAddr)
 		pick("http-addr", &cfg.HTTPAddr, fromFile.HTTPAddr)
 		pick("nats", &cfg.NATSURL, fromFile.NATSURL)
+		pick("nats-creds", &natsSec.sec.Creds, fromFile.NATS.Creds)
+		pick("nats-ca", &natsSec.sec.CA, fromFile.NATS.CA)
+		pick("nats-cert", &natsSec.sec.Cert, fromFile.NATS.Cert)
+		pick("nats-key", &natsSec.sec.Key, fromFile.NATS.Key)
+		pick("cluster-ca", &cluster.files.CA, fromFile.ClusterTLS.CA)
+		pick("cluster-cert", &cluster.files.Cert, fromFile.ClusterTLS.Cert)
+		pick("cluster-key", &cluster.files.Key, fromFile.ClusterTLS.Key)
 		if !given["bootstrap-expect"] && fromFile.BootstrapExpect != 0 {
 			cfg.BootstrapExpect = fromFile.BootstrapExpect
 		}
@@ -146,6 +197,8 @@ func runCoordinator(ctx context.Context, args []string, stdout, stderr io.Writer
 		}
 	}
 	cfg.RetryJoin = retryJoin
+	cfg.NATS = natsSec.sec
+	cfg.ClusterTLS = cluster.files
 	log, err := logf.logger(stderr)
 	if err != nil {
 		return usageErr(stderr, "switchyard coordinator: %v", err)
@@ -163,12 +216,18 @@ func coordinatorMembers(ctx context.Context, args []string, stdout, stderr io.Wr
 	fs := newFlags("coordinator members", stderr)
 	addr := fs.String("http", envOr("SWITCHYARD_HTTP", "127.0.0.1:7070"), "HTTP address of any coordinator (env SWITCHYARD_HTTP)")
 	output := fs.String("o", "table", "output: table or json")
+	var cluster clusterTLSFlags
+	cluster.register(fs)
 	if err := parse(fs, args); err != nil {
+		return err
+	}
+	client, err := cluster.client()
+	if err != nil {
 		return err
 	}
 	ctx, cancel := context.WithTimeout(ctx, 10*time.Second)
 	defer cancel()
-	m, err := coordinator.ClusterMembers(ctx, *addr)
+	m, err := client.Members(ctx, *addr)
 	if err != nil {
 		return err
 	}
@@ -195,6 +254,8 @@ func coordinatorRemovePeer(ctx context.Context, args []string, stdout, stderr io
 	fs := newFlags("coordinator remove-peer", stderr)
 	var addrs stringList
 	fs.Var(&addrs, "http", "HTTP address of a coordinator (repeatable); the leader among them removes the peer")
+	var cluster clusterTLSFlags
+	cluster.register(fs)
 	pos, err := parseInterleaved(fs, args)
 	if err != nil {
 		return err
@@ -202,9 +263,13 @@ func coordinatorRemovePeer(ctx context.Context, args []string, stdout, stderr io
 	if len(pos) != 1 || len(addrs) == 0 {
 		return usageErr(stderr, "switchyard coordinator remove-peer: want --http ADDR and exactly one peer ID")
 	}
+	client, err := cluster.client()
+	if err != nil {
+		return err
+	}
 	ctx, cancel := context.WithTimeout(ctx, 30*time.Second)
 	defer cancel()
-	if err := coordinator.RemovePeer(ctx, addrs, pos[0]); err != nil {
+	if err := client.RemovePeer(ctx, addrs, pos[0]); err != nil {
 		return fmt.Errorf("remove %s: %w", pos[0], err)
 	}
 	fmt.Fprintf(stdout, "removed %s from the cluster\n", pos[0])

@@ -8,11 +8,14 @@ import (
 	"path/filepath"
 
 	"github.com/switchyard/switchyard/bus"
+	"github.com/switchyard/switchyard/bus/auth"
 	"github.com/switchyard/switchyard/coordinator"
+	"github.com/switchyard/switchyard/internal/certs"
 )
 
 // runDev runs an embedded NATS server with JetStream and one coordinator in
-// one process: the whole control plane for trying Switchyard on one machine.
+// one process: the whole control plane for trying Switchyard on one machine,
+// with the same NATS authorization and TLS as a production cluster.
 func runDev(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	fs := newFlags("dev", stderr)
 	var (
@@ -37,7 +40,16 @@ func runDev(ctx context.Context, args []string, stdout, stderr io.Writer) error 
 		}
 		defer os.RemoveAll(dir)
 	}
-	ns, err := bus.RunEmbedded(bus.EmbeddedOptions{Port: *natsPort, StoreDir: filepath.Join(dir, "nats"), Logger: log.With("component", "nats")})
+	sec, err := devSecurity(dir)
+	if err != nil {
+		return err
+	}
+	storeDir := filepath.Join(dir, "nats")
+	ns, err := bus.RunEmbedded(bus.EmbeddedOptions{
+		Port: *natsPort, StoreDir: storeDir, Logger: log.With("component", "nats"),
+		AuthConfig: sec.setup.ServerConfig(filepath.Join(storeDir, "jwt")),
+		TLS:        sec.server,
+	})
 	if err != nil {
 		return err
 	}
@@ -45,7 +57,11 @@ func runDev(ctx context.Context, args []string, stdout, stderr io.Writer) error 
 		ns.Shutdown()
 		ns.WaitForShutdown()
 	}()
-	nc, err := bus.Connect(ns.ClientURL(), "switchyard-dev", log)
+	opts, err := bus.Security{Creds: sec.coordinatorCreds, CA: sec.server.CA}.Options("--nats-")
+	if err != nil {
+		return err
+	}
+	nc, err := bus.Connect(ns.ClientURL(), "switchyard-dev", log, opts...)
 	if err != nil {
 		return err
 	}
@@ -68,10 +84,15 @@ func runDev(ctx context.Context, args []string, stdout, stderr io.Writer) error 
 	}
 	done := make(chan error, 1)
 	go func() { done <- srv.Run(ctx) }()
-	// Scripts and tests read this line to find the bus.
+	// Scripts and tests read these lines to find the bus; a shell can
+	// eval them.
 	fmt.Fprintf(stdout, "SWITCHYARD_NATS=%s\n", ns.ClientURL())
+	fmt.Fprintf(stdout, "SWITCHYARD_NATS_CA=%s\n", sec.server.CA)
+	fmt.Fprintf(stdout, "SWITCHYARD_NATS_CREDS=%s\n", sec.operatorCreds)
+	fmt.Fprintf(stdout, "SWITCHYARD_AUTH_DIR=%s\n", sec.setup.Dir())
 	fmt.Fprintf(stdout, "SWITCHYARD_HTTP=http://%s\n", srv.HTTPAddr())
-	log.Info("dev control plane ready", "nats", ns.ClientURL(), "data", dir)
+	log.Info("dev control plane ready", "nats", ns.ClientURL(), "data", dir,
+		"auth_dir", sec.setup.Dir(), "operator_creds", sec.operatorCreds, "nats_ca", sec.server.CA)
 	return <-done
 }
 
@@ -80,4 +101,56 @@ func envOr(key, def string) string {
 		return v
 	}
 	return def
+}
+
+// devTrust is what `switchyard dev` makes in its data directory on first
+// start and reuses after: the operator/account setup, a development CA with
+// the NATS server's certificate, the coordinator's creds and an operator's
+// creds for the CLI. Agents get theirs with 'switchyard auth issue'.
+type devTrust struct {
+	setup            *auth.Setup
+	server           certs.Files
+	coordinatorCreds string
+	operatorCreds    string
+}
+
+func devSecurity(dir string) (*devTrust, error) {
+	setup, err := auth.LoadOrInit(filepath.Join(dir, "auth"), "switchyard-dev")
+	if err != nil {
+		return nil, err
+	}
+	ca, err := certs.LoadOrNewCA(filepath.Join(dir, "tls"), "Switchyard development CA")
+	if err != nil {
+		return nil, err
+	}
+	server, err := ca.Issue("nats", []string{"127.0.0.1", "localhost", "::1"})
+	if err != nil {
+		return nil, err
+	}
+	t := &devTrust{setup: setup, server: server}
+	for _, c := range []struct {
+		role bus.Role
+		name string
+		dst  *string
+	}{
+		{bus.RoleCoordinator, "dev", &t.coordinatorCreds},
+		{bus.RoleOperator, "operator", &t.operatorCreds},
+	} {
+		path := filepath.Join(setup.Dir(), auth.CredsDir, c.name+".creds")
+		*c.dst = path
+		if _, err := os.Stat(path); err == nil {
+			continue
+		}
+		creds, err := setup.Issue(c.role, c.name)
+		if err != nil {
+			return nil, err
+		}
+		if err := os.MkdirAll(filepath.Dir(path), 0o700); err != nil {
+			return nil, err
+		}
+		if err := os.WriteFile(path, creds, 0o600); err != nil {
+			return nil, err
+		}
+	}
+	return t, nil
 }

@@ -35,9 +35,12 @@ Usage:
                                     history, simulate (see 'switchyard rollout help')
   switchyard chaos run -f FILE      schedule a chaos drill (see 'switchyard chaos help')
   switchyard coordinator members    the coordinator cluster
+  switchyard auth ...               NATS identities (init, issue, revoke, push, list) and
+                                    development TLS certificates (see 'switchyard auth help')
 
 Run 'switchyard <command> -h' for a command's flags.
-Client commands take --nats URL or the SWITCHYARD_NATS environment variable.
+Client commands take --nats URL, --nats-creds FILE and --nats-ca FILE, or the
+SWITCHYARD_NATS, SWITCHYARD_NATS_CREDS and SWITCHYARD_NATS_CA environment variables.
 `
 
 func main() {
@@ -64,6 +67,8 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 		err = runRollout(ctx, args[1:], stdout, stderr)
 	case "chaos":
 		err = runChaos(ctx, args[1:], stdout, stderr)
+	case "auth":
+		err = runAuth(ctx, args[1:], stdout, stderr)
 	case "-h", "--help", "help":
 		fmt.Fprint(stdout, usage)
 		return exitOK

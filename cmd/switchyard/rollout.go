@@ -38,7 +38,8 @@ const rolloutUsage = `Usage:
   switchyard rollout undo NAME              roll back a completed rollout
   switchyard rollout simulate -f FILE --telemetry FILE
                                             replay telemetry against a spec, offline
-Common flags: --nats URL (env SWITCHYARD_NATS), --timeout D, -o table|json, --reason TEXT.
+Common flags: --nats URL (env SWITCHYARD_NATS), --nats-creds FILE, --nats-ca FILE (env
+SWITCHYARD_NATS_CREDS, SWITCHYARD_NATS_CA), --timeout D, -o table|json, --reason TEXT.
 `
 
 // clientFlags are the flags of every verb that talks to the coordinators.
@@ -47,6 +48,7 @@ type clientFlags struct {
 	timeout  time.Duration
 	output   string
 	operator string
+	security natsSecurityFlags
 }
 
 func (c *clientFlags) register(fs *flag.FlagSet) {
@@ -54,6 +56,7 @@ func (c *clientFlags) register(fs *flag.FlagSet) {
 	fs.DurationVar(&c.timeout, "timeout", 30*time.Second, "how long to wait for the coordinators")
 	fs.StringVar(&c.output, "o", "table", "output: table or json")
 	fs.StringVar(&c.operator, "operator", envOr("SWITCHYARD_OPERATOR", defaultOperator()), "who is asking (env SWITCHYARD_OPERATOR)")
+	c.security.register(fs)
 }
 
 func (c *clientFlags) check(stderr io.Writer) error {
@@ -77,7 +80,11 @@ func (c *clientFlags) parse(fs *flag.FlagSet, args []string, stderr io.Writer) (
 }
 
 func (c *clientFlags) connect() (*nats.Conn, error) {
-	nc, err := nats.Connect(c.nats, nats.Name("switchyard-cli"), nats.Timeout(5*time.Second))
+	sec, err := c.security.options()
+	if err != nil {
+		return nil, err
+	}
+	nc, err := nats.Connect(c.nats, append(sec, nats.Name("switchyard-cli"), nats.Timeout(5*time.Second))...)
 	if err != nil {
 		return nil, fmt.Errorf("connect to nats at %s (set --nats or SWITCHYARD_NATS): %w", c.nats, err)
 	}
