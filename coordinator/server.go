@@ -135,7 +135,7 @@ type Server struct {
 
 	clusterTLS *tls.Config
 	cluster    *ClusterClient
-	js     jetstream.JetStream
+	js         jetstream.JetStream
 
 	fleet     *fleet
 	analysis  *analysis.Store

@@ -76,18 +76,18 @@ type clusterTLSFile struct {
 // coordinatorFile is the coordinator's config file; flags given on the
 // command line override it.
 type coordinatorFile struct {
-	NodeID          string   `yaml:"nodeId"`
-	DataDir         string   `yaml:"dataDir"`
-	RaftAddr        string   `yaml:"raftAddr"`
-	HTTPAddr        string   `yaml:"httpAddr"`
-	NATS            string   `yaml:"nats"`
+	NodeID   string `yaml:"nodeId"`
+	DataDir  string `yaml:"dataDir"`
+	RaftAddr string `yaml:"raftAddr"`
+	HTTPAddr string `yaml:"httpAddr"`
+	NATS     string `yaml:"nats"`
 	// NATSClient is the coordinator's NATS creds and TLS files.
 	NATSClient bus.Security `yaml:"natsClient"`
 	// Cluster is the cluster CA and this coordinator's certificate, for
 	// mutual TLS between coordinators.
-	Cluster clusterTLSFile `yaml:"clusterTLS"`
-	BootstrapExpect *int     `yaml:"bootstrapExpect"`
-	RetryJoin       []string `yaml:"retryJoin"`
+	Cluster         clusterTLSFile `yaml:"clusterTLS"`
+	BootstrapExpect *int           `yaml:"bootstrapExpect"`
+	RetryJoin       []string       `yaml:"retryJoin"`
 }
 
 func loadCoordinatorFile(path string, cfg *coordinator.Config) error {
