@@ -14,7 +14,8 @@ const (
 	// documents, publish its own telemetry and status.
 	RoleAgent Role = "agent"
 	// RoleCoordinator runs the control plane: JetStream administration,
-	// writes to the buckets, intents, telemetry and status of every node.
+	// writes to the buckets, intents and queries, telemetry and status of
+	// every node.
 	RoleCoordinator Role = "coordinator"
 	// RoleOperator is a person or pipeline: publish intents and queries.
 	RoleOperator Role = "operator"
@@ -98,8 +99,13 @@ func RolePermissions(role Role) (Permissions, error) {
 			Subscribe: []string{"$KV." + DesiredBucket + ".>", DrillsAll(), inbox},
 		}, nil
 	case RoleCoordinator:
+		// A coordinator writes the documents every node obeys; denying
+		// it intents or queries would protect nothing, and tools that
+		// watch the whole bus (tests, debugging) run with its rights.
 		return Permissions{
 			Publish: []string{
+				IntentSubjects(),
+				queryPrefix + ".>",
 				jsAPI + ">",
 				"$KV." + DesiredBucket + ".>",
 				"$KV." + DrillsBucket + ".>",
@@ -108,7 +114,10 @@ func RolePermissions(role Role) (Permissions, error) {
 				// Intent results go to the sender's inbox, named in a header.
 				inboxRoot + ".>",
 			},
-			Subscribe: []string{TelemetryAll(), StatusAll(), queryPrefix + ".>", inbox},
+			Subscribe: []string{
+				TelemetryAll(), StatusAll(), queryPrefix + ".>", inbox,
+				"$KV." + DesiredBucket + ".>", DrillsAll(),
+			},
 			Responses: true,
 		}, nil
 	case RoleOperator:

@@ -22,9 +22,10 @@ import (
 )
 
 // connectNATS connects the test itself to the bus, closed with the test.
-func connectNATS(tb testing.TB, url string) *nats.Conn {
+// It has a coordinator's rights: it watches every node and the buckets.
+func connectNATS(tb testing.TB, b harness.Bus) *nats.Conn {
 	tb.Helper()
-	nc, err := nats.Connect(url, nats.Name("integration-test"), nats.MaxReconnects(-1))
+	nc, err := b.Connect(bus.RoleCoordinator, "integration-test", nats.Name("integration-test"), nats.MaxReconnects(-1))
 	if err != nil {
 		tb.Fatal(err)
 	}

@@ -53,8 +53,8 @@ func startControlPlane(t *testing.T, ctx context.Context) *controlPlane {
 	url := harnesstest.StartNATS(t)
 	nc := connectNATS(t, url)
 	gens := recordGenerations(t, nc, "web")
-	c := harnesstest.StartCluster(t, ctx, harness.ClusterOptions{Switchyard: sy, NATSURL: url})
-	f := harnesstest.StartFleet(t, ctx, harness.FleetOptions{Nodes: 2, Service: "web", Switchyard: sy, Backend: be, NATSURL: url})
+	c := harnesstest.StartCluster(t, ctx, harness.ClusterOptions{Switchyard: sy, NATS: url})
+	f := harnesstest.StartFleet(t, ctx, harness.FleetOptions{Nodes: 2, Service: "web", Switchyard: sy, Backend: be, NATS: url})
 	return &controlPlane{switchyard: sy, nc: nc, cluster: c, fleet: f, gens: gens}
 }
 
@@ -377,7 +377,7 @@ strategy:
 	})
 	t.Logf("%s stepped down %v after it was thawed", oldID, time.Since(thawedAt).Round(time.Millisecond))
 	// What an operator would run: the CLI, asking the old leader itself.
-	res, err := harness.RunCLI(ctx, cp.switchyard, nil, "coordinator", "members", "--http", c.Coordinators[old].HTTPAddr, "-o", "json")
+	res, err := harness.RunCLI(ctx, cp.switchyard, nil, "coordinator", "members", "--http", c.Coordinators[old].HTTPAddr, "-o", "json", "--cluster-ca", c.CA.CAPath())
 	if err != nil || res.ExitCode != 0 {
 		t.Fatalf("coordinator members: %v %+v", err, res)
 	}

@@ -201,7 +201,11 @@ func TestSkeleton_BadInput(t *testing.T) {
 	}
 
 	// SWITCHYARD_NATS instead of --nats, as a pipeline would set it.
-	res, err = harness.RunCLI(ctx, sy, []string{"SWITCHYARD_NATS=" + f.NATSURL}, "rollout", "status", "-o", "json")
+	env, err := f.Bus.CLIEnv()
+	if err != nil {
+		t.Fatal(err)
+	}
+	res, err = harness.RunCLI(ctx, sy, env, "rollout", "status", "-o", "json")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -219,7 +223,7 @@ func TestSkeleton_BadInput(t *testing.T) {
 	// Past the CLI, straight onto the intent stream: bytes that are no
 	// intent, and a well-formed intent with an invalid spec. The
 	// coordinator must answer both and keep running.
-	nc, err := nats.Connect(f.NATSURL, nats.Name("integration-test"))
+	nc, err := f.Connect(nats.Name("integration-test"))
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -18,7 +18,9 @@ import (
 
 	"google.golang.org/protobuf/encoding/protojson"
 
+	"github.com/switchyard/switchyard/bus"
 	"github.com/switchyard/switchyard/coordinator"
+	"github.com/switchyard/switchyard/internal/certs"
 	sv1 "github.com/switchyard/switchyard/proto/switchyard/v1"
 )
 
@@ -30,8 +32,12 @@ type ClusterOptions struct {
 	Size int
 	// Switchyard is the binary from BuildBinaries. Required.
 	Switchyard string
-	// NATSURL is the bus every coordinator connects to. Required.
-	NATSURL string
+	// NATS is the bus every coordinator connects to (URL required); each
+	// coordinator gets its own credentials from its auth directory.
+	NATS Bus
+	// PlainCluster turns mutual TLS between the coordinators off; by
+	// default the harness makes a cluster CA and a certificate each.
+	PlainCluster bool
 	// Log receives what the harness is doing, one line per step; nil drops it.
 	Log io.Writer
 	// LogLevel is the coordinators' --log-level; info when empty.
@@ -56,6 +62,12 @@ type Cluster struct {
 	log          *slog.Logger
 	Coordinators []*Coordinator
 	client       *http.Client
+	// API talks to the coordinators' HTTP API, over mutual TLS unless
+	// PlainCluster.
+	API *coordinator.ClusterClient
+	// CA is the cluster CA's directory; empty with PlainCluster.
+	CA     *certs.CA
+	scheme string
 
 	closeOnce sync.Once
 	closeErr  error
@@ -70,8 +82,8 @@ const membersTimeout = 2 * time.Second
 // everything it started is stopped again and the error carries the tails of
 // the logs.
 func StartCluster(ctx context.Context, o ClusterOptions) (c *Cluster, err error) {
-	if o.Dir == "" || o.Switchyard == "" || o.NATSURL == "" {
-		return nil, errors.New("cluster: Dir, Switchyard and NATSURL are required")
+	if o.Dir == "" || o.Switchyard == "" || o.NATS.URL == "" {
+		return nil, errors.New("cluster: Dir, Switchyard and NATS.URL are required")
 	}
 	if o.Size <= 0 {
 		o.Size = 3
@@ -85,8 +97,27 @@ func StartCluster(ctx context.Context, o ClusterOptions) (c *Cluster, err error)
 	c = &Cluster{
 		opts:   o,
 		log:    slog.New(slog.NewTextHandler(o.Log, nil)),
-		client: &http.Client{Timeout: 5 * time.Second, Transport: &http.Transport{DisableKeepAlives: true, Proxy: nil}},
+		API:    &coordinator.ClusterClient{},
+		scheme: "http://",
 	}
+	transport := &http.Transport{DisableKeepAlives: true, Proxy: nil}
+	if !o.PlainCluster {
+		if c.CA, err = certs.NewCA(filepath.Join(o.Dir, "cluster-tls"), "Switchyard cluster test CA"); err != nil {
+			return nil, err
+		}
+		// The harness acts as an administrator with a certificate of
+		// its own from the cluster CA.
+		admin, err := c.CA.Issue("admin", []string{"127.0.0.1"})
+		if err != nil {
+			return nil, err
+		}
+		if c.API.TLS, err = coordinator.ClusterClientTLS(admin); err != nil {
+			return nil, err
+		}
+		transport.TLSClientConfig = c.API.TLS
+		c.scheme = "https://"
+	}
+	c.client = &http.Client{Timeout: 5 * time.Second, Transport: transport}
 	defer func() {
 		if err != nil {
 			tails := c.LogTails(30)
@@ -115,9 +146,26 @@ func StartCluster(ctx context.Context, o ClusterOptions) (c *Cluster, err error)
 			"--data-dir", co.DataDir,
 			"--raft-addr", co.RaftAddr,
 			"--http-addr", co.HTTPAddr,
-			"--nats", o.NATSURL,
+			"--nats", o.NATS.URL,
 			"--bootstrap-expect", strconv.Itoa(o.Size),
 			"--log-level", o.LogLevel,
+		}
+		sec, err := o.NATS.Security(bus.RoleCoordinator, co.ID)
+		if err != nil {
+			return c, err
+		}
+		if sec.Creds != "" {
+			args = append(args, "--nats-creds", sec.Creds)
+		}
+		if sec.CA != "" {
+			args = append(args, "--nats-ca", sec.CA)
+		}
+		if c.CA != nil {
+			f, err := c.CA.Issue(co.ID, []string{"127.0.0.1"})
+			if err != nil {
+				return c, err
+			}
+			args = append(args, "--cluster-ca", f.CA, "--cluster-cert", f.Cert, "--cluster-key", f.Key)
 		}
 		for _, other := range c.Coordinators {
 			args = append(args, "--retry-join", other.HTTPAddr)
@@ -171,7 +219,7 @@ func (c *Cluster) Index(id string) int {
 func (c *Cluster) Members(ctx context.Context, i int) (*coordinator.Members, error) {
 	ctx, cancel := context.WithTimeout(ctx, membersTimeout)
 	defer cancel()
-	m, err := coordinator.ClusterMembers(ctx, c.Coordinators[i].HTTPAddr)
+	m, err := c.API.Members(ctx, c.Coordinators[i].HTTPAddr)
 	if err != nil {
 		return nil, fmt.Errorf("%s: members: %w", c.Coordinators[i].ID, err)
 	}
@@ -289,7 +337,7 @@ func (c *Cluster) Start(ctx context.Context, i int) error {
 
 func (c *Cluster) waitHealthy(ctx context.Context, i int) error {
 	co := c.Coordinators[i]
-	healthz := "http://" + co.HTTPAddr + "/healthz"
+	healthz := c.scheme + co.HTTPAddr + "/healthz"
 	err := Poll(ctx, 50*time.Millisecond, func(ctx context.Context) error {
 		if !co.Running() {
 			return Permanent(fmt.Errorf("%s exited: %v", co.ID, co.Stop()))
@@ -351,7 +399,7 @@ func (c *Cluster) StartAll(ctx context.Context) error {
 // i's own replica through its read API, without going through the bus: a
 // test can compare the replicas one by one.
 func (c *Cluster) Rollouts(ctx context.Context, i int, name string) (*sv1.RolloutsAnswer, error) {
-	u := "http://" + c.Coordinators[i].HTTPAddr + "/v1/rollouts"
+	u := c.scheme + c.Coordinators[i].HTTPAddr + "/v1/rollouts"
 	if name != "" {
 		u += "?name=" + url.QueryEscape(name)
 	}
@@ -371,7 +419,7 @@ func (c *Cluster) Rollouts(ctx context.Context, i int, name string) (*sv1.Rollou
 
 // Metrics fetches coordinator i's /metrics text.
 func (c *Cluster) Metrics(ctx context.Context, i int) (string, error) {
-	u := "http://" + c.Coordinators[i].HTTPAddr + "/metrics"
+	u := c.scheme + c.Coordinators[i].HTTPAddr + "/metrics"
 	code, body, err := c.get(ctx, u)
 	if err != nil {
 		return "", err

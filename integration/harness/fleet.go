@@ -17,9 +17,11 @@ import (
 	"sync"
 	"time"
 
+	"github.com/nats-io/nats.go"
 	"go.yaml.in/yaml/v3"
 	"google.golang.org/protobuf/encoding/protojson"
 
+	"github.com/switchyard/switchyard/bus"
 	"github.com/switchyard/switchyard/internal/haproxyproc"
 	sv1 "github.com/switchyard/switchyard/proto/switchyard/v1"
 )
@@ -47,10 +49,11 @@ type FleetOptions struct {
 	Resync time.Duration
 	// HealthChecks turns on HAProxy's health checks of blue and green.
 	HealthChecks bool
-	// NATSURL, when set, is an existing bus with its own coordinators (see
-	// StartCluster): the fleet starts no `switchyard dev`, only the edge
-	// nodes, and CoordinatorHTTP stays empty.
-	NATSURL string
+	// NATS, when its URL is set, is an existing bus with its own
+	// coordinators (see StartCluster): the fleet starts no `switchyard
+	// dev`, only the edge nodes, and CoordinatorHTTP stays empty. Agents
+	// get credentials from its auth directory and verify its CA.
+	NATS Bus
 }
 
 // Backend names every node has, as rollout specs name them.
@@ -69,8 +72,11 @@ type Fleet struct {
 	// Dev is the `switchyard dev` process; nil with an external control
 	// plane.
 	Dev *Process
-	// NATSURL is what dev printed as SWITCHYARD_NATS, or FleetOptions.NATSURL.
+	// NATSURL is what dev printed as SWITCHYARD_NATS, or FleetOptions.NATS.URL.
 	NATSURL string
+	// Bus is the bus with its CA and auth directory: dev's (it runs with
+	// authorization and TLS on) or FleetOptions.NATS.
+	Bus Bus
 	// CoordinatorHTTP is dev's coordinator /metrics and /healthz address;
 	// empty with an external control plane.
 	CoordinatorHTTP string
@@ -148,8 +154,8 @@ func StartFleet(ctx context.Context, o FleetOptions) (f *Fleet, err error) {
 			f = nil
 		}
 	}()
-	if o.NATSURL != "" {
-		f.NATSURL = o.NATSURL
+	if o.NATS.URL != "" {
+		f.NATSURL, f.Bus = o.NATS.URL, o.NATS
 	} else if err := f.startDev(ctx); err != nil {
 		return f, err
 	}
@@ -201,14 +207,20 @@ func (f *Fleet) startDev(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
-	line, err := f.Dev.WaitForStdoutLine(ctx, "SWITCHYARD_NATS=")
-	if err != nil {
-		return err
+	printed := map[string]string{}
+	for _, key := range []string{"SWITCHYARD_NATS", "SWITCHYARD_NATS_CA", "SWITCHYARD_AUTH_DIR"} {
+		line, err := f.Dev.WaitForStdoutLine(ctx, key+"=")
+		if err != nil {
+			return err
+		}
+		printed[key] = strings.TrimPrefix(line, key+"=")
 	}
-	f.NATSURL = strings.TrimPrefix(line, "SWITCHYARD_NATS=")
-	if !strings.HasPrefix(f.NATSURL, "nats://127.0.0.1:") {
-		return fmt.Errorf("dev printed %q; want SWITCHYARD_NATS=nats://127.0.0.1:PORT", line)
+	f.NATSURL = printed["SWITCHYARD_NATS"]
+	// dev runs with TLS and authorization on, always.
+	if !strings.HasPrefix(f.NATSURL, "tls://127.0.0.1:") {
+		return fmt.Errorf("dev printed SWITCHYARD_NATS=%s; want tls://127.0.0.1:PORT", f.NATSURL)
 	}
+	f.Bus = Bus{URL: f.NATSURL, CA: printed["SWITCHYARD_NATS_CA"], AuthDir: printed["SWITCHYARD_AUTH_DIR"]}
 	f.log.Info("dev started", "pid", f.Dev.Pid(), "nats", f.NATSURL)
 	return f.waitHTTP200(ctx, "coordinator", "http://"+f.CoordinatorHTTP+"/healthz", f.Dev)
 }
@@ -272,14 +284,19 @@ func (f *Fleet) startNode(ctx context.Context, i int) (*Node, error) {
 	f.log.Info("haproxy started", "node", id, "pid", n.HAProxy.Pid(), "frontend", n.FrontendAddr, "socket", n.HAProxy.SocketPath())
 
 	n.AgentConfig = filepath.Join(n.Dir, "agent.yaml")
+	sec, err := f.Bus.Security(bus.RoleAgent, id)
+	if err != nil {
+		return n, err
+	}
 	if err := writeAgentConfig(n.AgentConfig, agentConfig{
-		Node:      id,
-		Labels:    n.Labels,
-		NATS:      f.NATSURL,
-		StateDir:  filepath.Join(n.Dir, "state"),
-		HTTPAddr:  n.AgentHTTP,
-		Heartbeat: f.opts.Heartbeat.String(),
-		Resync:    f.opts.Resync.String(),
+		Node:       id,
+		Labels:     n.Labels,
+		NATS:       f.NATSURL,
+		NATSClient: agentNATSClient{Creds: sec.Creds, CA: sec.CA},
+		StateDir:   filepath.Join(n.Dir, "state"),
+		HTTPAddr:   n.AgentHTTP,
+		Heartbeat:  f.opts.Heartbeat.String(),
+		Resync:     f.opts.Resync.String(),
 		Services: map[string]agentService{f.opts.Service: {HAProxy: agentHAProxy{
 			Socket:  n.HAProxy.SocketPath(),
 			Backend: f.opts.Service,
@@ -322,14 +339,20 @@ func (f *Fleet) haproxyDir(id string) (string, error) {
 // agentConfig mirrors the agent's YAML config; marshalling it rather than
 // printing text keeps quoting right for any path.
 type agentConfig struct {
-	Node      string                  `yaml:"node"`
-	Labels    map[string]string       `yaml:"labels,omitempty"`
-	NATS      string                  `yaml:"nats"`
-	StateDir  string                  `yaml:"stateDir"`
-	HTTPAddr  string                  `yaml:"httpAddr"`
-	Heartbeat string                  `yaml:"heartbeat"`
-	Resync    string                  `yaml:"resync"`
-	Services  map[string]agentService `yaml:"services"`
+	Node       string                  `yaml:"node"`
+	Labels     map[string]string       `yaml:"labels,omitempty"`
+	NATS       string                  `yaml:"nats"`
+	NATSClient agentNATSClient         `yaml:"natsClient,omitempty"`
+	StateDir   string                  `yaml:"stateDir"`
+	HTTPAddr   string                  `yaml:"httpAddr"`
+	Heartbeat  string                  `yaml:"heartbeat"`
+	Resync     string                  `yaml:"resync"`
+	Services   map[string]agentService `yaml:"services"`
+}
+
+type agentNATSClient struct {
+	Creds string `yaml:"creds,omitempty"`
+	CA    string `yaml:"ca,omitempty"`
 }
 
 type agentService struct {
@@ -464,7 +487,18 @@ func (f *Fleet) WaitAllServing(ctx context.Context, backend string, n int) error
 // Run runs a switchyard client verb against the fleet's NATS; a non-zero
 // exit is a result (see RunCLI).
 func (f *Fleet) Run(ctx context.Context, args ...string) (*CLIResult, error) {
-	return RunCLI(ctx, f.opts.Switchyard, nil, append(args, "--nats", f.NATSURL)...)
+	env, err := f.Bus.CLIEnv()
+	if err != nil {
+		return nil, err
+	}
+	return RunCLI(ctx, f.opts.Switchyard, env, append(args, "--nats", f.NATSURL)...)
+}
+
+// Connect opens a connection to the fleet's bus for a test to watch and
+// poke at it, with a coordinator's rights (the most an identity on the bus
+// has).
+func (f *Fleet) Connect(opts ...nats.Option) (*nats.Conn, error) {
+	return f.Bus.Connect(bus.RoleCoordinator, "integration-test", opts...)
 }
 
 func (f *Fleet) runOK(ctx context.Context, args ...string) (*CLIResult, error) {

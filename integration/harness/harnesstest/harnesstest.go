@@ -82,11 +82,17 @@ func StartFleet(tb testing.TB, ctx context.Context, o harness.FleetOptions) *har
 
 // StartNATS runs a NATS server with JetStream inside the test process (the
 // real nats-server code) on a random 127.0.0.1 port with its store in a
-// temporary directory, and shuts it down when the test ends. It returns the
-// client URL.
-func StartNATS(tb testing.TB) string {
+// temporary directory, in operator mode with its own operator/account setup
+// and TLS from a CA made for the test, and shuts it down when the test ends.
+// It returns the bus as clients see it.
+func StartNATS(tb testing.TB) harness.Bus {
 	tb.Helper()
-	ns, err := bus.RunEmbedded(bus.EmbeddedOptions{StoreDir: filepath.Join(tb.TempDir(), "nats")})
+	dir := tb.TempDir()
+	sb, err := harness.NewSecuredBus(dir)
+	if err != nil {
+		tb.Fatalf("nats trust: %v", err)
+	}
+	ns, err := bus.RunEmbedded(sb.EmbeddedOptions(filepath.Join(dir, "nats")))
 	if err != nil {
 		tb.Fatalf("start nats: %v", err)
 	}
@@ -94,7 +100,7 @@ func StartNATS(tb testing.TB) string {
 		ns.Shutdown()
 		ns.WaitForShutdown()
 	})
-	return ns.ClientURL()
+	return sb.Bus(ns.ClientURL())
 }
 
 // StartCluster starts a coordinator cluster for the test and stops it when
