@@ -3,6 +3,7 @@ package coordinator
 import (
 	"crypto/tls"
 	"fmt"
+	"log"
 	"net"
 	"net/http"
 	"time"
@@ -51,6 +52,7 @@ func (s *Server) startHTTP() error {
 	s.httpAddr = ln.Addr()
 	s.httpSrv = &http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second}
 	if s.clusterTLS != nil {
+		s.httpSrv.ErrorLog = log.New(&handshakeLog{s: s}, "", 0)
 		s.httpSrv.TLSConfig = httpTLS(s.clusterTLS)
 		ln = tls.NewListener(ln, s.httpSrv.TLSConfig)
 	}

@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"net"
 	"net/http"
+	"strings"
 	"sync"
 	"time"
 
@@ -156,4 +157,20 @@ func ClusterClientTLS(f certs.Files) (*tls.Config, error) {
 		return nil, fmt.Errorf("%s: required with %s and %s", f.CALabel, f.CertLabel, f.KeyLabel)
 	}
 	return f.Client()
+}
+
+// handshakeLog receives net/http's error log: a failed TLS handshake (a
+// peer or client whose certificate the cluster CA did not sign, or that
+// does not trust ours) is counted and logged as a refused peer.
+type handshakeLog struct{ s *Server }
+
+func (h *handshakeLog) Write(p []byte) (int, error) {
+	line := strings.TrimSpace(string(p))
+	if strings.Contains(line, "TLS handshake error") {
+		h.s.metrics.peerRejected.Inc()
+		h.s.log.Warn("refused an https connection: TLS handshake failed", "detail", line)
+	} else {
+		h.s.log.Warn("http server", "detail", line)
+	}
+	return len(p), nil
 }

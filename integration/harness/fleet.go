@@ -770,3 +770,7 @@ func Weights(v *sv1.NodeView) string {
 	}
 	return strings.Join(parts, ",")
 }
+
+// FreePort returns a free 127.0.0.1 port no fleet or cluster of this
+// process has been given, for a process a test starts itself.
+func FreePort() (int, error) { return ports.free() }
