@@ -22,7 +22,8 @@ func runAgent(ctx context.Context, args []string, stderr io.Writer) error {
 	)
 	configPath := fs.String("config", "", "agent config file (YAML; see examples/agent.yaml)")
 	natsURL := fs.String("nats", os.Getenv("SWITCHYARD_NATS"), "NATS URL; overrides the config's nats (env SWITCHYARD_NATS)")
-	natsSec.register(fs)
+	natsSec.registerCreds(fs, "")
+	natsSec.registerTLS(fs)
 	logf.register(fs)
 	if err := parse(fs, args); err != nil {
 		return err

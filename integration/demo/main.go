@@ -94,6 +94,8 @@ func run(interrupted context.Context, verbose, keep bool, timeout time.Duration)
 	say("switchyard dev runs NATS (JetStream) and one coordinator; every node gets")
 	say("a blue and a green backend, a real HAProxy in front of them (blue weight")
 	say("100, green weight 0) and a switchyard agent driving that HAProxy.")
+	say("NATS runs in operator mode with TLS: every agent has its own creds,")
+	say("allowed to read desired state and publish only its own telemetry and status.")
 	var log io.Writer = io.Discard
 	if verbose {
 		log = os.Stderr
@@ -116,6 +118,8 @@ func run(interrupted context.Context, verbose, keep bool, timeout time.Duration)
 	}()
 	fmt.Println()
 	say("SWITCHYARD_NATS=%s", f.NATSURL)
+	say("SWITCHYARD_NATS_CA=%s", f.Bus.CA)
+	say("identities (operator, coordinator, one agent creds per node): %s", f.Bus.AuthDir)
 	say("coordinator metrics: http://%s/metrics", f.CoordinatorHTTP)
 	for _, n := range f.Nodes {
 		say("%s  haproxy http://%s/   agent http://%s/healthz", n.ID, n.FrontendAddr, n.AgentHTTP)
