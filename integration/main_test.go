@@ -37,14 +37,19 @@ func runTests(m *testing.M) int {
 // broken cmd/switchyard does not take the backend's own tests down with it.
 type builtBinary struct {
 	pkg, name string
-	once      sync.Once
-	path      string
-	err       error
+	// noRace builds without the race detector: code that is not ours.
+	noRace bool
+	once   sync.Once
+	path   string
+	err    error
 }
 
 var (
 	switchyardBin = &builtBinary{pkg: "./cmd/switchyard", name: "switchyard"}
 	backendBin    = &builtBinary{pkg: "./integration/backend", name: "backend"}
+	// natsServerBin is the real nats-server, from the same module version
+	// as the embedded one, for tests of an external NATS deployment.
+	natsServerBin = &builtBinary{pkg: "github.com/nats-io/nats-server/v2", name: "nats-server", noRace: true}
 )
 
 func (b *builtBinary) get(t testing.TB) string {
@@ -58,7 +63,7 @@ func (b *builtBinary) get(t testing.TB) string {
 			return
 		}
 		var flags []string
-		if raceEnabled {
+		if raceEnabled && !b.noRace {
 			flags = append(flags, "-race")
 		}
 		b.path, b.err = harness.Build(ctx, root, b.pkg, filepath.Join(binDir, b.name), flags...)

@@ -21,6 +21,7 @@ import (
 	"github.com/switchyard/switchyard/agent/driver"
 	"github.com/switchyard/switchyard/bus"
 	"github.com/switchyard/switchyard/coordinator"
+	"github.com/switchyard/switchyard/integration/harness"
 	sv1 "github.com/switchyard/switchyard/proto/switchyard/v1"
 )
 
@@ -84,20 +85,52 @@ func quantiles(ds []time.Duration) (p50, p99, worst time.Duration) {
 	return at(0.5), at(0.99), ds[len(ds)-1]
 }
 
-func benchFleet(b *testing.B, n int) {
+// benchFleet runs n in-process agents, perConn to a connection. With
+// secured, NATS runs in operator mode with TLS and every connection has its
+// own identity; perConn must then be 1 (an agent's creds allow its own
+// subjects only), as on a real fleet.
+func benchFleet(b *testing.B, n, perConn int, secured bool) {
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Minute)
 	defer cancel()
-	ns, err := bus.RunEmbedded(bus.EmbeddedOptions{StoreDir: b.TempDir()})
+	opts := bus.EmbeddedOptions{StoreDir: b.TempDir()}
+	var sb *harness.SecuredBus
+	if secured {
+		var err error
+		if sb, err = harness.NewSecuredBus(b.TempDir()); err != nil {
+			b.Fatal(err)
+		}
+		opts = sb.EmbeddedOptions(opts.StoreDir)
+	}
+	ns, err := bus.RunEmbedded(opts)
 	if err != nil {
 		b.Fatal(err)
 	}
 	defer func() { ns.Shutdown(); ns.WaitForShutdown() }()
 	url := ns.ClientURL()
+	nb := harness.Bus{URL: url}
+	if sb != nil {
+		nb = sb.Bus(url)
+	}
+	security := func(role bus.Role, name string) bus.Security {
+		sec, err := nb.Security(role, name)
+		if err != nil {
+			b.Fatal(err)
+		}
+		return sec
+	}
+	dial := func(role bus.Role, name string) *nats.Conn {
+		c, err := nb.Connect(role, name, nats.Timeout(30*time.Second))
+		if err != nil {
+			b.Fatal(err)
+		}
+		return c
+	}
 	quiet := slog.New(slog.NewTextHandler(io.Discard, nil))
 
 	reg := prometheus.NewRegistry()
 	srv, err := coordinator.New(coordinator.Config{NodeID: "c1", DataDir: b.TempDir(), RaftAddr: "127.0.0.1:0",
-		NATSURL: url, BootstrapExpect: 1, Logger: quiet, Registerer: reg, Gatherer: reg, StaleAfter: time.Minute})
+		NATSURL: url, NATS: security(bus.RoleCoordinator, "c1"),
+		BootstrapExpect: 1, Logger: quiet, Registerer: reg, Gatherer: reg, StaleAfter: time.Minute})
 	if err != nil {
 		b.Fatal(err)
 	}
@@ -106,9 +139,8 @@ func benchFleet(b *testing.B, n int) {
 	go func() { defer close(cdone); _ = srv.Run(cctx) }()
 	defer func() { ccancel(); <-cdone }()
 
-	// Ten agents share each connection, as the raw fan-out below shares
-	// its subscribers: 10,000 agents on 1,000 connections.
-	const perConn = 10
+	// Agents share connections as the raw fan-out below shares its
+	// subscribers: with perConn 10, 10,000 agents on 1,000 connections.
 	var conns []*nats.Conn
 	defer func() {
 		for _, c := range conns {
@@ -122,23 +154,27 @@ func benchFleet(b *testing.B, n int) {
 	for i := range n {
 		rec := &recorder{weights: map[string]uint32{"blue": 100, "green": 0}, applied: make(chan time.Time, 4)}
 		recs[i] = rec
-		if i%perConn == 0 {
-			c, err := nats.Connect(url, nats.Timeout(30*time.Second))
-			if err != nil {
-				b.Fatal(err)
+		node := fmt.Sprintf("edge-%05d", i)
+		var shared *nats.Conn
+		if perConn > 1 {
+			if i%perConn == 0 {
+				conns = append(conns, dial(bus.RoleCoordinator, "agents"))
 			}
-			conns = append(conns, c)
+			shared = conns[len(conns)-1]
 		}
 		// Telemetry every 5 s: the coordinator, the NATS server and every
 		// agent share this machine's cores, and 10,000 reports a second
 		// would measure the machine, not the fan-out.
 		cfg := &agent.Config{
-			Node: fmt.Sprintf("edge-%05d", i), NATS: url, StateDir: b.TempDir(), Heartbeat: 5 * time.Second, Resync: time.Minute,
+			Node: node, NATS: url, StateDir: b.TempDir(), Heartbeat: 5 * time.Second, Resync: time.Minute,
 			TelemetryInterval: 5 * time.Second,
 			Services: map[string]agent.ServiceConfig{"web": {HAProxy: &agent.HAProxyConfig{Socket: "/unused", Backend: "web",
 				Servers: map[string]string{"blue": "blue", "green": "green"}}}},
 		}
-		a, err := agent.New(cfg, agent.Options{Logger: quiet, StateStore: &memStore{m: map[string]*sv1.AppliedState{}}, Conn: conns[len(conns)-1],
+		if shared == nil {
+			cfg.NATSClient = security(bus.RoleAgent, node)
+		}
+		a, err := agent.New(cfg, agent.Options{Logger: quiet, StateStore: &memStore{m: map[string]*sv1.AppliedState{}}, Conn: shared,
 			DriverFactory: func(string, agent.ServiceConfig) (driver.Driver, error) { return rec, nil }})
 		if err != nil {
 			b.Fatal(err)
@@ -151,10 +187,7 @@ func benchFleet(b *testing.B, n int) {
 			b.Fatal("agent not ready")
 		}
 	}
-	nc, err := nats.Connect(url, nats.Timeout(30*time.Second))
-	if err != nil {
-		b.Fatal(err)
-	}
+	nc := dial(bus.RoleCoordinator, "bench")
 	defer nc.Close()
 	// Every agent heard of by the coordinator before the first decision.
 	for {
@@ -254,18 +287,18 @@ func benchFleet(b *testing.B, n int) {
 	b.ReportMetric(float64(a50.Microseconds())/1000, "all_applied_p50_ms")
 	b.ReportMetric(float64(a99.Microseconds())/1000, "all_applied_p99_ms")
 
-	// Raw fan-out: one publish to n core subscribers, ten to a connection,
-	// on the same server.
+	// Raw fan-out: one publish to n core subscribers, perConn to a
+	// connection, on the same server, on a subject the coordinator role
+	// may use both ways.
+	fanout := bus.QuerySubject("bench-fanout")
 	got := make(chan time.Duration, n)
 	var c *nats.Conn
 	for i := range n {
 		if i%perConn == 0 {
-			if c, err = nats.Connect(url, nats.Timeout(30*time.Second)); err != nil {
-				b.Fatal(err)
-			}
+			c = dial(bus.RoleCoordinator, "bench")
 			defer c.Close()
 		}
-		if _, err := c.Subscribe("bench.fanout", func(m *nats.Msg) {
+		if _, err := c.Subscribe(fanout, func(m *nats.Msg) {
 			var sent time.Time
 			_ = sent.UnmarshalBinary(m.Data)
 			got <- time.Since(sent)
@@ -279,7 +312,7 @@ func benchFleet(b *testing.B, n int) {
 	var raw, rawAll []time.Duration
 	for range decisions * 2 {
 		now, _ := time.Now().MarshalBinary()
-		if err := nc.Publish("bench.fanout", now); err != nil {
+		if err := nc.Publish(fanout, now); err != nil {
 			b.Fatal(err)
 		}
 		var last time.Duration
@@ -306,7 +339,24 @@ func BenchmarkScale_DecisionToApplied(b *testing.B) {
 	for _, n := range []int{100, 1000, 10000} {
 		b.Run(fmt.Sprintf("agents=%d", n), func(b *testing.B) {
 			for range b.N {
-				benchFleet(b, n)
+				benchFleet(b, n, 10, false)
+			}
+		})
+	}
+}
+
+// BenchmarkScale_DecisionToAppliedSecured compares, in one run, 1,000
+// agents each on its own connection on a plain bus with the same on NATS in
+// operator mode with TLS and one identity per agent.
+func BenchmarkScale_DecisionToAppliedSecured(b *testing.B) {
+	for _, secured := range []bool{false, true} {
+		name := "bus=plain"
+		if secured {
+			name = "bus=tls+auth"
+		}
+		b.Run(name, func(b *testing.B) {
+			for range b.N {
+				benchFleet(b, 1000, 1, secured)
 			}
 		})
 	}
