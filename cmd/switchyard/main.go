@@ -35,6 +35,7 @@ Usage:
                                     history, simulate (see 'switchyard rollout help')
   switchyard chaos run -f FILE      schedule a chaos drill (see 'switchyard chaos help')
   switchyard coordinator members    the coordinator cluster
+  switchyard keys generate --out F  a coordinator signing key pair (agents trust F.pub)
 
 Run 'switchyard <command> -h' for a command's flags.
 Client commands take --nats URL or the SWITCHYARD_NATS environment variable.
@@ -62,6 +63,8 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 		err = runAgent(ctx, args[1:], stderr)
 	case "rollout":
 		err = runRollout(ctx, args[1:], stdout, stderr)
+	case "keys":
+		err = runKeys(ctx, args[1:], stdout, stderr)
 	case "chaos":
 		err = runChaos(ctx, args[1:], stdout, stderr)
 	case "-h", "--help", "help":

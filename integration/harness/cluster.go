@@ -18,6 +18,7 @@ import (
 
 	"google.golang.org/protobuf/encoding/protojson"
 
+	"github.com/switchyard/switchyard/bus"
 	"github.com/switchyard/switchyard/coordinator"
 	sv1 "github.com/switchyard/switchyard/proto/switchyard/v1"
 )
@@ -36,6 +37,12 @@ type ClusterOptions struct {
 	Log io.Writer
 	// LogLevel is the coordinators' --log-level; info when empty.
 	LogLevel string
+	// SigningKey is the coordinators' --signing-key; when empty a new key is
+	// made in Dir/keys (see Cluster.TrustKey).
+	SigningKey string
+	// SigningValidity is the coordinators' --signing-validity; the default
+	// when zero.
+	SigningValidity time.Duration
 }
 
 // Coordinator is one `switchyard coordinator` process of a Cluster. Its
@@ -97,6 +104,13 @@ func StartCluster(ctx context.Context, o ClusterOptions) (c *Cluster, err error)
 			c = nil
 		}
 	}()
+	if o.SigningKey == "" {
+		o.SigningKey = filepath.Join(o.Dir, "keys", "coordinator.key")
+		if _, err := bus.GenerateSigningKey(o.SigningKey); err != nil {
+			return c, err
+		}
+		c.opts.SigningKey = o.SigningKey
+	}
 	for i := range o.Size {
 		co := &Coordinator{ID: fmt.Sprintf("c%d", i+1)}
 		co.DataDir = filepath.Join(o.Dir, co.ID)
@@ -118,6 +132,10 @@ func StartCluster(ctx context.Context, o ClusterOptions) (c *Cluster, err error)
 			"--nats", o.NATSURL,
 			"--bootstrap-expect", strconv.Itoa(o.Size),
 			"--log-level", o.LogLevel,
+			"--signing-key", o.SigningKey,
+		}
+		if o.SigningValidity > 0 {
+			args = append(args, "--signing-validity", o.SigningValidity.String())
 		}
 		for _, other := range c.Coordinators {
 			args = append(args, "--retry-join", other.HTTPAddr)
@@ -152,6 +170,10 @@ func StartCluster(ctx context.Context, o ClusterOptions) (c *Cluster, err error)
 	c.log.Info("cluster ready", "size", o.Size, "leader", c.Coordinators[leader].ID)
 	return c, nil
 }
+
+// TrustKey is the public key file of the coordinators' signing key, for the
+// agents' trust.keys.
+func (c *Cluster) TrustKey() string { return c.opts.SigningKey + ".pub" }
 
 // HTTPAddrs are the coordinators' HTTP addresses, in order.
 func (c *Cluster) HTTPAddrs() []string {

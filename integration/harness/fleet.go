@@ -51,6 +51,9 @@ type FleetOptions struct {
 	// StartCluster): the fleet starts no `switchyard dev`, only the edge
 	// nodes, and CoordinatorHTTP stays empty.
 	NATSURL string
+	// TrustKeys are the coordinator public keys (ed25519:... or .pub files)
+	// the agents trust; with dev, the key dev prints is added.
+	TrustKeys []string
 }
 
 // Backend names every node has, as rollout specs name them.
@@ -209,6 +212,11 @@ func (f *Fleet) startDev(ctx context.Context) error {
 	if !strings.HasPrefix(f.NATSURL, "nats://127.0.0.1:") {
 		return fmt.Errorf("dev printed %q; want SWITCHYARD_NATS=nats://127.0.0.1:PORT", line)
 	}
+	line, err = f.Dev.WaitForStdoutLine(ctx, "SWITCHYARD_TRUST_KEY=")
+	if err != nil {
+		return err
+	}
+	f.opts.TrustKeys = append(f.opts.TrustKeys, strings.TrimPrefix(line, "SWITCHYARD_TRUST_KEY="))
 	f.log.Info("dev started", "pid", f.Dev.Pid(), "nats", f.NATSURL)
 	return f.waitHTTP200(ctx, "coordinator", "http://"+f.CoordinatorHTTP+"/healthz", f.Dev)
 }
@@ -280,6 +288,7 @@ func (f *Fleet) startNode(ctx context.Context, i int) (*Node, error) {
 		HTTPAddr:  n.AgentHTTP,
 		Heartbeat: f.opts.Heartbeat.String(),
 		Resync:    f.opts.Resync.String(),
+		Trust:     agentTrust{Keys: f.opts.TrustKeys},
 		Services: map[string]agentService{f.opts.Service: {HAProxy: agentHAProxy{
 			Socket:  n.HAProxy.SocketPath(),
 			Backend: f.opts.Service,
@@ -330,6 +339,11 @@ type agentConfig struct {
 	Heartbeat string                  `yaml:"heartbeat"`
 	Resync    string                  `yaml:"resync"`
 	Services  map[string]agentService `yaml:"services"`
+	Trust     agentTrust              `yaml:"trust"`
+}
+
+type agentTrust struct {
+	Keys []string `yaml:"keys"`
 }
 
 type agentService struct {
