@@ -569,6 +569,15 @@ func NodeSummary(v *sv1.RolloutView) string {
 	return strings.Join(parts, "; ")
 }
 
+// SigningKey is the private key file `switchyard dev` signs with; empty
+// with an external control plane.
+func (f *Fleet) SigningKey() string {
+	if f.Dev == nil {
+		return ""
+	}
+	return filepath.Join(f.opts.Dir, "dev", "keys", "coordinator.key")
+}
+
 // CoordinatorMetrics fetches the coordinator's /metrics text.
 func (f *Fleet) CoordinatorMetrics(ctx context.Context) (string, error) {
 	if f.CoordinatorHTTP == "" {
