@@ -107,6 +107,8 @@ type Agent struct {
 	// drills follows chaos drills and keeps this node's faults; nil until
 	// Run has opened the local state.
 	drills *drillFollower
+	// trust verifies every document from the bus.
+	trust *bus.Keyring
 }
 
 // New checks cfg and opts and registers the agent's metrics. It does no I/O:
@@ -123,6 +125,10 @@ func New(cfg *Config, opts Options) (*Agent, error) {
 	if opts.DriverFactory == nil {
 		return nil, errors.New("agent: a DriverFactory is required")
 	}
+	trust, err := cfg.Trust.keyring()
+	if err != nil {
+		return nil, fmt.Errorf("%w: %w", ErrInvalidConfig, err)
+	}
 	a := &Agent{
 		cfg:           cfg,
 		natsURL:       cfg.NATS,
@@ -137,6 +143,7 @@ func New(cfg *Config, opts Options) (*Agent, error) {
 		ready:         make(chan struct{}),
 		statusChanged: make(chan struct{}, 1),
 		services:      make(map[string]*sv1.ServiceStatus, len(cfg.Services)),
+		trust:         trust,
 		timing: timing{
 			retryMin:     cmpOr(opts.RetryMin, DefaultRetryMin),
 			retryMax:     cmpOr(opts.RetryMax, DefaultRetryMax),
@@ -514,6 +521,7 @@ func (a *Agent) open() (_ *resources, err error) {
 			timing:     a.timing,
 			report:     func(st *sv1.ServiceStatus) { a.setServiceStatus(st) },
 			inbox:      newInbox[delivery](inboxCap),
+			trust:      a.trust,
 			driftCheck: make(chan struct{}, 1),
 			guard:      make(chan localRollbackRequest, 1),
 			applied:    applied,

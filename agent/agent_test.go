@@ -105,10 +105,12 @@ func TestAgent_IgnoresStaleGenerations(t *testing.T) {
 	b.put(t, defaults(10, map[string]uint32{"blue": 80, "green": 20}))
 	ra.waitApplied(t, "web", 10)
 
-	// A deposed leader's older document and a republish of the same one.
+	// A deposed leader's older document, and a document of the same fence
+	// with other content (no coordinator writes one).
 	b.publishRaw(t, "web", mustMarshal(t, defaults(9, map[string]uint32{"blue": 0, "green": 100})), nil)
 	b.publishRaw(t, "web", mustMarshal(t, defaults(10, map[string]uint32{"blue": 0, "green": 100})), nil)
-	ra.waitMetric(t, 2, "switchyard_agent_documents_rejected_total", "service", "web", "reason", "stale")
+	ra.waitMetric(t, 1, "switchyard_agent_documents_rejected_total", "service", "web", "reason", "stale")
+	ra.waitMetric(t, 1, "switchyard_agent_documents_rejected_total", "service", "web", "reason", "conflict")
 
 	// Still following: the next generation applies.
 	b.put(t, defaults(11, map[string]uint32{"blue": 50, "green": 50}))
@@ -118,8 +120,8 @@ func TestAgent_IgnoresStaleGenerations(t *testing.T) {
 	if !slices.EqualFunc(applies, want, maps.Equal) {
 		t.Fatalf("driver applies = %v, want %v", applies, want)
 	}
-	if n := ra.metric(t, "switchyard_agent_documents_rejected_total", "service", "web", "reason", "stale"); n != 2 {
-		t.Errorf("stale rejections = %v, want 2", n)
+	if n := ra.metric(t, "switchyard_agent_documents_rejected_total", "service", "web", "reason", "stale"); n != 1 {
+		t.Errorf("stale rejections = %v, want 1", n)
 	}
 }
 
@@ -141,7 +143,7 @@ func TestAgent_MalformedDocumentsAreCountedAndSurvived(t *testing.T) {
 	other.Service = "api"
 	b.publishRaw(t, "web", mustMarshal(t, other), nil)
 
-	ra.waitMetric(t, 1, "switchyard_agent_documents_rejected_total", "service", "web", "reason", "unknown_service")
+	ra.waitMetric(t, 1, "switchyard_agent_documents_rejected_total", "service", "web", "reason", "wrong_key")
 	if n := ra.metric(t, "switchyard_agent_documents_rejected_total", "service", "web", "reason", "malformed"); n != 2 {
 		t.Errorf("malformed rejections = %v, want 2 (the delete must not count)", n)
 	}

@@ -283,6 +283,7 @@ func BenchmarkAgent_ResourceUse(b *testing.B) {
 		NATS:              h.addrs.NATS,
 		StateDir:          filepath.Join(dir, "state"),
 		TelemetryInterval: time.Second,
+		Trust:             testTrust(),
 		Services: map[string]ServiceConfig{"web": {HAProxy: &HAProxyConfig{
 			Socket: proc.SocketPath(), Backend: "web",
 			Servers:   map[string]string{"blue": "blue", "green": "green"},

@@ -2,6 +2,7 @@ package agent
 
 import (
 	"bytes"
+	"crypto/ed25519"
 	"errors"
 	"fmt"
 	"io"
@@ -83,6 +84,17 @@ type Config struct {
 	// Processes names the backend processes chaos drills may pause or
 	// kill: the bus names a process, never a command or a path.
 	Processes map[string]ProcessConfig `yaml:"processes"`
+	// Trust lists the coordinator keys whose documents the agent applies.
+	Trust TrustConfig `yaml:"trust"`
+}
+
+// TrustConfig is the set of coordinator public keys an agent trusts. During
+// a key rotation it lists the old and the new key; once the coordinators
+// sign with the new one, the old one is removed.
+type TrustConfig struct {
+	// Keys are public keys, each inline ("ed25519:<base64>", as `switchyard
+	// keys generate` prints it) or the path of a file holding one.
+	Keys []string `yaml:"keys"`
 }
 
 // ProcessConfig is a process a drill's process fault may signal.
@@ -235,6 +247,7 @@ var sections = map[string]string{
 	"SyntheticConfig":  "in probes.synthetic (want interval, transactions)",
 	"HTTPCheck":        "in a probe (want name, method, url, headers, body, expectStatus, bodyContains, maxLatency, timeout)",
 	"ProcessConfig":    "in a process (want pidFile)",
+	"TrustConfig":      "in trust (want keys)",
 }
 
 // explainYAMLError rewrites yaml's unknown-field errors in the config's own
@@ -360,6 +373,9 @@ func (c *Config) Validate() error {
 	}
 	if c.TelemetryInterval <= 0 {
 		bad("telemetryInterval", "%s: must be positive", c.TelemetryInterval)
+	}
+	if _, err := c.Trust.keyring(); err != nil {
+		probs = append(probs, err)
 	}
 	probs = append(probs, c.LocalGuard.validate(c.TelemetryInterval)...)
 	logBackends := map[string]string{} // log socket + HAProxy backend -> service
@@ -579,6 +595,7 @@ func (c *Config) clone() *Config {
 	out := *c
 	out.Labels = maps.Clone(c.Labels)
 	out.Processes = maps.Clone(c.Processes)
+	out.Trust.Keys = slices.Clone(c.Trust.Keys)
 	if c.LocalGuard.Enabled != nil {
 		on := *c.LocalGuard.Enabled
 		out.LocalGuard.Enabled = &on
@@ -628,4 +645,24 @@ func (h *HTTPCheck) clone() *HTTPCheck {
 	out := *h
 	out.Headers = maps.Clone(h.Headers)
 	return &out
+}
+
+// keyring loads the trusted keys.
+func (t TrustConfig) keyring() (*bus.Keyring, error) {
+	if len(t.Keys) == 0 {
+		return nil, errors.New("trust.keys: required: at least one coordinator public key (printed by `switchyard keys generate`)")
+	}
+	keys := make([]ed25519.PublicKey, 0, len(t.Keys))
+	for i, k := range t.Keys {
+		pub, err := bus.LoadPublicKey(k)
+		if err != nil {
+			return nil, fmt.Errorf("trust.keys[%d]: %w", i, err)
+		}
+		keys = append(keys, pub)
+	}
+	ring, err := bus.NewKeyring(keys...)
+	if err != nil {
+		return nil, fmt.Errorf("trust.keys: %w", err)
+	}
+	return ring, nil
 }

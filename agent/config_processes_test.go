@@ -9,6 +9,7 @@ import (
 const processesBase = `
 node: edge-1
 stateDir: /tmp/x
+trust: {keys: ["ed25519:6kpsY+KcUgq+9VB7Ey7F+ZVHdq6+vnuSQh7qaRRG0iw="]}
 services:
   web:
     haproxy: {socket: /run/haproxy/admin.sock, backend: web, servers: {blue: blue, green: green}}

@@ -30,6 +30,7 @@ func TestConfig_ParseDurationsAndDefaultNATS(t *testing.T) {
 	cfg, err := ParseConfig([]byte(`
 node: edge-2
 stateDir: /tmp/x
+trust: {keys: ["ed25519:6kpsY+KcUgq+9VB7Ey7F+ZVHdq6+vnuSQh7qaRRG0iw="]}
 heartbeat: 2s
 resync: 1m
 services:
@@ -54,6 +55,7 @@ services:
       socket: /run/haproxy/admin.sock
       backend: web
       servers: {blue: blue, green: green}
+trust: {keys: ["ed25519:6kpsY+KcUgq+9VB7Ey7F+ZVHdq6+vnuSQh7qaRRG0iw="]}
 `
 	cases := []struct {
 		name string
@@ -89,6 +91,9 @@ services:
 		{"negative duration", "resync: -1s\n" + valid, []string{"resync: -1s: must be positive"}},
 		{"empty document", "", []string{"empty"}},
 		{"two documents", valid + "---\nnode: edge-2\n", []string{"one YAML document"}},
+		{"no trusted keys", valid[:strings.Index(valid, "trust:")], []string{"trust.keys: required"}},
+		{"bad trusted key", strings.Replace(valid, "ed25519:", "ed25519:xx", 1), []string{"trust.keys[0]: public key"}},
+		{"missing key file", strings.Replace(valid, `"ed25519:6kpsY+KcUgq+9VB7Ey7F+ZVHdq6+vnuSQh7qaRRG0iw="`, "/nonexistent/coordinator.pub", 1), []string{"trust.keys[0]: public key file", "no such file"}},
 	}
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {
@@ -126,6 +131,7 @@ func TestConfig_TelemetryProbesAndGuard(t *testing.T) {
 	cfg, err := ParseConfig([]byte(`
 node: edge-1
 stateDir: /tmp/x
+trust: {keys: ["ed25519:6kpsY+KcUgq+9VB7Ey7F+ZVHdq6+vnuSQh7qaRRG0iw="]}
 telemetryInterval: 2s
 localGuard: {afterDisconnect: 1m, maxErrorRate: 0.1}
 services:
@@ -166,7 +172,7 @@ services:
 		t.Errorf("synthetic = %+v, steps %+v %+v", p.Synthetic, steps[0], steps[1])
 	}
 
-	off, err := ParseConfig([]byte("node: edge-1\nstateDir: /tmp/x\nlocalGuard: {enabled: false}\nservices: {web: {haproxy: {socket: /s, backend: web, servers: {blue: b}}}}\n"))
+	off, err := ParseConfig([]byte("node: edge-1\nstateDir: /tmp/x\ntrust: {keys: [\"ed25519:6kpsY+KcUgq+9VB7Ey7F+ZVHdq6+vnuSQh7qaRRG0iw=\"]}\nlocalGuard: {enabled: false}\nservices: {web: {haproxy: {socket: /s, backend: web, servers: {blue: b}}}}\n"))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -179,7 +185,7 @@ services:
 }
 
 func TestConfig_TelemetryProbesAndGuardErrors(t *testing.T) {
-	const head = "node: edge-1\nstateDir: /tmp/x\n"
+	const head = "node: edge-1\nstateDir: /tmp/x\ntrust: {keys: [\"ed25519:6kpsY+KcUgq+9VB7Ey7F+ZVHdq6+vnuSQh7qaRRG0iw=\"]}\n"
 	svc := func(extra string) string {
 		return head + "services:\n  web:\n    haproxy: {socket: /s, backend: web, servers: {blue: blue, green: green}}\n" + extra
 	}

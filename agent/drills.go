@@ -86,8 +86,10 @@ type drillFollower struct {
 	backends  map[string][]string      // by service: its rollout backend names
 	processes map[string]ProcessConfig
 	journal   FaultJournal
-	gate      *busGate
-	conn      func() *nats.Conn
+	// trust verifies drill documents.
+	trust *bus.Keyring
+	gate  *busGate
+	conn  func() *nats.Conn
 	// sharedConn: the connection is not the agent's own to drop.
 	sharedConn bool
 	announce   func()
@@ -155,6 +157,7 @@ func newDrillFollower(a *Agent, res *resources, journal FaultJournal) *drillFoll
 			}
 			return chaos.NewTCPFaultProxy(target, f.GetTcp())
 		},
+		trust:   a.trust,
 		inbox:   newInbox[drillDelivery](0),
 		pollReq: make(chan struct{}, 1),
 		due:     map[string]bool{},
@@ -330,17 +333,22 @@ func (f *drillFollower) deliver(ctx context.Context, d drillDelivery) {
 		f.reconcile(ctx, d.key)
 		return
 	}
-	doc, err := decodeDrill(d.raw, d.key)
+	doc, err := decodeDrill(f.trust, d.raw, d.key, f.clock.Now())
 	if err != nil {
-		f.reject(drillMalformed, d.key, 0, err)
+		f.reject(bus.RejectReason(err), d.key, 0, err)
 		return
 	}
 	name := doc.GetDrill()
-	if have := f.docs[name]; have != nil && doc.GetGeneration() <= have.GetGeneration() {
-		if !d.poll {
-			f.reject(drillStale, name, doc.GetGeneration(), fmt.Errorf("generation %d is not above %d", doc.GetGeneration(), have.GetGeneration()))
+	if have := f.docs[name]; have != nil {
+		switch c := drillFence(doc).Compare(drillFence(have)); {
+		case c == 0 && proto.Equal(doc, have):
+			return // the same document signed again
+		case c <= 0:
+			if !d.poll {
+				f.reject(drillStale, name, doc.GetGeneration(), fmt.Errorf("fence %s is not above %s", drillFence(doc), drillFence(have)))
+			}
+			return
 		}
-		return
 	}
 	if n, max := len(doc.GetTargets()), doc.GetSpec().GetMaxNodes(); uint32(n) > max {
 		// chaos.Targets refuses it too; the metric and the log say why.
@@ -360,42 +368,57 @@ func (f *drillFollower) reject(reason, drill string, gen uint64, err error) {
 	f.log.Log(context.Background(), level, "drill document ignored", "reason", reason, "drill", drill, "generation", gen, "err", err)
 }
 
-// decodeDrill decodes a drill document and refuses one no coordinator
-// would write. key is the bucket key it came from ("" when unknown).
-func decodeDrill(raw []byte, key string) (*sv1.DrillDocument, error) {
-	doc := new(sv1.DrillDocument)
-	if err := proto.Unmarshal(raw, doc); err != nil {
+// drillFence is a drill document's fence.
+func drillFence(d *sv1.DrillDocument) bus.Fence {
+	return bus.Fence{Epoch: d.GetEpoch(), Generation: d.GetGeneration()}
+}
+
+// decodeDrill verifies and decodes a drill document and refuses one no
+// coordinator would write. key is the bucket key it came from ("" when
+// unknown). Errors of the signature envelope are bus's sentinels; the rest
+// are ErrDocumentMalformed.
+func decodeDrill(trust *bus.Keyring, raw []byte, key string, now time.Time) (*sv1.DrillDocument, error) {
+	doc, _, err := trust.OpenDrill(raw, key, now)
+	if err != nil {
 		return nil, err
 	}
+	if err := checkDrill(doc, key); err != nil {
+		return nil, fmt.Errorf("%w: %w", bus.ErrDocumentMalformed, err)
+	}
+	return doc, nil
+}
+
+// checkDrill refuses a verified drill document no coordinator would write.
+func checkDrill(doc *sv1.DrillDocument, key string) error {
 	if err := names.Validate(doc.GetDrill()); err != nil {
-		return nil, fmt.Errorf("drill name: %w", err)
+		return fmt.Errorf("drill name: %w", err)
 	}
 	if key != "" && key != doc.GetDrill() {
-		return nil, fmt.Errorf("document of drill %q under the key of %q", doc.GetDrill(), key)
+		return fmt.Errorf("document of drill %q under the key of %q", doc.GetDrill(), key)
 	}
 	if doc.GetGeneration() == 0 {
-		return nil, errors.New("generation is 0")
+		return errors.New("generation is 0")
 	}
 	sp := doc.GetSpec()
 	if sp == nil {
-		return nil, errors.New("no spec")
+		return errors.New("no spec")
 	}
 	if sp.GetName() != doc.GetDrill() {
-		return nil, fmt.Errorf("spec of drill %q in the document of %q", sp.GetName(), doc.GetDrill())
+		return fmt.Errorf("spec of drill %q in the document of %q", sp.GetName(), doc.GetDrill())
 	}
 	if err := chaos.ValidateDrill(sp); err != nil {
-		return nil, err
+		return err
 	}
 	for _, ts := range []*timestamppb.Timestamp{doc.GetStartAt(), doc.GetEndAt()} {
 		if ts == nil || ts.CheckValid() != nil {
-			return nil, errors.New("start_at and end_at are required")
+			return errors.New("start_at and end_at are required")
 		}
 	}
 	start, end := doc.GetStartAt().AsTime(), doc.GetEndAt().AsTime()
 	if end.Before(start) || end.Sub(start) > chaos.MaxDuration {
-		return nil, fmt.Errorf("runs from %s to %s; want an end not before the start, at most %s later", start.Format(time.RFC3339), end.Format(time.RFC3339), chaos.MaxDuration)
+		return fmt.Errorf("runs from %s to %s; want an end not before the start, at most %s later", start.Format(time.RFC3339), end.Format(time.RFC3339), chaos.MaxDuration)
 	}
-	return doc, nil
+	return nil
 }
 
 // wants reports whether the drill's fault should be on this node now, and

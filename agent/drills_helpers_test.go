@@ -46,7 +46,7 @@ func (b *testBus) putDrill(t *testing.T, doc *sv1.DrillDocument) {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
-	if _, err := bus.PutDrill(ctx, b.drillsKV(t), doc); err != nil {
+	if _, err := testPublisher.PutDrill(ctx, b.drillsKV(t), doc, time.Now()); err != nil {
 		t.Fatal(err)
 	}
 }

@@ -185,7 +185,7 @@ func TestDrillsLive_DocumentsDecideTheFault(t *testing.T) {
 		ra.waitFault(t, 5*time.Second, "fenced", true)
 		old := proto.CloneOf(doc)
 		old.Generation, old.Aborted = 19, true
-		raw, err := proto.Marshal(old)
+		raw, err := testSigner.SealDrill(old, time.Now())
 		if err != nil {
 			t.Fatal(err)
 		}

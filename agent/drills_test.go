@@ -113,6 +113,7 @@ func testFollower(t testing.TB, m *metrics, now time.Time) (*drillFollower, *eve
 		backends:  map[string][]string{"web": {"blue", "green"}},
 		processes: map[string]ProcessConfig{},
 		journal:   j,
+		trust:     testRing,
 		gate:      newBusGate(),
 		conn:      func() *nats.Conn { return nil },
 		announce:  func() {},
@@ -144,9 +145,10 @@ func testFollower(t testing.TB, m *metrics, now time.Time) (*drillFollower, *eve
 	return f, log, j
 }
 
+// marshalDrill seals doc with the test coordinator key.
 func marshalDrill(t testing.TB, doc *sv1.DrillDocument) []byte {
 	t.Helper()
-	b, err := proto.Marshal(doc)
+	b, err := testSigner.SealDrill(doc, fuzzNow.Add(-time.Hour))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -162,7 +164,7 @@ func TestDrills_DecodeRefuses(t *testing.T) {
 		want   string
 	}{
 		{"no name", func(d *sv1.DrillDocument) { d.Drill = "" }, "", "drill name"},
-		{"other key", func(*sv1.DrillDocument) {}, "other", `under the key of "other"`},
+		{"other key", func(*sv1.DrillDocument) {}, "other", `signed for "green-errors", read under "other"`},
 		{"generation 0", func(d *sv1.DrillDocument) { d.Generation = 0 }, "", "generation is 0"},
 		{"no spec", func(d *sv1.DrillDocument) { d.Spec = nil }, "", "no spec"},
 		{"spec of another drill", func(d *sv1.DrillDocument) { d.Spec.Name = "other" }, "", `spec of drill "other"`},
@@ -175,13 +177,13 @@ func TestDrills_DecodeRefuses(t *testing.T) {
 		t.Run(c.name, func(t *testing.T) {
 			d := proto.CloneOf(good)
 			c.mutate(d)
-			_, err := decodeDrill(marshalDrill(t, d), c.key)
+			_, err := decodeDrill(testRing, marshalDrill(t, d), c.key, fuzzNow)
 			if err == nil || !strings.Contains(err.Error(), c.want) {
 				t.Fatalf("decode: %v, want an error containing %q", err, c.want)
 			}
 		})
 	}
-	if _, err := decodeDrill(marshalDrill(t, good), "green-errors"); err != nil {
+	if _, err := decodeDrill(testRing, marshalDrill(t, good), "green-errors", fuzzNow); err != nil {
 		t.Fatal(err)
 	}
 }

@@ -1,7 +1,9 @@
 package agent
 
 import (
+	"bytes"
 	"context"
+	"crypto/ed25519"
 	"fmt"
 	"log/slog"
 	"maps"
@@ -173,7 +175,7 @@ func (b *testBus) put(t *testing.T, ds *sv1.DesiredState) {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
-	if _, err := bus.PutDesired(ctx, b.kv, ds); err != nil {
+	if _, err := testPublisher.PutDesired(ctx, b.kv, ds, time.Now()); err != nil {
 		t.Fatal(err)
 	}
 }
@@ -255,6 +257,7 @@ func testConfig(t *testing.T, natsURL string) *Config {
 		StateDir:  t.TempDir(),
 		Heartbeat: time.Minute,
 		Resync:    time.Hour,
+		Trust:     testTrust(),
 		Services: map[string]ServiceConfig{
 			"web": {HAProxy: &HAProxyConfig{
 				Socket:  "/nonexistent/admin.sock",
@@ -414,13 +417,37 @@ func defaults(gen uint64, weights map[string]uint32) *sv1.DesiredState {
 	return &sv1.DesiredState{Service: "web", Generation: gen, RolloutId: "r1", DefaultWeights: weights}
 }
 
-func mustMarshal(t *testing.T, ds *sv1.DesiredState) []byte {
+// mustMarshal seals ds with the test coordinator key, as the leader does.
+func mustMarshal(t testing.TB, ds *sv1.DesiredState) []byte {
 	t.Helper()
-	b, err := bus.MarshalDesired(ds)
+	b, err := testSigner.SealDesired(ds, time.Now())
 	if err != nil {
 		t.Fatal(err)
 	}
 	return b
+}
+
+// The test coordinator key: every test config trusts it. Its documents stay
+// valid for years so that tests at a fake time can open them.
+var (
+	testSigner    = mustSigner(ed25519.NewKeyFromSeed(bytes.Repeat([]byte{7}, ed25519.SeedSize)), 10*365*24*time.Hour)
+	testRing, _   = bus.NewKeyring(testSigner.Public())
+	testPublisher = &bus.Publisher{Signer: testSigner, Trusted: testRing}
+	// strangerSigner is a key no test agent trusts.
+	strangerSigner = mustSigner(ed25519.NewKeyFromSeed(bytes.Repeat([]byte{9}, ed25519.SeedSize)), time.Hour)
+)
+
+func mustSigner(key ed25519.PrivateKey, validity time.Duration) *bus.Signer {
+	s, err := bus.NewSigner(key, validity)
+	if err != nil {
+		panic(err)
+	}
+	return s
+}
+
+// testTrust is the trust section of every test config.
+func testTrust() TrustConfig {
+	return TrustConfig{Keys: []string{bus.FormatPublicKey(testSigner.Public())}}
 }
 
 var errProxyDown = fmt.Errorf("dial admin socket: %w", driver.ErrUnavailable)

@@ -213,6 +213,7 @@ func liveConfig(t *testing.T, natsURL string, lp *liveProxy) *Config {
 		StateDir:          t.TempDir(),
 		Heartbeat:         time.Minute,
 		Resync:            time.Hour,
+		Trust:             testTrust(),
 		TelemetryInterval: 250 * time.Millisecond,
 		Services:          map[string]ServiceConfig{"web": lp.serviceConfig()},
 	}

@@ -5,6 +5,8 @@ import (
 	"fmt"
 
 	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/switchyard/switchyard/bus"
 )
 
 // Apply results, the values of the "result" label of applies_total.
@@ -21,12 +23,23 @@ const (
 )
 
 // Reasons a document is rejected, the values of the "reason" label of
-// documents_rejected_total.
+// documents_rejected_total: those of bus.RejectReason (malformed, too_large,
+// unsigned, unknown_key, bad_signature, wrong_kind, wrong_key, expired) and
+// the agent's own below.
 const (
-	reasonMalformed      = "malformed"
-	reasonUnknownService = "unknown_service"
-	reasonStale          = "stale"
+	reasonMalformed = "malformed"
+	// reasonStale: verified, but its fence is not above the one the agent
+	// holds (a replayed or reordered document).
+	reasonStale = "stale"
+	// reasonConflict: verified, the same fence as the one the agent holds,
+	// different content.
+	reasonConflict = "conflict"
 )
+
+// rejectReasons lists every reason label, to create the series at zero.
+func rejectReasons() []string {
+	return append(bus.RejectReasons(), reasonStale, reasonConflict)
+}
 
 // Telemetry report results, the values of the "result" label of
 // telemetry_reports_total.
@@ -95,6 +108,8 @@ type metrics struct {
 	applies           *prometheus.CounterVec
 	applySeconds      *prometheus.HistogramVec
 	rejected          *prometheus.CounterVec
+	documentExpired   *prometheus.GaugeVec
+	appliedEpoch      *prometheus.GaugeVec
 	drift             *prometheus.CounterVec
 	appliedGeneration *prometheus.GaugeVec
 	driverDegraded    *prometheus.GaugeVec
@@ -125,8 +140,16 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 		}, []string{"service"}),
 		rejected: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "switchyard_agent_documents_rejected_total",
-			Help: "Desired-state documents ignored, by service and reason (malformed, unknown_service, stale).",
+			Help: "Desired-state documents refused, by service and reason (malformed, too_large, unsigned, unknown_key, bad_signature, wrong_kind, wrong_key, expired, stale, conflict).",
 		}, []string{"service", "reason"}),
+		documentExpired: prometheus.NewGaugeVec(prometheus.GaugeOpts{
+			Name: "switchyard_agent_document_expired",
+			Help: "1 while the applied desired state's signature validity has ended and no renewed document arrived (the node keeps its weights), else 0.",
+		}, []string{"service"}),
+		appliedEpoch: prometheus.NewGaugeVec(prometheus.GaugeOpts{
+			Name: "switchyard_agent_applied_epoch",
+			Help: "Coordinator cluster epoch of the applied desired state, 0 before the first.",
+		}, []string{"service"}),
 		drift: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "switchyard_agent_drift_total",
 			Help: "Times the proxy's weights differed from the applied state and the agent re-applied them.",
@@ -185,12 +208,12 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 		}, []string{"kind", "result"}),
 		drillRejected: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "switchyard_agent_drill_documents_rejected_total",
-			Help: "Drill documents ignored, by reason (malformed, stale, over_cap).",
+			Help: "Drill documents refused, by reason (malformed, too_large, unsigned, unknown_key, bad_signature, wrong_kind, wrong_key, expired, stale, over_cap).",
 		}, []string{"reason"}),
 	}
 	var errs []error
 	for _, c := range []prometheus.Collector{
-		m.applies, m.applySeconds, m.rejected, m.drift, m.appliedGeneration,
+		m.applies, m.applySeconds, m.rejected, m.drift, m.appliedGeneration, m.documentExpired, m.appliedEpoch,
 		m.driverDegraded, m.stateSaveErrors, m.busReconnects, m.resyncErrors,
 		m.busConnected, m.reports, m.logLines, m.probes, m.localRollbacks, m.droppedLogLines,
 		m.faultsActive, m.faults, m.drillRejected,
@@ -208,7 +231,7 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 			m.faults.WithLabelValues(k, r)
 		}
 	}
-	for _, r := range []string{drillMalformed, drillStale, drillOverCap} {
+	for _, r := range append(bus.RejectReasons(), drillStale, drillOverCap) {
 		m.drillRejected.WithLabelValues(r)
 	}
 	return m, nil
@@ -220,9 +243,11 @@ func (m *metrics) initService(service string) {
 	for _, r := range []string{resultOK, resultError, resultRefused, resultNoWave} {
 		m.applies.WithLabelValues(service, r)
 	}
-	for _, r := range []string{reasonMalformed, reasonUnknownService, reasonStale} {
+	for _, r := range rejectReasons() {
 		m.rejected.WithLabelValues(service, r)
 	}
+	m.documentExpired.WithLabelValues(service)
+	m.appliedEpoch.WithLabelValues(service)
 	m.drift.WithLabelValues(service)
 	m.appliedGeneration.WithLabelValues(service)
 	m.driverDegraded.WithLabelValues(service)

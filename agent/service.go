@@ -150,6 +150,8 @@ type serviceWorker struct {
 	guard chan localRollbackRequest
 
 	inbox *inbox[delivery]
+	// trust verifies every document before anything in it is read.
+	trust *bus.Keyring
 	// driftCheck asks run to read the proxy back and repair drift (on every
 	// resync) and to retry a refused document.
 	driftCheck chan struct{}
@@ -159,6 +161,12 @@ type serviceWorker struct {
 	// pending is a newer document not applied yet; it stays until it applies
 	// or a newer one replaces it.
 	pending *sv1.DesiredState
+	// pendingExpires is when pending's signature validity ends.
+	pendingExpires time.Time
+	// expired is true while the applied document's validity has ended;
+	// expiryTimer fires when it ends.
+	expired     bool
+	expiryTimer *time.Timer
 	// refused is set when the driver refused pending for naming a backend it
 	// does not know; it is retried on resync instead of with backoff.
 	refused    bool
@@ -203,6 +211,10 @@ func (w *serviceWorker) requestDriftCheck() {
 func (w *serviceWorker) run(ctx context.Context) {
 	w.check = true
 	w.m.appliedGeneration.WithLabelValues(w.name).Set(float64(w.applied.GetDesired().GetGeneration()))
+	w.m.appliedEpoch.WithLabelValues(w.name).Set(float64(w.applied.GetDesired().GetEpoch()))
+	w.expiryTimer = time.NewTimer(time.Hour)
+	defer w.expiryTimer.Stop()
+	w.checkExpiry()
 
 	retry := time.NewTimer(time.Hour)
 	retry.Stop()
@@ -259,6 +271,12 @@ func (w *serviceWorker) run(ctx context.Context) {
 		select {
 		case <-ctx.Done():
 			return
+		case <-w.expiryTimer.C:
+			w.checkExpiry()
+			if w.health == sv1.DriverHealth_DRIVER_HEALTH_OK {
+				w.setHealth(w.health, w.okMessage())
+			}
+			w.sendStatus()
 		case <-w.inbox.wake:
 			changed := false
 			for _, d := range w.inbox.drain() {
@@ -306,6 +324,9 @@ func (w *serviceWorker) okMessage() string {
 	}
 	if lr := w.applied.GetLocalRollback(); lr != nil {
 		parts = append(parts, localRollbackMessage(lr))
+	}
+	if w.expired && w.applied != nil {
+		parts = append(parts, fmt.Sprintf("the applied document (generation %d) expired; keeping its weights until a current signed document arrives", w.applied.GetDesired().GetGeneration()))
 	}
 	return strings.Join(parts, "; ")
 }
@@ -364,6 +385,7 @@ func (w *serviceWorker) localRollback(ctx context.Context, req localRollbackRequ
 		FromBackend:   a.GetFromBackend(),
 		ToBackend:     a.GetToBackend(),
 		LocalRollback: lr,
+		ExpiresAt:     a.GetExpiresAt(),
 	})
 	return true
 }
@@ -376,48 +398,122 @@ func nextBackoff(cur, lo, hi time.Duration) time.Duration {
 	return min(cur*2, hi)
 }
 
-// consider decodes and fences one delivery. It reports whether the delivery
-// became the pending document.
+// consider verifies, decodes and fences one delivery. It reports whether
+// the delivery became the pending document or changed what the status says
+// (a renewal of an expired document).
 func (w *serviceWorker) consider(d delivery) bool {
-	ds := new(sv1.DesiredState)
-	if err := proto.Unmarshal(d.raw, ds); err != nil {
-		w.reject(reasonMalformed, ds, err)
+	ds, h, err := w.trust.OpenDesired(d.raw, w.name, w.clock.Now())
+	if err != nil {
+		w.reject(bus.RejectReason(err), ds, h, err)
 		return false
 	}
 	if err := checkDocument(ds); err != nil {
-		w.reject(reasonMalformed, ds, err)
+		w.reject(reasonMalformed, ds, h, err)
 		return false
 	}
-	if ds.GetService() != w.name {
-		w.reject(reasonUnknownService, ds, fmt.Errorf("document for service %q arrived on the key of %q", ds.GetService(), w.name))
-		return false
-	}
-	newest := w.applied.GetDesired().GetGeneration()
+	newestDoc := w.applied.GetDesired()
 	if w.pending != nil {
-		newest = max(newest, w.pending.GetGeneration())
+		newestDoc = w.pending
 	}
-	switch gen := ds.GetGeneration(); {
-	case gen > newest:
+	newest := documentFence(newestDoc)
+	switch c := h.Fence.Compare(newest); {
+	case c > 0:
 		if w.pending != nil {
 			w.log.Info("pending desired state superseded before it applied",
-				"generation", w.pending.GetGeneration(), "rollout", w.pending.GetRolloutId(), "by", gen)
+				"generation", w.pending.GetGeneration(), "rollout", w.pending.GetRolloutId(), "by", h.Fence.String())
 		}
 		w.pending = ds
+		w.pendingExpires = h.ExpiresAt
 		w.refused = false
 		w.preflightMsg = ""
 		w.backoff = 0
-		w.log.Info("desired state received", "generation", gen, "rollout", ds.GetRolloutId(), "phase", ds.GetPhase().String())
+		w.log.Info("desired state received", "epoch", h.Fence.Epoch, "generation", h.Fence.Generation, "rollout", ds.GetRolloutId(),
+			"phase", ds.GetPhase().String(), "key_id", h.KeyID, "expires_at", h.ExpiresAt)
 		return true
-	case d.poll && gen <= newest:
-		// A read of the bucket that a push overtook (or the generation the
-		// agent already has): the steady state of polling, not a rejection.
-		if gen < newest {
-			w.log.Debug("poll read an older generation than the agent has; a push overtook it", "generation", gen, "newest", newest)
+	case c == 0 && proto.Equal(ds, newestDoc):
+		// The same document signed again (a renewal before expiry, or a
+		// new signing key): only its validity moves.
+		if w.pending != nil {
+			w.pendingExpires = later(w.pendingExpires, h.ExpiresAt)
+			return false
 		}
+		return w.renew(h.ExpiresAt)
+	case c == 0:
+		w.reject(reasonConflict, ds, h, fmt.Errorf("fence %s already applied with different content", h.Fence))
+		return false
+	case d.poll:
+		// A read of the bucket that a push overtook: the steady state of
+		// polling, not a rejection.
+		w.log.Debug("poll read an older document than the agent has; a push overtook it", "fence", h.Fence.String(), "newest", newest.String())
 		return false
 	default:
-		w.reject(reasonStale, ds, fmt.Errorf("generation %d is not above %d", gen, newest))
+		w.reject(reasonStale, ds, h, fmt.Errorf("fence %s is not above %s", h.Fence, newest))
 		return false
+	}
+}
+
+// documentFence is the fence of a document the agent holds; the zero fence
+// for none.
+func documentFence(ds *sv1.DesiredState) bus.Fence {
+	return bus.Fence{Epoch: ds.GetEpoch(), Generation: ds.GetGeneration()}
+}
+
+func later(a, b time.Time) time.Time {
+	if b.After(a) {
+		return b
+	}
+	return a
+}
+
+// renew extends the validity of the applied document and persists it. It
+// reports whether the document had expired (the status changes).
+func (w *serviceWorker) renew(expires time.Time) bool {
+	if w.applied == nil || !expires.After(w.appliedExpires()) {
+		return false
+	}
+	st := proto.CloneOf(w.applied)
+	st.ExpiresAt = timestamppb.New(expires)
+	w.commit(w.log.With("generation", st.GetDesired().GetGeneration()), st)
+	w.log.Debug("desired state renewed", "generation", st.GetDesired().GetGeneration(), "expires_at", expires)
+	wasExpired := w.expired
+	w.checkExpiry()
+	return wasExpired
+}
+
+// appliedExpires is when the applied document stops being current; zero
+// when unknown (state saved before documents were signed).
+func (w *serviceWorker) appliedExpires() time.Time {
+	if t := w.applied.GetExpiresAt(); t != nil {
+		return t.AsTime()
+	}
+	return time.Time{}
+}
+
+// checkExpiry updates the expired flag and its gauge from the clock, and
+// arms the timer for the moment the applied document expires. An expired
+// document keeps its weights (there is nothing better to apply); the status
+// and /metrics say so, and the local guard still watches the node.
+func (w *serviceWorker) checkExpiry() {
+	if w.applied == nil {
+		w.expired = false
+		w.m.documentExpired.WithLabelValues(w.name).Set(0)
+		return
+	}
+	exp := w.appliedExpires()
+	now := w.clock.Now()
+	expired := exp.IsZero() || !now.Before(exp)
+	if expired && !w.expired {
+		w.log.Warn("applied desired state expired and no renewed document arrived; keeping its weights",
+			"generation", w.applied.GetDesired().GetGeneration(), "rollout", w.applied.GetDesired().GetRolloutId(), "expired_at", exp)
+	}
+	w.expired = expired
+	v := 0.0
+	if expired {
+		v = 1
+	}
+	w.m.documentExpired.WithLabelValues(w.name).Set(v)
+	if !expired && w.expiryTimer != nil {
+		w.expiryTimer.Reset(exp.Sub(now))
 	}
 }
 
@@ -448,7 +544,7 @@ func checkDocument(ds *sv1.DesiredState) error {
 	return nil
 }
 
-func (w *serviceWorker) reject(reason string, ds *sv1.DesiredState, err error) {
+func (w *serviceWorker) reject(reason string, ds *sv1.DesiredState, h bus.Header, err error) {
 	w.m.rejected.WithLabelValues(w.name, reason).Inc()
 	level := slog.LevelWarn
 	if reason == reasonStale {
@@ -456,8 +552,10 @@ func (w *serviceWorker) reject(reason string, ds *sv1.DesiredState, err error) {
 		// the signal.
 		level = slog.LevelDebug
 	}
-	w.log.Log(context.Background(), level, "desired state ignored", "reason", reason,
-		"generation", ds.GetGeneration(), "rollout", ds.GetRolloutId(), "err", err)
+	// Only a verified header is worth logging; the fields of a forgery are
+	// whatever its author chose.
+	w.log.Log(context.Background(), level, "desired state refused; keeping the applied state", "reason", reason,
+		"fence", h.Fence.String(), "key_id", h.KeyID, "rollout", ds.GetRolloutId(), "err", err)
 }
 
 // step applies the pending document and then checks the proxy, as far as the
@@ -502,7 +600,9 @@ func (w *serviceWorker) applyPending(ctx context.Context) error {
 			FromBackend:   from,
 			ToBackend:     to,
 			LocalRollback: w.applied.GetLocalRollback(), // the weights are still the guard's
+			ExpiresAt:     timestamppb.New(w.pendingExpires),
 		})
+		w.checkExpiry()
 		w.pending, w.refused, w.preflightMsg = nil, false, ""
 		return nil
 	}
@@ -532,7 +632,9 @@ func (w *serviceWorker) applyPending(ctx context.Context) error {
 		AppliedAt:   timestamppb.New(w.clock.Now()),
 		FromBackend: from,
 		ToBackend:   to,
+		ExpiresAt:   timestamppb.New(w.pendingExpires),
 	})
+	w.checkExpiry()
 	w.pending, w.refused, w.preflightMsg = nil, false, ""
 	return nil
 }
@@ -604,6 +706,7 @@ func (w *serviceWorker) commit(log *slog.Logger, st *sv1.AppliedState) {
 	w.applied = st
 	w.publishView()
 	w.m.appliedGeneration.WithLabelValues(w.name).Set(float64(st.GetDesired().GetGeneration()))
+	w.m.appliedEpoch.WithLabelValues(w.name).Set(float64(st.GetDesired().GetEpoch()))
 }
 
 // publishView makes the applied state visible to the service's other
@@ -711,6 +814,9 @@ func (w *serviceWorker) sendStatus() {
 		Driver:            w.health,
 		Message:           w.message,
 		LocalRollback:     proto.CloneOf(w.applied.GetLocalRollback()),
+		AppliedEpoch:      w.applied.GetDesired().GetEpoch(),
+		DocumentExpired:   w.applied != nil && w.expired,
+		DocumentExpiresAt: w.applied.GetExpiresAt(),
 	}
 	if proto.Equal(st, w.lastSent) {
 		return

@@ -4,62 +4,87 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"time"
 
 	"github.com/nats-io/nats.go/jetstream"
-	"google.golang.org/protobuf/proto"
 
 	sv1 "github.com/switchyard/switchyard/proto/switchyard/v1"
 )
 
-// ErrStaleGeneration is returned by PutDesired when the bucket already holds a
-// document of the same or a higher generation: a deposed leader can only try
-// to write something older, and must not win.
+// ErrStaleGeneration is returned by PutDesired and PutDrill when the bucket
+// already holds a verified document with a higher fence, or the same fence
+// and enough validity left: a deposed leader can only try to write something
+// older, and must not win.
 var ErrStaleGeneration = errors.New("bucket holds a newer or equal generation")
 
-// MarshalDesired encodes a desired state the same way on every coordinator, so
-// that republishing a committed state yields the same bytes.
-func MarshalDesired(ds *sv1.DesiredState) ([]byte, error) {
-	return proto.MarshalOptions{Deterministic: true}.Marshal(ds)
+// Publisher seals documents and writes them to their buckets, fenced against
+// the verified documents already there.
+type Publisher struct {
+	// Signer seals every document written.
+	Signer *Signer
+	// Trusted are the keys whose documents in the bucket count; anything
+	// else there (garbage, forgeries, documents of retired keys) is
+	// overwritten. It includes the signer's own key.
+	Trusted *Keyring
+	// RenewBefore: a document of the same fence is signed again when less
+	// than this much validity is left. Zero means half the validity.
+	RenewBefore time.Duration
 }
 
-// PutDesired writes ds under its service's key, fenced by generation (see
-// PutFenced).
-func PutDesired(ctx context.Context, kv jetstream.KeyValue, ds *sv1.DesiredState) (revision uint64, err error) {
-	value, err := MarshalDesired(ds)
-	if err != nil {
-		return 0, fmt.Errorf("encode desired state for %s: %w", ds.GetService(), err)
+// PutResult says what a put did.
+type PutResult struct {
+	Revision uint64
+	// ReplacedUnverified is true when the bucket held a value that did not
+	// verify (written by someone without a trusted key) and it was
+	// overwritten.
+	ReplacedUnverified bool
+	// Renewed is true when the same fence was signed again before expiry.
+	Renewed bool
+}
+
+func (p *Publisher) renewBefore() time.Duration {
+	if p.RenewBefore > 0 {
+		return p.RenewBefore
 	}
-	return PutFenced(ctx, kv, ds.GetService(), value, ds.GetGeneration(), func(b []byte) (uint64, bool) {
-		var old sv1.DesiredState
-		if proto.Unmarshal(b, &old) != nil {
-			return 0, false
-		}
-		return old.GetGeneration(), true
+	return p.Signer.Validity() / 2
+}
+
+// PutDesired seals ds and writes it under its service's key (see PutFenced).
+func (p *Publisher) PutDesired(ctx context.Context, kv jetstream.KeyValue, ds *sv1.DesiredState, now time.Time) (PutResult, error) {
+	value, err := p.Signer.SealDesired(ds, now)
+	if err != nil {
+		return PutResult{}, err
+	}
+	return PutFenced(ctx, kv, ds.GetService(), value, Fence{ds.GetEpoch(), ds.GetGeneration()}, p.Signer.KeyID(), now, p.renewBefore(), func(b []byte) (Header, bool) {
+		_, h, err := p.Trusted.OpenDesired(b, ds.GetService(), time.Time{})
+		return h, err == nil
 	})
 }
 
-// PutDrill writes a drill document under the drill's key, fenced by
-// generation.
-func PutDrill(ctx context.Context, kv jetstream.KeyValue, d *sv1.DrillDocument) (revision uint64, err error) {
-	value, err := proto.MarshalOptions{Deterministic: true}.Marshal(d)
+// PutDrill seals d and writes it under its drill's key (see PutFenced).
+func (p *Publisher) PutDrill(ctx context.Context, kv jetstream.KeyValue, d *sv1.DrillDocument, now time.Time) (PutResult, error) {
+	value, err := p.Signer.SealDrill(d, now)
 	if err != nil {
-		return 0, fmt.Errorf("encode drill %s: %w", d.GetDrill(), err)
+		return PutResult{}, err
 	}
-	return PutFenced(ctx, kv, d.GetDrill(), value, d.GetGeneration(), func(b []byte) (uint64, bool) {
-		var old sv1.DrillDocument
-		if proto.Unmarshal(b, &old) != nil {
-			return 0, false
-		}
-		return old.GetGeneration(), true
+	return PutFenced(ctx, kv, d.GetDrill(), value, Fence{d.GetEpoch(), d.GetGeneration()}, p.Signer.KeyID(), now, p.renewBefore(), func(b []byte) (Header, bool) {
+		_, h, err := p.Trusted.OpenDrill(b, d.GetDrill(), time.Time{})
+		return h, err == nil
 	})
 }
 
-// PutFenced writes value under key with compare-and-set on the key's
-// revision, unless the bucket already holds a document whose generation
-// (read by generationOf) is >= generation: it returns ErrStaleGeneration
-// then. A value in the bucket that does not decode is overwritten. A deposed
-// leader can therefore never replace a newer decision.
-func PutFenced(ctx context.Context, kv jetstream.KeyValue, key string, value []byte, generation uint64, generationOf func([]byte) (uint64, bool)) (uint64, error) {
+// PutFenced writes value (fence f) under key with compare-and-set on the
+// key's revision, unless the bucket holds a document that verifies (read by
+// verified) with a higher fence, or with the same fence and more than
+// renewBefore of validity left after now: it returns ErrStaleGeneration then.
+// A value in the bucket that does not verify is overwritten, whatever fence
+// it claims: only documents of trusted keys can hold the fence, so a forged
+// document with a huge generation cannot block the coordinators.
+//
+// A document of the same fence signed by another key than signerID is
+// written again at once: after a switch of signing key, the bucket then
+// holds only documents of the new key and agents can drop the old one.
+func PutFenced(ctx context.Context, kv jetstream.KeyValue, key string, value []byte, f Fence, signerID string, now time.Time, renewBefore time.Duration, verified func([]byte) (Header, bool)) (PutResult, error) {
 	for attempt := 0; attempt < 8; attempt++ {
 		cur, err := kv.Get(ctx, key)
 		switch {
@@ -69,23 +94,33 @@ func PutFenced(ctx context.Context, kv jetstream.KeyValue, key string, value []b
 				continue // raced with another writer; read again
 			}
 			if err != nil {
-				return 0, fmt.Errorf("create %s: %w", key, err)
+				return PutResult{}, fmt.Errorf("create %s: %w", key, err)
 			}
-			return rev, nil
+			return PutResult{Revision: rev}, nil
 		case err != nil:
-			return 0, fmt.Errorf("read %s: %w", key, err)
+			return PutResult{}, fmt.Errorf("read %s: %w", key, err)
 		}
-		if old, ok := generationOf(cur.Value()); ok && old >= generation {
-			return cur.Revision(), fmt.Errorf("%w: %s has generation %d, not writing %d", ErrStaleGeneration, key, old, generation)
+		var res PutResult
+		h, ok := verified(cur.Value())
+		switch {
+		case !ok:
+			res.ReplacedUnverified = true
+		case h.Fence.Compare(f) > 0:
+			return PutResult{Revision: cur.Revision()}, fmt.Errorf("%w: %s has fence %s, not writing %s", ErrStaleGeneration, key, h.Fence, f)
+		case h.Fence == f && h.KeyID == signerID && h.ExpiresAt.Sub(now) > renewBefore:
+			return PutResult{Revision: cur.Revision()}, fmt.Errorf("%w: %s has fence %s until %s", ErrStaleGeneration, key, f, h.ExpiresAt.UTC().Format(time.RFC3339))
+		case h.Fence == f:
+			res.Renewed = true
 		}
 		rev, err := kv.Update(ctx, key, value, cur.Revision())
 		if errors.Is(err, jetstream.ErrKeyRevisionMismatch) {
 			continue
 		}
 		if err != nil {
-			return 0, fmt.Errorf("update %s: %w", key, err)
+			return PutResult{}, fmt.Errorf("update %s: %w", key, err)
 		}
-		return rev, nil
+		res.Revision = rev
+		return res, nil
 	}
-	return 0, fmt.Errorf("update %s: too many concurrent writers", key)
+	return PutResult{}, fmt.Errorf("update %s: too many concurrent writers", key)
 }

@@ -8,12 +8,11 @@ import (
 
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
-	"google.golang.org/protobuf/proto"
 
 	sv1 "github.com/switchyard/switchyard/proto/switchyard/v1"
 )
 
-func TestBus_PutDesiredIsFencedByGeneration(t *testing.T) {
+func TestBus_PutDesiredIsFencedByVerifiedDocuments(t *testing.T) {
 	ns, err := RunEmbedded(EmbeddedOptions{StoreDir: t.TempDir()})
 	if err != nil {
 		t.Fatal(err)
@@ -34,34 +33,71 @@ func TestBus_PutDesiredIsFencedByGeneration(t *testing.T) {
 	if _, err := EnsureDesiredBucket(ctx, js, 1); err != nil {
 		t.Fatalf("second ensure: %v", err)
 	}
-	get := func() uint64 {
+	signer, ring := testSigner(t, 1, time.Minute)
+	pub := &Publisher{Signer: signer, Trusted: ring}
+	next, _ := testSigner(t, 3, time.Minute)
+	all, err := NewKeyring(signer.Public(), next.Public())
+	if err != nil {
+		t.Fatal(err)
+	}
+	get := func() Header {
+		t.Helper()
 		e, err := kv.Get(ctx, "web")
 		if err != nil {
 			t.Fatal(err)
 		}
-		var ds sv1.DesiredState
-		if err := proto.Unmarshal(e.Value(), &ds); err != nil {
+		_, h, err := all.OpenDesired(e.Value(), "web", time.Time{})
+		if err != nil {
+			t.Fatalf("bucket holds a document that does not open: %v", err)
+		}
+		return h
+	}
+	doc := func(epoch, gen uint64) *sv1.DesiredState {
+		return &sv1.DesiredState{Service: "web", Epoch: epoch, Generation: gen}
+	}
+	now := time.Now()
+	if _, err := pub.PutDesired(ctx, kv, doc(1, 5), now); err != nil {
+		t.Fatal(err)
+	}
+	for _, older := range []*sv1.DesiredState{doc(1, 5), doc(1, 3)} {
+		if _, err := pub.PutDesired(ctx, kv, older, now); !errors.Is(err, ErrStaleGeneration) {
+			t.Fatalf("generation %d over 5: %v, want ErrStaleGeneration", older.GetGeneration(), err)
+		}
+	}
+	if _, err := pub.PutDesired(ctx, kv, doc(1, 9), now); err != nil || get().Fence != (Fence{1, 9}) {
+		t.Fatalf("newer generation: %v, bucket has %s", err, get().Fence)
+	}
+	// A higher epoch wins over any generation of a lower one.
+	if _, err := pub.PutDesired(ctx, kv, doc(2, 1), now); err != nil || get().Fence != (Fence{2, 1}) {
+		t.Fatalf("higher epoch: %v, bucket has %s", err, get().Fence)
+	}
+	// The same fence is signed again once half its validity is gone.
+	res, err := pub.PutDesired(ctx, kv, doc(2, 1), now.Add(31*time.Second))
+	if err != nil || !res.Renewed || !get().ExpiresAt.Equal(now.Add(31*time.Second).Add(time.Minute)) {
+		t.Fatalf("renewal: %+v %v, bucket expires at %s", res, err, get().ExpiresAt)
+	}
+	// A value that does not verify is overwritten rather than trusted,
+	// whatever fence it claims: garbage, and a document of a stranger's key
+	// with a huge generation.
+	stranger, _ := testSigner(t, 2, time.Minute)
+	forged, err := stranger.SealDesired(doc(1<<40, 1<<62), now)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for name, bad := range map[string][]byte{"garbage": {0xff, 0xff}, "forged": forged} {
+		if _, err := kv.Put(ctx, "web", bad); err != nil {
 			t.Fatal(err)
 		}
-		return ds.GetGeneration()
-	}
-	if _, err := PutDesired(ctx, kv, &sv1.DesiredState{Service: "web", Generation: 5}); err != nil {
-		t.Fatal(err)
-	}
-	for _, older := range []uint64{5, 3} {
-		if _, err := PutDesired(ctx, kv, &sv1.DesiredState{Service: "web", Generation: older}); !errors.Is(err, ErrStaleGeneration) {
-			t.Fatalf("generation %d over 5: %v, want ErrStaleGeneration", older, err)
+		res, err := pub.PutDesired(ctx, kv, doc(2, 2), now)
+		if err != nil || !res.ReplacedUnverified || get().Fence != (Fence{2, 2}) {
+			t.Fatalf("over %s: %+v %v, bucket has %s", name, res, err, get().Fence)
 		}
 	}
-	if _, err := PutDesired(ctx, kv, &sv1.DesiredState{Service: "web", Generation: 9}); err != nil || get() != 9 {
-		t.Fatalf("newer generation: %v, bucket has %d", err, get())
-	}
-	// A value that does not decode is overwritten rather than trusted.
-	if _, err := kv.Put(ctx, "web", []byte{0xff, 0xff}); err != nil {
-		t.Fatal(err)
-	}
-	if _, err := PutDesired(ctx, kv, &sv1.DesiredState{Service: "web", Generation: 2}); err != nil || get() != 2 {
-		t.Fatalf("over garbage: %v, bucket has %d", err, get())
+	// After a switch of signing key the same fence is written again at
+	// once, so agents can drop the old key without waiting for a renewal.
+	pub = &Publisher{Signer: next, Trusted: all}
+	if res, err := pub.PutDesired(ctx, kv, doc(2, 2), now); err != nil || !res.Renewed || get().KeyID != next.KeyID() {
+		t.Fatalf("after the key switch: %+v %v, bucket signed by %s", res, err, get().KeyID)
 	}
 }
 

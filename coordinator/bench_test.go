@@ -127,7 +127,7 @@ func benchCluster(b *testing.B, natsURL string, size int) []*clusterNode {
 			NodeID: fmt.Sprintf("c%d", i+1), DataDir: filepath.Join(dir, fmt.Sprintf("c%d", i+1)),
 			RaftAddr: freeAddr(b), HTTPAddr: httpAddrs[i], NATSURL: natsURL,
 			BootstrapExpect: size, RetryJoin: httpAddrs, TickInterval: 50 * time.Millisecond,
-			Logger: quiet,
+			Logger: quiet, Signing: testSigning,
 		}}
 		nodes[i].start(b)
 	}

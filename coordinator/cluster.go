@@ -175,7 +175,8 @@ func (c *ClusterClient) getJSON(ctx context.Context, addr, path string, out any)
 	return json.NewDecoder(resp.Body).Decode(out)
 }
 
-func (c *ClusterClient) postJSON(ctx context.Context, addr, path string, in any) error {
+// postJSON posts in and, when out is not nil, decodes the answer into it.
+func (c *ClusterClient) postJSON(ctx context.Context, addr, path string, in, out any) error {
 	b, _ := json.Marshal(in)
 	req, err := http.NewRequestWithContext(ctx, http.MethodPost, c.url(addr, path), bytes.NewReader(b))
 	if err != nil {
@@ -190,6 +191,12 @@ func (c *ClusterClient) postJSON(ctx context.Context, addr, path string, in any)
 	if resp.StatusCode != http.StatusOK {
 		msg, _ := io.ReadAll(io.LimitReader(resp.Body, 1024))
 		return fmt.Errorf("%s: %s: %s", addr, resp.Status, strings.TrimSpace(string(msg)))
+	}
+	if out == nil {
+		return nil
+	}
+	if err := json.NewDecoder(io.LimitReader(resp.Body, 1<<20)).Decode(out); err != nil {
+		return fmt.Errorf("%s: decode answer: %w", addr, err)
 	}
 	return nil
 }
@@ -244,7 +251,7 @@ func (s *Server) tryForm(ctx context.Context) (bool, error) {
 	if len(running) > 0 {
 		// A cluster exists: ask each member until the leader adds us.
 		for _, addr := range s.cfg.RetryJoin {
-			err := s.cluster.postJSON(ctx, addr, "/v1/cluster/join", PeerInfo{ID: s.cfg.NodeID, RaftAddr: s.RaftAddr()})
+			err := s.cluster.postJSON(ctx, addr, "/v1/cluster/join", PeerInfo{ID: s.cfg.NodeID, RaftAddr: s.RaftAddr()}, nil)
 			if err == nil {
 				s.log.Info("joined the cluster", "via", addr)
 				return true, nil
@@ -351,7 +358,7 @@ func RemovePeer(ctx context.Context, addrs []string, id string) error {
 func (c *ClusterClient) RemovePeer(ctx context.Context, addrs []string, id string) error {
 	var errs []error
 	for _, a := range addrs {
-		err := c.postJSON(ctx, a, "/v1/cluster/remove", PeerInfo{ID: id})
+		err := c.postJSON(ctx, a, "/v1/cluster/remove", PeerInfo{ID: id}, nil)
 		if err == nil {
 			return nil
 		}

@@ -67,6 +67,7 @@ func startCluster(t *testing.T, natsURL string, size int, tune ...func(i int, c 
 			NodeID: fmt.Sprintf("c%d", i+1), DataDir: filepath.Join(dir, fmt.Sprintf("c%d", i+1)),
 			RaftAddr: freeAddr(t), HTTPAddr: httpAddrs[i], NATSURL: natsURL,
 			BootstrapExpect: size, RetryJoin: httpAddrs, TickInterval: 50 * time.Millisecond,
+			Signing: testSigning,
 		}}
 		for _, f := range tune {
 			f(i, &nodes[i].cfg)

@@ -79,7 +79,13 @@ func TestCoordinator_DrillRunsThroughTheLeaderAndStopAll(t *testing.T) {
 			return false
 		}
 		e, err := kv.Get(ctx, "d1")
-		return err == nil && proto.Unmarshal(e.Value(), &doc) == nil && len(doc.GetTargets()) == 3
+		if err != nil {
+			return false
+		}
+		opened, _, err := testTrust.OpenDrill(e.Value(), "d1", time.Now())
+		proto.Reset(&doc)
+		proto.Merge(&doc, opened)
+		return err == nil && len(doc.GetTargets()) == 3
 	})
 	if !chaos.Targets(&doc, "edge-2", nil) || doc.GetAborted() {
 		t.Fatalf("document %v", &doc)
@@ -94,8 +100,11 @@ func TestCoordinator_DrillRunsThroughTheLeaderAndStopAll(t *testing.T) {
 		defer cancel()
 		kv, _ := js.KeyValue(ctx, bus.DrillsBucket)
 		e, err := kv.Get(ctx, "d1")
-		var d sv1.DrillDocument
-		return err == nil && proto.Unmarshal(e.Value(), &d) == nil && d.GetAborted() && d.GetGeneration() > doc.GetGeneration()
+		if err != nil {
+			return false
+		}
+		d, _, err := testTrust.OpenDrill(e.Value(), "d1", time.Now())
+		return err == nil && d.GetAborted() && d.GetGeneration() > doc.GetGeneration()
 	})
 	var ans sv1.DrillsAnswer
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)

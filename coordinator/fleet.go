@@ -2,6 +2,7 @@ package coordinator
 
 import (
 	"cmp"
+	"log/slog"
 	"maps"
 	"slices"
 	"sync"
@@ -9,6 +10,7 @@ import (
 
 	"github.com/nats-io/nats.go"
 
+	"github.com/switchyard/switchyard/bus"
 	"github.com/switchyard/switchyard/chaos"
 	sv1 "github.com/switchyard/switchyard/proto/switchyard/v1"
 	"google.golang.org/protobuf/proto"
@@ -21,9 +23,18 @@ type fleet struct {
 	staleAfter time.Duration
 	metrics    *metrics
 	now        func() time.Time
+	log        *slog.Logger
+	// current is the fence of a service's current document in this
+	// replica's state; ok is false for a service with none.
+	current func(service string) (f bus.Fence, ok bool)
+	// epoch is the cluster's current epoch.
+	epoch func() uint64
 
 	mu    sync.RWMutex
 	nodes map[string]*nodeSeen
+	// diverged remembers, per node and service, the fence that was
+	// reported as diverged, so the warning is logged once per change.
+	diverged map[[2]string]bus.Fence
 	// faultSeen is when each (node, drill) fault was first reported active.
 	faultSeen map[[2]string]time.Time
 }
@@ -33,8 +44,13 @@ type nodeSeen struct {
 	seen   time.Time
 }
 
-func newFleet(staleAfter time.Duration, m *metrics) *fleet {
-	return &fleet{staleAfter: staleAfter, metrics: m, now: time.Now, nodes: map[string]*nodeSeen{}, faultSeen: map[[2]string]time.Time{}}
+func newFleet(staleAfter time.Duration, m *metrics, log *slog.Logger) *fleet {
+	return &fleet{
+		staleAfter: staleAfter, metrics: m, now: time.Now, log: log,
+		current: func(string) (bus.Fence, bool) { return bus.Fence{}, false },
+		epoch:   func() uint64 { return 1 },
+		nodes:   map[string]*nodeSeen{}, diverged: map[[2]string]bus.Fence{}, faultSeen: map[[2]string]time.Time{},
+	}
 }
 
 func (f *fleet) handleStatus(msg *nats.Msg) {
@@ -47,6 +63,7 @@ func (f *fleet) handleStatus(msg *nats.Msg) {
 	now := f.now()
 	f.mu.Lock()
 	f.nodes[st.GetNode()] = &nodeSeen{status: &st, seen: now}
+	f.checkDivergence(&st)
 	for _, flt := range st.GetFaults() {
 		k := [2]string{st.GetNode(), flt.GetDrill()}
 		if _, ok := f.faultSeen[k]; !ok {
@@ -73,7 +90,7 @@ func (f *fleet) nodesFor(service string) []*sv1.NodeView {
 				continue
 			}
 			age := now.Sub(n.seen)
-			out = append(out, &sv1.NodeView{
+			v := &sv1.NodeView{
 				Node:              n.status.GetNode(),
 				AppliedGeneration: svc.GetAppliedGeneration(),
 				Weights:           maps.Clone(svc.GetWeights()),
@@ -82,32 +99,70 @@ func (f *fleet) nodesFor(service string) []*sv1.NodeView {
 				Stale:             age > f.staleAfter,
 				SecondsSinceSeen:  age.Seconds(),
 				Labels:            maps.Clone(n.status.GetLabels()),
-			})
+				AppliedEpoch:      svc.GetAppliedEpoch(),
+				DocumentExpired:   svc.GetDocumentExpired(),
+			}
+			if cur, ok := f.current(service); ok {
+				v.Diverged = agreement(nodeFence(v), cur) == Diverged
+			}
+			out = append(out, v)
 		}
 	}
 	slices.SortFunc(out, func(a, b *sv1.NodeView) int { return cmp.Compare(a.GetNode(), b.GetNode()) })
 	return out
 }
 
-// converged counts the live nodes that applied generation, and the live
-// nodes in all.
-func converged(nodes []*sv1.NodeView, generation uint64) (applied, live int) {
+// converged counts the live nodes that applied exactly the document of
+// fence want, and the live nodes in all.
+func converged(nodes []*sv1.NodeView, want bus.Fence) (applied, live int) {
 	for _, n := range nodes {
 		if n.GetStale() {
 			continue
 		}
 		live++
-		if n.GetAppliedGeneration() >= generation {
+		if agreement(nodeFence(n), want) == Current {
 			applied++
 		}
 	}
 	return applied, live
 }
 
-// Convergence counts the live nodes of a service that applied generation,
-// and all live nodes of the service.
+// Convergence counts the live nodes of a service that applied exactly the
+// document of generation in the cluster's current epoch, and all live nodes
+// of the service.
 func (f *fleet) Convergence(service string, generation uint64) (applied, live int) {
-	return converged(f.nodesFor(service), generation)
+	return converged(f.nodesFor(service), bus.Fence{Epoch: f.epoch(), Generation: generation})
+}
+
+// checkDivergence warns, once per change, about a node that holds a newer
+// document than the current one, and keeps the per-service gauge. The
+// caller holds f.mu.
+func (f *fleet) checkDivergence(st *sv1.AgentStatus) {
+	for _, svc := range st.GetServices() {
+		k := [2]string{st.GetNode(), svc.GetService()}
+		cur, ok := f.current(svc.GetService())
+		have := bus.Fence{Epoch: max(svc.GetAppliedEpoch(), 1), Generation: svc.GetAppliedGeneration()}
+		if !ok || agreement(have, cur) != Diverged {
+			if _, was := f.diverged[k]; was {
+				delete(f.diverged, k)
+				f.log.Info("node no longer diverged", "node", k[0], "service", k[1], "epoch", have.Epoch, "generation", have.Generation)
+			}
+		} else if prev, was := f.diverged[k]; !was || prev != have {
+			f.diverged[k] = have
+			f.metrics.divergences.WithLabelValues(k[1]).Inc()
+			f.log.Warn("node holds a newer document than this cluster published; it ignores the current one and is not counted as converged (after rebuilding the coordinators from empty data, raise the epoch: switchyard coordinator raise-epoch)",
+				"node", k[0], "service", k[1], "epoch", have.Epoch, "generation", have.Generation, "current_epoch", cur.Epoch, "current_generation", cur.Generation)
+		}
+	}
+	counts := map[string]int{}
+	for k := range f.diverged {
+		if n := f.nodes[k[0]]; n != nil && f.now().Sub(n.seen) <= f.staleAfter {
+			counts[k[1]]++
+		}
+	}
+	for _, svc := range st.GetServices() {
+		f.metrics.diverged.WithLabelValues(svc.GetService()).Set(float64(counts[svc.GetService()]))
+	}
 }
 
 // Stale names the nodes of a service not heard from within the stale period.

@@ -45,6 +45,7 @@ func (s *Server) startHTTP() error {
 		_, _ = w.Write(b)
 	})
 	s.clusterRoutes(mux)
+	s.epochRoutes(mux)
 	ln, err := net.Listen("tcp", s.cfg.HTTPAddr)
 	if err != nil {
 		return fmt.Errorf("coordinator: --http-addr %s: %w", s.cfg.HTTPAddr, err)

@@ -20,6 +20,8 @@ type metrics struct {
 	decisions         *prometheus.CounterVec
 	peerRejected      prometheus.Counter
 	joinFailures      prometheus.Counter
+	diverged          *prometheus.GaugeVec
+	divergences       *prometheus.CounterVec
 }
 
 func newMetrics(reg prometheus.Registerer) *metrics {
@@ -34,7 +36,7 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 		}, []string{"reason"}),
 		publishes: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "switchyard_coordinator_desired_publishes_total",
-			Help: "Desired-state writes to the KV bucket, by result: written, stale (bucket already newer), error.",
+			Help: "Desired-state and drill document writes to the KV buckets, by result: written, renewed (signed again before expiry), stale (bucket already holds it or newer), replaced_unverified (the bucket held a document no trusted key signed), error.",
 		}, []string{"result"}),
 		publishSeconds: prometheus.NewHistogram(prometheus.HistogramOpts{
 			Name:    "switchyard_coordinator_desired_publish_seconds",
@@ -78,9 +80,21 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 			Name: "switchyard_coordinator_cluster_join_failures_total",
 			Help: "Attempts to find or join the cluster that failed (peers unreachable, refused, or not trusted).",
 		}),
+		diverged: prometheus.NewGaugeVec(prometheus.GaugeOpts{
+			Name: "switchyard_coordinator_nodes_diverged",
+			Help: "Live nodes of a service that hold a document newer than the current one (a higher epoch or generation than this cluster published); never counted as converged.",
+		}, []string{"service"}),
+		divergences: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "switchyard_coordinator_node_divergences_total",
+			Help: "Times a node was first seen holding a document newer than the current one, by service.",
+		}, []string{"service"}),
 	}
-	reg.MustRegister(m.peerRejected, m.joinFailures, m.intentsAccepted, m.intentsRejected, m.publishes, m.publishSeconds,
+	reg.MustRegister(m.peerRejected, m.joinFailures, m.diverged, m.divergences)
+	reg.MustRegister(m.intentsAccepted, m.intentsRejected, m.publishes, m.publishSeconds,
 		m.raftApply, m.isLeader, m.statusRejected, m.statuses, m.telemetry, m.telemetryRejected, m.decisions)
+	for _, r := range []string{"written", "renewed", "stale", "replaced_unverified", "error"} {
+		m.publishes.WithLabelValues(r)
+	}
 	for _, r := range []string{"malformed", "invalid", "not_found", "conflict", "blast_radius"} {
 		m.intentsRejected.WithLabelValues(r)
 	}

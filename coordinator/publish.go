@@ -11,10 +11,11 @@ import (
 	"github.com/switchyard/switchyard/bus"
 )
 
-// republishEvery is how often the leader writes every desired state again,
-// repairing a bucket that lost a write (a NATS restart with a lagging
-// replica). Writes of an unchanged generation are refused by PutDesired and
-// cost one read.
+// republishEvery is how often, at most, the leader writes every desired state
+// again, repairing a bucket that lost a write (a NATS restart with a lagging
+// replica) or was written by someone without a trusted key, and signing
+// documents again before they expire. Writes of an unchanged generation with
+// enough validity left are refused by PutDesired and cost one read.
 const republishEvery = 30 * time.Second
 
 // publisher writes the desired state of changed services to the KV bucket.
@@ -95,7 +96,7 @@ func (p *publisher) run(ctx context.Context) {
 		}
 	}
 	p.markAll()
-	tick := time.NewTicker(republishEvery)
+	tick := time.NewTicker(republishInterval(s.docs.Signer.Validity()))
 	defer tick.Stop()
 	for {
 		select {
@@ -108,6 +109,7 @@ func (p *publisher) run(ctx context.Context) {
 		var failed []docKey
 		for _, k := range p.take() {
 			var (
+				res   bus.PutResult
 				err   error
 				log   = s.log
 				start = time.Now()
@@ -117,17 +119,25 @@ func (p *publisher) run(ctx context.Context) {
 				if doc == nil {
 					continue
 				}
-				_, err = bus.PutDrill(ctx, drillsKV, doc)
-				log = log.With("drill", k.name, "generation", doc.GetGeneration())
+				res, err = s.docs.PutDrill(ctx, drillsKV, doc, start)
+				log = log.With("drill", k.name, "epoch", doc.GetEpoch(), "generation", doc.GetGeneration())
 			} else {
 				ds := s.fsm.State().Desired(k.name)
 				if ds == nil {
 					continue
 				}
-				_, err = bus.PutDesired(ctx, kv, ds)
-				log = log.With("service", k.name, "generation", ds.GetGeneration(), "rollout", ds.GetRolloutId())
+				res, err = s.docs.PutDesired(ctx, kv, ds, start)
+				log = log.With("service", k.name, "epoch", ds.GetEpoch(), "generation", ds.GetGeneration(), "rollout", ds.GetRolloutId())
+			}
+			if res.ReplacedUnverified {
+				// Someone without a trusted key wrote the bucket.
+				s.metrics.publishes.WithLabelValues("replaced_unverified").Inc()
+				log.Warn("the bucket held a document no trusted key signed; overwritten with the current one")
 			}
 			switch {
+			case err == nil && res.Renewed:
+				s.metrics.publishes.WithLabelValues("renewed").Inc()
+				log.Debug("document signed again before it expires")
 			case err == nil:
 				s.metrics.publishes.WithLabelValues("written").Inc()
 				s.metrics.publishSeconds.Observe(time.Since(start).Seconds())

@@ -32,7 +32,7 @@ func (s *Server) Rollouts(q *sv1.RolloutsQuery) (*sv1.RolloutsAnswer, error) {
 	now := s.cfg.Clock.Now()
 	for _, r := range rollouts {
 		nodes := s.fleet.nodesFor(r.GetSpec().GetService())
-		applied, _ := converged(nodes, r.GetGeneration())
+		applied, _ := converged(nodes, bus.Fence{Epoch: st.Epoch(), Generation: r.GetGeneration()})
 		view := &sv1.RolloutView{Rollout: r, Nodes: nodes, Converged: uint32(applied)}
 		if !state.Terminal(r.GetPhase()) {
 			obs := c.Observe(r, now)

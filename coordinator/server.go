@@ -73,6 +73,8 @@ type Config struct {
 	Gatherer   prometheus.Gatherer
 	// Clock stamps log entries; the real clock when nil.
 	Clock clock.Clock
+	// Signing signs published documents; its key is required.
+	Signing Signing
 }
 
 func (c *Config) setDefaults() error {
@@ -140,6 +142,7 @@ type Server struct {
 	fleet     *fleet
 	analysis  *analysis.Store
 	publisher *publisher
+	docs      *bus.Publisher
 
 	httpSrv  *http.Server
 	httpAddr net.Addr
@@ -166,10 +169,21 @@ func New(cfg Config) (*Server, error) {
 		return nil, err
 	}
 	s.cluster = &ClusterClient{TLS: s.clusterTLS}
+	docs, err := newDocumentPublisher(cfg.Signing)
+	if err != nil {
+		return nil, err
+	}
+	s.docs = docs
+	s.log.Info("signing documents", "key_id", docs.Signer.KeyID(), "validity", docs.Signer.Validity(), "trusted_keys", docs.Trusted.IDs())
 	s.publisher = newPublisher(s)
-	s.fleet = newFleet(cfg.StaleAfter, s.metrics)
+	s.fleet = newFleet(cfg.StaleAfter, s.metrics, s.log)
 	s.analysis = analysis.NewStore()
 	s.fsm = fsm.New(fsm.Hooks{Desired: s.publisher.mark, Drills: s.publisher.markDrills})
+	s.fleet.current = func(service string) (bus.Fence, bool) {
+		epoch, gen, ok := s.fsm.State().DesiredFence(service)
+		return bus.Fence{Epoch: epoch, Generation: gen}, ok
+	}
+	s.fleet.epoch = func() uint64 { return s.fsm.State().Epoch() }
 
 	if err := s.setupRaft(); err != nil {
 		s.closeStores()

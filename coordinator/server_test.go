@@ -47,7 +47,7 @@ func startCoordinator(t *testing.T, natsURL, dataDir string) *testCoordinator {
 	srv, err := New(Config{
 		NodeID: "c1", DataDir: dataDir, RaftAddr: "127.0.0.1:0", HTTPAddr: "127.0.0.1:0",
 		NATSURL: natsURL, BootstrapExpect: 1, Registerer: reg, Gatherer: reg,
-		TickInterval: 50 * time.Millisecond,
+		TickInterval: 50 * time.Millisecond, Signing: testSigning,
 	})
 	if err != nil {
 		t.Fatal(err)
@@ -109,11 +109,11 @@ func desiredInBucket(t *testing.T, nc *nats.Conn, service string) *sv1.DesiredSt
 	if err != nil {
 		return nil
 	}
-	var ds sv1.DesiredState
-	if err := proto.Unmarshal(e.Value(), &ds); err != nil {
+	ds, _, err := testTrust.OpenDesired(e.Value(), service, time.Now())
+	if err != nil {
 		t.Fatal(err)
 	}
-	return &ds
+	return ds
 }
 
 func publishStatus(t *testing.T, nc *nats.Conn, node string, gen uint64) {

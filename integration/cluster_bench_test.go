@@ -41,7 +41,7 @@ func BenchmarkCluster_Failover(b *testing.B) {
 	gens := recordGenerations(b, nc, "web")
 	// The harness's progress lines would bury the figures.
 	c := harnesstest.StartCluster(b, ctx, harness.ClusterOptions{Switchyard: sy, NATS: url, Log: io.Discard})
-	f := harnesstest.StartFleet(b, ctx, harness.FleetOptions{Nodes: 2, Service: "web", Switchyard: sy, Backend: be, NATS: url, Log: io.Discard})
+	f := harnesstest.StartFleet(b, ctx, harness.FleetOptions{Nodes: 2, Service: "web", Switchyard: sy, Backend: be, NATS: url, TrustKeys: []string{c.TrustKey()}, Log: io.Discard})
 
 	// setWeight 1, pause, setWeight 2, pause, ... with spare pauses for
 	// runs that start too late in theirs.

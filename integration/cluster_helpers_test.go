@@ -78,13 +78,16 @@ func recordGenerations(tb testing.TB, nc *nats.Conn, service string) *generation
 		if op := m.Header.Get(bus.KVOperationHeader); op == bus.KVOperationDelete || op == bus.KVOperationPurge {
 			return
 		}
-		var ds sv1.DesiredState
-		if proto.Unmarshal(m.Data, &ds) != nil {
+		// An observer: it reads the fence without verifying, which is
+		// the agents' job (the bucket holds only coordinators' writes here).
+		var env sv1.SignedDocument
+		var body sv1.DocumentBody
+		if proto.Unmarshal(m.Data, &env) != nil || proto.Unmarshal(env.GetBody(), &body) != nil {
 			return
 		}
 		svc := strings.TrimPrefix(m.Subject, prefix)
 		g.mu.Lock()
-		g.published[svc] = append(g.published[svc], ds.GetGeneration())
+		g.published[svc] = append(g.published[svc], body.GetGeneration())
 		g.publishedAt[svc] = append(g.publishedAt[svc], at)
 		g.mu.Unlock()
 	})

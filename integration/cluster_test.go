@@ -54,7 +54,7 @@ func startControlPlane(t *testing.T, ctx context.Context) *controlPlane {
 	nc := connectNATS(t, url)
 	gens := recordGenerations(t, nc, "web")
 	c := harnesstest.StartCluster(t, ctx, harness.ClusterOptions{Switchyard: sy, NATS: url})
-	f := harnesstest.StartFleet(t, ctx, harness.FleetOptions{Nodes: 2, Service: "web", Switchyard: sy, Backend: be, NATS: url})
+	f := harnesstest.StartFleet(t, ctx, harness.FleetOptions{Nodes: 2, Service: "web", Switchyard: sy, Backend: be, NATS: url, TrustKeys: []string{c.TrustKey()}})
 	return &controlPlane{switchyard: sy, nc: nc, cluster: c, fleet: f, gens: gens}
 }
 

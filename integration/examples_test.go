@@ -4,10 +4,12 @@ import (
 	"bufio"
 	"os"
 	"os/exec"
+	"path/filepath"
 	"strings"
 	"testing"
 
 	"github.com/switchyard/switchyard/agent"
+	"github.com/switchyard/switchyard/bus"
 	"github.com/switchyard/switchyard/internal/haproxyproc"
 	"github.com/switchyard/switchyard/internal/spec"
 )
@@ -70,7 +72,25 @@ func readHAProxyConfig(t *testing.T, path string) haproxyFile {
 // config loader, the CLI's spec parser, haproxy -c) and that they name the
 // same socket, backend, servers and service.
 func TestExamples_ConsistentAndValid(t *testing.T) {
-	agentPath := examplePath(t, "agent.yaml")
+	// The tour's agent trusts the key `switchyard dev --data-dir
+	// /tmp/switchyard/dev` writes; the test points it at a key of its own
+	// and checks the rest as written.
+	const devKey = "/tmp/switchyard/dev/keys/coordinator.key.pub"
+	example, err := os.ReadFile(examplePath(t, "agent.yaml"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !strings.Contains(string(example), "keys: ["+devKey+"]") {
+		t.Fatalf("examples/agent.yaml does not trust %s, the key the README's `switchyard dev --data-dir /tmp/switchyard/dev` writes", devKey)
+	}
+	key := filepath.Join(t.TempDir(), "coordinator.key")
+	if _, err := bus.GenerateSigningKey(key); err != nil {
+		t.Fatal(err)
+	}
+	agentPath := filepath.Join(t.TempDir(), "agent.yaml")
+	if err := os.WriteFile(agentPath, []byte(strings.ReplaceAll(string(example), devKey, key+".pub")), 0o644); err != nil {
+		t.Fatal(err)
+	}
 	cfg, err := agent.LoadConfig(agentPath)
 	if err != nil {
 		t.Fatalf("examples/agent.yaml: %v", err)

@@ -2,6 +2,8 @@ package integration
 
 import (
 	"context"
+	"crypto/ed25519"
+	"crypto/rand"
 	"errors"
 	"fmt"
 	"io"
@@ -127,10 +129,21 @@ func benchFleet(b *testing.B, n, perConn int, secured bool) {
 	}
 	quiet := slog.New(slog.NewTextHandler(io.Discard, nil))
 
+	// Every document is signed by the coordinator and verified by every
+	// agent, as in production.
+	_, signingKey, err := ed25519.GenerateKey(rand.Reader)
+	if err != nil {
+		b.Fatal(err)
+	}
+	trust, err := bus.NewKeyring(signingKey.Public().(ed25519.PublicKey))
+	if err != nil {
+		b.Fatal(err)
+	}
 	reg := prometheus.NewRegistry()
 	srv, err := coordinator.New(coordinator.Config{NodeID: "c1", DataDir: b.TempDir(), RaftAddr: "127.0.0.1:0",
 		NATSURL: url, NATS: security(bus.RoleCoordinator, "c1"),
-		BootstrapExpect: 1, Logger: quiet, Registerer: reg, Gatherer: reg, StaleAfter: time.Minute})
+		BootstrapExpect: 1, Logger: quiet, Registerer: reg, Gatherer: reg, StaleAfter: time.Minute,
+		Signing: coordinator.Signing{Key: signingKey}})
 	if err != nil {
 		b.Fatal(err)
 	}
@@ -168,6 +181,7 @@ func benchFleet(b *testing.B, n, perConn int, secured bool) {
 		cfg := &agent.Config{
 			Node: node, NATS: url, StateDir: b.TempDir(), Heartbeat: 5 * time.Second, Resync: time.Minute,
 			TelemetryInterval: 5 * time.Second,
+			Trust:             agent.TrustConfig{Keys: []string{bus.FormatPublicKey(signingKey.Public().(ed25519.PublicKey))}},
 			Services: map[string]agent.ServiceConfig{"web": {HAProxy: &agent.HAProxyConfig{Socket: "/unused", Backend: "web",
 				Servers: map[string]string{"blue": "blue", "green": "green"}}}},
 		}
@@ -226,7 +240,7 @@ func benchFleet(b *testing.B, n, perConn int, secured bool) {
 		// The decision's time is the leader's stamp on the committed entry,
 		// carried in the desired state it produced (same process clock).
 		// The publisher writes right after the commit; poll until it has.
-		var ds sv1.DesiredState
+		ds := &sv1.DesiredState{}
 		for ds.GetGeneration() < res.GetIndex() {
 			entry, err := kv.Get(ctx, "web")
 			if errors.Is(err, jetstream.ErrKeyNotFound) {
@@ -236,7 +250,7 @@ func benchFleet(b *testing.B, n, perConn int, secured bool) {
 			if err != nil {
 				b.Fatal(err)
 			}
-			if err := proto.Unmarshal(entry.Value(), &ds); err != nil {
+			if ds, _, err = trust.OpenDesired(entry.Value(), "web", time.Now()); err != nil {
 				b.Fatal(err)
 			}
 			if ds.GetGeneration() < res.GetIndex() {

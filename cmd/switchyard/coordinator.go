@@ -52,6 +52,7 @@ const coordinatorUsage = `Usage:
   switchyard coordinator [--config FILE] [flags]      run a coordinator
   switchyard coordinator members [--http ADDR] [--cluster-ca FILE] [-o json]
   switchyard coordinator remove-peer --http ADDR[,ADDR...] --cluster-ca FILE --cluster-cert FILE --cluster-key FILE ID
+  switchyard coordinator raise-epoch --http ADDR[,ADDR...] --cluster-ca FILE --cluster-cert FILE --cluster-key FILE --reason TEXT
 `
 
 // stringList is a repeatable flag.
@@ -88,9 +89,11 @@ type coordinatorFile struct {
 	Cluster         clusterTLSFile `yaml:"clusterTLS"`
 	BootstrapExpect *int           `yaml:"bootstrapExpect"`
 	RetryJoin       []string       `yaml:"retryJoin"`
+	// Signing is the key that signs published documents.
+	Signing signingFlags `yaml:"signing"`
 }
 
-func loadCoordinatorFile(path string, cfg *coordinator.Config) error {
+func loadCoordinatorFile(path string, cfg *coordinator.Config, signing *signingFlags) error {
 	data, err := os.ReadFile(path)
 	if err != nil {
 		return fmt.Errorf("--config: %w", err)
@@ -124,6 +127,7 @@ func loadCoordinatorFile(path string, cfg *coordinator.Config) error {
 	if len(f.RetryJoin) > 0 {
 		cfg.RetryJoin = f.RetryJoin
 	}
+	*signing = f.Signing
 	return nil
 }
 
@@ -134,6 +138,8 @@ func runCoordinator(ctx context.Context, args []string, stdout, stderr io.Writer
 			return coordinatorMembers(ctx, args[1:], stdout, stderr)
 		case "remove-peer":
 			return coordinatorRemovePeer(ctx, args[1:], stdout, stderr)
+		case "raise-epoch":
+			return coordinatorRaiseEpoch(ctx, args[1:], stdout, stderr)
 		case "help":
 			fmt.Fprint(stdout, coordinatorUsage)
 			return nil
@@ -146,8 +152,10 @@ func runCoordinator(ctx context.Context, args []string, stdout, stderr io.Writer
 		retryJoin stringList
 		natsSec   natsSecurityFlags
 		cluster   clusterTLSFlags
+		signing   signingFlags
+		trusted   stringList
 	)
-	configFile := fs.String("config", "", "YAML config file with the same keys (nodeId, dataDir, raftAddr, httpAddr, nats, natsClient {creds, ca, cert, key}, clusterTLS {ca, cert, key}, bootstrapExpect, retryJoin); flags override it")
+	configFile := fs.String("config", "", "YAML config file with the same keys (nodeId, dataDir, raftAddr, httpAddr, nats, natsClient {creds, ca, cert, key}, clusterTLS {ca, cert, key}, bootstrapExpect, retryJoin, signing {key, trusted, validity}); flags override it")
 	fs.StringVar(&cfg.NodeID, "node-id", "", "this coordinator's id in the cluster (required)")
 	fs.StringVar(&cfg.DataDir, "data-dir", "", "directory for the Raft log and snapshots (required)")
 	fs.StringVar(&cfg.RaftAddr, "raft-addr", "127.0.0.1:7000", "address Raft listens on and other coordinators reach it at")
@@ -157,6 +165,9 @@ func runCoordinator(ctx context.Context, args []string, stdout, stderr io.Writer
 	fs.Var(&retryJoin, "retry-join", "HTTP address of another coordinator (repeatable, or comma-separated)")
 	natsSec.register(fs)
 	cluster.register(fs)
+	fs.StringVar(&signing.Key, "signing-key", envOr("SWITCHYARD_SIGNING_KEY", ""), "private key file that signs every published document (env SWITCHYARD_SIGNING_KEY; create with `switchyard keys generate`)")
+	fs.Var(&trusted, "trusted-key", "another public key (ed25519:... or a .pub file) whose documents in the buckets count during a key rotation (repeatable)")
+	fs.DurationVar(&signing.Validity, "signing-validity", 0, "how long a signed document stays current on the agents; re-signed when half is left (default 1h)")
 	logf.register(fs)
 	if err := parse(fs, args); err != nil {
 		return err
@@ -166,8 +177,11 @@ func runCoordinator(ctx context.Context, args []string, stdout, stderr io.Writer
 	}
 	if *configFile != "" {
 		// The file fills in what the command line did not set.
-		var fromFile coordinator.Config
-		if err := loadCoordinatorFile(*configFile, &fromFile); err != nil {
+		var (
+			fromFile    coordinator.Config
+			signingFile signingFlags
+		)
+		if err := loadCoordinatorFile(*configFile, &fromFile, &signingFile); err != nil {
 			return err
 		}
 		given := map[string]bool{}
@@ -195,7 +209,20 @@ func runCoordinator(ctx context.Context, args []string, stdout, stderr io.Writer
 		if !given["retry-join"] {
 			retryJoin = fromFile.RetryJoin
 		}
+		pick("signing-key", &signing.Key, signingFile.Key)
+		if !given["trusted-key"] {
+			trusted = signingFile.Trusted
+		}
+		if !given["signing-validity"] {
+			signing.Validity = signingFile.Validity
+		}
 	}
+	signing.Trusted = trusted
+	sc, err := signing.load()
+	if err != nil {
+		return err
+	}
+	cfg.Signing = sc
 	cfg.RetryJoin = retryJoin
 	cfg.NATS = natsSec.sec
 	cfg.ClusterTLS = cluster.files

@@ -23,6 +23,7 @@ func runDev(ctx context.Context, args []string, stdout, stderr io.Writer) error 
 		natsPort = fs.Int("nats-port", 4222, "NATS port on 127.0.0.1; 0 picks a free one")
 		httpAddr = fs.String("http-addr", "127.0.0.1:7070", "coordinator HTTP address; port 0 picks a free one")
 		raftAddr = fs.String("raft-addr", "127.0.0.1:0", "coordinator Raft address; port 0 picks a free one")
+		validity = fs.Duration("signing-validity", 0, "how long a signed document stays current on the agents (default 1h)")
 		logf     logFlags
 	)
 	logf.register(fs)
@@ -67,8 +68,21 @@ func runDev(ctx context.Context, args []string, stdout, stderr io.Writer) error 
 	}
 	defer nc.Close()
 
+	// dev signs with its own key, kept in the data dir so that agents
+	// configured against one run trust the next.
+	keyPath := filepath.Join(dir, "keys", "coordinator.key")
+	if _, err := os.Stat(keyPath); os.IsNotExist(err) {
+		if _, err := bus.GenerateSigningKey(keyPath); err != nil {
+			return err
+		}
+	}
+	key, err := bus.LoadSigningKey(keyPath)
+	if err != nil {
+		return err
+	}
 	reg := newRegistry()
 	srv, err := coordinator.New(coordinator.Config{
+		Signing:         coordinator.Signing{Key: key, Validity: *validity},
 		NodeID:          "dev",
 		DataDir:         filepath.Join(dir, "coordinator"),
 		RaftAddr:        *raftAddr,
@@ -91,8 +105,11 @@ func runDev(ctx context.Context, args []string, stdout, stderr io.Writer) error 
 	fmt.Fprintf(stdout, "SWITCHYARD_NATS_CREDS=%s\n", sec.operatorCreds)
 	fmt.Fprintf(stdout, "SWITCHYARD_AUTH_DIR=%s\n", sec.setup.Dir())
 	fmt.Fprintf(stdout, "SWITCHYARD_HTTP=http://%s\n", srv.HTTPAddr())
+	// Agents list this file (or its one line) under trust.keys.
+	fmt.Fprintf(stdout, "SWITCHYARD_TRUST_KEY=%s.pub\n", keyPath)
 	log.Info("dev control plane ready", "nats", ns.ClientURL(), "data", dir,
-		"auth_dir", sec.setup.Dir(), "operator_creds", sec.operatorCreds, "nats_ca", sec.server.CA)
+		"auth_dir", sec.setup.Dir(), "operator_creds", sec.operatorCreds, "nats_ca", sec.server.CA,
+		"signing_key", keyPath, "trust_key", keyPath+".pub")
 	return <-done
 }
 

@@ -37,6 +37,7 @@ Usage:
   switchyard coordinator members    the coordinator cluster
   switchyard auth ...               NATS identities (init, issue, revoke, push, list) and
                                     development TLS certificates (see 'switchyard auth help')
+  switchyard keys generate --out F  a coordinator signing key pair (agents trust F.pub)
 
 Run 'switchyard <command> -h' for a command's flags.
 Client commands take --nats URL, --nats-creds FILE and --nats-ca FILE, or the
@@ -65,6 +66,8 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 		err = runAgent(ctx, args[1:], stderr)
 	case "rollout":
 		err = runRollout(ctx, args[1:], stdout, stderr)
+	case "keys":
+		err = runKeys(ctx, args[1:], stdout, stderr)
 	case "chaos":
 		err = runChaos(ctx, args[1:], stdout, stderr)
 	case "auth":

@@ -38,6 +38,9 @@ const (
 	DrillEndType MessageType = 7
 	// DrillReportType carries an sv1.DrillReportEntry.
 	DrillReportType MessageType = 8
+	// EpochType carries an sv1.EpochEntry: the operator raising the
+	// cluster epoch.
+	EpochType MessageType = 20
 )
 
 // ErrMalformedEntry is returned by Decode for bytes that are not an entry.
@@ -77,6 +80,8 @@ func Decode(data []byte) (MessageType, proto.Message, error) {
 		body = &sv1.DrillEndEntry{}
 	case DrillReportType:
 		body = &sv1.DrillReportEntry{}
+	case EpochType:
+		body = &sv1.EpochEntry{}
 	default:
 		return t, nil, fmt.Errorf("%w: unknown type %d", ErrMalformedEntry, t)
 	}
@@ -160,6 +165,13 @@ func (f *FSM) Apply(l *raft.Log) any {
 		return Response{}
 	case DrillReportType:
 		st.ApplyDrillReport(l.Index, body.(*sv1.DrillReportEntry))
+		return Response{}
+	case EpochType:
+		if st.ApplyEpoch(body.(*sv1.EpochEntry)) {
+			// Every document carries the epoch: all of them change.
+			f.changed(st.Services())
+			f.drillsChanged(st.PublishedDrills())
+		}
 		return Response{}
 	}
 	panic(fmt.Sprintf("raft log index %d: type %d decoded but not applied", l.Index, t))

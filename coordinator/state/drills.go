@@ -194,6 +194,7 @@ func (s *State) DrillDocument(id string) *sv1.DrillDocument {
 		Drill: d.GetId(), Generation: d.GetGeneration(), Spec: proto.Clone(d.GetSpec()).(*sv1.DrillSpec),
 		Targets: slices.Clone(d.GetTargets()), StartAt: d.GetStartAt(), EndAt: end,
 		Aborted: d.GetPhase() == sv1.DrillPhase_DRILL_PHASE_ABORTED,
+		Epoch:   s.epochLocked(),
 	}
 }
 

@@ -51,6 +51,8 @@ type State struct {
 	rollouts map[string]*sv1.Rollout
 	intents  map[string]*sv1.ProcessedIntent
 	drills   map[string]*sv1.Drill
+	// epoch is the cluster's lineage (see epoch.go); 0 reads as 1.
+	epoch uint64
 }
 
 // New returns an empty state.
@@ -509,7 +511,9 @@ func (s *State) Desired(service string) *sv1.DesiredState {
 	s.mu.RLock()
 	defer s.mu.RUnlock()
 	if d := s.services[service].GetDesired(); d != nil {
-		return proto.Clone(d).(*sv1.DesiredState)
+		ds := proto.Clone(d).(*sv1.DesiredState)
+		ds.Epoch = s.epochLocked()
+		return ds
 	}
 	return nil
 }
@@ -533,7 +537,7 @@ func (s *State) Services() []string {
 func (s *State) Snapshot() *sv1.StateSnapshot {
 	s.mu.RLock()
 	defer s.mu.RUnlock()
-	snap := &sv1.StateSnapshot{}
+	snap := &sv1.StateSnapshot{Epoch: s.epoch}
 	for _, k := range sortedKeys(s.services) {
 		snap.Services = append(snap.Services, proto.Clone(s.services[k]).(*sv1.ServiceRecord))
 	}
@@ -553,6 +557,7 @@ func (s *State) Snapshot() *sv1.StateSnapshot {
 // with duplicate or empty keys rather than silently merging them.
 func FromSnapshot(snap *sv1.StateSnapshot) (*State, error) {
 	s := New()
+	s.epoch = snap.GetEpoch()
 	for _, v := range snap.GetServices() {
 		if v.GetName() == "" || s.services[v.GetName()] != nil {
 			return nil, fmt.Errorf("snapshot: service with empty or duplicate name %q", v.GetName())

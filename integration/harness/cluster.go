@@ -42,6 +42,12 @@ type ClusterOptions struct {
 	Log io.Writer
 	// LogLevel is the coordinators' --log-level; info when empty.
 	LogLevel string
+	// SigningKey is the coordinators' --signing-key; when empty a new key is
+	// made in Dir/keys (see Cluster.TrustKey).
+	SigningKey string
+	// SigningValidity is the coordinators' --signing-validity; the default
+	// when zero.
+	SigningValidity time.Duration
 }
 
 // Coordinator is one `switchyard coordinator` process of a Cluster. Its
@@ -128,6 +134,13 @@ func StartCluster(ctx context.Context, o ClusterOptions) (c *Cluster, err error)
 			c = nil
 		}
 	}()
+	if o.SigningKey == "" {
+		o.SigningKey = filepath.Join(o.Dir, "keys", "coordinator.key")
+		if _, err := bus.GenerateSigningKey(o.SigningKey); err != nil {
+			return c, err
+		}
+		c.opts.SigningKey = o.SigningKey
+	}
 	for i := range o.Size {
 		co := &Coordinator{ID: fmt.Sprintf("c%d", i+1)}
 		co.DataDir = filepath.Join(o.Dir, co.ID)
@@ -149,6 +162,10 @@ func StartCluster(ctx context.Context, o ClusterOptions) (c *Cluster, err error)
 			"--nats", o.NATS.URL,
 			"--bootstrap-expect", strconv.Itoa(o.Size),
 			"--log-level", o.LogLevel,
+			"--signing-key", o.SigningKey,
+		}
+		if o.SigningValidity > 0 {
+			args = append(args, "--signing-validity", o.SigningValidity.String())
 		}
 		sec, err := o.NATS.Security(bus.RoleCoordinator, co.ID)
 		if err != nil {
@@ -200,6 +217,10 @@ func StartCluster(ctx context.Context, o ClusterOptions) (c *Cluster, err error)
 	c.log.Info("cluster ready", "size", o.Size, "leader", c.Coordinators[leader].ID)
 	return c, nil
 }
+
+// TrustKey is the public key file of the coordinators' signing key, for the
+// agents' trust.keys.
+func (c *Cluster) TrustKey() string { return c.opts.SigningKey + ".pub" }
 
 // HTTPAddrs are the coordinators' HTTP addresses, in order.
 func (c *Cluster) HTTPAddrs() []string {

@@ -54,6 +54,9 @@ type FleetOptions struct {
 	// dev`, only the edge nodes, and CoordinatorHTTP stays empty. Agents
 	// get credentials from its auth directory and verify its CA.
 	NATS Bus
+	// TrustKeys are the coordinator public keys (ed25519:... or .pub files)
+	// the agents trust; with dev, the key dev prints is added.
+	TrustKeys []string
 }
 
 // Backend names every node has, as rollout specs name them.
@@ -221,6 +224,11 @@ func (f *Fleet) startDev(ctx context.Context) error {
 		return fmt.Errorf("dev printed SWITCHYARD_NATS=%s; want tls://127.0.0.1:PORT", f.NATSURL)
 	}
 	f.Bus = Bus{URL: f.NATSURL, CA: printed["SWITCHYARD_NATS_CA"], AuthDir: printed["SWITCHYARD_AUTH_DIR"]}
+	line, err := f.Dev.WaitForStdoutLine(ctx, "SWITCHYARD_TRUST_KEY=")
+	if err != nil {
+		return err
+	}
+	f.opts.TrustKeys = append(f.opts.TrustKeys, strings.TrimPrefix(line, "SWITCHYARD_TRUST_KEY="))
 	f.log.Info("dev started", "pid", f.Dev.Pid(), "nats", f.NATSURL)
 	return f.waitHTTP200(ctx, "coordinator", "http://"+f.CoordinatorHTTP+"/healthz", f.Dev)
 }
@@ -297,6 +305,7 @@ func (f *Fleet) startNode(ctx context.Context, i int) (*Node, error) {
 		HTTPAddr:   n.AgentHTTP,
 		Heartbeat:  f.opts.Heartbeat.String(),
 		Resync:     f.opts.Resync.String(),
+		Trust:      agentTrust{Keys: f.opts.TrustKeys},
 		Services: map[string]agentService{f.opts.Service: {HAProxy: agentHAProxy{
 			Socket:  n.HAProxy.SocketPath(),
 			Backend: f.opts.Service,
@@ -348,11 +357,16 @@ type agentConfig struct {
 	Heartbeat  string                  `yaml:"heartbeat"`
 	Resync     string                  `yaml:"resync"`
 	Services   map[string]agentService `yaml:"services"`
+	Trust      agentTrust              `yaml:"trust"`
 }
 
 type agentNATSClient struct {
 	Creds string `yaml:"creds,omitempty"`
 	CA    string `yaml:"ca,omitempty"`
+}
+
+type agentTrust struct {
+	Keys []string `yaml:"keys"`
 }
 
 type agentService struct {
@@ -587,6 +601,15 @@ func NodeSummary(v *sv1.RolloutView) string {
 		parts = append(parts, fmt.Sprintf("%s gen=%d weights=%s driver=%s stale=%v seen=%.1fs ago %s", n.GetNode(), n.GetAppliedGeneration(), Weights(n), n.GetDriver(), n.GetStale(), n.GetSecondsSinceSeen(), n.GetMessage()))
 	}
 	return strings.Join(parts, "; ")
+}
+
+// SigningKey is the private key file `switchyard dev` signs with; empty
+// with an external control plane.
+func (f *Fleet) SigningKey() string {
+	if f.Dev == nil {
+		return ""
+	}
+	return filepath.Join(f.opts.Dir, "dev", "keys", "coordinator.key")
 }
 
 // CoordinatorMetrics fetches the coordinator's /metrics text.

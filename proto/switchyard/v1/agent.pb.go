@@ -42,6 +42,9 @@ type AppliedState struct {
 	// LocalRollback is set when the weights are the local guard's, not the
 	// document's.
 	LocalRollback *LocalRollback `protobuf:"bytes,8,opt,name=local_rollback,json=localRollback,proto3" json:"local_rollback,omitempty"`
+	// ExpiresAt is when the applied document's signature validity ends; a
+	// renewed document of the same fence moves it.
+	ExpiresAt     *timestamppb.Timestamp `protobuf:"bytes,20,opt,name=expires_at,json=expiresAt,proto3" json:"expires_at,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -132,11 +135,18 @@ func (x *AppliedState) GetLocalRollback() *LocalRollback {
 	return nil
 }
 
+func (x *AppliedState) GetExpiresAt() *timestamppb.Timestamp {
+	if x != nil {
+		return x.ExpiresAt
+	}
+	return nil
+}
+
 var File_switchyard_v1_agent_proto protoreflect.FileDescriptor
 
 const file_switchyard_v1_agent_proto_rawDesc = "" +
 	"\n" +
-	"\x19switchyard/v1/agent.proto\x12\rswitchyard.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x1bswitchyard/v1/desired.proto\x1a\x1dswitchyard/v1/telemetry.proto\"\xb5\x03\n" +
+	"\x19switchyard/v1/agent.proto\x12\rswitchyard.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x1bswitchyard/v1/desired.proto\x1a\x1dswitchyard/v1/telemetry.proto\"\xf0\x03\n" +
 	"\fAppliedState\x12\x18\n" +
 	"\aservice\x18\x01 \x01(\tR\aservice\x125\n" +
 	"\adesired\x18\x02 \x01(\v2\x1b.switchyard.v1.DesiredStateR\adesired\x12B\n" +
@@ -147,7 +157,9 @@ const file_switchyard_v1_agent_proto_rawDesc = "" +
 	"\ffrom_backend\x18\x06 \x01(\tR\vfromBackend\x12\x1d\n" +
 	"\n" +
 	"to_backend\x18\a \x01(\tR\ttoBackend\x12C\n" +
-	"\x0elocal_rollback\x18\b \x01(\v2\x1c.switchyard.v1.LocalRollbackR\rlocalRollback\x1a:\n" +
+	"\x0elocal_rollback\x18\b \x01(\v2\x1c.switchyard.v1.LocalRollbackR\rlocalRollback\x129\n" +
+	"\n" +
+	"expires_at\x18\x14 \x01(\v2\x1a.google.protobuf.TimestampR\texpiresAt\x1a:\n" +
 	"\fWeightsEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
 	"\x05value\x18\x02 \x01(\rR\x05value:\x028\x01BCZAgithub.com/switchyard/switchyard/proto/switchyard/v1;switchyardv1b\x06proto3"
@@ -177,11 +189,12 @@ var file_switchyard_v1_agent_proto_depIdxs = []int32{
 	1, // 1: switchyard.v1.AppliedState.weights:type_name -> switchyard.v1.AppliedState.WeightsEntry
 	3, // 2: switchyard.v1.AppliedState.applied_at:type_name -> google.protobuf.Timestamp
 	4, // 3: switchyard.v1.AppliedState.local_rollback:type_name -> switchyard.v1.LocalRollback
-	4, // [4:4] is the sub-list for method output_type
-	4, // [4:4] is the sub-list for method input_type
-	4, // [4:4] is the sub-list for extension type_name
-	4, // [4:4] is the sub-list for extension extendee
-	0, // [0:4] is the sub-list for field type_name
+	3, // 4: switchyard.v1.AppliedState.expires_at:type_name -> google.protobuf.Timestamp
+	5, // [5:5] is the sub-list for method output_type
+	5, // [5:5] is the sub-list for method input_type
+	5, // [5:5] is the sub-list for extension type_name
+	5, // [5:5] is the sub-list for extension extendee
+	0, // [0:5] is the sub-list for field type_name
 }
 
 func init() { file_switchyard_v1_agent_proto_init() }

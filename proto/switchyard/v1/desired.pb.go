@@ -99,8 +99,9 @@ type DesiredState struct {
 	// Service is the name agents map to a local proxy backend.
 	Service string `protobuf:"bytes,1,opt,name=service,proto3" json:"service,omitempty"`
 	// Generation is the Raft index of the entry that produced this document.
-	// Agents apply a document only if its generation is higher than the one they
-	// applied (fencing against deposed leaders and reordered deliveries).
+	// Agents apply a document only if its (epoch, generation) is higher than the
+	// one they applied (fencing against deposed leaders and reordered
+	// deliveries).
 	Generation uint64 `protobuf:"varint,2,opt,name=generation,proto3" json:"generation,omitempty"`
 	// RolloutId names the rollout that produced this document; empty for the
 	// service's initial state.
@@ -120,10 +121,12 @@ type DesiredState struct {
 	// agent acting alone (its local guard) knows which way is back.
 	FromBackend string `protobuf:"bytes,8,opt,name=from_backend,json=fromBackend,proto3" json:"from_backend,omitempty"`
 	ToBackend   string `protobuf:"bytes,9,opt,name=to_backend,json=toBackend,proto3" json:"to_backend,omitempty"`
-	// Signature is set by the coordinator that signs desired state; it is the
-	// last field on the wire so that verification covers the exact bytes before
-	// it. Reserved for the security work; agents ignore it until then.
-	Signature     *Signature `protobuf:"bytes,15,opt,name=signature,proto3" json:"signature,omitempty"`
+	// Signature is unused: documents travel inside a SignedDocument envelope
+	// (document.proto), whose signature covers this message's bytes.
+	Signature *Signature `protobuf:"bytes,15,opt,name=signature,proto3" json:"signature,omitempty"`
+	// Epoch is the coordinator cluster's lineage; with generation it forms the
+	// fence agents compare, epoch first.
+	Epoch         uint64 `protobuf:"varint,20,opt,name=epoch,proto3" json:"epoch,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -226,6 +229,13 @@ func (x *DesiredState) GetSignature() *Signature {
 		return x.Signature
 	}
 	return nil
+}
+
+func (x *DesiredState) GetEpoch() uint64 {
+	if x != nil {
+		return x.Epoch
+	}
+	return 0
 }
 
 // WaveWeights is the traffic split for the nodes of one wave.
@@ -370,7 +380,7 @@ var File_switchyard_v1_desired_proto protoreflect.FileDescriptor
 
 const file_switchyard_v1_desired_proto_rawDesc = "" +
 	"\n" +
-	"\x1bswitchyard/v1/desired.proto\x12\rswitchyard.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"\x9c\x04\n" +
+	"\x1bswitchyard/v1/desired.proto\x12\rswitchyard.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"\xb2\x04\n" +
 	"\fDesiredState\x12\x18\n" +
 	"\aservice\x18\x01 \x01(\tR\aservice\x12\x1e\n" +
 	"\n" +
@@ -385,7 +395,8 @@ const file_switchyard_v1_desired_proto_rawDesc = "" +
 	"\ffrom_backend\x18\b \x01(\tR\vfromBackend\x12\x1d\n" +
 	"\n" +
 	"to_backend\x18\t \x01(\tR\ttoBackend\x126\n" +
-	"\tsignature\x18\x0f \x01(\v2\x18.switchyard.v1.SignatureR\tsignature\x1aA\n" +
+	"\tsignature\x18\x0f \x01(\v2\x18.switchyard.v1.SignatureR\tsignature\x12\x14\n" +
+	"\x05epoch\x18\x14 \x01(\x04R\x05epoch\x1aA\n" +
 	"\x13DefaultWeightsEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
 	"\x05value\x18\x02 \x01(\rR\x05value:\x028\x01\"\xdc\x02\n" +

@@ -875,8 +875,11 @@ type DrillDocument struct {
 	StartAt    *timestamppb.Timestamp `protobuf:"bytes,5,opt,name=start_at,json=startAt,proto3" json:"start_at,omitempty"`
 	EndAt      *timestamppb.Timestamp `protobuf:"bytes,6,opt,name=end_at,json=endAt,proto3" json:"end_at,omitempty"`
 	// Aborted tells agents to revert now.
-	Aborted       bool       `protobuf:"varint,7,opt,name=aborted,proto3" json:"aborted,omitempty"`
-	Signature     *Signature `protobuf:"bytes,15,opt,name=signature,proto3" json:"signature,omitempty"`
+	Aborted bool `protobuf:"varint,7,opt,name=aborted,proto3" json:"aborted,omitempty"`
+	// Signature is unused: documents travel inside a SignedDocument envelope.
+	Signature *Signature `protobuf:"bytes,15,opt,name=signature,proto3" json:"signature,omitempty"`
+	// Epoch is the coordinator cluster's lineage (see DesiredState.epoch).
+	Epoch         uint64 `protobuf:"varint,20,opt,name=epoch,proto3" json:"epoch,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -965,6 +968,13 @@ func (x *DrillDocument) GetSignature() *Signature {
 		return x.Signature
 	}
 	return nil
+}
+
+func (x *DrillDocument) GetEpoch() uint64 {
+	if x != nil {
+		return x.Epoch
+	}
+	return 0
 }
 
 // DrillReport is what a drill did and what it proved.
@@ -1188,7 +1198,7 @@ const file_switchyard_v1_drill_proto_rawDesc = "" +
 	"\n" +
 	"generation\x18\v \x01(\x04R\n" +
 	"generation\x122\n" +
-	"\x06report\x18\f \x01(\v2\x1a.switchyard.v1.DrillReportR\x06report\"\xc9\x02\n" +
+	"\x06report\x18\f \x01(\v2\x1a.switchyard.v1.DrillReportR\x06report\"\xdf\x02\n" +
 	"\rDrillDocument\x12\x14\n" +
 	"\x05drill\x18\x01 \x01(\tR\x05drill\x12\x1e\n" +
 	"\n" +
@@ -1199,7 +1209,8 @@ const file_switchyard_v1_drill_proto_rawDesc = "" +
 	"\bstart_at\x18\x05 \x01(\v2\x1a.google.protobuf.TimestampR\astartAt\x121\n" +
 	"\x06end_at\x18\x06 \x01(\v2\x1a.google.protobuf.TimestampR\x05endAt\x12\x18\n" +
 	"\aaborted\x18\a \x01(\bR\aaborted\x126\n" +
-	"\tsignature\x18\x0f \x01(\v2\x18.switchyard.v1.SignatureR\tsignature\"\x81\x03\n" +
+	"\tsignature\x18\x0f \x01(\v2\x18.switchyard.v1.SignatureR\tsignature\x12\x14\n" +
+	"\x05epoch\x18\x14 \x01(\x04R\x05epoch\"\x81\x03\n" +
 	"\vDrillReport\x128\n" +
 	"\binjected\x18\x01 \x03(\v2\x1c.switchyard.v1.NodeFaultTimeR\binjected\x12F\n" +
 	"\x11first_injected_at\x18\x02 \x01(\v2\x1a.google.protobuf.TimestampR\x0ffirstInjectedAt\x12;\n" +

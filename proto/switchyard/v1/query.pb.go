@@ -227,8 +227,16 @@ type NodeView struct {
 	// SecondsSinceSeen is how long ago its last status arrived.
 	SecondsSinceSeen float64           `protobuf:"fixed64,7,opt,name=seconds_since_seen,json=secondsSinceSeen,proto3" json:"seconds_since_seen,omitempty"`
 	Labels           map[string]string `protobuf:"bytes,8,rep,name=labels,proto3" json:"labels,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"bytes,2,opt,name=value"`
-	unknownFields    protoimpl.UnknownFields
-	sizeCache        protoimpl.SizeCache
+	// AppliedEpoch is the epoch of the node's applied document.
+	AppliedEpoch uint64 `protobuf:"varint,20,opt,name=applied_epoch,json=appliedEpoch,proto3" json:"applied_epoch,omitempty"`
+	// Diverged is true when the node holds a document newer than the current
+	// one (a higher epoch or generation than this cluster published): it is
+	// never counted as converged.
+	Diverged bool `protobuf:"varint,21,opt,name=diverged,proto3" json:"diverged,omitempty"`
+	// DocumentExpired is true when the node's applied document expired.
+	DocumentExpired bool `protobuf:"varint,22,opt,name=document_expired,json=documentExpired,proto3" json:"document_expired,omitempty"`
+	unknownFields   protoimpl.UnknownFields
+	sizeCache       protoimpl.SizeCache
 }
 
 func (x *NodeView) Reset() {
@@ -315,6 +323,27 @@ func (x *NodeView) GetLabels() map[string]string {
 		return x.Labels
 	}
 	return nil
+}
+
+func (x *NodeView) GetAppliedEpoch() uint64 {
+	if x != nil {
+		return x.AppliedEpoch
+	}
+	return 0
+}
+
+func (x *NodeView) GetDiverged() bool {
+	if x != nil {
+		return x.Diverged
+	}
+	return false
+}
+
+func (x *NodeView) GetDocumentExpired() bool {
+	if x != nil {
+		return x.DocumentExpired
+	}
+	return false
 }
 
 // FleetQuery asks for the nodes that run a service.
@@ -614,7 +643,7 @@ const file_switchyard_v1_query_proto_rawDesc = "" +
 	"\x05nodes\x18\x02 \x03(\v2\x17.switchyard.v1.NodeViewR\x05nodes\x12\x1c\n" +
 	"\tconverged\x18\x03 \x01(\rR\tconverged\x12\x18\n" +
 	"\awaiting\x18\x04 \x01(\tR\awaiting\x127\n" +
-	"\awindows\x18\x05 \x03(\v2\x1d.switchyard.v1.WindowEvidenceR\awindows\"\xd4\x03\n" +
+	"\awindows\x18\x05 \x03(\v2\x1d.switchyard.v1.WindowEvidenceR\awindows\"\xc0\x04\n" +
 	"\bNodeView\x12\x12\n" +
 	"\x04node\x18\x01 \x01(\tR\x04node\x12-\n" +
 	"\x12applied_generation\x18\x02 \x01(\x04R\x11appliedGeneration\x12>\n" +
@@ -623,7 +652,10 @@ const file_switchyard_v1_query_proto_rawDesc = "" +
 	"\amessage\x18\x05 \x01(\tR\amessage\x12\x14\n" +
 	"\x05stale\x18\x06 \x01(\bR\x05stale\x12,\n" +
 	"\x12seconds_since_seen\x18\a \x01(\x01R\x10secondsSinceSeen\x12;\n" +
-	"\x06labels\x18\b \x03(\v2#.switchyard.v1.NodeView.LabelsEntryR\x06labels\x1a:\n" +
+	"\x06labels\x18\b \x03(\v2#.switchyard.v1.NodeView.LabelsEntryR\x06labels\x12#\n" +
+	"\rapplied_epoch\x18\x14 \x01(\x04R\fappliedEpoch\x12\x1a\n" +
+	"\bdiverged\x18\x15 \x01(\bR\bdiverged\x12)\n" +
+	"\x10document_expired\x18\x16 \x01(\bR\x0fdocumentExpired\x1a:\n" +
 	"\fWeightsEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
 	"\x05value\x18\x02 \x01(\rR\x05value:\x028\x01\x1a9\n" +

@@ -572,11 +572,14 @@ func (x *DrillReportEntry) GetReport() *DrillReport {
 // StateSnapshot is the whole replicated state, as written to a Raft
 // snapshot. Restoring it replaces the state.
 type StateSnapshot struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	Services      []*ServiceRecord       `protobuf:"bytes,1,rep,name=services,proto3" json:"services,omitempty"`
-	Rollouts      []*Rollout             `protobuf:"bytes,2,rep,name=rollouts,proto3" json:"rollouts,omitempty"`
-	Intents       []*ProcessedIntent     `protobuf:"bytes,3,rep,name=intents,proto3" json:"intents,omitempty"`
-	Drills        []*Drill               `protobuf:"bytes,4,rep,name=drills,proto3" json:"drills,omitempty"`
+	state    protoimpl.MessageState `protogen:"open.v1"`
+	Services []*ServiceRecord       `protobuf:"bytes,1,rep,name=services,proto3" json:"services,omitempty"`
+	Rollouts []*Rollout             `protobuf:"bytes,2,rep,name=rollouts,proto3" json:"rollouts,omitempty"`
+	Intents  []*ProcessedIntent     `protobuf:"bytes,3,rep,name=intents,proto3" json:"intents,omitempty"`
+	Drills   []*Drill               `protobuf:"bytes,4,rep,name=drills,proto3" json:"drills,omitempty"`
+	// Epoch is the cluster's lineage; 0 in snapshots from before epochs, read
+	// as 1.
+	Epoch         uint64 `protobuf:"varint,20,opt,name=epoch,proto3" json:"epoch,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -639,6 +642,86 @@ func (x *StateSnapshot) GetDrills() []*Drill {
 	return nil
 }
 
+func (x *StateSnapshot) GetEpoch() uint64 {
+	if x != nil {
+		return x.Epoch
+	}
+	return 0
+}
+
+// EpochEntry raises the cluster epoch: the explicit operator step after a
+// cluster was rebuilt from empty data, so its documents fence above every
+// document the fleet holds.
+type EpochEntry struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	Epoch uint64                 `protobuf:"varint,1,opt,name=epoch,proto3" json:"epoch,omitempty"`
+	// Reason is the operator's text, kept for the record.
+	Reason string `protobuf:"bytes,2,opt,name=reason,proto3" json:"reason,omitempty"`
+	// HighestSeen is the highest verified epoch found in the buckets.
+	HighestSeen   uint64                 `protobuf:"varint,3,opt,name=highest_seen,json=highestSeen,proto3" json:"highest_seen,omitempty"`
+	StampedAt     *timestamppb.Timestamp `protobuf:"bytes,4,opt,name=stamped_at,json=stampedAt,proto3" json:"stamped_at,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *EpochEntry) Reset() {
+	*x = EpochEntry{}
+	mi := &file_switchyard_v1_raft_proto_msgTypes[9]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *EpochEntry) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*EpochEntry) ProtoMessage() {}
+
+func (x *EpochEntry) ProtoReflect() protoreflect.Message {
+	mi := &file_switchyard_v1_raft_proto_msgTypes[9]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use EpochEntry.ProtoReflect.Descriptor instead.
+func (*EpochEntry) Descriptor() ([]byte, []int) {
+	return file_switchyard_v1_raft_proto_rawDescGZIP(), []int{9}
+}
+
+func (x *EpochEntry) GetEpoch() uint64 {
+	if x != nil {
+		return x.Epoch
+	}
+	return 0
+}
+
+func (x *EpochEntry) GetReason() string {
+	if x != nil {
+		return x.Reason
+	}
+	return ""
+}
+
+func (x *EpochEntry) GetHighestSeen() uint64 {
+	if x != nil {
+		return x.HighestSeen
+	}
+	return 0
+}
+
+func (x *EpochEntry) GetStampedAt() *timestamppb.Timestamp {
+	if x != nil {
+		return x.StampedAt
+	}
+	return nil
+}
+
 // ServiceRecord is one service and its current desired state.
 type ServiceRecord struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
@@ -652,7 +735,7 @@ type ServiceRecord struct {
 
 func (x *ServiceRecord) Reset() {
 	*x = ServiceRecord{}
-	mi := &file_switchyard_v1_raft_proto_msgTypes[9]
+	mi := &file_switchyard_v1_raft_proto_msgTypes[10]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -664,7 +747,7 @@ func (x *ServiceRecord) String() string {
 func (*ServiceRecord) ProtoMessage() {}
 
 func (x *ServiceRecord) ProtoReflect() protoreflect.Message {
-	mi := &file_switchyard_v1_raft_proto_msgTypes[9]
+	mi := &file_switchyard_v1_raft_proto_msgTypes[10]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -677,7 +760,7 @@ func (x *ServiceRecord) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ServiceRecord.ProtoReflect.Descriptor instead.
 func (*ServiceRecord) Descriptor() ([]byte, []int) {
-	return file_switchyard_v1_raft_proto_rawDescGZIP(), []int{9}
+	return file_switchyard_v1_raft_proto_rawDescGZIP(), []int{10}
 }
 
 func (x *ServiceRecord) GetName() string {
@@ -713,7 +796,7 @@ type ProcessedIntent struct {
 
 func (x *ProcessedIntent) Reset() {
 	*x = ProcessedIntent{}
-	mi := &file_switchyard_v1_raft_proto_msgTypes[10]
+	mi := &file_switchyard_v1_raft_proto_msgTypes[11]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -725,7 +808,7 @@ func (x *ProcessedIntent) String() string {
 func (*ProcessedIntent) ProtoMessage() {}
 
 func (x *ProcessedIntent) ProtoReflect() protoreflect.Message {
-	mi := &file_switchyard_v1_raft_proto_msgTypes[10]
+	mi := &file_switchyard_v1_raft_proto_msgTypes[11]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -738,7 +821,7 @@ func (x *ProcessedIntent) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ProcessedIntent.ProtoReflect.Descriptor instead.
 func (*ProcessedIntent) Descriptor() ([]byte, []int) {
-	return file_switchyard_v1_raft_proto_rawDescGZIP(), []int{10}
+	return file_switchyard_v1_raft_proto_rawDescGZIP(), []int{11}
 }
 
 func (x *ProcessedIntent) GetId() string {
@@ -815,12 +898,20 @@ const file_switchyard_v1_raft_proto_rawDesc = "" +
 	"stamped_at\x18\x04 \x01(\v2\x1a.google.protobuf.TimestampR\tstampedAt\"\\\n" +
 	"\x10DrillReportEntry\x12\x14\n" +
 	"\x05drill\x18\x01 \x01(\tR\x05drill\x122\n" +
-	"\x06report\x18\x02 \x01(\v2\x1a.switchyard.v1.DrillReportR\x06report\"\xe5\x01\n" +
+	"\x06report\x18\x02 \x01(\v2\x1a.switchyard.v1.DrillReportR\x06report\"\xfb\x01\n" +
 	"\rStateSnapshot\x128\n" +
 	"\bservices\x18\x01 \x03(\v2\x1c.switchyard.v1.ServiceRecordR\bservices\x122\n" +
 	"\brollouts\x18\x02 \x03(\v2\x16.switchyard.v1.RolloutR\brollouts\x128\n" +
 	"\aintents\x18\x03 \x03(\v2\x1e.switchyard.v1.ProcessedIntentR\aintents\x12,\n" +
-	"\x06drills\x18\x04 \x03(\v2\x14.switchyard.v1.DrillR\x06drills\"\x81\x01\n" +
+	"\x06drills\x18\x04 \x03(\v2\x14.switchyard.v1.DrillR\x06drills\x12\x14\n" +
+	"\x05epoch\x18\x14 \x01(\x04R\x05epoch\"\x98\x01\n" +
+	"\n" +
+	"EpochEntry\x12\x14\n" +
+	"\x05epoch\x18\x01 \x01(\x04R\x05epoch\x12\x16\n" +
+	"\x06reason\x18\x02 \x01(\tR\x06reason\x12!\n" +
+	"\fhighest_seen\x18\x03 \x01(\x04R\vhighestSeen\x129\n" +
+	"\n" +
+	"stamped_at\x18\x04 \x01(\v2\x1a.google.protobuf.TimestampR\tstampedAt\"\x81\x01\n" +
 	"\rServiceRecord\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12%\n" +
 	"\x0eactive_rollout\x18\x02 \x01(\tR\ractiveRollout\x125\n" +
@@ -842,7 +933,7 @@ func file_switchyard_v1_raft_proto_rawDescGZIP() []byte {
 	return file_switchyard_v1_raft_proto_rawDescData
 }
 
-var file_switchyard_v1_raft_proto_msgTypes = make([]protoimpl.MessageInfo, 11)
+var file_switchyard_v1_raft_proto_msgTypes = make([]protoimpl.MessageInfo, 12)
 var file_switchyard_v1_raft_proto_goTypes = []any{
 	(*IntentEntry)(nil),           // 0: switchyard.v1.IntentEntry
 	(*RolloutConvergedEntry)(nil), // 1: switchyard.v1.RolloutConvergedEntry
@@ -853,40 +944,42 @@ var file_switchyard_v1_raft_proto_goTypes = []any{
 	(*DrillEndEntry)(nil),         // 6: switchyard.v1.DrillEndEntry
 	(*DrillReportEntry)(nil),      // 7: switchyard.v1.DrillReportEntry
 	(*StateSnapshot)(nil),         // 8: switchyard.v1.StateSnapshot
-	(*ServiceRecord)(nil),         // 9: switchyard.v1.ServiceRecord
-	(*ProcessedIntent)(nil),       // 10: switchyard.v1.ProcessedIntent
-	(*Intent)(nil),                // 11: switchyard.v1.Intent
-	(*timestamppb.Timestamp)(nil), // 12: google.protobuf.Timestamp
-	(*Evidence)(nil),              // 13: switchyard.v1.Evidence
-	(*DrillReport)(nil),           // 14: switchyard.v1.DrillReport
-	(*Rollout)(nil),               // 15: switchyard.v1.Rollout
-	(*Drill)(nil),                 // 16: switchyard.v1.Drill
-	(*DesiredState)(nil),          // 17: switchyard.v1.DesiredState
-	(*IntentResult)(nil),          // 18: switchyard.v1.IntentResult
+	(*EpochEntry)(nil),            // 9: switchyard.v1.EpochEntry
+	(*ServiceRecord)(nil),         // 10: switchyard.v1.ServiceRecord
+	(*ProcessedIntent)(nil),       // 11: switchyard.v1.ProcessedIntent
+	(*Intent)(nil),                // 12: switchyard.v1.Intent
+	(*timestamppb.Timestamp)(nil), // 13: google.protobuf.Timestamp
+	(*Evidence)(nil),              // 14: switchyard.v1.Evidence
+	(*DrillReport)(nil),           // 15: switchyard.v1.DrillReport
+	(*Rollout)(nil),               // 16: switchyard.v1.Rollout
+	(*Drill)(nil),                 // 17: switchyard.v1.Drill
+	(*DesiredState)(nil),          // 18: switchyard.v1.DesiredState
+	(*IntentResult)(nil),          // 19: switchyard.v1.IntentResult
 }
 var file_switchyard_v1_raft_proto_depIdxs = []int32{
-	11, // 0: switchyard.v1.IntentEntry.intent:type_name -> switchyard.v1.Intent
-	12, // 1: switchyard.v1.IntentEntry.stamped_at:type_name -> google.protobuf.Timestamp
-	12, // 2: switchyard.v1.RolloutConvergedEntry.stamped_at:type_name -> google.protobuf.Timestamp
-	12, // 3: switchyard.v1.RolloutAdvanceEntry.stamped_at:type_name -> google.protobuf.Timestamp
-	13, // 4: switchyard.v1.RollbackEntry.evidence:type_name -> switchyard.v1.Evidence
-	12, // 5: switchyard.v1.RollbackEntry.stamped_at:type_name -> google.protobuf.Timestamp
-	12, // 6: switchyard.v1.RolloutFinishEntry.stamped_at:type_name -> google.protobuf.Timestamp
-	12, // 7: switchyard.v1.DrillStartEntry.stamped_at:type_name -> google.protobuf.Timestamp
-	12, // 8: switchyard.v1.DrillEndEntry.stamped_at:type_name -> google.protobuf.Timestamp
-	14, // 9: switchyard.v1.DrillReportEntry.report:type_name -> switchyard.v1.DrillReport
-	9,  // 10: switchyard.v1.StateSnapshot.services:type_name -> switchyard.v1.ServiceRecord
-	15, // 11: switchyard.v1.StateSnapshot.rollouts:type_name -> switchyard.v1.Rollout
-	10, // 12: switchyard.v1.StateSnapshot.intents:type_name -> switchyard.v1.ProcessedIntent
-	16, // 13: switchyard.v1.StateSnapshot.drills:type_name -> switchyard.v1.Drill
-	17, // 14: switchyard.v1.ServiceRecord.desired:type_name -> switchyard.v1.DesiredState
-	18, // 15: switchyard.v1.ProcessedIntent.result:type_name -> switchyard.v1.IntentResult
-	12, // 16: switchyard.v1.ProcessedIntent.at:type_name -> google.protobuf.Timestamp
-	17, // [17:17] is the sub-list for method output_type
-	17, // [17:17] is the sub-list for method input_type
-	17, // [17:17] is the sub-list for extension type_name
-	17, // [17:17] is the sub-list for extension extendee
-	0,  // [0:17] is the sub-list for field type_name
+	12, // 0: switchyard.v1.IntentEntry.intent:type_name -> switchyard.v1.Intent
+	13, // 1: switchyard.v1.IntentEntry.stamped_at:type_name -> google.protobuf.Timestamp
+	13, // 2: switchyard.v1.RolloutConvergedEntry.stamped_at:type_name -> google.protobuf.Timestamp
+	13, // 3: switchyard.v1.RolloutAdvanceEntry.stamped_at:type_name -> google.protobuf.Timestamp
+	14, // 4: switchyard.v1.RollbackEntry.evidence:type_name -> switchyard.v1.Evidence
+	13, // 5: switchyard.v1.RollbackEntry.stamped_at:type_name -> google.protobuf.Timestamp
+	13, // 6: switchyard.v1.RolloutFinishEntry.stamped_at:type_name -> google.protobuf.Timestamp
+	13, // 7: switchyard.v1.DrillStartEntry.stamped_at:type_name -> google.protobuf.Timestamp
+	13, // 8: switchyard.v1.DrillEndEntry.stamped_at:type_name -> google.protobuf.Timestamp
+	15, // 9: switchyard.v1.DrillReportEntry.report:type_name -> switchyard.v1.DrillReport
+	10, // 10: switchyard.v1.StateSnapshot.services:type_name -> switchyard.v1.ServiceRecord
+	16, // 11: switchyard.v1.StateSnapshot.rollouts:type_name -> switchyard.v1.Rollout
+	11, // 12: switchyard.v1.StateSnapshot.intents:type_name -> switchyard.v1.ProcessedIntent
+	17, // 13: switchyard.v1.StateSnapshot.drills:type_name -> switchyard.v1.Drill
+	13, // 14: switchyard.v1.EpochEntry.stamped_at:type_name -> google.protobuf.Timestamp
+	18, // 15: switchyard.v1.ServiceRecord.desired:type_name -> switchyard.v1.DesiredState
+	19, // 16: switchyard.v1.ProcessedIntent.result:type_name -> switchyard.v1.IntentResult
+	13, // 17: switchyard.v1.ProcessedIntent.at:type_name -> google.protobuf.Timestamp
+	18, // [18:18] is the sub-list for method output_type
+	18, // [18:18] is the sub-list for method input_type
+	18, // [18:18] is the sub-list for extension type_name
+	18, // [18:18] is the sub-list for extension extendee
+	0,  // [0:18] is the sub-list for field type_name
 }
 
 func init() { file_switchyard_v1_raft_proto_init() }
@@ -904,7 +997,7 @@ func file_switchyard_v1_raft_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_switchyard_v1_raft_proto_rawDesc), len(file_switchyard_v1_raft_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   11,
+			NumMessages:   12,
 			NumExtensions: 0,
 			NumServices:   0,
 		},

@@ -577,8 +577,17 @@ type ServiceStatus struct {
 	// LocalRollback is set while the node serves weights its own local guard
 	// chose, until a newer generation from the coordinator replaces them.
 	LocalRollback *LocalRollback `protobuf:"bytes,7,opt,name=local_rollback,json=localRollback,proto3" json:"local_rollback,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	// AppliedEpoch is the epoch of the applied document; with the generation it
+	// is the fence the coordinator compares with its current document.
+	AppliedEpoch uint64 `protobuf:"varint,20,opt,name=applied_epoch,json=appliedEpoch,proto3" json:"applied_epoch,omitempty"`
+	// DocumentExpired is true when the applied document's signature validity
+	// ended and no renewed document arrived: the node keeps its weights but
+	// hears nothing current from the coordinators.
+	DocumentExpired bool `protobuf:"varint,21,opt,name=document_expired,json=documentExpired,proto3" json:"document_expired,omitempty"`
+	// DocumentExpiresAt is when the applied document stops being current.
+	DocumentExpiresAt *timestamppb.Timestamp `protobuf:"bytes,22,opt,name=document_expires_at,json=documentExpiresAt,proto3" json:"document_expires_at,omitempty"`
+	unknownFields     protoimpl.UnknownFields
+	sizeCache         protoimpl.SizeCache
 }
 
 func (x *ServiceStatus) Reset() {
@@ -656,6 +665,27 @@ func (x *ServiceStatus) GetMessage() string {
 func (x *ServiceStatus) GetLocalRollback() *LocalRollback {
 	if x != nil {
 		return x.LocalRollback
+	}
+	return nil
+}
+
+func (x *ServiceStatus) GetAppliedEpoch() uint64 {
+	if x != nil {
+		return x.AppliedEpoch
+	}
+	return 0
+}
+
+func (x *ServiceStatus) GetDocumentExpired() bool {
+	if x != nil {
+		return x.DocumentExpired
+	}
+	return false
+}
+
+func (x *ServiceStatus) GetDocumentExpiresAt() *timestamppb.Timestamp {
+	if x != nil {
+		return x.DocumentExpiresAt
 	}
 	return nil
 }
@@ -875,7 +905,7 @@ const file_switchyard_v1_telemetry_proto_rawDesc = "" +
 	"\x06faults\x18\x14 \x03(\v2\x1a.switchyard.v1.ActiveFaultR\x06faults\x1a9\n" +
 	"\vLabelsEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
-	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"\x8c\x03\n" +
+	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"\xa8\x04\n" +
 	"\rServiceStatus\x12\x18\n" +
 	"\aservice\x18\x01 \x01(\tR\aservice\x12-\n" +
 	"\x12applied_generation\x18\x02 \x01(\x04R\x11appliedGeneration\x12\x1d\n" +
@@ -884,7 +914,10 @@ const file_switchyard_v1_telemetry_proto_rawDesc = "" +
 	"\aweights\x18\x04 \x03(\v2).switchyard.v1.ServiceStatus.WeightsEntryR\aweights\x123\n" +
 	"\x06driver\x18\x05 \x01(\x0e2\x1b.switchyard.v1.DriverHealthR\x06driver\x12\x18\n" +
 	"\amessage\x18\x06 \x01(\tR\amessage\x12C\n" +
-	"\x0elocal_rollback\x18\a \x01(\v2\x1c.switchyard.v1.LocalRollbackR\rlocalRollback\x1a:\n" +
+	"\x0elocal_rollback\x18\a \x01(\v2\x1c.switchyard.v1.LocalRollbackR\rlocalRollback\x12#\n" +
+	"\rapplied_epoch\x18\x14 \x01(\x04R\fappliedEpoch\x12)\n" +
+	"\x10document_expired\x18\x15 \x01(\bR\x0fdocumentExpired\x12J\n" +
+	"\x13document_expires_at\x18\x16 \x01(\v2\x1a.google.protobuf.TimestampR\x11documentExpiresAt\x1a:\n" +
 	"\fWeightsEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
 	"\x05value\x18\x02 \x01(\rR\x05value:\x028\x01\"\xb6\x01\n" +
@@ -952,14 +985,15 @@ var file_switchyard_v1_telemetry_proto_depIdxs = []int32{
 	10, // 11: switchyard.v1.ServiceStatus.weights:type_name -> switchyard.v1.ServiceStatus.WeightsEntry
 	0,  // 12: switchyard.v1.ServiceStatus.driver:type_name -> switchyard.v1.DriverHealth
 	7,  // 13: switchyard.v1.ServiceStatus.local_rollback:type_name -> switchyard.v1.LocalRollback
-	11, // 14: switchyard.v1.LocalRollback.at:type_name -> google.protobuf.Timestamp
-	11, // 15: switchyard.v1.ActiveFault.since:type_name -> google.protobuf.Timestamp
-	11, // 16: switchyard.v1.ActiveFault.until:type_name -> google.protobuf.Timestamp
-	17, // [17:17] is the sub-list for method output_type
-	17, // [17:17] is the sub-list for method input_type
-	17, // [17:17] is the sub-list for extension type_name
-	17, // [17:17] is the sub-list for extension extendee
-	0,  // [0:17] is the sub-list for field type_name
+	11, // 14: switchyard.v1.ServiceStatus.document_expires_at:type_name -> google.protobuf.Timestamp
+	11, // 15: switchyard.v1.LocalRollback.at:type_name -> google.protobuf.Timestamp
+	11, // 16: switchyard.v1.ActiveFault.since:type_name -> google.protobuf.Timestamp
+	11, // 17: switchyard.v1.ActiveFault.until:type_name -> google.protobuf.Timestamp
+	18, // [18:18] is the sub-list for method output_type
+	18, // [18:18] is the sub-list for method input_type
+	18, // [18:18] is the sub-list for extension type_name
+	18, // [18:18] is the sub-list for extension extendee
+	0,  // [0:18] is the sub-list for field type_name
 }
 
 func init() { file_switchyard_v1_telemetry_proto_init() }

@@ -1,0 +1,101 @@
+package coordinator
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net/http"
+	"strings"
+
+	"github.com/hashicorp/raft"
+	"google.golang.org/protobuf/types/known/timestamppb"
+
+	"github.com/switchyard/switchyard/coordinator/fsm"
+	sv1 "github.com/switchyard/switchyard/proto/switchyard/v1"
+)
+
+// EpochChange is the answer to raising the cluster epoch.
+type EpochChange struct {
+	// From and To are the epoch before and after.
+	From uint64 `json:"from"`
+	To   uint64 `json:"to"`
+	// HighestSeen is the highest epoch among the verified documents in the
+	// buckets; To is above it.
+	HighestSeen uint64 `json:"highest_seen"`
+	AnsweredBy  string `json:"answered_by"`
+}
+
+// RaiseEpoch is the operator's disaster-recovery step, run on the leader:
+// it reads every document in the buckets, takes the highest epoch among
+// those that verify with a trusted key, and commits an epoch above both it
+// and the current one. From then on every document this cluster publishes
+// fences above anything the fleet holds, so a cluster rebuilt from empty
+// Raft data moves the fleet again. Documents no trusted key signed are not
+// counted, so a forgery cannot push the epoch anywhere.
+func (s *Server) RaiseEpoch(ctx context.Context, reason string) (EpochChange, error) {
+	if s.raft.State() != raft.Leader {
+		return EpochChange{}, errNotLeaderHTTP
+	}
+	if strings.TrimSpace(reason) == "" {
+		return EpochChange{}, errors.New("reason: required, it is kept in the log entry")
+	}
+	seen, err := s.highestVerifiedEpoch(ctx)
+	if err != nil {
+		return EpochChange{}, fmt.Errorf("read the buckets: %w", err)
+	}
+	from := s.fsm.State().Epoch()
+	to := max(from, seen) + 1
+	if _, _, err := s.raftApply(fsm.EpochType, &sv1.EpochEntry{
+		Epoch: to, Reason: reason, HighestSeen: seen, StampedAt: timestamppb.New(s.cfg.Clock.Now()),
+	}); err != nil {
+		if errors.Is(err, ErrNotLeader) {
+			return EpochChange{}, errNotLeaderHTTP
+		}
+		return EpochChange{}, err
+	}
+	s.log.Warn("cluster epoch raised by an operator; every document is published again in the new epoch",
+		"from", from, "to", to, "highest_verified_in_buckets", seen, "reason", reason)
+	return EpochChange{From: from, To: s.fsm.State().Epoch(), HighestSeen: seen, AnsweredBy: s.cfg.NodeID}, nil
+}
+
+func (s *Server) epochRoutes(mux *http.ServeMux) {
+	mux.HandleFunc("GET /v1/cluster/epoch", func(w http.ResponseWriter, _ *http.Request) {
+		writeJSON(w, map[string]any{"epoch": s.fsm.State().Epoch(), "answered_by": s.cfg.NodeID})
+	})
+	mux.HandleFunc("POST /v1/cluster/epoch", func(w http.ResponseWriter, r *http.Request) {
+		if !s.clusterPeer(w, r) {
+			return
+		}
+		var in struct {
+			Reason string `json:"reason"`
+		}
+		if err := json.NewDecoder(io.LimitReader(r.Body, 4096)).Decode(&in); err != nil {
+			http.Error(w, "want JSON {\"reason\": ...}", http.StatusBadRequest)
+			return
+		}
+		ch, err := s.RaiseEpoch(r.Context(), in.Reason)
+		if err != nil {
+			clusterChange(w, err, s)
+			return
+		}
+		writeJSON(w, ch)
+	})
+}
+
+// RaiseEpoch asks the coordinators at addrs, in turn, to raise the cluster
+// epoch; the leader among them does it. With cluster TLS the call needs a
+// coordinator certificate, as every cluster change does.
+func (c *ClusterClient) RaiseEpoch(ctx context.Context, addrs []string, reason string) (EpochChange, error) {
+	var errs []error
+	for _, a := range addrs {
+		var ch EpochChange
+		if err := c.postJSON(ctx, a, "/v1/cluster/epoch", map[string]string{"reason": reason}, &ch); err != nil {
+			errs = append(errs, err)
+			continue
+		}
+		return ch, nil
+	}
+	return EpochChange{}, errors.Join(errs...)
+}
