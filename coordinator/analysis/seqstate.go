@@ -31,10 +31,12 @@ type backendPart struct {
 // before the latency tests start: the p99 of fewer is mostly noise.
 const minBaselineSamples = 1000
 
-// NotWorseFloor is the absolute part of the non-inferiority margin: with no
-// errors on either backend, a step passes once the new backend's rate is
-// shown to be under 0.1%.
-const NotWorseFloor = 0.001
+// NotWorseFloor is the absolute part of the non-inferiority margin, half a
+// point of errors (or of requests over the latency threshold): with no
+// errors on either backend a step passes once the new backend's rate is
+// shown to be under 0.5%, after about 800 requests at the default
+// passConfidence.
+const NotWorseFloor = 0.005
 
 // latencyQuantiles are the old backend's quantiles whose exceedances the
 // latency detectors follow besides the guardrail's own: the median catches
