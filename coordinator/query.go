@@ -37,6 +37,7 @@ func (s *Server) Rollouts(q *sv1.RolloutsQuery) (*sv1.RolloutsAnswer, error) {
 		if !state.Terminal(r.GetPhase()) {
 			obs := c.Observe(r, now)
 			view.Waiting = rollout.Decide(r, obs).Waiting
+			view.Analysis = obs.Analysis.Sequential
 			wins := obs.Analysis.Windows
 			for _, w := range wins[max(0, len(wins)-6):] {
 				view.Windows = append(view.Windows, w.Proto())

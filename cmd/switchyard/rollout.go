@@ -356,13 +356,15 @@ func printRolloutDetail(w io.Writer, v *sv1.RolloutView) {
 			strings.TrimPrefix(strings.ToLower(n.GetDriver().String()), "driver_health_"), seen, n.GetMessage())
 	}
 	tw.Flush()
+	if v.GetAnalysis() != "" {
+		fmt.Fprintf(w, "\nAnalysis: %s\n", v.GetAnalysis())
+	}
 	if len(v.GetWindows()) > 0 {
 		fmt.Fprintln(w, "\nAnalysis (latest windows):")
 		printWindows(w, v.GetWindows())
 	}
 	if ev := r.GetEvidence(); ev != nil {
-		fmt.Fprintf(w, "\nRollback evidence: %s\n", ev.GetSummary())
-		printWindows(w, ev.GetWindows())
+		printEvidence(w, ev)
 	}
 	fmt.Fprintln(w, "\nHistory:")
 	printHistory(w, r)

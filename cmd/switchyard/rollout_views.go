@@ -86,8 +86,7 @@ func rolloutHistory(ctx context.Context, args []string, stdout, stderr io.Writer
 	}
 	printHistory(stdout, r)
 	if ev := r.GetEvidence(); ev != nil {
-		fmt.Fprintf(stdout, "\nRollback evidence: %s\n", ev.GetSummary())
-		printWindows(stdout, ev.GetWindows())
+		printEvidence(stdout, ev)
 	}
 	return nil
 }
@@ -327,6 +326,9 @@ func renderWatch(v *sv1.RolloutView) string {
 		fmt.Fprintf(&b, "  %-6s error rate %6.2f%%  p%g %6.0fms  %d requests\n", sp.GetFrom(), 100*bl.GetErrorRate(), q, 1000*bl.GetLatencySeconds(), bl.GetRequests())
 		fmt.Fprintf(&b, "  last window: %s (%s)\n", e.GetVerdict(), e.GetReason())
 	}
+	if v.GetAnalysis() != "" {
+		fmt.Fprintf(&b, "  %s\n", v.GetAnalysis())
+	}
 	if v.GetWaiting() != "" {
 		fmt.Fprintf(&b, "\n  waiting for %s\n", v.GetWaiting())
 	}
@@ -378,8 +380,7 @@ func rolloutSimulate(args []string, stdout, stderr io.Writer) error {
 	}
 	fmt.Fprintf(stdout, "\nEnds %s at %s.\n", state.PhaseName(res.Final.GetPhase()), position(res.Final))
 	if ev := res.Final.GetEvidence(); ev != nil {
-		fmt.Fprintf(stdout, "\nRollback evidence: %s\n", ev.GetSummary())
-		printWindows(stdout, ev.GetWindows())
+		printEvidence(stdout, ev)
 	}
 	return nil
 }

@@ -55,6 +55,10 @@ type Store struct {
 	// are dropped when it moves.
 	newestNode map[string]int64
 	cache      map[cacheKey]WindowResult
+	// reports keeps each node's report per rollout and second until the
+	// sequential tests of the rollout read it; runs are those tests.
+	reports map[string]map[int64][]*nodeReport
+	runs    map[string]*seqRun
 }
 
 // nodeCell is all of one node's traffic in one second, whatever the rollout:
@@ -85,7 +89,8 @@ type cacheKey struct {
 // NewStore returns an empty store.
 func NewStore() *Store {
 	return &Store{services: map[string]map[int64]map[cellKey]*cell{}, nodes: map[string]map[int64]map[string]*nodeCell{},
-		newest: map[string]int64{}, newestNode: map[string]int64{}, cache: map[cacheKey]WindowResult{}}
+		newest: map[string]int64{}, newestNode: map[string]int64{}, cache: map[cacheKey]WindowResult{},
+		reports: map[string]map[int64][]*nodeReport{}, runs: map[string]*seqRun{}}
 }
 
 // Add merges one report. Every report counts toward its node's health;
@@ -132,6 +137,11 @@ func (s *Store) Add(r *sv1.HealthReport) error {
 		cells = map[cellKey]*cell{}
 		series[sec] = cells
 	}
+	nr := &nodeReport{node: r.GetNode(), backends: map[string]backendPart{}}
+	for _, d := range ds {
+		nr.backends[d.b.GetBackend()] = backendPart{requests: d.b.GetRequests(), errors: d.b.GetErrors(), latency: d.sk}
+	}
+	s.keepReport(r.GetRolloutId(), sec, nr)
 	for _, d := range ds {
 		k := cellKey{rollout: r.GetRolloutId(), wave: r.GetWave(), backend: d.b.GetBackend()}
 		c := cells[k]
@@ -279,8 +289,16 @@ func (w WindowResult) Proto() *sv1.WindowEvidence {
 type Assessment struct {
 	// Windows are the closed windows since the rollout began, oldest first.
 	Windows []WindowResult
-	// Breach is set when the last BreachWindows conclusive windows failed.
+	// Breach is set when the last BreachWindows conclusive windows failed,
+	// or when a sequential test raised its alarm.
 	Breach *sv1.Evidence
+	// Method is the spec's analysis method.
+	Method string
+	// Sequential says in words where the sequential tests stand; NotWorse
+	// is the evidence that the new backend is not worse since the current
+	// step began.
+	Sequential string
+	NotWorse   NotWorse
 }
 
 // PassedSince counts the passing windows that started at or after t, ending
@@ -322,7 +340,7 @@ func (s *Store) Assess(r *sv1.Rollout, now time.Time) Assessment {
 	}
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	var out Assessment
+	out := Assessment{Method: spec.Method(sp.GetAnalysis())}
 	for start := first; !start.Add(win).Add(Grace).After(now); start = start.Add(win) {
 		key := cacheKey{rollout: r.GetId(), start: start.UnixNano(), wave: r.GetWave()}
 		res, ok := s.cache[key]
@@ -358,6 +376,14 @@ func (s *Store) Assess(r *sv1.Rollout, now time.Time) Assessment {
 		}
 		out.Breach = ev
 	}
+	if out.Method == spec.MethodSequential {
+		run := s.sequential(r, now)
+		out.Sequential = run.status()
+		out.NotWorse = run.notWorse(sp.GetAnalysis(), r.GetStepStartedAt().AsTime())
+		if run.alarm != nil {
+			out.Breach = run.alarm
+		}
+	}
 	return out
 }
 
@@ -380,4 +406,42 @@ func (s *Store) judgeWindow(r *sv1.Rollout, start, end time.Time) WindowResult {
 	res := Judge(sp.GetAnalysis(), sp.GetTo(), sp.GetFrom(), cand, base)
 	res.Start, res.End = start, end
 	return res
+}
+
+func (s *Store) keepReport(rollout string, sec int64, nr *nodeReport) {
+	series := s.reports[rollout]
+	if series == nil {
+		series = map[int64][]*nodeReport{}
+		s.reports[rollout] = series
+	}
+	series[sec] = append(series[sec], nr)
+	cut := sec - int64(Retention/time.Second)
+	for t := range series {
+		if t < cut {
+			delete(series, t)
+		}
+	}
+	for k, run := range s.runs {
+		if run.next < cut && run.last < cut {
+			delete(s.runs, k)
+		}
+	}
+}
+
+// sequential brings a rollout's sequential tests up to now: every second
+// whose reports are all in (Grace) is read once, in order.
+func (s *Store) sequential(r *sv1.Rollout, now time.Time) *seqRun {
+	sp := r.GetSpec()
+	key := fmt.Sprintf("%s@%d", r.GetId(), r.GetCreatedAt().AsTime().UnixNano())
+	run := s.runs[key]
+	if run == nil {
+		run = newSeqRun(sp.GetAnalysis(), r.GetCreatedAt().AsTime().Unix()+1)
+		s.runs[key] = run
+	}
+	series := s.reports[r.GetId()]
+	for ; !time.Unix(run.next, 0).Add(Grace).After(now); run.next++ {
+		run.read(sp, run.next, series[run.next])
+		delete(series, run.next)
+	}
+	return run
 }

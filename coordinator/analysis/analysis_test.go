@@ -88,8 +88,10 @@ func aggregate(r *rand.Rand, requests, errors uint64, latency time.Duration, que
 	return &Aggregate{Requests: requests, Errors: errors, Latency: latencies(r, int(requests), latency, 0), MaxQueue: queue, Nodes: 1}
 }
 
+// defaultAnalysis is the windows method's defaults: Judge's relative tests
+// run only there.
 func defaultAnalysis() *sv1.AnalysisSpec {
-	s := &sv1.RolloutSpec{}
+	s := &sv1.RolloutSpec{Analysis: &sv1.AnalysisSpec{Method: spec.MethodWindows}}
 	spec.Default(s)
 	s.Analysis.Latency.Max = durationpb.New(500 * time.Millisecond)
 	s.Analysis.Saturation = &sv1.SaturationGuardrail{MaxQueue: 10}
@@ -142,7 +144,7 @@ func backend(name string, requests, errors uint64, latency time.Duration) *sv1.B
 
 func TestStore_AssessFindsBreachAfterConsecutiveWindows(t *testing.T) {
 	t0 := time.Date(2026, 1, 1, 12, 0, 0, 0, time.UTC)
-	sp := &sv1.RolloutSpec{Name: "r1", Service: "web", From: "blue", To: "green"}
+	sp := &sv1.RolloutSpec{Name: "r1", Service: "web", From: "blue", To: "green", Analysis: &sv1.AnalysisSpec{Method: spec.MethodWindows}}
 	spec.Default(sp)
 	r := &sv1.Rollout{Id: "r1", Spec: sp, CreatedAt: timestamppb.New(t0)}
 	s := NewStore()

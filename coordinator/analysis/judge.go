@@ -5,6 +5,7 @@ import (
 	"math"
 	"sync"
 
+	"github.com/switchyard/switchyard/internal/spec"
 	sv1 "github.com/switchyard/switchyard/proto/switchyard/v1"
 )
 
@@ -53,6 +54,9 @@ func Judge(a *sv1.AnalysisSpec, candName, baseName string, cand, base *Aggregate
 	z := zFor(a.GetConfidence())
 	alpha := 1 - a.GetConfidence()
 	haveBase := base.Requests >= max(minReq, 1)
+	// The sequential judge makes the relative comparisons; windows then
+	// carry only the absolute guardrails.
+	relative := spec.Method(a) == spec.MethodWindows
 	fail := func(guardrail, reason string, p float64) {
 		if res.Verdict == Fail {
 			return // the first failure explains the window
@@ -63,7 +67,7 @@ func Judge(a *sv1.AnalysisSpec, candName, baseName string, cand, base *Aggregate
 	// Error rate.
 	if g := a.GetErrorRate(); g != nil {
 		cRate := float64(cand.Errors) / float64(cand.Requests)
-		if haveBase {
+		if haveBase && relative {
 			bRate := float64(base.Errors) / float64(base.Requests)
 			if _, p := excessTest(cand.Errors, cand.Requests, base.Errors, base.Requests, g.GetMaxIncrease()); p < alpha {
 				fail("error_rate", fmt.Sprintf("%s error rate %.2f%% vs %s %.2f%%: more than %.2f points worse (p=%.2g)",
@@ -87,7 +91,7 @@ func Judge(a *sv1.AnalysisSpec, candName, baseName string, cand, base *Aggregate
 	if l := a.GetLatency(); l != nil && cand.Latency.Count() >= float64(max(minReq, 1)) {
 		cq := cand.Latency.Quantile(q)
 		haveBaseLat := base.Latency.Count() >= float64(max(minReq, 1))
-		if haveBaseLat {
+		if haveBaseLat && relative {
 			bq := base.Latency.Quantile(q)
 			if inc := l.GetMaxIncrease().AsDuration().Seconds(); l.GetMaxIncrease() != nil && cq-bq > inc {
 				if p := mannWhitneyGreater(cand.Latency, base.Latency); p < alpha {

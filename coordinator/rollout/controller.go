@@ -145,6 +145,12 @@ func Decide(r *sv1.Rollout, obs Observation) Decision {
 		if got < need {
 			return Decision{Waiting: fmt.Sprintf("analysis: %d of %d windows passed%s", got, need, latest(obs.Analysis))}
 		}
+		if obs.Analysis.Method == spec.MethodSequential {
+			if nw := obs.Analysis.NotWorse; !nw.OK() {
+				return Decision{Waiting: fmt.Sprintf("analysis: %d windows passed; not yet shown not worse: %s", got, nw)}
+			}
+			return next(fmt.Sprintf("analysis passed %d windows; %s", got, obs.Analysis.NotWorse))
+		}
 		return next(fmt.Sprintf("analysis passed %d windows", got))
 	}
 	return Decision{Waiting: "unknown step kind"}

@@ -104,8 +104,15 @@ func TestSimulate_BadGreenRollsBackWithEvidence(t *testing.T) {
 	if d := rb.At.Sub(bad); d < 0 || d > 20*time.Second {
 		t.Fatalf("rolled back %v after the regression, want within 20s", d)
 	}
-	if rb.Evidence.GetGuardrail() != "error_rate" || len(rb.Evidence.GetWindows()) != 2 {
+	seq := rb.Evidence.GetSequential()
+	if rb.Evidence.GetGuardrail() != "error_rate" || seq.GetTest() != "errors" || seq.GetStatistic() < seq.GetThreshold() ||
+		len(seq.GetNodes()) == 0 || seq.GetCandidateEvents() == 0 || seq.GetPValue() >= 0.001 {
 		t.Fatalf("evidence %v", rb.Evidence)
+	}
+	for _, w := range []string{"errors: new backend", "log-likelihood ratio", "threshold", "driven by edge-"} {
+		if !strings.Contains(rb.Evidence.GetSummary(), w) {
+			t.Errorf("summary %q does not say %q", rb.Evidence.GetSummary(), w)
+		}
 	}
 }
 

@@ -177,3 +177,12 @@ func FromProto(p *sv1.LatencySketch) (*Sketch, error) {
 }
 
 func validCount(c float64) bool { return c >= 0 && !math.IsNaN(c) && !math.IsInf(c, 0) }
+
+// IndexOf is the index of the bin a latency falls in, in the order Bins
+// uses.
+func IndexOf(seconds float64) int {
+	if seconds < sharedMapping.MinIndexableValue() {
+		return ZeroIndex
+	}
+	return sharedMapping.Index(min(seconds, sharedMapping.MaxIndexableValue()))
+}

@@ -78,13 +78,20 @@ type waveFile struct {
 }
 
 type analysisFile struct {
-	Window        time.Duration   `yaml:"window"`
-	BreachWindows int             `yaml:"breachWindows"`
-	MinRequests   int             `yaml:"minRequests"`
-	Confidence    float64         `yaml:"confidence"`
-	ErrorRate     *errorRateFile  `yaml:"errorRate"`
-	Latency       *latencyFile    `yaml:"latency"`
-	Saturation    *saturationFile `yaml:"saturation"`
+	Window        time.Duration `yaml:"window"`
+	BreachWindows int           `yaml:"breachWindows"`
+	MinRequests   int           `yaml:"minRequests"`
+	Confidence    float64       `yaml:"confidence"`
+	Method        string        `yaml:"method"`
+	FalseAlarm    float64       `yaml:"falseAlarm"`
+	Horizon       time.Duration `yaml:"horizon"`
+	// NonInferiority and PassConfidence set the rule an analysis step
+	// passes by (docs/rollouts.md).
+	NonInferiority float64         `yaml:"nonInferiority"`
+	PassConfidence float64         `yaml:"passConfidence"`
+	ErrorRate      *errorRateFile  `yaml:"errorRate"`
+	Latency        *latencyFile    `yaml:"latency"`
+	Saturation     *saturationFile `yaml:"saturation"`
 }
 
 type errorRateFile struct {
@@ -164,6 +171,8 @@ func Parse(data []byte) (*sv1.RolloutSpec, error) {
 			BreachWindows: nonNegative("spec.analysis.breachWindows", a.BreachWindows),
 			MinRequests:   uint64(nonNegative("spec.analysis.minRequests", a.MinRequests)),
 			Confidence:    a.Confidence,
+			Method:        a.Method, FalseAlarm: a.FalseAlarm, Horizon: durationOrNil(a.Horizon),
+			NonInferiority: a.NonInferiority, PassConfidence: a.PassConfidence,
 		}
 		if e := a.ErrorRate; e != nil {
 			as.ErrorRate = &sv1.ErrorRateGuardrail{Max: e.Max, MaxIncrease: e.MaxIncrease}

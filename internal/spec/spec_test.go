@@ -53,8 +53,31 @@ func TestSpec_ParseCanaryWithWavesAndDefaults(t *testing.T) {
 	}
 	a := s.GetAnalysis()
 	if a.GetWindow().AsDuration() != DefaultWindow || a.GetBreachWindows() != DefaultBreachWindows || a.GetConfidence() != DefaultConfidence ||
-		a.GetErrorRate().GetMaxIncrease() != DefaultMaxErrorRise || a.GetLatency().GetQuantile() != DefaultQuantile {
+		a.GetErrorRate().GetMaxIncrease() != 0 || a.GetLatency().GetMaxIncrease() != nil || a.GetLatency().GetQuantile() != DefaultQuantile ||
+		Method(a) != MethodSequential || FalseAlarm(a) != DefaultFalseAlarm || Horizon(a) != DefaultHorizon {
 		t.Fatalf("analysis defaults %v", a)
+	}
+}
+
+func TestSpec_AnalysisMethodsAndTheirDefaults(t *testing.T) {
+	// A spec written for the windows judge keeps its margins; the
+	// sequential judge's fields are read as written.
+	s, err := Parse([]byte(good + "analysis:\n  method: windows\n"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	a := s.GetAnalysis()
+	if Method(a) != MethodWindows || a.GetErrorRate().GetMaxIncrease() != DefaultMaxErrorRise || a.GetLatency().GetMaxIncrease().AsDuration() != DefaultLatencyRise {
+		t.Fatalf("windows defaults %v", a)
+	}
+	s, err = Parse([]byte(good + "analysis:\n  falseAlarm: 0.001\n  horizon: 2h\n  nonInferiority: 0.2\n  passConfidence: 0.99\n  errorRate: {maxIncrease: 0.002}\n"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	a = s.GetAnalysis()
+	if Method(a) != MethodSequential || FalseAlarm(a) != 0.001 || Horizon(a) != 2*time.Hour || NonInferiority(a) != 0.2 ||
+		PassConfidence(a) != 0.99 || a.GetErrorRate().GetMaxIncrease() != 0.002 {
+		t.Fatalf("sequential fields %v", a)
 	}
 }
 
@@ -104,6 +127,11 @@ func TestSpec_ParseRefuses(t *testing.T) {
 		{"error rate as percent", good + "analysis:\n  errorRate: {max: 5}\n", []string{"spec.analysis.errorRate.max: 5 is out of range, want a fraction"}},
 		{"bad quantile", good + "analysis:\n  latency: {quantile: 99}\n", []string{"spec.analysis.latency.quantile: 99 is out of range"}},
 		{"bad duration", good + "analysis:\n  window: soon\n", []string{"spec:", "soon"}},
+		{"unknown method", good + "analysis:\n  method: bayes\n", []string{`spec.analysis.method: "bayes" is not a method, want "sequential" (the default) or "windows"`}},
+		{"false alarm as percent", good + "analysis:\n  falseAlarm: 5\n", []string{"spec.analysis.falseAlarm: 5 is out of range"}},
+		{"horizon too short", good + "analysis:\n  horizon: 10s\n", []string{"spec.analysis.horizon: 10s is out of range, want 1m..720h"}},
+		{"negative margin", good + "analysis:\n  nonInferiority: -1\n", []string{"spec.analysis.nonInferiority: -1 is out of range"}},
+		{"pass confidence 1", good + "analysis:\n  passConfidence: 1\n", []string{"spec.analysis.passConfidence: 1 is out of range"}},
 		{"missing to", strings.Replace(good, "to: green\n", "", 1), []string{"spec.to: required"}},
 		{"missing from", strings.Replace(good, "from: blue\n", "", 1), []string{"spec.from: required"}},
 		{"same backend", strings.Replace(good, "to: green", "to: blue", 1), []string{`spec.to: "blue" is also spec.from`}},

@@ -18,9 +18,11 @@ const (
 	DefaultMinRequests   = 50
 	DefaultConfidence    = 0.99
 	DefaultMaxErrorRate  = 0.05
-	DefaultMaxErrorRise  = 0.01
-	DefaultQuantile      = 0.99
-	DefaultLatencyRise   = 50 * time.Millisecond
+	// DefaultMaxErrorRise and DefaultLatencyRise are the margins of the
+	// windows method.
+	DefaultMaxErrorRise = 0.01
+	DefaultQuantile     = 0.99
+	DefaultLatencyRise  = 50 * time.Millisecond
 )
 
 // Default fills in a spec's optional fields in place. It is deterministic, so
@@ -53,11 +55,19 @@ func Default(s *sv1.RolloutSpec) {
 	if a.Confidence == 0 {
 		a.Confidence = DefaultConfidence
 	}
+	// The sequential judge needs no margin to stay quiet on a good release;
+	// a margin there is an explicit business tolerance.
 	if a.ErrorRate == nil {
-		a.ErrorRate = &sv1.ErrorRateGuardrail{Max: DefaultMaxErrorRate, MaxIncrease: DefaultMaxErrorRise}
+		a.ErrorRate = &sv1.ErrorRateGuardrail{Max: DefaultMaxErrorRate}
+		if Method(a) == MethodWindows {
+			a.ErrorRate.MaxIncrease = DefaultMaxErrorRise
+		}
 	}
 	if a.Latency == nil {
-		a.Latency = &sv1.LatencyGuardrail{Quantile: DefaultQuantile, MaxIncrease: durationpb.New(DefaultLatencyRise)}
+		a.Latency = &sv1.LatencyGuardrail{Quantile: DefaultQuantile}
+		if Method(a) == MethodWindows {
+			a.Latency.MaxIncrease = durationpb.New(DefaultLatencyRise)
+		}
 	}
 	if a.Latency.Quantile == 0 {
 		a.Latency.Quantile = DefaultQuantile
@@ -146,6 +156,7 @@ func Validate(s *sv1.RolloutSpec) error {
 		if c := a.GetConfidence(); c != 0 && (c < 0.5 || c >= 1) {
 			add("spec.analysis.confidence", "%v is out of range, want 0.5 up to (not including) 1", c)
 		}
+		validateSequential(add, a)
 		if e := a.GetErrorRate(); e != nil {
 			if e.GetMax() < 0 || e.GetMax() > 1 {
 				add("spec.analysis.errorRate.max", "%v is out of range, want a fraction 0..1 (0.05 is 5%%)", e.GetMax())

@@ -144,7 +144,9 @@ type RolloutView struct {
 	// sees it.
 	Waiting string `protobuf:"bytes,4,opt,name=waiting,proto3" json:"waiting,omitempty"`
 	// Windows are the latest closed analysis windows, oldest first.
-	Windows       []*WindowEvidence `protobuf:"bytes,5,rep,name=windows,proto3" json:"windows,omitempty"`
+	Windows []*WindowEvidence `protobuf:"bytes,5,rep,name=windows,proto3" json:"windows,omitempty"`
+	// Analysis says in words where the sequential tests stand.
+	Analysis      string `protobuf:"bytes,40,opt,name=analysis,proto3" json:"analysis,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -212,6 +214,13 @@ func (x *RolloutView) GetWindows() []*WindowEvidence {
 		return x.Windows
 	}
 	return nil
+}
+
+func (x *RolloutView) GetAnalysis() string {
+	if x != nil {
+		return x.Analysis
+	}
+	return ""
 }
 
 // NodeView is one node's last reported state for one service.
@@ -637,13 +646,14 @@ const file_switchyard_v1_query_proto_rawDesc = "" +
 	"\brollouts\x18\x01 \x03(\v2\x1a.switchyard.v1.RolloutViewR\brollouts\x12\x1f\n" +
 	"\vanswered_by\x18\x02 \x01(\tR\n" +
 	"answeredBy\x12\x16\n" +
-	"\x06leader\x18\x03 \x01(\tR\x06leader\"\xdf\x01\n" +
+	"\x06leader\x18\x03 \x01(\tR\x06leader\"\xfb\x01\n" +
 	"\vRolloutView\x120\n" +
 	"\arollout\x18\x01 \x01(\v2\x16.switchyard.v1.RolloutR\arollout\x12-\n" +
 	"\x05nodes\x18\x02 \x03(\v2\x17.switchyard.v1.NodeViewR\x05nodes\x12\x1c\n" +
 	"\tconverged\x18\x03 \x01(\rR\tconverged\x12\x18\n" +
 	"\awaiting\x18\x04 \x01(\tR\awaiting\x127\n" +
-	"\awindows\x18\x05 \x03(\v2\x1d.switchyard.v1.WindowEvidenceR\awindows\"\xc0\x04\n" +
+	"\awindows\x18\x05 \x03(\v2\x1d.switchyard.v1.WindowEvidenceR\awindows\x12\x1a\n" +
+	"\banalysis\x18( \x01(\tR\banalysis\"\xc0\x04\n" +
 	"\bNodeView\x12\x12\n" +
 	"\x04node\x18\x01 \x01(\tR\x04node\x12-\n" +
 	"\x12applied_generation\x18\x02 \x01(\x04R\x11appliedGeneration\x12>\n" +

@@ -619,9 +619,24 @@ type AnalysisSpec struct {
 	Latency     *LatencyGuardrail    `protobuf:"bytes,5,opt,name=latency,proto3" json:"latency,omitempty"`
 	Saturation  *SaturationGuardrail `protobuf:"bytes,6,opt,name=saturation,proto3" json:"saturation,omitempty"`
 	// Confidence of the statistical judge, e.g. 0.99.
-	Confidence    float64 `protobuf:"fixed64,7,opt,name=confidence,proto3" json:"confidence,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	Confidence float64 `protobuf:"fixed64,7,opt,name=confidence,proto3" json:"confidence,omitempty"`
+	// Method is "sequential" (compare the new backend with the old one on the
+	// same nodes on every report, see docs/rollouts.md) or "windows" (the
+	// fixed-window judge of earlier releases, kept for comparison).
+	Method string `protobuf:"bytes,40,opt,name=method,proto3" json:"method,omitempty"`
+	// FalseAlarm is the probability of rolling back a release that is no worse
+	// than the old backend, over Horizon of canary time, e.g. 0.005.
+	FalseAlarm float64 `protobuf:"fixed64,41,opt,name=false_alarm,json=falseAlarm,proto3" json:"false_alarm,omitempty"`
+	// Horizon is the canary time the FalseAlarm guarantee covers.
+	Horizon *durationpb.Duration `protobuf:"bytes,42,opt,name=horizon,proto3" json:"horizon,omitempty"`
+	// NonInferiority is the relative margin an analysis step must rule out
+	// before it passes: 0.5 means "green is not 50% worse than blue".
+	NonInferiority float64 `protobuf:"fixed64,43,opt,name=non_inferiority,json=nonInferiority,proto3" json:"non_inferiority,omitempty"`
+	// PassConfidence is the confidence an analysis step needs that the new
+	// backend is not worse by the margin, e.g. 0.95.
+	PassConfidence float64 `protobuf:"fixed64,44,opt,name=pass_confidence,json=passConfidence,proto3" json:"pass_confidence,omitempty"`
+	unknownFields  protoimpl.UnknownFields
+	sizeCache      protoimpl.SizeCache
 }
 
 func (x *AnalysisSpec) Reset() {
@@ -699,6 +714,41 @@ func (x *AnalysisSpec) GetSaturation() *SaturationGuardrail {
 func (x *AnalysisSpec) GetConfidence() float64 {
 	if x != nil {
 		return x.Confidence
+	}
+	return 0
+}
+
+func (x *AnalysisSpec) GetMethod() string {
+	if x != nil {
+		return x.Method
+	}
+	return ""
+}
+
+func (x *AnalysisSpec) GetFalseAlarm() float64 {
+	if x != nil {
+		return x.FalseAlarm
+	}
+	return 0
+}
+
+func (x *AnalysisSpec) GetHorizon() *durationpb.Duration {
+	if x != nil {
+		return x.Horizon
+	}
+	return nil
+}
+
+func (x *AnalysisSpec) GetNonInferiority() float64 {
+	if x != nil {
+		return x.NonInferiority
+	}
+	return 0
+}
+
+func (x *AnalysisSpec) GetPassConfidence() float64 {
+	if x != nil {
+		return x.PassConfidence
 	}
 	return 0
 }
@@ -1060,8 +1110,10 @@ type Evidence struct {
 	// Guardrail names the check: "error_rate", "latency", "saturation".
 	Guardrail string `protobuf:"bytes,1,opt,name=guardrail,proto3" json:"guardrail,omitempty"`
 	// Summary is one line for people.
-	Summary       string            `protobuf:"bytes,2,opt,name=summary,proto3" json:"summary,omitempty"`
-	Windows       []*WindowEvidence `protobuf:"bytes,3,rep,name=windows,proto3" json:"windows,omitempty"`
+	Summary string            `protobuf:"bytes,2,opt,name=summary,proto3" json:"summary,omitempty"`
+	Windows []*WindowEvidence `protobuf:"bytes,3,rep,name=windows,proto3" json:"windows,omitempty"`
+	// Sequential is set when the sequential judge raised the alarm.
+	Sequential    *SequentialEvidence `protobuf:"bytes,40,opt,name=sequential,proto3" json:"sequential,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1117,6 +1169,271 @@ func (x *Evidence) GetWindows() []*WindowEvidence {
 	return nil
 }
 
+func (x *Evidence) GetSequential() *SequentialEvidence {
+	if x != nil {
+		return x.Sequential
+	}
+	return nil
+}
+
+// SequentialEvidence is what a sequential test saw when it raised its alarm.
+type SequentialEvidence struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Test names the test, e.g. "errors" or "latency above blue's p99 (312ms)".
+	Test string `protobuf:"bytes,1,opt,name=test,proto3" json:"test,omitempty"`
+	// Method names the statistic, e.g. "stratified CUSUM of the conditional
+	// binomial log-likelihood ratio".
+	Method string `protobuf:"bytes,2,opt,name=method,proto3" json:"method,omitempty"`
+	// Statistic and Threshold are in nats (natural log of a likelihood ratio).
+	Statistic float64 `protobuf:"fixed64,3,opt,name=statistic,proto3" json:"statistic,omitempty"`
+	Threshold float64 `protobuf:"fixed64,4,opt,name=threshold,proto3" json:"threshold,omitempty"`
+	// OddsRatio is the alternative the alarming detector was tuned to: the
+	// new backend's odds of an event this many times the old one's.
+	OddsRatio float64 `protobuf:"fixed64,5,opt,name=odds_ratio,json=oddsRatio,proto3" json:"odds_ratio,omitempty"`
+	// Since is when the statistic last stood at zero: the evidence runs from
+	// there to the alarm.
+	Since *timestamppb.Timestamp `protobuf:"bytes,6,opt,name=since,proto3" json:"since,omitempty"`
+	At    *timestamppb.Timestamp `protobuf:"bytes,7,opt,name=at,proto3" json:"at,omitempty"`
+	// Candidate and Baseline count events (errors, or requests slower than
+	// the threshold) and requests on the nodes that served both.
+	CandidateEvents   uint64 `protobuf:"varint,8,opt,name=candidate_events,json=candidateEvents,proto3" json:"candidate_events,omitempty"`
+	CandidateRequests uint64 `protobuf:"varint,9,opt,name=candidate_requests,json=candidateRequests,proto3" json:"candidate_requests,omitempty"`
+	BaselineEvents    uint64 `protobuf:"varint,10,opt,name=baseline_events,json=baselineEvents,proto3" json:"baseline_events,omitempty"`
+	BaselineRequests  uint64 `protobuf:"varint,11,opt,name=baseline_requests,json=baselineRequests,proto3" json:"baseline_requests,omitempty"`
+	// PValue is the exact one-sided binomial tail of the new backend's events
+	// given all events, at its share of the traffic: a plain-language check of
+	// the segment, not the decision rule.
+	PValue float64 `protobuf:"fixed64,12,opt,name=p_value,json=pValue,proto3" json:"p_value,omitempty"`
+	// FalseAlarm and Horizon restate the guarantee the threshold gives.
+	FalseAlarm float64              `protobuf:"fixed64,13,opt,name=false_alarm,json=falseAlarm,proto3" json:"false_alarm,omitempty"`
+	Horizon    *durationpb.Duration `protobuf:"bytes,14,opt,name=horizon,proto3" json:"horizon,omitempty"`
+	// Nodes are the nodes that drove the statistic, largest share first.
+	Nodes         []*NodeEvidence `protobuf:"bytes,15,rep,name=nodes,proto3" json:"nodes,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *SequentialEvidence) Reset() {
+	*x = SequentialEvidence{}
+	mi := &file_switchyard_v1_rollout_proto_msgTypes[14]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *SequentialEvidence) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*SequentialEvidence) ProtoMessage() {}
+
+func (x *SequentialEvidence) ProtoReflect() protoreflect.Message {
+	mi := &file_switchyard_v1_rollout_proto_msgTypes[14]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use SequentialEvidence.ProtoReflect.Descriptor instead.
+func (*SequentialEvidence) Descriptor() ([]byte, []int) {
+	return file_switchyard_v1_rollout_proto_rawDescGZIP(), []int{14}
+}
+
+func (x *SequentialEvidence) GetTest() string {
+	if x != nil {
+		return x.Test
+	}
+	return ""
+}
+
+func (x *SequentialEvidence) GetMethod() string {
+	if x != nil {
+		return x.Method
+	}
+	return ""
+}
+
+func (x *SequentialEvidence) GetStatistic() float64 {
+	if x != nil {
+		return x.Statistic
+	}
+	return 0
+}
+
+func (x *SequentialEvidence) GetThreshold() float64 {
+	if x != nil {
+		return x.Threshold
+	}
+	return 0
+}
+
+func (x *SequentialEvidence) GetOddsRatio() float64 {
+	if x != nil {
+		return x.OddsRatio
+	}
+	return 0
+}
+
+func (x *SequentialEvidence) GetSince() *timestamppb.Timestamp {
+	if x != nil {
+		return x.Since
+	}
+	return nil
+}
+
+func (x *SequentialEvidence) GetAt() *timestamppb.Timestamp {
+	if x != nil {
+		return x.At
+	}
+	return nil
+}
+
+func (x *SequentialEvidence) GetCandidateEvents() uint64 {
+	if x != nil {
+		return x.CandidateEvents
+	}
+	return 0
+}
+
+func (x *SequentialEvidence) GetCandidateRequests() uint64 {
+	if x != nil {
+		return x.CandidateRequests
+	}
+	return 0
+}
+
+func (x *SequentialEvidence) GetBaselineEvents() uint64 {
+	if x != nil {
+		return x.BaselineEvents
+	}
+	return 0
+}
+
+func (x *SequentialEvidence) GetBaselineRequests() uint64 {
+	if x != nil {
+		return x.BaselineRequests
+	}
+	return 0
+}
+
+func (x *SequentialEvidence) GetPValue() float64 {
+	if x != nil {
+		return x.PValue
+	}
+	return 0
+}
+
+func (x *SequentialEvidence) GetFalseAlarm() float64 {
+	if x != nil {
+		return x.FalseAlarm
+	}
+	return 0
+}
+
+func (x *SequentialEvidence) GetHorizon() *durationpb.Duration {
+	if x != nil {
+		return x.Horizon
+	}
+	return nil
+}
+
+func (x *SequentialEvidence) GetNodes() []*NodeEvidence {
+	if x != nil {
+		return x.Nodes
+	}
+	return nil
+}
+
+// NodeEvidence is one node's part of a sequential alarm.
+type NodeEvidence struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	Node  string                 `protobuf:"bytes,1,opt,name=node,proto3" json:"node,omitempty"`
+	// Contribution is the node's sum of log-likelihood ratios in nats.
+	Contribution      float64 `protobuf:"fixed64,2,opt,name=contribution,proto3" json:"contribution,omitempty"`
+	CandidateEvents   uint64  `protobuf:"varint,3,opt,name=candidate_events,json=candidateEvents,proto3" json:"candidate_events,omitempty"`
+	CandidateRequests uint64  `protobuf:"varint,4,opt,name=candidate_requests,json=candidateRequests,proto3" json:"candidate_requests,omitempty"`
+	BaselineEvents    uint64  `protobuf:"varint,5,opt,name=baseline_events,json=baselineEvents,proto3" json:"baseline_events,omitempty"`
+	BaselineRequests  uint64  `protobuf:"varint,6,opt,name=baseline_requests,json=baselineRequests,proto3" json:"baseline_requests,omitempty"`
+	unknownFields     protoimpl.UnknownFields
+	sizeCache         protoimpl.SizeCache
+}
+
+func (x *NodeEvidence) Reset() {
+	*x = NodeEvidence{}
+	mi := &file_switchyard_v1_rollout_proto_msgTypes[15]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *NodeEvidence) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*NodeEvidence) ProtoMessage() {}
+
+func (x *NodeEvidence) ProtoReflect() protoreflect.Message {
+	mi := &file_switchyard_v1_rollout_proto_msgTypes[15]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use NodeEvidence.ProtoReflect.Descriptor instead.
+func (*NodeEvidence) Descriptor() ([]byte, []int) {
+	return file_switchyard_v1_rollout_proto_rawDescGZIP(), []int{15}
+}
+
+func (x *NodeEvidence) GetNode() string {
+	if x != nil {
+		return x.Node
+	}
+	return ""
+}
+
+func (x *NodeEvidence) GetContribution() float64 {
+	if x != nil {
+		return x.Contribution
+	}
+	return 0
+}
+
+func (x *NodeEvidence) GetCandidateEvents() uint64 {
+	if x != nil {
+		return x.CandidateEvents
+	}
+	return 0
+}
+
+func (x *NodeEvidence) GetCandidateRequests() uint64 {
+	if x != nil {
+		return x.CandidateRequests
+	}
+	return 0
+}
+
+func (x *NodeEvidence) GetBaselineEvents() uint64 {
+	if x != nil {
+		return x.BaselineEvents
+	}
+	return 0
+}
+
+func (x *NodeEvidence) GetBaselineRequests() uint64 {
+	if x != nil {
+		return x.BaselineRequests
+	}
+	return 0
+}
+
 // WindowEvidence is one analysis window's numbers and verdict.
 type WindowEvidence struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
@@ -1135,7 +1452,7 @@ type WindowEvidence struct {
 
 func (x *WindowEvidence) Reset() {
 	*x = WindowEvidence{}
-	mi := &file_switchyard_v1_rollout_proto_msgTypes[14]
+	mi := &file_switchyard_v1_rollout_proto_msgTypes[16]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1147,7 +1464,7 @@ func (x *WindowEvidence) String() string {
 func (*WindowEvidence) ProtoMessage() {}
 
 func (x *WindowEvidence) ProtoReflect() protoreflect.Message {
-	mi := &file_switchyard_v1_rollout_proto_msgTypes[14]
+	mi := &file_switchyard_v1_rollout_proto_msgTypes[16]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1160,7 +1477,7 @@ func (x *WindowEvidence) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use WindowEvidence.ProtoReflect.Descriptor instead.
 func (*WindowEvidence) Descriptor() ([]byte, []int) {
-	return file_switchyard_v1_rollout_proto_rawDescGZIP(), []int{14}
+	return file_switchyard_v1_rollout_proto_rawDescGZIP(), []int{16}
 }
 
 func (x *WindowEvidence) GetStart() *timestamppb.Timestamp {
@@ -1229,7 +1546,7 @@ type BackendWindow struct {
 
 func (x *BackendWindow) Reset() {
 	*x = BackendWindow{}
-	mi := &file_switchyard_v1_rollout_proto_msgTypes[15]
+	mi := &file_switchyard_v1_rollout_proto_msgTypes[17]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1241,7 +1558,7 @@ func (x *BackendWindow) String() string {
 func (*BackendWindow) ProtoMessage() {}
 
 func (x *BackendWindow) ProtoReflect() protoreflect.Message {
-	mi := &file_switchyard_v1_rollout_proto_msgTypes[15]
+	mi := &file_switchyard_v1_rollout_proto_msgTypes[17]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1254,7 +1571,7 @@ func (x *BackendWindow) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use BackendWindow.ProtoReflect.Descriptor instead.
 func (*BackendWindow) Descriptor() ([]byte, []int) {
-	return file_switchyard_v1_rollout_proto_rawDescGZIP(), []int{15}
+	return file_switchyard_v1_rollout_proto_rawDescGZIP(), []int{17}
 }
 
 func (x *BackendWindow) GetBackend() string {
@@ -1320,7 +1637,7 @@ type RolloutEvent struct {
 
 func (x *RolloutEvent) Reset() {
 	*x = RolloutEvent{}
-	mi := &file_switchyard_v1_rollout_proto_msgTypes[16]
+	mi := &file_switchyard_v1_rollout_proto_msgTypes[18]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1332,7 +1649,7 @@ func (x *RolloutEvent) String() string {
 func (*RolloutEvent) ProtoMessage() {}
 
 func (x *RolloutEvent) ProtoReflect() protoreflect.Message {
-	mi := &file_switchyard_v1_rollout_proto_msgTypes[16]
+	mi := &file_switchyard_v1_rollout_proto_msgTypes[18]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1345,7 +1662,7 @@ func (x *RolloutEvent) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RolloutEvent.ProtoReflect.Descriptor instead.
 func (*RolloutEvent) Descriptor() ([]byte, []int) {
-	return file_switchyard_v1_rollout_proto_rawDescGZIP(), []int{16}
+	return file_switchyard_v1_rollout_proto_rawDescGZIP(), []int{18}
 }
 
 func (x *RolloutEvent) GetAt() *timestamppb.Timestamp {
@@ -1427,7 +1744,7 @@ const file_switchyard_v1_rollout_proto_rawDesc = "" +
 	"\x05steps\x18\x05 \x03(\v2\x13.switchyard.v1.StepR\x05steps\x1a;\n" +
 	"\rSelectorEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
-	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"\xec\x02\n" +
+	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"\xac\x04\n" +
 	"\fAnalysisSpec\x121\n" +
 	"\x06window\x18\x01 \x01(\v2\x19.google.protobuf.DurationR\x06window\x12%\n" +
 	"\x0ebreach_windows\x18\x02 \x01(\rR\rbreachWindows\x12!\n" +
@@ -1440,7 +1757,13 @@ const file_switchyard_v1_rollout_proto_rawDesc = "" +
 	"saturation\x12\x1e\n" +
 	"\n" +
 	"confidence\x18\a \x01(\x01R\n" +
-	"confidence\"I\n" +
+	"confidence\x12\x16\n" +
+	"\x06method\x18( \x01(\tR\x06method\x12\x1f\n" +
+	"\vfalse_alarm\x18) \x01(\x01R\n" +
+	"falseAlarm\x123\n" +
+	"\ahorizon\x18* \x01(\v2\x19.google.protobuf.DurationR\ahorizon\x12'\n" +
+	"\x0fnon_inferiority\x18+ \x01(\x01R\x0enonInferiority\x12'\n" +
+	"\x0fpass_confidence\x18, \x01(\x01R\x0epassConfidence\"I\n" +
 	"\x12ErrorRateGuardrail\x12\x10\n" +
 	"\x03max\x18\x01 \x01(\x01R\x03max\x12!\n" +
 	"\fmax_increase\x18\x02 \x01(\x01R\vmaxIncrease\"\x99\x01\n" +
@@ -1473,11 +1796,40 @@ const file_switchyard_v1_rollout_proto_rawDesc = "" +
 	"\rapproved_step\x18\x0f \x01(\x05R\fapprovedStep\x123\n" +
 	"\bevidence\x18\x10 \x01(\v2\x17.switchyard.v1.EvidenceR\bevidence\x12;\n" +
 	"\vpromoted_at\x18\x11 \x01(\v2\x1a.google.protobuf.TimestampR\n" +
-	"promotedAt\"{\n" +
+	"promotedAt\"\xbe\x01\n" +
 	"\bEvidence\x12\x1c\n" +
 	"\tguardrail\x18\x01 \x01(\tR\tguardrail\x12\x18\n" +
 	"\asummary\x18\x02 \x01(\tR\asummary\x127\n" +
-	"\awindows\x18\x03 \x03(\v2\x1d.switchyard.v1.WindowEvidenceR\awindows\"\xb1\x02\n" +
+	"\awindows\x18\x03 \x03(\v2\x1d.switchyard.v1.WindowEvidenceR\awindows\x12A\n" +
+	"\n" +
+	"sequential\x18( \x01(\v2!.switchyard.v1.SequentialEvidenceR\n" +
+	"sequential\"\xcb\x04\n" +
+	"\x12SequentialEvidence\x12\x12\n" +
+	"\x04test\x18\x01 \x01(\tR\x04test\x12\x16\n" +
+	"\x06method\x18\x02 \x01(\tR\x06method\x12\x1c\n" +
+	"\tstatistic\x18\x03 \x01(\x01R\tstatistic\x12\x1c\n" +
+	"\tthreshold\x18\x04 \x01(\x01R\tthreshold\x12\x1d\n" +
+	"\n" +
+	"odds_ratio\x18\x05 \x01(\x01R\toddsRatio\x120\n" +
+	"\x05since\x18\x06 \x01(\v2\x1a.google.protobuf.TimestampR\x05since\x12*\n" +
+	"\x02at\x18\a \x01(\v2\x1a.google.protobuf.TimestampR\x02at\x12)\n" +
+	"\x10candidate_events\x18\b \x01(\x04R\x0fcandidateEvents\x12-\n" +
+	"\x12candidate_requests\x18\t \x01(\x04R\x11candidateRequests\x12'\n" +
+	"\x0fbaseline_events\x18\n" +
+	" \x01(\x04R\x0ebaselineEvents\x12+\n" +
+	"\x11baseline_requests\x18\v \x01(\x04R\x10baselineRequests\x12\x17\n" +
+	"\ap_value\x18\f \x01(\x01R\x06pValue\x12\x1f\n" +
+	"\vfalse_alarm\x18\r \x01(\x01R\n" +
+	"falseAlarm\x123\n" +
+	"\ahorizon\x18\x0e \x01(\v2\x19.google.protobuf.DurationR\ahorizon\x121\n" +
+	"\x05nodes\x18\x0f \x03(\v2\x1b.switchyard.v1.NodeEvidenceR\x05nodes\"\xf6\x01\n" +
+	"\fNodeEvidence\x12\x12\n" +
+	"\x04node\x18\x01 \x01(\tR\x04node\x12\"\n" +
+	"\fcontribution\x18\x02 \x01(\x01R\fcontribution\x12)\n" +
+	"\x10candidate_events\x18\x03 \x01(\x04R\x0fcandidateEvents\x12-\n" +
+	"\x12candidate_requests\x18\x04 \x01(\x04R\x11candidateRequests\x12'\n" +
+	"\x0fbaseline_events\x18\x05 \x01(\x04R\x0ebaselineEvents\x12+\n" +
+	"\x11baseline_requests\x18\x06 \x01(\x04R\x10baselineRequests\"\xb1\x02\n" +
 	"\x0eWindowEvidence\x120\n" +
 	"\x05start\x18\x01 \x01(\v2\x1a.google.protobuf.TimestampR\x05start\x12,\n" +
 	"\x03end\x18\x02 \x01(\v2\x1a.google.protobuf.TimestampR\x03end\x12\x18\n" +
@@ -1514,7 +1866,7 @@ func file_switchyard_v1_rollout_proto_rawDescGZIP() []byte {
 	return file_switchyard_v1_rollout_proto_rawDescData
 }
 
-var file_switchyard_v1_rollout_proto_msgTypes = make([]protoimpl.MessageInfo, 18)
+var file_switchyard_v1_rollout_proto_msgTypes = make([]protoimpl.MessageInfo, 20)
 var file_switchyard_v1_rollout_proto_goTypes = []any{
 	(*RolloutSpec)(nil),           // 0: switchyard.v1.RolloutSpec
 	(*Strategy)(nil),              // 1: switchyard.v1.Strategy
@@ -1530,13 +1882,15 @@ var file_switchyard_v1_rollout_proto_goTypes = []any{
 	(*SaturationGuardrail)(nil),   // 11: switchyard.v1.SaturationGuardrail
 	(*Rollout)(nil),               // 12: switchyard.v1.Rollout
 	(*Evidence)(nil),              // 13: switchyard.v1.Evidence
-	(*WindowEvidence)(nil),        // 14: switchyard.v1.WindowEvidence
-	(*BackendWindow)(nil),         // 15: switchyard.v1.BackendWindow
-	(*RolloutEvent)(nil),          // 16: switchyard.v1.RolloutEvent
-	nil,                           // 17: switchyard.v1.WaveSpec.SelectorEntry
-	(*durationpb.Duration)(nil),   // 18: google.protobuf.Duration
-	(RolloutPhase)(0),             // 19: switchyard.v1.RolloutPhase
-	(*timestamppb.Timestamp)(nil), // 20: google.protobuf.Timestamp
+	(*SequentialEvidence)(nil),    // 14: switchyard.v1.SequentialEvidence
+	(*NodeEvidence)(nil),          // 15: switchyard.v1.NodeEvidence
+	(*WindowEvidence)(nil),        // 16: switchyard.v1.WindowEvidence
+	(*BackendWindow)(nil),         // 17: switchyard.v1.BackendWindow
+	(*RolloutEvent)(nil),          // 18: switchyard.v1.RolloutEvent
+	nil,                           // 19: switchyard.v1.WaveSpec.SelectorEntry
+	(*durationpb.Duration)(nil),   // 20: google.protobuf.Duration
+	(RolloutPhase)(0),             // 21: switchyard.v1.RolloutPhase
+	(*timestamppb.Timestamp)(nil), // 22: google.protobuf.Timestamp
 }
 var file_switchyard_v1_rollout_proto_depIdxs = []int32{
 	1,  // 0: switchyard.v1.RolloutSpec.strategy:type_name -> switchyard.v1.Strategy
@@ -1544,40 +1898,46 @@ var file_switchyard_v1_rollout_proto_depIdxs = []int32{
 	8,  // 2: switchyard.v1.RolloutSpec.analysis:type_name -> switchyard.v1.AnalysisSpec
 	2,  // 3: switchyard.v1.Strategy.blue_green:type_name -> switchyard.v1.BlueGreen
 	3,  // 4: switchyard.v1.Strategy.canary:type_name -> switchyard.v1.Canary
-	18, // 5: switchyard.v1.BlueGreen.ramp_interval:type_name -> google.protobuf.Duration
-	18, // 6: switchyard.v1.BlueGreen.keep_warm:type_name -> google.protobuf.Duration
+	20, // 5: switchyard.v1.BlueGreen.ramp_interval:type_name -> google.protobuf.Duration
+	20, // 6: switchyard.v1.BlueGreen.keep_warm:type_name -> google.protobuf.Duration
 	4,  // 7: switchyard.v1.Canary.steps:type_name -> switchyard.v1.Step
 	5,  // 8: switchyard.v1.Step.pause:type_name -> switchyard.v1.Pause
 	6,  // 9: switchyard.v1.Step.analysis:type_name -> switchyard.v1.AnalysisStep
-	18, // 10: switchyard.v1.Pause.duration:type_name -> google.protobuf.Duration
-	17, // 11: switchyard.v1.WaveSpec.selector:type_name -> switchyard.v1.WaveSpec.SelectorEntry
+	20, // 10: switchyard.v1.Pause.duration:type_name -> google.protobuf.Duration
+	19, // 11: switchyard.v1.WaveSpec.selector:type_name -> switchyard.v1.WaveSpec.SelectorEntry
 	4,  // 12: switchyard.v1.WaveSpec.steps:type_name -> switchyard.v1.Step
-	18, // 13: switchyard.v1.AnalysisSpec.window:type_name -> google.protobuf.Duration
+	20, // 13: switchyard.v1.AnalysisSpec.window:type_name -> google.protobuf.Duration
 	9,  // 14: switchyard.v1.AnalysisSpec.error_rate:type_name -> switchyard.v1.ErrorRateGuardrail
 	10, // 15: switchyard.v1.AnalysisSpec.latency:type_name -> switchyard.v1.LatencyGuardrail
 	11, // 16: switchyard.v1.AnalysisSpec.saturation:type_name -> switchyard.v1.SaturationGuardrail
-	18, // 17: switchyard.v1.LatencyGuardrail.max:type_name -> google.protobuf.Duration
-	18, // 18: switchyard.v1.LatencyGuardrail.max_increase:type_name -> google.protobuf.Duration
-	0,  // 19: switchyard.v1.Rollout.spec:type_name -> switchyard.v1.RolloutSpec
-	19, // 20: switchyard.v1.Rollout.phase:type_name -> switchyard.v1.RolloutPhase
-	20, // 21: switchyard.v1.Rollout.created_at:type_name -> google.protobuf.Timestamp
-	20, // 22: switchyard.v1.Rollout.updated_at:type_name -> google.protobuf.Timestamp
-	16, // 23: switchyard.v1.Rollout.history:type_name -> switchyard.v1.RolloutEvent
-	20, // 24: switchyard.v1.Rollout.step_started_at:type_name -> google.protobuf.Timestamp
-	13, // 25: switchyard.v1.Rollout.evidence:type_name -> switchyard.v1.Evidence
-	20, // 26: switchyard.v1.Rollout.promoted_at:type_name -> google.protobuf.Timestamp
-	14, // 27: switchyard.v1.Evidence.windows:type_name -> switchyard.v1.WindowEvidence
-	20, // 28: switchyard.v1.WindowEvidence.start:type_name -> google.protobuf.Timestamp
-	20, // 29: switchyard.v1.WindowEvidence.end:type_name -> google.protobuf.Timestamp
-	15, // 30: switchyard.v1.WindowEvidence.candidate:type_name -> switchyard.v1.BackendWindow
-	15, // 31: switchyard.v1.WindowEvidence.baseline:type_name -> switchyard.v1.BackendWindow
-	20, // 32: switchyard.v1.RolloutEvent.at:type_name -> google.protobuf.Timestamp
-	19, // 33: switchyard.v1.RolloutEvent.phase:type_name -> switchyard.v1.RolloutPhase
-	34, // [34:34] is the sub-list for method output_type
-	34, // [34:34] is the sub-list for method input_type
-	34, // [34:34] is the sub-list for extension type_name
-	34, // [34:34] is the sub-list for extension extendee
-	0,  // [0:34] is the sub-list for field type_name
+	20, // 17: switchyard.v1.AnalysisSpec.horizon:type_name -> google.protobuf.Duration
+	20, // 18: switchyard.v1.LatencyGuardrail.max:type_name -> google.protobuf.Duration
+	20, // 19: switchyard.v1.LatencyGuardrail.max_increase:type_name -> google.protobuf.Duration
+	0,  // 20: switchyard.v1.Rollout.spec:type_name -> switchyard.v1.RolloutSpec
+	21, // 21: switchyard.v1.Rollout.phase:type_name -> switchyard.v1.RolloutPhase
+	22, // 22: switchyard.v1.Rollout.created_at:type_name -> google.protobuf.Timestamp
+	22, // 23: switchyard.v1.Rollout.updated_at:type_name -> google.protobuf.Timestamp
+	18, // 24: switchyard.v1.Rollout.history:type_name -> switchyard.v1.RolloutEvent
+	22, // 25: switchyard.v1.Rollout.step_started_at:type_name -> google.protobuf.Timestamp
+	13, // 26: switchyard.v1.Rollout.evidence:type_name -> switchyard.v1.Evidence
+	22, // 27: switchyard.v1.Rollout.promoted_at:type_name -> google.protobuf.Timestamp
+	16, // 28: switchyard.v1.Evidence.windows:type_name -> switchyard.v1.WindowEvidence
+	14, // 29: switchyard.v1.Evidence.sequential:type_name -> switchyard.v1.SequentialEvidence
+	22, // 30: switchyard.v1.SequentialEvidence.since:type_name -> google.protobuf.Timestamp
+	22, // 31: switchyard.v1.SequentialEvidence.at:type_name -> google.protobuf.Timestamp
+	20, // 32: switchyard.v1.SequentialEvidence.horizon:type_name -> google.protobuf.Duration
+	15, // 33: switchyard.v1.SequentialEvidence.nodes:type_name -> switchyard.v1.NodeEvidence
+	22, // 34: switchyard.v1.WindowEvidence.start:type_name -> google.protobuf.Timestamp
+	22, // 35: switchyard.v1.WindowEvidence.end:type_name -> google.protobuf.Timestamp
+	17, // 36: switchyard.v1.WindowEvidence.candidate:type_name -> switchyard.v1.BackendWindow
+	17, // 37: switchyard.v1.WindowEvidence.baseline:type_name -> switchyard.v1.BackendWindow
+	22, // 38: switchyard.v1.RolloutEvent.at:type_name -> google.protobuf.Timestamp
+	21, // 39: switchyard.v1.RolloutEvent.phase:type_name -> switchyard.v1.RolloutPhase
+	40, // [40:40] is the sub-list for method output_type
+	40, // [40:40] is the sub-list for method input_type
+	40, // [40:40] is the sub-list for extension type_name
+	40, // [40:40] is the sub-list for extension extendee
+	0,  // [0:40] is the sub-list for field type_name
 }
 
 func init() { file_switchyard_v1_rollout_proto_init() }
@@ -1601,7 +1961,7 @@ func file_switchyard_v1_rollout_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_switchyard_v1_rollout_proto_rawDesc), len(file_switchyard_v1_rollout_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   18,
+			NumMessages:   20,
 			NumExtensions: 0,
 			NumServices:   0,
 		},

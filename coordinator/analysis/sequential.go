@@ -1,0 +1,249 @@
+package analysis
+
+import (
+	"math"
+	"sort"
+)
+
+// The sequential judge's statistics, as pure functions.
+//
+// A stratum is one node's report for one interval, in which both backends
+// served: the same node, the same second, the same load and the same
+// fleet-wide incidents. Given the total number of events (errors, or
+// requests slower than a threshold) of both backends in the stratum, the
+// new backend's share of them is, if it is no worse, at most its share of
+// the requests: exactly hypergeometric when each request fails with the same
+// probability on both, and the binomial likelihood ratio used here is a
+// supermartingale under that null (the hypergeometric is smaller in convex
+// order than the binomial, Hoeffding 1963). Conditioning cancels whatever
+// both backends share: load swings, a slow point of presence, an incident.
+
+// Stratum is one node's counts for one interval.
+type Stratum struct {
+	Node string
+	// CandRequests and CandEvents are the new backend's; BaseRequests and
+	// BaseEvents the old backend's.
+	CandRequests, CandEvents uint64
+	BaseRequests, BaseEvents uint64
+	// NullOdds is how many times the old backend's odds of an event the
+	// null allows the new one (a business tolerance); 0 or 1 is none.
+	NullOdds float64
+}
+
+// NullShare is the new backend's largest share of a stratum's events if it
+// is no worse than the tolerance: its share of the requests, weighted by
+// NullOdds.
+func (s Stratum) NullShare() float64 {
+	return AltShare(float64(s.CandRequests)/float64(s.CandRequests+s.BaseRequests), max(s.NullOdds, 1))
+}
+
+// informative reports whether the stratum can move a likelihood ratio.
+func (s Stratum) informative() bool {
+	return s.CandRequests > 0 && s.BaseRequests > 0 && s.CandEvents+s.BaseEvents > 0
+}
+
+// AltShare is the share of events the new backend has when the odds of an
+// event on it are oddsRatio times the old one's, with share0 the null share.
+func AltShare(share0, oddsRatio float64) float64 {
+	return oddsRatio * share0 / (1 - share0 + oddsRatio*share0)
+}
+
+// ShareLLR is the log-likelihood ratio (nats) of a stratum's split of events
+// between the backends: the new backend's odds multiplied by oddsRatio
+// against equal rates. Strata with no events, or where one backend served
+// nothing, carry no information and give 0.
+func ShareLLR(s Stratum, oddsRatio float64) float64 {
+	if !s.informative() {
+		return 0
+	}
+	p0 := s.NullShare()
+	p1 := AltShare(p0, oddsRatio)
+	return float64(s.CandEvents)*math.Log(p1/p0) + float64(s.BaseEvents)*math.Log((1-p1)/(1-p0))
+}
+
+// StratumCap bounds what one node adds in one interval (nats). Capping a
+// likelihood ratio from above keeps it a supermartingale under the null, and
+// it keeps one burst on one node (overdispersion the binomial model does not
+// know) from deciding alone: an alarm needs several node-intervals.
+const StratumCap = 3.0
+
+// DefaultOddsRatios are the alternatives the detectors are tuned to: a
+// doubling, a quadrupling and a tenfold rise of the odds of an event. A
+// detector is quickest near its own alternative and still catches larger
+// ones fast.
+var DefaultOddsRatios = []float64{2, 4, 10}
+
+// CUSUMThreshold is the alarm threshold (nats) for detectors detectors run
+// over intervals intervals of healthy canary, so that the probability of any
+// of them raising a false alarm is at most alpha. Page's CUSUM raises its
+// alarm at t when, for some start s, the likelihood ratio of (s, t] reaches
+// e^h; for each s that ratio is a nonnegative supermartingale under the null,
+// which crosses e^h with probability at most e^-h (Ville's inequality). A
+// union bound over starts and detectors gives h = log(detectors·intervals/α).
+func CUSUMThreshold(alpha float64, intervals, detectors int) float64 {
+	return math.Log(float64(max(intervals, 1)) * float64(max(detectors, 1)) / alpha)
+}
+
+// NodeCounts is one node's part of a detector's current run.
+type NodeCounts struct {
+	Contribution             float64
+	CandRequests, CandEvents uint64
+	BaseRequests, BaseEvents uint64
+}
+
+// CUSUM is Page's cumulative sum of the capped stratified log-likelihood
+// ratio for one alternative: S = max(0, S + Σ strata). It restarts at zero
+// whenever the evidence falls back, so a regression that begins late in a
+// canary is caught as fast as one that begins at once.
+type CUSUM struct {
+	OddsRatio float64
+	// Statistic is the current value, in nats.
+	Statistic float64
+	// Since is the index of the interval after the last time the statistic
+	// stood at zero; Nodes and the counts cover the run since then.
+	Since                    int64
+	Nodes                    map[string]*NodeCounts
+	CandRequests, CandEvents uint64
+	BaseRequests, BaseEvents uint64
+}
+
+// NewCUSUM returns a detector at zero.
+func NewCUSUM(oddsRatio float64) *CUSUM {
+	return &CUSUM{OddsRatio: oddsRatio, Nodes: map[string]*NodeCounts{}}
+}
+
+// Update adds one interval's strata and returns the new statistic.
+func (c *CUSUM) Update(interval int64, strata []Stratum) float64 {
+	if c.Statistic == 0 {
+		c.reset(interval)
+	}
+	sum := 0.0
+	for _, s := range strata {
+		if s.CandRequests == 0 || s.BaseRequests == 0 {
+			continue
+		}
+		l := math.Min(ShareLLR(s, c.OddsRatio), StratumCap)
+		sum += l
+		n := c.Nodes[s.Node]
+		if n == nil {
+			n = &NodeCounts{}
+			c.Nodes[s.Node] = n
+		}
+		n.Contribution += l
+		n.CandRequests += s.CandRequests
+		n.CandEvents += s.CandEvents
+		n.BaseRequests += s.BaseRequests
+		n.BaseEvents += s.BaseEvents
+		c.CandRequests += s.CandRequests
+		c.CandEvents += s.CandEvents
+		c.BaseRequests += s.BaseRequests
+		c.BaseEvents += s.BaseEvents
+	}
+	c.Statistic = math.Max(0, c.Statistic+sum)
+	return c.Statistic
+}
+
+func (c *CUSUM) reset(interval int64) {
+	c.Since = interval
+	clear(c.Nodes)
+	c.CandRequests, c.CandEvents, c.BaseRequests, c.BaseEvents = 0, 0, 0, 0
+}
+
+// Drivers names the nodes with a positive contribution to the current run,
+// largest first.
+func (c *CUSUM) Drivers() []string {
+	var out []string
+	for n, v := range c.Nodes {
+		if v.Contribution > 0 {
+			out = append(out, n)
+		}
+	}
+	sort.Slice(out, func(i, j int) bool {
+		a, b := c.Nodes[out[i]].Contribution, c.Nodes[out[j]].Contribution
+		if a != b {
+			return a > b
+		}
+		return out[i] < out[j]
+	})
+	return out
+}
+
+// RunLength feeds a fixed sequence of per-interval log-likelihood sums to a
+// CUSUM with threshold h and returns the 1-based interval of the first alarm,
+// or 0 when none is raised: the run length of Page's scheme.
+func RunLength(increments []float64, h float64) int {
+	s := 0.0
+	for i, x := range increments {
+		s = math.Max(0, s+x)
+		if s >= h {
+			return i + 1
+		}
+	}
+	return 0
+}
+
+// BinomialUpperTail is P(X ≥ k) for X ~ Binomial(n, p), summed exactly in
+// log space from the mode outwards.
+func BinomialUpperTail(k, n uint64, p float64) float64 {
+	switch {
+	case k == 0:
+		return 1
+	case k > n:
+		return 0
+	case p <= 0:
+		return 0
+	case p >= 1:
+		return 1
+	}
+	lgN, _ := math.Lgamma(float64(n) + 1)
+	logPMF := func(i uint64) float64 {
+		a, _ := math.Lgamma(float64(i) + 1)
+		b, _ := math.Lgamma(float64(n-i) + 1)
+		return lgN - a - b + float64(i)*math.Log(p) + float64(n-i)*math.Log1p(-p)
+	}
+	// Sum the smaller side for accuracy.
+	mean := float64(n) * p
+	if float64(k) > mean {
+		first := logPMF(k)
+		sum := 0.0
+		for i := k; i <= n; i++ {
+			t := math.Exp(logPMF(i) - first)
+			sum += t
+			if t < 1e-17*sum {
+				break
+			}
+		}
+		return math.Min(1, math.Exp(first)*sum)
+	}
+	// 1 - P(X ≤ k-1), summing down from k-1.
+	last := logPMF(k - 1)
+	sum := 0.0
+	for i := k - 1; ; i-- {
+		t := math.Exp(logPMF(i) - last)
+		sum += t
+		if t < 1e-17*sum || i == 0 {
+			break
+		}
+	}
+	return math.Max(0, 1-math.Exp(last)*sum)
+}
+
+// NonInferiorityLogE is the log e-value (nats) against "the new backend's
+// event rate is at least (1+margin)·base + floor", from its counts, with the
+// old backend's rate as the alternative: the log-likelihood ratio of a
+// Bernoulli sequence at the alternative rate against the null rate. It is
+// monotone in the rate, so it is a supermartingale under every null rate, and
+// by Ville's inequality reaching log(1/β) happens with probability at most β
+// when the new backend is that much worse. A new backend better than the old
+// only gets there sooner. Negative values are evidence against.
+func NonInferiorityLogE(candEvents, candRequests uint64, baseRate, margin, floor float64) float64 {
+	if candRequests == 0 {
+		return 0
+	}
+	p0 := math.Min(baseRate*(1+margin)+floor, 0.999999)
+	// The alternative sits at the old backend's rate, lifted off zero so
+	// one error cannot rule a backend out forever.
+	p1 := math.Min(math.Max(baseRate, floor/4), p0)
+	n, e := float64(candRequests), float64(candEvents)
+	return (n-e)*math.Log((1-p1)/(1-p0)) + e*math.Log(p1/p0)
+}

@@ -1,0 +1,88 @@
+package spec
+
+import (
+	"time"
+
+	sv1 "github.com/switchyard/switchyard/proto/switchyard/v1"
+)
+
+// Judging methods of spec.analysis.method.
+const (
+	// MethodSequential compares the new backend with the old one on the same
+	// nodes on every report, with a stated false-alarm rate.
+	MethodSequential = "sequential"
+	// MethodWindows is the fixed-window judge of earlier releases: a test
+	// per window with a margin, breachWindows failures in a row.
+	MethodWindows = "windows"
+)
+
+// Defaults of the sequential judge (docs/rollouts.md, "How the judge
+// decides").
+const (
+	DefaultFalseAlarm     = 0.005
+	DefaultHorizon        = time.Hour
+	DefaultNonInferiority = 0.5
+	DefaultPassConfidence = 0.95
+)
+
+// Method is the analysis method of a spec, sequential unless it says
+// otherwise.
+func Method(a *sv1.AnalysisSpec) string {
+	if a.GetMethod() == "" {
+		return MethodSequential
+	}
+	return a.GetMethod()
+}
+
+// FalseAlarm is the probability of a false rollback over Horizon.
+func FalseAlarm(a *sv1.AnalysisSpec) float64 {
+	if a.GetFalseAlarm() <= 0 {
+		return DefaultFalseAlarm
+	}
+	return a.GetFalseAlarm()
+}
+
+// Horizon is the canary time the false-alarm rate covers.
+func Horizon(a *sv1.AnalysisSpec) time.Duration {
+	if d := a.GetHorizon().AsDuration(); a.GetHorizon() != nil && d > 0 {
+		return d
+	}
+	return DefaultHorizon
+}
+
+// NonInferiority is the relative margin an analysis step must rule out.
+func NonInferiority(a *sv1.AnalysisSpec) float64 {
+	if a.GetNonInferiority() <= 0 {
+		return DefaultNonInferiority
+	}
+	return a.GetNonInferiority()
+}
+
+// PassConfidence is the confidence an analysis step needs that the new
+// backend is not worse by the margin.
+func PassConfidence(a *sv1.AnalysisSpec) float64 {
+	if a.GetPassConfidence() <= 0 {
+		return DefaultPassConfidence
+	}
+	return a.GetPassConfidence()
+}
+
+func validateSequential(add func(string, string, ...any), a *sv1.AnalysisSpec) {
+	switch a.GetMethod() {
+	case "", MethodSequential, MethodWindows:
+	default:
+		add("spec.analysis.method", "%q is not a method, want %q (the default) or %q", a.GetMethod(), MethodSequential, MethodWindows)
+	}
+	if f := a.GetFalseAlarm(); f != 0 && (f <= 0 || f > 0.2) {
+		add("spec.analysis.falseAlarm", "%v is out of range, want a probability more than 0 and at most 0.2 (0.005 is 0.5%%)", f)
+	}
+	if h := a.GetHorizon(); h != nil && (h.CheckValid() != nil || h.AsDuration() < time.Minute || h.AsDuration() > 30*24*time.Hour) {
+		add("spec.analysis.horizon", "%v is out of range, want 1m..720h", h.AsDuration())
+	}
+	if m := a.GetNonInferiority(); m < 0 || m > 10 {
+		add("spec.analysis.nonInferiority", "%v is out of range, want a relative margin 0..10 (0.5 is 50%% worse)", m)
+	}
+	if c := a.GetPassConfidence(); c != 0 && (c < 0.5 || c >= 1) {
+		add("spec.analysis.passConfidence", "%v is out of range, want 0.5 up to (not including) 1", c)
+	}
+}
