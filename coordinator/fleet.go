@@ -82,6 +82,7 @@ func (f *fleet) nodesFor(service string) []*sv1.NodeView {
 				Stale:             age > f.staleAfter,
 				SecondsSinceSeen:  age.Seconds(),
 				Labels:            maps.Clone(n.status.GetLabels()),
+				HookRuns:          svc.GetHookRuns(),
 			})
 		}
 	}

@@ -18,6 +18,8 @@ type metrics struct {
 	telemetry         prometheus.Counter
 	telemetryRejected prometheus.Counter
 	decisions         *prometheus.CounterVec
+	webhookCalls      *prometheus.CounterVec
+	webhookSeconds    *prometheus.HistogramVec
 }
 
 func newMetrics(reg prometheus.Registerer) *metrics {
@@ -68,9 +70,19 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 			Name: "switchyard_coordinator_rollout_decisions_total",
 			Help: "Rollout decisions committed by the leader's controller, by action: advance, promote, finish, rollback, confirm-rollback.",
 		}, []string{"action"}),
+		webhookCalls: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "switchyard_coordinator_webhook_calls_total",
+			Help: "Webhook calls the leader finished and recorded, by hook point and outcome (succeeded, failed).",
+		}, []string{"point", "outcome"}),
+		webhookSeconds: prometheus.NewHistogramVec(prometheus.HistogramOpts{
+			Name:    "switchyard_coordinator_webhook_call_seconds",
+			Help:    "Time of one webhook call including its retries, by hook point.",
+			Buckets: prometheus.ExponentialBuckets(0.005, 2, 14),
+		}, []string{"point"}),
 	}
 	reg.MustRegister(m.intentsAccepted, m.intentsRejected, m.publishes, m.publishSeconds,
-		m.raftApply, m.isLeader, m.statusRejected, m.statuses, m.telemetry, m.telemetryRejected, m.decisions)
+		m.raftApply, m.isLeader, m.statusRejected, m.statuses, m.telemetry, m.telemetryRejected, m.decisions,
+		m.webhookCalls, m.webhookSeconds)
 	for _, r := range []string{"malformed", "invalid", "not_found", "conflict", "blast_radius"} {
 		m.intentsRejected.WithLabelValues(r)
 	}

@@ -38,6 +38,12 @@ const (
 	DrillEndType MessageType = 7
 	// DrillReportType carries an sv1.DrillReportEntry.
 	DrillReportType MessageType = 8
+	// HookDueType carries an sv1.HookDueEntry.
+	HookDueType MessageType = 50
+	// HookResultType carries an sv1.HookResultEntry.
+	HookResultType MessageType = 51
+	// RolloutStartType carries an sv1.RolloutStartEntry.
+	RolloutStartType MessageType = 52
 )
 
 // ErrMalformedEntry is returned by Decode for bytes that are not an entry.
@@ -77,6 +83,12 @@ func Decode(data []byte) (MessageType, proto.Message, error) {
 		body = &sv1.DrillEndEntry{}
 	case DrillReportType:
 		body = &sv1.DrillReportEntry{}
+	case HookDueType:
+		body = &sv1.HookDueEntry{}
+	case HookResultType:
+		body = &sv1.HookResultEntry{}
+	case RolloutStartType:
+		body = &sv1.RolloutStartEntry{}
 	default:
 		return t, nil, fmt.Errorf("%w: unknown type %d", ErrMalformedEntry, t)
 	}
@@ -160,6 +172,15 @@ func (f *FSM) Apply(l *raft.Log) any {
 		return Response{}
 	case DrillReportType:
 		st.ApplyDrillReport(l.Index, body.(*sv1.DrillReportEntry))
+		return Response{}
+	case HookDueType:
+		st.ApplyHookDue(l.Index, body.(*sv1.HookDueEntry))
+		return Response{}
+	case HookResultType:
+		f.changed(st.ApplyHookResult(l.Index, body.(*sv1.HookResultEntry)))
+		return Response{}
+	case RolloutStartType:
+		f.changed(st.ApplyStart(l.Index, body.(*sv1.RolloutStartEntry)))
 		return Response{}
 	}
 	panic(fmt.Sprintf("raft log index %d: type %d decoded but not applied", l.Index, t))

@@ -227,8 +227,10 @@ type NodeView struct {
 	// SecondsSinceSeen is how long ago its last status arrived.
 	SecondsSinceSeen float64           `protobuf:"fixed64,7,opt,name=seconds_since_seen,json=secondsSinceSeen,proto3" json:"seconds_since_seen,omitempty"`
 	Labels           map[string]string `protobuf:"bytes,8,rep,name=labels,proto3" json:"labels,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"bytes,2,opt,name=value"`
-	unknownFields    protoimpl.UnknownFields
-	sizeCache        protoimpl.SizeCache
+	// HookRuns are the node's agent hook runs for the service.
+	HookRuns      []*HookRun `protobuf:"bytes,50,rep,name=hook_runs,json=hookRuns,proto3" json:"hook_runs,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
 }
 
 func (x *NodeView) Reset() {
@@ -313,6 +315,13 @@ func (x *NodeView) GetSecondsSinceSeen() float64 {
 func (x *NodeView) GetLabels() map[string]string {
 	if x != nil {
 		return x.Labels
+	}
+	return nil
+}
+
+func (x *NodeView) GetHookRuns() []*HookRun {
+	if x != nil {
+		return x.HookRuns
 	}
 	return nil
 }
@@ -601,7 +610,7 @@ var File_switchyard_v1_query_proto protoreflect.FileDescriptor
 
 const file_switchyard_v1_query_proto_rawDesc = "" +
 	"\n" +
-	"\x19switchyard/v1/query.proto\x12\rswitchyard.v1\x1a\x19switchyard/v1/drill.proto\x1a\x1bswitchyard/v1/rollout.proto\x1a\x1dswitchyard/v1/telemetry.proto\")\n" +
+	"\x19switchyard/v1/query.proto\x12\rswitchyard.v1\x1a\x19switchyard/v1/drill.proto\x1a\x19switchyard/v1/hooks.proto\x1a\x1bswitchyard/v1/rollout.proto\x1a\x1dswitchyard/v1/telemetry.proto\")\n" +
 	"\rRolloutsQuery\x12\x18\n" +
 	"\arollout\x18\x01 \x01(\tR\arollout\"\x81\x01\n" +
 	"\x0eRolloutsAnswer\x126\n" +
@@ -614,7 +623,7 @@ const file_switchyard_v1_query_proto_rawDesc = "" +
 	"\x05nodes\x18\x02 \x03(\v2\x17.switchyard.v1.NodeViewR\x05nodes\x12\x1c\n" +
 	"\tconverged\x18\x03 \x01(\rR\tconverged\x12\x18\n" +
 	"\awaiting\x18\x04 \x01(\tR\awaiting\x127\n" +
-	"\awindows\x18\x05 \x03(\v2\x1d.switchyard.v1.WindowEvidenceR\awindows\"\xd4\x03\n" +
+	"\awindows\x18\x05 \x03(\v2\x1d.switchyard.v1.WindowEvidenceR\awindows\"\x89\x04\n" +
 	"\bNodeView\x12\x12\n" +
 	"\x04node\x18\x01 \x01(\tR\x04node\x12-\n" +
 	"\x12applied_generation\x18\x02 \x01(\x04R\x11appliedGeneration\x12>\n" +
@@ -623,7 +632,8 @@ const file_switchyard_v1_query_proto_rawDesc = "" +
 	"\amessage\x18\x05 \x01(\tR\amessage\x12\x14\n" +
 	"\x05stale\x18\x06 \x01(\bR\x05stale\x12,\n" +
 	"\x12seconds_since_seen\x18\a \x01(\x01R\x10secondsSinceSeen\x12;\n" +
-	"\x06labels\x18\b \x03(\v2#.switchyard.v1.NodeView.LabelsEntryR\x06labels\x1a:\n" +
+	"\x06labels\x18\b \x03(\v2#.switchyard.v1.NodeView.LabelsEntryR\x06labels\x123\n" +
+	"\thook_runs\x182 \x03(\v2\x16.switchyard.v1.HookRunR\bhookRuns\x1a:\n" +
 	"\fWeightsEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
 	"\x05value\x18\x02 \x01(\rR\x05value:\x028\x01\x1a9\n" +
@@ -674,7 +684,8 @@ var file_switchyard_v1_query_proto_goTypes = []any{
 	(*Rollout)(nil),        // 12: switchyard.v1.Rollout
 	(*WindowEvidence)(nil), // 13: switchyard.v1.WindowEvidence
 	(DriverHealth)(0),      // 14: switchyard.v1.DriverHealth
-	(*Drill)(nil),          // 15: switchyard.v1.Drill
+	(*HookRun)(nil),        // 15: switchyard.v1.HookRun
+	(*Drill)(nil),          // 16: switchyard.v1.Drill
 }
 var file_switchyard_v1_query_proto_depIdxs = []int32{
 	2,  // 0: switchyard.v1.RolloutsAnswer.rollouts:type_name -> switchyard.v1.RolloutView
@@ -684,14 +695,15 @@ var file_switchyard_v1_query_proto_depIdxs = []int32{
 	10, // 4: switchyard.v1.NodeView.weights:type_name -> switchyard.v1.NodeView.WeightsEntry
 	14, // 5: switchyard.v1.NodeView.driver:type_name -> switchyard.v1.DriverHealth
 	11, // 6: switchyard.v1.NodeView.labels:type_name -> switchyard.v1.NodeView.LabelsEntry
-	3,  // 7: switchyard.v1.FleetAnswer.nodes:type_name -> switchyard.v1.NodeView
-	9,  // 8: switchyard.v1.DrillsAnswer.drills:type_name -> switchyard.v1.DrillView
-	15, // 9: switchyard.v1.DrillView.drill:type_name -> switchyard.v1.Drill
-	10, // [10:10] is the sub-list for method output_type
-	10, // [10:10] is the sub-list for method input_type
-	10, // [10:10] is the sub-list for extension type_name
-	10, // [10:10] is the sub-list for extension extendee
-	0,  // [0:10] is the sub-list for field type_name
+	15, // 7: switchyard.v1.NodeView.hook_runs:type_name -> switchyard.v1.HookRun
+	3,  // 8: switchyard.v1.FleetAnswer.nodes:type_name -> switchyard.v1.NodeView
+	9,  // 9: switchyard.v1.DrillsAnswer.drills:type_name -> switchyard.v1.DrillView
+	16, // 10: switchyard.v1.DrillView.drill:type_name -> switchyard.v1.Drill
+	11, // [11:11] is the sub-list for method output_type
+	11, // [11:11] is the sub-list for method input_type
+	11, // [11:11] is the sub-list for extension type_name
+	11, // [11:11] is the sub-list for extension extendee
+	0,  // [0:11] is the sub-list for field type_name
 }
 
 func init() { file_switchyard_v1_query_proto_init() }
@@ -700,6 +712,7 @@ func file_switchyard_v1_query_proto_init() {
 		return
 	}
 	file_switchyard_v1_drill_proto_init()
+	file_switchyard_v1_hooks_proto_init()
 	file_switchyard_v1_rollout_proto_init()
 	file_switchyard_v1_telemetry_proto_init()
 	type x struct{}
