@@ -22,6 +22,7 @@ import (
 	"google.golang.org/protobuf/types/known/timestamppb"
 
 	"github.com/switchyard/switchyard/agent/driver"
+	"github.com/switchyard/switchyard/agent/hooks"
 	"github.com/switchyard/switchyard/agent/driver/haproxy"
 	"github.com/switchyard/switchyard/agent/state"
 	"github.com/switchyard/switchyard/bus"
@@ -107,6 +108,9 @@ type Agent struct {
 	// drills follows chaos drills and keeps this node's faults; nil until
 	// Run has opened the local state.
 	drills *drillFollower
+	// memHooks is the hook journal when the state store keeps none.
+	hookJournalOnce sync.Once
+	memHooks        *hooks.MemJournal
 }
 
 // New checks cfg and opts and registers the agent's metrics. It does no I/O:
@@ -520,6 +524,10 @@ func (a *Agent) open() (_ *resources, err error) {
 				log:     log,
 			},
 		}
+		w.hooks = a.hookRunner(res.store, log)
+		if h := applied.GetHookHold(); h != nil {
+			w.hookRuns = append(w.hookRuns, h)
+		}
 		w.publishView()
 		res.workers = append(res.workers, w)
 	}
@@ -652,6 +660,7 @@ func (a *Agent) status(heartbeat bool) *sv1.AgentStatus {
 	if a.drills != nil {
 		st.Faults = a.drills.activeFaults()
 	}
+	st.Hooks = slices.Sorted(maps.Keys(a.cfg.Hooks))
 	return st
 }
 

@@ -46,6 +46,12 @@ const (
 	DefaultSyntheticInterval = 10 * time.Second
 )
 
+// Defaults and bounds of hook commands.
+const (
+	DefaultHookTimeout = 30 * time.Second
+	MaxHookTimeout     = time.Hour
+)
+
 // ErrInvalidConfig wraps every problem Validate finds.
 var ErrInvalidConfig = errors.New("invalid agent config")
 
@@ -78,6 +84,18 @@ type Config struct {
 	// Processes names the backend processes chaos drills may pause or
 	// kill: the bus names a process, never a command or a path.
 	Processes map[string]ProcessConfig `yaml:"processes"`
+	// Hooks names the commands rollouts may have this node run, by name:
+	// the bus names a hook, never a command.
+	Hooks map[string]HookConfig `yaml:"hooks"`
+}
+
+// HookConfig is one command a rollout's agent hooks may name.
+type HookConfig struct {
+	// Command is the program (absolute path, or found on PATH when the
+	// config is loaded) and its arguments; no shell reads it.
+	Command []string `yaml:"command"`
+	// Timeout bounds one run; the command's process group is killed then.
+	Timeout time.Duration `yaml:"timeout"`
 }
 
 // ProcessConfig is a process a drill's process fault may signal.
@@ -283,6 +301,12 @@ func (c *Config) setDefaults() {
 	if g.MaxP99 == 0 {
 		g.MaxP99 = DefaultGuardMaxP99
 	}
+	for name, h := range c.Hooks {
+		if h.Timeout == 0 {
+			h.Timeout = DefaultHookTimeout
+			c.Hooks[name] = h
+		}
+	}
 	for _, svc := range c.Services {
 		p := svc.Probes
 		if p == nil {
@@ -393,6 +417,9 @@ func (c *Config) Validate() error {
 		case !filepath.IsAbs(pf):
 			bad(field+".pidFile", "%q: want an absolute path", pf)
 		}
+	}
+	for _, name := range slices.Sorted(maps.Keys(c.Hooks)) {
+		probs = append(probs, c.Hooks[name].validate("hooks."+name, name)...)
 	}
 	if len(probs) == 0 {
 		return nil
@@ -571,6 +598,7 @@ func (c *Config) clone() *Config {
 	out := *c
 	out.Labels = maps.Clone(c.Labels)
 	out.Processes = maps.Clone(c.Processes)
+	out.Hooks = maps.Clone(c.Hooks) // Command slices are copied by hookTable
 	if c.LocalGuard.Enabled != nil {
 		on := *c.LocalGuard.Enabled
 		out.LocalGuard.Enabled = &on
