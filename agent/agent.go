@@ -22,8 +22,8 @@ import (
 	"google.golang.org/protobuf/types/known/timestamppb"
 
 	"github.com/switchyard/switchyard/agent/driver"
-	"github.com/switchyard/switchyard/agent/hooks"
 	"github.com/switchyard/switchyard/agent/driver/haproxy"
+	"github.com/switchyard/switchyard/agent/hooks"
 	"github.com/switchyard/switchyard/agent/state"
 	"github.com/switchyard/switchyard/bus"
 	"github.com/switchyard/switchyard/internal/clock"
