@@ -62,17 +62,21 @@ func Evaluate(r *sv1.Rollout, point sv1.HookPoint, key string, now time.Time) Ve
 	return v
 }
 
-// Point says which hook point and key a move from (wave, step) to (toWave,
-// toStep) passes; promote is the move to all traffic.
-func Point(wave, toWave, toStep int, promote bool) (sv1.HookPoint, string) {
+// Point says which hook point and key r's move to (toWave, toStep)
+// passes; promote is the move to all traffic. The end of a wave's steps is
+// no step, so moving there passes none (ok false).
+func Point(r *sv1.Rollout, toWave, toStep int, promote bool) (p sv1.HookPoint, key string, ok bool) {
 	switch {
 	case promote:
-		return sv1.HookPoint_HOOK_POINT_PRE_PROMOTION, state.KeyPrePromotion
-	case toWave != wave:
-		return sv1.HookPoint_HOOK_POINT_PRE_WAVE, state.KeyPreWave(toWave)
-	default:
-		return sv1.HookPoint_HOOK_POINT_PRE_STEP, state.KeyPreStep(toWave, toStep)
+		return sv1.HookPoint_HOOK_POINT_PRE_PROMOTION, state.KeyPrePromotion, true
+	case toWave != int(r.GetWave()):
+		return sv1.HookPoint_HOOK_POINT_PRE_WAVE, state.KeyPreWave(toWave), true
 	}
+	plan := spec.Compile(r.GetSpec())
+	if toWave >= len(plan) || toStep >= len(plan[toWave].Steps) {
+		return 0, "", false
+	}
+	return sv1.HookPoint_HOOK_POINT_PRE_STEP, state.KeyPreStep(toWave, toStep), true
 }
 
 // Raft is how the gate commits its decisions.
@@ -90,7 +94,10 @@ type Gate struct {
 // (toWave, toStep), or promotes it. It makes due the calls the move needs
 // and returns why the move must wait, "" when it may go.
 func (g *Gate) Hold(r *sv1.Rollout, toWave, toStep int, promote bool, now time.Time) (string, error) {
-	point, key := Point(int(r.GetWave()), toWave, toStep, promote)
+	point, key, ok := Point(r, toWave, toStep, promote)
+	if !ok {
+		return "", nil
+	}
 	return g.hold(r, point, key, now)
 }
 
@@ -122,9 +129,12 @@ func (g *Gate) hold(r *sv1.Rollout, point sv1.HookPoint, key string, now time.Ti
 // Waiting says, without committing anything, what gate a rollout waits at
 // before the move it is ready for; "" when none holds it.
 func Waiting(r *sv1.Rollout, toWave, toStep int, promote bool, now time.Time) string {
-	point, key := Point(int(r.GetWave()), toWave, toStep, promote)
+	point, key, ok := Point(r, toWave, toStep, promote)
 	if r.GetHoldStart() {
-		point, key = sv1.HookPoint_HOOK_POINT_PRE_ROLLOUT, state.KeyPreRollout
+		point, key, ok = sv1.HookPoint_HOOK_POINT_PRE_ROLLOUT, state.KeyPreRollout, true
+	}
+	if !ok {
+		return ""
 	}
 	v := Evaluate(r, point, key, now)
 	if v.Open {

@@ -281,7 +281,11 @@ func TestHooks_EvaluateNotifyingNeverHolds(t *testing.T) {
 	if !v.Open || len(v.Due) != 1 || v.Due[0] != "note" {
 		t.Fatalf("verdict %+v", v)
 	}
-	if p, k := Point(0, 1, 0, false); p != sv1.HookPoint_HOOK_POINT_PRE_WAVE || k != "pre-wave/1" {
+	r := m.st.Rollout("r1")
+	if p, k, ok := Point(r, 1, 0, false); !ok || p != sv1.HookPoint_HOOK_POINT_PRE_WAVE || k != "pre-wave/1" {
 		t.Fatalf("point %v %q", p, k)
+	}
+	if _, _, ok := Point(r, 0, 2, false); ok {
+		t.Fatal("the end of a wave's steps passed a pre-step point")
 	}
 }

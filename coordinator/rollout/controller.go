@@ -34,10 +34,13 @@ const (
 	Rollback
 	// ConfirmRollback once the fleet applied the rollback.
 	ConfirmRollback
+	// Webhook marks a webhook call in a simulation's events; Decide never
+	// returns it.
+	Webhook
 )
 
 func (a Action) String() string {
-	return [...]string{"wait", "advance", "promote", "finish", "rollback", "confirm-rollback"}[a]
+	return [...]string{"wait", "advance", "promote", "finish", "rollback", "confirm-rollback", "webhook"}[a]
 }
 
 // Observation is what the controller knows about a rollout besides its
