@@ -349,6 +349,7 @@ func printRolloutDetail(w io.Writer, v *sv1.RolloutView) {
 			strings.TrimPrefix(strings.ToLower(n.GetDriver().String()), "driver_health_"), seen, n.GetMessage())
 	}
 	tw.Flush()
+	printHookCalls(w, v)
 	if len(v.GetWindows()) > 0 {
 		fmt.Fprintln(w, "\nAnalysis (latest windows):")
 		printWindows(w, v.GetWindows())
