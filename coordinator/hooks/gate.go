@@ -63,17 +63,20 @@ func Evaluate(r *sv1.Rollout, point sv1.HookPoint, key string, now time.Time) Ve
 }
 
 // Point says which hook point and key r's move to (toWave, toStep)
-// passes; promote is the move to all traffic. The end of a wave's steps is
-// no step, so moving there passes none (ok false).
+// passes; promote is the move to all traffic. Running the last wave past its
+// last step gives it all traffic, so that move is the promotion as far as
+// traffic goes and passes the pre-promotion point; the Promote that follows
+// finds that gate open. A wave's end is otherwise a step like the others
+// (its nodes go to 100%). A move that goes nowhere new passes none (ok
+// false).
 func Point(r *sv1.Rollout, toWave, toStep int, promote bool) (p sv1.HookPoint, key string, ok bool) {
+	plan := spec.Compile(r.GetSpec())
 	switch {
-	case promote:
+	case promote, toWave == len(plan)-1 && toStep >= len(plan[toWave].Steps):
 		return sv1.HookPoint_HOOK_POINT_PRE_PROMOTION, state.KeyPrePromotion, true
 	case toWave != int(r.GetWave()):
 		return sv1.HookPoint_HOOK_POINT_PRE_WAVE, state.KeyPreWave(toWave), true
-	}
-	plan := spec.Compile(r.GetSpec())
-	if toWave >= len(plan) || toStep >= len(plan[toWave].Steps) {
+	case toWave >= len(plan) || toStep > len(plan[toWave].Steps):
 		return 0, "", false
 	}
 	return sv1.HookPoint_HOOK_POINT_PRE_STEP, state.KeyPreStep(toWave, toStep), true

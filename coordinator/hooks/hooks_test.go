@@ -285,7 +285,7 @@ func TestHooks_EvaluateNotifyingNeverHolds(t *testing.T) {
 	if p, k, ok := Point(r, 1, 0, false); !ok || p != sv1.HookPoint_HOOK_POINT_PRE_WAVE || k != "pre-wave/1" {
 		t.Fatalf("point %v %q", p, k)
 	}
-	if _, _, ok := Point(r, 0, 2, false); ok {
-		t.Fatal("the end of a wave's steps passed a pre-step point")
+	if p, k, ok := Point(r, 0, 2, false); !ok || p != sv1.HookPoint_HOOK_POINT_PRE_PROMOTION || k != "pre-promotion" {
+		t.Fatalf("the end of the last wave's steps gives it all traffic: want pre-promotion, got %v %q %v", p, k, ok)
 	}
 }

@@ -43,7 +43,7 @@ func TestSimulate_ShowsWhereWebhooksGate(t *testing.T) {
 	if strings.Contains(joined, "pager") {
 		t.Errorf("a healthy rollout called the rollback webhook:\n%s", joined)
 	}
-	if len(got) != 7 { // smoke before steps 2..5
+	if len(got) != 7 { // ticket, smoke before steps 2..5, load-test, announce
 		t.Errorf("%d webhook events, want 7:\n%s", len(got), joined)
 	}
 }
