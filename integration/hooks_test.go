@@ -148,7 +148,7 @@ func TestHooks_GatingPrePromotionWebhookHoldsTheRolloutUntilItAccepts(t *testing
 	if err != nil || st.ExitCode != 0 {
 		t.Fatalf("status: %v %+v", err, st)
 	}
-	for _, want := range []string{"Waiting for: webhook load-test at pre-promotion refused (412 Precondition Failed: load test still running)", "Webhooks:", "load-test"} {
+	for _, want := range []string{"Waiting for: webhook load-test at pre-promotion", "Webhooks:", "load-test  pre-promotion  1     failed   1         412 Precondition Failed: load test still running"} {
 		if !strings.Contains(st.Stdout, want) {
 			t.Fatalf("rollout status lacks %q:\n%s", want, st.Stdout)
 		}
@@ -165,6 +165,16 @@ func TestHooks_GatingPrePromotionWebhookHoldsTheRolloutUntilItAccepts(t *testing
 		t.Fatal(err)
 	}
 	if err := f.WaitAllServing(ctx, harness.Green, samples); err != nil {
+		t.Fatal(err)
+	}
+	// The post-rollout webhook is due once the rollout completed.
+	view, err = f.WaitRollout(ctx, "web-gated", func(v *sv1.RolloutView) error {
+		if !strings.Contains(historyText(v), "webhook announce at post-rollout succeeded") {
+			return errors.New("post-rollout webhook outcome not recorded yet")
+		}
+		return nil
+	})
+	if err != nil {
 		t.Fatal(err)
 	}
 	hist := historyText(view)
@@ -272,8 +282,8 @@ func TestHooks_RollbackWebhookOnceWithEvidenceAcrossLeaderKill(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	// Recorded, so no leader calls it again: still once after a few ticks.
-	time.Sleep(0) // the poll below bounds the wait
+	// Recorded, so no leader calls it again: still once over the next
+	// twenty leader ticks.
 	deadline := time.Now().Add(2 * time.Second)
 	for time.Now().Before(deadline) {
 		if n := len(hook.callsTo("/rollback")); n > 1 {

@@ -51,7 +51,7 @@ func Evaluate(r *sv1.Rollout, point sv1.HookPoint, key string, now time.Time) Ve
 			again := last.GetAnsweredAt().AsTime().Add(w.GetRecheck().AsDuration())
 			if !now.Before(again) {
 				v.Due = append(v.Due, w.GetName())
-				waiting = append(waiting, fmt.Sprintf("webhook %s at %s: asking again", w.GetName(), key))
+				waiting = append(waiting, fmt.Sprintf("webhook %s at %s refused (%s); asking again", w.GetName(), key, last.GetDetail()))
 				continue
 			}
 			waiting = append(waiting, fmt.Sprintf("webhook %s at %s refused (%s); asking again at %s",
