@@ -23,6 +23,7 @@ import (
 
 	"github.com/switchyard/switchyard/agent/driver"
 	"github.com/switchyard/switchyard/agent/driver/haproxy"
+	"github.com/switchyard/switchyard/agent/hooks"
 	"github.com/switchyard/switchyard/agent/state"
 	"github.com/switchyard/switchyard/bus"
 	"github.com/switchyard/switchyard/internal/clock"
@@ -109,6 +110,9 @@ type Agent struct {
 	drills *drillFollower
 	// trust verifies every document from the bus.
 	trust *bus.Keyring
+	// memHooks is the hook journal when the state store keeps none.
+	hookJournalOnce sync.Once
+	memHooks        *hooks.MemJournal
 }
 
 // New checks cfg and opts and registers the agent's metrics. It does no I/O:
@@ -534,6 +538,10 @@ func (a *Agent) open() (_ *resources, err error) {
 				log:     log,
 			},
 		}
+		w.hooks = a.hookRunner(res.store, log)
+		if h := applied.GetHookHold(); h != nil {
+			w.hookRuns = append(w.hookRuns, h)
+		}
 		w.publishView()
 		res.workers = append(res.workers, w)
 	}
@@ -666,6 +674,7 @@ func (a *Agent) status(heartbeat bool) *sv1.AgentStatus {
 	if a.drills != nil {
 		st.Faults = a.drills.activeFaults()
 	}
+	st.Hooks = slices.Sorted(maps.Keys(a.cfg.Hooks))
 	return st
 }
 

@@ -48,6 +48,12 @@ const (
 	DefaultSyntheticInterval = 10 * time.Second
 )
 
+// Defaults and bounds of hook commands.
+const (
+	DefaultHookTimeout = 30 * time.Second
+	MaxHookTimeout     = time.Hour
+)
+
 // ErrInvalidConfig wraps every problem Validate finds.
 var ErrInvalidConfig = errors.New("invalid agent config")
 
@@ -86,6 +92,9 @@ type Config struct {
 	Processes map[string]ProcessConfig `yaml:"processes"`
 	// Trust lists the coordinator keys whose documents the agent applies.
 	Trust TrustConfig `yaml:"trust"`
+	// Hooks names the commands rollouts may have this node run, by name:
+	// the bus names a hook, never a command.
+	Hooks map[string]HookConfig `yaml:"hooks"`
 }
 
 // TrustConfig is the set of coordinator public keys an agent trusts. During
@@ -95,6 +104,15 @@ type TrustConfig struct {
 	// Keys are public keys, each inline ("ed25519:<base64>", as `switchyard
 	// keys generate` prints it) or the path of a file holding one.
 	Keys []string `yaml:"keys"`
+}
+
+// HookConfig is one command a rollout's agent hooks may name.
+type HookConfig struct {
+	// Command is the program (absolute path, or found on PATH when the
+	// config is loaded) and its arguments; no shell reads it.
+	Command []string `yaml:"command"`
+	// Timeout bounds one run; the command's process group is killed then.
+	Timeout time.Duration `yaml:"timeout"`
 }
 
 // ProcessConfig is a process a drill's process fault may signal.
@@ -301,6 +319,12 @@ func (c *Config) setDefaults() {
 	if g.MaxP99 == 0 {
 		g.MaxP99 = DefaultGuardMaxP99
 	}
+	for name, h := range c.Hooks {
+		if h.Timeout == 0 {
+			h.Timeout = DefaultHookTimeout
+			c.Hooks[name] = h
+		}
+	}
 	for _, svc := range c.Services {
 		p := svc.Probes
 		if p == nil {
@@ -417,6 +441,9 @@ func (c *Config) Validate() error {
 		case !filepath.IsAbs(pf):
 			bad(field+".pidFile", "%q: want an absolute path", pf)
 		}
+	}
+	for _, name := range slices.Sorted(maps.Keys(c.Hooks)) {
+		probs = append(probs, c.Hooks[name].validate("hooks."+name, name)...)
 	}
 	if len(probs) == 0 {
 		return nil
@@ -596,6 +623,7 @@ func (c *Config) clone() *Config {
 	out.Labels = maps.Clone(c.Labels)
 	out.Processes = maps.Clone(c.Processes)
 	out.Trust.Keys = slices.Clone(c.Trust.Keys)
+	out.Hooks = maps.Clone(c.Hooks) // Command slices are copied by hookTable
 	if c.LocalGuard.Enabled != nil {
 		on := *c.LocalGuard.Enabled
 		out.LocalGuard.Enabled = &on

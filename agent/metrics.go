@@ -125,6 +125,7 @@ type metrics struct {
 	faultsActive      *prometheus.GaugeVec
 	faults            *prometheus.CounterVec
 	drillRejected     *prometheus.CounterVec
+	hookRuns          *prometheus.CounterVec
 }
 
 func newMetrics(reg prometheus.Registerer) (*metrics, error) {
@@ -210,13 +211,17 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 			Name: "switchyard_agent_drill_documents_rejected_total",
 			Help: "Drill documents refused, by reason (malformed, too_large, unsigned, unknown_key, bad_signature, wrong_kind, wrong_key, expired, stale, over_cap).",
 		}, []string{"reason"}),
+		hookRuns: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "switchyard_agent_hook_runs_total",
+			Help: "Agent hook runs that ended, by point (preTraffic, postTraffic, rollback) and outcome (succeeded, failed).",
+		}, []string{"point", "outcome"}),
 	}
 	var errs []error
 	for _, c := range []prometheus.Collector{
 		m.applies, m.applySeconds, m.rejected, m.drift, m.appliedGeneration, m.documentExpired, m.appliedEpoch,
 		m.driverDegraded, m.stateSaveErrors, m.busReconnects, m.resyncErrors,
 		m.busConnected, m.reports, m.logLines, m.probes, m.localRollbacks, m.droppedLogLines,
-		m.faultsActive, m.faults, m.drillRejected,
+		m.faultsActive, m.faults, m.drillRejected, m.hookRuns,
 	} {
 		if err := reg.Register(c); err != nil {
 			errs = append(errs, err)

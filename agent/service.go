@@ -17,6 +17,7 @@ import (
 	"google.golang.org/protobuf/types/known/timestamppb"
 
 	"github.com/switchyard/switchyard/agent/driver"
+	"github.com/switchyard/switchyard/agent/hooks"
 	"github.com/switchyard/switchyard/bus"
 	"github.com/switchyard/switchyard/internal/clock"
 	"github.com/switchyard/switchyard/internal/desired"
@@ -143,6 +144,10 @@ type serviceWorker struct {
 	report func(*sv1.ServiceStatus)
 	// prober runs the service's preflights.
 	prober *prober
+	// hooks runs the agent hooks documents name; hookRuns are the latest
+	// runs of the current rollout, for the status.
+	hooks    *hooks.Runner
+	hookRuns []*sv1.HookRun
 	// view is what the service has applied, for other goroutines.
 	view    atomic.Pointer[appliedView]
 	viewSeq uint64
@@ -327,6 +332,9 @@ func (w *serviceWorker) okMessage() string {
 	}
 	if w.expired && w.applied != nil {
 		parts = append(parts, fmt.Sprintf("the applied document (generation %d) expired; keeping its weights until a current signed document arrives", w.applied.GetDesired().GetGeneration()))
+	}
+	if h := w.applied.GetHookHold(); h != nil {
+		parts = append(parts, hookHoldMessage(h, w.applied.GetFromBackend()))
 	}
 	return strings.Join(parts, "; ")
 }
@@ -606,6 +614,7 @@ func (w *serviceWorker) applyPending(ctx context.Context) error {
 		w.pending, w.refused, w.preflightMsg = nil, false, ""
 		return nil
 	}
+	weights, held := w.preTraffic(ctx, ds, before, weights)
 	if err := w.prober.preflight(ctx, before, weights); err != nil {
 		if ctx.Err() != nil {
 			return ctx.Err()
@@ -624,6 +633,7 @@ func (w *serviceWorker) applyPending(ctx context.Context) error {
 	from, to := w.direction(ds, before, weights)
 	log.Info("desired state applied", "weights", weights, "wave", wave, "from", from, "to", to)
 	w.check = false
+	prevRollout := w.applied.GetDesired().GetRolloutId()
 	w.commit(log, &sv1.AppliedState{
 		Service:     w.name,
 		Desired:     ds,
@@ -633,9 +643,11 @@ func (w *serviceWorker) applyPending(ctx context.Context) error {
 		FromBackend: from,
 		ToBackend:   to,
 		ExpiresAt:   timestamppb.New(w.pendingExpires),
+		HookHold:    held,
 	})
 	w.checkExpiry()
 	w.pending, w.refused, w.preflightMsg = nil, false, ""
+	w.afterApply(ctx, ds, prevRollout, before, weights, held)
 	return nil
 }
 
@@ -817,6 +829,11 @@ func (w *serviceWorker) sendStatus() {
 		AppliedEpoch:      w.applied.GetDesired().GetEpoch(),
 		DocumentExpired:   w.applied != nil && w.expired,
 		DocumentExpiresAt: w.applied.GetExpiresAt(),
+	}
+	for _, r := range w.hookRuns {
+		if r.GetRolloutId() == st.GetRolloutId() {
+			st.HookRuns = append(st.HookRuns, proto.CloneOf(r))
+		}
 	}
 	if proto.Equal(st, w.lastSent) {
 		return

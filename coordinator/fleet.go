@@ -101,6 +101,7 @@ func (f *fleet) nodesFor(service string) []*sv1.NodeView {
 				Labels:            maps.Clone(n.status.GetLabels()),
 				AppliedEpoch:      svc.GetAppliedEpoch(),
 				DocumentExpired:   svc.GetDocumentExpired(),
+				HookRuns:          svc.GetHookRuns(),
 			}
 			if cur, ok := f.current(service); ok {
 				v.Diverged = agreement(nodeFence(v), cur) == Diverged

@@ -133,6 +133,9 @@ func (s *Server) handleIntent(ctx context.Context, msg jetstream.Msg) {
 	if err == nil {
 		err = s.checkBlastRadius(in)
 	}
+	if err == nil && in.GetApplyRollout() != nil {
+		err = s.checkAgentHooks(in)
+	}
 	if err != nil {
 		code := state.CodeMalformed
 		switch {

@@ -113,6 +113,7 @@ func (s *Server) leaderLoop(ctx context.Context) {
 		"intents":   s.consumeIntents,
 		"rollouts":  s.runRollouts,
 		"drills":    s.runDrills,
+		"webhooks":  s.runWebhooks,
 	}
 	var wg sync.WaitGroup
 	for name, run := range routines {

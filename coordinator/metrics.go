@@ -22,6 +22,8 @@ type metrics struct {
 	joinFailures      prometheus.Counter
 	diverged          *prometheus.GaugeVec
 	divergences       *prometheus.CounterVec
+	webhookCalls      *prometheus.CounterVec
+	webhookSeconds    *prometheus.HistogramVec
 }
 
 func newMetrics(reg prometheus.Registerer) *metrics {
@@ -88,10 +90,20 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 			Name: "switchyard_coordinator_node_divergences_total",
 			Help: "Times a node was first seen holding a document newer than the current one, by service.",
 		}, []string{"service"}),
+		webhookCalls: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "switchyard_coordinator_webhook_calls_total",
+			Help: "Webhook calls the leader finished and recorded, by hook point and outcome (succeeded, failed).",
+		}, []string{"point", "outcome"}),
+		webhookSeconds: prometheus.NewHistogramVec(prometheus.HistogramOpts{
+			Name:    "switchyard_coordinator_webhook_call_seconds",
+			Help:    "Time of one webhook call including its retries, by hook point.",
+			Buckets: prometheus.ExponentialBuckets(0.005, 2, 14),
+		}, []string{"point"}),
 	}
 	reg.MustRegister(m.peerRejected, m.joinFailures, m.diverged, m.divergences)
 	reg.MustRegister(m.intentsAccepted, m.intentsRejected, m.publishes, m.publishSeconds,
-		m.raftApply, m.isLeader, m.statusRejected, m.statuses, m.telemetry, m.telemetryRejected, m.decisions)
+		m.raftApply, m.isLeader, m.statusRejected, m.statuses, m.telemetry, m.telemetryRejected, m.decisions,
+		m.webhookCalls, m.webhookSeconds)
 	for _, r := range []string{"written", "renewed", "stale", "replaced_unverified", "error"} {
 		m.publishes.WithLabelValues(r)
 	}

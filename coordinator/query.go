@@ -7,6 +7,7 @@ import (
 	"google.golang.org/protobuf/proto"
 
 	"github.com/switchyard/switchyard/bus"
+	"github.com/switchyard/switchyard/coordinator/hooks"
 	"github.com/switchyard/switchyard/coordinator/rollout"
 	"github.com/switchyard/switchyard/coordinator/state"
 	sv1 "github.com/switchyard/switchyard/proto/switchyard/v1"
@@ -36,7 +37,13 @@ func (s *Server) Rollouts(q *sv1.RolloutsQuery) (*sv1.RolloutsAnswer, error) {
 		view := &sv1.RolloutView{Rollout: r, Nodes: nodes, Converged: uint32(applied)}
 		if !state.Terminal(r.GetPhase()) {
 			obs := c.Observe(r, now)
-			view.Waiting = rollout.Decide(r, obs).Waiting
+			d := rollout.Decide(r, obs)
+			view.Waiting = d.Waiting
+			if r.GetHoldStart() || d.Action == rollout.Advance || d.Action == rollout.Promote {
+				if w := hooks.Waiting(r, d.ToWave, d.ToStep, d.Action == rollout.Promote, now); w != "" {
+					view.Waiting = w
+				}
+			}
 			view.Analysis = obs.Analysis.Sequential
 			wins := obs.Analysis.Windows
 			for _, w := range wins[max(0, len(wins)-6):] {

@@ -2,6 +2,7 @@ package coordinator
 
 import (
 	"context"
+	"net/http"
 	"time"
 
 	"github.com/nats-io/nats.go"
@@ -9,7 +10,9 @@ import (
 
 	"github.com/switchyard/switchyard/coordinator/drill"
 	"github.com/switchyard/switchyard/coordinator/fsm"
+	"github.com/switchyard/switchyard/coordinator/hooks"
 	"github.com/switchyard/switchyard/coordinator/rollout"
+	"github.com/switchyard/switchyard/coordinator/state"
 	sv1 "github.com/switchyard/switchyard/proto/switchyard/v1"
 )
 
@@ -31,6 +34,47 @@ func (r raftShim) Finish(e *sv1.RolloutFinishEntry) error { return r.apply(fsm.R
 func (r raftShim) Converged(e *sv1.RolloutConvergedEntry) error {
 	return r.apply(fsm.RolloutConvergedType, e)
 }
+func (r raftShim) HookDue(e *sv1.HookDueEntry) error       { return r.apply(fsm.HookDueType, e) }
+func (r raftShim) HookResult(e *sv1.HookResultEntry) error { return r.apply(fsm.HookResultType, e) }
+func (r raftShim) Start(e *sv1.RolloutStartEntry) error    { return r.apply(fsm.RolloutStartType, e) }
+
+var (
+	_ hooks.Raft     = raftShim{}
+	_ hooks.Recorder = raftShim{}
+)
+
+// pendingReader lists due webhook calls from the current state.
+type pendingReader struct{ s *Server }
+
+func (p pendingReader) PendingCalls() []state.PendingCall { return p.s.fsm.State().PendingCalls() }
+
+// runWebhooks makes every due webhook call while this node leads; calls
+// under way end with leadership, and the next leader makes them again.
+func (s *Server) runWebhooks(ctx context.Context) {
+	c := &hooks.Caller{
+		State:   pendingReader{s},
+		Raft:    raftShim{s},
+		Client:  &http.Client{},
+		Log:     s.log,
+		Now:     s.cfg.Clock.Now,
+		Backoff: 500 * time.Millisecond,
+		Observe: func(point, outcome string, seconds float64) {
+			s.metrics.webhookCalls.WithLabelValues(point, outcome).Inc()
+			s.metrics.webhookSeconds.WithLabelValues(point).Observe(seconds)
+		},
+	}
+	defer c.Wait()
+	tick := time.NewTicker(s.cfg.TickInterval)
+	defer tick.Stop()
+	for {
+		c.Step(ctx)
+		select {
+		case <-ctx.Done():
+			return
+		case <-tick.C:
+		}
+	}
+}
 
 // stateReader reads the current replicated state, which Restore may swap.
 type stateReader struct{ s *Server }
@@ -43,6 +87,7 @@ func (s *Server) controller() *rollout.Controller {
 		Raft:     raftShim{s},
 		Fleet:    s.fleet,
 		Analyzer: s.analysis,
+		Gate:     &hooks.Gate{Raft: raftShim{s}},
 		Log:      s.log,
 		OnDecision: func(_ *sv1.Rollout, d rollout.Decision, _ time.Time) {
 			s.metrics.decisions.WithLabelValues(d.Action.String()).Inc()

@@ -79,3 +79,49 @@ func TestCLI_PlanOfflineShowsStepsWavesAndGuardrails(t *testing.T) {
 		}
 	}
 }
+
+func TestCLI_PlanOfflineListsEveryHook(t *testing.T) {
+	code, out, stderr := runCLI(t, "rollout", "plan", "--offline", "-f", example(t, "hooks.yaml"))
+	if code != exitOK {
+		t.Fatalf("exit %d: %s", code, stderr)
+	}
+	for _, want := range []string{
+		"Hooks:",
+		"webhook load-test",
+		"leader: POST http://loadtest.internal:8080/gate",
+		"before all traffic moves",
+		"gates: the rollout waits for a 2xx; on failure it holds at the point and asks again after 30s (timeout 30s, 2 retries)",
+		"webhook page-oncall",
+		"when a rollback starts",
+		"notifies; never waited for",
+		"agent hook warm-green",
+		"before a node's green weight first rises above 0",
+		"a failure keeps that node on blue",
+		"agent hook flush-green",
+	} {
+		if !strings.Contains(out, want) {
+			t.Errorf("plan lacks %q:\n%s", want, out)
+		}
+	}
+}
+
+func TestCLI_ApplyRefusesBadHooksBeforeSending(t *testing.T) {
+	dir := t.TempDir()
+	for _, c := range []struct{ name, hook, says string }{
+		{"scheme", "{name: x, point: prePromotion, url: \"ftp://ci.example/x\"}", `spec.hooks.webhooks[0].url: "ftp://ci.example/x": scheme "ftp" is not accepted, want http or https`},
+		{"timeout", "{name: x, point: prePromotion, url: \"http://ci.example/x\", timeout: 1h}", "spec.hooks.webhooks[0].timeout: 1h0m0s is out of range, want 1s..5m0s"},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			p := filepath.Join(dir, c.name+".yaml")
+			body := "version: v1\nname: r\nservice: web\nfrom: blue\nto: green\nstrategy: {blueGreen: {}}\nhooks:\n  webhooks:\n    - " + c.hook + "\n"
+			if err := os.WriteFile(p, []byte(body), 0o644); err != nil {
+				t.Fatal(err)
+			}
+			// No bus at this address: the spec is refused before any send.
+			code, _, stderr := runCLI(t, "rollout", "apply", "-f", p, "--nats", "nats://127.0.0.1:1")
+			if code == exitOK || !strings.Contains(stderr, c.says) {
+				t.Fatalf("exit %d, stderr %q; want a refusal saying %q", code, stderr, c.says)
+			}
+		})
+	}
+}

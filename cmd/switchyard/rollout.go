@@ -359,6 +359,7 @@ func printRolloutDetail(w io.Writer, v *sv1.RolloutView) {
 	if v.GetAnalysis() != "" {
 		fmt.Fprintf(w, "\nAnalysis: %s\n", v.GetAnalysis())
 	}
+	printHookCalls(w, v)
 	if len(v.GetWindows()) > 0 {
 		fmt.Fprintln(w, "\nAnalysis (latest windows):")
 		printWindows(w, v.GetWindows())

@@ -41,6 +41,12 @@ const (
 	// EpochType carries an sv1.EpochEntry: the operator raising the
 	// cluster epoch.
 	EpochType MessageType = 20
+	// HookDueType carries an sv1.HookDueEntry.
+	HookDueType MessageType = 50
+	// HookResultType carries an sv1.HookResultEntry.
+	HookResultType MessageType = 51
+	// RolloutStartType carries an sv1.RolloutStartEntry.
+	RolloutStartType MessageType = 52
 )
 
 // ErrMalformedEntry is returned by Decode for bytes that are not an entry.
@@ -82,6 +88,12 @@ func Decode(data []byte) (MessageType, proto.Message, error) {
 		body = &sv1.DrillReportEntry{}
 	case EpochType:
 		body = &sv1.EpochEntry{}
+	case HookDueType:
+		body = &sv1.HookDueEntry{}
+	case HookResultType:
+		body = &sv1.HookResultEntry{}
+	case RolloutStartType:
+		body = &sv1.RolloutStartEntry{}
 	default:
 		return t, nil, fmt.Errorf("%w: unknown type %d", ErrMalformedEntry, t)
 	}
@@ -172,6 +184,15 @@ func (f *FSM) Apply(l *raft.Log) any {
 			f.changed(st.Services())
 			f.drillsChanged(st.PublishedDrills())
 		}
+		return Response{}
+	case HookDueType:
+		st.ApplyHookDue(l.Index, body.(*sv1.HookDueEntry))
+		return Response{}
+	case HookResultType:
+		f.changed(st.ApplyHookResult(l.Index, body.(*sv1.HookResultEntry)))
+		return Response{}
+	case RolloutStartType:
+		f.changed(st.ApplyStart(l.Index, body.(*sv1.RolloutStartEntry)))
 		return Response{}
 	}
 	panic(fmt.Sprintf("raft log index %d: type %d decoded but not applied", l.Index, t))

@@ -34,10 +34,13 @@ const (
 	Rollback
 	// ConfirmRollback once the fleet applied the rollback.
 	ConfirmRollback
+	// Webhook marks a webhook call in a simulation's events; Decide never
+	// returns it.
+	Webhook
 )
 
 func (a Action) String() string {
-	return [...]string{"wait", "advance", "promote", "finish", "rollback", "confirm-rollback"}[a]
+	return [...]string{"wait", "advance", "promote", "finish", "rollback", "confirm-rollback", "webhook"}[a]
 }
 
 // Observation is what the controller knows about a rollout besides its
@@ -190,13 +193,25 @@ type Analyzer interface {
 	Assess(r *sv1.Rollout, now time.Time) analysis.Assessment
 }
 
+// Gate holds moves at webhook gates (coordinator/hooks).
+type Gate interface {
+	// Hold returns why r must not move to (toWave, toStep), or promote,
+	// yet; "" lets the move go.
+	Hold(r *sv1.Rollout, toWave, toStep int, promote bool, now time.Time) (string, error)
+	// Start lets a rollout held before its first traffic start once its
+	// gates are open; it returns what the rollout waits for.
+	Start(r *sv1.Rollout, now time.Time) (string, error)
+}
+
 // Controller runs Decide over every live rollout and commits the results.
 type Controller struct {
 	State    Rollouts
 	Raft     Raft
 	Fleet    Fleet
 	Analyzer Analyzer
-	Log      *slog.Logger
+	// Gate, if set, holds moves at webhook gates.
+	Gate Gate
+	Log  *slog.Logger
 	// OnDecision, if set, is told every decision that commits something.
 	OnDecision func(r *sv1.Rollout, d Decision, at time.Time)
 }
@@ -220,9 +235,26 @@ func (c *Controller) Step(now time.Time) error {
 		case sv1.RolloutPhase_ROLLOUT_PHASE_COMPLETED, sv1.RolloutPhase_ROLLOUT_PHASE_ROLLED_BACK:
 			continue
 		}
+		if r.GetHoldStart() {
+			if c.Gate != nil && r.GetPhase() == sv1.RolloutPhase_ROLLOUT_PHASE_PROGRESSING {
+				if _, err := c.Gate.Start(r, now); err != nil {
+					return fmt.Errorf("rollout %s: start: %w", r.GetId(), err)
+				}
+			}
+			continue
+		}
 		d := Decide(r, c.Observe(r, now))
 		if d.Action == Wait {
 			continue
+		}
+		if c.Gate != nil && (d.Action == Advance || d.Action == Promote) {
+			waiting, err := c.Gate.Hold(r, d.ToWave, d.ToStep, d.Action == Promote, now)
+			if err != nil {
+				return fmt.Errorf("rollout %s: gate: %w", r.GetId(), err)
+			}
+			if waiting != "" {
+				continue
+			}
 		}
 		if err := c.commit(r, d, now); err != nil {
 			return fmt.Errorf("rollout %s: %s: %w", r.GetId(), d.Action, err)

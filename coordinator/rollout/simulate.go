@@ -95,7 +95,8 @@ func Simulate(sp *sv1.RolloutSpec, src Source, o SimOptions) (*SimResult, error)
 	if o.Analyzer != nil {
 		an = o.Analyzer(store)
 	}
-	c := &Controller{State: st, Raft: raft, Fleet: fleet, Analyzer: an,
+	gate := &simGate{st: st, raft: raft, start: o.Start, res: res}
+	c := &Controller{State: st, Raft: raft, Fleet: fleet, Analyzer: an, Gate: gate,
 		OnDecision: func(r *sv1.Rollout, d Decision, now time.Time) {
 			after := st.Rollout(r.GetId())
 			res.Events = append(res.Events, Event{At: now, Offset: now.Sub(o.Start), Action: d.Action,
@@ -128,6 +129,7 @@ func Simulate(sp *sv1.RolloutSpec, src Source, o SimOptions) (*SimResult, error)
 		if err := c.Step(now); err != nil {
 			return nil, err
 		}
+		gate.answer(now) // rollback and post-rollout webhooks the step made due
 		r := st.Rollout(id)
 		if state.Terminal(r.GetPhase()) || (o.Until == 0 && src.Done(now)) {
 			break

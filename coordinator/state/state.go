@@ -162,8 +162,14 @@ func (s *State) applyRollout(index uint64, at time.Time, operator string, sp *sv
 	}
 	s.rollouts[r.Id] = r
 	svc.ActiveRollout = r.Id
+	r.HoldStart = spec.Gated(sp, sv1.HookPoint_HOOK_POINT_PRE_ROLLOUT)
 	changed := s.rederive(svc, r, index, ts)
-	s.record(r, index, ts, operator, fmt.Sprintf("started: %s from %s to %s, %s", sp.GetService(), sp.GetFrom(), sp.GetTo(), s.position(r)))
+	where := s.position(r)
+	if r.HoldStart {
+		where = "held by gating pre-rollout webhooks, no traffic moved"
+	}
+	s.record(r, index, ts, operator, fmt.Sprintf("started: %s from %s to %s, %s", sp.GetService(), sp.GetFrom(), sp.GetTo(), where))
+	s.duePoint(r, sv1.HookPoint_HOOK_POINT_PRE_ROLLOUT, KeyPreRollout, index, ts)
 	return Applied{Result: &sv1.IntentResult{Accepted: true, RolloutId: r.Id}, Changed: changed}
 }
 
@@ -244,8 +250,10 @@ func (s *State) rollBack(index uint64, at time.Time, operator, id, reason, verb 
 	ts := timestamppb.New(at)
 	r.Phase = sv1.RolloutPhase_ROLLOUT_PHASE_ROLLING_BACK
 	r.Reason = reason
+	r.HoldStart = false
 	changed := s.rederive(svc, r, index, ts)
 	s.record(r, index, ts, operator, "rolling back: "+reason)
+	s.duePoint(r, sv1.HookPoint_HOOK_POINT_ROLLBACK, KeyRollback, index, ts)
 	return Applied{Result: &sv1.IntentResult{Accepted: true, RolloutId: r.Id}, Changed: changed}
 }
 
@@ -312,6 +320,7 @@ func (s *State) promote(index uint64, at time.Time, operator string, c *sv1.Prom
 func (s *State) moveTo(svc *sv1.ServiceRecord, r *sv1.Rollout, index uint64, at *timestamppb.Timestamp, operator string, wave, step int, why string) []string {
 	r.Wave, r.Step = int32(wave), int32(step)
 	r.StepStartedAt = at
+	r.HoldStart = false // an operator's skip passes the pre-rollout gates too
 	changed := s.rederive(svc, r, index, at)
 	s.record(r, index, at, operator, why+": "+s.position(r))
 	return changed
@@ -319,6 +328,7 @@ func (s *State) moveTo(svc *sv1.ServiceRecord, r *sv1.Rollout, index uint64, at 
 
 func (s *State) promoteFully(svc *sv1.ServiceRecord, r *sv1.Rollout, index uint64, at *timestamppb.Timestamp, operator, why string) []string {
 	r.Phase = sv1.RolloutPhase_ROLLOUT_PHASE_PROMOTED
+	r.HoldStart = false
 	r.PromotedAt = at
 	r.StepStartedAt = at
 	changed := s.rederive(svc, r, index, at)
@@ -336,7 +346,7 @@ func (s *State) ApplyAdvance(index uint64, e *sv1.RolloutAdvanceEntry) []string 
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	r := s.rollouts[e.GetRollout()]
-	if r == nil || r.GetPhase() != sv1.RolloutPhase_ROLLOUT_PHASE_PROGRESSING || r.GetPaused() ||
+	if r == nil || r.GetPhase() != sv1.RolloutPhase_ROLLOUT_PHASE_PROGRESSING || r.GetPaused() || r.GetHoldStart() ||
 		r.GetWave() != e.GetFromWave() || r.GetStep() != e.GetFromStep() {
 		return nil
 	}
@@ -365,6 +375,7 @@ func (s *State) ApplyRollback(index uint64, e *sv1.RollbackEntry) []string {
 	r.Reason = "guardrail " + e.GetEvidence().GetGuardrail() + " breached: " + e.GetEvidence().GetSummary()
 	changed := s.rederive(svc, r, index, e.GetStampedAt())
 	s.record(r, index, e.GetStampedAt(), "", "rolling back: "+r.Reason)
+	s.duePoint(r, sv1.HookPoint_HOOK_POINT_ROLLBACK, KeyRollback, index, e.GetStampedAt())
 	return changed
 }
 
@@ -378,6 +389,7 @@ func (s *State) ApplyFinish(index uint64, e *sv1.RolloutFinishEntry) {
 	}
 	r.Phase = sv1.RolloutPhase_ROLLOUT_PHASE_COMPLETED
 	s.record(r, index, e.GetStampedAt(), "", "completed: "+r.GetSpec().GetTo()+" serves every wave")
+	s.duePoint(r, sv1.HookPoint_HOOK_POINT_POST_ROLLOUT, KeyPostRollout, index, e.GetStampedAt())
 }
 
 // ApplyConverged records that the fleet confirmed a rollback. It is a no-op
@@ -416,6 +428,7 @@ func derive(r *sv1.Rollout, generation uint64, at *timestamppb.Timestamp) *sv1.D
 		Phase:       r.GetPhase(),
 		FromBackend: sp.GetFrom(),
 		ToBackend:   sp.GetTo(),
+		AgentHooks:  sp.GetHooks().GetAgent(),
 	}
 	plan := spec.Compile(sp)
 	for i, pw := range plan {
@@ -426,7 +439,7 @@ func derive(r *sv1.Rollout, generation uint64, at *timestamppb.Timestamp) *sv1.D
 		case sv1.RolloutPhase_ROLLOUT_PHASE_PROMOTED, sv1.RolloutPhase_ROLLOUT_PHASE_COMPLETED:
 			green = 100
 		default:
-			if i > int(r.GetWave()) {
+			if i > int(r.GetWave()) || r.GetHoldStart() {
 				continue
 			}
 			green = 100

@@ -57,6 +57,15 @@ type FleetOptions struct {
 	// TrustKeys are the coordinator public keys (ed25519:... or .pub files)
 	// the agents trust; with dev, the key dev prints is added.
 	TrustKeys []string
+	// Hooks gives node i (0-based) the hooks: section of its agent config;
+	// nil gives none.
+	Hooks func(i int) map[string]AgentHook
+}
+
+// AgentHook is one hook of an agent config.
+type AgentHook struct {
+	Command []string `yaml:"command"`
+	Timeout string   `yaml:"timeout,omitempty"`
 }
 
 // Backend names every node has, as rollout specs name them.
@@ -311,6 +320,7 @@ func (f *Fleet) startNode(ctx context.Context, i int) (*Node, error) {
 			Backend: f.opts.Service,
 			Servers: map[string]string{Blue: Blue, Green: Green},
 		}}},
+		Hooks: hooksFor(f.opts.Hooks, i),
 	}); err != nil {
 		return n, err
 	}
@@ -325,6 +335,13 @@ func (f *Fleet) startNode(ctx context.Context, i int) (*Node, error) {
 	}
 	f.log.Info("agent started", "node", id, "pid", n.Agent.Pid(), "http", n.AgentHTTP)
 	return n, nil
+}
+
+func hooksFor(h func(int) map[string]AgentHook, i int) map[string]AgentHook {
+	if h == nil {
+		return nil
+	}
+	return h(i)
 }
 
 // haproxyDir returns a directory for a node's HAProxy whose admin socket path
@@ -358,6 +375,7 @@ type agentConfig struct {
 	Resync     string                  `yaml:"resync"`
 	Services   map[string]agentService `yaml:"services"`
 	Trust      agentTrust              `yaml:"trust"`
+	Hooks      map[string]AgentHook    `yaml:"hooks,omitempty"`
 }
 
 type agentNATSClient struct {

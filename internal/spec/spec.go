@@ -37,6 +37,7 @@ type file struct {
 	Strategy strategyFile  `yaml:"strategy"`
 	Waves    []waveFile    `yaml:"waves"`
 	Analysis *analysisFile `yaml:"analysis"`
+	Hooks    *hooksFile    `yaml:"hooks"`
 }
 
 type strategyFile struct {
@@ -185,6 +186,7 @@ func Parse(data []byte) (*sv1.RolloutSpec, error) {
 		}
 		s.Analysis = as
 	}
+	s.Hooks = convertHooks(add, f.Hooks)
 	if len(errs) > 0 {
 		return nil, errs
 	}

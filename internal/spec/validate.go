@@ -72,6 +72,7 @@ func Default(s *sv1.RolloutSpec) {
 	if a.Latency.Quantile == 0 {
 		a.Latency.Quantile = DefaultQuantile
 	}
+	defaultHooks(s.Hooks)
 }
 
 // Validate checks a spec however it arrived (YAML, protobuf, protojson),
@@ -173,6 +174,7 @@ func Validate(s *sv1.RolloutSpec) error {
 			checkDuration(add, "spec.analysis.latency.maxIncrease", l.GetMaxIncrease())
 		}
 	}
+	validateHooks(add, s.GetHooks())
 	if len(errs) > 0 {
 		return errs
 	}

@@ -44,7 +44,10 @@ type AppliedState struct {
 	LocalRollback *LocalRollback `protobuf:"bytes,8,opt,name=local_rollback,json=localRollback,proto3" json:"local_rollback,omitempty"`
 	// ExpiresAt is when the applied document's signature validity ends; a
 	// renewed document of the same fence moves it.
-	ExpiresAt     *timestamppb.Timestamp `protobuf:"bytes,20,opt,name=expires_at,json=expiresAt,proto3" json:"expires_at,omitempty"`
+	ExpiresAt *timestamppb.Timestamp `protobuf:"bytes,20,opt,name=expires_at,json=expiresAt,proto3" json:"expires_at,omitempty"`
+	// HookHold is set when a failed pre-traffic hook keeps this node on the
+	// old backend at this generation.
+	HookHold      *HookRun `protobuf:"bytes,50,opt,name=hook_hold,json=hookHold,proto3" json:"hook_hold,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -142,11 +145,18 @@ func (x *AppliedState) GetExpiresAt() *timestamppb.Timestamp {
 	return nil
 }
 
+func (x *AppliedState) GetHookHold() *HookRun {
+	if x != nil {
+		return x.HookHold
+	}
+	return nil
+}
+
 var File_switchyard_v1_agent_proto protoreflect.FileDescriptor
 
 const file_switchyard_v1_agent_proto_rawDesc = "" +
 	"\n" +
-	"\x19switchyard/v1/agent.proto\x12\rswitchyard.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x1bswitchyard/v1/desired.proto\x1a\x1dswitchyard/v1/telemetry.proto\"\xf0\x03\n" +
+	"\x19switchyard/v1/agent.proto\x12\rswitchyard.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x1bswitchyard/v1/desired.proto\x1a\x19switchyard/v1/hooks.proto\x1a\x1dswitchyard/v1/telemetry.proto\"\xa5\x04\n" +
 	"\fAppliedState\x12\x18\n" +
 	"\aservice\x18\x01 \x01(\tR\aservice\x125\n" +
 	"\adesired\x18\x02 \x01(\v2\x1b.switchyard.v1.DesiredStateR\adesired\x12B\n" +
@@ -159,7 +169,8 @@ const file_switchyard_v1_agent_proto_rawDesc = "" +
 	"to_backend\x18\a \x01(\tR\ttoBackend\x12C\n" +
 	"\x0elocal_rollback\x18\b \x01(\v2\x1c.switchyard.v1.LocalRollbackR\rlocalRollback\x129\n" +
 	"\n" +
-	"expires_at\x18\x14 \x01(\v2\x1a.google.protobuf.TimestampR\texpiresAt\x1a:\n" +
+	"expires_at\x18\x14 \x01(\v2\x1a.google.protobuf.TimestampR\texpiresAt\x123\n" +
+	"\thook_hold\x182 \x01(\v2\x16.switchyard.v1.HookRunR\bhookHold\x1a:\n" +
 	"\fWeightsEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
 	"\x05value\x18\x02 \x01(\rR\x05value:\x028\x01BCZAgithub.com/switchyard/switchyard/proto/switchyard/v1;switchyardv1b\x06proto3"
@@ -183,6 +194,7 @@ var file_switchyard_v1_agent_proto_goTypes = []any{
 	(*DesiredState)(nil),          // 2: switchyard.v1.DesiredState
 	(*timestamppb.Timestamp)(nil), // 3: google.protobuf.Timestamp
 	(*LocalRollback)(nil),         // 4: switchyard.v1.LocalRollback
+	(*HookRun)(nil),               // 5: switchyard.v1.HookRun
 }
 var file_switchyard_v1_agent_proto_depIdxs = []int32{
 	2, // 0: switchyard.v1.AppliedState.desired:type_name -> switchyard.v1.DesiredState
@@ -190,11 +202,12 @@ var file_switchyard_v1_agent_proto_depIdxs = []int32{
 	3, // 2: switchyard.v1.AppliedState.applied_at:type_name -> google.protobuf.Timestamp
 	4, // 3: switchyard.v1.AppliedState.local_rollback:type_name -> switchyard.v1.LocalRollback
 	3, // 4: switchyard.v1.AppliedState.expires_at:type_name -> google.protobuf.Timestamp
-	5, // [5:5] is the sub-list for method output_type
-	5, // [5:5] is the sub-list for method input_type
-	5, // [5:5] is the sub-list for extension type_name
-	5, // [5:5] is the sub-list for extension extendee
-	0, // [0:5] is the sub-list for field type_name
+	5, // 5: switchyard.v1.AppliedState.hook_hold:type_name -> switchyard.v1.HookRun
+	6, // [6:6] is the sub-list for method output_type
+	6, // [6:6] is the sub-list for method input_type
+	6, // [6:6] is the sub-list for extension type_name
+	6, // [6:6] is the sub-list for extension extendee
+	0, // [0:6] is the sub-list for field type_name
 }
 
 func init() { file_switchyard_v1_agent_proto_init() }
@@ -203,6 +216,7 @@ func file_switchyard_v1_agent_proto_init() {
 		return
 	}
 	file_switchyard_v1_desired_proto_init()
+	file_switchyard_v1_hooks_proto_init()
 	file_switchyard_v1_telemetry_proto_init()
 	type x struct{}
 	out := protoimpl.TypeBuilder{

@@ -121,6 +121,8 @@ type DesiredState struct {
 	// agent acting alone (its local guard) knows which way is back.
 	FromBackend string `protobuf:"bytes,8,opt,name=from_backend,json=fromBackend,proto3" json:"from_backend,omitempty"`
 	ToBackend   string `protobuf:"bytes,9,opt,name=to_backend,json=toBackend,proto3" json:"to_backend,omitempty"`
+	// AgentHooks names the hooks nodes run for this rollout, by name only.
+	AgentHooks *AgentHooks `protobuf:"bytes,50,opt,name=agent_hooks,json=agentHooks,proto3" json:"agent_hooks,omitempty"`
 	// Signature is unused: documents travel inside a SignedDocument envelope
 	// (document.proto), whose signature covers this message's bytes.
 	Signature *Signature `protobuf:"bytes,15,opt,name=signature,proto3" json:"signature,omitempty"`
@@ -222,6 +224,13 @@ func (x *DesiredState) GetToBackend() string {
 		return x.ToBackend
 	}
 	return ""
+}
+
+func (x *DesiredState) GetAgentHooks() *AgentHooks {
+	if x != nil {
+		return x.AgentHooks
+	}
+	return nil
 }
 
 func (x *DesiredState) GetSignature() *Signature {
@@ -380,7 +389,7 @@ var File_switchyard_v1_desired_proto protoreflect.FileDescriptor
 
 const file_switchyard_v1_desired_proto_rawDesc = "" +
 	"\n" +
-	"\x1bswitchyard/v1/desired.proto\x12\rswitchyard.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"\xb2\x04\n" +
+	"\x1bswitchyard/v1/desired.proto\x12\rswitchyard.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x19switchyard/v1/hooks.proto\"\xee\x04\n" +
 	"\fDesiredState\x12\x18\n" +
 	"\aservice\x18\x01 \x01(\tR\aservice\x12\x1e\n" +
 	"\n" +
@@ -394,7 +403,9 @@ const file_switchyard_v1_desired_proto_rawDesc = "" +
 	"\x05phase\x18\a \x01(\x0e2\x1b.switchyard.v1.RolloutPhaseR\x05phase\x12!\n" +
 	"\ffrom_backend\x18\b \x01(\tR\vfromBackend\x12\x1d\n" +
 	"\n" +
-	"to_backend\x18\t \x01(\tR\ttoBackend\x126\n" +
+	"to_backend\x18\t \x01(\tR\ttoBackend\x12:\n" +
+	"\vagent_hooks\x182 \x01(\v2\x19.switchyard.v1.AgentHooksR\n" +
+	"agentHooks\x126\n" +
 	"\tsignature\x18\x0f \x01(\v2\x18.switchyard.v1.SignatureR\tsignature\x12\x14\n" +
 	"\x05epoch\x18\x14 \x01(\x04R\x05epoch\x1aA\n" +
 	"\x13DefaultWeightsEntry\x12\x10\n" +
@@ -446,20 +457,22 @@ var file_switchyard_v1_desired_proto_goTypes = []any{
 	nil,                           // 5: switchyard.v1.WaveWeights.SelectorEntry
 	nil,                           // 6: switchyard.v1.WaveWeights.WeightsEntry
 	(*timestamppb.Timestamp)(nil), // 7: google.protobuf.Timestamp
+	(*AgentHooks)(nil),            // 8: switchyard.v1.AgentHooks
 }
 var file_switchyard_v1_desired_proto_depIdxs = []int32{
 	2, // 0: switchyard.v1.DesiredState.waves:type_name -> switchyard.v1.WaveWeights
 	4, // 1: switchyard.v1.DesiredState.default_weights:type_name -> switchyard.v1.DesiredState.DefaultWeightsEntry
 	7, // 2: switchyard.v1.DesiredState.issued_at:type_name -> google.protobuf.Timestamp
 	0, // 3: switchyard.v1.DesiredState.phase:type_name -> switchyard.v1.RolloutPhase
-	3, // 4: switchyard.v1.DesiredState.signature:type_name -> switchyard.v1.Signature
-	5, // 5: switchyard.v1.WaveWeights.selector:type_name -> switchyard.v1.WaveWeights.SelectorEntry
-	6, // 6: switchyard.v1.WaveWeights.weights:type_name -> switchyard.v1.WaveWeights.WeightsEntry
-	7, // [7:7] is the sub-list for method output_type
-	7, // [7:7] is the sub-list for method input_type
-	7, // [7:7] is the sub-list for extension type_name
-	7, // [7:7] is the sub-list for extension extendee
-	0, // [0:7] is the sub-list for field type_name
+	8, // 4: switchyard.v1.DesiredState.agent_hooks:type_name -> switchyard.v1.AgentHooks
+	3, // 5: switchyard.v1.DesiredState.signature:type_name -> switchyard.v1.Signature
+	5, // 6: switchyard.v1.WaveWeights.selector:type_name -> switchyard.v1.WaveWeights.SelectorEntry
+	6, // 7: switchyard.v1.WaveWeights.weights:type_name -> switchyard.v1.WaveWeights.WeightsEntry
+	8, // [8:8] is the sub-list for method output_type
+	8, // [8:8] is the sub-list for method input_type
+	8, // [8:8] is the sub-list for extension type_name
+	8, // [8:8] is the sub-list for extension extendee
+	0, // [0:8] is the sub-list for field type_name
 }
 
 func init() { file_switchyard_v1_desired_proto_init() }
@@ -467,6 +480,7 @@ func file_switchyard_v1_desired_proto_init() {
 	if File_switchyard_v1_desired_proto != nil {
 		return
 	}
+	file_switchyard_v1_hooks_proto_init()
 	type x struct{}
 	out := protoimpl.TypeBuilder{
 		File: protoimpl.DescBuilder{

@@ -244,8 +244,10 @@ type NodeView struct {
 	Diverged bool `protobuf:"varint,21,opt,name=diverged,proto3" json:"diverged,omitempty"`
 	// DocumentExpired is true when the node's applied document expired.
 	DocumentExpired bool `protobuf:"varint,22,opt,name=document_expired,json=documentExpired,proto3" json:"document_expired,omitempty"`
-	unknownFields   protoimpl.UnknownFields
-	sizeCache       protoimpl.SizeCache
+	// HookRuns are the node's agent hook runs for the service.
+	HookRuns      []*HookRun `protobuf:"bytes,50,rep,name=hook_runs,json=hookRuns,proto3" json:"hook_runs,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
 }
 
 func (x *NodeView) Reset() {
@@ -353,6 +355,13 @@ func (x *NodeView) GetDocumentExpired() bool {
 		return x.DocumentExpired
 	}
 	return false
+}
+
+func (x *NodeView) GetHookRuns() []*HookRun {
+	if x != nil {
+		return x.HookRuns
+	}
+	return nil
 }
 
 // FleetQuery asks for the nodes that run a service.
@@ -639,7 +648,7 @@ var File_switchyard_v1_query_proto protoreflect.FileDescriptor
 
 const file_switchyard_v1_query_proto_rawDesc = "" +
 	"\n" +
-	"\x19switchyard/v1/query.proto\x12\rswitchyard.v1\x1a\x19switchyard/v1/drill.proto\x1a\x1bswitchyard/v1/rollout.proto\x1a\x1dswitchyard/v1/telemetry.proto\")\n" +
+	"\x19switchyard/v1/query.proto\x12\rswitchyard.v1\x1a\x19switchyard/v1/drill.proto\x1a\x19switchyard/v1/hooks.proto\x1a\x1bswitchyard/v1/rollout.proto\x1a\x1dswitchyard/v1/telemetry.proto\")\n" +
 	"\rRolloutsQuery\x12\x18\n" +
 	"\arollout\x18\x01 \x01(\tR\arollout\"\x81\x01\n" +
 	"\x0eRolloutsAnswer\x126\n" +
@@ -653,7 +662,7 @@ const file_switchyard_v1_query_proto_rawDesc = "" +
 	"\tconverged\x18\x03 \x01(\rR\tconverged\x12\x18\n" +
 	"\awaiting\x18\x04 \x01(\tR\awaiting\x127\n" +
 	"\awindows\x18\x05 \x03(\v2\x1d.switchyard.v1.WindowEvidenceR\awindows\x12\x1a\n" +
-	"\banalysis\x18( \x01(\tR\banalysis\"\xc0\x04\n" +
+	"\banalysis\x18( \x01(\tR\banalysis\"\xf5\x04\n" +
 	"\bNodeView\x12\x12\n" +
 	"\x04node\x18\x01 \x01(\tR\x04node\x12-\n" +
 	"\x12applied_generation\x18\x02 \x01(\x04R\x11appliedGeneration\x12>\n" +
@@ -665,7 +674,8 @@ const file_switchyard_v1_query_proto_rawDesc = "" +
 	"\x06labels\x18\b \x03(\v2#.switchyard.v1.NodeView.LabelsEntryR\x06labels\x12#\n" +
 	"\rapplied_epoch\x18\x14 \x01(\x04R\fappliedEpoch\x12\x1a\n" +
 	"\bdiverged\x18\x15 \x01(\bR\bdiverged\x12)\n" +
-	"\x10document_expired\x18\x16 \x01(\bR\x0fdocumentExpired\x1a:\n" +
+	"\x10document_expired\x18\x16 \x01(\bR\x0fdocumentExpired\x123\n" +
+	"\thook_runs\x182 \x03(\v2\x16.switchyard.v1.HookRunR\bhookRuns\x1a:\n" +
 	"\fWeightsEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
 	"\x05value\x18\x02 \x01(\rR\x05value:\x028\x01\x1a9\n" +
@@ -716,7 +726,8 @@ var file_switchyard_v1_query_proto_goTypes = []any{
 	(*Rollout)(nil),        // 12: switchyard.v1.Rollout
 	(*WindowEvidence)(nil), // 13: switchyard.v1.WindowEvidence
 	(DriverHealth)(0),      // 14: switchyard.v1.DriverHealth
-	(*Drill)(nil),          // 15: switchyard.v1.Drill
+	(*HookRun)(nil),        // 15: switchyard.v1.HookRun
+	(*Drill)(nil),          // 16: switchyard.v1.Drill
 }
 var file_switchyard_v1_query_proto_depIdxs = []int32{
 	2,  // 0: switchyard.v1.RolloutsAnswer.rollouts:type_name -> switchyard.v1.RolloutView
@@ -726,14 +737,15 @@ var file_switchyard_v1_query_proto_depIdxs = []int32{
 	10, // 4: switchyard.v1.NodeView.weights:type_name -> switchyard.v1.NodeView.WeightsEntry
 	14, // 5: switchyard.v1.NodeView.driver:type_name -> switchyard.v1.DriverHealth
 	11, // 6: switchyard.v1.NodeView.labels:type_name -> switchyard.v1.NodeView.LabelsEntry
-	3,  // 7: switchyard.v1.FleetAnswer.nodes:type_name -> switchyard.v1.NodeView
-	9,  // 8: switchyard.v1.DrillsAnswer.drills:type_name -> switchyard.v1.DrillView
-	15, // 9: switchyard.v1.DrillView.drill:type_name -> switchyard.v1.Drill
-	10, // [10:10] is the sub-list for method output_type
-	10, // [10:10] is the sub-list for method input_type
-	10, // [10:10] is the sub-list for extension type_name
-	10, // [10:10] is the sub-list for extension extendee
-	0,  // [0:10] is the sub-list for field type_name
+	15, // 7: switchyard.v1.NodeView.hook_runs:type_name -> switchyard.v1.HookRun
+	3,  // 8: switchyard.v1.FleetAnswer.nodes:type_name -> switchyard.v1.NodeView
+	9,  // 9: switchyard.v1.DrillsAnswer.drills:type_name -> switchyard.v1.DrillView
+	16, // 10: switchyard.v1.DrillView.drill:type_name -> switchyard.v1.Drill
+	11, // [11:11] is the sub-list for method output_type
+	11, // [11:11] is the sub-list for method input_type
+	11, // [11:11] is the sub-list for extension type_name
+	11, // [11:11] is the sub-list for extension extendee
+	0,  // [0:11] is the sub-list for field type_name
 }
 
 func init() { file_switchyard_v1_query_proto_init() }
@@ -742,6 +754,7 @@ func file_switchyard_v1_query_proto_init() {
 		return
 	}
 	file_switchyard_v1_drill_proto_init()
+	file_switchyard_v1_hooks_proto_init()
 	file_switchyard_v1_rollout_proto_init()
 	file_switchyard_v1_telemetry_proto_init()
 	type x struct{}

@@ -42,7 +42,9 @@ type RolloutSpec struct {
 	// node.
 	Waves []*WaveSpec `protobuf:"bytes,6,rep,name=waves,proto3" json:"waves,omitempty"`
 	// Analysis holds the guardrails watched while the new backend has weight.
-	Analysis      *AnalysisSpec `protobuf:"bytes,7,opt,name=analysis,proto3" json:"analysis,omitempty"`
+	Analysis *AnalysisSpec `protobuf:"bytes,7,opt,name=analysis,proto3" json:"analysis,omitempty"`
+	// Hooks are the rollout's webhooks and the agent hooks it names.
+	Hooks         *HooksSpec `protobuf:"bytes,50,opt,name=hooks,proto3" json:"hooks,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -122,6 +124,13 @@ func (x *RolloutSpec) GetWaves() []*WaveSpec {
 func (x *RolloutSpec) GetAnalysis() *AnalysisSpec {
 	if x != nil {
 		return x.Analysis
+	}
+	return nil
+}
+
+func (x *RolloutSpec) GetHooks() *HooksSpec {
+	if x != nil {
+		return x.Hooks
 	}
 	return nil
 }
@@ -950,7 +959,12 @@ type Rollout struct {
 	// Evidence is why a guardrail rolled the rollout back.
 	Evidence *Evidence `protobuf:"bytes,16,opt,name=evidence,proto3" json:"evidence,omitempty"`
 	// PromotedAt is when all traffic reached the new backend.
-	PromotedAt    *timestamppb.Timestamp `protobuf:"bytes,17,opt,name=promoted_at,json=promotedAt,proto3" json:"promoted_at,omitempty"`
+	PromotedAt *timestamppb.Timestamp `protobuf:"bytes,17,opt,name=promoted_at,json=promotedAt,proto3" json:"promoted_at,omitempty"`
+	// HookCalls are the rollout's webhook calls, due and answered.
+	HookCalls []*HookCall `protobuf:"bytes,50,rep,name=hook_calls,json=hookCalls,proto3" json:"hook_calls,omitempty"`
+	// HoldStart is set while gating pre-rollout webhooks keep the rollout
+	// from moving any traffic.
+	HoldStart     bool `protobuf:"varint,51,opt,name=hold_start,json=holdStart,proto3" json:"hold_start,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1102,6 +1116,20 @@ func (x *Rollout) GetPromotedAt() *timestamppb.Timestamp {
 		return x.PromotedAt
 	}
 	return nil
+}
+
+func (x *Rollout) GetHookCalls() []*HookCall {
+	if x != nil {
+		return x.HookCalls
+	}
+	return nil
+}
+
+func (x *Rollout) GetHoldStart() bool {
+	if x != nil {
+		return x.HoldStart
+	}
+	return false
 }
 
 // Evidence is what a rollback decision saw: the guardrail and the windows.
@@ -1704,7 +1732,7 @@ var File_switchyard_v1_rollout_proto protoreflect.FileDescriptor
 
 const file_switchyard_v1_rollout_proto_rawDesc = "" +
 	"\n" +
-	"\x1bswitchyard/v1/rollout.proto\x12\rswitchyard.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x1bswitchyard/v1/desired.proto\"\xfc\x01\n" +
+	"\x1bswitchyard/v1/rollout.proto\x12\rswitchyard.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x1bswitchyard/v1/desired.proto\x1a\x19switchyard/v1/hooks.proto\"\xac\x02\n" +
 	"\vRolloutSpec\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12\x18\n" +
 	"\aservice\x18\x02 \x01(\tR\aservice\x12\x12\n" +
@@ -1712,7 +1740,8 @@ const file_switchyard_v1_rollout_proto_rawDesc = "" +
 	"\x02to\x18\x04 \x01(\tR\x02to\x123\n" +
 	"\bstrategy\x18\x05 \x01(\v2\x17.switchyard.v1.StrategyR\bstrategy\x12-\n" +
 	"\x05waves\x18\x06 \x03(\v2\x17.switchyard.v1.WaveSpecR\x05waves\x127\n" +
-	"\banalysis\x18\a \x01(\v2\x1b.switchyard.v1.AnalysisSpecR\banalysis\"~\n" +
+	"\banalysis\x18\a \x01(\v2\x1b.switchyard.v1.AnalysisSpecR\banalysis\x12.\n" +
+	"\x05hooks\x182 \x01(\v2\x18.switchyard.v1.HooksSpecR\x05hooks\"~\n" +
 	"\bStrategy\x129\n" +
 	"\n" +
 	"blue_green\x18\x01 \x01(\v2\x18.switchyard.v1.BlueGreenH\x00R\tblueGreen\x12/\n" +
@@ -1772,7 +1801,7 @@ const file_switchyard_v1_rollout_proto_rawDesc = "" +
 	"\x03max\x18\x02 \x01(\v2\x19.google.protobuf.DurationR\x03max\x12<\n" +
 	"\fmax_increase\x18\x03 \x01(\v2\x19.google.protobuf.DurationR\vmaxIncrease\"2\n" +
 	"\x13SaturationGuardrail\x12\x1b\n" +
-	"\tmax_queue\x18\x01 \x01(\rR\bmaxQueue\"\xbd\x05\n" +
+	"\tmax_queue\x18\x01 \x01(\rR\bmaxQueue\"\x94\x06\n" +
 	"\aRollout\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\tR\x02id\x12.\n" +
 	"\x04spec\x18\x02 \x01(\v2\x1a.switchyard.v1.RolloutSpecR\x04spec\x121\n" +
@@ -1796,7 +1825,11 @@ const file_switchyard_v1_rollout_proto_rawDesc = "" +
 	"\rapproved_step\x18\x0f \x01(\x05R\fapprovedStep\x123\n" +
 	"\bevidence\x18\x10 \x01(\v2\x17.switchyard.v1.EvidenceR\bevidence\x12;\n" +
 	"\vpromoted_at\x18\x11 \x01(\v2\x1a.google.protobuf.TimestampR\n" +
-	"promotedAt\"\xbe\x01\n" +
+	"promotedAt\x126\n" +
+	"\n" +
+	"hook_calls\x182 \x03(\v2\x17.switchyard.v1.HookCallR\thookCalls\x12\x1d\n" +
+	"\n" +
+	"hold_start\x183 \x01(\bR\tholdStart\"\xbe\x01\n" +
 	"\bEvidence\x12\x1c\n" +
 	"\tguardrail\x18\x01 \x01(\tR\tguardrail\x12\x18\n" +
 	"\asummary\x18\x02 \x01(\tR\asummary\x127\n" +
@@ -1888,56 +1921,60 @@ var file_switchyard_v1_rollout_proto_goTypes = []any{
 	(*BackendWindow)(nil),         // 17: switchyard.v1.BackendWindow
 	(*RolloutEvent)(nil),          // 18: switchyard.v1.RolloutEvent
 	nil,                           // 19: switchyard.v1.WaveSpec.SelectorEntry
-	(*durationpb.Duration)(nil),   // 20: google.protobuf.Duration
-	(RolloutPhase)(0),             // 21: switchyard.v1.RolloutPhase
-	(*timestamppb.Timestamp)(nil), // 22: google.protobuf.Timestamp
+	(*HooksSpec)(nil),             // 20: switchyard.v1.HooksSpec
+	(*durationpb.Duration)(nil),   // 21: google.protobuf.Duration
+	(RolloutPhase)(0),             // 22: switchyard.v1.RolloutPhase
+	(*timestamppb.Timestamp)(nil), // 23: google.protobuf.Timestamp
+	(*HookCall)(nil),              // 24: switchyard.v1.HookCall
 }
 var file_switchyard_v1_rollout_proto_depIdxs = []int32{
 	1,  // 0: switchyard.v1.RolloutSpec.strategy:type_name -> switchyard.v1.Strategy
 	7,  // 1: switchyard.v1.RolloutSpec.waves:type_name -> switchyard.v1.WaveSpec
 	8,  // 2: switchyard.v1.RolloutSpec.analysis:type_name -> switchyard.v1.AnalysisSpec
-	2,  // 3: switchyard.v1.Strategy.blue_green:type_name -> switchyard.v1.BlueGreen
-	3,  // 4: switchyard.v1.Strategy.canary:type_name -> switchyard.v1.Canary
-	20, // 5: switchyard.v1.BlueGreen.ramp_interval:type_name -> google.protobuf.Duration
-	20, // 6: switchyard.v1.BlueGreen.keep_warm:type_name -> google.protobuf.Duration
-	4,  // 7: switchyard.v1.Canary.steps:type_name -> switchyard.v1.Step
-	5,  // 8: switchyard.v1.Step.pause:type_name -> switchyard.v1.Pause
-	6,  // 9: switchyard.v1.Step.analysis:type_name -> switchyard.v1.AnalysisStep
-	20, // 10: switchyard.v1.Pause.duration:type_name -> google.protobuf.Duration
-	19, // 11: switchyard.v1.WaveSpec.selector:type_name -> switchyard.v1.WaveSpec.SelectorEntry
-	4,  // 12: switchyard.v1.WaveSpec.steps:type_name -> switchyard.v1.Step
-	20, // 13: switchyard.v1.AnalysisSpec.window:type_name -> google.protobuf.Duration
-	9,  // 14: switchyard.v1.AnalysisSpec.error_rate:type_name -> switchyard.v1.ErrorRateGuardrail
-	10, // 15: switchyard.v1.AnalysisSpec.latency:type_name -> switchyard.v1.LatencyGuardrail
-	11, // 16: switchyard.v1.AnalysisSpec.saturation:type_name -> switchyard.v1.SaturationGuardrail
-	20, // 17: switchyard.v1.AnalysisSpec.horizon:type_name -> google.protobuf.Duration
-	20, // 18: switchyard.v1.LatencyGuardrail.max:type_name -> google.protobuf.Duration
-	20, // 19: switchyard.v1.LatencyGuardrail.max_increase:type_name -> google.protobuf.Duration
-	0,  // 20: switchyard.v1.Rollout.spec:type_name -> switchyard.v1.RolloutSpec
-	21, // 21: switchyard.v1.Rollout.phase:type_name -> switchyard.v1.RolloutPhase
-	22, // 22: switchyard.v1.Rollout.created_at:type_name -> google.protobuf.Timestamp
-	22, // 23: switchyard.v1.Rollout.updated_at:type_name -> google.protobuf.Timestamp
-	18, // 24: switchyard.v1.Rollout.history:type_name -> switchyard.v1.RolloutEvent
-	22, // 25: switchyard.v1.Rollout.step_started_at:type_name -> google.protobuf.Timestamp
-	13, // 26: switchyard.v1.Rollout.evidence:type_name -> switchyard.v1.Evidence
-	22, // 27: switchyard.v1.Rollout.promoted_at:type_name -> google.protobuf.Timestamp
-	16, // 28: switchyard.v1.Evidence.windows:type_name -> switchyard.v1.WindowEvidence
-	14, // 29: switchyard.v1.Evidence.sequential:type_name -> switchyard.v1.SequentialEvidence
-	22, // 30: switchyard.v1.SequentialEvidence.since:type_name -> google.protobuf.Timestamp
-	22, // 31: switchyard.v1.SequentialEvidence.at:type_name -> google.protobuf.Timestamp
-	20, // 32: switchyard.v1.SequentialEvidence.horizon:type_name -> google.protobuf.Duration
-	15, // 33: switchyard.v1.SequentialEvidence.nodes:type_name -> switchyard.v1.NodeEvidence
-	22, // 34: switchyard.v1.WindowEvidence.start:type_name -> google.protobuf.Timestamp
-	22, // 35: switchyard.v1.WindowEvidence.end:type_name -> google.protobuf.Timestamp
-	17, // 36: switchyard.v1.WindowEvidence.candidate:type_name -> switchyard.v1.BackendWindow
-	17, // 37: switchyard.v1.WindowEvidence.baseline:type_name -> switchyard.v1.BackendWindow
-	22, // 38: switchyard.v1.RolloutEvent.at:type_name -> google.protobuf.Timestamp
-	21, // 39: switchyard.v1.RolloutEvent.phase:type_name -> switchyard.v1.RolloutPhase
-	40, // [40:40] is the sub-list for method output_type
-	40, // [40:40] is the sub-list for method input_type
-	40, // [40:40] is the sub-list for extension type_name
-	40, // [40:40] is the sub-list for extension extendee
-	0,  // [0:40] is the sub-list for field type_name
+	20, // 3: switchyard.v1.RolloutSpec.hooks:type_name -> switchyard.v1.HooksSpec
+	2,  // 4: switchyard.v1.Strategy.blue_green:type_name -> switchyard.v1.BlueGreen
+	3,  // 5: switchyard.v1.Strategy.canary:type_name -> switchyard.v1.Canary
+	21, // 6: switchyard.v1.BlueGreen.ramp_interval:type_name -> google.protobuf.Duration
+	21, // 7: switchyard.v1.BlueGreen.keep_warm:type_name -> google.protobuf.Duration
+	4,  // 8: switchyard.v1.Canary.steps:type_name -> switchyard.v1.Step
+	5,  // 9: switchyard.v1.Step.pause:type_name -> switchyard.v1.Pause
+	6,  // 10: switchyard.v1.Step.analysis:type_name -> switchyard.v1.AnalysisStep
+	21, // 11: switchyard.v1.Pause.duration:type_name -> google.protobuf.Duration
+	19, // 12: switchyard.v1.WaveSpec.selector:type_name -> switchyard.v1.WaveSpec.SelectorEntry
+	4,  // 13: switchyard.v1.WaveSpec.steps:type_name -> switchyard.v1.Step
+	21, // 14: switchyard.v1.AnalysisSpec.window:type_name -> google.protobuf.Duration
+	9,  // 15: switchyard.v1.AnalysisSpec.error_rate:type_name -> switchyard.v1.ErrorRateGuardrail
+	10, // 16: switchyard.v1.AnalysisSpec.latency:type_name -> switchyard.v1.LatencyGuardrail
+	11, // 17: switchyard.v1.AnalysisSpec.saturation:type_name -> switchyard.v1.SaturationGuardrail
+	21, // 18: switchyard.v1.AnalysisSpec.horizon:type_name -> google.protobuf.Duration
+	21, // 19: switchyard.v1.LatencyGuardrail.max:type_name -> google.protobuf.Duration
+	21, // 20: switchyard.v1.LatencyGuardrail.max_increase:type_name -> google.protobuf.Duration
+	0,  // 21: switchyard.v1.Rollout.spec:type_name -> switchyard.v1.RolloutSpec
+	22, // 22: switchyard.v1.Rollout.phase:type_name -> switchyard.v1.RolloutPhase
+	23, // 23: switchyard.v1.Rollout.created_at:type_name -> google.protobuf.Timestamp
+	23, // 24: switchyard.v1.Rollout.updated_at:type_name -> google.protobuf.Timestamp
+	18, // 25: switchyard.v1.Rollout.history:type_name -> switchyard.v1.RolloutEvent
+	23, // 26: switchyard.v1.Rollout.step_started_at:type_name -> google.protobuf.Timestamp
+	13, // 27: switchyard.v1.Rollout.evidence:type_name -> switchyard.v1.Evidence
+	23, // 28: switchyard.v1.Rollout.promoted_at:type_name -> google.protobuf.Timestamp
+	24, // 29: switchyard.v1.Rollout.hook_calls:type_name -> switchyard.v1.HookCall
+	16, // 30: switchyard.v1.Evidence.windows:type_name -> switchyard.v1.WindowEvidence
+	14, // 31: switchyard.v1.Evidence.sequential:type_name -> switchyard.v1.SequentialEvidence
+	23, // 32: switchyard.v1.SequentialEvidence.since:type_name -> google.protobuf.Timestamp
+	23, // 33: switchyard.v1.SequentialEvidence.at:type_name -> google.protobuf.Timestamp
+	21, // 34: switchyard.v1.SequentialEvidence.horizon:type_name -> google.protobuf.Duration
+	15, // 35: switchyard.v1.SequentialEvidence.nodes:type_name -> switchyard.v1.NodeEvidence
+	23, // 36: switchyard.v1.WindowEvidence.start:type_name -> google.protobuf.Timestamp
+	23, // 37: switchyard.v1.WindowEvidence.end:type_name -> google.protobuf.Timestamp
+	17, // 38: switchyard.v1.WindowEvidence.candidate:type_name -> switchyard.v1.BackendWindow
+	17, // 39: switchyard.v1.WindowEvidence.baseline:type_name -> switchyard.v1.BackendWindow
+	23, // 40: switchyard.v1.RolloutEvent.at:type_name -> google.protobuf.Timestamp
+	22, // 41: switchyard.v1.RolloutEvent.phase:type_name -> switchyard.v1.RolloutPhase
+	42, // [42:42] is the sub-list for method output_type
+	42, // [42:42] is the sub-list for method input_type
+	42, // [42:42] is the sub-list for extension type_name
+	42, // [42:42] is the sub-list for extension extendee
+	0,  // [0:42] is the sub-list for field type_name
 }
 
 func init() { file_switchyard_v1_rollout_proto_init() }
@@ -1946,6 +1983,7 @@ func file_switchyard_v1_rollout_proto_init() {
 		return
 	}
 	file_switchyard_v1_desired_proto_init()
+	file_switchyard_v1_hooks_proto_init()
 	file_switchyard_v1_rollout_proto_msgTypes[1].OneofWrappers = []any{
 		(*Strategy_BlueGreen)(nil),
 		(*Strategy_Canary)(nil),

@@ -478,7 +478,10 @@ type AgentStatus struct {
 	// Heartbeat is true when nothing changed since the previous status.
 	Heartbeat bool `protobuf:"varint,6,opt,name=heartbeat,proto3" json:"heartbeat,omitempty"`
 	// Faults are the drill faults active on this node now.
-	Faults        []*ActiveFault `protobuf:"bytes,20,rep,name=faults,proto3" json:"faults,omitempty"`
+	Faults []*ActiveFault `protobuf:"bytes,20,rep,name=faults,proto3" json:"faults,omitempty"`
+	// Hooks names the hooks this agent's config defines, so the leader can
+	// refuse a rollout naming one it lacks.
+	Hooks         []string `protobuf:"bytes,50,rep,name=hooks,proto3" json:"hooks,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -562,6 +565,13 @@ func (x *AgentStatus) GetFaults() []*ActiveFault {
 	return nil
 }
 
+func (x *AgentStatus) GetHooks() []string {
+	if x != nil {
+		return x.Hooks
+	}
+	return nil
+}
+
 // ServiceStatus is one service on one agent.
 type ServiceStatus struct {
 	state   protoimpl.MessageState `protogen:"open.v1"`
@@ -586,8 +596,10 @@ type ServiceStatus struct {
 	DocumentExpired bool `protobuf:"varint,21,opt,name=document_expired,json=documentExpired,proto3" json:"document_expired,omitempty"`
 	// DocumentExpiresAt is when the applied document stops being current.
 	DocumentExpiresAt *timestamppb.Timestamp `protobuf:"bytes,22,opt,name=document_expires_at,json=documentExpiresAt,proto3" json:"document_expires_at,omitempty"`
-	unknownFields     protoimpl.UnknownFields
-	sizeCache         protoimpl.SizeCache
+	// HookRuns are the latest run of each agent hook of the current rollout.
+	HookRuns      []*HookRun `protobuf:"bytes,50,rep,name=hook_runs,json=hookRuns,proto3" json:"hook_runs,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
 }
 
 func (x *ServiceStatus) Reset() {
@@ -686,6 +698,13 @@ func (x *ServiceStatus) GetDocumentExpired() bool {
 func (x *ServiceStatus) GetDocumentExpiresAt() *timestamppb.Timestamp {
 	if x != nil {
 		return x.DocumentExpiresAt
+	}
+	return nil
+}
+
+func (x *ServiceStatus) GetHookRuns() []*HookRun {
+	if x != nil {
+		return x.HookRuns
 	}
 	return nil
 }
@@ -856,7 +875,7 @@ var File_switchyard_v1_telemetry_proto protoreflect.FileDescriptor
 
 const file_switchyard_v1_telemetry_proto_rawDesc = "" +
 	"\n" +
-	"\x1dswitchyard/v1/telemetry.proto\x12\rswitchyard.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xbe\x03\n" +
+	"\x1dswitchyard/v1/telemetry.proto\x12\rswitchyard.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x19switchyard/v1/hooks.proto\"\xbe\x03\n" +
 	"\fHealthReport\x12\x12\n" +
 	"\x04node\x18\x01 \x01(\tR\x04node\x12\x18\n" +
 	"\aservice\x18\x02 \x01(\tR\aservice\x12=\n" +
@@ -894,7 +913,7 @@ const file_switchyard_v1_telemetry_proto_rawDesc = "" +
 	"\n" +
 	"zero_count\x18\x02 \x01(\x01R\tzeroCount\x12!\n" +
 	"\findex_offset\x18\x03 \x01(\x11R\vindexOffset\x12\x16\n" +
-	"\x06counts\x18\x04 \x03(\x01R\x06counts\"\xee\x02\n" +
+	"\x06counts\x18\x04 \x03(\x01R\x06counts\"\x84\x03\n" +
 	"\vAgentStatus\x12\x12\n" +
 	"\x04node\x18\x01 \x01(\tR\x04node\x12>\n" +
 	"\x06labels\x18\x02 \x03(\v2&.switchyard.v1.AgentStatus.LabelsEntryR\x06labels\x12*\n" +
@@ -902,10 +921,11 @@ const file_switchyard_v1_telemetry_proto_rawDesc = "" +
 	"\bservices\x18\x04 \x03(\v2\x1c.switchyard.v1.ServiceStatusR\bservices\x12\x18\n" +
 	"\aversion\x18\x05 \x01(\tR\aversion\x12\x1c\n" +
 	"\theartbeat\x18\x06 \x01(\bR\theartbeat\x122\n" +
-	"\x06faults\x18\x14 \x03(\v2\x1a.switchyard.v1.ActiveFaultR\x06faults\x1a9\n" +
+	"\x06faults\x18\x14 \x03(\v2\x1a.switchyard.v1.ActiveFaultR\x06faults\x12\x14\n" +
+	"\x05hooks\x182 \x03(\tR\x05hooks\x1a9\n" +
 	"\vLabelsEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
-	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"\xa8\x04\n" +
+	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"\xdd\x04\n" +
 	"\rServiceStatus\x12\x18\n" +
 	"\aservice\x18\x01 \x01(\tR\aservice\x12-\n" +
 	"\x12applied_generation\x18\x02 \x01(\x04R\x11appliedGeneration\x12\x1d\n" +
@@ -917,7 +937,8 @@ const file_switchyard_v1_telemetry_proto_rawDesc = "" +
 	"\x0elocal_rollback\x18\a \x01(\v2\x1c.switchyard.v1.LocalRollbackR\rlocalRollback\x12#\n" +
 	"\rapplied_epoch\x18\x14 \x01(\x04R\fappliedEpoch\x12)\n" +
 	"\x10document_expired\x18\x15 \x01(\bR\x0fdocumentExpired\x12J\n" +
-	"\x13document_expires_at\x18\x16 \x01(\v2\x1a.google.protobuf.TimestampR\x11documentExpiresAt\x1a:\n" +
+	"\x13document_expires_at\x18\x16 \x01(\v2\x1a.google.protobuf.TimestampR\x11documentExpiresAt\x123\n" +
+	"\thook_runs\x182 \x03(\v2\x16.switchyard.v1.HookRunR\bhookRuns\x1a:\n" +
 	"\fWeightsEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
 	"\x05value\x18\x02 \x01(\rR\x05value:\x028\x01\"\xb6\x01\n" +
@@ -969,6 +990,7 @@ var file_switchyard_v1_telemetry_proto_goTypes = []any{
 	nil,                           // 10: switchyard.v1.ServiceStatus.WeightsEntry
 	(*timestamppb.Timestamp)(nil), // 11: google.protobuf.Timestamp
 	(*durationpb.Duration)(nil),   // 12: google.protobuf.Duration
+	(*HookRun)(nil),               // 13: switchyard.v1.HookRun
 }
 var file_switchyard_v1_telemetry_proto_depIdxs = []int32{
 	11, // 0: switchyard.v1.HealthReport.window_start:type_name -> google.protobuf.Timestamp
@@ -986,14 +1008,15 @@ var file_switchyard_v1_telemetry_proto_depIdxs = []int32{
 	0,  // 12: switchyard.v1.ServiceStatus.driver:type_name -> switchyard.v1.DriverHealth
 	7,  // 13: switchyard.v1.ServiceStatus.local_rollback:type_name -> switchyard.v1.LocalRollback
 	11, // 14: switchyard.v1.ServiceStatus.document_expires_at:type_name -> google.protobuf.Timestamp
-	11, // 15: switchyard.v1.LocalRollback.at:type_name -> google.protobuf.Timestamp
-	11, // 16: switchyard.v1.ActiveFault.since:type_name -> google.protobuf.Timestamp
-	11, // 17: switchyard.v1.ActiveFault.until:type_name -> google.protobuf.Timestamp
-	18, // [18:18] is the sub-list for method output_type
-	18, // [18:18] is the sub-list for method input_type
-	18, // [18:18] is the sub-list for extension type_name
-	18, // [18:18] is the sub-list for extension extendee
-	0,  // [0:18] is the sub-list for field type_name
+	13, // 15: switchyard.v1.ServiceStatus.hook_runs:type_name -> switchyard.v1.HookRun
+	11, // 16: switchyard.v1.LocalRollback.at:type_name -> google.protobuf.Timestamp
+	11, // 17: switchyard.v1.ActiveFault.since:type_name -> google.protobuf.Timestamp
+	11, // 18: switchyard.v1.ActiveFault.until:type_name -> google.protobuf.Timestamp
+	19, // [19:19] is the sub-list for method output_type
+	19, // [19:19] is the sub-list for method input_type
+	19, // [19:19] is the sub-list for extension type_name
+	19, // [19:19] is the sub-list for extension extendee
+	0,  // [0:19] is the sub-list for field type_name
 }
 
 func init() { file_switchyard_v1_telemetry_proto_init() }
@@ -1001,6 +1024,7 @@ func file_switchyard_v1_telemetry_proto_init() {
 	if File_switchyard_v1_telemetry_proto != nil {
 		return
 	}
+	file_switchyard_v1_hooks_proto_init()
 	type x struct{}
 	out := protoimpl.TypeBuilder{
 		File: protoimpl.DescBuilder{

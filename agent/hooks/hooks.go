@@ -1,0 +1,250 @@
+// Package hooks runs the node's own hook commands, named in the agent
+// config and referred to by rollouts only by name: without a shell, with a
+// timeout, keeping the tail of their output, and journaled before they
+// start so that no hook runs twice for the same generation, even across an
+// agent crash.
+package hooks
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"os"
+	"os/exec"
+	"sync"
+	"syscall"
+	"time"
+
+	"google.golang.org/protobuf/types/known/durationpb"
+	"google.golang.org/protobuf/types/known/timestamppb"
+
+	sv1 "github.com/switchyard/switchyard/proto/switchyard/v1"
+)
+
+// Points of a node's rollout where hooks run, as the spec and status name
+// them.
+const (
+	PreTraffic  = "preTraffic"
+	PostTraffic = "postTraffic"
+	Rollback    = "rollback"
+)
+
+// States of a run.
+const (
+	StateRunning   = "running"
+	StateSucceeded = "succeeded"
+	StateFailed    = "failed"
+)
+
+// OutputTail is how much of a command's output (stdout and stderr
+// together, the end of it) a run keeps.
+const OutputTail = 2048
+
+// waitDelay bounds how long a killed command's output pipes are waited for.
+const waitDelay = 2 * time.Second
+
+// Hook is one command from the agent config.
+type Hook struct {
+	// Command is the program and its arguments, run without a shell.
+	Command []string
+	Timeout time.Duration
+}
+
+// Journal keeps every run's record across restarts, by key.
+type Journal interface {
+	// LoadHookRun returns the record under key, or nil and no error.
+	LoadHookRun(key string) (*sv1.HookRun, error)
+	// SaveHookRun writes the record under key, durably.
+	SaveHookRun(key string, run *sv1.HookRun) error
+}
+
+// Request is one hook to run for one service's document.
+type Request struct {
+	Service, Node, Hook, Point string
+	RolloutID                  string
+	Generation                 uint64
+	From, To                   string
+}
+
+// Key names a run in the journal: a hook runs at most once per service,
+// rollout, point and generation.
+func (r Request) Key() string {
+	return fmt.Sprintf("%s/%s/%s/%s/%d", r.Service, r.RolloutID, r.Point, r.Hook, r.Generation)
+}
+
+// Runner runs hooks.
+type Runner struct {
+	Hooks   map[string]Hook
+	Journal Journal
+	Log     *slog.Logger
+	Now     func() time.Time
+	// Runs, if set, is told the outcome of every hook that ran ("succeeded",
+	// "failed") by point.
+	Runs func(point, outcome string)
+}
+
+// Run runs a hook unless its journal has a record for the same request:
+// then the record is the answer and nothing runs. A record left "running"
+// means the agent stopped while the hook ran; it is closed as failed and
+// the hook is not run again.
+func (r *Runner) Run(ctx context.Context, req Request) *sv1.HookRun {
+	log := r.Log.With("service", req.Service, "rollout", req.RolloutID, "generation", req.Generation, "hook", req.Hook, "point", req.Point)
+	key := req.Key()
+	prior, err := r.Journal.LoadHookRun(key)
+	if err != nil {
+		log.Error("read hook journal; not running the hook", "err", err)
+		return r.failed(req, -1, "", "hook journal unreadable, so the hook was not run (it may have run before): "+err.Error())
+	}
+	if prior != nil {
+		if prior.GetState() != StateRunning {
+			return prior
+		}
+		prior.State = StateFailed
+		prior.Error = "interrupted: the agent stopped while the hook ran; it is not run again for this generation"
+		prior.EndedAt = timestamppb.New(r.Now())
+		if err := r.Journal.SaveHookRun(key, prior); err != nil {
+			log.Error("close interrupted hook run in the journal", "err", err)
+		}
+		log.Warn("hook was interrupted by an agent restart; not running it again")
+		return prior
+	}
+	h, ok := r.Hooks[req.Hook]
+	if !ok {
+		return r.failed(req, -1, "", fmt.Sprintf("hook %q is not in this agent's config (hooks:)", req.Hook))
+	}
+	start := r.Now()
+	run := &sv1.HookRun{Hook: req.Hook, Point: req.Point, RolloutId: req.RolloutID, Generation: req.Generation,
+		State: StateRunning, StartedAt: timestamppb.New(start)}
+	if err := r.Journal.SaveHookRun(key, run); err != nil {
+		// Without the record a crash could run the hook twice.
+		log.Error("journal hook run; not running the hook", "err", err)
+		return r.failed(req, -1, "", "could not journal the run, so the hook was not run: "+err.Error())
+	}
+	log.Info("hook running", "command", h.Command, "timeout", h.Timeout)
+	code, out, runErr := execute(ctx, h, req)
+	end := r.Now()
+	run.ExitCode, run.Output, run.EndedAt, run.Took = int32(code), out, timestamppb.New(end), durationpb.New(end.Sub(start))
+	run.State = StateSucceeded
+	if runErr != nil {
+		run.State, run.Error = StateFailed, runErr.Error()
+	}
+	if err := r.Journal.SaveHookRun(key, run); err != nil {
+		log.Error("journal hook outcome", "err", err)
+	}
+	if r.Runs != nil {
+		r.Runs(req.Point, run.GetState())
+	}
+	if run.GetState() == StateFailed {
+		log.Warn("hook failed", "exit_code", code, "err", runErr, "output", out)
+	} else {
+		log.Info("hook succeeded", "took", end.Sub(start))
+	}
+	return run
+}
+
+func (r *Runner) failed(req Request, code int, out, why string) *sv1.HookRun {
+	now := timestamppb.New(r.Now())
+	if r.Runs != nil {
+		r.Runs(req.Point, StateFailed)
+	}
+	return &sv1.HookRun{Hook: req.Hook, Point: req.Point, RolloutId: req.RolloutID, Generation: req.Generation,
+		State: StateFailed, ExitCode: int32(code), Output: out, Error: why, StartedAt: now, EndedAt: now}
+}
+
+// execute runs the command in its own process group, killed as a group on
+// timeout and when the agent dies. It returns the exit code (-1 when the
+// command did not exit by itself), the output's tail and why it failed.
+func execute(ctx context.Context, h Hook, req Request) (int, string, error) {
+	ctx, cancel := context.WithTimeout(ctx, h.Timeout)
+	defer cancel()
+	cmd := exec.CommandContext(ctx, h.Command[0], h.Command[1:]...)
+	cmd.Env = append(os.Environ(),
+		"SWITCHYARD_SERVICE="+req.Service,
+		"SWITCHYARD_NODE="+req.Node,
+		"SWITCHYARD_ROLLOUT="+req.RolloutID,
+		fmt.Sprintf("SWITCHYARD_GENERATION=%d", req.Generation),
+		"SWITCHYARD_HOOK="+req.Hook,
+		"SWITCHYARD_POINT="+req.Point,
+		"SWITCHYARD_FROM="+req.From,
+		"SWITCHYARD_TO="+req.To,
+	)
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGKILL}
+	cmd.Cancel = func() error { return syscall.Kill(-cmd.Process.Pid, syscall.SIGKILL) }
+	cmd.WaitDelay = waitDelay
+	tail := &tailBuffer{max: OutputTail}
+	cmd.Stdout, cmd.Stderr = tail, tail
+	err := cmd.Run()
+	out := tail.String()
+	switch {
+	case err == nil:
+		return 0, out, nil
+	case ctx.Err() == context.DeadlineExceeded:
+		return -1, out, fmt.Errorf("timed out after %s and was killed", h.Timeout)
+	case ctx.Err() != nil:
+		return -1, out, errors.New("stopped: the agent is shutting down")
+	}
+	var exit *exec.ExitError
+	if errors.As(err, &exit) {
+		if exit.ExitCode() >= 0 {
+			return exit.ExitCode(), out, fmt.Errorf("exit status %d", exit.ExitCode())
+		}
+		return -1, out, fmt.Errorf("killed: %v", exit.ProcessState)
+	}
+	return -1, out, fmt.Errorf("did not start: %v", err)
+}
+
+// tailBuffer keeps the last max bytes written to it.
+type tailBuffer struct {
+	mu  sync.Mutex
+	max int
+	buf []byte
+	cut bool
+}
+
+func (t *tailBuffer) Write(p []byte) (int, error) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	t.buf = append(t.buf, p...)
+	if over := len(t.buf) - t.max; over > 0 {
+		t.buf = append(t.buf[:0], t.buf[over:]...)
+		t.cut = true
+	}
+	return len(p), nil
+}
+
+func (t *tailBuffer) String() string {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	if t.cut {
+		return "…" + string(t.buf)
+	}
+	return string(t.buf)
+}
+
+// MemJournal is a journal that survives nothing, for agents whose state
+// store keeps no journal.
+type MemJournal struct {
+	mu sync.Mutex
+	m  map[string]*sv1.HookRun
+}
+
+var _ Journal = (*MemJournal)(nil)
+
+// LoadHookRun implements Journal.
+func (j *MemJournal) LoadHookRun(key string) (*sv1.HookRun, error) {
+	j.mu.Lock()
+	defer j.mu.Unlock()
+	return j.m[key], nil
+}
+
+// SaveHookRun implements Journal.
+func (j *MemJournal) SaveHookRun(key string, run *sv1.HookRun) error {
+	j.mu.Lock()
+	defer j.mu.Unlock()
+	if j.m == nil {
+		j.m = map[string]*sv1.HookRun{}
+	}
+	j.m[key] = run
+	return nil
+}

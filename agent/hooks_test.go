@@ -1,0 +1,146 @@
+package agent
+
+import (
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	sv1 "github.com/switchyard/switchyard/proto/switchyard/v1"
+)
+
+// rolloutDoc is a progressing rollout document naming agent hooks.
+func rolloutDoc(gen uint64, green uint32, phase sv1.RolloutPhase, h *sv1.AgentHooks) *sv1.DesiredState {
+	return &sv1.DesiredState{Service: "web", Generation: gen, RolloutId: "r1", Phase: phase, FromBackend: "blue", ToBackend: "green",
+		DefaultWeights: map[string]uint32{"blue": 100 - green, "green": green}, AgentHooks: h}
+}
+
+// countingHook is a hook command that appends its point and generation to
+// a file and exits with code.
+func countingHook(t *testing.T, dir, name string, code int) (HookConfig, string) {
+	t.Helper()
+	out := filepath.Join(dir, name+".runs")
+	return HookConfig{Command: []string{"/bin/sh", "-c", `echo "$SWITCHYARD_POINT $SWITCHYARD_GENERATION" >> "$0"; echo "warming failed: cache unreachable" >&2; exit ` + fmt.Sprint(code), out},
+		Timeout: 5 * time.Second}, out
+}
+
+func lines(t *testing.T, path string) []string {
+	t.Helper()
+	b, err := os.ReadFile(path)
+	if errors.Is(err, os.ErrNotExist) {
+		return nil
+	}
+	if err != nil {
+		t.Fatal(err)
+	}
+	return strings.Fields(strings.ReplaceAll(string(b), " ", "_"))
+}
+
+func TestAgent_FailingPreTrafficHookKeepsNodeOnOldBackend(t *testing.T) {
+	b := startBus(t)
+	cfg := testConfig(t, b.url)
+	dir := t.TempDir()
+	warm, runs := countingHook(t, dir, "warm", 3)
+	cfg.Hooks = map[string]HookConfig{"warm-green": warm}
+	drv := newFakeDriver()
+	statuses := b.statuses(t, cfg.Node)
+	a := startAgent(t, cfg, map[string]*fakeDriver{"web": drv})
+	b.put(t, defaults(3, map[string]uint32{"blue": 100, "green": 0}))
+	a.waitApplied(t, "web", 3)
+
+	hooks := &sv1.AgentHooks{PreTraffic: []string{"warm-green"}}
+	b.put(t, rolloutDoc(4, 20, sv1.RolloutPhase_ROLLOUT_PHASE_PROGRESSING, hooks))
+	if w := a.waitApplied(t, "web", 4); w["green"] != 0 || w["blue"] != 100 {
+		t.Fatalf("weights with a failed pre-traffic hook %v, want all on blue", w)
+	}
+	st := waitStatus(t, statuses, "hook failure in status", func(st *sv1.AgentStatus) bool {
+		s := serviceStatus(st, "web")
+		return s.GetAppliedGeneration() == 4 && len(s.GetHookRuns()) == 1
+	})
+	s := serviceStatus(st, "web")
+	run := s.GetHookRuns()[0]
+	if run.GetExitCode() != 3 || run.GetState() != "failed" || !strings.Contains(run.GetOutput(), "cache unreachable") {
+		t.Fatalf("hook run %v", run)
+	}
+	if !strings.Contains(s.GetMessage(), "pre-traffic hook warm-green failed at generation 4 (exit code 3") || !strings.Contains(s.GetMessage(), "node kept on blue") {
+		t.Fatalf("status message %q", s.GetMessage())
+	}
+	if got := st.GetHooks(); len(got) != 1 || got[0] != "warm-green" {
+		t.Fatalf("status hook names %v", got)
+	}
+	// A restart finds the run journaled and does not run it again.
+	a.stop(t)
+	a = startAgent(t, cfg, map[string]*fakeDriver{"web": drv})
+	a.waitApplied(t, "web", 4)
+	b.put(t, rolloutDoc(5, 20, sv1.RolloutPhase_ROLLOUT_PHASE_PROGRESSING, hooks))
+	a.waitApplied(t, "web", 5)
+	if got := lines(t, runs); strings.Join(got, ",") != "preTraffic_4,preTraffic_5" {
+		t.Fatalf("hook runs %v, want one per generation", got)
+	}
+	if n := a.metric(t, "switchyard_agent_hook_runs_total", "point", "preTraffic", "outcome", "failed"); n != 1 {
+		t.Fatalf("failed runs metric after restart = %v, want 1 (generation 5)", n)
+	}
+}
+
+func TestAgent_HooksRunBeforeTrafficAfterStepAndOnRollback(t *testing.T) {
+	b := startBus(t)
+	cfg := testConfig(t, b.url)
+	dir := t.TempDir()
+	pre, preRuns := countingHook(t, dir, "pre", 0)
+	post, postRuns := countingHook(t, dir, "post", 0)
+	back, backRuns := countingHook(t, dir, "back", 0)
+	cfg.Hooks = map[string]HookConfig{"pre": pre, "post": post, "back": back}
+	drv := newFakeDriver()
+	a := startAgent(t, cfg, map[string]*fakeDriver{"web": drv})
+	hooks := &sv1.AgentHooks{PreTraffic: []string{"pre"}, PostTraffic: []string{"post"}, Rollback: []string{"back"}}
+	b.put(t, rolloutDoc(4, 20, sv1.RolloutPhase_ROLLOUT_PHASE_PROGRESSING, hooks))
+	if w := a.waitApplied(t, "web", 4); w["green"] != 20 {
+		t.Fatalf("weights %v", w)
+	}
+	b.put(t, rolloutDoc(5, 50, sv1.RolloutPhase_ROLLOUT_PHASE_PROGRESSING, hooks))
+	a.waitApplied(t, "web", 5)
+	b.put(t, rolloutDoc(6, 0, sv1.RolloutPhase_ROLLOUT_PHASE_ROLLING_BACK, hooks))
+	a.waitApplied(t, "web", 6)
+	waitFor(t, 5*time.Second, "rollback hook", func() error {
+		if len(lines(t, backRuns)) != 1 {
+			return errors.New("not yet")
+		}
+		return nil
+	})
+	if got := strings.Join(lines(t, preRuns), ","); got != "preTraffic_4" {
+		t.Errorf("pre-traffic runs %s, want once, before green first had weight", got)
+	}
+	if got := strings.Join(lines(t, postRuns), ","); got != "postTraffic_4,postTraffic_5" {
+		t.Errorf("post-traffic runs %s, want after each step that raised green", got)
+	}
+	if got := strings.Join(lines(t, backRuns), ","); got != "rollback_6" {
+		t.Errorf("rollback runs %s", got)
+	}
+}
+
+func TestAgent_ConfigRefusesBadHooks(t *testing.T) {
+	cases := []struct {
+		name string
+		hook HookConfig
+		says string
+	}{
+		{"no command", HookConfig{}, "hooks.warm.command: required"},
+		{"missing program", HookConfig{Command: []string{"/nonexistent/warm"}}, `hooks.warm.command[0]: "/nonexistent/warm" is not an executable file`},
+		{"not on path", HookConfig{Command: []string{"no-such-program-anywhere"}}, "is not found on PATH"},
+		{"timeout", HookConfig{Command: []string{"/bin/true"}, Timeout: 2 * time.Hour}, "hooks.warm.timeout: 2h0m0s is out of range, want 1s..1h0m0s"},
+	}
+	for _, c := range cases {
+		t.Run(c.name, func(t *testing.T) {
+			cfg := testConfig(t, "nats://127.0.0.1:1")
+			cfg.Hooks = map[string]HookConfig{"warm": c.hook}
+			cfg.setDefaults()
+			err := cfg.Validate()
+			if !errors.Is(err, ErrInvalidConfig) || !strings.Contains(err.Error(), c.says) {
+				t.Fatalf("err = %v, want %q", err, c.says)
+			}
+		})
+	}
+}
