@@ -96,6 +96,7 @@ type metrics struct {
 	applySeconds      *prometheus.HistogramVec
 	rejected          *prometheus.CounterVec
 	drift             *prometheus.CounterVec
+	observedMatch     *prometheus.GaugeVec
 	appliedGeneration *prometheus.GaugeVec
 	driverDegraded    *prometheus.GaugeVec
 	stateSaveErrors   *prometheus.CounterVec
@@ -129,7 +130,11 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 		}, []string{"service", "reason"}),
 		drift: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "switchyard_agent_drift_total",
-			Help: "Times the proxy's weights differed from the applied state and the agent re-applied them.",
+			Help: "Times the proxy was read back not doing what was applied (restarted, reloaded, a weight or state changed by hand) and the agent set it back.",
+		}, []string{"service"}),
+		observedMatch: prometheus.NewGaugeVec(prometheus.GaugeOpts{
+			Name: "switchyard_agent_observed_match",
+			Help: "1 while the service's proxy, as last read back, does what the agent applied; 0 while it differs or cannot be read.",
 		}, []string{"service"}),
 		appliedGeneration: prometheus.NewGaugeVec(prometheus.GaugeOpts{
 			Name: "switchyard_agent_applied_generation",
@@ -190,7 +195,7 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 	}
 	var errs []error
 	for _, c := range []prometheus.Collector{
-		m.applies, m.applySeconds, m.rejected, m.drift, m.appliedGeneration,
+		m.applies, m.applySeconds, m.rejected, m.drift, m.observedMatch, m.appliedGeneration,
 		m.driverDegraded, m.stateSaveErrors, m.busReconnects, m.resyncErrors,
 		m.busConnected, m.reports, m.logLines, m.probes, m.localRollbacks, m.droppedLogLines,
 		m.faultsActive, m.faults, m.drillRejected,
@@ -224,6 +229,7 @@ func (m *metrics) initService(service string) {
 		m.rejected.WithLabelValues(service, r)
 	}
 	m.drift.WithLabelValues(service)
+	m.observedMatch.WithLabelValues(service)
 	m.appliedGeneration.WithLabelValues(service)
 	m.driverDegraded.WithLabelValues(service)
 	m.stateSaveErrors.WithLabelValues(service)

@@ -82,6 +82,9 @@ func (f *fleet) nodesFor(service string) []*sv1.NodeView {
 				Stale:             age > f.staleAfter,
 				SecondsSinceSeen:  age.Seconds(),
 				Labels:            maps.Clone(n.status.GetLabels()),
+				ObservedWeights:   maps.Clone(svc.GetObservedWeights()),
+				ObservedMatches:   svc.GetObservedMatches(),
+				Drift:             svc.GetDrift(),
 			})
 		}
 	}
@@ -89,19 +92,36 @@ func (f *fleet) nodesFor(service string) []*sv1.NodeView {
 	return out
 }
 
-// converged counts the live nodes that applied generation, and the live
-// nodes in all.
+// converged counts the live nodes that applied generation and whose proxy
+// is seen doing it, and the live nodes in all.
 func converged(nodes []*sv1.NodeView, generation uint64) (applied, live int) {
 	for _, n := range nodes {
 		if n.GetStale() {
 			continue
 		}
 		live++
-		if n.GetAppliedGeneration() >= generation {
+		if n.GetAppliedGeneration() >= generation && observedMatches(n) {
 			applied++
 		}
 	}
 	return applied, live
+}
+
+// observedMatches is true when a node's proxy, as its agent last read it
+// back, does what the agent applied: the agent says so, and the weights it
+// read are the weights it applied. What the agent last wrote is not enough:
+// a proxy restarted from its config serves other weights until repaired.
+func observedMatches(n *sv1.NodeView) bool {
+	if !n.GetObservedMatches() {
+		return false
+	}
+	have := n.GetObservedWeights()
+	for b, w := range n.GetWeights() {
+		if hw, ok := have[b]; !ok || hw != w {
+			return false
+		}
+	}
+	return true
 }
 
 // Convergence counts the live nodes of a service that applied generation,

@@ -339,14 +339,18 @@ func printRolloutDetail(w io.Writer, v *sv1.RolloutView) {
 	fmt.Fprintf(w, "Converged:   %s live nodes\n", convergence(v))
 	fmt.Fprintf(w, "Operator:    %s\n\n", r.GetOperator())
 	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
-	fmt.Fprintln(tw, "NODE\tAPPLIED\tWEIGHTS\tDRIVER\tSEEN\tMESSAGE")
+	fmt.Fprintln(tw, "NODE\tAPPLIED\tWEIGHTS\tOBSERVED\tDRIVER\tSEEN\tMESSAGE")
 	for _, n := range v.GetNodes() {
 		seen := fmt.Sprintf("%.0fs ago", n.GetSecondsSinceSeen())
 		if n.GetStale() {
 			seen += " (stale)"
 		}
-		fmt.Fprintf(tw, "%s\t%d\t%s\t%s\t%s\t%s\n", n.GetNode(), n.GetAppliedGeneration(), weights(n.GetWeights()),
-			strings.TrimPrefix(strings.ToLower(n.GetDriver().String()), "driver_health_"), seen, n.GetMessage())
+		msg := n.GetMessage()
+		if d := n.GetDrift(); d != "" {
+			msg = strings.TrimPrefix(msg+"; drift: "+d, "; ")
+		}
+		fmt.Fprintf(tw, "%s\t%d\t%s\t%s\t%s\t%s\t%s\n", n.GetNode(), n.GetAppliedGeneration(), weights(n.GetWeights()),
+			observedWeights(n), strings.TrimPrefix(strings.ToLower(n.GetDriver().String()), "driver_health_"), seen, msg)
 	}
 	tw.Flush()
 	if len(v.GetWindows()) > 0 {
@@ -359,6 +363,20 @@ func printRolloutDetail(w io.Writer, v *sv1.RolloutView) {
 	}
 	fmt.Fprintln(w, "\nHistory:")
 	printHistory(w, r)
+}
+
+// observedWeights shows what a node's proxy was read back doing: "-" when
+// it could not be read, the weights otherwise, marked when they are not
+// what the agent applied.
+func observedWeights(n *sv1.NodeView) string {
+	if len(n.GetObservedWeights()) == 0 {
+		return "-"
+	}
+	s := weights(n.GetObservedWeights())
+	if !n.GetObservedMatches() {
+		s += " (differs)"
+	}
+	return s
 }
 
 func weights(w map[string]uint32) string {

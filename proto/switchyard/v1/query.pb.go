@@ -227,8 +227,15 @@ type NodeView struct {
 	// SecondsSinceSeen is how long ago its last status arrived.
 	SecondsSinceSeen float64           `protobuf:"fixed64,7,opt,name=seconds_since_seen,json=secondsSinceSeen,proto3" json:"seconds_since_seen,omitempty"`
 	Labels           map[string]string `protobuf:"bytes,8,rep,name=labels,proto3" json:"labels,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"bytes,2,opt,name=value"`
-	unknownFields    protoimpl.UnknownFields
-	sizeCache        protoimpl.SizeCache
+	// ObservedWeights are the weights the node's proxy uses now, as its agent
+	// read them back; Weights are the ones the agent applied.
+	ObservedWeights map[string]uint32 `protobuf:"bytes,60,rep,name=observed_weights,json=observedWeights,proto3" json:"observed_weights,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"varint,2,opt,name=value"`
+	// ObservedMatches is the agent's word that its proxy does what it applied.
+	ObservedMatches bool `protobuf:"varint,61,opt,name=observed_matches,json=observedMatches,proto3" json:"observed_matches,omitempty"`
+	// Drift says what the agent found wrong on its proxy, while unrepaired.
+	Drift         string `protobuf:"bytes,62,opt,name=drift,proto3" json:"drift,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
 }
 
 func (x *NodeView) Reset() {
@@ -315,6 +322,27 @@ func (x *NodeView) GetLabels() map[string]string {
 		return x.Labels
 	}
 	return nil
+}
+
+func (x *NodeView) GetObservedWeights() map[string]uint32 {
+	if x != nil {
+		return x.ObservedWeights
+	}
+	return nil
+}
+
+func (x *NodeView) GetObservedMatches() bool {
+	if x != nil {
+		return x.ObservedMatches
+	}
+	return false
+}
+
+func (x *NodeView) GetDrift() string {
+	if x != nil {
+		return x.Drift
+	}
+	return ""
 }
 
 // FleetQuery asks for the nodes that run a service.
@@ -614,7 +642,7 @@ const file_switchyard_v1_query_proto_rawDesc = "" +
 	"\x05nodes\x18\x02 \x03(\v2\x17.switchyard.v1.NodeViewR\x05nodes\x12\x1c\n" +
 	"\tconverged\x18\x03 \x01(\rR\tconverged\x12\x18\n" +
 	"\awaiting\x18\x04 \x01(\tR\awaiting\x127\n" +
-	"\awindows\x18\x05 \x03(\v2\x1d.switchyard.v1.WindowEvidenceR\awindows\"\xd4\x03\n" +
+	"\awindows\x18\x05 \x03(\v2\x1d.switchyard.v1.WindowEvidenceR\awindows\"\xb2\x05\n" +
 	"\bNodeView\x12\x12\n" +
 	"\x04node\x18\x01 \x01(\tR\x04node\x12-\n" +
 	"\x12applied_generation\x18\x02 \x01(\x04R\x11appliedGeneration\x12>\n" +
@@ -623,13 +651,19 @@ const file_switchyard_v1_query_proto_rawDesc = "" +
 	"\amessage\x18\x05 \x01(\tR\amessage\x12\x14\n" +
 	"\x05stale\x18\x06 \x01(\bR\x05stale\x12,\n" +
 	"\x12seconds_since_seen\x18\a \x01(\x01R\x10secondsSinceSeen\x12;\n" +
-	"\x06labels\x18\b \x03(\v2#.switchyard.v1.NodeView.LabelsEntryR\x06labels\x1a:\n" +
+	"\x06labels\x18\b \x03(\v2#.switchyard.v1.NodeView.LabelsEntryR\x06labels\x12W\n" +
+	"\x10observed_weights\x18< \x03(\v2,.switchyard.v1.NodeView.ObservedWeightsEntryR\x0fobservedWeights\x12)\n" +
+	"\x10observed_matches\x18= \x01(\bR\x0fobservedMatches\x12\x14\n" +
+	"\x05drift\x18> \x01(\tR\x05drift\x1a:\n" +
 	"\fWeightsEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
 	"\x05value\x18\x02 \x01(\rR\x05value:\x028\x01\x1a9\n" +
 	"\vLabelsEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
-	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"&\n" +
+	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\x1aB\n" +
+	"\x14ObservedWeightsEntry\x12\x10\n" +
+	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
+	"\x05value\x18\x02 \x01(\rR\x05value:\x028\x01\"&\n" +
 	"\n" +
 	"FleetQuery\x12\x18\n" +
 	"\aservice\x18\x01 \x01(\tR\aservice\"<\n" +
@@ -657,7 +691,7 @@ func file_switchyard_v1_query_proto_rawDescGZIP() []byte {
 	return file_switchyard_v1_query_proto_rawDescData
 }
 
-var file_switchyard_v1_query_proto_msgTypes = make([]protoimpl.MessageInfo, 12)
+var file_switchyard_v1_query_proto_msgTypes = make([]protoimpl.MessageInfo, 13)
 var file_switchyard_v1_query_proto_goTypes = []any{
 	(*RolloutsQuery)(nil),  // 0: switchyard.v1.RolloutsQuery
 	(*RolloutsAnswer)(nil), // 1: switchyard.v1.RolloutsAnswer
@@ -671,27 +705,29 @@ var file_switchyard_v1_query_proto_goTypes = []any{
 	(*DrillView)(nil),      // 9: switchyard.v1.DrillView
 	nil,                    // 10: switchyard.v1.NodeView.WeightsEntry
 	nil,                    // 11: switchyard.v1.NodeView.LabelsEntry
-	(*Rollout)(nil),        // 12: switchyard.v1.Rollout
-	(*WindowEvidence)(nil), // 13: switchyard.v1.WindowEvidence
-	(DriverHealth)(0),      // 14: switchyard.v1.DriverHealth
-	(*Drill)(nil),          // 15: switchyard.v1.Drill
+	nil,                    // 12: switchyard.v1.NodeView.ObservedWeightsEntry
+	(*Rollout)(nil),        // 13: switchyard.v1.Rollout
+	(*WindowEvidence)(nil), // 14: switchyard.v1.WindowEvidence
+	(DriverHealth)(0),      // 15: switchyard.v1.DriverHealth
+	(*Drill)(nil),          // 16: switchyard.v1.Drill
 }
 var file_switchyard_v1_query_proto_depIdxs = []int32{
 	2,  // 0: switchyard.v1.RolloutsAnswer.rollouts:type_name -> switchyard.v1.RolloutView
-	12, // 1: switchyard.v1.RolloutView.rollout:type_name -> switchyard.v1.Rollout
+	13, // 1: switchyard.v1.RolloutView.rollout:type_name -> switchyard.v1.Rollout
 	3,  // 2: switchyard.v1.RolloutView.nodes:type_name -> switchyard.v1.NodeView
-	13, // 3: switchyard.v1.RolloutView.windows:type_name -> switchyard.v1.WindowEvidence
+	14, // 3: switchyard.v1.RolloutView.windows:type_name -> switchyard.v1.WindowEvidence
 	10, // 4: switchyard.v1.NodeView.weights:type_name -> switchyard.v1.NodeView.WeightsEntry
-	14, // 5: switchyard.v1.NodeView.driver:type_name -> switchyard.v1.DriverHealth
+	15, // 5: switchyard.v1.NodeView.driver:type_name -> switchyard.v1.DriverHealth
 	11, // 6: switchyard.v1.NodeView.labels:type_name -> switchyard.v1.NodeView.LabelsEntry
-	3,  // 7: switchyard.v1.FleetAnswer.nodes:type_name -> switchyard.v1.NodeView
-	9,  // 8: switchyard.v1.DrillsAnswer.drills:type_name -> switchyard.v1.DrillView
-	15, // 9: switchyard.v1.DrillView.drill:type_name -> switchyard.v1.Drill
-	10, // [10:10] is the sub-list for method output_type
-	10, // [10:10] is the sub-list for method input_type
-	10, // [10:10] is the sub-list for extension type_name
-	10, // [10:10] is the sub-list for extension extendee
-	0,  // [0:10] is the sub-list for field type_name
+	12, // 7: switchyard.v1.NodeView.observed_weights:type_name -> switchyard.v1.NodeView.ObservedWeightsEntry
+	3,  // 8: switchyard.v1.FleetAnswer.nodes:type_name -> switchyard.v1.NodeView
+	9,  // 9: switchyard.v1.DrillsAnswer.drills:type_name -> switchyard.v1.DrillView
+	16, // 10: switchyard.v1.DrillView.drill:type_name -> switchyard.v1.Drill
+	11, // [11:11] is the sub-list for method output_type
+	11, // [11:11] is the sub-list for method input_type
+	11, // [11:11] is the sub-list for extension type_name
+	11, // [11:11] is the sub-list for extension extendee
+	0,  // [0:11] is the sub-list for field type_name
 }
 
 func init() { file_switchyard_v1_query_proto_init() }
@@ -708,7 +744,7 @@ func file_switchyard_v1_query_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_switchyard_v1_query_proto_rawDesc), len(file_switchyard_v1_query_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   12,
+			NumMessages:   13,
 			NumExtensions: 0,
 			NumServices:   0,
 		},

@@ -577,6 +577,25 @@ type ServiceStatus struct {
 	// LocalRollback is set while the node serves weights its own local guard
 	// chose, until a newer generation from the coordinator replaces them.
 	LocalRollback *LocalRollback `protobuf:"bytes,7,opt,name=local_rollback,json=localRollback,proto3" json:"local_rollback,omitempty"`
+	// ObservedWeights are the weights the proxy uses now, read back from it
+	// (not what the agent last wrote); empty while the proxy cannot be read.
+	ObservedWeights map[string]uint32 `protobuf:"bytes,60,rep,name=observed_weights,json=observedWeights,proto3" json:"observed_weights,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"varint,2,opt,name=value"`
+	// ObservedStates are the backends the proxy holds out of rotation now
+	// ("drain", "maint"), by backend name; backends in rotation are absent.
+	ObservedStates map[string]string `protobuf:"bytes,61,rep,name=observed_states,json=observedStates,proto3" json:"observed_states,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"bytes,2,opt,name=value"`
+	// ObservedMatches is true when the proxy, as last read back, does what the
+	// applied state says: every applied weight, no backend with weight held
+	// out of rotation (except by an active drill fault of this node).
+	ObservedMatches bool `protobuf:"varint,62,opt,name=observed_matches,json=observedMatches,proto3" json:"observed_matches,omitempty"`
+	// ProxyInstance identifies the running proxy process (for HAProxy its pid
+	// and start time); it changes when the proxy restarts or reloads.
+	ProxyInstance string `protobuf:"bytes,63,opt,name=proxy_instance,json=proxyInstance,proto3" json:"proxy_instance,omitempty"`
+	// DriftRepairs counts the times the agent found the proxy not doing what
+	// was applied and set it back.
+	DriftRepairs uint64 `protobuf:"varint,64,opt,name=drift_repairs,json=driftRepairs,proto3" json:"drift_repairs,omitempty"`
+	// Drift says what the agent last found wrong on the proxy, while it is
+	// not repaired yet; empty when the proxy matches.
+	Drift         string `protobuf:"bytes,65,opt,name=drift,proto3" json:"drift,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -658,6 +677,48 @@ func (x *ServiceStatus) GetLocalRollback() *LocalRollback {
 		return x.LocalRollback
 	}
 	return nil
+}
+
+func (x *ServiceStatus) GetObservedWeights() map[string]uint32 {
+	if x != nil {
+		return x.ObservedWeights
+	}
+	return nil
+}
+
+func (x *ServiceStatus) GetObservedStates() map[string]string {
+	if x != nil {
+		return x.ObservedStates
+	}
+	return nil
+}
+
+func (x *ServiceStatus) GetObservedMatches() bool {
+	if x != nil {
+		return x.ObservedMatches
+	}
+	return false
+}
+
+func (x *ServiceStatus) GetProxyInstance() string {
+	if x != nil {
+		return x.ProxyInstance
+	}
+	return ""
+}
+
+func (x *ServiceStatus) GetDriftRepairs() uint64 {
+	if x != nil {
+		return x.DriftRepairs
+	}
+	return 0
+}
+
+func (x *ServiceStatus) GetDrift() string {
+	if x != nil {
+		return x.Drift
+	}
+	return ""
 }
 
 // LocalRollback records an agent moving its own node back to the old backend
@@ -875,7 +936,7 @@ const file_switchyard_v1_telemetry_proto_rawDesc = "" +
 	"\x06faults\x18\x14 \x03(\v2\x1a.switchyard.v1.ActiveFaultR\x06faults\x1a9\n" +
 	"\vLabelsEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
-	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"\x8c\x03\n" +
+	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"\xd9\x06\n" +
 	"\rServiceStatus\x12\x18\n" +
 	"\aservice\x18\x01 \x01(\tR\aservice\x12-\n" +
 	"\x12applied_generation\x18\x02 \x01(\x04R\x11appliedGeneration\x12\x1d\n" +
@@ -884,10 +945,22 @@ const file_switchyard_v1_telemetry_proto_rawDesc = "" +
 	"\aweights\x18\x04 \x03(\v2).switchyard.v1.ServiceStatus.WeightsEntryR\aweights\x123\n" +
 	"\x06driver\x18\x05 \x01(\x0e2\x1b.switchyard.v1.DriverHealthR\x06driver\x12\x18\n" +
 	"\amessage\x18\x06 \x01(\tR\amessage\x12C\n" +
-	"\x0elocal_rollback\x18\a \x01(\v2\x1c.switchyard.v1.LocalRollbackR\rlocalRollback\x1a:\n" +
+	"\x0elocal_rollback\x18\a \x01(\v2\x1c.switchyard.v1.LocalRollbackR\rlocalRollback\x12\\\n" +
+	"\x10observed_weights\x18< \x03(\v21.switchyard.v1.ServiceStatus.ObservedWeightsEntryR\x0fobservedWeights\x12Y\n" +
+	"\x0fobserved_states\x18= \x03(\v20.switchyard.v1.ServiceStatus.ObservedStatesEntryR\x0eobservedStates\x12)\n" +
+	"\x10observed_matches\x18> \x01(\bR\x0fobservedMatches\x12%\n" +
+	"\x0eproxy_instance\x18? \x01(\tR\rproxyInstance\x12#\n" +
+	"\rdrift_repairs\x18@ \x01(\x04R\fdriftRepairs\x12\x14\n" +
+	"\x05drift\x18A \x01(\tR\x05drift\x1a:\n" +
 	"\fWeightsEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
-	"\x05value\x18\x02 \x01(\rR\x05value:\x028\x01\"\xb6\x01\n" +
+	"\x05value\x18\x02 \x01(\rR\x05value:\x028\x01\x1aB\n" +
+	"\x14ObservedWeightsEntry\x12\x10\n" +
+	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
+	"\x05value\x18\x02 \x01(\rR\x05value:\x028\x01\x1aA\n" +
+	"\x13ObservedStatesEntry\x12\x10\n" +
+	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
+	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"\xb6\x01\n" +
 	"\rLocalRollback\x12\x1e\n" +
 	"\n" +
 	"generation\x18\x01 \x01(\x04R\n" +
@@ -921,7 +994,7 @@ func file_switchyard_v1_telemetry_proto_rawDescGZIP() []byte {
 }
 
 var file_switchyard_v1_telemetry_proto_enumTypes = make([]protoimpl.EnumInfo, 1)
-var file_switchyard_v1_telemetry_proto_msgTypes = make([]protoimpl.MessageInfo, 10)
+var file_switchyard_v1_telemetry_proto_msgTypes = make([]protoimpl.MessageInfo, 12)
 var file_switchyard_v1_telemetry_proto_goTypes = []any{
 	(DriverHealth)(0),             // 0: switchyard.v1.DriverHealth
 	(*HealthReport)(nil),          // 1: switchyard.v1.HealthReport
@@ -934,32 +1007,36 @@ var file_switchyard_v1_telemetry_proto_goTypes = []any{
 	(*ActiveFault)(nil),           // 8: switchyard.v1.ActiveFault
 	nil,                           // 9: switchyard.v1.AgentStatus.LabelsEntry
 	nil,                           // 10: switchyard.v1.ServiceStatus.WeightsEntry
-	(*timestamppb.Timestamp)(nil), // 11: google.protobuf.Timestamp
-	(*durationpb.Duration)(nil),   // 12: google.protobuf.Duration
+	nil,                           // 11: switchyard.v1.ServiceStatus.ObservedWeightsEntry
+	nil,                           // 12: switchyard.v1.ServiceStatus.ObservedStatesEntry
+	(*timestamppb.Timestamp)(nil), // 13: google.protobuf.Timestamp
+	(*durationpb.Duration)(nil),   // 14: google.protobuf.Duration
 }
 var file_switchyard_v1_telemetry_proto_depIdxs = []int32{
-	11, // 0: switchyard.v1.HealthReport.window_start:type_name -> google.protobuf.Timestamp
-	11, // 1: switchyard.v1.HealthReport.window_end:type_name -> google.protobuf.Timestamp
+	13, // 0: switchyard.v1.HealthReport.window_start:type_name -> google.protobuf.Timestamp
+	13, // 1: switchyard.v1.HealthReport.window_end:type_name -> google.protobuf.Timestamp
 	3,  // 2: switchyard.v1.HealthReport.backends:type_name -> switchyard.v1.BackendHealth
 	2,  // 3: switchyard.v1.HealthReport.probes:type_name -> switchyard.v1.ProbeResult
-	12, // 4: switchyard.v1.ProbeResult.latency:type_name -> google.protobuf.Duration
-	11, // 5: switchyard.v1.ProbeResult.at:type_name -> google.protobuf.Timestamp
+	14, // 4: switchyard.v1.ProbeResult.latency:type_name -> google.protobuf.Duration
+	13, // 5: switchyard.v1.ProbeResult.at:type_name -> google.protobuf.Timestamp
 	4,  // 6: switchyard.v1.BackendHealth.latency:type_name -> switchyard.v1.LatencySketch
 	9,  // 7: switchyard.v1.AgentStatus.labels:type_name -> switchyard.v1.AgentStatus.LabelsEntry
-	11, // 8: switchyard.v1.AgentStatus.at:type_name -> google.protobuf.Timestamp
+	13, // 8: switchyard.v1.AgentStatus.at:type_name -> google.protobuf.Timestamp
 	6,  // 9: switchyard.v1.AgentStatus.services:type_name -> switchyard.v1.ServiceStatus
 	8,  // 10: switchyard.v1.AgentStatus.faults:type_name -> switchyard.v1.ActiveFault
 	10, // 11: switchyard.v1.ServiceStatus.weights:type_name -> switchyard.v1.ServiceStatus.WeightsEntry
 	0,  // 12: switchyard.v1.ServiceStatus.driver:type_name -> switchyard.v1.DriverHealth
 	7,  // 13: switchyard.v1.ServiceStatus.local_rollback:type_name -> switchyard.v1.LocalRollback
-	11, // 14: switchyard.v1.LocalRollback.at:type_name -> google.protobuf.Timestamp
-	11, // 15: switchyard.v1.ActiveFault.since:type_name -> google.protobuf.Timestamp
-	11, // 16: switchyard.v1.ActiveFault.until:type_name -> google.protobuf.Timestamp
-	17, // [17:17] is the sub-list for method output_type
-	17, // [17:17] is the sub-list for method input_type
-	17, // [17:17] is the sub-list for extension type_name
-	17, // [17:17] is the sub-list for extension extendee
-	0,  // [0:17] is the sub-list for field type_name
+	11, // 14: switchyard.v1.ServiceStatus.observed_weights:type_name -> switchyard.v1.ServiceStatus.ObservedWeightsEntry
+	12, // 15: switchyard.v1.ServiceStatus.observed_states:type_name -> switchyard.v1.ServiceStatus.ObservedStatesEntry
+	13, // 16: switchyard.v1.LocalRollback.at:type_name -> google.protobuf.Timestamp
+	13, // 17: switchyard.v1.ActiveFault.since:type_name -> google.protobuf.Timestamp
+	13, // 18: switchyard.v1.ActiveFault.until:type_name -> google.protobuf.Timestamp
+	19, // [19:19] is the sub-list for method output_type
+	19, // [19:19] is the sub-list for method input_type
+	19, // [19:19] is the sub-list for extension type_name
+	19, // [19:19] is the sub-list for extension extendee
+	0,  // [0:19] is the sub-list for field type_name
 }
 
 func init() { file_switchyard_v1_telemetry_proto_init() }
@@ -973,7 +1050,7 @@ func file_switchyard_v1_telemetry_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_switchyard_v1_telemetry_proto_rawDesc), len(file_switchyard_v1_telemetry_proto_rawDesc)),
 			NumEnums:      1,
-			NumMessages:   10,
+			NumMessages:   12,
 			NumExtensions: 0,
 			NumServices:   0,
 		},
