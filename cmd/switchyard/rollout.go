@@ -298,7 +298,8 @@ func awaitPublished(ctx context.Context, nc *nats.Conn, service string, generati
 				why = "reading the bus failed: " + lastErr.Error()
 			}
 			return fmt.Errorf("%w: committed generation %d of %s did not reach the bus within %s (--publish-timeout); %s. "+
-				"No proxy has been told; the leader keeps retrying, see its /healthz and logs", bus.ErrNotPublished, generation, service, wait, why)
+				"Agents read their desired state from the bus, so the fleet may not follow; the leader keeps retrying, see its /healthz and logs",
+				bus.ErrNotPublished, generation, service, wait, why)
 		case <-t.C:
 		}
 	}
