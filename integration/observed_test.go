@@ -181,6 +181,23 @@ func TestObserved_HAProxyKilledUnderRolloutNeverShownConverged(t *testing.T) {
 		}); err != nil {
 			t.Fatal(err)
 		}
+		// Traffic on the repaired proxy before the next kill.
+		if err := harness.Poll(ctx, 10*time.Millisecond, func(context.Context) error {
+			mu.Lock()
+			defer mu.Unlock()
+			n := 0
+			for _, a := range answers {
+				if a.start.After(repairedAt[i]) {
+					n++
+				}
+			}
+			if n < 50 {
+				return fmt.Errorf("restart %d: %d requests since the repair", i+1, n)
+			}
+			return nil
+		}); err != nil {
+			t.Fatal(err)
+		}
 	}
 	stop()
 	wg.Wait()
