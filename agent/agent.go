@@ -289,7 +289,10 @@ func (a *Agent) Run(ctx context.Context) error {
 	// Services start before the bus: repairing the proxy from local state
 	// needs no bus.
 	for _, w := range res.workers {
+		w.heldByDrill = func() bool { return drills.holdsBackend(w.name) }
+		w.proxyLost = func(why string) { a.proxyLost(w.name, why) }
 		wg.Go(func() { w.run(ctx) })
+		wg.Go(func() { w.observeLoop(ctx, a.cfg.ObserveInterval) })
 	}
 	// Faults a previous run left behind are reverted from the journal
 	// first thing, bus or not.
@@ -310,6 +313,9 @@ func (a *Agent) Run(ctx context.Context) error {
 		default:
 		}
 	}
+	// startPolled is set when Run itself reads the documents on the first
+	// connection, so the connect handler need not read them again.
+	var startPolled atomic.Bool
 	// RetryOnFailedConnect: an edge node that boots while the bus is
 	// unreachable (a WAN link down, NATS restarting) must still serve from
 	// its local state; the connection keeps trying in the background and
@@ -327,8 +333,13 @@ func (a *Agent) Run(ctx context.Context) error {
 		// A bus_drop fault refuses the dials until it ends.
 		nats.SetCustomDialer(drills.gate),
 		nats.ConnectHandler(func(c *nats.Conn) {
-			a.log.Info("nats connected; resyncing desired state", "url", c.ConnectedUrlRedacted())
 			a.busFound()
+			if startPolled.Load() {
+				// Run read every document on this connection already.
+				a.log.Info("nats connected", "url", c.ConnectedUrlRedacted())
+				return
+			}
+			a.log.Info("nats connected; resyncing desired state", "url", c.ConnectedUrlRedacted())
 			resync()
 		}),
 		nats.ReconnectHandler(func(c *nats.Conn) {
@@ -365,11 +376,18 @@ func (a *Agent) Run(ctx context.Context) error {
 	p := &desiredPoller{js: js, log: a.log, m: a.m}
 	if nc.IsConnected() {
 		a.busFound()
+		startPolled.Store(true)
 		if err := nc.FlushTimeout(busTimeout); err != nil {
 			a.log.Warn("subscribe to desired state: flush; the next resync catches up", "err", err)
 		}
 		p.poll(ctx, res.workers)
 		drills.requestPoll()
+		// A connect handler that ran before startPolled was set asked for
+		// the same read; it is done.
+		select {
+		case <-reconnected:
+		default:
+		}
 	} else {
 		a.log.Warn("nats unreachable at start; serving from local state and retrying in the background", "url", a.natsURL)
 	}
@@ -527,6 +545,7 @@ func (a *Agent) open() (_ *resources, err error) {
 			inbox:      newInbox[delivery](inboxCap),
 			trust:      a.trust,
 			driftCheck: make(chan struct{}, 1),
+			observeNow: make(chan struct{}, 1),
 			guard:      make(chan localRollbackRequest, 1),
 			applied:    applied,
 			prober: &prober{
@@ -646,15 +665,36 @@ func (a *Agent) resyncLoop(ctx context.Context, p *desiredPoller, workers []*ser
 	}
 }
 
-// setServiceStatus records a service's new status and wakes the status loop.
+// setServiceStatus records a service's status and, if it changed, wakes
+// the status loop.
 func (a *Agent) setServiceStatus(st *sv1.ServiceStatus) {
 	a.mu.Lock()
+	if proto.Equal(a.services[st.GetService()], st) {
+		a.mu.Unlock()
+		return
+	}
 	a.services[st.GetService()] = st
 	a.mu.Unlock()
-	select {
-	case a.statusChanged <- struct{}{}:
-	default:
+	a.statusDirty()
+}
+
+// proxyLost marks a service's status as not doing what was applied, with
+// nothing read back, until its service goroutine reports again.
+func (a *Agent) proxyLost(service, why string) {
+	a.mu.Lock()
+	cur := a.services[service]
+	if cur == nil || (!cur.GetObservedMatches() && len(cur.GetObservedWeights()) == 0) {
+		a.mu.Unlock()
+		return
 	}
+	st := proto.CloneOf(cur)
+	st.ObservedMatches = false
+	st.ObservedWeights = nil
+	st.ObservedStates = nil
+	st.Drift = why
+	a.services[service] = st
+	a.mu.Unlock()
+	a.statusDirty()
 }
 
 // status assembles the agent's status from its services' latest reports.

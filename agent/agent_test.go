@@ -249,7 +249,7 @@ func TestAgent_UnreachableProxyShowsBeforeFirstRollout(t *testing.T) {
 	st := waitStatus(t, statuses, "web degraded", func(st *sv1.AgentStatus) bool {
 		return serviceStatus(st, "web").GetDriver() == sv1.DriverHealth_DRIVER_HEALTH_DEGRADED
 	})
-	if msg := serviceStatus(st, "web").GetMessage(); !strings.Contains(msg, "read proxy weights") {
+	if msg := serviceStatus(st, "web").GetMessage(); !strings.Contains(msg, "read proxy") {
 		t.Errorf("message = %q, want the failed read named", msg)
 	}
 	waitStatus(t, statuses, "web healthy again", func(st *sv1.AgentStatus) bool {
@@ -357,6 +357,9 @@ func TestAgent_PublishesStatusOnChangeAndHeartbeat(t *testing.T) {
 		RolloutId:         "r-42",
 		Weights:           map[string]uint32{"blue": 60, "green": 40},
 		Driver:            sv1.DriverHealth_DRIVER_HEALTH_OK,
+		// Read back from the proxy after applying, before the status went out.
+		ObservedWeights: map[string]uint32{"blue": 60, "green": 40},
+		ObservedMatches: true,
 	}
 	if got := serviceStatus(st, "web"); !proto.Equal(got, want) {
 		t.Errorf("service status = %v, want %v", got, want)

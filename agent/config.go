@@ -29,6 +29,10 @@ const (
 	DefaultResync            = 30 * time.Second
 	DefaultNATS              = "nats://127.0.0.1:4222"
 	DefaultTelemetryInterval = time.Second
+	// DefaultObserveInterval is how often the agent reads its proxy back:
+	// a restart, reload or hand edit is then noticed well within a second
+	// even where the driver cannot watch its proxy's connection.
+	DefaultObserveInterval = 250 * time.Millisecond
 )
 
 // Defaults of the local guard: conservative, so that it only acts on a new
@@ -82,6 +86,10 @@ type Config struct {
 	Resync time.Duration `yaml:"resync"`
 	// TelemetryInterval is the length of one HealthReport window.
 	TelemetryInterval time.Duration `yaml:"telemetryInterval"`
+	// ObserveInterval is how often the agent reads each proxy back (its
+	// weights, which backends it holds out, which process runs) and repairs
+	// what does not match the applied state.
+	ObserveInterval time.Duration `yaml:"observeInterval"`
 	// LocalGuard lets the agent move its own node back to the old backend
 	// when it is cut off from the bus and the new backend is failing.
 	LocalGuard LocalGuardConfig `yaml:"localGuard"`
@@ -303,6 +311,9 @@ func (c *Config) setDefaults() {
 	if c.TelemetryInterval == 0 {
 		c.TelemetryInterval = DefaultTelemetryInterval
 	}
+	if c.ObserveInterval == 0 {
+		c.ObserveInterval = DefaultObserveInterval
+	}
 	g := &c.LocalGuard
 	if g.AfterDisconnect == 0 {
 		g.AfterDisconnect = DefaultGuardAfterDisconnect
@@ -400,6 +411,9 @@ func (c *Config) Validate() error {
 	}
 	if _, err := c.Trust.keyring(); err != nil {
 		probs = append(probs, err)
+	}
+	if c.ObserveInterval < 10*time.Millisecond {
+		bad("observeInterval", "%s: must be at least 10ms", c.ObserveInterval)
 	}
 	probs = append(probs, c.LocalGuard.validate(c.TelemetryInterval)...)
 	logBackends := map[string]string{} // log socket + HAProxy backend -> service

@@ -865,6 +865,20 @@ func (f *drillFollower) activeFaults() []*sv1.ActiveFault {
 	return out
 }
 
+// holdsBackend reports whether a drill fault active on this node puts one
+// of service's backends in drain or maintenance on purpose, so the agent
+// does not take it for drift and undo it.
+func (f *drillFollower) holdsBackend(service string) bool {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	for _, s := range f.spans {
+		if s.service == service && s.kind == kindBackendState && s.ended.IsZero() {
+			return true
+		}
+	}
+	return false
+}
+
 // drillDuring names a drill whose fault on this node overlapped a window
 // of the service's telemetry; "" when none did. With several, the one
 // injected first wins.

@@ -40,8 +40,9 @@ func (a *Agent) serveHTTP() (*http.Server, error) {
 	return srv, nil
 }
 
-// healthz answers 200 when the agent is connected to the bus and can drive
-// every proxy, else 503; the body says why.
+// healthz answers 200 when the agent is connected to the bus, can drive
+// every proxy, and every proxy was read back doing what the agent applied;
+// else 503, and the body says why.
 func (a *Agent) healthz(w http.ResponseWriter, _ *http.Request) {
 	var problems []string
 	select {
@@ -55,6 +56,13 @@ func (a *Agent) healthz(w http.ResponseWriter, _ *http.Request) {
 	for _, s := range a.status(false).GetServices() {
 		if s.GetDriver() == sv1.DriverHealth_DRIVER_HEALTH_DEGRADED {
 			problems = append(problems, fmt.Sprintf("service %s: driver degraded: %s", s.GetService(), s.GetMessage()))
+		}
+		if !s.GetObservedMatches() {
+			why := s.GetDrift()
+			if why == "" {
+				why = "not read back yet"
+			}
+			problems = append(problems, fmt.Sprintf("service %s: proxy does not do what was applied: %s", s.GetService(), why))
 		}
 	}
 	w.Header().Set("Content-Type", "text/plain; charset=utf-8")

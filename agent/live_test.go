@@ -55,11 +55,10 @@ func TestAgentLive_HAProxyRestartRestoredWithinOneResync(t *testing.T) {
 		t.Fatal(err)
 	}
 	restarted := time.Now()
-	if got := lp.weights(t); !maps.Equal(got, allBlue) {
-		t.Fatalf("after restart HAProxy has %v, want its config's %v", got, allBlue)
-	}
-	// The next resync tick, at most one period away, finds and repairs the
-	// drift; the margin covers a slow CI machine, not a second period.
+	// The agent usually has green back before Restart returns (it watches
+	// the admin socket and reads HAProxy back every observe interval); at
+	// the latest the next resync tick finds it. The margin covers a slow
+	// CI machine, not a second period.
 	lp.waitWeights(t, cfg.Resync+time.Second, allGreen)
 	t.Logf("weights restored %s after the restart (resync %s)", time.Since(restarted).Round(time.Millisecond), cfg.Resync)
 	ra.waitMetric(t, 1, "switchyard_agent_drift_total", "service", "web")

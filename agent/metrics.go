@@ -111,6 +111,7 @@ type metrics struct {
 	documentExpired   *prometheus.GaugeVec
 	appliedEpoch      *prometheus.GaugeVec
 	drift             *prometheus.CounterVec
+	observedMatch     *prometheus.GaugeVec
 	appliedGeneration *prometheus.GaugeVec
 	driverDegraded    *prometheus.GaugeVec
 	stateSaveErrors   *prometheus.CounterVec
@@ -153,7 +154,11 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 		}, []string{"service"}),
 		drift: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "switchyard_agent_drift_total",
-			Help: "Times the proxy's weights differed from the applied state and the agent re-applied them.",
+			Help: "Times the proxy was read back not doing what was applied (restarted, reloaded, a weight or state changed by hand) and the agent set it back.",
+		}, []string{"service"}),
+		observedMatch: prometheus.NewGaugeVec(prometheus.GaugeOpts{
+			Name: "switchyard_agent_observed_match",
+			Help: "1 while the service's proxy, as last read back, does what the agent applied; 0 while it differs or cannot be read.",
 		}, []string{"service"}),
 		appliedGeneration: prometheus.NewGaugeVec(prometheus.GaugeOpts{
 			Name: "switchyard_agent_applied_generation",
@@ -218,7 +223,7 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 	}
 	var errs []error
 	for _, c := range []prometheus.Collector{
-		m.applies, m.applySeconds, m.rejected, m.drift, m.appliedGeneration, m.documentExpired, m.appliedEpoch,
+		m.applies, m.applySeconds, m.rejected, m.drift, m.observedMatch, m.appliedGeneration, m.documentExpired, m.appliedEpoch,
 		m.driverDegraded, m.stateSaveErrors, m.busReconnects, m.resyncErrors,
 		m.busConnected, m.reports, m.logLines, m.probes, m.localRollbacks, m.droppedLogLines,
 		m.faultsActive, m.faults, m.drillRejected, m.hookRuns,
@@ -254,6 +259,7 @@ func (m *metrics) initService(service string) {
 	m.documentExpired.WithLabelValues(service)
 	m.appliedEpoch.WithLabelValues(service)
 	m.drift.WithLabelValues(service)
+	m.observedMatch.WithLabelValues(service)
 	m.appliedGeneration.WithLabelValues(service)
 	m.driverDegraded.WithLabelValues(service)
 	m.stateSaveErrors.WithLabelValues(service)

@@ -160,6 +160,18 @@ type serviceWorker struct {
 	// driftCheck asks run to read the proxy back and repair drift (on every
 	// resync) and to retry a refused document.
 	driftCheck chan struct{}
+	// observeNow asks run to read the proxy back and repair drift (every
+	// observe interval, and when the driver sees its proxy connection drop
+	// or return).
+	observeNow chan struct{}
+	// heldByDrill reports whether a drill fault of this node holds one of
+	// the service's backends out of rotation on purpose; nil means never.
+	heldByDrill func() bool
+	// seen is what the proxy was last read back doing.
+	seen observed
+	// proxyLost marks the reported status as not matching at once, from
+	// any goroutine, until the service reports again.
+	proxyLost func(why string)
 
 	// applied is what the proxy was last set to; nil before the first apply.
 	applied *sv1.AppliedState
@@ -188,7 +200,6 @@ type serviceWorker struct {
 	health       sv1.DriverHealth
 	message      string
 	backoff      time.Duration
-	lastSent     *sv1.ServiceStatus
 }
 
 // onMsg receives a push on the service's KV key subject.
@@ -298,6 +309,25 @@ func (w *serviceWorker) run(ctx context.Context) {
 			if !retrying {
 				step()
 			}
+		case <-w.observeNow:
+			w.check = true
+			switch {
+			case !retrying:
+				step()
+			case w.health == sv1.DriverHealth_DRIVER_HEALTH_DEGRADED:
+				// The proxy was failing: look now rather than at the end of
+				// the backoff, so a proxy that is back is repaired at once.
+				retry.Stop()
+				retrying = false
+				step()
+			default:
+				// A document held back by its preflight keeps its backoff;
+				// the proxy is still watched meanwhile.
+				if err := w.checkProxy(ctx); err != nil && ctx.Err() == nil {
+					w.log.Debug("proxy check failed while a document waits for its preflight", "err", err)
+				}
+				w.sendStatus()
+			}
 		case <-retry.C:
 			retrying = false
 			step()
@@ -382,6 +412,7 @@ func (w *serviceWorker) localRollback(ctx context.Context, req localRollbackRequ
 		Reason:     fmt.Sprintf("bus lost for %s and %s", req.busDownFor.Round(time.Second), req.reason),
 		At:         timestamppb.New(now),
 	}
+	w.check = true
 	w.m.localRollbacks.WithLabelValues(w.name).Inc()
 	log.Error("local guard moved this node back to the old backend", "from", req.to, "to", req.from, "weights", weights, "reason", lr.GetReason())
 	w.commit(log, &sv1.AppliedState{
@@ -632,7 +663,8 @@ func (w *serviceWorker) applyPending(ctx context.Context) error {
 	}
 	from, to := w.direction(ds, before, weights)
 	log.Info("desired state applied", "weights", weights, "wave", wave, "from", from, "to", to)
-	w.check = false
+	// Read back what the proxy now does before the status claims it.
+	w.check = true
 	prevRollout := w.applied.GetDesired().GetRolloutId()
 	w.commit(log, &sv1.AppliedState{
 		Service:     w.name,
@@ -746,43 +778,6 @@ func (w *serviceWorker) publishView() {
 // currentView is the latest applied state, safe from any goroutine.
 func (w *serviceWorker) currentView() *appliedView { return w.view.Load() }
 
-// checkProxy reads the proxy's weights and re-applies the applied ones if
-// the proxy no longer has them (it restarted or was reloaded under the
-// agent).
-func (w *serviceWorker) checkProxy(ctx context.Context) error {
-	rctx, cancel := context.WithTimeout(ctx, w.timing.applyTimeout)
-	have, err := w.drv.Weights(rctx)
-	cancel()
-	if err != nil {
-		return fmt.Errorf("read proxy weights: %w", err)
-	}
-	want := w.applied.GetWeights()
-	if !drifted(want, have) {
-		w.check = false
-		return nil
-	}
-	log := w.log.With("generation", w.applied.GetDesired().GetGeneration(), "rollout", w.applied.GetDesired().GetRolloutId())
-	log.Warn("proxy weights drifted from the applied state; re-applying", "want", want, "have", have)
-	w.m.drift.WithLabelValues(w.name).Inc()
-	if err := w.setWeights(ctx, want); err != nil {
-		return fmt.Errorf("repair drift: %w", err)
-	}
-	w.check = false
-	log.Info("drift repaired", "weights", want)
-	return nil
-}
-
-// drifted reports whether have lacks any weight of want. Backends want does
-// not name are not the agent's business.
-func drifted(want, have map[string]uint32) bool {
-	for b, v := range want {
-		if hv, ok := have[b]; !ok || hv != v {
-			return true
-		}
-	}
-	return false
-}
-
 // setWeights calls the driver, bounded by the apply timeout, and measures it.
 func (w *serviceWorker) setWeights(ctx context.Context, weights map[string]uint32) error {
 	ctx, cancel := context.WithTimeout(ctx, w.timing.applyTimeout)
@@ -829,15 +824,19 @@ func (w *serviceWorker) sendStatus() {
 		AppliedEpoch:      w.applied.GetDesired().GetEpoch(),
 		DocumentExpired:   w.applied != nil && w.expired,
 		DocumentExpiresAt: w.applied.GetExpiresAt(),
+		ObservedWeights:   maps.Clone(w.seen.obs.Weights),
+		ObservedStates:    maps.Clone(w.seen.obs.Held),
+		ObservedMatches:   w.observedMatches(),
+		ProxyInstance:     w.seen.instance,
+		DriftRepairs:      w.seen.repairs,
+		Drift:             w.seen.drift,
 	}
 	for _, r := range w.hookRuns {
 		if r.GetRolloutId() == st.GetRolloutId() {
 			st.HookRuns = append(st.HookRuns, proto.CloneOf(r))
 		}
 	}
-	if proto.Equal(st, w.lastSent) {
-		return
-	}
-	w.lastSent = st
+	// The agent keeps only changes: a status it marked lost meanwhile is
+	// replaced by this one even when it equals the last one sent.
 	w.report(st)
 }

@@ -102,6 +102,9 @@ func (f *fleet) nodesFor(service string) []*sv1.NodeView {
 				AppliedEpoch:      svc.GetAppliedEpoch(),
 				DocumentExpired:   svc.GetDocumentExpired(),
 				HookRuns:          svc.GetHookRuns(),
+				ObservedWeights:   maps.Clone(svc.GetObservedWeights()),
+				ObservedMatches:   svc.GetObservedMatches(),
+				Drift:             svc.GetDrift(),
 			}
 			if cur, ok := f.current(service); ok {
 				v.Diverged = agreement(nodeFence(v), cur) == Diverged
@@ -114,18 +117,35 @@ func (f *fleet) nodesFor(service string) []*sv1.NodeView {
 }
 
 // converged counts the live nodes that applied exactly the document of
-// fence want, and the live nodes in all.
+// fence want and whose proxy is seen doing it, and the live nodes in all.
 func converged(nodes []*sv1.NodeView, want bus.Fence) (applied, live int) {
 	for _, n := range nodes {
 		if n.GetStale() {
 			continue
 		}
 		live++
-		if agreement(nodeFence(n), want) == Current {
+		if agreement(nodeFence(n), want) == Current && observedMatches(n) {
 			applied++
 		}
 	}
 	return applied, live
+}
+
+// observedMatches is true when a node's proxy, as its agent last read it
+// back, does what the agent applied: the agent says so, and the weights it
+// read are the weights it applied. What the agent last wrote is not enough:
+// a proxy restarted from its config serves other weights until repaired.
+func observedMatches(n *sv1.NodeView) bool {
+	if !n.GetObservedMatches() {
+		return false
+	}
+	have := n.GetObservedWeights()
+	for b, w := range n.GetWeights() {
+		if hw, ok := have[b]; !ok || hw != w {
+			return false
+		}
+	}
+	return true
 }
 
 // Convergence counts the live nodes of a service that applied exactly the

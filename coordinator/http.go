@@ -6,6 +6,7 @@ import (
 	"log"
 	"net"
 	"net/http"
+	"strings"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus/promhttp"
@@ -22,14 +23,7 @@ func (s *Server) startHTTP() error {
 	if s.cfg.Gatherer != nil {
 		mux.Handle("GET /metrics", promhttp.HandlerFor(s.cfg.Gatherer, promhttp.HandlerOpts{}))
 	}
-	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) {
-		_, leader := s.raft.LeaderWithID()
-		if leader == "" {
-			http.Error(w, "no leader", http.StatusServiceUnavailable)
-			return
-		}
-		fmt.Fprintf(w, "ok leader=%s\n", leader)
-	})
+	mux.HandleFunc("GET /healthz", s.healthz)
 	mux.HandleFunc("GET /v1/rollouts", func(w http.ResponseWriter, r *http.Request) {
 		ans, err := s.Rollouts(&sv1.RolloutsQuery{Rollout: r.URL.Query().Get("name")})
 		if err != nil {
@@ -63,4 +57,29 @@ func (s *Server) startHTTP() error {
 		}
 	}()
 	return nil
+}
+
+// healthz answers 200 when this coordinator knows a leader, is connected to
+// NATS, and (on the leader) its writes of desired state reach the bus; else
+// 503, with every problem named in the body.
+func (s *Server) healthz(w http.ResponseWriter, _ *http.Request) {
+	var problems []string
+	_, leader := s.raft.LeaderWithID()
+	if leader == "" {
+		problems = append(problems, "raft: no leader")
+	}
+	if s.nc == nil || !s.nc.IsConnected() {
+		problems = append(problems, "nats: not connected")
+	}
+	if since, err := s.publisher.health(); err != nil {
+		problems = append(problems, fmt.Sprintf("publish: writes of desired state to the bus failing for %s: %v",
+			time.Since(since).Round(time.Second), err))
+	}
+	w.Header().Set("Content-Type", "text/plain; charset=utf-8")
+	if len(problems) > 0 {
+		w.WriteHeader(http.StatusServiceUnavailable)
+		fmt.Fprintln(w, strings.Join(problems, "\n"))
+		return
+	}
+	fmt.Fprintf(w, "ok leader=%s\n", leader)
 }

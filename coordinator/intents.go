@@ -163,6 +163,13 @@ func (s *Server) handleIntent(ctx context.Context, msg jetstream.Msg) {
 		return
 	}
 	res := resp.Applied.Result
+	if svc := resp.Applied.Changed; len(svc) == 1 && res.GetAccepted() {
+		// The sender waits for the bus to carry this generation; the
+		// result kept in the state stays as committed.
+		res = proto.CloneOf(res)
+		res.Service = svc[0]
+		res.Generation = s.fsm.State().Desired(svc[0]).GetGeneration()
+	}
 	log := s.log.With("intent", in.GetId(), "operator", in.GetOperator(), "index", index, "rollout", res.GetRolloutId())
 	switch {
 	case res.GetDuplicate():

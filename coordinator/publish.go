@@ -26,6 +26,32 @@ type publisher struct {
 	mu    sync.Mutex
 	dirty map[docKey]bool
 	wake  chan struct{}
+	// failingSince is when writes began to fail, zero while they succeed
+	// (or this coordinator does not publish); lastErr is the latest failure.
+	failingSince time.Time
+	lastErr      error
+}
+
+// health says whether this coordinator's writes to the bus are failing:
+// since when and why; err is nil while they succeed or it writes nothing.
+func (p *publisher) health() (since time.Time, err error) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return p.failingSince, p.lastErr
+}
+
+// result records the outcome of one round of writes.
+func (p *publisher) result(err error) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if err == nil {
+		p.failingSince, p.lastErr = time.Time{}, nil
+		return
+	}
+	if p.failingSince.IsZero() {
+		p.failingSince = time.Now()
+	}
+	p.lastErr = err
 }
 
 // docKey names one published document: a service's desired state or a
@@ -79,6 +105,9 @@ func (p *publisher) markAll() {
 // leader cannot know what its predecessor managed to write.
 func (p *publisher) run(ctx context.Context) {
 	s := p.s
+	// A coordinator that stops leading stops publishing; its failures are
+	// not its health any more.
+	defer p.result(nil)
 	var kv, drillsKV jetstream.KeyValue
 	for {
 		var err error
@@ -88,6 +117,7 @@ func (p *publisher) run(ctx context.Context) {
 		if err == nil {
 			break
 		}
+		p.result(err)
 		s.log.Warn("KV buckets unavailable; retrying", "err", err)
 		select {
 		case <-ctx.Done():
@@ -107,6 +137,7 @@ func (p *publisher) run(ctx context.Context) {
 		case <-p.wake:
 		}
 		var failed []docKey
+		var lastErr error
 		for _, k := range p.take() {
 			var (
 				res   bus.PutResult
@@ -149,8 +180,10 @@ func (p *publisher) run(ctx context.Context) {
 				s.metrics.publishes.WithLabelValues("error").Inc()
 				log.Warn("publish desired state failed; will retry", "err", err)
 				failed = append(failed, k)
+				lastErr = err
 			}
 		}
+		p.result(lastErr)
 		if len(failed) > 0 {
 			select {
 			case <-ctx.Done():

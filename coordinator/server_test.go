@@ -119,7 +119,7 @@ func desiredInBucket(t *testing.T, nc *nats.Conn, service string) *sv1.DesiredSt
 func publishStatus(t *testing.T, nc *nats.Conn, node string, gen uint64) {
 	t.Helper()
 	b, _ := proto.Marshal(&sv1.AgentStatus{Node: node, Services: []*sv1.ServiceStatus{{
-		Service: "web", AppliedGeneration: gen, Driver: sv1.DriverHealth_DRIVER_HEALTH_OK,
+		Service: "web", AppliedGeneration: gen, Driver: sv1.DriverHealth_DRIVER_HEALTH_OK, ObservedMatches: true,
 	}}})
 	if err := nc.Publish(bus.StatusSubject(node), b); err != nil {
 		t.Fatal(err)

@@ -54,3 +54,33 @@ type BackendCounters struct {
 type StatsReader interface {
 	Counters(ctx context.Context) ([]BackendCounters, error)
 }
+
+// Observation is what a proxy does now, read back from it rather than
+// remembered from what the agent last wrote.
+type Observation struct {
+	// Weights are the weights the proxy has now, by backend name.
+	Weights map[string]uint32
+	// Held names the backends the proxy keeps out of rotation whatever
+	// their weight, with why: "drain" or "maint".
+	Held map[string]string
+	// Instance identifies the running proxy process; it changes when the
+	// proxy restarts or reloads. Empty when the driver cannot tell.
+	Instance string
+}
+
+// Observer is implemented by drivers that can read more of their proxy's
+// live state than its weights (which backends are held out of rotation,
+// which process runs). Drivers without it are observed through Weights.
+type Observer interface {
+	Observe(ctx context.Context) (Observation, error)
+}
+
+// Watcher is implemented by drivers that hold a connection to their proxy
+// and can tell at once when it drops or comes back (a proxy killed,
+// restarted or reloaded), rather than at the agent's next look.
+type Watcher interface {
+	// Watch calls changed(false) as soon as the connection to the proxy
+	// drops and changed(true) whenever it is made again, until ctx ends.
+	// changed must not block.
+	Watch(ctx context.Context, changed func(up bool))
+}

@@ -11,6 +11,8 @@ import (
 	"os"
 	"os/signal"
 	"syscall"
+
+	"github.com/switchyard/switchyard/bus"
 )
 
 // Exit codes.
@@ -18,6 +20,9 @@ const (
 	exitOK      = 0
 	exitFailure = 1 // the command ran and failed, or the request was refused
 	exitUsage   = 2 // the command line was wrong
+	// exitNotPublished: the coordinators committed the change, but the
+	// desired state did not reach the bus, so no proxy follows it yet.
+	exitNotPublished = 3
 )
 
 // errUsage marks command-line mistakes; the message has been printed.
@@ -86,6 +91,9 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 		return exitOK
 	case errors.Is(err, errUsage):
 		return exitUsage
+	case errors.Is(err, bus.ErrNotPublished):
+		fmt.Fprintf(stderr, "error: %v\n", err)
+		return exitNotPublished
 	default:
 		fmt.Fprintf(stderr, "error: %v\n", err)
 		return exitFailure

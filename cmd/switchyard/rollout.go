@@ -14,6 +14,7 @@ import (
 	"time"
 
 	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
 	"github.com/nats-io/nuid"
 	"google.golang.org/protobuf/encoding/protojson"
 	"google.golang.org/protobuf/proto"
@@ -40,6 +41,9 @@ const rolloutUsage = `Usage:
                                             replay telemetry against a spec, offline
 Common flags: --nats URL (env SWITCHYARD_NATS), --nats-creds FILE, --nats-ca FILE (env
 SWITCHYARD_NATS_CREDS, SWITCHYARD_NATS_CA), --timeout D, -o table|json, --reason TEXT.
+Verbs that change desired state (apply, abort, undo, pause, resume, approve, promote) wait,
+after the commit, until the bus carries it (--publish-timeout D, 0 to skip; exit 3 when it
+does not get there) and, with --wait, until every live node's proxy is seen doing it.
 `
 
 // clientFlags are the flags of every verb that talks to the coordinators.
@@ -49,6 +53,22 @@ type clientFlags struct {
 	output   string
 	operator string
 	security natsSecurityFlags
+	// publishWait and converge are the intent verbs' waits (registerWaits);
+	// zero for the others.
+	publishWait time.Duration
+	converge    bool
+}
+
+// defaultPublishWait is how long an intent verb waits, after the commit,
+// for the bus to carry the new desired state.
+const defaultPublishWait = 15 * time.Second
+
+// registerWaits adds the flags of verbs that change desired state: how long
+// to wait for the bus, and whether to wait for the fleet.
+func (c *clientFlags) registerWaits(fs *flag.FlagSet) {
+	fs.DurationVar(&c.publishWait, "publish-timeout", defaultPublishWait,
+		"after the commit, how long to wait for the new desired state to reach the bus (0: do not wait)")
+	fs.BoolVar(&c.converge, "wait", false, "after publishing, wait (up to --timeout) until every live node's proxy is seen doing it")
 }
 
 func (c *clientFlags) register(fs *flag.FlagSet) {
@@ -150,6 +170,7 @@ func rolloutApply(ctx context.Context, args []string, stdout, stderr io.Writer) 
 	fs := newFlags("rollout apply", stderr)
 	var c clientFlags
 	c.register(fs)
+	c.registerWaits(fs)
 	file := fs.String("f", "", "rollout spec file (YAML); - reads standard input")
 	pos, err := c.parse(fs, args, stderr)
 	if err != nil {
@@ -171,6 +192,7 @@ func rolloutControl(ctx context.Context, verb string, args []string, stdout, std
 	fs := newFlags("rollout "+verb, stderr)
 	var c clientFlags
 	c.register(fs)
+	c.registerWaits(fs)
 	reason := fs.String("reason", "", "why, for the record")
 	full := fs.Bool("full", false, "promote: skip every remaining step and wave")
 	pos, err := c.parse(fs, args, stderr)
@@ -234,7 +256,100 @@ func sendIntent(ctx context.Context, c clientFlags, kind string, in *sv1.Intent,
 	if !res.GetAccepted() {
 		return fmt.Errorf("%w by the coordinator (%s):\n%s", errRefused, res.GetCode(), indent(errors.New(res.GetError())))
 	}
-	return nil
+	if res.GetService() == "" || res.GetGeneration() == 0 || c.publishWait <= 0 {
+		return nil
+	}
+	if err := awaitPublished(ctx, nc, res.GetService(), res.GetGeneration(), c.publishWait); err != nil {
+		return err
+	}
+	if c.output != "json" {
+		fmt.Fprintf(stdout, "published: the bus carries generation %d of %s\n", res.GetGeneration(), res.GetService())
+	}
+	if !c.converge {
+		return nil
+	}
+	return awaitConverged(ctx, c, res, stdout)
+}
+
+// awaitPublished polls the desired-state bucket until it carries generation
+// (or a newer one) for service. A committed decision that never reaches
+// the bus has changed no proxy; that is an error of its own, with what the
+// bucket holds and the last error reading it.
+func awaitPublished(ctx context.Context, nc *nats.Conn, service string, generation uint64, wait time.Duration) error {
+	js, err := jetstream.New(nc)
+	if err != nil {
+		return fmt.Errorf("jetstream: %w", err)
+	}
+	ctx, cancel := context.WithTimeout(ctx, wait)
+	defer cancel()
+	var have uint64
+	var lastErr error
+	t := time.NewTicker(100 * time.Millisecond)
+	defer t.Stop()
+	for {
+		rctx, rcancel := context.WithTimeout(ctx, 2*time.Second)
+		g, err := bus.PublishedGeneration(rctx, js, service)
+		rcancel()
+		if err == nil {
+			if g >= generation {
+				return nil
+			}
+			have, lastErr = g, nil
+		} else if ctx.Err() == nil {
+			lastErr = err
+		}
+		select {
+		case <-ctx.Done():
+			why := fmt.Sprintf("the bus still carries generation %d", have)
+			if lastErr != nil {
+				why = "reading the bus failed: " + lastErr.Error()
+			}
+			return fmt.Errorf("%w: committed generation %d of %s did not reach the bus within %s (--publish-timeout); %s. "+
+				"Agents read their desired state from the bus, so the fleet may not follow; the leader keeps retrying, see its /healthz and logs",
+				bus.ErrNotPublished, generation, service, wait, why)
+		case <-t.C:
+		}
+	}
+}
+
+// awaitConverged polls the rollout's status until every live node's proxy
+// is seen doing the published generation (or a newer one), or --timeout.
+func awaitConverged(ctx context.Context, c clientFlags, res *sv1.IntentResult, stdout io.Writer) error {
+	ctx, cancel := context.WithTimeout(ctx, c.timeout)
+	defer cancel()
+	last := "no answer"
+	t := time.NewTicker(200 * time.Millisecond)
+	defer t.Stop()
+	for {
+		ans, err := queryRollouts(ctx, c, &sv1.RolloutsQuery{Rollout: res.GetRolloutId()})
+		if err == nil && len(ans.GetRollouts()) == 1 {
+			v := ans.GetRollouts()[0]
+			live, at := 0, 0
+			for _, n := range v.GetNodes() {
+				if n.GetStale() {
+					continue
+				}
+				live++
+				if n.GetAppliedGeneration() >= res.GetGeneration() && n.GetObservedMatches() {
+					at++
+				}
+			}
+			if live > 0 && at == live {
+				if c.output != "json" {
+					fmt.Fprintf(stdout, "converged: %d/%d live nodes' proxies do generation %d or newer\n", at, live, res.GetGeneration())
+				}
+				return nil
+			}
+			last = fmt.Sprintf("%d/%d live nodes' proxies seen doing generation %d", at, live, res.GetGeneration())
+		} else if err != nil {
+			last = err.Error()
+		}
+		select {
+		case <-ctx.Done():
+			return fmt.Errorf("fleet not converged within %s (--timeout): %s", c.timeout, last)
+		case <-t.C:
+		}
+	}
 }
 
 // query asks the coordinators one read query.
@@ -346,14 +461,18 @@ func printRolloutDetail(w io.Writer, v *sv1.RolloutView) {
 	fmt.Fprintf(w, "Converged:   %s live nodes\n", convergence(v))
 	fmt.Fprintf(w, "Operator:    %s\n\n", r.GetOperator())
 	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
-	fmt.Fprintln(tw, "NODE\tAPPLIED\tWEIGHTS\tDRIVER\tSEEN\tMESSAGE")
+	fmt.Fprintln(tw, "NODE\tAPPLIED\tWEIGHTS\tOBSERVED\tDRIVER\tSEEN\tMESSAGE")
 	for _, n := range v.GetNodes() {
 		seen := fmt.Sprintf("%.0fs ago", n.GetSecondsSinceSeen())
 		if n.GetStale() {
 			seen += " (stale)"
 		}
-		fmt.Fprintf(tw, "%s\t%d\t%s\t%s\t%s\t%s\n", n.GetNode(), n.GetAppliedGeneration(), weights(n.GetWeights()),
-			strings.TrimPrefix(strings.ToLower(n.GetDriver().String()), "driver_health_"), seen, n.GetMessage())
+		msg := n.GetMessage()
+		if d := n.GetDrift(); d != "" {
+			msg = strings.TrimPrefix(msg+"; drift: "+d, "; ")
+		}
+		fmt.Fprintf(tw, "%s\t%d\t%s\t%s\t%s\t%s\t%s\n", n.GetNode(), n.GetAppliedGeneration(), weights(n.GetWeights()),
+			observedWeights(n), strings.TrimPrefix(strings.ToLower(n.GetDriver().String()), "driver_health_"), seen, msg)
 	}
 	tw.Flush()
 	if v.GetAnalysis() != "" {
@@ -369,6 +488,20 @@ func printRolloutDetail(w io.Writer, v *sv1.RolloutView) {
 	}
 	fmt.Fprintln(w, "\nHistory:")
 	printHistory(w, r)
+}
+
+// observedWeights shows what a node's proxy was read back doing: "-" when
+// it could not be read, the weights otherwise, marked when they are not
+// what the agent applied.
+func observedWeights(n *sv1.NodeView) string {
+	if len(n.GetObservedWeights()) == 0 {
+		return "-"
+	}
+	s := weights(n.GetObservedWeights())
+	if !n.GetObservedMatches() {
+		s += " (differs)"
+	}
+	return s
 }
 
 func weights(w map[string]uint32) string {

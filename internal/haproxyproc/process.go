@@ -195,6 +195,24 @@ func (p *Process) Restart(ctx context.Context) error {
 	return p.launch(ctx)
 }
 
+// Kill sends SIGKILL to the process and waits for it to exit, leaving its
+// admin socket file behind as a crash does; Restart starts it again.
+func (p *Process) Kill() error {
+	p.mu.Lock()
+	cmd, done := p.cmd, p.done
+	p.mu.Unlock()
+	if cmd == nil {
+		return nil
+	}
+	_ = syscall.Kill(-cmd.Process.Pid, syscall.SIGKILL)
+	select {
+	case <-done:
+		return nil
+	case <-time.After(killGrace):
+		return fmt.Errorf("haproxyproc: pid %d did not exit after SIGKILL", cmd.Process.Pid)
+	}
+}
+
 func (p *Process) stopLocked() error {
 	if p.cmd == nil {
 		return nil

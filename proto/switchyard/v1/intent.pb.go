@@ -624,7 +624,13 @@ type IntentResult struct {
 	RolloutId string `protobuf:"bytes,6,opt,name=rollout_id,json=rolloutId,proto3" json:"rollout_id,omitempty"`
 	// Duplicate is true when the intent had been applied before; the result
 	// is the one from that time.
-	Duplicate     bool `protobuf:"varint,7,opt,name=duplicate,proto3" json:"duplicate,omitempty"`
+	Duplicate bool `protobuf:"varint,7,opt,name=duplicate,proto3" json:"duplicate,omitempty"`
+	// Service is the service whose desired state the intent changed; empty
+	// when it changed none.
+	Service string `protobuf:"bytes,60,opt,name=service,proto3" json:"service,omitempty"`
+	// Generation is the generation of that desired state once the intent
+	// applied: clients wait for the bus to carry it (or a newer one).
+	Generation    uint64 `protobuf:"varint,61,opt,name=generation,proto3" json:"generation,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -708,6 +714,20 @@ func (x *IntentResult) GetDuplicate() bool {
 	return false
 }
 
+func (x *IntentResult) GetService() string {
+	if x != nil {
+		return x.Service
+	}
+	return ""
+}
+
+func (x *IntentResult) GetGeneration() uint64 {
+	if x != nil {
+		return x.Generation
+	}
+	return 0
+}
+
 var File_switchyard_v1_intent_proto protoreflect.FileDescriptor
 
 const file_switchyard_v1_intent_proto_rawDesc = "" +
@@ -749,7 +769,7 @@ const file_switchyard_v1_intent_proto_rawDesc = "" +
 	"\x04spec\x18\x01 \x01(\v2\x1a.switchyard.v1.RolloutSpecR\x04spec\"@\n" +
 	"\fAbortRollout\x12\x18\n" +
 	"\arollout\x18\x01 \x01(\tR\arollout\x12\x16\n" +
-	"\x06reason\x18\x02 \x01(\tR\x06reason\"\xc4\x01\n" +
+	"\x06reason\x18\x02 \x01(\tR\x06reason\"\xfe\x01\n" +
 	"\fIntentResult\x12\x1b\n" +
 	"\tintent_id\x18\x01 \x01(\tR\bintentId\x12\x1a\n" +
 	"\baccepted\x18\x02 \x01(\bR\baccepted\x12\x12\n" +
@@ -758,7 +778,11 @@ const file_switchyard_v1_intent_proto_rawDesc = "" +
 	"\x05index\x18\x05 \x01(\x04R\x05index\x12\x1d\n" +
 	"\n" +
 	"rollout_id\x18\x06 \x01(\tR\trolloutId\x12\x1c\n" +
-	"\tduplicate\x18\a \x01(\bR\tduplicateBCZAgithub.com/switchyard/switchyard/proto/switchyard/v1;switchyardv1b\x06proto3"
+	"\tduplicate\x18\a \x01(\bR\tduplicate\x12\x18\n" +
+	"\aservice\x18< \x01(\tR\aservice\x12\x1e\n" +
+	"\n" +
+	"generation\x18= \x01(\x04R\n" +
+	"generationBCZAgithub.com/switchyard/switchyard/proto/switchyard/v1;switchyardv1b\x06proto3"
 
 var (
 	file_switchyard_v1_intent_proto_rawDescOnce sync.Once

@@ -245,7 +245,14 @@ type NodeView struct {
 	// DocumentExpired is true when the node's applied document expired.
 	DocumentExpired bool `protobuf:"varint,22,opt,name=document_expired,json=documentExpired,proto3" json:"document_expired,omitempty"`
 	// HookRuns are the node's agent hook runs for the service.
-	HookRuns      []*HookRun `protobuf:"bytes,50,rep,name=hook_runs,json=hookRuns,proto3" json:"hook_runs,omitempty"`
+	HookRuns []*HookRun `protobuf:"bytes,50,rep,name=hook_runs,json=hookRuns,proto3" json:"hook_runs,omitempty"`
+	// ObservedWeights are the weights the node's proxy uses now, as its agent
+	// read them back; Weights are the ones the agent applied.
+	ObservedWeights map[string]uint32 `protobuf:"bytes,60,rep,name=observed_weights,json=observedWeights,proto3" json:"observed_weights,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"varint,2,opt,name=value"`
+	// ObservedMatches is the agent's word that its proxy does what it applied.
+	ObservedMatches bool `protobuf:"varint,61,opt,name=observed_matches,json=observedMatches,proto3" json:"observed_matches,omitempty"`
+	// Drift says what the agent found wrong on its proxy, while unrepaired.
+	Drift         string `protobuf:"bytes,62,opt,name=drift,proto3" json:"drift,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -362,6 +369,27 @@ func (x *NodeView) GetHookRuns() []*HookRun {
 		return x.HookRuns
 	}
 	return nil
+}
+
+func (x *NodeView) GetObservedWeights() map[string]uint32 {
+	if x != nil {
+		return x.ObservedWeights
+	}
+	return nil
+}
+
+func (x *NodeView) GetObservedMatches() bool {
+	if x != nil {
+		return x.ObservedMatches
+	}
+	return false
+}
+
+func (x *NodeView) GetDrift() string {
+	if x != nil {
+		return x.Drift
+	}
+	return ""
 }
 
 // FleetQuery asks for the nodes that run a service.
@@ -662,7 +690,7 @@ const file_switchyard_v1_query_proto_rawDesc = "" +
 	"\tconverged\x18\x03 \x01(\rR\tconverged\x12\x18\n" +
 	"\awaiting\x18\x04 \x01(\tR\awaiting\x127\n" +
 	"\awindows\x18\x05 \x03(\v2\x1d.switchyard.v1.WindowEvidenceR\awindows\x12\x1a\n" +
-	"\banalysis\x18( \x01(\tR\banalysis\"\xf5\x04\n" +
+	"\banalysis\x18( \x01(\tR\banalysis\"\xd3\x06\n" +
 	"\bNodeView\x12\x12\n" +
 	"\x04node\x18\x01 \x01(\tR\x04node\x12-\n" +
 	"\x12applied_generation\x18\x02 \x01(\x04R\x11appliedGeneration\x12>\n" +
@@ -675,13 +703,19 @@ const file_switchyard_v1_query_proto_rawDesc = "" +
 	"\rapplied_epoch\x18\x14 \x01(\x04R\fappliedEpoch\x12\x1a\n" +
 	"\bdiverged\x18\x15 \x01(\bR\bdiverged\x12)\n" +
 	"\x10document_expired\x18\x16 \x01(\bR\x0fdocumentExpired\x123\n" +
-	"\thook_runs\x182 \x03(\v2\x16.switchyard.v1.HookRunR\bhookRuns\x1a:\n" +
+	"\thook_runs\x182 \x03(\v2\x16.switchyard.v1.HookRunR\bhookRuns\x12W\n" +
+	"\x10observed_weights\x18< \x03(\v2,.switchyard.v1.NodeView.ObservedWeightsEntryR\x0fobservedWeights\x12)\n" +
+	"\x10observed_matches\x18= \x01(\bR\x0fobservedMatches\x12\x14\n" +
+	"\x05drift\x18> \x01(\tR\x05drift\x1a:\n" +
 	"\fWeightsEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
 	"\x05value\x18\x02 \x01(\rR\x05value:\x028\x01\x1a9\n" +
 	"\vLabelsEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
-	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"&\n" +
+	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\x1aB\n" +
+	"\x14ObservedWeightsEntry\x12\x10\n" +
+	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
+	"\x05value\x18\x02 \x01(\rR\x05value:\x028\x01\"&\n" +
 	"\n" +
 	"FleetQuery\x12\x18\n" +
 	"\aservice\x18\x01 \x01(\tR\aservice\"<\n" +
@@ -709,7 +743,7 @@ func file_switchyard_v1_query_proto_rawDescGZIP() []byte {
 	return file_switchyard_v1_query_proto_rawDescData
 }
 
-var file_switchyard_v1_query_proto_msgTypes = make([]protoimpl.MessageInfo, 12)
+var file_switchyard_v1_query_proto_msgTypes = make([]protoimpl.MessageInfo, 13)
 var file_switchyard_v1_query_proto_goTypes = []any{
 	(*RolloutsQuery)(nil),  // 0: switchyard.v1.RolloutsQuery
 	(*RolloutsAnswer)(nil), // 1: switchyard.v1.RolloutsAnswer
@@ -723,29 +757,31 @@ var file_switchyard_v1_query_proto_goTypes = []any{
 	(*DrillView)(nil),      // 9: switchyard.v1.DrillView
 	nil,                    // 10: switchyard.v1.NodeView.WeightsEntry
 	nil,                    // 11: switchyard.v1.NodeView.LabelsEntry
-	(*Rollout)(nil),        // 12: switchyard.v1.Rollout
-	(*WindowEvidence)(nil), // 13: switchyard.v1.WindowEvidence
-	(DriverHealth)(0),      // 14: switchyard.v1.DriverHealth
-	(*HookRun)(nil),        // 15: switchyard.v1.HookRun
-	(*Drill)(nil),          // 16: switchyard.v1.Drill
+	nil,                    // 12: switchyard.v1.NodeView.ObservedWeightsEntry
+	(*Rollout)(nil),        // 13: switchyard.v1.Rollout
+	(*WindowEvidence)(nil), // 14: switchyard.v1.WindowEvidence
+	(DriverHealth)(0),      // 15: switchyard.v1.DriverHealth
+	(*HookRun)(nil),        // 16: switchyard.v1.HookRun
+	(*Drill)(nil),          // 17: switchyard.v1.Drill
 }
 var file_switchyard_v1_query_proto_depIdxs = []int32{
 	2,  // 0: switchyard.v1.RolloutsAnswer.rollouts:type_name -> switchyard.v1.RolloutView
-	12, // 1: switchyard.v1.RolloutView.rollout:type_name -> switchyard.v1.Rollout
+	13, // 1: switchyard.v1.RolloutView.rollout:type_name -> switchyard.v1.Rollout
 	3,  // 2: switchyard.v1.RolloutView.nodes:type_name -> switchyard.v1.NodeView
-	13, // 3: switchyard.v1.RolloutView.windows:type_name -> switchyard.v1.WindowEvidence
+	14, // 3: switchyard.v1.RolloutView.windows:type_name -> switchyard.v1.WindowEvidence
 	10, // 4: switchyard.v1.NodeView.weights:type_name -> switchyard.v1.NodeView.WeightsEntry
-	14, // 5: switchyard.v1.NodeView.driver:type_name -> switchyard.v1.DriverHealth
+	15, // 5: switchyard.v1.NodeView.driver:type_name -> switchyard.v1.DriverHealth
 	11, // 6: switchyard.v1.NodeView.labels:type_name -> switchyard.v1.NodeView.LabelsEntry
-	15, // 7: switchyard.v1.NodeView.hook_runs:type_name -> switchyard.v1.HookRun
-	3,  // 8: switchyard.v1.FleetAnswer.nodes:type_name -> switchyard.v1.NodeView
-	9,  // 9: switchyard.v1.DrillsAnswer.drills:type_name -> switchyard.v1.DrillView
-	16, // 10: switchyard.v1.DrillView.drill:type_name -> switchyard.v1.Drill
-	11, // [11:11] is the sub-list for method output_type
-	11, // [11:11] is the sub-list for method input_type
-	11, // [11:11] is the sub-list for extension type_name
-	11, // [11:11] is the sub-list for extension extendee
-	0,  // [0:11] is the sub-list for field type_name
+	16, // 7: switchyard.v1.NodeView.hook_runs:type_name -> switchyard.v1.HookRun
+	12, // 8: switchyard.v1.NodeView.observed_weights:type_name -> switchyard.v1.NodeView.ObservedWeightsEntry
+	3,  // 9: switchyard.v1.FleetAnswer.nodes:type_name -> switchyard.v1.NodeView
+	9,  // 10: switchyard.v1.DrillsAnswer.drills:type_name -> switchyard.v1.DrillView
+	17, // 11: switchyard.v1.DrillView.drill:type_name -> switchyard.v1.Drill
+	12, // [12:12] is the sub-list for method output_type
+	12, // [12:12] is the sub-list for method input_type
+	12, // [12:12] is the sub-list for extension type_name
+	12, // [12:12] is the sub-list for extension extendee
+	0,  // [0:12] is the sub-list for field type_name
 }
 
 func init() { file_switchyard_v1_query_proto_init() }
@@ -763,7 +799,7 @@ func file_switchyard_v1_query_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_switchyard_v1_query_proto_rawDesc), len(file_switchyard_v1_query_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   12,
+			NumMessages:   13,
 			NumExtensions: 0,
 			NumServices:   0,
 		},

@@ -597,7 +597,26 @@ type ServiceStatus struct {
 	// DocumentExpiresAt is when the applied document stops being current.
 	DocumentExpiresAt *timestamppb.Timestamp `protobuf:"bytes,22,opt,name=document_expires_at,json=documentExpiresAt,proto3" json:"document_expires_at,omitempty"`
 	// HookRuns are the latest run of each agent hook of the current rollout.
-	HookRuns      []*HookRun `protobuf:"bytes,50,rep,name=hook_runs,json=hookRuns,proto3" json:"hook_runs,omitempty"`
+	HookRuns []*HookRun `protobuf:"bytes,50,rep,name=hook_runs,json=hookRuns,proto3" json:"hook_runs,omitempty"`
+	// ObservedWeights are the weights the proxy uses now, read back from it
+	// (not what the agent last wrote); empty while the proxy cannot be read.
+	ObservedWeights map[string]uint32 `protobuf:"bytes,60,rep,name=observed_weights,json=observedWeights,proto3" json:"observed_weights,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"varint,2,opt,name=value"`
+	// ObservedStates are the backends the proxy holds out of rotation now
+	// ("drain", "maint"), by backend name; backends in rotation are absent.
+	ObservedStates map[string]string `protobuf:"bytes,61,rep,name=observed_states,json=observedStates,proto3" json:"observed_states,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"bytes,2,opt,name=value"`
+	// ObservedMatches is true when the proxy, as last read back, does what the
+	// applied state says: every applied weight, no backend with weight held
+	// out of rotation (except by an active drill fault of this node).
+	ObservedMatches bool `protobuf:"varint,62,opt,name=observed_matches,json=observedMatches,proto3" json:"observed_matches,omitempty"`
+	// ProxyInstance identifies the running proxy process (for HAProxy its pid
+	// and start time); it changes when the proxy restarts or reloads.
+	ProxyInstance string `protobuf:"bytes,63,opt,name=proxy_instance,json=proxyInstance,proto3" json:"proxy_instance,omitempty"`
+	// DriftRepairs counts the times the agent found the proxy not doing what
+	// was applied and set it back.
+	DriftRepairs uint64 `protobuf:"varint,64,opt,name=drift_repairs,json=driftRepairs,proto3" json:"drift_repairs,omitempty"`
+	// Drift says what the agent last found wrong on the proxy, while it is
+	// not repaired yet; empty when the proxy matches.
+	Drift         string `protobuf:"bytes,65,opt,name=drift,proto3" json:"drift,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -707,6 +726,48 @@ func (x *ServiceStatus) GetHookRuns() []*HookRun {
 		return x.HookRuns
 	}
 	return nil
+}
+
+func (x *ServiceStatus) GetObservedWeights() map[string]uint32 {
+	if x != nil {
+		return x.ObservedWeights
+	}
+	return nil
+}
+
+func (x *ServiceStatus) GetObservedStates() map[string]string {
+	if x != nil {
+		return x.ObservedStates
+	}
+	return nil
+}
+
+func (x *ServiceStatus) GetObservedMatches() bool {
+	if x != nil {
+		return x.ObservedMatches
+	}
+	return false
+}
+
+func (x *ServiceStatus) GetProxyInstance() string {
+	if x != nil {
+		return x.ProxyInstance
+	}
+	return ""
+}
+
+func (x *ServiceStatus) GetDriftRepairs() uint64 {
+	if x != nil {
+		return x.DriftRepairs
+	}
+	return 0
+}
+
+func (x *ServiceStatus) GetDrift() string {
+	if x != nil {
+		return x.Drift
+	}
+	return ""
 }
 
 // LocalRollback records an agent moving its own node back to the old backend
@@ -925,7 +986,7 @@ const file_switchyard_v1_telemetry_proto_rawDesc = "" +
 	"\x05hooks\x182 \x03(\tR\x05hooks\x1a9\n" +
 	"\vLabelsEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
-	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"\xdd\x04\n" +
+	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"\xaa\b\n" +
 	"\rServiceStatus\x12\x18\n" +
 	"\aservice\x18\x01 \x01(\tR\aservice\x12-\n" +
 	"\x12applied_generation\x18\x02 \x01(\x04R\x11appliedGeneration\x12\x1d\n" +
@@ -938,10 +999,22 @@ const file_switchyard_v1_telemetry_proto_rawDesc = "" +
 	"\rapplied_epoch\x18\x14 \x01(\x04R\fappliedEpoch\x12)\n" +
 	"\x10document_expired\x18\x15 \x01(\bR\x0fdocumentExpired\x12J\n" +
 	"\x13document_expires_at\x18\x16 \x01(\v2\x1a.google.protobuf.TimestampR\x11documentExpiresAt\x123\n" +
-	"\thook_runs\x182 \x03(\v2\x16.switchyard.v1.HookRunR\bhookRuns\x1a:\n" +
+	"\thook_runs\x182 \x03(\v2\x16.switchyard.v1.HookRunR\bhookRuns\x12\\\n" +
+	"\x10observed_weights\x18< \x03(\v21.switchyard.v1.ServiceStatus.ObservedWeightsEntryR\x0fobservedWeights\x12Y\n" +
+	"\x0fobserved_states\x18= \x03(\v20.switchyard.v1.ServiceStatus.ObservedStatesEntryR\x0eobservedStates\x12)\n" +
+	"\x10observed_matches\x18> \x01(\bR\x0fobservedMatches\x12%\n" +
+	"\x0eproxy_instance\x18? \x01(\tR\rproxyInstance\x12#\n" +
+	"\rdrift_repairs\x18@ \x01(\x04R\fdriftRepairs\x12\x14\n" +
+	"\x05drift\x18A \x01(\tR\x05drift\x1a:\n" +
 	"\fWeightsEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
-	"\x05value\x18\x02 \x01(\rR\x05value:\x028\x01\"\xb6\x01\n" +
+	"\x05value\x18\x02 \x01(\rR\x05value:\x028\x01\x1aB\n" +
+	"\x14ObservedWeightsEntry\x12\x10\n" +
+	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
+	"\x05value\x18\x02 \x01(\rR\x05value:\x028\x01\x1aA\n" +
+	"\x13ObservedStatesEntry\x12\x10\n" +
+	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
+	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"\xb6\x01\n" +
 	"\rLocalRollback\x12\x1e\n" +
 	"\n" +
 	"generation\x18\x01 \x01(\x04R\n" +
@@ -975,7 +1048,7 @@ func file_switchyard_v1_telemetry_proto_rawDescGZIP() []byte {
 }
 
 var file_switchyard_v1_telemetry_proto_enumTypes = make([]protoimpl.EnumInfo, 1)
-var file_switchyard_v1_telemetry_proto_msgTypes = make([]protoimpl.MessageInfo, 10)
+var file_switchyard_v1_telemetry_proto_msgTypes = make([]protoimpl.MessageInfo, 12)
 var file_switchyard_v1_telemetry_proto_goTypes = []any{
 	(DriverHealth)(0),             // 0: switchyard.v1.DriverHealth
 	(*HealthReport)(nil),          // 1: switchyard.v1.HealthReport
@@ -988,35 +1061,39 @@ var file_switchyard_v1_telemetry_proto_goTypes = []any{
 	(*ActiveFault)(nil),           // 8: switchyard.v1.ActiveFault
 	nil,                           // 9: switchyard.v1.AgentStatus.LabelsEntry
 	nil,                           // 10: switchyard.v1.ServiceStatus.WeightsEntry
-	(*timestamppb.Timestamp)(nil), // 11: google.protobuf.Timestamp
-	(*durationpb.Duration)(nil),   // 12: google.protobuf.Duration
-	(*HookRun)(nil),               // 13: switchyard.v1.HookRun
+	nil,                           // 11: switchyard.v1.ServiceStatus.ObservedWeightsEntry
+	nil,                           // 12: switchyard.v1.ServiceStatus.ObservedStatesEntry
+	(*timestamppb.Timestamp)(nil), // 13: google.protobuf.Timestamp
+	(*durationpb.Duration)(nil),   // 14: google.protobuf.Duration
+	(*HookRun)(nil),               // 15: switchyard.v1.HookRun
 }
 var file_switchyard_v1_telemetry_proto_depIdxs = []int32{
-	11, // 0: switchyard.v1.HealthReport.window_start:type_name -> google.protobuf.Timestamp
-	11, // 1: switchyard.v1.HealthReport.window_end:type_name -> google.protobuf.Timestamp
+	13, // 0: switchyard.v1.HealthReport.window_start:type_name -> google.protobuf.Timestamp
+	13, // 1: switchyard.v1.HealthReport.window_end:type_name -> google.protobuf.Timestamp
 	3,  // 2: switchyard.v1.HealthReport.backends:type_name -> switchyard.v1.BackendHealth
 	2,  // 3: switchyard.v1.HealthReport.probes:type_name -> switchyard.v1.ProbeResult
-	12, // 4: switchyard.v1.ProbeResult.latency:type_name -> google.protobuf.Duration
-	11, // 5: switchyard.v1.ProbeResult.at:type_name -> google.protobuf.Timestamp
+	14, // 4: switchyard.v1.ProbeResult.latency:type_name -> google.protobuf.Duration
+	13, // 5: switchyard.v1.ProbeResult.at:type_name -> google.protobuf.Timestamp
 	4,  // 6: switchyard.v1.BackendHealth.latency:type_name -> switchyard.v1.LatencySketch
 	9,  // 7: switchyard.v1.AgentStatus.labels:type_name -> switchyard.v1.AgentStatus.LabelsEntry
-	11, // 8: switchyard.v1.AgentStatus.at:type_name -> google.protobuf.Timestamp
+	13, // 8: switchyard.v1.AgentStatus.at:type_name -> google.protobuf.Timestamp
 	6,  // 9: switchyard.v1.AgentStatus.services:type_name -> switchyard.v1.ServiceStatus
 	8,  // 10: switchyard.v1.AgentStatus.faults:type_name -> switchyard.v1.ActiveFault
 	10, // 11: switchyard.v1.ServiceStatus.weights:type_name -> switchyard.v1.ServiceStatus.WeightsEntry
 	0,  // 12: switchyard.v1.ServiceStatus.driver:type_name -> switchyard.v1.DriverHealth
 	7,  // 13: switchyard.v1.ServiceStatus.local_rollback:type_name -> switchyard.v1.LocalRollback
-	11, // 14: switchyard.v1.ServiceStatus.document_expires_at:type_name -> google.protobuf.Timestamp
-	13, // 15: switchyard.v1.ServiceStatus.hook_runs:type_name -> switchyard.v1.HookRun
-	11, // 16: switchyard.v1.LocalRollback.at:type_name -> google.protobuf.Timestamp
-	11, // 17: switchyard.v1.ActiveFault.since:type_name -> google.protobuf.Timestamp
-	11, // 18: switchyard.v1.ActiveFault.until:type_name -> google.protobuf.Timestamp
-	19, // [19:19] is the sub-list for method output_type
-	19, // [19:19] is the sub-list for method input_type
-	19, // [19:19] is the sub-list for extension type_name
-	19, // [19:19] is the sub-list for extension extendee
-	0,  // [0:19] is the sub-list for field type_name
+	13, // 14: switchyard.v1.ServiceStatus.document_expires_at:type_name -> google.protobuf.Timestamp
+	15, // 15: switchyard.v1.ServiceStatus.hook_runs:type_name -> switchyard.v1.HookRun
+	11, // 16: switchyard.v1.ServiceStatus.observed_weights:type_name -> switchyard.v1.ServiceStatus.ObservedWeightsEntry
+	12, // 17: switchyard.v1.ServiceStatus.observed_states:type_name -> switchyard.v1.ServiceStatus.ObservedStatesEntry
+	13, // 18: switchyard.v1.LocalRollback.at:type_name -> google.protobuf.Timestamp
+	13, // 19: switchyard.v1.ActiveFault.since:type_name -> google.protobuf.Timestamp
+	13, // 20: switchyard.v1.ActiveFault.until:type_name -> google.protobuf.Timestamp
+	21, // [21:21] is the sub-list for method output_type
+	21, // [21:21] is the sub-list for method input_type
+	21, // [21:21] is the sub-list for extension type_name
+	21, // [21:21] is the sub-list for extension extendee
+	0,  // [0:21] is the sub-list for field type_name
 }
 
 func init() { file_switchyard_v1_telemetry_proto_init() }
@@ -1031,7 +1108,7 @@ func file_switchyard_v1_telemetry_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_switchyard_v1_telemetry_proto_rawDesc), len(file_switchyard_v1_telemetry_proto_rawDesc)),
 			NumEnums:      1,
-			NumMessages:   10,
+			NumMessages:   12,
 			NumExtensions: 0,
 			NumServices:   0,
 		},

@@ -1,0 +1,188 @@
+package haproxy
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"net"
+	"time"
+
+	"github.com/switchyard/switchyard/agent/driver"
+)
+
+var (
+	_ driver.Observer = (*Driver)(nil)
+	_ driver.Watcher  = (*Driver)(nil)
+)
+
+// Observe reads what HAProxy does now: the process ("show info": its pid
+// and start time, which change on a restart or reload), and each configured
+// server's runtime weight and admin state ("show servers state").
+func (d *Driver) Observe(ctx context.Context) (driver.Observation, error) {
+	if d.closed.Load() {
+		return driver.Observation{}, errClosed
+	}
+	info, err := d.api.show(ctx, "show info")
+	if err != nil {
+		return driver.Observation{}, fmt.Errorf("haproxy driver: %w", err)
+	}
+	instance, err := parseInstance(info)
+	if err != nil {
+		return driver.Observation{}, fmt.Errorf("haproxy driver: %w", err)
+	}
+	state, err := d.serversState(ctx)
+	if err != nil {
+		return driver.Observation{}, err
+	}
+	obs := driver.Observation{
+		Weights:  make(map[string]uint32, len(d.names)),
+		Instance: instance,
+	}
+	for _, spec := range d.names {
+		srv := d.cfg.Servers[spec]
+		st, ok := state[srv]
+		if !ok {
+			return driver.Observation{}, d.noServer(spec, srv)
+		}
+		obs.Weights[spec] = st.Weight
+		if held := st.held(); held != "" {
+			if obs.Held == nil {
+				obs.Held = map[string]string{}
+			}
+			obs.Held[spec] = held
+		}
+	}
+	return obs, nil
+}
+
+// held names why a server takes no new traffic whatever its weight: "drain"
+// when only drain bits are set, "maint" for any other admin state bit
+// (forced, from the config, inherited from a tracked server or from DNS
+// resolution). "" when it is in rotation.
+func (s serverState) held() string {
+	switch {
+	case s.AdminState == 0:
+		return ""
+	case s.AdminState&^(adminForcedDrain|adminInheritedDrain) == 0:
+		return StateDrain
+	default:
+		return StateMaint
+	}
+}
+
+// adminInheritedDrain is SRV_ADMF_IDRAIN: drain inherited from a tracked
+// server.
+const adminInheritedDrain = 0x10
+
+// parseInstance names the HAProxy process that answered "show info" by its
+// pid and start time: a restart changes both, a reload (a new process
+// taking over the socket) at least the pid.
+func parseInstance(info string) (string, error) {
+	pid, err := parseInfoCounter(info, "Pid")
+	if err != nil {
+		return "", err
+	}
+	start, err := parseInfoCounter(info, "Start_time_sec")
+	if err != nil {
+		// Older HAProxy lacks Start_time_sec; the pid alone still changes
+		// on every restart but one that reuses it.
+		return fmt.Sprintf("pid %d", pid), nil //nolint:nilerr // the pid suffices
+	}
+	return fmt.Sprintf("pid %d started %d", pid, start), nil
+}
+
+// Watch holds a connection to HAProxy's admin socket in interactive mode
+// and calls changed(false) the moment it drops (HAProxy killed, restarting
+// or reloading) and changed(true) when it is made again (HAProxy back), so
+// the agent knows at once rather than at its next poll. Between those it
+// sends an empty line now and then, which HAProxy answers with its prompt,
+// so the CLI's idle timeout does not close the connection.
+func (d *Driver) Watch(ctx context.Context, changed func(up bool)) {
+	const (
+		redialMin  = 5 * time.Millisecond
+		redialMax  = 50 * time.Millisecond
+		keepAlive  = 2 * time.Second
+		dialBudget = time.Second
+	)
+	delay := redialMin
+	up := true // assume up at first, so a first failure is reported
+	for ctx.Err() == nil && !d.closed.Load() {
+		dctx, cancel := context.WithTimeout(ctx, dialBudget)
+		var dialer net.Dialer
+		conn, err := dialer.DialContext(dctx, "unix", d.cfg.Socket)
+		cancel()
+		if err == nil {
+			if _, err = io.WriteString(conn, "prompt\n"); err != nil {
+				conn.Close()
+			}
+		}
+		if err != nil {
+			if up {
+				up = false
+				changed(false)
+			}
+			// Short and capped: a dial that fails costs next to nothing,
+			// and the sooner HAProxy is seen back the sooner it is repaired.
+			if !sleepCtx(ctx, delay) {
+				return
+			}
+			delay = min(delay*2, redialMax)
+			continue
+		}
+		delay = redialMin
+		up = true
+		// Every connect reports: a new connection may be a new process.
+		changed(true)
+		d.holdWatch(ctx, conn, keepAlive)
+		conn.Close()
+		if ctx.Err() != nil {
+			return
+		}
+		up = false
+		changed(false)
+	}
+}
+
+// holdWatch reads and discards what HAProxy sends on conn until the
+// connection ends or ctx does, writing an empty line every keepAlive.
+func (d *Driver) holdWatch(ctx context.Context, conn net.Conn, keepAlive time.Duration) {
+	stop := context.AfterFunc(ctx, func() { _ = conn.SetDeadline(time.Unix(1, 0)) })
+	defer stop()
+	readerDone := make(chan struct{})
+	writerDone := make(chan struct{})
+	go func() {
+		defer close(writerDone)
+		t := time.NewTicker(keepAlive)
+		defer t.Stop()
+		for {
+			select {
+			case <-readerDone:
+				return
+			case <-t.C:
+				if _, err := io.WriteString(conn, "\n"); err != nil {
+					_ = conn.SetDeadline(time.Unix(1, 0))
+					return
+				}
+			}
+		}
+	}()
+	buf := make([]byte, 512)
+	for {
+		if _, err := conn.Read(buf); err != nil {
+			break
+		}
+	}
+	close(readerDone)
+	<-writerDone
+}
+
+func sleepCtx(ctx context.Context, d time.Duration) bool {
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-ctx.Done():
+		return false
+	case <-t.C:
+		return true
+	}
+}

@@ -1,0 +1,201 @@
+package agent
+
+import (
+	"context"
+	"io"
+	"maps"
+	"net"
+	"net/http"
+	"slices"
+	"sync"
+	"testing"
+	"time"
+)
+
+// timedAnswers records when each request through HAProxy started and which
+// backend answered it.
+type timedAnswers struct {
+	mu      sync.Mutex
+	answers []timedAnswer
+}
+
+type timedAnswer struct {
+	start   time.Time
+	backend string // "" when the request failed
+}
+
+// startTimedLoad makes requests through url with workers keep-alive
+// clients until ctx ends.
+func startTimedLoad(ctx context.Context, url string, workers int) (*timedAnswers, *sync.WaitGroup) {
+	res := &timedAnswers{}
+	tr := &http.Transport{MaxIdleConnsPerHost: workers, DialContext: (&net.Dialer{Timeout: time.Second}).DialContext}
+	client := &http.Client{Transport: tr, Timeout: 5 * time.Second}
+	var wg sync.WaitGroup
+	for range workers {
+		wg.Go(func() {
+			defer tr.CloseIdleConnections()
+			for ctx.Err() == nil {
+				start := time.Now()
+				req, _ := http.NewRequestWithContext(ctx, http.MethodGet, url, nil)
+				var backend string
+				if resp, err := client.Do(req); err == nil {
+					body, _ := io.ReadAll(resp.Body)
+					resp.Body.Close()
+					if resp.StatusCode == http.StatusOK {
+						backend = string(body)
+					}
+				}
+				res.mu.Lock()
+				res.answers = append(res.answers, timedAnswer{start: start, backend: backend})
+				res.mu.Unlock()
+			}
+		})
+	}
+	return res, &wg
+}
+
+// TestAgentLive_HAProxyKilledAndRestartedRepairedFromObservation kills
+// HAProxy with SIGKILL and starts it again from its config (blue) 20 times
+// while the node is on green. The agent sees the admin socket drop and the
+// new process, puts green back, and never reports the proxy as matching
+// while it serves blue; once repaired, no request reaches blue. The times
+// are logged as figures, not asserted.
+func TestAgentLive_HAProxyKilledAndRestartedRepairedFromObservation(t *testing.T) {
+	const restarts = 20
+	b := startBus(t)
+	lp := startProxy(t, false)
+	cfg := liveConfig(t, b.url, lp)
+	cfg.Resync = time.Hour // the resync must play no part
+	ra := startLiveAgent(t, cfg)
+	b.put(t, progressing(2, allGreen))
+	ra.waitApplied(t, "web", 2)
+	lp.waitWeights(t, 5*time.Second, allGreen)
+
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	answers, loadWG := startTimedLoad(ctx, lp.frontend, 4)
+
+	// The sampler reads HAProxy before and after reading the agent's
+	// status; a status that claims a match while HAProxy serves blue on
+	// both sides of it is a lie.
+	var lies, samples int
+	var samplerWG sync.WaitGroup
+	samplerWG.Go(func() {
+		d := lp.driver(t)
+		read := func() (map[string]uint32, bool) {
+			rctx, rcancel := context.WithTimeout(ctx, time.Second)
+			defer rcancel()
+			w, err := d.Weights(rctx)
+			return w, err == nil
+		}
+		for ctx.Err() == nil {
+			before, ok1 := read()
+			st := ra.Status()
+			after, ok2 := read()
+			if !ok1 || !ok2 {
+				continue
+			}
+			samples++
+			svc := serviceStatus(st, "web")
+			claims := svc.GetObservedMatches() && maps.Equal(svc.GetObservedWeights(), allGreen)
+			if claims && maps.Equal(before, allBlue) && maps.Equal(after, allBlue) {
+				lies++
+				if lies < 5 {
+					t.Logf("lie at %s: status %v, haproxy pid %d", time.Now().Format("15:04:05.000000"), svc, lp.proc.Pid())
+				}
+			}
+		}
+	})
+
+	d := lp.driver(t)
+	var fromKill, fromReady []time.Duration
+	var repairedAt, killedAt []time.Time
+	for i := range restarts {
+		killed := time.Now()
+		killedAt = append(killedAt, killed)
+		if err := lp.proc.Kill(); err != nil {
+			t.Fatal(err)
+		}
+		rctx, rcancel := context.WithTimeout(context.Background(), 15*time.Second)
+		err := lp.proc.Restart(rctx)
+		rcancel()
+		if err != nil {
+			t.Fatal(err)
+		}
+		ready := time.Now()
+		var back time.Time
+		deadline := time.Now().Add(10 * time.Second)
+		for back.IsZero() {
+			if time.Now().After(deadline) {
+				w, _ := d.Weights(context.Background())
+				t.Fatalf("restart %d: HAProxy still has %v 10s after it came back, want %v", i+1, w, allGreen)
+			}
+			if w, err := d.Weights(context.Background()); err == nil && maps.Equal(w, allGreen) {
+				back = time.Now()
+				break
+			}
+			time.Sleep(time.Millisecond)
+		}
+		fromKill = append(fromKill, back.Sub(killed))
+		fromReady = append(fromReady, max(0, back.Sub(ready)))
+		repairedAt = append(repairedAt, back)
+		// Let traffic flow on the repaired proxy before the next kill.
+		time.Sleep(150 * time.Millisecond)
+	}
+	cancel()
+	loadWG.Wait()
+	samplerWG.Wait()
+
+	// Requests that started after a repair and before the next kill must
+	// all have gone to green.
+	answers.mu.Lock()
+	var wrong, afterRepair, blueTotal int
+	for _, a := range answers.answers {
+		if a.backend == "blue" {
+			blueTotal++
+		}
+		for i, r := range repairedAt {
+			end := time.Now()
+			if i+1 < len(killedAt) {
+				end = killedAt[i+1]
+			}
+			if a.start.After(r) && a.start.Before(end) {
+				afterRepair++
+				if a.backend == "blue" {
+					wrong++
+				}
+				break
+			}
+		}
+	}
+	total := len(answers.answers)
+	answers.mu.Unlock()
+
+	if lies > 0 {
+		t.Errorf("the agent's status claimed green read back while HAProxy served blue in %d of %d samples", lies, samples)
+	}
+	if wrong > 0 {
+		t.Errorf("%d of %d requests made after a repair reached blue", wrong, afterRepair)
+	}
+	if n := ra.metric(t, "switchyard_agent_drift_total", "service", "web"); n < restarts {
+		t.Errorf("switchyard_agent_drift_total = %v after %d restarts, want at least %d", n, restarts, restarts)
+	}
+	if gen, _ := ra.Applied("web"); gen != 2 {
+		t.Errorf("applied generation = %d, want 2 (a repair is not a new generation)", gen)
+	}
+	t.Logf("%d SIGKILL+restarts: desired weights back after the kill p50 %s max %s; after HAProxy answered again p50 %s max %s",
+		restarts, pct(fromKill, 50), pct(fromKill, 100), pct(fromReady, 50), pct(fromReady, 100))
+	t.Logf("%d requests, %d made after a repair, %d of those to blue; %d answered by blue in all (before repairs); %d status samples, %d claimed a match while blue",
+		total, afterRepair, wrong, blueTotal, samples, lies)
+}
+
+// pct is the p-th percentile of ds (nearest rank).
+func pct(ds []time.Duration, p int) time.Duration {
+	s := slices.Clone(ds)
+	slices.Sort(s)
+	if len(s) == 0 {
+		return 0
+	}
+	i := (p*len(s) + 99) / 100
+	return s[max(0, min(len(s)-1, i-1))].Round(100 * time.Microsecond)
+}

@@ -1,0 +1,37 @@
+package bus
+
+import (
+	"context"
+	"errors"
+	"fmt"
+
+	"github.com/nats-io/nats.go/jetstream"
+	"google.golang.org/protobuf/proto"
+
+	sv1 "github.com/switchyard/switchyard/proto/switchyard/v1"
+)
+
+// ErrNotPublished is returned when a committed desired state did not reach
+// the bus in the time a client waited for it.
+var ErrNotPublished = errors.New("desired state not on the bus")
+
+// PublishedGeneration reads the generation of the desired state the bus
+// carries for service now; 0 when the bucket has none for it.
+func PublishedGeneration(ctx context.Context, js jetstream.JetStream, service string) (uint64, error) {
+	kv, err := DesiredBucketHandle(ctx, js)
+	if err != nil {
+		return 0, err
+	}
+	e, err := kv.Get(ctx, service)
+	if errors.Is(err, jetstream.ErrKeyNotFound) {
+		return 0, nil
+	}
+	if err != nil {
+		return 0, fmt.Errorf("read %s from bucket %s: %w", service, DesiredBucket, err)
+	}
+	var ds sv1.DesiredState
+	if err := proto.Unmarshal(e.Value(), &ds); err != nil {
+		return 0, fmt.Errorf("bucket %s holds a %s document that does not decode: %w", DesiredBucket, service, err)
+	}
+	return ds.GetGeneration(), nil
+}
