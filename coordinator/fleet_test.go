@@ -26,7 +26,7 @@ func TestFleet_ConvergedOnlyWhenTheProxyIsSeenDoingIt(t *testing.T) {
 	}
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {
-			applied, live := converged([]*sv1.NodeView{c.node}, bus.Fence{Generation: 7})
+			applied, live := converged([]*sv1.NodeView{c.node}, bus.Fence{Epoch: 1, Generation: 7})
 			if got := applied == 1; got != c.want {
 				t.Fatalf("converged = %v (applied %d of %d live), want %v", got, applied, live, c.want)
 			}

@@ -48,10 +48,10 @@ func TestConvergence_OnlyTheExactDocumentCounts(t *testing.T) {
 		}
 	}
 	nodes := []*sv1.NodeView{
-		{Node: "a", AppliedEpoch: 2, AppliedGeneration: 10},
-		{Node: "b", AppliedEpoch: 1, AppliedGeneration: 900}, // an old cluster's lineage
-		{Node: "c", AppliedEpoch: 2, AppliedGeneration: 12},  // ahead: diverged
-		{Node: "d", AppliedEpoch: 2, AppliedGeneration: 10, Stale: true},
+		{Node: "a", AppliedEpoch: 2, AppliedGeneration: 10, ObservedMatches: true},
+		{Node: "b", AppliedEpoch: 1, AppliedGeneration: 900, ObservedMatches: true}, // an old cluster's lineage
+		{Node: "c", AppliedEpoch: 2, AppliedGeneration: 12, ObservedMatches: true},  // ahead: diverged
+		{Node: "d", AppliedEpoch: 2, AppliedGeneration: 10, Stale: true, ObservedMatches: true},
 	}
 	if applied, live := converged(nodes, want); applied != 1 || live != 3 {
 		t.Fatalf("converged = %d of %d, want 1 of 3", applied, live)

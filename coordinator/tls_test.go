@@ -82,7 +82,7 @@ func TestCluster_MutualTLSFailsOverAndRefusesAForeignCA(t *testing.T) {
 	}
 	intruder := &clusterNode{cfg: Config{
 		NodeID: "c4", DataDir: filepath.Join(t.TempDir(), "c4"), RaftAddr: freeAddr(t), HTTPAddr: freeAddr(t),
-		NATSURL: url, BootstrapExpect: 0, RetryJoin: addrs, ClusterTLS: foreign,
+		NATSURL: url, BootstrapExpect: 0, RetryJoin: addrs, ClusterTLS: foreign, Signing: testSigning,
 	}}
 	intruder.start(t)
 	defer intruder.stop()
