@@ -65,7 +65,7 @@ func hookedSpec(hooks ...*sv1.Webhook) *sv1.RolloutSpec {
 	return sp
 }
 
-func newRaft(t *testing.T, sp *sv1.RolloutSpec) *memRaft {
+func newRaft(t testing.TB, sp *sv1.RolloutSpec) *memRaft {
 	t.Helper()
 	if err := spec.Validate(sp); err != nil {
 		t.Fatal(err)
