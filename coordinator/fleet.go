@@ -83,6 +83,7 @@ func (f *fleet) nodesFor(service string) []*sv1.NodeView {
 				SecondsSinceSeen:  age.Seconds(),
 				Labels:            maps.Clone(n.status.GetLabels()),
 				HookRuns:          svc.GetHookRuns(),
+				Hooks:             n.status.GetHooks(),
 			})
 		}
 	}

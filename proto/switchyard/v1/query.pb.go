@@ -228,7 +228,9 @@ type NodeView struct {
 	SecondsSinceSeen float64           `protobuf:"fixed64,7,opt,name=seconds_since_seen,json=secondsSinceSeen,proto3" json:"seconds_since_seen,omitempty"`
 	Labels           map[string]string `protobuf:"bytes,8,rep,name=labels,proto3" json:"labels,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"bytes,2,opt,name=value"`
 	// HookRuns are the node's agent hook runs for the service.
-	HookRuns      []*HookRun `protobuf:"bytes,50,rep,name=hook_runs,json=hookRuns,proto3" json:"hook_runs,omitempty"`
+	HookRuns []*HookRun `protobuf:"bytes,50,rep,name=hook_runs,json=hookRuns,proto3" json:"hook_runs,omitempty"`
+	// Hooks names the hooks the node's agent config defines.
+	Hooks         []string `protobuf:"bytes,51,rep,name=hooks,proto3" json:"hooks,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -322,6 +324,13 @@ func (x *NodeView) GetLabels() map[string]string {
 func (x *NodeView) GetHookRuns() []*HookRun {
 	if x != nil {
 		return x.HookRuns
+	}
+	return nil
+}
+
+func (x *NodeView) GetHooks() []string {
+	if x != nil {
+		return x.Hooks
 	}
 	return nil
 }
@@ -623,7 +632,7 @@ const file_switchyard_v1_query_proto_rawDesc = "" +
 	"\x05nodes\x18\x02 \x03(\v2\x17.switchyard.v1.NodeViewR\x05nodes\x12\x1c\n" +
 	"\tconverged\x18\x03 \x01(\rR\tconverged\x12\x18\n" +
 	"\awaiting\x18\x04 \x01(\tR\awaiting\x127\n" +
-	"\awindows\x18\x05 \x03(\v2\x1d.switchyard.v1.WindowEvidenceR\awindows\"\x89\x04\n" +
+	"\awindows\x18\x05 \x03(\v2\x1d.switchyard.v1.WindowEvidenceR\awindows\"\x9f\x04\n" +
 	"\bNodeView\x12\x12\n" +
 	"\x04node\x18\x01 \x01(\tR\x04node\x12-\n" +
 	"\x12applied_generation\x18\x02 \x01(\x04R\x11appliedGeneration\x12>\n" +
@@ -633,7 +642,8 @@ const file_switchyard_v1_query_proto_rawDesc = "" +
 	"\x05stale\x18\x06 \x01(\bR\x05stale\x12,\n" +
 	"\x12seconds_since_seen\x18\a \x01(\x01R\x10secondsSinceSeen\x12;\n" +
 	"\x06labels\x18\b \x03(\v2#.switchyard.v1.NodeView.LabelsEntryR\x06labels\x123\n" +
-	"\thook_runs\x182 \x03(\v2\x16.switchyard.v1.HookRunR\bhookRuns\x1a:\n" +
+	"\thook_runs\x182 \x03(\v2\x16.switchyard.v1.HookRunR\bhookRuns\x12\x14\n" +
+	"\x05hooks\x183 \x03(\tR\x05hooks\x1a:\n" +
 	"\fWeightsEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
 	"\x05value\x18\x02 \x01(\rR\x05value:\x028\x01\x1a9\n" +
