@@ -160,8 +160,7 @@ func TestHooks_GatingPrePromotionWebhookHoldsTheRolloutUntilItAccepts(t *testing
 	}
 
 	hook.setAccept("/gate", true)
-	view, err = f.WaitRollout(ctx, "web-gated", f.Converged(sv1.RolloutPhase_ROLLOUT_PHASE_COMPLETED))
-	if err != nil {
+	if _, err := f.WaitRollout(ctx, "web-gated", f.Converged(sv1.RolloutPhase_ROLLOUT_PHASE_COMPLETED)); err != nil {
 		t.Fatal(err)
 	}
 	if err := f.WaitAllServing(ctx, harness.Green, samples); err != nil {
