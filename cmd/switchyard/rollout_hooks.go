@@ -26,8 +26,11 @@ func printPlanHooks(w io.Writer, sp *sv1.RolloutSpec, live []*sv1.NodeView, with
 		effect := "notifies; never waited for"
 		if h.GetGating() {
 			onFail := "holds at the point and asks again after " + h.GetRecheck().AsDuration().String()
-			if h.GetOnFailure() == sv1.HookFailure_HOOK_FAILURE_ROLLBACK {
+			switch h.GetOnFailure() {
+			case sv1.HookFailure_HOOK_FAILURE_ROLLBACK:
 				onFail = "rolls back"
+			case sv1.HookFailure_HOOK_FAILURE_PAUSE:
+				onFail = "pauses until resumed, then asks again"
 			}
 			effect = "gates: the rollout waits for a 2xx; on failure it " + onFail
 		}

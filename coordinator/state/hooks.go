@@ -117,7 +117,18 @@ func (s *State) ApplyHookResult(index uint64, e *sv1.HookResultEntry) []string {
 			hook = w
 		}
 	}
-	if !hook.GetGating() || hook.GetOnFailure() != sv1.HookFailure_HOOK_FAILURE_ROLLBACK {
+	if !hook.GetGating() {
+		return nil
+	}
+	switch hook.GetOnFailure() {
+	case sv1.HookFailure_HOOK_FAILURE_PAUSE:
+		if !r.GetPaused() {
+			r.Paused = true
+			s.record(r, index, e.GetStampedAt(), "", fmt.Sprintf("paused: gating webhook %s at %s failed; resume to ask it again", e.GetWebhook(), e.GetKey()))
+		}
+		return nil
+	case sv1.HookFailure_HOOK_FAILURE_ROLLBACK:
+	default:
 		return nil
 	}
 	svc := s.services[r.GetSpec().GetService()]

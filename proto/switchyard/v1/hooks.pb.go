@@ -103,6 +103,9 @@ const (
 	HookFailure_HOOK_FAILURE_HOLD HookFailure = 1
 	// Rollback: the rollout rolls back with the webhook's answer as evidence.
 	HookFailure_HOOK_FAILURE_ROLLBACK HookFailure = 2
+	// Pause: the rollout is paused as if by an operator; a resume asks the
+	// gate again.
+	HookFailure_HOOK_FAILURE_PAUSE HookFailure = 3
 )
 
 // Enum value maps for HookFailure.
@@ -111,11 +114,13 @@ var (
 		0: "HOOK_FAILURE_UNSPECIFIED",
 		1: "HOOK_FAILURE_HOLD",
 		2: "HOOK_FAILURE_ROLLBACK",
+		3: "HOOK_FAILURE_PAUSE",
 	}
 	HookFailure_value = map[string]int32{
 		"HOOK_FAILURE_UNSPECIFIED": 0,
 		"HOOK_FAILURE_HOLD":        1,
 		"HOOK_FAILURE_ROLLBACK":    2,
+		"HOOK_FAILURE_PAUSE":       3,
 	}
 )
 
@@ -999,11 +1004,12 @@ const file_switchyard_v1_hooks_proto_rawDesc = "" +
 	"\x13HOOK_POINT_PRE_WAVE\x10\x03\x12\x1c\n" +
 	"\x18HOOK_POINT_PRE_PROMOTION\x10\x04\x12\x1b\n" +
 	"\x17HOOK_POINT_POST_ROLLOUT\x10\x05\x12\x17\n" +
-	"\x13HOOK_POINT_ROLLBACK\x10\x06*]\n" +
+	"\x13HOOK_POINT_ROLLBACK\x10\x06*u\n" +
 	"\vHookFailure\x12\x1c\n" +
 	"\x18HOOK_FAILURE_UNSPECIFIED\x10\x00\x12\x15\n" +
 	"\x11HOOK_FAILURE_HOLD\x10\x01\x12\x19\n" +
-	"\x15HOOK_FAILURE_ROLLBACK\x10\x02*z\n" +
+	"\x15HOOK_FAILURE_ROLLBACK\x10\x02\x12\x16\n" +
+	"\x12HOOK_FAILURE_PAUSE\x10\x03*z\n" +
 	"\vHookOutcome\x12\x1c\n" +
 	"\x18HOOK_OUTCOME_UNSPECIFIED\x10\x00\x12\x18\n" +
 	"\x14HOOK_OUTCOME_PENDING\x10\x01\x12\x1a\n" +
