@@ -306,8 +306,9 @@ func TestHooks_FailingGateWithPausePausesUntilResumed(t *testing.T) {
 	g.Hold(m.st.Rollout("r1"), 0, 1, false, t0)
 	settle(c)
 	r := m.st.Rollout("r1")
-	if !r.GetPaused() || r.GetPhase() != sv1.RolloutPhase_ROLLOUT_PHASE_PROGRESSING {
-		t.Fatalf("failed pause-gate: paused %v phase %v", r.GetPaused(), r.GetPhase())
+	if !r.GetPaused() || r.GetPhase() != sv1.RolloutPhase_ROLLOUT_PHASE_PROGRESSING ||
+		r.GetPauseReason() != "gating webhook freeze at pre-step/0/1 failed (409 Conflict: change freeze)" {
+		t.Fatalf("failed pause-gate: paused %v (%q) phase %v", r.GetPaused(), r.GetPauseReason(), r.GetPhase())
 	}
 	// The operator resumes: the gate asks again at once, not after recheck.
 	m.st.ApplyIntent(m.next(), &sv1.IntentEntry{StampedAt: timestamppb.New(t0), Intent: &sv1.Intent{Id: "resume",

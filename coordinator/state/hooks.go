@@ -124,7 +124,8 @@ func (s *State) ApplyHookResult(index uint64, e *sv1.HookResultEntry) []string {
 	case sv1.HookFailure_HOOK_FAILURE_PAUSE:
 		if !r.GetPaused() {
 			r.Paused = true
-			s.record(r, index, e.GetStampedAt(), "", fmt.Sprintf("paused: gating webhook %s at %s failed; resume to ask it again", e.GetWebhook(), e.GetKey()))
+			r.PauseReason = fmt.Sprintf("gating webhook %s at %s failed (%s)", e.GetWebhook(), e.GetKey(), e.GetDetail())
+			s.record(r, index, e.GetStampedAt(), "", "paused: "+r.PauseReason+"; resume to ask it again")
 		}
 		return nil
 	case sv1.HookFailure_HOOK_FAILURE_ROLLBACK:

@@ -268,6 +268,7 @@ func (s *State) setPaused(index uint64, at time.Time, operator string, c *sv1.Ro
 		return refuse(CodeConflict, "%s_rollout.rollout: %q is already %sd", verb, r.GetId(), verb)
 	}
 	r.Paused = paused
+	r.PauseReason = ""
 	msg := verb + "d"
 	if c.GetReason() != "" {
 		msg += ": " + c.GetReason()
