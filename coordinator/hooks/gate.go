@@ -35,7 +35,7 @@ func Evaluate(r *sv1.Rollout, point sv1.HookPoint, key string, now time.Time) Ve
 	for _, w := range spec.Webhooks(r.GetSpec(), point) {
 		last := state.LatestCall(r, key, w.GetName())
 		switch {
-		case last == nil:
+		case last == nil, last.GetOutcome() == sv1.HookOutcome_HOOK_OUTCOME_CANCELLED:
 			v.Due = append(v.Due, w.GetName())
 			if w.GetGating() {
 				v.Open = false

@@ -78,3 +78,29 @@ func TestState_FinishMakesPostRolloutWebhooksDue(t *testing.T) {
 		t.Fatal("answered call still pending")
 	}
 }
+
+func TestState_OperatorPromoteCancelsAPendingGate(t *testing.T) {
+	s := New()
+	sp := hooked("r1")
+	sp.Hooks.Webhooks = append(sp.Hooks.Webhooks, &sv1.Webhook{Name: "load", Point: sv1.HookPoint_HOOK_POINT_PRE_PROMOTION,
+		Url: "http://x/l", Gating: true, Timeout: durationpb.New(time.Second), Recheck: durationpb.New(time.Second)})
+	s.ApplyIntent(7, applyEntry("i1", sp, t0))
+	s.ApplyHookDue(8, &sv1.HookDueEntry{Rollout: "r1", Key: KeyPrePromotion, Webhooks: []string{"load"}, Generation: 7, StampedAt: timestamppb.New(t0)})
+	if len(s.PendingCalls()) != 1 {
+		t.Fatal("gate call not due")
+	}
+	s.ApplyIntent(9, &sv1.IntentEntry{StampedAt: timestamppb.New(t0), Intent: &sv1.Intent{Id: "i2", Operator: "ana",
+		Action: &sv1.Intent_PromoteRollout{PromoteRollout: &sv1.PromoteRollout{Rollout: "r1", Full: true}}}})
+	got := calls(s.Rollout("r1"), KeyPrePromotion)
+	if len(got) != 1 || got[0].GetOutcome() != sv1.HookOutcome_HOOK_OUTCOME_CANCELLED {
+		t.Fatalf("gate calls after an operator's promote %v", got)
+	}
+	if len(s.PendingCalls()) != 0 {
+		t.Fatal("a cancelled gate is still to be called")
+	}
+	// The answer of a call that was in flight counts for nothing.
+	s.ApplyHookResult(10, &sv1.HookResultEntry{Rollout: "r1", Key: KeyPrePromotion, Webhook: "load", Seq: 1, Ok: false, StampedAt: timestamppb.New(t0)})
+	if r := s.Rollout("r1"); r.GetPhase() != sv1.RolloutPhase_ROLLOUT_PHASE_PROMOTED || calls(r, KeyPrePromotion)[0].GetOutcome() != sv1.HookOutcome_HOOK_OUTCOME_CANCELLED {
+		t.Fatalf("late answer changed the rollout: %v", r)
+	}
+}

@@ -160,6 +160,9 @@ const (
 	HookOutcome_HOOK_OUTCOME_PENDING   HookOutcome = 1
 	HookOutcome_HOOK_OUTCOME_SUCCEEDED HookOutcome = 2
 	HookOutcome_HOOK_OUTCOME_FAILED    HookOutcome = 3
+	// Cancelled: a gate call not answered when the rollout moved on without
+	// it (an operator's promote or skip, a rollback); it is not made.
+	HookOutcome_HOOK_OUTCOME_CANCELLED HookOutcome = 4
 )
 
 // Enum value maps for HookOutcome.
@@ -169,12 +172,14 @@ var (
 		1: "HOOK_OUTCOME_PENDING",
 		2: "HOOK_OUTCOME_SUCCEEDED",
 		3: "HOOK_OUTCOME_FAILED",
+		4: "HOOK_OUTCOME_CANCELLED",
 	}
 	HookOutcome_value = map[string]int32{
 		"HOOK_OUTCOME_UNSPECIFIED": 0,
 		"HOOK_OUTCOME_PENDING":     1,
 		"HOOK_OUTCOME_SUCCEEDED":   2,
 		"HOOK_OUTCOME_FAILED":      3,
+		"HOOK_OUTCOME_CANCELLED":   4,
 	}
 )
 
@@ -1009,12 +1014,13 @@ const file_switchyard_v1_hooks_proto_rawDesc = "" +
 	"\x18HOOK_FAILURE_UNSPECIFIED\x10\x00\x12\x15\n" +
 	"\x11HOOK_FAILURE_HOLD\x10\x01\x12\x19\n" +
 	"\x15HOOK_FAILURE_ROLLBACK\x10\x02\x12\x16\n" +
-	"\x12HOOK_FAILURE_PAUSE\x10\x03*z\n" +
+	"\x12HOOK_FAILURE_PAUSE\x10\x03*\x96\x01\n" +
 	"\vHookOutcome\x12\x1c\n" +
 	"\x18HOOK_OUTCOME_UNSPECIFIED\x10\x00\x12\x18\n" +
 	"\x14HOOK_OUTCOME_PENDING\x10\x01\x12\x1a\n" +
 	"\x16HOOK_OUTCOME_SUCCEEDED\x10\x02\x12\x17\n" +
-	"\x13HOOK_OUTCOME_FAILED\x10\x03BCZAgithub.com/switchyard/switchyard/proto/switchyard/v1;switchyardv1b\x06proto3"
+	"\x13HOOK_OUTCOME_FAILED\x10\x03\x12\x1a\n" +
+	"\x16HOOK_OUTCOME_CANCELLED\x10\x04BCZAgithub.com/switchyard/switchyard/proto/switchyard/v1;switchyardv1b\x06proto3"
 
 var (
 	file_switchyard_v1_hooks_proto_rawDescOnce sync.Once
