@@ -105,6 +105,7 @@ func (f *fleet) nodesFor(service string) []*sv1.NodeView {
 				ObservedWeights:   maps.Clone(svc.GetObservedWeights()),
 				ObservedMatches:   svc.GetObservedMatches(),
 				Drift:             svc.GetDrift(),
+				Hooks:             n.status.GetHooks(),
 			}
 			if cur, ok := f.current(service); ok {
 				v.Diverged = agreement(nodeFence(v), cur) == Diverged

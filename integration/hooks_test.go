@@ -160,8 +160,7 @@ func TestHooks_GatingPrePromotionWebhookHoldsTheRolloutUntilItAccepts(t *testing
 	}
 
 	hook.setAccept("/gate", true)
-	view, err = f.WaitRollout(ctx, "web-gated", f.Converged(sv1.RolloutPhase_ROLLOUT_PHASE_COMPLETED))
-	if err != nil {
+	if _, err := f.WaitRollout(ctx, "web-gated", f.Converged(sv1.RolloutPhase_ROLLOUT_PHASE_COMPLETED)); err != nil {
 		t.Fatal(err)
 	}
 	if err := f.WaitAllServing(ctx, harness.Green, samples); err != nil {
@@ -357,6 +356,14 @@ func TestHooks_FailingPreTrafficHookKeepsThatNodeOnBlue(t *testing.T) {
 
 	// Bad input first: a hook no agent has.
 	missing := strings.Replace(strings.Replace(preTrafficCanary, "warm-green]", "warm-green, flush-cdn]", 1), "web-warm", "web-missing", 1)
+	plan, err := f.Run(ctx, "rollout", "plan", "-f", writeSpec(t, "missing-plan", missing))
+	if err != nil || plan.ExitCode != 0 {
+		t.Fatalf("plan: %v %+v", err, plan)
+	}
+	if !strings.Contains(plan.Stdout, "agent hook flush-cdn is not in the agent config of edge-1, edge-2, edge-3: apply would be refused") ||
+		strings.Contains(plan.Stdout, "agent hook warm-green is not") {
+		t.Fatalf("plan does not say which nodes lack which hook:\n%s", plan.Stdout)
+	}
 	res, err := f.Run(ctx, "rollout", "apply", "-f", writeSpec(t, "missing", missing))
 	if err != nil {
 		t.Fatal(err)

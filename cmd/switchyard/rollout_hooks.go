@@ -3,6 +3,7 @@ package main
 import (
 	"fmt"
 	"io"
+	"slices"
 	"strings"
 	"text/tabwriter"
 
@@ -12,7 +13,7 @@ import (
 
 // printPlanHooks lists every hook a rollout would run: where, when, and
 // what it does to the rollout.
-func printPlanHooks(w io.Writer, sp *sv1.RolloutSpec) {
+func printPlanHooks(w io.Writer, sp *sv1.RolloutSpec, live []*sv1.NodeView, withFleet bool) {
 	wh := sp.GetHooks().GetWebhooks()
 	a := sp.GetHooks().GetAgent()
 	if len(wh) == 0 && len(spec.AgentHookNames(sp)) == 0 {
@@ -25,8 +26,11 @@ func printPlanHooks(w io.Writer, sp *sv1.RolloutSpec) {
 		effect := "notifies; never waited for"
 		if h.GetGating() {
 			onFail := "holds at the point and asks again after " + h.GetRecheck().AsDuration().String()
-			if h.GetOnFailure() == sv1.HookFailure_HOOK_FAILURE_ROLLBACK {
+			switch h.GetOnFailure() {
+			case sv1.HookFailure_HOOK_FAILURE_ROLLBACK:
 				onFail = "rolls back"
+			case sv1.HookFailure_HOOK_FAILURE_PAUSE:
+				onFail = "pauses until resumed, then asks again"
 			}
 			effect = "gates: the rollout waits for a 2xx; on failure it " + onFail
 		}
@@ -46,6 +50,20 @@ func printPlanHooks(w io.Writer, sp *sv1.RolloutSpec) {
 		}
 	}
 	tw.Flush()
+	if !withFleet {
+		return
+	}
+	for _, name := range spec.AgentHookNames(sp) {
+		var lack []string
+		for _, n := range live {
+			if !slices.Contains(n.GetHooks(), name) {
+				lack = append(lack, n.GetNode())
+			}
+		}
+		if len(lack) > 0 {
+			fmt.Fprintf(w, "  agent hook %s is not in the agent config of %s: apply would be refused\n", name, strings.Join(lack, ", "))
+		}
+	}
 }
 
 func pointWhen(p sv1.HookPoint) string {

@@ -206,7 +206,7 @@ func printPlan(w io.Writer, sp *sv1.RolloutSpec, nodes []*sv1.NodeView, withFlee
 	if d := spec.KeepWarm(sp); d > 0 {
 		fmt.Fprintf(w, "\nAfter promotion %s is kept warm for %s.\n", sp.GetFrom(), d)
 	}
-	printPlanHooks(w, sp)
+	printPlanHooks(w, sp, live, withFleet)
 }
 
 func readSpec(file string) (*sv1.RolloutSpec, error) {

@@ -100,8 +100,14 @@ func TestFSM_RestoreRefusesGarbage(t *testing.T) {
 func FuzzFSM_Decode(f *testing.F) {
 	good, _ := Encode(IntentType, &sv1.IntentEntry{Intent: &sv1.Intent{Id: "x"}})
 	conv, _ := Encode(RolloutConvergedType, &sv1.RolloutConvergedEntry{Rollout: "r", Generation: 3})
+	due, _ := Encode(HookDueType, &sv1.HookDueEntry{Rollout: "r", Key: "pre-promotion", Webhooks: []string{"w"}, Generation: 3})
+	result, _ := Encode(HookResultType, &sv1.HookResultEntry{Rollout: "r", Key: "rollback", Webhook: "w", Seq: 1, Ok: true})
+	start, _ := Encode(RolloutStartType, &sv1.RolloutStartEntry{Rollout: "r"})
 	f.Add(good)
 	f.Add(conv)
+	f.Add(due)
+	f.Add(result)
+	f.Add(start)
 	f.Add([]byte{})
 	f.Add([]byte{200})
 	f.Fuzz(func(t *testing.T, data []byte) {

@@ -35,7 +35,7 @@ func Evaluate(r *sv1.Rollout, point sv1.HookPoint, key string, now time.Time) Ve
 	for _, w := range spec.Webhooks(r.GetSpec(), point) {
 		last := state.LatestCall(r, key, w.GetName())
 		switch {
-		case last == nil:
+		case last == nil, last.GetOutcome() == sv1.HookOutcome_HOOK_OUTCOME_CANCELLED:
 			v.Due = append(v.Due, w.GetName())
 			if w.GetGating() {
 				v.Open = false
@@ -46,6 +46,12 @@ func Evaluate(r *sv1.Rollout, point sv1.HookPoint, key string, now time.Time) Ve
 		case last.GetOutcome() == sv1.HookOutcome_HOOK_OUTCOME_PENDING:
 			v.Open = false
 			waiting = append(waiting, fmt.Sprintf("webhook %s at %s: calling (call %d)", w.GetName(), key, last.GetSeq()))
+		case w.GetOnFailure() == sv1.HookFailure_HOOK_FAILURE_PAUSE:
+			// The failure paused the rollout; it is evaluated again only
+			// once an operator resumed it, which is the signal to ask again.
+			v.Open = false
+			v.Due = append(v.Due, w.GetName())
+			waiting = append(waiting, fmt.Sprintf("webhook %s at %s: asking again after a resume (last answer: %s)", w.GetName(), key, last.GetDetail()))
 		default: // failed and holding
 			v.Open = false
 			again := last.GetAnsweredAt().AsTime().Add(w.GetRecheck().AsDuration())

@@ -65,7 +65,7 @@ func hookedSpec(hooks ...*sv1.Webhook) *sv1.RolloutSpec {
 	return sp
 }
 
-func newRaft(t *testing.T, sp *sv1.RolloutSpec) *memRaft {
+func newRaft(t testing.TB, sp *sv1.RolloutSpec) *memRaft {
 	t.Helper()
 	if err := spec.Validate(sp); err != nil {
 		t.Fatal(err)
@@ -287,5 +287,38 @@ func TestHooks_EvaluateNotifyingNeverHolds(t *testing.T) {
 	}
 	if p, k, ok := Point(r, 0, 2, false); !ok || p != sv1.HookPoint_HOOK_POINT_PRE_PROMOTION || k != "pre-promotion" {
 		t.Fatalf("the end of the last wave's steps gives it all traffic: want pre-promotion, got %v %q %v", p, k, ok)
+	}
+}
+
+func TestHooks_FailingGateWithPausePausesUntilResumed(t *testing.T) {
+	var accept atomic.Bool
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if !accept.Load() {
+			http.Error(w, "change freeze", http.StatusConflict)
+		}
+	}))
+	defer srv.Close()
+	gate := webhook("freeze", sv1.HookPoint_HOOK_POINT_PRE_STEP, srv.URL, true)
+	gate.OnFailure = sv1.HookFailure_HOOK_FAILURE_PAUSE
+	m := newRaft(t, hookedSpec(gate))
+	g := &Gate{Raft: m}
+	c := caller(m)
+	g.Hold(m.st.Rollout("r1"), 0, 1, false, t0)
+	settle(c)
+	r := m.st.Rollout("r1")
+	if !r.GetPaused() || r.GetPhase() != sv1.RolloutPhase_ROLLOUT_PHASE_PROGRESSING ||
+		r.GetPauseReason() != "gating webhook freeze at pre-step/0/1 failed (409 Conflict: change freeze)" {
+		t.Fatalf("failed pause-gate: paused %v (%q) phase %v", r.GetPaused(), r.GetPauseReason(), r.GetPhase())
+	}
+	// The operator resumes: the gate asks again at once, not after recheck.
+	m.st.ApplyIntent(m.next(), &sv1.IntentEntry{StampedAt: timestamppb.New(t0), Intent: &sv1.Intent{Id: "resume",
+		Action: &sv1.Intent_ResumeRollout{ResumeRollout: &sv1.RolloutControl{Rollout: "r1"}}}})
+	accept.Store(true)
+	if w, _ := g.Hold(m.st.Rollout("r1"), 0, 1, false, t0); !strings.Contains(w, "asking again after a resume (last answer: 409 Conflict: change freeze)") {
+		t.Fatalf("hold after resume %q", w)
+	}
+	settle(c)
+	if w, _ := g.Hold(m.st.Rollout("r1"), 0, 1, false, t0); w != "" {
+		t.Fatalf("accepted gate still holds: %q", w)
 	}
 }

@@ -101,6 +101,9 @@ func Decide(r *sv1.Rollout, obs Observation) Decision {
 		return Decision{Action: Finish, Message: "completed"}
 	}
 	if r.GetPaused() {
+		if why := r.GetPauseReason(); why != "" {
+			return Decision{Waiting: "resume: paused because " + why}
+		}
 		return Decision{Waiting: "paused by an operator"}
 	}
 	if !converged {

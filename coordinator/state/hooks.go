@@ -69,6 +69,23 @@ func (s *State) duePoint(r *sv1.Rollout, p sv1.HookPoint, key string, index uint
 	s.due(r, key, names, index, at)
 }
 
+// cancelGates closes the rollout's unanswered gate calls when it moves on
+// without them: asking a gate after the fact would decide nothing.
+// Notifying calls stay due.
+func (s *State) cancelGates(r *sv1.Rollout, index uint64, at *timestamppb.Timestamp) {
+	for _, c := range r.GetHookCalls() {
+		if c.GetOutcome() != sv1.HookOutcome_HOOK_OUTCOME_PENDING {
+			continue
+		}
+		for _, w := range r.GetSpec().GetHooks().GetWebhooks() {
+			if w.GetName() == c.GetWebhook() && w.GetGating() {
+				c.Outcome, c.Detail, c.AnsweredAt = sv1.HookOutcome_HOOK_OUTCOME_CANCELLED, "not called: the rollout moved on first", at
+				s.record(r, index, at, "", fmt.Sprintf("webhook %s at %s cancelled: the rollout moved on first", c.GetWebhook(), c.GetKey()))
+			}
+		}
+	}
+}
+
 // ApplyHookDue makes webhook calls due, as the leader's controller decided
 // at a gate. It is a no-op when the rollout moved on since.
 func (s *State) ApplyHookDue(index uint64, e *sv1.HookDueEntry) {
@@ -117,7 +134,19 @@ func (s *State) ApplyHookResult(index uint64, e *sv1.HookResultEntry) []string {
 			hook = w
 		}
 	}
-	if !hook.GetGating() || hook.GetOnFailure() != sv1.HookFailure_HOOK_FAILURE_ROLLBACK {
+	if !hook.GetGating() {
+		return nil
+	}
+	switch hook.GetOnFailure() {
+	case sv1.HookFailure_HOOK_FAILURE_PAUSE:
+		if !r.GetPaused() {
+			r.Paused = true
+			r.PauseReason = fmt.Sprintf("gating webhook %s at %s failed (%s)", e.GetWebhook(), e.GetKey(), e.GetDetail())
+			s.record(r, index, e.GetStampedAt(), "", "paused: "+r.PauseReason+"; resume to ask it again")
+		}
+		return nil
+	case sv1.HookFailure_HOOK_FAILURE_ROLLBACK:
+	default:
 		return nil
 	}
 	svc := s.services[r.GetSpec().GetService()]
@@ -126,6 +155,7 @@ func (s *State) ApplyHookResult(index uint64, e *sv1.HookResultEntry) []string {
 	}
 	r.Phase = sv1.RolloutPhase_ROLLOUT_PHASE_ROLLING_BACK
 	r.HoldStart = false
+	s.cancelGates(r, index, e.GetStampedAt())
 	r.Evidence = &sv1.Evidence{Guardrail: "webhook", Summary: fmt.Sprintf("gating webhook %s at %s failed: %s", e.GetWebhook(), e.GetKey(), e.GetDetail())}
 	r.Reason = r.Evidence.GetSummary()
 	changed := s.rederive(svc, r, index, e.GetStampedAt())

@@ -251,6 +251,7 @@ func (s *State) rollBack(index uint64, at time.Time, operator, id, reason, verb 
 	r.Phase = sv1.RolloutPhase_ROLLOUT_PHASE_ROLLING_BACK
 	r.Reason = reason
 	r.HoldStart = false
+	s.cancelGates(r, index, ts)
 	changed := s.rederive(svc, r, index, ts)
 	s.record(r, index, ts, operator, "rolling back: "+reason)
 	s.duePoint(r, sv1.HookPoint_HOOK_POINT_ROLLBACK, KeyRollback, index, ts)
@@ -270,6 +271,7 @@ func (s *State) setPaused(index uint64, at time.Time, operator string, c *sv1.Ro
 		return refuse(CodeConflict, "%s_rollout.rollout: %q is already %sd", verb, r.GetId(), verb)
 	}
 	r.Paused = paused
+	r.PauseReason = ""
 	msg := verb + "d"
 	if c.GetReason() != "" {
 		msg += ": " + c.GetReason()
@@ -321,6 +323,7 @@ func (s *State) moveTo(svc *sv1.ServiceRecord, r *sv1.Rollout, index uint64, at 
 	r.Wave, r.Step = int32(wave), int32(step)
 	r.StepStartedAt = at
 	r.HoldStart = false // an operator's skip passes the pre-rollout gates too
+	s.cancelGates(r, index, at)
 	changed := s.rederive(svc, r, index, at)
 	s.record(r, index, at, operator, why+": "+s.position(r))
 	return changed
@@ -329,6 +332,7 @@ func (s *State) moveTo(svc *sv1.ServiceRecord, r *sv1.Rollout, index uint64, at 
 func (s *State) promoteFully(svc *sv1.ServiceRecord, r *sv1.Rollout, index uint64, at *timestamppb.Timestamp, operator, why string) []string {
 	r.Phase = sv1.RolloutPhase_ROLLOUT_PHASE_PROMOTED
 	r.HoldStart = false
+	s.cancelGates(r, index, at)
 	r.PromotedAt = at
 	r.StepStartedAt = at
 	changed := s.rederive(svc, r, index, at)
@@ -371,6 +375,7 @@ func (s *State) ApplyRollback(index uint64, e *sv1.RollbackEntry) []string {
 	}
 	svc := s.services[r.GetSpec().GetService()]
 	r.Phase = sv1.RolloutPhase_ROLLOUT_PHASE_ROLLING_BACK
+	s.cancelGates(r, index, e.GetStampedAt())
 	r.Evidence = e.GetEvidence()
 	r.Reason = "guardrail " + e.GetEvidence().GetGuardrail() + " breached: " + e.GetEvidence().GetSummary()
 	changed := s.rederive(svc, r, index, e.GetStampedAt())

@@ -126,8 +126,10 @@ func convertHooks(add func(string, string, ...any), h *hooksFile) *sv1.HooksSpec
 			}
 		case "rollback":
 			wh.OnFailure = sv1.HookFailure_HOOK_FAILURE_ROLLBACK
+		case "pause":
+			wh.OnFailure = sv1.HookFailure_HOOK_FAILURE_PAUSE
 		default:
-			add(path+".onFailure", "%q is not accepted, want hold or rollback", w.OnFailure)
+			add(path+".onFailure", "%q is not accepted, want hold, pause or rollback", w.OnFailure)
 		}
 		out.Webhooks = append(out.Webhooks, wh)
 	}
@@ -176,8 +178,9 @@ func validateHooks(add func(string, string, ...any), h *sv1.HooksSpec) {
 		if w.GetGating() && Notifying(w.GetPoint()) {
 			add(path+".gating", "a %s webhook cannot gate: nothing may wait for it; remove gating", PointName(w.GetPoint()))
 		}
-		if !w.GetGating() && w.GetOnFailure() == sv1.HookFailure_HOOK_FAILURE_ROLLBACK {
-			add(path+".onFailure", "rollback applies to gating webhooks only; a notifying webhook's failure is recorded, never acted on")
+		if f := w.GetOnFailure(); !w.GetGating() && (f == sv1.HookFailure_HOOK_FAILURE_ROLLBACK || f == sv1.HookFailure_HOOK_FAILURE_PAUSE) {
+			add(path+".onFailure", "%s applies to gating webhooks only; a notifying webhook's failure is recorded, never acted on",
+				strings.ToLower(strings.TrimPrefix(f.String(), "HOOK_FAILURE_")))
 		}
 		if w.GetGating() {
 			checkRange(add, path+".recheck", w.GetRecheck(), MinHookRecheck, MaxHookRecheck)

@@ -65,7 +65,7 @@ func TestSpec_HooksBadInputNamesTheField(t *testing.T) {
 		{"retries", hook("      point: prePromotion\n      url: http://x/\n      retries: 11\n"), "spec.hooks.webhooks[0].retries", "want 0..10"},
 		{"unknown point", hook("      point: beforeLunch\n      url: http://x/\n"), "spec.hooks.webhooks[0].point", "not a hook point"},
 		{"gating rollback", hook("      point: rollback\n      url: http://x/\n      gating: true\n"), "spec.hooks.webhooks[0].gating", "cannot gate"},
-		{"on failure word", hook("      point: preStep\n      url: http://x/\n      onFailure: shrug\n"), "spec.hooks.webhooks[0].onFailure", "hold or rollback"},
+		{"on failure word", hook("      point: preStep\n      url: http://x/\n      onFailure: shrug\n"), "spec.hooks.webhooks[0].onFailure", "hold, pause or rollback"},
 		{"recheck", hook("      point: preStep\n      url: http://x/\n      recheck: 2h\n"), "spec.hooks.webhooks[0].recheck", "out of range"},
 		{"unknown field", hook("      point: preStep\n      url: http://x/\n      shell: true\n"), "spec.hooks.webhooks[0].shell", "unknown field"},
 		{"agent hook name", canary + "hooks:\n  agent:\n    preTraffic: [\"rm -rf /\"]\n", "spec.hooks.agent.preTraffic[0]", "agents' config"},

@@ -103,6 +103,9 @@ const (
 	HookFailure_HOOK_FAILURE_HOLD HookFailure = 1
 	// Rollback: the rollout rolls back with the webhook's answer as evidence.
 	HookFailure_HOOK_FAILURE_ROLLBACK HookFailure = 2
+	// Pause: the rollout is paused as if by an operator; a resume asks the
+	// gate again.
+	HookFailure_HOOK_FAILURE_PAUSE HookFailure = 3
 )
 
 // Enum value maps for HookFailure.
@@ -111,11 +114,13 @@ var (
 		0: "HOOK_FAILURE_UNSPECIFIED",
 		1: "HOOK_FAILURE_HOLD",
 		2: "HOOK_FAILURE_ROLLBACK",
+		3: "HOOK_FAILURE_PAUSE",
 	}
 	HookFailure_value = map[string]int32{
 		"HOOK_FAILURE_UNSPECIFIED": 0,
 		"HOOK_FAILURE_HOLD":        1,
 		"HOOK_FAILURE_ROLLBACK":    2,
+		"HOOK_FAILURE_PAUSE":       3,
 	}
 )
 
@@ -155,6 +160,9 @@ const (
 	HookOutcome_HOOK_OUTCOME_PENDING   HookOutcome = 1
 	HookOutcome_HOOK_OUTCOME_SUCCEEDED HookOutcome = 2
 	HookOutcome_HOOK_OUTCOME_FAILED    HookOutcome = 3
+	// Cancelled: a gate call not answered when the rollout moved on without
+	// it (an operator's promote or skip, a rollback); it is not made.
+	HookOutcome_HOOK_OUTCOME_CANCELLED HookOutcome = 4
 )
 
 // Enum value maps for HookOutcome.
@@ -164,12 +172,14 @@ var (
 		1: "HOOK_OUTCOME_PENDING",
 		2: "HOOK_OUTCOME_SUCCEEDED",
 		3: "HOOK_OUTCOME_FAILED",
+		4: "HOOK_OUTCOME_CANCELLED",
 	}
 	HookOutcome_value = map[string]int32{
 		"HOOK_OUTCOME_UNSPECIFIED": 0,
 		"HOOK_OUTCOME_PENDING":     1,
 		"HOOK_OUTCOME_SUCCEEDED":   2,
 		"HOOK_OUTCOME_FAILED":      3,
+		"HOOK_OUTCOME_CANCELLED":   4,
 	}
 )
 
@@ -999,16 +1009,18 @@ const file_switchyard_v1_hooks_proto_rawDesc = "" +
 	"\x13HOOK_POINT_PRE_WAVE\x10\x03\x12\x1c\n" +
 	"\x18HOOK_POINT_PRE_PROMOTION\x10\x04\x12\x1b\n" +
 	"\x17HOOK_POINT_POST_ROLLOUT\x10\x05\x12\x17\n" +
-	"\x13HOOK_POINT_ROLLBACK\x10\x06*]\n" +
+	"\x13HOOK_POINT_ROLLBACK\x10\x06*u\n" +
 	"\vHookFailure\x12\x1c\n" +
 	"\x18HOOK_FAILURE_UNSPECIFIED\x10\x00\x12\x15\n" +
 	"\x11HOOK_FAILURE_HOLD\x10\x01\x12\x19\n" +
-	"\x15HOOK_FAILURE_ROLLBACK\x10\x02*z\n" +
+	"\x15HOOK_FAILURE_ROLLBACK\x10\x02\x12\x16\n" +
+	"\x12HOOK_FAILURE_PAUSE\x10\x03*\x96\x01\n" +
 	"\vHookOutcome\x12\x1c\n" +
 	"\x18HOOK_OUTCOME_UNSPECIFIED\x10\x00\x12\x18\n" +
 	"\x14HOOK_OUTCOME_PENDING\x10\x01\x12\x1a\n" +
 	"\x16HOOK_OUTCOME_SUCCEEDED\x10\x02\x12\x17\n" +
-	"\x13HOOK_OUTCOME_FAILED\x10\x03BCZAgithub.com/switchyard/switchyard/proto/switchyard/v1;switchyardv1b\x06proto3"
+	"\x13HOOK_OUTCOME_FAILED\x10\x03\x12\x1a\n" +
+	"\x16HOOK_OUTCOME_CANCELLED\x10\x04BCZAgithub.com/switchyard/switchyard/proto/switchyard/v1;switchyardv1b\x06proto3"
 
 var (
 	file_switchyard_v1_hooks_proto_rawDescOnce sync.Once

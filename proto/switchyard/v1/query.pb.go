@@ -252,7 +252,9 @@ type NodeView struct {
 	// ObservedMatches is the agent's word that its proxy does what it applied.
 	ObservedMatches bool `protobuf:"varint,61,opt,name=observed_matches,json=observedMatches,proto3" json:"observed_matches,omitempty"`
 	// Drift says what the agent found wrong on its proxy, while unrepaired.
-	Drift         string `protobuf:"bytes,62,opt,name=drift,proto3" json:"drift,omitempty"`
+	Drift string `protobuf:"bytes,62,opt,name=drift,proto3" json:"drift,omitempty"`
+	// Hooks names the hooks the node's agent config defines.
+	Hooks         []string `protobuf:"bytes,51,rep,name=hooks,proto3" json:"hooks,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -390,6 +392,13 @@ func (x *NodeView) GetDrift() string {
 		return x.Drift
 	}
 	return ""
+}
+
+func (x *NodeView) GetHooks() []string {
+	if x != nil {
+		return x.Hooks
+	}
+	return nil
 }
 
 // FleetQuery asks for the nodes that run a service.
@@ -690,7 +699,7 @@ const file_switchyard_v1_query_proto_rawDesc = "" +
 	"\tconverged\x18\x03 \x01(\rR\tconverged\x12\x18\n" +
 	"\awaiting\x18\x04 \x01(\tR\awaiting\x127\n" +
 	"\awindows\x18\x05 \x03(\v2\x1d.switchyard.v1.WindowEvidenceR\awindows\x12\x1a\n" +
-	"\banalysis\x18( \x01(\tR\banalysis\"\xd3\x06\n" +
+	"\banalysis\x18( \x01(\tR\banalysis\"\xe9\x06\n" +
 	"\bNodeView\x12\x12\n" +
 	"\x04node\x18\x01 \x01(\tR\x04node\x12-\n" +
 	"\x12applied_generation\x18\x02 \x01(\x04R\x11appliedGeneration\x12>\n" +
@@ -706,7 +715,8 @@ const file_switchyard_v1_query_proto_rawDesc = "" +
 	"\thook_runs\x182 \x03(\v2\x16.switchyard.v1.HookRunR\bhookRuns\x12W\n" +
 	"\x10observed_weights\x18< \x03(\v2,.switchyard.v1.NodeView.ObservedWeightsEntryR\x0fobservedWeights\x12)\n" +
 	"\x10observed_matches\x18= \x01(\bR\x0fobservedMatches\x12\x14\n" +
-	"\x05drift\x18> \x01(\tR\x05drift\x1a:\n" +
+	"\x05drift\x18> \x01(\tR\x05drift\x12\x14\n" +
+	"\x05hooks\x183 \x03(\tR\x05hooks\x1a:\n" +
 	"\fWeightsEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
 	"\x05value\x18\x02 \x01(\rR\x05value:\x028\x01\x1a9\n" +

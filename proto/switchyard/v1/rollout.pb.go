@@ -964,7 +964,10 @@ type Rollout struct {
 	HookCalls []*HookCall `protobuf:"bytes,50,rep,name=hook_calls,json=hookCalls,proto3" json:"hook_calls,omitempty"`
 	// HoldStart is set while gating pre-rollout webhooks keep the rollout
 	// from moving any traffic.
-	HoldStart     bool `protobuf:"varint,51,opt,name=hold_start,json=holdStart,proto3" json:"hold_start,omitempty"`
+	HoldStart bool `protobuf:"varint,51,opt,name=hold_start,json=holdStart,proto3" json:"hold_start,omitempty"`
+	// PauseReason says why the rollout paused itself (a gating webhook with
+	// onFailure pause); empty when an operator paused it.
+	PauseReason   string `protobuf:"bytes,52,opt,name=pause_reason,json=pauseReason,proto3" json:"pause_reason,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1130,6 +1133,13 @@ func (x *Rollout) GetHoldStart() bool {
 		return x.HoldStart
 	}
 	return false
+}
+
+func (x *Rollout) GetPauseReason() string {
+	if x != nil {
+		return x.PauseReason
+	}
+	return ""
 }
 
 // Evidence is what a rollback decision saw: the guardrail and the windows.
@@ -1801,7 +1811,7 @@ const file_switchyard_v1_rollout_proto_rawDesc = "" +
 	"\x03max\x18\x02 \x01(\v2\x19.google.protobuf.DurationR\x03max\x12<\n" +
 	"\fmax_increase\x18\x03 \x01(\v2\x19.google.protobuf.DurationR\vmaxIncrease\"2\n" +
 	"\x13SaturationGuardrail\x12\x1b\n" +
-	"\tmax_queue\x18\x01 \x01(\rR\bmaxQueue\"\x94\x06\n" +
+	"\tmax_queue\x18\x01 \x01(\rR\bmaxQueue\"\xb7\x06\n" +
 	"\aRollout\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\tR\x02id\x12.\n" +
 	"\x04spec\x18\x02 \x01(\v2\x1a.switchyard.v1.RolloutSpecR\x04spec\x121\n" +
@@ -1829,7 +1839,8 @@ const file_switchyard_v1_rollout_proto_rawDesc = "" +
 	"\n" +
 	"hook_calls\x182 \x03(\v2\x17.switchyard.v1.HookCallR\thookCalls\x12\x1d\n" +
 	"\n" +
-	"hold_start\x183 \x01(\bR\tholdStart\"\xbe\x01\n" +
+	"hold_start\x183 \x01(\bR\tholdStart\x12!\n" +
+	"\fpause_reason\x184 \x01(\tR\vpauseReason\"\xbe\x01\n" +
 	"\bEvidence\x12\x1c\n" +
 	"\tguardrail\x18\x01 \x01(\tR\tguardrail\x12\x18\n" +
 	"\asummary\x18\x02 \x01(\tR\asummary\x127\n" +

@@ -1,0 +1,106 @@
+package state
+
+import (
+	"testing"
+	"time"
+
+	"google.golang.org/protobuf/types/known/durationpb"
+	"google.golang.org/protobuf/types/known/timestamppb"
+
+	sv1 "github.com/switchyard/switchyard/proto/switchyard/v1"
+)
+
+func hooked(name string) *sv1.RolloutSpec {
+	sp := bgSpec(name)
+	sp.Hooks = &sv1.HooksSpec{
+		Webhooks: []*sv1.Webhook{
+			{Name: "pager", Point: sv1.HookPoint_HOOK_POINT_ROLLBACK, Url: "http://x/p", Timeout: durationpb.New(time.Second)},
+			{Name: "chat", Point: sv1.HookPoint_HOOK_POINT_POST_ROLLOUT, Url: "http://x/c", Timeout: durationpb.New(time.Second)},
+		},
+		Agent: &sv1.AgentHooks{PreTraffic: []string{"warm"}},
+	}
+	return sp
+}
+
+func calls(r *sv1.Rollout, key string) []*sv1.HookCall {
+	var out []*sv1.HookCall
+	for _, c := range r.GetHookCalls() {
+		if c.GetKey() == key {
+			out = append(out, c)
+		}
+	}
+	return out
+}
+
+func TestState_AbortMakesRollbackWebhooksDueOnce(t *testing.T) {
+	s := New()
+	s.ApplyIntent(7, applyEntry("i1", hooked("r1"), t0))
+	if d := s.Desired("web"); d.GetAgentHooks().GetPreTraffic()[0] != "warm" {
+		t.Fatalf("desired state lacks the agent hooks: %v", d)
+	}
+	s.ApplyIntent(9, abortEntry("i2", "r1", t0.Add(time.Second)))
+	r := s.Rollout("r1")
+	got := calls(r, KeyRollback)
+	if len(got) != 1 || got[0].GetOutcome() != sv1.HookOutcome_HOOK_OUTCOME_PENDING || got[0].GetWebhook() != "pager" || got[0].GetGeneration() != 9 {
+		t.Fatalf("rollback calls %v", got)
+	}
+	if len(calls(r, KeyPostRollout)) != 0 {
+		t.Fatal("post-rollout webhook due on an abort")
+	}
+	// A guardrail rollback judged on the old generation is a no-op and
+	// makes nothing due again.
+	s.ApplyRollback(10, &sv1.RollbackEntry{Rollout: "r1", Generation: 7, StampedAt: timestamppb.New(t0)})
+	if n := len(calls(s.Rollout("r1"), KeyRollback)); n != 1 {
+		t.Fatalf("%d rollback calls", n)
+	}
+	if p := s.PendingCalls(); len(p) != 1 || p[0].Webhook.GetName() != "pager" {
+		t.Fatalf("pending %v", p)
+	}
+}
+
+func TestState_FinishMakesPostRolloutWebhooksDue(t *testing.T) {
+	s := New()
+	s.ApplyIntent(7, applyEntry("i1", hooked("r1"), t0))
+	s.ApplyAdvance(8, &sv1.RolloutAdvanceEntry{Rollout: "r1", FromWave: 0, FromStep: 0, Promote: true, StampedAt: timestamppb.New(t0)})
+	s.ApplyFinish(9, &sv1.RolloutFinishEntry{Rollout: "r1", StampedAt: timestamppb.New(t0)})
+	r := s.Rollout("r1")
+	if r.GetPhase() != sv1.RolloutPhase_ROLLOUT_PHASE_COMPLETED {
+		t.Fatalf("phase %v", r.GetPhase())
+	}
+	if got := calls(r, KeyPostRollout); len(got) != 1 || got[0].GetWebhook() != "chat" {
+		t.Fatalf("post-rollout calls %v", got)
+	}
+	s.ApplyHookResult(10, &sv1.HookResultEntry{Rollout: "r1", Key: KeyPostRollout, Webhook: "chat", Seq: 1, Ok: false, Detail: "500", StampedAt: timestamppb.New(t0)})
+	if p := s.Rollout("r1").GetPhase(); p != sv1.RolloutPhase_ROLLOUT_PHASE_COMPLETED {
+		t.Fatalf("a failed notifying webhook changed the phase to %v", p)
+	}
+	if len(s.PendingCalls()) != 0 {
+		t.Fatal("answered call still pending")
+	}
+}
+
+func TestState_OperatorPromoteCancelsAPendingGate(t *testing.T) {
+	s := New()
+	sp := hooked("r1")
+	sp.Hooks.Webhooks = append(sp.Hooks.Webhooks, &sv1.Webhook{Name: "load", Point: sv1.HookPoint_HOOK_POINT_PRE_PROMOTION,
+		Url: "http://x/l", Gating: true, Timeout: durationpb.New(time.Second), Recheck: durationpb.New(time.Second)})
+	s.ApplyIntent(7, applyEntry("i1", sp, t0))
+	s.ApplyHookDue(8, &sv1.HookDueEntry{Rollout: "r1", Key: KeyPrePromotion, Webhooks: []string{"load"}, Generation: 7, StampedAt: timestamppb.New(t0)})
+	if len(s.PendingCalls()) != 1 {
+		t.Fatal("gate call not due")
+	}
+	s.ApplyIntent(9, &sv1.IntentEntry{StampedAt: timestamppb.New(t0), Intent: &sv1.Intent{Id: "i2", Operator: "ana",
+		Action: &sv1.Intent_PromoteRollout{PromoteRollout: &sv1.PromoteRollout{Rollout: "r1", Full: true}}}})
+	got := calls(s.Rollout("r1"), KeyPrePromotion)
+	if len(got) != 1 || got[0].GetOutcome() != sv1.HookOutcome_HOOK_OUTCOME_CANCELLED {
+		t.Fatalf("gate calls after an operator's promote %v", got)
+	}
+	if len(s.PendingCalls()) != 0 {
+		t.Fatal("a cancelled gate is still to be called")
+	}
+	// The answer of a call that was in flight counts for nothing.
+	s.ApplyHookResult(10, &sv1.HookResultEntry{Rollout: "r1", Key: KeyPrePromotion, Webhook: "load", Seq: 1, Ok: false, StampedAt: timestamppb.New(t0)})
+	if r := s.Rollout("r1"); r.GetPhase() != sv1.RolloutPhase_ROLLOUT_PHASE_PROMOTED || calls(r, KeyPrePromotion)[0].GetOutcome() != sv1.HookOutcome_HOOK_OUTCOME_CANCELLED {
+		t.Fatalf("late answer changed the rollout: %v", r)
+	}
+}
