@@ -2,6 +2,7 @@ package coordinator
 
 import (
 	"errors"
+	"log/slog"
 	"strings"
 	"testing"
 	"time"
@@ -16,7 +17,7 @@ import (
 
 func TestCoordinator_AgentHookCheckNamesFieldAndNodes(t *testing.T) {
 	now := time.Date(2026, 11, 29, 12, 0, 0, 0, time.UTC)
-	f := newFleet(15*time.Second, newMetrics(prometheus.NewRegistry()))
+	f := newFleet(15*time.Second, newMetrics(prometheus.NewRegistry()), slog.New(slog.DiscardHandler))
 	f.now = func() time.Time { return now }
 	s := &Server{fleet: f}
 	apply := func(hooks ...string) *sv1.Intent {
