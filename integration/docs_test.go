@@ -13,8 +13,10 @@ import (
 	"github.com/nats-io/nats.go"
 
 	"github.com/switchyard/switchyard/bus"
+	"github.com/switchyard/switchyard/coordinator"
 	"github.com/switchyard/switchyard/integration/harness"
 	"github.com/switchyard/switchyard/integration/harness/harnesstest"
+	"github.com/switchyard/switchyard/internal/certs"
 )
 
 // docCommand is one shell command of a doc's runnable blocks: a line (with
@@ -55,10 +57,10 @@ func docCommands(t *testing.T, doc, name string) []docCommand {
 			cur = append(cur, line)
 			switch {
 			case heredoc != "":
-				if strings.TrimSpace(line) == heredoc {
-					heredoc = ""
+				if strings.TrimSpace(line) != heredoc {
+					continue
 				}
-				continue
+				heredoc = "" // the command ends with its heredoc
 			case strings.Contains(line, "<<'"):
 				heredoc = strings.TrimSuffix(strings.SplitN(line, "<<'", 2)[1], "'")
 				continue
@@ -162,10 +164,27 @@ func TestDocs_SecuredExternalCluster(t *testing.T) {
 		outputs = append(outputs, res.Stdout)
 	}
 	all := strings.Join(outputs, "\n")
-	for _, want := range []string{"no rollouts", "revoked edge-1", "account pushed", "Leader: c1"} {
+	for _, want := range []string{"no rollouts", "revoked edge-1", "account pushed", "c1  127.0.0.1:" + ports["7000"]} {
 		if !strings.Contains(all, want) {
 			t.Errorf("the documented commands never printed %q", want)
 		}
+	}
+	// The coordinator leads over mutual TLS.
+	tc, err := coordinator.ClusterClientTLS(certs.Files{CA: filepath.Join(work, "tls", "ca.pem")})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := harness.Poll(ctx, 100*time.Millisecond, func(ctx context.Context) error {
+		m, err := (&coordinator.ClusterClient{TLS: tc}).Members(ctx, "127.0.0.1:"+ports["7070"])
+		if err != nil {
+			return err
+		}
+		if m.Leader != "c1" {
+			return fmt.Errorf("leader %q", m.Leader)
+		}
+		return nil
+	}); err != nil {
+		t.Fatal(err)
 	}
 	// What the doc promises: edge-1 is refused, the operator is not.
 	url := "tls://127.0.0.1:" + ports["4222"]
