@@ -5,6 +5,8 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+
+	"github.com/switchyard/switchyard/coordinator"
 )
 
 func TestCLI_AuthVerbs(t *testing.T) {
@@ -64,5 +66,37 @@ func TestCLI_AuthVerbs(t *testing.T) {
 				t.Fatalf("exit %d, stderr %q; want exit %d and %q", code, stderr, c.code, c.stderr)
 			}
 		})
+	}
+}
+
+func TestCLI_CoordinatorConfigFileSecurityKeys(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "c1.yaml")
+	if err := os.WriteFile(path, []byte(`nodeId: c1
+dataDir: /var/lib/switchyard/c1
+nats: tls://10.0.0.9:4222
+natsClient: {creds: /etc/switchyard/c1.creds, ca: /etc/switchyard/nats-ca.pem}
+clusterTLS: {ca: /etc/switchyard/cluster-ca.pem, cert: /etc/switchyard/c1.pem, key: /etc/switchyard/c1-key.pem}
+`), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	var cfg coordinator.Config
+	if err := loadCoordinatorFile(path, &cfg); err != nil {
+		t.Fatal(err)
+	}
+	if cfg.NATS.Creds != "/etc/switchyard/c1.creds" || cfg.NATS.CA != "/etc/switchyard/nats-ca.pem" ||
+		cfg.ClusterTLS.CA != "/etc/switchyard/cluster-ca.pem" || cfg.ClusterTLS.Cert != "/etc/switchyard/c1.pem" || cfg.ClusterTLS.Key != "/etc/switchyard/c1-key.pem" {
+		t.Fatalf("config = %+v %+v", cfg.NATS, cfg.ClusterTLS)
+	}
+	// The files are checked when the coordinator starts, naming the flag.
+	code, _, stderr := runCLI(t, "coordinator", "--config", path)
+	if code != exitFailure || !strings.Contains(stderr, "--cluster-ca /etc/switchyard/cluster-ca.pem: open") {
+		t.Fatalf("exit %d %q", code, stderr)
+	}
+	bad := filepath.Join(t.TempDir(), "bad.yaml")
+	if err := os.WriteFile(bad, []byte("nodeId: c1\nclusterTLS: {certificate: x}\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if code, _, stderr := runCLI(t, "coordinator", "--config", bad); code != exitFailure || !strings.Contains(stderr, "certificate") {
+		t.Fatalf("unknown key: exit %d %q", code, stderr)
 	}
 }
