@@ -203,3 +203,48 @@ func TestDocs_SecuredExternalCluster(t *testing.T) {
 		}
 	}
 }
+
+// TestDocs_RolePermissionsTable checks docs/security.md's table of roles
+// against the permissions the code grants, subject by subject.
+func TestDocs_RolePermissionsTable(t *testing.T) {
+	root, err := harness.ModuleRoot()
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, err := os.ReadFile(filepath.Join(root, "docs", "security.md"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	rows := map[string]string{}
+	for _, line := range strings.Split(string(b), "\n") {
+		cells := strings.Split(line, "|")
+		if len(cells) < 5 {
+			continue
+		}
+		rows[strings.Trim(strings.TrimSpace(cells[1]), "`")] = line
+	}
+	generic := strings.NewReplacer("KV_"+bus.DesiredBucket, "KV_<bucket>", "KV_"+bus.DrillsBucket, "KV_<bucket>")
+	for _, role := range bus.Roles {
+		row, ok := rows[string(role)]
+		if !ok {
+			t.Errorf("docs/security.md has no row for role %s", role)
+			continue
+		}
+		perms, err := bus.RolePermissions(role)
+		if err != nil {
+			t.Fatal(err)
+		}
+		cells := strings.Split(row, "|")
+		pub, sub := cells[2], cells[3]
+		for _, s := range perms.Publish {
+			if !strings.Contains(pub, "`"+generic.Replace(s)+"`") && !strings.Contains(pub, "`"+s+"`") {
+				t.Errorf("role %s may publish to %s; docs/security.md does not say so", role, s)
+			}
+		}
+		for _, s := range perms.Subscribe {
+			if !strings.Contains(sub, "`"+s+"`") {
+				t.Errorf("role %s may subscribe to %s; docs/security.md does not say so", role, s)
+			}
+		}
+	}
+}
