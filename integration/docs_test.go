@@ -2,7 +2,10 @@ package integration
 
 import (
 	"context"
+	"errors"
 	"fmt"
+	"io"
+	"net/http"
 	"os"
 	"path/filepath"
 	"strconv"
@@ -247,4 +250,130 @@ func TestDocs_RolePermissionsTable(t *testing.T) {
 			}
 		}
 	}
+}
+
+// TestDocs_READMETourCredentials runs the README tour's steps that give an
+// edge node its own credentials on `switchyard dev`'s secured bus: the
+// README's own `auth issue` and `agent` lines, with the environment dev
+// printed, and an agent config that is examples/agent.yaml with a free port
+// and a temporary state directory. The agent must connect with them.
+func TestDocs_READMETourCredentials(t *testing.T) {
+	ctx := harnesstest.Context(t, 2*time.Minute)
+	sy, _ := binaries(t)
+	root, err := harness.ModuleRoot()
+	if err != nil {
+		t.Fatal(err)
+	}
+	readme, err := os.ReadFile(filepath.Join(root, "README.md"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var issue, run string
+	for _, line := range strings.Split(string(readme), "\n") {
+		line = strings.TrimSpace(strings.SplitN(line, "#", 2)[0])
+		switch {
+		case strings.HasPrefix(line, "switchyard auth issue --role agent"):
+			issue = line
+		case strings.HasPrefix(line, "switchyard agent --config examples/agent.yaml --nats-creds"):
+			run = line
+		}
+	}
+	if issue == "" || run == "" {
+		t.Fatalf("README tour lost its credential steps (issue %q, agent %q)", issue, run)
+	}
+
+	dir := harnesstest.Dir(t)
+	binDir := filepath.Join(dir, "bin")
+	if err := os.MkdirAll(binDir, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Symlink(sy, filepath.Join(binDir, "switchyard")); err != nil {
+		t.Fatal(err)
+	}
+	devHTTP, err := harness.FreePort()
+	if err != nil {
+		t.Fatal(err)
+	}
+	dev, err := harness.StartProcess(harness.ProcessSpec{Name: "dev", Path: sy, LogDir: filepath.Join(dir, "logs"),
+		Args: []string{"dev", "--data-dir", filepath.Join(dir, "dev"), "--nats-port", "0",
+			"--http-addr", "127.0.0.1:" + strconv.Itoa(devHTTP), "--raft-addr", "127.0.0.1:0"}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		if err := dev.Stop(); err != nil {
+			t.Errorf("dev: %v", err)
+		}
+	})
+	env := []string{"PATH=" + binDir + ":" + os.Getenv("PATH")}
+	for _, key := range []string{"SWITCHYARD_NATS", "SWITCHYARD_NATS_CA", "SWITCHYARD_NATS_CREDS", "SWITCHYARD_AUTH_DIR"} {
+		line, err := dev.WaitForStdoutLine(ctx, key+"=")
+		if err != nil {
+			t.Fatal(err)
+		}
+		env = append(env, line)
+	}
+
+	// The tour's config, localized: its own port and state directory.
+	example, err := os.ReadFile(examplePath(t, "agent.yaml"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	agentHTTP, err := harness.FreePort()
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfg := strings.NewReplacer(
+		"127.0.0.1:9101", "127.0.0.1:"+strconv.Itoa(agentHTTP),
+		"/tmp/switchyard/state/edge-1", filepath.Join(dir, "state"),
+	).Replace(string(example))
+	work := filepath.Join(dir, "tour")
+	if err := os.MkdirAll(filepath.Join(work, "examples"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(work, "examples", "agent.yaml"), []byte(cfg), 0o644); err != nil {
+		t.Fatal(err)
+	}
+
+	res, err := harness.RunCLI(ctx, "bash", env, "-c", "cd "+work+" && "+issue)
+	if err != nil || res.ExitCode != 0 {
+		t.Fatalf("%s: %v %+v", issue, err, res)
+	}
+	t.Logf("$ %s\n%s", issue, strings.TrimSpace(res.Stdout))
+	agentProc, err := harness.StartProcess(harness.ProcessSpec{Name: "agent", Path: "bash", Env: env,
+		Args: []string{"-c", "cd " + work + " && exec " + run}, LogDir: filepath.Join(dir, "logs")})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		if err := agentProc.Stop(); err != nil {
+			t.Errorf("agent: %v", err)
+		}
+	})
+	client := &http.Client{Timeout: 2 * time.Second}
+	err = harness.Poll(ctx, 100*time.Millisecond, func(ctx context.Context) error {
+		if !agentProc.Running() {
+			return harness.Permanent(fmt.Errorf("agent exited: %s", agentProc.Tail(20)))
+		}
+		resp, err := client.Get("http://127.0.0.1:" + strconv.Itoa(agentHTTP) + "/metrics")
+		if err != nil {
+			return err
+		}
+		defer resp.Body.Close()
+		body, err := io.ReadAll(resp.Body)
+		if err != nil {
+			return err
+		}
+		if v, _ := harness.MetricValue(string(body), "switchyard_agent_bus_connected", nil); v != 1 {
+			return errors.New("agent not connected to the bus")
+		}
+		if v, _ := harness.MetricValue(string(body), "switchyard_agent_bus_refused_total", map[string]string{"reason": "permission"}); v != 0 {
+			return harness.Permanent(fmt.Errorf("the bus refused the agent %v times", v))
+		}
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Logf("$ %s\nagent connected to the secured bus", run)
 }
