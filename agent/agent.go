@@ -353,7 +353,8 @@ func (a *Agent) Run(ctx context.Context) error {
 			if err != nil {
 				a.log.Warn("nats disconnected; serving from local state", "err", err)
 			}
-		}))...); err != nil {
+		}),
+		nats.ErrorHandler(a.busRefusal))...); err != nil {
 		return err
 	}
 	a.mu.Lock()
@@ -413,6 +414,25 @@ func (a *Agent) Run(ctx context.Context) error {
 	close(a.ready)
 	<-ctx.Done()
 	return nil
+}
+
+// busRefusal counts and logs what the NATS server refused: a permission
+// violation means this node runs with creds that do not fit it, an
+// authorization error that its creds were refused or revoked.
+func (a *Agent) busRefusal(_ *nats.Conn, sub *nats.Subscription, err error) {
+	reason := "other"
+	switch {
+	case errors.Is(err, nats.ErrPermissionViolation):
+		reason = "permission"
+	case errors.Is(err, nats.ErrAuthorization), errors.Is(err, nats.ErrAuthRevoked), errors.Is(err, nats.ErrAuthExpired):
+		reason = "authorization"
+	}
+	a.m.busRefused.WithLabelValues(reason).Inc()
+	if sub != nil {
+		a.log.Warn("nats refused this node", "reason", reason, "subject", sub.Subject, "err", err)
+		return
+	}
+	a.log.Warn("nats refused this node", "reason", reason, "err", err)
 }
 
 // telemetryLoop builds the telemetry of one service.

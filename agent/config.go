@@ -261,7 +261,7 @@ func ParseConfig(b []byte) (*Config, error) {
 }
 
 // unknownFieldRE matches yaml's report of a field KnownFields refused.
-var unknownFieldRE = regexp.MustCompile(`field (\S+) not found in type agent\.(\w+)`)
+var unknownFieldRE = regexp.MustCompile(`field (\S+) not found in type (?:agent|bus)\.(\w+)`)
 
 // sections names, for operators, the part of the file each Go type decodes.
 var sections = map[string]string{
@@ -274,6 +274,7 @@ var sections = map[string]string{
 	"HTTPCheck":        "in a probe (want name, method, url, headers, body, expectStatus, bodyContains, maxLatency, timeout)",
 	"ProcessConfig":    "in a process (want pidFile)",
 	"TrustConfig":      "in trust (want keys)",
+	"Security":         "in natsClient (want creds, ca, cert, key)",
 }
 
 // explainYAMLError rewrites yaml's unknown-field errors in the config's own
@@ -396,6 +397,10 @@ func (c *Config) Validate() error {
 	}
 	if _, err := c.NATSClient.Options("natsClient."); err != nil {
 		bad("natsClient", "%v", err)
+	} else if name, ok := credsName(c.NATSClient.Creds); ok && c.Node != "" && name != c.Node {
+		// An agent's permissions are its creds' name's subjects: with
+		// another node's creds it could publish nothing of its own.
+		bad("natsClient.creds", "%s was issued to %q, but this node is %q", c.NATSClient.Creds, name, c.Node)
 	}
 	if c.StateDir == "" {
 		bad("stateDir", "required")
@@ -707,4 +712,17 @@ func (t TrustConfig) keyring() (*bus.Keyring, error) {
 		return nil, fmt.Errorf("trust.keys: %w", err)
 	}
 	return ring, nil
+}
+
+// credsName is the user name in a .creds file, if it can be read.
+func credsName(path string) (string, bool) {
+	if path == "" {
+		return "", false
+	}
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return "", false
+	}
+	name, err := bus.CredsName(b)
+	return name, err == nil
 }

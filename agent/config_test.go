@@ -232,3 +232,24 @@ func TestConfig_TelemetryProbesAndGuardErrors(t *testing.T) {
 		})
 	}
 }
+
+func TestConfig_NATSClientFilesAreChecked(t *testing.T) {
+	dir := t.TempDir()
+	notPEM := filepath.Join(dir, "ca.pem")
+	if err := os.WriteFile(notPEM, []byte("not a certificate"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	base := "node: edge-1\nstateDir: /tmp/x\nservices:\n  web:\n    haproxy: {socket: /s, backend: web, servers: {blue: b, green: g}}\n"
+	for _, c := range []struct{ natsClient, want string }{
+		{"natsClient: {creds: " + filepath.Join(dir, "none.creds") + "}\n", "natsClient: natsClient.creds: open"},
+		{"natsClient: {creds: " + notPEM + "}\n", "not a NATS .creds file"},
+		{"natsClient: {ca: " + notPEM + "}\n", "natsClient.ca " + notPEM + ": no PEM certificate found"},
+		{"natsClient: {cert: " + notPEM + "}\n", "natsClient.ca: required with natsClient.cert and natsClient.key"},
+		{"natsClient: {crds: x}\n", `unknown field "crds"`},
+	} {
+		_, err := ParseConfig([]byte(base + c.natsClient))
+		if !errors.Is(err, ErrInvalidConfig) || !strings.Contains(err.Error(), c.want) {
+			t.Errorf("%s: %v; want %q", strings.TrimSpace(c.natsClient), err, c.want)
+		}
+	}
+}

@@ -118,6 +118,7 @@ type metrics struct {
 	busReconnects     prometheus.Counter
 	resyncErrors      prometheus.Counter
 	busConnected      prometheus.Gauge
+	busRefused        *prometheus.CounterVec
 	reports           *prometheus.CounterVec
 	logLines          *prometheus.CounterVec
 	probes            *prometheus.CounterVec
@@ -184,6 +185,10 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 			Name: "switchyard_agent_bus_connected",
 			Help: "1 while the agent is connected to NATS, else 0.",
 		}),
+		busRefused: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "switchyard_agent_bus_refused_total",
+			Help: "What the NATS server refused this agent, by reason: permission (a publish or subscription its creds do not allow), authorization (creds refused or revoked), other.",
+		}, []string{"reason"}),
 		reports: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "switchyard_agent_telemetry_reports_total",
 			Help: "HealthReport windows by service and result (published, disconnected, no_data, error).",
@@ -225,7 +230,7 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 	for _, c := range []prometheus.Collector{
 		m.applies, m.applySeconds, m.rejected, m.drift, m.observedMatch, m.appliedGeneration, m.documentExpired, m.appliedEpoch,
 		m.driverDegraded, m.stateSaveErrors, m.busReconnects, m.resyncErrors,
-		m.busConnected, m.reports, m.logLines, m.probes, m.localRollbacks, m.droppedLogLines,
+		m.busConnected, m.busRefused, m.reports, m.logLines, m.probes, m.localRollbacks, m.droppedLogLines,
 		m.faultsActive, m.faults, m.drillRejected, m.hookRuns,
 	} {
 		if err := reg.Register(c); err != nil {

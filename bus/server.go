@@ -76,7 +76,11 @@ func RunEmbedded(o EmbeddedOptions) (*server.Server, error) {
 		if err != nil {
 			return nil, fmt.Errorf("embedded nats: tls: %w", err)
 		}
-		opts.TLSConfig, opts.TLS, opts.TLSVerify, opts.TLSTimeout = tc, true, o.VerifyClients, 2
+		// Generous handshake and auth timeouts: a thousand agents
+		// reconnecting at once to a busy server must not be cut off
+		// halfway and retry, which only adds load.
+		opts.TLSConfig, opts.TLS, opts.TLSVerify, opts.TLSTimeout = tc, true, o.VerifyClients, 5
+		opts.AuthTimeout = 5
 	}
 	s, err := server.NewServer(opts)
 	if err != nil {

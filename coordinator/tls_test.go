@@ -11,8 +11,10 @@ import (
 	"time"
 
 	"github.com/hashicorp/raft"
+	"github.com/nats-io/nats.go/jetstream"
 	"github.com/prometheus/client_golang/prometheus/testutil"
 
+	"github.com/switchyard/switchyard/bus"
 	"github.com/switchyard/switchyard/internal/certs"
 	sv1 "github.com/switchyard/switchyard/proto/switchyard/v1"
 )
@@ -52,6 +54,14 @@ func TestCluster_MutualTLSFailsOverAndRefusesAForeignCA(t *testing.T) {
 	waitFor(t, "three members over https", 5*time.Second, func() bool {
 		m, err := client.Members(context.Background(), leader.cfg.HTTPAddr)
 		return err == nil && len(m.Members) == 3
+	})
+	js, err := jetstream.New(nc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, "the leader's intent stream", 10*time.Second, func() bool {
+		_, err := js.Stream(context.Background(), bus.IntentStream)
+		return err == nil
 	})
 	if _, err := ClusterMembers(context.Background(), leader.cfg.HTTPAddr); err == nil {
 		t.Fatal("the HTTP API answered plain HTTP")

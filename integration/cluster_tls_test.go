@@ -116,5 +116,5 @@ func TestCluster_CoordinatorFromAnotherCACannotJoin(t *testing.T) {
 	if now, err := c.WaitLeader(ctx); err != nil || now != leader {
 		t.Fatalf("leader %d after the intruder, was %d: %v", now, leader, err)
 	}
-	t.Logf("refused handshakes: %v; intruder's log: %s", rejected()-baseline, intruder.Tail(3))
+	t.Logf("refused TLS handshakes counted by the cluster: %v", rejected()-baseline)
 }

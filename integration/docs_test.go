@@ -2,7 +2,10 @@ package integration
 
 import (
 	"context"
+	"errors"
 	"fmt"
+	"io"
+	"net/http"
 	"os"
 	"path/filepath"
 	"strconv"
@@ -13,8 +16,10 @@ import (
 	"github.com/nats-io/nats.go"
 
 	"github.com/switchyard/switchyard/bus"
+	"github.com/switchyard/switchyard/coordinator"
 	"github.com/switchyard/switchyard/integration/harness"
 	"github.com/switchyard/switchyard/integration/harness/harnesstest"
+	"github.com/switchyard/switchyard/internal/certs"
 )
 
 // docCommand is one shell command of a doc's runnable blocks: a line (with
@@ -55,10 +60,10 @@ func docCommands(t *testing.T, doc, name string) []docCommand {
 			cur = append(cur, line)
 			switch {
 			case heredoc != "":
-				if strings.TrimSpace(line) == heredoc {
-					heredoc = ""
+				if strings.TrimSpace(line) != heredoc {
+					continue
 				}
-				continue
+				heredoc = "" // the command ends with its heredoc
 			case strings.Contains(line, "<<'"):
 				heredoc = strings.TrimSuffix(strings.SplitN(line, "<<'", 2)[1], "'")
 				continue
@@ -162,10 +167,27 @@ func TestDocs_SecuredExternalCluster(t *testing.T) {
 		outputs = append(outputs, res.Stdout)
 	}
 	all := strings.Join(outputs, "\n")
-	for _, want := range []string{"no rollouts", "revoked edge-1", "account pushed", "Leader: c1"} {
+	for _, want := range []string{"no rollouts", "revoked edge-1", "account pushed", "c1  127.0.0.1:" + ports["7000"]} {
 		if !strings.Contains(all, want) {
 			t.Errorf("the documented commands never printed %q", want)
 		}
+	}
+	// The coordinator leads over mutual TLS.
+	tc, err := coordinator.ClusterClientTLS(certs.Files{CA: filepath.Join(work, "tls", "ca.pem")})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := harness.Poll(ctx, 100*time.Millisecond, func(ctx context.Context) error {
+		m, err := (&coordinator.ClusterClient{TLS: tc}).Members(ctx, "127.0.0.1:"+ports["7070"])
+		if err != nil {
+			return err
+		}
+		if m.Leader != "c1" {
+			return fmt.Errorf("leader %q", m.Leader)
+		}
+		return nil
+	}); err != nil {
+		t.Fatal(err)
 	}
 	// What the doc promises: edge-1 is refused, the operator is not.
 	url := "tls://127.0.0.1:" + ports["4222"]
@@ -183,4 +205,175 @@ func TestDocs_SecuredExternalCluster(t *testing.T) {
 			t.Errorf("%s connects: %v, want allowed=%v", name, err, allowed)
 		}
 	}
+}
+
+// TestDocs_RolePermissionsTable checks docs/security.md's table of roles
+// against the permissions the code grants, subject by subject.
+func TestDocs_RolePermissionsTable(t *testing.T) {
+	root, err := harness.ModuleRoot()
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, err := os.ReadFile(filepath.Join(root, "docs", "security.md"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	rows := map[string]string{}
+	for _, line := range strings.Split(string(b), "\n") {
+		cells := strings.Split(line, "|")
+		if len(cells) < 5 {
+			continue
+		}
+		rows[strings.Trim(strings.TrimSpace(cells[1]), "`")] = line
+	}
+	generic := strings.NewReplacer("KV_"+bus.DesiredBucket, "KV_<bucket>", "KV_"+bus.DrillsBucket, "KV_<bucket>")
+	for _, role := range bus.Roles {
+		row, ok := rows[string(role)]
+		if !ok {
+			t.Errorf("docs/security.md has no row for role %s", role)
+			continue
+		}
+		perms, err := bus.RolePermissions(role)
+		if err != nil {
+			t.Fatal(err)
+		}
+		cells := strings.Split(row, "|")
+		pub, sub := cells[2], cells[3]
+		for _, s := range perms.Publish {
+			if !strings.Contains(pub, "`"+generic.Replace(s)+"`") && !strings.Contains(pub, "`"+s+"`") {
+				t.Errorf("role %s may publish to %s; docs/security.md does not say so", role, s)
+			}
+		}
+		for _, s := range perms.Subscribe {
+			if !strings.Contains(sub, "`"+s+"`") {
+				t.Errorf("role %s may subscribe to %s; docs/security.md does not say so", role, s)
+			}
+		}
+	}
+}
+
+// TestDocs_READMETourCredentials runs the README tour's steps that give an
+// edge node its own credentials on `switchyard dev`'s secured bus: the
+// README's own `auth issue` and `agent` lines, with the environment dev
+// printed, and an agent config that is examples/agent.yaml with a free port
+// and a temporary state directory. The agent must connect with them.
+func TestDocs_READMETourCredentials(t *testing.T) {
+	ctx := harnesstest.Context(t, 2*time.Minute)
+	sy, _ := binaries(t)
+	root, err := harness.ModuleRoot()
+	if err != nil {
+		t.Fatal(err)
+	}
+	readme, err := os.ReadFile(filepath.Join(root, "README.md"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var issue, run string
+	for _, line := range strings.Split(string(readme), "\n") {
+		line = strings.TrimSpace(strings.SplitN(line, "#", 2)[0])
+		switch {
+		case strings.HasPrefix(line, "switchyard auth issue --role agent"):
+			issue = line
+		case strings.HasPrefix(line, "switchyard agent --config examples/agent.yaml --nats-creds"):
+			run = line
+		}
+	}
+	if issue == "" || run == "" {
+		t.Fatalf("README tour lost its credential steps (issue %q, agent %q)", issue, run)
+	}
+
+	dir := harnesstest.Dir(t)
+	binDir := filepath.Join(dir, "bin")
+	if err := os.MkdirAll(binDir, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Symlink(sy, filepath.Join(binDir, "switchyard")); err != nil {
+		t.Fatal(err)
+	}
+	devHTTP, err := harness.FreePort()
+	if err != nil {
+		t.Fatal(err)
+	}
+	dev, err := harness.StartProcess(harness.ProcessSpec{Name: "dev", Path: sy, LogDir: filepath.Join(dir, "logs"),
+		Args: []string{"dev", "--data-dir", filepath.Join(dir, "dev"), "--nats-port", "0",
+			"--http-addr", "127.0.0.1:" + strconv.Itoa(devHTTP), "--raft-addr", "127.0.0.1:0"}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		if err := dev.Stop(); err != nil {
+			t.Errorf("dev: %v", err)
+		}
+	})
+	env := []string{"PATH=" + binDir + ":" + os.Getenv("PATH")}
+	for _, key := range []string{"SWITCHYARD_NATS", "SWITCHYARD_NATS_CA", "SWITCHYARD_NATS_CREDS", "SWITCHYARD_AUTH_DIR"} {
+		line, err := dev.WaitForStdoutLine(ctx, key+"=")
+		if err != nil {
+			t.Fatal(err)
+		}
+		env = append(env, line)
+	}
+
+	// The tour's config, localized: its own port and state directory.
+	example, err := os.ReadFile(examplePath(t, "agent.yaml"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	agentHTTP, err := harness.FreePort()
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfg := strings.NewReplacer(
+		"127.0.0.1:9101", "127.0.0.1:"+strconv.Itoa(agentHTTP),
+		"/tmp/switchyard/state/edge-1", filepath.Join(dir, "state"),
+	).Replace(string(example))
+	work := filepath.Join(dir, "tour")
+	if err := os.MkdirAll(filepath.Join(work, "examples"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(work, "examples", "agent.yaml"), []byte(cfg), 0o644); err != nil {
+		t.Fatal(err)
+	}
+
+	res, err := harness.RunCLI(ctx, "bash", env, "-c", "cd "+work+" && "+issue)
+	if err != nil || res.ExitCode != 0 {
+		t.Fatalf("%s: %v %+v", issue, err, res)
+	}
+	t.Logf("$ %s\n%s", issue, strings.TrimSpace(res.Stdout))
+	agentProc, err := harness.StartProcess(harness.ProcessSpec{Name: "agent", Path: "bash", Env: env,
+		Args: []string{"-c", "cd " + work + " && exec " + run}, LogDir: filepath.Join(dir, "logs")})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		if err := agentProc.Stop(); err != nil {
+			t.Errorf("agent: %v", err)
+		}
+	})
+	client := &http.Client{Timeout: 2 * time.Second}
+	err = harness.Poll(ctx, 100*time.Millisecond, func(ctx context.Context) error {
+		if !agentProc.Running() {
+			return harness.Permanent(fmt.Errorf("agent exited: %s", agentProc.Tail(20)))
+		}
+		resp, err := client.Get("http://127.0.0.1:" + strconv.Itoa(agentHTTP) + "/metrics")
+		if err != nil {
+			return err
+		}
+		defer resp.Body.Close()
+		body, err := io.ReadAll(resp.Body)
+		if err != nil {
+			return err
+		}
+		if v, _ := harness.MetricValue(string(body), "switchyard_agent_bus_connected", nil); v != 1 {
+			return errors.New("agent not connected to the bus")
+		}
+		if v, _ := harness.MetricValue(string(body), "switchyard_agent_bus_refused_total", map[string]string{"reason": "permission"}); v != 0 {
+			return harness.Permanent(fmt.Errorf("the bus refused the agent %v times", v))
+		}
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Logf("$ %s\nagent connected to the secured bus", run)
 }

@@ -87,21 +87,35 @@ func quantiles(ds []time.Duration) (p50, p99, worst time.Duration) {
 	return at(0.5), at(0.99), ds[len(ds)-1]
 }
 
-// benchFleet runs n in-process agents, perConn to a connection. With
-// secured, NATS runs in operator mode with TLS and every connection has its
-// own identity; perConn must then be 1 (an agent's creds allow its own
-// subjects only), as on a real fleet.
-func benchFleet(b *testing.B, n, perConn int, secured bool) {
+// busSecurity is how the benchmark's NATS server runs.
+type busSecurity int
+
+const (
+	plainBus   busSecurity = iota
+	tlsBus                 // TLS, no authorization
+	securedBus             // TLS and operator mode, an identity per connection
+)
+
+// benchFleet runs n in-process agents, perConn to a connection. On a
+// secured bus perConn must be 1: an agent's creds allow its own subjects
+// only.
+func benchFleet(b *testing.B, n, perConn int, mode busSecurity) {
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Minute)
 	defer cancel()
 	opts := bus.EmbeddedOptions{StoreDir: b.TempDir()}
 	var sb *harness.SecuredBus
-	if secured {
+	if mode != plainBus {
+		if mode == securedBus && perConn != 1 {
+			b.Fatal("a secured bus needs one connection per agent")
+		}
 		var err error
 		if sb, err = harness.NewSecuredBus(b.TempDir()); err != nil {
 			b.Fatal(err)
 		}
 		opts = sb.EmbeddedOptions(opts.StoreDir)
+		if mode == tlsBus {
+			opts.AuthConfig = ""
+		}
 	}
 	ns, err := bus.RunEmbedded(opts)
 	if err != nil {
@@ -112,6 +126,9 @@ func benchFleet(b *testing.B, n, perConn int, secured bool) {
 	nb := harness.Bus{URL: url}
 	if sb != nil {
 		nb = sb.Bus(url)
+	}
+	if mode == tlsBus {
+		nb.AuthDir = ""
 	}
 	security := func(role bus.Role, name string) bus.Security {
 		sec, err := nb.Security(role, name)
@@ -353,24 +370,31 @@ func BenchmarkScale_DecisionToApplied(b *testing.B) {
 	for _, n := range []int{100, 1000, 10000} {
 		b.Run(fmt.Sprintf("agents=%d", n), func(b *testing.B) {
 			for range b.N {
-				benchFleet(b, n, 10, false)
+				benchFleet(b, n, 10, plainBus)
 			}
 		})
 	}
 }
 
 // BenchmarkScale_DecisionToAppliedSecured compares, in one run, 1,000
-// agents each on its own connection on a plain bus with the same on NATS in
-// operator mode with TLS and one identity per agent.
+// agents on a plain bus with the same on a secured one: ten agents to a
+// connection (the shape of BenchmarkScale_DecisionToApplied) with TLS alone,
+// since no identity may speak for ten nodes, and one connection per agent
+// with TLS and an agent identity each, as on a real fleet.
 func BenchmarkScale_DecisionToAppliedSecured(b *testing.B) {
-	for _, secured := range []bool{false, true} {
-		name := "bus=plain"
-		if secured {
-			name = "bus=tls+auth"
-		}
-		b.Run(name, func(b *testing.B) {
+	for _, v := range []struct {
+		name    string
+		perConn int
+		bus     busSecurity
+	}{
+		{"conns=shared/bus=plain", 10, plainBus},
+		{"conns=shared/bus=tls", 10, tlsBus},
+		{"conns=per-agent/bus=plain", 1, plainBus},
+		{"conns=per-agent/bus=tls+auth", 1, securedBus},
+	} {
+		b.Run(v.name, func(b *testing.B) {
 			for range b.N {
-				benchFleet(b, 1000, 1, secured)
+				benchFleet(b, 1000, v.perConn, v.bus)
 			}
 		})
 	}

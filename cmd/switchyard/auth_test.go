@@ -1,0 +1,102 @@
+package main
+
+import (
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	"github.com/switchyard/switchyard/coordinator"
+)
+
+func TestCLI_AuthVerbs(t *testing.T) {
+	dir := filepath.Join(t.TempDir(), "auth")
+	if code, out, stderr := runCLI(t, "auth", "init", "--dir", dir); code != exitOK || !strings.Contains(out, "nats-server.conf") {
+		t.Fatalf("init: exit %d %q %q", code, out, stderr)
+	}
+	if code, _, stderr := runCLI(t, "auth", "init", "--dir", dir); code != exitFailure || !strings.Contains(stderr, "already holds an operator") {
+		t.Fatalf("second init: exit %d %q", code, stderr)
+	}
+	out := filepath.Join(t.TempDir(), "edge-1.creds")
+	if code, _, stderr := runCLI(t, "auth", "issue", "--dir", dir, "--role", "agent", "--name", "edge-1", "--out", out); code != exitOK {
+		t.Fatalf("issue: exit %d %q", code, stderr)
+	}
+	b, err := os.ReadFile(out)
+	if err != nil || !strings.Contains(string(b), "BEGIN NATS USER JWT") || !strings.Contains(string(b), "BEGIN USER NKEY SEED") {
+		t.Fatalf("creds file: %v %q", err, b)
+	}
+	if fi, err := os.Stat(out); err != nil || fi.Mode().Perm() != 0o600 {
+		t.Fatalf("creds file mode: %v %v", fi.Mode(), err)
+	}
+	other := filepath.Join(t.TempDir(), "edge-2.creds")
+	if code, _, stderr := runCLI(t, "auth", "issue", "--dir", dir, "--role", "agent", "--name", "edge-2", "--out", other); code != exitOK {
+		t.Fatalf("issue: exit %d %q", code, stderr)
+	}
+	if code, stdout, _ := runCLI(t, "auth", "list", "--dir", dir); code != exitOK || !strings.Contains(stdout, "edge-1") || !strings.Contains(stdout, "agent") {
+		t.Fatalf("list: exit %d %q", code, stdout)
+	}
+	// Revoking without pushing only changes the directory.
+	if code, stdout, stderr := runCLI(t, "auth", "revoke", "--dir", dir, "--name", "edge-1", "--no-push"); code != exitOK || !strings.Contains(stdout, "revoked edge-1") {
+		t.Fatalf("revoke: exit %d %q %q", code, stdout, stderr)
+	}
+	certDir := filepath.Join(t.TempDir(), "tls")
+	if code, stdout, stderr := runCLI(t, "auth", "tls", "--dir", certDir, "--name", "nats", "--host", "127.0.0.1,localhost"); code != exitOK || !strings.Contains(stdout, "nats.pem") {
+		t.Fatalf("tls: exit %d %q %q", code, stdout, stderr)
+	}
+	for _, c := range []struct {
+		name   string
+		args   []string
+		code   int
+		stderr string
+	}{
+		{"issue without role", []string{"auth", "issue", "--dir", dir, "--name", "x"}, exitUsage, "--role and --name are required"},
+		{"unknown role", []string{"auth", "issue", "--dir", dir, "--role", "admin", "--name", "x"}, exitFailure, `--role: role "admin"`},
+		{"bad name", []string{"auth", "issue", "--dir", dir, "--role", "agent", "--name", "edge.1"}, exitFailure, "--name: invalid name"},
+		{"no setup", []string{"auth", "issue", "--dir", t.TempDir(), "--role", "agent", "--name", "x"}, exitFailure, "holds no operator"},
+		{"revoke unknown", []string{"auth", "revoke", "--dir", dir, "--name", "nobody", "--no-push"}, exitFailure, `--name "nobody": no credentials were issued`},
+		{"unknown verb", []string{"auth", "grant"}, exitUsage, `unknown verb "grant"`},
+		{"missing creds file", []string{"rollout", "status", "--nats-creds", filepath.Join(t.TempDir(), "none.creds")}, exitFailure, "--nats-creds: open"},
+		{"CA that is no CA", []string{"rollout", "status", "--nats-ca", out}, exitFailure, "--nats-ca " + out + ": no PEM certificate"},
+		{"cluster cert without key", []string{"coordinator", "--node-id", "c1", "--data-dir", t.TempDir(), "--cluster-ca", filepath.Join(certDir, "ca.pem"), "--cluster-cert", filepath.Join(certDir, "nats.pem")}, exitFailure, "--cluster-cert: set together with --cluster-key"},
+		{"agent creds of another node", []string{"agent", "--config", example(t, "agent.yaml"), "--nats-creds", other}, exitFailure, `natsClient.creds: ` + other + ` was issued to "edge-2", but this node is "edge-1"`},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			code, _, stderr := runCLI(t, c.args...)
+			if code != c.code || !strings.Contains(stderr, c.stderr) {
+				t.Fatalf("exit %d, stderr %q; want exit %d and %q", code, stderr, c.code, c.stderr)
+			}
+		})
+	}
+}
+
+func TestCLI_CoordinatorConfigFileSecurityKeys(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "c1.yaml")
+	if err := os.WriteFile(path, []byte(`nodeId: c1
+dataDir: /var/lib/switchyard/c1
+nats: tls://10.0.0.9:4222
+natsClient: {creds: /etc/switchyard/c1.creds, ca: /etc/switchyard/nats-ca.pem}
+clusterTLS: {ca: /etc/switchyard/cluster-ca.pem, cert: /etc/switchyard/c1.pem, key: /etc/switchyard/c1-key.pem}
+`), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	var cfg coordinator.Config
+	if err := loadCoordinatorFile(path, &cfg); err != nil {
+		t.Fatal(err)
+	}
+	if cfg.NATS.Creds != "/etc/switchyard/c1.creds" || cfg.NATS.CA != "/etc/switchyard/nats-ca.pem" ||
+		cfg.ClusterTLS.CA != "/etc/switchyard/cluster-ca.pem" || cfg.ClusterTLS.Cert != "/etc/switchyard/c1.pem" || cfg.ClusterTLS.Key != "/etc/switchyard/c1-key.pem" {
+		t.Fatalf("config = %+v %+v", cfg.NATS, cfg.ClusterTLS)
+	}
+	// The files are checked when the coordinator starts, naming the flag.
+	code, _, stderr := runCLI(t, "coordinator", "--config", path)
+	if code != exitFailure || !strings.Contains(stderr, "--cluster-ca /etc/switchyard/cluster-ca.pem: open") {
+		t.Fatalf("exit %d %q", code, stderr)
+	}
+	bad := filepath.Join(t.TempDir(), "bad.yaml")
+	if err := os.WriteFile(bad, []byte("nodeId: c1\nclusterTLS: {certificate: x}\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if code, _, stderr := runCLI(t, "coordinator", "--config", bad); code != exitFailure || !strings.Contains(stderr, "certificate") {
+		t.Fatalf("unknown key: exit %d %q", code, stderr)
+	}
+}
