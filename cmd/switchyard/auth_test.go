@@ -43,6 +43,20 @@ func TestCLI_AuthVerbs(t *testing.T) {
 	if code, stdout, stderr := runCLI(t, "auth", "tls", "--dir", certDir, "--name", "nats", "--host", "127.0.0.1,localhost"); code != exitOK || !strings.Contains(stdout, "nats.pem") {
 		t.Fatalf("tls: exit %d %q %q", code, stdout, stderr)
 	}
+	// The coordinator and agent cases fail on their NATS files, not on the
+	// signing key or the trusted keys, which are good here.
+	key := filepath.Join(t.TempDir(), "coordinator.key")
+	if code, _, stderr := runCLI(t, "keys", "generate", "--out", key); code != exitOK {
+		t.Fatalf("keys generate: exit %d %q", code, stderr)
+	}
+	example, err := os.ReadFile(example(t, "agent.yaml"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	agentConf := filepath.Join(t.TempDir(), "agent.yaml")
+	if err := os.WriteFile(agentConf, []byte(strings.ReplaceAll(string(example), "/tmp/switchyard/dev/keys/coordinator.key.pub", key+".pub")), 0o600); err != nil {
+		t.Fatal(err)
+	}
 	for _, c := range []struct {
 		name   string
 		args   []string
@@ -57,8 +71,8 @@ func TestCLI_AuthVerbs(t *testing.T) {
 		{"unknown verb", []string{"auth", "grant"}, exitUsage, `unknown verb "grant"`},
 		{"missing creds file", []string{"rollout", "status", "--nats-creds", filepath.Join(t.TempDir(), "none.creds")}, exitFailure, "--nats-creds: open"},
 		{"CA that is no CA", []string{"rollout", "status", "--nats-ca", out}, exitFailure, "--nats-ca " + out + ": no PEM certificate"},
-		{"cluster cert without key", []string{"coordinator", "--node-id", "c1", "--data-dir", t.TempDir(), "--cluster-ca", filepath.Join(certDir, "ca.pem"), "--cluster-cert", filepath.Join(certDir, "nats.pem")}, exitFailure, "--cluster-cert: set together with --cluster-key"},
-		{"agent creds of another node", []string{"agent", "--config", example(t, "agent.yaml"), "--nats-creds", other}, exitFailure, `natsClient.creds: ` + other + ` was issued to "edge-2", but this node is "edge-1"`},
+		{"cluster cert without key", []string{"coordinator", "--node-id", "c1", "--data-dir", t.TempDir(), "--signing-key", key, "--cluster-ca", filepath.Join(certDir, "ca.pem"), "--cluster-cert", filepath.Join(certDir, "nats.pem")}, exitFailure, "--cluster-cert: set together with --cluster-key"},
+		{"agent creds of another node", []string{"agent", "--config", agentConf, "--nats-creds", other}, exitFailure, `natsClient.creds: ` + other + ` was issued to "edge-2", but this node is "edge-1"`},
 	} {
 		t.Run(c.name, func(t *testing.T) {
 			code, _, stderr := runCLI(t, c.args...)
@@ -79,8 +93,11 @@ clusterTLS: {ca: /etc/switchyard/cluster-ca.pem, cert: /etc/switchyard/c1.pem, k
 `), 0o600); err != nil {
 		t.Fatal(err)
 	}
-	var cfg coordinator.Config
-	if err := loadCoordinatorFile(path, &cfg); err != nil {
+	var (
+		cfg     coordinator.Config
+		signing signingFlags
+	)
+	if err := loadCoordinatorFile(path, &cfg, &signing); err != nil {
 		t.Fatal(err)
 	}
 	if cfg.NATS.Creds != "/etc/switchyard/c1.creds" || cfg.NATS.CA != "/etc/switchyard/nats-ca.pem" ||
@@ -88,7 +105,11 @@ clusterTLS: {ca: /etc/switchyard/cluster-ca.pem, cert: /etc/switchyard/c1.pem, k
 		t.Fatalf("config = %+v %+v", cfg.NATS, cfg.ClusterTLS)
 	}
 	// The files are checked when the coordinator starts, naming the flag.
-	code, _, stderr := runCLI(t, "coordinator", "--config", path)
+	key := filepath.Join(t.TempDir(), "coordinator.key")
+	if code, _, stderr := runCLI(t, "keys", "generate", "--out", key); code != exitOK {
+		t.Fatalf("keys generate: exit %d %q", code, stderr)
+	}
+	code, _, stderr := runCLI(t, "coordinator", "--config", path, "--signing-key", key)
 	if code != exitFailure || !strings.Contains(stderr, "--cluster-ca /etc/switchyard/cluster-ca.pem: open") {
 		t.Fatalf("exit %d %q", code, stderr)
 	}
