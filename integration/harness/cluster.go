@@ -171,6 +171,10 @@ func StartCluster(ctx context.Context, o ClusterOptions) (c *Cluster, err error)
 	return c, nil
 }
 
+// TrustKeyPrivate is the coordinators' signing key file, which survives
+// the loss of their data directories.
+func (c *Cluster) TrustKeyPrivate() string { return c.opts.SigningKey }
+
 // TrustKey is the public key file of the coordinators' signing key, for the
 // agents' trust.keys.
 func (c *Cluster) TrustKey() string { return c.opts.SigningKey + ".pub" }
