@@ -66,4 +66,3 @@ func TestAgent_ExpiredDocumentKeepsItsWeightsAndSaysSo(t *testing.T) {
 		t.Fatalf("applied generation %d after an expired document, want 5", got)
 	}
 }
-
