@@ -35,12 +35,17 @@ func TestCLI_ExitCodes(t *testing.T) {
 	if code, _, stderr := runCLI(t, "keys", "generate", "--out", key); code != exitOK {
 		t.Fatalf("keys generate: exit %d: %s", code, stderr)
 	}
+	conf := filepath.Join(keyDir, "coordinator.yaml")
+	if err := os.WriteFile(conf, []byte("nodeId: c1\ndataDir: "+t.TempDir()+"\nsigning: {key: "+filepath.Join(keyDir, "missing.key")+", validity: 10m}\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
 	cases := []struct {
 		name   string
 		args   []string
 		code   int
 		stderr string
 	}{
+		{"coordinator config with a missing signing key", []string{"coordinator", "--config", conf}, exitFailure, "--signing-key: signing key: open " + filepath.Join(keyDir, "missing.key")},
 		{"coordinator without signing key", []string{"coordinator", "--node-id", "c1", "--data-dir", t.TempDir(), "--nats", "nats://127.0.0.1:1"}, exitFailure, "--signing-key (signing.key) is required"},
 		{"coordinator with a public key as signing key", []string{"coordinator", "--node-id", "c1", "--data-dir", t.TempDir(), "--signing-key", key + ".pub"}, exitFailure, "--signing-key: signing key"},
 		{"coordinator with a bad trusted key", []string{"coordinator", "--node-id", "c1", "--data-dir", t.TempDir(), "--signing-key", key, "--trusted-key", "ed25519:nope"}, exitFailure, "signing.trusted[0]: public key"},
