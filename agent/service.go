@@ -466,7 +466,7 @@ func later(a, b time.Time) time.Time {
 }
 
 // renew extends the validity of the applied document and persists it. It
-// reports whether the document had expired (the status changes).
+// reports whether it did (the status shows the new expiry).
 func (w *serviceWorker) renew(expires time.Time) bool {
 	if w.applied == nil || !expires.After(w.appliedExpires()) {
 		return false
@@ -474,10 +474,13 @@ func (w *serviceWorker) renew(expires time.Time) bool {
 	st := proto.CloneOf(w.applied)
 	st.ExpiresAt = timestamppb.New(expires)
 	w.commit(w.log.With("generation", st.GetDesired().GetGeneration()), st)
-	w.log.Debug("desired state renewed", "generation", st.GetDesired().GetGeneration(), "expires_at", expires)
-	wasExpired := w.expired
+	if w.expired {
+		w.log.Info("applied desired state current again", "generation", st.GetDesired().GetGeneration(), "expires_at", expires)
+	} else {
+		w.log.Debug("desired state renewed", "generation", st.GetDesired().GetGeneration(), "expires_at", expires)
+	}
 	w.checkExpiry()
-	return wasExpired
+	return true
 }
 
 // appliedExpires is when the applied document stops being current; zero
