@@ -549,12 +549,11 @@ func checkDocument(ds *sv1.DesiredState) error {
 
 func (w *serviceWorker) reject(reason string, ds *sv1.DesiredState, h bus.Header, err error) {
 	w.m.rejected.WithLabelValues(w.name, reason).Inc()
+	// Every refusal is a warning, stale ones included: the same document
+	// signed again is a renewal and a poll that a push overtook is not
+	// refused, so an older document pushed to the agent is a replay or a
+	// deposed leader's write.
 	level := slog.LevelWarn
-	if reason == reasonStale {
-		// Republished and reordered documents are expected; the metric is
-		// the signal.
-		level = slog.LevelDebug
-	}
 	// Only a verified header is worth logging; the fields of a forgery are
 	// whatever its author chose.
 	w.log.Log(context.Background(), level, "desired state refused; keeping the applied state", "reason", reason,
