@@ -403,6 +403,13 @@ func nextBackoff(cur, lo, hi time.Duration) time.Duration {
 // (a renewal of an expired document).
 func (w *serviceWorker) consider(d delivery) bool {
 	ds, h, err := w.trust.OpenDesired(d.raw, w.name, w.clock.Now())
+	if errors.Is(err, bus.ErrDocumentExpired) && d.poll && h.Fence == documentFence(w.applied.GetDesired()) {
+		// The bucket still holds the applied document, expired: no
+		// coordinator signed it again (none leads?). The status and
+		// /metrics say so already; counting it on every resync would not.
+		w.log.Debug("the bucket holds the applied document, expired", "fence", h.Fence.String(), "expired_at", h.ExpiresAt)
+		return false
+	}
 	if err != nil {
 		w.reject(bus.RejectReason(err), ds, h, err)
 		return false
