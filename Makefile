@@ -64,6 +64,8 @@ bench: ## benchmarks, reported as figures (one package at a time, so they do not
 fuzz: ## run each fuzz target for a short while
 	$(GO) test -run '^$$' -fuzz FuzzFSM_Decode -fuzztime 20s ./coordinator/fsm/
 	$(GO) test -run '^$$' -fuzz FuzzSpec_Parse -fuzztime 20s ./internal/spec/
+	$(GO) test -run '^$$' -fuzz FuzzDocument_Open -fuzztime 20s ./bus/
+	$(GO) test -run '^$$' -fuzz FuzzAgent_DesiredDocument -fuzztime 20s ./agent/
 
 .PHONY: clean
 clean: ## remove built binaries

@@ -361,6 +361,10 @@ func TestAgent_PublishesStatusOnChangeAndHeartbeat(t *testing.T) {
 		ObservedWeights: map[string]uint32{"blue": 60, "green": 40},
 		ObservedMatches: true,
 	}
+	if exp := serviceStatus(st, "web").GetDocumentExpiresAt(); exp == nil || !exp.AsTime().After(time.Now()) {
+		t.Errorf("document_expires_at = %v, want the signed document's expiry, in the future", exp)
+	}
+	want.DocumentExpiresAt = serviceStatus(st, "web").GetDocumentExpiresAt()
 	if got := serviceStatus(st, "web"); !proto.Equal(got, want) {
 		t.Errorf("service status = %v, want %v", got, want)
 	}

@@ -430,7 +430,8 @@ func mustMarshal(t testing.TB, ds *sv1.DesiredState) []byte {
 // The test coordinator key: every test config trusts it. Its documents stay
 // valid for years so that tests at a fake time can open them.
 var (
-	testSigner    = mustSigner(ed25519.NewKeyFromSeed(bytes.Repeat([]byte{7}, ed25519.SeedSize)), 10*365*24*time.Hour)
+	testKey       = ed25519.NewKeyFromSeed(bytes.Repeat([]byte{7}, ed25519.SeedSize))
+	testSigner    = mustSigner(testKey, 10*365*24*time.Hour)
 	testRing, _   = bus.NewKeyring(testSigner.Public())
 	testPublisher = &bus.Publisher{Signer: testSigner, Trusted: testRing}
 	// strangerSigner is a key no test agent trusts.

@@ -575,10 +575,16 @@ func TestAgentLive_LocalGuardMovesBackWhileBusIsLost(t *testing.T) {
 		t.Errorf("service status = %v", s)
 	}
 	ra.waitMetric(t, 1, "switchyard_agent_bus_connected")
-	// Generation 2 again (a new leader republishing it) is stale: fencing,
-	// not the guard, decides, and blue stays.
+	// Generation 2 again (a new leader republishing it, signed anew) only
+	// renews the document: fencing, not the guard, decides, and blue stays.
+	prevExpiry := s.GetDocumentExpiresAt().AsTime()
 	b.publishRaw(t, "web", mustMarshal(t, progressing(2, half)), nil)
-	ra.waitMetric(t, 1, "switchyard_agent_documents_rejected_total", "service", "web", "reason", "stale")
+	renewed := waitStatus(t, statuses, "generation 2 renewed", func(st *sv1.AgentStatus) bool {
+		return serviceStatus(st, "web").GetDocumentExpiresAt().AsTime().After(prevExpiry)
+	})
+	if s := serviceStatus(renewed, "web"); s.GetLocalRollback() == nil || s.GetAppliedGeneration() != 2 || !maps.Equal(s.GetWeights(), allBlue) {
+		t.Errorf("after the renewal: %v, want generation 2 with the local rollback's weights", s)
+	}
 	if got := lp.weights(t); !maps.Equal(got, allBlue) {
 		t.Fatalf("after reconnecting HAProxy has %v, want %v", got, allBlue)
 	}

@@ -442,6 +442,13 @@ func nextBackoff(cur, lo, hi time.Duration) time.Duration {
 // (a renewal of an expired document).
 func (w *serviceWorker) consider(d delivery) bool {
 	ds, h, err := w.trust.OpenDesired(d.raw, w.name, w.clock.Now())
+	if errors.Is(err, bus.ErrDocumentExpired) && d.poll && h.Fence == documentFence(w.applied.GetDesired()) {
+		// The bucket still holds the applied document, expired: no
+		// coordinator signed it again (none leads?). The status and
+		// /metrics say so already; counting it on every resync would not.
+		w.log.Debug("the bucket holds the applied document, expired", "fence", h.Fence.String(), "expired_at", h.ExpiresAt)
+		return false
+	}
 	if err != nil {
 		w.reject(bus.RejectReason(err), ds, h, err)
 		return false
@@ -505,7 +512,7 @@ func later(a, b time.Time) time.Time {
 }
 
 // renew extends the validity of the applied document and persists it. It
-// reports whether the document had expired (the status changes).
+// reports whether it did (the status shows the new expiry).
 func (w *serviceWorker) renew(expires time.Time) bool {
 	if w.applied == nil || !expires.After(w.appliedExpires()) {
 		return false
@@ -513,10 +520,13 @@ func (w *serviceWorker) renew(expires time.Time) bool {
 	st := proto.CloneOf(w.applied)
 	st.ExpiresAt = timestamppb.New(expires)
 	w.commit(w.log.With("generation", st.GetDesired().GetGeneration()), st)
-	w.log.Debug("desired state renewed", "generation", st.GetDesired().GetGeneration(), "expires_at", expires)
-	wasExpired := w.expired
+	if w.expired {
+		w.log.Info("applied desired state current again", "generation", st.GetDesired().GetGeneration(), "expires_at", expires)
+	} else {
+		w.log.Debug("desired state renewed", "generation", st.GetDesired().GetGeneration(), "expires_at", expires)
+	}
 	w.checkExpiry()
-	return wasExpired
+	return true
 }
 
 // appliedExpires is when the applied document stops being current; zero
@@ -585,12 +595,11 @@ func checkDocument(ds *sv1.DesiredState) error {
 
 func (w *serviceWorker) reject(reason string, ds *sv1.DesiredState, h bus.Header, err error) {
 	w.m.rejected.WithLabelValues(w.name, reason).Inc()
+	// Every refusal is a warning, stale ones included: the same document
+	// signed again is a renewal and a poll that a push overtook is not
+	// refused, so an older document pushed to the agent is a replay or a
+	// deposed leader's write.
 	level := slog.LevelWarn
-	if reason == reasonStale {
-		// Republished and reordered documents are expected; the metric is
-		// the signal.
-		level = slog.LevelDebug
-	}
 	// Only a verified header is worth logging; the fields of a forgery are
 	// whatever its author chose.
 	w.log.Log(context.Background(), level, "desired state refused; keeping the applied state", "reason", reason,

@@ -30,12 +30,28 @@ func TestCLI_ExitCodes(t *testing.T) {
 	if err := os.WriteFile(badDrill, []byte("version: v1\nname: d\nservice: web\nduration: 1m\nfault: {cpuBurn: {cores: 1}}\n"), 0o600); err != nil {
 		t.Fatal(err)
 	}
+	keyDir := t.TempDir()
+	key := filepath.Join(keyDir, "coordinator.key")
+	if code, _, stderr := runCLI(t, "keys", "generate", "--out", key); code != exitOK {
+		t.Fatalf("keys generate: exit %d: %s", code, stderr)
+	}
+	conf := filepath.Join(keyDir, "coordinator.yaml")
+	if err := os.WriteFile(conf, []byte("nodeId: c1\ndataDir: "+t.TempDir()+"\nsigning: {key: "+filepath.Join(keyDir, "missing.key")+", validity: 10m}\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
 	cases := []struct {
 		name   string
 		args   []string
 		code   int
 		stderr string
 	}{
+		{"coordinator config with a missing signing key", []string{"coordinator", "--config", conf}, exitFailure, "--signing-key: signing key: open " + filepath.Join(keyDir, "missing.key")},
+		{"coordinator without signing key", []string{"coordinator", "--node-id", "c1", "--data-dir", t.TempDir(), "--nats", "nats://127.0.0.1:1"}, exitFailure, "--signing-key (signing.key) is required"},
+		{"coordinator with a public key as signing key", []string{"coordinator", "--node-id", "c1", "--data-dir", t.TempDir(), "--signing-key", key + ".pub"}, exitFailure, "--signing-key: signing key"},
+		{"coordinator with a bad trusted key", []string{"coordinator", "--node-id", "c1", "--data-dir", t.TempDir(), "--signing-key", key, "--trusted-key", "ed25519:nope"}, exitFailure, "signing.trusted[0]: public key"},
+		{"keys generate over an existing key", []string{"keys", "generate", "--out", key}, exitFailure, "file exists"},
+		{"keys generate without --out", []string{"keys", "generate"}, exitUsage, "want --out FILE"},
+		{"raise-epoch without reason", []string{"coordinator", "raise-epoch", "--http", "127.0.0.1:1"}, exitUsage, "want --http ADDR and --reason TEXT"},
 		{"no command", nil, exitUsage, "Usage:"},
 		{"unknown command", []string{"deploy"}, exitUsage, `unknown command "deploy"`},
 		{"help", []string{"help"}, exitOK, ""},
@@ -48,7 +64,7 @@ func TestCLI_ExitCodes(t *testing.T) {
 		{"missing spec file", []string{"rollout", "apply", "-f", filepath.Join(t.TempDir(), "none.yaml")}, exitFailure, "read spec"},
 		{"drill without caps", []string{"chaos", "run", "-f", badDrill}, exitFailure, "drill.maxNodes: required"},
 		{"--full outside promote", []string{"rollout", "pause", "r", "--full"}, exitUsage, "--full goes with promote"},
-		{"coordinator without data dir", []string{"coordinator", "--node-id", "c1", "--nats", "nats://127.0.0.1:1"}, exitFailure, "--data-dir is required"},
+		{"coordinator without data dir", []string{"coordinator", "--node-id", "c1", "--nats", "nats://127.0.0.1:1", "--signing-key", key}, exitFailure, "--data-dir is required"},
 		{"agent without config", []string{"agent"}, exitUsage, "want --config FILE"},
 		{"agent with a missing config", []string{"agent", "--config", filepath.Join(t.TempDir(), "none.yaml")}, exitFailure, "none.yaml"},
 	}
@@ -123,5 +139,26 @@ func TestCLI_ApplyRefusesBadHooksBeforeSending(t *testing.T) {
 				t.Fatalf("exit %d, stderr %q; want a refusal saying %q", code, stderr, c.says)
 			}
 		})
+	}
+}
+
+// TestCLI_KeysGenerate runs the command docs/security.md shows.
+func TestCLI_KeysGenerate(t *testing.T) {
+	key := filepath.Join(t.TempDir(), "switchyard", "coordinator.key")
+	code, stdout, stderr := runCLI(t, "keys", "generate", "--out", key)
+	if code != exitOK {
+		t.Fatalf("exit %d: %s", code, stderr)
+	}
+	pub, err := os.ReadFile(key + ".pub")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, want := range []string{"signing key: " + key, "public key:  " + key + ".pub", "key id:      ", "trust line:  " + strings.TrimSpace(string(pub))} {
+		if !strings.Contains(stdout, want) {
+			t.Errorf("stdout %q lacks %q", stdout, want)
+		}
+	}
+	if fi, err := os.Stat(key); err != nil || fi.Mode().Perm() != 0o600 {
+		t.Fatalf("private key: %v %v", fi, err)
 	}
 }

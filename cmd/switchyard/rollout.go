@@ -9,6 +9,7 @@ import (
 	"os"
 	"os/user"
 	"sort"
+	"strconv"
 	"strings"
 	"text/tabwriter"
 	"time"
@@ -461,7 +462,7 @@ func printRolloutDetail(w io.Writer, v *sv1.RolloutView) {
 	fmt.Fprintf(w, "Converged:   %s live nodes\n", convergence(v))
 	fmt.Fprintf(w, "Operator:    %s\n\n", r.GetOperator())
 	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
-	fmt.Fprintln(tw, "NODE\tAPPLIED\tWEIGHTS\tOBSERVED\tDRIVER\tSEEN\tMESSAGE")
+	fmt.Fprintln(tw, "NODE\tAPPLIED (EPOCH/GEN)\tWEIGHTS\tOBSERVED\tDRIVER\tSEEN\tMESSAGE")
 	for _, n := range v.GetNodes() {
 		seen := fmt.Sprintf("%.0fs ago", n.GetSecondsSinceSeen())
 		if n.GetStale() {
@@ -471,8 +472,15 @@ func printRolloutDetail(w io.Writer, v *sv1.RolloutView) {
 		if d := n.GetDrift(); d != "" {
 			msg = strings.TrimPrefix(msg+"; drift: "+d, "; ")
 		}
-		fmt.Fprintf(tw, "%s\t%d\t%s\t%s\t%s\t%s\t%s\n", n.GetNode(), n.GetAppliedGeneration(), weights(n.GetWeights()),
-			observedWeights(n), strings.TrimPrefix(strings.ToLower(n.GetDriver().String()), "driver_health_"), seen, msg)
+		switch {
+		case n.GetDiverged():
+			msg = "DIVERGED: holds a newer document than this cluster published (epoch " + strconv.FormatUint(n.GetAppliedEpoch(), 10) +
+				"); not counted as converged. " + msg
+		case n.GetDocumentExpired():
+			msg = "EXPIRED document, weights kept. " + msg
+		}
+		fmt.Fprintf(tw, "%s\t%d/%d\t%s\t%s\t%s\t%s\t%s\n", n.GetNode(), n.GetAppliedEpoch(), n.GetAppliedGeneration(), weights(n.GetWeights()),
+			observedWeights(n), strings.TrimPrefix(strings.ToLower(n.GetDriver().String()), "driver_health_"), seen, strings.TrimSpace(msg))
 	}
 	tw.Flush()
 	if v.GetAnalysis() != "" {

@@ -47,6 +47,33 @@ func TestFSM_ApplyNotifiesAndAnswers(t *testing.T) {
 	}
 }
 
+// TestFSM_EpochEntryRepublishesEverything: raising the epoch changes every
+// document, so the leader is told to publish all of them; an entry that does
+// not raise it changes nothing.
+func TestFSM_EpochEntryRepublishesEverything(t *testing.T) {
+	var changed []string
+	f := New(Hooks{Desired: func(s []string) { changed = append(changed, s...) }})
+	f.Apply(intentLog(t, 3, "i1", "r1"))
+	f.Apply(intentLog(t, 4, "i2", "r2"))
+	epochLog := func(index, epoch uint64) *raft.Log {
+		b, err := Encode(EpochType, &sv1.EpochEntry{Epoch: epoch, Reason: "rebuilt", HighestSeen: epoch - 1})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return &raft.Log{Index: index, Type: raft.LogCommand, Data: b}
+	}
+	changed = nil
+	f.Apply(epochLog(5, 4))
+	if len(changed) != 2 || f.State().Epoch() != 4 || f.State().Desired("r1-svc").GetEpoch() != 4 {
+		t.Fatalf("after raising to 4: changed %v, epoch %d", changed, f.State().Epoch())
+	}
+	changed = nil
+	f.Apply(epochLog(6, 3))
+	if len(changed) != 0 || f.State().Epoch() != 4 {
+		t.Fatalf("a lower epoch entry: changed %v, epoch %d", changed, f.State().Epoch())
+	}
+}
+
 func TestFSM_ApplyPanicsOnUndecodableEntry(t *testing.T) {
 	defer func() {
 		if recover() == nil {
@@ -108,6 +135,8 @@ func FuzzFSM_Decode(f *testing.F) {
 	f.Add(due)
 	f.Add(result)
 	f.Add(start)
+	epoch, _ := Encode(EpochType, &sv1.EpochEntry{Epoch: 2, Reason: "rebuilt", HighestSeen: 1})
+	f.Add(epoch)
 	f.Add([]byte{})
 	f.Add([]byte{200})
 	f.Fuzz(func(t *testing.T, data []byte) {

@@ -218,9 +218,53 @@ func StartCluster(ctx context.Context, o ClusterOptions) (c *Cluster, err error)
 	return c, nil
 }
 
+// SwitchSigningKey makes every coordinator's next start sign with key (a
+// private key file) and trust the documents of the public keys trusted,
+// as step 3 of a key rotation (docs/security.md). Restart them one by one
+// (Stop, Start) for it to take effect.
+func (c *Cluster) SwitchSigningKey(key string, trusted ...string) {
+	for _, co := range c.Coordinators {
+		var args []string
+		old := co.Args()
+		for i := 0; i < len(old); i++ {
+			switch old[i] {
+			case "--signing-key", "--trusted-key":
+				i++ // and its value
+				continue
+			}
+			args = append(args, old[i])
+		}
+		args = append(args, "--signing-key", key)
+		for _, t := range trusted {
+			args = append(args, "--trusted-key", t)
+		}
+		co.SetArgs(args)
+	}
+	c.opts.SigningKey = key
+	c.log.Info("coordinators switched to another signing key for their next start", "key", key, "trusted", trusted)
+}
+
+// TrustKeyPrivate is the coordinators' signing key file, which survives
+// the loss of their data directories.
+func (c *Cluster) TrustKeyPrivate() string { return c.opts.SigningKey }
+
 // TrustKey is the public key file of the coordinators' signing key, for the
 // agents' trust.keys.
 func (c *Cluster) TrustKey() string { return c.opts.SigningKey + ".pub" }
+
+// ChangeFlags are the flags a CLI cluster change (remove-peer,
+// raise-epoch) needs: the cluster CA and a certificate it signed. None for
+// a cluster without TLS.
+func (c *Cluster) ChangeFlags() ([]string, error) {
+	if c.CA == nil {
+		return nil, nil
+	}
+	f, err := c.CA.Issue("operator", []string{"127.0.0.1"})
+	if err != nil {
+		return nil, err
+	}
+	return []string{"--cluster-ca", f.CA, "--cluster-cert", f.Cert, "--cluster-key", f.Key}, nil
+}
 
 // HTTPAddrs are the coordinators' HTTP addresses, in order.
 func (c *Cluster) HTTPAddrs() []string {

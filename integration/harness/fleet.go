@@ -654,6 +654,30 @@ func (f *Fleet) metrics(ctx context.Context, addr string) (string, error) {
 	return body, nil
 }
 
+// SetTrustKeys rewrites node i's agent config to trust keys; the agent
+// reads it on its next start (StopAgent, StartAgent).
+func (f *Fleet) SetTrustKeys(i int, keys []string) error {
+	n := f.Nodes[i]
+	b, err := os.ReadFile(n.AgentConfig)
+	if err != nil {
+		return err
+	}
+	var c agentConfig
+	if err := yaml.Unmarshal(b, &c); err != nil {
+		return err
+	}
+	c.Trust.Keys = slices.Clone(keys)
+	f.log.Info("agent config now trusts other keys", "node", n.ID, "keys", keys)
+	return writeAgentConfig(n.AgentConfig, c)
+}
+
+// StopAgent stops node i's agent with SIGTERM, as a restart by its
+// supervisor would.
+func (f *Fleet) StopAgent(i int) error {
+	f.log.Info("stopping agent", "node", f.Nodes[i].ID, "pid", f.Nodes[i].Agent.Pid())
+	return f.Nodes[i].Agent.Stop()
+}
+
 // KillAgent SIGKILLs node i's agent: a crash, no chance to clean up.
 func (f *Fleet) KillAgent(i int) error {
 	f.log.Info("killing agent", "node", f.Nodes[i].ID, "pid", f.Nodes[i].Agent.Pid())

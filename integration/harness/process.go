@@ -9,6 +9,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -77,6 +78,21 @@ func StartProcess(spec ProcessSpec) (*Process, error) {
 	return p, nil
 }
 
+// SetArgs changes the arguments of the next Start, as an operator edits a
+// unit file before restarting it.
+func (p *Process) SetArgs(args []string) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	p.spec.Args = slices.Clone(args)
+}
+
+// Args are the arguments of the next Start.
+func (p *Process) Args() []string {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return slices.Clone(p.spec.Args)
+}
+
 // Name is the spec's name.
 func (p *Process) Name() string { return p.spec.Name }
 
@@ -120,7 +136,7 @@ func (p *Process) Start() error {
 		stderr.WriteString(marker)
 	}
 
-	cmd := exec.Command(p.spec.Path, p.spec.Args...)
+	cmd := exec.Command(p.spec.Path, p.spec.Args...) // p.mu held
 	// An operator's SWITCHYARD_NATS would override the fleet's own bus in
 	// every child (the agent prefers it to its config); the spec decides.
 	cmd.Env = append(withoutEnv(os.Environ(), "SWITCHYARD_NATS"), p.spec.Env...)

@@ -1,0 +1,155 @@
+package integration
+
+import (
+	"fmt"
+	"os"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/switchyard/switchyard/integration/harness"
+	"github.com/switchyard/switchyard/integration/harness/harnesstest"
+	sv1 "github.com/switchyard/switchyard/proto/switchyard/v1"
+)
+
+// TestRecovery_RebuiltClusterMovesTheFleetAfterRaisingTheEpoch is the
+// disaster-recovery drill of docs/security.md: cluster A brings the fleet to
+// green; every coordinator's data is destroyed (NATS and the signing key
+// survive); cluster B is bootstrapped from nothing. B's documents fence
+// below what the agents hold, so until the operator raises the epoch its
+// rollout must not move any node and its status must show the nodes as
+// diverged, never converged. After `switchyard coordinator raise-epoch`
+// the fleet follows B, and B's next rollout moves every node.
+func TestRecovery_RebuiltClusterMovesTheFleetAfterRaisingTheEpoch(t *testing.T) {
+	ctx := harnesstest.Context(t, 6*time.Minute)
+	sy, be := binaries(t)
+	url := harnesstest.StartNATS(t)
+	a := harnesstest.StartCluster(t, ctx, harness.ClusterOptions{Switchyard: sy, NATS: url})
+	f := harnesstest.StartFleet(t, ctx, harness.FleetOptions{Nodes: 2, Service: "web", Switchyard: sy, Backend: be, NATS: url, TrustKeys: []string{a.TrustKey()}})
+
+	// Cluster A: a few decisions, so that its generations are well above
+	// anything a new cluster starts with; the fleet ends on green.
+	for i, to := range []string{harness.Green, harness.Blue, harness.Green} {
+		from := map[string]string{harness.Green: harness.Blue, harness.Blue: harness.Green}[to]
+		name := fmt.Sprintf("web-a-%d", i+1)
+		if _, err := f.Apply(ctx, writeSpec(t, name, blueGreenSpec(name, from, to))); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := f.WaitRollout(ctx, name, f.Converged(sv1.RolloutPhase_ROLLOUT_PHASE_COMPLETED)); err != nil {
+			t.Fatalf("cluster A, %s: %v", name, err)
+		}
+	}
+	if err := f.WaitAllServing(ctx, harness.Green, samples); err != nil {
+		t.Fatal(err)
+	}
+	last, err := f.Status(ctx, "web-a-3")
+	if err != nil {
+		t.Fatal(err)
+	}
+	genA := last.GetRollouts()[0].GetRollout().GetGeneration()
+
+	// Disaster: every coordinator and all of its data gone.
+	if err := a.StopAll(); err != nil {
+		t.Fatal(err)
+	}
+	for _, co := range a.Coordinators {
+		if err := os.RemoveAll(co.DataDir); err != nil {
+			t.Fatal(err)
+		}
+	}
+	b := harnesstest.StartCluster(t, ctx, harness.ClusterOptions{Switchyard: sy, NATS: url, SigningKey: a.TrustKeyPrivate()})
+
+	// B's first rollout fences below what the agents hold: no node moves,
+	// and status says why instead of claiming convergence.
+	if _, err := f.Apply(ctx, writeSpec(t, "web-b-1", blueGreenSpec("web-b-1", harness.Green, harness.Blue))); err != nil {
+		t.Fatal(err)
+	}
+	view, err := f.WaitRollout(ctx, "web-b-1", func(v *sv1.RolloutView) error {
+		if len(v.GetNodes()) != len(f.Nodes) {
+			return fmt.Errorf("cluster B sees %d nodes", len(v.GetNodes()))
+		}
+		for _, n := range v.GetNodes() {
+			if !n.GetDiverged() {
+				return fmt.Errorf("%s not shown as diverged (%s)", n.GetNode(), harness.NodeSummary(v))
+			}
+		}
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if g := view.GetRollout().GetGeneration(); g >= genA {
+		t.Fatalf("cluster B's rollout is at generation %d, not below cluster A's %d; the test needs it below", g, genA)
+	}
+	// Watch for a while: never converged, never completed, traffic stays.
+	watchUntil := time.Now().Add(5 * time.Second)
+	for time.Now().Before(watchUntil) {
+		ans, err := f.Status(ctx, "web-b-1")
+		if err != nil {
+			t.Fatal(err)
+		}
+		v := ans.GetRollouts()[0]
+		if v.GetConverged() != 0 || v.GetRollout().GetPhase() == sv1.RolloutPhase_ROLLOUT_PHASE_COMPLETED {
+			t.Fatalf("before the epoch step, status claims %d converged, phase %s (%s)", v.GetConverged(), v.GetRollout().GetPhase(), harness.NodeSummary(v))
+		}
+		if got := f.Sample(ctx, 0, samples); got[harness.Green] != samples {
+			t.Fatalf("a document of the rebuilt cluster moved a node before the epoch step: %v", got)
+		}
+	}
+	m, err := b.Metrics(ctx, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got, _ := harness.MetricValue(m, "switchyard_coordinator_node_divergences_total", map[string]string{"service": "web"}); got < 1 {
+		t.Errorf("coordinator divergences = %v, want at least 1", got)
+	}
+
+	// The documented step: a cluster change, so it presents a certificate
+	// from the cluster CA.
+	change, err := b.ChangeFlags()
+	if err != nil {
+		t.Fatal(err)
+	}
+	args := append([]string{"coordinator", "raise-epoch", "--reason", "rebuilt after losing every coordinator's data"}, httpFlags(b.HTTPAddrs())...)
+	res, err := harness.RunCLI(ctx, sy, nil, append(args, change...)...)
+	if err != nil || res.ExitCode != 0 {
+		t.Fatalf("raise-epoch: %v %+v", err, res)
+	}
+	if !strings.Contains(res.Stdout, "cluster epoch raised from 1 to 2 (highest verified epoch in the buckets: 1") {
+		t.Fatalf("raise-epoch said %q", res.Stdout)
+	}
+	if err := f.WaitAllServing(ctx, harness.Blue, samples); err != nil {
+		t.Fatalf("after raising the epoch: %v", err)
+	}
+	if _, err := f.WaitRollout(ctx, "web-b-1", f.Converged(sv1.RolloutPhase_ROLLOUT_PHASE_COMPLETED)); err != nil {
+		t.Fatalf("after raising the epoch: %v", err)
+	}
+	// And the next rollout moves every node.
+	if _, err := f.Apply(ctx, writeSpec(t, "web-b-2", blueGreenSpec("web-b-2", harness.Blue, harness.Green))); err != nil {
+		t.Fatal(err)
+	}
+	view, err = f.WaitRollout(ctx, "web-b-2", f.Converged(sv1.RolloutPhase_ROLLOUT_PHASE_COMPLETED))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := f.WaitAllServing(ctx, harness.Green, samples); err != nil {
+		t.Fatal(err)
+	}
+	for _, n := range view.GetNodes() {
+		if n.GetAppliedEpoch() != 2 || n.GetDiverged() {
+			t.Errorf("%s: epoch %d diverged %v, want epoch 2 and not diverged", n.GetNode(), n.GetAppliedEpoch(), n.GetDiverged())
+		}
+	}
+}
+
+func blueGreenSpec(name, from, to string) string {
+	return fmt.Sprintf("version: v1\nname: %s\nservice: web\nfrom: %s\nto: %s\nstrategy:\n  blueGreen: {}\n", name, from, to)
+}
+
+func httpFlags(addrs []string) []string {
+	var out []string
+	for _, a := range addrs {
+		out = append(out, "--http", a)
+	}
+	return out
+}
