@@ -18,6 +18,7 @@ type metrics struct {
 	telemetry         prometheus.Counter
 	telemetryRejected prometheus.Counter
 	decisions         *prometheus.CounterVec
+	queries           *prometheus.CounterVec
 }
 
 func newMetrics(reg prometheus.Registerer) *metrics {
@@ -68,9 +69,16 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 			Name: "switchyard_coordinator_rollout_decisions_total",
 			Help: "Rollout decisions committed by the leader's controller, by action: advance, promote, finish, rollback, confirm-rollback.",
 		}, []string{"action"}),
+		queries: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "switchyard_coordinator_queries_total",
+			Help: "Read queries by how they were answered: current (leader, leadership verified), stale (asked for with --stale, from this replica), declined (not verified current; the client asks again).",
+		}, []string{"result"}),
 	}
-	reg.MustRegister(m.intentsAccepted, m.intentsRejected, m.publishes, m.publishSeconds,
+	reg.MustRegister(m.queries, m.intentsAccepted, m.intentsRejected, m.publishes, m.publishSeconds,
 		m.raftApply, m.isLeader, m.statusRejected, m.statuses, m.telemetry, m.telemetryRejected, m.decisions)
+	for _, r := range []string{queryCurrent, queryStale, queryDeclined} {
+		m.queries.WithLabelValues(r)
+	}
 	for _, r := range []string{"malformed", "invalid", "not_found", "conflict", "blast_radius"} {
 		m.intentsRejected.WithLabelValues(r)
 	}

@@ -13,6 +13,7 @@ import (
 	"os"
 	"path/filepath"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/hashicorp/raft"
@@ -134,7 +135,10 @@ type Server struct {
 
 	hasState bool
 	leaderCh chan bool
-	wg       sync.WaitGroup
+	// established is true while this node leads and has applied every
+	// entry of earlier terms: its replica is current for reads.
+	established atomic.Bool
+	wg          sync.WaitGroup
 }
 
 // New opens the coordinator's stores and joins or bootstraps Raft. It does
