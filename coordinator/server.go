@@ -51,6 +51,10 @@ type Config struct {
 	// RetryJoin lists other coordinators' HTTP addresses, tried until this
 	// node is part of a cluster.
 	RetryJoin []string
+	// Replicas is the replica count of the intent stream and the buckets;
+	// 0 chooses what the NATS cluster can hold (3 on 3 or more servers,
+	// else 1). A stream that already has more keeps them.
+	Replicas int
 	// SnapshotThreshold is how many log entries trigger a snapshot.
 	SnapshotThreshold uint64
 	// StaleAfter is how long a node may be silent before it counts as gone.
@@ -89,6 +93,9 @@ func (c *Config) setDefaults() error {
 	if c.BootstrapExpect == 0 && len(c.RetryJoin) == 0 {
 		return errors.New("coordinator: --bootstrap-expect 0 joins an existing cluster and needs --retry-join")
 	}
+	if c.Replicas < 0 || c.Replicas > 5 {
+		return fmt.Errorf("coordinator: --replicas: %d, want 1..5, or 0 to match the NATS cluster", c.Replicas)
+	}
 	if c.SnapshotThreshold == 0 {
 		c.SnapshotThreshold = 1024
 	}
@@ -125,6 +132,8 @@ type Server struct {
 	nc     *nats.Conn
 	ownsNC bool
 	js     jetstream.JetStream
+	// replicas is what the leader creates streams and buckets with.
+	replicas bus.Replicas
 
 	fleet     *fleet
 	analysis  *analysis.Store
@@ -243,6 +252,13 @@ func (s *Server) setupBus() error {
 		return fmt.Errorf("coordinator: jetstream: %w", err)
 	}
 	s.js = js
+	s.replicas = bus.ChooseReplicas(s.nc, s.cfg.Replicas)
+	how := "configured"
+	if s.cfg.Replicas == 0 {
+		how = fmt.Sprintf("chosen for %d known NATS servers", len(s.nc.Servers()))
+	}
+	s.log.Info("bus replication", "replicas", int(s.replicas), "how", how,
+		"note", "streams and buckets that already have more replicas keep them")
 	return nil
 }
 

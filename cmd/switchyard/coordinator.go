@@ -9,6 +9,7 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"slices"
 	"strings"
 	"text/tabwriter"
 	"time"
@@ -55,6 +56,7 @@ type coordinatorFile struct {
 	NATS            string   `yaml:"nats"`
 	BootstrapExpect *int     `yaml:"bootstrapExpect"`
 	RetryJoin       []string `yaml:"retryJoin"`
+	Replicas        int      `yaml:"replicas"`
 }
 
 func loadCoordinatorFile(path string, cfg *coordinator.Config) error {
@@ -84,6 +86,7 @@ func loadCoordinatorFile(path string, cfg *coordinator.Config) error {
 	if len(f.RetryJoin) > 0 {
 		cfg.RetryJoin = f.RetryJoin
 	}
+	cfg.Replicas = f.Replicas
 	return nil
 }
 
@@ -105,7 +108,7 @@ func runCoordinator(ctx context.Context, args []string, stdout, stderr io.Writer
 		logf      logFlags
 		retryJoin stringList
 	)
-	configFile := fs.String("config", "", "YAML config file with the same keys (nodeId, dataDir, raftAddr, httpAddr, nats, bootstrapExpect, retryJoin); flags override it")
+	configFile := fs.String("config", "", "YAML config file with the same keys (nodeId, dataDir, raftAddr, httpAddr, nats, bootstrapExpect, retryJoin, replicas); flags override it")
 	fs.StringVar(&cfg.NodeID, "node-id", "", "this coordinator's id in the cluster (required)")
 	fs.StringVar(&cfg.DataDir, "data-dir", "", "directory for the Raft log and snapshots (required)")
 	fs.StringVar(&cfg.RaftAddr, "raft-addr", "127.0.0.1:7000", "address Raft listens on and other coordinators reach it at")
@@ -113,6 +116,7 @@ func runCoordinator(ctx context.Context, args []string, stdout, stderr io.Writer
 	fs.StringVar(&cfg.NATSURL, "nats", envOr("SWITCHYARD_NATS", "nats://127.0.0.1:4222"), "NATS URL (env SWITCHYARD_NATS)")
 	fs.IntVar(&cfg.BootstrapExpect, "bootstrap-expect", 1, "coordinators to wait for before bootstrapping a new cluster; 0 only joins")
 	fs.Var(&retryJoin, "retry-join", "HTTP address of another coordinator (repeatable, or comma-separated)")
+	fs.IntVar(&cfg.Replicas, "replicas", 0, "replicas of the intent stream and the buckets (1..5); 0 matches the NATS cluster: 3 on 3 or more servers, else 1. Never lowers what a stream has")
 	logf.register(fs)
 	if err := parse(fs, args); err != nil {
 		return err
@@ -143,6 +147,9 @@ func runCoordinator(ctx context.Context, args []string, stdout, stderr io.Writer
 		}
 		if !given["retry-join"] {
 			retryJoin = fromFile.RetryJoin
+		}
+		if !given["replicas"] {
+			cfg.Replicas = fromFile.Replicas
 		}
 	}
 	cfg.RetryJoin = retryJoin
@@ -177,8 +184,9 @@ func coordinatorMembers(ctx context.Context, args []string, stdout, stderr io.Wr
 		enc.SetIndent("", "  ")
 		return enc.Encode(m)
 	}
-	fmt.Fprintf(stdout, "Leader: %s   Term: %d   Last index: %d   Commit index: %d   (answered by %s, %s)\n\n",
+	fmt.Fprintf(stdout, "Leader: %s   Term: %d   Last index: %d   Commit index: %d   (answered by %s, %s)\n",
 		orDash(m.Leader), m.Term, m.LastIndex, m.CommitIndex, m.AnsweredBy, strings.ToLower(m.State))
+	fmt.Fprintf(stdout, "Bus replicas: %d for new streams and buckets; now: %s\n\n", m.Replicas, streamReplicas(m.Streams))
 	tw := tabwriter.NewWriter(stdout, 0, 0, 2, ' ', 0)
 	fmt.Fprintln(tw, "ID\tRAFT ADDRESS\tSUFFRAGE\tROLE")
 	for _, mem := range m.Members {
@@ -216,4 +224,25 @@ func orDash(s string) string {
 		return "-"
 	}
 	return s
+}
+
+// streamReplicas renders the replica count of each stream, sorted by name.
+func streamReplicas(streams map[string]int) string {
+	if len(streams) == 0 {
+		return "unknown (JetStream not reachable)"
+	}
+	names := make([]string, 0, len(streams))
+	for n := range streams {
+		names = append(names, n)
+	}
+	slices.Sort(names)
+	parts := make([]string, len(names))
+	for i, n := range names {
+		if streams[n] == 0 {
+			parts[i] = n + " not created yet"
+			continue
+		}
+		parts[i] = fmt.Sprintf("%s=%d", n, streams[n])
+	}
+	return strings.Join(parts, " ")
 }
