@@ -25,6 +25,7 @@ import (
 	"github.com/switchyard/switchyard/bus"
 	"github.com/switchyard/switchyard/coordinator/analysis"
 	"github.com/switchyard/switchyard/coordinator/fsm"
+	"github.com/switchyard/switchyard/internal/boltcheck"
 	"github.com/switchyard/switchyard/internal/clock"
 	"github.com/switchyard/switchyard/internal/names"
 )
@@ -200,9 +201,16 @@ func (s *Server) setupRaft() error {
 	rc.NotifyCh = s.leaderCh
 	rc.Logger = raftLogger(s.log)
 
-	store, err := raftboltdb.New(raftboltdb.Options{Path: filepath.Join(s.cfg.DataDir, "raft.db")})
+	dbPath := filepath.Join(s.cfg.DataDir, raftDBFile)
+	// bbolt faults or panics deep inside on a truncated or bit-flipped
+	// file; look at it first and refuse to start, naming it and the way
+	// back, rather than crash with a stack trace or serve from it.
+	if err := boltcheck.Check(dbPath); err != nil {
+		return &DamagedStoreError{Path: dbPath, DataDir: s.cfg.DataDir, NodeID: s.cfg.NodeID, RetryJoin: s.cfg.RetryJoin, Err: err}
+	}
+	store, err := raftboltdb.New(raftboltdb.Options{Path: dbPath})
 	if err != nil {
-		return fmt.Errorf("coordinator: open raft store: %w", err)
+		return fmt.Errorf("coordinator: open raft store %s: %w", dbPath, err)
 	}
 	s.store = store
 	snaps, err := raft.NewFileSnapshotStoreWithLogger(s.cfg.DataDir, 3, rc.Logger)
