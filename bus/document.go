@@ -244,6 +244,21 @@ func (r *Keyring) Open(raw []byte, kind sv1.DocumentKind, key string, now time.T
 	return h, nil
 }
 
+// PeekFence reads the fence a sealed document claims, without checking its
+// signature: for reports such as "has the bus got the new generation yet"
+// by a client that holds no trusted keys. Never decide anything on it.
+func PeekFence(raw []byte) (Fence, error) {
+	var env sv1.SignedDocument
+	if err := strictUnmarshal(raw, &env); err != nil {
+		return Fence{}, fmt.Errorf("%w: envelope: %v", ErrDocumentMalformed, err)
+	}
+	var body sv1.DocumentBody
+	if err := strictUnmarshal(env.GetBody(), &body); err != nil {
+		return Fence{}, fmt.Errorf("%w: body: %v", ErrDocumentMalformed, err)
+	}
+	return Fence{body.GetEpoch(), body.GetGeneration()}, nil
+}
+
 // OpenDesired opens a desired-state document read under service's key
 // ("" accepts any key) and checks that the payload agrees with the signed
 // header.

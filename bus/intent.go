@@ -87,30 +87,75 @@ func awaitEarlierResult(ctx context.Context, nc *nats.Conn, id string) (*sv1.Int
 	}
 }
 
+// ErrNoCurrentAnswer is returned when no coordinator answered a query as
+// current before the caller's deadline.
+var ErrNoCurrentAnswer = errors.New("no coordinator answered as current")
+
+// queryAttempt bounds one try of a query, so that a frozen coordinator that
+// holds a request costs one attempt, not the caller's whole deadline.
+const queryAttempt = time.Second
+
 // Query sends a read query to the coordinators and decodes the answer into
-// out. Any coordinator answers, from its own replica.
+// out. Only a coordinator that verified its replica is current answers;
+// the others decline, and Query asks again (the queue group hands each
+// request to another member) until an answer comes or ctx ends. A
+// coordinator that holds a request without answering (frozen) costs one
+// attempt of queryAttempt.
 func Query(ctx context.Context, nc *nats.Conn, name string, req, out proto.Message) error {
+	_, err := query(ctx, nc, name, req, out, false)
+	return err
+}
+
+// QueryStale is Query for a caller that accepts an answer from any
+// coordinator's own replica, which may lag the leader; stale names the
+// coordinator when the answer was given that way.
+func QueryStale(ctx context.Context, nc *nats.Conn, name string, req, out proto.Message) (stale string, err error) {
+	return query(ctx, nc, name, req, out, true)
+}
+
+func query(ctx context.Context, nc *nats.Conn, name string, req, out proto.Message, allowStale bool) (string, error) {
 	var body []byte
 	if req != nil {
 		var err error
 		if body, err = proto.Marshal(req); err != nil {
-			return fmt.Errorf("encode query %s: %w", name, err)
+			return "", fmt.Errorf("encode query %s: %w", name, err)
 		}
 	}
-	m, err := nc.RequestWithContext(ctx, QuerySubject(name), body)
-	if err != nil {
-		if errors.Is(err, nats.ErrNoResponders) {
-			return fmt.Errorf("query %s: no coordinator is running", name)
+	var last error
+	for attempt := 0; ; attempt++ {
+		msg := nats.NewMsg(QuerySubject(name))
+		msg.Data = body
+		if allowStale {
+			msg.Header.Set(StaleHeader, "1")
 		}
-		return fmt.Errorf("query %s: %w", name, err)
+		actx, cancel := context.WithTimeout(ctx, queryAttempt)
+		m, err := nc.RequestMsgWithContext(actx, msg)
+		cancel()
+		switch {
+		case err == nil && m.Header.Get(NotCurrentHeader) != "":
+			last = errors.New(m.Header.Get(ErrorHeader))
+		case err == nil:
+			if e := m.Header.Get(ErrorHeader); e != "" {
+				return "", fmt.Errorf("query %s: %s", name, e)
+			}
+			if err := proto.Unmarshal(m.Data, out); err != nil {
+				return "", fmt.Errorf("decode answer to %s: %w", name, err)
+			}
+			return m.Header.Get(StaleHeader), nil
+		case errors.Is(err, nats.ErrNoResponders):
+			last = errors.New("no coordinator is running")
+		default:
+			last = err
+		}
+		if ctx.Err() != nil {
+			return "", fmt.Errorf("query %s: %w after %d attempts; last: %v", name, ErrNoCurrentAnswer, attempt+1, last)
+		}
+		select {
+		case <-ctx.Done():
+			return "", fmt.Errorf("query %s: %w after %d attempts; last: %v", name, ErrNoCurrentAnswer, attempt+1, last)
+		case <-time.After(min(time.Duration(attempt+1)*10*time.Millisecond, 200*time.Millisecond)):
+		}
 	}
-	if e := m.Header.Get(ErrorHeader); e != "" {
-		return fmt.Errorf("query %s: %s", name, e)
-	}
-	if err := proto.Unmarshal(m.Data, out); err != nil {
-		return fmt.Errorf("decode answer to %s: %w", name, err)
-	}
-	return nil
 }
 
 // ErrorHeader carries a coordinator's refusal of a query.

@@ -94,3 +94,13 @@ func StatusAll() string { return statusPrefix + ".*" }
 
 // QuerySubject is the request subject of one read query.
 func QuerySubject(name string) string { return queryPrefix + "." + name }
+
+// Read consistency of queries: a request with StaleHeader set may be
+// answered by any coordinator from its own replica, and the answer then
+// carries StaleHeader too; otherwise only a coordinator that has verified it
+// leads answers, and the others decline with NotCurrentHeader so the client
+// asks again (the queue group hands the next request to another member).
+const (
+	StaleHeader      = "Switchyard-Stale"
+	NotCurrentHeader = "Switchyard-Not-Current"
+)

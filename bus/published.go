@@ -6,9 +6,6 @@ import (
 	"fmt"
 
 	"github.com/nats-io/nats.go/jetstream"
-	"google.golang.org/protobuf/proto"
-
-	sv1 "github.com/switchyard/switchyard/proto/switchyard/v1"
 )
 
 // ErrNotPublished is returned when a committed desired state did not reach
@@ -29,9 +26,9 @@ func PublishedGeneration(ctx context.Context, js jetstream.JetStream, service st
 	if err != nil {
 		return 0, fmt.Errorf("read %s from bucket %s: %w", service, DesiredBucket, err)
 	}
-	var ds sv1.DesiredState
-	if err := proto.Unmarshal(e.Value(), &ds); err != nil {
+	f, err := PeekFence(e.Value())
+	if err != nil {
 		return 0, fmt.Errorf("bucket %s holds a %s document that does not decode: %w", DesiredBucket, service, err)
 	}
-	return ds.GetGeneration(), nil
+	return f.Generation, nil
 }

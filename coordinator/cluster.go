@@ -15,6 +15,8 @@ import (
 	"time"
 
 	"github.com/hashicorp/raft"
+
+	"github.com/switchyard/switchyard/bus"
 )
 
 // Cluster formation follows Consul and Nomad: every coordinator is started
@@ -51,6 +53,11 @@ type Members struct {
 	CommitIndex  uint64   `json:"commit_index"`
 	AppliedIndex uint64   `json:"applied_index"`
 	Members      []Member `json:"members"`
+	// Replicas is what this coordinator creates streams and buckets with;
+	// Streams are the replica counts the NATS servers have now, by stream
+	// (absent when they could not be read).
+	Replicas int            `json:"replicas"`
+	Streams  map[string]int `json:"streams,omitempty"`
 }
 
 // errNotLeaderHTTP is answered to cluster changes sent to a follower.
@@ -78,6 +85,14 @@ func (s *Server) MembersView() (*Members, error) {
 		m.Members = append(m.Members, Member{
 			ID: string(srv.ID), RaftAddr: string(srv.Address), Suffrage: srv.Suffrage.String(), Leader: srv.ID == leader,
 		})
+	}
+	m.Replicas = int(s.replicas)
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+	defer cancel()
+	if streams, err := bus.StreamReplicas(ctx, s.js); err == nil {
+		m.Streams = streams
+	} else {
+		s.log.Debug("read stream replicas for members", "err", err)
 	}
 	return m, nil
 }

@@ -12,6 +12,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 	"google.golang.org/protobuf/encoding/protojson"
 
+	"github.com/switchyard/switchyard/bus"
 	sv1 "github.com/switchyard/switchyard/proto/switchyard/v1"
 )
 
@@ -25,6 +26,19 @@ func (s *Server) startHTTP() error {
 	}
 	mux.HandleFunc("GET /healthz", s.healthz)
 	mux.HandleFunc("GET /v1/rollouts", func(w http.ResponseWriter, r *http.Request) {
+		// As on the bus: current unless ?stale=true asks for this replica's
+		// view as it is.
+		if r.URL.Query().Get("stale") == "true" {
+			s.metrics.queries.WithLabelValues(queryStale).Inc()
+			w.Header().Set(bus.StaleHeader, s.cfg.NodeID)
+		} else if err := s.readCurrent(); err != nil {
+			s.metrics.queries.WithLabelValues(queryDeclined).Inc()
+			w.Header().Set(bus.NotCurrentHeader, s.cfg.NodeID)
+			http.Error(w, err.Error()+"; ask the leader, or add ?stale=true", http.StatusServiceUnavailable)
+			return
+		} else {
+			s.metrics.queries.WithLabelValues(queryCurrent).Inc()
+		}
 		ans, err := s.Rollouts(&sv1.RolloutsQuery{Rollout: r.URL.Query().Get("name")})
 		if err != nil {
 			http.Error(w, err.Error(), http.StatusNotFound)

@@ -93,7 +93,7 @@ func (s *Server) readIntents(ctx context.Context, iter jetstream.MessagesContext
 // intents, and a new consumer delivers exactly those at once; the state
 // machine answers the ones already committed as duplicates.
 func (s *Server) ensureIntentConsumer(ctx context.Context, reset bool) (jetstream.Consumer, error) {
-	if _, err := bus.EnsureIntentStream(ctx, s.js, 1); err != nil {
+	if _, err := bus.EnsureIntentStream(ctx, s.js, s.replicas); err != nil {
 		return nil, err
 	}
 	if reset {

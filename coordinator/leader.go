@@ -106,6 +106,8 @@ func (s *Server) leaderLoop(ctx context.Context) {
 		}
 	}
 	s.metrics.isLeader.Set(1)
+	s.established.Store(true)
+	defer s.established.Store(false)
 	s.log.Info("leadership established")
 
 	routines := map[string]func(context.Context){

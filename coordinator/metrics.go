@@ -24,6 +24,7 @@ type metrics struct {
 	divergences       *prometheus.CounterVec
 	webhookCalls      *prometheus.CounterVec
 	webhookSeconds    *prometheus.HistogramVec
+	queries           *prometheus.CounterVec
 }
 
 func newMetrics(reg prometheus.Registerer) *metrics {
@@ -74,6 +75,10 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 			Name: "switchyard_coordinator_rollout_decisions_total",
 			Help: "Rollout decisions committed by the leader's controller, by action: advance, promote, finish, rollback, confirm-rollback.",
 		}, []string{"action"}),
+		queries: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "switchyard_coordinator_queries_total",
+			Help: "Read queries by how they were answered: current (leader, leadership verified), stale (asked for with --stale, from this replica), declined (not verified current; the client asks again).",
+		}, []string{"result"}),
 		peerRejected: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "switchyard_coordinator_cluster_peers_rejected_total",
 			Help: "Raft and HTTPS connections whose TLS handshake failed, and cluster changes without a certificate from the cluster CA.",
@@ -100,12 +105,15 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 			Buckets: prometheus.ExponentialBuckets(0.005, 2, 14),
 		}, []string{"point"}),
 	}
-	reg.MustRegister(m.peerRejected, m.joinFailures, m.diverged, m.divergences)
+	reg.MustRegister(m.peerRejected, m.joinFailures, m.diverged, m.divergences, m.queries)
 	reg.MustRegister(m.intentsAccepted, m.intentsRejected, m.publishes, m.publishSeconds,
 		m.raftApply, m.isLeader, m.statusRejected, m.statuses, m.telemetry, m.telemetryRejected, m.decisions,
 		m.webhookCalls, m.webhookSeconds)
 	for _, r := range []string{"written", "renewed", "stale", "replaced_unverified", "error"} {
 		m.publishes.WithLabelValues(r)
+	}
+	for _, r := range []string{queryCurrent, queryStale, queryDeclined} {
+		m.queries.WithLabelValues(r)
 	}
 	for _, r := range []string{"malformed", "invalid", "not_found", "conflict", "blast_radius"} {
 		m.intentsRejected.WithLabelValues(r)

@@ -111,8 +111,8 @@ func (p *publisher) run(ctx context.Context) {
 	var kv, drillsKV jetstream.KeyValue
 	for {
 		var err error
-		if kv, err = bus.EnsureDesiredBucket(ctx, s.js, 1); err == nil {
-			drillsKV, err = bus.EnsureDrillsBucket(ctx, s.js, 1)
+		if kv, err = bus.EnsureDesiredBucket(ctx, s.js, s.replicas); err == nil {
+			drillsKV, err = bus.EnsureDrillsBucket(ctx, s.js, s.replicas)
 		}
 		if err == nil {
 			break

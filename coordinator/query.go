@@ -1,7 +1,9 @@
 package coordinator
 
 import (
+	"errors"
 	"fmt"
+	"time"
 
 	"github.com/nats-io/nats.go"
 	"google.golang.org/protobuf/proto"
@@ -63,6 +65,20 @@ func serveQuery[Q any, PQ interface {
 }, A proto.Message](s *Server, handle func(PQ) (A, error)) nats.MsgHandler {
 	return func(msg *nats.Msg) {
 		reply := nats.NewMsg(msg.Reply)
+		if msg.Header.Get(bus.StaleHeader) != "" {
+			reply.Header.Set(bus.StaleHeader, s.cfg.NodeID)
+			s.metrics.queries.WithLabelValues(queryStale).Inc()
+		} else if err := s.readCurrent(); err != nil {
+			s.metrics.queries.WithLabelValues(queryDeclined).Inc()
+			reply.Header.Set(bus.NotCurrentHeader, s.cfg.NodeID)
+			reply.Header.Set(bus.ErrorHeader, err.Error())
+			if err := msg.RespondMsg(reply); err != nil {
+				s.log.Debug("declining query", "subject", msg.Subject, "err", err)
+			}
+			return
+		} else {
+			s.metrics.queries.WithLabelValues(queryCurrent).Inc()
+		}
 		q := PQ(new(Q))
 		var ans A
 		err := proto.Unmarshal(msg.Data, q)
@@ -118,4 +134,46 @@ func (s *Server) IntentResult(q *sv1.IntentQuery) (*sv1.IntentResult, error) {
 		return nil, fmt.Errorf("no applied intent with id %q", q.GetId())
 	}
 	return res, nil
+}
+
+// Results of read queries, for the queries metric.
+const (
+	queryCurrent  = "current"
+	queryStale    = "stale"
+	queryDeclined = "declined"
+)
+
+// ErrNotCurrent is returned for a read that this coordinator cannot answer
+// as current: it does not lead, has not finished taking over, or could not
+// confirm with a quorum that it still leads.
+var ErrNotCurrent = errors.New("this coordinator cannot answer as current")
+
+// verifyTimeout bounds the leadership check of one read.
+const verifyTimeout = time.Second
+
+// readCurrent checks that this coordinator's replica is current: it leads,
+// it has applied everything committed before its term (leadership
+// established after Barrier), and a quorum still follows it now
+// (VerifyLeader). A deposed leader that does not know it yet, a follower
+// that lags, a node cut off from the others: all decline, and the client
+// asks again.
+func (s *Server) readCurrent() error {
+	_, leader := s.raft.LeaderWithID()
+	if !s.established.Load() {
+		if leader == "" {
+			return fmt.Errorf("%w: coordinator %s knows no leader", ErrNotCurrent, s.cfg.NodeID)
+		}
+		return fmt.Errorf("%w: coordinator %s is not the leader (the leader is %s)", ErrNotCurrent, s.cfg.NodeID, leader)
+	}
+	done := make(chan error, 1)
+	go func() { done <- s.raft.VerifyLeader().Error() }()
+	select {
+	case err := <-done:
+		if err != nil {
+			return fmt.Errorf("%w: coordinator %s could not confirm it still leads: %v", ErrNotCurrent, s.cfg.NodeID, err)
+		}
+		return nil
+	case <-time.After(verifyTimeout):
+		return fmt.Errorf("%w: coordinator %s could not confirm it still leads within %s", ErrNotCurrent, s.cfg.NodeID, verifyTimeout)
+	}
 }

@@ -14,6 +14,7 @@ import (
 	"os"
 	"path/filepath"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/hashicorp/raft"
@@ -25,6 +26,7 @@ import (
 	"github.com/switchyard/switchyard/bus"
 	"github.com/switchyard/switchyard/coordinator/analysis"
 	"github.com/switchyard/switchyard/coordinator/fsm"
+	"github.com/switchyard/switchyard/internal/boltcheck"
 	"github.com/switchyard/switchyard/internal/certs"
 	"github.com/switchyard/switchyard/internal/clock"
 	"github.com/switchyard/switchyard/internal/names"
@@ -59,6 +61,10 @@ type Config struct {
 	// RetryJoin lists other coordinators' HTTP addresses, tried until this
 	// node is part of a cluster.
 	RetryJoin []string
+	// Replicas is the replica count of the intent stream and the buckets;
+	// 0 chooses what the NATS cluster can hold (3 on 3 or more servers,
+	// else 1). A stream that already has more keeps them.
+	Replicas int
 	// SnapshotThreshold is how many log entries trigger a snapshot.
 	SnapshotThreshold uint64
 	// StaleAfter is how long a node may be silent before it counts as gone.
@@ -99,6 +105,9 @@ func (c *Config) setDefaults() error {
 	if c.BootstrapExpect == 0 && len(c.RetryJoin) == 0 {
 		return errors.New("coordinator: --bootstrap-expect 0 joins an existing cluster and needs --retry-join")
 	}
+	if c.Replicas < 0 || c.Replicas > 5 {
+		return fmt.Errorf("coordinator: --replicas: %d, want 1..5, or 0 to match the NATS cluster", c.Replicas)
+	}
 	if c.SnapshotThreshold == 0 {
 		c.SnapshotThreshold = 1024
 	}
@@ -138,6 +147,8 @@ type Server struct {
 	clusterTLS *tls.Config
 	cluster    *ClusterClient
 	js         jetstream.JetStream
+	// replicas is what the leader creates streams and buckets with.
+	replicas bus.Replicas
 
 	fleet     *fleet
 	analysis  *analysis.Store
@@ -149,7 +160,10 @@ type Server struct {
 
 	hasState bool
 	leaderCh chan bool
-	wg       sync.WaitGroup
+	// established is true while this node leads and has applied every
+	// entry of earlier terms: its replica is current for reads.
+	established atomic.Bool
+	wg          sync.WaitGroup
 }
 
 // New opens the coordinator's stores and joins or bootstraps Raft. It does
@@ -218,9 +232,16 @@ func (s *Server) setupRaft() error {
 	rc.NotifyCh = s.leaderCh
 	rc.Logger = raftLogger(s.log)
 
-	store, err := raftboltdb.New(raftboltdb.Options{Path: filepath.Join(s.cfg.DataDir, "raft.db")})
+	dbPath := filepath.Join(s.cfg.DataDir, raftDBFile)
+	// bbolt faults or panics deep inside on a truncated or bit-flipped
+	// file; look at it first and refuse to start, naming it and the way
+	// back, rather than crash with a stack trace or serve from it.
+	if err := boltcheck.Check(dbPath); err != nil {
+		return &DamagedStoreError{Path: dbPath, DataDir: s.cfg.DataDir, NodeID: s.cfg.NodeID, RetryJoin: s.cfg.RetryJoin, Err: err}
+	}
+	store, err := raftboltdb.New(raftboltdb.Options{Path: dbPath})
 	if err != nil {
-		return fmt.Errorf("coordinator: open raft store: %w", err)
+		return fmt.Errorf("coordinator: open raft store %s: %w", dbPath, err)
 	}
 	s.store = store
 	snaps, err := raft.NewFileSnapshotStoreWithLogger(s.cfg.DataDir, 3, rc.Logger)
@@ -283,6 +304,13 @@ func (s *Server) setupBus() error {
 		return fmt.Errorf("coordinator: jetstream: %w", err)
 	}
 	s.js = js
+	s.replicas = bus.ChooseReplicas(s.nc, s.cfg.Replicas)
+	how := "configured"
+	if s.cfg.Replicas == 0 {
+		how = fmt.Sprintf("chosen for %d known NATS servers", len(s.nc.Servers()))
+	}
+	s.log.Info("bus replication", "replicas", int(s.replicas), "how", how,
+		"note", "streams and buckets that already have more replicas keep them")
 	return nil
 }
 

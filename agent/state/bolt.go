@@ -15,6 +15,7 @@ import (
 	bolterrors "go.etcd.io/bbolt/errors"
 	"google.golang.org/protobuf/proto"
 
+	"github.com/switchyard/switchyard/internal/boltcheck"
 	sv1 "github.com/switchyard/switchyard/proto/switchyard/v1"
 )
 
@@ -53,6 +54,12 @@ func Open(dir string, timeout time.Duration) (*Bolt, error) {
 		return nil, fmt.Errorf("open agent state: %w", err)
 	}
 	path := filepath.Join(dir, FileName)
+	// bbolt faults or panics on a truncated or bit-flipped file; look first
+	// and say which file and what to do.
+	if err := boltcheck.Check(path); err != nil {
+		return nil, fmt.Errorf("open agent state: %w\nThe agent will not start from it. Move it away and start again; the agent reads its "+
+			"desired state from the bus and its proxy back from HAProxy (faults of drills it had injected are not reverted from a lost journal):\n  mv %s %s.damaged", err, path, path)
+	}
 	db, err := bolt.Open(path, 0o600, &bolt.Options{Timeout: timeout})
 	if errors.Is(err, bolterrors.ErrTimeout) {
 		return nil, fmt.Errorf("open agent state %s: %w (waited %s)", path, ErrLocked, timeout)

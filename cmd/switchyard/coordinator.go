@@ -9,6 +9,7 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"slices"
 	"strings"
 	"text/tabwriter"
 	"time"
@@ -89,6 +90,7 @@ type coordinatorFile struct {
 	Cluster         clusterTLSFile `yaml:"clusterTLS"`
 	BootstrapExpect *int           `yaml:"bootstrapExpect"`
 	RetryJoin       []string       `yaml:"retryJoin"`
+	Replicas        int            `yaml:"replicas"`
 	// Signing is the key that signs published documents.
 	Signing signingFlags `yaml:"signing"`
 }
@@ -128,6 +130,7 @@ func loadCoordinatorFile(path string, cfg *coordinator.Config, signing *signingF
 		cfg.RetryJoin = f.RetryJoin
 	}
 	*signing = f.Signing
+	cfg.Replicas = f.Replicas
 	return nil
 }
 
@@ -155,7 +158,7 @@ func runCoordinator(ctx context.Context, args []string, stdout, stderr io.Writer
 		signing   signingFlags
 		trusted   stringList
 	)
-	configFile := fs.String("config", "", "YAML config file with the same keys (nodeId, dataDir, raftAddr, httpAddr, nats, natsClient {creds, ca, cert, key}, clusterTLS {ca, cert, key}, bootstrapExpect, retryJoin, signing {key, trusted, validity}); flags override it")
+	configFile := fs.String("config", "", "YAML config file with the same keys (nodeId, dataDir, raftAddr, httpAddr, nats, natsClient {creds, ca, cert, key}, clusterTLS {ca, cert, key}, bootstrapExpect, retryJoin, replicas, signing {key, trusted, validity}); flags override it")
 	fs.StringVar(&cfg.NodeID, "node-id", "", "this coordinator's id in the cluster (required)")
 	fs.StringVar(&cfg.DataDir, "data-dir", "", "directory for the Raft log and snapshots (required)")
 	fs.StringVar(&cfg.RaftAddr, "raft-addr", "127.0.0.1:7000", "address Raft listens on and other coordinators reach it at")
@@ -168,6 +171,7 @@ func runCoordinator(ctx context.Context, args []string, stdout, stderr io.Writer
 	fs.StringVar(&signing.Key, "signing-key", envOr("SWITCHYARD_SIGNING_KEY", ""), "private key file that signs every published document (env SWITCHYARD_SIGNING_KEY; create with `switchyard keys generate`)")
 	fs.Var(&trusted, "trusted-key", "another public key (ed25519:... or a .pub file) whose documents in the buckets count during a key rotation (repeatable)")
 	fs.DurationVar(&signing.Validity, "signing-validity", 0, "how long a signed document stays current on the agents; re-signed when half is left (default 1h)")
+	fs.IntVar(&cfg.Replicas, "replicas", 0, "replicas of the intent stream and the buckets (1..5); 0 matches the NATS cluster: 3 on 3 or more servers, else 1. Never lowers what a stream has")
 	logf.register(fs)
 	if err := parse(fs, args); err != nil {
 		return err
@@ -216,6 +220,9 @@ func runCoordinator(ctx context.Context, args []string, stdout, stderr io.Writer
 		if !given["signing-validity"] {
 			signing.Validity = signingFile.Validity
 		}
+		if !given["replicas"] {
+			cfg.Replicas = fromFile.Replicas
+		}
 	}
 	signing.Trusted = trusted
 	sc, err := signing.load()
@@ -263,8 +270,9 @@ func coordinatorMembers(ctx context.Context, args []string, stdout, stderr io.Wr
 		enc.SetIndent("", "  ")
 		return enc.Encode(m)
 	}
-	fmt.Fprintf(stdout, "Leader: %s   Term: %d   Last index: %d   Commit index: %d   (answered by %s, %s)\n\n",
+	fmt.Fprintf(stdout, "Leader: %s   Term: %d   Last index: %d   Commit index: %d   (answered by %s, %s)\n",
 		orDash(m.Leader), m.Term, m.LastIndex, m.CommitIndex, m.AnsweredBy, strings.ToLower(m.State))
+	fmt.Fprintf(stdout, "Bus replicas: %d for new streams and buckets; now: %s\n\n", m.Replicas, streamReplicas(m.Streams))
 	tw := tabwriter.NewWriter(stdout, 0, 0, 2, ' ', 0)
 	fmt.Fprintln(tw, "ID\tRAFT ADDRESS\tSUFFRAGE\tROLE")
 	for _, mem := range m.Members {
@@ -308,4 +316,25 @@ func orDash(s string) string {
 		return "-"
 	}
 	return s
+}
+
+// streamReplicas renders the replica count of each stream, sorted by name.
+func streamReplicas(streams map[string]int) string {
+	if len(streams) == 0 {
+		return "unknown (JetStream not reachable)"
+	}
+	names := make([]string, 0, len(streams))
+	for n := range streams {
+		names = append(names, n)
+	}
+	slices.Sort(names)
+	parts := make([]string, len(names))
+	for i, n := range names {
+		if streams[n] == 0 {
+			parts[i] = n + " not created yet"
+			continue
+		}
+		parts[i] = fmt.Sprintf("%s=%d", n, streams[n])
+	}
+	return strings.Join(parts, " ")
 }

@@ -58,6 +58,10 @@ type clientFlags struct {
 	// zero for the others.
 	publishWait time.Duration
 	converge    bool
+	// stale lets any coordinator answer from its own replica (--stale);
+	// notice then receives a line saying so.
+	stale  bool
+	notice io.Writer
 }
 
 // defaultPublishWait is how long an intent verb waits, after the commit,
@@ -362,13 +366,22 @@ func query(ctx context.Context, c clientFlags, name string, req, out proto.Messa
 	defer nc.Close()
 	ctx, cancel := context.WithTimeout(ctx, c.timeout)
 	defer cancel()
-	return bus.Query(ctx, nc, name, req, out)
+	if !c.stale {
+		return bus.Query(ctx, nc, name, req, out)
+	}
+	by, err := bus.QueryStale(ctx, nc, name, req, out)
+	if err == nil && by != "" && c.notice != nil {
+		fmt.Fprintf(c.notice, "note: --stale: answered by coordinator %s from its own replica, without checking that it is current\n", by)
+	}
+	return err
 }
 
 func rolloutStatus(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	fs := newFlags("rollout status", stderr)
 	var c clientFlags
 	c.register(fs)
+	fs.BoolVar(&c.stale, "stale", false, "accept an answer from any coordinator's own replica, which may lag the leader (said on stderr)")
+	c.notice = stderr
 	pos, err := c.parse(fs, args, stderr)
 	if err != nil {
 		return err

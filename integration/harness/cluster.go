@@ -461,12 +461,13 @@ func (c *Cluster) StartAll(ctx context.Context) error {
 }
 
 // Rollouts reads one rollout (or every one, for name "") from coordinator
-// i's own replica through its read API, without going through the bus: a
-// test can compare the replicas one by one.
+// i's own replica through its read API (?stale=true: as the replica has it,
+// current or not), without going through the bus: a test can compare the
+// replicas one by one.
 func (c *Cluster) Rollouts(ctx context.Context, i int, name string) (*sv1.RolloutsAnswer, error) {
-	u := c.scheme + c.Coordinators[i].HTTPAddr + "/v1/rollouts"
+	u := c.scheme + c.Coordinators[i].HTTPAddr + "/v1/rollouts?stale=true"
 	if name != "" {
-		u += "?name=" + url.QueryEscape(name)
+		u += "&name=" + url.QueryEscape(name)
 	}
 	code, body, err := c.get(ctx, u)
 	if err != nil {

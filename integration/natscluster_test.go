@@ -1,0 +1,72 @@
+package integration
+
+import (
+	"encoding/json"
+	"path/filepath"
+	"testing"
+	"time"
+
+	"github.com/switchyard/switchyard/coordinator"
+	"github.com/switchyard/switchyard/integration/harness"
+	"github.com/switchyard/switchyard/integration/harness/harnesstest"
+	sv1 "github.com/switchyard/switchyard/proto/switchyard/v1"
+)
+
+// TestNATSCluster_OneServerKilledDuringFanOut runs three standalone
+// nats-server processes, three coordinators and two agents with HAProxy on
+// them. The stream and buckets get three replicas (shown by `coordinator
+// members`); one NATS server is SIGKILLed right after an abort is
+// committed, during its fan-out, and every node still ends on blue with
+// the rollout rolled back.
+func TestNATSCluster_OneServerKilledDuringFanOut(t *testing.T) {
+	ctx := harnesstest.Context(t, 5*time.Minute)
+	sy, be := binaries(t)
+	dir := harnesstest.Dir(t)
+	nc3, err := harness.StartNATSCluster(ctx, harness.NATSClusterOptions{Binary: natsServerBin.get(t), Dir: filepath.Join(dir, "nats")})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		if err := nc3.Close(); err != nil {
+			t.Logf("stop nats cluster: %v", err)
+		}
+	})
+	url := harness.Bus{URL: nc3.URL()}
+	c := harnesstest.StartCluster(t, ctx, harness.ClusterOptions{Switchyard: sy, NATS: url})
+	f := harnesstest.StartFleet(t, ctx, harness.FleetOptions{Nodes: 2, Service: "web", Switchyard: sy, Backend: be, NATS: url})
+
+	if _, err := f.Apply(ctx, examplePath(t, "bluegreen.yaml")); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := f.WaitRollout(ctx, exampleRollout, f.Converged(sv1.RolloutPhase_ROLLOUT_PHASE_COMPLETED)); err != nil {
+		t.Fatal(err)
+	}
+	res, err := harness.RunCLI(ctx, sy, nil, "coordinator", "members", "--http", c.Coordinators[0].HTTPAddr, "-o", "json")
+	if err != nil || res.ExitCode != 0 {
+		t.Fatalf("coordinator members: %v %+v", err, res)
+	}
+	var m coordinator.Members
+	if err := json.Unmarshal([]byte(res.Stdout), &m); err != nil {
+		t.Fatal(err)
+	}
+	if m.Replicas != 3 || m.Streams["SWITCHYARD_INTENTS"] != 3 || m.Streams["KV_switchyard_desired"] != 3 {
+		t.Fatalf("replicas on a 3-server NATS cluster: configured %d, streams %v; want 3 everywhere", m.Replicas, m.Streams)
+	}
+
+	if _, err := f.Abort(ctx, exampleRollout, "nats server lost during fan-out"); err != nil {
+		t.Fatal(err)
+	}
+	if err := nc3.Kill(0); err != nil {
+		t.Fatal(err)
+	}
+	if err := f.WaitAllServing(ctx, harness.Blue, samples); err != nil {
+		t.Fatalf("with one NATS server killed: %v", err)
+	}
+	if _, err := f.WaitRollout(ctx, exampleRollout, f.Converged(sv1.RolloutPhase_ROLLOUT_PHASE_ROLLED_BACK)); err != nil {
+		t.Fatal(err)
+	}
+	// It comes back and catches up; nothing is left behind.
+	if err := nc3.Start(ctx, 0); err != nil {
+		t.Fatal(err)
+	}
+}
