@@ -84,6 +84,8 @@ type cacheKey struct {
 	rollout string
 	start   int64
 	wave    int32
+	// method: the windows method judges windows differently.
+	method string
 }
 
 // NewStore returns an empty store.
@@ -342,15 +344,15 @@ func (s *Store) Assess(r *sv1.Rollout, now time.Time) Assessment {
 	defer s.mu.Unlock()
 	out := Assessment{Method: spec.Method(sp.GetAnalysis())}
 	for start := first; !start.Add(win).Add(Grace).After(now); start = start.Add(win) {
-		key := cacheKey{rollout: r.GetId(), start: start.UnixNano(), wave: r.GetWave()}
+		key := cacheKey{rollout: r.GetId(), start: start.UnixNano(), wave: r.GetWave(), method: out.Method}
 		res, ok := s.cache[key]
 		if !ok {
 			res = s.judgeWindow(r, start, start.Add(win))
 			s.cache[key] = res
+			s.pruneCache(r.GetId(), now.Add(-Retention))
 		}
 		out.Windows = append(out.Windows, res)
 	}
-	s.pruneCache(r.GetId(), now.Add(-Retention))
 	need := int(sp.GetAnalysis().GetBreachWindows())
 	if need == 0 {
 		need = spec.DefaultBreachWindows
