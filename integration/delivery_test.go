@@ -181,12 +181,11 @@ func TestDelivery_GreenFailingAtStepTwoRollsTheFleetBack(t *testing.T) {
 		t.Fatalf("after the rollback: %v", err)
 	}
 	ev := view.GetRollout().GetEvidence()
-	if ev.GetGuardrail() != "error_rate" || len(ev.GetWindows()) < 2 {
+	seq := ev.GetSequential()
+	if ev.GetGuardrail() != "error_rate" || seq.GetTest() != "errors" || seq.GetStatistic() < seq.GetThreshold() {
 		t.Fatalf("evidence %v", ev)
 	}
-	for _, w := range ev.GetWindows() {
-		if w.GetVerdict() != "fail" || w.GetCandidate().GetErrorRate() < 0.1 {
-			t.Errorf("evidence window %v", w)
-		}
+	if rate := float64(seq.GetCandidateEvents()) / float64(seq.GetCandidateRequests()); rate < 0.1 || len(seq.GetNodes()) == 0 {
+		t.Errorf("evidence: green at %.1f%% errors, nodes %v", 100*rate, seq.GetNodes())
 	}
 }
