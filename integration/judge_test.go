@@ -103,7 +103,7 @@ func TestJudge_ModerateRegressionRollsBackAndAHealthyCanaryStays(t *testing.T) {
 		t.Errorf("evidence shows green no worse than blue: %v", seq)
 	}
 	t.Logf("green at 5%% errors: every HAProxy on blue %s after the change (first bad request); %s",
-		onBlue.Round(100*time.Millisecond), ev.GetSummary())
+		onBlue.Round(10*time.Millisecond), ev.GetSummary())
 	hist, err := f.Run(ctx, "rollout", "history", "web-seq-bad")
 	if err != nil {
 		t.Fatal(err)

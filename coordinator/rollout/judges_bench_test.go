@@ -246,8 +246,12 @@ strategy:
 var judges = []judgeKind{
 	{name: "switchyard (sequential)"},
 	{name: "windows×2 + margin (previous judge)", yaml: "analysis:\n  method: windows\n"},
-	{name: "Flagger-style 1m, threshold 1", build: func(s *analysis.Store) Analyzer { return &fixedJudge{store: s, interval: time.Minute, maxErr: 0.01, maxP99: 500 * time.Millisecond, threshold: 1} }},
-	{name: "Flagger-style 1m, threshold 5", build: func(s *analysis.Store) Analyzer { return &fixedJudge{store: s, interval: time.Minute, maxErr: 0.01, maxP99: 500 * time.Millisecond, threshold: 5} }},
+	{name: "Flagger-style 1m, threshold 1", build: func(s *analysis.Store) Analyzer {
+		return &fixedJudge{store: s, interval: time.Minute, maxErr: 0.01, maxP99: 500 * time.Millisecond, threshold: 1}
+	}},
+	{name: "Flagger-style 1m, threshold 5", build: func(s *analysis.Store) Analyzer {
+		return &fixedJudge{store: s, interval: time.Minute, maxErr: 0.01, maxP99: 500 * time.Millisecond, threshold: 5}
+	}},
 	{name: "Kayenta-style Mann-Whitney per 1m", build: func(s *analysis.Store) Analyzer { return &kayentaJudge{store: s, interval: time.Minute, alpha: 0.02} }},
 }
 
