@@ -117,7 +117,8 @@ func TestDelivery_HealthyCanaryRampsThroughEveryStepAndWave(t *testing.T) {
 	hist := strings.Join(lines, "\n")
 	for _, want := range []string{
 		"wave canary step 2/5 (analysis 2 windows",
-		"analysis passed 2 windows",
+		"analysis passed", // the windows, and green shown not worse:
+		"not-worse evidence: errors 3.0 of 3.0 nats",
 		"wave canary step 5/5 (setWeight 100",
 		"wave main step 1/5 (setWeight 25",
 		"wave main step 4/5 (pause 2s",
