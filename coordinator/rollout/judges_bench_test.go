@@ -477,12 +477,12 @@ func BenchmarkJudges_Power(b *testing.B) {
 		for _, h := range fleets {
 			fmt.Fprintf(out, "\nPower, %d runs per row; generator: %s\n", runs, h)
 			fmt.Fprintf(out, "| regression | judge | median | p90 | missed in %s |\n|---|---|---|---|---|\n", window)
-			for _, sc := range scenarios {
+			for si, sc := range scenarios {
 				times := make([][]float64, len(judges))
 				missed := make([]int, len(judges))
 				var mu sync.Mutex
 				parallel(runs, func(i int) {
-					seed := uint64(1000*len(sc.name) + i + 1)
+					seed := uint64(1000*(si+1) + i + 1)
 					onsetRng := rand.New(rand.NewPCG(seed, 17))
 					onset := 30*time.Second + time.Duration(onsetRng.Float64()*float64(60*time.Second))
 					at, ok := lockstep(b, newWorld(h, seed, onset, sc), onset+window)
