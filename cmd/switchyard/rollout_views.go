@@ -132,8 +132,16 @@ func printPlan(w io.Writer, sp *sv1.RolloutSpec, nodes []*sv1.NodeView, withFlee
 	a := sp.GetAnalysis()
 	fmt.Fprintf(w, "\nGuardrails: windows of %s; rollback after %d failing windows in a row; a window with fewer than %d requests to %s is inconclusive; confidence %g%%\n",
 		a.GetWindow().AsDuration(), a.GetBreachWindows(), a.GetMinRequests(), sp.GetTo(), 100*a.GetConfidence())
+	if spec.Method(a) == spec.MethodSequential {
+		fmt.Fprintf(w, "  judge: sequential, %s against %s on the same nodes on every report; a release no worse than %s is rolled back with probability at most %g per %s; an analysis step needs %g%% confidence that %s is not %g%% worse\n",
+			sp.GetTo(), sp.GetFrom(), sp.GetFrom(), spec.FalseAlarm(a), spec.Horizon(a), 100*spec.PassConfidence(a), sp.GetTo(), 100*spec.NonInferiority(a))
+	}
 	if e := a.GetErrorRate(); e != nil {
-		fmt.Fprintf(w, "  error rate: at most %.2f%%, and at most %.2f points above %s\n", 100*e.GetMax(), 100*e.GetMaxIncrease(), sp.GetFrom())
+		if e.GetMaxIncrease() > 0 || spec.Method(a) == spec.MethodWindows {
+			fmt.Fprintf(w, "  error rate: at most %.2f%%, and at most %.2f points above %s\n", 100*e.GetMax(), 100*e.GetMaxIncrease(), sp.GetFrom())
+		} else {
+			fmt.Fprintf(w, "  error rate: at most %.2f%%, and no worse than %s\n", 100*e.GetMax(), sp.GetFrom())
+		}
 	}
 	if l := a.GetLatency(); l != nil {
 		fmt.Fprintf(w, "  latency p%g:", 100*l.GetQuantile())

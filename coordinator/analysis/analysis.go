@@ -84,6 +84,8 @@ type cacheKey struct {
 	rollout string
 	start   int64
 	wave    int32
+	// method: the windows method judges windows differently.
+	method string
 }
 
 // NewStore returns an empty store.
@@ -342,15 +344,15 @@ func (s *Store) Assess(r *sv1.Rollout, now time.Time) Assessment {
 	defer s.mu.Unlock()
 	out := Assessment{Method: spec.Method(sp.GetAnalysis())}
 	for start := first; !start.Add(win).Add(Grace).After(now); start = start.Add(win) {
-		key := cacheKey{rollout: r.GetId(), start: start.UnixNano(), wave: r.GetWave()}
+		key := cacheKey{rollout: r.GetId(), start: start.UnixNano(), wave: r.GetWave(), method: out.Method}
 		res, ok := s.cache[key]
 		if !ok {
 			res = s.judgeWindow(r, start, start.Add(win))
 			s.cache[key] = res
+			s.pruneCache(r.GetId(), now.Add(-Retention))
 		}
 		out.Windows = append(out.Windows, res)
 	}
-	s.pruneCache(r.GetId(), now.Add(-Retention))
 	need := int(sp.GetAnalysis().GetBreachWindows())
 	if need == 0 {
 		need = spec.DefaultBreachWindows
@@ -428,8 +430,11 @@ func (s *Store) keepReport(rollout string, sec int64, nr *nodeReport) {
 	}
 }
 
-// sequential brings a rollout's sequential tests up to now: every second
-// whose reports are all in (Grace) is read once, in order.
+// sequential brings a rollout's sequential tests up to now. Reports are
+// read as soon as they are in, one group per second, oldest first: a
+// stratum is one node's report, complete by itself, so nothing waits for
+// the rest of the fleet. A report that comes after its second was read
+// joins the first group read next.
 func (s *Store) sequential(r *sv1.Rollout, now time.Time) *seqRun {
 	sp := r.GetSpec()
 	key := fmt.Sprintf("%s@%d", r.GetId(), r.GetCreatedAt().AsTime().UnixNano())
@@ -439,9 +444,27 @@ func (s *Store) sequential(r *sv1.Rollout, now time.Time) *seqRun {
 		s.runs[key] = run
 	}
 	series := s.reports[r.GetId()]
-	for ; !time.Unix(run.next, 0).Add(Grace).After(now); run.next++ {
-		run.read(sp, run.next, series[run.next])
-		delete(series, run.next)
+	var secs []int64
+	for sec := range series {
+		if sec <= now.Unix() && sec > r.GetCreatedAt().AsTime().Unix() {
+			secs = append(secs, sec)
+		}
+	}
+	sort.Slice(secs, func(i, j int) bool { return secs[i] < secs[j] })
+	var late []*nodeReport
+	for _, sec := range secs {
+		reps := series[sec]
+		delete(series, sec)
+		if sec < run.next {
+			late = append(late, reps...)
+			continue
+		}
+		run.read(sp, sec, append(late, reps...))
+		late = nil
+		run.next = sec + 1
+	}
+	if len(late) > 0 {
+		run.read(sp, run.next-1, late)
 	}
 	return run
 }

@@ -141,18 +141,25 @@ func (run *seqRun) read(sp *sv1.RolloutSpec, sec int64, reports []*nodeReport) {
 	// slower".
 	slack := a.GetLatency().GetMaxIncrease().AsDuration().Seconds()
 	if run.base.Count() >= minBaselineSamples {
+		// Each node's bins, read once for every threshold.
+		type nodeBins struct{ cand, base []sketch.Bin }
+		bins := make([]nodeBins, len(both))
+		for i, r := range both {
+			if c, b := r.backends[cand].latency, r.backends[base].latency; c != nil && b != nil {
+				bins[i] = nodeBins{c.Bins(), b.Bins()}
+			}
+		}
 		for _, d := range run.latency {
 			d.threshold = run.base.Quantile(d.quantile)
 			bi := sketch.IndexOf(d.threshold)
 			ci := sketch.IndexOf(d.threshold + slack)
 			var strata []Stratum
-			for _, r := range both {
-				c, b := r.backends[cand].latency, r.backends[base].latency
-				if c == nil || b == nil || c.Count() == 0 || b.Count() == 0 {
+			for i, r := range both {
+				cn, cs := countAbove(bins[i].cand, ci)
+				bn, bs := countAbove(bins[i].base, bi)
+				if cn == 0 || bn == 0 {
 					continue
 				}
-				cn, cs := countAbove(c, ci)
-				bn, bs := countAbove(b, bi)
 				strata = append(strata, Stratum{Node: r.node, CandRequests: uint64(cn), CandEvents: uint64(cs),
 					BaseRequests: uint64(bn), BaseEvents: uint64(bs)})
 				if d.quantile == a.GetLatency().GetQuantile() {
@@ -199,8 +206,8 @@ func (run *seqRun) errorNullOdds(a *sv1.AnalysisSpec) float64 {
 	return (rate + inc) / rate
 }
 
-func countAbove(s *sketch.Sketch, index int) (total, above float64) {
-	for _, b := range s.Bins() {
+func countAbove(bins []sketch.Bin, index int) (total, above float64) {
+	for _, b := range bins {
 		total += b.Count
 		if b.Index > index {
 			above += b.Count
