@@ -284,7 +284,7 @@ func TestAgentLive_TelemetryMatchesRealTraffic(t *testing.T) {
 	// Every request took at least 50ms; the sketch is accurate to 1%, and
 	// the upper margin allows for a loaded CI machine (-race, 2 cores).
 	p99 := time.Duration(green.latency.Quantile(0.99) * float64(time.Second))
-	const margin = 50 * time.Millisecond
+	const margin = 150 * time.Millisecond
 	if lo, hi := time.Duration(float64(delay)*(1-0.01)), delay+margin; p99 < lo || p99 > hi {
 		t.Errorf("reported p99 = %s, want within [%s, %s]", p99, lo, hi)
 	}

@@ -147,8 +147,13 @@ func TestReplicas_ClusterGetsThreeAndNeverLess(t *testing.T) {
 	servers[0].WaitForShutdown()
 	const gen = 10
 	var perr error
-	for range 100 {
-		if _, perr = pub.PutDesired(ctx, kv, &sv1.DesiredState{Service: "web", Epoch: 1, Generation: gen}, time.Now()); perr == nil {
+	// Each attempt is bounded on its own: a request in flight to the server
+	// that went away is not answered, and the next attempt goes elsewhere.
+	for ctx.Err() == nil {
+		actx, acancel := context.WithTimeout(ctx, 3*time.Second)
+		_, perr = pub.PutDesired(actx, kv, &sv1.DesiredState{Service: "web", Epoch: 1, Generation: gen}, time.Now())
+		acancel()
+		if perr == nil {
 			break
 		}
 		time.Sleep(100 * time.Millisecond)

@@ -58,7 +58,7 @@ func TestCoordinator_DamagedRaftStoreFailsClearly(t *testing.T) {
 			reg := prometheus.NewRegistry()
 			_, err := New(Config{
 				NodeID: "c1", DataDir: dir, RaftAddr: "127.0.0.1:0", HTTPAddr: "127.0.0.1:0",
-				NATSURL: url, BootstrapExpect: 1, Registerer: reg, Gatherer: reg,
+				NATSURL: url, BootstrapExpect: 1, Registerer: reg, Gatherer: reg, Signing: testSigning,
 			})
 			var de *DamagedStoreError
 			if !errors.As(err, &de) || !errors.Is(err, boltcheck.ErrDamaged) {
