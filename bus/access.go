@@ -17,7 +17,8 @@ const (
 	// writes to the buckets, intents and queries, telemetry and status of
 	// every node.
 	RoleCoordinator Role = "coordinator"
-	// RoleOperator is a person or pipeline: publish intents and queries.
+	// RoleOperator is a person or pipeline: publish intents and queries,
+	// and read (never write) the desired-state bucket.
 	RoleOperator Role = "operator"
 	// RoleViewer asks queries and nothing else.
 	RoleViewer Role = "viewer"
@@ -121,8 +122,10 @@ func RolePermissions(role Role) (Permissions, error) {
 			Responses: true,
 		}, nil
 	case RoleOperator:
+		// Reading the desired-state bucket lets a command that changed
+		// desired state say whether the change reached the bus.
 		return Permissions{
-			Publish:   []string{IntentSubjects(), queryPrefix + ".>"},
+			Publish:   append([]string{IntentSubjects(), queryPrefix + ".>"}, kvRead(DesiredBucket)...),
 			Subscribe: []string{inbox},
 		}, nil
 	case RoleViewer:

@@ -70,7 +70,9 @@ func TestCluster_CoordinatorFromAnotherCACannotJoin(t *testing.T) {
 	args := []string{"coordinator", "--node-id", "c4", "--data-dir", filepath.Join(dir, "c4"),
 		"--raft-addr", addrs[0], "--http-addr", addrs[1], "--bootstrap-expect", "0",
 		"--nats", nb.URL, "--nats-creds", sec.Creds, "--nats-ca", sec.CA,
-		"--cluster-ca", cert.CA, "--cluster-cert", cert.Cert, "--cluster-key", cert.Key}
+		"--cluster-ca", cert.CA, "--cluster-cert", cert.Cert, "--cluster-key", cert.Key,
+		// The cluster's own signing key: only the certificate is foreign.
+		"--signing-key", c.TrustKeyPrivate()}
 	for _, co := range c.Coordinators {
 		args = append(args, "--retry-join", co.HTTPAddr)
 	}

@@ -313,6 +313,10 @@ func TestDocs_READMETourCredentials(t *testing.T) {
 		}
 		env = append(env, line)
 	}
+	trustLine, err := dev.WaitForStdoutLine(ctx, "SWITCHYARD_TRUST_KEY=")
+	if err != nil {
+		t.Fatal(err)
+	}
 
 	// The tour's config, localized: its own port and state directory.
 	example, err := os.ReadFile(examplePath(t, "agent.yaml"))
@@ -326,6 +330,8 @@ func TestDocs_READMETourCredentials(t *testing.T) {
 	cfg := strings.NewReplacer(
 		"127.0.0.1:9101", "127.0.0.1:"+strconv.Itoa(agentHTTP),
 		"/tmp/switchyard/state/edge-1", filepath.Join(dir, "state"),
+		// The key the README's `switchyard dev --data-dir /tmp/switchyard/dev` prints.
+		"/tmp/switchyard/dev/keys/coordinator.key.pub", strings.TrimPrefix(trustLine, "SWITCHYARD_TRUST_KEY="),
 	).Replace(string(example))
 	work := filepath.Join(dir, "tour")
 	if err := os.MkdirAll(filepath.Join(work, "examples"), 0o755); err != nil {

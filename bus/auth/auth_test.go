@@ -320,6 +320,30 @@ func TestAuth_OperatorAndViewerRoles(t *testing.T) {
 	if _, err := ojs.Publish(ctx, bus.IntentSubject(bus.IntentKindRollout), []byte("intent")); err != nil {
 		t.Fatalf("operator publishes an intent: %v", err)
 	}
+	// The operator reads the desired-state bucket (a command says whether
+	// its change reached the bus) and cannot write it.
+	desired, err := bus.EnsureDesiredBucket(ctx, cjs, 1)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := desired.Put(ctx, "web", []byte("document")); err != nil {
+		t.Fatal(err)
+	}
+	okv, err := ojs.KeyValue(ctx, bus.DesiredBucket)
+	if err != nil {
+		t.Fatalf("operator opens the desired-state bucket: %v", err)
+	}
+	if e, err := okv.Get(ctx, "web"); err != nil || string(e.Value()) != "document" {
+		t.Fatalf("operator reads the desired-state bucket: %v", err)
+	}
+	pctx, pcancel := context.WithTimeout(ctx, 2*time.Second)
+	if _, err := okv.Put(pctx, "web", []byte("forged")); err == nil {
+		t.Fatal("operator wrote the desired-state bucket")
+	}
+	pcancel()
+	if e, err := desired.Get(ctx, "web"); err != nil || string(e.Value()) != "document" {
+		t.Fatalf("desired-state bucket after the operator's put: %v %q", err, e.Value())
+	}
 	vjs, _ := jetstream.New(viewer.nc)
 	wctx, wcancel := context.WithTimeout(ctx, 2*time.Second)
 	if _, err := vjs.Publish(wctx, bus.IntentSubject(bus.IntentKindRollout), []byte("intent")); err == nil {
