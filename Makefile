@@ -6,6 +6,9 @@ BUF_VERSION         := v1.75.0
 STATICCHECK_VERSION := v0.8.2
 BUF       := $(BIN)/buf
 export PATH := $(BIN):$(PATH)
+# VERSION is stamped into the binary (switchyard --version) and the package.
+VERSION   ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
+LDFLAGS   := -X main.version=$(VERSION)
 
 .DEFAULT_GOAL := help
 
@@ -15,7 +18,11 @@ help: ## list targets
 
 .PHONY: build
 build: ## build the switchyard binary into bin/
-	$(GO) build -o $(BIN)/switchyard ./cmd/switchyard
+	$(GO) build -ldflags '$(LDFLAGS)' -o $(BIN)/switchyard ./cmd/switchyard
+
+.PHONY: package
+package: ## build bin/switchyard_VERSION_ARCH.deb (binary, systemd units, example configs, user)
+	cd deploy/package && $(GO) run . -version '$(VERSION)' -out $(BIN)
 
 $(BUF):
 	GOBIN=$(BIN) $(GO) install github.com/bufbuild/buf/cmd/buf@$(BUF_VERSION)

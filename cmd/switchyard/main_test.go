@@ -125,3 +125,12 @@ func TestCLI_ApplyRefusesBadHooksBeforeSending(t *testing.T) {
 		})
 	}
 }
+
+func TestCLI_VersionPrintsTheStampedVersion(t *testing.T) {
+	for _, arg := range []string{"--version", "version"} {
+		code, out, _ := runCLI(t, arg)
+		if code != exitOK || out != "switchyard "+version+"\n" {
+			t.Errorf("%s: exit %d, stdout %q; want 0 and %q", arg, code, out, "switchyard "+version+"\n")
+		}
+	}
+}
