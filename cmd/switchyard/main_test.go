@@ -7,6 +7,8 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+
+	"github.com/switchyard/switchyard/coordinator"
 )
 
 func runCLI(t *testing.T, args ...string) (code int, stdout, stderr string) {
@@ -132,5 +134,17 @@ func TestCLI_VersionPrintsTheStampedVersion(t *testing.T) {
 		if code != exitOK || out != "switchyard "+version+"\n" {
 			t.Errorf("%s: exit %d, stdout %q; want 0 and %q", arg, code, out, "switchyard "+version+"\n")
 		}
+	}
+}
+
+// The example config the .deb installs decodes with every key known.
+func TestCLI_PackagedCoordinatorConfigLoads(t *testing.T) {
+	var cfg coordinator.Config
+	var signing signingFlags
+	if err := loadCoordinatorFile(filepath.Join("..", "..", "deploy", "etc", "switchyard", "coordinator.yaml"), &cfg, &signing); err != nil {
+		t.Fatal(err)
+	}
+	if cfg.NodeID != "c1" || cfg.DataDir != "/var/lib/switchyard/coordinator" || cfg.BootstrapExpect != 3 || len(cfg.RetryJoin) != 2 || signing.Key == "" {
+		t.Errorf("config %+v, signing %+v: want node c1 in /var/lib/switchyard/coordinator, 3 expected, 2 joins and a signing key", cfg, signing)
 	}
 }
