@@ -4,7 +4,6 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
-	"runtime"
 	"strings"
 	"testing"
 	"time"
@@ -18,10 +17,10 @@ const testVersion = "v9.8.7-1-gdeb0test"
 // it the way `make package` does; it returns the .deb's path.
 func buildDeb(t *testing.T) string {
 	t.Helper()
-	goTool := filepath.Join(runtime.GOROOT(), "bin", "go")
+	goCmd := goTool(t)
 	dir := t.TempDir()
 	bin := buildBinary(t)
-	out := runTool(t, 5*time.Minute, "package", goTool, "run", ".", "-version", testVersion, "-binary", bin, "-out", dir)
+	out := runTool(t, 5*time.Minute, "package", goCmd, "run", ".", "-version", testVersion, "-binary", bin, "-out", dir)
 	lines := strings.Split(strings.TrimSpace(out), "\n")
 	deb := lines[len(lines)-1]
 	if !strings.HasSuffix(deb, ".deb") {
@@ -31,7 +30,7 @@ func buildDeb(t *testing.T) string {
 }
 
 func TestPackage_RefusesBadInput(t *testing.T) {
-	goTool := filepath.Join(runtime.GOROOT(), "bin", "go")
+	goCmd := goTool(t)
 	for _, c := range []struct {
 		args []string
 		want string
@@ -41,7 +40,7 @@ func TestPackage_RefusesBadInput(t *testing.T) {
 		{[]string{"-binary", "nfpm.yaml"}, "-binary: "},
 		{[]string{"-binary", "/bin/sh", "-version", "1.0 beta"}, "-version: "},
 	} {
-		out, err := tryTool(t, 5*time.Minute, "package", goTool, append([]string{"run", "."}, c.args...)...)
+		out, err := tryTool(t, 5*time.Minute, "package", goCmd, append([]string{"run", "."}, c.args...)...)
 		if err == nil || !strings.Contains(out, c.want) {
 			t.Errorf("package %v: err %v, output %q; want a failure naming %q", c.args, err, out, c.want)
 		}
@@ -244,6 +243,12 @@ func TestPackage_ExampleAgentConfigIsValid(t *testing.T) {
 func buildBinary(t *testing.T) string {
 	t.Helper()
 	bin := filepath.Join(t.TempDir(), "switchyard")
-	runTool(t, 5*time.Minute, repoRoot(t), filepath.Join(runtime.GOROOT(), "bin", "go"), "build", "-ldflags", "-X main.version="+testVersion, "-o", bin, "./cmd/switchyard")
+	runTool(t, 5*time.Minute, repoRoot(t), goTool(t), "build", "-ldflags", "-X main.version="+testVersion, "-o", bin, "./cmd/switchyard")
 	return bin
+}
+
+// goTool is the go command that runs this test.
+func goTool(t *testing.T) string {
+	t.Helper()
+	return tool(t, "go", "golang-go")
 }
