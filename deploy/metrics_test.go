@@ -24,7 +24,7 @@ import (
 func knownMetrics(t *testing.T) map[string]bool {
 	t.Helper()
 	known := map[string]bool{"up": true}
-	declared := regexp.MustCompile(`Name:\s*"(switchyard_[a-z0-9_]+)"`)
+	declared := regexp.MustCompile(`(?:Name:|prometheus\.NewDesc\()\s*"(switchyard_[a-z0-9_]+)"`)
 	root := repoRoot(t)
 	err := filepath.WalkDir(root, func(path string, d fs.DirEntry, err error) error {
 		if err != nil {
