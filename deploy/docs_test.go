@@ -51,8 +51,8 @@ func runDocCommand(t *testing.T, command string) string {
 func TestDocs_OperationsRules(t *testing.T) {
 	tool(t, "promtool", "prometheus")
 	cmds := docBlock(t, "deploy-rules")
-	if len(cmds) != 2 {
-		t.Fatalf("want the check and the test command, got %q", cmds)
+	if len(cmds) != 3 {
+		t.Fatalf("want the config check, the rules check and the rule tests, got %q", cmds)
 	}
 	for _, c := range cmds {
 		if out := runDocCommand(t, c); !strings.Contains(out, "SUCCESS") {
