@@ -92,13 +92,27 @@ func TestPackage_DebInstallsUnitsVerifyAndVersionRuns(t *testing.T) {
 		filepath.Join(root, "lib/systemd/system/switchyard-coordinator.service"),
 		filepath.Join(root, "lib/systemd/system/switchyard-agent.service"),
 	}
-	args := []string{"verify"}
+	verify := units
 	if root != "/" {
-		args = append(args, "--root", root)
+		// Unpacked, the binary is not at /usr/bin: verify copies of the
+		// units whose ExecStart names the unpacked one.
+		verify = nil
+		dir := t.TempDir()
+		for _, u := range units {
+			b, err := os.ReadFile(u)
+			if err != nil {
+				t.Fatal(err)
+			}
+			c := filepath.Join(dir, filepath.Base(u))
+			if err := os.WriteFile(c, []byte(strings.ReplaceAll(string(b), "ExecStart=/usr/bin/switchyard", "ExecStart="+binary)), 0o644); err != nil {
+				t.Fatal(err)
+			}
+			verify = append(verify, c)
+		}
 	}
 	// verify reports unknown keys as warnings and exits 0; any output fails.
-	if out, err := tryTool(t, time.Minute, ".", analyze, append(args, units...)...); err != nil || strings.TrimSpace(out) != "" {
-		t.Errorf("systemd-analyze %v: %v\n%s", args, err, out)
+	if out, err := tryTool(t, time.Minute, ".", analyze, append([]string{"verify"}, verify...)...); err != nil || strings.TrimSpace(out) != "" {
+		t.Errorf("systemd-analyze verify %v: %v\n%s", verify, err, out)
 	}
 	for _, u := range units {
 		b, err := os.ReadFile(u)
