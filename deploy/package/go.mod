@@ -1,6 +1,6 @@
 module github.com/switchyard/switchyard/deploy/package
 
-go 1.26
+go 1.26.8
 
 require github.com/goreleaser/nfpm/v2 v2.45.2
 
