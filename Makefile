@@ -6,6 +6,9 @@ BUF_VERSION         := v1.75.0
 STATICCHECK_VERSION := v0.8.2
 BUF       := $(BIN)/buf
 export PATH := $(BIN):$(PATH)
+# VERSION is stamped into the binary (switchyard --version) and the package.
+VERSION   ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
+LDFLAGS   := -X main.version=$(VERSION)
 
 .DEFAULT_GOAL := help
 
@@ -15,7 +18,11 @@ help: ## list targets
 
 .PHONY: build
 build: ## build the switchyard binary into bin/
-	$(GO) build -o $(BIN)/switchyard ./cmd/switchyard
+	$(GO) build -ldflags '$(LDFLAGS)' -o $(BIN)/switchyard ./cmd/switchyard
+
+.PHONY: package
+package: build ## build bin/switchyard_VERSION_ARCH.deb (binary, systemd units, example configs, user)
+	cd deploy/package && $(GO) run . -version '$(VERSION)' -binary $(BIN)/switchyard -out $(BIN)
 
 $(BUF):
 	GOBIN=$(BIN) $(GO) install github.com/bufbuild/buf/cmd/buf@$(BUF_VERSION)
@@ -36,19 +43,21 @@ generate: $(BUF) $(BIN)/protoc-gen-go ## regenerate Go code from proto/ (committ
 .PHONY: check
 check: $(BUF) $(BIN)/protoc-gen-go $(BIN)/staticcheck ## formatting, vet, staticcheck, buf lint, generated-code and go.mod drift, import arrows
 	@echo "== gofmt"; out=$$(gofmt -l $$(git ls-files '*.go')); if [ -n "$$out" ]; then echo "$$out"; exit 1; fi
-	@echo "== go vet"; $(GO) vet ./...
+	@echo "== go vet"; $(GO) vet ./... && cd deploy/package && $(GO) vet ./...
 	@echo "== staticcheck"; $(BIN)/staticcheck ./...
 	@echo "== buf lint"; $(BUF) lint
 	@echo "== buf breaking"; if git describe --tags --abbrev=0 >/dev/null 2>&1; then \
 		$(BUF) breaking --against ".git#tag=$$(git describe --tags --abbrev=0)"; else echo "no release tag yet; skipped"; fi
 	@echo "== generated code"; $(BUF) generate && git diff --exit-code -- proto || \
 		{ echo "generated code is stale: run make generate and commit"; exit 1; }
-	@echo "== go mod tidy"; $(GO) mod tidy -diff || { echo "go.mod/go.sum not tidy: run go mod tidy"; exit 1; }
+	@echo "== go mod tidy"; $(GO) mod tidy -diff && (cd deploy/package && $(GO) mod tidy -diff) || \
+		{ echo "go.mod/go.sum not tidy: run go mod tidy (here and in deploy/package)"; exit 1; }
 	@echo "== import arrows"; $(GO) test -count=1 -run TestArrows ./internal/arrows/
 
 .PHONY: test
-test: ## run every test with the race detector (installs haproxy when missing)
+test: ## run every test with the race detector (installs haproxy and promtool when missing)
 	@scripts/ensure-haproxy
+	@scripts/ensure-promtool
 	$(GO) test -race -count=1 -timeout 30m ./...
 
 .PHONY: demo

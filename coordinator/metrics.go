@@ -115,6 +115,11 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 	for _, r := range []string{queryCurrent, queryStale, queryDeclined} {
 		m.queries.WithLabelValues(r)
 	}
+	// Every action starts at 0 so the first rollback is an increase alerts
+	// can see.
+	for _, a := range []string{"advance", "promote", "finish", "rollback", "confirm-rollback"} {
+		m.decisions.WithLabelValues(a)
+	}
 	for _, r := range []string{"malformed", "invalid", "not_found", "conflict", "blast_radius"} {
 		m.intentsRejected.WithLabelValues(r)
 	}

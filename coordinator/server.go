@@ -191,6 +191,9 @@ func New(cfg Config) (*Server, error) {
 	s.log.Info("signing documents", "key_id", docs.Signer.KeyID(), "validity", docs.Signer.Validity(), "trusted_keys", docs.Trusted.IDs())
 	s.publisher = newPublisher(s)
 	s.fleet = newFleet(cfg.StaleAfter, s.metrics, s.log)
+	if err := cfg.Registerer.Register(fleetCollector{s.fleet}); err != nil {
+		return nil, fmt.Errorf("register fleet metrics: %w", err)
+	}
 	s.analysis = analysis.NewStore()
 	s.fsm = fsm.New(fsm.Hooks{Desired: s.publisher.mark, Drills: s.publisher.markDrills})
 	s.fleet.current = func(service string) (bus.Fence, bool) {

@@ -11,9 +11,6 @@ import (
 	"github.com/switchyard/switchyard/agent/driver/haproxy"
 )
 
-// version is reported by agents in their status; set at link time.
-var version = "dev"
-
 func runAgent(ctx context.Context, args []string, stderr io.Writer) error {
 	fs := newFlags("agent", stderr)
 	var (

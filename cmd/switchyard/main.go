@@ -25,6 +25,10 @@ const (
 	exitNotPublished = 3
 )
 
+// version is stamped at build time (make build: -ldflags "-X main.version=…"
+// from git describe); "dev" otherwise. Agents report it in their status.
+var version = "dev"
+
 // errUsage marks command-line mistakes; the message has been printed.
 var errUsage = errors.New("usage")
 
@@ -43,6 +47,7 @@ Usage:
   switchyard auth ...               NATS identities (init, issue, revoke, push, list) and
                                     development TLS certificates (see 'switchyard auth help')
   switchyard keys generate --out F  a coordinator signing key pair (agents trust F.pub)
+  switchyard --version              the version this binary was built as
 
 Run 'switchyard <command> -h' for a command's flags.
 Client commands take --nats URL, --nats-creds FILE and --nats-ca FILE, or the
@@ -77,6 +82,9 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 		err = runChaos(ctx, args[1:], stdout, stderr)
 	case "auth":
 		err = runAuth(ctx, args[1:], stdout, stderr)
+	case "--version", "-version", "version":
+		fmt.Fprintf(stdout, "switchyard %s\n", version)
+		return exitOK
 	case "-h", "--help", "help":
 		fmt.Fprint(stdout, usage)
 		return exitOK

@@ -7,6 +7,8 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+
+	"github.com/switchyard/switchyard/coordinator"
 )
 
 func runCLI(t *testing.T, args ...string) (code int, stdout, stderr string) {
@@ -161,5 +163,26 @@ func TestCLI_KeysGenerate(t *testing.T) {
 	}
 	if fi, err := os.Stat(key); err != nil || fi.Mode().Perm() != 0o600 {
 		t.Fatalf("private key: %v %v", fi, err)
+	}
+}
+
+func TestCLI_VersionPrintsTheStampedVersion(t *testing.T) {
+	for _, arg := range []string{"--version", "version"} {
+		code, out, _ := runCLI(t, arg)
+		if code != exitOK || out != "switchyard "+version+"\n" {
+			t.Errorf("%s: exit %d, stdout %q; want 0 and %q", arg, code, out, "switchyard "+version+"\n")
+		}
+	}
+}
+
+// The example config the .deb installs decodes with every key known.
+func TestCLI_PackagedCoordinatorConfigLoads(t *testing.T) {
+	var cfg coordinator.Config
+	var signing signingFlags
+	if err := loadCoordinatorFile(filepath.Join("..", "..", "deploy", "etc", "switchyard", "coordinator.yaml"), &cfg, &signing); err != nil {
+		t.Fatal(err)
+	}
+	if cfg.NodeID != "c1" || cfg.DataDir != "/var/lib/switchyard/coordinator" || cfg.BootstrapExpect != 3 || len(cfg.RetryJoin) != 2 || signing.Key == "" {
+		t.Errorf("config %+v, signing %+v: want node c1 in /var/lib/switchyard/coordinator, 3 expected, 2 joins and a signing key", cfg, signing)
 	}
 }

@@ -25,6 +25,7 @@ var allowed = map[string][]string{
 	"coordinator":      {"proto/", "internal/", "bus", "chaos", "coordinator"},
 	"cmd/":             {""},
 	"integration":      {""},
+	"deploy":           {""},
 	"internal/arrows/": {},
 }
 
