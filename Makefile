@@ -67,7 +67,7 @@ demo: ## a local fleet: NATS, a coordinator, 3 agents with real HAProxy; blue ->
 
 .PHONY: bench
 bench: ## benchmarks, reported as figures (one package at a time, so they do not share the cores)
-	$(GO) test -p 1 -run '^$$' -bench . -benchmem -count=1 -timeout 30m ./...
+	$(GO) test -p 1 -run '^$$' -bench . -benchmem -count=1 -timeout 90m ./...
 
 .PHONY: fuzz
 fuzz: ## run each fuzz target for a short while
