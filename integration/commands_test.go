@@ -9,7 +9,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/switchyard/switchyard/bus"
@@ -71,11 +70,7 @@ func TestCommands_SayWhetherTheBusAndTheFleetFollowed(t *testing.T) {
 		}
 	}
 
-	nc, err := nats.Connect(f.NATSURL)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer nc.Close()
+	nc := connectNATS(t, f.Bus)
 	js, err := jetstream.New(nc)
 	if err != nil {
 		t.Fatal(err)
