@@ -33,7 +33,7 @@ func TestNATSCluster_OneServerKilledDuringFanOut(t *testing.T) {
 	})
 	url := harness.Bus{URL: nc3.URL()}
 	c := harnesstest.StartCluster(t, ctx, harness.ClusterOptions{Switchyard: sy, NATS: url})
-	f := harnesstest.StartFleet(t, ctx, harness.FleetOptions{Nodes: 2, Service: "web", Switchyard: sy, Backend: be, NATS: url})
+	f := harnesstest.StartFleet(t, ctx, harness.FleetOptions{Nodes: 2, Service: "web", Switchyard: sy, Backend: be, NATS: url, TrustKeys: []string{c.TrustKey()}})
 
 	if _, err := f.Apply(ctx, examplePath(t, "bluegreen.yaml")); err != nil {
 		t.Fatal(err)
@@ -41,7 +41,7 @@ func TestNATSCluster_OneServerKilledDuringFanOut(t *testing.T) {
 	if _, err := f.WaitRollout(ctx, exampleRollout, f.Converged(sv1.RolloutPhase_ROLLOUT_PHASE_COMPLETED)); err != nil {
 		t.Fatal(err)
 	}
-	res, err := harness.RunCLI(ctx, sy, nil, "coordinator", "members", "--http", c.Coordinators[0].HTTPAddr, "-o", "json")
+	res, err := harness.RunCLI(ctx, sy, nil, "coordinator", "members", "--http", c.Coordinators[0].HTTPAddr, "-o", "json", "--cluster-ca", c.CA.CAPath())
 	if err != nil || res.ExitCode != 0 {
 		t.Fatalf("coordinator members: %v %+v", err, res)
 	}

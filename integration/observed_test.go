@@ -10,7 +10,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/nats-io/nats.go"
 	"google.golang.org/protobuf/proto"
 
 	"github.com/switchyard/switchyard/agent/driver/haproxy"
@@ -77,11 +76,7 @@ func TestObserved_HAProxyKilledUnderRolloutNeverShownConverged(t *testing.T) {
 		return w, err == nil
 	}
 
-	nc, err := nats.Connect(f.NATSURL)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer nc.Close()
+	nc := connectNATS(t, f.Bus)
 	q, _ := proto.Marshal(&sv1.RolloutsQuery{Rollout: exampleRollout})
 	coordinatorSays := func(ctx context.Context) (bool, error) {
 		rctx, cancel := context.WithTimeout(ctx, 2*time.Second)
