@@ -195,6 +195,9 @@ func New(cfg Config) (*Server, error) {
 		return nil, fmt.Errorf("register fleet metrics: %w", err)
 	}
 	s.analysis = analysis.NewStore()
+	if err := cfg.Registerer.Register(sequentialCollector{s.analysis}); err != nil {
+		return nil, fmt.Errorf("register sequential judge metrics: %w", err)
+	}
 	s.fsm = fsm.New(fsm.Hooks{Desired: s.publisher.mark, Drills: s.publisher.markDrills})
 	s.fleet.current = func(service string) (bus.Fence, bool) {
 		epoch, gen, ok := s.fsm.State().DesiredFence(service)

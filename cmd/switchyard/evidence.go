@@ -25,7 +25,7 @@ func printEvidence(w io.Writer, ev *sv1.Evidence) {
 		fmt.Fprintf(w, "  method:     %s\n", s.GetMethod())
 		fmt.Fprintf(w, "  statistic:  %.2f nats reached the threshold %.2f (tuned to the new backend's odds of an event ×%g)\n",
 			s.GetStatistic(), s.GetThreshold(), s.GetOddsRatio())
-		fmt.Fprintf(w, "  guarantee:  a release no worse than the old backend is rolled back with probability at most %g over %s of canary\n",
+		fmt.Fprintf(w, "  guarantee:  a release no worse than the old backend is rolled back with probability at most %g over %s of canary (at most twice that however long it runs)\n",
 			s.GetFalseAlarm(), s.GetHorizon().AsDuration())
 		fmt.Fprintf(w, "  evidence:   %s to %s: new backend %d of %d (%s), old backend %d of %d (%s), same nodes; exact binomial p=%.2g\n",
 			s.GetSince().AsTime().Local().Format(time.TimeOnly), s.GetAt().AsTime().Local().Format(time.TimeOnly),

@@ -88,7 +88,7 @@ func TestCLI_PlanOfflineShowsStepsWavesAndGuardrails(t *testing.T) {
 	for _, want := range []string{
 		"Rollout web-canary-1: web from blue to green, canary",
 		"error rate: at most 5.00%, and no worse than blue",
-		"judge: sequential, green against blue on the same nodes on every report; a release no worse than blue is rolled back with probability at most 0.005 per 1h0m0s",
+		"judge: sequential, green against blue on the same nodes on every report; a release no worse than blue is rolled back with probability at most 0.005 over 1h0m0s of canary (at most twice that however long it runs)",
 		"Wave 1/2 eu-canary (region=eu, 10%)",
 		"Wave 2/2 everyone (every node, 100%, waits for approval)",
 		"5. pause until approved",

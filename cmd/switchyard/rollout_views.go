@@ -133,8 +133,8 @@ func printPlan(w io.Writer, sp *sv1.RolloutSpec, nodes []*sv1.NodeView, withFlee
 	fmt.Fprintf(w, "\nGuardrails: windows of %s; rollback after %d failing windows in a row; a window with fewer than %d requests to %s is inconclusive; confidence %g%%\n",
 		a.GetWindow().AsDuration(), a.GetBreachWindows(), a.GetMinRequests(), sp.GetTo(), 100*a.GetConfidence())
 	if spec.Method(a) == spec.MethodSequential {
-		fmt.Fprintf(w, "  judge: sequential, %s against %s on the same nodes on every report; a release no worse than %s is rolled back with probability at most %g per %s; an analysis step needs %g%% confidence that %s is not %g%% worse\n",
-			sp.GetTo(), sp.GetFrom(), sp.GetFrom(), spec.FalseAlarm(a), spec.Horizon(a), 100*spec.PassConfidence(a), sp.GetTo(), 100*spec.NonInferiority(a))
+		fmt.Fprintf(w, "  judge: sequential, %s against %s on the same nodes on every report; a release no worse than %s is rolled back with probability at most %g over %s of canary (at most twice that however long it runs); an analysis step needs %g%% confidence that %s is not %g%% worse\n",
+			sp.GetTo(), sp.GetFrom(), sp.GetFrom(), spec.FalseAlarm(a), spec.HorizonOf(sp), 100*spec.PassConfidence(a), sp.GetTo(), 100*spec.NonInferiority(a))
 	}
 	if e := a.GetErrorRate(); e != nil {
 		if e.GetMaxIncrease() > 0 || spec.Method(a) == spec.MethodWindows {

@@ -440,7 +440,7 @@ func (s *Store) sequential(r *sv1.Rollout, now time.Time) *seqRun {
 	key := fmt.Sprintf("%s@%d", r.GetId(), r.GetCreatedAt().AsTime().UnixNano())
 	run := s.runs[key]
 	if run == nil {
-		run = newSeqRun(sp.GetAnalysis(), r.GetCreatedAt().AsTime().Unix()+1)
+		run = newSeqRun(r.GetId(), sp, r.GetCreatedAt().AsTime().Unix()+1)
 		s.runs[key] = run
 	}
 	series := s.reports[r.GetId()]

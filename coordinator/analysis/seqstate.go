@@ -46,10 +46,11 @@ var latencyQuantiles = []float64{0.5, 0.9}
 // seqRun is the sequential analysis of one rollout, fed one second at a
 // time in order.
 type seqRun struct {
-	next      int64 // the next second (window end, unix) to read
-	threshold float64
-	errors    []*CUSUM
-	latency   []*latencyDetector
+	rollout string
+	next    int64 // the next second (window end, unix) to read
+	first   int64 // the first second of the canary
+	errors  []*CUSUM
+	latency []*latencyDetector
 	// base is every old-backend latency read so far: the thresholds of the
 	// next second come from it, never from the second they judge.
 	base    *sketch.Sketch
@@ -59,6 +60,10 @@ type seqRun struct {
 	alpha   float64
 	horizon time.Duration
 }
+
+// latencyShare is the latency tests' part of the false-alarm budget when
+// both errors and latency are judged; the errors get the rest.
+const latencyShare = 0.5
 
 type latencyDetector struct {
 	quantile float64
@@ -79,8 +84,9 @@ type secondTotals struct {
 	baseLatency, baseSlow float64
 }
 
-func newSeqRun(a *sv1.AnalysisSpec, first int64) *seqRun {
-	run := &seqRun{next: first, base: sketch.New(), alpha: spec.FalseAlarm(a), horizon: spec.Horizon(a)}
+func newSeqRun(rollout string, sp *sv1.RolloutSpec, first int64) *seqRun {
+	a := sp.GetAnalysis()
+	run := &seqRun{rollout: rollout, next: first, first: first, base: sketch.New(), alpha: spec.FalseAlarm(a), horizon: spec.HorizonOf(sp)}
 	for _, o := range DefaultOddsRatios {
 		run.errors = append(run.errors, NewCUSUM(o))
 	}
@@ -96,9 +102,46 @@ func newSeqRun(a *sv1.AnalysisSpec, first int64) *seqRun {
 		}
 		run.latency = append(run.latency, d)
 	}
-	detectors := len(run.errors) + len(run.latency)*len(DefaultOddsRatios)
-	run.threshold = CUSUMThreshold(run.alpha, int(run.horizon/time.Second), detectors)
+	// Split the budget: the error tests' part by ErrorWeights, the latency
+	// tests' part evenly. A guardrail the spec leaves out spends nothing.
+	errShare, latShare := 1-latencyShare, latencyShare
+	switch {
+	case a.GetErrorRate() == nil && a.GetLatency() == nil:
+		errShare, latShare = 0, 0
+	case a.GetLatency() == nil:
+		errShare, latShare = 1, 0
+	case a.GetErrorRate() == nil:
+		errShare, latShare = 0, 1
+	}
+	for i, c := range run.errors {
+		c.Weight = errShare * ErrorWeights[i]
+	}
+	for _, d := range run.latency {
+		for _, c := range d.cusums {
+			c.Weight = latShare / float64(len(run.latency)*len(d.cusums))
+		}
+	}
 	return run
+}
+
+// threshold is detector c's alarm threshold at second sec.
+func (run *seqRun) threshold(c *CUSUM, sec int64) float64 {
+	if c.Weight <= 0 {
+		return math.Inf(1)
+	}
+	intervals := max(int64(run.horizon/time.Second), 1)
+	block := int((max(sec-run.first, 0))/intervals) + 1
+	return AlarmThreshold(run.alpha, c.Weight, int(intervals), block)
+}
+
+// alarmed is the detector of cs over its threshold at sec, if any: the one
+// furthest over.
+func (run *seqRun) alarmed(cs []*CUSUM, sec int64) *CUSUM {
+	c := run.top(cs, sec)
+	if c.Statistic >= run.threshold(c, sec) {
+		return c
+	}
+	return nil
 }
 
 // read feeds one second's reports to the detectors.
@@ -129,10 +172,8 @@ func (run *seqRun) read(sp *sv1.RolloutSpec, sec int64, reports []*nodeReport) {
 	for _, c := range run.errors {
 		c.Update(sec, errStrata)
 	}
-	if a.GetErrorRate() != nil {
-		if c := run.top(run.errors); c.Statistic >= run.threshold {
-			run.alarm = run.evidence("error_rate", "errors", c, sec, "errors")
-		}
+	if c := run.alarmed(run.errors, sec); c != nil {
+		run.alarm = run.evidence("error_rate", "errors", c, sec, "errors")
 	}
 
 	// Latency: requests slower than the old backend's quantiles as they
@@ -172,8 +213,8 @@ func (run *seqRun) read(sp *sv1.RolloutSpec, sec int64, reports []*nodeReport) {
 			for _, c := range d.cusums {
 				c.Update(sec, strata)
 			}
-			if a.GetLatency() != nil && run.alarm == nil {
-				if c := run.top(d.cusums); c.Statistic >= run.threshold {
+			if run.alarm == nil {
+				if c := run.alarmed(d.cusums, sec); c != nil {
 					run.alarm = run.evidence("latency", fmt.Sprintf("latency: requests slower than %s's p%s (%s)", base, pct(d.quantile), dur(d.threshold)),
 						c, sec, "requests over "+dur(d.threshold))
 				}
@@ -216,11 +257,11 @@ func countAbove(bins []sketch.Bin, index int) (total, above float64) {
 	return total, above
 }
 
-// top is the detector closest to its threshold.
-func (run *seqRun) top(cs []*CUSUM) *CUSUM {
+// top is the detector closest to (or furthest over) its threshold at sec.
+func (run *seqRun) top(cs []*CUSUM, sec int64) *CUSUM {
 	best := cs[0]
 	for _, c := range cs[1:] {
-		if c.Statistic > best.Statistic {
+		if c.Statistic-run.threshold(c, sec) > best.Statistic-run.threshold(best, sec) {
 			best = c
 		}
 	}
@@ -229,9 +270,10 @@ func (run *seqRun) top(cs []*CUSUM) *CUSUM {
 
 func (run *seqRun) evidence(guardrail, test string, c *CUSUM, sec int64, events string) *sv1.Evidence {
 	a := &sv1.SequentialEvidence{
-		Test:      test,
-		Method:    "CUSUM of the log-likelihood ratio of the new backend's share of events, per node and second, given both backends' events there",
-		Statistic: c.Statistic, Threshold: run.threshold, OddsRatio: c.OddsRatio,
+		Test: test,
+		Method: fmt.Sprintf("CUSUM of the log-likelihood ratio of the new backend's share of events, per node and second, given both backends' events there; "+
+			"threshold log(horizon seconds / (falseAlarm × %.3g)), the detector's share of the false-alarm budget", c.Weight),
+		Statistic: c.Statistic, Threshold: run.threshold(c, sec), OddsRatio: c.OddsRatio,
 		Since: timestamppb.New(time.Unix(c.Since-1, 0)), At: timestamppb.New(time.Unix(sec, 0)),
 		CandidateEvents: c.CandEvents, CandidateRequests: c.CandRequests,
 		BaselineEvents: c.BaseEvents, BaselineRequests: c.BaseRequests,
@@ -338,15 +380,74 @@ func (run *seqRun) status() string {
 	if run.last == 0 {
 		return "sequential tests: no report with both backends yet"
 	}
-	top := run.top(run.errors)
-	s := fmt.Sprintf("sequential tests (threshold %.1f nats): errors %.1f (odds ×%g detector)", run.threshold, top.Statistic, top.OddsRatio)
+	top := run.top(run.errors, run.last)
+	s := fmt.Sprintf("sequential tests (log-likelihood ratio of the detector nearest its threshold, nats): errors %.1f of %.1f (odds ×%g)",
+		top.Statistic, run.threshold(top, run.last), top.OddsRatio)
 	if run.base.Count() < minBaselineSamples {
 		s += fmt.Sprintf("; latency waits for %d old-backend samples (%.0f so far)", minBaselineSamples, run.base.Count())
 		return s
 	}
 	for _, d := range run.latency {
-		c := run.top(d.cusums)
-		s += fmt.Sprintf("; latency over p%s %s %.1f", pct(d.quantile), dur(d.threshold), c.Statistic)
+		c := run.top(d.cusums, run.last)
+		s += fmt.Sprintf("; latency over p%s %s %.1f of %.1f", pct(d.quantile), dur(d.threshold), c.Statistic, run.threshold(c, run.last))
 	}
 	return s
+}
+
+// Reading is one sequential detector's state, for metrics.
+type Reading struct {
+	Rollout string
+	// Test is "errors" or "latency_p" and the quantile ("latency_p99").
+	Test      string
+	OddsRatio float64
+	// Statistic and Threshold are in nats; an alarm is raised when the
+	// statistic reaches the threshold.
+	Statistic, Threshold float64
+}
+
+// Readings are the rollout's detectors as of the newest second read.
+func (run *seqRun) readings() []Reading {
+	var out []Reading
+	add := func(test string, cs []*CUSUM) {
+		for _, c := range cs {
+			if c.Weight <= 0 {
+				continue
+			}
+			out = append(out, Reading{Rollout: run.rollout, Test: test, OddsRatio: c.OddsRatio,
+				Statistic: c.Statistic, Threshold: run.threshold(c, max(run.last, run.first))})
+		}
+	}
+	add("errors", run.errors)
+	for _, d := range run.latency {
+		add("latency_p"+pct(d.quantile), d.cusums)
+	}
+	return out
+}
+
+// SequentialReadings are the detectors of every rollout the store has
+// sequential tests for, newest run per rollout.
+func (s *Store) SequentialReadings() []Reading {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	newest := map[string]*seqRun{}
+	for _, run := range s.runs {
+		if o := newest[run.rollout]; o == nil || run.first > o.first {
+			newest[run.rollout] = run
+		}
+	}
+	var out []Reading
+	for _, run := range newest {
+		out = append(out, run.readings()...)
+	}
+	sort.Slice(out, func(i, j int) bool {
+		a, b := out[i], out[j]
+		if a.Rollout != b.Rollout {
+			return a.Rollout < b.Rollout
+		}
+		if a.Test != b.Test {
+			return a.Test < b.Test
+		}
+		return a.OddsRatio < b.OddsRatio
+	})
+	return out
 }

@@ -86,7 +86,7 @@ func TestStore_SequentialStaysQuietOnHeterogeneousNodes(t *testing.T) {
 	if a.Breach != nil {
 		t.Fatalf("false alarm: %s", a.Breach.GetSummary())
 	}
-	if !strings.Contains(a.Sequential, "sequential tests (threshold") {
+	if !strings.Contains(a.Sequential, "errors 0.0 of 1") {
 		t.Errorf("status %q", a.Sequential)
 	}
 	if !a.NotWorse.OK() {
@@ -110,7 +110,7 @@ func TestStore_SequentialCatchesSmallErrorRegressionAndNamesNodes(t *testing.T) 
 	}
 	seq := a.Breach.GetSequential()
 	if a.Breach.GetGuardrail() != "error_rate" || seq.GetTest() != "errors" || seq.GetStatistic() < seq.GetThreshold() ||
-		seq.GetFalseAlarm() != spec.DefaultFalseAlarm || seq.GetHorizon().AsDuration() != spec.DefaultHorizon {
+		seq.GetFalseAlarm() != spec.DefaultFalseAlarm || seq.GetHorizon().AsDuration() != spec.HorizonOf(r.GetSpec()) {
 		t.Fatalf("evidence %v", seq)
 	}
 	if seq.GetSince().AsTime().Before(t0.Add(90 * time.Second)) {

@@ -81,8 +81,27 @@ var DefaultOddsRatios = []float64{2, 4, 10}
 // which crosses e^h with probability at most e^-h (Ville's inequality). A
 // union bound over starts and detectors gives h = log(detectors·intervals/α).
 func CUSUMThreshold(alpha float64, intervals, detectors int) float64 {
-	return math.Log(float64(max(intervals, 1)) * float64(max(detectors, 1)) / alpha)
+	return AlarmThreshold(alpha, 1/float64(max(detectors, 1)), intervals, 1)
 }
+
+// AlarmThreshold is the threshold (nats) of one detector allowed the share
+// weight of alpha over intervals intervals: each start within them may
+// spend alpha·weight/intervals, so h = log(intervals/(alpha·weight)). The
+// shares of all detectors sum to at most 1, which makes the union bound
+// over starts and detectors alpha. block numbers the stretches of that
+// length since the canary began (1 is the horizon itself); each later
+// stretch is allowed half the one before, so the threshold rises by log 2
+// a stretch and a canary that outlives its horizon, however long, spends
+// at most 2·alpha in all.
+func AlarmThreshold(alpha, weight float64, intervals, block int) float64 {
+	return math.Log(float64(max(intervals, 1))/(alpha*weight)) + float64(max(block, 1)-1)*math.Ln2
+}
+
+// ErrorWeights are the shares of the error tests' part of the false-alarm
+// budget given to the detectors of DefaultOddsRatios: most to the tenfold
+// rise, whose alarms must come in seconds, least to the doubling, which
+// needs minutes of evidence anyway and loses little to a higher threshold.
+var ErrorWeights = []float64{0.1, 0.3, 0.6}
 
 // NodeCounts is one node's part of a detector's current run.
 type NodeCounts struct {
@@ -97,6 +116,9 @@ type NodeCounts struct {
 // canary is caught as fast as one that begins at once.
 type CUSUM struct {
 	OddsRatio float64
+	// Weight is the detector's share of the false-alarm budget (0: it
+	// never raises an alarm).
+	Weight float64
 	// Statistic is the current value, in nats.
 	Statistic float64
 	// Since is the index of the interval after the last time the statistic

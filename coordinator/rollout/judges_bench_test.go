@@ -240,7 +240,7 @@ strategy:
   canary:
     steps:
       - setWeight: 10
-      - pause: {duration: 1h}
+      - pause: {duration: 10m}
 %s`
 
 var judges = []judgeKind{
@@ -528,6 +528,7 @@ func BenchmarkJudges_FalseRollbacks(b *testing.B) {
 	for range b.N {
 		falses := make([]int, len(judges))
 		inIncident := make([]int, len(judges))
+		done := 0
 		var mu sync.Mutex
 		parallel(runs, func(i int) {
 			seed := uint64(500000 + i)
@@ -542,6 +543,11 @@ func BenchmarkJudges_FalseRollbacks(b *testing.B) {
 						inIncident[j]++
 					}
 				}
+			}
+			// Progress on stderr, so a long study can be followed (and
+			// its partial counts read) while it runs.
+			if done++; done%100 == 0 {
+				fmt.Fprintf(os.Stderr, "A/A: %d of %d runs, false rollbacks per judge %v\n", done, runs, falses)
 			}
 		})
 		out := &strings.Builder{}

@@ -42,12 +42,51 @@ func FalseAlarm(a *sv1.AnalysisSpec) float64 {
 	return a.GetFalseAlarm()
 }
 
-// Horizon is the canary time the false-alarm rate covers.
+// Horizon is the canary time the false-alarm rate covers when the spec
+// sets it; otherwise see HorizonOf.
 func Horizon(a *sv1.AnalysisSpec) time.Duration {
 	if d := a.GetHorizon().AsDuration(); a.GetHorizon() != nil && d > 0 {
 		return d
 	}
 	return DefaultHorizon
+}
+
+// HorizonOf is the canary time a rollout's false-alarm rate covers:
+// analysis.horizon when set, else the rollout's planned life (PlannedLife),
+// else DefaultHorizon when the plan waits for an operator. It is kept
+// within 1m..720h.
+func HorizonOf(s *sv1.RolloutSpec) time.Duration {
+	a := s.GetAnalysis()
+	if d := a.GetHorizon().AsDuration(); a.GetHorizon() != nil && d > 0 {
+		return d
+	}
+	d, ok := PlannedLife(s)
+	if !ok {
+		return DefaultHorizon
+	}
+	return min(max(d, time.Minute), 30*24*time.Hour)
+}
+
+// PlannedLife is how long a rollout's steps take when nothing holds them:
+// every timed pause and every analysis step's windows, over all waves. ok is
+// false when a pause waits for an operator, whose length no plan knows.
+func PlannedLife(s *sv1.RolloutSpec) (d time.Duration, ok bool) {
+	win := Window(s)
+	for _, w := range Compile(s) {
+		for _, st := range w.Steps {
+			switch k := st.GetKind().(type) {
+			case *sv1.Step_Pause:
+				p := k.Pause.GetDuration().AsDuration()
+				if k.Pause.GetDuration() == nil || p <= 0 {
+					return 0, false
+				}
+				d += p
+			case *sv1.Step_Analysis:
+				d += time.Duration(k.Analysis.GetWindows()) * win
+			}
+		}
+	}
+	return d, true
 }
 
 // NonInferiority is the relative margin an analysis step must rule out.

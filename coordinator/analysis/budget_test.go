@@ -1,0 +1,103 @@
+package analysis
+
+import (
+	"math"
+	"testing"
+	"time"
+
+	"google.golang.org/protobuf/types/known/durationpb"
+
+	"github.com/switchyard/switchyard/internal/spec"
+	sv1 "github.com/switchyard/switchyard/proto/switchyard/v1"
+)
+
+func TestSequential_AlarmThresholdKnownValues(t *testing.T) {
+	// The ×10 error detector of a 10-minute canary at the defaults: 30% of
+	// 0.005 over 600 one-second starts.
+	near(t, "h", AlarmThreshold(0.005, 0.3, 600, 1), math.Log(400000), 1e-12)
+	near(t, "h", AlarmThreshold(0.005, 0.3, 600, 1), 12.89921982609012, 1e-12)
+	// Two horizons later the budget per start is a quarter.
+	near(t, "h third stretch", AlarmThreshold(0.005, 0.3, 600, 3), 14.28551418721001, 1e-12)
+	// Equal shares are the plain union bound.
+	near(t, "equal shares", CUSUMThreshold(0.005, 3600, 12), AlarmThreshold(0.005, 1.0/12, 3600, 1), 1e-12)
+}
+
+// What the thresholds spend: every start may cross with probability
+// e^-h (Ville), so a stretch of n starts spends n·e^-h. The first horizon
+// spends exactly α·weight, and all stretches together at most twice that.
+func TestSequential_AlarmThresholdSpendsTheBudget(t *testing.T) {
+	const alpha, weight, n = 0.005, 0.3, 600
+	first := n * math.Exp(-AlarmThreshold(alpha, weight, n, 1))
+	near(t, "first horizon", first, alpha*weight, 1e-15)
+	total := 0.0
+	for block := 1; block <= 200; block++ {
+		total += n * math.Exp(-AlarmThreshold(alpha, weight, n, block))
+	}
+	if total > 2*alpha*weight || total < 1.999*alpha*weight {
+		t.Fatalf("200 horizons spend %g, want just under %g", total, 2*alpha*weight)
+	}
+}
+
+func TestSequential_DetectorSharesSumToOne(t *testing.T) {
+	sum := func(run *seqRun) (errs, lat float64) {
+		for _, c := range run.errors {
+			errs += c.Weight
+		}
+		for _, d := range run.latency {
+			for _, c := range d.cusums {
+				lat += c.Weight
+			}
+		}
+		return errs, lat
+	}
+	sp := &sv1.RolloutSpec{Name: "r", Service: "web", From: "blue", To: "green"}
+	spec.Default(sp)
+	errs, lat := sum(newSeqRun("r", sp, 1))
+	near(t, "errors' share", errs, 0.5, 1e-12)
+	near(t, "latency's share", lat, 0.5, 1e-12)
+	// Without a latency guardrail the errors get it all.
+	sp.Analysis.Latency = nil
+	errs, lat = sum(newSeqRun("r", sp, 1))
+	near(t, "errors alone", errs, 1, 1e-12)
+	near(t, "no latency", lat, 0, 0)
+}
+
+func TestSequential_RunLengthAtTheDefaultThreshold(t *testing.T) {
+	// A 10-minute canary: horizon 600 s. Every second five of ten nodes
+	// split one error each way (green 10 requests, blue 90): 1.0189 nats a
+	// node at the ×10 alternative, 5.094 a second.
+	sp := &sv1.RolloutSpec{Name: "r", Service: "web", From: "blue", To: "green",
+		Strategy: &sv1.Strategy{Kind: &sv1.Strategy_Canary{Canary: &sv1.Canary{Steps: []*sv1.Step{
+			{Kind: &sv1.Step_SetWeight{SetWeight: 10}},
+			{Kind: &sv1.Step_Pause{Pause: &sv1.Pause{Duration: durationpb.New(10 * time.Minute)}}},
+		}}}}}
+	spec.Default(sp)
+	run := newSeqRun("r", sp, 1)
+	c := run.errors[2]
+	if c.OddsRatio != 10 {
+		t.Fatalf("detector %g", c.OddsRatio)
+	}
+	near(t, "threshold", run.threshold(c, 1), 12.89921982609012, 1e-12)
+	one := Stratum{CandRequests: 10, CandEvents: 1, BaseRequests: 90, BaseEvents: 1}
+	near(t, "one node-second", ShareLLR(one, 10), 1.018877320649256, 1e-12)
+	var strata []Stratum
+	for i := range 5 {
+		s := one
+		s.Node = string(rune('a' + i))
+		strata = append(strata, s)
+	}
+	var incs []float64
+	for sec := int64(1); sec <= 5; sec++ {
+		before := c.Statistic
+		incs = append(incs, c.Update(sec, strata)-before)
+	}
+	if got := RunLength(incs, run.threshold(c, 1)); got != 3 {
+		t.Fatalf("run length %d, want 3 (5.09, 10.19, 15.28 nats)", got)
+	}
+	// The same evidence after the canary outlived its horizon twice needs
+	// 2·log 2 more: still 3 seconds here, 14.29 < 15.28.
+	near(t, "third stretch", run.threshold(c, 1+1200), 12.89921982609012+2*math.Ln2, 1e-12)
+	if got := RunLength(incs, run.threshold(c, 1+1200)); got != 3 {
+		t.Fatalf("run length %d in the third stretch, want 3", got)
+	}
+}
