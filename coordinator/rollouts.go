@@ -110,6 +110,7 @@ func (s *Server) runRollouts(ctx context.Context) {
 		case <-ctx.Done():
 			return
 		case <-tick.C:
+		case <-s.reported:
 		}
 	}
 }
@@ -128,6 +129,10 @@ func (s *Server) handleTelemetry(msg *nats.Msg) {
 		return
 	}
 	s.metrics.telemetry.Inc()
+	select {
+	case s.reported <- struct{}{}:
+	default:
+	}
 }
 
 // drillRaft commits the drill controller's decisions through raftApply.

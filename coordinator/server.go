@@ -150,8 +150,11 @@ type Server struct {
 	// replicas is what the leader creates streams and buckets with.
 	replicas bus.Replicas
 
-	fleet     *fleet
-	analysis  *analysis.Store
+	fleet    *fleet
+	analysis *analysis.Store
+	// reported wakes the leader's rollout controller when a health report
+	// arrives, so a sequential alarm does not wait for the next tick.
+	reported  chan struct{}
 	publisher *publisher
 	docs      *bus.Publisher
 
@@ -195,6 +198,7 @@ func New(cfg Config) (*Server, error) {
 		return nil, fmt.Errorf("register fleet metrics: %w", err)
 	}
 	s.analysis = analysis.NewStore()
+	s.reported = make(chan struct{}, 1)
 	if err := cfg.Registerer.Register(sequentialCollector{s.analysis}); err != nil {
 		return nil, fmt.Errorf("register sequential judge metrics: %w", err)
 	}
