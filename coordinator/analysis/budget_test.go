@@ -101,3 +101,38 @@ func TestSequential_RunLengthAtTheDefaultThreshold(t *testing.T) {
 		t.Fatalf("run length %d in the third stretch, want 3", got)
 	}
 }
+
+// Reports of one second that arrive apart are read apart; the run may only
+// start afresh where a second begins, or the union bound would count too
+// few starts.
+func TestSequential_CUSUMStartsOnlyWhereAnIntervalBegins(t *testing.T) {
+	good := Stratum{Node: "a", CandRequests: 10, BaseRequests: 90, BaseEvents: 1} // the one event on blue
+	bad := Stratum{Node: "b", CandRequests: 10, CandEvents: 1, BaseRequests: 90}  // the one event on green
+	g, b := ShareLLR(good, 10), ShareLLR(bad, 10)
+	near(t, "good node", g, math.Log(0.9/1.9/0.9), 1e-12)
+	near(t, "bad node", b, math.Log(1/1.9/0.1), 1e-12)
+	if g >= 0 || b <= 0 || g+b <= 0 || b > StratumCap {
+		t.Fatalf("llr good %g, bad %g", g, b)
+	}
+	// Same second in two reads: the bad node is added to the run the good
+	// node pushed down, as it would be read together.
+	split := NewCUSUM(10)
+	split.Update(7, []Stratum{good})
+	split.Update(7, []Stratum{bad})
+	together := NewCUSUM(10)
+	together.Update(7, []Stratum{good, bad})
+	near(t, "split reads", split.Statistic, g+b, 1e-12) // 1.02, not 1.66
+	near(t, "one read", together.Statistic, split.Statistic, 1e-12)
+	// The next second continues the run: 1.02 + 1.66.
+	split.Update(8, []Stratum{bad})
+	near(t, "next second", split.Statistic, g+2*b, 1e-12)
+	// Where the evidence fell below zero by the end of a second, the next
+	// second starts afresh.
+	fresh := NewCUSUM(10)
+	fresh.Update(7, []Stratum{good})
+	fresh.Update(8, []Stratum{bad})
+	near(t, "after a restart", fresh.Statistic, b, 1e-12)
+	if fresh.Since != 8 || split.Since != 7 {
+		t.Errorf("runs since %d and %d, want 8 and 7", fresh.Since, split.Since)
+	}
+}

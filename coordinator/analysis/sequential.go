@@ -113,7 +113,11 @@ type NodeCounts struct {
 // CUSUM is Page's cumulative sum of the capped stratified log-likelihood
 // ratio for one alternative: S = max(0, S + Σ strata). It restarts at zero
 // whenever the evidence falls back, so a regression that begins late in a
-// canary is caught as fast as one that begins at once.
+// canary is caught as fast as one that begins at once. A run starts only
+// where an interval begins: strata of the interval read last that arrive
+// late are added to the same run, never the start of a new one, so there
+// is one start per interval whatever order the nodes' reports come in (the
+// union bound of AlarmThreshold counts exactly those).
 type CUSUM struct {
 	OddsRatio float64
 	// Weight is the detector's share of the false-alarm budget (0: it
@@ -127,6 +131,10 @@ type CUSUM struct {
 	Nodes                    map[string]*NodeCounts
 	CandRequests, CandEvents uint64
 	BaseRequests, BaseEvents uint64
+	// interval is the interval read last; raw is the run's sum, which may
+	// dip below zero within an interval.
+	interval int64
+	raw      float64
 }
 
 // NewCUSUM returns a detector at zero.
@@ -134,10 +142,15 @@ func NewCUSUM(oddsRatio float64) *CUSUM {
 	return &CUSUM{OddsRatio: oddsRatio, Nodes: map[string]*NodeCounts{}}
 }
 
-// Update adds one interval's strata and returns the new statistic.
+// Update adds strata of an interval and returns the new statistic. Called
+// again with the same interval, it adds to the same run.
 func (c *CUSUM) Update(interval int64, strata []Stratum) float64 {
-	if c.Statistic == 0 {
-		c.reset(interval)
+	if interval != c.interval {
+		if c.raw <= 0 {
+			c.raw = 0
+			c.reset(interval)
+		}
+		c.interval = interval
 	}
 	sum := 0.0
 	for _, s := range strata {
@@ -161,7 +174,8 @@ func (c *CUSUM) Update(interval int64, strata []Stratum) float64 {
 		c.BaseRequests += s.BaseRequests
 		c.BaseEvents += s.BaseEvents
 	}
-	c.Statistic = math.Max(0, c.Statistic+sum)
+	c.raw += sum
+	c.Statistic = math.Max(0, c.raw)
 	return c.Statistic
 }
 
