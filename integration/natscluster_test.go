@@ -31,7 +31,7 @@ func TestNATSCluster_OneServerKilledDuringFanOut(t *testing.T) {
 			t.Logf("stop nats cluster: %v", err)
 		}
 	})
-	url := harness.Bus{URL: nc3.URL()}
+	url := nc3.Bus()
 	c := harnesstest.StartCluster(t, ctx, harness.ClusterOptions{Switchyard: sy, NATS: url})
 	f := harnesstest.StartFleet(t, ctx, harness.FleetOptions{Nodes: 2, Service: "web", Switchyard: sy, Backend: be, NATS: url, TrustKeys: []string{c.TrustKey()}})
 

@@ -60,6 +60,10 @@ type FleetOptions struct {
 	// Hooks gives node i (0-based) the hooks: section of its agent config;
 	// nil gives none.
 	Hooks func(i int) map[string]AgentHook
+	// NodeNATS gives node i (0-based) the NATS URL its agent connects to,
+	// e.g. its PoP's leaf server (same CA and auth directory as NATS); nil
+	// or "" gives the fleet's URL.
+	NodeNATS func(i int) string
 }
 
 // AgentHook is one hook of an agent config.
@@ -305,10 +309,14 @@ func (f *Fleet) startNode(ctx context.Context, i int) (*Node, error) {
 	if err != nil {
 		return n, err
 	}
+	natsURL := f.NATSURL
+	if f.opts.NodeNATS != nil && f.opts.NodeNATS(i) != "" {
+		natsURL = f.opts.NodeNATS(i)
+	}
 	if err := writeAgentConfig(n.AgentConfig, agentConfig{
 		Node:       id,
 		Labels:     n.Labels,
-		NATS:       f.NATSURL,
+		NATS:       natsURL,
 		NATSClient: agentNATSClient{Creds: sec.Creds, CA: sec.CA},
 		StateDir:   filepath.Join(n.Dir, "state"),
 		HTTPAddr:   n.AgentHTTP,
