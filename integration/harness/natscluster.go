@@ -53,6 +53,10 @@ type NATSCluster struct {
 // Leaf server credentials: the identity a leaf connects to the hub with.
 const leafIdentity = "leaf"
 
+// HubDomain is the JetStream domain of the hub cluster; clients of a leaf
+// server reach JetStream through it.
+const HubDomain = "hub"
+
 // StartNATSCluster starts the servers and waits until JetStream can take a
 // replicated stream and every leaf reaches it. On error it stops what it
 // started.
@@ -108,7 +112,7 @@ func StartNATSCluster(ctx context.Context, o NATSClusterOptions) (c *NATSCluster
 		conf := fmt.Sprintf(`server_name: %s
 listen: 127.0.0.1:%d
 %s
-jetstream { store_dir: %q }
+jetstream { store_dir: %q, domain: %s }
 cluster {
   name: switchyard-hub
   listen: 127.0.0.1:%d
@@ -120,7 +124,7 @@ leafnodes {
   %s
 }
 include %q
-`, name, clientPorts[i], tlsBlock, filepath.Join(dir, "js"), routePorts[i], strings.Join(routes, ", "), tlsBlock, leafPorts[i], tlsBlock, filepath.Base(ac))
+`, name, clientPorts[i], tlsBlock, filepath.Join(dir, "js"), HubDomain, routePorts[i], strings.Join(routes, ", "), tlsBlock, leafPorts[i], tlsBlock, filepath.Base(ac))
 		if err := c.startServer(o, name, dir, conf, &c.Servers); err != nil {
 			return c, err
 		}
@@ -151,13 +155,11 @@ listen: 127.0.0.1:%d
 leafnodes {
   remotes: [
     { urls: [%s], account: %s, credentials: %q, tls { ca_file: %q } }
-    { urls: [%s], account: %s, credentials: %q, tls { ca_file: %q } }
   ]
 }
 include %q
 `, name, port, tlsBlock,
 				strings.Join(leafURLs, ", "), sec.Setup.Account(), leafCreds, sec.Server.CA,
-				strings.Join(leafURLs, ", "), sec.Setup.SystemAccount(), filepath.Join(sec.Setup.Dir(), auth.SystemCredsFile), sec.Server.CA,
 				filepath.Base(ac))
 			if err := c.startServer(o, name, dir, conf, &c.Leaves); err != nil {
 				return c, err
@@ -183,7 +185,7 @@ func (c *NATSCluster) startServer(o NATSClusterOptions, name, dir, conf string, 
 // leafCreds issues the identity every leaf server connects to the hub
 // with, once.
 func (c *NATSCluster) leafCreds() (string, error) {
-	path := filepath.Join(c.Security.Setup.Dir(), auth.CredsDir, leafIdentity+".creds")
+	path := c.leafCredsPath()
 	creds, err := c.Security.Setup.IssueLeaf(leafIdentity)
 	if err != nil {
 		return "", err
@@ -194,6 +196,10 @@ func (c *NATSCluster) leafCreds() (string, error) {
 	return path, os.WriteFile(path, creds, 0o600)
 }
 
+func (c *NATSCluster) leafCredsPath() string {
+	return filepath.Join(c.Security.Setup.Dir(), auth.CredsDir, leafIdentity+".creds")
+}
+
 // URL is the comma-separated client URL list of the hub, as --nats takes it.
 func (c *NATSCluster) URL() string { return strings.Join(c.ClientURLs, ",") }
 
@@ -201,13 +207,18 @@ func (c *NATSCluster) URL() string { return strings.Join(c.ClientURLs, ",") }
 func (c *NATSCluster) Bus() Bus { return c.Security.Bus(c.URL()) }
 
 // LeafBus is the client view of leaf server i.
-func (c *NATSCluster) LeafBus(i int) Bus { return c.Security.Bus(c.LeafURLs[i]) }
+func (c *NATSCluster) LeafBus(i int) Bus {
+	b := c.Security.Bus(c.LeafURLs[i])
+	b.JetStreamDomain = HubDomain
+	return b
+}
 
 // WaitReady waits until every running server accepts clients and JetStream
 // answers through each of them, leaves included.
 func (c *NATSCluster) WaitReady(ctx context.Context) error {
 	return Poll(ctx, readyPoll, func(ctx context.Context) error {
-		check := func(p *Process, url string) error {
+		check := func(p *Process, b Bus) error {
+			url := b.URL
 			if !p.Running() {
 				return nil
 			}
@@ -216,12 +227,25 @@ func (c *NATSCluster) WaitReady(ctx context.Context) error {
 				return err
 			}
 			conn.Close()
-			nc, err := c.Security.Bus(url).Connect(bus.RoleCoordinator, "nats-cluster-probe", nats.NoReconnect())
+			// A coordinator may use the JetStream API; through a leaf's
+			// domain, only the leaf identity may (no role needs it).
+			sec, err := b.Security(bus.RoleCoordinator, "nats-cluster-probe")
+			if err != nil {
+				return err
+			}
+			if b.JetStreamDomain != "" {
+				sec.Creds = c.leafCredsPath()
+			}
+			so, err := sec.Options("")
+			if err != nil {
+				return err
+			}
+			nc, err := nats.Connect(url, append(so, nats.NoReconnect())...)
 			if err != nil {
 				return fmt.Errorf("%s: %w", p.Name(), err)
 			}
 			defer nc.Close()
-			js, err := jetstream.New(nc)
+			js, err := sec.JetStream(nc)
 			if err == nil {
 				actx, cancel := context.WithTimeout(ctx, 2*time.Second)
 				_, err = js.AccountInfo(actx)
@@ -233,12 +257,12 @@ func (c *NATSCluster) WaitReady(ctx context.Context) error {
 			return nil
 		}
 		for i, p := range c.Servers {
-			if err := check(p, c.ClientURLs[i]); err != nil {
+			if err := check(p, c.Security.Bus(c.ClientURLs[i])); err != nil {
 				return err
 			}
 		}
 		for i, p := range c.Leaves {
-			if err := check(p, c.LeafURLs[i]); err != nil {
+			if err := check(p, c.LeafBus(i)); err != nil {
 				return err
 			}
 		}
