@@ -8,6 +8,7 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"syscall"
 	"time"
 
 	"github.com/nats-io/nats.go"
@@ -15,6 +16,7 @@ import (
 
 	"github.com/switchyard/switchyard/bus"
 	"github.com/switchyard/switchyard/bus/auth"
+	"github.com/switchyard/switchyard/integration/faultproxy"
 )
 
 // NATSClusterOptions configure a cluster of standalone nats-server processes.
@@ -34,6 +36,11 @@ type NATSClusterOptions struct {
 	// authorization (the config `switchyard auth init` writes) and TLS on
 	// client, route and leaf connections, as production does.
 	Security *SecuredBus
+	// Proxies puts a fault proxy (integration/faultproxy) in front of each
+	// server's client port (ClientURLs are the proxies') and one on each
+	// route from one server to another, so that tests can blackhole, delay
+	// or drop them (Partition, ClientProxy, RouteProxy).
+	Proxies bool
 }
 
 // NATSCluster is a running cluster of nats-server processes with JetStream,
@@ -48,6 +55,11 @@ type NATSCluster struct {
 	LeafURLs []string
 	// Security is what the servers run with.
 	Security *SecuredBus
+
+	clientProxies []*faultproxy.Proxy
+	// routeProxies[j][i] carries server j's route to server i (nil on the
+	// diagonal).
+	routeProxies [][]*faultproxy.Proxy
 }
 
 // Leaf server credentials: the identity a leaf connects to the hub with.
@@ -95,9 +107,49 @@ func StartNATSCluster(ctx context.Context, o NATSClusterOptions) (c *NATSCluster
 				return c, err
 			}
 		}
-		c.ClientURLs = append(c.ClientURLs, fmt.Sprintf("tls://127.0.0.1:%d", clientPorts[i]))
+		client := fmt.Sprintf("127.0.0.1:%d", clientPorts[i])
+		if o.Proxies {
+			px, err := faultproxy.New(client)
+			if err != nil {
+				return c, err
+			}
+			c.clientProxies = append(c.clientProxies, px)
+			client = px.Addr()
+		}
+		c.ClientURLs = append(c.ClientURLs, "tls://"+client)
 		routes = append(routes, fmt.Sprintf("nats-route://127.0.0.1:%d", routePorts[i]))
 		leafURLs = append(leafURLs, fmt.Sprintf("%q", fmt.Sprintf("tls://127.0.0.1:%d", leafPorts[i])))
+	}
+	routesOf := func(int) []string { return routes }
+	// Behind proxies, servers must not tell clients or each other the
+	// addresses that bypass them: no client URL gossip, and a route
+	// advertise address nobody listens on.
+	advertise := ""
+	if o.Proxies {
+		c.routeProxies = make([][]*faultproxy.Proxy, o.Servers)
+		for j := range o.Servers {
+			c.routeProxies[j] = make([]*faultproxy.Proxy, o.Servers)
+			for i := range o.Servers {
+				if i == j {
+					continue
+				}
+				px, err := faultproxy.New(fmt.Sprintf("127.0.0.1:%d", routePorts[i]))
+				if err != nil {
+					return c, err
+				}
+				c.routeProxies[j][i] = px
+			}
+		}
+		routesOf = func(j int) []string {
+			var rs []string
+			for _, px := range c.routeProxies[j] {
+				if px != nil {
+					rs = append(rs, "nats-route://"+px.Addr())
+				}
+			}
+			return rs
+		}
+		advertise = "no_advertise: true\n  advertise: \"127.0.0.1:1\""
 	}
 	for i := range o.Servers {
 		name := fmt.Sprintf("nats-%d", i+1)
@@ -118,13 +170,14 @@ cluster {
   listen: 127.0.0.1:%d
   routes: [%s]
   %s
+  %s
 }
 leafnodes {
   listen: 127.0.0.1:%d
   %s
 }
 include %q
-`, name, clientPorts[i], tlsBlock, filepath.Join(dir, "js"), HubDomain, routePorts[i], strings.Join(routes, ", "), tlsBlock, leafPorts[i], tlsBlock, filepath.Base(ac))
+`, name, clientPorts[i], tlsBlock, filepath.Join(dir, "js"), HubDomain, routePorts[i], strings.Join(routesOf(i), ", "), advertise, tlsBlock, leafPorts[i], tlsBlock, filepath.Base(ac))
 		if err := c.startServer(o, name, dir, conf, &c.Servers); err != nil {
 			return c, err
 		}
@@ -315,11 +368,59 @@ func (c *NATSCluster) StreamLeader(ctx context.Context, name string) int {
 	return -1
 }
 
-// Close stops every server, leaves first.
+// Freeze SIGSTOPs server i; Thaw SIGCONTs it.
+func (c *NATSCluster) Freeze(i int) error { return c.Servers[i].Signal(syscall.SIGSTOP) }
+
+// Thaw resumes server i after Freeze.
+func (c *NATSCluster) Thaw(i int) error { return c.Servers[i].Signal(syscall.SIGCONT) }
+
+// ClientProxy is the proxy in front of server i's client port (with
+// NATSClusterOptions.Proxies).
+func (c *NATSCluster) ClientProxy(i int) *faultproxy.Proxy { return c.clientProxies[i] }
+
+// RouteProxy is the proxy carrying server from's route to server to.
+func (c *NATSCluster) RouteProxy(from, to int) *faultproxy.Proxy { return c.routeProxies[from][to] }
+
+// Partition cuts server i off from its clients and the other servers
+// (every proxy to and from it blackholes); Heal(i) puts them back.
+func (c *NATSCluster) Partition(i int) { c.setAround(i, faultproxy.Mode{Blackhole: true}) }
+
+// Heal ends Partition(i).
+func (c *NATSCluster) Heal(i int) { c.setAround(i, faultproxy.Pass) }
+
+func (c *NATSCluster) setAround(i int, m faultproxy.Mode) {
+	c.clientProxies[i].SetMode(m)
+	for j := range c.Servers {
+		if j != i {
+			c.routeProxies[i][j].SetMode(m)
+			c.routeProxies[j][i].SetMode(m)
+		}
+	}
+}
+
+// Proxies lists every fault proxy of the cluster.
+func (c *NATSCluster) Proxies() []*faultproxy.Proxy {
+	out := append([]*faultproxy.Proxy{}, c.clientProxies...)
+	for _, row := range c.routeProxies {
+		for _, px := range row {
+			if px != nil {
+				out = append(out, px)
+			}
+		}
+	}
+	return out
+}
+
+// Close stops every server, leaves first, and the proxies.
 func (c *NATSCluster) Close() error {
 	var errs []error
 	for _, p := range append(append([]*Process{}, c.Leaves...), c.Servers...) {
 		if err := p.Stop(); err != nil {
+			errs = append(errs, err)
+		}
+	}
+	for _, px := range c.Proxies() {
+		if err := px.Close(); err != nil {
 			errs = append(errs, err)
 		}
 	}
