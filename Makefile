@@ -69,6 +69,19 @@ demo: ## a local fleet: NATS, a coordinator, 3 agents with real HAProxy; blue ->
 bench: ## benchmarks, reported as figures (one package at a time, so they do not share the cores)
 	$(GO) test -p 1 -run '^$$' -bench . -benchmem -count=1 -timeout 90m ./...
 
+# SOAK is how long the fault lab injects faults, ROUND each round before
+# the convergence check; SEED reruns a schedule (printed by every run).
+SOAK  ?= 10m
+ROUND ?= 30s
+SEED  ?=
+.PHONY: soak
+soak: ## the fault lab for SOAK (default 10m) with rounds of ROUND; SEED=N reruns a schedule
+	@scripts/ensure-haproxy
+	@echo "fault lab for $(SOAK), full log in $(CURDIR)/soak.log"
+	@SWITCHYARD_LAB_DURATION=$(SOAK) SWITCHYARD_LAB_ROUND=$(ROUND) SWITCHYARD_LAB_SEED=$(SEED) \
+		$(GO) test -race -count=1 -timeout 0 -run '^TestFaultLab_ShortRun$$' -v ./integration/ >soak.log 2>&1; \
+		status=$$?; grep -E '^(--- |PASS|FAIL|ok )|faultlab_test.go:[0-9]+: ' soak.log; exit $$status
+
 .PHONY: fuzz
 fuzz: ## run each fuzz target for a short while
 	$(GO) test -run '^$$' -fuzz FuzzFSM_Decode -fuzztime 20s ./coordinator/fsm/

@@ -369,7 +369,7 @@ func (a *Agent) Run(ctx context.Context) error {
 	if _, err := nc.Subscribe(bus.DrillsAll(), drills.onMsg); err != nil {
 		return fmt.Errorf("subscribe to drills: %w", err)
 	}
-	js, err := jetstream.New(nc)
+	js, err := a.cfg.NATSClient.JetStream(nc)
 	if err != nil {
 		return fmt.Errorf("jetstream: %w", err)
 	}

@@ -274,7 +274,7 @@ var sections = map[string]string{
 	"HTTPCheck":        "in a probe (want name, method, url, headers, body, expectStatus, bodyContains, maxLatency, timeout)",
 	"ProcessConfig":    "in a process (want pidFile)",
 	"TrustConfig":      "in trust (want keys)",
-	"Security":         "in natsClient (want creds, ca, cert, key)",
+	"Security":         "in natsClient (want creds, ca, cert, key, jetstreamDomain)",
 }
 
 // explainYAMLError rewrites yaml's unknown-field errors in the config's own

@@ -62,6 +62,9 @@ type Permissions struct {
 // jsAPI is the JetStream API prefix.
 const jsAPI = "$JS.API."
 
+// jsDomainAPI is the JetStream API prefix of any domain.
+const jsDomainAPI = "$JS.*.API."
+
 // kvStream is the stream behind a KV bucket.
 func kvStream(bucket string) string { return "KV_" + bucket }
 
@@ -69,18 +72,23 @@ func kvStream(bucket string) string { return "KV_" + bucket }
 // bucket, and nothing that writes: the bucket's stream info (opening it),
 // direct and classic message get, and an ordered consumer for watches and
 // key listings (create, its flow control, delete).
+// The same API is allowed through any JetStream domain ($JS.DOMAIN.API.),
+// for a node attached to a leaf server that reaches the hub's JetStream.
 func kvRead(bucket string) []string {
 	s := kvStream(bucket)
-	return []string{
-		jsAPI + "STREAM.INFO." + s,
-		jsAPI + "DIRECT.GET." + s,
-		jsAPI + "DIRECT.GET." + s + ".>",
-		jsAPI + "STREAM.MSG.GET." + s,
-		jsAPI + "CONSUMER.CREATE." + s + ".>",
-		jsAPI + "CONSUMER.DELETE." + s + ".>",
-		jsAPI + "CONSUMER.INFO." + s + ".>",
-		"$JS.FC." + s + ".>",
+	var subjects []string
+	for _, api := range []string{jsAPI, jsDomainAPI} {
+		subjects = append(subjects,
+			api+"STREAM.INFO."+s,
+			api+"DIRECT.GET."+s,
+			api+"DIRECT.GET."+s+".>",
+			api+"STREAM.MSG.GET."+s,
+			api+"CONSUMER.CREATE."+s+".>",
+			api+"CONSUMER.DELETE."+s+".>",
+			api+"CONSUMER.INFO."+s+".>",
+		)
 	}
+	return append(subjects, "$JS.FC."+s+".>")
 }
 
 // RolePermissions returns what role may do; NameTemplate stands for the

@@ -58,6 +58,11 @@ type Security struct {
 	CA    string `yaml:"ca"`
 	Cert  string `yaml:"cert"`
 	Key   string `yaml:"key"`
+	// JetStreamDomain is the JetStream domain of the servers that hold the
+	// streams, when the process connects to a server outside it: an edge
+	// node attached to its PoP's leaf server names the hub's domain.
+	// Empty: the servers it connects to hold JetStream themselves.
+	JetStreamDomain string `yaml:"jetstreamDomain"`
 }
 
 // Options checks the files and returns the connection options for them.
@@ -65,6 +70,9 @@ type Security struct {
 // "--nats-creds", "natsClient." gives "natsClient.creds").
 func (s Security) Options(prefix string) ([]nats.Option, error) {
 	var opts []nats.Option
+	if err := ValidateDomain(s.JetStreamDomain); err != nil {
+		return nil, fmt.Errorf("%sjetstreamDomain: %w", prefix, err)
+	}
 	if s.Creds != "" {
 		b, err := os.ReadFile(s.Creds)
 		if err != nil {

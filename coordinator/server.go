@@ -67,6 +67,10 @@ type Config struct {
 	Replicas int
 	// SnapshotThreshold is how many log entries trigger a snapshot.
 	SnapshotThreshold uint64
+	// TrailingLogs is how many log entries a snapshot leaves behind for
+	// followers to catch up from; one further behind is sent the snapshot.
+	// 1024 when zero.
+	TrailingLogs uint64
 	// StaleAfter is how long a node may be silent before it counts as gone.
 	StaleAfter time.Duration
 	// TickInterval is how often the leader's rollout controller looks at
@@ -110,6 +114,9 @@ func (c *Config) setDefaults() error {
 	}
 	if c.SnapshotThreshold == 0 {
 		c.SnapshotThreshold = 1024
+	}
+	if c.TrailingLogs == 0 {
+		c.TrailingLogs = 1024
 	}
 	if c.StaleAfter == 0 {
 		c.StaleAfter = 15 * time.Second
@@ -238,7 +245,7 @@ func (s *Server) setupRaft() error {
 	rc.CommitTimeout = 20 * time.Millisecond
 	rc.SnapshotThreshold = s.cfg.SnapshotThreshold
 	rc.SnapshotInterval = 30 * time.Second
-	rc.TrailingLogs = 1024
+	rc.TrailingLogs = s.cfg.TrailingLogs
 	rc.NotifyCh = s.leaderCh
 	rc.Logger = raftLogger(s.log)
 

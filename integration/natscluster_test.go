@@ -1,6 +1,7 @@
 package integration
 
 import (
+	"context"
 	"encoding/json"
 	"path/filepath"
 	"testing"
@@ -21,17 +22,8 @@ import (
 func TestNATSCluster_OneServerKilledDuringFanOut(t *testing.T) {
 	ctx := harnesstest.Context(t, 5*time.Minute)
 	sy, be := binaries(t)
-	dir := harnesstest.Dir(t)
-	nc3, err := harness.StartNATSCluster(ctx, harness.NATSClusterOptions{Binary: natsServerBin.get(t), Dir: filepath.Join(dir, "nats")})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() {
-		if err := nc3.Close(); err != nil {
-			t.Logf("stop nats cluster: %v", err)
-		}
-	})
-	url := harness.Bus{URL: nc3.URL()}
+	nc3 := startNATSCluster(t, ctx)
+	url := nc3.Bus()
 	c := harnesstest.StartCluster(t, ctx, harness.ClusterOptions{Switchyard: sy, NATS: url})
 	f := harnesstest.StartFleet(t, ctx, harness.FleetOptions{Nodes: 2, Service: "web", Switchyard: sy, Backend: be, NATS: url, TrustKeys: []string{c.TrustKey()}})
 
@@ -69,4 +61,20 @@ func TestNATSCluster_OneServerKilledDuringFanOut(t *testing.T) {
 	if err := nc3.Start(ctx, 0); err != nil {
 		t.Fatal(err)
 	}
+}
+
+// startNATSCluster runs three standalone, secured nats-server processes
+// and the named leaf servers, stopped when the test ends.
+func startNATSCluster(t *testing.T, ctx context.Context, leaves ...string) *harness.NATSCluster {
+	t.Helper()
+	c, err := harness.StartNATSCluster(ctx, harness.NATSClusterOptions{Binary: natsServerBin.get(t), Dir: filepath.Join(harnesstest.Dir(t), "nats"), Leaves: leaves})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		if err := c.Close(); err != nil {
+			t.Logf("stop nats cluster: %v", err)
+		}
+	})
+	return c
 }

@@ -21,7 +21,9 @@ const authUsage = `Usage:
   switchyard auth init   --dir DIR [--operator NAME]      operator, accounts and signing keys for a cluster;
                                                          writes DIR/nats-server.conf for the NATS servers
   switchyard auth issue  --dir DIR --role ROLE --name NAME [--out FILE]
-                                                         a .creds file; ROLE is agent, coordinator, operator or viewer
+                                                         a .creds file; ROLE is agent, coordinator, operator or viewer,
+                                                         or leaf for a PoP's leaf server connecting to the hub
+  switchyard auth account --dir DIR                      the Switchyard account's public key (a leaf remote binds it)
   switchyard auth revoke --dir DIR --name NAME [--nats URL --nats-ca FILE] [--no-push]
                                                          revoke NAME and push the account to the running servers
   switchyard auth push   --dir DIR [--nats URL --nats-ca FILE]
@@ -61,7 +63,7 @@ func runAuth(ctx context.Context, args []string, stdout, stderr io.Writer) error
 		fmt.Fprintf(stdout, "system user (pushes revocations): %s\n", filepath.Join(s.Dir(), auth.SystemCredsFile))
 		return nil
 	case "issue":
-		role := fs.String("role", "", "agent, coordinator, operator or viewer")
+		role := fs.String("role", "", "agent, coordinator, operator or viewer; leaf for a PoP's leaf server connecting to the hub")
 		name := fs.String("name", "", "the node, coordinator or person; an agent's name must be its node id")
 		out := fs.String("out", "", "where to write the .creds file (default DIR/creds/NAME.creds)")
 		if err := parse(fs, args); err != nil {
@@ -70,15 +72,24 @@ func runAuth(ctx context.Context, args []string, stdout, stderr io.Writer) error
 		if *dir == "" || *role == "" || *name == "" {
 			return usageErr(stderr, "switchyard auth issue: --dir, --role and --name are required")
 		}
-		r, err := bus.ParseRole(*role)
-		if err != nil {
-			return fmt.Errorf("--role: %w", err)
+		var r bus.Role
+		if *role != auth.RoleLeaf {
+			var err error
+			if r, err = bus.ParseRole(*role); err != nil {
+				return fmt.Errorf("--role: %w (or %s)", err, auth.RoleLeaf)
+			}
 		}
 		s, err := auth.Load(*dir)
 		if err != nil {
 			return err
 		}
-		creds, err := s.Issue(r, *name)
+		var creds []byte
+		if *role == auth.RoleLeaf {
+			r = auth.RoleLeaf
+			creds, err = s.IssueLeaf(*name)
+		} else {
+			creds, err = s.Issue(r, *name)
+		}
 		if err != nil {
 			return err
 		}
@@ -138,6 +149,19 @@ func runAuth(ctx context.Context, args []string, stdout, stderr io.Writer) error
 			return err
 		}
 		fmt.Fprintf(stdout, "account pushed to the servers at %s\n", *url)
+		return nil
+	case "account":
+		if err := parse(fs, args); err != nil {
+			return err
+		}
+		if *dir == "" {
+			return usageErr(stderr, "switchyard auth account: --dir is required")
+		}
+		s, err := auth.Load(*dir)
+		if err != nil {
+			return err
+		}
+		fmt.Fprintln(stdout, s.Account())
 		return nil
 	case "list":
 		output := fs.String("o", "table", "output: table or json")

@@ -60,6 +60,10 @@ type FleetOptions struct {
 	// Hooks gives node i (0-based) the hooks: section of its agent config;
 	// nil gives none.
 	Hooks func(i int) map[string]AgentHook
+	// NodeNATS gives node i (0-based) the bus its agent connects to, e.g.
+	// its PoP's leaf server (same CA and auth directory as NATS); nil gives
+	// NATS.
+	NodeNATS func(i int) Bus
 }
 
 // AgentHook is one hook of an agent config.
@@ -301,15 +305,19 @@ func (f *Fleet) startNode(ctx context.Context, i int) (*Node, error) {
 	f.log.Info("haproxy started", "node", id, "pid", n.HAProxy.Pid(), "frontend", n.FrontendAddr, "socket", n.HAProxy.SocketPath())
 
 	n.AgentConfig = filepath.Join(n.Dir, "agent.yaml")
-	sec, err := f.Bus.Security(bus.RoleAgent, id)
+	nodeBus := f.Bus
+	if f.opts.NodeNATS != nil {
+		nodeBus = f.opts.NodeNATS(i)
+	}
+	sec, err := nodeBus.Security(bus.RoleAgent, id)
 	if err != nil {
 		return n, err
 	}
 	if err := writeAgentConfig(n.AgentConfig, agentConfig{
 		Node:       id,
 		Labels:     n.Labels,
-		NATS:       f.NATSURL,
-		NATSClient: agentNATSClient{Creds: sec.Creds, CA: sec.CA},
+		NATS:       nodeBus.URL,
+		NATSClient: agentNATSClient{Creds: sec.Creds, CA: sec.CA, JetStreamDomain: sec.JetStreamDomain},
 		StateDir:   filepath.Join(n.Dir, "state"),
 		HTTPAddr:   n.AgentHTTP,
 		Heartbeat:  f.opts.Heartbeat.String(),
@@ -379,8 +387,9 @@ type agentConfig struct {
 }
 
 type agentNATSClient struct {
-	Creds string `yaml:"creds,omitempty"`
-	CA    string `yaml:"ca,omitempty"`
+	Creds           string `yaml:"creds,omitempty"`
+	CA              string `yaml:"ca,omitempty"`
+	JetStreamDomain string `yaml:"jetstreamDomain,omitempty"`
 }
 
 type agentTrust struct {

@@ -20,6 +20,9 @@ type Bus struct {
 	URL     string
 	CA      string
 	AuthDir string
+	// JetStreamDomain is the domain clients of this URL reach JetStream
+	// through (a leaf server's clients name the hub's); empty: none.
+	JetStreamDomain string
 }
 
 // issueMu serialises issuing, which rewrites the auth directory's index.
@@ -60,7 +63,7 @@ func (b Bus) Security(role bus.Role, name string) (bus.Security, error) {
 	if err != nil {
 		return bus.Security{}, fmt.Errorf("creds for %s %s: %w", role, name, err)
 	}
-	return bus.Security{Creds: creds, CA: b.CA}, nil
+	return bus.Security{Creds: creds, CA: b.CA, JetStreamDomain: b.JetStreamDomain}, nil
 }
 
 // Connect opens a connection as role/name.

@@ -1,0 +1,118 @@
+package faultproxy
+
+import (
+	"bufio"
+	"errors"
+	"io"
+	"net"
+	"os"
+	"testing"
+	"time"
+)
+
+// echo runs a line echo server until the test ends.
+func echo(t *testing.T) string {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { ln.Close() })
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			go func() {
+				defer c.Close()
+				io.Copy(c, c)
+			}()
+		}
+	}()
+	return ln.Addr().String()
+}
+
+func roundTrip(c net.Conn, r *bufio.Reader, msg string, wait time.Duration) (string, error) {
+	if _, err := c.Write([]byte(msg + "\n")); err != nil {
+		return "", err
+	}
+	c.SetReadDeadline(time.Now().Add(wait))
+	return r.ReadString('\n')
+}
+
+func TestProxy_PassBlackholeDelayDrop(t *testing.T) {
+	p, err := New(echo(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer p.Close()
+	c, err := net.Dial("tcp", p.Addr())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	r := bufio.NewReader(c)
+	if got, err := roundTrip(c, r, "one", 5*time.Second); err != nil || got != "one\n" {
+		t.Fatalf("pass: %q %v", got, err)
+	}
+
+	p.SetMode(Mode{Blackhole: true})
+	if got, err := roundTrip(c, r, "lost", 300*time.Millisecond); !errors.Is(err, os.ErrDeadlineExceeded) {
+		t.Fatalf("blackhole let %q through (err %v)", got, err)
+	}
+	p.SetMode(Pass)
+	if got, err := roundTrip(c, r, "two", 5*time.Second); err != nil || got != "two\n" {
+		t.Fatalf("pass after blackhole: %q %v; the connection must survive and the blackholed bytes stay lost", got, err)
+	}
+
+	p.SetMode(Mode{Delay: 50 * time.Millisecond})
+	if got, err := roundTrip(c, r, "three", 5*time.Second); err != nil || got != "three\n" {
+		t.Fatalf("delay: %q %v", got, err)
+	}
+
+	p.SetMode(Mode{Drop: true})
+	if _, err := roundTrip(c, r, "four", 5*time.Second); err == nil || errors.Is(err, os.ErrDeadlineExceeded) {
+		t.Fatalf("drop: the open connection was not reset (err %v)", err)
+	}
+	// A new connection is reset, at once or at its first read.
+	if c2, err := net.Dial("tcp", p.Addr()); err == nil {
+		defer c2.Close()
+		if _, err := roundTrip(c2, bufio.NewReader(c2), "five", 5*time.Second); err == nil || errors.Is(err, os.ErrDeadlineExceeded) {
+			t.Fatalf("drop: a new connection was served (err %v)", err)
+		}
+	}
+
+	p.SetMode(Pass)
+	c3, err := net.Dial("tcp", p.Addr())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c3.Close()
+	if got, err := roundTrip(c3, bufio.NewReader(c3), "six", 5*time.Second); err != nil || got != "six\n" {
+		t.Fatalf("pass after drop: %q %v", got, err)
+	}
+}
+
+func TestProxy_UnreachableTargetClosesTheClient(t *testing.T) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	target := ln.Addr().String()
+	ln.Close()
+	p, err := New(target)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer p.Close()
+	c, err := net.Dial("tcp", p.Addr())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	c.SetReadDeadline(time.Now().Add(10 * time.Second))
+	if _, err := c.Read(make([]byte, 1)); err == nil || errors.Is(err, os.ErrDeadlineExceeded) {
+		t.Fatalf("client of an unreachable target: %v, want the connection closed", err)
+	}
+}
