@@ -171,8 +171,8 @@ func newDrillFollower(a *Agent, res *resources, journal FaultJournal) *drillFoll
 	}
 	for _, w := range res.workers {
 		f.drivers[w.name] = w.drv
-		if h := a.cfg.Services[w.name].HAProxy; h != nil {
-			f.backends[w.name] = slices.Sorted(maps.Keys(h.Servers))
+		if p := a.cfg.Services[w.name].Proxy; p != nil {
+			f.backends[w.name] = p.Backends()
 		}
 	}
 	return f
