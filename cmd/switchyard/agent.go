@@ -8,6 +8,7 @@ import (
 	"github.com/switchyard/switchyard/agent"
 	// The proxy drivers an agent config may name, each registered by its
 	// package.
+	_ "github.com/switchyard/switchyard/agent/driver/envoy"
 	_ "github.com/switchyard/switchyard/agent/driver/haproxy"
 )
 
