@@ -537,3 +537,19 @@ func (d *Driver) Close() error {
 	d.unregister()
 	return nil
 }
+
+var _ driver.HTTPFaulter = (*Driver)(nil)
+
+// SetHTTPFault implements driver.HTTPFaulter through the fault filter.
+func (d *Driver) SetHTTPFault(ctx context.Context, backend string, f *driver.HTTPFault) error {
+	if f == nil {
+		return d.SetFault(ctx, backend, nil)
+	}
+	if f.ErrorPercent > 100 || f.DelayPercent > 100 {
+		return fmt.Errorf("envoy driver: fault percentages %d, %d: want 0..100", f.ErrorPercent, f.DelayPercent)
+	}
+	return d.SetFault(ctx, backend, &Fault{
+		AbortPercent: float64(f.ErrorPercent), AbortStatus: f.Status,
+		DelayPercent: float64(f.DelayPercent), Delay: f.Delay,
+	})
+}
