@@ -90,6 +90,13 @@ func open(s *Section, env driver.Env) (*Driver, error) {
 	if res.reportInterval == 0 {
 		res.reportInterval = DefaultLoadReportInterval
 	}
+	if s.EnvoyListen != "" {
+		hp, err := splitHostPort(s.EnvoyListen)
+		if err != nil {
+			return nil, fmt.Errorf("envoy driver: envoyListen: %w", err)
+		}
+		res.envoyListen = &hp
+	}
 	for b, eps := range s.Endpoints {
 		for _, ep := range eps {
 			hp, err := splitHostPort(ep)

@@ -38,7 +38,7 @@ type backend struct {
 	srv  *grpc.Server
 }
 
-func startBackend(t *testing.T, name string) *backend {
+func startBackend(t testing.TB, name string) *backend {
 	t.Helper()
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
@@ -61,7 +61,7 @@ func startBackend(t *testing.T, name string) *backend {
 }
 
 // freeAddr is a loopback address with a port free now.
-func freeAddr(t *testing.T) string {
+func freeAddr(t testing.TB) string {
 	t.Helper()
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
@@ -114,7 +114,7 @@ func bootstrap(xdsAddr, node string) []byte {
 
 // dialXDS is a proxyless gRPC client of the service, resolving it through
 // the driver's xDS server.
-func dialXDS(t *testing.T, xdsAddr, node string) *grpc.ClientConn {
+func dialXDS(t testing.TB, xdsAddr, node string) *grpc.ClientConn {
 	t.Helper()
 	rb, err := xds.NewXDSResolverWithConfigForTesting(bootstrap(xdsAddr, node))
 	if err != nil {
@@ -141,7 +141,7 @@ func call(ctx context.Context, cc *grpc.ClientConn) (string, error) {
 	return name, err
 }
 
-func waitFor(t *testing.T, timeout time.Duration, what string, cond func() error) {
+func waitFor(t testing.TB, timeout time.Duration, what string, cond func() error) {
 	t.Helper()
 	deadline := time.Now().Add(timeout)
 	for {

@@ -40,6 +40,9 @@ type serviceResources struct {
 	service, listener string
 	backends          []string // sorted
 	endpoints         map[string][]hostPort
+	// envoyListen is the socket address of an Envoy's listener; nil for
+	// an api_listener.
+	envoyListen *hostPort
 	reportInterval    time.Duration
 }
 
@@ -177,6 +180,19 @@ func buildResources(r *serviceResources, st *routing) map[string][]types.Resourc
 	lis := &listener.Listener{
 		Name:        r.listener,
 		ApiListener: &listener.ApiListener{ApiListener: mustAny(manager)},
+	}
+	if r.envoyListen != nil {
+		lis = &listener.Listener{
+			Name: r.listener,
+			Address: &core.Address{Address: &core.Address_SocketAddress{SocketAddress: &core.SocketAddress{
+				Address:       r.envoyListen.host,
+				PortSpecifier: &core.SocketAddress_PortValue{PortValue: r.envoyListen.port},
+			}}},
+			FilterChains: []*listener.FilterChain{{Filters: []*listener.Filter{{
+				Name:       "envoy.filters.network.http_connection_manager",
+				ConfigType: &listener.Filter_TypedConfig{TypedConfig: mustAny(manager)},
+			}}}},
+		}
 	}
 	out := map[string][]types.Resource{
 		resource.ListenerType: {lis},

@@ -39,6 +39,12 @@ type Section struct {
 	// the dial target ("xds:///web" asks for "web"). Defaults to the
 	// service name.
 	Listener string `yaml:"listener"`
+	// EnvoyListen, when set, is the address ("127.0.0.1:10000") an Envoy
+	// bootstrapped from this agent listens on for the service: the
+	// Listener then has that address and a filter chain, as Envoy needs,
+	// instead of the api_listener gRPC clients use. One service serves
+	// either Envoy or gRPC clients.
+	EnvoyListen string `yaml:"envoyListen"`
 	// Endpoints maps a backend name of the rollout spec ("blue", "green")
 	// to the addresses ("ip:port") of its instances; each backend becomes a
 	// cluster "<service>-<backend>".
@@ -90,6 +96,11 @@ func (s *Section) Validate() []error {
 	if s.Listener != "" {
 		if err := names.Validate(s.Listener); err != nil {
 			bad("listener", "%v", err)
+		}
+	}
+	if s.EnvoyListen != "" {
+		if _, err := splitHostPort(s.EnvoyListen); err != nil {
+			bad("envoyListen", "%v", err)
 		}
 	}
 	if len(s.Endpoints) < 2 {
