@@ -125,6 +125,8 @@ func open(s *Section, env driver.Env) (*Driver, error) {
 	if d.state == nil && len(s.Weights) > 0 {
 		d.state = &routing{Weights: maps.Clone(s.Weights)}
 	}
+	// The metrics exist before the server can call back into the driver
+	// (a NACK is counted); they read the server only once it is set.
 	if err := d.register(env.Registerer); err != nil {
 		return nil, err
 	}
@@ -133,12 +135,14 @@ func open(s *Section, env driver.Env) (*Driver, error) {
 		d.unregister()
 		return nil, fmt.Errorf("envoy driver: %w", err)
 	}
+	d.mu.Lock()
+	d.srv = srv
+	d.mu.Unlock()
 	if err := srv.add(d); err != nil {
 		srv.release(env.Service)
 		d.unregister()
 		return nil, fmt.Errorf("envoy driver: %w", err)
 	}
-	d.srv = srv
 	if d.state != nil {
 		log.Info("serving xDS routing before any desired state arrives", "weights", d.state.Weights)
 		if err := srv.push(); err != nil {
@@ -163,10 +167,11 @@ func (d *Driver) register(reg prometheus.Registerer) error {
 			Name: "switchyard_agent_xds_clients",
 			Help: "xDS clients connected that asked for the service's listener.",
 		}, func() float64 {
-			if d.srv == nil {
+			srv := d.server()
+			if srv == nil {
 				return 0
 			}
-			return float64(len(d.srv.clientsOf(d.listener)))
+			return float64(len(srv.clientsOf(d.listener)))
 		}),
 		healthy: prometheus.NewGaugeFunc(prometheus.GaugeOpts{
 			Name: "switchyard_agent_xds_healthy",
@@ -454,9 +459,15 @@ func (d *Driver) Observe(context.Context) (driver.Observation, error) {
 	return driver.Observation{Weights: maps.Clone(st.Weights)}, nil
 }
 
+func (d *Driver) server() *server {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	return d.srv
+}
+
 // Health implements driver.HealthReporter.
 func (d *Driver) Health() driver.Health {
-	if d.srv == nil {
+	if d.server() == nil {
 		return driver.Health{Reason: "not serving"}
 	}
 	if _, err := d.status(); err != nil {
