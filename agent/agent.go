@@ -22,7 +22,6 @@ import (
 	"google.golang.org/protobuf/types/known/timestamppb"
 
 	"github.com/switchyard/switchyard/agent/driver"
-	"github.com/switchyard/switchyard/agent/driver/haproxy"
 	"github.com/switchyard/switchyard/agent/hooks"
 	"github.com/switchyard/switchyard/agent/state"
 	"github.com/switchyard/switchyard/bus"
@@ -43,6 +42,19 @@ const (
 // agent closes the driver when Run returns.
 type DriverFactory func(service string, svc ServiceConfig) (driver.Driver, error)
 
+// OpenDriver is the default DriverFactory: the service's driver section
+// opens its own driver and telemetry source.
+func (a *Agent) openDriver(service string, svc ServiceConfig) (driver.Driver, error) {
+	return svc.Proxy.Open(driver.Env{
+		Service:    service,
+		Node:       a.cfg.Node,
+		StateDir:   a.cfg.StateDir,
+		Logger:     a.log.With("service", service),
+		Registerer: prometheus.WrapRegistererWith(prometheus.Labels{"service": service}, a.reg),
+		LogLines:   a.m.logLines,
+	})
+}
+
 // Options are what the caller injects into an Agent.
 type Options struct {
 	// Logger receives the agent's logs; nil discards them.
@@ -52,7 +64,8 @@ type Options struct {
 	// Gatherer serves /metrics; when nil, Registerer is used if it is also a
 	// Gatherer (a *prometheus.Registry is).
 	Gatherer prometheus.Gatherer
-	// DriverFactory builds each service's proxy driver. Required.
+	// DriverFactory builds each service's proxy driver; nil opens the
+	// driver each service's config section names.
 	DriverFactory DriverFactory
 	// NATSURL overrides the config's nats URL when not empty.
 	NATSURL string
@@ -84,6 +97,7 @@ type Agent struct {
 	m        *metrics
 	gatherer prometheus.Gatherer
 	factory  DriverFactory
+	reg      prometheus.Registerer
 	store    StateStore
 	// sharedConn is Options.Conn; nil when the agent owns its connection.
 	sharedConn *nats.Conn
@@ -125,9 +139,6 @@ func New(cfg *Config, opts Options) (*Agent, error) {
 	cfg.setDefaults()
 	if err := cfg.Validate(); err != nil {
 		return nil, err
-	}
-	if opts.DriverFactory == nil {
-		return nil, errors.New("agent: a DriverFactory is required")
 	}
 	trust, err := cfg.Trust.keyring()
 	if err != nil {
@@ -177,6 +188,10 @@ func New(cfg *Config, opts Options) (*Agent, error) {
 		return nil, err
 	}
 	a.m = m
+	a.reg = reg
+	if a.factory == nil {
+		a.factory = a.openDriver
+	}
 	for _, name := range a.names {
 		m.initService(name)
 		a.services[name] = &sv1.ServiceStatus{Service: name}
@@ -276,8 +291,6 @@ func (a *Agent) Run(ctx context.Context) error {
 			}
 			scancel()
 		}
-		// The log readers return once their sockets are closed.
-		res.closeSinks(a.log)
 		wg.Wait()
 		if nc != nil && a.sharedConn == nil {
 			nc.Close()
@@ -393,11 +406,8 @@ func (a *Agent) Run(ctx context.Context) error {
 		a.log.Warn("nats unreachable at start; serving from local state and retrying in the background", "url", a.natsURL)
 	}
 
-	for _, sink := range res.sinks {
-		wg.Go(sink.serve)
-	}
 	for _, w := range res.workers {
-		tl := a.telemetryLoop(w, res.windows[w.name])
+		tl := a.telemetryLoop(w)
 		wg.Go(func() { tl.run(ctx) })
 		wg.Go(func() { w.prober.syntheticLoop(ctx, w.currentView) })
 	}
@@ -436,14 +446,13 @@ func (a *Agent) busRefusal(_ *nats.Conn, sub *nats.Subscription, err error) {
 }
 
 // telemetryLoop builds the telemetry of one service.
-func (a *Agent) telemetryLoop(w *serviceWorker, logs *requestWindow) *telemetryLoop {
+func (a *Agent) telemetryLoop(w *serviceWorker) *telemetryLoop {
 	tl := &telemetryLoop{
 		service:     w.name,
 		node:        a.cfg.Node,
 		subject:     bus.TelemetrySubject(w.name, a.cfg.Node),
-		backends:    slices.Sorted(maps.Keys(a.cfg.Services[w.name].HAProxy.Servers)),
+		backends:    a.cfg.Services[w.name].Proxy.Backends(),
 		interval:    a.cfg.TelemetryInterval,
-		logs:        logs,
 		probes:      w.prober.buf,
 		worker:      w,
 		guardAfter:  a.cfg.LocalGuard.AfterDisconnect,
@@ -457,6 +466,9 @@ func (a *Agent) telemetryLoop(w *serviceWorker, logs *requestWindow) *telemetryL
 	}
 	if sr, ok := w.drv.(driver.StatsReader); ok {
 		tl.stats = sr
+	}
+	if ws, ok := w.drv.(driver.WindowSource); ok {
+		tl.logs = ws
 	}
 	if dr, ok := w.drv.(logDropReader); ok {
 		tl.drops = dr
@@ -487,24 +499,9 @@ type resources struct {
 	ownsStore bool
 	drivers   []driver.Driver
 	workers   []*serviceWorker
-	// sinks read HAProxy log sockets; windows are their per-service
-	// accumulators, by service.
-	sinks   []*logSink
-	windows map[string]*requestWindow
-}
-
-// closeSinks closes the log sockets; it may be called more than once.
-func (r *resources) closeSinks(log *slog.Logger) {
-	for _, s := range r.sinks {
-		if err := s.ln.Close(); err != nil {
-			log.Warn("close request log socket", "log_socket", s.ln.Path(), "err", err)
-		}
-	}
-	r.sinks = nil
 }
 
 func (r *resources) close(log *slog.Logger) {
-	r.closeSinks(log)
 	for i, d := range r.drivers {
 		if err := d.Close(); err != nil {
 			log.Warn("close proxy driver", "service", r.workers[i].name, "err", err)
@@ -584,37 +581,7 @@ func (a *Agent) open() (_ *resources, err error) {
 		w.publishView()
 		res.workers = append(res.workers, w)
 	}
-	if err := a.openLogSinks(res); err != nil {
-		return nil, err
-	}
 	return res, nil
-}
-
-// openLogSinks binds every configured HAProxy log socket, one listener per
-// path shared by the services that name it.
-func (a *Agent) openLogSinks(res *resources) error {
-	res.windows = map[string]*requestWindow{}
-	byPath := map[string]*logSink{}
-	for _, name := range a.names {
-		h := a.cfg.Services[name].HAProxy
-		if h == nil || h.LogSocket == "" {
-			continue
-		}
-		sink, ok := byPath[h.LogSocket]
-		if !ok {
-			ln, err := haproxy.ListenLog(h.LogSocket)
-			if err != nil {
-				return fmt.Errorf("services.%s.haproxy.logSocket: %w", name, err)
-			}
-			sink = newLogSink(ln, a.m, a.log)
-			byPath[h.LogSocket] = sink
-			res.sinks = append(res.sinks, sink)
-		}
-		win := newRequestWindow(h.Servers)
-		sink.byBackend[h.Backend] = win
-		res.windows[name] = win
-	}
-	return nil
 }
 
 // desiredPoller reads desired states from the bucket. Only the goroutine

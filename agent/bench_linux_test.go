@@ -284,14 +284,14 @@ func BenchmarkAgent_ResourceUse(b *testing.B) {
 		StateDir:          filepath.Join(dir, "state"),
 		TelemetryInterval: time.Second,
 		Trust:             testTrust(),
-		Services: map[string]ServiceConfig{"web": {HAProxy: &HAProxyConfig{
+		Services: map[string]ServiceConfig{"web": {Proxy: &haproxy.Section{
 			Socket: proc.SocketPath(), Backend: "web",
 			Servers:   map[string]string{"blue": "blue", "green": "green"},
 			LogSocket: logSocket,
 		}}},
 	}
 	reg := prometheus.NewRegistry()
-	a, err := New(cfg, Options{Logger: slog.New(slog.DiscardHandler), Registerer: reg, DriverFactory: haproxyDriver})
+	a, err := New(cfg, Options{Logger: slog.New(slog.DiscardHandler), Registerer: reg})
 	if err != nil {
 		b.Fatal(err)
 	}
@@ -389,15 +389,15 @@ func BenchmarkRequestLog_SocketToWindow(b *testing.B) {
 	if err != nil {
 		b.Fatal(err)
 	}
-	sink := newLogSink(ln, m, slog.New(slog.DiscardHandler))
-	win := newRequestWindow(map[string]string{"blue": "blue", "green": "green"})
-	sink.byBackend["web"] = win
+	sink := haproxy.NewLogSink(ln, m.logLines, slog.New(slog.DiscardHandler))
+	win := haproxy.NewRequestWindow(map[string]string{"blue": "blue", "green": "green"})
+	sink.Route("web", win)
 	var seen atomic.Int64
 	served := make(chan struct{})
 	go func() {
 		defer close(served)
 		ln.Serve(func(line []byte) {
-			sink.handle(line)
+			sink.Handle(line)
 			seen.Add(1)
 		})
 	}()
@@ -428,8 +428,8 @@ func BenchmarkRequestLog_SocketToWindow(b *testing.B) {
 	ln.Close()
 	<-served
 	var total uint64
-	for _, bw := range win.swap() {
-		total += bw.requests
+	for _, bw := range win.Take() {
+		total += bw.Requests
 	}
 	if total != uint64(b.N) {
 		b.Fatalf("window counted %d requests of %d lines", total, b.N)

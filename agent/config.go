@@ -19,6 +19,7 @@ import (
 
 	"go.yaml.in/yaml/v3"
 
+	"github.com/switchyard/switchyard/agent/driver"
 	"github.com/switchyard/switchyard/bus"
 	"github.com/switchyard/switchyard/internal/names"
 )
@@ -153,11 +154,49 @@ type LocalGuardConfig struct {
 func (g LocalGuardConfig) On() bool { return g.Enabled == nil || *g.Enabled }
 
 // ServiceConfig names the proxy driving one service, and the agent's own
-// probes of its backends. Exactly one driver section is set.
+// probes of its backends. Exactly one driver section is set: its key names a
+// registered driver ("haproxy", "envoy") and the driver decodes and checks
+// what is under it, so one node may run services on different proxies.
 type ServiceConfig struct {
-	HAProxy *HAProxyConfig `yaml:"haproxy"`
+	// Proxy is the service's driver section, decoded by the driver its key
+	// names.
+	Proxy driver.Section `yaml:"-"`
 	// Probes are HTTP checks the agent makes to the backends directly.
 	Probes *ProbesConfig `yaml:"probes"`
+}
+
+// UnmarshalYAML decodes a service: "probes" and exactly one key naming a
+// registered driver.
+func (s *ServiceConfig) UnmarshalYAML(n *yaml.Node) error {
+	if n.Kind != yaml.MappingNode {
+		return fmt.Errorf("line %d: a service is a mapping with a driver section (%s) and optional probes", n.Line, strings.Join(driver.Names(), ", "))
+	}
+	var out ServiceConfig
+	for i := 0; i+1 < len(n.Content); i += 2 {
+		k, v := n.Content[i], n.Content[i+1]
+		if k.Value == "probes" {
+			var p ProbesConfig
+			if err := driver.DecodeStrict(v, &p, "probes"); err != nil {
+				return err
+			}
+			out.Probes = &p
+			continue
+		}
+		kind, ok := driver.Lookup(k.Value)
+		if !ok {
+			return fmt.Errorf("line %d: unknown field %q in a service (want probes or a driver: %s)", k.Line, k.Value, strings.Join(driver.Names(), ", "))
+		}
+		if out.Proxy != nil {
+			return fmt.Errorf("line %d: %s: a service has one driver section, it already has %s", k.Line, k.Value, out.Proxy.Kind())
+		}
+		sec := kind.NewSection()
+		if err := driver.DecodeStrict(v, sec, k.Value); err != nil {
+			return err
+		}
+		out.Proxy = sec
+	}
+	*s = out
+	return nil
 }
 
 // ProbesConfig holds a service's preflights and synthetic transactions,
@@ -203,27 +242,6 @@ type HTTPCheck struct {
 	Timeout time.Duration `yaml:"timeout"`
 }
 
-// HAProxyConfig drives a service through HAProxy's runtime API.
-type HAProxyConfig struct {
-	// Socket is the path of HAProxy's admin socket.
-	Socket string `yaml:"socket"`
-	// Backend is the HAProxy backend holding the service's servers.
-	Backend string `yaml:"backend"`
-	// Servers maps a backend name of the rollout spec ("blue", "green") to
-	// an HAProxy server of Backend.
-	Servers map[string]string `yaml:"servers"`
-	// Timeout bounds one runtime API command; zero leaves the driver's
-	// default.
-	Timeout time.Duration `yaml:"timeout"`
-	// LogSocket, when set, is the unix datagram socket the agent creates
-	// and HAProxy sends its per-request log lines to (haproxy.cfg: "log
-	// <path> len 4096 format raw local0 info" and the log-format of
-	// haproxyproc.LogFormat). It gives per-request errors and the latency
-	// sketch; without it telemetry comes from "show stat" alone and has no
-	// latency.
-	LogSocket string `yaml:"logSocket"`
-}
-
 // LoadConfig reads, defaults and validates the config file at path. Unknown
 // fields are errors, reported with their line.
 func LoadConfig(path string) (*Config, error) {
@@ -266,8 +284,6 @@ var unknownFieldRE = regexp.MustCompile(`field (\S+) not found in type (?:agent|
 // sections names, for operators, the part of the file each Go type decodes.
 var sections = map[string]string{
 	"Config":           "at the top level",
-	"ServiceConfig":    "in a service (want haproxy, probes)",
-	"HAProxyConfig":    "in a haproxy section (want socket, backend, servers, timeout, logSocket)",
 	"LocalGuardConfig": "in localGuard (want enabled, afterDisconnect, window, minRequests, maxErrorRate, maxP99)",
 	"ProbesConfig":     "in probes (want preflight, synthetic)",
 	"SyntheticConfig":  "in probes.synthetic (want interval, transactions)",
@@ -421,7 +437,7 @@ func (c *Config) Validate() error {
 		bad("observeInterval", "%s: must be at least 10ms", c.ObserveInterval)
 	}
 	probs = append(probs, c.LocalGuard.validate(c.TelemetryInterval)...)
-	logBackends := map[string]string{} // log socket + HAProxy backend -> service
+	claims := map[string]string{} // claim -> service.key
 	if len(c.Services) == 0 {
 		bad("services", "required: at least one service")
 	}
@@ -431,22 +447,26 @@ func (c *Config) Validate() error {
 			bad(field, "%v", err)
 		}
 		svc := c.Services[name]
-		if svc.HAProxy == nil {
-			bad(field, "a proxy driver is required (haproxy)")
+		if svc.Proxy == nil {
+			bad(field, "a proxy driver section is required (one of %s)", strings.Join(driver.Names(), ", "))
 			continue
 		}
-		probs = append(probs, svc.HAProxy.validate(field+".haproxy")...)
-		if sock := svc.HAProxy.LogSocket; sock != "" {
-			// One socket may serve several services of one HAProxy: lines
-			// are told apart by their HAProxy backend, which must differ.
-			key := sock + "\x00" + svc.HAProxy.Backend
-			if other, dup := logBackends[key]; dup {
-				bad(field+".haproxy.logSocket", "%s is also services.%s's log socket with the same backend %q; lines could not be told apart", sock, other, svc.HAProxy.Backend)
+		sec := field + "." + svc.Proxy.Kind()
+		for _, err := range svc.Proxy.Validate() {
+			probs = append(probs, fmt.Errorf("%s.%w", sec, err))
+		}
+		if cl, ok := svc.Proxy.(driver.Claimer); ok {
+			m := cl.Claims()
+			for _, key := range slices.Sorted(maps.Keys(m)) {
+				at := sec + "." + key
+				if other, dup := claims[m[key]]; dup {
+					bad(at, "%s claims the same as %s; two services cannot share it", m[key], other)
+				}
+				claims[m[key]] = at
 			}
-			logBackends[key] = name
 		}
 		if svc.Probes != nil {
-			probs = append(probs, svc.Probes.validate(field+".probes", svc.HAProxy.Servers)...)
+			probs = append(probs, svc.Probes.validate(field+".probes", svc.Proxy.Backends())...)
 		}
 	}
 	for _, name := range slices.Sorted(maps.Keys(c.Processes)) {
@@ -470,45 +490,6 @@ func (c *Config) Validate() error {
 	return fmt.Errorf("%w: %w", ErrInvalidConfig, errors.Join(probs...))
 }
 
-func (h *HAProxyConfig) validate(field string) []error {
-	var probs []error
-	bad := func(sub, format string, args ...any) {
-		probs = append(probs, fmt.Errorf("%s.%s: %s", field, sub, fmt.Sprintf(format, args...)))
-	}
-	if h.Socket == "" {
-		bad("socket", "required")
-	}
-	if h.Backend == "" {
-		bad("backend", "required")
-	}
-	if len(h.Servers) == 0 {
-		bad("servers", "required: map each spec backend (blue, green) to an HAProxy server")
-	}
-	for _, backend := range slices.Sorted(maps.Keys(h.Servers)) {
-		if err := names.Validate(backend); err != nil {
-			bad("servers", "%v", err)
-		}
-		if h.Servers[backend] == "" {
-			bad("servers."+backend, "required: the HAProxy server name")
-		}
-	}
-	if h.Timeout < 0 {
-		bad("timeout", "%s: must not be negative", h.Timeout)
-	}
-	if h.LogSocket != "" {
-		switch {
-		case !filepath.IsAbs(h.LogSocket):
-			bad("logSocket", "%q: want an absolute path", h.LogSocket)
-		case len(h.LogSocket) > maxUnixSocketPath:
-			bad("logSocket", "%q has %d bytes; a unix socket path takes at most %d", h.LogSocket, len(h.LogSocket), maxUnixSocketPath)
-		}
-	}
-	return probs
-}
-
-// maxUnixSocketPath is sun_path's size on Linux minus the terminating NUL.
-const maxUnixSocketPath = 107
-
 func (g LocalGuardConfig) validate(interval time.Duration) []error {
 	var probs []error
 	bad := func(sub, format string, args ...any) {
@@ -529,14 +510,14 @@ func (g LocalGuardConfig) validate(interval time.Duration) []error {
 	return probs
 }
 
-func (p *ProbesConfig) validate(field string, servers map[string]string) []error {
+func (p *ProbesConfig) validate(field string, backends []string) []error {
 	var probs []error
 	bad := func(sub, format string, args ...any) {
 		probs = append(probs, fmt.Errorf("%s.%s: %s", field, sub, fmt.Sprintf(format, args...)))
 	}
 	known := func(sub, backend string) bool {
-		if _, ok := servers[backend]; !ok {
-			bad(sub, "backend %q is not in haproxy.servers (have %s)", backend, strings.Join(slices.Sorted(maps.Keys(servers)), ", "))
+		if !slices.Contains(backends, backend) {
+			bad(sub, "backend %q is not one of the driver's backends (have %s)", backend, strings.Join(backends, ", "))
 			return false
 		}
 		return true
@@ -649,10 +630,8 @@ func (c *Config) clone() *Config {
 	}
 	out.Services = make(map[string]ServiceConfig, len(c.Services))
 	for name, svc := range c.Services {
-		if svc.HAProxy != nil {
-			h := *svc.HAProxy
-			h.Servers = maps.Clone(h.Servers)
-			svc.HAProxy = &h
+		if c, ok := svc.Proxy.(interface{ Clone() driver.Section }); ok {
+			svc.Proxy = c.Clone()
 		}
 		if svc.Probes != nil {
 			svc.Probes = svc.Probes.clone()

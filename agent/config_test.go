@@ -20,7 +20,7 @@ func TestConfig_LoadExampleAppliesDefaults(t *testing.T) {
 	if cfg.Heartbeat != 5*time.Second || cfg.Resync != 30*time.Second {
 		t.Errorf("heartbeat %s, resync %s; want the defaults 5s and 30s", cfg.Heartbeat, cfg.Resync)
 	}
-	h := cfg.Services["web"].HAProxy
+	h := hapSection(cfg.Services["web"])
 	if h == nil || h.Socket != "/run/haproxy/admin.sock" || h.Backend != "web" || h.Servers["green"] != "green" {
 		t.Errorf("services.web.haproxy = %+v", h)
 	}
@@ -40,7 +40,7 @@ services:
 	if err != nil {
 		t.Fatal(err)
 	}
-	if cfg.Heartbeat != 2*time.Second || cfg.Resync != time.Minute || cfg.NATS != DefaultNATS || cfg.Services["web"].HAProxy.Timeout != 3*time.Second {
+	if cfg.Heartbeat != 2*time.Second || cfg.Resync != time.Minute || cfg.NATS != DefaultNATS || hapSection(cfg.Services["web"]).Timeout != 3*time.Second {
 		t.Errorf("config = %+v", cfg)
 	}
 }
@@ -63,7 +63,7 @@ trust: {keys: ["ed25519:6kpsY+KcUgq+9VB7Ey7F+ZVHdq6+vnuSQh7qaRRG0iw="]}
 		want []string // substrings of the error
 	}{
 		{"unknown top-level field", "nodes: x\n" + valid, []string{"line 1", `unknown field "nodes" at the top level`}},
-		{"unknown nested field", strings.Replace(valid, "backend: web", "backend: web\n      sockett: /x", 1), []string{"line 9", `unknown field "sockett" in a haproxy section`}},
+		{"unknown nested field", strings.Replace(valid, "backend: web", "backend: web\n      sockett: /x", 1), []string{"line 9", "haproxy.sockett: unknown field; want one of socket, backend, servers, timeout, logSocket"}},
 		{"missing socket", strings.Replace(valid, "socket: /run/haproxy/admin.sock", "", 1), []string{"services.web.haproxy.socket: required"}},
 		{"missing backend and servers", `
 node: edge-1
@@ -78,7 +78,7 @@ node: edge-1
 stateDir: /tmp/x
 services:
   web: {}
-`, []string{"services.web: a proxy driver is required"}},
+`, []string{"services.web: a proxy driver section is required (one of haproxy)"}},
 		{"bad node name", strings.Replace(valid, "node: edge-1", "node: edge.1", 1), []string{"node:", `"edge.1"`}},
 		{"bad service name", strings.Replace(valid, "  web:", "  we.b:", 1), []string{"services.we.b:", "invalid name"}},
 		{"missing node and stateDir", `
@@ -153,8 +153,8 @@ services:
 	if err != nil {
 		t.Fatal(err)
 	}
-	if cfg.TelemetryInterval != 2*time.Second || cfg.Services["web"].HAProxy.LogSocket != "/run/switchyard/web-log.sock" {
-		t.Errorf("telemetry: interval %s, log socket %q", cfg.TelemetryInterval, cfg.Services["web"].HAProxy.LogSocket)
+	if cfg.TelemetryInterval != 2*time.Second || hapSection(cfg.Services["web"]).LogSocket != "/run/switchyard/web-log.sock" {
+		t.Errorf("telemetry: interval %s, log socket %q", cfg.TelemetryInterval, hapSection(cfg.Services["web"]).LogSocket)
 	}
 	g := cfg.LocalGuard
 	if !g.On() || g.AfterDisconnect != time.Minute || g.MaxErrorRate != 0.1 || g.Window != DefaultGuardWindow ||
@@ -201,13 +201,13 @@ func TestConfig_TelemetryProbesAndGuardErrors(t *testing.T) {
 		{"relative log socket", head + "services:\n  web:\n    haproxy: {socket: /s, backend: web, servers: {blue: b}, logSocket: web.sock}\n",
 			[]string{`services.web.haproxy.logSocket: "web.sock": want an absolute path`}},
 		{"shared log socket, same backend", head + "services:\n  web:\n    haproxy: {socket: /s, backend: web, servers: {blue: b}, logSocket: /l.sock}\n  api:\n    haproxy: {socket: /s, backend: web, servers: {blue: b2}, logSocket: /l.sock}\n",
-			[]string{"services.web.haproxy.logSocket: /l.sock is also services.api's log socket with the same backend"}},
+			[]string{"services.web.haproxy.logSocket: log socket /l.sock with HAProxy backend \"web\" claims the same as services.api.haproxy.logSocket"}},
 		{"preflight of an unknown backend", svc("    probes: {preflight: {purple: {url: 'http://x/'}}}\n"),
-			[]string{`services.web.probes.preflight.purple: backend "purple" is not in haproxy.servers (have blue, green)`}},
+			[]string{`services.web.probes.preflight.purple: backend "purple" is not one of the driver's backends (have blue, green)`}},
 		{"preflight without url", svc("    probes: {preflight: {green: {expectStatus: 204}}}\n"), []string{"services.web.probes.preflight.green.url: required"}},
 		{"preflight bad url and status", svc("    probes: {preflight: {green: {url: 'ftp://x/', expectStatus: 99}}}\n"),
 			[]string{`preflight.green.url: "ftp://x/": want an http:// or https:// URL`, "preflight.green.expectStatus: 99"}},
-		{"unknown probe field", svc("    probes: {preflight: {green: {url: 'http://x/', status: 200}}}\n"), []string{`unknown field "status" in a probe`}},
+		{"unknown probe field", svc("    probes: {preflight: {green: {url: 'http://x/', status: 200}}}\n"), []string{"probes.preflight.green.status: unknown field; want one of name, method"}},
 		{"step without name", svc("    probes: {synthetic: {transactions: {green: [{url: 'http://x/'}]}}}\n"),
 			[]string{"services.web.probes.synthetic.transactions.green[0].name: required"}},
 		{"reserved and duplicate names", svc("    probes: {synthetic: {transactions: {green: [{name: preflight, url: 'http://x/'}, {name: a, url: 'http://x/'}, {name: a, url: 'http://x/'}]}}}\n"),

@@ -171,8 +171,8 @@ func newDrillFollower(a *Agent, res *resources, journal FaultJournal) *drillFoll
 	}
 	for _, w := range res.workers {
 		f.drivers[w.name] = w.drv
-		if h := a.cfg.Services[w.name].HAProxy; h != nil {
-			f.backends[w.name] = slices.Sorted(maps.Keys(h.Servers))
+		if p := a.cfg.Services[w.name].Proxy; p != nil {
+			f.backends[w.name] = p.Backends()
 		}
 	}
 	return f
@@ -535,14 +535,19 @@ func (f *drillFollower) plan(ctx context.Context, doc *sv1.DrillDocument, now ti
 		if !f.knownBackend(sp.GetService(), rec.Backend) {
 			return rec, nil, fmt.Errorf("%w: service %s has no backend %q", errNotHere, sp.GetService(), rec.Backend)
 		}
+		for _, other := range f.faults {
+			if (other.rec.Kind == kindHTTP || other.rec.Kind == kindTCP) && other.rec.Service == rec.Service && other.rec.Backend == rec.Backend {
+				return rec, nil, fmt.Errorf("%w: drill %s already has a fault on %s", errNotHere, other.rec.Drill, rec.Backend)
+			}
+		}
+		if hf, ok := drv.(driver.HTTPFaulter); ok {
+			if h := sp.GetFault().GetHttp(); h != nil {
+				return rec, &proxyHTTPFault{drv: hf, backend: rec.Backend, fault: httpFaultOf(h)}, nil
+			}
+		}
 		sa, ok := drv.(driver.ServerAddresser)
 		if !ok {
 			return rec, nil, fmt.Errorf("%w: the proxy driver of %s cannot re-point a server", errNotHere, sp.GetService())
-		}
-		for _, other := range f.faults {
-			if (other.rec.Kind == kindHTTP || other.rec.Kind == kindTCP) && other.rec.Service == rec.Service && other.rec.Backend == rec.Backend {
-				return rec, nil, fmt.Errorf("%w: drill %s already has a fault proxy in front of %s", errNotHere, other.rec.Drill, rec.Backend)
-			}
 		}
 		cctx, cancel := context.WithTimeout(ctx, f.timeout)
 		orig, err := sa.ServerAddr(cctx, rec.Backend)
@@ -604,6 +609,9 @@ func (f *drillFollower) revertOnly(rec state.FaultRecord) chaos.Injector {
 	drv := f.drivers[rec.Service]
 	switch rec.Kind {
 	case kindHTTP, kindTCP:
+		if hf, ok := drv.(driver.HTTPFaulter); ok && rec.Kind == kindHTTP && rec.OrigAddr == "" {
+			return &proxyHTTPFault{drv: hf, backend: rec.Backend}
+		}
 		if sa, ok := drv.(driver.ServerAddresser); ok && rec.OrigAddr != "" {
 			return &proxyFault{drv: sa, backend: rec.Backend, orig: rec.OrigAddr}
 		}

@@ -204,3 +204,40 @@ func (b *busDropFault) Revert(context.Context) error {
 	}
 	return nil
 }
+
+// proxyHTTPFault is an HTTP fault the proxy injects itself (Envoy's fault
+// filter pushed over xDS). Rebuilt from the journal it has no fault and can
+// only revert.
+type proxyHTTPFault struct {
+	drv     driver.HTTPFaulter
+	backend string
+	fault   *driver.HTTPFault
+}
+
+var _ chaos.Injector = (*proxyHTTPFault)(nil)
+
+// httpFaultOf is a drill's HTTP fault with the defaults of its document:
+// status 503, and every request delayed when a delay has no percentage.
+func httpFaultOf(h *sv1.HTTPFault) *driver.HTTPFault {
+	f := &driver.HTTPFault{ErrorPercent: h.GetErrorPercent(), Status: h.GetStatus(), Delay: h.GetDelay().AsDuration(), DelayPercent: h.GetDelayPercent()}
+	if f.Status == 0 {
+		f.Status = 503
+	}
+	if f.Delay > 0 && f.DelayPercent == 0 {
+		f.DelayPercent = 100
+	}
+	return f
+}
+
+// Apply pushes the fault to the proxy.
+func (p *proxyHTTPFault) Apply(ctx context.Context) error {
+	if p.fault == nil {
+		return errRevertOnly
+	}
+	return p.drv.SetHTTPFault(ctx, p.backend, p.fault)
+}
+
+// Revert removes the backend's fault from the proxy.
+func (p *proxyHTTPFault) Revert(ctx context.Context) error {
+	return p.drv.SetHTTPFault(ctx, p.backend, nil)
+}

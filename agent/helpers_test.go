@@ -19,6 +19,7 @@ import (
 	"google.golang.org/protobuf/proto"
 
 	"github.com/switchyard/switchyard/agent/driver"
+	"github.com/switchyard/switchyard/agent/driver/haproxy"
 	"github.com/switchyard/switchyard/bus"
 	sv1 "github.com/switchyard/switchyard/proto/switchyard/v1"
 )
@@ -259,7 +260,7 @@ func testConfig(t *testing.T, natsURL string) *Config {
 		Resync:    time.Hour,
 		Trust:     testTrust(),
 		Services: map[string]ServiceConfig{
-			"web": {HAProxy: &HAProxyConfig{
+			"web": {Proxy: &haproxy.Section{
 				Socket:  "/nonexistent/admin.sock",
 				Backend: "web",
 				Servers: map[string]string{"blue": "blue", "green": "green"},
@@ -452,3 +453,6 @@ func testTrust() TrustConfig {
 }
 
 var errProxyDown = fmt.Errorf("dial admin socket: %w", driver.ErrUnavailable)
+
+// hapSection is a service's HAProxy section.
+func hapSection(svc ServiceConfig) *haproxy.Section { return svc.Proxy.(*haproxy.Section) }

@@ -149,7 +149,7 @@ func startProxy(t testing.TB, logs bool) *liveProxy {
 
 // serviceConfig is the agent's view of this proxy.
 func (lp *liveProxy) serviceConfig() ServiceConfig {
-	return ServiceConfig{HAProxy: &HAProxyConfig{
+	return ServiceConfig{Proxy: &haproxy.Section{
 		Socket:    lp.proc.SocketPath(),
 		Backend:   "web",
 		Servers:   map[string]string{"blue": "blue", "green": "green"},
@@ -193,13 +193,13 @@ func (lp *liveProxy) waitWeights(t *testing.T, timeout time.Duration, want map[s
 	})
 }
 
-// haproxyDriver is what cmd/switchyard's factory builds for a service.
+// haproxyDriver is a runtime API driver of its own, for the test to read HAProxy with.
 func haproxyDriver(_ string, svc ServiceConfig) (driver.Driver, error) {
 	return haproxy.New(haproxy.Config{
-		Socket:  svc.HAProxy.Socket,
-		Backend: svc.HAProxy.Backend,
-		Servers: svc.HAProxy.Servers,
-		Timeout: svc.HAProxy.Timeout,
+		Socket:  hapSection(svc).Socket,
+		Backend: hapSection(svc).Backend,
+		Servers: hapSection(svc).Servers,
+		Timeout: hapSection(svc).Timeout,
 	})
 }
 
@@ -221,7 +221,7 @@ func liveConfig(t *testing.T, natsURL string, lp *liveProxy) *Config {
 
 func startLiveAgent(t *testing.T, cfg *Config) *runningAgent {
 	t.Helper()
-	ra, err := runAgentWith(t, cfg, haproxyDriver)
+	ra, err := runAgentWith(t, cfg, nil)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -49,9 +49,9 @@ type telemetryLoop struct {
 	subject       string
 	backends      []string // spec backend names, sorted
 	interval      time.Duration
-	stats         driver.StatsReader // nil: the driver reads no counters
-	logs          *requestWindow     // nil: no log socket
-	drops         logDropReader      // nil: lost log lines cannot be known
+	stats         driver.StatsReader  // nil: the driver reads no counters
+	logs          driver.WindowSource // nil: the driver sees no single requests
+	drops         logDropReader       // nil: lost log lines cannot be known
 	probes        *probeBuffer
 	worker        *serviceWorker
 	guard         *localGuard // nil: disabled
@@ -149,9 +149,11 @@ func (t *telemetryLoop) closeWindow(ctx context.Context) {
 	end := t.clock.Now()
 	endView := t.worker.currentView()
 	counters := t.readCounters(ctx)
-	var logs map[string]*backendWindow
+	var logs map[string]driver.Window
 	if t.logs != nil {
-		logs = t.logs.swap()
+		if w, ok := t.logs.TakeWindow(); ok {
+			logs = w
+		}
 	}
 	dropped, _ := t.readDrops(ctx)
 	// Lines HAProxy could not deliver (a full socket queue) would make the
@@ -194,10 +196,10 @@ func (t *telemetryLoop) closeWindow(ctx context.Context) {
 		bh := &sv1.BackendHealth{Backend: b, Weight: endView.weights[b]}
 		var wc windowCounts
 		if logs != nil {
-			if lw := logs[b]; lw != nil {
-				wc = windowCounts{requests: lw.requests, errors: lw.errors, latency: lw.latency}
-			} else {
-				wc = windowCounts{latency: sketch.New()}
+			lw := logs[b]
+			wc = windowCounts{requests: lw.Requests, errors: lw.Errors, latency: lw.Latency}
+			if wc.latency == nil {
+				wc.latency = sketch.New()
 			}
 			bh.Latency = wc.latency.ToProto()
 		}

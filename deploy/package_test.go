@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"github.com/switchyard/switchyard/agent"
+	"github.com/switchyard/switchyard/agent/driver/haproxy"
 )
 
 const testVersion = "v9.8.7-1-gdeb0test"
@@ -252,14 +253,15 @@ func TestPackage_ExampleAgentConfigIsValid(t *testing.T) {
 		t.Fatal(err)
 	}
 	for name, svc := range cfg.Services {
-		if svc.HAProxy == nil {
+		hsec, ok := svc.Proxy.(*haproxy.Section)
+		if !ok {
 			continue
 		}
-		if !strings.HasPrefix(svc.HAProxy.LogSocket, "/run/switchyard-agent/") || !strings.Contains(string(unit), "RuntimeDirectory=switchyard-agent") {
-			t.Errorf("service %s: logSocket %q is not in the unit's RuntimeDirectory /run/switchyard-agent", name, svc.HAProxy.LogSocket)
+		if !strings.HasPrefix(hsec.LogSocket, "/run/switchyard-agent/") || !strings.Contains(string(unit), "RuntimeDirectory=switchyard-agent") {
+			t.Errorf("service %s: logSocket %q is not in the unit's RuntimeDirectory /run/switchyard-agent", name, hsec.LogSocket)
 		}
-		if !strings.HasPrefix(svc.HAProxy.Socket, "/run/haproxy/") || !strings.Contains(string(unit), "ReadWritePaths=-/run/haproxy") {
-			t.Errorf("service %s: socket %q is not under the unit's ReadWritePaths /run/haproxy", name, svc.HAProxy.Socket)
+		if !strings.HasPrefix(hsec.Socket, "/run/haproxy/") || !strings.Contains(string(unit), "ReadWritePaths=-/run/haproxy") {
+			t.Errorf("service %s: socket %q is not under the unit's ReadWritePaths /run/haproxy", name, hsec.Socket)
 		}
 	}
 }

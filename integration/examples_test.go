@@ -9,6 +9,7 @@ import (
 	"testing"
 
 	"github.com/switchyard/switchyard/agent"
+	"github.com/switchyard/switchyard/agent/driver/haproxy"
 	"github.com/switchyard/switchyard/bus"
 	"github.com/switchyard/switchyard/internal/haproxyproc"
 	"github.com/switchyard/switchyard/internal/spec"
@@ -114,31 +115,32 @@ func TestExamples_ConsistentAndValid(t *testing.T) {
 	hap := readHAProxyConfig(t, hapPath)
 
 	svc, ok := cfg.Services[rs.GetService()]
-	if !ok || svc.HAProxy == nil {
+	hsec, isHAProxy := svc.Proxy.(*haproxy.Section)
+	if !ok || !isHAProxy {
 		t.Fatalf("bluegreen.yaml service %q has no haproxy section in agent.yaml (services: %v)", rs.GetService(), cfg.Services)
 	}
-	if svc.HAProxy.Socket != hap.statsSocket {
-		t.Errorf("agent.yaml socket %q, haproxy.cfg stats socket %q", svc.HAProxy.Socket, hap.statsSocket)
+	if hsec.Socket != hap.statsSocket {
+		t.Errorf("agent.yaml socket %q, haproxy.cfg stats socket %q", hsec.Socket, hap.statsSocket)
 	}
-	servers, ok := hap.servers[svc.HAProxy.Backend]
+	servers, ok := hap.servers[hsec.Backend]
 	if !ok {
-		t.Fatalf("agent.yaml backend %q is not a backend of haproxy.cfg (have %v)", svc.HAProxy.Backend, hap.servers)
+		t.Fatalf("agent.yaml backend %q is not a backend of haproxy.cfg (have %v)", hsec.Backend, hap.servers)
 	}
 	for _, b := range []string{rs.GetFrom(), rs.GetTo()} {
-		server, ok := svc.HAProxy.Servers[b]
+		server, ok := hsec.Servers[b]
 		if !ok {
-			t.Errorf("bluegreen.yaml names backend %q; agent.yaml servers map has %v", b, svc.HAProxy.Servers)
+			t.Errorf("bluegreen.yaml names backend %q; agent.yaml servers map has %v", b, hsec.Servers)
 			continue
 		}
 		if _, ok := servers[server]; !ok {
-			t.Errorf("agent.yaml maps %q to server %q, not in haproxy.cfg backend %s (%v)", b, server, svc.HAProxy.Backend, servers)
+			t.Errorf("agent.yaml maps %q to server %q, not in haproxy.cfg backend %s (%v)", b, server, hsec.Backend, servers)
 		}
 	}
 	// The tour starts with everything on blue: the README's curl shows blue
 	// before the rollout and green after.
 	for server, want := range map[string]string{
-		svc.HAProxy.Servers[rs.GetFrom()]: "127.0.0.1:9001 weight 100",
-		svc.HAProxy.Servers[rs.GetTo()]:   "127.0.0.1:9002 weight 0",
+		hsec.Servers[rs.GetFrom()]: "127.0.0.1:9001 weight 100",
+		hsec.Servers[rs.GetTo()]:   "127.0.0.1:9002 weight 0",
 	} {
 		if got := servers[server]; got != want {
 			t.Errorf("haproxy.cfg server %s: %q, want %q", server, got, want)

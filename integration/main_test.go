@@ -47,6 +47,9 @@ type builtBinary struct {
 var (
 	switchyardBin = &builtBinary{pkg: "./cmd/switchyard", name: "switchyard"}
 	backendBin    = &builtBinary{pkg: "./integration/backend", name: "backend"}
+	// xdsClientBin is the proxyless gRPC client Envoy nodes have as their
+	// frontend.
+	xdsClientBin = &builtBinary{pkg: "./integration/xdsclient", name: "xdsclient"}
 	// natsServerBin is the real nats-server, from the same module version
 	// as the embedded one, for tests of an external NATS deployment.
 	natsServerBin = &builtBinary{pkg: "github.com/nats-io/nats-server/v2", name: "nats-server", noRace: true}

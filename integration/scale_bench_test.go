@@ -21,6 +21,7 @@ import (
 
 	"github.com/switchyard/switchyard/agent"
 	"github.com/switchyard/switchyard/agent/driver"
+	"github.com/switchyard/switchyard/agent/driver/haproxy"
 	"github.com/switchyard/switchyard/bus"
 	"github.com/switchyard/switchyard/coordinator"
 	"github.com/switchyard/switchyard/integration/harness"
@@ -199,7 +200,7 @@ func benchFleet(b *testing.B, n, perConn int, mode busSecurity) {
 			Node: node, NATS: url, StateDir: b.TempDir(), Heartbeat: 5 * time.Second, Resync: time.Minute,
 			TelemetryInterval: 5 * time.Second,
 			Trust:             agent.TrustConfig{Keys: []string{bus.FormatPublicKey(signingKey.Public().(ed25519.PublicKey))}},
-			Services: map[string]agent.ServiceConfig{"web": {HAProxy: &agent.HAProxyConfig{Socket: "/unused", Backend: "web",
+			Services: map[string]agent.ServiceConfig{"web": {Proxy: &haproxy.Section{Socket: "/unused", Backend: "web",
 				Servers: map[string]string{"blue": "blue", "green": "green"}}}},
 		}
 		if shared == nil {

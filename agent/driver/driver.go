@@ -1,5 +1,13 @@
 // Package driver defines how an agent drives one local proxy: the small
-// interface every proxy package (haproxy, envoy) implements.
+// interface every proxy package (haproxy, envoy) implements, and the
+// registry the agent finds them in.
+//
+// A proxy is one package: a Section type (its config key, fields,
+// validation, and Open), a Driver (Apply, Weights, Close and the optional
+// interfaces it can honour: Observer, Watcher, StatsReader, WindowSource,
+// HealthReporter, StateSetter, ServerAddresser, HTTPFaulter), and an init
+// that calls Register. The command makes it available with one blank
+// import; the agent core never imports a driver package.
 package driver
 
 import (

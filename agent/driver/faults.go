@@ -1,6 +1,9 @@
 package driver
 
-import "context"
+import (
+	"context"
+	"time"
+)
 
 // Optional driver capabilities chaos drills use. A driver that lacks one
 // cannot inject the faults that need it; the agent refuses such a drill on
@@ -19,4 +22,22 @@ type ServerAddresser interface {
 	// SetServerAddr points the backend at addr ("ip:port") for new
 	// connections and returns once the proxy reports that address.
 	SetServerAddr(ctx context.Context, backend, addr string) error
+}
+
+// HTTPFault is an HTTP fault a proxy injects itself into one backend's
+// requests (Envoy's fault filter), with no fault proxy in the path.
+type HTTPFault struct {
+	// ErrorPercent of requests (0..100) are answered with Status at once.
+	ErrorPercent, Status uint32
+	// DelayPercent of requests (0..100) wait Delay first.
+	DelayPercent uint32
+	Delay        time.Duration
+}
+
+// HTTPFaulter is implemented by drivers whose proxy injects HTTP faults
+// itself. A drill's HTTP fault on such a driver goes to the proxy; on
+// others it goes through a fault proxy the server is re-pointed at.
+type HTTPFaulter interface {
+	// SetHTTPFault injects f into backend's requests; nil removes it.
+	SetHTTPFault(ctx context.Context, backend string, f *HTTPFault) error
 }

@@ -2,13 +2,14 @@ package main
 
 import (
 	"context"
-	"fmt"
 	"io"
 	"os"
 
 	"github.com/switchyard/switchyard/agent"
-	"github.com/switchyard/switchyard/agent/driver"
-	"github.com/switchyard/switchyard/agent/driver/haproxy"
+	// The proxy drivers an agent config may name, each registered by its
+	// package.
+	_ "github.com/switchyard/switchyard/agent/driver/envoy"
+	_ "github.com/switchyard/switchyard/agent/driver/haproxy"
 )
 
 func runAgent(ctx context.Context, args []string, stderr io.Writer) error {
@@ -54,29 +55,14 @@ func runAgent(ctx context.Context, args []string, stderr io.Writer) error {
 	}
 	reg := newRegistry()
 	a, err := agent.New(cfg, agent.Options{
-		Logger:        log,
-		Registerer:    reg,
-		Gatherer:      reg,
-		DriverFactory: newDriver,
-		NATSURL:       *natsURL,
-		Version:       version,
+		Logger:     log,
+		Registerer: reg,
+		Gatherer:   reg,
+		NATSURL:    *natsURL,
+		Version:    version,
 	})
 	if err != nil {
 		return err
 	}
 	return a.Run(ctx)
-}
-
-// newDriver builds the proxy driver a service's config names.
-func newDriver(service string, svc agent.ServiceConfig) (driver.Driver, error) {
-	switch {
-	case svc.HAProxy != nil:
-		return haproxy.New(haproxy.Config{
-			Socket:  svc.HAProxy.Socket,
-			Backend: svc.HAProxy.Backend,
-			Servers: svc.HAProxy.Servers,
-			Timeout: svc.HAProxy.Timeout,
-		})
-	}
-	return nil, fmt.Errorf("services.%s: no proxy configured; want haproxy", service)
 }

@@ -1,5 +1,6 @@
-// Command backend is the tiny HTTP service integration tests and the demo put
-// behind HAProxy as "blue" and "green": it says who answered, and can be told
+// Command backend is the tiny HTTP and gRPC service integration tests and the
+// demo put behind HAProxy or xDS clients as "blue" and "green": it says who
+// answered, and can be told
 // to fail a share of requests or to answer slowly, so guardrail and fault
 // tests have a misbehaving green to catch.
 package main
@@ -61,6 +62,11 @@ func run() error {
 		Handler:           handler(*name, *node, *errorRate, *latency),
 		ReadHeaderTimeout: 5 * time.Second,
 	}
+	// gRPC clients speak HTTP/2 without TLS (prior knowledge) on the same
+	// port as the HTTP checks.
+	srv.Protocols = new(http.Protocols)
+	srv.Protocols.SetHTTP1(true)
+	srv.Protocols.SetUnencryptedHTTP2(true)
 	errc := make(chan error, 1)
 	go func() { errc <- srv.Serve(ln) }()
 	log.Info("backend listening", "addr", ln.Addr().String(), "error_rate", *errorRate, "latency", *latency)
@@ -143,5 +149,5 @@ func handler(name, node string, errorRate float64, latency time.Duration) http.H
 		}
 		fmt.Fprintln(w, name)
 	})
-	return mux
+	return withGRPC(mux, name, node, bh)
 }

@@ -64,6 +64,13 @@ type FleetOptions struct {
 	// its PoP's leaf server (same CA and auth directory as NATS); nil gives
 	// NATS.
 	NodeNATS func(i int) Bus
+	// Envoy says which nodes (0-based) run the service on the agent's Envoy
+	// driver instead of HAProxy: their agent serves xDS, and a proxyless
+	// gRPC client (XDSClient, the integration/xdsclient binary) is their
+	// frontend. nil runs every node on HAProxy.
+	Envoy func(i int) bool
+	// XDSClient is the integration/xdsclient binary; required with Envoy.
+	XDSClient string
 }
 
 // AgentHook is one hook of an agent config.
@@ -119,6 +126,10 @@ type Node struct {
 	BlueAddr, GreenAddr string
 	HAProxy             *haproxyproc.Process
 	Agent               *Process
+	// XDSAddr is the agent's xDS server and XDSClient the gRPC client
+	// resolving the service through it, on Envoy nodes only.
+	XDSAddr   string
+	XDSClient *Process
 }
 
 // readyPoll is how often the harness re-checks a condition it waits for.
@@ -282,6 +293,9 @@ func (f *Fleet) startNode(ctx context.Context, i int) (*Node, error) {
 		}
 	}
 
+	if f.opts.Envoy != nil && f.opts.Envoy(i) {
+		return f.startEnvoyNode(ctx, i, n)
+	}
 	hapDir, err := f.haproxyDir(id)
 	if err != nil {
 		return n, err
@@ -323,7 +337,7 @@ func (f *Fleet) startNode(ctx context.Context, i int) (*Node, error) {
 		Heartbeat:  f.opts.Heartbeat.String(),
 		Resync:     f.opts.Resync.String(),
 		Trust:      agentTrust{Keys: f.opts.TrustKeys},
-		Services: map[string]agentService{f.opts.Service: {HAProxy: agentHAProxy{
+		Services: map[string]agentService{f.opts.Service: {HAProxy: &agentHAProxy{
 			Socket:  n.HAProxy.SocketPath(),
 			Backend: f.opts.Service,
 			Servers: map[string]string{Blue: Blue, Green: Green},
@@ -397,7 +411,8 @@ type agentTrust struct {
 }
 
 type agentService struct {
-	HAProxy agentHAProxy `yaml:"haproxy"`
+	HAProxy *agentHAProxy `yaml:"haproxy,omitempty"`
+	Envoy   *agentEnvoy   `yaml:"envoy,omitempty"`
 }
 
 type agentHAProxy struct {
@@ -712,7 +727,7 @@ func (f *Fleet) Processes() []*Process {
 		ps = append(ps, f.Dev)
 	}
 	for _, n := range f.Nodes {
-		for _, p := range []*Process{n.Agent, n.Blue, n.Green} {
+		for _, p := range []*Process{n.Agent, n.XDSClient, n.Blue, n.Green} {
 			if p != nil {
 				ps = append(ps, p)
 			}
@@ -785,7 +800,7 @@ func (f *Fleet) Close() error {
 					return nil
 				})
 			}
-			for _, b := range []*Process{n.Blue, n.Green} {
+			for _, b := range []*Process{n.XDSClient, n.Blue, n.Green} {
 				if b != nil {
 					proxies = append(proxies, b.Stop)
 				}

@@ -29,6 +29,13 @@ var allowed = map[string][]string{
 	"internal/arrows/": {},
 }
 
+// coreOnly lists packages whose non-test code may not import a driver
+// package: the agent core speaks to proxies through agent/driver only, and
+// the drivers it runs are registered by the command.
+var coreOnly = map[string]string{
+	"agent": "agent/driver/",
+}
+
 func rule(pkg string) (string, []string) {
 	best := ""
 	for prefix := range allowed {
@@ -65,6 +72,13 @@ func TestArrows(t *testing.T) {
 			return nil
 		}
 		checked++
+		if banned, ok := coreOnly[rel]; ok {
+			for _, imp := range pkg.Imports {
+				if strings.HasPrefix(imp, module+banned) {
+					t.Errorf("%s imports %s: the agent core reaches proxies through agent/driver only", rel, strings.TrimPrefix(imp, module))
+				}
+			}
+		}
 		imports := append(append([]string{}, pkg.Imports...), pkg.TestImports...)
 		for _, imp := range imports {
 			if !strings.HasPrefix(imp, module) {

@@ -95,7 +95,11 @@ func checkKnown(n *yaml.Node, t reflect.Type, path string) Errors {
 		if n.Kind != yaml.MappingNode {
 			return Errors{{Path: path, Problem: "want a mapping", Line: n.Line}}
 		}
-		return nil
+		var errs Errors
+		for i := 0; i+1 < len(n.Content); i += 2 {
+			errs = append(errs, checkKnown(n.Content[i+1], t.Elem(), path+"."+n.Content[i].Value)...)
+		}
+		return errs
 	case reflect.Struct:
 	default:
 		return nil
@@ -129,4 +133,16 @@ func checkKnown(n *yaml.Node, t reflect.Type, path string) Errors {
 		errs = append(errs, checkKnown(v, ft, path+"."+k.Value)...)
 	}
 	return errs
+}
+
+// DecodeNode decodes one already parsed node into out, refusing unknown
+// fields as Decode does; path names the node in errors.
+func DecodeNode(n *yaml.Node, out any, path string) error {
+	if errs := checkKnown(n, reflect.TypeOf(out), path); len(errs) > 0 {
+		return errs
+	}
+	if err := n.Decode(out); err != nil {
+		return Errors{{Path: path, Problem: strings.TrimPrefix(err.Error(), "yaml: "), Line: n.Line}}
+	}
+	return nil
 }

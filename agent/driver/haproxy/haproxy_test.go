@@ -178,7 +178,7 @@ func (f *fakeHAProxy) server(name string) fakeServer {
 	return *f.servers[name]
 }
 
-func newDriver(t *testing.T, cfg Config) *Driver {
+func newDriver(t testing.TB, cfg Config) *Driver {
 	t.Helper()
 	d, err := New(cfg)
 	if err != nil {

@@ -27,7 +27,7 @@ type live struct {
 	client   *http.Client
 }
 
-func startLive(t *testing.T) *live {
+func startLive(t testing.TB) *live {
 	t.Helper()
 	backend := func(body string) string {
 		s := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) {
