@@ -20,25 +20,7 @@ import (
 )
 
 // position says where a rollout is: wave, step and the new backend's share.
-func position(r *sv1.Rollout) string {
-	switch r.GetPhase() {
-	case sv1.RolloutPhase_ROLLOUT_PHASE_PROMOTED, sv1.RolloutPhase_ROLLOUT_PHASE_COMPLETED:
-		return "every wave on " + r.GetSpec().GetTo()
-	case sv1.RolloutPhase_ROLLOUT_PHASE_ROLLING_BACK, sv1.RolloutPhase_ROLLOUT_PHASE_ROLLED_BACK:
-		return "every node back on " + r.GetSpec().GetFrom()
-	}
-	plan := spec.Compile(r.GetSpec())
-	w, s := int(r.GetWave()), int(r.GetStep())
-	if w >= len(plan) {
-		return "-"
-	}
-	pw := plan[w]
-	if s >= len(pw.Steps) {
-		return fmt.Sprintf("wave %d/%d %s done, %s at 100%%", w+1, len(plan), pw.Wave.GetName(), r.GetSpec().GetTo())
-	}
-	return fmt.Sprintf("wave %d/%d %s, step %d/%d %s, %s at %d%%", w+1, len(plan), pw.Wave.GetName(), s+1, len(pw.Steps),
-		spec.DescribeStep(pw.Steps[s]), r.GetSpec().GetTo(), spec.WeightAt(pw.Steps, s))
-}
+func position(r *sv1.Rollout) string { return spec.Position(r) }
 
 func printWindows(w io.Writer, wins []*sv1.WindowEvidence) {
 	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
