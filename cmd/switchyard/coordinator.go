@@ -260,6 +260,9 @@ func coordinatorMembers(ctx context.Context, args []string, stdout, stderr io.Wr
 	if err := parse(fs, args); err != nil {
 		return err
 	}
+	if *output != "table" && *output != "json" {
+		return usageErr(stderr, "-o %q: want table or json", *output)
+	}
 	client, err := cluster.client()
 	if err != nil {
 		return err

@@ -11,6 +11,8 @@ import (
 	"text/tabwriter"
 	"time"
 
+	"google.golang.org/protobuf/encoding/protojson"
+
 	"github.com/switchyard/switchyard/bus"
 	"github.com/switchyard/switchyard/coordinator/rollout"
 	"github.com/switchyard/switchyard/coordinator/state"
@@ -50,6 +52,7 @@ func rolloutHistory(ctx context.Context, args []string, stdout, stderr io.Writer
 	fs := newFlags("rollout history", stderr)
 	var c clientFlags
 	c.register(fs)
+	c.registerStale(fs, stderr)
 	pos, err := c.parse(fs, args, stderr)
 	if err != nil {
 		return err
@@ -228,7 +231,7 @@ func rolloutWatch(ctx context.Context, args []string, stdout, stderr io.Writer) 
 	var c clientFlags
 	c.register(fs)
 	every := fs.Duration("interval", time.Second, "refresh interval")
-	pos, err := parseInterleaved(fs, args)
+	pos, err := c.parse(fs, args, stderr)
 	if err != nil {
 		return err
 	}
@@ -244,7 +247,12 @@ func rolloutWatch(ctx context.Context, args []string, stdout, stderr io.Writer) 
 		}
 		v := ans.GetRollouts()[0]
 		frame := renderWatch(v)
-		if frame != last {
+		if frame != last && c.output == "json" {
+			// One line per change, each what GET /v1/rollouts/NAME holds.
+			b, _ := protojson.Marshal(v)
+			fmt.Fprintln(stdout, string(b))
+			last = frame
+		} else if frame != last {
 			if tty {
 				fmt.Fprint(stdout, "\033[H\033[2J")
 			} else {
