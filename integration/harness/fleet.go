@@ -60,6 +60,9 @@ type FleetOptions struct {
 	// Hooks gives node i (0-based) the hooks: section of its agent config;
 	// nil gives none.
 	Hooks func(i int) map[string]AgentHook
+	// DevArgs are more flags for `switchyard dev` (e.g.
+	// --viewer-token-file).
+	DevArgs []string
 }
 
 // AgentHook is one hook of an agent config.
@@ -206,14 +209,14 @@ func (f *Fleet) startDev(ctx context.Context) error {
 	f.Dev, err = StartProcess(ProcessSpec{
 		Name: "dev",
 		Path: f.opts.Switchyard,
-		Args: []string{"dev",
+		Args: append([]string{"dev",
 			"--data-dir", dataDir,
 			// dev listens on NATS's well-known 4222 by default; a test
 			// fleet must never take a fixed port.
 			"--nats-port", "0",
 			"--http-addr", f.CoordinatorHTTP,
 			"--raft-addr", "127.0.0.1:" + strconv.Itoa(raftPort),
-		},
+		}, f.opts.DevArgs...),
 		LogDir: filepath.Join(f.opts.Dir, "logs"),
 	})
 	if err != nil {

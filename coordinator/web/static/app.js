@@ -14,7 +14,7 @@
       if (v === undefined || v === null) continue;
       if (k === "class") e.className = v; else e.setAttribute(k, v);
     }
-    for (const k of kids.flat()) {
+    for (const k of kids.flat(Infinity)) {
       if (k === undefined || k === null) continue;
       e.append(k instanceof Node ? k : document.createTextNode(String(k)));
     }
@@ -206,7 +206,10 @@
   function connect() {
     const es = new EventSource("/v1/events");
     es.addEventListener("overview", (e) => {
-      try { render(JSON.parse(e.data)); } catch (err) { console.error("switchyard: bad event", err); }
+      try { render(JSON.parse(e.data)); } catch (err) {
+        window.switchyardPage.error = String(err);
+        console.error("switchyard: bad event", err);
+      }
     });
     es.onerror = () => {
       const conn = $("conn");
