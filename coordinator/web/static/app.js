@@ -26,6 +26,13 @@
   const time = (ts) => ts ? new Date(ts).toLocaleTimeString() : "-";
   const pct = (x) => (100 * num(x)).toFixed(2) + "%";
   const ms = (s) => (1000 * num(s)).toFixed(0) + " ms";
+  // duration renders protojson's "3600s" as "1h0m0s".
+  const duration = (d) => {
+    let sec = Math.round(parseFloat(d || "0"));
+    const h = Math.floor(sec / 3600), m = Math.floor(sec % 3600 / 60);
+    sec %= 60;
+    return (h ? h + "h" : "") + (h || m ? m + "m" : "") + sec + "s";
+  };
   const weights = (w) => Object.keys(w || {}).sort().map((k) => k + "=" + w[k]).join(" ") || "-";
   function table(head, rows, rowAttrs) {
     return el("table", {},
@@ -55,7 +62,9 @@
     let total = 0;
     if (all.length > 0) {
       const t0 = Math.min(...all.map((p) => p[0])), t1 = Math.max(...all.map((p) => p[0]));
-      const ymax = Math.max(...all.map((p) => p[1])) || 1;
+      const top = Math.max(...all.map((p) => p[1]));
+      const ymax = top || 1;
+      if (top === 0) add("text", { x: W / 2 - 50, y: T + 14 }, "all values are 0");
       const x = (t) => L + (t1 === t0 ? (W - L - R) / 2 : (t - t0) / (t1 - t0) * (W - L - R));
       const y = (v) => H - B - v / ymax * (H - T - B);
       for (const f of [0, 0.5, 1]) {
@@ -102,7 +111,7 @@
       kids.push(el("dl", { class: "kv" },
         el("dt", {}, "test"), el("dd", {}, s.test || "-"),
         el("dt", {}, "statistic"), el("dd", {}, `${num(s.statistic).toFixed(2)} reached the threshold ${num(s.threshold).toFixed(2)}`),
-        el("dt", {}, "guarantee"), el("dd", {}, `false rollback ≤ ${num(s.falseAlarm)} over ${s.horizon || "-"}`),
+        el("dt", {}, "guarantee"), el("dd", {}, `a release no worse than the old backend is rolled back with probability at most ${num(s.falseAlarm)} over ${duration(s.horizon)} of canary`),
         el("dt", {}, "new backend"), el("dd", {}, `${num(s.candidateEvents)} of ${num(s.candidateRequests)}`),
         el("dt", {}, "old backend"), el("dd", {}, `${num(s.baselineEvents)} of ${num(s.baselineRequests)}`),
         el("dt", {}, "p-value"), el("dd", {}, num(s.pValue).toPrecision(2))));
