@@ -67,9 +67,7 @@ func TestDocs_ReadAPI(t *testing.T) {
 				if err != nil || !strings.Contains(string(b), "SWITCHYARD_TRUST_KEY=") {
 					return fmt.Errorf("dev.env not complete: %v", err)
 				}
-				for _, line := range strings.Split(strings.TrimSpace(string(b)), "\n") {
-					env = append(env, line)
-				}
+				env = append(env, strings.Split(strings.TrimSpace(string(b)), "\n")...)
 				return nil
 			}); err != nil {
 				t.Fatal(err)
