@@ -233,6 +233,19 @@ waves:
 		t.Fatalf("history -o json: exit %d, %v\n%s", code, err, out)
 	}
 
+	// watch -o json prints one view per change, each what the API holds
+	// for the rollout; it returns when its context ends.
+	wctx, wcancel := context.WithTimeout(context.Background(), 1500*time.Millisecond)
+	var wout, werr strings.Builder
+	wcode := run(wctx, append([]string{"rollout", "watch", "web-json", "-o", "json"}, nats...), &wout, &werr)
+	wcancel()
+	lines := strings.Split(strings.TrimSpace(wout.String()), "\n")
+	var watched sv1.RolloutView
+	if err := protojson.Unmarshal([]byte(lines[0]), &watched); wcode != exitOK || err != nil || watched.GetRollout().GetId() != "web-json" ||
+		watched.GetPosition() == "" || len(watched.GetNodes()) != 2 {
+		t.Fatalf("watch -o json: exit %d, %v, %s\n%s", wcode, err, werr.String(), wout.String())
+	}
+
 	// coordinator members -o json is what GET /v1/cluster/members answers.
 	code, out, stderr := runCLI(t, "coordinator", "members", "--http", p.httpAddr, "-o", "json")
 	var cli, viaAPI map[string]any
