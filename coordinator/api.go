@@ -305,27 +305,13 @@ func (s *Server) events(w http.ResponseWriter, r *http.Request) {
 	var last []byte
 	var lastSent time.Time
 	for {
-		reason := ""
-		if err := s.readCurrent(); err != nil {
-			reason = err.Error()
-			s.metrics.queries.WithLabelValues(queryStale).Inc()
-		} else {
-			s.metrics.queries.WithLabelValues(queryCurrent).Inc()
-		}
-		ov, err := s.Overview(reason)
-		if err == nil {
-			// Compare without the clock and node ages, which move on
-			// every tick.
-			key := eventKey(ov)
-			if !bytes.Equal(key, last) || time.Since(lastSent) >= 15*time.Second {
-				b, merr := protojson.Marshal(ov)
-				if merr == nil {
-					if _, werr := fmt.Fprintf(w, "event: overview\ndata: %s\n\n", b); werr != nil {
-						return
-					}
-					fl.Flush()
-					last, lastSent = key, time.Now()
+		if ev, err := s.liveEvent(); err == nil {
+			if !bytes.Equal(ev.key, last) || time.Since(lastSent) >= 15*time.Second {
+				if _, werr := fmt.Fprintf(w, "event: overview\ndata: %s\n\n", ev.data); werr != nil {
+					return
 				}
+				fl.Flush()
+				last, lastSent = ev.key, time.Now()
 			}
 		}
 		select {
@@ -336,6 +322,40 @@ func (s *Server) events(w http.ResponseWriter, r *http.Request) {
 		case <-tick.C:
 		}
 	}
+}
+
+// liveEvent is one rendered overview for the live streams, with the key
+// that tells a change. Every open stream shares it: it is built at most
+// once per half eventInterval, so more dashboards cost no more reads.
+type liveEvent struct {
+	data, key []byte
+	at        time.Time
+}
+
+func (s *Server) liveEvent() (*liveEvent, error) {
+	s.eventMu.Lock()
+	defer s.eventMu.Unlock()
+	if ev := s.lastEvent; ev != nil && time.Since(ev.at) < eventInterval/2 {
+		return ev, nil
+	}
+	reason := ""
+	if err := s.readCurrent(); err != nil {
+		reason = err.Error()
+		s.metrics.queries.WithLabelValues(queryStale).Inc()
+	} else {
+		s.metrics.queries.WithLabelValues(queryCurrent).Inc()
+	}
+	ov, err := s.Overview(reason)
+	if err != nil {
+		return nil, err
+	}
+	data, err := protojson.Marshal(ov)
+	if err != nil {
+		return nil, err
+	}
+	// Compare without the clock and node ages, which move on every tick.
+	s.lastEvent = &liveEvent{data: data, key: eventKey(ov), at: time.Now()}
+	return s.lastEvent, nil
 }
 
 // eventKey is the overview without what changes on every tick.

@@ -162,6 +162,9 @@ type Server struct {
 	// closing ends live streams on shutdown.
 	closing   chan struct{}
 	closeOnce sync.Once
+	// lastEvent is the live streams' shared overview (api.go).
+	eventMu   sync.Mutex
+	lastEvent *liveEvent
 	publisher *publisher
 	docs      *bus.Publisher
 
