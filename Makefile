@@ -55,9 +55,10 @@ check: $(BUF) $(BIN)/protoc-gen-go $(BIN)/staticcheck ## formatting, vet, static
 	@echo "== import arrows"; $(GO) test -count=1 -run TestArrows ./internal/arrows/
 
 .PHONY: test
-test: ## run every test with the race detector (installs haproxy and promtool when missing)
+test: ## run every test with the race detector (installs haproxy, promtool and chromium when missing)
 	@scripts/ensure-haproxy
 	@scripts/ensure-promtool
+	@scripts/ensure-chromium
 	$(GO) test -race -count=1 -timeout 30m ./...
 
 .PHONY: demo

@@ -57,6 +57,10 @@ const (
 	QueryIntent   = "intent"
 	QueryFleet    = "fleet"
 	QueryDrills   = "drills"
+	// QueryFleetStatus answers the fleet by service, wave and node.
+	QueryFleetStatus = "fleetstatus"
+	// QuerySeries answers one rollout's per-backend telemetry series.
+	QuerySeries = "series"
 )
 
 // IntentSubjects is the filter of the intent stream.

@@ -10,10 +10,6 @@ import (
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus/promhttp"
-	"google.golang.org/protobuf/encoding/protojson"
-
-	"github.com/switchyard/switchyard/bus"
-	sv1 "github.com/switchyard/switchyard/proto/switchyard/v1"
 )
 
 func (s *Server) startHTTP() error {
@@ -25,33 +21,8 @@ func (s *Server) startHTTP() error {
 		mux.Handle("GET /metrics", promhttp.HandlerFor(s.cfg.Gatherer, promhttp.HandlerOpts{}))
 	}
 	mux.HandleFunc("GET /healthz", s.healthz)
-	mux.HandleFunc("GET /v1/rollouts", func(w http.ResponseWriter, r *http.Request) {
-		// As on the bus: current unless ?stale=true asks for this replica's
-		// view as it is.
-		if r.URL.Query().Get("stale") == "true" {
-			s.metrics.queries.WithLabelValues(queryStale).Inc()
-			w.Header().Set(bus.StaleHeader, s.cfg.NodeID)
-		} else if err := s.readCurrent(); err != nil {
-			s.metrics.queries.WithLabelValues(queryDeclined).Inc()
-			w.Header().Set(bus.NotCurrentHeader, s.cfg.NodeID)
-			http.Error(w, err.Error()+"; ask the leader, or add ?stale=true", http.StatusServiceUnavailable)
-			return
-		} else {
-			s.metrics.queries.WithLabelValues(queryCurrent).Inc()
-		}
-		ans, err := s.Rollouts(&sv1.RolloutsQuery{Rollout: r.URL.Query().Get("name")})
-		if err != nil {
-			http.Error(w, err.Error(), http.StatusNotFound)
-			return
-		}
-		b, err := protojson.MarshalOptions{Multiline: true, EmitUnpopulated: false}.Marshal(ans)
-		if err != nil {
-			http.Error(w, err.Error(), http.StatusInternalServerError)
-			return
-		}
-		w.Header().Set("Content-Type", "application/json")
-		_, _ = w.Write(b)
-	})
+	s.apiRoutes(mux)
+	s.dashboardRoutes(mux)
 	s.clusterRoutes(mux)
 	s.epochRoutes(mux)
 	ln, err := net.Listen("tcp", s.cfg.HTTPAddr)
@@ -60,6 +31,8 @@ func (s *Server) startHTTP() error {
 	}
 	s.httpAddr = ln.Addr()
 	s.httpSrv = &http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second}
+	// Live streams (/v1/events) end when the server shuts down.
+	s.httpSrv.RegisterOnShutdown(func() { s.closeOnce.Do(func() { close(s.closing) }) })
 	if s.clusterTLS != nil {
 		s.httpSrv.ErrorLog = log.New(&handshakeLog{s: s}, "", 0)
 		s.httpSrv.TLSConfig = httpTLS(s.clusterTLS)

@@ -25,6 +25,8 @@ type metrics struct {
 	webhookCalls      *prometheus.CounterVec
 	webhookSeconds    *prometheus.HistogramVec
 	queries           *prometheus.CounterVec
+	eventStreams      prometheus.Gauge
+	viewerRefused     *prometheus.CounterVec
 }
 
 func newMetrics(reg prometheus.Registerer) *metrics {
@@ -104,13 +106,25 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 			Help:    "Time of one webhook call including its retries, by hook point.",
 			Buckets: prometheus.ExponentialBuckets(0.005, 2, 14),
 		}, []string{"point"}),
+		eventStreams: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "switchyard_coordinator_event_streams",
+			Help: "Open read API live streams (/v1/events), such as dashboards.",
+		}),
+		viewerRefused: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "switchyard_coordinator_viewer_refused_total",
+			Help: "Read API and dashboard requests refused for want of a viewer token or cluster certificate, by reason: missing, wrong.",
+		}, []string{"reason"}),
 	}
+	reg.MustRegister(m.eventStreams, m.viewerRefused)
 	reg.MustRegister(m.peerRejected, m.joinFailures, m.diverged, m.divergences, m.queries)
 	reg.MustRegister(m.intentsAccepted, m.intentsRejected, m.publishes, m.publishSeconds,
 		m.raftApply, m.isLeader, m.statusRejected, m.statuses, m.telemetry, m.telemetryRejected, m.decisions,
 		m.webhookCalls, m.webhookSeconds)
 	for _, r := range []string{"written", "renewed", "stale", "replaced_unverified", "error"} {
 		m.publishes.WithLabelValues(r)
+	}
+	for _, r := range []string{"missing", "wrong"} {
+		m.viewerRefused.WithLabelValues(r)
 	}
 	for _, r := range []string{queryCurrent, queryStale, queryDeclined} {
 		m.queries.WithLabelValues(r)

@@ -12,6 +12,7 @@ import (
 	"github.com/switchyard/switchyard/coordinator/hooks"
 	"github.com/switchyard/switchyard/coordinator/rollout"
 	"github.com/switchyard/switchyard/coordinator/state"
+	"github.com/switchyard/switchyard/internal/spec"
 	sv1 "github.com/switchyard/switchyard/proto/switchyard/v1"
 )
 
@@ -35,8 +36,9 @@ func (s *Server) Rollouts(q *sv1.RolloutsQuery) (*sv1.RolloutsAnswer, error) {
 	now := s.cfg.Clock.Now()
 	for _, r := range rollouts {
 		nodes := s.fleet.nodesFor(r.GetSpec().GetService())
+		labelWaves(r, nodes)
 		applied, _ := converged(nodes, bus.Fence{Epoch: st.Epoch(), Generation: r.GetGeneration()})
-		view := &sv1.RolloutView{Rollout: r, Nodes: nodes, Converged: uint32(applied)}
+		view := &sv1.RolloutView{Rollout: r, Nodes: nodes, Converged: uint32(applied), Position: spec.Position(r)}
 		if !state.Terminal(r.GetPhase()) {
 			obs := c.Observe(r, now)
 			d := rollout.Decide(r, obs)
@@ -120,7 +122,7 @@ func (s *Server) Drills(q *sv1.DrillsQuery) (*sv1.DrillsAnswer, error) {
 	} else {
 		drills = st.Drills()
 	}
-	ans := &sv1.DrillsAnswer{}
+	ans := &sv1.DrillsAnswer{KillSwitch: killSwitch(st.Drills())}
 	for _, d := range drills {
 		ans.Drills = append(ans.Drills, &sv1.DrillView{Drill: d, Active: s.fleet.activeFaults(d.GetId())})
 	}

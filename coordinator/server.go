@@ -85,6 +85,10 @@ type Config struct {
 	Clock clock.Clock
 	// Signing signs published documents; its key is required.
 	Signing Signing
+	// ViewerTokenFile holds a token the read API and the dashboard then
+	// require (or a client certificate from the cluster CA); empty leaves
+	// reads open to anyone who reaches HTTPAddr.
+	ViewerTokenFile string
 }
 
 func (c *Config) setDefaults() error {
@@ -162,6 +166,15 @@ type Server struct {
 	// reported wakes the leader's rollout controller when a health report
 	// arrives, so a sequential alarm does not wait for the next tick.
 	reported  chan struct{}
+	series   *seriesBook
+	// viewerToken, when set, is required by reads (viewer.go).
+	viewerToken string
+	// closing ends live streams on shutdown.
+	closing   chan struct{}
+	closeOnce sync.Once
+	// lastEvent is the live streams' shared overview (api.go).
+	eventMu   sync.Mutex
+	lastEvent *liveEvent
 	publisher *publisher
 	docs      *bus.Publisher
 
@@ -187,8 +200,13 @@ func New(cfg Config) (*Server, error) {
 		log:      cfg.Logger.With("coordinator", cfg.NodeID),
 		metrics:  newMetrics(cfg.Registerer),
 		leaderCh: make(chan bool, 16),
+		series:   newSeriesBook(),
+		closing:  make(chan struct{}),
 	}
 	var err error
+	if s.viewerToken, err = loadViewerToken(cfg.ViewerTokenFile); err != nil {
+		return nil, err
+	}
 	if s.clusterTLS, err = cfg.clusterTLS(); err != nil {
 		return nil, err
 	}
@@ -356,10 +374,14 @@ func (s *Server) Run(ctx context.Context) error {
 	s.log.Info("coordinator running", "raft", s.RaftAddr(), "http", s.HTTPAddr())
 
 	runCtx, cancel := context.WithCancel(ctx)
-	s.wg.Add(2)
+	s.wg.Add(3)
 	go func() {
 		defer s.wg.Done()
 		s.monitorLeadership(runCtx)
+	}()
+	go func() {
+		defer s.wg.Done()
+		s.runSeries(runCtx)
 	}()
 	go func() {
 		defer s.wg.Done()
@@ -390,10 +412,12 @@ func (s *Server) subscribe() ([]*nats.Subscription, error) {
 	}
 	subs := []*nats.Subscription{status, telemetry}
 	for name, h := range map[string]nats.MsgHandler{
-		bus.QueryRollouts: serveQuery(s, s.Rollouts),
-		bus.QueryIntent:   serveQuery(s, s.IntentResult),
-		bus.QueryFleet:    serveQuery(s, s.Fleet),
-		bus.QueryDrills:   serveQuery(s, s.Drills),
+		bus.QueryRollouts:    serveQuery(s, s.Rollouts),
+		bus.QueryIntent:      serveQuery(s, s.IntentResult),
+		bus.QueryFleet:       serveQuery(s, s.Fleet),
+		bus.QueryDrills:      serveQuery(s, s.Drills),
+		bus.QueryFleetStatus: serveQuery(s, s.FleetStatus),
+		bus.QuerySeries:      serveQuery(s, s.Series),
 	} {
 		sub, err := s.nc.QueueSubscribe(bus.QuerySubject(name), bus.QueryQueue, h)
 		if err != nil {

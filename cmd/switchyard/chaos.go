@@ -142,6 +142,7 @@ func chaosStatus(ctx context.Context, args []string, stdout, stderr io.Writer) e
 	fs := newFlags("chaos status", stderr)
 	var c clientFlags
 	c.register(fs)
+	c.registerStale(fs, stderr)
 	pos, err := c.parse(fs, args, stderr)
 	if err != nil {
 		return err
@@ -160,6 +161,10 @@ func chaosStatus(ctx context.Context, args []string, stdout, stderr io.Writer) e
 	if c.output == "json" {
 		printJSON(stdout, &ans)
 		return nil
+	}
+	if ks := ans.GetKillSwitch(); ks.GetLiveDrills() > 0 {
+		fmt.Fprintf(stdout, "Kill switch: %d live drill(s) (running: %s); switchyard chaos stop-all ends them\n\n",
+			ks.GetLiveDrills(), orDash(strings.Join(ks.GetRunning(), ",")))
 	}
 	if len(ans.GetDrills()) == 0 {
 		fmt.Fprintln(stdout, "no drills")

@@ -93,6 +93,8 @@ type coordinatorFile struct {
 	Replicas        int            `yaml:"replicas"`
 	// Signing is the key that signs published documents.
 	Signing signingFlags `yaml:"signing"`
+	// ViewerTokenFile holds the token the read API and dashboard require.
+	ViewerTokenFile string `yaml:"viewerTokenFile"`
 }
 
 func loadCoordinatorFile(path string, cfg *coordinator.Config, signing *signingFlags) error {
@@ -123,6 +125,7 @@ func loadCoordinatorFile(path string, cfg *coordinator.Config, signing *signingF
 	set(&cfg.ClusterTLS.CA, f.Cluster.CA)
 	set(&cfg.ClusterTLS.Cert, f.Cluster.Cert)
 	set(&cfg.ClusterTLS.Key, f.Cluster.Key)
+	set(&cfg.ViewerTokenFile, f.ViewerTokenFile)
 	if f.BootstrapExpect != nil {
 		cfg.BootstrapExpect = *f.BootstrapExpect
 	}
@@ -158,7 +161,7 @@ func runCoordinator(ctx context.Context, args []string, stdout, stderr io.Writer
 		signing   signingFlags
 		trusted   stringList
 	)
-	configFile := fs.String("config", "", "YAML config file with the same keys (nodeId, dataDir, raftAddr, httpAddr, nats, natsClient {creds, ca, cert, key}, clusterTLS {ca, cert, key}, bootstrapExpect, retryJoin, replicas, signing {key, trusted, validity}); flags override it")
+	configFile := fs.String("config", "", "YAML config file with the same keys (nodeId, dataDir, raftAddr, httpAddr, nats, natsClient {creds, ca, cert, key}, clusterTLS {ca, cert, key}, bootstrapExpect, retryJoin, replicas, signing {key, trusted, validity}, viewerTokenFile); flags override it")
 	fs.StringVar(&cfg.NodeID, "node-id", "", "this coordinator's id in the cluster (required)")
 	fs.StringVar(&cfg.DataDir, "data-dir", "", "directory for the Raft log and snapshots (required)")
 	fs.StringVar(&cfg.RaftAddr, "raft-addr", "127.0.0.1:7000", "address Raft listens on and other coordinators reach it at")
@@ -171,6 +174,7 @@ func runCoordinator(ctx context.Context, args []string, stdout, stderr io.Writer
 	fs.StringVar(&signing.Key, "signing-key", envOr("SWITCHYARD_SIGNING_KEY", ""), "private key file that signs every published document (env SWITCHYARD_SIGNING_KEY; create with `switchyard keys generate`)")
 	fs.Var(&trusted, "trusted-key", "another public key (ed25519:... or a .pub file) whose documents in the buckets count during a key rotation (repeatable)")
 	fs.DurationVar(&signing.Validity, "signing-validity", 0, "how long a signed document stays current on the agents; re-signed when half is left (default 1h)")
+	fs.StringVar(&cfg.ViewerTokenFile, "viewer-token-file", "", "file holding a token the read API and the dashboard then require (Authorization: Bearer, or /ui/?token= once in a browser); a client certificate from the cluster CA also passes. Empty: reads are open to whoever reaches --http-addr")
 	fs.IntVar(&cfg.Replicas, "replicas", 0, "replicas of the intent stream and the buckets (1..5); 0 matches the NATS cluster: 3 on 3 or more servers, else 1. Never lowers what a stream has")
 	logf.register(fs)
 	if err := parse(fs, args); err != nil {
@@ -207,6 +211,7 @@ func runCoordinator(ctx context.Context, args []string, stdout, stderr io.Writer
 		pick("cluster-ca", &cluster.files.CA, fromFile.ClusterTLS.CA)
 		pick("cluster-cert", &cluster.files.Cert, fromFile.ClusterTLS.Cert)
 		pick("cluster-key", &cluster.files.Key, fromFile.ClusterTLS.Key)
+		pick("viewer-token-file", &cfg.ViewerTokenFile, fromFile.ViewerTokenFile)
 		if !given["bootstrap-expect"] && fromFile.BootstrapExpect != 0 {
 			cfg.BootstrapExpect = fromFile.BootstrapExpect
 		}
@@ -254,6 +259,9 @@ func coordinatorMembers(ctx context.Context, args []string, stdout, stderr io.Wr
 	cluster.register(fs)
 	if err := parse(fs, args); err != nil {
 		return err
+	}
+	if *output != "table" && *output != "json" {
+		return usageErr(stderr, "-o %q: want table or json", *output)
 	}
 	client, err := cluster.client()
 	if err != nil {

@@ -24,6 +24,7 @@ func runDev(ctx context.Context, args []string, stdout, stderr io.Writer) error 
 		httpAddr = fs.String("http-addr", "127.0.0.1:7070", "coordinator HTTP address; port 0 picks a free one")
 		raftAddr = fs.String("raft-addr", "127.0.0.1:0", "coordinator Raft address; port 0 picks a free one")
 		validity = fs.Duration("signing-validity", 0, "how long a signed document stays current on the agents (default 1h)")
+		viewer   = fs.String("viewer-token-file", "", "file holding a token the read API and the dashboard then require (docs/dashboard.md)")
 		logf     logFlags
 	)
 	logf.register(fs)
@@ -92,6 +93,7 @@ func runDev(ctx context.Context, args []string, stdout, stderr io.Writer) error 
 		Logger:          log,
 		Registerer:      reg,
 		Gatherer:        reg,
+		ViewerTokenFile: *viewer,
 	})
 	if err != nil {
 		return err
@@ -105,6 +107,7 @@ func runDev(ctx context.Context, args []string, stdout, stderr io.Writer) error 
 	fmt.Fprintf(stdout, "SWITCHYARD_NATS_CREDS=%s\n", sec.operatorCreds)
 	fmt.Fprintf(stdout, "SWITCHYARD_AUTH_DIR=%s\n", sec.setup.Dir())
 	fmt.Fprintf(stdout, "SWITCHYARD_HTTP=http://%s\n", srv.HTTPAddr())
+	fmt.Fprintf(stdout, "SWITCHYARD_DASHBOARD=http://%s/ui/\n", srv.HTTPAddr())
 	// Agents list this file (or its one line) under trust.keys.
 	fmt.Fprintf(stdout, "SWITCHYARD_TRUST_KEY=%s.pub\n", keyPath)
 	log.Info("dev control plane ready", "nats", ns.ClientURL(), "data", dir,

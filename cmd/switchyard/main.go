@@ -41,7 +41,8 @@ Usage:
   switchyard rollout apply -f FILE  start a rollout
   switchyard rollout status [NAME]  show rollouts and how far the fleet followed
   switchyard rollout ...            plan, watch, pause, resume, approve, promote, abort, undo,
-                                    history, simulate (see 'switchyard rollout help')
+                                    list, history, series, simulate (see 'switchyard rollout help')
+  switchyard fleet status [SERVICE] the fleet by service, wave and node
   switchyard chaos run -f FILE      schedule a chaos drill (see 'switchyard chaos help')
   switchyard coordinator members    the coordinator cluster
   switchyard auth ...               NATS identities (init, issue, revoke, push, list) and
@@ -52,6 +53,8 @@ Usage:
 Run 'switchyard <command> -h' for a command's flags.
 Client commands take --nats URL, --nats-creds FILE and --nats-ca FILE, or the
 SWITCHYARD_NATS, SWITCHYARD_NATS_CREDS and SWITCHYARD_NATS_CA environment variables.
+Read verbs print tables, or with -o json what the read API answers (docs/api.md).
+The web dashboard is at https://COORDINATOR-HTTP-ADDRESS/ui/ (docs/dashboard.md).
 `
 
 func main() {
@@ -80,6 +83,8 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 		err = runKeys(ctx, args[1:], stdout, stderr)
 	case "chaos":
 		err = runChaos(ctx, args[1:], stdout, stderr)
+	case "fleet":
+		err = runFleet(ctx, args[1:], stdout, stderr)
 	case "auth":
 		err = runAuth(ctx, args[1:], stdout, stderr)
 	case "--version", "-version", "version":

@@ -30,8 +30,10 @@ const rolloutUsage = `Usage:
   switchyard rollout apply -f FILE          start a rollout
   switchyard rollout plan -f FILE           dry run: steps, nodes per wave, guardrails; changes nothing
   switchyard rollout status [NAME]          every rollout, or one in detail
+  switchyard rollout list                   every rollout (status without a NAME)
   switchyard rollout watch NAME             live view until the rollout ends (exit 1 if rolled back)
   switchyard rollout history NAME           every committed change of a rollout
+  switchyard rollout series NAME            per-backend error rate and latency quantiles over its life
   switchyard rollout pause NAME             stop advancing (guardrails still act)
   switchyard rollout resume NAME
   switchyard rollout approve NAME           pass the gate the rollout waits at
@@ -154,6 +156,10 @@ func runRollout(ctx context.Context, args []string, stdout, stderr io.Writer) er
 		return rolloutApply(ctx, args[1:], stdout, stderr)
 	case "status":
 		return rolloutStatus(ctx, args[1:], stdout, stderr)
+	case "list":
+		return rolloutList(ctx, args[1:], stdout, stderr)
+	case "series":
+		return rolloutSeries(ctx, args[1:], stdout, stderr)
 	case "abort", "undo", "pause", "resume", "approve", "promote":
 		return rolloutControl(ctx, args[0], args[1:], stdout, stderr)
 	case "plan":
@@ -377,14 +383,22 @@ func query(ctx context.Context, c clientFlags, name string, req, out proto.Messa
 }
 
 func rolloutStatus(ctx context.Context, args []string, stdout, stderr io.Writer) error {
-	fs := newFlags("rollout status", stderr)
+	return rolloutRead(ctx, "status", args, stdout, stderr)
+}
+
+// rolloutRead is rollout status (every rollout, or one NAME in detail) and
+// rollout list (every rollout).
+func rolloutRead(ctx context.Context, verb string, args []string, stdout, stderr io.Writer) error {
+	fs := newFlags("rollout "+verb, stderr)
 	var c clientFlags
 	c.register(fs)
-	fs.BoolVar(&c.stale, "stale", false, "accept an answer from any coordinator's own replica, which may lag the leader (said on stderr)")
-	c.notice = stderr
+	c.registerStale(fs, stderr)
 	pos, err := c.parse(fs, args, stderr)
 	if err != nil {
 		return err
+	}
+	if verb == "list" && len(pos) > 0 {
+		return usageErr(stderr, "switchyard rollout list: takes no NAME (use rollout status NAME)")
 	}
 	if len(pos) > 1 {
 		return usageErr(stderr, "switchyard rollout status: want at most one rollout NAME")
@@ -407,6 +421,11 @@ func rolloutStatus(ctx context.Context, args []string, stdout, stderr io.Writer)
 	}
 	printRolloutTable(stdout, ans.GetRollouts())
 	return nil
+}
+
+// rolloutList is status without a NAME: every rollout, one line each.
+func rolloutList(ctx context.Context, args []string, stdout, stderr io.Writer) error {
+	return rolloutRead(ctx, "list", args, stdout, stderr)
 }
 
 func queryRollouts(ctx context.Context, c clientFlags, q *sv1.RolloutsQuery) (*sv1.RolloutsAnswer, error) {

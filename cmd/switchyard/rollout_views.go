@@ -11,6 +11,8 @@ import (
 	"text/tabwriter"
 	"time"
 
+	"google.golang.org/protobuf/encoding/protojson"
+
 	"github.com/switchyard/switchyard/bus"
 	"github.com/switchyard/switchyard/coordinator/rollout"
 	"github.com/switchyard/switchyard/coordinator/state"
@@ -20,25 +22,7 @@ import (
 )
 
 // position says where a rollout is: wave, step and the new backend's share.
-func position(r *sv1.Rollout) string {
-	switch r.GetPhase() {
-	case sv1.RolloutPhase_ROLLOUT_PHASE_PROMOTED, sv1.RolloutPhase_ROLLOUT_PHASE_COMPLETED:
-		return "every wave on " + r.GetSpec().GetTo()
-	case sv1.RolloutPhase_ROLLOUT_PHASE_ROLLING_BACK, sv1.RolloutPhase_ROLLOUT_PHASE_ROLLED_BACK:
-		return "every node back on " + r.GetSpec().GetFrom()
-	}
-	plan := spec.Compile(r.GetSpec())
-	w, s := int(r.GetWave()), int(r.GetStep())
-	if w >= len(plan) {
-		return "-"
-	}
-	pw := plan[w]
-	if s >= len(pw.Steps) {
-		return fmt.Sprintf("wave %d/%d %s done, %s at 100%%", w+1, len(plan), pw.Wave.GetName(), r.GetSpec().GetTo())
-	}
-	return fmt.Sprintf("wave %d/%d %s, step %d/%d %s, %s at %d%%", w+1, len(plan), pw.Wave.GetName(), s+1, len(pw.Steps),
-		spec.DescribeStep(pw.Steps[s]), r.GetSpec().GetTo(), spec.WeightAt(pw.Steps, s))
-}
+func position(r *sv1.Rollout) string { return spec.Position(r) }
 
 func printWindows(w io.Writer, wins []*sv1.WindowEvidence) {
 	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
@@ -68,6 +52,7 @@ func rolloutHistory(ctx context.Context, args []string, stdout, stderr io.Writer
 	fs := newFlags("rollout history", stderr)
 	var c clientFlags
 	c.register(fs)
+	c.registerStale(fs, stderr)
 	pos, err := c.parse(fs, args, stderr)
 	if err != nil {
 		return err
@@ -246,7 +231,7 @@ func rolloutWatch(ctx context.Context, args []string, stdout, stderr io.Writer) 
 	var c clientFlags
 	c.register(fs)
 	every := fs.Duration("interval", time.Second, "refresh interval")
-	pos, err := parseInterleaved(fs, args)
+	pos, err := c.parse(fs, args, stderr)
 	if err != nil {
 		return err
 	}
@@ -262,7 +247,12 @@ func rolloutWatch(ctx context.Context, args []string, stdout, stderr io.Writer) 
 		}
 		v := ans.GetRollouts()[0]
 		frame := renderWatch(v)
-		if frame != last {
+		if frame != last && c.output == "json" {
+			// One line per change, each what GET /v1/rollouts/NAME holds.
+			b, _ := protojson.Marshal(v)
+			fmt.Fprintln(stdout, string(b))
+			last = frame
+		} else if frame != last {
 			if tty {
 				fmt.Fprint(stdout, "\033[H\033[2J")
 			} else {

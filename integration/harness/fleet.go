@@ -71,6 +71,9 @@ type FleetOptions struct {
 	Envoy func(i int) bool
 	// XDSClient is the integration/xdsclient binary; required with Envoy.
 	XDSClient string
+	// DevArgs are more flags for `switchyard dev` (e.g.
+	// --viewer-token-file).
+	DevArgs []string
 }
 
 // AgentHook is one hook of an agent config.
@@ -221,14 +224,14 @@ func (f *Fleet) startDev(ctx context.Context) error {
 	f.Dev, err = StartProcess(ProcessSpec{
 		Name: "dev",
 		Path: f.opts.Switchyard,
-		Args: []string{"dev",
+		Args: append([]string{"dev",
 			"--data-dir", dataDir,
 			// dev listens on NATS's well-known 4222 by default; a test
 			// fleet must never take a fixed port.
 			"--nats-port", "0",
 			"--http-addr", f.CoordinatorHTTP,
 			"--raft-addr", "127.0.0.1:" + strconv.Itoa(raftPort),
-		},
+		}, f.opts.DevArgs...),
 		LogDir: filepath.Join(f.opts.Dir, "logs"),
 	})
 	if err != nil {

@@ -146,7 +146,10 @@ type RolloutView struct {
 	// Windows are the latest closed analysis windows, oldest first.
 	Windows []*WindowEvidence `protobuf:"bytes,5,rep,name=windows,proto3" json:"windows,omitempty"`
 	// Analysis says in words where the sequential tests stand.
-	Analysis      string `protobuf:"bytes,40,opt,name=analysis,proto3" json:"analysis,omitempty"`
+	Analysis string `protobuf:"bytes,40,opt,name=analysis,proto3" json:"analysis,omitempty"`
+	// Position says in words where the rollout is: wave, step and the new
+	// backend's share.
+	Position      string `protobuf:"bytes,90,opt,name=position,proto3" json:"position,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -223,6 +226,13 @@ func (x *RolloutView) GetAnalysis() string {
 	return ""
 }
 
+func (x *RolloutView) GetPosition() string {
+	if x != nil {
+		return x.Position
+	}
+	return ""
+}
+
 // NodeView is one node's last reported state for one service.
 type NodeView struct {
 	state             protoimpl.MessageState `protogen:"open.v1"`
@@ -254,7 +264,10 @@ type NodeView struct {
 	// Drift says what the agent found wrong on its proxy, while unrepaired.
 	Drift string `protobuf:"bytes,62,opt,name=drift,proto3" json:"drift,omitempty"`
 	// Hooks names the hooks the node's agent config defines.
-	Hooks         []string `protobuf:"bytes,51,rep,name=hooks,proto3" json:"hooks,omitempty"`
+	Hooks []string `protobuf:"bytes,51,rep,name=hooks,proto3" json:"hooks,omitempty"`
+	// Wave names the wave of the service's latest rollout that takes the
+	// node; "-" when none does, empty when the service has no rollout.
+	Wave          string `protobuf:"bytes,90,opt,name=wave,proto3" json:"wave,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -399,6 +412,13 @@ func (x *NodeView) GetHooks() []string {
 		return x.Hooks
 	}
 	return nil
+}
+
+func (x *NodeView) GetWave() string {
+	if x != nil {
+		return x.Wave
+	}
+	return ""
 }
 
 // FleetQuery asks for the nodes that run a service.
@@ -584,8 +604,10 @@ func (x *DrillsQuery) GetDrill() string {
 
 // DrillsAnswer lists drills with what the fleet reports of them.
 type DrillsAnswer struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	Drills        []*DrillView           `protobuf:"bytes,1,rep,name=drills,proto3" json:"drills,omitempty"`
+	state  protoimpl.MessageState `protogen:"open.v1"`
+	Drills []*DrillView           `protobuf:"bytes,1,rep,name=drills,proto3" json:"drills,omitempty"`
+	// KillSwitch is what `switchyard chaos stop-all` would end now.
+	KillSwitch    *KillSwitch `protobuf:"bytes,90,opt,name=kill_switch,json=killSwitch,proto3" json:"kill_switch,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -623,6 +645,13 @@ func (*DrillsAnswer) Descriptor() ([]byte, []int) {
 func (x *DrillsAnswer) GetDrills() []*DrillView {
 	if x != nil {
 		return x.Drills
+	}
+	return nil
+}
+
+func (x *DrillsAnswer) GetKillSwitch() *KillSwitch {
+	if x != nil {
+		return x.KillSwitch
 	}
 	return nil
 }
@@ -681,6 +710,61 @@ func (x *DrillView) GetActive() []string {
 	return nil
 }
 
+// KillSwitch is the state of `switchyard chaos stop-all`.
+type KillSwitch struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// LiveDrills counts the scheduled and running drills stop-all would end.
+	LiveDrills uint32 `protobuf:"varint,1,opt,name=live_drills,json=liveDrills,proto3" json:"live_drills,omitempty"`
+	// Running names the running drills.
+	Running       []string `protobuf:"bytes,2,rep,name=running,proto3" json:"running,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *KillSwitch) Reset() {
+	*x = KillSwitch{}
+	mi := &file_switchyard_v1_query_proto_msgTypes[10]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *KillSwitch) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*KillSwitch) ProtoMessage() {}
+
+func (x *KillSwitch) ProtoReflect() protoreflect.Message {
+	mi := &file_switchyard_v1_query_proto_msgTypes[10]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use KillSwitch.ProtoReflect.Descriptor instead.
+func (*KillSwitch) Descriptor() ([]byte, []int) {
+	return file_switchyard_v1_query_proto_rawDescGZIP(), []int{10}
+}
+
+func (x *KillSwitch) GetLiveDrills() uint32 {
+	if x != nil {
+		return x.LiveDrills
+	}
+	return 0
+}
+
+func (x *KillSwitch) GetRunning() []string {
+	if x != nil {
+		return x.Running
+	}
+	return nil
+}
+
 var File_switchyard_v1_query_proto protoreflect.FileDescriptor
 
 const file_switchyard_v1_query_proto_rawDesc = "" +
@@ -692,14 +776,15 @@ const file_switchyard_v1_query_proto_rawDesc = "" +
 	"\brollouts\x18\x01 \x03(\v2\x1a.switchyard.v1.RolloutViewR\brollouts\x12\x1f\n" +
 	"\vanswered_by\x18\x02 \x01(\tR\n" +
 	"answeredBy\x12\x16\n" +
-	"\x06leader\x18\x03 \x01(\tR\x06leader\"\xfb\x01\n" +
+	"\x06leader\x18\x03 \x01(\tR\x06leader\"\x97\x02\n" +
 	"\vRolloutView\x120\n" +
 	"\arollout\x18\x01 \x01(\v2\x16.switchyard.v1.RolloutR\arollout\x12-\n" +
 	"\x05nodes\x18\x02 \x03(\v2\x17.switchyard.v1.NodeViewR\x05nodes\x12\x1c\n" +
 	"\tconverged\x18\x03 \x01(\rR\tconverged\x12\x18\n" +
 	"\awaiting\x18\x04 \x01(\tR\awaiting\x127\n" +
 	"\awindows\x18\x05 \x03(\v2\x1d.switchyard.v1.WindowEvidenceR\awindows\x12\x1a\n" +
-	"\banalysis\x18( \x01(\tR\banalysis\"\xe9\x06\n" +
+	"\banalysis\x18( \x01(\tR\banalysis\x12\x1a\n" +
+	"\bposition\x18Z \x01(\tR\bposition\"\xfd\x06\n" +
 	"\bNodeView\x12\x12\n" +
 	"\x04node\x18\x01 \x01(\tR\x04node\x12-\n" +
 	"\x12applied_generation\x18\x02 \x01(\x04R\x11appliedGeneration\x12>\n" +
@@ -716,7 +801,8 @@ const file_switchyard_v1_query_proto_rawDesc = "" +
 	"\x10observed_weights\x18< \x03(\v2,.switchyard.v1.NodeView.ObservedWeightsEntryR\x0fobservedWeights\x12)\n" +
 	"\x10observed_matches\x18= \x01(\bR\x0fobservedMatches\x12\x14\n" +
 	"\x05drift\x18> \x01(\tR\x05drift\x12\x14\n" +
-	"\x05hooks\x183 \x03(\tR\x05hooks\x1a:\n" +
+	"\x05hooks\x183 \x03(\tR\x05hooks\x12\x12\n" +
+	"\x04wave\x18Z \x01(\tR\x04wave\x1a:\n" +
 	"\fWeightsEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
 	"\x05value\x18\x02 \x01(\rR\x05value:\x028\x01\x1a9\n" +
@@ -734,12 +820,19 @@ const file_switchyard_v1_query_proto_rawDesc = "" +
 	"\vIntentQuery\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\tR\x02id\"#\n" +
 	"\vDrillsQuery\x12\x14\n" +
-	"\x05drill\x18\x01 \x01(\tR\x05drill\"@\n" +
+	"\x05drill\x18\x01 \x01(\tR\x05drill\"|\n" +
 	"\fDrillsAnswer\x120\n" +
-	"\x06drills\x18\x01 \x03(\v2\x18.switchyard.v1.DrillViewR\x06drills\"O\n" +
+	"\x06drills\x18\x01 \x03(\v2\x18.switchyard.v1.DrillViewR\x06drills\x12:\n" +
+	"\vkill_switch\x18Z \x01(\v2\x19.switchyard.v1.KillSwitchR\n" +
+	"killSwitch\"O\n" +
 	"\tDrillView\x12*\n" +
 	"\x05drill\x18\x01 \x01(\v2\x14.switchyard.v1.DrillR\x05drill\x12\x16\n" +
-	"\x06active\x18\x02 \x03(\tR\x06activeBCZAgithub.com/switchyard/switchyard/proto/switchyard/v1;switchyardv1b\x06proto3"
+	"\x06active\x18\x02 \x03(\tR\x06active\"G\n" +
+	"\n" +
+	"KillSwitch\x12\x1f\n" +
+	"\vlive_drills\x18\x01 \x01(\rR\n" +
+	"liveDrills\x12\x18\n" +
+	"\arunning\x18\x02 \x03(\tR\arunningBCZAgithub.com/switchyard/switchyard/proto/switchyard/v1;switchyardv1b\x06proto3"
 
 var (
 	file_switchyard_v1_query_proto_rawDescOnce sync.Once
@@ -753,7 +846,7 @@ func file_switchyard_v1_query_proto_rawDescGZIP() []byte {
 	return file_switchyard_v1_query_proto_rawDescData
 }
 
-var file_switchyard_v1_query_proto_msgTypes = make([]protoimpl.MessageInfo, 13)
+var file_switchyard_v1_query_proto_msgTypes = make([]protoimpl.MessageInfo, 14)
 var file_switchyard_v1_query_proto_goTypes = []any{
 	(*RolloutsQuery)(nil),  // 0: switchyard.v1.RolloutsQuery
 	(*RolloutsAnswer)(nil), // 1: switchyard.v1.RolloutsAnswer
@@ -765,33 +858,35 @@ var file_switchyard_v1_query_proto_goTypes = []any{
 	(*DrillsQuery)(nil),    // 7: switchyard.v1.DrillsQuery
 	(*DrillsAnswer)(nil),   // 8: switchyard.v1.DrillsAnswer
 	(*DrillView)(nil),      // 9: switchyard.v1.DrillView
-	nil,                    // 10: switchyard.v1.NodeView.WeightsEntry
-	nil,                    // 11: switchyard.v1.NodeView.LabelsEntry
-	nil,                    // 12: switchyard.v1.NodeView.ObservedWeightsEntry
-	(*Rollout)(nil),        // 13: switchyard.v1.Rollout
-	(*WindowEvidence)(nil), // 14: switchyard.v1.WindowEvidence
-	(DriverHealth)(0),      // 15: switchyard.v1.DriverHealth
-	(*HookRun)(nil),        // 16: switchyard.v1.HookRun
-	(*Drill)(nil),          // 17: switchyard.v1.Drill
+	(*KillSwitch)(nil),     // 10: switchyard.v1.KillSwitch
+	nil,                    // 11: switchyard.v1.NodeView.WeightsEntry
+	nil,                    // 12: switchyard.v1.NodeView.LabelsEntry
+	nil,                    // 13: switchyard.v1.NodeView.ObservedWeightsEntry
+	(*Rollout)(nil),        // 14: switchyard.v1.Rollout
+	(*WindowEvidence)(nil), // 15: switchyard.v1.WindowEvidence
+	(DriverHealth)(0),      // 16: switchyard.v1.DriverHealth
+	(*HookRun)(nil),        // 17: switchyard.v1.HookRun
+	(*Drill)(nil),          // 18: switchyard.v1.Drill
 }
 var file_switchyard_v1_query_proto_depIdxs = []int32{
 	2,  // 0: switchyard.v1.RolloutsAnswer.rollouts:type_name -> switchyard.v1.RolloutView
-	13, // 1: switchyard.v1.RolloutView.rollout:type_name -> switchyard.v1.Rollout
+	14, // 1: switchyard.v1.RolloutView.rollout:type_name -> switchyard.v1.Rollout
 	3,  // 2: switchyard.v1.RolloutView.nodes:type_name -> switchyard.v1.NodeView
-	14, // 3: switchyard.v1.RolloutView.windows:type_name -> switchyard.v1.WindowEvidence
-	10, // 4: switchyard.v1.NodeView.weights:type_name -> switchyard.v1.NodeView.WeightsEntry
-	15, // 5: switchyard.v1.NodeView.driver:type_name -> switchyard.v1.DriverHealth
-	11, // 6: switchyard.v1.NodeView.labels:type_name -> switchyard.v1.NodeView.LabelsEntry
-	16, // 7: switchyard.v1.NodeView.hook_runs:type_name -> switchyard.v1.HookRun
-	12, // 8: switchyard.v1.NodeView.observed_weights:type_name -> switchyard.v1.NodeView.ObservedWeightsEntry
+	15, // 3: switchyard.v1.RolloutView.windows:type_name -> switchyard.v1.WindowEvidence
+	11, // 4: switchyard.v1.NodeView.weights:type_name -> switchyard.v1.NodeView.WeightsEntry
+	16, // 5: switchyard.v1.NodeView.driver:type_name -> switchyard.v1.DriverHealth
+	12, // 6: switchyard.v1.NodeView.labels:type_name -> switchyard.v1.NodeView.LabelsEntry
+	17, // 7: switchyard.v1.NodeView.hook_runs:type_name -> switchyard.v1.HookRun
+	13, // 8: switchyard.v1.NodeView.observed_weights:type_name -> switchyard.v1.NodeView.ObservedWeightsEntry
 	3,  // 9: switchyard.v1.FleetAnswer.nodes:type_name -> switchyard.v1.NodeView
 	9,  // 10: switchyard.v1.DrillsAnswer.drills:type_name -> switchyard.v1.DrillView
-	17, // 11: switchyard.v1.DrillView.drill:type_name -> switchyard.v1.Drill
-	12, // [12:12] is the sub-list for method output_type
-	12, // [12:12] is the sub-list for method input_type
-	12, // [12:12] is the sub-list for extension type_name
-	12, // [12:12] is the sub-list for extension extendee
-	0,  // [0:12] is the sub-list for field type_name
+	10, // 11: switchyard.v1.DrillsAnswer.kill_switch:type_name -> switchyard.v1.KillSwitch
+	18, // 12: switchyard.v1.DrillView.drill:type_name -> switchyard.v1.Drill
+	13, // [13:13] is the sub-list for method output_type
+	13, // [13:13] is the sub-list for method input_type
+	13, // [13:13] is the sub-list for extension type_name
+	13, // [13:13] is the sub-list for extension extendee
+	0,  // [0:13] is the sub-list for field type_name
 }
 
 func init() { file_switchyard_v1_query_proto_init() }
@@ -809,7 +904,7 @@ func file_switchyard_v1_query_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_switchyard_v1_query_proto_rawDesc), len(file_switchyard_v1_query_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   13,
+			NumMessages:   14,
 			NumExtensions: 0,
 			NumServices:   0,
 		},

@@ -1,0 +1,380 @@
+package coordinator
+
+import (
+	"bytes"
+	"context"
+	"fmt"
+	"net/http"
+	"slices"
+	"time"
+
+	"google.golang.org/protobuf/encoding/protojson"
+	"google.golang.org/protobuf/proto"
+	"google.golang.org/protobuf/types/known/timestamppb"
+
+	"github.com/switchyard/switchyard/bus"
+	"github.com/switchyard/switchyard/coordinator/state"
+	"github.com/switchyard/switchyard/internal/desired"
+	"github.com/switchyard/switchyard/internal/spec"
+	sv1 "github.com/switchyard/switchyard/proto/switchyard/v1"
+)
+
+// eventInterval is how often the live stream (/v1/events) sends the
+// overview.
+const eventInterval = time.Second
+
+// apiJSON is how the read API and the CLI's -o json render answers:
+// protojson, lowerCamelCase names, zero values left out, 64-bit integers
+// as strings.
+var apiJSON = protojson.MarshalOptions{Multiline: true, Indent: "  "}
+
+// FleetStatus answers with the fleet by service, wave and node.
+func (s *Server) FleetStatus(q *sv1.FleetStatusQuery) (*sv1.FleetStatus, error) {
+	_, leader := s.raft.LeaderWithID()
+	ans := &sv1.FleetStatus{AnsweredBy: s.cfg.NodeID, Leader: string(leader)}
+	st := s.fsm.State()
+	services := s.fleet.services()
+	for _, svc := range st.Services() {
+		if !slices.Contains(services, svc) {
+			services = append(services, svc)
+		}
+	}
+	slices.Sort(services)
+	if q.GetService() != "" {
+		if !slices.Contains(services, q.GetService()) {
+			return nil, fmt.Errorf("service: no node runs %q and it has no desired state (known: %v)", q.GetService(), services)
+		}
+		services = []string{q.GetService()}
+	}
+	latest := map[string]*sv1.Rollout{}
+	for _, r := range st.Rollouts() { // newest first
+		if _, ok := latest[r.GetSpec().GetService()]; !ok {
+			latest[r.GetSpec().GetService()] = r
+		}
+	}
+	for _, svc := range services {
+		sf := &sv1.ServiceFleet{Service: svc}
+		epoch, gen, ok := st.DesiredFence(svc)
+		if ok {
+			sf.Epoch, sf.Generation = epoch, gen
+		}
+		nodes := s.fleet.nodesFor(svc)
+		r := latest[svc]
+		labelWaves(r, nodes)
+		if r != nil {
+			sf.Rollout = r.GetId()
+		}
+		applied, live := converged(nodes, bus.Fence{Epoch: epoch, Generation: gen})
+		if ok {
+			sf.Converged = uint32(applied)
+		}
+		sf.Live = uint32(live)
+		for _, n := range nodes {
+			if n.GetStale() {
+				sf.StaleNodes = append(sf.StaleNodes, n.GetNode())
+			}
+		}
+		sf.Waves = groupWaves(r, nodes)
+		ans.Services = append(ans.Services, sf)
+	}
+	return ans, nil
+}
+
+// labelWaves sets each node's wave: the first wave of the rollout, in spec
+// order, that takes it, as agents compute it; "-" for none.
+func labelWaves(r *sv1.Rollout, nodes []*sv1.NodeView) {
+	if r == nil {
+		return
+	}
+	plan := spec.Compile(r.GetSpec())
+	for _, n := range nodes {
+		n.Wave = "-"
+		for _, pw := range plan {
+			ww := &sv1.WaveWeights{Selector: pw.Wave.GetSelector(), BasisPoints: pw.Wave.GetBasisPoints()}
+			if desired.InWave(r.GetId(), n.GetNode(), n.GetLabels(), ww) {
+				n.Wave = pw.Wave.GetName()
+				break
+			}
+		}
+	}
+}
+
+// groupWaves puts labelled nodes into the rollout's waves in spec order,
+// then the nodes no wave takes; without a rollout, all in one group "-".
+func groupWaves(r *sv1.Rollout, nodes []*sv1.NodeView) []*sv1.WaveNodes {
+	var out []*sv1.WaveNodes
+	if r != nil {
+		for i, pw := range spec.Compile(r.GetSpec()) {
+			out = append(out, &sv1.WaveNodes{Wave: pw.Wave.GetName(), Index: int32(i)})
+		}
+	}
+	none := &sv1.WaveNodes{Wave: "-", Index: -1}
+	for _, n := range nodes {
+		placed := false
+		for _, w := range out {
+			if w.GetWave() == n.GetWave() {
+				w.Nodes = append(w.Nodes, n)
+				placed = true
+				break
+			}
+		}
+		if !placed {
+			none.Nodes = append(none.Nodes, n)
+		}
+	}
+	if len(none.GetNodes()) > 0 {
+		out = append(out, none)
+	}
+	return out
+}
+
+// services lists the services any node reports, sorted.
+func (f *fleet) services() []string {
+	f.mu.RLock()
+	defer f.mu.RUnlock()
+	var out []string
+	for _, n := range f.nodes {
+		for _, svc := range n.status.GetServices() {
+			if !slices.Contains(out, svc.GetService()) {
+				out = append(out, svc.GetService())
+			}
+		}
+	}
+	slices.Sort(out)
+	return out
+}
+
+// killSwitch says what `switchyard chaos stop-all` would end now.
+func killSwitch(drills []*sv1.Drill) *sv1.KillSwitch {
+	ks := &sv1.KillSwitch{}
+	for _, d := range drills {
+		if state.DrillLive(d.GetPhase()) {
+			ks.LiveDrills++
+			if d.GetPhase() == sv1.DrillPhase_DRILL_PHASE_RUNNING {
+				ks.Running = append(ks.Running, d.GetId())
+			}
+		}
+	}
+	return ks
+}
+
+// Series answers with a rollout's per-backend series over its life.
+func (s *Server) Series(q *sv1.SeriesQuery) (*sv1.RolloutSeries, error) {
+	if q.GetRollout() == "" {
+		return nil, fmt.Errorf("rollout: required")
+	}
+	if s.fsm.State().Rollout(q.GetRollout()) == nil {
+		return nil, fmt.Errorf("rollout: no rollout named %q", q.GetRollout())
+	}
+	if sr := s.series.series(q.GetRollout()); sr != nil {
+		return sr, nil
+	}
+	r := s.fsm.State().Rollout(q.GetRollout())
+	return &sv1.RolloutSeries{Rollout: r.GetId(), Service: r.GetSpec().GetService(), StepSeconds: 1}, nil
+}
+
+// Overview answers with everything the dashboard shows; staleReason, when
+// not empty, says why this replica could not be confirmed current.
+func (s *Server) Overview(staleReason string) (*sv1.Overview, error) {
+	_, leader := s.raft.LeaderWithID()
+	ov := &sv1.Overview{AnsweredBy: s.cfg.NodeID, Leader: string(leader), At: timestamppb.New(s.cfg.Clock.Now()),
+		Stale: staleReason != "", StaleReason: staleReason}
+	var err error
+	if ov.Fleet, err = s.FleetStatus(&sv1.FleetStatusQuery{}); err != nil {
+		return nil, err
+	}
+	if ov.Rollouts, err = s.Rollouts(&sv1.RolloutsQuery{}); err != nil {
+		return nil, err
+	}
+	if ov.Drills, err = s.Drills(&sv1.DrillsQuery{}); err != nil {
+		return nil, err
+	}
+	ov.KillSwitch = ov.Drills.GetKillSwitch()
+	for _, v := range ov.Rollouts.GetRollouts() {
+		if sr := s.series.series(v.GetRollout().GetId()); sr != nil {
+			ov.Series = append(ov.Series, sr)
+		}
+	}
+	return ov, nil
+}
+
+// runSeries samples the rollouts' series every second; every coordinator
+// does, so any of them can chart a rollout.
+func (s *Server) runSeries(ctx context.Context) {
+	tick := time.NewTicker(time.Second)
+	defer tick.Stop()
+	for {
+		s.series.sample(s.fsm.State().Rollouts(), s.analysis, s.cfg.Clock.Now())
+		select {
+		case <-ctx.Done():
+			return
+		case <-tick.C:
+		}
+	}
+}
+
+// readGate decides whether a read may be answered: current (leader
+// verified), or this replica's own view when ?stale=true asks for it. It
+// writes the refusal and returns false otherwise.
+func (s *Server) readGate(w http.ResponseWriter, r *http.Request) bool {
+	if r.URL.Query().Get("stale") == "true" {
+		s.metrics.queries.WithLabelValues(queryStale).Inc()
+		w.Header().Set(bus.StaleHeader, s.cfg.NodeID)
+		return true
+	}
+	if err := s.readCurrent(); err != nil {
+		s.metrics.queries.WithLabelValues(queryDeclined).Inc()
+		w.Header().Set(bus.NotCurrentHeader, s.cfg.NodeID)
+		http.Error(w, err.Error()+"; ask the leader, or add ?stale=true", http.StatusServiceUnavailable)
+		return false
+	}
+	s.metrics.queries.WithLabelValues(queryCurrent).Inc()
+	return true
+}
+
+// writeAPI renders one read API answer.
+func writeAPI(w http.ResponseWriter, m proto.Message, err error) {
+	if err != nil {
+		http.Error(w, err.Error(), http.StatusNotFound)
+		return
+	}
+	b, err := apiJSON.Marshal(m)
+	if err != nil {
+		http.Error(w, err.Error(), http.StatusInternalServerError)
+		return
+	}
+	w.Header().Set("Content-Type", "application/json")
+	_, _ = w.Write(append(b, '\n'))
+}
+
+// apiRoutes adds the read API: every answer is current (checked with the
+// leader) unless ?stale=true asks for this replica's own view, which is
+// then said in the Switchyard-Stale header.
+func (s *Server) apiRoutes(mux *http.ServeMux) {
+	read := func(h func(*http.Request) (proto.Message, error)) http.Handler {
+		return s.viewer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+			if !s.readGate(w, r) {
+				return
+			}
+			m, err := h(r)
+			writeAPI(w, m, err)
+		}))
+	}
+	mux.Handle("GET /v1/rollouts", read(func(r *http.Request) (proto.Message, error) {
+		return s.Rollouts(&sv1.RolloutsQuery{Rollout: r.URL.Query().Get("name")})
+	}))
+	mux.Handle("GET /v1/rollouts/{name}", read(func(r *http.Request) (proto.Message, error) {
+		return s.Rollouts(&sv1.RolloutsQuery{Rollout: r.PathValue("name")})
+	}))
+	mux.Handle("GET /v1/rollouts/{name}/series", read(func(r *http.Request) (proto.Message, error) {
+		return s.Series(&sv1.SeriesQuery{Rollout: r.PathValue("name")})
+	}))
+	mux.Handle("GET /v1/fleet", read(func(r *http.Request) (proto.Message, error) {
+		return s.FleetStatus(&sv1.FleetStatusQuery{Service: r.URL.Query().Get("service")})
+	}))
+	mux.Handle("GET /v1/drills", read(func(r *http.Request) (proto.Message, error) {
+		return s.Drills(&sv1.DrillsQuery{Drill: r.URL.Query().Get("name")})
+	}))
+	mux.Handle("GET /v1/overview", read(func(*http.Request) (proto.Message, error) {
+		return s.Overview("")
+	}))
+	mux.Handle("GET /v1/events", s.viewer(http.HandlerFunc(s.events)))
+}
+
+// events streams the overview as server-sent events ("event: overview"),
+// one every eventInterval while it changes and at least every 15 s. Every
+// event says whether this coordinator could confirm its replica current;
+// a follower's stream says it is stale rather than refuse, so a dashboard
+// open on any coordinator keeps showing what it knows.
+func (s *Server) events(w http.ResponseWriter, r *http.Request) {
+	fl, ok := w.(http.Flusher)
+	if !ok {
+		http.Error(w, "streaming unsupported", http.StatusInternalServerError)
+		return
+	}
+	w.Header().Set("Content-Type", "text/event-stream")
+	w.Header().Set("Cache-Control", "no-store")
+	w.Header().Set("X-Accel-Buffering", "no")
+	w.WriteHeader(http.StatusOK)
+	_, _ = fmt.Fprint(w, "retry: 2000\n\n")
+	fl.Flush()
+	s.metrics.eventStreams.Inc()
+	defer s.metrics.eventStreams.Dec()
+	tick := time.NewTicker(eventInterval)
+	defer tick.Stop()
+	var last []byte
+	var lastSent time.Time
+	for {
+		if ev, err := s.liveEvent(); err == nil {
+			if !bytes.Equal(ev.key, last) || time.Since(lastSent) >= 15*time.Second {
+				if _, werr := fmt.Fprintf(w, "event: overview\ndata: %s\n\n", ev.data); werr != nil {
+					return
+				}
+				fl.Flush()
+				last, lastSent = ev.key, time.Now()
+			}
+		}
+		select {
+		case <-r.Context().Done():
+			return
+		case <-s.closing:
+			return
+		case <-tick.C:
+		}
+	}
+}
+
+// liveEvent is one rendered overview for the live streams, with the key
+// that tells a change. Every open stream shares it: it is built at most
+// once per half eventInterval, so more dashboards cost no more reads.
+type liveEvent struct {
+	data, key []byte
+	at        time.Time
+}
+
+func (s *Server) liveEvent() (*liveEvent, error) {
+	s.eventMu.Lock()
+	defer s.eventMu.Unlock()
+	if ev := s.lastEvent; ev != nil && time.Since(ev.at) < eventInterval/2 {
+		return ev, nil
+	}
+	reason := ""
+	if err := s.readCurrent(); err != nil {
+		reason = err.Error()
+		s.metrics.queries.WithLabelValues(queryStale).Inc()
+	} else {
+		s.metrics.queries.WithLabelValues(queryCurrent).Inc()
+	}
+	ov, err := s.Overview(reason)
+	if err != nil {
+		return nil, err
+	}
+	data, err := protojson.Marshal(ov)
+	if err != nil {
+		return nil, err
+	}
+	// Compare without the clock and node ages, which move on every tick.
+	s.lastEvent = &liveEvent{data: data, key: eventKey(ov), at: time.Now()}
+	return s.lastEvent, nil
+}
+
+// eventKey is the overview without what changes on every tick.
+func eventKey(ov *sv1.Overview) []byte {
+	c := proto.Clone(ov).(*sv1.Overview)
+	c.At = nil
+	clear := func(nodes []*sv1.NodeView) {
+		for _, n := range nodes {
+			n.SecondsSinceSeen = 0
+		}
+	}
+	for _, svc := range c.GetFleet().GetServices() {
+		for _, w := range svc.GetWaves() {
+			clear(w.GetNodes())
+		}
+	}
+	for _, v := range c.GetRollouts().GetRollouts() {
+		clear(v.GetNodes())
+	}
+	b, _ := proto.MarshalOptions{Deterministic: true}.Marshal(c)
+	return b
+}
