@@ -165,7 +165,7 @@ type Server struct {
 	analysis *analysis.Store
 	// reported wakes the leader's rollout controller when a health report
 	// arrives, so a sequential alarm does not wait for the next tick.
-	reported  chan struct{}
+	reported chan struct{}
 	series   *seriesBook
 	// viewerToken, when set, is required by reads (viewer.go).
 	viewerToken string
