@@ -57,6 +57,11 @@ const (
 	QueryIntent   = "intent"
 	QueryFleet    = "fleet"
 	QueryDrills   = "drills"
+	// QueryAudit answers with a coordinator's audit chain head and the
+	// records it holds.
+	QueryAudit = "audit"
+	// QueryAcl answers with the roles and policy.
+	QueryAcl = "acl"
 )
 
 // IntentSubjects is the filter of the intent stream.
