@@ -9,6 +9,7 @@ import (
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 	"google.golang.org/protobuf/proto"
+	"google.golang.org/protobuf/types/known/timestamppb"
 
 	sv1 "github.com/switchyard/switchyard/proto/switchyard/v1"
 )
@@ -36,6 +37,10 @@ func SendSignedIntent(ctx context.Context, nc *nats.Conn, kind string, in *sv1.I
 	var body []byte
 	var err error
 	if signer != nil {
+		if in.GetCreatedAt() == nil {
+			// The leader refuses signed intents that are not fresh.
+			in.CreatedAt = timestamppb.Now()
+		}
 		var env *sv1.SignedIntent
 		if env, err = signer.Sign(in); err == nil {
 			body, err = proto.Marshal(env)

@@ -49,6 +49,8 @@ const (
 	// IntentKindChaos carries drills, so NATS permissions can give chaos
 	// its own role.
 	IntentKindChaos = "chaos"
+	// IntentKindAcl carries changes of roles and policy.
+	IntentKindAcl = "acl"
 )
 
 // Query names, the last token of a query subject.

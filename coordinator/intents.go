@@ -246,8 +246,13 @@ func precheck(in *sv1.Intent) error {
 		return nil
 	case *sv1.Intent_StopAllDrills:
 		return nil
+	case *sv1.Intent_Acl:
+		if err := acl.CheckChange(act.Acl); err != nil {
+			return fmt.Errorf("%w: %v", spec.ErrInvalid, err)
+		}
+		return nil
 	default:
-		return errors.New("intent names no action; want one of apply_rollout, abort_rollout, pause_rollout, resume_rollout, approve_rollout, promote_rollout, undo_rollout, run_drill, abort_drill, stop_all_drills")
+		return errors.New("intent names no action; want one of apply_rollout, abort_rollout, pause_rollout, resume_rollout, approve_rollout, promote_rollout, undo_rollout, run_drill, abort_drill, stop_all_drills, acl")
 	}
 }
 

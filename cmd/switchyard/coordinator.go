@@ -93,6 +93,11 @@ type coordinatorFile struct {
 	Replicas        int            `yaml:"replicas"`
 	// Signing is the key that signs published documents.
 	Signing signingFlags `yaml:"signing"`
+	// AclBootstrap is the first admin of a new cluster.
+	AclBootstrap struct {
+		Admin string `yaml:"admin"`
+		Name  string `yaml:"name"`
+	} `yaml:"aclBootstrap"`
 }
 
 func loadCoordinatorFile(path string, cfg *coordinator.Config, signing *signingFlags) error {
@@ -131,6 +136,7 @@ func loadCoordinatorFile(path string, cfg *coordinator.Config, signing *signingF
 	}
 	*signing = f.Signing
 	cfg.Replicas = f.Replicas
+	cfg.AclBootstrap = coordinator.AclBootstrap{Key: f.AclBootstrap.Admin, Name: f.AclBootstrap.Name}
 	return nil
 }
 
@@ -157,8 +163,10 @@ func runCoordinator(ctx context.Context, args []string, stdout, stderr io.Writer
 		cluster   clusterTLSFlags
 		signing   signingFlags
 		trusted   stringList
+		aclAdmin  string
+		aclName   string
 	)
-	configFile := fs.String("config", "", "YAML config file with the same keys (nodeId, dataDir, raftAddr, httpAddr, nats, natsClient {creds, ca, cert, key}, clusterTLS {ca, cert, key}, bootstrapExpect, retryJoin, replicas, signing {key, trusted, validity}); flags override it")
+	configFile := fs.String("config", "", "YAML config file with the same keys (nodeId, dataDir, raftAddr, httpAddr, nats, natsClient {creds, ca, cert, key}, clusterTLS {ca, cert, key}, bootstrapExpect, retryJoin, replicas, signing {key, trusted, validity}, aclBootstrap {admin, name}); flags override it")
 	fs.StringVar(&cfg.NodeID, "node-id", "", "this coordinator's id in the cluster (required)")
 	fs.StringVar(&cfg.DataDir, "data-dir", "", "directory for the Raft log and snapshots (required)")
 	fs.StringVar(&cfg.RaftAddr, "raft-addr", "127.0.0.1:7000", "address Raft listens on and other coordinators reach it at")
@@ -172,6 +180,8 @@ func runCoordinator(ctx context.Context, args []string, stdout, stderr io.Writer
 	fs.Var(&trusted, "trusted-key", "another public key (ed25519:... or a .pub file) whose documents in the buckets count during a key rotation (repeatable)")
 	fs.DurationVar(&signing.Validity, "signing-validity", 0, "how long a signed document stays current on the agents; re-signed when half is left (default 1h)")
 	fs.IntVar(&cfg.Replicas, "replicas", 0, "replicas of the intent stream and the buckets (1..5); 0 matches the NATS cluster: 3 on 3 or more servers, else 1. Never lowers what a stream has")
+	fs.StringVar(&aclAdmin, "acl-bootstrap-admin", envOr("SWITCHYARD_ACL_BOOTSTRAP_ADMIN", ""), "the first admin's key (U… nkey, ed25519:…, or a creds/.pub/key file), committed once when the cluster has no admin; from then on roles change only by signed intents (env SWITCHYARD_ACL_BOOTSTRAP_ADMIN)")
+	fs.StringVar(&aclName, "acl-bootstrap-name", "admin", "the first admin's name, shown in history and audit")
 	logf.register(fs)
 	if err := parse(fs, args); err != nil {
 		return err
@@ -223,6 +233,15 @@ func runCoordinator(ctx context.Context, args []string, stdout, stderr io.Writer
 		if !given["replicas"] {
 			cfg.Replicas = fromFile.Replicas
 		}
+		pick("acl-bootstrap-admin", &aclAdmin, fromFile.AclBootstrap.Key)
+		pick("acl-bootstrap-name", &aclName, fromFile.AclBootstrap.Name)
+	}
+	if aclAdmin != "" {
+		k, err := resolveKey(aclAdmin)
+		if err != nil {
+			return fmt.Errorf("--acl-bootstrap-admin: %w", err)
+		}
+		cfg.AclBootstrap = coordinator.AclBootstrap{Key: k, Name: aclName}
 	}
 	signing.Trusted = trusted
 	sc, err := signing.load()

@@ -66,8 +66,9 @@ type Verified struct {
 	First, Last uint64
 	// Head is the hash of the last record.
 	Head []byte
-	// Records are the decoded records, in order.
+	// Records are the decoded records, in order, and Hashes their hashes.
 	Records []*sv1.AuditRecord
+	Hashes  [][]byte
 }
 
 // Verify recomputes the chain over links in order. With fromGenesis the
@@ -107,6 +108,7 @@ func Verify(links []Link, fromGenesis bool) (Verified, error) {
 		prev, prevHash = rec, l.Entry.GetHash()
 		v.Head = prevHash
 		v.Records = append(v.Records, rec)
+		v.Hashes = append(v.Hashes, l.Entry.GetHash())
 	}
 	return v, nil
 }
