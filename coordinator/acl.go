@@ -113,6 +113,7 @@ func (s *Server) refuseBeforeCommit(in *sv1.Intent, opened bus.OpenedIntent, sig
 		IntentId: in.GetId(), Key: signer, Action: action, Code: code, Reason: reason, Subject: subject,
 		StampedAt: timestamppb.New(s.cfg.Clock.Now()), IntentSha256: opened.Sha256,
 	}
+	e.Rollout, e.Service, e.Drill = s.fsm.State().Named(in)
 	if _, _, err := s.raftApply(fsm.AuditRefusalType, e); err != nil {
 		s.log.Warn("recording a refused intent; leaving it to the next leader", "intent", in.GetId(), "err", err)
 		return false

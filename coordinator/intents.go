@@ -131,6 +131,9 @@ func (s *Server) handleIntent(ctx context.Context, msg jetstream.Msg) {
 	if err == nil {
 		code, err = s.checkSigned(in, opened.Signer)
 	}
+	if err == nil && s.fsm.State().Enforcing() && in.GetAction() != nil {
+		code, err = s.fsm.State().Authorize(opened.Signer, in)
+	}
 	if err == nil {
 		err = precheck(in)
 	}

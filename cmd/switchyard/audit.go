@@ -146,6 +146,12 @@ var errChainBroken = errors.New("audit chain does not verify")
 func auditVerify(ctx context.Context, c clientFlags, js jetstream.JetStream, nc *nats.Conn, stdout io.Writer) error {
 	ctx, cancel := context.WithTimeout(ctx, c.timeout)
 	defer cancel()
+	// The coordinator first: what it says was exported is then in the
+	// stream by the time the stream is read.
+	var ans sv1.AuditAnswer
+	if err := bus.Query(ctx, nc, bus.QueryAudit, &sv1.AuditQuery{}, &ans); err != nil {
+		return fmt.Errorf("ask a coordinator for its chain: %w", err)
+	}
 	msgs, _, err := audit.ReadStream(ctx, js, 0)
 	if err != nil {
 		return err
@@ -156,11 +162,6 @@ func auditVerify(ctx context.Context, c clientFlags, js jetstream.JetStream, nc 
 		return fmt.Errorf("%w: %v", errChainBroken, err)
 	}
 	fmt.Fprintf(stdout, "stream %s: records 1..%d verify; head %s\n", bus.AuditStream, v.Last, audit.Short(v.Head))
-
-	var ans sv1.AuditAnswer
-	if err := bus.Query(ctx, nc, bus.QueryAudit, &sv1.AuditQuery{}, &ans); err != nil {
-		return fmt.Errorf("ask a coordinator for its chain: %w", err)
-	}
 	links := make([]audit.Link, len(ans.GetEntries()))
 	for i, e := range ans.GetEntries() {
 		links[i] = audit.Link{Entry: e, Where: fmt.Sprintf("coordinator record #%d held", i+1)}

@@ -285,3 +285,17 @@ func patternOr(p string) string {
 	}
 	return p
 }
+
+// Authorize checks, against the current roles, whether signer may take in's
+// action: the leader asks before commit so that a refusal names the role
+// first, and the state machine checks again when the intent applies. It
+// returns the refusal code with the error.
+func (s *State) Authorize(signer string, in *sv1.Intent) (string, error) {
+	s.mu.RLock()
+	defer s.mu.RUnlock()
+	_, refused := s.authorize(&sv1.IntentEntry{Intent: in, Signer: signer})
+	if refused == nil {
+		return "", nil
+	}
+	return refused.Result.GetCode(), errors.New(refused.Result.GetError())
+}

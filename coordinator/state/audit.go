@@ -82,6 +82,22 @@ func (s *State) auditIntent(index uint64, e *sv1.IntentEntry, who actor, res *sv
 	s.appendAudit(rec)
 }
 
+// Named says which rollout, service and drill an intent names, as the audit
+// records them.
+func (s *State) Named(in *sv1.Intent) (rollout, service, drill string) {
+	s.mu.RLock()
+	defer s.mu.RUnlock()
+	service = s.serviceOf(in)
+	if service == "*" {
+		service = ""
+	}
+	drill = in.GetRunDrill().GetSpec().GetName()
+	if drill == "" {
+		drill = in.GetAbortDrill().GetDrill()
+	}
+	return rolloutOf(in), service, drill
+}
+
 func rolloutOf(in *sv1.Intent) string {
 	for _, c := range []*sv1.RolloutControl{in.GetPauseRollout(), in.GetResumeRollout(), in.GetApproveRollout(), in.GetUndoRollout()} {
 		if c.GetRollout() != "" {
@@ -158,7 +174,8 @@ func (s *State) ApplyAuditRefusal(index uint64, e *sv1.AuditRefusalEntry) {
 		}
 	}
 	s.appendAudit(&sv1.AuditRecord{Index: index, At: e.GetStampedAt(), Kind: "refused", Actor: name, ActorKey: e.GetKey(),
-		IntentId: e.GetIntentId(), Action: e.GetAction(), Code: e.GetCode(), Message: e.GetReason(), IntentSha256: e.GetIntentSha256()})
+		IntentId: e.GetIntentId(), Action: e.GetAction(), Code: e.GetCode(), Message: e.GetReason(), IntentSha256: e.GetIntentSha256(),
+		Rollout: e.GetRollout(), Service: e.GetService(), Drill: e.GetDrill()})
 }
 
 // ApplyAuditExported records that the stream holds every record through

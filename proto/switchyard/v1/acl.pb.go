@@ -990,15 +990,20 @@ func (x *AuditHead) GetExported() uint64 {
 // AuditRefusalEntry records an intent the leader refused before commit
 // (malformed, unsigned, unknown key, over a cap).
 type AuditRefusalEntry struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	IntentId      string                 `protobuf:"bytes,1,opt,name=intent_id,json=intentId,proto3" json:"intent_id,omitempty"`
-	Key           string                 `protobuf:"bytes,2,opt,name=key,proto3" json:"key,omitempty"`
-	Action        string                 `protobuf:"bytes,3,opt,name=action,proto3" json:"action,omitempty"`
-	Code          string                 `protobuf:"bytes,4,opt,name=code,proto3" json:"code,omitempty"`
-	Reason        string                 `protobuf:"bytes,5,opt,name=reason,proto3" json:"reason,omitempty"`
-	Subject       string                 `protobuf:"bytes,6,opt,name=subject,proto3" json:"subject,omitempty"`
-	StampedAt     *timestamppb.Timestamp `protobuf:"bytes,7,opt,name=stamped_at,json=stampedAt,proto3" json:"stamped_at,omitempty"`
-	IntentSha256  []byte                 `protobuf:"bytes,8,opt,name=intent_sha256,json=intentSha256,proto3" json:"intent_sha256,omitempty"`
+	state        protoimpl.MessageState `protogen:"open.v1"`
+	IntentId     string                 `protobuf:"bytes,1,opt,name=intent_id,json=intentId,proto3" json:"intent_id,omitempty"`
+	Key          string                 `protobuf:"bytes,2,opt,name=key,proto3" json:"key,omitempty"`
+	Action       string                 `protobuf:"bytes,3,opt,name=action,proto3" json:"action,omitempty"`
+	Code         string                 `protobuf:"bytes,4,opt,name=code,proto3" json:"code,omitempty"`
+	Reason       string                 `protobuf:"bytes,5,opt,name=reason,proto3" json:"reason,omitempty"`
+	Subject      string                 `protobuf:"bytes,6,opt,name=subject,proto3" json:"subject,omitempty"`
+	StampedAt    *timestamppb.Timestamp `protobuf:"bytes,7,opt,name=stamped_at,json=stampedAt,proto3" json:"stamped_at,omitempty"`
+	IntentSha256 []byte                 `protobuf:"bytes,8,opt,name=intent_sha256,json=intentSha256,proto3" json:"intent_sha256,omitempty"`
+	// Rollout, Service and Drill are what the intent named, so the refusal
+	// shows up where the audit is read by rollout.
+	Rollout       string `protobuf:"bytes,9,opt,name=rollout,proto3" json:"rollout,omitempty"`
+	Service       string `protobuf:"bytes,10,opt,name=service,proto3" json:"service,omitempty"`
+	Drill         string `protobuf:"bytes,11,opt,name=drill,proto3" json:"drill,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1087,6 +1092,27 @@ func (x *AuditRefusalEntry) GetIntentSha256() []byte {
 		return x.IntentSha256
 	}
 	return nil
+}
+
+func (x *AuditRefusalEntry) GetRollout() string {
+	if x != nil {
+		return x.Rollout
+	}
+	return ""
+}
+
+func (x *AuditRefusalEntry) GetService() string {
+	if x != nil {
+		return x.Service
+	}
+	return ""
+}
+
+func (x *AuditRefusalEntry) GetDrill() string {
+	if x != nil {
+		return x.Drill
+	}
+	return ""
 }
 
 // AuditExportedEntry records that the stream holds every record up to
@@ -1337,7 +1363,7 @@ const file_switchyard_v1_acl_proto_rawDesc = "" +
 	"\tAuditHead\x12\x10\n" +
 	"\x03seq\x18\x01 \x01(\x04R\x03seq\x12\x12\n" +
 	"\x04hash\x18\x02 \x01(\fR\x04hash\x12\x1a\n" +
-	"\bexported\x18\x03 \x01(\x04R\bexported\"\x80\x02\n" +
+	"\bexported\x18\x03 \x01(\x04R\bexported\"\xca\x02\n" +
 	"\x11AuditRefusalEntry\x12\x1b\n" +
 	"\tintent_id\x18\x01 \x01(\tR\bintentId\x12\x10\n" +
 	"\x03key\x18\x02 \x01(\tR\x03key\x12\x16\n" +
@@ -1347,7 +1373,11 @@ const file_switchyard_v1_acl_proto_rawDesc = "" +
 	"\asubject\x18\x06 \x01(\tR\asubject\x129\n" +
 	"\n" +
 	"stamped_at\x18\a \x01(\v2\x1a.google.protobuf.TimestampR\tstampedAt\x12#\n" +
-	"\rintent_sha256\x18\b \x01(\fR\fintentSha256\".\n" +
+	"\rintent_sha256\x18\b \x01(\fR\fintentSha256\x12\x18\n" +
+	"\arollout\x18\t \x01(\tR\arollout\x12\x18\n" +
+	"\aservice\x18\n" +
+	" \x01(\tR\aservice\x12\x14\n" +
+	"\x05drill\x18\v \x01(\tR\x05drill\".\n" +
 	"\x12AuditExportedEntry\x12\x18\n" +
 	"\athrough\x18\x01 \x01(\x04R\athrough\"\f\n" +
 	"\n" +
