@@ -211,8 +211,12 @@ func TestAcl_RefusalsAndACanaryAreAuditedAndVerifyAcrossALeaderKill(t *testing.T
 	find(refusal("forbidden", "val"), "the viewer's apply")
 	find(refusal("two_person", "alice"), "alice approving her own rollout")
 	find(refusal("nothing_to_approve", "bob"), "the approval of a timed pause")
-	find(func(r map[string]any) bool { return r["action"] == "apply_rollout" && r["actor"] == "alice" && r["accepted"] == true }, "alice's apply")
-	find(func(r map[string]any) bool { return r["action"] == "approve_rollout" && r["actor"] == "bob" && r["accepted"] == true }, "bob's approval")
+	find(func(r map[string]any) bool {
+		return r["action"] == "apply_rollout" && r["actor"] == "alice" && r["accepted"] == true
+	}, "alice's apply")
+	find(func(r map[string]any) bool {
+		return r["action"] == "approve_rollout" && r["actor"] == "bob" && r["accepted"] == true
+	}, "bob's approval")
 	find(func(r map[string]any) bool { return r["kind"] == "decision" && r["actor"] == "switchyard" }, "an automatic advance")
 	all := run(val, "audit", "log")
 	must(all)
