@@ -180,3 +180,25 @@ func FuzzIntent_Open(f *testing.F) {
 		}
 	})
 }
+
+func BenchmarkIntent_Sign(b *testing.B) {
+	s, _ := nkeySigner(b)
+	in := sampleIntent()
+	for b.Loop() {
+		if _, err := s.Sign(in); err != nil {
+			b.Fatal(err)
+		}
+	}
+}
+
+func BenchmarkIntent_Open(b *testing.B) {
+	s, _ := nkeySigner(b)
+	env, _ := s.Sign(sampleIntent())
+	raw, _ := proto.Marshal(env)
+	b.SetBytes(int64(len(raw)))
+	for b.Loop() {
+		if _, err := OpenIntent(raw); err != nil {
+			b.Fatal(err)
+		}
+	}
+}

@@ -241,8 +241,8 @@ func TestAcl_RefusalsAndACanaryAreAuditedAndVerifyAcrossALeaderKill(t *testing.T
 	if v, err := f.WaitRollout(ctx, "web-build-42", func(*sv1.RolloutView) error { return nil }); err != nil || v.GetRollout().GetOperator() != "ci" {
 		t.Fatalf("web-build-42 by %q (%v), want the verified ci", v.GetRollout().GetOperator(), err)
 	}
-	copyFile(t, creds("doc-alice"), filepath.Join(dir, "alice.creds"))
-	copyFile(t, creds("doc-bob"), filepath.Join(dir, "bob.creds"))
+	copyFile(t, creds("carol"), filepath.Join(dir, "carol.creds"))
+	copyFile(t, creds("dave"), filepath.Join(dir, "dave.creds"))
 	runDocBlock(t, ctx, f, sy, dir, "audit.md", "acl-verbs")
 	runDocBlock(t, ctx, f, sy, dir, "audit.md", "audit-verbs")
 

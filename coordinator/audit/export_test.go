@@ -231,3 +231,15 @@ func TestAudit_VerifyNamesTheFirstBrokenLink(t *testing.T) {
 		}
 	}
 }
+
+func BenchmarkAudit_Seal(b *testing.B) {
+	rec := &sv1.AuditRecord{Seq: 1, Kind: "intent", Actor: "alice", ActorKey: "UABCDEFGHIJKLMNOPQRSTUVWXYZ234567ABCDEFGHIJKLMNOPQRSTUV",
+		IntentId: "aZ0123456789abcdefghij", Action: "apply_rollout", Rollout: "web-42", Service: "web", Accepted: true,
+		Message: "started: web from blue to green, wave all step 1/3 (setWeight 20, new backend at 20%)", IntentSha256: make([]byte, 32)}
+	prev := make([]byte, 32)
+	for b.Loop() {
+		if _, err := Seal(prev, rec); err != nil {
+			b.Fatal(err)
+		}
+	}
+}
