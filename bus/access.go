@@ -18,9 +18,9 @@ const (
 	// every node.
 	RoleCoordinator Role = "coordinator"
 	// RoleOperator is a person or pipeline: publish intents and queries,
-	// and read (never write) the desired-state bucket.
+	// and read (never write) the desired-state bucket and the audit stream.
 	RoleOperator Role = "operator"
-	// RoleViewer asks queries and nothing else.
+	// RoleViewer asks queries and reads the audit stream.
 	RoleViewer Role = "viewer"
 )
 
@@ -118,6 +118,8 @@ func RolePermissions(role Role) (Permissions, error) {
 				jsAPI + ">",
 				"$KV." + DesiredBucket + ".>",
 				"$KV." + DrillsBucket + ".>",
+				// The leader exports audit records.
+				AuditSubjects(),
 				"$JS.ACK." + IntentStream + ".>",
 				"$JS.FC.>",
 				// Intent results go to the sender's inbox, named in a header.
@@ -131,14 +133,16 @@ func RolePermissions(role Role) (Permissions, error) {
 		}, nil
 	case RoleOperator:
 		// Reading the desired-state bucket lets a command that changed
-		// desired state say whether the change reached the bus.
+		// desired state say whether the change reached the bus; reading
+		// the audit stream lets anyone who acts check the record.
+		pub := append([]string{IntentSubjects(), queryPrefix + ".>"}, kvRead(DesiredBucket)...)
 		return Permissions{
-			Publish:   append([]string{IntentSubjects(), queryPrefix + ".>"}, kvRead(DesiredBucket)...),
+			Publish:   append(pub, streamRead(AuditStream)...),
 			Subscribe: []string{inbox},
 		}, nil
 	case RoleViewer:
 		return Permissions{
-			Publish:   []string{queryPrefix + ".>"},
+			Publish:   append([]string{queryPrefix + ".>"}, streamRead(AuditStream)...),
 			Subscribe: []string{inbox},
 		}, nil
 	}

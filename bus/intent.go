@@ -9,6 +9,7 @@ import (
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 	"google.golang.org/protobuf/proto"
+	"google.golang.org/protobuf/types/known/timestamppb"
 
 	sv1 "github.com/switchyard/switchyard/proto/switchyard/v1"
 )
@@ -18,13 +19,35 @@ import (
 // not lost: a leader will apply it when there is one.
 var ErrNoResult = errors.New("intent stored, but no coordinator answered in time")
 
-// SendIntent publishes an intent to the intent stream, deduplicated by its id,
-// and waits for the coordinators' result.
+// SendIntent publishes a bare (unsigned) intent to the intent stream,
+// deduplicated by its id, and waits for the coordinators' result. Once the
+// cluster has an admin, coordinators refuse bare intents: use
+// SendSignedIntent.
 func SendIntent(ctx context.Context, nc *nats.Conn, kind string, in *sv1.Intent) (*sv1.IntentResult, error) {
+	return SendSignedIntent(ctx, nc, kind, in, nil)
+}
+
+// SendSignedIntent signs an intent with signer (nil sends it bare),
+// publishes it to the intent stream, deduplicated by its id, and waits for
+// the coordinators' result.
+func SendSignedIntent(ctx context.Context, nc *nats.Conn, kind string, in *sv1.Intent, signer *IntentSigner) (*sv1.IntentResult, error) {
 	if in.GetId() == "" {
 		return nil, fmt.Errorf("intent: id is required")
 	}
-	body, err := proto.Marshal(in)
+	var body []byte
+	var err error
+	if signer != nil {
+		if in.GetCreatedAt() == nil {
+			// The leader refuses signed intents that are not fresh.
+			in.CreatedAt = timestamppb.Now()
+		}
+		var env *sv1.SignedIntent
+		if env, err = signer.Sign(in); err == nil {
+			body, err = proto.Marshal(env)
+		}
+	} else {
+		body, err = proto.Marshal(in)
+	}
 	if err != nil {
 		return nil, fmt.Errorf("encode intent: %w", err)
 	}

@@ -49,6 +49,8 @@ const (
 	// IntentKindChaos carries drills, so NATS permissions can give chaos
 	// its own role.
 	IntentKindChaos = "chaos"
+	// IntentKindAcl carries changes of roles and policy.
+	IntentKindAcl = "acl"
 )
 
 // Query names, the last token of a query subject.
@@ -61,6 +63,11 @@ const (
 	QueryFleetStatus = "fleetstatus"
 	// QuerySeries answers one rollout's per-backend telemetry series.
 	QuerySeries = "series"
+	// QueryAudit answers with a coordinator's audit chain head and the
+	// records it holds.
+	QueryAudit = "audit"
+	// QueryAcl answers with the roles and policy.
+	QueryAcl = "acl"
 )
 
 // IntentSubjects is the filter of the intent stream.

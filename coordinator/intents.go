@@ -1,19 +1,19 @@
 package coordinator
 
 import (
-	"bytes"
 	"context"
 	"errors"
 	"fmt"
 	"time"
 
 	"github.com/nats-io/nats.go/jetstream"
-	"google.golang.org/protobuf/encoding/protojson"
 	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/timestamppb"
 
 	"github.com/switchyard/switchyard/bus"
 	"github.com/switchyard/switchyard/chaos"
+	"github.com/switchyard/switchyard/coordinator/acl"
+	"github.com/switchyard/switchyard/coordinator/drill"
 	"github.com/switchyard/switchyard/coordinator/fsm"
 	"github.com/switchyard/switchyard/coordinator/state"
 	"github.com/switchyard/switchyard/internal/spec"
@@ -105,27 +105,34 @@ func (s *Server) ensureIntentConsumer(ctx context.Context, reset bool) (jetstrea
 	return bus.EnsureIntentConsumer(ctx, s.js)
 }
 
-// decodeIntent reads an intent as protobuf, or as protojson when the body is
-// a JSON object, so a pipeline can publish one from a shell.
-func decodeIntent(data []byte) (*sv1.Intent, error) {
-	var in sv1.Intent
-	if t := bytes.TrimSpace(data); len(t) > 0 && t[0] == '{' {
-		if err := protojson.Unmarshal(t, &in); err != nil {
-			return nil, fmt.Errorf("intent is neither protobuf nor valid protojson: %v", err)
-		}
-		return &in, nil
-	}
-	if err := proto.Unmarshal(data, &in); err != nil {
-		return nil, fmt.Errorf("intent does not decode as protobuf: %v", err)
-	}
-	return &in, nil
-}
-
 func (s *Server) handleIntent(ctx context.Context, msg jetstream.Msg) {
 	reply := msg.Headers().Get(bus.ReplyHeader)
-	in, err := decodeIntent(msg.Data())
-	if err == nil && in.GetId() == "" {
+	opened, err := bus.OpenIntent(msg.Data())
+	in := opened.Intent
+	if in == nil {
+		in = &sv1.Intent{}
+	}
+	if in.GetId() == "" {
 		in.Id = msg.Headers().Get(bus.MsgIDHeader)
+	}
+	action := acl.Action(in)
+	code := ""
+	switch {
+	case errors.Is(err, bus.ErrIntentUnsigned) && !s.fsm.State().Enforcing():
+		// No admin yet: intents are taken as before roles existed.
+		err = nil
+	case errors.Is(err, bus.ErrIntentUnsigned):
+		code = state.CodeUnsigned
+	case errors.Is(err, bus.ErrIntentBadSignature):
+		code = state.CodeBadSignature
+	case err != nil:
+		code = state.CodeMalformed
+	}
+	if err == nil {
+		code, err = s.checkSigned(in, opened.Signer)
+	}
+	if err == nil && s.fsm.State().Enforcing() && in.GetAction() != nil {
+		code, err = s.fsm.State().Authorize(opened.Signer, in)
 	}
 	if err == nil {
 		err = precheck(in)
@@ -137,23 +144,29 @@ func (s *Server) handleIntent(ctx context.Context, msg jetstream.Msg) {
 		err = s.checkAgentHooks(in)
 	}
 	if err != nil {
-		code := state.CodeMalformed
-		switch {
-		case errors.Is(err, chaos.ErrBlastRadius):
-			code = state.CodeBlastRadius
-		case errors.Is(err, spec.ErrInvalid):
-			code = state.CodeInvalid
+		if code == "" {
+			code = state.CodeMalformed
+			switch {
+			case errors.Is(err, chaos.ErrBlastRadius):
+				code = state.CodeBlastRadius
+			case errors.Is(err, spec.ErrInvalid):
+				code = state.CodeInvalid
+			}
 		}
 		res := &sv1.IntentResult{IntentId: in.GetId(), Code: code, Error: err.Error()}
-		s.log.Warn("intent refused before commit", "subject", msg.Subject(), "code", code, "err", err)
+		s.log.Warn("intent refused before commit", "subject", msg.Subject(), "intent", in.GetId(), "code", code, "err", err)
+		if !s.refuseBeforeCommit(in, opened, opened.Signer, action, msg.Subject(), code, err.Error()) {
+			_ = msg.NakWithDelay(200 * time.Millisecond)
+			return
+		}
 		s.metrics.intentsRejected.WithLabelValues(code).Inc()
 		s.answer(reply, res)
-		// A message that will never decode must not come back.
+		// A message that will never commit must not come back.
 		_ = msg.Term()
 		return
 	}
 
-	entry := &sv1.IntentEntry{Intent: in, StampedAt: timestamppb.New(s.cfg.Clock.Now())}
+	entry := &sv1.IntentEntry{Intent: in, StampedAt: timestamppb.New(s.cfg.Clock.Now()), Signer: opened.Signer, IntentSha256: opened.Sha256}
 	resp, index, err := s.raftApply(fsm.IntentType, entry)
 	if err != nil {
 		// Not committed here (or not known to be): leave the message
@@ -162,6 +175,7 @@ func (s *Server) handleIntent(ctx context.Context, msg jetstream.Msg) {
 		_ = msg.NakWithDelay(200 * time.Millisecond)
 		return
 	}
+	s.wakeAudit()
 	res := resp.Applied.Result
 	if svc := resp.Applied.Changed; len(svc) == 1 && res.GetAccepted() {
 		// The sender waits for the bus to carry this generation; the
@@ -170,7 +184,7 @@ func (s *Server) handleIntent(ctx context.Context, msg jetstream.Msg) {
 		res.Service = svc[0]
 		res.Generation = s.fsm.State().Desired(svc[0]).GetGeneration()
 	}
-	log := s.log.With("intent", in.GetId(), "operator", in.GetOperator(), "index", index, "rollout", res.GetRolloutId())
+	log := s.log.With("intent", in.GetId(), "signer", opened.Signer, "index", index, "rollout", res.GetRolloutId())
 	switch {
 	case res.GetDuplicate():
 		log.Info("intent was applied before; answering with the earlier result")
@@ -235,24 +249,42 @@ func precheck(in *sv1.Intent) error {
 		return nil
 	case *sv1.Intent_StopAllDrills:
 		return nil
+	case *sv1.Intent_Acl:
+		if err := acl.CheckChange(act.Acl); err != nil {
+			return fmt.Errorf("%w: %v", spec.ErrInvalid, err)
+		}
+		return nil
 	default:
-		return errors.New("intent names no action; want one of apply_rollout, abort_rollout, pause_rollout, resume_rollout, approve_rollout, promote_rollout, undo_rollout, run_drill, abort_drill, stop_all_drills")
+		return errors.New("intent names no action; want one of apply_rollout, abort_rollout, pause_rollout, resume_rollout, approve_rollout, promote_rollout, undo_rollout, run_drill, abort_drill, stop_all_drills, acl")
 	}
 }
 
 // checkBlastRadius refuses, before anything is committed, a drill that
-// would touch more nodes than its caps allow on the fleet as this leader
-// sees it now. The cap is checked again when the drill starts, and by every
-// agent.
+// would touch more nodes than its caps (or the admins' caps) allow on the
+// fleet as this leader sees it now. A rollback drill's targets are its
+// rollout's current wave. The cap is checked again when the drill starts,
+// and by every agent.
 func (s *Server) checkBlastRadius(in *sv1.Intent) error {
 	run := in.GetRunDrill()
-	if run == nil || run.GetSpec().GetRollout() != "" {
-		return nil // a rollback drill's targets are its rollout's wave, known at start
+	if run == nil {
+		return nil
 	}
 	sp := proto.Clone(run.GetSpec()).(*sv1.DrillSpec)
 	chaos.DefaultDrill(sp)
+	st := s.fsm.State()
+	if err := acl.CheckDrillCaps(st.Acl().GetPolicy(), sp); err != nil {
+		return fmt.Errorf("%w: %v", chaos.ErrBlastRadius, err)
+	}
 	live := s.fleet.Live(sp.GetService())
-	return chaos.CheckCap(sp, len(chaos.Select(sp, live)), len(live))
+	if sp.GetRollout() == "" {
+		return chaos.CheckCap(sp, len(chaos.Select(sp, live)), len(live))
+	}
+	// A rollout that is not progressing is refused by the state machine
+	// with its own reason; only the cap is decided here.
+	if _, err := drill.Targets(&sv1.Drill{Spec: sp}, st, live); errors.Is(err, chaos.ErrBlastRadius) {
+		return err
+	}
+	return nil
 }
 
 func (s *Server) answer(reply string, res *sv1.IntentResult) {

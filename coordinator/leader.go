@@ -109,6 +109,7 @@ func (s *Server) leaderLoop(ctx context.Context) {
 	s.established.Store(true)
 	defer s.established.Store(false)
 	s.log.Info("leadership established")
+	s.bootstrapAcl(ctx)
 
 	routines := map[string]func(context.Context){
 		"publisher": s.publisher.run,
@@ -116,6 +117,7 @@ func (s *Server) leaderLoop(ctx context.Context) {
 		"rollouts":  s.runRollouts,
 		"drills":    s.runDrills,
 		"webhooks":  s.runWebhooks,
+		"audit":     s.exportAudit,
 	}
 	var wg sync.WaitGroup
 	for name, run := range routines {

@@ -25,6 +25,7 @@ import (
 
 	"github.com/switchyard/switchyard/bus"
 	"github.com/switchyard/switchyard/coordinator/analysis"
+	"github.com/switchyard/switchyard/coordinator/audit"
 	"github.com/switchyard/switchyard/coordinator/fsm"
 	"github.com/switchyard/switchyard/internal/boltcheck"
 	"github.com/switchyard/switchyard/internal/certs"
@@ -89,6 +90,8 @@ type Config struct {
 	// require (or a client certificate from the cluster CA); empty leaves
 	// reads open to anyone who reaches HTTPAddr.
 	ViewerTokenFile string
+	// AclBootstrap is the first admin of a new cluster; optional.
+	AclBootstrap AclBootstrap
 }
 
 func (c *Config) setDefaults() error {
@@ -112,6 +115,9 @@ func (c *Config) setDefaults() error {
 	}
 	if c.BootstrapExpect == 0 && len(c.RetryJoin) == 0 {
 		return errors.New("coordinator: --bootstrap-expect 0 joins an existing cluster and needs --retry-join")
+	}
+	if err := c.AclBootstrap.check(); err != nil {
+		return err
 	}
 	if c.Replicas < 0 || c.Replicas > 5 {
 		return fmt.Errorf("coordinator: --replicas: %d, want 1..5, or 0 to match the NATS cluster", c.Replicas)
@@ -178,6 +184,9 @@ type Server struct {
 	publisher *publisher
 	docs      *bus.Publisher
 
+	auditMetrics *audit.Metrics
+	auditWake    chan struct{}
+
 	httpSrv  *http.Server
 	httpAddr net.Addr
 
@@ -196,16 +205,20 @@ func New(cfg Config) (*Server, error) {
 		return nil, err
 	}
 	s := &Server{
-		cfg:      cfg,
-		log:      cfg.Logger.With("coordinator", cfg.NodeID),
-		metrics:  newMetrics(cfg.Registerer),
-		leaderCh: make(chan bool, 16),
-		series:   newSeriesBook(),
-		closing:  make(chan struct{}),
+		cfg:       cfg,
+		log:       cfg.Logger.With("coordinator", cfg.NodeID),
+		metrics:   newMetrics(cfg.Registerer),
+		leaderCh:  make(chan bool, 16),
+		series:    newSeriesBook(),
+		closing:   make(chan struct{}),
+		auditWake: make(chan struct{}, 1),
 	}
 	var err error
 	if s.viewerToken, err = loadViewerToken(cfg.ViewerTokenFile); err != nil {
 		return nil, err
+	}
+	if s.auditMetrics, err = audit.NewMetrics(cfg.Registerer); err != nil {
+		return nil, fmt.Errorf("register audit metrics: %w", err)
 	}
 	if s.clusterTLS, err = cfg.clusterTLS(); err != nil {
 		return nil, err
@@ -418,6 +431,8 @@ func (s *Server) subscribe() ([]*nats.Subscription, error) {
 		bus.QueryDrills:      serveQuery(s, s.Drills),
 		bus.QueryFleetStatus: serveQuery(s, s.FleetStatus),
 		bus.QuerySeries:      serveQuery(s, s.Series),
+		bus.QueryAudit:       serveQuery(s, s.Audit),
+		bus.QueryAcl:         serveQuery(s, s.Acl),
 	} {
 		sub, err := s.nc.QueueSubscribe(bus.QuerySubject(name), bus.QueryQueue, h)
 		if err != nil {

@@ -23,6 +23,8 @@ import (
 
 // connectNATS connects the test itself to the bus, closed with the test.
 // It has a coordinator's rights: it watches every node and the buckets.
+// Intents it sends (sendIntent) are signed by the bus's operator identity,
+// the clusters' first admin.
 func connectNATS(tb testing.TB, b harness.Bus) *nats.Conn {
 	tb.Helper()
 	nc, err := b.Connect(bus.RoleCoordinator, "integration-test", nats.Name("integration-test"), nats.MaxReconnects(-1))
@@ -30,7 +32,25 @@ func connectNATS(tb testing.TB, b harness.Bus) *nats.Conn {
 		tb.Fatal(err)
 	}
 	tb.Cleanup(nc.Close)
+	signer, err := b.IntentSigner()
+	if err != nil {
+		tb.Fatal(err)
+	}
+	intentSigners.Store(nc, signer)
+	tb.Cleanup(func() { intentSigners.Delete(nc) })
 	return nc
+}
+
+// intentSigners holds, per connection connectNATS made, the key its
+// intents are signed with.
+var intentSigners sync.Map
+
+// sendIntent sends an intent over nc signed as connectNATS arranged
+// (unsigned for other connections).
+func sendIntent(ctx context.Context, nc *nats.Conn, kind string, in *sv1.Intent) (*sv1.IntentResult, error) {
+	signer, _ := intentSigners.Load(nc)
+	s, _ := signer.(*bus.IntentSigner)
+	return bus.SendSignedIntent(ctx, nc, kind, in, s)
 }
 
 // generations records, as they arrive on the bus, every generation each
@@ -172,7 +192,7 @@ func (g *generations) check(tb testing.TB, nodes []string) map[string][]uint64 {
 func sendUntilAnswered(ctx context.Context, nc *nats.Conn, in *sv1.Intent, per time.Duration) (*sv1.IntentResult, int, error) {
 	for attempt := 1; ; attempt++ {
 		actx, cancel := context.WithTimeout(ctx, per)
-		res, err := bus.SendIntent(actx, nc, bus.IntentKindRollout, in)
+		res, err := sendIntent(actx, nc, bus.IntentKindRollout, in)
 		cancel()
 		if err == nil {
 			return res, attempt, nil

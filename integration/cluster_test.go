@@ -504,7 +504,7 @@ strategy:
 	// With no coordinator running, an intent is stored on the stream and
 	// waits for the next leader.
 	downCtx, cancel := context.WithTimeout(ctx, 2*time.Second)
-	_, err := bus.SendIntent(downCtx, nc, bus.IntentKindRollout, applyBlueGreen("it-while-down", "down-1", "down"))
+	_, err := sendIntent(downCtx, nc, bus.IntentKindRollout, applyBlueGreen("it-while-down", "down-1", "down"))
 	cancel()
 	if err == nil {
 		t.Fatal("an intent was answered while every coordinator was stopped")

@@ -250,7 +250,7 @@ func benchFleet(b *testing.B, n, perConn int, mode busSecurity) {
 			}
 		}
 		rctx, rcancel := context.WithTimeout(ctx, 30*time.Second)
-		res, err := bus.SendIntent(rctx, nc, bus.IntentKindRollout, in)
+		res, err := sendIntent(rctx, nc, bus.IntentKindRollout, in)
 		rcancel()
 		if err != nil || !res.GetAccepted() {
 			b.Fatalf("intent %s: %v %v", in.GetId(), res, err)

@@ -223,11 +223,7 @@ func TestSkeleton_BadInput(t *testing.T) {
 	// Past the CLI, straight onto the intent stream: bytes that are no
 	// intent, and a well-formed intent with an invalid spec. The
 	// coordinator must answer both and keep running.
-	nc, err := f.Connect(nats.Name("integration-test"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(nc.Close)
+	nc := connectNATS(t, f.Bus)
 
 	malformedBefore := rejected(t, ctx, f, "malformed")
 	result := publishRawIntent(t, ctx, nc, []byte("not an intent \xff\x00"))
@@ -238,7 +234,7 @@ func TestSkeleton_BadInput(t *testing.T) {
 
 	invalidBefore := rejected(t, ctx, f, "invalid")
 	id := fmt.Sprintf("it-invalid-%d", time.Now().UnixNano())
-	result, err = bus.SendIntent(ctx, nc, bus.IntentKindRollout, &sv1.Intent{
+	result, err = sendIntent(ctx, nc, bus.IntentKindRollout, &sv1.Intent{
 		Id:        id,
 		Operator:  "integration-test",
 		CreatedAt: timestamppb.Now(),

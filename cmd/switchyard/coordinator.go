@@ -95,6 +95,11 @@ type coordinatorFile struct {
 	Signing signingFlags `yaml:"signing"`
 	// ViewerTokenFile holds the token the read API and dashboard require.
 	ViewerTokenFile string `yaml:"viewerTokenFile"`
+	// AclBootstrap is the first admin of a new cluster.
+	AclBootstrap struct {
+		Admin string `yaml:"admin"`
+		Name  string `yaml:"name"`
+	} `yaml:"aclBootstrap"`
 }
 
 func loadCoordinatorFile(path string, cfg *coordinator.Config, signing *signingFlags) error {
@@ -134,6 +139,7 @@ func loadCoordinatorFile(path string, cfg *coordinator.Config, signing *signingF
 	}
 	*signing = f.Signing
 	cfg.Replicas = f.Replicas
+	cfg.AclBootstrap = coordinator.AclBootstrap{Key: f.AclBootstrap.Admin, Name: f.AclBootstrap.Name}
 	return nil
 }
 
@@ -160,8 +166,10 @@ func runCoordinator(ctx context.Context, args []string, stdout, stderr io.Writer
 		cluster   clusterTLSFlags
 		signing   signingFlags
 		trusted   stringList
+		aclAdmin  string
+		aclName   string
 	)
-	configFile := fs.String("config", "", "YAML config file with the same keys (nodeId, dataDir, raftAddr, httpAddr, nats, natsClient {creds, ca, cert, key}, clusterTLS {ca, cert, key}, bootstrapExpect, retryJoin, replicas, signing {key, trusted, validity}, viewerTokenFile); flags override it")
+	configFile := fs.String("config", "", "YAML config file with the same keys (nodeId, dataDir, raftAddr, httpAddr, nats, natsClient {creds, ca, cert, key}, clusterTLS {ca, cert, key}, bootstrapExpect, retryJoin, replicas, signing {key, trusted, validity}, viewerTokenFile, aclBootstrap {admin, name}); flags override it")
 	fs.StringVar(&cfg.NodeID, "node-id", "", "this coordinator's id in the cluster (required)")
 	fs.StringVar(&cfg.DataDir, "data-dir", "", "directory for the Raft log and snapshots (required)")
 	fs.StringVar(&cfg.RaftAddr, "raft-addr", "127.0.0.1:7000", "address Raft listens on and other coordinators reach it at")
@@ -176,6 +184,8 @@ func runCoordinator(ctx context.Context, args []string, stdout, stderr io.Writer
 	fs.DurationVar(&signing.Validity, "signing-validity", 0, "how long a signed document stays current on the agents; re-signed when half is left (default 1h)")
 	fs.StringVar(&cfg.ViewerTokenFile, "viewer-token-file", "", "file holding a token the read API and the dashboard then require (Authorization: Bearer, or /ui/?token= once in a browser); a client certificate from the cluster CA also passes. Empty: reads are open to whoever reaches --http-addr")
 	fs.IntVar(&cfg.Replicas, "replicas", 0, "replicas of the intent stream and the buckets (1..5); 0 matches the NATS cluster: 3 on 3 or more servers, else 1. Never lowers what a stream has")
+	fs.StringVar(&aclAdmin, "acl-bootstrap-admin", envOr("SWITCHYARD_ACL_BOOTSTRAP_ADMIN", ""), "the first admin's key (U… nkey, ed25519:…, or a creds/.pub/key file), committed once when the cluster has no admin; from then on roles change only by signed intents (env SWITCHYARD_ACL_BOOTSTRAP_ADMIN)")
+	fs.StringVar(&aclName, "acl-bootstrap-name", "admin", "the first admin's name, shown in history and audit")
 	logf.register(fs)
 	if err := parse(fs, args); err != nil {
 		return err
@@ -228,6 +238,15 @@ func runCoordinator(ctx context.Context, args []string, stdout, stderr io.Writer
 		if !given["replicas"] {
 			cfg.Replicas = fromFile.Replicas
 		}
+		pick("acl-bootstrap-admin", &aclAdmin, fromFile.AclBootstrap.Key)
+		pick("acl-bootstrap-name", &aclName, fromFile.AclBootstrap.Name)
+	}
+	if aclAdmin != "" {
+		k, err := resolveKey(aclAdmin)
+		if err != nil {
+			return fmt.Errorf("--acl-bootstrap-admin: %w", err)
+		}
+		cfg.AclBootstrap = coordinator.AclBootstrap{Key: k, Name: aclName}
 	}
 	signing.Trusted = trusted
 	sc, err := signing.load()

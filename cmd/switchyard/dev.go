@@ -82,8 +82,15 @@ func runDev(ctx context.Context, args []string, stdout, stderr io.Writer) error 
 		return err
 	}
 	reg := newRegistry()
+	// The operator's creds are the development cluster's first admin, so
+	// the CLI (which signs with them) may do everything.
+	adminKey, err := resolveKey(sec.operatorCreds)
+	if err != nil {
+		return err
+	}
 	srv, err := coordinator.New(coordinator.Config{
 		Signing:         coordinator.Signing{Key: key, Validity: *validity},
+		AclBootstrap:    coordinator.AclBootstrap{Key: adminKey, Name: "operator"},
 		NodeID:          "dev",
 		DataDir:         filepath.Join(dir, "coordinator"),
 		RaftAddr:        *raftAddr,

@@ -47,7 +47,11 @@ Usage:
   switchyard coordinator members    the coordinator cluster
   switchyard auth ...               NATS identities (init, issue, revoke, push, list) and
                                     development TLS certificates (see 'switchyard auth help')
-  switchyard keys generate --out F  a coordinator signing key pair (agents trust F.pub)
+  switchyard keys generate --out F  a coordinator signing key pair (agents trust F.pub), or an
+                                    operator's intent signing key
+  switchyard intent sign            sign an intent read as JSON, for pipelines (see 'switchyard intent help')
+  switchyard acl ...                roles and policies: list, grant, revoke, policy, bootstrap
+  switchyard audit log | verify     the audit trail of every decision, and its hash chain
   switchyard --version              the version this binary was built as
 
 Run 'switchyard <command> -h' for a command's flags.
@@ -81,6 +85,12 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 		err = runRollout(ctx, args[1:], stdout, stderr)
 	case "keys":
 		err = runKeys(ctx, args[1:], stdout, stderr)
+	case "intent":
+		err = runIntent(ctx, args[1:], os.Stdin, stdout, stderr)
+	case "acl":
+		err = runAcl(ctx, args[1:], stdout, stderr)
+	case "audit":
+		err = runAudit(ctx, args[1:], stdout, stderr)
 	case "chaos":
 		err = runChaos(ctx, args[1:], stdout, stderr)
 	case "fleet":

@@ -55,6 +55,8 @@ type clientFlags struct {
 	timeout  time.Duration
 	output   string
 	operator string
+	// signKey signs intents; the --nats-creds seed when empty.
+	signKey  string
 	security natsSecurityFlags
 	// publishWait and converge are the intent verbs' waits (registerWaits);
 	// zero for the others.
@@ -82,7 +84,8 @@ func (c *clientFlags) register(fs *flag.FlagSet) {
 	fs.StringVar(&c.nats, "nats", envOr("SWITCHYARD_NATS", "nats://127.0.0.1:4222"), "NATS URL (env SWITCHYARD_NATS)")
 	fs.DurationVar(&c.timeout, "timeout", 30*time.Second, "how long to wait for the coordinators")
 	fs.StringVar(&c.output, "o", "table", "output: table or json")
-	fs.StringVar(&c.operator, "operator", envOr("SWITCHYARD_OPERATOR", defaultOperator()), "who is asking (env SWITCHYARD_OPERATOR)")
+	fs.StringVar(&c.operator, "operator", envOr("SWITCHYARD_OPERATOR", defaultOperator()), "who is asking, kept in the intent; history and audit show the verified signer's enrolled name")
+	fs.StringVar(&c.signKey, "sign-key", envOr("SWITCHYARD_SIGN_KEY", ""), "key that signs intents: an enrolled Ed25519 key (switchyard keys generate) or a NATS creds file; default the --nats-creds user's nkey (env SWITCHYARD_SIGN_KEY)")
 	c.security.register(fs)
 }
 
@@ -250,9 +253,13 @@ func sendIntent(ctx context.Context, c clientFlags, kind string, in *sv1.Intent,
 	in.Id = nuid.Next()
 	in.Operator = c.operator
 	in.CreatedAt = timestamppb.Now()
+	signer, err := c.signer()
+	if err != nil {
+		return err
+	}
 	ctx, cancel := context.WithTimeout(ctx, c.timeout)
 	defer cancel()
-	res, err := bus.SendIntent(ctx, nc, kind, in)
+	res, err := bus.SendSignedIntent(ctx, nc, kind, in, signer)
 	if err != nil {
 		return err
 	}

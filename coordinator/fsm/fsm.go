@@ -47,6 +47,13 @@ const (
 	HookResultType MessageType = 51
 	// RolloutStartType carries an sv1.RolloutStartEntry.
 	RolloutStartType MessageType = 52
+	// AuditRefusalType carries an sv1.AuditRefusalEntry: an intent the
+	// leader refused before commit, kept for the audit.
+	AuditRefusalType MessageType = 70
+	// AuditExportedType carries an sv1.AuditExportedEntry.
+	AuditExportedType MessageType = 71
+	// AclBootstrapType carries an sv1.AclBootstrapEntry: the first admin.
+	AclBootstrapType MessageType = 72
 )
 
 // ErrMalformedEntry is returned by Decode for bytes that are not an entry.
@@ -94,6 +101,12 @@ func Decode(data []byte) (MessageType, proto.Message, error) {
 		body = &sv1.HookResultEntry{}
 	case RolloutStartType:
 		body = &sv1.RolloutStartEntry{}
+	case AuditRefusalType:
+		body = &sv1.AuditRefusalEntry{}
+	case AuditExportedType:
+		body = &sv1.AuditExportedEntry{}
+	case AclBootstrapType:
+		body = &sv1.AclBootstrapEntry{}
 	default:
 		return t, nil, fmt.Errorf("%w: unknown type %d", ErrMalformedEntry, t)
 	}
@@ -193,6 +206,15 @@ func (f *FSM) Apply(l *raft.Log) any {
 		return Response{}
 	case RolloutStartType:
 		f.changed(st.ApplyStart(l.Index, body.(*sv1.RolloutStartEntry)))
+		return Response{}
+	case AuditRefusalType:
+		st.ApplyAuditRefusal(l.Index, body.(*sv1.AuditRefusalEntry))
+		return Response{}
+	case AuditExportedType:
+		st.ApplyAuditExported(body.(*sv1.AuditExportedEntry))
+		return Response{}
+	case AclBootstrapType:
+		st.ApplyAclBootstrap(l.Index, body.(*sv1.AclBootstrapEntry))
 		return Response{}
 	}
 	panic(fmt.Sprintf("raft log index %d: type %d decoded but not applied", l.Index, t))

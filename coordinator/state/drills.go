@@ -1,7 +1,10 @@
 package state
 
 import (
+	"strings"
+
 	"fmt"
+	"github.com/switchyard/switchyard/coordinator/acl"
 	"slices"
 	"time"
 
@@ -44,6 +47,9 @@ func (s *State) runDrill(index uint64, at time.Time, operator string, sp *sv1.Dr
 	if _, ok := s.drills[sp.GetName()]; ok {
 		return refuse(CodeConflict, "drill.name: drill %q exists; give the new drill a new name", sp.GetName())
 	}
+	if err := acl.CheckDrillCaps(s.acl.GetPolicy(), sp); err != nil {
+		return refuse(CodeBlastRadius, "%v", err)
+	}
 	if id := sp.GetRollout(); id != "" {
 		r := s.rollouts[id]
 		if r == nil {
@@ -76,6 +82,11 @@ func (s *State) endDrillLocked(index uint64, d *sv1.Drill, at *timestamppb.Times
 		d.AbortReason = reason
 	}
 	d.EndedAt = at
+	what := "ended"
+	if aborted {
+		what = "aborted: " + reason
+	}
+	s.auditDrill(d, index, at, "drill_end", what)
 	if !wasRunning {
 		return nil // agents never saw it
 	}
@@ -130,6 +141,7 @@ func (s *State) ApplyDrillStart(index uint64, e *sv1.DrillStartEntry) []string {
 	d.StartAt = e.GetStampedAt()
 	d.EndAt = timestamppb.New(e.GetStampedAt().AsTime().Add(d.GetSpec().GetDuration().AsDuration()))
 	d.Generation = index
+	s.auditDrill(d, index, e.GetStampedAt(), "drill_start", fmt.Sprintf("started on %d node(s): %s", len(d.Targets), strings.Join(d.Targets, ", ")))
 	return []string{d.GetId()}
 }
 

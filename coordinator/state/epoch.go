@@ -1,6 +1,7 @@
 package state
 
 import (
+	"fmt"
 	sv1 "github.com/switchyard/switchyard/proto/switchyard/v1"
 )
 
@@ -31,6 +32,8 @@ func (s *State) ApplyEpoch(e *sv1.EpochEntry) bool {
 		return false
 	}
 	s.epoch = e.GetEpoch()
+	s.appendAudit(&sv1.AuditRecord{At: e.GetStampedAt(), Kind: "epoch", Actor: "operator", Accepted: true,
+		Message: fmt.Sprintf("cluster epoch raised to %d (highest seen %d): %s", e.GetEpoch(), e.GetHighestSeen(), e.GetReason())})
 	return true
 }
 

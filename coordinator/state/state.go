@@ -53,15 +53,27 @@ type State struct {
 	drills   map[string]*sv1.Drill
 	// epoch is the cluster's lineage (see epoch.go); 0 reads as 1.
 	epoch uint64
+	// acl is the roles and policy (see acl.go).
+	acl *sv1.AclState
+	// auditHead and audit are the audit chain (see audit.go).
+	auditHead *sv1.AuditHead
+	audit     []*sv1.AuditEntry
+	// inIntent is set while an intent applies: its history lines are
+	// audited as the intent, not one record each.
+	inIntent bool
+	// actor is the verified author of the intent being applied.
+	actor actor
 }
 
 // New returns an empty state.
 func New() *State {
 	return &State{
-		services: map[string]*sv1.ServiceRecord{},
-		rollouts: map[string]*sv1.Rollout{},
-		intents:  map[string]*sv1.ProcessedIntent{},
-		drills:   map[string]*sv1.Drill{},
+		services:  map[string]*sv1.ServiceRecord{},
+		rollouts:  map[string]*sv1.Rollout{},
+		intents:   map[string]*sv1.ProcessedIntent{},
+		drills:    map[string]*sv1.Drill{},
+		acl:       &sv1.AclState{},
+		auditHead: &sv1.AuditHead{},
 	}
 }
 
@@ -80,37 +92,48 @@ func (s *State) ApplyIntent(index uint64, e *sv1.IntentEntry) Applied {
 	}
 	s.forgetIntentsBefore(at.Add(-IntentMemory))
 
+	s.inIntent = true
+	defer func() { s.inIntent, s.actor = false, actor{} }()
+	who, refused := s.authorize(e)
+	s.actor = who
 	var a Applied
-	op := in.GetOperator()
-	switch act := in.GetAction().(type) {
-	case *sv1.Intent_ApplyRollout:
-		a = s.applyRollout(index, at, op, act.ApplyRollout.GetSpec())
-	case *sv1.Intent_AbortRollout:
-		a = s.rollBack(index, at, op, act.AbortRollout.GetRollout(), act.AbortRollout.GetReason(), "abort")
-	case *sv1.Intent_UndoRollout:
-		a = s.rollBack(index, at, op, act.UndoRollout.GetRollout(), act.UndoRollout.GetReason(), "undo")
-	case *sv1.Intent_PauseRollout:
-		a = s.setPaused(index, at, op, act.PauseRollout, true)
-	case *sv1.Intent_ResumeRollout:
-		a = s.setPaused(index, at, op, act.ResumeRollout, false)
-	case *sv1.Intent_ApproveRollout:
-		a = s.approve(index, at, op, act.ApproveRollout)
-	case *sv1.Intent_PromoteRollout:
-		a = s.promote(index, at, op, act.PromoteRollout)
-	case *sv1.Intent_RunDrill:
-		a = s.runDrill(index, at, op, act.RunDrill.GetSpec())
-	case *sv1.Intent_AbortDrill:
-		a = s.abortDrill(index, at, op, act.AbortDrill)
-	case *sv1.Intent_StopAllDrills:
-		a = s.stopAllDrills(index, at, op, act.StopAllDrills)
-	default:
-		a = refuse(CodeInvalid, "intent names no action")
+	op := who.name
+	if refused != nil {
+		a = *refused
+	} else {
+		switch act := in.GetAction().(type) {
+		case nil:
+			a = refuse(CodeInvalid, "intent names no action")
+		case *sv1.Intent_ApplyRollout:
+			a = s.applyRollout(index, at, op, act.ApplyRollout.GetSpec())
+		case *sv1.Intent_AbortRollout:
+			a = s.rollBack(index, at, op, act.AbortRollout.GetRollout(), act.AbortRollout.GetReason(), "abort")
+		case *sv1.Intent_UndoRollout:
+			a = s.rollBack(index, at, op, act.UndoRollout.GetRollout(), act.UndoRollout.GetReason(), "undo")
+		case *sv1.Intent_PauseRollout:
+			a = s.setPaused(index, at, op, act.PauseRollout, true)
+		case *sv1.Intent_ResumeRollout:
+			a = s.setPaused(index, at, op, act.ResumeRollout, false)
+		case *sv1.Intent_ApproveRollout:
+			a = s.approve(index, at, op, act.ApproveRollout)
+		case *sv1.Intent_PromoteRollout:
+			a = s.promote(index, at, op, act.PromoteRollout)
+		case *sv1.Intent_RunDrill:
+			a = s.runDrill(index, at, op, act.RunDrill.GetSpec())
+		case *sv1.Intent_AbortDrill:
+			a = s.abortDrill(index, at, op, act.AbortDrill)
+		case *sv1.Intent_StopAllDrills:
+			a = s.stopAllDrills(index, at, op, act.StopAllDrills)
+		case *sv1.Intent_Acl:
+			a = s.applyAcl(who, act.Acl)
+		}
 	}
 	a.Result.IntentId = in.GetId()
 	a.Result.Index = index
 	if in.GetId() != "" {
 		s.intents[in.GetId()] = &sv1.ProcessedIntent{Id: in.GetId(), Result: a.Result, At: e.GetStampedAt()}
 	}
+	s.auditIntent(index, e, who, a.Result)
 	return Applied{Result: proto.Clone(a.Result).(*sv1.IntentResult), Changed: a.Changed, Drills: a.Drills}
 }
 
@@ -156,6 +179,7 @@ func (s *State) applyRollout(index uint64, at time.Time, operator string, sp *sv
 		CreatedAt:     ts,
 		UpdatedAt:     ts,
 		Operator:      operator,
+		AuthorKey:     s.actor.key,
 		StepStartedAt: ts,
 		ApprovedWave:  -1,
 		ApprovedStep:  -1,
@@ -171,6 +195,23 @@ func (s *State) applyRollout(index uint64, at time.Time, operator string, sp *sv
 	s.record(r, index, ts, operator, fmt.Sprintf("started: %s from %s to %s, %s", sp.GetService(), sp.GetFrom(), sp.GetTo(), where))
 	s.duePoint(r, sv1.HookPoint_HOOK_POINT_PRE_ROLLOUT, KeyPreRollout, index, ts)
 	return Applied{Result: &sv1.IntentResult{Accepted: true, RolloutId: r.Id}, Changed: changed}
+}
+
+// gateAt reports whether r waits for an approval where it is: a pause
+// without a duration, or the end of a wave whose next wave has a manual
+// gate.
+func gateAt(r *sv1.Rollout) bool {
+	plan := spec.Compile(r.GetSpec())
+	w, st := int(r.GetWave()), int(r.GetStep())
+	if w >= len(plan) {
+		return false
+	}
+	pw := plan[w]
+	if st >= len(pw.Steps) {
+		return w+1 < len(plan) && plan[w+1].Wave.GetManualGate()
+	}
+	p := pw.Steps[st].GetPause()
+	return p != nil && p.GetDuration().AsDuration() <= 0
 }
 
 // rederive recomputes the service's desired state after r changed. A new
@@ -197,6 +238,7 @@ func sameWeights(a, b *sv1.DesiredState) bool {
 func (s *State) record(r *sv1.Rollout, index uint64, at *timestamppb.Timestamp, operator, message string) {
 	r.UpdatedAt = at
 	r.History = append(r.History, &sv1.RolloutEvent{At: at, Index: index, Phase: r.GetPhase(), Operator: operator, Message: message})
+	s.auditDecision(r, index, at, message)
 }
 
 // position says where a rollout is, for history lines.
@@ -290,8 +332,26 @@ func (s *State) approve(index uint64, at time.Time, operator string, c *sv1.Roll
 	if r.GetPhase() != sv1.RolloutPhase_ROLLOUT_PHASE_PROGRESSING {
 		return refuse(CodeConflict, "approve_rollout.rollout: %q is %s; there is nothing to approve", r.GetId(), PhaseName(r.GetPhase()))
 	}
+	if !gateAt(r) {
+		return refuse(CodeNothingToApprove, "approve_rollout.rollout: %q is at %s; there is nothing to approve (approval opens a pause without a duration or the manual gate of the next wave)", r.GetId(), s.position(r))
+	}
+	if r.GetApprovedWave() == r.GetWave() && r.GetApprovedStep() == r.GetStep() {
+		return refuse(CodeNothingToApprove, "approve_rollout.rollout: %q is approved at %s already", r.GetId(), s.position(r))
+	}
+	marks, need, refused := s.twoPerson(r, s.actor, "approve")
+	if refused != nil {
+		return *refused
+	}
+	ts := timestamppb.New(at)
+	if need > 0 {
+		r.Approvers = marks
+		if got := len(approvalsAt(r, marks)); uint32(got) < need {
+			s.record(r, index, ts, operator, fmt.Sprintf("approval %d of %d at %s (two-person rule)", got, need, s.position(r)))
+			return Applied{Result: &sv1.IntentResult{Accepted: true, RolloutId: r.Id}}
+		}
+	}
 	r.ApprovedWave, r.ApprovedStep = r.GetWave(), r.GetStep()
-	s.record(r, index, timestamppb.New(at), operator, "approved at "+s.position(r))
+	s.record(r, index, ts, operator, "approved at "+s.position(r))
 	return Applied{Result: &sv1.IntentResult{Accepted: true, RolloutId: r.Id}}
 }
 
@@ -303,6 +363,14 @@ func (s *State) promote(index uint64, at time.Time, operator string, c *sv1.Prom
 	}
 	if r.GetPhase() != sv1.RolloutPhase_ROLLOUT_PHASE_PROGRESSING {
 		return refuse(CodeConflict, "promote_rollout.rollout: %q is %s; only a progressing rollout can be promoted", r.GetId(), PhaseName(r.GetPhase()))
+	}
+	marks, need, refused := s.twoPerson(r, s.actor, "promote")
+	if refused != nil {
+		return *refused
+	}
+	if got := len(approvalsAt(r, marks)); uint32(got) < need {
+		return refuse(CodeTwoPerson, "promote_rollout.rollout: %q has %d of the %d approvals the policy asks at %s (two-person rule: approvers other than the author); another approver must approve first",
+			r.GetId(), got, need, s.position(r))
 	}
 	ts := timestamppb.New(at)
 	var changed []string
@@ -321,6 +389,7 @@ func (s *State) promote(index uint64, at time.Time, operator string, c *sv1.Prom
 
 func (s *State) moveTo(svc *sv1.ServiceRecord, r *sv1.Rollout, index uint64, at *timestamppb.Timestamp, operator string, wave, step int, why string) []string {
 	r.Wave, r.Step = int32(wave), int32(step)
+	r.Approvers = nil
 	r.StepStartedAt = at
 	r.HoldStart = false // an operator's skip passes the pre-rollout gates too
 	s.cancelGates(r, index, at)
@@ -331,6 +400,7 @@ func (s *State) moveTo(svc *sv1.ServiceRecord, r *sv1.Rollout, index uint64, at 
 
 func (s *State) promoteFully(svc *sv1.ServiceRecord, r *sv1.Rollout, index uint64, at *timestamppb.Timestamp, operator, why string) []string {
 	r.Phase = sv1.RolloutPhase_ROLLOUT_PHASE_PROMOTED
+	r.Approvers = nil
 	r.HoldStart = false
 	s.cancelGates(r, index, at)
 	r.PromotedAt = at
@@ -555,7 +625,10 @@ func (s *State) Services() []string {
 func (s *State) Snapshot() *sv1.StateSnapshot {
 	s.mu.RLock()
 	defer s.mu.RUnlock()
-	snap := &sv1.StateSnapshot{Epoch: s.epoch}
+	snap := &sv1.StateSnapshot{Epoch: s.epoch, Acl: proto.Clone(s.acl).(*sv1.AclState), AuditHead: proto.Clone(s.auditHead).(*sv1.AuditHead)}
+	for _, e := range s.audit {
+		snap.Audit = append(snap.Audit, proto.Clone(e).(*sv1.AuditEntry))
+	}
 	for _, k := range sortedKeys(s.services) {
 		snap.Services = append(snap.Services, proto.Clone(s.services[k]).(*sv1.ServiceRecord))
 	}
@@ -576,6 +649,9 @@ func (s *State) Snapshot() *sv1.StateSnapshot {
 func FromSnapshot(snap *sv1.StateSnapshot) (*State, error) {
 	s := New()
 	s.epoch = snap.GetEpoch()
+	if err := s.restoreAclAudit(snap); err != nil {
+		return nil, err
+	}
 	for _, v := range snap.GetServices() {
 		if v.GetName() == "" || s.services[v.GetName()] != nil {
 			return nil, fmt.Errorf("snapshot: service with empty or duplicate name %q", v.GetName())

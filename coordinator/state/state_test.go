@@ -110,7 +110,14 @@ func TestState_Refusals(t *testing.T) {
 				t.Fatalf("refusal changed %v", a.Changed)
 			}
 			after := s.Snapshot()
+			if got := after.GetAuditHead().GetSeq() - before.GetAuditHead().GetSeq(); got != 1 {
+				t.Fatalf("refusal made %d audit records, want 1", got)
+			}
+			if rec := lastAudit(t, s); rec.GetKind() != "refused" || rec.GetCode() != c.code || rec.GetIntentId() != c.entry.GetIntent().GetId() {
+				t.Fatalf("audit record %v, want the refusal", rec)
+			}
 			after.Intents, before.Intents = nil, nil
+			after.AuditHead, before.AuditHead, after.Audit, before.Audit = nil, nil, nil, nil
 			if !proto.Equal(before, after) {
 				t.Fatal("refusal changed state")
 			}

@@ -177,6 +177,13 @@ func StartCluster(ctx context.Context, o ClusterOptions) (c *Cluster, err error)
 		if sec.CA != "" {
 			args = append(args, "--nats-ca", sec.CA)
 		}
+		// The operator identity the harness's CLI runs with is the
+		// cluster's first admin, so it may do everything.
+		if admin, err := o.NATS.Creds(bus.RoleOperator, "operator"); err != nil {
+			return c, err
+		} else if admin != "" {
+			args = append(args, "--acl-bootstrap-admin", admin, "--acl-bootstrap-name", "operator")
+		}
 		if c.CA != nil {
 			f, err := c.CA.Issue(co.ID, []string{"127.0.0.1"})
 			if err != nil {

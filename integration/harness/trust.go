@@ -79,6 +79,17 @@ func (b Bus) Connect(role bus.Role, name string, opts ...nats.Option) (*nats.Con
 	return nats.Connect(b.URL, append(so, opts...)...)
 }
 
+// IntentSigner is the key the harness's operator identity (the one CLIEnv
+// gives, the clusters' first admin) signs intents with; nil on a bus
+// without authorization.
+func (b Bus) IntentSigner() (*bus.IntentSigner, error) {
+	creds, err := b.Creds(bus.RoleOperator, "operator")
+	if err != nil || creds == "" {
+		return nil, err
+	}
+	return bus.LoadIntentSigner(creds)
+}
+
 // CLIEnv is the environment a CLI run as an operator needs.
 func (b Bus) CLIEnv() ([]string, error) {
 	sec, err := b.Security(bus.RoleOperator, "operator")

@@ -44,6 +44,7 @@ type Intent struct {
 	//	*Intent_RunDrill
 	//	*Intent_AbortDrill
 	//	*Intent_StopAllDrills
+	//	*Intent_Acl
 	Action        isIntent_Action `protobuf_oneof:"action"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
@@ -197,6 +198,15 @@ func (x *Intent) GetStopAllDrills() *StopAllDrills {
 	return nil
 }
 
+func (x *Intent) GetAcl() *AclChange {
+	if x != nil {
+		if x, ok := x.Action.(*Intent_Acl); ok {
+			return x.Acl
+		}
+	}
+	return nil
+}
+
 type isIntent_Action interface {
 	isIntent_Action()
 }
@@ -241,6 +251,11 @@ type Intent_StopAllDrills struct {
 	StopAllDrills *StopAllDrills `protobuf:"bytes,22,opt,name=stop_all_drills,json=stopAllDrills,proto3,oneof"`
 }
 
+type Intent_Acl struct {
+	// Acl changes roles or policy; admins only.
+	Acl *AclChange `protobuf:"bytes,70,opt,name=acl,proto3,oneof"`
+}
+
 func (*Intent_ApplyRollout) isIntent_Action() {}
 
 func (*Intent_AbortRollout) isIntent_Action() {}
@@ -260,6 +275,8 @@ func (*Intent_RunDrill) isIntent_Action() {}
 func (*Intent_AbortDrill) isIntent_Action() {}
 
 func (*Intent_StopAllDrills) isIntent_Action() {}
+
+func (*Intent_Acl) isIntent_Action() {}
 
 // RunDrill schedules a chaos drill.
 type RunDrill struct {
@@ -732,7 +749,7 @@ var File_switchyard_v1_intent_proto protoreflect.FileDescriptor
 
 const file_switchyard_v1_intent_proto_rawDesc = "" +
 	"\n" +
-	"\x1aswitchyard/v1/intent.proto\x12\rswitchyard.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x19switchyard/v1/drill.proto\x1a\x1bswitchyard/v1/rollout.proto\"\xa5\x06\n" +
+	"\x1aswitchyard/v1/intent.proto\x12\rswitchyard.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x17switchyard/v1/acl.proto\x1a\x19switchyard/v1/drill.proto\x1a\x1bswitchyard/v1/rollout.proto\"\xd3\x06\n" +
 	"\x06Intent\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\tR\x02id\x12\x1a\n" +
 	"\boperator\x18\x02 \x01(\tR\boperator\x129\n" +
@@ -749,7 +766,8 @@ const file_switchyard_v1_intent_proto_rawDesc = "" +
 	"\trun_drill\x18\x14 \x01(\v2\x17.switchyard.v1.RunDrillH\x00R\brunDrill\x12<\n" +
 	"\vabort_drill\x18\x15 \x01(\v2\x19.switchyard.v1.AbortDrillH\x00R\n" +
 	"abortDrill\x12F\n" +
-	"\x0fstop_all_drills\x18\x16 \x01(\v2\x1c.switchyard.v1.StopAllDrillsH\x00R\rstopAllDrillsB\b\n" +
+	"\x0fstop_all_drills\x18\x16 \x01(\v2\x1c.switchyard.v1.StopAllDrillsH\x00R\rstopAllDrills\x12,\n" +
+	"\x03acl\x18F \x01(\v2\x18.switchyard.v1.AclChangeH\x00R\x03aclB\b\n" +
 	"\x06action\"8\n" +
 	"\bRunDrill\x12,\n" +
 	"\x04spec\x18\x01 \x01(\v2\x18.switchyard.v1.DrillSpecR\x04spec\":\n" +
@@ -808,8 +826,9 @@ var file_switchyard_v1_intent_proto_goTypes = []any{
 	(*AbortRollout)(nil),          // 7: switchyard.v1.AbortRollout
 	(*IntentResult)(nil),          // 8: switchyard.v1.IntentResult
 	(*timestamppb.Timestamp)(nil), // 9: google.protobuf.Timestamp
-	(*DrillSpec)(nil),             // 10: switchyard.v1.DrillSpec
-	(*RolloutSpec)(nil),           // 11: switchyard.v1.RolloutSpec
+	(*AclChange)(nil),             // 10: switchyard.v1.AclChange
+	(*DrillSpec)(nil),             // 11: switchyard.v1.DrillSpec
+	(*RolloutSpec)(nil),           // 12: switchyard.v1.RolloutSpec
 }
 var file_switchyard_v1_intent_proto_depIdxs = []int32{
 	9,  // 0: switchyard.v1.Intent.created_at:type_name -> google.protobuf.Timestamp
@@ -823,13 +842,14 @@ var file_switchyard_v1_intent_proto_depIdxs = []int32{
 	1,  // 8: switchyard.v1.Intent.run_drill:type_name -> switchyard.v1.RunDrill
 	2,  // 9: switchyard.v1.Intent.abort_drill:type_name -> switchyard.v1.AbortDrill
 	3,  // 10: switchyard.v1.Intent.stop_all_drills:type_name -> switchyard.v1.StopAllDrills
-	10, // 11: switchyard.v1.RunDrill.spec:type_name -> switchyard.v1.DrillSpec
-	11, // 12: switchyard.v1.ApplyRollout.spec:type_name -> switchyard.v1.RolloutSpec
-	13, // [13:13] is the sub-list for method output_type
-	13, // [13:13] is the sub-list for method input_type
-	13, // [13:13] is the sub-list for extension type_name
-	13, // [13:13] is the sub-list for extension extendee
-	0,  // [0:13] is the sub-list for field type_name
+	10, // 11: switchyard.v1.Intent.acl:type_name -> switchyard.v1.AclChange
+	11, // 12: switchyard.v1.RunDrill.spec:type_name -> switchyard.v1.DrillSpec
+	12, // 13: switchyard.v1.ApplyRollout.spec:type_name -> switchyard.v1.RolloutSpec
+	14, // [14:14] is the sub-list for method output_type
+	14, // [14:14] is the sub-list for method input_type
+	14, // [14:14] is the sub-list for extension type_name
+	14, // [14:14] is the sub-list for extension extendee
+	0,  // [0:14] is the sub-list for field type_name
 }
 
 func init() { file_switchyard_v1_intent_proto_init() }
@@ -837,6 +857,7 @@ func file_switchyard_v1_intent_proto_init() {
 	if File_switchyard_v1_intent_proto != nil {
 		return
 	}
+	file_switchyard_v1_acl_proto_init()
 	file_switchyard_v1_drill_proto_init()
 	file_switchyard_v1_rollout_proto_init()
 	file_switchyard_v1_intent_proto_msgTypes[0].OneofWrappers = []any{
@@ -850,6 +871,7 @@ func file_switchyard_v1_intent_proto_init() {
 		(*Intent_RunDrill)(nil),
 		(*Intent_AbortDrill)(nil),
 		(*Intent_StopAllDrills)(nil),
+		(*Intent_Acl)(nil),
 	}
 	type x struct{}
 	out := protoimpl.TypeBuilder{

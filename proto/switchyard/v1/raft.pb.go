@@ -25,9 +25,14 @@ const (
 // IntentEntry commits one operator intent. The leader stamps it with the
 // time the state machine uses.
 type IntentEntry struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	Intent        *Intent                `protobuf:"bytes,1,opt,name=intent,proto3" json:"intent,omitempty"`
-	StampedAt     *timestamppb.Timestamp `protobuf:"bytes,2,opt,name=stamped_at,json=stampedAt,proto3" json:"stamped_at,omitempty"`
+	state     protoimpl.MessageState `protogen:"open.v1"`
+	Intent    *Intent                `protobuf:"bytes,1,opt,name=intent,proto3" json:"intent,omitempty"`
+	StampedAt *timestamppb.Timestamp `protobuf:"bytes,2,opt,name=stamped_at,json=stampedAt,proto3" json:"stamped_at,omitempty"`
+	// Signer is the public key whose signature the leader verified; empty
+	// for intents committed before signatures were required.
+	Signer string `protobuf:"bytes,70,opt,name=signer,proto3" json:"signer,omitempty"`
+	// IntentSha256 is the hash of the signed intent bytes, kept for audit.
+	IntentSha256  []byte `protobuf:"bytes,71,opt,name=intent_sha256,json=intentSha256,proto3" json:"intent_sha256,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -72,6 +77,20 @@ func (x *IntentEntry) GetIntent() *Intent {
 func (x *IntentEntry) GetStampedAt() *timestamppb.Timestamp {
 	if x != nil {
 		return x.StampedAt
+	}
+	return nil
+}
+
+func (x *IntentEntry) GetSigner() string {
+	if x != nil {
+		return x.Signer
+	}
+	return ""
+}
+
+func (x *IntentEntry) GetIntentSha256() []byte {
+	if x != nil {
+		return x.IntentSha256
 	}
 	return nil
 }
@@ -579,7 +598,13 @@ type StateSnapshot struct {
 	Drills   []*Drill               `protobuf:"bytes,4,rep,name=drills,proto3" json:"drills,omitempty"`
 	// Epoch is the cluster's lineage; 0 in snapshots from before epochs, read
 	// as 1.
-	Epoch         uint64 `protobuf:"varint,20,opt,name=epoch,proto3" json:"epoch,omitempty"`
+	Epoch uint64 `protobuf:"varint,20,opt,name=epoch,proto3" json:"epoch,omitempty"`
+	// Acl is the roles and policy.
+	Acl *AclState `protobuf:"bytes,70,opt,name=acl,proto3" json:"acl,omitempty"`
+	// AuditHead is the audit chain's head.
+	AuditHead *AuditHead `protobuf:"bytes,71,opt,name=audit_head,json=auditHead,proto3" json:"audit_head,omitempty"`
+	// Audit holds the records not yet exported and the latest exported ones.
+	Audit         []*AuditEntry `protobuf:"bytes,72,rep,name=audit,proto3" json:"audit,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -647,6 +672,27 @@ func (x *StateSnapshot) GetEpoch() uint64 {
 		return x.Epoch
 	}
 	return 0
+}
+
+func (x *StateSnapshot) GetAcl() *AclState {
+	if x != nil {
+		return x.Acl
+	}
+	return nil
+}
+
+func (x *StateSnapshot) GetAuditHead() *AuditHead {
+	if x != nil {
+		return x.AuditHead
+	}
+	return nil
+}
+
+func (x *StateSnapshot) GetAudit() []*AuditEntry {
+	if x != nil {
+		return x.Audit
+	}
+	return nil
 }
 
 // EpochEntry raises the cluster epoch: the explicit operator step after a
@@ -849,11 +895,13 @@ var File_switchyard_v1_raft_proto protoreflect.FileDescriptor
 
 const file_switchyard_v1_raft_proto_rawDesc = "" +
 	"\n" +
-	"\x18switchyard/v1/raft.proto\x12\rswitchyard.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x1bswitchyard/v1/desired.proto\x1a\x19switchyard/v1/drill.proto\x1a\x1aswitchyard/v1/intent.proto\x1a\x1bswitchyard/v1/rollout.proto\"w\n" +
+	"\x18switchyard/v1/raft.proto\x12\rswitchyard.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x17switchyard/v1/acl.proto\x1a\x1bswitchyard/v1/desired.proto\x1a\x19switchyard/v1/drill.proto\x1a\x1aswitchyard/v1/intent.proto\x1a\x1bswitchyard/v1/rollout.proto\"\xb4\x01\n" +
 	"\vIntentEntry\x12-\n" +
 	"\x06intent\x18\x01 \x01(\v2\x15.switchyard.v1.IntentR\x06intent\x129\n" +
 	"\n" +
-	"stamped_at\x18\x02 \x01(\v2\x1a.google.protobuf.TimestampR\tstampedAt\"\xb8\x01\n" +
+	"stamped_at\x18\x02 \x01(\v2\x1a.google.protobuf.TimestampR\tstampedAt\x12\x16\n" +
+	"\x06signer\x18F \x01(\tR\x06signer\x12#\n" +
+	"\rintent_sha256\x18G \x01(\fR\fintentSha256\"\xb8\x01\n" +
 	"\x15RolloutConvergedEntry\x12\x18\n" +
 	"\arollout\x18\x01 \x01(\tR\arollout\x12\x1e\n" +
 	"\n" +
@@ -898,13 +946,17 @@ const file_switchyard_v1_raft_proto_rawDesc = "" +
 	"stamped_at\x18\x04 \x01(\v2\x1a.google.protobuf.TimestampR\tstampedAt\"\\\n" +
 	"\x10DrillReportEntry\x12\x14\n" +
 	"\x05drill\x18\x01 \x01(\tR\x05drill\x122\n" +
-	"\x06report\x18\x02 \x01(\v2\x1a.switchyard.v1.DrillReportR\x06report\"\xfb\x01\n" +
+	"\x06report\x18\x02 \x01(\v2\x1a.switchyard.v1.DrillReportR\x06report\"\x90\x03\n" +
 	"\rStateSnapshot\x128\n" +
 	"\bservices\x18\x01 \x03(\v2\x1c.switchyard.v1.ServiceRecordR\bservices\x122\n" +
 	"\brollouts\x18\x02 \x03(\v2\x16.switchyard.v1.RolloutR\brollouts\x128\n" +
 	"\aintents\x18\x03 \x03(\v2\x1e.switchyard.v1.ProcessedIntentR\aintents\x12,\n" +
 	"\x06drills\x18\x04 \x03(\v2\x14.switchyard.v1.DrillR\x06drills\x12\x14\n" +
-	"\x05epoch\x18\x14 \x01(\x04R\x05epoch\"\x98\x01\n" +
+	"\x05epoch\x18\x14 \x01(\x04R\x05epoch\x12)\n" +
+	"\x03acl\x18F \x01(\v2\x17.switchyard.v1.AclStateR\x03acl\x127\n" +
+	"\n" +
+	"audit_head\x18G \x01(\v2\x18.switchyard.v1.AuditHeadR\tauditHead\x12/\n" +
+	"\x05audit\x18H \x03(\v2\x19.switchyard.v1.AuditEntryR\x05audit\"\x98\x01\n" +
 	"\n" +
 	"EpochEntry\x12\x14\n" +
 	"\x05epoch\x18\x01 \x01(\x04R\x05epoch\x12\x16\n" +
@@ -953,8 +1005,11 @@ var file_switchyard_v1_raft_proto_goTypes = []any{
 	(*DrillReport)(nil),           // 15: switchyard.v1.DrillReport
 	(*Rollout)(nil),               // 16: switchyard.v1.Rollout
 	(*Drill)(nil),                 // 17: switchyard.v1.Drill
-	(*DesiredState)(nil),          // 18: switchyard.v1.DesiredState
-	(*IntentResult)(nil),          // 19: switchyard.v1.IntentResult
+	(*AclState)(nil),              // 18: switchyard.v1.AclState
+	(*AuditHead)(nil),             // 19: switchyard.v1.AuditHead
+	(*AuditEntry)(nil),            // 20: switchyard.v1.AuditEntry
+	(*DesiredState)(nil),          // 21: switchyard.v1.DesiredState
+	(*IntentResult)(nil),          // 22: switchyard.v1.IntentResult
 }
 var file_switchyard_v1_raft_proto_depIdxs = []int32{
 	12, // 0: switchyard.v1.IntentEntry.intent:type_name -> switchyard.v1.Intent
@@ -971,15 +1026,18 @@ var file_switchyard_v1_raft_proto_depIdxs = []int32{
 	16, // 11: switchyard.v1.StateSnapshot.rollouts:type_name -> switchyard.v1.Rollout
 	11, // 12: switchyard.v1.StateSnapshot.intents:type_name -> switchyard.v1.ProcessedIntent
 	17, // 13: switchyard.v1.StateSnapshot.drills:type_name -> switchyard.v1.Drill
-	13, // 14: switchyard.v1.EpochEntry.stamped_at:type_name -> google.protobuf.Timestamp
-	18, // 15: switchyard.v1.ServiceRecord.desired:type_name -> switchyard.v1.DesiredState
-	19, // 16: switchyard.v1.ProcessedIntent.result:type_name -> switchyard.v1.IntentResult
-	13, // 17: switchyard.v1.ProcessedIntent.at:type_name -> google.protobuf.Timestamp
-	18, // [18:18] is the sub-list for method output_type
-	18, // [18:18] is the sub-list for method input_type
-	18, // [18:18] is the sub-list for extension type_name
-	18, // [18:18] is the sub-list for extension extendee
-	0,  // [0:18] is the sub-list for field type_name
+	18, // 14: switchyard.v1.StateSnapshot.acl:type_name -> switchyard.v1.AclState
+	19, // 15: switchyard.v1.StateSnapshot.audit_head:type_name -> switchyard.v1.AuditHead
+	20, // 16: switchyard.v1.StateSnapshot.audit:type_name -> switchyard.v1.AuditEntry
+	13, // 17: switchyard.v1.EpochEntry.stamped_at:type_name -> google.protobuf.Timestamp
+	21, // 18: switchyard.v1.ServiceRecord.desired:type_name -> switchyard.v1.DesiredState
+	22, // 19: switchyard.v1.ProcessedIntent.result:type_name -> switchyard.v1.IntentResult
+	13, // 20: switchyard.v1.ProcessedIntent.at:type_name -> google.protobuf.Timestamp
+	21, // [21:21] is the sub-list for method output_type
+	21, // [21:21] is the sub-list for method input_type
+	21, // [21:21] is the sub-list for extension type_name
+	21, // [21:21] is the sub-list for extension extendee
+	0,  // [0:21] is the sub-list for field type_name
 }
 
 func init() { file_switchyard_v1_raft_proto_init() }
@@ -987,6 +1045,7 @@ func file_switchyard_v1_raft_proto_init() {
 	if File_switchyard_v1_raft_proto != nil {
 		return
 	}
+	file_switchyard_v1_acl_proto_init()
 	file_switchyard_v1_desired_proto_init()
 	file_switchyard_v1_drill_proto_init()
 	file_switchyard_v1_intent_proto_init()

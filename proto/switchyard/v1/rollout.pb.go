@@ -967,7 +967,13 @@ type Rollout struct {
 	HoldStart bool `protobuf:"varint,51,opt,name=hold_start,json=holdStart,proto3" json:"hold_start,omitempty"`
 	// PauseReason says why the rollout paused itself (a gating webhook with
 	// onFailure pause); empty when an operator paused it.
-	PauseReason   string `protobuf:"bytes,52,opt,name=pause_reason,json=pauseReason,proto3" json:"pause_reason,omitempty"`
+	PauseReason string `protobuf:"bytes,52,opt,name=pause_reason,json=pauseReason,proto3" json:"pause_reason,omitempty"`
+	// Approvers are the principals who approved the gate at the current
+	// position, when a policy asks for more than one.
+	Approvers []string `protobuf:"bytes,70,rep,name=approvers,proto3" json:"approvers,omitempty"`
+	// AuthorKey is the verified key that applied the rollout; the
+	// two-person rule keeps it from approving its own rollout.
+	AuthorKey     string `protobuf:"bytes,71,opt,name=author_key,json=authorKey,proto3" json:"author_key,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1138,6 +1144,20 @@ func (x *Rollout) GetHoldStart() bool {
 func (x *Rollout) GetPauseReason() string {
 	if x != nil {
 		return x.PauseReason
+	}
+	return ""
+}
+
+func (x *Rollout) GetApprovers() []string {
+	if x != nil {
+		return x.Approvers
+	}
+	return nil
+}
+
+func (x *Rollout) GetAuthorKey() string {
+	if x != nil {
+		return x.AuthorKey
 	}
 	return ""
 }
@@ -1811,7 +1831,7 @@ const file_switchyard_v1_rollout_proto_rawDesc = "" +
 	"\x03max\x18\x02 \x01(\v2\x19.google.protobuf.DurationR\x03max\x12<\n" +
 	"\fmax_increase\x18\x03 \x01(\v2\x19.google.protobuf.DurationR\vmaxIncrease\"2\n" +
 	"\x13SaturationGuardrail\x12\x1b\n" +
-	"\tmax_queue\x18\x01 \x01(\rR\bmaxQueue\"\xb7\x06\n" +
+	"\tmax_queue\x18\x01 \x01(\rR\bmaxQueue\"\xf4\x06\n" +
 	"\aRollout\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\tR\x02id\x12.\n" +
 	"\x04spec\x18\x02 \x01(\v2\x1a.switchyard.v1.RolloutSpecR\x04spec\x121\n" +
@@ -1840,7 +1860,10 @@ const file_switchyard_v1_rollout_proto_rawDesc = "" +
 	"hook_calls\x182 \x03(\v2\x17.switchyard.v1.HookCallR\thookCalls\x12\x1d\n" +
 	"\n" +
 	"hold_start\x183 \x01(\bR\tholdStart\x12!\n" +
-	"\fpause_reason\x184 \x01(\tR\vpauseReason\"\xbe\x01\n" +
+	"\fpause_reason\x184 \x01(\tR\vpauseReason\x12\x1c\n" +
+	"\tapprovers\x18F \x03(\tR\tapprovers\x12\x1d\n" +
+	"\n" +
+	"author_key\x18G \x01(\tR\tauthorKey\"\xbe\x01\n" +
 	"\bEvidence\x12\x1c\n" +
 	"\tguardrail\x18\x01 \x01(\tR\tguardrail\x12\x18\n" +
 	"\asummary\x18\x02 \x01(\tR\asummary\x127\n" +
