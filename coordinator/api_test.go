@@ -3,6 +3,7 @@ package coordinator
 import (
 	"bufio"
 	"context"
+	"crypto/tls"
 	"fmt"
 	"io"
 	"net/http"
@@ -19,6 +20,7 @@ import (
 	"google.golang.org/protobuf/proto"
 
 	"github.com/switchyard/switchyard/bus"
+	"github.com/switchyard/switchyard/internal/certs"
 	"github.com/switchyard/switchyard/internal/spec"
 	sv1 "github.com/switchyard/switchyard/proto/switchyard/v1"
 )
@@ -280,5 +282,63 @@ func TestAPI_ViewerTokenGuardsReadsAndDashboard(t *testing.T) {
 	}
 	if _, err := loadViewerToken(filepath.Join(dir, "missing")); err == nil || !strings.Contains(err.Error(), "--viewer-token-file") {
 		t.Fatalf("missing file: %v", err)
+	}
+}
+
+// Over HTTPS with the cluster CA, the viewer token and a client certificate
+// from the cluster CA each open the read API; a browser that trusts the CA
+// but has neither is refused.
+func TestAPI_ViewerTokenOrClusterCertificateOverHTTPS(t *testing.T) {
+	_, url := startNATS(t)
+	dir := t.TempDir()
+	files := clusterCA(t, "cluster-ca", "c1", "operator")
+	tokenFile := filepath.Join(dir, "viewer.token")
+	const token = "https-viewer-token-0123456789"
+	if err := os.WriteFile(tokenFile, []byte(token), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	reg := prometheus.NewRegistry()
+	srv, err := New(Config{NodeID: "c1", DataDir: filepath.Join(dir, "data"), RaftAddr: "127.0.0.1:0", HTTPAddr: "127.0.0.1:0",
+		NATSURL: url, BootstrapExpect: 1, Registerer: reg, Gatherer: reg, Signing: testSigning,
+		ClusterTLS: files["c1"], ViewerTokenFile: tokenFile})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() { defer close(done); _ = srv.Run(ctx) }()
+	defer func() { cancel(); <-done }()
+	waitFor(t, "leadership", 10*time.Second, func() bool { return testutil.ToFloat64(srv.metrics.isLeader) == 1 })
+
+	browserTLS, err := (certs.Files{CA: files["c1"].CA, CALabel: "--cluster-ca"}).Client()
+	if err != nil {
+		t.Fatal(err)
+	}
+	withCert, err := files["operator"].Client()
+	if err != nil {
+		t.Fatal(err)
+	}
+	get := func(tc *tls.Config, bearer string) int {
+		req, _ := http.NewRequest(http.MethodGet, "https://"+srv.HTTPAddr()+"/v1/overview", nil)
+		if bearer != "" {
+			req.Header.Set("Authorization", "Bearer "+bearer)
+		}
+		c := &http.Client{Transport: &http.Transport{TLSClientConfig: tc}, Timeout: 5 * time.Second}
+		defer c.CloseIdleConnections()
+		resp, err := c.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		resp.Body.Close()
+		return resp.StatusCode
+	}
+	if code := get(browserTLS, ""); code != http.StatusUnauthorized {
+		t.Fatalf("CA only, no token: %d", code)
+	}
+	if code := get(browserTLS, token); code != http.StatusOK {
+		t.Fatalf("CA and token: %d", code)
+	}
+	if code := get(withCert, ""); code != http.StatusOK {
+		t.Fatalf("cluster certificate: %d", code)
 	}
 }
