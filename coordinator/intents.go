@@ -105,11 +105,22 @@ func (s *Server) ensureIntentConsumer(ctx context.Context, reset bool) (jetstrea
 	return bus.EnsureIntentConsumer(ctx, s.js)
 }
 
+// isJSON tells a protojson body (a JSON object) from a protobuf one. A JSON
+// intent or query is answered in JSON.
+func isJSON(data []byte) bool {
+	t := bytes.TrimSpace(data)
+	return len(t) > 0 && t[0] == '{'
+}
+
 // decodeIntent reads an intent as protobuf, or as protojson when the body is
 // a JSON object, so a pipeline can publish one from a shell.
 func decodeIntent(data []byte) (*sv1.Intent, error) {
 	var in sv1.Intent
-	if t := bytes.TrimSpace(data); len(t) > 0 && t[0] == '{' {
+	if isJSON(data) {
+		t, err := acceptSpecVersion(bytes.TrimSpace(data))
+		if err != nil {
+			return nil, err
+		}
 		if err := protojson.Unmarshal(t, &in); err != nil {
 			return nil, fmt.Errorf("intent is neither protobuf nor valid protojson: %v", err)
 		}
@@ -123,6 +134,7 @@ func decodeIntent(data []byte) (*sv1.Intent, error) {
 
 func (s *Server) handleIntent(ctx context.Context, msg jetstream.Msg) {
 	reply := msg.Headers().Get(bus.ReplyHeader)
+	asJSON := isJSON(msg.Data())
 	in, err := decodeIntent(msg.Data())
 	if err == nil && in.GetId() == "" {
 		in.Id = msg.Headers().Get(bus.MsgIDHeader)
@@ -147,7 +159,7 @@ func (s *Server) handleIntent(ctx context.Context, msg jetstream.Msg) {
 		res := &sv1.IntentResult{IntentId: in.GetId(), Code: code, Error: err.Error()}
 		s.log.Warn("intent refused before commit", "subject", msg.Subject(), "code", code, "err", err)
 		s.metrics.intentsRejected.WithLabelValues(code).Inc()
-		s.answer(reply, res)
+		s.answer(reply, res, asJSON)
 		// A message that will never decode must not come back.
 		_ = msg.Term()
 		return
@@ -181,7 +193,7 @@ func (s *Server) handleIntent(ctx context.Context, msg jetstream.Msg) {
 		s.metrics.intentsRejected.WithLabelValues(res.GetCode()).Inc()
 		log.Info("intent refused", "code", res.GetCode(), "err", res.GetError())
 	}
-	s.answer(reply, res)
+	s.answer(reply, res, asJSON)
 	if err := msg.DoubleAck(ctx); err != nil {
 		// Committed already; a redelivery will be answered as a duplicate.
 		log.Warn("acknowledging intent", "err", err)
@@ -255,11 +267,17 @@ func (s *Server) checkBlastRadius(in *sv1.Intent) error {
 	return chaos.CheckCap(sp, len(chaos.Select(sp, live)), len(live))
 }
 
-func (s *Server) answer(reply string, res *sv1.IntentResult) {
+// answer sends an intent's result to the subject the sender named, in the
+// encoding the intent came in.
+func (s *Server) answer(reply string, res *sv1.IntentResult, asJSON bool) {
 	if reply == "" {
 		return
 	}
-	b, err := proto.Marshal(res)
+	marshal := proto.Marshal
+	if asJSON {
+		marshal = protojson.Marshal
+	}
+	b, err := marshal(res)
 	if err == nil {
 		err = s.nc.Publish(reply, b)
 	}

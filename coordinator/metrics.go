@@ -25,6 +25,7 @@ type metrics struct {
 	webhookCalls      *prometheus.CounterVec
 	webhookSeconds    *prometheus.HistogramVec
 	queries           *prometheus.CounterVec
+	queriesMalformed  prometheus.Counter
 }
 
 func newMetrics(reg prometheus.Registerer) *metrics {
@@ -79,6 +80,10 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 			Name: "switchyard_coordinator_queries_total",
 			Help: "Read queries by how they were answered: current (leader, leadership verified), stale (asked for with --stale, from this replica), declined (not verified current; the client asks again).",
 		}, []string{"result"}),
+		queriesMalformed: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "switchyard_coordinator_queries_malformed_total",
+			Help: "Read queries refused because they did not decode (neither the query's protobuf nor its JSON); answered with an error.",
+		}),
 		peerRejected: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "switchyard_coordinator_cluster_peers_rejected_total",
 			Help: "Raft and HTTPS connections whose TLS handshake failed, and cluster changes without a certificate from the cluster CA.",
@@ -105,7 +110,7 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 			Buckets: prometheus.ExponentialBuckets(0.005, 2, 14),
 		}, []string{"point"}),
 	}
-	reg.MustRegister(m.peerRejected, m.joinFailures, m.diverged, m.divergences, m.queries)
+	reg.MustRegister(m.peerRejected, m.joinFailures, m.diverged, m.divergences, m.queries, m.queriesMalformed)
 	reg.MustRegister(m.intentsAccepted, m.intentsRejected, m.publishes, m.publishSeconds,
 		m.raftApply, m.isLeader, m.statusRejected, m.statuses, m.telemetry, m.telemetryRejected, m.decisions,
 		m.webhookCalls, m.webhookSeconds)
