@@ -30,7 +30,8 @@ const rolloutUsage = `Usage:
   switchyard rollout apply -f FILE          start a rollout
   switchyard rollout plan -f FILE           dry run: steps, nodes per wave, guardrails; changes nothing
   switchyard rollout status [NAME]          every rollout, or one in detail
-  switchyard rollout watch NAME             live view until the rollout ends (exit 1 if rolled back)
+  switchyard rollout watch NAME             live view until the rollout ends or waits for an approval
+                                            (exit 1 if rolled back; --through-approvals keeps watching)
   switchyard rollout history NAME           every committed change of a rollout
   switchyard rollout pause NAME             stop advancing (guardrails still act)
   switchyard rollout resume NAME

@@ -246,6 +246,7 @@ func rolloutWatch(ctx context.Context, args []string, stdout, stderr io.Writer) 
 	var c clientFlags
 	c.register(fs)
 	every := fs.Duration("interval", time.Second, "refresh interval")
+	through := fs.Bool("through-approvals", false, "keep watching while the rollout waits for an approval (default: return then, saying what to approve)")
 	pos, err := parseInterleaved(fs, args)
 	if err != nil {
 		return err
@@ -276,6 +277,11 @@ func rolloutWatch(ctx context.Context, args []string, stdout, stderr io.Writer) 
 			return nil
 		case sv1.RolloutPhase_ROLLOUT_PHASE_ROLLED_BACK:
 			return fmt.Errorf("rollout %s %w: %s", pos[0], errRolledBack, v.GetRollout().GetReason())
+		}
+		if w := v.GetWaiting(); !*through && strings.HasPrefix(w, "approval") && v.GetConverged() == uint32(len(v.GetNodes())) {
+			// Nothing more happens until a person acts: say what to do.
+			fmt.Fprintf(stdout, "\nwaiting for %s: switchyard rollout approve %s\n", w, pos[0])
+			return nil
 		}
 		select {
 		case <-ctx.Done():
