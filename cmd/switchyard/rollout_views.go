@@ -144,14 +144,20 @@ func printPlan(w io.Writer, sp *sv1.RolloutSpec, nodes []*sv1.NodeView, withFlee
 		}
 	}
 	if l := a.GetLatency(); l != nil {
-		fmt.Fprintf(w, "  latency p%g:", 100*l.GetQuantile())
+		var limits []string
 		if l.GetMax() != nil {
-			fmt.Fprintf(w, " at most %s,", l.GetMax().AsDuration())
+			limits = append(limits, fmt.Sprintf("at most %s", l.GetMax().AsDuration()))
 		}
 		if l.GetMaxIncrease() != nil {
-			fmt.Fprintf(w, " at most %s above %s", l.GetMaxIncrease().AsDuration(), sp.GetFrom())
+			limits = append(limits, fmt.Sprintf("at most %s above %s", l.GetMaxIncrease().AsDuration(), sp.GetFrom()))
 		}
-		fmt.Fprintln(w)
+		if spec.Method(a) == spec.MethodSequential {
+			limits = append(limits, fmt.Sprintf("no slower than %s anywhere in the distribution", sp.GetFrom()))
+		}
+		if len(limits) == 0 {
+			limits = append(limits, "no limit set")
+		}
+		fmt.Fprintf(w, "  latency p%g: %s\n", 100*l.GetQuantile(), strings.Join(limits, ", "))
 	}
 	if q := a.GetSaturation(); q != nil && q.GetMaxQueue() > 0 {
 		fmt.Fprintf(w, "  saturation: at most %d queued requests on a node\n", q.GetMaxQueue())
