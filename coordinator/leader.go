@@ -116,6 +116,7 @@ func (s *Server) leaderLoop(ctx context.Context) {
 		"rollouts":  s.runRollouts,
 		"drills":    s.runDrills,
 		"webhooks":  s.runWebhooks,
+		"notify":    s.runNotify,
 	}
 	var wg sync.WaitGroup
 	for name, run := range routines {

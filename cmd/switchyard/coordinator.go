@@ -20,6 +20,7 @@ import (
 
 	"github.com/switchyard/switchyard/bus"
 	"github.com/switchyard/switchyard/coordinator"
+	"github.com/switchyard/switchyard/coordinator/notify"
 	"github.com/switchyard/switchyard/internal/certs"
 )
 
@@ -93,6 +94,9 @@ type coordinatorFile struct {
 	Replicas        int            `yaml:"replicas"`
 	// Signing is the key that signs published documents.
 	Signing signingFlags `yaml:"signing"`
+	// Notifications are the receivers of phase changes, rollbacks and
+	// drill reports.
+	Notifications []notify.Target `yaml:"notifications"`
 }
 
 func loadCoordinatorFile(path string, cfg *coordinator.Config, signing *signingFlags) error {
@@ -131,6 +135,7 @@ func loadCoordinatorFile(path string, cfg *coordinator.Config, signing *signingF
 	}
 	*signing = f.Signing
 	cfg.Replicas = f.Replicas
+	cfg.Notify = f.Notifications
 	return nil
 }
 
@@ -157,8 +162,9 @@ func runCoordinator(ctx context.Context, args []string, stdout, stderr io.Writer
 		cluster   clusterTLSFlags
 		signing   signingFlags
 		trusted   stringList
+		notifyF   notifyFlags
 	)
-	configFile := fs.String("config", "", "YAML config file with the same keys (nodeId, dataDir, raftAddr, httpAddr, nats, natsClient {creds, ca, cert, key}, clusterTLS {ca, cert, key}, bootstrapExpect, retryJoin, replicas, signing {key, trusted, validity}); flags override it")
+	configFile := fs.String("config", "", "YAML config file with the same keys (nodeId, dataDir, raftAddr, httpAddr, nats, natsClient {creds, ca, cert, key}, clusterTLS {ca, cert, key}, bootstrapExpect, retryJoin, replicas, signing {key, trusted, validity}, notifications [{name, url, format, events, timeout, retries}]); flags override it")
 	fs.StringVar(&cfg.NodeID, "node-id", "", "this coordinator's id in the cluster (required)")
 	fs.StringVar(&cfg.DataDir, "data-dir", "", "directory for the Raft log and snapshots (required)")
 	fs.StringVar(&cfg.RaftAddr, "raft-addr", "127.0.0.1:7000", "address Raft listens on and other coordinators reach it at")
@@ -168,6 +174,7 @@ func runCoordinator(ctx context.Context, args []string, stdout, stderr io.Writer
 	fs.Var(&retryJoin, "retry-join", "HTTP address of another coordinator (repeatable, or comma-separated)")
 	natsSec.register(fs)
 	cluster.register(fs)
+	notifyF.register(fs)
 	fs.StringVar(&signing.Key, "signing-key", envOr("SWITCHYARD_SIGNING_KEY", ""), "private key file that signs every published document (env SWITCHYARD_SIGNING_KEY; create with `switchyard keys generate`)")
 	fs.Var(&trusted, "trusted-key", "another public key (ed25519:... or a .pub file) whose documents in the buckets count during a key rotation (repeatable)")
 	fs.DurationVar(&signing.Validity, "signing-validity", 0, "how long a signed document stays current on the agents; re-signed when half is left (default 1h)")
@@ -223,7 +230,11 @@ func runCoordinator(ctx context.Context, args []string, stdout, stderr io.Writer
 		if !given["replicas"] {
 			cfg.Replicas = fromFile.Replicas
 		}
+		if !given["notify"] && !given["notify-slack"] {
+			cfg.Notify = fromFile.Notify
+		}
 	}
+	cfg.Notify = append(cfg.Notify, notifyF.targets()...)
 	signing.Trusted = trusted
 	sc, err := signing.load()
 	if err != nil {

@@ -26,8 +26,10 @@ func runDev(ctx context.Context, args []string, stdout, stderr io.Writer) error 
 		raftAddr = fs.String("raft-addr", "127.0.0.1:0", "coordinator Raft address; port 0 picks a free one")
 		validity = fs.Duration("signing-validity", 0, "how long a signed document stays current on the agents (default 1h)")
 		logf     logFlags
+		notifyF  notifyFlags
 	)
 	logf.register(fs)
+	notifyF.register(fs)
 	if err := parse(fs, args); err != nil {
 		return err
 	}
@@ -93,6 +95,7 @@ func runDev(ctx context.Context, args []string, stdout, stderr io.Writer) error 
 		Logger:          log,
 		Registerer:      reg,
 		Gatherer:        reg,
+		Notify:          notifyF.targets(),
 	})
 	if err != nil {
 		return err
