@@ -57,6 +57,8 @@ type FleetOptions struct {
 	// TrustKeys are the coordinator public keys (ed25519:... or .pub files)
 	// the agents trust; with dev, the key dev prints is added.
 	TrustKeys []string
+	// DevArgs are extra flags for `switchyard dev` (e.g. --notify URL).
+	DevArgs []string
 	// Hooks gives node i (0-based) the hooks: section of its agent config;
 	// nil gives none.
 	Hooks func(i int) map[string]AgentHook
@@ -206,14 +208,14 @@ func (f *Fleet) startDev(ctx context.Context) error {
 	f.Dev, err = StartProcess(ProcessSpec{
 		Name: "dev",
 		Path: f.opts.Switchyard,
-		Args: []string{"dev",
+		Args: append([]string{"dev",
 			"--data-dir", dataDir,
 			// dev listens on NATS's well-known 4222 by default; a test
 			// fleet must never take a fixed port.
 			"--nats-port", "0",
 			"--http-addr", f.CoordinatorHTTP,
 			"--raft-addr", "127.0.0.1:" + strconv.Itoa(raftPort),
-		},
+		}, f.opts.DevArgs...),
 		LogDir: filepath.Join(f.opts.Dir, "logs"),
 	})
 	if err != nil {
