@@ -62,9 +62,9 @@ test: ## run every test with the race detector (installs haproxy, promtool and c
 	$(GO) test -race -count=1 -timeout 30m ./...
 
 .PHONY: demo
-demo: ## a local fleet: NATS, a coordinator, 3 agents with real HAProxy; blue -> green -> blue
+demo: ## a local fleet with real HAProxy: blue -> green -> blue, then a bad canary rolled back by itself (KEEP=1 keeps it running)
 	@scripts/ensure-haproxy
-	$(GO) run ./integration/demo
+	$(GO) run ./integration/demo $(if $(KEEP),-keep-running)
 
 .PHONY: bench
 bench: ## benchmarks, reported as figures (one package at a time, so they do not share the cores)

@@ -22,6 +22,7 @@ import (
 	"github.com/switchyard/switchyard/agent/driver"
 	"github.com/switchyard/switchyard/bus"
 	"github.com/switchyard/switchyard/internal/names"
+	"github.com/switchyard/switchyard/internal/strictyaml"
 )
 
 // Defaults of the agent config (DESIGN.md, "Defaults").
@@ -265,7 +266,7 @@ func ParseConfig(b []byte) (*Config, error) {
 		if errors.Is(err, io.EOF) {
 			return nil, fmt.Errorf("%w: the document is empty", ErrInvalidConfig)
 		}
-		return nil, fmt.Errorf("%w: %w", ErrInvalidConfig, explainYAMLError(err))
+		return nil, fmt.Errorf("%w: %w", ErrInvalidConfig, explainYAMLError(b, err))
 	}
 	var extra yaml.Node
 	if err := dec.Decode(&extra); !errors.Is(err, io.EOF) {
@@ -293,15 +294,20 @@ var sections = map[string]string{
 	"Security":         "in natsClient (want creds, ca, cert, key, jetstreamDomain)",
 }
 
-// explainYAMLError rewrites yaml's unknown-field errors in the config's own
-// terms; each keeps its line number.
-func explainYAMLError(err error) error {
+// explainYAMLError rewrites yaml's unknown-field and wrong-type errors in the
+// config's own terms, naming the section or the field; each keeps its line
+// number. b is the document.
+func explainYAMLError(b []byte, err error) error {
 	var te *yaml.TypeError
 	if !errors.As(err, &te) {
 		return err
 	}
 	lines := make([]string, len(te.Errors))
 	for i, e := range te.Errors {
+		if !unknownFieldRE.MatchString(e) {
+			lines[i] = strictyaml.ExplainTypeError(b, &yaml.TypeError{Errors: []string{e}}, "").Error()
+			continue
+		}
 		lines[i] = unknownFieldRE.ReplaceAllStringFunc(e, func(m string) string {
 			sub := unknownFieldRE.FindStringSubmatch(m)
 			where, ok := sections[sub[2]]

@@ -87,7 +87,9 @@ services:
     haproxy: {socket: /s, backend: web, servers: {blue: blue}}
 `, []string{"node: required", "stateDir: required"}},
 		{"no services", "node: edge-1\nstateDir: /tmp/x\n", []string{"services: required"}},
-		{"bad duration", "heartbeat: 5x\n" + valid, []string{"line 1", "5x"}},
+		{"bad duration", "heartbeat: 5x\n" + valid, []string{"line 1", `heartbeat: "5x" is not a duration`}},
+		{"wrong-type nested field", "localGuard: {window: fast, enabled: maybe}\n" + valid, []string{
+			`localGuard.window: "fast" is not a duration; want e.g. 5s`, `localGuard.enabled: "maybe" is not true or false`}},
 		{"negative duration", "resync: -1s\n" + valid, []string{"resync: -1s: must be positive"}},
 		{"empty document", "", []string{"empty"}},
 		{"two documents", valid + "---\nnode: edge-2\n", []string{"one YAML document"}},

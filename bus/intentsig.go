@@ -146,6 +146,10 @@ func OpenIntent(data []byte) (OpenedIntent, error) {
 // numbers do not overlap, so each decodes the other as unknown fields only.
 func decodeIntentBytes(data []byte) (*sv1.SignedIntent, *sv1.Intent, error) {
 	if t := bytes.TrimSpace(data); len(t) > 0 && t[0] == '{' {
+		t, err := AcceptSpecVersion(t)
+		if err != nil {
+			return nil, nil, err
+		}
 		var env sv1.SignedIntent
 		envErr := protojson.Unmarshal(t, &env)
 		if envErr == nil && len(env.GetIntent()) > 0 {

@@ -1,12 +1,14 @@
 package coordinator
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
 	"time"
 
 	"github.com/nats-io/nats.go/jetstream"
+	"google.golang.org/protobuf/encoding/protojson"
 	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/timestamppb"
 
@@ -105,8 +107,16 @@ func (s *Server) ensureIntentConsumer(ctx context.Context, reset bool) (jetstrea
 	return bus.EnsureIntentConsumer(ctx, s.js)
 }
 
+// isJSON tells a protojson body (a JSON object) from a protobuf one. A JSON
+// intent or query is answered in JSON.
+func isJSON(data []byte) bool {
+	t := bytes.TrimSpace(data)
+	return len(t) > 0 && t[0] == '{'
+}
+
 func (s *Server) handleIntent(ctx context.Context, msg jetstream.Msg) {
 	reply := msg.Headers().Get(bus.ReplyHeader)
+	asJSON := isJSON(msg.Data())
 	opened, err := bus.OpenIntent(msg.Data())
 	in := opened.Intent
 	if in == nil {
@@ -160,7 +170,7 @@ func (s *Server) handleIntent(ctx context.Context, msg jetstream.Msg) {
 			return
 		}
 		s.metrics.intentsRejected.WithLabelValues(code).Inc()
-		s.answer(reply, res)
+		s.answer(reply, res, asJSON)
 		// A message that will never commit must not come back.
 		_ = msg.Term()
 		return
@@ -195,7 +205,7 @@ func (s *Server) handleIntent(ctx context.Context, msg jetstream.Msg) {
 		s.metrics.intentsRejected.WithLabelValues(res.GetCode()).Inc()
 		log.Info("intent refused", "code", res.GetCode(), "err", res.GetError())
 	}
-	s.answer(reply, res)
+	s.answer(reply, res, asJSON)
 	if err := msg.DoubleAck(ctx); err != nil {
 		// Committed already; a redelivery will be answered as a duplicate.
 		log.Warn("acknowledging intent", "err", err)
@@ -287,11 +297,17 @@ func (s *Server) checkBlastRadius(in *sv1.Intent) error {
 	return nil
 }
 
-func (s *Server) answer(reply string, res *sv1.IntentResult) {
+// answer sends an intent's result to the subject the sender named, in the
+// encoding the intent came in.
+func (s *Server) answer(reply string, res *sv1.IntentResult, asJSON bool) {
 	if reply == "" {
 		return
 	}
-	b, err := proto.Marshal(res)
+	marshal := proto.Marshal
+	if asJSON {
+		marshal = protojson.Marshal
+	}
+	b, err := marshal(res)
 	if err == nil {
 		err = s.nc.Publish(reply, b)
 	}

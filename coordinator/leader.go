@@ -118,6 +118,7 @@ func (s *Server) leaderLoop(ctx context.Context) {
 		"drills":    s.runDrills,
 		"webhooks":  s.runWebhooks,
 		"audit":     s.exportAudit,
+		"notify":    s.runNotify,
 	}
 	var wg sync.WaitGroup
 	for name, run := range routines {

@@ -27,6 +27,8 @@ type metrics struct {
 	queries           *prometheus.CounterVec
 	eventStreams      prometheus.Gauge
 	viewerRefused     *prometheus.CounterVec
+	queriesMalformed  prometheus.Counter
+	notifications     *prometheus.CounterVec
 }
 
 func newMetrics(reg prometheus.Registerer) *metrics {
@@ -81,6 +83,14 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 			Name: "switchyard_coordinator_queries_total",
 			Help: "Read queries by how they were answered: current (leader, leadership verified), stale (asked for with --stale, from this replica), declined (not verified current; the client asks again).",
 		}, []string{"result"}),
+		notifications: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "switchyard_coordinator_notifications_total",
+			Help: "Notifications by receiver and outcome: sent (a 2xx answer, retries included), failed (retries ran out), dropped (the receiver's queue was full).",
+		}, []string{"target", "outcome"}),
+		queriesMalformed: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "switchyard_coordinator_queries_malformed_total",
+			Help: "Read queries refused because they did not decode (neither the query's protobuf nor its JSON); answered with an error.",
+		}),
 		peerRejected: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "switchyard_coordinator_cluster_peers_rejected_total",
 			Help: "Raft and HTTPS connections whose TLS handshake failed, and cluster changes without a certificate from the cluster CA.",
@@ -116,7 +126,7 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 		}, []string{"reason"}),
 	}
 	reg.MustRegister(m.eventStreams, m.viewerRefused)
-	reg.MustRegister(m.peerRejected, m.joinFailures, m.diverged, m.divergences, m.queries)
+	reg.MustRegister(m.peerRejected, m.joinFailures, m.diverged, m.divergences, m.queries, m.queriesMalformed, m.notifications)
 	reg.MustRegister(m.intentsAccepted, m.intentsRejected, m.publishes, m.publishSeconds,
 		m.raftApply, m.isLeader, m.statusRejected, m.statuses, m.telemetry, m.telemetryRejected, m.decisions,
 		m.webhookCalls, m.webhookSeconds)

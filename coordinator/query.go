@@ -6,6 +6,7 @@ import (
 	"time"
 
 	"github.com/nats-io/nats.go"
+	"google.golang.org/protobuf/encoding/protojson"
 	"google.golang.org/protobuf/proto"
 
 	"github.com/switchyard/switchyard/bus"
@@ -83,14 +84,19 @@ func serveQuery[Q any, PQ interface {
 		}
 		q := PQ(new(Q))
 		var ans A
-		err := proto.Unmarshal(msg.Data, q)
+		asJSON := isJSON(msg.Data)
+		err := decodeQuery(msg.Data, q, asJSON)
 		if err != nil {
-			err = fmt.Errorf("query does not decode: %v", err)
+			s.metrics.queriesMalformed.Inc()
 		} else {
 			ans, err = handle(q)
 		}
 		if err == nil {
-			reply.Data, err = proto.Marshal(ans)
+			if asJSON {
+				reply.Data, err = protojson.Marshal(ans)
+			} else {
+				reply.Data, err = proto.Marshal(ans)
+			}
 		}
 		if err != nil {
 			reply.Header.Set(bus.ErrorHeader, err.Error())
@@ -99,6 +105,27 @@ func serveQuery[Q any, PQ interface {
 			s.log.Debug("answering query", "subject", msg.Subject, "err", err)
 		}
 	}
+}
+
+// decodeQuery reads a query as protobuf, or as protojson when it is a JSON
+// object. Bytes that are neither, or protobuf with fields this query does
+// not have, are refused: garbage gets an error, never an answer to an empty
+// query.
+func decodeQuery(data []byte, q proto.Message, asJSON bool) error {
+	name := q.ProtoReflect().Descriptor().Name()
+	if asJSON {
+		if err := protojson.Unmarshal(data, q); err != nil {
+			return fmt.Errorf("query is not a valid %s in JSON: %v", name, err)
+		}
+		return nil
+	}
+	if err := proto.Unmarshal(data, q); err != nil {
+		return fmt.Errorf("query does not decode as a %s (protobuf, or a JSON object): %v", name, err)
+	}
+	if len(q.ProtoReflect().GetUnknown()) > 0 {
+		return fmt.Errorf("query does not decode as a %s (protobuf, or a JSON object): it has fields a %s does not", name, name)
+	}
+	return nil
 }
 
 // Fleet answers with the nodes that run a service.

@@ -27,6 +27,7 @@ import (
 	"github.com/switchyard/switchyard/coordinator/analysis"
 	"github.com/switchyard/switchyard/coordinator/audit"
 	"github.com/switchyard/switchyard/coordinator/fsm"
+	"github.com/switchyard/switchyard/coordinator/notify"
 	"github.com/switchyard/switchyard/internal/boltcheck"
 	"github.com/switchyard/switchyard/internal/certs"
 	"github.com/switchyard/switchyard/internal/clock"
@@ -92,9 +93,17 @@ type Config struct {
 	ViewerTokenFile string
 	// AclBootstrap is the first admin of a new cluster; optional.
 	AclBootstrap AclBootstrap
+	// Notify are the receivers the leader tells of phase changes,
+	// rollbacks and drill reports (see coordinator/notify).
+	Notify []notify.Target
 }
 
 func (c *Config) setDefaults() error {
+	for i := range c.Notify {
+		if err := c.Notify[i].Validate(fmt.Sprintf("notifications[%d]", i)); err != nil {
+			return fmt.Errorf("coordinator: %w", err)
+		}
+	}
 	if c.NodeID == "" {
 		return errors.New("coordinator: --node-id is required")
 	}

@@ -11,6 +11,7 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/testutil"
+	"google.golang.org/protobuf/encoding/protojson"
 	"google.golang.org/protobuf/proto"
 
 	"github.com/switchyard/switchyard/bus"
@@ -209,7 +210,11 @@ func TestCoordinator_MalformedAndInvalidIntentsAreRefusedAndCounted(t *testing.T
 			t.Fatal(err)
 		}
 		var res sv1.IntentResult
-		if err := proto.Unmarshal(r.Data, &res); err != nil {
+		unmarshal := proto.Unmarshal
+		if isJSON(body) {
+			unmarshal = protojson.Unmarshal // answered in the intent's encoding
+		}
+		if err := unmarshal(r.Data, &res); err != nil {
 			t.Fatal(err)
 		}
 		return &res

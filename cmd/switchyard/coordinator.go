@@ -20,6 +20,7 @@ import (
 
 	"github.com/switchyard/switchyard/bus"
 	"github.com/switchyard/switchyard/coordinator"
+	"github.com/switchyard/switchyard/coordinator/notify"
 	"github.com/switchyard/switchyard/internal/certs"
 )
 
@@ -100,6 +101,9 @@ type coordinatorFile struct {
 		Admin string `yaml:"admin"`
 		Name  string `yaml:"name"`
 	} `yaml:"aclBootstrap"`
+	// Notifications are the receivers of phase changes, rollbacks and
+	// drill reports.
+	Notifications []notify.Target `yaml:"notifications"`
 }
 
 func loadCoordinatorFile(path string, cfg *coordinator.Config, signing *signingFlags) error {
@@ -140,6 +144,7 @@ func loadCoordinatorFile(path string, cfg *coordinator.Config, signing *signingF
 	*signing = f.Signing
 	cfg.Replicas = f.Replicas
 	cfg.AclBootstrap = coordinator.AclBootstrap{Key: f.AclBootstrap.Admin, Name: f.AclBootstrap.Name}
+	cfg.Notify = f.Notifications
 	return nil
 }
 
@@ -168,8 +173,9 @@ func runCoordinator(ctx context.Context, args []string, stdout, stderr io.Writer
 		trusted   stringList
 		aclAdmin  string
 		aclName   string
+		notifyF   notifyFlags
 	)
-	configFile := fs.String("config", "", "YAML config file with the same keys (nodeId, dataDir, raftAddr, httpAddr, nats, natsClient {creds, ca, cert, key}, clusterTLS {ca, cert, key}, bootstrapExpect, retryJoin, replicas, signing {key, trusted, validity}, viewerTokenFile, aclBootstrap {admin, name}); flags override it")
+	configFile := fs.String("config", "", "YAML config file with the same keys (nodeId, dataDir, raftAddr, httpAddr, nats, natsClient {creds, ca, cert, key}, clusterTLS {ca, cert, key}, bootstrapExpect, retryJoin, replicas, signing {key, trusted, validity}, viewerTokenFile, aclBootstrap {admin, name}, notifications [{name, url, format, events, timeout, retries}]); flags override it")
 	fs.StringVar(&cfg.NodeID, "node-id", "", "this coordinator's id in the cluster (required)")
 	fs.StringVar(&cfg.DataDir, "data-dir", "", "directory for the Raft log and snapshots (required)")
 	fs.StringVar(&cfg.RaftAddr, "raft-addr", "127.0.0.1:7000", "address Raft listens on and other coordinators reach it at")
@@ -179,6 +185,7 @@ func runCoordinator(ctx context.Context, args []string, stdout, stderr io.Writer
 	fs.Var(&retryJoin, "retry-join", "HTTP address of another coordinator (repeatable, or comma-separated)")
 	natsSec.register(fs)
 	cluster.register(fs)
+	notifyF.register(fs)
 	fs.StringVar(&signing.Key, "signing-key", envOr("SWITCHYARD_SIGNING_KEY", ""), "private key file that signs every published document (env SWITCHYARD_SIGNING_KEY; create with `switchyard keys generate`)")
 	fs.Var(&trusted, "trusted-key", "another public key (ed25519:... or a .pub file) whose documents in the buckets count during a key rotation (repeatable)")
 	fs.DurationVar(&signing.Validity, "signing-validity", 0, "how long a signed document stays current on the agents; re-signed when half is left (default 1h)")
@@ -240,6 +247,9 @@ func runCoordinator(ctx context.Context, args []string, stdout, stderr io.Writer
 		}
 		pick("acl-bootstrap-admin", &aclAdmin, fromFile.AclBootstrap.Key)
 		pick("acl-bootstrap-name", &aclName, fromFile.AclBootstrap.Name)
+		if !given["notify"] && !given["notify-slack"] {
+			cfg.Notify = fromFile.Notify
+		}
 	}
 	if aclAdmin != "" {
 		k, err := resolveKey(aclAdmin)
@@ -248,6 +258,7 @@ func runCoordinator(ctx context.Context, args []string, stdout, stderr io.Writer
 		}
 		cfg.AclBootstrap = coordinator.AclBootstrap{Key: k, Name: aclName}
 	}
+	cfg.Notify = append(cfg.Notify, notifyF.targets()...)
 	signing.Trusted = trusted
 	sc, err := signing.load()
 	if err != nil {

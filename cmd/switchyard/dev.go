@@ -6,6 +6,7 @@ import (
 	"io"
 	"os"
 	"path/filepath"
+	"strings"
 
 	"github.com/switchyard/switchyard/bus"
 	"github.com/switchyard/switchyard/bus/auth"
@@ -26,8 +27,10 @@ func runDev(ctx context.Context, args []string, stdout, stderr io.Writer) error 
 		validity = fs.Duration("signing-validity", 0, "how long a signed document stays current on the agents (default 1h)")
 		viewer   = fs.String("viewer-token-file", "", "file holding a token the read API and the dashboard then require (docs/dashboard.md)")
 		logf     logFlags
+		notifyF  notifyFlags
 	)
 	logf.register(fs)
+	notifyF.register(fs)
 	if err := parse(fs, args); err != nil {
 		return err
 	}
@@ -101,6 +104,7 @@ func runDev(ctx context.Context, args []string, stdout, stderr io.Writer) error 
 		Registerer:      reg,
 		Gatherer:        reg,
 		ViewerTokenFile: *viewer,
+		Notify:          notifyF.targets(),
 	})
 	if err != nil {
 		return err
@@ -108,19 +112,48 @@ func runDev(ctx context.Context, args []string, stdout, stderr io.Writer) error 
 	done := make(chan error, 1)
 	go func() { done <- srv.Run(ctx) }()
 	// Scripts and tests read these lines to find the bus; a shell can
-	// eval them.
-	fmt.Fprintf(stdout, "SWITCHYARD_NATS=%s\n", ns.ClientURL())
-	fmt.Fprintf(stdout, "SWITCHYARD_NATS_CA=%s\n", sec.server.CA)
-	fmt.Fprintf(stdout, "SWITCHYARD_NATS_CREDS=%s\n", sec.operatorCreds)
-	fmt.Fprintf(stdout, "SWITCHYARD_AUTH_DIR=%s\n", sec.setup.Dir())
-	fmt.Fprintf(stdout, "SWITCHYARD_HTTP=http://%s\n", srv.HTTPAddr())
-	fmt.Fprintf(stdout, "SWITCHYARD_DASHBOARD=http://%s/ui/\n", srv.HTTPAddr())
-	// Agents list this file (or its one line) under trust.keys.
-	fmt.Fprintf(stdout, "SWITCHYARD_TRUST_KEY=%s.pub\n", keyPath)
+	// eval them, or source the env file written beside the data.
+	env := []string{
+		"SWITCHYARD_NATS=" + ns.ClientURL(),
+		"SWITCHYARD_NATS_CA=" + sec.server.CA,
+		"SWITCHYARD_NATS_CREDS=" + sec.operatorCreds,
+		"SWITCHYARD_AUTH_DIR=" + sec.setup.Dir(),
+		"SWITCHYARD_HTTP=http://" + srv.HTTPAddr(),
+		"SWITCHYARD_DASHBOARD=http://" + srv.HTTPAddr() + "/ui/",
+		// Agents list this file (or its one line) under trust.keys.
+		"SWITCHYARD_TRUST_KEY=" + keyPath + ".pub",
+	}
+	envFile := filepath.Join(dir, "env")
+	if err := writeEnvFile(envFile, env); err != nil {
+		return err
+	}
+	for _, kv := range env {
+		fmt.Fprintln(stdout, kv)
+	}
+	fmt.Fprintf(stdout, "# in another shell: source %s\n", envFile)
 	log.Info("dev control plane ready", "nats", ns.ClientURL(), "data", dir,
 		"auth_dir", sec.setup.Dir(), "operator_creds", sec.operatorCreds, "nats_ca", sec.server.CA,
 		"signing_key", keyPath, "trust_key", keyPath+".pub")
 	return <-done
+}
+
+// writeEnvFile writes the KEY=value lines as a file a shell can source,
+// replacing it whole (a reader never sees half of it).
+func writeEnvFile(path string, env []string) error {
+	var b strings.Builder
+	b.WriteString("# written by switchyard dev; source it to talk to this control plane\n")
+	for _, kv := range env {
+		k, v, _ := strings.Cut(kv, "=")
+		fmt.Fprintf(&b, "export %s=%q\n", k, v)
+	}
+	tmp := path + ".tmp"
+	if err := os.WriteFile(tmp, []byte(b.String()), 0o600); err != nil {
+		return fmt.Errorf("write %s: %w", path, err)
+	}
+	if err := os.Rename(tmp, path); err != nil {
+		return fmt.Errorf("write %s: %w", path, err)
+	}
+	return nil
 }
 
 func envOr(key, def string) string {

@@ -85,6 +85,9 @@ func runIntent(_ context.Context, args []string, stdin io.Reader, stdout, stderr
 	if len(b) > bus.MaxIntentSize {
 		return fmt.Errorf("intent on standard input: more than %d bytes", bus.MaxIntentSize)
 	}
+	if b, err = bus.AcceptSpecVersion(b); err != nil {
+		return fmt.Errorf("intent on standard input: %v", err)
+	}
 	var in sv1.Intent
 	if err := protojson.Unmarshal(b, &in); err != nil {
 		return fmt.Errorf("intent on standard input: not a switchyard.v1.Intent in JSON: %v", err)

@@ -31,7 +31,8 @@ const rolloutUsage = `Usage:
   switchyard rollout plan -f FILE           dry run: steps, nodes per wave, guardrails; changes nothing
   switchyard rollout status [NAME]          every rollout, or one in detail
   switchyard rollout list                   every rollout (status without a NAME)
-  switchyard rollout watch NAME             live view until the rollout ends (exit 1 if rolled back)
+  switchyard rollout watch NAME             live view until the rollout ends or waits for an approval
+                                            (exit 1 if rolled back; --through-approvals keeps watching)
   switchyard rollout history NAME           every committed change of a rollout
   switchyard rollout series NAME            per-backend error rate and latency quantiles over its life
   switchyard rollout pause NAME             stop advancing (guardrails still act)

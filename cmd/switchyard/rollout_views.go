@@ -129,14 +129,20 @@ func printPlan(w io.Writer, sp *sv1.RolloutSpec, nodes []*sv1.NodeView, withFlee
 		}
 	}
 	if l := a.GetLatency(); l != nil {
-		fmt.Fprintf(w, "  latency p%g:", 100*l.GetQuantile())
+		var limits []string
 		if l.GetMax() != nil {
-			fmt.Fprintf(w, " at most %s,", l.GetMax().AsDuration())
+			limits = append(limits, fmt.Sprintf("at most %s", l.GetMax().AsDuration()))
 		}
 		if l.GetMaxIncrease() != nil {
-			fmt.Fprintf(w, " at most %s above %s", l.GetMaxIncrease().AsDuration(), sp.GetFrom())
+			limits = append(limits, fmt.Sprintf("at most %s above %s", l.GetMaxIncrease().AsDuration(), sp.GetFrom()))
 		}
-		fmt.Fprintln(w)
+		if spec.Method(a) == spec.MethodSequential {
+			limits = append(limits, fmt.Sprintf("no slower than %s anywhere in the distribution", sp.GetFrom()))
+		}
+		if len(limits) == 0 {
+			limits = append(limits, "no limit set")
+		}
+		fmt.Fprintf(w, "  latency p%g: %s\n", 100*l.GetQuantile(), strings.Join(limits, ", "))
 	}
 	if q := a.GetSaturation(); q != nil && q.GetMaxQueue() > 0 {
 		fmt.Fprintf(w, "  saturation: at most %d queued requests on a node\n", q.GetMaxQueue())
@@ -231,6 +237,7 @@ func rolloutWatch(ctx context.Context, args []string, stdout, stderr io.Writer) 
 	var c clientFlags
 	c.register(fs)
 	every := fs.Duration("interval", time.Second, "refresh interval")
+	through := fs.Bool("through-approvals", false, "keep watching while the rollout waits for an approval (default: return then, saying what to approve)")
 	pos, err := c.parse(fs, args, stderr)
 	if err != nil {
 		return err
@@ -266,6 +273,11 @@ func rolloutWatch(ctx context.Context, args []string, stdout, stderr io.Writer) 
 			return nil
 		case sv1.RolloutPhase_ROLLOUT_PHASE_ROLLED_BACK:
 			return fmt.Errorf("rollout %s %w: %s", pos[0], errRolledBack, v.GetRollout().GetReason())
+		}
+		if w := v.GetWaiting(); !*through && strings.HasPrefix(w, "approval") && v.GetConverged() == uint32(len(v.GetNodes())) {
+			// Nothing more happens until a person acts: say what to do.
+			fmt.Fprintf(stdout, "\nwaiting for %s: switchyard rollout approve %s\n", w, pos[0])
+			return nil
 		}
 		select {
 		case <-ctx.Done():

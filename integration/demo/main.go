@@ -10,6 +10,7 @@ import (
 	"flag"
 	"fmt"
 	"io"
+	"net/http"
 	"os"
 	"os/signal"
 	"path/filepath"
@@ -32,6 +33,7 @@ const perNode = 10
 func main() {
 	verbose := flag.Bool("v", false, "also print what the harness does, step by step")
 	keep := flag.Bool("keep", false, "keep the fleet's directory (configs, data, logs) after the demo")
+	stay := flag.Bool("keep-running", false, "after the demo, keep the fleet running (and its dashboard open) until Ctrl-C")
 	timeout := flag.Duration("timeout", 3*time.Minute, "give up after this long")
 	flag.Parse()
 
@@ -43,7 +45,7 @@ func main() {
 		<-ctx.Done()
 		stop()
 	}()
-	if err := run(ctx, *verbose, *keep, *timeout); err != nil {
+	if err := run(ctx, *verbose, *keep, *stay, *timeout); err != nil {
 		if ctx.Err() != nil {
 			// Ctrl-C: the deferred shutdown has run; the step that was
 			// cut short is no failure worth a page of logs.
@@ -55,7 +57,7 @@ func main() {
 	}
 }
 
-func run(interrupted context.Context, verbose, keep bool, timeout time.Duration) (err error) {
+func run(interrupted context.Context, verbose, keep, stay bool, timeout time.Duration) (err error) {
 	ctx, cancel := context.WithTimeout(interrupted, timeout)
 	defer cancel()
 	started := time.Now()
@@ -153,7 +155,7 @@ func run(interrupted context.Context, verbose, keep bool, timeout time.Duration)
 	}
 
 	step("switchyard rollout status " + rolloutName)
-	if err := showStatus(ctx, f); err != nil {
+	if err := showStatus(ctx, f, rolloutName); err != nil {
 		return err
 	}
 
@@ -174,7 +176,120 @@ func run(interrupted context.Context, verbose, keep bool, timeout time.Duration)
 		return err
 	}
 	step("switchyard rollout status " + rolloutName)
-	return showStatus(ctx, f)
+	if err := showStatus(ctx, f, rolloutName); err != nil {
+		return err
+	}
+
+	if err := badCanary(ctx, f, dir); err != nil {
+		return err
+	}
+	if stay {
+		step("The fleet keeps running; Ctrl-C ends it")
+		say("dashboard: http://%s/", f.CoordinatorHTTP)
+		say("SWITCHYARD_NATS=%s SWITCHYARD_NATS_CA=%s SWITCHYARD_NATS_CREDS=%s", f.NATSURL, f.Bus.CA, filepath.Join(f.Bus.AuthDir, "creds", "operator.creds"))
+		<-interrupted.Done()
+		return nil
+	}
+	return nil
+}
+
+// canaryName is the demo's canary, and demoCanary its spec: green at 20%
+// for long enough that only the judge can end it.
+const (
+	canaryName = "web-canary-demo"
+	demoCanary = `version: v1
+name: web-canary-demo
+service: web
+from: blue
+to: green
+strategy:
+  canary:
+    steps:
+      - setWeight: 20
+      - pause: {duration: 10m}
+`
+	// demoRate is the requests per second the demo sends through each node.
+	demoRate = 100
+	// badErrorRate is the share of requests the broken green fails.
+	badErrorRate = 0.1
+)
+
+// badCanary shows what Switchyard is for: a canary under real traffic in
+// which green starts failing, caught and reverted with nobody acting.
+func badCanary(ctx context.Context, f *harness.Fleet, dir string) error {
+	step("A canary that goes wrong, under real traffic")
+	say("%d requests a second go through every node's HAProxy from now on.", demoRate)
+	urls := make([]string, len(f.Nodes))
+	for i, n := range f.Nodes {
+		urls[i] = "http://" + n.FrontendAddr + "/"
+	}
+	load := harness.StartLoad(ctx, urls, demoRate)
+	defer load.Stop()
+
+	specPath := filepath.Join(dir, "canary-demo.yaml")
+	if err := os.WriteFile(specPath, []byte(demoCanary), 0o644); err != nil {
+		return err
+	}
+	step("switchyard rollout apply -f canary-demo.yaml")
+	printOutput(demoCanary)
+	fmt.Println()
+	res, err := f.Apply(ctx, specPath)
+	if err != nil {
+		return err
+	}
+	printOutput(res.Stdout)
+	if _, err := f.WaitRollout(ctx, canaryName, func(v *sv1.RolloutView) error {
+		if v.GetRollout().GetStep() != 1 || v.GetConverged() != uint32(len(f.Nodes)) {
+			return fmt.Errorf("not yet at 20%% on every node")
+		}
+		return nil
+	}); err != nil {
+		return err
+	}
+	time.Sleep(3 * time.Second) // a few healthy reports on both backends
+	say("every node sends 20%% to green; traffic so far: %s", harness.FormatCounts(load.Counts()))
+
+	step(fmt.Sprintf("Green starts failing %.0f%% of its requests (a bad release)", 100*badErrorRate))
+	for _, n := range f.Nodes {
+		if err := setBehavior(ctx, n.GreenAddr, badErrorRate); err != nil {
+			return err
+		}
+	}
+	broke := time.Now()
+	if err := f.WaitAllServing(ctx, harness.Blue, perNode); err != nil {
+		return err
+	}
+	onBlue := time.Now()
+	first := load.Counts()[harness.Green].FirstError
+	if first.IsZero() || first.Before(broke) {
+		first = broke
+	}
+	say("first bad request from green:   %s", first.Format("15:04:05.000"))
+	say("every HAProxy back on blue:     %s", onBlue.Format("15:04:05.000"))
+	say("caught and reverted in %s, with nobody acting", onBlue.Sub(first).Round(10*time.Millisecond))
+	if _, err := f.WaitRollout(ctx, canaryName, f.Converged(sv1.RolloutPhase_ROLLOUT_PHASE_ROLLED_BACK)); err != nil {
+		return err
+	}
+	say("traffic: %s", harness.FormatCounts(load.Counts()))
+	step("switchyard rollout status " + canaryName + "   # the evidence")
+	return showStatus(ctx, f, canaryName)
+}
+
+// setBehavior tells a demo backend what share of requests to fail.
+func setBehavior(ctx context.Context, addr string, errorRate float64) error {
+	req, err := http.NewRequestWithContext(ctx, http.MethodPut, fmt.Sprintf("http://%s/behavior?error-rate=%v", addr, errorRate), nil)
+	if err != nil {
+		return err
+	}
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		return err
+	}
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		return fmt.Errorf("set behavior of %s: %s", addr, resp.Status)
+	}
+	return nil
 }
 
 // showTraffic sends requests through every node's HAProxy, as curl would,
@@ -199,8 +314,8 @@ func showTraffic(ctx context.Context, f *harness.Fleet) error {
 	return nil
 }
 
-func showStatus(ctx context.Context, f *harness.Fleet) error {
-	res, err := f.Run(ctx, "rollout", "status", rolloutName)
+func showStatus(ctx context.Context, f *harness.Fleet, name string) error {
+	res, err := f.Run(ctx, "rollout", "status", name)
 	if err != nil {
 		return err
 	}

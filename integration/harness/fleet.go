@@ -72,7 +72,7 @@ type FleetOptions struct {
 	// XDSClient is the integration/xdsclient binary; required with Envoy.
 	XDSClient string
 	// DevArgs are more flags for `switchyard dev` (e.g.
-	// --viewer-token-file).
+	// --viewer-token-file, --notify URL).
 	DevArgs []string
 }
 

@@ -34,6 +34,9 @@ func Decode(data []byte, out any, root string) error {
 	dec := yaml.NewDecoder(bytes.NewReader(data))
 	dec.KnownFields(true)
 	if err := dec.Decode(out); err != nil {
+		if explained, ok := ExplainTypeError(data, err, root).(Errors); ok {
+			return explained
+		}
 		return Errors{{Path: root, Problem: strings.TrimPrefix(err.Error(), "yaml: ")}}
 	}
 	return nil

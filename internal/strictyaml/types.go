@@ -1,0 +1,119 @@
+package strictyaml
+
+import (
+	"fmt"
+	"regexp"
+	"strconv"
+	"strings"
+
+	"go.yaml.in/yaml/v3"
+)
+
+// typeErrorRE matches one of the problems in a yaml.TypeError, e.g.
+// "line 3: cannot unmarshal !!str `fast` into time.Duration".
+var typeErrorRE = regexp.MustCompile("^line (\\d+): cannot unmarshal !!(\\w+)(?: `(.*)`)? into (.+)$")
+
+// ExplainTypeError rewrites yaml's wrong-type errors ("line 3: cannot
+// unmarshal !!str `fast` into time.Duration") in a person's terms, naming the
+// field by its full path under root and the kind of value it wants:
+// `config.localGuard.window: "fast" is not a duration; want e.g. 5s or 250ms
+// (line 3)`. Errors it does not recognise come back unchanged. data is the
+// document err came from; an empty root leaves paths relative to the top.
+func ExplainTypeError(data []byte, err error, root string) error {
+	te, ok := err.(*yaml.TypeError)
+	if !ok {
+		return err
+	}
+	var doc yaml.Node
+	if yaml.Unmarshal(data, &doc) != nil || len(doc.Content) == 0 {
+		return err
+	}
+	var values []located
+	locate(doc.Content[0], root, &values)
+	var errs Errors
+	for _, problem := range te.Errors {
+		errs = append(errs, explainOne(problem, values, root))
+	}
+	return errs
+}
+
+// located is one value node of a document with its field path.
+type located struct {
+	path string
+	node *yaml.Node
+}
+
+// locate lists every value node under n with its path.
+func locate(n *yaml.Node, path string, out *[]located) {
+	*out = append(*out, located{path, n})
+	switch n.Kind {
+	case yaml.MappingNode:
+		for i := 0; i+1 < len(n.Content); i += 2 {
+			key := n.Content[i].Value
+			if path != "" {
+				key = path + "." + key
+			}
+			locate(n.Content[i+1], key, out)
+		}
+	case yaml.SequenceNode:
+		for i, item := range n.Content {
+			locate(item, fmt.Sprintf("%s[%d]", path, i), out)
+		}
+	case yaml.AliasNode:
+		// An alias's target was located where it was defined.
+	}
+}
+
+func explainOne(problem string, values []located, root string) *FieldError {
+	m := typeErrorRE.FindStringSubmatch(problem)
+	if m == nil {
+		return &FieldError{Path: root, Problem: problem}
+	}
+	line, _ := strconv.Atoi(m[1])
+	tag, value, goType := m[2], m[3], m[4]
+	path := root
+	// The deepest node on that line holding that value is the field: a
+	// mapping and its first key share a line in flow style.
+	for _, v := range values {
+		if v.node.Line != line {
+			continue
+		}
+		if value != "" && (v.node.Kind != yaml.ScalarNode || v.node.Value != value) {
+			continue
+		}
+		if value == "" && v.node.Kind == yaml.ScalarNode {
+			continue
+		}
+		path = v.path
+	}
+	got := strconv.Quote(value)
+	if value == "" {
+		got = map[string]string{"seq": "a list", "map": "a mapping"}[tag]
+		if got == "" {
+			got = "a " + tag
+		}
+	}
+	return &FieldError{Path: path, Problem: fmt.Sprintf("%s is not %s", got, want(goType)), Line: line}
+}
+
+// want says, for an operator, what a Go type accepts.
+func want(goType string) string {
+	switch {
+	case goType == "time.Duration":
+		return "a duration; want e.g. 5s, 250ms or 1m30s"
+	case goType == "bool":
+		return "true or false"
+	case strings.HasPrefix(goType, "int") || strings.HasPrefix(goType, "uint"):
+		return "a whole number"
+	case strings.HasPrefix(goType, "float"):
+		return "a number"
+	case goType == "string":
+		return "a string"
+	case strings.HasPrefix(goType, "[]"):
+		return "a list"
+	case strings.HasPrefix(goType, "map["):
+		return "a mapping"
+	default:
+		return "a mapping of fields"
+	}
+}

@@ -1,0 +1,65 @@
+package strictyaml
+
+import (
+	"errors"
+	"strings"
+	"testing"
+	"time"
+)
+
+type guardFile struct {
+	Window  time.Duration `yaml:"window"`
+	Enabled bool          `yaml:"enabled"`
+	Min     int           `yaml:"minRequests"`
+	Names   []string      `yaml:"names"`
+}
+
+type configFile struct {
+	Rate   float64     `yaml:"rate"`
+	Guard  guardFile   `yaml:"localGuard"`
+	Guards []guardFile `yaml:"guards"`
+}
+
+func TestDecode_WrongTypesNameTheField(t *testing.T) {
+	doc := `rate: lots
+localGuard:
+  window: fast
+  enabled: maybe
+  minRequests: many
+  names: [one]
+guards:
+  - {window: 1s}
+  - {window: slow}
+`
+	var c configFile
+	err := Decode([]byte(doc), &c, "config")
+	if !errors.Is(err, ErrInvalid) {
+		t.Fatalf("Decode: %v, want ErrInvalid", err)
+	}
+	for _, want := range []string{
+		`config.rate: "lots" is not a number (line 1)`,
+		`config.localGuard.window: "fast" is not a duration; want e.g. 5s, 250ms or 1m30s (line 3)`,
+		`config.localGuard.enabled: "maybe" is not true or false (line 4)`,
+		`config.localGuard.minRequests: "many" is not a whole number (line 5)`,
+		`config.guards[1].window: "slow" is not a duration; want e.g. 5s, 250ms or 1m30s (line 9)`,
+	} {
+		if !strings.Contains(err.Error(), want) {
+			t.Errorf("error lacks %q:\n%v", want, err)
+		}
+	}
+}
+
+func TestDecode_WrongShapeNamesTheField(t *testing.T) {
+	var c configFile
+	err := Decode([]byte("localGuard:\n  names: {a: b}\n"), &c, "config")
+	if err == nil || !strings.Contains(err.Error(), "config.localGuard.names") {
+		t.Fatalf("Decode: %v, want the field named", err)
+	}
+}
+
+func TestExplainTypeError_LeavesOtherErrorsAlone(t *testing.T) {
+	other := errors.New("boom")
+	if got := ExplainTypeError([]byte("a: b"), other, "x"); got != other {
+		t.Fatalf("got %v, want the error unchanged", got)
+	}
+}
