@@ -123,6 +123,7 @@ func run(interrupted context.Context, verbose, keep, stay bool, timeout time.Dur
 	say("SWITCHYARD_NATS_CA=%s", f.Bus.CA)
 	say("identities (operator, coordinator, one agent creds per node): %s", f.Bus.AuthDir)
 	say("coordinator metrics: http://%s/metrics", f.CoordinatorHTTP)
+	say("dashboard: http://%s/ui/ (make demo KEEP=1 keeps it open after the demo)", f.CoordinatorHTTP)
 	for _, n := range f.Nodes {
 		say("%s  haproxy http://%s/   agent http://%s/healthz", n.ID, n.FrontendAddr, n.AgentHTTP)
 	}
@@ -185,7 +186,7 @@ func run(interrupted context.Context, verbose, keep, stay bool, timeout time.Dur
 	}
 	if stay {
 		step("The fleet keeps running; Ctrl-C ends it")
-		say("dashboard: http://%s/", f.CoordinatorHTTP)
+		say("dashboard: http://%s/ui/", f.CoordinatorHTTP)
 		say("SWITCHYARD_NATS=%s SWITCHYARD_NATS_CA=%s SWITCHYARD_NATS_CREDS=%s", f.NATSURL, f.Bus.CA, filepath.Join(f.Bus.AuthDir, "creds", "operator.creds"))
 		<-interrupted.Done()
 		return nil
