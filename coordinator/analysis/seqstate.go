@@ -177,10 +177,10 @@ func (run *seqRun) read(sp *sv1.RolloutSpec, sec int64, reports []*nodeReport) {
 	}
 
 	// Latency: requests slower than the old backend's quantiles as they
-	// stood before this second. An allowed increase moves the new backend's
-	// threshold up by that much: the test is then against "no more than that
-	// slower".
-	slack := a.GetLatency().GetMaxIncrease().AsDuration().Seconds()
+	// stood before this second. An allowed increase (latency.maxIncrease, or
+	// the measurement floor of spec.LatencyTolerance) moves the new
+	// backend's threshold up by that much: the test is then against "no more
+	// than that slower".
 	if run.base.Count() >= minBaselineSamples {
 		// Each node's bins, read once for every threshold.
 		type nodeBins struct{ cand, base []sketch.Bin }
@@ -193,7 +193,7 @@ func (run *seqRun) read(sp *sv1.RolloutSpec, sec int64, reports []*nodeReport) {
 		for _, d := range run.latency {
 			d.threshold = run.base.Quantile(d.quantile)
 			bi := sketch.IndexOf(d.threshold)
-			ci := sketch.IndexOf(d.threshold + slack)
+			ci := sketch.IndexOf(d.threshold + spec.LatencyTolerance(a, d.threshold))
 			var strata []Stratum
 			for i, r := range both {
 				cn, cs := countAbove(bins[i].cand, ci)

@@ -125,3 +125,24 @@ func validateSequential(add func(string, string, ...any), a *sv1.AnalysisSpec) {
 		add("spec.analysis.passConfidence", "%v is out of range, want 0.5 up to (not including) 1", c)
 	}
 }
+
+// Without latency.maxIncrease the latency tests still allow a difference
+// smaller than what the proxy measures: HAProxy times requests in whole
+// milliseconds, so a blue p50 of "0 ms" against a green one of "1 ms" is a
+// rounding, not a regression. The floor is the larger of
+// DefaultLatencyFloor and DefaultLatencyRelative of the old backend's
+// quantile.
+const (
+	DefaultLatencyFloor    = 2 * time.Millisecond
+	DefaultLatencyRelative = 0.05
+)
+
+// LatencyTolerance is how much slower than the old backend's quantile q (in
+// seconds) the new backend may be before the latency tests count it: the
+// spec's latency.maxIncrease when set, else the resolution floor above.
+func LatencyTolerance(a *sv1.AnalysisSpec, q float64) float64 {
+	if m := a.GetLatency().GetMaxIncrease(); m != nil {
+		return m.AsDuration().Seconds()
+	}
+	return max(DefaultLatencyFloor.Seconds(), DefaultLatencyRelative*q)
+}

@@ -126,7 +126,7 @@ func TestSpec_ParseRefuses(t *testing.T) {
 		{"duplicate wave names", good + "waves:\n  - {name: eu, percent: 10}\n  - {name: eu}\n", []string{`spec.waves[1].name: "eu" names two waves`}},
 		{"error rate as percent", good + "analysis:\n  errorRate: {max: 5}\n", []string{"spec.analysis.errorRate.max: 5 is out of range, want a fraction"}},
 		{"bad quantile", good + "analysis:\n  latency: {quantile: 99}\n", []string{"spec.analysis.latency.quantile: 99 is out of range"}},
-		{"bad duration", good + "analysis:\n  window: soon\n", []string{"spec:", "soon"}},
+		{"bad duration", good + "analysis:\n  window: soon\n", []string{`spec.analysis.window: "soon" is not a duration`}},
 		{"unknown method", good + "analysis:\n  method: bayes\n", []string{`spec.analysis.method: "bayes" is not a method, want "sequential" (the default) or "windows"`}},
 		{"false alarm as percent", good + "analysis:\n  falseAlarm: 5\n", []string{"spec.analysis.falseAlarm: 5 is out of range"}},
 		{"horizon too short", good + "analysis:\n  horizon: 10s\n", []string{"spec.analysis.horizon: 10s is out of range, want 1m..720h"}},
