@@ -248,4 +248,3 @@ func TestDocs_RolePermissionsTable(t *testing.T) {
 		}
 	}
 }
-

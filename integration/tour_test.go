@@ -38,7 +38,8 @@ func (s tourStep) readOnly() bool {
 	switch {
 	case strings.HasPrefix(s.cmd, "curl ") && !strings.Contains(s.cmd, " -X "):
 		return true
-	case strings.HasPrefix(s.cmd, "switchyard rollout status"), strings.HasPrefix(s.cmd, "switchyard chaos status"):
+	case strings.HasPrefix(s.cmd, "switchyard rollout status"), strings.HasPrefix(s.cmd, "switchyard chaos status"),
+		strings.HasPrefix(s.cmd, "cat "):
 		return true
 	}
 	return false
@@ -225,6 +226,11 @@ func readiness(cmd string) (string, bool) {
 		return "curl -sf -o /dev/null http://127.0.0.1:9101/healthz", true
 	case strings.Contains(cmd, "./integration/load"):
 		return "true", true
+	case strings.HasPrefix(cmd, "nats sub "):
+		// natscli says so once its subscription is made.
+		if out := regexp.MustCompile(`> (\S+) 2>&1`).FindStringSubmatch(cmd); out != nil {
+			return "grep -qs 'Subscribing on' " + out[1], true
+		}
 	}
 	return "", false
 }
@@ -242,8 +248,14 @@ func TestDocs_READMETour(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	steps := tourSteps(t, "README.md", "readme-tour")
+	nats := natsCLI(t)
+	// The README's tour, then docs/bus.md's pipeline against the control
+	// plane the tour leaves running.
+	steps := append(tourSteps(t, "README.md", "readme-tour"), tourSteps(t, "docs/bus.md", "bus-pipeline")...)
 	sh := startNSShell(t, ctx, root)
+	if rc, out := sh.run(ctx, "export PATH=$PATH:"+filepath.Dir(nats)); rc != 0 {
+		t.Fatal(out)
+	}
 	const retryFor = 2 * time.Minute
 	for _, st := range steps {
 		if st.background() {
@@ -316,6 +328,32 @@ func printed(out, want string) bool {
 		return strings.Contains(squeeze(out), squeeze(prefix))
 	}
 	return strings.Contains(out, want)
+}
+
+// natsCLIVersion is the nats CLI the docs' pipeline examples are run with.
+const natsCLIVersion = "v0.5.0"
+
+// natsCLI returns the `nats` CLI, built once per machine into the user's
+// cache (a pipeline's NATS client, not part of the module).
+func natsCLI(t *testing.T) string {
+	t.Helper()
+	cache, err := os.UserCacheDir()
+	if err != nil {
+		cache = os.TempDir()
+	}
+	dir := filepath.Join(cache, "switchyard-test", "natscli-"+natsCLIVersion)
+	bin := filepath.Join(dir, "nats")
+	if _, err := os.Stat(bin); err == nil {
+		return bin
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Minute)
+	defer cancel()
+	cmd := exec.CommandContext(ctx, "go", "install", "github.com/nats-io/natscli/nats@"+natsCLIVersion)
+	cmd.Env = append(os.Environ(), "GOBIN="+dir, "GOFLAGS=-mod=mod")
+	if out, err := cmd.CombinedOutput(); err != nil {
+		t.Fatalf("go install natscli %s: %v\n%s", natsCLIVersion, err, out)
+	}
+	return bin
 }
 
 // tail is the last n lines of s.
