@@ -102,8 +102,10 @@ func TestJudge_ModerateRegressionRollsBackAndAHealthyCanaryStays(t *testing.T) {
 	if seq.GetCandidateEvents()*seq.GetBaselineRequests() <= seq.GetBaselineEvents()*seq.GetCandidateRequests() {
 		t.Errorf("evidence shows green no worse than blue: %v", seq)
 	}
-	t.Logf("green at 5%% errors: every HAProxy on blue %s after the change (first bad request); %s",
-		onBlue.Round(10*time.Millisecond), ev.GetSummary())
+	// Where the time went: the alarm's report second ends at At; what
+	// follows is commit, publish, apply and this test's sampling.
+	t.Logf("green at 5%% errors: every HAProxy on blue %s after the change (first bad request); the alarm came with the report of the second ending %s after it; %s",
+		onBlue.Round(10*time.Millisecond), seq.GetAt().AsTime().Sub(broke).Round(10*time.Millisecond), ev.GetSummary())
 	hist, err := f.Run(ctx, "rollout", "history", "web-seq-bad")
 	if err != nil {
 		t.Fatal(err)
