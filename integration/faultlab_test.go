@@ -99,9 +99,23 @@ type lab struct {
 	c           *harness.Cluster
 	f           *harness.Fleet
 
-	mu     sync.Mutex
-	ops    []labOp
-	faults []labFault
+	mu        sync.Mutex
+	ops       []labOp
+	faults    []labFault
+	statusErr error // of the last status query
+}
+
+// dump logs the history, for a failed round.
+func (l *lab) dump() {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	for _, op := range l.ops {
+		l.t.Logf("op %s: %s %s exit %d acknowledged=%v: %.300s", op.at, op.op, op.rollout, op.exit, op.acknowledged, op.answer)
+	}
+	for _, f := range l.faults {
+		l.t.Logf("fault %s: %s of %s held %s (revert: %v)", f.at, f.kind, f.target, f.held, f.revertErr)
+	}
+	l.t.Logf("last status query: %v", l.statusErr)
 }
 
 func (l *lab) since() time.Duration { return time.Since(l.start).Round(time.Millisecond) }
@@ -141,6 +155,7 @@ func TestFaultLab_ShortRun(t *testing.T) {
 		final, err := l.converge()
 		took := time.Since(quiet)
 		if err != nil {
+			l.dump()
 			t.Fatalf("round %d: no convergence within %s after the faults stopped: %v", round, labConvergeBound, err)
 		}
 		convergence = append(convergence, took)
@@ -148,6 +163,7 @@ func TestFaultLab_ShortRun(t *testing.T) {
 		t.Logf("fault lab round %d: every node on %s %d ms after the last fault was reverted", round, final, took.Milliseconds())
 		l.check()
 		if t.Failed() {
+			l.dump()
 			break
 		}
 	}
@@ -269,6 +285,9 @@ func (l *lab) status(ctx context.Context) []*sv1.RolloutView {
 	sctx, cancel := context.WithTimeout(ctx, 10*time.Second)
 	defer cancel()
 	ans, err := l.f.Status(sctx, "")
+	l.mu.Lock()
+	l.statusErr = err
+	l.mu.Unlock()
 	if err != nil {
 		return nil
 	}
