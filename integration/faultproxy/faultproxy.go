@@ -34,14 +34,14 @@ type Proxy struct {
 	target string
 	ln     net.Listener
 
-	mu    sync.Mutex
-	mode  Mode
+	mu   sync.Mutex
+	mode Mode
 	// changed is closed, and replaced, whenever the mode changes.
 	changed chan struct{}
 	conns   map[net.Conn]struct{}
-	wg    sync.WaitGroup
-	done  chan struct{}
-	once  sync.Once
+	wg      sync.WaitGroup
+	done    chan struct{}
+	once    sync.Once
 }
 
 // New listens on a free 127.0.0.1 port and forwards to target.
