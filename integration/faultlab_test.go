@@ -99,9 +99,23 @@ type lab struct {
 	c           *harness.Cluster
 	f           *harness.Fleet
 
-	mu     sync.Mutex
-	ops    []labOp
-	faults []labFault
+	mu        sync.Mutex
+	ops       []labOp
+	faults    []labFault
+	statusErr error // of the last status query
+}
+
+// dump logs the history, for a failed round.
+func (l *lab) dump() {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	for _, op := range l.ops {
+		l.t.Logf("op %s: %s %s exit %d acknowledged=%v: %.300s", op.at, op.op, op.rollout, op.exit, op.acknowledged, op.answer)
+	}
+	for _, f := range l.faults {
+		l.t.Logf("fault %s: %s of %s held %s (revert: %v)", f.at, f.kind, f.target, f.held, f.revertErr)
+	}
+	l.t.Logf("last status query: %v", l.statusErr)
 }
 
 func (l *lab) since() time.Duration { return time.Since(l.start).Round(time.Millisecond) }
@@ -141,6 +155,7 @@ func TestFaultLab_ShortRun(t *testing.T) {
 		final, err := l.converge()
 		took := time.Since(quiet)
 		if err != nil {
+			l.dump()
 			t.Fatalf("round %d: no convergence within %s after the faults stopped: %v", round, labConvergeBound, err)
 		}
 		convergence = append(convergence, took)
@@ -148,6 +163,7 @@ func TestFaultLab_ShortRun(t *testing.T) {
 		t.Logf("fault lab round %d: every node on %s %d ms after the last fault was reverted", round, final, took.Milliseconds())
 		l.check()
 		if t.Failed() {
+			l.dump()
 			break
 		}
 	}
@@ -166,7 +182,12 @@ func (l *lab) workload(ctx context.Context, seq *int, serving *string) {
 		if from == harness.Green {
 			to = harness.Blue
 		}
-		path := writeSpec(l.t, name, blueGreenSpec(name, from, to))
+		text := blueGreenSpec(name, from, to)
+		gated := l.opsRNG.Float64() < 0.5
+		if gated {
+			text = gatedCanarySpec(name, from, to)
+		}
+		path := writeSpec(l.t, name, text)
 		if !l.call(ctx, "apply", name, "rollout", "apply", "-f", path, "--publish-timeout", "5s") {
 			// Not acknowledged: it may still have been committed; wait
 			// for whatever holds the service to end before the next.
@@ -176,13 +197,36 @@ func (l *lab) workload(ctx context.Context, seq *int, serving *string) {
 			}
 			continue
 		}
-		if l.opsRNG.Float64() < 0.35 {
+		switch {
+		case l.opsRNG.Float64() < 0.35:
 			l.call(ctx, "abort", name, "rollout", "abort", name, "--reason", "fault lab", "--publish-timeout", "5s")
+		case gated:
+			// Approve once the rollout waits at its gate; an approval
+			// refused (not at the gate yet, or the bus away) is tried again.
+			_ = harness.Poll(ctx, 300*time.Millisecond, func(ctx context.Context) error {
+				v := l.find(ctx, name)
+				if v == nil || terminal(v.GetRollout().GetPhase()) {
+					return nil
+				}
+				if v.GetRollout().GetStep() != 1 {
+					return fmt.Errorf("not at the gate")
+				}
+				if !l.call(ctx, "approve", name, "rollout", "approve", name, "--publish-timeout", "5s") {
+					return fmt.Errorf("approval not acknowledged")
+				}
+				return nil
+			})
 		}
 		if v := l.waitTerminal(ctx, name); v != nil {
 			*serving = servingAfter(v)
 		}
 	}
+}
+
+// gatedCanarySpec moves half of the traffic, waits for an approval, then
+// moves the rest.
+func gatedCanarySpec(name, from, to string) string {
+	return fmt.Sprintf("version: v1\nname: %s\nservice: web\nfrom: %s\nto: %s\nstrategy:\n  canary:\n    steps:\n      - setWeight: 50\n      - pause: {}\n      - setWeight: 100\n", name, from, to)
 }
 
 // servingAfter is the backend a finished rollout leaves the service on.
@@ -241,6 +285,9 @@ func (l *lab) status(ctx context.Context) []*sv1.RolloutView {
 	sctx, cancel := context.WithTimeout(ctx, 10*time.Second)
 	defer cancel()
 	ans, err := l.f.Status(sctx, "")
+	l.mu.Lock()
+	l.statusErr = err
+	l.mu.Unlock()
 	if err != nil {
 		return nil
 	}
@@ -401,8 +448,13 @@ func (l *lab) converge() (string, error) {
 		if v == nil {
 			return fmt.Errorf("no rollout in status")
 		}
-		if !terminal(v.GetRollout().GetPhase()) {
-			return fmt.Errorf("%s in phase %s", v.GetRollout().GetId(), v.GetRollout().GetPhase())
+		if r := v.GetRollout(); !terminal(r.GetPhase()) {
+			// A gated rollout the workload left at its gate: the
+			// operator approves it.
+			if r.GetSpec().GetStrategy().GetCanary() != nil && r.GetStep() == 1 {
+				l.call(ctx, "approve", r.GetId(), "rollout", "approve", r.GetId(), "--publish-timeout", "5s")
+			}
+			return fmt.Errorf("%s in phase %s at step %d", r.GetId(), r.GetPhase(), r.GetStep()+1)
 		}
 		if err := l.f.Converged(v.GetRollout().GetPhase())(v); err != nil {
 			return err
@@ -468,6 +520,8 @@ func (l *lab) check() {
 			t.Errorf("%s %s: %d rollouts of that name in status", op.op, op.rollout, len(got))
 		case op.op == "abort" && got[0].GetRollout().GetPhase() != sv1.RolloutPhase_ROLLOUT_PHASE_ROLLED_BACK:
 			t.Errorf("abort of %s acknowledged at %s (%q) but it ended %s", op.rollout, op.at, op.answer, got[0].GetRollout().GetPhase())
+		case op.op == "approve" && got[0].GetRollout().GetStep() < 2 && !terminal(got[0].GetRollout().GetPhase()):
+			t.Errorf("approval of %s acknowledged at %s (%q) but it still waits at step %d", op.rollout, op.at, op.answer, got[0].GetRollout().GetStep()+1)
 		}
 	}
 	gens := map[uint64]string{}
@@ -481,6 +535,7 @@ func (l *lab) check() {
 
 	// No agent applied a lower generation, or one generation twice in a
 	// run (a restart may apply what it held again).
+	applies := 0
 	for _, n := range l.f.Nodes {
 		file, err := os.Open(n.Agent.StderrPath())
 		if err != nil {
@@ -510,9 +565,14 @@ func (l *lab) check() {
 			}
 			seenInRun[g] = true
 			last = max(last, g)
+			applies++
 		}
 		file.Close()
 	}
+	if applies == 0 {
+		t.Errorf("no agent log shows an apply: the history of applies is empty")
+	}
+	t.Logf("history checked: %d operator calls, %d faults, %d rollouts in status, %d agent applies", len(ops), len(faults), len(views), applies)
 }
 
 func (l *lab) report(convergence []time.Duration) {

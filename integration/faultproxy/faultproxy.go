@@ -1,7 +1,8 @@
 // Package faultproxy is a userspace TCP proxy that injects network faults
 // between two processes on one machine, where iptables is not available:
-// blackhole (connections stay open, bytes vanish), delay (every chunk held
-// back) and drop (every connection reset, new ones closed at once).
+// blackhole (connections stay open, nothing gets through until it ends, as
+// in a partition TCP retransmits across), delay (every chunk held back) and
+// drop (every connection reset, new ones closed at once).
 package faultproxy
 
 import (
@@ -13,8 +14,11 @@ import (
 
 // Mode is what the proxy does to the bytes it carries.
 type Mode struct {
-	// Blackhole discards everything in both directions; connections stay
-	// open, as with a partition that drops packets.
+	// Blackhole lets nothing through in either direction, new connections
+	// included, until the mode changes; connections stay open and what
+	// was sent meanwhile arrives afterwards, as TCP's retransmissions
+	// carry a stream across a partition that heals. (Bytes dropped from
+	// the middle of a stream are not a network fault: TCP never does it.)
 	Blackhole bool
 	// Drop resets every open connection and closes new ones at once.
 	Drop bool
@@ -30,12 +34,14 @@ type Proxy struct {
 	target string
 	ln     net.Listener
 
-	mu    sync.Mutex
-	mode  Mode
-	conns map[net.Conn]struct{}
-	wg    sync.WaitGroup
-	done  chan struct{}
-	once  sync.Once
+	mu   sync.Mutex
+	mode Mode
+	// changed is closed, and replaced, whenever the mode changes.
+	changed chan struct{}
+	conns   map[net.Conn]struct{}
+	wg      sync.WaitGroup
+	done    chan struct{}
+	once    sync.Once
 }
 
 // New listens on a free 127.0.0.1 port and forwards to target.
@@ -49,7 +55,7 @@ func New(target string) (*Proxy, error) {
 
 // Start forwards connections accepted on ln to target until Close.
 func Start(ln net.Listener, target string) *Proxy {
-	p := &Proxy{target: target, ln: ln, conns: map[net.Conn]struct{}{}, done: make(chan struct{})}
+	p := &Proxy{target: target, ln: ln, conns: map[net.Conn]struct{}{}, done: make(chan struct{}), changed: make(chan struct{})}
 	p.wg.Add(1)
 	go p.accept()
 	return p
@@ -73,6 +79,8 @@ func (p *Proxy) Mode() Mode {
 func (p *Proxy) SetMode(m Mode) {
 	p.mu.Lock()
 	p.mode = m
+	close(p.changed)
+	p.changed = make(chan struct{})
 	var open []net.Conn
 	if m.Drop {
 		for c := range p.conns {
@@ -100,6 +108,27 @@ func (p *Proxy) Close() error {
 		p.wg.Wait()
 	})
 	return err
+}
+
+// passable waits while the proxy blackholes; false when it closes or
+// drops instead.
+func (p *Proxy) passable() (Mode, bool) {
+	for {
+		p.mu.Lock()
+		m, changed := p.mode, p.changed
+		p.mu.Unlock()
+		if m.Drop {
+			return m, false
+		}
+		if !m.Blackhole {
+			return m, true
+		}
+		select {
+		case <-changed:
+		case <-p.done:
+			return m, false
+		}
+	}
 }
 
 func (p *Proxy) accept() {
@@ -152,6 +181,9 @@ func (p *Proxy) serve(client net.Conn) {
 		return
 	}
 	defer p.untrack(client)
+	if _, ok := p.passable(); !ok {
+		return
+	}
 	server, err := net.DialTimeout("tcp", p.target, 2*time.Second)
 	if err != nil {
 		return
@@ -177,22 +209,22 @@ func (p *Proxy) pipe(dst, src net.Conn) {
 	for {
 		n, err := src.Read(buf)
 		if n > 0 {
-			m := p.Mode()
+			m, ok := p.passable()
+			if !ok {
+				return
+			}
 			if m.Delay > 0 {
 				select {
 				case <-time.After(m.Delay):
 				case <-p.done:
 					return
 				}
-				m = p.Mode()
-			}
-			if m.Drop {
-				return
-			}
-			if !m.Blackhole {
-				if _, werr := dst.Write(buf[:n]); werr != nil {
+				if m, ok = p.passable(); !ok {
 					return
 				}
+			}
+			if _, werr := dst.Write(buf[:n]); werr != nil {
+				return
 			}
 		}
 		if err != nil {

@@ -58,12 +58,32 @@ func TestProxy_PassBlackholeDelayDrop(t *testing.T) {
 	}
 
 	p.SetMode(Mode{Blackhole: true})
-	if got, err := roundTrip(c, r, "lost", 300*time.Millisecond); !errors.Is(err, os.ErrDeadlineExceeded) {
+	if got, err := roundTrip(c, r, "held", 300*time.Millisecond); !errors.Is(err, os.ErrDeadlineExceeded) {
 		t.Fatalf("blackhole let %q through (err %v)", got, err)
 	}
+	// A new connection gets nowhere either, until the blackhole ends.
+	nc, err := net.Dial("tcp", p.Addr())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer nc.Close()
+	nr := bufio.NewReader(nc)
+	if got, err := roundTrip(nc, nr, "new", 300*time.Millisecond); !errors.Is(err, os.ErrDeadlineExceeded) {
+		t.Fatalf("blackhole served a new connection: %q (err %v)", got, err)
+	}
 	p.SetMode(Pass)
+	// What was sent during the blackhole arrives, in order, as TCP would
+	// deliver it after a partition heals.
+	c.SetReadDeadline(time.Now().Add(5 * time.Second))
+	if got, err := r.ReadString('\n'); err != nil || got != "held\n" {
+		t.Fatalf("after the blackhole: %q %v, want the held bytes", got, err)
+	}
 	if got, err := roundTrip(c, r, "two", 5*time.Second); err != nil || got != "two\n" {
-		t.Fatalf("pass after blackhole: %q %v; the connection must survive and the blackholed bytes stay lost", got, err)
+		t.Fatalf("pass after blackhole: %q %v", got, err)
+	}
+	nc.SetReadDeadline(time.Now().Add(5 * time.Second))
+	if got, err := nr.ReadString('\n'); err != nil || got != "new\n" {
+		t.Fatalf("new connection after the blackhole: %q %v", got, err)
 	}
 
 	p.SetMode(Mode{Delay: 50 * time.Millisecond})
