@@ -116,3 +116,40 @@ func TestCoordinator_DrillRunsThroughTheLeaderAndStopAll(t *testing.T) {
 		t.Fatalf("drill %v", d)
 	}
 }
+
+const rollbackDrillOverCap = `
+version: v1
+name: rb-drill
+service: web
+rollout: web-1
+maxNodes: 2
+maxPercent: 100
+duration: 1m
+detectWithin: 30s
+recoverWithin: 60s
+fault:
+  http: {backend: green, errorPercent: 30}
+`
+
+// TestCoordinator_RollbackDrillOverItsCapIsRefusedBeforeCommit: a rollback
+// drill's targets are its rollout's current wave; a wave larger than the
+// drill's cap is refused before anything is committed, not committed and
+// then aborted at start.
+func TestCoordinator_RollbackDrillOverItsCapIsRefusedBeforeCommit(t *testing.T) {
+	nc, url := startNATS(t)
+	c := startCoordinator(t, url, t.TempDir())
+	for _, n := range []string{"edge-1", "edge-2", "edge-3"} {
+		publishStatus(t, nc, n, 0)
+	}
+	waitFor(t, "three nodes seen", 5*time.Second, func() bool { return len(c.srv.fleet.Live("web")) == 3 })
+	if res := send(t, nc, applyIntent("apply", "web-1")); !res.GetAccepted() {
+		t.Fatal(res)
+	}
+	res := sendChaos(t, nc, &sv1.Intent{Id: "rb", Action: &sv1.Intent_RunDrill{RunDrill: &sv1.RunDrill{Spec: drillSpec(t, rollbackDrillOverCap)}}})
+	if res.GetAccepted() || res.GetCode() != "blast_radius" || !strings.Contains(res.GetError(), "would touch 3 nodes, more than drill.maxNodes 2") {
+		t.Fatalf("rollback drill over its cap: %v", res)
+	}
+	if d := c.srv.fsm.State().Drill("rb-drill"); d != nil {
+		t.Fatalf("the refused drill was committed: %v", d)
+	}
+}

@@ -135,6 +135,8 @@ func (s *Server) handleIntent(ctx context.Context, msg jetstream.Msg) {
 		code = state.CodeUnsigned
 	case errors.Is(err, bus.ErrIntentBadSignature):
 		code = state.CodeBadSignature
+	case errors.Is(err, spec.ErrInvalid):
+		code = state.CodeInvalid // e.g. a JSON spec's version
 	case err != nil:
 		code = state.CodeMalformed
 	}

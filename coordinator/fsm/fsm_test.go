@@ -137,6 +137,12 @@ func FuzzFSM_Decode(f *testing.F) {
 	f.Add(start)
 	epoch, _ := Encode(EpochType, &sv1.EpochEntry{Epoch: 2, Reason: "rebuilt", HighestSeen: 1})
 	f.Add(epoch)
+	refusal, _ := Encode(AuditRefusalType, &sv1.AuditRefusalEntry{IntentId: "x", Code: "unsigned"})
+	f.Add(refusal)
+	exported, _ := Encode(AuditExportedType, &sv1.AuditExportedEntry{Through: 3})
+	f.Add(exported)
+	boot, _ := Encode(AclBootstrapType, &sv1.AclBootstrapEntry{Key: "UADMIN", Name: "root"})
+	f.Add(boot)
 	f.Add([]byte{})
 	f.Add([]byte{200})
 	f.Fuzz(func(t *testing.T, data []byte) {

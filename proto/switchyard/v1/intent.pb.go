@@ -29,7 +29,9 @@ type Intent struct {
 	// Id is unique per intent; it is also the Nats-Msg-Id for stream dedup and
 	// is remembered by the coordinators so an intent is applied at most once.
 	Id string `protobuf:"bytes,1,opt,name=id,proto3" json:"id,omitempty"`
-	// Operator is who sends the intent.
+	// Operator is the sender's own words about who they are, kept with the
+	// intent. Once the cluster has an admin, history, status and audit show
+	// the verified signer of the SignedIntent around it instead.
 	Operator  string                 `protobuf:"bytes,2,opt,name=operator,proto3" json:"operator,omitempty"`
 	CreatedAt *timestamppb.Timestamp `protobuf:"bytes,3,opt,name=created_at,json=createdAt,proto3" json:"created_at,omitempty"`
 	// Types that are valid to be assigned to Action:
