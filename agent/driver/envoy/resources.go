@@ -42,8 +42,8 @@ type serviceResources struct {
 	endpoints         map[string][]hostPort
 	// envoyListen is the socket address of an Envoy's listener; nil for
 	// an api_listener.
-	envoyListen *hostPort
-	reportInterval    time.Duration
+	envoyListen    *hostPort
+	reportInterval time.Duration
 }
 
 func (r *serviceResources) clusterName(backend string) string { return r.service + "-" + backend }
