@@ -11,12 +11,19 @@ import (
 	"github.com/switchyard/switchyard/internal/sketch"
 )
 
-// Results of switchyard_agent_log_lines_total.
+// Request-log line results, the values of the "result" label of
+// switchyard_agent_log_lines_total.
 const (
-	LogCounted        = "counted"
-	LogNotRequest     = "not_request"
+	LogCounted = "counted"
+	// LogNotRequest: not a request line of the expected format (HAProxy
+	// also sends its alerts to the log target).
+	LogNotRequest = "not_request"
+	// LogUnknownBackend: a request of an HAProxy backend no service of this
+	// socket drives.
 	LogUnknownBackend = "unknown_backend"
-	LogUnknownServer  = "unknown_server"
+	// LogUnknownServer: a request of a server that is not one of the
+	// service's backends, including "<NOSRV>" (no server was chosen).
+	LogUnknownServer = "unknown_server"
 )
 
 // backendWindow is one backend's real traffic in the current window.
@@ -189,7 +196,11 @@ func attachLog(path, backend string, servers map[string]string, env driver.Env) 
 		if log == nil {
 			log = slog.New(slog.DiscardHandler)
 		}
-		o = &openSink{sink: NewLogSink(ln, env.LogLines, log), done: make(chan struct{})}
+		lines := env.LogLines
+		if lines == nil {
+			lines = prometheus.NewCounterVec(prometheus.CounterOpts{Name: "switchyard_agent_log_lines_total"}, []string{"result"})
+		}
+		o = &openSink{sink: NewLogSink(ln, lines, log), done: make(chan struct{})}
 		sinks[path] = o
 		go func() {
 			defer close(o.done)
