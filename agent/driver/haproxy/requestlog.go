@@ -3,7 +3,9 @@ package haproxy
 import (
 	"fmt"
 	"log/slog"
+	"maps"
 	"sync"
+	"sync/atomic"
 
 	"github.com/prometheus/client_golang/prometheus"
 
@@ -105,8 +107,10 @@ type LogSink struct {
 	ln  *LogListener
 	log *slog.Logger
 
-	mu        sync.RWMutex
-	byBackend map[string]*RequestWindow // HAProxy backend -> window
+	// routes maps an HAProxy backend to its window; replaced whole (under
+	// mu) when a service comes or goes, read without a lock per line.
+	mu     sync.Mutex
+	routes atomic.Pointer[map[string]*RequestWindow]
 
 	counted, notRequest, unknownBackend, unknownServer prometheus.Counter
 }
@@ -114,29 +118,40 @@ type LogSink struct {
 // NewLogSink reads ln into windows, counting lines by result in lines
 // (labelled by result).
 func NewLogSink(ln *LogListener, lines *prometheus.CounterVec, log *slog.Logger) *LogSink {
-	return &LogSink{
+	s := &LogSink{
 		ln:             ln,
-		byBackend:      map[string]*RequestWindow{},
 		log:            log.With("log_socket", ln.Path()),
 		counted:        lines.WithLabelValues(LogCounted),
 		notRequest:     lines.WithLabelValues(LogNotRequest),
 		unknownBackend: lines.WithLabelValues(LogUnknownBackend),
 		unknownServer:  lines.WithLabelValues(LogUnknownServer),
 	}
+	s.routes.Store(&map[string]*RequestWindow{})
+	return s
 }
 
 // Route sends the lines of an HAProxy backend to w.
 func (s *LogSink) Route(backend string, w *RequestWindow) {
 	s.mu.Lock()
-	s.byBackend[backend] = w
-	s.mu.Unlock()
+	defer s.mu.Unlock()
+	next := maps.Clone(*s.routes.Load())
+	next[backend] = w
+	s.routes.Store(&next)
+}
+
+// routed reports whether backend's lines have a window.
+func (s *LogSink) routed(backend string) bool {
+	_, ok := (*s.routes.Load())[backend]
+	return ok
 }
 
 func (s *LogSink) unroute(backend string) (empty bool) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	delete(s.byBackend, backend)
-	return len(s.byBackend) == 0
+	next := maps.Clone(*s.routes.Load())
+	delete(next, backend)
+	s.routes.Store(&next)
+	return len(next) == 0
 }
 
 // Handle counts one datagram; the reader's goroutine calls it.
@@ -146,9 +161,7 @@ func (s *LogSink) Handle(line []byte) {
 		s.notRequest.Inc()
 		return
 	}
-	s.mu.RLock()
-	w, ok := s.byBackend[string(rec.Backend)]
-	s.mu.RUnlock()
+	w, ok := (*s.routes.Load())[string(rec.Backend)]
 	if !ok {
 		s.unknownBackend.Inc()
 		return
@@ -207,10 +220,7 @@ func attachLog(path, backend string, servers map[string]string, env driver.Env) 
 			o.sink.Serve()
 		}()
 	}
-	o.sink.mu.RLock()
-	_, taken := o.sink.byBackend[backend]
-	o.sink.mu.RUnlock()
-	if taken {
+	if o.sink.routed(backend) {
 		return nil, nil, fmt.Errorf("%s: HAProxy backend %q already has a reader on this socket", path, backend)
 	}
 	win := NewRequestWindow(servers)
