@@ -317,7 +317,7 @@ func BenchmarkAgent_ResourceUse(b *testing.B) {
 			}
 			for _, m := range mf.GetMetric() {
 				for _, l := range m.GetLabel() {
-					if l.GetValue() == logCounted {
+					if l.GetValue() == haproxy.LogCounted {
 						return m.GetCounter().GetValue()
 					}
 				}

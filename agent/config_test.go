@@ -78,7 +78,7 @@ node: edge-1
 stateDir: /tmp/x
 services:
   web: {}
-`, []string{"services.web: a proxy driver section is required (one of haproxy)"}},
+`, []string{"services.web: a proxy driver section is required (one of "}},
 		{"bad node name", strings.Replace(valid, "node: edge-1", "node: edge.1", 1), []string{"node:", `"edge.1"`}},
 		{"bad service name", strings.Replace(valid, "  web:", "  we.b:", 1), []string{"services.we.b:", "invalid name"}},
 		{"missing node and stateDir", `

@@ -54,21 +54,6 @@ const (
 	reportError  = "error"
 )
 
-// Request-log line results, the values of the "result" label of
-// request_log_lines_total.
-const (
-	logCounted = "counted"
-	// logNotRequest: not a request line of the expected format (HAProxy
-	// also sends its alerts to the log target).
-	logNotRequest = "not_request"
-	// logUnknownBackend: a request of an HAProxy backend no service of this
-	// socket drives.
-	logUnknownBackend = "unknown_backend"
-	// logUnknownServer: a request of a server that is not one of the
-	// service's backends, including "<NOSRV>" (no server was chosen).
-	logUnknownServer = "unknown_server"
-)
-
 // Probe kinds and results, the labels of probes_total.
 const (
 	probePreflight = "preflight"

@@ -45,10 +45,16 @@ func run() error {
 	if *xdsAddr == "" || *node == "" {
 		return errors.New("--xds and --node are required")
 	}
-	// The bootstrap a production client gets from its environment.
-	bootstrap := fmt.Sprintf(`{"xds_servers":[{"server_uri":%q,"channel_creds":[{"type":"insecure"}],"server_features":["xds_v3"]}],"node":{"id":%q}}`, *xdsAddr, *node)
-	if err := os.Setenv("GRPC_XDS_BOOTSTRAP_CONFIG", bootstrap); err != nil {
-		return err
+	// grpc-go reads its bootstrap from the environment when the process
+	// starts, as a production client gets it: without one, the process
+	// starts itself again with the bootstrap the flags describe.
+	if os.Getenv("GRPC_XDS_BOOTSTRAP_CONFIG") == "" && os.Getenv("GRPC_XDS_BOOTSTRAP") == "" {
+		bootstrap := fmt.Sprintf(`{"xds_servers":[{"server_uri":%q,"channel_creds":[{"type":"insecure"}],"server_features":["xds_v3"]}],"node":{"id":%q}}`, *xdsAddr, *node)
+		self, err := os.Executable()
+		if err != nil {
+			return err
+		}
+		return syscall.Exec(self, os.Args, append(os.Environ(), "GRPC_XDS_BOOTSTRAP_CONFIG="+bootstrap))
 	}
 	log := slog.New(slog.NewTextHandler(os.Stderr, nil)).With("client", *node)
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, os.Interrupt)

@@ -3,7 +3,9 @@ package haproxy
 import (
 	"fmt"
 	"log/slog"
+	"maps"
 	"sync"
+	"sync/atomic"
 
 	"github.com/prometheus/client_golang/prometheus"
 
@@ -11,12 +13,19 @@ import (
 	"github.com/switchyard/switchyard/internal/sketch"
 )
 
-// Results of switchyard_agent_log_lines_total.
+// Request-log line results, the values of the "result" label of
+// switchyard_agent_log_lines_total.
 const (
-	LogCounted        = "counted"
-	LogNotRequest     = "not_request"
+	LogCounted = "counted"
+	// LogNotRequest: not a request line of the expected format (HAProxy
+	// also sends its alerts to the log target).
+	LogNotRequest = "not_request"
+	// LogUnknownBackend: a request of an HAProxy backend no service of this
+	// socket drives.
 	LogUnknownBackend = "unknown_backend"
-	LogUnknownServer  = "unknown_server"
+	// LogUnknownServer: a request of a server that is not one of the
+	// service's backends, including "<NOSRV>" (no server was chosen).
+	LogUnknownServer = "unknown_server"
 )
 
 // backendWindow is one backend's real traffic in the current window.
@@ -98,8 +107,10 @@ type LogSink struct {
 	ln  *LogListener
 	log *slog.Logger
 
-	mu        sync.RWMutex
-	byBackend map[string]*RequestWindow // HAProxy backend -> window
+	// routes maps an HAProxy backend to its window; replaced whole (under
+	// mu) when a service comes or goes, read without a lock per line.
+	mu     sync.Mutex
+	routes atomic.Pointer[map[string]*RequestWindow]
 
 	counted, notRequest, unknownBackend, unknownServer prometheus.Counter
 }
@@ -107,29 +118,40 @@ type LogSink struct {
 // NewLogSink reads ln into windows, counting lines by result in lines
 // (labelled by result).
 func NewLogSink(ln *LogListener, lines *prometheus.CounterVec, log *slog.Logger) *LogSink {
-	return &LogSink{
+	s := &LogSink{
 		ln:             ln,
-		byBackend:      map[string]*RequestWindow{},
 		log:            log.With("log_socket", ln.Path()),
 		counted:        lines.WithLabelValues(LogCounted),
 		notRequest:     lines.WithLabelValues(LogNotRequest),
 		unknownBackend: lines.WithLabelValues(LogUnknownBackend),
 		unknownServer:  lines.WithLabelValues(LogUnknownServer),
 	}
+	s.routes.Store(&map[string]*RequestWindow{})
+	return s
 }
 
 // Route sends the lines of an HAProxy backend to w.
 func (s *LogSink) Route(backend string, w *RequestWindow) {
 	s.mu.Lock()
-	s.byBackend[backend] = w
-	s.mu.Unlock()
+	defer s.mu.Unlock()
+	next := maps.Clone(*s.routes.Load())
+	next[backend] = w
+	s.routes.Store(&next)
+}
+
+// routed reports whether backend's lines have a window.
+func (s *LogSink) routed(backend string) bool {
+	_, ok := (*s.routes.Load())[backend]
+	return ok
 }
 
 func (s *LogSink) unroute(backend string) (empty bool) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	delete(s.byBackend, backend)
-	return len(s.byBackend) == 0
+	next := maps.Clone(*s.routes.Load())
+	delete(next, backend)
+	s.routes.Store(&next)
+	return len(next) == 0
 }
 
 // Handle counts one datagram; the reader's goroutine calls it.
@@ -139,9 +161,7 @@ func (s *LogSink) Handle(line []byte) {
 		s.notRequest.Inc()
 		return
 	}
-	s.mu.RLock()
-	w, ok := s.byBackend[string(rec.Backend)]
-	s.mu.RUnlock()
+	w, ok := (*s.routes.Load())[string(rec.Backend)]
 	if !ok {
 		s.unknownBackend.Inc()
 		return
@@ -189,17 +209,18 @@ func attachLog(path, backend string, servers map[string]string, env driver.Env) 
 		if log == nil {
 			log = slog.New(slog.DiscardHandler)
 		}
-		o = &openSink{sink: NewLogSink(ln, env.LogLines, log), done: make(chan struct{})}
+		lines := env.LogLines
+		if lines == nil {
+			lines = prometheus.NewCounterVec(prometheus.CounterOpts{Name: "switchyard_agent_log_lines_total"}, []string{"result"})
+		}
+		o = &openSink{sink: NewLogSink(ln, lines, log), done: make(chan struct{})}
 		sinks[path] = o
 		go func() {
 			defer close(o.done)
 			o.sink.Serve()
 		}()
 	}
-	o.sink.mu.RLock()
-	_, taken := o.sink.byBackend[backend]
-	o.sink.mu.RUnlock()
-	if taken {
+	if o.sink.routed(backend) {
 		return nil, nil, fmt.Errorf("%s: HAProxy backend %q already has a reader on this socket", path, backend)
 	}
 	win := NewRequestWindow(servers)
