@@ -1,0 +1,220 @@
+package integration
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"net/http"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/switchyard/switchyard/integration/harness"
+	"github.com/switchyard/switchyard/integration/harness/harnesstest"
+	sv1 "github.com/switchyard/switchyard/proto/switchyard/v1"
+)
+
+// rpcLoad makes RPCs back to back through every node's xDS client from
+// workers goroutines per node, and keeps what each answered in order.
+type rpcLoad struct {
+	mu       sync.Mutex
+	ok, fail int
+	firstErr string
+	// seq is, per node and worker, the backends that answered in order.
+	seq  map[string][]string
+	stop func()
+}
+
+func startRPCLoad(ctx context.Context, f *harness.Fleet, workers int) *rpcLoad {
+	ctx, cancel := context.WithCancel(ctx)
+	l := &rpcLoad{seq: map[string][]string{}}
+	client := &http.Client{Timeout: 5 * time.Second, Transport: &http.Transport{MaxIdleConnsPerHost: workers}}
+	var wg sync.WaitGroup
+	for _, n := range f.Nodes {
+		for w := range workers {
+			key := fmt.Sprintf("%s/%d", n.ID, w)
+			wg.Go(func() {
+				for ctx.Err() == nil {
+					req, _ := http.NewRequestWithContext(ctx, http.MethodGet, "http://"+n.FrontendAddr+"/", nil)
+					resp, err := client.Do(req)
+					if ctx.Err() != nil {
+						return
+					}
+					var body []byte
+					if err == nil {
+						body, _ = io.ReadAll(resp.Body)
+						resp.Body.Close()
+					}
+					l.mu.Lock()
+					switch {
+					case err != nil:
+						l.fail++
+						l.firstErr = cmpOr(l.firstErr, err.Error())
+					case resp.StatusCode != http.StatusOK:
+						l.fail++
+						l.firstErr = cmpOr(l.firstErr, fmt.Sprintf("%s: %s %s", n.ID, resp.Status, strings.TrimSpace(string(body))))
+					default:
+						l.ok++
+						l.seq[key] = append(l.seq[key], resp.Header.Get("X-Backend"))
+					}
+					l.mu.Unlock()
+				}
+			})
+		}
+	}
+	l.stop = func() { cancel(); wg.Wait(); client.CloseIdleConnections() }
+	return l
+}
+
+func cmpOr(a, b string) string {
+	if a != "" {
+		return a
+	}
+	return b
+}
+
+// changes is the most times one worker saw the answering backend change.
+func (l *rpcLoad) changes() int {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	most := 0
+	for _, s := range l.seq {
+		n := 0
+		for i := 1; i < len(s); i++ {
+			if s[i] != s[i-1] {
+				n++
+			}
+		}
+		most = max(most, n)
+	}
+	return most
+}
+
+// flipping is a canary of 100 steps that switch green from nothing to all
+// and back, 300 ms apart, and then holds.
+func flipping(name string) string {
+	var b strings.Builder
+	fmt.Fprintf(&b, "version: v1\nname: %s\nservice: web\nfrom: blue\nto: green\nstrategy:\n  canary:\n    steps:\n", name)
+	for i := range 100 {
+		fmt.Fprintf(&b, "      - setWeight: %d\n      - pause: {duration: 300ms}\n", 100*((i+1)%2))
+	}
+	b.WriteString("      - setWeight: 50\n      - pause: {duration: 10m}\nanalysis:\n  window: 3s\n  minRequests: 20\n")
+	return b.String()
+}
+
+// TestEnvoyFleet_HundredSwitchesUnderLoadLoseNoRPC drives 100 switches of
+// an xDS service through the coordinator (one rollout of 100 alternating
+// steps) and an abort, with agent binaries and real grpc-go xDS clients
+// making RPCs back to back: not one RPC fails.
+func TestEnvoyFleet_HundredSwitchesUnderLoadLoseNoRPC(t *testing.T) {
+	ctx := harnesstest.Context(t, 3*time.Minute)
+	sy, be := binaries(t)
+	f := harnesstest.StartFleet(t, ctx, harness.FleetOptions{
+		Nodes: 2, Service: "web", Switchyard: sy, Backend: be,
+		XDSClient: xdsClientBin.get(t),
+		Envoy:     func(int) bool { return true },
+	})
+	if err := f.WaitAllServing(ctx, harness.Blue, 5); err != nil {
+		t.Fatal(err)
+	}
+	l := startRPCLoad(ctx, f, 3)
+	defer l.stop()
+
+	began := time.Now()
+	if _, err := f.Apply(ctx, writeSpec(t, "flips", flipping("web-flips"))); err != nil {
+		t.Fatal(err)
+	}
+	// Step 201 is the hold at 50%: every switch before it was made.
+	if _, err := f.WaitRollout(ctx, "web-flips", func(v *sv1.RolloutView) error {
+		if s := v.GetRollout().GetStep(); s < 201 {
+			return fmt.Errorf("at step %d of 202 (%s)", s+1, v.GetRollout().GetPhase())
+		}
+		return f.Converged(sv1.RolloutPhase_ROLLOUT_PHASE_PROGRESSING)(v)
+	}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := f.Abort(ctx, "web-flips", "switch drill over"); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := f.WaitRollout(ctx, "web-flips", f.Converged(sv1.RolloutPhase_ROLLOUT_PHASE_ROLLED_BACK)); err != nil {
+		t.Fatal(err)
+	}
+	if err := f.WaitAllServing(ctx, harness.Blue, 20); err != nil {
+		t.Fatalf("after the abort: %v", err)
+	}
+	l.stop()
+	l.mu.Lock()
+	ok, fail, firstErr := l.ok, l.fail, l.firstErr
+	l.mu.Unlock()
+	changes := l.changes()
+	t.Logf("100 switches, a 50%% hold and an abort in %s: %d RPCs ok, %d failed; one client saw the backend change %d times",
+		time.Since(began).Round(100*time.Millisecond), ok, fail, changes)
+	if fail != 0 {
+		t.Fatalf("%d RPCs failed (first: %s)", fail, firstErr)
+	}
+	// Clients follow each switch; one worker making RPCs back to back sees
+	// most of them (a switch it misses between two of its RPCs is not seen).
+	if changes < 50 {
+		t.Fatalf("a client saw the answering backend change only %d times across 100 switches", changes)
+	}
+}
+
+// TestEnvoyFleet_SlowGreenRollsBackOnLatencyFromAccessLogs: a green that
+// answers half of its RPCs 300 ms late, errors none, is rolled back on
+// latency evidence alone, which only the clients' access logs give.
+func TestEnvoyFleet_SlowGreenRollsBackOnLatencyFromAccessLogs(t *testing.T) {
+	ctx := harnesstest.Context(t, 3*time.Minute)
+	sy, be := binaries(t)
+	f := harnesstest.StartFleet(t, ctx, harness.FleetOptions{
+		Nodes: 2, Service: "web", Switchyard: sy, Backend: be,
+		XDSClient: xdsClientBin.get(t),
+		Envoy:     func(int) bool { return true },
+	})
+	stop := load(ctx, t, f, 60)
+	defer stop()
+	if _, err := f.Apply(ctx, writeSpec(t, "canary-bad", failingCanary)); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := f.WaitRollout(ctx, "web-canary-bad", func(v *sv1.RolloutView) error {
+		if v.GetRollout().GetStep() != 1 {
+			return fmt.Errorf("at step %d", v.GetRollout().GetStep()+1)
+		}
+		return f.Converged(sv1.RolloutPhase_ROLLOUT_PHASE_PROGRESSING)(v)
+	}); err != nil {
+		t.Fatal(err)
+	}
+	for _, n := range f.Nodes {
+		req, _ := http.NewRequestWithContext(ctx, http.MethodPut, fmt.Sprintf("http://%s/behavior?error-rate=0&latency=300ms&latency-share=0.5", n.GreenAddr), nil)
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		resp.Body.Close()
+		if resp.StatusCode != http.StatusOK {
+			t.Fatalf("slow down green on %s: %s", n.ID, resp.Status)
+		}
+	}
+	slowed := time.Now()
+	view, err := f.WaitRollout(ctx, "web-canary-bad", f.Converged(sv1.RolloutPhase_ROLLOUT_PHASE_ROLLED_BACK))
+	if err != nil {
+		t.Fatal(err)
+	}
+	reason := view.GetRollout().GetReason()
+	t.Logf("rolled back %s after green slowed: %s", time.Since(slowed).Round(100*time.Millisecond), reason)
+	if !strings.Contains(reason, "latency") {
+		t.Fatalf("rollback reason %q: want latency evidence (green failed no RPC)", reason)
+	}
+	if err := f.WaitAllServing(ctx, harness.Blue, 20); err != nil {
+		t.Fatalf("after the rollback: %v", err)
+	}
+	for i := range f.Nodes {
+		exp, err := f.AgentMetrics(ctx, i)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if v, _ := harness.MetricValue(exp, "switchyard_agent_xds_access_log_entries_total", map[string]string{"service": "web", "result": "timed"}); v == 0 {
+			t.Errorf("%s: no access log entry timed", f.Nodes[i].ID)
+		}
+	}
+}
