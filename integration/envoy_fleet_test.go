@@ -215,3 +215,61 @@ func TestEnvoyFleet_SlowGreenRollsBackOnLatencyFromAccessLogs(t *testing.T) {
 		}
 	}
 }
+
+// TestEnvoyFleet_FaultDrillOnTheWireEndsOnTimeWithTheBusGone runs an HTTP
+// fault drill on xDS nodes: the fault filter's aborts are measured on real
+// RPCs, and with NATS and the coordinator stopped the agents still remove
+// the fault when the drill's time is up.
+func TestEnvoyFleet_FaultDrillOnTheWireEndsOnTimeWithTheBusGone(t *testing.T) {
+	ctx := harnesstest.Context(t, 3*time.Minute)
+	sy, be := binaries(t)
+	f := harnesstest.StartFleet(t, ctx, harness.FleetOptions{
+		Nodes: 2, Service: "web", Switchyard: sy, Backend: be,
+		XDSClient: xdsClientBin.get(t),
+		Envoy:     func(int) bool { return true },
+	})
+	all := []int{0, 1}
+	if _, err := f.Apply(ctx, examplePath(t, "bluegreen.yaml")); err != nil {
+		t.Fatal(err)
+	}
+	if err := f.WaitAllServing(ctx, harness.Green, samples); err != nil {
+		t.Fatal(err)
+	}
+	runDrill(t, ctx, f, "xds-no-bus", fmt.Sprintf(fleetDrill, "xds-no-bus", "20s", 50))
+	view := waitDrill(t, ctx, f, "xds-no-bus", activeOn("edge-1", "edge-2"))
+	end := view.GetDrill().GetEndAt().AsTime()
+
+	// 400 RPCs per node: 10 points are four standard deviations of the
+	// measured share of a 50% abort.
+	for i, s := range sampleNodes(ctx, f, 400) {
+		t.Logf("%s under the drill: %v (%.1f%% failed)", f.Nodes[i].ID, s, 100*s.errShare())
+		if s.errShare() < 0.40 || s.errShare() > 0.60 || s[harness.Blue] != 0 {
+			t.Fatalf("%s under a 50%% abort on green: %v, want 50%% ± 10 points failed and no blue", f.Nodes[i].ID, s)
+		}
+	}
+	if err := f.Dev.Stop(); err != nil {
+		t.Fatal(err)
+	}
+	if time.Now().After(end) {
+		t.Fatal("dev took longer to stop than the drill lasts; lengthen it")
+	}
+	for i, s := range sampleNodes(ctx, f, 50) {
+		if s.errors() == 0 && time.Now().Before(end) {
+			t.Fatalf("%s with the bus gone, before the end: %v, want the fault still on", f.Nodes[i].ID, s)
+		}
+	}
+	clean := waitClean(t, ctx, f, all, harness.Green, 50)
+	t.Logf("with NATS and the coordinator stopped, every xDS node clean %v after the drill's end", clean.Sub(end).Round(time.Millisecond))
+	if clean.Sub(end) > 3*time.Second {
+		t.Fatalf("clean %v after the end, want within 3s", clean.Sub(end))
+	}
+	for i := range f.Nodes {
+		text, err := f.AgentMetrics(ctx, i)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if v, _ := harness.MetricValue(text, "switchyard_agent_faults_active", map[string]string{"kind": "http"}); v != 0 {
+			t.Errorf("%s: faults_active{kind=http} = %v after the drill's end", f.Nodes[i].ID, v)
+		}
+	}
+}
