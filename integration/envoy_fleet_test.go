@@ -176,6 +176,7 @@ func TestEnvoyFleet_SlowGreenAndAFaultDrill(t *testing.T) {
 	// RPCs back to back, two clients per node: the judge gets every
 	// node-second's evidence it can use.
 	stop := startRPCLoad(ctx, f, 2).stop
+	defer stop()
 	if _, err := f.Apply(ctx, writeSpec(t, "canary-bad", failingCanary)); err != nil {
 		t.Fatal(err)
 	}
