@@ -91,17 +91,23 @@ type behavior struct {
 	mu        sync.Mutex
 	errorRate float64
 	latency   time.Duration
+	// latencyShare is the share of requests latency delays (1: all).
+	latencyShare float64
 }
 
+// get is the error rate and the delay of one request.
 func (b *behavior) get() (float64, time.Duration) {
 	b.mu.Lock()
 	defer b.mu.Unlock()
+	if b.latencyShare < 1 && rand.Float64() >= b.latencyShare {
+		return b.errorRate, 0
+	}
 	return b.errorRate, b.latency
 }
 
 func handler(name, node string, errorRate float64, latency time.Duration) http.Handler {
 	mux := http.NewServeMux()
-	bh := &behavior{errorRate: errorRate, latency: latency}
+	bh := &behavior{errorRate: errorRate, latency: latency, latencyShare: 1}
 	mux.HandleFunc("PUT /behavior", func(w http.ResponseWriter, r *http.Request) {
 		q := r.URL.Query()
 		rate, err := strconv.ParseFloat(q.Get("error-rate"), 64)
@@ -116,10 +122,17 @@ func handler(name, node string, errorRate float64, latency time.Duration) http.H
 				return
 			}
 		}
+		share := 1.0
+		if v := q.Get("latency-share"); v != "" {
+			if share, err = strconv.ParseFloat(v, 64); err != nil || share < 0 || share > 1 {
+				http.Error(w, "latency-share: want a share between 0 and 1", http.StatusBadRequest)
+				return
+			}
+		}
 		bh.mu.Lock()
-		bh.errorRate, bh.latency = rate, lat
+		bh.errorRate, bh.latency, bh.latencyShare = rate, lat, share
 		bh.mu.Unlock()
-		fmt.Fprintf(w, "error-rate=%v latency=%v\n", rate, lat)
+		fmt.Fprintf(w, "error-rate=%v latency=%v latency-share=%v\n", rate, lat, share)
 	})
 	// /healthz ignores error-rate and latency on purpose: a backend that
 	// fails real traffic while passing its health check is exactly the bad

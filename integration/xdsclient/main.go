@@ -2,7 +2,9 @@
 // through an agent's xDS server (xds:///<listener>), with a small HTTP
 // front: GET / makes one RPC and answers like the test backend does through
 // HAProxy (200, the backend's name in the body and X-Backend, its node in
-// X-Node), or 503 with the RPC's error. Integration tests and the Envoy docs
+// X-Node), or 503 with the RPC's error. It reports every RPC to the
+// agent's access log service (package accesslog), as a production client
+// would to give the service's latency. Integration tests and the Envoy docs
 // put it where an HAProxy frontend would be.
 package main
 
@@ -24,6 +26,8 @@ import (
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
 	"google.golang.org/grpc/metadata"
 	_ "google.golang.org/grpc/xds" // the xds:/// resolver and its balancers
+
+	"github.com/switchyard/switchyard/agent/driver/envoy/accesslog"
 )
 
 func main() {
@@ -63,7 +67,12 @@ func run() error {
 	// Never idle: the client asks for its listener at once and stays
 	// subscribed, as a serving process does, so the agent sees it before
 	// the first RPC.
-	cc, err := grpc.NewClient("xds:///"+*listener, grpc.WithTransportCredentials(insecure.NewCredentials()), grpc.WithIdleTimeout(0))
+	// Every RPC's backend, status and duration go to the agent's access
+	// log service: the service's latency telemetry.
+	rep := accesslog.New(*xdsAddr, *listener, *node, log)
+	defer rep.Close()
+	cc, err := grpc.NewClient("xds:///"+*listener, grpc.WithTransportCredentials(insecure.NewCredentials()), grpc.WithIdleTimeout(0),
+		grpc.WithUnaryInterceptor(rep.UnaryClientInterceptor()))
 	if err != nil {
 		return fmt.Errorf("dial xds:///%s: %w", *listener, err)
 	}

@@ -7,15 +7,18 @@ import (
 	"fmt"
 	"log/slog"
 	"maps"
+	"net/netip"
 	"os"
 	"path/filepath"
 	"slices"
 	"strings"
 	"sync"
 
+	alsdata "github.com/envoyproxy/go-control-plane/envoy/data/accesslog/v3"
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/switchyard/switchyard/agent/driver"
+	"github.com/switchyard/switchyard/internal/sketch"
 )
 
 var (
@@ -49,7 +52,21 @@ type Driver struct {
 	loadMu   sync.Mutex
 	load     map[string]*driver.Window // by backend
 	loadSeen bool
+	latency  map[string]*sketch.Sketch // by backend, from access logs
+
+	// byAddr maps an endpoint ("127.0.0.1:9001") to its backend, to tell
+	// which backend a proxyless client's access log entry went to.
+	byAddr map[string]string
 }
+
+// Results of access log entries, the label of
+// switchyard_agent_xds_access_log_entries_total.
+const (
+	resultTimed        = "timed"
+	resultUnattributed = "unattributed"
+	resultMalformed    = "malformed"
+	resultUnknownLog   = "unknown_log"
+)
 
 type versioned struct {
 	version uint64
@@ -62,6 +79,8 @@ type driverMetrics struct {
 	clients prometheus.GaugeFunc
 	healthy prometheus.GaugeFunc
 	loads   prometheus.Counter
+	// accessLogs counts access log entries by result.
+	accessLogs *prometheus.CounterVec
 }
 
 // saved is the last routing applied, kept in the agent's state directory
@@ -113,6 +132,13 @@ func open(s *Section, env driver.Env) (*Driver, error) {
 		log:      log,
 		watch:    make(chan struct{}, 1),
 		load:     map[string]*driver.Window{},
+		latency:  map[string]*sketch.Sketch{},
+		byAddr:   map[string]string{},
+	}
+	for b, eps := range res.endpoints {
+		for _, ep := range eps {
+			d.byAddr[ep.key()] = b
+		}
 	}
 	if env.StateDir != "" {
 		dir := filepath.Join(env.StateDir, Name)
@@ -186,10 +212,15 @@ func (d *Driver) register(reg prometheus.Registerer) error {
 			Name: "switchyard_agent_xds_load_reports_total",
 			Help: "Per-cluster load reports received for the service's clusters.",
 		}),
+		accessLogs: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "switchyard_agent_xds_access_log_entries_total",
+			Help: "Access log entries received for the service, by result: timed (latency added to the window), unattributed (no backend of the service served it), malformed (no duration), unknown_log (a stream naming no service's listener, counted on every service of the xDS address).",
+		}, []string{"result"}),
 	}
-	for _, c := range []prometheus.Collector{m.nacks, m.clients, m.healthy, m.loads} {
+	all := []prometheus.Collector{m.nacks, m.clients, m.healthy, m.loads, m.accessLogs}
+	for _, c := range all {
 		if err := reg.Register(c); err != nil {
-			for _, done := range []prometheus.Collector{m.nacks, m.clients, m.healthy, m.loads} {
+			for _, done := range all {
 				if done == c {
 					break
 				}
@@ -201,6 +232,9 @@ func (d *Driver) register(reg prometheus.Registerer) error {
 	for _, t := range []string{"listener", "route", "cluster", "endpoint"} {
 		m.nacks.WithLabelValues(t)
 	}
+	for _, r := range []string{resultTimed, resultUnattributed, resultMalformed, resultUnknownLog} {
+		m.accessLogs.WithLabelValues(r)
+	}
 	d.m = m
 	return nil
 }
@@ -209,7 +243,7 @@ func (d *Driver) unregister() {
 	if d.m == nil {
 		return
 	}
-	for _, c := range []prometheus.Collector{d.m.nacks, d.m.clients, d.m.healthy, d.m.loads} {
+	for _, c := range []prometheus.Collector{d.m.nacks, d.m.clients, d.m.healthy, d.m.loads, d.m.accessLogs} {
 		d.m.reg.Unregister(c)
 	}
 }
@@ -516,23 +550,66 @@ func (d *Driver) addLoad(cluster string, ok, failed uint64) {
 	d.loadSeen = true
 }
 
+// addAccessLog adds one access log entry's duration to its backend's
+// latency: the backend is the entry's upstream cluster (an Envoy's entry)
+// or the endpoint that served it (a proxyless client's).
+func (d *Driver) addAccessLog(e *alsdata.HTTPAccessLogEntry) {
+	cp := e.GetCommonProperties()
+	backend := ""
+	if c := cp.GetUpstreamCluster(); c != "" {
+		if b, ok := strings.CutPrefix(c, d.service+"-"); ok && slices.Contains(d.res.backends, b) {
+			backend = b
+		}
+	} else if sa := cp.GetUpstreamRemoteAddress().GetSocketAddress(); sa != nil {
+		if ip, err := netip.ParseAddr(sa.GetAddress()); err == nil {
+			backend = d.byAddr[hostPort{host: ip.String(), port: sa.GetPortValue()}.key()]
+		}
+	}
+	took := cp.GetDuration()
+	if took == nil {
+		took = cp.GetTimeToLastDownstreamTxByte()
+	}
+	switch {
+	case backend == "":
+		d.m.accessLogs.WithLabelValues(resultUnattributed).Inc()
+		return
+	case took == nil || took.CheckValid() != nil || took.AsDuration() < 0:
+		d.m.accessLogs.WithLabelValues(resultMalformed).Inc()
+		return
+	}
+	d.m.accessLogs.WithLabelValues(resultTimed).Inc()
+	d.loadMu.Lock()
+	defer d.loadMu.Unlock()
+	sk := d.latency[backend]
+	if sk == nil {
+		sk = sketch.New()
+		d.latency[backend] = sk
+	}
+	sk.Add(took.AsDuration().Seconds())
+}
+
 // TakeWindow implements driver.WindowSource: the requests and errors the
-// clients reported since the last call. Without any report in the window
-// (no client, or none that reports load) it says so rather than zero.
-// Load reports carry no latency.
+// clients reported since the last call, and the latencies their access
+// logs gave. Without any load report in the window (no client, or none
+// that reports load) it says so rather than zero. Without access log
+// entries a backend's latency is nil: no data, never a fast backend.
 func (d *Driver) TakeWindow() (map[string]driver.Window, bool) {
 	d.loadMu.Lock()
 	defer d.loadMu.Unlock()
+	// Like the load, the latencies of a window without a report go into
+	// the next window that has one, so both count the same requests.
 	if !d.loadSeen {
 		return nil, false
 	}
+	lat := d.latency
+	d.latency = map[string]*sketch.Sketch{}
 	out := make(map[string]driver.Window, len(d.res.backends))
 	for _, b := range d.res.backends {
-		if w := d.load[b]; w != nil {
-			out[b] = driver.Window{Requests: w.Requests, Errors: w.Errors}
-		} else {
-			out[b] = driver.Window{}
+		w := driver.Window{Latency: lat[b]}
+		if l := d.load[b]; l != nil {
+			w.Requests, w.Errors = l.Requests, l.Errors
 		}
+		out[b] = w
 	}
 	clear(d.load)
 	d.loadSeen = false

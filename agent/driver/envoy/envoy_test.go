@@ -35,7 +35,10 @@ type backend struct {
 	name string
 	addr string
 	fail atomic.Bool
-	srv  *grpc.Server
+	// slowEvery > 0 delays every slowEvery-th RPC by slowBy.
+	slowEvery, calls atomic.Int64
+	slowBy           time.Duration
+	srv              *grpc.Server
 }
 
 func startBackend(t testing.TB, name string) *backend {
@@ -48,6 +51,9 @@ func startBackend(t testing.TB, name string) *backend {
 	b.srv = grpc.NewServer(grpc.UnaryInterceptor(func(ctx context.Context, req any, _ *grpc.UnaryServerInfo, h grpc.UnaryHandler) (any, error) {
 		if err := grpc.SetHeader(ctx, metadata.Pairs("x-backend", b.name)); err != nil {
 			return nil, err
+		}
+		if every := b.slowEvery.Load(); every > 0 && b.calls.Add(1)%every == 0 {
+			time.Sleep(b.slowBy)
 		}
 		if b.fail.Load() {
 			return nil, grpcstatus.Error(codes.Internal, b.name+" fails")

@@ -5,11 +5,13 @@ import (
 	"slices"
 	"time"
 
+	accesslog "github.com/envoyproxy/go-control-plane/envoy/config/accesslog/v3"
 	cluster "github.com/envoyproxy/go-control-plane/envoy/config/cluster/v3"
 	core "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
 	endpoint "github.com/envoyproxy/go-control-plane/envoy/config/endpoint/v3"
 	listener "github.com/envoyproxy/go-control-plane/envoy/config/listener/v3"
 	route "github.com/envoyproxy/go-control-plane/envoy/config/route/v3"
+	grpclog "github.com/envoyproxy/go-control-plane/envoy/extensions/access_loggers/grpc/v3"
 	faultcommon "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/common/fault/v3"
 	fault "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/http/fault/v3"
 	router "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/http/router/v3"
@@ -28,6 +30,11 @@ const (
 	faultFilter  = "envoy.filters.http.fault"
 	routerFilter = "envoy.filters.http.router"
 )
+
+// XDSCluster is the name an Envoy's bootstrap gives the cluster of the
+// agent's xDS server (examples/envoy-bootstrap.yaml); the Envoy sends its
+// access log there.
+const XDSCluster = "switchyard_xds"
 
 // keepHeader is a request header no client sends: the route that keeps
 // every cluster referenced matches only requests carrying it, and comes
@@ -182,6 +189,21 @@ func buildResources(r *serviceResources, st *routing) map[string][]types.Resourc
 		ApiListener: &listener.ApiListener{ApiListener: mustAny(manager)},
 	}
 	if r.envoyListen != nil {
+		// Envoy sends one entry per request to the agent's Access Log
+		// Service, named after the listener: the latency of the service's
+		// backends. (gRPC clients report theirs through package accesslog.)
+		manager.AccessLog = []*accesslog.AccessLog{{
+			Name: "envoy.access_loggers.http_grpc",
+			ConfigType: &accesslog.AccessLog_TypedConfig{TypedConfig: mustAny(&grpclog.HttpGrpcAccessLogConfig{
+				CommonConfig: &grpclog.CommonGrpcAccessLogConfig{
+					LogName: r.listener,
+					GrpcService: &core.GrpcService{TargetSpecifier: &core.GrpcService_EnvoyGrpc_{
+						EnvoyGrpc: &core.GrpcService_EnvoyGrpc{ClusterName: XDSCluster},
+					}},
+					TransportApiVersion: core.ApiVersion_V3,
+				},
+			})},
+		}}
 		lis = &listener.Listener{
 			Name: r.listener,
 			Address: &core.Address{Address: &core.Address_SocketAddress{SocketAddress: &core.SocketAddress{

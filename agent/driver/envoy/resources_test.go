@@ -7,6 +7,7 @@ import (
 	endpoint "github.com/envoyproxy/go-control-plane/envoy/config/endpoint/v3"
 	listener "github.com/envoyproxy/go-control-plane/envoy/config/listener/v3"
 	route "github.com/envoyproxy/go-control-plane/envoy/config/route/v3"
+	grpclog "github.com/envoyproxy/go-control-plane/envoy/extensions/access_loggers/grpc/v3"
 	hcm "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/network/http_connection_manager/v3"
 	resource "github.com/envoyproxy/go-control-plane/pkg/resource/v3"
 	"google.golang.org/protobuf/proto"
@@ -52,6 +53,25 @@ func TestResources_ShapeForGRPCAndForEnvoy(t *testing.T) {
 		}
 		if err := m.ValidateAll(); err != nil {
 			t.Fatal(err)
+		}
+		// An Envoy sends its access log (the latency source) to the
+		// agent's xDS cluster under the listener's name; gRPC clients
+		// report through package accesslog instead.
+		if envoyListen == nil {
+			if len(m.GetAccessLog()) != 0 {
+				t.Fatalf("gRPC listener access log %v: want none", m.GetAccessLog())
+			}
+		} else {
+			var al grpclog.HttpGrpcAccessLogConfig
+			if len(m.GetAccessLog()) != 1 || m.GetAccessLog()[0].GetTypedConfig().UnmarshalTo(&al) != nil {
+				t.Fatalf("Envoy access log %v: want one http_grpc logger", m.GetAccessLog())
+			}
+			if err := al.ValidateAll(); err != nil {
+				t.Fatal(err)
+			}
+			if c := al.GetCommonConfig(); c.GetLogName() != "web" || c.GetGrpcService().GetEnvoyGrpc().GetClusterName() != XDSCluster {
+				t.Fatalf("access log %v: want log web to cluster %s", c, XDSCluster)
+			}
 		}
 		fs := m.GetHttpFilters()
 		if len(fs) != 2 || fs[0].GetName() != faultFilter || fs[len(fs)-1].GetName() != routerFilter {

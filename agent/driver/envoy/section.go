@@ -139,6 +139,14 @@ type hostPort struct {
 	port uint32
 }
 
+// key is the endpoint as "ip:port", the IP in its canonical form.
+func (hp hostPort) key() string {
+	if ip, err := netip.ParseAddr(hp.host); err == nil {
+		return netip.AddrPortFrom(ip, uint16(hp.port)).String()
+	}
+	return net.JoinHostPort(hp.host, strconv.FormatUint(uint64(hp.port), 10))
+}
+
 func splitHostPort(ep string) (hostPort, error) {
 	host, port, err := net.SplitHostPort(ep)
 	if err != nil {

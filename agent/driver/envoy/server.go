@@ -12,6 +12,7 @@ import (
 	"time"
 
 	core "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
+	als "github.com/envoyproxy/go-control-plane/envoy/service/accesslog/v3"
 	clusterservice "github.com/envoyproxy/go-control-plane/envoy/service/cluster/v3"
 	discovery "github.com/envoyproxy/go-control-plane/envoy/service/discovery/v3"
 	endpointservice "github.com/envoyproxy/go-control-plane/envoy/service/endpoint/v3"
@@ -23,6 +24,8 @@ import (
 	resource "github.com/envoyproxy/go-control-plane/pkg/resource/v3"
 	xds "github.com/envoyproxy/go-control-plane/pkg/server/v3"
 	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	grpcstatus "google.golang.org/grpc/status"
 	"google.golang.org/protobuf/types/known/durationpb"
 )
 
@@ -110,6 +113,7 @@ func acquire(addr string, log *slog.Logger) (*server, error) {
 	clusterservice.RegisterClusterDiscoveryServiceServer(s.grpc, xs)
 	endpointservice.RegisterEndpointDiscoveryServiceServer(s.grpc, xs)
 	lrs.RegisterLoadReportingServiceServer(s.grpc, &loadReporting{s: s})
+	als.RegisterAccessLogServiceServer(s.grpc, &accessLogs{s: s})
 	go func() {
 		defer close(s.done)
 		if err := s.grpc.Serve(ln); err != nil && !errors.Is(err, grpc.ErrServerStopped) {
@@ -388,4 +392,68 @@ func (s *server) reportInterval() time.Duration {
 		iv = DefaultLoadReportInterval
 	}
 	return iv
+}
+
+// accessLogs is the Access Log Service an Envoy's http_grpc access logger
+// and proxyless clients (package accesslog) send one entry per request to:
+// the latency source of xDS services.
+type accessLogs struct {
+	als.UnimplementedAccessLogServiceServer
+	s *server
+}
+
+// StreamAccessLogs adds each entry's duration to its service's window. The
+// stream's first message names the log: the service's listener.
+func (a *accessLogs) StreamAccessLogs(stream als.AccessLogService_StreamAccessLogsServer) error {
+	var d *Driver
+	for {
+		msg, err := stream.Recv()
+		if err != nil {
+			if errors.Is(err, io.EOF) {
+				return stream.SendAndClose(&als.StreamAccessLogsResponse{})
+			}
+			return err
+		}
+		if d == nil {
+			name := msg.GetIdentifier().GetLogName()
+			d = a.s.byListener(name)
+			if d == nil {
+				a.s.countAccessLog(resultUnknownLog)
+				a.s.log.Warn("access log stream refused: no service has its log name as listener", "log_name", name, "client", msg.GetIdentifier().GetNode().GetId())
+				return grpcstatus.Errorf(codes.NotFound, "identifier.log_name %q: no service on xDS server %s has this listener (want the listener of a service, e.g. the host of xds:///<listener>)", name, a.s.addr)
+			}
+		}
+		for _, e := range msg.GetHttpLogs().GetLogEntry() {
+			d.addAccessLog(e)
+		}
+		if n := len(msg.GetTcpLogs().GetLogEntry()); n > 0 {
+			d.m.accessLogs.WithLabelValues(resultUnattributed).Add(float64(n))
+		}
+	}
+}
+
+// byListener is the service whose listener is name.
+func (s *server) byListener(name string) *Driver {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	for _, d := range s.services {
+		if d.listener == name {
+			return d
+		}
+	}
+	return nil
+}
+
+// countAccessLog counts a stream no service takes on every service of the
+// address, the only place an operator of the node looks.
+func (s *server) countAccessLog(result string) {
+	s.mu.Lock()
+	ds := make([]*Driver, 0, len(s.services))
+	for _, d := range s.services {
+		ds = append(ds, d)
+	}
+	s.mu.Unlock()
+	for _, d := range ds {
+		d.m.accessLogs.WithLabelValues(result).Inc()
+	}
 }
