@@ -104,7 +104,7 @@ func TestCluster_MutualTLSFailsOverAndRefusesAForeignCA(t *testing.T) {
 	var lead *clusterNode
 	waitFor(t, "a leader", 10*time.Second, func() bool { lead = leaderOf(nodes); return lead != nil })
 	before := testutil.ToFloat64(lead.srv.metrics.peerRejected)
-	stream, err := newTLSStreamLayer("127.0.0.1:0", mustMutual(t, foreign), func(net.Addr, error) {})
+	stream, err := newTLSStreamLayer("127.0.0.1:0", "", mustMutual(t, foreign), func(net.Addr, error) {})
 	if err != nil {
 		t.Fatal(err)
 	}
