@@ -322,34 +322,17 @@ func (s *Server) setupRaft() error {
 	if err != nil {
 		return err
 	}
-	var trans *raft.NetworkTransport
-	if s.clusterTLS != nil {
-		stream, err := newTLSStreamLayer(s.cfg.RaftAddr, advertise, s.clusterTLS, func(peer net.Addr, err error) {
-			s.metrics.peerRejected.Inc()
-			s.log.Warn("refused a raft connection: TLS handshake failed", "from", peer.String(), "err", err)
-		})
-		if err != nil {
-			return fmt.Errorf("coordinator: listen for raft on %s: %w", s.cfg.RaftAddr, err)
-		}
-		trans = raft.NewNetworkTransportWithLogger(stream, 3, 10*time.Second, rc.Logger)
-		s.raftListen = stream.ln.Addr().String()
-	} else {
-		var tcpAdvertise net.Addr
-		if advertise != "" {
-			a, err := net.ResolveTCPAddr("tcp", advertise)
-			if err != nil {
-				return fmt.Errorf("coordinator: --raft-advertise %q: %w", advertise, err)
-			}
-			tcpAdvertise = a
-		}
-		if trans, err = raft.NewTCPTransportWithLogger(s.cfg.RaftAddr, tcpAdvertise, 3, 10*time.Second, rc.Logger); err != nil {
-			return fmt.Errorf("coordinator: listen for raft on %s: %w", s.cfg.RaftAddr, err)
-		}
-		s.raftListen = s.cfg.RaftAddr
-		if advertise == "" {
-			s.raftListen = string(trans.LocalAddr())
-		}
+	// One stream layer for both: mutual TLS when the cluster CA is set,
+	// plain TCP otherwise.
+	stream, err := newRaftStreamLayer(s.cfg.RaftAddr, advertise, s.clusterTLS, func(peer net.Addr, err error) {
+		s.metrics.peerRejected.Inc()
+		s.log.Warn("refused a raft connection: TLS handshake failed", "from", peer.String(), "err", err)
+	})
+	if err != nil {
+		return fmt.Errorf("coordinator: listen for raft on %s: %w", s.cfg.RaftAddr, err)
 	}
+	s.raftListen = stream.ln.Addr().String()
+	trans := raft.NewNetworkTransportWithLogger(stream, 3, 10*time.Second, rc.Logger)
 	s.transport = trans
 
 	hasState, err := raft.HasExistingState(store, store, snaps)

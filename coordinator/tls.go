@@ -40,8 +40,9 @@ func (c *Config) clusterTLS() (*tls.Config, error) {
 	return cfg, nil
 }
 
-// tlsStreamLayer is Raft's network under mutual TLS.
-type tlsStreamLayer struct {
+// raftStreamLayer is Raft's network: under mutual TLS, or plain TCP when
+// its configuration is nil.
+type raftStreamLayer struct {
 	ln net.Listener
 	// advertise is the address peers dial, when not the listener's.
 	advertise net.Addr
@@ -49,14 +50,14 @@ type tlsStreamLayer struct {
 	rejected  func(peer net.Addr, err error)
 }
 
-var _ raft.StreamLayer = (*tlsStreamLayer)(nil)
+var _ raft.StreamLayer = (*raftStreamLayer)(nil)
 
-func newTLSStreamLayer(addr, advertise string, cfg *tls.Config, rejected func(net.Addr, error)) (*tlsStreamLayer, error) {
+func newRaftStreamLayer(addr, advertise string, cfg *tls.Config, rejected func(net.Addr, error)) (*raftStreamLayer, error) {
 	ln, err := net.Listen("tcp", addr)
 	if err != nil {
 		return nil, err
 	}
-	l := &tlsStreamLayer{ln: ln, cfg: cfg, rejected: rejected}
+	l := &raftStreamLayer{ln: ln, cfg: cfg, rejected: rejected}
 	if advertise != "" {
 		l.advertise = advertiseAddr(advertise)
 	} else if tcp, ok := ln.Addr().(*net.TCPAddr); ok && tcp.IP.IsUnspecified() {
@@ -98,18 +99,21 @@ func checkRaftAdvertise(addr string) (string, error) {
 // Accept returns connections whose handshake runs on first use, so a slow
 // or hostile peer never holds up the accept loop; a failed handshake is
 // counted and logged through rejected.
-func (l *tlsStreamLayer) Accept() (net.Conn, error) {
+func (l *raftStreamLayer) Accept() (net.Conn, error) {
 	c, err := l.ln.Accept()
 	if err != nil {
 		return nil, err
 	}
+	if l.cfg == nil {
+		return c, nil
+	}
 	return &handshakeConn{Conn: tls.Server(c, l.cfg), rejected: l.rejected}, nil
 }
 
-func (l *tlsStreamLayer) Close() error { return l.ln.Close() }
+func (l *raftStreamLayer) Close() error { return l.ln.Close() }
 
 // Addr is the address the transport advertises to peers.
-func (l *tlsStreamLayer) Addr() net.Addr {
+func (l *raftStreamLayer) Addr() net.Addr {
 	if l.advertise != nil {
 		return l.advertise
 	}
@@ -118,7 +122,10 @@ func (l *tlsStreamLayer) Addr() net.Addr {
 
 // Dial connects to a peer and completes the handshake, verifying the peer's
 // certificate against the cluster CA and the address dialled.
-func (l *tlsStreamLayer) Dial(addr raft.ServerAddress, timeout time.Duration) (net.Conn, error) {
+func (l *raftStreamLayer) Dial(addr raft.ServerAddress, timeout time.Duration) (net.Conn, error) {
+	if l.cfg == nil {
+		return net.DialTimeout("tcp", string(addr), timeout)
+	}
 	d := &tls.Dialer{NetDialer: &net.Dialer{Timeout: timeout}, Config: l.cfg}
 	ctx, cancel := context.WithTimeout(context.Background(), timeout)
 	defer cancel()
