@@ -156,6 +156,7 @@ func TestFaultLab_ShortRun(t *testing.T) {
 		wg.Wait()
 		stop()
 		if t.Failed() {
+			l.dump()
 			break
 		}
 		quiet := time.Now()
@@ -362,9 +363,23 @@ func (l *lab) schedule(ctx context.Context) {
 	}
 }
 
+// labRevertBound is how long injecting a fault and reverting it may take
+// (a restarted process must be ready by then): a revert that hangs fails
+// the round with its history instead of stalling the lab.
+const labRevertBound = 2 * time.Minute
+
 // inject starts a fault and returns its target and how to revert it.
 func (l *lab) inject(kind string) (string, func() error, error) {
-	ctx := l.ctx
+	ctx, cancel := context.WithTimeout(l.ctx, labRevertBound)
+	target, revert, err := l.injectWith(ctx, kind)
+	if err != nil || revert == nil {
+		cancel()
+		return target, revert, err
+	}
+	return target, func() error { defer cancel(); return revert() }, nil
+}
+
+func (l *lab) injectWith(ctx context.Context, kind string) (string, func() error, error) {
 	n := l.rng.IntN(3)
 	switch kind {
 	case "kill-coordinator", "kill-coordinator-leader", "freeze-coordinator-leader", "partition-coordinator-leader":
