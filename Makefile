@@ -81,7 +81,7 @@ soak: ## the fault lab for SOAK (default 10m) with rounds of ROUND; SEED=N rerun
 	@echo "fault lab for $(SOAK), full log in $(CURDIR)/soak.log"
 	@SWITCHYARD_LAB_DURATION=$(SOAK) SWITCHYARD_LAB_ROUND=$(ROUND) SWITCHYARD_LAB_SEED=$(SEED) \
 		$(GO) test -race -count=1 -timeout 0 -run '^TestFaultLab_ShortRun$$' -v ./integration/ >soak.log 2>&1; \
-		status=$$?; grep -E '^(--- |PASS|FAIL|ok )|faultlab_test.go:[0-9]+: ' soak.log; exit $$status
+		status=$$?; grep -E '^(--- |PASS|FAIL|ok )|faultlab(_drills)?_test.go:[0-9]+: ' soak.log; exit $$status
 
 .PHONY: fuzz
 fuzz: ## run each fuzz target for a short while

@@ -53,6 +53,10 @@ type Members struct {
 	CommitIndex  uint64   `json:"commit_index"`
 	AppliedIndex uint64   `json:"applied_index"`
 	Members      []Member `json:"members"`
+	// RaftListen and RaftAdvertise are where the answering coordinator's
+	// Raft listens and the address it gives its peers to dial.
+	RaftListen    string `json:"raft_listen,omitempty"`
+	RaftAdvertise string `json:"raft_advertise,omitempty"`
 	// Replicas is what this coordinator creates streams and buckets with;
 	// Streams are the replica counts the NATS servers have now, by stream
 	// (absent when they could not be read).
@@ -80,6 +84,7 @@ func (s *Server) MembersView() (*Members, error) {
 	m := &Members{
 		AnsweredBy: s.cfg.NodeID, State: s.raft.State().String(), Leader: string(leader),
 		Term: num("term"), LastIndex: num("last_log_index"), CommitIndex: num("commit_index"), AppliedIndex: num("applied_index"),
+		RaftListen: s.RaftListenAddr(), RaftAdvertise: s.RaftAddr(),
 	}
 	for _, srv := range f.Configuration().Servers {
 		m.Members = append(m.Members, Member{

@@ -42,6 +42,11 @@ type Config struct {
 	DataDir string
 	// RaftAddr is the TCP address Raft listens on, e.g. 127.0.0.1:7000.
 	RaftAddr string
+	// RaftAdvertise is the address the other coordinators dial to reach
+	// this one's Raft (a NAT, a load balancer or a TCP proxy in front of
+	// RaftAddr); RaftAddr when empty. With mutual TLS the certificate must
+	// name its host.
+	RaftAdvertise string
 	// HTTPAddr serves /metrics, /healthz and the read API; empty disables.
 	HTTPAddr string
 	// NATSURL is the bus; ignored when Conn is set.
@@ -116,6 +121,9 @@ func (c *Config) setDefaults() error {
 	if c.RaftAddr == "" {
 		c.RaftAddr = "127.0.0.1:7000"
 	}
+	if _, err := checkRaftAdvertise(c.RaftAdvertise); err != nil {
+		return err
+	}
 	if c.BootstrapExpect < 0 {
 		return fmt.Errorf("coordinator: --bootstrap-expect: %d is negative", c.BootstrapExpect)
 	}
@@ -165,7 +173,10 @@ type Server struct {
 	fsm       *fsm.FSM
 	raft      *raft.Raft
 	transport *raft.NetworkTransport
-	store     *raftboltdb.BoltStore
+	// raftListen is the address Raft listens on; the transport's own
+	// address is the advertised one.
+	raftListen string
+	store      *raftboltdb.BoltStore
 
 	nc     *nats.Conn
 	ownsNC bool
@@ -307,19 +318,21 @@ func (s *Server) setupRaft() error {
 	}
 	// With no advertise address the transport advertises what it bound,
 	// which also resolves port 0.
-	var trans *raft.NetworkTransport
-	if s.clusterTLS != nil {
-		stream, err := newTLSStreamLayer(s.cfg.RaftAddr, s.clusterTLS, func(peer net.Addr, err error) {
-			s.metrics.peerRejected.Inc()
-			s.log.Warn("refused a raft connection: TLS handshake failed", "from", peer.String(), "err", err)
-		})
-		if err != nil {
-			return fmt.Errorf("coordinator: listen for raft on %s: %w", s.cfg.RaftAddr, err)
-		}
-		trans = raft.NewNetworkTransportWithLogger(stream, 3, 10*time.Second, rc.Logger)
-	} else if trans, err = raft.NewTCPTransportWithLogger(s.cfg.RaftAddr, nil, 3, 10*time.Second, rc.Logger); err != nil {
+	advertise, err := checkRaftAdvertise(s.cfg.RaftAdvertise)
+	if err != nil {
+		return err
+	}
+	// One stream layer for both: mutual TLS when the cluster CA is set,
+	// plain TCP otherwise.
+	stream, err := newRaftStreamLayer(s.cfg.RaftAddr, advertise, s.clusterTLS, func(peer net.Addr, err error) {
+		s.metrics.peerRejected.Inc()
+		s.log.Warn("refused a raft connection: TLS handshake failed", "from", peer.String(), "err", err)
+	})
+	if err != nil {
 		return fmt.Errorf("coordinator: listen for raft on %s: %w", s.cfg.RaftAddr, err)
 	}
+	s.raftListen = stream.ln.Addr().String()
+	trans := raft.NewNetworkTransportWithLogger(stream, 3, 10*time.Second, rc.Logger)
 	s.transport = trans
 
 	hasState, err := raft.HasExistingState(store, store, snaps)
@@ -371,8 +384,13 @@ func (s *Server) setupBus() error {
 	return nil
 }
 
-// RaftAddr is the address Raft listens on (useful with port 0).
+// RaftAddr is the address other coordinators reach Raft at: the advertise
+// address when one is set, else the one Raft listens on (useful with port
+// 0).
 func (s *Server) RaftAddr() string { return string(s.transport.LocalAddr()) }
+
+// RaftListenAddr is the address Raft listens on.
+func (s *Server) RaftListenAddr() string { return s.raftListen }
 
 // HTTPAddr is the address the HTTP server listens on; empty when disabled.
 func (s *Server) HTTPAddr() string {
@@ -393,7 +411,7 @@ func (s *Server) Run(ctx context.Context) error {
 		s.shutdown()
 		return err
 	}
-	s.log.Info("coordinator running", "raft", s.RaftAddr(), "http", s.HTTPAddr())
+	s.log.Info("coordinator running", "raft", s.RaftAddr(), "raft_listen", s.RaftListenAddr(), "http", s.HTTPAddr())
 
 	runCtx, cancel := context.WithCancel(ctx)
 	s.wg.Add(3)

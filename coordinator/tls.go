@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"net"
 	"net/http"
+	"strconv"
 	"strings"
 	"sync"
 	"time"
@@ -39,44 +40,92 @@ func (c *Config) clusterTLS() (*tls.Config, error) {
 	return cfg, nil
 }
 
-// tlsStreamLayer is Raft's network under mutual TLS.
-type tlsStreamLayer struct {
-	ln       net.Listener
-	cfg      *tls.Config
-	rejected func(peer net.Addr, err error)
+// raftStreamLayer is Raft's network: under mutual TLS, or plain TCP when
+// its configuration is nil.
+type raftStreamLayer struct {
+	ln net.Listener
+	// advertise is the address peers dial, when not the listener's.
+	advertise net.Addr
+	cfg       *tls.Config
+	rejected  func(peer net.Addr, err error)
 }
 
-var _ raft.StreamLayer = (*tlsStreamLayer)(nil)
+var _ raft.StreamLayer = (*raftStreamLayer)(nil)
 
-func newTLSStreamLayer(addr string, cfg *tls.Config, rejected func(net.Addr, error)) (*tlsStreamLayer, error) {
+func newRaftStreamLayer(addr, advertise string, cfg *tls.Config, rejected func(net.Addr, error)) (*raftStreamLayer, error) {
 	ln, err := net.Listen("tcp", addr)
 	if err != nil {
 		return nil, err
 	}
-	if tcp, ok := ln.Addr().(*net.TCPAddr); ok && tcp.IP.IsUnspecified() {
+	l := &raftStreamLayer{ln: ln, cfg: cfg, rejected: rejected}
+	if advertise != "" {
+		l.advertise = advertiseAddr(advertise)
+	} else if tcp, ok := ln.Addr().(*net.TCPAddr); ok && tcp.IP.IsUnspecified() {
 		ln.Close()
-		return nil, fmt.Errorf("raft address %s: give an address other coordinators can reach, not an unspecified one", addr)
+		return nil, fmt.Errorf("raft address %s: give an address other coordinators can reach, not an unspecified one (or set --raft-advertise)", addr)
 	}
-	return &tlsStreamLayer{ln: ln, cfg: cfg, rejected: rejected}, nil
+	return l, nil
+}
+
+// advertiseAddr is an advertised "host:port" as given: a host name stays a
+// name, so the peers that dial it verify the certificate against it.
+type advertiseAddr string
+
+func (a advertiseAddr) Network() string { return "tcp" }
+func (a advertiseAddr) String() string  { return string(a) }
+
+// checkRaftAdvertise validates --raft-advertise: empty, or host:port with
+// a host other coordinators can dial and a port other than 0.
+func checkRaftAdvertise(addr string) (string, error) {
+	if addr == "" {
+		return "", nil
+	}
+	host, port, err := net.SplitHostPort(addr)
+	if err != nil {
+		return "", fmt.Errorf("coordinator: --raft-advertise %q: want host:port: %w", addr, err)
+	}
+	if host == "" {
+		return "", fmt.Errorf("coordinator: --raft-advertise %q: the host is missing", addr)
+	}
+	if ip := net.ParseIP(host); ip != nil && ip.IsUnspecified() {
+		return "", fmt.Errorf("coordinator: --raft-advertise %q: give an address other coordinators can reach, not an unspecified one", addr)
+	}
+	if n, err := strconv.Atoi(port); err != nil || n <= 0 || n > 65535 {
+		return "", fmt.Errorf("coordinator: --raft-advertise %q: port %q: want 1..65535", addr, port)
+	}
+	return addr, nil
 }
 
 // Accept returns connections whose handshake runs on first use, so a slow
 // or hostile peer never holds up the accept loop; a failed handshake is
 // counted and logged through rejected.
-func (l *tlsStreamLayer) Accept() (net.Conn, error) {
+func (l *raftStreamLayer) Accept() (net.Conn, error) {
 	c, err := l.ln.Accept()
 	if err != nil {
 		return nil, err
 	}
+	if l.cfg == nil {
+		return c, nil
+	}
 	return &handshakeConn{Conn: tls.Server(c, l.cfg), rejected: l.rejected}, nil
 }
 
-func (l *tlsStreamLayer) Close() error   { return l.ln.Close() }
-func (l *tlsStreamLayer) Addr() net.Addr { return l.ln.Addr() }
+func (l *raftStreamLayer) Close() error { return l.ln.Close() }
+
+// Addr is the address the transport advertises to peers.
+func (l *raftStreamLayer) Addr() net.Addr {
+	if l.advertise != nil {
+		return l.advertise
+	}
+	return l.ln.Addr()
+}
 
 // Dial connects to a peer and completes the handshake, verifying the peer's
 // certificate against the cluster CA and the address dialled.
-func (l *tlsStreamLayer) Dial(addr raft.ServerAddress, timeout time.Duration) (net.Conn, error) {
+func (l *raftStreamLayer) Dial(addr raft.ServerAddress, timeout time.Duration) (net.Conn, error) {
+	if l.cfg == nil {
+		return net.DialTimeout("tcp", string(addr), timeout)
+	}
 	d := &tls.Dialer{NetDialer: &net.Dialer{Timeout: timeout}, Config: l.cfg}
 	ctx, cancel := context.WithTimeout(context.Background(), timeout)
 	defer cancel()

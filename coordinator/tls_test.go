@@ -12,6 +12,7 @@ import (
 
 	"github.com/hashicorp/raft"
 	"github.com/nats-io/nats.go/jetstream"
+	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/testutil"
 
 	"github.com/switchyard/switchyard/bus"
@@ -104,7 +105,7 @@ func TestCluster_MutualTLSFailsOverAndRefusesAForeignCA(t *testing.T) {
 	var lead *clusterNode
 	waitFor(t, "a leader", 10*time.Second, func() bool { lead = leaderOf(nodes); return lead != nil })
 	before := testutil.ToFloat64(lead.srv.metrics.peerRejected)
-	stream, err := newTLSStreamLayer("127.0.0.1:0", mustMutual(t, foreign), func(net.Addr, error) {})
+	stream, err := newRaftStreamLayer("127.0.0.1:0", "", mustMutual(t, foreign), func(net.Addr, error) {})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -157,4 +158,40 @@ func mustMutual(t *testing.T, f certs.Files) *tls.Config {
 		t.Fatal(err)
 	}
 	return c
+}
+
+// A coordinator with --raft-advertise gives its peers that address (it is
+// its address in the Raft configuration) while it listens on --raft-addr.
+func TestCoordinator_RaftAdvertiseIsTheAddressPeersAreGiven(t *testing.T) {
+	_, url := startNATS(t)
+	reg := prometheus.NewRegistry()
+	const advertised = "127.0.0.1:7999"
+	srv, err := New(Config{
+		NodeID: "c1", DataDir: t.TempDir(), RaftAddr: "127.0.0.1:0", RaftAdvertise: advertised, HTTPAddr: "127.0.0.1:0",
+		NATSURL: url, BootstrapExpect: 1, Registerer: reg, Gatherer: reg, Signing: testSigning,
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		_ = srv.Run(ctx)
+	}()
+	t.Cleanup(func() { cancel(); <-done })
+	waitFor(t, "leadership", 10*time.Second, srv.IsLeader)
+	m, err := srv.MembersView()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(m.Members) != 1 || m.Members[0].RaftAddr != advertised {
+		t.Errorf("members %+v, want c1 at %s", m.Members, advertised)
+	}
+	if m.RaftAdvertise != advertised || m.RaftListen == "" || strings.HasSuffix(m.RaftListen, ":0") || m.RaftListen == advertised {
+		t.Errorf("raft listen %q, advertise %q; want the bound address and %s", m.RaftListen, m.RaftAdvertise, advertised)
+	}
+	if p := srv.self(); p.RaftAddr != advertised {
+		t.Errorf("/v1/cluster/self says raft_addr %q, want %s", p.RaftAddr, advertised)
+	}
 }

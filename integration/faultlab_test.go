@@ -25,16 +25,19 @@ import (
 // machine): three secured nats-server processes behind fault proxies (every
 // client and route port), three coordinators, three agents with HAProxy. A
 // seeded schedule injects one fault at a time — SIGKILL and SIGSTOP of
-// coordinators (the leader among them), NATS servers and agents, a NATS
+// coordinators (the leader among them), the leader partitioned from its
+// peers over Raft (every coordinator's Raft port sits behind a fault proxy
+// it advertises) while it keeps running, NATS servers and agents, a NATS
 // server partitioned from clients and peers, delayed or dropped client
 // links, a whole NATS outage, HAProxy restarts — while a workload applies
-// rollouts and aborts some. Every operator call (with its answer), every
-// fault and every agent apply (from the agents' logs) is recorded; after
-// each round of faults the history is checked: every acknowledged intent
-// is there exactly once, no agent applied a lower generation or one
-// generation twice in a run, every fault was reverted, and every node
-// converges within a bound to the final desired state, serving what status
-// shows.
+// rollouts and aborts some, and runs short HTTP fault drills on a share of
+// the nodes. Every operator call (with its answer), every fault and every
+// agent apply (from the agents' logs) is recorded; after each round of
+// faults the history is checked: every acknowledged intent is there
+// exactly once, no agent applied a lower generation or one generation
+// twice in a run, every fault was reverted (every drill ended and no agent
+// still injects one), and every node converges within a bound to the final
+// desired state, serving what status shows.
 //
 // SWITCHYARD_LAB_SEED reruns a schedule (the seed is printed);
 // SWITCHYARD_LAB_DURATION sets how long faults run in all (default 30s, the
@@ -91,18 +94,21 @@ type labFault struct {
 type lab struct {
 	t   *testing.T
 	ctx context.Context
-	// rng draws the faults; opsRNG the workload's choices (each used by
-	// one goroutine, both from the seed).
-	rng, opsRNG *rand.Rand
-	start       time.Time
-	hub         *harness.NATSCluster
-	c           *harness.Cluster
-	f           *harness.Fleet
+	// rng draws the faults; opsRNG the workload's choices; drillRNG the
+	// drills' (each used by one goroutine, all from the seed).
+	rng, opsRNG, drillRNG *rand.Rand
+	drillSeq              int
+	start                 time.Time
+	hub                   *harness.NATSCluster
+	c                     *harness.Cluster
+	f                     *harness.Fleet
 
 	mu        sync.Mutex
 	ops       []labOp
 	faults    []labFault
 	statusErr error // of the last status query
+	// drillsInjected counts the drills some target reported injected.
+	drillsInjected int
 }
 
 // dump logs the history, for a failed round.
@@ -134,9 +140,9 @@ func TestFaultLab_ShortRun(t *testing.T) {
 			t.Logf("stop nats cluster: %v", err)
 		}
 	})
-	c := harnesstest.StartCluster(t, ctx, harness.ClusterOptions{Switchyard: sy, NATS: hub.Bus()})
+	c := harnesstest.StartCluster(t, ctx, harness.ClusterOptions{Switchyard: sy, NATS: hub.Bus(), RaftProxies: true})
 	f := harnesstest.StartFleet(t, ctx, harness.FleetOptions{Nodes: 3, Service: "web", Switchyard: sy, Backend: be, NATS: hub.Bus(), TrustKeys: []string{c.TrustKey()}})
-	l := &lab{t: t, ctx: ctx, rng: rand.New(rand.NewPCG(cfg.seed, 1)), opsRNG: rand.New(rand.NewPCG(cfg.seed, 2)), start: time.Now(), hub: hub, c: c, f: f}
+	l := &lab{t: t, ctx: ctx, rng: rand.New(rand.NewPCG(cfg.seed, 1)), opsRNG: rand.New(rand.NewPCG(cfg.seed, 2)), drillRNG: rand.New(rand.NewPCG(cfg.seed, 3)), start: time.Now(), hub: hub, c: c, f: f}
 
 	var convergence []time.Duration
 	serving := harness.Blue
@@ -145,10 +151,12 @@ func TestFaultLab_ShortRun(t *testing.T) {
 		roundCtx, stop := context.WithTimeout(ctx, min(cfg.round, cfg.duration))
 		var wg sync.WaitGroup
 		wg.Go(func() { l.workload(roundCtx, &seq, &serving) })
+		wg.Go(func() { l.drills(roundCtx) })
 		l.schedule(roundCtx)
 		wg.Wait()
 		stop()
 		if t.Failed() {
+			l.dump()
 			break
 		}
 		quiet := time.Now()
@@ -316,7 +324,7 @@ func (l *lab) latest(ctx context.Context) *sv1.RolloutView {
 
 // faultKinds are the faults the schedule draws from.
 var faultKinds = []string{
-	"kill-coordinator", "kill-coordinator-leader", "freeze-coordinator-leader",
+	"kill-coordinator", "kill-coordinator-leader", "freeze-coordinator-leader", "partition-coordinator-leader",
 	"kill-nats", "freeze-nats", "partition-nats", "delay-nats-client", "drop-nats-client", "nats-outage",
 	"kill-agent", "freeze-agent", "restart-haproxy",
 }
@@ -355,12 +363,26 @@ func (l *lab) schedule(ctx context.Context) {
 	}
 }
 
+// labRevertBound is how long injecting a fault and reverting it may take
+// (a restarted process must be ready by then): a revert that hangs fails
+// the round with its history instead of stalling the lab.
+const labRevertBound = 2 * time.Minute
+
 // inject starts a fault and returns its target and how to revert it.
 func (l *lab) inject(kind string) (string, func() error, error) {
-	ctx := l.ctx
+	ctx, cancel := context.WithTimeout(l.ctx, labRevertBound)
+	target, revert, err := l.injectWith(ctx, kind)
+	if err != nil || revert == nil {
+		cancel()
+		return target, revert, err
+	}
+	return target, func() error { defer cancel(); return revert() }, nil
+}
+
+func (l *lab) injectWith(ctx context.Context, kind string) (string, func() error, error) {
 	n := l.rng.IntN(3)
 	switch kind {
-	case "kill-coordinator", "kill-coordinator-leader", "freeze-coordinator-leader":
+	case "kill-coordinator", "kill-coordinator-leader", "freeze-coordinator-leader", "partition-coordinator-leader":
 		i := n
 		if kind != "kill-coordinator" {
 			lctx, cancel := context.WithTimeout(ctx, 10*time.Second)
@@ -371,6 +393,14 @@ func (l *lab) inject(kind string) (string, func() error, error) {
 			}
 		}
 		target := l.c.Coordinators[i].ID
+		if kind == "partition-coordinator-leader" {
+			// Cut off over Raft only: it keeps running, its bus and its
+			// HTTP API, while the others elect a new leader.
+			if err := l.c.PartitionRaft(i); err != nil {
+				return target, nil, err
+			}
+			return target, func() error { return l.c.HealRaft(i) }, nil
+		}
 		if kind == "freeze-coordinator-leader" {
 			if err := l.c.Freeze(i); err != nil {
 				return target, nil, err
@@ -493,11 +523,12 @@ func (l *lab) check() {
 			t.Errorf("%s is not running after the faults were reverted", p.Name())
 		}
 	}
-	for _, px := range l.hub.Proxies() {
-		if px.Mode() != faultproxy.Pass {
-			t.Errorf("proxy to %s left in %+v", px.Target(), px.Mode())
+	for _, px := range append(l.hub.Proxies(), l.c.RaftProxies()...) {
+		if px.Faulty() {
+			t.Errorf("proxy to %s left faulty (mode %+v, or one of a source)", px.Target(), px.Mode())
 		}
 	}
+	l.checkDrills()
 
 	// No acknowledged intent lost or applied twice.
 	views := l.status(ctx)
@@ -509,8 +540,8 @@ func (l *lab) check() {
 		t.Errorf("status answered no rollouts after the round")
 	}
 	for _, op := range ops {
-		if !op.acknowledged {
-			continue
+		if !op.acknowledged || op.op == "drill" {
+			continue // drills: checkDrills
 		}
 		got := byName[op.rollout]
 		switch {
@@ -582,11 +613,14 @@ func (l *lab) report(convergence []time.Duration) {
 	for _, f := range l.faults {
 		kinds[f.kind]++
 	}
-	acked, calls := 0, map[string]int{}
+	acked, ackedDrills, calls := 0, 0, map[string]int{}
 	for _, op := range l.ops {
 		calls[op.op]++
 		if op.acknowledged {
 			acked++
+			if op.op == "drill" {
+				ackedDrills++
+			}
 		}
 	}
 	slices.Sort(convergence)
@@ -596,6 +630,9 @@ func (l *lab) report(convergence []time.Duration) {
 		}
 		return convergence[min(len(convergence)-1, int(p*float64(len(convergence))))]
 	}
-	l.t.Logf("fault lab: %d faults %v; operator calls %v, %d acknowledged; convergence after faults stop over %d rounds: p50 %d ms, p99 %d ms, max %d ms",
-		len(l.faults), kinds, calls, acked, len(convergence), pct(0.5).Milliseconds(), pct(0.99).Milliseconds(), pct(1).Milliseconds())
+	if ackedDrills > 0 && l.drillsInjected == 0 && !l.t.Failed() {
+		l.t.Errorf("%d drills acknowledged, none injected on any target: the drills tested nothing", ackedDrills)
+	}
+	l.t.Logf("fault lab: %d faults %v; %d drills injected; operator calls %v, %d acknowledged; convergence after faults stop over %d rounds: p50 %d ms, p99 %d ms, max %d ms",
+		len(l.faults), kinds, l.drillsInjected, calls, acked, len(convergence), pct(0.5).Milliseconds(), pct(0.99).Milliseconds(), pct(1).Milliseconds())
 }

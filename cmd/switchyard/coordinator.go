@@ -82,8 +82,10 @@ type coordinatorFile struct {
 	NodeID   string `yaml:"nodeId"`
 	DataDir  string `yaml:"dataDir"`
 	RaftAddr string `yaml:"raftAddr"`
-	HTTPAddr string `yaml:"httpAddr"`
-	NATS     string `yaml:"nats"`
+	// RaftAdvertise is the address the other coordinators dial.
+	RaftAdvertise string `yaml:"raftAdvertise"`
+	HTTPAddr      string `yaml:"httpAddr"`
+	NATS          string `yaml:"nats"`
 	// NATSClient is the coordinator's NATS creds and TLS files.
 	NATSClient bus.Security `yaml:"natsClient"`
 	// Cluster is the cluster CA and this coordinator's certificate, for
@@ -125,6 +127,7 @@ func loadCoordinatorFile(path string, cfg *coordinator.Config, signing *signingF
 	set(&cfg.NodeID, f.NodeID)
 	set(&cfg.DataDir, f.DataDir)
 	set(&cfg.RaftAddr, f.RaftAddr)
+	set(&cfg.RaftAdvertise, f.RaftAdvertise)
 	set(&cfg.HTTPAddr, f.HTTPAddr)
 	set(&cfg.NATSURL, f.NATS)
 	set(&cfg.NATS.Creds, f.NATSClient.Creds)
@@ -175,10 +178,11 @@ func runCoordinator(ctx context.Context, args []string, stdout, stderr io.Writer
 		aclName   string
 		notifyF   notifyFlags
 	)
-	configFile := fs.String("config", "", "YAML config file with the same keys (nodeId, dataDir, raftAddr, httpAddr, nats, natsClient {creds, ca, cert, key}, clusterTLS {ca, cert, key}, bootstrapExpect, retryJoin, replicas, signing {key, trusted, validity}, viewerTokenFile, aclBootstrap {admin, name}, notifications [{name, url, format, events, timeout, retries}]); flags override it")
+	configFile := fs.String("config", "", "YAML config file with the same keys (nodeId, dataDir, raftAddr, raftAdvertise, httpAddr, nats, natsClient {creds, ca, cert, key}, clusterTLS {ca, cert, key}, bootstrapExpect, retryJoin, replicas, signing {key, trusted, validity}, viewerTokenFile, aclBootstrap {admin, name}, notifications [{name, url, format, events, timeout, retries}]); flags override it")
 	fs.StringVar(&cfg.NodeID, "node-id", "", "this coordinator's id in the cluster (required)")
 	fs.StringVar(&cfg.DataDir, "data-dir", "", "directory for the Raft log and snapshots (required)")
-	fs.StringVar(&cfg.RaftAddr, "raft-addr", "127.0.0.1:7000", "address Raft listens on and other coordinators reach it at")
+	fs.StringVar(&cfg.RaftAddr, "raft-addr", "127.0.0.1:7000", "address Raft listens on and, without --raft-advertise, other coordinators reach it at")
+	fs.StringVar(&cfg.RaftAdvertise, "raft-advertise", "", "address other coordinators dial to reach this one's Raft, when not --raft-addr (a NAT or TCP proxy in front of it); with --cluster-cert the certificate must name its host")
 	fs.StringVar(&cfg.HTTPAddr, "http-addr", "127.0.0.1:7070", "address for /metrics, /healthz, the read API and cluster joins")
 	fs.StringVar(&cfg.NATSURL, "nats", envOr("SWITCHYARD_NATS", "nats://127.0.0.1:4222"), "NATS URL (env SWITCHYARD_NATS)")
 	fs.IntVar(&cfg.BootstrapExpect, "bootstrap-expect", 1, "coordinators to wait for before bootstrapping a new cluster; 0 only joins")
@@ -219,6 +223,7 @@ func runCoordinator(ctx context.Context, args []string, stdout, stderr io.Writer
 		pick("node-id", &cfg.NodeID, fromFile.NodeID)
 		pick("data-dir", &cfg.DataDir, fromFile.DataDir)
 		pick("raft-addr", &cfg.RaftAddr, fromFile.RaftAddr)
+		pick("raft-advertise", &cfg.RaftAdvertise, fromFile.RaftAdvertise)
 		pick("http-addr", &cfg.HTTPAddr, fromFile.HTTPAddr)
 		pick("nats", &cfg.NATSURL, fromFile.NATSURL)
 		pick("nats-creds", &natsSec.sec.Creds, fromFile.NATS.Creds)
@@ -310,7 +315,11 @@ func coordinatorMembers(ctx context.Context, args []string, stdout, stderr io.Wr
 	}
 	fmt.Fprintf(stdout, "Leader: %s   Term: %d   Last index: %d   Commit index: %d   (answered by %s, %s)\n",
 		orDash(m.Leader), m.Term, m.LastIndex, m.CommitIndex, m.AnsweredBy, strings.ToLower(m.State))
-	fmt.Fprintf(stdout, "Bus replicas: %d for new streams and buckets; now: %s\n\n", m.Replicas, streamReplicas(m.Streams))
+	fmt.Fprintf(stdout, "Bus replicas: %d for new streams and buckets; now: %s\n", m.Replicas, streamReplicas(m.Streams))
+	if m.RaftListen != "" {
+		fmt.Fprintf(stdout, "Raft of %s: listens on %s, advertised to peers as %s\n", m.AnsweredBy, m.RaftListen, orDash(m.RaftAdvertise))
+	}
+	fmt.Fprintln(stdout)
 	tw := tabwriter.NewWriter(stdout, 0, 0, 2, ' ', 0)
 	fmt.Fprintln(tw, "ID\tRAFT ADDRESS\tSUFFRAGE\tROLE")
 	for _, mem := range m.Members {

@@ -41,12 +41,22 @@ func TestCLI_ExitCodes(t *testing.T) {
 	if err := os.WriteFile(conf, []byte("nodeId: c1\ndataDir: "+t.TempDir()+"\nsigning: {key: "+filepath.Join(keyDir, "missing.key")+", validity: 10m}\n"), 0o600); err != nil {
 		t.Fatal(err)
 	}
+	advConf := filepath.Join(keyDir, "advertise.yaml")
+	if err := os.WriteFile(advConf, []byte("nodeId: c1\ndataDir: "+t.TempDir()+"\nraftAdvertise: 10.0.0.1\nsigning: {key: "+key+"}\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
 	cases := []struct {
 		name   string
 		args   []string
 		code   int
 		stderr string
 	}{
+		{"coordinator advertising an unspecified raft address", []string{"coordinator", "--node-id", "c1", "--data-dir", t.TempDir(), "--nats", "nats://127.0.0.1:1", "--signing-key", key, "--raft-advertise", "0.0.0.0:7000"}, exitFailure,
+			`--raft-advertise "0.0.0.0:7000": give an address other coordinators can reach`},
+		{"coordinator advertising port 0", []string{"coordinator", "--node-id", "c1", "--data-dir", t.TempDir(), "--nats", "nats://127.0.0.1:1", "--signing-key", key, "--raft-advertise", "10.0.0.1:0"}, exitFailure,
+			`--raft-advertise "10.0.0.1:0": port "0": want 1..65535`},
+		{"coordinator config raftAdvertise without a port", []string{"coordinator", "--config", advConf, "--nats", "nats://127.0.0.1:1"}, exitFailure,
+			`--raft-advertise "10.0.0.1": want host:port`},
 		{"coordinator config with a missing signing key", []string{"coordinator", "--config", conf}, exitFailure, "--signing-key: signing key: open " + filepath.Join(keyDir, "missing.key")},
 		{"coordinator without signing key", []string{"coordinator", "--node-id", "c1", "--data-dir", t.TempDir(), "--nats", "nats://127.0.0.1:1"}, exitFailure, "--signing-key (signing.key) is required"},
 		{"coordinator with a public key as signing key", []string{"coordinator", "--node-id", "c1", "--data-dir", t.TempDir(), "--signing-key", key + ".pub"}, exitFailure, "--signing-key: signing key"},

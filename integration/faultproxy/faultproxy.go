@@ -29,33 +29,57 @@ type Mode struct {
 // Pass is the mode of a healthy link.
 var Pass = Mode{}
 
+// Options tune a proxy made by NewWith.
+type Options struct {
+	// Source names who opened an accepted connection (the process at the
+	// other end of remote, say), so that SetSourceMode can fault one
+	// peer's connections while others pass; nil or "" names nobody.
+	// Several peers dialling one address cannot be told apart otherwise.
+	Source func(remote net.Addr) string
+}
+
 // Proxy forwards connections accepted on Addr to a target address.
 type Proxy struct {
 	target string
 	ln     net.Listener
+	opts   Options
 
 	mu   sync.Mutex
 	mode Mode
+	// sources are the modes of connections from named sources, which
+	// replace mode for them.
+	sources map[string]Mode
 	// changed is closed, and replaced, whenever the mode changes.
 	changed chan struct{}
-	conns   map[net.Conn]struct{}
-	wg      sync.WaitGroup
-	done    chan struct{}
-	once    sync.Once
+	// conns are the open connections, by the source that opened them.
+	conns map[net.Conn]string
+	wg    sync.WaitGroup
+	done  chan struct{}
+	once  sync.Once
 }
 
 // New listens on a free 127.0.0.1 port and forwards to target.
 func New(target string) (*Proxy, error) {
+	return NewWith(target, Options{})
+}
+
+// NewWith is New with options.
+func NewWith(target string, o Options) (*Proxy, error) {
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		return nil, err
 	}
-	return Start(ln, target), nil
+	return StartWith(ln, target, o), nil
 }
 
 // Start forwards connections accepted on ln to target until Close.
 func Start(ln net.Listener, target string) *Proxy {
-	p := &Proxy{target: target, ln: ln, conns: map[net.Conn]struct{}{}, done: make(chan struct{}), changed: make(chan struct{})}
+	return StartWith(ln, target, Options{})
+}
+
+// StartWith is Start with options.
+func StartWith(ln net.Listener, target string, o Options) *Proxy {
+	p := &Proxy{target: target, ln: ln, opts: o, conns: map[net.Conn]string{}, sources: map[string]Mode{}, done: make(chan struct{}), changed: make(chan struct{})}
 	p.wg.Add(1)
 	go p.accept()
 	return p
@@ -67,30 +91,92 @@ func (p *Proxy) Addr() string { return p.ln.Addr().String() }
 // Target is where the proxy forwards to.
 func (p *Proxy) Target() string { return p.target }
 
-// Mode returns the current mode.
+// Mode returns the current mode (of connections from sources without a
+// mode of their own).
 func (p *Proxy) Mode() Mode {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	return p.mode
 }
 
-// SetMode changes what the proxy does from now on; with Drop, every open
-// connection is reset.
+// Faulty says whether the proxy, or its mode for any source, is anything
+// but Pass.
+func (p *Proxy) Faulty() bool {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.mode != Pass {
+		return true
+	}
+	for _, m := range p.sources {
+		if m != Pass {
+			return true
+		}
+	}
+	return false
+}
+
+// SetMode changes what the proxy does from now on to connections from
+// sources without a mode of their own; with Drop, those open are reset.
 func (p *Proxy) SetMode(m Mode) {
 	p.mu.Lock()
 	p.mode = m
-	close(p.changed)
-	p.changed = make(chan struct{})
+	p.changedLocked()
 	var open []net.Conn
 	if m.Drop {
-		for c := range p.conns {
-			open = append(open, c)
+		for c, src := range p.conns {
+			if _, own := p.sources[src]; !own || src == "" {
+				open = append(open, c)
+			}
 		}
 	}
 	p.mu.Unlock()
 	for _, c := range open {
 		reset(c)
 	}
+}
+
+// SetSourceMode changes what the proxy does from now on to connections
+// opened by source (see Options.Source); Pass is a mode like any other
+// (the source passes whatever the proxy's mode), ClearSources removes
+// them all. With Drop, that source's open connections are reset.
+func (p *Proxy) SetSourceMode(source string, m Mode) {
+	p.mu.Lock()
+	p.sources[source] = m
+	p.changedLocked()
+	var open []net.Conn
+	if m.Drop {
+		for c, src := range p.conns {
+			if src == source {
+				open = append(open, c)
+			}
+		}
+	}
+	p.mu.Unlock()
+	for _, c := range open {
+		reset(c)
+	}
+}
+
+// ClearSources forgets every source's mode: all connections follow the
+// proxy's mode again.
+func (p *Proxy) ClearSources() {
+	p.mu.Lock()
+	clear(p.sources)
+	p.changedLocked()
+	p.mu.Unlock()
+}
+
+func (p *Proxy) changedLocked() {
+	close(p.changed)
+	p.changed = make(chan struct{})
+}
+
+// modeFor is the mode of a connection from source.
+func (p *Proxy) modeFor(source string) Mode {
+	if m, ok := p.sources[source]; ok && source != "" {
+		return m
+	}
+	return p.mode
 }
 
 // Close stops accepting, closes every connection and waits for the
@@ -110,12 +196,12 @@ func (p *Proxy) Close() error {
 	return err
 }
 
-// passable waits while the proxy blackholes; false when it closes or
-// drops instead.
-func (p *Proxy) passable() (Mode, bool) {
+// passable waits while the proxy blackholes connections from source;
+// false when it closes or drops instead.
+func (p *Proxy) passable(source string) (Mode, bool) {
 	for {
 		p.mu.Lock()
-		m, changed := p.mode, p.changed
+		m, changed := p.modeFor(source), p.changed
 		p.mu.Unlock()
 		if m.Drop {
 			return m, false
@@ -146,16 +232,12 @@ func (p *Proxy) accept() {
 				continue
 			}
 		}
-		if p.Mode().Drop {
-			reset(c)
-			continue
-		}
 		p.wg.Add(1)
 		go p.serve(c)
 	}
 }
 
-func (p *Proxy) track(c net.Conn) bool {
+func (p *Proxy) track(c net.Conn, source string) bool {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	select {
@@ -163,7 +245,7 @@ func (p *Proxy) track(c net.Conn) bool {
 		return false
 	default:
 	}
-	p.conns[c] = struct{}{}
+	p.conns[c] = source
 	return true
 }
 
@@ -176,40 +258,52 @@ func (p *Proxy) untrack(c net.Conn) {
 
 func (p *Proxy) serve(client net.Conn) {
 	defer p.wg.Done()
-	if !p.track(client) {
+	var source string
+	if p.opts.Source != nil {
+		source = p.opts.Source(client.RemoteAddr())
+	}
+	p.mu.Lock()
+	drop := p.modeFor(source).Drop
+	p.mu.Unlock()
+	if drop {
+		reset(client)
+		return
+	}
+	if !p.track(client, source) {
 		client.Close()
 		return
 	}
 	defer p.untrack(client)
-	if _, ok := p.passable(); !ok {
+	if _, ok := p.passable(source); !ok {
 		return
 	}
 	server, err := net.DialTimeout("tcp", p.target, 2*time.Second)
 	if err != nil {
 		return
 	}
-	if !p.track(server) {
+	if !p.track(server, source) {
 		server.Close()
 		return
 	}
 	defer p.untrack(server)
 	var wg sync.WaitGroup
 	wg.Add(2)
-	go func() { defer wg.Done(); p.pipe(server, client) }()
-	go func() { defer wg.Done(); p.pipe(client, server) }()
+	go func() { defer wg.Done(); p.pipe(server, client, source) }()
+	go func() { defer wg.Done(); p.pipe(client, server, source) }()
 	wg.Wait()
 }
 
-// pipe copies src to dst through the mode until either side fails; then it
-// closes both so that the other direction ends too.
-func (p *Proxy) pipe(dst, src net.Conn) {
+// pipe copies src to dst through the mode of the connection's source until
+// either side fails; then it closes both so that the other direction ends
+// too.
+func (p *Proxy) pipe(dst, src net.Conn, source string) {
 	defer dst.Close()
 	defer src.Close()
 	buf := make([]byte, 32<<10)
 	for {
 		n, err := src.Read(buf)
 		if n > 0 {
-			m, ok := p.passable()
+			m, ok := p.passable(source)
 			if !ok {
 				return
 			}
@@ -219,7 +313,7 @@ func (p *Proxy) pipe(dst, src net.Conn) {
 				case <-p.done:
 					return
 				}
-				if m, ok = p.passable(); !ok {
+				if m, ok = p.passable(source); !ok {
 					return
 				}
 			}

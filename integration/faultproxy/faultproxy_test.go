@@ -136,3 +136,70 @@ func TestProxy_UnreachableTargetClosesTheClient(t *testing.T) {
 		t.Fatalf("client of an unreachable target: %v, want the connection closed", err)
 	}
 }
+
+func TestProxy_SourceModeFaultsOnlyThatSourcesConnections(t *testing.T) {
+	me := os.Getpid()
+	p, err := NewWith(echo(t), Options{Source: Owner(func() map[int]string { return map[int]string{me: "me"} })})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer p.Close()
+	dial := func() (net.Conn, *bufio.Reader) {
+		t.Helper()
+		c, err := net.Dial("tcp", p.Addr())
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { c.Close() })
+		return c, bufio.NewReader(c)
+	}
+	c, r := dial()
+	if got, err := roundTrip(c, r, "one", 5*time.Second); err != nil || got != "one\n" {
+		t.Fatalf("pass: %q %v", got, err)
+	}
+
+	// Another source's blackhole does not touch this process's connections.
+	p.SetSourceMode("another", Mode{Blackhole: true})
+	if !p.Faulty() {
+		t.Fatal("a proxy with a source blackholed says it is not faulty")
+	}
+	if got, err := roundTrip(c, r, "two", 5*time.Second); err != nil || got != "two\n" {
+		t.Fatalf("another source blackholed: %q %v", got, err)
+	}
+
+	// This process's own: the open connection and a new one are held.
+	p.SetSourceMode("me", Mode{Blackhole: true})
+	if got, err := roundTrip(c, r, "held", 300*time.Millisecond); !errors.Is(err, os.ErrDeadlineExceeded) {
+		t.Fatalf("source blackhole let %q through (err %v)", got, err)
+	}
+	nc, nr := dial()
+	if got, err := roundTrip(nc, nr, "new", 300*time.Millisecond); !errors.Is(err, os.ErrDeadlineExceeded) {
+		t.Fatalf("source blackhole served a new connection: %q (err %v)", got, err)
+	}
+	// A source's own mode wins over the proxy's.
+	p.SetMode(Mode{Drop: true})
+	p.SetSourceMode("me", Pass)
+	for _, x := range []struct {
+		r    *bufio.Reader
+		want string
+	}{{r, "held\n"}, {nr, "new\n"}} {
+		if x.r == r {
+			c.SetReadDeadline(time.Now().Add(5 * time.Second))
+		} else {
+			nc.SetReadDeadline(time.Now().Add(5 * time.Second))
+		}
+		if got, err := x.r.ReadString('\n'); err != nil || got != x.want {
+			t.Fatalf("after the source's blackhole ended: %q %v, want %q", got, err, x.want)
+		}
+	}
+
+	p.SetMode(Pass)
+	p.ClearSources()
+	if p.Faulty() {
+		t.Fatal("proxy still faulty after every mode was cleared")
+	}
+	p.SetSourceMode("me", Mode{Drop: true})
+	if _, err := roundTrip(c, r, "three", 5*time.Second); err == nil || errors.Is(err, os.ErrDeadlineExceeded) {
+		t.Fatalf("source drop: the open connection was not reset (err %v)", err)
+	}
+}

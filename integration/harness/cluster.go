@@ -20,6 +20,7 @@ import (
 
 	"github.com/switchyard/switchyard/bus"
 	"github.com/switchyard/switchyard/coordinator"
+	"github.com/switchyard/switchyard/integration/faultproxy"
 	"github.com/switchyard/switchyard/internal/certs"
 	sv1 "github.com/switchyard/switchyard/proto/switchyard/v1"
 )
@@ -48,6 +49,12 @@ type ClusterOptions struct {
 	// SigningValidity is the coordinators' --signing-validity; the default
 	// when zero.
 	SigningValidity time.Duration
+	// RaftProxies puts a fault proxy (integration/faultproxy) in front of
+	// each coordinator's Raft port and starts the coordinator with
+	// --raft-advertise set to it, so every Raft connection between peers
+	// goes through a proxy (TCP passthrough: mutual TLS still runs end to
+	// end) and tests can partition a coordinator (PartitionRaft).
+	RaftProxies bool
 }
 
 // Coordinator is one `switchyard coordinator` process of a Cluster. Its
@@ -57,8 +64,14 @@ type Coordinator struct {
 	*Process
 	ID       string
 	RaftAddr string
-	HTTPAddr string
-	DataDir  string
+	// RaftAdvertise is the address its peers dial: its Raft proxy's with
+	// ClusterOptions.RaftProxies, else RaftAddr.
+	RaftAdvertise string
+	HTTPAddr      string
+	DataDir       string
+	// RaftProxy is the proxy in front of RaftAddr; nil without
+	// ClusterOptions.RaftProxies.
+	RaftProxy *faultproxy.Proxy
 }
 
 // Cluster is a Raft cluster of `switchyard coordinator` processes formed with
@@ -74,6 +87,10 @@ type Cluster struct {
 	// CA is the cluster CA's directory; empty with PlainCluster.
 	CA     *certs.CA
 	scheme string
+
+	// procMu guards the first assignment of each Coordinator.Process,
+	// which the Raft proxies read as connections arrive.
+	procMu sync.Mutex
 
 	closeOnce sync.Once
 	closeErr  error
@@ -151,6 +168,14 @@ func StartCluster(ctx context.Context, o ClusterOptions) (c *Cluster, err error)
 			}
 			*addr = "127.0.0.1:" + strconv.Itoa(p)
 		}
+		co.RaftAdvertise = co.RaftAddr
+		if o.RaftProxies {
+			px, err := faultproxy.NewWith(co.RaftAddr, faultproxy.Options{Source: faultproxy.Owner(c.pids)})
+			if err != nil {
+				return c, err
+			}
+			co.RaftProxy, co.RaftAdvertise = px, px.Addr()
+		}
 		c.Coordinators = append(c.Coordinators, co)
 	}
 	for _, co := range c.Coordinators {
@@ -158,6 +183,7 @@ func StartCluster(ctx context.Context, o ClusterOptions) (c *Cluster, err error)
 			"--node-id", co.ID,
 			"--data-dir", co.DataDir,
 			"--raft-addr", co.RaftAddr,
+			"--raft-advertise", co.RaftAdvertise,
 			"--http-addr", co.HTTPAddr,
 			"--nats", o.NATS.URL,
 			"--bootstrap-expect", strconv.Itoa(o.Size),
@@ -194,13 +220,16 @@ func StartCluster(ctx context.Context, o ClusterOptions) (c *Cluster, err error)
 		for _, other := range c.Coordinators {
 			args = append(args, "--retry-join", other.HTTPAddr)
 		}
-		co.Process, err = StartProcess(ProcessSpec{
+		p, err := StartProcess(ProcessSpec{
 			Name: co.ID, Path: o.Switchyard, Args: args, LogDir: filepath.Join(o.Dir, "logs"),
 		})
 		if err != nil {
 			return c, err
 		}
-		c.log.Info("coordinator started", "id", co.ID, "pid", co.Pid(), "raft", co.RaftAddr, "http", co.HTTPAddr)
+		c.procMu.Lock()
+		co.Process = p
+		c.procMu.Unlock()
+		c.log.Info("coordinator started", "id", co.ID, "pid", co.Pid(), "raft", co.RaftAddr, "raft_advertise", co.RaftAdvertise, "http", co.HTTPAddr)
 	}
 	leader, err := c.WaitLeader(ctx)
 	if err != nil {
@@ -546,11 +575,70 @@ func (c *Cluster) RaceReports() []string {
 	return out
 }
 
-// Close stops every coordinator (thawing a frozen one first) and returns the
-// unclean exits it saw. It is safe to call more than once.
+// pids names the coordinators' current processes, for the Raft proxies.
+func (c *Cluster) pids() map[int]string {
+	c.procMu.Lock()
+	defer c.procMu.Unlock()
+	out := map[int]string{}
+	for _, co := range c.Coordinators {
+		if co.Process != nil {
+			if pid := co.Pid(); pid != 0 {
+				out[pid] = co.ID
+			}
+		}
+	}
+	return out
+}
+
+// PartitionRaft cuts coordinator i off from its peers over Raft (with
+// ClusterOptions.RaftProxies): its proxy blackholes every connection to
+// it, and the others' proxies every connection it opens, while it keeps
+// running and keeps its bus and HTTP API. HealRaft ends it; what was sent
+// meanwhile then arrives, as TCP delivers it after a partition heals.
+func (c *Cluster) PartitionRaft(i int) error {
+	return c.setRaftAround(i, faultproxy.Mode{Blackhole: true})
+}
+
+// HealRaft ends PartitionRaft(i).
+func (c *Cluster) HealRaft(i int) error { return c.setRaftAround(i, faultproxy.Pass) }
+
+func (c *Cluster) setRaftAround(i int, m faultproxy.Mode) error {
+	co := c.Coordinators[i]
+	if co.RaftProxy == nil {
+		return fmt.Errorf("%s has no raft proxy: start the cluster with RaftProxies", co.ID)
+	}
+	c.log.Info("raft partition", "id", co.ID, "mode", fmt.Sprintf("%+v", m))
+	co.RaftProxy.SetMode(m)
+	for j, other := range c.Coordinators {
+		if j != i {
+			other.RaftProxy.SetSourceMode(co.ID, m)
+		}
+	}
+	return nil
+}
+
+// RaftProxies lists the coordinators' Raft proxies (none without
+// ClusterOptions.RaftProxies).
+func (c *Cluster) RaftProxies() []*faultproxy.Proxy {
+	var out []*faultproxy.Proxy
+	for _, co := range c.Coordinators {
+		if co.RaftProxy != nil {
+			out = append(out, co.RaftProxy)
+		}
+	}
+	return out
+}
+
+// Close stops every coordinator (thawing a frozen one first), then their
+// Raft proxies, and returns the unclean exits it saw. It is safe to call
+// more than once.
 func (c *Cluster) Close() error {
 	c.closeOnce.Do(func() {
-		c.closeErr = c.StopAll()
+		errs := []error{c.StopAll()}
+		for _, px := range c.RaftProxies() {
+			errs = append(errs, px.Close())
+		}
+		c.closeErr = errors.Join(errs...)
 	})
 	return c.closeErr
 }
