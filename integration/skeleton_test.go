@@ -1,6 +1,7 @@
 package integration
 
 import (
+	"bytes"
 	"context"
 	"fmt"
 	"os"
@@ -298,7 +299,11 @@ func publishRawIntent(t *testing.T, ctx context.Context, nc *nats.Conn, body []b
 		t.Fatalf("no IntentResult for a malformed intent: %v", err)
 	}
 	var res sv1.IntentResult
-	if err := proto.Unmarshal(m.Data, &res); err != nil {
+	unmarshal := proto.Unmarshal
+	if t := bytes.TrimSpace(body); len(t) > 0 && t[0] == '{' {
+		unmarshal = protojson.Unmarshal // a JSON intent is answered in JSON
+	}
+	if err := unmarshal(m.Data, &res); err != nil {
 		t.Fatalf("answer is not an IntentResult: %v (%q)", err, m.Data)
 	}
 	return &res
