@@ -176,7 +176,7 @@ type Server struct {
 	// raftListen is the address Raft listens on; the transport's own
 	// address is the advertised one.
 	raftListen string
-	store      *raftboltdb.BoltStore
+	store      *raftStore
 
 	nc     *nats.Conn
 	ownsNC bool
@@ -307,10 +307,11 @@ func (s *Server) setupRaft() error {
 	if err := boltcheck.Check(dbPath); err != nil {
 		return &DamagedStoreError{Path: dbPath, DataDir: s.cfg.DataDir, NodeID: s.cfg.NodeID, RetryJoin: s.cfg.RetryJoin, Err: err}
 	}
-	store, err := raftboltdb.New(raftboltdb.Options{Path: dbPath})
+	db, err := raftboltdb.New(raftboltdb.Options{Path: dbPath})
 	if err != nil {
 		return fmt.Errorf("coordinator: open raft store %s: %w", dbPath, err)
 	}
+	store := &raftStore{db: db}
 	s.store = store
 	snaps, err := raft.NewFileSnapshotStoreWithLogger(s.cfg.DataDir, 3, rc.Logger)
 	if err != nil {
