@@ -48,3 +48,10 @@ func AcceptSpecVersion(data []byte) ([]byte, error) {
 	}
 	return json.Marshal(top)
 }
+
+// IsJSON tells a protojson body (a JSON object) from a protobuf one: a JSON
+// intent or query is decoded as protojson and answered in JSON.
+func IsJSON(data []byte) bool {
+	t := bytes.TrimSpace(data)
+	return len(t) > 0 && t[0] == '{'
+}

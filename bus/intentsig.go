@@ -145,8 +145,8 @@ func OpenIntent(data []byte) (OpenedIntent, error) {
 // decodeIntentBytes tells a signed envelope from a bare intent. Their field
 // numbers do not overlap, so each decodes the other as unknown fields only.
 func decodeIntentBytes(data []byte) (*sv1.SignedIntent, *sv1.Intent, error) {
-	if t := bytes.TrimSpace(data); len(t) > 0 && t[0] == '{' {
-		t, err := AcceptSpecVersion(t)
+	if IsJSON(data) {
+		t, err := AcceptSpecVersion(bytes.TrimSpace(data))
 		if err != nil {
 			return nil, nil, err
 		}

@@ -1,7 +1,6 @@
 package coordinator
 
 import (
-	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -107,16 +106,9 @@ func (s *Server) ensureIntentConsumer(ctx context.Context, reset bool) (jetstrea
 	return bus.EnsureIntentConsumer(ctx, s.js)
 }
 
-// isJSON tells a protojson body (a JSON object) from a protobuf one. A JSON
-// intent or query is answered in JSON.
-func isJSON(data []byte) bool {
-	t := bytes.TrimSpace(data)
-	return len(t) > 0 && t[0] == '{'
-}
-
 func (s *Server) handleIntent(ctx context.Context, msg jetstream.Msg) {
 	reply := msg.Headers().Get(bus.ReplyHeader)
-	asJSON := isJSON(msg.Data())
+	asJSON := bus.IsJSON(msg.Data())
 	opened, err := bus.OpenIntent(msg.Data())
 	in := opened.Intent
 	if in == nil {

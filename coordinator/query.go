@@ -84,7 +84,7 @@ func serveQuery[Q any, PQ interface {
 		}
 		q := PQ(new(Q))
 		var ans A
-		asJSON := isJSON(msg.Data)
+		asJSON := bus.IsJSON(msg.Data)
 		err := decodeQuery(msg.Data, q, asJSON)
 		if err != nil {
 			s.metrics.queriesMalformed.Inc()

@@ -211,7 +211,7 @@ func TestCoordinator_MalformedAndInvalidIntentsAreRefusedAndCounted(t *testing.T
 		}
 		var res sv1.IntentResult
 		unmarshal := proto.Unmarshal
-		if isJSON(body) {
+		if bus.IsJSON(body) {
 			unmarshal = protojson.Unmarshal // answered in the intent's encoding
 		}
 		if err := unmarshal(r.Data, &res); err != nil {
