@@ -303,7 +303,12 @@ func (a *Agent) Run(ctx context.Context) error {
 	// needs no bus.
 	for _, w := range res.workers {
 		w.heldByDrill = func() bool { return drills.holdsBackend(w.name) }
-		w.proxyLost = func(why string) { a.proxyLost(w.name, why) }
+		w.proxyLost = func(why string) {
+			// Before the agent's copy changes: the service's next status
+			// must replace it even if it equals the last one sent.
+			w.resend.Store(true)
+			a.proxyLost(w.name, why)
+		}
 		wg.Go(func() { w.run(ctx) })
 		wg.Go(func() { w.observeLoop(ctx, a.cfg.ObserveInterval) })
 	}
@@ -628,7 +633,7 @@ func (p *desiredPoller) poll(ctx context.Context, workers []*serviceWorker) {
 			w.log.Warn("read desired state; will retry at the next resync", "err", err)
 			continue
 		}
-		w.inbox.put(delivery{raw: e.Value(), poll: true})
+		w.inbox.put(delivery{raw: e.Value(), poll: true, at: w.clock.Now()})
 	}
 }
 
@@ -732,13 +737,19 @@ func (a *Agent) publishStatusNow() {
 // for a heartbeat period, as a heartbeat.
 func (a *Agent) statusLoop(ctx context.Context) {
 	subject := bus.StatusSubject(a.cfg.Node)
+	reported := map[string][2]uint64{}
 	publish := func(heartbeat bool) {
-		body, err := proto.Marshal(a.status(heartbeat))
+		st := a.status(heartbeat)
+		body, err := proto.Marshal(st)
+		sent := false
 		if err == nil {
-			_, err = a.publish(subject, body)
+			sent, err = a.publish(subject, body)
 		}
 		if err != nil {
 			a.log.Warn("publish status", "err", err)
+		}
+		if sent {
+			a.m.statusStages(st, reported)
 		}
 	}
 	publish(false)

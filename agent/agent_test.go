@@ -16,6 +16,7 @@ import (
 
 	"github.com/nats-io/nats.go"
 	"google.golang.org/protobuf/proto"
+	"google.golang.org/protobuf/types/known/timestamppb"
 
 	"github.com/switchyard/switchyard/agent/driver"
 	"github.com/switchyard/switchyard/agent/state"
@@ -365,6 +366,18 @@ func TestAgent_PublishesStatusOnChangeAndHeartbeat(t *testing.T) {
 		t.Errorf("document_expires_at = %v, want the signed document's expiry, in the future", exp)
 	}
 	want.DocumentExpiresAt = serviceStatus(st, "web").GetDocumentExpiresAt()
+	// The stamps of the document's way through the agent, in order.
+	tm := serviceStatus(st, "web").GetApplyTiming()
+	stamps := []*timestamppb.Timestamp{tm.GetDeliveredAt(), tm.GetVerifiedAt(), tm.GetAppliedAt(), tm.GetPersistedAt()}
+	for i, ts := range stamps {
+		if ts == nil || (i > 0 && ts.AsTime().Before(stamps[i-1].AsTime())) {
+			t.Errorf("apply timing %v: stamp %d missing or before the one it follows", tm, i)
+		}
+	}
+	if tm.GetGeneration() != 6 || tm.GetEpoch() != 0 {
+		t.Errorf("apply timing of fence %d/%d, want 0/6", tm.GetEpoch(), tm.GetGeneration())
+	}
+	want.ApplyTiming = tm
 	if got := serviceStatus(st, "web"); !proto.Equal(got, want) {
 		t.Errorf("service status = %v, want %v", got, want)
 	}

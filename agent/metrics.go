@@ -92,6 +92,7 @@ const (
 type metrics struct {
 	applies           *prometheus.CounterVec
 	applySeconds      *prometheus.HistogramVec
+	applyStages       *prometheus.HistogramVec
 	rejected          *prometheus.CounterVec
 	documentExpired   *prometheus.GaugeVec
 	appliedEpoch      *prometheus.GaugeVec
@@ -126,6 +127,7 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 			Help:    "Time the proxy driver took to apply weights, successful or not.",
 			Buckets: []float64{.001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5, 10},
 		}, []string{"service"}),
+		applyStages: newApplyStageSeconds(),
 		rejected: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "switchyard_agent_documents_rejected_total",
 			Help: "Desired-state documents refused, by service and reason (malformed, too_large, unsigned, unknown_key, bad_signature, wrong_kind, wrong_key, expired, stale, conflict).",
@@ -213,7 +215,7 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 	}
 	var errs []error
 	for _, c := range []prometheus.Collector{
-		m.applies, m.applySeconds, m.rejected, m.drift, m.observedMatch, m.appliedGeneration, m.documentExpired, m.appliedEpoch,
+		m.applies, m.applySeconds, m.applyStages, m.rejected, m.drift, m.observedMatch, m.appliedGeneration, m.documentExpired, m.appliedEpoch,
 		m.driverDegraded, m.stateSaveErrors, m.busReconnects, m.resyncErrors,
 		m.busConnected, m.busRefused, m.reports, m.logLines, m.probes, m.localRollbacks, m.droppedLogLines,
 		m.faultsActive, m.faults, m.drillRejected, m.hookRuns,
@@ -258,4 +260,7 @@ func (m *metrics) initService(service string) {
 	}
 	m.localRollbacks.WithLabelValues(service)
 	m.droppedLogLines.WithLabelValues(service)
+	for _, s := range applyStages {
+		m.applyStages.WithLabelValues(service, s)
+	}
 }

@@ -31,6 +31,8 @@ type delivery struct {
 	// reconnect, on resync). Finding the generation the agent already has is
 	// the steady state there, not a rejection.
 	poll bool
+	// at is when it arrived.
+	at time.Time
 }
 
 // inboxCap bounds deliveries waiting for a busy service goroutine. Only the
@@ -148,6 +150,13 @@ type serviceWorker struct {
 	// runs of the current rollout, for the status.
 	hooks    *hooks.Runner
 	hookRuns []*sv1.HookRun
+	// hookRunsSeq counts the changes of hookRuns.
+	hookRunsSeq uint64
+	// sent is what the last status handed to the agent was built from;
+	// resend is set when the agent's copy was changed behind the service's
+	// back (proxyLost), so the next status goes out even if it equals it.
+	sent   statusKey
+	resend atomic.Bool
 	// view is what the service has applied, for other goroutines.
 	view    atomic.Pointer[appliedView]
 	viewSeq uint64
@@ -180,6 +189,11 @@ type serviceWorker struct {
 	pending *sv1.DesiredState
 	// pendingExpires is when pending's signature validity ends.
 	pendingExpires time.Time
+	// pendingStages stamps pending's way through this agent so far.
+	pendingStages pendingStages
+	// stages are the stamps of the applied document, for the status; nil
+	// until a document is applied in this run. Never changed once set.
+	stages *sv1.ApplyTiming
 	// expired is true while the applied document's validity has ended;
 	// expiryTimer fires when it ends.
 	expired     bool
@@ -209,7 +223,7 @@ func (w *serviceWorker) onMsg(m *nats.Msg) {
 		w.log.Info("desired state deleted on the bus; keeping the applied state")
 		return
 	}
-	if w.inbox.put(delivery{raw: m.Data}) {
+	if w.inbox.put(delivery{raw: m.Data, at: w.clock.Now()}) {
 		w.log.Warn("service busy; dropped the oldest queued desired-state document")
 	}
 }
@@ -470,6 +484,7 @@ func (w *serviceWorker) consider(d delivery) bool {
 		}
 		w.pending = ds
 		w.pendingExpires = h.ExpiresAt
+		w.pendingStages = pendingStages{signedAt: h.IssuedAt, deliveredAt: d.at, verifiedAt: w.clock.Now()}
 		w.refused = false
 		w.preflightMsg = ""
 		w.backoff = 0
@@ -639,6 +654,7 @@ func (w *serviceWorker) applyPending(ctx context.Context) error {
 		w.m.applies.WithLabelValues(w.name, resultNoWave).Inc()
 		log.Info("node is in no wave and the document has no default weights; the proxy keeps its weights")
 		from, to := w.direction(ds, before, before)
+		appliedAt := w.clock.Now()
 		w.commit(log, &sv1.AppliedState{
 			Service:       w.name,
 			Desired:       ds,
@@ -650,6 +666,7 @@ func (w *serviceWorker) applyPending(ctx context.Context) error {
 			LocalRollback: w.applied.GetLocalRollback(), // the weights are still the guard's
 			ExpiresAt:     timestamppb.New(w.pendingExpires),
 		})
+		w.stages = w.pendingStages.applied(w.m, w.name, ds, appliedAt, w.clock.Now())
 		w.checkExpiry()
 		w.pending, w.refused, w.preflightMsg = nil, false, ""
 		return nil
@@ -670,6 +687,7 @@ func (w *serviceWorker) applyPending(ctx context.Context) error {
 		}
 		return fmt.Errorf("apply generation %d: %w", gen, err)
 	}
+	appliedAt := w.clock.Now()
 	from, to := w.direction(ds, before, weights)
 	log.Info("desired state applied", "weights", weights, "wave", wave, "from", from, "to", to)
 	// Read back what the proxy now does before the status claims it.
@@ -686,6 +704,7 @@ func (w *serviceWorker) applyPending(ctx context.Context) error {
 		ExpiresAt:   timestamppb.New(w.pendingExpires),
 		HookHold:    held,
 	})
+	w.stages = w.pendingStages.applied(w.m, w.name, ds, appliedAt, w.clock.Now())
 	w.checkExpiry()
 	w.pending, w.refused, w.preflightMsg = nil, false, ""
 	w.afterApply(ctx, ds, prevRollout, before, weights, held)
@@ -820,8 +839,49 @@ func (w *serviceWorker) setHealth(h sv1.DriverHealth, message string) {
 	w.m.driverDegraded.WithLabelValues(w.name).Set(degraded)
 }
 
+// statusKey is everything a service's status is built from, cheap to
+// compare: the proxy is read back every observe interval, and on a fleet of
+// agents sharing a host (simulations, benchmarks) building and comparing an
+// unchanged status each time was most of the agents' work.
+type statusKey struct {
+	// applied is replaced, never changed in place, on every commit.
+	applied     *sv1.AppliedState
+	health      sv1.DriverHealth
+	message     string
+	expired     bool
+	seenOK      bool
+	seenMatches bool
+	drift       string
+	instance    string
+	repairs     uint64
+	stages      *sv1.ApplyTiming
+	hookRunsSeq uint64
+	// observed are the maps read back from the proxy; compared by content.
+	observedWeights map[string]uint32
+	observedHeld    map[string]string
+}
+
+func (k *statusKey) equal(o *statusKey) bool {
+	return k.applied == o.applied && k.health == o.health && k.message == o.message && k.expired == o.expired &&
+		k.seenOK == o.seenOK && k.seenMatches == o.seenMatches && k.drift == o.drift && k.instance == o.instance &&
+		k.repairs == o.repairs && k.stages == o.stages && k.hookRunsSeq == o.hookRunsSeq &&
+		maps.Equal(k.observedWeights, o.observedWeights) && maps.Equal(k.observedHeld, o.observedHeld)
+}
+
 // sendStatus reports the service's status to the agent if it changed.
 func (w *serviceWorker) sendStatus() {
+	key := statusKey{
+		applied: w.applied, health: w.health, message: w.message, expired: w.expired,
+		seenOK: w.seen.ok, seenMatches: w.seen.matches, drift: w.seen.drift, instance: w.seen.instance,
+		repairs: w.seen.repairs, stages: w.stages, hookRunsSeq: w.hookRunsSeq,
+		observedWeights: w.seen.obs.Weights, observedHeld: w.seen.obs.Held,
+	}
+	if !w.resend.Swap(false) && key.equal(&w.sent) {
+		return
+	}
+	// A driver may hand out maps it changes later; keep copies.
+	key.observedWeights, key.observedHeld = maps.Clone(key.observedWeights), maps.Clone(key.observedHeld)
+	w.sent = key
 	st := &sv1.ServiceStatus{
 		Service:           w.name,
 		AppliedGeneration: w.applied.GetDesired().GetGeneration(),
@@ -839,6 +899,7 @@ func (w *serviceWorker) sendStatus() {
 		ProxyInstance:     w.seen.instance,
 		DriftRepairs:      w.seen.repairs,
 		Drift:             w.seen.drift,
+		ApplyTiming:       w.stages,
 	}
 	for _, r := range w.hookRuns {
 		if r.GetRolloutId() == st.GetRolloutId() {

@@ -85,6 +85,7 @@ func (w *serviceWorker) noteRun(run *sv1.HookRun) {
 		}
 	}
 	w.hookRuns = append(kept, proto.CloneOf(run))
+	w.hookRunsSeq++
 }
 
 // hookHoldMessage is the status line of a node a pre-traffic hook keeps on

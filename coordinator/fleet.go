@@ -29,6 +29,9 @@ type fleet struct {
 	current func(service string) (f bus.Fence, ok bool)
 	// epoch is the cluster's current epoch.
 	epoch func() uint64
+	// stages times the agents' part of the decision path; nil times
+	// nothing.
+	stages *stageClock
 
 	mu    sync.RWMutex
 	nodes map[string]*nodeSeen
@@ -62,6 +65,13 @@ func (f *fleet) handleStatus(msg *nats.Msg) {
 	f.metrics.statuses.Inc()
 	now := f.now()
 	f.mu.Lock()
+	if f.stages != nil {
+		var prev *sv1.AgentStatus
+		if n := f.nodes[st.GetNode()]; n != nil {
+			prev = n.status
+		}
+		f.stages.status(prev, &st, now)
+	}
 	f.nodes[st.GetNode()] = &nodeSeen{status: &st, seen: now}
 	f.checkDivergence(&st)
 	for _, flt := range st.GetFaults() {

@@ -29,6 +29,7 @@ type metrics struct {
 	viewerRefused     *prometheus.CounterVec
 	queriesMalformed  prometheus.Counter
 	notifications     *prometheus.CounterVec
+	decisionStages    *prometheus.HistogramVec
 }
 
 func newMetrics(reg prometheus.Registerer) *metrics {
@@ -125,7 +126,8 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 			Help: "Read API and dashboard requests refused for want of a viewer token or cluster certificate, by reason: missing, wrong.",
 		}, []string{"reason"}),
 	}
-	reg.MustRegister(m.eventStreams, m.viewerRefused)
+	m.decisionStages = newDecisionStageSeconds()
+	reg.MustRegister(m.eventStreams, m.viewerRefused, m.decisionStages)
 	reg.MustRegister(m.peerRejected, m.joinFailures, m.diverged, m.divergences, m.queries, m.queriesMalformed, m.notifications)
 	reg.MustRegister(m.intentsAccepted, m.intentsRejected, m.publishes, m.publishSeconds,
 		m.raftApply, m.isLeader, m.statusRejected, m.statuses, m.telemetry, m.telemetryRejected, m.decisions,

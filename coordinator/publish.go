@@ -9,6 +9,7 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/switchyard/switchyard/bus"
+	sv1 "github.com/switchyard/switchyard/proto/switchyard/v1"
 )
 
 // republishEvery is how often, at most, the leader writes every desired state
@@ -25,7 +26,10 @@ type publisher struct {
 	s     *Server
 	mu    sync.Mutex
 	dirty map[docKey]bool
-	wake  chan struct{}
+	// committedAt is when the state machine last marked a service's
+	// desired state changed, until it is written.
+	committedAt map[string]time.Time
+	wake        chan struct{}
 	// failingSince is when writes began to fail, zero while they succeed
 	// (or this coordinator does not publish); lastErr is the latest failure.
 	failingSince time.Time
@@ -62,12 +66,29 @@ type docKey struct {
 }
 
 func newPublisher(s *Server) *publisher {
-	return &publisher{s: s, dirty: map[docKey]bool{}, wake: make(chan struct{}, 1)}
+	return &publisher{s: s, dirty: map[docKey]bool{}, committedAt: map[string]time.Time{}, wake: make(chan struct{}, 1)}
 }
 
 // mark records services whose desired state changed. It never blocks: it is
 // called from the state machine.
-func (p *publisher) mark(services []string) { p.markKeys(false, services) }
+func (p *publisher) mark(services []string) {
+	now := time.Now()
+	p.mu.Lock()
+	for _, n := range services {
+		p.committedAt[n] = now
+	}
+	p.mu.Unlock()
+	p.markKeys(false, services)
+}
+
+// committed is when the state machine marked service, and forgets it.
+func (p *publisher) committed(service string) time.Time {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	t := p.committedAt[service]
+	delete(p.committedAt, service)
+	return t
+}
 
 // markDrills records drills whose document changed.
 func (p *publisher) markDrills(drills []string) { p.markKeys(true, drills) }
@@ -141,6 +162,7 @@ func (p *publisher) run(ctx context.Context) {
 		for _, k := range p.take() {
 			var (
 				res   bus.PutResult
+				ds    *sv1.DesiredState
 				err   error
 				log   = s.log
 				start = time.Now()
@@ -153,7 +175,7 @@ func (p *publisher) run(ctx context.Context) {
 				res, err = s.docs.PutDrill(ctx, drillsKV, doc, start)
 				log = log.With("drill", k.name, "epoch", doc.GetEpoch(), "generation", doc.GetGeneration())
 			} else {
-				ds := s.fsm.State().Desired(k.name)
+				ds = s.fsm.State().Desired(k.name)
 				if ds == nil {
 					continue
 				}
@@ -170,8 +192,13 @@ func (p *publisher) run(ctx context.Context) {
 				s.metrics.publishes.WithLabelValues("renewed").Inc()
 				log.Debug("document signed again before it expires")
 			case err == nil:
+				acked := time.Now()
 				s.metrics.publishes.WithLabelValues("written").Inc()
-				s.metrics.publishSeconds.Observe(time.Since(start).Seconds())
+				s.metrics.publishSeconds.Observe(acked.Sub(start).Seconds())
+				if !k.drill {
+					s.stages.wrote(k.name, DecisionTiming{Fence: bus.Fence{Epoch: ds.GetEpoch(), Generation: ds.GetGeneration()},
+						IssuedAt: ds.GetIssuedAt().AsTime(), CommittedAt: p.committed(k.name), AckedAt: acked})
+				}
 				log.Info("desired state published")
 			case errors.Is(err, bus.ErrStaleGeneration):
 				s.metrics.publishes.WithLabelValues("stale").Inc()

@@ -189,6 +189,8 @@ type Server struct {
 
 	fleet    *fleet
 	analysis *analysis.Store
+	// stages times the decision path.
+	stages *stageClock
 	// reported wakes the leader's rollout controller when a health report
 	// arrives, so a sequential alarm does not wait for the next tick.
 	reported chan struct{}
@@ -252,6 +254,8 @@ func New(cfg Config) (*Server, error) {
 	s.log.Info("signing documents", "key_id", docs.Signer.KeyID(), "validity", docs.Signer.Validity(), "trusted_keys", docs.Trusted.IDs())
 	s.publisher = newPublisher(s)
 	s.fleet = newFleet(cfg.StaleAfter, s.metrics, s.log)
+	s.stages = newStageClock(s.metrics.decisionStages)
+	s.fleet.stages = s.stages
 	if err := cfg.Registerer.Register(fleetCollector{s.fleet}); err != nil {
 		return nil, fmt.Errorf("register fleet metrics: %w", err)
 	}

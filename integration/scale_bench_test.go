@@ -242,6 +242,20 @@ func benchFleet(b *testing.B, n, perConn int, mode busSecurity) {
 	if err != nil {
 		b.Fatal(err)
 	}
+	// The agents' stage stamps come in their statuses; the benchmark hears
+	// them as a coordinator does, on a connection of its own.
+	sc := dial(bus.RoleCoordinator, "bench-stages")
+	defer sc.Close()
+	timings := newStageTimings()
+	if _, err := sc.Subscribe(bus.StatusAll(), timings.onStatus); err != nil {
+		b.Fatal(err)
+	}
+	if err := sc.Flush(); err != nil {
+		b.Fatal(err)
+	}
+	stages := map[string][]time.Duration{}
+	stopProfile := startProfile(b, fmt.Sprintf("scale-%d", n))
+	defer stopProfile()
 	var all, toAll []time.Duration
 	decide := func(in *sv1.Intent) {
 		for _, r := range recs {
@@ -288,6 +302,18 @@ func benchFleet(b *testing.B, n, perConn int, mode busSecurity) {
 			}
 		}
 		toAll = append(toAll, last)
+		// The agents may have the document before the put's
+		// acknowledgement reaches the coordinator.
+		pub, ok := srv.DecisionTiming("web")
+		for !ok || pub.Fence.Generation < ds.GetGeneration() {
+			select {
+			case <-ctx.Done():
+				b.Fatalf("the coordinator timed no write of generation %d (%+v)", ds.GetGeneration(), pub)
+			case <-time.After(time.Millisecond):
+			}
+			pub, ok = srv.DecisionTiming("web")
+		}
+		timings.collect(ctx, b, pub, n, stages)
 	}
 	waitPhase := func(name string, phase sv1.RolloutPhase) {
 		for {
@@ -312,8 +338,10 @@ func benchFleet(b *testing.B, n, perConn int, mode busSecurity) {
 		decide(&sv1.Intent{Id: name + "-abort", Action: &sv1.Intent_AbortRollout{AbortRollout: &sv1.AbortRollout{Rollout: name}}})
 		waitPhase(name, sv1.RolloutPhase_ROLLOUT_PHASE_ROLLED_BACK)
 	}
+	stopProfile()
 	p50, p99, _ := quantiles(all)
 	a50, a99, _ := quantiles(toAll)
+	reportStages(b, stages)
 	b.ReportMetric(float64(p50.Microseconds())/1000, "agent_apply_p50_ms")
 	b.ReportMetric(float64(p99.Microseconds())/1000, "agent_apply_p99_ms")
 	b.ReportMetric(float64(a50.Microseconds())/1000, "all_applied_p50_ms")

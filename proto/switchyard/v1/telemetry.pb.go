@@ -616,7 +616,11 @@ type ServiceStatus struct {
 	DriftRepairs uint64 `protobuf:"varint,64,opt,name=drift_repairs,json=driftRepairs,proto3" json:"drift_repairs,omitempty"`
 	// Drift says what the agent last found wrong on the proxy, while it is
 	// not repaired yet; empty when the proxy matches.
-	Drift         string `protobuf:"bytes,65,opt,name=drift,proto3" json:"drift,omitempty"`
+	Drift string `protobuf:"bytes,65,opt,name=drift,proto3" json:"drift,omitempty"`
+	// ApplyTiming is when each stage of applying the current document ran on
+	// this agent, by the agent's clock; absent before the agent applied a
+	// document in this run.
+	ApplyTiming   *ApplyTiming `protobuf:"bytes,80,opt,name=apply_timing,json=applyTiming,proto3" json:"apply_timing,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -770,6 +774,107 @@ func (x *ServiceStatus) GetDrift() string {
 	return ""
 }
 
+func (x *ServiceStatus) GetApplyTiming() *ApplyTiming {
+	if x != nil {
+		return x.ApplyTiming
+	}
+	return nil
+}
+
+// ApplyTiming stamps the stages one desired-state document went through on
+// an agent, by the agent's own clock, so that the coordinators can time the
+// whole decision path.
+type ApplyTiming struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Epoch and Generation are the document's fence.
+	Epoch      uint64 `protobuf:"varint,1,opt,name=epoch,proto3" json:"epoch,omitempty"`
+	Generation uint64 `protobuf:"varint,2,opt,name=generation,proto3" json:"generation,omitempty"`
+	// DeliveredAt is when the document arrived from the bus (the push on the
+	// key's subject, or the agent's own read of the bucket).
+	DeliveredAt *timestamppb.Timestamp `protobuf:"bytes,3,opt,name=delivered_at,json=deliveredAt,proto3" json:"delivered_at,omitempty"`
+	// VerifiedAt is when its signature was verified and it was decoded and
+	// fenced.
+	VerifiedAt *timestamppb.Timestamp `protobuf:"bytes,4,opt,name=verified_at,json=verifiedAt,proto3" json:"verified_at,omitempty"`
+	// AppliedAt is when the proxy driver accepted the node's weights.
+	AppliedAt *timestamppb.Timestamp `protobuf:"bytes,5,opt,name=applied_at,json=appliedAt,proto3" json:"applied_at,omitempty"`
+	// PersistedAt is when the applied state was saved locally.
+	PersistedAt   *timestamppb.Timestamp `protobuf:"bytes,6,opt,name=persisted_at,json=persistedAt,proto3" json:"persisted_at,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ApplyTiming) Reset() {
+	*x = ApplyTiming{}
+	mi := &file_switchyard_v1_telemetry_proto_msgTypes[6]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ApplyTiming) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ApplyTiming) ProtoMessage() {}
+
+func (x *ApplyTiming) ProtoReflect() protoreflect.Message {
+	mi := &file_switchyard_v1_telemetry_proto_msgTypes[6]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ApplyTiming.ProtoReflect.Descriptor instead.
+func (*ApplyTiming) Descriptor() ([]byte, []int) {
+	return file_switchyard_v1_telemetry_proto_rawDescGZIP(), []int{6}
+}
+
+func (x *ApplyTiming) GetEpoch() uint64 {
+	if x != nil {
+		return x.Epoch
+	}
+	return 0
+}
+
+func (x *ApplyTiming) GetGeneration() uint64 {
+	if x != nil {
+		return x.Generation
+	}
+	return 0
+}
+
+func (x *ApplyTiming) GetDeliveredAt() *timestamppb.Timestamp {
+	if x != nil {
+		return x.DeliveredAt
+	}
+	return nil
+}
+
+func (x *ApplyTiming) GetVerifiedAt() *timestamppb.Timestamp {
+	if x != nil {
+		return x.VerifiedAt
+	}
+	return nil
+}
+
+func (x *ApplyTiming) GetAppliedAt() *timestamppb.Timestamp {
+	if x != nil {
+		return x.AppliedAt
+	}
+	return nil
+}
+
+func (x *ApplyTiming) GetPersistedAt() *timestamppb.Timestamp {
+	if x != nil {
+		return x.PersistedAt
+	}
+	return nil
+}
+
 // LocalRollback records an agent moving its own node back to the old backend
 // while it was cut off from the bus and the new backend breached the local
 // guardrail.
@@ -791,7 +896,7 @@ type LocalRollback struct {
 
 func (x *LocalRollback) Reset() {
 	*x = LocalRollback{}
-	mi := &file_switchyard_v1_telemetry_proto_msgTypes[6]
+	mi := &file_switchyard_v1_telemetry_proto_msgTypes[7]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -803,7 +908,7 @@ func (x *LocalRollback) String() string {
 func (*LocalRollback) ProtoMessage() {}
 
 func (x *LocalRollback) ProtoReflect() protoreflect.Message {
-	mi := &file_switchyard_v1_telemetry_proto_msgTypes[6]
+	mi := &file_switchyard_v1_telemetry_proto_msgTypes[7]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -816,7 +921,7 @@ func (x *LocalRollback) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use LocalRollback.ProtoReflect.Descriptor instead.
 func (*LocalRollback) Descriptor() ([]byte, []int) {
-	return file_switchyard_v1_telemetry_proto_rawDescGZIP(), []int{6}
+	return file_switchyard_v1_telemetry_proto_rawDescGZIP(), []int{7}
 }
 
 func (x *LocalRollback) GetGeneration() uint64 {
@@ -876,7 +981,7 @@ type ActiveFault struct {
 
 func (x *ActiveFault) Reset() {
 	*x = ActiveFault{}
-	mi := &file_switchyard_v1_telemetry_proto_msgTypes[7]
+	mi := &file_switchyard_v1_telemetry_proto_msgTypes[8]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -888,7 +993,7 @@ func (x *ActiveFault) String() string {
 func (*ActiveFault) ProtoMessage() {}
 
 func (x *ActiveFault) ProtoReflect() protoreflect.Message {
-	mi := &file_switchyard_v1_telemetry_proto_msgTypes[7]
+	mi := &file_switchyard_v1_telemetry_proto_msgTypes[8]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -901,7 +1006,7 @@ func (x *ActiveFault) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ActiveFault.ProtoReflect.Descriptor instead.
 func (*ActiveFault) Descriptor() ([]byte, []int) {
-	return file_switchyard_v1_telemetry_proto_rawDescGZIP(), []int{7}
+	return file_switchyard_v1_telemetry_proto_rawDescGZIP(), []int{8}
 }
 
 func (x *ActiveFault) GetDrill() string {
@@ -986,7 +1091,7 @@ const file_switchyard_v1_telemetry_proto_rawDesc = "" +
 	"\x05hooks\x182 \x03(\tR\x05hooks\x1a9\n" +
 	"\vLabelsEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
-	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"\xaa\b\n" +
+	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"\xe9\b\n" +
 	"\rServiceStatus\x12\x18\n" +
 	"\aservice\x18\x01 \x01(\tR\aservice\x12-\n" +
 	"\x12applied_generation\x18\x02 \x01(\x04R\x11appliedGeneration\x12\x1d\n" +
@@ -1005,7 +1110,8 @@ const file_switchyard_v1_telemetry_proto_rawDesc = "" +
 	"\x10observed_matches\x18> \x01(\bR\x0fobservedMatches\x12%\n" +
 	"\x0eproxy_instance\x18? \x01(\tR\rproxyInstance\x12#\n" +
 	"\rdrift_repairs\x18@ \x01(\x04R\fdriftRepairs\x12\x14\n" +
-	"\x05drift\x18A \x01(\tR\x05drift\x1a:\n" +
+	"\x05drift\x18A \x01(\tR\x05drift\x12=\n" +
+	"\fapply_timing\x18P \x01(\v2\x1a.switchyard.v1.ApplyTimingR\vapplyTiming\x1a:\n" +
 	"\fWeightsEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
 	"\x05value\x18\x02 \x01(\rR\x05value:\x028\x01\x1aB\n" +
@@ -1014,7 +1120,18 @@ const file_switchyard_v1_telemetry_proto_rawDesc = "" +
 	"\x05value\x18\x02 \x01(\rR\x05value:\x028\x01\x1aA\n" +
 	"\x13ObservedStatesEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
-	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"\xb6\x01\n" +
+	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"\xb9\x02\n" +
+	"\vApplyTiming\x12\x14\n" +
+	"\x05epoch\x18\x01 \x01(\x04R\x05epoch\x12\x1e\n" +
+	"\n" +
+	"generation\x18\x02 \x01(\x04R\n" +
+	"generation\x12=\n" +
+	"\fdelivered_at\x18\x03 \x01(\v2\x1a.google.protobuf.TimestampR\vdeliveredAt\x12;\n" +
+	"\vverified_at\x18\x04 \x01(\v2\x1a.google.protobuf.TimestampR\n" +
+	"verifiedAt\x129\n" +
+	"\n" +
+	"applied_at\x18\x05 \x01(\v2\x1a.google.protobuf.TimestampR\tappliedAt\x12=\n" +
+	"\fpersisted_at\x18\x06 \x01(\v2\x1a.google.protobuf.TimestampR\vpersistedAt\"\xb6\x01\n" +
 	"\rLocalRollback\x12\x1e\n" +
 	"\n" +
 	"generation\x18\x01 \x01(\x04R\n" +
@@ -1048,7 +1165,7 @@ func file_switchyard_v1_telemetry_proto_rawDescGZIP() []byte {
 }
 
 var file_switchyard_v1_telemetry_proto_enumTypes = make([]protoimpl.EnumInfo, 1)
-var file_switchyard_v1_telemetry_proto_msgTypes = make([]protoimpl.MessageInfo, 12)
+var file_switchyard_v1_telemetry_proto_msgTypes = make([]protoimpl.MessageInfo, 13)
 var file_switchyard_v1_telemetry_proto_goTypes = []any{
 	(DriverHealth)(0),             // 0: switchyard.v1.DriverHealth
 	(*HealthReport)(nil),          // 1: switchyard.v1.HealthReport
@@ -1057,43 +1174,49 @@ var file_switchyard_v1_telemetry_proto_goTypes = []any{
 	(*LatencySketch)(nil),         // 4: switchyard.v1.LatencySketch
 	(*AgentStatus)(nil),           // 5: switchyard.v1.AgentStatus
 	(*ServiceStatus)(nil),         // 6: switchyard.v1.ServiceStatus
-	(*LocalRollback)(nil),         // 7: switchyard.v1.LocalRollback
-	(*ActiveFault)(nil),           // 8: switchyard.v1.ActiveFault
-	nil,                           // 9: switchyard.v1.AgentStatus.LabelsEntry
-	nil,                           // 10: switchyard.v1.ServiceStatus.WeightsEntry
-	nil,                           // 11: switchyard.v1.ServiceStatus.ObservedWeightsEntry
-	nil,                           // 12: switchyard.v1.ServiceStatus.ObservedStatesEntry
-	(*timestamppb.Timestamp)(nil), // 13: google.protobuf.Timestamp
-	(*durationpb.Duration)(nil),   // 14: google.protobuf.Duration
-	(*HookRun)(nil),               // 15: switchyard.v1.HookRun
+	(*ApplyTiming)(nil),           // 7: switchyard.v1.ApplyTiming
+	(*LocalRollback)(nil),         // 8: switchyard.v1.LocalRollback
+	(*ActiveFault)(nil),           // 9: switchyard.v1.ActiveFault
+	nil,                           // 10: switchyard.v1.AgentStatus.LabelsEntry
+	nil,                           // 11: switchyard.v1.ServiceStatus.WeightsEntry
+	nil,                           // 12: switchyard.v1.ServiceStatus.ObservedWeightsEntry
+	nil,                           // 13: switchyard.v1.ServiceStatus.ObservedStatesEntry
+	(*timestamppb.Timestamp)(nil), // 14: google.protobuf.Timestamp
+	(*durationpb.Duration)(nil),   // 15: google.protobuf.Duration
+	(*HookRun)(nil),               // 16: switchyard.v1.HookRun
 }
 var file_switchyard_v1_telemetry_proto_depIdxs = []int32{
-	13, // 0: switchyard.v1.HealthReport.window_start:type_name -> google.protobuf.Timestamp
-	13, // 1: switchyard.v1.HealthReport.window_end:type_name -> google.protobuf.Timestamp
+	14, // 0: switchyard.v1.HealthReport.window_start:type_name -> google.protobuf.Timestamp
+	14, // 1: switchyard.v1.HealthReport.window_end:type_name -> google.protobuf.Timestamp
 	3,  // 2: switchyard.v1.HealthReport.backends:type_name -> switchyard.v1.BackendHealth
 	2,  // 3: switchyard.v1.HealthReport.probes:type_name -> switchyard.v1.ProbeResult
-	14, // 4: switchyard.v1.ProbeResult.latency:type_name -> google.protobuf.Duration
-	13, // 5: switchyard.v1.ProbeResult.at:type_name -> google.protobuf.Timestamp
+	15, // 4: switchyard.v1.ProbeResult.latency:type_name -> google.protobuf.Duration
+	14, // 5: switchyard.v1.ProbeResult.at:type_name -> google.protobuf.Timestamp
 	4,  // 6: switchyard.v1.BackendHealth.latency:type_name -> switchyard.v1.LatencySketch
-	9,  // 7: switchyard.v1.AgentStatus.labels:type_name -> switchyard.v1.AgentStatus.LabelsEntry
-	13, // 8: switchyard.v1.AgentStatus.at:type_name -> google.protobuf.Timestamp
+	10, // 7: switchyard.v1.AgentStatus.labels:type_name -> switchyard.v1.AgentStatus.LabelsEntry
+	14, // 8: switchyard.v1.AgentStatus.at:type_name -> google.protobuf.Timestamp
 	6,  // 9: switchyard.v1.AgentStatus.services:type_name -> switchyard.v1.ServiceStatus
-	8,  // 10: switchyard.v1.AgentStatus.faults:type_name -> switchyard.v1.ActiveFault
-	10, // 11: switchyard.v1.ServiceStatus.weights:type_name -> switchyard.v1.ServiceStatus.WeightsEntry
+	9,  // 10: switchyard.v1.AgentStatus.faults:type_name -> switchyard.v1.ActiveFault
+	11, // 11: switchyard.v1.ServiceStatus.weights:type_name -> switchyard.v1.ServiceStatus.WeightsEntry
 	0,  // 12: switchyard.v1.ServiceStatus.driver:type_name -> switchyard.v1.DriverHealth
-	7,  // 13: switchyard.v1.ServiceStatus.local_rollback:type_name -> switchyard.v1.LocalRollback
-	13, // 14: switchyard.v1.ServiceStatus.document_expires_at:type_name -> google.protobuf.Timestamp
-	15, // 15: switchyard.v1.ServiceStatus.hook_runs:type_name -> switchyard.v1.HookRun
-	11, // 16: switchyard.v1.ServiceStatus.observed_weights:type_name -> switchyard.v1.ServiceStatus.ObservedWeightsEntry
-	12, // 17: switchyard.v1.ServiceStatus.observed_states:type_name -> switchyard.v1.ServiceStatus.ObservedStatesEntry
-	13, // 18: switchyard.v1.LocalRollback.at:type_name -> google.protobuf.Timestamp
-	13, // 19: switchyard.v1.ActiveFault.since:type_name -> google.protobuf.Timestamp
-	13, // 20: switchyard.v1.ActiveFault.until:type_name -> google.protobuf.Timestamp
-	21, // [21:21] is the sub-list for method output_type
-	21, // [21:21] is the sub-list for method input_type
-	21, // [21:21] is the sub-list for extension type_name
-	21, // [21:21] is the sub-list for extension extendee
-	0,  // [0:21] is the sub-list for field type_name
+	8,  // 13: switchyard.v1.ServiceStatus.local_rollback:type_name -> switchyard.v1.LocalRollback
+	14, // 14: switchyard.v1.ServiceStatus.document_expires_at:type_name -> google.protobuf.Timestamp
+	16, // 15: switchyard.v1.ServiceStatus.hook_runs:type_name -> switchyard.v1.HookRun
+	12, // 16: switchyard.v1.ServiceStatus.observed_weights:type_name -> switchyard.v1.ServiceStatus.ObservedWeightsEntry
+	13, // 17: switchyard.v1.ServiceStatus.observed_states:type_name -> switchyard.v1.ServiceStatus.ObservedStatesEntry
+	7,  // 18: switchyard.v1.ServiceStatus.apply_timing:type_name -> switchyard.v1.ApplyTiming
+	14, // 19: switchyard.v1.ApplyTiming.delivered_at:type_name -> google.protobuf.Timestamp
+	14, // 20: switchyard.v1.ApplyTiming.verified_at:type_name -> google.protobuf.Timestamp
+	14, // 21: switchyard.v1.ApplyTiming.applied_at:type_name -> google.protobuf.Timestamp
+	14, // 22: switchyard.v1.ApplyTiming.persisted_at:type_name -> google.protobuf.Timestamp
+	14, // 23: switchyard.v1.LocalRollback.at:type_name -> google.protobuf.Timestamp
+	14, // 24: switchyard.v1.ActiveFault.since:type_name -> google.protobuf.Timestamp
+	14, // 25: switchyard.v1.ActiveFault.until:type_name -> google.protobuf.Timestamp
+	26, // [26:26] is the sub-list for method output_type
+	26, // [26:26] is the sub-list for method input_type
+	26, // [26:26] is the sub-list for extension type_name
+	26, // [26:26] is the sub-list for extension extendee
+	0,  // [0:26] is the sub-list for field type_name
 }
 
 func init() { file_switchyard_v1_telemetry_proto_init() }
@@ -1108,7 +1231,7 @@ func file_switchyard_v1_telemetry_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_switchyard_v1_telemetry_proto_rawDesc), len(file_switchyard_v1_telemetry_proto_rawDesc)),
 			NumEnums:      1,
-			NumMessages:   12,
+			NumMessages:   13,
 			NumExtensions: 0,
 			NumServices:   0,
 		},

@@ -1,0 +1,102 @@
+package agent
+
+import (
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"google.golang.org/protobuf/types/known/timestamppb"
+
+	sv1 "github.com/switchyard/switchyard/proto/switchyard/v1"
+)
+
+// Stages of applying one document on an agent, the values of the "stage"
+// label of switchyard_agent_apply_stage_seconds.
+const (
+	// stageDeliver: the coordinator signed the document → it arrived here.
+	// The start is the coordinator's clock and the end this agent's.
+	stageDeliver = "deliver"
+	// stageVerify: arrived → signature verified, decoded and fenced,
+	// including the wait for the service's goroutine.
+	stageVerify = "verify"
+	// stageApply: verified → the proxy driver accepted the node's weights
+	// (preflight probes and pre-traffic hooks included).
+	stageApply = "apply"
+	// stagePersist: applied → the applied state saved locally.
+	stagePersist = "persist"
+	// stageStatus: saved → the status saying so published (the proxy read
+	// back before it included).
+	stageStatus = "status"
+)
+
+// applyStages lists every stage, to create the series before the first
+// document.
+var applyStages = []string{stageDeliver, stageVerify, stageApply, stagePersist, stageStatus}
+
+// stageBuckets span a fast local apply (tens of µs) to a fleet-wide fan-out
+// on a loaded host (seconds).
+var stageBuckets = []float64{.0001, .00025, .0005, .001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5, 10}
+
+func newApplyStageSeconds() *prometheus.HistogramVec {
+	return prometheus.NewHistogramVec(prometheus.HistogramOpts{
+		Name: "switchyard_agent_apply_stage_seconds",
+		Help: "Time each stage of applying a new desired-state document took on this agent, by service and stage: " +
+			"deliver (coordinator signed it → it arrived; two clocks: the coordinator's and this host's), " +
+			"verify (arrived → signature verified and decoded), apply (→ proxy driver accepted the weights), " +
+			"persist (→ applied state saved locally), status (→ status published).",
+		Buckets: stageBuckets,
+	}, []string{"service", "stage"})
+}
+
+// pendingStages is what is known of the pending document's way so far.
+type pendingStages struct {
+	signedAt    time.Time
+	deliveredAt time.Time
+	verifiedAt  time.Time
+}
+
+// applied completes the stamps of a document once applied at appliedAt and
+// saved at persistedAt, observes its agent-side stages, and returns them as
+// the status carries them.
+func (p pendingStages) applied(m *metrics, service string, ds *sv1.DesiredState, appliedAt, persistedAt time.Time) *sv1.ApplyTiming {
+	obs := func(stage string, from, to time.Time) {
+		if from.IsZero() || to.IsZero() {
+			return
+		}
+		m.applyStages.WithLabelValues(service, stage).Observe(max(to.Sub(from), 0).Seconds())
+	}
+	obs(stageDeliver, p.signedAt, p.deliveredAt)
+	obs(stageVerify, p.deliveredAt, p.verifiedAt)
+	obs(stageApply, p.verifiedAt, appliedAt)
+	obs(stagePersist, appliedAt, persistedAt)
+	return &sv1.ApplyTiming{
+		Epoch:       ds.GetEpoch(),
+		Generation:  ds.GetGeneration(),
+		DeliveredAt: stamp(p.deliveredAt),
+		VerifiedAt:  stamp(p.verifiedAt),
+		AppliedAt:   timestamppb.New(appliedAt),
+		PersistedAt: timestamppb.New(persistedAt),
+	}
+}
+
+func stamp(t time.Time) *timestamppb.Timestamp {
+	if t.IsZero() {
+		return nil
+	}
+	return timestamppb.New(t)
+}
+
+// statusStages observes the status stage of every service whose newest
+// applied document goes out for the first time in st; reported remembers
+// the fence last observed per service. Only the status loop calls it.
+func (m *metrics) statusStages(st *sv1.AgentStatus, reported map[string][2]uint64) {
+	at := st.GetAt().AsTime()
+	for _, svc := range st.GetServices() {
+		t := svc.GetApplyTiming()
+		fence := [2]uint64{t.GetEpoch(), t.GetGeneration()}
+		if t == nil || reported[svc.GetService()] == fence || t.GetPersistedAt() == nil {
+			continue
+		}
+		reported[svc.GetService()] = fence
+		m.applyStages.WithLabelValues(svc.GetService(), stageStatus).Observe(max(at.Sub(t.GetPersistedAt().AsTime()), 0).Seconds())
+	}
+}

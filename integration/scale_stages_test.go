@@ -1,0 +1,168 @@
+package integration
+
+import (
+	"context"
+	"os"
+	"path/filepath"
+	"runtime"
+	"runtime/pprof"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/nats-io/nats.go"
+	"google.golang.org/protobuf/proto"
+
+	"github.com/switchyard/switchyard/coordinator"
+	sv1 "github.com/switchyard/switchyard/proto/switchyard/v1"
+)
+
+// Per-stage timing of the scale benchmark: the coordinator's own stages
+// from its record of the write, the agents' from the stamps their statuses
+// carry. Everything runs in this process, so every stage is on one clock.
+
+// stageOrder is the decision path, in order.
+var stageOrder = []string{"commit", "publish", "deliver", "verify", "apply", "persist", "status", "report"}
+
+// stampedStatus is one agent's stamps of one generation, and when its
+// status reached the benchmark.
+type stampedStatus struct {
+	timing   *sv1.ApplyTiming
+	sent     time.Time
+	received time.Time
+}
+
+// stageTimings keeps the first status of each node that carried the stamps
+// of a generation.
+type stageTimings struct {
+	mu    sync.Mutex
+	byGen map[uint64]map[string]stampedStatus
+}
+
+func newStageTimings() *stageTimings {
+	return &stageTimings{byGen: map[uint64]map[string]stampedStatus{}}
+}
+
+func (s *stageTimings) onStatus(m *nats.Msg) {
+	received := time.Now()
+	var st sv1.AgentStatus
+	if proto.Unmarshal(m.Data, &st) != nil {
+		return
+	}
+	for _, svc := range st.GetServices() {
+		t := svc.GetApplyTiming()
+		if t == nil {
+			continue
+		}
+		s.mu.Lock()
+		g := s.byGen[t.GetGeneration()]
+		if g == nil {
+			g = map[string]stampedStatus{}
+			s.byGen[t.GetGeneration()] = g
+		}
+		if _, ok := g[st.GetNode()]; !ok {
+			g[st.GetNode()] = stampedStatus{timing: t, sent: st.GetAt().AsTime(), received: received}
+		}
+		s.mu.Unlock()
+	}
+}
+
+// collect waits until n agents reported the stamps of pub's generation and
+// adds every stage to stages.
+func (s *stageTimings) collect(ctx context.Context, b *testing.B, pub coordinator.DecisionTiming, n int, stages map[string][]time.Duration) {
+	gen := pub.Fence.Generation
+	for {
+		s.mu.Lock()
+		got := len(s.byGen[gen])
+		s.mu.Unlock()
+		if got >= n {
+			break
+		}
+		select {
+		case <-ctx.Done():
+			b.Fatalf("%d of %d agents reported the stamps of generation %d", got, n, gen)
+		case <-time.After(5 * time.Millisecond):
+		}
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	add := func(stage string, from, to time.Time) {
+		stages[stage] = append(stages[stage], max(to.Sub(from), 0))
+	}
+	add("commit", pub.IssuedAt, pub.CommittedAt)
+	add("publish", pub.CommittedAt, pub.AckedAt)
+	for _, r := range s.byGen[gen] {
+		t := r.timing
+		add("deliver", pub.AckedAt, t.GetDeliveredAt().AsTime())
+		add("verify", t.GetDeliveredAt().AsTime(), t.GetVerifiedAt().AsTime())
+		add("apply", t.GetVerifiedAt().AsTime(), t.GetAppliedAt().AsTime())
+		add("persist", t.GetAppliedAt().AsTime(), t.GetPersistedAt().AsTime())
+		add("status", t.GetPersistedAt().AsTime(), r.sent)
+		add("report", r.sent, r.received)
+	}
+	delete(s.byGen, gen)
+}
+
+// reportStages reports the median and p99 of every stage.
+func reportStages(b *testing.B, stages map[string][]time.Duration) {
+	for _, st := range stageOrder {
+		ds := stages[st]
+		if len(ds) == 0 {
+			continue
+		}
+		p50, p99, _ := quantiles(ds)
+		b.ReportMetric(float64(p50.Microseconds())/1000, "stage_"+st+"_p50_ms")
+		b.ReportMetric(float64(p99.Microseconds())/1000, "stage_"+st+"_p99_ms")
+	}
+}
+
+// profileDirEnv names a directory the scale benchmark writes its CPU and
+// heap profiles to (make bench sets it); unset, it writes none.
+const profileDirEnv = "SWITCHYARD_BENCH_PROFILES"
+
+// startProfile starts a CPU profile of the decisions into
+// $SWITCHYARD_BENCH_PROFILES/<name>.cpu.pprof; the returned function stops
+// it and writes the heap profile <name>.heap.pprof beside it.
+func startProfile(b *testing.B, name string) (stop func()) {
+	dir := os.Getenv(profileDirEnv)
+	if dir == "" {
+		return func() {}
+	}
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		b.Fatalf("%s: %v", profileDirEnv, err)
+	}
+	cpu, err := os.Create(filepath.Join(dir, name+".cpu.pprof"))
+	if err != nil {
+		b.Fatalf("%s: %v", profileDirEnv, err)
+	}
+	if err := pprof.StartCPUProfile(cpu); err != nil {
+		// Another profile runs (go test -cpuprofile): keep that one.
+		b.Logf("no CPU profile of %s: %v", name, err)
+		_ = cpu.Close()
+		_ = os.Remove(cpu.Name())
+		cpu = nil
+	}
+	var once sync.Once
+	return func() { once.Do(func() { stopProfiles(b, dir, name, cpu) }) }
+}
+
+// stopProfiles ends the CPU profile, if one runs, and writes the heap
+// profile.
+func stopProfiles(b *testing.B, dir, name string, cpu *os.File) {
+	if cpu != nil {
+		pprof.StopCPUProfile()
+		if err := cpu.Close(); err != nil {
+			b.Errorf("write CPU profile: %v", err)
+		}
+	}
+	runtime.GC()
+	heap, err := os.Create(filepath.Join(dir, name+".heap.pprof"))
+	if err != nil {
+		b.Errorf("heap profile: %v", err)
+		return
+	}
+	defer heap.Close()
+	if err := pprof.Lookup("heap").WriteTo(heap, 0); err != nil {
+		b.Errorf("write heap profile: %v", err)
+	}
+}
