@@ -35,6 +35,12 @@ type fleet struct {
 
 	mu    sync.RWMutex
 	nodes map[string]*nodeSeen
+	// tallies count each service's live, converged and stale nodes
+	// (fleet_tally.go); heard[heardHead:] are the arrivals not yet old
+	// enough to make their node stale, oldest first.
+	tallies   map[string]*serviceTally
+	heard     []heardAt
+	heardHead int
 	// diverged remembers, per node and service, the fence that was
 	// reported as diverged, so the warning is logged once per change.
 	diverged map[[2]string]bus.Fence
@@ -45,6 +51,10 @@ type fleet struct {
 type nodeSeen struct {
 	status *sv1.AgentStatus
 	seen   time.Time
+	// stale is set by the sweep once the node was silent for the stale
+	// period; counted is what it adds to the tallies.
+	stale   bool
+	counted []countedService
 }
 
 func newFleet(staleAfter time.Duration, m *metrics, log *slog.Logger) *fleet {
@@ -53,6 +63,7 @@ func newFleet(staleAfter time.Duration, m *metrics, log *slog.Logger) *fleet {
 		current: func(string) (bus.Fence, bool) { return bus.Fence{}, false },
 		epoch:   func() uint64 { return 1 },
 		nodes:   map[string]*nodeSeen{}, diverged: map[[2]string]bus.Fence{}, faultSeen: map[[2]string]time.Time{},
+		tallies: map[string]*serviceTally{},
 	}
 }
 
@@ -72,7 +83,14 @@ func (f *fleet) handleStatus(msg *nats.Msg) {
 		}
 		f.stages.status(prev, &st, now)
 	}
-	f.nodes[st.GetNode()] = &nodeSeen{status: &st, seen: now}
+	if prev := f.nodes[st.GetNode()]; prev != nil {
+		f.count(st.GetNode(), prev, -1)
+	}
+	n := &nodeSeen{status: &st, seen: now, counted: counted(&st)}
+	f.nodes[st.GetNode()] = n
+	f.count(st.GetNode(), n, 1)
+	f.heard = append(f.heard, heardAt{node: st.GetNode(), seen: now})
+	f.sweep(now)
 	f.checkDivergence(&st)
 	for _, flt := range st.GetFaults() {
 		k := [2]string{st.GetNode(), flt.GetDrill()}
@@ -159,13 +177,6 @@ func observedMatches(n *sv1.NodeView) bool {
 	return true
 }
 
-// Convergence counts the live nodes of a service that applied exactly the
-// document of generation in the cluster's current epoch, and all live nodes
-// of the service.
-func (f *fleet) Convergence(service string, generation uint64) (applied, live int) {
-	return converged(f.nodesFor(service), bus.Fence{Epoch: f.epoch(), Generation: generation})
-}
-
 // checkDivergence warns, once per change, about a node that holds a newer
 // document than the current one, and keeps the per-service gauge. The
 // caller holds f.mu.
@@ -195,17 +206,6 @@ func (f *fleet) checkDivergence(st *sv1.AgentStatus) {
 	for _, svc := range st.GetServices() {
 		f.metrics.diverged.WithLabelValues(svc.GetService()).Set(float64(counts[svc.GetService()]))
 	}
-}
-
-// Stale names the nodes of a service not heard from within the stale period.
-func (f *fleet) Stale(service string) []string {
-	var out []string
-	for _, n := range f.nodesFor(service) {
-		if n.GetStale() {
-			out = append(out, n.GetNode())
-		}
-	}
-	return out
 }
 
 // Live returns the live nodes that run a service, with their labels.

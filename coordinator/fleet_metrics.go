@@ -27,21 +27,15 @@ type nodeCount struct{ live, stale int }
 // nodeCounts counts, per service, the nodes heard from within the stale
 // period and those silent longer.
 func (f *fleet) nodeCounts() map[string]nodeCount {
-	f.mu.RLock()
-	defer f.mu.RUnlock()
-	now := f.now()
-	out := map[string]nodeCount{}
-	for _, n := range f.nodes {
-		stale := now.Sub(n.seen) > f.staleAfter
-		for _, svc := range n.status.GetServices() {
-			c := out[svc.GetService()]
-			if stale {
-				c.stale++
-			} else {
-				c.live++
-			}
-			out[svc.GetService()] = c
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.sweep(f.now())
+	out := make(map[string]nodeCount, len(f.tallies))
+	for service, t := range f.tallies {
+		if t.live == 0 && len(t.stale) == 0 {
+			continue // its nodes run other services now
 		}
+		out[service] = nodeCount{live: t.live, stale: len(t.stale)}
 	}
 	return out
 }

@@ -1,0 +1,151 @@
+package coordinator
+
+import (
+	"maps"
+	"slices"
+	"time"
+
+	"github.com/switchyard/switchyard/bus"
+	sv1 "github.com/switchyard/switchyard/proto/switchyard/v1"
+)
+
+// The rollout controller asks how far a service converged on every pass,
+// and it passes on every health report: with 10,000 nodes, recounting the
+// fleet each time was a core's worth of work. The fleet keeps the counts
+// instead, changed by each status (O(services of that node)) and by nodes
+// going stale (each found once, in the order they were last heard from).
+
+// serviceTally counts one service's nodes.
+type serviceTally struct {
+	// live counts the nodes heard from within the stale period.
+	live int
+	// current counts, per fence, the live nodes that applied it and whose
+	// proxy is seen doing it.
+	current map[bus.Fence]int
+	// stale are the nodes silent longer than the stale period.
+	stale map[string]struct{}
+}
+
+// countedService is what one node adds to one service's tally.
+type countedService struct {
+	service string
+	fence   bus.Fence
+	matches bool
+}
+
+// heardAt is one status arrival, for finding nodes that go stale.
+type heardAt struct {
+	node string
+	seen time.Time
+}
+
+// counted lists what a status adds to the tallies.
+func counted(st *sv1.AgentStatus) []countedService {
+	out := make([]countedService, 0, len(st.GetServices()))
+	for _, svc := range st.GetServices() {
+		out = append(out, countedService{
+			service: svc.GetService(),
+			fence:   bus.Fence{Epoch: max(svc.GetAppliedEpoch(), 1), Generation: svc.GetAppliedGeneration()},
+			matches: statusMatches(svc),
+		})
+	}
+	return out
+}
+
+// statusMatches is observedMatches for a service status as it arrived.
+func statusMatches(svc *sv1.ServiceStatus) bool {
+	if !svc.GetObservedMatches() {
+		return false
+	}
+	have := svc.GetObservedWeights()
+	for b, w := range svc.GetWeights() {
+		if hw, ok := have[b]; !ok || hw != w {
+			return false
+		}
+	}
+	return true
+}
+
+func (f *fleet) tally(service string) *serviceTally {
+	t := f.tallies[service]
+	if t == nil {
+		t = &serviceTally{current: map[bus.Fence]int{}, stale: map[string]struct{}{}}
+		f.tallies[service] = t
+	}
+	return t
+}
+
+// count adds (by +1) or removes (by -1) what n adds to the tallies. The
+// caller holds f.mu.
+func (f *fleet) count(id string, n *nodeSeen, by int) {
+	for _, c := range n.counted {
+		t := f.tally(c.service)
+		if n.stale {
+			if by > 0 {
+				t.stale[id] = struct{}{}
+			} else {
+				delete(t.stale, id)
+			}
+			continue
+		}
+		t.live += by
+		if c.matches {
+			t.current[c.fence] += by
+			if t.current[c.fence] == 0 {
+				delete(t.current, c.fence)
+			}
+		}
+	}
+}
+
+// sweep marks the nodes silent for longer than the stale period as stale.
+// Each arrival is looked at once, oldest first, so the cost follows the
+// statuses received, not the fleet's size. The caller holds f.mu.
+func (f *fleet) sweep(now time.Time) {
+	for f.heardHead < len(f.heard) {
+		h := f.heard[f.heardHead]
+		if now.Sub(h.seen) <= f.staleAfter {
+			break
+		}
+		f.heardHead++
+		// Only the node's latest arrival can make it stale.
+		if n := f.nodes[h.node]; n != nil && !n.stale && n.seen.Equal(h.seen) {
+			f.count(h.node, n, -1)
+			n.stale = true
+			f.count(h.node, n, 1)
+		}
+	}
+	// Drop the looked-at half once it is the larger part.
+	if f.heardHead > 1024 && f.heardHead*2 > len(f.heard) {
+		f.heard = append(f.heard[:0], f.heard[f.heardHead:]...)
+		f.heardHead = 0
+	}
+}
+
+// Convergence counts the live nodes of a service that applied exactly the
+// document of generation in the cluster's current epoch and whose proxy is
+// seen doing it, and all live nodes of the service.
+func (f *fleet) Convergence(service string, generation uint64) (applied, live int) {
+	want := bus.Fence{Epoch: f.epoch(), Generation: generation}
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.sweep(f.now())
+	t := f.tallies[service]
+	if t == nil {
+		return 0, 0
+	}
+	return t.current[want], t.live
+}
+
+// Stale names the nodes of a service not heard from within the stale
+// period, sorted.
+func (f *fleet) Stale(service string) []string {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.sweep(f.now())
+	t := f.tallies[service]
+	if t == nil || len(t.stale) == 0 {
+		return nil
+	}
+	return slices.Sorted(maps.Keys(t.stale))
+}

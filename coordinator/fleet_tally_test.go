@@ -1,0 +1,74 @@
+package coordinator
+
+import (
+	"fmt"
+	"log/slog"
+	"math/rand/v2"
+	"slices"
+	"testing"
+	"time"
+
+	"github.com/nats-io/nats.go"
+	"github.com/prometheus/client_golang/prometheus"
+	"google.golang.org/protobuf/proto"
+
+	"github.com/switchyard/switchyard/bus"
+	sv1 "github.com/switchyard/switchyard/proto/switchyard/v1"
+)
+
+// The fleet's running tallies must say what counting every node's view
+// says, whatever order statuses, silences and returns come in.
+func TestFleet_TalliesAgreeWithCountingEveryNode(t *testing.T) {
+	f := newFleet(15*time.Second, newMetrics(prometheus.NewRegistry()), slog.New(slog.DiscardHandler))
+	now := time.Date(2026, 1, 1, 12, 0, 0, 0, time.UTC)
+	f.now = func() time.Time { return now }
+	f.epoch = func() uint64 { return 2 }
+	rng := rand.New(rand.NewPCG(13, 80))
+	green := map[string]uint32{"blue": 0, "green": 100}
+	blue := map[string]uint32{"blue": 100, "green": 0}
+	for step := range 5000 {
+		switch rng.IntN(10) {
+		case 0:
+			now = now.Add(time.Duration(rng.IntN(8000)) * time.Millisecond)
+		default:
+			st := &sv1.AgentStatus{Node: fmt.Sprintf("edge-%d", rng.IntN(40))}
+			for _, svc := range []string{"web", "api"} {
+				if rng.IntN(3) == 0 {
+					continue
+				}
+				ss := &sv1.ServiceStatus{Service: svc, AppliedGeneration: uint64(5 + rng.IntN(3)), AppliedEpoch: uint64(rng.IntN(3)),
+					Weights: green, ObservedWeights: green, ObservedMatches: rng.IntN(4) > 0}
+				if rng.IntN(5) == 0 {
+					ss.ObservedWeights = blue // restarted from its config
+				}
+				st.Services = append(st.Services, ss)
+			}
+			b, err := proto.Marshal(st)
+			if err != nil {
+				t.Fatal(err)
+			}
+			f.handleStatus(&nats.Msg{Data: b})
+		}
+		for _, svc := range []string{"web", "api"} {
+			views := f.nodesFor(svc)
+			var wantStale []string
+			for _, v := range views {
+				if v.GetStale() {
+					wantStale = append(wantStale, v.GetNode())
+				}
+			}
+			if got := f.Stale(svc); !slices.Equal(got, wantStale) {
+				t.Fatalf("step %d: Stale(%s) = %v, counting every node: %v", step, svc, got, wantStale)
+			}
+			for gen := uint64(4); gen <= 8; gen++ {
+				wa, wl := converged(views, bus.Fence{Epoch: 2, Generation: gen})
+				if a, l := f.Convergence(svc, gen); a != wa || l != wl {
+					t.Fatalf("step %d: Convergence(%s, %d) = %d of %d live, counting every node: %d of %d", step, svc, gen, a, l, wa, wl)
+				}
+			}
+		}
+	}
+	if f.heardHead > 1024 && f.heardHead*2 > len(f.heard) {
+		t.Errorf("the arrivals already looked at are kept: %d of %d", f.heardHead, len(f.heard))
+	}
+}
