@@ -75,6 +75,13 @@ type Options struct {
 	// after a reconnect, and it refuses the bus-drop fault, which would cut
 	// the other agents off too.
 	Conn *nats.Conn
+	// Keyring, when set, verifies documents in place of one built from the
+	// config's trusted keys, which it must trust exactly. Agents sharing a
+	// process (fleet benchmarks and simulations) may share one: a keyring
+	// remembers the signatures it verified, so a push all of them receive
+	// is verified once in the process instead of once per agent (on a real
+	// fleet each node verifies it once, on its own CPU).
+	Keyring *bus.Keyring
 	// StateStore overrides the bbolt database in the config's stateDir. The
 	// caller keeps ownership and closes it.
 	StateStore StateStore
@@ -143,6 +150,12 @@ func New(cfg *Config, opts Options) (*Agent, error) {
 	trust, err := cfg.Trust.keyring()
 	if err != nil {
 		return nil, fmt.Errorf("%w: %w", ErrInvalidConfig, err)
+	}
+	if opts.Keyring != nil {
+		if have, want := slices.Sorted(slices.Values(opts.Keyring.IDs())), slices.Sorted(slices.Values(trust.IDs())); !slices.Equal(have, want) {
+			return nil, fmt.Errorf("%w: the shared keyring trusts %v, trust.keys %v", ErrInvalidConfig, have, want)
+		}
+		trust = opts.Keyring
 	}
 	a := &Agent{
 		cfg:           cfg,

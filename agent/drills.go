@@ -108,9 +108,12 @@ type drillFollower struct {
 	// flood is bounded by the bucket's size.
 	inbox   *inbox[drillDelivery]
 	pollReq chan struct{}
-	dueMu   sync.Mutex
-	due     map[string]bool
-	dueWake chan struct{}
+	// listedSeq is the bucket's last stream sequence when it was last
+	// listed in full; 0 before. Only the poll goroutine uses it.
+	listedSeq uint64
+	dueMu     sync.Mutex
+	due       map[string]bool
+	dueWake   chan struct{}
 	// crashed makes the follower stop as a killed agent would: nothing is
 	// reverted, the fault proxies just go away. A test seam.
 	crashed atomic.Bool
@@ -241,6 +244,17 @@ func (f *drillFollower) poll(ctx context.Context, js jetstream.JetStream, kv jet
 		}
 		kv = h
 	}
+	// Listing the keys makes the server create and delete a consumer for
+	// this node; across a fleet, every resync period. Nothing was written
+	// or deleted since the last full listing when the bucket's last
+	// sequence has not moved: pushes cannot have been missed then.
+	seq, err := bucketLastSeq(ctx, kv)
+	switch {
+	case err != nil:
+		f.log.Debug("drills bucket status unreadable; listing it", "err", err)
+	case seq != 0 && seq == f.listedSeq:
+		return kv
+	}
 	lctx, cancel := context.WithTimeout(ctx, busTimeout)
 	defer cancel()
 	lister, err := kv.ListKeys(lctx)
@@ -280,7 +294,26 @@ func (f *drillFollower) poll(ctx context.Context, js jetstream.JetStream, kv jet
 		f.inbox.put(drillDelivery{key: k, raw: e.Value(), poll: true})
 	}
 	f.inbox.put(drillDelivery{listed: listed})
+	// The sequence read before the listing: a write during it moves the
+	// sequence on, and the next resync lists again.
+	f.listedSeq = seq
 	return kv
+}
+
+// bucketLastSeq is the last sequence of a bucket's stream; 0 when it cannot
+// tell.
+func bucketLastSeq(ctx context.Context, kv jetstream.KeyValue) (uint64, error) {
+	sctx, cancel := context.WithTimeout(ctx, busTimeout)
+	defer cancel()
+	st, err := kv.Status(sctx)
+	if err != nil {
+		return 0, err
+	}
+	bs, ok := st.(*jetstream.KeyValueBucketStatus)
+	if !ok {
+		return 0, nil
+	}
+	return bs.StreamInfo().State.LastSeq, nil
 }
 
 // run handles drills until ctx ends. It starts by reverting what the

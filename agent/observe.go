@@ -3,6 +3,7 @@ package agent
 import (
 	"context"
 	"fmt"
+	"log/slog"
 	"maps"
 	"slices"
 	"strings"
@@ -114,10 +115,14 @@ func (w *serviceWorker) checkProxy(ctx context.Context) error {
 		w.lostProxy(err)
 		return fmt.Errorf("read proxy: %w", err)
 	}
-	log := w.log.With("generation", w.applied.GetDesired().GetGeneration(), "rollout", w.applied.GetDesired().GetRolloutId())
+	// The logger is built only when there is something to say: this runs
+	// every observe interval.
+	log := func() *slog.Logger {
+		return w.log.With("generation", w.applied.GetDesired().GetGeneration(), "rollout", w.applied.GetDesired().GetRolloutId())
+	}
 	restarted := w.seen.instance != "" && obs.Instance != "" && obs.Instance != w.seen.instance
 	if restarted {
-		log.Warn("proxy process changed (restarted or reloaded)", "was", w.seen.instance, "now", obs.Instance)
+		log().Warn("proxy process changed (restarted or reloaded)", "was", w.seen.instance, "now", obs.Instance)
 	}
 	if obs.Instance != "" {
 		w.seen.instance = obs.Instance
@@ -135,7 +140,7 @@ func (w *serviceWorker) checkProxy(ctx context.Context) error {
 	}
 	w.seen.repairs++
 	w.m.drift.WithLabelValues(w.name).Inc()
-	log.Warn("proxy does not do what was applied; repairing", "found", found,
+	log().Warn("proxy does not do what was applied; repairing", "found", found,
 		"want", want, "have", obs.Weights, "held", obs.Held, "instance", obs.Instance)
 	w.see(obs, found)
 	// The coordinator learns now that this node is not converged, before
@@ -156,7 +161,7 @@ func (w *serviceWorker) checkProxy(ctx context.Context) error {
 	}
 	w.see(obs, "")
 	w.check = false
-	log.Info("drift repaired", "weights", want, "took", time.Since(start))
+	log().Info("drift repaired", "weights", want, "took", time.Since(start))
 	return nil
 }
 

@@ -189,6 +189,10 @@ type serviceWorker struct {
 	pending *sv1.DesiredState
 	// pendingExpires is when pending's signature validity ends.
 	pendingExpires time.Time
+	// pushed is the highest fence that came as a push on the key's
+	// subject (verified), to tell a push that the agent's own read of the
+	// bucket overtook from a replay.
+	pushed bus.Fence
 	// pendingStages stamps pending's way through this agent so far.
 	pendingStages pendingStages
 	// stages are the stamps of the applied document, for the status; nil
@@ -476,6 +480,12 @@ func (w *serviceWorker) consider(d delivery) bool {
 		newestDoc = w.pending
 	}
 	newest := documentFence(newestDoc)
+	// A push above every earlier push was sent before the document a read
+	// of the bucket already brought: late, not replayed.
+	overtaken := !d.poll && h.Fence.Compare(w.pushed) > 0
+	if overtaken {
+		w.pushed = h.Fence
+	}
 	switch c := h.Fence.Compare(newest); {
 	case c > 0:
 		if w.pending != nil {
@@ -488,7 +498,8 @@ func (w *serviceWorker) consider(d delivery) bool {
 		w.refused = false
 		w.preflightMsg = ""
 		w.backoff = 0
-		w.log.Info("desired state received", "epoch", h.Fence.Epoch, "generation", h.Fence.Generation, "rollout", ds.GetRolloutId(),
+		// Debug: every agent logs the apply that follows at info.
+		w.log.Debug("desired state received", "epoch", h.Fence.Epoch, "generation", h.Fence.Generation, "rollout", ds.GetRolloutId(),
 			"phase", ds.GetPhase().String(), "key_id", h.KeyID, "expires_at", h.ExpiresAt)
 		return true
 	case c == 0 && proto.Equal(ds, newestDoc):
@@ -506,6 +517,9 @@ func (w *serviceWorker) consider(d delivery) bool {
 		// A read of the bucket that a push overtook: the steady state of
 		// polling, not a rejection.
 		w.log.Debug("poll read an older document than the agent has; a push overtook it", "fence", h.Fence.String(), "newest", newest.String())
+		return false
+	case overtaken:
+		w.log.Debug("push older than the document a read of the bucket brought; it was overtaken", "fence", h.Fence.String(), "newest", newest.String())
 		return false
 	default:
 		w.reject(reasonStale, ds, h, fmt.Errorf("fence %s is not above %s", h.Fence, newest))

@@ -160,6 +160,7 @@ func (s *Signer) SealDrill(d *sv1.DrillDocument, now time.Time) ([]byte, error) 
 // Keyring is the set of public keys a reader trusts, by key id.
 type Keyring struct {
 	keys map[string]ed25519.PublicKey
+	memo verifiedMemo
 }
 
 // NewKeyring trusts keys.
@@ -209,7 +210,7 @@ func (r *Keyring) Open(raw []byte, kind sv1.DocumentKind, key string, now time.T
 	if !ok {
 		return h, fmt.Errorf("%w: key id %q", ErrDocumentUnknownKey, env.GetKeyId())
 	}
-	if !ed25519.Verify(pub, signedBytes(env.GetBody()), env.GetSignature()) {
+	if !r.memo.verify(env.GetKeyId(), pub, signedBytes(env.GetBody()), env.GetSignature()) {
 		return h, fmt.Errorf("%w: key id %q", ErrDocumentBadSignature, env.GetKeyId())
 	}
 	var body sv1.DocumentBody

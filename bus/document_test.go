@@ -267,7 +267,31 @@ func BenchmarkDocument_Seal(b *testing.B) {
 	}
 }
 
+// BenchmarkDocument_Open is an agent opening a document it has not seen:
+// the signature is checked.
 func BenchmarkDocument_Open(b *testing.B) {
+	s, _ := testSigner(b, 1, time.Hour)
+	now := time.Now()
+	raw, err := s.SealDesired(sampleDesired(), now)
+	if err != nil {
+		b.Fatal(err)
+	}
+	b.SetBytes(int64(len(raw)))
+	b.ReportAllocs()
+	for b.Loop() {
+		ring, err := NewKeyring(s.Public())
+		if err != nil {
+			b.Fatal(err)
+		}
+		if _, _, err := ring.OpenDesired(raw, "web", now); err != nil {
+			b.Fatal(err)
+		}
+	}
+}
+
+// BenchmarkDocument_OpenAgain opens bytes the keyring verified before (a
+// resync read, or agents sharing a keyring): decoding only.
+func BenchmarkDocument_OpenAgain(b *testing.B) {
 	s, ring := testSigner(b, 1, time.Hour)
 	now := time.Now()
 	raw, err := s.SealDesired(sampleDesired(), now)

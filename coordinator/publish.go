@@ -197,7 +197,7 @@ func (p *publisher) run(ctx context.Context) {
 				s.metrics.publishSeconds.Observe(acked.Sub(start).Seconds())
 				if !k.drill {
 					s.stages.wrote(k.name, DecisionTiming{Fence: bus.Fence{Epoch: ds.GetEpoch(), Generation: ds.GetGeneration()},
-						IssuedAt: ds.GetIssuedAt().AsTime(), CommittedAt: p.committed(k.name), AckedAt: acked})
+						IssuedAt: ds.GetIssuedAt().AsTime(), CommittedAt: p.committed(k.name), SignedAt: start, AckedAt: acked})
 				}
 				log.Info("desired state published")
 			case errors.Is(err, bus.ErrStaleGeneration):

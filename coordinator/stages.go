@@ -21,8 +21,10 @@ const (
 	// stagePublish: committed → the signed document's put acknowledged by
 	// JetStream.
 	stagePublish = "publish"
-	// stageDeliver: acknowledged → the document arrived on an agent (two
-	// clocks: this coordinator's and the agent's).
+	// stageDeliver: the document signed and sent → it arrived on an agent
+	// (two clocks: this coordinator's and the agent's). It overlaps
+	// publish: agents may hold the document before the acknowledgement of
+	// the put is back.
 	stageDeliver = "deliver"
 	// stageVerify: arrived → verified and decoded on the agent.
 	stageVerify = "verify"
@@ -48,7 +50,7 @@ func newDecisionStageSeconds() *prometheus.HistogramVec {
 		Name: "switchyard_coordinator_decision_stage_seconds",
 		Help: "Time each stage of the decision path took, by stage, one observation per decision (commit, publish) or per agent and decision (the rest): " +
 			"commit (decision stamped → committed on the leader), publish (→ put acknowledged by JetStream), " +
-			"deliver (→ arrived on the agent; two clocks, this coordinator's and the agent's), verify, apply, persist, status (agent clock), " +
+			"deliver (document signed and sent → arrived on the agent, overlapping publish; two clocks, this coordinator's and the agent's), verify, apply, persist, status (agent clock), " +
 			"report (agent published its status → received here; two clocks), total (decision stamped → status received here). " +
 			"deliver and total are observed only by the coordinator that published the document.",
 		Buckets: []float64{.0001, .00025, .0005, .001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5, 10, 30},
@@ -65,6 +67,8 @@ type DecisionTiming struct {
 	// when the document was written again without a new commit (a new
 	// leader republishing).
 	CommittedAt time.Time
+	// SignedAt is when the document was signed, right before the put.
+	SignedAt time.Time
 	// AckedAt is when JetStream acknowledged the put.
 	AckedAt time.Time
 }
@@ -127,7 +131,7 @@ func (c *stageClock) status(prev, st *sv1.AgentStatus, received time.Time) {
 		applied, persisted := stampTime(t.GetAppliedAt()), stampTime(t.GetPersistedAt())
 		sent := stampTime(st.GetAt())
 		if pub, ok := c.timing(svc.GetService()); ok && pub.Fence == fence {
-			c.observe(stageDeliver, pub.AckedAt, delivered)
+			c.observe(stageDeliver, pub.SignedAt, delivered)
 			c.observe(stageTotal, pub.IssuedAt, received)
 		}
 		c.observe(stageVerify, delivered, verified)

@@ -10,6 +10,7 @@ import (
 	"log/slog"
 	"maps"
 	"slices"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -97,10 +98,20 @@ const (
 	securedBus             // TLS and operator mode, an identity per connection
 )
 
+// keyringUse says whether the in-process agents verify each document
+// themselves, as separate nodes would, or share one keyring that verifies
+// it once for all of them.
+type keyringUse int
+
+const (
+	ownKeyring keyringUse = iota
+	sharedKeyring
+)
+
 // benchFleet runs n in-process agents, perConn to a connection. On a
 // secured bus perConn must be 1: an agent's creds allow its own subjects
 // only.
-func benchFleet(b *testing.B, n, perConn int, mode busSecurity) {
+func benchFleet(b *testing.B, n, perConn int, mode busSecurity, keys keyringUse) {
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Minute)
 	defer cancel()
 	opts := bus.EmbeddedOptions{StoreDir: b.TempDir()}
@@ -157,6 +168,10 @@ func benchFleet(b *testing.B, n, perConn int, mode busSecurity) {
 	if err != nil {
 		b.Fatal(err)
 	}
+	agentTrust, err := bus.NewKeyring(signingKey.Public().(ed25519.PublicKey))
+	if err != nil {
+		b.Fatal(err)
+	}
 	reg := prometheus.NewRegistry()
 	srv, err := coordinator.New(coordinator.Config{NodeID: "c1", DataDir: b.TempDir(), RaftAddr: "127.0.0.1:0",
 		NATSURL: url, NATS: security(bus.RoleCoordinator, "c1"),
@@ -193,21 +208,26 @@ func benchFleet(b *testing.B, n, perConn int, mode busSecurity) {
 			}
 			shared = conns[len(conns)-1]
 		}
-		// Telemetry every 5 s: the coordinator, the NATS server and every
-		// agent share this machine's cores, and 10,000 reports a second
-		// would measure the machine, not the fan-out.
+		// Telemetry and proxy read-backs every 5 s: the coordinator, the
+		// NATS server and every agent share this machine's cores, and
+		// 10,000 reports (or 40,000 read-backs at the default 250 ms) a
+		// second would measure the machine, not the fan-out.
 		cfg := &agent.Config{
 			Node: node, NATS: url, StateDir: b.TempDir(), Heartbeat: 5 * time.Second, Resync: time.Minute,
-			TelemetryInterval: 5 * time.Second,
-			Trust:             agent.TrustConfig{Keys: []string{bus.FormatPublicKey(signingKey.Public().(ed25519.PublicKey))}},
+			TelemetryInterval: 5 * time.Second, ObserveInterval: 5 * time.Second,
+			Trust: agent.TrustConfig{Keys: []string{bus.FormatPublicKey(signingKey.Public().(ed25519.PublicKey))}},
 			Services: map[string]agent.ServiceConfig{"web": {Proxy: &haproxy.Section{Socket: "/unused", Backend: "web",
 				Servers: map[string]string{"blue": "blue", "green": "green"}}}},
 		}
 		if shared == nil {
 			cfg.NATSClient = security(bus.RoleAgent, node)
 		}
-		a, err := agent.New(cfg, agent.Options{Logger: quiet, StateStore: &memStore{m: map[string]*sv1.AppliedState{}}, Conn: shared,
-			DriverFactory: func(string, agent.ServiceConfig) (driver.Driver, error) { return rec, nil }})
+		opts := agent.Options{Logger: quiet, StateStore: &memStore{m: map[string]*sv1.AppliedState{}}, Conn: shared,
+			DriverFactory: func(string, agent.ServiceConfig) (driver.Driver, error) { return rec, nil }}
+		if keys == sharedKeyring {
+			opts.Keyring = agentTrust
+		}
+		a, err := agent.New(cfg, opts)
 		if err != nil {
 			b.Fatal(err)
 		}
@@ -254,7 +274,7 @@ func benchFleet(b *testing.B, n, perConn int, mode busSecurity) {
 		b.Fatal(err)
 	}
 	stages := map[string][]time.Duration{}
-	stopProfile := startProfile(b, fmt.Sprintf("scale-%d", n))
+	stopProfile := startProfile(b, strings.NewReplacer("/", "_", "=", "-").Replace(b.Name()))
 	defer stopProfile()
 	var all, toAll []time.Duration
 	decide := func(in *sv1.Intent) {
@@ -395,13 +415,23 @@ func benchFleet(b *testing.B, n, perConn int, mode busSecurity) {
 	b.ReportMetric(float64(ra99.Microseconds())/1000, "nats_all_p99_ms")
 }
 
+// BenchmarkScale_DecisionToApplied runs each fleet twice: every agent
+// verifying each document itself (keyring=own: n signature checks on this
+// host's cores, where a real fleet does one per node on its own), and the
+// agents sharing one keyring that verifies a document once for all
+// (keyring=shared: what is left is the path's own cost).
 func BenchmarkScale_DecisionToApplied(b *testing.B) {
 	for _, n := range []int{100, 1000, 10000} {
-		b.Run(fmt.Sprintf("agents=%d", n), func(b *testing.B) {
-			for range b.N {
-				benchFleet(b, n, 10, plainBus)
-			}
-		})
+		for _, keys := range []struct {
+			name string
+			use  keyringUse
+		}{{"own", ownKeyring}, {"shared", sharedKeyring}} {
+			b.Run(fmt.Sprintf("agents=%d/keyring=%s", n, keys.name), func(b *testing.B) {
+				for range b.N {
+					benchFleet(b, n, 10, plainBus, keys.use)
+				}
+			})
+		}
 	}
 }
 
@@ -423,7 +453,7 @@ func BenchmarkScale_DecisionToAppliedSecured(b *testing.B) {
 	} {
 		b.Run(v.name, func(b *testing.B) {
 			for range b.N {
-				benchFleet(b, 1000, v.perConn, v.bus)
+				benchFleet(b, 1000, v.perConn, v.bus, ownKeyring)
 			}
 		})
 	}
