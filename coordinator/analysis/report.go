@@ -1,8 +1,10 @@
 package analysis
 
 import (
+	"encoding/binary"
 	"fmt"
 	"math"
+	"slices"
 	"time"
 	"unicode/utf8"
 
@@ -60,8 +62,13 @@ func ReportOf(r *sv1.HealthReport) (*Report, error) {
 // (FuzzDecoder_MatchesProtoUnmarshal). A Decoder is not safe for
 // concurrent use; each intake worker has its own.
 type Decoder struct {
-	counts []float64
-	names  map[string]string
+	backends []BackendReport
+	sketches []sketch.Sketch
+	latErrs  []error
+	names    map[string]string
+	// arena holds the bins of the report being decoded: its sketches
+	// share one allocation.
+	arena []float64
 }
 
 // maxInterned bounds the names a Decoder keeps to share: services,
@@ -162,7 +169,9 @@ func (d *Decoder) Decode(b []byte) (*Report, error) {
 	r := &Report{}
 	var endSec, endNanos int64
 	haveEnd, probes := false, false
-	var latErrs []error
+	// Every count is 8 bytes of the message: this arena never grows.
+	d.arena = make([]float64, 0, len(b)/8)
+	d.backends, d.sketches, d.latErrs = d.backends[:0], d.sketches[:0], d.latErrs[:0]
 	err := fields(b, "health report", func(num protowire.Number, typ protowire.Type, v uint64, bs []byte) error {
 		if typ != protowire.BytesType && typ != protowire.VarintType {
 			return nil
@@ -212,10 +221,12 @@ func (d *Decoder) Decode(b []byte) (*Report, error) {
 		case fReportBackends:
 			if typ == protowire.BytesType {
 				var br BackendReport
+				var sk sketch.Sketch
 				var latErr error
-				br, latErr, err = d.backend(bs)
-				r.Backends = append(r.Backends, br)
-				latErrs = append(latErrs, latErr)
+				br, sk, latErr, err = d.backend(bs)
+				d.backends = append(d.backends, br)
+				d.sketches = append(d.sketches, sk)
+				d.latErrs = append(d.latErrs, latErr)
 			}
 		case fReportProbes:
 			probes = probes || typ == protowire.BytesType
@@ -238,6 +249,12 @@ func (d *Decoder) Decode(b []byte) (*Report, error) {
 		return nil, fmt.Errorf("%w: node, service and window_end are required", ErrBadReport)
 	}
 	r.End = time.Unix(endSec, endNanos).Unix()
+	r.Backends = append([]BackendReport(nil), d.backends...)
+	sketches := append([]sketch.Sketch(nil), d.sketches...)
+	for i := range r.Backends {
+		r.Backends[i].Latency = &sketches[i]
+	}
+	latErrs := d.latErrs
 	for i := range r.Backends {
 		b := &r.Backends[i]
 		if b.Errors > b.Requests {
@@ -252,13 +269,12 @@ func (d *Decoder) Decode(b []byte) (*Report, error) {
 
 // backend reads one BackendHealth; a refused sketch is returned apart, to
 // be named after the errors-over-requests check as ReportOf does.
-func (d *Decoder) backend(b []byte) (BackendReport, error, error) {
-	var br BackendReport
+func (d *Decoder) backend(b []byte) (br BackendReport, sk sketch.Sketch, latErr, err error) {
 	var accuracy, zero float64
 	var offset int32
-	d.counts = d.counts[:0]
+	from := len(d.arena)
 	haveLatency := false
-	err := fields(b, "backend", func(num protowire.Number, typ protowire.Type, v uint64, bs []byte) error {
+	err = fields(b, "backend", func(num protowire.Number, typ protowire.Type, v uint64, bs []byte) error {
 		var err error
 		switch {
 		case num == fBackendName && typ == protowire.BytesType:
@@ -280,14 +296,16 @@ func (d *Decoder) backend(b []byte) (BackendReport, error, error) {
 				case num == fSketchOffset && typ == protowire.VarintType:
 					offset = int32(protowire.DecodeZigZag(v & math.MaxUint32))
 				case num == fSketchCounts && typ == protowire.Fixed64Type:
-					d.counts = append(d.counts, math.Float64frombits(v))
+					d.arena = append(d.arena, math.Float64frombits(v))
 				case num == fSketchCounts && typ == protowire.BytesType:
 					if len(bs)%8 != 0 {
 						return errWire("latency sketch counts")
 					}
-					for ; len(bs) > 0; bs = bs[8:] {
-						c, _ := protowire.ConsumeFixed64(bs)
-						d.counts = append(d.counts, math.Float64frombits(c))
+					at := len(d.arena)
+					d.arena = slices.Grow(d.arena, len(bs)/8)[:at+len(bs)/8]
+					dst := d.arena[at:]
+					for i := range dst {
+						dst[i] = math.Float64frombits(binary.LittleEndian.Uint64(bs[8*i:]))
 					}
 				}
 				return nil
@@ -295,14 +313,11 @@ func (d *Decoder) backend(b []byte) (BackendReport, error, error) {
 		}
 		return err
 	})
-	if err != nil {
-		return br, nil, err
+	if err != nil || !haveLatency {
+		return br, sk, nil, err
 	}
-	if !haveLatency {
-		br.Latency = sketch.New()
-		return br, nil, nil
-	}
-	sk, latErr := sketch.FromCounts(accuracy, zero, offset, d.counts)
-	br.Latency = sk
-	return br, latErr, nil
+	// A latency field given twice merges, as proto.Unmarshal merges it:
+	// its counts follow on in the arena.
+	latErr = sk.Load(accuracy, zero, offset, d.arena[from:len(d.arena):len(d.arena)])
+	return br, sk, latErr, nil
 }

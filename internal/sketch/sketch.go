@@ -203,25 +203,38 @@ func FromProto(p *sv1.LatencySketch) (*Sketch, error) {
 // FromCounts builds a sketch from the fields of a wire sketch, checked as
 // FromProto checks them. The counts are copied.
 func FromCounts(relativeAccuracy, zeroCount float64, indexOffset int32, counts []float64) (*Sketch, error) {
+	s := New()
+	if err := s.Load(relativeAccuracy, zeroCount, indexOffset, counts); err != nil {
+		return nil, err
+	}
+	s.bins = append([]float64(nil), s.bins...)
+	return s, nil
+}
+
+// Load sets s to the wire sketch's fields, checked as FromProto checks them.
+// s keeps counts (without copying them): the caller must not change them
+// afterwards. On error s is left empty.
+func (s *Sketch) Load(relativeAccuracy, zeroCount float64, indexOffset int32, counts []float64) error {
+	*s = Sketch{}
 	if math.Abs(relativeAccuracy-RelativeAccuracy) > 1e-9 {
-		return nil, fmt.Errorf("%w: relative accuracy %v, want %v", ErrInvalid, relativeAccuracy, RelativeAccuracy)
+		return fmt.Errorf("%w: relative accuracy %v, want %v", ErrInvalid, relativeAccuracy, RelativeAccuracy)
 	}
 	if len(counts) > MaxBins {
-		return nil, fmt.Errorf("%w: %d bins, at most %d", ErrInvalid, len(counts), MaxBins)
+		return fmt.Errorf("%w: %d bins, at most %d", ErrInvalid, len(counts), MaxBins)
 	}
 	off := int64(indexOffset)
 	if off+int64(len(counts)) > int64(sharedMapping.Index(sharedMapping.MaxIndexableValue()))+1 || off < int64(sharedMapping.Index(sharedMapping.MinIndexableValue())) {
-		return nil, fmt.Errorf("%w: bins %d..%d outside the mapping", ErrInvalid, off, off+int64(len(counts)))
+		return fmt.Errorf("%w: bins %d..%d outside the mapping", ErrInvalid, off, off+int64(len(counts)))
 	}
 	if !validCount(zeroCount) {
-		return nil, fmt.Errorf("%w: zero count %v", ErrInvalid, zeroCount)
+		return fmt.Errorf("%w: zero count %v", ErrInvalid, zeroCount)
 	}
-	s := &Sketch{zero: zeroCount}
+	var positive float64
 	for i, c := range counts {
 		if !validCount(c) {
-			return nil, fmt.Errorf("%w: count %v in bin %d", ErrInvalid, c, i)
+			return fmt.Errorf("%w: count %v in bin %d", ErrInvalid, c, i)
 		}
-		s.positive += c
+		positive += c
 	}
 	lo, hi := 0, len(counts)-1
 	for lo <= hi && counts[lo] == 0 {
@@ -230,11 +243,12 @@ func FromCounts(relativeAccuracy, zeroCount float64, indexOffset int32, counts [
 	for hi >= lo && counts[hi] == 0 {
 		hi--
 	}
+	s.zero, s.positive = zeroCount, positive
 	if lo <= hi {
-		s.offset = int(off) + lo
-		s.bins = append([]float64(nil), counts[lo:hi+1]...)
+		// Capped, so growing s never writes past its own counts.
+		s.offset, s.bins = int(off)+lo, counts[lo:hi+1:hi+1]
 	}
-	return s, nil
+	return nil
 }
 
 func validCount(c float64) bool { return c >= 0 && !math.IsNaN(c) && !math.IsInf(c, 0) }
