@@ -3,6 +3,8 @@
 // else.
 package bus
 
+import "strings"
+
 // Streams, buckets and subjects of the bus contract (see DESIGN.md, "Bus
 // contract"). Nothing outside this package spells these strings.
 const (
@@ -92,6 +94,21 @@ func DrillsAll() string { return "$KV." + DrillsBucket + ".>" }
 // TelemetrySubject is where a node publishes HealthReports for a service.
 func TelemetrySubject(service, node string) string {
 	return telemetryPrefix + "." + service + "." + node
+}
+
+// TelemetryService is the service a TelemetrySubject names; ok is false
+// for any other subject. It reads the subject without decoding the report,
+// so load shed before decoding is still counted against its service.
+func TelemetryService(subject string) (service string, ok bool) {
+	rest, found := strings.CutPrefix(subject, telemetryPrefix+".")
+	if !found {
+		return "", false
+	}
+	service, node, found := strings.Cut(rest, ".")
+	if !found || service == "" || node == "" {
+		return "", false
+	}
+	return service, true
 }
 
 // TelemetryAll matches every HealthReport.

@@ -5,7 +5,6 @@ import (
 	"net/http"
 	"time"
 
-	"github.com/nats-io/nats.go"
 	"google.golang.org/protobuf/proto"
 
 	"github.com/switchyard/switchyard/coordinator/drill"
@@ -112,26 +111,6 @@ func (s *Server) runRollouts(ctx context.Context) {
 		case <-tick.C:
 		case <-s.reported:
 		}
-	}
-}
-
-// handleTelemetry feeds agents' health reports into the analysis windows;
-// every coordinator does, so a new leader has them warm.
-func (s *Server) handleTelemetry(msg *nats.Msg) {
-	var r sv1.HealthReport
-	if err := proto.Unmarshal(msg.Data, &r); err != nil {
-		s.metrics.telemetryRejected.Inc()
-		return
-	}
-	if err := s.analysis.Add(&r); err != nil {
-		s.metrics.telemetryRejected.Inc()
-		s.log.Debug("health report refused", "subject", msg.Subject, "err", err)
-		return
-	}
-	s.metrics.telemetry.Inc()
-	select {
-	case s.reported <- struct{}{}:
-	default:
 	}
 }
 

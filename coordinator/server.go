@@ -194,7 +194,10 @@ type Server struct {
 	// reported wakes the leader's rollout controller when a health report
 	// arrives, so a sequential alarm does not wait for the next tick.
 	reported chan struct{}
-	series   *seriesBook
+	// intake decodes and merges health reports (intake.go).
+	intake       *intake
+	telemetrySub *nats.Subscription
+	series       *seriesBook
 	// viewerToken, when set, is required by reads (viewer.go).
 	viewerToken string
 	// closing ends live streams on shutdown.
@@ -264,6 +267,14 @@ func New(cfg Config) (*Server, error) {
 	if err := cfg.Registerer.Register(sequentialCollector{s.analysis}); err != nil {
 		return nil, fmt.Errorf("register sequential judge metrics: %w", err)
 	}
+	if err := cfg.Registerer.Register(storeCollector{s.analysis}); err != nil {
+		return nil, fmt.Errorf("register analysis store metrics: %w", err)
+	}
+	im, err := newIntakeMetrics(cfg.Registerer, s.metrics, func() *intake { return s.intake })
+	if err != nil {
+		return nil, fmt.Errorf("register telemetry intake metrics: %w", err)
+	}
+	s.intake = newIntake(s.analysis, im, s.reported, s.log, cfg.Clock.Now)
 	s.fsm = fsm.New(fsm.Hooks{Desired: s.publisher.mark, Drills: s.publisher.markDrills})
 	s.fleet.current = func(service string) (bus.Fence, bool) {
 		epoch, gen, ok := s.fsm.State().DesiredFence(service)
@@ -419,10 +430,18 @@ func (s *Server) Run(ctx context.Context) error {
 	s.log.Info("coordinator running", "raft", s.RaftAddr(), "raft_listen", s.RaftListenAddr(), "http", s.HTTPAddr())
 
 	runCtx, cancel := context.WithCancel(ctx)
-	s.wg.Add(3)
+	s.wg.Add(5)
 	go func() {
 		defer s.wg.Done()
 		s.monitorLeadership(runCtx)
+	}()
+	go func() {
+		defer s.wg.Done()
+		s.runAnalysisWarm(runCtx)
+	}()
+	go func() {
+		defer s.wg.Done()
+		s.intake.run(runCtx, s.telemetrySub)
 	}()
 	go func() {
 		defer s.wg.Done()
@@ -450,11 +469,12 @@ func (s *Server) subscribe() ([]*nats.Subscription, error) {
 	if err != nil {
 		return nil, fmt.Errorf("coordinator: subscribe to agent status: %w", err)
 	}
-	telemetry, err := s.nc.Subscribe(bus.TelemetryAll(), s.handleTelemetry)
+	telemetry, err := s.nc.Subscribe(bus.TelemetryAll(), s.intake.handle)
 	if err != nil {
 		_ = status.Unsubscribe()
 		return nil, fmt.Errorf("coordinator: subscribe to telemetry: %w", err)
 	}
+	s.telemetrySub = telemetry
 	subs := []*nats.Subscription{status, telemetry}
 	for name, h := range map[string]nats.MsgHandler{
 		bus.QueryRollouts:    serveQuery(s, s.Rollouts),

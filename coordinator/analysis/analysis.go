@@ -7,6 +7,8 @@ package analysis
 import (
 	"errors"
 	"fmt"
+	"maps"
+	"slices"
 	"sort"
 	"sync"
 	"time"
@@ -20,6 +22,13 @@ import (
 
 // Retention is how much telemetry a Store keeps per service.
 const Retention = 15 * time.Minute
+
+// ReportRetention is how long node reports wait for the sequential tests
+// to read them. Every coordinator reads them each second (so a new leader
+// has its tests warm), so a report older than this belongs to no rollout
+// the coordinator follows: it came before the rollout reached this
+// replica's state, or after it ended.
+const ReportRetention = time.Minute
 
 // Grace is how long after a window ends its reports are still awaited: one
 // telemetry interval plus delivery.
@@ -49,7 +58,7 @@ func (v Verdict) String() string {
 type Store struct {
 	mu       sync.Mutex
 	services map[string]map[int64]map[cellKey]*cell // service -> unix second of window end -> cell
-	nodes    map[string]map[int64]map[string]*nodeCell
+	nodes    map[string]map[int64]map[string]nodeCell
 	newest   map[string]int64
 	// newestNode is the newest second in nodes, per service; old seconds
 	// are dropped when it moves.
@@ -58,7 +67,13 @@ type Store struct {
 	// reports keeps each node's report per rollout and second until the
 	// sequential tests of the rollout read it; runs are those tests.
 	reports map[string]map[int64][]*nodeReport
-	runs    map[string]*seqRun
+	// newestReport is the newest second in reports, per rollout.
+	newestReport map[string]int64
+	runs         map[string]*seqRun
+	// shed counts, per service and second, the reports intake had to
+	// drop: those node-seconds are missing data.
+	shed map[string]map[int64]uint64
+	size storeSize
 }
 
 // nodeCell is all of one node's traffic in one second, whatever the rollout:
@@ -77,7 +92,9 @@ type cell struct {
 	requests, errors uint64
 	latency          *sketch.Sketch
 	maxQueue         uint32
-	nodes            map[string]struct{}
+	// nodes that reported into the cell; a node reporting twice in one
+	// second appears twice, windows count distinct nodes.
+	nodes []string
 }
 
 type cacheKey struct {
@@ -90,111 +107,106 @@ type cacheKey struct {
 
 // NewStore returns an empty store.
 func NewStore() *Store {
-	return &Store{services: map[string]map[int64]map[cellKey]*cell{}, nodes: map[string]map[int64]map[string]*nodeCell{},
+	return &Store{services: map[string]map[int64]map[cellKey]*cell{}, nodes: map[string]map[int64]map[string]nodeCell{},
 		newest: map[string]int64{}, newestNode: map[string]int64{}, cache: map[cacheKey]WindowResult{},
-		reports: map[string]map[int64][]*nodeReport{}, runs: map[string]*seqRun{}}
+		reports: map[string]map[int64][]*nodeReport{}, newestReport: map[string]int64{}, runs: map[string]*seqRun{},
+		shed: map[string]map[int64]uint64{}}
 }
 
 // Add merges one report. Every report counts toward its node's health;
 // reports for no rollout, or whose generation changed inside their window
 // (generation 0), are not judged for a rollout.
 func (s *Store) Add(r *sv1.HealthReport) error {
-	if r.GetNode() == "" || r.GetService() == "" || r.GetWindowEnd() == nil {
-		return fmt.Errorf("%w: node, service and window_end are required", ErrBadReport)
+	rep, err := ReportOf(r)
+	if err != nil {
+		return err
 	}
-	for _, b := range r.GetBackends() {
-		if b.GetErrors() > b.GetRequests() {
-			return fmt.Errorf("%w: %s has %d errors in %d requests", ErrBadReport, b.GetBackend(), b.GetErrors(), b.GetRequests())
-		}
-	}
-	s.addNode(r)
-	if r.GetRolloutId() == "" || r.GetGeneration() == 0 {
-		return nil
-	}
-	type decoded struct {
-		b  *sv1.BackendHealth
-		sk *sketch.Sketch
-	}
-	var ds []decoded
-	for _, b := range r.GetBackends() {
-		if b.GetErrors() > b.GetRequests() {
-			return fmt.Errorf("%w: %s has %d errors in %d requests", ErrBadReport, b.GetBackend(), b.GetErrors(), b.GetRequests())
-		}
-		sk, err := sketch.FromProto(b.GetLatency())
-		if err != nil {
-			return fmt.Errorf("%w: %s: %v", ErrBadReport, b.GetBackend(), err)
-		}
-		ds = append(ds, decoded{b, sk})
-	}
-	sec := r.GetWindowEnd().AsTime().Unix()
+	s.AddReports([]*Report{rep})
+	return nil
+}
+
+// AddReports merges checked reports (ReportOf, Decoder) under one lock:
+// intake hands them over in batches.
+func (s *Store) AddReports(reps []*Report) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	series := s.services[r.GetService()]
+	for _, r := range reps {
+		s.addNode(r)
+		if r.Rollout != "" && r.Generation != 0 {
+			s.addRollout(r)
+		}
+	}
+}
+
+func (s *Store) addRollout(r *Report) {
+	sec := r.End
+	series := s.services[r.Service]
 	if series == nil {
 		series = map[int64]map[cellKey]*cell{}
-		s.services[r.GetService()] = series
+		s.services[r.Service] = series
 	}
 	cells := series[sec]
 	if cells == nil {
 		cells = map[cellKey]*cell{}
 		series[sec] = cells
 	}
-	nr := &nodeReport{node: r.GetNode(), backends: map[string]backendPart{}}
-	for _, d := range ds {
-		nr.backends[d.b.GetBackend()] = backendPart{requests: d.b.GetRequests(), errors: d.b.GetErrors(), latency: d.sk}
-	}
-	s.keepReport(r.GetRolloutId(), sec, nr)
-	for _, d := range ds {
-		k := cellKey{rollout: r.GetRolloutId(), wave: r.GetWave(), backend: d.b.GetBackend()}
+	s.keepReport(r.Rollout, sec, &nodeReport{node: r.Node, backends: r.Backends})
+	for i := range r.Backends {
+		b := &r.Backends[i]
+		k := cellKey{rollout: r.Rollout, wave: r.Wave, backend: b.Backend}
 		c := cells[k]
 		if c == nil {
-			c = &cell{latency: sketch.New(), nodes: map[string]struct{}{}}
+			c = &cell{latency: sketch.New()}
 			cells[k] = c
+			s.size.bytes += cellBytes
 		}
-		c.requests += d.b.GetRequests()
-		c.errors += d.b.GetErrors()
-		c.latency.Merge(d.sk)
-		c.maxQueue = max(c.maxQueue, d.b.GetQueued())
-		c.nodes[r.GetNode()] = struct{}{}
+		c.requests += b.Requests
+		c.errors += b.Errors
+		before := c.latency.SizeBytes() + 16*cap(c.nodes)
+		c.latency.Merge(b.Latency)
+		c.maxQueue = max(c.maxQueue, b.Queued)
+		c.nodes = append(c.nodes, r.Node)
+		s.size.bytes += int64(c.latency.SizeBytes() + 16*cap(c.nodes) - before)
 	}
-	if sec > s.newest[r.GetService()] {
-		s.newest[r.GetService()] = sec
-		for t := range series {
+	if sec > s.newest[r.Service] {
+		s.newest[r.Service] = sec
+		for t, cells := range series {
 			if t < sec-int64(Retention/time.Second) {
+				for _, c := range cells {
+					s.size.bytes -= int64(cellBytes + c.latency.SizeBytes() + 16*cap(c.nodes))
+				}
 				delete(series, t)
 			}
 		}
 	}
-	return nil
 }
 
-func (s *Store) addNode(r *sv1.HealthReport) {
-	sec := r.GetWindowEnd().AsTime().Unix()
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	series := s.nodes[r.GetService()]
+func (s *Store) addNode(r *Report) {
+	sec := r.End
+	series := s.nodes[r.Service]
 	if series == nil {
-		series = map[int64]map[string]*nodeCell{}
-		s.nodes[r.GetService()] = series
+		series = map[int64]map[string]nodeCell{}
+		s.nodes[r.Service] = series
 	}
 	cells := series[sec]
 	if cells == nil {
-		cells = map[string]*nodeCell{}
+		cells = map[string]nodeCell{}
 		series[sec] = cells
 	}
-	c := cells[r.GetNode()]
-	if c == nil {
-		c = &nodeCell{}
-		cells[r.GetNode()] = c
+	c, ok := cells[r.Node]
+	if !ok {
+		s.size.bytes += nodeCellBytes
 	}
-	for _, b := range r.GetBackends() {
-		c.requests += b.GetRequests()
-		c.errors += b.GetErrors()
+	for _, b := range r.Backends {
+		c.requests += b.Requests
+		c.errors += b.Errors
 	}
-	if sec > s.newestNode[r.GetService()] {
-		s.newestNode[r.GetService()] = sec
-		for t := range series {
+	cells[r.Node] = c
+	if sec > s.newestNode[r.Service] {
+		s.newestNode[r.Service] = sec
+		for t, cells := range series {
 			if t < sec-int64(Retention/time.Second) {
+				s.size.bytes -= int64(len(cells)) * nodeCellBytes
 				delete(series, t)
 			}
 		}
@@ -235,7 +247,7 @@ func (a *Aggregate) add(c *cell, nodes map[string]struct{}) {
 	a.Errors += c.errors
 	a.Latency.Merge(c.latency)
 	a.MaxQueue = max(a.MaxQueue, c.maxQueue)
-	for n := range c.nodes {
+	for _, n := range c.nodes {
 		nodes[n] = struct{}{}
 	}
 }
@@ -378,6 +390,11 @@ func (s *Store) Assess(r *sv1.Rollout, now time.Time) Assessment {
 		}
 		out.Breach = ev
 	}
+	if out.Method != spec.MethodSequential {
+		// Only the sequential tests read node reports.
+		s.forgetReports(slices.Concat(slices.Collect(maps.Values(s.reports[r.GetId()]))...))
+		delete(s.reports, r.GetId())
+	}
 	if out.Method == spec.MethodSequential {
 		run := s.sequential(r, now)
 		out.Sequential = run.status()
@@ -405,7 +422,7 @@ func (s *Store) judgeWindow(r *sv1.Rollout, start, end time.Time) WindowResult {
 	if base.Requests < sp.GetAnalysis().GetMinRequests() {
 		base = s.window(svc, id, sp.GetFrom(), AnyWave, start, end)
 	}
-	res := Judge(sp.GetAnalysis(), sp.GetTo(), sp.GetFrom(), cand, base)
+	res := missing(Judge(sp.GetAnalysis(), sp.GetTo(), sp.GetFrom(), cand, base), s.shedIn(svc, start, end))
 	res.Start, res.End = start, end
 	return res
 }
@@ -417,12 +434,21 @@ func (s *Store) keepReport(rollout string, sec int64, nr *nodeReport) {
 		s.reports[rollout] = series
 	}
 	series[sec] = append(series[sec], nr)
-	cut := sec - int64(Retention/time.Second)
-	for t := range series {
-		if t < cut {
+	s.size.reports++
+	s.size.bytes += nr.sizeBytes()
+	// Older seconds go when a newer one begins, not on every report: at a
+	// hundred thousand reports a second the walk would dominate.
+	if sec <= s.newestReport[rollout] {
+		return
+	}
+	s.newestReport[rollout] = sec
+	for t, reps := range series {
+		if t < sec-int64(ReportRetention/time.Second) {
+			s.forgetReports(reps)
 			delete(series, t)
 		}
 	}
+	cut := sec - int64(Retention/time.Second)
 	for k, run := range s.runs {
 		if run.next < cut && run.last < cut {
 			delete(s.runs, k)
@@ -455,6 +481,7 @@ func (s *Store) sequential(r *sv1.Rollout, now time.Time) *seqRun {
 	for _, sec := range secs {
 		reps := series[sec]
 		delete(series, sec)
+		s.forgetReports(reps)
 		if sec < run.next {
 			late = append(late, reps...)
 			continue

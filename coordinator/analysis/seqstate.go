@@ -19,7 +19,18 @@ import (
 // sequential tests have read it.
 type nodeReport struct {
 	node     string
-	backends map[string]backendPart
+	backends []BackendReport
+}
+
+// part is the report's traffic to one backend; the last entry counts when
+// a report names a backend twice.
+func (r *nodeReport) part(backend string) backendPart {
+	for i := len(r.backends) - 1; i >= 0; i-- {
+		if b := &r.backends[i]; b.Backend == backend {
+			return backendPart{requests: b.Requests, errors: b.Errors, latency: b.Latency}
+		}
+	}
+	return backendPart{}
 }
 
 type backendPart struct {
@@ -152,7 +163,7 @@ func (run *seqRun) read(sp *sv1.RolloutSpec, sec int64, reports []*nodeReport) {
 	var errStrata []Stratum
 	both := make([]*nodeReport, 0, len(reports))
 	for _, r := range reports {
-		c, b := r.backends[cand], r.backends[base]
+		c, b := r.part(cand), r.part(base)
 		if c.requests == 0 || b.requests == 0 {
 			continue
 		}
@@ -186,7 +197,7 @@ func (run *seqRun) read(sp *sv1.RolloutSpec, sec int64, reports []*nodeReport) {
 		type nodeBins struct{ cand, base []sketch.Bin }
 		bins := make([]nodeBins, len(both))
 		for i, r := range both {
-			if c, b := r.backends[cand].latency, r.backends[base].latency; c != nil && b != nil {
+			if c, b := r.part(cand).latency, r.part(base).latency; c != nil && b != nil {
 				bins[i] = nodeBins{c.Bins(), b.Bins()}
 			}
 		}
@@ -222,7 +233,7 @@ func (run *seqRun) read(sp *sv1.RolloutSpec, sec int64, reports []*nodeReport) {
 		}
 	}
 	for _, r := range both {
-		run.base.Merge(r.backends[base].latency)
+		run.base.Merge(r.part(base).latency)
 	}
 	run.seconds = append(run.seconds, tot)
 	if cut := sec - int64(Retention/time.Second); len(run.seconds) > 0 && run.seconds[0].sec < cut {

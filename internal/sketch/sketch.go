@@ -7,11 +7,8 @@ import (
 	"errors"
 	"fmt"
 	"math"
-	"slices"
 
-	"github.com/DataDog/sketches-go/ddsketch"
 	"github.com/DataDog/sketches-go/ddsketch/mapping"
-	"github.com/DataDog/sketches-go/ddsketch/store"
 
 	sv1 "github.com/switchyard/switchyard/proto/switchyard/v1"
 )
@@ -30,11 +27,19 @@ var ErrInvalid = errors.New("invalid latency sketch")
 // ZeroIndex is the index Bins gives the bucket of values too small to map.
 const ZeroIndex = math.MinInt32
 
-// Sketch is a latency distribution in seconds. The zero value is not usable;
+// Sketch is a latency distribution in seconds: DDSketch's logarithmic
+// mapping with its bins held in one dense slice. Coordinators merge a
+// million wire sketches a second, so decoding one is a copy of its counts
+// and merging one is an addition over the overlapping bins; quantiles are
+// computed exactly as DDSketch computes them. The zero value is not usable;
 // call New.
 type Sketch struct {
-	m *mapping.LogarithmicMapping
-	s *ddsketch.DDSketch
+	// zero counts values too small to map (zero latency).
+	zero float64
+	// bins[i] counts values of index offset+i; positive is their sum.
+	offset   int
+	bins     []float64
+	positive float64
 }
 
 var sharedMapping = func() *mapping.LogarithmicMapping {
@@ -46,9 +51,7 @@ var sharedMapping = func() *mapping.LogarithmicMapping {
 }()
 
 // New returns an empty sketch.
-func New() *Sketch {
-	return &Sketch{m: sharedMapping, s: ddsketch.NewDDSketch(sharedMapping, store.NewDenseStore(), store.NewDenseStore())}
-}
+func New() *Sketch { return &Sketch{} }
 
 // Add records one latency. Negative or non-finite values count as zero: a
 // proxy's clock can go backwards, and a lost sample would bias the count.
@@ -62,10 +65,34 @@ func (s *Sketch) AddWithCount(seconds, count float64) {
 	if seconds < 0 || math.IsNaN(seconds) || math.IsInf(seconds, 0) {
 		seconds = 0
 	}
-	if seconds > s.m.MaxIndexableValue() {
-		seconds = s.m.MaxIndexableValue()
+	if seconds > sharedMapping.MaxIndexableValue() {
+		seconds = sharedMapping.MaxIndexableValue()
 	}
-	_ = s.s.AddWithCount(seconds, count) // cannot fail for a finite non-negative value
+	if seconds <= sharedMapping.MinIndexableValue() {
+		s.zero += count
+		return
+	}
+	i := sharedMapping.Index(seconds)
+	s.cover(i, i)
+	s.bins[i-s.offset] += count
+	s.positive += count
+}
+
+// cover grows the bins to hold indexes lo..hi.
+func (s *Sketch) cover(lo, hi int) {
+	if len(s.bins) == 0 {
+		s.offset = lo
+		s.bins = make([]float64, hi-lo+1)
+		return
+	}
+	curHi := s.offset + len(s.bins) - 1
+	if lo >= s.offset && hi <= curHi {
+		return
+	}
+	nlo, nhi := min(lo, s.offset), max(hi, curHi)
+	grown := make([]float64, nhi-nlo+1)
+	copy(grown[s.offset-nlo:], s.bins)
+	s.offset, s.bins = nlo, grown
 }
 
 // Merge adds o's samples to s.
@@ -73,22 +100,44 @@ func (s *Sketch) Merge(o *Sketch) {
 	if o == nil {
 		return
 	}
-	_ = s.s.MergeWith(o.s) // same mapping by construction
+	s.zero += o.zero
+	if len(o.bins) == 0 {
+		return
+	}
+	s.cover(o.offset, o.offset+len(o.bins)-1)
+	dst := s.bins[o.offset-s.offset:]
+	for i, c := range o.bins {
+		dst[i] += c
+	}
+	s.positive += o.positive
 }
 
 // Count is the number of samples.
-func (s *Sketch) Count() float64 { return s.s.GetCount() }
+func (s *Sketch) Count() float64 { return s.zero + s.positive }
 
-// Quantile returns the q-quantile in seconds, 0 for an empty sketch.
+// Quantile returns the q-quantile in seconds, 0 for an empty sketch. It is
+// DDSketch's GetValueAtQuantile: the value of the bin holding rank
+// q×(count−1).
 func (s *Sketch) Quantile(q float64) float64 {
-	if s.s.IsEmpty() {
+	count := s.Count()
+	if count == 0 || q < 0 || q > 1 {
 		return 0
 	}
-	v, err := s.s.GetValueAtQuantile(q)
-	if err != nil {
+	// An explicit conversion keeps the compiler from fusing the multiply
+	// and the subtraction below, as DDSketch does.
+	rank := float64(q * (count - 1))
+	if rank < s.zero {
 		return 0
 	}
-	return v
+	rank -= s.zero
+	var n float64
+	for i, c := range s.bins {
+		n += c
+		if n > rank {
+			return sharedMapping.Value(s.offset + i)
+		}
+	}
+	return sharedMapping.Value(s.offset + len(s.bins) - 1)
 }
 
 // Bin is one bucket of the distribution.
@@ -101,16 +150,14 @@ type Bin struct {
 // Bins returns the non-empty bins in increasing order of value.
 func (s *Sketch) Bins() []Bin {
 	var out []Bin
-	if z := s.s.GetZeroCount(); z > 0 {
-		out = append(out, Bin{Index: ZeroIndex, Count: z})
+	if s.zero > 0 {
+		out = append(out, Bin{Index: ZeroIndex, Count: s.zero})
 	}
-	s.s.GetPositiveValueStore().ForEach(func(i int, c float64) bool {
+	for i, c := range s.bins {
 		if c > 0 {
-			out = append(out, Bin{Index: i, Count: c})
+			out = append(out, Bin{Index: s.offset + i, Count: c})
 		}
-		return false
-	})
-	slices.SortFunc(out, func(a, b Bin) int { return a.Index - b.Index })
+	}
 	return out
 }
 
@@ -122,21 +169,24 @@ func Value(index int) float64 {
 	return sharedMapping.Value(index)
 }
 
+// SizeBytes estimates the memory the sketch holds.
+func (s *Sketch) SizeBytes() int { return 48 + 8*cap(s.bins) }
+
 // ToProto encodes the sketch as contiguous counts from its lowest bin.
 func (s *Sketch) ToProto() *sv1.LatencySketch {
-	p := &sv1.LatencySketch{RelativeAccuracy: RelativeAccuracy, ZeroCount: s.s.GetZeroCount()}
-	st := s.s.GetPositiveValueStore()
-	if st.IsEmpty() {
+	p := &sv1.LatencySketch{RelativeAccuracy: RelativeAccuracy, ZeroCount: s.zero}
+	lo, hi := 0, len(s.bins)-1
+	for lo <= hi && s.bins[lo] == 0 {
+		lo++
+	}
+	for hi >= lo && s.bins[hi] == 0 {
+		hi--
+	}
+	if lo > hi {
 		return p
 	}
-	lo, _ := st.MinIndex()
-	hi, _ := st.MaxIndex()
-	p.IndexOffset = int32(lo)
-	p.Counts = make([]float64, hi-lo+1)
-	st.ForEach(func(i int, c float64) bool {
-		p.Counts[i-lo] += c
-		return false
-	})
+	p.IndexOffset = int32(s.offset + lo)
+	p.Counts = append([]float64(nil), s.bins[lo:hi+1]...)
 	return p
 }
 
@@ -144,36 +194,61 @@ func (s *Sketch) ToProto() *sv1.LatencySketch {
 // panic, sketches of another accuracy, with too many bins, or with counts
 // that are negative or not finite.
 func FromProto(p *sv1.LatencySketch) (*Sketch, error) {
-	s := New()
 	if p == nil {
-		return s, nil
+		return New(), nil
 	}
-	if math.Abs(p.GetRelativeAccuracy()-RelativeAccuracy) > 1e-9 {
-		return nil, fmt.Errorf("%w: relative accuracy %v, want %v", ErrInvalid, p.GetRelativeAccuracy(), RelativeAccuracy)
+	return FromCounts(p.GetRelativeAccuracy(), p.GetZeroCount(), p.GetIndexOffset(), p.GetCounts())
+}
+
+// FromCounts builds a sketch from the fields of a wire sketch, checked as
+// FromProto checks them. The counts are copied.
+func FromCounts(relativeAccuracy, zeroCount float64, indexOffset int32, counts []float64) (*Sketch, error) {
+	s := New()
+	if err := s.Load(relativeAccuracy, zeroCount, indexOffset, counts); err != nil {
+		return nil, err
 	}
-	if len(p.GetCounts()) > MaxBins {
-		return nil, fmt.Errorf("%w: %d bins, at most %d", ErrInvalid, len(p.GetCounts()), MaxBins)
-	}
-	off := int64(p.GetIndexOffset())
-	if off+int64(len(p.GetCounts())) > int64(sharedMapping.Index(sharedMapping.MaxIndexableValue()))+1 || off < int64(sharedMapping.Index(sharedMapping.MinIndexableValue())) {
-		return nil, fmt.Errorf("%w: bins %d..%d outside the mapping", ErrInvalid, off, off+int64(len(p.GetCounts())))
-	}
-	if !validCount(p.GetZeroCount()) {
-		return nil, fmt.Errorf("%w: zero count %v", ErrInvalid, p.GetZeroCount())
-	}
-	st := s.s.GetPositiveValueStore()
-	for i, c := range p.GetCounts() {
-		if !validCount(c) {
-			return nil, fmt.Errorf("%w: count %v in bin %d", ErrInvalid, c, i)
-		}
-		if c > 0 {
-			st.AddWithCount(int(off)+i, c)
-		}
-	}
-	if z := p.GetZeroCount(); z > 0 {
-		_ = s.s.AddWithCount(0, z)
-	}
+	s.bins = append([]float64(nil), s.bins...)
 	return s, nil
+}
+
+// Load sets s to the wire sketch's fields, checked as FromProto checks them.
+// s keeps counts (without copying them): the caller must not change them
+// afterwards. On error s is left empty.
+func (s *Sketch) Load(relativeAccuracy, zeroCount float64, indexOffset int32, counts []float64) error {
+	*s = Sketch{}
+	if math.Abs(relativeAccuracy-RelativeAccuracy) > 1e-9 {
+		return fmt.Errorf("%w: relative accuracy %v, want %v", ErrInvalid, relativeAccuracy, RelativeAccuracy)
+	}
+	if len(counts) > MaxBins {
+		return fmt.Errorf("%w: %d bins, at most %d", ErrInvalid, len(counts), MaxBins)
+	}
+	off := int64(indexOffset)
+	if off+int64(len(counts)) > int64(sharedMapping.Index(sharedMapping.MaxIndexableValue()))+1 || off < int64(sharedMapping.Index(sharedMapping.MinIndexableValue())) {
+		return fmt.Errorf("%w: bins %d..%d outside the mapping", ErrInvalid, off, off+int64(len(counts)))
+	}
+	if !validCount(zeroCount) {
+		return fmt.Errorf("%w: zero count %v", ErrInvalid, zeroCount)
+	}
+	var positive float64
+	for i, c := range counts {
+		if !validCount(c) {
+			return fmt.Errorf("%w: count %v in bin %d", ErrInvalid, c, i)
+		}
+		positive += c
+	}
+	lo, hi := 0, len(counts)-1
+	for lo <= hi && counts[lo] == 0 {
+		lo++
+	}
+	for hi >= lo && counts[hi] == 0 {
+		hi--
+	}
+	s.zero, s.positive = zeroCount, positive
+	if lo <= hi {
+		// Capped, so growing s never writes past its own counts.
+		s.offset, s.bins = int(off)+lo, counts[lo:hi+1:hi+1]
+	}
+	return nil
 }
 
 func validCount(c float64) bool { return c >= 0 && !math.IsNaN(c) && !math.IsInf(c, 0) }

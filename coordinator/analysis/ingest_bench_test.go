@@ -1,0 +1,78 @@
+package analysis
+
+import (
+	"fmt"
+	"math/rand/v2"
+	"testing"
+
+	"google.golang.org/protobuf/proto"
+
+	sv1 "github.com/switchyard/switchyard/proto/switchyard/v1"
+)
+
+// benchWire is n nodes' reports for one second, 10 backends each, encoded.
+func benchWire(b *testing.B, nodes int, end int64) [][]byte {
+	r := rand.New(rand.NewPCG(1, 2))
+	wire := make([][]byte, nodes)
+	for i := range wire {
+		w, err := proto.Marshal(testReport(fmt.Sprintf("edge-%d", i), end, 10, r))
+		if err != nil {
+			b.Fatal(err)
+		}
+		wire[i] = w
+	}
+	return wire
+}
+
+// BenchmarkStore_DecodeAndMerge is the intake's work per report on one
+// core: decode a 10-backend report with its sketches and merge it into the
+// windows and the sequential tests' queue, 256 reports per lock. Each
+// second has 10,000 nodes, so the store prunes as it would in a fleet.
+func BenchmarkStore_DecodeAndMerge(b *testing.B) {
+	const nodes = 10_000
+	base := int64(1_700_000_000)
+	wire := benchWire(b, nodes, base)
+	var d Decoder
+	s := NewStore()
+	batch := make([]*Report, 0, 256)
+	b.ReportAllocs()
+	b.ResetTimer()
+	for i := 0; i < b.N; i++ {
+		r, err := d.Decode(wire[i%nodes])
+		if err != nil {
+			b.Fatal(err)
+		}
+		r.End = base + int64(i/nodes) // the next second's reports
+		batch = append(batch, r)
+		if len(batch) == cap(batch) {
+			s.AddReports(batch)
+			batch = batch[:0]
+		}
+	}
+	s.AddReports(batch)
+	b.StopTimer()
+	b.ReportMetric(float64(b.N)/b.Elapsed().Seconds(), "reports/s")
+}
+
+// BenchmarkStore_ProtoUnmarshalAndAdd is the same through proto.Unmarshal
+// and Add, one report per lock: the intake before the wire decoder.
+func BenchmarkStore_ProtoUnmarshalAndAdd(b *testing.B) {
+	const nodes = 10_000
+	base := int64(1_700_000_000)
+	wire := benchWire(b, nodes, base)
+	s := NewStore()
+	b.ReportAllocs()
+	b.ResetTimer()
+	for i := 0; i < b.N; i++ {
+		var hr sv1.HealthReport
+		if err := proto.Unmarshal(wire[i%nodes], &hr); err != nil {
+			b.Fatal(err)
+		}
+		hr.WindowEnd.Seconds = base + int64(i/nodes)
+		if err := s.Add(&hr); err != nil {
+			b.Fatal(err)
+		}
+	}
+	b.StopTimer()
+	b.ReportMetric(float64(b.N)/b.Elapsed().Seconds(), "reports/s")
+}

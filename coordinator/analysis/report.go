@@ -1,0 +1,323 @@
+package analysis
+
+import (
+	"encoding/binary"
+	"fmt"
+	"math"
+	"slices"
+	"time"
+	"unicode/utf8"
+
+	"google.golang.org/protobuf/encoding/protowire"
+	"google.golang.org/protobuf/proto"
+
+	"github.com/switchyard/switchyard/internal/sketch"
+	sv1 "github.com/switchyard/switchyard/proto/switchyard/v1"
+)
+
+// Report is a health report as the store merges it: only the fields the
+// windows and the sequential tests read, already checked.
+type Report struct {
+	Node, Service, Rollout string
+	Generation             uint64
+	Wave                   int32
+	// End is the unix second the report's window ends in.
+	End      int64
+	Backends []BackendReport
+}
+
+// BackendReport is one backend's traffic in a Report.
+type BackendReport struct {
+	Backend          string
+	Requests, Errors uint64
+	Queued           uint32
+	Latency          *sketch.Sketch
+}
+
+// ReportOf checks a decoded HealthReport and turns it into a Report.
+func ReportOf(r *sv1.HealthReport) (*Report, error) {
+	if r.GetNode() == "" || r.GetService() == "" || r.GetWindowEnd() == nil {
+		return nil, fmt.Errorf("%w: node, service and window_end are required", ErrBadReport)
+	}
+	out := &Report{Node: r.GetNode(), Service: r.GetService(), Rollout: r.GetRolloutId(), Generation: r.GetGeneration(),
+		Wave: r.GetWave(), End: r.GetWindowEnd().AsTime().Unix(), Backends: make([]BackendReport, 0, len(r.GetBackends()))}
+	for _, b := range r.GetBackends() {
+		if b.GetErrors() > b.GetRequests() {
+			return nil, fmt.Errorf("%w: %s has %d errors in %d requests", ErrBadReport, b.GetBackend(), b.GetErrors(), b.GetRequests())
+		}
+		sk, err := sketch.FromProto(b.GetLatency())
+		if err != nil {
+			return nil, fmt.Errorf("%w: %s: %v", ErrBadReport, b.GetBackend(), err)
+		}
+		out.Backends = append(out.Backends, BackendReport{Backend: b.GetBackend(), Requests: b.GetRequests(), Errors: b.GetErrors(),
+			Queued: b.GetQueued(), Latency: sk})
+	}
+	return out, nil
+}
+
+// Decoder reads HealthReports off the wire straight into Reports, without
+// building the protobuf message first: at a hundred thousand reports a
+// second the generic decoder's allocations are most of the cost. It accepts
+// and refuses exactly what proto.Unmarshal followed by ReportOf does
+// (FuzzDecoder_MatchesProtoUnmarshal). A Decoder is not safe for
+// concurrent use; each intake worker has its own.
+type Decoder struct {
+	backends []BackendReport
+	sketches []sketch.Sketch
+	latErrs  []error
+	names    map[string]string
+	// arena holds the bins of the report being decoded: its sketches
+	// share one allocation.
+	arena []float64
+}
+
+// maxInterned bounds the names a Decoder keeps to share: services,
+// rollouts and backends repeat, garbage does not.
+const maxInterned = 4096
+
+func (d *Decoder) intern(b []byte) string {
+	if s, ok := d.names[string(b)]; ok {
+		return s
+	}
+	s := string(b)
+	if d.names == nil {
+		d.names = map[string]string{}
+	}
+	if len(d.names) < maxInterned {
+		d.names[s] = s
+	}
+	return s
+}
+
+// Field numbers of the HealthReport messages in proto/switchyard/v1.
+const (
+	fReportNode        = 1
+	fReportService     = 2
+	fReportWindowStart = 3
+	fReportWindowEnd   = 4
+	fReportGeneration  = 5
+	fReportRollout     = 6
+	fReportWave        = 7
+	fReportBackends    = 8
+	fReportProbes      = 9
+	fReportDrill       = 20
+
+	fBackendName     = 1
+	fBackendRequests = 2
+	fBackendErrors   = 3
+	fBackendLatency  = 4
+	fBackendQueued   = 6
+
+	fSketchAccuracy = 1
+	fSketchZero     = 2
+	fSketchOffset   = 3
+	fSketchCounts   = 4
+
+	fTimestampSeconds = 1
+	fTimestampNanos   = 2
+)
+
+func errWire(what string) error {
+	return fmt.Errorf("%w: cannot decode %s", ErrBadReport, what)
+}
+
+// fields walks a message's fields, calling f with each field's number, wire
+// type and value bytes (for varint and fixed types, the value itself in v).
+func fields(b []byte, what string, f func(num protowire.Number, typ protowire.Type, v uint64, bs []byte) error) error {
+	for len(b) > 0 {
+		num, typ, n := protowire.ConsumeTag(b)
+		if n < 0 {
+			return errWire(what)
+		}
+		b = b[n:]
+		var v uint64
+		var bs []byte
+		switch typ {
+		case protowire.VarintType:
+			v, n = protowire.ConsumeVarint(b)
+		case protowire.Fixed64Type:
+			v, n = protowire.ConsumeFixed64(b)
+		case protowire.Fixed32Type:
+			var v32 uint32
+			v32, n = protowire.ConsumeFixed32(b)
+			v = uint64(v32)
+		case protowire.BytesType:
+			bs, n = protowire.ConsumeBytes(b)
+		default:
+			n = protowire.ConsumeFieldValue(num, typ, b)
+		}
+		if n < 0 {
+			return errWire(what)
+		}
+		b = b[n:]
+		if err := f(num, typ, v, bs); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+func (d *Decoder) str(bs []byte, field string) (string, error) {
+	if !utf8.Valid(bs) {
+		return "", fmt.Errorf("%w: %s is not valid UTF-8", ErrBadReport, field)
+	}
+	return d.intern(bs), nil
+}
+
+// Decode reads one wire HealthReport.
+func (d *Decoder) Decode(b []byte) (*Report, error) {
+	r := &Report{}
+	var endSec, endNanos int64
+	haveEnd, probes := false, false
+	// Every count is 8 bytes of the message: this arena never grows.
+	d.arena = make([]float64, 0, len(b)/8)
+	d.backends, d.sketches, d.latErrs = d.backends[:0], d.sketches[:0], d.latErrs[:0]
+	err := fields(b, "health report", func(num protowire.Number, typ protowire.Type, v uint64, bs []byte) error {
+		if typ != protowire.BytesType && typ != protowire.VarintType {
+			return nil
+		}
+		var err error
+		switch num {
+		case fReportNode, fReportDrill:
+			if typ == protowire.BytesType {
+				if !utf8.Valid(bs) {
+					return fmt.Errorf("%w: field %d is not valid UTF-8", ErrBadReport, num)
+				}
+				if num == fReportNode {
+					r.Node = string(bs)
+				}
+			}
+		case fReportService:
+			if typ == protowire.BytesType {
+				r.Service, err = d.str(bs, "service")
+			}
+		case fReportRollout:
+			if typ == protowire.BytesType {
+				r.Rollout, err = d.str(bs, "rollout_id")
+			}
+		case fReportGeneration:
+			if typ == protowire.VarintType {
+				r.Generation = v
+			}
+		case fReportWave:
+			if typ == protowire.VarintType {
+				r.Wave = int32(v)
+			}
+		case fReportWindowStart, fReportWindowEnd:
+			if typ != protowire.BytesType {
+				return nil
+			}
+			end := num == fReportWindowEnd
+			haveEnd = haveEnd || end
+			err = fields(bs, "timestamp", func(num protowire.Number, typ protowire.Type, v uint64, _ []byte) error {
+				switch {
+				case end && num == fTimestampSeconds && typ == protowire.VarintType:
+					endSec = int64(v)
+				case end && num == fTimestampNanos && typ == protowire.VarintType:
+					endNanos = int64(int32(v))
+				}
+				return nil
+			})
+		case fReportBackends:
+			if typ == protowire.BytesType {
+				var br BackendReport
+				var sk sketch.Sketch
+				var latErr error
+				br, sk, latErr, err = d.backend(bs)
+				d.backends = append(d.backends, br)
+				d.sketches = append(d.sketches, sk)
+				d.latErrs = append(d.latErrs, latErr)
+			}
+		case fReportProbes:
+			probes = probes || typ == protowire.BytesType
+		}
+		return err
+	})
+	if err != nil {
+		return nil, err
+	}
+	if probes {
+		// Probe results are rare and nested deeper; the generic decoder
+		// checks them.
+		var hr sv1.HealthReport
+		if err := proto.Unmarshal(b, &hr); err != nil {
+			return nil, fmt.Errorf("%w: %v", ErrBadReport, err)
+		}
+		return ReportOf(&hr)
+	}
+	if r.Node == "" || r.Service == "" || !haveEnd {
+		return nil, fmt.Errorf("%w: node, service and window_end are required", ErrBadReport)
+	}
+	r.End = time.Unix(endSec, endNanos).Unix()
+	r.Backends = append([]BackendReport(nil), d.backends...)
+	sketches := append([]sketch.Sketch(nil), d.sketches...)
+	for i := range r.Backends {
+		r.Backends[i].Latency = &sketches[i]
+	}
+	latErrs := d.latErrs
+	for i := range r.Backends {
+		b := &r.Backends[i]
+		if b.Errors > b.Requests {
+			return nil, fmt.Errorf("%w: %s has %d errors in %d requests", ErrBadReport, b.Backend, b.Errors, b.Requests)
+		}
+		if latErrs[i] != nil {
+			return nil, fmt.Errorf("%w: %s: %v", ErrBadReport, b.Backend, latErrs[i])
+		}
+	}
+	return r, nil
+}
+
+// backend reads one BackendHealth; a refused sketch is returned apart, to
+// be named after the errors-over-requests check as ReportOf does.
+func (d *Decoder) backend(b []byte) (br BackendReport, sk sketch.Sketch, latErr, err error) {
+	var accuracy, zero float64
+	var offset int32
+	from := len(d.arena)
+	haveLatency := false
+	err = fields(b, "backend", func(num protowire.Number, typ protowire.Type, v uint64, bs []byte) error {
+		var err error
+		switch {
+		case num == fBackendName && typ == protowire.BytesType:
+			br.Backend, err = d.str(bs, "backend")
+		case num == fBackendRequests && typ == protowire.VarintType:
+			br.Requests = v
+		case num == fBackendErrors && typ == protowire.VarintType:
+			br.Errors = v
+		case num == fBackendQueued && typ == protowire.VarintType:
+			br.Queued = uint32(v)
+		case num == fBackendLatency && typ == protowire.BytesType:
+			haveLatency = true
+			err = fields(bs, "latency sketch", func(num protowire.Number, typ protowire.Type, v uint64, bs []byte) error {
+				switch {
+				case num == fSketchAccuracy && typ == protowire.Fixed64Type:
+					accuracy = math.Float64frombits(v)
+				case num == fSketchZero && typ == protowire.Fixed64Type:
+					zero = math.Float64frombits(v)
+				case num == fSketchOffset && typ == protowire.VarintType:
+					offset = int32(protowire.DecodeZigZag(v & math.MaxUint32))
+				case num == fSketchCounts && typ == protowire.Fixed64Type:
+					d.arena = append(d.arena, math.Float64frombits(v))
+				case num == fSketchCounts && typ == protowire.BytesType:
+					if len(bs)%8 != 0 {
+						return errWire("latency sketch counts")
+					}
+					at := len(d.arena)
+					d.arena = slices.Grow(d.arena, len(bs)/8)[:at+len(bs)/8]
+					dst := d.arena[at:]
+					for i := range dst {
+						dst[i] = math.Float64frombits(binary.LittleEndian.Uint64(bs[8*i:]))
+					}
+				}
+				return nil
+			})
+		}
+		return err
+	})
+	if err != nil || !haveLatency {
+		return br, sk, nil, err
+	}
+	// A latency field given twice merges, as proto.Unmarshal merges it:
+	// its counts follow on in the arena.
+	latErr = sk.Load(accuracy, zero, offset, d.arena[from:len(d.arena):len(d.arena)])
+	return br, sk, latErr, nil
+}

@@ -1,0 +1,73 @@
+package coordinator
+
+import (
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/switchyard/switchyard/coordinator/analysis"
+)
+
+// intakeMetrics are the telemetry intake's counters; merged and rejected
+// are the coordinator's long-standing health report counters.
+type intakeMetrics struct {
+	merged, rejected prometheus.Counter
+	shedTotal        *prometheus.CounterVec
+	shedQueue        prometheus.Counter
+	shedSlow         prometheus.Counter
+}
+
+func newIntakeMetrics(reg prometheus.Registerer, m *metrics, in func() *intake) (*intakeMetrics, error) {
+	im := &intakeMetrics{merged: m.telemetry, rejected: m.telemetryRejected,
+		shedTotal: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "switchyard_coordinator_reports_shed_total",
+			Help: "Health reports dropped before they were merged because intake could not keep up, by reason: queue_full (the decode workers' queue was full), slow_consumer (the NATS client dropped them). The windows they belong to are missing data and never pass.",
+		}, []string{"reason"}),
+	}
+	im.shedQueue = im.shedTotal.WithLabelValues(shedQueueFull)
+	im.shedSlow = im.shedTotal.WithLabelValues(shedSlowConsumer)
+	queued := prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+		Name: "switchyard_coordinator_health_reports_queued",
+		Help: "Health reports received and waiting to be decoded and merged.",
+	}, func() float64 { return float64(len(in().queue)) })
+	for _, c := range []prometheus.Collector{im.shedTotal, queued} {
+		if err := reg.Register(c); err != nil {
+			return nil, err
+		}
+	}
+	return im, nil
+}
+
+func (m *intakeMetrics) shed(reason string) prometheus.Counter {
+	if reason == shedSlowConsumer {
+		return m.shedSlow
+	}
+	return m.shedQueue
+}
+
+var (
+	storeNodesDesc = prometheus.NewDesc("switchyard_coordinator_analysis_nodes",
+		"Nodes whose health reports the analysis store holds for the newest second, over every service.", nil, nil)
+	storeSecondsDesc = prometheus.NewDesc("switchyard_coordinator_analysis_seconds",
+		"Seconds of telemetry the analysis store keeps, summed over services and series (at most 15 minutes each).", nil, nil)
+	storeReportsDesc = prometheus.NewDesc("switchyard_coordinator_analysis_reports",
+		"Node reports the analysis store keeps for the sequential tests.", nil, nil)
+	storeBytesDesc = prometheus.NewDesc("switchyard_coordinator_analysis_bytes",
+		"Estimate of the memory the analysis store holds (windows, node series, reports and their sketches); divided by switchyard_coordinator_analysis_nodes it is the memory per node.", nil, nil)
+)
+
+// storeCollector exports the analysis store's size.
+type storeCollector struct{ store *analysis.Store }
+
+func (c storeCollector) Describe(ch chan<- *prometheus.Desc) {
+	ch <- storeNodesDesc
+	ch <- storeSecondsDesc
+	ch <- storeReportsDesc
+	ch <- storeBytesDesc
+}
+
+func (c storeCollector) Collect(ch chan<- prometheus.Metric) {
+	sz := c.store.Size()
+	ch <- prometheus.MustNewConstMetric(storeNodesDesc, prometheus.GaugeValue, float64(sz.Nodes))
+	ch <- prometheus.MustNewConstMetric(storeSecondsDesc, prometheus.GaugeValue, float64(sz.Seconds))
+	ch <- prometheus.MustNewConstMetric(storeReportsDesc, prometheus.GaugeValue, float64(sz.Reports))
+	ch <- prometheus.MustNewConstMetric(storeBytesDesc, prometheus.GaugeValue, float64(sz.Bytes))
+}

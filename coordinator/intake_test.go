@@ -1,0 +1,100 @@
+package coordinator
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"log/slog"
+	"testing"
+	"time"
+
+	"github.com/nats-io/nats.go"
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/testutil"
+	"google.golang.org/protobuf/proto"
+	"google.golang.org/protobuf/types/known/timestamppb"
+
+	"github.com/switchyard/switchyard/bus"
+	"github.com/switchyard/switchyard/coordinator/analysis"
+	"github.com/switchyard/switchyard/internal/sketch"
+	sv1 "github.com/switchyard/switchyard/proto/switchyard/v1"
+)
+
+// When the workers cannot keep up, intake sheds reports with a counter and
+// marks them in the store as missing data; what it queued is merged.
+func TestIntake_ShedsWhenTheQueueIsFullAndCountsIt(t *testing.T) {
+	reg := prometheus.NewRegistry()
+	m := newMetrics(reg)
+	store := analysis.NewStore()
+	now := time.Date(2026, 3, 1, 10, 0, 30, 200e6, time.UTC)
+	var in *intake
+	im, err := newIntakeMetrics(reg, m, func() *intake { return in })
+	if err != nil {
+		t.Fatal(err)
+	}
+	in = newIntake(store, im, nil, slog.New(slog.NewTextHandler(io.Discard, nil)), func() time.Time { return now })
+	in.queue = make(chan *nats.Msg, 8)
+
+	sk := sketch.New()
+	sk.Add(0.02)
+	msg := func(node string) *nats.Msg {
+		wire, err := proto.Marshal(&sv1.HealthReport{Node: node, Service: "web", RolloutId: "r1", Generation: 3,
+			WindowEnd: timestamppb.New(now.Truncate(time.Second)),
+			Backends:  []*sv1.BackendHealth{{Backend: "green", Requests: 10, Latency: sk.ToProto()}}})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return &nats.Msg{Subject: bus.TelemetrySubject("web", node), Data: wire}
+	}
+	// Nothing decodes yet: 7 reports and one garbage message fill the
+	// queue, the next 12 are shed.
+	for i := range 7 {
+		in.handle(msg(fmt.Sprintf("edge-%d", i)))
+	}
+	in.handle(&nats.Msg{Subject: bus.TelemetrySubject("web", "edge-x"), Data: []byte{0xff, 0xff}})
+	for i := range 12 {
+		in.handle(msg(fmt.Sprintf("late-%d", i)))
+	}
+	if got := testutil.ToFloat64(im.shedTotal.WithLabelValues(shedQueueFull)); got != 12 {
+		t.Fatalf("shed queue_full = %v, want 12", got)
+	}
+	in.flushShed()
+	sec := now.Truncate(time.Second)
+	if got := store.Shed("web", sec.Add(-time.Second), sec); got != 12 {
+		t.Fatalf("store marks %d shed reports in the second, want 12", got)
+	}
+	if got := store.Shed("api", sec.Add(-time.Second), sec); got != 0 {
+		t.Fatalf("another service has %d shed reports", got)
+	}
+
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		in.run(ctx, nil)
+	}()
+	defer func() {
+		cancel()
+		<-done
+	}()
+	deadline := time.Now().Add(10 * time.Second)
+	for testutil.ToFloat64(m.telemetry) < 7 || testutil.ToFloat64(m.telemetryRejected) < 1 {
+		if time.Now().After(deadline) {
+			t.Fatalf("merged %v, rejected %v; want 7 and 1", testutil.ToFloat64(m.telemetry), testutil.ToFloat64(m.telemetryRejected))
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+	if _, _, nodes := store.NodeHealth("web", nil, sec.Add(-time.Second), sec); nodes != 7 {
+		t.Fatalf("store has %d nodes for the second, want 7", nodes)
+	}
+	// A drop the NATS client reports has no subject: every service's
+	// second is marked.
+	in.shed("", shedSlowConsumer, 2)
+	in.flushShed()
+	if got := store.Shed("web", sec.Add(-time.Second), sec); got != 14 {
+		t.Fatalf("after a slow-consumer drop: %d shed, want 14", got)
+	}
+	if got := testutil.ToFloat64(im.shedTotal.WithLabelValues(shedSlowConsumer)); got != 2 {
+		t.Fatalf("shed slow_consumer = %v, want 2", got)
+	}
+}

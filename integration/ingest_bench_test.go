@@ -1,0 +1,486 @@
+package integration
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"math/rand/v2"
+	"os"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/nats-io/nats.go"
+	"google.golang.org/protobuf/encoding/protowire"
+	"google.golang.org/protobuf/proto"
+	"google.golang.org/protobuf/types/known/durationpb"
+	"google.golang.org/protobuf/types/known/timestamppb"
+
+	"github.com/switchyard/switchyard/bus"
+	"github.com/switchyard/switchyard/integration/harness"
+	"github.com/switchyard/switchyard/integration/harness/harnesstest"
+	"github.com/switchyard/switchyard/internal/sketch"
+	sv1 "github.com/switchyard/switchyard/proto/switchyard/v1"
+)
+
+// The telemetry ingest benchmarks: one `switchyard coordinator` process (so
+// its CPU and RSS are its own, read from /proc) on an embedded NATS server
+// with auth and TLS, fed by load generators in the benchmark process that
+// publish pre-encoded health reports of many simulated nodes, each node one
+// report a second as agents send them. A subscriber that only counts takes
+// the same messages beside the coordinator: the raw NATS rate of the run.
+
+// procStat is a process's CPU time and resident memory from /proc.
+type procStat struct {
+	cpu time.Duration
+	rss int64 // bytes
+}
+
+func readProc(pid int) (procStat, error) {
+	var ps procStat
+	stat, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	if err != nil {
+		return ps, err
+	}
+	// Fields after the command (which may hold spaces) start at ")".
+	f := strings.Fields(string(stat[strings.LastIndexByte(string(stat), ')')+2:]))
+	if len(f) < 13 {
+		return ps, fmt.Errorf("/proc/%d/stat: %d fields", pid, len(f))
+	}
+	utime, _ := strconv.ParseInt(f[11], 10, 64)
+	stime, _ := strconv.ParseInt(f[12], 10, 64)
+	ps.cpu = time.Duration(utime+stime) * (time.Second / 100) // USER_HZ is 100 on Linux
+	status, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
+	if err != nil {
+		return ps, err
+	}
+	for _, line := range strings.Split(string(status), "\n") {
+		if rest, ok := strings.CutPrefix(line, "VmRSS:"); ok {
+			kb, _ := strconv.ParseInt(strings.TrimSpace(strings.TrimSuffix(strings.TrimSpace(rest), "kB")), 10, 64)
+			ps.rss = kb << 10
+		}
+	}
+	return ps, nil
+}
+
+// reportLoad publishes health reports for simulated nodes: every node one
+// report per wall-clock second, spread over the second.
+type reportLoad struct {
+	published atomic.Int64
+	// bodies are report bodies without node and windows, shared by nodes.
+	bodies [][]byte
+	nodes  []string
+}
+
+// newReportLoad encodes bodies: backends per report, each with a latency
+// sketch of that many requests.
+func newReportLoad(tb testing.TB, nodes, backends int, rollout *sv1.Rollout) *reportLoad {
+	r := rand.New(rand.NewPCG(11, 12))
+	l := &reportLoad{}
+	for range 256 {
+		rep := &sv1.HealthReport{Service: "web"}
+		if rollout != nil {
+			rep.RolloutId, rep.Generation = rollout.GetId(), rollout.GetGeneration()
+		}
+		for i := range backends {
+			name := fmt.Sprintf("pool-%d", i)
+			switch i {
+			case 0:
+				name = harness.Blue
+			case 1:
+				name = harness.Green
+			}
+			sk := sketch.New()
+			n := 20 + r.IntN(40)
+			for range n {
+				sk.Add(0.015 + r.ExpFloat64()*0.004)
+			}
+			rep.Backends = append(rep.Backends, &sv1.BackendHealth{Backend: name, Requests: uint64(n), Errors: uint64(r.IntN(2)), Latency: sk.ToProto()})
+		}
+		body, err := proto.Marshal(rep)
+		if err != nil {
+			tb.Fatal(err)
+		}
+		l.bodies = append(l.bodies, body)
+	}
+	for i := range nodes {
+		l.nodes = append(l.nodes, fmt.Sprintf("sim-%06d", i))
+	}
+	return l
+}
+
+// appendWindow appends a Timestamp field of the HealthReport.
+func appendTimestamp(b []byte, field protowire.Number, sec int64) []byte {
+	var ts []byte
+	ts = protowire.AppendTag(ts, 1, protowire.VarintType)
+	ts = protowire.AppendVarint(ts, uint64(sec))
+	b = protowire.AppendTag(b, field, protowire.BytesType)
+	return protowire.AppendBytes(b, ts)
+}
+
+// run publishes until ctx ends over conns, each connection taking its share
+// of the nodes; subjects carry the connection's own identity, as agent
+// credentials allow, and the node is in the report.
+func (l *reportLoad) run(ctx context.Context, conns []*nats.Conn, subjects []string) {
+	var wg sync.WaitGroup
+	for g, nc := range conns {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			const slices = 50
+			var mine []int
+			for i := g; i < len(l.nodes); i += len(conns) {
+				mine = append(mine, i)
+			}
+			tick := time.NewTicker(time.Second / slices)
+			defer tick.Stop()
+			buf := make([]byte, 0, 4096)
+			// Slice by slice, never skipping one: generators that fall
+			// behind publish less than the target rate, and say so.
+			for {
+				for slice := range slices {
+					sec := time.Now().Unix()
+					for _, i := range mine[len(mine)*slice/slices : len(mine)*(slice+1)/slices] {
+						buf = protowire.AppendTag(buf[:0], 1, protowire.BytesType)
+						buf = protowire.AppendString(buf, l.nodes[i])
+						buf = append(buf, l.bodies[i%len(l.bodies)]...)
+						buf = appendTimestamp(buf, 3, sec-1)
+						buf = appendTimestamp(buf, 4, sec)
+						if err := nc.Publish(subjects[g], buf); err != nil {
+							return
+						}
+						l.published.Add(1)
+					}
+					select {
+					case <-ctx.Done():
+						return
+					case <-tick.C:
+					}
+				}
+			}
+		}()
+	}
+	wg.Wait()
+}
+
+// ingestRig is a coordinator process, its bus, load connections and a
+// counting subscriber.
+type ingestRig struct {
+	c       *harness.Cluster
+	nc      *nats.Conn
+	load    []*nats.Conn
+	subj    []string
+	counted atomic.Int64
+}
+
+func startIngestRig(b *testing.B, ctx context.Context, conns int) *ingestRig {
+	sy, _ := binaries(b)
+	nb := harnesstest.StartNATS(b)
+	rig := &ingestRig{nc: connectNATS(b, nb)}
+	rig.c = harnesstest.StartCluster(b, ctx, harness.ClusterOptions{Size: 1, Switchyard: sy, NATS: nb, Log: io.Discard, LogLevel: "warn"})
+	for g := range conns {
+		name := fmt.Sprintf("load-%d", g)
+		nc, err := nb.Connect(bus.RoleAgent, name, nats.Name(name))
+		if err != nil {
+			b.Fatal(err)
+		}
+		b.Cleanup(nc.Close)
+		rig.load = append(rig.load, nc)
+		rig.subj = append(rig.subj, bus.TelemetrySubject("web", name))
+	}
+	counter, err := nb.Connect(bus.RoleCoordinator, "counter", nats.Name("counter"))
+	if err != nil {
+		b.Fatal(err)
+	}
+	b.Cleanup(counter.Close)
+	sub, err := counter.Subscribe(bus.TelemetryAll(), func(*nats.Msg) { rig.counted.Add(1) })
+	if err != nil {
+		b.Fatal(err)
+	}
+	if err := sub.SetPendingLimits(-1, -1); err != nil {
+		b.Fatal(err)
+	}
+	if err := counter.Flush(); err != nil {
+		b.Fatal(err)
+	}
+	return rig
+}
+
+// sample is one reading of everything the benchmark reports.
+type ingestSample struct {
+	at                        time.Time
+	coord, self               procStat
+	published, counted        int64
+	merged, shed, rejected    float64
+	storeBytes, storeNodes    float64
+	storeReports, queuedNow   float64
+	coordinatorMetricsFetched bool
+}
+
+func (rig *ingestRig) sample(b *testing.B, ctx context.Context, l *reportLoad) ingestSample {
+	s := ingestSample{at: time.Now(), counted: rig.counted.Load()}
+	if l != nil {
+		s.published = l.published.Load()
+	}
+	var err error
+	if s.coord, err = readProc(rig.c.Coordinators[0].Pid()); err != nil {
+		b.Fatal(err)
+	}
+	if s.self, err = readProc(os.Getpid()); err != nil {
+		b.Fatal(err)
+	}
+	m, err := rig.c.Metrics(ctx, 0)
+	if err != nil {
+		b.Fatal(err)
+	}
+	v := func(name string, labels map[string]string) float64 {
+		x, _ := harness.MetricValue(m, name, labels)
+		return x
+	}
+	s.merged = v("switchyard_coordinator_health_reports_total", nil)
+	s.rejected = v("switchyard_coordinator_health_reports_rejected_total", nil)
+	s.shed = v("switchyard_coordinator_reports_shed_total", map[string]string{"reason": "queue_full"}) +
+		v("switchyard_coordinator_reports_shed_total", map[string]string{"reason": "slow_consumer"})
+	s.storeBytes = v("switchyard_coordinator_analysis_bytes", nil)
+	s.storeNodes = v("switchyard_coordinator_analysis_nodes", nil)
+	s.storeReports = v("switchyard_coordinator_analysis_reports", nil)
+	s.queuedNow = v("switchyard_coordinator_health_reports_queued", nil)
+	return s
+}
+
+func envInt(name string, def int) int {
+	if v, err := strconv.Atoi(os.Getenv(name)); err == nil && v > 0 {
+		return v
+	}
+	return def
+}
+
+// BenchmarkIngest_ReportsPerSecond: SWITCHYARD_INGEST_RATE simulated nodes
+// (100,000 by default) each send one report a second with 10 backends and
+// their latency sketches, for a canary whose analysis step the sequential
+// judge is running on, to one coordinator. Measured over
+// SWITCHYARD_INGEST_SECONDS (10) after 5 s of warm-up: reports/s published,
+// delivered to the counting subscriber (raw NATS), merged by the
+// coordinator and shed; the coordinator's CPU (cores) and RSS, and the
+// analysis store's bytes per node; the benchmark process's own CPU (NATS
+// server, load generators, counter).
+func BenchmarkIngest_ReportsPerSecond(b *testing.B) {
+	rate := envInt("SWITCHYARD_INGEST_RATE", 100_000)
+	seconds := envInt("SWITCHYARD_INGEST_SECONDS", 10)
+	ctx := harnesstest.Context(b, time.Duration(seconds)*time.Second+5*time.Minute)
+	rig := startIngestRig(b, ctx, 8)
+
+	// A canary held in its analysis step: the judge runs on every report.
+	in := &sv1.Intent{Id: "ingest-canary", Operator: "integration-test", CreatedAt: timestamppb.Now(),
+		Action: &sv1.Intent_ApplyRollout{ApplyRollout: &sv1.ApplyRollout{Spec: &sv1.RolloutSpec{
+			Name: "ingest-canary", Service: "web", From: harness.Blue, To: harness.Green,
+			Strategy: &sv1.Strategy{Kind: &sv1.Strategy_Canary{Canary: &sv1.Canary{Steps: []*sv1.Step{
+				{Kind: &sv1.Step_SetWeight{SetWeight: 50}},
+				{Kind: &sv1.Step_Analysis{Analysis: &sv1.AnalysisStep{Windows: 100_000}}},
+			}}}},
+			Analysis: &sv1.AnalysisSpec{Horizon: durationpb.New(time.Hour)},
+		}}},
+	}
+	res, err := sendIntent(ctx, rig.nc, bus.IntentKindRollout, in)
+	if err != nil || !res.GetAccepted() {
+		b.Fatalf("apply: %v %v", res, err)
+	}
+	var rollout *sv1.Rollout
+	err = harness.Poll(ctx, 50*time.Millisecond, func(ctx context.Context) error {
+		ans, err := rig.c.Rollouts(ctx, 0, "ingest-canary")
+		if err != nil {
+			return err
+		}
+		rollout = ans.GetRollouts()[0].GetRollout()
+		if rollout.GetPhase() != sv1.RolloutPhase_ROLLOUT_PHASE_PROGRESSING {
+			return fmt.Errorf("rollout %s", rollout.GetPhase())
+		}
+		return nil
+	})
+	if err != nil {
+		b.Fatal(err)
+	}
+
+	l := newReportLoad(b, rate, 10, rollout)
+	lctx, stop := context.WithCancel(ctx)
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		l.run(lctx, rig.load, rig.subj)
+	}()
+	defer func() {
+		stop()
+		<-done
+	}()
+	b.ResetTimer()
+	time.Sleep(5 * time.Second) // warm-up: the measured seconds are whole seconds of full load
+	a := rig.sample(b, ctx, l)
+	time.Sleep(time.Duration(seconds) * time.Second)
+	z := rig.sample(b, ctx, l)
+	b.StopTimer()
+	stop()
+	<-done
+
+	ans, err := rig.c.Rollouts(ctx, 0, "ingest-canary")
+	if err != nil {
+		b.Fatal(err)
+	}
+	view := ans.GetRollouts()[0]
+	b.Logf("rollout %s at step %d: %s", view.GetRollout().GetPhase(), view.GetRollout().GetStep(), view.GetAnalysis())
+	reportIngest(b, a, z, rate)
+	if z.merged-a.merged == 0 {
+		b.Fatal("the coordinator merged no reports")
+	}
+}
+
+func reportIngest(b *testing.B, a, z ingestSample, nodes int) {
+	d := z.at.Sub(a.at).Seconds()
+	per := func(x, y float64) float64 { return (y - x) / d }
+	b.ReportMetric(per(float64(a.published), float64(z.published)), "published/s")
+	b.ReportMetric(per(float64(a.counted), float64(z.counted)), "raw-nats/s")
+	b.ReportMetric(per(a.merged, z.merged), "merged/s")
+	b.ReportMetric(per(a.shed, z.shed), "shed/s")
+	b.ReportMetric(per(a.rejected, z.rejected), "rejected/s")
+	b.ReportMetric((z.coord.cpu-a.coord.cpu).Seconds()/d, "coordinator-cores")
+	b.ReportMetric(float64(z.coord.rss)/(1<<20), "coordinator-rss-MB")
+	b.ReportMetric((z.self.cpu-a.self.cpu).Seconds()/d, "nats+load-cores")
+	if merged := z.merged - a.merged; merged > 0 {
+		// CPU per report is what the machine's other load distorts least.
+		b.ReportMetric((z.coord.cpu-a.coord.cpu).Seconds()*1e6/merged, "coordinator-cpu-µs/report")
+	}
+	if z.storeNodes > 0 {
+		b.ReportMetric(z.storeBytes/z.storeNodes, "store-bytes/node")
+	}
+	b.ReportMetric(float64(z.coord.rss)/float64(max(nodes, 1)), "rss-bytes/node")
+	b.ReportMetric(0, "ns/op")
+	b.Logf("%d nodes: store %.0f nodes, %.0f reports waiting, %.1f MB; queue %.0f at the end", nodes, z.storeNodes, z.storeReports, z.storeBytes/(1<<20), z.queuedNow)
+}
+
+// statusLoad publishes each simulated node's AgentStatus: once at start as
+// a change, then as a heartbeat every interval, spread over it.
+func statusLoad(ctx context.Context, tb testing.TB, nodes []string, conns []*nats.Conn, interval time.Duration, sent *atomic.Int64) {
+	encode := func(node string, heartbeat bool) []byte {
+		st := &sv1.AgentStatus{Node: node, Labels: map[string]string{"site": "pop-" + node[len(node)-1:]}, At: timestamppb.Now(),
+			Version: "bench", Heartbeat: heartbeat, Services: []*sv1.ServiceStatus{{Service: "web",
+				Weights: map[string]uint32{harness.Blue: 100, harness.Green: 0}, Driver: sv1.DriverHealth_DRIVER_HEALTH_OK}}}
+		b, err := proto.Marshal(st)
+		if err != nil {
+			tb.Error(err)
+		}
+		return b
+	}
+	var wg sync.WaitGroup
+	for g, nc := range conns {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			subject := bus.StatusSubject(fmt.Sprintf("load-%d", g))
+			var mine [][2][]byte
+			for i := g; i < len(nodes); i += len(conns) {
+				mine = append(mine, [2][]byte{encode(nodes[i], false), encode(nodes[i], true)})
+			}
+			const slices = 50
+			tick := time.NewTicker(interval / slices)
+			defer tick.Stop()
+			for round := 0; ; round++ {
+				for s := range slices {
+					for _, m := range mine[len(mine)*s/slices : len(mine)*(s+1)/slices] {
+						msg := m[1]
+						if round == 0 {
+							msg = m[0]
+						}
+						if err := nc.Publish(subject, msg); err != nil {
+							return
+						}
+						sent.Add(1)
+					}
+					select {
+					case <-ctx.Done():
+						return
+					case <-tick.C:
+					}
+				}
+			}
+		}()
+	}
+	wg.Wait()
+}
+
+// BenchmarkIngest_IdleFleet: SWITCHYARD_IDLE_NODES (10,000) live nodes that
+// only keep in touch: a status heartbeat every 5 s (the agent's default) and
+// an idle health report every second (two backends, no traffic, no
+// rollout), from lightweight publishers. Reported: the coordinator's CPU
+// (cores) and RSS with the fleet, beside the same coordinator idle with no
+// nodes just before, and the coordinator's view of the fleet.
+func BenchmarkIngest_IdleFleet(b *testing.B) {
+	nodes := envInt("SWITCHYARD_IDLE_NODES", 10_000)
+	seconds := envInt("SWITCHYARD_INGEST_SECONDS", 20)
+	ctx := harnesstest.Context(b, time.Duration(seconds)*time.Second+5*time.Minute)
+	rig := startIngestRig(b, ctx, 8)
+
+	b.ResetTimer()
+	time.Sleep(5 * time.Second) // the empty coordinator settles
+	e0 := rig.sample(b, ctx, nil)
+	time.Sleep(time.Duration(seconds/2) * time.Second)
+	e1 := rig.sample(b, ctx, nil)
+
+	l := newReportLoad(b, nodes, 2, nil)
+	for i := range l.bodies { // idle: no requests, empty sketches
+		rep := &sv1.HealthReport{Service: "web", Backends: []*sv1.BackendHealth{
+			{Backend: harness.Blue, Latency: sketch.New().ToProto()}, {Backend: harness.Green, Latency: sketch.New().ToProto()}}}
+		body, err := proto.Marshal(rep)
+		if err != nil {
+			b.Fatal(err)
+		}
+		l.bodies[i] = body
+	}
+	lctx, stop := context.WithCancel(ctx)
+	var statuses atomic.Int64
+	var wg sync.WaitGroup
+	wg.Add(2)
+	go func() {
+		defer wg.Done()
+		l.run(lctx, rig.load, rig.subj)
+	}()
+	go func() {
+		defer wg.Done()
+		statusLoad(lctx, b, l.nodes, rig.load, agentHeartbeat, &statuses)
+	}()
+	defer func() {
+		stop()
+		wg.Wait()
+	}()
+	// Every node is live in the coordinator's view before measuring.
+	err := harness.Poll(ctx, 250*time.Millisecond, func(ctx context.Context) error {
+		m, err := rig.c.Metrics(ctx, 0)
+		if err != nil {
+			return err
+		}
+		if live, _ := harness.MetricValue(m, "switchyard_coordinator_nodes", map[string]string{"service": "web", "state": "live"}); int(live) != nodes {
+			return fmt.Errorf("%v of %d nodes live", live, nodes)
+		}
+		return nil
+	})
+	if err != nil {
+		b.Fatal(err)
+	}
+	time.Sleep(agentHeartbeat) // a whole heartbeat round, past the first statuses
+	a := rig.sample(b, ctx, l)
+	s0 := statuses.Load()
+	time.Sleep(time.Duration(seconds) * time.Second)
+	z := rig.sample(b, ctx, l)
+	s1 := statuses.Load()
+	b.StopTimer()
+
+	d := z.at.Sub(a.at).Seconds()
+	b.ReportMetric((e1.coord.cpu-e0.coord.cpu).Seconds()/e1.at.Sub(e0.at).Seconds(), "empty-coordinator-cores")
+	b.ReportMetric(float64(e1.coord.rss)/(1<<20), "empty-coordinator-rss-MB")
+	b.ReportMetric(float64(s1-s0)/d, "statuses/s")
+	reportIngest(b, a, z, nodes)
+}
+
+// agentHeartbeat is the agent's default heartbeat (agent.DefaultHeartbeat).
+const agentHeartbeat = 5 * time.Second
