@@ -612,12 +612,15 @@ func fmtInf(v float64) string {
 
 // BenchmarkJudges_FalseRollbacks runs healthy A/A canaries of 10 minutes
 // (green exactly as good as blue) and prints each judge's false-rollback
-// rate with its 95% Wilson interval.
+// rate with its 95% Wilson interval. SWITCHYARD_AA_FIRST skips that many
+// runs' seeds, so a study can be split across processes and its counts
+// added up.
 func BenchmarkJudges_FalseRollbacks(b *testing.B) {
 	runs := envInt("SWITCHYARD_AA_RUNS", 2000)
+	first := envInt("SWITCHYARD_AA_FIRST", 0)
 	for range b.N {
 		for _, h := range worlds(b, "SWITCHYARD_AA_WORLDS", "rough") {
-			falseRollbacks(b, h, runs)
+			falseRollbacks(b, h, first, runs)
 		}
 	}
 }
@@ -643,7 +646,7 @@ func worlds(b *testing.B, env, def string) []honest {
 	return out
 }
 
-func falseRollbacks(b *testing.B, h honest, runs int) {
+func falseRollbacks(b *testing.B, h honest, first, runs int) {
 	const length = 10 * time.Minute
 	falses := make([]int, len(judges))
 	var seqWhy []string
@@ -651,7 +654,7 @@ func falseRollbacks(b *testing.B, h honest, runs int) {
 	done := 0
 	var mu sync.Mutex
 	parallel(runs, func(i int) {
-		seed := uint64(500000 + i)
+		seed := uint64(500000 + first + i)
 		w := newWorld(h, seed, -1, regressionKind{})
 		at, ok, why := lockstep(b, w, length)
 		mu.Lock()
@@ -676,7 +679,7 @@ func falseRollbacks(b *testing.B, h honest, runs int) {
 		}
 	})
 	out := &strings.Builder{}
-	fmt.Fprintf(out, "\nFalse rollbacks over %d A/A runs of %s; generator: %s\n", runs, length, h)
+	fmt.Fprintf(out, "\nFalse rollbacks over %d A/A runs of %s (seeds %d–%d); generator: %s\n", runs, length, 500000+first, 500000+first+runs-1, h)
 	fmt.Fprintf(out, "| judge | false rollbacks | rate | 95%% interval | of which in runs with an incident |\n|---|---|---|---|---|\n")
 	for j, jk := range judges {
 		lo, hi := wilson(falses[j], runs)
