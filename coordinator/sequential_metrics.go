@@ -1,8 +1,6 @@
 package coordinator
 
 import (
-	"strconv"
-
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/switchyard/switchyard/coordinator/analysis"
@@ -10,14 +8,14 @@ import (
 
 var (
 	sequentialStatisticDesc = prometheus.NewDesc("switchyard_rollout_sequential_statistic",
-		"The sequential judge's statistic (CUSUM of the log-likelihood ratio, nats) per rollout, test (errors, latency_p50, ...) and alternative (the odds ratio the detector is tuned to); the rollout is rolled back when it reaches switchyard_rollout_sequential_threshold.",
-		[]string{"rollout", "test", "odds_ratio"}, nil)
+		"The sequential judge's statistic (log of the Shiryaev-Roberts mixture of likelihood ratios over start seconds and alternatives, nats) per rollout and test (errors, latency_p50, ...); the rollout is rolled back when it reaches switchyard_rollout_sequential_threshold.",
+		[]string{"rollout", "test"}, nil)
 	sequentialThresholdDesc = prometheus.NewDesc("switchyard_rollout_sequential_threshold",
-		"The alarm threshold (nats) of each sequential detector, from the rollout's falseAlarm, horizon and the detector's share of the budget.",
-		[]string{"rollout", "test", "odds_ratio"}, nil)
+		"The alarm threshold (nats) of each sequential test, from the rollout's falseAlarm, horizon and the test's share of the budget.",
+		[]string{"rollout", "test"}, nil)
 )
 
-// sequentialCollector exports the sequential judge's detectors of every
+// sequentialCollector exports the sequential judge's tests of every
 // rollout this coordinator's analysis store follows.
 type sequentialCollector struct{ store *analysis.Store }
 
@@ -28,10 +26,7 @@ func (c sequentialCollector) Describe(ch chan<- *prometheus.Desc) {
 
 func (c sequentialCollector) Collect(ch chan<- prometheus.Metric) {
 	for _, r := range c.store.SequentialReadings() {
-		odds := formatOdds(r.OddsRatio)
-		ch <- prometheus.MustNewConstMetric(sequentialStatisticDesc, prometheus.GaugeValue, r.Statistic, r.Rollout, r.Test, odds)
-		ch <- prometheus.MustNewConstMetric(sequentialThresholdDesc, prometheus.GaugeValue, r.Threshold, r.Rollout, r.Test, odds)
+		ch <- prometheus.MustNewConstMetric(sequentialStatisticDesc, prometheus.GaugeValue, r.Statistic, r.Rollout, r.Test)
+		ch <- prometheus.MustNewConstMetric(sequentialThresholdDesc, prometheus.GaugeValue, r.Threshold, r.Rollout, r.Test)
 	}
 }
-
-func formatOdds(v float64) string { return strconv.FormatFloat(v, 'g', -1, 64) }

@@ -14,7 +14,7 @@ import (
 )
 
 // The sequential judge's statistic and threshold are exported per rollout,
-// test and alternative, with the values the judge decides on.
+// and test, with the values the judge decides on.
 func TestMetrics_SequentialStatisticAndThreshold(t *testing.T) {
 	t0 := time.Date(2026, 1, 1, 12, 0, 0, 0, time.UTC)
 	sp := &sv1.RolloutSpec{Name: "r1", Service: "web", From: "blue", To: "green"}
@@ -44,8 +44,8 @@ func TestMetrics_SequentialStatisticAndThreshold(t *testing.T) {
 	}
 	store.Assess(r, t0.Add(3*time.Second))
 	readings := store.SequentialReadings()
-	if len(readings) != 12 {
-		t.Fatalf("%d readings, want 12 (3 error and 9 latency detectors): %v", len(readings), readings)
+	if len(readings) != 4 {
+		t.Fatalf("%d readings, want 4 (errors and latency at p50, p90, p99): %v", len(readings), readings)
 	}
 
 	reg := prometheus.NewPedanticRegistry()
@@ -64,7 +64,7 @@ func TestMetrics_SequentialStatisticAndThreshold(t *testing.T) {
 			if labels["rollout"] != "r1" {
 				t.Errorf("rollout label %q", labels["rollout"])
 			}
-			key := labels["test"] + "/" + labels["odds_ratio"]
+			key := labels["test"]
 			if got[key] == nil {
 				got[key] = map[string]float64{}
 			}
@@ -72,7 +72,7 @@ func TestMetrics_SequentialStatisticAndThreshold(t *testing.T) {
 		}
 	}
 	for _, r := range readings {
-		key := r.Test + "/" + formatOdds(r.OddsRatio)
+		key := r.Test
 		if v := got[key]["switchyard_rollout_sequential_statistic"]; v != r.Statistic {
 			t.Errorf("%s statistic %g, want %g", key, v, r.Statistic)
 		}
@@ -80,15 +80,15 @@ func TestMetrics_SequentialStatisticAndThreshold(t *testing.T) {
 			t.Errorf("%s threshold %g, want %g", key, v, r.Threshold)
 		}
 	}
-	e := got["errors/10"]
+	e := got["errors"]
 	if e["switchyard_rollout_sequential_statistic"] <= 0 {
-		t.Errorf("green at 30%% against 1%%: the ×10 error statistic is %g", e["switchyard_rollout_sequential_statistic"])
+		t.Errorf("green at 30%% against 1%%: the error statistic is %g", e["switchyard_rollout_sequential_statistic"])
 	}
-	// A one-minute horizon (the plan has no timed steps), 30% of 0.005.
-	if want := analysis.AlarmThreshold(0.005, 0.3, 60, 1); e["switchyard_rollout_sequential_threshold"] != want {
-		t.Errorf("×10 error threshold %g, want %g", e["switchyard_rollout_sequential_threshold"], want)
+	// A one-minute horizon (the plan has no timed steps), half of 0.005.
+	if want := analysis.MixtureThreshold(0.005, 0.5, 60); e["switchyard_rollout_sequential_threshold"] != want {
+		t.Errorf("error threshold %g, want %g", e["switchyard_rollout_sequential_threshold"], want)
 	}
-	if _, ok := got["latency_p99/4"]; !ok {
+	if _, ok := got["latency_p99"]; !ok {
 		t.Errorf("no latency_p99 detector in %v", got)
 	}
 }

@@ -140,7 +140,7 @@ func TestJudge_ModerateRegressionRollsBackAndAHealthyCanaryStays(t *testing.T) {
 		case <-time.After(time.Second):
 		}
 	}
-	if !strings.Contains(last.GetAnalysis(), "sequential tests (log-likelihood ratio") {
+	if !strings.Contains(last.GetAnalysis(), "sequential tests (log of the mixture") {
 		t.Errorf("status analysis %q", last.GetAnalysis())
 	}
 	t.Logf("healthy green kept for %s: %s", healthyFor, last.GetAnalysis())

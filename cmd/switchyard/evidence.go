@@ -23,7 +23,7 @@ func printEvidence(w io.Writer, ev *sv1.Evidence) {
 		}
 		fmt.Fprintf(w, "  test:       %s\n", s.GetTest())
 		fmt.Fprintf(w, "  method:     %s\n", s.GetMethod())
-		fmt.Fprintf(w, "  statistic:  %.2f nats reached the threshold %.2f (tuned to the new backend's odds of an event ×%g)\n",
+		fmt.Fprintf(w, "  statistic:  %.2f nats (log of the mixture over start seconds and alternatives) reached the threshold %.2f (leading alternative: the new backend's odds of an event ×%g)\n",
 			s.GetStatistic(), s.GetThreshold(), s.GetOddsRatio())
 		fmt.Fprintf(w, "  guarantee:  a release no worse than the old backend is rolled back with probability at most %g over %s of canary (at most twice that however long it runs)\n",
 			s.GetFalseAlarm(), s.GetHorizon().AsDuration())

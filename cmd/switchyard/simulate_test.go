@@ -56,7 +56,7 @@ func TestCLI_SimulateShowsSequentialEvidenceInWords(t *testing.T) {
 		"Rollback evidence: errors: new backend",
 		"test:       errors",
 		"statistic:",
-		"reached the threshold 14.69", // log(3600 / (0.005 × 0.3)): the ×10 detector holds 30% of the budget
+		"reached the threshold 14.18", // log(3600 / (0.005 × 0.5)): the error test holds half the budget
 		"guarantee:  a release no worse than the old backend is rolled back with probability at most 0.005 over 1h0m0s of canary (at most twice that however long it runs)",
 		"NODE", "edge-",
 	} {

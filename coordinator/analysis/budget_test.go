@@ -39,14 +39,20 @@ func TestSequential_AlarmThresholdSpendsTheBudget(t *testing.T) {
 }
 
 func TestSequential_DetectorSharesSumToOne(t *testing.T) {
-	sum := func(run *seqRun) (errs, lat float64) {
-		for _, c := range run.errors {
-			errs += c.Weight
+	alternatives := func(m *Mixture) {
+		t.Helper()
+		sum := 0.0
+		for _, a := range m.Alternatives {
+			sum += a.Share
 		}
+		near(t, "alternatives' shares", sum, 1, 1e-12)
+	}
+	sum := func(run *seqRun) (errs, lat float64) {
+		errs = run.errors.Weight
+		alternatives(run.errors)
 		for _, d := range run.latency {
-			for _, c := range d.cusums {
-				lat += c.Weight
-			}
+			lat += d.test.Weight
+			alternatives(d.test)
 		}
 		return errs, lat
 	}
@@ -65,7 +71,8 @@ func TestSequential_DetectorSharesSumToOne(t *testing.T) {
 func TestSequential_RunLengthAtTheDefaultThreshold(t *testing.T) {
 	// A 10-minute canary: horizon 600 s. Every second five of ten nodes
 	// split one error each way (green 10 requests, blue 90): 1.0189 nats a
-	// node at the ×10 alternative, 5.094 a second.
+	// node at the ×10 alternative, 5.094 a second; the mixture's ×10 part
+	// alone is log 0.6 + (5.09, 10.19, 15.28) = (4.58, 9.68, 14.78).
 	sp := &sv1.RolloutSpec{Name: "r", Service: "web", From: "blue", To: "green",
 		Strategy: &sv1.Strategy{Kind: &sv1.Strategy_Canary{Canary: &sv1.Canary{Steps: []*sv1.Step{
 			{Kind: &sv1.Step_SetWeight{SetWeight: 10}},
@@ -73,11 +80,8 @@ func TestSequential_RunLengthAtTheDefaultThreshold(t *testing.T) {
 		}}}}}
 	spec.Default(sp)
 	run := newSeqRun("r", sp, 1)
-	c := run.errors[2]
-	if c.OddsRatio != 10 {
-		t.Fatalf("detector %g", c.OddsRatio)
-	}
-	near(t, "threshold", run.threshold(c, 1), 12.89921982609012, 1e-12)
+	m := run.errors
+	near(t, "threshold", run.threshold(m), 12.388394202324129, 1e-12)
 	one := Stratum{CandRequests: 10, CandEvents: 1, BaseRequests: 90, BaseEvents: 1}
 	near(t, "one node-second", ShareLLR(one, 10), 1.018877320649256, 1e-12)
 	var strata []Stratum
@@ -86,19 +90,27 @@ func TestSequential_RunLengthAtTheDefaultThreshold(t *testing.T) {
 		s.Node = string(rune('a' + i))
 		strata = append(strata, s)
 	}
-	var incs []float64
-	for sec := int64(1); sec <= 5; sec++ {
-		before := c.Statistic
-		incs = append(incs, c.Update(sec, strata)-before)
+	alarm := func(first int64) int64 {
+		m := NewMixture(DefaultOddsRatios, ErrorWeights)
+		m.Weight = 0.5
+		for sec := first; sec < first+10; sec++ {
+			if m.Update(sec, StartWeight(sec-1, 600), strata) >= run.threshold(m) {
+				return sec - first + 1
+			}
+		}
+		return 0
 	}
-	if got := RunLength(incs, run.threshold(c, 1)); got != 3 {
-		t.Fatalf("run length %d, want 3 (5.09, 10.19, 15.28 nats)", got)
+	if got := alarm(1); got != 3 {
+		t.Fatalf("alarm after %d s, want 3", got)
 	}
-	// The same evidence after the canary outlived its horizon twice needs
-	// 2·log 2 more: still 3 seconds here, 14.29 < 15.28.
-	near(t, "third stretch", run.threshold(c, 1+1200), 12.89921982609012+2*math.Ln2, 1e-12)
-	if got := RunLength(incs, run.threshold(c, 1+1200)); got != 3 {
-		t.Fatalf("run length %d in the third stretch, want 3", got)
+	if run.update(m, 1, strata) || run.update(m, 2, strata) || !run.update(m, 3, strata) {
+		t.Fatalf("the run's error test must alarm at its third second: %g of %g", m.Statistic, run.threshold(m))
+	}
+	// The same evidence after the canary outlived its horizon twice: the
+	// starts weigh a quarter, 2·log 2 less; the ×10 part at the third
+	// second 14.78 − 1.39 = 13.39 is still over 12.39.
+	if got := alarm(1 + 1200); got != 3 {
+		t.Fatalf("alarm after %d s in the third stretch, want 3", got)
 	}
 }
 

@@ -60,7 +60,7 @@ type seqRun struct {
 	rollout string
 	next    int64 // the next second (window end, unix) to read
 	first   int64 // the first second of the canary
-	errors  []*CUSUM
+	errors  *Mixture
 	latency []*latencyDetector
 	// base is every old-backend latency read so far: the thresholds of the
 	// next second come from it, never from the second they judge.
@@ -78,7 +78,7 @@ const latencyShare = 0.5
 
 type latencyDetector struct {
 	quantile float64
-	cusums   []*CUSUM
+	test     *Mixture
 	// threshold is the old backend's quantile in the last second read.
 	threshold float64
 }
@@ -98,8 +98,10 @@ type secondTotals struct {
 func newSeqRun(rollout string, sp *sv1.RolloutSpec, first int64) *seqRun {
 	a := sp.GetAnalysis()
 	run := &seqRun{rollout: rollout, next: first, first: first, base: sketch.New(), alpha: spec.FalseAlarm(a), horizon: spec.HorizonOf(sp)}
-	for _, o := range DefaultOddsRatios {
-		run.errors = append(run.errors, NewCUSUM(o))
+	run.errors = NewMixture(DefaultOddsRatios, ErrorWeights)
+	even := make([]float64, len(DefaultOddsRatios))
+	for i := range even {
+		even[i] = 1 / float64(len(even))
 	}
 	qs := append(append([]float64{}, latencyQuantiles...), a.GetLatency().GetQuantile())
 	sort.Float64s(qs)
@@ -107,14 +109,12 @@ func newSeqRun(rollout string, sp *sv1.RolloutSpec, first int64) *seqRun {
 		if q <= 0 || (i > 0 && q == qs[i-1]) {
 			continue
 		}
-		d := &latencyDetector{quantile: q}
-		for _, o := range DefaultOddsRatios {
-			d.cusums = append(d.cusums, NewCUSUM(o))
-		}
-		run.latency = append(run.latency, d)
+		run.latency = append(run.latency, &latencyDetector{quantile: q, test: NewMixture(DefaultOddsRatios, even)})
 	}
-	// Split the budget: the error tests' part by ErrorWeights, the latency
-	// tests' part evenly. A guardrail the spec leaves out spends nothing.
+	// Split the budget: half to the error test, half to the latency tests
+	// in equal parts (within a test, the alternatives share its part: the
+	// error test's by ErrorWeights, a latency test's evenly). A guardrail
+	// the spec leaves out spends nothing.
 	errShare, latShare := 1-latencyShare, latencyShare
 	switch {
 	case a.GetErrorRate() == nil && a.GetLatency() == nil:
@@ -124,35 +124,32 @@ func newSeqRun(rollout string, sp *sv1.RolloutSpec, first int64) *seqRun {
 	case a.GetErrorRate() == nil:
 		errShare, latShare = 0, 1
 	}
-	for i, c := range run.errors {
-		c.Weight = errShare * ErrorWeights[i]
-	}
+	run.errors.Weight = errShare
 	for _, d := range run.latency {
-		for _, c := range d.cusums {
-			c.Weight = latShare / float64(len(run.latency)*len(d.cusums))
-		}
+		d.test.Weight = latShare / float64(len(run.latency))
 	}
 	return run
 }
 
-// threshold is detector c's alarm threshold at second sec.
-func (run *seqRun) threshold(c *CUSUM, sec int64) float64 {
-	if c.Weight <= 0 {
-		return math.Inf(1)
-	}
-	intervals := max(int64(run.horizon/time.Second), 1)
-	block := int((max(sec-run.first, 0))/intervals) + 1
-	return AlarmThreshold(run.alpha, c.Weight, int(intervals), block)
+// intervals is the horizon in seconds: the number of starts that share a
+// test's budget.
+func (run *seqRun) intervals() int {
+	return int(max(int64(run.horizon/time.Second), 1))
 }
 
-// alarmed is the detector of cs over its threshold at sec, if any: the one
-// furthest over.
-func (run *seqRun) alarmed(cs []*CUSUM, sec int64) *CUSUM {
-	c := run.top(cs, sec)
-	if c.Statistic >= run.threshold(c, sec) {
-		return c
+// threshold is test m's alarm threshold.
+func (run *seqRun) threshold(m *Mixture) float64 {
+	if m.Weight <= 0 {
+		return math.Inf(1)
 	}
-	return nil
+	return MixtureThreshold(run.alpha, m.Weight, run.intervals())
+}
+
+// update adds a second's strata to test m and reports whether it reached
+// its threshold.
+func (run *seqRun) update(m *Mixture, sec int64, strata []Stratum) bool {
+	m.Update(sec, StartWeight(sec-run.first, run.intervals()), strata)
+	return m.Statistic >= run.threshold(m)
 }
 
 // read feeds one second's reports to the detectors.
@@ -180,11 +177,8 @@ func (run *seqRun) read(sp *sv1.RolloutSpec, sec int64, reports []*nodeReport) {
 	if run.alarm != nil {
 		return
 	}
-	for _, c := range run.errors {
-		c.Update(sec, errStrata)
-	}
-	if c := run.alarmed(run.errors, sec); c != nil {
-		run.alarm = run.evidence("error_rate", "errors", c, sec, "errors")
+	if run.update(run.errors, sec, errStrata) {
+		run.alarm = run.evidence("error_rate", "errors", run.errors, sec, "errors")
 	}
 
 	// Latency: requests slower than the old backend's quantiles as they
@@ -221,14 +215,9 @@ func (run *seqRun) read(sp *sv1.RolloutSpec, sec int64, reports []*nodeReport) {
 					tot.baseSlow += bs
 				}
 			}
-			for _, c := range d.cusums {
-				c.Update(sec, strata)
-			}
-			if run.alarm == nil {
-				if c := run.alarmed(d.cusums, sec); c != nil {
-					run.alarm = run.evidence("latency", fmt.Sprintf("latency: requests slower than %s's p%s (%s)", base, pct(d.quantile), dur(d.threshold)),
-						c, sec, "requests over "+dur(d.threshold))
-				}
+			if run.update(d.test, sec, strata) && run.alarm == nil {
+				run.alarm = run.evidence("latency", fmt.Sprintf("latency: requests slower than %s's p%s (%s)", base, pct(d.quantile), dur(d.threshold)),
+					d.test, sec, "requests over "+dur(d.threshold))
 			}
 		}
 	}
@@ -268,23 +257,15 @@ func countAbove(bins []sketch.Bin, index int) (total, above float64) {
 	return total, above
 }
 
-// top is the detector closest to (or furthest over) its threshold at sec.
-func (run *seqRun) top(cs []*CUSUM, sec int64) *CUSUM {
-	best := cs[0]
-	for _, c := range cs[1:] {
-		if c.Statistic-run.threshold(c, sec) > best.Statistic-run.threshold(best, sec) {
-			best = c
-		}
-	}
-	return best
-}
-
-func (run *seqRun) evidence(guardrail, test string, c *CUSUM, sec int64, events string) *sv1.Evidence {
+func (run *seqRun) evidence(guardrail, test string, m *Mixture, sec int64, events string) *sv1.Evidence {
+	lead := m.Leading()
+	c := lead.Run
 	a := &sv1.SequentialEvidence{
 		Test: test,
-		Method: fmt.Sprintf("CUSUM of the log-likelihood ratio of the new backend's share of events, per node and second, given both backends' events there; "+
-			"threshold log(horizon seconds / (falseAlarm × %.3g)), the detector's share of the false-alarm budget", c.Weight),
-		Statistic: c.Statistic, Threshold: run.threshold(c, sec), OddsRatio: c.OddsRatio,
+		Method: fmt.Sprintf("Shiryaev–Roberts mixture over start seconds and odds alternatives ×%s (shares %s) of the likelihood ratio of the new backend's share of events, "+
+			"per node and second, given both backends' events there; threshold log(horizon seconds / (falseAlarm × %.3g)), the test's share of the false-alarm budget",
+			joinFloats(m, func(a *Alternative) float64 { return a.OddsRatio }, ", ×"), joinFloats(m, func(a *Alternative) float64 { return a.Share }, ", "), m.Weight),
+		Statistic: m.Statistic, Threshold: run.threshold(m), OddsRatio: lead.OddsRatio,
 		Since: timestamppb.New(time.Unix(c.Since-1, 0)), At: timestamppb.New(time.Unix(sec, 0)),
 		CandidateEvents: c.CandEvents, CandidateRequests: c.CandRequests,
 		BaselineEvents: c.BaseEvents, BaselineRequests: c.BaseRequests,
@@ -299,11 +280,20 @@ func (run *seqRun) evidence(guardrail, test string, c *CUSUM, sec int64, events 
 		a.Nodes = append(a.Nodes, &sv1.NodeEvidence{Node: n, Contribution: v.Contribution,
 			CandidateEvents: v.CandEvents, CandidateRequests: v.CandRequests, BaselineEvents: v.BaseEvents, BaselineRequests: v.BaseRequests})
 	}
-	return &sv1.Evidence{Guardrail: guardrail, Summary: sequentialSummary(a, events), Sequential: a}
+	return &sv1.Evidence{Guardrail: guardrail, Summary: sequentialSummary(a, events, c.Statistic), Sequential: a}
 }
 
-// sequentialSummary says an alarm in one line an operator can check.
-func sequentialSummary(a *sv1.SequentialEvidence, events string) string {
+func joinFloats(m *Mixture, f func(*Alternative) float64, sep string) string {
+	var out []string
+	for _, a := range m.Alternatives {
+		out = append(out, fmt.Sprintf("%.3g", f(a)))
+	}
+	return strings.Join(out, sep)
+}
+
+// sequentialSummary says an alarm in one line an operator can check; run is
+// the log-likelihood ratio of the leading alternative's run alone.
+func sequentialSummary(a *sv1.SequentialEvidence, events string, run float64) string {
 	rate := func(e, n uint64) string {
 		if n == 0 {
 			return "-"
@@ -319,10 +309,11 @@ func sequentialSummary(a *sv1.SequentialEvidence, events string) string {
 		nodes = append(nodes, fmt.Sprintf("%s (%+.1f)", n.GetNode(), n.GetContribution()))
 	}
 	return fmt.Sprintf("%s: new backend %d %s in %d requests (%s) vs old %d in %d (%s) on the same nodes since %s; "+
-		"log-likelihood ratio %.1f reached the threshold %.1f (odds ×%g alternative; exact binomial p=%.2g); driven by %s",
+		"evidence (log of the mixture over starts and alternatives) %.1f reached the threshold %.1f; "+
+		"leading alternative odds ×%g, its log-likelihood ratio since then %.1f (exact binomial p=%.2g); driven by %s",
 		a.GetTest(), a.GetCandidateEvents(), events, a.GetCandidateRequests(), rate(a.GetCandidateEvents(), a.GetCandidateRequests()),
 		a.GetBaselineEvents(), a.GetBaselineRequests(), rate(a.GetBaselineEvents(), a.GetBaselineRequests()),
-		a.GetSince().AsTime().UTC().Format(time.TimeOnly), a.GetStatistic(), a.GetThreshold(), a.GetOddsRatio(), a.GetPValue(),
+		a.GetSince().AsTime().UTC().Format(time.TimeOnly), a.GetStatistic(), a.GetThreshold(), a.GetOddsRatio(), run, a.GetPValue(),
 		strings.Join(nodes, ", "))
 }
 
@@ -391,46 +382,48 @@ func (run *seqRun) status() string {
 	if run.last == 0 {
 		return "sequential tests: no report with both backends yet"
 	}
-	top := run.top(run.errors, run.last)
-	s := fmt.Sprintf("sequential tests (log-likelihood ratio of the detector nearest its threshold, nats): errors %.1f of %.1f (odds ×%g)",
-		top.Statistic, run.threshold(top, run.last), top.OddsRatio)
+	s := fmt.Sprintf("sequential tests (log of the mixture over starts and alternatives, nats): errors %s of %.1f",
+		nats(run.errors.Statistic), run.threshold(run.errors))
 	if run.base.Count() < minBaselineSamples {
 		s += fmt.Sprintf("; latency waits for %d old-backend samples (%.0f so far)", minBaselineSamples, run.base.Count())
 		return s
 	}
 	for _, d := range run.latency {
-		c := run.top(d.cusums, run.last)
-		s += fmt.Sprintf("; latency over p%s %s %.1f of %.1f", pct(d.quantile), dur(d.threshold), c.Statistic, run.threshold(c, run.last))
+		s += fmt.Sprintf("; latency over p%s %s %s of %.1f", pct(d.quantile), dur(d.threshold), nats(d.test.Statistic), run.threshold(d.test))
 	}
 	return s
 }
 
-// Reading is one sequential detector's state, for metrics.
+// nats prints a statistic; before the first start it has no value.
+func nats(v float64) string {
+	if math.IsInf(v, -1) {
+		return "-"
+	}
+	return fmt.Sprintf("%.1f", v)
+}
+
+// Reading is one sequential test's state, for metrics.
 type Reading struct {
 	Rollout string
 	// Test is "errors" or "latency_p" and the quantile ("latency_p99").
-	Test      string
-	OddsRatio float64
+	Test string
 	// Statistic and Threshold are in nats; an alarm is raised when the
-	// statistic reaches the threshold.
+	// statistic reaches the threshold. Before the first second read the
+	// statistic is -Inf.
 	Statistic, Threshold float64
 }
 
-// Readings are the rollout's detectors as of the newest second read.
+// Readings are the rollout's tests as of the newest second read.
 func (run *seqRun) readings() []Reading {
 	var out []Reading
-	add := func(test string, cs []*CUSUM) {
-		for _, c := range cs {
-			if c.Weight <= 0 {
-				continue
-			}
-			out = append(out, Reading{Rollout: run.rollout, Test: test, OddsRatio: c.OddsRatio,
-				Statistic: c.Statistic, Threshold: run.threshold(c, max(run.last, run.first))})
+	add := func(test string, m *Mixture) {
+		if m.Weight > 0 {
+			out = append(out, Reading{Rollout: run.rollout, Test: test, Statistic: m.Statistic, Threshold: run.threshold(m)})
 		}
 	}
 	add("errors", run.errors)
 	for _, d := range run.latency {
-		add("latency_p"+pct(d.quantile), d.cusums)
+		add("latency_p"+pct(d.quantile), d.test)
 	}
 	return out
 }
@@ -455,10 +448,7 @@ func (s *Store) SequentialReadings() []Reading {
 		if a.Rollout != b.Rollout {
 			return a.Rollout < b.Rollout
 		}
-		if a.Test != b.Test {
-			return a.Test < b.Test
-		}
-		return a.OddsRatio < b.OddsRatio
+		return a.Test < b.Test
 	})
 	return out
 }

@@ -29,6 +29,8 @@ import (
 
 // honest are the generator's parameters; they are printed with the tables.
 type honest struct {
+	// Name says which world the parameters describe.
+	Name  string
 	Nodes int
 	// Rate is each node's mean requests per second; GreenShare of them go
 	// to green.
@@ -47,28 +49,65 @@ type honest struct {
 	BurstProb, BurstErr float64
 	// Latency: lognormal body with this median and sigma, and a Pareto
 	// tail: TailProb of requests add Pareto(TailMin, TailAlpha).
-	Median, Sigma                time.Duration
-	TailProb, TailAlpha          float64
-	TailMin                      time.Duration
-	SwingAmp                     float64 // load swings ±SwingAmp, period 60..300 s
+	Median, Sigma       time.Duration
+	TailProb, TailAlpha float64
+	TailMin             time.Duration
+	SwingAmp            float64 // load swings ±SwingAmp, period 60..300 s
+	// Flash crowds: on each node, on average one every FlashEvery
+	// (Poisson), multiplying its load by FlashMin..FlashMax for
+	// FlashLenMin..FlashLenMax (uniform); 0: none.
+	FlashEvery               time.Duration
+	FlashMin, FlashMax       float64
+	FlashLenMin, FlashLenMax time.Duration
+	// DiurnalAmp: the fleet's load follows 1 ± DiurnalAmp over 24 h from a
+	// random time of day, scaled so that it is Rate at the canary's start.
+	DiurnalAmp                   float64
 	IncidentProb                 float64 // chance per run of a fleet-wide incident
 	IncidentLen                  time.Duration
 	IncidentErr, IncidentLatency float64 // added errors and latency factor, both backends
 }
 
+// honestDefaults is the rough world: load swinging ±60% within minutes in
+// every run.
 var honestDefaults = honest{
+	Name:  "rough",
 	Nodes: 10, Rate: 100, GreenShare: 0.1, NodeSpread: 0.5, BaseErr: 0.005,
 	Overdispersion: 0.5, BurstProb: 0.0005, BurstErr: 0.2,
 	Median: 20 * time.Millisecond, Sigma: 350 * time.Millisecond, TailProb: 0.005, TailAlpha: 1.5, TailMin: 30 * time.Millisecond,
 	SwingAmp: 0.6, IncidentProb: 0.5, IncidentLen: 40 * time.Second, IncidentErr: 0.02, IncidentLatency: 2,
 }
 
+// edgeWorld is the edge world: the same nodes, errors, latency and
+// incidents, with load shaped as a point of presence sees it: minute-scale
+// swings of ±25%, flash crowds of ×2–3 for 5–30 s about every 10 minutes
+// on each node, and the slow drift of the daily cycle (±50% over 24 h).
+var edgeWorld = func() honest {
+	h := honestDefaults
+	h.Name = "edge"
+	h.SwingAmp = 0.25
+	h.FlashEvery, h.FlashMin, h.FlashMax = 10*time.Minute, 2, 3
+	h.FlashLenMin, h.FlashLenMax = 5*time.Second, 30*time.Second
+	h.DiurnalAmp = 0.5
+	return h
+}()
+
 func (h honest) String() string {
+	load := fmt.Sprintf("load swings ±%.0f%% (period 60–300 s)", 100*h.SwingAmp)
+	if h.FlashEvery > 0 {
+		load += fmt.Sprintf(", flash crowds ×%g–%g for %s–%s about every %s per node", h.FlashMin, h.FlashMax, h.FlashLenMin, h.FlashLenMax, h.FlashEvery)
+	}
+	if h.DiurnalAmp > 0 {
+		load += fmt.Sprintf(", daily drift ±%.0f%% over 24 h", 100*h.DiurnalAmp)
+	}
+	return fmt.Sprintf("%s world: %s", h.Name, h.details(load))
+}
+
+func (h honest) details(load string) string {
 	return fmt.Sprintf("%d nodes × %.0f req/s (±%.0f%% per node in load, errors and latency), green %.0f%%; errors %.2f%% with lognormal(σ=%.1f) overdispersion per node·backend·second "+
 		"and %.2f%% chance of a %.0f%% one-backend burst; latency lognormal median %s σ=%.2f plus %.1f%% Pareto(%s, α=%.1f) tail; "+
-		"load swings ±%.0f%% (period 60–300 s); in %.0f%% of runs a %s fleet-wide incident (+%.0f points errors, ×%.0f latency, both backends)",
+		"%s; in %.0f%% of runs a %s fleet-wide incident (+%.0f points errors, ×%.0f latency, both backends)",
 		h.Nodes, h.Rate, 100*h.NodeSpread, 100*h.GreenShare, 100*h.BaseErr, h.Overdispersion, 100*h.BurstProb, 100*h.BurstErr,
-		h.Median, h.Sigma.Seconds()*1000/1000, 100*h.TailProb, h.TailMin, h.TailAlpha, 100*h.SwingAmp, 100*h.IncidentProb, h.IncidentLen,
+		h.Median, h.Sigma.Seconds()*1000/1000, 100*h.TailProb, h.TailMin, h.TailAlpha, load, 100*h.IncidentProb, h.IncidentLen,
 		100*h.IncidentErr, h.IncidentLatency)
 }
 
@@ -90,7 +129,19 @@ type world struct {
 	incident                time.Duration // start, or -1
 	onset                   time.Duration // -1: never
 	bad                     regressionKind
+	// flashes are each node's flash crowds; diurnal the phase of the day.
+	flashes [][]flash
+	diurnal float64
 }
+
+type flash struct {
+	from, to time.Duration
+	factor   float64
+}
+
+// flashHorizon is how far ahead the flash crowds of a run are drawn: longer
+// than any run.
+const flashHorizon = 20 * time.Minute
 
 func newWorld(h honest, seed uint64, onset time.Duration, bad regressionKind) *world {
 	w := &world{h: h, rng: rand.New(rand.NewPCG(seed, seed^0x9e3779b97f4a7c15)), onset: onset, bad: bad, incident: -1}
@@ -105,7 +156,42 @@ func newWorld(h honest, seed uint64, onset time.Duration, bad regressionKind) *w
 	if w.rng.Float64() < h.IncidentProb {
 		w.incident = time.Duration(w.rng.Float64() * float64(9*time.Minute))
 	}
+	// The load's shape comes from its own stream, so a world without it
+	// draws exactly the telemetry it drew before.
+	shape := rand.New(rand.NewPCG(seed^0x2545f4914f6cdd1d, 23))
+	w.diurnal = 2 * math.Pi * shape.Float64()
+	w.flashes = make([][]flash, h.Nodes)
+	for i := range w.flashes {
+		if h.FlashEvery <= 0 {
+			break
+		}
+		for at := time.Duration(0); ; {
+			at += time.Duration(shape.ExpFloat64() * float64(h.FlashEvery))
+			if at > flashHorizon {
+				break
+			}
+			length := h.FlashLenMin + time.Duration(shape.Float64()*float64(h.FlashLenMax-h.FlashLenMin))
+			w.flashes[i] = append(w.flashes[i], flash{from: at, to: at + length, factor: h.FlashMin + shape.Float64()*(h.FlashMax-h.FlashMin)})
+		}
+	}
 	return w
+}
+
+// load is node i's load factor in the second that starts at s seconds:
+// the swing, the daily drift and any flash crowd on the node.
+func (w *world) load(i int, s float64, swing float64) float64 {
+	f := swing
+	if a := w.h.DiurnalAmp; a > 0 {
+		const day = 24 * 3600
+		f *= (1 + a*math.Sin(2*math.Pi*s/day+w.diurnal)) / (1 + a*math.Sin(w.diurnal))
+	}
+	at := time.Duration(s * float64(time.Second))
+	for _, fl := range w.flashes[i] {
+		if at >= fl.from && at < fl.to {
+			f *= fl.factor
+		}
+	}
+	return f
 }
 
 func (w *world) poisson(mean float64) int {
@@ -207,7 +293,7 @@ func (w *world) second(t0 time.Time, end time.Duration) []*sv1.HealthReport {
 	}
 	out := make([]*sv1.HealthReport, 0, h.Nodes)
 	for i := range h.Nodes {
-		n := w.poisson(h.Rate * w.nodeLoad[i] * swing)
+		n := w.poisson(h.Rate * w.nodeLoad[i] * w.load(i, s, swing))
 		ng := w.binomial(n, h.GreenShare)
 		nb := n - ng
 		gBad := w.binomial(ng, badShare)
@@ -263,11 +349,13 @@ type lane struct {
 	ctl      *Controller
 	decided  time.Duration
 	rollback bool
+	why      string // the rollback's evidence
 }
 
 // lockstep runs every judge on the same generated telemetry for length and
-// returns, per judge, the time of its rollback decision (ok false: none).
-func lockstep(tb testing.TB, w *world, length time.Duration) (at []time.Duration, ok []bool) {
+// returns, per judge, the time of its rollback decision (ok false: none)
+// and its evidence.
+func lockstep(tb testing.TB, w *world, length time.Duration) (at []time.Duration, ok []bool, why []string) {
 	t0 := time.Date(2026, 11, 29, 12, 0, 0, 0, time.UTC)
 	// One store holds the telemetry for every judge: each reads it its own
 	// way, and the store keeps the sequential and windows verdicts apart.
@@ -288,7 +376,7 @@ func lockstep(tb testing.TB, w *world, length time.Duration) (at []time.Duration
 		l.ctl = &Controller{State: l.st, Raft: &memRaft{st: l.st, index: 1}, Fleet: instantFleet{live: w.h.Nodes}, Analyzer: an,
 			OnDecision: func(_ *sv1.Rollout, d Decision, now time.Time) {
 				if d.Action == Rollback && !l.rollback {
-					l.rollback, l.decided = true, now.Sub(t0)
+					l.rollback, l.decided, l.why = true, now.Sub(t0), d.Evidence.GetSummary()
 				}
 			}}
 		lanes[j] = l
@@ -320,9 +408,9 @@ func lockstep(tb testing.TB, w *world, length time.Duration) (at []time.Duration
 		}
 	}
 	for _, l := range lanes {
-		at, ok = append(at, l.decided), append(ok, l.rollback)
+		at, ok, why = append(at, l.decided), append(ok, l.rollback), append(why, l.why)
 	}
-	return at, ok
+	return at, ok, why
 }
 
 // kayentaJudge is a Kayenta-style judge: at the end of every interval it
@@ -468,9 +556,12 @@ func BenchmarkJudges_Power(b *testing.B) {
 		{name: "tail: 1% of requests +300 ms", tailProb: 0.01, tailAdd: 300 * time.Millisecond},
 		{name: "tail: 5% of requests +300 ms", tailProb: 0.05, tailAdd: 300 * time.Millisecond},
 	}
-	small := honestDefaults
-	small.Nodes, small.Rate = 1, 20
-	fleets := []honest{honestDefaults, small}
+	var fleets []honest
+	for _, h := range worlds(b, "SWITCHYARD_POWER_WORLDS", "rough,edge") {
+		small := h
+		small.Nodes, small.Rate = 1, 20
+		fleets = append(fleets, h, small)
+	}
 	const window = 5 * time.Minute // a regression not caught within this is "missed"
 	for range b.N {
 		out := &strings.Builder{}
@@ -485,7 +576,7 @@ func BenchmarkJudges_Power(b *testing.B) {
 					seed := uint64(1000*(si+1) + i + 1)
 					onsetRng := rand.New(rand.NewPCG(seed, 17))
 					onset := 30*time.Second + time.Duration(onsetRng.Float64()*float64(60*time.Second))
-					at, ok := lockstep(b, newWorld(h, seed, onset, sc), onset+window)
+					at, ok, _ := lockstep(b, newWorld(h, seed, onset, sc), onset+window)
 					mu.Lock()
 					defer mu.Unlock()
 					for j := range judges {
@@ -521,45 +612,85 @@ func fmtInf(v float64) string {
 
 // BenchmarkJudges_FalseRollbacks runs healthy A/A canaries of 10 minutes
 // (green exactly as good as blue) and prints each judge's false-rollback
-// rate with its 95% Wilson interval.
+// rate with its 95% Wilson interval. SWITCHYARD_AA_FIRST skips that many
+// runs' seeds, so a study can be split across processes and its counts
+// added up.
 func BenchmarkJudges_FalseRollbacks(b *testing.B) {
 	runs := envInt("SWITCHYARD_AA_RUNS", 2000)
-	const length = 10 * time.Minute
+	first := envInt("SWITCHYARD_AA_FIRST", 0)
 	for range b.N {
-		falses := make([]int, len(judges))
-		inIncident := make([]int, len(judges))
-		done := 0
-		var mu sync.Mutex
-		parallel(runs, func(i int) {
-			seed := uint64(500000 + i)
-			w := newWorld(honestDefaults, seed, -1, regressionKind{})
-			_, ok := lockstep(b, w, length)
-			mu.Lock()
-			defer mu.Unlock()
-			for j := range judges {
-				if ok[j] {
-					falses[j]++
-					if w.incident >= 0 {
-						inIncident[j]++
-					}
+		for _, h := range worlds(b, "SWITCHYARD_AA_WORLDS", "rough") {
+			falseRollbacks(b, h, first, runs)
+		}
+	}
+}
+
+// worlds are the generator settings named in the environment variable
+// (a comma-separated list of rough and edge), or in def.
+func worlds(b *testing.B, env, def string) []honest {
+	names := os.Getenv(env)
+	if names == "" {
+		names = def
+	}
+	var out []honest
+	for _, n := range strings.Split(names, ",") {
+		switch strings.TrimSpace(n) {
+		case honestDefaults.Name:
+			out = append(out, honestDefaults)
+		case edgeWorld.Name:
+			out = append(out, edgeWorld)
+		default:
+			b.Fatalf("%s: unknown world %q (want %s or %s)", env, n, honestDefaults.Name, edgeWorld.Name)
+		}
+	}
+	return out
+}
+
+func falseRollbacks(b *testing.B, h honest, first, runs int) {
+	const length = 10 * time.Minute
+	falses := make([]int, len(judges))
+	var seqWhy []string
+	inIncident := make([]int, len(judges))
+	done := 0
+	var mu sync.Mutex
+	parallel(runs, func(i int) {
+		seed := uint64(500000 + first + i)
+		w := newWorld(h, seed, -1, regressionKind{})
+		at, ok, why := lockstep(b, w, length)
+		mu.Lock()
+		defer mu.Unlock()
+		for j := range judges {
+			if ok[j] {
+				if j == 0 {
+					// Say what raised the sequential judge's
+					// false alarms.
+					seqWhy = append(seqWhy, fmt.Sprintf("seed %d at %s: %s", seed, at[j], why[j]))
+				}
+				falses[j]++
+				if w.incident >= 0 {
+					inIncident[j]++
 				}
 			}
-			// Progress on stderr, so a long study can be followed (and
-			// its partial counts read) while it runs.
-			if done++; done%100 == 0 {
-				fmt.Fprintf(os.Stderr, "A/A: %d of %d runs, false rollbacks per judge %v\n", done, runs, falses)
-			}
-		})
-		out := &strings.Builder{}
-		fmt.Fprintf(out, "\nFalse rollbacks over %d A/A runs of %s; generator: %s\n", runs, length, honestDefaults)
-		fmt.Fprintf(out, "| judge | false rollbacks | rate | 95%% interval | of which in runs with an incident |\n|---|---|---|---|---|\n")
-		for j, jk := range judges {
-			lo, hi := wilson(falses[j], runs)
-			fmt.Fprintf(out, "| %s | %d | %.2f%% | %.2f%%–%.2f%% | %d |\n", jk.name, falses[j], 100*float64(falses[j])/float64(runs), 100*lo, 100*hi, inIncident[j])
-			b.ReportMetric(100*float64(falses[j])/float64(runs), fmt.Sprintf("false_rollback_pct_%d", j))
 		}
-		fmt.Print(out.String())
+		// Progress on stderr, so a long study can be followed (and
+		// its partial counts read) while it runs.
+		if done++; done%100 == 0 {
+			fmt.Fprintf(os.Stderr, "A/A (%s world): %d of %d runs, false rollbacks per judge %v\n", h.Name, done, runs, falses)
+		}
+	})
+	out := &strings.Builder{}
+	fmt.Fprintf(out, "\nFalse rollbacks over %d A/A runs of %s (seeds %d–%d); generator: %s\n", runs, length, 500000+first, 500000+first+runs-1, h)
+	fmt.Fprintf(out, "| judge | false rollbacks | rate | 95%% interval | of which in runs with an incident |\n|---|---|---|---|---|\n")
+	for j, jk := range judges {
+		lo, hi := wilson(falses[j], runs)
+		fmt.Fprintf(out, "| %s | %d | %.2f%% | %.2f%%–%.2f%% | %d |\n", jk.name, falses[j], 100*float64(falses[j])/float64(runs), 100*lo, 100*hi, inIncident[j])
+		b.ReportMetric(100*float64(falses[j])/float64(runs), fmt.Sprintf("false_rollback_pct_%s_%d", h.Name, j))
 	}
+	sort.Strings(seqWhy)
+	for _, w := range seqWhy {
+		fmt.Fprintf(out, "\n%s false rollback, %s\n", judges[0].name, w)
+	}
+	fmt.Print(out.String())
 }
 
 // wilson is the 95% Wilson score interval of k successes in n.
