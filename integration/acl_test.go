@@ -64,6 +64,7 @@ fault:
 // one byte of one exported record is flipped (written back with stream
 // access) `audit verify` names that record.
 func TestAcl_RefusalsAndACanaryAreAuditedAndVerifyAcrossALeaderKill(t *testing.T) {
+	t.Parallel()
 	ctx := harnesstest.Context(t, 6*time.Minute)
 	cp := startControlPlane(t, ctx)
 	c, f, nc := cp.cluster, cp.fleet, cp.nc

@@ -6,6 +6,7 @@ import (
 	"io"
 	"net"
 	"net/http"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -19,12 +20,13 @@ import (
 func startBackend(t *testing.T, ctx context.Context, name string, extra ...string) (string, *harness.Process) {
 	t.Helper()
 	backend := backendBin.get(t)
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	// A port of the harness's set: no fleet of a test running beside this
+	// one is given it before the backend binds it.
+	port, err := harness.FreePort()
 	if err != nil {
 		t.Fatal(err)
 	}
-	addr := ln.Addr().String()
-	ln.Close()
+	addr := net.JoinHostPort("127.0.0.1", strconv.Itoa(port))
 	p, err := harness.StartProcess(harness.ProcessSpec{
 		Name:   name,
 		Path:   backend,
@@ -71,6 +73,7 @@ func get(ctx context.Context, url string) (code int, header http.Header, body st
 }
 
 func TestBackend_SaysWhoAnswered(t *testing.T) {
+	t.Parallel()
 	ctx := harnesstest.Context(t, 2*time.Minute)
 	base, _ := startBackend(t, ctx, "green")
 	code, h, body, err := get(ctx, base+"/")
@@ -86,6 +89,7 @@ func TestBackend_SaysWhoAnswered(t *testing.T) {
 }
 
 func TestBackend_ErrorRateAndLatency(t *testing.T) {
+	t.Parallel()
 	ctx := harnesstest.Context(t, 2*time.Minute)
 	const latency = 100 * time.Millisecond
 	base, _ := startBackend(t, ctx, "green", "--error-rate", "1", "--latency", latency.String())
@@ -111,6 +115,7 @@ func TestBackend_ErrorRateAndLatency(t *testing.T) {
 }
 
 func TestBackend_RefusesBadFlags(t *testing.T) {
+	t.Parallel()
 	ctx := harnesstest.Context(t, 2*time.Minute)
 	backend := backendBin.get(t)
 	for _, args := range [][]string{

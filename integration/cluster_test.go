@@ -63,6 +63,7 @@ func startControlPlane(t *testing.T, ctx context.Context) *controlPlane {
 // sent. Another coordinator takes over, the rollout completes, no agent ever
 // applies an older generation, and every intent has exactly one effect.
 func TestCluster_LeaderKilledMidRolloutCarriesOn(t *testing.T) {
+	t.Parallel()
 	ctx := harnesstest.Context(t, 6*time.Minute)
 	cp := startControlPlane(t, ctx)
 	c, f, nc := cp.cluster, cp.fleet, cp.nc
@@ -289,6 +290,8 @@ func logStaleRejections(t *testing.T, ctx context.Context, f *harness.Fleet) {
 // must neither commit nor publish anything from it: it steps down, and no
 // agent ever applies an older generation.
 func TestCluster_FrozenLeaderCannotPublishOlderGenerations(t *testing.T) {
+	// Serial (no t.Parallel): the new leader must move the fleet on within
+	// the 3.5 s freeze, which a test running beside it can stretch.
 	ctx := harnesstest.Context(t, 5*time.Minute)
 	cp := startControlPlane(t, ctx)
 	c, f, nc := cp.cluster, cp.fleet, cp.nc
@@ -446,6 +449,7 @@ func containsAll(seq []uint64, want ...uint64) bool {
 // waits where it was and continues when approved, and an intent sent while
 // no coordinator ran is applied once they are back.
 func TestCluster_RestartAllKeepsStateAndCarriesOn(t *testing.T) {
+	t.Parallel()
 	ctx := harnesstest.Context(t, 5*time.Minute)
 	cp := startControlPlane(t, ctx)
 	c, f, nc := cp.cluster, cp.fleet, cp.nc

@@ -50,6 +50,7 @@ func coordinatorHealthz(ctx context.Context, addr string) (int, string, error) {
 // publishing fails, and once the bucket takes writes again the fleet
 // follows the committed abort without another command.
 func TestCommands_SayWhetherTheBusAndTheFleetFollowed(t *testing.T) {
+	t.Parallel()
 	ctx := harnesstest.Context(t, 4*time.Minute)
 	sy, be := binaries(t)
 	f := harnesstest.StartFleet(t, ctx, harness.FleetOptions{Nodes: 2, Service: "web", Switchyard: sy, Backend: be})

@@ -19,6 +19,7 @@ import (
 // panic and without ever joining the query group. Following the remedy (the
 // data directory moved away, started again) it rejoins and ends identical.
 func TestDamaged_FollowerRaftStoreFailsLoudlyThenRejoins(t *testing.T) {
+	t.Parallel()
 	ctx := harnesstest.Context(t, 4*time.Minute)
 	sy, _ := binaries(t)
 	url := harnesstest.StartNATS(t)

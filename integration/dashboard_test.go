@@ -77,6 +77,8 @@ const readDashboard = `(() => {
 // screenshot of the end is kept as a test artifact (go test -artifacts),
 // and copied to $SWITCHYARD_SCREENSHOT_DIR when set.
 func TestDashboard_BrowserShowsCanaryAdvanceThenAutomaticRollback(t *testing.T) {
+	// Serial (no t.Parallel): headless Chromium beside a loaded 3-node fleet
+	// is CPU-heavy.
 	chromium, err := exec.LookPath("chromium")
 	if err != nil {
 		t.Fatalf("the dashboard test needs Debian's chromium package (apt-get install chromium): %v", err)

@@ -92,6 +92,7 @@ analysis:
 `
 
 func TestDelivery_HealthyCanaryRampsThroughEveryStepAndWave(t *testing.T) {
+	t.Parallel()
 	ctx := harnesstest.Context(t, 4*time.Minute)
 	sy, be := binaries(t)
 	f := harnesstest.StartFleet(t, ctx, harness.FleetOptions{Nodes: 3, Service: "web", Switchyard: sy, Backend: be, Labels: twoTiers})
@@ -151,6 +152,7 @@ analysis:
 `
 
 func TestDelivery_GreenFailingAtStepTwoRollsTheFleetBack(t *testing.T) {
+	t.Parallel()
 	ctx := harnesstest.Context(t, 4*time.Minute)
 	sy, be := binaries(t)
 	f := harnesstest.StartFleet(t, ctx, harness.FleetOptions{Nodes: 3, Service: "web", Switchyard: sy, Backend: be})

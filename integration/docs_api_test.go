@@ -19,6 +19,7 @@ import (
 // `set -a && . ./dev.env`), a rollout and reads through curl and the CLI.
 // It checks that each says what the doc says.
 func TestDocs_ReadAPI(t *testing.T) {
+	t.Parallel()
 	ctx := harnesstest.Context(t, 2*time.Minute)
 	sy, _ := binaries(t)
 	binDir := t.TempDir()

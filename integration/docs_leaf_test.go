@@ -25,6 +25,7 @@ import (
 // desired-state bucket is readable through the leaf in the hub's domain
 // with an operator's own permissions.
 func TestDocs_PoPAttachesThroughALeaf(t *testing.T) {
+	t.Parallel()
 	ctx := harnesstest.Context(t, 3*time.Minute)
 	work, ports, all := runDocBlocks(t, ctx, "docs/operations.md", "TestDocs_PoPAttachesThroughALeaf", "4222", "4223", "7422", "7000", "7070")
 	if !strings.Contains(all, "no rollouts") {

@@ -88,6 +88,7 @@ func docCommands(t *testing.T, doc, name string) []docCommand {
 // documented ones, and checks that the result is what the doc says: a
 // coordinator on an authorized TLS bus and a revoked identity refused.
 func TestDocs_SecuredExternalCluster(t *testing.T) {
+	t.Parallel()
 	ctx := harnesstest.Context(t, 3*time.Minute)
 	sy, _ := binaries(t)
 	ns := natsServerBin.get(t)
@@ -207,6 +208,7 @@ func TestDocs_SecuredExternalCluster(t *testing.T) {
 // TestDocs_RolePermissionsTable checks docs/security.md's table of roles
 // against the permissions the code grants, subject by subject.
 func TestDocs_RolePermissionsTable(t *testing.T) {
+	t.Parallel()
 	root, err := harness.ModuleRoot()
 	if err != nil {
 		t.Fatal(err)

@@ -50,6 +50,7 @@ func decodeBootstrap(b []byte) (*bootstrap.Bootstrap, error) {
 // Bootstrap message, and that the bootstrap points at the agent's xDS
 // server for ADS and load reporting.
 func TestExamples_EnvoyBootstrapAndAgentConfig(t *testing.T) {
+	t.Parallel()
 	const devKey = "/tmp/switchyard/dev/keys/coordinator.key.pub"
 	example, err := os.ReadFile(examplePath(t, "agent-envoy.yaml"))
 	if err != nil {
@@ -108,6 +109,7 @@ func TestExamples_EnvoyBootstrapAndAgentConfig(t *testing.T) {
 // TestDocs_EnvoyTour runs the commands of docs/envoy.md's tour with the
 // real binaries, on ports and a directory of its own.
 func TestDocs_EnvoyTour(t *testing.T) {
+	t.Parallel()
 	ctx := harnesstest.Context(t, 2*time.Minute)
 	binaries(t)
 	xdsClientBin.get(t)

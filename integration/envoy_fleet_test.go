@@ -93,6 +93,8 @@ func flipping(name string) string {
 // steps) and an abort, with agent binaries and real grpc-go xDS clients
 // making RPCs back to back: not one RPC fails.
 func TestEnvoyFleet_HundredSwitchesUnderLoadLoseNoRPC(t *testing.T) {
+	// Serial (no t.Parallel): RPCs back to back on every node are CPU-heavy,
+	// and the switches a client sees depend on how fast it makes them.
 	ctx := harnesstest.Context(t, 3*time.Minute)
 	sy, be := binaries(t)
 	f := harnesstest.StartFleet(t, ctx, harness.FleetOptions{
@@ -166,6 +168,8 @@ func TestEnvoyFleet_HundredSwitchesUnderLoadLoseNoRPC(t *testing.T) {
 //     real RPCs, and with NATS and the coordinator stopped the agents still
 //     remove the fault when the drill's time is up.
 func TestEnvoyFleet_SlowGreenAndAFaultDrill(t *testing.T) {
+	// Serial (no t.Parallel): RPCs back to back, latency evidence, abort
+	// shares over 800 RPCs and a 3 s bound after the drill's end.
 	ctx := harnesstest.Context(t, 4*time.Minute)
 	sy, be := binaries(t)
 	f := harnesstest.StartFleet(t, ctx, harness.FleetOptions{

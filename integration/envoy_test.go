@@ -31,6 +31,7 @@ func envoyMetric(ctx context.Context, t *testing.T, f *harness.Fleet, i int, nam
 // both back, and a SIGKILLed agent leaves its clients on the last routing
 // until it is back and they have reconnected.
 func TestEnvoy_MixedFleetCanaryOnTheWireRollsBackTogether(t *testing.T) {
+	t.Parallel()
 	ctx := harnesstest.Context(t, 4*time.Minute)
 	sy, be := binaries(t)
 	f := harnesstest.StartFleet(t, ctx, harness.FleetOptions{

@@ -73,6 +73,7 @@ func readHAProxyConfig(t *testing.T, path string) haproxyFile {
 // config loader, the CLI's spec parser, haproxy -c) and that they name the
 // same socket, backend, servers and service.
 func TestExamples_ConsistentAndValid(t *testing.T) {
+	t.Parallel()
 	// The tour's agent trusts the key `switchyard dev --data-dir
 	// /tmp/switchyard/dev` writes; the test points it at a key of its own
 	// and checks the rest as written.

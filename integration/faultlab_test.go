@@ -127,6 +127,8 @@ func (l *lab) dump() {
 func (l *lab) since() time.Duration { return time.Since(l.start).Round(time.Millisecond) }
 
 func TestFaultLab_ShortRun(t *testing.T) {
+	// Serial (no t.Parallel): nine processes behind fault proxies, three
+	// agents and a workload are CPU-heavy, and convergence is bounded.
 	cfg := labConfigFromEnv(t)
 	t.Logf("fault lab seed %d (rerun with SWITCHYARD_LAB_SEED=%d), faults for %s in rounds of %s", cfg.seed, cfg.seed, cfg.duration, cfg.round)
 	ctx := harnesstest.Context(t, cfg.duration+time.Duration(cfg.duration/cfg.round+1)*4*time.Minute+3*time.Minute)

@@ -10,6 +10,7 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"sync"
 	"testing"
@@ -112,6 +113,7 @@ hooks:
 // is asked again; once it accepts, the rollout is promoted and completes,
 // and the post-rollout webhook hears of it once.
 func TestHooks_GatingPrePromotionWebhookHoldsTheRolloutUntilItAccepts(t *testing.T) {
+	t.Parallel()
 	ctx := harnesstest.Context(t, 3*time.Minute)
 	sy, be := binaries(t)
 	f := harnesstest.StartFleet(t, ctx, harness.FleetOptions{Nodes: 2, Service: "web", Switchyard: sy, Backend: be})
@@ -226,20 +228,21 @@ hooks:
 // leader makes the due call: the receiver gets it exactly once, with the
 // guardrail's evidence, and the outcome is in the rollout's history.
 func TestHooks_RollbackWebhookOnceWithEvidenceAcrossLeaderKill(t *testing.T) {
+	t.Parallel()
 	ctx := harnesstest.Context(t, 5*time.Minute)
 	cp := startControlPlane(t, ctx)
 	c, f := cp.cluster, cp.fleet
 	stop := load(ctx, t, f, 60)
 	defer stop()
 
-	// Reserve an address and free it: the webhook has no listener until the
-	// leader is dead.
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	// Reserve an address: the webhook has no listener until the leader is
+	// dead. The harness's port set keeps it from every fleet of a test
+	// running beside this one.
+	port, err := harness.FreePort()
 	if err != nil {
 		t.Fatal(err)
 	}
-	addr := ln.Addr().String()
-	ln.Close()
+	addr := net.JoinHostPort("127.0.0.1", strconv.Itoa(port))
 
 	if _, err := f.Apply(ctx, writeSpec(t, "hooked-bad", fmt.Sprintf(rollbackHooked, "http://"+addr))); err != nil {
 		t.Fatal(err)
@@ -263,7 +266,7 @@ func TestHooks_RollbackWebhookOnceWithEvidenceAcrossLeaderKill(t *testing.T) {
 	if err := c.Kill(leader); err != nil {
 		t.Fatal(err)
 	}
-	ln, err = net.Listen("tcp", addr)
+	ln, err := net.Listen("tcp", addr)
 	if err != nil {
 		t.Fatalf("listen again on the webhook's address: %v", err)
 	}
@@ -344,6 +347,7 @@ func hookScript(t *testing.T, dir, name, body string) string {
 // reason (exit code, output) is in `rollout status`. A spec naming a hook
 // the agents lack is refused, naming the field and the nodes.
 func TestHooks_FailingPreTrafficHookKeepsThatNodeOnBlue(t *testing.T) {
+	t.Parallel()
 	ctx := harnesstest.Context(t, 3*time.Minute)
 	sy, be := binaries(t)
 	dir := t.TempDir()
@@ -435,6 +439,7 @@ hooks:
 // journal, does not start the hook again, keeps the node on blue and says
 // why.
 func TestHooks_AgentKilledMidHookDoesNotRunItAgain(t *testing.T) {
+	t.Parallel()
 	ctx := harnesstest.Context(t, 3*time.Minute)
 	sy, be := binaries(t)
 	dir := t.TempDir()

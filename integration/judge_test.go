@@ -71,6 +71,8 @@ func atCanaryWeight(ctx context.Context, t *testing.T, f *harness.Fleet, name st
 // and must be rolled back with sequential evidence; once green stays as good
 // as blue for as long, and must not be.
 func TestJudge_ModerateRegressionRollsBackAndAHealthyCanaryStays(t *testing.T) {
+	// Serial (no t.Parallel): the sequential judge on real load at 120
+	// requests/s per node, which a test running beside it would slow.
 	ctx := harnesstest.Context(t, 4*time.Minute)
 	sy, be := binaries(t)
 	f := harnesstest.StartFleet(t, ctx, harness.FleetOptions{Nodes: 3, Service: "web", Switchyard: sy, Backend: be})

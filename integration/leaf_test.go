@@ -18,6 +18,7 @@ import (
 // hub server leading the desired-state stream, and the coordinator leader,
 // are SIGKILLed in the middle of each.
 func TestLeaf_RolloutAndRollbackThroughTwoPoPsWithTheHubLeaderKilled(t *testing.T) {
+	t.Parallel()
 	ctx := harnesstest.Context(t, 6*time.Minute)
 	sy, be := binaries(t)
 	hub := startNATSCluster(t, ctx, "pop-a", "pop-b")

@@ -20,6 +20,7 @@ import (
 // committed, during its fan-out, and every node still ends on blue with
 // the rollout rolled back.
 func TestNATSCluster_OneServerKilledDuringFanOut(t *testing.T) {
+	t.Parallel()
 	ctx := harnesstest.Context(t, 5*time.Minute)
 	sy, be := binaries(t)
 	nc3 := startNATSCluster(t, ctx)

@@ -53,6 +53,7 @@ func (n *notifyReceiver) got() []string {
 // rolls back by itself, and both receivers hear of the start, the rollback
 // with its evidence and the end, the JSON one after a refused first call.
 func TestNotify_ABadCanaryIsToldToReceiversWithItsEvidence(t *testing.T) {
+	t.Parallel()
 	ctx := harnesstest.Context(t, 3*time.Minute)
 	hook := &notifyReceiver{refuse: 1, ids: map[string]int{}}
 	chat := &notifyReceiver{ids: map[string]int{}}

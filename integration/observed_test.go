@@ -40,6 +40,8 @@ func nodeConverged(n *sv1.NodeView, generation uint64) bool {
 // serves blue; the agent puts green back, and no request made after the
 // repair reaches blue.
 func TestObserved_HAProxyKilledUnderRolloutNeverShownConverged(t *testing.T) {
+	// Serial (no t.Parallel): a sampler and a load loop run back to back,
+	// CPU-heavy.
 	const restarts = 5
 	ctx := harnesstest.Context(t, 4*time.Minute)
 	sy, be := binaries(t)

@@ -21,6 +21,7 @@ import (
 // that after the partition heals it follows the new leader with the same
 // log.
 func TestCluster_LeaderPartitionedBehindRaftProxies(t *testing.T) {
+	t.Parallel()
 	ctx := harnesstest.Context(t, 3*time.Minute)
 	sy, _ := binaries(t)
 	url := harnesstest.StartNATS(t)

@@ -53,6 +53,7 @@ func applyOwnService(ctx context.Context, t *testing.T, cp *controlPlane, name s
 // never answers with its old state; --stale answers from any replica and
 // says so.
 func TestReads_CurrentOrDeclined(t *testing.T) {
+	t.Parallel()
 	ctx := harnesstest.Context(t, 5*time.Minute)
 	cp := startControlPlane(t, ctx)
 	c := cp.cluster

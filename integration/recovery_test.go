@@ -21,6 +21,7 @@ import (
 // diverged, never converged. After `switchyard coordinator raise-epoch`
 // the fleet follows B, and B's next rollout moves every node.
 func TestRecovery_RebuiltClusterMovesTheFleetAfterRaisingTheEpoch(t *testing.T) {
+	t.Parallel()
 	ctx := harnesstest.Context(t, 6*time.Minute)
 	sy, be := binaries(t)
 	url := harnesstest.StartNATS(t)

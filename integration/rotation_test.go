@@ -24,6 +24,7 @@ import (
 // key, agents drop the old key. The rollout goes on at every step and no
 // agent refuses a single genuine document.
 func TestRotation_SigningKeyRotatedUnderARunningRollout(t *testing.T) {
+	t.Parallel()
 	ctx := harnesstest.Context(t, 6*time.Minute)
 	sy, be := binaries(t)
 	url := harnesstest.StartNATS(t)

@@ -22,6 +22,7 @@ import (
 // failed request), then starts them again: the fleet ends on green with
 // the rollout completed and every node converged.
 func TestScenario_AllNATSServersDown20sDuringAChange(t *testing.T) {
+	t.Parallel()
 	ctx := harnesstest.Context(t, 5*time.Minute)
 	sy, be := binaries(t)
 	hub := startNATSCluster(t, ctx)
@@ -80,6 +81,7 @@ func TestScenario_AllNATSServersDown20sDuringAChange(t *testing.T) {
 // servers still see the breach and roll every node back to blue, with no
 // operator action, within the test's bound.
 func TestScenario_BreachWithOneCoordinatorAndOneNATSServerDown(t *testing.T) {
+	t.Parallel()
 	ctx := harnesstest.Context(t, 5*time.Minute)
 	sy, be := binaries(t)
 	hub := startNATSCluster(t, ctx)

@@ -26,6 +26,7 @@ import (
 // Each is refused with its own counter while HAProxy keeps serving what the
 // coordinator decided, and the next real decision still applies.
 func TestSigning_ForgedDocumentsAreRefusedAndTheNextDecisionApplies(t *testing.T) {
+	t.Parallel()
 	ctx := harnesstest.Context(t, 4*time.Minute)
 	sy, be := binaries(t)
 	f := harnesstest.StartFleet(t, ctx, harness.FleetOptions{Nodes: 2, Service: "web", Switchyard: sy, Backend: be})

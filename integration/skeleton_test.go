@@ -31,6 +31,7 @@ const exampleRollout = "web-green-1"
 const samples = 20
 
 func TestSkeleton_BlueGreenSwitchAndAbort(t *testing.T) {
+	t.Parallel()
 	ctx := harnesstest.Context(t, 4*time.Minute)
 	sy, be := binaries(t)
 	f := harnesstest.StartFleet(t, ctx, harness.FleetOptions{Nodes: 3, Service: "web", Switchyard: sy, Backend: be})
@@ -163,6 +164,7 @@ strategy:
 `
 
 func TestSkeleton_BadInput(t *testing.T) {
+	t.Parallel()
 	ctx := harnesstest.Context(t, 3*time.Minute)
 	sy, be := binaries(t)
 	f := harnesstest.StartFleet(t, ctx, harness.FleetOptions{Nodes: 1, Service: "web", Switchyard: sy, Backend: be})

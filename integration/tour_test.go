@@ -242,6 +242,10 @@ func readiness(cmd string) (string, bool) {
 // must exit as the README implies and print what the README shows; the
 // curls must be answered by the backend named beside them.
 func TestDocs_READMETour(t *testing.T) {
+	// Most of the tour waits (the canary's 30 s pause, analysis windows, a
+	// judge's rollback) in namespaces of its own: it runs beside another
+	// test.
+	t.Parallel()
 	ctx := harnesstest.Context(t, 8*time.Minute)
 	binaries(t) // builds the module once; the tour's `go run`s then find it cached
 	root, err := harness.ModuleRoot()

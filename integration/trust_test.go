@@ -53,6 +53,7 @@ func (v *violations) missing(subjects []string) []string {
 // with NATS in operator mode and TLS, agents with their own creds) and uses
 // one node's credentials the way a thief of that node's disk would.
 func TestTrust_NodeCredentialsOnASecuredBus(t *testing.T) {
+	t.Parallel()
 	ctx := harnesstest.Context(t, 4*time.Minute)
 	sy, be := binaries(t)
 	f := harnesstest.StartFleet(t, ctx, harness.FleetOptions{Nodes: 2, Service: "web", Switchyard: sy, Backend: be})
