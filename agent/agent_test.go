@@ -347,6 +347,7 @@ func TestAgent_PublishesStatusOnChangeAndHeartbeat(t *testing.T) {
 	cfg.Heartbeat = 50 * time.Millisecond
 	startAgent(t, cfg, map[string]*fakeDriver{"web": newFakeDriver()})
 
+	put := time.Now()
 	b.put(t, &sv1.DesiredState{Service: "web", Generation: 6, RolloutId: "r-42", DefaultWeights: map[string]uint32{"blue": 60, "green": 40}})
 	st := waitStatus(t, statuses, "a change to generation 6", func(st *sv1.AgentStatus) bool {
 		return !st.GetHeartbeat() && serviceStatus(st, "web").GetAppliedGeneration() == 6
@@ -365,6 +366,11 @@ func TestAgent_PublishesStatusOnChangeAndHeartbeat(t *testing.T) {
 		t.Errorf("document_expires_at = %v, want the signed document's expiry, in the future", exp)
 	}
 	want.DocumentExpiresAt = serviceStatus(st, "web").GetDocumentExpiresAt()
+	// The agent's own stamp of the apply: after the put, before the status.
+	if at := serviceStatus(st, "web").GetAppliedAt(); at == nil || at.AsTime().Before(put) || at.AsTime().After(st.GetAt().AsTime()) {
+		t.Errorf("applied_at = %v, want between the put (%v) and the status (%v)", at, put, st.GetAt().AsTime())
+	}
+	want.AppliedAt = serviceStatus(st, "web").GetAppliedAt()
 	if got := serviceStatus(st, "web"); !proto.Equal(got, want) {
 		t.Errorf("service status = %v, want %v", got, want)
 	}

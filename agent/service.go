@@ -839,6 +839,7 @@ func (w *serviceWorker) sendStatus() {
 		ProxyInstance:     w.seen.instance,
 		DriftRepairs:      w.seen.repairs,
 		Drift:             w.seen.drift,
+		AppliedAt:         w.applied.GetAppliedAt(),
 	}
 	for _, r := range w.hookRuns {
 		if r.GetRolloutId() == st.GetRolloutId() {

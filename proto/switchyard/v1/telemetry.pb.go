@@ -616,7 +616,12 @@ type ServiceStatus struct {
 	DriftRepairs uint64 `protobuf:"varint,64,opt,name=drift_repairs,json=driftRepairs,proto3" json:"drift_repairs,omitempty"`
 	// Drift says what the agent last found wrong on the proxy, while it is
 	// not repaired yet; empty when the proxy matches.
-	Drift         string `protobuf:"bytes,65,opt,name=drift,proto3" json:"drift,omitempty"`
+	Drift string `protobuf:"bytes,65,opt,name=drift,proto3" json:"drift,omitempty"`
+	// AppliedAt is when the agent finished applying the applied generation to
+	// its proxy, by the agent's clock: with the document's issued_at it gives
+	// the decision-to-applied time of this node (one clock only when the
+	// agent and the leader share a host).
+	AppliedAt     *timestamppb.Timestamp `protobuf:"bytes,110,opt,name=applied_at,json=appliedAt,proto3" json:"applied_at,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -768,6 +773,13 @@ func (x *ServiceStatus) GetDrift() string {
 		return x.Drift
 	}
 	return ""
+}
+
+func (x *ServiceStatus) GetAppliedAt() *timestamppb.Timestamp {
+	if x != nil {
+		return x.AppliedAt
+	}
+	return nil
 }
 
 // LocalRollback records an agent moving its own node back to the old backend
@@ -986,7 +998,7 @@ const file_switchyard_v1_telemetry_proto_rawDesc = "" +
 	"\x05hooks\x182 \x03(\tR\x05hooks\x1a9\n" +
 	"\vLabelsEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
-	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"\xaa\b\n" +
+	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"\xe5\b\n" +
 	"\rServiceStatus\x12\x18\n" +
 	"\aservice\x18\x01 \x01(\tR\aservice\x12-\n" +
 	"\x12applied_generation\x18\x02 \x01(\x04R\x11appliedGeneration\x12\x1d\n" +
@@ -1005,7 +1017,9 @@ const file_switchyard_v1_telemetry_proto_rawDesc = "" +
 	"\x10observed_matches\x18> \x01(\bR\x0fobservedMatches\x12%\n" +
 	"\x0eproxy_instance\x18? \x01(\tR\rproxyInstance\x12#\n" +
 	"\rdrift_repairs\x18@ \x01(\x04R\fdriftRepairs\x12\x14\n" +
-	"\x05drift\x18A \x01(\tR\x05drift\x1a:\n" +
+	"\x05drift\x18A \x01(\tR\x05drift\x129\n" +
+	"\n" +
+	"applied_at\x18n \x01(\v2\x1a.google.protobuf.TimestampR\tappliedAt\x1a:\n" +
 	"\fWeightsEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
 	"\x05value\x18\x02 \x01(\rR\x05value:\x028\x01\x1aB\n" +
@@ -1086,14 +1100,15 @@ var file_switchyard_v1_telemetry_proto_depIdxs = []int32{
 	15, // 15: switchyard.v1.ServiceStatus.hook_runs:type_name -> switchyard.v1.HookRun
 	11, // 16: switchyard.v1.ServiceStatus.observed_weights:type_name -> switchyard.v1.ServiceStatus.ObservedWeightsEntry
 	12, // 17: switchyard.v1.ServiceStatus.observed_states:type_name -> switchyard.v1.ServiceStatus.ObservedStatesEntry
-	13, // 18: switchyard.v1.LocalRollback.at:type_name -> google.protobuf.Timestamp
-	13, // 19: switchyard.v1.ActiveFault.since:type_name -> google.protobuf.Timestamp
-	13, // 20: switchyard.v1.ActiveFault.until:type_name -> google.protobuf.Timestamp
-	21, // [21:21] is the sub-list for method output_type
-	21, // [21:21] is the sub-list for method input_type
-	21, // [21:21] is the sub-list for extension type_name
-	21, // [21:21] is the sub-list for extension extendee
-	0,  // [0:21] is the sub-list for field type_name
+	13, // 18: switchyard.v1.ServiceStatus.applied_at:type_name -> google.protobuf.Timestamp
+	13, // 19: switchyard.v1.LocalRollback.at:type_name -> google.protobuf.Timestamp
+	13, // 20: switchyard.v1.ActiveFault.since:type_name -> google.protobuf.Timestamp
+	13, // 21: switchyard.v1.ActiveFault.until:type_name -> google.protobuf.Timestamp
+	22, // [22:22] is the sub-list for method output_type
+	22, // [22:22] is the sub-list for method input_type
+	22, // [22:22] is the sub-list for extension type_name
+	22, // [22:22] is the sub-list for extension extendee
+	0,  // [0:22] is the sub-list for field type_name
 }
 
 func init() { file_switchyard_v1_telemetry_proto_init() }
