@@ -94,10 +94,12 @@ type procFigures struct {
 func runProcessFleet(tb testing.TB, o procRun) *procFigures {
 	ctx := harnesstest.Context(tb, o.timeout)
 	began := time.Now()
+	var phases []string
 	phase := func(what string) {
-		tb.Logf("%s: %.1f s", what, time.Since(began).Seconds())
+		phases = append(phases, fmt.Sprintf("%s %.1f s", what, time.Since(began).Seconds()))
 		began = time.Now()
 	}
+	defer func() { tb.Log(strings.Join(phases, "; ") + "; load average at the end " + loadAverage()) }()
 	sy, backend := binaries(tb)
 	phase("binaries built")
 	nb := harnesstest.StartNATS(tb)
@@ -531,8 +533,7 @@ func (f *procFigures) report(b *testing.B) {
 	var t strings.Builder
 	fmt.Fprintf(&t, "%d agent processes, 3 coordinators; decision → all applied p50/p99 %.1f/%.1f ms; raw NATS all delivered to %d connections %.2f/%.2f ms, to %d processes %.2f/%.2f ms\n",
 		f.agents, ms(a50), ms(a99), f.agents, ms(c50), ms(c99), f.agents, ms(r50), ms(r99))
-	fmt.Fprintf(&t, "process costs (idle window; decision window of %.1f s), median / max over the processes of a kind:\n", f.burstWall.Seconds())
-	fmt.Fprintf(&t, "| process | n | CPU idle ms/s | CPU decisions ms/s | RSS MiB | PSS MiB |\n|---|---|---|---|---|---|\n")
+	fmt.Fprintf(&t, "| process (median / max; decisions window %.1f s) | n | CPU idle ms/s | CPU decisions ms/s | RSS MiB | PSS MiB |\n|---|---|---|---|---|---|\n", f.burstWall.Seconds())
 	row := func(name string, idle, burst []procUse) {
 		cpuI := func(u procUse) float64 { return ms(u.cpu) }
 		rss := func(u procUse) float64 { return mib(u.rss) }
@@ -555,7 +556,7 @@ func (f *procFigures) report(b *testing.B) {
 	ai, _ := total(f.agentIdle)
 	ab, ap := total(f.agentBurst)
 	fmt.Fprintf(&t, "all agents together: CPU idle %.2f cores, decisions %.2f cores; PSS %.0f MiB\n", ai.Seconds(), ab.Seconds(), mib(ap))
-	b.Log("\n" + t.String())
+	b.Log(strings.TrimSpace(t.String()))
 }
 
 func median(us []procUse, v func(procUse) float64) float64 {
@@ -643,4 +644,18 @@ func TestScale_ProcessAgentsApplyEveryGenerationOnce(t *testing.T) {
 	if agentCPU <= 0 {
 		t.Errorf("the agents used no CPU while applying two decisions, by /proc; the CPU reading is broken")
 	}
+}
+
+// loadAverage is the machine's 1/5/15-minute load average, for the record:
+// every figure of this benchmark shares the machine with whatever else runs.
+func loadAverage() string {
+	b, err := os.ReadFile("/proc/loadavg")
+	if err != nil {
+		return "unknown (" + err.Error() + ")"
+	}
+	f := strings.Fields(string(b))
+	if len(f) < 3 {
+		return "unknown"
+	}
+	return strings.Join(f[:3], " ")
 }

@@ -53,13 +53,27 @@ func run() error {
 	if err != nil {
 		return err
 	}
-	nc, err := nats.Connect(*url, append(opts, nats.Name(*name), nats.Timeout(time.Minute))...)
-	if err != nil {
-		return fmt.Errorf("connect to %s: %w", *url, err)
-	}
-	defer nc.Close()
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, os.Interrupt)
 	defer stop()
+	// Hundreds of these start at once on a loaded machine: a handshake the
+	// server gave up on is tried again, as an agent's would be.
+	var nc *nats.Conn
+	for attempt := 1; ; attempt++ {
+		nc, err = nats.Connect(*url, append(opts, nats.Name(*name), nats.Timeout(time.Minute))...)
+		if err == nil {
+			break
+		}
+		if attempt == 10 {
+			return fmt.Errorf("connect to %s (%d attempts): %w", *url, attempt, err)
+		}
+		fmt.Fprintf(os.Stderr, "rawsub: connect to %s: %v; trying again\n", *url, err)
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-time.After(time.Duration(attempt) * 200 * time.Millisecond):
+		}
+	}
+	defer nc.Close()
 	_, err = nc.Subscribe(*subject, func(m *nats.Msg) {
 		received := time.Now().UnixNano()
 		if len(m.Data) != MessageSize {
