@@ -10,6 +10,7 @@ import (
 	"path/filepath"
 	"strconv"
 	"sync"
+	"syscall"
 	"time"
 
 	"github.com/nats-io/nats.go"
@@ -43,8 +44,16 @@ type ProcessFleetOptions struct {
 	// Heartbeat, Resync and TelemetryInterval go into every agent's
 	// config; the agent's defaults when zero.
 	Heartbeat, Resync, TelemetryInterval time.Duration
-	// Parallel is how many nodes start at once; 8 when zero.
+	// ObserveInterval goes into every agent's config; the agent's default
+	// when zero.
+	ObserveInterval time.Duration
+	// Parallel is how many nodes start at once (each until its agent
+	// reports a healthy driver); 8 when zero.
 	Parallel int
+	// Nice is added to the niceness of every agent and HAProxy, so that on
+	// one machine the edge nodes take the CPU the bus and the coordinators
+	// leave (in production each node is a host of its own); 0 leaves it.
+	Nice int
 	// Log receives what the harness is doing; nil drops it.
 	Log io.Writer
 }
@@ -203,6 +212,9 @@ func (f *ProcessFleet) startNode(ctx context.Context, i int, blue, green string)
 	if err != nil {
 		return fmt.Errorf("%s: start haproxy: %w", id, err)
 	}
+	if err := Renice(n.HAProxy.Pid(), f.opts.Nice); err != nil {
+		return fmt.Errorf("%s: haproxy: %w", id, err)
+	}
 	sec, err := f.opts.NATS.Security(bus.RoleAgent, id)
 	if err != nil {
 		return err
@@ -223,6 +235,7 @@ func (f *ProcessFleet) startNode(ctx context.Context, i int, blue, green string)
 		Heartbeat:         dur(f.opts.Heartbeat),
 		Resync:            dur(f.opts.Resync),
 		TelemetryInterval: dur(f.opts.TelemetryInterval),
+		ObserveInterval:   dur(f.opts.ObserveInterval),
 		Trust:             agentTrust{Keys: f.opts.TrustKeys},
 		Services: map[string]agentService{f.opts.Service: {HAProxy: &agentHAProxy{
 			Socket:  n.HAProxy.SocketPath(),
@@ -232,13 +245,53 @@ func (f *ProcessFleet) startNode(ctx context.Context, i int, blue, green string)
 	}); err != nil {
 		return err
 	}
-	n.Agent, err = StartProcess(ProcessSpec{
-		Name:   id + "-agent",
-		Path:   f.opts.Switchyard,
-		Args:   []string{"agent", "--config", n.AgentConfig},
-		LogDir: filepath.Join(f.opts.Dir, "logs"),
+	path, args := f.opts.Switchyard, []string{"agent", "--config", n.AgentConfig}
+	if f.opts.Nice != 0 {
+		// nice(1) execs the agent: same pid, every thread of it niced.
+		path, args = "nice", append([]string{"-n", strconv.Itoa(f.opts.Nice), path}, args...)
+	}
+	n.Agent, err = StartProcess(ProcessSpec{Name: id + "-agent", Path: path, Args: args, LogDir: filepath.Join(f.opts.Dir, "logs")})
+	if err != nil {
+		return err
+	}
+	// One node at a time per worker: hundreds of agents handshaking with
+	// the bus at once would measure the stampede, not the fleet.
+	return Poll(ctx, 20*time.Millisecond, func(context.Context) error {
+		if f.Applied.healthyNode(id) {
+			return nil
+		}
+		if !n.Agent.Running() {
+			return Permanent(fmt.Errorf("%s exited: %v\n%s", n.Agent.Name(), n.Agent.Stop(), n.Agent.Tail(10)))
+		}
+		return fmt.Errorf("%s has not reported a healthy driver", id)
 	})
-	return err
+}
+
+// Renice adds inc to the niceness of every thread of process pid (Linux
+// keeps niceness per thread; threads it starts later inherit theirs).
+func Renice(pid, inc int) error {
+	if inc == 0 {
+		return nil
+	}
+	tasks, err := os.ReadDir(fmt.Sprintf("/proc/%d/task", pid))
+	if err != nil {
+		return err
+	}
+	for _, t := range tasks {
+		tid, err := strconv.Atoi(t.Name())
+		if err != nil {
+			continue
+		}
+		prio, err := syscall.Getpriority(syscall.PRIO_PROCESS, tid)
+		if err != nil {
+			return fmt.Errorf("getpriority of thread %d of %d: %w", tid, pid, err)
+		}
+		// The raw syscall answers 20 - nice.
+		if err := syscall.Setpriority(syscall.PRIO_PROCESS, tid, min(20-prio+inc, 19)); err != nil {
+			return fmt.Errorf("setpriority of thread %d of %d: %w", tid, pid, err)
+		}
+	}
+	return nil
 }
 
 // leanAgentConfig is agentConfig without an HTTP listener (a scale run
@@ -252,6 +305,7 @@ type leanAgentConfig struct {
 	Heartbeat         string                  `yaml:"heartbeat,omitempty"`
 	Resync            string                  `yaml:"resync,omitempty"`
 	TelemetryInterval string                  `yaml:"telemetryInterval,omitempty"`
+	ObserveInterval   string                  `yaml:"observeInterval,omitempty"`
 	Services          map[string]agentService `yaml:"services"`
 	Trust             agentTrust              `yaml:"trust"`
 }
@@ -424,6 +478,12 @@ func (l *AppliedLog) take(m *nats.Msg) {
 		}
 		l.mu.Unlock()
 	}
+}
+
+func (l *AppliedLog) healthyNode(node string) bool {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.healthy[node]
 }
 
 // Healthy is how many nodes have reported a healthy proxy driver.

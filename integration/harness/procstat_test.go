@@ -48,3 +48,30 @@ func TestProc_AMissingProcessIsAnErrorNamingIt(t *testing.T) {
 		t.Errorf("ReadProcs = %v, want the missing pid named", err)
 	}
 }
+
+func TestProc_ReniceAddsToEveryThread(t *testing.T) {
+	p, err := StartProcess(ProcessSpec{Name: "sleeper", Path: "/bin/sh", Args: []string{"-c", "while :; do sleep 0.1; done"}, LogDir: t.TempDir(), StopTimeout: 2 * time.Second})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = p.Stop() })
+	nice := func(pid int) int {
+		b, err := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/stat")
+		if err != nil {
+			t.Fatal(err)
+		}
+		f := strings.Fields(string(b[strings.LastIndexByte(string(b), ')')+1:]))
+		n, err := strconv.Atoi(f[16]) // field 19, nice
+		if err != nil {
+			t.Fatal(err)
+		}
+		return n
+	}
+	before := nice(p.Pid())
+	if err := Renice(p.Pid(), 3); err != nil {
+		t.Fatal(err)
+	}
+	if got, want := nice(p.Pid()), min(before+3, 19); got != want {
+		t.Errorf("niceness %d after Renice +3 from %d, want %d", got, before, want)
+	}
+}
