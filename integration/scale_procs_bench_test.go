@@ -50,6 +50,8 @@ type procRun struct {
 	raw bool
 	// timeout bounds the whole run.
 	timeout time.Duration
+	// nice is added to the niceness of the agents and their HAProxy.
+	nice int
 	// check, when set, is called after every decision has been applied by
 	// every agent (decision 0 is the first apply, 1 its abort, …).
 	check func(decision int, fleet *harness.ProcessFleet)
@@ -64,7 +66,7 @@ type procUse struct {
 
 // procFigures are the measurements of one runProcessFleet.
 type procFigures struct {
-	agents int
+	agents, nice int
 	// applied is decision → the agent's own applied stamp, per agent and
 	// decision; allApplied the slowest agent of each decision.
 	applied, allApplied []time.Duration
@@ -107,18 +109,16 @@ func runProcessFleet(tb testing.TB, o procRun) *procFigures {
 	phase(fmt.Sprintf("NATS and %d coordinators started", o.coordinators))
 	// Telemetry and heartbeat every 5 s, resync every minute: the settings
 	// of the in-process benchmark, so the two differ in the processes only.
-	// The nodes run 10 steps nicer than the bus and the coordinators: in
-	// production each is a host of its own and takes nothing from them.
 	fleet := harnesstest.StartProcessFleet(tb, ctx, harness.ProcessFleetOptions{
 		Nodes: o.agents, Switchyard: sy, Backend: backend, NATS: nb,
 		TrustKeys: []string{c.TrustKey()},
 		Heartbeat: 5 * time.Second, Resync: time.Minute, TelemetryInterval: 5 * time.Second,
-		Nice: 10,
+		Nice: o.nice,
 	})
 	phase(fmt.Sprintf("%d agent processes and their HAProxy started", o.agents))
 	nodes := fleet.NodeIDs()
 	nc := connectNATS(tb, nb)
-	fig := &procFigures{agents: o.agents}
+	fig := &procFigures{agents: o.agents, nice: o.nice}
 
 	// Every agent known to the coordinators before the first decision.
 	err := harness.Poll(ctx, 100*time.Millisecond, func(ctx context.Context) error {
@@ -467,6 +467,26 @@ func rawsubDelay(path string, seq uint64) (time.Duration, bool, error) {
 // BenchmarkScale_ProcessAgents, comma-separated ("100,500" when unset).
 const procAgentsEnv = "SWITCHYARD_PROCESS_AGENTS"
 
+// procNiceEnv names the environment variable with the niceness the
+// benchmark's agents and HAProxy run at above the bus and the coordinators
+// (10 when unset). In production each node is a host of its own and takes
+// no CPU from them; on one machine, hundreds of nodes at the same priority
+// starve the NATS server (handshakes and JetStream reads time out). 0 puts
+// everything on an equal footing, as the in-process benchmark does.
+const procNiceEnv = "SWITCHYARD_PROCESS_NICE"
+
+func procNice(b *testing.B) int {
+	spec := os.Getenv(procNiceEnv)
+	if spec == "" {
+		return 10
+	}
+	n, err := strconv.Atoi(spec)
+	if err != nil || n < 0 || n > 19 {
+		b.Fatalf("%s=%q: want a niceness 0..19", procNiceEnv, spec)
+	}
+	return n
+}
+
 func procAgentCounts(b *testing.B) []int {
 	spec := os.Getenv(procAgentsEnv)
 	if spec == "" {
@@ -486,11 +506,14 @@ func procAgentCounts(b *testing.B) []int {
 // BenchmarkScale_ProcessAgents runs, for each agent count, the in-process
 // benchmark (one connection and identity per agent on the secured bus, the
 // recording driver) and then the same fleet as real processes: 3
-// coordinators, every agent its own process with its own HAProxy. Both
+// coordinators, every agent its own process with its own HAProxy, the
+// nodes SWITCHYARD_PROCESS_NICE steps nicer than the bus and the
+// coordinators. Both
 // measure decision → every agent applied over 10 decisions (5 blue-green
 // switches, 5 aborts) beside raw NATS fan-out in the same run; the process
 // run adds the per-process costs from /proc, logged as a table.
 func BenchmarkScale_ProcessAgents(b *testing.B) {
+	nice := procNice(b)
 	for _, n := range procAgentCounts(b) {
 		b.Run(fmt.Sprintf("agents=%d", n), func(b *testing.B) {
 			b.Run("in-process", func(b *testing.B) {
@@ -501,7 +524,7 @@ func BenchmarkScale_ProcessAgents(b *testing.B) {
 			b.Run("processes", func(b *testing.B) {
 				for range b.N {
 					fig := runProcessFleet(b, procRun{agents: n, coordinators: 3, rounds: 5, idle: 10 * time.Second, raw: true,
-						timeout: 10*time.Minute + time.Duration(n)*time.Second})
+						nice: nice, timeout: 10*time.Minute + time.Duration(n)*time.Second})
 					fig.report(b)
 				}
 			})
@@ -534,8 +557,8 @@ func (f *procFigures) report(b *testing.B) {
 	b.ReportMetric(median(f.agentIdle, func(u procUse) float64 { return ms(u.cpu) }), "agent_idle_cpu_ms/s")
 
 	var t strings.Builder
-	fmt.Fprintf(&t, "%d agent processes, 3 coordinators; decision → all applied p50/p99 %.1f/%.1f ms; raw NATS all delivered to %d connections %.2f/%.2f ms, to %d processes %.2f/%.2f ms\n",
-		f.agents, ms(a50), ms(a99), f.agents, ms(c50), ms(c99), f.agents, ms(r50), ms(r99))
+	fmt.Fprintf(&t, "%d agent processes (niceness +%d), 3 coordinators; decision → all applied p50/p99 %.1f/%.1f ms; raw NATS all delivered to %d connections %.2f/%.2f ms, to %d processes %.2f/%.2f ms\n",
+		f.agents, f.nice, ms(a50), ms(a99), f.agents, ms(c50), ms(c99), f.agents, ms(r50), ms(r99))
 	fmt.Fprintf(&t, "| process (median / max; decisions window %.1f s) | n | CPU idle ms/s | CPU decisions ms/s | RSS MiB | PSS MiB |\n|---|---|---|---|---|---|\n", f.burstWall.Seconds())
 	row := func(name string, idle, burst []procUse) {
 		cpuI := func(u procUse) float64 { return ms(u.cpu) }
