@@ -464,7 +464,9 @@ func rawsubDelay(path string, seq uint64) (time.Duration, bool, error) {
 }
 
 // procAgentsEnv names the environment variable with the agent counts of
-// BenchmarkScale_ProcessAgents, comma-separated ("100,500" when unset).
+// BenchmarkScale_ProcessAgents, comma-separated ("100" when unset: on 2
+// cores an idle node costs about 8 ms of CPU a second, and 200 nodes beside
+// other work no longer keep up).
 const procAgentsEnv = "SWITCHYARD_PROCESS_AGENTS"
 
 // procNiceEnv names the environment variable with the niceness the
@@ -490,7 +492,7 @@ func procNice(b *testing.B) int {
 func procAgentCounts(b *testing.B) []int {
 	spec := os.Getenv(procAgentsEnv)
 	if spec == "" {
-		return []int{100, 500}
+		return []int{100}
 	}
 	var out []int
 	for _, f := range strings.Split(spec, ",") {
