@@ -618,12 +618,13 @@ func quantile(ds []time.Duration, q float64) time.Duration {
 }
 
 // TestScale_ProcessAgentsApplyEveryGenerationOnce is the short version of
-// BenchmarkScale_ProcessAgents: ten agent processes with their HAProxy
+// BenchmarkScale_ProcessAgents: eight agent processes (one start round of
+// the fleet's workers) with their HAProxy
 // follow a blue-green switch and its abort; every agent applies each
 // generation exactly once, every HAProxy serves what was decided, and /proc
 // gave every process's memory and CPU.
 func TestScale_ProcessAgentsApplyEveryGenerationOnce(t *testing.T) {
-	const agents = 10
+	const agents = 8
 	client := &http.Client{Timeout: 5 * time.Second, Transport: &http.Transport{DisableKeepAlives: true, Proxy: nil}}
 	fig := runProcessFleet(t, procRun{agents: agents, coordinators: 1, rounds: 1, idle: time.Second, timeout: 3 * time.Minute,
 		check: func(decision int, fleet *harness.ProcessFleet) {
