@@ -70,6 +70,14 @@ demo: ## a local fleet with real HAProxy: blue -> green -> blue, then a bad cana
 bench: ## benchmarks, reported as figures (one package at a time, so they do not share the cores)
 	$(GO) test -p 1 -run '^$$' -bench . -benchmem -count=1 -timeout 90m ./...
 
+# AGENTS are the fleet sizes of bench-procs, comma-separated; raise them to
+# find where a machine stops keeping up (docs/operations.md, Fleet scale).
+AGENTS ?= 100
+.PHONY: bench-procs
+bench-procs: ## fleet scale with agents as real processes, one HAProxy each, at AGENTS agents (default 100), beside in-process and raw NATS
+	@scripts/ensure-haproxy
+	SWITCHYARD_PROCESS_AGENTS=$(AGENTS) $(GO) test -count=1 -run '^$$' -bench '^BenchmarkScale_ProcessAgents$$' -benchtime 1x -timeout 60m ./integration/
+
 # SOAK is how long the fault lab injects faults, ROUND each round before
 # the convergence check; SEED reruns a schedule (printed by every run).
 SOAK  ?= 10m
