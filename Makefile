@@ -67,8 +67,12 @@ demo: ## a local fleet with real HAProxy: blue -> green -> blue, then a bad cana
 	$(GO) run ./integration/demo $(if $(KEEP),-keep-running)
 
 .PHONY: bench
-bench: ## benchmarks, reported as figures (one package at a time, so they do not share the cores)
-	$(GO) test -p 1 -run '^$$' -bench . -benchmem -count=1 -timeout 90m ./...
+bench: ## benchmarks, reported as figures (one package at a time, so they do not share the cores); scale profiles in bench/profiles/
+	SWITCHYARD_BENCH_PROFILES=$(CURDIR)/bench/profiles $(GO) test -p 1 -run '^$$' -bench . -benchmem -count=1 -timeout 90m ./...
+
+.PHONY: bench-scale
+bench-scale: ## the fleet-scale benchmark alone (100, 1,000, 10,000 agents), with CPU and heap profiles in bench/profiles/
+	SWITCHYARD_BENCH_PROFILES=$(CURDIR)/bench/profiles $(GO) test -run '^$$' -bench 'BenchmarkScale_DecisionToApplied$$' -benchtime 1x -count=1 -timeout 30m ./integration/
 
 # AGENTS are the fleet sizes of bench-procs, comma-separated; raise them to
 # find where a machine stops keeping up (docs/operations.md, Fleet scale).

@@ -142,7 +142,7 @@ const profileDirEnv = "SWITCHYARD_BENCH_PROFILES"
 // BenchmarkScale_DecisionToApplied_agents-10000_keyring-own); the returned
 // function stops it and writes the heap profile <name>.heap.pprof beside
 // it.
-func startProfile(b *testing.B, name string) (stop func()) {
+func startProfile(b testing.TB, name string) (stop func()) {
 	dir := os.Getenv(profileDirEnv)
 	if dir == "" {
 		return func() {}
@@ -167,7 +167,7 @@ func startProfile(b *testing.B, name string) (stop func()) {
 
 // stopProfiles ends the CPU profile, if one runs, and writes the heap
 // profile.
-func stopProfiles(b *testing.B, dir, name string, cpu *os.File) {
+func stopProfiles(b testing.TB, dir, name string, cpu *os.File) {
 	if cpu != nil {
 		pprof.StopCPUProfile()
 		if err := cpu.Close(); err != nil {
