@@ -23,8 +23,8 @@ func printEvidence(w io.Writer, ev *sv1.Evidence) {
 		}
 		fmt.Fprintf(w, "  test:       %s\n", s.GetTest())
 		fmt.Fprintf(w, "  method:     %s\n", s.GetMethod())
-		fmt.Fprintf(w, "  statistic:  %.2f nats (log of the mixture over start seconds and alternatives) reached the threshold %.2f (leading alternative: the new backend's odds of an event ×%g)\n",
-			s.GetStatistic(), s.GetThreshold(), s.GetOddsRatio())
+		fmt.Fprintf(w, "  statistic:  %.2f nats (log of the mixture over start seconds and alternatives) reached the threshold %.2f; leading alternative: the new backend's odds of an event ×%g, %.2f nats from its best start alone\n",
+			s.GetStatistic(), s.GetThreshold(), s.GetOddsRatio(), s.GetRunStatistic())
 		fmt.Fprintf(w, "  guarantee:  a release no worse than the old backend is rolled back with probability at most %g over %s of canary (at most twice that however long it runs)\n",
 			s.GetFalseAlarm(), s.GetHorizon().AsDuration())
 		fmt.Fprintf(w, "  evidence:   %s to %s: new backend %d of %d (%s), old backend %d of %d (%s), same nodes; exact binomial p=%.2g\n",

@@ -152,7 +152,7 @@ func (run *seqRun) update(m *Mixture, sec int64, strata []Stratum) bool {
 	return m.Statistic >= run.threshold(m)
 }
 
-// read feeds one second's reports to the detectors.
+// read feeds one second's reports to the tests.
 func (run *seqRun) read(sp *sv1.RolloutSpec, sec int64, reports []*nodeReport) {
 	a := sp.GetAnalysis()
 	cand, base := sp.GetTo(), sp.GetFrom()
@@ -265,7 +265,7 @@ func (run *seqRun) evidence(guardrail, test string, m *Mixture, sec int64, event
 		Method: fmt.Sprintf("Shiryaev–Roberts mixture over start seconds and odds alternatives ×%s (shares %s) of the likelihood ratio of the new backend's share of events, "+
 			"per node and second, given both backends' events there; threshold log(horizon seconds / (falseAlarm × %.3g)), the test's share of the false-alarm budget",
 			joinFloats(m, func(a *Alternative) float64 { return a.OddsRatio }, ", ×"), joinFloats(m, func(a *Alternative) float64 { return a.Share }, ", "), m.Weight),
-		Statistic: m.Statistic, Threshold: run.threshold(m), OddsRatio: lead.OddsRatio,
+		Statistic: m.Statistic, Threshold: run.threshold(m), OddsRatio: lead.OddsRatio, RunStatistic: c.Statistic,
 		Since: timestamppb.New(time.Unix(c.Since-1, 0)), At: timestamppb.New(time.Unix(sec, 0)),
 		CandidateEvents: c.CandEvents, CandidateRequests: c.CandRequests,
 		BaselineEvents: c.BaseEvents, BaselineRequests: c.BaseRequests,
@@ -280,7 +280,7 @@ func (run *seqRun) evidence(guardrail, test string, m *Mixture, sec int64, event
 		a.Nodes = append(a.Nodes, &sv1.NodeEvidence{Node: n, Contribution: v.Contribution,
 			CandidateEvents: v.CandEvents, CandidateRequests: v.CandRequests, BaselineEvents: v.BaseEvents, BaselineRequests: v.BaseRequests})
 	}
-	return &sv1.Evidence{Guardrail: guardrail, Summary: sequentialSummary(a, events, c.Statistic), Sequential: a}
+	return &sv1.Evidence{Guardrail: guardrail, Summary: sequentialSummary(a, events), Sequential: a}
 }
 
 func joinFloats(m *Mixture, f func(*Alternative) float64, sep string) string {
@@ -291,9 +291,8 @@ func joinFloats(m *Mixture, f func(*Alternative) float64, sep string) string {
 	return strings.Join(out, sep)
 }
 
-// sequentialSummary says an alarm in one line an operator can check; run is
-// the log-likelihood ratio of the leading alternative's run alone.
-func sequentialSummary(a *sv1.SequentialEvidence, events string, run float64) string {
+// sequentialSummary says an alarm in one line an operator can check.
+func sequentialSummary(a *sv1.SequentialEvidence, events string) string {
 	rate := func(e, n uint64) string {
 		if n == 0 {
 			return "-"
@@ -313,7 +312,7 @@ func sequentialSummary(a *sv1.SequentialEvidence, events string, run float64) st
 		"leading alternative odds ×%g, its log-likelihood ratio since then %.1f (exact binomial p=%.2g); driven by %s",
 		a.GetTest(), a.GetCandidateEvents(), events, a.GetCandidateRequests(), rate(a.GetCandidateEvents(), a.GetCandidateRequests()),
 		a.GetBaselineEvents(), a.GetBaselineRequests(), rate(a.GetBaselineEvents(), a.GetBaselineRequests()),
-		a.GetSince().AsTime().UTC().Format(time.TimeOnly), a.GetStatistic(), a.GetThreshold(), a.GetOddsRatio(), run, a.GetPValue(),
+		a.GetSince().AsTime().UTC().Format(time.TimeOnly), a.GetStatistic(), a.GetThreshold(), a.GetOddsRatio(), a.GetRunStatistic(), a.GetPValue(),
 		strings.Join(nodes, ", "))
 }
 
@@ -374,7 +373,7 @@ func (run *seqRun) notWorse(a *sv1.AnalysisSpec, since time.Time) NotWorse {
 	return n
 }
 
-// Status says in words where the detectors stand.
+// Status says in words where the tests stand.
 func (run *seqRun) status() string {
 	if run.alarm != nil {
 		return "alarm: " + run.alarm.GetSummary()
@@ -428,7 +427,7 @@ func (run *seqRun) readings() []Reading {
 	return out
 }
 
-// SequentialReadings are the detectors of every rollout the store has
+// SequentialReadings are the tests of every rollout the store has
 // sequential tests for, newest run per rollout.
 func (s *Store) SequentialReadings() []Reading {
 	s.mu.Lock()

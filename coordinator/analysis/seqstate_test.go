@@ -123,6 +123,12 @@ func TestStore_SequentialCatchesSmallErrorRegressionAndNamesNodes(t *testing.T) 
 	if seq.GetPValue() > 1e-4 {
 		t.Errorf("exact p %g", seq.GetPValue())
 	}
+	// The mixture holds the leading alternative's best start at its share
+	// of the error test (a start weight of 1 in the first horizon).
+	share := map[float64]float64{2: 0.1, 4: 0.3, 10: 0.6}[seq.GetOddsRatio()]
+	if share == 0 || seq.GetRunStatistic() <= 0 || seq.GetStatistic() < math.Log(share)+seq.GetRunStatistic()-1e-9 {
+		t.Errorf("mixture %g, leading ×%g with its best start %g", seq.GetStatistic(), seq.GetOddsRatio(), seq.GetRunStatistic())
+	}
 	t.Logf("caught at %s: %s", seq.GetAt().AsTime().Sub(t0), a.Breach.GetSummary())
 }
 

@@ -1239,17 +1239,20 @@ type SequentialEvidence struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// Test names the test, e.g. "errors" or "latency above blue's p99 (312ms)".
 	Test string `protobuf:"bytes,1,opt,name=test,proto3" json:"test,omitempty"`
-	// Method names the statistic, e.g. "stratified CUSUM of the conditional
-	// binomial log-likelihood ratio".
+	// Method names the statistic, e.g. "Shiryaev–Roberts mixture over start
+	// seconds and odds alternatives of the conditional binomial likelihood
+	// ratio".
 	Method string `protobuf:"bytes,2,opt,name=method,proto3" json:"method,omitempty"`
-	// Statistic and Threshold are in nats (natural log of a likelihood ratio).
+	// Statistic and Threshold are in nats: the log of the test's mixture of
+	// likelihood ratios over starts and alternatives, and its alarm level.
 	Statistic float64 `protobuf:"fixed64,3,opt,name=statistic,proto3" json:"statistic,omitempty"`
 	Threshold float64 `protobuf:"fixed64,4,opt,name=threshold,proto3" json:"threshold,omitempty"`
-	// OddsRatio is the alternative the alarming detector was tuned to: the
+	// OddsRatio is the alternative with the largest part of the mixture: the
 	// new backend's odds of an event this many times the old one's.
 	OddsRatio float64 `protobuf:"fixed64,5,opt,name=odds_ratio,json=oddsRatio,proto3" json:"odds_ratio,omitempty"`
-	// Since is when the statistic last stood at zero: the evidence runs from
-	// there to the alarm.
+	// Since is when that alternative's log-likelihood ratio last stood at
+	// zero (its best single start): the counts and nodes run from there to
+	// the alarm.
 	Since *timestamppb.Timestamp `protobuf:"bytes,6,opt,name=since,proto3" json:"since,omitempty"`
 	At    *timestamppb.Timestamp `protobuf:"bytes,7,opt,name=at,proto3" json:"at,omitempty"`
 	// Candidate and Baseline count events (errors, or requests slower than
@@ -1266,7 +1269,11 @@ type SequentialEvidence struct {
 	FalseAlarm float64              `protobuf:"fixed64,13,opt,name=false_alarm,json=falseAlarm,proto3" json:"false_alarm,omitempty"`
 	Horizon    *durationpb.Duration `protobuf:"bytes,14,opt,name=horizon,proto3" json:"horizon,omitempty"`
 	// Nodes are the nodes that drove the statistic, largest share first.
-	Nodes         []*NodeEvidence `protobuf:"bytes,15,rep,name=nodes,proto3" json:"nodes,omitempty"`
+	Nodes []*NodeEvidence `protobuf:"bytes,15,rep,name=nodes,proto3" json:"nodes,omitempty"`
+	// RunStatistic is the log-likelihood ratio (nats) of that alternative
+	// from Since to the alarm alone: the largest single term of the mixture,
+	// which Page's CUSUM would compare with a threshold of its own.
+	RunStatistic  float64 `protobuf:"fixed64,120,opt,name=run_statistic,json=runStatistic,proto3" json:"run_statistic,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1404,6 +1411,13 @@ func (x *SequentialEvidence) GetNodes() []*NodeEvidence {
 		return x.Nodes
 	}
 	return nil
+}
+
+func (x *SequentialEvidence) GetRunStatistic() float64 {
+	if x != nil {
+		return x.RunStatistic
+	}
+	return 0
 }
 
 // NodeEvidence is one node's part of a sequential alarm.
@@ -1870,7 +1884,7 @@ const file_switchyard_v1_rollout_proto_rawDesc = "" +
 	"\awindows\x18\x03 \x03(\v2\x1d.switchyard.v1.WindowEvidenceR\awindows\x12A\n" +
 	"\n" +
 	"sequential\x18( \x01(\v2!.switchyard.v1.SequentialEvidenceR\n" +
-	"sequential\"\xcb\x04\n" +
+	"sequential\"\xf0\x04\n" +
 	"\x12SequentialEvidence\x12\x12\n" +
 	"\x04test\x18\x01 \x01(\tR\x04test\x12\x16\n" +
 	"\x06method\x18\x02 \x01(\tR\x06method\x12\x1c\n" +
@@ -1889,7 +1903,8 @@ const file_switchyard_v1_rollout_proto_rawDesc = "" +
 	"\vfalse_alarm\x18\r \x01(\x01R\n" +
 	"falseAlarm\x123\n" +
 	"\ahorizon\x18\x0e \x01(\v2\x19.google.protobuf.DurationR\ahorizon\x121\n" +
-	"\x05nodes\x18\x0f \x03(\v2\x1b.switchyard.v1.NodeEvidenceR\x05nodes\"\xf6\x01\n" +
+	"\x05nodes\x18\x0f \x03(\v2\x1b.switchyard.v1.NodeEvidenceR\x05nodes\x12#\n" +
+	"\rrun_statistic\x18x \x01(\x01R\frunStatistic\"\xf6\x01\n" +
 	"\fNodeEvidence\x12\x12\n" +
 	"\x04node\x18\x01 \x01(\tR\x04node\x12\"\n" +
 	"\fcontribution\x18\x02 \x01(\x01R\fcontribution\x12)\n" +
