@@ -20,7 +20,9 @@ import (
 // addresses and a certificate for 127.0.0.1, but from another CA: every
 // attempt is refused and counted, and the cluster stays three.
 func TestCluster_CoordinatorFromAnotherCACannotJoin(t *testing.T) {
-	t.Parallel()
+	// Serial (no t.Parallel): the leader's term must not move while the
+	// intruder knocks, and a test beside it can delay heartbeats into an
+	// election.
 	ctx := harnesstest.Context(t, 3*time.Minute)
 	sy, _ := binaries(t)
 	nb := harnesstest.StartNATS(t)

@@ -64,6 +64,11 @@ func TestDocs_ReadAPI(t *testing.T) {
 			// in a shell of its own, so the test carries it over once dev
 			// has written every line.
 			if err := harness.Poll(ctx, 100*time.Millisecond, func(context.Context) error {
+				for _, p := range background {
+					if !p.Running() {
+						return harness.Permanent(fmt.Errorf("%s exited: %s", p.Name(), p.Tail(20)))
+					}
+				}
 				b, err := os.ReadFile(filepath.Join(work, "dev.env"))
 				if err != nil || !strings.Contains(string(b), "SWITCHYARD_TRUST_KEY=") {
 					return fmt.Errorf("dev.env not complete: %v", err)
