@@ -211,13 +211,12 @@ func startIngestRig(b *testing.B, ctx context.Context, conns int) *ingestRig {
 
 // sample is one reading of everything the benchmark reports.
 type ingestSample struct {
-	at                        time.Time
-	coord, self               procStat
-	published, counted        int64
-	merged, shed, rejected    float64
-	storeBytes, storeNodes    float64
-	storeReports, queuedNow   float64
-	coordinatorMetricsFetched bool
+	at                      time.Time
+	coord, self             procStat
+	published, counted      int64
+	merged, shed, rejected  float64
+	storeBytes, storeNodes  float64
+	storeReports, queuedNow float64
 }
 
 func (rig *ingestRig) sample(b *testing.B, ctx context.Context, l *reportLoad) ingestSample {
