@@ -111,6 +111,19 @@ func TelemetryService(subject string) (service string, ok bool) {
 	return service, true
 }
 
+// IsTelemetrySubject reports whether subject is TelemetrySubject(service,
+// node): the subject an agent's credentials let only that node publish on.
+// It compares in place, without building the subject.
+func IsTelemetrySubject(subject, service, node string) bool {
+	p := len(telemetryPrefix)
+	if service == "" || node == "" || len(subject) != p+1+len(service)+1+len(node) {
+		return false
+	}
+	return subject[:p] == telemetryPrefix && subject[p] == '.' &&
+		subject[p+1:p+1+len(service)] == service && subject[p+1+len(service)] == '.' &&
+		subject[len(subject)-len(node):] == node
+}
+
 // TelemetryAll matches every HealthReport.
 func TelemetryAll() string { return telemetryPrefix + ".>" }
 

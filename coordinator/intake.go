@@ -147,17 +147,26 @@ func (in *intake) work(ctx context.Context) {
 		case msg = <-in.queue:
 		}
 		batch = batch[:0]
-		rejected := 0
+		rejected, forged := 0, 0
 		for msg != nil {
 			r, err := dec.Decode(msg.Data)
-			if err != nil {
+			switch {
+			case err != nil:
 				rejected++
 				in.log.Debug("health report refused", "subject", msg.Subject, "err", err)
-			} else {
+			case !bus.IsTelemetrySubject(msg.Subject, r.Service, r.Node):
+				// An agent may publish only on its own subject; a
+				// report naming another node or service was sent
+				// with another node's credentials, to forge its
+				// health.
+				forged++
+				in.log.Debug("health report refused: node or service is not the subject's", "subject", msg.Subject,
+					"node", r.Node, "service", r.Service)
+			default:
 				batch = append(batch, r)
 			}
 			msg = nil
-			if len(batch)+rejected < intakeBatch {
+			if len(batch)+rejected+forged < intakeBatch {
 				select {
 				case msg = <-in.queue:
 				default:
@@ -166,6 +175,9 @@ func (in *intake) work(ctx context.Context) {
 		}
 		if rejected > 0 {
 			in.metrics.rejected.Add(float64(rejected))
+		}
+		if forged > 0 {
+			in.metrics.forged.Add(float64(forged))
 		}
 		if len(batch) == 0 {
 			continue

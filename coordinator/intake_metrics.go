@@ -10,13 +10,14 @@ import (
 // are the coordinator's long-standing health report counters.
 type intakeMetrics struct {
 	merged, rejected prometheus.Counter
+	forged           prometheus.Counter
 	shedTotal        *prometheus.CounterVec
 	shedQueue        prometheus.Counter
 	shedSlow         prometheus.Counter
 }
 
 func newIntakeMetrics(reg prometheus.Registerer, m *metrics, in func() *intake) (*intakeMetrics, error) {
-	im := &intakeMetrics{merged: m.telemetry, rejected: m.telemetryRejected,
+	im := &intakeMetrics{merged: m.telemetry, rejected: m.telemetryRejected, forged: m.telemetryForged,
 		shedTotal: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "switchyard_coordinator_reports_shed_total",
 			Help: "Health reports dropped before they were merged because intake could not keep up, by reason: queue_full (the decode workers' queue was full), slow_consumer (the NATS client dropped them). The windows they belong to are missing data and never pass.",

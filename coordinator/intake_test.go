@@ -98,3 +98,69 @@ func TestIntake_ShedsWhenTheQueueIsFullAndCountsIt(t *testing.T) {
 		t.Fatalf("shed slow_consumer = %v, want 2", got)
 	}
 }
+
+// An agent's credentials let it publish only on its own subject; a report
+// naming another node (or service) than its subject is refused and counted,
+// so one node cannot forge another's health to force or mask a rollback.
+func TestIntake_RefusesReportsWhoseNodeIsNotTheSubjects(t *testing.T) {
+	reg := prometheus.NewRegistry()
+	m := newMetrics(reg)
+	store := analysis.NewStore()
+	now := time.Date(2026, 3, 1, 10, 0, 30, 200e6, time.UTC)
+	var in *intake
+	im, err := newIntakeMetrics(reg, m, func() *intake { return in })
+	if err != nil {
+		t.Fatal(err)
+	}
+	in = newIntake(store, im, nil, slog.New(slog.NewTextHandler(io.Discard, nil)), func() time.Time { return now })
+	sec := now.Truncate(time.Second)
+	msg := func(subjService, subjNode, service, node string, errors uint64) *nats.Msg {
+		wire, err := proto.Marshal(&sv1.HealthReport{Node: node, Service: service, RolloutId: "r1", Generation: 3,
+			WindowEnd: timestamppb.New(sec),
+			Backends:  []*sv1.BackendHealth{{Backend: "green", Requests: 10, Errors: errors}}})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return &nats.Msg{Subject: bus.TelemetrySubject(subjService, subjNode), Data: wire}
+	}
+	// edge-1 reports honestly, then tries to report failures as edge-2,
+	// as edge-2 on its own subject's service, and for another service.
+	in.handle(msg("web", "edge-1", "web", "edge-1", 0))
+	in.handle(msg("web", "edge-1", "web", "edge-2", 10))
+	in.handle(msg("web", "edge-1", "web", "edge-10", 10))
+	in.handle(msg("web", "edge-1", "api", "edge-1", 10))
+	in.handle(msg("web", "edge-1", "we", "b.edge-1", 10))
+	in.handle(&nats.Msg{Subject: "switchyard.telemetry.web", Data: msg("web", "edge-1", "web", "edge-1", 10).Data})
+
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		in.run(ctx, nil)
+	}()
+	defer func() {
+		cancel()
+		<-done
+	}()
+	forged := m.telemetryRefused.WithLabelValues("wrong_subject")
+	deadline := time.Now().Add(10 * time.Second)
+	for testutil.ToFloat64(m.telemetry) < 1 || testutil.ToFloat64(forged) < 5 {
+		if time.Now().After(deadline) {
+			t.Fatalf("merged %v, refused as wrong_subject %v; want 1 and 5", testutil.ToFloat64(m.telemetry), testutil.ToFloat64(forged))
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+	if got := testutil.ToFloat64(m.telemetry); got != 1 {
+		t.Fatalf("merged %v reports, want only the honest one", got)
+	}
+	if got := testutil.ToFloat64(m.telemetryRefused.WithLabelValues("malformed")); got != 0 {
+		t.Fatalf("malformed = %v, want 0: the forged reports decode", got)
+	}
+	req, errs, nodes := store.NodeHealth("web", nil, sec.Add(-time.Second), sec)
+	if nodes != 1 || req != 10 || errs != 0 {
+		t.Fatalf("store holds %d requests, %d errors from %d nodes; want 10, 0, 1 (edge-1's own report)", req, errs, nodes)
+	}
+	if _, _, nodes := store.NodeHealth("api", nil, sec.Add(-time.Second), sec); nodes != 0 {
+		t.Fatalf("a report forged for another service reached it (%d nodes)", nodes)
+	}
+}

@@ -17,19 +17,23 @@ type metrics struct {
 	statuses          prometheus.Counter
 	telemetry         prometheus.Counter
 	telemetryRejected prometheus.Counter
-	decisions         *prometheus.CounterVec
-	peerRejected      prometheus.Counter
-	joinFailures      prometheus.Counter
-	diverged          *prometheus.GaugeVec
-	divergences       *prometheus.CounterVec
-	webhookCalls      *prometheus.CounterVec
-	webhookSeconds    *prometheus.HistogramVec
-	queries           *prometheus.CounterVec
-	eventStreams      prometheus.Gauge
-	viewerRefused     *prometheus.CounterVec
-	queriesMalformed  prometheus.Counter
-	notifications     *prometheus.CounterVec
-	decisionStages    *prometheus.HistogramVec
+	// telemetryForged counts reports whose node or service is not the
+	// one their subject names (another node's credentials published them).
+	telemetryForged  prometheus.Counter
+	telemetryRefused *prometheus.CounterVec
+	decisions        *prometheus.CounterVec
+	peerRejected     prometheus.Counter
+	joinFailures     prometheus.Counter
+	diverged         *prometheus.GaugeVec
+	divergences      *prometheus.CounterVec
+	webhookCalls     *prometheus.CounterVec
+	webhookSeconds   *prometheus.HistogramVec
+	queries          *prometheus.CounterVec
+	eventStreams     prometheus.Gauge
+	viewerRefused    *prometheus.CounterVec
+	queriesMalformed prometheus.Counter
+	notifications    *prometheus.CounterVec
+	decisionStages   *prometheus.HistogramVec
 }
 
 func newMetrics(reg prometheus.Registerer) *metrics {
@@ -72,10 +76,10 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 			Name: "switchyard_coordinator_health_reports_total",
 			Help: "Agent health reports merged into analysis windows.",
 		}),
-		telemetryRejected: prometheus.NewCounter(prometheus.CounterOpts{
+		telemetryRefused: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "switchyard_coordinator_health_reports_rejected_total",
-			Help: "Agent health reports that did not decode or were inconsistent.",
-		}),
+			Help: "Agent health reports refused, by reason: malformed (did not decode or were inconsistent), wrong_subject (the report's node or service is not the one its subject names: published with another node's credentials).",
+		}, []string{"reason"}),
 		decisions: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "switchyard_coordinator_rollout_decisions_total",
 			Help: "Rollout decisions committed by the leader's controller, by action: advance, promote, finish, rollback, confirm-rollback.",
@@ -130,7 +134,7 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 	reg.MustRegister(m.eventStreams, m.viewerRefused, m.decisionStages)
 	reg.MustRegister(m.peerRejected, m.joinFailures, m.diverged, m.divergences, m.queries, m.queriesMalformed, m.notifications)
 	reg.MustRegister(m.intentsAccepted, m.intentsRejected, m.publishes, m.publishSeconds,
-		m.raftApply, m.isLeader, m.statusRejected, m.statuses, m.telemetry, m.telemetryRejected, m.decisions,
+		m.raftApply, m.isLeader, m.statusRejected, m.statuses, m.telemetry, m.telemetryRefused, m.decisions,
 		m.webhookCalls, m.webhookSeconds)
 	for _, r := range []string{"written", "renewed", "stale", "replaced_unverified", "error"} {
 		m.publishes.WithLabelValues(r)
@@ -149,5 +153,7 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 	for _, r := range []string{"malformed", "invalid", "not_found", "conflict", "blast_radius"} {
 		m.intentsRejected.WithLabelValues(r)
 	}
+	m.telemetryRejected = m.telemetryRefused.WithLabelValues("malformed")
+	m.telemetryForged = m.telemetryRefused.WithLabelValues("wrong_subject")
 	return m
 }

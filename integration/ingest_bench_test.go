@@ -6,6 +6,7 @@ import (
 	"io"
 	"math/rand/v2"
 	"os"
+	"path/filepath"
 	"strconv"
 	"strings"
 	"sync"
@@ -13,13 +14,16 @@ import (
 	"testing"
 	"time"
 
+	"github.com/nats-io/jwt/v2"
 	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nkeys"
 	"google.golang.org/protobuf/encoding/protowire"
 	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/durationpb"
 	"google.golang.org/protobuf/types/known/timestamppb"
 
 	"github.com/switchyard/switchyard/bus"
+	"github.com/switchyard/switchyard/bus/auth"
 	"github.com/switchyard/switchyard/integration/harness"
 	"github.com/switchyard/switchyard/integration/harness/harnesstest"
 	"github.com/switchyard/switchyard/internal/sketch"
@@ -73,6 +77,8 @@ type reportLoad struct {
 	// bodies are report bodies without node and windows, shared by nodes.
 	bodies [][]byte
 	nodes  []string
+	// subjects are the nodes' own telemetry subjects.
+	subjects []string
 }
 
 // newReportLoad encodes bodies: backends per report, each with a latency
@@ -108,6 +114,7 @@ func newReportLoad(tb testing.TB, nodes, backends int, rollout *sv1.Rollout) *re
 	}
 	for i := range nodes {
 		l.nodes = append(l.nodes, fmt.Sprintf("sim-%06d", i))
+		l.subjects = append(l.subjects, bus.TelemetrySubject("web", l.nodes[i]))
 	}
 	return l
 }
@@ -122,9 +129,9 @@ func appendTimestamp(b []byte, field protowire.Number, sec int64) []byte {
 }
 
 // run publishes until ctx ends over conns, each connection taking its share
-// of the nodes; subjects carry the connection's own identity, as agent
-// credentials allow, and the node is in the report.
-func (l *reportLoad) run(ctx context.Context, conns []*nats.Conn, subjects []string) {
+// of the nodes; each report goes on its node's own subject, as the
+// coordinator requires (the connections hold a wildcard agent identity).
+func (l *reportLoad) run(ctx context.Context, conns []*nats.Conn) {
 	var wg sync.WaitGroup
 	for g, nc := range conns {
 		wg.Add(1)
@@ -149,7 +156,7 @@ func (l *reportLoad) run(ctx context.Context, conns []*nats.Conn, subjects []str
 						buf = append(buf, l.bodies[i%len(l.bodies)]...)
 						buf = appendTimestamp(buf, 3, sec-1)
 						buf = appendTimestamp(buf, 4, sec)
-						if err := nc.Publish(subjects[g], buf); err != nil {
+						if err := nc.Publish(l.subjects[i], buf); err != nil {
 							return
 						}
 						l.published.Add(1)
@@ -172,7 +179,6 @@ type ingestRig struct {
 	c       *harness.Cluster
 	nc      *nats.Conn
 	load    []*nats.Conn
-	subj    []string
 	counted atomic.Int64
 }
 
@@ -181,15 +187,14 @@ func startIngestRig(b *testing.B, ctx context.Context, conns int) *ingestRig {
 	nb := harnesstest.StartNATS(b)
 	rig := &ingestRig{nc: connectNATS(b, nb)}
 	rig.c = harnesstest.StartCluster(b, ctx, harness.ClusterOptions{Size: 1, Switchyard: sy, NATS: nb, Log: io.Discard, LogLevel: "warn"})
+	opts := wildcardAgent(b, nb)
 	for g := range conns {
-		name := fmt.Sprintf("load-%d", g)
-		nc, err := nb.Connect(bus.RoleAgent, name, nats.Name(name))
+		nc, err := nats.Connect(nb.URL, append(opts, nats.Name(fmt.Sprintf("load-%d", g)))...)
 		if err != nil {
 			b.Fatal(err)
 		}
 		b.Cleanup(nc.Close)
 		rig.load = append(rig.load, nc)
-		rig.subj = append(rig.subj, bus.TelemetrySubject("web", name))
 	}
 	counter, err := nb.Connect(bus.RoleCoordinator, "counter", nats.Name("counter"))
 	if err != nil {
@@ -209,15 +214,65 @@ func startIngestRig(b *testing.B, ctx context.Context, conns int) *ingestRig {
 	return rig
 }
 
+// wildcardAgent mints, for the benchmark only, a user of the agent role
+// named "*": the role's subject template then lets it publish health
+// reports and statuses for every node, so simulated nodes report on their
+// own subjects from a few connections. Production identities are issued
+// with real names (auth.Setup.Issue refuses "*"). The connections only
+// publish, so they need no inbox.
+func wildcardAgent(tb testing.TB, nb harness.Bus) []nats.Option {
+	setup, err := auth.Load(nb.AuthDir)
+	if err != nil {
+		tb.Fatal(err)
+	}
+	seed, err := os.ReadFile(filepath.Join(nb.AuthDir, "signing", string(bus.RoleAgent)+".nk"))
+	if err != nil {
+		tb.Fatal(err)
+	}
+	signer, err := nkeys.FromSeed([]byte(strings.TrimSpace(string(seed))))
+	if err != nil {
+		tb.Fatal(err)
+	}
+	user, err := nkeys.CreateUser()
+	if err != nil {
+		tb.Fatal(err)
+	}
+	pub, err := user.PublicKey()
+	if err != nil {
+		tb.Fatal(err)
+	}
+	userSeed, err := user.Seed()
+	if err != nil {
+		tb.Fatal(err)
+	}
+	uc := jwt.NewUserClaims(pub)
+	uc.Name = "*"
+	uc.IssuerAccount = setup.Account()
+	uc.SetScoped(true)
+	uc.Tags.Add("role:" + string(bus.RoleAgent))
+	token, err := uc.Encode(signer)
+	if err != nil {
+		tb.Fatal(err)
+	}
+	creds, err := jwt.FormatUserConfig(token, userSeed)
+	if err != nil {
+		tb.Fatal(err)
+	}
+	path := filepath.Join(tb.TempDir(), "wildcard-agent.creds")
+	if err := os.WriteFile(path, creds, 0o600); err != nil {
+		tb.Fatal(err)
+	}
+	return []nats.Option{nats.UserCredentials(path), nats.RootCAs(nb.CA)}
+}
+
 // sample is one reading of everything the benchmark reports.
 type ingestSample struct {
-	at                        time.Time
-	coord, self               procStat
-	published, counted        int64
-	merged, shed, rejected    float64
-	storeBytes, storeNodes    float64
-	storeReports, queuedNow   float64
-	coordinatorMetricsFetched bool
+	at                      time.Time
+	coord, self             procStat
+	published, counted      int64
+	merged, shed, rejected  float64
+	storeBytes, storeNodes  float64
+	storeReports, queuedNow float64
 }
 
 func (rig *ingestRig) sample(b *testing.B, ctx context.Context, l *reportLoad) ingestSample {
@@ -309,7 +364,7 @@ func BenchmarkIngest_ReportsPerSecond(b *testing.B) {
 	done := make(chan struct{})
 	go func() {
 		defer close(done)
-		l.run(lctx, rig.load, rig.subj)
+		l.run(lctx, rig.load)
 	}()
 	defer func() {
 		stop()
@@ -443,7 +498,7 @@ func BenchmarkIngest_IdleFleet(b *testing.B) {
 	wg.Add(2)
 	go func() {
 		defer wg.Done()
-		l.run(lctx, rig.load, rig.subj)
+		l.run(lctx, rig.load)
 	}()
 	go func() {
 		defer wg.Done()

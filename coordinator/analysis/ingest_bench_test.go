@@ -3,9 +3,14 @@ package analysis
 import (
 	"fmt"
 	"math/rand/v2"
+	"syscall"
 	"testing"
+	"time"
 
 	"google.golang.org/protobuf/proto"
+	"google.golang.org/protobuf/types/known/timestamppb"
+
+	"github.com/switchyard/switchyard/internal/spec"
 
 	sv1 "github.com/switchyard/switchyard/proto/switchyard/v1"
 )
@@ -37,6 +42,7 @@ func BenchmarkStore_DecodeAndMerge(b *testing.B) {
 	batch := make([]*Report, 0, 256)
 	b.ReportAllocs()
 	b.ResetTimer()
+	cpu0 := cpuTime(b)
 	for i := 0; i < b.N; i++ {
 		r, err := d.Decode(wire[i%nodes])
 		if err != nil {
@@ -51,7 +57,51 @@ func BenchmarkStore_DecodeAndMerge(b *testing.B) {
 	}
 	s.AddReports(batch)
 	b.StopTimer()
-	b.ReportMetric(float64(b.N)/b.Elapsed().Seconds(), "reports/s")
+	reportCPU(b, cpu0)
+}
+
+// BenchmarkStore_DecodeMergeAndJudge is the intake's work per report as a
+// coordinator does it with a canary under the sequential judge: decode and
+// merge as BenchmarkStore_DecodeAndMerge, and once per second of reports
+// the judge reads that second (Assess), so the store holds a second of
+// node reports, not the whole run. Reported per report: the CPU of all of
+// it, the judge's share included.
+func BenchmarkStore_DecodeMergeAndJudge(b *testing.B) {
+	const nodes = 10_000
+	base := int64(1_700_000_000)
+	wire := benchWire(b, nodes, base)
+	sp := &sv1.RolloutSpec{Name: "web-1", Service: "web", From: "b0", To: "b1"}
+	spec.Default(sp)
+	created := time.Unix(base-1, 0)
+	rollout := &sv1.Rollout{Id: "web-1", Generation: 7, Spec: sp, CreatedAt: timestamppb.New(created), StepStartedAt: timestamppb.New(created)}
+	var d Decoder
+	s := NewStore()
+	batch := make([]*Report, 0, 256)
+	b.ReportAllocs()
+	b.ResetTimer()
+	cpu0 := cpuTime(b)
+	for i := 0; i < b.N; i++ {
+		r, err := d.Decode(wire[i%nodes])
+		if err != nil {
+			b.Fatal(err)
+		}
+		sec := base + int64(i/nodes)
+		r.End = sec
+		batch = append(batch, r)
+		if len(batch) == cap(batch) || (i+1)%nodes == 0 {
+			s.AddReports(batch)
+			batch = batch[:0]
+		}
+		if (i+1)%nodes == 0 {
+			s.Assess(rollout, time.Unix(sec, 0).Add(Grace))
+		}
+	}
+	s.AddReports(batch)
+	b.StopTimer()
+	if sz := s.Size(); sz.Reports > nodes {
+		b.Fatalf("store holds %d node reports after the judge read them, want at most a second's %d", sz.Reports, nodes)
+	}
+	reportCPU(b, cpu0)
 }
 
 // BenchmarkStore_ProtoUnmarshalAndAdd is the same through proto.Unmarshal
@@ -63,6 +113,7 @@ func BenchmarkStore_ProtoUnmarshalAndAdd(b *testing.B) {
 	s := NewStore()
 	b.ReportAllocs()
 	b.ResetTimer()
+	cpu0 := cpuTime(b)
 	for i := 0; i < b.N; i++ {
 		var hr sv1.HealthReport
 		if err := proto.Unmarshal(wire[i%nodes], &hr); err != nil {
@@ -74,5 +125,22 @@ func BenchmarkStore_ProtoUnmarshalAndAdd(b *testing.B) {
 		}
 	}
 	b.StopTimer()
+	reportCPU(b, cpu0)
+}
+
+// cpuTime is the process's CPU time (garbage collection included): on a
+// shared machine the CPU per report says more than the wall time.
+func cpuTime(b *testing.B) time.Duration {
+	var ru syscall.Rusage
+	if err := syscall.Getrusage(syscall.RUSAGE_SELF, &ru); err != nil {
+		b.Fatal(err)
+	}
+	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
+}
+
+func reportCPU(b *testing.B, from time.Duration) {
+	per := (cpuTime(b) - from) / time.Duration(b.N)
+	b.ReportMetric(float64(per.Nanoseconds()), "cpu-ns/report")
+	b.ReportMetric(float64(time.Second)/float64(per), "reports/cpu-s")
 	b.ReportMetric(float64(b.N)/b.Elapsed().Seconds(), "reports/s")
 }
