@@ -12,6 +12,7 @@ import (
 	"slices"
 	"strconv"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/hashicorp/raft"
@@ -155,16 +156,21 @@ type ClusterClient struct {
 	// TLS verifies coordinators against the cluster CA and presents a
 	// certificate (cluster changes need one); nil speaks plain HTTP.
 	TLS *tls.Config
-	hc  *http.Client
+
+	once sync.Once
+	hc   *http.Client
 }
 
+// client is made once, with its own copy of TLS: the HTTP/2 transport
+// writes its protocols into the config it is given, and the same config
+// serves Raft's listener.
 func (c *ClusterClient) client() *http.Client {
-	if c.hc == nil {
+	c.once.Do(func() {
 		c.hc = &http.Client{Timeout: 3 * time.Second}
 		if c.TLS != nil {
-			c.hc.Transport = &http.Transport{TLSClientConfig: c.TLS, ForceAttemptHTTP2: true}
+			c.hc.Transport = &http.Transport{TLSClientConfig: c.TLS.Clone(), ForceAttemptHTTP2: true}
 		}
-	}
+	})
 	return c.hc
 }
 

@@ -195,3 +195,47 @@ func TestCoordinator_RaftAdvertiseIsTheAddressPeersAreGiven(t *testing.T) {
 		t.Errorf("/v1/cluster/self says raft_addr %q, want %s", p.RaftAddr, advertised)
 	}
 }
+
+// The cluster client's HTTP/2 transport writes its protocols into its TLS
+// config on first use; the config it was given also serves TLS handshakes
+// (Raft's listener in the coordinator), so the client works on its own copy.
+// Run with -race: a shared config is a data race here.
+func TestClusterClient_LeavesItsTLSConfigToOtherUsers(t *testing.T) {
+	files := clusterCA(t, "cluster-ca", "c1")
+	cfg, err := ClusterClientTLS(files["c1"])
+	if err != nil {
+		t.Fatal(err)
+	}
+	protos := len(cfg.NextProtos)
+	ln, err := tls.Listen("tcp", "127.0.0.1:0", cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			go func() { _ = c.(*tls.Conn).Handshake(); c.Close() }()
+		}
+	}()
+	client := &ClusterClient{TLS: cfg}
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		for range 5 {
+			_, _ = client.Members(context.Background(), ln.Addr().String())
+		}
+	}()
+	for range 5 {
+		if c, err := tls.Dial("tcp", ln.Addr().String(), cfg); err == nil {
+			c.Close()
+		}
+	}
+	<-done
+	if len(cfg.NextProtos) != protos {
+		t.Errorf("the client changed the TLS config it was given: NextProtos %v", cfg.NextProtos)
+	}
+}
