@@ -161,6 +161,30 @@ func (s *Sketch) Bins() []Bin {
 	return out
 }
 
+// CountAbove sums the sketch's counts, and those of bins whose index is
+// above index: what summing Bins() gives, in the same order, without
+// building them.
+func (s *Sketch) CountAbove(index int) (total, above float64) {
+	if s == nil {
+		return 0, 0
+	}
+	if s.zero > 0 {
+		total += s.zero
+		if ZeroIndex > index {
+			above += s.zero
+		}
+	}
+	for i, c := range s.bins {
+		if c > 0 {
+			total += c
+			if s.offset+i > index {
+				above += c
+			}
+		}
+	}
+	return total, above
+}
+
 // Value is a representative latency of a bin, in seconds.
 func Value(index int) float64 {
 	if index == ZeroIndex {
