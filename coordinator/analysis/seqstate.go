@@ -167,6 +167,8 @@ func (run *seqRun) read(sp *sv1.RolloutSpec, sec int64, reports []*nodeReport) {
 		cand, base backendPart
 	}
 	both := make([]nodeParts, 0, len(reports))
+	// The old backend's rate so far: the same for every node of the second.
+	nullOdds := run.errorNullOdds(a)
 	for _, r := range reports {
 		c, b := r.part(cand), r.part(base)
 		if c.requests == 0 || b.requests == 0 {
@@ -174,7 +176,7 @@ func (run *seqRun) read(sp *sv1.RolloutSpec, sec int64, reports []*nodeReport) {
 		}
 		both = append(both, nodeParts{r.node, c, b})
 		errStrata = append(errStrata, Stratum{Node: r.node, CandRequests: c.requests, CandEvents: c.errors,
-			BaseRequests: b.requests, BaseEvents: b.errors, NullOdds: run.errorNullOdds(a)})
+			BaseRequests: b.requests, BaseEvents: b.errors, NullOdds: nullOdds})
 		tot.candRequests += c.requests
 		tot.candErrors += c.errors
 		tot.baseRequests += b.requests

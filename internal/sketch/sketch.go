@@ -247,7 +247,7 @@ func (s *Sketch) Load(relativeAccuracy, zeroCount float64, indexOffset int32, co
 		return fmt.Errorf("%w: %d bins, at most %d", ErrInvalid, len(counts), MaxBins)
 	}
 	off := int64(indexOffset)
-	if off+int64(len(counts)) > int64(sharedMapping.Index(sharedMapping.MaxIndexableValue()))+1 || off < int64(sharedMapping.Index(sharedMapping.MinIndexableValue())) {
+	if off+int64(len(counts)) > maxMappedIndex+1 || off < minMappedIndex {
 		return fmt.Errorf("%w: bins %d..%d outside the mapping", ErrInvalid, off, off+int64(len(counts)))
 	}
 	if !validCount(zeroCount) {
@@ -274,6 +274,13 @@ func (s *Sketch) Load(relativeAccuracy, zeroCount float64, indexOffset int32, co
 	}
 	return nil
 }
+
+// minMappedIndex and maxMappedIndex bound the bins the mapping reaches;
+// Load checks every decoded sketch against them.
+var (
+	minMappedIndex = int64(sharedMapping.Index(sharedMapping.MinIndexableValue()))
+	maxMappedIndex = int64(sharedMapping.Index(sharedMapping.MaxIndexableValue()))
+)
 
 func validCount(c float64) bool { return c >= 0 && !math.IsNaN(c) && !math.IsInf(c, 0) }
 
