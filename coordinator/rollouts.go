@@ -105,14 +105,31 @@ func (s *Server) runRollouts(ctx context.Context) {
 		if err := c.Step(s.cfg.Clock.Now()); err != nil {
 			s.log.Warn("rollout controller", "err", err)
 		}
+		stepped := time.Now()
 		select {
 		case <-ctx.Done():
 			return
 		case <-tick.C:
 		case <-s.reported:
+			// Reports arrive by the thousand each second: they wake the
+			// controller at most once per reportStepGap, or the judge
+			// would run for every few reports merged.
+			if wait := reportStepGap - time.Since(stepped); wait > 0 {
+				t := time.NewTimer(wait)
+				select {
+				case <-ctx.Done():
+					t.Stop()
+					return
+				case <-t.C:
+				}
+			}
 		}
 	}
 }
+
+// reportStepGap is the least time between two controller steps a merged
+// health report triggers.
+const reportStepGap = 100 * time.Millisecond
 
 // drillRaft commits the drill controller's decisions through raftApply.
 type drillRaft struct{ s *Server }

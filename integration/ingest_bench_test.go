@@ -296,7 +296,8 @@ func (rig *ingestRig) sample(b *testing.B, ctx context.Context, l *reportLoad) i
 		return x
 	}
 	s.merged = v("switchyard_coordinator_health_reports_total", nil)
-	s.rejected = v("switchyard_coordinator_health_reports_rejected_total", nil)
+	s.rejected = v("switchyard_coordinator_health_reports_rejected_total", map[string]string{"reason": "malformed"}) +
+		v("switchyard_coordinator_health_reports_rejected_total", map[string]string{"reason": "wrong_subject"})
 	s.shed = v("switchyard_coordinator_reports_shed_total", map[string]string{"reason": "queue_full"}) +
 		v("switchyard_coordinator_reports_shed_total", map[string]string{"reason": "slow_consumer"})
 	s.storeBytes = v("switchyard_coordinator_analysis_bytes", nil)

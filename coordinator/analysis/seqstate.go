@@ -158,15 +158,22 @@ func (run *seqRun) read(sp *sv1.RolloutSpec, sec int64, reports []*nodeReport) {
 	cand, base := sp.GetTo(), sp.GetFrom()
 	tot := secondTotals{sec: sec}
 	var errStrata []Stratum
-	both := make([]*nodeReport, 0, len(reports))
+	// Each report's two parts, looked up once for every detector.
+	type nodeParts struct {
+		node       string
+		cand, base backendPart
+	}
+	both := make([]nodeParts, 0, len(reports))
+	// The old backend's rate so far: the same for every node of the second.
+	nullOdds := run.errorNullOdds(a)
 	for _, r := range reports {
 		c, b := r.part(cand), r.part(base)
 		if c.requests == 0 || b.requests == 0 {
 			continue
 		}
-		both = append(both, r)
+		both = append(both, nodeParts{r.node, c, b})
 		errStrata = append(errStrata, Stratum{Node: r.node, CandRequests: c.requests, CandEvents: c.errors,
-			BaseRequests: b.requests, BaseEvents: b.errors, NullOdds: run.errorNullOdds(a)})
+			BaseRequests: b.requests, BaseEvents: b.errors, NullOdds: nullOdds})
 		tot.candRequests += c.requests
 		tot.candErrors += c.errors
 		tot.baseRequests += b.requests
@@ -187,26 +194,22 @@ func (run *seqRun) read(sp *sv1.RolloutSpec, sec int64, reports []*nodeReport) {
 	// backend's threshold up by that much: the test is then against "no more
 	// than that slower".
 	if run.base.Count() >= minBaselineSamples {
-		// Each node's bins, read once for every threshold.
-		type nodeBins struct{ cand, base []sketch.Bin }
-		bins := make([]nodeBins, len(both))
-		for i, r := range both {
-			if c, b := r.part(cand).latency, r.part(base).latency; c != nil && b != nil {
-				bins[i] = nodeBins{c.Bins(), b.Bins()}
-			}
-		}
+		strata := make([]Stratum, 0, len(both))
 		for _, d := range run.latency {
 			d.threshold = run.base.Quantile(d.quantile)
 			bi := sketch.IndexOf(d.threshold)
 			ci := sketch.IndexOf(d.threshold + spec.LatencyTolerance(a, d.threshold))
-			var strata []Stratum
-			for i, r := range both {
-				cn, cs := countAbove(bins[i].cand, ci)
-				bn, bs := countAbove(bins[i].base, bi)
+			strata = strata[:0]
+			for _, p := range both {
+				if p.cand.latency == nil || p.base.latency == nil {
+					continue
+				}
+				cn, cs := p.cand.latency.CountAbove(ci)
+				bn, bs := p.base.latency.CountAbove(bi)
 				if cn == 0 || bn == 0 {
 					continue
 				}
-				strata = append(strata, Stratum{Node: r.node, CandRequests: uint64(cn), CandEvents: uint64(cs),
+				strata = append(strata, Stratum{Node: p.node, CandRequests: uint64(cn), CandEvents: uint64(cs),
 					BaseRequests: uint64(bn), BaseEvents: uint64(bs)})
 				if d.quantile == a.GetLatency().GetQuantile() {
 					tot.candLatency += cn
@@ -221,8 +224,8 @@ func (run *seqRun) read(sp *sv1.RolloutSpec, sec int64, reports []*nodeReport) {
 			}
 		}
 	}
-	for _, r := range both {
-		run.base.Merge(r.part(base).latency)
+	for _, p := range both {
+		run.base.Merge(p.base.latency)
 	}
 	run.seconds = append(run.seconds, tot)
 	if cut := sec - int64(Retention/time.Second); len(run.seconds) > 0 && run.seconds[0].sec < cut {
@@ -245,16 +248,6 @@ func (run *seqRun) errorNullOdds(a *sv1.AnalysisSpec) float64 {
 	}
 	rate := math.Max(float64(e+1)/float64(n+1), 1e-4)
 	return (rate + inc) / rate
-}
-
-func countAbove(bins []sketch.Bin, index int) (total, above float64) {
-	for _, b := range bins {
-		total += b.Count
-		if b.Index > index {
-			above += b.Count
-		}
-	}
-	return total, above
 }
 
 func (run *seqRun) evidence(guardrail, test string, m *Mixture, sec int64, events string) *sv1.Evidence {

@@ -135,6 +135,9 @@ type CUSUM struct {
 	// dip below zero within an interval.
 	interval int64
 	raw      float64
+	// spare are counts of nodes dropped at a reset, reused: a run that
+	// resets every second would otherwise allocate one per node each time.
+	spare []*NodeCounts
 }
 
 // NewCUSUM returns a detector at zero.
@@ -161,7 +164,11 @@ func (c *CUSUM) Update(interval int64, strata []Stratum) float64 {
 		sum += l
 		n := c.Nodes[s.Node]
 		if n == nil {
-			n = &NodeCounts{}
+			if k := len(c.spare); k > 0 {
+				n, c.spare = c.spare[k-1], c.spare[:k-1]
+			} else {
+				n = &NodeCounts{}
+			}
 			c.Nodes[s.Node] = n
 		}
 		n.Contribution += l
@@ -181,6 +188,10 @@ func (c *CUSUM) Update(interval int64, strata []Stratum) float64 {
 
 func (c *CUSUM) reset(interval int64) {
 	c.Since = interval
+	for _, n := range c.Nodes {
+		*n = NodeCounts{}
+		c.spare = append(c.spare, n)
+	}
 	clear(c.Nodes)
 	c.CandRequests, c.CandEvents, c.BaseRequests, c.BaseEvents = 0, 0, 0, 0
 }

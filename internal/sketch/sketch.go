@@ -161,6 +161,30 @@ func (s *Sketch) Bins() []Bin {
 	return out
 }
 
+// CountAbove sums the sketch's counts, and those of bins whose index is
+// above index: what summing Bins() gives, in the same order, without
+// building them.
+func (s *Sketch) CountAbove(index int) (total, above float64) {
+	if s == nil {
+		return 0, 0
+	}
+	if s.zero > 0 {
+		total += s.zero
+		if ZeroIndex > index {
+			above += s.zero
+		}
+	}
+	for i, c := range s.bins {
+		if c > 0 {
+			total += c
+			if s.offset+i > index {
+				above += c
+			}
+		}
+	}
+	return total, above
+}
+
 // Value is a representative latency of a bin, in seconds.
 func Value(index int) float64 {
 	if index == ZeroIndex {
@@ -223,7 +247,7 @@ func (s *Sketch) Load(relativeAccuracy, zeroCount float64, indexOffset int32, co
 		return fmt.Errorf("%w: %d bins, at most %d", ErrInvalid, len(counts), MaxBins)
 	}
 	off := int64(indexOffset)
-	if off+int64(len(counts)) > int64(sharedMapping.Index(sharedMapping.MaxIndexableValue()))+1 || off < int64(sharedMapping.Index(sharedMapping.MinIndexableValue())) {
+	if off+int64(len(counts)) > maxMappedIndex+1 || off < minMappedIndex {
 		return fmt.Errorf("%w: bins %d..%d outside the mapping", ErrInvalid, off, off+int64(len(counts)))
 	}
 	if !validCount(zeroCount) {
@@ -250,6 +274,13 @@ func (s *Sketch) Load(relativeAccuracy, zeroCount float64, indexOffset int32, co
 	}
 	return nil
 }
+
+// minMappedIndex and maxMappedIndex bound the bins the mapping reaches;
+// Load checks every decoded sketch against them.
+var (
+	minMappedIndex = int64(sharedMapping.Index(sharedMapping.MinIndexableValue()))
+	maxMappedIndex = int64(sharedMapping.Index(sharedMapping.MaxIndexableValue()))
+)
 
 func validCount(c float64) bool { return c >= 0 && !math.IsNaN(c) && !math.IsInf(c, 0) }
 

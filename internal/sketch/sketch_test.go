@@ -114,3 +114,40 @@ func FuzzSketch_FromProto(f *testing.F) {
 		got.Merge(s)
 	})
 }
+
+// CountAbove is what summing Bins() gives, to the last bit: the sequential
+// judge reads sketches through it.
+func TestSketch_CountAboveIsTheSumOfBins(t *testing.T) {
+	r := rand.New(rand.NewPCG(3, 4))
+	var empty *Sketch
+	if n, a := empty.CountAbove(0); n != 0 || a != 0 {
+		t.Fatalf("nil sketch: %v %v", n, a)
+	}
+	for range 50 {
+		s := New()
+		for range r.IntN(200) {
+			v := 0.01 + r.ExpFloat64()*0.01
+			if r.IntN(20) == 0 {
+				v = 0
+			}
+			s.AddWithCount(v, float64(1+r.IntN(3)))
+		}
+		bins := s.Bins()
+		idx := []int{ZeroIndex - 1, ZeroIndex, 0, IndexOf(0.015), IndexOf(0.02), IndexOf(0.5)}
+		for _, b := range bins {
+			idx = append(idx, b.Index, b.Index-1)
+		}
+		for _, i := range idx {
+			var total, above float64
+			for _, b := range bins {
+				total += b.Count
+				if b.Index > i {
+					above += b.Count
+				}
+			}
+			if n, a := s.CountAbove(i); n != total || a != above {
+				t.Fatalf("CountAbove(%d) = %v, %v; Bins say %v, %v", i, n, a, total, above)
+			}
+		}
+	}
+}
