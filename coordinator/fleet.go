@@ -70,7 +70,14 @@ func newFleet(staleAfter time.Duration, m *metrics, log *slog.Logger) *fleet {
 func (f *fleet) handleStatus(msg *nats.Msg) {
 	var st sv1.AgentStatus
 	if err := proto.Unmarshal(msg.Data, &st); err != nil || st.GetNode() == "" {
-		f.metrics.statusRejected.Inc()
+		f.metrics.statusRejected.WithLabelValues("malformed").Inc()
+		return
+	}
+	// A node's credentials publish only on its own status subject; a status
+	// naming another node is a forgery of that node's convergence and faults.
+	if msg.Subject != bus.StatusSubject(st.GetNode()) {
+		f.metrics.statusRejected.WithLabelValues("wrong_subject").Inc()
+		f.log.Debug("agent status refused: the node it names is not its subject's", "subject", msg.Subject, "node", st.GetNode())
 		return
 	}
 	f.metrics.statuses.Inc()

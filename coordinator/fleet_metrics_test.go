@@ -7,8 +7,10 @@ import (
 
 	"github.com/nats-io/nats.go"
 	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/testutil"
 	"google.golang.org/protobuf/proto"
 
+	"github.com/switchyard/switchyard/bus"
 	sv1 "github.com/switchyard/switchyard/proto/switchyard/v1"
 )
 
@@ -29,14 +31,23 @@ func TestFleetMetrics_CountLiveAndStaleNodesPerService(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		f.handleStatus(&nats.Msg{Data: b})
+		f.handleStatus(&nats.Msg{Subject: bus.StatusSubject(node), Data: b})
 	}
 	status("edge-1", "web", "api")
 	status("edge-2", "web")
 	now = now.Add(10 * time.Second)
 	status("edge-3", "web")
 	now = now.Add(10 * time.Second) // edge-1 and edge-2 silent for 20 s
-	f.handleStatus(&nats.Msg{Data: []byte("garbage")})
+	f.handleStatus(&nats.Msg{Subject: bus.StatusSubject("edge-1"), Data: []byte("garbage")})
+	// edge-2's credentials speaking for edge-1: refused, edge-1 stays stale.
+	forged, _ := proto.Marshal(&sv1.AgentStatus{Node: "edge-1", Services: []*sv1.ServiceStatus{{Service: "web"}, {Service: "api"}}})
+	f.handleStatus(&nats.Msg{Subject: bus.StatusSubject("edge-2"), Data: forged})
+	f.handleStatus(&nats.Msg{Subject: bus.StatusSubject("edge-10"), Data: forged})
+	for reason, want := range map[string]float64{"malformed": 1, "wrong_subject": 2} {
+		if got := testutil.ToFloat64(f.metrics.statusRejected.WithLabelValues(reason)); got != want {
+			t.Errorf("switchyard_coordinator_agent_status_rejected_total{reason=%q} = %v, want %v", reason, got, want)
+		}
+	}
 
 	got := map[string]float64{}
 	families, err := reg.Gather()

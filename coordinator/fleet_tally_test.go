@@ -47,7 +47,7 @@ func TestFleet_TalliesAgreeWithCountingEveryNode(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			f.handleStatus(&nats.Msg{Data: b})
+			f.handleStatus(&nats.Msg{Subject: bus.StatusSubject(st.GetNode()), Data: b})
 		}
 		for _, svc := range []string{"web", "api"} {
 			views := f.nodesFor(svc)

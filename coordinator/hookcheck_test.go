@@ -11,6 +11,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"google.golang.org/protobuf/proto"
 
+	"github.com/switchyard/switchyard/bus"
 	"github.com/switchyard/switchyard/internal/spec"
 	sv1 "github.com/switchyard/switchyard/proto/switchyard/v1"
 )
@@ -26,7 +27,7 @@ func TestCoordinator_AgentHookCheckNamesFieldAndNodes(t *testing.T) {
 	}
 	status := func(node string, hooks ...string) {
 		b, _ := proto.Marshal(&sv1.AgentStatus{Node: node, Hooks: hooks, Services: []*sv1.ServiceStatus{{Service: "web"}}})
-		f.handleStatus(&nats.Msg{Data: b})
+		f.handleStatus(&nats.Msg{Subject: bus.StatusSubject(node), Data: b})
 	}
 
 	err := s.checkAgentHooks(apply("warm"))

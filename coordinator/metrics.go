@@ -13,7 +13,7 @@ type metrics struct {
 	publishSeconds    prometheus.Histogram
 	raftApply         prometheus.Histogram
 	isLeader          prometheus.Gauge
-	statusRejected    prometheus.Counter
+	statusRejected    *prometheus.CounterVec
 	statuses          prometheus.Counter
 	telemetry         prometheus.Counter
 	telemetryRejected prometheus.Counter
@@ -64,10 +64,10 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 			Name: "switchyard_coordinator_is_leader",
 			Help: "1 while this coordinator leads the Raft cluster.",
 		}),
-		statusRejected: prometheus.NewCounter(prometheus.CounterOpts{
+		statusRejected: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "switchyard_coordinator_agent_status_rejected_total",
-			Help: "Agent status messages that did not decode.",
-		}),
+			Help: "Agent status messages refused, by reason: malformed (did not decode, or names no node), wrong_subject (the node named is not the one whose subject carried it: another node's credentials sent it).",
+		}, []string{"reason"}),
 		statuses: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "switchyard_coordinator_agent_status_total",
 			Help: "Agent status messages received.",
@@ -136,6 +136,9 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 	reg.MustRegister(m.intentsAccepted, m.intentsRejected, m.publishes, m.publishSeconds,
 		m.raftApply, m.isLeader, m.statusRejected, m.statuses, m.telemetry, m.telemetryRefused, m.decisions,
 		m.webhookCalls, m.webhookSeconds)
+	for _, r := range []string{"malformed", "wrong_subject"} {
+		m.statusRejected.WithLabelValues(r)
+	}
 	for _, r := range []string{"written", "renewed", "stale", "replaced_unverified", "error"} {
 		m.publishes.WithLabelValues(r)
 	}
