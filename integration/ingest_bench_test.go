@@ -433,10 +433,15 @@ func statusLoad(ctx context.Context, tb testing.TB, nodes []string, conns []*nat
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			subject := bus.StatusSubject(fmt.Sprintf("load-%d", g))
-			var mine [][2][]byte
+			// Each node on its own status subject: coordinators refuse a
+			// status that names another node than its subject's.
+			type nodeStatus struct {
+				subject string
+				msg     [2][]byte
+			}
+			var mine []nodeStatus
 			for i := g; i < len(nodes); i += len(conns) {
-				mine = append(mine, [2][]byte{encode(nodes[i], false), encode(nodes[i], true)})
+				mine = append(mine, nodeStatus{bus.StatusSubject(nodes[i]), [2][]byte{encode(nodes[i], false), encode(nodes[i], true)}})
 			}
 			const slices = 50
 			tick := time.NewTicker(interval / slices)
@@ -444,11 +449,11 @@ func statusLoad(ctx context.Context, tb testing.TB, nodes []string, conns []*nat
 			for round := 0; ; round++ {
 				for s := range slices {
 					for _, m := range mine[len(mine)*s/slices : len(mine)*(s+1)/slices] {
-						msg := m[1]
+						msg := m.msg[1]
 						if round == 0 {
-							msg = m[0]
+							msg = m.msg[0]
 						}
-						if err := nc.Publish(subject, msg); err != nil {
+						if err := nc.Publish(m.subject, msg); err != nil {
 							return
 						}
 						sent.Add(1)
