@@ -370,43 +370,7 @@ func benchFleet(b *testing.B, n, perConn int, mode busSecurity, keys keyringUse)
 	// Raw fan-out: one publish to n core subscribers, perConn to a
 	// connection, on the same server, on a subject the coordinator role
 	// may use both ways.
-	fanout := bus.QuerySubject("bench-fanout")
-	got := make(chan time.Duration, n)
-	var c *nats.Conn
-	for i := range n {
-		if i%perConn == 0 {
-			c = dial(bus.RoleCoordinator, "bench")
-			defer c.Close()
-		}
-		if _, err := c.Subscribe(fanout, func(m *nats.Msg) {
-			var sent time.Time
-			_ = sent.UnmarshalBinary(m.Data)
-			got <- time.Since(sent)
-		}); err != nil {
-			b.Fatal(err)
-		}
-		if i%perConn == perConn-1 {
-			_ = c.Flush()
-		}
-	}
-	var raw, rawAll []time.Duration
-	for range decisions * 2 {
-		now, _ := time.Now().MarshalBinary()
-		if err := nc.Publish(fanout, now); err != nil {
-			b.Fatal(err)
-		}
-		var last time.Duration
-		for range n {
-			select {
-			case d := <-got:
-				raw = append(raw, d)
-				last = max(last, d)
-			case <-ctx.Done():
-				b.Fatal("fan-out lost a message")
-			}
-		}
-		rawAll = append(rawAll, last)
-	}
+	raw, rawAll := rawFanout(b, ctx, func() *nats.Conn { return dial(bus.RoleCoordinator, "bench") }, nc, n, perConn, decisions*2)
 	r50, r99, _ := quantiles(raw)
 	ra50, ra99, _ := quantiles(rawAll)
 	b.ReportMetric(float64(r50.Microseconds())/1000, "nats_fanout_p50_ms")
@@ -457,4 +421,49 @@ func BenchmarkScale_DecisionToAppliedSecured(b *testing.B) {
 			}
 		})
 	}
+}
+
+// rawFanout publishes msgs messages, one at a time, from pub to n core
+// subscribers, perConn to a connection made by dial, and returns each
+// subscriber's delay and, per message, the slowest one's.
+func rawFanout(tb testing.TB, ctx context.Context, dial func() *nats.Conn, pub *nats.Conn, n, perConn, msgs int) (each, all []time.Duration) {
+	subject := bus.QuerySubject("bench-fanout")
+	got := make(chan time.Duration, n)
+	var c *nats.Conn
+	for i := range n {
+		if i%perConn == 0 {
+			c = dial()
+			defer c.Close()
+		}
+		if _, err := c.Subscribe(subject, func(m *nats.Msg) {
+			var sent time.Time
+			_ = sent.UnmarshalBinary(m.Data)
+			got <- time.Since(sent)
+		}); err != nil {
+			tb.Fatal(err)
+		}
+		if i%perConn == perConn-1 || i == n-1 {
+			if err := c.Flush(); err != nil {
+				tb.Fatalf("subscriber %d: %v", i, err)
+			}
+		}
+	}
+	for range msgs {
+		now, _ := time.Now().MarshalBinary()
+		if err := pub.Publish(subject, now); err != nil {
+			tb.Fatal(err)
+		}
+		var last time.Duration
+		for range n {
+			select {
+			case d := <-got:
+				each = append(each, d)
+				last = max(last, d)
+			case <-ctx.Done():
+				tb.Fatal("raw fan-out lost a message")
+			}
+		}
+		all = append(all, last)
+	}
+	return each, all
 }

@@ -301,48 +301,16 @@ func runProcessFleet(tb testing.TB, o procRun) *procFigures {
 // rawFanoutConns publishes msgs messages, one at a time, to a subject with
 // one subscriber on each of n connections of this process.
 func rawFanoutConns(tb testing.TB, ctx context.Context, nb harness.Bus, n, msgs int) (each, all []time.Duration) {
-	subject := bus.QuerySubject("bench-fanout")
-	got := make(chan time.Duration, n)
-	for i := range n {
+	dial := func() *nats.Conn {
 		c, err := nb.Connect(bus.RoleCoordinator, "bench-fanout", nats.Timeout(time.Minute))
 		if err != nil {
 			tb.Fatal(err)
 		}
-		defer c.Close()
-		if _, err := c.Subscribe(subject, func(m *nats.Msg) {
-			var sent time.Time
-			_ = sent.UnmarshalBinary(m.Data)
-			got <- time.Since(sent)
-		}); err != nil {
-			tb.Fatal(err)
-		}
-		if err := c.Flush(); err != nil {
-			tb.Fatalf("subscriber %d: %v", i, err)
-		}
+		return c
 	}
-	pub, err := nb.Connect(bus.RoleCoordinator, "bench-fanout")
-	if err != nil {
-		tb.Fatal(err)
-	}
+	pub := dial()
 	defer pub.Close()
-	for range msgs {
-		now, _ := time.Now().MarshalBinary()
-		if err := pub.Publish(subject, now); err != nil {
-			tb.Fatal(err)
-		}
-		var last time.Duration
-		for range n {
-			select {
-			case d := <-got:
-				each = append(each, d)
-				last = max(last, d)
-			case <-ctx.Done():
-				tb.Fatal("raw fan-out lost a message")
-			}
-		}
-		all = append(all, last)
-	}
-	return each, all
+	return rawFanout(tb, ctx, dial, pub, n, 1, msgs)
 }
 
 // rawFanoutProcesses starts n rawsub processes, publishes msgs messages to
