@@ -318,12 +318,6 @@ func (l *lab) find(ctx context.Context, name string) *sv1.RolloutView {
 	return named(views, name)
 }
 
-// latest is the rollout with the highest generation.
-func (l *lab) latest(ctx context.Context) *sv1.RolloutView {
-	views, _ := l.status(ctx)
-	return newest(views)
-}
-
 func named(views []*sv1.RolloutView, name string) *sv1.RolloutView {
 	for _, v := range views {
 		if v.GetRollout().GetId() == name {
@@ -333,6 +327,7 @@ func named(views []*sv1.RolloutView, name string) *sv1.RolloutView {
 	return nil
 }
 
+// newest is the rollout with the highest generation.
 func newest(views []*sv1.RolloutView) *sv1.RolloutView {
 	var best *sv1.RolloutView
 	for _, v := range views {
