@@ -108,6 +108,14 @@ func (s *sample) p50() time.Duration {
 	return l[len(l)/2]
 }
 
+// fastest is the lowest latency of the answered requests.
+func (s *sample) fastest() time.Duration {
+	if len(s.latencies) == 0 {
+		return 0
+	}
+	return slices.Min(s.latencies)
+}
+
 func (s *sample) String() string {
 	return fmt.Sprintf("%d requests: statuses %v, bodies %v, %d failures, p50 %v", s.n, s.byStatus, s.byBody, s.failures, s.p50())
 }

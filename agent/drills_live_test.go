@@ -128,15 +128,18 @@ func TestDrillsLive_HTTPDelayAtP50(t *testing.T) {
 	s := measure(t, p.frontend, 300, 8, 5*time.Second)
 	inFault(t, s, doc.GetEndAt().AsTime())
 	added := s.p50() - base.p50()
-	t.Logf("p50 %v before, %v with +100ms injected: +%v", base.p50(), s.p50(), added)
-	if added < 90*time.Millisecond || added > 130*time.Millisecond || s.byBody["green"] != s.n {
-		t.Fatalf("p50 rose by %v, want +100ms (90..130ms), all answered by green: %v", added, s)
+	t.Logf("p50 %v before, %v with +100ms injected: +%v; fastest %v", base.p50(), s.p50(), added, s.fastest())
+	// Every request waits the delay once: the fastest takes at least
+	// 100ms and less than twice that (a machine loaded by other tests
+	// slows the median, not the fastest of 300).
+	if added < 90*time.Millisecond || s.fastest() < 100*time.Millisecond || s.fastest() >= 200*time.Millisecond || s.byBody["green"] != s.n {
+		t.Fatalf("p50 rose by %v and the fastest took %v, want +100ms once (p50 +90ms or more, fastest 100..200ms), all answered by green: %v", added, s.fastest(), s)
 	}
 	ra.waitFault(t, 20*time.Second, "green-slow", false)
 	after := measure(t, p.frontend, 300, 2, 5*time.Second)
-	t.Logf("p50 after the fault: %v", after.p50())
-	if after.p50() > base.p50()+20*time.Millisecond {
-		t.Fatalf("p50 after the fault %v, want back near %v", after.p50(), base.p50())
+	t.Logf("p50 after the fault: %v, fastest %v", after.p50(), after.fastest())
+	if after.fastest() >= 100*time.Millisecond || after.p50() >= 100*time.Millisecond {
+		t.Fatalf("after the fault p50 %v, fastest %v: want requests no longer delayed by 100ms (p50 %v before)", after.p50(), after.fastest(), base.p50())
 	}
 }
 
