@@ -10,6 +10,7 @@ import (
 	"net/http/httptest"
 	"os"
 	"path/filepath"
+	"slices"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -234,6 +235,20 @@ type loadResult struct {
 	byBody   map[string]int // 200 answers by backend name
 	byStatus map[int]int
 	failures int // no HTTP answer at all
+	// latencies of the answered requests, as the clients saw them.
+	latencies []time.Duration
+}
+
+// quantile is the q-quantile of the latencies the clients saw.
+func (r *loadResult) quantile(q float64) time.Duration {
+	r.mu.Lock()
+	l := slices.Clone(r.latencies)
+	r.mu.Unlock()
+	if len(l) == 0 {
+		return 0
+	}
+	slices.Sort(l)
+	return l[min(len(l)-1, int(q*float64(len(l))))]
 }
 
 func (r *loadResult) snapshot() (byBody map[string]int, byStatus map[int]int, failures int) {
@@ -267,6 +282,7 @@ func startLoad(t testing.TB, url string, workers int, total int64) *load {
 					return
 				}
 				req, _ := http.NewRequestWithContext(ctx, http.MethodGet, url, nil)
+				began := time.Now()
 				resp, err := client.Do(req)
 				l.res.mu.Lock()
 				if err != nil {
@@ -279,7 +295,9 @@ func startLoad(t testing.TB, url string, workers int, total int64) *load {
 				l.res.mu.Unlock()
 				body, _ := io.ReadAll(resp.Body)
 				resp.Body.Close()
+				took := time.Since(began)
 				l.res.mu.Lock()
+				l.res.latencies = append(l.res.latencies, took)
 				l.res.byStatus[resp.StatusCode]++
 				if resp.StatusCode == http.StatusOK {
 					l.res.byBody[string(body)]++
