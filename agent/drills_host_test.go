@@ -24,14 +24,6 @@ func cpuSeconds(t *testing.T) float64 {
 	return tv(ru.Utime) + tv(ru.Stime)
 }
 
-// coresBusy measures the cores this process keeps busy over d.
-func coresBusy(t *testing.T, d time.Duration) float64 {
-	t.Helper()
-	c0, w0 := cpuSeconds(t), time.Now()
-	time.Sleep(d) // a measurement window, not a wait for an event
-	return (cpuSeconds(t) - c0) / time.Since(w0).Seconds()
-}
-
 // schedDemand is the nanoseconds this process's threads spent on a CPU
 // or waiting in a run queue for one, from /proc/self/task/*/schedstat.
 func schedDemand(t *testing.T) int64 {
