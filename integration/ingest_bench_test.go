@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"io"
 	"math/rand/v2"
+	"net/http"
 	"os"
 	"path/filepath"
 	"strconv"
@@ -186,7 +187,10 @@ func startIngestRig(b *testing.B, ctx context.Context, conns int) *ingestRig {
 	sy, _ := binaries(b)
 	nb := harnesstest.StartNATS(b)
 	rig := &ingestRig{nc: connectNATS(b, nb)}
-	rig.c = harnesstest.StartCluster(b, ctx, harness.ClusterOptions{Size: 1, Switchyard: sy, NATS: nb, Log: io.Discard, LogLevel: "warn"})
+	// With SWITCHYARD_BENCH_PROFILES the coordinator serves its profiles
+	// on loopback, and the benchmark keeps one of the measured seconds.
+	rig.c = harnesstest.StartCluster(b, ctx, harness.ClusterOptions{Size: 1, Switchyard: sy, NATS: nb, Log: io.Discard, LogLevel: "warn",
+		Pprof: os.Getenv(profileDirEnv) != ""})
 	opts := wildcardAgent(b, nb)
 	for g := range conns {
 		nc, err := nats.Connect(nb.URL, append(opts, nats.Name(fmt.Sprintf("load-%d", g)))...)
@@ -212,6 +216,57 @@ func startIngestRig(b *testing.B, ctx context.Context, conns int) *ingestRig {
 		b.Fatal(err)
 	}
 	return rig
+}
+
+// profileCoordinator, with SWITCHYARD_BENCH_PROFILES set, fetches a CPU
+// profile of the coordinator process over d from its --pprof-addr and then
+// its heap profile, into <dir>/<name>.coordinator.{cpu,heap}.pprof; wait
+// waits for both. Without the variable it does nothing.
+func (rig *ingestRig) profileCoordinator(b *testing.B, ctx context.Context, name string, d time.Duration) (wait func()) {
+	dir := os.Getenv(profileDirEnv)
+	if dir == "" {
+		return func() {}
+	}
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		b.Fatalf("%s: %v", profileDirEnv, err)
+	}
+	addr := rig.c.Coordinators[0].PprofAddr
+	fetch := func(path, file string) error {
+		req, err := http.NewRequestWithContext(ctx, http.MethodGet, "http://"+addr+path, nil)
+		if err != nil {
+			return err
+		}
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil {
+			return err
+		}
+		defer resp.Body.Close()
+		if resp.StatusCode != http.StatusOK {
+			return fmt.Errorf("GET %s: %s", path, resp.Status)
+		}
+		f, err := os.Create(filepath.Join(dir, file))
+		if err != nil {
+			return err
+		}
+		if _, err := io.Copy(f, resp.Body); err != nil {
+			_ = f.Close()
+			return err
+		}
+		return f.Close()
+	}
+	errc := make(chan error, 1)
+	go func() {
+		if err := fetch(fmt.Sprintf("/debug/pprof/profile?seconds=%d", max(int(d.Seconds()), 1)), name+".coordinator.cpu.pprof"); err != nil {
+			errc <- err
+			return
+		}
+		errc <- fetch("/debug/pprof/heap?gc=1", name+".coordinator.heap.pprof")
+	}()
+	return func() {
+		if err := <-errc; err != nil {
+			b.Errorf("coordinator profile: %v", err)
+		}
+	}
 }
 
 // wildcardAgent mints, for the benchmark only, a user of the agent role
@@ -374,9 +429,11 @@ func BenchmarkIngest_ReportsPerSecond(b *testing.B) {
 	b.ResetTimer()
 	time.Sleep(5 * time.Second) // warm-up: the measured seconds are whole seconds of full load
 	a := rig.sample(b, ctx, l)
+	profiled := rig.profileCoordinator(b, ctx, "BenchmarkIngest_ReportsPerSecond", time.Duration(seconds)*time.Second)
 	time.Sleep(time.Duration(seconds) * time.Second)
 	z := rig.sample(b, ctx, l)
 	b.StopTimer()
+	profiled()
 	stop()
 	<-done
 
