@@ -174,19 +174,76 @@ func (l *reportLoad) run(ctx context.Context, conns []*nats.Conn) {
 	wg.Wait()
 }
 
+// reportgenBin is the ingest benchmark's load generator.
+var reportgenBin = &builtBinary{pkg: "./integration/reportgen", name: "reportgen"}
+
+// reportGenerator is a running reportgen process.
+type reportGenerator struct {
+	p *harness.Process
+}
+
+// startReportGenerator starts reportgen for nodes simulated nodes on the
+// rig's bus, with the wildcard agent identity, and waits until it is
+// connected.
+func startReportGenerator(b *testing.B, ctx context.Context, nb harness.Bus, nodes, conns int, rollout *sv1.Rollout) *reportGenerator {
+	p, err := harness.StartProcess(harness.ProcessSpec{
+		Name: "reportgen", Path: reportgenBin.get(b), LogDir: b.TempDir(),
+		Args: []string{"--nats", nb.URL, "--nats-creds", wildcardAgentCreds(b, nb), "--nats-ca", nb.CA,
+			"--nodes", strconv.Itoa(nodes), "--conns", strconv.Itoa(conns), "--backends", "10",
+			"--from", harness.Blue, "--to", harness.Green,
+			"--rollout", rollout.GetId(), "--generation", strconv.FormatUint(rollout.GetGeneration(), 10)},
+	})
+	if err != nil {
+		b.Fatal(err)
+	}
+	b.Cleanup(func() {
+		if err := p.Stop(); err != nil {
+			b.Errorf("reportgen: %v", err)
+		}
+	})
+	if _, err := p.WaitForStdoutLine(ctx, "ready"); err != nil {
+		b.Fatal(err)
+	}
+	return &reportGenerator{p: p}
+}
+
+// published is the generator's running total, from the last line it
+// printed (every 100 ms).
+func (g *reportGenerator) published(b *testing.B) int64 {
+	out, err := os.ReadFile(g.p.StdoutPath())
+	if err != nil {
+		b.Fatal(err)
+	}
+	lines := strings.Split(strings.TrimSpace(string(out)), "\n")
+	for i := len(lines) - 1; i >= 0; i-- {
+		if rest, ok := strings.CutPrefix(lines[i], "published "); ok {
+			n, err := strconv.ParseInt(rest, 10, 64)
+			if err != nil {
+				b.Fatalf("reportgen: %q: %v", lines[i], err)
+			}
+			return n
+		}
+	}
+	return 0
+}
+
 // ingestRig is a coordinator process, its bus, load connections and a
 // counting subscriber.
 type ingestRig struct {
+	nb      harness.Bus
 	c       *harness.Cluster
 	nc      *nats.Conn
 	load    []*nats.Conn
 	counted atomic.Int64
+	// gen is the load generator process, when the load is not in this
+	// process.
+	gen *reportGenerator
 }
 
 func startIngestRig(b *testing.B, ctx context.Context, conns int) *ingestRig {
 	sy, _ := binaries(b)
 	nb := harnesstest.StartNATS(b)
-	rig := &ingestRig{nc: connectNATS(b, nb)}
+	rig := &ingestRig{nb: nb, nc: connectNATS(b, nb)}
 	// With SWITCHYARD_BENCH_PROFILES the coordinator serves its profiles
 	// on loopback, and the benchmark keeps one of the measured seconds.
 	rig.c = harnesstest.StartCluster(b, ctx, harness.ClusterOptions{Size: 1, Switchyard: sy, NATS: nb, Log: io.Discard, LogLevel: "warn",
@@ -276,6 +333,12 @@ func (rig *ingestRig) profileCoordinator(b *testing.B, ctx context.Context, name
 // with real names (auth.Setup.Issue refuses "*"). The connections only
 // publish, so they need no inbox.
 func wildcardAgent(tb testing.TB, nb harness.Bus) []nats.Option {
+	return []nats.Option{nats.UserCredentials(wildcardAgentCreds(tb, nb)), nats.RootCAs(nb.CA)}
+}
+
+// wildcardAgentCreds writes the wildcard agent's .creds file and returns its
+// path.
+func wildcardAgentCreds(tb testing.TB, nb harness.Bus) string {
 	setup, err := auth.Load(nb.AuthDir)
 	if err != nil {
 		tb.Fatal(err)
@@ -317,13 +380,13 @@ func wildcardAgent(tb testing.TB, nb harness.Bus) []nats.Option {
 	if err := os.WriteFile(path, creds, 0o600); err != nil {
 		tb.Fatal(err)
 	}
-	return []nats.Option{nats.UserCredentials(path), nats.RootCAs(nb.CA)}
+	return path
 }
 
 // sample is one reading of everything the benchmark reports.
 type ingestSample struct {
 	at                      time.Time
-	coord, self             procStat
+	coord, self, gen        procStat
 	published, counted      int64
 	merged, shed, rejected  float64
 	storeBytes, storeNodes  float64
@@ -336,6 +399,12 @@ func (rig *ingestRig) sample(b *testing.B, ctx context.Context, l *reportLoad) i
 		s.published = l.published.Load()
 	}
 	var err error
+	if rig.gen != nil {
+		s.published = rig.gen.published(b)
+		if s.gen, err = readProc(rig.gen.p.Pid()); err != nil {
+			b.Fatal(err)
+		}
+	}
 	if s.coord, err = readProc(rig.c.Coordinators[0].Pid()); err != nil {
 		b.Fatal(err)
 	}
@@ -382,7 +451,7 @@ func BenchmarkIngest_ReportsPerSecond(b *testing.B) {
 	rate := envInt("SWITCHYARD_INGEST_RATE", 100_000)
 	seconds := envInt("SWITCHYARD_INGEST_SECONDS", 10)
 	ctx := harnesstest.Context(b, time.Duration(seconds)*time.Second+5*time.Minute)
-	rig := startIngestRig(b, ctx, 8)
+	rig := startIngestRig(b, ctx, 0)
 
 	// A canary held in its analysis step: the judge runs on every report.
 	in := &sv1.Intent{Id: "ingest-canary", Operator: "integration-test", CreatedAt: timestamppb.Now(),
@@ -415,27 +484,18 @@ func BenchmarkIngest_ReportsPerSecond(b *testing.B) {
 		b.Fatal(err)
 	}
 
-	l := newReportLoad(b, rate, 10, rollout)
-	lctx, stop := context.WithCancel(ctx)
-	done := make(chan struct{})
-	go func() {
-		defer close(done)
-		l.run(lctx, rig.load)
-	}()
-	defer func() {
-		stop()
-		<-done
-	}()
+	rig.gen = startReportGenerator(b, ctx, rig.nb, rate, 4, rollout)
 	b.ResetTimer()
 	time.Sleep(5 * time.Second) // warm-up: the measured seconds are whole seconds of full load
-	a := rig.sample(b, ctx, l)
+	a := rig.sample(b, ctx, nil)
 	profiled := rig.profileCoordinator(b, ctx, "BenchmarkIngest_ReportsPerSecond", time.Duration(seconds)*time.Second)
 	time.Sleep(time.Duration(seconds) * time.Second)
-	z := rig.sample(b, ctx, l)
+	z := rig.sample(b, ctx, nil)
 	b.StopTimer()
 	profiled()
-	stop()
-	<-done
+	if err := rig.gen.p.Stop(); err != nil {
+		b.Fatal(err)
+	}
 
 	ans, err := rig.c.Rollouts(ctx, 0, "ingest-canary")
 	if err != nil {
@@ -444,6 +504,7 @@ func BenchmarkIngest_ReportsPerSecond(b *testing.B) {
 	view := ans.GetRollouts()[0]
 	b.Logf("rollout %s at step %d: %s", view.GetRollout().GetPhase(), view.GetRollout().GetStep(), view.GetAnalysis())
 	reportIngest(b, a, z, rate)
+	b.ReportMetric((z.gen.cpu-a.gen.cpu).Seconds()/z.at.Sub(a.at).Seconds(), "generator-cores")
 	if z.merged-a.merged == 0 {
 		b.Fatal("the coordinator merged no reports")
 	}
@@ -459,7 +520,7 @@ func reportIngest(b *testing.B, a, z ingestSample, nodes int) {
 	b.ReportMetric(per(a.rejected, z.rejected), "rejected/s")
 	b.ReportMetric((z.coord.cpu-a.coord.cpu).Seconds()/d, "coordinator-cores")
 	b.ReportMetric(float64(z.coord.rss)/(1<<20), "coordinator-rss-MB")
-	b.ReportMetric((z.self.cpu-a.self.cpu).Seconds()/d, "nats+load-cores")
+	b.ReportMetric((z.self.cpu-a.self.cpu).Seconds()/d, "nats+counter+load-cores")
 	if merged := z.merged - a.merged; merged > 0 {
 		// CPU per report is what the machine's other load distorts least.
 		b.ReportMetric((z.coord.cpu-a.coord.cpu).Seconds()*1e6/merged, "coordinator-cpu-µs/report")
