@@ -69,7 +69,10 @@ type Store struct {
 	reports map[string]map[int64][]*nodeReport
 	// newestReport is the newest second in reports, per rollout.
 	newestReport map[string]int64
-	runs         map[string]*seqRun
+	// judged are the two backends (from, to) the sequential tests of a
+	// rollout read, once a read named them: reports keep only those.
+	judged map[string][2]string
+	runs   map[string]*seqRun
 	// shed counts, per service and second, the reports intake had to
 	// drop: those node-seconds are missing data.
 	shed map[string]map[int64]uint64
@@ -109,7 +112,7 @@ type cacheKey struct {
 func NewStore() *Store {
 	return &Store{services: map[string]map[int64]map[cellKey]*cell{}, nodes: map[string]map[int64]map[string]nodeCell{},
 		newest: map[string]int64{}, newestNode: map[string]int64{}, cache: map[cacheKey]WindowResult{},
-		reports: map[string]map[int64][]*nodeReport{}, newestReport: map[string]int64{}, runs: map[string]*seqRun{},
+		reports: map[string]map[int64][]*nodeReport{}, newestReport: map[string]int64{}, runs: map[string]*seqRun{}, judged: map[string][2]string{},
 		shed: map[string]map[int64]uint64{}}
 }
 
@@ -150,7 +153,7 @@ func (s *Store) addRollout(r *Report) {
 		cells = map[cellKey]*cell{}
 		series[sec] = cells
 	}
-	s.keepReport(r.Rollout, sec, &nodeReport{node: r.Node, backends: r.Backends})
+	s.keepReport(r.Rollout, sec, s.judgedParts(r))
 	for i := range r.Backends {
 		b := &r.Backends[i]
 		k := cellKey{rollout: r.Rollout, wave: r.Wave, backend: b.Backend}
@@ -394,6 +397,7 @@ func (s *Store) Assess(r *sv1.Rollout, now time.Time) Assessment {
 		// Only the sequential tests read node reports.
 		s.forgetReports(slices.Concat(slices.Collect(maps.Values(s.reports[r.GetId()]))...))
 		delete(s.reports, r.GetId())
+		delete(s.judged, r.GetId())
 	}
 	if out.Method == spec.MethodSequential {
 		run := s.sequential(r, now)
@@ -425,6 +429,42 @@ func (s *Store) judgeWindow(r *sv1.Rollout, start, end time.Time) WindowResult {
 	res := missing(Judge(sp.GetAnalysis(), sp.GetTo(), sp.GetFrom(), cand, base), s.shedIn(svc, start, end))
 	res.Start, res.End = start, end
 	return res
+}
+
+// judgedParts copies what the sequential tests will read of r: the parts
+// of the two backends the rollout moves between once a read named them,
+// else every part. The copy owns its memory (a Decoder may reuse a
+// report's once AddReports returns) and is a fifth of a 10-backend
+// report's.
+func (s *Store) judgedParts(r *Report) *nodeReport {
+	pair, named := s.judged[r.Rollout]
+	keep := func(b *BackendReport) bool { return !named || b.Backend == pair[0] || b.Backend == pair[1] }
+	n, bins := 0, 0
+	for i := range r.Backends {
+		if b := &r.Backends[i]; keep(b) {
+			n++
+			if b.Latency != nil {
+				bins += b.Latency.NumBins()
+			}
+		}
+	}
+	nr := &nodeReport{node: r.Node, backends: make([]BackendReport, 0, n)}
+	sketches := make([]sketch.Sketch, n)
+	buf := make([]float64, 0, bins)
+	for i := range r.Backends {
+		b := &r.Backends[i]
+		if !keep(b) {
+			continue
+		}
+		part := *b
+		if b.Latency != nil {
+			k := len(nr.backends)
+			sketches[k], buf = b.Latency.CopyTo(buf)
+			part.Latency = &sketches[k]
+		}
+		nr.backends = append(nr.backends, part)
+	}
+	return nr
 }
 
 func (s *Store) keepReport(rollout string, sec int64, nr *nodeReport) {
@@ -463,6 +503,7 @@ func (s *Store) keepReport(rollout string, sec int64, nr *nodeReport) {
 // joins the first group read next.
 func (s *Store) sequential(r *sv1.Rollout, now time.Time) *seqRun {
 	sp := r.GetSpec()
+	s.judged[r.GetId()] = [2]string{sp.GetFrom(), sp.GetTo()}
 	key := fmt.Sprintf("%s@%d", r.GetId(), r.GetCreatedAt().AsTime().UnixNano())
 	run := s.runs[key]
 	if run == nil {

@@ -1,0 +1,106 @@
+package analysis
+
+import (
+	"fmt"
+	"math/rand/v2"
+	"testing"
+	"time"
+
+	"google.golang.org/protobuf/proto"
+	"google.golang.org/protobuf/types/known/timestamppb"
+
+	"github.com/switchyard/switchyard/internal/spec"
+	sv1 "github.com/switchyard/switchyard/proto/switchyard/v1"
+)
+
+// The intake decodes each batch into the memory of the one before
+// (Decoder.Reuse): the store's kept reports must be its own copies, equal
+// to what the generic decoder reads, and once a read has named the
+// rollout's two backends they hold only those.
+func TestStore_KeptReportsOutliveTheDecodersReuse(t *testing.T) {
+	r := rand.New(rand.NewPCG(21, 22))
+	base := int64(1_700_000_000)
+	sp := &sv1.RolloutSpec{Name: "web-1", Service: "web", From: "b0", To: "b1"}
+	spec.Default(sp)
+	if spec.Method(sp.GetAnalysis()) != spec.MethodSequential {
+		t.Fatalf("test needs the sequential method, spec has %s", spec.Method(sp.GetAnalysis()))
+	}
+	created := time.Unix(base-1, 0)
+	rollout := &sv1.Rollout{Id: "web-1", Generation: 7, Spec: sp, CreatedAt: timestamppb.New(created), StepStartedAt: timestamppb.New(created)}
+
+	s := NewStore()
+	var d Decoder
+	// want are the reports as proto.Unmarshal reads them, per second and
+	// node.
+	want := map[int64]map[string]*Report{}
+	second := func(sec int64, nodes int) {
+		want[sec] = map[string]*Report{}
+		var batch []*Report
+		for i := range nodes {
+			wire, err := proto.Marshal(testReport(fmt.Sprintf("edge-%d", i), sec, 10, r))
+			if err != nil {
+				t.Fatal(err)
+			}
+			slow, fast, slowErr, fastErr := decodeBoth(&d, wire)
+			if slowErr != nil || fastErr != nil {
+				t.Fatal(slowErr, fastErr)
+			}
+			want[sec][slow.Node] = slow
+			batch = append(batch, fast)
+			if len(batch) == 7 {
+				s.AddReports(batch)
+				d.Reuse()
+				batch = batch[:0]
+			}
+		}
+		s.AddReports(batch)
+		d.Reuse()
+	}
+	check := func(sec int64, only map[string]bool) {
+		t.Helper()
+		kept := s.reports["web-1"][sec]
+		if len(kept) != len(want[sec]) {
+			t.Fatalf("second %d: %d reports kept, want %d", sec, len(kept), len(want[sec]))
+		}
+		for _, nr := range kept {
+			w := &Report{Node: nr.node}
+			for _, b := range want[sec][nr.node].Backends {
+				if only == nil || only[b.Backend] {
+					w.Backends = append(w.Backends, b)
+				}
+			}
+			if !sameReport(w, &Report{Node: nr.node, Backends: nr.backends}) {
+				t.Fatalf("second %d, %s: kept %+v, want %+v", sec, nr.node, nr.backends, w.Backends)
+			}
+		}
+	}
+
+	// Before any read the store keeps every backend's part.
+	second(base, 40)
+	second(base+1, 40)
+	// Decoding more into the reused memory leaves them alone.
+	for range 100 {
+		wire, _ := proto.Marshal(testReport("other", base+1, 10, r))
+		if _, err := d.Decode(wire); err != nil {
+			t.Fatal(err)
+		}
+	}
+	check(base, nil)
+	check(base+1, nil)
+
+	// A read names b0 and b1 (and takes what it read out of the store);
+	// later reports keep those two parts only.
+	s.Assess(rollout, time.Unix(base+1, 0).Add(Grace))
+	if n := len(s.reports["web-1"]); n != 0 {
+		t.Fatalf("%d seconds of reports left after the read", n)
+	}
+	second(base+2, 40)
+	d.Reuse()
+	for range 100 {
+		wire, _ := proto.Marshal(testReport("other", base+2, 10, r))
+		if _, err := d.Decode(wire); err != nil {
+			t.Fatal(err)
+		}
+	}
+	check(base+2, map[string]bool{"b0": true, "b1": true})
+}
