@@ -74,6 +74,9 @@ type Decoder struct {
 	reportSlab []Report
 	partSlab   []BackendReport
 	sketchSlab []sketch.Sketch
+	// used counts the bins, reports and parts handed out since Reuse: the
+	// slabs Reuse keeps are made big enough for that much.
+	usedBins, usedReports, usedParts int
 }
 
 // Slab sizes: about a batch of 10-backend reports each.
@@ -88,7 +91,20 @@ const (
 // it keeps, so an intake worker reuses its Decoder after each batch and
 // decodes without allocating for the reports themselves.
 func (d *Decoder) Reuse() {
+	if d.usedBins > cap(d.arena) {
+		d.arena = make([]float64, 0, d.usedBins)
+	}
+	if d.usedReports > cap(d.reportSlab) {
+		d.reportSlab = make([]Report, 0, d.usedReports)
+	}
+	if d.usedParts > cap(d.partSlab) {
+		d.partSlab = make([]BackendReport, 0, d.usedParts)
+	}
+	if d.usedParts > cap(d.sketchSlab) {
+		d.sketchSlab = make([]sketch.Sketch, 0, d.usedParts)
+	}
 	d.arena, d.reportSlab, d.partSlab, d.sketchSlab = d.arena[:0], d.reportSlab[:0], d.partSlab[:0], d.sketchSlab[:0]
+	d.usedBins, d.usedReports, d.usedParts = 0, 0, 0
 }
 
 // newReport hands out a zeroed Report from the slab.
@@ -97,6 +113,7 @@ func (d *Decoder) newReport() *Report {
 		d.reportSlab = make([]Report, 0, reportSlab)
 	}
 	d.reportSlab = append(d.reportSlab, Report{})
+	d.usedReports++
 	return &d.reportSlab[len(d.reportSlab)-1]
 }
 
@@ -109,6 +126,7 @@ func (d *Decoder) parts() []BackendReport {
 	if cap(d.sketchSlab)-len(d.sketchSlab) < n {
 		d.sketchSlab = make([]sketch.Sketch, 0, max(n, partSlab))
 	}
+	d.usedParts += n
 	at := len(d.partSlab)
 	d.partSlab = append(d.partSlab, d.backends...)
 	d.sketchSlab = append(d.sketchSlab, d.sketches...)
@@ -223,6 +241,8 @@ func (d *Decoder) Decode(b []byte) (*Report, error) {
 	if cap(d.arena)-len(d.arena) < len(b)/8 {
 		d.arena = make([]float64, 0, max(len(b)/8, arenaSlab))
 	}
+	from := len(d.arena)
+	defer func() { d.usedBins += len(d.arena) - from }()
 	d.backends, d.sketches, d.latErrs = d.backends[:0], d.sketches[:0], d.latErrs[:0]
 	err := fields(b, "health report", func(num protowire.Number, typ protowire.Type, v uint64, bs []byte) error {
 		if typ != protowire.BytesType && typ != protowire.VarintType {
