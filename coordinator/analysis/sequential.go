@@ -220,7 +220,10 @@ func (c *CUSUM) node(s Stratum) *NodeCounts {
 		}
 	}
 	if int(slot) >= len(c.counts) {
-		c.counts = append(c.counts, make([]NodeCounts, int(slot)+1-len(c.counts))...)
+		// Doubling: a fleet's nodes arrive a few at a time.
+		grown := make([]NodeCounts, max(int(slot)+1, 2*len(c.counts), 64))
+		copy(grown, c.counts)
+		c.counts = grown
 	}
 	n := &c.counts[slot]
 	if n.run != c.runs+1 {
