@@ -276,18 +276,21 @@ func startIngestRig(b *testing.B, ctx context.Context, conns int) *ingestRig {
 }
 
 // profileCoordinator, with SWITCHYARD_BENCH_PROFILES set, fetches a CPU
-// profile of the coordinator process over d from its --pprof-addr and then
-// its heap profile, into <dir>/<name>.coordinator.{cpu,heap}.pprof; wait
+// profile of a coordinator process over d from its --pprof-addr (addr) and
+// then its heap profile, into <dir>/<name>.coordinator.{cpu,heap}.pprof; wait
 // waits for both. Without the variable it does nothing.
-func (rig *ingestRig) profileCoordinator(b *testing.B, ctx context.Context, name string, d time.Duration) (wait func()) {
-	dir := os.Getenv(profileDirEnv)
+func profileCoordinator(b testing.TB, ctx context.Context, addr, name string, d time.Duration) (wait func()) {
+	return profileCoordinatorTo(b, ctx, os.Getenv(profileDirEnv), addr, name, d)
+}
+
+// profileCoordinatorTo is profileCoordinator into dir ("" writes none).
+func profileCoordinatorTo(b testing.TB, ctx context.Context, dir, addr, name string, d time.Duration) (wait func()) {
 	if dir == "" {
 		return func() {}
 	}
 	if err := os.MkdirAll(dir, 0o755); err != nil {
-		b.Fatalf("%s: %v", profileDirEnv, err)
+		b.Fatalf("profiles: %v", err)
 	}
-	addr := rig.c.Coordinators[0].PprofAddr
 	fetch := func(path, file string) error {
 		req, err := http.NewRequestWithContext(ctx, http.MethodGet, "http://"+addr+path, nil)
 		if err != nil {
@@ -488,7 +491,7 @@ func BenchmarkIngest_ReportsPerSecond(b *testing.B) {
 	b.ResetTimer()
 	time.Sleep(5 * time.Second) // warm-up: the measured seconds are whole seconds of full load
 	a := rig.sample(b, ctx, nil)
-	profiled := rig.profileCoordinator(b, ctx, "BenchmarkIngest_ReportsPerSecond", time.Duration(seconds)*time.Second)
+	profiled := profileCoordinator(b, ctx, rig.c.Coordinators[0].PprofAddr, "BenchmarkIngest_ReportsPerSecond", time.Duration(seconds)*time.Second)
 	time.Sleep(time.Duration(seconds) * time.Second)
 	z := rig.sample(b, ctx, nil)
 	b.StopTimer()
