@@ -58,7 +58,7 @@ func (v Verdict) String() string {
 type Store struct {
 	mu       sync.Mutex
 	services map[string]map[int64]map[cellKey]*cell // service -> unix second of window end -> cell
-	nodes    map[string]map[int64]map[string]nodeCell
+	nodes    map[string]map[int64]map[nodeID]nodeCell
 	newest   map[string]int64
 	// newestNode is the newest second in nodes, per service; old seconds
 	// are dropped when it moves.
@@ -77,6 +77,27 @@ type Store struct {
 	// drop: those node-seconds are missing data.
 	shed map[string]map[int64]uint64
 	size storeSize
+	// ids number the nodes for the 15-minute series, which then hold no
+	// pointers (nothing for the garbage collector to scan) and 4 bytes a
+	// name; names are the numbers' names. A node keeps its number for
+	// the store's life: the table grows with the nodes ever seen.
+	ids   map[string]nodeID
+	names []string
+}
+
+// nodeID numbers a node within one Store.
+type nodeID uint32
+
+// id numbers node, on first sight.
+func (s *Store) id(node string) nodeID {
+	id, ok := s.ids[node]
+	if !ok {
+		id = nodeID(len(s.names))
+		s.ids[node] = id
+		s.names = append(s.names, node)
+		s.size.bytes += int64(len(node)) + nodeIDBytes
+	}
+	return id
 }
 
 // nodeCell is all of one node's traffic in one second, whatever the rollout:
@@ -97,7 +118,7 @@ type cell struct {
 	maxQueue         uint32
 	// nodes that reported into the cell; a node reporting twice in one
 	// second appears twice, windows count distinct nodes.
-	nodes []string
+	nodes []nodeID
 }
 
 type cacheKey struct {
@@ -110,7 +131,7 @@ type cacheKey struct {
 
 // NewStore returns an empty store.
 func NewStore() *Store {
-	return &Store{services: map[string]map[int64]map[cellKey]*cell{}, nodes: map[string]map[int64]map[string]nodeCell{},
+	return &Store{services: map[string]map[int64]map[cellKey]*cell{}, nodes: map[string]map[int64]map[nodeID]nodeCell{}, ids: map[string]nodeID{},
 		newest: map[string]int64{}, newestNode: map[string]int64{}, cache: map[cacheKey]WindowResult{},
 		reports: map[string]map[int64][]*nodeReport{}, newestReport: map[string]int64{}, runs: map[string]*seqRun{}, judged: map[string][2]string{},
 		shed: map[string]map[int64]uint64{}}
@@ -134,14 +155,15 @@ func (s *Store) AddReports(reps []*Report) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	for _, r := range reps {
-		s.addNode(r)
+		id := s.id(r.Node)
+		s.addNode(r, id)
 		if r.Rollout != "" && r.Generation != 0 {
-			s.addRollout(r)
+			s.addRollout(r, id)
 		}
 	}
 }
 
-func (s *Store) addRollout(r *Report) {
+func (s *Store) addRollout(r *Report, id nodeID) {
 	sec := r.End
 	series := s.services[r.Service]
 	if series == nil {
@@ -165,18 +187,18 @@ func (s *Store) addRollout(r *Report) {
 		}
 		c.requests += b.Requests
 		c.errors += b.Errors
-		before := c.latency.SizeBytes() + 16*cap(c.nodes)
+		before := c.latency.SizeBytes() + 4*cap(c.nodes)
 		c.latency.Merge(b.Latency)
 		c.maxQueue = max(c.maxQueue, b.Queued)
-		c.nodes = append(c.nodes, r.Node)
-		s.size.bytes += int64(c.latency.SizeBytes() + 16*cap(c.nodes) - before)
+		c.nodes = append(c.nodes, id)
+		s.size.bytes += int64(c.latency.SizeBytes() + 4*cap(c.nodes) - before)
 	}
 	if sec > s.newest[r.Service] {
 		s.newest[r.Service] = sec
 		for t, cells := range series {
 			if t < sec-int64(Retention/time.Second) {
 				for _, c := range cells {
-					s.size.bytes -= int64(cellBytes + c.latency.SizeBytes() + 16*cap(c.nodes))
+					s.size.bytes -= int64(cellBytes + c.latency.SizeBytes() + 4*cap(c.nodes))
 				}
 				delete(series, t)
 			}
@@ -184,19 +206,19 @@ func (s *Store) addRollout(r *Report) {
 	}
 }
 
-func (s *Store) addNode(r *Report) {
+func (s *Store) addNode(r *Report, id nodeID) {
 	sec := r.End
 	series := s.nodes[r.Service]
 	if series == nil {
-		series = map[int64]map[string]nodeCell{}
+		series = map[int64]map[nodeID]nodeCell{}
 		s.nodes[r.Service] = series
 	}
 	cells := series[sec]
 	if cells == nil {
-		cells = map[string]nodeCell{}
+		cells = map[nodeID]nodeCell{}
 		series[sec] = cells
 	}
-	c, ok := cells[r.Node]
+	c, ok := cells[id]
 	if !ok {
 		s.size.bytes += nodeCellBytes
 	}
@@ -204,7 +226,7 @@ func (s *Store) addNode(r *Report) {
 		c.requests += b.Requests
 		c.errors += b.Errors
 	}
-	cells[r.Node] = c
+	cells[id] = c
 	if sec > s.newestNode[r.Service] {
 		s.newestNode[r.Service] = sec
 		for t, cells := range series {
@@ -222,14 +244,14 @@ func (s *Store) addNode(r *Report) {
 func (s *Store) NodeHealth(service string, exclude map[string]bool, start, end time.Time) (requests, errors uint64, nodes int) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	seen := map[string]bool{}
+	seen := map[nodeID]bool{}
 	series := s.nodes[service]
 	for sec := start.Unix() + 1; sec <= end.Unix(); sec++ {
-		for node, c := range series[sec] {
-			if exclude[node] {
+		for id, c := range series[sec] {
+			if exclude[s.names[id]] {
 				continue
 			}
-			seen[node] = true
+			seen[id] = true
 			requests += c.requests
 			errors += c.errors
 		}
@@ -245,7 +267,7 @@ type Aggregate struct {
 	Nodes            int
 }
 
-func (a *Aggregate) add(c *cell, nodes map[string]struct{}) {
+func (a *Aggregate) add(c *cell, nodes map[nodeID]struct{}) {
 	a.Requests += c.requests
 	a.Errors += c.errors
 	a.Latency.Merge(c.latency)
@@ -265,7 +287,7 @@ func (s *Store) Window(service, rollout, backend string, wave int32, start, end 
 
 func (s *Store) window(service, rollout, backend string, wave int32, start, end time.Time) *Aggregate {
 	agg := &Aggregate{Latency: sketch.New()}
-	nodes := map[string]struct{}{}
+	nodes := map[nodeID]struct{}{}
 	series := s.services[service]
 	for sec := start.Unix() + 1; sec <= end.Unix(); sec++ {
 		for k, c := range series[sec] {

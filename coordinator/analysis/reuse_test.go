@@ -104,3 +104,30 @@ func TestStore_KeptReportsOutliveTheDecodersReuse(t *testing.T) {
 	}
 	check(base+2, map[string]bool{"b0": true, "b1": true})
 }
+
+// Nodes are numbered inside the store; windows still count distinct nodes
+// over their seconds (a node reporting twice in a second or in every
+// second counts once) and NodeHealth leaves the excluded nodes out by name.
+func TestStore_WindowsAndNodeHealthCountDistinctNodes(t *testing.T) {
+	s := NewStore()
+	base := int64(1_700_000_000)
+	rep := func(node string, sec int64, req uint64) *Report {
+		return &Report{Node: node, Service: "web", Rollout: "r1", Generation: 2, End: sec,
+			Backends: []BackendReport{{Backend: "green", Requests: req, Errors: 1}}}
+	}
+	for sec := base + 1; sec <= base+3; sec++ {
+		s.AddReports([]*Report{rep("a", sec, 10), rep("b", sec, 20), rep("a", sec, 5)})
+	}
+	s.AddReports([]*Report{rep("c", base+3, 40)})
+	w := s.Window("web", "r1", "green", AnyWave, time.Unix(base, 0), time.Unix(base+3, 0))
+	if w.Nodes != 3 || w.Requests != 3*35+40 || w.Errors != 10 {
+		t.Errorf("window: %d nodes, %d requests, %d errors; want 3, %d, 10", w.Nodes, w.Requests, w.Errors, 3*35+40)
+	}
+	if w := s.Window("web", "r1", "green", AnyWave, time.Unix(base, 0), time.Unix(base+2, 0)); w.Nodes != 2 {
+		t.Errorf("first two seconds: %d nodes, want 2", w.Nodes)
+	}
+	req, errs, nodes := s.NodeHealth("web", map[string]bool{"b": true}, time.Unix(base, 0), time.Unix(base+3, 0))
+	if nodes != 2 || req != 3*15+40 || errs != 7 {
+		t.Errorf("health without b: %d nodes, %d requests, %d errors; want 2, %d, 7", nodes, req, errs, 3*15+40)
+	}
+}
