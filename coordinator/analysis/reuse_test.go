@@ -131,3 +131,49 @@ func TestStore_WindowsAndNodeHealthCountDistinctNodes(t *testing.T) {
 		t.Errorf("health without b: %d nodes, %d requests, %d errors; want 2, %d, 7", nodes, req, errs, 3*15+40)
 	}
 }
+
+// A run's per-node counts over more nodes than one chunk holds, through a
+// restart: each node's counts are its strata's sums since the run began,
+// and nodes only of an earlier run are not in it.
+func TestSequential_CUSUMCountsManyNodesAcrossRestarts(t *testing.T) {
+	const nodes = 2500
+	c := NewCUSUM(4)
+	bad := func(i int) Stratum {
+		return Stratum{Node: fmt.Sprintf("n%04d", i), CandRequests: 10, CandEvents: 3, BaseRequests: 90, BaseEvents: uint64(i % 2)}
+	}
+	var strata []Stratum
+	for i := range nodes {
+		strata = append(strata, bad(i))
+	}
+	c.Update(1, strata)
+	c.Update(2, strata)
+	if n := len(c.RunNodes()); n != nodes {
+		t.Fatalf("%d nodes in the run, want %d", n, nodes)
+	}
+	// Old-backend errors on a few nodes bring the statistic to zero; the
+	// next run holds only the nodes that report after it.
+	c.Update(3, []Stratum{{Node: "n0001", CandRequests: 10, BaseRequests: 90, BaseEvents: 1e6}})
+	if c.Statistic != 0 {
+		t.Fatalf("statistic %g, want 0", c.Statistic)
+	}
+	c.Update(4, strata[nodes-1500:])
+	c.Update(5, strata[nodes-1500:])
+	run := c.RunNodes()
+	if len(run) != 1500 || run[0] != "n1000" || run[len(run)-1] != "n2499" {
+		t.Fatalf("run after the restart: %d nodes %v..%v", len(run), run[0], run[len(run)-1])
+	}
+	if d := c.driverCounts(); len(d) != 1500 {
+		t.Fatalf("%d drivers, want all 1500 nodes of the run", len(d))
+	}
+	for _, n := range c.driverCounts() {
+		var i int
+		fmt.Sscanf(n.node, "n%d", &i)
+		s := bad(i)
+		if n.CandRequests != 2*s.CandRequests || n.CandEvents != 2*s.CandEvents || n.BaseEvents != 2*s.BaseEvents {
+			t.Fatalf("%s: %+v, want twice %+v", n.node, *n, s)
+		}
+	}
+	if c.CandRequests != 2*1500*10 || c.Since != 4 {
+		t.Errorf("run counts %d requests since %d, want %d since 4", c.CandRequests, c.Since, 2*1500*10)
+	}
+}

@@ -147,11 +147,14 @@ type CUSUM struct {
 	// detector), else the slot slots gives its node. A healthy canary's
 	// statistic restarts about every second: counts are not cleared then,
 	// only runs moves on (see NodeCounts.run).
-	counts []NodeCounts
+	counts [][]NodeCounts
 	slots  map[string]int32
 	runs   int64
 	llr    []float64
 }
+
+// countsChunk is how many nodes' counts a CUSUM allocates at a time.
+const countsChunk = 1024
 
 // NewCUSUM returns a detector at zero.
 func NewCUSUM(oddsRatio float64) *CUSUM {
@@ -219,13 +222,12 @@ func (c *CUSUM) node(s Stratum) *NodeCounts {
 			c.slots[s.Node] = slot
 		}
 	}
-	if int(slot) >= len(c.counts) {
-		// Doubling: a fleet's nodes arrive a few at a time.
-		grown := make([]NodeCounts, max(int(slot)+1, 2*len(c.counts), 64))
-		copy(grown, c.counts)
-		c.counts = grown
+	// In chunks: a fleet's nodes arrive a few at a time, and a growing
+	// slice would copy every node's counts again and again.
+	for int(slot)/countsChunk >= len(c.counts) {
+		c.counts = append(c.counts, make([]NodeCounts, countsChunk))
 	}
-	n := &c.counts[slot]
+	n := &c.counts[slot/countsChunk][slot%countsChunk]
 	if n.run != c.runs+1 {
 		*n = NodeCounts{node: s.Node, run: c.runs + 1}
 	}
@@ -241,9 +243,11 @@ func (c *CUSUM) reset(interval int64) {
 // runCounts are the counts of the nodes in the current run.
 func (c *CUSUM) runCounts() []*NodeCounts {
 	var out []*NodeCounts
-	for i := range c.counts {
-		if n := &c.counts[i]; n.run == c.runs+1 {
-			out = append(out, n)
+	for _, chunk := range c.counts {
+		for i := range chunk {
+			if n := &chunk[i]; n.run == c.runs+1 {
+				out = append(out, n)
+			}
 		}
 	}
 	return out
