@@ -83,6 +83,9 @@ type Store struct {
 	// the store's life: the table grows with the nodes ever seen.
 	ids   map[string]nodeID
 	names []string
+	// kept holds the memory of the reports waiting for the sequential
+	// tests.
+	kept keptChunks
 }
 
 // nodeID numbers a node within one Store.
@@ -456,8 +459,8 @@ func (s *Store) judgeWindow(r *sv1.Rollout, start, end time.Time) WindowResult {
 // judgedParts copies what the sequential tests will read of r: the parts
 // of the two backends the rollout moves between once a read named them,
 // else every part. The copy owns its memory (a Decoder may reuse a
-// report's once AddReports returns) and is a fifth of a 10-backend
-// report's.
+// report's once AddReports returns), carved from the store's chunks, and
+// is a fifth of a 10-backend report's.
 func (s *Store) judgedParts(r *Report) *nodeReport {
 	pair, named := s.judged[r.Rollout]
 	keep := func(b *BackendReport) bool { return !named || b.Backend == pair[0] || b.Backend == pair[1] }
@@ -470,9 +473,23 @@ func (s *Store) judgedParts(r *Report) *nodeReport {
 			}
 		}
 	}
-	nr := &nodeReport{node: r.Node, backends: make([]BackendReport, 0, n)}
-	sketches := make([]sketch.Sketch, n)
-	buf := make([]float64, 0, bins)
+	k := &s.kept
+	if len(k.reports) == cap(k.reports) {
+		k.reports = make([]nodeReport, 0, keptChunk)
+	}
+	if cap(k.parts)-len(k.parts) < n {
+		k.parts = make([]BackendReport, 0, max(n, 8*keptChunk))
+		k.sketches = make([]sketch.Sketch, 0, cap(k.parts))
+	}
+	if cap(k.bins)-len(k.bins) < bins {
+		k.bins = make([]float64, 0, max(bins, 512*keptChunk))
+	}
+	k.reports = append(k.reports, nodeReport{node: r.Node})
+	nr := &k.reports[len(k.reports)-1]
+	at := len(k.parts)
+	k.sketches = k.sketches[:at+n]
+	sketches := k.sketches[at : at+n : at+n]
+	buf := k.bins
 	for i := range r.Backends {
 		b := &r.Backends[i]
 		if !keep(b) {
@@ -480,13 +497,28 @@ func (s *Store) judgedParts(r *Report) *nodeReport {
 		}
 		part := *b
 		if b.Latency != nil {
-			k := len(nr.backends)
-			sketches[k], buf = b.Latency.CopyTo(buf)
-			part.Latency = &sketches[k]
+			j := len(k.parts) - at
+			sketches[j], buf = b.Latency.CopyTo(buf)
+			part.Latency = &sketches[j]
 		}
-		nr.backends = append(nr.backends, part)
+		k.parts = append(k.parts, part)
 	}
+	nr.backends = k.parts[at:len(k.parts):len(k.parts)]
+	k.bins = buf
 	return nr
+}
+
+// keptChunk is how many kept reports one allocation holds: the copies
+// judgedParts makes are carved from chunks (a chunk is freed once the
+// sequential tests have read every report in it, a second or two later).
+const keptChunk = 1024
+
+// keptChunks are the chunks judgedParts carves from.
+type keptChunks struct {
+	reports  []nodeReport
+	parts    []BackendReport
+	sketches []sketch.Sketch
+	bins     []float64
 }
 
 func (s *Store) keepReport(rollout string, sec int64, nr *nodeReport) {
