@@ -180,9 +180,13 @@ func (in *intake) work(ctx context.Context) {
 			in.metrics.forged.Add(float64(forged))
 		}
 		if len(batch) == 0 {
+			dec.Reuse()
 			continue
 		}
 		in.store.AddReports(batch)
+		// The store keeps copies: the next batch decodes into the same
+		// memory.
+		dec.Reuse()
 		in.metrics.merged.Add(float64(len(batch)))
 		if in.reported != nil {
 			select {

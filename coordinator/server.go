@@ -49,6 +49,10 @@ type Config struct {
 	RaftAdvertise string
 	// HTTPAddr serves /metrics, /healthz and the read API; empty disables.
 	HTTPAddr string
+	// PprofAddr serves Go's profiling endpoints (/debug/pprof/) on a
+	// listener of their own; it must be a loopback address. Empty (the
+	// default) serves none.
+	PprofAddr string
 	// NATSURL is the bus; ignored when Conn is set.
 	NATSURL string
 	// NATS is this coordinator's NATS identity and the CA of the NATS
@@ -122,6 +126,9 @@ func (c *Config) setDefaults() error {
 		c.RaftAddr = "127.0.0.1:7000"
 	}
 	if _, err := checkRaftAdvertise(c.RaftAdvertise); err != nil {
+		return err
+	}
+	if err := checkPprofAddr(c.PprofAddr); err != nil {
 		return err
 	}
 	if c.BootstrapExpect < 0 {
@@ -214,6 +221,9 @@ type Server struct {
 
 	httpSrv  *http.Server
 	httpAddr net.Addr
+	// pprofSrv serves the profiling endpoints (nil when off).
+	pprofSrv  *http.Server
+	pprofAddr net.Addr
 
 	hasState bool
 	leaderCh chan bool
@@ -291,6 +301,10 @@ func New(cfg Config) (*Server, error) {
 		return nil, err
 	}
 	if err := s.startHTTP(); err != nil {
+		s.shutdown()
+		return nil, err
+	}
+	if err := s.startPprof(); err != nil {
 		s.shutdown()
 		return nil, err
 	}
@@ -503,6 +517,9 @@ func (s *Server) shutdown() {
 		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
 		_ = s.httpSrv.Shutdown(ctx)
 		cancel()
+	}
+	if s.pprofSrv != nil {
+		_ = s.pprofSrv.Close()
 	}
 	s.shutdownRaft()
 	if s.ownsNC {

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"io"
 	"math/rand/v2"
+	"net/http"
 	"os"
 	"path/filepath"
 	"strconv"
@@ -173,20 +174,80 @@ func (l *reportLoad) run(ctx context.Context, conns []*nats.Conn) {
 	wg.Wait()
 }
 
+// reportgenBin is the ingest benchmark's load generator.
+var reportgenBin = &builtBinary{pkg: "./integration/reportgen", name: "reportgen"}
+
+// reportGenerator is a running reportgen process.
+type reportGenerator struct {
+	p *harness.Process
+}
+
+// startReportGenerator starts reportgen for nodes simulated nodes on the
+// rig's bus, with the wildcard agent identity, and waits until it is
+// connected.
+func startReportGenerator(b *testing.B, ctx context.Context, nb harness.Bus, nodes, conns int, rollout *sv1.Rollout) *reportGenerator {
+	p, err := harness.StartProcess(harness.ProcessSpec{
+		Name: "reportgen", Path: reportgenBin.get(b), LogDir: b.TempDir(),
+		Args: []string{"--nats", nb.URL, "--nats-creds", wildcardAgentCreds(b, nb), "--nats-ca", nb.CA,
+			"--nodes", strconv.Itoa(nodes), "--conns", strconv.Itoa(conns), "--backends", "10",
+			"--from", harness.Blue, "--to", harness.Green,
+			"--rollout", rollout.GetId(), "--generation", strconv.FormatUint(rollout.GetGeneration(), 10)},
+	})
+	if err != nil {
+		b.Fatal(err)
+	}
+	b.Cleanup(func() {
+		if err := p.Stop(); err != nil {
+			b.Errorf("reportgen: %v", err)
+		}
+	})
+	if _, err := p.WaitForStdoutLine(ctx, "ready"); err != nil {
+		b.Fatal(err)
+	}
+	return &reportGenerator{p: p}
+}
+
+// published is the generator's running total, from the last line it
+// printed (every 100 ms).
+func (g *reportGenerator) published(b *testing.B) int64 {
+	out, err := os.ReadFile(g.p.StdoutPath())
+	if err != nil {
+		b.Fatal(err)
+	}
+	lines := strings.Split(strings.TrimSpace(string(out)), "\n")
+	for i := len(lines) - 1; i >= 0; i-- {
+		if rest, ok := strings.CutPrefix(lines[i], "published "); ok {
+			n, err := strconv.ParseInt(rest, 10, 64)
+			if err != nil {
+				b.Fatalf("reportgen: %q: %v", lines[i], err)
+			}
+			return n
+		}
+	}
+	return 0
+}
+
 // ingestRig is a coordinator process, its bus, load connections and a
 // counting subscriber.
 type ingestRig struct {
+	nb      harness.Bus
 	c       *harness.Cluster
 	nc      *nats.Conn
 	load    []*nats.Conn
 	counted atomic.Int64
+	// gen is the load generator process, when the load is not in this
+	// process.
+	gen *reportGenerator
 }
 
 func startIngestRig(b *testing.B, ctx context.Context, conns int) *ingestRig {
 	sy, _ := binaries(b)
 	nb := harnesstest.StartNATS(b)
-	rig := &ingestRig{nc: connectNATS(b, nb)}
-	rig.c = harnesstest.StartCluster(b, ctx, harness.ClusterOptions{Size: 1, Switchyard: sy, NATS: nb, Log: io.Discard, LogLevel: "warn"})
+	rig := &ingestRig{nb: nb, nc: connectNATS(b, nb)}
+	// With SWITCHYARD_BENCH_PROFILES the coordinator serves its profiles
+	// on loopback, and the benchmark keeps one of the measured seconds.
+	rig.c = harnesstest.StartCluster(b, ctx, harness.ClusterOptions{Size: 1, Switchyard: sy, NATS: nb, Log: io.Discard, LogLevel: "warn",
+		Pprof: os.Getenv(profileDirEnv) != ""})
 	opts := wildcardAgent(b, nb)
 	for g := range conns {
 		nc, err := nats.Connect(nb.URL, append(opts, nats.Name(fmt.Sprintf("load-%d", g)))...)
@@ -214,6 +275,60 @@ func startIngestRig(b *testing.B, ctx context.Context, conns int) *ingestRig {
 	return rig
 }
 
+// profileCoordinator, with SWITCHYARD_BENCH_PROFILES set, fetches a CPU
+// profile of a coordinator process over d from its --pprof-addr (addr) and
+// then its heap profile, into <dir>/<name>.coordinator.{cpu,heap}.pprof; wait
+// waits for both. Without the variable it does nothing.
+func profileCoordinator(b testing.TB, ctx context.Context, addr, name string, d time.Duration) (wait func()) {
+	return profileCoordinatorTo(b, ctx, os.Getenv(profileDirEnv), addr, name, d)
+}
+
+// profileCoordinatorTo is profileCoordinator into dir ("" writes none).
+func profileCoordinatorTo(b testing.TB, ctx context.Context, dir, addr, name string, d time.Duration) (wait func()) {
+	if dir == "" {
+		return func() {}
+	}
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		b.Fatalf("profiles: %v", err)
+	}
+	fetch := func(path, file string) error {
+		req, err := http.NewRequestWithContext(ctx, http.MethodGet, "http://"+addr+path, nil)
+		if err != nil {
+			return err
+		}
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil {
+			return err
+		}
+		defer resp.Body.Close()
+		if resp.StatusCode != http.StatusOK {
+			return fmt.Errorf("GET %s: %s", path, resp.Status)
+		}
+		f, err := os.Create(filepath.Join(dir, file))
+		if err != nil {
+			return err
+		}
+		if _, err := io.Copy(f, resp.Body); err != nil {
+			_ = f.Close()
+			return err
+		}
+		return f.Close()
+	}
+	errc := make(chan error, 1)
+	go func() {
+		if err := fetch(fmt.Sprintf("/debug/pprof/profile?seconds=%d", max(int(d.Seconds()), 1)), name+".coordinator.cpu.pprof"); err != nil {
+			errc <- err
+			return
+		}
+		errc <- fetch("/debug/pprof/heap?gc=1", name+".coordinator.heap.pprof")
+	}()
+	return func() {
+		if err := <-errc; err != nil {
+			b.Errorf("coordinator profile: %v", err)
+		}
+	}
+}
+
 // wildcardAgent mints, for the benchmark only, a user of the agent role
 // named "*": the role's subject template then lets it publish health
 // reports and statuses for every node, so simulated nodes report on their
@@ -221,6 +336,12 @@ func startIngestRig(b *testing.B, ctx context.Context, conns int) *ingestRig {
 // with real names (auth.Setup.Issue refuses "*"). The connections only
 // publish, so they need no inbox.
 func wildcardAgent(tb testing.TB, nb harness.Bus) []nats.Option {
+	return []nats.Option{nats.UserCredentials(wildcardAgentCreds(tb, nb)), nats.RootCAs(nb.CA)}
+}
+
+// wildcardAgentCreds writes the wildcard agent's .creds file and returns its
+// path.
+func wildcardAgentCreds(tb testing.TB, nb harness.Bus) string {
 	setup, err := auth.Load(nb.AuthDir)
 	if err != nil {
 		tb.Fatal(err)
@@ -262,13 +383,13 @@ func wildcardAgent(tb testing.TB, nb harness.Bus) []nats.Option {
 	if err := os.WriteFile(path, creds, 0o600); err != nil {
 		tb.Fatal(err)
 	}
-	return []nats.Option{nats.UserCredentials(path), nats.RootCAs(nb.CA)}
+	return path
 }
 
 // sample is one reading of everything the benchmark reports.
 type ingestSample struct {
 	at                      time.Time
-	coord, self             procStat
+	coord, self, gen        procStat
 	published, counted      int64
 	merged, shed, rejected  float64
 	storeBytes, storeNodes  float64
@@ -281,6 +402,12 @@ func (rig *ingestRig) sample(b *testing.B, ctx context.Context, l *reportLoad) i
 		s.published = l.published.Load()
 	}
 	var err error
+	if rig.gen != nil {
+		s.published = rig.gen.published(b)
+		if s.gen, err = readProc(rig.gen.p.Pid()); err != nil {
+			b.Fatal(err)
+		}
+	}
 	if s.coord, err = readProc(rig.c.Coordinators[0].Pid()); err != nil {
 		b.Fatal(err)
 	}
@@ -327,7 +454,7 @@ func BenchmarkIngest_ReportsPerSecond(b *testing.B) {
 	rate := envInt("SWITCHYARD_INGEST_RATE", 100_000)
 	seconds := envInt("SWITCHYARD_INGEST_SECONDS", 10)
 	ctx := harnesstest.Context(b, time.Duration(seconds)*time.Second+5*time.Minute)
-	rig := startIngestRig(b, ctx, 8)
+	rig := startIngestRig(b, ctx, 0)
 
 	// A canary held in its analysis step: the judge runs on every report.
 	in := &sv1.Intent{Id: "ingest-canary", Operator: "integration-test", CreatedAt: timestamppb.Now(),
@@ -360,25 +487,18 @@ func BenchmarkIngest_ReportsPerSecond(b *testing.B) {
 		b.Fatal(err)
 	}
 
-	l := newReportLoad(b, rate, 10, rollout)
-	lctx, stop := context.WithCancel(ctx)
-	done := make(chan struct{})
-	go func() {
-		defer close(done)
-		l.run(lctx, rig.load)
-	}()
-	defer func() {
-		stop()
-		<-done
-	}()
+	rig.gen = startReportGenerator(b, ctx, rig.nb, rate, 4, rollout)
 	b.ResetTimer()
 	time.Sleep(5 * time.Second) // warm-up: the measured seconds are whole seconds of full load
-	a := rig.sample(b, ctx, l)
+	a := rig.sample(b, ctx, nil)
+	profiled := profileCoordinator(b, ctx, rig.c.Coordinators[0].PprofAddr, "BenchmarkIngest_ReportsPerSecond", time.Duration(seconds)*time.Second)
 	time.Sleep(time.Duration(seconds) * time.Second)
-	z := rig.sample(b, ctx, l)
+	z := rig.sample(b, ctx, nil)
 	b.StopTimer()
-	stop()
-	<-done
+	profiled()
+	if err := rig.gen.p.Stop(); err != nil {
+		b.Fatal(err)
+	}
 
 	ans, err := rig.c.Rollouts(ctx, 0, "ingest-canary")
 	if err != nil {
@@ -387,6 +507,7 @@ func BenchmarkIngest_ReportsPerSecond(b *testing.B) {
 	view := ans.GetRollouts()[0]
 	b.Logf("rollout %s at step %d: %s", view.GetRollout().GetPhase(), view.GetRollout().GetStep(), view.GetAnalysis())
 	reportIngest(b, a, z, rate)
+	b.ReportMetric((z.gen.cpu-a.gen.cpu).Seconds()/z.at.Sub(a.at).Seconds(), "generator-cores")
 	if z.merged-a.merged == 0 {
 		b.Fatal("the coordinator merged no reports")
 	}
@@ -402,7 +523,7 @@ func reportIngest(b *testing.B, a, z ingestSample, nodes int) {
 	b.ReportMetric(per(a.rejected, z.rejected), "rejected/s")
 	b.ReportMetric((z.coord.cpu-a.coord.cpu).Seconds()/d, "coordinator-cores")
 	b.ReportMetric(float64(z.coord.rss)/(1<<20), "coordinator-rss-MB")
-	b.ReportMetric((z.self.cpu-a.self.cpu).Seconds()/d, "nats+load-cores")
+	b.ReportMetric((z.self.cpu-a.self.cpu).Seconds()/d, "nats+counter+load-cores")
 	if merged := z.merged - a.merged; merged > 0 {
 		// CPU per report is what the machine's other load distorts least.
 		b.ReportMetric((z.coord.cpu-a.coord.cpu).Seconds()*1e6/merged, "coordinator-cpu-µs/report")

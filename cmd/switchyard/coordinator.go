@@ -184,6 +184,7 @@ func runCoordinator(ctx context.Context, args []string, stdout, stderr io.Writer
 	fs.StringVar(&cfg.RaftAddr, "raft-addr", "127.0.0.1:7000", "address Raft listens on and, without --raft-advertise, other coordinators reach it at")
 	fs.StringVar(&cfg.RaftAdvertise, "raft-advertise", "", "address other coordinators dial to reach this one's Raft, when not --raft-addr (a NAT or TCP proxy in front of it); with --cluster-cert the certificate must name its host")
 	fs.StringVar(&cfg.HTTPAddr, "http-addr", "127.0.0.1:7070", "address for /metrics, /healthz, the read API and cluster joins")
+	fs.StringVar(&cfg.PprofAddr, "pprof-addr", envOr("SWITCHYARD_PPROF_ADDR", ""), "loopback address (e.g. 127.0.0.1:6060) serving Go's profiling endpoints /debug/pprof/; off when empty, the default (env SWITCHYARD_PPROF_ADDR)")
 	fs.StringVar(&cfg.NATSURL, "nats", envOr("SWITCHYARD_NATS", "nats://127.0.0.1:4222"), "NATS URL (env SWITCHYARD_NATS)")
 	fs.IntVar(&cfg.BootstrapExpect, "bootstrap-expect", 1, "coordinators to wait for before bootstrapping a new cluster; 0 only joins")
 	fs.Var(&retryJoin, "retry-join", "HTTP address of another coordinator (repeatable, or comma-separated)")

@@ -58,7 +58,7 @@ func (v Verdict) String() string {
 type Store struct {
 	mu       sync.Mutex
 	services map[string]map[int64]map[cellKey]*cell // service -> unix second of window end -> cell
-	nodes    map[string]map[int64]map[string]nodeCell
+	nodes    map[string]map[int64]map[nodeID]nodeCell
 	newest   map[string]int64
 	// newestNode is the newest second in nodes, per service; old seconds
 	// are dropped when it moves.
@@ -69,11 +69,38 @@ type Store struct {
 	reports map[string]map[int64][]*nodeReport
 	// newestReport is the newest second in reports, per rollout.
 	newestReport map[string]int64
-	runs         map[string]*seqRun
+	// judged are the two backends (from, to) the sequential tests of a
+	// rollout read, once a read named them: reports keep only those.
+	judged map[string][2]string
+	runs   map[string]*seqRun
 	// shed counts, per service and second, the reports intake had to
 	// drop: those node-seconds are missing data.
 	shed map[string]map[int64]uint64
 	size storeSize
+	// ids number the nodes for the 15-minute series, which then hold no
+	// pointers (nothing for the garbage collector to scan) and 4 bytes a
+	// name; names are the numbers' names. A node keeps its number for
+	// the store's life: the table grows with the nodes ever seen.
+	ids   map[string]nodeID
+	names []string
+	// kept holds the memory of the reports waiting for the sequential
+	// tests.
+	kept keptChunks
+}
+
+// nodeID numbers a node within one Store.
+type nodeID uint32
+
+// id numbers node, on first sight.
+func (s *Store) id(node string) nodeID {
+	id, ok := s.ids[node]
+	if !ok {
+		id = nodeID(len(s.names))
+		s.ids[node] = id
+		s.names = append(s.names, node)
+		s.size.bytes += int64(len(node)) + nodeIDBytes
+	}
+	return id
 }
 
 // nodeCell is all of one node's traffic in one second, whatever the rollout:
@@ -94,7 +121,7 @@ type cell struct {
 	maxQueue         uint32
 	// nodes that reported into the cell; a node reporting twice in one
 	// second appears twice, windows count distinct nodes.
-	nodes []string
+	nodes []nodeID
 }
 
 type cacheKey struct {
@@ -107,9 +134,9 @@ type cacheKey struct {
 
 // NewStore returns an empty store.
 func NewStore() *Store {
-	return &Store{services: map[string]map[int64]map[cellKey]*cell{}, nodes: map[string]map[int64]map[string]nodeCell{},
+	return &Store{services: map[string]map[int64]map[cellKey]*cell{}, nodes: map[string]map[int64]map[nodeID]nodeCell{}, ids: map[string]nodeID{},
 		newest: map[string]int64{}, newestNode: map[string]int64{}, cache: map[cacheKey]WindowResult{},
-		reports: map[string]map[int64][]*nodeReport{}, newestReport: map[string]int64{}, runs: map[string]*seqRun{},
+		reports: map[string]map[int64][]*nodeReport{}, newestReport: map[string]int64{}, runs: map[string]*seqRun{}, judged: map[string][2]string{},
 		shed: map[string]map[int64]uint64{}}
 }
 
@@ -131,14 +158,15 @@ func (s *Store) AddReports(reps []*Report) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	for _, r := range reps {
-		s.addNode(r)
+		id := s.id(r.Node)
+		s.addNode(r, id)
 		if r.Rollout != "" && r.Generation != 0 {
-			s.addRollout(r)
+			s.addRollout(r, id)
 		}
 	}
 }
 
-func (s *Store) addRollout(r *Report) {
+func (s *Store) addRollout(r *Report, id nodeID) {
 	sec := r.End
 	series := s.services[r.Service]
 	if series == nil {
@@ -150,7 +178,7 @@ func (s *Store) addRollout(r *Report) {
 		cells = map[cellKey]*cell{}
 		series[sec] = cells
 	}
-	s.keepReport(r.Rollout, sec, &nodeReport{node: r.Node, backends: r.Backends})
+	s.keepReport(r.Rollout, sec, s.judgedParts(r))
 	for i := range r.Backends {
 		b := &r.Backends[i]
 		k := cellKey{rollout: r.Rollout, wave: r.Wave, backend: b.Backend}
@@ -162,18 +190,18 @@ func (s *Store) addRollout(r *Report) {
 		}
 		c.requests += b.Requests
 		c.errors += b.Errors
-		before := c.latency.SizeBytes() + 16*cap(c.nodes)
+		before := c.latency.SizeBytes() + 4*cap(c.nodes)
 		c.latency.Merge(b.Latency)
 		c.maxQueue = max(c.maxQueue, b.Queued)
-		c.nodes = append(c.nodes, r.Node)
-		s.size.bytes += int64(c.latency.SizeBytes() + 16*cap(c.nodes) - before)
+		c.nodes = append(c.nodes, id)
+		s.size.bytes += int64(c.latency.SizeBytes() + 4*cap(c.nodes) - before)
 	}
 	if sec > s.newest[r.Service] {
 		s.newest[r.Service] = sec
 		for t, cells := range series {
 			if t < sec-int64(Retention/time.Second) {
 				for _, c := range cells {
-					s.size.bytes -= int64(cellBytes + c.latency.SizeBytes() + 16*cap(c.nodes))
+					s.size.bytes -= int64(cellBytes + c.latency.SizeBytes() + 4*cap(c.nodes))
 				}
 				delete(series, t)
 			}
@@ -181,19 +209,19 @@ func (s *Store) addRollout(r *Report) {
 	}
 }
 
-func (s *Store) addNode(r *Report) {
+func (s *Store) addNode(r *Report, id nodeID) {
 	sec := r.End
 	series := s.nodes[r.Service]
 	if series == nil {
-		series = map[int64]map[string]nodeCell{}
+		series = map[int64]map[nodeID]nodeCell{}
 		s.nodes[r.Service] = series
 	}
 	cells := series[sec]
 	if cells == nil {
-		cells = map[string]nodeCell{}
+		cells = map[nodeID]nodeCell{}
 		series[sec] = cells
 	}
-	c, ok := cells[r.Node]
+	c, ok := cells[id]
 	if !ok {
 		s.size.bytes += nodeCellBytes
 	}
@@ -201,7 +229,7 @@ func (s *Store) addNode(r *Report) {
 		c.requests += b.Requests
 		c.errors += b.Errors
 	}
-	cells[r.Node] = c
+	cells[id] = c
 	if sec > s.newestNode[r.Service] {
 		s.newestNode[r.Service] = sec
 		for t, cells := range series {
@@ -219,14 +247,14 @@ func (s *Store) addNode(r *Report) {
 func (s *Store) NodeHealth(service string, exclude map[string]bool, start, end time.Time) (requests, errors uint64, nodes int) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	seen := map[string]bool{}
+	seen := map[nodeID]bool{}
 	series := s.nodes[service]
 	for sec := start.Unix() + 1; sec <= end.Unix(); sec++ {
-		for node, c := range series[sec] {
-			if exclude[node] {
+		for id, c := range series[sec] {
+			if exclude[s.names[id]] {
 				continue
 			}
-			seen[node] = true
+			seen[id] = true
 			requests += c.requests
 			errors += c.errors
 		}
@@ -242,7 +270,7 @@ type Aggregate struct {
 	Nodes            int
 }
 
-func (a *Aggregate) add(c *cell, nodes map[string]struct{}) {
+func (a *Aggregate) add(c *cell, nodes map[nodeID]struct{}) {
 	a.Requests += c.requests
 	a.Errors += c.errors
 	a.Latency.Merge(c.latency)
@@ -262,7 +290,7 @@ func (s *Store) Window(service, rollout, backend string, wave int32, start, end 
 
 func (s *Store) window(service, rollout, backend string, wave int32, start, end time.Time) *Aggregate {
 	agg := &Aggregate{Latency: sketch.New()}
-	nodes := map[string]struct{}{}
+	nodes := map[nodeID]struct{}{}
 	series := s.services[service]
 	for sec := start.Unix() + 1; sec <= end.Unix(); sec++ {
 		for k, c := range series[sec] {
@@ -394,6 +422,7 @@ func (s *Store) Assess(r *sv1.Rollout, now time.Time) Assessment {
 		// Only the sequential tests read node reports.
 		s.forgetReports(slices.Concat(slices.Collect(maps.Values(s.reports[r.GetId()]))...))
 		delete(s.reports, r.GetId())
+		delete(s.judged, r.GetId())
 	}
 	if out.Method == spec.MethodSequential {
 		run := s.sequential(r, now)
@@ -425,6 +454,71 @@ func (s *Store) judgeWindow(r *sv1.Rollout, start, end time.Time) WindowResult {
 	res := missing(Judge(sp.GetAnalysis(), sp.GetTo(), sp.GetFrom(), cand, base), s.shedIn(svc, start, end))
 	res.Start, res.End = start, end
 	return res
+}
+
+// judgedParts copies what the sequential tests will read of r: the parts
+// of the two backends the rollout moves between once a read named them,
+// else every part. The copy owns its memory (a Decoder may reuse a
+// report's once AddReports returns), carved from the store's chunks, and
+// is a fifth of a 10-backend report's.
+func (s *Store) judgedParts(r *Report) *nodeReport {
+	pair, named := s.judged[r.Rollout]
+	keep := func(b *BackendReport) bool { return !named || b.Backend == pair[0] || b.Backend == pair[1] }
+	n, bins := 0, 0
+	for i := range r.Backends {
+		if b := &r.Backends[i]; keep(b) {
+			n++
+			if b.Latency != nil {
+				bins += b.Latency.NumBins()
+			}
+		}
+	}
+	k := &s.kept
+	if len(k.reports) == cap(k.reports) {
+		k.reports = make([]nodeReport, 0, keptChunk)
+	}
+	if cap(k.parts)-len(k.parts) < n {
+		k.parts = make([]BackendReport, 0, max(n, 8*keptChunk))
+		k.sketches = make([]sketch.Sketch, 0, cap(k.parts))
+	}
+	if cap(k.bins)-len(k.bins) < bins {
+		k.bins = make([]float64, 0, max(bins, 512*keptChunk))
+	}
+	k.reports = append(k.reports, nodeReport{node: r.Node})
+	nr := &k.reports[len(k.reports)-1]
+	at := len(k.parts)
+	k.sketches = k.sketches[:at+n]
+	sketches := k.sketches[at : at+n : at+n]
+	buf := k.bins
+	for i := range r.Backends {
+		b := &r.Backends[i]
+		if !keep(b) {
+			continue
+		}
+		part := *b
+		if b.Latency != nil {
+			j := len(k.parts) - at
+			sketches[j], buf = b.Latency.CopyTo(buf)
+			part.Latency = &sketches[j]
+		}
+		k.parts = append(k.parts, part)
+	}
+	nr.backends = k.parts[at:len(k.parts):len(k.parts)]
+	k.bins = buf
+	return nr
+}
+
+// keptChunk is how many kept reports one allocation holds: the copies
+// judgedParts makes are carved from chunks (a chunk is freed once the
+// sequential tests have read every report in it, a second or two later).
+const keptChunk = 1024
+
+// keptChunks are the chunks judgedParts carves from.
+type keptChunks struct {
+	reports  []nodeReport
+	parts    []BackendReport
+	sketches []sketch.Sketch
+	bins     []float64
 }
 
 func (s *Store) keepReport(rollout string, sec int64, nr *nodeReport) {
@@ -463,6 +557,7 @@ func (s *Store) keepReport(rollout string, sec int64, nr *nodeReport) {
 // joins the first group read next.
 func (s *Store) sequential(r *sv1.Rollout, now time.Time) *seqRun {
 	sp := r.GetSpec()
+	s.judged[r.GetId()] = [2]string{sp.GetFrom(), sp.GetTo()}
 	key := fmt.Sprintf("%s@%d", r.GetId(), r.GetCreatedAt().AsTime().UnixNano())
 	run := s.runs[key]
 	if run == nil {

@@ -52,6 +52,7 @@ func BenchmarkStore_DecodeAndMerge(b *testing.B) {
 		batch = append(batch, r)
 		if len(batch) == cap(batch) {
 			s.AddReports(batch)
+			d.Reuse() // as an intake worker does
 			batch = batch[:0]
 		}
 	}
@@ -90,6 +91,7 @@ func BenchmarkStore_DecodeMergeAndJudge(b *testing.B) {
 		batch = append(batch, r)
 		if len(batch) == cap(batch) || (i+1)%nodes == 0 {
 			s.AddReports(batch)
+			d.Reuse() // as an intake worker does
 			batch = batch[:0]
 		}
 		if (i+1)%nodes == 0 {

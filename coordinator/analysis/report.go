@@ -66,9 +66,76 @@ type Decoder struct {
 	sketches []sketch.Sketch
 	latErrs  []error
 	names    map[string]string
-	// arena holds the bins of the report being decoded: its sketches
-	// share one allocation.
-	arena []float64
+	// The Reports, their parts, sketches and bins are carved from slabs:
+	// one allocation holds many reports', and after Reuse the next reports
+	// overwrite the earlier ones in place. A full slab is replaced, never
+	// grown, so what was handed out stays where it is.
+	arena      []float64
+	reportSlab []Report
+	partSlab   []BackendReport
+	sketchSlab []sketch.Sketch
+	// used counts the bins, reports and parts handed out since Reuse: the
+	// slabs Reuse keeps are made big enough for that much.
+	usedBins, usedReports, usedParts int
+}
+
+// Slab sizes: about a batch of 10-backend reports each.
+const (
+	arenaSlab  = 1 << 16
+	reportSlab = 256
+	partSlab   = 4096
+)
+
+// Reuse lets the Decoder overwrite every Report it returned so far. Call it
+// once nothing reads them any more: Store.AddReports keeps copies of what
+// it keeps, so an intake worker reuses its Decoder after each batch and
+// decodes without allocating for the reports themselves.
+func (d *Decoder) Reuse() {
+	if d.usedBins > cap(d.arena) {
+		d.arena = make([]float64, 0, d.usedBins)
+	}
+	if d.usedReports > cap(d.reportSlab) {
+		d.reportSlab = make([]Report, 0, d.usedReports)
+	}
+	if d.usedParts > cap(d.partSlab) {
+		d.partSlab = make([]BackendReport, 0, d.usedParts)
+	}
+	if d.usedParts > cap(d.sketchSlab) {
+		d.sketchSlab = make([]sketch.Sketch, 0, d.usedParts)
+	}
+	d.arena, d.reportSlab, d.partSlab, d.sketchSlab = d.arena[:0], d.reportSlab[:0], d.partSlab[:0], d.sketchSlab[:0]
+	d.usedBins, d.usedReports, d.usedParts = 0, 0, 0
+}
+
+// newReport hands out a zeroed Report from the slab.
+func (d *Decoder) newReport() *Report {
+	if len(d.reportSlab) == cap(d.reportSlab) {
+		d.reportSlab = make([]Report, 0, reportSlab)
+	}
+	d.reportSlab = append(d.reportSlab, Report{})
+	d.usedReports++
+	return &d.reportSlab[len(d.reportSlab)-1]
+}
+
+// parts copies the decoded backends and their sketches into the slabs.
+func (d *Decoder) parts() []BackendReport {
+	n := len(d.backends)
+	if cap(d.partSlab)-len(d.partSlab) < n {
+		d.partSlab = make([]BackendReport, 0, max(n, partSlab))
+	}
+	if cap(d.sketchSlab)-len(d.sketchSlab) < n {
+		d.sketchSlab = make([]sketch.Sketch, 0, max(n, partSlab))
+	}
+	d.usedParts += n
+	at := len(d.partSlab)
+	d.partSlab = append(d.partSlab, d.backends...)
+	d.sketchSlab = append(d.sketchSlab, d.sketches...)
+	parts := d.partSlab[at:len(d.partSlab):len(d.partSlab)]
+	sketches := d.sketchSlab[at:len(d.sketchSlab):len(d.sketchSlab)]
+	for i := range parts {
+		parts[i].Latency = &sketches[i]
+	}
+	return parts
 }
 
 // maxInterned bounds the names a Decoder keeps to share: services,
@@ -166,11 +233,16 @@ func (d *Decoder) str(bs []byte, field string) (string, error) {
 
 // Decode reads one wire HealthReport.
 func (d *Decoder) Decode(b []byte) (*Report, error) {
-	r := &Report{}
+	r := d.newReport()
 	var endSec, endNanos int64
 	haveEnd, probes := false, false
-	// Every count is 8 bytes of the message: this arena never grows.
-	d.arena = make([]float64, 0, len(b)/8)
+	// Every count is 8 bytes of the message: with that much room left the
+	// arena does not grow while this report is decoded.
+	if cap(d.arena)-len(d.arena) < len(b)/8 {
+		d.arena = make([]float64, 0, max(len(b)/8, arenaSlab))
+	}
+	from := len(d.arena)
+	defer func() { d.usedBins += len(d.arena) - from }()
 	d.backends, d.sketches, d.latErrs = d.backends[:0], d.sketches[:0], d.latErrs[:0]
 	err := fields(b, "health report", func(num protowire.Number, typ protowire.Type, v uint64, bs []byte) error {
 		if typ != protowire.BytesType && typ != protowire.VarintType {
@@ -249,11 +321,7 @@ func (d *Decoder) Decode(b []byte) (*Report, error) {
 		return nil, fmt.Errorf("%w: node, service and window_end are required", ErrBadReport)
 	}
 	r.End = time.Unix(endSec, endNanos).Unix()
-	r.Backends = append([]BackendReport(nil), d.backends...)
-	sketches := append([]sketch.Sketch(nil), d.sketches...)
-	for i := range r.Backends {
-		r.Backends[i].Latency = &sketches[i]
-	}
+	r.Backends = d.parts()
 	latErrs := d.latErrs
 	for i := range r.Backends {
 		b := &r.Backends[i]

@@ -58,6 +58,8 @@ var latencyQuantiles = []float64{0.5, 0.9}
 // time in order.
 type seqRun struct {
 	rollout string
+	// slots number the nodes for the detectors' per-node counts.
+	slots   map[string]int32
 	next    int64 // the next second (window end, unix) to read
 	first   int64 // the first second of the canary
 	errors  *Mixture
@@ -153,6 +155,19 @@ func (run *seqRun) update(m *Mixture, sec int64, strata []Stratum) bool {
 }
 
 // read feeds one second's reports to the tests.
+// slot numbers a node for every detector of the run (Stratum.slot), from 1.
+func (run *seqRun) slot(node string) int32 {
+	n, ok := run.slots[node]
+	if !ok {
+		if run.slots == nil {
+			run.slots = map[string]int32{}
+		}
+		n = int32(len(run.slots)) + 1
+		run.slots[node] = n
+	}
+	return n
+}
+
 func (run *seqRun) read(sp *sv1.RolloutSpec, sec int64, reports []*nodeReport) {
 	a := sp.GetAnalysis()
 	cand, base := sp.GetTo(), sp.GetFrom()
@@ -161,6 +176,7 @@ func (run *seqRun) read(sp *sv1.RolloutSpec, sec int64, reports []*nodeReport) {
 	// Each report's two parts, looked up once for every detector.
 	type nodeParts struct {
 		node       string
+		slot       int32
 		cand, base backendPart
 	}
 	both := make([]nodeParts, 0, len(reports))
@@ -171,9 +187,10 @@ func (run *seqRun) read(sp *sv1.RolloutSpec, sec int64, reports []*nodeReport) {
 		if c.requests == 0 || b.requests == 0 {
 			continue
 		}
-		both = append(both, nodeParts{r.node, c, b})
+		slot := run.slot(r.node)
+		both = append(both, nodeParts{r.node, slot, c, b})
 		errStrata = append(errStrata, Stratum{Node: r.node, CandRequests: c.requests, CandEvents: c.errors,
-			BaseRequests: b.requests, BaseEvents: b.errors, NullOdds: nullOdds})
+			BaseRequests: b.requests, BaseEvents: b.errors, NullOdds: nullOdds, slot: slot})
 		tot.candRequests += c.requests
 		tot.candErrors += c.errors
 		tot.baseRequests += b.requests
@@ -210,7 +227,7 @@ func (run *seqRun) read(sp *sv1.RolloutSpec, sec int64, reports []*nodeReport) {
 					continue
 				}
 				strata = append(strata, Stratum{Node: p.node, CandRequests: uint64(cn), CandEvents: uint64(cs),
-					BaseRequests: uint64(bn), BaseEvents: uint64(bs)})
+					BaseRequests: uint64(bn), BaseEvents: uint64(bs), slot: p.slot})
 				if d.quantile == a.GetLatency().GetQuantile() {
 					tot.candLatency += cn
 					tot.candSlow += cs
@@ -268,9 +285,8 @@ func (run *seqRun) evidence(guardrail, test string, m *Mixture, sec int64, event
 		share := float64(c.CandRequests) / float64(c.CandRequests+c.BaseRequests)
 		a.PValue = BinomialUpperTail(c.CandEvents, m, share)
 	}
-	for _, n := range c.Drivers() {
-		v := c.Nodes[n]
-		a.Nodes = append(a.Nodes, &sv1.NodeEvidence{Node: n, Contribution: v.Contribution,
+	for _, v := range c.driverCounts() {
+		a.Nodes = append(a.Nodes, &sv1.NodeEvidence{Node: v.node, Contribution: v.Contribution,
 			CandidateEvents: v.CandEvents, CandidateRequests: v.CandRequests, BaselineEvents: v.BaseEvents, BaselineRequests: v.BaseRequests})
 	}
 	return &sv1.Evidence{Guardrail: guardrail, Summary: sequentialSummary(a, events), Sequential: a}

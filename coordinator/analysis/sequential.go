@@ -28,6 +28,9 @@ type Stratum struct {
 	// NullOdds is how many times the old backend's odds of an event the
 	// null allows the new one (a business tolerance); 0 or 1 is none.
 	NullOdds float64
+	// slot numbers Node among the strata a reader feeds the same
+	// detectors, from 1 (0: not numbered; the detector looks Node up).
+	slot int32
 }
 
 // NullShare is the new backend's largest share of a stratum's events if it
@@ -108,6 +111,11 @@ type NodeCounts struct {
 	Contribution             float64
 	CandRequests, CandEvents uint64
 	BaseRequests, BaseEvents uint64
+	// node names the counts; run is the run they belong to (CUSUM.runs+1;
+	// 0 is none): counts of an earlier run are zeroed when their node next
+	// reports.
+	node string
+	run  int64
 }
 
 // CUSUM is Page's cumulative sum of the capped stratified log-likelihood
@@ -115,9 +123,7 @@ type NodeCounts struct {
 // whenever the evidence falls back, so a regression that begins late in a
 // canary is caught as fast as one that begins at once. A run starts only
 // where an interval begins: strata of the interval read last that arrive
-// late are added to the same run, never the start of a new one, so there
-// is one start per interval whatever order the nodes' reports come in (the
-// union bound of AlarmThreshold counts exactly those).
+// late join the current run (they can keep it alive but not restart it).
 type CUSUM struct {
 	OddsRatio float64
 	// Weight is the detector's share of the false-alarm budget (0: it
@@ -126,28 +132,53 @@ type CUSUM struct {
 	// Statistic is the current value, in nats.
 	Statistic float64
 	// Since is the index of the interval after the last time the statistic
-	// stood at zero; Nodes and the counts cover the run since then.
+	// stood at zero; the node counts (RunNodes, Drivers) and the counts
+	// below cover the run since then.
 	Since                    int64
-	Nodes                    map[string]*NodeCounts
 	CandRequests, CandEvents uint64
 	BaseRequests, BaseEvents uint64
 	// interval is the interval read last; raw is the run's sum, which may
 	// dip below zero within an interval.
 	interval int64
 	raw      float64
-	// spare are counts of nodes dropped at a reset, reused: a run that
-	// resets every second would otherwise allocate one per node each time.
-	spare []*NodeCounts
+	// counts are every node's counts, by slot: a stratum's own slot when
+	// its reader numbered the nodes (every detector of a rollout shares
+	// one numbering, so a node is looked up once a second, not once per
+	// detector), else the slot slots gives its node. A healthy canary's
+	// statistic restarts about every second: counts are not cleared then,
+	// only runs moves on (see NodeCounts.run).
+	counts [][]NodeCounts
+	slots  map[string]int32
+	runs   int64
+	llr    []float64
 }
+
+// countsChunk is how many nodes' counts a CUSUM allocates at a time.
+const countsChunk = 1024
 
 // NewCUSUM returns a detector at zero.
 func NewCUSUM(oddsRatio float64) *CUSUM {
-	return &CUSUM{OddsRatio: oddsRatio, Nodes: map[string]*NodeCounts{}}
+	return &CUSUM{OddsRatio: oddsRatio}
 }
 
 // Update adds strata of an interval and returns the new statistic. Called
 // again with the same interval, it adds to the same run.
 func (c *CUSUM) Update(interval int64, strata []Stratum) float64 {
+	c.llr = c.llr[:0]
+	for _, s := range strata {
+		l := 0.0
+		if s.CandRequests != 0 && s.BaseRequests != 0 {
+			l = math.Min(ShareLLR(s, c.OddsRatio), StratumCap)
+		}
+		c.llr = append(c.llr, l)
+	}
+	return c.update(interval, strata, c.llr)
+}
+
+// update is Update with each stratum's capped log-likelihood ratio for
+// c.OddsRatio given in llr (a Mixture computes them once for its sum and
+// its alternative's run).
+func (c *CUSUM) update(interval int64, strata []Stratum, llr []float64) float64 {
 	if interval != c.interval {
 		if c.raw <= 0 {
 			c.raw = 0
@@ -156,21 +187,13 @@ func (c *CUSUM) Update(interval int64, strata []Stratum) float64 {
 		c.interval = interval
 	}
 	sum := 0.0
-	for _, s := range strata {
+	for i, s := range strata {
 		if s.CandRequests == 0 || s.BaseRequests == 0 {
 			continue
 		}
-		l := math.Min(ShareLLR(s, c.OddsRatio), StratumCap)
+		l := llr[i]
 		sum += l
-		n := c.Nodes[s.Node]
-		if n == nil {
-			if k := len(c.spare); k > 0 {
-				n, c.spare = c.spare[k-1], c.spare[:k-1]
-			} else {
-				n = &NodeCounts{}
-			}
-			c.Nodes[s.Node] = n
-		}
+		n := c.node(s)
 		n.Contribution += l
 		n.CandRequests += s.CandRequests
 		n.CandEvents += s.CandEvents
@@ -186,32 +209,85 @@ func (c *CUSUM) Update(interval int64, strata []Stratum) float64 {
 	return c.Statistic
 }
 
+// node returns s's node's counts in the current run.
+func (c *CUSUM) node(s Stratum) *NodeCounts {
+	slot := s.slot - 1
+	if slot < 0 {
+		var ok bool
+		if slot, ok = c.slots[s.Node]; !ok {
+			if c.slots == nil {
+				c.slots = map[string]int32{}
+			}
+			slot = int32(len(c.slots))
+			c.slots[s.Node] = slot
+		}
+	}
+	// In chunks: a fleet's nodes arrive a few at a time, and a growing
+	// slice would copy every node's counts again and again.
+	for int(slot)/countsChunk >= len(c.counts) {
+		c.counts = append(c.counts, make([]NodeCounts, countsChunk))
+	}
+	n := &c.counts[slot/countsChunk][slot%countsChunk]
+	if n.run != c.runs+1 {
+		*n = NodeCounts{node: s.Node, run: c.runs + 1}
+	}
+	return n
+}
+
 func (c *CUSUM) reset(interval int64) {
 	c.Since = interval
-	for _, n := range c.Nodes {
-		*n = NodeCounts{}
-		c.spare = append(c.spare, n)
-	}
-	clear(c.Nodes)
+	c.runs++
 	c.CandRequests, c.CandEvents, c.BaseRequests, c.BaseEvents = 0, 0, 0, 0
+}
+
+// runCounts are the counts of the nodes in the current run.
+func (c *CUSUM) runCounts() []*NodeCounts {
+	var out []*NodeCounts
+	for _, chunk := range c.counts {
+		for i := range chunk {
+			if n := &chunk[i]; n.run == c.runs+1 {
+				out = append(out, n)
+			}
+		}
+	}
+	return out
+}
+
+// RunNodes names the nodes with counts in the current run, sorted.
+func (c *CUSUM) RunNodes() []string {
+	var out []string
+	for _, n := range c.runCounts() {
+		out = append(out, n.node)
+	}
+	sort.Strings(out)
+	return out
+}
+
+// driverCounts are the counts of the nodes with a positive contribution
+// to the current run, largest first.
+func (c *CUSUM) driverCounts() []*NodeCounts {
+	var out []*NodeCounts
+	for _, n := range c.runCounts() {
+		if n.Contribution > 0 {
+			out = append(out, n)
+		}
+	}
+	sort.Slice(out, func(i, j int) bool {
+		if out[i].Contribution != out[j].Contribution {
+			return out[i].Contribution > out[j].Contribution
+		}
+		return out[i].node < out[j].node
+	})
+	return out
 }
 
 // Drivers names the nodes with a positive contribution to the current run,
 // largest first.
 func (c *CUSUM) Drivers() []string {
 	var out []string
-	for n, v := range c.Nodes {
-		if v.Contribution > 0 {
-			out = append(out, n)
-		}
+	for _, n := range c.driverCounts() {
+		out = append(out, n.node)
 	}
-	sort.Slice(out, func(i, j int) bool {
-		a, b := c.Nodes[out[i]].Contribution, c.Nodes[out[j]].Contribution
-		if a != b {
-			return a > b
-		}
-		return out[i] < out[j]
-	})
 	return out
 }
 

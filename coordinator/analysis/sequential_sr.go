@@ -73,6 +73,8 @@ type Mixture struct {
 	// interval is the interval read last.
 	interval int64
 	started  bool
+	// llr holds the strata's log-likelihood ratios for one alternative.
+	llr []float64
 }
 
 // NewMixture returns a test over the given alternatives with their shares
@@ -98,14 +100,17 @@ func (m *Mixture) Update(interval int64, startWeight float64, strata []Stratum) 
 			a.LogR = logAddExp(a.LogR, math.Log(startWeight))
 		}
 		sum := 0.0
+		m.llr = m.llr[:0]
 		for _, s := range strata {
-			if s.CandRequests == 0 || s.BaseRequests == 0 {
-				continue
+			l := 0.0
+			if s.CandRequests != 0 && s.BaseRequests != 0 {
+				l = math.Min(ShareLLR(s, a.OddsRatio), StratumCap)
+				sum += l
 			}
-			sum += math.Min(ShareLLR(s, a.OddsRatio), StratumCap)
+			m.llr = append(m.llr, l)
 		}
 		a.LogR += sum
-		a.Run.Update(interval, strata)
+		a.Run.update(interval, strata, m.llr)
 	}
 	m.Statistic = m.logM()
 	return m.Statistic

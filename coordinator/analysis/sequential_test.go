@@ -116,8 +116,11 @@ func TestSequential_CUSUMRestartsAndNamesTheNodes(t *testing.T) {
 		t.Fatalf("statistic %g, want 0", c.Statistic)
 	}
 	c.Update(6, bad[:1])
-	if c.Since != 6 || len(c.Nodes) != 1 || c.Nodes["a"] == nil {
-		t.Errorf("after a restart: since %d, nodes %v", c.Since, c.Nodes)
+	if n := c.RunNodes(); c.Since != 6 || len(n) != 1 || n[0] != "a" {
+		t.Errorf("after a restart: since %d, nodes %v", c.Since, n)
+	}
+	if d := c.Drivers(); len(d) != 1 || d[0] != "a" {
+		t.Errorf("after a restart: drivers %v, want [a]", d)
 	}
 }
 

@@ -9,8 +9,10 @@ import (
 // map entries, structs and slice headers. They make the size gauge
 // proportional to memory use, not equal to it.
 const (
-	cellBytes       = 160
-	nodeCellBytes   = 56
+	cellBytes     = 160
+	nodeCellBytes = 40
+	// nodeIDBytes is a node's entry in the numbering, beside its name.
+	nodeIDBytes     = 40
 	reportBytes     = 80
 	backendBytes    = 72
 	shedSecondBytes = 48

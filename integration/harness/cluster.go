@@ -55,6 +55,9 @@ type ClusterOptions struct {
 	// goes through a proxy (TCP passthrough: mutual TLS still runs end to
 	// end) and tests can partition a coordinator (PartitionRaft).
 	RaftProxies bool
+	// Pprof starts every coordinator with --pprof-addr on a loopback port
+	// of its own (Coordinator.PprofAddr).
+	Pprof bool
 }
 
 // Coordinator is one `switchyard coordinator` process of a Cluster. Its
@@ -72,6 +75,9 @@ type Coordinator struct {
 	// RaftProxy is the proxy in front of RaftAddr; nil without
 	// ClusterOptions.RaftProxies.
 	RaftProxy *faultproxy.Proxy
+	// PprofAddr serves the coordinator's /debug/pprof/ with
+	// ClusterOptions.Pprof; empty without.
+	PprofAddr string
 }
 
 // Cluster is a Raft cluster of `switchyard coordinator` processes formed with
@@ -169,6 +175,13 @@ func StartCluster(ctx context.Context, o ClusterOptions) (c *Cluster, err error)
 			*addr = "127.0.0.1:" + strconv.Itoa(p)
 		}
 		co.RaftAdvertise = co.RaftAddr
+		if o.Pprof {
+			p, err := ports.free()
+			if err != nil {
+				return c, err
+			}
+			co.PprofAddr = "127.0.0.1:" + strconv.Itoa(p)
+		}
 		if o.RaftProxies {
 			px, err := faultproxy.NewWith(co.RaftAddr, faultproxy.Options{Source: faultproxy.Owner(c.pids)})
 			if err != nil {
@@ -192,6 +205,9 @@ func StartCluster(ctx context.Context, o ClusterOptions) (c *Cluster, err error)
 		}
 		if o.SigningValidity > 0 {
 			args = append(args, "--signing-validity", o.SigningValidity.String())
+		}
+		if co.PprofAddr != "" {
+			args = append(args, "--pprof-addr", co.PprofAddr)
 		}
 		sec, err := o.NATS.Security(bus.RoleCoordinator, co.ID)
 		if err != nil {

@@ -193,6 +193,20 @@ func Value(index int) float64 {
 	return sharedMapping.Value(index)
 }
 
+// NumBins is how many bins the sketch holds (CopyTo's share of a buffer).
+func (s *Sketch) NumBins() int { return len(s.bins) }
+
+// CopyTo returns a copy of s whose bins are appended to buf, and buf after
+// them: one allocation can hold the bins of many copies. The copy shares
+// nothing with s.
+func (s *Sketch) CopyTo(buf []float64) (Sketch, []float64) {
+	at := len(buf)
+	buf = append(buf, s.bins...)
+	c := *s
+	c.bins = buf[at:len(buf):len(buf)]
+	return c, buf
+}
+
 // SizeBytes estimates the memory the sketch holds.
 func (s *Sketch) SizeBytes() int { return 48 + 8*cap(s.bins) }
 

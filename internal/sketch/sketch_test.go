@@ -151,3 +151,34 @@ func TestSketch_CountAboveIsTheSumOfBins(t *testing.T) {
 		}
 	}
 }
+
+func TestSketch_CopyToSharesNothing(t *testing.T) {
+	a, b := New(), New()
+	for i := range 50 {
+		a.Add(0.001 * float64(i+1))
+		b.Add(0.1 * float64(i+1))
+	}
+	buf := make([]float64, 0, a.NumBins()+b.NumBins())
+	ca, buf := a.CopyTo(buf)
+	cb, buf := b.CopyTo(buf)
+	if len(buf) != a.NumBins()+b.NumBins() {
+		t.Fatalf("buffer holds %d bins, want %d", len(buf), a.NumBins()+b.NumBins())
+	}
+	for _, c := range []struct {
+		name      string
+		orig, cpy *Sketch
+	}{{"a", a, &ca}, {"b", b, &cb}} {
+		if c.cpy.Count() != c.orig.Count() || c.cpy.Quantile(0.5) != c.orig.Quantile(0.5) || c.cpy.Quantile(0.99) != c.orig.Quantile(0.99) {
+			t.Errorf("%s: copy count %v p50 %v p99 %v, original %v %v %v", c.name, c.cpy.Count(), c.cpy.Quantile(0.5), c.cpy.Quantile(0.99),
+				c.orig.Count(), c.orig.Quantile(0.5), c.orig.Quantile(0.99))
+		}
+	}
+	// Changing the original or merging into the first copy leaves the
+	// others alone.
+	before := cb.Count()
+	a.Add(5)
+	ca.Merge(b)
+	if cb.Count() != before || a.Count() == ca.Count() {
+		t.Errorf("copies not independent: b's copy %v (was %v), a %v, a's copy %v", cb.Count(), before, a.Count(), ca.Count())
+	}
+}

@@ -1,0 +1,179 @@
+package analysis
+
+import (
+	"fmt"
+	"math/rand/v2"
+	"testing"
+	"time"
+
+	"google.golang.org/protobuf/proto"
+	"google.golang.org/protobuf/types/known/timestamppb"
+
+	"github.com/switchyard/switchyard/internal/spec"
+	sv1 "github.com/switchyard/switchyard/proto/switchyard/v1"
+)
+
+// The intake decodes each batch into the memory of the one before
+// (Decoder.Reuse): the store's kept reports must be its own copies, equal
+// to what the generic decoder reads, and once a read has named the
+// rollout's two backends they hold only those.
+func TestStore_KeptReportsOutliveTheDecodersReuse(t *testing.T) {
+	r := rand.New(rand.NewPCG(21, 22))
+	base := int64(1_700_000_000)
+	sp := &sv1.RolloutSpec{Name: "web-1", Service: "web", From: "b0", To: "b1"}
+	spec.Default(sp)
+	if spec.Method(sp.GetAnalysis()) != spec.MethodSequential {
+		t.Fatalf("test needs the sequential method, spec has %s", spec.Method(sp.GetAnalysis()))
+	}
+	created := time.Unix(base-1, 0)
+	rollout := &sv1.Rollout{Id: "web-1", Generation: 7, Spec: sp, CreatedAt: timestamppb.New(created), StepStartedAt: timestamppb.New(created)}
+
+	s := NewStore()
+	var d Decoder
+	// want are the reports as proto.Unmarshal reads them, per second and
+	// node.
+	want := map[int64]map[string]*Report{}
+	second := func(sec int64, nodes int) {
+		want[sec] = map[string]*Report{}
+		var batch []*Report
+		for i := range nodes {
+			wire, err := proto.Marshal(testReport(fmt.Sprintf("edge-%d", i), sec, 10, r))
+			if err != nil {
+				t.Fatal(err)
+			}
+			slow, fast, slowErr, fastErr := decodeBoth(&d, wire)
+			if slowErr != nil || fastErr != nil {
+				t.Fatal(slowErr, fastErr)
+			}
+			want[sec][slow.Node] = slow
+			batch = append(batch, fast)
+			if len(batch) == 7 {
+				s.AddReports(batch)
+				d.Reuse()
+				batch = batch[:0]
+			}
+		}
+		s.AddReports(batch)
+		d.Reuse()
+	}
+	check := func(sec int64, only map[string]bool) {
+		t.Helper()
+		kept := s.reports["web-1"][sec]
+		if len(kept) != len(want[sec]) {
+			t.Fatalf("second %d: %d reports kept, want %d", sec, len(kept), len(want[sec]))
+		}
+		for _, nr := range kept {
+			w := &Report{Node: nr.node}
+			for _, b := range want[sec][nr.node].Backends {
+				if only == nil || only[b.Backend] {
+					w.Backends = append(w.Backends, b)
+				}
+			}
+			if !sameReport(w, &Report{Node: nr.node, Backends: nr.backends}) {
+				t.Fatalf("second %d, %s: kept %+v, want %+v", sec, nr.node, nr.backends, w.Backends)
+			}
+		}
+	}
+
+	// Before any read the store keeps every backend's part.
+	second(base, 40)
+	second(base+1, 40)
+	// Decoding more into the reused memory leaves them alone.
+	for range 100 {
+		wire, _ := proto.Marshal(testReport("other", base+1, 10, r))
+		if _, err := d.Decode(wire); err != nil {
+			t.Fatal(err)
+		}
+	}
+	check(base, nil)
+	check(base+1, nil)
+
+	// A read names b0 and b1 (and takes what it read out of the store);
+	// later reports keep those two parts only.
+	s.Assess(rollout, time.Unix(base+1, 0).Add(Grace))
+	if n := len(s.reports["web-1"]); n != 0 {
+		t.Fatalf("%d seconds of reports left after the read", n)
+	}
+	second(base+2, 40)
+	d.Reuse()
+	for range 100 {
+		wire, _ := proto.Marshal(testReport("other", base+2, 10, r))
+		if _, err := d.Decode(wire); err != nil {
+			t.Fatal(err)
+		}
+	}
+	check(base+2, map[string]bool{"b0": true, "b1": true})
+}
+
+// Nodes are numbered inside the store; windows still count distinct nodes
+// over their seconds (a node reporting twice in a second or in every
+// second counts once) and NodeHealth leaves the excluded nodes out by name.
+func TestStore_WindowsAndNodeHealthCountDistinctNodes(t *testing.T) {
+	s := NewStore()
+	base := int64(1_700_000_000)
+	rep := func(node string, sec int64, req uint64) *Report {
+		return &Report{Node: node, Service: "web", Rollout: "r1", Generation: 2, End: sec,
+			Backends: []BackendReport{{Backend: "green", Requests: req, Errors: 1}}}
+	}
+	for sec := base + 1; sec <= base+3; sec++ {
+		s.AddReports([]*Report{rep("a", sec, 10), rep("b", sec, 20), rep("a", sec, 5)})
+	}
+	s.AddReports([]*Report{rep("c", base+3, 40)})
+	w := s.Window("web", "r1", "green", AnyWave, time.Unix(base, 0), time.Unix(base+3, 0))
+	if w.Nodes != 3 || w.Requests != 3*35+40 || w.Errors != 10 {
+		t.Errorf("window: %d nodes, %d requests, %d errors; want 3, %d, 10", w.Nodes, w.Requests, w.Errors, 3*35+40)
+	}
+	if w := s.Window("web", "r1", "green", AnyWave, time.Unix(base, 0), time.Unix(base+2, 0)); w.Nodes != 2 {
+		t.Errorf("first two seconds: %d nodes, want 2", w.Nodes)
+	}
+	req, errs, nodes := s.NodeHealth("web", map[string]bool{"b": true}, time.Unix(base, 0), time.Unix(base+3, 0))
+	if nodes != 2 || req != 3*15+40 || errs != 7 {
+		t.Errorf("health without b: %d nodes, %d requests, %d errors; want 2, %d, 7", nodes, req, errs, 3*15+40)
+	}
+}
+
+// A run's per-node counts over more nodes than one chunk holds, through a
+// restart: each node's counts are its strata's sums since the run began,
+// and nodes only of an earlier run are not in it.
+func TestSequential_CUSUMCountsManyNodesAcrossRestarts(t *testing.T) {
+	const nodes = 2500
+	c := NewCUSUM(4)
+	bad := func(i int) Stratum {
+		return Stratum{Node: fmt.Sprintf("n%04d", i), CandRequests: 10, CandEvents: 3, BaseRequests: 90, BaseEvents: uint64(i % 2)}
+	}
+	var strata []Stratum
+	for i := range nodes {
+		strata = append(strata, bad(i))
+	}
+	c.Update(1, strata)
+	c.Update(2, strata)
+	if n := len(c.RunNodes()); n != nodes {
+		t.Fatalf("%d nodes in the run, want %d", n, nodes)
+	}
+	// Old-backend errors on a few nodes bring the statistic to zero; the
+	// next run holds only the nodes that report after it.
+	c.Update(3, []Stratum{{Node: "n0001", CandRequests: 10, BaseRequests: 90, BaseEvents: 1e6}})
+	if c.Statistic != 0 {
+		t.Fatalf("statistic %g, want 0", c.Statistic)
+	}
+	c.Update(4, strata[nodes-1500:])
+	c.Update(5, strata[nodes-1500:])
+	run := c.RunNodes()
+	if len(run) != 1500 || run[0] != "n1000" || run[len(run)-1] != "n2499" {
+		t.Fatalf("run after the restart: %d nodes %v..%v", len(run), run[0], run[len(run)-1])
+	}
+	if d := c.driverCounts(); len(d) != 1500 {
+		t.Fatalf("%d drivers, want all 1500 nodes of the run", len(d))
+	}
+	for _, n := range c.driverCounts() {
+		var i int
+		fmt.Sscanf(n.node, "n%d", &i)
+		s := bad(i)
+		if n.CandRequests != 2*s.CandRequests || n.CandEvents != 2*s.CandEvents || n.BaseEvents != 2*s.BaseEvents {
+			t.Fatalf("%s: %+v, want twice %+v", n.node, *n, s)
+		}
+	}
+	if c.CandRequests != 2*1500*10 || c.Since != 4 {
+		t.Errorf("run counts %d requests since %d, want %d since 4", c.CandRequests, c.Since, 2*1500*10)
+	}
+}
