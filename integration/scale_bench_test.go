@@ -274,15 +274,28 @@ func benchFleet(b *testing.B, n, perConn int, mode busSecurity, keys keyringUse)
 		b.Fatal(err)
 	}
 	stages := map[string][]time.Duration{}
+	// The fleet's idle cost (heartbeats, telemetry, read-backs), to tell it
+	// from a decision's.
+	idle0, idleStart := processCPU(), time.Now()
+	time.Sleep(time.Second)
+	idleCPU := float64((processCPU() - idle0).Nanoseconds()) / time.Since(idleStart).Seconds()
 	stopProfile := startProfile(b, strings.NewReplacer("/", "_", "=", "-").Replace(b.Name()))
 	defer stopProfile()
 	var all, toAll []time.Duration
+	// CPU of the whole process per decision: to every agent applied, and to
+	// every agent's status heard (less the benchmark's decoding of them).
+	var cpuApplied, cpuReported time.Duration
+	var allocApplied uint64
 	decide := func(in *sv1.Intent) {
 		for _, r := range recs {
 			for len(r.applied) > 0 {
 				<-r.applied
 			}
 		}
+		cpu0, alloc0 := processCPU(), heapAllocated()
+		timings.mu.Lock()
+		decode0 := timings.decodeCPU
+		timings.mu.Unlock()
 		rctx, rcancel := context.WithTimeout(ctx, 30*time.Second)
 		res, err := sendIntent(rctx, nc, bus.IntentKindRollout, in)
 		rcancel()
@@ -322,6 +335,8 @@ func benchFleet(b *testing.B, n, perConn int, mode busSecurity, keys keyringUse)
 			}
 		}
 		toAll = append(toAll, last)
+		cpuApplied += processCPU() - cpu0
+		allocApplied += heapAllocated() - alloc0
 		// The agents may have the document before the put's
 		// acknowledgement reaches the coordinator.
 		pub, ok := srv.DecisionTiming("web")
@@ -334,6 +349,9 @@ func benchFleet(b *testing.B, n, perConn int, mode busSecurity, keys keyringUse)
 			pub, ok = srv.DecisionTiming("web")
 		}
 		timings.collect(ctx, b, pub, n, stages)
+		timings.mu.Lock()
+		cpuReported += processCPU() - cpu0 - (timings.decodeCPU - decode0)
+		timings.mu.Unlock()
 	}
 	waitPhase := func(name string, phase sv1.RolloutPhase) {
 		for {
@@ -366,6 +384,11 @@ func benchFleet(b *testing.B, n, perConn int, mode busSecurity, keys keyringUse)
 	b.ReportMetric(float64(p99.Microseconds())/1000, "agent_apply_p99_ms")
 	b.ReportMetric(float64(a50.Microseconds())/1000, "all_applied_p50_ms")
 	b.ReportMetric(float64(a99.Microseconds())/1000, "all_applied_p99_ms")
+	perAgent := func(d time.Duration) float64 { return float64(d.Nanoseconds()) / 1000 / float64(n*len(toAll)) }
+	b.ReportMetric(perAgent(cpuApplied), "cpu_to_applied_us/agent")
+	b.ReportMetric(perAgent(cpuReported), "cpu_to_reported_us/agent")
+	b.ReportMetric(idleCPU/1000/float64(n), "cpu_idle_us/agent/s")
+	b.ReportMetric(float64(allocApplied)/1024/float64(n*len(toAll)), "alloc_to_applied_KB/agent")
 
 	// Raw fan-out: one publish to n core subscribers, perConn to a
 	// connection, on the same server, on a subject the coordinator role
