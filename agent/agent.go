@@ -751,8 +751,10 @@ func (a *Agent) publishStatusNow() {
 func (a *Agent) statusLoop(ctx context.Context) {
 	subject := bus.StatusSubject(a.cfg.Node)
 	reported := map[string][2]uint64{}
+	pacer := newStatusPacer(a.cfg.Node, a.cfg.StatusWindow)
 	publish := func(heartbeat bool) {
 		st := a.status(heartbeat)
+		pacer.sent(st.GetAt().AsTime())
 		body, err := proto.Marshal(st)
 		sent := false
 		if err == nil {
@@ -768,15 +770,30 @@ func (a *Agent) statusLoop(ctx context.Context) {
 	publish(false)
 	t := time.NewTicker(a.cfg.Heartbeat)
 	defer t.Stop()
+	// paced fires when a changed status is due (see statusPacer); waiting
+	// is true while it is armed.
+	paced := time.NewTimer(time.Hour)
+	paced.Stop()
+	defer paced.Stop()
+	waiting := false
 	for {
 		select {
 		case <-ctx.Done():
 			return
 		case <-a.statusChanged:
+			if !waiting {
+				paced.Reset(pacer.delay(a.clock.Now()))
+				waiting = true
+			}
+		case <-paced.C:
+			waiting = false
 			publish(false)
 			t.Reset(a.cfg.Heartbeat)
 		case <-t.C:
-			publish(true)
+			if !waiting {
+				// A changed status due within a window says more.
+				publish(true)
+			}
 		}
 	}
 }
