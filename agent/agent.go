@@ -265,8 +265,9 @@ func (a *Agent) Applied(service string) (generation uint64, weights map[string]u
 	return st.GetAppliedGeneration(), maps.Clone(st.GetWeights())
 }
 
-// Status returns the status the agent would publish now.
-func (a *Agent) Status() *sv1.AgentStatus { return a.status(false) }
+// Status returns the status the agent would publish now; the caller owns
+// it.
+func (a *Agent) Status() *sv1.AgentStatus { return proto.CloneOf(a.status(false)) }
 
 // Run starts the agent and blocks until ctx ends; then it stops, closes the
 // bus connection, the drivers and the local state, and returns nil. It
@@ -672,12 +673,11 @@ func (a *Agent) resyncLoop(ctx context.Context, p *desiredPoller, workers []*ser
 
 // setServiceStatus records a service's status and, if it changed, wakes
 // the status loop.
+// The service sends only statuses that changed (or that must replace one
+// proxyLost marked), so no comparison is made here. A stored status is
+// never changed in place: proxyLost replaces it with a changed copy.
 func (a *Agent) setServiceStatus(st *sv1.ServiceStatus) {
 	a.mu.Lock()
-	if proto.Equal(a.services[st.GetService()], st) {
-		a.mu.Unlock()
-		return
-	}
 	a.services[st.GetService()] = st
 	a.mu.Unlock()
 	a.statusDirty()
@@ -703,6 +703,8 @@ func (a *Agent) proxyLost(service, why string) {
 }
 
 // status assembles the agent's status from its services' latest reports.
+// It shares the services' statuses, which are never changed once stored:
+// read it, never change it.
 func (a *Agent) status(heartbeat bool) *sv1.AgentStatus {
 	st := &sv1.AgentStatus{
 		Node:      a.cfg.Node,
@@ -714,7 +716,7 @@ func (a *Agent) status(heartbeat bool) *sv1.AgentStatus {
 	a.mu.Lock()
 	defer a.mu.Unlock()
 	for _, name := range a.names {
-		st.Services = append(st.Services, proto.CloneOf(a.services[name]))
+		st.Services = append(st.Services, a.services[name])
 	}
 	if a.drills != nil {
 		st.Faults = a.drills.activeFaults()

@@ -433,7 +433,7 @@ func (w *serviceWorker) localRollback(ctx context.Context, req localRollbackRequ
 	w.check = true
 	w.m.localRollbacks.WithLabelValues(w.name).Inc()
 	log.Error("local guard moved this node back to the old backend", "from", req.to, "to", req.from, "weights", weights, "reason", lr.GetReason())
-	w.commit(log, &sv1.AppliedState{
+	w.commit(&sv1.AppliedState{
 		Service:       w.name,
 		Desired:       a.GetDesired(),
 		Weights:       weights,
@@ -498,9 +498,12 @@ func (w *serviceWorker) consider(d delivery) bool {
 		w.refused = false
 		w.preflightMsg = ""
 		w.backoff = 0
-		// Debug: every agent logs the apply that follows at info.
-		w.log.Debug("desired state received", "epoch", h.Fence.Epoch, "generation", h.Fence.Generation, "rollout", ds.GetRolloutId(),
-			"phase", ds.GetPhase().String(), "key_id", h.KeyID, "expires_at", h.ExpiresAt)
+		// Debug: every agent logs the apply that follows at info. Checked
+		// first: the arguments cost allocations even when nothing is logged.
+		if w.log.Enabled(context.Background(), slog.LevelDebug) {
+			w.log.Debug("desired state received", "epoch", h.Fence.Epoch, "generation", h.Fence.Generation, "rollout", ds.GetRolloutId(),
+				"phase", ds.GetPhase().String(), "key_id", h.KeyID, "expires_at", h.ExpiresAt)
+		}
 		return true
 	case c == 0 && proto.Equal(ds, newestDoc):
 		// The same document signed again (a renewal before expiry, or a
@@ -548,7 +551,7 @@ func (w *serviceWorker) renew(expires time.Time) bool {
 	}
 	st := proto.CloneOf(w.applied)
 	st.ExpiresAt = timestamppb.New(expires)
-	w.commit(w.log.With("generation", st.GetDesired().GetGeneration()), st)
+	w.commit(st)
 	if w.expired {
 		w.log.Info("applied desired state current again", "generation", st.GetDesired().GetGeneration(), "expires_at", expires)
 	} else {
@@ -661,15 +664,17 @@ func (w *serviceWorker) step(ctx context.Context) error {
 func (w *serviceWorker) applyPending(ctx context.Context) error {
 	ds := w.pending
 	gen := ds.GetGeneration()
-	log := w.log.With("generation", gen, "rollout", ds.GetRolloutId())
+	// The document's attributes are added to each line rather than with
+	// With, which formats them on every apply whether a line follows or not.
+	rollout := ds.GetRolloutId()
 	weights, wave, ok := desired.Evaluate(ds, w.node, w.labels)
 	before := w.applied.GetWeights()
 	if !ok {
 		w.m.applies.WithLabelValues(w.name, resultNoWave).Inc()
-		log.Info("node is in no wave and the document has no default weights; the proxy keeps its weights")
+		w.log.Info("node is in no wave and the document has no default weights; the proxy keeps its weights", "generation", gen, "rollout", rollout)
 		from, to := w.direction(ds, before, before)
 		appliedAt := w.clock.Now()
-		w.commit(log, &sv1.AppliedState{
+		w.commit(&sv1.AppliedState{
 			Service:       w.name,
 			Desired:       ds,
 			Weights:       maps.Clone(before),
@@ -696,18 +701,18 @@ func (w *serviceWorker) applyPending(ctx context.Context) error {
 		if errors.Is(err, driver.ErrUnknownBackend) {
 			w.refused = true
 			w.refusedMsg = fmt.Sprintf("generation %d refused by the proxy driver: %v", gen, err)
-			log.Error("proxy driver refused the desired state; will retry at the next resync or on a newer document", "err", err)
+			w.log.Error("proxy driver refused the desired state; will retry at the next resync or on a newer document", "generation", gen, "rollout", rollout, "err", err)
 			return nil
 		}
 		return fmt.Errorf("apply generation %d: %w", gen, err)
 	}
 	appliedAt := w.clock.Now()
 	from, to := w.direction(ds, before, weights)
-	log.Info("desired state applied", "weights", weights, "wave", wave, "from", from, "to", to)
+	w.log.Info("desired state applied", "generation", gen, "rollout", rollout, "weights", weights, "wave", wave, "from", from, "to", to)
 	// Read back what the proxy now does before the status claims it.
 	w.check = true
 	prevRollout := w.applied.GetDesired().GetRolloutId()
-	w.commit(log, &sv1.AppliedState{
+	w.commit(&sv1.AppliedState{
 		Service:     w.name,
 		Desired:     ds,
 		Weights:     weights,
@@ -781,11 +786,11 @@ func inferDirection(before, after map[string]uint32) (from, to string) {
 // commit makes st the applied state, persisting it first. A failed save does
 // not undo what the proxy already has: the agent goes on from memory and says
 // so in its status.
-func (w *serviceWorker) commit(log *slog.Logger, st *sv1.AppliedState) {
+func (w *serviceWorker) commit(st *sv1.AppliedState) {
 	if err := w.store.Save(st); err != nil {
 		w.m.stateSaveErrors.WithLabelValues(w.name).Inc()
 		w.note = fmt.Sprintf("generation %d applied but not saved locally: %v", st.GetDesired().GetGeneration(), err)
-		log.Error("save applied state", "err", err)
+		w.log.Error("save applied state", "generation", st.GetDesired().GetGeneration(), "rollout", st.GetDesired().GetRolloutId(), "err", err)
 	} else {
 		w.note = ""
 	}
