@@ -112,6 +112,8 @@ type Agent struct {
 	version    string
 	timing     timing
 	names      []string // configured services, sorted
+	// hookNames are the configured hooks, sorted, for the status.
+	hookNames []string
 
 	started       atomic.Bool
 	ready         chan struct{}
@@ -168,6 +170,7 @@ func New(cfg *Config, opts Options) (*Agent, error) {
 		clock:         opts.Clock,
 		version:       opts.Version,
 		names:         slices.Sorted(maps.Keys(cfg.Services)),
+		hookNames:     slices.Sorted(maps.Keys(cfg.Hooks)),
 		ready:         make(chan struct{}),
 		statusChanged: make(chan struct{}, 1),
 		services:      make(map[string]*sv1.ServiceStatus, len(cfg.Services)),
@@ -575,6 +578,7 @@ func (a *Agent) open() (_ *resources, err error) {
 			store:      res.store,
 			log:        log,
 			m:          a.m,
+			series:     a.m.seriesOf(name),
 			clock:      a.clock,
 			timing:     a.timing,
 			report:     func(st *sv1.ServiceStatus) { a.setServiceStatus(st) },
@@ -708,10 +712,11 @@ func (a *Agent) proxyLost(service, why string) {
 func (a *Agent) status(heartbeat bool) *sv1.AgentStatus {
 	st := &sv1.AgentStatus{
 		Node:      a.cfg.Node,
-		Labels:    maps.Clone(a.cfg.Labels),
+		Labels:    a.cfg.Labels, // the config never changes once Run starts
 		At:        timestamppb.New(a.clock.Now()),
 		Version:   a.version,
 		Heartbeat: heartbeat,
+		Hooks:     a.hookNames,
 	}
 	a.mu.Lock()
 	defer a.mu.Unlock()
@@ -721,7 +726,6 @@ func (a *Agent) status(heartbeat bool) *sv1.AgentStatus {
 	if a.drills != nil {
 		st.Faults = a.drills.activeFaults()
 	}
-	st.Hooks = slices.Sorted(maps.Keys(a.cfg.Hooks))
 	return st
 }
 
@@ -754,10 +758,13 @@ func (a *Agent) statusLoop(ctx context.Context) {
 	subject := bus.StatusSubject(a.cfg.Node)
 	reported := map[string][2]uint64{}
 	pacer := newStatusPacer(a.cfg.Node, a.cfg.StatusWindow)
+	// body is reused: the connection copies what it publishes.
+	var body []byte
 	publish := func(heartbeat bool) {
 		st := a.status(heartbeat)
 		pacer.sent(st.GetAt().AsTime())
-		body, err := proto.Marshal(st)
+		var err error
+		body, err = proto.MarshalOptions{}.MarshalAppend(body[:0], st)
 		sent := false
 		if err == nil {
 			sent, err = a.publish(subject, body)

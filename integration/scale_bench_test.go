@@ -62,22 +62,32 @@ func (r *recorder) Weights(context.Context) (map[string]uint32, error) {
 
 func (r *recorder) Close() error { return nil }
 
-// memStore keeps an agent's applied state in memory.
+// memStore keeps an agent's applied state in memory, encoded as the
+// agent's bbolt store keeps it (without the disk).
 type memStore struct {
 	mu sync.Mutex
-	m  map[string]*sv1.AppliedState
+	m  map[string][]byte
 }
 
 func (s *memStore) Load(svc string) (*sv1.AppliedState, error) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	return s.m[svc], nil
+	b, ok := s.m[svc]
+	if !ok {
+		return nil, nil
+	}
+	st := &sv1.AppliedState{}
+	return st, proto.Unmarshal(b, st)
 }
 
 func (s *memStore) Save(st *sv1.AppliedState) error {
+	b, err := proto.Marshal(st)
+	if err != nil {
+		return err
+	}
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	s.m[st.GetService()] = proto.Clone(st).(*sv1.AppliedState)
+	s.m[st.GetService()] = b
 	return nil
 }
 
@@ -222,7 +232,7 @@ func benchFleet(b *testing.B, n, perConn int, mode busSecurity, keys keyringUse)
 		if shared == nil {
 			cfg.NATSClient = security(bus.RoleAgent, node)
 		}
-		opts := agent.Options{Logger: quiet, StateStore: &memStore{m: map[string]*sv1.AppliedState{}}, Conn: shared,
+		opts := agent.Options{Logger: quiet, StateStore: &memStore{m: map[string][]byte{}}, Conn: shared,
 			DriverFactory: func(string, agent.ServiceConfig) (driver.Driver, error) { return rec, nil }}
 		if keys == sharedKeyring {
 			opts.Keyring = agentTrust
