@@ -10,6 +10,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"google.golang.org/protobuf/proto"
 
+	"github.com/switchyard/switchyard/agent/driver/haproxy"
 	"github.com/switchyard/switchyard/bus"
 	"github.com/switchyard/switchyard/internal/clock"
 	sv1 "github.com/switchyard/switchyard/proto/switchyard/v1"
@@ -41,8 +42,13 @@ func BenchmarkAgent_ApplyPath(b *testing.B) {
 			name = "keyring=shared"
 		}
 		b.Run(name, func(b *testing.B) {
-			cfg := testConfig(&testing.T{}, "nats://127.0.0.1:1")
-			cfg.StateDir = b.TempDir()
+			cfg := &Config{
+				Node: "edge-1", Labels: map[string]string{"region": "eu"}, NATS: "nats://127.0.0.1:1", StateDir: b.TempDir(),
+				Trust: testTrust(),
+				Services: map[string]ServiceConfig{"web": {Proxy: &haproxy.Section{
+					Socket: "/nonexistent/admin.sock", Backend: "web", Servers: map[string]string{"blue": "blue", "green": "green"},
+				}}},
+			}
 			a, err := New(cfg, Options{Logger: slog.New(slog.NewTextHandler(io.Discard, nil)), Registerer: prometheus.NewRegistry()})
 			if err != nil {
 				b.Fatal(err)
