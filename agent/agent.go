@@ -112,6 +112,8 @@ type Agent struct {
 	version    string
 	timing     timing
 	names      []string // configured services, sorted
+	// hookNames are the configured hooks, sorted, for the status.
+	hookNames []string
 
 	started       atomic.Bool
 	ready         chan struct{}
@@ -168,6 +170,7 @@ func New(cfg *Config, opts Options) (*Agent, error) {
 		clock:         opts.Clock,
 		version:       opts.Version,
 		names:         slices.Sorted(maps.Keys(cfg.Services)),
+		hookNames:     slices.Sorted(maps.Keys(cfg.Hooks)),
 		ready:         make(chan struct{}),
 		statusChanged: make(chan struct{}, 1),
 		services:      make(map[string]*sv1.ServiceStatus, len(cfg.Services)),
@@ -265,8 +268,9 @@ func (a *Agent) Applied(service string) (generation uint64, weights map[string]u
 	return st.GetAppliedGeneration(), maps.Clone(st.GetWeights())
 }
 
-// Status returns the status the agent would publish now.
-func (a *Agent) Status() *sv1.AgentStatus { return a.status(false) }
+// Status returns the status the agent would publish now; the caller owns
+// it.
+func (a *Agent) Status() *sv1.AgentStatus { return proto.CloneOf(a.status(false)) }
 
 // Run starts the agent and blocks until ctx ends; then it stops, closes the
 // bus connection, the drivers and the local state, and returns nil. It
@@ -574,6 +578,7 @@ func (a *Agent) open() (_ *resources, err error) {
 			store:      res.store,
 			log:        log,
 			m:          a.m,
+			series:     a.m.seriesOf(name),
 			clock:      a.clock,
 			timing:     a.timing,
 			report:     func(st *sv1.ServiceStatus) { a.setServiceStatus(st) },
@@ -672,12 +677,11 @@ func (a *Agent) resyncLoop(ctx context.Context, p *desiredPoller, workers []*ser
 
 // setServiceStatus records a service's status and, if it changed, wakes
 // the status loop.
+// The service sends only statuses that changed (or that must replace one
+// proxyLost marked), so no comparison is made here. A stored status is
+// never changed in place: proxyLost replaces it with a changed copy.
 func (a *Agent) setServiceStatus(st *sv1.ServiceStatus) {
 	a.mu.Lock()
-	if proto.Equal(a.services[st.GetService()], st) {
-		a.mu.Unlock()
-		return
-	}
 	a.services[st.GetService()] = st
 	a.mu.Unlock()
 	a.statusDirty()
@@ -703,23 +707,25 @@ func (a *Agent) proxyLost(service, why string) {
 }
 
 // status assembles the agent's status from its services' latest reports.
+// It shares the services' statuses, which are never changed once stored:
+// read it, never change it.
 func (a *Agent) status(heartbeat bool) *sv1.AgentStatus {
 	st := &sv1.AgentStatus{
 		Node:      a.cfg.Node,
-		Labels:    maps.Clone(a.cfg.Labels),
+		Labels:    a.cfg.Labels, // the config never changes once Run starts
 		At:        timestamppb.New(a.clock.Now()),
 		Version:   a.version,
 		Heartbeat: heartbeat,
+		Hooks:     a.hookNames,
 	}
 	a.mu.Lock()
 	defer a.mu.Unlock()
 	for _, name := range a.names {
-		st.Services = append(st.Services, proto.CloneOf(a.services[name]))
+		st.Services = append(st.Services, a.services[name])
 	}
 	if a.drills != nil {
 		st.Faults = a.drills.activeFaults()
 	}
-	st.Hooks = slices.Sorted(maps.Keys(a.cfg.Hooks))
 	return st
 }
 
@@ -751,9 +757,14 @@ func (a *Agent) publishStatusNow() {
 func (a *Agent) statusLoop(ctx context.Context) {
 	subject := bus.StatusSubject(a.cfg.Node)
 	reported := map[string][2]uint64{}
+	pacer := newStatusPacer(a.cfg.Node, a.cfg.StatusWindow)
+	// body is reused: the connection copies what it publishes.
+	var body []byte
 	publish := func(heartbeat bool) {
 		st := a.status(heartbeat)
-		body, err := proto.Marshal(st)
+		pacer.sent(st.GetAt().AsTime())
+		var err error
+		body, err = proto.MarshalOptions{}.MarshalAppend(body[:0], st)
 		sent := false
 		if err == nil {
 			sent, err = a.publish(subject, body)
@@ -768,15 +779,30 @@ func (a *Agent) statusLoop(ctx context.Context) {
 	publish(false)
 	t := time.NewTicker(a.cfg.Heartbeat)
 	defer t.Stop()
+	// paced fires when a changed status is due (see statusPacer); waiting
+	// is true while it is armed.
+	paced := time.NewTimer(time.Hour)
+	paced.Stop()
+	defer paced.Stop()
+	waiting := false
 	for {
 		select {
 		case <-ctx.Done():
 			return
 		case <-a.statusChanged:
+			if !waiting {
+				paced.Reset(pacer.delay(a.clock.Now()))
+				waiting = true
+			}
+		case <-paced.C:
+			waiting = false
 			publish(false)
 			t.Reset(a.cfg.Heartbeat)
 		case <-t.C:
-			publish(true)
+			if !waiting {
+				// A changed status due within a window says more.
+				publish(true)
+			}
 		}
 	}
 }

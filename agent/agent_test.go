@@ -163,7 +163,11 @@ func TestAgent_DriverFailureDegradesRetriesThenApplies(t *testing.T) {
 	statuses := b.statuses(t, "edge-1")
 	drv := newFakeDriver()
 	drv.failNext(3, errProxyDown)
-	ra := startAgent(t, testConfig(t, b.url), map[string]*fakeDriver{"web": drv})
+	// The retries succeed within ~70 ms: a status window shorter than that
+	// lets the degraded status out before the healthy one replaces it.
+	cfg := testConfig(t, b.url)
+	cfg.StatusWindow = 5 * time.Millisecond
+	ra := startAgent(t, cfg, map[string]*fakeDriver{"web": drv})
 
 	b.put(t, defaults(2, map[string]uint32{"blue": 70, "green": 30}))
 	st := waitStatus(t, statuses, "web degraded", func(st *sv1.AgentStatus) bool {
@@ -346,6 +350,7 @@ func TestAgent_PublishesStatusOnChangeAndHeartbeat(t *testing.T) {
 	statuses := b.statuses(t, "edge-1")
 	cfg := testConfig(t, b.url)
 	cfg.Heartbeat = 50 * time.Millisecond
+	cfg.StatusWindow = 10 * time.Millisecond
 	startAgent(t, cfg, map[string]*fakeDriver{"web": newFakeDriver()})
 
 	b.put(t, &sv1.DesiredState{Service: "web", Generation: 6, RolloutId: "r-42", DefaultWeights: map[string]uint32{"blue": 60, "green": 40}})

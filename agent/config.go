@@ -83,6 +83,11 @@ type Config struct {
 	// Heartbeat is how often the agent publishes its status when nothing
 	// changed.
 	Heartbeat time.Duration `yaml:"heartbeat"`
+	// StatusWindow is how long a changed status waits, at most, before it
+	// goes out (a random share of it, so a fleet's statuses spread), and
+	// how often, at most, a changed status goes out; see
+	// DefaultStatusWindow.
+	StatusWindow time.Duration `yaml:"statusWindow"`
 	// Resync is how often the agent reads every desired state from the
 	// bucket, in case it missed a push.
 	Resync time.Duration `yaml:"resync"`
@@ -328,6 +333,9 @@ func (c *Config) setDefaults() {
 	if c.Heartbeat == 0 {
 		c.Heartbeat = DefaultHeartbeat
 	}
+	if c.StatusWindow == 0 {
+		c.StatusWindow = DefaultStatusWindow
+	}
 	if c.Resync == 0 {
 		c.Resync = DefaultResync
 	}
@@ -429,6 +437,12 @@ func (c *Config) Validate() error {
 	}
 	if c.Heartbeat <= 0 {
 		bad("heartbeat", "%s: must be positive", c.Heartbeat)
+	}
+	switch {
+	case c.StatusWindow <= 0:
+		bad("statusWindow", "%s: must be positive", c.StatusWindow)
+	case c.Heartbeat > 0 && c.StatusWindow > c.Heartbeat:
+		bad("statusWindow", "%s: must not exceed heartbeat (%s)", c.StatusWindow, c.Heartbeat)
 	}
 	if c.Resync <= 0 {
 		bad("resync", "%s: must be positive", c.Resync)

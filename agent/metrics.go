@@ -264,3 +264,46 @@ func (m *metrics) initService(service string) {
 		m.applyStages.WithLabelValues(service, s)
 	}
 }
+
+// serviceSeries are the series of one service that move on every apply,
+// looked up once: a lookup by label values hashes them every time.
+type serviceSeries struct {
+	appliesOK, appliesError, appliesRefused, appliesNoWave prometheus.Counter
+	applySeconds                                           prometheus.Observer
+	appliedGeneration, appliedEpoch                        prometheus.Gauge
+	documentExpired, driverDegraded                        prometheus.Gauge
+	stages                                                 map[string]prometheus.Observer
+}
+
+func (m *metrics) seriesOf(service string) *serviceSeries {
+	s := &serviceSeries{
+		appliesOK:         m.applies.WithLabelValues(service, resultOK),
+		appliesError:      m.applies.WithLabelValues(service, resultError),
+		appliesRefused:    m.applies.WithLabelValues(service, resultRefused),
+		appliesNoWave:     m.applies.WithLabelValues(service, resultNoWave),
+		applySeconds:      m.applySeconds.WithLabelValues(service),
+		appliedGeneration: m.appliedGeneration.WithLabelValues(service),
+		appliedEpoch:      m.appliedEpoch.WithLabelValues(service),
+		documentExpired:   m.documentExpired.WithLabelValues(service),
+		driverDegraded:    m.driverDegraded.WithLabelValues(service),
+		stages:            make(map[string]prometheus.Observer, len(applyStages)),
+	}
+	for _, st := range applyStages {
+		s.stages[st] = m.applyStages.WithLabelValues(service, st)
+	}
+	return s
+}
+
+// applies is the applies_total series of result.
+func (s *serviceSeries) applies(result string) prometheus.Counter {
+	switch result {
+	case resultOK:
+		return s.appliesOK
+	case resultError:
+		return s.appliesError
+	case resultRefused:
+		return s.appliesRefused
+	default:
+		return s.appliesNoWave
+	}
+}

@@ -7,6 +7,7 @@ import (
 	"log/slog"
 	"maps"
 	"slices"
+	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -140,6 +141,8 @@ type serviceWorker struct {
 	store  StateStore
 	log    *slog.Logger
 	m      *metrics
+	// series are m's series of this service that move on every apply.
+	series *serviceSeries
 	clock  clock.Clock
 	timing timing
 	// report hands a changed status to the agent.
@@ -244,8 +247,8 @@ func (w *serviceWorker) requestDriftCheck() {
 // the proxy against the persisted state.
 func (w *serviceWorker) run(ctx context.Context) {
 	w.check = true
-	w.m.appliedGeneration.WithLabelValues(w.name).Set(float64(w.applied.GetDesired().GetGeneration()))
-	w.m.appliedEpoch.WithLabelValues(w.name).Set(float64(w.applied.GetDesired().GetEpoch()))
+	w.series.appliedGeneration.Set(float64(w.applied.GetDesired().GetGeneration()))
+	w.series.appliedEpoch.Set(float64(w.applied.GetDesired().GetEpoch()))
 	w.expiryTimer = time.NewTimer(time.Hour)
 	defer w.expiryTimer.Stop()
 	w.checkExpiry()
@@ -433,7 +436,7 @@ func (w *serviceWorker) localRollback(ctx context.Context, req localRollbackRequ
 	w.check = true
 	w.m.localRollbacks.WithLabelValues(w.name).Inc()
 	log.Error("local guard moved this node back to the old backend", "from", req.to, "to", req.from, "weights", weights, "reason", lr.GetReason())
-	w.commit(log, &sv1.AppliedState{
+	w.commit(&sv1.AppliedState{
 		Service:       w.name,
 		Desired:       a.GetDesired(),
 		Weights:       weights,
@@ -498,9 +501,12 @@ func (w *serviceWorker) consider(d delivery) bool {
 		w.refused = false
 		w.preflightMsg = ""
 		w.backoff = 0
-		// Debug: every agent logs the apply that follows at info.
-		w.log.Debug("desired state received", "epoch", h.Fence.Epoch, "generation", h.Fence.Generation, "rollout", ds.GetRolloutId(),
-			"phase", ds.GetPhase().String(), "key_id", h.KeyID, "expires_at", h.ExpiresAt)
+		// Debug: every agent logs the apply that follows at info. Checked
+		// first: the arguments cost allocations even when nothing is logged.
+		if w.log.Enabled(context.Background(), slog.LevelDebug) {
+			w.log.Debug("desired state received", "epoch", h.Fence.Epoch, "generation", h.Fence.Generation, "rollout", ds.GetRolloutId(),
+				"phase", ds.GetPhase().String(), "key_id", h.KeyID, "expires_at", h.ExpiresAt)
+		}
 		return true
 	case c == 0 && proto.Equal(ds, newestDoc):
 		// The same document signed again (a renewal before expiry, or a
@@ -548,7 +554,7 @@ func (w *serviceWorker) renew(expires time.Time) bool {
 	}
 	st := proto.CloneOf(w.applied)
 	st.ExpiresAt = timestamppb.New(expires)
-	w.commit(w.log.With("generation", st.GetDesired().GetGeneration()), st)
+	w.commit(st)
 	if w.expired {
 		w.log.Info("applied desired state current again", "generation", st.GetDesired().GetGeneration(), "expires_at", expires)
 	} else {
@@ -574,7 +580,7 @@ func (w *serviceWorker) appliedExpires() time.Time {
 func (w *serviceWorker) checkExpiry() {
 	if w.applied == nil {
 		w.expired = false
-		w.m.documentExpired.WithLabelValues(w.name).Set(0)
+		w.series.documentExpired.Set(0)
 		return
 	}
 	exp := w.appliedExpires()
@@ -589,7 +595,7 @@ func (w *serviceWorker) checkExpiry() {
 	if expired {
 		v = 1
 	}
-	w.m.documentExpired.WithLabelValues(w.name).Set(v)
+	w.series.documentExpired.Set(v)
 	if !expired && w.expiryTimer != nil {
 		w.expiryTimer.Reset(exp.Sub(now))
 	}
@@ -661,15 +667,17 @@ func (w *serviceWorker) step(ctx context.Context) error {
 func (w *serviceWorker) applyPending(ctx context.Context) error {
 	ds := w.pending
 	gen := ds.GetGeneration()
-	log := w.log.With("generation", gen, "rollout", ds.GetRolloutId())
+	// The document's attributes are added to each line rather than with
+	// With, which formats them on every apply whether a line follows or not.
+	rollout := ds.GetRolloutId()
 	weights, wave, ok := desired.Evaluate(ds, w.node, w.labels)
 	before := w.applied.GetWeights()
 	if !ok {
-		w.m.applies.WithLabelValues(w.name, resultNoWave).Inc()
-		log.Info("node is in no wave and the document has no default weights; the proxy keeps its weights")
+		w.series.appliesNoWave.Inc()
+		w.log.Info("node is in no wave and the document has no default weights; the proxy keeps its weights", "generation", gen, "rollout", rollout)
 		from, to := w.direction(ds, before, before)
 		appliedAt := w.clock.Now()
-		w.commit(log, &sv1.AppliedState{
+		w.commit(&sv1.AppliedState{
 			Service:       w.name,
 			Desired:       ds,
 			Weights:       maps.Clone(before),
@@ -680,7 +688,7 @@ func (w *serviceWorker) applyPending(ctx context.Context) error {
 			LocalRollback: w.applied.GetLocalRollback(), // the weights are still the guard's
 			ExpiresAt:     timestamppb.New(w.pendingExpires),
 		})
-		w.stages = w.pendingStages.applied(w.m, w.name, ds, appliedAt, w.clock.Now())
+		w.stages = w.pendingStages.applied(w.series, ds, appliedAt, w.clock.Now())
 		w.checkExpiry()
 		w.pending, w.refused, w.preflightMsg = nil, false, ""
 		return nil
@@ -696,18 +704,19 @@ func (w *serviceWorker) applyPending(ctx context.Context) error {
 		if errors.Is(err, driver.ErrUnknownBackend) {
 			w.refused = true
 			w.refusedMsg = fmt.Sprintf("generation %d refused by the proxy driver: %v", gen, err)
-			log.Error("proxy driver refused the desired state; will retry at the next resync or on a newer document", "err", err)
+			w.log.Error("proxy driver refused the desired state; will retry at the next resync or on a newer document", "generation", gen, "rollout", rollout, "err", err)
 			return nil
 		}
 		return fmt.Errorf("apply generation %d: %w", gen, err)
 	}
 	appliedAt := w.clock.Now()
 	from, to := w.direction(ds, before, weights)
-	log.Info("desired state applied", "weights", weights, "wave", wave, "from", from, "to", to)
+	w.log.LogAttrs(ctx, slog.LevelInfo, "desired state applied", slog.Uint64("generation", gen), slog.String("rollout", rollout),
+		slog.Any("weights", weightsValue(weights)), slog.Int("wave", int(wave)), slog.String("from", from), slog.String("to", to))
 	// Read back what the proxy now does before the status claims it.
 	w.check = true
 	prevRollout := w.applied.GetDesired().GetRolloutId()
-	w.commit(log, &sv1.AppliedState{
+	w.commit(&sv1.AppliedState{
 		Service:     w.name,
 		Desired:     ds,
 		Weights:     weights,
@@ -718,7 +727,7 @@ func (w *serviceWorker) applyPending(ctx context.Context) error {
 		ExpiresAt:   timestamppb.New(w.pendingExpires),
 		HookHold:    held,
 	})
-	w.stages = w.pendingStages.applied(w.m, w.name, ds, appliedAt, w.clock.Now())
+	w.stages = w.pendingStages.applied(w.series, ds, appliedAt, w.clock.Now())
 	w.checkExpiry()
 	w.pending, w.refused, w.preflightMsg = nil, false, ""
 	w.afterApply(ctx, ds, prevRollout, before, weights, held)
@@ -781,18 +790,18 @@ func inferDirection(before, after map[string]uint32) (from, to string) {
 // commit makes st the applied state, persisting it first. A failed save does
 // not undo what the proxy already has: the agent goes on from memory and says
 // so in its status.
-func (w *serviceWorker) commit(log *slog.Logger, st *sv1.AppliedState) {
+func (w *serviceWorker) commit(st *sv1.AppliedState) {
 	if err := w.store.Save(st); err != nil {
 		w.m.stateSaveErrors.WithLabelValues(w.name).Inc()
 		w.note = fmt.Sprintf("generation %d applied but not saved locally: %v", st.GetDesired().GetGeneration(), err)
-		log.Error("save applied state", "err", err)
+		w.log.Error("save applied state", "generation", st.GetDesired().GetGeneration(), "rollout", st.GetDesired().GetRolloutId(), "err", err)
 	} else {
 		w.note = ""
 	}
 	w.applied = st
 	w.publishView()
-	w.m.appliedGeneration.WithLabelValues(w.name).Set(float64(st.GetDesired().GetGeneration()))
-	w.m.appliedEpoch.WithLabelValues(w.name).Set(float64(st.GetDesired().GetEpoch()))
+	w.series.appliedGeneration.Set(float64(st.GetDesired().GetGeneration()))
+	w.series.appliedEpoch.Set(float64(st.GetDesired().GetEpoch()))
 }
 
 // publishView makes the applied state visible to the service's other
@@ -826,7 +835,7 @@ func (w *serviceWorker) setWeights(ctx context.Context, weights map[string]uint3
 	defer cancel()
 	start := time.Now()
 	err := w.drv.Apply(ctx, weights)
-	w.m.applySeconds.WithLabelValues(w.name).Observe(time.Since(start).Seconds())
+	w.series.applySeconds.Observe(time.Since(start).Seconds())
 	result := resultOK
 	switch {
 	case errors.Is(err, driver.ErrUnknownBackend):
@@ -834,7 +843,7 @@ func (w *serviceWorker) setWeights(ctx context.Context, weights map[string]uint3
 	case err != nil:
 		result = resultError
 	}
-	w.m.applies.WithLabelValues(w.name, result).Inc()
+	w.series.applies(result).Inc()
 	return err
 }
 
@@ -850,7 +859,7 @@ func (w *serviceWorker) setHealth(h sv1.DriverHealth, message string) {
 	if h == sv1.DriverHealth_DRIVER_HEALTH_DEGRADED {
 		degraded = 1
 	}
-	w.m.driverDegraded.WithLabelValues(w.name).Set(degraded)
+	w.series.driverDegraded.Set(degraded)
 }
 
 // statusKey is everything a service's status is built from, cheap to
@@ -923,4 +932,26 @@ func (w *serviceWorker) sendStatus() {
 	// The agent keeps only changes: a status it marked lost meanwhile is
 	// replaced by this one even when it equals the last one sent.
 	w.report(st)
+}
+
+// weightsValue logs weights as "blue:70 green:30", sorted by backend,
+// without the reflection a map costs a handler on every apply.
+type weightsValue map[string]uint32
+
+func (v weightsValue) LogValue() slog.Value {
+	names := make([]string, 0, len(v))
+	for b := range v {
+		names = append(names, b)
+	}
+	slices.Sort(names)
+	buf := make([]byte, 0, 16*len(names))
+	for i, b := range names {
+		if i > 0 {
+			buf = append(buf, ' ')
+		}
+		buf = append(buf, b...)
+		buf = append(buf, ':')
+		buf = strconv.AppendUint(buf, uint64(v[b]), 10)
+	}
+	return slog.StringValue(string(buf))
 }

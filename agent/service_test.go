@@ -38,6 +38,7 @@ func FuzzAgent_DesiredDocument(f *testing.F) {
 			name:    "web",
 			log:     slog.New(slog.DiscardHandler),
 			m:       m,
+			series:  m.seriesOf("web"),
 			inbox:   newInbox[delivery](inboxCap),
 			trust:   testRing,
 			clock:   clock.Real{},
@@ -75,7 +76,7 @@ func TestAgent_ConsiderFencesOnNewestKnownGeneration(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	w := &serviceWorker{name: "web", log: slog.New(slog.DiscardHandler), m: m, inbox: newInbox[delivery](inboxCap), trust: testRing, clock: clock.Real{}, store: discardStore{}}
+	w := &serviceWorker{name: "web", log: slog.New(slog.DiscardHandler), m: m, series: m.seriesOf("web"), inbox: newInbox[delivery](inboxCap), trust: testRing, clock: clock.Real{}, store: discardStore{}}
 	doc := func(gen uint64) []byte { return mustMarshal(t, &sv1.DesiredState{Service: "web", Generation: gen}) }
 	steps := []struct {
 		gen      uint64

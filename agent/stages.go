@@ -57,12 +57,12 @@ type pendingStages struct {
 // applied completes the stamps of a document once applied at appliedAt and
 // saved at persistedAt, observes its agent-side stages, and returns them as
 // the status carries them.
-func (p pendingStages) applied(m *metrics, service string, ds *sv1.DesiredState, appliedAt, persistedAt time.Time) *sv1.ApplyTiming {
+func (p pendingStages) applied(series *serviceSeries, ds *sv1.DesiredState, appliedAt, persistedAt time.Time) *sv1.ApplyTiming {
 	obs := func(stage string, from, to time.Time) {
 		if from.IsZero() || to.IsZero() {
 			return
 		}
-		m.applyStages.WithLabelValues(service, stage).Observe(max(to.Sub(from), 0).Seconds())
+		series.stages[stage].Observe(max(to.Sub(from), 0).Seconds())
 	}
 	obs(stageDeliver, p.signedAt, p.deliveredAt)
 	obs(stageVerify, p.deliveredAt, p.verifiedAt)

@@ -79,7 +79,7 @@ func stageWorker(t *testing.T, fc *clock.Fake, drv *clockedDriver, store StateSt
 	m.initService("web")
 	log := slog.New(slog.DiscardHandler)
 	w := &serviceWorker{
-		name: "web", node: "edge-1", drv: drv, store: store, log: log, m: m, clock: fc,
+		name: "web", node: "edge-1", drv: drv, store: store, log: log, m: m, series: m.seriesOf("web"), clock: fc,
 		timing: timing{retryMin: time.Millisecond, retryMax: time.Second, applyTimeout: time.Second},
 		report: report, inbox: newInbox[delivery](inboxCap), trust: testRing,
 		prober: &prober{service: "web", buf: &probeBuffer{}, m: m, clock: fc, log: log},

@@ -22,8 +22,19 @@ type verifiedMemo struct {
 	mu    sync.Mutex
 	seen  map[[sha256.Size]byte]struct{}
 	order [][sha256.Size]byte
+	// checking are the signatures being verified now: a caller with the
+	// same bytes waits for that check instead of making its own (agents
+	// sharing a keyring receive a push at the same moment).
+	checking map[[sha256.Size]byte]*signatureCheck
 	// verifications counts the signatures actually checked.
 	verifications atomic.Uint64
+}
+
+// signatureCheck is one verification under way; ok is set before done is
+// closed.
+type signatureCheck struct {
+	done chan struct{}
+	ok   bool
 }
 
 func memoKey(keyID string, signed, sig []byte) [sha256.Size]byte {
@@ -41,28 +52,39 @@ func memoKey(keyID string, signed, sig []byte) [sha256.Size]byte {
 func (m *verifiedMemo) verify(keyID string, pub ed25519.PublicKey, signed, sig []byte) bool {
 	k := memoKey(keyID, signed, sig)
 	m.mu.Lock()
-	_, ok := m.seen[k]
-	m.mu.Unlock()
-	if ok {
-		return true
-	}
-	m.verifications.Add(1)
-	if !ed25519.Verify(pub, signed, sig) {
-		return false
-	}
-	m.mu.Lock()
-	defer m.mu.Unlock()
 	if _, ok := m.seen[k]; ok {
+		m.mu.Unlock()
 		return true
 	}
-	if m.seen == nil {
-		m.seen = make(map[[sha256.Size]byte]struct{}, verifiedCap)
+	if c := m.checking[k]; c != nil {
+		m.mu.Unlock()
+		<-c.done
+		return c.ok
 	}
-	if len(m.order) >= verifiedCap {
-		delete(m.seen, m.order[0])
-		m.order = append(m.order[:0], m.order[1:]...)
+	c := &signatureCheck{done: make(chan struct{})}
+	if m.checking == nil {
+		m.checking = map[[sha256.Size]byte]*signatureCheck{}
 	}
-	m.seen[k] = struct{}{}
-	m.order = append(m.order, k)
-	return true
+	m.checking[k] = c
+	m.mu.Unlock()
+
+	m.verifications.Add(1)
+	c.ok = ed25519.Verify(pub, signed, sig)
+
+	m.mu.Lock()
+	delete(m.checking, k)
+	if c.ok {
+		if m.seen == nil {
+			m.seen = make(map[[sha256.Size]byte]struct{}, verifiedCap)
+		}
+		if len(m.order) >= verifiedCap {
+			delete(m.seen, m.order[0])
+			m.order = append(m.order[:0], m.order[1:]...)
+		}
+		m.seen[k] = struct{}{}
+		m.order = append(m.order, k)
+	}
+	m.mu.Unlock()
+	close(c.done)
+	return c.ok
 }

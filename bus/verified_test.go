@@ -2,6 +2,8 @@ package bus
 
 import (
 	"errors"
+	"fmt"
+	"sync"
 	"testing"
 	"time"
 
@@ -63,5 +65,67 @@ func TestDocument_KeyringVerifiesTheSameBytesOnce(t *testing.T) {
 	}
 	if got := ring.memo.verifications.Load(); got != before+1 {
 		t.Errorf("the oldest document was not checked again after it was forgotten")
+	}
+}
+
+func TestDocument_KeyringSharedByManyReadersChecksAPushOnce(t *testing.T) {
+	s, ring := testSigner(t, 1, time.Hour)
+	now := time.Now()
+	raw, err := s.SealDesired(&sv1.DesiredState{Service: "web", Generation: 5}, now)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var env sv1.SignedDocument
+	if err := proto.Unmarshal(raw, &env); err != nil {
+		t.Fatal(err)
+	}
+	env.Signature[0] ^= 1
+	forged, err := proto.Marshal(&env)
+	if err != nil {
+		t.Fatal(err)
+	}
+	// Readers that receive the same push together wait for one check; a
+	// forgery is refused to every one of them.
+	const readers = 64
+	together := func(doc []byte, check func(*sv1.DesiredState, error) error) {
+		t.Helper()
+		errs := make(chan error, readers)
+		start := make(chan struct{})
+		var wg sync.WaitGroup
+		for range readers {
+			wg.Go(func() {
+				<-start
+				ds, _, err := ring.OpenDesired(doc, "web", now)
+				if err := check(ds, err); err != nil {
+					errs <- err
+				}
+			})
+		}
+		close(start)
+		wg.Wait()
+		close(errs)
+		for err := range errs {
+			t.Error(err)
+		}
+	}
+	together(raw, func(ds *sv1.DesiredState, err error) error {
+		if err != nil || ds.GetGeneration() != 5 {
+			return fmt.Errorf("genuine document: %v %v", ds, err)
+		}
+		return nil
+	})
+	if got := ring.memo.verifications.Load(); got != 1 {
+		t.Errorf("%d readers opening the same push made %d signature checks, want 1", readers, got)
+	}
+	together(forged, func(_ *sv1.DesiredState, err error) error {
+		if !errors.Is(err, ErrDocumentBadSignature) {
+			return fmt.Errorf("forged document: %v, want %v", err, ErrDocumentBadSignature)
+		}
+		return nil
+	})
+	ring.memo.mu.Lock()
+	defer ring.memo.mu.Unlock()
+	if len(ring.memo.checking) != 0 || len(ring.memo.seen) != 1 {
+		t.Errorf("after the readers: %d checks under way, %d remembered; want 0 and 1 (the genuine one)", len(ring.memo.checking), len(ring.memo.seen))
 	}
 }

@@ -44,9 +44,15 @@ type fleet struct {
 	// diverged remembers, per node and service, the fence that was
 	// reported as diverged, so the warning is logged once per change.
 	diverged map[[2]string]bus.Fence
+	// divergedCountedAt is when the diverged nodes were last counted.
+	divergedCountedAt time.Time
 	// faultSeen is when each (node, drill) fault was first reported active.
 	faultSeen map[[2]string]time.Time
 }
+
+// divergedRecount is how often, at most, a status that changes nothing
+// recounts the diverged nodes (whose count falls as they go stale).
+const divergedRecount = time.Second
 
 type nodeSeen struct {
 	status *sv1.AgentStatus
@@ -188,6 +194,7 @@ func observedMatches(n *sv1.NodeView) bool {
 // document than the current one, and keeps the per-service gauge. The
 // caller holds f.mu.
 func (f *fleet) checkDivergence(st *sv1.AgentStatus) {
+	changed := false
 	for _, svc := range st.GetServices() {
 		k := [2]string{st.GetNode(), svc.GetService()}
 		cur, ok := f.current(svc.GetService())
@@ -195,15 +202,26 @@ func (f *fleet) checkDivergence(st *sv1.AgentStatus) {
 		if !ok || agreement(have, cur) != Diverged {
 			if _, was := f.diverged[k]; was {
 				delete(f.diverged, k)
+				changed = true
 				f.log.Info("node no longer diverged", "node", k[0], "service", k[1], "epoch", have.Epoch, "generation", have.Generation)
 			}
 		} else if prev, was := f.diverged[k]; !was || prev != have {
 			f.diverged[k] = have
+			changed = true
 			f.metrics.divergences.WithLabelValues(k[1]).Inc()
 			f.log.Warn("node holds a newer document than this cluster published; it ignores the current one and is not counted as converged (after rebuilding the coordinators from empty data, raise the epoch: switchyard coordinator raise-epoch)",
 				"node", k[0], "service", k[1], "epoch", have.Epoch, "generation", have.Generation, "current_epoch", cur.Epoch, "current_generation", cur.Generation)
 		}
 	}
+	// Counting walks every diverged node: after a rebuild from empty data
+	// that can be the whole fleet, and every status of it would walk it
+	// again. So the count is taken when a node joins or leaves the set,
+	// and otherwise (a diverged node going stale) at most once a second.
+	now := f.now()
+	if !changed && (len(f.diverged) == 0 || now.Sub(f.divergedCountedAt) < divergedRecount) {
+		return
+	}
+	f.divergedCountedAt = now
 	counts := map[string]int{}
 	for k := range f.diverged {
 		if n := f.nodes[k[0]]; n != nil && f.now().Sub(n.seen) <= f.staleAfter {

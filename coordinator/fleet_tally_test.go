@@ -10,6 +10,7 @@ import (
 
 	"github.com/nats-io/nats.go"
 	"github.com/prometheus/client_golang/prometheus"
+	dto "github.com/prometheus/client_model/go"
 	"google.golang.org/protobuf/proto"
 
 	"github.com/switchyard/switchyard/bus"
@@ -70,5 +71,61 @@ func TestFleet_TalliesAgreeWithCountingEveryNode(t *testing.T) {
 	}
 	if f.heardHead > 1024 && f.heardHead*2 > len(f.heard) {
 		t.Errorf("the arrivals already looked at are kept: %d of %d", f.heardHead, len(f.heard))
+	}
+}
+
+// The diverged gauge follows nodes joining and leaving the diverged set at
+// once, and diverged nodes going stale within a second of statuses; between
+// those a status does not walk the set.
+func TestFleet_DivergedCountFollowsChangesWithoutWalkingTheSetOnEveryStatus(t *testing.T) {
+	m := newMetrics(prometheus.NewRegistry())
+	f := newFleet(15*time.Second, m, slog.New(slog.DiscardHandler))
+	now := time.Date(2026, 1, 1, 12, 0, 0, 0, time.UTC)
+	f.now = func() time.Time { return now }
+	f.epoch = func() uint64 { return 1 }
+	f.current = func(string) (bus.Fence, bool) { return bus.Fence{Epoch: 1, Generation: 10}, true }
+	report := func(node string, gen uint64) {
+		t.Helper()
+		st := &sv1.AgentStatus{Node: node, Services: []*sv1.ServiceStatus{{Service: "web", AppliedEpoch: 1, AppliedGeneration: gen}}}
+		b, err := proto.Marshal(st)
+		if err != nil {
+			t.Fatal(err)
+		}
+		f.handleStatus(&nats.Msg{Subject: bus.StatusSubject(node), Data: b})
+	}
+	gauge := func() float64 {
+		t.Helper()
+		var d dto.Metric
+		if err := m.diverged.WithLabelValues("web").Write(&d); err != nil {
+			t.Fatal(err)
+		}
+		return d.GetGauge().GetValue()
+	}
+	for i := range 3 {
+		report(fmt.Sprintf("ahead-%d", i), 12) // a newer lineage's document
+	}
+	report("current", 10)
+	if g := gauge(); g != 3 {
+		t.Fatalf("diverged = %v, want 3", g)
+	}
+	counted := f.divergedCountedAt
+	now = now.Add(100 * time.Millisecond)
+	report("current", 10)
+	if f.divergedCountedAt != counted {
+		t.Errorf("a status that changed nothing within a second recounted the diverged nodes")
+	}
+	report("ahead-0", 10) // caught up: leaves the set at once
+	if g := gauge(); g != 2 {
+		t.Fatalf("diverged = %v after a node caught up, want 2", g)
+	}
+	// ahead-1 and ahead-2 fall silent: stale after 15 s, and the next
+	// status a second after the last count says so.
+	for range 20 {
+		now = now.Add(time.Second)
+		report("current", 10)
+		report("ahead-0", 10)
+	}
+	if g := gauge(); g != 0 {
+		t.Fatalf("diverged = %v once the diverged nodes went stale, want 0", g)
 	}
 }

@@ -62,22 +62,32 @@ func (r *recorder) Weights(context.Context) (map[string]uint32, error) {
 
 func (r *recorder) Close() error { return nil }
 
-// memStore keeps an agent's applied state in memory.
+// memStore keeps an agent's applied state in memory, encoded as the
+// agent's bbolt store keeps it (without the disk).
 type memStore struct {
 	mu sync.Mutex
-	m  map[string]*sv1.AppliedState
+	m  map[string][]byte
 }
 
 func (s *memStore) Load(svc string) (*sv1.AppliedState, error) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	return s.m[svc], nil
+	b, ok := s.m[svc]
+	if !ok {
+		return nil, nil
+	}
+	st := &sv1.AppliedState{}
+	return st, proto.Unmarshal(b, st)
 }
 
 func (s *memStore) Save(st *sv1.AppliedState) error {
+	b, err := proto.Marshal(st)
+	if err != nil {
+		return err
+	}
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	s.m[st.GetService()] = proto.Clone(st).(*sv1.AppliedState)
+	s.m[st.GetService()] = b
 	return nil
 }
 
@@ -222,7 +232,7 @@ func benchFleet(b *testing.B, n, perConn int, mode busSecurity, keys keyringUse)
 		if shared == nil {
 			cfg.NATSClient = security(bus.RoleAgent, node)
 		}
-		opts := agent.Options{Logger: quiet, StateStore: &memStore{m: map[string]*sv1.AppliedState{}}, Conn: shared,
+		opts := agent.Options{Logger: quiet, StateStore: &memStore{m: map[string][]byte{}}, Conn: shared,
 			DriverFactory: func(string, agent.ServiceConfig) (driver.Driver, error) { return rec, nil }}
 		if keys == sharedKeyring {
 			opts.Keyring = agentTrust
@@ -274,15 +284,28 @@ func benchFleet(b *testing.B, n, perConn int, mode busSecurity, keys keyringUse)
 		b.Fatal(err)
 	}
 	stages := map[string][]time.Duration{}
+	// The fleet's idle cost (heartbeats, telemetry, read-backs), to tell it
+	// from a decision's.
+	idle0, idleStart := processCPU(), time.Now()
+	time.Sleep(time.Second)
+	idleCPU := float64((processCPU() - idle0).Nanoseconds()) / time.Since(idleStart).Seconds()
 	stopProfile := startProfile(b, strings.NewReplacer("/", "_", "=", "-").Replace(b.Name()))
 	defer stopProfile()
 	var all, toAll []time.Duration
+	// CPU of the whole process per decision: to every agent applied, and to
+	// every agent's status heard (less the benchmark's decoding of them).
+	var cpuApplied, cpuReported time.Duration
+	var allocApplied uint64
 	decide := func(in *sv1.Intent) {
 		for _, r := range recs {
 			for len(r.applied) > 0 {
 				<-r.applied
 			}
 		}
+		cpu0, alloc0 := processCPU(), heapAllocated()
+		timings.mu.Lock()
+		decode0 := timings.decodeCPU
+		timings.mu.Unlock()
 		rctx, rcancel := context.WithTimeout(ctx, 30*time.Second)
 		res, err := sendIntent(rctx, nc, bus.IntentKindRollout, in)
 		rcancel()
@@ -322,6 +345,8 @@ func benchFleet(b *testing.B, n, perConn int, mode busSecurity, keys keyringUse)
 			}
 		}
 		toAll = append(toAll, last)
+		cpuApplied += processCPU() - cpu0
+		allocApplied += heapAllocated() - alloc0
 		// The agents may have the document before the put's
 		// acknowledgement reaches the coordinator.
 		pub, ok := srv.DecisionTiming("web")
@@ -334,6 +359,9 @@ func benchFleet(b *testing.B, n, perConn int, mode busSecurity, keys keyringUse)
 			pub, ok = srv.DecisionTiming("web")
 		}
 		timings.collect(ctx, b, pub, n, stages)
+		timings.mu.Lock()
+		cpuReported += processCPU() - cpu0 - (timings.decodeCPU - decode0)
+		timings.mu.Unlock()
 	}
 	waitPhase := func(name string, phase sv1.RolloutPhase) {
 		for {
@@ -366,6 +394,11 @@ func benchFleet(b *testing.B, n, perConn int, mode busSecurity, keys keyringUse)
 	b.ReportMetric(float64(p99.Microseconds())/1000, "agent_apply_p99_ms")
 	b.ReportMetric(float64(a50.Microseconds())/1000, "all_applied_p50_ms")
 	b.ReportMetric(float64(a99.Microseconds())/1000, "all_applied_p99_ms")
+	perAgent := func(d time.Duration) float64 { return float64(d.Nanoseconds()) / 1000 / float64(n*len(toAll)) }
+	b.ReportMetric(perAgent(cpuApplied), "cpu_to_applied_us/agent")
+	b.ReportMetric(perAgent(cpuReported), "cpu_to_reported_us/agent")
+	b.ReportMetric(idleCPU/1000/float64(n), "cpu_idle_us/agent/s")
+	b.ReportMetric(float64(allocApplied)/1024/float64(n*len(toAll)), "alloc_to_applied_KB/agent")
 
 	// Raw fan-out: one publish to n core subscribers, perConn to a
 	// connection, on the same server, on a subject the coordinator role
