@@ -85,8 +85,8 @@ type Config struct {
 	Heartbeat time.Duration `yaml:"heartbeat"`
 	// StatusWindow is how long a changed status waits, at most, before it
 	// goes out (a random share of it, so a fleet's statuses spread), and
-	// how often, at most, a changed status goes out; see
-	// DefaultStatusWindow.
+	// how often, at most, a changed status goes out; 0 (the default) sends
+	// every changed status at once. See DefaultStatusWindow.
 	StatusWindow time.Duration `yaml:"statusWindow"`
 	// Resync is how often the agent reads every desired state from the
 	// bucket, in case it missed a push.
@@ -333,9 +333,6 @@ func (c *Config) setDefaults() {
 	if c.Heartbeat == 0 {
 		c.Heartbeat = DefaultHeartbeat
 	}
-	if c.StatusWindow == 0 {
-		c.StatusWindow = DefaultStatusWindow
-	}
 	if c.Resync == 0 {
 		c.Resync = DefaultResync
 	}
@@ -439,8 +436,8 @@ func (c *Config) Validate() error {
 		bad("heartbeat", "%s: must be positive", c.Heartbeat)
 	}
 	switch {
-	case c.StatusWindow <= 0:
-		bad("statusWindow", "%s: must be positive", c.StatusWindow)
+	case c.StatusWindow < 0:
+		bad("statusWindow", "%s: must not be negative (0 turns the window off)", c.StatusWindow)
 	case c.Heartbeat > 0 && c.StatusWindow > c.Heartbeat:
 		bad("statusWindow", "%s: must not exceed heartbeat (%s)", c.StatusWindow, c.Heartbeat)
 	}

@@ -6,18 +6,20 @@ import (
 	"time"
 )
 
-// DefaultStatusWindow is how long, at most, a changed status waits before it
-// goes out, and how often, at most, a changed status goes out.
+// DefaultStatusWindow is the status window when the config sets none: off,
+// every changed status goes out at once.
 //
-// A decision reaches every agent of a fleet within milliseconds, and each
-// applies it at about the same moment: without a window, thousands of
-// statuses hit the coordinators in the same millisecond (and the agents'
-// own hosts in simulations). Within the window each status waits a random
-// share of it, so the fleet's statuses spread over the window; a change made
-// while a status waits goes out with it (the newest status wins), and a
-// burst of changes on one node (apply, read-back, a repair) costs one
-// status. Convergence shows up to one window late; applying is not delayed.
-const DefaultStatusWindow = 200 * time.Millisecond
+// A window is for fleets of thousands of nodes: a decision reaches every
+// agent within milliseconds, and each applies it at about the same moment,
+// so without a window thousands of statuses hit the coordinators in the
+// same millisecond. Within a window each status waits a random share of
+// it, so the fleet's statuses spread over the window; a change made while
+// a status waits goes out with it (the newest status wins), and a burst of
+// changes on one node (apply, read-back, a repair) costs one status. The
+// price is truth: the coordinators see a node converge, and lose
+// convergence, up to one window late, which is why it is off by default.
+// Applying is never delayed.
+const DefaultStatusWindow time.Duration = 0
 
 // statusPacer decides when a changed status goes out: after a random share
 // of the window (per node and per change, so a fleet that changed together

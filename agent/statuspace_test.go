@@ -58,7 +58,7 @@ func TestStatusPacer_AFleetThatChangedTogetherSpreadsOverTheWindow(t *testing.T)
 	}
 }
 
-func TestConfig_StatusWindowMustBePositiveAndWithinTheHeartbeat(t *testing.T) {
+func TestConfig_StatusWindowIsOffByDefaultNeverNegativeAndWithinTheHeartbeat(t *testing.T) {
 	cfg := testConfig(t, "nats://127.0.0.1:1")
 	cfg.setDefaults()
 	if cfg.StatusWindow != DefaultStatusWindow {
@@ -68,7 +68,7 @@ func TestConfig_StatusWindowMustBePositiveAndWithinTheHeartbeat(t *testing.T) {
 		window, heartbeat time.Duration
 		want              string
 	}{
-		{-time.Millisecond, time.Second, "statusWindow: -1ms: must be positive"},
+		{-time.Millisecond, time.Second, "statusWindow: -1ms: must not be negative (0 turns the window off)"},
 		{2 * time.Second, time.Second, "statusWindow: 2s: must not exceed heartbeat (1s)"},
 	} {
 		c := testConfig(t, "nats://127.0.0.1:1")

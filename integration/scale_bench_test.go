@@ -118,6 +118,11 @@ const (
 	sharedKeyring
 )
 
+// scaleStatusWindow is the status window of the benchmark's agents: the
+// one docs/agent.md suggests for fleets of thousands of nodes (agents run
+// without one by default).
+const scaleStatusWindow = 200 * time.Millisecond
+
 // benchFleet runs n in-process agents, perConn to a connection. On a
 // secured bus perConn must be 1: an agent's creds allow its own subjects
 // only.
@@ -224,6 +229,8 @@ func benchFleet(b *testing.B, n, perConn int, mode busSecurity, keys keyringUse)
 		// second would measure the machine, not the fan-out.
 		cfg := &agent.Config{
 			Node: node, NATS: url, StateDir: b.TempDir(), Heartbeat: 5 * time.Second, Resync: time.Minute,
+			// The window a fleet of thousands sets (docs/agent.md).
+			StatusWindow:      scaleStatusWindow,
 			TelemetryInterval: 5 * time.Second, ObserveInterval: 5 * time.Second,
 			Trust: agent.TrustConfig{Keys: []string{bus.FormatPublicKey(signingKey.Public().(ed25519.PublicKey))}},
 			Services: map[string]agent.ServiceConfig{"web": {Proxy: &haproxy.Section{Socket: "/unused", Backend: "web",
