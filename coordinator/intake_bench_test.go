@@ -3,15 +3,12 @@ package coordinator
 import (
 	"context"
 	"fmt"
-	"io"
-	"log/slog"
 	"math/rand/v2"
 	"syscall"
 	"testing"
 	"time"
 
 	"github.com/nats-io/nats.go"
-	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/testutil"
 	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/timestamppb"
@@ -63,14 +60,7 @@ func BenchmarkIntake_MergeCapacity(b *testing.B) {
 		}
 		msgs[i] = &nats.Msg{Subject: bus.TelemetrySubject("web", rep.Node), Data: wire}
 	}
-	reg := prometheus.NewRegistry()
-	m := newMetrics(reg)
-	var in *intake
-	im, err := newIntakeMetrics(reg, m, func() *intake { return in })
-	if err != nil {
-		b.Fatal(err)
-	}
-	in = newIntake(analysis.NewStore(), im, nil, slog.New(slog.NewTextHandler(io.Discard, nil)), time.Now)
+	in, m, _ := testIntake(b, analysis.NewStore(), time.Now)
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan struct{})
 	go func() {

@@ -23,16 +23,9 @@ import (
 // When the workers cannot keep up, intake sheds reports with a counter and
 // marks them in the store as missing data; what it queued is merged.
 func TestIntake_ShedsWhenTheQueueIsFullAndCountsIt(t *testing.T) {
-	reg := prometheus.NewRegistry()
-	m := newMetrics(reg)
 	store := analysis.NewStore()
 	now := time.Date(2026, 3, 1, 10, 0, 30, 200e6, time.UTC)
-	var in *intake
-	im, err := newIntakeMetrics(reg, m, func() *intake { return in })
-	if err != nil {
-		t.Fatal(err)
-	}
-	in = newIntake(store, im, nil, slog.New(slog.NewTextHandler(io.Discard, nil)), func() time.Time { return now })
+	in, m, im := testIntake(t, store, func() time.Time { return now })
 	in.queue = make(chan *nats.Msg, 8)
 
 	sk := sketch.New()
@@ -103,16 +96,9 @@ func TestIntake_ShedsWhenTheQueueIsFullAndCountsIt(t *testing.T) {
 // naming another node (or service) than its subject is refused and counted,
 // so one node cannot forge another's health to force or mask a rollback.
 func TestIntake_RefusesReportsWhoseNodeIsNotTheSubjects(t *testing.T) {
-	reg := prometheus.NewRegistry()
-	m := newMetrics(reg)
 	store := analysis.NewStore()
 	now := time.Date(2026, 3, 1, 10, 0, 30, 200e6, time.UTC)
-	var in *intake
-	im, err := newIntakeMetrics(reg, m, func() *intake { return in })
-	if err != nil {
-		t.Fatal(err)
-	}
-	in = newIntake(store, im, nil, slog.New(slog.NewTextHandler(io.Discard, nil)), func() time.Time { return now })
+	in, m, _ := testIntake(t, store, func() time.Time { return now })
 	sec := now.Truncate(time.Second)
 	msg := func(subjService, subjNode, service, node string, errors uint64) *nats.Msg {
 		wire, err := proto.Marshal(&sv1.HealthReport{Node: node, Service: service, RolloutId: "r1", Generation: 3,
@@ -163,4 +149,19 @@ func TestIntake_RefusesReportsWhoseNodeIsNotTheSubjects(t *testing.T) {
 	if _, _, nodes := store.NodeHealth("api", nil, sec.Add(-time.Second), sec); nodes != 0 {
 		t.Fatalf("a report forged for another service reached it (%d nodes)", nodes)
 	}
+}
+
+// testIntake is an intake on store with its metrics on a registry of its
+// own, quiet logs and the clock now.
+func testIntake(tb testing.TB, store *analysis.Store, now func() time.Time) (*intake, *metrics, *intakeMetrics) {
+	tb.Helper()
+	reg := prometheus.NewRegistry()
+	m := newMetrics(reg)
+	var in *intake
+	im, err := newIntakeMetrics(reg, m, func() *intake { return in })
+	if err != nil {
+		tb.Fatal(err)
+	}
+	in = newIntake(store, im, nil, slog.New(slog.NewTextHandler(io.Discard, nil)), now)
+	return in, m, im
 }
