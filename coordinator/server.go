@@ -13,6 +13,8 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
+	"runtime/pprof"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -105,7 +107,17 @@ type Config struct {
 	// Notify are the receivers the leader tells of phase changes,
 	// rollbacks and drill reports (see coordinator/notify).
 	Notify []notify.Target
+	// StopTimeout bounds stopping once Run's context ends: leader work,
+	// the snapshot on the way out, Raft and the bus connection. A step
+	// still stuck then is logged with every goroutine's stack and Run
+	// returns without it (what Raft acknowledged is on disk already).
+	// DefaultStopTimeout when zero.
+	StopTimeout time.Duration
 }
+
+// DefaultStopTimeout leaves a supervisor's usual grace period (ten seconds
+// and up between SIGTERM and SIGKILL) for the process to exit on its own.
+const DefaultStopTimeout = 8 * time.Second
 
 func (c *Config) setDefaults() error {
 	for i := range c.Notify {
@@ -157,6 +169,12 @@ func (c *Config) setDefaults() error {
 	}
 	if c.TickInterval == 0 {
 		c.TickInterval = 250 * time.Millisecond
+	}
+	if c.StopTimeout < 0 {
+		return fmt.Errorf("coordinator: stop timeout %s is negative", c.StopTimeout)
+	}
+	if c.StopTimeout == 0 {
+		c.StopTimeout = DefaultStopTimeout
 	}
 	if c.Logger == nil {
 		c.Logger = slog.Default()
@@ -467,13 +485,42 @@ func (s *Server) Run(ctx context.Context) error {
 	}()
 	<-ctx.Done()
 	cancel()
-	for _, sub := range subs {
-		_ = sub.Unsubscribe()
+	if !s.stopWithin(s.cfg.StopTimeout, func() {
+		for _, sub := range subs {
+			_ = sub.Unsubscribe()
+		}
+		s.wg.Wait()
+		s.shutdown()
+	}) {
+		return fmt.Errorf("coordinator: stopping took longer than %s; stopped without waiting for the rest", s.cfg.StopTimeout)
 	}
-	s.wg.Wait()
-	s.shutdown()
 	s.log.Info("coordinator stopped")
 	return nil
+}
+
+// stopWithin runs stop and waits at most timeout for it. A stop that
+// hangs (a state machine or a transport call that never returns) must not
+// keep the process from exiting: it is reported once, with every
+// goroutine's stack so the next person can see where it waits, and left
+// behind.
+func (s *Server) stopWithin(timeout time.Duration, stop func()) bool {
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		stop()
+	}()
+	t := time.NewTimer(timeout)
+	defer t.Stop()
+	select {
+	case <-done:
+		return true
+	case <-t.C:
+	}
+	var stacks strings.Builder
+	_ = pprof.Lookup("goroutine").WriteTo(&stacks, 1)
+	s.log.Error("coordinator did not stop in time; exiting without waiting for the rest",
+		"timeout", timeout, "goroutines", stacks.String())
+	return false
 }
 
 // subscribe starts the work every coordinator does, leader or not: tracking
