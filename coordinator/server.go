@@ -380,7 +380,18 @@ func (s *Server) setupRaft() error {
 		return fmt.Errorf("coordinator: listen for raft on %s: %w", s.cfg.RaftAddr, err)
 	}
 	s.raftListen = stream.ln.Addr().String()
-	trans := raft.NewNetworkTransportWithLogger(stream, 3, 10*time.Second, rc.Logger)
+	// No pipelined replication (MaxRPCsInFlight 1): in the library's
+	// pipeline a follower's refused append ends the response reader while
+	// the sender can still park on a full hand-off, and neither is ever
+	// woken. Replication to that follower then stops for good while its
+	// heartbeats go on (so no election heals it), and Raft's Shutdown
+	// waits forever. Seen in the fault lab after a partition of the
+	// leader healed. One append in flight per follower costs nothing at a
+	// coordinator's rate of writes.
+	trans := raft.NewNetworkTransportWithConfig(&raft.NetworkTransportConfig{
+		Stream: stream, MaxPool: 3, Timeout: 10 * time.Second, Logger: rc.Logger,
+		MaxRPCsInFlight: 1,
+	})
 	s.transport = trans
 
 	hasState, err := raft.HasExistingState(store, store, snaps)

@@ -3,6 +3,7 @@ package coordinator
 import (
 	"bytes"
 	"context"
+	"errors"
 	"log/slog"
 	"runtime/pprof"
 	"strings"
@@ -10,6 +11,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/hashicorp/raft"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/testutil"
 
@@ -105,5 +107,17 @@ func TestConfig_StopTimeoutDefaultsAndMustNotBeNegative(t *testing.T) {
 	c = Config{NodeID: "c1", DataDir: t.TempDir(), BootstrapExpect: 1, StopTimeout: -time.Second}
 	if err := c.setDefaults(); err == nil || !strings.Contains(err.Error(), "stop timeout") {
 		t.Errorf("negative stop timeout: %v", err)
+	}
+}
+
+// Raft's pipelined replication can deadlock after a follower refuses an
+// append (replication to it stops for good and Shutdown never returns);
+// the coordinator's transport must not offer it.
+func TestCoordinator_RaftReplicatesWithoutAPipeline(t *testing.T) {
+	_, url := startNATS(t)
+	c := startCoordinator(t, url, t.TempDir())
+	_, err := c.srv.transport.AppendEntriesPipeline("peer", "127.0.0.1:1")
+	if !errors.Is(err, raft.ErrPipelineReplicationNotSupported) {
+		t.Fatalf("AppendEntriesPipeline: %v, want %v", err, raft.ErrPipelineReplicationNotSupported)
 	}
 }
