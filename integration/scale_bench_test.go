@@ -123,6 +123,13 @@ const (
 // without one by default).
 const scaleStatusWindow = 200 * time.Millisecond
 
+// idleSettle and idleWindow: the idle fleet is measured over one heartbeat
+// of its agents (5 s), after one heartbeat of settling.
+const (
+	idleSettle = 5 * time.Second
+	idleWindow = 5 * time.Second
+)
+
 // benchFleet runs n in-process agents, perConn to a connection. On a
 // secured bus perConn must be 1: an agent's creds allow its own subjects
 // only.
@@ -292,11 +299,17 @@ func benchFleet(b *testing.B, n, perConn int, mode busSecurity, keys keyringUse)
 	}
 	stages := map[string][]time.Duration{}
 	// The fleet's idle cost (heartbeats, telemetry, read-backs), to tell it
-	// from a decision's.
+	// from a decision's: over one heartbeat, once the start-up's first
+	// statuses and reports have passed (a heartbeat after the last agent
+	// was heard of), and profiled apart from the decisions.
+	profileName := strings.NewReplacer("/", "_", "=", "-").Replace(b.Name())
+	time.Sleep(idleSettle)
+	stopIdleProfile := startProfile(b, profileName+"_idle")
 	idle0, idleStart := processCPU(), time.Now()
-	time.Sleep(time.Second)
+	time.Sleep(idleWindow)
 	idleCPU := float64((processCPU() - idle0).Nanoseconds()) / time.Since(idleStart).Seconds()
-	stopProfile := startProfile(b, strings.NewReplacer("/", "_", "=", "-").Replace(b.Name()))
+	stopIdleProfile()
+	stopProfile := startProfile(b, profileName)
 	defer stopProfile()
 	var all, toAll []time.Duration
 	// CPU of the whole process per decision: to every agent applied, and to
