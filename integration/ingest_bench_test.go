@@ -180,6 +180,8 @@ var reportgenBin = &builtBinary{pkg: "./integration/reportgen", name: "reportgen
 // reportGenerator is a running reportgen process.
 type reportGenerator struct {
 	p *harness.Process
+	// reportBytes is the mean size of a report it publishes.
+	reportBytes int
 }
 
 // startReportGenerator starts reportgen for nodes simulated nodes on the
@@ -204,7 +206,15 @@ func startReportGenerator(b *testing.B, ctx context.Context, nb harness.Bus, nod
 	if _, err := p.WaitForStdoutLine(ctx, "ready"); err != nil {
 		b.Fatal(err)
 	}
-	return &reportGenerator{p: p}
+	line, err := p.WaitForStdoutLine(ctx, "report-bytes ")
+	if err != nil {
+		b.Fatal(err)
+	}
+	size, err := strconv.Atoi(strings.TrimPrefix(line, "report-bytes "))
+	if err != nil {
+		b.Fatalf("reportgen: %q: %v", line, err)
+	}
+	return &reportGenerator{p: p, reportBytes: size}
 }
 
 // published is the generator's running total, from the last line it
@@ -508,6 +518,7 @@ func BenchmarkIngest_ReportsPerSecond(b *testing.B) {
 	b.Logf("rollout %s at step %d: %s", view.GetRollout().GetPhase(), view.GetRollout().GetStep(), view.GetAnalysis())
 	reportIngest(b, a, z, rate)
 	b.ReportMetric((z.gen.cpu-a.gen.cpu).Seconds()/z.at.Sub(a.at).Seconds(), "generator-cores")
+	b.ReportMetric(float64(rig.gen.reportBytes), "report-bytes")
 	if z.merged-a.merged == 0 {
 		b.Fatal("the coordinator merged no reports")
 	}

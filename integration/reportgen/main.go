@@ -6,8 +6,8 @@
 // backends with latency sketches by default, 256 bodies cycled over nodes
 // and seconds); a publish only copies a node's pre-encoded report and
 // appends the second's two pre-encoded window timestamps. It prints
-// "ready" once connected, then "published N" (the running total) every
-// 100 ms.
+// "report-bytes N" (a report's mean size) and "ready" once connected, then
+// "published N" (the running total) every 100 ms.
 package main
 
 import (
@@ -99,6 +99,14 @@ func run() error {
 		defer nc.Close()
 		ncs[i] = nc
 	}
+	// The mean size of a report as published: what each report costs the
+	// bus and the coordinators' reads.
+	window := appendTimestamp(appendTimestamp(nil, 3, time.Now().Unix()-1), 4, time.Now().Unix())
+	size := 0
+	for _, b := range bodies {
+		size += len(all[0].prefix) + len(b) + len(window)
+	}
+	fmt.Printf("report-bytes %d\n", size/len(bodies))
 	fmt.Println("ready")
 
 	var published atomic.Int64
