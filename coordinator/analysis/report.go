@@ -416,8 +416,11 @@ func (d *Decoder) backend(b []byte) (br BackendReport, sk sketch.Sketch, latErr,
 // appendVarints appends the packed whole counts in bs to the arena as
 // float64 and returns how many there were and the largest.
 func (d *Decoder) appendVarints(bs []byte) (n int, most uint64, err error) {
-	// A count takes a byte at least: the arena grows at most once.
+	// A count takes a byte at least: the arena grows at most once, and
+	// the counts are written in place.
+	at := len(d.arena)
 	d.arena = slices.Grow(d.arena, len(bs))
+	dst := d.arena[at : at+len(bs)]
 	for len(bs) > 0 {
 		// Counts of one second's requests in one bin are mostly below 128:
 		// one byte, read without the general varint loop.
@@ -428,9 +431,10 @@ func (d *Decoder) appendVarints(bs []byte) (n int, most uint64, err error) {
 			}
 		}
 		bs = bs[w:]
-		d.arena = append(d.arena, float64(v))
+		dst[n] = float64(v)
 		n++
 		most = max(most, v)
 	}
+	d.arena = d.arena[:at+n]
 	return n, most, nil
 }

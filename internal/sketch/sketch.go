@@ -360,7 +360,8 @@ var (
 	maxMappedIndex = int64(sharedMapping.Index(sharedMapping.MaxIndexableValue()))
 )
 
-func validCount(c float64) bool { return c >= 0 && !math.IsNaN(c) && !math.IsInf(c, 0) }
+// validCount: NaN fails both comparisons, +Inf the second.
+func validCount(c float64) bool { return c >= 0 && c <= math.MaxFloat64 }
 
 // IndexOf is the index of the bin a latency falls in, in the order Bins
 // uses.
