@@ -194,7 +194,9 @@ func errWire(what string) error {
 func fields(b []byte, what string, f func(num protowire.Number, typ protowire.Type, v uint64, bs []byte) error) error {
 	for len(b) > 0 {
 		num, typ, n := protowire.ConsumeTag(b)
-		if n < 0 {
+		// ConsumeTag takes field numbers up to 2^31-1; proto.Unmarshal
+		// refuses those above the largest valid one.
+		if n < 0 || num > protowire.MaxValidNumber {
 			return errWire(what)
 		}
 		b = b[n:]

@@ -170,6 +170,9 @@ func sketchWireCases() map[string][]byte {
 		"MaxBins whole":               withLatency(sketchHead(-5, packedWhole(manyWhole[1:]...))),
 		"over MaxBins whole":          withLatency(sketchHead(-5, packedWhole(manyWhole...))),
 		"whole outside the mapping":   withLatency(sketchHead(math.MaxInt32, packedWhole(varint(1)))),
+		// protowire.ConsumeTag takes field numbers up to 2^31-1,
+		// proto.Unmarshal none above 2^29-1.
+		"field number 2^29": withLatency(sketchHead(-5, packedWhole(varint(1)), varint(uint64(protowire.MaxValidNumber+1)<<3), varint(1))),
 	}
 }
 
@@ -190,6 +193,7 @@ func TestDecoder_BothFormsOfSketchesMatchProtoUnmarshal(t *testing.T) {
 		"truncated varint":          "cannot decode",
 		"over MaxBins whole":        "4097 bins, at most 4096",
 		"whole outside the mapping": "outside the mapping",
+		"field number 2^29":         "cannot decode",
 	}
 	for name, wire := range cases {
 		t.Run(name, func(t *testing.T) {
