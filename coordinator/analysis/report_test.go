@@ -281,3 +281,29 @@ func FuzzDecoder_MatchesProtoUnmarshal(f *testing.F) {
 		}
 	})
 }
+
+// The report decoder skips fields it does not know, in the report and in
+// its sketches, as proto.Unmarshal does, and refuses nothing for them: what
+// docs/operations.md says about upgrading rests on it (a coordinator from
+// before a field reads a report carrying it as if the field were absent).
+func TestDecoder_SkipsUnknownFields(t *testing.T) {
+	unknown := func(num protowire.Number) []byte {
+		b := protowire.AppendTag(nil, num, protowire.BytesType)
+		return protowire.AppendString(b, "from a newer agent")
+	}
+	plain := withLatency(sketchHead(-5, packedWhole(varint(3), varint(1))))
+	withUnknown := append(withLatency(sketchHead(-5, packedWhole(varint(3), varint(1)), unknown(99))), unknown(98)...)
+	var d Decoder
+	checkDecoders(t, &d, withUnknown)
+	a, err := d.Decode(plain)
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, err := d.Decode(withUnknown)
+	if err != nil {
+		t.Fatalf("a report with unknown fields refused: %v", err)
+	}
+	if !sameReport(a, b) || b.Backends[0].Latency.Count() != 4 {
+		t.Fatalf("unknown fields changed the report:\n without %+v\n with    %+v", a, b)
+	}
+}
