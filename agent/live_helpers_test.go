@@ -388,8 +388,12 @@ func (tt *trafficTotals) add(t *testing.T, r *sv1.HealthReport, backend string) 
 	tt.requests += bh.GetRequests()
 	tt.errors += bh.GetErrors()
 	tt.maxConns = max(tt.maxConns, bh.GetCurrentConnections())
-	if bh.GetLatency() != nil {
-		s, err := sketch.FromProto(bh.GetLatency())
+	if l := bh.GetLatency(); l != nil {
+		// Requests are whole: their bins go out in the compact form.
+		if len(l.GetCounts()) > 0 {
+			t.Fatalf("report carries %d latency bins as doubles, want whole_counts", len(l.GetCounts()))
+		}
+		s, err := sketch.FromProto(l)
 		if err != nil {
 			t.Fatalf("report carries an invalid sketch: %v", err)
 		}

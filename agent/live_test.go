@@ -331,7 +331,7 @@ func TestAgentLive_TelemetryFromShowStatSurvivesRestart(t *testing.T) {
 		for green.requests < want {
 			select {
 			case r := <-reports:
-				if bh := backendHealth(r, "green"); bh != nil && len(bh.GetLatency().GetCounts()) > 0 {
+				if bh := backendHealth(r, "green"); bh != nil && len(bh.GetLatency().GetCounts())+len(bh.GetLatency().GetWholeCounts()) > 0 {
 					t.Fatalf("latency reported without a log socket: %v", bh.GetLatency())
 				}
 				green.add(t, r, "green")

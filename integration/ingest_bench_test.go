@@ -4,7 +4,6 @@ import (
 	"context"
 	"fmt"
 	"io"
-	"math/rand/v2"
 	"net/http"
 	"os"
 	"path/filepath"
@@ -18,7 +17,6 @@ import (
 	"github.com/nats-io/jwt/v2"
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nkeys"
-	"google.golang.org/protobuf/encoding/protowire"
 	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/durationpb"
 	"google.golang.org/protobuf/types/known/timestamppb"
@@ -27,6 +25,7 @@ import (
 	"github.com/switchyard/switchyard/bus/auth"
 	"github.com/switchyard/switchyard/integration/harness"
 	"github.com/switchyard/switchyard/integration/harness/harnesstest"
+	"github.com/switchyard/switchyard/integration/reports"
 	"github.com/switchyard/switchyard/internal/sketch"
 	sv1 "github.com/switchyard/switchyard/proto/switchyard/v1"
 )
@@ -85,48 +84,16 @@ type reportLoad struct {
 // newReportLoad encodes bodies: backends per report, each with a latency
 // sketch of that many requests.
 func newReportLoad(tb testing.TB, nodes, backends int, rollout *sv1.Rollout) *reportLoad {
-	r := rand.New(rand.NewPCG(11, 12))
-	l := &reportLoad{}
-	for range 256 {
-		rep := &sv1.HealthReport{Service: "web"}
-		if rollout != nil {
-			rep.RolloutId, rep.Generation = rollout.GetId(), rollout.GetGeneration()
-		}
-		for i := range backends {
-			name := fmt.Sprintf("pool-%d", i)
-			switch i {
-			case 0:
-				name = harness.Blue
-			case 1:
-				name = harness.Green
-			}
-			sk := sketch.New()
-			n := 20 + r.IntN(40)
-			for range n {
-				sk.Add(0.015 + r.ExpFloat64()*0.004)
-			}
-			rep.Backends = append(rep.Backends, &sv1.BackendHealth{Backend: name, Requests: uint64(n), Errors: uint64(r.IntN(2)), Latency: sk.ToProto()})
-		}
-		body, err := proto.Marshal(rep)
-		if err != nil {
-			tb.Fatal(err)
-		}
-		l.bodies = append(l.bodies, body)
+	bodies, err := reports.Bodies("web", harness.Blue, harness.Green, rollout.GetId(), rollout.GetGeneration(), backends, 256)
+	if err != nil {
+		tb.Fatal(err)
 	}
+	l := &reportLoad{bodies: bodies}
 	for i := range nodes {
 		l.nodes = append(l.nodes, fmt.Sprintf("sim-%06d", i))
 		l.subjects = append(l.subjects, bus.TelemetrySubject("web", l.nodes[i]))
 	}
 	return l
-}
-
-// appendWindow appends a Timestamp field of the HealthReport.
-func appendTimestamp(b []byte, field protowire.Number, sec int64) []byte {
-	var ts []byte
-	ts = protowire.AppendTag(ts, 1, protowire.VarintType)
-	ts = protowire.AppendVarint(ts, uint64(sec))
-	b = protowire.AppendTag(b, field, protowire.BytesType)
-	return protowire.AppendBytes(b, ts)
 }
 
 // run publishes until ctx ends over conns, each connection taking its share
@@ -152,11 +119,9 @@ func (l *reportLoad) run(ctx context.Context, conns []*nats.Conn) {
 				for slice := range slices {
 					sec := time.Now().Unix()
 					for _, i := range mine[len(mine)*slice/slices : len(mine)*(slice+1)/slices] {
-						buf = protowire.AppendTag(buf[:0], 1, protowire.BytesType)
-						buf = protowire.AppendString(buf, l.nodes[i])
+						buf = reports.AppendNode(buf[:0], l.nodes[i])
 						buf = append(buf, l.bodies[i%len(l.bodies)]...)
-						buf = appendTimestamp(buf, 3, sec-1)
-						buf = appendTimestamp(buf, 4, sec)
+						buf = reports.AppendWindow(buf, sec)
 						if err := nc.Publish(l.subjects[i], buf); err != nil {
 							return
 						}
@@ -180,6 +145,8 @@ var reportgenBin = &builtBinary{pkg: "./integration/reportgen", name: "reportgen
 // reportGenerator is a running reportgen process.
 type reportGenerator struct {
 	p *harness.Process
+	// reportBytes is the mean size of a report it publishes.
+	reportBytes int
 }
 
 // startReportGenerator starts reportgen for nodes simulated nodes on the
@@ -204,7 +171,15 @@ func startReportGenerator(b *testing.B, ctx context.Context, nb harness.Bus, nod
 	if _, err := p.WaitForStdoutLine(ctx, "ready"); err != nil {
 		b.Fatal(err)
 	}
-	return &reportGenerator{p: p}
+	line, err := p.WaitForStdoutLine(ctx, "report-bytes ")
+	if err != nil {
+		b.Fatal(err)
+	}
+	size, err := strconv.Atoi(strings.TrimPrefix(line, "report-bytes "))
+	if err != nil {
+		b.Fatalf("reportgen: %q: %v", line, err)
+	}
+	return &reportGenerator{p: p, reportBytes: size}
 }
 
 // published is the generator's running total, from the last line it
@@ -508,6 +483,7 @@ func BenchmarkIngest_ReportsPerSecond(b *testing.B) {
 	b.Logf("rollout %s at step %d: %s", view.GetRollout().GetPhase(), view.GetRollout().GetStep(), view.GetAnalysis())
 	reportIngest(b, a, z, rate)
 	b.ReportMetric((z.gen.cpu-a.gen.cpu).Seconds()/z.at.Sub(a.at).Seconds(), "generator-cores")
+	b.ReportMetric(float64(rig.gen.reportBytes), "report-bytes")
 	if z.merged-a.merged == 0 {
 		b.Fatal("the coordinator merged no reports")
 	}

@@ -59,6 +59,7 @@ func BenchmarkStore_DecodeAndMerge(b *testing.B) {
 	s.AddReports(batch)
 	b.StopTimer()
 	reportCPU(b, cpu0)
+	reportWireBytes(b, wire)
 }
 
 // BenchmarkStore_DecodeMergeAndJudge is the intake's work per report as a
@@ -104,6 +105,7 @@ func BenchmarkStore_DecodeMergeAndJudge(b *testing.B) {
 		b.Fatalf("store holds %d node reports after the judge read them, want at most a second's %d", sz.Reports, nodes)
 	}
 	reportCPU(b, cpu0)
+	reportWireBytes(b, wire)
 }
 
 // BenchmarkStore_ProtoUnmarshalAndAdd is the same through proto.Unmarshal
@@ -138,6 +140,15 @@ func cpuTime(b *testing.B) time.Duration {
 		b.Fatal(err)
 	}
 	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
+}
+
+// reportWireBytes reports the mean size of the reports decoded.
+func reportWireBytes(b *testing.B, wire [][]byte) {
+	n := 0
+	for _, w := range wire {
+		n += len(w)
+	}
+	b.ReportMetric(float64(n)/float64(len(wire)), "wire-B/report")
 }
 
 func reportCPU(b *testing.B, from time.Duration) {

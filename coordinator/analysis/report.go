@@ -179,6 +179,7 @@ const (
 	fSketchZero     = 2
 	fSketchOffset   = 3
 	fSketchCounts   = 4
+	fSketchWhole    = 5
 
 	fTimestampSeconds = 1
 	fTimestampNanos   = 2
@@ -193,7 +194,9 @@ func errWire(what string) error {
 func fields(b []byte, what string, f func(num protowire.Number, typ protowire.Type, v uint64, bs []byte) error) error {
 	for len(b) > 0 {
 		num, typ, n := protowire.ConsumeTag(b)
-		if n < 0 {
+		// ConsumeTag takes field numbers up to 2^31-1; proto.Unmarshal
+		// refuses those above the largest valid one.
+		if n < 0 || num > protowire.MaxValidNumber {
 			return errWire(what)
 		}
 		b = b[n:]
@@ -236,10 +239,12 @@ func (d *Decoder) Decode(b []byte) (*Report, error) {
 	r := d.newReport()
 	var endSec, endNanos int64
 	haveEnd, probes := false, false
-	// Every count is 8 bytes of the message: with that much room left the
-	// arena does not grow while this report is decoded.
-	if cap(d.arena)-len(d.arena) < len(b)/8 {
-		d.arena = make([]float64, 0, max(len(b)/8, arenaSlab))
+	// Every count is at least a byte of the message (a whole count's
+	// varint; a double takes 8): with that much room left the arena does
+	// not grow while this report is decoded. A report bigger than a slab
+	// grows it as its bins come instead.
+	if need := min(len(b), arenaSlab); cap(d.arena)-len(d.arena) < need {
+		d.arena = make([]float64, 0, arenaSlab)
 	}
 	from := len(d.arena)
 	defer func() { d.usedBins += len(d.arena) - from }()
@@ -342,6 +347,11 @@ func (d *Decoder) backend(b []byte) (br BackendReport, sk sketch.Sketch, latErr,
 	var offset int32
 	from := len(d.arena)
 	haveLatency := false
+	// Both forms of the bins go to the arena as they come; how many came in
+	// each form, and the largest whole count, are checked once the backend
+	// is read, as proto.Unmarshal's merged message is.
+	doubles, wholes := 0, 0
+	var mostWhole uint64
 	err = fields(b, "backend", func(num protowire.Number, typ protowire.Type, v uint64, bs []byte) error {
 		var err error
 		switch {
@@ -365,6 +375,7 @@ func (d *Decoder) backend(b []byte) (br BackendReport, sk sketch.Sketch, latErr,
 					offset = int32(protowire.DecodeZigZag(v & math.MaxUint32))
 				case num == fSketchCounts && typ == protowire.Fixed64Type:
 					d.arena = append(d.arena, math.Float64frombits(v))
+					doubles++
 				case num == fSketchCounts && typ == protowire.BytesType:
 					if len(bs)%8 != 0 {
 						return errWire("latency sketch counts")
@@ -375,6 +386,18 @@ func (d *Decoder) backend(b []byte) (br BackendReport, sk sketch.Sketch, latErr,
 					for i := range dst {
 						dst[i] = math.Float64frombits(binary.LittleEndian.Uint64(bs[8*i:]))
 					}
+					doubles += len(dst)
+				case num == fSketchWhole && typ == protowire.VarintType:
+					d.arena = append(d.arena, float64(v))
+					wholes++
+					mostWhole = max(mostWhole, v)
+				case num == fSketchWhole && typ == protowire.BytesType:
+					n, most, err := d.appendVarints(bs)
+					if err != nil {
+						return err
+					}
+					wholes += n
+					mostWhole = max(mostWhole, most)
 				}
 				return nil
 			})
@@ -386,6 +409,34 @@ func (d *Decoder) backend(b []byte) (br BackendReport, sk sketch.Sketch, latErr,
 	}
 	// A latency field given twice merges, as proto.Unmarshal merges it:
 	// its counts follow on in the arena.
-	latErr = sk.Load(accuracy, zero, offset, d.arena[from:len(d.arena):len(d.arena)])
+	if latErr = sketch.CheckForms(doubles, wholes, mostWhole); latErr == nil {
+		latErr = sk.Load(accuracy, zero, offset, d.arena[from:len(d.arena):len(d.arena)])
+	}
 	return br, sk, latErr, nil
+}
+
+// appendVarints appends the packed whole counts in bs to the arena as
+// float64 and returns how many there were and the largest.
+func (d *Decoder) appendVarints(bs []byte) (n int, most uint64, err error) {
+	// A count takes a byte at least: the arena grows at most once, and
+	// the counts are written in place.
+	at := len(d.arena)
+	d.arena = slices.Grow(d.arena, len(bs))
+	dst := d.arena[at : at+len(bs)]
+	for len(bs) > 0 {
+		// Counts of one second's requests in one bin are mostly below 128:
+		// one byte, read without the general varint loop.
+		v, w := uint64(bs[0]), 1
+		if v >= 0x80 {
+			if v, w = protowire.ConsumeVarint(bs); w < 0 {
+				return 0, 0, errWire("latency sketch whole_counts")
+			}
+		}
+		bs = bs[w:]
+		dst[n] = float64(v)
+		n++
+		most = max(most, v)
+	}
+	d.arena = d.arena[:at+n]
+	return n, most, nil
 }

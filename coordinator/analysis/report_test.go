@@ -1,14 +1,17 @@
 package analysis
 
 import (
+	"encoding/binary"
 	"errors"
 	"fmt"
 	"math"
 	"math/rand/v2"
 	"reflect"
+	"strings"
 	"testing"
 	"time"
 
+	"google.golang.org/protobuf/encoding/protowire"
 	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/durationpb"
 	"google.golang.org/protobuf/types/known/timestamppb"
@@ -75,6 +78,163 @@ func checkDecoders(t *testing.T, d *Decoder, wire []byte) {
 	}
 }
 
+// doubleForm is rep with its sketches' bins as doubles, as agents sent
+// them before whole_counts.
+func doubleForm(rep *sv1.HealthReport) *sv1.HealthReport {
+	old := proto.Clone(rep).(*sv1.HealthReport)
+	for _, b := range old.GetBackends() {
+		if l := b.GetLatency(); l != nil {
+			for _, c := range l.GetWholeCounts() {
+				l.Counts = append(l.Counts, float64(c))
+			}
+			l.WholeCounts = nil
+		}
+	}
+	return old
+}
+
+// withLatency is a report of one backend whose latency fields are the
+// given encoded LatencySketch bodies, each its own field (two merge).
+func withLatency(latency ...[]byte) []byte {
+	var be []byte
+	be = protowire.AppendTag(be, fBackendName, protowire.BytesType)
+	be = protowire.AppendString(be, "green")
+	be = protowire.AppendTag(be, fBackendRequests, protowire.VarintType)
+	be = protowire.AppendVarint(be, 10)
+	for _, l := range latency {
+		be = protowire.AppendTag(be, fBackendLatency, protowire.BytesType)
+		be = protowire.AppendBytes(be, l)
+	}
+	var b []byte
+	b = protowire.AppendTag(b, fReportNode, protowire.BytesType)
+	b = protowire.AppendString(b, "n")
+	b = protowire.AppendTag(b, fReportService, protowire.BytesType)
+	b = protowire.AppendString(b, "web")
+	b = protowire.AppendTag(b, fReportWindowEnd, protowire.BytesType)
+	b = protowire.AppendBytes(b, nil)
+	b = protowire.AppendTag(b, fReportBackends, protowire.BytesType)
+	return protowire.AppendBytes(b, be)
+}
+
+// sketchHead is a LatencySketch body with the accuracy, the given offset
+// and the raw fields after it.
+func sketchHead(offset int32, raw ...[]byte) []byte {
+	b := protowire.AppendTag(nil, fSketchAccuracy, protowire.Fixed64Type)
+	b = protowire.AppendFixed64(b, math.Float64bits(sketch.RelativeAccuracy))
+	b = protowire.AppendTag(b, fSketchOffset, protowire.VarintType)
+	b = protowire.AppendVarint(b, protowire.EncodeZigZag(int64(offset)))
+	for _, r := range raw {
+		b = append(b, r...)
+	}
+	return b
+}
+
+// packedWhole is a packed whole_counts field of the given varint bytes.
+func packedWhole(varints ...[]byte) []byte {
+	var body []byte
+	for _, v := range varints {
+		body = append(body, v...)
+	}
+	return protowire.AppendBytes(protowire.AppendTag(nil, fSketchWhole, protowire.BytesType), body)
+}
+
+func varint(v uint64) []byte { return protowire.AppendVarint(nil, v) }
+
+// sketchWireCases are hand-made wire forms of latency sketches at the edges
+// of the two forms of their bins, for the decoders to agree on.
+func sketchWireCases() map[string][]byte {
+	doubles := protowire.AppendTag(nil, fSketchCounts, protowire.BytesType)
+	doubles = protowire.AppendBytes(doubles, binary.LittleEndian.AppendUint64(nil, math.Float64bits(3)))
+	manyWhole := make([][]byte, sketch.MaxBins+1)
+	for i := range manyWhole {
+		manyWhole[i] = []byte{1}
+	}
+	return map[string][]byte{
+		"whole":                     withLatency(sketchHead(-5, packedWhole(varint(1), varint(0), varint(300)))),
+		"doubles":                   withLatency(sketchHead(-5, doubles)),
+		"both in one sketch":        withLatency(sketchHead(-5, doubles, packedWhole(varint(1)))),
+		"both over two fields":      withLatency(sketchHead(-5, doubles), sketchHead(-5, packedWhole(varint(1)))),
+		"whole twice merges":        withLatency(sketchHead(-5, packedWhole(varint(1))), sketchHead(-9, packedWhole(varint(2), varint(3)))),
+		"empty whole beside counts": withLatency(sketchHead(-5, doubles, packedWhole())),
+		"unpacked whole": withLatency(sketchHead(-5, protowire.AppendVarint(protowire.AppendTag(nil, fSketchWhole, protowire.VarintType), 4),
+			protowire.AppendVarint(protowire.AppendTag(nil, fSketchWhole, protowire.VarintType), 200))),
+		"whole as fixed64 is unknown": withLatency(sketchHead(-5, protowire.AppendFixed64(protowire.AppendTag(nil, fSketchWhole, protowire.Fixed64Type), 7))),
+		"2^53-1":                      withLatency(sketchHead(-5, packedWhole(varint(sketch.MaxWholeCount)))),
+		"2^53":                        withLatency(sketchHead(-5, packedWhole(varint(1), varint(1<<53)))),
+		"max uint64":                  withLatency(sketchHead(-5, packedWhole(varint(math.MaxUint64)))),
+		"unpacked 2^53":               withLatency(sketchHead(-5, protowire.AppendVarint(protowire.AppendTag(nil, fSketchWhole, protowire.VarintType), 1<<53))),
+		"overlong 1 in 10 bytes":      withLatency(sketchHead(-5, packedWhole([]byte{0x81, 0x80, 0x80, 0x80, 0x80, 0x80, 0x80, 0x80, 0x80, 0x00}))),
+		"varint of 11 bytes":          withLatency(sketchHead(-5, packedWhole([]byte{0x81, 0x80, 0x80, 0x80, 0x80, 0x80, 0x80, 0x80, 0x80, 0x80, 0x00}))),
+		"varint over 64 bits":         withLatency(sketchHead(-5, packedWhole([]byte{0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x02}))),
+		"truncated varint":            withLatency(sketchHead(-5, packedWhole(varint(5), []byte{0x80}))),
+		"MaxBins whole":               withLatency(sketchHead(-5, packedWhole(manyWhole[1:]...))),
+		"over MaxBins whole":          withLatency(sketchHead(-5, packedWhole(manyWhole...))),
+		"whole outside the mapping":   withLatency(sketchHead(math.MaxInt32, packedWhole(varint(1)))),
+		// protowire.ConsumeTag takes field numbers up to 2^31-1,
+		// proto.Unmarshal none above 2^29-1.
+		"field number 2^29": withLatency(sketchHead(-5, packedWhole(varint(1)), varint(uint64(protowire.MaxValidNumber+1)<<3), varint(1))),
+	}
+}
+
+// The whole form, the double form and every refusal of a sketch's bins
+// read alike through both decoders; an old agent's double form and the
+// whole form of the same report give the same report.
+func TestDecoder_BothFormsOfSketchesMatchProtoUnmarshal(t *testing.T) {
+	var d Decoder
+	cases := sketchWireCases()
+	refused := map[string]string{
+		"both in one sketch":        "both counts (1 bins) and whole_counts (1 bins)",
+		"both over two fields":      "both counts (1 bins) and whole_counts (1 bins)",
+		"2^53":                      "whole_counts holds 9007199254740992",
+		"max uint64":                "whole_counts holds 18446744073709551615",
+		"unpacked 2^53":             "whole_counts holds 9007199254740992",
+		"varint of 11 bytes":        "cannot decode",
+		"varint over 64 bits":       "cannot decode",
+		"truncated varint":          "cannot decode",
+		"over MaxBins whole":        "4097 bins, at most 4096",
+		"whole outside the mapping": "outside the mapping",
+		"field number 2^29":         "cannot decode",
+	}
+	for name, wire := range cases {
+		t.Run(name, func(t *testing.T) {
+			checkDecoders(t, &d, wire)
+			_, err := d.Decode(wire)
+			want, bad := refused[name]
+			if bad != (err != nil) || (bad && !strings.Contains(err.Error(), want)) {
+				t.Fatalf("Decode: %v; want refused %v saying %q", err, bad, want)
+			}
+		})
+	}
+	r := rand.New(rand.NewPCG(15, 16))
+	for i := range 20 {
+		rep := testReport(fmt.Sprintf("edge-%d", i), 1_700_000_000, 10, r)
+		compact, err := proto.Marshal(rep)
+		if err != nil {
+			t.Fatal(err)
+		}
+		old, err := proto.Marshal(doubleForm(rep))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if len(compact) >= len(old) {
+			t.Fatalf("compact report %d bytes, double form %d", len(compact), len(old))
+		}
+		checkDecoders(t, &d, compact)
+		checkDecoders(t, &d, old)
+		a, err := d.Decode(compact)
+		if err != nil {
+			t.Fatal(err)
+		}
+		b, err := d.Decode(old)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if !sameReport(a, b) {
+			t.Fatalf("the double form reads differently:\n whole  %+v\n double %+v", a, b)
+		}
+	}
+}
+
 func TestDecoder_MatchesProtoUnmarshal(t *testing.T) {
 	r := rand.New(rand.NewPCG(5, 6))
 	var d Decoder
@@ -106,6 +266,11 @@ func FuzzDecoder_MatchesProtoUnmarshal(f *testing.F) {
 		f.Add(wire)
 	}
 	f.Add([]byte{0x22, 0x00, 0x0a, 0x01, 'n', 0x12, 0x01, 's'})
+	old, _ := proto.Marshal(doubleForm(testReport("edge-2", 1_700_000_000, 3, r)))
+	f.Add(old)
+	for _, wire := range sketchWireCases() {
+		f.Add(wire)
+	}
 	var d Decoder
 	f.Fuzz(func(t *testing.T, wire []byte) {
 		checkDecoders(t, &d, wire)
@@ -115,4 +280,30 @@ func FuzzDecoder_MatchesProtoUnmarshal(f *testing.F) {
 			d.Reuse()
 		}
 	})
+}
+
+// The report decoder skips fields it does not know, in the report and in
+// its sketches, as proto.Unmarshal does, and refuses nothing for them: what
+// docs/operations.md says about upgrading rests on it (a coordinator from
+// before a field reads a report carrying it as if the field were absent).
+func TestDecoder_SkipsUnknownFields(t *testing.T) {
+	unknown := func(num protowire.Number) []byte {
+		b := protowire.AppendTag(nil, num, protowire.BytesType)
+		return protowire.AppendString(b, "from a newer agent")
+	}
+	plain := withLatency(sketchHead(-5, packedWhole(varint(3), varint(1))))
+	withUnknown := append(withLatency(sketchHead(-5, packedWhole(varint(3), varint(1)), unknown(99))), unknown(98)...)
+	var d Decoder
+	checkDecoders(t, &d, withUnknown)
+	a, err := d.Decode(plain)
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, err := d.Decode(withUnknown)
+	if err != nil {
+		t.Fatalf("a report with unknown fields refused: %v", err)
+	}
+	if !sameReport(a, b) || b.Backends[0].Latency.Count() != 4 {
+		t.Fatalf("unknown fields changed the report:\n without %+v\n with    %+v", a, b)
+	}
 }

@@ -6,8 +6,8 @@
 // backends with latency sketches by default, 256 bodies cycled over nodes
 // and seconds); a publish only copies a node's pre-encoded report and
 // appends the second's two pre-encoded window timestamps. It prints
-// "ready" once connected, then "published N" (the running total) every
-// 100 ms.
+// "report-bytes N" (a report's mean size) and "ready" once connected, then
+// "published N" (the running total) every 100 ms.
 package main
 
 import (
@@ -15,7 +15,6 @@ import (
 	"errors"
 	"flag"
 	"fmt"
-	"math/rand/v2"
 	"os"
 	"os/signal"
 	"sync"
@@ -24,12 +23,9 @@ import (
 	"time"
 
 	"github.com/nats-io/nats.go"
-	"google.golang.org/protobuf/encoding/protowire"
-	"google.golang.org/protobuf/proto"
 
 	"github.com/switchyard/switchyard/bus"
-	"github.com/switchyard/switchyard/internal/sketch"
-	sv1 "github.com/switchyard/switchyard/proto/switchyard/v1"
+	"github.com/switchyard/switchyard/integration/reports"
 )
 
 func main() {
@@ -64,7 +60,7 @@ func run() error {
 	case *conns < 1:
 		return fmt.Errorf("--conns %d: want at least 1", *conns)
 	}
-	bodies, err := encodeBodies(*service, *from, *to, *rollout, *generation, *backends)
+	bodies, err := reports.Bodies(*service, *from, *to, *rollout, *generation, *backends, 256)
 	if err != nil {
 		return err
 	}
@@ -76,8 +72,7 @@ func run() error {
 	all := make([]node, *nodes)
 	for i := range all {
 		name := fmt.Sprintf("sim-%06d", i)
-		p := protowire.AppendTag(nil, 1, protowire.BytesType)
-		all[i] = node{subject: bus.TelemetrySubject(*service, name), prefix: protowire.AppendString(p, name)}
+		all[i] = node{subject: bus.TelemetrySubject(*service, name), prefix: reports.AppendNode(nil, name)}
 	}
 	// Options by hand: the identity may be the benchmark's wildcard agent
 	// ("*"), which has no inbox to name; the generator only publishes.
@@ -99,6 +94,14 @@ func run() error {
 		defer nc.Close()
 		ncs[i] = nc
 	}
+	// The mean size of a report as published: what each report costs the
+	// bus and the coordinators' reads.
+	window := reports.AppendWindow(nil, time.Now().Unix())
+	size := 0
+	for _, b := range bodies {
+		size += len(all[0].prefix) + len(b) + len(window)
+	}
+	fmt.Printf("report-bytes %d\n", size/len(bodies))
 	fmt.Println("ready")
 
 	var published atomic.Int64
@@ -123,7 +126,7 @@ func run() error {
 				for slice := range slices {
 					if sec := time.Now().Unix(); sec != windowSec {
 						windowSec = sec
-						window = appendTimestamp(appendTimestamp(window[:0], 3, sec-1), 4, sec)
+						window = reports.AppendWindow(window[:0], sec)
 					}
 					from, to := len(mine)*slice/slices, len(mine)*(slice+1)/slices
 					for j := from; j < to; j++ {
@@ -158,45 +161,4 @@ func run() error {
 			fmt.Printf("published %d\n", published.Load())
 		}
 	}
-}
-
-// encodeBodies encodes 256 HealthReport bodies without node and window:
-// backends each with a latency sketch of as many requests, a few errors.
-func encodeBodies(service, from, to, rollout string, generation uint64, backends int) ([][]byte, error) {
-	r := rand.New(rand.NewPCG(11, 12))
-	var bodies [][]byte
-	for range 256 {
-		rep := &sv1.HealthReport{Service: service, RolloutId: rollout, Generation: generation}
-		for i := range backends {
-			name := fmt.Sprintf("pool-%d", i)
-			switch i {
-			case 0:
-				name = from
-			case 1:
-				name = to
-			}
-			sk := sketch.New()
-			n := 20 + r.IntN(40)
-			for range n {
-				sk.Add(0.015 + r.ExpFloat64()*0.004)
-			}
-			rep.Backends = append(rep.Backends, &sv1.BackendHealth{Backend: name, Requests: uint64(n), Errors: uint64(r.IntN(2)), Latency: sk.ToProto()})
-		}
-		body, err := proto.Marshal(rep)
-		if err != nil {
-			return nil, err
-		}
-		bodies = append(bodies, body)
-	}
-	return bodies, nil
-}
-
-// appendTimestamp appends a google.protobuf.Timestamp field of whole
-// seconds.
-func appendTimestamp(b []byte, field protowire.Number, sec int64) []byte {
-	var ts []byte
-	ts = protowire.AppendTag(ts, 1, protowire.VarintType)
-	ts = protowire.AppendVarint(ts, uint64(sec))
-	b = protowire.AppendTag(b, field, protowire.BytesType)
-	return protowire.AppendBytes(b, ts)
 }

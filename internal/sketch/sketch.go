@@ -210,7 +210,14 @@ func (s *Sketch) CopyTo(buf []float64) (Sketch, []float64) {
 // SizeBytes estimates the memory the sketch holds.
 func (s *Sketch) SizeBytes() int { return 48 + 8*cap(s.bins) }
 
-// ToProto encodes the sketch as contiguous counts from its lowest bin.
+// MaxWholeCount is the largest count whole_counts may carry: a float64
+// holds every whole number up to it exactly (2^53 − 1).
+const MaxWholeCount = 1<<53 - 1
+
+// ToProto encodes the sketch as contiguous counts from its lowest non-empty
+// bin: as whole_counts (a varint a bin, one byte for a count below 128)
+// when every count is a whole number up to MaxWholeCount, as a sketch of
+// requests always is, else as counts (8 bytes a bin).
 func (s *Sketch) ToProto() *sv1.LatencySketch {
 	p := &sv1.LatencySketch{RelativeAccuracy: RelativeAccuracy, ZeroCount: s.zero}
 	lo, hi := 0, len(s.bins)-1
@@ -224,18 +231,74 @@ func (s *Sketch) ToProto() *sv1.LatencySketch {
 		return p
 	}
 	p.IndexOffset = int32(s.offset + lo)
-	p.Counts = append([]float64(nil), s.bins[lo:hi+1]...)
+	bins := s.bins[lo : hi+1]
+	for _, c := range bins {
+		if !isWhole(c) {
+			p.Counts = append([]float64(nil), bins...)
+			return p
+		}
+	}
+	p.WholeCounts = make([]uint64, len(bins))
+	for i, c := range bins {
+		p.WholeCounts[i] = uint64(c)
+	}
 	return p
 }
 
-// FromProto decodes a wire sketch. It refuses, with an error and never a
-// panic, sketches of another accuracy, with too many bins, or with counts
-// that are negative or not finite.
+// isWhole reports whether whole_counts can carry c exactly.
+func isWhole(c float64) bool { return c >= 0 && c <= MaxWholeCount && c == math.Trunc(c) }
+
+// FromProto decodes a wire sketch in either form. It refuses, with an error
+// and never a panic, sketches of another accuracy, with too many bins, with
+// counts that are negative or not finite, with whole counts above
+// MaxWholeCount, or with bins in both forms.
 func FromProto(p *sv1.LatencySketch) (*Sketch, error) {
 	if p == nil {
 		return New(), nil
 	}
-	return FromCounts(p.GetRelativeAccuracy(), p.GetZeroCount(), p.GetIndexOffset(), p.GetCounts())
+	whole := p.GetWholeCounts()
+	if len(whole) == 0 {
+		return FromCounts(p.GetRelativeAccuracy(), p.GetZeroCount(), p.GetIndexOffset(), p.GetCounts())
+	}
+	var most uint64
+	for _, c := range whole {
+		most = max(most, c)
+	}
+	if err := CheckForms(len(p.GetCounts()), len(whole), most); err != nil {
+		return nil, err
+	}
+	if len(whole) > MaxBins {
+		return nil, errTooManyBins(len(whole))
+	}
+	counts := make([]float64, len(whole))
+	for i, c := range whole {
+		counts[i] = float64(c)
+	}
+	s := New()
+	if err := s.Load(p.GetRelativeAccuracy(), p.GetZeroCount(), p.GetIndexOffset(), counts); err != nil {
+		return nil, err
+	}
+	return s, nil
+}
+
+// CheckForms refuses what the two forms of a wire sketch's bins cannot mean
+// together: bins in both counts and whole_counts (doubles and wholes are
+// how many each holds), or a whole count a float64 does not hold exactly
+// (mostWhole is the largest). A reader of the wire that converts whole
+// counts itself calls it before Load, as FromProto does.
+func CheckForms(doubles, wholes int, mostWhole uint64) error {
+	if doubles > 0 && wholes > 0 {
+		return fmt.Errorf("%w: both counts (%d bins) and whole_counts (%d bins) are set; a sketch carries its bins in one of them",
+			ErrInvalid, doubles, wholes)
+	}
+	if mostWhole > MaxWholeCount {
+		return fmt.Errorf("%w: whole_counts holds %d, above %d (2^53 − 1)", ErrInvalid, mostWhole, uint64(MaxWholeCount))
+	}
+	return nil
+}
+
+func errTooManyBins(n int) error {
+	return fmt.Errorf("%w: %d bins, at most %d", ErrInvalid, n, MaxBins)
 }
 
 // FromCounts builds a sketch from the fields of a wire sketch, checked as
@@ -249,16 +312,17 @@ func FromCounts(relativeAccuracy, zeroCount float64, indexOffset int32, counts [
 	return s, nil
 }
 
-// Load sets s to the wire sketch's fields, checked as FromProto checks them.
-// s keeps counts (without copying them): the caller must not change them
-// afterwards. On error s is left empty.
+// Load sets s to the wire sketch's fields, checked as FromProto checks them;
+// counts are the bins of either form, whole counts converted to float64
+// after CheckForms. s keeps counts (without copying them): the caller must
+// not change them afterwards. On error s is left empty.
 func (s *Sketch) Load(relativeAccuracy, zeroCount float64, indexOffset int32, counts []float64) error {
 	*s = Sketch{}
+	if len(counts) > MaxBins {
+		return errTooManyBins(len(counts))
+	}
 	if math.Abs(relativeAccuracy-RelativeAccuracy) > 1e-9 {
 		return fmt.Errorf("%w: relative accuracy %v, want %v", ErrInvalid, relativeAccuracy, RelativeAccuracy)
-	}
-	if len(counts) > MaxBins {
-		return fmt.Errorf("%w: %d bins, at most %d", ErrInvalid, len(counts), MaxBins)
 	}
 	off := int64(indexOffset)
 	if off+int64(len(counts)) > maxMappedIndex+1 || off < minMappedIndex {
@@ -296,7 +360,8 @@ var (
 	maxMappedIndex = int64(sharedMapping.Index(sharedMapping.MaxIndexableValue()))
 )
 
-func validCount(c float64) bool { return c >= 0 && !math.IsNaN(c) && !math.IsInf(c, 0) }
+// validCount: NaN fails both comparisons, +Inf the second.
+func validCount(c float64) bool { return c >= 0 && c <= math.MaxFloat64 }
 
 // IndexOf is the index of the bin a latency falls in, in the order Bins
 // uses.

@@ -3,6 +3,7 @@ package sketch
 import (
 	"math"
 	"math/rand/v2"
+	"reflect"
 	"testing"
 
 	"google.golang.org/protobuf/proto"
@@ -100,6 +101,14 @@ func FuzzSketch_FromProto(f *testing.F) {
 	s.Add(0.2)
 	b, _ := proto.Marshal(s.ToProto())
 	f.Add(b)
+	for _, p := range []*sv1.LatencySketch{
+		{RelativeAccuracy: RelativeAccuracy, IndexOffset: -3, Counts: []float64{1, 0.5, 2}},
+		{RelativeAccuracy: RelativeAccuracy, Counts: []float64{1}, WholeCounts: []uint64{1}},
+		{RelativeAccuracy: RelativeAccuracy, WholeCounts: []uint64{1 << 53, 300, 0, 1}},
+	} {
+		b, _ := proto.Marshal(p)
+		f.Add(b)
+	}
 	f.Fuzz(func(t *testing.T, data []byte) {
 		var p sv1.LatencySketch
 		if proto.Unmarshal(data, &p) != nil {
@@ -108,6 +117,15 @@ func FuzzSketch_FromProto(f *testing.F) {
 		got, err := FromProto(&p)
 		if err != nil {
 			return
+		}
+		// What was accepted goes out again in the form ToProto picks
+		// and reads back the same.
+		again, err := FromProto(got.ToProto())
+		if err != nil {
+			t.Fatalf("re-encoded sketch refused: %v", err)
+		}
+		if !reflect.DeepEqual(again.Bins(), got.Bins()) || again.Count() != got.Count() {
+			t.Fatalf("re-encoded sketch differs: %v vs %v", again.Bins(), got.Bins())
 		}
 		got.Quantile(0.99)
 		got.Bins()

@@ -397,13 +397,24 @@ func (x *BackendHealth) GetWeight() uint32 {
 }
 
 // LatencySketch is a mergeable DDSketch of request latencies in seconds.
+// The bins of the positive store come in one of two forms, never both:
+// counts (8 bytes a bin) or whole_counts (a varint a bin, one byte for a
+// count below 128). A reader refuses a sketch that carries both.
 type LatencySketch struct {
 	state            protoimpl.MessageState `protogen:"open.v1"`
 	RelativeAccuracy float64                `protobuf:"fixed64,1,opt,name=relative_accuracy,json=relativeAccuracy,proto3" json:"relative_accuracy,omitempty"`
 	ZeroCount        float64                `protobuf:"fixed64,2,opt,name=zero_count,json=zeroCount,proto3" json:"zero_count,omitempty"`
-	// Bins of the positive store: contiguous counts from index_offset.
-	IndexOffset   int32     `protobuf:"zigzag32,3,opt,name=index_offset,json=indexOffset,proto3" json:"index_offset,omitempty"`
-	Counts        []float64 `protobuf:"fixed64,4,rep,packed,name=counts,proto3" json:"counts,omitempty"`
+	// IndexOffset is the index of the first bin of counts or whole_counts.
+	IndexOffset int32 `protobuf:"zigzag32,3,opt,name=index_offset,json=indexOffset,proto3" json:"index_offset,omitempty"`
+	// Counts are the bins as doubles: contiguous counts from index_offset.
+	// Agents send them when a count is not a whole number below 2^53.
+	Counts []float64 `protobuf:"fixed64,4,rep,packed,name=counts,proto3" json:"counts,omitempty"`
+	// WholeCounts are the same contiguous bins from index_offset as whole
+	// numbers, each below 2^53 (a double holds them exactly). Agents send
+	// them whenever every count is such a number, which a sketch of whole
+	// requests always is. Coordinators older than this field skip it and
+	// see no latency samples: upgrade coordinators first.
+	WholeCounts   []uint64 `protobuf:"varint,5,rep,packed,name=whole_counts,json=wholeCounts,proto3" json:"whole_counts,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -462,6 +473,13 @@ func (x *LatencySketch) GetIndexOffset() int32 {
 func (x *LatencySketch) GetCounts() []float64 {
 	if x != nil {
 		return x.Counts
+	}
+	return nil
+}
+
+func (x *LatencySketch) GetWholeCounts() []uint64 {
+	if x != nil {
+		return x.WholeCounts
 	}
 	return nil
 }
@@ -1073,13 +1091,14 @@ const file_switchyard_v1_telemetry_proto_rawDesc = "" +
 	"\alatency\x18\x04 \x01(\v2\x1c.switchyard.v1.LatencySketchR\alatency\x12/\n" +
 	"\x13current_connections\x18\x05 \x01(\rR\x12currentConnections\x12\x16\n" +
 	"\x06queued\x18\x06 \x01(\rR\x06queued\x12\x16\n" +
-	"\x06weight\x18\a \x01(\rR\x06weight\"\x96\x01\n" +
+	"\x06weight\x18\a \x01(\rR\x06weight\"\xb9\x01\n" +
 	"\rLatencySketch\x12+\n" +
 	"\x11relative_accuracy\x18\x01 \x01(\x01R\x10relativeAccuracy\x12\x1d\n" +
 	"\n" +
 	"zero_count\x18\x02 \x01(\x01R\tzeroCount\x12!\n" +
 	"\findex_offset\x18\x03 \x01(\x11R\vindexOffset\x12\x16\n" +
-	"\x06counts\x18\x04 \x03(\x01R\x06counts\"\x84\x03\n" +
+	"\x06counts\x18\x04 \x03(\x01R\x06counts\x12!\n" +
+	"\fwhole_counts\x18\x05 \x03(\x04R\vwholeCounts\"\x84\x03\n" +
 	"\vAgentStatus\x12\x12\n" +
 	"\x04node\x18\x01 \x01(\tR\x04node\x12>\n" +
 	"\x06labels\x18\x02 \x03(\v2&.switchyard.v1.AgentStatus.LabelsEntryR\x06labels\x12*\n" +

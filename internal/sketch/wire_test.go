@@ -1,0 +1,151 @@
+package sketch
+
+import (
+	"errors"
+	"math"
+	"math/rand/v2"
+	"reflect"
+	"strings"
+	"testing"
+
+	"google.golang.org/protobuf/proto"
+
+	sv1 "github.com/switchyard/switchyard/proto/switchyard/v1"
+)
+
+// throughWire marshals p and decodes it as a coordinator does.
+func throughWire(t *testing.T, p *sv1.LatencySketch) (*Sketch, int) {
+	t.Helper()
+	wire, err := proto.Marshal(p)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var back sv1.LatencySketch
+	if err := proto.Unmarshal(wire, &back); err != nil {
+		t.Fatal(err)
+	}
+	s, err := FromProto(&back)
+	if err != nil {
+		t.Fatalf("FromProto: %v", err)
+	}
+	return s, len(wire)
+}
+
+func sameSketch(t *testing.T, what string, got, want *Sketch) {
+	t.Helper()
+	if !reflect.DeepEqual(got.Bins(), want.Bins()) || got.Count() != want.Count() {
+		t.Fatalf("%s: bins %v count %v, want %v count %v", what, got.Bins(), got.Count(), want.Bins(), want.Count())
+	}
+	for _, q := range []float64{0, 0.5, 0.9, 0.99, 1} {
+		if got.Quantile(q) != want.Quantile(q) {
+			t.Fatalf("%s: q%v = %v, want %v", what, q, got.Quantile(q), want.Quantile(q))
+		}
+	}
+}
+
+// A sketch of requests has whole counts: it goes out as whole_counts, and
+// reads back bin for bin. So does the same sketch in the double form older
+// agents send.
+func TestSketch_WholeCountsRoundTripAndReadLikeTheDoubleForm(t *testing.T) {
+	r := rand.New(rand.NewPCG(9, 10))
+	for round := range 50 {
+		s := New()
+		for range 1 + r.IntN(500) {
+			v := 0.015 + r.ExpFloat64()*[]float64{0.004, 0.05, 1}[round%3]
+			if r.IntN(40) == 0 {
+				v = 0
+			}
+			s.Add(v)
+		}
+		s.AddWithCount(0.2, 300) // a count that takes two bytes
+		p := s.ToProto()
+		if len(p.GetWholeCounts()) == 0 || len(p.GetCounts()) != 0 {
+			t.Fatalf("round %d: %d whole counts, %d double counts; want the whole form only", round, len(p.GetWholeCounts()), len(p.GetCounts()))
+		}
+		compact, compactBytes := throughWire(t, p)
+		sameSketch(t, "whole form", compact, s)
+
+		old := &sv1.LatencySketch{RelativeAccuracy: p.GetRelativeAccuracy(), ZeroCount: p.GetZeroCount(), IndexOffset: p.GetIndexOffset()}
+		for _, c := range p.GetWholeCounts() {
+			old.Counts = append(old.Counts, float64(c))
+		}
+		doubles, doubleBytes := throughWire(t, old)
+		sameSketch(t, "double form", doubles, s)
+		if compactBytes >= doubleBytes {
+			t.Fatalf("round %d: whole form %d bytes, double form %d", round, compactBytes, doubleBytes)
+		}
+	}
+}
+
+// Counts that are not whole, or too big for a double to hold every whole
+// number up to them, go out in the double form, unchanged.
+func TestSketch_CountsNotWholeOrHugeKeepTheDoubleForm(t *testing.T) {
+	for name, c := range map[string]struct {
+		count float64
+		whole bool
+	}{
+		"fraction":          {1.5, false},
+		"2^53":              {1 << 53, false},
+		"2^53-1":            {MaxWholeCount, true},
+		"one whole":         {1, true},
+		"fraction above 1k": {1000.25, false},
+	} {
+		s := New()
+		s.Add(0.01)
+		s.AddWithCount(0.5, c.count)
+		p := s.ToProto()
+		if got := len(p.GetWholeCounts()) > 0; got != c.whole || (len(p.GetCounts()) > 0) == c.whole {
+			t.Errorf("%s: %d whole counts, %d double counts; want whole form %v", name, len(p.GetWholeCounts()), len(p.GetCounts()), c.whole)
+			continue
+		}
+		back, _ := throughWire(t, p)
+		sameSketch(t, name, back, s)
+	}
+	if p := New().ToProto(); len(p.GetCounts())+len(p.GetWholeCounts()) != 0 {
+		t.Fatalf("empty sketch carries bins: %v", p)
+	}
+}
+
+// A sketch with bins in both forms, or a whole count no double holds, is
+// refused naming the fields; so is the whole form with too many bins or
+// the wrong accuracy, as the double form is.
+func TestSketch_FromProtoRefusesBothFormsAndHugeWholeCounts(t *testing.T) {
+	for name, c := range map[string]struct {
+		p    *sv1.LatencySketch
+		want string
+	}{
+		"both forms":      {&sv1.LatencySketch{RelativeAccuracy: RelativeAccuracy, Counts: []float64{1}, WholeCounts: []uint64{1}}, "both counts (1 bins) and whole_counts (1 bins)"},
+		"2^53":            {&sv1.LatencySketch{RelativeAccuracy: RelativeAccuracy, WholeCounts: []uint64{1, 1 << 53}}, "whole_counts holds 9007199254740992"},
+		"max uint64":      {&sv1.LatencySketch{RelativeAccuracy: RelativeAccuracy, WholeCounts: []uint64{math.MaxUint64}}, "whole_counts holds 18446744073709551615"},
+		"too many bins":   {&sv1.LatencySketch{RelativeAccuracy: RelativeAccuracy, WholeCounts: make([]uint64, MaxBins+1)}, "4097 bins, at most 4096"},
+		"other accuracy":  {&sv1.LatencySketch{RelativeAccuracy: 0.05, WholeCounts: []uint64{1}}, "relative accuracy 0.05"},
+		"offset too high": {&sv1.LatencySketch{RelativeAccuracy: RelativeAccuracy, IndexOffset: math.MaxInt32, WholeCounts: []uint64{1}}, "outside the mapping"},
+		"negative zero":   {&sv1.LatencySketch{RelativeAccuracy: RelativeAccuracy, ZeroCount: -1, WholeCounts: []uint64{1}}, "zero count -1"},
+	} {
+		_, err := FromProto(c.p)
+		if !errors.Is(err, ErrInvalid) || !strings.Contains(err.Error(), c.want) {
+			t.Errorf("%s: error %v, want ErrInvalid saying %q", name, err, c.want)
+		}
+	}
+	// The largest whole count a double holds is read exactly.
+	s, err := FromProto(&sv1.LatencySketch{RelativeAccuracy: RelativeAccuracy, WholeCounts: []uint64{MaxWholeCount}})
+	if err != nil || s.Count() != MaxWholeCount {
+		t.Fatalf("2^53-1: %v, count %v", err, s)
+	}
+}
+
+// MaxBins bins are accepted in either form.
+func TestSketch_MaxBinsInEitherForm(t *testing.T) {
+	whole := make([]uint64, MaxBins)
+	doubles := make([]float64, MaxBins)
+	whole[0], whole[MaxBins-1], doubles[0], doubles[MaxBins-1] = 1, 2, 1, 2
+	a, err := FromProto(&sv1.LatencySketch{RelativeAccuracy: RelativeAccuracy, IndexOffset: -2000, WholeCounts: whole})
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, err := FromProto(&sv1.LatencySketch{RelativeAccuracy: RelativeAccuracy, IndexOffset: -2000, Counts: doubles})
+	if err != nil {
+		t.Fatal(err)
+	}
+	sameSketch(t, "MaxBins", a, b)
+}
