@@ -178,7 +178,7 @@ func (s *Store) addRollout(r *Report, id nodeID) {
 		cells = map[cellKey]*cell{}
 		series[sec] = cells
 	}
-	s.keepReport(r.Rollout, sec, s.judgedParts(r))
+	s.keepReport(r.Rollout, sec, s.judgedParts(r, id))
 	for i := range r.Backends {
 		b := &r.Backends[i]
 		k := cellKey{rollout: r.Rollout, wave: r.Wave, backend: b.Backend}
@@ -461,7 +461,7 @@ func (s *Store) judgeWindow(r *sv1.Rollout, start, end time.Time) WindowResult {
 // else every part. The copy owns its memory (a Decoder may reuse a
 // report's once AddReports returns), carved from the store's chunks, and
 // is a fifth of a 10-backend report's.
-func (s *Store) judgedParts(r *Report) *nodeReport {
+func (s *Store) judgedParts(r *Report, id nodeID) *nodeReport {
 	pair, named := s.judged[r.Rollout]
 	keep := func(b *BackendReport) bool { return !named || b.Backend == pair[0] || b.Backend == pair[1] }
 	n, bins := 0, 0
@@ -484,7 +484,7 @@ func (s *Store) judgedParts(r *Report) *nodeReport {
 	if cap(k.bins)-len(k.bins) < bins {
 		k.bins = make([]float64, 0, max(bins, 512*keptChunk))
 	}
-	k.reports = append(k.reports, nodeReport{node: r.Node})
+	k.reports = append(k.reports, nodeReport{node: r.Node, id: id})
 	nr := &k.reports[len(k.reports)-1]
 	at := len(k.parts)
 	k.sketches = k.sketches[:at+n]
