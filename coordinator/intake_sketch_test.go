@@ -36,7 +36,7 @@ func TestIntake_ReadsBothSketchFormsAndRefusesBothAtOnce(t *testing.T) {
 	if len(compact.GetWholeCounts()) == 0 || len(compact.GetCounts()) != 0 {
 		t.Fatalf("ToProto sent %d whole and %d double bins, want the whole form", len(compact.GetWholeCounts()), len(compact.GetCounts()))
 	}
-	old := &sv1.LatencySketch{RelativeAccuracy: compact.GetRelativeAccuracy(), IndexOffset: compact.GetIndexOffset()}
+	old := &sv1.LatencySketch{RelativeAccuracy: sketch.RelativeAccuracy, IndexOffset: compact.GetIndexOffset()}
 	for _, c := range compact.GetWholeCounts() {
 		old.Counts = append(old.Counts, float64(c))
 	}

@@ -409,7 +409,7 @@ func (d *Decoder) backend(b []byte) (br BackendReport, sk sketch.Sketch, latErr,
 	}
 	// A latency field given twice merges, as proto.Unmarshal merges it:
 	// its counts follow on in the arena.
-	if latErr = sketch.CheckForms(doubles, wholes, mostWhole); latErr == nil {
+	if accuracy, latErr = sketch.CheckForms(accuracy, doubles, wholes, mostWhole); latErr == nil {
 		latErr = sk.Load(accuracy, zero, offset, d.arena[from:len(d.arena):len(d.arena)])
 	}
 	return br, sk, latErr, nil

@@ -88,6 +88,7 @@ func doubleForm(rep *sv1.HealthReport) *sv1.HealthReport {
 				l.Counts = append(l.Counts, float64(c))
 			}
 			l.WholeCounts = nil
+			l.RelativeAccuracy = sketch.RelativeAccuracy
 		}
 	}
 	return old
@@ -305,5 +306,36 @@ func TestDecoder_SkipsUnknownFields(t *testing.T) {
 	}
 	if !sameReport(a, b) || b.Backends[0].Latency.Count() != 4 {
 		t.Fatalf("unknown fields changed the report:\n without %+v\n with    %+v", a, b)
+	}
+}
+
+// A coordinator from before whole_counts skips them as an unknown field.
+// What it keeps of an agent's compact report carries latency sketches with
+// no accuracy and no bins, which both decoders refuse: the report is
+// counted as malformed rather than read as traffic without latency.
+func TestDecoder_RefusesAReportSeenWithoutItsWholeCounts(t *testing.T) {
+	rep := testReport("edge-1", 1_700_000_000, 3, rand.New(rand.NewPCG(21, 22)))
+	var d Decoder
+	wire, err := proto.Marshal(rep)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := d.Decode(wire); err != nil {
+		t.Fatalf("the compact report: %v", err)
+	}
+	older := proto.Clone(rep).(*sv1.HealthReport)
+	for _, b := range older.GetBackends() {
+		if len(b.GetLatency().GetWholeCounts()) == 0 {
+			t.Fatalf("%s: no whole counts in the test report", b.GetBackend())
+		}
+		b.GetLatency().WholeCounts = nil
+	}
+	wire, err = proto.Marshal(older)
+	if err != nil {
+		t.Fatal(err)
+	}
+	checkDecoders(t, &d, wire)
+	if _, err := d.Decode(wire); !errors.Is(err, ErrBadReport) || !strings.Contains(err.Error(), "relative accuracy 0") {
+		t.Fatalf("the report without its whole counts: %v; want refused for the sketches' accuracy", err)
 	}
 }

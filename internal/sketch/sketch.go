@@ -242,6 +242,12 @@ func (s *Sketch) ToProto() *sv1.LatencySketch {
 	for i, c := range bins {
 		p.WholeCounts[i] = uint64(c)
 	}
+	// The whole form leaves the accuracy out: it is implied. A reader from
+	// before whole_counts skips them as an unknown field and would read
+	// the sketch as holding no samples (its latency checks blind, without
+	// a word); missing the accuracy, it refuses the sketch instead, and
+	// the report with it, and counts the report as malformed.
+	p.RelativeAccuracy = 0
 	return p
 }
 
@@ -264,7 +270,8 @@ func FromProto(p *sv1.LatencySketch) (*Sketch, error) {
 	for _, c := range whole {
 		most = max(most, c)
 	}
-	if err := CheckForms(len(p.GetCounts()), len(whole), most); err != nil {
+	accuracy, err := CheckForms(p.GetRelativeAccuracy(), len(p.GetCounts()), len(whole), most)
+	if err != nil {
 		return nil, err
 	}
 	if len(whole) > MaxBins {
@@ -275,7 +282,7 @@ func FromProto(p *sv1.LatencySketch) (*Sketch, error) {
 		counts[i] = float64(c)
 	}
 	s := New()
-	if err := s.Load(p.GetRelativeAccuracy(), p.GetZeroCount(), p.GetIndexOffset(), counts); err != nil {
+	if err := s.Load(accuracy, p.GetZeroCount(), p.GetIndexOffset(), counts); err != nil {
 		return nil, err
 	}
 	return s, nil
@@ -284,17 +291,23 @@ func FromProto(p *sv1.LatencySketch) (*Sketch, error) {
 // CheckForms refuses what the two forms of a wire sketch's bins cannot mean
 // together: bins in both counts and whole_counts (doubles and wholes are
 // how many each holds), or a whole count a float64 does not hold exactly
-// (mostWhole is the largest). A reader of the wire that converts whole
-// counts itself calls it before Load, as FromProto does.
-func CheckForms(doubles, wholes int, mostWhole uint64) error {
+// (mostWhole is the largest). It returns the accuracy to Load the sketch
+// with: a sketch in the whole form leaves it out (see ToProto), and one
+// that gives it must give RelativeAccuracy, which Load checks. A reader of
+// the wire that converts whole counts itself calls it before Load, as
+// FromProto does.
+func CheckForms(relativeAccuracy float64, doubles, wholes int, mostWhole uint64) (float64, error) {
 	if doubles > 0 && wholes > 0 {
-		return fmt.Errorf("%w: both counts (%d bins) and whole_counts (%d bins) are set; a sketch carries its bins in one of them",
+		return 0, fmt.Errorf("%w: both counts (%d bins) and whole_counts (%d bins) are set; a sketch carries its bins in one of them",
 			ErrInvalid, doubles, wholes)
 	}
 	if mostWhole > MaxWholeCount {
-		return fmt.Errorf("%w: whole_counts holds %d, above %d (2^53 − 1)", ErrInvalid, mostWhole, uint64(MaxWholeCount))
+		return 0, fmt.Errorf("%w: whole_counts holds %d, above %d (2^53 − 1)", ErrInvalid, mostWhole, uint64(MaxWholeCount))
 	}
-	return nil
+	if wholes > 0 && relativeAccuracy == 0 {
+		return RelativeAccuracy, nil
+	}
+	return relativeAccuracy, nil
 }
 
 func errTooManyBins(n int) error {

@@ -78,7 +78,7 @@ func BenchmarkSketch_WireBytes(b *testing.B) {
 				whole += float64(proto.Size(p))
 				sparse += float64(sparseSize(p))
 				bins += float64(len(p.GetWholeCounts()))
-				old := &sv1.LatencySketch{RelativeAccuracy: p.GetRelativeAccuracy(), ZeroCount: p.GetZeroCount(), IndexOffset: p.GetIndexOffset()}
+				old := &sv1.LatencySketch{RelativeAccuracy: RelativeAccuracy, ZeroCount: p.GetZeroCount(), IndexOffset: p.GetIndexOffset()}
 				for _, c := range p.GetWholeCounts() {
 					old.Counts = append(old.Counts, float64(c))
 					if c > 0 {

@@ -65,7 +65,7 @@ func TestSketch_WholeCountsRoundTripAndReadLikeTheDoubleForm(t *testing.T) {
 		compact, compactBytes := throughWire(t, p)
 		sameSketch(t, "whole form", compact, s)
 
-		old := &sv1.LatencySketch{RelativeAccuracy: p.GetRelativeAccuracy(), ZeroCount: p.GetZeroCount(), IndexOffset: p.GetIndexOffset()}
+		old := &sv1.LatencySketch{RelativeAccuracy: RelativeAccuracy, ZeroCount: p.GetZeroCount(), IndexOffset: p.GetIndexOffset()}
 		for _, c := range p.GetWholeCounts() {
 			old.Counts = append(old.Counts, float64(c))
 		}
@@ -148,4 +148,54 @@ func TestSketch_MaxBinsInEitherForm(t *testing.T) {
 		t.Fatal(err)
 	}
 	sameSketch(t, "MaxBins", a, b)
+}
+
+// The whole form leaves the accuracy out. A reader from before
+// whole_counts skips them as an unknown field: what it then holds has no
+// accuracy, and it refuses the sketch (its report counted as malformed)
+// instead of reading a sketch of no samples and judging latency blind.
+func TestSketch_WholeFormLeavesTheAccuracyOutSoOlderReadersRefuseIt(t *testing.T) {
+	s := New()
+	for i := range 50 {
+		s.Add(0.02 + 0.001*float64(i))
+	}
+	p := s.ToProto()
+	if len(p.GetWholeCounts()) == 0 || p.GetRelativeAccuracy() != 0 {
+		t.Fatalf("whole form: %d whole counts, accuracy %v; want whole counts and no accuracy", len(p.GetWholeCounts()), p.GetRelativeAccuracy())
+	}
+	got, err := FromProto(p)
+	if err != nil {
+		t.Fatal(err)
+	}
+	sameSketch(t, "whole form without accuracy", got, s)
+
+	// What a reader from before whole_counts keeps of it.
+	older := &sv1.LatencySketch{RelativeAccuracy: p.GetRelativeAccuracy(), ZeroCount: p.GetZeroCount(), IndexOffset: p.GetIndexOffset()}
+	if _, err := FromProto(older); !errors.Is(err, ErrInvalid) || !strings.Contains(err.Error(), "relative accuracy 0") {
+		t.Fatalf("an older reader's view of the whole form: %v; want refused for its accuracy", err)
+	}
+
+	// The accuracy may still be given in the whole form, but only the one.
+	given := &sv1.LatencySketch{RelativeAccuracy: RelativeAccuracy, IndexOffset: p.GetIndexOffset(), WholeCounts: p.GetWholeCounts()}
+	if got, err := FromProto(given); err != nil {
+		t.Fatalf("whole form with its accuracy: %v", err)
+	} else {
+		sameSketch(t, "whole form with accuracy", got, s)
+	}
+	other := &sv1.LatencySketch{RelativeAccuracy: 0.05, WholeCounts: []uint64{1}}
+	if _, err := FromProto(other); err == nil {
+		t.Fatal("whole form of another accuracy was read")
+	}
+	// The double form and an empty sketch still need it.
+	for name, q := range map[string]*sv1.LatencySketch{
+		"double form": {IndexOffset: p.GetIndexOffset(), Counts: []float64{1, 2}},
+		"empty":       {ZeroCount: 3},
+	} {
+		if _, err := FromProto(q); err == nil {
+			t.Errorf("%s without an accuracy was read", name)
+		}
+	}
+	if e := New().ToProto(); e.GetRelativeAccuracy() != RelativeAccuracy {
+		t.Errorf("an empty sketch went out with accuracy %v", e.GetRelativeAccuracy())
+	}
 }

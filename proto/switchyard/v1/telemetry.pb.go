@@ -401,9 +401,11 @@ func (x *BackendHealth) GetWeight() uint32 {
 // counts (8 bytes a bin) or whole_counts (a varint a bin, one byte for a
 // count below 128). A reader refuses a sketch that carries both.
 type LatencySketch struct {
-	state            protoimpl.MessageState `protogen:"open.v1"`
-	RelativeAccuracy float64                `protobuf:"fixed64,1,opt,name=relative_accuracy,json=relativeAccuracy,proto3" json:"relative_accuracy,omitempty"`
-	ZeroCount        float64                `protobuf:"fixed64,2,opt,name=zero_count,json=zeroCount,proto3" json:"zero_count,omitempty"`
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// RelativeAccuracy is 0.01, the only accuracy sketches are kept at. It is
+	// left out (0) in the whole_counts form, where it is implied.
+	RelativeAccuracy float64 `protobuf:"fixed64,1,opt,name=relative_accuracy,json=relativeAccuracy,proto3" json:"relative_accuracy,omitempty"`
+	ZeroCount        float64 `protobuf:"fixed64,2,opt,name=zero_count,json=zeroCount,proto3" json:"zero_count,omitempty"`
 	// IndexOffset is the index of the first bin of counts or whole_counts.
 	IndexOffset int32 `protobuf:"zigzag32,3,opt,name=index_offset,json=indexOffset,proto3" json:"index_offset,omitempty"`
 	// Counts are the bins as doubles: contiguous counts from index_offset.
@@ -412,8 +414,10 @@ type LatencySketch struct {
 	// WholeCounts are the same contiguous bins from index_offset as whole
 	// numbers, each below 2^53 (a double holds them exactly). Agents send
 	// them whenever every count is such a number, which a sketch of whole
-	// requests always is. Coordinators older than this field skip it and
-	// see no latency samples: upgrade coordinators first.
+	// requests always is. A coordinator older than this field skips it, finds
+	// no relative_accuracy and refuses the report as malformed (counted;
+	// its judges then miss that data, never pass on it): upgrade coordinators
+	// first.
 	WholeCounts   []uint64 `protobuf:"varint,5,rep,packed,name=whole_counts,json=wholeCounts,proto3" json:"whole_counts,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
