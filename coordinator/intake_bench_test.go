@@ -1,7 +1,6 @@
 package coordinator
 
 import (
-	"context"
 	"fmt"
 	"math/rand/v2"
 	"syscall"
@@ -61,16 +60,7 @@ func BenchmarkIntake_MergeCapacity(b *testing.B) {
 		msgs[i] = &nats.Msg{Subject: bus.TelemetrySubject("web", rep.Node), Data: wire}
 	}
 	in, m, _ := testIntake(b, analysis.NewStore(), time.Now)
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan struct{})
-	go func() {
-		defer close(done)
-		in.run(ctx, nil)
-	}()
-	defer func() {
-		cancel()
-		<-done
-	}()
+	runIntake(b, in)
 	b.ResetTimer()
 	cpu0, start := processCPU(b), time.Now()
 	for i := 0; i < b.N; i++ {

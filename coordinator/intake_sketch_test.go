@@ -1,7 +1,6 @@
 package coordinator
 
 import (
-	"context"
 	"reflect"
 	"testing"
 	"time"
@@ -62,24 +61,8 @@ func TestIntake_ReadsBothSketchFormsAndRefusesBothAtOnce(t *testing.T) {
 	in.handle(msg("edge-both", both))
 	in.handle(msg("edge-huge", huge))
 
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan struct{})
-	go func() {
-		defer close(done)
-		in.run(ctx, nil)
-	}()
-	defer func() {
-		cancel()
-		<-done
-	}()
-	malformed := m.telemetryRefused.WithLabelValues("malformed")
-	deadline := time.Now().Add(10 * time.Second)
-	for testutil.ToFloat64(m.telemetry) < 2 || testutil.ToFloat64(malformed) < 2 {
-		if time.Now().After(deadline) {
-			t.Fatalf("merged %v, refused as malformed %v; want 2 and 2", testutil.ToFloat64(m.telemetry), testutil.ToFloat64(malformed))
-		}
-		time.Sleep(5 * time.Millisecond)
-	}
+	runIntake(t, in)
+	waitMerged(t, m, 2, m.telemetryRefused.WithLabelValues("malformed"), 2, "refused as malformed")
 	if got := testutil.ToFloat64(m.telemetry); got != 2 {
 		t.Fatalf("merged %v reports, want the two well-formed ones", got)
 	}

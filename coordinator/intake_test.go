@@ -60,23 +60,8 @@ func TestIntake_ShedsWhenTheQueueIsFullAndCountsIt(t *testing.T) {
 		t.Fatalf("another service has %d shed reports", got)
 	}
 
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan struct{})
-	go func() {
-		defer close(done)
-		in.run(ctx, nil)
-	}()
-	defer func() {
-		cancel()
-		<-done
-	}()
-	deadline := time.Now().Add(10 * time.Second)
-	for testutil.ToFloat64(m.telemetry) < 7 || testutil.ToFloat64(m.telemetryRejected) < 1 {
-		if time.Now().After(deadline) {
-			t.Fatalf("merged %v, rejected %v; want 7 and 1", testutil.ToFloat64(m.telemetry), testutil.ToFloat64(m.telemetryRejected))
-		}
-		time.Sleep(5 * time.Millisecond)
-	}
+	runIntake(t, in)
+	waitMerged(t, m, 7, m.telemetryRejected, 1, "rejected")
 	if _, _, nodes := store.NodeHealth("web", nil, sec.Add(-time.Second), sec); nodes != 7 {
 		t.Fatalf("store has %d nodes for the second, want 7", nodes)
 	}
@@ -118,24 +103,8 @@ func TestIntake_RefusesReportsWhoseNodeIsNotTheSubjects(t *testing.T) {
 	in.handle(msg("web", "edge-1", "we", "b.edge-1", 10))
 	in.handle(&nats.Msg{Subject: "switchyard.telemetry.web", Data: msg("web", "edge-1", "web", "edge-1", 10).Data})
 
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan struct{})
-	go func() {
-		defer close(done)
-		in.run(ctx, nil)
-	}()
-	defer func() {
-		cancel()
-		<-done
-	}()
-	forged := m.telemetryRefused.WithLabelValues("wrong_subject")
-	deadline := time.Now().Add(10 * time.Second)
-	for testutil.ToFloat64(m.telemetry) < 1 || testutil.ToFloat64(forged) < 5 {
-		if time.Now().After(deadline) {
-			t.Fatalf("merged %v, refused as wrong_subject %v; want 1 and 5", testutil.ToFloat64(m.telemetry), testutil.ToFloat64(forged))
-		}
-		time.Sleep(5 * time.Millisecond)
-	}
+	runIntake(t, in)
+	waitMerged(t, m, 1, m.telemetryRefused.WithLabelValues("wrong_subject"), 5, "refused as wrong_subject")
 	if got := testutil.ToFloat64(m.telemetry); got != 1 {
 		t.Fatalf("merged %v reports, want only the honest one", got)
 	}
@@ -153,6 +122,33 @@ func TestIntake_RefusesReportsWhoseNodeIsNotTheSubjects(t *testing.T) {
 
 // testIntake is an intake on store with its metrics on a registry of its
 // own, quiet logs and the clock now.
+// runIntake runs in's workers until the test or benchmark ends.
+func runIntake(tb testing.TB, in *intake) {
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		in.run(ctx, nil)
+	}()
+	tb.Cleanup(func() {
+		cancel()
+		<-done
+	})
+}
+
+// waitMerged waits until the intake has merged at least merged reports and
+// other (named what) counts at least want.
+func waitMerged(t *testing.T, m *metrics, merged float64, other prometheus.Collector, want float64, what string) {
+	t.Helper()
+	deadline := time.Now().Add(10 * time.Second)
+	for testutil.ToFloat64(m.telemetry) < merged || testutil.ToFloat64(other) < want {
+		if time.Now().After(deadline) {
+			t.Fatalf("merged %v, %s %v; want %v and %v", testutil.ToFloat64(m.telemetry), what, testutil.ToFloat64(other), merged, want)
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+}
+
 func testIntake(tb testing.TB, store *analysis.Store, now func() time.Time) (*intake, *metrics, *intakeMetrics) {
 	tb.Helper()
 	reg := prometheus.NewRegistry()
