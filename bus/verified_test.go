@@ -28,15 +28,7 @@ func TestDocument_KeyringVerifiesTheSameBytesOnce(t *testing.T) {
 	}
 
 	// A flipped signature bit is checked, refused and never remembered.
-	var env sv1.SignedDocument
-	if err := proto.Unmarshal(raw, &env); err != nil {
-		t.Fatal(err)
-	}
-	env.Signature[0] ^= 1
-	forged, err := proto.Marshal(&env)
-	if err != nil {
-		t.Fatal(err)
-	}
+	forged := flippedSignature(t, raw)
 	for range 2 {
 		if _, _, err := ring.OpenDesired(forged, "web", now); !errors.Is(err, ErrDocumentBadSignature) {
 			t.Fatalf("forged signature: %v, want %v", err, ErrDocumentBadSignature)
@@ -75,15 +67,7 @@ func TestDocument_KeyringSharedByManyReadersChecksAPushOnce(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	var env sv1.SignedDocument
-	if err := proto.Unmarshal(raw, &env); err != nil {
-		t.Fatal(err)
-	}
-	env.Signature[0] ^= 1
-	forged, err := proto.Marshal(&env)
-	if err != nil {
-		t.Fatal(err)
-	}
+	forged := flippedSignature(t, raw)
 	// Readers that receive the same push together wait for one check; a
 	// forgery is refused to every one of them.
 	const readers = 64
@@ -128,4 +112,20 @@ func TestDocument_KeyringSharedByManyReadersChecksAPushOnce(t *testing.T) {
 	if len(ring.memo.checking) != 0 || len(ring.memo.seen) != 1 {
 		t.Errorf("after the readers: %d checks under way, %d remembered; want 0 and 1 (the genuine one)", len(ring.memo.checking), len(ring.memo.seen))
 	}
+}
+
+// flippedSignature is raw, a sealed document, with one bit of its signature
+// flipped.
+func flippedSignature(t *testing.T, raw []byte) []byte {
+	t.Helper()
+	var env sv1.SignedDocument
+	if err := proto.Unmarshal(raw, &env); err != nil {
+		t.Fatal(err)
+	}
+	env.Signature[0] ^= 1
+	forged, err := proto.Marshal(&env)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return forged
 }
