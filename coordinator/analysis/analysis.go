@@ -86,6 +86,63 @@ type Store struct {
 	// kept holds the memory of the reports waiting for the sequential
 	// tests.
 	kept keptChunks
+	// hints are the cells reports of two recent service-seconds went to.
+	hints [2]cellHint
+}
+
+// cellHint remembers the cells of one service-second by key. Reports
+// arrive a second or two at a time and name the same few backends in the
+// same order: a report's backend usually sits at its own place in the
+// hint, found with one comparison of strings the decoder shares, where the
+// map would hash two strings per backend.
+type cellHint struct {
+	service string
+	sec     int64
+	cells   []hintedCell
+}
+
+type hintedCell struct {
+	key  cellKey
+	cell *cell
+}
+
+// maxHintedCells bounds a hint: a second of many rollouts, waves or
+// backends is left to the map past these.
+const maxHintedCells = 32
+
+// hint is the hint for service's second sec, emptied if it held another.
+func (s *Store) hint(service string, sec int64) *cellHint {
+	h := &s.hints[sec&1]
+	if h.sec != sec || h.service != service {
+		h.service, h.sec, h.cells = service, sec, h.cells[:0]
+	}
+	return h
+}
+
+// find looks k up, first at place i.
+func (h *cellHint) find(k cellKey, i int) *cell {
+	if i < len(h.cells) && h.cells[i].key == k {
+		return h.cells[i].cell
+	}
+	for _, hc := range h.cells {
+		if hc.key == k {
+			return hc.cell
+		}
+	}
+	return nil
+}
+
+func (h *cellHint) add(k cellKey, c *cell) {
+	if len(h.cells) < maxHintedCells {
+		h.cells = append(h.cells, hintedCell{k, c})
+	}
+}
+
+// forget empties the hint if it is service's second sec, which is gone.
+func (h *cellHint) forget(service string, sec int64) {
+	if h.sec == sec && h.service == service {
+		h.service, h.sec, h.cells = "", 0, h.cells[:0]
+	}
 }
 
 // nodeID numbers a node within one Store.
@@ -179,14 +236,18 @@ func (s *Store) addRollout(r *Report, id nodeID) {
 		series[sec] = cells
 	}
 	s.keepReport(r.Rollout, sec, s.judgedParts(r, id))
+	hint := s.hint(r.Service, sec)
 	for i := range r.Backends {
 		b := &r.Backends[i]
 		k := cellKey{rollout: r.Rollout, wave: r.Wave, backend: b.Backend}
-		c := cells[k]
+		c := hint.find(k, i)
 		if c == nil {
-			c = &cell{latency: sketch.New()}
-			cells[k] = c
-			s.size.bytes += cellBytes
+			if c = cells[k]; c == nil {
+				c = &cell{latency: sketch.New()}
+				cells[k] = c
+				s.size.bytes += cellBytes
+			}
+			hint.add(k, c)
 		}
 		c.requests += b.Requests
 		c.errors += b.Errors
@@ -204,6 +265,9 @@ func (s *Store) addRollout(r *Report, id nodeID) {
 					s.size.bytes -= int64(cellBytes + c.latency.SizeBytes() + 4*cap(c.nodes))
 				}
 				delete(series, t)
+				for i := range s.hints {
+					s.hints[i].forget(r.Service, t)
+				}
 			}
 		}
 	}

@@ -66,6 +66,13 @@ type Decoder struct {
 	sketches []sketch.Sketch
 	latErrs  []error
 	names    map[string]string
+	// Hints are the names the last report held: the service, the rollout
+	// and each backend by its place. Reports of one service name the same
+	// backends in the same order, and a name equal to its hint is taken
+	// without hashing or checking it again.
+	service, rollout string
+	backendNames     []string
+	spareHint        string
 	// The Reports, their parts, sketches and bins are carved from slabs:
 	// one allocation holds many reports', and after Reuse the next reports
 	// overwrite the earlier ones in place. A full slab is replaced, never
@@ -227,11 +234,34 @@ func fields(b []byte, what string, f func(num protowire.Number, typ protowire.Ty
 	return nil
 }
 
-func (d *Decoder) str(bs []byte, field string) (string, error) {
+// str returns bs as a string once it is checked as UTF-8. hint is the name
+// the field held in the last report: equal to it, bs needs no check and no
+// lookup; otherwise it becomes the hint for the next report.
+func (d *Decoder) str(bs []byte, hint *string, field string) (string, error) {
+	if string(bs) == *hint {
+		return *hint, nil
+	}
 	if !utf8.Valid(bs) {
 		return "", fmt.Errorf("%w: %s is not valid UTF-8", ErrBadReport, field)
 	}
-	return d.intern(bs), nil
+	*hint = d.intern(bs)
+	return *hint, nil
+}
+
+// maxBackendHints bounds the places hinted: a report naming thousands of
+// backends gets no hints past these.
+const maxBackendHints = 64
+
+// backendHint is the hint for the backend at place i of a report.
+func (d *Decoder) backendHint(i int) *string {
+	if i >= maxBackendHints {
+		d.spareHint = ""
+		return &d.spareHint
+	}
+	if i >= len(d.backendNames) {
+		d.backendNames = append(d.backendNames, make([]string, i+1-len(d.backendNames))...)
+	}
+	return &d.backendNames[i]
 }
 
 // Decode reads one wire HealthReport.
@@ -266,11 +296,11 @@ func (d *Decoder) Decode(b []byte) (*Report, error) {
 			}
 		case fReportService:
 			if typ == protowire.BytesType {
-				r.Service, err = d.str(bs, "service")
+				r.Service, err = d.str(bs, &d.service, "service")
 			}
 		case fReportRollout:
 			if typ == protowire.BytesType {
-				r.Rollout, err = d.str(bs, "rollout_id")
+				r.Rollout, err = d.str(bs, &d.rollout, "rollout_id")
 			}
 		case fReportGeneration:
 			if typ == protowire.VarintType {
@@ -343,6 +373,7 @@ func (d *Decoder) Decode(b []byte) (*Report, error) {
 // backend reads one BackendHealth; a refused sketch is returned apart, to
 // be named after the errors-over-requests check as ReportOf does.
 func (d *Decoder) backend(b []byte) (br BackendReport, sk sketch.Sketch, latErr, err error) {
+	name := d.backendHint(len(d.backends))
 	var accuracy, zero float64
 	var offset int32
 	from := len(d.arena)
@@ -356,7 +387,7 @@ func (d *Decoder) backend(b []byte) (br BackendReport, sk sketch.Sketch, latErr,
 		var err error
 		switch {
 		case num == fBackendName && typ == protowire.BytesType:
-			br.Backend, err = d.str(bs, "backend")
+			br.Backend, err = d.str(bs, name, "backend")
 		case num == fBackendRequests && typ == protowire.VarintType:
 			br.Requests = v
 		case num == fBackendErrors && typ == protowire.VarintType:

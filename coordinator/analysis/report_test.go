@@ -7,6 +7,7 @@ import (
 	"math"
 	"math/rand/v2"
 	"reflect"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -338,4 +339,59 @@ func TestDecoder_RefusesAReportSeenWithoutItsWholeCounts(t *testing.T) {
 	if _, err := d.Decode(wire); !errors.Is(err, ErrBadReport) || !strings.Contains(err.Error(), "relative accuracy 0") {
 		t.Fatalf("the report without its whole counts: %v; want refused for the sketches' accuracy", err)
 	}
+}
+
+// The decoder takes a name equal to the one the last report held at the
+// same place without checking it again: reports that rename, reorder, add
+// or drop backends, change service or rollout, or bring invalid UTF-8 where
+// the last report had a valid name must still read as proto.Unmarshal reads
+// them, and a refused name must not become the next report's hint.
+func TestDecoder_NamesChangingBetweenReportsReadAsProtoUnmarshal(t *testing.T) {
+	report := func(service, rollout string, backends ...string) []byte {
+		t.Helper()
+		rep := &sv1.HealthReport{Node: "edge-1", Service: service, RolloutId: rollout, Generation: 7,
+			WindowEnd: timestamppb.New(time.Unix(1_700_000_000, 0))}
+		for i, b := range backends {
+			rep.Backends = append(rep.Backends, &sv1.BackendHealth{Backend: b, Requests: uint64(10 + i), Errors: uint64(i)})
+		}
+		wire, err := proto.Marshal(rep)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return wire
+	}
+	// broken is wire with every "~" replaced by a byte no UTF-8 text has:
+	// proto.Marshal refuses to write one.
+	broken := func(wire []byte) []byte {
+		return []byte(strings.ReplaceAll(string(wire), "~", "\xff"))
+	}
+	var d Decoder
+	for i, wire := range [][]byte{
+		report("web", "web-1", "blue", "green"),
+		report("web", "web-1", "blue", "green"),
+		report("web", "web-1", "green", "blue"),
+		report("web", "web-1", "green", "blue", "grey"),
+		report("web", "", "green"),
+		report("api", "api-7", "blue", "green"),
+		broken(report("web", "web-1", "blue", "gree~")),
+		broken(report("web", "web-1", "blue", "gree~")),
+		report("web", "web-1", "blue", "gree~"),
+		broken(report("we~", "web-1", "blue", "green")),
+		broken(report("we~", "web-1", "blue", "green")),
+		broken(report("web", "web-~", "blue", "green")),
+		broken(report("web", "web-~", "blue", "green")),
+		report("web", "web-1", "blue", "green"),
+		report("web", "web-1", "", "green"),
+		report("web", "web-1", "blue", "green"),
+	} {
+		t.Run(fmt.Sprint(i), func(t *testing.T) { checkDecoders(t, &d, wire) })
+	}
+	// Past the places that keep hints, names still read right.
+	many := make([]string, maxBackendHints+3)
+	for i := range many {
+		many[i] = fmt.Sprintf("b%d", i)
+	}
+	checkDecoders(t, &d, report("web", "web-1", many...))
+	slices.Reverse(many)
+	checkDecoders(t, &d, report("web", "web-1", many...))
 }

@@ -177,3 +177,93 @@ func TestSequential_CUSUMCountsManyNodesAcrossRestarts(t *testing.T) {
 		t.Errorf("run counts %d requests since %d, want %d since 4", c.CandRequests, c.Since, 2*1500*10)
 	}
 }
+
+// The store finds a report's cells through a hint of the last
+// service-seconds before its map: reports that interleave services,
+// seconds, rollouts and waves, reorder and rename backends, and bring back
+// a second the store already dropped must land in the cells the windows
+// read, each counted once.
+func TestStore_CellsFoundThroughTheHintAreTheWindowsCells(t *testing.T) {
+	r := rand.New(rand.NewPCG(31, 32))
+	s := NewStore()
+	base := int64(1_700_000_000)
+	retention := int64(Retention / time.Second)
+	type key struct {
+		service, rollout, backend string
+		wave                      int32
+		sec                       int64
+	}
+	want := map[key]uint64{}
+	newest := map[string]int64{}
+	services := []string{"web", "api"}
+	rollouts := []string{"r1", "r2"}
+	backends := []string{"blue", "green", "grey", "b-3", "b-4"}
+	put := func(rep *Report) {
+		for _, b := range rep.Backends {
+			want[key{rep.Service, rep.Rollout, b.Backend, rep.Wave, rep.End}] += b.Requests
+		}
+		s.AddReports([]*Report{rep})
+		// The store drops a service's old seconds when a newer one comes.
+		if sec := rep.End; sec > newest[rep.Service] {
+			newest[rep.Service] = sec
+			for k := range want {
+				if k.service == rep.Service && k.sec < sec-retention {
+					delete(want, k)
+				}
+			}
+		}
+	}
+	add := func(svc string, sec int64) {
+		rep := &Report{Node: fmt.Sprintf("n%d", r.IntN(50)), Service: svc, Rollout: rollouts[r.IntN(2)],
+			Generation: 3, Wave: int32(r.IntN(2)), End: sec}
+		for _, j := range r.Perm(len(backends))[:1+r.IntN(len(backends))] {
+			rep.Backends = append(rep.Backends, BackendReport{Backend: backends[j], Requests: uint64(1 + r.IntN(100))})
+		}
+		put(rep)
+	}
+	for i := range 20_000 {
+		sec := base + int64(i/500) + int64(r.IntN(3)) // seconds overlap
+		if r.IntN(200) == 0 {
+			sec -= retention + 5 // a second the store dropped, or will
+		}
+		add(services[r.IntN(len(services))], sec)
+	}
+	// A second too old to keep, taken, dropped when a newer one (of the
+	// other hint) comes, and then taken again: only the last report's
+	// traffic is in it.
+	old := newest["web"] - retention - 10
+	next := newest["web"] + 1
+	if (next-old)%2 == 0 {
+		next++
+	}
+	again := func(sec int64) *Report {
+		return &Report{Node: "n1", Service: "web", Rollout: "r1", Generation: 3, End: sec,
+			Backends: []BackendReport{{Backend: "blue", Requests: 7}, {Backend: "green", Requests: 11}}}
+	}
+	put(again(old))
+	put(again(next))
+	put(again(old))
+	seen := 0
+	for k, req := range want {
+		w := s.Window(k.service, k.rollout, k.backend, k.wave, time.Unix(k.sec-1, 0), time.Unix(k.sec, 0))
+		if w.Requests != req {
+			t.Fatalf("%+v: window has %d requests, want %d", k, w.Requests, req)
+		}
+		seen++
+	}
+	// And nothing beyond: every cell's requests are wanted ones.
+	var total, inCells uint64
+	for _, req := range want {
+		total += req
+	}
+	for _, series := range s.services {
+		for _, cells := range series {
+			for _, c := range cells {
+				inCells += c.requests
+			}
+		}
+	}
+	if inCells != total || seen == 0 {
+		t.Fatalf("cells hold %d requests, want %d over %d cells", inCells, total, seen)
+	}
+}

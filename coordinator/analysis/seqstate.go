@@ -3,6 +3,7 @@ package analysis
 import (
 	"fmt"
 	"math"
+	"slices"
 	"sort"
 	"strings"
 	"time"
@@ -203,7 +204,7 @@ func (run *seqRun) read(sp *sv1.RolloutSpec, sec int64, reports []*nodeReport) {
 		tot.baseErrors += b.errors
 	}
 	run.last = sec
-	sort.Slice(both, func(i, j int) bool { return both[i].node < both[j].node })
+	slices.SortFunc(both, func(a, b nodeParts) int { return strings.Compare(a.node, b.node) })
 	if run.alarm != nil {
 		return
 	}

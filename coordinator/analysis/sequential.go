@@ -61,7 +61,17 @@ func ShareLLR(s Stratum, oddsRatio float64) float64 {
 	}
 	p0 := s.NullShare()
 	p1 := AltShare(p0, oddsRatio)
-	return float64(s.CandEvents)*math.Log(p1/p0) + float64(s.BaseEvents)*math.Log((1-p1)/(1-p0))
+	// A side with no events adds nothing (both shares lie inside (0, 1), so
+	// its logarithm is finite): most strata of rare events have one, and
+	// the judge takes this for every node, alternative and second.
+	var llr float64
+	if s.CandEvents > 0 {
+		llr = float64(s.CandEvents) * math.Log(p1/p0)
+	}
+	if s.BaseEvents > 0 {
+		llr += float64(s.BaseEvents) * math.Log((1-p1)/(1-p0))
+	}
+	return llr
 }
 
 // StratumCap bounds what one node adds in one interval (nats). Capping a
