@@ -382,7 +382,7 @@ func (d *Decoder) backend(b []byte) (br BackendReport, sk sketch.Sketch, latErr,
 	// each form, and the largest whole count, are checked once the backend
 	// is read, as proto.Unmarshal's merged message is.
 	doubles, wholes := 0, 0
-	var mostWhole uint64
+	var mostWhole, sumWhole uint64
 	err = fields(b, "backend", func(num protowire.Number, typ protowire.Type, v uint64, bs []byte) error {
 		var err error
 		switch {
@@ -422,13 +422,15 @@ func (d *Decoder) backend(b []byte) (br BackendReport, sk sketch.Sketch, latErr,
 					d.arena = append(d.arena, float64(v))
 					wholes++
 					mostWhole = max(mostWhole, v)
+					sumWhole = addCapped(sumWhole, v)
 				case num == fSketchWhole && typ == protowire.BytesType:
-					n, most, err := d.appendVarints(bs)
+					n, most, sum, err := d.appendVarints(bs)
 					if err != nil {
 						return err
 					}
 					wholes += n
 					mostWhole = max(mostWhole, most)
+					sumWhole = addCapped(sumWhole, sum)
 				}
 				return nil
 			})
@@ -441,14 +443,29 @@ func (d *Decoder) backend(b []byte) (br BackendReport, sk sketch.Sketch, latErr,
 	// A latency field given twice merges, as proto.Unmarshal merges it:
 	// its counts follow on in the arena.
 	if accuracy, latErr = sketch.CheckForms(accuracy, doubles, wholes, mostWhole); latErr == nil {
-		latErr = sk.Load(accuracy, zero, offset, d.arena[from:len(d.arena):len(d.arena)])
+		counts := d.arena[from:len(d.arena):len(d.arena)]
+		if doubles == 0 {
+			latErr = sk.LoadWhole(accuracy, zero, offset, counts, sumWhole)
+		} else {
+			latErr = sk.Load(accuracy, zero, offset, counts)
+		}
 	}
 	return br, sk, latErr, nil
 }
 
+// addCapped is a + b, or the largest uint64 where that overflows: a sum
+// past sketch.MaxWholeCount is only ever compared with it.
+func addCapped(a, b uint64) uint64 {
+	if s := a + b; s >= a {
+		return s
+	}
+	return math.MaxUint64
+}
+
 // appendVarints appends the packed whole counts in bs to the arena as
-// float64 and returns how many there were and the largest.
-func (d *Decoder) appendVarints(bs []byte) (n int, most uint64, err error) {
+// float64 and returns how many there were, the largest and their sum
+// (capped as addCapped caps it).
+func (d *Decoder) appendVarints(bs []byte) (n int, most, sum uint64, err error) {
 	// A count takes a byte at least: the arena grows at most once, and
 	// the counts are written in place.
 	at := len(d.arena)
@@ -460,14 +477,15 @@ func (d *Decoder) appendVarints(bs []byte) (n int, most uint64, err error) {
 		v, w := uint64(bs[0]), 1
 		if v >= 0x80 {
 			if v, w = protowire.ConsumeVarint(bs); w < 0 {
-				return 0, 0, errWire("latency sketch whole_counts")
+				return 0, 0, 0, errWire("latency sketch whole_counts")
 			}
 		}
 		bs = bs[w:]
 		dst[n] = float64(v)
 		n++
 		most = max(most, v)
+		sum = addCapped(sum, v)
 	}
 	d.arena = d.arena[:at+n]
-	return n, most, nil
+	return n, most, sum, nil
 }

@@ -59,19 +59,18 @@ func ShareLLR(s Stratum, oddsRatio float64) float64 {
 	if !s.informative() {
 		return 0
 	}
-	p0 := s.NullShare()
-	p1 := AltShare(p0, oddsRatio)
-	// A side with no events adds nothing (both shares lie inside (0, 1), so
-	// its logarithm is finite): most strata of rare events have one, and
-	// the judge takes this for every node, alternative and second.
-	var llr float64
-	if s.CandEvents > 0 {
-		llr = float64(s.CandEvents) * math.Log(p1/p0)
-	}
-	if s.BaseEvents > 0 {
-		llr += float64(s.BaseEvents) * math.Log((1-p1)/(1-p0))
-	}
-	return llr
+	return shareLLR(s, s.NullShare(), oddsRatio, math.Log(oddsRatio))
+}
+
+// shareLLR is ShareLLR of an informative stratum whose null share is p0,
+// with one logarithm: the new backend's share under the alternative is
+// p1 = oddsRatio·p0/D with D = 1 + (oddsRatio−1)·p0, so log(p1/p0) is
+// log(oddsRatio) − log D and log((1−p1)/(1−p0)) is −log D. The judge takes
+// it for every node, alternative and second
+// (TestShareLLR_OneLogarithmIsTheBinomialRatio checks it against the
+// ratio written out).
+func shareLLR(s Stratum, p0, oddsRatio, logOdds float64) float64 {
+	return float64(s.CandEvents)*logOdds - float64(s.CandEvents+s.BaseEvents)*math.Log1p((oddsRatio-1)*p0)
 }
 
 // StratumCap bounds what one node adds in one interval (nats). Capping a

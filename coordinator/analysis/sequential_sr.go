@@ -73,8 +73,9 @@ type Mixture struct {
 	// interval is the interval read last.
 	interval int64
 	started  bool
-	// llr holds the strata's log-likelihood ratios for one alternative.
-	llr []float64
+	// llr holds the strata's log-likelihood ratios for one alternative;
+	// null the strata's null shares (0: not informative).
+	llr, null []float64
 }
 
 // NewMixture returns a test over the given alternatives with their shares
@@ -95,16 +96,27 @@ func NewMixture(oddsRatios, shares []float64) *Mixture {
 func (m *Mixture) Update(interval int64, startWeight float64, strata []Stratum) float64 {
 	newStart := !m.started || interval != m.interval
 	m.started, m.interval = true, interval
+	m.null = m.null[:0]
+	for _, s := range strata {
+		p0 := 0.0
+		if s.informative() {
+			p0 = s.NullShare()
+		}
+		m.null = append(m.null, p0)
+	}
 	for _, a := range m.Alternatives {
 		if newStart {
 			a.LogR = logAddExp(a.LogR, math.Log(startWeight))
 		}
+		logOdds := math.Log(a.OddsRatio)
 		sum := 0.0
 		m.llr = m.llr[:0]
-		for _, s := range strata {
+		for i, s := range strata {
 			l := 0.0
 			if s.CandRequests != 0 && s.BaseRequests != 0 {
-				l = math.Min(ShareLLR(s, a.OddsRatio), StratumCap)
+				if p0 := m.null[i]; p0 != 0 {
+					l = math.Min(shareLLR(s, p0, a.OddsRatio, logOdds), StratumCap)
+				}
 				sum += l
 			}
 			m.llr = append(m.llr, l)

@@ -186,3 +186,44 @@ func TestSequential_NonInferiorityKnownValues(t *testing.T) {
 		t.Errorf("no requests, no evidence: %g", v)
 	}
 }
+
+// ShareLLR takes one logarithm where the binomial likelihood ratio of the
+// new backend's share of the events, written out, takes two: the same
+// value up to rounding, over strata from one event to a million, with and
+// without a null tolerance, and every alternative.
+func TestShareLLR_OneLogarithmIsTheBinomialRatio(t *testing.T) {
+	written := func(s Stratum, odds float64) float64 {
+		p0 := s.NullShare()
+		p1 := AltShare(p0, odds)
+		return float64(s.CandEvents)*math.Log(p1/p0) + float64(s.BaseEvents)*math.Log((1-p1)/(1-p0))
+	}
+	r := rand.New(rand.NewPCG(41, 42))
+	odds := append([]float64{1.01, 1.5, 100}, DefaultOddsRatios...)
+	checked := 0
+	for range 100_000 {
+		s := Stratum{CandRequests: 1 + uint64(r.IntN(1_000_000)), BaseRequests: 1 + uint64(r.IntN(1_000_000)),
+			NullOdds: []float64{0, 1, 1.2, 3}[r.IntN(4)]}
+		if r.IntN(4) == 0 {
+			s.CandRequests = 1 + uint64(r.IntN(5))
+		}
+		s.CandEvents = uint64(r.IntN(int(s.CandRequests) + 1))
+		s.BaseEvents = uint64(r.IntN(int(s.BaseRequests) + 1))
+		if !s.informative() {
+			if ShareLLR(s, 2) != 0 {
+				t.Fatalf("%+v: no information, yet ShareLLR %v", s, ShareLLR(s, 2))
+			}
+			continue
+		}
+		checked++
+		for _, o := range odds {
+			got, want := ShareLLR(s, o), written(s, o)
+			events := float64(s.CandEvents + s.BaseEvents)
+			if math.Abs(got-want) > 1e-12*events*math.Max(1, math.Abs(math.Log(o))) {
+				t.Fatalf("%+v odds %g: ShareLLR %v, written out %v", s, o, got, want)
+			}
+		}
+	}
+	if checked < 50_000 {
+		t.Fatalf("only %d informative strata checked", checked)
+	}
+}

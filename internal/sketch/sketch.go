@@ -330,6 +330,21 @@ func FromCounts(relativeAccuracy, zeroCount float64, indexOffset int32, counts [
 // after CheckForms. s keeps counts (without copying them): the caller must
 // not change them afterwards. On error s is left empty.
 func (s *Sketch) Load(relativeAccuracy, zeroCount float64, indexOffset int32, counts []float64) error {
+	return s.load(relativeAccuracy, zeroCount, indexOffset, counts, 0, false)
+}
+
+// LoadWhole is Load for counts that came as whole numbers, CheckForms
+// passed, and sum to sum (their reader added them as it converted them):
+// Load would walk them again to check and add them, a chain of float
+// additions per bin. A sum above MaxWholeCount is added as Load adds it.
+func (s *Sketch) LoadWhole(relativeAccuracy, zeroCount float64, indexOffset int32, counts []float64, sum uint64) error {
+	return s.load(relativeAccuracy, zeroCount, indexOffset, counts, float64(sum), sum <= MaxWholeCount)
+}
+
+// load is Load; with summed set, counts are whole and sum to positive (as
+// float additions of whole numbers whose sum stays within MaxWholeCount
+// do, exactly).
+func (s *Sketch) load(relativeAccuracy, zeroCount float64, indexOffset int32, counts []float64, positive float64, summed bool) error {
 	*s = Sketch{}
 	if len(counts) > MaxBins {
 		return errTooManyBins(len(counts))
@@ -344,12 +359,14 @@ func (s *Sketch) Load(relativeAccuracy, zeroCount float64, indexOffset int32, co
 	if !validCount(zeroCount) {
 		return fmt.Errorf("%w: zero count %v", ErrInvalid, zeroCount)
 	}
-	var positive float64
-	for i, c := range counts {
-		if !validCount(c) {
-			return fmt.Errorf("%w: count %v in bin %d", ErrInvalid, c, i)
+	if !summed {
+		positive = 0
+		for i, c := range counts {
+			if !validCount(c) {
+				return fmt.Errorf("%w: count %v in bin %d", ErrInvalid, c, i)
+			}
+			positive += c
 		}
-		positive += c
 	}
 	lo, hi := 0, len(counts)-1
 	for lo <= hi && counts[lo] == 0 {

@@ -5,6 +5,7 @@ import (
 	"math"
 	"math/rand/v2"
 	"reflect"
+	"slices"
 	"strings"
 	"testing"
 
@@ -197,5 +198,43 @@ func TestSketch_WholeFormLeavesTheAccuracyOutSoOlderReadersRefuseIt(t *testing.T
 	}
 	if e := New().ToProto(); e.GetRelativeAccuracy() != RelativeAccuracy {
 		t.Errorf("an empty sketch went out with accuracy %v", e.GetRelativeAccuracy())
+	}
+}
+
+// LoadWhole, given the sum its reader added up, loads what Load loads:
+// the same bins and count, for small counts, for counts near
+// MaxWholeCount whose sum passes it (then added as Load adds them), and
+// with empty bins at either end.
+func TestSketch_LoadWholeLoadsWhatLoadLoads(t *testing.T) {
+	r := rand.New(rand.NewPCG(51, 52))
+	cases := [][]uint64{{0, 3, 0, 1, 0}, {MaxWholeCount, MaxWholeCount, 7}, {1 << 52, 1 << 52, 1}, {MaxWholeCount, 1, 1, 1}, {}, {0, 0}}
+	for range 200 {
+		c := make([]uint64, 1+r.IntN(60))
+		for i := range c {
+			c[i] = uint64(r.IntN(300))
+		}
+		cases = append(cases, c)
+	}
+	for _, whole := range cases {
+		counts := make([]float64, len(whole))
+		var sum uint64
+		for i, c := range whole {
+			counts[i] = float64(c)
+			if sum+c < sum {
+				sum = math.MaxUint64
+			} else {
+				sum += c
+			}
+		}
+		var want, got Sketch
+		if err := want.Load(RelativeAccuracy, 2, -3, slices.Clone(counts)); err != nil {
+			t.Fatal(err)
+		}
+		if err := got.LoadWhole(RelativeAccuracy, 2, -3, slices.Clone(counts), sum); err != nil {
+			t.Fatal(err)
+		}
+		if got.Count() != want.Count() || !reflect.DeepEqual(got.Bins(), want.Bins()) {
+			t.Fatalf("%v: LoadWhole count %v bins %v, Load count %v bins %v", whole, got.Count(), got.Bins(), want.Count(), want.Bins())
+		}
 	}
 }
