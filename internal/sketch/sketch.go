@@ -174,13 +174,15 @@ func (s *Sketch) CountAbove(index int) (total, above float64) {
 			above += s.zero
 		}
 	}
-	for i, c := range s.bins {
-		if c > 0 {
-			total += c
-			if s.offset+i > index {
-				above += c
-			}
-		}
+	// The bins run up from s.offset: those above index are a tail, summed
+	// without a test per bin (empty bins add nothing).
+	from := min(max(index-s.offset+1, 0), len(s.bins))
+	for _, c := range s.bins[:from] {
+		total += c
+	}
+	for _, c := range s.bins[from:] {
+		total += c
+		above += c
 	}
 	return total, above
 }
