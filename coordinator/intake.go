@@ -15,21 +15,30 @@ import (
 
 // Telemetry intake: every node reports every second, so a coordinator of a
 // large fleet takes a hundred thousand reports a second. The subscription's
-// callback only queues a report; a pool of workers decodes reports and
-// merges them into the analysis store in batches, one lock per batch. When
-// the queue is full the report is shed: counted, and marked against its
-// service's second in the store, so the windows missing it cannot pass.
+// callback only queues a report; a pool of workers decodes reports, newest
+// first, and merges them into the analysis store in batches, one lock per
+// batch. When the queue is full its oldest report is shed: counted, and
+// marked against its service's second in the store, so the windows missing
+// it cannot pass.
 
 const (
 	// intakeQueue bounds the reports waiting to be decoded: about a second
 	// of a 65k-node fleet; some 41 MB of 10-backend reports with their
 	// sketches as whole_counts (621 bytes), 220 MB of the same with counts
 	// as doubles (3.3 KB), as agents from before whole_counts send them.
-	// A quarter of it (16,384) was tried at 100,000 reports a second: it
-	// shed a little in every run instead of keeping up in half of them.
+	// A quarter of it (16,384), taken oldest first, was tried at 100,000
+	// reports a second: it shed a little in every run instead of keeping
+	// up in half of them.
 	intakeQueue = 1 << 16
 	// intakeBatch is how many queued reports one worker merges per lock.
 	intakeBatch = 256
+	// intakeMaxWait is how long a report may wait for a worker. The judge
+	// reads a second analysis.Grace (1.5 s) after it ends, and a report is
+	// sent as its second ends and takes some time to arrive: one that waited
+	// longer than this would be merged after its second was read, lost
+	// without a word. It is shed instead, and its second marked as missing
+	// data.
+	intakeMaxWait = time.Second
 	// shedFlush is how often shed reports are marked in the store: the
 	// judge reads a window only after analysis.Grace.
 	shedFlush = 100 * time.Millisecond
@@ -37,11 +46,14 @@ const (
 
 // Reasons a report is shed, the label of switchyard_coordinator_reports_shed_total.
 const (
-	// shedQueueFull: the workers could not keep up and the queue was full.
+	// shedQueueFull: the workers could not keep up and the queue was full;
+	// its oldest report made room for the newest.
 	shedQueueFull = "queue_full"
 	// shedSlowConsumer: the NATS client dropped reports before the
 	// callback saw them (its pending limits were reached).
 	shedSlowConsumer = "slow_consumer"
+	// shedWaitedTooLong: the report waited longer than intakeMaxWait.
+	shedWaitedTooLong = "waited_too_long"
 )
 
 type shedKey struct {
@@ -52,7 +64,7 @@ type shedKey struct {
 // intake feeds health reports into the analysis store.
 type intake struct {
 	store   *analysis.Store
-	queue   chan *nats.Msg
+	queue   *reportQueue
 	workers int
 	// reported wakes the leader's rollout controller (may be nil).
 	reported chan<- struct{}
@@ -65,22 +77,32 @@ type intake struct {
 }
 
 func newIntake(store *analysis.Store, m *intakeMetrics, reported chan<- struct{}, log *slog.Logger, now func() time.Time) *intake {
-	return &intake{store: store, queue: make(chan *nats.Msg, intakeQueue), workers: max(runtime.GOMAXPROCS(0), 1),
+	return &intake{store: store, queue: newReportQueue(intakeQueue), workers: max(runtime.GOMAXPROCS(0), 1),
 		reported: reported, metrics: m, log: log, now: now, pending: map[shedKey]uint64{}}
 }
 
 // handle is the subscription's callback: it never blocks and never decodes.
 func (in *intake) handle(msg *nats.Msg) {
-	select {
-	case in.queue <- msg:
-	default:
-		svc, _ := bus.TelemetryService(msg.Subject)
-		in.shed(svc, shedQueueFull, 1)
+	if old := in.queue.push(msg, in.now()); old.msg != nil {
+		in.shedQueued(shedQueueFull, old)
 	}
 }
 
-// shed counts reports dropped for reason and remembers them for the store.
-// An empty service stands for every service the store follows.
+// shedQueued sheds reports that were queued, each against the second it
+// was received in.
+func (in *intake) shedQueued(reason string, reports ...queuedReport) {
+	in.metrics.shed(reason).Add(float64(len(reports)))
+	in.mu.Lock()
+	for _, r := range reports {
+		svc, _ := bus.TelemetryService(r.msg.Subject)
+		in.pending[shedKey{svc, r.at.Unix()}]++
+	}
+	in.mu.Unlock()
+}
+
+// shed counts reports dropped for reason as they were received and
+// remembers them for the store. An empty service stands for every service
+// the store follows.
 func (in *intake) shed(service, reason string, n uint64) {
 	in.metrics.shed(reason).Add(float64(n))
 	in.mu.Lock()
@@ -142,17 +164,28 @@ func (in *intake) run(ctx context.Context, sub *nats.Subscription) {
 
 func (in *intake) work(ctx context.Context) {
 	var dec analysis.Decoder
+	msgs := make([]*nats.Msg, intakeBatch)
 	batch := make([]*analysis.Report, 0, intakeBatch)
+	var expired []queuedReport
 	for {
-		var msg *nats.Msg
-		select {
-		case <-ctx.Done():
-			return
-		case msg = <-in.queue:
+		var n int
+		n, expired = in.queue.take(msgs, in.now().Add(-intakeMaxWait), expired[:0])
+		if len(expired) > 0 {
+			in.shedQueued(shedWaitedTooLong, expired...)
+			clear(expired)
+		}
+		if n == 0 {
+			select {
+			case <-ctx.Done():
+				return
+			case <-in.queue.wake:
+			}
+			continue
 		}
 		batch = batch[:0]
 		rejected, forged := 0, 0
-		for msg != nil {
+		for i, msg := range msgs[:n] {
+			msgs[i] = nil
 			r, err := dec.Decode(msg.Data)
 			switch {
 			case err != nil:
@@ -168,13 +201,6 @@ func (in *intake) work(ctx context.Context) {
 					"node", r.Node, "service", r.Service)
 			default:
 				batch = append(batch, r)
-			}
-			msg = nil
-			if len(batch)+rejected+forged < intakeBatch {
-				select {
-				case msg = <-in.queue:
-				default:
-				}
 			}
 		}
 		if rejected > 0 {

@@ -14,21 +14,24 @@ type intakeMetrics struct {
 	shedTotal        *prometheus.CounterVec
 	shedQueue        prometheus.Counter
 	shedSlow         prometheus.Counter
+	shedStale        prometheus.Counter
 }
 
 func newIntakeMetrics(reg prometheus.Registerer, m *metrics, in func() *intake) (*intakeMetrics, error) {
 	im := &intakeMetrics{merged: m.telemetry, rejected: m.telemetryRejected, forged: m.telemetryForged,
 		shedTotal: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "switchyard_coordinator_reports_shed_total",
-			Help: "Health reports dropped before they were merged because intake could not keep up, by reason: queue_full (the decode workers' queue was full), slow_consumer (the NATS client dropped them). The windows they belong to are missing data and never pass.",
+			Help: "Health reports dropped before they were merged because intake could not keep up, by reason: queue_full (the decode workers' queue was full: its oldest report made room), waited_too_long (a report waited over a second for a worker and would have come after the judge read its second), slow_consumer (the NATS client dropped them). The windows they belong to are missing data and never pass.",
 		}, []string{"reason"}),
 	}
 	im.shedQueue = im.shedTotal.WithLabelValues(shedQueueFull)
 	im.shedSlow = im.shedTotal.WithLabelValues(shedSlowConsumer)
+	im.shedStale = im.shedTotal.WithLabelValues(shedWaitedTooLong)
+	im.shedStale = im.shedTotal.WithLabelValues(shedWaitedTooLong)
 	queued := prometheus.NewGaugeFunc(prometheus.GaugeOpts{
 		Name: "switchyard_coordinator_health_reports_queued",
 		Help: "Health reports received and waiting to be decoded and merged.",
-	}, func() float64 { return float64(len(in().queue)) })
+	}, func() float64 { return float64(in().queue.len()) })
 	for _, c := range []prometheus.Collector{im.shedTotal, queued} {
 		if err := reg.Register(c); err != nil {
 			return nil, err
@@ -38,8 +41,11 @@ func newIntakeMetrics(reg prometheus.Registerer, m *metrics, in func() *intake) 
 }
 
 func (m *intakeMetrics) shed(reason string) prometheus.Counter {
-	if reason == shedSlowConsumer {
+	switch reason {
+	case shedSlowConsumer:
 		return m.shedSlow
+	case shedWaitedTooLong:
+		return m.shedStale
 	}
 	return m.shedQueue
 }

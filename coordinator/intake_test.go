@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -20,13 +21,14 @@ import (
 	sv1 "github.com/switchyard/switchyard/proto/switchyard/v1"
 )
 
-// When the workers cannot keep up, intake sheds reports with a counter and
-// marks them in the store as missing data; what it queued is merged.
-func TestIntake_ShedsWhenTheQueueIsFullAndCountsIt(t *testing.T) {
+// When the workers cannot keep up, intake sheds the oldest reports with a
+// counter and marks them in the store as missing data; the newest, which
+// it kept, are merged.
+func TestIntake_ShedsTheOldestWhenTheQueueIsFullAndCountsIt(t *testing.T) {
 	store := analysis.NewStore()
 	now := time.Date(2026, 3, 1, 10, 0, 30, 200e6, time.UTC)
 	in, m, im := testIntake(t, store, func() time.Time { return now })
-	in.queue = make(chan *nats.Msg, 8)
+	in.queue = newReportQueue(8)
 
 	sk := sketch.New()
 	sk.Add(0.02)
@@ -40,7 +42,8 @@ func TestIntake_ShedsWhenTheQueueIsFullAndCountsIt(t *testing.T) {
 		return &nats.Msg{Subject: bus.TelemetrySubject("web", node), Data: wire}
 	}
 	// Nothing decodes yet: 7 reports and one garbage message fill the
-	// queue, the next 12 are shed.
+	// queue, and each of the next 12 sheds the oldest waiting: the 7, the
+	// garbage and 4 of the 12.
 	for i := range 7 {
 		in.handle(msg(fmt.Sprintf("edge-%d", i)))
 	}
@@ -61,9 +64,18 @@ func TestIntake_ShedsWhenTheQueueIsFullAndCountsIt(t *testing.T) {
 	}
 
 	runIntake(t, in)
-	waitMerged(t, m, 7, m.telemetryRejected, 1, "rejected")
-	if _, _, nodes := store.NodeHealth("web", nil, sec.Add(-time.Second), sec); nodes != 7 {
-		t.Fatalf("store has %d nodes for the second, want 7", nodes)
+	waitMerged(t, m, 8, m.telemetry, 8, "merged")
+	if got := testutil.ToFloat64(m.telemetryRejected); got != 0 {
+		t.Fatalf("rejected %v reports, want 0: the garbage was shed before it was read", got)
+	}
+	req, _, nodes := store.NodeHealth("web", nil, sec.Add(-time.Second), sec)
+	if nodes != 8 || req != 80 {
+		t.Fatalf("store has %d nodes, %d requests for the second, want the 8 newest, 80", nodes, req)
+	}
+	for i := range 4 {
+		if _, _, n := store.NodeHealth("web", map[string]bool{fmt.Sprintf("late-%d", i): true}, sec.Add(-time.Second), sec); n != 8 {
+			t.Fatalf("late-%d, shed, is in the store", i)
+		}
 	}
 	// A drop the NATS client reports has no subject: every service's
 	// second is marked.
@@ -74,6 +86,49 @@ func TestIntake_ShedsWhenTheQueueIsFullAndCountsIt(t *testing.T) {
 	}
 	if got := testutil.ToFloat64(im.shedTotal.WithLabelValues(shedSlowConsumer)); got != 2 {
 		t.Fatalf("shed slow_consumer = %v, want 2", got)
+	}
+}
+
+// A report that waited longer than intakeMaxWait for a worker would reach
+// the store after the judge read its second: it is shed, counted as
+// waited_too_long and marked against the second it was received in, and
+// the fresher reports are merged.
+func TestIntake_ShedsReportsThatWaitedTooLong(t *testing.T) {
+	store := analysis.NewStore()
+	received := time.Date(2026, 3, 1, 10, 0, 30, 200e6, time.UTC)
+	var clock atomic.Int64
+	clock.Store(received.UnixNano())
+	in, m, im := testIntake(t, store, func() time.Time { return time.Unix(0, clock.Load()) })
+	sec := received.Truncate(time.Second)
+	msg := func(node string) *nats.Msg {
+		wire, err := proto.Marshal(&sv1.HealthReport{Node: node, Service: "web", RolloutId: "r1", Generation: 3,
+			WindowEnd: timestamppb.New(sec), Backends: []*sv1.BackendHealth{{Backend: "green", Requests: 10}}})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return &nats.Msg{Subject: bus.TelemetrySubject("web", node), Data: wire}
+	}
+	for i := range 5 {
+		in.handle(msg(fmt.Sprintf("old-%d", i)))
+	}
+	// No worker came for longer than intakeMaxWait (two seconds more: the
+	// shed reports must be marked in the second they came in, not now);
+	// then two more arrive.
+	clock.Add(int64(intakeMaxWait + 2*time.Second))
+	in.handle(msg("fresh-1"))
+	in.handle(msg("fresh-2"))
+
+	runIntake(t, in)
+	waitMerged(t, m, 2, im.shedStale, 5, "shed waited_too_long")
+	in.flushShed()
+	if got := store.Shed("web", sec.Add(-time.Second), sec); got != 5 {
+		t.Fatalf("store marks %d shed reports in the second they were received in, want 5", got)
+	}
+	if _, _, nodes := store.NodeHealth("web", nil, sec.Add(-time.Second), sec); nodes != 2 {
+		t.Fatalf("store has %d nodes for the second, want the 2 fresh ones", nodes)
+	}
+	if got := testutil.ToFloat64(im.shedTotal.WithLabelValues(shedQueueFull)); got != 0 {
+		t.Fatalf("shed queue_full = %v, want 0", got)
 	}
 }
 

@@ -1,0 +1,104 @@
+package coordinator
+
+import (
+	"sync"
+	"time"
+
+	"github.com/nats-io/nats.go"
+)
+
+// reportQueue holds the reports waiting for the intake workers. The
+// workers take the newest first, a full queue drops its oldest, and a
+// report that waited too long is dropped when a worker comes by:
+//   - A report is cheapest to decode right after the NATS client copied it,
+//     while it is still in the processor's cache. Taken oldest first out of
+//     a long queue, every report comes from memory and costs more, so a
+//     coordinator that once fell behind (a garbage collection, a burst)
+//     stayed behind, shedding. Newest first, the reports of the moment cost
+//     what they cost when the queue is short, and the backlog is worked off
+//     with what is left over.
+//   - A report merged after the judge has read its second is as good as
+//     lost, and nobody would know: dropped and counted instead, its second
+//     is marked as missing data (see intakeMaxWait).
+//
+// Order does not matter to the store: it merges a report into its own
+// second whenever it comes.
+type reportQueue struct {
+	mu   sync.Mutex
+	ring []queuedReport
+	head int // the oldest report
+	n    int
+	// wake holds a token while reports may be waiting for a worker.
+	wake chan struct{}
+}
+
+// queuedReport is a report and when it was received, by the intake's
+// clock (with its monotonic reading, when it has one, so that a step of
+// the wall clock neither ages nor rejuvenates what waits).
+type queuedReport struct {
+	msg *nats.Msg
+	at  time.Time
+}
+
+func newReportQueue(size int) *reportQueue {
+	return &reportQueue{ring: make([]queuedReport, size), wake: make(chan struct{}, 1)}
+}
+
+// push queues m, received at at. When the queue is full the oldest report
+// makes room: it is returned (dropped.msg set), to be shed.
+func (q *reportQueue) push(m *nats.Msg, at time.Time) (dropped queuedReport) {
+	q.mu.Lock()
+	if q.n == len(q.ring) {
+		dropped = q.ring[q.head]
+		q.ring[q.head] = queuedReport{m, at}
+		q.head = (q.head + 1) % len(q.ring)
+	} else {
+		q.ring[(q.head+q.n)%len(q.ring)] = queuedReport{m, at}
+		q.n++
+	}
+	q.mu.Unlock()
+	q.signal()
+	return dropped
+}
+
+// take first moves every report received before stale out of the queue,
+// appending them to expired (oldest first), and then moves up to len(buf)
+// of the newest into buf, newest first. It returns how many went to buf,
+// and expired.
+func (q *reportQueue) take(buf []*nats.Msg, stale time.Time, expired []queuedReport) (int, []queuedReport) {
+	q.mu.Lock()
+	for q.n > 0 && q.ring[q.head].at.Before(stale) {
+		expired = append(expired, q.ring[q.head])
+		q.ring[q.head] = queuedReport{}
+		q.head = (q.head + 1) % len(q.ring)
+		q.n--
+	}
+	k := min(len(buf), q.n)
+	for i := range k {
+		at := (q.head + q.n - 1 - i) % len(q.ring)
+		buf[i] = q.ring[at].msg
+		q.ring[at] = queuedReport{}
+	}
+	q.n -= k
+	left := q.n
+	q.mu.Unlock()
+	if left > 0 {
+		// Another worker may take the rest.
+		q.signal()
+	}
+	return k, expired
+}
+
+func (q *reportQueue) signal() {
+	select {
+	case q.wake <- struct{}{}:
+	default:
+	}
+}
+
+// len is how many reports wait.
+func (q *reportQueue) len() int {
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	return q.n
+}
