@@ -412,8 +412,9 @@ func (rig *ingestRig) sample(b *testing.B, ctx context.Context, l *reportLoad) i
 	s.merged = v("switchyard_coordinator_health_reports_total", nil)
 	s.rejected = v("switchyard_coordinator_health_reports_rejected_total", map[string]string{"reason": "malformed"}) +
 		v("switchyard_coordinator_health_reports_rejected_total", map[string]string{"reason": "wrong_subject"})
-	s.shed = v("switchyard_coordinator_reports_shed_total", map[string]string{"reason": "queue_full"}) +
-		v("switchyard_coordinator_reports_shed_total", map[string]string{"reason": "slow_consumer"})
+	for _, reason := range []string{"queue_full", "waited_too_long", "slow_consumer"} {
+		s.shed += v("switchyard_coordinator_reports_shed_total", map[string]string{"reason": reason})
+	}
 	s.storeBytes = v("switchyard_coordinator_analysis_bytes", nil)
 	s.storeNodes = v("switchyard_coordinator_analysis_nodes", nil)
 	s.storeReports = v("switchyard_coordinator_analysis_reports", nil)
