@@ -15,20 +15,19 @@ import (
 
 // Telemetry intake: every node reports every second, so a coordinator of a
 // large fleet takes a hundred thousand reports a second. The subscription's
-// callback only queues a report; a pool of workers decodes reports, newest
-// first, and merges them into the analysis store in batches, one lock per
-// batch. When the queue is full its oldest report is shed: counted, and
-// marked against its service's second in the store, so the windows missing
-// it cannot pass.
+// callback only queues a report; a pool of workers decodes reports and
+// merges them into the analysis store in batches, one lock per batch. When
+// the queue is full its oldest report is shed, and so is a report that
+// waited too long: counted, and marked against its service's second in the
+// store, so the windows missing it cannot pass.
 
 const (
 	// intakeQueue bounds the reports waiting to be decoded: about a second
 	// of a 65k-node fleet; some 41 MB of 10-backend reports with their
 	// sketches as whole_counts (621 bytes), 220 MB of the same with counts
 	// as doubles (3.3 KB), as agents from before whole_counts send them.
-	// A quarter of it (16,384), taken oldest first, was tried at 100,000
-	// reports a second: it shed a little in every run instead of keeping
-	// up in half of them.
+	// A quarter of it (16,384) was tried at 100,000 reports a second: it
+	// shed a little in every run instead of keeping up in half of them.
 	intakeQueue = 1 << 16
 	// intakeBatch is how many queued reports one worker merges per lock.
 	intakeBatch = 256

@@ -26,13 +26,9 @@ func processCPU(b *testing.B) time.Duration {
 	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
 }
 
-// BenchmarkIntake_MergeCapacity is the intake's own ceiling, without the
-// bus: 10-backend reports with sketches from 100,000 nodes (all for one
-// second), handed to the queue as fast as the workers take them (one per
-// core), each decoded and merged into the store. Reported: reports
-// merged per second of wall time and per CPU-second of the process.
-func BenchmarkIntake_MergeCapacity(b *testing.B) {
-	const nodes = 100_000
+// benchMsgs is one second of 10-backend reports with sketches from nodes
+// nodes, as the NATS client hands them over.
+func benchMsgs(b *testing.B, nodes int) []*nats.Msg {
 	r := rand.New(rand.NewPCG(1, 2))
 	base := time.Now().Truncate(time.Second).Add(-time.Hour)
 	var bodies []*sv1.HealthReport
@@ -59,6 +55,17 @@ func BenchmarkIntake_MergeCapacity(b *testing.B) {
 		}
 		msgs[i] = &nats.Msg{Subject: bus.TelemetrySubject("web", rep.Node), Data: wire}
 	}
+	return msgs
+}
+
+// BenchmarkIntake_MergeCapacity is the intake's own ceiling, without the
+// bus: 10-backend reports with sketches from 100,000 nodes (all for one
+// second), handed to the queue as fast as the workers take them (one per
+// core), each decoded and merged into the store. Reported: reports
+// merged per second of wall time and per CPU-second of the process.
+func BenchmarkIntake_MergeCapacity(b *testing.B) {
+	const nodes = 100_000
+	msgs := benchMsgs(b, nodes)
 	in, m, _ := testIntake(b, analysis.NewStore(), time.Now)
 	runIntake(b, in)
 	b.ResetTimer()

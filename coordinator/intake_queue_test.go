@@ -18,10 +18,10 @@ func take(q *reportQueue, buf []*nats.Msg) int {
 	return n
 }
 
-// take hands out the newest reports first, a batch at a time, across the
+// take hands out the oldest reports first, a batch at a time, across the
 // ring's wrap; a full queue drops its oldest report to make room and
 // returns it.
-func TestReportQueue_NewestFirstAndTheOldestDropped(t *testing.T) {
+func TestReportQueue_OldestFirstAndTheOldestDropped(t *testing.T) {
 	q := newReportQueue(4)
 	subjects := func(msgs []*nats.Msg) (out []string) {
 		for _, m := range msgs {
@@ -35,18 +35,18 @@ func TestReportQueue_NewestFirstAndTheOldestDropped(t *testing.T) {
 		}
 	}
 	buf := make([]*nats.Msg, 2)
-	if n := take(q, buf); n != 2 || fmt.Sprint(subjects(buf[:n])) != "[2 1]" {
-		t.Fatalf("took %v, want the newest two [2 1]", subjects(buf[:n]))
+	if n := take(q, buf); n != 2 || fmt.Sprint(subjects(buf[:n])) != "[0 1]" {
+		t.Fatalf("took %v, want the oldest two [0 1]", subjects(buf[:n]))
 	}
-	// 0 waits; 3..5 fill the queue, 6 and 7 each drop the oldest (0,
-	// then 3) and wrap around the ring.
+	// 2 waits; 3..5 fill the queue past the ring's end, 6 and 7 each drop
+	// the oldest (2, then 3).
 	for i := 3; i <= 5; i++ {
 		if d := q.push(queued(i), time.Time{}); d.msg != nil {
 			t.Fatalf("push %d dropped %s", i, d.msg.Subject)
 		}
 	}
-	if d := q.push(queued(6), time.Time{}); d.msg == nil || d.msg.Subject != "0" {
-		t.Fatalf("push 6 dropped %v, want the oldest, 0", d.msg)
+	if d := q.push(queued(6), time.Time{}); d.msg == nil || d.msg.Subject != "2" {
+		t.Fatalf("push 6 dropped %v, want the oldest, 2", d.msg)
 	}
 	if d := q.push(queued(7), time.Time{}); d.msg == nil || d.msg.Subject != "3" {
 		t.Fatalf("push 7 dropped %v, want the oldest, 3", d.msg)
@@ -55,16 +55,16 @@ func TestReportQueue_NewestFirstAndTheOldestDropped(t *testing.T) {
 		t.Fatalf("len %d, want 4", q.len())
 	}
 	buf = make([]*nats.Msg, 8)
-	if n := take(q, buf); n != 4 || fmt.Sprint(subjects(buf[:n])) != "[7 6 5 4]" {
-		t.Fatalf("took %v, want [7 6 5 4]", subjects(buf[:n]))
+	if n := take(q, buf); n != 4 || fmt.Sprint(subjects(buf[:n])) != "[4 5 6 7]" {
+		t.Fatalf("took %v, want [4 5 6 7]", subjects(buf[:n]))
 	}
 	q.push(queued(8), time.Time{})
 	q.push(queued(9), time.Time{})
-	if n := take(q, buf[:1]); n != 1 || buf[0].Subject != "9" {
-		t.Fatalf("took %v, want [9]", subjects(buf[:n]))
-	}
-	if n := take(q, buf); n != 1 || buf[0].Subject != "8" {
+	if n := take(q, buf[:1]); n != 1 || buf[0].Subject != "8" {
 		t.Fatalf("took %v, want [8]", subjects(buf[:n]))
+	}
+	if n := take(q, buf); n != 1 || buf[0].Subject != "9" {
+		t.Fatalf("took %v, want [9]", subjects(buf[:n]))
 	}
 	if n := take(q, buf); n != 0 || q.len() != 0 {
 		t.Fatalf("an empty queue gave %d, len %d", n, q.len())
@@ -138,8 +138,8 @@ func TestReportQueue_EveryReportTakenOrDroppedOnce(t *testing.T) {
 	}
 }
 
-// take first drops the reports received before the stale mark, oldest
-// first, and hands out only the fresher ones.
+// take first drops the reports received before the stale mark and hands
+// out only the fresher ones.
 func TestReportQueue_TakeDropsWhatWaitedTooLong(t *testing.T) {
 	q := newReportQueue(8)
 	for i := range 6 {
@@ -150,10 +150,10 @@ func TestReportQueue_TakeDropsWhatWaitedTooLong(t *testing.T) {
 	if len(expired) != 3 || expired[0].msg.Subject != "0" || expired[2].msg.Subject != "2" || expired[2].at.Unix() != 102 {
 		t.Fatalf("expired %+v, want 0, 1, 2 (received before 103), oldest first", expired)
 	}
-	if n != 2 || buf[0].Subject != "5" || buf[1].Subject != "4" {
-		t.Fatalf("took %d: %v %v, want 5 and 4", n, buf[0], buf[1])
+	if n != 2 || buf[0].Subject != "3" || buf[1].Subject != "4" {
+		t.Fatalf("took %d: %v %v, want 3 and 4", n, buf[0], buf[1])
 	}
-	if n, expired = q.take(buf, time.Unix(200, 0), expired[:0]); n != 0 || len(expired) != 1 || expired[0].msg.Subject != "3" || q.len() != 0 {
-		t.Fatalf("took %d, expired %+v, %d left; want 0, [3], 0", n, expired, q.len())
+	if n, expired = q.take(buf, time.Unix(200, 0), expired[:0]); n != 0 || len(expired) != 1 || expired[0].msg.Subject != "5" || q.len() != 0 {
+		t.Fatalf("took %d, expired %+v, %d left; want 0, [5], 0", n, expired, q.len())
 	}
 }
