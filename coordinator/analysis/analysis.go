@@ -282,7 +282,9 @@ func (s *Store) addNode(r *Report, id nodeID) {
 	}
 	cells := series[sec]
 	if cells == nil {
-		cells = map[nodeID]nodeCell{}
+		// Sized for as many nodes as the second before: a fleet's map
+		// would otherwise grow and rehash its way there every second.
+		cells = make(map[nodeID]nodeCell, len(series[sec-1]))
 		series[sec] = cells
 	}
 	c, ok := cells[id]
