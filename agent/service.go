@@ -754,12 +754,14 @@ func (w *serviceWorker) direction(ds *sv1.DesiredState, before, after map[string
 // inferDirection returns the backend whose weight rose the most (to) and
 // the one whose weight fell the most (from); with two backends the other
 // one is from even if it had no weight before (a node's first document).
-// Ties name nothing: the agent will not guess.
+// Ties name nothing: the agent will not guess. The answer does not depend
+// on the order the backends are visited in (a tie is found whichever of the
+// two comes first), so they are not sorted.
 func inferDirection(before, after map[string]uint32) (from, to string) {
 	var upBy, downBy int64
 	upTie, downTie := false, false
-	for _, b := range slices.Sorted(maps.Keys(after)) {
-		d := int64(after[b]) - int64(before[b])
+	for b, now := range after {
+		d := int64(now) - int64(before[b])
 		switch {
 		case d > upBy:
 			to, upBy, upTie = b, d, false
@@ -809,13 +811,15 @@ func (w *serviceWorker) commit(st *sv1.AppliedState) {
 func (w *serviceWorker) publishView() {
 	w.viewSeq++
 	a := w.applied
+	// The weights are shared, not copied: an applied state is replaced on
+	// every commit, never changed in place.
 	v := &appliedView{
 		seq:           w.viewSeq,
 		generation:    a.GetDesired().GetGeneration(),
 		rolloutID:     a.GetDesired().GetRolloutId(),
 		phase:         a.GetDesired().GetPhase(),
 		wave:          desired.NoWave,
-		weights:       maps.Clone(a.GetWeights()),
+		weights:       a.GetWeights(),
 		from:          a.GetFromBackend(),
 		to:            a.GetToBackend(),
 		localRollback: a.GetLocalRollback() != nil,
@@ -902,22 +906,25 @@ func (w *serviceWorker) sendStatus() {
 	if !w.resend.Swap(false) && key.equal(&w.sent) {
 		return
 	}
-	// A driver may hand out maps it changes later; keep copies.
+	// A driver may hand out maps it changes later; keep copies, one each:
+	// the key and the status share them, and neither is changed once made
+	// (a stored status is replaced, never changed in place), as the applied
+	// state's weights are not.
 	key.observedWeights, key.observedHeld = maps.Clone(key.observedWeights), maps.Clone(key.observedHeld)
 	w.sent = key
 	st := &sv1.ServiceStatus{
 		Service:           w.name,
 		AppliedGeneration: w.applied.GetDesired().GetGeneration(),
 		RolloutId:         w.applied.GetDesired().GetRolloutId(),
-		Weights:           maps.Clone(w.applied.GetWeights()),
+		Weights:           w.applied.GetWeights(),
 		Driver:            w.health,
 		Message:           w.message,
 		LocalRollback:     proto.CloneOf(w.applied.GetLocalRollback()),
 		AppliedEpoch:      w.applied.GetDesired().GetEpoch(),
 		DocumentExpired:   w.applied != nil && w.expired,
 		DocumentExpiresAt: w.applied.GetExpiresAt(),
-		ObservedWeights:   maps.Clone(w.seen.obs.Weights),
-		ObservedStates:    maps.Clone(w.seen.obs.Held),
+		ObservedWeights:   key.observedWeights,
+		ObservedStates:    key.observedHeld,
 		ObservedMatches:   w.observedMatches(),
 		ProxyInstance:     w.seen.instance,
 		DriftRepairs:      w.seen.repairs,

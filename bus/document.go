@@ -210,7 +210,7 @@ func (r *Keyring) Open(raw []byte, kind sv1.DocumentKind, key string, now time.T
 	if !ok {
 		return h, fmt.Errorf("%w: key id %q", ErrDocumentUnknownKey, env.GetKeyId())
 	}
-	if !r.memo.verify(env.GetKeyId(), pub, signedBytes(env.GetBody()), env.GetSignature()) {
+	if !r.memo.verify(env.GetKeyId(), pub, env.GetBody(), env.GetSignature()) {
 		return h, fmt.Errorf("%w: key id %q", ErrDocumentBadSignature, env.GetKeyId())
 	}
 	var body sv1.DocumentBody
