@@ -8,7 +8,6 @@ import (
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
-	"google.golang.org/protobuf/proto"
 
 	"github.com/switchyard/switchyard/agent/driver/haproxy"
 	"github.com/switchyard/switchyard/bus"
@@ -22,7 +21,7 @@ type marshalStore struct{ last []byte }
 
 func (s *marshalStore) Load(string) (*sv1.AppliedState, error) { return nil, nil }
 func (s *marshalStore) Save(st *sv1.AppliedState) error {
-	b, err := proto.Marshal(st)
+	b, err := st.MarshalVT()
 	s.last = b
 	return err
 }
@@ -102,7 +101,7 @@ func BenchmarkAgent_ApplyPath(b *testing.B) {
 					b.Fatal(err)
 				}
 				w.sendStatus()
-				body, err = proto.MarshalOptions{}.MarshalAppend(body[:0], a.status(false))
+				body, err = appendEncoded(body[:0], a.status(false))
 				if err != nil {
 					b.Fatal(err)
 				}
