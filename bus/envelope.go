@@ -7,7 +7,6 @@ import (
 	"unicode/utf8"
 
 	"google.golang.org/protobuf/encoding/protowire"
-	"google.golang.org/protobuf/types/known/timestamppb"
 )
 
 // A document's envelope and body are read in place rather than through
@@ -95,17 +94,21 @@ type stamp struct {
 	nanos   int32
 }
 
+// The range of a valid google.protobuf.Timestamp: 0001-01-01T00:00:00Z to
+// 9999-12-31T23:59:59.999999999Z, as timestamppb's CheckValid has it.
+const (
+	minStampSeconds = -62135596800
+	maxStampSeconds = 253402300799
+)
+
 // time is the stamp's time; ok is false when the field was absent or is
-// not a valid Timestamp (timestamppb's CheckValid).
+// not a valid Timestamp (what timestamppb's CheckValid refuses; checked
+// here because a Timestamp given to CheckValid escapes to the heap).
 func (s *stamp) time() (t time.Time, ok bool) {
-	if !s.set {
+	if !s.set || s.seconds < minStampSeconds || s.seconds > maxStampSeconds || s.nanos < 0 || s.nanos >= 1e9 {
 		return time.Time{}, false
 	}
-	ts := timestamppb.Timestamp{Seconds: s.seconds, Nanos: s.nanos}
-	if ts.CheckValid() != nil {
-		return time.Time{}, false
-	}
-	return ts.AsTime(), true
+	return time.Unix(s.seconds, int64(s.nanos)).UTC(), true
 }
 
 // body is a DocumentBody read in place: key and payload alias the bytes it

@@ -58,8 +58,12 @@ func readerCases(t testing.TB) map[string][]byte {
 		t.Fatal(err)
 	}
 	tag := func(num protowire.Number, typ protowire.Type) []byte { return protowire.AppendTag(nil, num, typ) }
-	bytesField := func(num protowire.Number, v []byte) []byte { return protowire.AppendBytes(tag(num, protowire.BytesType), v) }
-	varintField := func(num protowire.Number, v uint64) []byte { return protowire.AppendVarint(tag(num, protowire.VarintType), v) }
+	bytesField := func(num protowire.Number, v []byte) []byte {
+		return protowire.AppendBytes(tag(num, protowire.BytesType), v)
+	}
+	varintField := func(num protowire.Number, v uint64) []byte {
+		return protowire.AppendVarint(tag(num, protowire.VarintType), v)
+	}
 	cat := func(parts ...[]byte) []byte { return bytes.Join(parts, nil) }
 	ts := func(parts ...[]byte) []byte { return bytesField(fBodyIssuedAt, cat(parts...)) }
 	return map[string][]byte{
@@ -133,5 +137,26 @@ func TestDocument_OpenedPayloadOutlivesItsBytes(t *testing.T) {
 	}
 	if !proto.Equal(ds, sampleDesired()) || h.Key != "web" || keyID != s.KeyID() {
 		t.Fatalf("after its bytes were overwritten the document reads %v, header %+v", ds, h)
+	}
+}
+
+// A document's timestamps are checked as timestamppb's CheckValid checks
+// them and read as AsTime reads them.
+func TestDocumentReaders_StampsValidAsTimestamppbSays(t *testing.T) {
+	for _, sec := range []int64{minStampSeconds - 1, minStampSeconds, -1, 0, 1_700_000_000, maxStampSeconds, maxStampSeconds + 1, -1 << 63, 1<<63 - 1} {
+		for _, nanos := range []int32{-1 << 31, -1, 0, 1, 999_999_999, 1e9, 1<<31 - 1} {
+			s := stamp{set: true, seconds: sec, nanos: nanos}
+			got, ok := s.time()
+			ts := &timestamppb.Timestamp{Seconds: sec, Nanos: nanos}
+			if want := ts.CheckValid() == nil; ok != want {
+				t.Fatalf("%d s %d ns: valid %v, CheckValid says %v", sec, nanos, ok, want)
+			}
+			if ok && !got.Equal(ts.AsTime()) {
+				t.Fatalf("%d s %d ns: %v, AsTime %v", sec, nanos, got, ts.AsTime())
+			}
+		}
+	}
+	if _, ok := (&stamp{}).time(); ok {
+		t.Fatal("an absent stamp is valid")
 	}
 }
