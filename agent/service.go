@@ -606,23 +606,25 @@ func checkDocument(ds *sv1.DesiredState) error {
 	if ds.GetGeneration() == 0 {
 		return errors.New("generation is 0")
 	}
-	check := func(where string, weights map[string]uint32) error {
+	// overweight names a weight above 100; the error is formatted only
+	// when there is one.
+	overweight := func(weights map[string]uint32) (string, uint32, bool) {
 		for b, v := range weights {
 			if v > 100 {
-				return fmt.Errorf("%s: weight of %q is %d, want 0..100", where, b, v)
+				return b, v, true
 			}
 		}
-		return nil
+		return "", 0, false
 	}
-	if err := check("default weights", ds.GetDefaultWeights()); err != nil {
-		return err
+	if b, v, bad := overweight(ds.GetDefaultWeights()); bad {
+		return fmt.Errorf("default weights: weight of %q is %d, want 0..100", b, v)
 	}
 	for i, wv := range ds.GetWaves() {
 		if wv.GetBasisPoints() > desired.FullBasisPoints {
 			return fmt.Errorf("wave %d: basis points %d, want 0..%d", i, wv.GetBasisPoints(), desired.FullBasisPoints)
 		}
-		if err := check(fmt.Sprintf("wave %d", i), wv.GetWeights()); err != nil {
-			return err
+		if b, v, bad := overweight(wv.GetWeights()); bad {
+			return fmt.Errorf("wave %d: weight of %q is %d, want 0..100", i, b, v)
 		}
 	}
 	return nil
@@ -673,14 +675,20 @@ func (w *serviceWorker) applyPending(ctx context.Context) error {
 	weights, wave, ok := desired.Evaluate(ds, w.node, w.labels)
 	before := w.applied.GetWeights()
 	if !ok {
+		// Most nodes get such a document at every step of a rollout: it is
+		// counted (switchyard_agent_applies_total{result="no_wave"}) and
+		// logged at debug, not info.
 		w.series.appliesNoWave.Inc()
-		w.log.Info("node is in no wave and the document has no default weights; the proxy keeps its weights", "generation", gen, "rollout", rollout)
+		if w.log.Enabled(ctx, slog.LevelDebug) {
+			w.log.Debug("node is in no wave and the document has no default weights; the proxy keeps its weights", "generation", gen, "rollout", rollout)
+		}
 		from, to := w.direction(ds, before, before)
 		appliedAt := w.clock.Now()
 		w.commit(&sv1.AppliedState{
-			Service:       w.name,
-			Desired:       ds,
-			Weights:       maps.Clone(before),
+			Service: w.name,
+			Desired: ds,
+			// Shared: applied states are replaced, never changed in place.
+			Weights:       before,
 			Wave:          desired.NoWave,
 			AppliedAt:     timestamppb.New(w.clock.Now()),
 			FromBackend:   from,
