@@ -684,10 +684,11 @@ func (w *serviceWorker) applyPending(ctx context.Context) error {
 		}
 		from, to := w.direction(ds, before, before)
 		appliedAt := w.clock.Now()
+		// The weights stay, shared with the previous applied state: applied
+		// states are replaced, never changed in place.
 		w.commit(&sv1.AppliedState{
-			Service: w.name,
-			Desired: ds,
-			// Shared: applied states are replaced, never changed in place.
+			Service:       w.name,
+			Desired:       ds,
 			Weights:       before,
 			Wave:          desired.NoWave,
 			AppliedAt:     timestamppb.New(w.clock.Now()),

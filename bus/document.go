@@ -225,6 +225,8 @@ func (r *Keyring) Open(raw []byte, kind sv1.DocumentKind, key string, now time.T
 	if err != nil {
 		return h, readError("body", err)
 	}
+	// The header names the key with the caller's string when the body's
+	// matches it, and copies the body's only when it does not.
 	h = Header{Kind: sv1.DocumentKind(body.kind), Key: key, Fence: Fence{body.epoch, body.generation}, KeyID: trusted.id}
 	if key == "" || string(body.key) != key {
 		h.Key = string(body.key)
