@@ -33,15 +33,21 @@ $(BUF):
 $(BIN)/protoc-gen-go:
 	$(GO) build -o $@ google.golang.org/protobuf/cmd/protoc-gen-go
 
+# protoc-gen-go-vtproto likewise: reflection-free encoders for the messages
+# the agent writes on every change (status, applied state, health report).
+.PHONY: $(BIN)/protoc-gen-go-vtproto
+$(BIN)/protoc-gen-go-vtproto:
+	$(GO) build -o $@ github.com/planetscale/vtprotobuf/cmd/protoc-gen-go-vtproto
+
 $(BIN)/staticcheck:
 	GOBIN=$(BIN) $(GO) install honnef.co/go/tools/cmd/staticcheck@$(STATICCHECK_VERSION)
 
 .PHONY: generate
-generate: $(BUF) $(BIN)/protoc-gen-go ## regenerate Go code from proto/ (committed)
+generate: $(BUF) $(BIN)/protoc-gen-go $(BIN)/protoc-gen-go-vtproto ## regenerate Go code from proto/ (committed)
 	$(BUF) generate
 
 .PHONY: check
-check: $(BUF) $(BIN)/protoc-gen-go $(BIN)/staticcheck ## formatting, vet, staticcheck, buf lint, generated-code and go.mod drift, import arrows
+check: $(BUF) $(BIN)/protoc-gen-go $(BIN)/protoc-gen-go-vtproto $(BIN)/staticcheck ## formatting, vet, staticcheck, buf lint, generated-code and go.mod drift, import arrows
 	@echo "== gofmt"; out=$$(gofmt -l $$(git ls-files '*.go')); if [ -n "$$out" ]; then echo "$$out"; exit 1; fi
 	@echo "== go vet"; $(GO) vet ./... && cd deploy/package && $(GO) vet ./...
 	@echo "== staticcheck"; $(BIN)/staticcheck ./...

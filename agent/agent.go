@@ -740,7 +740,7 @@ func (a *Agent) statusDirty() {
 // publishStatusNow publishes the status and waits for the server to have
 // it, for the last word before the agent drops its own bus connection.
 func (a *Agent) publishStatusNow() {
-	body, err := proto.Marshal(a.status(false))
+	body, err := appendEncoded(nil, a.status(false))
 	if err == nil {
 		_, err = a.publish(bus.StatusSubject(a.cfg.Node), body)
 	}
@@ -764,7 +764,7 @@ func (a *Agent) statusLoop(ctx context.Context) {
 		st := a.status(heartbeat)
 		pacer.sent(st.GetAt().AsTime())
 		var err error
-		body, err = proto.MarshalOptions{}.MarshalAppend(body[:0], st)
+		body, err = appendEncoded(body[:0], st)
 		sent := false
 		if err == nil {
 			sent, err = a.publish(subject, body)

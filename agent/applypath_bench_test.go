@@ -8,11 +8,11 @@ import (
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
-	"google.golang.org/protobuf/proto"
 
 	"github.com/switchyard/switchyard/agent/driver/haproxy"
 	"github.com/switchyard/switchyard/bus"
 	"github.com/switchyard/switchyard/internal/clock"
+	"github.com/switchyard/switchyard/internal/desired"
 	sv1 "github.com/switchyard/switchyard/proto/switchyard/v1"
 )
 
@@ -22,7 +22,7 @@ type marshalStore struct{ last []byte }
 
 func (s *marshalStore) Load(string) (*sv1.AppliedState, error) { return nil, nil }
 func (s *marshalStore) Save(st *sv1.AppliedState) error {
-	b, err := proto.Marshal(st)
+	b, err := st.MarshalVT()
 	s.last = b
 	return err
 }
@@ -36,6 +36,36 @@ func (s *marshalStore) Close() error { return nil }
 // signature (one node's real cost); keyring=shared finds it checked already
 // (what in-process fleet benchmarks with a shared keyring leave per agent).
 func BenchmarkAgent_ApplyPath(b *testing.B) {
+	benchmarkApplyPath(b, func(gen uint64) *sv1.DesiredState {
+		green := uint32(gen % 101)
+		return defaults(gen, map[string]uint32{"blue": 100 - green, "green": green})
+	})
+}
+
+// BenchmarkAgent_ApplyPathOutsideTheWaves is the same for the document most
+// nodes get during a rollout: the coordinator's, with waves that do not take
+// this node (a canary share of its region it is not in, other regions) and
+// no default weights. The node keeps its weights; it still verifies, fences,
+// saves and reports the document.
+func BenchmarkAgent_ApplyPathOutsideTheWaves(b *testing.B) {
+	// The node's bucket is not below the canary's share: outside it.
+	share := desired.Bucket("r1", "edge-1")
+	benchmarkApplyPath(b, func(gen uint64) *sv1.DesiredState {
+		green := uint32(gen % 101)
+		split := map[string]uint32{"blue": 100 - green, "green": green}
+		return &sv1.DesiredState{
+			Service: "web", Generation: gen, RolloutId: "r1", Phase: sv1.RolloutPhase_ROLLOUT_PHASE_PROGRESSING,
+			FromBackend: "blue", ToBackend: "green",
+			Waves: []*sv1.WaveWeights{
+				{Index: 0, Name: "canary", Selector: map[string]string{"region": "eu"}, BasisPoints: share, Weights: split},
+				{Index: 1, Name: "us", Selector: map[string]string{"region": "us"}, BasisPoints: desired.FullBasisPoints, Weights: split},
+				{Index: 2, Name: "ap", Selector: map[string]string{"region": "ap"}, BasisPoints: desired.FullBasisPoints, Weights: split},
+			},
+		}
+	})
+}
+
+func benchmarkApplyPath(b *testing.B, document func(gen uint64) *sv1.DesiredState) {
 	for _, shared := range []bool{false, true} {
 		name := "keyring=own"
 		if shared {
@@ -81,8 +111,7 @@ func BenchmarkAgent_ApplyPath(b *testing.B) {
 					docs = docs[:0]
 					for range batch {
 						gen++
-						green := uint32(gen % 101)
-						raw, err := testSigner.SealDesired(defaults(gen, map[string]uint32{"blue": 100 - green, "green": green}), time.Now())
+						raw, err := testSigner.SealDesired(document(gen), time.Now())
 						if err != nil {
 							b.Fatal(err)
 						}
@@ -102,7 +131,7 @@ func BenchmarkAgent_ApplyPath(b *testing.B) {
 					b.Fatal(err)
 				}
 				w.sendStatus()
-				body, err = proto.MarshalOptions{}.MarshalAppend(body[:0], a.status(false))
+				body, err = appendEncoded(body[:0], a.status(false))
 				if err != nil {
 					b.Fatal(err)
 				}

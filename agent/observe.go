@@ -48,6 +48,19 @@ func observe(ctx context.Context, drv driver.Driver) (driver.Observation, error)
 // weight and be in rotation, unless heldOK (a drill of this node put it
 // out on purpose). Backends the weights do not name are not the agent's.
 func mismatch(want map[string]uint32, obs driver.Observation, heldOK bool) string {
+	// The proxy is read back after every apply and every observe interval
+	// and nearly always matches: the sorted description is built only when
+	// something differs.
+	same := true
+	for b, v := range want {
+		if have, ok := obs.Weights[b]; !ok || have != v || (obs.Held[b] != "" && v > 0 && !heldOK) {
+			same = false
+			break
+		}
+	}
+	if same {
+		return ""
+	}
 	var parts []string
 	for _, b := range slices.Sorted(maps.Keys(want)) {
 		have, ok := obs.Weights[b]

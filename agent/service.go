@@ -606,23 +606,25 @@ func checkDocument(ds *sv1.DesiredState) error {
 	if ds.GetGeneration() == 0 {
 		return errors.New("generation is 0")
 	}
-	check := func(where string, weights map[string]uint32) error {
+	// overweight names a weight above 100; the error is formatted only
+	// when there is one.
+	overweight := func(weights map[string]uint32) (string, uint32, bool) {
 		for b, v := range weights {
 			if v > 100 {
-				return fmt.Errorf("%s: weight of %q is %d, want 0..100", where, b, v)
+				return b, v, true
 			}
 		}
-		return nil
+		return "", 0, false
 	}
-	if err := check("default weights", ds.GetDefaultWeights()); err != nil {
-		return err
+	if b, v, bad := overweight(ds.GetDefaultWeights()); bad {
+		return fmt.Errorf("default weights: weight of %q is %d, want 0..100", b, v)
 	}
 	for i, wv := range ds.GetWaves() {
 		if wv.GetBasisPoints() > desired.FullBasisPoints {
 			return fmt.Errorf("wave %d: basis points %d, want 0..%d", i, wv.GetBasisPoints(), desired.FullBasisPoints)
 		}
-		if err := check(fmt.Sprintf("wave %d", i), wv.GetWeights()); err != nil {
-			return err
+		if b, v, bad := overweight(wv.GetWeights()); bad {
+			return fmt.Errorf("wave %d: weight of %q is %d, want 0..100", i, b, v)
 		}
 	}
 	return nil
@@ -673,14 +675,21 @@ func (w *serviceWorker) applyPending(ctx context.Context) error {
 	weights, wave, ok := desired.Evaluate(ds, w.node, w.labels)
 	before := w.applied.GetWeights()
 	if !ok {
+		// Most nodes get such a document at every step of a rollout: it is
+		// counted (switchyard_agent_applies_total{result="no_wave"}) and
+		// logged at debug, not info.
 		w.series.appliesNoWave.Inc()
-		w.log.Info("node is in no wave and the document has no default weights; the proxy keeps its weights", "generation", gen, "rollout", rollout)
+		if w.log.Enabled(ctx, slog.LevelDebug) {
+			w.log.Debug("node is in no wave and the document has no default weights; the proxy keeps its weights", "generation", gen, "rollout", rollout)
+		}
 		from, to := w.direction(ds, before, before)
 		appliedAt := w.clock.Now()
+		// The weights stay, shared with the previous applied state: applied
+		// states are replaced, never changed in place.
 		w.commit(&sv1.AppliedState{
 			Service:       w.name,
 			Desired:       ds,
-			Weights:       maps.Clone(before),
+			Weights:       before,
 			Wave:          desired.NoWave,
 			AppliedAt:     timestamppb.New(w.clock.Now()),
 			FromBackend:   from,
@@ -754,12 +763,14 @@ func (w *serviceWorker) direction(ds *sv1.DesiredState, before, after map[string
 // inferDirection returns the backend whose weight rose the most (to) and
 // the one whose weight fell the most (from); with two backends the other
 // one is from even if it had no weight before (a node's first document).
-// Ties name nothing: the agent will not guess.
+// Ties name nothing: the agent will not guess. The answer does not depend
+// on the order the backends are visited in (a tie is found whichever of the
+// two comes first), so they are not sorted.
 func inferDirection(before, after map[string]uint32) (from, to string) {
 	var upBy, downBy int64
 	upTie, downTie := false, false
-	for _, b := range slices.Sorted(maps.Keys(after)) {
-		d := int64(after[b]) - int64(before[b])
+	for b, now := range after {
+		d := int64(now) - int64(before[b])
 		switch {
 		case d > upBy:
 			to, upBy, upTie = b, d, false
@@ -809,13 +820,15 @@ func (w *serviceWorker) commit(st *sv1.AppliedState) {
 func (w *serviceWorker) publishView() {
 	w.viewSeq++
 	a := w.applied
+	// The weights are shared, not copied: an applied state is replaced on
+	// every commit, never changed in place.
 	v := &appliedView{
 		seq:           w.viewSeq,
 		generation:    a.GetDesired().GetGeneration(),
 		rolloutID:     a.GetDesired().GetRolloutId(),
 		phase:         a.GetDesired().GetPhase(),
 		wave:          desired.NoWave,
-		weights:       maps.Clone(a.GetWeights()),
+		weights:       a.GetWeights(),
 		from:          a.GetFromBackend(),
 		to:            a.GetToBackend(),
 		localRollback: a.GetLocalRollback() != nil,
@@ -902,22 +915,25 @@ func (w *serviceWorker) sendStatus() {
 	if !w.resend.Swap(false) && key.equal(&w.sent) {
 		return
 	}
-	// A driver may hand out maps it changes later; keep copies.
+	// A driver may hand out maps it changes later; keep copies, one each:
+	// the key and the status share them, and neither is changed once made
+	// (a stored status is replaced, never changed in place), as the applied
+	// state's weights are not.
 	key.observedWeights, key.observedHeld = maps.Clone(key.observedWeights), maps.Clone(key.observedHeld)
 	w.sent = key
 	st := &sv1.ServiceStatus{
 		Service:           w.name,
 		AppliedGeneration: w.applied.GetDesired().GetGeneration(),
 		RolloutId:         w.applied.GetDesired().GetRolloutId(),
-		Weights:           maps.Clone(w.applied.GetWeights()),
+		Weights:           w.applied.GetWeights(),
 		Driver:            w.health,
 		Message:           w.message,
 		LocalRollback:     proto.CloneOf(w.applied.GetLocalRollback()),
 		AppliedEpoch:      w.applied.GetDesired().GetEpoch(),
 		DocumentExpired:   w.applied != nil && w.expired,
 		DocumentExpiresAt: w.applied.GetExpiresAt(),
-		ObservedWeights:   maps.Clone(w.seen.obs.Weights),
-		ObservedStates:    maps.Clone(w.seen.obs.Held),
+		ObservedWeights:   key.observedWeights,
+		ObservedStates:    key.observedHeld,
 		ObservedMatches:   w.observedMatches(),
 		ProxyInstance:     w.seen.instance,
 		DriftRepairs:      w.seen.repairs,

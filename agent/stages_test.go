@@ -258,3 +258,34 @@ func TestAgent_PushesAndResyncReadsOnTheBusApplyEachGenerationOnceInOrder(t *tes
 		t.Errorf("%v documents refused as stale: the agent's own reads must not count as replays", got)
 	}
 }
+
+// The stamps of an applied document are made in one block; each must be
+// its own time, sub-second part included, and a stage never stamped (a
+// document read before delivery times were kept) is left out, not zero.
+func TestStages_AppliedStampsAreEachTheirOwnTime(t *testing.T) {
+	m, err := newMetrics(prometheus.NewRegistry())
+	if err != nil {
+		t.Fatal(err)
+	}
+	m.initService("web")
+	t0 := time.Date(2026, 11, 30, 3, 0, 0, 123456789, time.UTC)
+	ds := &sv1.DesiredState{Service: "web", Epoch: 2, Generation: 9}
+	for _, tc := range []struct {
+		name string
+		p    pendingStages
+		want *sv1.ApplyTiming
+	}{
+		{"every stage", pendingStages{signedAt: t0, deliveredAt: t0.Add(time.Nanosecond), verifiedAt: t0.Add(time.Second)},
+			&sv1.ApplyTiming{Epoch: 2, Generation: 9, DeliveredAt: timestamppb.New(t0.Add(time.Nanosecond)), VerifiedAt: timestamppb.New(t0.Add(time.Second)),
+				AppliedAt: timestamppb.New(t0.Add(2 * time.Second)), PersistedAt: timestamppb.New(t0.Add(3*time.Second + time.Millisecond))}},
+		{"neither delivered nor verified", pendingStages{},
+			&sv1.ApplyTiming{Epoch: 2, Generation: 9, AppliedAt: timestamppb.New(t0.Add(2 * time.Second)), PersistedAt: timestamppb.New(t0.Add(3*time.Second + time.Millisecond))}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			got := tc.p.applied(m.seriesOf("web"), ds, t0.Add(2*time.Second), t0.Add(3*time.Second+time.Millisecond))
+			if !proto.Equal(got, tc.want) {
+				t.Fatalf("applied stamps %v, want %v", got, tc.want)
+			}
+		})
+	}
+}

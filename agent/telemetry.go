@@ -5,7 +5,6 @@ import (
 	"log/slog"
 	"time"
 
-	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/timestamppb"
 
 	"github.com/switchyard/switchyard/agent/driver"
@@ -235,7 +234,7 @@ func (t *telemetryLoop) closeWindow(ctx context.Context) {
 }
 
 func (t *telemetryLoop) send(rep *sv1.HealthReport) {
-	body, err := proto.Marshal(rep)
+	body, err := appendEncoded(nil, rep)
 	if err != nil {
 		t.m.reports.WithLabelValues(t.service, reportError).Inc()
 		t.log.Error("encode health report", "err", err)

@@ -61,12 +61,19 @@ func TestTelemetry_InferDirection(t *testing.T) {
 		{"three backends", w("a", 100, "b", 0, "c", 0), w("a", 50, "b", 40, "c", 10), "a", "b"},
 		{"tie on the rise", w("a", 100, "b", 0, "c", 0), w("a", 0, "b", 50, "c", 50), "", ""},
 		{"tie on the fall, three backends", w("a", 50, "b", 50, "c", 0), w("a", 0, "b", 0, "c", 100), "", "c"},
+		{"a smaller rise before the tie", w("a", 100, "b", 0, "c", 0, "d", 0), w("a", 0, "b", 10, "c", 45, "d", 45), "", ""},
+		{"a tie below the largest rise", w("a", 100, "b", 0, "c", 0, "d", 0), w("a", 0, "b", 50, "c", 25, "d", 25), "a", "b"},
+		{"a tie below the largest fall", w("a", 60, "b", 20, "c", 20, "d", 0), w("a", 0, "b", 0, "c", 0, "d", 100), "a", "d"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			from, to := inferDirection(tt.before, tt.after)
-			if from != tt.from || to != tt.to {
-				t.Fatalf("inferDirection(%v, %v) = %q -> %q, want %q -> %q", tt.before, tt.after, from, to, tt.from, tt.to)
+			// The backends are visited in map order, a new one each
+			// time: the answer must not depend on it.
+			for range 64 {
+				from, to := inferDirection(tt.before, tt.after)
+				if from != tt.from || to != tt.to {
+					t.Fatalf("inferDirection(%v, %v) = %q -> %q, want %q -> %q", tt.before, tt.after, from, to, tt.from, tt.to)
+				}
 			}
 		})
 	}

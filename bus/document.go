@@ -159,18 +159,26 @@ func (s *Signer) SealDrill(d *sv1.DrillDocument, now time.Time) ([]byte, error) 
 
 // Keyring is the set of public keys a reader trusts, by key id.
 type Keyring struct {
-	keys map[string]ed25519.PublicKey
+	keys map[string]trustedKey
 	memo verifiedMemo
+}
+
+// trustedKey is a trusted public key and its id (the map's key, kept as a
+// string so that a header names it without copying the document's bytes).
+type trustedKey struct {
+	id  string
+	pub ed25519.PublicKey
 }
 
 // NewKeyring trusts keys.
 func NewKeyring(keys ...ed25519.PublicKey) (*Keyring, error) {
-	r := &Keyring{keys: make(map[string]ed25519.PublicKey, len(keys))}
+	r := &Keyring{keys: make(map[string]trustedKey, len(keys))}
 	for i, k := range keys {
 		if len(k) != ed25519.PublicKeySize {
 			return nil, fmt.Errorf("trusted key %d: %d bytes, want an Ed25519 public key of %d", i, len(k), ed25519.PublicKeySize)
 		}
-		r.keys[KeyID(k)] = k
+		id := KeyID(k)
+		r.keys[id] = trustedKey{id: id, pub: k}
 	}
 	return r, nil
 }
@@ -196,47 +204,52 @@ func (r *Keyring) Open(raw []byte, kind sv1.DocumentKind, key string, now time.T
 	if len(raw) > MaxDocumentBytes {
 		return h, fmt.Errorf("%w: %d bytes, the limit is %d", ErrDocumentTooLarge, len(raw), MaxDocumentBytes)
 	}
-	var env sv1.SignedDocument
-	if err := strictUnmarshal(raw, &env); err != nil {
-		return h, fmt.Errorf("%w: envelope: %v", ErrDocumentMalformed, err)
+	env, err := readEnvelope(raw)
+	if err != nil {
+		return h, readError("envelope", err)
 	}
-	if len(env.GetBody()) == 0 {
+	if len(env.body) == 0 {
 		return h, fmt.Errorf("%w: envelope has no body", ErrDocumentMalformed)
 	}
-	if len(env.GetSignature()) == 0 && env.GetKeyId() == "" {
+	if len(env.signature) == 0 && len(env.keyID) == 0 {
 		return h, ErrDocumentUnsigned
 	}
-	pub, ok := r.keys[env.GetKeyId()]
+	trusted, ok := r.keys[string(env.keyID)]
 	if !ok {
-		return h, fmt.Errorf("%w: key id %q", ErrDocumentUnknownKey, env.GetKeyId())
+		return h, fmt.Errorf("%w: key id %q", ErrDocumentUnknownKey, env.keyID)
 	}
-	if !r.memo.verify(env.GetKeyId(), pub, signedBytes(env.GetBody()), env.GetSignature()) {
-		return h, fmt.Errorf("%w: key id %q", ErrDocumentBadSignature, env.GetKeyId())
+	if !r.memo.verify(trusted.id, trusted.pub, env.body, env.signature) {
+		return h, fmt.Errorf("%w: key id %q", ErrDocumentBadSignature, trusted.id)
 	}
-	var body sv1.DocumentBody
-	if err := strictUnmarshal(env.GetBody(), &body); err != nil {
-		return h, fmt.Errorf("%w: body: %v", ErrDocumentMalformed, err)
+	body, err := readBody(env.body)
+	if err != nil {
+		return h, readError("body", err)
 	}
-	h = Header{Kind: body.GetKind(), Key: body.GetKey(), Fence: Fence{body.GetEpoch(), body.GetGeneration()}, KeyID: env.GetKeyId()}
-	if body.GetKind() != kind {
-		return h, fmt.Errorf("%w: %s, want %s", ErrDocumentWrongKind, body.GetKind(), kind)
+	// The header names the key with the caller's string when the body's
+	// matches it, and copies the body's only when it does not.
+	h = Header{Kind: sv1.DocumentKind(body.kind), Key: key, Fence: Fence{body.epoch, body.generation}, KeyID: trusted.id}
+	if key == "" || string(body.key) != key {
+		h.Key = string(body.key)
 	}
-	if key != "" && body.GetKey() != key {
-		return h, fmt.Errorf("%w: signed for %q, read under %q", ErrDocumentWrongKey, body.GetKey(), key)
+	if h.Kind != kind {
+		return h, fmt.Errorf("%w: %s, want %s", ErrDocumentWrongKind, h.Kind, kind)
 	}
-	if body.GetGeneration() == 0 {
+	if h.Key != key && key != "" {
+		return h, fmt.Errorf("%w: signed for %q, read under %q", ErrDocumentWrongKey, h.Key, key)
+	}
+	if body.generation == 0 {
 		return h, fmt.Errorf("%w: generation is 0", ErrDocumentMalformed)
 	}
-	for _, ts := range []*timestamppb.Timestamp{body.GetIssuedAt(), body.GetExpiresAt()} {
-		if ts == nil || ts.CheckValid() != nil {
-			return h, fmt.Errorf("%w: issued_at and expires_at are required", ErrDocumentMalformed)
-		}
+	issued, issuedOK := body.issuedAt.time()
+	expires, expiresOK := body.expiresAt.time()
+	if !issuedOK || !expiresOK {
+		return h, fmt.Errorf("%w: issued_at and expires_at are required", ErrDocumentMalformed)
 	}
-	h.IssuedAt, h.ExpiresAt = body.GetIssuedAt().AsTime(), body.GetExpiresAt().AsTime()
+	h.IssuedAt, h.ExpiresAt = issued, expires
 	if !h.ExpiresAt.After(h.IssuedAt) {
 		return h, fmt.Errorf("%w: expires_at %s is not after issued_at %s", ErrDocumentMalformed, h.ExpiresAt.Format(time.RFC3339), h.IssuedAt.Format(time.RFC3339))
 	}
-	if err := strictUnmarshal(body.GetPayload(), payload); err != nil {
+	if err := strictUnmarshal(body.payload, payload); err != nil {
 		return h, fmt.Errorf("%w: payload: %v", ErrDocumentMalformed, err)
 	}
 	if !now.IsZero() && !now.Before(h.ExpiresAt) {
@@ -249,15 +262,15 @@ func (r *Keyring) Open(raw []byte, kind sv1.DocumentKind, key string, now time.T
 // signature: for reports such as "has the bus got the new generation yet"
 // by a client that holds no trusted keys. Never decide anything on it.
 func PeekFence(raw []byte) (Fence, error) {
-	var env sv1.SignedDocument
-	if err := strictUnmarshal(raw, &env); err != nil {
-		return Fence{}, fmt.Errorf("%w: envelope: %v", ErrDocumentMalformed, err)
+	env, err := readEnvelope(raw)
+	if err != nil {
+		return Fence{}, readError("envelope", err)
 	}
-	var body sv1.DocumentBody
-	if err := strictUnmarshal(env.GetBody(), &body); err != nil {
-		return Fence{}, fmt.Errorf("%w: body: %v", ErrDocumentMalformed, err)
+	body, err := readBody(env.body)
+	if err != nil {
+		return Fence{}, readError("body", err)
 	}
-	return Fence{body.GetEpoch(), body.GetGeneration()}, nil
+	return Fence{body.epoch, body.generation}, nil
 }
 
 // OpenDesired opens a desired-state document read under service's key

@@ -37,20 +37,26 @@ type signatureCheck struct {
 	ok   bool
 }
 
-func memoKey(keyID string, signed, sig []byte) [sha256.Size]byte {
+// memoKey hashes what verify checks: the key id, the signed bytes (the
+// signing context and body, hashed in turn rather than copied together) and
+// the signature.
+func memoKey(keyID string, body, sig []byte) [sha256.Size]byte {
 	h := sha256.New()
 	h.Write([]byte(keyID))
 	h.Write([]byte{0})
-	h.Write(signed)
+	h.Write([]byte(signingContext))
+	h.Write(body)
 	h.Write(sig)
 	var k [sha256.Size]byte
 	h.Sum(k[:0])
 	return k
 }
 
-// verify is ed25519.Verify, remembered when it succeeds.
-func (m *verifiedMemo) verify(keyID string, pub ed25519.PublicKey, signed, sig []byte) bool {
-	k := memoKey(keyID, signed, sig)
+// verify is ed25519.Verify of body's signed bytes, remembered when it
+// succeeds. The signed bytes are put together only when the signature is
+// checked, not when it is found remembered.
+func (m *verifiedMemo) verify(keyID string, pub ed25519.PublicKey, body, sig []byte) bool {
+	k := memoKey(keyID, body, sig)
 	m.mu.Lock()
 	if _, ok := m.seen[k]; ok {
 		m.mu.Unlock()
@@ -69,7 +75,7 @@ func (m *verifiedMemo) verify(keyID string, pub ed25519.PublicKey, signed, sig [
 	m.mu.Unlock()
 
 	m.verifications.Add(1)
-	c.ok = ed25519.Verify(pub, signed, sig)
+	c.ok = ed25519.Verify(pub, signedBytes(body), sig)
 
 	m.mu.Lock()
 	delete(m.checking, k)

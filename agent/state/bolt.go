@@ -106,7 +106,9 @@ func (b *Bolt) Save(st *sv1.AppliedState) error {
 	if st.GetService() == "" {
 		return fmt.Errorf("save applied state: service is required")
 	}
-	v, err := proto.Marshal(st)
+	// The generated encoder: no reflection over the weight maps on every
+	// apply.
+	v, err := st.MarshalVT()
 	if err != nil {
 		return fmt.Errorf("encode applied state of %s: %w", st.GetService(), err)
 	}

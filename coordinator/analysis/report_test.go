@@ -258,6 +258,12 @@ func TestDecoder_MatchesProtoUnmarshal(t *testing.T) {
 			t.Fatal(err)
 		}
 		t.Run(fmt.Sprint(i), func(t *testing.T) { checkDecoders(t, &d, wire) })
+		// Agents encode their reports with the generated encoder.
+		vt, err := c.MarshalVT()
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Run(fmt.Sprint(i, "/generated encoder"), func(t *testing.T) { checkDecoders(t, &d, vt) })
 	}
 }
 
