@@ -72,10 +72,17 @@ func TestCoordinator_StopIsBoundedWhenTheStateMachineHangs(t *testing.T) {
 		defer scancel()
 		_, _ = bus.SendIntent(sctx, nc, bus.IntentKindRollout, applyIntent("stuck-1", "stuck"))
 	}()
+	// The publisher's own republishing also waits in mark: only a
+	// goroutine in both the state machine's Apply and mark will do.
 	waitFor(t, "the state machine waiting in the publisher", 10*time.Second, func() bool {
 		var stacks strings.Builder
-		_ = pprof.Lookup("goroutine").WriteTo(&stacks, 1)
-		return strings.Contains(stacks.String(), "(*publisher).mark")
+		_ = pprof.Lookup("goroutine").WriteTo(&stacks, 2)
+		for _, g := range strings.Split(stacks.String(), "\n\n") {
+			if strings.Contains(g, "(*publisher).mark") && strings.Contains(g, "(*FSM).Apply") {
+				return true
+			}
+		}
+		return false
 	})
 
 	cancel()
