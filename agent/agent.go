@@ -756,7 +756,7 @@ func (a *Agent) publishStatusNow() {
 // for a heartbeat period, as a heartbeat.
 func (a *Agent) statusLoop(ctx context.Context) {
 	subject := bus.StatusSubject(a.cfg.Node)
-	reported := map[string][2]uint64{}
+	reported := map[string]*statusSeen{}
 	pacer := newStatusPacer(a.cfg.Node, a.cfg.StatusWindow)
 	// body is reused: the connection copies what it publishes.
 	var body []byte

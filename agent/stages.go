@@ -99,18 +99,34 @@ func optionalStamp(ts *timestamppb.Timestamp, t time.Time) *timestamppb.Timestam
 	return setStamp(ts, t)
 }
 
+// statusSeen is what the status loop remembers of a service: the fence
+// whose status stage it observed last, and that stage's series (looked up
+// once, not on every status).
+type statusSeen struct {
+	fence [2]uint64
+	stage prometheus.Observer
+}
+
 // statusStages observes the status stage of every service whose newest
 // applied document goes out for the first time in st; reported remembers
-// the fence last observed per service. Only the status loop calls it.
-func (m *metrics) statusStages(st *sv1.AgentStatus, reported map[string][2]uint64) {
+// each service's statusSeen. Only the status loop calls it.
+func (m *metrics) statusStages(st *sv1.AgentStatus, reported map[string]*statusSeen) {
 	at := st.GetAt().AsTime()
 	for _, svc := range st.GetServices() {
 		t := svc.GetApplyTiming()
-		fence := [2]uint64{t.GetEpoch(), t.GetGeneration()}
-		if t == nil || reported[svc.GetService()] == fence || t.GetPersistedAt() == nil {
+		if t == nil || t.GetPersistedAt() == nil {
 			continue
 		}
-		reported[svc.GetService()] = fence
-		m.applyStages.WithLabelValues(svc.GetService(), stageStatus).Observe(max(at.Sub(t.GetPersistedAt().AsTime()), 0).Seconds())
+		seen := reported[svc.GetService()]
+		if seen == nil {
+			seen = &statusSeen{stage: m.applyStages.WithLabelValues(svc.GetService(), stageStatus)}
+			reported[svc.GetService()] = seen
+		}
+		fence := [2]uint64{t.GetEpoch(), t.GetGeneration()}
+		if seen.fence == fence {
+			continue
+		}
+		seen.fence = fence
+		seen.stage.Observe(max(at.Sub(t.GetPersistedAt().AsTime()), 0).Seconds())
 	}
 }

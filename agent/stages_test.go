@@ -137,7 +137,7 @@ func TestAgent_ApplyStagesAreTimedOnTheAgentsClock(t *testing.T) {
 
 	// The status goes out 5 ms after the save; a heartbeat repeating the
 	// same stamps counts nothing more.
-	reported := map[string][2]uint64{}
+	reported := map[string]*statusSeen{}
 	st := &sv1.AgentStatus{Node: "edge-1", At: timestamppb.New(t0.Add(15 * time.Millisecond)), Services: []*sv1.ServiceStatus{sent}}
 	w.m.statusStages(st, reported)
 	st.At = timestamppb.New(t0.Add(5 * time.Second))
