@@ -249,21 +249,38 @@ func TestCluster_LeaderKilledMidRolloutCarriesOn(t *testing.T) {
 // replica and fails if any two differ.
 func assertReplicasAgree(t *testing.T, ctx context.Context, c *harness.Cluster, names ...string) {
 	t.Helper()
-	for _, name := range names {
-		var first *sv1.Rollout
-		for i, co := range c.Coordinators {
-			ans, err := c.Rollouts(ctx, i, name)
-			if err != nil {
-				t.Errorf("%s: %v", co.ID, err)
-				continue
-			}
-			r := ans.GetRollouts()[0].GetRollout()
-			if first == nil {
-				first = r
-			} else if !proto.Equal(first, r) {
-				t.Errorf("replicas differ on %s: %s has\n%v\nc1 has\n%v", name, co.ID, r, first)
+	// A replica's applied index (Raft's) counts entries handed to its state
+	// machine, which may still be applying them: the replicas are given a
+	// while to agree, and a real divergence stays.
+	deadline := time.Now().Add(15 * time.Second)
+	for {
+		var differ []string
+		for _, name := range names {
+			var first *sv1.Rollout
+			for i, co := range c.Coordinators {
+				ans, err := c.Rollouts(ctx, i, name)
+				if err != nil {
+					differ = append(differ, fmt.Sprintf("%s: %v", co.ID, err))
+					continue
+				}
+				r := ans.GetRollouts()[0].GetRollout()
+				if first == nil {
+					first = r
+				} else if !proto.Equal(first, r) {
+					differ = append(differ, fmt.Sprintf("replicas differ on %s: %s has\n%v\nc1 has\n%v", name, co.ID, r, first))
+				}
 			}
 		}
+		if len(differ) == 0 {
+			return
+		}
+		if time.Now().After(deadline) || ctx.Err() != nil {
+			for _, d := range differ {
+				t.Error(d)
+			}
+			return
+		}
+		time.Sleep(100 * time.Millisecond)
 	}
 }
 
