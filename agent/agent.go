@@ -740,7 +740,7 @@ func (a *Agent) statusDirty() {
 // publishStatusNow publishes the status and waits for the server to have
 // it, for the last word before the agent drops its own bus connection.
 func (a *Agent) publishStatusNow() {
-	body, err := appendEncoded(nil, a.status(false))
+	body, err := a.status(false).MarshalVT()
 	if err == nil {
 		_, err = a.publish(bus.StatusSubject(a.cfg.Node), body)
 	}

@@ -4,7 +4,6 @@ import (
 	"context"
 	"fmt"
 	"log/slog"
-	"maps"
 	"slices"
 	"strings"
 	"time"
@@ -49,20 +48,17 @@ func observe(ctx context.Context, drv driver.Driver) (driver.Observation, error)
 // out on purpose). Backends the weights do not name are not the agent's.
 func mismatch(want map[string]uint32, obs driver.Observation, heldOK bool) string {
 	// The proxy is read back after every apply and every observe interval
-	// and nearly always matches: the sorted description is built only when
-	// something differs.
-	same := true
+	// and nearly always matches: only the backends that differ are sorted
+	// and described.
+	var off []string
 	for b, v := range want {
 		if have, ok := obs.Weights[b]; !ok || have != v || (obs.Held[b] != "" && v > 0 && !heldOK) {
-			same = false
-			break
+			off = append(off, b)
 		}
 	}
-	if same {
-		return ""
-	}
+	slices.Sort(off)
 	var parts []string
-	for _, b := range slices.Sorted(maps.Keys(want)) {
+	for _, b := range off {
 		have, ok := obs.Weights[b]
 		switch {
 		case !ok:

@@ -234,7 +234,7 @@ func (t *telemetryLoop) closeWindow(ctx context.Context) {
 }
 
 func (t *telemetryLoop) send(rep *sv1.HealthReport) {
-	body, err := appendEncoded(nil, rep)
+	body, err := rep.MarshalVT()
 	if err != nil {
 		t.m.reports.WithLabelValues(t.service, reportError).Inc()
 		t.log.Error("encode health report", "err", err)

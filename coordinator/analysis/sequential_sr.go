@@ -113,10 +113,8 @@ func (m *Mixture) Update(interval int64, startWeight float64, strata []Stratum) 
 		m.llr = m.llr[:0]
 		for i, s := range strata {
 			l := 0.0
-			if s.CandRequests != 0 && s.BaseRequests != 0 {
-				if p0 := m.null[i]; p0 != 0 {
-					l = math.Min(shareLLR(s, p0, a.OddsRatio, logOdds), StratumCap)
-				}
+			if p0 := m.null[i]; p0 != 0 {
+				l = math.Min(shareLLR(s, p0, a.OddsRatio, logOdds), StratumCap)
 				sum += l
 			}
 			m.llr = append(m.llr, l)
