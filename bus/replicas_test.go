@@ -3,7 +3,6 @@ package bus
 import (
 	"context"
 	"fmt"
-	"net"
 	"net/url"
 	"testing"
 	"time"
@@ -12,6 +11,7 @@ import (
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 
+	"github.com/switchyard/switchyard/internal/freeport"
 	sv1 "github.com/switchyard/switchyard/proto/switchyard/v1"
 )
 
@@ -73,12 +73,11 @@ func startCluster(t *testing.T) ([]*server.Server, string) {
 
 func freePort(t *testing.T) int {
 	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	p, err := freeport.Pick()
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer ln.Close()
-	return ln.Addr().(*net.TCPAddr).Port
+	return p
 }
 
 // On a three-server cluster the streams and buckets get three replicas,

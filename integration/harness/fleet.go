@@ -7,7 +7,6 @@ import (
 	"io"
 	"log/slog"
 	"maps"
-	"net"
 	"net/http"
 	"os"
 	"path/filepath"
@@ -22,6 +21,7 @@ import (
 	"google.golang.org/protobuf/encoding/protojson"
 
 	"github.com/switchyard/switchyard/bus"
+	"github.com/switchyard/switchyard/internal/freeport"
 	"github.com/switchyard/switchyard/internal/haproxyproc"
 	sv1 "github.com/switchyard/switchyard/proto/switchyard/v1"
 )
@@ -829,7 +829,9 @@ var ports = &portSet{seen: map[int]bool{}}
 
 // portSet hands out free 127.0.0.1 ports, never the same one twice: the
 // kernel may offer a port again right after we closed the probe listener,
-// before the process meant to bind it has started.
+// before the process meant to bind it has started. The ports come from
+// below the kernel's ephemeral range (see internal/freeport), where no
+// outgoing connection takes them between the probe and the child's bind.
 type portSet struct {
 	mu   sync.Mutex
 	seen map[int]bool
@@ -839,12 +841,10 @@ func (s *portSet) free() (int, error) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	for range 50 {
-		ln, err := net.Listen("tcp", "127.0.0.1:0")
+		p, err := freeport.Pick()
 		if err != nil {
 			return 0, err
 		}
-		p := ln.Addr().(*net.TCPAddr).Port
-		ln.Close()
 		if !s.seen[p] {
 			s.seen[p] = true
 			return p, nil

@@ -15,6 +15,8 @@ import (
 	"sync"
 	"syscall"
 	"time"
+
+	"github.com/switchyard/switchyard/internal/freeport"
 )
 
 // ErrNotInstalled is returned when no haproxy binary can be found.
@@ -330,16 +332,16 @@ func command(ctx context.Context, socket, cmd string) (string, error) {
 	return string(b), err
 }
 
-// FreePort returns a TCP port on 127.0.0.1 that was free a moment ago.
-// Another process may take it before the caller binds; callers that can
-// should retry on "address in use".
+// FreePort returns a TCP port on 127.0.0.1 that was free a moment ago,
+// picked below the kernel's ephemeral range (see internal/freeport).
+// Another process may still take it before the caller binds; callers that
+// can should retry on "address in use".
 func FreePort() (int, error) {
-	l, err := net.Listen("tcp", "127.0.0.1:0")
+	p, err := freeport.Pick()
 	if err != nil {
 		return 0, fmt.Errorf("haproxyproc: pick a free port: %w", err)
 	}
-	defer l.Close()
-	return l.Addr().(*net.TCPAddr).Port, nil
+	return p, nil
 }
 
 // tailBuffer keeps the last max bytes written to it.
