@@ -48,6 +48,9 @@ const inboxCap = 64
 type inbox[T any] struct {
 	mu    sync.Mutex
 	items []T
+	// spare is the slice the previous drain returned: its consumer is done
+	// with it by the next drain, and puts reuse it rather than allocate.
+	spare []T
 	cap   int // 0: unbounded
 	wake  chan struct{}
 }
@@ -73,11 +76,15 @@ func (b *inbox[T]) put(d T) (dropped bool) {
 	return dropped
 }
 
+// drain empties the inbox and returns what it held. The slice is valid
+// until the next drain: the inbox has one consumer, which is done with a
+// batch before it asks for the next.
 func (b *inbox[T]) drain() []T {
 	b.mu.Lock()
 	defer b.mu.Unlock()
 	items := b.items
-	b.items = nil
+	clear(b.spare) // drop the previous batch's references
+	b.items, b.spare = b.spare[:0], items
 	return items
 }
 

@@ -63,7 +63,7 @@ func (r *recorder) Weights(context.Context) (map[string]uint32, error) {
 func (r *recorder) Close() error { return nil }
 
 // memStore keeps an agent's applied state in memory, encoded as the
-// agent's bbolt store keeps it (without the disk).
+// agent's bbolt store keeps it (the generated encoder, without the disk).
 type memStore struct {
 	mu sync.Mutex
 	m  map[string][]byte
@@ -81,7 +81,7 @@ func (s *memStore) Load(svc string) (*sv1.AppliedState, error) {
 }
 
 func (s *memStore) Save(st *sv1.AppliedState) error {
-	b, err := proto.Marshal(st)
+	b, err := st.MarshalVT()
 	if err != nil {
 		return err
 	}
