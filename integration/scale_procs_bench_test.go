@@ -73,6 +73,10 @@ type procFigures struct {
 	// seen is decision → the agent's status received on the bus (where
 	// the coordinators learn of it), per agent; allSeen per decision.
 	seen, allSeen []time.Duration
+	// deliver (decision → the agent's delivered stamp), verify (→ its
+	// verified stamp) and apply (→ its applied stamp) split applied, per
+	// agent and decision, where the agent stamped them.
+	deliver, verify, apply []time.Duration
 	// generations are the decisions' generations.
 	generations []uint64
 	// applies[i][node] is how many distinct applies node's status reports
@@ -235,6 +239,11 @@ func runProcessFleet(tb testing.TB, o procRun) *procFigures {
 		for _, a := range got {
 			d, s := max(a.AppliedAt.Sub(decided), 0), max(a.ReceivedAt.Sub(decided), 0)
 			fig.applied, fig.seen = append(fig.applied, d), append(fig.seen, s)
+			if !a.DeliveredAt.IsZero() && !a.VerifiedAt.IsZero() {
+				fig.deliver = append(fig.deliver, max(a.DeliveredAt.Sub(decided), 0))
+				fig.verify = append(fig.verify, max(a.VerifiedAt.Sub(a.DeliveredAt), 0))
+				fig.apply = append(fig.apply, max(a.AppliedAt.Sub(a.VerifiedAt), 0))
+			}
 			lastApplied, lastSeen = max(lastApplied, d), max(lastSeen, s)
 		}
 		fig.allApplied, fig.allSeen = append(fig.allApplied, lastApplied), append(fig.allSeen, lastSeen)
@@ -518,6 +527,9 @@ func (f *procFigures) report(b *testing.B) {
 	metric(f.applied, "agent_apply")
 	a50, a99 := metric(f.allApplied, "all_applied")
 	metric(f.allSeen, "all_status_seen")
+	d50, d99 := metric(f.deliver, "stage_deliver")
+	v50, v99 := metric(f.verify, "stage_verify")
+	p50, p99 := metric(f.apply, "stage_apply")
 	metric(f.rawConn, "nats_conns_fanout")
 	c50, c99 := metric(f.rawConnAll, "nats_conns_all")
 	metric(f.rawProc, "nats_procs_fanout")
@@ -529,6 +541,8 @@ func (f *procFigures) report(b *testing.B) {
 	var t strings.Builder
 	fmt.Fprintf(&t, "%d agent processes (niceness +%d), 3 coordinators; decision → all applied p50/p99 %.1f/%.1f ms; raw NATS all delivered to %d connections %.2f/%.2f ms, to %d processes %.2f/%.2f ms\n",
 		f.agents, f.nice, ms(a50), ms(a99), f.agents, ms(c50), ms(c99), f.agents, ms(r50), ms(r99))
+	fmt.Fprintf(&t, "stages p50/p99 ms: decision → delivered to the agent %.1f/%.1f, signature checked %.1f/%.1f, applied to HAProxy %.1f/%.1f\n",
+		ms(d50), ms(d99), ms(v50), ms(v99), ms(p50), ms(p99))
 	fmt.Fprintf(&t, "| process (median / max; decisions window %.1f s) | n | CPU idle ms/s | CPU decisions ms/s | RSS MiB | PSS MiB |\n|---|---|---|---|---|---|\n", f.burstWall.Seconds())
 	row := func(name string, idle, burst []procUse) {
 		cpuI := func(u procUse) float64 { return ms(u.cpu) }
@@ -613,6 +627,10 @@ func TestScale_ProcessAgentsApplyEveryGenerationOnce(t *testing.T) {
 	}
 	if len(fig.applied) != agents*len(fig.generations) || len(fig.allApplied) != len(fig.generations) {
 		t.Errorf("%d applied stamps and %d fleet-wide figures for %d agents and %d decisions", len(fig.applied), len(fig.allApplied), agents, len(fig.generations))
+	}
+	// Every status of an apply carries the agent's stage stamps.
+	if len(fig.deliver) != len(fig.applied) || len(fig.verify) != len(fig.applied) || len(fig.apply) != len(fig.applied) {
+		t.Errorf("stage stamps: %d delivered, %d verified, %d applied of %d applies", len(fig.deliver), len(fig.verify), len(fig.apply), len(fig.applied))
 	}
 	for i, gen := range fig.generations {
 		for node, n := range fig.applies[i] {

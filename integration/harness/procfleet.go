@@ -16,6 +16,7 @@ import (
 	"github.com/nats-io/nats.go"
 	"go.yaml.in/yaml/v3"
 	"google.golang.org/protobuf/proto"
+	"google.golang.org/protobuf/types/known/timestamppb"
 
 	"github.com/switchyard/switchyard/bus"
 	"github.com/switchyard/switchyard/internal/haproxyproc"
@@ -422,10 +423,12 @@ func (f *ProcessFleet) Close() error {
 type Applied struct {
 	Node       string
 	Generation uint64
-	// AppliedAt is the agent's own stamp of the apply; ReportedAt the
-	// status's stamp; ReceivedAt when the status reached the harness's
-	// subscription (all clocks of one machine).
-	AppliedAt, ReportedAt, ReceivedAt time.Time
+	// DeliveredAt, VerifiedAt and AppliedAt are the agent's own stamps of
+	// the document's arrival, its signature checked and the apply (zero
+	// when the status did not carry one); ReportedAt the status's stamp;
+	// ReceivedAt when the status reached the harness's subscription (all
+	// clocks of one machine).
+	DeliveredAt, VerifiedAt, AppliedAt, ReportedAt, ReceivedAt time.Time
 }
 
 // AppliedLog records, from the agents' status reports, when each node
@@ -472,6 +475,7 @@ func (l *AppliedLog) take(m *nats.Msg) {
 			}
 			if _, ok := l.first[node][gen]; !ok {
 				l.first[node][gen] = Applied{Node: node, Generation: gen, AppliedAt: tm.GetAppliedAt().AsTime(),
+					DeliveredAt: stamp(tm.GetDeliveredAt()), VerifiedAt: stamp(tm.GetVerifiedAt()),
 					ReportedAt: st.GetAt().AsTime(), ReceivedAt: received}
 				l.stamps[node][gen] = map[time.Time]bool{}
 			}
@@ -479,6 +483,14 @@ func (l *AppliedLog) take(m *nats.Msg) {
 		}
 		l.mu.Unlock()
 	}
+}
+
+// stamp is ts as a time, zero when it is absent.
+func stamp(ts *timestamppb.Timestamp) time.Time {
+	if ts == nil {
+		return time.Time{}
+	}
+	return ts.AsTime()
 }
 
 func (l *AppliedLog) healthyNode(node string) bool {
