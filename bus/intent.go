@@ -66,15 +66,18 @@ func SendSignedIntent(ctx context.Context, nc *nats.Conn, kind string, in *sv1.I
 	msg.Data = body
 	msg.Header.Set(MsgIDHeader, in.GetId())
 	msg.Header.Set(ReplyHeader, inbox)
-	ack, err := js.PublishMsg(ctx, msg)
+	ack, retried, err := publishIntent(ctx, js, msg)
 	if err != nil {
 		return nil, fmt.Errorf("publish intent to %s: %w", IntentStream, err)
 	}
-	if ack.Duplicate {
+	if ack.Duplicate && !retried {
 		// The stream already holds this id, so no new result will come:
 		// ask for the first one, waiting while it is still being applied.
 		return awaitEarlierResult(ctx, nc, in.GetId())
 	}
+	// A duplicate after a retry is this call's own earlier attempt, stored
+	// although its acknowledgement was lost: its result comes to the same
+	// inbox.
 	for {
 		m, err := sub.NextMsgWithContext(ctx)
 		if err != nil {
@@ -92,6 +95,59 @@ func SendSignedIntent(ctx context.Context, nc *nats.Conn, kind string, in *sv1.I
 		}
 		return &res, nil
 	}
+}
+
+// publishAttempt bounds one try of an intent publish, so that a stream
+// whose leader died costs one attempt, not the caller's whole deadline.
+const publishAttempt = 5 * time.Second
+
+// publishIntent publishes msg to the intent stream, retrying while the
+// stream cannot take it yet: no stream leader (a NATS server died and the
+// stream is electing another, or no coordinator has created the stream
+// yet), JetStream itself not ready (a cluster forming), or an attempt that
+// timed out. Retrying is safe: the stream deduplicates by the intent's id.
+// retried reports whether more than one attempt was made.
+func publishIntent(ctx context.Context, js jetstream.JetStream, msg *nats.Msg) (ack *jetstream.PubAck, retried bool, err error) {
+	backoff := 100 * time.Millisecond
+	// cause is the last failure that says more than "out of time".
+	var cause error
+	for attempt := 0; ; attempt++ {
+		actx, cancel := context.WithTimeout(ctx, publishAttempt)
+		ack, err = js.PublishMsg(actx, msg)
+		cancel()
+		retried = attempt > 0
+		if err == nil || !transientPublishError(err) {
+			return ack, retried, err
+		}
+		if ctx.Err() == nil || cause == nil {
+			cause = err
+		}
+		if ctx.Err() != nil {
+			return nil, retried, fmt.Errorf("%w (retried for %d attempts until %v)", cause, attempt+1, ctx.Err())
+		}
+		select {
+		case <-ctx.Done():
+			return nil, retried, fmt.Errorf("%w (retried for %d attempts until %v)", cause, attempt+1, ctx.Err())
+		case <-time.After(backoff):
+		}
+		backoff = min(2*backoff, time.Second)
+	}
+}
+
+// transientPublishError tells a publish failure that a later attempt may
+// not see (no responders, JetStream answering 503, a timed-out attempt)
+// from one it will (permissions, a message the stream refuses).
+func transientPublishError(err error) bool {
+	var apiErr *jetstream.APIError
+	switch {
+	case errors.Is(err, jetstream.ErrNoStreamResponse), errors.Is(err, nats.ErrNoResponders):
+		return true
+	case errors.Is(err, context.DeadlineExceeded), errors.Is(err, nats.ErrTimeout):
+		return true
+	case errors.As(err, &apiErr):
+		return apiErr.Code == 503
+	}
+	return false
 }
 
 func awaitEarlierResult(ctx context.Context, nc *nats.Conn, id string) (*sv1.IntentResult, error) {

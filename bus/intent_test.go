@@ -1,0 +1,125 @@
+package bus
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"testing"
+	"time"
+
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+	"google.golang.org/protobuf/proto"
+
+	sv1 "github.com/switchyard/switchyard/proto/switchyard/v1"
+)
+
+// An intent sent while the intent stream cannot take it (here: no
+// coordinator has created it yet, as while a NATS server that led it is
+// dead and the stream elects another) is retried until the stream is
+// there, and its result is this call's own, not "applied before".
+func TestSendIntent_RetriesUntilTheStreamCanTakeIt(t *testing.T) {
+	ns, err := RunEmbedded(EmbeddedOptions{StoreDir: t.TempDir()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { ns.Shutdown(); ns.WaitForShutdown() })
+	nc, err := nats.Connect(ns.ClientURL())
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(nc.Close)
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+
+	// The "coordinator" comes late: it creates the stream after a second,
+	// then answers each intent it reads.
+	coordinator := make(chan error, 1)
+	go func() {
+		coordinator <- func() error {
+			select {
+			case <-ctx.Done():
+				return ctx.Err()
+			case <-time.After(time.Second):
+			}
+			cc, err := nats.Connect(ns.ClientURL())
+			if err != nil {
+				return err
+			}
+			defer cc.Close()
+			js, err := jetstream.New(cc)
+			if err != nil {
+				return err
+			}
+			if _, err := EnsureIntentStream(ctx, js, 1); err != nil {
+				return err
+			}
+			cons, err := EnsureIntentConsumer(ctx, js)
+			if err != nil {
+				return err
+			}
+			msg, err := cons.Next(jetstream.FetchMaxWait(10 * time.Second))
+			if err != nil {
+				return fmt.Errorf("read the intent: %w", err)
+			}
+			in := &sv1.Intent{}
+			if err := proto.Unmarshal(msg.Data(), in); err != nil {
+				return err
+			}
+			body, _ := proto.Marshal(&sv1.IntentResult{IntentId: in.GetId(), Accepted: true, Index: 7})
+			if err := cc.Publish(msg.Headers().Get(ReplyHeader), body); err != nil {
+				return err
+			}
+			return msg.Ack()
+		}()
+	}()
+
+	res, err := SendIntent(ctx, nc, IntentKindRollout, &sv1.Intent{Id: "late-stream"})
+	if err != nil {
+		t.Fatalf("send: %v (coordinator: %v)", err, <-coordinator)
+	}
+	if !res.GetAccepted() || res.GetIndex() != 7 || res.GetDuplicate() {
+		t.Fatalf("result %v, want accepted at index 7, not a duplicate", res)
+	}
+	if err := <-coordinator; err != nil {
+		t.Fatal(err)
+	}
+}
+
+// Without a stream ever appearing, the send gives up when its context
+// ends and says why.
+func TestSendIntent_GivesUpAtItsDeadlineNamingTheCause(t *testing.T) {
+	ns, err := RunEmbedded(EmbeddedOptions{StoreDir: t.TempDir()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { ns.Shutdown(); ns.WaitForShutdown() })
+	nc, err := nats.Connect(ns.ClientURL())
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(nc.Close)
+	ctx, cancel := context.WithTimeout(context.Background(), 1500*time.Millisecond)
+	defer cancel()
+	_, err = SendIntent(ctx, nc, IntentKindRollout, &sv1.Intent{Id: "no-stream"})
+	if !errors.Is(err, jetstream.ErrNoStreamResponse) {
+		t.Fatalf("err = %v, want no stream response", err)
+	}
+}
+
+func TestTransientPublishError(t *testing.T) {
+	for _, c := range []struct {
+		err  error
+		want bool
+	}{
+		{jetstream.ErrNoStreamResponse, true},
+		{fmt.Errorf("nats: %w", &jetstream.APIError{Code: 503, ErrorCode: 10008, Description: "JetStream system temporarily unavailable"}), true},
+		{context.DeadlineExceeded, true},
+		{fmt.Errorf("nats: %w", &jetstream.APIError{Code: 400, Description: "maximum payload exceeded"}), false},
+		{nats.ErrPermissionViolation, false},
+	} {
+		if got := transientPublishError(c.err); got != c.want {
+			t.Errorf("transientPublishError(%v) = %v, want %v", c.err, got, c.want)
+		}
+	}
+}
