@@ -4,9 +4,11 @@ import (
 	"context"
 	"encoding/json"
 	"path/filepath"
+	"strings"
 	"testing"
 	"time"
 
+	"github.com/switchyard/switchyard/bus"
 	"github.com/switchyard/switchyard/coordinator"
 	"github.com/switchyard/switchyard/integration/harness"
 	"github.com/switchyard/switchyard/integration/harness/harnesstest"
@@ -60,6 +62,46 @@ func TestNATSCluster_OneServerKilledDuringFanOut(t *testing.T) {
 	}
 	// It comes back and catches up; nothing is left behind.
 	if err := nc3.Start(ctx, 0); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// TestNATSCluster_AbortSentRightAfterTheIntentStreamsLeaderDied kills the
+// NATS server leading the intent stream and, at once, has an operator
+// abort the rollout: the CLI keeps sending the intent while the stream
+// elects another leader, within its timeout, and the fleet goes back to
+// blue with the rollout rolled back.
+func TestNATSCluster_AbortSentRightAfterTheIntentStreamsLeaderDied(t *testing.T) {
+	t.Parallel()
+	ctx := harnesstest.Context(t, 5*time.Minute)
+	sy, be := binaries(t)
+	hub := startNATSCluster(t, ctx)
+	c := harnesstest.StartCluster(t, ctx, harness.ClusterOptions{Switchyard: sy, NATS: hub.Bus()})
+	f := harnesstest.StartFleet(t, ctx, harness.FleetOptions{Nodes: 2, Service: "web", Switchyard: sy, Backend: be, NATS: hub.Bus(), TrustKeys: []string{c.TrustKey()}})
+
+	if _, err := f.Apply(ctx, examplePath(t, "bluegreen.yaml")); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := f.WaitRollout(ctx, exampleRollout, f.Converged(sv1.RolloutPhase_ROLLOUT_PHASE_COMPLETED)); err != nil {
+		t.Fatal(err)
+	}
+	leader := hub.StreamLeader(ctx, bus.IntentStream)
+	if leader < 0 {
+		t.Fatal("no NATS server leads the intent stream")
+	}
+	if err := hub.Kill(leader); err != nil {
+		t.Fatal(err)
+	}
+	killed := time.Now()
+	res, err := f.Run(ctx, "rollout", "abort", exampleRollout, "--reason", "intent stream leader lost", "--timeout", "60s")
+	if err != nil || res.ExitCode != 0 {
+		t.Fatalf("abort with nats-%d (the intent stream's leader) just killed: %v %+v", leader+1, err, res)
+	}
+	t.Logf("abort committed %s after nats-%d died: %s", time.Since(killed).Round(10*time.Millisecond), leader+1, strings.TrimSpace(res.Stdout))
+	if err := f.WaitAllServing(ctx, harness.Blue, samples); err != nil {
+		t.Fatalf("after the abort: %v", err)
+	}
+	if _, err := f.WaitRollout(ctx, exampleRollout, f.Converged(sv1.RolloutPhase_ROLLOUT_PHASE_ROLLED_BACK)); err != nil {
 		t.Fatal(err)
 	}
 }
