@@ -7,6 +7,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/nats-io/nats-server/v2/server"
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 	"google.golang.org/protobuf/proto"
@@ -19,16 +20,7 @@ import (
 // dead and the stream elects another) is retried until the stream is
 // there, and its result is this call's own, not "applied before".
 func TestSendIntent_RetriesUntilTheStreamCanTakeIt(t *testing.T) {
-	ns, err := RunEmbedded(EmbeddedOptions{StoreDir: t.TempDir()})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { ns.Shutdown(); ns.WaitForShutdown() })
-	nc, err := nats.Connect(ns.ClientURL())
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(nc.Close)
+	ns, nc := embeddedBus(t)
 	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
 	defer cancel()
 
@@ -89,19 +81,10 @@ func TestSendIntent_RetriesUntilTheStreamCanTakeIt(t *testing.T) {
 // Without a stream ever appearing, the send gives up when its context
 // ends and says why.
 func TestSendIntent_GivesUpAtItsDeadlineNamingTheCause(t *testing.T) {
-	ns, err := RunEmbedded(EmbeddedOptions{StoreDir: t.TempDir()})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { ns.Shutdown(); ns.WaitForShutdown() })
-	nc, err := nats.Connect(ns.ClientURL())
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(nc.Close)
+	_, nc := embeddedBus(t)
 	ctx, cancel := context.WithTimeout(context.Background(), 1500*time.Millisecond)
 	defer cancel()
-	_, err = SendIntent(ctx, nc, IntentKindRollout, &sv1.Intent{Id: "no-stream"})
+	_, err := SendIntent(ctx, nc, IntentKindRollout, &sv1.Intent{Id: "no-stream"})
 	if !errors.Is(err, jetstream.ErrNoStreamResponse) {
 		t.Fatalf("err = %v, want no stream response", err)
 	}
@@ -122,4 +105,21 @@ func TestTransientPublishError(t *testing.T) {
 			t.Errorf("transientPublishError(%v) = %v, want %v", c.err, got, c.want)
 		}
 	}
+}
+
+// embeddedBus runs an embedded NATS server with JetStream and a client
+// connected to it, both stopped when the test ends.
+func embeddedBus(t *testing.T) (*server.Server, *nats.Conn) {
+	t.Helper()
+	ns, err := RunEmbedded(EmbeddedOptions{StoreDir: t.TempDir()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { ns.Shutdown(); ns.WaitForShutdown() })
+	nc, err := nats.Connect(ns.ClientURL())
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(nc.Close)
+	return ns, nc
 }
