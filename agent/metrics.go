@@ -272,7 +272,10 @@ type serviceSeries struct {
 	applySeconds                                           prometheus.Observer
 	appliedGeneration, appliedEpoch                        prometheus.Gauge
 	documentExpired, driverDegraded                        prometheus.Gauge
-	stages                                                 map[string]prometheus.Observer
+	// observedMatch is set on every read-back (four times a second by
+	// default, and after every apply).
+	observedMatch prometheus.Gauge
+	stages        map[string]prometheus.Observer
 }
 
 func (m *metrics) seriesOf(service string) *serviceSeries {
@@ -286,6 +289,7 @@ func (m *metrics) seriesOf(service string) *serviceSeries {
 		appliedEpoch:      m.appliedEpoch.WithLabelValues(service),
 		documentExpired:   m.documentExpired.WithLabelValues(service),
 		driverDegraded:    m.driverDegraded.WithLabelValues(service),
+		observedMatch:     m.observedMatch.WithLabelValues(service),
 		stages:            make(map[string]prometheus.Observer, len(applyStages)),
 	}
 	for _, st := range applyStages {

@@ -187,7 +187,7 @@ func (w *serviceWorker) see(obs driver.Observation, drift string) {
 	w.seen.obs = obs
 	w.seen.drift = drift
 	w.seen.matches = drift == ""
-	w.m.observedMatch.WithLabelValues(w.name).Set(boolGauge(w.seen.matches))
+	w.series.observedMatch.Set(boolGauge(w.seen.matches))
 }
 
 // lostProxy records that the proxy cannot be read: nothing is known of
@@ -197,7 +197,7 @@ func (w *serviceWorker) lostProxy(err error) {
 	w.seen.obs = driver.Observation{}
 	w.seen.matches = false
 	w.seen.drift = "proxy cannot be read: " + err.Error()
-	w.m.observedMatch.WithLabelValues(w.name).Set(0)
+	w.series.observedMatch.Set(0)
 }
 
 // observedMatches is true when the proxy was read back doing what was
