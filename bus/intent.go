@@ -67,6 +67,9 @@ func SendSignedIntent(ctx context.Context, nc *nats.Conn, kind string, in *sv1.I
 	msg.Header.Set(MsgIDHeader, in.GetId())
 	msg.Header.Set(ReplyHeader, inbox)
 	ack, retried, err := publishIntent(ctx, js, msg)
+	if errors.Is(err, jetstream.ErrNoStreamResponse) {
+		return nil, fmt.Errorf("publish intent to %s: %w: no coordinator has created the stream on this NATS system, or the servers holding it are down", IntentStream, err)
+	}
 	if err != nil {
 		return nil, fmt.Errorf("publish intent to %s: %w", IntentStream, err)
 	}
@@ -123,11 +126,11 @@ func publishIntent(ctx context.Context, js jetstream.JetStream, msg *nats.Msg) (
 			cause = err
 		}
 		if ctx.Err() != nil {
-			return nil, retried, fmt.Errorf("%w (retried for %d attempts until %v)", cause, attempt+1, ctx.Err())
+			return nil, retried, fmt.Errorf("%w (%d attempts, then %v)", cause, attempt+1, ctx.Err())
 		}
 		select {
 		case <-ctx.Done():
-			return nil, retried, fmt.Errorf("%w (retried for %d attempts until %v)", cause, attempt+1, ctx.Err())
+			return nil, retried, fmt.Errorf("%w (%d attempts, then %v)", cause, attempt+1, ctx.Err())
 		case <-time.After(backoff):
 		}
 		backoff = min(2*backoff, time.Second)
