@@ -125,9 +125,6 @@ func publishIntent(ctx context.Context, js jetstream.JetStream, msg *nats.Msg) (
 		if ctx.Err() == nil || cause == nil {
 			cause = err
 		}
-		if ctx.Err() != nil {
-			return nil, retried, fmt.Errorf("%w (%d attempts, then %v)", cause, attempt+1, ctx.Err())
-		}
 		select {
 		case <-ctx.Done():
 			return nil, retried, fmt.Errorf("%w (%d attempts, then %v)", cause, attempt+1, ctx.Err())

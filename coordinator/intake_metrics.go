@@ -27,7 +27,6 @@ func newIntakeMetrics(reg prometheus.Registerer, m *metrics, in func() *intake) 
 	im.shedQueue = im.shedTotal.WithLabelValues(shedQueueFull)
 	im.shedSlow = im.shedTotal.WithLabelValues(shedSlowConsumer)
 	im.shedStale = im.shedTotal.WithLabelValues(shedWaitedTooLong)
-	im.shedStale = im.shedTotal.WithLabelValues(shedWaitedTooLong)
 	queued := prometheus.NewGaugeFunc(prometheus.GaugeOpts{
 		Name: "switchyard_coordinator_health_reports_queued",
 		Help: "Health reports received and waiting to be decoded and merged.",
