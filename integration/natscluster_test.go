@@ -24,11 +24,7 @@ import (
 func TestNATSCluster_OneServerKilledDuringFanOut(t *testing.T) {
 	t.Parallel()
 	ctx := harnesstest.Context(t, 5*time.Minute)
-	sy, be := binaries(t)
-	nc3 := startNATSCluster(t, ctx)
-	url := nc3.Bus()
-	c := harnesstest.StartCluster(t, ctx, harness.ClusterOptions{Switchyard: sy, NATS: url})
-	f := harnesstest.StartFleet(t, ctx, harness.FleetOptions{Nodes: 2, Service: "web", Switchyard: sy, Backend: be, NATS: url, TrustKeys: []string{c.TrustKey()}})
+	nc3, c, f := startOnNATSCluster(t, ctx, 2)
 
 	if _, err := f.Apply(ctx, examplePath(t, "bluegreen.yaml")); err != nil {
 		t.Fatal(err)
@@ -36,7 +32,7 @@ func TestNATSCluster_OneServerKilledDuringFanOut(t *testing.T) {
 	if _, err := f.WaitRollout(ctx, exampleRollout, f.Converged(sv1.RolloutPhase_ROLLOUT_PHASE_COMPLETED)); err != nil {
 		t.Fatal(err)
 	}
-	res, err := harness.RunCLI(ctx, sy, nil, "coordinator", "members", "--http", c.Coordinators[0].HTTPAddr, "-o", "json", "--cluster-ca", c.CA.CAPath())
+	res, err := harness.RunCLI(ctx, switchyardBin.get(t), nil, "coordinator", "members", "--http", c.Coordinators[0].HTTPAddr, "-o", "json", "--cluster-ca", c.CA.CAPath())
 	if err != nil || res.ExitCode != 0 {
 		t.Fatalf("coordinator members: %v %+v", err, res)
 	}
@@ -74,10 +70,7 @@ func TestNATSCluster_OneServerKilledDuringFanOut(t *testing.T) {
 func TestNATSCluster_AbortSentRightAfterTheIntentStreamsLeaderDied(t *testing.T) {
 	t.Parallel()
 	ctx := harnesstest.Context(t, 5*time.Minute)
-	sy, be := binaries(t)
-	hub := startNATSCluster(t, ctx)
-	c := harnesstest.StartCluster(t, ctx, harness.ClusterOptions{Switchyard: sy, NATS: hub.Bus()})
-	f := harnesstest.StartFleet(t, ctx, harness.FleetOptions{Nodes: 2, Service: "web", Switchyard: sy, Backend: be, NATS: hub.Bus(), TrustKeys: []string{c.TrustKey()}})
+	hub, _, f := startOnNATSCluster(t, ctx, 2)
 
 	if _, err := f.Apply(ctx, examplePath(t, "bluegreen.yaml")); err != nil {
 		t.Fatal(err)
@@ -104,6 +97,18 @@ func TestNATSCluster_AbortSentRightAfterTheIntentStreamsLeaderDied(t *testing.T)
 	if _, err := f.WaitRollout(ctx, exampleRollout, f.Converged(sv1.RolloutPhase_ROLLOUT_PHASE_ROLLED_BACK)); err != nil {
 		t.Fatal(err)
 	}
+}
+
+// startOnNATSCluster runs three standalone nats-server processes (see
+// startNATSCluster), three coordinators and nodes agents with HAProxy on
+// them, the agents trusting the coordinators' signing key.
+func startOnNATSCluster(t *testing.T, ctx context.Context, nodes int) (*harness.NATSCluster, *harness.Cluster, *harness.Fleet) {
+	t.Helper()
+	sy, be := binaries(t)
+	hub := startNATSCluster(t, ctx)
+	c := harnesstest.StartCluster(t, ctx, harness.ClusterOptions{Switchyard: sy, NATS: hub.Bus()})
+	f := harnesstest.StartFleet(t, ctx, harness.FleetOptions{Nodes: nodes, Service: "web", Switchyard: sy, Backend: be, NATS: hub.Bus(), TrustKeys: []string{c.TrustKey()}})
+	return hub, c, f
 }
 
 // startNATSCluster runs three standalone, secured nats-server processes

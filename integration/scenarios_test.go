@@ -24,10 +24,7 @@ import (
 func TestScenario_AllNATSServersDown20sDuringAChange(t *testing.T) {
 	t.Parallel()
 	ctx := harnesstest.Context(t, 5*time.Minute)
-	sy, be := binaries(t)
-	hub := startNATSCluster(t, ctx)
-	c := harnesstest.StartCluster(t, ctx, harness.ClusterOptions{Switchyard: sy, NATS: hub.Bus()})
-	f := harnesstest.StartFleet(t, ctx, harness.FleetOptions{Nodes: 2, Service: "web", Switchyard: sy, Backend: be, NATS: hub.Bus(), TrustKeys: []string{c.TrustKey()}})
+	hub, _, f := startOnNATSCluster(t, ctx, 2)
 
 	if _, err := f.Apply(ctx, examplePath(t, "bluegreen.yaml")); err != nil {
 		t.Fatal(err)
@@ -83,10 +80,7 @@ func TestScenario_AllNATSServersDown20sDuringAChange(t *testing.T) {
 func TestScenario_BreachWithOneCoordinatorAndOneNATSServerDown(t *testing.T) {
 	t.Parallel()
 	ctx := harnesstest.Context(t, 5*time.Minute)
-	sy, be := binaries(t)
-	hub := startNATSCluster(t, ctx)
-	c := harnesstest.StartCluster(t, ctx, harness.ClusterOptions{Switchyard: sy, NATS: hub.Bus()})
-	f := harnesstest.StartFleet(t, ctx, harness.FleetOptions{Nodes: 3, Service: "web", Switchyard: sy, Backend: be, NATS: hub.Bus(), TrustKeys: []string{c.TrustKey()}})
+	hub, c, f := startOnNATSCluster(t, ctx, 3)
 	stop := load(ctx, t, f, 60)
 	defer stop()
 
