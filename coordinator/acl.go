@@ -106,11 +106,19 @@ func (s *Server) Acl(*sv1.AclQuery) (*sv1.AclState, error) {
 }
 
 // refuseBeforeCommit records an intent the leader will not commit, so that
-// the refusal is in the audit. It reports whether the record committed; if
-// not, the intent is left for the next leader.
-func (s *Server) refuseBeforeCommit(in *sv1.Intent, opened bus.OpenedIntent, signer, action, subject, code, reason string) bool {
+// the refusal is in the audit, or counts it for the next summary when more
+// come than the budget records one by one (refusals.go). It reports whether
+// the refusal is recorded or counted; if not, the intent is left for the
+// next leader.
+func (s *Server) refuseBeforeCommit(in *sv1.Intent, opened bus.OpenedIntent, action, subject, code, reason string) bool {
+	if !s.refusals.take(code, time.Now()) {
+		s.metrics.refusalsNotRecorded.WithLabelValues(code).Inc()
+		s.log.Debug("intent refused before commit; counted for the audit's summary", "subject", subject, "intent", in.GetId(), "code", code, "err", reason)
+		return true
+	}
+	s.log.Warn("intent refused before commit", "subject", subject, "intent", in.GetId(), "code", code, "err", reason)
 	e := &sv1.AuditRefusalEntry{
-		IntentId: in.GetId(), Key: signer, Action: action, Code: code, Reason: reason, Subject: subject,
+		IntentId: in.GetId(), Key: opened.Signer, Action: action, Code: code, Reason: reason, Subject: subject,
 		StampedAt: timestamppb.New(s.cfg.Clock.Now()), IntentSha256: opened.Sha256,
 	}
 	e.Rollout, e.Service, e.Drill = s.fsm.State().Named(in)

@@ -27,8 +27,15 @@ import (
 // is redelivered to the next leader; the state machine's memory of intent
 // ids makes a redelivered intent apply once. A consumer that goes away
 // while this node leads (deleted by hand, lost by the server) is created
-// again rather than leaving the term without intents.
+// again rather than leaving the term without intents. Alongside, the
+// refusals not recorded one by one are summarized (refusals.go).
 func (s *Server) consumeIntents(ctx context.Context) {
+	summarized := make(chan struct{})
+	go func() {
+		defer close(summarized)
+		s.summarizeRefusals(ctx)
+	}()
+	defer func() { <-summarized }()
 	reset := true
 	for {
 		iter := s.openIntents(ctx, reset)
@@ -158,8 +165,7 @@ func (s *Server) handleIntent(ctx context.Context, msg jetstream.Msg) {
 			}
 		}
 		res := &sv1.IntentResult{IntentId: in.GetId(), Code: code, Error: err.Error()}
-		s.log.Warn("intent refused before commit", "subject", msg.Subject(), "intent", in.GetId(), "code", code, "err", err)
-		if !s.refuseBeforeCommit(in, opened, opened.Signer, action, msg.Subject(), code, err.Error()) {
+		if !s.refuseBeforeCommit(in, opened, action, msg.Subject(), code, err.Error()) {
 			_ = msg.NakWithDelay(200 * time.Millisecond)
 			return
 		}

@@ -7,16 +7,19 @@ import (
 // metrics are the coordinator's Prometheus metrics, registered on the
 // registry the caller injects.
 type metrics struct {
-	intentsAccepted   prometheus.Counter
-	intentsRejected   *prometheus.CounterVec
-	publishes         *prometheus.CounterVec
-	publishSeconds    prometheus.Histogram
-	raftApply         prometheus.Histogram
-	isLeader          prometheus.Gauge
-	statusRejected    *prometheus.CounterVec
-	statuses          prometheus.Counter
-	telemetry         prometheus.Counter
-	telemetryRejected prometheus.Counter
+	intentsAccepted prometheus.Counter
+	intentsRejected *prometheus.CounterVec
+	// refusalsNotRecorded counts refusals answered and counted but left
+	// to the audit's summary record (see refusals.go).
+	refusalsNotRecorded *prometheus.CounterVec
+	publishes           *prometheus.CounterVec
+	publishSeconds      prometheus.Histogram
+	raftApply           prometheus.Histogram
+	isLeader            prometheus.Gauge
+	statusRejected      *prometheus.CounterVec
+	statuses            prometheus.Counter
+	telemetry           prometheus.Counter
+	telemetryRejected   prometheus.Counter
 	// telemetryForged counts reports whose node or service is not the
 	// one their subject names (another node's credentials published them).
 	telemetryForged  prometheus.Counter
@@ -45,6 +48,10 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 		intentsRejected: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "switchyard_coordinator_intents_rejected_total",
 			Help: "Intents refused, by reason: malformed, invalid, not_found, conflict, blast_radius.",
+		}, []string{"reason"}),
+		refusalsNotRecorded: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "switchyard_coordinator_intent_refusals_not_recorded_total",
+			Help: "Intents refused before commit that were counted in a summary audit record instead of one record each (more than 10 a second), by reason.",
 		}, []string{"reason"}),
 		publishes: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "switchyard_coordinator_desired_publishes_total",
@@ -133,7 +140,7 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 	m.decisionStages = newDecisionStageSeconds()
 	reg.MustRegister(m.eventStreams, m.viewerRefused, m.decisionStages)
 	reg.MustRegister(m.peerRejected, m.joinFailures, m.diverged, m.divergences, m.queries, m.queriesMalformed, m.notifications)
-	reg.MustRegister(m.intentsAccepted, m.intentsRejected, m.publishes, m.publishSeconds,
+	reg.MustRegister(m.intentsAccepted, m.intentsRejected, m.refusalsNotRecorded, m.publishes, m.publishSeconds,
 		m.raftApply, m.isLeader, m.statusRejected, m.statuses, m.telemetry, m.telemetryRefused, m.decisions,
 		m.webhookCalls, m.webhookSeconds)
 	for _, r := range []string{"malformed", "wrong_subject"} {
@@ -155,6 +162,9 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 	}
 	for _, r := range []string{"malformed", "invalid", "not_found", "conflict", "blast_radius"} {
 		m.intentsRejected.WithLabelValues(r)
+	}
+	for _, r := range []string{"malformed", "unsigned", "bad_signature", "unknown_key"} {
+		m.refusalsNotRecorded.WithLabelValues(r)
 	}
 	m.telemetryRejected = m.telemetryRefused.WithLabelValues("malformed")
 	m.telemetryForged = m.telemetryRefused.WithLabelValues("wrong_subject")

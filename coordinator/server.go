@@ -194,6 +194,9 @@ type Server struct {
 	cfg     Config
 	log     *slog.Logger
 	metrics *metrics
+	// refusals decides which refusals before commit are recorded one by
+	// one (refusals.go).
+	refusals *refusalBudget
 
 	fsm       *fsm.FSM
 	raft      *raft.Raft
@@ -261,6 +264,7 @@ func New(cfg Config) (*Server, error) {
 		cfg:       cfg,
 		log:       cfg.Logger.With("coordinator", cfg.NodeID),
 		metrics:   newMetrics(cfg.Registerer),
+		refusals:  newRefusalBudget(),
 		leaderCh:  make(chan bool, 16),
 		series:    newSeriesBook(),
 		closing:   make(chan struct{}),

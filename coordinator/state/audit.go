@@ -162,12 +162,17 @@ func (s *State) auditDrill(d *sv1.Drill, index uint64, at *timestamppb.Timestamp
 		Service: d.GetSpec().GetService(), Rollout: d.GetSpec().GetRollout(), Accepted: true, Message: message})
 }
 
-// ApplyAuditRefusal records an intent the leader refused before commit.
+// ApplyAuditRefusal records an intent the leader refused before commit, or
+// (code CodeRefusalsNotRecorded, actor switchyard) how many it refused
+// without recording them one by one.
 func (s *State) ApplyAuditRefusal(index uint64, e *sv1.AuditRefusalEntry) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	name := "unsigned"
-	if e.GetKey() != "" {
+	switch {
+	case e.GetCode() == CodeRefusalsNotRecorded:
+		name = "switchyard"
+	case e.GetKey() != "":
 		name = "unknown key " + e.GetKey()
 		if p := acl.Find(s.acl, e.GetKey()); p != nil {
 			name = p.GetName()

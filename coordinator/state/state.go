@@ -27,6 +27,10 @@ const (
 	// CodeBlastRadius refuses a drill that would touch more nodes than its
 	// caps allow.
 	CodeBlastRadius = "blast_radius"
+	// CodeRefusalsNotRecorded marks the audit record that counts refusals
+	// the leader answered but did not record one by one (more came than
+	// it records a second).
+	CodeRefusalsNotRecorded = "refusals_not_recorded"
 )
 
 // IntentMemory is how long an applied intent id is remembered for
