@@ -3,10 +3,14 @@ package integration
 import (
 	"context"
 	"encoding/json"
+	"fmt"
 	"path/filepath"
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/switchyard/switchyard/bus"
 	"github.com/switchyard/switchyard/coordinator"
@@ -125,4 +129,100 @@ func startNATSCluster(t *testing.T, ctx context.Context, leaves ...string) *harn
 		}
 	})
 	return c
+}
+
+// TestNATSCluster_AbortBehindAFloodOfJunkIntents runs three nats-server
+// processes, three coordinators and two agents with HAProxy. Someone
+// holding operator NATS credentials but no signing key publishes 3,000
+// intents that do not decode; an abort published right behind them
+// commits, the fleet goes back to blue, every piece of junk is accounted
+// for in the audit (a burst of refusal records, the rest in summaries) and
+// the chain verifies.
+func TestNATSCluster_AbortBehindAFloodOfJunkIntents(t *testing.T) {
+	t.Parallel()
+	ctx := harnesstest.Context(t, 5*time.Minute)
+	hub, _, f := startOnNATSCluster(t, ctx, 2)
+
+	if _, err := f.Apply(ctx, examplePath(t, "bluegreen.yaml")); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := f.WaitRollout(ctx, exampleRollout, f.Converged(sv1.RolloutPhase_ROLLOUT_PHASE_COMPLETED)); err != nil {
+		t.Fatal(err)
+	}
+	nc, err := hub.Bus().Connect(bus.RoleOperator, "mallory")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer nc.Close()
+	js, err := jetstream.New(nc, jetstream.WithPublishAsyncMaxPending(512))
+	if err != nil {
+		t.Fatal(err)
+	}
+	const junk = 3000
+	for i := range junk {
+		m := nats.NewMsg(bus.IntentSubject(bus.IntentKindRollout))
+		m.Data = []byte("not an intent")
+		m.Header.Set(bus.MsgIDHeader, fmt.Sprintf("junk-%d", i))
+		if _, err := js.PublishMsgAsync(m); err != nil {
+			t.Fatal(err)
+		}
+	}
+	select {
+	case <-js.PublishAsyncComplete():
+	case <-ctx.Done():
+		t.Fatal("the junk was not all stored")
+	}
+	sent := time.Now()
+	res, err := f.Run(ctx, "rollout", "abort", exampleRollout, "--reason", "behind a flood", "--timeout", "60s")
+	if err != nil || res.ExitCode != 0 {
+		t.Fatalf("abort behind %d pieces of junk: %v %+v", junk, err, res)
+	}
+	t.Logf("abort committed %s after it was sent behind %d pieces of junk", time.Since(sent).Round(10*time.Millisecond), junk)
+	if err := f.WaitAllServing(ctx, harness.Blue, samples); err != nil {
+		t.Fatalf("after the abort: %v", err)
+	}
+	if _, err := f.WaitRollout(ctx, exampleRollout, f.Converged(sv1.RolloutPhase_ROLLOUT_PHASE_ROLLED_BACK)); err != nil {
+		t.Fatal(err)
+	}
+
+	// The audit accounts for every piece, mostly in summaries.
+	var one, summarized int
+	if err := harness.Poll(ctx, 500*time.Millisecond, func(ctx context.Context) error {
+		res, err := f.Run(ctx, "audit", "log", "-o", "json")
+		if err != nil || res.ExitCode != 0 {
+			return fmt.Errorf("audit log: %v %+v", err, res)
+		}
+		one, summarized = 0, 0
+		for _, line := range strings.Split(strings.TrimSpace(res.Stdout), "\n") {
+			var e struct {
+				Record struct{ Kind, Actor, Code, Message string }
+			}
+			if err := json.Unmarshal([]byte(line), &e); err != nil {
+				return fmt.Errorf("audit log line %q: %v", line, err)
+			}
+			switch r := e.Record; {
+			case r.Kind == "refused" && r.Code == "malformed":
+				one++
+			case r.Kind == "refused" && r.Code == "refusals_not_recorded" && r.Actor == "switchyard":
+				var n int
+				if _, err := fmt.Sscanf(r.Message, "%d refused intents", &n); err != nil || !strings.Contains(r.Message, fmt.Sprintf("malformed %d", n)) {
+					t.Fatalf("summary record %+v", r)
+				}
+				summarized += n
+			}
+		}
+		if one+summarized < junk {
+			return fmt.Errorf("%d refusals recorded one by one and %d in summaries, of %d", one, summarized, junk)
+		}
+		return nil
+	}); err != nil {
+		t.Fatal(err)
+	}
+	if one+summarized != junk || one > junk/3 {
+		t.Fatalf("%d refusals recorded one by one and %d in summaries; want %d in all, most of them summarized", one, summarized, junk)
+	}
+	t.Logf("%d refusals recorded one by one, %d in summaries", one, summarized)
+	if res, err := f.Run(ctx, "audit", "verify"); err != nil || res.ExitCode != 0 {
+		t.Fatalf("audit verify: %v %+v", err, res)
+	}
 }
