@@ -68,13 +68,14 @@ const jsDomainAPI = "$JS.*.API."
 // kvStream is the stream behind a KV bucket.
 func kvStream(bucket string) string { return "KV_" + bucket }
 
-// kvRead are the JetStream API subjects a KV Get and Watch need on one
-// bucket, and nothing that writes: the bucket's stream info (opening it),
-// direct and classic message get, and an ordered consumer for watches and
-// key listings (create, its flow control, delete).
-// The same API is allowed through any JetStream domain ($JS.DOMAIN.API.),
-// for a node attached to a leaf server that reaches the hub's JetStream.
-func kvRead(bucket string) []string {
+// kvGet are the JetStream API subjects a KV Get needs on one bucket, and
+// nothing else: the bucket's stream info (opening it), direct and classic
+// message get. No consumers: a node's credentials cannot add consumers to
+// the stream every rollout and rollback writes to (each one is more work
+// for the servers on every write). The same API is allowed through any
+// JetStream domain ($JS.DOMAIN.API.), for a node attached to a leaf server
+// that reaches the hub's JetStream.
+func kvGet(bucket string) []string {
 	s := kvStream(bucket)
 	var subjects []string
 	for _, api := range []string{jsAPI, jsDomainAPI} {
@@ -83,6 +84,18 @@ func kvRead(bucket string) []string {
 			api+"DIRECT.GET."+s,
 			api+"DIRECT.GET."+s+".>",
 			api+"STREAM.MSG.GET."+s,
+		)
+	}
+	return subjects
+}
+
+// kvRead are kvGet's subjects and those of an ordered consumer, for
+// listing the bucket's keys: create, its flow control, delete.
+func kvRead(bucket string) []string {
+	s := kvStream(bucket)
+	subjects := kvGet(bucket)
+	for _, api := range []string{jsAPI, jsDomainAPI} {
+		subjects = append(subjects,
 			api+"CONSUMER.CREATE."+s+".>",
 			api+"CONSUMER.DELETE."+s+".>",
 			api+"CONSUMER.INFO."+s+".>",
@@ -101,7 +114,9 @@ func RolePermissions(role Role) (Permissions, error) {
 			telemetryPrefix + ".*." + NameTemplate,
 			StatusSubject(NameTemplate),
 		}
-		pub = append(pub, kvRead(DesiredBucket)...)
+		// Desired state is pushed on the key's subject and read back by
+		// key; drills are listed at every resync, which takes a consumer.
+		pub = append(pub, kvGet(DesiredBucket)...)
 		pub = append(pub, kvRead(DrillsBucket)...)
 		return Permissions{
 			Publish:   pub,
@@ -135,7 +150,7 @@ func RolePermissions(role Role) (Permissions, error) {
 		// Reading the desired-state bucket lets a command that changed
 		// desired state say whether the change reached the bus; reading
 		// the audit stream lets anyone who acts check the record.
-		pub := append([]string{IntentSubjects(), queryPrefix + ".>"}, kvRead(DesiredBucket)...)
+		pub := append([]string{IntentSubjects(), queryPrefix + ".>"}, kvGet(DesiredBucket)...)
 		return Permissions{
 			Publish:   append(pub, streamRead(AuditStream)...),
 			Subscribe: []string{inbox},

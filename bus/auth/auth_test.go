@@ -168,8 +168,9 @@ func TestAuth_AgentHasLeastPrivilege(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	// What an agent does: open both buckets, get, list and watch, follow
-	// the key subjects, publish its own telemetry and status.
+	// What an agent does: open both buckets, get its document, list the
+	// drills, follow the key subjects, publish its own telemetry and
+	// status.
 	akv, err := bus.DesiredBucketHandle(ctx, ajs)
 	if err != nil {
 		t.Fatalf("agent opens the desired bucket: %v", err)
@@ -192,14 +193,6 @@ func TestAuth_AgentHasLeastPrivilege(t *testing.T) {
 	if len(listed) != 1 || listed[0] != "d1" {
 		t.Fatalf("agent listed drills %v, want [d1]", listed)
 	}
-	w, err := akv.Watch(ctx, "web")
-	if err != nil {
-		t.Fatalf("agent watches its document: %v", err)
-	}
-	if e := <-w.Updates(); e == nil || string(e.Value()) != "doc-1" {
-		t.Fatalf("watch delivered %v", e)
-	}
-	_ = w.Stop()
 	push, err := agent.nc.SubscribeSync(bus.DesiredKeySubject("web"))
 	if err != nil {
 		t.Fatal(err)
@@ -253,6 +246,19 @@ func TestAuth_AgentHasLeastPrivilege(t *testing.T) {
 		t.Fatal("agent published an intent")
 	}
 	wcancel()
+	// No consumer on the desired bucket's stream: not the ordered one a
+	// watch takes, not a durable one.
+	cctx, ccancel := context.WithTimeout(ctx, 2*time.Second)
+	if w, err := akv.Watch(cctx, "web"); err == nil {
+		_ = w.Stop()
+		t.Fatal("agent watched the desired bucket through a consumer")
+	}
+	ccancel()
+	cctx, ccancel = context.WithTimeout(ctx, 2*time.Second)
+	if _, err := ajs.CreateOrUpdateConsumer(cctx, "KV_"+bus.DesiredBucket, jetstream.ConsumerConfig{Durable: "squatter"}); err == nil {
+		t.Fatal("agent created a durable consumer on the desired bucket")
+	}
+	ccancel()
 	// Reading another inbox (another identity's answers) is refused.
 	if _, err := agent.nc.SubscribeSync(bus.InboxPrefix("coord-1") + ".>"); err != nil {
 		t.Fatal(err)
@@ -262,7 +268,7 @@ func TestAuth_AgentHasLeastPrivilege(t *testing.T) {
 	}
 	waitFor(t, "a permission violation for every forbidden subject", 5*time.Second, func() bool {
 		got := strings.Join(agent.violations(), "\n")
-		for _, subj := range append(forbidden, bus.InboxPrefix("coord-1")+".>") {
+		for _, subj := range append(forbidden, bus.InboxPrefix("coord-1")+".>", "$JS.API.CONSUMER.CREATE.KV_"+bus.DesiredBucket+".squatter") {
 			if !strings.Contains(got, subj) {
 				return false
 			}
@@ -339,6 +345,11 @@ func TestAuth_OperatorAndViewerRoles(t *testing.T) {
 	pctx, pcancel := context.WithTimeout(ctx, 2*time.Second)
 	if _, err := okv.Put(pctx, "web", []byte("forged")); err == nil {
 		t.Fatal("operator wrote the desired-state bucket")
+	}
+	pcancel()
+	pctx, pcancel = context.WithTimeout(ctx, 2*time.Second)
+	if _, err := ojs.CreateOrUpdateConsumer(pctx, "KV_"+bus.DesiredBucket, jetstream.ConsumerConfig{Durable: "squatter"}); err == nil {
+		t.Fatal("operator created a consumer on the desired-state bucket")
 	}
 	pcancel()
 	if e, err := desired.Get(ctx, "web"); err != nil || string(e.Value()) != "document" {
