@@ -28,14 +28,7 @@ import (
 func TestNATSCluster_OneServerKilledDuringFanOut(t *testing.T) {
 	t.Parallel()
 	ctx := harnesstest.Context(t, 5*time.Minute)
-	nc3, c, f := startOnNATSCluster(t, ctx, 2)
-
-	if _, err := f.Apply(ctx, examplePath(t, "bluegreen.yaml")); err != nil {
-		t.Fatal(err)
-	}
-	if _, err := f.WaitRollout(ctx, exampleRollout, f.Converged(sv1.RolloutPhase_ROLLOUT_PHASE_COMPLETED)); err != nil {
-		t.Fatal(err)
-	}
+	nc3, c, f := startGreenOnNATSCluster(t, ctx)
 	res, err := harness.RunCLI(ctx, switchyardBin.get(t), nil, "coordinator", "members", "--http", c.Coordinators[0].HTTPAddr, "-o", "json", "--cluster-ca", c.CA.CAPath())
 	if err != nil || res.ExitCode != 0 {
 		t.Fatalf("coordinator members: %v %+v", err, res)
@@ -74,14 +67,7 @@ func TestNATSCluster_OneServerKilledDuringFanOut(t *testing.T) {
 func TestNATSCluster_AbortSentRightAfterTheIntentStreamsLeaderDied(t *testing.T) {
 	t.Parallel()
 	ctx := harnesstest.Context(t, 5*time.Minute)
-	hub, _, f := startOnNATSCluster(t, ctx, 2)
-
-	if _, err := f.Apply(ctx, examplePath(t, "bluegreen.yaml")); err != nil {
-		t.Fatal(err)
-	}
-	if _, err := f.WaitRollout(ctx, exampleRollout, f.Converged(sv1.RolloutPhase_ROLLOUT_PHASE_COMPLETED)); err != nil {
-		t.Fatal(err)
-	}
+	hub, _, f := startGreenOnNATSCluster(t, ctx)
 	leader := hub.StreamLeader(ctx, bus.IntentStream)
 	if leader < 0 {
 		t.Fatal("no NATS server leads the intent stream")
@@ -115,6 +101,20 @@ func startOnNATSCluster(t *testing.T, ctx context.Context, nodes int) (*harness.
 	return hub, c, f
 }
 
+// startGreenOnNATSCluster is startOnNATSCluster with two agents, once the
+// example blue-green rollout completed: the fleet on green.
+func startGreenOnNATSCluster(t *testing.T, ctx context.Context) (*harness.NATSCluster, *harness.Cluster, *harness.Fleet) {
+	t.Helper()
+	hub, c, f := startOnNATSCluster(t, ctx, 2)
+	if _, err := f.Apply(ctx, examplePath(t, "bluegreen.yaml")); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := f.WaitRollout(ctx, exampleRollout, f.Converged(sv1.RolloutPhase_ROLLOUT_PHASE_COMPLETED)); err != nil {
+		t.Fatal(err)
+	}
+	return hub, c, f
+}
+
 // startNATSCluster runs three standalone, secured nats-server processes
 // and the named leaf servers, stopped when the test ends.
 func startNATSCluster(t *testing.T, ctx context.Context, leaves ...string) *harness.NATSCluster {
@@ -141,14 +141,7 @@ func startNATSCluster(t *testing.T, ctx context.Context, leaves ...string) *harn
 func TestNATSCluster_AbortBehindAFloodOfJunkIntents(t *testing.T) {
 	t.Parallel()
 	ctx := harnesstest.Context(t, 5*time.Minute)
-	hub, _, f := startOnNATSCluster(t, ctx, 2)
-
-	if _, err := f.Apply(ctx, examplePath(t, "bluegreen.yaml")); err != nil {
-		t.Fatal(err)
-	}
-	if _, err := f.WaitRollout(ctx, exampleRollout, f.Converged(sv1.RolloutPhase_ROLLOUT_PHASE_COMPLETED)); err != nil {
-		t.Fatal(err)
-	}
+	hub, _, f := startGreenOnNATSCluster(t, ctx)
 	nc, err := hub.Bus().Connect(bus.RoleOperator, "mallory")
 	if err != nil {
 		t.Fatal(err)

@@ -246,19 +246,7 @@ func TestAuth_AgentHasLeastPrivilege(t *testing.T) {
 		t.Fatal("agent published an intent")
 	}
 	wcancel()
-	// No consumer on the desired bucket's stream: not the ordered one a
-	// watch takes, not a durable one.
-	cctx, ccancel := context.WithTimeout(ctx, 2*time.Second)
-	if w, err := akv.Watch(cctx, "web"); err == nil {
-		_ = w.Stop()
-		t.Fatal("agent watched the desired bucket through a consumer")
-	}
-	ccancel()
-	cctx, ccancel = context.WithTimeout(ctx, 2*time.Second)
-	if _, err := ajs.CreateOrUpdateConsumer(cctx, "KV_"+bus.DesiredBucket, jetstream.ConsumerConfig{Durable: "squatter"}); err == nil {
-		t.Fatal("agent created a durable consumer on the desired bucket")
-	}
-	ccancel()
+	refusesDesiredConsumers(t, ctx, "agent", ajs, akv)
 	// Reading another inbox (another identity's answers) is refused.
 	if _, err := agent.nc.SubscribeSync(bus.InboxPrefix("coord-1") + ".>"); err != nil {
 		t.Fatal(err)
@@ -292,6 +280,24 @@ func TestAuth_AgentHasLeastPrivilege(t *testing.T) {
 	}
 	if m, err := heard.NextMsg(200 * time.Millisecond); err == nil {
 		t.Fatalf("forged telemetry reached the coordinator on %s", m.Subject)
+	}
+}
+
+// refusesDesiredConsumers checks that who cannot add a consumer to the
+// desired-state bucket's stream: not the ordered one a watch takes, not a
+// durable one.
+func refusesDesiredConsumers(t *testing.T, ctx context.Context, who string, js jetstream.JetStream, kv jetstream.KeyValue) {
+	t.Helper()
+	cctx, cancel := context.WithTimeout(ctx, 2*time.Second)
+	defer cancel()
+	if w, err := kv.Watch(cctx, "web"); err == nil {
+		_ = w.Stop()
+		t.Fatalf("%s watched the desired-state bucket through a consumer", who)
+	}
+	cctx, cancel = context.WithTimeout(ctx, 2*time.Second)
+	defer cancel()
+	if _, err := js.CreateOrUpdateConsumer(cctx, "KV_"+bus.DesiredBucket, jetstream.ConsumerConfig{Durable: "squatter"}); err == nil {
+		t.Fatalf("%s created a durable consumer on the desired-state bucket", who)
 	}
 }
 
@@ -347,11 +353,7 @@ func TestAuth_OperatorAndViewerRoles(t *testing.T) {
 		t.Fatal("operator wrote the desired-state bucket")
 	}
 	pcancel()
-	pctx, pcancel = context.WithTimeout(ctx, 2*time.Second)
-	if _, err := ojs.CreateOrUpdateConsumer(pctx, "KV_"+bus.DesiredBucket, jetstream.ConsumerConfig{Durable: "squatter"}); err == nil {
-		t.Fatal("operator created a consumer on the desired-state bucket")
-	}
-	pcancel()
+	refusesDesiredConsumers(t, ctx, "operator", ojs, okv)
 	if e, err := desired.Get(ctx, "web"); err != nil || string(e.Value()) != "document" {
 		t.Fatalf("desired-state bucket after the operator's put: %v %q", err, e.Value())
 	}
