@@ -244,54 +244,34 @@ func (f *drillFollower) poll(ctx context.Context, js jetstream.JetStream, kv jet
 		}
 		kv = h
 	}
-	// Listing the keys makes the server create and delete a consumer for
-	// this node; across a fleet, every resync period. Nothing was written
-	// or deleted since the last full listing when the bucket's last
-	// sequence has not moved: pushes cannot have been missed then.
+	// Every document in the bucket comes in one batched read, which
+	// creates nothing on the servers (a key listing would take a consumer
+	// for this node, and fail once the stream has all the consumers it may
+	// have); past bus.MaxBatchKeys drills it falls back to a listing.
+	// Nothing was written or deleted since the last full read when the
+	// bucket's last sequence has not moved: pushes cannot have been missed
+	// then.
 	seq, err := bucketLastSeq(ctx, kv)
 	switch {
 	case err != nil:
-		f.log.Debug("drills bucket status unreadable; listing it", "err", err)
+		f.log.Debug("drills bucket status unreadable; reading it", "err", err)
 	case seq != 0 && seq == f.listedSeq:
 		return kv
 	}
 	lctx, cancel := context.WithTimeout(ctx, busTimeout)
 	defer cancel()
-	lister, err := kv.ListKeys(lctx)
+	docs, err := bus.ReadAll(lctx, js, kv)
 	if err != nil {
 		if ctx.Err() == nil {
 			f.m.resyncErrors.Inc()
-			f.log.Warn("list drills; will retry at the next resync", "err", err)
+			f.log.Warn("read drills; will retry at the next resync", "err", err)
 		}
-		return kv
-	}
-	var keys []string
-	for k := range lister.Keys() {
-		keys = append(keys, k)
-	}
-	_ = lister.Stop()
-	if lctx.Err() != nil {
-		f.m.resyncErrors.Inc()
-		f.log.Warn("list drills timed out; will retry at the next resync")
 		return kv
 	}
 	listed := map[string]bool{}
-	for _, k := range keys {
-		gctx, cancel := context.WithTimeout(ctx, busTimeout)
-		e, err := kv.Get(gctx, k)
-		cancel()
-		switch {
-		case ctx.Err() != nil:
-			return kv
-		case errors.Is(err, jetstream.ErrKeyNotFound):
-			continue // deleted since the listing
-		case err != nil:
-			f.m.resyncErrors.Inc()
-			f.log.Warn("read drill; will retry at the next resync", "drill", k, "err", err)
-			return kv
-		}
+	for _, k := range slices.Sorted(maps.Keys(docs)) {
 		listed[k] = true
-		f.inbox.put(drillDelivery{key: k, raw: e.Value(), poll: true})
+		f.inbox.put(drillDelivery{key: k, raw: docs[k], poll: true})
 	}
 	f.inbox.put(drillDelivery{listed: listed})
 	// The sequence read before the listing: a write during it moves the

@@ -62,20 +62,19 @@ func (s *Server) highestVerifiedEpoch(ctx context.Context) (uint64, error) {
 		if err != nil {
 			return 0, err
 		}
-		keys, err := kv.ListKeys(ctx)
+		// One batched read: a key listing would need a consumer, and a
+		// stream that has all the consumers it may have would refuse it
+		// just when disaster recovery needs the answer.
+		docs, err := bus.ReadAll(ctx, s.js, kv)
 		if err != nil {
-			return 0, fmt.Errorf("list %s: %w", kv.Bucket(), err)
+			return 0, fmt.Errorf("read %s: %w", kv.Bucket(), err)
 		}
-		for key := range keys.Keys() {
-			e, err := kv.Get(ctx, key)
-			if err != nil {
-				continue // deleted meanwhile
-			}
+		for key, raw := range docs {
 			var h bus.Header
 			if kv.Bucket() == bus.DrillsBucket {
-				_, h, err = s.docs.Trusted.OpenDrill(e.Value(), key, time.Time{})
+				_, h, err = s.docs.Trusted.OpenDrill(raw, key, time.Time{})
 			} else {
-				_, h, err = s.docs.Trusted.OpenDesired(e.Value(), key, time.Time{})
+				_, h, err = s.docs.Trusted.OpenDesired(raw, key, time.Time{})
 			}
 			if err == nil {
 				highest = max(highest, h.Fence.Epoch)

@@ -193,6 +193,10 @@ func TestAuth_AgentHasLeastPrivilege(t *testing.T) {
 	if len(listed) != 1 || listed[0] != "d1" {
 		t.Fatalf("agent listed drills %v, want [d1]", listed)
 	}
+	// Its resync reads them all without a consumer.
+	if docs, err := bus.LastValues(ctx, ajs, bus.DrillsBucket); err != nil || len(docs) != 1 || string(docs["d1"]) != "drill-1" {
+		t.Fatalf("agent reads every drill in one batch: %v %v", docs, err)
+	}
 	push, err := agent.nc.SubscribeSync(bus.DesiredKeySubject("web"))
 	if err != nil {
 		t.Fatal(err)
@@ -354,6 +358,10 @@ func TestAuth_OperatorAndViewerRoles(t *testing.T) {
 	}
 	pcancel()
 	refusesDesiredConsumers(t, ctx, "operator", ojs, okv)
+	// Reading every document takes no consumer either.
+	if docs, err := bus.LastValues(ctx, ojs, bus.DesiredBucket); err != nil || len(docs) != 1 || string(docs["web"]) != "document" {
+		t.Fatalf("operator reads the desired-state bucket in one batch: %v %v", docs, err)
+	}
 	if e, err := desired.Get(ctx, "web"); err != nil || string(e.Value()) != "document" {
 		t.Fatalf("desired-state bucket after the operator's put: %v %q", err, e.Value())
 	}
