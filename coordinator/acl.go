@@ -111,7 +111,7 @@ func (s *Server) Acl(*sv1.AclQuery) (*sv1.AclState, error) {
 // the refusal is recorded or counted; if not, the intent is left for the
 // next leader.
 func (s *Server) refuseBeforeCommit(in *sv1.Intent, opened bus.OpenedIntent, action, subject, code, reason string) bool {
-	if !s.refusals.take(code, time.Now()) {
+	if !s.refusals.take(code, opened.Signer, time.Now()) {
 		s.metrics.refusalsNotRecorded.WithLabelValues(code).Inc()
 		s.log.Debug("intent refused before commit; counted for the audit's summary", "subject", subject, "intent", in.GetId(), "code", code, "err", reason)
 		return true

@@ -39,16 +39,22 @@ type refusalBudget struct {
 
 	mu          sync.Mutex
 	held        map[string]int // by code
+	byKey       map[string]int // by the key that signed, of those signed
 	first, last time.Time
 }
 
+// refusalKeysKept bounds the keys a summary counts refusals by: a flood of
+// intents signed by fresh keys must not grow the map without bound.
+const refusalKeysKept = 64
+
 func newRefusalBudget() *refusalBudget {
-	return &refusalBudget{lim: rate.NewLimiter(refusalRecordRate, refusalRecordBurst), held: map[string]int{}}
+	return &refusalBudget{lim: rate.NewLimiter(refusalRecordRate, refusalRecordBurst), held: map[string]int{}, byKey: map[string]int{}}
 }
 
 // take reports whether a refusal at now may be recorded by itself; if not,
-// it is counted under code for the next summary.
-func (b *refusalBudget) take(code string, now time.Time) bool {
+// it is counted under code, and under the key that signed it (if any), for
+// the next summary.
+func (b *refusalBudget) take(code, key string, now time.Time) bool {
 	if b.lim.AllowN(now, 1) {
 		return true
 	}
@@ -58,14 +64,32 @@ func (b *refusalBudget) take(code string, now time.Time) bool {
 		b.first = now
 	}
 	b.held[code]++
+	b.countKey(key, 1)
 	b.last = now
 	return false
 }
 
+// countKey counts n refusals signed by key; past refusalKeysKept keys the
+// rest count under otherKeys.
+func (b *refusalBudget) countKey(key string, n int) {
+	if key == "" {
+		return
+	}
+	if _, ok := b.byKey[key]; !ok && len(b.byKey) >= refusalKeysKept {
+		key = otherKeys
+	}
+	b.byKey[key] += n
+}
+
+// otherKeys counts the refusals signed by keys past refusalKeysKept.
+const otherKeys = "other keys"
+
 // heldRefusals is what a summary says: how many refusals were not recorded
-// one by one, by code, and when the first and last of them came.
+// one by one, by code and by signing key, and when the first and last of
+// them came.
 type heldRefusals struct {
 	byCode      map[string]int
+	byKey       map[string]int
 	first, last time.Time
 }
 
@@ -86,8 +110,26 @@ func (h heldRefusals) String() string {
 	for i, c := range codes {
 		parts[i] = fmt.Sprintf("%s %d", c, h.byCode[c])
 	}
-	return fmt.Sprintf("%d refused intents were not recorded one by one (more than %d a second, bursts of %d): %s; the first at %s, the last at %s",
-		h.total(), refusalRecordRate, refusalRecordBurst, strings.Join(parts, ", "),
+	signed := ""
+	if len(h.byKey) > 0 {
+		// The keys that signed the most first, at most five of them.
+		keys := slices.SortedFunc(maps.Keys(h.byKey), func(a, b string) int {
+			if c := h.byKey[b] - h.byKey[a]; c != 0 {
+				return c
+			}
+			return strings.Compare(a, b)
+		})
+		var ks []string
+		for _, k := range keys[:min(len(keys), 5)] {
+			ks = append(ks, fmt.Sprintf("%s %d", k, h.byKey[k]))
+		}
+		if len(keys) > 5 {
+			ks = append(ks, fmt.Sprintf("%d more keys", len(keys)-5))
+		}
+		signed = "; signed by " + strings.Join(ks, ", ")
+	}
+	return fmt.Sprintf("%d refused intents were not recorded one by one (more than %d a second, bursts of %d): %s%s; the first at %s, the last at %s",
+		h.total(), refusalRecordRate, refusalRecordBurst, strings.Join(parts, ", "), signed,
 		h.first.UTC().Format(time.RFC3339Nano), h.last.UTC().Format(time.RFC3339Nano))
 }
 
@@ -99,8 +141,8 @@ func (b *refusalBudget) drain() (heldRefusals, bool) {
 	if len(b.held) == 0 {
 		return heldRefusals{}, false
 	}
-	h := heldRefusals{byCode: b.held, first: b.first, last: b.last}
-	b.held = map[string]int{}
+	h := heldRefusals{byCode: b.held, byKey: b.byKey, first: b.first, last: b.last}
+	b.held, b.byKey = map[string]int{}, map[string]int{}
 	return h, true
 }
 
@@ -117,6 +159,9 @@ func (b *refusalBudget) giveBack(h heldRefusals) {
 	}
 	for c, n := range h.byCode {
 		b.held[c] += n
+	}
+	for k, n := range h.byKey {
+		b.countKey(k, n)
 	}
 }
 

@@ -22,18 +22,18 @@ func TestRefusalBudget_RecordsABurstThenCountsTheRest(t *testing.T) {
 	b := newRefusalBudget()
 	t0 := time.Date(2026, 11, 30, 12, 0, 0, 0, time.UTC)
 	for i := range refusalRecordBurst {
-		if !b.take("malformed", t0) {
+		if !b.take("malformed", "", t0) {
 			t.Fatalf("refusal %d of the first burst not recorded", i+1)
 		}
 	}
 	if _, ok := b.drain(); ok {
 		t.Fatal("a summary with nothing held back")
 	}
-	if b.take("malformed", t0) || b.take("unsigned", t0.Add(time.Millisecond)) || b.take("malformed", t0.Add(2*time.Millisecond)) {
+	if b.take("malformed", "", t0) || b.take("unsigned", "", t0.Add(time.Millisecond)) || b.take("malformed", "", t0.Add(2*time.Millisecond)) {
 		t.Fatal("a refusal past the burst was recorded one by one")
 	}
 	// A tenth of a second later the rate has earned one more record.
-	if !b.take("malformed", t0.Add(100*time.Millisecond)) {
+	if !b.take("malformed", "", t0.Add(100*time.Millisecond)) {
 		t.Fatal("the budget did not refill at its rate")
 	}
 	h, ok := b.drain()
@@ -45,11 +45,34 @@ func TestRefusalBudget_RecordsABurstThenCountsTheRest(t *testing.T) {
 		t.Fatalf("summary %q\nwant    %q", h.String(), want)
 	}
 	// A summary that could not be recorded goes with the next one.
-	b.take("unsigned", t0.Add(5*time.Millisecond))
+	b.take("unsigned", "", t0.Add(5*time.Millisecond))
 	b.giveBack(h)
 	h2, _ := b.drain()
 	if h2.total() != 4 || h2.byCode["unsigned"] != 2 || !h2.first.Equal(t0) || !h2.last.Equal(t0.Add(5*time.Millisecond)) {
 		t.Fatalf("after giving back: %+v", h2)
+	}
+
+	// Signed refusals are counted by key too, the most first, at most
+	// five named and refusalKeysKept kept (the rest as otherKeys). An hour
+	// on, the budget records a full burst again first.
+	t1 := t0.Add(time.Hour)
+	for range refusalRecordBurst {
+		b.take("unknown_key", "UKEYA", t1)
+	}
+	for range 3 {
+		b.take("unknown_key", "UKEYA", t1)
+		b.take("forbidden", "UKEYB", t1)
+		b.take("unknown_key", "UKEYA", t1)
+	}
+	for i := range refusalKeysKept + 10 {
+		b.take("unknown_key", fmt.Sprintf("UFRESH%03d", i), t1)
+	}
+	h3, _ := b.drain()
+	if len(h3.byKey) != refusalKeysKept+1 || h3.byKey["UKEYA"] != 6 || h3.byKey["UKEYB"] != 3 || h3.byKey[otherKeys] != 12 {
+		t.Fatalf("by key: %d keys, %v", len(h3.byKey), h3.byKey)
+	}
+	if !strings.Contains(h3.String(), "; signed by other keys 12, UKEYA 6, UKEYB 3, UFRESH000 1, UFRESH001 1, 60 more keys; the first at") {
+		t.Fatalf("summary %q", h3.String())
 	}
 }
 
