@@ -379,6 +379,34 @@ func TestAuth_OperatorAndViewerRoles(t *testing.T) {
 		t.Fatalf("intent stream holds %d messages, want the operator's 1", info.State.Msgs)
 	}
 	waitFor(t, "the viewer's violation", 5*time.Second, func() bool { return len(viewer.violations()) > 0 })
+
+	// Both read the audit stream record by record, and neither may add a
+	// consumer to it.
+	if _, err := bus.EnsureAuditStream(ctx, cjs, 1); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := cjs.Publish(ctx, bus.AuditSubject(), []byte("record-1")); err != nil {
+		t.Fatal(err)
+	}
+	for name, js := range map[string]jetstream.JetStream{"operator": ojs, "viewer": vjs} {
+		st, err := js.Stream(ctx, bus.AuditStream)
+		if err != nil {
+			t.Fatalf("%s opens the audit stream: %v", name, err)
+		}
+		if m, err := st.GetMsg(ctx, 1); err != nil || string(m.Data) != "record-1" {
+			t.Fatalf("%s reads audit record 1: %v", name, err)
+		}
+		cctx, ccancel := context.WithTimeout(ctx, 2*time.Second)
+		if _, err := st.OrderedConsumer(cctx, jetstream.OrderedConsumerConfig{}); err == nil {
+			t.Fatalf("%s added a consumer to the audit stream", name)
+		}
+		ccancel()
+	}
+	for _, c := range []*client{op, viewer} {
+		waitFor(t, "a permission violation for the audit stream's consumer", 5*time.Second, func() bool {
+			return strings.Contains(strings.Join(c.violations(), "\n"), "$JS.API.CONSUMER.CREATE."+bus.AuditStream)
+		})
+	}
 }
 
 func TestAuth_UnauthenticatedForeignAndPlainClientsAreRefused(t *testing.T) {
