@@ -5,7 +5,6 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"strconv"
 	"strings"
 
 	"github.com/nats-io/nats.go"
@@ -32,9 +31,10 @@ var ErrTooManyKeys = errors.New("more keys than one batched read returns")
 // bucket with more than MaxBatchKeys keys gives ErrTooManyKeys.
 func LastValues(ctx context.Context, js jetstream.JetStream, bucket string) (map[string][]byte, error) {
 	nc := js.Conn()
+	prefix := "$KV." + bucket + "." // of every key's subject
 	req, err := json.Marshal(struct {
 		MultiLast []string `json:"multi_last"`
-	}{[]string{"$KV." + bucket + ".>"}})
+	}{[]string{prefix + ">"}})
 	if err != nil {
 		return nil, err
 	}
@@ -48,7 +48,6 @@ func LastValues(ctx context.Context, js jetstream.JetStream, bucket string) (map
 	if err := nc.PublishRequest(subject, inbox, req); err != nil {
 		return nil, fmt.Errorf("read bucket %s: %w", bucket, err)
 	}
-	prefix := "$KV." + bucket + "."
 	values := map[string][]byte{}
 	for {
 		m, err := sub.NextMsgWithContext(ctx)
@@ -74,9 +73,6 @@ func LastValues(ctx context.Context, js jetstream.JetStream, bucket string) (map
 		key, ok := strings.CutPrefix(m.Header.Get(jetstream.SubjectHeader), prefix)
 		if !ok || key == "" {
 			return nil, fmt.Errorf("read bucket %s: an answer for subject %q", bucket, m.Header.Get(jetstream.SubjectHeader))
-		}
-		if _, err := strconv.ParseUint(m.Header.Get(jetstream.SequenceHeader), 10, 64); err != nil {
-			return nil, fmt.Errorf("read bucket %s: key %q without a sequence", bucket, key)
 		}
 		switch m.Header.Get(KVOperationHeader) {
 		case KVOperationDelete, KVOperationPurge:

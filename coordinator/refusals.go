@@ -37,18 +37,19 @@ const (
 type refusalBudget struct {
 	lim *rate.Limiter
 
-	mu          sync.Mutex
-	held        map[string]int // by code
-	byKey       map[string]int // by the key that signed, of those signed
-	first, last time.Time
+	mu   sync.Mutex
+	held heldRefusals // since the last drain
 }
 
 // refusalKeysKept bounds the keys a summary counts refusals by: a flood of
 // intents signed by fresh keys must not grow the map without bound.
 const refusalKeysKept = 64
 
+// otherKeys counts the refusals signed by keys past refusalKeysKept.
+const otherKeys = "other keys"
+
 func newRefusalBudget() *refusalBudget {
-	return &refusalBudget{lim: rate.NewLimiter(refusalRecordRate, refusalRecordBurst), held: map[string]int{}, byKey: map[string]int{}}
+	return &refusalBudget{lim: rate.NewLimiter(refusalRecordRate, refusalRecordBurst)}
 }
 
 // take reports whether a refusal at now may be recorded by itself; if not,
@@ -58,31 +59,33 @@ func (b *refusalBudget) take(code, key string, now time.Time) bool {
 	if b.lim.AllowN(now, 1) {
 		return true
 	}
+	one := heldRefusals{byCode: map[string]int{code: 1}, first: now, last: now}
+	if key != "" {
+		one.byKey = map[string]int{key: 1}
+	}
 	b.mu.Lock()
 	defer b.mu.Unlock()
-	if len(b.held) == 0 {
-		b.first = now
-	}
-	b.held[code]++
-	b.countKey(key, 1)
-	b.last = now
+	b.held.add(one)
 	return false
 }
 
-// countKey counts n refusals signed by key; past refusalKeysKept keys the
-// rest count under otherKeys.
-func (b *refusalBudget) countKey(key string, n int) {
-	if key == "" {
-		return
-	}
-	if _, ok := b.byKey[key]; !ok && len(b.byKey) >= refusalKeysKept {
-		key = otherKeys
-	}
-	b.byKey[key] += n
+// drain returns what was held since the last drain, and whether there was
+// anything.
+func (b *refusalBudget) drain() (heldRefusals, bool) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	h := b.held
+	b.held = heldRefusals{}
+	return h, len(h.byCode) > 0
 }
 
-// otherKeys counts the refusals signed by keys past refusalKeysKept.
-const otherKeys = "other keys"
+// giveBack returns a summary that could not be recorded, to go with the
+// next one.
+func (b *refusalBudget) giveBack(h heldRefusals) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	b.held.add(h)
+}
 
 // heldRefusals is what a summary says: how many refusals were not recorded
 // one by one, by code and by signing key, and when the first and last of
@@ -91,6 +94,32 @@ type heldRefusals struct {
 	byCode      map[string]int
 	byKey       map[string]int
 	first, last time.Time
+}
+
+// add counts o's refusals into h; past refusalKeysKept keys, the refusals
+// of further keys count under otherKeys.
+func (h *heldRefusals) add(o heldRefusals) {
+	if len(o.byCode) == 0 {
+		return
+	}
+	if len(h.byCode) == 0 || o.first.Before(h.first) {
+		h.first = o.first
+	}
+	if o.last.After(h.last) {
+		h.last = o.last
+	}
+	if h.byCode == nil {
+		h.byCode, h.byKey = map[string]int{}, map[string]int{}
+	}
+	for c, n := range o.byCode {
+		h.byCode[c] += n
+	}
+	for k, n := range o.byKey {
+		if _, ok := h.byKey[k]; !ok && len(h.byKey) >= refusalKeysKept {
+			k = otherKeys
+		}
+		h.byKey[k] += n
+	}
 }
 
 func (h heldRefusals) total() int {
@@ -131,38 +160,6 @@ func (h heldRefusals) String() string {
 	return fmt.Sprintf("%d refused intents were not recorded one by one (more than %d a second, bursts of %d): %s%s; the first at %s, the last at %s",
 		h.total(), refusalRecordRate, refusalRecordBurst, strings.Join(parts, ", "), signed,
 		h.first.UTC().Format(time.RFC3339Nano), h.last.UTC().Format(time.RFC3339Nano))
-}
-
-// drain returns what was held since the last drain, and whether there was
-// anything.
-func (b *refusalBudget) drain() (heldRefusals, bool) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	if len(b.held) == 0 {
-		return heldRefusals{}, false
-	}
-	h := heldRefusals{byCode: b.held, byKey: b.byKey, first: b.first, last: b.last}
-	b.held, b.byKey = map[string]int{}, map[string]int{}
-	return h, true
-}
-
-// giveBack returns a summary that could not be recorded, to go with the
-// next one.
-func (b *refusalBudget) giveBack(h heldRefusals) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	if len(b.held) == 0 || h.first.Before(b.first) {
-		b.first = h.first
-	}
-	if h.last.After(b.last) {
-		b.last = h.last
-	}
-	for c, n := range h.byCode {
-		b.held[c] += n
-	}
-	for k, n := range h.byKey {
-		b.countKey(k, n)
-	}
 }
 
 // summarizeRefusals records what the budget held back, every
