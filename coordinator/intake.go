@@ -41,6 +41,13 @@ const (
 	// shedFlush is how often shed reports are marked in the store: the
 	// judge reads a window only after analysis.Grace.
 	shedFlush = 100 * time.Millisecond
+	// reportMaxAhead is how far ahead of the coordinator's clock a
+	// report's window may end: agents date reports by their own clocks,
+	// which NTP keeps well within it. A report further ahead is refused.
+	reportMaxAhead = 5 * time.Second
+	// clockLogEvery is how often the intake logs the nodes whose reports
+	// were dated ahead of its clock or came late.
+	clockLogEvery = 10 * time.Second
 )
 
 // Reasons a report is shed, the label of switchyard_coordinator_reports_shed_total.
@@ -73,6 +80,7 @@ type intake struct {
 
 	mu      sync.Mutex
 	pending map[shedKey]uint64
+	clocks  clockNotes
 }
 
 func newIntake(store *analysis.Store, m *intakeMetrics, reported chan<- struct{}, log *slog.Logger, now func() time.Time) *intake {
@@ -144,12 +152,17 @@ func (in *intake) run(ctx context.Context, sub *nats.Subscription) {
 	tick := time.NewTicker(shedFlush)
 	defer tick.Stop()
 	var dropped int
+	lastClockLog := in.now()
 	for {
 		select {
 		case <-ctx.Done():
 			wg.Wait()
 			return
 		case <-tick.C:
+		}
+		if now := in.now(); now.Sub(lastClockLog) >= clockLogEvery {
+			lastClockLog = now
+			in.clocks.log(in.log)
 		}
 		if sub != nil {
 			if d, err := sub.Dropped(); err == nil && d > dropped {
@@ -182,7 +195,9 @@ func (in *intake) work(ctx context.Context) {
 			continue
 		}
 		batch = batch[:0]
-		rejected, forged := 0, 0
+		rejected, forged, ahead, late, scaled := 0, 0, 0, 0, 0
+		now := in.now()
+		latest, lateBefore := now.Add(reportMaxAhead).Unix(), now.Add(-analysis.Grace).Unix()
 		for i, msg := range msgs[:n] {
 			msgs[i] = nil
 			r, err := dec.Decode(msg.Data)
@@ -198,7 +213,18 @@ func (in *intake) work(ctx context.Context) {
 				forged++
 				in.log.Debug("health report refused: node or service is not the subject's", "subject", msg.Subject,
 					"node", r.Node, "service", r.Service)
+			case r.End > latest:
+				// A node whose clock runs ahead: merged, its report
+				// would move the service's newest second into the
+				// future and age out every real one.
+				ahead++
+				in.clocks.note(r.Node, time.Duration(r.End-now.Unix())*time.Second, true)
 			default:
+				if r.End < lateBefore {
+					late++
+					in.clocks.note(r.Node, time.Duration(now.Unix()-r.End)*time.Second, false)
+				}
+				scaled += r.ScaledSketches
 				batch = append(batch, r)
 			}
 		}
@@ -207,6 +233,15 @@ func (in *intake) work(ctx context.Context) {
 		}
 		if forged > 0 {
 			in.metrics.forged.Add(float64(forged))
+		}
+		if ahead > 0 {
+			in.metrics.clockAhead.Add(float64(ahead))
+		}
+		if late > 0 {
+			in.metrics.late.Add(float64(late))
+		}
+		if scaled > 0 {
+			in.metrics.scaled.Add(float64(scaled))
 		}
 		if len(batch) == 0 {
 			dec.Reuse()
@@ -223,5 +258,52 @@ func (in *intake) work(ctx context.Context) {
 			default:
 			}
 		}
+	}
+}
+
+// clockNotes gathers, between two log lines, the reports dated ahead of
+// the coordinator's clock and those that came late, with the node that was
+// furthest off each way: an operator reading the log learns which node's
+// clock to look at.
+type clockNotes struct {
+	mu sync.Mutex
+	clockTally
+}
+
+type clockTally struct {
+	ahead, late         int
+	aheadNode, lateNode string
+	aheadBy, lateBy     time.Duration
+}
+
+func (c *clockNotes) note(node string, by time.Duration, ahead bool) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if ahead {
+		c.ahead++
+		if by > c.aheadBy {
+			c.aheadNode, c.aheadBy = node, by
+		}
+		return
+	}
+	c.late++
+	if by > c.lateBy {
+		c.lateNode, c.lateBy = node, by
+	}
+}
+
+// log writes what was noted since the last call, and forgets it.
+func (c *clockNotes) log(log *slog.Logger) {
+	c.mu.Lock()
+	n := c.clockTally
+	c.clockTally = clockTally{}
+	c.mu.Unlock()
+	if n.ahead > 0 {
+		log.Warn("health reports dated ahead of this coordinator's clock were refused; check the node's clock",
+			"reports", n.ahead, "node", n.aheadNode, "ahead_by", n.aheadBy, "within", clockLogEvery)
+	}
+	if n.late > 0 {
+		log.Warn("health reports came after the judge may have read their second; a node's clock may be behind",
+			"reports", n.late, "node", n.lateNode, "behind_by", n.lateBy, "within", clockLogEvery)
 	}
 }

@@ -11,14 +11,28 @@ import (
 type intakeMetrics struct {
 	merged, rejected prometheus.Counter
 	forged           prometheus.Counter
-	shedTotal        *prometheus.CounterVec
-	shedQueue        prometheus.Counter
-	shedSlow         prometheus.Counter
-	shedStale        prometheus.Counter
+	// clockAhead counts reports refused for a window ending ahead of this
+	// coordinator's clock; late, reports merged after the judge may have
+	// read their second; scaled, latency sketches scaled down to their
+	// requests.
+	clockAhead, late, scaled prometheus.Counter
+	shedTotal                *prometheus.CounterVec
+	shedQueue                prometheus.Counter
+	shedSlow                 prometheus.Counter
+	shedStale                prometheus.Counter
 }
 
 func newIntakeMetrics(reg prometheus.Registerer, m *metrics, in func() *intake) (*intakeMetrics, error) {
 	im := &intakeMetrics{merged: m.telemetry, rejected: m.telemetryRejected, forged: m.telemetryForged,
+		clockAhead: m.telemetryRefused.WithLabelValues("clock_ahead"),
+		late: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "switchyard_coordinator_health_reports_late_total",
+			Help: "Health reports merged more than 1.5 s (the judge's grace) after the second they end in, by this coordinator's clock: the window judge may have read that second without them. Steadily climbing, some node's clock is behind (see the coordinator's log) or reports queue on the way.",
+		}),
+		scaled: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "switchyard_coordinator_health_report_sketches_scaled_total",
+			Help: "Backends' latency sketches that held more samples than their requests allow (requests + 1/8 + 64) and were scaled down to that many before they were merged, so one node's latencies weigh no more than its requests.",
+		}),
 		shedTotal: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "switchyard_coordinator_reports_shed_total",
 			Help: "Health reports dropped before they were merged because intake could not keep up, by reason: queue_full (the decode workers' queue was full: its oldest report made room), waited_too_long (a report waited over a second for a worker and would have come after the judge read its second), slow_consumer (the NATS client dropped them). The windows they belong to are missing data and never pass.",
@@ -31,7 +45,7 @@ func newIntakeMetrics(reg prometheus.Registerer, m *metrics, in func() *intake) 
 		Name: "switchyard_coordinator_health_reports_queued",
 		Help: "Health reports received and waiting to be decoded and merged.",
 	}, func() float64 { return float64(in().queue.len()) })
-	for _, c := range []prometheus.Collector{im.shedTotal, queued} {
+	for _, c := range []prometheus.Collector{im.shedTotal, queued, im.late, im.scaled} {
 		if err := reg.Register(c); err != nil {
 			return nil, err
 		}

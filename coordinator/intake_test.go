@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"strings"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -215,4 +216,60 @@ func testIntake(tb testing.TB, store *analysis.Store, now func() time.Time) (*in
 	}
 	in = newIntake(store, im, nil, slog.New(slog.NewTextHandler(io.Discard, nil)), now)
 	return in, m, im
+}
+
+// A node whose clock runs far ahead cannot age out the fleet's telemetry:
+// its reports are refused and counted (clock_ahead), and the log names it.
+// A report a little ahead (within 5 s) is merged; one that comes after the
+// judge may have read its second is merged and counted late, and the log
+// names that node too.
+func TestIntake_RefusesReportsDatedAheadOfItsClockAndCountsLateOnes(t *testing.T) {
+	store := analysis.NewStore()
+	now := time.Date(2026, 3, 1, 10, 0, 30, 200e6, time.UTC)
+	var clock atomic.Int64
+	clock.Store(now.UnixNano())
+	var logs lockedBuffer
+	in, m, im := testIntake(t, store, func() time.Time { return time.Unix(0, clock.Load()) })
+	in.log = slog.New(slog.NewTextHandler(&logs, nil))
+	msg := func(node string, end time.Time) *nats.Msg {
+		wire, err := proto.Marshal(&sv1.HealthReport{Node: node, Service: "web", RolloutId: "r1", Generation: 3,
+			WindowEnd: timestamppb.New(end), Backends: []*sv1.BackendHealth{{Backend: "green", Requests: 10}}})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return &nats.Msg{Subject: bus.TelemetrySubject("web", node), Data: wire}
+	}
+	sec := now.Truncate(time.Second)
+	for i := range 5 {
+		in.handle(msg(fmt.Sprintf("edge-%d", i), sec))
+	}
+	in.handle(msg("edge-skewed", sec.Add(4*time.Second)))
+	in.handle(msg("edge-future", sec.Add(365*24*time.Hour)))
+	in.handle(msg("edge-behind", sec.Add(-20*time.Second)))
+	runIntake(t, in)
+	waitMerged(t, m, 7, m.telemetryRefused.WithLabelValues("clock_ahead"), 1, "clock_ahead")
+	if got := testutil.ToFloat64(im.late); got != 1 {
+		t.Fatalf("late = %v, want 1 (edge-behind)", got)
+	}
+	// The fleet's second is still there: the report from a year ahead did
+	// not age it out.
+	if req, _, nodes := store.NodeHealth("web", nil, sec.Add(-time.Second), sec); nodes != 5 || req != 50 {
+		t.Fatalf("the fleet's second holds %d nodes, %d requests; want 5, 50", nodes, req)
+	}
+	if _, _, nodes := store.NodeHealth("web", nil, sec.Add(3*time.Second), sec.Add(4*time.Second)); nodes != 1 {
+		t.Fatal("a report 4 s ahead was not merged")
+	}
+	clock.Add(int64(clockLogEvery))
+	deadline := time.Now().Add(10 * time.Second)
+	for !strings.Contains(logs.String(), "behind_by") {
+		if time.Now().After(deadline) {
+			t.Fatalf("no clock warnings logged: %s", logs.String())
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+	for _, want := range []string{"node=edge-future ahead_by=8760h0m0s", "node=edge-behind behind_by=20s"} {
+		if !strings.Contains(logs.String(), want) {
+			t.Fatalf("log does not say %q: %s", want, logs.String())
+		}
+	}
 }

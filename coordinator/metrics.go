@@ -85,7 +85,7 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 		}),
 		telemetryRefused: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "switchyard_coordinator_health_reports_rejected_total",
-			Help: "Agent health reports refused, by reason: malformed (did not decode or were inconsistent), wrong_subject (the report's node or service is not the one its subject names: published with another node's credentials).",
+			Help: "Agent health reports refused, by reason: malformed (did not decode or were inconsistent), wrong_subject (the report's node or service is not the one its subject names: published with another node's credentials), clock_ahead (the report's window ends more than 5 s ahead of this coordinator's clock: the node's clock is wrong).",
 		}, []string{"reason"}),
 		decisions: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "switchyard_coordinator_rollout_decisions_total",

@@ -24,6 +24,10 @@ type Report struct {
 	// End is the unix second the report's window ends in.
 	End      int64
 	Backends []BackendReport
+	// ScaledSketches counts the backends whose latency sketch held more
+	// samples than their requests allow and was scaled down (see
+	// latencySlack).
+	ScaledSketches int
 }
 
 // BackendReport is one backend's traffic in a Report.
@@ -42,17 +46,56 @@ func ReportOf(r *sv1.HealthReport) (*Report, error) {
 	out := &Report{Node: r.GetNode(), Service: r.GetService(), Rollout: r.GetRolloutId(), Generation: r.GetGeneration(),
 		Wave: r.GetWave(), End: r.GetWindowEnd().AsTime().Unix(), Backends: make([]BackendReport, 0, len(r.GetBackends()))}
 	for _, b := range r.GetBackends() {
-		if b.GetErrors() > b.GetRequests() {
-			return nil, fmt.Errorf("%w: %s has %d errors in %d requests", ErrBadReport, b.GetBackend(), b.GetErrors(), b.GetRequests())
-		}
-		sk, err := sketch.FromProto(b.GetLatency())
+		sk, latErr := sketch.FromProto(b.GetLatency())
+		br := BackendReport{Backend: b.GetBackend(), Requests: b.GetRequests(), Errors: b.GetErrors(), Queued: b.GetQueued(), Latency: sk}
+		scaled, err := br.check(latErr)
 		if err != nil {
-			return nil, fmt.Errorf("%w: %s: %v", ErrBadReport, b.GetBackend(), err)
+			return nil, err
 		}
-		out.Backends = append(out.Backends, BackendReport{Backend: b.GetBackend(), Requests: b.GetRequests(), Errors: b.GetErrors(),
-			Queued: b.GetQueued(), Latency: sk})
+		if scaled {
+			out.ScaledSketches++
+		}
+		out.Backends = append(out.Backends, br)
 	}
 	return out, nil
+}
+
+// MaxRequests is the most requests one backend's part of a report may
+// count: some 4 billion, far beyond any backend's traffic in one telemetry
+// window. Bounded, a service's sums over every node and second of the
+// 15 minutes kept cannot wrap around.
+const MaxRequests = 1<<32 - 1
+
+// latencySlack is how many more latency samples than requests a backend's
+// part may hold as it is. An agent's requests and latencies come from two
+// sources read a moment apart (HAProxy's counters beside its request log
+// when log lines were dropped; Envoy's load reports beside its access
+// logs, which arrive sooner), so a window's sketch may hold a few more
+// samples than its requests. One far bigger would weigh one node's
+// latencies over the whole fleet's; it is scaled down to this many.
+func latencySlack(requests uint64) float64 { return float64(requests)/8 + 64 }
+
+// check refuses a backend's part that cannot be true, in the order
+// ReportOf and the Decoder both keep: errors over requests, then a latency
+// sketch that did not load (latErr), then requests out of bounds. A sketch
+// holding more samples than the requests allow is scaled down to them, and
+// check reports it.
+func (b *BackendReport) check(latErr error) (scaled bool, err error) {
+	if b.Errors > b.Requests {
+		return false, fmt.Errorf("%w: %s has %d errors in %d requests", ErrBadReport, b.Backend, b.Errors, b.Requests)
+	}
+	if latErr != nil {
+		return false, fmt.Errorf("%w: %s: %v", ErrBadReport, b.Backend, latErr)
+	}
+	if b.Requests > MaxRequests {
+		return false, fmt.Errorf("%w: %s has %d requests, more than %d", ErrBadReport, b.Backend, b.Requests, uint64(MaxRequests))
+	}
+	most := float64(b.Requests) + latencySlack(b.Requests)
+	if n := b.Latency.Count(); n > most {
+		b.Latency.Scale(most / n)
+		return true, nil
+	}
+	return false, nil
 }
 
 // Decoder reads HealthReports off the wire straight into Reports, without
@@ -359,12 +402,12 @@ func (d *Decoder) Decode(b []byte) (*Report, error) {
 	r.Backends = d.parts()
 	latErrs := d.latErrs
 	for i := range r.Backends {
-		b := &r.Backends[i]
-		if b.Errors > b.Requests {
-			return nil, fmt.Errorf("%w: %s has %d errors in %d requests", ErrBadReport, b.Backend, b.Errors, b.Requests)
+		scaled, err := r.Backends[i].check(latErrs[i])
+		if err != nil {
+			return nil, err
 		}
-		if latErrs[i] != nil {
-			return nil, fmt.Errorf("%w: %s: %v", ErrBadReport, b.Backend, latErrs[i])
+		if scaled {
+			r.ScaledSketches++
 		}
 	}
 	return r, nil

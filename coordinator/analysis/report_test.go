@@ -102,7 +102,7 @@ func withLatency(latency ...[]byte) []byte {
 	be = protowire.AppendTag(be, fBackendName, protowire.BytesType)
 	be = protowire.AppendString(be, "green")
 	be = protowire.AppendTag(be, fBackendRequests, protowire.VarintType)
-	be = protowire.AppendVarint(be, 10)
+	be = protowire.AppendVarint(be, MaxRequests)
 	for _, l := range latency {
 		be = protowire.AppendTag(be, fBackendLatency, protowire.BytesType)
 		be = protowire.AppendBytes(be, l)
@@ -400,4 +400,97 @@ func TestDecoder_NamesChangingBetweenReportsReadAsProtoUnmarshal(t *testing.T) {
 	checkDecoders(t, &d, report("web", "web-1", many...))
 	slices.Reverse(many)
 	checkDecoders(t, &d, report("web", "web-1", many...))
+}
+
+// Counts that cannot be true are refused by both decoders, naming the
+// backend: requests that could wrap the service's sums, a sketch whose
+// counts sum to infinity. A latency sketch bigger than the requests it
+// stands for allow (a few more, as two sources read a moment apart give)
+// is scaled down to that many, by both: one node's report cannot outweigh
+// the fleet's latencies in the windows and the sequential tests' baseline.
+func TestReportOf_RefusesCountsThatCannotBeTrue(t *testing.T) {
+	at := time.Unix(1_700_000_000, 0)
+	samples := func(n float64) *sv1.LatencySketch {
+		s := sketch.New()
+		s.AddWithCount(0.02, n)
+		return s.ToProto()
+	}
+	cases := []struct {
+		name    string
+		b       *sv1.BackendHealth
+		refused string  // empty: merged
+		samples float64 // in the merged sketch
+	}{
+		{name: "a sketch of 1e12 samples for 10 requests", b: &sv1.BackendHealth{Backend: "green", Requests: 10, Latency: samples(1e12)},
+			samples: 10 + 10.0/8 + 64},
+		{name: "a sketch within the slack", b: &sv1.BackendHealth{Backend: "green", Requests: 800, Latency: samples(800 + 100 + 64)},
+			samples: 964},
+		{name: "a sketch just past the slack", b: &sv1.BackendHealth{Backend: "green", Requests: 800, Latency: samples(800 + 100 + 65)},
+			samples: 964},
+		{name: "latency samples and no requests", b: &sv1.BackendHealth{Backend: "green", Latency: samples(65)}, samples: 64},
+		{name: "requests that could wrap the sums", b: &sv1.BackendHealth{Backend: "green", Requests: MaxRequests + 1},
+			refused: "green has 4294967296 requests, more than 4294967295"},
+		{name: "the most requests", b: &sv1.BackendHealth{Backend: "green", Requests: MaxRequests, Errors: MaxRequests}},
+		{name: "counts summing to infinity", b: &sv1.BackendHealth{Backend: "green", Requests: 1, Latency: &sv1.LatencySketch{
+			RelativeAccuracy: sketch.RelativeAccuracy, IndexOffset: 100, Counts: []float64{math.MaxFloat64, math.MaxFloat64}}},
+			refused: "counts sum to +Inf"},
+	}
+	var d Decoder
+	for _, c := range cases {
+		t.Run(c.name, func(t *testing.T) {
+			rep := report("edge-1", at, 0, c.b)
+			got, err := ReportOf(rep)
+			if (err != nil) != (c.refused != "") || (err != nil && !strings.Contains(err.Error(), c.refused)) {
+				t.Fatalf("ReportOf: %v; want refused %q", err, c.refused)
+			}
+			if err != nil && !errors.Is(err, ErrBadReport) {
+				t.Fatalf("%v does not wrap ErrBadReport", err)
+			}
+			wire, err := proto.Marshal(rep)
+			if err != nil {
+				t.Fatal(err)
+			}
+			checkDecoders(t, &d, wire)
+			if c.refused != "" {
+				return
+			}
+			if n := got.Backends[0].Latency.Count(); math.Abs(n-c.samples) > 1e-6*c.samples {
+				t.Fatalf("merged sketch holds %v samples, want %v", n, c.samples)
+			}
+			if p50 := got.Backends[0].Latency.Quantile(0.5); c.samples > 0 && math.Abs(p50-0.02) > 0.001 {
+				t.Fatalf("scaled sketch's p50 %v, want 0.02", p50)
+			}
+			if scaled := got.Backends[0].Latency.Count() < c.b.GetLatency().GetZeroCount()+sumWhole(c.b.GetLatency()); scaled != (got.ScaledSketches == 1) {
+				t.Fatalf("ScaledSketches %d", got.ScaledSketches)
+			}
+		})
+	}
+}
+
+func sumWhole(p *sv1.LatencySketch) float64 {
+	var n float64
+	for _, c := range p.GetWholeCounts() {
+		n += float64(c)
+	}
+	return n
+}
+
+// Two nodes' reports of the most requests merge into a cell without
+// wrapping: the service's sums stay true.
+func TestStore_MostRequestsMergeWithoutWrapping(t *testing.T) {
+	t0 := time.Date(2026, 1, 1, 12, 0, 0, 0, time.UTC)
+	s := NewStore()
+	end := t0.Add(time.Second)
+	for _, n := range []string{"a", "b"} {
+		if err := s.Add(report(n, end, 0, &sv1.BackendHealth{Backend: "green", Requests: MaxRequests, Errors: MaxRequests / 2})); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := s.Add(report("c", end, 0, &sv1.BackendHealth{Backend: "green", Requests: 1 << 63, Errors: 1 << 62})); err == nil {
+		t.Fatal("a report of 2^63 requests was merged")
+	}
+	w := s.Window("web", "r1", "green", AnyWave, t0, end)
+	if w.Requests != 2*MaxRequests || w.Errors != 2*(MaxRequests/2) {
+		t.Fatalf("window holds %d requests, %d errors; want %d, %d", w.Requests, w.Errors, uint64(2*MaxRequests), uint64(2*(MaxRequests/2)))
+	}
 }

@@ -57,6 +57,17 @@ func New() *Sketch { return &Sketch{} }
 // proxy's clock can go backwards, and a lost sample would bias the count.
 func (s *Sketch) Add(seconds float64) { s.AddWithCount(seconds, 1) }
 
+// Scale multiplies every count by f, 0 ≤ f ≤ 1: the same distribution of
+// fewer samples. The counts are changed in place, also where s shares them
+// (Load).
+func (s *Sketch) Scale(f float64) {
+	s.zero *= f
+	for i := range s.bins {
+		s.bins[i] *= f
+	}
+	s.positive *= f
+}
+
 // AddWithCount records count latencies of the same value.
 func (s *Sketch) AddWithCount(seconds, count float64) {
 	if count <= 0 || math.IsNaN(count) || math.IsInf(count, 0) {
@@ -369,6 +380,9 @@ func (s *Sketch) load(relativeAccuracy, zeroCount float64, indexOffset int32, co
 			}
 			positive += c
 		}
+	}
+	if !validCount(zeroCount + positive) {
+		return fmt.Errorf("%w: counts sum to %v", ErrInvalid, zeroCount+positive)
 	}
 	lo, hi := 0, len(counts)-1
 	for lo <= hi && counts[lo] == 0 {
