@@ -395,7 +395,8 @@ func (w WindowResult) Proto() *sv1.WindowEvidence {
 
 // Assessment is the state of a rollout's analysis at one moment.
 type Assessment struct {
-	// Windows are the closed windows since the rollout began, oldest first.
+	// Windows are the closed windows since the rollout began, oldest
+	// first, as far back as the telemetry is kept (Retention).
 	Windows []WindowResult
 	// Breach is set when the last BreachWindows conclusive windows failed,
 	// or when a sequential test raised its alarm.
@@ -445,6 +446,12 @@ func (s *Store) Assess(r *sv1.Rollout, now time.Time) Assessment {
 	first := r.GetCreatedAt().AsTime().Truncate(win)
 	if !first.Equal(r.GetCreatedAt().AsTime()) {
 		first = first.Add(win) // the first whole window after the start
+	}
+	// Older windows' telemetry is gone: judged again they would only be
+	// inconclusive. Left out, an assessment costs the windows of Retention
+	// however old the rollout, under the lock intake merges reports with.
+	if oldest := now.Add(-Retention); first.Before(oldest) {
+		first = first.Add((oldest.Sub(first) + win - 1) / win * win)
 	}
 	s.mu.Lock()
 	defer s.mu.Unlock()

@@ -341,6 +341,11 @@ type NotWorse struct {
 	Errors float64
 	// Latency is NaN when the new backend sent no latency samples.
 	Latency float64
+	// LatencyPending: agents send latency, but the latency test has no
+	// evidence yet (the old backend's thresholds wait for
+	// minBaselineSamples, BaseSamples so far): not a pass.
+	LatencyPending bool
+	BaseSamples    float64
 	// Counts behind the figures.
 	CandRequests, CandErrors, BaseRequests, BaseErrors uint64
 	CandLatency, CandSlow, BaseLatency, BaseSlow       float64
@@ -348,12 +353,15 @@ type NotWorse struct {
 
 // OK reports whether both tests reached the evidence needed.
 func (n NotWorse) OK() bool {
-	return n.Errors >= n.Needed && (math.IsNaN(n.Latency) || n.Latency >= n.Needed)
+	return n.Errors >= n.Needed && !n.LatencyPending && (math.IsNaN(n.Latency) || n.Latency >= n.Needed)
 }
 
 func (n NotWorse) String() string {
 	s := fmt.Sprintf("not-worse evidence: errors %.1f of %.1f nats (%d errors in %d requests vs old %d in %d)",
 		n.Errors, n.Needed, n.CandErrors, n.CandRequests, n.BaseErrors, n.BaseRequests)
+	if n.LatencyPending {
+		return s + fmt.Sprintf("; latency: waits for %d old-backend samples (%.0f so far)", minBaselineSamples, n.BaseSamples)
+	}
 	if math.IsNaN(n.Latency) {
 		return s + "; latency: no samples"
 	}
@@ -385,6 +393,11 @@ func (run *seqRun) notWorse(a *sv1.AnalysisSpec, since time.Time) NotWorse {
 	n.Errors = NonInferiorityLogE(n.CandErrors, n.CandRequests, baseRate+a.GetErrorRate().GetMaxIncrease(), margin, NotWorseFloor)
 	if n.CandLatency > 0 && n.BaseLatency > 0 {
 		n.Latency = NonInferiorityLogE(uint64(n.CandSlow), uint64(n.CandLatency), n.BaseSlow/n.BaseLatency, margin, NotWorseFloor)
+	}
+	// Agents that send latency owe the step its latency evidence too;
+	// only where none comes does the step pass on errors alone.
+	if a.GetLatency() != nil && math.IsNaN(n.Latency) && run.base.Count() > 0 && run.base.Count() < minBaselineSamples {
+		n.LatencyPending, n.BaseSamples = true, run.base.Count()
 	}
 	return n
 }

@@ -184,3 +184,41 @@ func TestStore_SequentialNotWorseRefusesAWorseBackend(t *testing.T) {
 		t.Errorf("evidence %g should point against non-inferiority", a.NotWorse.Errors)
 	}
 }
+
+// An analysis step does not pass on errors alone while agents send latency
+// that the latency test cannot use yet: with little old-backend traffic
+// (fewer than minBaselineSamples of its latencies so far), a green twenty
+// times slower waits, saying why, until the latency test has evidence.
+// Where no node sends latency, errors alone decide.
+func TestNotWorse_WaitsForLatencyEvidenceWhenAgentsSendLatency(t *testing.T) {
+	t0 := time.Date(2026, 1, 1, 12, 0, 0, 0, time.UTC)
+	run := func(latency bool) NotWorse {
+		s, r := NewStore(), seqRollout(t0)
+		for sec := 1; sec <= 60; sec++ {
+			end := t0.Add(time.Duration(sec) * time.Second)
+			for _, n := range []string{"a", "b"} {
+				g, b := backend("green", 20, 0, 420*time.Millisecond), backend("blue", 5, 0, 20*time.Millisecond)
+				if !latency {
+					g.Latency, b.Latency = nil, nil
+				}
+				if err := s.Add(report(n, end, 0, g, b)); err != nil {
+					t.Fatal(err)
+				}
+			}
+		}
+		return s.Assess(r, t0.Add(60*time.Second+Grace)).NotWorse
+	}
+	nw := run(true)
+	if nw.Errors < nw.Needed {
+		t.Fatalf("setup: errors evidence %.1f of %.1f", nw.Errors, nw.Needed)
+	}
+	if nw.OK() {
+		t.Fatalf("passed without latency evidence while agents send latency: %s", nw)
+	}
+	if want := "latency: waits for 1000 old-backend samples (600 so far)"; !strings.Contains(nw.String(), want) {
+		t.Fatalf("%q does not say %q", nw, want)
+	}
+	if nw := run(false); !nw.OK() {
+		t.Fatalf("without latency from any node, errors alone should decide: %s", nw)
+	}
+}

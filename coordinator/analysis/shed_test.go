@@ -81,6 +81,32 @@ func TestStore_ShedReportsMakeWindowsMissingNeverAPass(t *testing.T) {
 	}
 }
 
+// A report of a window's last second arrives in the second after it; shed
+// then, after the window was judged a pass, it undoes the pass as it would
+// have kept a fresh judgement from passing.
+func TestStore_ShedInTheSecondAfterAWindowUndoesItsPass(t *testing.T) {
+	t0 := time.Date(2026, 1, 1, 12, 0, 0, 0, time.UTC)
+	sp := &sv1.RolloutSpec{Name: "r1", Service: "web", From: "blue", To: "green", Analysis: &sv1.AnalysisSpec{Method: spec.MethodWindows}}
+	spec.Default(sp)
+	r := &sv1.Rollout{Id: "r1", Spec: sp, CreatedAt: timestamppb.New(t0)}
+	s := NewStore()
+	for sec := 1; sec <= 10; sec++ {
+		for n := range 10 {
+			if err := s.Add(report(string(rune('a'+n)), t0.Add(time.Duration(sec)*time.Second), 0,
+				backend("green", 10, 0, 20*time.Millisecond), backend("blue", 90, 0, 20*time.Millisecond))); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	if v := s.Assess(r, t0.Add(5*time.Second+Grace)).Windows[0].Verdict; v != Pass {
+		t.Fatalf("window (0 s, 5 s] %v before the shedding", v)
+	}
+	s.MarkShed("web", t0.Add(6*time.Second).Unix(), 1)
+	if w := s.Assess(r, t0.Add(10*time.Second+Grace)).Windows[0]; w.Verdict != Inconclusive {
+		t.Fatalf("window (0 s, 5 s] %v after a report was shed in second 6: %s", w.Verdict, w.Reason)
+	}
+}
+
 // Memory stays bounded with many nodes: everything older than Retention is
 // pruned, the size gauge says so, and reports the sequential tests have read
 // are let go.
@@ -141,5 +167,38 @@ func TestStore_SizeIsBoundedWithManyNodes(t *testing.T) {
 	// Left: the second the rollout began in, which it does not read.
 	if after.Reports != nodes || after.Bytes >= b.Bytes {
 		t.Errorf("after the sequential tests read them: %+v, before %+v", after, b)
+	}
+}
+
+// A rollout a day old is assessed over the telemetry kept, not over every
+// window since it began: older windows have no data left to judge, and
+// judging them again on every read held the lock intake merges with for
+// tens of milliseconds.
+func TestStore_AssessReadsOnlyTheWindowsOfTheTelemetryKept(t *testing.T) {
+	t0 := time.Date(2026, 1, 1, 12, 0, 0, 0, time.UTC)
+	sp := &sv1.RolloutSpec{Name: "r1", Service: "web", From: "blue", To: "green", Analysis: &sv1.AnalysisSpec{Method: spec.MethodWindows}}
+	spec.Default(sp)
+	r := &sv1.Rollout{Id: "r1", Spec: sp, CreatedAt: timestamppb.New(t0)}
+	s := NewStore()
+	now := t0.Add(24 * time.Hour)
+	for sec := -10; sec <= 0; sec++ {
+		for n := range 10 {
+			if err := s.Add(report(string(rune('a'+n)), now.Add(time.Duration(sec)*time.Second), 0,
+				backend("green", 10, 0, 20*time.Millisecond), backend("blue", 90, 0, 20*time.Millisecond))); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	a := s.Assess(r, now.Add(Grace))
+	win := spec.Window(sp)
+	if max := int(Retention/win) + 1; len(a.Windows) > max {
+		t.Fatalf("%d windows assessed, want at most %d (15 minutes)", len(a.Windows), max)
+	}
+	if first := a.Windows[0].Start; first.Before(now.Add(-Retention)) {
+		t.Fatalf("first window assessed starts %v, before the telemetry kept (%v)", first, now.Add(-Retention))
+	}
+	// Seconds -10 to 0 hold data: three 5 s windows.
+	if got := a.PassedSince(t0); got != 3 {
+		t.Fatalf("%d windows passed, want the last 3, those with data", got)
 	}
 }

@@ -98,8 +98,10 @@ func (s *Store) MarkShed(service string, sec int64, reports uint64) {
 		}
 	}
 	series[sec] += reports
+	// As shedIn reads them: a report shed in the second after a window
+	// may be of the window's last second.
 	for k, res := range s.cache {
-		if res.Verdict == Pass && sec > res.Start.Unix() && sec <= res.End.Unix() {
+		if res.Verdict == Pass && sec > res.Start.Unix() && sec <= res.End.Unix()+1 {
 			delete(s.cache, k)
 		}
 	}
