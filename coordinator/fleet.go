@@ -178,19 +178,12 @@ func converged(nodes []*sv1.NodeView, want bus.Fence) (applied, live int) {
 // read are the weights it applied. What the agent last wrote is not enough:
 // a proxy restarted from its config serves other weights until repaired.
 func observedMatches(n *sv1.NodeView) bool {
-	return n.GetObservedMatches() && sameWeights(n.GetWeights(), n.GetObservedWeights())
-}
-
-// sameWeights is true when the proxy, read back, gives every backend the
-// weight applied, and no weight to a backend the agent did not apply.
-func sameWeights(applied, observed map[string]uint32) bool {
-	for b, w := range applied {
-		if ow, ok := observed[b]; !ok || ow != w {
-			return false
-		}
+	if !n.GetObservedMatches() {
+		return false
 	}
-	for b, ow := range observed {
-		if _, ok := applied[b]; !ok && ow != 0 {
+	have := n.GetObservedWeights()
+	for b, w := range n.GetWeights() {
+		if hw, ok := have[b]; !ok || hw != w {
 			return false
 		}
 	}

@@ -54,7 +54,16 @@ func counted(st *sv1.AgentStatus) []countedService {
 
 // statusMatches is observedMatches for a service status as it arrived.
 func statusMatches(svc *sv1.ServiceStatus) bool {
-	return svc.GetObservedMatches() && sameWeights(svc.GetWeights(), svc.GetObservedWeights())
+	if !svc.GetObservedMatches() {
+		return false
+	}
+	have := svc.GetObservedWeights()
+	for b, w := range svc.GetWeights() {
+		if hw, ok := have[b]; !ok || hw != w {
+			return false
+		}
+	}
+	return true
 }
 
 func (f *fleet) tally(service string) *serviceTally {

@@ -22,10 +22,9 @@ func TestFleet_ConvergedOnlyWhenTheProxyIsSeenDoingIt(t *testing.T) {
 		{"agent says match but weights differ", &sv1.NodeView{AppliedGeneration: 7, Weights: green, ObservedWeights: blue, ObservedMatches: true}, false},
 		{"proxy unreadable", &sv1.NodeView{AppliedGeneration: 7, Weights: green, ObservedMatches: false}, false},
 		{"agent that reads nothing back", &sv1.NodeView{AppliedGeneration: 7, Weights: green}, false},
-		{"proxy also sends to a backend not applied", &sv1.NodeView{AppliedGeneration: 7, Weights: map[string]uint32{"green": 100},
-			ObservedWeights: map[string]uint32{"green": 100, "blue": 100}, ObservedMatches: true}, false},
-		{"a backend not applied read back at 0", &sv1.NodeView{AppliedGeneration: 7, Weights: map[string]uint32{"green": 100},
-			ObservedWeights: map[string]uint32{"green": 100, "blue": 0}, ObservedMatches: true}, true},
+		// A document whose waves do not take the node gives it no
+		// weights: it keeps those it has, whatever the proxy holds.
+		{"node outside the waves keeps its weights", &sv1.NodeView{AppliedGeneration: 7, ObservedWeights: blue, ObservedMatches: true}, true},
 		{"stale node is not live", &sv1.NodeView{AppliedGeneration: 7, Weights: green, ObservedWeights: green, ObservedMatches: true, Stale: true}, false},
 	}
 	for _, c := range cases {
