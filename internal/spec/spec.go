@@ -5,6 +5,7 @@
 package spec
 
 import (
+	"errors"
 	"fmt"
 	"math"
 	"time"
@@ -124,13 +125,6 @@ func Parse(data []byte) (*sv1.RolloutSpec, error) {
 	add := func(path, format string, args ...any) {
 		errs = append(errs, &FieldError{Path: path, Problem: fmt.Sprintf(format, args...)})
 	}
-	nonNegative := func(path string, v int) uint32 {
-		if v < 0 {
-			add(path, "%d is negative", v)
-			return 0
-		}
-		return uint32(v)
-	}
 	s := &sv1.RolloutSpec{Name: f.Name, Service: f.Service, From: f.From, To: f.To, Strategy: &sv1.Strategy{}}
 	switch {
 	case f.Strategy.BlueGreen != nil && f.Strategy.Canary != nil:
@@ -139,7 +133,7 @@ func Parse(data []byte) (*sv1.RolloutSpec, error) {
 		bg := f.Strategy.BlueGreen
 		p := &sv1.BlueGreen{
 			RampInterval:         durationOrNil(bg.RampInterval),
-			PostPromotionWindows: nonNegative("spec.strategy.blueGreen.postPromotionWindows", bg.PostPromotionWindows),
+			PostPromotionWindows: count(add, "spec.strategy.blueGreen.postPromotionWindows", bg.PostPromotionWindows),
 			KeepWarm:             durationOrNil(bg.KeepWarm),
 		}
 		for i, w := range bg.Ramp {
@@ -169,8 +163,8 @@ func Parse(data []byte) (*sv1.RolloutSpec, error) {
 	if a := f.Analysis; a != nil {
 		as := &sv1.AnalysisSpec{
 			Window:        durationOrNil(a.Window),
-			BreachWindows: nonNegative("spec.analysis.breachWindows", a.BreachWindows),
-			MinRequests:   uint64(nonNegative("spec.analysis.minRequests", a.MinRequests)),
+			BreachWindows: count(add, "spec.analysis.breachWindows", a.BreachWindows),
+			MinRequests:   uint64(count(add, "spec.analysis.minRequests", a.MinRequests)),
 			Confidence:    a.Confidence,
 			Method:        a.Method, FalseAlarm: a.FalseAlarm, Horizon: durationOrNil(a.Horizon),
 			NonInferiority: a.NonInferiority, PassConfidence: a.PassConfidence,
@@ -182,19 +176,49 @@ func Parse(data []byte) (*sv1.RolloutSpec, error) {
 			as.Latency = &sv1.LatencyGuardrail{Quantile: l.Quantile, Max: durationOrNil(l.Max), MaxIncrease: durationOrNil(l.MaxIncrease)}
 		}
 		if q := a.Saturation; q != nil {
-			as.Saturation = &sv1.SaturationGuardrail{MaxQueue: nonNegative("spec.analysis.saturation.maxQueue", q.MaxQueue)}
+			as.Saturation = &sv1.SaturationGuardrail{MaxQueue: count(add, "spec.analysis.saturation.maxQueue", q.MaxQueue)}
 		}
 		s.Analysis = as
 	}
 	s.Hooks = convertHooks(add, f.Hooks)
 	if len(errs) > 0 {
-		return nil, errs
+		return nil, placed(errs, data)
 	}
 	Default(s)
 	if err := Validate(s); err != nil {
-		return nil, err
+		return nil, placed(err, data)
 	}
 	return s, nil
+}
+
+// count converts a whole number written for a field stored in 32 bits,
+// refusing what the field cannot hold: a cast would wrap 4294967297 to 1.
+func count(add func(string, string, ...any), path string, v int) uint32 {
+	switch {
+	case v < 0:
+		add(path, "%d is negative", v)
+		return 0
+	case v > math.MaxUint32:
+		add(path, "%d is too large, want at most %d", v, uint32(math.MaxUint32))
+		return 0
+	}
+	return uint32(v)
+}
+
+// placed gives each problem without a line the line its field was written
+// on in data, the spec the problems are about.
+func placed(err error, data []byte) error {
+	var errs Errors
+	if !errors.As(err, &errs) {
+		return err
+	}
+	lines := strictyaml.Lines(data, "spec")
+	for _, e := range errs {
+		if e.Line == 0 {
+			e.Line = lines[e.Path]
+		}
+	}
+	return errs
 }
 
 func durationOrNil(d time.Duration) *durationpb.Duration {
@@ -223,10 +247,7 @@ func convertSteps(add func(string, string, ...any), in []stepFile, path string) 
 		}
 		if st.Analysis != nil {
 			set++
-			if st.Analysis.Windows < 0 {
-				add(p+".analysis.windows", "%d is negative", st.Analysis.Windows)
-			}
-			step.Kind = &sv1.Step_Analysis{Analysis: &sv1.AnalysisStep{Windows: uint32(max(st.Analysis.Windows, 0))}}
+			step.Kind = &sv1.Step_Analysis{Analysis: &sv1.AnalysisStep{Windows: count(add, p+".analysis.windows", st.Analysis.Windows)}}
 		}
 		if set != 1 {
 			add(p, "want exactly one of setWeight, pause, analysis")

@@ -160,6 +160,56 @@ func TestSpec_ParseRefuses(t *testing.T) {
 	}
 }
 
+// Counts are stored in 32 bits; a larger number is refused where it was
+// written rather than wrapped (4294967297 windows would be 1).
+func TestSpec_ParseRefusesCountsTooLargeToStore(t *testing.T) {
+	cases := []struct{ field, yaml, want string }{
+		{"breachWindows", good + "analysis:\n  breachWindows: 4294967297\n",
+			"spec.analysis.breachWindows: 4294967297 is too large, want at most 4294967295 (line 10)"},
+		{"minRequests", good + "analysis:\n  minRequests: 99999999999\n",
+			"spec.analysis.minRequests: 99999999999 is too large, want at most 4294967295 (line 10)"},
+		{"maxQueue", good + "analysis:\n  saturation: {maxQueue: 4294967306}\n",
+			"spec.analysis.saturation.maxQueue: 4294967306 is too large, want at most 4294967295 (line 10)"},
+		{"postPromotionWindows", strings.Replace(good, "blueGreen: {}", "blueGreen: {postPromotionWindows: 4294967296}", 1),
+			"spec.strategy.blueGreen.postPromotionWindows: 4294967296 is too large, want at most 4294967295 (line 8)"},
+		{"analysis step windows", canary + "      - analysis: {windows: 4294967298}\n",
+			"spec.strategy.canary.steps[3].analysis.windows: 4294967298 is too large, want at most 4294967295 (line 13)"},
+		{"negative windows", canary + "      - analysis: {windows: -1}\n",
+			"spec.strategy.canary.steps[3].analysis.windows: -1 is negative (line 13)"},
+	}
+	for _, c := range cases {
+		t.Run(c.field, func(t *testing.T) {
+			sp, err := Parse([]byte(c.yaml))
+			if err == nil {
+				t.Fatalf("accepted as %v", sp)
+			}
+			if !strings.Contains(err.Error(), c.want) {
+				t.Errorf("error %q does not say %q", err, c.want)
+			}
+		})
+	}
+	sp, err := Parse([]byte(good + "analysis:\n  breachWindows: 4294967295\n  minRequests: 4294967295\n"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if a := sp.GetAnalysis(); a.GetBreachWindows() != 4294967295 || a.GetMinRequests() != 4294967295 {
+		t.Errorf("largest counts stored as %d and %d", a.GetBreachWindows(), a.GetMinRequests())
+	}
+}
+
+// A value refused after decoding is shown with the line it is written on,
+// as a field of the wrong type or an unknown field is.
+func TestSpec_ParseRefusalsNameTheLine(t *testing.T) {
+	for doc, want := range map[string]string{
+		strings.Replace(good, "blueGreen: {}", "blueGreen: {ramp: [50, 140]}", 1): "spec.strategy.blueGreen.ramp[1]: 140 is out of range, want 1..100 (line 8)",
+		good + "waves:\n  - {name: a}\n  - {name: a}\n":                           `spec.waves[1].name: "a" names two waves (line 11)`,
+	} {
+		if _, err := Parse([]byte(doc)); err == nil || !strings.Contains(err.Error(), want) {
+			t.Errorf("error %v does not say %q", err, want)
+		}
+	}
+}
+
 func TestSpec_ReportsEveryProblem(t *testing.T) {
 	_, err := Parse([]byte("version: v1\nname: x\n"))
 	var errs Errors
