@@ -151,8 +151,10 @@ func Parse(data []byte) (*sv1.RolloutSpec, error) {
 		path := fmt.Sprintf("spec.waves[%d]", i)
 		ws := &sv1.WaveSpec{Name: w.Name, Selector: w.Selector, ManualGate: w.ManualGate, BasisPoints: 10000}
 		if w.Percent != nil {
-			if *w.Percent <= 0 || *w.Percent > 100 {
-				add(path+".percent", "%v is out of range, want more than 0 and at most 100", *w.Percent)
+			// Stored in hundredths of a percent: a smaller share would
+			// round to no node at all.
+			if !(*w.Percent >= 0.01 && *w.Percent <= 100) {
+				add(path+".percent", "%v is out of range, want 0.01..100", *w.Percent)
 			} else {
 				ws.BasisPoints = uint32(math.Round(*w.Percent * 100))
 			}

@@ -134,7 +134,7 @@ func Validate(s *sv1.RolloutSpec) error {
 		}
 		seen[w.GetName()] = true
 		if w.GetBasisPoints() == 0 || w.GetBasisPoints() > 10000 {
-			add(path+".percent", "%v is out of range, want more than 0 and at most 100", float64(w.GetBasisPoints())/100)
+			add(path+".percent", "%v is out of range, want 0.01..100", float64(w.GetBasisPoints())/100)
 		}
 		for k, v := range w.GetSelector() {
 			if k == "" || v == "" {
