@@ -109,6 +109,27 @@ func TestCLI_PlanOfflineShowsStepsWavesAndGuardrails(t *testing.T) {
 	}
 }
 
+// The judges read errorRate.max 0 as no absolute limit; the plan says so
+// rather than "at most 0.00%".
+func TestCLI_PlanSaysWhichErrorRateLimitsHold(t *testing.T) {
+	dir := t.TempDir()
+	for errorRate, want := range map[string]string{
+		"{max: 0}":                    "error rate: no absolute limit, and no worse than blue",
+		"{maxIncrease: 0.02}":         "error rate: at most 5.00%, and at most 2.00 points above blue",
+		"{max: 0, maxIncrease: 0.02}": "error rate: no absolute limit, and at most 2.00 points above blue",
+	} {
+		f := filepath.Join(dir, "spec.yaml")
+		doc := "version: v1\nname: r\nservice: web\nfrom: blue\nto: green\nstrategy: {blueGreen: {}}\nanalysis: {errorRate: " + errorRate + "}\n"
+		if err := os.WriteFile(f, []byte(doc), 0o600); err != nil {
+			t.Fatal(err)
+		}
+		code, out, stderr := runCLI(t, "rollout", "plan", "--offline", "-f", f)
+		if code != exitOK || !strings.Contains(out, want) {
+			t.Errorf("errorRate %s: exit %d, stderr %q; plan lacks %q:\n%s", errorRate, code, stderr, want, out)
+		}
+	}
+}
+
 func TestCLI_PlanOfflineListsEveryHook(t *testing.T) {
 	code, out, stderr := runCLI(t, "rollout", "plan", "--offline", "-f", example(t, "hooks.yaml"))
 	if code != exitOK {

@@ -122,10 +122,15 @@ func printPlan(w io.Writer, sp *sv1.RolloutSpec, nodes []*sv1.NodeView, withFlee
 			sp.GetTo(), sp.GetFrom(), sp.GetFrom(), spec.FalseAlarm(a), spec.HorizonOf(sp), 100*spec.PassConfidence(a), sp.GetTo(), 100*spec.NonInferiority(a))
 	}
 	if e := a.GetErrorRate(); e != nil {
+		// The judges read a max of 0 as no absolute limit, not as 0%.
+		limit := "no absolute limit"
+		if e.GetMax() > 0 {
+			limit = fmt.Sprintf("at most %.2f%%", 100*e.GetMax())
+		}
 		if e.GetMaxIncrease() > 0 || spec.Method(a) == spec.MethodWindows {
-			fmt.Fprintf(w, "  error rate: at most %.2f%%, and at most %.2f points above %s\n", 100*e.GetMax(), 100*e.GetMaxIncrease(), sp.GetFrom())
+			fmt.Fprintf(w, "  error rate: %s, and at most %.2f points above %s\n", limit, 100*e.GetMaxIncrease(), sp.GetFrom())
 		} else {
-			fmt.Fprintf(w, "  error rate: at most %.2f%%, and no worse than %s\n", 100*e.GetMax(), sp.GetFrom())
+			fmt.Fprintf(w, "  error rate: %s, and no worse than %s\n", limit, sp.GetFrom())
 		}
 	}
 	if l := a.GetLatency(); l != nil {

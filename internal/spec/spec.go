@@ -96,15 +96,17 @@ type analysisFile struct {
 	Saturation     *saturationFile `yaml:"saturation"`
 }
 
+// errorRateFile and latencyFile tell a limit left out, which takes its
+// default, from one written as 0.
 type errorRateFile struct {
-	Max         float64 `yaml:"max"`
-	MaxIncrease float64 `yaml:"maxIncrease"`
+	Max         *float64 `yaml:"max"`
+	MaxIncrease *float64 `yaml:"maxIncrease"`
 }
 
 type latencyFile struct {
-	Quantile    float64       `yaml:"quantile"`
-	Max         time.Duration `yaml:"max"`
-	MaxIncrease time.Duration `yaml:"maxIncrease"`
+	Quantile    float64        `yaml:"quantile"`
+	Max         time.Duration  `yaml:"max"`
+	MaxIncrease *time.Duration `yaml:"maxIncrease"`
 }
 
 type saturationFile struct {
@@ -171,11 +173,24 @@ func Parse(data []byte) (*sv1.RolloutSpec, error) {
 			Method:        a.Method, FalseAlarm: a.FalseAlarm, Horizon: durationOrNil(a.Horizon),
 			NonInferiority: a.NonInferiority, PassConfidence: a.PassConfidence,
 		}
+		// Default fills a guardrail only when its whole block is absent; a
+		// field left out of a block written in part defaults here, where
+		// "left out" and "0" still differ.
 		if e := a.ErrorRate; e != nil {
-			as.ErrorRate = &sv1.ErrorRateGuardrail{Max: e.Max, MaxIncrease: e.MaxIncrease}
+			as.ErrorRate = defaultErrorRate(as)
+			if e.Max != nil {
+				as.ErrorRate.Max = *e.Max
+			}
+			if e.MaxIncrease != nil {
+				as.ErrorRate.MaxIncrease = *e.MaxIncrease
+			}
 		}
 		if l := a.Latency; l != nil {
-			as.Latency = &sv1.LatencyGuardrail{Quantile: l.Quantile, Max: durationOrNil(l.Max), MaxIncrease: durationOrNil(l.MaxIncrease)}
+			as.Latency = defaultLatency(as)
+			as.Latency.Quantile, as.Latency.Max = l.Quantile, durationOrNil(l.Max)
+			if l.MaxIncrease != nil {
+				as.Latency.MaxIncrease = durationOrNil(*l.MaxIncrease)
+			}
 		}
 		if q := a.Saturation; q != nil {
 			as.Saturation = &sv1.SaturationGuardrail{MaxQueue: count(add, "spec.analysis.saturation.maxQueue", q.MaxQueue)}

@@ -5,6 +5,10 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"google.golang.org/protobuf/types/known/durationpb"
+
+	sv1 "github.com/switchyard/switchyard/proto/switchyard/v1"
 )
 
 const good = `
@@ -78,6 +82,60 @@ func TestSpec_AnalysisMethodsAndTheirDefaults(t *testing.T) {
 	if Method(a) != MethodSequential || FalseAlarm(a) != 0.001 || Horizon(a) != 2*time.Hour || NonInferiority(a) != 0.2 ||
 		PassConfidence(a) != 0.99 || a.GetErrorRate().GetMaxIncrease() != 0.002 {
 		t.Fatalf("sequential fields %v", a)
+	}
+}
+
+// A guardrail block written in part keeps the defaults of the fields it
+// leaves out; a limit written as 0 stays 0 (errorRate.max 0: no absolute
+// limit).
+func TestSpec_GuardrailFieldsLeftOutTakeTheirDefaults(t *testing.T) {
+	cases := []struct {
+		name, analysis  string
+		errMax, errRise float64
+		latRise         time.Duration // -1: none
+	}{
+		{"maxIncrease alone keeps the absolute limit", "errorRate: {maxIncrease: 0.02}", DefaultMaxErrorRate, 0.02, -1},
+		{"max 0 switches the absolute limit off", "errorRate: {max: 0}", 0, 0, -1},
+		{"windows: max alone keeps the margin", "method: windows\n  errorRate: {max: 0.1}", 0.1, DefaultMaxErrorRise, DefaultLatencyRise},
+		{"windows: a margin of 0 stays 0", "method: windows\n  errorRate: {maxIncrease: 0}", DefaultMaxErrorRate, 0, DefaultLatencyRise},
+		{"windows: latency max alone keeps the latency margin", "method: windows\n  latency: {max: 300ms}", DefaultMaxErrorRate, DefaultMaxErrorRise, DefaultLatencyRise},
+		{"windows: a latency margin written as 0s stays off", "method: windows\n  latency: {maxIncrease: 0s}", DefaultMaxErrorRate, DefaultMaxErrorRise, -1},
+		{"sequential: latency max alone adds no margin", "latency: {max: 300ms}", DefaultMaxErrorRate, 0, -1},
+	}
+	for _, c := range cases {
+		t.Run(c.name, func(t *testing.T) {
+			s, err := Parse([]byte(good + "analysis:\n  " + c.analysis + "\n"))
+			if err != nil {
+				t.Fatal(err)
+			}
+			e, l := s.GetAnalysis().GetErrorRate(), s.GetAnalysis().GetLatency()
+			if e.GetMax() != c.errMax || e.GetMaxIncrease() != c.errRise {
+				t.Errorf("errorRate max %v, maxIncrease %v; want %v, %v", e.GetMax(), e.GetMaxIncrease(), c.errMax, c.errRise)
+			}
+			if got := l.GetMaxIncrease(); (c.latRise < 0) != (got == nil) || (got != nil && got.AsDuration() != c.latRise) {
+				t.Errorf("latency maxIncrease %v, want %v (-1: none)", got.AsDuration(), c.latRise)
+			}
+			if l.GetQuantile() != DefaultQuantile {
+				t.Errorf("latency quantile %v, want %v", l.GetQuantile(), DefaultQuantile)
+			}
+		})
+	}
+}
+
+// The state machine runs Default on every rollout it applies, replayed log
+// entries included: a guardrail message that is present must keep its
+// meaning, so Default fills only guardrails that are absent.
+func TestSpec_DefaultKeepsAPresentGuardrailAsItIs(t *testing.T) {
+	s := &sv1.RolloutSpec{Analysis: &sv1.AnalysisSpec{Method: MethodWindows,
+		ErrorRate: &sv1.ErrorRateGuardrail{MaxIncrease: 0.02},
+		Latency:   &sv1.LatencyGuardrail{Max: durationpb.New(300 * time.Millisecond)}}}
+	Default(s)
+	e, l := s.GetAnalysis().GetErrorRate(), s.GetAnalysis().GetLatency()
+	if e.GetMax() != 0 || e.GetMaxIncrease() != 0.02 || l.GetMaxIncrease() != nil || l.GetMax().AsDuration() != 300*time.Millisecond {
+		t.Errorf("Default changed a present guardrail: %v, %v", e, l)
+	}
+	if l.GetQuantile() != DefaultQuantile {
+		t.Errorf("latency quantile %v, want %v", l.GetQuantile(), DefaultQuantile)
 	}
 }
 
