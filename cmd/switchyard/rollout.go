@@ -464,14 +464,21 @@ func printRolloutTable(w io.Writer, rs []*sv1.RolloutView) {
 	tw.Flush()
 }
 
+// convergence is "converged/live": the coordinators count only live nodes
+// as converged, so stale ones are left out of both.
 func convergence(v *sv1.RolloutView) string {
+	return fmt.Sprintf("%d/%d", v.GetConverged(), liveNodes(v))
+}
+
+// liveNodes counts a rollout's nodes that are not stale.
+func liveNodes(v *sv1.RolloutView) int {
 	live := 0
 	for _, n := range v.GetNodes() {
 		if !n.GetStale() {
 			live++
 		}
 	}
-	return fmt.Sprintf("%d/%d", v.GetConverged(), live)
+	return live
 }
 
 func strategyName(sp *sv1.RolloutSpec) string {

@@ -279,7 +279,7 @@ func rolloutWatch(ctx context.Context, args []string, stdout, stderr io.Writer) 
 		case sv1.RolloutPhase_ROLLOUT_PHASE_ROLLED_BACK:
 			return fmt.Errorf("rollout %s %w: %s", pos[0], errRolledBack, v.GetRollout().GetReason())
 		}
-		if w := v.GetWaiting(); !*through && strings.HasPrefix(w, "approval") && v.GetConverged() == uint32(len(v.GetNodes())) {
+		if w := v.GetWaiting(); !*through && strings.HasPrefix(w, "approval") && int(v.GetConverged()) >= liveNodes(v) {
 			// Nothing more happens until a person acts: say what to do.
 			fmt.Fprintf(stdout, "\nwaiting for %s: switchyard rollout approve %s\n", w, pos[0])
 			return nil
