@@ -71,6 +71,8 @@ func TestCLI_ExitCodes(t *testing.T) {
 		{"apply without -f", []string{"rollout", "apply"}, exitUsage, "want -f FILE"},
 		{"bad flag", []string{"rollout", "status", "--colour"}, exitUsage, "flag provided but not defined"},
 		{"bad output", []string{"rollout", "status", "-o", "yaml"}, exitUsage, `-o "yaml"`},
+		{"plan in an output format it has not", []string{"rollout", "plan", "--offline", "-f", example(t, "canary.yaml"), "-o", "yaml"}, exitUsage, `-o "yaml": want table or json`},
+		{"simulate in an output format it has not", []string{"rollout", "simulate", "-f", example(t, "canary.yaml"), "--telemetry", bad, "-o", "yaml"}, exitUsage, `-o "yaml": want table or json`},
 		{"timeout 0", []string{"rollout", "status", "--timeout", "0", "--nats", "nats://127.0.0.1:1"}, exitUsage, "--timeout 0s: want a duration above zero"},
 		{"negative timeout", []string{"rollout", "pause", "r", "--timeout", "-1s", "--nats", "nats://127.0.0.1:1"}, exitUsage, "--timeout -1s: want a duration above zero"},
 		{"negative timeout of another client verb", []string{"fleet", "status", "--timeout", "-1s", "--nats", "nats://127.0.0.1:1"}, exitUsage, "--timeout -1s"},

@@ -85,7 +85,7 @@ func rolloutPlan(ctx context.Context, args []string, stdout, stderr io.Writer) e
 	c.register(fs)
 	file := fs.String("f", "", "rollout spec file (YAML); - reads standard input")
 	offline := fs.Bool("offline", false, "do not ask the coordinators for the fleet")
-	pos, err := parseInterleaved(fs, args)
+	pos, err := c.parse(fs, args, stderr)
 	if err != nil {
 		return err
 	}
@@ -368,6 +368,9 @@ func rolloutSimulate(args []string, stdout, stderr io.Writer) error {
 	}
 	if *file == "" || *telemetry == "" || fs.NArg() > 0 {
 		return usageErr(stderr, "switchyard rollout simulate: want -f SPEC and --telemetry FILE")
+	}
+	if err := checkOutput(stderr, *output); err != nil {
+		return err
 	}
 	sp, err := readSpec(*file)
 	if err != nil {
