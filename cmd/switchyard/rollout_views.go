@@ -233,6 +233,10 @@ func readSpec(file string) (*sv1.RolloutSpec, error) {
 	return sp, nil
 }
 
+// minWatchInterval is the shortest refresh of rollout watch: each refresh
+// is a query the leader answers, and a shorter one would only load it.
+const minWatchInterval = 100 * time.Millisecond
+
 // errRolledBack is returned by watch when the rollout ended rolled back, so
 // a pipeline can fail on it.
 var errRolledBack = errors.New("rolled back")
@@ -241,7 +245,7 @@ func rolloutWatch(ctx context.Context, args []string, stdout, stderr io.Writer) 
 	fs := newFlags("rollout watch", stderr)
 	var c clientFlags
 	c.register(fs)
-	every := fs.Duration("interval", time.Second, "refresh interval")
+	every := fs.Duration("interval", time.Second, "refresh interval, at least "+minWatchInterval.String())
 	through := fs.Bool("through-approvals", false, "keep watching while the rollout waits for an approval (default: return then, saying what to approve)")
 	pos, err := c.parse(fs, args, stderr)
 	if err != nil {
@@ -250,11 +254,19 @@ func rolloutWatch(ctx context.Context, args []string, stdout, stderr io.Writer) 
 	if len(pos) != 1 {
 		return usageErr(stderr, "switchyard rollout watch: want exactly one rollout NAME")
 	}
+	if *every < minWatchInterval {
+		return usageErr(stderr, "--interval %s: want %s or more, e.g. 1s", *every, minWatchInterval)
+	}
 	tty := isTerminal(stdout)
 	last := ""
 	for {
 		ans, err := queryRollouts(ctx, c, &sv1.RolloutsQuery{Rollout: pos[0]})
 		if err != nil {
+			if ctx.Err() != nil {
+				// Interrupted mid-query: a watch ends on Ctrl-C, as it
+				// does between queries.
+				return nil
+			}
 			return err
 		}
 		v := ans.GetRollouts()[0]
@@ -371,6 +383,12 @@ func rolloutSimulate(args []string, stdout, stderr io.Writer) error {
 	}
 	if err := checkOutput(stderr, *output); err != nil {
 		return err
+	}
+	if *applyDelay < 0 {
+		return usageErr(stderr, "--apply-delay %s: want 0 (nodes apply at once) or more, e.g. 1s", *applyDelay)
+	}
+	if *tick <= 0 {
+		return usageErr(stderr, "--tick %s: want a duration above zero, e.g. 250ms", *tick)
 	}
 	sp, err := readSpec(*file)
 	if err != nil {

@@ -75,3 +75,37 @@ func TestCLI_WatchStopsAtAnApprovalGateDespiteAStaleNode(t *testing.T) {
 		t.Errorf("exit %d, stderr %q; stdout lacks what to approve:\n%s", code, errb.String(), out.String())
 	}
 }
+
+// Ctrl-C while watch waits for an answer ends it as Ctrl-C between two
+// queries does: exit 0, no "context canceled" error.
+func TestCLI_WatchEndsCleanlyWhenInterruptedMidQuery(t *testing.T) {
+	url, nc := runNATS(t)
+	asked := make(chan struct{}, 1)
+	sub, err := nc.Subscribe(bus.QuerySubject(bus.QueryRollouts), func(*nats.Msg) {
+		select { // never answers, as a coordinator cut off from the others
+		case asked <- struct{}{}:
+		default:
+		}
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer sub.Unsubscribe()
+	if err := nc.Flush(); err != nil {
+		t.Fatal(err)
+	}
+	ctx, interrupt := context.WithCancel(context.Background())
+	defer interrupt()
+	go func() {
+		select {
+		case <-asked:
+			interrupt()
+		case <-time.After(10 * time.Second):
+		}
+	}()
+	var out, errb strings.Builder
+	code := run(ctx, []string{"rollout", "watch", "r", "--nats", url, "--timeout", "20s"}, &out, &errb)
+	if code != exitOK || errb.Len() > 0 {
+		t.Errorf("interrupted watch: exit %d, stderr %q; want exit 0 and nothing on stderr", code, errb.String())
+	}
+}
