@@ -5,6 +5,7 @@ import (
 	"flag"
 	"fmt"
 	"io"
+	"math"
 	"os"
 	"strings"
 	"text/tabwriter"
@@ -12,6 +13,7 @@ import (
 	"github.com/nats-io/jwt/v2"
 
 	"github.com/switchyard/switchyard/bus"
+	"github.com/switchyard/switchyard/coordinator/acl"
 	sv1 "github.com/switchyard/switchyard/proto/switchyard/v1"
 )
 
@@ -60,6 +62,20 @@ func runAcl(ctx context.Context, args []string, stdout, stderr io.Writer) error 
 	}
 	if len(pos) > 0 {
 		return usageErr(stderr, "switchyard acl %s: unexpected argument %q", verb, pos[0])
+	}
+	// The policy holds 32 bits: a larger number would wrap (4294967297
+	// approvals to 1) before the coordinators could refuse it.
+	for _, f := range []struct {
+		name     string
+		v, limit uint
+	}{
+		{"approvals", *approvals, acl.MaxApprovals},
+		{"drill-max-nodes", *maxNodes, math.MaxUint32},
+		{"drill-max-percent", *maxPercent, acl.MaxDrillPercent},
+	} {
+		if f.v > f.limit {
+			return usageErr(stderr, "switchyard acl %s: --%s %d: want 0..%d", verb, f.name, f.v, f.limit)
+		}
 	}
 	set := map[string]bool{}
 	fs.Visit(func(f *flag.Flag) { set[f.Name] = true })

@@ -71,11 +71,25 @@ func TestCLI_ExitCodes(t *testing.T) {
 		{"apply without -f", []string{"rollout", "apply"}, exitUsage, "want -f FILE"},
 		{"bad flag", []string{"rollout", "status", "--colour"}, exitUsage, "flag provided but not defined"},
 		{"bad output", []string{"rollout", "status", "-o", "yaml"}, exitUsage, `-o "yaml"`},
+		{"plan in an output format it has not", []string{"rollout", "plan", "--offline", "-f", example(t, "canary.yaml"), "-o", "yaml"}, exitUsage, `-o "yaml": want table or json`},
+		{"simulate in an output format it has not", []string{"rollout", "simulate", "-f", example(t, "canary.yaml"), "--telemetry", bad, "-o", "yaml"}, exitUsage, `-o "yaml": want table or json`},
+		{"simulate with a negative apply delay", []string{"rollout", "simulate", "-f", example(t, "canary.yaml"), "--telemetry", bad, "--apply-delay", "-1s"}, exitUsage, "--apply-delay -1s: want 0 (nodes apply at once) or more"},
+		{"simulate with no tick", []string{"rollout", "simulate", "-f", example(t, "canary.yaml"), "--telemetry", bad, "--tick", "0s"}, exitUsage, "--tick 0s: want a duration above zero"},
+		{"watch with no interval", []string{"rollout", "watch", "r", "--interval", "0s", "--nats", "nats://127.0.0.1:1"}, exitUsage, "--interval 0s: want 100ms or more"},
+		{"watch with a negative interval", []string{"rollout", "watch", "r", "--interval", "-1s", "--nats", "nats://127.0.0.1:1"}, exitUsage, "--interval -1s: want 100ms or more"},
+		{"timeout 0", []string{"rollout", "status", "--timeout", "0", "--nats", "nats://127.0.0.1:1"}, exitUsage, "--timeout 0s: want a duration above zero"},
+		{"negative timeout", []string{"rollout", "pause", "r", "--timeout", "-1s", "--nats", "nats://127.0.0.1:1"}, exitUsage, "--timeout -1s: want a duration above zero"},
+		{"negative timeout of another client verb", []string{"fleet", "status", "--timeout", "-1s", "--nats", "nats://127.0.0.1:1"}, exitUsage, "--timeout -1s"},
+		{"negative publish timeout", []string{"rollout", "abort", "r", "--publish-timeout", "-1s", "--nats", "nats://127.0.0.1:1"}, exitUsage, "--publish-timeout -1s: want 0 (do not wait for the bus) or more"},
 		{"invalid spec is refused before sending", []string{"rollout", "apply", "-f", bad, "--nats", "nats://127.0.0.1:1"}, exitFailure,
 			"spec.strategy.canary.steps[0].setWeight: 140 is out of range, want 0..100"},
 		{"missing spec file", []string{"rollout", "apply", "-f", filepath.Join(t.TempDir(), "none.yaml")}, exitFailure, "read spec"},
 		{"drill without caps", []string{"chaos", "run", "-f", badDrill}, exitFailure, "drill.maxNodes: required"},
 		{"--full outside promote", []string{"rollout", "pause", "r", "--full"}, exitUsage, "--full goes with promote"},
+		{"approvals above 32 bits", []string{"acl", "policy", "--approvals", "4294967297", "--nats", "nats://127.0.0.1:1"}, exitUsage, "--approvals 4294967297: want 0..10"},
+		{"approvals over the policy's limit", []string{"acl", "policy", "--approvals", "11", "--nats", "nats://127.0.0.1:1"}, exitUsage, "--approvals 11: want 0..10"},
+		{"drill node cap above 32 bits", []string{"acl", "policy", "--drill-max-nodes", "4294967296", "--nats", "nats://127.0.0.1:1"}, exitUsage, "--drill-max-nodes 4294967296: want 0..4294967295"},
+		{"drill percent cap over 100", []string{"acl", "policy", "--drill-max-percent", "4294967396", "--nats", "nats://127.0.0.1:1"}, exitUsage, "--drill-max-percent 4294967396: want 0..100"},
 		{"coordinator without data dir", []string{"coordinator", "--node-id", "c1", "--nats", "nats://127.0.0.1:1", "--signing-key", key}, exitFailure, "--data-dir is required"},
 		{"agent without config", []string{"agent"}, exitUsage, "want --config FILE"},
 		{"agent with a missing config", []string{"agent", "--config", filepath.Join(t.TempDir(), "none.yaml")}, exitFailure, "none.yaml"},
@@ -105,6 +119,27 @@ func TestCLI_PlanOfflineShowsStepsWavesAndGuardrails(t *testing.T) {
 	} {
 		if !strings.Contains(out, want) {
 			t.Errorf("plan lacks %q:\n%s", want, out)
+		}
+	}
+}
+
+// The judges read errorRate.max 0 as no absolute limit; the plan says so
+// rather than "at most 0.00%".
+func TestCLI_PlanSaysWhichErrorRateLimitsHold(t *testing.T) {
+	dir := t.TempDir()
+	for errorRate, want := range map[string]string{
+		"{max: 0}":                    "error rate: no absolute limit, and no worse than blue",
+		"{maxIncrease: 0.02}":         "error rate: at most 5.00%, and at most 2.00 points above blue",
+		"{max: 0, maxIncrease: 0.02}": "error rate: no absolute limit, and at most 2.00 points above blue",
+	} {
+		f := filepath.Join(dir, "spec.yaml")
+		doc := "version: v1\nname: r\nservice: web\nfrom: blue\nto: green\nstrategy: {blueGreen: {}}\nanalysis: {errorRate: " + errorRate + "}\n"
+		if err := os.WriteFile(f, []byte(doc), 0o600); err != nil {
+			t.Fatal(err)
+		}
+		code, out, stderr := runCLI(t, "rollout", "plan", "--offline", "-f", f)
+		if code != exitOK || !strings.Contains(out, want) {
+			t.Errorf("errorRate %s: exit %d, stderr %q; plan lacks %q:\n%s", errorRate, code, stderr, want, out)
 		}
 	}
 }

@@ -91,8 +91,23 @@ func (c *clientFlags) register(fs *flag.FlagSet) {
 }
 
 func (c *clientFlags) check(stderr io.Writer) error {
-	if c.output != "table" && c.output != "json" {
-		return usageErr(stderr, "-o %q: want table or json", c.output)
+	if err := checkOutput(stderr, c.output); err != nil {
+		return err
+	}
+	if c.timeout <= 0 {
+		return usageErr(stderr, "--timeout %s: want a duration above zero, e.g. 30s", c.timeout)
+	}
+	if c.publishWait < 0 {
+		return usageErr(stderr, "--publish-timeout %s: want 0 (do not wait for the bus) or more, e.g. 15s", c.publishWait)
+	}
+	return nil
+}
+
+// checkOutput refuses an output format other than the two every verb
+// prints.
+func checkOutput(stderr io.Writer, output string) error {
+	if output != "table" && output != "json" {
+		return usageErr(stderr, "-o %q: want table or json", output)
 	}
 	return nil
 }
@@ -464,14 +479,21 @@ func printRolloutTable(w io.Writer, rs []*sv1.RolloutView) {
 	tw.Flush()
 }
 
+// convergence is "converged/live": the coordinators count only live nodes
+// as converged, so stale ones are left out of both.
 func convergence(v *sv1.RolloutView) string {
+	return fmt.Sprintf("%d/%d", v.GetConverged(), liveNodes(v))
+}
+
+// liveNodes counts a rollout's nodes that are not stale.
+func liveNodes(v *sv1.RolloutView) int {
 	live := 0
 	for _, n := range v.GetNodes() {
 		if !n.GetStale() {
 			live++
 		}
 	}
-	return fmt.Sprintf("%d/%d", v.GetConverged(), live)
+	return live
 }
 
 func strategyName(sp *sv1.RolloutSpec) string {

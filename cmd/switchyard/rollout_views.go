@@ -85,7 +85,7 @@ func rolloutPlan(ctx context.Context, args []string, stdout, stderr io.Writer) e
 	c.register(fs)
 	file := fs.String("f", "", "rollout spec file (YAML); - reads standard input")
 	offline := fs.Bool("offline", false, "do not ask the coordinators for the fleet")
-	pos, err := parseInterleaved(fs, args)
+	pos, err := c.parse(fs, args, stderr)
 	if err != nil {
 		return err
 	}
@@ -122,10 +122,15 @@ func printPlan(w io.Writer, sp *sv1.RolloutSpec, nodes []*sv1.NodeView, withFlee
 			sp.GetTo(), sp.GetFrom(), sp.GetFrom(), spec.FalseAlarm(a), spec.HorizonOf(sp), 100*spec.PassConfidence(a), sp.GetTo(), 100*spec.NonInferiority(a))
 	}
 	if e := a.GetErrorRate(); e != nil {
+		// The judges read a max of 0 as no absolute limit, not as 0%.
+		limit := "no absolute limit"
+		if e.GetMax() > 0 {
+			limit = fmt.Sprintf("at most %.2f%%", 100*e.GetMax())
+		}
 		if e.GetMaxIncrease() > 0 || spec.Method(a) == spec.MethodWindows {
-			fmt.Fprintf(w, "  error rate: at most %.2f%%, and at most %.2f points above %s\n", 100*e.GetMax(), 100*e.GetMaxIncrease(), sp.GetFrom())
+			fmt.Fprintf(w, "  error rate: %s, and at most %.2f points above %s\n", limit, 100*e.GetMaxIncrease(), sp.GetFrom())
 		} else {
-			fmt.Fprintf(w, "  error rate: at most %.2f%%, and no worse than %s\n", 100*e.GetMax(), sp.GetFrom())
+			fmt.Fprintf(w, "  error rate: %s, and no worse than %s\n", limit, sp.GetFrom())
 		}
 	}
 	if l := a.GetLatency(); l != nil {
@@ -228,6 +233,10 @@ func readSpec(file string) (*sv1.RolloutSpec, error) {
 	return sp, nil
 }
 
+// minWatchInterval is the shortest refresh of rollout watch: each refresh
+// is a query the leader answers, and a shorter one would only load it.
+const minWatchInterval = 100 * time.Millisecond
+
 // errRolledBack is returned by watch when the rollout ended rolled back, so
 // a pipeline can fail on it.
 var errRolledBack = errors.New("rolled back")
@@ -236,7 +245,7 @@ func rolloutWatch(ctx context.Context, args []string, stdout, stderr io.Writer) 
 	fs := newFlags("rollout watch", stderr)
 	var c clientFlags
 	c.register(fs)
-	every := fs.Duration("interval", time.Second, "refresh interval")
+	every := fs.Duration("interval", time.Second, "refresh interval, at least "+minWatchInterval.String())
 	through := fs.Bool("through-approvals", false, "keep watching while the rollout waits for an approval (default: return then, saying what to approve)")
 	pos, err := c.parse(fs, args, stderr)
 	if err != nil {
@@ -245,11 +254,19 @@ func rolloutWatch(ctx context.Context, args []string, stdout, stderr io.Writer) 
 	if len(pos) != 1 {
 		return usageErr(stderr, "switchyard rollout watch: want exactly one rollout NAME")
 	}
+	if *every < minWatchInterval {
+		return usageErr(stderr, "--interval %s: want %s or more, e.g. 1s", *every, minWatchInterval)
+	}
 	tty := isTerminal(stdout)
 	last := ""
 	for {
 		ans, err := queryRollouts(ctx, c, &sv1.RolloutsQuery{Rollout: pos[0]})
 		if err != nil {
+			if ctx.Err() != nil {
+				// Interrupted mid-query: a watch ends on Ctrl-C, as it
+				// does between queries.
+				return nil
+			}
 			return err
 		}
 		v := ans.GetRollouts()[0]
@@ -274,7 +291,7 @@ func rolloutWatch(ctx context.Context, args []string, stdout, stderr io.Writer) 
 		case sv1.RolloutPhase_ROLLOUT_PHASE_ROLLED_BACK:
 			return fmt.Errorf("rollout %s %w: %s", pos[0], errRolledBack, v.GetRollout().GetReason())
 		}
-		if w := v.GetWaiting(); !*through && strings.HasPrefix(w, "approval") && v.GetConverged() == uint32(len(v.GetNodes())) {
+		if w := v.GetWaiting(); !*through && strings.HasPrefix(w, "approval") && int(v.GetConverged()) >= liveNodes(v) {
 			// Nothing more happens until a person acts: say what to do.
 			fmt.Fprintf(stdout, "\nwaiting for %s: switchyard rollout approve %s\n", w, pos[0])
 			return nil
@@ -363,6 +380,15 @@ func rolloutSimulate(args []string, stdout, stderr io.Writer) error {
 	}
 	if *file == "" || *telemetry == "" || fs.NArg() > 0 {
 		return usageErr(stderr, "switchyard rollout simulate: want -f SPEC and --telemetry FILE")
+	}
+	if err := checkOutput(stderr, *output); err != nil {
+		return err
+	}
+	if *applyDelay < 0 {
+		return usageErr(stderr, "--apply-delay %s: want 0 (nodes apply at once) or more, e.g. 1s", *applyDelay)
+	}
+	if *tick <= 0 {
+		return usageErr(stderr, "--tick %s: want a duration above zero, e.g. 250ms", *tick)
 	}
 	sp, err := readSpec(*file)
 	if err != nil {

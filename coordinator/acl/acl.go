@@ -29,6 +29,14 @@ const (
 	RoleAdmin = "admin"
 )
 
+// Limits of the admins' policy.
+const (
+	// MaxApprovals is the most approvals a gate may be made to need.
+	MaxApprovals = 10
+	// MaxDrillPercent is the largest drill cap in percent: every node.
+	MaxDrillPercent = 100
+)
+
 // Roles lists the roles in the order the CLI shows them.
 var Roles = []string{RoleViewer, RoleDeployer, RoleApprover, RoleChaos, RoleAdmin}
 
@@ -239,11 +247,11 @@ func CheckChange(c *sv1.AclChange) error {
 		return nil
 	case *sv1.AclChange_Policy:
 		p := ch.Policy
-		if p.GetDrillMaxPercent() > 100 {
-			return fmt.Errorf("acl.policy.drill_max_percent: %d: want 0..100", p.GetDrillMaxPercent())
+		if p.GetDrillMaxPercent() > MaxDrillPercent {
+			return fmt.Errorf("acl.policy.drill_max_percent: %d: want 0..%d", p.GetDrillMaxPercent(), MaxDrillPercent)
 		}
-		if p.GetApprovals() > 10 {
-			return fmt.Errorf("acl.policy.approvals: %d: want 0..10", p.GetApprovals())
+		if p.GetApprovals() > MaxApprovals {
+			return fmt.Errorf("acl.policy.approvals: %d: want 0..%d", p.GetApprovals(), MaxApprovals)
 		}
 		if s := p.GetApprovalServices(); s != "" {
 			return CheckPattern("acl.policy.approval_services", s)

@@ -18,6 +18,10 @@ func TestSpec_HorizonIsThePlannedLifeUnlessSet(t *testing.T) {
 		{"a plan shorter than a minute is held to a minute", canary, time.Minute},
 		{"a blue-green switch without pauses too", good, time.Minute},
 		{"an explicit horizon wins", canary + "analysis:\n  horizon: 2h\n", 2 * time.Hour},
+		// 3,000,000 windows of an hour overflow a time.Duration; the plan is
+		// held to the longest horizon, not wrapped to a negative one.
+		{"a plan longer than a Duration is held to 720h", canary + "      - analysis: {windows: 3000000}\nanalysis:\n  window: 1h\n", 30 * 24 * time.Hour},
+		{"pauses that add up past a Duration too", strings.Replace(canary, "30s", "2562047h", 1) + "      - pause: {duration: 2562047h}\n", 30 * 24 * time.Hour},
 	}
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {

@@ -1,6 +1,7 @@
 package spec
 
 import (
+	"math"
 	"time"
 
 	sv1 "github.com/switchyard/switchyard/proto/switchyard/v1"
@@ -69,7 +70,9 @@ func HorizonOf(s *sv1.RolloutSpec) time.Duration {
 
 // PlannedLife is how long a rollout's steps take when nothing holds them:
 // every timed pause and every analysis step's windows, over all waves. ok is
-// false when a pause waits for an operator, whose length no plan knows.
+// false when a pause waits for an operator, whose length no plan knows. A
+// plan longer than the longest time.Duration (292 years) is that long: a
+// sum that wrapped would be negative, and its horizon a minute.
 func PlannedLife(s *sv1.RolloutSpec) (d time.Duration, ok bool) {
 	win := Window(s)
 	for _, w := range Compile(s) {
@@ -80,13 +83,26 @@ func PlannedLife(s *sv1.RolloutSpec) (d time.Duration, ok bool) {
 				if k.Pause.GetDuration() == nil || p <= 0 {
 					return 0, false
 				}
-				d += p
+				d = addCapped(d, p)
 			case *sv1.Step_Analysis:
-				d += time.Duration(k.Analysis.GetWindows()) * win
+				n := time.Duration(k.Analysis.GetWindows())
+				if win > 0 && n > math.MaxInt64/win {
+					return math.MaxInt64, true
+				}
+				d = addCapped(d, n*win)
 			}
 		}
 	}
 	return d, true
+}
+
+// addCapped is d + e for durations of zero or more, at most the longest
+// time.Duration.
+func addCapped(d, e time.Duration) time.Duration {
+	if e > math.MaxInt64-d {
+		return math.MaxInt64
+	}
+	return d + e
 }
 
 // NonInferiority is the relative margin an analysis step must rule out.

@@ -5,6 +5,7 @@
 package spec
 
 import (
+	"errors"
 	"fmt"
 	"math"
 	"time"
@@ -95,15 +96,17 @@ type analysisFile struct {
 	Saturation     *saturationFile `yaml:"saturation"`
 }
 
+// errorRateFile and latencyFile tell a limit left out, which takes its
+// default, from one written as 0.
 type errorRateFile struct {
-	Max         float64 `yaml:"max"`
-	MaxIncrease float64 `yaml:"maxIncrease"`
+	Max         *float64 `yaml:"max"`
+	MaxIncrease *float64 `yaml:"maxIncrease"`
 }
 
 type latencyFile struct {
-	Quantile    float64       `yaml:"quantile"`
-	Max         time.Duration `yaml:"max"`
-	MaxIncrease time.Duration `yaml:"maxIncrease"`
+	Quantile    float64        `yaml:"quantile"`
+	Max         time.Duration  `yaml:"max"`
+	MaxIncrease *time.Duration `yaml:"maxIncrease"`
 }
 
 type saturationFile struct {
@@ -124,13 +127,6 @@ func Parse(data []byte) (*sv1.RolloutSpec, error) {
 	add := func(path, format string, args ...any) {
 		errs = append(errs, &FieldError{Path: path, Problem: fmt.Sprintf(format, args...)})
 	}
-	nonNegative := func(path string, v int) uint32 {
-		if v < 0 {
-			add(path, "%d is negative", v)
-			return 0
-		}
-		return uint32(v)
-	}
 	s := &sv1.RolloutSpec{Name: f.Name, Service: f.Service, From: f.From, To: f.To, Strategy: &sv1.Strategy{}}
 	switch {
 	case f.Strategy.BlueGreen != nil && f.Strategy.Canary != nil:
@@ -139,7 +135,7 @@ func Parse(data []byte) (*sv1.RolloutSpec, error) {
 		bg := f.Strategy.BlueGreen
 		p := &sv1.BlueGreen{
 			RampInterval:         durationOrNil(bg.RampInterval),
-			PostPromotionWindows: nonNegative("spec.strategy.blueGreen.postPromotionWindows", bg.PostPromotionWindows),
+			PostPromotionWindows: count(add, "spec.strategy.blueGreen.postPromotionWindows", bg.PostPromotionWindows),
 			KeepWarm:             durationOrNil(bg.KeepWarm),
 		}
 		for i, w := range bg.Ramp {
@@ -157,8 +153,10 @@ func Parse(data []byte) (*sv1.RolloutSpec, error) {
 		path := fmt.Sprintf("spec.waves[%d]", i)
 		ws := &sv1.WaveSpec{Name: w.Name, Selector: w.Selector, ManualGate: w.ManualGate, BasisPoints: 10000}
 		if w.Percent != nil {
-			if *w.Percent <= 0 || *w.Percent > 100 {
-				add(path+".percent", "%v is out of range, want more than 0 and at most 100", *w.Percent)
+			// Stored in hundredths of a percent: a smaller share would
+			// round to no node at all.
+			if !(*w.Percent >= 0.01 && *w.Percent <= 100) {
+				add(path+".percent", "%v is out of range, want 0.01..100", *w.Percent)
 			} else {
 				ws.BasisPoints = uint32(math.Round(*w.Percent * 100))
 			}
@@ -169,32 +167,75 @@ func Parse(data []byte) (*sv1.RolloutSpec, error) {
 	if a := f.Analysis; a != nil {
 		as := &sv1.AnalysisSpec{
 			Window:        durationOrNil(a.Window),
-			BreachWindows: nonNegative("spec.analysis.breachWindows", a.BreachWindows),
-			MinRequests:   uint64(nonNegative("spec.analysis.minRequests", a.MinRequests)),
+			BreachWindows: count(add, "spec.analysis.breachWindows", a.BreachWindows),
+			MinRequests:   uint64(count(add, "spec.analysis.minRequests", a.MinRequests)),
 			Confidence:    a.Confidence,
 			Method:        a.Method, FalseAlarm: a.FalseAlarm, Horizon: durationOrNil(a.Horizon),
 			NonInferiority: a.NonInferiority, PassConfidence: a.PassConfidence,
 		}
+		// Default fills a guardrail only when its whole block is absent; a
+		// field left out of a block written in part defaults here, where
+		// "left out" and "0" still differ.
 		if e := a.ErrorRate; e != nil {
-			as.ErrorRate = &sv1.ErrorRateGuardrail{Max: e.Max, MaxIncrease: e.MaxIncrease}
+			as.ErrorRate = defaultErrorRate(as)
+			if e.Max != nil {
+				as.ErrorRate.Max = *e.Max
+			}
+			if e.MaxIncrease != nil {
+				as.ErrorRate.MaxIncrease = *e.MaxIncrease
+			}
 		}
 		if l := a.Latency; l != nil {
-			as.Latency = &sv1.LatencyGuardrail{Quantile: l.Quantile, Max: durationOrNil(l.Max), MaxIncrease: durationOrNil(l.MaxIncrease)}
+			as.Latency = defaultLatency(as)
+			as.Latency.Quantile, as.Latency.Max = l.Quantile, durationOrNil(l.Max)
+			if l.MaxIncrease != nil {
+				as.Latency.MaxIncrease = durationOrNil(*l.MaxIncrease)
+			}
 		}
 		if q := a.Saturation; q != nil {
-			as.Saturation = &sv1.SaturationGuardrail{MaxQueue: nonNegative("spec.analysis.saturation.maxQueue", q.MaxQueue)}
+			as.Saturation = &sv1.SaturationGuardrail{MaxQueue: count(add, "spec.analysis.saturation.maxQueue", q.MaxQueue)}
 		}
 		s.Analysis = as
 	}
 	s.Hooks = convertHooks(add, f.Hooks)
 	if len(errs) > 0 {
-		return nil, errs
+		return nil, placed(errs, data)
 	}
 	Default(s)
 	if err := Validate(s); err != nil {
-		return nil, err
+		return nil, placed(err, data)
 	}
 	return s, nil
+}
+
+// count converts a whole number written for a field stored in 32 bits,
+// refusing what the field cannot hold: a cast would wrap 4294967297 to 1.
+func count(add func(string, string, ...any), path string, v int) uint32 {
+	switch {
+	case v < 0:
+		add(path, "%d is negative", v)
+		return 0
+	case v > math.MaxUint32:
+		add(path, "%d is too large, want at most %d", v, uint32(math.MaxUint32))
+		return 0
+	}
+	return uint32(v)
+}
+
+// placed gives each problem without a line the line its field was written
+// on in data, the spec the problems are about.
+func placed(err error, data []byte) error {
+	var errs Errors
+	if !errors.As(err, &errs) {
+		return err
+	}
+	lines := strictyaml.Lines(data, "spec")
+	for _, e := range errs {
+		if e.Line == 0 {
+			e.Line = lines[e.Path]
+		}
+	}
+	return errs
 }
 
 func durationOrNil(d time.Duration) *durationpb.Duration {
@@ -223,10 +264,7 @@ func convertSteps(add func(string, string, ...any), in []stepFile, path string) 
 		}
 		if st.Analysis != nil {
 			set++
-			if st.Analysis.Windows < 0 {
-				add(p+".analysis.windows", "%d is negative", st.Analysis.Windows)
-			}
-			step.Kind = &sv1.Step_Analysis{Analysis: &sv1.AnalysisStep{Windows: uint32(max(st.Analysis.Windows, 0))}}
+			step.Kind = &sv1.Step_Analysis{Analysis: &sv1.AnalysisStep{Windows: count(add, p+".analysis.windows", st.Analysis.Windows)}}
 		}
 		if set != 1 {
 			add(p, "want exactly one of setWeight, pause, analysis")

@@ -5,6 +5,10 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"google.golang.org/protobuf/types/known/durationpb"
+
+	sv1 "github.com/switchyard/switchyard/proto/switchyard/v1"
 )
 
 const good = `
@@ -81,6 +85,60 @@ func TestSpec_AnalysisMethodsAndTheirDefaults(t *testing.T) {
 	}
 }
 
+// A guardrail block written in part keeps the defaults of the fields it
+// leaves out; a limit written as 0 stays 0 (errorRate.max 0: no absolute
+// limit).
+func TestSpec_GuardrailFieldsLeftOutTakeTheirDefaults(t *testing.T) {
+	cases := []struct {
+		name, analysis  string
+		errMax, errRise float64
+		latRise         time.Duration // -1: none
+	}{
+		{"maxIncrease alone keeps the absolute limit", "errorRate: {maxIncrease: 0.02}", DefaultMaxErrorRate, 0.02, -1},
+		{"max 0 switches the absolute limit off", "errorRate: {max: 0}", 0, 0, -1},
+		{"windows: max alone keeps the margin", "method: windows\n  errorRate: {max: 0.1}", 0.1, DefaultMaxErrorRise, DefaultLatencyRise},
+		{"windows: a margin of 0 stays 0", "method: windows\n  errorRate: {maxIncrease: 0}", DefaultMaxErrorRate, 0, DefaultLatencyRise},
+		{"windows: latency max alone keeps the latency margin", "method: windows\n  latency: {max: 300ms}", DefaultMaxErrorRate, DefaultMaxErrorRise, DefaultLatencyRise},
+		{"windows: a latency margin written as 0s stays off", "method: windows\n  latency: {maxIncrease: 0s}", DefaultMaxErrorRate, DefaultMaxErrorRise, -1},
+		{"sequential: latency max alone adds no margin", "latency: {max: 300ms}", DefaultMaxErrorRate, 0, -1},
+	}
+	for _, c := range cases {
+		t.Run(c.name, func(t *testing.T) {
+			s, err := Parse([]byte(good + "analysis:\n  " + c.analysis + "\n"))
+			if err != nil {
+				t.Fatal(err)
+			}
+			e, l := s.GetAnalysis().GetErrorRate(), s.GetAnalysis().GetLatency()
+			if e.GetMax() != c.errMax || e.GetMaxIncrease() != c.errRise {
+				t.Errorf("errorRate max %v, maxIncrease %v; want %v, %v", e.GetMax(), e.GetMaxIncrease(), c.errMax, c.errRise)
+			}
+			if got := l.GetMaxIncrease(); (c.latRise < 0) != (got == nil) || (got != nil && got.AsDuration() != c.latRise) {
+				t.Errorf("latency maxIncrease %v, want %v (-1: none)", got.AsDuration(), c.latRise)
+			}
+			if l.GetQuantile() != DefaultQuantile {
+				t.Errorf("latency quantile %v, want %v", l.GetQuantile(), DefaultQuantile)
+			}
+		})
+	}
+}
+
+// The state machine runs Default on every rollout it applies, replayed log
+// entries included: a guardrail message that is present must keep its
+// meaning, so Default fills only guardrails that are absent.
+func TestSpec_DefaultKeepsAPresentGuardrailAsItIs(t *testing.T) {
+	s := &sv1.RolloutSpec{Analysis: &sv1.AnalysisSpec{Method: MethodWindows,
+		ErrorRate: &sv1.ErrorRateGuardrail{MaxIncrease: 0.02},
+		Latency:   &sv1.LatencyGuardrail{Max: durationpb.New(300 * time.Millisecond)}}}
+	Default(s)
+	e, l := s.GetAnalysis().GetErrorRate(), s.GetAnalysis().GetLatency()
+	if e.GetMax() != 0 || e.GetMaxIncrease() != 0.02 || l.GetMaxIncrease() != nil || l.GetMax().AsDuration() != 300*time.Millisecond {
+		t.Errorf("Default changed a present guardrail: %v, %v", e, l)
+	}
+	if l.GetQuantile() != DefaultQuantile {
+		t.Errorf("latency quantile %v, want %v", l.GetQuantile(), DefaultQuantile)
+	}
+}
+
 func TestSpec_DefaultsBlueGreen(t *testing.T) {
 	s, err := Parse([]byte(good))
 	if err != nil {
@@ -122,7 +180,9 @@ func TestSpec_ParseRefuses(t *testing.T) {
 		{"canary unknown step", canary + "      - wait: 5s\n", []string{"spec.strategy.canary.steps[3].wait: unknown field; want one of setWeight, pause, analysis"}},
 		{"analysis step without windows", canary + "      - analysis: {}\n", []string{"spec.strategy.canary.steps[3].analysis.windows: required"}},
 		{"both strategies", strings.Replace(good, "blueGreen: {}", "blueGreen: {}\n  canary: {steps: [{setWeight: 5}]}", 1), []string{"spec.strategy: both blueGreen and canary"}},
-		{"wave percent out of range", good + "waves:\n  - {name: eu, percent: 140}\n", []string{"spec.waves[0].percent: 140 is out of range"}},
+		{"wave percent out of range", good + "waves:\n  - {name: eu, percent: 140}\n", []string{"spec.waves[0].percent: 140 is out of range, want 0.01..100"}},
+		{"wave percent below a hundredth", good + "waves:\n  - {name: eu, percent: 0.004}\n", []string{"spec.waves[0].percent: 0.004 is out of range, want 0.01..100 (line 10)"}},
+		{"wave percent not a number", good + "waves:\n  - {name: eu, percent: .nan}\n", []string{"spec.waves[0].percent: NaN is out of range"}},
 		{"duplicate wave names", good + "waves:\n  - {name: eu, percent: 10}\n  - {name: eu}\n", []string{`spec.waves[1].name: "eu" names two waves`}},
 		{"error rate as percent", good + "analysis:\n  errorRate: {max: 5}\n", []string{"spec.analysis.errorRate.max: 5 is out of range, want a fraction"}},
 		{"bad quantile", good + "analysis:\n  latency: {quantile: 99}\n", []string{"spec.analysis.latency.quantile: 99 is out of range"}},
@@ -157,6 +217,56 @@ func TestSpec_ParseRefuses(t *testing.T) {
 				}
 			}
 		})
+	}
+}
+
+// Counts are stored in 32 bits; a larger number is refused where it was
+// written rather than wrapped (4294967297 windows would be 1).
+func TestSpec_ParseRefusesCountsTooLargeToStore(t *testing.T) {
+	cases := []struct{ field, yaml, want string }{
+		{"breachWindows", good + "analysis:\n  breachWindows: 4294967297\n",
+			"spec.analysis.breachWindows: 4294967297 is too large, want at most 4294967295 (line 10)"},
+		{"minRequests", good + "analysis:\n  minRequests: 99999999999\n",
+			"spec.analysis.minRequests: 99999999999 is too large, want at most 4294967295 (line 10)"},
+		{"maxQueue", good + "analysis:\n  saturation: {maxQueue: 4294967306}\n",
+			"spec.analysis.saturation.maxQueue: 4294967306 is too large, want at most 4294967295 (line 10)"},
+		{"postPromotionWindows", strings.Replace(good, "blueGreen: {}", "blueGreen: {postPromotionWindows: 4294967296}", 1),
+			"spec.strategy.blueGreen.postPromotionWindows: 4294967296 is too large, want at most 4294967295 (line 8)"},
+		{"analysis step windows", canary + "      - analysis: {windows: 4294967298}\n",
+			"spec.strategy.canary.steps[3].analysis.windows: 4294967298 is too large, want at most 4294967295 (line 13)"},
+		{"negative windows", canary + "      - analysis: {windows: -1}\n",
+			"spec.strategy.canary.steps[3].analysis.windows: -1 is negative (line 13)"},
+	}
+	for _, c := range cases {
+		t.Run(c.field, func(t *testing.T) {
+			sp, err := Parse([]byte(c.yaml))
+			if err == nil {
+				t.Fatalf("accepted as %v", sp)
+			}
+			if !strings.Contains(err.Error(), c.want) {
+				t.Errorf("error %q does not say %q", err, c.want)
+			}
+		})
+	}
+	sp, err := Parse([]byte(good + "analysis:\n  breachWindows: 4294967295\n  minRequests: 4294967295\n"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if a := sp.GetAnalysis(); a.GetBreachWindows() != 4294967295 || a.GetMinRequests() != 4294967295 {
+		t.Errorf("largest counts stored as %d and %d", a.GetBreachWindows(), a.GetMinRequests())
+	}
+}
+
+// A value refused after decoding is shown with the line it is written on,
+// as a field of the wrong type or an unknown field is.
+func TestSpec_ParseRefusalsNameTheLine(t *testing.T) {
+	for doc, want := range map[string]string{
+		strings.Replace(good, "blueGreen: {}", "blueGreen: {ramp: [50, 140]}", 1): "spec.strategy.blueGreen.ramp[1]: 140 is out of range, want 1..100 (line 8)",
+		good + "waves:\n  - {name: a}\n  - {name: a}\n":                           `spec.waves[1].name: "a" names two waves (line 11)`,
+	} {
+		if _, err := Parse([]byte(doc)); err == nil || !strings.Contains(err.Error(), want) {
+			t.Errorf("error %v does not say %q", err, want)
+		}
 	}
 }
 

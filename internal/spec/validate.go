@@ -55,24 +55,40 @@ func Default(s *sv1.RolloutSpec) {
 	if a.Confidence == 0 {
 		a.Confidence = DefaultConfidence
 	}
-	// The sequential judge needs no margin to stay quiet on a good release;
-	// a margin there is an explicit business tolerance.
+	// A guardrail message that is present is kept as it is, zeros
+	// included: the state machine runs Default on every rollout it applies,
+	// replayed log entries too, so what a present field means may never
+	// change. Parse fills the fields a YAML spec leaves out of a block.
 	if a.ErrorRate == nil {
-		a.ErrorRate = &sv1.ErrorRateGuardrail{Max: DefaultMaxErrorRate}
-		if Method(a) == MethodWindows {
-			a.ErrorRate.MaxIncrease = DefaultMaxErrorRise
-		}
+		a.ErrorRate = defaultErrorRate(a)
 	}
 	if a.Latency == nil {
-		a.Latency = &sv1.LatencyGuardrail{Quantile: DefaultQuantile}
-		if Method(a) == MethodWindows {
-			a.Latency.MaxIncrease = durationpb.New(DefaultLatencyRise)
-		}
+		a.Latency = defaultLatency(a)
 	}
 	if a.Latency.Quantile == 0 {
 		a.Latency.Quantile = DefaultQuantile
 	}
 	defaultHooks(s.Hooks)
+}
+
+// defaultErrorRate is the error-rate guardrail of a spec that sets none.
+// The sequential judge needs no margin to stay quiet on a good release; a
+// margin there is an explicit business tolerance.
+func defaultErrorRate(a *sv1.AnalysisSpec) *sv1.ErrorRateGuardrail {
+	g := &sv1.ErrorRateGuardrail{Max: DefaultMaxErrorRate}
+	if Method(a) == MethodWindows {
+		g.MaxIncrease = DefaultMaxErrorRise
+	}
+	return g
+}
+
+// defaultLatency is the latency guardrail of a spec that sets none.
+func defaultLatency(a *sv1.AnalysisSpec) *sv1.LatencyGuardrail {
+	g := &sv1.LatencyGuardrail{Quantile: DefaultQuantile}
+	if Method(a) == MethodWindows {
+		g.MaxIncrease = durationpb.New(DefaultLatencyRise)
+	}
+	return g
 }
 
 // Validate checks a spec however it arrived (YAML, protobuf, protojson),
@@ -134,7 +150,7 @@ func Validate(s *sv1.RolloutSpec) error {
 		}
 		seen[w.GetName()] = true
 		if w.GetBasisPoints() == 0 || w.GetBasisPoints() > 10000 {
-			add(path+".percent", "%v is out of range, want more than 0 and at most 100", float64(w.GetBasisPoints())/100)
+			add(path+".percent", "%v is out of range, want 0.01..100", float64(w.GetBasisPoints())/100)
 		}
 		for k, v := range w.GetSelector() {
 			if k == "" || v == "" {

@@ -117,3 +117,21 @@ func want(goType string) string {
 		return "a mapping of fields"
 	}
 }
+
+// Lines maps the path of every value in a YAML document, named as Decode
+// names fields under root ("spec.waves[0].percent"), to its line, so a
+// check made after decoding can say where the value was written. A
+// document that is not valid YAML maps nothing.
+func Lines(data []byte, root string) map[string]int {
+	var doc yaml.Node
+	if yaml.Unmarshal(data, &doc) != nil || len(doc.Content) == 0 {
+		return nil
+	}
+	var values []located
+	locate(doc.Content[0], root, &values)
+	lines := make(map[string]int, len(values))
+	for _, v := range values {
+		lines[v.path] = v.node.Line
+	}
+	return lines
+}

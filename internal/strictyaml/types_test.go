@@ -63,3 +63,30 @@ func TestExplainTypeError_LeavesOtherErrorsAlone(t *testing.T) {
 		t.Fatalf("got %v, want the error unchanged", got)
 	}
 }
+
+func TestLines_NameEveryValueByItsPath(t *testing.T) {
+	doc := `rate: 0.5
+localGuard:
+  window: 5s
+guards:
+  - {window: 1s}
+  - window: 2s
+    names: [a, b]
+`
+	lines := Lines([]byte(doc), "config")
+	for path, want := range map[string]int{
+		"config":                    1,
+		"config.rate":               1,
+		"config.localGuard.window":  3,
+		"config.guards[0].window":   5,
+		"config.guards[1].window":   6,
+		"config.guards[1].names[1]": 7,
+	} {
+		if got := lines[path]; got != want {
+			t.Errorf("line of %s = %d, want %d", path, got, want)
+		}
+	}
+	if Lines([]byte("rate: ["), "config") != nil {
+		t.Error("a document that is not YAML has lines")
+	}
+}

@@ -1,0 +1,111 @@
+package main
+
+import (
+	"context"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/nats-io/nats.go"
+	"google.golang.org/protobuf/proto"
+
+	"github.com/switchyard/switchyard/bus"
+	sv1 "github.com/switchyard/switchyard/proto/switchyard/v1"
+)
+
+// runNATS starts an embedded NATS server for the test and connects to it.
+func runNATS(t *testing.T) (url string, nc *nats.Conn) {
+	t.Helper()
+	ns, err := bus.RunEmbedded(bus.EmbeddedOptions{StoreDir: t.TempDir()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { ns.Shutdown(); ns.WaitForShutdown() })
+	nc, err = nats.Connect(ns.ClientURL())
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(nc.Close)
+	return ns.ClientURL(), nc
+}
+
+// answerRollouts answers every rollouts query with ans, as a coordinator
+// would.
+func answerRollouts(t *testing.T, nc *nats.Conn, ans *sv1.RolloutsAnswer) {
+	t.Helper()
+	body, err := proto.Marshal(ans)
+	if err != nil {
+		t.Fatal(err)
+	}
+	sub, err := nc.Subscribe(bus.QuerySubject(bus.QueryRollouts), func(m *nats.Msg) { _ = m.Respond(body) })
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = sub.Unsubscribe() })
+	if err := nc.Flush(); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// A rollout waits at an approval gate with its one live node converged and
+// one stale node that will never report again: watch says what to approve
+// and returns, as the coordinators count convergence over live nodes only.
+func TestCLI_WatchStopsAtAnApprovalGateDespiteAStaleNode(t *testing.T) {
+	url, nc := runNATS(t)
+	sp := &sv1.RolloutSpec{Name: "r", Service: "web", From: "blue", To: "green",
+		Strategy: &sv1.Strategy{Kind: &sv1.Strategy_Canary{Canary: &sv1.Canary{Steps: []*sv1.Step{{Kind: &sv1.Step_Pause{Pause: &sv1.Pause{}}}}}}}}
+	answerRollouts(t, nc, &sv1.RolloutsAnswer{Rollouts: []*sv1.RolloutView{{
+		Rollout: &sv1.Rollout{Id: "r", Spec: sp, Phase: sv1.RolloutPhase_ROLLOUT_PHASE_PROGRESSING, Generation: 5},
+		Nodes: []*sv1.NodeView{
+			{Node: "edge-1", AppliedGeneration: 5, AppliedEpoch: 1},
+			{Node: "edge-gone", Stale: true, AppliedGeneration: 3, AppliedEpoch: 1},
+		},
+		Converged: 1,
+		Waiting:   "approval to continue",
+	}}})
+
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	var out, errb strings.Builder
+	code := run(ctx, []string{"rollout", "watch", "r", "--nats", url, "--interval", "100ms"}, &out, &errb)
+	if ctx.Err() != nil {
+		t.Fatalf("watch ran until the test's deadline (exit %d); stdout:\n%s", code, out.String())
+	}
+	if code != exitOK || !strings.Contains(out.String(), "waiting for approval to continue: switchyard rollout approve r") {
+		t.Errorf("exit %d, stderr %q; stdout lacks what to approve:\n%s", code, errb.String(), out.String())
+	}
+}
+
+// Ctrl-C while watch waits for an answer ends it as Ctrl-C between two
+// queries does: exit 0, no "context canceled" error.
+func TestCLI_WatchEndsCleanlyWhenInterruptedMidQuery(t *testing.T) {
+	url, nc := runNATS(t)
+	asked := make(chan struct{}, 1)
+	sub, err := nc.Subscribe(bus.QuerySubject(bus.QueryRollouts), func(*nats.Msg) {
+		select { // never answers, as a coordinator cut off from the others
+		case asked <- struct{}{}:
+		default:
+		}
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer sub.Unsubscribe()
+	if err := nc.Flush(); err != nil {
+		t.Fatal(err)
+	}
+	ctx, interrupt := context.WithCancel(context.Background())
+	defer interrupt()
+	go func() {
+		select {
+		case <-asked:
+			interrupt()
+		case <-time.After(10 * time.Second):
+		}
+	}()
+	var out, errb strings.Builder
+	code := run(ctx, []string{"rollout", "watch", "r", "--nats", url, "--timeout", "20s"}, &out, &errb)
+	if code != exitOK || errb.Len() > 0 {
+		t.Errorf("interrupted watch: exit %d, stderr %q; want exit 0 and nothing on stderr", code, errb.String())
+	}
+}
