@@ -75,8 +75,14 @@ func Decide(r *sv1.Rollout, obs Observation) Decision {
 	}
 	switch r.GetPhase() {
 	case sv1.RolloutPhase_ROLLOUT_PHASE_ROLLING_BACK:
-		if converged {
+		// Silent nodes are not waited for: with none live (all stale, or a
+		// service no node runs) there is nobody to wait for, and waiting
+		// would keep the service from any other rollout for good.
+		if converged || obs.Live == 0 {
 			msg := fmt.Sprintf("%d live nodes back on %s", obs.Live, r.GetSpec().GetFrom())
+			if obs.Live == 0 {
+				msg = fmt.Sprintf("no live node of %s to wait for", r.GetSpec().GetService())
+			}
 			if len(obs.Stale) > 0 {
 				msg += fmt.Sprintf("; not heard from, so not confirmed: %s", strings.Join(obs.Stale, ", "))
 			}

@@ -103,6 +103,8 @@ func TestRollout_Decide(t *testing.T) {
 		{"promoted and warm still rolls back", warm, with(all, func(o *Observation) { o.Analysis = breach }), Rollback, [2]int{}, ""},
 		{"rolling back waits", rolling, with(all, func(o *Observation) { o.Applied = 1 }), Wait, [2]int{}, "1 of 3"},
 		{"rolling back confirmed", rolling, all, ConfirmRollback, [2]int{}, ""},
+		{"rolling back with every node stale is confirmed", rolling, Observation{Now: t0, Stale: []string{"edge-1", "edge-2"}}, ConfirmRollback, [2]int{}, ""},
+		{"rolling back a service no node runs is confirmed", rolling, Observation{Now: t0}, ConfirmRollback, [2]int{}, ""},
 	}
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {
@@ -213,5 +215,19 @@ func TestRollout_ControllerRollsBackOnBreach(t *testing.T) {
 	}
 	if last := r.GetHistory()[len(r.GetHistory())-1].GetMessage(); !strings.Contains(last, "edge-9") {
 		t.Fatalf("stale node not named: %q", last)
+	}
+}
+
+// Nodes silent for 15 s are not waited for: a rollback with no live node
+// is confirmed at once, and says which nodes did not confirm it.
+func TestRollout_RollbackWithNoLiveNodeIsConfirmedNamingTheStaleNodes(t *testing.T) {
+	r := at(canary(setW(10)), 0, 0)
+	r.Phase = sv1.RolloutPhase_ROLLOUT_PHASE_ROLLING_BACK
+	d := Decide(r, Observation{Now: t0, Stale: []string{"edge-1", "edge-2"}})
+	if d.Action != ConfirmRollback {
+		t.Fatalf("action %v, waiting %q", d.Action, d.Waiting)
+	}
+	if want := "no live node of web to wait for; not heard from, so not confirmed: edge-1, edge-2"; d.Message != want {
+		t.Errorf("message %q, want %q", d.Message, want)
 	}
 }
