@@ -176,7 +176,8 @@ func (s *Server) handleIntent(ctx context.Context, msg jetstream.Msg) {
 		return
 	}
 
-	entry := &sv1.IntentEntry{Intent: in, StampedAt: timestamppb.New(s.cfg.Clock.Now()), Signer: opened.Signer, IntentSha256: opened.Sha256}
+	entry := &sv1.IntentEntry{Intent: in, StampedAt: timestamppb.New(s.cfg.Clock.Now()), Signer: opened.Signer, IntentSha256: opened.Sha256,
+		Rules: state.Rules}
 	resp, index, err := s.raftApply(fsm.IntentType, entry)
 	if err != nil {
 		// Not committed here (or not known to be): leave the message

@@ -112,10 +112,13 @@ func Decide(r *sv1.Rollout, obs Observation) Decision {
 		}
 		return Decision{Waiting: "paused by an operator"}
 	}
+	plan := spec.Compile(r.GetSpec())
+	if r.GetStartGate() {
+		return Decision{Waiting: fmt.Sprintf("approval to start wave %s", plan[0].Wave.GetName())}
+	}
 	if !converged {
 		return waitNodes()
 	}
-	plan := spec.Compile(r.GetSpec())
 	w, s := int(r.GetWave()), int(r.GetStep())
 	approved := r.GetApprovedWave() == r.GetWave() && r.GetApprovedStep() == r.GetStep()
 	next := func(why string) Decision {
@@ -245,7 +248,8 @@ func (c *Controller) Step(now time.Time) error {
 			continue
 		}
 		if r.GetHoldStart() {
-			if c.Gate != nil && r.GetPhase() == sv1.RolloutPhase_ROLLOUT_PHASE_PROGRESSING {
+			// A first wave's manual gate is opened by an approval only.
+			if c.Gate != nil && r.GetPhase() == sv1.RolloutPhase_ROLLOUT_PHASE_PROGRESSING && !r.GetStartGate() {
 				if _, err := c.Gate.Start(r, now); err != nil {
 					return fmt.Errorf("rollout %s: start: %w", r.GetId(), err)
 				}
