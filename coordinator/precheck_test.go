@@ -1,0 +1,68 @@
+package coordinator
+
+import (
+	"strings"
+	"testing"
+	"time"
+
+	sv1 "github.com/switchyard/switchyard/proto/switchyard/v1"
+)
+
+// With no node running the service, an aborted rollout is rolled back at
+// once (no live node to wait for), and the service then serves its from:
+// a new rollout from the other backend is refused before commit, one from
+// the backend it serves is taken. A first wave with a manual gate holds
+// the new rollout: the leader commits it under the current rules.
+func TestIntents_NewRolloutMustStartFromTheBackendTheServiceServes(t *testing.T) {
+	nc, url := startNATS(t)
+	c := startCoordinator(t, url, t.TempDir())
+	st := func() interface {
+		Rollout(string) *sv1.Rollout
+	} {
+		return c.srv.fsm.State()
+	}
+
+	if res := send(t, nc, applyIntent("i1", "r1")); !res.GetAccepted() {
+		t.Fatal(res)
+	}
+	if res := send(t, nc, &sv1.Intent{Id: "i2", Action: &sv1.Intent_AbortRollout{AbortRollout: &sv1.AbortRollout{Rollout: "r1"}}}); !res.GetAccepted() {
+		t.Fatal(res)
+	}
+	waitFor(t, "the rollback with no live node to be confirmed", 10*time.Second, func() bool {
+		return st().Rollout("r1").GetPhase() == sv1.RolloutPhase_ROLLOUT_PHASE_ROLLED_BACK
+	})
+
+	back := applyIntent("i3", "r2")
+	back.GetApplyRollout().GetSpec().From, back.GetApplyRollout().GetSpec().To = "green", "blue"
+	res := send(t, nc, back)
+	if res.GetAccepted() || res.GetCode() != "conflict" || !strings.Contains(res.GetError(), `spec.from: "green", but service "web" serves "blue" now`) {
+		t.Fatalf("rollout from the backend not served: %v", res)
+	}
+	if st().Rollout("r2") != nil {
+		t.Fatal("the refused rollout was committed")
+	}
+
+	gated := applyIntent("i4", "r3")
+	gated.GetApplyRollout().GetSpec().Waves = []*sv1.WaveSpec{{Name: "first", BasisPoints: 10000, ManualGate: true}}
+	if res := send(t, nc, gated); !res.GetAccepted() {
+		t.Fatal(res)
+	}
+	if r := st().Rollout("r3"); !r.GetStartGate() || !r.GetHoldStart() {
+		t.Fatalf("first wave's manual gate: start gate %v, held %v", r.GetStartGate(), r.GetHoldStart())
+	}
+	ans, err := c.srv.Rollouts(&sv1.RolloutsQuery{Rollout: "r3"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if v := ans.GetRollouts()[0]; v.GetWaiting() != "approval to start wave first" || v.GetPosition() != "before wave 1/1 first, no traffic moved" {
+		t.Errorf("status waiting %q, position %q", v.GetWaiting(), v.GetPosition())
+	}
+	approve := &sv1.Intent{Id: "i5", Action: &sv1.Intent_ApproveRollout{ApproveRollout: &sv1.RolloutControl{Rollout: "r3", Reason: "CHG-7"}}}
+	if res := send(t, nc, approve); !res.GetAccepted() {
+		t.Fatal(res)
+	}
+	h := st().Rollout("r3").GetHistory()
+	if msg := h[len(h)-1].GetMessage(); !strings.Contains(msg, "approved the start of wave first") || !strings.HasSuffix(msg, "; reason: CHG-7") {
+		t.Errorf("history %q", msg)
+	}
+}
