@@ -287,6 +287,9 @@ func (s *Server) checkCurrent(in *sv1.Intent) (string, error) {
 		spec.Default(sp)
 		return st.CheckNewRollout(sp)
 	}
+	if c := in.GetAcl(); c != nil {
+		return st.CheckPolicyRevision(c)
+	}
 	return "", nil
 }
 

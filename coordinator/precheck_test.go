@@ -5,6 +5,9 @@ import (
 	"testing"
 	"time"
 
+	"google.golang.org/protobuf/proto"
+
+	"github.com/switchyard/switchyard/bus"
 	sv1 "github.com/switchyard/switchyard/proto/switchyard/v1"
 )
 
@@ -64,5 +67,28 @@ func TestIntents_NewRolloutMustStartFromTheBackendTheServiceServes(t *testing.T)
 	h := st().Rollout("r3").GetHistory()
 	if msg := h[len(h)-1].GetMessage(); !strings.Contains(msg, "approved the start of wave first") || !strings.HasSuffix(msg, "; reason: CHG-7") {
 		t.Errorf("history %q", msg)
+	}
+}
+
+// Two admins' `acl policy` made from the same read: the later one is
+// refused before commit instead of undoing the first.
+func TestAcl_PolicyChangeFromAStaleReadIsRefusedBeforeCommit(t *testing.T) {
+	nc, url := startNATS(t)
+	admin := newUser(t)
+	c := startCoordinatorWithAdmin(t, url, t.TempDir(), admin)
+	read := c.srv.fsm.State().Acl()
+	change := func(id string, pol *sv1.AclPolicy) *sv1.Intent {
+		return &sv1.Intent{Id: id, Action: &sv1.Intent_Acl{Acl: &sv1.AclChange{
+			PolicyRevision: proto.Uint64(read.GetPolicyRevision()), Change: &sv1.AclChange_Policy{Policy: pol}}}}
+	}
+	if res := sendSigned(t, nc, admin, bus.IntentKindAcl, change("a", &sv1.AclPolicy{Approvals: 2, ApprovalServices: "*"})); !res.GetAccepted() {
+		t.Fatal(res)
+	}
+	res := sendSigned(t, nc, admin, bus.IntentKindAcl, change("b", &sv1.AclPolicy{DrillMaxNodes: 5}))
+	if res.GetAccepted() || res.GetCode() != "conflict" || !strings.Contains(res.GetError(), "read it again") {
+		t.Fatalf("policy change from a stale read: %v", res)
+	}
+	if pol := c.srv.fsm.State().Acl().GetPolicy(); pol.GetApprovals() != 2 || pol.GetDrillMaxNodes() != 0 {
+		t.Fatalf("policy %v; want A's change kept", pol)
 	}
 }

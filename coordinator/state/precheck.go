@@ -47,3 +47,21 @@ func (s *State) CheckNewRollout(sp *sv1.RolloutSpec) (string, error) {
 	}
 	return "", nil
 }
+
+// CheckPolicyRevision refuses a policy change made from a policy that was
+// set again since it was read: the change carries every field of the policy,
+// so committing it would silently undo the other admin's change. A change
+// that names no revision (from clients before the field) is not checked and
+// replaces the policy as it always did.
+func (s *State) CheckPolicyRevision(c *sv1.AclChange) (string, error) {
+	if c.GetPolicy() == nil || c.PolicyRevision == nil {
+		return "", nil
+	}
+	s.mu.RLock()
+	defer s.mu.RUnlock()
+	if read, now := c.GetPolicyRevision(), s.acl.GetPolicyRevision(); read != now {
+		return CodeConflict, fmt.Errorf("acl.policy_revision: the policy was read at revision %d and changed since (revision %d, by another admin); "+
+			"read it again with `switchyard acl list` and repeat the change: `switchyard acl policy` does both", read, now)
+	}
+	return "", nil
+}

@@ -5,6 +5,7 @@ import (
 	"testing"
 	"time"
 
+	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/timestamppb"
 
 	sv1 "github.com/switchyard/switchyard/proto/switchyard/v1"
@@ -70,5 +71,45 @@ func TestState_CheckNewRolloutWantsFromToBeWhatTheServiceServes(t *testing.T) {
 				t.Errorf("advice the operator cannot follow: %v", err)
 			}
 		})
+	}
+}
+
+// Two admins change the policy from the same read: the second, built from
+// the older read, is refused instead of turning the two-person rule off.
+func TestAcl_PolicyChangeFromAStaleReadIsRefused(t *testing.T) {
+	s, idx := teamState(t)
+	read := s.Acl() // admin B's read, as `acl policy` does
+	a := s.ApplyIntent(idx+1, aclEntry("pA", keyAdmin, &sv1.AclChange{PolicyRevision: proto.Uint64(read.GetPolicyRevision()),
+		Change: &sv1.AclChange_Policy{Policy: &sv1.AclPolicy{Approvals: 2, ApprovalServices: "*"}}}))
+	if !a.Result.GetAccepted() {
+		t.Fatalf("A: %v", a.Result)
+	}
+	if got := s.Acl().GetPolicyRevision(); got != idx+1 {
+		t.Fatalf("policy revision %d, want the index of A's change %d", got, idx+1)
+	}
+	pol := proto.Clone(read.GetPolicy()).(*sv1.AclPolicy)
+	if pol == nil {
+		pol = &sv1.AclPolicy{}
+	}
+	pol.DrillMaxNodes = 5
+	stale := &sv1.AclChange{PolicyRevision: proto.Uint64(read.GetPolicyRevision()), Change: &sv1.AclChange_Policy{Policy: pol}}
+	code, err := s.CheckPolicyRevision(stale)
+	if code != CodeConflict || err == nil || !strings.Contains(err.Error(), "acl.policy_revision") || !strings.Contains(err.Error(), "read it again") {
+		t.Fatalf("stale policy change: %q %v", code, err)
+	}
+	fresh := proto.Clone(stale).(*sv1.AclChange)
+	fresh.PolicyRevision = proto.Uint64(s.Acl().GetPolicyRevision())
+	if code, err := s.CheckPolicyRevision(fresh); err != nil {
+		t.Fatalf("fresh policy change refused: %s %v", code, err)
+	}
+	// A change without a revision (an older client) is taken as before.
+	old := proto.Clone(stale).(*sv1.AclChange)
+	old.PolicyRevision = nil
+	if code, err := s.CheckPolicyRevision(old); err != nil {
+		t.Fatalf("change without a revision refused: %s %v", code, err)
+	}
+	// Grants and revokes carry no revision and are never checked.
+	if _, err := s.CheckPolicyRevision(&sv1.AclChange{Change: &sv1.AclChange_Grant{Grant: &sv1.AclGrant{}}}); err != nil {
+		t.Fatal(err)
 	}
 }

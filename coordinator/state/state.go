@@ -140,7 +140,7 @@ func (s *State) ApplyIntent(index uint64, e *sv1.IntentEntry) Applied {
 		case *sv1.Intent_StopAllDrills:
 			a = s.stopAllDrills(index, at, op, act.StopAllDrills)
 		case *sv1.Intent_Acl:
-			a = s.applyAcl(who, act.Acl)
+			a = s.applyAcl(index, who, act.Acl)
 		}
 	}
 	a.Result.IntentId = in.GetId()
