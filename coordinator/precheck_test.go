@@ -1,10 +1,13 @@
 package coordinator
 
 import (
+	"context"
 	"strings"
 	"testing"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/testutil"
 	"google.golang.org/protobuf/proto"
 
 	"github.com/switchyard/switchyard/bus"
@@ -18,7 +21,7 @@ import (
 // the new rollout: the leader commits it under the current rules.
 func TestIntents_NewRolloutMustStartFromTheBackendTheServiceServes(t *testing.T) {
 	nc, url := startNATS(t)
-	c := startCoordinator(t, url, t.TempDir())
+	c := startCoordinatorStaleAfter(t, url, t.TempDir(), time.Second)
 	st := func() interface {
 		Rollout(string) *sv1.Rollout
 	} {
@@ -68,6 +71,31 @@ func TestIntents_NewRolloutMustStartFromTheBackendTheServiceServes(t *testing.T)
 	if msg := h[len(h)-1].GetMessage(); !strings.Contains(msg, "approved the start of wave first") || !strings.HasSuffix(msg, "; reason: CHG-7") {
 		t.Errorf("history %q", msg)
 	}
+}
+
+// startCoordinatorStaleAfter is startCoordinator with a short stale
+// period, after which a coordinator that heard from no node of a service
+// takes it that none runs it.
+func startCoordinatorStaleAfter(t *testing.T, natsURL, dataDir string, staleAfter time.Duration) *testCoordinator {
+	t.Helper()
+	reg := prometheus.NewRegistry()
+	srv, err := New(Config{
+		NodeID: "c1", DataDir: dataDir, RaftAddr: "127.0.0.1:0", HTTPAddr: "127.0.0.1:0",
+		NATSURL: natsURL, BootstrapExpect: 1, Registerer: reg, Gatherer: reg,
+		TickInterval: 50 * time.Millisecond, Signing: testSigning, StaleAfter: staleAfter,
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	c := &testCoordinator{srv: srv, reg: reg, cancel: cancel, done: make(chan struct{})}
+	go func() {
+		defer close(c.done)
+		_ = srv.Run(ctx)
+	}()
+	t.Cleanup(c.stop)
+	waitFor(t, "leadership", 10*time.Second, func() bool { return testutil.ToFloat64(srv.metrics.isLeader) == 1 })
+	return c
 }
 
 // Two admins' `acl policy` made from the same read: the later one is

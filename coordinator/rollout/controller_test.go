@@ -109,6 +109,7 @@ func TestRollout_Decide(t *testing.T) {
 		{"rolling back confirmed", rolling, all, ConfirmRollback, [2]int{}, ""},
 		{"rolling back with every node stale is confirmed", rolling, Observation{Now: t0, Stale: []string{"edge-1", "edge-2"}}, ConfirmRollback, [2]int{}, ""},
 		{"rolling back a service no node runs is confirmed", rolling, Observation{Now: t0}, ConfirmRollback, [2]int{}, ""},
+		{"rolling back waits while the fleet view is too young to tell", rolling, Observation{Now: t0, Unsettled: true}, Wait, [2]int{}, "no node of web heard from yet"},
 		{"first wave's manual gate waits", startGated, all, Wait, [2]int{}, "approval to start wave first"},
 		{"first wave's manual gate waits with no node", startGated, Observation{Now: t0}, Wait, [2]int{}, "approval to start wave first"},
 	}
