@@ -12,6 +12,7 @@ import (
 
 	"github.com/switchyard/switchyard/bus"
 	"github.com/switchyard/switchyard/chaos"
+	"github.com/switchyard/switchyard/coordinator/rollout"
 	sv1 "github.com/switchyard/switchyard/proto/switchyard/v1"
 	"google.golang.org/protobuf/proto"
 )
@@ -48,7 +49,29 @@ type fleet struct {
 	divergedCountedAt time.Time
 	// faultSeen is when each (node, drill) fault was first reported active.
 	faultSeen map[[2]string]time.Time
+	// listeningSince is when this coordinator began to take agents'
+	// status; zero before.
+	listeningSince time.Time
 }
+
+// listening marks the start of the status subscription.
+func (f *fleet) listening() {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.listeningSince = f.now()
+}
+
+// Settled reports whether this coordinator has taken agents' status for
+// the stale period: only then does a service with no live node mean that
+// none runs it, rather than that none was heard from yet (a coordinator
+// that just started knows no node).
+func (f *fleet) Settled() bool {
+	f.mu.RLock()
+	defer f.mu.RUnlock()
+	return !f.listeningSince.IsZero() && f.now().Sub(f.listeningSince) >= f.staleAfter
+}
+
+var _ rollout.Settler = (*fleet)(nil)
 
 // divergedRecount is how often, at most, a status that changes nothing
 // recounts the diverged nodes (whose count falls as they go stale).

@@ -129,3 +129,23 @@ func TestFleet_DivergedCountFollowsChangesWithoutWalkingTheSetOnEveryStatus(t *t
 		t.Fatalf("diverged = %v once the diverged nodes went stale, want 0", g)
 	}
 }
+
+// A coordinator that has taken status for less than the stale period cannot
+// tell a service no node runs from one it has not heard from yet.
+func TestFleet_SettledAfterListeningForTheStalePeriod(t *testing.T) {
+	now := time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)
+	f := newFleet(15*time.Second, newMetrics(prometheus.NewRegistry()), slog.New(slog.DiscardHandler))
+	f.now = func() time.Time { return now }
+	if f.Settled() {
+		t.Fatal("settled before listening")
+	}
+	f.listening()
+	now = now.Add(14 * time.Second)
+	if f.Settled() {
+		t.Fatal("settled 14 s after it began to listen")
+	}
+	now = now.Add(time.Second)
+	if !f.Settled() {
+		t.Fatal("not settled after the stale period")
+	}
+}

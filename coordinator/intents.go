@@ -154,6 +154,9 @@ func (s *Server) handleIntent(ctx context.Context, msg jetstream.Msg) {
 	if err == nil && in.GetApplyRollout() != nil {
 		err = s.checkAgentHooks(in)
 	}
+	if err == nil {
+		code, err = s.checkCurrent(in)
+	}
 	if err != nil {
 		if code == "" {
 			code = state.CodeMalformed
@@ -176,7 +179,8 @@ func (s *Server) handleIntent(ctx context.Context, msg jetstream.Msg) {
 		return
 	}
 
-	entry := &sv1.IntentEntry{Intent: in, StampedAt: timestamppb.New(s.cfg.Clock.Now()), Signer: opened.Signer, IntentSha256: opened.Sha256}
+	entry := &sv1.IntentEntry{Intent: in, StampedAt: timestamppb.New(s.cfg.Clock.Now()), Signer: opened.Signer, IntentSha256: opened.Sha256,
+		Rules: state.Rules}
 	resp, index, err := s.raftApply(fsm.IntentType, entry)
 	if err != nil {
 		// Not committed here (or not known to be): leave the message
@@ -267,6 +271,26 @@ func precheck(in *sv1.Intent) error {
 	default:
 		return errors.New("intent names no action; want one of apply_rollout, abort_rollout, pause_rollout, resume_rollout, approve_rollout, promote_rollout, undo_rollout, run_drill, abort_drill, stop_all_drills, acl")
 	}
+}
+
+// checkCurrent makes the refusals that depend on the current state and
+// that the state machine does not make itself, so that old log entries
+// replay as they applied (state/precheck.go). An intent already applied is
+// left to the state machine, which answers it with its earlier result.
+func (s *Server) checkCurrent(in *sv1.Intent) (string, error) {
+	st := s.fsm.State()
+	if st.IntentResult(in.GetId()) != nil {
+		return "", nil
+	}
+	if a := in.GetApplyRollout(); a != nil {
+		sp := proto.Clone(a.GetSpec()).(*sv1.RolloutSpec)
+		spec.Default(sp)
+		return st.CheckNewRollout(sp)
+	}
+	if c := in.GetAcl(); c != nil {
+		return st.CheckPolicyRevision(c)
+	}
+	return "", nil
 }
 
 // checkBlastRadius refuses, before anything is committed, a drill that

@@ -40,11 +40,15 @@ func (s *Server) Rollouts(q *sv1.RolloutsQuery) (*sv1.RolloutsAnswer, error) {
 		labelWaves(r, nodes)
 		applied, _ := converged(nodes, bus.Fence{Epoch: st.Epoch(), Generation: r.GetGeneration()})
 		view := &sv1.RolloutView{Rollout: r, Nodes: nodes, Converged: uint32(applied), Position: spec.Position(r)}
+		if r.GetHoldStart() && r.GetPhase() == sv1.RolloutPhase_ROLLOUT_PHASE_PROGRESSING {
+			plan := spec.Compile(r.GetSpec())
+			view.Position = fmt.Sprintf("before wave 1/%d %s, no traffic moved", len(plan), plan[0].Wave.GetName())
+		}
 		if !state.Terminal(r.GetPhase()) {
 			obs := c.Observe(r, now)
 			d := rollout.Decide(r, obs)
 			view.Waiting = d.Waiting
-			if r.GetHoldStart() || d.Action == rollout.Advance || d.Action == rollout.Promote {
+			if (r.GetHoldStart() && !r.GetStartGate()) || d.Action == rollout.Advance || d.Action == rollout.Promote {
 				if w := hooks.Waiting(r, d.ToWave, d.ToStep, d.Action == rollout.Promote, now); w != "" {
 					view.Waiting = w
 				}

@@ -545,6 +545,7 @@ func (s *Server) subscribe() ([]*nats.Subscription, error) {
 	if err != nil {
 		return nil, fmt.Errorf("coordinator: subscribe to agent status: %w", err)
 	}
+	s.fleet.listening()
 	telemetry, err := s.nc.Subscribe(bus.TelemetryAll(), s.intake.handle)
 	if err != nil {
 		_ = status.Unsubscribe()

@@ -11,6 +11,7 @@ import (
 	"text/tabwriter"
 
 	"github.com/nats-io/jwt/v2"
+	"google.golang.org/protobuf/proto"
 
 	"github.com/switchyard/switchyard/bus"
 	"github.com/switchyard/switchyard/coordinator/acl"
@@ -126,7 +127,9 @@ func runAcl(ctx context.Context, args []string, stdout, stderr io.Writer) error 
 		if set["drill-max-percent"] {
 			pol.DrillMaxPercent = uint32(*maxPercent)
 		}
-		change = &sv1.AclChange{Change: &sv1.AclChange_Policy{Policy: pol}}
+		// The revision read: a change another admin made since is not
+		// silently undone; the leader refuses this one (conflict).
+		change = &sv1.AclChange{Change: &sv1.AclChange_Policy{Policy: pol}, PolicyRevision: proto.Uint64(cur.GetPolicyRevision())}
 	case "bootstrap":
 		if *name == "" {
 			return usageErr(stderr, "switchyard acl bootstrap: --name is required")
@@ -207,8 +210,8 @@ func aclList(ctx context.Context, c clientFlags, stdout io.Writer) error {
 	}
 	_ = tw.Flush()
 	pol := st.GetPolicy()
-	fmt.Fprintf(stdout, "\nPolicy: approvals %d from approvers other than the author on %q; drill caps: %s nodes, %s%%\n",
-		pol.GetApprovals(), orStar(pol.GetApprovalServices()), capText(pol.GetDrillMaxNodes()), capText(pol.GetDrillMaxPercent()))
+	fmt.Fprintf(stdout, "\nPolicy: approvals %d from approvers other than the author on %q; drill caps: %s nodes, %s%% (revision %d)\n",
+		pol.GetApprovals(), orStar(pol.GetApprovalServices()), capText(pol.GetDrillMaxNodes()), capText(pol.GetDrillMaxPercent()), st.GetPolicyRevision())
 	return nil
 }
 

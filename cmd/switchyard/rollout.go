@@ -250,7 +250,7 @@ func rolloutControl(ctx context.Context, verb string, args []string, stdout, std
 	case "approve":
 		in.Action = &sv1.Intent_ApproveRollout{ApproveRollout: ctl}
 	case "promote":
-		in.Action = &sv1.Intent_PromoteRollout{PromoteRollout: &sv1.PromoteRollout{Rollout: name, Full: *full}}
+		in.Action = &sv1.Intent_PromoteRollout{PromoteRollout: &sv1.PromoteRollout{Rollout: name, Full: *full, Reason: *reason}}
 	}
 	return sendIntent(ctx, c, bus.IntentKindRollout, in, "rollout "+name+": "+verb, stdout)
 }

@@ -52,8 +52,11 @@ type Observation struct {
 	Applied, Live int
 	// Stale names the nodes of the service that went silent; they are not
 	// waited for.
-	Stale    []string
-	Analysis analysis.Assessment
+	Stale []string
+	// Unsettled is set while the fleet view is too young for "no live
+	// node" to mean that none runs the service (Settler).
+	Unsettled bool
+	Analysis  analysis.Assessment
 }
 
 // Decision is the controller's verdict on one rollout.
@@ -68,6 +71,9 @@ type Decision struct {
 func Decide(r *sv1.Rollout, obs Observation) Decision {
 	converged := obs.Live > 0 && obs.Applied >= obs.Live
 	waitNodes := func() Decision {
+		if obs.Live == 0 && obs.Unsettled {
+			return Decision{Waiting: "no node of " + r.GetSpec().GetService() + " heard from yet"}
+		}
 		if obs.Live == 0 {
 			return Decision{Waiting: "no live node runs " + r.GetSpec().GetService()}
 		}
@@ -75,8 +81,14 @@ func Decide(r *sv1.Rollout, obs Observation) Decision {
 	}
 	switch r.GetPhase() {
 	case sv1.RolloutPhase_ROLLOUT_PHASE_ROLLING_BACK:
-		if converged {
+		// Silent nodes are not waited for: with none live (all stale, or a
+		// service no node runs) there is nobody to wait for, and waiting
+		// would keep the service from any other rollout for good.
+		if converged || (obs.Live == 0 && !obs.Unsettled) {
 			msg := fmt.Sprintf("%d live nodes back on %s", obs.Live, r.GetSpec().GetFrom())
+			if obs.Live == 0 {
+				msg = fmt.Sprintf("no live node of %s to wait for", r.GetSpec().GetService())
+			}
 			if len(obs.Stale) > 0 {
 				msg += fmt.Sprintf("; not heard from, so not confirmed: %s", strings.Join(obs.Stale, ", "))
 			}
@@ -106,10 +118,13 @@ func Decide(r *sv1.Rollout, obs Observation) Decision {
 		}
 		return Decision{Waiting: "paused by an operator"}
 	}
+	plan := spec.Compile(r.GetSpec())
+	if r.GetStartGate() {
+		return Decision{Waiting: fmt.Sprintf("approval to start wave %s", plan[0].Wave.GetName())}
+	}
 	if !converged {
 		return waitNodes()
 	}
-	plan := spec.Compile(r.GetSpec())
 	w, s := int(r.GetWave()), int(r.GetStep())
 	approved := r.GetApprovedWave() == r.GetWave() && r.GetApprovedStep() == r.GetStep()
 	next := func(why string) Decision {
@@ -191,6 +206,13 @@ type Fleet interface {
 	Stale(service string) []string
 }
 
+// Settler is a Fleet that can say whether it has listened long enough
+// (the stale period) for the absence of live nodes to mean that none runs
+// a service. A Fleet that is not one is taken as settled.
+type Settler interface {
+	Settled() bool
+}
+
 // Analyzer assesses a rollout's telemetry.
 type Analyzer interface {
 	Assess(r *sv1.Rollout, now time.Time) analysis.Assessment
@@ -223,6 +245,9 @@ type Controller struct {
 func (c *Controller) Observe(r *sv1.Rollout, now time.Time) Observation {
 	applied, live := c.Fleet.Convergence(r.GetSpec().GetService(), r.GetGeneration())
 	obs := Observation{Now: now, Applied: applied, Live: live, Stale: c.Fleet.Stale(r.GetSpec().GetService())}
+	if s, ok := c.Fleet.(Settler); ok && live == 0 {
+		obs.Unsettled = !s.Settled()
+	}
 	if p := r.GetPhase(); p == sv1.RolloutPhase_ROLLOUT_PHASE_PROGRESSING || p == sv1.RolloutPhase_ROLLOUT_PHASE_PROMOTED {
 		obs.Analysis = c.Analyzer.Assess(r, now)
 	}
@@ -239,7 +264,8 @@ func (c *Controller) Step(now time.Time) error {
 			continue
 		}
 		if r.GetHoldStart() {
-			if c.Gate != nil && r.GetPhase() == sv1.RolloutPhase_ROLLOUT_PHASE_PROGRESSING {
+			// A first wave's manual gate is opened by an approval only.
+			if c.Gate != nil && r.GetPhase() == sv1.RolloutPhase_ROLLOUT_PHASE_PROGRESSING && !r.GetStartGate() {
 				if _, err := c.Gate.Start(r, now); err != nil {
 					return fmt.Errorf("rollout %s: start: %w", r.GetId(), err)
 				}

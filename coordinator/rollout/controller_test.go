@@ -70,6 +70,10 @@ func TestRollout_Decide(t *testing.T) {
 	rolling := at(sp, 0, 1)
 	rolling.Phase = sv1.RolloutPhase_ROLLOUT_PHASE_ROLLING_BACK
 	breach := analysis.Assessment{Breach: &sv1.Evidence{Guardrail: "error_rate", Summary: "errors"}}
+	firstGate := canary(setW(10))
+	firstGate.Waves = []*sv1.WaveSpec{{Name: "first", BasisPoints: 10000, ManualGate: true}}
+	startGated := at(firstGate, 0, 0)
+	startGated.HoldStart, startGated.StartGate = true, true
 
 	all := Observation{Now: t0.Add(time.Second), Applied: 3, Live: 3}
 	with := func(o Observation, f func(*Observation)) Observation { f(&o); return o }
@@ -103,6 +107,11 @@ func TestRollout_Decide(t *testing.T) {
 		{"promoted and warm still rolls back", warm, with(all, func(o *Observation) { o.Analysis = breach }), Rollback, [2]int{}, ""},
 		{"rolling back waits", rolling, with(all, func(o *Observation) { o.Applied = 1 }), Wait, [2]int{}, "1 of 3"},
 		{"rolling back confirmed", rolling, all, ConfirmRollback, [2]int{}, ""},
+		{"rolling back with every node stale is confirmed", rolling, Observation{Now: t0, Stale: []string{"edge-1", "edge-2"}}, ConfirmRollback, [2]int{}, ""},
+		{"rolling back a service no node runs is confirmed", rolling, Observation{Now: t0}, ConfirmRollback, [2]int{}, ""},
+		{"rolling back waits while the fleet view is too young to tell", rolling, Observation{Now: t0, Unsettled: true}, Wait, [2]int{}, "no node of web heard from yet"},
+		{"first wave's manual gate waits", startGated, all, Wait, [2]int{}, "approval to start wave first"},
+		{"first wave's manual gate waits with no node", startGated, Observation{Now: t0}, Wait, [2]int{}, "approval to start wave first"},
 	}
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {
@@ -213,5 +222,48 @@ func TestRollout_ControllerRollsBackOnBreach(t *testing.T) {
 	}
 	if last := r.GetHistory()[len(r.GetHistory())-1].GetMessage(); !strings.Contains(last, "edge-9") {
 		t.Fatalf("stale node not named: %q", last)
+	}
+}
+
+// Nodes silent for 15 s are not waited for: a rollback with no live node
+// is confirmed at once, and says which nodes did not confirm it.
+func TestRollout_RollbackWithNoLiveNodeIsConfirmedNamingTheStaleNodes(t *testing.T) {
+	r := at(canary(setW(10)), 0, 0)
+	r.Phase = sv1.RolloutPhase_ROLLOUT_PHASE_ROLLING_BACK
+	d := Decide(r, Observation{Now: t0, Stale: []string{"edge-1", "edge-2"}})
+	if d.Action != ConfirmRollback {
+		t.Fatalf("action %v, waiting %q", d.Action, d.Waiting)
+	}
+	if want := "no live node of web to wait for; not heard from, so not confirmed: edge-1, edge-2"; d.Message != want {
+		t.Errorf("message %q, want %q", d.Message, want)
+	}
+}
+
+type countingGate struct{ starts int }
+
+func (g *countingGate) Hold(*sv1.Rollout, int, int, bool, time.Time) (string, error) { return "", nil }
+func (g *countingGate) Start(*sv1.Rollout, time.Time) (string, error)                { g.starts++; return "", nil }
+
+// Webhook gates never start a rollout whose first wave waits for an
+// approval; the approval itself does.
+func TestRollout_ControllerLeavesTheFirstWaveGateToAnApproval(t *testing.T) {
+	st := state.New()
+	sp := canary(setW(10))
+	sp.Waves = []*sv1.WaveSpec{{Name: "first", BasisPoints: 10000, ManualGate: true}}
+	a := st.ApplyIntent(1, &sv1.IntentEntry{StampedAt: timestamppb.New(t0), Rules: state.Rules, Intent: &sv1.Intent{Id: "i1",
+		Action: &sv1.Intent_ApplyRollout{ApplyRollout: &sv1.ApplyRollout{Spec: sp}}}})
+	if !a.Result.GetAccepted() {
+		t.Fatal(a.Result)
+	}
+	raft := &memRaft{st: st, index: 1}
+	g := &countingGate{}
+	c := &Controller{State: st, Raft: raft, Fleet: instantFleet{live: 3}, Analyzer: &fixedAnalyzer{}, Gate: g}
+	for i := range 4 {
+		if err := c.Step(t0.Add(time.Duration(i) * time.Second)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if g.starts != 0 || !st.Rollout(sp.GetName()).GetHoldStart() {
+		t.Fatalf("gate asked to start %d times; held %v", g.starts, st.Rollout(sp.GetName()).GetHoldStart())
 	}
 }

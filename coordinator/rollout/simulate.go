@@ -81,7 +81,7 @@ func Simulate(sp *sv1.RolloutSpec, src Source, o SimOptions) (*SimResult, error)
 	}
 	st := state.New()
 	raft := &simRaft{st: st}
-	a := st.ApplyIntent(raft.next(), &sv1.IntentEntry{StampedAt: timestamppb.New(o.Start), Intent: &sv1.Intent{
+	a := st.ApplyIntent(raft.next(), &sv1.IntentEntry{StampedAt: timestamppb.New(o.Start), Rules: state.Rules, Intent: &sv1.Intent{
 		Id: "simulate", Operator: "simulator",
 		Action: &sv1.Intent_ApplyRollout{ApplyRollout: &sv1.ApplyRollout{Spec: proto.Clone(sp).(*sv1.RolloutSpec)}},
 	}})

@@ -121,7 +121,7 @@ func (s *State) serviceOf(in *sv1.Intent) string {
 
 // applyAcl applies an admin's change of roles or policy (already
 // authorized) or the first admin's bootstrap.
-func (s *State) applyAcl(who actor, c *sv1.AclChange) Applied {
+func (s *State) applyAcl(index uint64, who actor, c *sv1.AclChange) Applied {
 	if err := acl.CheckChange(c); err != nil {
 		return refuse(CodeInvalid, "%v", err)
 	}
@@ -171,6 +171,7 @@ func (s *State) applyAcl(who actor, c *sv1.AclChange) Applied {
 		s.acl = next
 	case *sv1.AclChange_Policy:
 		s.acl.Policy = proto.Clone(ch.Policy).(*sv1.AclPolicy)
+		s.acl.PolicyRevision = index
 	}
 	return ok
 }

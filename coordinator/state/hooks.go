@@ -154,7 +154,7 @@ func (s *State) ApplyHookResult(index uint64, e *sv1.HookResultEntry) []string {
 		return nil
 	}
 	r.Phase = sv1.RolloutPhase_ROLLOUT_PHASE_ROLLING_BACK
-	r.HoldStart = false
+	r.HoldStart, r.StartGate = false, false
 	s.cancelGates(r, index, e.GetStampedAt())
 	r.Evidence = &sv1.Evidence{Guardrail: "webhook", Summary: fmt.Sprintf("gating webhook %s at %s failed: %s", e.GetWebhook(), e.GetKey(), e.GetDetail())}
 	r.Reason = r.Evidence.GetSummary()
@@ -165,12 +165,13 @@ func (s *State) ApplyHookResult(index uint64, e *sv1.HookResultEntry) []string {
 }
 
 // ApplyStart lets a rollout its gating pre-rollout webhooks held move its
-// first traffic.
+// first traffic. A rollout still waiting for the approval of its first
+// wave's manual gate stays held.
 func (s *State) ApplyStart(index uint64, e *sv1.RolloutStartEntry) []string {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	r := s.rollouts[e.GetRollout()]
-	if r == nil || !r.GetHoldStart() || r.GetPhase() != sv1.RolloutPhase_ROLLOUT_PHASE_PROGRESSING {
+	if r == nil || !r.GetHoldStart() || r.GetStartGate() || r.GetPhase() != sv1.RolloutPhase_ROLLOUT_PHASE_PROGRESSING {
 		return nil
 	}
 	svc := s.services[r.GetSpec().GetService()]

@@ -33,6 +33,17 @@ const (
 	CodeRefusalsNotRecorded = "refusals_not_recorded"
 )
 
+// Rules is the version of the intent rules this code applies; the leader
+// stamps it on every intent entry it commits (IntentEntry.rules). A rule
+// that changes what an intent does, or what its history and audit record
+// say, applies only to entries of its version or later, so an entry from
+// before replays exactly as it applied and the audit chain stays the same.
+//
+// Version 1: a manualGate on the first wave holds the rollout before any
+// traffic moves until it is approved (before, it was ignored); the reason
+// of an approve or promote is kept in the history line and audit record.
+const Rules uint32 = 1
+
 // IntentMemory is how long an applied intent id is remembered for
 // deduplication; it matches the intent stream's retention.
 const IntentMemory = 7 * 24 * time.Hour
@@ -109,7 +120,7 @@ func (s *State) ApplyIntent(index uint64, e *sv1.IntentEntry) Applied {
 		case nil:
 			a = refuse(CodeInvalid, "intent names no action")
 		case *sv1.Intent_ApplyRollout:
-			a = s.applyRollout(index, at, op, act.ApplyRollout.GetSpec())
+			a = s.applyRollout(index, at, op, act.ApplyRollout.GetSpec(), e.GetRules())
 		case *sv1.Intent_AbortRollout:
 			a = s.rollBack(index, at, op, act.AbortRollout.GetRollout(), act.AbortRollout.GetReason(), "abort")
 		case *sv1.Intent_UndoRollout:
@@ -119,9 +130,9 @@ func (s *State) ApplyIntent(index uint64, e *sv1.IntentEntry) Applied {
 		case *sv1.Intent_ResumeRollout:
 			a = s.setPaused(index, at, op, act.ResumeRollout, false)
 		case *sv1.Intent_ApproveRollout:
-			a = s.approve(index, at, op, act.ApproveRollout)
+			a = s.approve(index, at, op, act.ApproveRollout, e.GetRules())
 		case *sv1.Intent_PromoteRollout:
-			a = s.promote(index, at, op, act.PromoteRollout)
+			a = s.promote(index, at, op, act.PromoteRollout, e.GetRules())
 		case *sv1.Intent_RunDrill:
 			a = s.runDrill(index, at, op, act.RunDrill.GetSpec())
 		case *sv1.Intent_AbortDrill:
@@ -129,7 +140,7 @@ func (s *State) ApplyIntent(index uint64, e *sv1.IntentEntry) Applied {
 		case *sv1.Intent_StopAllDrills:
 			a = s.stopAllDrills(index, at, op, act.StopAllDrills)
 		case *sv1.Intent_Acl:
-			a = s.applyAcl(who, act.Acl)
+			a = s.applyAcl(index, who, act.Acl)
 		}
 	}
 	a.Result.IntentId = in.GetId()
@@ -153,7 +164,7 @@ func (s *State) forgetIntentsBefore(t time.Time) {
 	}
 }
 
-func (s *State) applyRollout(index uint64, at time.Time, operator string, sp *sv1.RolloutSpec) Applied {
+func (s *State) applyRollout(index uint64, at time.Time, operator string, sp *sv1.RolloutSpec, rules uint32) Applied {
 	if sp == nil {
 		return refuse(CodeInvalid, "apply_rollout.spec: required")
 	}
@@ -191,9 +202,18 @@ func (s *State) applyRollout(index uint64, at time.Time, operator string, sp *sv
 	s.rollouts[r.Id] = r
 	svc.ActiveRollout = r.Id
 	r.HoldStart = spec.Gated(sp, sv1.HookPoint_HOOK_POINT_PRE_ROLLOUT)
+	first := spec.Compile(sp)[0].Wave
+	if rules >= 1 && first.GetManualGate() {
+		r.StartGate, r.HoldStart = true, true
+	}
 	changed := s.rederive(svc, r, index, ts)
 	where := s.position(r)
-	if r.HoldStart {
+	switch {
+	case r.StartGate && spec.Gated(sp, sv1.HookPoint_HOOK_POINT_PRE_ROLLOUT):
+		where = fmt.Sprintf("waiting for approval to start wave %s (manualGate) and for gating pre-rollout webhooks, no traffic moved", first.GetName())
+	case r.StartGate:
+		where = fmt.Sprintf("waiting for approval to start wave %s (manualGate), no traffic moved", first.GetName())
+	case r.HoldStart:
 		where = "held by gating pre-rollout webhooks, no traffic moved"
 	}
 	s.record(r, index, ts, operator, fmt.Sprintf("started: %s from %s to %s, %s", sp.GetService(), sp.GetFrom(), sp.GetTo(), where))
@@ -202,9 +222,12 @@ func (s *State) applyRollout(index uint64, at time.Time, operator string, sp *sv
 }
 
 // gateAt reports whether r waits for an approval where it is: a pause
-// without a duration, or the end of a wave whose next wave has a manual
-// gate.
+// without a duration, the end of a wave whose next wave has a manual gate,
+// or the start of a rollout whose first wave has one.
 func gateAt(r *sv1.Rollout) bool {
+	if r.GetStartGate() {
+		return true
+	}
 	plan := spec.Compile(r.GetSpec())
 	w, st := int(r.GetWave()), int(r.GetStep())
 	if w >= len(plan) {
@@ -296,7 +319,7 @@ func (s *State) rollBack(index uint64, at time.Time, operator, id, reason, verb 
 	ts := timestamppb.New(at)
 	r.Phase = sv1.RolloutPhase_ROLLOUT_PHASE_ROLLING_BACK
 	r.Reason = reason
-	r.HoldStart = false
+	r.HoldStart, r.StartGate = false, false
 	s.cancelGates(r, index, ts)
 	changed := s.rederive(svc, r, index, ts)
 	s.record(r, index, ts, operator, "rolling back: "+reason)
@@ -327,8 +350,9 @@ func (s *State) setPaused(index uint64, at time.Time, operator string, c *sv1.Ro
 }
 
 // approve approves the gate at the rollout's current position: a pause
-// without a duration, or the manual gate of the next wave.
-func (s *State) approve(index uint64, at time.Time, operator string, c *sv1.RolloutControl) Applied {
+// without a duration, the manual gate of the next wave, or that of the
+// first wave before any traffic moved.
+func (s *State) approve(index uint64, at time.Time, operator string, c *sv1.RolloutControl, rules uint32) Applied {
 	r, _, refused := s.owned(c.GetRollout(), "approve_rollout.rollout")
 	if refused != nil {
 		return *refused
@@ -338,6 +362,9 @@ func (s *State) approve(index uint64, at time.Time, operator string, c *sv1.Roll
 	}
 	if !gateAt(r) {
 		return refuse(CodeNothingToApprove, "approve_rollout.rollout: %q is at %s; there is nothing to approve (approval opens a pause without a duration or the manual gate of the next wave)", r.GetId(), s.position(r))
+	}
+	if r.GetStartGate() {
+		return s.approveStart(index, at, operator, r, why(c.GetReason(), rules))
 	}
 	if r.GetApprovedWave() == r.GetWave() && r.GetApprovedStep() == r.GetStep() {
 		return refuse(CodeNothingToApprove, "approve_rollout.rollout: %q is approved at %s already", r.GetId(), s.position(r))
@@ -350,17 +377,57 @@ func (s *State) approve(index uint64, at time.Time, operator string, c *sv1.Roll
 	if need > 0 {
 		r.Approvers = marks
 		if got := len(approvalsAt(r, marks)); uint32(got) < need {
-			s.record(r, index, ts, operator, fmt.Sprintf("approval %d of %d at %s (two-person rule)", got, need, s.position(r)))
+			s.record(r, index, ts, operator, fmt.Sprintf("approval %d of %d at %s (two-person rule)", got, need, s.position(r))+why(c.GetReason(), rules))
 			return Applied{Result: &sv1.IntentResult{Accepted: true, RolloutId: r.Id}}
 		}
 	}
 	r.ApprovedWave, r.ApprovedStep = r.GetWave(), r.GetStep()
-	s.record(r, index, ts, operator, "approved at "+s.position(r))
+	s.record(r, index, ts, operator, "approved at "+s.position(r)+why(c.GetReason(), rules))
 	return Applied{Result: &sv1.IntentResult{Accepted: true, RolloutId: r.Id}}
 }
 
+// approveStart approves the manual gate of the first wave. Without gating
+// pre-rollout webhooks the first traffic moves in this entry; with them,
+// the controller starts the rollout once they passed too.
+func (s *State) approveStart(index uint64, at time.Time, operator string, r *sv1.Rollout, reason string) Applied {
+	first := spec.Compile(r.GetSpec())[0].Wave.GetName()
+	marks, need, refused := s.twoPerson(r, s.actor, "approve")
+	if refused != nil {
+		return *refused
+	}
+	ts := timestamppb.New(at)
+	if need > 0 {
+		r.Approvers = marks
+		if got := len(approvalsAt(r, marks)); uint32(got) < need {
+			s.record(r, index, ts, operator, fmt.Sprintf("approval %d of %d to start wave %s (two-person rule)", got, need, first)+reason)
+			return Applied{Result: &sv1.IntentResult{Accepted: true, RolloutId: r.Id}}
+		}
+	}
+	r.StartGate = false
+	r.Approvers = nil
+	if spec.Gated(r.GetSpec(), sv1.HookPoint_HOOK_POINT_PRE_ROLLOUT) {
+		s.record(r, index, ts, operator, fmt.Sprintf("approved the start of wave %s; waiting for gating pre-rollout webhooks", first)+reason)
+		return Applied{Result: &sv1.IntentResult{Accepted: true, RolloutId: r.Id}}
+	}
+	svc := s.services[r.GetSpec().GetService()]
+	r.HoldStart = false
+	r.StepStartedAt = ts
+	changed := s.rederive(svc, r, index, ts)
+	s.record(r, index, ts, operator, fmt.Sprintf("approved the start of wave %s: %s", first, s.position(r))+reason)
+	return Applied{Result: &sv1.IntentResult{Accepted: true, RolloutId: r.Id}, Changed: changed}
+}
+
+// why is an operator's reason as a history line ends with it; entries from
+// before rules version 1 never recorded it.
+func why(reason string, rules uint32) string {
+	if reason == "" || rules < 1 {
+		return ""
+	}
+	return "; reason: " + reason
+}
+
 // promote skips the current step, or with full every remaining one.
-func (s *State) promote(index uint64, at time.Time, operator string, c *sv1.PromoteRollout) Applied {
+func (s *State) promote(index uint64, at time.Time, operator string, c *sv1.PromoteRollout, rules uint32) Applied {
 	r, svc, refused := s.owned(c.GetRollout(), "promote_rollout.rollout")
 	if refused != nil {
 		return *refused
@@ -378,43 +445,46 @@ func (s *State) promote(index uint64, at time.Time, operator string, c *sv1.Prom
 	}
 	ts := timestamppb.New(at)
 	var changed []string
+	reason := why(c.GetReason(), rules)
 	if c.GetFull() {
-		changed = s.promoteFully(svc, r, index, ts, operator, "promoted fully by an operator")
+		changed = s.promoteFully(svc, r, index, ts, operator, "promoted fully by an operator", reason)
 	} else {
 		w, st, full := spec.Next(spec.Compile(r.GetSpec()), int(r.GetWave()), int(r.GetStep()))
 		if full {
-			changed = s.promoteFully(svc, r, index, ts, operator, "promoted past the last step by an operator")
+			changed = s.promoteFully(svc, r, index, ts, operator, "promoted past the last step by an operator", reason)
 		} else {
-			changed = s.moveTo(svc, r, index, ts, operator, w, st, "skipped ahead by an operator")
+			changed = s.moveTo(svc, r, index, ts, operator, w, st, "skipped ahead by an operator", reason)
 		}
 	}
 	return Applied{Result: &sv1.IntentResult{Accepted: true, RolloutId: r.Id}, Changed: changed}
 }
 
-func (s *State) moveTo(svc *sv1.ServiceRecord, r *sv1.Rollout, index uint64, at *timestamppb.Timestamp, operator string, wave, step int, why string) []string {
+func (s *State) moveTo(svc *sv1.ServiceRecord, r *sv1.Rollout, index uint64, at *timestamppb.Timestamp, operator string, wave, step int, what, reason string) []string {
 	r.Wave, r.Step = int32(wave), int32(step)
 	r.Approvers = nil
 	r.StepStartedAt = at
 	r.HoldStart = false // an operator's skip passes the pre-rollout gates too
+	r.StartGate = false // and the first wave's manual gate
 	s.cancelGates(r, index, at)
 	changed := s.rederive(svc, r, index, at)
-	s.record(r, index, at, operator, why+": "+s.position(r))
+	s.record(r, index, at, operator, what+": "+s.position(r)+reason)
 	return changed
 }
 
-func (s *State) promoteFully(svc *sv1.ServiceRecord, r *sv1.Rollout, index uint64, at *timestamppb.Timestamp, operator, why string) []string {
+func (s *State) promoteFully(svc *sv1.ServiceRecord, r *sv1.Rollout, index uint64, at *timestamppb.Timestamp, operator, what, reason string) []string {
 	r.Phase = sv1.RolloutPhase_ROLLOUT_PHASE_PROMOTED
 	r.Approvers = nil
 	r.HoldStart = false
+	r.StartGate = false
 	s.cancelGates(r, index, at)
 	r.PromotedAt = at
 	r.StepStartedAt = at
 	changed := s.rederive(svc, r, index, at)
-	msg := why + ": all traffic on " + r.GetSpec().GetTo()
+	msg := what + ": all traffic on " + r.GetSpec().GetTo()
 	if d := spec.KeepWarm(r.GetSpec()); d > 0 {
 		msg += fmt.Sprintf(", %s kept warm for %s", r.GetSpec().GetFrom(), d)
 	}
-	s.record(r, index, at, operator, msg)
+	s.record(r, index, at, operator, msg+reason)
 	return changed
 }
 
@@ -430,9 +500,9 @@ func (s *State) ApplyAdvance(index uint64, e *sv1.RolloutAdvanceEntry) []string 
 	}
 	svc := s.services[r.GetSpec().GetService()]
 	if e.GetPromote() {
-		return s.promoteFully(svc, r, index, e.GetStampedAt(), "", cmp.Or(e.GetMessage(), "promoted"))
+		return s.promoteFully(svc, r, index, e.GetStampedAt(), "", cmp.Or(e.GetMessage(), "promoted"), "")
 	}
-	return s.moveTo(svc, r, index, e.GetStampedAt(), "", int(e.GetToWave()), int(e.GetToStep()), cmp.Or(e.GetMessage(), "advanced"))
+	return s.moveTo(svc, r, index, e.GetStampedAt(), "", int(e.GetToWave()), int(e.GetToStep()), cmp.Or(e.GetMessage(), "advanced"), "")
 }
 
 // ApplyRollback sends a rollout back because a guardrail breached. It is a

@@ -283,11 +283,14 @@ func (x *AclPolicy) GetDrillMaxPercent() uint32 {
 
 // AclState is the replicated roles and policy.
 type AclState struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	Principals    []*Principal           `protobuf:"bytes,1,rep,name=principals,proto3" json:"principals,omitempty"`
-	Policy        *AclPolicy             `protobuf:"bytes,2,opt,name=policy,proto3" json:"policy,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	state      protoimpl.MessageState `protogen:"open.v1"`
+	Principals []*Principal           `protobuf:"bytes,1,rep,name=principals,proto3" json:"principals,omitempty"`
+	Policy     *AclPolicy             `protobuf:"bytes,2,opt,name=policy,proto3" json:"policy,omitempty"`
+	// PolicyRevision is the Raft index of the entry that last set the
+	// policy; 0 if none has since the field exists.
+	PolicyRevision uint64 `protobuf:"varint,3,opt,name=policy_revision,json=policyRevision,proto3" json:"policy_revision,omitempty"`
+	unknownFields  protoimpl.UnknownFields
+	sizeCache      protoimpl.SizeCache
 }
 
 func (x *AclState) Reset() {
@@ -334,6 +337,13 @@ func (x *AclState) GetPolicy() *AclPolicy {
 	return nil
 }
 
+func (x *AclState) GetPolicyRevision() uint64 {
+	if x != nil {
+		return x.PolicyRevision
+	}
+	return 0
+}
+
 // AclChange is an admin's change of roles or policy.
 type AclChange struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
@@ -343,9 +353,15 @@ type AclChange struct {
 	//	*AclChange_Revoke
 	//	*AclChange_Policy
 	//	*AclChange_Bootstrap
-	Change        isAclChange_Change `protobuf_oneof:"change"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	Change isAclChange_Change `protobuf_oneof:"change"`
+	// PolicyRevision, in a policy change, is the policy revision the change
+	// was made from (AclState.policy_revision as read). The leader refuses
+	// the change (conflict) if the policy was set since, so two admins'
+	// changes cannot silently undo each other. A change without it (from
+	// older clients) replaces the policy as it always did.
+	PolicyRevision *uint64 `protobuf:"varint,5,opt,name=policy_revision,json=policyRevision,proto3,oneof" json:"policy_revision,omitempty"`
+	unknownFields  protoimpl.UnknownFields
+	sizeCache      protoimpl.SizeCache
 }
 
 func (x *AclChange) Reset() {
@@ -419,6 +435,13 @@ func (x *AclChange) GetBootstrap() *AclBootstrap {
 		}
 	}
 	return nil
+}
+
+func (x *AclChange) GetPolicyRevision() uint64 {
+	if x != nil && x.PolicyRevision != nil {
+		return *x.PolicyRevision
+	}
+	return 0
 }
 
 type isAclChange_Change interface {
@@ -1309,18 +1332,21 @@ const file_switchyard_v1_acl_proto_rawDesc = "" +
 	"\tapprovals\x18\x01 \x01(\rR\tapprovals\x12+\n" +
 	"\x11approval_services\x18\x02 \x01(\tR\x10approvalServices\x12&\n" +
 	"\x0fdrill_max_nodes\x18\x03 \x01(\rR\rdrillMaxNodes\x12*\n" +
-	"\x11drill_max_percent\x18\x04 \x01(\rR\x0fdrillMaxPercent\"v\n" +
+	"\x11drill_max_percent\x18\x04 \x01(\rR\x0fdrillMaxPercent\"\x9f\x01\n" +
 	"\bAclState\x128\n" +
 	"\n" +
 	"principals\x18\x01 \x03(\v2\x18.switchyard.v1.PrincipalR\n" +
 	"principals\x120\n" +
-	"\x06policy\x18\x02 \x01(\v2\x18.switchyard.v1.AclPolicyR\x06policy\"\xeb\x01\n" +
+	"\x06policy\x18\x02 \x01(\v2\x18.switchyard.v1.AclPolicyR\x06policy\x12'\n" +
+	"\x0fpolicy_revision\x18\x03 \x01(\x04R\x0epolicyRevision\"\xad\x02\n" +
 	"\tAclChange\x12/\n" +
 	"\x05grant\x18\x01 \x01(\v2\x17.switchyard.v1.AclGrantH\x00R\x05grant\x122\n" +
 	"\x06revoke\x18\x02 \x01(\v2\x18.switchyard.v1.AclRevokeH\x00R\x06revoke\x122\n" +
 	"\x06policy\x18\x03 \x01(\v2\x18.switchyard.v1.AclPolicyH\x00R\x06policy\x12;\n" +
-	"\tbootstrap\x18\x04 \x01(\v2\x1b.switchyard.v1.AclBootstrapH\x00R\tbootstrapB\b\n" +
-	"\x06change\"`\n" +
+	"\tbootstrap\x18\x04 \x01(\v2\x1b.switchyard.v1.AclBootstrapH\x00R\tbootstrap\x12,\n" +
+	"\x0fpolicy_revision\x18\x05 \x01(\x04H\x01R\x0epolicyRevision\x88\x01\x01B\b\n" +
+	"\x06changeB\x12\n" +
+	"\x10_policy_revision\"`\n" +
 	"\bAclGrant\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x12\n" +
 	"\x04name\x18\x02 \x01(\tR\x04name\x12\x12\n" +

@@ -479,9 +479,12 @@ func (x *RolloutControl) GetReason() string {
 
 // PromoteRollout skips the current step, or with full every remaining step.
 type PromoteRollout struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	Rollout       string                 `protobuf:"bytes,1,opt,name=rollout,proto3" json:"rollout,omitempty"`
-	Full          bool                   `protobuf:"varint,2,opt,name=full,proto3" json:"full,omitempty"`
+	state   protoimpl.MessageState `protogen:"open.v1"`
+	Rollout string                 `protobuf:"bytes,1,opt,name=rollout,proto3" json:"rollout,omitempty"`
+	Full    bool                   `protobuf:"varint,2,opt,name=full,proto3" json:"full,omitempty"`
+	// Reason is the operator's why, kept in the rollout's history and the
+	// audit record.
+	Reason        string `protobuf:"bytes,3,opt,name=reason,proto3" json:"reason,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -528,6 +531,13 @@ func (x *PromoteRollout) GetFull() bool {
 		return x.Full
 	}
 	return false
+}
+
+func (x *PromoteRollout) GetReason() string {
+	if x != nil {
+		return x.Reason
+	}
+	return ""
 }
 
 // ApplyRollout starts a rollout.
@@ -781,10 +791,11 @@ const file_switchyard_v1_intent_proto_rawDesc = "" +
 	"\x06reason\x18\x01 \x01(\tR\x06reason\"B\n" +
 	"\x0eRolloutControl\x12\x18\n" +
 	"\arollout\x18\x01 \x01(\tR\arollout\x12\x16\n" +
-	"\x06reason\x18\x02 \x01(\tR\x06reason\">\n" +
+	"\x06reason\x18\x02 \x01(\tR\x06reason\"V\n" +
 	"\x0ePromoteRollout\x12\x18\n" +
 	"\arollout\x18\x01 \x01(\tR\arollout\x12\x12\n" +
-	"\x04full\x18\x02 \x01(\bR\x04full\">\n" +
+	"\x04full\x18\x02 \x01(\bR\x04full\x12\x16\n" +
+	"\x06reason\x18\x03 \x01(\tR\x06reason\">\n" +
 	"\fApplyRollout\x12.\n" +
 	"\x04spec\x18\x01 \x01(\v2\x1a.switchyard.v1.RolloutSpecR\x04spec\"@\n" +
 	"\fAbortRollout\x12\x18\n" +

@@ -32,7 +32,12 @@ type IntentEntry struct {
 	// for intents committed before signatures were required.
 	Signer string `protobuf:"bytes,70,opt,name=signer,proto3" json:"signer,omitempty"`
 	// IntentSha256 is the hash of the signed intent bytes, kept for audit.
-	IntentSha256  []byte `protobuf:"bytes,71,opt,name=intent_sha256,json=intentSha256,proto3" json:"intent_sha256,omitempty"`
+	IntentSha256 []byte `protobuf:"bytes,71,opt,name=intent_sha256,json=intentSha256,proto3" json:"intent_sha256,omitempty"`
+	// Rules is the version of the intent rules the leader committed the
+	// intent under (state.Rules); 0 in entries from before the field. A rule
+	// that changes what an intent does applies only from its version on, so
+	// an old entry replays exactly as it applied.
+	Rules         uint32 `protobuf:"varint,72,opt,name=rules,proto3" json:"rules,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -93,6 +98,13 @@ func (x *IntentEntry) GetIntentSha256() []byte {
 		return x.IntentSha256
 	}
 	return nil
+}
+
+func (x *IntentEntry) GetRules() uint32 {
+	if x != nil {
+		return x.Rules
+	}
+	return 0
 }
 
 // RolloutConvergedEntry records that every live node running the rollout's
@@ -895,13 +907,14 @@ var File_switchyard_v1_raft_proto protoreflect.FileDescriptor
 
 const file_switchyard_v1_raft_proto_rawDesc = "" +
 	"\n" +
-	"\x18switchyard/v1/raft.proto\x12\rswitchyard.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x17switchyard/v1/acl.proto\x1a\x1bswitchyard/v1/desired.proto\x1a\x19switchyard/v1/drill.proto\x1a\x1aswitchyard/v1/intent.proto\x1a\x1bswitchyard/v1/rollout.proto\"\xb4\x01\n" +
+	"\x18switchyard/v1/raft.proto\x12\rswitchyard.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x17switchyard/v1/acl.proto\x1a\x1bswitchyard/v1/desired.proto\x1a\x19switchyard/v1/drill.proto\x1a\x1aswitchyard/v1/intent.proto\x1a\x1bswitchyard/v1/rollout.proto\"\xca\x01\n" +
 	"\vIntentEntry\x12-\n" +
 	"\x06intent\x18\x01 \x01(\v2\x15.switchyard.v1.IntentR\x06intent\x129\n" +
 	"\n" +
 	"stamped_at\x18\x02 \x01(\v2\x1a.google.protobuf.TimestampR\tstampedAt\x12\x16\n" +
 	"\x06signer\x18F \x01(\tR\x06signer\x12#\n" +
-	"\rintent_sha256\x18G \x01(\fR\fintentSha256\"\xb8\x01\n" +
+	"\rintent_sha256\x18G \x01(\fR\fintentSha256\x12\x14\n" +
+	"\x05rules\x18H \x01(\rR\x05rules\"\xb8\x01\n" +
 	"\x15RolloutConvergedEntry\x12\x18\n" +
 	"\arollout\x18\x01 \x01(\tR\arollout\x12\x1e\n" +
 	"\n" +

@@ -968,6 +968,9 @@ type Rollout struct {
 	// PauseReason says why the rollout paused itself (a gating webhook with
 	// onFailure pause); empty when an operator paused it.
 	PauseReason string `protobuf:"bytes,52,opt,name=pause_reason,json=pauseReason,proto3" json:"pause_reason,omitempty"`
+	// StartGate is set, with HoldStart, while the first wave's manualGate
+	// holds the rollout before any traffic moves; an approval clears it.
+	StartGate bool `protobuf:"varint,53,opt,name=start_gate,json=startGate,proto3" json:"start_gate,omitempty"`
 	// Approvers are the principals who approved the gate at the current
 	// position, when a policy asks for more than one.
 	Approvers []string `protobuf:"bytes,70,rep,name=approvers,proto3" json:"approvers,omitempty"`
@@ -1146,6 +1149,13 @@ func (x *Rollout) GetPauseReason() string {
 		return x.PauseReason
 	}
 	return ""
+}
+
+func (x *Rollout) GetStartGate() bool {
+	if x != nil {
+		return x.StartGate
+	}
+	return false
 }
 
 func (x *Rollout) GetApprovers() []string {
@@ -1845,7 +1855,7 @@ const file_switchyard_v1_rollout_proto_rawDesc = "" +
 	"\x03max\x18\x02 \x01(\v2\x19.google.protobuf.DurationR\x03max\x12<\n" +
 	"\fmax_increase\x18\x03 \x01(\v2\x19.google.protobuf.DurationR\vmaxIncrease\"2\n" +
 	"\x13SaturationGuardrail\x12\x1b\n" +
-	"\tmax_queue\x18\x01 \x01(\rR\bmaxQueue\"\xf4\x06\n" +
+	"\tmax_queue\x18\x01 \x01(\rR\bmaxQueue\"\x93\a\n" +
 	"\aRollout\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\tR\x02id\x12.\n" +
 	"\x04spec\x18\x02 \x01(\v2\x1a.switchyard.v1.RolloutSpecR\x04spec\x121\n" +
@@ -1874,7 +1884,9 @@ const file_switchyard_v1_rollout_proto_rawDesc = "" +
 	"hook_calls\x182 \x03(\v2\x17.switchyard.v1.HookCallR\thookCalls\x12\x1d\n" +
 	"\n" +
 	"hold_start\x183 \x01(\bR\tholdStart\x12!\n" +
-	"\fpause_reason\x184 \x01(\tR\vpauseReason\x12\x1c\n" +
+	"\fpause_reason\x184 \x01(\tR\vpauseReason\x12\x1d\n" +
+	"\n" +
+	"start_gate\x185 \x01(\bR\tstartGate\x12\x1c\n" +
 	"\tapprovers\x18F \x03(\tR\tapprovers\x12\x1d\n" +
 	"\n" +
 	"author_key\x18G \x01(\tR\tauthorKey\"\xbe\x01\n" +

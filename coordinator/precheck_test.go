@@ -1,0 +1,122 @@
+package coordinator
+
+import (
+	"context"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/testutil"
+	"google.golang.org/protobuf/proto"
+
+	"github.com/switchyard/switchyard/bus"
+	sv1 "github.com/switchyard/switchyard/proto/switchyard/v1"
+)
+
+// With no node running the service, an aborted rollout is rolled back at
+// once (no live node to wait for), and the service then serves its from:
+// a new rollout from the other backend is refused before commit, one from
+// the backend it serves is taken. A first wave with a manual gate holds
+// the new rollout: the leader commits it under the current rules.
+func TestIntents_NewRolloutMustStartFromTheBackendTheServiceServes(t *testing.T) {
+	nc, url := startNATS(t)
+	c := startCoordinatorStaleAfter(t, url, t.TempDir(), time.Second)
+	st := func() interface {
+		Rollout(string) *sv1.Rollout
+	} {
+		return c.srv.fsm.State()
+	}
+
+	if res := send(t, nc, applyIntent("i1", "r1")); !res.GetAccepted() {
+		t.Fatal(res)
+	}
+	if res := send(t, nc, &sv1.Intent{Id: "i2", Action: &sv1.Intent_AbortRollout{AbortRollout: &sv1.AbortRollout{Rollout: "r1"}}}); !res.GetAccepted() {
+		t.Fatal(res)
+	}
+	waitFor(t, "the rollback with no live node to be confirmed", 10*time.Second, func() bool {
+		return st().Rollout("r1").GetPhase() == sv1.RolloutPhase_ROLLOUT_PHASE_ROLLED_BACK
+	})
+
+	back := applyIntent("i3", "r2")
+	back.GetApplyRollout().GetSpec().From, back.GetApplyRollout().GetSpec().To = "green", "blue"
+	res := send(t, nc, back)
+	if res.GetAccepted() || res.GetCode() != "conflict" || !strings.Contains(res.GetError(), `spec.from: "green", but service "web" serves "blue" now`) {
+		t.Fatalf("rollout from the backend not served: %v", res)
+	}
+	if st().Rollout("r2") != nil {
+		t.Fatal("the refused rollout was committed")
+	}
+
+	gated := applyIntent("i4", "r3")
+	gated.GetApplyRollout().GetSpec().Waves = []*sv1.WaveSpec{{Name: "first", BasisPoints: 10000, ManualGate: true}}
+	if res := send(t, nc, gated); !res.GetAccepted() {
+		t.Fatal(res)
+	}
+	if r := st().Rollout("r3"); !r.GetStartGate() || !r.GetHoldStart() {
+		t.Fatalf("first wave's manual gate: start gate %v, held %v", r.GetStartGate(), r.GetHoldStart())
+	}
+	ans, err := c.srv.Rollouts(&sv1.RolloutsQuery{Rollout: "r3"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if v := ans.GetRollouts()[0]; v.GetWaiting() != "approval to start wave first" || v.GetPosition() != "before wave 1/1 first, no traffic moved" {
+		t.Errorf("status waiting %q, position %q", v.GetWaiting(), v.GetPosition())
+	}
+	approve := &sv1.Intent{Id: "i5", Action: &sv1.Intent_ApproveRollout{ApproveRollout: &sv1.RolloutControl{Rollout: "r3", Reason: "CHG-7"}}}
+	if res := send(t, nc, approve); !res.GetAccepted() {
+		t.Fatal(res)
+	}
+	h := st().Rollout("r3").GetHistory()
+	if msg := h[len(h)-1].GetMessage(); !strings.Contains(msg, "approved the start of wave first") || !strings.HasSuffix(msg, "; reason: CHG-7") {
+		t.Errorf("history %q", msg)
+	}
+}
+
+// startCoordinatorStaleAfter is startCoordinator with a short stale
+// period, after which a coordinator that heard from no node of a service
+// takes it that none runs it.
+func startCoordinatorStaleAfter(t *testing.T, natsURL, dataDir string, staleAfter time.Duration) *testCoordinator {
+	t.Helper()
+	reg := prometheus.NewRegistry()
+	srv, err := New(Config{
+		NodeID: "c1", DataDir: dataDir, RaftAddr: "127.0.0.1:0", HTTPAddr: "127.0.0.1:0",
+		NATSURL: natsURL, BootstrapExpect: 1, Registerer: reg, Gatherer: reg,
+		TickInterval: 50 * time.Millisecond, Signing: testSigning, StaleAfter: staleAfter,
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	c := &testCoordinator{srv: srv, reg: reg, cancel: cancel, done: make(chan struct{})}
+	go func() {
+		defer close(c.done)
+		_ = srv.Run(ctx)
+	}()
+	t.Cleanup(c.stop)
+	waitFor(t, "leadership", 10*time.Second, func() bool { return testutil.ToFloat64(srv.metrics.isLeader) == 1 })
+	return c
+}
+
+// Two admins' `acl policy` made from the same read: the later one is
+// refused before commit instead of undoing the first.
+func TestAcl_PolicyChangeFromAStaleReadIsRefusedBeforeCommit(t *testing.T) {
+	nc, url := startNATS(t)
+	admin := newUser(t)
+	c := startCoordinatorWithAdmin(t, url, t.TempDir(), admin)
+	read := c.srv.fsm.State().Acl()
+	change := func(id string, pol *sv1.AclPolicy) *sv1.Intent {
+		return &sv1.Intent{Id: id, Action: &sv1.Intent_Acl{Acl: &sv1.AclChange{
+			PolicyRevision: proto.Uint64(read.GetPolicyRevision()), Change: &sv1.AclChange_Policy{Policy: pol}}}}
+	}
+	if res := sendSigned(t, nc, admin, bus.IntentKindAcl, change("a", &sv1.AclPolicy{Approvals: 2, ApprovalServices: "*"})); !res.GetAccepted() {
+		t.Fatal(res)
+	}
+	res := sendSigned(t, nc, admin, bus.IntentKindAcl, change("b", &sv1.AclPolicy{DrillMaxNodes: 5}))
+	if res.GetAccepted() || res.GetCode() != "conflict" || !strings.Contains(res.GetError(), "read it again") {
+		t.Fatalf("policy change from a stale read: %v", res)
+	}
+	if pol := c.srv.fsm.State().Acl().GetPolicy(); pol.GetApprovals() != 2 || pol.GetDrillMaxNodes() != 0 {
+		t.Fatalf("policy %v; want A's change kept", pol)
+	}
+}

@@ -1,0 +1,67 @@
+package state
+
+import (
+	"fmt"
+
+	sv1 "github.com/switchyard/switchyard/proto/switchyard/v1"
+)
+
+// Checks the leader makes against the current state before it commits an
+// intent. They are refusals added after intents of their kind were in
+// logs: inside Apply they would change what old entries did on replay, and
+// a replica running the version before would accept what this one refuses.
+// The leader takes intents one at a time, and what they check changes only
+// through intents, so the state they read is the state the intent will
+// apply to.
+
+// CheckNewRollout refuses a rollout whose service is not free or whose
+// from is not the backend the service serves now: the to of the last
+// rollout if it completed, its from if it was rolled back. A service with
+// no rollout yet takes any from. It returns the refusal code with the
+// error; the state machine refuses the same rollout on its own where it
+// always did.
+func (s *State) CheckNewRollout(sp *sv1.RolloutSpec) (string, error) {
+	s.mu.RLock()
+	defer s.mu.RUnlock()
+	last := s.rollouts[s.services[sp.GetService()].GetActiveRollout()]
+	if last == nil || s.rollouts[sp.GetName()] != nil {
+		return "", nil
+	}
+	var serves string
+	switch p := last.GetPhase(); p {
+	case sv1.RolloutPhase_ROLLOUT_PHASE_COMPLETED:
+		serves = last.GetSpec().GetTo()
+	case sv1.RolloutPhase_ROLLOUT_PHASE_ROLLED_BACK:
+		serves = last.GetSpec().GetFrom()
+	case sv1.RolloutPhase_ROLLOUT_PHASE_ROLLING_BACK:
+		return CodeConflict, fmt.Errorf("spec.service: %q is in rollout %q (rolling-back); the service is free once the rollback is confirmed, "+
+			"when every live node applied it (silent nodes are not waited for, so no action is needed): follow it with `switchyard rollout status %s`",
+			sp.GetService(), last.GetId(), last.GetId())
+	default:
+		return CodeConflict, fmt.Errorf("spec.service: %q is in rollout %q (%s); abort it or wait for it to finish",
+			sp.GetService(), last.GetId(), PhaseName(p))
+	}
+	if sp.GetFrom() != serves {
+		return CodeConflict, fmt.Errorf("spec.from: %q, but service %q serves %q now (rollout %q %s); a rollout moves traffic away from the backend the service serves: set from: %s",
+			sp.GetFrom(), sp.GetService(), serves, last.GetId(), PhaseName(last.GetPhase()), serves)
+	}
+	return "", nil
+}
+
+// CheckPolicyRevision refuses a policy change made from a policy that was
+// set again since it was read: the change carries every field of the policy,
+// so committing it would silently undo the other admin's change. A change
+// that names no revision (from clients before the field) is not checked and
+// replaces the policy as it always did.
+func (s *State) CheckPolicyRevision(c *sv1.AclChange) (string, error) {
+	if c.GetPolicy() == nil || c.PolicyRevision == nil {
+		return "", nil
+	}
+	s.mu.RLock()
+	defer s.mu.RUnlock()
+	if read, now := c.GetPolicyRevision(), s.acl.GetPolicyRevision(); read != now {
+		return CodeConflict, fmt.Errorf("acl.policy_revision: the policy was read at revision %d and changed since (revision %d, by another admin); "+
+			"read it again with `switchyard acl list` and repeat the change: `switchyard acl policy` does both", read, now)
+	}
+	return "", nil
+}
