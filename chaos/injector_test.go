@@ -211,6 +211,41 @@ func TestChaos_HTTPDelayCloseServesTheDelayedRequest(t *testing.T) {
 	}
 }
 
+// A bandwidth limit below the proxy's read buffer (32 KiB) holds: every
+// byte waits for its token.
+func TestChaos_TCPBandwidthHoldsBelowTheReadBuffer(t *testing.T) {
+	const bps = 4 << 10
+	const window = 1500 * time.Millisecond
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	go func() {
+		c, err := ln.Accept()
+		if err != nil {
+			return
+		}
+		defer c.Close()
+		_, _ = c.Write(make([]byte, 256<<10))
+	}()
+	p := NewTCPFaultProxy(ln.Addr().String(), &sv1.TCPFault{Backend: "green", Kind: "bandwidth", BytesPerSecond: bps})
+	startProxy(t, p)
+	c, err := net.Dial("tcp", p.Addr())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	_ = c.SetReadDeadline(time.Now().Add(window))
+	n, _ := io.Copy(io.Discard, c)
+	// One burst (a second's worth) plus 1.5 s of tokens is 10 KiB. Twice
+	// that allows for a slow machine; without the fix a 32 KiB read paid
+	// for 4 KiB, and some 80 KiB got through.
+	if limit := int64(2 * (bps + bps*3/2)); n > limit || n == 0 {
+		t.Fatalf("read %d bytes in %v through a %d B/s limit, want 1..%d", n, window, bps, limit)
+	}
+}
+
 func waitFor(t *testing.T, d time.Duration, what string, cond func() bool) {
 	t.Helper()
 	deadline := time.Now().Add(d)

@@ -193,14 +193,20 @@ func (p *FaultProxy) serveTCP(c net.Conn) {
 	done := make(chan struct{}, 2)
 	pipe := func(dst, src net.Conn, delay time.Duration, lim *rate.Limiter) {
 		defer func() { done <- struct{}{} }()
-		buf := make([]byte, 32<<10)
+		size := 32 << 10
+		if lim != nil {
+			// Every byte is paid for: a read is at most what the limiter
+			// can grant at once, so a limit below the buffer holds.
+			size = min(size, lim.Burst())
+		}
+		buf := make([]byte, size)
 		for {
 			n, err := src.Read(buf)
 			if n > 0 {
 				if delay > 0 && !p.sleep(nil, delay) {
 					return
 				}
-				if lim != nil && lim.WaitN(p.stop, min(n, lim.Burst())) != nil {
+				if lim != nil && lim.WaitN(p.stop, n) != nil {
 					return
 				}
 				if _, werr := dst.Write(buf[:n]); werr != nil {
