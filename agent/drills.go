@@ -40,8 +40,25 @@ import (
 // that overlap it.
 const drillSpanKeep = 2 * time.Minute
 
-// shutdownRevertTimeout bounds the reverts of a stopping agent.
+// shutdownRevertTimeout bounds the reverts of a stopping agent, all of
+// them together: what is not reverted by then is reverted from the journal
+// by the next start.
 const shutdownRevertTimeout = 5 * time.Second
+
+// revertContext is the context of one revert: it is not cancelled with
+// ctx (a drill goroutine told to stop still reverts what it has begun), but
+// it keeps ctx's deadline, so a stopping agent's reverts end together by
+// its bound, and lasts at most timeout.
+func revertContext(ctx context.Context, timeout time.Duration) (context.Context, context.CancelFunc) {
+	rctx := context.WithoutCancel(ctx)
+	if dl, ok := ctx.Deadline(); ok {
+		var cancelDL context.CancelFunc
+		rctx, cancelDL = context.WithDeadline(rctx, dl)
+		tctx, cancel := context.WithTimeout(rctx, timeout)
+		return tctx, func() { cancel(); cancelDL() }
+	}
+	return context.WithTimeout(rctx, timeout)
+}
 
 // drillDelivery is one drill key's value as it came off the bus.
 type drillDelivery struct {
@@ -101,6 +118,9 @@ type drillFollower struct {
 	resync     time.Duration
 	retryMin   time.Duration
 	retryMax   time.Duration
+	// shutdownWait bounds all of shutdown's reverts together
+	// (shutdownRevertTimeout; a seam for tests).
+	shutdownWait time.Duration
 	// newProxy builds a fault proxy; a seam for tests.
 	newProxy func(target string, f *sv1.Fault) *chaos.FaultProxy
 
@@ -136,24 +156,25 @@ type drillFollower struct {
 
 func newDrillFollower(a *Agent, res *resources, journal FaultJournal) *drillFollower {
 	f := &drillFollower{
-		node:       a.cfg.Node,
-		labels:     a.cfg.Labels,
-		drivers:    map[string]driver.Driver{},
-		backends:   map[string][]string{},
-		processes:  a.cfg.Processes,
-		journal:    journal,
-		gate:       newBusGate(),
-		conn:       a.conn,
-		sharedConn: a.sharedConn != nil,
-		announce:   a.publishStatusNow,
-		changed:    a.statusDirty,
-		clock:      a.clock,
-		log:        a.log,
-		m:          a.m,
-		timeout:    a.timing.applyTimeout,
-		resync:     a.cfg.Resync,
-		retryMin:   a.timing.retryMin,
-		retryMax:   a.timing.retryMax,
+		node:         a.cfg.Node,
+		labels:       a.cfg.Labels,
+		drivers:      map[string]driver.Driver{},
+		backends:     map[string][]string{},
+		processes:    a.cfg.Processes,
+		journal:      journal,
+		gate:         newBusGate(),
+		conn:         a.conn,
+		sharedConn:   a.sharedConn != nil,
+		announce:     a.publishStatusNow,
+		changed:      a.statusDirty,
+		clock:        a.clock,
+		log:          a.log,
+		m:            a.m,
+		timeout:      a.timing.applyTimeout,
+		resync:       a.cfg.Resync,
+		retryMin:     a.timing.retryMin,
+		retryMax:     a.timing.retryMax,
+		shutdownWait: shutdownRevertTimeout,
 		newProxy: func(target string, f *sv1.Fault) *chaos.FaultProxy {
 			if h := f.GetHttp(); h != nil {
 				return chaos.NewHTTPFaultProxy(target, h)
@@ -663,7 +684,7 @@ func (f *drillFollower) inject(ctx context.Context, doc *sv1.DrillDocument, now 
 		if err != nil {
 			// Undo whatever part was done; the journal keeps the record
 			// until that worked.
-			rctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), f.timeout)
+			rctx, cancel := revertContext(ctx, f.timeout)
 			rerr := inj.Revert(rctx)
 			cancel()
 			if rerr != nil {
@@ -709,7 +730,7 @@ func (f *drillFollower) revert(ctx context.Context, name string, nf *nodeFault, 
 	}
 	var err error
 	if nf.inj != nil {
-		rctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), f.timeout)
+		rctx, cancel := revertContext(ctx, f.timeout)
 		err = nf.inj.Revert(rctx)
 		cancel()
 	}
@@ -842,7 +863,10 @@ func (f *drillFollower) shutdown() {
 		}
 		return
 	}
-	ctx, cancel := context.WithTimeout(context.Background(), shutdownRevertTimeout)
+	// One deadline for every revert: each gets what is left of it, so a
+	// proxy that does not answer cannot hold the agent for a timeout per
+	// fault.
+	ctx, cancel := context.WithTimeout(context.Background(), f.shutdownWait)
 	defer cancel()
 	for _, name := range slices.Sorted(maps.Keys(f.faults)) {
 		f.revert(ctx, name, f.faults[name], "the agent is stopping")

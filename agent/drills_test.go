@@ -6,6 +6,7 @@ import (
 	"log/slog"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -109,22 +110,23 @@ func testFollower(t testing.TB, m *metrics, now time.Time) (*drillFollower, *eve
 	j := &loggingJournal{memJournal: newMemJournal(), log: log}
 	f := &drillFollower{
 		node: "edge-1", labels: map[string]string{"region": "eu"},
-		drivers:   map[string]driver.Driver{"web": newChaosDriver(log)},
-		backends:  map[string][]string{"web": {"blue", "green"}},
-		processes: map[string]ProcessConfig{},
-		journal:   j,
-		trust:     testRing,
-		gate:      newBusGate(),
-		conn:      func() *nats.Conn { return nil },
-		announce:  func() {},
-		changed:   func() {},
-		clock:     clock.NewFake(now),
-		log:       slog.New(slog.DiscardHandler),
-		m:         m,
-		timeout:   time.Second,
-		resync:    time.Hour,
-		retryMin:  time.Millisecond,
-		retryMax:  time.Millisecond,
+		drivers:      map[string]driver.Driver{"web": newChaosDriver(log)},
+		backends:     map[string][]string{"web": {"blue", "green"}},
+		processes:    map[string]ProcessConfig{},
+		journal:      j,
+		trust:        testRing,
+		gate:         newBusGate(),
+		conn:         func() *nats.Conn { return nil },
+		announce:     func() {},
+		changed:      func() {},
+		clock:        clock.NewFake(now),
+		log:          slog.New(slog.DiscardHandler),
+		m:            m,
+		timeout:      time.Second,
+		resync:       time.Hour,
+		retryMin:     time.Millisecond,
+		retryMax:     time.Millisecond,
+		shutdownWait: shutdownRevertTimeout,
 		newProxy: func(target string, fault *sv1.Fault) *chaos.FaultProxy {
 			if h := fault.GetHttp(); h != nil {
 				return chaos.NewHTTPFaultProxy(target, h)
@@ -344,5 +346,53 @@ func TestDrills_FailuresAreRetried(t *testing.T) {
 	recs, _ := j.LoadFaults()
 	if len(recs) != 1 || !recs[0].Reverted {
 		t.Fatalf("journal %+v, want the record reverted", recs)
+	}
+}
+
+// hangingAddrDriver is a chaosDriver whose SetServerAddr, once hang is
+// set, waits until its context ends (HAProxy's socket accepting and never
+// answering).
+type hangingAddrDriver struct {
+	*chaosDriver
+	hang atomic.Bool
+}
+
+func (d *hangingAddrDriver) SetServerAddr(ctx context.Context, backend, addr string) error {
+	if d.hang.Load() {
+		<-ctx.Done()
+		return ctx.Err()
+	}
+	return d.chaosDriver.SetServerAddr(ctx, backend, addr)
+}
+
+// TestDrills_ShutdownBoundsAllRevertsTogether: a stopping agent whose
+// proxy does not answer gives up on all its reverts by one deadline, not
+// one apply timeout per fault; the journal keeps them for the next start.
+func TestDrills_ShutdownBoundsAllRevertsTogether(t *testing.T) {
+	m, err := newMetrics(prometheus.NewRegistry())
+	if err != nil {
+		t.Fatal(err)
+	}
+	f, log, j := testFollower(t, m, fuzzNow)
+	drv := &hangingAddrDriver{chaosDriver: f.drivers["web"].(*chaosDriver)}
+	f.drivers["web"] = drv
+	f.timeout = 4 * time.Second
+	f.shutdownWait = time.Second
+	ctx := context.Background()
+	f.deliver(ctx, drillDelivery{key: "d1", raw: marshalDrill(t, drillDoc("d1", 1, green100, fuzzNow, time.Minute))})
+	f.deliver(ctx, drillDelivery{key: "d2", raw: marshalDrill(t, drillDoc("d2", 1, httpFault(&sv1.HTTPFault{Backend: "blue", ErrorPercent: 100}), fuzzNow, time.Minute))})
+	if len(f.faults) != 2 {
+		t.Fatalf("faults %v: %s", f.faults, log)
+	}
+	drv.hang.Store(true)
+	start := time.Now()
+	f.shutdown()
+	// Each revert alone would wait its 4 s apply timeout: 8 s in all.
+	if took := time.Since(start); took > f.shutdownWait+time.Second {
+		t.Fatalf("shutdown took %v; it is bounded by %v", took, f.shutdownWait)
+	}
+	recs, _ := j.LoadFaults()
+	if len(recs) != 2 || recs[0].Reverted || recs[1].Reverted {
+		t.Fatalf("journal %+v, want both faults kept unreverted for the next start", recs)
 	}
 }
