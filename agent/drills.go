@@ -762,12 +762,23 @@ func (f *drillFollower) revert(ctx context.Context, name string, nf *nodeFault, 
 // recoverJournal reverts every fault a previous run journaled and did not
 // revert, and remembers the drills it must not inject again.
 func (f *drillFollower) recoverJournal(ctx context.Context) {
-	recs, err := f.journal.LoadFaults()
+	recs, damaged, err := f.journal.LoadFaults()
 	if err != nil {
 		f.log.Error("cannot read the fault journal; faults of a previous run may still be active", "err", err)
 		return
 	}
 	now := f.clock.Now()
+	for _, d := range damaged {
+		f.m.journalDamaged.Inc()
+		f.log.Error("a fault journal record cannot be read; it is moved aside (bucket faults.damaged) and not reverted: "+
+			"if a fault of that drill is still on this node, revert it by hand", "key", d.Key, "err", d.Err)
+		if err := f.journal.QuarantineFault(d.Key); err != nil {
+			f.log.Warn("move the damaged fault record aside; it is read again at the next start", "key", d.Key, "err", err)
+		}
+		// Its key is most likely the drill's name: not injected again
+		// while the drill may still run, as for any journaled fault.
+		f.done[d.Key] = now.Add(chaos.MaxDuration)
+	}
 	for _, rec := range recs {
 		if rec.Reverted {
 			if now.After(rec.Until.Add(time.Minute)) {

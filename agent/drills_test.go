@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"log/slog"
+	"path/filepath"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -12,6 +13,7 @@ import (
 
 	"github.com/nats-io/nats.go"
 	"github.com/prometheus/client_golang/prometheus"
+	bolt "go.etcd.io/bbolt"
 	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/timestamppb"
 
@@ -212,7 +214,7 @@ func TestDrills_JournalBeforeApply(t *testing.T) {
 		events[2] != "addr green 127.0.0.1:9002" || events[3] != "journal d1 reverted=true" {
 		t.Fatalf("events %s; want journal, re-point, point back, journal reverted", log)
 	}
-	recs, _ := j.LoadFaults()
+	recs, _, _ := j.LoadFaults()
 	if len(recs) != 1 || recs[0].OrigAddr != "127.0.0.1:9002" {
 		t.Fatalf("journal %+v", recs)
 	}
@@ -277,7 +279,7 @@ func FuzzAgent_DrillDocument(f *testing.F) {
 		// The running drill first, so fencing and untargeting are reached.
 		fl.deliver(ctx, drillDelivery{key: "green-errors", raw: runningRaw})
 		fl.deliver(ctx, drillDelivery{key: key, raw: raw, poll: poll})
-		recs, _ := j.LoadFaults()
+		recs, _, _ := j.LoadFaults()
 		journaled := map[string]bool{}
 		for _, r := range recs {
 			journaled[r.Drill] = !r.Reverted
@@ -313,7 +315,7 @@ func TestDrills_FailuresAreRetried(t *testing.T) {
 	if f.faults["d1"] != nil || len(f.activeFaults()) != 0 {
 		t.Fatalf("a fault that failed to apply is held: %s", log)
 	}
-	if recs, _ := j.LoadFaults(); len(recs) != 0 {
+	if recs, _, _ := j.LoadFaults(); len(recs) != 0 {
 		t.Fatalf("journal keeps a fault that was undone: %+v", recs)
 	}
 	if got := testCounter(t, m.faults.WithLabelValues(kindHTTP, faultFailed)); got != 1 {
@@ -343,7 +345,7 @@ func TestDrills_FailuresAreRetried(t *testing.T) {
 	if got, _ := drv.ServerAddr(ctx, "green"); got != "127.0.0.1:9002" {
 		t.Fatalf("green at %s after the revert", got)
 	}
-	recs, _ := j.LoadFaults()
+	recs, _, _ := j.LoadFaults()
 	if len(recs) != 1 || !recs[0].Reverted {
 		t.Fatalf("journal %+v, want the record reverted", recs)
 	}
@@ -391,8 +393,66 @@ func TestDrills_ShutdownBoundsAllRevertsTogether(t *testing.T) {
 	if took := time.Since(start); took > f.shutdownWait+time.Second {
 		t.Fatalf("shutdown took %v; it is bounded by %v", took, f.shutdownWait)
 	}
-	recs, _ := j.LoadFaults()
+	recs, _, _ := j.LoadFaults()
 	if len(recs) != 2 || recs[0].Reverted || recs[1].Reverted {
 		t.Fatalf("journal %+v, want both faults kept unreverted for the next start", recs)
+	}
+}
+
+// TestDrills_DamagedJournalRecordDoesNotBlockTheOthers: an undecodable
+// journal record is reported, counted and moved aside; the good records
+// are still reverted, and the next start does not meet the bad one again.
+func TestDrills_DamagedJournalRecordDoesNotBlockTheOthers(t *testing.T) {
+	dir := t.TempDir()
+	st, err := state.Open(dir, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := st.SaveFault(state.FaultRecord{Drill: "good", Generation: 1, Kind: kindBackendState, Service: "web", Backend: "green",
+		Since: fuzzNow.Add(-time.Minute), Until: fuzzNow.Add(time.Hour)}); err != nil {
+		t.Fatal(err)
+	}
+	st.Close()
+	db, err := bolt.Open(filepath.Join(dir, state.FileName), 0o600, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := db.Update(func(tx *bolt.Tx) error {
+		return tx.Bucket([]byte("faults")).Put([]byte("zzz-damaged"), []byte("{not json"))
+	}); err != nil {
+		t.Fatal(err)
+	}
+	db.Close()
+	st, err = state.Open(dir, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer st.Close()
+
+	m, err := newMetrics(prometheus.NewRegistry())
+	if err != nil {
+		t.Fatal(err)
+	}
+	f, log, _ := testFollower(t, m, fuzzNow)
+	var logged strings.Builder
+	f.log = slog.New(slog.NewTextHandler(&logged, nil))
+	f.journal = st
+	f.recoverJournal(context.Background())
+	defer f.shutdown()
+	if !strings.Contains(log.String(), "state green ready") {
+		t.Fatalf("the good record's fault (green in maint) was not reverted; driver saw %q", log)
+	}
+	if !strings.Contains(logged.String(), "key=zzz-damaged") {
+		t.Fatalf("the damaged record is not named in the log:\n%s", logged.String())
+	}
+	if got := testCounter(t, m.journalDamaged); got != 1 {
+		t.Fatalf("damaged records counted %v, want 1", got)
+	}
+	if f.done["zzz-damaged"].IsZero() {
+		t.Fatal("the drill of the damaged record may be injected again")
+	}
+	recs, damaged, err := st.LoadFaults()
+	if err != nil || len(damaged) != 0 || len(recs) != 1 || !recs[0].Reverted {
+		t.Fatalf("journal after recovery: %+v, damaged %+v, %v; want the good record reverted and the bad one gone", recs, damaged, err)
 	}
 }
