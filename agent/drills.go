@@ -69,8 +69,13 @@ type drillDelivery struct {
 	// poll marks a document the agent read itself: finding the generation
 	// it has is the steady state, not a stale push.
 	poll bool
+	// listing, on a delivery with no key, is queued before a complete read
+	// of the bucket begins: what is pushed from then on is at least as new
+	// as what the read finds.
+	listing bool
 	// listed, on a delivery with no key, ends a complete read of the
-	// bucket: drills it does not name are gone.
+	// bucket: drills it does not name are gone, unless pushed since the
+	// read began.
 	listed map[string]bool
 }
 
@@ -143,6 +148,10 @@ type drillFollower struct {
 	// Owned by run's goroutine.
 	docs   map[string]*sv1.DrillDocument
 	faults map[string]*nodeFault
+	// pushedDuringListing names the drills pushed since the bucket read
+	// under way began; nil when none is. The read cannot know of them:
+	// it neither deletes them nor brings back an older value.
+	pushedDuringListing map[string]bool
 	// done names the drills never to inject again on this node (reverted,
 	// journaled before a restart, or refused here), until the drill's end.
 	done   map[string]time.Time
@@ -281,6 +290,9 @@ func (f *drillFollower) poll(ctx context.Context, js jetstream.JetStream, kv jet
 	}
 	lctx, cancel := context.WithTimeout(ctx, busTimeout)
 	defer cancel()
+	// Queued before the read: a push queued after this may be newer than
+	// what the read finds, and the drill goroutine lets it win.
+	f.inbox.put(drillDelivery{listing: true})
 	docs, err := bus.ReadAll(lctx, js, kv)
 	if err != nil {
 		if ctx.Err() == nil {
@@ -350,16 +362,27 @@ func (f *drillFollower) run(ctx context.Context) {
 // deliver decodes and fences one delivery and acts on what changed.
 func (f *drillFollower) deliver(ctx context.Context, d drillDelivery) {
 	switch {
+	case d.listing:
+		f.pushedDuringListing = map[string]bool{}
+		return
 	case d.listed != nil:
 		for _, name := range slices.Sorted(maps.Keys(f.docs)) {
-			if !d.listed[name] {
+			if !d.listed[name] && !f.pushedDuringListing[name] {
 				f.log.Info("drill is no longer in the bucket", "drill", name)
 				delete(f.docs, name)
 				f.reconcile(ctx, name)
 			}
 		}
+		f.pushedDuringListing = nil
 		return
-	case d.deleted:
+	case d.poll && f.pushedDuringListing[d.key]:
+		// Read before a push that came since, which is as new: a
+		// deleted drill must not come back.
+		return
+	case !d.poll && f.pushedDuringListing != nil:
+		f.pushedDuringListing[d.key] = true
+	}
+	if d.deleted {
 		if _, ok := f.docs[d.key]; ok {
 			f.log.Info("drill deleted from the bucket", "drill", d.key)
 		}

@@ -456,3 +456,43 @@ func TestDrills_DamagedJournalRecordDoesNotBlockTheOthers(t *testing.T) {
 		t.Fatalf("journal after recovery: %+v, damaged %+v, %v; want the good record reverted and the bad one gone", recs, damaged, err)
 	}
 }
+
+// TestDrills_ListingOlderThanAPushDoesNotUndoIt: a bucket read that began
+// before a push and ends after it cannot know of it. It neither reverts a
+// drill pushed meanwhile as "no longer in the bucket" nor brings back a
+// drill deleted meanwhile; a read begun after the push still does both.
+func TestDrills_ListingOlderThanAPushDoesNotUndoIt(t *testing.T) {
+	m, err := newMetrics(prometheus.NewRegistry())
+	if err != nil {
+		t.Fatal(err)
+	}
+	f, log, _ := testFollower(t, m, fuzzNow)
+	defer f.shutdown()
+	ctx := context.Background()
+	later := marshalDrill(t, drillDoc("later", 1, stateFaultOf("green", "maint"), fuzzNow.Add(time.Hour), time.Minute))
+	f.deliver(ctx, drillDelivery{key: "later", raw: later})
+
+	// The read begins, finds the bucket without d1 and with "later"; d1 is
+	// pushed and "later" deleted before its result is queued.
+	f.deliver(ctx, drillDelivery{listing: true})
+	f.deliver(ctx, drillDelivery{key: "d1", raw: marshalDrill(t, drillDoc("d1", 1, green100, fuzzNow, time.Minute))})
+	if f.faults["d1"] == nil {
+		t.Fatalf("not injected: %s", log)
+	}
+	f.deliver(ctx, drillDelivery{key: "later", deleted: true})
+	f.deliver(ctx, drillDelivery{key: "later", raw: later, poll: true})
+	f.deliver(ctx, drillDelivery{listed: map[string]bool{"later": true}})
+	if f.faults["d1"] == nil || !f.done["d1"].IsZero() {
+		t.Fatalf("a read begun before d1's push reverted it (done until %v): %s", f.done["d1"], log)
+	}
+	if f.docs["later"] != nil {
+		t.Fatal("a read begun before the delete of drill later brought it back")
+	}
+
+	// A read begun after the push is the truth.
+	f.deliver(ctx, drillDelivery{listing: true})
+	f.deliver(ctx, drillDelivery{listed: map[string]bool{}})
+	if f.faults["d1"] != nil {
+		t.Fatalf("a read begun after d1's push, without it, left its fault: %s", log)
+	}
+}
