@@ -661,26 +661,41 @@ func (f *drillFollower) knownBackend(service, backend string) bool {
 	return slices.Contains(f.backends[service], backend)
 }
 
-// revertOnly rebuilds, from a journal record, what reverts its fault.
-func (f *drillFollower) revertOnly(rec state.FaultRecord) chaos.Injector {
+// revertOnly rebuilds, from a journal record, what reverts its fault: nil
+// for the faults that died with the process that injected them (cpu_burn,
+// bus_drop), and an error saying what to restore by hand when this agent
+// has nothing to revert it with (the service is gone from its config, or
+// its driver lacks the capability).
+func (f *drillFollower) revertOnly(rec state.FaultRecord) (chaos.Injector, error) {
 	drv := f.drivers[rec.Service]
+	why := fmt.Sprintf("the proxy driver of service %s cannot undo it", rec.Service)
+	if drv == nil {
+		why = fmt.Sprintf("service %s is not in this agent's config", rec.Service)
+	}
 	switch rec.Kind {
 	case kindHTTP, kindTCP:
 		if hf, ok := drv.(driver.HTTPFaulter); ok && rec.Kind == kindHTTP && rec.OrigAddr == "" {
-			return &proxyHTTPFault{drv: hf, backend: rec.Backend}
+			return &proxyHTTPFault{drv: hf, backend: rec.Backend}, nil
 		}
 		if sa, ok := drv.(driver.ServerAddresser); ok && rec.OrigAddr != "" {
-			return &proxyFault{drv: sa, backend: rec.Backend, orig: rec.OrigAddr}
+			return &proxyFault{drv: sa, backend: rec.Backend, orig: rec.OrigAddr}, nil
 		}
+		if rec.OrigAddr != "" {
+			return nil, fmt.Errorf("%s; by hand, point the server of backend %s back at %s (it points at a fault proxy that is gone)", why, rec.Backend, rec.OrigAddr)
+		}
+		return nil, fmt.Errorf("%s; by hand, remove the HTTP fault of backend %s from the proxy", why, rec.Backend)
 	case kindBackendState:
 		if ss, ok := drv.(driver.StateSetter); ok {
-			return &stateFault{drv: ss, backend: rec.Backend}
+			return &stateFault{drv: ss, backend: rec.Backend}, nil
 		}
+		return nil, fmt.Errorf("%s; by hand, set the server of backend %s back to ready", why, rec.Backend)
 	case kindProcess:
-		return &chaos.ProcessSignal{PIDFile: rec.PIDFile, Action: rec.Action}
+		return &chaos.ProcessSignal{PIDFile: rec.PIDFile, Action: rec.Action}, nil
+	case kindCPUBurn, kindBusDrop:
+		// They died with the process that injected them.
+		return nil, nil
 	}
-	// cpu_burn and bus_drop died with the process that injected them.
-	return nil
+	return nil, fmt.Errorf("unknown fault kind %q; by hand, undo whatever drill %s did", rec.Kind, rec.Drill)
 }
 
 // inject journals a drill's fault and applies it.
@@ -813,10 +828,19 @@ func (f *drillFollower) recoverJournal(ctx context.Context) {
 			f.done[rec.Drill] = rec.Until
 			continue
 		}
+		f.done[rec.Drill] = rec.Until
+		inj, err := f.revertOnly(rec)
+		if err != nil {
+			// The record stays unreverted: a config that drives the
+			// service again reverts it at its next start.
+			f.m.faults.WithLabelValues(rec.Kind, faultRevertFailed).Inc()
+			f.log.Error("a fault journaled by a previous run cannot be reverted by this agent; revert it by hand", "drill", rec.Drill,
+				"kind", rec.Kind, "service", rec.Service, "backend", rec.Backend, "since", rec.Since, "until", rec.Until, "original_addr", rec.OrigAddr, "err", err)
+			continue
+		}
 		f.log.Warn("reverting a fault journaled by a previous run; the drill is not injected again", "drill", rec.Drill,
 			"kind", rec.Kind, "since", rec.Since, "until", rec.Until, "original_addr", rec.OrigAddr)
-		f.faults[rec.Drill] = &nodeFault{rec: rec, inj: f.revertOnly(rec), reverting: true, backoff: f.retryMin}
-		f.done[rec.Drill] = rec.Until
+		f.faults[rec.Drill] = &nodeFault{rec: rec, inj: inj, reverting: true, backoff: f.retryMin}
 		f.m.faultsActive.WithLabelValues(rec.Kind).Inc()
 		f.addSpan(rec)
 		f.reconcile(ctx, rec.Drill)

@@ -496,3 +496,53 @@ func TestDrills_ListingOlderThanAPushDoesNotUndoIt(t *testing.T) {
 		t.Fatalf("a read begun after d1's push, without it, left its fault: %s", log)
 	}
 }
+
+// TestDrills_JournaledFaultTheAgentCannotRevertStaysJournaled: a fault
+// journaled for a service the agent no longer drives (removed or renamed
+// in its config) is not taken for reverted: the record stays unreverted,
+// the failure is counted and logged with what to restore by hand. A
+// cpu_burn died with the process that injected it and is reverted.
+func TestDrills_JournaledFaultTheAgentCannotRevertStaysJournaled(t *testing.T) {
+	m, err := newMetrics(prometheus.NewRegistry())
+	if err != nil {
+		t.Fatal(err)
+	}
+	f, _, j := testFollower(t, m, fuzzNow)
+	var logged strings.Builder
+	f.log = slog.New(slog.NewTextHandler(&logged, nil))
+	defer f.shutdown()
+	for _, r := range []state.FaultRecord{
+		{Drill: "old", Generation: 3, Kind: kindTCP, Service: "api", Backend: "green", OrigAddr: "10.0.0.7:8080"},
+		{Drill: "state", Generation: 1, Kind: kindBackendState, Service: "api", Backend: "blue"},
+		{Drill: "burn", Generation: 1, Kind: kindCPUBurn, Service: "web"},
+	} {
+		r.Since, r.Until = fuzzNow.Add(-time.Minute), fuzzNow.Add(time.Hour)
+		if err := j.memJournal.SaveFault(r); err != nil {
+			t.Fatal(err)
+		}
+	}
+	f.recoverJournal(context.Background())
+	recs, _, _ := j.LoadFaults()
+	reverted := map[string]bool{}
+	for _, r := range recs {
+		reverted[r.Drill] = r.Reverted
+	}
+	if reverted["old"] || reverted["state"] || !reverted["burn"] {
+		t.Fatalf("journal reverted=%v; want only burn reverted", reverted)
+	}
+	if got := testCounter(t, m.faults.WithLabelValues(kindTCP, faultReverted)); got != 0 {
+		t.Fatalf("tcp reverted counted %v with nothing reverted", got)
+	}
+	if got := testCounter(t, m.faults.WithLabelValues(kindTCP, faultRevertFailed)); got != 1 {
+		t.Fatalf("tcp revert_failed = %v, want 1", got)
+	}
+	for _, want := range []string{"point the server of backend green back at 10.0.0.7:8080", "service api is not in this agent's config",
+		"set the server of backend blue back to ready"} {
+		if !strings.Contains(logged.String(), want) {
+			t.Errorf("log does not say %q:\n%s", want, logged.String())
+		}
+	}
+	if f.done["old"].IsZero() || f.faults["old"] != nil {
+		t.Fatalf("drill old: done %v, fault %v; want it done and not held", f.done["old"], f.faults["old"])
+	}
+}
