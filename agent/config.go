@@ -101,7 +101,7 @@ type Config struct {
 	// when it is cut off from the bus and the new backend is failing.
 	LocalGuard LocalGuardConfig `yaml:"localGuard"`
 	// Services maps a service name to the local proxy that serves it.
-	Services map[string]ServiceConfig `yaml:"services"`
+	Services Services `yaml:"services"`
 	// Processes names the backend processes chaos drills may pause or
 	// kill: the bus names a process, never a command or a path.
 	Processes map[string]ProcessConfig `yaml:"processes"`
@@ -171,9 +171,41 @@ type ServiceConfig struct {
 	Probes *ProbesConfig `yaml:"probes"`
 }
 
+// Services maps a service name to its config. Decoded as a whole, each
+// service's sections are named by their full path in errors
+// (services.web.haproxy.timeout).
+type Services map[string]ServiceConfig
+
+// UnmarshalYAML decodes every service under its path.
+func (s *Services) UnmarshalYAML(n *yaml.Node) error {
+	if n.Kind != yaml.MappingNode {
+		return fmt.Errorf("line %d: services is a mapping of service name to a driver section (%s) and optional probes", n.Line, strings.Join(driver.Names(), ", "))
+	}
+	out := Services{}
+	first := map[string]int{}
+	for i := 0; i+1 < len(n.Content); i += 2 {
+		k, v := n.Content[i], n.Content[i+1]
+		if line, dup := first[k.Value]; dup {
+			return strictyaml.Errors{{Path: "services." + k.Value, Problem: fmt.Sprintf("given twice in one mapping; first at line %d", line), Line: k.Line}}
+		}
+		first[k.Value] = k.Line
+		var sc ServiceConfig
+		if err := sc.decode(v, "services."+k.Value+"."); err != nil {
+			return err
+		}
+		out[k.Value] = sc
+	}
+	*s = out
+	return nil
+}
+
 // UnmarshalYAML decodes a service: "probes" and exactly one key naming a
 // registered driver.
-func (s *ServiceConfig) UnmarshalYAML(n *yaml.Node) error {
+func (s *ServiceConfig) UnmarshalYAML(n *yaml.Node) error { return s.decode(n, "") }
+
+// decode decodes a service; prefix is its path and a dot, "" when unknown,
+// and names its sections in errors.
+func (s *ServiceConfig) decode(n *yaml.Node, prefix string) error {
 	if n.Kind != yaml.MappingNode {
 		return fmt.Errorf("line %d: a service is a mapping with a driver section (%s) and optional probes", n.Line, strings.Join(driver.Names(), ", "))
 	}
@@ -182,7 +214,7 @@ func (s *ServiceConfig) UnmarshalYAML(n *yaml.Node) error {
 		k, v := n.Content[i], n.Content[i+1]
 		if k.Value == "probes" {
 			var p ProbesConfig
-			if err := driver.DecodeStrict(v, &p, "probes"); err != nil {
+			if err := driver.DecodeStrict(v, &p, prefix+"probes"); err != nil {
 				return err
 			}
 			out.Probes = &p
@@ -196,7 +228,7 @@ func (s *ServiceConfig) UnmarshalYAML(n *yaml.Node) error {
 			return fmt.Errorf("line %d: %s: a service has one driver section, it already has %s", k.Line, k.Value, out.Proxy.Kind())
 		}
 		sec := kind.NewSection()
-		if err := driver.DecodeStrict(v, sec, k.Value); err != nil {
+		if err := driver.DecodeStrict(v, sec, prefix+k.Value); err != nil {
 			return err
 		}
 		out.Proxy = sec
@@ -297,6 +329,7 @@ var sections = map[string]string{
 	"ProcessConfig":    "in a process (want pidFile)",
 	"TrustConfig":      "in trust (want keys)",
 	"Security":         "in natsClient (want creds, ca, cert, key, jetstreamDomain)",
+	"HookConfig":       "in hooks (want command, timeout)",
 }
 
 // explainYAMLError rewrites yaml's unknown-field and wrong-type errors in the

@@ -115,6 +115,54 @@ services:
 	}
 }
 
+// Wrong types inside a driver section or probes, a long wrong-typed value
+// (which yaml shortens in its message), a duplicate key and an unknown
+// field of a hook: each names its field by the path an operator reads in
+// the file, with one line.
+func TestConfig_ErrorsNameTheFullPathOnce(t *testing.T) {
+	const valid = `
+node: edge-1
+stateDir: /tmp/x
+services:
+  web:
+    haproxy:
+      socket: /run/haproxy/admin.sock
+      backend: web
+      servers: {blue: blue, green: green}
+trust: {keys: ["ed25519:6kpsY+KcUgq+9VB7Ey7F+ZVHdq6+vnuSQh7qaRRG0iw="]}
+`
+	cases := []struct{ name, doc, want string }{
+		{"driver field of the wrong type", strings.Replace(valid, "backend: web", "backend: web\n      timeout: soon", 1),
+			`services.web.haproxy.timeout: "soon" is not a duration; want e.g. 5s, 250ms or 1m30s (line 9)`},
+		{"probe field of the wrong type", strings.Replace(valid, "servers: {blue: blue, green: green}",
+			"servers: {blue: blue, green: green}\n    probes: {preflight: {green: {url: 'http://x', expectStatus: ok}}}", 1),
+			`services.web.probes.preflight.green.expectStatus: "ok" is not a whole number (line 10)`},
+		{"unknown driver field", strings.Replace(valid, "backend: web", "backend: web\n      sockett: /x", 1),
+			"services.web.haproxy.sockett: unknown field; want one of socket, backend, servers, timeout, logSocket (line 9)"},
+		{"long value of the wrong type", strings.Replace(valid, `trust: {keys: ["ed25519:6kpsY+KcUgq+9VB7Ey7F+ZVHdq6+vnuSQh7qaRRG0iw="]}`,
+			`trust: {keys: "ed25519:6kpsY+KcUgq+9VB7Ey7F+ZVHdq6+vnuSQh7qaRRG0iw="}`, 1),
+			`trust.keys: "ed25519:6kpsY+KcUgq+9VB7Ey7F+ZVHdq6+vnuSQh7qaRRG0iw=" is not a list (line 10)`},
+		{"duplicate key", "stateDir: /tmp/y\n" + valid, "stateDir: given twice in one mapping; first at line 1 (line 4)"},
+		{"duplicate key in a driver section", strings.Replace(valid, "backend: web", "backend: web\n      backend: api", 1),
+			"services.web.haproxy.backend: given twice in one mapping; first at line 8 (line 9)"},
+		{"duplicate service name", strings.Replace(valid, "trust:", "  web: {haproxy: {socket: /s, backend: web, servers: {blue: b}}}\ntrust:", 1),
+			"services.web: given twice in one mapping; first at line 5 (line 10)"},
+		{"duplicate service", valid + "services: {}\n", "services: given twice in one mapping; first at line 4 (line 11)"},
+		{"unknown field in a hook", "hooks: {warm: {cmd: [/bin/true]}}\n" + valid, `line 1: unknown field "cmd" in hooks (want command, timeout)`},
+	}
+	for _, c := range cases {
+		t.Run(c.name, func(t *testing.T) {
+			_, err := ParseConfig([]byte(c.doc))
+			if !errors.Is(err, ErrInvalidConfig) {
+				t.Fatalf("err %v, want ErrInvalidConfig", err)
+			}
+			if got := strings.TrimPrefix(err.Error(), ErrInvalidConfig.Error()+": "); got != c.want {
+				t.Errorf("error\n  %s\nwant\n  %s", got, c.want)
+			}
+		})
+	}
+}
+
 func TestConfig_LoadConfigNamesTheFile(t *testing.T) {
 	path := filepath.Join(t.TempDir(), "agent.yaml")
 	if err := os.WriteFile(path, []byte("node: edge-1\nbogus: 1\n"), 0o600); err != nil {
