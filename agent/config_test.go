@@ -7,6 +7,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/switchyard/switchyard/internal/sketch"
 )
 
 func TestConfig_LoadExampleAppliesDefaults(t *testing.T) {
@@ -163,6 +165,49 @@ trust: {keys: ["ed25519:6kpsY+KcUgq+9VB7Ey7F+ZVHdq6+vnuSQh7qaRRG0iw="]}
 	}
 }
 
+// TestConfig_GuardZeroIsAChoice: afterDisconnect: 0 and maxP99: 0 mean
+// what they say (act as soon as the bus is lost; check no latency), and
+// survive the agent's own copy of the config; absent, they take their
+// defaults.
+func TestConfig_GuardZeroIsAChoice(t *testing.T) {
+	const valid = `
+node: edge-1
+stateDir: /tmp/x
+services:
+  web:
+    haproxy: {socket: /s, backend: web, servers: {blue: blue, green: green}}
+trust: {keys: ["ed25519:6kpsY+KcUgq+9VB7Ey7F+ZVHdq6+vnuSQh7qaRRG0iw="]}
+`
+	cfg, err := ParseConfig([]byte("localGuard: {afterDisconnect: 0s, maxP99: 0s}\n" + valid))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, g := range []LocalGuardConfig{cfg.LocalGuard, cfg.clone().LocalGuard} {
+		if g.afterDisconnect() != 0 || g.maxP99() != 0 {
+			t.Fatalf("afterDisconnect: 0s became %s and maxP99: 0s became %s", g.afterDisconnect(), g.maxP99())
+		}
+	}
+	guard := &localGuard{cfg: cfg.LocalGuard}
+	slow := sketch.New()
+	slow.AddWithCount(30, 100)
+	guard.add(guardWindow{end: time.Unix(1000, 0), backends: map[string]windowCounts{"green": {requests: 100, latency: slow}}})
+	if reason, breached := guard.breach("green"); breached {
+		t.Fatalf("maxP99: 0 still checks latency: %s", reason)
+	}
+
+	cfg, err = ParseConfig([]byte(valid))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if g := cfg.LocalGuard; g.afterDisconnect() != DefaultGuardAfterDisconnect || g.maxP99() != DefaultGuardMaxP99 {
+		t.Fatalf("absent: afterDisconnect %s, maxP99 %s; want the defaults", g.afterDisconnect(), g.maxP99())
+	}
+	_, err = ParseConfig([]byte("localGuard: {afterDisconnect: -1s}\n" + valid))
+	if err == nil || !strings.Contains(err.Error(), "localGuard.afterDisconnect: -1s: must not be negative (0 lets the guard act as soon as the bus is lost)") {
+		t.Fatalf("negative afterDisconnect: %v", err)
+	}
+}
+
 func TestConfig_LoadConfigNamesTheFile(t *testing.T) {
 	path := filepath.Join(t.TempDir(), "agent.yaml")
 	if err := os.WriteFile(path, []byte("node: edge-1\nbogus: 1\n"), 0o600); err != nil {
@@ -207,8 +252,8 @@ services:
 		t.Errorf("telemetry: interval %s, log socket %q", cfg.TelemetryInterval, hapSection(cfg.Services["web"]).LogSocket)
 	}
 	g := cfg.LocalGuard
-	if !g.On() || g.AfterDisconnect != time.Minute || g.MaxErrorRate != 0.1 || g.Window != DefaultGuardWindow ||
-		g.MinRequests != DefaultGuardMinRequests || g.MaxP99 != DefaultGuardMaxP99 {
+	if !g.On() || g.afterDisconnect() != time.Minute || g.MaxErrorRate != 0.1 || g.Window != DefaultGuardWindow ||
+		g.MinRequests != DefaultGuardMinRequests || g.maxP99() != DefaultGuardMaxP99 {
 		t.Errorf("localGuard = %+v; want on, the two given values and defaults", g)
 	}
 	p := cfg.Services["web"].Probes
