@@ -19,6 +19,7 @@ import (
 
 	"github.com/switchyard/switchyard/agent/driver"
 	"github.com/switchyard/switchyard/agent/state"
+	"github.com/switchyard/switchyard/bus"
 	"github.com/switchyard/switchyard/chaos"
 	"github.com/switchyard/switchyard/internal/clock"
 	sv1 "github.com/switchyard/switchyard/proto/switchyard/v1"
@@ -544,5 +545,35 @@ func TestDrills_JournaledFaultTheAgentCannotRevertStaysJournaled(t *testing.T) {
 	}
 	if f.done["old"].IsZero() || f.faults["old"] != nil {
 		t.Fatalf("drill old: done %v, fault %v; want it done and not held", f.done["old"], f.faults["old"])
+	}
+}
+
+// TestDrills_UnsignedDocumentRefused: drill documents are verified like
+// desired state (docs/agent.md, "Chaos faults"); an unsigned one is
+// refused and counted as malformed.
+func TestDrills_UnsignedDocumentRefused(t *testing.T) {
+	raw, err := proto.Marshal(drillDoc("d1", 1, green100, fuzzNow, time.Minute))
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, err = decodeDrill(testRing, raw, "d1", fuzzNow)
+	if err == nil {
+		t.Fatal("an unsigned drill document was accepted")
+	}
+	if reason := bus.RejectReason(err); reason != drillMalformed {
+		t.Fatalf("unsigned drill refused as %s (%v), want %s as docs/agent.md says", reason, err, drillMalformed)
+	}
+	m, err := newMetrics(prometheus.NewRegistry())
+	if err != nil {
+		t.Fatal(err)
+	}
+	f, log, _ := testFollower(t, m, fuzzNow)
+	defer f.shutdown()
+	f.deliver(context.Background(), drillDelivery{key: "d1", raw: raw})
+	if f.faults["d1"] != nil || f.docs["d1"] != nil {
+		t.Fatalf("an unsigned drill was taken: %s", log)
+	}
+	if got := testCounter(t, m.drillRejected.WithLabelValues(drillMalformed)); got != 1 {
+		t.Fatalf("malformed drill documents counted %v, want 1", got)
 	}
 }
