@@ -238,6 +238,7 @@ func (w *serviceWorker) onMsg(m *nats.Msg) {
 		return
 	}
 	if w.inbox.put(delivery{raw: m.Data, at: w.clock.Now()}) {
+		w.m.inboxDropped.WithLabelValues(w.name).Inc()
 		w.log.Warn("service busy; dropped the oldest queued desired-state document")
 	}
 }

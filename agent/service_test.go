@@ -5,6 +5,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/nats-io/nats.go"
 	"github.com/prometheus/client_golang/prometheus"
 	dto "github.com/prometheus/client_model/go"
 	"google.golang.org/protobuf/proto"
@@ -133,6 +134,22 @@ func TestAgent_InboxDropsOldestWhenFull(t *testing.T) {
 	}
 	if len(b.drain()) != 0 {
 		t.Fatal("drain did not empty the inbox")
+	}
+}
+
+// TestAgent_InboxDropsAreCounted: a push that pushes the oldest queued
+// document out of a busy service's inbox is counted, not only logged.
+func TestAgent_InboxDropsAreCounted(t *testing.T) {
+	m, err := newMetrics(prometheus.NewRegistry())
+	if err != nil {
+		t.Fatal(err)
+	}
+	w := &serviceWorker{name: "web", log: slog.New(slog.DiscardHandler), m: m, series: m.seriesOf("web"), inbox: newInbox[delivery](inboxCap), clock: clock.Real{}}
+	for range inboxCap + 3 {
+		w.onMsg(&nats.Msg{Subject: "x", Data: []byte{1}})
+	}
+	if got := testCounter(t, m.inboxDropped.WithLabelValues("web")); got != 3 {
+		t.Fatalf("dropped documents counted %v, want 3", got)
 	}
 }
 
