@@ -477,7 +477,7 @@ func (a *Agent) telemetryLoop(w *serviceWorker) *telemetryLoop {
 		interval:    a.cfg.TelemetryInterval,
 		probes:      w.prober.buf,
 		worker:      w,
-		guardAfter:  a.cfg.LocalGuard.AfterDisconnect,
+		guardAfter:  a.cfg.LocalGuard.afterDisconnect(),
 		busDown:     a.BusDownFor,
 		publish:     a.publish,
 		drill:       a.drills.drillDuring,

@@ -101,7 +101,7 @@ type Config struct {
 	// when it is cut off from the bus and the new backend is failing.
 	LocalGuard LocalGuardConfig `yaml:"localGuard"`
 	// Services maps a service name to the local proxy that serves it.
-	Services map[string]ServiceConfig `yaml:"services"`
+	Services Services `yaml:"services"`
 	// Processes names the backend processes chaos drills may pause or
 	// kill: the bus names a process, never a command or a path.
 	Processes map[string]ProcessConfig `yaml:"processes"`
@@ -138,13 +138,15 @@ type ProcessConfig struct {
 }
 
 // LocalGuardConfig is the guardrail an agent applies on its own while it
-// has lost the bus. Zero fields take the defaults.
+// has lost the bus. Zero fields take the defaults, except the two that are
+// pointers, whose 0 is a choice: nil (absent) takes their default.
 type LocalGuardConfig struct {
 	// Enabled turns the guard on; nil (absent) means on.
 	Enabled *bool `yaml:"enabled"`
 	// AfterDisconnect is how long the bus must have been lost before the
-	// guard may act; until then the coordinator decides.
-	AfterDisconnect time.Duration `yaml:"afterDisconnect"`
+	// guard may act; until then the coordinator decides. 0 lets it act as
+	// soon as the bus is lost; nil is DefaultGuardAfterDisconnect.
+	AfterDisconnect *time.Duration `yaml:"afterDisconnect"`
 	// Window is how far back the guard looks at the new backend's traffic.
 	Window time.Duration `yaml:"window"`
 	// MinRequests is the fewest requests in Window the guard decides on.
@@ -152,12 +154,29 @@ type LocalGuardConfig struct {
 	// MaxErrorRate is the error rate (0..1) above which the guard acts.
 	MaxErrorRate float64 `yaml:"maxErrorRate"`
 	// MaxP99 is the 99th percentile latency above which the guard acts;
-	// it needs the service's logSocket.
-	MaxP99 time.Duration `yaml:"maxP99"`
+	// it needs the service's logSocket. 0 checks no latency; nil is
+	// DefaultGuardMaxP99.
+	MaxP99 *time.Duration `yaml:"maxP99"`
 }
 
 // On reports whether the guard is enabled.
 func (g LocalGuardConfig) On() bool { return g.Enabled == nil || *g.Enabled }
+
+// afterDisconnect is AfterDisconnect, or its default when absent.
+func (g LocalGuardConfig) afterDisconnect() time.Duration {
+	if g.AfterDisconnect == nil {
+		return DefaultGuardAfterDisconnect
+	}
+	return *g.AfterDisconnect
+}
+
+// maxP99 is MaxP99, or its default when absent; 0 checks no latency.
+func (g LocalGuardConfig) maxP99() time.Duration {
+	if g.MaxP99 == nil {
+		return DefaultGuardMaxP99
+	}
+	return *g.MaxP99
+}
 
 // ServiceConfig names the proxy driving one service, and the agent's own
 // probes of its backends. Exactly one driver section is set: its key names a
@@ -171,9 +190,41 @@ type ServiceConfig struct {
 	Probes *ProbesConfig `yaml:"probes"`
 }
 
+// Services maps a service name to its config. Decoded as a whole, each
+// service's sections are named by their full path in errors
+// (services.web.haproxy.timeout).
+type Services map[string]ServiceConfig
+
+// UnmarshalYAML decodes every service under its path.
+func (s *Services) UnmarshalYAML(n *yaml.Node) error {
+	if n.Kind != yaml.MappingNode {
+		return fmt.Errorf("line %d: services is a mapping of service name to a driver section (%s) and optional probes", n.Line, strings.Join(driver.Names(), ", "))
+	}
+	out := Services{}
+	first := map[string]int{}
+	for i := 0; i+1 < len(n.Content); i += 2 {
+		k, v := n.Content[i], n.Content[i+1]
+		if line, dup := first[k.Value]; dup {
+			return strictyaml.Errors{{Path: "services." + k.Value, Problem: fmt.Sprintf("given twice in one mapping; first at line %d", line), Line: k.Line}}
+		}
+		first[k.Value] = k.Line
+		var sc ServiceConfig
+		if err := sc.decode(v, "services."+k.Value+"."); err != nil {
+			return err
+		}
+		out[k.Value] = sc
+	}
+	*s = out
+	return nil
+}
+
 // UnmarshalYAML decodes a service: "probes" and exactly one key naming a
 // registered driver.
-func (s *ServiceConfig) UnmarshalYAML(n *yaml.Node) error {
+func (s *ServiceConfig) UnmarshalYAML(n *yaml.Node) error { return s.decode(n, "") }
+
+// decode decodes a service; prefix is its path and a dot, "" when unknown,
+// and names its sections in errors.
+func (s *ServiceConfig) decode(n *yaml.Node, prefix string) error {
 	if n.Kind != yaml.MappingNode {
 		return fmt.Errorf("line %d: a service is a mapping with a driver section (%s) and optional probes", n.Line, strings.Join(driver.Names(), ", "))
 	}
@@ -182,7 +233,7 @@ func (s *ServiceConfig) UnmarshalYAML(n *yaml.Node) error {
 		k, v := n.Content[i], n.Content[i+1]
 		if k.Value == "probes" {
 			var p ProbesConfig
-			if err := driver.DecodeStrict(v, &p, "probes"); err != nil {
+			if err := driver.DecodeStrict(v, &p, prefix+"probes"); err != nil {
 				return err
 			}
 			out.Probes = &p
@@ -196,7 +247,7 @@ func (s *ServiceConfig) UnmarshalYAML(n *yaml.Node) error {
 			return fmt.Errorf("line %d: %s: a service has one driver section, it already has %s", k.Line, k.Value, out.Proxy.Kind())
 		}
 		sec := kind.NewSection()
-		if err := driver.DecodeStrict(v, sec, k.Value); err != nil {
+		if err := driver.DecodeStrict(v, sec, prefix+k.Value); err != nil {
 			return err
 		}
 		out.Proxy = sec
@@ -297,6 +348,7 @@ var sections = map[string]string{
 	"ProcessConfig":    "in a process (want pidFile)",
 	"TrustConfig":      "in trust (want keys)",
 	"Security":         "in natsClient (want creds, ca, cert, key, jetstreamDomain)",
+	"HookConfig":       "in hooks (want command, timeout)",
 }
 
 // explainYAMLError rewrites yaml's unknown-field and wrong-type errors in the
@@ -343,8 +395,8 @@ func (c *Config) setDefaults() {
 		c.ObserveInterval = DefaultObserveInterval
 	}
 	g := &c.LocalGuard
-	if g.AfterDisconnect == 0 {
-		g.AfterDisconnect = DefaultGuardAfterDisconnect
+	if g.AfterDisconnect == nil {
+		g.AfterDisconnect = new(DefaultGuardAfterDisconnect)
 	}
 	if g.Window == 0 {
 		g.Window = DefaultGuardWindow
@@ -355,8 +407,8 @@ func (c *Config) setDefaults() {
 	if g.MaxErrorRate == 0 {
 		g.MaxErrorRate = DefaultGuardMaxErrorRate
 	}
-	if g.MaxP99 == 0 {
-		g.MaxP99 = DefaultGuardMaxP99
+	if g.MaxP99 == nil {
+		g.MaxP99 = new(DefaultGuardMaxP99)
 	}
 	for name, h := range c.Hooks {
 		if h.Timeout == 0 {
@@ -512,8 +564,8 @@ func (g LocalGuardConfig) validate(interval time.Duration) []error {
 	bad := func(sub, format string, args ...any) {
 		probs = append(probs, fmt.Errorf("localGuard.%s: %s", sub, fmt.Sprintf(format, args...)))
 	}
-	if g.AfterDisconnect < 0 {
-		bad("afterDisconnect", "%s: must not be negative", g.AfterDisconnect)
+	if d := g.afterDisconnect(); d < 0 {
+		bad("afterDisconnect", "%s: must not be negative (0 lets the guard act as soon as the bus is lost)", d)
 	}
 	if g.Window < interval {
 		bad("window", "%s: must be at least telemetryInterval (%s)", g.Window, interval)
@@ -521,8 +573,8 @@ func (g LocalGuardConfig) validate(interval time.Duration) []error {
 	if g.MaxErrorRate <= 0 || g.MaxErrorRate > 1 || math.IsNaN(g.MaxErrorRate) {
 		bad("maxErrorRate", "%v: want a fraction in (0, 1], e.g. 0.2 for 20%%", g.MaxErrorRate)
 	}
-	if g.MaxP99 < 0 {
-		bad("maxP99", "%s: must not be negative", g.MaxP99)
+	if d := g.maxP99(); d < 0 {
+		bad("maxP99", "%s: must not be negative (0 checks no latency)", d)
 	}
 	return probs
 }
@@ -642,8 +694,13 @@ func (c *Config) clone() *Config {
 	out.Trust.Keys = slices.Clone(c.Trust.Keys)
 	out.Hooks = maps.Clone(c.Hooks) // Command slices are copied by hookTable
 	if c.LocalGuard.Enabled != nil {
-		on := *c.LocalGuard.Enabled
-		out.LocalGuard.Enabled = &on
+		out.LocalGuard.Enabled = new(*c.LocalGuard.Enabled)
+	}
+	if c.LocalGuard.AfterDisconnect != nil {
+		out.LocalGuard.AfterDisconnect = new(*c.LocalGuard.AfterDisconnect)
+	}
+	if c.LocalGuard.MaxP99 != nil {
+		out.LocalGuard.MaxP99 = new(*c.LocalGuard.MaxP99)
 	}
 	out.Services = make(map[string]ServiceConfig, len(c.Services))
 	for name, svc := range c.Services {

@@ -7,6 +7,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/switchyard/switchyard/internal/sketch"
 )
 
 func TestConfig_LoadExampleAppliesDefaults(t *testing.T) {
@@ -115,6 +117,97 @@ services:
 	}
 }
 
+// Wrong types inside a driver section or probes, a long wrong-typed value
+// (which yaml shortens in its message), a duplicate key and an unknown
+// field of a hook: each names its field by the path an operator reads in
+// the file, with one line.
+func TestConfig_ErrorsNameTheFullPathOnce(t *testing.T) {
+	const valid = `
+node: edge-1
+stateDir: /tmp/x
+services:
+  web:
+    haproxy:
+      socket: /run/haproxy/admin.sock
+      backend: web
+      servers: {blue: blue, green: green}
+trust: {keys: ["ed25519:6kpsY+KcUgq+9VB7Ey7F+ZVHdq6+vnuSQh7qaRRG0iw="]}
+`
+	cases := []struct{ name, doc, want string }{
+		{"driver field of the wrong type", strings.Replace(valid, "backend: web", "backend: web\n      timeout: soon", 1),
+			`services.web.haproxy.timeout: "soon" is not a duration; want e.g. 5s, 250ms or 1m30s (line 9)`},
+		{"probe field of the wrong type", strings.Replace(valid, "servers: {blue: blue, green: green}",
+			"servers: {blue: blue, green: green}\n    probes: {preflight: {green: {url: 'http://x', expectStatus: ok}}}", 1),
+			`services.web.probes.preflight.green.expectStatus: "ok" is not a whole number (line 10)`},
+		{"unknown driver field", strings.Replace(valid, "backend: web", "backend: web\n      sockett: /x", 1),
+			"services.web.haproxy.sockett: unknown field; want one of socket, backend, servers, timeout, logSocket (line 9)"},
+		{"long value of the wrong type", strings.Replace(valid, `trust: {keys: ["ed25519:6kpsY+KcUgq+9VB7Ey7F+ZVHdq6+vnuSQh7qaRRG0iw="]}`,
+			`trust: {keys: "ed25519:6kpsY+KcUgq+9VB7Ey7F+ZVHdq6+vnuSQh7qaRRG0iw="}`, 1),
+			`trust.keys: "ed25519:6kpsY+KcUgq+9VB7Ey7F+ZVHdq6+vnuSQh7qaRRG0iw=" is not a list (line 10)`},
+		{"duplicate key", "stateDir: /tmp/y\n" + valid, "stateDir: given twice in one mapping; first at line 1 (line 4)"},
+		{"duplicate key in a driver section", strings.Replace(valid, "backend: web", "backend: web\n      backend: api", 1),
+			"services.web.haproxy.backend: given twice in one mapping; first at line 8 (line 9)"},
+		{"duplicate service name", strings.Replace(valid, "trust:", "  web: {haproxy: {socket: /s, backend: web, servers: {blue: b}}}\ntrust:", 1),
+			"services.web: given twice in one mapping; first at line 5 (line 10)"},
+		{"duplicate service", valid + "services: {}\n", "services: given twice in one mapping; first at line 4 (line 11)"},
+		{"unknown field in a hook", "hooks: {warm: {cmd: [/bin/true]}}\n" + valid, `line 1: unknown field "cmd" in hooks (want command, timeout)`},
+	}
+	for _, c := range cases {
+		t.Run(c.name, func(t *testing.T) {
+			_, err := ParseConfig([]byte(c.doc))
+			if !errors.Is(err, ErrInvalidConfig) {
+				t.Fatalf("err %v, want ErrInvalidConfig", err)
+			}
+			if got := strings.TrimPrefix(err.Error(), ErrInvalidConfig.Error()+": "); got != c.want {
+				t.Errorf("error\n  %s\nwant\n  %s", got, c.want)
+			}
+		})
+	}
+}
+
+// TestConfig_GuardZeroIsAChoice: afterDisconnect: 0 and maxP99: 0 mean
+// what they say (act as soon as the bus is lost; check no latency), and
+// survive the agent's own copy of the config; absent, they take their
+// defaults.
+func TestConfig_GuardZeroIsAChoice(t *testing.T) {
+	const valid = `
+node: edge-1
+stateDir: /tmp/x
+services:
+  web:
+    haproxy: {socket: /s, backend: web, servers: {blue: blue, green: green}}
+trust: {keys: ["ed25519:6kpsY+KcUgq+9VB7Ey7F+ZVHdq6+vnuSQh7qaRRG0iw="]}
+`
+	cfg, err := ParseConfig([]byte("localGuard: {afterDisconnect: 0s, maxP99: 0s}\n" + valid))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, g := range []LocalGuardConfig{cfg.LocalGuard, cfg.clone().LocalGuard} {
+		if g.afterDisconnect() != 0 || g.maxP99() != 0 {
+			t.Fatalf("afterDisconnect: 0s became %s and maxP99: 0s became %s", g.afterDisconnect(), g.maxP99())
+		}
+	}
+	guard := &localGuard{cfg: cfg.LocalGuard}
+	slow := sketch.New()
+	slow.AddWithCount(30, 100)
+	guard.add(guardWindow{end: time.Unix(1000, 0), backends: map[string]windowCounts{"green": {requests: 100, latency: slow}}})
+	if reason, breached := guard.breach("green"); breached {
+		t.Fatalf("maxP99: 0 still checks latency: %s", reason)
+	}
+
+	cfg, err = ParseConfig([]byte(valid))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if g := cfg.LocalGuard; g.afterDisconnect() != DefaultGuardAfterDisconnect || g.maxP99() != DefaultGuardMaxP99 {
+		t.Fatalf("absent: afterDisconnect %s, maxP99 %s; want the defaults", g.afterDisconnect(), g.maxP99())
+	}
+	_, err = ParseConfig([]byte("localGuard: {afterDisconnect: -1s}\n" + valid))
+	if err == nil || !strings.Contains(err.Error(), "localGuard.afterDisconnect: -1s: must not be negative (0 lets the guard act as soon as the bus is lost)") {
+		t.Fatalf("negative afterDisconnect: %v", err)
+	}
+}
+
 func TestConfig_LoadConfigNamesTheFile(t *testing.T) {
 	path := filepath.Join(t.TempDir(), "agent.yaml")
 	if err := os.WriteFile(path, []byte("node: edge-1\nbogus: 1\n"), 0o600); err != nil {
@@ -159,8 +252,8 @@ services:
 		t.Errorf("telemetry: interval %s, log socket %q", cfg.TelemetryInterval, hapSection(cfg.Services["web"]).LogSocket)
 	}
 	g := cfg.LocalGuard
-	if !g.On() || g.AfterDisconnect != time.Minute || g.MaxErrorRate != 0.1 || g.Window != DefaultGuardWindow ||
-		g.MinRequests != DefaultGuardMinRequests || g.MaxP99 != DefaultGuardMaxP99 {
+	if !g.On() || g.afterDisconnect() != time.Minute || g.MaxErrorRate != 0.1 || g.Window != DefaultGuardWindow ||
+		g.MinRequests != DefaultGuardMinRequests || g.maxP99() != DefaultGuardMaxP99 {
 		t.Errorf("localGuard = %+v; want on, the two given values and defaults", g)
 	}
 	p := cfg.Services["web"].Probes

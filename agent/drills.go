@@ -40,8 +40,25 @@ import (
 // that overlap it.
 const drillSpanKeep = 2 * time.Minute
 
-// shutdownRevertTimeout bounds the reverts of a stopping agent.
+// shutdownRevertTimeout bounds the reverts of a stopping agent, all of
+// them together: what is not reverted by then is reverted from the journal
+// by the next start.
 const shutdownRevertTimeout = 5 * time.Second
+
+// revertContext is the context of one revert: it is not cancelled with
+// ctx (a drill goroutine told to stop still reverts what it has begun), but
+// it keeps ctx's deadline, so a stopping agent's reverts end together by
+// its bound, and lasts at most timeout.
+func revertContext(ctx context.Context, timeout time.Duration) (context.Context, context.CancelFunc) {
+	rctx := context.WithoutCancel(ctx)
+	if dl, ok := ctx.Deadline(); ok {
+		var cancelDL context.CancelFunc
+		rctx, cancelDL = context.WithDeadline(rctx, dl)
+		tctx, cancel := context.WithTimeout(rctx, timeout)
+		return tctx, func() { cancel(); cancelDL() }
+	}
+	return context.WithTimeout(rctx, timeout)
+}
 
 // drillDelivery is one drill key's value as it came off the bus.
 type drillDelivery struct {
@@ -52,8 +69,13 @@ type drillDelivery struct {
 	// poll marks a document the agent read itself: finding the generation
 	// it has is the steady state, not a stale push.
 	poll bool
+	// listing, on a delivery with no key, is queued before a complete read
+	// of the bucket begins: what is pushed from then on is at least as new
+	// as what the read finds.
+	listing bool
 	// listed, on a delivery with no key, ends a complete read of the
-	// bucket: drills it does not name are gone.
+	// bucket: drills it does not name are gone, unless pushed since the
+	// read began.
 	listed map[string]bool
 }
 
@@ -101,6 +123,9 @@ type drillFollower struct {
 	resync     time.Duration
 	retryMin   time.Duration
 	retryMax   time.Duration
+	// shutdownWait bounds all of shutdown's reverts together
+	// (shutdownRevertTimeout; a seam for tests).
+	shutdownWait time.Duration
 	// newProxy builds a fault proxy; a seam for tests.
 	newProxy func(target string, f *sv1.Fault) *chaos.FaultProxy
 
@@ -123,6 +148,10 @@ type drillFollower struct {
 	// Owned by run's goroutine.
 	docs   map[string]*sv1.DrillDocument
 	faults map[string]*nodeFault
+	// pushedDuringListing names the drills pushed since the bucket read
+	// under way began; nil when none is. The read cannot know of them:
+	// it neither deletes them nor brings back an older value.
+	pushedDuringListing map[string]bool
 	// done names the drills never to inject again on this node (reverted,
 	// journaled before a restart, or refused here), until the drill's end.
 	done   map[string]time.Time
@@ -136,24 +165,25 @@ type drillFollower struct {
 
 func newDrillFollower(a *Agent, res *resources, journal FaultJournal) *drillFollower {
 	f := &drillFollower{
-		node:       a.cfg.Node,
-		labels:     a.cfg.Labels,
-		drivers:    map[string]driver.Driver{},
-		backends:   map[string][]string{},
-		processes:  a.cfg.Processes,
-		journal:    journal,
-		gate:       newBusGate(),
-		conn:       a.conn,
-		sharedConn: a.sharedConn != nil,
-		announce:   a.publishStatusNow,
-		changed:    a.statusDirty,
-		clock:      a.clock,
-		log:        a.log,
-		m:          a.m,
-		timeout:    a.timing.applyTimeout,
-		resync:     a.cfg.Resync,
-		retryMin:   a.timing.retryMin,
-		retryMax:   a.timing.retryMax,
+		node:         a.cfg.Node,
+		labels:       a.cfg.Labels,
+		drivers:      map[string]driver.Driver{},
+		backends:     map[string][]string{},
+		processes:    a.cfg.Processes,
+		journal:      journal,
+		gate:         newBusGate(),
+		conn:         a.conn,
+		sharedConn:   a.sharedConn != nil,
+		announce:     a.publishStatusNow,
+		changed:      a.statusDirty,
+		clock:        a.clock,
+		log:          a.log,
+		m:            a.m,
+		timeout:      a.timing.applyTimeout,
+		resync:       a.cfg.Resync,
+		retryMin:     a.timing.retryMin,
+		retryMax:     a.timing.retryMax,
+		shutdownWait: shutdownRevertTimeout,
 		newProxy: func(target string, f *sv1.Fault) *chaos.FaultProxy {
 			if h := f.GetHttp(); h != nil {
 				return chaos.NewHTTPFaultProxy(target, h)
@@ -260,6 +290,9 @@ func (f *drillFollower) poll(ctx context.Context, js jetstream.JetStream, kv jet
 	}
 	lctx, cancel := context.WithTimeout(ctx, busTimeout)
 	defer cancel()
+	// Queued before the read: a push queued after this may be newer than
+	// what the read finds, and the drill goroutine lets it win.
+	f.inbox.put(drillDelivery{listing: true})
 	docs, err := bus.ReadAll(lctx, js, kv)
 	if err != nil {
 		if ctx.Err() == nil {
@@ -329,16 +362,27 @@ func (f *drillFollower) run(ctx context.Context) {
 // deliver decodes and fences one delivery and acts on what changed.
 func (f *drillFollower) deliver(ctx context.Context, d drillDelivery) {
 	switch {
+	case d.listing:
+		f.pushedDuringListing = map[string]bool{}
+		return
 	case d.listed != nil:
 		for _, name := range slices.Sorted(maps.Keys(f.docs)) {
-			if !d.listed[name] {
+			if !d.listed[name] && !f.pushedDuringListing[name] {
 				f.log.Info("drill is no longer in the bucket", "drill", name)
 				delete(f.docs, name)
 				f.reconcile(ctx, name)
 			}
 		}
+		f.pushedDuringListing = nil
 		return
-	case d.deleted:
+	case d.poll && f.pushedDuringListing[d.key]:
+		// Read before a push that came since, which is as new: a
+		// deleted drill must not come back.
+		return
+	case !d.poll && f.pushedDuringListing != nil:
+		f.pushedDuringListing[d.key] = true
+	}
+	if d.deleted {
 		if _, ok := f.docs[d.key]; ok {
 			f.log.Info("drill deleted from the bucket", "drill", d.key)
 		}
@@ -617,26 +661,41 @@ func (f *drillFollower) knownBackend(service, backend string) bool {
 	return slices.Contains(f.backends[service], backend)
 }
 
-// revertOnly rebuilds, from a journal record, what reverts its fault.
-func (f *drillFollower) revertOnly(rec state.FaultRecord) chaos.Injector {
+// revertOnly rebuilds, from a journal record, what reverts its fault: nil
+// for the faults that died with the process that injected them (cpu_burn,
+// bus_drop), and an error saying what to restore by hand when this agent
+// has nothing to revert it with (the service is gone from its config, or
+// its driver lacks the capability).
+func (f *drillFollower) revertOnly(rec state.FaultRecord) (chaos.Injector, error) {
 	drv := f.drivers[rec.Service]
+	why := fmt.Sprintf("the proxy driver of service %s cannot undo it", rec.Service)
+	if drv == nil {
+		why = fmt.Sprintf("service %s is not in this agent's config", rec.Service)
+	}
 	switch rec.Kind {
 	case kindHTTP, kindTCP:
 		if hf, ok := drv.(driver.HTTPFaulter); ok && rec.Kind == kindHTTP && rec.OrigAddr == "" {
-			return &proxyHTTPFault{drv: hf, backend: rec.Backend}
+			return &proxyHTTPFault{drv: hf, backend: rec.Backend}, nil
 		}
 		if sa, ok := drv.(driver.ServerAddresser); ok && rec.OrigAddr != "" {
-			return &proxyFault{drv: sa, backend: rec.Backend, orig: rec.OrigAddr}
+			return &proxyFault{drv: sa, backend: rec.Backend, orig: rec.OrigAddr}, nil
 		}
+		if rec.OrigAddr != "" {
+			return nil, fmt.Errorf("%s; by hand, point the server of backend %s back at %s (it points at a fault proxy that is gone)", why, rec.Backend, rec.OrigAddr)
+		}
+		return nil, fmt.Errorf("%s; by hand, remove the HTTP fault of backend %s from the proxy", why, rec.Backend)
 	case kindBackendState:
 		if ss, ok := drv.(driver.StateSetter); ok {
-			return &stateFault{drv: ss, backend: rec.Backend}
+			return &stateFault{drv: ss, backend: rec.Backend}, nil
 		}
+		return nil, fmt.Errorf("%s; by hand, set the server of backend %s back to ready", why, rec.Backend)
 	case kindProcess:
-		return &chaos.ProcessSignal{PIDFile: rec.PIDFile, Action: rec.Action}
+		return &chaos.ProcessSignal{PIDFile: rec.PIDFile, Action: rec.Action}, nil
+	case kindCPUBurn, kindBusDrop:
+		// They died with the process that injected them.
+		return nil, nil
 	}
-	// cpu_burn and bus_drop died with the process that injected them.
-	return nil
+	return nil, fmt.Errorf("unknown fault kind %q; by hand, undo whatever drill %s did", rec.Kind, rec.Drill)
 }
 
 // inject journals a drill's fault and applies it.
@@ -663,7 +722,7 @@ func (f *drillFollower) inject(ctx context.Context, doc *sv1.DrillDocument, now 
 		if err != nil {
 			// Undo whatever part was done; the journal keeps the record
 			// until that worked.
-			rctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), f.timeout)
+			rctx, cancel := revertContext(ctx, f.timeout)
 			rerr := inj.Revert(rctx)
 			cancel()
 			if rerr != nil {
@@ -709,7 +768,7 @@ func (f *drillFollower) revert(ctx context.Context, name string, nf *nodeFault, 
 	}
 	var err error
 	if nf.inj != nil {
-		rctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), f.timeout)
+		rctx, cancel := revertContext(ctx, f.timeout)
 		err = nf.inj.Revert(rctx)
 		cancel()
 	}
@@ -741,12 +800,23 @@ func (f *drillFollower) revert(ctx context.Context, name string, nf *nodeFault, 
 // recoverJournal reverts every fault a previous run journaled and did not
 // revert, and remembers the drills it must not inject again.
 func (f *drillFollower) recoverJournal(ctx context.Context) {
-	recs, err := f.journal.LoadFaults()
+	recs, damaged, err := f.journal.LoadFaults()
 	if err != nil {
 		f.log.Error("cannot read the fault journal; faults of a previous run may still be active", "err", err)
 		return
 	}
 	now := f.clock.Now()
+	for _, d := range damaged {
+		f.m.journalDamaged.Inc()
+		f.log.Error("a fault journal record cannot be read; it is moved aside (bucket faults.damaged) and not reverted: "+
+			"if a fault of that drill is still on this node, revert it by hand", "key", d.Key, "err", d.Err)
+		if err := f.journal.QuarantineFault(d.Key); err != nil {
+			f.log.Warn("move the damaged fault record aside; it is read again at the next start", "key", d.Key, "err", err)
+		}
+		// Its key is most likely the drill's name: not injected again
+		// while the drill may still run, as for any journaled fault.
+		f.done[d.Key] = now.Add(chaos.MaxDuration)
+	}
 	for _, rec := range recs {
 		if rec.Reverted {
 			if now.After(rec.Until.Add(time.Minute)) {
@@ -758,10 +828,19 @@ func (f *drillFollower) recoverJournal(ctx context.Context) {
 			f.done[rec.Drill] = rec.Until
 			continue
 		}
+		f.done[rec.Drill] = rec.Until
+		inj, err := f.revertOnly(rec)
+		if err != nil {
+			// The record stays unreverted: a config that drives the
+			// service again reverts it at its next start.
+			f.m.faults.WithLabelValues(rec.Kind, faultRevertFailed).Inc()
+			f.log.Error("a fault journaled by a previous run cannot be reverted by this agent; revert it by hand", "drill", rec.Drill,
+				"kind", rec.Kind, "service", rec.Service, "backend", rec.Backend, "since", rec.Since, "until", rec.Until, "original_addr", rec.OrigAddr, "err", err)
+			continue
+		}
 		f.log.Warn("reverting a fault journaled by a previous run; the drill is not injected again", "drill", rec.Drill,
 			"kind", rec.Kind, "since", rec.Since, "until", rec.Until, "original_addr", rec.OrigAddr)
-		f.faults[rec.Drill] = &nodeFault{rec: rec, inj: f.revertOnly(rec), reverting: true, backoff: f.retryMin}
-		f.done[rec.Drill] = rec.Until
+		f.faults[rec.Drill] = &nodeFault{rec: rec, inj: inj, reverting: true, backoff: f.retryMin}
 		f.m.faultsActive.WithLabelValues(rec.Kind).Inc()
 		f.addSpan(rec)
 		f.reconcile(ctx, rec.Drill)
@@ -842,7 +921,10 @@ func (f *drillFollower) shutdown() {
 		}
 		return
 	}
-	ctx, cancel := context.WithTimeout(context.Background(), shutdownRevertTimeout)
+	// One deadline for every revert: each gets what is left of it, so a
+	// proxy that does not answer cannot hold the agent for a timeout per
+	// fault.
+	ctx, cancel := context.WithTimeout(context.Background(), f.shutdownWait)
 	defer cancel()
 	for _, name := range slices.Sorted(maps.Keys(f.faults)) {
 		f.revert(ctx, name, f.faults[name], "the agent is stopping")

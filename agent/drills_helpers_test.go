@@ -178,9 +178,12 @@ func readJournal(t *testing.T, dir string) []state.FaultRecord {
 		t.Fatal(err)
 	}
 	defer st.Close()
-	recs, err := st.LoadFaults()
+	recs, damaged, err := st.LoadFaults()
 	if err != nil {
 		t.Fatal(err)
+	}
+	if len(damaged) > 0 {
+		t.Fatalf("damaged journal records %+v", damaged)
 	}
 	return recs
 }

@@ -4,18 +4,22 @@ import (
 	"context"
 	"fmt"
 	"log/slog"
+	"path/filepath"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
 	"github.com/nats-io/nats.go"
 	"github.com/prometheus/client_golang/prometheus"
+	bolt "go.etcd.io/bbolt"
 	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/timestamppb"
 
 	"github.com/switchyard/switchyard/agent/driver"
 	"github.com/switchyard/switchyard/agent/state"
+	"github.com/switchyard/switchyard/bus"
 	"github.com/switchyard/switchyard/chaos"
 	"github.com/switchyard/switchyard/internal/clock"
 	sv1 "github.com/switchyard/switchyard/proto/switchyard/v1"
@@ -109,22 +113,23 @@ func testFollower(t testing.TB, m *metrics, now time.Time) (*drillFollower, *eve
 	j := &loggingJournal{memJournal: newMemJournal(), log: log}
 	f := &drillFollower{
 		node: "edge-1", labels: map[string]string{"region": "eu"},
-		drivers:   map[string]driver.Driver{"web": newChaosDriver(log)},
-		backends:  map[string][]string{"web": {"blue", "green"}},
-		processes: map[string]ProcessConfig{},
-		journal:   j,
-		trust:     testRing,
-		gate:      newBusGate(),
-		conn:      func() *nats.Conn { return nil },
-		announce:  func() {},
-		changed:   func() {},
-		clock:     clock.NewFake(now),
-		log:       slog.New(slog.DiscardHandler),
-		m:         m,
-		timeout:   time.Second,
-		resync:    time.Hour,
-		retryMin:  time.Millisecond,
-		retryMax:  time.Millisecond,
+		drivers:      map[string]driver.Driver{"web": newChaosDriver(log)},
+		backends:     map[string][]string{"web": {"blue", "green"}},
+		processes:    map[string]ProcessConfig{},
+		journal:      j,
+		trust:        testRing,
+		gate:         newBusGate(),
+		conn:         func() *nats.Conn { return nil },
+		announce:     func() {},
+		changed:      func() {},
+		clock:        clock.NewFake(now),
+		log:          slog.New(slog.DiscardHandler),
+		m:            m,
+		timeout:      time.Second,
+		resync:       time.Hour,
+		retryMin:     time.Millisecond,
+		retryMax:     time.Millisecond,
+		shutdownWait: shutdownRevertTimeout,
 		newProxy: func(target string, fault *sv1.Fault) *chaos.FaultProxy {
 			if h := fault.GetHttp(); h != nil {
 				return chaos.NewHTTPFaultProxy(target, h)
@@ -210,7 +215,7 @@ func TestDrills_JournalBeforeApply(t *testing.T) {
 		events[2] != "addr green 127.0.0.1:9002" || events[3] != "journal d1 reverted=true" {
 		t.Fatalf("events %s; want journal, re-point, point back, journal reverted", log)
 	}
-	recs, _ := j.LoadFaults()
+	recs, _, _ := j.LoadFaults()
 	if len(recs) != 1 || recs[0].OrigAddr != "127.0.0.1:9002" {
 		t.Fatalf("journal %+v", recs)
 	}
@@ -275,7 +280,7 @@ func FuzzAgent_DrillDocument(f *testing.F) {
 		// The running drill first, so fencing and untargeting are reached.
 		fl.deliver(ctx, drillDelivery{key: "green-errors", raw: runningRaw})
 		fl.deliver(ctx, drillDelivery{key: key, raw: raw, poll: poll})
-		recs, _ := j.LoadFaults()
+		recs, _, _ := j.LoadFaults()
 		journaled := map[string]bool{}
 		for _, r := range recs {
 			journaled[r.Drill] = !r.Reverted
@@ -311,7 +316,7 @@ func TestDrills_FailuresAreRetried(t *testing.T) {
 	if f.faults["d1"] != nil || len(f.activeFaults()) != 0 {
 		t.Fatalf("a fault that failed to apply is held: %s", log)
 	}
-	if recs, _ := j.LoadFaults(); len(recs) != 0 {
+	if recs, _, _ := j.LoadFaults(); len(recs) != 0 {
 		t.Fatalf("journal keeps a fault that was undone: %+v", recs)
 	}
 	if got := testCounter(t, m.faults.WithLabelValues(kindHTTP, faultFailed)); got != 1 {
@@ -341,8 +346,234 @@ func TestDrills_FailuresAreRetried(t *testing.T) {
 	if got, _ := drv.ServerAddr(ctx, "green"); got != "127.0.0.1:9002" {
 		t.Fatalf("green at %s after the revert", got)
 	}
-	recs, _ := j.LoadFaults()
+	recs, _, _ := j.LoadFaults()
 	if len(recs) != 1 || !recs[0].Reverted {
 		t.Fatalf("journal %+v, want the record reverted", recs)
+	}
+}
+
+// hangingAddrDriver is a chaosDriver whose SetServerAddr, once hang is
+// set, waits until its context ends (HAProxy's socket accepting and never
+// answering).
+type hangingAddrDriver struct {
+	*chaosDriver
+	hang atomic.Bool
+}
+
+func (d *hangingAddrDriver) SetServerAddr(ctx context.Context, backend, addr string) error {
+	if d.hang.Load() {
+		<-ctx.Done()
+		return ctx.Err()
+	}
+	return d.chaosDriver.SetServerAddr(ctx, backend, addr)
+}
+
+// TestDrills_ShutdownBoundsAllRevertsTogether: a stopping agent whose
+// proxy does not answer gives up on all its reverts by one deadline, not
+// one apply timeout per fault; the journal keeps them for the next start.
+func TestDrills_ShutdownBoundsAllRevertsTogether(t *testing.T) {
+	m, err := newMetrics(prometheus.NewRegistry())
+	if err != nil {
+		t.Fatal(err)
+	}
+	f, log, j := testFollower(t, m, fuzzNow)
+	drv := &hangingAddrDriver{chaosDriver: f.drivers["web"].(*chaosDriver)}
+	f.drivers["web"] = drv
+	f.timeout = 4 * time.Second
+	f.shutdownWait = time.Second
+	ctx := context.Background()
+	f.deliver(ctx, drillDelivery{key: "d1", raw: marshalDrill(t, drillDoc("d1", 1, green100, fuzzNow, time.Minute))})
+	f.deliver(ctx, drillDelivery{key: "d2", raw: marshalDrill(t, drillDoc("d2", 1, httpFault(&sv1.HTTPFault{Backend: "blue", ErrorPercent: 100}), fuzzNow, time.Minute))})
+	if len(f.faults) != 2 {
+		t.Fatalf("faults %v: %s", f.faults, log)
+	}
+	drv.hang.Store(true)
+	start := time.Now()
+	f.shutdown()
+	// Each revert alone would wait its 4 s apply timeout: 8 s in all.
+	if took := time.Since(start); took > f.shutdownWait+time.Second {
+		t.Fatalf("shutdown took %v; it is bounded by %v", took, f.shutdownWait)
+	}
+	recs, _, _ := j.LoadFaults()
+	if len(recs) != 2 || recs[0].Reverted || recs[1].Reverted {
+		t.Fatalf("journal %+v, want both faults kept unreverted for the next start", recs)
+	}
+}
+
+// TestDrills_DamagedJournalRecordDoesNotBlockTheOthers: an undecodable
+// journal record is reported, counted and moved aside; the good records
+// are still reverted, and the next start does not meet the bad one again.
+func TestDrills_DamagedJournalRecordDoesNotBlockTheOthers(t *testing.T) {
+	dir := t.TempDir()
+	st, err := state.Open(dir, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := st.SaveFault(state.FaultRecord{Drill: "good", Generation: 1, Kind: kindBackendState, Service: "web", Backend: "green",
+		Since: fuzzNow.Add(-time.Minute), Until: fuzzNow.Add(time.Hour)}); err != nil {
+		t.Fatal(err)
+	}
+	st.Close()
+	db, err := bolt.Open(filepath.Join(dir, state.FileName), 0o600, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := db.Update(func(tx *bolt.Tx) error {
+		return tx.Bucket([]byte("faults")).Put([]byte("zzz-damaged"), []byte("{not json"))
+	}); err != nil {
+		t.Fatal(err)
+	}
+	db.Close()
+	st, err = state.Open(dir, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer st.Close()
+
+	m, err := newMetrics(prometheus.NewRegistry())
+	if err != nil {
+		t.Fatal(err)
+	}
+	f, log, _ := testFollower(t, m, fuzzNow)
+	var logged strings.Builder
+	f.log = slog.New(slog.NewTextHandler(&logged, nil))
+	f.journal = st
+	f.recoverJournal(context.Background())
+	defer f.shutdown()
+	if !strings.Contains(log.String(), "state green ready") {
+		t.Fatalf("the good record's fault (green in maint) was not reverted; driver saw %q", log)
+	}
+	if !strings.Contains(logged.String(), "key=zzz-damaged") {
+		t.Fatalf("the damaged record is not named in the log:\n%s", logged.String())
+	}
+	if got := testCounter(t, m.journalDamaged); got != 1 {
+		t.Fatalf("damaged records counted %v, want 1", got)
+	}
+	if f.done["zzz-damaged"].IsZero() {
+		t.Fatal("the drill of the damaged record may be injected again")
+	}
+	recs, damaged, err := st.LoadFaults()
+	if err != nil || len(damaged) != 0 || len(recs) != 1 || !recs[0].Reverted {
+		t.Fatalf("journal after recovery: %+v, damaged %+v, %v; want the good record reverted and the bad one gone", recs, damaged, err)
+	}
+}
+
+// TestDrills_ListingOlderThanAPushDoesNotUndoIt: a bucket read that began
+// before a push and ends after it cannot know of it. It neither reverts a
+// drill pushed meanwhile as "no longer in the bucket" nor brings back a
+// drill deleted meanwhile; a read begun after the push still does both.
+func TestDrills_ListingOlderThanAPushDoesNotUndoIt(t *testing.T) {
+	m, err := newMetrics(prometheus.NewRegistry())
+	if err != nil {
+		t.Fatal(err)
+	}
+	f, log, _ := testFollower(t, m, fuzzNow)
+	defer f.shutdown()
+	ctx := context.Background()
+	later := marshalDrill(t, drillDoc("later", 1, stateFaultOf("green", "maint"), fuzzNow.Add(time.Hour), time.Minute))
+	f.deliver(ctx, drillDelivery{key: "later", raw: later})
+
+	// The read begins, finds the bucket without d1 and with "later"; d1 is
+	// pushed and "later" deleted before its result is queued.
+	f.deliver(ctx, drillDelivery{listing: true})
+	f.deliver(ctx, drillDelivery{key: "d1", raw: marshalDrill(t, drillDoc("d1", 1, green100, fuzzNow, time.Minute))})
+	if f.faults["d1"] == nil {
+		t.Fatalf("not injected: %s", log)
+	}
+	f.deliver(ctx, drillDelivery{key: "later", deleted: true})
+	f.deliver(ctx, drillDelivery{key: "later", raw: later, poll: true})
+	f.deliver(ctx, drillDelivery{listed: map[string]bool{"later": true}})
+	if f.faults["d1"] == nil || !f.done["d1"].IsZero() {
+		t.Fatalf("a read begun before d1's push reverted it (done until %v): %s", f.done["d1"], log)
+	}
+	if f.docs["later"] != nil {
+		t.Fatal("a read begun before the delete of drill later brought it back")
+	}
+
+	// A read begun after the push is the truth.
+	f.deliver(ctx, drillDelivery{listing: true})
+	f.deliver(ctx, drillDelivery{listed: map[string]bool{}})
+	if f.faults["d1"] != nil {
+		t.Fatalf("a read begun after d1's push, without it, left its fault: %s", log)
+	}
+}
+
+// TestDrills_JournaledFaultTheAgentCannotRevertStaysJournaled: a fault
+// journaled for a service the agent no longer drives (removed or renamed
+// in its config) is not taken for reverted: the record stays unreverted,
+// the failure is counted and logged with what to restore by hand. A
+// cpu_burn died with the process that injected it and is reverted.
+func TestDrills_JournaledFaultTheAgentCannotRevertStaysJournaled(t *testing.T) {
+	m, err := newMetrics(prometheus.NewRegistry())
+	if err != nil {
+		t.Fatal(err)
+	}
+	f, _, j := testFollower(t, m, fuzzNow)
+	var logged strings.Builder
+	f.log = slog.New(slog.NewTextHandler(&logged, nil))
+	defer f.shutdown()
+	for _, r := range []state.FaultRecord{
+		{Drill: "old", Generation: 3, Kind: kindTCP, Service: "api", Backend: "green", OrigAddr: "10.0.0.7:8080"},
+		{Drill: "state", Generation: 1, Kind: kindBackendState, Service: "api", Backend: "blue"},
+		{Drill: "burn", Generation: 1, Kind: kindCPUBurn, Service: "web"},
+	} {
+		r.Since, r.Until = fuzzNow.Add(-time.Minute), fuzzNow.Add(time.Hour)
+		if err := j.memJournal.SaveFault(r); err != nil {
+			t.Fatal(err)
+		}
+	}
+	f.recoverJournal(context.Background())
+	recs, _, _ := j.LoadFaults()
+	reverted := map[string]bool{}
+	for _, r := range recs {
+		reverted[r.Drill] = r.Reverted
+	}
+	if reverted["old"] || reverted["state"] || !reverted["burn"] {
+		t.Fatalf("journal reverted=%v; want only burn reverted", reverted)
+	}
+	if got := testCounter(t, m.faults.WithLabelValues(kindTCP, faultReverted)); got != 0 {
+		t.Fatalf("tcp reverted counted %v with nothing reverted", got)
+	}
+	if got := testCounter(t, m.faults.WithLabelValues(kindTCP, faultRevertFailed)); got != 1 {
+		t.Fatalf("tcp revert_failed = %v, want 1", got)
+	}
+	for _, want := range []string{"point the server of backend green back at 10.0.0.7:8080", "service api is not in this agent's config",
+		"set the server of backend blue back to ready"} {
+		if !strings.Contains(logged.String(), want) {
+			t.Errorf("log does not say %q:\n%s", want, logged.String())
+		}
+	}
+	if f.done["old"].IsZero() || f.faults["old"] != nil {
+		t.Fatalf("drill old: done %v, fault %v; want it done and not held", f.done["old"], f.faults["old"])
+	}
+}
+
+// TestDrills_UnsignedDocumentRefused: drill documents are verified like
+// desired state (docs/agent.md, "Chaos faults"); an unsigned one is
+// refused and counted as malformed.
+func TestDrills_UnsignedDocumentRefused(t *testing.T) {
+	raw, err := proto.Marshal(drillDoc("d1", 1, green100, fuzzNow, time.Minute))
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, err = decodeDrill(testRing, raw, "d1", fuzzNow)
+	if err == nil {
+		t.Fatal("an unsigned drill document was accepted")
+	}
+	if reason := bus.RejectReason(err); reason != drillMalformed {
+		t.Fatalf("unsigned drill refused as %s (%v), want %s as docs/agent.md says", reason, err, drillMalformed)
+	}
+	m, err := newMetrics(prometheus.NewRegistry())
+	if err != nil {
+		t.Fatal(err)
+	}
+	f, log, _ := testFollower(t, m, fuzzNow)
+	defer f.shutdown()
+	f.deliver(context.Background(), drillDelivery{key: "d1", raw: raw})
+	if f.faults["d1"] != nil || f.docs["d1"] != nil {
+		t.Fatalf("an unsigned drill was taken: %s", log)
+	}
+	if got := testCounter(t, m.drillRejected.WithLabelValues(drillMalformed)); got != 1 {
+		t.Fatalf("malformed drill documents counted %v, want 1", got)
 	}
 }

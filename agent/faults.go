@@ -86,15 +86,27 @@ func (p *proxyFault) Apply(ctx context.Context) error {
 }
 
 // Revert points the server back at its own address, then stops the fault
-// proxy. While the server cannot be pointed back the fault proxy keeps
-// serving (with its fault): closing it would take the backend down.
+// proxy, within ctx: the fault's own waits end at once, and what is still
+// in flight when ctx ends is cut. While the server cannot be pointed back
+// the fault proxy keeps serving (with its fault): closing it would take the
+// backend down.
 func (p *proxyFault) Revert(ctx context.Context) error {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	if err := p.drv.SetServerAddr(ctx, p.backend, p.orig); err != nil {
 		return err
 	}
-	return p.closeProxy()
+	if p.proxy == nil {
+		return nil
+	}
+	// The server no longer points at the fault proxy: it goes whether or
+	// not everything in it stopped in time.
+	err := p.proxy.Shutdown(ctx)
+	p.proxy = nil
+	if err != nil && ctx.Err() != nil {
+		return nil
+	}
+	return err
 }
 
 // proxyAddr is where the fault proxy listens; "" when it does not.
@@ -112,16 +124,10 @@ func (p *proxyFault) proxyAddr() string {
 func (p *proxyFault) abandon() {
 	p.mu.Lock()
 	defer p.mu.Unlock()
-	_ = p.closeProxy()
-}
-
-func (p *proxyFault) closeProxy() error {
-	if p.proxy == nil {
-		return nil
+	if p.proxy != nil {
+		_ = p.proxy.Close()
+		p.proxy = nil
 	}
-	err := p.proxy.Close()
-	p.proxy = nil
-	return err
 }
 
 // stateFault sets a backend's server to maint or drain and back to ready.

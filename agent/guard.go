@@ -62,11 +62,11 @@ func (g *localGuard) breach(backend string) (reason string, breached bool) {
 		return fmt.Sprintf("backend %q error rate %.1f%% (%d of %d requests in the last %s) is above the local guard's %.1f%%",
 			backend, 100*rate, errors, requests, g.cfg.Window, 100*g.cfg.MaxErrorRate), true
 	}
-	if g.cfg.MaxP99 > 0 && uint64(lat.Count()) >= g.cfg.MinRequests {
+	if limit := g.cfg.maxP99(); limit > 0 && uint64(lat.Count()) >= g.cfg.MinRequests {
 		p99 := time.Duration(lat.Quantile(0.99) * float64(time.Second))
-		if p99 > g.cfg.MaxP99 {
+		if p99 > limit {
 			return fmt.Sprintf("backend %q p99 latency %s (over %d requests in the last %s) is above the local guard's %s",
-				backend, p99.Round(time.Millisecond), uint64(lat.Count()), g.cfg.Window, g.cfg.MaxP99), true
+				backend, p99.Round(time.Millisecond), uint64(lat.Count()), g.cfg.Window, limit), true
 		}
 	}
 	return "", false

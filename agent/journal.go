@@ -12,8 +12,12 @@ import (
 // FaultJournal keeps, across crashes, the chaos faults this node injected
 // and how to revert them. The drill goroutine is its only user.
 type FaultJournal interface {
-	// LoadFaults returns every record, sorted by drill.
-	LoadFaults() ([]state.FaultRecord, error)
+	// LoadFaults returns every record, sorted by drill, and the records it
+	// could not decode, which it skips.
+	LoadFaults() ([]state.FaultRecord, []state.DamagedFault, error)
+	// QuarantineFault moves an undecodable record out of the journal, so
+	// that it is not read again.
+	QuarantineFault(key string) error
 	// SaveFault writes a record under its drill, durably.
 	SaveFault(state.FaultRecord) error
 	// DeleteFault forgets a drill's record.
@@ -34,13 +38,16 @@ var _ FaultJournal = (*memJournal)(nil)
 
 func newMemJournal() *memJournal { return &memJournal{m: map[string]state.FaultRecord{}} }
 
-func (j *memJournal) LoadFaults() ([]state.FaultRecord, error) {
+func (j *memJournal) LoadFaults() ([]state.FaultRecord, []state.DamagedFault, error) {
 	j.mu.Lock()
 	defer j.mu.Unlock()
 	out := slices.Collect(maps.Values(j.m))
 	slices.SortFunc(out, func(x, y state.FaultRecord) int { return strings.Compare(x.Drill, y.Drill) })
-	return out, nil
+	return out, nil, nil
 }
+
+// QuarantineFault: a memJournal holds no undecodable records.
+func (j *memJournal) QuarantineFault(string) error { return nil }
 
 func (j *memJournal) SaveFault(r state.FaultRecord) error {
 	j.mu.Lock()

@@ -518,7 +518,7 @@ func TestAgentLive_LocalGuardMovesBackWhileBusIsLost(t *testing.T) {
 	lp.green.errEvery.Store(2) // half of green's answers are 503
 	cfg := liveConfig(t, b.url, lp)
 	cfg.TelemetryInterval = 100 * time.Millisecond
-	cfg.LocalGuard = LocalGuardConfig{AfterDisconnect: time.Second, Window: 2 * time.Second}
+	cfg.LocalGuard = LocalGuardConfig{AfterDisconnect: new(time.Second), Window: 2 * time.Second}
 	// Heartbeats make sure the test hears the status after the reconnect
 	// even if the agent reconnects before the test subscribes.
 	cfg.Heartbeat = 200 * time.Millisecond
@@ -576,8 +576,8 @@ func TestAgentLive_LocalGuardMovesBackWhileBusIsLost(t *testing.T) {
 		!strings.Contains(lr.GetReason(), `backend "green" error rate`) || !strings.Contains(lr.GetReason(), "bus lost for") {
 		t.Errorf("local rollback = %v", lr)
 	}
-	if waited := lr.GetAt().AsTime().Sub(stopped); waited < cfg.LocalGuard.AfterDisconnect {
-		t.Errorf("the guard acted %s after the bus went down, before afterDisconnect (%s)", waited, cfg.LocalGuard.AfterDisconnect)
+	if waited := lr.GetAt().AsTime().Sub(stopped); waited < cfg.LocalGuard.afterDisconnect() {
+		t.Errorf("the guard acted %s after the bus went down, before afterDisconnect (%s)", waited, cfg.LocalGuard.afterDisconnect())
 	}
 	if !strings.Contains(s.GetMessage(), "local guard moved this node") || s.GetAppliedGeneration() != 2 || !maps.Equal(s.GetWeights(), allBlue) {
 		t.Errorf("service status = %v", s)
@@ -627,7 +627,7 @@ func TestAgentLive_LocalGuardPersistsAcrossRestart(t *testing.T) {
 	cfg := liveConfig(t, b.url, lp)
 	cfg.TelemetryInterval = 100 * time.Millisecond
 	cfg.Resync = 200 * time.Millisecond
-	cfg.LocalGuard = LocalGuardConfig{AfterDisconnect: 500 * time.Millisecond, Window: 2 * time.Second}
+	cfg.LocalGuard = LocalGuardConfig{AfterDisconnect: new(500 * time.Millisecond), Window: 2 * time.Second}
 	ra := startLiveAgent(t, cfg)
 	b.put(t, &sv1.DesiredState{Service: "web", Generation: 1, DefaultWeights: allBlue})
 	ra.waitApplied(t, "web", 1)

@@ -113,6 +113,8 @@ type metrics struct {
 	faultsActive      *prometheus.GaugeVec
 	faults            *prometheus.CounterVec
 	drillRejected     *prometheus.CounterVec
+	journalDamaged    prometheus.Counter
+	inboxDropped      *prometheus.CounterVec
 	hookRuns          *prometheus.CounterVec
 }
 
@@ -208,6 +210,14 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 			Name: "switchyard_agent_drill_documents_rejected_total",
 			Help: "Drill documents refused, by reason (malformed, too_large, unsigned, unknown_key, bad_signature, wrong_kind, wrong_key, expired, stale, over_cap).",
 		}, []string{"reason"}),
+		journalDamaged: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "switchyard_agent_fault_journal_damaged_total",
+			Help: "Fault journal records that could not be decoded at start and were moved aside (bucket faults.damaged); a fault they described is not reverted by the agent.",
+		}),
+		inboxDropped: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "switchyard_agent_inbox_dropped_total",
+			Help: "Desired-state documents a busy service dropped unread (the oldest of 64 waiting) to make room for a newer one; the next resync reads the newest again.",
+		}, []string{"service"}),
 		hookRuns: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "switchyard_agent_hook_runs_total",
 			Help: "Agent hook runs that ended, by point (preTraffic, postTraffic, rollback) and outcome (succeeded, failed).",
@@ -218,7 +228,7 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 		m.applies, m.applySeconds, m.applyStages, m.rejected, m.drift, m.observedMatch, m.appliedGeneration, m.documentExpired, m.appliedEpoch,
 		m.driverDegraded, m.stateSaveErrors, m.busReconnects, m.resyncErrors,
 		m.busConnected, m.busRefused, m.reports, m.logLines, m.probes, m.localRollbacks, m.droppedLogLines,
-		m.faultsActive, m.faults, m.drillRejected, m.hookRuns,
+		m.faultsActive, m.faults, m.drillRejected, m.journalDamaged, m.inboxDropped, m.hookRuns,
 	} {
 		if err := reg.Register(c); err != nil {
 			errs = append(errs, err)
@@ -260,6 +270,7 @@ func (m *metrics) initService(service string) {
 	}
 	m.localRollbacks.WithLabelValues(service)
 	m.droppedLogLines.WithLabelValues(service)
+	m.inboxDropped.WithLabelValues(service)
 	for _, s := range applyStages {
 		m.applyStages.WithLabelValues(service, s)
 	}

@@ -238,6 +238,7 @@ func (w *serviceWorker) onMsg(m *nats.Msg) {
 		return
 	}
 	if w.inbox.put(delivery{raw: m.Data, at: w.clock.Now()}) {
+		w.m.inboxDropped.WithLabelValues(w.name).Inc()
 		w.log.Warn("service busy; dropped the oldest queued desired-state document")
 	}
 }
@@ -676,6 +677,16 @@ func (w *serviceWorker) step(ctx context.Context) error {
 func (w *serviceWorker) applyPending(ctx context.Context) error {
 	ds := w.pending
 	gen := ds.GetGeneration()
+	// A document held back (by its preflight) past its signature's
+	// validity is refused as the fresh path refuses an expired one; a
+	// renewal, or the next resync's read, brings it back current.
+	if exp := w.pendingExpires; !exp.IsZero() && !w.clock.Now().Before(exp) {
+		w.m.rejected.WithLabelValues(w.name, bus.RejectReason(bus.ErrDocumentExpired)).Inc()
+		w.log.Warn("pending desired state expired before it could be applied; keeping the applied state until a renewed document arrives",
+			"generation", gen, "rollout", ds.GetRolloutId(), "expired_at", exp, "held_by", w.preflightMsg)
+		w.pending, w.refused, w.preflightMsg = nil, false, ""
+		return nil
+	}
 	// The document's attributes are added to each line rather than with
 	// With, which formats them on every apply whether a line follows or not.
 	rollout := ds.GetRolloutId()

@@ -1,10 +1,12 @@
 package agent
 
 import (
+	"context"
 	"log/slog"
 	"testing"
 	"time"
 
+	"github.com/nats-io/nats.go"
 	"github.com/prometheus/client_golang/prometheus"
 	dto "github.com/prometheus/client_model/go"
 	"google.golang.org/protobuf/proto"
@@ -133,6 +135,49 @@ func TestAgent_InboxDropsOldestWhenFull(t *testing.T) {
 	}
 	if len(b.drain()) != 0 {
 		t.Fatal("drain did not empty the inbox")
+	}
+}
+
+// TestAgent_InboxDropsAreCounted: a push that pushes the oldest queued
+// document out of a busy service's inbox is counted, not only logged.
+func TestAgent_InboxDropsAreCounted(t *testing.T) {
+	m, err := newMetrics(prometheus.NewRegistry())
+	if err != nil {
+		t.Fatal(err)
+	}
+	w := &serviceWorker{name: "web", log: slog.New(slog.DiscardHandler), m: m, series: m.seriesOf("web"), inbox: newInbox[delivery](inboxCap), clock: clock.Real{}}
+	for range inboxCap + 3 {
+		w.onMsg(&nats.Msg{Subject: "x", Data: []byte{1}})
+	}
+	if got := testCounter(t, m.inboxDropped.WithLabelValues("web")); got != 3 {
+		t.Fatalf("dropped documents counted %v, want 3", got)
+	}
+}
+
+// TestAgent_PendingDocumentExpiredWhileHeldIsNotApplied: a document held
+// back (by a failing preflight) until its signature's validity ended is
+// refused as expired, as it would be on arrival, not applied late.
+func TestAgent_PendingDocumentExpiredWhileHeldIsNotApplied(t *testing.T) {
+	m, err := newMetrics(prometheus.NewRegistry())
+	if err != nil {
+		t.Fatal(err)
+	}
+	clk := clock.NewFake(time.Now())
+	w := &serviceWorker{name: "web", log: slog.New(slog.DiscardHandler), m: m, series: m.seriesOf("web"), inbox: newInbox[delivery](inboxCap),
+		trust: testRing, clock: clk, store: discardStore{}}
+	if !w.consider(delivery{raw: mustMarshal(t, &sv1.DesiredState{Service: "web", Generation: 3})}) || w.pending == nil {
+		t.Fatal("the document was not taken")
+	}
+	w.preflightMsg = "preflight of green failed"
+	clk.Advance(w.pendingExpires.Sub(clk.Now()) + time.Second)
+	if err := w.applyPending(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	if w.pending != nil || w.applied != nil {
+		t.Fatalf("an expired document was applied or kept pending (applied %v)", w.applied)
+	}
+	if got := testCounter(t, m.rejected.WithLabelValues("web", "expired")); got != 1 {
+		t.Fatalf("expired = %v, want 1", got)
 	}
 }
 

@@ -80,7 +80,7 @@ func TestTelemetry_InferDirection(t *testing.T) {
 }
 
 func TestLocalGuard_Breach(t *testing.T) {
-	cfg := LocalGuardConfig{Window: 10 * time.Second, MinRequests: 50, MaxErrorRate: 0.2, MaxP99: 2 * time.Second}
+	cfg := LocalGuardConfig{Window: 10 * time.Second, MinRequests: 50, MaxErrorRate: 0.2, MaxP99: new(2 * time.Second)}
 	lat := func(seconds float64, n int) *sketch.Sketch {
 		s := sketch.New()
 		s.AddWithCount(seconds, float64(n))

@@ -26,6 +26,10 @@ const Version = "v1"
 // mistake, not a drill.
 const MaxDuration = 12 * time.Hour
 
+// MaxFaultDelay bounds an HTTP fault's delay and a TCP fault's latency: a
+// longer wait is an outage, which a blackhole injects honestly.
+const MaxFaultDelay = time.Minute
+
 // ErrInvalid is wrapped by every drill parse and validation error.
 var ErrInvalid = strictyaml.ErrInvalid
 
@@ -232,15 +236,17 @@ func ValidateDrill(s *sv1.DrillSpec) error {
 		if f.Http.GetErrorPercent() == 0 && f.Http.GetDelay() == nil {
 			add("drill.fault.http", "injects nothing: set errorPercent, delay, or both")
 		}
-		if dl := f.Http.GetDelay(); dl != nil && (dl.AsDuration() <= 0 || dl.AsDuration() > time.Minute) {
-			add("drill.fault.http.delay", "%v is out of range, want more than 0 and at most 1m", dl.AsDuration())
+		if dl := f.Http.GetDelay(); dl != nil && (dl.AsDuration() <= 0 || dl.AsDuration() > MaxFaultDelay) {
+			add("drill.fault.http.delay", "%v is out of range, want more than 0 and at most %v", dl.AsDuration(), MaxFaultDelay)
 		}
 	case *sv1.Fault_Tcp:
 		name("drill.fault.tcp.backend", f.Tcp.GetBackend(), `the backend to fault, e.g. "green"`)
 		switch f.Tcp.GetKind() {
 		case "latency":
-			if f.Tcp.GetLatency() == nil || f.Tcp.GetLatency().AsDuration() <= 0 {
+			if l := f.Tcp.GetLatency(); l == nil || l.AsDuration() <= 0 {
 				add("drill.fault.tcp.latency", "required for kind latency: a delay more than 0")
+			} else if l.AsDuration() > MaxFaultDelay {
+				add("drill.fault.tcp.latency", "%v is out of range, want more than 0 and at most %v (for an unreachable backend use kind blackhole)", l.AsDuration(), MaxFaultDelay)
 			}
 		case "bandwidth":
 			if f.Tcp.GetBytesPerSecond() == 0 {

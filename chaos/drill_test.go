@@ -46,6 +46,7 @@ func TestChaos_ParseDrillRefuses(t *testing.T) {
 		{"http injects nothing", strings.Replace(goodDrill, "errorPercent: 20", "errorPercent: 0", 1), "injects nothing"},
 		{"tcp kind", strings.Replace(goodDrill, "http: {backend: green, errorPercent: 20}", "tcp: {backend: green, kind: melt}", 1), `drill.fault.tcp.kind: "melt"`},
 		{"tcp latency", strings.Replace(goodDrill, "http: {backend: green, errorPercent: 20}", "tcp: {backend: green, kind: latency}", 1), "drill.fault.tcp.latency: required"},
+		{"tcp latency too long", strings.Replace(goodDrill, "http: {backend: green, errorPercent: 20}", "tcp: {backend: green, kind: latency, latency: 1h}", 1), "drill.fault.tcp.latency: 1h0m0s is out of range, want more than 0 and at most 1m0s"},
 		{"state", strings.Replace(goodDrill, "http: {backend: green, errorPercent: 20}", "backendState: {backend: green, state: off}", 1), `drill.fault.backendState.state: "off"`},
 		{"process action", strings.Replace(goodDrill, "http: {backend: green, errorPercent: 20}", "process: {process: green, action: nuke}", 1), `drill.fault.process.action: "nuke"`},
 		{"cores", strings.Replace(goodDrill, "http: {backend: green, errorPercent: 20}", "cpuBurn: {cores: 0}", 1), "drill.fault.cpuBurn.cores: 0 is out of range"},

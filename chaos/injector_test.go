@@ -142,6 +142,121 @@ func TestChaos_FaultProxyCloseCutsConnectionsAndIsIdempotent(t *testing.T) {
 	}
 }
 
+// A revert closes the fault proxy; it must not wait out the latency of a
+// connection the fault is holding (the longest ValidateDrill accepts).
+func TestChaos_TCPLatencyCloseDoesNotWaitOutTheLatency(t *testing.T) {
+	p := NewTCPFaultProxy(backend(t), &sv1.TCPFault{Backend: "green", Kind: "latency", Latency: durationpb.New(MaxFaultDelay)})
+	if err := p.Start(); err != nil {
+		t.Fatal(err)
+	}
+	c, err := net.Dial("tcp", p.Addr())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	if _, err := io.WriteString(c, "GET / HTTP/1.0\r\n\r\n"); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, 5*time.Second, "the request held by the latency", func() bool { return p.waiting.Load() > 0 })
+	start := time.Now()
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	if err := p.Shutdown(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if took := time.Since(start); took > time.Second {
+		t.Fatalf("closing the proxy took %v: it waited out the injected latency", took)
+	}
+}
+
+// An HTTP delay ends with the fault: the delayed request reaches the
+// backend and closing does not wait out the delay.
+func TestChaos_HTTPDelayCloseServesTheDelayedRequest(t *testing.T) {
+	p := NewHTTPFaultProxy(backend(t), &sv1.HTTPFault{Backend: "green", Delay: durationpb.New(MaxFaultDelay), DelayPercent: 100})
+	if err := p.Start(); err != nil {
+		t.Fatal(err)
+	}
+	type answer struct {
+		body string
+		err  error
+	}
+	got := make(chan answer, 1)
+	go func() {
+		resp, err := http.Get("http://" + p.Addr() + "/")
+		if err != nil {
+			got <- answer{err: err}
+			return
+		}
+		defer resp.Body.Close()
+		b, err := io.ReadAll(resp.Body)
+		got <- answer{string(b), err}
+	}()
+	waitFor(t, 5*time.Second, "the request held by the delay", func() bool { return p.waiting.Load() > 0 })
+	start := time.Now()
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	if err := p.Shutdown(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if took := time.Since(start); took > 2*time.Second {
+		t.Fatalf("closing the proxy took %v", took)
+	}
+	select {
+	case a := <-got:
+		if a.err != nil || a.body != "green" {
+			t.Fatalf("delayed request answered %q, %v; want the backend's answer", a.body, a.err)
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("the delayed request still waits after the proxy closed")
+	}
+}
+
+// A bandwidth limit below the proxy's read buffer (32 KiB) holds: every
+// byte waits for its token.
+func TestChaos_TCPBandwidthHoldsBelowTheReadBuffer(t *testing.T) {
+	const bps = 4 << 10
+	const window = 1500 * time.Millisecond
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	go func() {
+		c, err := ln.Accept()
+		if err != nil {
+			return
+		}
+		defer c.Close()
+		_, _ = c.Write(make([]byte, 256<<10))
+	}()
+	p := NewTCPFaultProxy(ln.Addr().String(), &sv1.TCPFault{Backend: "green", Kind: "bandwidth", BytesPerSecond: bps})
+	startProxy(t, p)
+	c, err := net.Dial("tcp", p.Addr())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	_ = c.SetReadDeadline(time.Now().Add(window))
+	n, _ := io.Copy(io.Discard, c)
+	// One burst (a second's worth) plus 1.5 s of tokens is 10 KiB. Twice
+	// that allows for a slow machine; without the fix a 32 KiB read paid
+	// for 4 KiB, and some 80 KiB got through.
+	if limit := int64(2 * (bps + bps*3/2)); n > limit || n == 0 {
+		t.Fatalf("read %d bytes in %v through a %d B/s limit, want 1..%d", n, window, bps, limit)
+	}
+}
+
+func waitFor(t *testing.T, d time.Duration, what string, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(d)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out waiting for %s", what)
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+}
+
 func TestChaos_CPUBurnApplyRevertIdempotent(t *testing.T) {
 	b := &CPUBurn{Cores: 1}
 	ctx := context.Background()

@@ -11,6 +11,7 @@ import (
 	"net/http/httputil"
 	"net/url"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"golang.org/x/time/rate"
@@ -32,6 +33,14 @@ type FaultProxy struct {
 	mu     sync.Mutex
 	conns  map[net.Conn]struct{}
 	closed bool
+	// stop ends, when the proxy closes, every wait the fault makes a
+	// connection do (a latency, a bandwidth limit's tokens, a dial): a
+	// revert must not wait out the fault it ends.
+	stop     context.Context
+	stopWait context.CancelFunc
+	// waiting counts the connections and requests in a latency or delay
+	// wait now.
+	waiting atomic.Int32
 
 	http *sv1.HTTPFault
 	tcp  *sv1.TCPFault
@@ -41,12 +50,16 @@ type FaultProxy struct {
 // NewHTTPFaultProxy returns a proxy to target that answers ErrorPercent of
 // requests with Status and delays DelayPercent of them by Delay.
 func NewHTTPFaultProxy(target string, f *sv1.HTTPFault) *FaultProxy {
-	return &FaultProxy{target: target, http: f, conns: map[net.Conn]struct{}{}, rand: rand.Float64}
+	p := &FaultProxy{target: target, http: f, conns: map[net.Conn]struct{}{}, rand: rand.Float64}
+	p.stop, p.stopWait = context.WithCancel(context.Background())
+	return p
 }
 
 // NewTCPFaultProxy returns a proxy to target with a TCP-level fault.
 func NewTCPFaultProxy(target string, f *sv1.TCPFault) *FaultProxy {
-	return &FaultProxy{target: target, tcp: f, conns: map[net.Conn]struct{}{}, rand: rand.Float64}
+	p := &FaultProxy{target: target, tcp: f, conns: map[net.Conn]struct{}{}, rand: rand.Float64}
+	p.stop, p.stopWait = context.WithCancel(context.Background())
+	return p
 }
 
 // Addr is where the proxy listens, once started.
@@ -93,9 +106,12 @@ func (p *FaultProxy) startHTTP() error {
 	}
 	handler := http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		if d := f.GetDelay().AsDuration(); d > 0 && p.rand()*100 < float64(f.GetDelayPercent()) {
-			select {
-			case <-time.After(d):
-			case <-r.Context().Done():
+			if !p.sleep(r.Context().Done(), d) {
+				if r.Context().Err() == nil {
+					// The fault is over: the request goes to the
+					// backend as it would have without it.
+					rp.ServeHTTP(w, r)
+				}
 				return
 			}
 		}
@@ -163,7 +179,9 @@ func (p *FaultProxy) serveTCP(c net.Conn) {
 		_, _ = io.Copy(io.Discard, c) // accept, read, never answer
 		return
 	}
-	up, err := net.DialTimeout("tcp", p.target, 5*time.Second)
+	dctx, cancel := context.WithTimeout(p.stop, 5*time.Second)
+	up, err := (&net.Dialer{}).DialContext(dctx, "tcp", p.target)
+	cancel()
 	if err != nil {
 		return
 	}
@@ -175,15 +193,21 @@ func (p *FaultProxy) serveTCP(c net.Conn) {
 	done := make(chan struct{}, 2)
 	pipe := func(dst, src net.Conn, delay time.Duration, lim *rate.Limiter) {
 		defer func() { done <- struct{}{} }()
-		buf := make([]byte, 32<<10)
+		size := 32 << 10
+		if lim != nil {
+			// Every byte is paid for: a read is at most what the limiter
+			// can grant at once, so a limit below the buffer holds.
+			size = min(size, lim.Burst())
+		}
+		buf := make([]byte, size)
 		for {
 			n, err := src.Read(buf)
 			if n > 0 {
-				if delay > 0 {
-					time.Sleep(delay)
+				if delay > 0 && !p.sleep(nil, delay) {
+					return
 				}
-				if lim != nil {
-					_ = lim.WaitN(context.Background(), min(n, lim.Burst()))
+				if lim != nil && lim.WaitN(p.stop, n) != nil {
+					return
 				}
 				if _, werr := dst.Write(buf[:n]); werr != nil {
 					return
@@ -213,10 +237,44 @@ func (p *FaultProxy) serveTCP(c net.Conn) {
 	<-done
 }
 
-// Close stops the proxy and cuts every connection through it. Closing a
-// closed proxy is a no-op.
+// sleep waits d; it returns false, early, when the proxy closes or done
+// is closed.
+func (p *FaultProxy) sleep(done <-chan struct{}, d time.Duration) bool {
+	p.waiting.Add(1)
+	defer p.waiting.Add(-1)
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-t.C:
+		return true
+	case <-p.stop.Done():
+		return false
+	case <-done:
+		return false
+	}
+}
+
+// closeWait bounds Close: long enough for an HTTP request in flight to the
+// backend to finish, short enough for a revert.
+const closeWait = 2 * time.Second
+
+// Close stops the proxy and cuts every connection through it, waiting at
+// most a couple of seconds for HTTP requests in flight. Closing a closed
+// proxy is a no-op.
 func (p *FaultProxy) Close() error {
+	ctx, cancel := context.WithTimeout(context.Background(), closeWait)
+	defer cancel()
+	return p.Shutdown(ctx)
+}
+
+// Shutdown stops the proxy and cuts every connection through it; the
+// faults' own waits (a latency, a bandwidth limit, an HTTP delay) end at
+// once. HTTP requests in flight may finish until ctx ends, then they are
+// cut too. Shutdown returns when everything stopped or ctx ended, whichever
+// is first. Shutting down a closed proxy is a no-op.
+func (p *FaultProxy) Shutdown(ctx context.Context) error {
 	p.mu.Lock()
+	p.stopWait()
 	if p.closed || p.ln == nil {
 		p.closed = true
 		p.mu.Unlock()
@@ -229,15 +287,26 @@ func (p *FaultProxy) Close() error {
 	p.mu.Unlock()
 	var err error
 	if p.srv != nil {
-		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
 		err = p.srv.Shutdown(ctx)
-		cancel()
-		if errors.Is(err, context.DeadlineExceeded) {
+		if errors.Is(err, context.DeadlineExceeded) || errors.Is(err, context.Canceled) {
 			err = p.srv.Close()
 		}
 	} else {
 		err = p.ln.Close()
 	}
-	p.wg.Wait()
+	stopped := make(chan struct{})
+	go func() {
+		p.wg.Wait()
+		close(stopped)
+	}()
+	select {
+	case <-stopped:
+	case <-ctx.Done():
+		// Its connections are closed and its waits ended: what is left
+		// ends by itself.
+		if err == nil {
+			err = fmt.Errorf("fault proxy: stopping: %w", ctx.Err())
+		}
+	}
 	return err
 }

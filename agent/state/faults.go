@@ -2,6 +2,7 @@ package state
 
 import (
 	"encoding/json"
+	"errors"
 	"fmt"
 	"slices"
 	"strings"
@@ -14,6 +15,20 @@ import (
 // created on the first write, so a database from an older agent opens as it
 // is.
 var faultsBucket = []byte("faults")
+
+// damagedFaultsBucket keeps, under their own keys, the journal records
+// that could not be decoded: out of the journal, so one bad record does
+// not come back on every start, but not deleted, so an operator can see
+// what it was.
+var damagedFaultsBucket = []byte("faults.damaged")
+
+// DamagedFault is a journal record LoadFaults could not decode.
+type DamagedFault struct {
+	// Key is the record's key in the journal (its drill's name, unless
+	// that is what was damaged).
+	Key string
+	Err error
+}
 
 // FaultRecord is the journal entry of one drill's fault on this node: what
 // is needed to revert it without the bus, the drill or the process that
@@ -47,9 +62,12 @@ type FaultRecord struct {
 	Reverted bool `json:"reverted"`
 }
 
-// LoadFaults returns every journaled fault, sorted by drill.
-func (b *Bolt) LoadFaults() ([]FaultRecord, error) {
+// LoadFaults returns every journaled fault, sorted by drill, and the
+// records it could not decode, which it skips: one bad record must not
+// keep the others from being reverted. See QuarantineFault.
+func (b *Bolt) LoadFaults() ([]FaultRecord, []DamagedFault, error) {
 	var out []FaultRecord
+	var damaged []DamagedFault
 	err := b.db.View(func(tx *bolt.Tx) error {
 		bk := tx.Bucket(faultsBucket)
 		if bk == nil {
@@ -58,17 +76,50 @@ func (b *Bolt) LoadFaults() ([]FaultRecord, error) {
 		return bk.ForEach(func(k, v []byte) error {
 			var r FaultRecord
 			if err := json.Unmarshal(v, &r); err != nil {
-				return fmt.Errorf("fault record %q: %w", k, err)
+				damaged = append(damaged, DamagedFault{Key: string(k), Err: err})
+				return nil
+			}
+			if r.Drill == "" {
+				damaged = append(damaged, DamagedFault{Key: string(k), Err: errors.New("the record names no drill")})
+				return nil
 			}
 			out = append(out, r)
 			return nil
 		})
 	})
 	if err != nil {
-		return nil, fmt.Errorf("load fault journal from %s: %w", b.path, err)
+		return nil, nil, fmt.Errorf("load fault journal from %s: %w", b.path, err)
 	}
 	slices.SortFunc(out, func(x, y FaultRecord) int { return strings.Compare(x.Drill, y.Drill) })
-	return out, nil
+	return out, damaged, nil
+}
+
+// QuarantineFault moves the record under key out of the journal into the
+// faults.damaged bucket, durably; a key that is not there is not an
+// error.
+func (b *Bolt) QuarantineFault(key string) error {
+	err := b.db.Update(func(tx *bolt.Tx) error {
+		bk := tx.Bucket(faultsBucket)
+		if bk == nil {
+			return nil
+		}
+		v := bk.Get([]byte(key))
+		if v == nil {
+			return nil
+		}
+		dk, err := tx.CreateBucketIfNotExists(damagedFaultsBucket)
+		if err != nil {
+			return err
+		}
+		if err := dk.Put([]byte(key), slices.Clone(v)); err != nil {
+			return err
+		}
+		return bk.Delete([]byte(key))
+	})
+	if err != nil {
+		return fmt.Errorf("move damaged fault record %q aside in %s: %w", key, b.path, err)
+	}
+	return nil
 }
 
 // SaveFault writes r under its drill, durably.

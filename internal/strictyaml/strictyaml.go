@@ -145,6 +145,11 @@ func DecodeNode(n *yaml.Node, out any, path string) error {
 		return errs
 	}
 	if err := n.Decode(out); err != nil {
+		var te *yaml.TypeError
+		if errors.As(err, &te) {
+			// Its lines are the document's: the node keeps them.
+			return explainNode(n, te, path)
+		}
 		return Errors{{Path: path, Problem: strings.TrimPrefix(err.Error(), "yaml: "), Line: n.Line}}
 	}
 	return nil

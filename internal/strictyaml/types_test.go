@@ -5,6 +5,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"go.yaml.in/yaml/v3"
 )
 
 type guardFile struct {
@@ -88,5 +90,43 @@ guards:
 	}
 	if Lines([]byte("rate: ["), "config") != nil {
 		t.Error("a document that is not YAML has lines")
+	}
+}
+
+// yaml shortens a long value in its message ("ed25519..."); the field is
+// found by its line all the same, and named with its whole value.
+func TestDecode_LongWrongValueNamesTheField(t *testing.T) {
+	doc := []byte("localGuard: {names: \"ed25519:6kpsY+KcUgq+9VB7Ey7F\"}\n")
+	var c configFile
+	err := ExplainTypeError(doc, yaml.Unmarshal(doc, &c), "config")
+	want := `config.localGuard.names: "ed25519:6kpsY+KcUgq+9VB7Ey7F" is not a list (line 1)`
+	if err == nil || !strings.Contains(err.Error(), want) {
+		t.Fatalf("ExplainTypeError: %v, want %q", err, want)
+	}
+}
+
+// A key given twice is named by its path, with both lines.
+func TestDecode_DuplicateKeyNamesTheField(t *testing.T) {
+	var c configFile
+	err := Decode([]byte("rate: 1\nlocalGuard:\n  window: 1s\n  window: 2s\n"), &c, "config")
+	want := "config.localGuard.window: given twice in one mapping; first at line 3 (line 4)"
+	if err == nil || !strings.Contains(err.Error(), want) {
+		t.Fatalf("Decode: %v, want %q", err, want)
+	}
+}
+
+// DecodeNode (a section decoded on its own, as an agent's driver section
+// is) names a wrong-typed field by its full path, once, with one line.
+func TestDecodeNode_WrongTypeNamesTheFullPath(t *testing.T) {
+	var doc yaml.Node
+	if err := yaml.Unmarshal([]byte("services:\n  web:\n    guard:\n      window: soon\n"), &doc); err != nil {
+		t.Fatal(err)
+	}
+	section := doc.Content[0].Content[1].Content[1].Content[1]
+	var g guardFile
+	err := DecodeNode(section, &g, "services.web.guard")
+	want := `services.web.guard.window: "soon" is not a duration; want e.g. 5s, 250ms or 1m30s (line 4)`
+	if err == nil || err.Error() != want {
+		t.Fatalf("DecodeNode: %v, want %q", err, want)
 	}
 }
