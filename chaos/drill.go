@@ -111,12 +111,14 @@ func ParseDrill(data []byte) (*sv1.DrillSpec, error) {
 		Rollout: f.Rollout, DetectWithin: dur(f.DetectWithin), RecoverWithin: dur(f.RecoverWithin),
 		Fault: &sv1.Fault{},
 	}
-	if f.MaxPercent < 0 || f.MaxPercent > 100 {
-		errs = append(errs, &strictyaml.FieldError{Path: "drill.maxPercent", Problem: fmt.Sprintf("%v is out of range, want 0..100", f.MaxPercent)})
+	if !(f.MaxPercent >= 0 && f.MaxPercent <= 100) || (f.MaxPercent > 0 && f.MaxPercent < 0.01) {
+		errs = append(errs, &strictyaml.FieldError{Path: "drill.maxPercent", Problem: fmt.Sprintf("%v is out of range, want 0.01..100", f.MaxPercent)})
 	}
 	if f.Percent != nil {
-		if *f.Percent <= 0 || *f.Percent > 100 {
-			errs = append(errs, &strictyaml.FieldError{Path: "drill.percent", Problem: fmt.Sprintf("%v is out of range, want more than 0 and at most 100", *f.Percent)})
+		// A basis point is the smallest share a drill stores: a smaller
+		// percent would round to 0 and be refused as "0".
+		if !(*f.Percent >= 0.01 && *f.Percent <= 100) {
+			errs = append(errs, &strictyaml.FieldError{Path: "drill.percent", Problem: fmt.Sprintf("%v is out of range, want 0.01..100", *f.Percent)})
 		}
 		s.BasisPoints = uint32(math.Round(*f.Percent * 100))
 	}

@@ -51,6 +51,10 @@ func TestChaos_ParseDrillRefuses(t *testing.T) {
 		{"process action", strings.Replace(goodDrill, "http: {backend: green, errorPercent: 20}", "process: {process: green, action: nuke}", 1), `drill.fault.process.action: "nuke"`},
 		{"cores", strings.Replace(goodDrill, "http: {backend: green, errorPercent: 20}", "cpuBurn: {cores: 0}", 1), "drill.fault.cpuBurn.cores: 0 is out of range"},
 		{"version", strings.Replace(goodDrill, "version: v1", "version: v2", 1), `drill.version: "v2"`},
+		// Below a basis point a percent would round to 0: named as written.
+		{"tiny percent", goodDrill + "percent: 0.004\n", "drill.percent: 0.004 is out of range, want 0.01..100"},
+		{"tiny percent cap", strings.Replace(goodDrill, "maxPercent: 50", "maxPercent: 0.004", 1), "drill.maxPercent: 0.004 is out of range, want 0.01..100"},
+		{"percent not a number", goodDrill + "percent: .nan\n", "drill.percent: NaN is out of range"},
 	}
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {

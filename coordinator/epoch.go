@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"math"
 	"net/http"
 	"strings"
 
@@ -46,7 +47,10 @@ func (s *Server) RaiseEpoch(ctx context.Context, reason string) (EpochChange, er
 		return EpochChange{}, fmt.Errorf("read the buckets: %w", err)
 	}
 	from := s.fsm.State().Epoch()
-	to := max(from, seen) + 1
+	to, err := nextEpoch(from, seen)
+	if err != nil {
+		return EpochChange{}, err
+	}
 	if _, _, err := s.raftApply(fsm.EpochType, &sv1.EpochEntry{
 		Epoch: to, Reason: reason, HighestSeen: seen, StampedAt: timestamppb.New(s.cfg.Clock.Now()),
 	}); err != nil {
@@ -58,6 +62,17 @@ func (s *Server) RaiseEpoch(ctx context.Context, reason string) (EpochChange, er
 	s.log.Warn("cluster epoch raised by an operator; every document is published again in the new epoch",
 		"from", from, "to", to, "highest_verified_in_buckets", seen, "reason", reason)
 	return EpochChange{From: from, To: s.fsm.State().Epoch(), HighestSeen: seen, AnsweredBy: s.cfg.NodeID}, nil
+}
+
+// nextEpoch is the epoch above the cluster's (from) and the highest a
+// trusted document in the buckets holds (seen).
+func nextEpoch(from, seen uint64) (uint64, error) {
+	if max(from, seen) == math.MaxUint64 {
+		// Only a trusted key can have signed such a document; no epoch
+		// fences above it, and adding one would wrap to 0.
+		return 0, fmt.Errorf("epoch %d (the cluster's or a trusted document's in the buckets) is the largest there is; no epoch is above it: rotate the signing keys (security.md) and clear the buckets", uint64(math.MaxUint64))
+	}
+	return max(from, seen) + 1, nil
 }
 
 func (s *Server) epochRoutes(mux *http.ServeMux) {

@@ -1,0 +1,23 @@
+package coordinator
+
+import (
+	"math"
+	"strings"
+	"testing"
+)
+
+// The raised epoch is above both the cluster's and the buckets'; at the
+// largest epoch there is none above, and the raise is refused rather than
+// wrapped to 0 (which would commit nothing and report success).
+func TestNextEpoch_AboveBothAndNeverWraps(t *testing.T) {
+	for _, c := range []struct{ from, seen, want uint64 }{{0, 0, 1}, {3, 7, 8}, {9, 2, 10}} {
+		if got, err := nextEpoch(c.from, c.seen); err != nil || got != c.want {
+			t.Fatalf("nextEpoch(%d, %d) = %d, %v; want %d", c.from, c.seen, got, err, c.want)
+		}
+	}
+	for _, c := range [][2]uint64{{math.MaxUint64, 1}, {1, math.MaxUint64}} {
+		if _, err := nextEpoch(c[0], c[1]); err == nil || !strings.Contains(err.Error(), "largest there is") {
+			t.Fatalf("nextEpoch(%d, %d): %v, want refused", c[0], c[1], err)
+		}
+	}
+}
