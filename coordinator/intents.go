@@ -236,6 +236,9 @@ func precheck(in *sv1.Intent) error {
 		}
 		sp := proto.Clone(act.ApplyRollout.GetSpec()).(*sv1.RolloutSpec)
 		spec.Default(sp)
+		if err := spec.CheckFinite(sp); err != nil {
+			return err
+		}
 		return spec.Validate(sp)
 	case *sv1.Intent_AbortRollout:
 		return named("abort_rollout", act.AbortRollout.GetRollout())

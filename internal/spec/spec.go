@@ -202,6 +202,9 @@ func Parse(data []byte) (*sv1.RolloutSpec, error) {
 		return nil, placed(errs, data)
 	}
 	Default(s)
+	if err := CheckFinite(s); err != nil {
+		return nil, placed(err, data)
+	}
 	if err := Validate(s); err != nil {
 		return nil, placed(err, data)
 	}

@@ -2,6 +2,7 @@ package spec
 
 import (
 	"errors"
+	"math"
 	"strings"
 	"testing"
 	"time"
@@ -192,6 +193,11 @@ func TestSpec_ParseRefuses(t *testing.T) {
 		{"horizon too short", good + "analysis:\n  horizon: 10s\n", []string{"spec.analysis.horizon: 10s is out of range, want 1m..720h"}},
 		{"negative margin", good + "analysis:\n  nonInferiority: -1\n", []string{"spec.analysis.nonInferiority: -1 is out of range"}},
 		{"pass confidence 1", good + "analysis:\n  passConfidence: 1\n", []string{"spec.analysis.passConfidence: 1 is out of range"}},
+		// Every comparison with NaN is false: the range checks alone let it by.
+		{"error rate not a number", good + "analysis:\n  errorRate: {max: .nan}\n", []string{"spec.analysis.errorRate.max: NaN is not a number in range (line 10)"}},
+		{"confidence not a number", good + "analysis:\n  confidence: .nan\n", []string{"spec.analysis.confidence: NaN is not a number in range"}},
+		{"false alarm infinite", good + "analysis:\n  falseAlarm: .inf\n", []string{"spec.analysis.falseAlarm: +Inf is not a number in range"}},
+		{"quantile not a number", good + "analysis:\n  latency: {quantile: .nan}\n", []string{"spec.analysis.latency.quantile: NaN is not a number in range"}},
 		{"missing to", strings.Replace(good, "to: green\n", "", 1), []string{"spec.to: required"}},
 		{"missing from", strings.Replace(good, "from: blue\n", "", 1), []string{"spec.from: required"}},
 		{"same backend", strings.Replace(good, "to: green", "to: blue", 1), []string{`spec.to: "blue" is also spec.from`}},
@@ -290,4 +296,29 @@ func FuzzSpec_Parse(f *testing.F) {
 			t.Fatal("Parse accepted a spec Validate refuses")
 		}
 	})
+}
+
+// A spec that does not come from YAML (an intent signed by hand, in JSON)
+// is checked for numbers too before the leader commits it; Validate, which
+// the state machine runs on entries committed before, lets NaN by as it
+// always did.
+func TestCheckFinite_RefusesNaNAndInfinityWhereValidateCannot(t *testing.T) {
+	sp := &sv1.RolloutSpec{Name: "r", Service: "web", From: "blue", To: "green",
+		Strategy: &sv1.Strategy{Kind: &sv1.Strategy_BlueGreen{BlueGreen: &sv1.BlueGreen{}}},
+		Analysis: &sv1.AnalysisSpec{ErrorRate: &sv1.ErrorRateGuardrail{Max: math.NaN()}, PassConfidence: math.Inf(1)}}
+	Default(sp)
+	err := CheckFinite(sp)
+	if err == nil || !errors.Is(err, ErrInvalid) {
+		t.Fatalf("CheckFinite: %v, want refused as invalid", err)
+	}
+	for _, want := range []string{"spec.analysis.errorRate.max: NaN", "spec.analysis.passConfidence: +Inf"} {
+		if !strings.Contains(err.Error(), want) {
+			t.Errorf("%q does not name %q", err, want)
+		}
+	}
+	sp.Analysis.PassConfidence = 0
+	Default(sp)
+	if err := Validate(sp); err != nil {
+		t.Fatalf("Validate changed for committed entries: %v", err)
+	}
 }

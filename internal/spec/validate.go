@@ -2,12 +2,14 @@ package spec
 
 import (
 	"fmt"
+	"math"
 	"strings"
 	"time"
 
 	"google.golang.org/protobuf/types/known/durationpb"
 
 	"github.com/switchyard/switchyard/internal/names"
+	"github.com/switchyard/switchyard/internal/strictyaml"
 	sv1 "github.com/switchyard/switchyard/proto/switchyard/v1"
 )
 
@@ -191,6 +193,37 @@ func Validate(s *sv1.RolloutSpec) error {
 		}
 	}
 	validateHooks(add, s.GetHooks())
+	if len(errs) > 0 {
+		return errs
+	}
+	return nil
+}
+
+// CheckFinite refuses an analysis number that is not a number or
+// infinite (YAML's .nan and .inf, or JSON's "NaN"), which the range checks
+// of Validate let through: every comparison with NaN is false. The leader
+// runs it before commit and Parse on every spec it reads; Validate, which
+// the state machine also runs on entries already committed, is left as it
+// was so those replay alike.
+func CheckFinite(s *sv1.RolloutSpec) error {
+	a := s.GetAnalysis()
+	var errs strictyaml.Errors
+	for _, f := range []struct {
+		path string
+		v    float64
+	}{
+		{"spec.analysis.confidence", a.GetConfidence()},
+		{"spec.analysis.falseAlarm", a.GetFalseAlarm()},
+		{"spec.analysis.nonInferiority", a.GetNonInferiority()},
+		{"spec.analysis.passConfidence", a.GetPassConfidence()},
+		{"spec.analysis.errorRate.max", a.GetErrorRate().GetMax()},
+		{"spec.analysis.errorRate.maxIncrease", a.GetErrorRate().GetMaxIncrease()},
+		{"spec.analysis.latency.quantile", a.GetLatency().GetQuantile()},
+	} {
+		if math.IsNaN(f.v) || math.IsInf(f.v, 0) {
+			errs = append(errs, &strictyaml.FieldError{Path: f.path, Problem: fmt.Sprintf("%v is not a number in range", f.v)})
+		}
+	}
 	if len(errs) > 0 {
 		return errs
 	}
