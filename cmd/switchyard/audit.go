@@ -74,6 +74,11 @@ func runAudit(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 		msgs, last, err := audit.ReadStream(rctx, js, after)
 		cancel()
 		if err != nil {
+			if *follow && ctx.Err() != nil {
+				// Interrupted mid-read: --follow ends on Ctrl-C, as it
+				// does between reads.
+				return nil
+			}
 			return err
 		}
 		for _, m := range msgs {
