@@ -369,17 +369,9 @@ func (s *State) approve(index uint64, at time.Time, operator string, c *sv1.Roll
 	if r.GetApprovedWave() == r.GetWave() && r.GetApprovedStep() == r.GetStep() {
 		return refuse(CodeNothingToApprove, "approve_rollout.rollout: %q is approved at %s already", r.GetId(), s.position(r))
 	}
-	marks, need, refused := s.twoPerson(r, s.actor, "approve")
-	if refused != nil {
-		return *refused
-	}
 	ts := timestamppb.New(at)
-	if need > 0 {
-		r.Approvers = marks
-		if got := len(approvalsAt(r, marks)); uint32(got) < need {
-			s.record(r, index, ts, operator, fmt.Sprintf("approval %d of %d at %s (two-person rule)", got, need, s.position(r))+why(c.GetReason(), rules))
-			return Applied{Result: &sv1.IntentResult{Accepted: true, RolloutId: r.Id}}
-		}
+	if stop := s.countApproval(r, index, ts, operator, "at "+s.position(r), why(c.GetReason(), rules)); stop != nil {
+		return *stop
 	}
 	r.ApprovedWave, r.ApprovedStep = r.GetWave(), r.GetStep()
 	s.record(r, index, ts, operator, "approved at "+s.position(r)+why(c.GetReason(), rules))
@@ -391,17 +383,9 @@ func (s *State) approve(index uint64, at time.Time, operator string, c *sv1.Roll
 // the controller starts the rollout once they passed too.
 func (s *State) approveStart(index uint64, at time.Time, operator string, r *sv1.Rollout, reason string) Applied {
 	first := spec.Compile(r.GetSpec())[0].Wave.GetName()
-	marks, need, refused := s.twoPerson(r, s.actor, "approve")
-	if refused != nil {
-		return *refused
-	}
 	ts := timestamppb.New(at)
-	if need > 0 {
-		r.Approvers = marks
-		if got := len(approvalsAt(r, marks)); uint32(got) < need {
-			s.record(r, index, ts, operator, fmt.Sprintf("approval %d of %d to start wave %s (two-person rule)", got, need, first)+reason)
-			return Applied{Result: &sv1.IntentResult{Accepted: true, RolloutId: r.Id}}
-		}
+	if stop := s.countApproval(r, index, ts, operator, "to start wave "+first, reason); stop != nil {
+		return *stop
 	}
 	r.StartGate = false
 	r.Approvers = nil
@@ -415,6 +399,25 @@ func (s *State) approveStart(index uint64, at time.Time, operator string, r *sv1
 	changed := s.rederive(svc, r, index, ts)
 	s.record(r, index, ts, operator, fmt.Sprintf("approved the start of wave %s: %s", first, s.position(r))+reason)
 	return Applied{Result: &sv1.IntentResult{Accepted: true, RolloutId: r.Id}, Changed: changed}
+}
+
+// countApproval applies the two-person rule to an approval of the gate
+// where names: it returns what to answer when the approval is refused, or
+// recorded as one of several still needed (the gate stays shut), and nil
+// when the gate opens.
+func (s *State) countApproval(r *sv1.Rollout, index uint64, ts *timestamppb.Timestamp, operator, where, reason string) *Applied {
+	marks, need, refused := s.twoPerson(r, s.actor, "approve")
+	if refused != nil {
+		return refused
+	}
+	if need > 0 {
+		r.Approvers = marks
+		if got := len(approvalsAt(r, marks)); uint32(got) < need {
+			s.record(r, index, ts, operator, fmt.Sprintf("approval %d of %d %s (two-person rule)", got, need, where)+reason)
+			return &Applied{Result: &sv1.IntentResult{Accepted: true, RolloutId: r.Id}}
+		}
+	}
+	return nil
 }
 
 // why is an operator's reason as a history line ends with it; entries from
