@@ -160,7 +160,9 @@ func awaitEarlierResult(ctx context.Context, nc *nats.Conn, id string) (*sv1.Int
 		}
 		select {
 		case <-ctx.Done():
-			return nil, fmt.Errorf("%w (intent %s was sent before: %v)", ErrNoResult, id, err)
+			return nil, fmt.Errorf("%w (the intent stream already held a message with id %s and dropped this one as its resend, "+
+				"but no coordinator knows a result for it: if this intent was not sent before, another message took its id; "+
+				"nothing of this one was applied, send it again with a new id: %v)", ErrNoResult, id, err)
 		case <-time.After(100 * time.Millisecond):
 		}
 	}

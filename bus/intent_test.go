@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"strings"
 	"testing"
 	"time"
 
@@ -122,4 +123,38 @@ func embeddedBus(t *testing.T) (*server.Server, *nats.Conn) {
 	}
 	t.Cleanup(nc.Close)
 	return ns, nc
+}
+
+// A message someone else published first under an intent's id makes the
+// stream drop the intent as a resend. With no result known for that id,
+// the sender is told that the id was taken and nothing of its intent was
+// applied, not left to guess.
+func TestSendIntent_SaysWhenAnotherMessageTookItsID(t *testing.T) {
+	_, nc := embeddedBus(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	js, err := jetstream.New(nc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := EnsureIntentStream(ctx, js, 1); err != nil {
+		t.Fatal(err)
+	}
+	squat := nats.NewMsg(IntentSubject(IntentKindRollout))
+	squat.Data = []byte("junk")
+	squat.Header.Set(MsgIDHeader, "ci-build-43")
+	if _, err := js.PublishMsg(ctx, squat); err != nil {
+		t.Fatal(err)
+	}
+	sctx, scancel := context.WithTimeout(ctx, time.Second)
+	defer scancel()
+	_, err = SendIntent(sctx, nc, IntentKindRollout, &sv1.Intent{Id: "ci-build-43"})
+	if !errors.Is(err, ErrNoResult) {
+		t.Fatalf("SendIntent: %v, want ErrNoResult", err)
+	}
+	for _, want := range []string{"already held a message with id ci-build-43", "another message took its id", "send it again with a new id"} {
+		if !strings.Contains(err.Error(), want) {
+			t.Errorf("%q does not say %q", err, want)
+		}
+	}
 }
