@@ -1,6 +1,7 @@
 package agent
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
@@ -625,7 +626,23 @@ func (f *drillFollower) plan(ctx context.Context, doc *sv1.DrillDocument, now ti
 		if !f.knownBackend(sp.GetService(), rec.Backend) {
 			return rec, nil, fmt.Errorf("%w: service %s has no backend %q", errNotHere, sp.GetService(), rec.Backend)
 		}
-		return rec, &stateFault{drv: ss, backend: rec.Backend, state: k.BackendState.GetState()}, nil
+		// One state fault a backend at a time: each reverts to the state
+		// it found, which an overlapping one would have changed.
+		for _, other := range f.faults {
+			if other.rec.Kind == kindBackendState && other.rec.Service == rec.Service && other.rec.Backend == rec.Backend {
+				return rec, nil, fmt.Errorf("%w: drill %s already has a fault on %s", errNotHere, other.rec.Drill, rec.Backend)
+			}
+		}
+		if sr, ok := drv.(driver.StateReader); ok {
+			cctx, cancel := context.WithTimeout(ctx, f.timeout)
+			prev, err := sr.ServerState(cctx, rec.Backend)
+			cancel()
+			if err != nil {
+				return rec, nil, err
+			}
+			rec.PrevState = prev
+		}
+		return rec, &stateFault{drv: ss, backend: rec.Backend, state: k.BackendState.GetState(), prev: rec.PrevState}, nil
 	case *sv1.Fault_Process:
 		pc, ok := f.processes[k.Process.GetProcess()]
 		if !ok {
@@ -686,9 +703,9 @@ func (f *drillFollower) revertOnly(rec state.FaultRecord) (chaos.Injector, error
 		return nil, fmt.Errorf("%s; by hand, remove the HTTP fault of backend %s from the proxy", why, rec.Backend)
 	case kindBackendState:
 		if ss, ok := drv.(driver.StateSetter); ok {
-			return &stateFault{drv: ss, backend: rec.Backend}, nil
+			return &stateFault{drv: ss, backend: rec.Backend, prev: rec.PrevState}, nil
 		}
-		return nil, fmt.Errorf("%s; by hand, set the server of backend %s back to ready", why, rec.Backend)
+		return nil, fmt.Errorf("%s; by hand, set the server of backend %s back to %s", why, rec.Backend, cmp.Or(rec.PrevState, "ready"))
 	case kindProcess:
 		return &chaos.ProcessSignal{PIDFile: rec.PIDFile, Action: rec.Action}, nil
 	case kindCPUBurn, kindBusDrop:

@@ -1,6 +1,7 @@
 package agent
 
 import (
+	"cmp"
 	"context"
 	"fmt"
 	"log/slog"
@@ -55,11 +56,14 @@ type chaosDriver struct {
 	addrs map[string]string
 	// failAddr fails this many more SetServerAddr calls.
 	failAddr int
+	// states are the servers' states SetState set; ready when unset.
+	states map[string]string
 }
 
 var (
 	_ driver.ServerAddresser = (*chaosDriver)(nil)
 	_ driver.StateSetter     = (*chaosDriver)(nil)
+	_ driver.StateReader     = (*chaosDriver)(nil)
 )
 
 func newChaosDriver(log *eventLog) *chaosDriver {
@@ -91,7 +95,19 @@ func (d *chaosDriver) SetServerAddr(_ context.Context, backend, addr string) err
 
 func (d *chaosDriver) SetState(_ context.Context, backend, st string) error {
 	d.log.add("state %s %s", backend, st)
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if d.states == nil {
+		d.states = map[string]string{}
+	}
+	d.states[backend] = st
 	return nil
+}
+
+func (d *chaosDriver) ServerState(_ context.Context, backend string) (string, error) {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	return cmp.Or(d.states[backend], "ready"), nil
 }
 
 // loggingJournal is a memJournal that records its writes.
@@ -575,5 +591,51 @@ func TestDrills_UnsignedDocumentRefused(t *testing.T) {
 	}
 	if got := testCounter(t, m.drillRejected.WithLabelValues(drillMalformed)); got != 1 {
 		t.Fatalf("malformed drill documents counted %v, want 1", got)
+	}
+}
+
+// TestDrills_StateFaultRevertsToTheStateItFound: a backend_state fault
+// puts back the state it found the server in, journaled with the fault, so
+// an operator's drain outlives a maintenance drill, also across an agent
+// crash. A second state fault on the same backend while one holds it is
+// not injected on this node: each reverts to what it found.
+func TestDrills_StateFaultRevertsToTheStateItFound(t *testing.T) {
+	m, err := newMetrics(prometheus.NewRegistry())
+	if err != nil {
+		t.Fatal(err)
+	}
+	f, log, j := testFollower(t, m, fuzzNow)
+	defer f.shutdown()
+	ctx := context.Background()
+	drv := f.drivers["web"].(*chaosDriver)
+	if err := drv.SetState(ctx, "green", "drain"); err != nil { // the operator's
+		t.Fatal(err)
+	}
+	f.deliver(ctx, drillDelivery{key: "s1", raw: marshalDrill(t, drillDoc("s1", 1, stateFaultOf("green", "maint"), fuzzNow, time.Minute))})
+	if f.faults["s1"] == nil {
+		t.Fatalf("not injected: %s", log)
+	}
+	if rec := j.m["s1"]; rec.PrevState != "drain" {
+		t.Fatalf("journaled %+v, want the state found, drain", rec)
+	}
+	f.deliver(ctx, drillDelivery{key: "s2", raw: marshalDrill(t, drillDoc("s2", 1, stateFaultOf("green", "drain"), fuzzNow, time.Minute))})
+	if f.faults["s2"] != nil {
+		t.Fatalf("a second state fault on green was injected while s1 holds it: %s", log)
+	}
+	f.deliver(ctx, drillDelivery{key: "s1", deleted: true})
+	if got, _ := drv.ServerState(ctx, "green"); got != "drain" || !strings.Contains(log.String(), "state green maint; state green drain") {
+		t.Fatalf("green is %s after the drill, want the operator's drain back: %s", got, log)
+	}
+
+	// From the journal, after a crash: the recorded state.
+	inj, err := f.revertOnly(state.FaultRecord{Drill: "s3", Kind: kindBackendState, Service: "web", Backend: "green", PrevState: "maint"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := inj.Revert(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if got, _ := drv.ServerState(ctx, "green"); got != "maint" {
+		t.Fatalf("journaled fault reverted green to %s, want maint", got)
 	}
 }

@@ -1,6 +1,7 @@
 package agent
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
@@ -130,11 +131,14 @@ func (p *proxyFault) abandon() {
 	}
 }
 
-// stateFault sets a backend's server to maint or drain and back to ready.
+// stateFault sets a backend's server to maint or drain, and back to the
+// state it found it in (prev; "ready" when unknown): a drain an operator
+// set before the drill is still there after it.
 type stateFault struct {
 	drv     driver.StateSetter
 	backend string
 	state   string
+	prev    string
 }
 
 var _ chaos.Injector = (*stateFault)(nil)
@@ -144,7 +148,7 @@ func (s *stateFault) Apply(ctx context.Context) error {
 }
 
 func (s *stateFault) Revert(ctx context.Context) error {
-	return s.drv.SetState(ctx, s.backend, "ready")
+	return s.drv.SetState(ctx, s.backend, cmp.Or(s.prev, "ready"))
 }
 
 // errBusDropped is what the agent's NATS dialer answers while a bus_drop

@@ -14,6 +14,14 @@ type StateSetter interface {
 	SetState(ctx context.Context, backend, state string) error
 }
 
+// StateReader reads the state a backend's server is in: "ready", "drain"
+// or "maint". A state fault reverts to it (an operator's drain outlives the
+// drill); with a driver that cannot read it, a state fault reverts to
+// "ready".
+type StateReader interface {
+	ServerState(ctx context.Context, backend string) (string, error)
+}
+
 // ServerAddresser reads and changes the address the proxy connects to for a
 // backend, so a fault proxy can be put in front of it and taken out again.
 type ServerAddresser interface {

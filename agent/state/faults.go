@@ -50,6 +50,10 @@ type FaultRecord struct {
 	OrigAddr string `json:"origAddr,omitempty"`
 	// ProxyAddr is the fault proxy's address, once it listens.
 	ProxyAddr string `json:"proxyAddr,omitempty"`
+	// PrevState is the state a backend_state fault found the server in
+	// ("ready", "drain", "maint"; empty when the driver cannot read it,
+	// taken as "ready"): revert puts it back.
+	PrevState string `json:"prevState,omitempty"`
 	// PIDFile and Action are a process fault's target and what was done
 	// ("pause" is reverted with SIGCONT).
 	PIDFile string `json:"pidFile,omitempty"`

@@ -240,6 +240,36 @@ func (d *Driver) SetState(ctx context.Context, backend, state string) error {
 	return d.setState(ctx, backend, srv, state)
 }
 
+var _ driver.StateReader = (*Driver)(nil)
+
+// ServerState reads the state "set server ... state" last put a backend's
+// server in, from "show servers state": "maint" (set, or "disabled" in the
+// config), "drain", or "ready".
+func (d *Driver) ServerState(ctx context.Context, backend string) (string, error) {
+	if d.closed.Load() {
+		return "", errClosed
+	}
+	srv, err := d.server(backend)
+	if err != nil {
+		return "", err
+	}
+	states, err := d.serversState(ctx)
+	if err != nil {
+		return "", err
+	}
+	st, ok := states[srv]
+	if !ok {
+		return "", d.noServer(backend, srv)
+	}
+	switch {
+	case st.AdminState&(adminForcedMaint|adminConfigMaint) != 0:
+		return StateMaint, nil
+	case st.AdminState&adminForcedDrain != 0:
+		return StateDrain, nil
+	}
+	return StateReady, nil
+}
+
 func (d *Driver) setState(ctx context.Context, spec, srv, state string) error {
 	cmd := fmt.Sprintf("set server %s/%s state %s", d.cfg.Backend, srv, state)
 	if err := d.api.set(ctx, cmd); err != nil {

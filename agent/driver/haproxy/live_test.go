@@ -235,12 +235,22 @@ func TestLive_StateAndStats(t *testing.T) {
 		t.Fatalf("blue stat after 7 requests = %+v", s)
 	}
 
+	// ServerState reads back what SetState set (a state fault reverts to
+	// it): ready, maint, drain.
+	serverState := func(want string) {
+		t.Helper()
+		if got, err := l.drv.ServerState(ctx, "green"); err != nil || got != want {
+			t.Fatalf("ServerState(green) = %q, %v; want %q", got, err, want)
+		}
+	}
+	serverState(StateReady)
 	if err := l.drv.SetState(ctx, "green", StateMaint); err != nil {
 		t.Fatal(err)
 	}
 	if s := stat(t, l.drv, "green"); s.Status != "MAINT" {
 		t.Fatalf("green status = %q, want MAINT", s.Status)
 	}
+	serverState(StateMaint)
 	// Weight > 0 on a server in maintenance brings it back.
 	if err := l.drv.Apply(ctx, map[string]uint32{"blue": 0, "green": 100}); err != nil {
 		t.Fatal(err)
@@ -261,8 +271,13 @@ func TestLive_StateAndStats(t *testing.T) {
 	if s := stat(t, l.drv, "green"); s.Status != "DRAIN" {
 		t.Fatalf("green status = %q, want DRAIN", s.Status)
 	}
+	serverState(StateDrain)
 	if err := l.drv.SetState(ctx, "green", StateReady); err != nil {
 		t.Fatal(err)
+	}
+	serverState(StateReady)
+	if _, err := l.drv.ServerState(ctx, "purple"); !errors.Is(err, driver.ErrUnknownBackend) {
+		t.Fatalf("ServerState(purple): %v, want ErrUnknownBackend", err)
 	}
 	l.expectAll(t, 3, "green")
 }
