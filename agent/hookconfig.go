@@ -37,11 +37,20 @@ func (h HookConfig) validate(field, name string) []error {
 	return probs
 }
 
-// hookTable is the config's hooks as the runner takes them.
+// hookTable is the config's hooks as the runner takes them, each program
+// named on PATH resolved now, as the config was checked: a later change of
+// PATH, or a program of the same name put earlier on it, does not change
+// what a hook runs.
 func (c *Config) hookTable() map[string]hooks.Hook {
 	out := make(map[string]hooks.Hook, len(c.Hooks))
 	for name, h := range c.Hooks {
-		out[name] = hooks.Hook{Command: append([]string(nil), h.Command...), Timeout: h.Timeout}
+		cmd := append([]string(nil), h.Command...)
+		if len(cmd) > 0 && !filepath.IsAbs(cmd[0]) {
+			if p, err := exec.LookPath(cmd[0]); err == nil && filepath.IsAbs(p) {
+				cmd[0] = p
+			}
+		}
+		out[name] = hooks.Hook{Command: cmd, Timeout: h.Timeout}
 	}
 	return out
 }

@@ -144,3 +144,28 @@ func TestAgent_ConfigRefusesBadHooks(t *testing.T) {
 		})
 	}
 }
+
+// A hook's program named on PATH is resolved when the config is taken, as
+// it was checked: what a hook runs does not change with PATH afterwards.
+func TestAgent_HookProgramOnPathIsResolvedAtLoad(t *testing.T) {
+	dir := t.TempDir()
+	prog := filepath.Join(dir, "warm-cache")
+	if err := os.WriteFile(prog, []byte("#!/bin/sh\nexit 0\n"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	t.Setenv("PATH", dir+string(os.PathListSeparator)+os.Getenv("PATH"))
+	cfg := testConfig(t, "nats://127.0.0.1:1")
+	cfg.Hooks = map[string]HookConfig{"warm": {Command: []string{"warm-cache", "--all"}, Timeout: time.Second}}
+	cfg.setDefaults()
+	if err := cfg.Validate(); err != nil {
+		t.Fatal(err)
+	}
+	table := cfg.hookTable()
+	t.Setenv("PATH", "/nonexistent")
+	if got := table["warm"].Command; len(got) != 2 || got[0] != prog || got[1] != "--all" {
+		t.Fatalf("hook runs %q, want %q resolved at load", got, []string{prog, "--all"})
+	}
+	if cfg.Hooks["warm"].Command[0] != "warm-cache" {
+		t.Fatal("resolving changed the config as written")
+	}
+}
