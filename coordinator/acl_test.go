@@ -9,7 +9,6 @@ import (
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 	"github.com/nats-io/nkeys"
-	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/testutil"
 	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/timestamppb"
@@ -34,26 +33,8 @@ func newUser(t *testing.T) *bus.IntentSigner {
 
 func startCoordinatorWithAdmin(t *testing.T, natsURL, dataDir string, admin *bus.IntentSigner) *testCoordinator {
 	t.Helper()
-	reg := prometheus.NewRegistry()
-	srv, err := New(Config{
-		NodeID: "c1", DataDir: dataDir, RaftAddr: "127.0.0.1:0", HTTPAddr: "127.0.0.1:0",
-		NATSURL: natsURL, BootstrapExpect: 1, Registerer: reg, Gatherer: reg,
-		TickInterval: 50 * time.Millisecond, Signing: testSigning,
-		AclBootstrap: AclBootstrap{Key: admin.Key(), Name: "root"},
-	})
-	if err != nil {
-		t.Fatal(err)
-	}
-	ctx, cancel := context.WithCancel(context.Background())
-	c := &testCoordinator{srv: srv, reg: reg, cancel: cancel, done: make(chan struct{})}
-	go func() {
-		defer close(c.done)
-		_ = srv.Run(ctx)
-	}()
-	t.Cleanup(c.stop)
-	waitFor(t, "leadership and the first admin", 10*time.Second, func() bool {
-		return testutil.ToFloat64(srv.metrics.isLeader) == 1 && srv.fsm.State().Enforcing()
-	})
+	c := startCoordinatorWith(t, natsURL, dataDir, func(c *Config) { c.AclBootstrap = AclBootstrap{Key: admin.Key(), Name: "root"} })
+	waitFor(t, "the first admin", 10*time.Second, func() bool { return c.srv.fsm.State().Enforcing() })
 	return c
 }
 

@@ -1,13 +1,10 @@
 package coordinator
 
 import (
-	"context"
 	"strings"
 	"testing"
 	"time"
 
-	"github.com/prometheus/client_golang/prometheus"
-	"github.com/prometheus/client_golang/prometheus/testutil"
 	"google.golang.org/protobuf/proto"
 
 	"github.com/switchyard/switchyard/bus"
@@ -78,24 +75,7 @@ func TestIntents_NewRolloutMustStartFromTheBackendTheServiceServes(t *testing.T)
 // takes it that none runs it.
 func startCoordinatorStaleAfter(t *testing.T, natsURL, dataDir string, staleAfter time.Duration) *testCoordinator {
 	t.Helper()
-	reg := prometheus.NewRegistry()
-	srv, err := New(Config{
-		NodeID: "c1", DataDir: dataDir, RaftAddr: "127.0.0.1:0", HTTPAddr: "127.0.0.1:0",
-		NATSURL: natsURL, BootstrapExpect: 1, Registerer: reg, Gatherer: reg,
-		TickInterval: 50 * time.Millisecond, Signing: testSigning, StaleAfter: staleAfter,
-	})
-	if err != nil {
-		t.Fatal(err)
-	}
-	ctx, cancel := context.WithCancel(context.Background())
-	c := &testCoordinator{srv: srv, reg: reg, cancel: cancel, done: make(chan struct{})}
-	go func() {
-		defer close(c.done)
-		_ = srv.Run(ctx)
-	}()
-	t.Cleanup(c.stop)
-	waitFor(t, "leadership", 10*time.Second, func() bool { return testutil.ToFloat64(srv.metrics.isLeader) == 1 })
-	return c
+	return startCoordinatorWith(t, natsURL, dataDir, func(c *Config) { c.StaleAfter = staleAfter })
 }
 
 // Two admins' `acl policy` made from the same read: the later one is

@@ -44,12 +44,21 @@ func (c *testCoordinator) stop() {
 
 func startCoordinator(t *testing.T, natsURL, dataDir string) *testCoordinator {
 	t.Helper()
+	return startCoordinatorWith(t, natsURL, dataDir, func(*Config) {})
+}
+
+// startCoordinatorWith starts a single leading coordinator whose config
+// tune may change first.
+func startCoordinatorWith(t *testing.T, natsURL, dataDir string, tune func(*Config)) *testCoordinator {
+	t.Helper()
 	reg := prometheus.NewRegistry()
-	srv, err := New(Config{
+	cfg := Config{
 		NodeID: "c1", DataDir: dataDir, RaftAddr: "127.0.0.1:0", HTTPAddr: "127.0.0.1:0",
 		NATSURL: natsURL, BootstrapExpect: 1, Registerer: reg, Gatherer: reg,
 		TickInterval: 50 * time.Millisecond, Signing: testSigning,
-	})
+	}
+	tune(&cfg)
+	srv, err := New(cfg)
 	if err != nil {
 		t.Fatal(err)
 	}
