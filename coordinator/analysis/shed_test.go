@@ -18,9 +18,7 @@ import (
 // window the reports that did arrive fail stays failed.
 func TestStore_ShedReportsMakeWindowsMissingNeverAPass(t *testing.T) {
 	t0 := time.Date(2026, 1, 1, 12, 0, 0, 0, time.UTC)
-	sp := &sv1.RolloutSpec{Name: "r1", Service: "web", From: "blue", To: "green", Analysis: &sv1.AnalysisSpec{Method: spec.MethodWindows}}
-	spec.Default(sp)
-	r := &sv1.Rollout{Id: "r1", Spec: sp, CreatedAt: timestamppb.New(t0)}
+	r := windowsRollout(t0)
 	s := NewStore()
 	// 30 s from 10 nodes in 5 s windows; green fails in the last window.
 	// Node a's report of second 12 never arrives: intake shed it.
@@ -86,9 +84,7 @@ func TestStore_ShedReportsMakeWindowsMissingNeverAPass(t *testing.T) {
 // have kept a fresh judgement from passing.
 func TestStore_ShedInTheSecondAfterAWindowUndoesItsPass(t *testing.T) {
 	t0 := time.Date(2026, 1, 1, 12, 0, 0, 0, time.UTC)
-	sp := &sv1.RolloutSpec{Name: "r1", Service: "web", From: "blue", To: "green", Analysis: &sv1.AnalysisSpec{Method: spec.MethodWindows}}
-	spec.Default(sp)
-	r := &sv1.Rollout{Id: "r1", Spec: sp, CreatedAt: timestamppb.New(t0)}
+	r := windowsRollout(t0)
 	s := NewStore()
 	for sec := 1; sec <= 10; sec++ {
 		for n := range 10 {
@@ -176,9 +172,7 @@ func TestStore_SizeIsBoundedWithManyNodes(t *testing.T) {
 // tens of milliseconds.
 func TestStore_AssessReadsOnlyTheWindowsOfTheTelemetryKept(t *testing.T) {
 	t0 := time.Date(2026, 1, 1, 12, 0, 0, 0, time.UTC)
-	sp := &sv1.RolloutSpec{Name: "r1", Service: "web", From: "blue", To: "green", Analysis: &sv1.AnalysisSpec{Method: spec.MethodWindows}}
-	spec.Default(sp)
-	r := &sv1.Rollout{Id: "r1", Spec: sp, CreatedAt: timestamppb.New(t0)}
+	r := windowsRollout(t0)
 	s := NewStore()
 	now := t0.Add(24 * time.Hour)
 	for sec := -10; sec <= 0; sec++ {
@@ -190,7 +184,7 @@ func TestStore_AssessReadsOnlyTheWindowsOfTheTelemetryKept(t *testing.T) {
 		}
 	}
 	a := s.Assess(r, now.Add(Grace))
-	win := spec.Window(sp)
+	win := spec.Window(r.GetSpec())
 	if max := int(Retention/win) + 1; len(a.Windows) > max {
 		t.Fatalf("%d windows assessed, want at most %d (15 minutes)", len(a.Windows), max)
 	}
@@ -201,4 +195,12 @@ func TestStore_AssessReadsOnlyTheWindowsOfTheTelemetryKept(t *testing.T) {
 	if got := a.PassedSince(t0); got != 3 {
 		t.Fatalf("%d windows passed, want the last 3, those with data", got)
 	}
+}
+
+// windowsRollout is rollout r1 of web, blue to green, judged by the
+// windows method with the default guardrails, created at t0.
+func windowsRollout(t0 time.Time) *sv1.Rollout {
+	sp := &sv1.RolloutSpec{Name: "r1", Service: "web", From: "blue", To: "green", Analysis: &sv1.AnalysisSpec{Method: spec.MethodWindows}}
+	spec.Default(sp)
+	return &sv1.Rollout{Id: "r1", Spec: sp, CreatedAt: timestamppb.New(t0)}
 }

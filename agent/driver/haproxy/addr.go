@@ -18,22 +18,12 @@ var (
 // ServerAddr reads the address HAProxy connects to for a backend now
 // ("srv_addr:srv_port" of "show servers state").
 func (d *Driver) ServerAddr(ctx context.Context, backend string) (string, error) {
-	if d.closed.Load() {
-		return "", errClosed
-	}
-	srv, err := d.server(backend)
+	st, err := d.serverRow(ctx, backend)
 	if err != nil {
 		return "", err
-	}
-	state, err := d.serversState(ctx)
-	if err != nil {
-		return "", err
-	}
-	st, ok := state[srv]
-	if !ok {
-		return "", d.noServer(backend, srv)
 	}
 	if st.Addr == "" {
+		srv, _ := d.server(backend)
 		return "", fmt.Errorf("haproxy driver: show servers state has no srv_addr/srv_port for server %s/%s", d.cfg.Backend, srv)
 	}
 	return st.Addr, nil

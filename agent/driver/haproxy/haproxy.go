@@ -246,20 +246,9 @@ var _ driver.StateReader = (*Driver)(nil)
 // server in, from "show servers state": "maint" (set, or "disabled" in the
 // config), "drain", or "ready".
 func (d *Driver) ServerState(ctx context.Context, backend string) (string, error) {
-	if d.closed.Load() {
-		return "", errClosed
-	}
-	srv, err := d.server(backend)
+	st, err := d.serverRow(ctx, backend)
 	if err != nil {
 		return "", err
-	}
-	states, err := d.serversState(ctx)
-	if err != nil {
-		return "", err
-	}
-	st, ok := states[srv]
-	if !ok {
-		return "", d.noServer(backend, srv)
 	}
 	switch {
 	case st.AdminState&(adminForcedMaint|adminConfigMaint) != 0:
@@ -268,6 +257,26 @@ func (d *Driver) ServerState(ctx context.Context, backend string) (string, error
 		return StateDrain, nil
 	}
 	return StateReady, nil
+}
+
+// serverRow is the "show servers state" row of a backend's server.
+func (d *Driver) serverRow(ctx context.Context, backend string) (serverState, error) {
+	if d.closed.Load() {
+		return serverState{}, errClosed
+	}
+	srv, err := d.server(backend)
+	if err != nil {
+		return serverState{}, err
+	}
+	states, err := d.serversState(ctx)
+	if err != nil {
+		return serverState{}, err
+	}
+	st, ok := states[srv]
+	if !ok {
+		return serverState{}, d.noServer(backend, srv)
+	}
+	return st, nil
 }
 
 func (d *Driver) setState(ctx context.Context, spec, srv, state string) error {
