@@ -210,7 +210,7 @@ func query(ctx context.Context, nc *nats.Conn, name string, req, out proto.Messa
 			msg.Header.Set(StaleHeader, "1")
 		}
 		actx, cancel := context.WithTimeout(ctx, queryAttempt)
-		m, err := nc.RequestMsgWithContext(actx, msg)
+		m, err := request(ctx, actx, nc, msg)
 		cancel()
 		switch {
 		case err == nil && m.Header.Get(NotCurrentHeader) != "":

@@ -3,6 +3,7 @@ package coordinator
 import (
 	"bytes"
 	"context"
+	"errors"
 	"fmt"
 	"net/http"
 	"slices"
@@ -183,7 +184,9 @@ func (s *Server) Overview(staleReason string) (*sv1.Overview, error) {
 	if ov.Fleet, err = s.FleetStatus(&sv1.FleetStatusQuery{}); err != nil {
 		return nil, err
 	}
-	if ov.Rollouts, err = s.Rollouts(&sv1.RolloutsQuery{}); err != nil {
+	// The dashboard counts each rollout's nodes; the fleet part lists
+	// them once.
+	if ov.Rollouts, err = s.Rollouts(&sv1.RolloutsQuery{Summary: true}); err != nil {
 		return nil, err
 	}
 	if ov.Drills, err = s.Drills(&sv1.DrillsQuery{}); err != nil {
@@ -232,10 +235,21 @@ func (s *Server) readGate(w http.ResponseWriter, r *http.Request) bool {
 	return true
 }
 
+// badParam is a read API request's parameter that makes no sense: the
+// answer is 400, not 404.
+type badParam string
+
+func (e badParam) Error() string { return string(e) }
+
 // writeAPI renders one read API answer.
 func writeAPI(w http.ResponseWriter, m proto.Message, err error) {
 	if err != nil {
-		http.Error(w, err.Error(), http.StatusNotFound)
+		code := http.StatusNotFound
+		var bad badParam
+		if errors.As(err, &bad) {
+			code = http.StatusBadRequest
+		}
+		http.Error(w, err.Error(), code)
 		return
 	}
 	b, err := apiJSON.Marshal(m)
@@ -261,7 +275,15 @@ func (s *Server) apiRoutes(mux *http.ServeMux) {
 		}))
 	}
 	mux.Handle("GET /v1/rollouts", read(func(r *http.Request) (proto.Message, error) {
-		return s.Rollouts(&sv1.RolloutsQuery{Rollout: r.URL.Query().Get("name")})
+		q := &sv1.RolloutsQuery{Rollout: r.URL.Query().Get("name")}
+		switch v := r.URL.Query().Get("summary"); v {
+		case "", "false":
+		case "true":
+			q.Summary = true
+		default:
+			return nil, badParam(fmt.Sprintf("summary=%q: want true or false", v))
+		}
+		return s.Rollouts(q)
 	}))
 	mux.Handle("GET /v1/rollouts/{name}", read(func(r *http.Request) (proto.Message, error) {
 		return s.Rollouts(&sv1.RolloutsQuery{Rollout: r.PathValue("name")})

@@ -35,11 +35,24 @@ func (s *Server) Rollouts(q *sv1.RolloutsQuery) (*sv1.RolloutsAnswer, error) {
 	}
 	c := s.controller()
 	now := s.cfg.Clock.Now()
+	// A summary reads each service's nodes once, however many rollouts
+	// it had: they are only counted.
+	counted := map[string][]*sv1.NodeView{}
 	for _, r := range rollouts {
-		nodes := s.fleet.nodesFor(r.GetSpec().GetService())
-		labelWaves(r, nodes)
-		applied, _ := converged(nodes, bus.Fence{Epoch: st.Epoch(), Generation: r.GetGeneration()})
-		view := &sv1.RolloutView{Rollout: r, Nodes: nodes, Converged: uint32(applied), Position: spec.Position(r)}
+		svc := r.GetSpec().GetService()
+		nodes, ok := counted[svc]
+		if !ok {
+			nodes = s.fleet.nodesFor(svc)
+			if q.GetSummary() {
+				counted[svc] = nodes
+			}
+		}
+		applied, live := converged(nodes, bus.Fence{Epoch: st.Epoch(), Generation: r.GetGeneration()})
+		view := &sv1.RolloutView{Rollout: r, Converged: uint32(applied), Live: uint32(live), Position: spec.Position(r)}
+		if !q.GetSummary() {
+			labelWaves(r, nodes)
+			view.Nodes = nodes
+		}
 		if r.GetHoldStart() && r.GetPhase() == sv1.RolloutPhase_ROLLOUT_PHASE_PROGRESSING {
 			plan := spec.Compile(r.GetSpec())
 			view.Position = fmt.Sprintf("before wave 1/%d %s, no traffic moved", len(plan), plan[0].Wave.GetName())
@@ -79,7 +92,7 @@ func serveQuery[Q any, PQ interface {
 			s.metrics.queries.WithLabelValues(queryDeclined).Inc()
 			reply.Header.Set(bus.NotCurrentHeader, s.cfg.NodeID)
 			reply.Header.Set(bus.ErrorHeader, err.Error())
-			if err := msg.RespondMsg(reply); err != nil {
+			if err := bus.Respond(s.nc, msg, reply); err != nil {
 				s.log.Debug("declining query", "subject", msg.Subject, "err", err)
 			}
 			return
@@ -105,8 +118,8 @@ func serveQuery[Q any, PQ interface {
 		if err != nil {
 			reply.Header.Set(bus.ErrorHeader, err.Error())
 		}
-		if err := msg.RespondMsg(reply); err != nil {
-			s.log.Debug("answering query", "subject", msg.Subject, "err", err)
+		if err := bus.Respond(s.nc, msg, reply); err != nil {
+			s.log.Warn("answering query", "subject", msg.Subject, "bytes", len(reply.Data), "err", err)
 		}
 	}
 }

@@ -197,8 +197,8 @@ waves:
 		path string
 		m    proto.Message
 	}{
-		{[]string{"rollout", "status"}, "/v1/rollouts", &sv1.RolloutsAnswer{}},
-		{[]string{"rollout", "list"}, "/v1/rollouts", &sv1.RolloutsAnswer{}},
+		{[]string{"rollout", "status"}, "/v1/rollouts?summary=true", &sv1.RolloutsAnswer{}},
+		{[]string{"rollout", "list"}, "/v1/rollouts?summary=true", &sv1.RolloutsAnswer{}},
 		{[]string{"rollout", "status", "web-json"}, "/v1/rollouts/web-json", &sv1.RolloutsAnswer{}},
 		{[]string{"rollout", "series", "web-json"}, "/v1/rollouts/web-json/series", &sv1.RolloutSeries{}},
 		{[]string{"fleet", "status"}, "/v1/fleet", &sv1.FleetStatus{}},

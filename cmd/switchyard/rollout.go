@@ -426,9 +426,11 @@ func rolloutRead(ctx context.Context, verb string, args []string, stdout, stderr
 	if len(pos) > 1 {
 		return usageErr(stderr, "switchyard rollout status: want at most one rollout NAME")
 	}
-	q := &sv1.RolloutsQuery{}
+	// Every rollout is one line, with its nodes counted; only one
+	// rollout in detail lists them.
+	q := &sv1.RolloutsQuery{Summary: true}
 	if len(pos) == 1 {
-		q.Rollout = pos[0]
+		q.Rollout, q.Summary = pos[0], false
 	}
 	ans, err := queryRollouts(ctx, c, q)
 	if err != nil {
@@ -485,8 +487,12 @@ func convergence(v *sv1.RolloutView) string {
 	return fmt.Sprintf("%d/%d", v.GetConverged(), liveNodes(v))
 }
 
-// liveNodes counts a rollout's nodes that are not stale.
+// liveNodes counts a rollout's nodes that are not stale: the answer's
+// count, or, from a coordinator that sends none, its node list.
 func liveNodes(v *sv1.RolloutView) int {
+	if v.GetLive() > 0 || len(v.GetNodes()) == 0 {
+		return int(v.GetLive())
+	}
 	live := 0
 	for _, n := range v.GetNodes() {
 		if !n.GetStale() {

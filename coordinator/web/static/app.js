@@ -139,7 +139,7 @@
     return views.map((v) => {
       const r = v.rollout || {}, sp = r.spec || {};
       const phase = phaseName(r.phase);
-      const live = (v.nodes || []).filter((n) => !n.stale).length;
+      const live = num(v.live);
       return el("div", { class: "rollout", "data-rollout": r.id, "data-phase": phase },
         el("h3", {}, r.id, " ", el("span", { class: "phase", "data-phase": phase }, phase + (r.paused ? " (paused)" : ""))),
         el("dl", { class: "kv" },

@@ -25,7 +25,12 @@ const (
 type RolloutsQuery struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// Rollout names one rollout; empty asks for all.
-	Rollout       string `protobuf:"bytes,1,opt,name=rollout,proto3" json:"rollout,omitempty"`
+	Rollout string `protobuf:"bytes,1,opt,name=rollout,proto3" json:"rollout,omitempty"`
+	// Summary asks for each rollout without its node list: nodes stays
+	// empty, converged and live still count the nodes. A list of rollouts
+	// needs no more, and on a fleet of thousands each node list is some
+	// hundred kilobytes or more.
+	Summary       bool `protobuf:"varint,2,opt,name=summary,proto3" json:"summary,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -65,6 +70,13 @@ func (x *RolloutsQuery) GetRollout() string {
 		return x.Rollout
 	}
 	return ""
+}
+
+func (x *RolloutsQuery) GetSummary() bool {
+	if x != nil {
+		return x.Summary
+	}
+	return false
 }
 
 // RolloutsAnswer is a coordinator's view of rollouts and how far the fleet
@@ -140,6 +152,9 @@ type RolloutView struct {
 	Nodes []*NodeView `protobuf:"bytes,2,rep,name=nodes,proto3" json:"nodes,omitempty"`
 	// Converged counts the live nodes that applied the rollout's generation.
 	Converged uint32 `protobuf:"varint,3,opt,name=converged,proto3" json:"converged,omitempty"`
+	// Live counts the nodes that run the rollout's service and are not
+	// stale, whether or not nodes lists them.
+	Live uint32 `protobuf:"varint,6,opt,name=live,proto3" json:"live,omitempty"`
 	// Waiting says what the rollout waits for, as the answering coordinator
 	// sees it.
 	Waiting string `protobuf:"bytes,4,opt,name=waiting,proto3" json:"waiting,omitempty"`
@@ -201,6 +216,13 @@ func (x *RolloutView) GetNodes() []*NodeView {
 func (x *RolloutView) GetConverged() uint32 {
 	if x != nil {
 		return x.Converged
+	}
+	return 0
+}
+
+func (x *RolloutView) GetLive() uint32 {
+	if x != nil {
+		return x.Live
 	}
 	return 0
 }
@@ -769,18 +791,20 @@ var File_switchyard_v1_query_proto protoreflect.FileDescriptor
 
 const file_switchyard_v1_query_proto_rawDesc = "" +
 	"\n" +
-	"\x19switchyard/v1/query.proto\x12\rswitchyard.v1\x1a\x19switchyard/v1/drill.proto\x1a\x19switchyard/v1/hooks.proto\x1a\x1bswitchyard/v1/rollout.proto\x1a\x1dswitchyard/v1/telemetry.proto\")\n" +
+	"\x19switchyard/v1/query.proto\x12\rswitchyard.v1\x1a\x19switchyard/v1/drill.proto\x1a\x19switchyard/v1/hooks.proto\x1a\x1bswitchyard/v1/rollout.proto\x1a\x1dswitchyard/v1/telemetry.proto\"C\n" +
 	"\rRolloutsQuery\x12\x18\n" +
-	"\arollout\x18\x01 \x01(\tR\arollout\"\x81\x01\n" +
+	"\arollout\x18\x01 \x01(\tR\arollout\x12\x18\n" +
+	"\asummary\x18\x02 \x01(\bR\asummary\"\x81\x01\n" +
 	"\x0eRolloutsAnswer\x126\n" +
 	"\brollouts\x18\x01 \x03(\v2\x1a.switchyard.v1.RolloutViewR\brollouts\x12\x1f\n" +
 	"\vanswered_by\x18\x02 \x01(\tR\n" +
 	"answeredBy\x12\x16\n" +
-	"\x06leader\x18\x03 \x01(\tR\x06leader\"\x97\x02\n" +
+	"\x06leader\x18\x03 \x01(\tR\x06leader\"\xab\x02\n" +
 	"\vRolloutView\x120\n" +
 	"\arollout\x18\x01 \x01(\v2\x16.switchyard.v1.RolloutR\arollout\x12-\n" +
 	"\x05nodes\x18\x02 \x03(\v2\x17.switchyard.v1.NodeViewR\x05nodes\x12\x1c\n" +
-	"\tconverged\x18\x03 \x01(\rR\tconverged\x12\x18\n" +
+	"\tconverged\x18\x03 \x01(\rR\tconverged\x12\x12\n" +
+	"\x04live\x18\x06 \x01(\rR\x04live\x12\x18\n" +
 	"\awaiting\x18\x04 \x01(\tR\awaiting\x127\n" +
 	"\awindows\x18\x05 \x03(\v2\x1d.switchyard.v1.WindowEvidenceR\awindows\x12\x1a\n" +
 	"\banalysis\x18( \x01(\tR\banalysis\x12\x1a\n" +
