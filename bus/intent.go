@@ -2,6 +2,7 @@ package bus
 
 import (
 	"context"
+	"crypto/sha256"
 	"errors"
 	"fmt"
 	"time"
@@ -13,6 +14,25 @@ import (
 
 	sv1 "github.com/switchyard/switchyard/proto/switchyard/v1"
 )
+
+// IntentFingerprint is what an intent asks for: its hash without
+// created_at, which a sender sets anew each time it sends. A resend of the
+// same intent (a CI job retried, the same command run again) has the same
+// fingerprint; another intent sent with the same id has another.
+func IntentFingerprint(in *sv1.Intent) []byte {
+	c := proto.CloneOf(in)
+	c.CreatedAt = nil
+	b, err := proto.MarshalOptions{Deterministic: true}.Marshal(c)
+	if err != nil {
+		return nil
+	}
+	sum := sha256.Sum256(b)
+	return sum[:]
+}
+
+// CodeIDTaken is the code of an intent refused because another intent was
+// sent with its id before.
+const CodeIDTaken = "id_taken"
 
 // ErrNoResult is returned by SendIntent when the intent was stored on the
 // stream but no coordinator answered before the context ended. The intent is
@@ -76,7 +96,11 @@ func SendSignedIntent(ctx context.Context, nc *nats.Conn, kind string, in *sv1.I
 	if ack.Duplicate && !retried {
 		// The stream already holds this id, so no new result will come:
 		// ask for the first one, waiting while it is still being applied.
-		return awaitEarlierResult(ctx, nc, in.GetId())
+		q := &sv1.IntentQuery{Id: in.GetId(), Fingerprint: IntentFingerprint(in)}
+		if signer != nil {
+			q.Signer = signer.Key()
+		}
+		return awaitEarlierResult(ctx, nc, q)
 	}
 	// A duplicate after a retry is this call's own earlier attempt, stored
 	// although its acknowledgement was lost: its result comes to the same
@@ -150,12 +174,18 @@ func transientPublishError(err error) bool {
 	return false
 }
 
-func awaitEarlierResult(ctx context.Context, nc *nats.Conn, id string) (*sv1.IntentResult, error) {
+// awaitEarlierResult asks for the result of the intent q names, which the
+// stream already held: the first result of this same intent, or a
+// refusal when another intent took its id.
+func awaitEarlierResult(ctx context.Context, nc *nats.Conn, q *sv1.IntentQuery) (*sv1.IntentResult, error) {
+	id := q.GetId()
 	for {
 		var res sv1.IntentResult
-		err := Query(ctx, nc, QueryIntent, &sv1.IntentQuery{Id: id}, &res)
+		err := Query(ctx, nc, QueryIntent, q, &res)
 		if err == nil {
-			res.Duplicate = true
+			// A refusal of this intent (the id was another's) is its
+			// own result, not a resend's.
+			res.Duplicate = res.GetCode() != CodeIDTaken
 			return &res, nil
 		}
 		select {

@@ -155,7 +155,7 @@ func (s *Server) handleIntent(ctx context.Context, msg jetstream.Msg) {
 		err = s.checkAgentHooks(in)
 	}
 	if err == nil {
-		code, err = s.checkCurrent(in)
+		code, err = s.checkCurrent(in, opened.Signer)
 	}
 	if err != nil {
 		if code == "" {
@@ -279,9 +279,13 @@ func precheck(in *sv1.Intent) error {
 // checkCurrent makes the refusals that depend on the current state and
 // that the state machine does not make itself, so that old log entries
 // replay as they applied (state/precheck.go). An intent already applied is
-// left to the state machine, which answers it with its earlier result.
-func (s *Server) checkCurrent(in *sv1.Intent) (string, error) {
+// left to the state machine, which answers it with its earlier result;
+// another intent sent under its id is refused.
+func (s *Server) checkCurrent(in *sv1.Intent, signer string) (string, error) {
 	st := s.fsm.State()
+	if p := st.IntentTaken(in.GetId(), signer, bus.IntentFingerprint(in)); p != nil {
+		return state.CodeIDTaken, state.TakenError(p)
+	}
 	if st.IntentResult(in.GetId()) != nil {
 		return "", nil
 	}

@@ -2,14 +2,17 @@ package coordinator
 
 import (
 	"context"
+	"strings"
 	"testing"
 	"time"
 
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 	"google.golang.org/protobuf/proto"
+	"google.golang.org/protobuf/types/known/timestamppb"
 
 	"github.com/switchyard/switchyard/bus"
+	"github.com/switchyard/switchyard/coordinator/state"
 	sv1 "github.com/switchyard/switchyard/proto/switchyard/v1"
 )
 
@@ -111,5 +114,48 @@ func TestIntents_LeaderReopensADeletedConsumer(t *testing.T) {
 	res := send(t, nc, &sv1.Intent{Id: "i-2", Action: &sv1.Intent_AbortRollout{AbortRollout: &sv1.AbortRollout{Rollout: "web-1"}}})
 	if !res.GetAccepted() {
 		t.Fatalf("intent after the consumer was deleted: %v", res)
+	}
+}
+
+// An intent id names one intent. The same intent sent again (a retried CI
+// job, a later created_at) is answered with its first result; another
+// intent sent with a taken id is refused with code id_taken, whether the
+// stream dropped it as a resend (the sender then asks for the result) or
+// it reached the leader under another message id. Neither is applied, and
+// neither is handed the first intent's result.
+func TestIntents_AnIDTakenByAnotherIntentIsRefused(t *testing.T) {
+	nc, url := startNATS(t)
+	c := startCoordinator(t, url, t.TempDir())
+
+	first := send(t, nc, applyIntent("ci-7", "web-1"))
+	if !first.GetAccepted() {
+		t.Fatalf("first: %v", first)
+	}
+	again := applyIntent("ci-7", "web-1")
+	again.CreatedAt = timestamppb.New(time.Now().Add(time.Minute))
+	if res := send(t, nc, again); !res.GetAccepted() || !res.GetDuplicate() || res.GetIndex() != first.GetIndex() {
+		t.Fatalf("the same intent sent again: %v, want the first result (index %d) as a duplicate", res, first.GetIndex())
+	}
+
+	other := applyIntent("ci-7", "web-2")
+	other.GetApplyRollout().GetSpec().Service = "api"
+	// The stream drops it as a resend of ci-7; the sender asks for the
+	// result and is told the id was another intent's.
+	res := send(t, nc, other)
+	if res.GetAccepted() || res.GetDuplicate() || res.GetCode() != state.CodeIDTaken || !strings.Contains(res.GetError(), `"ci-7" was taken`) {
+		t.Fatalf("another intent under a taken id (stream): %v, want refused %s", res, state.CodeIDTaken)
+	}
+	// Under another message id the leader sees it, and refuses it before
+	// it commits.
+	raw := publishIntentRaw(t, nc, mustMarshal(t, other))
+	res = &sv1.IntentResult{}
+	if err := proto.Unmarshal(raw, res); err != nil || res.GetAccepted() || res.GetCode() != state.CodeIDTaken || res.GetIndex() != 0 {
+		t.Fatalf("another intent under a taken id (leader): %v %v, want refused %s before commit", err, res, state.CodeIDTaken)
+	}
+	if r := c.srv.fsm.State().Rollout("web-2"); r != nil {
+		t.Fatalf("the refused intent was applied: %v", r)
+	}
+	if got := c.srv.fsm.State().IntentResult("ci-7"); !got.GetAccepted() || got.GetRolloutId() != "web-1" {
+		t.Fatalf("the id's record changed: %v", got)
 	}
 }

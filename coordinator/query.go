@@ -175,7 +175,13 @@ func (s *Server) Drills(q *sv1.DrillsQuery) (*sv1.DrillsAnswer, error) {
 
 // IntentResult answers with the recorded result of an applied intent.
 func (s *Server) IntentResult(q *sv1.IntentQuery) (*sv1.IntentResult, error) {
-	res := s.fsm.State().IntentResult(q.GetId())
+	st := s.fsm.State()
+	if len(q.GetFingerprint()) > 0 {
+		if p := st.IntentTaken(q.GetId(), q.GetSigner(), q.GetFingerprint()); p != nil {
+			return &sv1.IntentResult{IntentId: q.GetId(), Code: state.CodeIDTaken, Error: state.TakenError(p).Error()}, nil
+		}
+	}
+	res := st.IntentResult(q.GetId())
 	if res == nil {
 		return nil, fmt.Errorf("no applied intent with id %q", q.GetId())
 	}

@@ -4,6 +4,7 @@
 package state
 
 import (
+	"bytes"
 	"cmp"
 	"fmt"
 	"slices"
@@ -14,6 +15,7 @@ import (
 	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/timestamppb"
 
+	"github.com/switchyard/switchyard/bus"
 	"github.com/switchyard/switchyard/internal/spec"
 	sv1 "github.com/switchyard/switchyard/proto/switchyard/v1"
 )
@@ -27,6 +29,8 @@ const (
 	// CodeBlastRadius refuses a drill that would touch more nodes than its
 	// caps allow.
 	CodeBlastRadius = "blast_radius"
+	// CodeIDTaken refuses an intent whose id another intent took before.
+	CodeIDTaken = bus.CodeIDTaken
 	// CodeRefusalsNotRecorded marks the audit record that counts refusals
 	// the leader answered but did not record one by one (more came than
 	// it records a second).
@@ -146,7 +150,8 @@ func (s *State) ApplyIntent(index uint64, e *sv1.IntentEntry) Applied {
 	a.Result.IntentId = in.GetId()
 	a.Result.Index = index
 	if in.GetId() != "" {
-		s.intents[in.GetId()] = &sv1.ProcessedIntent{Id: in.GetId(), Result: a.Result, At: e.GetStampedAt()}
+		s.intents[in.GetId()] = &sv1.ProcessedIntent{Id: in.GetId(), Result: a.Result, At: e.GetStampedAt(),
+			Signer: e.GetSigner(), Fingerprint: bus.IntentFingerprint(in)}
 	}
 	s.auditIntent(index, e, who, a.Result)
 	return Applied{Result: proto.Clone(a.Result).(*sv1.IntentResult), Changed: a.Changed, Drills: a.Drills}
@@ -647,6 +652,30 @@ func (s *State) IntentResult(id string) *sv1.IntentResult {
 		return proto.Clone(p.GetResult()).(*sv1.IntentResult)
 	}
 	return nil
+}
+
+// IntentTaken returns the record of the intent that took id when it is
+// not the intent of signer with fingerprint (bus.IntentFingerprint): an id
+// names one intent, and a resend is answered with its first result, but
+// another intent under the same id must not be. Records from before
+// fingerprints take nothing.
+func (s *State) IntentTaken(id, signer string, fingerprint []byte) *sv1.ProcessedIntent {
+	s.mu.RLock()
+	defer s.mu.RUnlock()
+	p := s.intents[id]
+	if p == nil || len(p.GetFingerprint()) == 0 {
+		return nil
+	}
+	if p.GetSigner() == signer && bytes.Equal(p.GetFingerprint(), fingerprint) {
+		return nil
+	}
+	return proto.CloneOf(p)
+}
+
+// TakenError says that id was taken by another intent, and what to do.
+func TakenError(p *sv1.ProcessedIntent) error {
+	return fmt.Errorf("intent.id %q was taken at %s (index %d) by another intent; nothing of this one was applied: an id names one intent, send it again with a new id",
+		p.GetId(), p.GetAt().AsTime().UTC().Format(time.RFC3339), p.GetResult().GetIndex())
 }
 
 // Rollout returns a copy of one rollout, or nil.

@@ -8,6 +8,7 @@ import (
 	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/timestamppb"
 
+	"github.com/switchyard/switchyard/bus"
 	"github.com/switchyard/switchyard/internal/desired"
 	sv1 "github.com/switchyard/switchyard/proto/switchyard/v1"
 )
@@ -134,6 +135,37 @@ func TestState_DuplicateIntentAppliedOnce(t *testing.T) {
 	}
 	if len(again.Changed) != 0 || s.Desired("web").GetGeneration() != 3 {
 		t.Fatal("duplicate intent applied twice")
+	}
+}
+
+// The id an intent took stays its own: a resend of it (created_at aside)
+// by its signer is not taken, another intent or another signer is, and the
+// record survives a snapshot.
+func TestState_IntentTakenByAnotherIntentOrSigner(t *testing.T) {
+	s := New()
+	e := applyEntry("i1", bgSpec("r1"), t0)
+	e.Signer = "KEY-A"
+	s.ApplyIntent(3, e)
+	resend := proto.CloneOf(e.GetIntent())
+	resend.CreatedAt = timestamppb.New(t0.Add(time.Minute))
+	other := applyEntry("i1", bgSpec("r2"), t0).GetIntent()
+	restored, err := FromSnapshot(s.Snapshot())
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, st := range []*State{s, restored} {
+		if p := st.IntentTaken("i1", "KEY-A", bus.IntentFingerprint(resend)); p != nil {
+			t.Fatalf("a resend by its signer is taken: %v", p)
+		}
+		if p := st.IntentTaken("i1", "KEY-B", bus.IntentFingerprint(resend)); p.GetResult().GetIndex() != 3 {
+			t.Fatalf("the same intent from another signer: %v, want taken at index 3", p)
+		}
+		if p := st.IntentTaken("i1", "KEY-A", bus.IntentFingerprint(other)); p == nil {
+			t.Fatal("another intent under the id is not taken")
+		}
+		if p := st.IntentTaken("i2", "KEY-A", bus.IntentFingerprint(other)); p != nil {
+			t.Fatalf("an id never used is taken: %v", p)
+		}
 	}
 }
 

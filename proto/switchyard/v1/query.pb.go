@@ -536,8 +536,14 @@ func (x *FleetAnswer) GetNodes() []*NodeView {
 // IntentQuery asks for the result of an intent by id, for a sender whose
 // intent the stream dropped as a duplicate of one sent before.
 type IntentQuery struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	Id            string                 `protobuf:"bytes,1,opt,name=id,proto3" json:"id,omitempty"`
+	state protoimpl.MessageState `protogen:"open.v1"`
+	Id    string                 `protobuf:"bytes,1,opt,name=id,proto3" json:"id,omitempty"`
+	// Fingerprint (bus.IntentFingerprint) and Signer (the sender's key,
+	// empty when unsigned) are those of the asker's own intent: when the id
+	// was taken by another intent the answer says so, a refusal with code
+	// "conflict", instead of handing over the other intent's result.
+	Fingerprint   []byte `protobuf:"bytes,2,opt,name=fingerprint,proto3" json:"fingerprint,omitempty"`
+	Signer        string `protobuf:"bytes,3,opt,name=signer,proto3" json:"signer,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -575,6 +581,20 @@ func (*IntentQuery) Descriptor() ([]byte, []int) {
 func (x *IntentQuery) GetId() string {
 	if x != nil {
 		return x.Id
+	}
+	return ""
+}
+
+func (x *IntentQuery) GetFingerprint() []byte {
+	if x != nil {
+		return x.Fingerprint
+	}
+	return nil
+}
+
+func (x *IntentQuery) GetSigner() string {
+	if x != nil {
+		return x.Signer
 	}
 	return ""
 }
@@ -840,9 +860,11 @@ const file_switchyard_v1_query_proto_rawDesc = "" +
 	"FleetQuery\x12\x18\n" +
 	"\aservice\x18\x01 \x01(\tR\aservice\"<\n" +
 	"\vFleetAnswer\x12-\n" +
-	"\x05nodes\x18\x01 \x03(\v2\x17.switchyard.v1.NodeViewR\x05nodes\"\x1d\n" +
+	"\x05nodes\x18\x01 \x03(\v2\x17.switchyard.v1.NodeViewR\x05nodes\"W\n" +
 	"\vIntentQuery\x12\x0e\n" +
-	"\x02id\x18\x01 \x01(\tR\x02id\"#\n" +
+	"\x02id\x18\x01 \x01(\tR\x02id\x12 \n" +
+	"\vfingerprint\x18\x02 \x01(\fR\vfingerprint\x12\x16\n" +
+	"\x06signer\x18\x03 \x01(\tR\x06signer\"#\n" +
 	"\vDrillsQuery\x12\x14\n" +
 	"\x05drill\x18\x01 \x01(\tR\x05drill\"|\n" +
 	"\fDrillsAnswer\x120\n" +

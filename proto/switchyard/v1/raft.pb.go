@@ -844,10 +844,16 @@ func (x *ServiceRecord) GetDesired() *DesiredState {
 
 // ProcessedIntent remembers an applied intent so it is never applied twice.
 type ProcessedIntent struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	Id            string                 `protobuf:"bytes,1,opt,name=id,proto3" json:"id,omitempty"`
-	Result        *IntentResult          `protobuf:"bytes,2,opt,name=result,proto3" json:"result,omitempty"`
-	At            *timestamppb.Timestamp `protobuf:"bytes,3,opt,name=at,proto3" json:"at,omitempty"`
+	state  protoimpl.MessageState `protogen:"open.v1"`
+	Id     string                 `protobuf:"bytes,1,opt,name=id,proto3" json:"id,omitempty"`
+	Result *IntentResult          `protobuf:"bytes,2,opt,name=result,proto3" json:"result,omitempty"`
+	At     *timestamppb.Timestamp `protobuf:"bytes,3,opt,name=at,proto3" json:"at,omitempty"`
+	// Signer (the verified key, empty when unsigned) and Fingerprint (the
+	// intent's hash, bus.IntentFingerprint) tell a resend of this intent
+	// from another intent sent with the same id. Empty in records from
+	// before them.
+	Signer        string `protobuf:"bytes,4,opt,name=signer,proto3" json:"signer,omitempty"`
+	Fingerprint   []byte `protobuf:"bytes,5,opt,name=fingerprint,proto3" json:"fingerprint,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -899,6 +905,20 @@ func (x *ProcessedIntent) GetResult() *IntentResult {
 func (x *ProcessedIntent) GetAt() *timestamppb.Timestamp {
 	if x != nil {
 		return x.At
+	}
+	return nil
+}
+
+func (x *ProcessedIntent) GetSigner() string {
+	if x != nil {
+		return x.Signer
+	}
+	return ""
+}
+
+func (x *ProcessedIntent) GetFingerprint() []byte {
+	if x != nil {
+		return x.Fingerprint
 	}
 	return nil
 }
@@ -980,11 +1000,13 @@ const file_switchyard_v1_raft_proto_rawDesc = "" +
 	"\rServiceRecord\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12%\n" +
 	"\x0eactive_rollout\x18\x02 \x01(\tR\ractiveRollout\x125\n" +
-	"\adesired\x18\x03 \x01(\v2\x1b.switchyard.v1.DesiredStateR\adesired\"\x82\x01\n" +
+	"\adesired\x18\x03 \x01(\v2\x1b.switchyard.v1.DesiredStateR\adesired\"\xbc\x01\n" +
 	"\x0fProcessedIntent\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\tR\x02id\x123\n" +
 	"\x06result\x18\x02 \x01(\v2\x1b.switchyard.v1.IntentResultR\x06result\x12*\n" +
-	"\x02at\x18\x03 \x01(\v2\x1a.google.protobuf.TimestampR\x02atBCZAgithub.com/switchyard/switchyard/proto/switchyard/v1;switchyardv1b\x06proto3"
+	"\x02at\x18\x03 \x01(\v2\x1a.google.protobuf.TimestampR\x02at\x12\x16\n" +
+	"\x06signer\x18\x04 \x01(\tR\x06signer\x12 \n" +
+	"\vfingerprint\x18\x05 \x01(\fR\vfingerprintBCZAgithub.com/switchyard/switchyard/proto/switchyard/v1;switchyardv1b\x06proto3"
 
 var (
 	file_switchyard_v1_raft_proto_rawDescOnce sync.Once
