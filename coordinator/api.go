@@ -189,6 +189,9 @@ func (s *Server) Overview(staleReason string) (*sv1.Overview, error) {
 	if ov.Rollouts, err = s.Rollouts(&sv1.RolloutsQuery{Summary: true}); err != nil {
 		return nil, err
 	}
+	var older int
+	ov.Rollouts.Rollouts, older = recentRollouts(ov.Rollouts.GetRollouts(), overviewFinished)
+	ov.OlderRollouts = uint32(older)
 	if ov.Drills, err = s.Drills(&sv1.DrillsQuery{}); err != nil {
 		return nil, err
 	}
@@ -199,6 +202,40 @@ func (s *Server) Overview(staleReason string) (*sv1.Overview, error) {
 		}
 	}
 	return ov, nil
+}
+
+// overviewFinished is how many finished rollouts the overview shows
+// beside those under way: the newest. A fleet that releases many times a
+// day would otherwise send its whole history to every open dashboard on
+// every change.
+const overviewFinished = 20
+
+// recentRollouts keeps, in their order, every rollout under way and the
+// keep finished ones updated last, and counts those left out.
+func recentRollouts(views []*sv1.RolloutView, keep int) ([]*sv1.RolloutView, int) {
+	var finished []*sv1.RolloutView
+	for _, v := range views {
+		if state.Terminal(v.GetRollout().GetPhase()) {
+			finished = append(finished, v)
+		}
+	}
+	if len(finished) <= keep {
+		return views, 0
+	}
+	slices.SortStableFunc(finished, func(a, b *sv1.RolloutView) int {
+		return b.GetRollout().GetUpdatedAt().AsTime().Compare(a.GetRollout().GetUpdatedAt().AsTime())
+	})
+	old := map[*sv1.RolloutView]bool{}
+	for _, v := range finished[keep:] {
+		old[v] = true
+	}
+	shown := make([]*sv1.RolloutView, 0, len(views)-len(old))
+	for _, v := range views {
+		if !old[v] {
+			shown = append(shown, v)
+		}
+	}
+	return shown, len(old)
 }
 
 // runSeries samples the rollouts' series every second; every coordinator

@@ -18,6 +18,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus/testutil"
 	"google.golang.org/protobuf/encoding/protojson"
 	"google.golang.org/protobuf/proto"
+	"google.golang.org/protobuf/types/known/timestamppb"
 
 	"github.com/switchyard/switchyard/bus"
 	"github.com/switchyard/switchyard/internal/certs"
@@ -340,5 +341,29 @@ func TestAPI_ViewerTokenOrClusterCertificateOverHTTPS(t *testing.T) {
 	}
 	if code := get(withCert, ""); code != http.StatusOK {
 		t.Fatalf("cluster certificate: %d", code)
+	}
+}
+
+// The overview keeps every rollout under way and the newest finished ones,
+// in their order, and counts the finished ones it leaves out.
+func TestAPI_OverviewShowsTheNewestFinishedRollouts(t *testing.T) {
+	t0 := time.Date(2026, 11, 30, 12, 0, 0, 0, time.UTC)
+	view := func(id string, phase sv1.RolloutPhase, updated int) *sv1.RolloutView {
+		return &sv1.RolloutView{Rollout: &sv1.Rollout{Id: id, Phase: phase, UpdatedAt: timestamppb.New(t0.Add(time.Duration(updated) * time.Minute))}}
+	}
+	done, back, going := sv1.RolloutPhase_ROLLOUT_PHASE_COMPLETED, sv1.RolloutPhase_ROLLOUT_PHASE_ROLLED_BACK, sv1.RolloutPhase_ROLLOUT_PHASE_PROGRESSING
+	views := []*sv1.RolloutView{
+		view("a", done, 1), view("b", going, 0), view("c", back, 5), view("d", done, 3), view("e", done, 4),
+	}
+	shown, older := recentRollouts(views, 2)
+	var ids []string
+	for _, v := range shown {
+		ids = append(ids, v.GetRollout().GetId())
+	}
+	if got := strings.Join(ids, ","); got != "b,c,e" || older != 2 {
+		t.Fatalf("shown %s, %d older; want b,c,e (under way, then the two finished last) and 2 older", got, older)
+	}
+	if shown, older := recentRollouts(views, 4); len(shown) != 5 || older != 0 {
+		t.Fatalf("with room for every finished rollout: %d shown, %d older", len(shown), older)
 	}
 }

@@ -136,7 +136,10 @@
     const series = {};
     for (const s of ov.series || []) series[s.rollout] = s;
     if (views.length === 0) return [el("p", { class: "muted" }, "no rollouts")];
-    return views.map((v) => {
+    const older = num(ov.olderRollouts);
+    const note = older ? [el("p", { class: "muted", "data-field": "older-rollouts" },
+      `${older} older finished rollout${older === 1 ? "" : "s"} not shown: switchyard rollout list shows every one`)] : [];
+    return note.concat(views.map((v) => {
       const r = v.rollout || {}, sp = r.spec || {};
       const phase = phaseName(r.phase);
       const live = num(v.live);
@@ -156,7 +159,7 @@
         el("h3", {}, "History"),
         el("ol", { class: "history", "data-field": "history" }, (r.history || []).map((h) =>
           el("li", {}, `${time(h.at)} #${num(h.index)} ${phaseName(h.phase)} ${h.message || ""}${h.operator ? " (" + h.operator + ")" : ""}`))));
-    });
+    }));
   }
 
   function renderFleet(ov) {

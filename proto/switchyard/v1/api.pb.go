@@ -594,7 +594,12 @@ type Overview struct {
 	Drills      *DrillsAnswer          `protobuf:"bytes,8,opt,name=drills,proto3" json:"drills,omitempty"`
 	KillSwitch  *KillSwitch            `protobuf:"bytes,9,opt,name=kill_switch,json=killSwitch,proto3" json:"kill_switch,omitempty"`
 	// Series has one entry per rollout in Rollouts that has telemetry.
-	Series        []*RolloutSeries `protobuf:"bytes,10,rep,name=series,proto3" json:"series,omitempty"`
+	Series []*RolloutSeries `protobuf:"bytes,10,rep,name=series,proto3" json:"series,omitempty"`
+	// OlderRollouts counts the finished rollouts left out of Rollouts: it
+	// holds every rollout still under way and the newest finished ones
+	// (coordinator.overviewFinished); the rollouts list (switchyard rollout
+	// list, GET /v1/rollouts) has them all.
+	OlderRollouts uint32 `protobuf:"varint,11,opt,name=older_rollouts,json=olderRollouts,proto3" json:"older_rollouts,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -699,6 +704,13 @@ func (x *Overview) GetSeries() []*RolloutSeries {
 	return nil
 }
 
+func (x *Overview) GetOlderRollouts() uint32 {
+	if x != nil {
+		return x.OlderRollouts
+	}
+	return 0
+}
+
 var File_switchyard_v1_api_proto protoreflect.FileDescriptor
 
 const file_switchyard_v1_api_proto_rawDesc = "" +
@@ -749,7 +761,7 @@ const file_switchyard_v1_api_proto_rawDesc = "" +
 	"\vp90_seconds\x18\x06 \x01(\x01R\n" +
 	"p90Seconds\x12\x1f\n" +
 	"\vp99_seconds\x18\a \x01(\x01R\n" +
-	"p99Seconds\"\xbc\x03\n" +
+	"p99Seconds\"\xe3\x03\n" +
 	"\bOverview\x12\x1f\n" +
 	"\vanswered_by\x18\x01 \x01(\tR\n" +
 	"answeredBy\x12\x16\n" +
@@ -763,7 +775,8 @@ const file_switchyard_v1_api_proto_rawDesc = "" +
 	"\vkill_switch\x18\t \x01(\v2\x19.switchyard.v1.KillSwitchR\n" +
 	"killSwitch\x124\n" +
 	"\x06series\x18\n" +
-	" \x03(\v2\x1c.switchyard.v1.RolloutSeriesR\x06seriesBCZAgithub.com/switchyard/switchyard/proto/switchyard/v1;switchyardv1b\x06proto3"
+	" \x03(\v2\x1c.switchyard.v1.RolloutSeriesR\x06series\x12%\n" +
+	"\x0eolder_rollouts\x18\v \x01(\rR\rolderRolloutsBCZAgithub.com/switchyard/switchyard/proto/switchyard/v1;switchyardv1b\x06proto3"
 
 var (
 	file_switchyard_v1_api_proto_rawDescOnce sync.Once
