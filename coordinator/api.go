@@ -190,12 +190,20 @@ func (s *Server) Overview(staleReason string) (*sv1.Overview, error) {
 		return nil, err
 	}
 	var older int
-	ov.Rollouts.Rollouts, older = recentRollouts(ov.Rollouts.GetRollouts(), overviewFinished)
+	ov.Rollouts.Rollouts, older = recent(ov.Rollouts.GetRollouts(), overviewFinished, func(v *sv1.RolloutView) (bool, time.Time) {
+		return state.Terminal(v.GetRollout().GetPhase()), v.GetRollout().GetUpdatedAt().AsTime()
+	})
 	ov.OlderRollouts = uint32(older)
 	if ov.Drills, err = s.Drills(&sv1.DrillsQuery{}); err != nil {
 		return nil, err
 	}
 	ov.KillSwitch = ov.Drills.GetKillSwitch()
+	ov.Drills.Drills, older = recent(ov.Drills.GetDrills(), overviewFinished, func(v *sv1.DrillView) (bool, time.Time) {
+		d := v.GetDrill()
+		over := d.GetPhase() == sv1.DrillPhase_DRILL_PHASE_ENDED || d.GetPhase() == sv1.DrillPhase_DRILL_PHASE_ABORTED
+		return over, d.GetEndedAt().AsTime()
+	})
+	ov.OlderDrills = uint32(older)
 	for _, v := range ov.Rollouts.GetRollouts() {
 		if sr := s.series.series(v.GetRollout().GetId()); sr != nil {
 			ov.Series = append(ov.Series, sr)
@@ -204,35 +212,37 @@ func (s *Server) Overview(staleReason string) (*sv1.Overview, error) {
 	return ov, nil
 }
 
-// overviewFinished is how many finished rollouts the overview shows
-// beside those under way: the newest. A fleet that releases many times a
-// day would otherwise send its whole history to every open dashboard on
-// every change.
+// overviewFinished is how many finished rollouts, and how many ended
+// drills, the overview shows beside those under way: the newest. A fleet
+// that releases many times a day would otherwise send its whole history to
+// every open dashboard on every change.
 const overviewFinished = 20
 
-// recentRollouts keeps, in their order, every rollout under way and the
-// keep finished ones updated last, and counts those left out.
-func recentRollouts(views []*sv1.RolloutView, keep int) ([]*sv1.RolloutView, int) {
-	var finished []*sv1.RolloutView
-	for _, v := range views {
-		if state.Terminal(v.GetRollout().GetPhase()) {
-			finished = append(finished, v)
+// recent keeps, in their order, every item not over and the keep items
+// that ended last, as over says of each, and counts those left out.
+func recent[T comparable](items []T, keep int, over func(T) (bool, time.Time)) ([]T, int) {
+	type ended struct {
+		item T
+		at   time.Time
+	}
+	var done []ended
+	for _, it := range items {
+		if o, at := over(it); o {
+			done = append(done, ended{it, at})
 		}
 	}
-	if len(finished) <= keep {
-		return views, 0
+	if len(done) <= keep {
+		return items, 0
 	}
-	slices.SortStableFunc(finished, func(a, b *sv1.RolloutView) int {
-		return b.GetRollout().GetUpdatedAt().AsTime().Compare(a.GetRollout().GetUpdatedAt().AsTime())
-	})
-	old := map[*sv1.RolloutView]bool{}
-	for _, v := range finished[keep:] {
-		old[v] = true
+	slices.SortStableFunc(done, func(a, b ended) int { return b.at.Compare(a.at) })
+	old := map[T]bool{}
+	for _, e := range done[keep:] {
+		old[e.item] = true
 	}
-	shown := make([]*sv1.RolloutView, 0, len(views)-len(old))
-	for _, v := range views {
-		if !old[v] {
-			shown = append(shown, v)
+	shown := make([]T, 0, len(items)-len(old))
+	for _, it := range items {
+		if !old[it] {
+			shown = append(shown, it)
 		}
 	}
 	return shown, len(old)

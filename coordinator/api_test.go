@@ -21,6 +21,7 @@ import (
 	"google.golang.org/protobuf/types/known/timestamppb"
 
 	"github.com/switchyard/switchyard/bus"
+	"github.com/switchyard/switchyard/coordinator/state"
 	"github.com/switchyard/switchyard/internal/certs"
 	"github.com/switchyard/switchyard/internal/spec"
 	sv1 "github.com/switchyard/switchyard/proto/switchyard/v1"
@@ -355,7 +356,10 @@ func TestAPI_OverviewShowsTheNewestFinishedRollouts(t *testing.T) {
 	views := []*sv1.RolloutView{
 		view("a", done, 1), view("b", going, 0), view("c", back, 5), view("d", done, 3), view("e", done, 4),
 	}
-	shown, older := recentRollouts(views, 2)
+	over := func(v *sv1.RolloutView) (bool, time.Time) {
+		return state.Terminal(v.GetRollout().GetPhase()), v.GetRollout().GetUpdatedAt().AsTime()
+	}
+	shown, older := recent(views, 2, over)
 	var ids []string
 	for _, v := range shown {
 		ids = append(ids, v.GetRollout().GetId())
@@ -363,7 +367,7 @@ func TestAPI_OverviewShowsTheNewestFinishedRollouts(t *testing.T) {
 	if got := strings.Join(ids, ","); got != "b,c,e" || older != 2 {
 		t.Fatalf("shown %s, %d older; want b,c,e (under way, then the two finished last) and 2 older", got, older)
 	}
-	if shown, older := recentRollouts(views, 4); len(shown) != 5 || older != 0 {
+	if shown, older := recent(views, 4, over); len(shown) != 5 || older != 0 {
 		t.Fatalf("with room for every finished rollout: %d shown, %d older", len(shown), older)
 	}
 }

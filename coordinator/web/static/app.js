@@ -190,12 +190,15 @@
         "; `switchyard chaos stop-all` ends them all."));
     const drills = (ov.drills && ov.drills.drills) || [];
     if (drills.length === 0) return [el("p", { class: "muted" }, "no drills")];
-    return [table(["drill", "service", "phase", "targets", "active", "ends", "report"], drills.map((v) => {
+    const older = num(ov.olderDrills);
+    const note = older ? [el("p", { class: "muted", "data-field": "older-drills" },
+      `${older} older ended drill${older === 1 ? "" : "s"} not shown: switchyard chaos status shows every one`)] : [];
+    return note.concat([table(["drill", "service", "phase", "targets", "active", "ends", "report"], drills.map((v) => {
       const d = v.drill || {};
       const rep = d.report ? `${d.report.verdict || ""}: ${d.report.summary || ""}` : (d.abortReason || "");
       return [d.id, (d.spec || {}).service, enumName(d.phase, "DRILL_PHASE_"), (d.targets || []).join(", ") || "-",
         (v.active || []).join(", ") || "-", time(d.endAt), rep];
-    }))];
+    }))]);
   }
 
   function render(ov) {

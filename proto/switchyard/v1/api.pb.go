@@ -600,6 +600,10 @@ type Overview struct {
 	// (coordinator.overviewFinished); the rollouts list (switchyard rollout
 	// list, GET /v1/rollouts) has them all.
 	OlderRollouts uint32 `protobuf:"varint,11,opt,name=older_rollouts,json=olderRollouts,proto3" json:"older_rollouts,omitempty"`
+	// OlderDrills likewise counts the ended or aborted drills left out of
+	// Drills (every drill scheduled or running, and the newest ended ones);
+	// switchyard chaos status and GET /v1/drills have them all.
+	OlderDrills   uint32 `protobuf:"varint,12,opt,name=older_drills,json=olderDrills,proto3" json:"older_drills,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -711,6 +715,13 @@ func (x *Overview) GetOlderRollouts() uint32 {
 	return 0
 }
 
+func (x *Overview) GetOlderDrills() uint32 {
+	if x != nil {
+		return x.OlderDrills
+	}
+	return 0
+}
+
 var File_switchyard_v1_api_proto protoreflect.FileDescriptor
 
 const file_switchyard_v1_api_proto_rawDesc = "" +
@@ -761,7 +772,7 @@ const file_switchyard_v1_api_proto_rawDesc = "" +
 	"\vp90_seconds\x18\x06 \x01(\x01R\n" +
 	"p90Seconds\x12\x1f\n" +
 	"\vp99_seconds\x18\a \x01(\x01R\n" +
-	"p99Seconds\"\xe3\x03\n" +
+	"p99Seconds\"\x86\x04\n" +
 	"\bOverview\x12\x1f\n" +
 	"\vanswered_by\x18\x01 \x01(\tR\n" +
 	"answeredBy\x12\x16\n" +
@@ -776,7 +787,8 @@ const file_switchyard_v1_api_proto_rawDesc = "" +
 	"killSwitch\x124\n" +
 	"\x06series\x18\n" +
 	" \x03(\v2\x1c.switchyard.v1.RolloutSeriesR\x06series\x12%\n" +
-	"\x0eolder_rollouts\x18\v \x01(\rR\rolderRolloutsBCZAgithub.com/switchyard/switchyard/proto/switchyard/v1;switchyardv1b\x06proto3"
+	"\x0eolder_rollouts\x18\v \x01(\rR\rolderRollouts\x12!\n" +
+	"\folder_drills\x18\f \x01(\rR\volderDrillsBCZAgithub.com/switchyard/switchyard/proto/switchyard/v1;switchyardv1b\x06proto3"
 
 var (
 	file_switchyard_v1_api_proto_rawDescOnce sync.Once
