@@ -192,7 +192,12 @@ func (c *Caller) attempt(ctx context.Context, p state.PendingCall, id string, n 
 	return resp.StatusCode >= 200 && resp.StatusCode < 300, trim(detail)
 }
 
+// trim makes s fit the replicated detail: valid UTF-8, which a protobuf
+// string must be (a receiver may answer in Latin-1 or with bytes; an entry
+// that cannot be encoded would never record the outcome, and the call would
+// be made again and again), at most maxDetail bytes.
 func trim(s string) string {
+	s = strings.ToValidUTF8(s, "\uFFFD")
 	if len(s) <= maxDetail {
 		return s
 	}

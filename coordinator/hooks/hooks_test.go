@@ -13,6 +13,7 @@ import (
 	"testing"
 	"time"
 
+	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/durationpb"
 	"google.golang.org/protobuf/types/known/timestamppb"
 
@@ -41,6 +42,11 @@ func (m *memRaft) HookDue(e *sv1.HookDueEntry) error {
 }
 
 func (m *memRaft) HookResult(e *sv1.HookResultEntry) error {
+	// raftApply encodes every entry; an entry that cannot be encoded is
+	// never committed.
+	if _, err := proto.Marshal(e); err != nil {
+		return err
+	}
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	m.st.ApplyHookResult(m.next(), e)
@@ -320,5 +326,32 @@ func TestHooks_FailingGateWithPausePausesUntilResumed(t *testing.T) {
 	settle(c)
 	if w, _ := g.Hold(m.st.Rollout("r1"), 0, 1, false, t0); w != "" {
 		t.Fatalf("accepted gate still holds: %q", w)
+	}
+}
+
+// A receiver answering in another charset than UTF-8 (a Latin-1 error page)
+// still gets its outcome recorded: the answer kept is valid UTF-8, which the
+// replicated entry requires.
+func TestHooks_NonUTF8AnswerIsRecorded(t *testing.T) {
+	var calls atomic.Int32
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		calls.Add(1)
+		w.WriteHeader(http.StatusBadGateway)
+		io.WriteString(w, "Dienst nicht verf\xfcgbar")
+	}))
+	defer srv.Close()
+	m := newRaft(t, hookedSpec(webhook("pager", sv1.HookPoint_HOOK_POINT_ROLLBACK, srv.URL, false)))
+	r := m.st.Rollout("r1")
+	m.st.ApplyRollback(m.next(), &sv1.RollbackEntry{Rollout: "r1", Generation: r.GetGeneration(), StampedAt: timestamppb.New(t0)})
+	c := caller(m)
+	settle(c)
+	settle(c) // nothing is due any more
+	if n := calls.Load(); n != 1 {
+		t.Fatalf("webhook called %d times, want 1: its outcome was not recorded", n)
+	}
+	got := m.st.Rollout("r1").GetHookCalls()
+	if len(got) != 1 || got[0].GetOutcome() != sv1.HookOutcome_HOOK_OUTCOME_FAILED ||
+		!strings.HasPrefix(got[0].GetDetail(), "502 Bad Gateway: Dienst nicht verf") {
+		t.Fatalf("recorded calls %v", got)
 	}
 }
