@@ -8,6 +8,9 @@ import (
 	"strings"
 	"testing"
 	"time"
+	"unicode/utf8"
+
+	"google.golang.org/protobuf/proto"
 
 	sv1 "github.com/switchyard/switchyard/proto/switchyard/v1"
 )
@@ -114,5 +117,26 @@ func TestHooks_UnknownHookAndMissingProgram(t *testing.T) {
 	}
 	if run := r.Run(context.Background(), req("gone", 1)); run.GetState() != StateFailed || !strings.Contains(run.GetError(), "did not start") {
 		t.Fatalf("missing program %v", run)
+	}
+}
+
+// A hook's output tail is a protobuf string in the journal and in the
+// agent's status, which must be UTF-8: output in another charset, and a
+// multi-byte character the 2 KiB cut splits, are made valid.
+func TestHooks_OutputTailIsValidUTF8(t *testing.T) {
+	r, _ := runner(t, map[string]Hook{
+		// 3001 bytes: the cut at 2048 from the end splits an "é".
+		"cut": {Command: []string{"/bin/sh", "-c", `i=0; while [ $i -lt 1500 ]; do printf 'é'; i=$((i+1)); done; printf x`}, Timeout: 5 * time.Second},
+		// Latin-1, as an old tool prints it.
+		"latin1": {Command: []string{"/bin/sh", "-c", `printf 'Cache nicht verf\374gbar\n'; exit 2`}, Timeout: 5 * time.Second},
+	})
+	for _, name := range []string{"cut", "latin1"} {
+		run := r.Run(context.Background(), req(name, 1))
+		if !utf8.ValidString(run.GetOutput()) {
+			t.Errorf("%s: output %q is not UTF-8", name, run.GetOutput())
+		}
+		if _, err := proto.Marshal(run); err != nil {
+			t.Errorf("%s: the run cannot be journaled or reported: %v", name, err)
+		}
 	}
 }
