@@ -181,6 +181,10 @@ func execute(ctx context.Context, h Hook, req Request) (int, string, error) {
 	switch {
 	case err == nil:
 		return 0, out, nil
+	case errors.Is(err, exec.ErrWaitDelay):
+		// The command exited 0; something it started in the background
+		// still held its output after waitDelay, which is not a failure.
+		return 0, out, nil
 	case ctx.Err() == context.DeadlineExceeded:
 		return -1, out, fmt.Errorf("timed out after %s and was killed", h.Timeout)
 	case ctx.Err() != nil:

@@ -5,7 +5,9 @@ import (
 	"log/slog"
 	"os"
 	"path/filepath"
+	"strconv"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 	"unicode/utf8"
@@ -138,5 +140,25 @@ func TestHooks_OutputTailIsValidUTF8(t *testing.T) {
 		if _, err := proto.Marshal(run); err != nil {
 			t.Errorf("%s: the run cannot be journaled or reported: %v", name, err)
 		}
+	}
+}
+
+// A hook that exits 0 succeeded, even when a process it started in the
+// background still holds its output open (a daemon it launched): the agent
+// stops reading after a grace period and does not call that a failure to
+// start.
+func TestHooks_ExitZeroWithBackgroundChildSucceeds(t *testing.T) {
+	pidFile := filepath.Join(t.TempDir(), "child")
+	r, _ := runner(t, map[string]Hook{"launch": {Command: []string{"/bin/sh", "-c", `sleep 20 & echo $! > "$0"; echo launched`, pidFile}, Timeout: 10 * time.Second}})
+	t.Cleanup(func() {
+		if b, err := os.ReadFile(pidFile); err == nil {
+			if pid, err := strconv.Atoi(strings.TrimSpace(string(b))); err == nil {
+				_ = syscall.Kill(pid, syscall.SIGKILL)
+			}
+		}
+	})
+	run := r.Run(context.Background(), req("launch", 1))
+	if run.GetState() != StateSucceeded || run.GetExitCode() != 0 || run.GetOutput() != "launched\n" {
+		t.Fatalf("run %v", run)
 	}
 }
