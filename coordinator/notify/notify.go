@@ -16,6 +16,7 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"net/http"
@@ -256,6 +257,11 @@ func (s *Sender) attempt(ctx context.Context, client *http.Client, t *Target, e 
 	req.Header.Set("Switchyard-Event-Kind", e.Kind)
 	resp, err := client.Do(req)
 	if err != nil {
+		// The error names the URL, whose path or query is often the
+		// receiver's secret (a chat webhook's token); it ends in the logs.
+		if uerr := (*url.Error)(nil); errors.As(err, &uerr) {
+			uerr.URL = redact(t.URL)
+		}
 		return err
 	}
 	defer resp.Body.Close()
@@ -264,4 +270,17 @@ func (s *Sender) attempt(ctx context.Context, client *http.Client, t *Target, e 
 		return fmt.Errorf("answered %s: %s", resp.Status, strings.TrimSpace(string(snippet)))
 	}
 	return nil
+}
+
+// redact is rawURL with only its scheme and host: what may be logged.
+func redact(rawURL string) string {
+	u, err := url.Parse(rawURL)
+	if err != nil {
+		return "(unparsable URL)"
+	}
+	out := u.Scheme + "://" + u.Host
+	if u.Path != "" || u.RawQuery != "" || u.Fragment != "" {
+		out += "/…"
+	}
+	return out
 }

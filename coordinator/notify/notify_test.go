@@ -186,3 +186,31 @@ func TestSender_GivesUpAfterItsRetries(t *testing.T) {
 		t.Fatalf("json body %s: %v", b, err)
 	}
 }
+
+// A chat webhook's URL carries its secret in the path
+// (https://hooks.slack.com/services/T000/B000/XXXX); a receiver that cannot
+// be reached must not put it in the logs through the error.
+func TestSender_ErrorsDoNotShowTheURLsSecret(t *testing.T) {
+	srv := httptest.NewServer(http.NotFoundHandler())
+	base := srv.URL
+	srv.Close() // nothing listens there any more
+	zero := 0
+	target := Target{URL: base + "/services/T000/B000/s3cr3tT0ken?token=q5ecret", Format: FormatSlack, Retries: &zero}
+	if err := target.Validate("t"); err != nil {
+		t.Fatal(err)
+	}
+	var got Outcome
+	s := &Sender{Backoff: time.Millisecond, Done: func(o Outcome) { got = o }}
+	err := s.Send(context.Background(), &target, Event{ID: "phase/x/1", Kind: KindPhase})
+	if err == nil || got.Err == nil {
+		t.Fatalf("err %v, outcome %+v; want a failure", err, got)
+	}
+	for _, text := range []string{err.Error(), got.Err.Error()} {
+		if strings.Contains(text, "s3cr3tT0ken") || strings.Contains(text, "q5ecret") {
+			t.Fatalf("error shows the URL's secret: %s", text)
+		}
+		if !strings.Contains(text, strings.TrimPrefix(base, "http://")) {
+			t.Fatalf("error %q does not name the receiver's host", text)
+		}
+	}
+}
