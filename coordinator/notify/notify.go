@@ -193,12 +193,17 @@ type Outcome struct {
 	Err      error
 }
 
+// maxBackoffFactor caps the wait between attempts at this many times the
+// first (32 s by default): doubling without end, a target's last retries
+// would wait for days while its later events queue behind and are dropped.
+const maxBackoffFactor = 64
+
 // Sender delivers events to targets, each target in order on a goroutine of
 // its own, so a slow receiver delays nobody else.
 type Sender struct {
 	Client *http.Client
-	// Backoff is the wait before the first retry, doubled each time; 500 ms
-	// when zero.
+	// Backoff is the wait before the first retry, doubled each time up to
+	// maxBackoffFactor times itself; 500 ms when zero.
 	Backoff time.Duration
 	// Done, when set, is told every delivery's outcome.
 	Done func(Outcome)
@@ -211,10 +216,11 @@ func (s *Sender) Send(ctx context.Context, t *Target, e Event) error {
 	if err != nil {
 		return err
 	}
-	backoff := s.Backoff
-	if backoff <= 0 {
-		backoff = 500 * time.Millisecond
+	first := s.Backoff
+	if first <= 0 {
+		first = 500 * time.Millisecond
 	}
+	backoff := first
 	client := s.Client
 	if client == nil {
 		client = http.DefaultClient
@@ -234,7 +240,7 @@ func (s *Sender) Send(ctx context.Context, t *Target, e Event) error {
 		case <-ctx.Done():
 		case <-time.After(backoff):
 		}
-		backoff *= 2
+		backoff = min(backoff*2, maxBackoffFactor*first)
 	}
 	if s.Done != nil {
 		s.Done(Outcome{Target: t.Name, Event: e.ID, Attempts: n, Err: last})

@@ -214,3 +214,28 @@ func TestSender_ErrorsDoNotShowTheURLsSecret(t *testing.T) {
 		}
 	}
 }
+
+// The backoff between attempts stops doubling: with the most retries a
+// target may have, a receiver that stays down is given up on in minutes
+// rather than after days of waiting, during which every later event for it
+// would queue behind this one and be dropped.
+func TestSender_BackoffIsCapped(t *testing.T) {
+	rc := &receiver{failures: 1000}
+	srv := httptest.NewServer(rc)
+	defer srv.Close()
+	most := 20
+	target := Target{URL: srv.URL, Retries: &most}
+	if err := target.Validate("t"); err != nil {
+		t.Fatal(err)
+	}
+	var got Outcome
+	// 1 ms doubling 19 times without a cap waits 17 minutes in all; capped
+	// at 64 times the first delay it waits about one second.
+	s := &Sender{Backoff: time.Millisecond, Done: func(o Outcome) { got = o }}
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	_ = s.Send(ctx, &target, Event{ID: "phase/x/1", Kind: KindPhase})
+	if got.Attempts != 1+most || ctx.Err() != nil {
+		t.Fatalf("outcome %+v (ctx %v); want all %d attempts made", got, ctx.Err(), 1+most)
+	}
+}
