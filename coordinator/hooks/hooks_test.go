@@ -355,3 +355,33 @@ func TestHooks_NonUTF8AnswerIsRecorded(t *testing.T) {
 		t.Fatalf("recorded calls %v", got)
 	}
 }
+
+// A gate that redirects (an auth proxy sending to its login page, http to
+// https) has not answered the call: following a 302 turns the POST into a
+// GET without the body, so a 2xx at the end says nothing about the gate.
+func TestHooks_RedirectIsNotAPass(t *testing.T) {
+	var posts, gets atomic.Int32
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.URL.Path == "/login" {
+			gets.Add(1)
+			io.WriteString(w, "please sign in")
+			return
+		}
+		posts.Add(1)
+		http.Redirect(w, r, "/login", http.StatusFound)
+	}))
+	defer srv.Close()
+	m := newRaft(t, hookedSpec(webhook("load-test", sv1.HookPoint_HOOK_POINT_PRE_PROMOTION, srv.URL+"/gate", true)))
+	g := &Gate{Raft: m}
+	if _, err := g.Hold(m.st.Rollout("r1"), 0, 2, true, t0); err != nil {
+		t.Fatal(err)
+	}
+	settle(caller(m))
+	w, _ := g.Hold(m.st.Rollout("r1"), 0, 2, true, t0.Add(time.Second))
+	if w == "" || !strings.Contains(w, "302 Found") {
+		t.Fatalf("after a redirect the gate holds with %q, want it refused with 302", w)
+	}
+	if posts.Load() != 1 || gets.Load() != 0 {
+		t.Fatalf("gate got %d POSTs, login page %d GETs; want the redirect not followed", posts.Load(), gets.Load())
+	}
+}
