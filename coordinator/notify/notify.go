@@ -221,16 +221,19 @@ func (s *Sender) Send(ctx context.Context, t *Target, e Event) error {
 		first = 500 * time.Millisecond
 	}
 	backoff := first
-	client := s.Client
-	if client == nil {
-		client = http.DefaultClient
+	client := http.Client{}
+	if s.Client != nil {
+		client = *s.Client
 	}
+	// A redirect is not delivery: following a 301/302/303 turns the POST
+	// into a GET without the body. It is a failed attempt, with its status.
+	client.CheckRedirect = func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse }
 	attempts := 1 + *t.Retries
 	var last error
 	n := 0
 	for n < attempts {
 		n++
-		if last = s.attempt(ctx, client, t, e, body); last == nil {
+		if last = s.attempt(ctx, &client, t, e, body); last == nil {
 			break
 		}
 		if n == attempts || ctx.Err() != nil {
@@ -273,7 +276,11 @@ func (s *Sender) attempt(ctx context.Context, client *http.Client, t *Target, e 
 	defer resp.Body.Close()
 	snippet, _ := io.ReadAll(io.LimitReader(resp.Body, 256))
 	if resp.StatusCode/100 != 2 {
-		return fmt.Errorf("answered %s: %s", resp.Status, strings.TrimSpace(string(snippet)))
+		status := resp.Status
+		if resp.Header.Get("Location") != "" {
+			status += " (a redirect, not followed)"
+		}
+		return fmt.Errorf("answered %s: %s", status, strings.TrimSpace(string(snippet)))
 	}
 	return nil
 }

@@ -8,6 +8,7 @@ import (
 	"net/http/httptest"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -237,5 +238,29 @@ func TestSender_BackoffIsCapped(t *testing.T) {
 	_ = s.Send(ctx, &target, Event{ID: "phase/x/1", Kind: KindPhase})
 	if got.Attempts != 1+most || ctx.Err() != nil {
 		t.Fatalf("outcome %+v (ctx %v); want all %d attempts made", got, ctx.Err(), 1+most)
+	}
+}
+
+// A receiver that redirects has not received the event: following a 302
+// turns the POST into a GET without the body. It counts as a failed
+// attempt, not as sent.
+func TestSender_RedirectIsNotDelivery(t *testing.T) {
+	var gets atomic.Int32
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.URL.Path == "/moved" {
+			gets.Add(1)
+			return
+		}
+		http.Redirect(w, r, "/moved", http.StatusFound)
+	}))
+	defer srv.Close()
+	zero := 0
+	target := Target{URL: srv.URL + "/hook", Retries: &zero}
+	if err := target.Validate("t"); err != nil {
+		t.Fatal(err)
+	}
+	err := (&Sender{Backoff: time.Millisecond}).Send(context.Background(), &target, Event{ID: "phase/x/1", Kind: KindPhase})
+	if err == nil || !strings.Contains(err.Error(), "302") || gets.Load() != 0 {
+		t.Fatalf("err %v, redirect target got %d GETs; want a 302 failure, not followed", err, gets.Load())
 	}
 }
