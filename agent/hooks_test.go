@@ -8,6 +8,7 @@ import (
 	"strings"
 	"testing"
 	"time"
+	"unicode/utf8"
 
 	sv1 "github.com/switchyard/switchyard/proto/switchyard/v1"
 )
@@ -167,5 +168,18 @@ func TestAgent_HookProgramOnPathIsResolvedAtLoad(t *testing.T) {
 	}
 	if cfg.Hooks["warm"].Command[0] != "warm-cache" {
 		t.Fatal("resolving changed the config as written")
+	}
+}
+
+// The hold message quotes the end of the hook's output in the status, a
+// protobuf string: its cut must not split a character.
+func TestAgent_HookHoldMessageIsValidUTF8(t *testing.T) {
+	run := &sv1.HookRun{Hook: "warm-green", Generation: 7, ExitCode: 3, Output: strings.Repeat("é", 150) + "!"}
+	msg := hookHoldMessage(run, "blue")
+	if !utf8.ValidString(msg) {
+		t.Fatalf("hold message %q is not UTF-8", msg)
+	}
+	if !strings.HasSuffix(msg, "éé!; node kept on blue") {
+		t.Fatalf("hold message %q", msg)
 	}
 }

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"maps"
 	"strings"
+	"unicode/utf8"
 
 	"google.golang.org/protobuf/proto"
 
@@ -98,7 +99,11 @@ func hookHoldMessage(h *sv1.HookRun, from string) string {
 	msg += ")"
 	if out := strings.TrimSpace(h.GetOutput()); out != "" {
 		if len(out) > 200 {
-			out = "…" + out[len(out)-200:]
+			cut := len(out) - 200
+			for cut < len(out) && !utf8.RuneStart(out[cut]) {
+				cut++ // the status is a protobuf string: UTF-8 only
+			}
+			out = "…" + out[cut:]
 		}
 		msg += "; output: " + out
 	}

@@ -12,9 +12,11 @@ import (
 	"log/slog"
 	"os"
 	"os/exec"
+	"strings"
 	"sync"
 	"syscall"
 	"time"
+	"unicode/utf8"
 
 	"google.golang.org/protobuf/types/known/durationpb"
 	"google.golang.org/protobuf/types/known/timestamppb"
@@ -179,6 +181,10 @@ func execute(ctx context.Context, h Hook, req Request) (int, string, error) {
 	switch {
 	case err == nil:
 		return 0, out, nil
+	case errors.Is(err, exec.ErrWaitDelay):
+		// The command exited 0; something it started in the background
+		// still held its output after waitDelay, which is not a failure.
+		return 0, out, nil
 	case ctx.Err() == context.DeadlineExceeded:
 		return -1, out, fmt.Errorf("timed out after %s and was killed", h.Timeout)
 	case ctx.Err() != nil:
@@ -213,13 +219,21 @@ func (t *tailBuffer) Write(p []byte) (int, error) {
 	return len(p), nil
 }
 
+// String is the tail as UTF-8: the journal and the status keep it as a
+// protobuf string, which cannot hold anything else (output in another
+// charset would make the run impossible to journal or report). Invalid
+// bytes become U+FFFD; a character the cut split is dropped.
 func (t *tailBuffer) String() string {
 	t.mu.Lock()
 	defer t.mu.Unlock()
-	if t.cut {
-		return "…" + string(t.buf)
+	b := t.buf
+	if !t.cut {
+		return strings.ToValidUTF8(string(b), "\uFFFD")
 	}
-	return string(t.buf)
+	for i := 0; i < utf8.UTFMax-1 && len(b) > 0 && !utf8.RuneStart(b[0]); i++ {
+		b = b[1:]
+	}
+	return "…" + strings.ToValidUTF8(string(b), "\uFFFD")
 }
 
 // MemJournal is a journal that survives nothing, for agents whose state

@@ -5,9 +5,14 @@ import (
 	"log/slog"
 	"os"
 	"path/filepath"
+	"strconv"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
+	"unicode/utf8"
+
+	"google.golang.org/protobuf/proto"
 
 	sv1 "github.com/switchyard/switchyard/proto/switchyard/v1"
 )
@@ -114,5 +119,46 @@ func TestHooks_UnknownHookAndMissingProgram(t *testing.T) {
 	}
 	if run := r.Run(context.Background(), req("gone", 1)); run.GetState() != StateFailed || !strings.Contains(run.GetError(), "did not start") {
 		t.Fatalf("missing program %v", run)
+	}
+}
+
+// A hook's output tail is a protobuf string in the journal and in the
+// agent's status, which must be UTF-8: output in another charset, and a
+// multi-byte character the 2 KiB cut splits, are made valid.
+func TestHooks_OutputTailIsValidUTF8(t *testing.T) {
+	r, _ := runner(t, map[string]Hook{
+		// 3001 bytes: the cut at 2048 from the end splits an "é".
+		"cut": {Command: []string{"/bin/sh", "-c", `i=0; while [ $i -lt 1500 ]; do printf 'é'; i=$((i+1)); done; printf x`}, Timeout: 5 * time.Second},
+		// Latin-1, as an old tool prints it.
+		"latin1": {Command: []string{"/bin/sh", "-c", `printf 'Cache nicht verf\374gbar\n'; exit 2`}, Timeout: 5 * time.Second},
+	})
+	for _, name := range []string{"cut", "latin1"} {
+		run := r.Run(context.Background(), req(name, 1))
+		if !utf8.ValidString(run.GetOutput()) {
+			t.Errorf("%s: output %q is not UTF-8", name, run.GetOutput())
+		}
+		if _, err := proto.Marshal(run); err != nil {
+			t.Errorf("%s: the run cannot be journaled or reported: %v", name, err)
+		}
+	}
+}
+
+// A hook that exits 0 succeeded, even when a process it started in the
+// background still holds its output open (a daemon it launched): the agent
+// stops reading after a grace period and does not call that a failure to
+// start.
+func TestHooks_ExitZeroWithBackgroundChildSucceeds(t *testing.T) {
+	pidFile := filepath.Join(t.TempDir(), "child")
+	r, _ := runner(t, map[string]Hook{"launch": {Command: []string{"/bin/sh", "-c", `sleep 20 & echo $! > "$0"; echo launched`, pidFile}, Timeout: 10 * time.Second}})
+	t.Cleanup(func() {
+		if b, err := os.ReadFile(pidFile); err == nil {
+			if pid, err := strconv.Atoi(strings.TrimSpace(string(b))); err == nil {
+				_ = syscall.Kill(pid, syscall.SIGKILL)
+			}
+		}
+	})
+	run := r.Run(context.Background(), req("launch", 1))
+	if run.GetState() != StateSucceeded || run.GetExitCode() != 0 || run.GetOutput() != "launched\n" {
+		t.Fatalf("run %v", run)
 	}
 }

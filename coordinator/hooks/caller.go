@@ -176,7 +176,13 @@ func (c *Caller) attempt(ctx context.Context, p state.PendingCall, id string, n 
 	req.Header.Set("Content-Type", "application/json")
 	req.Header.Set(IdempotencyHeader, id)
 	req.Header.Set(AttemptHeader, fmt.Sprint(n))
-	resp, err := c.Client.Do(req)
+	// A redirect is not the webhook's answer: following a 301/302/303
+	// turns the POST into a GET without the body (an auth proxy's login
+	// page would answer 200 and pass the gate), so it counts as the
+	// non-2xx it is.
+	client := *c.Client
+	client.CheckRedirect = func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse }
+	resp, err := client.Do(req)
 	if err != nil {
 		if actx.Err() == context.DeadlineExceeded && ctx.Err() == nil {
 			return false, fmt.Sprintf("timed out after %s", p.Webhook.GetTimeout().AsDuration())
@@ -186,13 +192,21 @@ func (c *Caller) attempt(ctx context.Context, p state.PendingCall, id string, n 
 	defer resp.Body.Close()
 	text, _ := io.ReadAll(io.LimitReader(resp.Body, maxDetail))
 	detail := resp.Status
+	if loc := resp.Header.Get("Location"); loc != "" {
+		detail += " (redirect to " + loc + " not followed)"
+	}
 	if s := strings.TrimSpace(string(text)); s != "" {
 		detail += ": " + s
 	}
 	return resp.StatusCode >= 200 && resp.StatusCode < 300, trim(detail)
 }
 
+// trim makes s fit the replicated detail: valid UTF-8, which a protobuf
+// string must be (a receiver may answer in Latin-1 or with bytes; an entry
+// that cannot be encoded would never record the outcome, and the call would
+// be made again and again), at most maxDetail bytes.
 func trim(s string) string {
+	s = strings.ToValidUTF8(s, "\uFFFD")
 	if len(s) <= maxDetail {
 		return s
 	}

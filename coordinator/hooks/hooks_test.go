@@ -13,6 +13,7 @@ import (
 	"testing"
 	"time"
 
+	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/durationpb"
 	"google.golang.org/protobuf/types/known/timestamppb"
 
@@ -41,6 +42,11 @@ func (m *memRaft) HookDue(e *sv1.HookDueEntry) error {
 }
 
 func (m *memRaft) HookResult(e *sv1.HookResultEntry) error {
+	// raftApply encodes every entry; an entry that cannot be encoded is
+	// never committed.
+	if _, err := proto.Marshal(e); err != nil {
+		return err
+	}
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	m.st.ApplyHookResult(m.next(), e)
@@ -320,5 +326,62 @@ func TestHooks_FailingGateWithPausePausesUntilResumed(t *testing.T) {
 	settle(c)
 	if w, _ := g.Hold(m.st.Rollout("r1"), 0, 1, false, t0); w != "" {
 		t.Fatalf("accepted gate still holds: %q", w)
+	}
+}
+
+// A receiver answering in another charset than UTF-8 (a Latin-1 error page)
+// still gets its outcome recorded: the answer kept is valid UTF-8, which the
+// replicated entry requires.
+func TestHooks_NonUTF8AnswerIsRecorded(t *testing.T) {
+	var calls atomic.Int32
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		calls.Add(1)
+		w.WriteHeader(http.StatusBadGateway)
+		io.WriteString(w, "Dienst nicht verf\xfcgbar")
+	}))
+	defer srv.Close()
+	m := newRaft(t, hookedSpec(webhook("pager", sv1.HookPoint_HOOK_POINT_ROLLBACK, srv.URL, false)))
+	r := m.st.Rollout("r1")
+	m.st.ApplyRollback(m.next(), &sv1.RollbackEntry{Rollout: "r1", Generation: r.GetGeneration(), StampedAt: timestamppb.New(t0)})
+	c := caller(m)
+	settle(c)
+	settle(c) // nothing is due any more
+	if n := calls.Load(); n != 1 {
+		t.Fatalf("webhook called %d times, want 1: its outcome was not recorded", n)
+	}
+	got := m.st.Rollout("r1").GetHookCalls()
+	if len(got) != 1 || got[0].GetOutcome() != sv1.HookOutcome_HOOK_OUTCOME_FAILED ||
+		!strings.HasPrefix(got[0].GetDetail(), "502 Bad Gateway: Dienst nicht verf") {
+		t.Fatalf("recorded calls %v", got)
+	}
+}
+
+// A gate that redirects (an auth proxy sending to its login page, http to
+// https) has not answered the call: following a 302 turns the POST into a
+// GET without the body, so a 2xx at the end says nothing about the gate.
+func TestHooks_RedirectIsNotAPass(t *testing.T) {
+	var posts, gets atomic.Int32
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.URL.Path == "/login" {
+			gets.Add(1)
+			io.WriteString(w, "please sign in")
+			return
+		}
+		posts.Add(1)
+		http.Redirect(w, r, "/login", http.StatusFound)
+	}))
+	defer srv.Close()
+	m := newRaft(t, hookedSpec(webhook("load-test", sv1.HookPoint_HOOK_POINT_PRE_PROMOTION, srv.URL+"/gate", true)))
+	g := &Gate{Raft: m}
+	if _, err := g.Hold(m.st.Rollout("r1"), 0, 2, true, t0); err != nil {
+		t.Fatal(err)
+	}
+	settle(caller(m))
+	w, _ := g.Hold(m.st.Rollout("r1"), 0, 2, true, t0.Add(time.Second))
+	if w == "" || !strings.Contains(w, "302 Found") {
+		t.Fatalf("after a redirect the gate holds with %q, want it refused with 302", w)
+	}
+	if posts.Load() != 1 || gets.Load() != 0 {
+		t.Fatalf("gate got %d POSTs, login page %d GETs; want the redirect not followed", posts.Load(), gets.Load())
 	}
 }

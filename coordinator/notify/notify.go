@@ -16,6 +16,7 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"net/http"
@@ -192,12 +193,17 @@ type Outcome struct {
 	Err      error
 }
 
+// maxBackoffFactor caps the wait between attempts at this many times the
+// first (32 s by default): doubling without end, a target's last retries
+// would wait for days while its later events queue behind and are dropped.
+const maxBackoffFactor = 64
+
 // Sender delivers events to targets, each target in order on a goroutine of
 // its own, so a slow receiver delays nobody else.
 type Sender struct {
 	Client *http.Client
-	// Backoff is the wait before the first retry, doubled each time; 500 ms
-	// when zero.
+	// Backoff is the wait before the first retry, doubled each time up to
+	// maxBackoffFactor times itself; 500 ms when zero.
 	Backoff time.Duration
 	// Done, when set, is told every delivery's outcome.
 	Done func(Outcome)
@@ -210,20 +216,24 @@ func (s *Sender) Send(ctx context.Context, t *Target, e Event) error {
 	if err != nil {
 		return err
 	}
-	backoff := s.Backoff
-	if backoff <= 0 {
-		backoff = 500 * time.Millisecond
+	first := s.Backoff
+	if first <= 0 {
+		first = 500 * time.Millisecond
 	}
-	client := s.Client
-	if client == nil {
-		client = http.DefaultClient
+	backoff := first
+	client := http.Client{}
+	if s.Client != nil {
+		client = *s.Client
 	}
+	// A redirect is not delivery: following a 301/302/303 turns the POST
+	// into a GET without the body. It is a failed attempt, with its status.
+	client.CheckRedirect = func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse }
 	attempts := 1 + *t.Retries
 	var last error
 	n := 0
 	for n < attempts {
 		n++
-		if last = s.attempt(ctx, client, t, e, body); last == nil {
+		if last = s.attempt(ctx, &client, t, e, body); last == nil {
 			break
 		}
 		if n == attempts || ctx.Err() != nil {
@@ -233,7 +243,7 @@ func (s *Sender) Send(ctx context.Context, t *Target, e Event) error {
 		case <-ctx.Done():
 		case <-time.After(backoff):
 		}
-		backoff *= 2
+		backoff = min(backoff*2, maxBackoffFactor*first)
 	}
 	if s.Done != nil {
 		s.Done(Outcome{Target: t.Name, Event: e.ID, Attempts: n, Err: last})
@@ -256,12 +266,34 @@ func (s *Sender) attempt(ctx context.Context, client *http.Client, t *Target, e 
 	req.Header.Set("Switchyard-Event-Kind", e.Kind)
 	resp, err := client.Do(req)
 	if err != nil {
+		// The error names the URL, whose path or query is often the
+		// receiver's secret (a chat webhook's token); it ends in the logs.
+		if uerr := (*url.Error)(nil); errors.As(err, &uerr) {
+			uerr.URL = redact(t.URL)
+		}
 		return err
 	}
 	defer resp.Body.Close()
 	snippet, _ := io.ReadAll(io.LimitReader(resp.Body, 256))
 	if resp.StatusCode/100 != 2 {
-		return fmt.Errorf("answered %s: %s", resp.Status, strings.TrimSpace(string(snippet)))
+		status := resp.Status
+		if resp.Header.Get("Location") != "" {
+			status += " (a redirect, not followed)"
+		}
+		return fmt.Errorf("answered %s: %s", status, strings.TrimSpace(string(snippet)))
 	}
 	return nil
+}
+
+// redact is rawURL with only its scheme and host: what may be logged.
+func redact(rawURL string) string {
+	u, err := url.Parse(rawURL)
+	if err != nil {
+		return "(unparsable URL)"
+	}
+	out := u.Scheme + "://" + u.Host
+	if u.Path != "" || u.RawQuery != "" || u.Fragment != "" {
+		out += "/…"
+	}
+	return out
 }

@@ -8,6 +8,7 @@ import (
 	"net/http/httptest"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -184,5 +185,82 @@ func TestSender_GivesUpAfterItsRetries(t *testing.T) {
 	b, _ := target.Body(Event{ID: "phase/x/1", Kind: KindPhase, Phase: "completed"})
 	if err := json.Unmarshal(b, &e); err != nil || e.Phase != "completed" {
 		t.Fatalf("json body %s: %v", b, err)
+	}
+}
+
+// A chat webhook's URL carries its secret in the path
+// (https://hooks.slack.com/services/T000/B000/XXXX); a receiver that cannot
+// be reached must not put it in the logs through the error.
+func TestSender_ErrorsDoNotShowTheURLsSecret(t *testing.T) {
+	srv := httptest.NewServer(http.NotFoundHandler())
+	base := srv.URL
+	srv.Close() // nothing listens there any more
+	zero := 0
+	target := Target{URL: base + "/services/T000/B000/s3cr3tT0ken?token=q5ecret", Format: FormatSlack, Retries: &zero}
+	if err := target.Validate("t"); err != nil {
+		t.Fatal(err)
+	}
+	var got Outcome
+	s := &Sender{Backoff: time.Millisecond, Done: func(o Outcome) { got = o }}
+	err := s.Send(context.Background(), &target, Event{ID: "phase/x/1", Kind: KindPhase})
+	if err == nil || got.Err == nil {
+		t.Fatalf("err %v, outcome %+v; want a failure", err, got)
+	}
+	for _, text := range []string{err.Error(), got.Err.Error()} {
+		if strings.Contains(text, "s3cr3tT0ken") || strings.Contains(text, "q5ecret") {
+			t.Fatalf("error shows the URL's secret: %s", text)
+		}
+		if !strings.Contains(text, strings.TrimPrefix(base, "http://")) {
+			t.Fatalf("error %q does not name the receiver's host", text)
+		}
+	}
+}
+
+// The backoff between attempts stops doubling: with the most retries a
+// target may have, a receiver that stays down is given up on in minutes
+// rather than after days of waiting, during which every later event for it
+// would queue behind this one and be dropped.
+func TestSender_BackoffIsCapped(t *testing.T) {
+	rc := &receiver{failures: 1000}
+	srv := httptest.NewServer(rc)
+	defer srv.Close()
+	most := 20
+	target := Target{URL: srv.URL, Retries: &most}
+	if err := target.Validate("t"); err != nil {
+		t.Fatal(err)
+	}
+	var got Outcome
+	// 1 ms doubling 19 times without a cap waits 17 minutes in all; capped
+	// at 64 times the first delay it waits about one second.
+	s := &Sender{Backoff: time.Millisecond, Done: func(o Outcome) { got = o }}
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	_ = s.Send(ctx, &target, Event{ID: "phase/x/1", Kind: KindPhase})
+	if got.Attempts != 1+most || ctx.Err() != nil {
+		t.Fatalf("outcome %+v (ctx %v); want all %d attempts made", got, ctx.Err(), 1+most)
+	}
+}
+
+// A receiver that redirects has not received the event: following a 302
+// turns the POST into a GET without the body. It counts as a failed
+// attempt, not as sent.
+func TestSender_RedirectIsNotDelivery(t *testing.T) {
+	var gets atomic.Int32
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.URL.Path == "/moved" {
+			gets.Add(1)
+			return
+		}
+		http.Redirect(w, r, "/moved", http.StatusFound)
+	}))
+	defer srv.Close()
+	zero := 0
+	target := Target{URL: srv.URL + "/hook", Retries: &zero}
+	if err := target.Validate("t"); err != nil {
+		t.Fatal(err)
+	}
+	err := (&Sender{Backoff: time.Millisecond}).Send(context.Background(), &target, Event{ID: "phase/x/1", Kind: KindPhase})
+	if err == nil || !strings.Contains(err.Error(), "302") || gets.Load() != 0 {
+		t.Fatalf("err %v, redirect target got %d GETs; want a 302 failure, not followed", err, gets.Load())
 	}
 }
