@@ -402,6 +402,12 @@ func (s *Server) setupRaft() error {
 	if err != nil {
 		return fmt.Errorf("coordinator: inspect raft state: %w", err)
 	}
+	// A log compacted behind snapshots that no longer read cannot rebuild
+	// the state; refuse as for a damaged raft.db.
+	if err := checkSnapshots(snaps, store); err != nil {
+		dir := filepath.Join(s.cfg.DataDir, snapshotsDir)
+		return &DamagedStoreError{Path: dir, DataDir: s.cfg.DataDir, NodeID: s.cfg.NodeID, RetryJoin: s.cfg.RetryJoin, Err: err}
+	}
 	r, err := raft.NewRaft(rc, s.fsm, store, store, snaps, trans)
 	if err != nil {
 		return fmt.Errorf("coordinator: start raft: %w", err)
