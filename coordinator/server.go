@@ -205,6 +205,10 @@ type Server struct {
 	// address is the advertised one.
 	raftListen string
 	store      *raftStore
+	// peerFailures is, on the leader, the peers whose heartbeats fail
+	// (cluster.go); membership changes that would leave no reachable
+	// quorum are refused with it.
+	peerFailures peerFailures
 
 	nc     *nats.Conn
 	ownsNC bool
@@ -414,6 +418,7 @@ func (s *Server) setupRaft() error {
 	}
 	s.raft = r
 	s.hasState = hasState
+	r.RegisterObserver(raft.NewObserver(nil, false, s.peerFailures.observe))
 	if !hasState && s.cfg.BootstrapExpect == 1 {
 		f := r.BootstrapCluster(raft.Configuration{Servers: []raft.Server{{
 			ID: rc.LocalID, Address: trans.LocalAddr(),
