@@ -68,6 +68,69 @@ type Members struct {
 // errNotLeaderHTTP is answered to cluster changes sent to a follower.
 var errNotLeaderHTTP = errors.New("not the leader")
 
+// errWouldLoseQuorum refuses a membership change after which the voters
+// the leader reaches would not be a majority: Raft would commit nothing
+// more, not even the change, until the unreachable ones came back.
+var errWouldLoseQuorum = errors.New("the change would leave the cluster without a reachable quorum")
+
+// peerFailWindow is how long after its last failed heartbeat a peer counts
+// as unreachable: longer than one heartbeat to a peer that does not answer
+// can take (the transport's timeout), so a dead peer never drops out of
+// the count between two failures, and an entry left from an earlier term
+// runs out.
+const peerFailWindow = 15 * time.Second
+
+// peerFailures records the leader's failed heartbeats per peer. Raft reports
+// every failed heartbeat and, once, the first one that succeeds again.
+type peerFailures struct {
+	mu     sync.Mutex
+	failed map[raft.ServerID]time.Time // last failed heartbeat
+}
+
+// observe is a Raft observer filter: it records and lets nothing through.
+func (p *peerFailures) observe(o *raft.Observation) bool {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	switch d := o.Data.(type) {
+	case raft.FailedHeartbeatObservation:
+		if p.failed == nil {
+			p.failed = map[raft.ServerID]time.Time{}
+		}
+		p.failed[d.PeerID] = time.Now()
+	case raft.ResumedHeartbeatObservation:
+		delete(p.failed, d.PeerID)
+	}
+	return false
+}
+
+func (p *peerFailures) unreachable(id raft.ServerID) bool {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	at, ok := p.failed[id]
+	return ok && time.Since(at) < peerFailWindow
+}
+
+// keepsQuorumWithout refuses removing id from conf when the voters left
+// that this leader reaches would not be a majority of them.
+func (s *Server) keepsQuorumWithout(conf raft.Configuration, id raft.ServerID) error {
+	var voters []raft.ServerID
+	var down []string
+	for _, srv := range conf.Servers {
+		if srv.Suffrage != raft.Voter || srv.ID == id {
+			continue
+		}
+		voters = append(voters, srv.ID)
+		if srv.ID != raft.ServerID(s.cfg.NodeID) && s.peerFailures.unreachable(srv.ID) {
+			down = append(down, string(srv.ID))
+		}
+	}
+	if quorum := len(voters)/2 + 1; len(voters)-len(down) < quorum {
+		return fmt.Errorf("%w: without %s, %d voters would be left and the leader reaches %d of them (not %s); a quorum is %d: bring %s back, or remove it first",
+			errWouldLoseQuorum, id, len(voters), len(voters)-len(down), strings.Join(down, ", "), quorum, strings.Join(down, ", "))
+	}
+	return nil
+}
+
 func (s *Server) self() PeerInfo {
 	_, leader := s.raft.LeaderWithID()
 	return PeerInfo{ID: s.cfg.NodeID, RaftAddr: s.RaftAddr(), Leader: string(leader)}
@@ -119,6 +182,9 @@ func (s *Server) addPeer(id, addr string) error {
 		if string(srv.ID) == id || string(srv.Address) == addr {
 			// A node replaced under the same id or address: drop the old
 			// entry so the cluster does not count a ghost toward quorum.
+			if err := s.keepsQuorumWithout(f.Configuration(), srv.ID); err != nil {
+				return err
+			}
 			if err := s.raft.RemoveServer(srv.ID, 0, applyTimeout).Error(); err != nil {
 				return fmt.Errorf("remove old entry of %s: %w", srv.ID, err)
 			}
@@ -142,6 +208,13 @@ func (s *Server) removePeer(id string) error {
 			return fmt.Errorf("hand over leadership before leaving: %w", err)
 		}
 		return errNotLeaderHTTP
+	}
+	f := s.raft.GetConfiguration()
+	if err := f.Error(); err != nil {
+		return err
+	}
+	if err := s.keepsQuorumWithout(f.Configuration(), raft.ServerID(id)); err != nil {
+		return err
 	}
 	if err := s.raft.RemoveServer(raft.ServerID(id), 0, applyTimeout).Error(); err != nil {
 		return fmt.Errorf("remove %s: %w", id, err)
@@ -346,6 +419,8 @@ func clusterChange(w http.ResponseWriter, err error, s *Server) {
 	case errors.Is(err, errNotLeaderHTTP):
 		_, leader := s.raft.LeaderWithID()
 		http.Error(w, fmt.Sprintf("not the leader; the leader is %q", leader), http.StatusMisdirectedRequest)
+	case errors.Is(err, errWouldLoseQuorum):
+		http.Error(w, err.Error(), http.StatusConflict)
 	default:
 		http.Error(w, err.Error(), http.StatusInternalServerError)
 	}

@@ -5,9 +5,11 @@ import (
 	"fmt"
 	"net"
 	"path/filepath"
+	"strings"
 	"testing"
 	"time"
 
+	"github.com/hashicorp/raft"
 	"github.com/prometheus/client_golang/prometheus"
 	"google.golang.org/protobuf/proto"
 
@@ -178,5 +180,45 @@ func TestCluster_RemovePeer(t *testing.T) {
 	}
 	if len(m.Members) != 2 {
 		t.Fatalf("members after removal: %+v", m.Members)
+	}
+}
+
+// Removing a live coordinator while another is down would leave a
+// configuration whose quorum cannot be reached: the leader refuses, names
+// the peer that does not answer, and the cluster keeps committing.
+func TestCluster_RemovePeerThatWouldLoseQuorumIsRefused(t *testing.T) {
+	nc, url := startNATS(t)
+	nodes := startCluster(t, url, 3)
+	var leader *clusterNode
+	waitFor(t, "a leader", 15*time.Second, func() bool { leader = leaderOf(nodes); return leader != nil })
+	var followers []*clusterNode
+	var addrs []string
+	for _, n := range nodes {
+		addrs = append(addrs, n.cfg.HTTPAddr)
+		if n != leader {
+			followers = append(followers, n)
+		}
+	}
+	dead, live := followers[0], followers[1]
+	dead.stop()
+	waitFor(t, "the leader to notice "+dead.cfg.NodeID+" is down", 10*time.Second, func() bool {
+		return leader.srv.peerFailures.unreachable(raft.ServerID(dead.cfg.NodeID))
+	})
+
+	err := RemovePeer(context.Background(), addrs, live.cfg.NodeID)
+	if err == nil || !strings.Contains(err.Error(), "quorum") || !strings.Contains(err.Error(), dead.cfg.NodeID) {
+		t.Fatalf("removing %s while %s is down: %v; want a refusal naming quorum and %s", live.cfg.NodeID, dead.cfg.NodeID, err, dead.cfg.NodeID)
+	}
+	if res := send(t, nc, applyIntent("i-1", "web-1")); !res.GetAccepted() {
+		t.Fatalf("the cluster does not commit after the refused removal: %v", res)
+	}
+	m, err := ClusterMembers(context.Background(), leader.cfg.HTTPAddr)
+	if err != nil || len(m.Members) != 3 {
+		t.Fatalf("members after the refused removal: %+v, %v", m, err)
+	}
+
+	// Removing the dead one leaves two live voters: allowed.
+	if err := RemovePeer(context.Background(), addrs, dead.cfg.NodeID); err != nil {
+		t.Fatalf("removing the dead %s: %v", dead.cfg.NodeID, err)
 	}
 }

@@ -1,12 +1,25 @@
 package coordinator
 
 import (
+	"errors"
 	"fmt"
 	"strings"
+
+	"github.com/hashicorp/raft"
+
+	"github.com/switchyard/switchyard/coordinator/fsm"
 )
 
 // raftDBFile is the Raft log and stable store in the data directory.
 const raftDBFile = "raft.db"
+
+// snapshotsDir is where Raft's file snapshot store keeps snapshots in the
+// data directory.
+const snapshotsDir = "snapshots"
+
+// errNoSnapshot is wrapped by the error of a data directory whose log was
+// compacted behind a snapshot that no longer reads.
+var errNoSnapshot = errors.New("no snapshot to rebuild the state from")
 
 // DamagedStoreError is returned when the coordinator's Raft store is
 // damaged: the coordinator does not start, so it never serves or votes from
@@ -32,3 +45,46 @@ func (e *DamagedStoreError) Error() string {
 }
 
 func (e *DamagedStoreError) Unwrap() error { return e.Err }
+
+// checkSnapshots tells whether the state can be rebuilt from the data
+// directory: from the newest snapshot that opens (its checksum matches) and
+// decodes, then the log from the entry after it. Raft itself skips a
+// snapshot whose metadata does not read and then panics on the first log
+// entry it lacks, and fails with a bare "failed to load any existing
+// snapshots" when none restores.
+func checkSnapshots(snaps raft.SnapshotStore, logs raft.LogStore) error {
+	first, err := logs.FirstIndex()
+	if err != nil {
+		return err
+	}
+	metas, err := snaps.List()
+	if err != nil {
+		return err
+	}
+	var problems []error
+	base, restored := uint64(0), false
+	for _, m := range metas {
+		_, rc, err := snaps.Open(m.ID)
+		if err == nil {
+			_, err = fsm.ReadSnapshot(rc)
+			rc.Close()
+		}
+		if err != nil {
+			problems = append(problems, fmt.Errorf("snapshot %s: %w", m.ID, err))
+			continue
+		}
+		base, restored = m.Index, true
+		break
+	}
+	switch {
+	case len(metas) > 0 && !restored:
+		return fmt.Errorf("%w: none of the %d snapshots reads: %w", errNoSnapshot, len(metas), errors.Join(problems...))
+	case first > base+1:
+		what := "no snapshot reads (a snapshot's meta.json is unreadable, or the snapshots are gone)"
+		if restored {
+			what = fmt.Sprintf("the newest snapshot that reads ends at entry %d", base)
+		}
+		return fmt.Errorf("%w: the log starts at entry %d and %s", errNoSnapshot, first, what)
+	}
+	return nil
+}

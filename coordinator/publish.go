@@ -130,11 +130,22 @@ func (p *publisher) run(ctx context.Context) {
 	// not its health any more.
 	defer p.result(nil)
 	var kv, drillsKV jetstream.KeyValue
-	for {
-		var err error
-		if kv, err = bus.EnsureDesiredBucket(ctx, s.js, s.replicas); err == nil {
-			drillsKV, err = bus.EnsureDrillsBucket(ctx, s.js, s.replicas)
+	// ensure creates the buckets when missing; on failure it keeps the
+	// handles it had.
+	ensure := func() error {
+		d, err := bus.EnsureDesiredBucket(ctx, s.js, s.replicas)
+		if err != nil {
+			return err
 		}
+		dr, err := bus.EnsureDrillsBucket(ctx, s.js, s.replicas)
+		if err != nil {
+			return err
+		}
+		kv, drillsKV = d, dr
+		return nil
+	}
+	for {
+		err := ensure()
 		if err == nil {
 			break
 		}
@@ -216,6 +227,14 @@ func (p *publisher) run(ctx context.Context) {
 			case <-ctx.Done():
 				return
 			case <-time.After(500 * time.Millisecond):
+			}
+			// A bucket that went away while this coordinator leads (a NATS
+			// server restarted without its store, a bucket deleted by
+			// hand) fails every write until it exists again: create it
+			// again, as a new leader would. Idempotent when it exists.
+			if err := ensure(); err != nil {
+				p.result(err)
+				s.log.Warn("KV buckets unavailable; retrying", "err", err)
 			}
 			for _, k := range failed {
 				p.markKeys(k.drill, []string{k.name})

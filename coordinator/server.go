@@ -205,6 +205,10 @@ type Server struct {
 	// address is the advertised one.
 	raftListen string
 	store      *raftStore
+	// peerFailures is, on the leader, the peers whose heartbeats fail
+	// (cluster.go); membership changes that would leave no reachable
+	// quorum are refused with it.
+	peerFailures peerFailures
 
 	nc     *nats.Conn
 	ownsNC bool
@@ -402,12 +406,19 @@ func (s *Server) setupRaft() error {
 	if err != nil {
 		return fmt.Errorf("coordinator: inspect raft state: %w", err)
 	}
+	// A log compacted behind snapshots that no longer read cannot rebuild
+	// the state; refuse as for a damaged raft.db.
+	if err := checkSnapshots(snaps, store); err != nil {
+		dir := filepath.Join(s.cfg.DataDir, snapshotsDir)
+		return &DamagedStoreError{Path: dir, DataDir: s.cfg.DataDir, NodeID: s.cfg.NodeID, RetryJoin: s.cfg.RetryJoin, Err: err}
+	}
 	r, err := raft.NewRaft(rc, s.fsm, store, store, snaps, trans)
 	if err != nil {
 		return fmt.Errorf("coordinator: start raft: %w", err)
 	}
 	s.raft = r
 	s.hasState = hasState
+	r.RegisterObserver(raft.NewObserver(nil, false, s.peerFailures.observe))
 	if !hasState && s.cfg.BootstrapExpect == 1 {
 		f := r.BootstrapCluster(raft.Configuration{Servers: []raft.Server{{
 			ID: rc.LocalID, Address: trans.LocalAddr(),
