@@ -155,7 +155,8 @@ func (r *Runner) failed(req Request, code int, out, why string) *sv1.HookRun {
 }
 
 // execute runs the command in its own process group, killed as a group on
-// timeout and when the agent dies. It returns the exit code (-1 when the
+// timeout and when the agent stops; when the agent dies the kernel kills
+// the command's own process (its children stay). It returns the exit code (-1 when the
 // command did not exit by itself), the output's tail and why it failed.
 func execute(ctx context.Context, h Hook, req Request) (int, string, error) {
 	ctx, cancel := context.WithTimeout(ctx, h.Timeout)
