@@ -560,3 +560,54 @@ func TestAuth_InitRefusesAnExistingSetupAndBadInput(t *testing.T) {
 		t.Fatalf("not a CA: %v", err)
 	}
 }
+
+// TestAuth_NameHeldByAnotherRoleIsNotIssued: permissions let an identity
+// subscribe to _INBOX.<its name>.> only, so two live identities of one
+// name share their inboxes. An agent issued under a coordinator's name
+// would read the coordinator's replies (its JetStream answers, the intents
+// it fetches). Issuing a name another role holds is refused; issuing it
+// again in the same role (a new key for the same node), or once the other
+// is revoked, is not.
+func TestAuth_NameHeldByAnotherRoleIsNotIssued(t *testing.T) {
+	s := startSecured(t)
+	coord := s.connect(t, s.issue(t, bus.RoleCoordinator, "c1"))
+
+	creds, err := s.setup.Issue(bus.RoleAgent, "c1")
+	if err == nil {
+		// Show what the agent can do with them.
+		path := filepath.Join(s.dir, "agent-c1.creds")
+		if err := os.WriteFile(path, creds, 0o600); err != nil {
+			t.Fatal(err)
+		}
+		agent := s.connect(t, bus.Security{Creds: path, CA: s.ca.CAPath()})
+		sub, err := agent.nc.SubscribeSync(bus.InboxPrefix("c1") + ".>")
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := agent.nc.Flush(); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := coord.nc.Request("$JS.API.INFO", nil, 5*time.Second); err != nil {
+			t.Fatal(err)
+		}
+		if m, err := sub.NextMsg(5 * time.Second); err == nil {
+			t.Fatalf("an agent was issued the coordinator's name and read its reply on %s", m.Subject)
+		}
+		t.Fatal("an agent was issued the name a coordinator holds")
+	}
+	if !errors.Is(err, auth.ErrNameTaken) {
+		t.Fatalf("agent named like a coordinator: %v, want %v", err, auth.ErrNameTaken)
+	}
+	if _, err := s.setup.IssueLeaf("c1"); !errors.Is(err, auth.ErrNameTaken) {
+		t.Fatalf("leaf named like a coordinator: %v, want %v", err, auth.ErrNameTaken)
+	}
+	if _, err := s.setup.Issue(bus.RoleCoordinator, "c1"); err != nil {
+		t.Fatalf("a second key for the coordinator's name: %v", err)
+	}
+	if _, err := s.setup.Revoke("c1", time.Now()); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := s.setup.Issue(bus.RoleAgent, "c1"); err != nil {
+		t.Fatalf("the name of a revoked coordinator for an agent: %v", err)
+	}
+}
