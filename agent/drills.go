@@ -282,7 +282,8 @@ func (f *drillFollower) poll(ctx context.Context, js jetstream.JetStream, kv jet
 	// Every document in the bucket comes in one batched read, which
 	// creates nothing on the servers (a key listing would take a consumer
 	// for this node, and fail once the stream has all the consumers it may
-	// have); past bus.MaxBatchKeys drills it falls back to a listing.
+	// have); past bus.MaxBatchKeys drills it reads the stream in batches,
+	// which creates nothing either.
 	// Nothing was written or deleted since the last full read when the
 	// bucket's last sequence has not moved: pushes cannot have been missed
 	// then.
