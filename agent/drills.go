@@ -147,7 +147,11 @@ type drillFollower struct {
 	accepted atomic.Int64
 
 	// Owned by run's goroutine.
-	docs   map[string]*sv1.DrillDocument
+	docs map[string]*sv1.DrillDocument
+	// gone are the fences of drills whose key was deleted or went missing
+	// from the bucket: a delete is not signed, so it must not let an older
+	// document of the drill (before its abort, say) in again.
+	gone   map[string]bus.Fence
 	faults map[string]*nodeFault
 	// pushedDuringListing names the drills pushed since the bucket read
 	// under way began; nil when none is. The read cannot know of them:
@@ -278,7 +282,8 @@ func (f *drillFollower) poll(ctx context.Context, js jetstream.JetStream, kv jet
 	// Every document in the bucket comes in one batched read, which
 	// creates nothing on the servers (a key listing would take a consumer
 	// for this node, and fail once the stream has all the consumers it may
-	// have); past bus.MaxBatchKeys drills it falls back to a listing.
+	// have); past bus.MaxBatchKeys drills it reads the stream in batches,
+	// which creates nothing either.
 	// Nothing was written or deleted since the last full read when the
 	// bucket's last sequence has not moved: pushes cannot have been missed
 	// then.
@@ -370,7 +375,7 @@ func (f *drillFollower) deliver(ctx context.Context, d drillDelivery) {
 		for _, name := range slices.Sorted(maps.Keys(f.docs)) {
 			if !d.listed[name] && !f.pushedDuringListing[name] {
 				f.log.Info("drill is no longer in the bucket", "drill", name)
-				delete(f.docs, name)
+				f.forget(name)
 				f.reconcile(ctx, name)
 			}
 		}
@@ -387,7 +392,7 @@ func (f *drillFollower) deliver(ctx context.Context, d drillDelivery) {
 		if _, ok := f.docs[d.key]; ok {
 			f.log.Info("drill deleted from the bucket", "drill", d.key)
 		}
-		delete(f.docs, d.key)
+		f.forget(d.key)
 		f.reconcile(ctx, d.key)
 		return
 	}
@@ -397,6 +402,15 @@ func (f *drillFollower) deliver(ctx context.Context, d drillDelivery) {
 		return
 	}
 	name := doc.GetDrill()
+	if gone, ok := f.gone[name]; ok {
+		if drillFence(doc).Compare(gone) < 0 {
+			if !d.poll {
+				f.reject(drillStale, name, doc.GetGeneration(), fmt.Errorf("fence %s is below %s, which the drill had when its key went", drillFence(doc), gone))
+			}
+			return
+		}
+		delete(f.gone, name)
+	}
 	if have := f.docs[name]; have != nil {
 		switch c := drillFence(doc).Compare(drillFence(have)); {
 		case c == 0 && proto.Equal(doc, have):
@@ -415,6 +429,17 @@ func (f *drillFollower) deliver(ctx context.Context, d drillDelivery) {
 	f.docs[name] = doc
 	f.accepted.Add(1)
 	f.reconcile(ctx, name)
+}
+
+// forget drops a drill that left the bucket and keeps its fence in gone.
+func (f *drillFollower) forget(name string) {
+	if doc := f.docs[name]; doc != nil {
+		if f.gone == nil {
+			f.gone = map[string]bus.Fence{}
+		}
+		f.gone[name] = drillFence(doc)
+	}
+	delete(f.docs, name)
 }
 
 func (f *drillFollower) reject(reason, drill string, gen uint64, err error) {

@@ -14,6 +14,7 @@ import (
 
 	"github.com/nats-io/nats.go"
 	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/testutil"
 	bolt "go.etcd.io/bbolt"
 	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/timestamppb"
@@ -637,5 +638,57 @@ func TestDrills_StateFaultRevertsToTheStateItFound(t *testing.T) {
 	}
 	if got, _ := drv.ServerState(ctx, "green"); got != "maint" {
 		t.Fatalf("journaled fault reverted green to %s, want maint", got)
+	}
+}
+
+// TestDrills_DeletedDrillKeepsItsFence: a delete of a drill's key is not
+// signed, so it must not lower the drill's fence. After a drill was
+// aborted and its key deleted (or found missing by a full read), a replay
+// of its older, genuine document that is not aborted is refused as stale
+// and never injects the fault; the coordinators' own document of the same
+// fence as the last one the node held is taken back.
+func TestDrills_DeletedDrillKeepsItsFence(t *testing.T) {
+	for _, gone := range []string{"deleted", "missing from a full read"} {
+		t.Run(gone, func(t *testing.T) {
+			m, err := newMetrics(prometheus.NewRegistry())
+			if err != nil {
+				t.Fatal(err)
+			}
+			f, log, _ := testFollower(t, m, fuzzNow)
+			defer f.shutdown()
+			ctx := context.Background()
+			start := fuzzNow.Add(time.Minute)
+			running := marshalDrill(t, drillDoc("d1", 1, green100, start, time.Minute))
+			abortedDoc := drillDoc("d1", 2, green100, start, time.Minute)
+			abortedDoc.Aborted = true
+			aborted := marshalDrill(t, abortedDoc)
+			f.deliver(ctx, drillDelivery{key: "d1", raw: running})
+			f.deliver(ctx, drillDelivery{key: "d1", raw: aborted})
+			if gone == "deleted" {
+				f.deliver(ctx, drillDelivery{key: "d1", deleted: true})
+			} else {
+				f.deliver(ctx, drillDelivery{listing: true})
+				f.deliver(ctx, drillDelivery{listed: map[string]bool{}})
+			}
+			before := testutil.ToFloat64(m.drillRejected.WithLabelValues(drillStale))
+
+			f.deliver(ctx, drillDelivery{key: "d1", raw: running})
+			if d := f.docs["d1"]; d != nil {
+				t.Fatalf("the replayed generation 1 was taken after generation 2 aborted the drill and its key went: %v", d)
+			}
+			if got := testutil.ToFloat64(m.drillRejected.WithLabelValues(drillStale)) - before; got != 1 {
+				t.Errorf("%v replays counted as stale, want 1", got)
+			}
+			f.clock.(*clock.Fake).Advance(90 * time.Second) // between start and end
+			f.reconcile(ctx, "d1")
+			if f.faults["d1"] != nil {
+				t.Fatalf("an aborted drill's fault was injected from a replayed document: %s", log)
+			}
+
+			f.deliver(ctx, drillDelivery{key: "d1", raw: aborted})
+			if d := f.docs["d1"]; d == nil || !d.GetAborted() {
+				t.Fatalf("the document of the fence the node held was not taken back: %v", d)
+			}
+		})
 	}
 }

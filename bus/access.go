@@ -89,21 +89,6 @@ func kvGet(bucket string) []string {
 	return subjects
 }
 
-// kvRead are kvGet's subjects and those of an ordered consumer, for
-// listing the bucket's keys: create, its flow control, delete.
-func kvRead(bucket string) []string {
-	s := kvStream(bucket)
-	subjects := kvGet(bucket)
-	for _, api := range []string{jsAPI, jsDomainAPI} {
-		subjects = append(subjects,
-			api+"CONSUMER.CREATE."+s+".>",
-			api+"CONSUMER.DELETE."+s+".>",
-			api+"CONSUMER.INFO."+s+".>",
-		)
-	}
-	return append(subjects, "$JS.FC."+s+".>")
-}
-
 // RolePermissions returns what role may do; NameTemplate stands for the
 // user's own name.
 func RolePermissions(role Role) (Permissions, error) {
@@ -114,10 +99,13 @@ func RolePermissions(role Role) (Permissions, error) {
 			telemetryPrefix + ".*." + NameTemplate,
 			StatusSubject(NameTemplate),
 		}
-		// Desired state is pushed on the key's subject and read back by
-		// key; drills are listed at every resync, which takes a consumer.
+		// Documents are pushed on their keys' subjects and read back by
+		// key or in batches (ReadAll), never through a consumer: a
+		// consumer's deliver subject is not checked against its creator's
+		// permissions, so an agent allowed one could make the servers
+		// publish on any subject of the account.
 		pub = append(pub, kvGet(DesiredBucket)...)
-		pub = append(pub, kvRead(DrillsBucket)...)
+		pub = append(pub, kvGet(DrillsBucket)...)
 		return Permissions{
 			Publish:   pub,
 			Subscribe: []string{"$KV." + DesiredBucket + ".>", DrillsAll(), inbox},

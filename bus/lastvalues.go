@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"strconv"
 	"strings"
 
 	"github.com/nats-io/nats.go"
@@ -97,36 +98,82 @@ func apiPrefix(js jetstream.JetStream) string {
 }
 
 // ReadAll reads the newest value of every key in kv: with LastValues, or,
-// past MaxBatchKeys keys, through a key listing (an ordered consumer, which
-// the caller's credentials must allow) and a Get for each key. A key
-// deleted between the listing and its Get is left out.
+// past MaxBatchKeys keys, by walking the bucket's stream in batched direct
+// gets of MaxBatchKeys messages each (its history is one message per key).
+// Neither takes a consumer: a consumer's deliver subject is not checked
+// against its creator's permissions, so the credentials of a reader (an
+// agent) must not allow creating one.
 func ReadAll(ctx context.Context, js jetstream.JetStream, kv jetstream.KeyValue) (map[string][]byte, error) {
 	values, err := LastValues(ctx, js, kv.Bucket())
 	if !errors.Is(err, ErrTooManyKeys) {
 		return values, err
 	}
-	lister, err := kv.ListKeys(ctx)
+	return walkValues(ctx, js, kv.Bucket())
+}
+
+// walkValues reads every message of bucket's stream from its first on, a
+// batch at a time, and keeps the newest value of each key; a delete or
+// purge marker drops the key. A key written again while the walk goes on
+// moves to a later sequence, where the walk finds it.
+func walkValues(ctx context.Context, js jetstream.JetStream, bucket string) (map[string][]byte, error) {
+	nc := js.Conn()
+	prefix := "$KV." + bucket + "."
+	subject := apiPrefix(js) + "DIRECT.GET.KV_" + bucket
+	inbox := nc.NewRespInbox()
+	sub, err := nc.SubscribeSync(inbox)
 	if err != nil {
-		return nil, fmt.Errorf("list bucket %s: %w", kv.Bucket(), err)
+		return nil, fmt.Errorf("read bucket %s: %w", bucket, err)
 	}
-	var keys []string
-	for k := range lister.Keys() {
-		keys = append(keys, k)
-	}
-	_ = lister.Stop()
-	if err := ctx.Err(); err != nil {
-		return nil, fmt.Errorf("list bucket %s: %w", kv.Bucket(), err)
-	}
-	values = make(map[string][]byte, len(keys))
-	for _, k := range keys {
-		e, err := kv.Get(ctx, k)
-		switch {
-		case errors.Is(err, jetstream.ErrKeyNotFound):
-			continue
-		case err != nil:
-			return nil, fmt.Errorf("read %s from bucket %s: %w", k, kv.Bucket(), err)
+	defer func() { _ = sub.Unsubscribe() }()
+	values := map[string][]byte{}
+	for next := uint64(1); ; {
+		req, err := json.Marshal(struct {
+			Seq        uint64 `json:"seq"`
+			NextBySubj string `json:"next_by_subj"`
+			Batch      int    `json:"batch"`
+		}{next, prefix + ">", MaxBatchKeys})
+		if err != nil {
+			return nil, err
 		}
-		values[k] = e.Value()
+		if err := nc.PublishRequest(subject, inbox, req); err != nil {
+			return nil, fmt.Errorf("read bucket %s: %w", bucket, err)
+		}
+	batch:
+		for {
+			m, err := sub.NextMsgWithContext(ctx)
+			if err != nil {
+				return nil, fmt.Errorf("read bucket %s: %w", bucket, err)
+			}
+			if status := m.Header.Get("Status"); status != "" {
+				switch status {
+				case "204": // end of batch
+					if np := m.Header.Get(numPendingHeader); np == "" || np == "0" {
+						return values, nil
+					}
+				case "404": // nothing at or after next
+					return values, nil
+				case "503":
+					return nil, fmt.Errorf("read bucket %s: %w", bucket, nats.ErrNoResponders)
+				default:
+					return nil, fmt.Errorf("read bucket %s: the servers answered %s %s", bucket, status, m.Header.Get("Description"))
+				}
+				break batch // more after this batch: ask from next on
+			}
+			seq, err := strconv.ParseUint(m.Header.Get(jetstream.SequenceHeader), 10, 64)
+			if err != nil || seq < next {
+				return nil, fmt.Errorf("read bucket %s: an answer with sequence %q after %d", bucket, m.Header.Get(jetstream.SequenceHeader), next)
+			}
+			next = seq + 1
+			key, ok := strings.CutPrefix(m.Header.Get(jetstream.SubjectHeader), prefix)
+			if !ok || key == "" {
+				return nil, fmt.Errorf("read bucket %s: an answer for subject %q", bucket, m.Header.Get(jetstream.SubjectHeader))
+			}
+			switch m.Header.Get(KVOperationHeader) {
+			case KVOperationDelete, KVOperationPurge:
+				delete(values, key)
+				continue
+			}
+			values[key] = m.Data
+		}
 	}
-	return values, nil
 }

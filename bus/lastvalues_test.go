@@ -106,6 +106,18 @@ func TestLastValues_TooManyKeysSaysSo(t *testing.T) {
 	if _, err := LastValues(ctx, js, DrillsBucket); !errors.Is(err, ErrTooManyKeys) {
 		t.Fatalf("%d keys: %v, want ErrTooManyKeys", MaxBatchKeys+1, err)
 	}
+	// ReadAll walks the stream instead, in batches, and keeps the newest
+	// value of each key but no deleted one.
+	if _, err := kv.PutString(ctx, "k0", "v2"); err != nil {
+		t.Fatal(err)
+	}
+	if err := kv.Delete(ctx, "k1"); err != nil {
+		t.Fatal(err)
+	}
+	got, err := ReadAll(ctx, js, kv)
+	if err != nil || len(got) != MaxBatchKeys || string(got["k0"]) != "v2" || got["k1"] != nil || string(got["one-more"]) != "v" {
+		t.Fatalf("ReadAll of %d keys, one deleted: %d keys, k0 %q, k1 %q, %v", MaxBatchKeys+1, len(got), got["k0"], got["k1"], err)
+	}
 }
 
 func slicesOf(m map[string][]byte) map[string]string {

@@ -3,6 +3,7 @@ package bus
 import (
 	"crypto/ed25519"
 	"crypto/sha256"
+	"encoding/binary"
 	"sync"
 	"sync/atomic"
 )
@@ -39,11 +40,16 @@ type signatureCheck struct {
 
 // memoKey hashes what verify checks: the key id, the signed bytes (the
 // signing context and body, hashed in turn rather than copied together) and
-// the signature.
+// the signature. The body's length goes first: without it, the bytes of a
+// verified document with the boundary between body and signature moved
+// (the body's last field in front of the signature) would hash the same
+// and pass unchecked.
 func memoKey(keyID string, body, sig []byte) [sha256.Size]byte {
 	h := sha256.New()
 	h.Write([]byte(keyID))
-	h.Write([]byte{0})
+	var n [9]byte // the 0 that ends the key id, then the body's length
+	binary.BigEndian.PutUint64(n[1:], uint64(len(body)))
+	h.Write(n[:])
 	h.Write([]byte(signingContext))
 	h.Write(body)
 	h.Write(sig)

@@ -1,6 +1,7 @@
 package bus
 
 import (
+	"bytes"
 	"errors"
 	"fmt"
 	"sync"
@@ -128,4 +129,51 @@ func flippedSignature(t *testing.T, raw []byte) []byte {
 		t.Fatal(err)
 	}
 	return forged
+}
+
+// TestDocument_KeyringMemoryTellsBodyFromSignature: the memory of verified
+// signatures must not take other bytes for a document it checked. Moving
+// the boundary between body and signature (the body without its last
+// field, that field in front of the signature) makes bytes whose signature
+// does not verify; they must be refused, not found remembered.
+func TestDocument_KeyringMemoryTellsBodyFromSignature(t *testing.T) {
+	s, ring := testSigner(t, 1, time.Hour)
+	now := time.Now()
+	raw, err := s.SealDesired(&sv1.DesiredState{Service: "web", Generation: 3}, now)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, _, err := ring.OpenDesired(raw, "web", now); err != nil {
+		t.Fatal(err)
+	}
+	var env sv1.SignedDocument
+	if err := proto.Unmarshal(raw, &env); err != nil {
+		t.Fatal(err)
+	}
+	var body sv1.DocumentBody
+	if err := proto.Unmarshal(env.GetBody(), &body); err != nil {
+		t.Fatal(err)
+	}
+	// The body as sealed ends with its payload field; cut it off.
+	noPayload := proto.CloneOf(&body)
+	noPayload.Payload = nil
+	short, err := proto.MarshalOptions{Deterministic: true}.Marshal(noPayload)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !bytes.HasPrefix(env.GetBody(), short) {
+		t.Fatalf("the sealed body does not start with the body without payload")
+	}
+	moved := &sv1.SignedDocument{
+		Body:      short,
+		KeyId:     env.GetKeyId(),
+		Signature: append(bytes.Clone(env.GetBody()[len(short):]), env.GetSignature()...),
+	}
+	forged, err := proto.Marshal(moved)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if h, err := ring.Open(forged, sv1.DocumentKind_DOCUMENT_KIND_DESIRED_STATE, "web", now, new(sv1.DesiredState)); !errors.Is(err, ErrDocumentBadSignature) {
+		t.Fatalf("body and signature with their boundary moved: header %+v, err %v; want %v", h, err, ErrDocumentBadSignature)
+	}
 }

@@ -28,6 +28,10 @@ var (
 	ErrNoSetup = errors.New("auth directory holds no operator (run 'switchyard auth init')")
 	// ErrUnknownName is returned by Revoke for a name never issued.
 	ErrUnknownName = errors.New("no credentials were issued to this name")
+	// ErrNameTaken is returned by Issue and IssueLeaf for a name an
+	// identity of another role holds and that was not revoked: identities
+	// of one name share their inboxes (_INBOX.<name>).
+	ErrNameTaken = errors.New("the name is held by an identity of another role")
 )
 
 // Files of an auth directory. Seeds (*.nk) are secrets: the operator and
@@ -223,6 +227,9 @@ func (s *Setup) Issue(role bus.Role, name string) ([]byte, error) {
 	if _, err := bus.RolePermissions(role); err != nil {
 		return nil, fmt.Errorf("--role: %w", err)
 	}
+	if err := s.nameFree(name, role); err != nil {
+		return nil, err
+	}
 	signer, err := readKey(filepath.Join(s.dir, signingDir, string(role)+".nk"))
 	if err != nil {
 		return nil, err
@@ -296,6 +303,22 @@ func (s *Setup) Revoke(name string, at time.Time) (string, error) {
 		return "", err
 	}
 	return token, s.saveIssued(issued)
+}
+
+// nameFree refuses name when an identity of another role than role holds
+// it and was not revoked: permissions grant each identity the inboxes
+// under its name, so the two would read each other's replies.
+func (s *Setup) nameFree(name string, role bus.Role) error {
+	issued, err := s.issued()
+	if err != nil {
+		return err
+	}
+	for _, i := range issued {
+		if i.Name == name && i.Role != role && i.RevokedAt == 0 {
+			return fmt.Errorf("--name %q: %w (%s, user %s); revoke it first or choose another name", name, ErrNameTaken, i.Role, i.PublicKey)
+		}
+	}
+	return nil
 }
 
 // List returns every identity issued, oldest first.

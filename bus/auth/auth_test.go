@@ -3,6 +3,7 @@ package auth_test
 import (
 	"context"
 	"errors"
+	"fmt"
 	"os"
 	"path/filepath"
 	"strings"
@@ -168,7 +169,7 @@ func TestAuth_AgentHasLeastPrivilege(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	// What an agent does: open both buckets, get its document, list the
+	// What an agent does: open both buckets, get its document, read the
 	// drills, follow the key subjects, publish its own telemetry and
 	// status.
 	akv, err := bus.DesiredBucketHandle(ctx, ajs)
@@ -182,19 +183,8 @@ func TestAuth_AgentHasLeastPrivilege(t *testing.T) {
 	if err != nil {
 		t.Fatalf("agent opens the drills bucket: %v", err)
 	}
-	keys, err := adr.ListKeys(ctx)
-	if err != nil {
-		t.Fatalf("agent lists drills: %v", err)
-	}
-	var listed []string
-	for k := range keys.Keys() {
-		listed = append(listed, k)
-	}
-	if len(listed) != 1 || listed[0] != "d1" {
-		t.Fatalf("agent listed drills %v, want [d1]", listed)
-	}
 	// Its resync reads them all without a consumer.
-	if docs, err := bus.LastValues(ctx, ajs, bus.DrillsBucket); err != nil || len(docs) != 1 || string(docs["d1"]) != "drill-1" {
+	if docs, err := bus.ReadAll(ctx, ajs, adr); err != nil || len(docs) != 1 || string(docs["d1"]) != "drill-1" {
 		t.Fatalf("agent reads every drill in one batch: %v %v", docs, err)
 	}
 	push, err := agent.nc.SubscribeSync(bus.DesiredKeySubject("web"))
@@ -251,6 +241,11 @@ func TestAuth_AgentHasLeastPrivilege(t *testing.T) {
 	}
 	wcancel()
 	refusesDesiredConsumers(t, ctx, "agent", ajs, akv)
+	lctx, lcancel := context.WithTimeout(ctx, 2*time.Second)
+	if _, err := adr.ListKeys(lctx); err == nil {
+		t.Fatal("agent listed the drills bucket through a consumer")
+	}
+	lcancel()
 	// Reading another inbox (another identity's answers) is refused.
 	if _, err := agent.nc.SubscribeSync(bus.InboxPrefix("coord-1") + ".>"); err != nil {
 		t.Fatal(err)
@@ -558,5 +553,115 @@ func TestAuth_InitRefusesAnExistingSetupAndBadInput(t *testing.T) {
 	}
 	if _, err := (bus.Security{CA: filepath.Join(dir, "operator.jwt")}).Options("--nats-"); err == nil || !strings.Contains(err.Error(), "--nats-ca") {
 		t.Fatalf("not a CA: %v", err)
+	}
+}
+
+// TestAuth_NameHeldByAnotherRoleIsNotIssued: permissions let an identity
+// subscribe to _INBOX.<its name>.> only, so two live identities of one
+// name share their inboxes. An agent issued under a coordinator's name
+// would read the coordinator's replies (its JetStream answers, the intents
+// it fetches). Issuing a name another role holds is refused; issuing it
+// again in the same role (a new key for the same node), or once the other
+// is revoked, is not.
+func TestAuth_NameHeldByAnotherRoleIsNotIssued(t *testing.T) {
+	s := startSecured(t)
+	coord := s.connect(t, s.issue(t, bus.RoleCoordinator, "c1"))
+
+	creds, err := s.setup.Issue(bus.RoleAgent, "c1")
+	if err == nil {
+		// Show what the agent can do with them.
+		path := filepath.Join(s.dir, "agent-c1.creds")
+		if err := os.WriteFile(path, creds, 0o600); err != nil {
+			t.Fatal(err)
+		}
+		agent := s.connect(t, bus.Security{Creds: path, CA: s.ca.CAPath()})
+		sub, err := agent.nc.SubscribeSync(bus.InboxPrefix("c1") + ".>")
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := agent.nc.Flush(); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := coord.nc.Request("$JS.API.INFO", nil, 5*time.Second); err != nil {
+			t.Fatal(err)
+		}
+		if m, err := sub.NextMsg(5 * time.Second); err == nil {
+			t.Fatalf("an agent was issued the coordinator's name and read its reply on %s", m.Subject)
+		}
+		t.Fatal("an agent was issued the name a coordinator holds")
+	}
+	if !errors.Is(err, auth.ErrNameTaken) {
+		t.Fatalf("agent named like a coordinator: %v, want %v", err, auth.ErrNameTaken)
+	}
+	if _, err := s.setup.IssueLeaf("c1"); !errors.Is(err, auth.ErrNameTaken) {
+		t.Fatalf("leaf named like a coordinator: %v, want %v", err, auth.ErrNameTaken)
+	}
+	if _, err := s.setup.Issue(bus.RoleCoordinator, "c1"); err != nil {
+		t.Fatalf("a second key for the coordinator's name: %v", err)
+	}
+	if _, err := s.setup.Revoke("c1", time.Now()); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := s.setup.Issue(bus.RoleAgent, "c1"); err != nil {
+		t.Fatalf("the name of a revoked coordinator for an agent: %v", err)
+	}
+}
+
+// TestAuth_AgentCannotMakeTheServersPublishForIt: a push consumer's
+// deliver subject is in the request's body, which no subject permission
+// sees, and JetStream delivers on it whatever the creator may publish. An
+// agent allowed to create consumers on the drills bucket's stream could
+// make the servers publish every drill on another node's status or
+// telemetry, on the desired-state key subjects every agent follows, or
+// into the intent stream. Agents read the bucket with batched direct gets
+// only, past MaxBatchKeys keys too; creating a consumer is refused.
+func TestAuth_AgentCannotMakeTheServersPublishForIt(t *testing.T) {
+	s := startSecured(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	coord := s.connect(t, s.issue(t, bus.RoleCoordinator, "coord-1"))
+	cjs, err := jetstream.New(coord.nc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	drills, err := bus.EnsureDrillsBucket(ctx, cjs, 1)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i := range bus.MaxBatchKeys + 1 {
+		if _, err := drills.PutString(ctx, fmt.Sprintf("d%d", i), "drill"); err != nil {
+			t.Fatal(err)
+		}
+	}
+	heard, err := coord.nc.SubscribeSync(bus.StatusSubject("edge-2"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := coord.nc.Flush(); err != nil {
+		t.Fatal(err)
+	}
+
+	agent := s.connect(t, s.issue(t, bus.RoleAgent, "edge-1"))
+	ajs, err := jetstream.New(agent.nc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	akv, err := ajs.KeyValue(ctx, bus.DrillsBucket)
+	if err != nil {
+		t.Fatal(err)
+	}
+	// What an agent's resync does with more drills than one batch holds.
+	if all, err := bus.ReadAll(ctx, ajs, akv); err != nil || len(all) != bus.MaxBatchKeys+1 {
+		t.Fatalf("agent reads %d drills: %d, %v", bus.MaxBatchKeys+1, len(all), err)
+	}
+
+	stream := "KV_" + bus.DrillsBucket
+	req := fmt.Sprintf(`{"stream_name":%q,"config":{"name":"relay","deliver_subject":%q,"deliver_policy":"all","ack_policy":"none"},"action":"create"}`,
+		stream, bus.StatusSubject("edge-2"))
+	if m, err := agent.nc.Request("$JS.API.CONSUMER.CREATE."+stream+".relay", []byte(req), 2*time.Second); err == nil {
+		t.Logf("consumer create answered: %s", m.Data)
+	}
+	if m, err := heard.NextMsg(2 * time.Second); err == nil {
+		t.Fatalf("the servers published drill %q on %s for an agent", m.Data, m.Subject)
 	}
 }

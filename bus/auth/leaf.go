@@ -23,6 +23,9 @@ func (s *Setup) IssueLeaf(name string) ([]byte, error) {
 	if err := names.Validate(name); err != nil {
 		return nil, fmt.Errorf("--name: %w", err)
 	}
+	if err := s.nameFree(name, RoleLeaf); err != nil {
+		return nil, err
+	}
 	user, err := nkeys.CreateUser()
 	if err != nil {
 		return nil, err
