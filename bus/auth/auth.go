@@ -4,6 +4,7 @@
 package auth
 
 import (
+	"bytes"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -143,18 +144,9 @@ func Init(dir, operatorName string) (*Setup, error) {
 		if err != nil {
 			return nil, err
 		}
-		perms, err := bus.RolePermissions(role)
+		scope, err := roleScope(role, kp)
 		if err != nil {
 			return nil, err
-		}
-		scope := jwt.NewUserScope()
-		scope.Key = mustPublic(kp)
-		scope.Role = string(role)
-		scope.Description = "Switchyard " + string(role) + " identities"
-		scope.Template.Pub.Allow = perms.Publish
-		scope.Template.Sub.Allow = perms.Subscribe
-		if perms.Responses {
-			scope.Template.Resp = &jwt.ResponsePermission{MaxMsgs: 1, Expires: time.Minute}
 		}
 		ac.SigningKeys.AddScopedSigner(scope)
 	}
@@ -178,6 +170,89 @@ func Init(dir, operatorName string) (*Setup, error) {
 		return nil, err
 	}
 	return s, nil
+}
+
+// roleScope is the scoped signing key of role: what every identity of the
+// role may do, as this release of Switchyard grants it (bus.RolePermissions).
+func roleScope(role bus.Role, kp nkeys.KeyPair) (*jwt.UserScope, error) {
+	perms, err := bus.RolePermissions(role)
+	if err != nil {
+		return nil, err
+	}
+	scope := jwt.NewUserScope()
+	scope.Key = mustPublic(kp)
+	scope.Role = string(role)
+	scope.Description = "Switchyard " + string(role) + " identities"
+	scope.Template.Pub.Allow = perms.Publish
+	scope.Template.Sub.Allow = perms.Subscribe
+	if perms.Responses {
+		scope.Template.Resp = &jwt.ResponsePermission{MaxMsgs: 1, Expires: time.Minute}
+	}
+	return scope, nil
+}
+
+// Refresh brings the account's role templates to this release's
+// permissions (an auth directory made by an earlier release may grant a
+// role more, or less, than it now needs) and, when they changed, re-signs
+// the account and saves it. The signing keys stay, so every identity
+// issued keeps working, under the new templates once the account reaches
+// the servers (Push). changed says whether anything was re-signed.
+func (s *Setup) Refresh() (token string, changed bool, err error) {
+	ac, err := jwt.DecodeAccountClaims(s.AccountJWT)
+	if err != nil {
+		return "", false, fmt.Errorf("read account: %w", err)
+	}
+	if changed, err = s.refreshScopes(ac); err != nil || !changed {
+		return s.AccountJWT, false, err
+	}
+	token, err = s.saveAccount(ac)
+	return token, err == nil, err
+}
+
+// refreshScopes sets every role's scope in ac to roleScope's, and says
+// whether any differed.
+func (s *Setup) refreshScopes(ac *jwt.AccountClaims) (bool, error) {
+	changed := false
+	for _, role := range bus.Roles {
+		kp, err := readKey(filepath.Join(s.dir, signingDir, string(role)+".nk"))
+		if err != nil {
+			return false, err
+		}
+		want, err := roleScope(role, kp)
+		if err != nil {
+			return false, err
+		}
+		// Compared as the account JWT carries them.
+		have, _ := ac.SigningKeys.GetScope(want.Key)
+		hb, _ := json.Marshal(have)
+		wb, err := json.Marshal(want)
+		if err != nil {
+			return false, err
+		}
+		if bytes.Equal(hb, wb) {
+			continue
+		}
+		ac.SigningKeys.AddScopedSigner(want)
+		changed = true
+	}
+	return changed, nil
+}
+
+// saveAccount signs ac and writes it, with the server config that embeds
+// it.
+func (s *Setup) saveAccount(ac *jwt.AccountClaims) (string, error) {
+	token, err := ac.Encode(s.operator)
+	if err != nil {
+		return "", fmt.Errorf("sign account: %w", err)
+	}
+	if err := writeFile(filepath.Join(s.dir, accountJWTFile), []byte(token), 0o644); err != nil {
+		return "", err
+	}
+	s.AccountJWT = token
+	if err := writeFile(filepath.Join(s.dir, ServerConfigFile), []byte(s.ServerConfig("jwt")), 0o644); err != nil {
+		return "", err
+	}
+	return token, nil
 }
 
 // Load reads the setup in dir.
@@ -291,15 +366,12 @@ func (s *Setup) Revoke(name string, at time.Time) (string, error) {
 	if !found {
 		return "", fmt.Errorf("--name %q: %w", name, ErrUnknownName)
 	}
-	token, err := ac.Encode(s.operator)
-	if err != nil {
-		return "", fmt.Errorf("sign account: %w", err)
-	}
-	if err := writeFile(filepath.Join(s.dir, accountJWTFile), []byte(token), 0o644); err != nil {
+	// Re-signed anyway: with this release's role templates too.
+	if _, err := s.refreshScopes(ac); err != nil {
 		return "", err
 	}
-	s.AccountJWT = token
-	if err := writeFile(filepath.Join(s.dir, ServerConfigFile), []byte(s.ServerConfig("jwt")), 0o644); err != nil {
+	token, err := s.saveAccount(ac)
+	if err != nil {
 		return "", err
 	}
 	return token, s.saveIssued(issued)

@@ -1,6 +1,7 @@
 package auth_test
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -11,9 +12,11 @@ import (
 	"testing"
 	"time"
 
+	"github.com/nats-io/jwt/v2"
 	"github.com/nats-io/nats-server/v2/server"
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
+	"github.com/nats-io/nkeys"
 
 	"github.com/switchyard/switchyard/bus"
 	"github.com/switchyard/switchyard/bus/auth"
@@ -663,5 +666,113 @@ func TestAuth_AgentCannotMakeTheServersPublishForIt(t *testing.T) {
 	}
 	if m, err := heard.NextMsg(2 * time.Second); err == nil {
 		t.Fatalf("the servers published drill %q on %s for an agent", m.Data, m.Subject)
+	}
+}
+
+// An auth directory made by an earlier release keeps that release's role
+// templates in its account: one whose agent template still allowed
+// consumers on the drills bucket's stream. auth push (Refresh, then Push)
+// re-signs the account with this release's templates, keeping every
+// signing key, so the agent issued before, still connected, is refused the
+// consumer from then on, and a second push finds nothing to change.
+func TestAuth_PushBringsAnOldAccountToThisReleasesTemplates(t *testing.T) {
+	dir := t.TempDir()
+	authDir := filepath.Join(dir, "auth")
+	if _, err := auth.Init(authDir, "test"); err != nil {
+		t.Fatal(err)
+	}
+	// The earlier release's agent template.
+	seed, err := os.ReadFile(filepath.Join(authDir, "operator.nk"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	operator, err := nkeys.FromSeed(bytes.TrimSpace(seed))
+	if err != nil {
+		t.Fatal(err)
+	}
+	raw, err := os.ReadFile(filepath.Join(authDir, "account.jwt"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	ac, err := jwt.DecodeAccountClaims(strings.TrimSpace(string(raw)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	old := "$JS.API.CONSUMER.CREATE.KV_" + bus.DrillsBucket + ".>"
+	for key := range ac.SigningKeys {
+		if sc, _ := ac.SigningKeys.GetScope(key); sc != nil && sc.(*jwt.UserScope).Role == string(bus.RoleAgent) {
+			us := sc.(*jwt.UserScope)
+			us.Template.Pub.Allow.Add(old)
+		}
+	}
+	token, err := ac.Encode(operator)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(authDir, "account.jwt"), []byte(token), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	setup, err := auth.Load(authDir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ca, err := certs.NewCA(filepath.Join(dir, "tls"), "test CA")
+	if err != nil {
+		t.Fatal(err)
+	}
+	srvCert, err := ca.Issue("nats", []string{"127.0.0.1", "localhost"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	store := filepath.Join(dir, "nats")
+	ns, err := bus.RunEmbedded(bus.EmbeddedOptions{StoreDir: store, AuthConfig: setup.ServerConfig(filepath.Join(store, "jwt")), TLS: srvCert})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { ns.Shutdown(); ns.WaitForShutdown() })
+	s := &securedServer{ns: ns, setup: setup, ca: ca, dir: dir}
+
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	coord := s.connect(t, s.issue(t, bus.RoleCoordinator, "coord-1"))
+	cjs, _ := jetstream.New(coord.nc)
+	if _, err := bus.EnsureDrillsBucket(ctx, cjs, 1); err != nil {
+		t.Fatal(err)
+	}
+	agentSec := s.issue(t, bus.RoleAgent, "edge-1")
+	stream := "KV_" + bus.DrillsBucket
+	// One connection throughout: the servers apply the new template to
+	// the identities already connected.
+	agent := s.connect(t, agentSec)
+	createConsumer := func(name string) error {
+		req := fmt.Sprintf(`{"stream_name":%q,"config":{"name":%q,"ack_policy":"none"},"action":"create"}`, stream, name)
+		m, err := agent.nc.Request("$JS.API.CONSUMER.CREATE."+stream+"."+name, []byte(req), 2*time.Second)
+		if err != nil {
+			return err
+		}
+		if strings.Contains(string(m.Data), `"error"`) {
+			return fmt.Errorf("%s", m.Data)
+		}
+		return nil
+	}
+	if err := createConsumer("before"); err != nil {
+		t.Fatalf("the earlier release's template does not allow the consumer, so this test proves nothing: %v", err)
+	}
+
+	pushed, changed, err := setup.Refresh()
+	if err != nil || !changed {
+		t.Fatalf("refresh of an old account: changed %v, %v", changed, err)
+	}
+	sys := s.connect(t, bus.Security{Creds: filepath.Join(authDir, auth.SystemCredsFile), CA: ca.CAPath()})
+	if err := auth.Push(ctx, sys.nc, pushed); err != nil {
+		t.Fatal(err)
+	}
+	if err := createConsumer("after"); err == nil {
+		t.Fatal("after the push the agent issued before may still create consumers")
+	}
+	if again, err := auth.Load(authDir); err != nil {
+		t.Fatal(err)
+	} else if _, changed, err := again.Refresh(); err != nil || changed {
+		t.Fatalf("a second refresh: changed %v, %v; want nothing to change", changed, err)
 	}
 }

@@ -122,6 +122,17 @@ func runAuth(ctx context.Context, args []string, stdout, stderr io.Writer) error
 			return err
 		}
 		token := s.AccountJWT
+		if verb == "push" {
+			// An auth directory made by an earlier release carries its
+			// role templates: bring them to this release's first.
+			var changed bool
+			if token, changed, err = s.Refresh(); err != nil {
+				return err
+			}
+			if changed {
+				fmt.Fprintf(stdout, "account in %s re-signed with this release's role permissions\n", s.Dir())
+			}
+		}
 		if verb == "revoke" {
 			if token, err = s.Revoke(*name, time.Now()); err != nil {
 				return err
