@@ -162,15 +162,15 @@ func (c *Controller) watch(d *sv1.Drill, now time.Time) error {
 		if r := c.rolloutOf(d); r != nil && (r.GetPhase() == sv1.RolloutPhase_ROLLOUT_PHASE_PROMOTED || r.GetPhase() == sv1.RolloutPhase_ROLLOUT_PHASE_COMPLETED) {
 			return c.end(d, now, true, "the rollout was promoted: the guardrails did not catch the fault")
 		}
-		return nil
 	}
 	if sp.GetKeepOnBreach() {
 		return nil
 	}
 	// Guardrails outside the targets: a rollback of any rollout of the
-	// service since the drill began, or errors on the other nodes.
+	// service since the drill began (what a rollback drill waits for, so
+	// not for it), or errors on the other nodes.
 	for _, r := range c.State.Rollouts() {
-		if r.GetSpec().GetService() != sp.GetService() || r.GetEvidence() == nil {
+		if sp.GetRollout() != "" || r.GetSpec().GetService() != sp.GetService() || r.GetEvidence() == nil {
 			continue
 		}
 		if at, ok := rollbackAt(r); ok && at.After(d.GetStartAt().AsTime()) {
