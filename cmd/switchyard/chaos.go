@@ -93,7 +93,7 @@ func chaosDryRun(ctx context.Context, c clientFlags, sp *sv1.DrillSpec, stdout i
 		}
 		r := ans.GetRollouts()[0].GetRollout()
 		fmt.Fprintf(stdout, "Rollback drill inside %s (%s): the targets are the nodes of its current wave when it starts.\n", id, state.PhaseName(r.GetPhase()))
-		targets = currentWave(r, live)
+		targets = chaos.Select(sp, currentWave(r, live))
 	}
 	if err := chaos.CheckCap(sp, len(targets), len(live)); err != nil {
 		return fmt.Errorf("the coordinators would refuse this drill: %w", err)
@@ -190,15 +190,15 @@ func chaosStatus(ctx context.Context, args []string, stdout, stderr io.Writer) e
 
 // currentWave lists the live nodes whose wave is the rollout's current one:
 // the first wave, in spec order, that takes them.
-func currentWave(r *sv1.Rollout, live []chaos.Node) []string {
+func currentWave(r *sv1.Rollout, live []chaos.Node) []chaos.Node {
 	plan := spec.Compile(r.GetSpec())
-	var out []string
+	var out []chaos.Node
 	for _, n := range live {
 		for i, pw := range plan {
 			ww := &sv1.WaveWeights{Selector: pw.Wave.GetSelector(), BasisPoints: pw.Wave.GetBasisPoints()}
 			if desired.InWave(r.GetId(), n.ID, n.Labels, ww) {
 				if int32(i) == r.GetWave() {
-					out = append(out, n.ID)
+					out = append(out, n)
 				}
 				break
 			}

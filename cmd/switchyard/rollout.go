@@ -514,11 +514,7 @@ func printRolloutDetail(w io.Writer, v *sv1.RolloutView) {
 	sp := r.GetSpec()
 	fmt.Fprintf(w, "Rollout:     %s\n", r.GetId())
 	fmt.Fprintf(w, "Service:     %s (%s -> %s, %s)\n", sp.GetService(), sp.GetFrom(), sp.GetTo(), strategyName(sp))
-	phase := state.PhaseName(r.GetPhase())
-	if r.GetPaused() {
-		phase += " (paused)"
-	}
-	fmt.Fprintf(w, "Phase:       %s\n", phase)
+	fmt.Fprintf(w, "Phase:       %s\n", phaseOf(r))
 	fmt.Fprintf(w, "Position:    %s\n", position(r))
 	if v.GetWaiting() != "" {
 		fmt.Fprintf(w, "Waiting for: %s\n", v.GetWaiting())

@@ -322,15 +322,22 @@ func bar(done, total int) string {
 	return "[" + strings.Repeat("#", n) + strings.Repeat(".", width-n) + "]"
 }
 
+// phaseOf names a rollout's phase for people. The paused mark outlives a
+// promotion or rollback of a paused rollout in the replicated record, where
+// no resume can clear it; it is shown only while the rollout progresses.
+func phaseOf(r *sv1.Rollout) string {
+	phase := state.PhaseName(r.GetPhase())
+	if r.GetPaused() && r.GetPhase() == sv1.RolloutPhase_ROLLOUT_PHASE_PROGRESSING {
+		phase += " (paused)"
+	}
+	return phase
+}
+
 func renderWatch(v *sv1.RolloutView) string {
 	var b strings.Builder
 	r := v.GetRollout()
 	sp := r.GetSpec()
-	phase := state.PhaseName(r.GetPhase())
-	if r.GetPaused() {
-		phase += " (paused)"
-	}
-	fmt.Fprintf(&b, "%s  %s: %s -> %s  %s  generation %d  converged %s\n\n", r.GetId(), sp.GetService(), sp.GetFrom(), sp.GetTo(), phase, r.GetGeneration(), convergence(v))
+	fmt.Fprintf(&b, "%s  %s: %s -> %s  %s  generation %d  converged %s\n\n", r.GetId(), sp.GetService(), sp.GetFrom(), sp.GetTo(), phaseOf(r), r.GetGeneration(), convergence(v))
 	plan := spec.Compile(sp)
 	for i, pw := range plan {
 		done := 0

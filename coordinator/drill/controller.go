@@ -8,7 +8,6 @@ package drill
 import (
 	"fmt"
 	"log/slog"
-	"slices"
 	"strings"
 	"time"
 
@@ -93,7 +92,7 @@ func (c *Controller) end(d *sv1.Drill, now time.Time, aborted bool, reason strin
 
 // Targets chooses a drill's nodes among the live ones now, or says why it
 // cannot run. A rollback drill targets the nodes of its rollout's current
-// wave.
+// wave that its selector and percent take.
 func Targets(d *sv1.Drill, st State, live []chaos.Node) ([]string, error) {
 	sp := d.GetSpec()
 	var targets []string
@@ -108,12 +107,15 @@ func Targets(d *sv1.Drill, st State, live []chaos.Node) ([]string, error) {
 			return nil, fmt.Errorf("rollout %s is not progressing", id)
 		}
 		ds := st.Desired(sp.GetService())
+		var wave []chaos.Node
 		for _, n := range live {
-			if _, wave, ok := desired.Evaluate(ds, n.ID, n.Labels); ok && wave == r.GetWave() && desired.Selects(sp.GetSelector(), n.Labels) {
-				targets = append(targets, n.ID)
+			if _, w, ok := desired.Evaluate(ds, n.ID, n.Labels); ok && w == r.GetWave() {
+				wave = append(wave, n)
 			}
 		}
-		slices.Sort(targets)
+		// The drill's selector and percent narrow the wave as they
+		// narrow the live nodes for any other drill.
+		targets = chaos.Select(sp, wave)
 	} else {
 		targets = chaos.Select(sp, live)
 	}
@@ -162,15 +164,15 @@ func (c *Controller) watch(d *sv1.Drill, now time.Time) error {
 		if r := c.rolloutOf(d); r != nil && (r.GetPhase() == sv1.RolloutPhase_ROLLOUT_PHASE_PROMOTED || r.GetPhase() == sv1.RolloutPhase_ROLLOUT_PHASE_COMPLETED) {
 			return c.end(d, now, true, "the rollout was promoted: the guardrails did not catch the fault")
 		}
-		return nil
 	}
 	if sp.GetKeepOnBreach() {
 		return nil
 	}
 	// Guardrails outside the targets: a rollback of any rollout of the
-	// service since the drill began, or errors on the other nodes.
+	// service since the drill began (what a rollback drill waits for, so
+	// not for it), or errors on the other nodes.
 	for _, r := range c.State.Rollouts() {
-		if r.GetSpec().GetService() != sp.GetService() || r.GetEvidence() == nil {
+		if sp.GetRollout() != "" || r.GetSpec().GetService() != sp.GetService() || r.GetEvidence() == nil {
 			continue
 		}
 		if at, ok := rollbackAt(r); ok && at.After(d.GetStartAt().AsTime()) {

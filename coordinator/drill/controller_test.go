@@ -159,3 +159,95 @@ func TestDrill_StopAllEndsEveryDrill(t *testing.T) {
 		t.Fatal("document not marked aborted")
 	}
 }
+
+// A rollback drill aborts, like any drill without keepOnBreach, when the
+// nodes outside its targets suffer: proving that guardrails catch a bad
+// green on one wave must not keep hurting the rest of the fleet until the
+// drill's duration is over.
+func TestDrill_RollbackDrillAbortsWhenTheRestOfTheFleetSuffers(t *testing.T) {
+	st := state.New()
+	sp := &sv1.RolloutSpec{Name: "web-1", Service: "web", From: "blue", To: "green",
+		Strategy: &sv1.Strategy{Kind: &sv1.Strategy_Canary{Canary: &sv1.Canary{Steps: []*sv1.Step{
+			{Kind: &sv1.Step_SetWeight{SetWeight: 20}}, {Kind: &sv1.Step_Pause{Pause: &sv1.Pause{}}}}}}},
+		Waves: []*sv1.WaveSpec{{Name: "eu", Selector: map[string]string{"region": "eu"}, BasisPoints: 10000}, {Name: "rest", BasisPoints: 10000}}}
+	if a := st.ApplyIntent(1, &sv1.IntentEntry{StampedAt: timestamppb.New(t0), Intent: &sv1.Intent{Id: "r", Operator: "ana",
+		Action: &sv1.Intent_ApplyRollout{ApplyRollout: &sv1.ApplyRollout{Spec: sp}}}}); !a.Result.GetAccepted() {
+		t.Fatal(a.Result)
+	}
+	ds, err := chaos.ParseDrill([]byte(`
+version: v1
+name: d1
+service: web
+rollout: web-1
+maxNodes: 1
+maxPercent: 50
+duration: 10m
+fault:
+  http: {backend: green, errorPercent: 50}
+`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if a := st.ApplyIntent(2, &sv1.IntentEntry{StampedAt: timestamppb.New(t0), Intent: &sv1.Intent{Id: "d", Operator: "sre",
+		Action: &sv1.Intent_RunDrill{RunDrill: &sv1.RunDrill{Spec: ds}}}}); !a.Result.GetAccepted() {
+		t.Fatal(a.Result)
+	}
+	live := []chaos.Node{{ID: "a", Labels: map[string]string{"region": "eu"}}, {ID: "b", Labels: map[string]string{"region": "us"}},
+		{ID: "c", Labels: map[string]string{"region": "us"}}}
+	h := &fakeHealth{}
+	c := &Controller{State: st, Raft: &memRaft{st: st, index: 2}, Fleet: &fakeFleet{live: live}, Health: h}
+	_ = c.Step(t0.Add(time.Second))
+	if d := st.Drill("d1"); d.GetPhase() != sv1.DrillPhase_DRILL_PHASE_RUNNING || strings.Join(d.GetTargets(), ",") != "a" {
+		t.Fatalf("rollback drill: %v targets %v (%q)", d.GetPhase(), d.GetTargets(), d.GetAbortReason())
+	}
+	h.req, h.errs = 1000, 200 // 20% errors on b and c, which the drill does not target
+	_ = c.Step(t0.Add(10 * time.Second))
+	d := st.Drill("d1")
+	if d.GetPhase() != sv1.DrillPhase_DRILL_PHASE_ABORTED || !strings.Contains(d.GetAbortReason(), "outside the drill's targets") {
+		t.Fatalf("rollback drill with 20%% errors outside its targets: %v %q", d.GetPhase(), d.GetAbortReason())
+	}
+}
+
+// A rollback drill's targets are the nodes of its rollout's current wave
+// that its selector and percent take: percent narrows them as it does for
+// any drill, rather than being ignored.
+func TestDrill_RollbackDrillTakesItsPercentOfTheWave(t *testing.T) {
+	st := state.New()
+	sp := &sv1.RolloutSpec{Name: "web-1", Service: "web", From: "blue", To: "green",
+		Strategy: &sv1.Strategy{Kind: &sv1.Strategy_Canary{Canary: &sv1.Canary{Steps: []*sv1.Step{
+			{Kind: &sv1.Step_SetWeight{SetWeight: 20}}, {Kind: &sv1.Step_Pause{Pause: &sv1.Pause{}}}}}}}}
+	if a := st.ApplyIntent(1, &sv1.IntentEntry{StampedAt: timestamppb.New(t0), Intent: &sv1.Intent{Id: "r", Operator: "ana",
+		Action: &sv1.Intent_ApplyRollout{ApplyRollout: &sv1.ApplyRollout{Spec: sp}}}}); !a.Result.GetAccepted() {
+		t.Fatal(a.Result)
+	}
+	ds, err := chaos.ParseDrill([]byte(`
+version: v1
+name: d1
+service: web
+rollout: web-1
+percent: 30
+maxNodes: 20
+maxPercent: 100
+duration: 10m
+fault:
+  http: {backend: green, errorPercent: 50}
+`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var live []chaos.Node
+	for _, id := range []string{"e1", "e2", "e3", "e4", "e5", "e6", "e7", "e8", "e9", "e10", "e11", "e12"} {
+		live = append(live, chaos.Node{ID: id})
+	}
+	want := chaos.Select(ds, live)
+	if len(want) == 0 || len(want) == len(live) {
+		t.Fatalf("test needs a percent that takes some of the wave, took %v", want)
+	}
+	got, err := Targets(&sv1.Drill{Spec: ds}, st, live)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if strings.Join(got, ",") != strings.Join(want, ",") {
+		t.Fatalf("rollback drill at 30%% of a wave of %d nodes targets %v, want %v", len(live), got, want)
+	}
+}

@@ -264,8 +264,10 @@ func (c *Controller) Step(now time.Time) error {
 			continue
 		}
 		if r.GetHoldStart() {
-			// A first wave's manual gate is opened by an approval only.
-			if c.Gate != nil && r.GetPhase() == sv1.RolloutPhase_ROLLOUT_PHASE_PROGRESSING && !r.GetStartGate() {
+			// A first wave's manual gate is opened by an approval only. A
+			// paused rollout does not start (pause stops advancing), and
+			// its gates are asked again once it is resumed.
+			if c.Gate != nil && r.GetPhase() == sv1.RolloutPhase_ROLLOUT_PHASE_PROGRESSING && !r.GetStartGate() && !r.GetPaused() {
 				if _, err := c.Gate.Start(r, now); err != nil {
 					return fmt.Errorf("rollout %s: start: %w", r.GetId(), err)
 				}

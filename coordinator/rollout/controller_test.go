@@ -10,6 +10,7 @@ import (
 	"google.golang.org/protobuf/types/known/timestamppb"
 
 	"github.com/switchyard/switchyard/coordinator/analysis"
+	"github.com/switchyard/switchyard/coordinator/hooks"
 	"github.com/switchyard/switchyard/coordinator/state"
 	"github.com/switchyard/switchyard/internal/clock"
 	"github.com/switchyard/switchyard/internal/spec"
@@ -265,5 +266,95 @@ func TestRollout_ControllerLeavesTheFirstWaveGateToAnApproval(t *testing.T) {
 	}
 	if g.starts != 0 || !st.Rollout(sp.GetName()).GetHoldStart() {
 		t.Fatalf("gate asked to start %d times; held %v", g.starts, st.Rollout(sp.GetName()).GetHoldStart())
+	}
+}
+
+// gateRaft commits the webhook gate's entries to the same state, as the
+// FSM would.
+type gateRaft struct{ m *memRaft }
+
+func (g gateRaft) HookDue(e *sv1.HookDueEntry) error { g.m.st.ApplyHookDue(g.m.next(), e); return nil }
+func (g gateRaft) Start(e *sv1.RolloutStartEntry) error {
+	g.m.st.ApplyStart(g.m.next(), e)
+	return nil
+}
+
+// heldAtStart applies a rollout held before any traffic by a gating
+// pre-rollout webhook that fails with onFailure.
+func heldAtStart(t *testing.T, onFailure sv1.HookFailure) (*state.State, *memRaft, *Controller) {
+	t.Helper()
+	sp := canary(setW(10), setW(50))
+	sp.Hooks = &sv1.HooksSpec{Webhooks: []*sv1.Webhook{{Name: "freeze", Point: sv1.HookPoint_HOOK_POINT_PRE_ROLLOUT,
+		Url: "http://127.0.0.1:1/", Gating: true, OnFailure: onFailure}}}
+	spec.Default(sp)
+	if err := spec.Validate(sp); err != nil {
+		t.Fatal(err)
+	}
+	st := state.New()
+	if a := st.ApplyIntent(1, &sv1.IntentEntry{StampedAt: timestamppb.New(t0), Rules: state.Rules, Intent: &sv1.Intent{Id: "i1",
+		Action: &sv1.Intent_ApplyRollout{ApplyRollout: &sv1.ApplyRollout{Spec: sp}}}}); !a.Result.GetAccepted() {
+		t.Fatal(a.Result)
+	}
+	if !st.Rollout("r").GetHoldStart() {
+		t.Fatal("not held by its gating pre-rollout webhook")
+	}
+	raft := &memRaft{st: st, index: 1}
+	c := &Controller{State: st, Raft: raft, Fleet: instantFleet{live: 3}, Analyzer: &fixedAnalyzer{}, Gate: &hooks.Gate{Raft: gateRaft{raft}}}
+	return st, raft, c
+}
+
+func preRolloutCalls(r *sv1.Rollout) int {
+	n := 0
+	for _, hc := range r.GetHookCalls() {
+		if hc.GetKey() == state.KeyPreRollout {
+			n++
+		}
+	}
+	return n
+}
+
+// A gating pre-rollout webhook with onFailure: pause pauses the rollout
+// when it refuses; like any pause-gate it is asked again only once an
+// operator resumed the rollout, not on every tick of the controller.
+func TestRollout_PausedByItsPreRolloutGateIsNotAskedAgainUntilResumed(t *testing.T) {
+	st, raft, c := heldAtStart(t, sv1.HookFailure_HOOK_FAILURE_PAUSE)
+	st.ApplyHookResult(raft.next(), &sv1.HookResultEntry{Rollout: "r", Key: state.KeyPreRollout, Webhook: "freeze", Seq: 1,
+		Attempts: 1, Detail: "409 Conflict: change freeze", StampedAt: timestamppb.New(t0.Add(time.Second))})
+	if r := st.Rollout("r"); !r.GetPaused() {
+		t.Fatal("a refusing pause-gate did not pause the rollout")
+	}
+	for i := range 3 {
+		if err := c.Step(t0.Add(time.Duration(2+i) * time.Minute)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	r := st.Rollout("r")
+	if n := preRolloutCalls(r); n != 1 {
+		t.Fatalf("the paused rollout's pre-rollout gate was made due %d times with no resume, want once; history: %v", n, r.GetHistory())
+	}
+}
+
+// `rollout pause` stops advancing: a paused rollout held before its first
+// traffic does not move it when its pre-rollout gate passes.
+func TestRollout_PausedRolloutHeldAtStartDoesNotStartWhenItsGatePasses(t *testing.T) {
+	st, raft, c := heldAtStart(t, sv1.HookFailure_HOOK_FAILURE_HOLD)
+	st.ApplyIntent(raft.next(), &sv1.IntentEntry{StampedAt: timestamppb.New(t0), Intent: &sv1.Intent{Id: "p",
+		Action: &sv1.Intent_PauseRollout{PauseRollout: &sv1.RolloutControl{Rollout: "r"}}}})
+	st.ApplyHookResult(raft.next(), &sv1.HookResultEntry{Rollout: "r", Key: state.KeyPreRollout, Webhook: "freeze", Seq: 1,
+		Ok: true, Attempts: 1, Detail: "200 OK", StampedAt: timestamppb.New(t0.Add(time.Second))})
+	if err := c.Step(t0.Add(2 * time.Second)); err != nil {
+		t.Fatal(err)
+	}
+	r := st.Rollout("r")
+	if !r.GetHoldStart() || len(st.Desired("web").GetWaves()) != 0 {
+		t.Fatalf("a paused rollout moved its first traffic: held %v, desired %v", r.GetHoldStart(), st.Desired("web"))
+	}
+	st.ApplyIntent(raft.next(), &sv1.IntentEntry{StampedAt: timestamppb.New(t0), Intent: &sv1.Intent{Id: "res",
+		Action: &sv1.Intent_ResumeRollout{ResumeRollout: &sv1.RolloutControl{Rollout: "r"}}}})
+	if err := c.Step(t0.Add(3 * time.Second)); err != nil {
+		t.Fatal(err)
+	}
+	if r := st.Rollout("r"); r.GetHoldStart() {
+		t.Fatal("still held after the resume, with its gate passed")
 	}
 }

@@ -144,7 +144,7 @@
       const phase = phaseName(r.phase);
       const live = num(v.live);
       return el("div", { class: "rollout", "data-rollout": r.id, "data-phase": phase },
-        el("h3", {}, r.id, " ", el("span", { class: "phase", "data-phase": phase }, phase + (r.paused ? " (paused)" : ""))),
+        el("h3", {}, r.id, " ", el("span", { class: "phase", "data-phase": phase }, phase + (r.paused && phase === "progressing" ? " (paused)" : ""))),
         el("dl", { class: "kv" },
           el("dt", {}, "service"), el("dd", {}, `${sp.service} (${sp.from} → ${sp.to})`),
           el("dt", {}, "position"), el("dd", { "data-field": "position" }, v.position || "-"),
