@@ -183,7 +183,8 @@ func (t *telemetryLoop) closeWindow(ctx context.Context) {
 	}
 
 	// Without a log socket the first window has no baseline for the
-	// counters, and a proxy that cannot be read gives none: such a window
+	// counters, nor the window after one whose read failed, and a proxy
+	// that cannot be read gives none: such a window
 	// carries no backends at all rather than zeros that look like a quiet
 	// backend. It is still sent when it carries probe results.
 	haveTraffic := logs != nil || (counters != nil && t.prev != nil)
@@ -217,9 +218,9 @@ func (t *telemetryLoop) closeWindow(ctx context.Context) {
 		gw.backends[b] = wc
 		rep.Backends = append(rep.Backends, bh)
 	}
-	if counters != nil {
-		t.prev = counters
-	}
+	// A failed read is no baseline either: deltas from an older one would
+	// credit this window's traffic to the next, under its generation.
+	t.prev = counters
 	t.start, t.startView = end, endView
 
 	if !haveTraffic && len(rep.Probes) == 0 {
