@@ -29,6 +29,15 @@ func counterDelta(prev, cur driver.BackendCounters) (requests, errors uint64) {
 	return requests, min(errors, requests)
 }
 
+// redispatchedDelta is what the Redispatched counter gained between two
+// reads, with a reset told as counterDelta tells it.
+func redispatchedDelta(prev, cur driver.BackendCounters) uint64 {
+	if cur.Requests < prev.Requests || cur.Errors < prev.Errors || cur.Redispatched < prev.Redispatched {
+		return cur.Redispatched
+	}
+	return cur.Redispatched - prev.Redispatched
+}
+
 // logDropReader is implemented by drivers whose proxy counts the request
 // log lines it failed to send (HAProxy's DroppedLogs); the count is
 // cumulative since the proxy started.
@@ -202,6 +211,16 @@ func (t *telemetryLoop) closeWindow(ctx context.Context) {
 				wc.latency = sketch.New()
 			}
 			bh.Latency = wc.latency.ToProto()
+			// The log names only the backend that answered: the requests
+			// this one failed to take and the proxy sent elsewhere are its
+			// failures all the same.
+			cur, okCur := counters[b]
+			prev, okPrev := t.prev[b]
+			if okCur && okPrev {
+				r := redispatchedDelta(prev, cur)
+				wc.requests += r
+				wc.errors += r
+			}
 		}
 		if countFromStats {
 			cur, okCur := counters[b]

@@ -282,3 +282,48 @@ func TestTelemetry_FailedCounterReadIsNoBaseline(t *testing.T) {
 		t.Fatalf("window 3: generation %d, green %d requests; want generation 8, 100 requests", last.GetGeneration(), got)
 	}
 }
+
+// fakeLog is a WindowSource that hands out the window a test set.
+type fakeLog struct{ next map[string]driver.Window }
+
+func (f *fakeLog) TakeWindow() (map[string]driver.Window, bool) {
+	w := f.next
+	f.next = map[string]driver.Window{}
+	return w, true
+}
+
+// TestTelemetry_RequestLogCountsRedispatchedFailures: a request whose
+// connection green refused and that HAProxy redispatched to blue is logged
+// as blue's success only. Green's share of the window is the connections it
+// refused, which the counters carry: with a log socket green must show them
+// as failed requests, not no traffic at all.
+func TestTelemetry_RequestLogCountsRedispatchedFailures(t *testing.T) {
+	counters := func(blueReq, greenRedisp uint64) []driver.BackendCounters {
+		return []driver.BackendCounters{
+			{Backend: "blue", Requests: blueReq},
+			{Backend: "green", Requests: greenRedisp, Errors: greenRedisp, Redispatched: greenRedisp},
+		}
+	}
+	stats := &fakeStats{next: counters(100, 40)}
+	tl, _, sent := newTestTelemetryLoop(t, stats, &appliedView{seq: 1, generation: 7, weights: map[string]uint32{"blue": 50, "green": 50}})
+	logs := &fakeLog{}
+	tl.logs = logs
+
+	lat := sketch.New()
+	lat.AddWithCount(0.002, 20)
+	logs.next = map[string]driver.Window{"blue": {Requests: 20, Latency: lat}}
+	stats.next = counters(120, 50)
+	tl.clock.(*clock.Fake).Advance(time.Second)
+	tl.closeWindow(context.Background())
+
+	if len(*sent) != 1 {
+		t.Fatalf("sent %d reports, want 1", len(*sent))
+	}
+	r := (*sent)[0]
+	if g := backendHealth(r, "green"); g.GetRequests() != 10 || g.GetErrors() != 10 {
+		t.Fatalf("green refused the 10 connections HAProxy redispatched to blue; report says %d requests, %d errors", g.GetRequests(), g.GetErrors())
+	}
+	if b := backendHealth(r, "blue"); b.GetRequests() != 20 || b.GetErrors() != 0 {
+		t.Fatalf("blue answered 20 requests; report says %d requests, %d errors", b.GetRequests(), b.GetErrors())
+	}
+}
