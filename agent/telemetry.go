@@ -29,6 +29,15 @@ func counterDelta(prev, cur driver.BackendCounters) (requests, errors uint64) {
 	return requests, min(errors, requests)
 }
 
+// redispatchedDelta is what the Redispatched counter gained between two
+// reads, with a reset told as counterDelta tells it.
+func redispatchedDelta(prev, cur driver.BackendCounters) uint64 {
+	if cur.Requests < prev.Requests || cur.Errors < prev.Errors || cur.Redispatched < prev.Redispatched {
+		return cur.Redispatched
+	}
+	return cur.Redispatched - prev.Redispatched
+}
+
 // logDropReader is implemented by drivers whose proxy counts the request
 // log lines it failed to send (HAProxy's DroppedLogs); the count is
 // cumulative since the proxy started.
@@ -183,7 +192,8 @@ func (t *telemetryLoop) closeWindow(ctx context.Context) {
 	}
 
 	// Without a log socket the first window has no baseline for the
-	// counters, and a proxy that cannot be read gives none: such a window
+	// counters, nor the window after one whose read failed, and a proxy
+	// that cannot be read gives none: such a window
 	// carries no backends at all rather than zeros that look like a quiet
 	// backend. It is still sent when it carries probe results.
 	haveTraffic := logs != nil || (counters != nil && t.prev != nil)
@@ -201,6 +211,16 @@ func (t *telemetryLoop) closeWindow(ctx context.Context) {
 				wc.latency = sketch.New()
 			}
 			bh.Latency = wc.latency.ToProto()
+			// The log names only the backend that answered: the requests
+			// this one failed to take and the proxy sent elsewhere are its
+			// failures all the same.
+			cur, okCur := counters[b]
+			prev, okPrev := t.prev[b]
+			if okCur && okPrev {
+				r := redispatchedDelta(prev, cur)
+				wc.requests += r
+				wc.errors += r
+			}
 		}
 		if countFromStats {
 			cur, okCur := counters[b]
@@ -217,9 +237,9 @@ func (t *telemetryLoop) closeWindow(ctx context.Context) {
 		gw.backends[b] = wc
 		rep.Backends = append(rep.Backends, bh)
 	}
-	if counters != nil {
-		t.prev = counters
-	}
+	// A failed read is no baseline either: deltas from an older one would
+	// credit this window's traffic to the next, under its generation.
+	t.prev = counters
 	t.start, t.startView = end, endView
 
 	if !haveTraffic && len(rep.Probes) == 0 {

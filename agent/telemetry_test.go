@@ -1,12 +1,15 @@
 package agent
 
 import (
+	"context"
+	"errors"
 	"log/slog"
 	"strings"
 	"testing"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
+	"google.golang.org/protobuf/proto"
 
 	"github.com/switchyard/switchyard/agent/driver"
 	"github.com/switchyard/switchyard/internal/clock"
@@ -188,5 +191,139 @@ func TestTelemetry_GuardOnlyActsWhenTheBusIsGoneLongEnough(t *testing.T) {
 	r := asked()
 	if r == nil || r.generation != 7 || r.seq != 3 || r.from != "blue" || r.to != "green" || !strings.Contains(r.reason, "error rate 50.0%") {
 		t.Fatalf("guard asked %+v", r)
+	}
+}
+
+// fakeStats is a StatsReader whose answers a test sets window by window;
+// a nil answer is a failed read.
+type fakeStats struct{ next []driver.BackendCounters }
+
+func (f *fakeStats) Counters(context.Context) ([]driver.BackendCounters, error) {
+	if f.next == nil {
+		return nil, errors.New("connect to the admin socket: connection refused")
+	}
+	return f.next, nil
+}
+
+// newTestTelemetryLoop is a telemetry loop of service "web" (backends blue
+// and green) whose reports land in the returned slice, as run would start
+// it but without its ticker: the test closes each window itself.
+func newTestTelemetryLoop(t *testing.T, stats driver.StatsReader, view *appliedView) (*telemetryLoop, *serviceWorker, *[]*sv1.HealthReport) {
+	t.Helper()
+	m, err := newMetrics(prometheus.NewRegistry())
+	if err != nil {
+		t.Fatal(err)
+	}
+	w := &serviceWorker{name: "web"}
+	w.view.Store(view)
+	var sent []*sv1.HealthReport
+	tl := &telemetryLoop{
+		service: "web", node: "edge-1", subject: "telemetry.web.edge-1",
+		backends: []string{"blue", "green"}, interval: time.Second,
+		stats: stats, probes: &probeBuffer{}, worker: w, m: m,
+		log: slog.New(slog.DiscardHandler), clock: clock.NewFake(time.Unix(1000, 0)), statTimeout: time.Second,
+		publish: func(_ string, body []byte) (bool, error) {
+			var r sv1.HealthReport
+			if err := proto.Unmarshal(body, &r); err != nil {
+				t.Errorf("decode report: %v", err)
+			}
+			sent = append(sent, &r)
+			return true, nil
+		},
+	}
+	tl.start = tl.clock.Now()
+	tl.startView = w.currentView()
+	tl.prev = tl.readCounters(context.Background())
+	return tl, w, &sent
+}
+
+// TestTelemetry_FailedCounterReadIsNoBaseline: a window in which "show
+// stat" cannot be read (HAProxy restarting, the admin socket busy) sends no
+// backends; the next window must not then report the traffic of both
+// windows as its own, under a generation that held only for the second.
+func TestTelemetry_FailedCounterReadIsNoBaseline(t *testing.T) {
+	counters := func(blue, green uint64) []driver.BackendCounters {
+		return []driver.BackendCounters{{Backend: "blue", Requests: blue}, {Backend: "green", Requests: green}}
+	}
+	stats := &fakeStats{next: counters(1000, 0)}
+	g7 := &appliedView{seq: 1, generation: 7, weights: map[string]uint32{"blue": 100}}
+	tl, w, sent := newTestTelemetryLoop(t, stats, g7)
+	ctx := context.Background()
+	fake := tl.clock.(*clock.Fake)
+
+	// Window 1: generation 8 moves all traffic to green, and the counters
+	// cannot be read at the end of the window.
+	w.view.Store(&appliedView{seq: 2, generation: 8, weights: map[string]uint32{"green": 100}})
+	stats.next = nil
+	fake.Advance(time.Second)
+	tl.closeWindow(ctx)
+	if len(*sent) != 0 {
+		t.Fatalf("a window without counters was sent: %v", (*sent)[0])
+	}
+
+	// Window 2: generation 8 held all of it; blue served 500 requests in
+	// window 1 (under generation 7) and none since.
+	stats.next = counters(1500, 300)
+	fake.Advance(time.Second)
+	tl.closeWindow(ctx)
+	for _, r := range *sent {
+		if r.GetGeneration() == 8 && backendHealth(r, "blue").GetRequests() > 0 {
+			t.Fatalf("window %s..%s of generation 8 credits blue with %d requests that blue served in the window before, under generation 7",
+				r.GetWindowStart().AsTime().Format(time.TimeOnly), r.GetWindowEnd().AsTime().Format(time.TimeOnly), backendHealth(r, "blue").GetRequests())
+		}
+	}
+
+	// Window 3 has a baseline again and counts its own traffic.
+	stats.next = counters(1500, 400)
+	fake.Advance(time.Second)
+	tl.closeWindow(ctx)
+	last := (*sent)[len(*sent)-1]
+	if got := backendHealth(last, "green").GetRequests(); last.GetGeneration() != 8 || got != 100 {
+		t.Fatalf("window 3: generation %d, green %d requests; want generation 8, 100 requests", last.GetGeneration(), got)
+	}
+}
+
+// fakeLog is a WindowSource that hands out the window a test set.
+type fakeLog struct{ next map[string]driver.Window }
+
+func (f *fakeLog) TakeWindow() (map[string]driver.Window, bool) {
+	w := f.next
+	f.next = map[string]driver.Window{}
+	return w, true
+}
+
+// TestTelemetry_RequestLogCountsRedispatchedFailures: a request whose
+// connection green refused and that HAProxy redispatched to blue is logged
+// as blue's success only. Green's share of the window is the connections it
+// refused, which the counters carry: with a log socket green must show them
+// as failed requests, not no traffic at all.
+func TestTelemetry_RequestLogCountsRedispatchedFailures(t *testing.T) {
+	counters := func(blueReq, greenRedisp uint64) []driver.BackendCounters {
+		return []driver.BackendCounters{
+			{Backend: "blue", Requests: blueReq},
+			{Backend: "green", Requests: greenRedisp, Errors: greenRedisp, Redispatched: greenRedisp},
+		}
+	}
+	stats := &fakeStats{next: counters(100, 40)}
+	tl, _, sent := newTestTelemetryLoop(t, stats, &appliedView{seq: 1, generation: 7, weights: map[string]uint32{"blue": 50, "green": 50}})
+	logs := &fakeLog{}
+	tl.logs = logs
+
+	lat := sketch.New()
+	lat.AddWithCount(0.002, 20)
+	logs.next = map[string]driver.Window{"blue": {Requests: 20, Latency: lat}}
+	stats.next = counters(120, 50)
+	tl.clock.(*clock.Fake).Advance(time.Second)
+	tl.closeWindow(context.Background())
+
+	if len(*sent) != 1 {
+		t.Fatalf("sent %d reports, want 1", len(*sent))
+	}
+	r := (*sent)[0]
+	if g := backendHealth(r, "green"); g.GetRequests() != 10 || g.GetErrors() != 10 {
+		t.Fatalf("green refused the 10 connections HAProxy redispatched to blue; report says %d requests, %d errors", g.GetRequests(), g.GetErrors())
+	}
+	if b := backendHealth(r, "blue"); b.GetRequests() != 20 || b.GetErrors() != 0 {
+		t.Fatalf("blue answered 20 requests; report says %d requests, %d errors", b.GetRequests(), b.GetErrors())
 	}
 }

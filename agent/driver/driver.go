@@ -49,6 +49,11 @@ type BackendCounters struct {
 	Requests uint64
 	// Errors counts 5xx answers and connection or response failures.
 	Errors uint64
+	// Redispatched counts the requests, among Requests and Errors, that
+	// this backend failed to take (a refused or failed connection) and
+	// the proxy sent to another backend, which answered them in its own
+	// counts. A request log names only that other backend.
+	Redispatched uint64
 	// Current is the number of open sessions to the backend.
 	Current uint32
 	// Queued is the number of requests waiting for a connection slot.

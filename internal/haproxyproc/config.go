@@ -202,7 +202,8 @@ func Render(c Config) (string, error) {
 	w("    timeout queue 5s")
 	// A failed connect is retried, on another server if there is one, so a
 	// backend that just went away costs latency rather than a client error;
-	// econ/wretr/wredis in "show stat" still count it.
+	// econ/wretr/wredis in "show stat" still count it (a redispatch in the
+	// failing server's wredis only).
 	w("    retries 2")
 	w("    option redispatch")
 	w("")

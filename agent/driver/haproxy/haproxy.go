@@ -341,19 +341,24 @@ func (d *Driver) Counters(ctx context.Context) ([]driver.BackendCounters, error)
 // class), responses that failed (eresp: empty, truncated or invalid, for
 // which HAProxy itself answers 502 without counting it under hrsp_5xx) and
 // requests that could not connect (econ: counted once per request, after
-// its retries; HAProxy's own 503 is not counted under hrsp_5xx either). A
-// response cut short after its headers counts both as a response and in
-// eresp, so it adds one request too many; that is rare and errs towards
-// lower error rates only slightly.
+// its retries; HAProxy's own 503 is not counted under hrsp_5xx either) and
+// requests that could not connect and were sent to another server
+// (wredis: with "option redispatch" and another server in rotation,
+// HAProxy redispatches at the first failed connect and counts it nowhere
+// else on this server, so a server refusing every connection would
+// otherwise look idle). A response cut short after its headers counts both
+// as a response and in eresp, so it adds one request too many; that is
+// rare and errs towards lower error rates only slightly.
 func (s ServerStat) Counters() driver.BackendCounters {
 	responses := s.Hrsp1xx + s.Hrsp2xx + s.Hrsp3xx + s.Hrsp4xx + s.Hrsp5xx + s.HrspOther
 	return driver.BackendCounters{
-		Backend:  s.Backend,
-		Requests: responses + s.Eresp + s.Econ,
-		Errors:   s.Hrsp5xx + s.Eresp + s.Econ,
-		Current:  clampUint32(s.Scur),
-		Queued:   clampUint32(s.Qcur),
-		Weight:   s.Weight,
+		Backend:      s.Backend,
+		Requests:     responses + s.Eresp + s.Econ + s.Wredis,
+		Errors:       s.Hrsp5xx + s.Eresp + s.Econ + s.Wredis,
+		Redispatched: s.Wredis,
+		Current:      clampUint32(s.Scur),
+		Queued:       clampUint32(s.Qcur),
+		Weight:       s.Weight,
 	}
 }
 

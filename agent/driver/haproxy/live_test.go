@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"net"
 	"net/http"
 	"net/http/httptest"
 	"reflect"
@@ -398,5 +399,68 @@ func waitFor(t *testing.T, timeout time.Duration, cond func() bool) {
 			t.Fatalf("condition not met within %v", timeout)
 		}
 		<-tick.C
+	}
+}
+
+// TestLive_RedispatchedConnectFailuresAreErrorsOfTheServer: with another
+// server in rotation, HAProxy ("option redispatch") sends a request whose
+// connection the server refused to the other server at once, counting it
+// in the refusing server's wredis only, neither in its econ nor in any of
+// its responses. A green that refuses every connection must still show
+// failed requests, not a quiet backend.
+func TestLive_RedispatchedConnectFailuresAreErrorsOfTheServer(t *testing.T) {
+	blue := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) { io.WriteString(w, "blue") }))
+	t.Cleanup(blue.Close)
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	refusing := ln.Addr().String() // nothing listens once closed
+	ln.Close()
+	ctx, cancel := context.WithTimeout(context.Background(), 15*time.Second)
+	defer cancel()
+	proc, err := haproxyproc.Start(ctx, haproxyproc.Config{
+		Dir: t.TempDir(), FrontendAddr: "127.0.0.1:0", Backend: "web",
+		Servers: []haproxyproc.Server{
+			{Name: "blue", Addr: blue.Listener.Addr().String(), Weight: 50},
+			{Name: "green", Addr: refusing, Weight: 50},
+		},
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		if err := proc.Stop(); err != nil {
+			t.Error(err)
+		}
+	})
+	l := &live{
+		proc: proc, drv: newDriver(t, blueGreen(proc.SocketPath())),
+		frontend: "http://" + proc.FrontendAddr() + "/",
+		client:   &http.Client{Timeout: 5 * time.Second, Transport: &http.Transport{DisableKeepAlives: true}},
+	}
+	const n = 20
+	l.expectAll(t, n, "blue") // every request green refused was redispatched to blue
+
+	counters, err := l.drv.Counters(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	byName := map[string]driver.BackendCounters{}
+	for _, c := range counters {
+		byName[c.Backend] = c
+	}
+	g, b := byName["green"], byName["blue"]
+	st := stat(t, l.drv, "green")
+	t.Logf("green: %+v; blue: %+v; green stat: econ %d wretr %d wredis %d", g, b, st.Econ, st.Wretr, st.Wredis)
+	if st.Wredis == 0 {
+		t.Fatalf("HAProxy redispatched nothing from green (%+v); the test does not test what it says", st)
+	}
+	if g.Errors == 0 || g.Errors != g.Requests {
+		t.Fatalf("green refused every connection HAProxy tried (%d redispatched), but its counters say %d requests, %d errors",
+			st.Wredis, g.Requests, g.Errors)
+	}
+	if b.Requests != n || b.Errors != 0 {
+		t.Fatalf("blue answered all %d requests: counters say %d requests, %d errors", n, b.Requests, b.Errors)
 	}
 }

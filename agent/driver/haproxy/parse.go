@@ -55,7 +55,8 @@ func parseServersState(answer, backend string) (map[string]serverState, error) {
 	if !strings.HasPrefix(header, "# ") {
 		return nil, fmt.Errorf("show servers state: want a \"# \" header line, got %q", head(header))
 	}
-	col := columns(strings.Fields(strings.TrimPrefix(header, "# ")))
+	names := strings.Fields(strings.TrimPrefix(header, "# "))
+	col := columns(names)
 	be, okBe := col["be_name"]
 	srv, okSrv := col["srv_name"]
 	admin, okAdmin := col["srv_admin_state"]
@@ -72,8 +73,10 @@ func parseServersState(answer, backend string) (map[string]serverState, error) {
 		if len(f) == 0 {
 			continue
 		}
-		if len(f) != len(col) {
-			return nil, fmt.Errorf("show servers state: row %d has %d fields, header has %d: %q", i+1, len(f), len(col), head(line))
+		// Against the header's columns, not its distinct names (col): a
+		// repeated name would let a short row through to an index past it.
+		if len(f) != len(names) {
+			return nil, fmt.Errorf("show servers state: row %d has %d fields, header has %d: %q", i+1, len(f), len(names), head(line))
 		}
 		if f[be] != backend {
 			continue

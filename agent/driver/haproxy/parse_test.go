@@ -72,6 +72,14 @@ func TestParse_ServersState(t *testing.T) {
 			backend: "web", wantErr: "row 1 has 4 fields",
 		},
 		{
+			// Counted against the header's columns, not its distinct
+			// names: a row as long as the names must not reach past
+			// its end.
+			name:    "header repeats a column",
+			answer:  "1\n# be_name srv_name be_name srv_admin_state srv_uweight srv_iweight\nweb blue 0 1 2\n",
+			backend: "web", wantErr: "row 1 has 5 fields, header has 6",
+		},
+		{
 			name:    "weight not a number",
 			answer:  "1\n" + serversStateHeader + "\n3 web 1 blue 127.0.0.1 2 0 x 100 0 1 0 2 0 0 0 0 - 9001 - 0 0 - - 0\n",
 			backend: "web", wantErr: "server blue: srv_uweight",
