@@ -386,7 +386,7 @@ func benchFleet(b *testing.B, n, perConn int, mode busSecurity, keys keyringUse)
 	waitPhase := func(name string, phase sv1.RolloutPhase) {
 		for {
 			var ans sv1.RolloutsAnswer
-			if err := bus.Query(ctx, nc, bus.QueryRollouts, &sv1.RolloutsQuery{Rollout: name}, &ans); err == nil && ans.GetRollouts()[0].GetRollout().GetPhase() == phase {
+			if err := bus.Query(ctx, nc, bus.QueryRollouts, &sv1.RolloutsQuery{Rollout: name, Summary: true}, &ans); err == nil && ans.GetRollouts()[0].GetRollout().GetPhase() == phase {
 				return
 			}
 			select {

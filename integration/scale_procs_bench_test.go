@@ -255,7 +255,7 @@ func runProcessFleet(tb testing.TB, o procRun) *procFigures {
 	waitPhase := func(name string, phase sv1.RolloutPhase) {
 		err := harness.Poll(ctx, 50*time.Millisecond, func(ctx context.Context) error {
 			var ans sv1.RolloutsAnswer
-			if err := bus.Query(ctx, nc, bus.QueryRollouts, &sv1.RolloutsQuery{Rollout: name}, &ans); err != nil {
+			if err := bus.Query(ctx, nc, bus.QueryRollouts, &sv1.RolloutsQuery{Rollout: name, Summary: true}, &ans); err != nil {
 				return err
 			}
 			if got := ans.GetRollouts()[0].GetRollout().GetPhase(); got != phase {
