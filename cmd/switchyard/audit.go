@@ -167,8 +167,27 @@ func auditVerify(ctx context.Context, c clientFlags, js jetstream.JetStream, nc 
 		return fmt.Errorf("%w: %v", errChainBroken, err)
 	}
 	fmt.Fprintf(stdout, "stream %s: records 1..%d verify; head %s\n", bus.AuditStream, v.Last, audit.Short(v.Head))
-	links := make([]audit.Link, len(ans.GetEntries()))
-	for i, e := range ans.GetEntries() {
+	// What the first answer says was exported must be in the stream; the
+	// records are compared with an answer at least as new as the stream.
+	exported := ans.GetHead().GetExported()
+	held := &ans
+	if v.Last > ans.GetHead().GetSeq() {
+		// Exported since the first answer, or appended by someone who can
+		// write the stream: the chain has no key, anyone can extend it.
+		// Ask again; a record past that head the coordinators never made.
+		var again sv1.AuditAnswer
+		if err := bus.Query(ctx, nc, bus.QueryAudit, &sv1.AuditQuery{}, &again); err != nil {
+			return fmt.Errorf("ask a coordinator for its chain again: %w", err)
+		}
+		if h := again.GetHead().GetSeq(); v.Last > h {
+			err := fmt.Errorf("record %d: the stream holds records through %d, but the coordinators' chain ends at %d: records they never made", h+1, v.Last, h)
+			fmt.Fprintf(stdout, "coordinator chain: DIFFERS: %v\n", err)
+			return fmt.Errorf("%w: %v", errChainBroken, err)
+		}
+		held = &again
+	}
+	links := make([]audit.Link, len(held.GetEntries()))
+	for i, e := range held.GetEntries() {
 		links[i] = audit.Link{Entry: e, Where: fmt.Sprintf("coordinator record #%d held", i+1)}
 	}
 	cv, err := audit.Verify(links, false)
@@ -176,7 +195,7 @@ func auditVerify(ctx context.Context, c clientFlags, js jetstream.JetStream, nc 
 		fmt.Fprintf(stdout, "coordinator chain: BROKEN: %v\n", err)
 		return fmt.Errorf("%w: %v", errChainBroken, err)
 	}
-	head := ans.GetHead()
+	head := held.GetHead()
 	if len(links) > 0 && (cv.Last != head.GetSeq() || !bytes.Equal(cv.Head, head.GetHash())) {
 		return fmt.Errorf("%w: the coordinator's records end at %d but its head says %d", errChainBroken, cv.Last, head.GetSeq())
 	}
@@ -207,13 +226,13 @@ func auditVerify(ctx context.Context, c clientFlags, js jetstream.JetStream, nc 
 			return fmt.Errorf("%w: %v", errChainBroken, err)
 		}
 	}
-	if head.GetExported() > v.Last {
-		err := fmt.Errorf("the coordinators exported records through %d but the stream holds only 1..%d", head.GetExported(), v.Last)
+	if exported > v.Last {
+		err := fmt.Errorf("the coordinators exported records through %d but the stream holds only 1..%d", exported, v.Last)
 		fmt.Fprintf(stdout, "coordinator chain: %v\n", err)
 		return fmt.Errorf("%w: %v", errChainBroken, err)
 	}
 	fmt.Fprintf(stdout, "coordinator: head %d (%s), exported through %d; its %d held records verify and match the stream\n",
-		head.GetSeq(), audit.Short(head.GetHash()), head.GetExported(), len(cv.Records))
+		head.GetSeq(), audit.Short(head.GetHash()), exported, len(cv.Records))
 	fmt.Fprintln(stdout, "ok")
 	return nil
 }

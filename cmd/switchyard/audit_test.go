@@ -1,0 +1,117 @@
+package main
+
+import (
+	"context"
+	"fmt"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+	"google.golang.org/protobuf/proto"
+
+	"github.com/switchyard/switchyard/bus"
+	"github.com/switchyard/switchyard/coordinator/audit"
+	sv1 "github.com/switchyard/switchyard/proto/switchyard/v1"
+)
+
+// sealChain makes n records, 1..n, as a coordinator seals them.
+func sealChain(t *testing.T, n int, about func(seq uint64) *sv1.AuditRecord) []*sv1.AuditEntry {
+	t.Helper()
+	var out []*sv1.AuditEntry
+	var prev []byte
+	for i := range n {
+		rec := about(uint64(i + 1))
+		rec.Seq = uint64(i + 1)
+		e, err := audit.Seal(prev, rec)
+		if err != nil {
+			t.Fatal(err)
+		}
+		out = append(out, e)
+		prev = e.GetHash()
+	}
+	return out
+}
+
+// publishAudit writes entries to the audit stream as the exporter does.
+func publishAudit(t *testing.T, nc *nats.Conn, entries ...*sv1.AuditEntry) {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	js, err := jetstream.New(nc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := bus.EnsureAuditStream(ctx, js, 1); err != nil {
+		t.Fatal(err)
+	}
+	for _, e := range entries {
+		rec, err := audit.Open(e)
+		if err != nil {
+			rec = &sv1.AuditRecord{}
+			_ = proto.Unmarshal(e.GetRecord(), rec)
+		}
+		b, err := proto.Marshal(e)
+		if err != nil {
+			t.Fatal(err)
+		}
+		m := nats.NewMsg(bus.AuditSubject())
+		m.Data = b
+		m.Header.Set(bus.MsgIDHeader, bus.AuditMsgID(rec.GetSeq(), e.GetHash()))
+		m.Header.Set(bus.AuditSeqHeader, strconv.FormatUint(rec.GetSeq(), 10))
+		if _, err := js.PublishMsg(ctx, m); err != nil {
+			t.Fatal(err)
+		}
+	}
+}
+
+// answerAudit answers every audit query as a coordinator holding entries,
+// all exported, would.
+func answerAudit(t *testing.T, nc *nats.Conn, entries []*sv1.AuditEntry) {
+	t.Helper()
+	last := entries[len(entries)-1]
+	ans := &sv1.AuditAnswer{Entries: entries,
+		Head: &sv1.AuditHead{Seq: uint64(len(entries)), Hash: last.GetHash(), Exported: uint64(len(entries))}}
+	body, err := proto.Marshal(ans)
+	if err != nil {
+		t.Fatal(err)
+	}
+	sub, err := nc.Subscribe(bus.QuerySubject(bus.QueryAudit), func(m *nats.Msg) { _ = m.Respond(body) })
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = sub.Unsubscribe() })
+	if err := nc.Flush(); err != nil {
+		t.Fatal(err)
+	}
+}
+
+func decisions(seq uint64) *sv1.AuditRecord {
+	return &sv1.AuditRecord{Kind: "decision", Actor: "switchyard", Rollout: "web-1", Accepted: true, Message: fmt.Sprintf("decision %d", seq)}
+}
+
+// A record appended to the stream by someone who can write it, linked
+// onto the real chain (the chain has no key: anyone can extend it), is one
+// the coordinators never made; verify says so rather than "ok".
+func TestCLI_AuditVerifyCatchesARecordAppendedPastTheCoordinatorsHead(t *testing.T) {
+	url, nc := runNATS(t)
+	real := sealChain(t, 3, decisions)
+	publishAudit(t, nc, real...)
+	answerAudit(t, nc, real)
+	if code, out, stderr := runCLI(t, "audit", "verify", "--nats", url, "--timeout", "5s"); code != exitOK {
+		t.Fatalf("the true chain: exit %d\n%s%s", code, out, stderr)
+	}
+
+	forged, err := audit.Seal(real[2].GetHash(), &sv1.AuditRecord{Seq: 4, Kind: "intent", Actor: "alice", Action: "approve_rollout",
+		Rollout: "web-1", Accepted: true, Message: "approved at wave all step 2/3"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	publishAudit(t, nc, forged)
+	code, out, stderr := runCLI(t, "audit", "verify", "--nats", url, "--timeout", "5s")
+	if code != exitFailure || !strings.Contains(out+stderr, "record 4") {
+		t.Fatalf("a forged record 4 past the coordinators' head 3: exit %d\n%s%s", code, out, stderr)
+	}
+}
