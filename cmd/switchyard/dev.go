@@ -34,6 +34,9 @@ func runDev(ctx context.Context, args []string, stdout, stderr io.Writer) error 
 	if err := parse(fs, args); err != nil {
 		return err
 	}
+	if fs.NArg() > 0 {
+		return usageErr(stderr, "switchyard dev: unexpected argument %q; its flags: switchyard dev -h", fs.Arg(0))
+	}
 	log, err := logf.logger(stderr)
 	if err != nil {
 		return usageErr(stderr, "switchyard dev: %v", err)

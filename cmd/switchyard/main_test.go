@@ -7,6 +7,7 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/switchyard/switchyard/coordinator"
 )
@@ -229,5 +230,17 @@ func TestCLI_PackagedCoordinatorConfigLoads(t *testing.T) {
 	}
 	if cfg.NodeID != "c1" || cfg.DataDir != "/var/lib/switchyard/coordinator" || cfg.BootstrapExpect != 3 || len(cfg.RetryJoin) != 2 || signing.Key == "" {
 		t.Errorf("config %+v, signing %+v: want node c1 in /var/lib/switchyard/coordinator, 3 expected, 2 joins and a signing key", cfg, signing)
+	}
+}
+
+// `switchyard dev help` (or any stray word) is a mistake to point out, not
+// a reason to start the control plane; before, dev ignored it and ran.
+func TestCLI_DevRefusesAnUnexpectedArgument(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	var out, errb bytes.Buffer
+	code := run(ctx, []string{"dev", "--data-dir", t.TempDir(), "--nats-port", "0", "--http-addr", "127.0.0.1:0", "help"}, &out, &errb)
+	if code != exitUsage || !strings.Contains(errb.String(), `unexpected argument "help"`) {
+		t.Fatalf("exit %d, stderr %q; want exit %d naming the argument", code, errb.String(), exitUsage)
 	}
 }
