@@ -14,6 +14,7 @@ import (
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 	"google.golang.org/protobuf/encoding/protojson"
+	"google.golang.org/protobuf/proto"
 
 	"github.com/switchyard/switchyard/bus"
 	"github.com/switchyard/switchyard/coordinator/audit"
@@ -102,8 +103,21 @@ func printAuditRecord(w io.Writer, m audit.Stored, rollout string, asJSON bool) 
 	if bad == nil {
 		rec, bad = audit.Open(m.Entry)
 	}
-	if rollout != "" && (rec == nil || rec.GetRollout() != rollout) {
-		return
+	if rollout != "" {
+		about := rec
+		if about == nil && m.Err == nil {
+			// A record that does not verify is shown, marked, when it
+			// still reads as about the rollout: leaving it out would hide
+			// the tampering from the view of that rollout.
+			about = &sv1.AuditRecord{}
+			if proto.Unmarshal(m.Entry.GetRecord(), about) != nil {
+				about = nil
+			}
+		}
+		// One that does not even decode may be about it: shown too.
+		if about != nil && about.GetRollout() != rollout {
+			return
+		}
 	}
 	if bad != nil {
 		if asJSON {

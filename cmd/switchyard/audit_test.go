@@ -115,3 +115,32 @@ func TestCLI_AuditVerifyCatchesARecordAppendedPastTheCoordinatorsHead(t *testing
 		t.Fatalf("a forged record 4 past the coordinators' head 3: exit %d\n%s%s", code, out, stderr)
 	}
 }
+
+// A record about a rollout altered in the stream no longer verifies;
+// `audit log --rollout` still shows it, marked, rather than leaving it out
+// of the one view an operator reconstructing that rollout reads.
+func TestCLI_AuditLogForARolloutShowsItsRecordsThatDoNotVerify(t *testing.T) {
+	url, nc := runNATS(t)
+	entries := sealChain(t, 3, decisions)
+	altered := proto.Clone(entries[1]).(*sv1.AuditEntry)
+	i := strings.Index(string(altered.Record), "decision 2")
+	if i < 0 {
+		t.Fatal("record 2 does not hold its message")
+	}
+	altered.Record[i] = 'D'
+	publishAudit(t, nc, entries[0], altered, entries[2])
+
+	code, out, stderr := runCLI(t, "audit", "log", "--rollout", "web-1", "--nats", url, "--timeout", "5s")
+	if code != exitOK {
+		t.Fatalf("exit %d: %s", code, stderr)
+	}
+	lines := strings.Split(strings.TrimSpace(out), "\n")
+	if len(lines) != 3 || !strings.Contains(lines[1], "#2 (stream sequence 2): DOES NOT VERIFY") {
+		t.Fatalf("audit log --rollout web-1 printed:\n%s\nwant records 1 to 3, record 2 marked as not verifying", out)
+	}
+	// A record about another rollout stays out, verified or not.
+	code, out, _ = runCLI(t, "audit", "log", "--rollout", "web-2", "--nats", url, "--timeout", "5s")
+	if code != exitOK || strings.TrimSpace(out) != "" {
+		t.Fatalf("audit log --rollout web-2: exit %d\n%s", code, out)
+	}
+}
