@@ -25,7 +25,7 @@ const auditUsage = `Usage:
   switchyard audit log [--follow] [--rollout NAME] [-o json]
       the records of the SWITCHYARD_AUDIT stream, oldest first; -o json prints one JSON
       object per line: {"seq", "hash", "record"}
-  switchyard audit verify [-o json]
+  switchyard audit verify
       recompute the hash chain from the stream, then compare it with a coordinator's
       replicated chain; exit 1 naming the first broken link
 Common flags as for 'switchyard rollout' (--nats, --nats-creds, --nats-ca, --timeout).
@@ -48,14 +48,23 @@ func runAudit(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	fs := newFlags("audit "+verb, stderr)
 	var c clientFlags
 	c.register(fs)
-	follow := fs.Bool("follow", false, "keep printing new records until interrupted")
-	rollout := fs.String("rollout", "", "only records about this rollout")
+	// verify checks the whole chain and prints a report: log's filters and
+	// JSON are not for it.
+	var follow *bool
+	var rollout *string
+	if verb == "log" {
+		follow = fs.Bool("follow", false, "keep printing new records until interrupted")
+		rollout = fs.String("rollout", "", "only records about this rollout")
+	}
 	pos, err := c.parse(fs, args[1:], stderr)
 	if err != nil {
 		return err
 	}
 	if len(pos) > 0 {
 		return usageErr(stderr, "switchyard audit %s: unexpected argument %q", verb, pos[0])
+	}
+	if verb == "verify" && c.output != "table" {
+		return usageErr(stderr, "switchyard audit verify: -o %q: verify prints a report and says by its exit code whether the chain holds; want table", c.output)
 	}
 	nc, err := c.connect()
 	if err != nil {

@@ -144,3 +144,18 @@ func TestCLI_AuditLogForARolloutShowsItsRecordsThatDoNotVerify(t *testing.T) {
 		t.Fatalf("audit log --rollout web-2: exit %d\n%s", code, out)
 	}
 }
+
+// verify prints a report and sets its exit code; the help promised -o json
+// and it printed the same text, and it took log's --rollout and --follow
+// and verified everything, once. Each is refused, naming the flag.
+func TestCLI_AuditVerifyRefusesTheFlagsItDoesNotHonour(t *testing.T) {
+	for _, args := range [][]string{{"-o", "json"}, {"--rollout", "web-1"}, {"--follow"}} {
+		code, _, stderr := runCLI(t, append([]string{"audit", "verify", "--nats", "nats://127.0.0.1:1"}, args...)...)
+		if code != exitUsage || !strings.Contains(stderr, strings.TrimLeft(args[0], "-")) {
+			t.Errorf("audit verify %s: exit %d, stderr %q; want exit %d naming the flag", strings.Join(args, " "), code, stderr, exitUsage)
+		}
+	}
+	if _, out, _ := runCLI(t, "audit", "help"); strings.Contains(out, "verify [-o json]") {
+		t.Errorf("audit help still offers verify -o json:\n%s", out)
+	}
+}
