@@ -2,6 +2,7 @@ package state
 
 import (
 	"fmt"
+	"strings"
 
 	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/timestamppb"
@@ -77,7 +78,7 @@ func (s *State) auditIntent(index uint64, e *sv1.IntentEntry, who actor, res *sv
 	if !rec.Accepted {
 		rec.Kind = "refused"
 	} else if rec.Message == "" {
-		rec.Message = s.intentSummary(in)
+		rec.Message = s.intentSummary(in, e.GetRules())
 	}
 	s.appendAudit(rec)
 }
@@ -113,9 +114,10 @@ func rolloutOf(in *sv1.Intent) string {
 	return in.GetApplyRollout().GetSpec().GetName()
 }
 
-// intentSummary is the last history line of the intent's rollout, or a
+// intentSummary is the history lines the intent wrote and the drills it
+// ended (rules 2 on; before, its rollout's last history line), or a
 // description of an ACL change.
-func (s *State) intentSummary(in *sv1.Intent) string {
+func (s *State) intentSummary(in *sv1.Intent, rules uint32) string {
 	if c := in.GetAcl(); c != nil {
 		switch ch := c.GetChange().(type) {
 		case *sv1.AclChange_Grant:
@@ -132,16 +134,24 @@ func (s *State) intentSummary(in *sv1.Intent) string {
 			return "first admin " + ch.Bootstrap.GetName()
 		}
 	}
-	if r := s.rollouts[rolloutOf(in)]; r != nil && len(r.GetHistory()) > 0 {
-		return r.GetHistory()[len(r.GetHistory())-1].GetMessage()
+	if rules < 2 {
+		if r := s.rollouts[rolloutOf(in)]; r != nil && len(r.GetHistory()) > 0 {
+			return r.GetHistory()[len(r.GetHistory())-1].GetMessage()
+		}
+		return ""
 	}
-	return ""
+	// Every line the intent wrote: the one that carries the operator's
+	// reason is not always the last (a rollback webhook made due follows
+	// an abort's).
+	return strings.Join(s.intentLines, "; then ")
 }
 
 // auditDecision records a decision the coordinators took on their own (a
-// history line written outside an intent).
+// history line written outside an intent); a line an intent writes goes
+// into the intent's record.
 func (s *State) auditDecision(r *sv1.Rollout, index uint64, at *timestamppb.Timestamp, message string) {
 	if s.inIntent {
+		s.intentLines = append(s.intentLines, message)
 		return
 	}
 	rec := &sv1.AuditRecord{Index: index, At: at, Kind: "decision", Actor: "switchyard", Rollout: r.GetId(),
@@ -153,9 +163,11 @@ func (s *State) auditDecision(r *sv1.Rollout, index uint64, at *timestamppb.Time
 	s.appendAudit(rec)
 }
 
-// auditDrill records a drill starting or ending outside an intent.
+// auditDrill records a drill starting or ending outside an intent; one an
+// intent ends goes into the intent's record.
 func (s *State) auditDrill(d *sv1.Drill, index uint64, at *timestamppb.Timestamp, kind, message string) {
 	if s.inIntent {
+		s.intentLines = append(s.intentLines, "drill "+d.GetId()+" "+message)
 		return
 	}
 	s.appendAudit(&sv1.AuditRecord{Index: index, At: at, Kind: kind, Actor: "switchyard", Drill: d.GetId(),

@@ -1,12 +1,14 @@
 package state
 
 import (
+	"strings"
 	"testing"
 	"time"
 
 	"google.golang.org/protobuf/types/known/durationpb"
 	"google.golang.org/protobuf/types/known/timestamppb"
 
+	"github.com/switchyard/switchyard/coordinator/audit"
 	sv1 "github.com/switchyard/switchyard/proto/switchyard/v1"
 )
 
@@ -102,5 +104,54 @@ func TestState_OperatorPromoteCancelsAPendingGate(t *testing.T) {
 	s.ApplyHookResult(10, &sv1.HookResultEntry{Rollout: "r1", Key: KeyPrePromotion, Webhook: "load", Seq: 1, Ok: false, StampedAt: timestamppb.New(t0)})
 	if r := s.Rollout("r1"); r.GetPhase() != sv1.RolloutPhase_ROLLOUT_PHASE_PROMOTED || calls(r, KeyPrePromotion)[0].GetOutcome() != sv1.HookOutcome_HOOK_OUTCOME_CANCELLED {
 		t.Fatalf("late answer changed the rollout: %v", r)
+	}
+}
+
+// auditRecords decodes every record the state holds.
+func auditRecords(t *testing.T, s *State) []*sv1.AuditRecord {
+	t.Helper()
+	var out []*sv1.AuditRecord
+	for _, e := range s.AuditEntries(0, 0) {
+		rec, err := audit.Open(e)
+		if err != nil {
+			t.Fatal(err)
+		}
+		out = append(out, rec)
+	}
+	return out
+}
+
+// An operator's abort of a rollout with a rollback webhook writes two
+// history lines: the rollback with its reason, then the webhook made due.
+// The intent's audit record keeps the reason, not only the last line, from
+// rules 2 on; an entry from before replays as it applied.
+func TestAudit_AbortOfAHookedRolloutKeepsTheReason(t *testing.T) {
+	abort := func(rules uint32) *sv1.AuditRecord {
+		s := New()
+		s.ApplyIntent(7, applyEntry("i1", hooked("r1"), t0))
+		ab := abortEntry("i2", "r1", t0.Add(time.Second))
+		ab.GetIntent().GetAbortRollout().Reason = "green corrupts carts"
+		ab.Rules = rules
+		s.ApplyIntent(9, ab)
+		return lastAudit(t, s)
+	}
+	if rec := abort(Rules); rec.GetIntentId() != "i2" || !strings.Contains(rec.GetMessage(), "rolling back: green corrupts carts") {
+		t.Fatalf("the abort's audit record says %q; want the reason", rec.GetMessage())
+	}
+	if rec := abort(1); strings.Contains(rec.GetMessage(), "green corrupts carts") || rec.GetMessage() == "" {
+		t.Fatalf("an abort committed under rules 1 replays with record %q; want its last history line, as it applied", rec.GetMessage())
+	}
+	s := New()
+
+	// The kill switch's record names the drills it ended and why.
+	sp := &sv1.DrillSpec{Name: "d1", Service: "web", MaxNodes: 2, MaxBasisPoints: 10000, Duration: durationpb.New(time.Minute),
+		Fault: &sv1.Fault{Kind: &sv1.Fault_CpuBurn{CpuBurn: &sv1.CPUBurnFault{Cores: 1}}}}
+	s.ApplyIntent(10, &sv1.IntentEntry{StampedAt: timestamppb.New(t0), Intent: &sv1.Intent{Id: "i3", Operator: "sre",
+		Action: &sv1.Intent_RunDrill{RunDrill: &sv1.RunDrill{Spec: sp}}}})
+	s.ApplyDrillStart(11, &sv1.DrillStartEntry{Drill: "d1", Targets: []string{"a"}, StampedAt: timestamppb.New(t0)})
+	s.ApplyIntent(12, &sv1.IntentEntry{StampedAt: timestamppb.New(t0), Rules: Rules, Intent: &sv1.Intent{Id: "i4", Operator: "sre",
+		Action: &sv1.Intent_StopAllDrills{StopAllDrills: &sv1.StopAllDrills{Reason: "pager storm"}}}})
+	if rec := lastAudit(t, s); rec.GetIntentId() != "i4" || !strings.Contains(rec.GetMessage(), "drill d1 aborted: pager storm") {
+		t.Fatalf("the kill switch's audit record says %q; want the drill it ended and why", rec.GetMessage())
 	}
 }

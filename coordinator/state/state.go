@@ -46,7 +46,12 @@ const (
 // Version 1: a manualGate on the first wave holds the rollout before any
 // traffic moves until it is approved (before, it was ignored); the reason
 // of an approve or promote is kept in the history line and audit record.
-const Rules uint32 = 1
+//
+// Version 2: an intent's audit record says every history line it wrote and
+// every drill it ended (before, its rollout's last history line only: an
+// abort's reason was lost behind a rollback webhook's line, and chaos
+// abort and stop-all said nothing).
+const Rules uint32 = 2
 
 // IntentMemory is how long an applied intent id is remembered for
 // deduplication; it matches the intent stream's retention.
@@ -78,8 +83,10 @@ type State struct {
 	auditHead *sv1.AuditHead
 	audit     []*sv1.AuditEntry
 	// inIntent is set while an intent applies: its history lines are
-	// audited as the intent, not one record each.
-	inIntent bool
+	// audited as the intent, not one record each; intentLines collects
+	// them (and the drills it ended) for that record.
+	inIntent    bool
+	intentLines []string
 	// actor is the verified author of the intent being applied.
 	actor actor
 }
@@ -112,7 +119,7 @@ func (s *State) ApplyIntent(index uint64, e *sv1.IntentEntry) Applied {
 	s.forgetIntentsBefore(at.Add(-IntentMemory))
 
 	s.inIntent = true
-	defer func() { s.inIntent, s.actor = false, actor{} }()
+	defer func() { s.inIntent, s.intentLines, s.actor = false, nil, actor{} }()
 	who, refused := s.authorize(e)
 	s.actor = who
 	var a Applied
