@@ -17,16 +17,26 @@ import (
 	sv1 "github.com/switchyard/switchyard/proto/switchyard/v1"
 )
 
-// setBucketPresent deletes the desired-state bucket or creates it again:
-// while it is gone the leader's publishing fails and intents still commit,
-// as when the one server holding an R1 bucket is down.
+// setBucketPresent takes the desired-state bucket away or gives it back:
+// while it is away the leader's publishing fails and intents still commit,
+// as when the one server holding an R1 bucket is down. A bucket merely
+// deleted the leader would create again; in its place stands a stream of
+// the same name that answers no direct read (the leader's read before
+// each write fails, as against a server that is down, so nothing is
+// published on the key's subject either), refuses every write (1-byte
+// messages), and that the leader cannot turn back into the bucket (a
+// memory stream; the bucket is on file).
 func setBucketPresent(ctx context.Context, t *testing.T, js jetstream.JetStream, present bool) {
 	t.Helper()
+	stream := "KV_" + bus.DesiredBucket
 	var err error
 	if present {
-		_, err = bus.EnsureDesiredBucket(ctx, js, 1)
-	} else {
-		err = js.DeleteKeyValue(ctx, bus.DesiredBucket)
+		if err = js.DeleteStream(ctx, stream); err == nil {
+			_, err = bus.EnsureDesiredBucket(ctx, js, 1)
+		}
+	} else if err = js.DeleteKeyValue(ctx, bus.DesiredBucket); err == nil {
+		_, err = js.CreateStream(ctx, jetstream.StreamConfig{Name: stream, Subjects: []string{"$KV." + bus.DesiredBucket + ".>"},
+			Storage: jetstream.MemoryStorage, MaxMsgSize: 1})
 	}
 	if err != nil {
 		t.Fatal(err)
