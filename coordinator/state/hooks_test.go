@@ -8,7 +8,6 @@ import (
 	"google.golang.org/protobuf/types/known/durationpb"
 	"google.golang.org/protobuf/types/known/timestamppb"
 
-	"github.com/switchyard/switchyard/coordinator/audit"
 	sv1 "github.com/switchyard/switchyard/proto/switchyard/v1"
 )
 
@@ -105,20 +104,6 @@ func TestState_OperatorPromoteCancelsAPendingGate(t *testing.T) {
 	if r := s.Rollout("r1"); r.GetPhase() != sv1.RolloutPhase_ROLLOUT_PHASE_PROMOTED || calls(r, KeyPrePromotion)[0].GetOutcome() != sv1.HookOutcome_HOOK_OUTCOME_CANCELLED {
 		t.Fatalf("late answer changed the rollout: %v", r)
 	}
-}
-
-// auditRecords decodes every record the state holds.
-func auditRecords(t *testing.T, s *State) []*sv1.AuditRecord {
-	t.Helper()
-	var out []*sv1.AuditRecord
-	for _, e := range s.AuditEntries(0, 0) {
-		rec, err := audit.Open(e)
-		if err != nil {
-			t.Fatal(err)
-		}
-		out = append(out, rec)
-	}
-	return out
 }
 
 // An operator's abort of a rollout with a rollback webhook writes two
