@@ -71,17 +71,27 @@ func LastValues(ctx context.Context, js jetstream.JetStream, bucket string) (map
 			}
 			return nil, fmt.Errorf("read bucket %s: the servers answered %s %s", bucket, status, m.Header.Get("Description"))
 		}
-		key, ok := strings.CutPrefix(m.Header.Get(jetstream.SubjectHeader), prefix)
-		if !ok || key == "" {
-			return nil, fmt.Errorf("read bucket %s: an answer for subject %q", bucket, m.Header.Get(jetstream.SubjectHeader))
+		if err := keepValue(values, m, bucket, prefix); err != nil {
+			return nil, err
 		}
-		switch m.Header.Get(KVOperationHeader) {
-		case KVOperationDelete, KVOperationPurge:
-			delete(values, key)
-			continue
-		}
+	}
+}
+
+// keepValue files one message of bucket's stream (subjects under prefix)
+// in values: its key's newest value, or, for a delete or purge marker, no
+// value.
+func keepValue(values map[string][]byte, m *nats.Msg, bucket, prefix string) error {
+	key, ok := strings.CutPrefix(m.Header.Get(jetstream.SubjectHeader), prefix)
+	if !ok || key == "" {
+		return fmt.Errorf("read bucket %s: an answer for subject %q", bucket, m.Header.Get(jetstream.SubjectHeader))
+	}
+	switch m.Header.Get(KVOperationHeader) {
+	case KVOperationDelete, KVOperationPurge:
+		delete(values, key)
+	default:
 		values[key] = m.Data
 	}
+	return nil
 }
 
 // apiPrefix is the JetStream API prefix js sends requests with: the
@@ -164,16 +174,9 @@ func walkValues(ctx context.Context, js jetstream.JetStream, bucket string) (map
 				return nil, fmt.Errorf("read bucket %s: an answer with sequence %q after %d", bucket, m.Header.Get(jetstream.SequenceHeader), next)
 			}
 			next = seq + 1
-			key, ok := strings.CutPrefix(m.Header.Get(jetstream.SubjectHeader), prefix)
-			if !ok || key == "" {
-				return nil, fmt.Errorf("read bucket %s: an answer for subject %q", bucket, m.Header.Get(jetstream.SubjectHeader))
+			if err := keepValue(values, m, bucket, prefix); err != nil {
+				return nil, err
 			}
-			switch m.Header.Get(KVOperationHeader) {
-			case KVOperationDelete, KVOperationPurge:
-				delete(values, key)
-				continue
-			}
-			values[key] = m.Data
 		}
 	}
 }
