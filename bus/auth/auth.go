@@ -214,7 +214,12 @@ func (s *Setup) Refresh() (token string, changed bool, err error) {
 func (s *Setup) refreshScopes(ac *jwt.AccountClaims) (bool, error) {
 	changed := false
 	for _, role := range bus.Roles {
-		kp, err := readKey(filepath.Join(s.dir, signingDir, string(role)+".nk"))
+		path := filepath.Join(s.dir, signingDir, string(role)+".nk")
+		kp, err := readKey(path)
+		if errors.Is(err, os.ErrNotExist) {
+			// A role this release has and the directory's did not.
+			kp, err = createKey(path, nkeys.CreateAccount)
+		}
 		if err != nil {
 			return false, err
 		}

@@ -776,3 +776,74 @@ func TestAuth_PushBringsAnOldAccountToThisReleasesTemplates(t *testing.T) {
 		t.Fatalf("a second refresh: changed %v, %v; want nothing to change", changed, err)
 	}
 }
+
+// A role this release has and an older auth directory lacks (no signing
+// key, no scope in the account) is added by Refresh, and identities of it
+// can then be issued.
+func TestAuth_RefreshAddsARoleTheDirectoryLacks(t *testing.T) {
+	dir := filepath.Join(t.TempDir(), "auth")
+	if _, err := auth.Init(dir, "test"); err != nil {
+		t.Fatal(err)
+	}
+	keyFile := filepath.Join(dir, "signing", string(bus.RoleViewer)+".nk")
+	seed, err := os.ReadFile(keyFile)
+	if err != nil {
+		t.Fatal(err)
+	}
+	viewer, err := nkeys.FromSeed(bytes.TrimSpace(seed))
+	if err != nil {
+		t.Fatal(err)
+	}
+	viewerKey, _ := viewer.PublicKey()
+	opSeed, err := os.ReadFile(filepath.Join(dir, "operator.nk"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	operator, err := nkeys.FromSeed(bytes.TrimSpace(opSeed))
+	if err != nil {
+		t.Fatal(err)
+	}
+	raw, err := os.ReadFile(filepath.Join(dir, "account.jwt"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	ac, err := jwt.DecodeAccountClaims(strings.TrimSpace(string(raw)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	delete(ac.SigningKeys, viewerKey)
+	token, err := ac.Encode(operator)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(dir, "account.jwt"), []byte(token), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Remove(keyFile); err != nil {
+		t.Fatal(err)
+	}
+	setup, err := auth.Load(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	pushed, changed, err := setup.Refresh()
+	if err != nil || !changed {
+		t.Fatalf("refresh of a directory without the viewer role: changed %v, %v", changed, err)
+	}
+	ac, err = jwt.DecodeAccountClaims(pushed)
+	if err != nil {
+		t.Fatal(err)
+	}
+	roles := map[string]bool{}
+	for key := range ac.SigningKeys {
+		if sc, _ := ac.SigningKeys.GetScope(key); sc != nil {
+			roles[sc.(*jwt.UserScope).Role] = true
+		}
+	}
+	if !roles[string(bus.RoleViewer)] {
+		t.Fatalf("the refreshed account has scopes for %v, no viewer", roles)
+	}
+	if _, err := setup.Issue(bus.RoleViewer, "val"); err != nil {
+		t.Fatalf("issue a viewer after the refresh: %v", err)
+	}
+}
