@@ -6,6 +6,7 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"time"
 )
 
 // Owner returns an Options.Source that names the process holding the other
@@ -19,25 +20,46 @@ func Owner(pids func() map[int]string) func(net.Addr) string {
 		if !ok {
 			return ""
 		}
-		inode := socketInode(tcp)
-		if inode == "" {
-			return ""
-		}
-		want := "socket:[" + inode + "]"
-		for pid, name := range pids() {
-			dir := filepath.Join("/proc", fmt.Sprint(pid), "fd")
-			ents, err := os.ReadDir(dir)
-			if err != nil {
-				continue
+		// /proc/net/tcp is read in pieces, not as one snapshot: while
+		// other sockets open and close, a read can miss a line. A
+		// connection not found is looked for again a few times before it
+		// counts as no one's (it would then pass every source's fault).
+		for attempt := range ownerAttempts {
+			if attempt > 0 {
+				time.Sleep(time.Duration(attempt) * time.Millisecond)
 			}
-			for _, e := range ents {
-				if l, err := os.Readlink(filepath.Join(dir, e.Name())); err == nil && l == want {
-					return name
-				}
+			if name := owner(tcp, pids()); name != "" {
+				return name
 			}
 		}
 		return ""
 	}
+}
+
+// ownerAttempts is how many times Owner looks for a connection's owner.
+const ownerAttempts = 5
+
+// owner names the process among pids that holds the TCP socket whose local
+// address is a, or "".
+func owner(a *net.TCPAddr, pids map[int]string) string {
+	inode := socketInode(a)
+	if inode == "" {
+		return ""
+	}
+	want := "socket:[" + inode + "]"
+	for pid, name := range pids {
+		dir := filepath.Join("/proc", fmt.Sprint(pid), "fd")
+		ents, err := os.ReadDir(dir)
+		if err != nil {
+			continue
+		}
+		for _, e := range ents {
+			if l, err := os.Readlink(filepath.Join(dir, e.Name())); err == nil && l == want {
+				return name
+			}
+		}
+	}
+	return ""
 }
 
 // socketInode finds the inode of the TCP socket whose local address is a
