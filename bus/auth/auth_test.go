@@ -669,6 +669,36 @@ func TestAuth_AgentCannotMakeTheServersPublishForIt(t *testing.T) {
 	}
 }
 
+// rewriteAccount edits the account of the auth directory dir and signs it
+// again with its operator key, as an earlier release would have made it.
+func rewriteAccount(t *testing.T, dir string, edit func(*jwt.AccountClaims)) {
+	t.Helper()
+	seed, err := os.ReadFile(filepath.Join(dir, "operator.nk"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	operator, err := nkeys.FromSeed(bytes.TrimSpace(seed))
+	if err != nil {
+		t.Fatal(err)
+	}
+	raw, err := os.ReadFile(filepath.Join(dir, "account.jwt"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	ac, err := jwt.DecodeAccountClaims(strings.TrimSpace(string(raw)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	edit(ac)
+	token, err := ac.Encode(operator)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(dir, "account.jwt"), []byte(token), 0o644); err != nil {
+		t.Fatal(err)
+	}
+}
+
 // An auth directory made by an earlier release keeps that release's role
 // templates in its account: one whose agent template still allowed
 // consumers on the drills bucket's stream. auth push (Refresh, then Push)
@@ -682,36 +712,14 @@ func TestAuth_PushBringsAnOldAccountToThisReleasesTemplates(t *testing.T) {
 		t.Fatal(err)
 	}
 	// The earlier release's agent template.
-	seed, err := os.ReadFile(filepath.Join(authDir, "operator.nk"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	operator, err := nkeys.FromSeed(bytes.TrimSpace(seed))
-	if err != nil {
-		t.Fatal(err)
-	}
-	raw, err := os.ReadFile(filepath.Join(authDir, "account.jwt"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	ac, err := jwt.DecodeAccountClaims(strings.TrimSpace(string(raw)))
-	if err != nil {
-		t.Fatal(err)
-	}
 	old := "$JS.API.CONSUMER.CREATE.KV_" + bus.DrillsBucket + ".>"
-	for key := range ac.SigningKeys {
-		if sc, _ := ac.SigningKeys.GetScope(key); sc != nil && sc.(*jwt.UserScope).Role == string(bus.RoleAgent) {
-			us := sc.(*jwt.UserScope)
-			us.Template.Pub.Allow.Add(old)
+	rewriteAccount(t, authDir, func(ac *jwt.AccountClaims) {
+		for key := range ac.SigningKeys {
+			if sc, _ := ac.SigningKeys.GetScope(key); sc != nil && sc.(*jwt.UserScope).Role == string(bus.RoleAgent) {
+				sc.(*jwt.UserScope).Template.Pub.Allow.Add(old)
+			}
 		}
-	}
-	token, err := ac.Encode(operator)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := os.WriteFile(filepath.Join(authDir, "account.jwt"), []byte(token), 0o644); err != nil {
-		t.Fatal(err)
-	}
+	})
 	setup, err := auth.Load(authDir)
 	if err != nil {
 		t.Fatal(err)
@@ -795,30 +803,7 @@ func TestAuth_RefreshAddsARoleTheDirectoryLacks(t *testing.T) {
 		t.Fatal(err)
 	}
 	viewerKey, _ := viewer.PublicKey()
-	opSeed, err := os.ReadFile(filepath.Join(dir, "operator.nk"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	operator, err := nkeys.FromSeed(bytes.TrimSpace(opSeed))
-	if err != nil {
-		t.Fatal(err)
-	}
-	raw, err := os.ReadFile(filepath.Join(dir, "account.jwt"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	ac, err := jwt.DecodeAccountClaims(strings.TrimSpace(string(raw)))
-	if err != nil {
-		t.Fatal(err)
-	}
-	delete(ac.SigningKeys, viewerKey)
-	token, err := ac.Encode(operator)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := os.WriteFile(filepath.Join(dir, "account.jwt"), []byte(token), 0o644); err != nil {
-		t.Fatal(err)
-	}
+	rewriteAccount(t, dir, func(ac *jwt.AccountClaims) { delete(ac.SigningKeys, viewerKey) })
 	if err := os.Remove(keyFile); err != nil {
 		t.Fatal(err)
 	}
@@ -830,7 +815,7 @@ func TestAuth_RefreshAddsARoleTheDirectoryLacks(t *testing.T) {
 	if err != nil || !changed {
 		t.Fatalf("refresh of a directory without the viewer role: changed %v, %v", changed, err)
 	}
-	ac, err = jwt.DecodeAccountClaims(pushed)
+	ac, err := jwt.DecodeAccountClaims(pushed)
 	if err != nil {
 		t.Fatal(err)
 	}
