@@ -45,18 +45,19 @@ func Respond(nc *nats.Conn, req, reply *nats.Msg) error {
 	if len(reply.Data) <= limit {
 		return nc.PublishMsg(reply)
 	}
+	tooBig := func(why string) error {
+		m := nats.NewMsg(req.Reply)
+		m.Header.Set(ErrorHeader, fmt.Sprintf("the answer is %d bytes, %s", len(reply.Data), why))
+		return nc.PublishMsg(m)
+	}
 	if req.Header.Get(PartsHeader) == "" {
-		too := nats.NewMsg(req.Reply)
-		too.Header.Set(ErrorHeader, fmt.Sprintf("the answer is %d bytes, more than one message carries on this bus (%d); "+
+		return tooBig(fmt.Sprintf("more than one message carries on this bus (%d); "+
 			"ask with a client that takes answers in parts (header %s), such as the switchyard CLI, or use the HTTP read API",
-			len(reply.Data), nc.MaxPayload(), PartsHeader))
-		return nc.PublishMsg(too)
+			nc.MaxPayload(), PartsHeader))
 	}
 	n := (len(reply.Data) + limit - 1) / limit
 	if n > maxParts {
-		too := nats.NewMsg(req.Reply)
-		too.Header.Set(ErrorHeader, fmt.Sprintf("the answer is %d bytes, more than %d parts of %d bytes", len(reply.Data), maxParts, limit))
-		return nc.PublishMsg(too)
+		return tooBig(fmt.Sprintf("more than %d parts of %d bytes", maxParts, limit))
 	}
 	for i := range n {
 		part := nats.NewMsg(req.Reply)
