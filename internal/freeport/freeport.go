@@ -20,6 +20,7 @@ import (
 	"os"
 	"strconv"
 	"strings"
+	"sync"
 )
 
 // floor is the lowest port picked: above the well-known ports and the
@@ -38,7 +39,7 @@ func Pick() (int, error) {
 	}
 	for range 100 {
 		p, err := probe(floor + rand.IntN(lo-floor))
-		if err == nil {
+		if err == nil && handOut(p) {
 			return p, nil
 		}
 	}
@@ -46,6 +47,26 @@ func Pick() (int, error) {
 }
 
 // probe binds port (0: any) on 127.0.0.1 and releases it.
+// given are the ports Pick handed out in this process. A port is free when
+// picked and used later, so without this two picks a few calls apart (a
+// node's proxy frontend and its agent's HTTP address) could get the same
+// port: among thirty picks in the range the odds are some 3 %.
+var given = struct {
+	sync.Mutex
+	ports map[int]bool
+}{ports: map[int]bool{}}
+
+// handOut marks p handed out, and says whether it was not already.
+func handOut(p int) bool {
+	given.Lock()
+	defer given.Unlock()
+	if given.ports[p] {
+		return false
+	}
+	given.ports[p] = true
+	return true
+}
+
 func probe(port int) (int, error) {
 	ln, err := net.Listen("tcp", net.JoinHostPort("127.0.0.1", strconv.Itoa(port)))
 	if err != nil {

@@ -49,3 +49,19 @@ func TestPick_SkipsAPortInUse(t *testing.T) {
 		held = append(held, ln)
 	}
 }
+
+// Pick never hands out a port twice in one process: a port is used a while
+// after it is picked, and two parts of one test must not share it.
+func TestPick_NeverTheSamePortTwice(t *testing.T) {
+	seen := map[int]bool{}
+	for range 2000 {
+		p, err := Pick()
+		if err != nil {
+			t.Fatal(err)
+		}
+		if seen[p] {
+			t.Fatalf("port %d handed out twice in %d picks", p, len(seen)+1)
+		}
+		seen[p] = true
+	}
+}
