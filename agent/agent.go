@@ -404,6 +404,12 @@ func (a *Agent) Run(ctx context.Context) error {
 	if _, err := nc.Subscribe(bus.DrillsAll(), drills.onMsg); err != nil {
 		return fmt.Errorf("subscribe to drills: %w", err)
 	}
+	// A coordinator that has just started asks every agent for its status
+	// (within the status window), so that it does not take the nodes it has
+	// heard from for the fleet.
+	if _, err := nc.Subscribe(bus.StatusAskSubject, func(*nats.Msg) { a.statusDirty() }); err != nil {
+		return fmt.Errorf("subscribe to status asks: %w", err)
+	}
 	js, err := a.cfg.NATSClient.JetStream(nc)
 	if err != nil {
 		return fmt.Errorf("jetstream: %w", err)

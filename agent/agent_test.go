@@ -70,6 +70,36 @@ func TestAgent_AppliesPushedDesiredState(t *testing.T) {
 	}
 }
 
+// A coordinator that has just started asks every agent for its status; an
+// agent answers at once (within its status window), not at its next
+// heartbeat.
+func TestAgent_AnswersAStatusAskBeforeItsHeartbeat(t *testing.T) {
+	b := startBus(t)
+	cfg := testConfig(t, b.url) // heartbeat: a minute
+	statuses := b.statuses(t, cfg.Node)
+	startAgent(t, cfg, map[string]*fakeDriver{"web": newFakeDriver()})
+	waitStatus(t, statuses, "the first status", func(*sv1.AgentStatus) bool { return true })
+	// Start-up's statuses over: nothing for half a second.
+	for quiet := false; !quiet; {
+		select {
+		case <-statuses:
+		case <-time.After(500 * time.Millisecond):
+			quiet = true
+		}
+	}
+	if err := b.nc.Publish(bus.StatusAskSubject, nil); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case st := <-statuses:
+		if st.GetHeartbeat() {
+			t.Fatalf("answered with a heartbeat: %v", st)
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("no status within 5 s of the ask (heartbeat: a minute)")
+	}
+}
+
 func TestAgent_GetsExistingDocumentOnStart(t *testing.T) {
 	b := startBus(t)
 	b.put(t, defaults(3, map[string]uint32{"blue": 0, "green": 100}))

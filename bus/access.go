@@ -108,7 +108,7 @@ func RolePermissions(role Role) (Permissions, error) {
 		pub = append(pub, kvGet(DrillsBucket)...)
 		return Permissions{
 			Publish:   pub,
-			Subscribe: []string{"$KV." + DesiredBucket + ".>", DrillsAll(), inbox},
+			Subscribe: []string{"$KV." + DesiredBucket + ".>", DrillsAll(), StatusAskSubject, inbox},
 		}, nil
 	case RoleCoordinator:
 		// A coordinator writes the documents every node obeys; denying
@@ -123,6 +123,8 @@ func RolePermissions(role Role) (Permissions, error) {
 				"$KV." + DrillsBucket + ".>",
 				// The leader exports audit records.
 				AuditSubjects(),
+				// A coordinator that starts asks the fleet for its status.
+				StatusAskSubject,
 				"$JS.ACK." + IntentStream + ".>",
 				"$JS.FC.>",
 				// Intent results go to the sender's inbox, named in a header.

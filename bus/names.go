@@ -25,6 +25,11 @@ const (
 	telemetryPrefix = "switchyard.telemetry"
 	// statusPrefix: switchyard.status.<node>.
 	statusPrefix = "switchyard.status"
+	// StatusAskSubject is where a coordinator that has just started asks
+	// every agent for its status, so that it knows the fleet within a
+	// status window rather than a heartbeat. Outside switchyard.status.*,
+	// which names nodes.
+	StatusAskSubject = "switchyard.ask.status"
 	// queryPrefix: switchyard.query.<what>, served by every coordinator in a
 	// queue group from its local replica.
 	queryPrefix = "switchyard.query"

@@ -50,9 +50,17 @@ type fleet struct {
 	// faultSeen is when each (node, drill) fault was first reported active.
 	faultSeen map[[2]string]time.Time
 	// listeningSince is when this coordinator began to take agents'
-	// status; zero before.
+	// status; zero before. askedAt is when it asked every agent for its
+	// status (bus.StatusAskSubject); zero if it could not.
 	listeningSince time.Time
+	askedAt        time.Time
 }
+
+// statusAskGrace is how long after asking every agent for its status a
+// coordinator takes the nodes it has heard from for the fleet: agents
+// answer within their status window (docs/agent.md suggests 200 ms for
+// fleets of thousands), and the bus carries thousands of statuses a second.
+const statusAskGrace = 2 * time.Second
 
 // listening marks the start of the status subscription.
 func (f *fleet) listening() {
@@ -61,14 +69,27 @@ func (f *fleet) listening() {
 	f.listeningSince = f.now()
 }
 
-// Settled reports whether this coordinator has taken agents' status for
-// the stale period: only then does a service with no live node mean that
-// none runs it, rather than that none was heard from yet (a coordinator
-// that just started knows no node).
+// asked marks that every agent was asked for its status.
+func (f *fleet) asked() {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.askedAt = f.now()
+}
+
+// Settled reports whether this coordinator's view of the fleet is whole:
+// it asked every agent for its status at least statusAskGrace ago, or has
+// taken statuses for the stale period (every live node has sent one by
+// then). Before, the nodes it has heard from are not the fleet: a service
+// with no live node may have nodes not heard from yet, and a step whose
+// heard nodes all applied may still have nodes serving the old weights.
 func (f *fleet) Settled() bool {
 	f.mu.RLock()
 	defer f.mu.RUnlock()
-	return !f.listeningSince.IsZero() && f.now().Sub(f.listeningSince) >= f.staleAfter
+	if f.listeningSince.IsZero() {
+		return false
+	}
+	now := f.now()
+	return now.Sub(f.listeningSince) >= f.staleAfter || (!f.askedAt.IsZero() && now.Sub(f.askedAt) >= statusAskGrace)
 }
 
 var _ rollout.Settler = (*fleet)(nil)

@@ -149,3 +149,25 @@ func TestFleet_SettledAfterListeningForTheStalePeriod(t *testing.T) {
 		t.Fatal("not settled after the stale period")
 	}
 }
+
+// A coordinator that asked every agent for its status takes the nodes it
+// has heard from for the fleet once the agents had time to answer, not
+// before.
+func TestFleet_SettledSoonAfterAskingTheFleet(t *testing.T) {
+	now := time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)
+	f := newFleet(15*time.Second, newMetrics(prometheus.NewRegistry()), slog.New(slog.DiscardHandler))
+	f.now = func() time.Time { return now }
+	f.listening()
+	f.asked()
+	if f.Settled() {
+		t.Fatal("settled the moment it asked")
+	}
+	now = now.Add(statusAskGrace - time.Millisecond)
+	if f.Settled() {
+		t.Fatal("settled before the agents had the grace to answer")
+	}
+	now = now.Add(time.Millisecond)
+	if !f.Settled() {
+		t.Fatalf("not settled %s after asking", statusAskGrace)
+	}
+}

@@ -549,6 +549,26 @@ func (s *Server) stopWithin(timeout time.Duration, stop func()) bool {
 	return false
 }
 
+// askStatus asks every agent for its status once the status subscription
+// is in place at the server, so that the fleet view is whole within
+// statusAskGrace. If the ask cannot go out, the view settles after the
+// stale period, by heartbeats.
+func (s *Server) askStatus() {
+	err := s.nc.FlushTimeout(5 * time.Second)
+	if err == nil {
+		err = s.nc.Publish(bus.StatusAskSubject, nil)
+	}
+	if err == nil {
+		err = s.nc.FlushTimeout(5 * time.Second)
+	}
+	if err != nil {
+		s.log.Warn("could not ask the agents for their status; the fleet view settles by heartbeats",
+			"settles_in", s.cfg.StaleAfter, "err", err)
+		return
+	}
+	s.fleet.asked()
+}
+
 // subscribe starts the work every coordinator does, leader or not: tracking
 // the fleet's status and answering reads.
 func (s *Server) subscribe() ([]*nats.Subscription, error) {
@@ -557,6 +577,7 @@ func (s *Server) subscribe() ([]*nats.Subscription, error) {
 		return nil, fmt.Errorf("coordinator: subscribe to agent status: %w", err)
 	}
 	s.fleet.listening()
+	s.askStatus()
 	telemetry, err := s.nc.Subscribe(bus.TelemetryAll(), s.intake.handle)
 	if err != nil {
 		_ = status.Unsubscribe()

@@ -190,6 +190,45 @@ func TestCoordinator_IntentToDesiredStateToConvergence(t *testing.T) {
 	})
 }
 
+// A coordinator restarted mid-rollout knows none of the fleet. It asks
+// every agent for its status and does not take the first nodes it hears
+// from for the fleet: a node that answers only the ask, and has not applied
+// yet, still holds the rollout.
+func TestCoordinator_RestartedMidRolloutWaitsForTheWholeFleet(t *testing.T) {
+	nc, url := startNATS(t)
+	dir := t.TempDir()
+	c := startCoordinator(t, url, dir)
+	res := send(t, nc, applyIntent("i-1", "web-1"))
+	if !res.GetAccepted() {
+		t.Fatalf("apply: %v", res)
+	}
+	gen := res.GetIndex()
+	c.stop()
+
+	// edge-2 has not applied; its heartbeat is far off, it answers asks.
+	asks, err := nc.Subscribe(bus.StatusAskSubject, func(*nats.Msg) {
+		time.AfterFunc(300*time.Millisecond, func() { publishStatus(t, nc, "edge-2", gen-1) })
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer asks.Unsubscribe()
+	if err := nc.Flush(); err != nil {
+		t.Fatal(err)
+	}
+	c = startCoordinator(t, url, dir)
+	// edge-1's heartbeat comes first: it applied.
+	publishStatus(t, nc, "edge-1", gen)
+	time.Sleep(statusAskGrace + time.Second)
+	if p := rolloutPhase(c, "web-1"); p != sv1.RolloutPhase_ROLLOUT_PHASE_PROGRESSING {
+		t.Fatalf("phase %v with edge-2 not applied (it answered the ask)", p)
+	}
+	publishStatus(t, nc, "edge-2", gen)
+	waitFor(t, "completion", 5*time.Second, func() bool {
+		return rolloutPhase(c, "web-1") == sv1.RolloutPhase_ROLLOUT_PHASE_COMPLETED
+	})
+}
+
 func TestCoordinator_MalformedAndInvalidIntentsAreRefusedAndCounted(t *testing.T) {
 	nc, url := startNATS(t)
 	c := startCoordinator(t, url, t.TempDir())

@@ -129,6 +129,11 @@ func (c *Controller) maybeStart(d *sv1.Drill, now time.Time) error {
 	if now.Before(d.GetStartAt().AsTime()) {
 		return nil
 	}
+	// Targets and the cap are chosen from the live nodes: not from the few
+	// a coordinator that has just started has heard from.
+	if s, ok := c.Fleet.(interface{ Settled() bool }); ok && !s.Settled() {
+		return nil
+	}
 	targets, err := Targets(d, c.State, c.Fleet.Live(d.GetSpec().GetService()))
 	if err != nil {
 		return c.end(d, now, true, "not started: "+err.Error())

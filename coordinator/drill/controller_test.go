@@ -33,7 +33,11 @@ func (m *memRaft) Report(e *sv1.DrillReportEntry) error {
 type fakeFleet struct {
 	live []chaos.Node
 	seen map[string]time.Time
+	// young is a coordinator's view just after it started.
+	young bool
 }
+
+func (f *fakeFleet) Settled() bool { return !f.young }
 
 func (f *fakeFleet) Live(string) []chaos.Node { return f.live }
 func (f *fakeFleet) FaultSeen(node, _ string) (time.Time, bool) {
@@ -101,6 +105,23 @@ func TestDrill_StartsOnTimeRunsAndEnds(t *testing.T) {
 		t.Fatal("a drill that never started was published")
 	}
 	_ = fl
+}
+
+// A coordinator that has just started does not choose a drill's targets,
+// nor check its cap, from the few nodes it has heard from.
+func TestDrill_DoesNotStartOnAYoungFleetView(t *testing.T) {
+	st, c, fl, _ := setup(t, drillYAML, nodes("a"))
+	fl.young = true
+	_ = c.Step(t0.Add(6 * time.Second))
+	if p := st.Drill("d1").GetPhase(); p != sv1.DrillPhase_DRILL_PHASE_SCHEDULED {
+		t.Fatalf("started on a young view of one node: %v", p)
+	}
+	// Heard from everyone: 4 nodes, over maxNodes 2.
+	fl.young, fl.live = false, nodes("a", "b", "c", "d")
+	_ = c.Step(t0.Add(7 * time.Second))
+	if d := st.Drill("d1"); d.GetPhase() != sv1.DrillPhase_DRILL_PHASE_ABORTED || !strings.Contains(d.GetAbortReason(), "more than drill.maxNodes 2") {
+		t.Fatalf("once settled: %v %q", d.GetPhase(), d.GetAbortReason())
+	}
 }
 
 func TestDrill_RunsWithinCapAndReports(t *testing.T) {

@@ -53,8 +53,9 @@ type Observation struct {
 	// Stale names the nodes of the service that went silent; they are not
 	// waited for.
 	Stale []string
-	// Unsettled is set while the fleet view is too young for "no live
-	// node" to mean that none runs the service (Settler).
+	// Unsettled is set while the fleet view is too young to be the fleet
+	// (Settler): "no live node" may mean none heard from yet, and "every
+	// live node applied" may leave out nodes not heard from yet.
 	Unsettled bool
 	Analysis  analysis.Assessment
 }
@@ -69,10 +70,14 @@ type Decision struct {
 
 // Decide is the rollout state machine's pure core.
 func Decide(r *sv1.Rollout, obs Observation) Decision {
-	converged := obs.Live > 0 && obs.Applied >= obs.Live
+	converged := obs.Live > 0 && obs.Applied >= obs.Live && !obs.Unsettled
 	waitNodes := func() Decision {
 		if obs.Live == 0 && obs.Unsettled {
 			return Decision{Waiting: "no node of " + r.GetSpec().GetService() + " heard from yet"}
+		}
+		if obs.Unsettled {
+			return Decision{Waiting: fmt.Sprintf("%d of %d live nodes heard from so far applied generation %d; still hearing from the fleet",
+				obs.Applied, obs.Live, r.GetGeneration())}
 		}
 		if obs.Live == 0 {
 			return Decision{Waiting: "no live node runs " + r.GetSpec().GetService()}
@@ -206,9 +211,9 @@ type Fleet interface {
 	Stale(service string) []string
 }
 
-// Settler is a Fleet that can say whether it has listened long enough
-// (the stale period) for the absence of live nodes to mean that none runs
-// a service. A Fleet that is not one is taken as settled.
+// Settler is a Fleet that can say whether its view is whole: whether it has
+// heard from every live node, so that the nodes it counts are the fleet. A
+// Fleet that is not one is taken as settled.
 type Settler interface {
 	Settled() bool
 }
@@ -245,7 +250,7 @@ type Controller struct {
 func (c *Controller) Observe(r *sv1.Rollout, now time.Time) Observation {
 	applied, live := c.Fleet.Convergence(r.GetSpec().GetService(), r.GetGeneration())
 	obs := Observation{Now: now, Applied: applied, Live: live, Stale: c.Fleet.Stale(r.GetSpec().GetService())}
-	if s, ok := c.Fleet.(Settler); ok && live == 0 {
+	if s, ok := c.Fleet.(Settler); ok {
 		obs.Unsettled = !s.Settled()
 	}
 	if p := r.GetPhase(); p == sv1.RolloutPhase_ROLLOUT_PHASE_PROGRESSING || p == sv1.RolloutPhase_ROLLOUT_PHASE_PROMOTED {

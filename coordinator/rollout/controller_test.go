@@ -111,6 +111,10 @@ func TestRollout_Decide(t *testing.T) {
 		{"rolling back with every node stale is confirmed", rolling, Observation{Now: t0, Stale: []string{"edge-1", "edge-2"}}, ConfirmRollback, [2]int{}, ""},
 		{"rolling back a service no node runs is confirmed", rolling, Observation{Now: t0}, ConfirmRollback, [2]int{}, ""},
 		{"rolling back waits while the fleet view is too young to tell", rolling, Observation{Now: t0, Unsettled: true}, Wait, [2]int{}, "no node of web heard from yet"},
+		{"a young fleet view does not advance on the nodes heard from", at(sp, 0, 0), with(all, func(o *Observation) { o.Unsettled = true }), Wait, [2]int{}, "3 of 3 live nodes heard from so far applied generation"},
+		{"a young fleet view does not confirm a rollback", rolling, with(all, func(o *Observation) { o.Unsettled = true }), Wait, [2]int{}, "still hearing from the fleet"},
+		{"a young fleet view does not finish a promotion", promoted, with(all, func(o *Observation) { o.Unsettled = true }), Wait, [2]int{}, "still hearing from the fleet"},
+		{"a young fleet view still rolls back on a breach", at(sp, 0, 0), with(all, func(o *Observation) { o.Unsettled = true; o.Analysis = breach }), Rollback, [2]int{}, ""},
 		{"first wave's manual gate waits", startGated, all, Wait, [2]int{}, "approval to start wave first"},
 		{"first wave's manual gate waits with no node", startGated, Observation{Now: t0}, Wait, [2]int{}, "approval to start wave first"},
 	}
