@@ -344,8 +344,17 @@ func (s *Server) apiRoutes(mux *http.ServeMux) {
 	mux.Handle("GET /v1/drills", read(func(r *http.Request) (proto.Message, error) {
 		return s.Drills(&sv1.DrillsQuery{Drill: r.URL.Query().Get("name")})
 	}))
-	mux.Handle("GET /v1/overview", read(func(*http.Request) (proto.Message, error) {
-		return s.Overview("")
+	mux.Handle("GET /v1/overview", read(func(r *http.Request) (proto.Message, error) {
+		// The overview says in its body whether it is current, as each
+		// event of the stream does: a ?stale=true answer from a follower
+		// or a cut-off leader must not read as confirmed.
+		reason := ""
+		if r.URL.Query().Get("stale") == "true" {
+			if err := s.readCurrent(); err != nil {
+				reason = err.Error()
+			}
+		}
+		return s.Overview(reason)
 	}))
 	mux.Handle("GET /v1/events", s.viewer(http.HandlerFunc(s.events)))
 }

@@ -1,0 +1,75 @@
+package coordinator
+
+import (
+	"context"
+	"net/http"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/switchyard/switchyard/bus"
+	sv1 "github.com/switchyard/switchyard/proto/switchyard/v1"
+)
+
+// startLeaderless runs a coordinator that waits for a second one that never
+// comes: it knows no leader, as a follower does whose leader died.
+func startLeaderless(t *testing.T, natsURL string) *Server {
+	t.Helper()
+	reg := prometheus.NewRegistry()
+	srv, err := New(Config{NodeID: "c2", DataDir: filepath.Join(t.TempDir(), "data"), RaftAddr: "127.0.0.1:0", HTTPAddr: "127.0.0.1:0",
+		NATSURL: natsURL, BootstrapExpect: 2, RetryJoin: []string{freeAddr(t)}, Registerer: reg, Gatherer: reg,
+		TickInterval: 50 * time.Millisecond, Signing: testSigning})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() { defer close(done); _ = srv.Run(ctx) }()
+	t.Cleanup(func() { cancel(); <-done })
+	waitFor(t, "the HTTP API", 10*time.Second, func() bool {
+		if srv.HTTPAddr() == "" {
+			return false
+		}
+		resp, err := http.Get("http://" + srv.HTTPAddr() + "/healthz")
+		if err != nil {
+			return false
+		}
+		resp.Body.Close()
+		return true
+	})
+	return srv
+}
+
+// A coordinator that cannot confirm its replica current refuses the
+// overview (503); asked with ?stale=true it answers from its replica, and
+// the answer itself says it is stale and why, as the event stream does: a
+// client of /v1/overview reads the body, not only the header.
+func TestAPI_StaleOverviewSaysItIsStale(t *testing.T) {
+	_, url := startNATS(t)
+	srv := startLeaderless(t, url)
+	base := "http://" + srv.HTTPAddr()
+
+	if code, body := getAPI(t, base+"/v1/overview", nil); code != http.StatusServiceUnavailable || !strings.Contains(body, "knows no leader") {
+		t.Fatalf("current overview on a coordinator without a leader: %d %s", code, body)
+	}
+	req, _ := http.NewRequest(http.MethodGet, base+"/v1/overview?stale=true", nil)
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	if resp.Header.Get(bus.StaleHeader) != "c2" {
+		t.Fatalf("stale header %q", resp.Header.Get(bus.StaleHeader))
+	}
+	var ov sv1.Overview
+	if code, body := getAPI(t, base+"/v1/overview?stale=true", &ov); code != http.StatusOK {
+		t.Fatalf("stale overview: %d %s", code, body)
+	}
+	if !ov.GetStale() || !strings.Contains(ov.GetStaleReason(), "knows no leader") {
+		t.Fatalf("overview asked with ?stale=true on a coordinator without a leader says stale=%v reason %q; want stale with the reason",
+			ov.GetStale(), ov.GetStaleReason())
+	}
+}
