@@ -1,7 +1,9 @@
 package coordinator
 
 import (
+	"io"
 	"math"
+	"net/http"
 	"strings"
 	"testing"
 )
@@ -19,5 +21,26 @@ func TestNextEpoch_AboveBothAndNeverWraps(t *testing.T) {
 		if _, err := nextEpoch(c[0], c[1]); err == nil || !strings.Contains(err.Error(), "largest there is") {
 			t.Fatalf("nextEpoch(%d, %d): %v, want refused", c[0], c[1], err)
 		}
+	}
+}
+
+// Raising the epoch without a reason is the caller's mistake: 400 naming
+// the field, not a 500 that reads as the coordinator failing.
+func TestEpoch_RaiseWithoutReasonIsABadRequest(t *testing.T) {
+	_, url := startNATS(t)
+	c := startCoordinator(t, url, t.TempDir())
+	for _, body := range []string{`{}`, `{"reason": "  "}`} {
+		resp, err := http.Post("http://"+c.srv.HTTPAddr()+"/v1/cluster/epoch", "application/json", strings.NewReader(body))
+		if err != nil {
+			t.Fatal(err)
+		}
+		b, _ := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		if resp.StatusCode != http.StatusBadRequest || !strings.Contains(string(b), "reason: required") {
+			t.Fatalf("POST /v1/cluster/epoch %s: %d %s; want 400 naming reason", body, resp.StatusCode, b)
+		}
+	}
+	if got := c.srv.fsm.State().Epoch(); got != 1 {
+		t.Fatalf("epoch %d after refused raises, want 1", got)
 	}
 }
