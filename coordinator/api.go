@@ -175,8 +175,18 @@ func (s *Server) Series(q *sv1.SeriesQuery) (*sv1.RolloutSeries, error) {
 }
 
 // Overview answers with everything the dashboard shows; staleReason, when
-// not empty, says why this replica could not be confirmed current.
+// not empty, says why this replica could not be confirmed current. A
+// coordinator off the bus says so too: its replica may be current, but its
+// view of the fleet is not.
 func (s *Server) Overview(staleReason string) (*sv1.Overview, error) {
+	if s.nc == nil || !s.nc.IsConnected() {
+		blind := fmt.Sprintf("coordinator %s is not connected to NATS: it hears no agent status or telemetry, so its nodes age into stale whatever they do", s.cfg.NodeID)
+		if staleReason == "" {
+			staleReason = blind
+		} else {
+			staleReason += "; " + blind
+		}
+	}
 	_, leader := s.raft.LeaderWithID()
 	ov := &sv1.Overview{AnsweredBy: s.cfg.NodeID, Leader: string(leader), At: timestamppb.New(s.cfg.Clock.Now()),
 		Stale: staleReason != "", StaleReason: staleReason}

@@ -73,3 +73,40 @@ func TestAPI_StaleOverviewSaysItIsStale(t *testing.T) {
 			ov.GetStale(), ov.GetStaleReason())
 	}
 }
+
+// A leader that lost NATS still confirms its replica with Raft, but hears
+// no agent: every node ages into stale whatever it does. The overview (and
+// so the dashboard) must say that this coordinator cannot tell, rather than
+// show a live view of a fleet that went silent.
+func TestAPI_OverviewOffTheBusSaysItCannotSeeTheFleet(t *testing.T) {
+	ns, err := bus.RunEmbedded(bus.EmbeddedOptions{StoreDir: t.TempDir()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { ns.Shutdown(); ns.WaitForShutdown() })
+	c := startCoordinator(t, ns.ClientURL(), t.TempDir())
+	base := "http://" + c.srv.HTTPAddr()
+
+	var ov sv1.Overview
+	if code, body := getAPI(t, base+"/v1/overview", &ov); code != http.StatusOK || ov.GetStale() {
+		t.Fatalf("overview on a leader on the bus: %d stale=%v %s", code, ov.GetStale(), body)
+	}
+	ns.Shutdown()
+	ns.WaitForShutdown()
+	waitFor(t, "the coordinator to notice NATS is gone", 10*time.Second, func() bool { return !c.srv.nc.IsConnected() })
+
+	ov.Reset()
+	if code, body := getAPI(t, base+"/v1/overview", &ov); code != http.StatusOK {
+		t.Fatalf("overview off the bus: %d %s", code, body)
+	}
+	if !ov.GetStale() || !strings.Contains(ov.GetStaleReason(), "not connected to NATS") {
+		t.Fatalf("overview of a leader off the bus: stale=%v reason %q; want stale, saying it is not connected to NATS", ov.GetStale(), ov.GetStaleReason())
+	}
+	ev, err := c.srv.liveEvent()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !strings.Contains(string(ev.data), "not connected to NATS") {
+		t.Fatalf("live event off the bus does not say so: %s", ev.data)
+	}
+}
