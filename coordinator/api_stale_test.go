@@ -3,6 +3,7 @@ package coordinator
 import (
 	"context"
 	"net/http"
+	"os"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -108,5 +109,27 @@ func TestAPI_OverviewOffTheBusSaysItCannotSeeTheFleet(t *testing.T) {
 	}
 	if !strings.Contains(string(ev.data), "not connected to NATS") {
 		t.Fatalf("live event off the bus does not say so: %s", ev.data)
+	}
+}
+
+// The authentication scheme is case-insensitive (RFC 9110 11.1): a client
+// that sends "bearer TOKEN" carries the right token and must be let in.
+func TestAPI_ViewerTokenSchemeIsCaseInsensitive(t *testing.T) {
+	_, url := startNATS(t)
+	dir := t.TempDir()
+	tokenFile := filepath.Join(dir, "viewer.token")
+	const token = "case-viewer-token-0123456789"
+	if err := os.WriteFile(tokenFile, []byte(token), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	c := startCoordinatorWith(t, url, filepath.Join(dir, "data"), func(cfg *Config) { cfg.ViewerTokenFile = tokenFile })
+	base := "http://" + c.srv.HTTPAddr()
+	for _, scheme := range []string{"Bearer", "bearer", "BEARER"} {
+		if code, body := getAPI(t, base+"/v1/overview", nil, "Authorization", scheme+" "+token); code != http.StatusOK {
+			t.Fatalf("Authorization: %s TOKEN: %d %s", scheme, code, body)
+		}
+	}
+	if code, _ := getAPI(t, base+"/v1/overview", nil, "Authorization", "bearer wrong-token-wrong-token"); code != http.StatusUnauthorized {
+		t.Fatalf("wrong token with a lower-case scheme: %d", code)
 	}
 }
