@@ -175,8 +175,18 @@ func (s *Server) Series(q *sv1.SeriesQuery) (*sv1.RolloutSeries, error) {
 }
 
 // Overview answers with everything the dashboard shows; staleReason, when
-// not empty, says why this replica could not be confirmed current.
+// not empty, says why this replica could not be confirmed current. A
+// coordinator off the bus says so too: its replica may be current, but its
+// view of the fleet is not.
 func (s *Server) Overview(staleReason string) (*sv1.Overview, error) {
+	if s.nc == nil || !s.nc.IsConnected() {
+		blind := fmt.Sprintf("coordinator %s is not connected to NATS: it hears no agent status or telemetry, so its nodes age into stale whatever they do", s.cfg.NodeID)
+		if staleReason == "" {
+			staleReason = blind
+		} else {
+			staleReason += "; " + blind
+		}
+	}
 	_, leader := s.raft.LeaderWithID()
 	ov := &sv1.Overview{AnsweredBy: s.cfg.NodeID, Leader: string(leader), At: timestamppb.New(s.cfg.Clock.Now()),
 		Stale: staleReason != "", StaleReason: staleReason}
@@ -344,8 +354,17 @@ func (s *Server) apiRoutes(mux *http.ServeMux) {
 	mux.Handle("GET /v1/drills", read(func(r *http.Request) (proto.Message, error) {
 		return s.Drills(&sv1.DrillsQuery{Drill: r.URL.Query().Get("name")})
 	}))
-	mux.Handle("GET /v1/overview", read(func(*http.Request) (proto.Message, error) {
-		return s.Overview("")
+	mux.Handle("GET /v1/overview", read(func(r *http.Request) (proto.Message, error) {
+		// The overview says in its body whether it is current, as each
+		// event of the stream does: a ?stale=true answer from a follower
+		// or a cut-off leader must not read as confirmed.
+		reason := ""
+		if r.URL.Query().Get("stale") == "true" {
+			if err := s.readCurrent(); err != nil {
+				reason = err.Error()
+			}
+		}
+		return s.Overview(reason)
 	}))
 	mux.Handle("GET /v1/events", s.viewer(http.HandlerFunc(s.events)))
 }

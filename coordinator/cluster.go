@@ -413,9 +413,12 @@ func (s *Server) clusterRoutes(mux *http.ServeMux) {
 }
 
 func clusterChange(w http.ResponseWriter, err error, s *Server) {
+	var bad badParam
 	switch {
 	case err == nil:
 		writeJSON(w, map[string]string{"result": "ok"})
+	case errors.As(err, &bad):
+		http.Error(w, err.Error(), http.StatusBadRequest)
 	case errors.Is(err, errNotLeaderHTTP):
 		_, leader := s.raft.LeaderWithID()
 		http.Error(w, fmt.Sprintf("not the leader; the leader is %q", leader), http.StatusMisdirectedRequest)

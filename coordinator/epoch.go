@@ -36,11 +36,11 @@ type EpochChange struct {
 // Raft data moves the fleet again. Documents no trusted key signed are not
 // counted, so a forgery cannot push the epoch anywhere.
 func (s *Server) RaiseEpoch(ctx context.Context, reason string) (EpochChange, error) {
+	if strings.TrimSpace(reason) == "" {
+		return EpochChange{}, badParam("reason: required, it is kept in the log entry")
+	}
 	if s.raft.State() != raft.Leader {
 		return EpochChange{}, errNotLeaderHTTP
-	}
-	if strings.TrimSpace(reason) == "" {
-		return EpochChange{}, errors.New("reason: required, it is kept in the log entry")
 	}
 	seen, err := s.highestVerifiedEpoch(ctx)
 	if err != nil {

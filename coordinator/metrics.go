@@ -105,7 +105,7 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 		}),
 		peerRejected: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "switchyard_coordinator_cluster_peers_rejected_total",
-			Help: "Raft and HTTPS connections whose TLS handshake failed, and cluster changes without a certificate from the cluster CA.",
+			Help: "Raft and HTTPS connections whose TLS handshake failed, and cluster changes without a certificate from the cluster CA or not sent as JSON.",
 		}),
 		joinFailures: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "switchyard_coordinator_cluster_join_failures_total",

@@ -5,6 +5,7 @@ import (
 	"crypto/tls"
 	"errors"
 	"fmt"
+	"mime"
 	"net"
 	"net/http"
 	"strconv"
@@ -172,8 +173,19 @@ func (c *handshakeConn) Write(b []byte) (int, error) {
 var errNoPeerCertificate = errors.New("cluster changes need a coordinator certificate from the cluster CA")
 
 // clusterPeer admits a cluster change: any caller without TLS, only a
-// caller with a verified certificate with it.
+// caller with a verified certificate with it; either way only a JSON body.
+// A browser sends a form or text/plain across origins without asking the
+// server first, so without that check any web page an operator opens could
+// remove a coordinator or raise the epoch; JSON makes it ask, and the
+// coordinator allows no other origin.
 func (s *Server) clusterPeer(w http.ResponseWriter, r *http.Request) bool {
+	if ct, _, _ := mime.ParseMediaType(r.Header.Get("Content-Type")); ct != "application/json" {
+		s.metrics.peerRejected.Inc()
+		s.log.Warn("refused a cluster change not sent as JSON", "from", r.RemoteAddr, "path", r.URL.Path, "content_type", r.Header.Get("Content-Type"))
+		http.Error(w, fmt.Sprintf("Content-Type %q: cluster changes take a JSON body sent as application/json", r.Header.Get("Content-Type")),
+			http.StatusUnsupportedMediaType)
+		return false
+	}
 	if s.clusterTLS == nil {
 		return true
 	}

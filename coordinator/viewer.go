@@ -52,8 +52,9 @@ func (s *Server) viewer(h http.Handler) http.Handler {
 			return
 		}
 		tok := ""
-		if a := r.Header.Get("Authorization"); strings.HasPrefix(a, "Bearer ") {
-			tok = strings.TrimPrefix(a, "Bearer ")
+		// The scheme is case-insensitive: "bearer TOKEN" is the same.
+		if scheme, t, ok := strings.Cut(r.Header.Get("Authorization"), " "); ok && strings.EqualFold(scheme, "Bearer") {
+			tok = strings.TrimSpace(t)
 		} else if c, err := r.Cookie(viewerCookie); err == nil {
 			tok = c.Value
 		}

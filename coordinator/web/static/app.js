@@ -211,8 +211,8 @@
     $("updated").textContent = "updated " + time(ov.at);
     const banner = $("stale");
     banner.hidden = !ov.stale;
-    banner.textContent = ov.stale ? "This coordinator could not confirm that its view is current: " + (ov.staleReason || "") +
-      ". Open the leader's dashboard for current data." : "";
+    const elsewhere = ov.leader && ov.leader !== ov.answeredBy ? ". Open the leader's dashboard for current data." : ".";
+    banner.textContent = ov.stale ? "This coordinator could not confirm that its view is current: " + (ov.staleReason || "") + elsewhere : "";
     $("rollouts").replaceChildren(...renderRollouts(ov));
     $("fleet").replaceChildren(...renderFleet(ov));
     $("drills").replaceChildren(...renderDrills(ov));
