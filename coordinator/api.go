@@ -5,8 +5,11 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"maps"
 	"net/http"
+	"net/url"
 	"slices"
+	"strings"
 	"time"
 
 	"google.golang.org/protobuf/encoding/protojson"
@@ -292,6 +295,26 @@ func (s *Server) readGate(w http.ResponseWriter, r *http.Request) bool {
 	return true
 }
 
+// checkParams refuses a query parameter the route does not take (besides
+// stale), one given twice, and a stale that is neither true nor false.
+func checkParams(q url.Values, params []string) error {
+	for _, k := range slices.Sorted(maps.Keys(q)) {
+		if k != "stale" && !slices.Contains(params, k) {
+			takes := append(slices.Clone(params), "stale")
+			return badParam(fmt.Sprintf("unknown parameter %q: this route takes %s", k, strings.Join(takes, ", ")))
+		}
+		if len(q[k]) > 1 {
+			return badParam(fmt.Sprintf("parameter %q given %d times", k, len(q[k])))
+		}
+	}
+	switch v := q.Get("stale"); v {
+	case "", "true", "false":
+		return nil
+	default:
+		return badParam(fmt.Sprintf("stale=%q: want true or false", v))
+	}
+}
+
 // badParam is a read API request's parameter that makes no sense: the
 // answer is 400, not 404.
 type badParam string
@@ -322,8 +345,15 @@ func writeAPI(w http.ResponseWriter, m proto.Message, err error) {
 // leader) unless ?stale=true asks for this replica's own view, which is
 // then said in the Switchyard-Stale header.
 func (s *Server) apiRoutes(mux *http.ServeMux) {
-	read := func(h func(*http.Request) (proto.Message, error)) http.Handler {
+	// read serves a route that takes the query parameters params, and
+	// stale: a misspelt one (?servce=web) would otherwise answer for
+	// everything, as if asked.
+	read := func(h func(*http.Request) (proto.Message, error), params ...string) http.Handler {
 		return s.viewer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+			if err := checkParams(r.URL.Query(), params); err != nil {
+				writeAPI(w, nil, err)
+				return
+			}
 			if !s.readGate(w, r) {
 				return
 			}
@@ -341,7 +371,7 @@ func (s *Server) apiRoutes(mux *http.ServeMux) {
 			return nil, badParam(fmt.Sprintf("summary=%q: want true or false", v))
 		}
 		return s.Rollouts(q)
-	}))
+	}, "name", "summary"))
 	mux.Handle("GET /v1/rollouts/{name}", read(func(r *http.Request) (proto.Message, error) {
 		return s.Rollouts(&sv1.RolloutsQuery{Rollout: r.PathValue("name")})
 	}))
@@ -350,10 +380,10 @@ func (s *Server) apiRoutes(mux *http.ServeMux) {
 	}))
 	mux.Handle("GET /v1/fleet", read(func(r *http.Request) (proto.Message, error) {
 		return s.FleetStatus(&sv1.FleetStatusQuery{Service: r.URL.Query().Get("service")})
-	}))
+	}, "service"))
 	mux.Handle("GET /v1/drills", read(func(r *http.Request) (proto.Message, error) {
 		return s.Drills(&sv1.DrillsQuery{Drill: r.URL.Query().Get("name")})
-	}))
+	}, "name"))
 	mux.Handle("GET /v1/overview", read(func(r *http.Request) (proto.Message, error) {
 		// The overview says in its body whether it is current, as each
 		// event of the stream does: a ?stale=true answer from a follower

@@ -97,6 +97,19 @@ func TestQuery_AFleetTooBigForOneMessage(t *testing.T) {
 	if code, body := getAPI(t, base+"/v1/rollouts?summary=yes", nil); code != http.StatusBadRequest || !strings.Contains(body, "summary") {
 		t.Fatalf("GET /v1/rollouts?summary=yes: %d %s", code, body)
 	}
+	// A misspelt parameter would answer for the whole fleet as if asked;
+	// it is refused, naming it and what the route takes.
+	for path, want := range map[string]string{
+		"/v1/fleet?servce=web":            `unknown parameter "servce": this route takes service, stale`,
+		"/v1/rollouts?nmae=web-1":         `unknown parameter "nmae": this route takes name, summary, stale`,
+		"/v1/overview?stale=1":            `stale="1": want true or false`,
+		"/v1/drills?name=a&name=b":        `parameter "name" given 2 times`,
+		"/v1/rollouts/web-1?summary=true": `unknown parameter "summary": this route takes stale`,
+	} {
+		if code, body := getAPI(t, base+path, nil); code != http.StatusBadRequest || !strings.Contains(body, want) {
+			t.Errorf("GET %s: %d %s, want 400 saying %s", path, code, body, want)
+		}
+	}
 	var ov sv1.Overview
 	if code, body := getAPI(t, base+"/v1/overview", &ov); code != http.StatusOK || len(ov.GetRollouts().GetRollouts()[0].GetNodes()) != 0 ||
 		ov.GetRollouts().GetRollouts()[0].GetLive() != nodes {
