@@ -59,6 +59,21 @@ type server struct {
 	version  uint64
 	clients  map[string]*client // by node id
 	streams  map[int64]string   // stream -> node id
+	// offered is the last response sent on a stream, by type URL: a NACK
+	// names it by its nonce.
+	offered map[int64]map[string]offer
+}
+
+// offer is one response sent: its nonce and the version it carries.
+type offer struct {
+	nonce   string
+	version uint64
+}
+
+// refusal is a client's NACK of one version.
+type refusal struct {
+	version uint64 // 0 when the refused response is not known
+	err     string
 }
 
 // client is what one xDS client (by node id) has asked for and accepted.
@@ -69,9 +84,9 @@ type client struct {
 	wildcard  bool
 	// acked is the last version accepted, by type URL.
 	acked map[string]uint64
-	// nacked is the refusal of the last version offered, by type URL,
-	// until a later version is accepted.
-	nacked map[string]string
+	// nacked is the refusal of a version offered, by type URL, until
+	// that version or a later one is accepted.
+	nacked map[string]refusal
 }
 
 // acquire returns the server at addr, starting it if no service of this
@@ -97,6 +112,7 @@ func acquire(addr string, log *slog.Logger) (*server, error) {
 		clusters: map[string]*Driver{},
 		clients:  map[string]*client{},
 		streams:  map[int64]string{},
+		offered:  map[int64]map[string]offer{},
 		done:     make(chan struct{}),
 	}
 	s.cache = cache.NewSnapshotCache(false, sharedHash{}, nil)
@@ -209,6 +225,7 @@ func (s *server) onStreamClosed(id int64, _ *core.Node) {
 	s.mu.Lock()
 	node, ok := s.streams[id]
 	delete(s.streams, id)
+	delete(s.offered, id)
 	if ok {
 		if c := s.clients[node]; c != nil {
 			c.streams--
@@ -233,7 +250,7 @@ func (s *server) onStreamRequest(id int64, req *discovery.DiscoveryRequest) erro
 		s.streams[id] = node
 		c := s.clients[node]
 		if c == nil {
-			c = &client{listeners: map[string]bool{}, acked: map[string]uint64{}, nacked: map[string]string{}}
+			c = &client{listeners: map[string]bool{}, acked: map[string]uint64{}, nacked: map[string]refusal{}}
 			s.clients[node] = c
 		}
 		c.streams++
@@ -250,12 +267,27 @@ func (s *server) onStreamRequest(id int64, req *discovery.DiscoveryRequest) erro
 	var nacked string
 	if req.GetResponseNonce() != "" {
 		if e := req.GetErrorDetail(); e != nil {
-			nacked = e.GetMessage()
-			c.nacked[t] = nacked
-		} else {
-			delete(c.nacked, t)
-			if v, err := strconv.ParseUint(req.GetVersionInfo(), 10, 64); err == nil {
-				c.acked[t] = v
+			r := refusal{err: e.GetMessage()}
+			if o, ok := s.offered[id][t]; ok && o.nonce == req.GetResponseNonce() {
+				r.version = o.version
+				// The request names the version the client still has, so
+				// the cache would answer it with the refused version at
+				// once, and the client refuse it again, without end. As
+				// the refused version it makes the cache wait for the
+				// next snapshot.
+				req.VersionInfo = strconv.FormatUint(o.version, 10)
+			}
+			if prev, ok := c.nacked[t]; !ok || prev.version != r.version || r.version == 0 {
+				nacked = r.err
+			}
+			c.nacked[t] = r
+		} else if v, err := strconv.ParseUint(req.GetVersionInfo(), 10, 64); err == nil {
+			c.acked[t] = v
+			// A request that only changes what the client subscribes to
+			// carries the version it still has: the refusal of a later
+			// one stands.
+			if r, ok := c.nacked[t]; ok && v >= r.version {
+				delete(c.nacked, t)
 			}
 		}
 	}
@@ -276,7 +308,19 @@ func (s *server) onStreamRequest(id int64, req *discovery.DiscoveryRequest) erro
 	return nil
 }
 
-func (s *server) onStreamResponse(context.Context, int64, *discovery.DiscoveryRequest, *discovery.DiscoveryResponse) {
+func (s *server) onStreamResponse(_ context.Context, id int64, _ *discovery.DiscoveryRequest, resp *discovery.DiscoveryResponse) {
+	v, err := strconv.ParseUint(resp.GetVersionInfo(), 10, 64)
+	if err != nil {
+		return
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	byType := s.offered[id]
+	if byType == nil {
+		byType = map[string]offer{}
+		s.offered[id] = byType
+	}
+	byType[resp.GetTypeUrl()] = offer{nonce: resp.GetNonce(), version: v}
 }
 
 // changed tells every service's driver its clients changed.
@@ -311,8 +355,8 @@ func (s *server) clientsOf(listener string) []clientView {
 		cv := clientView{node: node, routesAcked: c.acked[resource.RouteType]}
 		if len(c.nacked) > 0 {
 			cv.nacked = make(map[string]string, len(c.nacked))
-			for t, e := range c.nacked {
-				cv.nacked[shortType(t)] = e
+			for t, r := range c.nacked {
+				cv.nacked[shortType(t)] = r.err
 			}
 		}
 		out = append(out, cv)

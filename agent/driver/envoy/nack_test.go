@@ -1,0 +1,160 @@
+package envoy
+
+import (
+	"context"
+	"strings"
+	"testing"
+	"time"
+
+	core "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
+	discovery "github.com/envoyproxy/go-control-plane/envoy/service/discovery/v3"
+	resource "github.com/envoyproxy/go-control-plane/pkg/resource/v3"
+	"github.com/prometheus/client_golang/prometheus/testutil"
+	"google.golang.org/genproto/googleapis/rpc/status"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/credentials/insecure"
+)
+
+// adsClient is a raw ADS stream standing in for an Envoy or a grpc-go
+// client whose every step the test chooses. One goroutine reads the stream
+// into responses.
+type adsClient struct {
+	t         *testing.T
+	node      *core.Node
+	stream    discovery.AggregatedDiscoveryService_StreamAggregatedResourcesClient
+	responses chan *discovery.DiscoveryResponse
+}
+
+func newADSClient(t *testing.T, addr, node string) *adsClient {
+	t.Helper()
+	conn, err := grpc.NewClient(addr, grpc.WithTransportCredentials(insecure.NewCredentials()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	stream, err := discovery.NewAggregatedDiscoveryServiceClient(conn).StreamAggregatedResources(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	c := &adsClient{t: t, node: &core.Node{Id: node}, stream: stream, responses: make(chan *discovery.DiscoveryResponse, 100)}
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		for {
+			resp, err := stream.Recv()
+			if err != nil {
+				return
+			}
+			c.responses <- resp
+		}
+	}()
+	t.Cleanup(func() { cancel(); <-done; conn.Close() })
+	return c
+}
+
+func (c *adsClient) send(req *discovery.DiscoveryRequest) {
+	c.t.Helper()
+	req.Node = c.node
+	if err := c.stream.Send(req); err != nil {
+		c.t.Fatal(err)
+	}
+}
+
+// recv is the next response, or nil when none comes within d.
+func (c *adsClient) recv(d time.Duration) *discovery.DiscoveryResponse {
+	select {
+	case r := <-c.responses:
+		return r
+	case <-time.After(d):
+		return nil
+	}
+}
+
+// nack refuses resp.
+func (c *adsClient) nack(resp *discovery.DiscoveryResponse, names []string, accepted, why string) {
+	c.t.Helper()
+	c.send(&discovery.DiscoveryRequest{TypeUrl: resp.GetTypeUrl(), ResourceNames: names, VersionInfo: accepted,
+		ResponseNonce: resp.GetNonce(), ErrorDetail: &status.Status{Code: int32(codes.InvalidArgument), Message: why}})
+}
+
+// TestEnvoy_ANACKedConfigIsNotSentAgainUntilItChanges: a client that
+// refuses a config refuses it again each time it gets it. The server must
+// not answer a NACK with the same config (a NACK storm: both sides busy,
+// the agent's log and nacks counter flooded); the next config that
+// changes something is sent at once.
+func TestEnvoy_ANACKedConfigIsNotSentAgainUntilItChanges(t *testing.T) {
+	f := newFixture(t)
+	d := f.open(t)
+	if err := d.Apply(context.Background(), map[string]uint32{"blue": 100, "green": 0}); err != nil {
+		t.Fatal(err)
+	}
+	c := newADSClient(t, f.sec.XDS, "refuser")
+	c.send(&discovery.DiscoveryRequest{TypeUrl: resource.ListenerType, ResourceNames: []string{"web"}})
+	first := c.recv(5 * time.Second)
+	if first == nil {
+		t.Fatal("no listener response")
+	}
+	// The client refuses every response it gets, as Envoy and grpc-go do
+	// with a config they cannot take.
+	c.nack(first, []string{"web"}, "", "listener web: test refusal")
+	sent := 1
+	deadline := time.Now().Add(time.Second)
+	for time.Now().Before(deadline) {
+		resp := c.recv(time.Until(deadline))
+		if resp == nil {
+			break
+		}
+		sent++
+		if resp.GetVersionInfo() == first.GetVersionInfo() {
+			c.nack(resp, []string{"web"}, "", "listener web: test refusal")
+		}
+	}
+	if sent > 1 {
+		t.Errorf("the refused listener config was sent %d times within a second, want once", sent)
+	}
+	if got := testutil.ToFloat64(d.m.nacks.WithLabelValues("listener")); got > 1 {
+		t.Errorf("switchyard_agent_xds_nacks_total{type=listener} = %v after one refusal of one config, want 1", got)
+	}
+	if h := d.Health(); h.OK || !strings.Contains(h.Reason, "refuser refused the listener config") {
+		t.Errorf("health %+v, want the refusal", h)
+	}
+	// A request that only renews the subscription, carrying the version
+	// the client still has, does not clear the refusal.
+	c.send(&discovery.DiscoveryRequest{TypeUrl: resource.ListenerType, ResourceNames: []string{"web"}, ResponseNonce: first.GetNonce()})
+	// The server answers it (after taking it in) with what it serves.
+	resp := c.recv(5 * time.Second)
+	if resp == nil || resp.GetVersionInfo() != first.GetVersionInfo() {
+		t.Fatalf("answer to the renewal: %v, want version %s again", resp, first.GetVersionInfo())
+	}
+	c.nack(resp, []string{"web"}, "", "listener web: test refusal")
+	if h := d.Health(); h.OK || !strings.Contains(h.Reason, "refuser refused the listener config") {
+		t.Errorf("health %+v after a renewal without accepting, want the refusal still", h)
+	}
+	// A new config is offered at once.
+	if err := d.Apply(context.Background(), map[string]uint32{"blue": 0, "green": 100}); err != nil {
+		t.Fatal(err)
+	}
+	next := c.recv(5 * time.Second)
+	for next != nil && next.GetVersionInfo() == first.GetVersionInfo() {
+		next = c.recv(5 * time.Second)
+	}
+	if next == nil {
+		t.Fatal("the changed config was not sent after the refusal")
+	}
+	c.send(&discovery.DiscoveryRequest{TypeUrl: resource.ListenerType, ResourceNames: []string{"web"},
+		VersionInfo: next.GetVersionInfo(), ResponseNonce: next.GetNonce()})
+	waitFor(t, 5*time.Second, "the refusal cleared by accepting the next config", func() error {
+		if h := d.Health(); strings.Contains(h.Reason, "refused") {
+			return errorString(h.Reason)
+		}
+		return nil
+	})
+	if got := testutil.ToFloat64(d.m.nacks.WithLabelValues("listener")); got != 1 {
+		t.Errorf("switchyard_agent_xds_nacks_total{type=listener} = %v, want 1: one config refused", got)
+	}
+}
+
+type errorString string
+
+func (e errorString) Error() string { return string(e) }
