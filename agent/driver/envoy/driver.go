@@ -204,7 +204,7 @@ func (d *Driver) register(reg prometheus.Registerer) error {
 			if srv == nil {
 				return 0
 			}
-			return float64(len(srv.clientsOf(d.listener)))
+			return float64(len(srv.clientsOf(d.listener, d.res.routeName())))
 		}),
 		healthy: prometheus.NewGaugeFunc(prometheus.GaugeOpts{
 			Name: "switchyard_agent_xds_healthy",
@@ -463,7 +463,7 @@ func (d *Driver) Faults() map[string]Fault {
 // status is the clients' standing: the routing every client of the
 // listener accepted, or why there is none.
 func (d *Driver) status() (*routing, error) {
-	clients := d.srv.clientsOf(d.listener)
+	clients := d.srv.clientsOf(d.listener, d.res.routeName())
 	if len(clients) == 0 {
 		return nil, fmt.Errorf("%w: no xDS client has asked for listener %q on %s", driver.ErrUnavailable, d.listener, d.srv.addr)
 	}

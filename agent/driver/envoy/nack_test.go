@@ -9,11 +9,14 @@ import (
 	core "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
 	discovery "github.com/envoyproxy/go-control-plane/envoy/service/discovery/v3"
 	resource "github.com/envoyproxy/go-control-plane/pkg/resource/v3"
+	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/testutil"
 	"google.golang.org/genproto/googleapis/rpc/status"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/credentials/insecure"
+
+	"github.com/switchyard/switchyard/agent/driver"
 )
 
 // adsClient is a raw ADS stream standing in for an Envoy or a grpc-go
@@ -158,3 +161,45 @@ func TestEnvoy_ANACKedConfigIsNotSentAgainUntilItChanges(t *testing.T) {
 type errorString string
 
 func (e errorString) Error() string { return string(e) }
+
+// TestEnvoy_AnEnvoyIsNoClientOfTheServicesItDoesNotRoute: an Envoy asks
+// for every listener (a wildcard) but routes only the services whose
+// listener has an address (envoyListen); a gRPC service on the same xDS
+// address must not count it as a client that accepted its routing.
+func TestEnvoy_AnEnvoyIsNoClientOfTheServicesItDoesNotRoute(t *testing.T) {
+	f := newFixture(t)
+	f.sec.EnvoyListen = freeAddr(t)
+	web := f.open(t)
+	shopSec := &Section{XDS: f.sec.XDS, Endpoints: f.sec.Endpoints}
+	shopDrv, err := shopSec.Open(driver.Env{Service: "shop", Node: "n1", StateDir: t.TempDir(), Registerer: prometheus.NewRegistry()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	shop := shopDrv.(*Driver)
+	t.Cleanup(func() { shop.Close() })
+	for _, d := range []*Driver{web, shop} {
+		if err := d.Apply(context.Background(), map[string]uint32{"blue": 100, "green": 0}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	envoy := newADSClient(t, f.sec.XDS, "edge-1-envoy")
+	envoy.send(&discovery.DiscoveryRequest{TypeUrl: resource.ListenerType})
+	lds := envoy.recv(5 * time.Second)
+	if lds == nil || len(lds.GetResources()) != 2 {
+		t.Fatalf("wildcard listener response %v, want both listeners", lds)
+	}
+	envoy.send(&discovery.DiscoveryRequest{TypeUrl: resource.ListenerType, VersionInfo: lds.GetVersionInfo(), ResponseNonce: lds.GetNonce()})
+	envoy.send(&discovery.DiscoveryRequest{TypeUrl: resource.RouteType, ResourceNames: []string{"web-route"}})
+	rds := envoy.recv(5 * time.Second)
+	if rds == nil {
+		t.Fatal("no route response")
+	}
+	envoy.send(&discovery.DiscoveryRequest{TypeUrl: resource.RouteType, ResourceNames: []string{"web-route"}, VersionInfo: rds.GetVersionInfo(), ResponseNonce: rds.GetNonce()})
+	waitObserved(t, web, map[string]uint32{"blue": 100, "green": 0})
+	if h := shop.Health(); h.OK || !strings.Contains(h.Reason, `no xDS client has asked for listener "shop"`) {
+		t.Errorf("shop health %+v with only an Envoy routing web, want no client", h)
+	}
+	if obs, err := shop.Observe(context.Background()); err == nil {
+		t.Errorf("shop observed %v from an Envoy that never asked for its routes", obs.Weights)
+	}
+}

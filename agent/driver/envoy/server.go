@@ -82,6 +82,8 @@ type client struct {
 	// listeners the client subscribed to; wildcard when it asked for all.
 	listeners map[string]bool
 	wildcard  bool
+	// routes are the route configs the client subscribed to.
+	routes map[string]bool
 	// acked is the last version accepted, by type URL.
 	acked map[string]uint64
 	// nacked is the refusal of a version offered, by type URL, until
@@ -250,7 +252,7 @@ func (s *server) onStreamRequest(id int64, req *discovery.DiscoveryRequest) erro
 		s.streams[id] = node
 		c := s.clients[node]
 		if c == nil {
-			c = &client{listeners: map[string]bool{}, acked: map[string]uint64{}, nacked: map[string]refusal{}}
+			c = &client{listeners: map[string]bool{}, routes: map[string]bool{}, acked: map[string]uint64{}, nacked: map[string]refusal{}}
 			s.clients[node] = c
 		}
 		c.streams++
@@ -262,6 +264,12 @@ func (s *server) onStreamRequest(id int64, req *discovery.DiscoveryRequest) erro
 		clear(c.listeners)
 		for _, n := range req.GetResourceNames() {
 			c.listeners[n] = true
+		}
+	}
+	if t == resource.RouteType {
+		clear(c.routes)
+		for _, n := range req.GetResourceNames() {
+			c.routes[n] = true
 		}
 	}
 	var nacked string
@@ -293,7 +301,7 @@ func (s *server) onStreamRequest(id int64, req *discovery.DiscoveryRequest) erro
 	}
 	var affected []*Driver
 	for _, d := range s.services {
-		if c.wildcard || c.listeners[d.listener] {
+		if c.of(d.listener, d.res.routeName()) {
 			affected = append(affected, d)
 		}
 	}
@@ -343,13 +351,23 @@ type clientView struct {
 	nacked      map[string]string
 }
 
-// clientsOf lists the clients that asked for listener.
-func (s *server) clientsOf(listener string) []clientView {
+// of reports whether the client is one of the service's: it asked for the
+// service's listener by name or, asking for every listener (as an Envoy
+// does), for its route config. An Envoy gets the api_listener of a gRPC
+// service too but does not route it; its acceptance says nothing of that
+// service's routing.
+func (c *client) of(listener, route string) bool {
+	return c.listeners[listener] || (c.wildcard && c.routes[route])
+}
+
+// clientsOf lists the clients of the service whose listener and route
+// config are named so.
+func (s *server) clientsOf(listener, route string) []clientView {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	var out []clientView
 	for node, c := range s.clients {
-		if !c.wildcard && !c.listeners[listener] {
+		if !c.of(listener, route) {
 			continue
 		}
 		cv := clientView{node: node, routesAcked: c.acked[resource.RouteType]}
