@@ -5,8 +5,13 @@ import (
 	"encoding/json"
 	"maps"
 	"os"
+	"strings"
 	"sync"
 	"testing"
+
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/switchyard/switchyard/agent/driver"
 )
 
 // TestEnvoy_RestartDoesNotInjectAFaultAgain: a restarted agent reverts
@@ -68,5 +73,25 @@ func TestEnvoy_ConcurrentChangesKeepOnDiskWhatIsServed(t *testing.T) {
 		if sv.Routing == nil || !maps.Equal(sv.Routing.Weights, served) {
 			t.Fatalf("round %d: saved %s, served %v", i, b, served)
 		}
+	}
+}
+
+// TestEnvoy_ServicesWhoseClusterNamesCollideAreRefused: clusters are
+// named "<service>-<backend>", so service web's backend api-blue and
+// service web-api's backend blue would be one cluster on the shared xDS
+// server, with one of the two services' endpoints, and one's load counted
+// as the other's. The second service must be refused, naming both.
+func TestEnvoy_ServicesWhoseClusterNamesCollideAreRefused(t *testing.T) {
+	f := newFixture(t)
+	f.sec.Endpoints = map[string][]string{"api-blue": {f.blue.addr}, "green": {f.green.addr}}
+	f.open(t)
+	other := &Section{XDS: f.sec.XDS, Endpoints: map[string][]string{"blue": {f.blue.addr}, "green": {f.green.addr}}}
+	d, err := other.Open(driver.Env{Service: "web-api", Node: "n1", Registerer: prometheus.NewRegistry()})
+	if err == nil {
+		d.Close()
+		t.Fatal("a service whose cluster web-api-blue is another service's opened")
+	}
+	if !strings.Contains(err.Error(), `cluster "web-api-blue"`) || !strings.Contains(err.Error(), "service web") {
+		t.Errorf("error %q, want it to name the cluster and the other service", err)
 	}
 }

@@ -8,6 +8,7 @@ import (
 	"log/slog"
 	"net"
 	"strconv"
+	"strings"
 	"sync"
 	"time"
 
@@ -176,6 +177,12 @@ func (s *server) add(d *Driver) error {
 	for _, other := range s.services {
 		if other.listener == d.listener {
 			return fmt.Errorf("xds %s: listener %q is also service %s's", s.addr, d.listener, other.service)
+		}
+	}
+	for _, c := range d.clusterNames() {
+		if other := s.clusters[c]; other != nil {
+			return fmt.Errorf("xds %s: cluster %q (service %s, backend %s) is also service %s's; rename a backend or serve one of them on another xds address",
+				s.addr, c, d.service, strings.TrimPrefix(c, d.service+"-"), other.service)
 		}
 	}
 	s.services[d.service] = d
