@@ -2,7 +2,9 @@ package envoy
 
 import (
 	"context"
+	"fmt"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -27,6 +29,8 @@ type adsClient struct {
 	node      *core.Node
 	stream    discovery.AggregatedDiscoveryService_StreamAggregatedResourcesClient
 	responses chan *discovery.DiscoveryResponse
+	// close ends the stream, as a client process that exits.
+	close func()
 }
 
 func newADSClient(t *testing.T, addr, node string) *adsClient {
@@ -52,7 +56,9 @@ func newADSClient(t *testing.T, addr, node string) *adsClient {
 			c.responses <- resp
 		}
 	}()
-	t.Cleanup(func() { cancel(); <-done; conn.Close() })
+	var once sync.Once
+	c.close = func() { once.Do(func() { cancel(); <-done; conn.Close() }) }
+	t.Cleanup(c.close)
 	return c
 }
 
@@ -202,4 +208,40 @@ func TestEnvoy_AnEnvoyIsNoClientOfTheServicesItDoesNotRoute(t *testing.T) {
 	if obs, err := shop.Observe(context.Background()); err == nil {
 		t.Errorf("shop observed %v from an Envoy that never asked for its routes", obs.Weights)
 	}
+}
+
+// TestEnvoy_ANewStreamOfANodeHasAcceptedNothingYet: an Envoy restarted
+// (hot, or before the server saw its old connection end) opens a new
+// stream under the same node id. When the old stream ends, what it
+// accepted goes with it: the new process has not accepted the routing
+// until it says so.
+func TestEnvoy_ANewStreamOfANodeHasAcceptedNothingYet(t *testing.T) {
+	f := newFixture(t)
+	d := f.open(t)
+	if err := d.Apply(context.Background(), map[string]uint32{"blue": 100, "green": 0}); err != nil {
+		t.Fatal(err)
+	}
+	old := newADSClient(t, f.sec.XDS, "edge-1-envoy")
+	for _, sub := range []struct{ typ, name string }{{resource.ListenerType, "web"}, {resource.RouteType, "web-route"}} {
+		old.send(&discovery.DiscoveryRequest{TypeUrl: sub.typ, ResourceNames: []string{sub.name}})
+		resp := old.recv(5 * time.Second)
+		if resp == nil {
+			t.Fatalf("no %s response", sub.typ)
+		}
+		old.send(&discovery.DiscoveryRequest{TypeUrl: sub.typ, ResourceNames: []string{sub.name}, VersionInfo: resp.GetVersionInfo(), ResponseNonce: resp.GetNonce()})
+	}
+	waitObserved(t, d, map[string]uint32{"blue": 100, "green": 0})
+
+	restarted := newADSClient(t, f.sec.XDS, "edge-1-envoy")
+	restarted.send(&discovery.DiscoveryRequest{TypeUrl: resource.ListenerType, ResourceNames: []string{"web"}})
+	if restarted.recv(5*time.Second) == nil {
+		t.Fatal("no listener response on the new stream")
+	}
+	old.close()
+	waitFor(t, 5*time.Second, "the old stream's acceptance gone with it", func() error {
+		if obs, err := d.Observe(context.Background()); err == nil {
+			return fmt.Errorf("observed %v: only the closed stream accepted routes", obs.Weights)
+		}
+		return nil
+	})
 }

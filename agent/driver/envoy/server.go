@@ -85,11 +85,19 @@ type client struct {
 	wildcard  bool
 	// routes are the route configs the client subscribed to.
 	routes map[string]bool
-	// acked is the last version accepted, by type URL.
-	acked map[string]uint64
-	// nacked is the refusal of a version offered, by type URL, until
-	// that version or a later one is accepted.
-	nacked map[string]refusal
+	// acked is the last version accepted, by stream and type URL: a
+	// node's streams may be two processes (an Envoy restarted before its
+	// old stream ended), and what a stream accepted ends with it.
+	acked map[streamType]uint64
+	// nacked is the refusal of a version offered, by stream and type URL,
+	// until that version or a later one is accepted on the stream.
+	nacked map[streamType]refusal
+}
+
+// streamType is one resource type on one stream.
+type streamType struct {
+	stream  int64
+	typeURL string
 }
 
 // acquire returns the server at addr, starting it if no service of this
@@ -238,6 +246,16 @@ func (s *server) onStreamClosed(id int64, _ *core.Node) {
 	if ok {
 		if c := s.clients[node]; c != nil {
 			c.streams--
+			for k := range c.acked {
+				if k.stream == id {
+					delete(c.acked, k)
+				}
+			}
+			for k := range c.nacked {
+				if k.stream == id {
+					delete(c.nacked, k)
+				}
+			}
 			if c.streams <= 0 {
 				delete(s.clients, node)
 			}
@@ -259,7 +277,7 @@ func (s *server) onStreamRequest(id int64, req *discovery.DiscoveryRequest) erro
 		s.streams[id] = node
 		c := s.clients[node]
 		if c == nil {
-			c = &client{listeners: map[string]bool{}, routes: map[string]bool{}, acked: map[string]uint64{}, nacked: map[string]refusal{}}
+			c = &client{listeners: map[string]bool{}, routes: map[string]bool{}, acked: map[streamType]uint64{}, nacked: map[streamType]refusal{}}
 			s.clients[node] = c
 		}
 		c.streams++
@@ -280,6 +298,7 @@ func (s *server) onStreamRequest(id int64, req *discovery.DiscoveryRequest) erro
 		}
 	}
 	var nacked string
+	k := streamType{stream: id, typeURL: t}
 	if req.GetResponseNonce() != "" {
 		if e := req.GetErrorDetail(); e != nil {
 			r := refusal{err: e.GetMessage()}
@@ -292,17 +311,17 @@ func (s *server) onStreamRequest(id int64, req *discovery.DiscoveryRequest) erro
 				// next snapshot.
 				req.VersionInfo = strconv.FormatUint(o.version, 10)
 			}
-			if prev, ok := c.nacked[t]; !ok || prev.version != r.version || r.version == 0 {
+			if prev, ok := c.nacked[k]; !ok || prev.version != r.version || r.version == 0 {
 				nacked = r.err
 			}
-			c.nacked[t] = r
+			c.nacked[k] = r
 		} else if v, err := strconv.ParseUint(req.GetVersionInfo(), 10, 64); err == nil {
-			c.acked[t] = v
+			c.acked[k] = v
 			// A request that only changes what the client subscribes to
 			// carries the version it still has: the refusal of a later
 			// one stands.
-			if r, ok := c.nacked[t]; ok && v >= r.version {
-				delete(c.nacked, t)
+			if r, ok := c.nacked[k]; ok && v >= r.version {
+				delete(c.nacked, k)
 			}
 		}
 	}
@@ -377,11 +396,18 @@ func (s *server) clientsOf(listener, route string) []clientView {
 		if !c.of(listener, route) {
 			continue
 		}
-		cv := clientView{node: node, routesAcked: c.acked[resource.RouteType]}
+		cv := clientView{node: node}
+		// With two processes on the node, the one that lags is what
+		// its clients get.
+		for k, v := range c.acked {
+			if k.typeURL == resource.RouteType && (cv.routesAcked == 0 || v < cv.routesAcked) {
+				cv.routesAcked = v
+			}
+		}
 		if len(c.nacked) > 0 {
 			cv.nacked = make(map[string]string, len(c.nacked))
-			for t, r := range c.nacked {
-				cv.nacked[shortType(t)] = r.err
+			for k, r := range c.nacked {
+				cv.nacked[shortType(k.typeURL)] = r.err
 			}
 		}
 		out = append(out, cv)
