@@ -43,6 +43,11 @@ type Driver struct {
 	log               *slog.Logger
 	m                 *driverMetrics
 
+	// changeMu makes each change (new routing, push, save) whole: the
+	// desired-state worker and a drill change the routing concurrently,
+	// and what is on disk must be what was served last.
+	changeMu sync.Mutex
+
 	mu      sync.Mutex
 	state   *routing // what is served; nil before the first apply
 	history []versioned
@@ -84,7 +89,9 @@ type driverMetrics struct {
 }
 
 // saved is the last routing applied, kept in the agent's state directory
-// so a restarted agent serves it before it hears from the bus.
+// so a restarted agent serves it before it hears from the bus. It holds
+// the weights only: a restarted agent reverts the faults it journaled and
+// injects none again.
 type saved struct {
 	Service string   `json:"service"`
 	Routing *routing `json:"routing"`
@@ -197,7 +204,7 @@ func (d *Driver) register(reg prometheus.Registerer) error {
 			if srv == nil {
 				return 0
 			}
-			return float64(len(srv.clientsOf(d.listener)))
+			return float64(len(srv.clientsOf(d.listener, d.res.routeName())))
 		}),
 		healthy: prometheus.NewGaugeFunc(prometheus.GaugeOpts{
 			Name: "switchyard_agent_xds_healthy",
@@ -271,14 +278,15 @@ func (d *Driver) loadSaved() *routing {
 		d.log.Warn("ignoring the saved xDS routing; serving nothing until the agent applies", "file", d.statePath, "err", err)
 		return nil
 	}
-	return sv.Routing
+	// Files written before faults were left out may carry one.
+	return &routing{Weights: sv.Routing.Weights}
 }
 
 func (d *Driver) save(st *routing) error {
 	if d.statePath == "" {
 		return nil
 	}
-	b, err := json.Marshal(saved{Service: d.service, Routing: st})
+	b, err := json.Marshal(saved{Service: d.service, Routing: &routing{Weights: st.Weights}})
 	if err != nil {
 		return err
 	}
@@ -345,6 +353,8 @@ func (d *Driver) routingAt(v uint64) (*routing, bool) {
 // change applies f to a copy of the routing and serves the result, unless
 // it is what is served already.
 func (d *Driver) change(f func(st *routing) error) error {
+	d.changeMu.Lock()
+	defer d.changeMu.Unlock()
 	d.mu.Lock()
 	if d.closed {
 		d.mu.Unlock()
@@ -453,7 +463,7 @@ func (d *Driver) Faults() map[string]Fault {
 // status is the clients' standing: the routing every client of the
 // listener accepted, or why there is none.
 func (d *Driver) status() (*routing, error) {
-	clients := d.srv.clientsOf(d.listener)
+	clients := d.srv.clientsOf(d.listener, d.res.routeName())
 	if len(clients) == 0 {
 		return nil, fmt.Errorf("%w: no xDS client has asked for listener %q on %s", driver.ErrUnavailable, d.listener, d.srv.addr)
 	}

@@ -312,7 +312,7 @@ func TestEnvoy_FaultFilterAbortsAndIsRemovedLive(t *testing.T) {
 		if err != nil {
 			return err
 		}
-		cs := d.srv.clientsOf(d.listener)
+		cs := d.srv.clientsOf(d.listener, d.res.routeName())
 		if st, _ := d.routingAt(cs[0].routesAcked); st == nil || len(st.Faults) == 0 {
 			return errors.New("fault not accepted yet")
 		}

@@ -8,6 +8,7 @@ import (
 	"log/slog"
 	"net"
 	"strconv"
+	"strings"
 	"sync"
 	"time"
 
@@ -59,6 +60,21 @@ type server struct {
 	version  uint64
 	clients  map[string]*client // by node id
 	streams  map[int64]string   // stream -> node id
+	// offered is the last response sent on a stream, by type URL: a NACK
+	// names it by its nonce.
+	offered map[int64]map[string]offer
+}
+
+// offer is one response sent: its nonce and the version it carries.
+type offer struct {
+	nonce   string
+	version uint64
+}
+
+// refusal is a client's NACK of one version.
+type refusal struct {
+	version uint64 // 0 when the refused response is not known
+	err     string
 }
 
 // client is what one xDS client (by node id) has asked for and accepted.
@@ -67,11 +83,21 @@ type client struct {
 	// listeners the client subscribed to; wildcard when it asked for all.
 	listeners map[string]bool
 	wildcard  bool
-	// acked is the last version accepted, by type URL.
-	acked map[string]uint64
-	// nacked is the refusal of the last version offered, by type URL,
-	// until a later version is accepted.
-	nacked map[string]string
+	// routes are the route configs the client subscribed to.
+	routes map[string]bool
+	// acked is the last version accepted, by stream and type URL: a
+	// node's streams may be two processes (an Envoy restarted before its
+	// old stream ended), and what a stream accepted ends with it.
+	acked map[streamType]uint64
+	// nacked is the refusal of a version offered, by stream and type URL,
+	// until that version or a later one is accepted on the stream.
+	nacked map[streamType]refusal
+}
+
+// streamType is one resource type on one stream.
+type streamType struct {
+	stream  int64
+	typeURL string
 }
 
 // acquire returns the server at addr, starting it if no service of this
@@ -97,6 +123,7 @@ func acquire(addr string, log *slog.Logger) (*server, error) {
 		clusters: map[string]*Driver{},
 		clients:  map[string]*client{},
 		streams:  map[int64]string{},
+		offered:  map[int64]map[string]offer{},
 		done:     make(chan struct{}),
 	}
 	s.cache = cache.NewSnapshotCache(false, sharedHash{}, nil)
@@ -160,6 +187,12 @@ func (s *server) add(d *Driver) error {
 			return fmt.Errorf("xds %s: listener %q is also service %s's", s.addr, d.listener, other.service)
 		}
 	}
+	for _, c := range d.clusterNames() {
+		if other := s.clusters[c]; other != nil {
+			return fmt.Errorf("xds %s: cluster %q (service %s, backend %s) is also service %s's; rename a backend or serve one of them on another xds address",
+				s.addr, c, d.service, strings.TrimPrefix(c, d.service+"-"), other.service)
+		}
+	}
 	s.services[d.service] = d
 	for _, c := range d.clusterNames() {
 		s.clusters[c] = d
@@ -209,9 +242,20 @@ func (s *server) onStreamClosed(id int64, _ *core.Node) {
 	s.mu.Lock()
 	node, ok := s.streams[id]
 	delete(s.streams, id)
+	delete(s.offered, id)
 	if ok {
 		if c := s.clients[node]; c != nil {
 			c.streams--
+			for k := range c.acked {
+				if k.stream == id {
+					delete(c.acked, k)
+				}
+			}
+			for k := range c.nacked {
+				if k.stream == id {
+					delete(c.nacked, k)
+				}
+			}
 			if c.streams <= 0 {
 				delete(s.clients, node)
 			}
@@ -233,7 +277,7 @@ func (s *server) onStreamRequest(id int64, req *discovery.DiscoveryRequest) erro
 		s.streams[id] = node
 		c := s.clients[node]
 		if c == nil {
-			c = &client{listeners: map[string]bool{}, acked: map[string]uint64{}, nacked: map[string]string{}}
+			c = &client{listeners: map[string]bool{}, routes: map[string]bool{}, acked: map[streamType]uint64{}, nacked: map[streamType]refusal{}}
 			s.clients[node] = c
 		}
 		c.streams++
@@ -247,21 +291,43 @@ func (s *server) onStreamRequest(id int64, req *discovery.DiscoveryRequest) erro
 			c.listeners[n] = true
 		}
 	}
+	if t == resource.RouteType {
+		clear(c.routes)
+		for _, n := range req.GetResourceNames() {
+			c.routes[n] = true
+		}
+	}
 	var nacked string
+	k := streamType{stream: id, typeURL: t}
 	if req.GetResponseNonce() != "" {
 		if e := req.GetErrorDetail(); e != nil {
-			nacked = e.GetMessage()
-			c.nacked[t] = nacked
-		} else {
-			delete(c.nacked, t)
-			if v, err := strconv.ParseUint(req.GetVersionInfo(), 10, 64); err == nil {
-				c.acked[t] = v
+			r := refusal{err: e.GetMessage()}
+			if o, ok := s.offered[id][t]; ok && o.nonce == req.GetResponseNonce() {
+				r.version = o.version
+				// The request names the version the client still has, so
+				// the cache would answer it with the refused version at
+				// once, and the client refuse it again, without end. As
+				// the refused version it makes the cache wait for the
+				// next snapshot.
+				req.VersionInfo = strconv.FormatUint(o.version, 10)
+			}
+			if prev, ok := c.nacked[k]; !ok || prev.version != r.version || r.version == 0 {
+				nacked = r.err
+			}
+			c.nacked[k] = r
+		} else if v, err := strconv.ParseUint(req.GetVersionInfo(), 10, 64); err == nil {
+			c.acked[k] = v
+			// A request that only changes what the client subscribes to
+			// carries the version it still has: the refusal of a later
+			// one stands.
+			if r, ok := c.nacked[k]; ok && v >= r.version {
+				delete(c.nacked, k)
 			}
 		}
 	}
 	var affected []*Driver
 	for _, d := range s.services {
-		if c.wildcard || c.listeners[d.listener] {
+		if c.of(d.listener, d.res.routeName()) {
 			affected = append(affected, d)
 		}
 	}
@@ -276,7 +342,19 @@ func (s *server) onStreamRequest(id int64, req *discovery.DiscoveryRequest) erro
 	return nil
 }
 
-func (s *server) onStreamResponse(context.Context, int64, *discovery.DiscoveryRequest, *discovery.DiscoveryResponse) {
+func (s *server) onStreamResponse(_ context.Context, id int64, _ *discovery.DiscoveryRequest, resp *discovery.DiscoveryResponse) {
+	v, err := strconv.ParseUint(resp.GetVersionInfo(), 10, 64)
+	if err != nil {
+		return
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	byType := s.offered[id]
+	if byType == nil {
+		byType = map[string]offer{}
+		s.offered[id] = byType
+	}
+	byType[resp.GetTypeUrl()] = offer{nonce: resp.GetNonce(), version: v}
 }
 
 // changed tells every service's driver its clients changed.
@@ -299,20 +377,37 @@ type clientView struct {
 	nacked      map[string]string
 }
 
-// clientsOf lists the clients that asked for listener.
-func (s *server) clientsOf(listener string) []clientView {
+// of reports whether the client is one of the service's: it asked for the
+// service's listener by name or, asking for every listener (as an Envoy
+// does), for its route config. An Envoy gets the api_listener of a gRPC
+// service too but does not route it; its acceptance says nothing of that
+// service's routing.
+func (c *client) of(listener, route string) bool {
+	return c.listeners[listener] || (c.wildcard && c.routes[route])
+}
+
+// clientsOf lists the clients of the service whose listener and route
+// config are named so.
+func (s *server) clientsOf(listener, route string) []clientView {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	var out []clientView
 	for node, c := range s.clients {
-		if !c.wildcard && !c.listeners[listener] {
+		if !c.of(listener, route) {
 			continue
 		}
-		cv := clientView{node: node, routesAcked: c.acked[resource.RouteType]}
+		cv := clientView{node: node}
+		// With two processes on the node, the one that lags is what
+		// its clients get.
+		for k, v := range c.acked {
+			if k.typeURL == resource.RouteType && (cv.routesAcked == 0 || v < cv.routesAcked) {
+				cv.routesAcked = v
+			}
+		}
 		if len(c.nacked) > 0 {
 			cv.nacked = make(map[string]string, len(c.nacked))
-			for t, e := range c.nacked {
-				cv.nacked[shortType(t)] = e
+			for k, r := range c.nacked {
+				cv.nacked[shortType(k.typeURL)] = r.err
 			}
 		}
 		out = append(out, cv)
