@@ -951,7 +951,10 @@ func (f *drillFollower) checkFaults(ctx context.Context) {
 	}
 	for name, doc := range f.docs {
 		if now.After(doc.GetEndAt().AsTime().Add(drillSpanKeep)) && f.faults[name] == nil {
-			delete(f.docs, name)
+			// Its fence stays: an older document of the drill (before
+			// its abort, whose window may still be open) must not come
+			// back in.
+			f.forget(name)
 		}
 	}
 	f.mu.Lock()

@@ -9,6 +9,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/testutil"
 
+	"github.com/switchyard/switchyard/internal/clock"
 	sv1 "github.com/switchyard/switchyard/proto/switchyard/v1"
 )
 
@@ -64,5 +65,33 @@ func TestDrills_OverlappingHostFaultsDoNotEndEachOther(t *testing.T) {
 				t.Fatalf("the first drill's revert ended the second's fault, which the node still reports active: %v", f.activeFaults())
 			}
 		})
+	}
+}
+
+// TestDrills_EndedDrillKeepsItsFence: an aborted drill's document is
+// forgotten a while after its end, but not its fence. A node that first
+// heard of the drill through its aborted document (it was cut off while
+// the drill ran) must not take the drill's older, genuine document that is
+// not aborted when it is put or pushed again later, while that document's
+// own window is still open.
+func TestDrills_EndedDrillKeepsItsFence(t *testing.T) {
+	m, err := newMetrics(prometheus.NewRegistry())
+	if err != nil {
+		t.Fatal(err)
+	}
+	f, log, _ := testFollower(t, m, fuzzNow.Add(90*time.Second))
+	defer f.shutdown()
+	ctx := context.Background()
+	running := drillDoc("d1", 1, green100, fuzzNow, time.Hour)
+	aborted := drillDoc("d1", 2, green100, fuzzNow, time.Minute) // ended at the abort
+	aborted.Aborted = true
+	f.deliver(ctx, drillDelivery{key: "d1", raw: marshalDrill(t, aborted)})
+	f.clock.(*clock.Fake).Advance(3 * time.Minute)
+	f.checkFaults(ctx)
+
+	f.deliver(ctx, drillDelivery{key: "d1", raw: marshalDrill(t, running)})
+	f.reconcile(ctx, "d1")
+	if f.faults["d1"] != nil {
+		t.Fatalf("an aborted drill's fault was injected from its older document after the aborted one was forgotten: %s", log)
 	}
 }
