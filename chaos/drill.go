@@ -56,7 +56,7 @@ type faultFile struct {
 		ErrorPercent int           `yaml:"errorPercent"`
 		Status       int           `yaml:"status"`
 		Delay        time.Duration `yaml:"delay"`
-		DelayPercent int           `yaml:"delayPercent"`
+		DelayPercent *int          `yaml:"delayPercent"`
 	} `yaml:"http"`
 	TCP *struct {
 		Backend        string        `yaml:"backend"`
@@ -138,8 +138,17 @@ func ParseDrill(data []byte) (*sv1.DrillSpec, error) {
 	set := 0
 	if h := f.Fault.HTTP; h != nil {
 		set++
+		var delayPercent uint32
+		if h.DelayPercent != nil {
+			// A spec stores no delayPercent as 0, which a delay turns
+			// into 100: a 0 written out must not mean every request.
+			if *h.DelayPercent == 0 && h.Delay != 0 {
+				errs = append(errs, &strictyaml.FieldError{Path: "drill.fault.http.delayPercent", Problem: "0 delays nothing; want 1..100, or leave it out to delay every request"})
+			}
+			delayPercent = u32("drill.fault.http.delayPercent", *h.DelayPercent)
+		}
 		s.Fault.Kind = &sv1.Fault_Http{Http: &sv1.HTTPFault{Backend: h.Backend, ErrorPercent: u32("drill.fault.http.errorPercent", h.ErrorPercent),
-			Status: u32("drill.fault.http.status", h.Status), Delay: dur(h.Delay), DelayPercent: u32("drill.fault.http.delayPercent", h.DelayPercent)}}
+			Status: u32("drill.fault.http.status", h.Status), Delay: dur(h.Delay), DelayPercent: delayPercent}}
 	}
 	if t := f.Fault.TCP; t != nil {
 		set++

@@ -176,3 +176,20 @@ func TestChaos_ParseDrillRefusesNumbersPastTheirField(t *testing.T) {
 		})
 	}
 }
+
+// TestChaos_ParseDrillExplicitZeroDelayPercent: a delay with no
+// delayPercent delays every request; one with delayPercent 0 written out
+// must not become 100%: it is refused by name.
+func TestChaos_ParseDrillExplicitZeroDelayPercent(t *testing.T) {
+	s, err := ParseDrill([]byte(strings.Replace(goodDrill, "errorPercent: 20", "errorPercent: 20, delay: 2s", 1)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := s.GetFault().GetHttp().GetDelayPercent(); got != 100 {
+		t.Fatalf("delay without delayPercent: %d%% delayed, want 100", got)
+	}
+	s, err = ParseDrill([]byte(strings.Replace(goodDrill, "errorPercent: 20", "errorPercent: 20, delay: 2s, delayPercent: 0", 1)))
+	if err == nil || !strings.Contains(err.Error(), "drill.fault.http.delayPercent: 0") {
+		t.Fatalf("delayPercent 0 written out: %v (%d%% delayed), want an error naming drill.fault.http.delayPercent", err, s.GetFault().GetHttp().GetDelayPercent())
+	}
+}
