@@ -2,6 +2,7 @@ package agent
 
 import (
 	"context"
+	"errors"
 	"os/exec"
 	"testing"
 	"time"
@@ -49,9 +50,16 @@ func TestDrills_OverlappingHostFaultsDoNotEndEachOther(t *testing.T) {
 
 			f.deliver(ctx, drillDelivery{key: "first", raw: marshalDrill(t, drillDoc("first", 1, c.fault, fuzzNow, time.Minute))})
 			f.deliver(ctx, drillDelivery{key: "second", raw: marshalDrill(t, drillDoc("second", 1, c.fault, fuzzNow, 2*time.Minute))})
-			if f.faults["first"] == nil || !inFault() {
+			if f.faults["first"] == nil {
 				t.Fatalf("first fault not injected: %s", log)
 			}
+			// A SIGSTOP takes effect when the process is next scheduled.
+			waitFor(t, 5*time.Second, "the first fault in force", func() error {
+				if !inFault() {
+					return errors.New("not yet")
+				}
+				return nil
+			})
 			if got := testutil.ToFloat64(m.faults.WithLabelValues(faultKind(c.fault), faultRefused)); f.faults["second"] != nil || got != 1 {
 				t.Errorf("second fault on the same host thing: injected %v, %v counted refused; want refused here", f.faults["second"] != nil, got)
 			}
