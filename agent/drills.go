@@ -675,6 +675,14 @@ func (f *drillFollower) plan(ctx context.Context, doc *sv1.DrillDocument, now ti
 				k.Process.GetProcess(), strings.Join(slices.Sorted(maps.Keys(f.processes)), ", "))
 		}
 		rec.PIDFile, rec.Action = pc.PIDFile, k.Process.GetAction()
+		// One process fault a process at a time: the first one's revert
+		// (SIGCONT) would end the second's pause while it is reported
+		// active.
+		for _, other := range f.faults {
+			if other.rec.Kind == kindProcess && other.rec.PIDFile == rec.PIDFile {
+				return rec, nil, fmt.Errorf("%w: drill %s already has a fault on process %s", errNotHere, other.rec.Drill, k.Process.GetProcess())
+			}
+		}
 		return rec, &chaos.ProcessSignal{PIDFile: pc.PIDFile, Action: rec.Action}, nil
 	case *sv1.Fault_CpuBurn:
 		cores := min(int(k.CpuBurn.GetCores()), runtime.NumCPU())
@@ -685,6 +693,13 @@ func (f *drillFollower) plan(ctx context.Context, doc *sv1.DrillDocument, now ti
 	case *sv1.Fault_BusDrop:
 		if f.sharedConn {
 			return rec, nil, fmt.Errorf("%w: bus_drop on an agent whose bus connection is shared with others", errNotHere)
+		}
+		// One bus drop at a time: the first one's revert lets the bus
+		// back, which would end the second while it is reported active.
+		for _, other := range f.faults {
+			if other.rec.Kind == kindBusDrop {
+				return rec, nil, fmt.Errorf("%w: drill %s already drops the bus connection", errNotHere, other.rec.Drill)
+			}
 		}
 		// The fault is reported before the connection goes: afterwards
 		// nothing can be said until it is over.
@@ -936,7 +951,10 @@ func (f *drillFollower) checkFaults(ctx context.Context) {
 	}
 	for name, doc := range f.docs {
 		if now.After(doc.GetEndAt().AsTime().Add(drillSpanKeep)) && f.faults[name] == nil {
-			delete(f.docs, name)
+			// Its fence stays: an older document of the drill (before
+			// its abort, whose window may still be open) must not come
+			// back in.
+			f.forget(name)
 		}
 	}
 	f.mu.Lock()

@@ -56,7 +56,7 @@ type faultFile struct {
 		ErrorPercent int           `yaml:"errorPercent"`
 		Status       int           `yaml:"status"`
 		Delay        time.Duration `yaml:"delay"`
-		DelayPercent int           `yaml:"delayPercent"`
+		DelayPercent *int          `yaml:"delayPercent"`
 	} `yaml:"http"`
 	TCP *struct {
 		Backend        string        `yaml:"backend"`
@@ -85,8 +85,6 @@ func dur(d time.Duration) *durationpb.Duration {
 	return durationpb.New(d)
 }
 
-func nonNeg(v int) uint32 { return uint32(max(v, 0)) }
-
 // ParseDrill reads a YAML drill spec, refusing unknown fields, and validates
 // it.
 func ParseDrill(data []byte) (*sv1.DrillSpec, error) {
@@ -103,10 +101,25 @@ func ParseDrill(data []byte) (*sv1.DrillSpec, error) {
 			errs = append(errs, &strictyaml.FieldError{Path: path, Problem: fmt.Sprintf("%d is negative", v)})
 		}
 	}
-	neg("drill.maxNodes", int64(f.MaxNodes))
+	// u32 is a field stored in 32 bits: a larger number is refused, not
+	// wrapped around into a small one that passes validation.
+	u32 := func(path string, v int) uint32 {
+		switch {
+		case v < 0:
+			neg(path, int64(v))
+		case uint64(v) > math.MaxUint32:
+			errs = append(errs, &strictyaml.FieldError{Path: path, Problem: fmt.Sprintf("%d is out of range, want at most %d", v, uint32(math.MaxUint32))})
+		default:
+			return uint32(v)
+		}
+		return 0
+	}
 	s := &sv1.DrillSpec{
 		Name: f.Name, Service: f.Service, Selector: f.Selector, BasisPoints: 10000,
-		MaxNodes: nonNeg(f.MaxNodes), MaxBasisPoints: uint32(math.Round(f.MaxPercent * 100)),
+		// A cap rounds down: a maxPercent finer than a basis point must
+		// not let the drill touch more than the operator wrote. The
+		// epsilon keeps exact hundredths (57.01*100 is 5700.999...).
+		MaxNodes: u32("drill.maxNodes", f.MaxNodes), MaxBasisPoints: uint32(math.Floor(f.MaxPercent*100 + 1e-6)),
 		StartAfter: dur(f.StartAfter), Duration: dur(f.Duration), KeepOnBreach: f.KeepOnBreach,
 		Rollout: f.Rollout, DetectWithin: dur(f.DetectWithin), RecoverWithin: dur(f.RecoverWithin),
 		Fault: &sv1.Fault{},
@@ -125,10 +138,17 @@ func ParseDrill(data []byte) (*sv1.DrillSpec, error) {
 	set := 0
 	if h := f.Fault.HTTP; h != nil {
 		set++
-		neg("drill.fault.http.errorPercent", int64(h.ErrorPercent))
-		neg("drill.fault.http.delayPercent", int64(h.DelayPercent))
-		s.Fault.Kind = &sv1.Fault_Http{Http: &sv1.HTTPFault{Backend: h.Backend, ErrorPercent: nonNeg(h.ErrorPercent),
-			Status: nonNeg(h.Status), Delay: dur(h.Delay), DelayPercent: nonNeg(h.DelayPercent)}}
+		var delayPercent uint32
+		if h.DelayPercent != nil {
+			// A spec stores no delayPercent as 0, which a delay turns
+			// into 100: a 0 written out must not mean every request.
+			if *h.DelayPercent == 0 && h.Delay != 0 {
+				errs = append(errs, &strictyaml.FieldError{Path: "drill.fault.http.delayPercent", Problem: "0 delays nothing; want 1..100, or leave it out to delay every request"})
+			}
+			delayPercent = u32("drill.fault.http.delayPercent", *h.DelayPercent)
+		}
+		s.Fault.Kind = &sv1.Fault_Http{Http: &sv1.HTTPFault{Backend: h.Backend, ErrorPercent: u32("drill.fault.http.errorPercent", h.ErrorPercent),
+			Status: u32("drill.fault.http.status", h.Status), Delay: dur(h.Delay), DelayPercent: delayPercent}}
 	}
 	if t := f.Fault.TCP; t != nil {
 		set++
@@ -145,8 +165,7 @@ func ParseDrill(data []byte) (*sv1.DrillSpec, error) {
 	}
 	if c := f.Fault.CPUBurn; c != nil {
 		set++
-		neg("drill.fault.cpuBurn.cores", int64(c.Cores))
-		s.Fault.Kind = &sv1.Fault_CpuBurn{CpuBurn: &sv1.CPUBurnFault{Cores: nonNeg(c.Cores)}}
+		s.Fault.Kind = &sv1.Fault_CpuBurn{CpuBurn: &sv1.CPUBurnFault{Cores: u32("drill.fault.cpuBurn.cores", c.Cores)}}
 	}
 	if f.Fault.BusDrop != nil {
 		set++

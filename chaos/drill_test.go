@@ -127,3 +127,69 @@ func FuzzChaos_ParseDrill(f *testing.F) {
 		}
 	})
 }
+
+// TestChaos_MaxPercentCapNeverRoundsUp: the percent cap is stored in basis
+// points; a maxPercent finer than that must not become a larger cap than
+// the operator wrote. 1 of 7 nodes is 14.2857%, over a cap of 14.2855%.
+func TestChaos_MaxPercentCapNeverRoundsUp(t *testing.T) {
+	s, err := ParseDrill([]byte(strings.Replace(goodDrill, "maxPercent: 50", "maxPercent: 14.2855", 1)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := CheckCap(s, 1, 7); !errors.Is(err, ErrBlastRadius) {
+		t.Fatalf("1 of 7 live nodes (14.29%%) under maxPercent 14.2855 (stored as %d basis points): %v, want over the cap", s.GetMaxBasisPoints(), err)
+	}
+	// Exact hundredths stay what they say, whatever float arithmetic does
+	// with them.
+	for _, p := range []string{"14.29", "0.01", "33.33", "57.01", "100"} {
+		s, err := ParseDrill([]byte(strings.Replace(goodDrill, "maxPercent: 50", "maxPercent: "+p, 1)))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if got := fmt.Sprintf("%g", float64(s.GetMaxBasisPoints())/100); got != p {
+			t.Errorf("maxPercent %s stored as %d basis points", p, s.GetMaxBasisPoints())
+		}
+	}
+}
+
+// TestChaos_ParseDrillRefusesNumbersPastTheirField: a number too large for
+// the field it goes into is refused by name, never wrapped around into a
+// small, valid-looking one.
+func TestChaos_ParseDrillRefusesNumbersPastTheirField(t *testing.T) {
+	http := "http: {backend: green, errorPercent: 20}"
+	cases := []struct{ name, from, to, want string }{
+		{"maxNodes", "maxNodes: 2", "maxNodes: 4294967297", "drill.maxNodes: 4294967297 is out of range"},
+		{"errorPercent", "errorPercent: 20", "errorPercent: 4294967346", "drill.fault.http.errorPercent: 4294967346 is out of range"},
+		{"status", "errorPercent: 20", "errorPercent: 20, status: 4294967799", "drill.fault.http.status: 4294967799 is out of range"},
+		{"delayPercent", "errorPercent: 20", "errorPercent: 20, delay: 1s, delayPercent: 4294967306", "drill.fault.http.delayPercent: 4294967306 is out of range"},
+		{"cores", http, "cpuBurn: {cores: 4294967297}", "drill.fault.cpuBurn.cores: 4294967297 is out of range"},
+	}
+	for _, c := range cases {
+		t.Run(c.name, func(t *testing.T) {
+			_, err := ParseDrill([]byte(strings.Replace(goodDrill, c.from, c.to, 1)))
+			if err == nil || !strings.Contains(err.Error(), c.want) {
+				t.Fatalf("error %v, want it to mention %q", err, c.want)
+			}
+			if !errors.Is(err, ErrInvalid) {
+				t.Fatalf("%v does not wrap ErrInvalid", err)
+			}
+		})
+	}
+}
+
+// TestChaos_ParseDrillExplicitZeroDelayPercent: a delay with no
+// delayPercent delays every request; one with delayPercent 0 written out
+// must not become 100%: it is refused by name.
+func TestChaos_ParseDrillExplicitZeroDelayPercent(t *testing.T) {
+	s, err := ParseDrill([]byte(strings.Replace(goodDrill, "errorPercent: 20", "errorPercent: 20, delay: 2s", 1)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := s.GetFault().GetHttp().GetDelayPercent(); got != 100 {
+		t.Fatalf("delay without delayPercent: %d%% delayed, want 100", got)
+	}
+	s, err = ParseDrill([]byte(strings.Replace(goodDrill, "errorPercent: 20", "errorPercent: 20, delay: 2s, delayPercent: 0", 1)))
+	if err == nil || !strings.Contains(err.Error(), "drill.fault.http.delayPercent: 0") {
+		t.Fatalf("delayPercent 0 written out: %v (%d%% delayed), want an error naming drill.fault.http.delayPercent", err, s.GetFault().GetHttp().GetDelayPercent())
+	}
+}

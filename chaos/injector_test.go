@@ -336,3 +336,21 @@ func TestChaos_ProcessPauseResume(t *testing.T) {
 		t.Fatal("missing pid file accepted")
 	}
 }
+
+// TestChaos_TCPBandwidthPastIntStillLimitsNotBlocks: a bandwidth limit is
+// a uint64 on the bus; one past the largest int is a limit too high to
+// matter, not a negative rate that never lets an answer through.
+func TestChaos_TCPBandwidthPastIntStillLimitsNotBlocks(t *testing.T) {
+	target := backend(t)
+	p := NewTCPFaultProxy(target, &sv1.TCPFault{Backend: "green", Kind: "bandwidth", BytesPerSecond: 1 << 63})
+	startProxy(t, p)
+	c := &http.Client{Timeout: 2 * time.Second, Transport: &http.Transport{DisableKeepAlives: true}}
+	resp, err := c.Get("http://" + p.Addr() + "/")
+	if err != nil {
+		t.Fatalf("through a bandwidth limit of 2^63 bytes/s: %v, want the backend's answer", err)
+	}
+	defer resp.Body.Close()
+	if b, err := io.ReadAll(resp.Body); err != nil || string(b) != "green" {
+		t.Fatalf("through a bandwidth limit of 2^63 bytes/s: %q %v", b, err)
+	}
+}

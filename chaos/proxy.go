@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"math"
 	"math/rand/v2"
 	"net"
 	"net/http"
@@ -227,7 +228,9 @@ func (p *FaultProxy) serveTCP(c net.Conn) {
 	case "latency":
 		delay = p.tcp.GetLatency().AsDuration()
 	case "bandwidth":
-		bps := int(p.tcp.GetBytesPerSecond())
+		// A limit past the largest int is no limit worth the name; as an
+		// int it would turn negative and let nothing through.
+		bps := int(min(p.tcp.GetBytesPerSecond(), math.MaxInt))
 		lim = rate.NewLimiter(rate.Limit(bps), max(bps, 1))
 	}
 	// Latency applies to the request direction: each request waits once.
