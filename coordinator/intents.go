@@ -295,7 +295,10 @@ func (s *Server) checkCurrent(in *sv1.Intent, signer string) (string, error) {
 		return st.CheckNewRollout(sp)
 	}
 	if c := in.GetAcl(); c != nil {
-		return st.CheckPolicyRevision(c)
+		if code, err := st.CheckPolicyRevision(c); err != nil {
+			return code, err
+		}
+		return st.CheckAclRevoke(c)
 	}
 	return "", nil
 }

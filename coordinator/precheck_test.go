@@ -100,3 +100,38 @@ func TestAcl_PolicyChangeFromAStaleReadIsRefusedBeforeCommit(t *testing.T) {
 		t.Fatalf("policy %v; want A's change kept", pol)
 	}
 }
+
+// Only an admin on every service ("*") can change roles and policy, so the
+// last such admin cannot be revoked even when an admin on a narrower
+// pattern remains: that one could not grant anything, and no bootstrap
+// is taken while it holds its grant.
+func TestAcl_RevokingTheLastAdminOfEveryServiceIsRefused(t *testing.T) {
+	nc, url := startNATS(t)
+	root, bob := newUser(t), newUser(t)
+	c := startCoordinatorWithAdmin(t, url, t.TempDir(), root)
+	if res := sendSigned(t, nc, root, bus.IntentKindAcl, grantIntent("g1", bob, "bob", "admin", "web-*")); !res.GetAccepted() {
+		t.Fatal(res)
+	}
+	revoke := func(id string, rv *sv1.AclRevoke) *sv1.Intent {
+		return &sv1.Intent{Id: id, Action: &sv1.Intent_Acl{Acl: &sv1.AclChange{Change: &sv1.AclChange_Revoke{Revoke: rv}}}}
+	}
+	for _, rv := range []*sv1.AclRevoke{
+		{Key: root.Key()},
+		{Key: root.Key(), Role: "admin", Services: "*"},
+	} {
+		res := sendSigned(t, nc, root, bus.IntentKindAcl, revoke("r-"+rv.GetRole(), rv))
+		if res.GetAccepted() || res.GetCode() != "conflict" || !strings.Contains(res.GetError(), `admin on "*"`) {
+			t.Fatalf("revoking the last admin on every service (%v): %v", rv, res)
+		}
+	}
+	if p := c.srv.fsm.State().Acl().GetPrincipals(); len(p) != 2 {
+		t.Fatalf("principals %v", p)
+	}
+	// The admin is still in charge.
+	if res := sendSigned(t, nc, root, bus.IntentKindAcl, grantIntent("g2", bob, "bob", "admin", "*")); !res.GetAccepted() {
+		t.Fatal(res)
+	}
+	if res := sendSigned(t, nc, root, bus.IntentKindAcl, revoke("r3", &sv1.AclRevoke{Key: root.Key()})); !res.GetAccepted() {
+		t.Fatalf("revoking an admin while another admin on every service remains: %v", res)
+	}
+}

@@ -1,8 +1,10 @@
 package state
 
 import (
+	"errors"
 	"fmt"
 
+	"github.com/switchyard/switchyard/coordinator/acl"
 	sv1 "github.com/switchyard/switchyard/proto/switchyard/v1"
 )
 
@@ -64,4 +66,28 @@ func (s *State) CheckPolicyRevision(c *sv1.AclChange) (string, error) {
 			"read it again with `switchyard acl list` and repeat the change: `switchyard acl policy` does both", read, now)
 	}
 	return "", nil
+}
+
+// CheckAclRevoke refuses a revoke that would leave no principal able to
+// change roles and policy: the state machine keeps some admin, but an
+// admin on a narrower pattern than "*" cannot grant or revoke anything, and
+// while it holds its grant no bootstrap is taken either, so nobody could
+// ever change the roles again. It returns the refusal code with the error.
+func (s *State) CheckAclRevoke(c *sv1.AclChange) (string, error) {
+	r := c.GetRevoke()
+	if r == nil {
+		return "", nil
+	}
+	s.mu.RLock()
+	defer s.mu.RUnlock()
+	if !acl.Administered(s.acl) {
+		return "", nil
+	}
+	next, ok := revoked(s.acl, r)
+	if !ok || acl.Administered(next) {
+		return "", nil // refused by the state machine, or harmless
+	}
+	return CodeConflict, errors.New("acl.revoke: that would leave no admin on \"*\", and only an admin on every service can change roles and policy " +
+		"(an admin on a narrower pattern holds every role on its services only); grant admin on \"*\" to another key first: " +
+		"switchyard acl grant --key KEY --name NAME --role admin --services '*'")
 }
