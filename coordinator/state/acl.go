@@ -249,14 +249,21 @@ func validKey(field, key string) error {
 }
 
 // approvalsAt lists the distinct approvers, other than r's author, that
-// marks record at r's current position.
-func approvalsAt(r *sv1.Rollout, marks []string) []string {
+// marks record at r's current position. From rules version 3 on, only
+// approvers whose key still holds the approver role on r's service count:
+// an approval is withdrawn with its approver's key or role.
+func (s *State) approvalsAt(r *sv1.Rollout, marks []string, rules uint32) []string {
 	pos := positionKey(r)
 	var out []string
 	for _, a := range marks {
-		if rest, ok := cutPrefix(a, pos); ok && rest != r.GetAuthorKey() && !slices.Contains(out, rest) {
-			out = append(out, rest)
+		rest, ok := cutPrefix(a, pos)
+		if !ok || rest == r.GetAuthorKey() || slices.Contains(out, rest) {
+			continue
 		}
+		if rules >= 3 && !acl.Holds(acl.Find(s.acl, rest), acl.RoleApprover, r.GetSpec().GetService()) {
+			continue
+		}
+		out = append(out, rest)
 	}
 	return out
 }
