@@ -294,8 +294,14 @@ func (s *Server) checkCurrent(in *sv1.Intent, signer string) (string, error) {
 		spec.Default(sp)
 		return st.CheckNewRollout(sp)
 	}
+	if code, err := st.CheckAuthorName(signer, in); err != nil {
+		return code, err
+	}
 	if c := in.GetAcl(); c != nil {
-		return st.CheckPolicyRevision(c)
+		if code, err := st.CheckPolicyRevision(c); err != nil {
+			return code, err
+		}
+		return st.CheckAclRevoke(c)
 	}
 	return "", nil
 }

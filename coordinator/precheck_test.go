@@ -100,3 +100,93 @@ func TestAcl_PolicyChangeFromAStaleReadIsRefusedBeforeCommit(t *testing.T) {
 		t.Fatalf("policy %v; want A's change kept", pol)
 	}
 }
+
+// Only an admin on every service ("*") can change roles and policy, so the
+// last such admin cannot be revoked even when an admin on a narrower
+// pattern remains: that one could not grant anything, and no bootstrap
+// is taken while it holds its grant.
+func TestAcl_RevokingTheLastAdminOfEveryServiceIsRefused(t *testing.T) {
+	nc, url := startNATS(t)
+	root, bob := newUser(t), newUser(t)
+	c := startCoordinatorWithAdmin(t, url, t.TempDir(), root)
+	if res := sendSigned(t, nc, root, bus.IntentKindAcl, grantIntent("g1", bob, "bob", "admin", "web-*")); !res.GetAccepted() {
+		t.Fatal(res)
+	}
+	revoke := func(id string, rv *sv1.AclRevoke) *sv1.Intent {
+		return &sv1.Intent{Id: id, Action: &sv1.Intent_Acl{Acl: &sv1.AclChange{Change: &sv1.AclChange_Revoke{Revoke: rv}}}}
+	}
+	for _, rv := range []*sv1.AclRevoke{
+		{Key: root.Key()},
+		{Key: root.Key(), Role: "admin", Services: "*"},
+	} {
+		res := sendSigned(t, nc, root, bus.IntentKindAcl, revoke("r-"+rv.GetRole(), rv))
+		if res.GetAccepted() || res.GetCode() != "conflict" || !strings.Contains(res.GetError(), `admin on "*"`) {
+			t.Fatalf("revoking the last admin on every service (%v): %v", rv, res)
+		}
+	}
+	if p := c.srv.fsm.State().Acl().GetPrincipals(); len(p) != 2 {
+		t.Fatalf("principals %v", p)
+	}
+	// The admin is still in charge.
+	if res := sendSigned(t, nc, root, bus.IntentKindAcl, grantIntent("g2", bob, "bob", "admin", "*")); !res.GetAccepted() {
+		t.Fatal(res)
+	}
+	if res := sendSigned(t, nc, root, bus.IntentKindAcl, revoke("r3", &sv1.AclRevoke{Key: root.Key()})); !res.GetAccepted() {
+		t.Fatalf("revoking an admin while another admin on every service remains: %v", res)
+	}
+}
+
+// An author whose key was replaced (the old key revoked, a new one granted
+// under the same name) is still the author: under a two-person policy the
+// new key may not approve or promote the rollout the old one applied.
+func TestAcl_AuthorWithANewKeyMayNotApproveOwnRollout(t *testing.T) {
+	nc, url := startNATS(t)
+	root, alice, alice2, bob := newUser(t), newUser(t), newUser(t), newUser(t)
+	c := startCoordinatorWithAdmin(t, url, t.TempDir(), root)
+	policy := &sv1.Intent{Id: "pol", Action: &sv1.Intent_Acl{Acl: &sv1.AclChange{Change: &sv1.AclChange_Policy{Policy: &sv1.AclPolicy{Approvals: 1}}}}}
+	for _, in := range []*sv1.Intent{
+		grantIntent("g1", alice, "alice", "deployer", "web"),
+		grantIntent("g2", alice, "alice", "approver", "web"),
+		grantIntent("g3", bob, "bob", "approver", "web"),
+		policy,
+	} {
+		if res := sendSigned(t, nc, root, bus.IntentKindAcl, in); !res.GetAccepted() {
+			t.Fatal(res)
+		}
+	}
+	gated := applyIntent("a1", "r1")
+	gated.GetApplyRollout().GetSpec().Waves = []*sv1.WaveSpec{{Name: "first", BasisPoints: 10000, ManualGate: true}}
+	if res := sendSigned(t, nc, alice, bus.IntentKindRollout, gated); !res.GetAccepted() {
+		t.Fatal(res)
+	}
+	// Alice's key is replaced.
+	rotate := []*sv1.Intent{
+		{Id: "rev", Action: &sv1.Intent_Acl{Acl: &sv1.AclChange{Change: &sv1.AclChange_Revoke{Revoke: &sv1.AclRevoke{Key: alice.Key()}}}}},
+		grantIntent("g4", alice2, "alice", "deployer", "web"),
+		grantIntent("g5", alice2, "alice", "approver", "web"),
+	}
+	for _, in := range rotate {
+		if res := sendSigned(t, nc, root, bus.IntentKindAcl, in); !res.GetAccepted() {
+			t.Fatal(res)
+		}
+	}
+	for _, in := range []*sv1.Intent{
+		{Id: "ap1", Action: &sv1.Intent_ApproveRollout{ApproveRollout: &sv1.RolloutControl{Rollout: "r1"}}},
+		{Id: "pr1", Action: &sv1.Intent_PromoteRollout{PromoteRollout: &sv1.PromoteRollout{Rollout: "r1"}}},
+	} {
+		res := sendSigned(t, nc, alice2, bus.IntentKindRollout, in)
+		if res.GetAccepted() || res.GetCode() != "two_person" || !strings.Contains(res.GetError(), `"alice"`) {
+			t.Fatalf("%s by the author's new key: %v", in.GetId(), res)
+		}
+	}
+	if r := c.srv.fsm.State().Rollout("r1"); !r.GetStartGate() {
+		t.Fatal("the author's new key opened the gate")
+	}
+	// Another person may.
+	if res := sendSigned(t, nc, bob, bus.IntentKindRollout, &sv1.Intent{Id: "ap2", Action: &sv1.Intent_ApproveRollout{ApproveRollout: &sv1.RolloutControl{Rollout: "r1"}}}); !res.GetAccepted() {
+		t.Fatal(res)
+	}
+	if r := c.srv.fsm.State().Rollout("r1"); r.GetStartGate() {
+		t.Fatal("bob's approval did not open the gate")
+	}
+}

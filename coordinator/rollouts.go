@@ -150,6 +150,7 @@ type drillState struct{ s *Server }
 
 func (d drillState) Drills() []*sv1.Drill     { return d.s.fsm.State().Drills() }
 func (d drillState) Rollouts() []*sv1.Rollout { return d.s.fsm.State().Rollouts() }
+func (d drillState) Acl() *sv1.AclState       { return d.s.fsm.State().Acl() }
 func (d drillState) Desired(service string) *sv1.DesiredState {
 	return d.s.fsm.State().Desired(service)
 }

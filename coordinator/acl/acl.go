@@ -96,6 +96,19 @@ func HasAdmin(st *sv1.AclState) bool {
 	return false
 }
 
+// Administered reports whether some principal may change roles and
+// policy: one holding admin on every service ("*"), which is what
+// Authorize asks of an ACL change. An admin on a narrower pattern holds
+// every role on its services but cannot grant or revoke anything.
+func Administered(st *sv1.AclState) bool {
+	for _, p := range st.GetPrincipals() {
+		if Holds(p, RoleAdmin, "*") {
+			return true
+		}
+	}
+	return false
+}
+
 // Holds reports whether p holds role on service; an empty service asks
 // whether p holds role on any service.
 func Holds(p *sv1.Principal, role, service string) bool {

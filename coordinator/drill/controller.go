@@ -14,6 +14,7 @@ import (
 	"google.golang.org/protobuf/types/known/timestamppb"
 
 	"github.com/switchyard/switchyard/chaos"
+	"github.com/switchyard/switchyard/coordinator/acl"
 	"github.com/switchyard/switchyard/internal/desired"
 	"github.com/switchyard/switchyard/internal/spec"
 	sv1 "github.com/switchyard/switchyard/proto/switchyard/v1"
@@ -31,6 +32,8 @@ type State interface {
 	Drills() []*sv1.Drill
 	Rollouts() []*sv1.Rollout
 	Desired(service string) *sv1.DesiredState
+	// Acl is the roles and the admins' policy.
+	Acl() *sv1.AclState
 }
 
 // Fleet is the coordinator's view of live nodes and their active faults.
@@ -133,6 +136,11 @@ func (c *Controller) maybeStart(d *sv1.Drill, now time.Time) error {
 	// a coordinator that has just started has heard from.
 	if s, ok := c.Fleet.(interface{ Settled() bool }); ok && !s.Settled() {
 		return nil
+	}
+	// The admins' caps as they are now: they may have been lowered since
+	// the drill was scheduled.
+	if err := acl.CheckDrillCaps(c.State.Acl().GetPolicy(), d.GetSpec()); err != nil {
+		return c.end(d, now, true, "not started: "+err.Error())
 	}
 	targets, err := Targets(d, c.State, c.Fleet.Live(d.GetSpec().GetService()))
 	if err != nil {

@@ -272,3 +272,24 @@ fault:
 		t.Fatalf("rollback drill at 30%% of a wave of %d nodes targets %v, want %v", len(live), got, want)
 	}
 }
+
+// The admins' blast-radius caps hold when a drill starts, not only when it
+// is scheduled: a drill scheduled before the admins lowered them does not
+// start over them.
+func TestDrill_AdminsCapLoweredAfterSchedulingHoldsAtStart(t *testing.T) {
+	yaml := strings.Replace(drillYAML, "maxNodes: 2", "maxNodes: 4", 1)
+	yaml = strings.Replace(yaml, "maxPercent: 50", "maxPercent: 100", 1)
+	st, c, _, _ := setup(t, yaml, nodes("a", "b", "c"))
+	st.ApplyAclBootstrap(2, &sv1.AclBootstrapEntry{Key: "UADMIN", Name: "root", StampedAt: timestamppb.New(t0)})
+	pol := &sv1.IntentEntry{StampedAt: timestamppb.New(t0), Signer: "UADMIN", Rules: state.Rules, Intent: &sv1.Intent{Id: "caps",
+		Action: &sv1.Intent_Acl{Acl: &sv1.AclChange{Change: &sv1.AclChange_Policy{Policy: &sv1.AclPolicy{DrillMaxNodes: 2}}}}}}
+	if a := st.ApplyIntent(3, pol); !a.Result.GetAccepted() {
+		t.Fatal(a.Result)
+	}
+	c.Raft.(*memRaft).index = 3
+	_ = c.Step(t0.Add(6 * time.Second))
+	d := st.Drill("d1")
+	if d.GetPhase() != sv1.DrillPhase_DRILL_PHASE_ABORTED || !strings.Contains(d.GetAbortReason(), "admins' cap of 2 nodes") {
+		t.Fatalf("drill over the admins' lowered cap: %v %q, targets %v", d.GetPhase(), d.GetAbortReason(), d.GetTargets())
+	}
+}

@@ -152,18 +152,9 @@ func (s *State) applyAcl(index uint64, who actor, c *sv1.AclChange) Applied {
 		if p == nil {
 			return refuse(CodeNotFound, "acl.revoke.key: no principal holds %s", r.GetKey())
 		}
-		next := proto.Clone(s.acl).(*sv1.AclState)
-		np := acl.Find(next, r.GetKey())
-		if r.GetRole() == "" {
-			next.Principals = slices.DeleteFunc(next.Principals, func(x *sv1.Principal) bool { return x.GetKey() == r.GetKey() })
-		} else {
-			before := len(np.Grants)
-			np.Grants = slices.DeleteFunc(np.Grants, func(g *sv1.Grant) bool {
-				return g.GetRole() == r.GetRole() && g.GetServices() == r.GetServices()
-			})
-			if len(np.Grants) == before {
-				return refuse(CodeNotFound, "acl.revoke: %s holds no grant of role %q on %q", acl.Who(p), r.GetRole(), r.GetServices())
-			}
+		next, ok := revoked(s.acl, r)
+		if !ok {
+			return refuse(CodeNotFound, "acl.revoke: %s holds no grant of role %q on %q", acl.Who(p), r.GetRole(), r.GetServices())
 		}
 		if !acl.HasAdmin(next) {
 			return refuse(CodeConflict, "acl.revoke: that would leave the cluster without an admin; grant admin to another key first")
@@ -174,6 +165,26 @@ func (s *State) applyAcl(index uint64, who actor, c *sv1.AclChange) Applied {
 		s.acl.PolicyRevision = index
 	}
 	return ok
+}
+
+// revoked returns a copy of st without what r revokes: the principal
+// holding r's key, or its one grant r names. It reports false when that
+// principal holds no such grant.
+func revoked(st *sv1.AclState, r *sv1.AclRevoke) (*sv1.AclState, bool) {
+	next := proto.Clone(st).(*sv1.AclState)
+	np := acl.Find(next, r.GetKey())
+	if np == nil {
+		return next, false
+	}
+	if r.GetRole() == "" {
+		next.Principals = slices.DeleteFunc(next.Principals, func(x *sv1.Principal) bool { return x.GetKey() == r.GetKey() })
+		return next, true
+	}
+	before := len(np.Grants)
+	np.Grants = slices.DeleteFunc(np.Grants, func(g *sv1.Grant) bool {
+		return g.GetRole() == r.GetRole() && g.GetServices() == r.GetServices()
+	})
+	return next, len(np.Grants) < before
 }
 
 // ApplyAclBootstrap makes the first admin from a coordinator's bootstrap
@@ -238,14 +249,21 @@ func validKey(field, key string) error {
 }
 
 // approvalsAt lists the distinct approvers, other than r's author, that
-// marks record at r's current position.
-func approvalsAt(r *sv1.Rollout, marks []string) []string {
+// marks record at r's current position. From rules version 3 on, only
+// approvers whose key still holds the approver role on r's service count:
+// an approval is withdrawn with its approver's key or role.
+func (s *State) approvalsAt(r *sv1.Rollout, marks []string, rules uint32) []string {
 	pos := positionKey(r)
 	var out []string
 	for _, a := range marks {
-		if rest, ok := cutPrefix(a, pos); ok && rest != r.GetAuthorKey() && !slices.Contains(out, rest) {
-			out = append(out, rest)
+		rest, ok := cutPrefix(a, pos)
+		if !ok || rest == r.GetAuthorKey() || slices.Contains(out, rest) {
+			continue
 		}
+		if rules >= 3 && !acl.Holds(acl.Find(s.acl, rest), acl.RoleApprover, r.GetSpec().GetService()) {
+			continue
+		}
+		out = append(out, rest)
 	}
 	return out
 }

@@ -338,3 +338,59 @@ func TestAudit_ExportedRecordsArePrunedBeyondTheKept(t *testing.T) {
 func linksOf(es []*sv1.AuditEntry) []audit.Link {
 	return links(es)
 }
+
+func withRules(rules uint32, e *sv1.IntentEntry) *sv1.IntentEntry {
+	e = proto.Clone(e).(*sv1.IntentEntry)
+	e.Rules = rules
+	return e
+}
+
+// An approval counts while its approver still holds the approver role: a
+// key revoked (or its approver role taken away) after approving no longer
+// makes up the policy's number, at a manual gate or for a promote.
+// Entries committed under the rules before count it, as they did.
+func TestAcl_ApprovalOfARevokedApproverNoLongerCounts(t *testing.T) {
+	setup := func(t *testing.T, rules uint32, revoke *sv1.AclRevoke) (*State, func() uint64) {
+		s, idx := teamState(t)
+		next := func() uint64 { idx++; return idx }
+		pol := aclEntry("pol", keyAdmin, &sv1.AclChange{Change: &sv1.AclChange_Policy{Policy: &sv1.AclPolicy{Approvals: 2, ApprovalServices: "web*"}}})
+		if a := s.ApplyIntent(next(), pol); !a.Result.GetAccepted() {
+			t.Fatal(a.Result)
+		}
+		if a := s.ApplyIntent(next(), withRules(rules, signed(keyAlice, applyEntry("apply", canarySpec("c1"), t0)))); !a.Result.GetAccepted() {
+			t.Fatal(a.Result)
+		}
+		s.ApplyAdvance(next(), &sv1.RolloutAdvanceEntry{Rollout: "c1", FromStep: 0, ToStep: 1, StampedAt: timestamppb.New(t0)})
+		if a := s.ApplyIntent(next(), withRules(rules, approveEntry("bob1", keyBob, "c1"))); !a.Result.GetAccepted() {
+			t.Fatal(a.Result)
+		}
+		rev := aclEntry("rev-bob", keyAdmin, &sv1.AclChange{Change: &sv1.AclChange_Revoke{Revoke: revoke}})
+		if a := s.ApplyIntent(next(), withRules(rules, rev)); !a.Result.GetAccepted() {
+			t.Fatal(a.Result)
+		}
+		return s, next
+	}
+	for _, rv := range []*sv1.AclRevoke{{Key: keyBob}, {Key: keyBob, Role: "approver", Services: "*"}} {
+		s, next := setup(t, Rules, rv)
+		a := s.ApplyIntent(next(), withRules(Rules, approveEntry("carol1", keyCarol, "c1")))
+		if !a.Result.GetAccepted() {
+			t.Fatal(a.Result)
+		}
+		if r := s.Rollout("c1"); r.GetApprovedStep() == 1 {
+			t.Fatalf("revoke %v: the approval of a revoked approver opened a gate needing two", rv)
+		}
+		h := s.Rollout("c1").GetHistory()
+		if msg := h[len(h)-1].GetMessage(); !strings.Contains(msg, "approval 1 of 2") {
+			t.Fatalf("revoke %v: history %q, want approval 1 of 2", rv, msg)
+		}
+		s, next = setup(t, Rules, rv)
+		if a := s.ApplyIntent(next(), withRules(Rules, promoteEntry("p1", keyCarol, "c1"))); a.Result.GetCode() != CodeTwoPerson || !strings.Contains(a.Result.GetError(), "1 of the 2") {
+			t.Fatalf("revoke %v: promote counting a revoked approver: %v", rv, a.Result)
+		}
+	}
+	// Replay of entries committed under rules version 2: counted.
+	s, next := setup(t, 2, &sv1.AclRevoke{Key: keyBob})
+	if a := s.ApplyIntent(next(), withRules(2, approveEntry("carol1", keyCarol, "c1"))); !a.Result.GetAccepted() || s.Rollout("c1").GetApprovedStep() != 1 {
+		t.Fatalf("rules 2 replay: %v, approved step %d", a.Result, s.Rollout("c1").GetApprovedStep())
+	}
+}

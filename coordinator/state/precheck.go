@@ -1,8 +1,10 @@
 package state
 
 import (
+	"errors"
 	"fmt"
 
+	"github.com/switchyard/switchyard/coordinator/acl"
 	sv1 "github.com/switchyard/switchyard/proto/switchyard/v1"
 )
 
@@ -64,4 +66,62 @@ func (s *State) CheckPolicyRevision(c *sv1.AclChange) (string, error) {
 			"read it again with `switchyard acl list` and repeat the change: `switchyard acl policy` does both", read, now)
 	}
 	return "", nil
+}
+
+// CheckAclRevoke refuses a revoke that would leave no principal able to
+// change roles and policy: the state machine keeps some admin, but an
+// admin on a narrower pattern than "*" cannot grant or revoke anything, and
+// while it holds its grant no bootstrap is taken either, so nobody could
+// ever change the roles again. It returns the refusal code with the error.
+func (s *State) CheckAclRevoke(c *sv1.AclChange) (string, error) {
+	r := c.GetRevoke()
+	if r == nil {
+		return "", nil
+	}
+	s.mu.RLock()
+	defer s.mu.RUnlock()
+	if !acl.Administered(s.acl) {
+		return "", nil
+	}
+	next, ok := revoked(s.acl, r)
+	if !ok || acl.Administered(next) {
+		return "", nil // refused by the state machine, or harmless
+	}
+	return CodeConflict, errors.New("acl.revoke: that would leave no admin on \"*\", and only an admin on every service can change roles and policy " +
+		"(an admin on a narrower pattern holds every role on its services only); grant admin on \"*\" to another key first: " +
+		"switchyard acl grant --key KEY --name NAME --role admin --services '*'")
+}
+
+// CheckAuthorName refuses, under a two-person policy, an approve or promote
+// signed by a key enrolled under the name of the rollout's author. The
+// state machine tells the author by key; an author whose key was replaced
+// (the old one revoked, a new one granted under the same name, which a key
+// allows only once the old key no longer holds it) would otherwise count
+// as another person. It returns the refusal code with the error.
+func (s *State) CheckAuthorName(signer string, in *sv1.Intent) (string, error) {
+	var id, verb string
+	switch {
+	case in.GetApproveRollout() != nil:
+		id, verb = in.GetApproveRollout().GetRollout(), "approve"
+	case in.GetPromoteRollout() != nil:
+		id, verb = in.GetPromoteRollout().GetRollout(), "promote"
+	default:
+		return "", nil
+	}
+	s.mu.RLock()
+	defer s.mu.RUnlock()
+	r := s.rollouts[id]
+	if r == nil || signer == "" || r.GetAuthorKey() == "" || signer == r.GetAuthorKey() {
+		return "", nil // the state machine answers these in its own words
+	}
+	pol := s.acl.GetPolicy()
+	if !acl.HasAdmin(s.acl) || !acl.TwoPersonApplies(pol, r.GetSpec().GetService()) {
+		return "", nil
+	}
+	p := acl.Find(s.acl, signer)
+	if p == nil || p.GetName() != r.GetOperator() {
+		return "", nil
+	}
+	return CodeTwoPerson, fmt.Errorf("%s_rollout.rollout: %q applied rollout %q (with key %s) and may not %s it with another key, %s (policy two-person rule: %d approval(s) from approvers other than the author on %q)",
+		verb, p.GetName(), r.GetId(), r.GetAuthorKey(), verb, signer, pol.GetApprovals(), patternOr(pol.GetApprovalServices()))
 }

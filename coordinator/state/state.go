@@ -51,7 +51,11 @@ const (
 // every drill it ended (before, its rollout's last history line only: an
 // abort's reason was lost behind a rollback webhook's line, and chaos
 // abort and stop-all said nothing).
-const Rules uint32 = 2
+//
+// Version 3: an approval counts toward the two-person rule only while its
+// approver's key holds the approver role on the rollout's service (before,
+// the approval of a key revoked since still counted).
+const Rules uint32 = 3
 
 // IntentMemory is how long an applied intent id is remembered for
 // deduplication; it matches the intent stream's retention.
@@ -376,13 +380,13 @@ func (s *State) approve(index uint64, at time.Time, operator string, c *sv1.Roll
 		return refuse(CodeNothingToApprove, "approve_rollout.rollout: %q is at %s; there is nothing to approve (approval opens a pause without a duration or the manual gate of the next wave)", r.GetId(), s.position(r))
 	}
 	if r.GetStartGate() {
-		return s.approveStart(index, at, operator, r, why(c.GetReason(), rules))
+		return s.approveStart(index, at, operator, r, why(c.GetReason(), rules), rules)
 	}
 	if r.GetApprovedWave() == r.GetWave() && r.GetApprovedStep() == r.GetStep() {
 		return refuse(CodeNothingToApprove, "approve_rollout.rollout: %q is approved at %s already", r.GetId(), s.position(r))
 	}
 	ts := timestamppb.New(at)
-	if stop := s.countApproval(r, index, ts, operator, "at "+s.position(r), why(c.GetReason(), rules)); stop != nil {
+	if stop := s.countApproval(r, index, ts, operator, "at "+s.position(r), why(c.GetReason(), rules), rules); stop != nil {
 		return *stop
 	}
 	r.ApprovedWave, r.ApprovedStep = r.GetWave(), r.GetStep()
@@ -393,10 +397,10 @@ func (s *State) approve(index uint64, at time.Time, operator string, c *sv1.Roll
 // approveStart approves the manual gate of the first wave. Without gating
 // pre-rollout webhooks the first traffic moves in this entry; with them,
 // the controller starts the rollout once they passed too.
-func (s *State) approveStart(index uint64, at time.Time, operator string, r *sv1.Rollout, reason string) Applied {
+func (s *State) approveStart(index uint64, at time.Time, operator string, r *sv1.Rollout, reason string, rules uint32) Applied {
 	first := spec.Compile(r.GetSpec())[0].Wave.GetName()
 	ts := timestamppb.New(at)
-	if stop := s.countApproval(r, index, ts, operator, "to start wave "+first, reason); stop != nil {
+	if stop := s.countApproval(r, index, ts, operator, "to start wave "+first, reason, rules); stop != nil {
 		return *stop
 	}
 	r.StartGate = false
@@ -417,14 +421,14 @@ func (s *State) approveStart(index uint64, at time.Time, operator string, r *sv1
 // where names: it returns what to answer when the approval is refused, or
 // recorded as one of several still needed (the gate stays shut), and nil
 // when the gate opens.
-func (s *State) countApproval(r *sv1.Rollout, index uint64, ts *timestamppb.Timestamp, operator, where, reason string) *Applied {
+func (s *State) countApproval(r *sv1.Rollout, index uint64, ts *timestamppb.Timestamp, operator, where, reason string, rules uint32) *Applied {
 	marks, need, refused := s.twoPerson(r, s.actor, "approve")
 	if refused != nil {
 		return refused
 	}
 	if need > 0 {
 		r.Approvers = marks
-		if got := len(approvalsAt(r, marks)); uint32(got) < need {
+		if got := len(s.approvalsAt(r, marks, rules)); uint32(got) < need {
 			s.record(r, index, ts, operator, fmt.Sprintf("approval %d of %d %s (two-person rule)", got, need, where)+reason)
 			return &Applied{Result: &sv1.IntentResult{Accepted: true, RolloutId: r.Id}}
 		}
@@ -454,7 +458,7 @@ func (s *State) promote(index uint64, at time.Time, operator string, c *sv1.Prom
 	if refused != nil {
 		return *refused
 	}
-	if got := len(approvalsAt(r, marks)); uint32(got) < need {
+	if got := len(s.approvalsAt(r, marks, rules)); uint32(got) < need {
 		return refuse(CodeTwoPerson, "promote_rollout.rollout: %q has %d of the %d approvals the policy asks at %s (two-person rule: approvers other than the author); another approver must approve first",
 			r.GetId(), got, need, s.position(r))
 	}
