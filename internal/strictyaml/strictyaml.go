@@ -8,11 +8,17 @@ import (
 	"bytes"
 	"errors"
 	"fmt"
+	"math"
 	"reflect"
+	"strconv"
 	"strings"
+	"time"
 
 	"go.yaml.in/yaml/v3"
 )
+
+// durationType is decoded from "5s"; yaml's own error names it.
+var durationType = reflect.TypeFor[time.Duration]()
 
 // ErrInvalid is wrapped by every error Decode and the validators built on it
 // return.
@@ -104,6 +110,18 @@ func checkKnown(n *yaml.Node, t reflect.Type, path string) Errors {
 		}
 		return errs
 	case reflect.Struct:
+	case reflect.Int, reflect.Int8, reflect.Int16, reflect.Int32, reflect.Int64,
+		reflect.Uint, reflect.Uint8, reflect.Uint16, reflect.Uint32, reflect.Uint64:
+		// yaml decodes 12.5 into a whole-number field as 12, without a
+		// word: a weight or a percent written with a fraction would be
+		// taken for less than the operator meant. Durations have their
+		// own message.
+		if t != durationType && n.Kind == yaml.ScalarNode && n.ShortTag() == "!!float" {
+			if f, err := strconv.ParseFloat(n.Value, 64); err != nil || f != math.Trunc(f) {
+				return Errors{{Path: path, Problem: fmt.Sprintf("%q is not a whole number", n.Value), Line: n.Line}}
+			}
+		}
+		return nil
 	default:
 		return nil
 	}

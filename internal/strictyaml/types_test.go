@@ -51,6 +51,28 @@ guards:
 	}
 }
 
+// yaml itself takes 12.5 for 12 in a whole-number field; a weight or a
+// percent written with a fraction is refused instead. Whole numbers written
+// as floats (3.0, 1e3) mean what they say.
+func TestDecode_AFractionInAWholeNumberFieldNamesTheField(t *testing.T) {
+	var c configFile
+	err := Decode([]byte("localGuard:\n  minRequests: 12.5\nguards:\n  - {minRequests: .inf}\n"), &c, "config")
+	for _, want := range []string{
+		`config.localGuard.minRequests: "12.5" is not a whole number (line 2)`,
+		`config.guards[0].minRequests: ".inf" is not a whole number (line 4)`,
+	} {
+		if err == nil || !strings.Contains(err.Error(), want) {
+			t.Errorf("error lacks %q:\n%v", want, err)
+		}
+	}
+	for doc, want := range map[string]int{"localGuard: {minRequests: 3.0}": 3, "localGuard: {minRequests: 1e3}": 1000} {
+		var c configFile
+		if err := Decode([]byte(doc), &c, "config"); err != nil || c.Guard.Min != want {
+			t.Errorf("%s: %d, %v; want %d", doc, c.Guard.Min, err, want)
+		}
+	}
+}
+
 func TestDecode_WrongShapeNamesTheField(t *testing.T) {
 	var c configFile
 	err := Decode([]byte("localGuard:\n  names: {a: b}\n"), &c, "config")
