@@ -7,6 +7,7 @@ import (
 	"sync"
 	"testing"
 	"time"
+	"unicode/utf8"
 
 	core "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
 	discovery "github.com/envoyproxy/go-control-plane/envoy/service/discovery/v3"
@@ -244,4 +245,31 @@ func TestEnvoy_ANewStreamOfANodeHasAcceptedNothingYet(t *testing.T) {
 		}
 		return nil
 	})
+}
+
+// TestEnvoy_AClientsWordsAreKeptShort: a client's node id and refusal text
+// reach the service's health, the agent's status on the bus and its log; a
+// client sending megabytes must not make the status too big to publish.
+func TestEnvoy_AClientsWordsAreKeptShort(t *testing.T) {
+	f := newFixture(t)
+	d := f.open(t)
+	if err := d.Apply(context.Background(), map[string]uint32{"blue": 100, "green": 0}); err != nil {
+		t.Fatal(err)
+	}
+	c := newADSClient(t, f.sec.XDS, strings.Repeat("n", 100_000))
+	c.send(&discovery.DiscoveryRequest{TypeUrl: resource.ListenerType, ResourceNames: []string{"web"}})
+	first := c.recv(5 * time.Second)
+	if first == nil {
+		t.Fatal("no listener response")
+	}
+	c.nack(first, []string{"web"}, "", strings.Repeat("é", 500_000))
+	waitFor(t, 5*time.Second, "the refusal", func() error {
+		if h := d.Health(); !strings.Contains(h.Reason, "refused the listener config") {
+			return errorString(h.Reason)
+		}
+		return nil
+	})
+	if h := d.Health(); len(h.Reason) > 1024 || !utf8.ValidString(h.Reason) {
+		t.Errorf("health reason of %d bytes (valid UTF-8: %v), want at most 1 KiB", len(h.Reason), utf8.ValidString(h.Reason))
+	}
 }

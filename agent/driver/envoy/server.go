@@ -11,6 +11,7 @@ import (
 	"strings"
 	"sync"
 	"time"
+	"unicode/utf8"
 
 	core "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
 	als "github.com/envoyproxy/go-control-plane/envoy/service/accesslog/v3"
@@ -265,12 +266,35 @@ func (s *server) onStreamClosed(id int64, _ *core.Node) {
 	s.changed()
 }
 
+// What a client says of itself reaches the service's health, its status
+// on the bus and the log: a node id and a refusal are kept to these many
+// bytes, so that a client (or anything that can reach the xDS port) cannot
+// make the agent's status too big to publish.
+const (
+	maxClientID    = 128
+	maxRefusalText = 512
+)
+
+// clip returns s as valid UTF-8 of at most n bytes, marked when cut.
+func clip(s string, n int) string {
+	s = strings.ToValidUTF8(s, "\uFFFD")
+	if len(s) <= n {
+		return s
+	}
+	const more = "…"
+	cut := n - len(more)
+	for cut > 0 && !utf8.RuneStart(s[cut]) {
+		cut--
+	}
+	return s[:cut] + more
+}
+
 func (s *server) onStreamRequest(id int64, req *discovery.DiscoveryRequest) error {
 	s.mu.Lock()
 	node, known := s.streams[id]
 	if !known {
 		// A stream's first request carries the node; later ones may not.
-		node = req.GetNode().GetId()
+		node = clip(req.GetNode().GetId(), maxClientID)
 		if node == "" {
 			node = "stream-" + strconv.FormatInt(id, 10)
 		}
@@ -301,7 +325,7 @@ func (s *server) onStreamRequest(id int64, req *discovery.DiscoveryRequest) erro
 	k := streamType{stream: id, typeURL: t}
 	if req.GetResponseNonce() != "" {
 		if e := req.GetErrorDetail(); e != nil {
-			r := refusal{err: e.GetMessage()}
+			r := refusal{err: clip(e.GetMessage(), maxRefusalText)}
 			if o, ok := s.offered[id][t]; ok && o.nonce == req.GetResponseNonce() {
 				r.version = o.version
 				// The request names the version the client still has, so
