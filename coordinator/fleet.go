@@ -45,8 +45,10 @@ type fleet struct {
 	// diverged remembers, per node and service, the fence that was
 	// reported as diverged, so the warning is logged once per change.
 	diverged map[[2]string]bus.Fence
-	// divergedCountedAt is when the diverged nodes were last counted.
+	// divergedCountedAt is when the diverged nodes were last counted;
+	// divergedGauged are the services whose gauge that count set above 0.
 	divergedCountedAt time.Time
+	divergedGauged    map[string]bool
 	// faultSeen is when each (node, drill) fault was first reported active.
 	faultSeen map[[2]string]time.Time
 	// listeningSince is when this coordinator began to take agents'
@@ -112,7 +114,7 @@ func newFleet(staleAfter time.Duration, m *metrics, log *slog.Logger) *fleet {
 		staleAfter: staleAfter, metrics: m, now: time.Now, log: log,
 		current: func(string) (bus.Fence, bool) { return bus.Fence{}, false },
 		epoch:   func() uint64 { return 1 },
-		nodes:   map[string]*nodeSeen{}, diverged: map[[2]string]bus.Fence{}, faultSeen: map[[2]string]time.Time{},
+		nodes:   map[string]*nodeSeen{}, diverged: map[[2]string]bus.Fence{}, divergedGauged: map[string]bool{}, faultSeen: map[[2]string]time.Time{},
 		tallies: map[string]*serviceTally{},
 	}
 }
@@ -272,8 +274,20 @@ func (f *fleet) checkDivergence(st *sv1.AgentStatus) {
 			counts[k[1]]++
 		}
 	}
+	// Every service counted last time is set again: its diverged nodes
+	// may have gone stale while only other services' nodes report.
+	for svc := range f.divergedGauged {
+		if counts[svc] == 0 {
+			f.metrics.diverged.WithLabelValues(svc).Set(0)
+			delete(f.divergedGauged, svc)
+		}
+	}
 	for _, svc := range st.GetServices() {
 		f.metrics.diverged.WithLabelValues(svc.GetService()).Set(float64(counts[svc.GetService()]))
+	}
+	for svc, n := range counts {
+		f.metrics.diverged.WithLabelValues(svc).Set(float64(n))
+		f.divergedGauged[svc] = true
 	}
 }
 

@@ -10,6 +10,7 @@ import (
 
 	"github.com/nats-io/nats.go"
 	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/testutil"
 	dto "github.com/prometheus/client_model/go"
 	"google.golang.org/protobuf/proto"
 
@@ -127,6 +128,35 @@ func TestFleet_DivergedCountFollowsChangesWithoutWalkingTheSetOnEveryStatus(t *t
 	}
 	if g := gauge(); g != 0 {
 		t.Fatalf("diverged = %v once the diverged nodes went stale, want 0", g)
+	}
+}
+
+// A service's diverged nodes going stale bring its gauge down even when the
+// statuses still heard are other services' nodes'.
+func TestFleet_DivergedCountFallsWhenOnlyOtherServicesReport(t *testing.T) {
+	m := newMetrics(prometheus.NewRegistry())
+	f := newFleet(15*time.Second, m, slog.New(slog.DiscardHandler))
+	now := time.Date(2026, 1, 1, 12, 0, 0, 0, time.UTC)
+	f.now = func() time.Time { return now }
+	f.current = func(string) (bus.Fence, bool) { return bus.Fence{Epoch: 1, Generation: 10}, true }
+	report := func(node, service string, gen uint64) {
+		t.Helper()
+		b, err := proto.Marshal(&sv1.AgentStatus{Node: node, Services: []*sv1.ServiceStatus{{Service: service, AppliedEpoch: 1, AppliedGeneration: gen}}})
+		if err != nil {
+			t.Fatal(err)
+		}
+		f.handleStatus(&nats.Msg{Subject: bus.StatusSubject(node), Data: b})
+	}
+	report("web-ahead", "web", 12)
+	if g := testutil.ToFloat64(m.diverged.WithLabelValues("web")); g != 1 {
+		t.Fatalf("diverged{web} = %v, want 1", g)
+	}
+	for range 20 {
+		now = now.Add(time.Second)
+		report("api-1", "api", 10)
+	}
+	if g := testutil.ToFloat64(m.diverged.WithLabelValues("web")); g != 0 {
+		t.Fatalf("diverged{web} = %v once its diverged node went stale, heard only api's nodes since, want 0", g)
 	}
 }
 
