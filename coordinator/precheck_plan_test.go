@@ -30,4 +30,14 @@ func TestIntents_PrecheckRefusesPlansThatCannotRun(t *testing.T) {
 			t.Errorf("steps %s: %v, want refused as invalid naming %q", c.steps, err, c.want)
 		}
 	}
+	body := `{"id": "ci-2", "applyRollout": {"spec": {"name": "web-ci", "service": "web", "from": "blue", "to": "green",
+	  "strategy": {"blueGreen": {}}, "waves": [{"name": "canary", "basisPoints": 1000},
+	  {"name": "eu", "selector": {"region": "eu"}, "basisPoints": 1000}]}}}`
+	var in sv1.Intent
+	if err := protojson.Unmarshal([]byte(body), &in); err != nil {
+		t.Fatal(err)
+	}
+	if err := precheck(&in); err == nil || !strings.Contains(err.Error(), `spec.waves[1]: selects no node`) {
+		t.Errorf("a wave the first one leaves no node to: %v", err)
+	}
 }

@@ -2,6 +2,9 @@ package spec
 
 import (
 	"fmt"
+	"maps"
+	"slices"
+	"strings"
 
 	"github.com/switchyard/switchyard/internal/strictyaml"
 	sv1 "github.com/switchyard/switchyard/proto/switchyard/v1"
@@ -11,7 +14,8 @@ import (
 // written: a pause of no time (the controller takes it for a pause until
 // approved), an analysis step where the new backend has no weight (it can
 // never pass, so the rollout would wait forever), and a setWeight below an
-// earlier one of the same steps (a canary only rises; abort rolls back).
+// earlier one of the same steps (a canary only rises; abort rolls back),
+// and a wave that an earlier one leaves no node to.
 // Like CheckFinite it runs where a spec is read (Parse) and where the
 // leader checks an intent before commit, never in the state machine:
 // rollouts committed before it must replay as they applied.
@@ -61,10 +65,52 @@ func CheckPlan(s *sv1.RolloutSpec) error {
 			}
 		}
 	}
+	checkShadowedWaves(add, s.GetWaves())
 	if len(errs) > 0 {
 		return errs
 	}
 	return nil
+}
+
+// checkShadowedWaves refuses a wave that can take no node on any fleet.
+// Every wave places a node by the same stable hash of (rollout, node) and
+// the first wave that takes a node wins, so an earlier wave whose selector
+// asks for no more labels than a later one's, at the same or a larger
+// share, has already taken every node the later wave would.
+func checkShadowedWaves(add func(string, string, ...any), waves []*sv1.WaveSpec) {
+	for i, w := range waves {
+		for j, earlier := range waves[:i] {
+			if earlier.GetBasisPoints() < w.GetBasisPoints() || !covers(earlier.GetSelector(), w.GetSelector()) {
+				continue
+			}
+			add(fmt.Sprintf("spec.waves[%d]", i), "selects no node: every node it matches is in spec.waves[%d] %q, which comes first "+
+				"(selector %s, percent %v against this wave's selector %s, percent %v) and takes the same stable share of the nodes it matches; "+
+				"want a percent above %v here, so that the wave adds the nodes between, or a selector spec.waves[%d] does not match",
+				j, earlier.GetName(), selectorText(earlier.GetSelector()), float64(earlier.GetBasisPoints())/100,
+				selectorText(w.GetSelector()), float64(w.GetBasisPoints())/100, float64(earlier.GetBasisPoints())/100, j)
+			break
+		}
+	}
+}
+
+// covers reports whether every node the selector narrow matches is matched
+// by wide too: wide asks for a subset of narrow's labels.
+func covers(wide, narrow map[string]string) bool {
+	for k, v := range wide {
+		if nv, ok := narrow[k]; !ok || nv != v {
+			return false
+		}
+	}
+	return true
+}
+
+func selectorText(sel map[string]string) string {
+	keys := slices.Sorted(maps.Keys(sel))
+	parts := make([]string, len(keys))
+	for i, k := range keys {
+		parts[i] = k + ": " + sel[k]
+	}
+	return "{" + strings.Join(parts, ", ") + "}"
 }
 
 func hasPath(errs strictyaml.Errors, path string) bool {

@@ -106,3 +106,38 @@ func TestCheckPlan_RefusesProtobufSpecsAlike(t *testing.T) {
 		t.Fatal(err)
 	}
 }
+
+// Every wave hashes nodes the same way (rollout name, node id), and the
+// first wave that takes a node wins: a later wave whose nodes an earlier
+// one takes at the same or a larger share would move no node at all.
+func TestSpec_ParseRefusesAWaveThatCanSelectNoNode(t *testing.T) {
+	cases := []struct{ name, waves, want string }{
+		{"narrower selector, same share", "  - {name: canary, percent: 10}\n  - {name: eu, selector: {region: eu}, percent: 10}\n",
+			`spec.waves[1]: selects no node: every node it matches is in spec.waves[0] "canary"`},
+		{"same selector, smaller share", "  - {name: eu-20, selector: {region: eu}, percent: 20}\n  - {name: eu-5, selector: {region: eu}, percent: 5}\n",
+			`spec.waves[1]: selects no node: every node it matches is in spec.waves[0] "eu-20"`},
+		{"after a wave of every node", "  - {name: all}\n  - {name: eu, selector: {region: eu, tier: edge}}\n",
+			`spec.waves[1]: selects no node: every node it matches is in spec.waves[0] "all"`},
+	}
+	for _, c := range cases {
+		t.Run(c.name, func(t *testing.T) {
+			sp, err := Parse([]byte(good + "waves:\n" + c.waves))
+			if err == nil {
+				t.Fatalf("accepted as %v", sp)
+			}
+			if !strings.Contains(err.Error(), c.want) {
+				t.Errorf("error %q does not say %q", err, c.want)
+			}
+		})
+	}
+	for _, ok := range []string{
+		"  - {name: eu, selector: {region: eu}, percent: 10}\n  - {name: canary, percent: 10}\n",
+		"  - {name: canary, percent: 10}\n  - {name: half, percent: 50}\n  - {name: rest}\n",
+		"  - {name: eu, selector: {region: eu}}\n  - {name: us, selector: {region: us}}\n",
+		"  - {name: eu, selector: {region: eu}, percent: 10}\n  - {name: eu-edge, selector: {region: eu, tier: edge}, percent: 30}\n",
+	} {
+		if _, err := Parse([]byte(good + "waves:\n" + ok)); err != nil {
+			t.Errorf("refused %q: %v", ok, err)
+		}
+	}
+}
