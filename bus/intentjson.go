@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"encoding/json"
 	"fmt"
+	"math"
 
 	"github.com/switchyard/switchyard/internal/spec"
 	sv1 "github.com/switchyard/switchyard/proto/switchyard/v1"
@@ -19,7 +20,8 @@ const drillVersion = "v1"
 // versioned instead), and any other version is refused naming the field.
 // And a rollout's webhooks get the defaults a YAML spec gives the fields
 // it leaves out (webhookDefaults), which the protobuf message cannot tell
-// from false and 0 once decoded. The body is returned unchanged when there
+// from false and 0 once decoded; its waves take `percent` as the file
+// does (wavePercents). The body is returned unchanged when there
 // is nothing to take or fill.
 func AcceptSpecJSON(data []byte) ([]byte, error) {
 	dec := json.NewDecoder(bytes.NewReader(data))
@@ -53,6 +55,11 @@ func AcceptSpecJSON(data []byte) ([]byte, error) {
 		if webhookDefaults(sp) {
 			changed = true
 		}
+		filled, err := wavePercents(k, sp)
+		if err != nil {
+			return nil, err
+		}
+		changed = changed || filled
 	}
 	if !changed {
 		return data, nil
@@ -122,3 +129,51 @@ func hookPoint(v any) (sv1.HookPoint, bool) {
 	}
 	return p, true
 }
+
+// wavePercents lets a JSON rollout spec's waves say percent, as the YAML
+// file does, for the message's basis points, and gives a wave that says
+// neither every matching node, as the file does. It reports whether it
+// changed anything.
+func wavePercents(action string, sp map[string]any) (bool, error) {
+	waves, _ := sp["waves"].([]any)
+	changed := false
+	for i, item := range waves {
+		w, ok := item.(map[string]any)
+		if !ok {
+			continue // protojson says what is wrong with it
+		}
+		path := fmt.Sprintf("%s.spec.waves[%d]", action, i)
+		pct, hasPct := w["percent"]
+		_, hasBP := w["basisPoints"]
+		if _, ok := w["basis_points"]; ok {
+			hasBP = true
+		}
+		switch {
+		case hasPct && hasBP:
+			return false, fmt.Errorf("%w: %s: both percent and basisPoints; write percent (0.01..100) only", spec.ErrInvalid, path)
+		case hasBP:
+			continue
+		case !hasPct:
+			w["basisPoints"] = desiredFull
+			changed = true
+			continue
+		}
+		n, ok := pct.(json.Number)
+		f, err := n.Float64()
+		if !ok || err != nil {
+			return false, fmt.Errorf("%w: %s.percent: %v is not a number, want 0.01..100", spec.ErrInvalid, path, pct)
+		}
+		// As the YAML file: hundredths of a percent, a smaller share
+		// would round to no node at all.
+		if !(f >= 0.01 && f <= 100) {
+			return false, fmt.Errorf("%w: %s.percent: %v is out of range, want 0.01..100", spec.ErrInvalid, path, pct)
+		}
+		delete(w, "percent")
+		w["basisPoints"] = int64(math.Round(f * 100))
+		changed = true
+	}
+	return changed, nil
+}
+
+// desiredFull is every matching node, in basis points.
+const desiredFull = 10000

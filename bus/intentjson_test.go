@@ -2,6 +2,7 @@ package bus
 
 import (
 	"errors"
+	"strings"
 	"testing"
 
 	sv1 "github.com/switchyard/switchyard/proto/switchyard/v1"
@@ -38,5 +39,34 @@ func TestIntentJSON_WebhooksTakeTheDefaultsOfAYAMLSpec(t *testing.T) {
 	}
 	if p := hooks[1].GetPoint(); p != sv1.HookPoint_HOOK_POINT_PRE_ROLLOUT {
 		t.Errorf("point by number: %v", p)
+	}
+}
+
+// A wave in a JSON intent reads as in YAML: percent of the matching nodes,
+// every one when left out. Before, a wave without basisPoints was refused
+// as "spec.waves[0].percent: 0 is out of range" and one with percent as an
+// unknown field.
+func TestIntentJSON_WavesTakePercentAsInYAML(t *testing.T) {
+	body := `{"id": "ci-1", "applyRollout": {"spec": {"name": "web-ci", "service": "web", "from": "blue", "to": "green",
+	  "strategy": {"blueGreen": {}}, "waves": [{"name": "eu", "selector": {"region": "eu"}, "percent": 12.5},
+	  {"name": "rest"}, {"name": "raw", "basisPoints": 300}]}}}`
+	opened, err := OpenIntent([]byte(body))
+	if !errors.Is(err, ErrIntentUnsigned) {
+		t.Fatalf("open: %v", err)
+	}
+	var got []uint32
+	for _, w := range opened.Intent.GetApplyRollout().GetSpec().GetWaves() {
+		got = append(got, w.GetBasisPoints())
+	}
+	if len(got) != 3 || got[0] != 1250 || got[1] != 10000 || got[2] != 300 {
+		t.Fatalf("basis points %v, want [1250 10000 300]", got)
+	}
+	for doc, want := range map[string]string{
+		`{"id": "x", "applyRollout": {"spec": {"waves": [{"name": "a", "percent": 0.004}]}}}`:                   "applyRollout.spec.waves[0].percent: 0.004 is out of range, want 0.01..100",
+		`{"id": "x", "applyRollout": {"spec": {"waves": [{"name": "a", "percent": 10, "basisPoints": 1000}]}}}`: "applyRollout.spec.waves[0]: both percent and basisPoints",
+	} {
+		if _, err := OpenIntent([]byte(doc)); err == nil || !strings.Contains(err.Error(), want) {
+			t.Errorf("%s: %v, want %q", doc, err, want)
+		}
 	}
 }
