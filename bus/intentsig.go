@@ -146,7 +146,7 @@ func OpenIntent(data []byte) (OpenedIntent, error) {
 // numbers do not overlap, so each decodes the other as unknown fields only.
 func decodeIntentBytes(data []byte) (*sv1.SignedIntent, *sv1.Intent, error) {
 	if IsJSON(data) {
-		t, err := AcceptSpecVersion(bytes.TrimSpace(data))
+		t, err := AcceptSpecJSON(bytes.TrimSpace(data))
 		if err != nil {
 			return nil, nil, err
 		}

@@ -239,7 +239,12 @@ func precheck(in *sv1.Intent) error {
 		if err := spec.CheckFinite(sp); err != nil {
 			return err
 		}
-		return spec.Validate(sp)
+		if err := spec.Validate(sp); err != nil {
+			return err
+		}
+		// Refusals added after rollouts were in logs: here, before
+		// commit, not in the state machine (spec.CheckPlan).
+		return spec.CheckPlan(sp)
 	case *sv1.Intent_AbortRollout:
 		return named("abort_rollout", act.AbortRollout.GetRollout())
 	case *sv1.Intent_PauseRollout:

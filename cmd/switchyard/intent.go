@@ -85,7 +85,7 @@ func runIntent(_ context.Context, args []string, stdin io.Reader, stdout, stderr
 	if len(b) > bus.MaxIntentSize {
 		return fmt.Errorf("intent on standard input: more than %d bytes", bus.MaxIntentSize)
 	}
-	if b, err = bus.AcceptSpecVersion(b); err != nil {
+	if b, err = bus.AcceptSpecJSON(b); err != nil {
 		return fmt.Errorf("intent on standard input: %v", err)
 	}
 	var in sv1.Intent

@@ -64,7 +64,9 @@ type stepFile struct {
 }
 
 type pauseFile struct {
-	Duration time.Duration `yaml:"duration"`
+	// Duration tells `pause: {}` (until approved) from a duration written
+	// as 0s, which CheckPlan refuses.
+	Duration *time.Duration `yaml:"duration"`
 }
 
 type analysisStepFile struct {
@@ -208,6 +210,9 @@ func Parse(data []byte) (*sv1.RolloutSpec, error) {
 	if err := Validate(s); err != nil {
 		return nil, placed(err, data)
 	}
+	if err := CheckPlan(s); err != nil {
+		return nil, placed(err, data)
+	}
 	return s, nil
 }
 
@@ -263,7 +268,11 @@ func convertSteps(add func(string, string, ...any), in []stepFile, path string) 
 		}
 		if st.Pause != nil {
 			set++
-			step.Kind = &sv1.Step_Pause{Pause: &sv1.Pause{Duration: durationOrNil(st.Pause.Duration)}}
+			pause := &sv1.Pause{}
+			if d := st.Pause.Duration; d != nil {
+				pause.Duration = durationpb.New(*d)
+			}
+			step.Kind = &sv1.Step_Pause{Pause: pause}
 		}
 		if st.Analysis != nil {
 			set++
