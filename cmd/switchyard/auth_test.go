@@ -97,7 +97,7 @@ clusterTLS: {ca: /etc/switchyard/cluster-ca.pem, cert: /etc/switchyard/c1.pem, k
 		cfg     coordinator.Config
 		signing signingFlags
 	)
-	if err := loadCoordinatorFile(path, &cfg, &signing); err != nil {
+	if _, err := loadCoordinatorFile(path, &cfg, &signing); err != nil {
 		t.Fatal(err)
 	}
 	if cfg.NATS.Creds != "/etc/switchyard/c1.creds" || cfg.NATS.CA != "/etc/switchyard/nats-ca.pem" ||
@@ -119,5 +119,31 @@ clusterTLS: {ca: /etc/switchyard/cluster-ca.pem, cert: /etc/switchyard/c1.pem, k
 	}
 	if code, _, stderr := runCLI(t, "coordinator", "--config", bad); code != exitFailure || !strings.Contains(stderr, "certificate") {
 		t.Fatalf("unknown key: exit %d %q", code, stderr)
+	}
+}
+
+// bootstrapExpect: 0 in the file means "only join", as --bootstrap-expect 0
+// does; before, the file's 0 was taken for "not set" and the flag's default
+// 1 bootstrapped a cluster of its own beside the one it was to join.
+func TestCLI_CoordinatorConfigFileBootstrapExpectZero(t *testing.T) {
+	dir := t.TempDir()
+	key := filepath.Join(dir, "coordinator.key")
+	if code, _, stderr := runCLI(t, "keys", "generate", "--out", key); code != exitOK {
+		t.Fatalf("keys generate: exit %d %q", code, stderr)
+	}
+	path := filepath.Join(dir, "c2.yaml")
+	if err := os.WriteFile(path, []byte("nodeId: c2\ndataDir: "+filepath.Join(dir, "data")+"\nbootstrapExpect: 0\nsigning: {key: "+key+"}\n"+
+		"clusterTLS: {ca: /nonexistent/cluster-ca.pem, cert: /nonexistent/c2.pem, key: /nonexistent/c2-key.pem}\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	// Without retryJoin a coordinator that only joins has nothing to join.
+	code, _, stderr := runCLI(t, "coordinator", "--config", path)
+	if code != exitFailure || !strings.Contains(stderr, "--bootstrap-expect 0 joins an existing cluster and needs --retry-join") {
+		t.Fatalf("bootstrapExpect: 0 without retryJoin: exit %d %q; want the join-only refusal", code, stderr)
+	}
+	// The command line still overrides the file.
+	code, _, stderr = runCLI(t, "coordinator", "--config", path, "--bootstrap-expect", "1")
+	if code != exitFailure || strings.Contains(stderr, "bootstrap-expect") || !strings.Contains(stderr, "--cluster-ca /nonexistent/cluster-ca.pem") {
+		t.Fatalf("--bootstrap-expect 1 over the file's 0: exit %d %q; want the cluster CA refusal only", code, stderr)
 	}
 }

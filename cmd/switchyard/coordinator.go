@@ -108,16 +108,19 @@ type coordinatorFile struct {
 	Notifications []notify.Target `yaml:"notifications"`
 }
 
-func loadCoordinatorFile(path string, cfg *coordinator.Config, signing *signingFlags) error {
+// loadCoordinatorFile fills cfg and signing from the file at path; it
+// reports whether the file gives bootstrapExpect, whose 0 (only join) is a
+// value, not an absence.
+func loadCoordinatorFile(path string, cfg *coordinator.Config, signing *signingFlags) (bootstrapExpectSet bool, err error) {
 	data, err := os.ReadFile(path)
 	if err != nil {
-		return fmt.Errorf("--config: %w", err)
+		return false, fmt.Errorf("--config: %w", err)
 	}
 	var f coordinatorFile
 	dec := yaml.NewDecoder(bytes.NewReader(data))
 	dec.KnownFields(true)
 	if err := dec.Decode(&f); err != nil && !errors.Is(err, io.EOF) {
-		return fmt.Errorf("--config %s: %v", path, strings.TrimPrefix(err.Error(), "yaml: "))
+		return false, fmt.Errorf("--config %s: %v", path, strings.TrimPrefix(err.Error(), "yaml: "))
 	}
 	set := func(dst *string, v string) {
 		if v != "" {
@@ -148,7 +151,7 @@ func loadCoordinatorFile(path string, cfg *coordinator.Config, signing *signingF
 	cfg.Replicas = f.Replicas
 	cfg.AclBootstrap = coordinator.AclBootstrap{Key: f.AclBootstrap.Admin, Name: f.AclBootstrap.Name}
 	cfg.Notify = f.Notifications
-	return nil
+	return f.BootstrapExpect != nil, nil
 }
 
 func runCoordinator(ctx context.Context, args []string, stdout, stderr io.Writer) error {
@@ -211,7 +214,8 @@ func runCoordinator(ctx context.Context, args []string, stdout, stderr io.Writer
 			fromFile    coordinator.Config
 			signingFile signingFlags
 		)
-		if err := loadCoordinatorFile(*configFile, &fromFile, &signingFile); err != nil {
+		bootstrapExpectSet, err := loadCoordinatorFile(*configFile, &fromFile, &signingFile)
+		if err != nil {
 			return err
 		}
 		given := map[string]bool{}
@@ -235,7 +239,7 @@ func runCoordinator(ctx context.Context, args []string, stdout, stderr io.Writer
 		pick("cluster-cert", &cluster.files.Cert, fromFile.ClusterTLS.Cert)
 		pick("cluster-key", &cluster.files.Key, fromFile.ClusterTLS.Key)
 		pick("viewer-token-file", &cfg.ViewerTokenFile, fromFile.ViewerTokenFile)
-		if !given["bootstrap-expect"] && fromFile.BootstrapExpect != 0 {
+		if !given["bootstrap-expect"] && bootstrapExpectSet {
 			cfg.BootstrapExpect = fromFile.BootstrapExpect
 		}
 		if !given["retry-join"] {
