@@ -22,6 +22,7 @@ import (
 	"github.com/switchyard/switchyard/coordinator"
 	"github.com/switchyard/switchyard/coordinator/notify"
 	"github.com/switchyard/switchyard/internal/certs"
+	"github.com/switchyard/switchyard/internal/strictyaml"
 )
 
 // clusterTLSFlags name the cluster CA and this process's certificate.
@@ -117,10 +118,25 @@ func loadCoordinatorFile(path string, cfg *coordinator.Config, signing *signingF
 		return false, fmt.Errorf("--config: %w", err)
 	}
 	var f coordinatorFile
+	// Keys are named by their path and what they want, as in the agent's
+	// config; a file of comments only leaves everything to the flags.
+	var doc yaml.Node
 	dec := yaml.NewDecoder(bytes.NewReader(data))
-	dec.KnownFields(true)
-	if err := dec.Decode(&f); err != nil && !errors.Is(err, io.EOF) {
+	if err := dec.Decode(&doc); err != nil && !errors.Is(err, io.EOF) {
 		return false, fmt.Errorf("--config %s: %v", path, strings.TrimPrefix(err.Error(), "yaml: "))
+	}
+	if len(doc.Content) > 0 {
+		if err := dec.Decode(new(yaml.Node)); !errors.Is(err, io.EOF) {
+			return false, fmt.Errorf("--config %s: want one YAML document, found more", path)
+		}
+		if err := strictyaml.DecodeNode(doc.Content[0], &f, ""); err != nil {
+			return false, fmt.Errorf("--config %s:\n%w", path, err)
+		}
+	}
+	if f.NATSClient.JetStreamDomain != "" {
+		// Only agents reach the streams through a leaf server outside
+		// their domain; a coordinator connects to servers that hold them.
+		return false, fmt.Errorf("--config %s: natsClient.jetstreamDomain: not used by a coordinator, which connects to the NATS servers holding JetStream; remove it", path)
 	}
 	set := func(dst *string, v string) {
 		if v != "" {
