@@ -9,6 +9,7 @@ import (
 	"fmt"
 	"log/slog"
 	"maps"
+	"net"
 	"net/http"
 	"slices"
 	"sync"
@@ -279,6 +280,21 @@ func (a *Agent) Run(ctx context.Context) error {
 	if !a.started.CompareAndSwap(false, true) {
 		return errors.New("agent: Run called twice")
 	}
+	// httpAddr is taken first: an agent that cannot serve it must stop
+	// before it drives a proxy or reads the bus, not after.
+	var ln net.Listener
+	if a.cfg.HTTPAddr != "" {
+		l, err := listen(a.cfg.HTTPAddr)
+		if err != nil {
+			return err
+		}
+		ln = l
+		defer func() {
+			if ln != nil { // not handed to the HTTP server
+				ln.Close()
+			}
+		}()
+	}
 	res, err := a.open()
 	if err != nil {
 		return err
@@ -440,10 +456,9 @@ func (a *Agent) Run(ctx context.Context) error {
 		wg.Go(func() { w.prober.syntheticLoop(ctx, w.currentView) })
 	}
 
-	if a.cfg.HTTPAddr != "" {
-		if srv, err = a.serveHTTP(); err != nil {
-			return err
-		}
+	if ln != nil {
+		srv = a.serveHTTP(ln)
+		ln = nil
 	}
 	wg.Go(func() { a.statusLoop(ctx) })
 	wg.Go(func() { a.resyncLoop(ctx, p, res.workers, reconnected) })

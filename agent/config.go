@@ -8,12 +8,14 @@ import (
 	"io"
 	"maps"
 	"math"
+	"net"
 	"net/http"
 	"net/url"
 	"os"
 	"path/filepath"
 	"regexp"
 	"slices"
+	"strconv"
 	"strings"
 	"time"
 
@@ -484,6 +486,11 @@ func (c *Config) Validate() error {
 	if c.StateDir == "" {
 		bad("stateDir", "required")
 	}
+	if c.HTTPAddr != "" {
+		if err := checkListenAddr(c.HTTPAddr); err != nil {
+			bad("httpAddr", "%v", err)
+		}
+	}
 	if c.Heartbeat <= 0 {
 		bad("heartbeat", "%s: must be positive", c.Heartbeat)
 	}
@@ -670,6 +677,20 @@ func (h *HTTPCheck) validate(field string) []error {
 		}
 	}
 	return probs
+}
+
+// checkListenAddr accepts what net.Listen("tcp", addr) does, so that a
+// mistyped address is refused with the config, not once the agent has
+// started driving its proxies.
+func checkListenAddr(addr string) error {
+	_, port, err := net.SplitHostPort(addr)
+	if err != nil {
+		return fmt.Errorf("%q: want host:port, e.g. 127.0.0.1:9101 (or :9101 for every interface)", addr)
+	}
+	if _, err := strconv.ParseUint(port, 10, 16); err != nil {
+		return fmt.Errorf("%q: want a port 0..65535 (0 picks a free one)", addr)
+	}
+	return nil
 }
 
 // validMethod accepts an HTTP token, which is all net/http asks of a method.

@@ -13,13 +13,9 @@ import (
 	sv1 "github.com/switchyard/switchyard/proto/switchyard/v1"
 )
 
-// serveHTTP serves /metrics and /healthz on the config's httpAddr until the
-// returned server is shut down.
-func (a *Agent) serveHTTP() (*http.Server, error) {
-	ln, err := listen(a.cfg.HTTPAddr)
-	if err != nil {
-		return nil, err
-	}
+// serveHTTP serves /metrics and /healthz on ln, the config's httpAddr,
+// until the returned server is shut down.
+func (a *Agent) serveHTTP(ln net.Listener) *http.Server {
 	mux := http.NewServeMux()
 	if a.gatherer != nil {
 		mux.Handle("GET /metrics", promhttp.HandlerFor(a.gatherer, promhttp.HandlerOpts{}))
@@ -37,7 +33,7 @@ func (a *Agent) serveHTTP() (*http.Server, error) {
 		}
 	}()
 	a.log.Info("serving /metrics and /healthz", "addr", ln.Addr().String())
-	return srv, nil
+	return srv
 }
 
 // healthz answers 200 when the agent is connected to the bus, can drive

@@ -73,3 +73,25 @@ func TestCoordinator_DamagedRaftStoreFailsClearly(t *testing.T) {
 		})
 	}
 }
+
+// A raft.db the coordinator cannot open (a symlink loop here; one left
+// owned by root after a manual run does the same to the packaged unit's
+// user) is not damaged: the error names the file and the cause, and does
+// not tell the operator to move the data directory away, which for a
+// single-node cluster reads as "the state is lost".
+func TestCoordinator_UnopenableRaftStoreIsNotCalledDamaged(t *testing.T) {
+	dir := t.TempDir()
+	path := filepath.Join(dir, raftDBFile)
+	if err := os.Symlink(path, path); err != nil {
+		t.Fatal(err)
+	}
+	reg := prometheus.NewRegistry()
+	_, err := New(Config{
+		NodeID: "c1", DataDir: dir, RaftAddr: "127.0.0.1:0", HTTPAddr: "127.0.0.1:0",
+		NATSURL: "nats://127.0.0.1:1", BootstrapExpect: 1, Registerer: reg, Gatherer: reg, Signing: testSigning,
+	})
+	var de *DamagedStoreError
+	if err == nil || errors.As(err, &de) || strings.Contains(err.Error(), "damaged") || !strings.Contains(err.Error(), path) {
+		t.Fatalf("New with an unopenable raft.db = %v; want an error naming %s, not one calling it damaged", err, path)
+	}
+}

@@ -359,7 +359,11 @@ func (s *Server) setupRaft() error {
 	// bbolt faults or panics deep inside on a truncated or bit-flipped
 	// file; look at it first and refuse to start, naming it and the way
 	// back, rather than crash with a stack trace or serve from it.
-	if err := boltcheck.Check(dbPath); err != nil {
+	// One it cannot read (its owner, its mode) is not damaged: moving the
+	// data directory away would be wrong advice.
+	if err := boltcheck.Check(dbPath); err != nil && !errors.Is(err, boltcheck.ErrDamaged) {
+		return fmt.Errorf("coordinator: open raft store: %w (the coordinator needs to read and write it; check its owner and mode)", err)
+	} else if err != nil {
 		return &DamagedStoreError{Path: dbPath, DataDir: s.cfg.DataDir, NodeID: s.cfg.NodeID, RetryJoin: s.cfg.RetryJoin, Err: err}
 	}
 	db, err := raftboltdb.New(raftboltdb.Options{Path: dbPath})

@@ -56,7 +56,11 @@ func Open(dir string, timeout time.Duration) (*Bolt, error) {
 	path := filepath.Join(dir, FileName)
 	// bbolt faults or panics on a truncated or bit-flipped file; look first
 	// and say which file and what to do.
-	if err := boltcheck.Check(path); err != nil {
+	// A file that cannot be read (its owner, its mode) is not damaged:
+	// moving it aside would lose the fault journal for nothing.
+	if err := boltcheck.Check(path); err != nil && !errors.Is(err, boltcheck.ErrDamaged) {
+		return nil, fmt.Errorf("open agent state: %w (the agent needs to read and write it; check its owner and mode)", err)
+	} else if err != nil {
 		return nil, fmt.Errorf("open agent state: %w\nThe agent will not start from it. Move it away and start again; the agent reads its "+
 			"desired state from the bus and its proxy back from HAProxy (faults of drills it had injected are not reverted from a lost journal):\n  mv %s %s.damaged", err, path, path)
 	}

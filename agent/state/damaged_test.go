@@ -56,3 +56,20 @@ func TestState_DamagedFileFailsClearly(t *testing.T) {
 		})
 	}
 }
+
+// A state file the agent cannot open (a symlink loop here; a file left
+// owned by root after a manual run does the same to an agent running as its
+// own user) is not damaged: the error names the file and the cause, and
+// does not tell the operator to move a whole file aside and lose its fault
+// journal.
+func TestState_UnopenableFileIsNotCalledDamaged(t *testing.T) {
+	dir := t.TempDir()
+	path := filepath.Join(dir, FileName)
+	if err := os.Symlink(path, path); err != nil {
+		t.Fatal(err)
+	}
+	_, err := Open(dir, 0)
+	if err == nil || errors.Is(err, boltcheck.ErrDamaged) || strings.Contains(err.Error(), ".damaged") || !strings.Contains(err.Error(), path) {
+		t.Fatalf("Open of an unopenable state file = %v; want an error naming %s, not one calling it damaged", err, path)
+	}
+}

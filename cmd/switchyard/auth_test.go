@@ -97,7 +97,7 @@ clusterTLS: {ca: /etc/switchyard/cluster-ca.pem, cert: /etc/switchyard/c1.pem, k
 		cfg     coordinator.Config
 		signing signingFlags
 	)
-	if err := loadCoordinatorFile(path, &cfg, &signing); err != nil {
+	if _, err := loadCoordinatorFile(path, &cfg, &signing); err != nil {
 		t.Fatal(err)
 	}
 	if cfg.NATS.Creds != "/etc/switchyard/c1.creds" || cfg.NATS.CA != "/etc/switchyard/nats-ca.pem" ||
@@ -119,5 +119,74 @@ clusterTLS: {ca: /etc/switchyard/cluster-ca.pem, cert: /etc/switchyard/c1.pem, k
 	}
 	if code, _, stderr := runCLI(t, "coordinator", "--config", bad); code != exitFailure || !strings.Contains(stderr, "certificate") {
 		t.Fatalf("unknown key: exit %d %q", code, stderr)
+	}
+}
+
+// bootstrapExpect: 0 in the file means "only join", as --bootstrap-expect 0
+// does; before, the file's 0 was taken for "not set" and the flag's default
+// 1 bootstrapped a cluster of its own beside the one it was to join.
+func TestCLI_CoordinatorConfigFileBootstrapExpectZero(t *testing.T) {
+	dir := t.TempDir()
+	key := filepath.Join(dir, "coordinator.key")
+	if code, _, stderr := runCLI(t, "keys", "generate", "--out", key); code != exitOK {
+		t.Fatalf("keys generate: exit %d %q", code, stderr)
+	}
+	path := filepath.Join(dir, "c2.yaml")
+	if err := os.WriteFile(path, []byte("nodeId: c2\ndataDir: "+filepath.Join(dir, "data")+"\nbootstrapExpect: 0\nsigning: {key: "+key+"}\n"+
+		"clusterTLS: {ca: /nonexistent/cluster-ca.pem, cert: /nonexistent/c2.pem, key: /nonexistent/c2-key.pem}\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	// Without retryJoin a coordinator that only joins has nothing to join.
+	code, _, stderr := runCLI(t, "coordinator", "--config", path)
+	if code != exitFailure || !strings.Contains(stderr, "--bootstrap-expect 0 joins an existing cluster and needs --retry-join") {
+		t.Fatalf("bootstrapExpect: 0 without retryJoin: exit %d %q; want the join-only refusal", code, stderr)
+	}
+	// The command line still overrides the file.
+	code, _, stderr = runCLI(t, "coordinator", "--config", path, "--bootstrap-expect", "1")
+	if code != exitFailure || strings.Contains(stderr, "bootstrap-expect") || !strings.Contains(stderr, "--cluster-ca /nonexistent/cluster-ca.pem") {
+		t.Fatalf("--bootstrap-expect 1 over the file's 0: exit %d %q; want the cluster CA refusal only", code, stderr)
+	}
+}
+
+// Mistakes in a coordinator config file name the key by its path and say
+// what it wants, like the agent's; a key the coordinator would not use, or
+// a second document, is refused rather than silently dropped.
+func TestCLI_CoordinatorConfigFileMistakesNameTheKey(t *testing.T) {
+	for _, c := range []struct{ doc, want string }{
+		{"nodeId: c1\nreplicas: three\n", `replicas: "three" is not a whole number`},
+		{"nodeId: c1\nsigning: {validity: 1 hour}\n", `signing.validity: "1 hour" is not a duration`},
+		{"nodeId: c1\nnatsClient: {cred: /etc/switchyard/c1.creds}\n", "natsClient.cred: unknown field; want one of creds, ca, cert, key"},
+		{"nodeId: c1\nretryJoin: 10.0.0.2:7070\n", "retryJoin: want a list"},
+		{"nodeId: c1\nnotifications: [{url: 'http://x', timeout: soon}]\n", `notifications[0].timeout: "soon" is not a duration`},
+		// The coordinator reads the streams of the servers it connects to;
+		// the key was accepted and then ignored.
+		{"nodeId: c1\nnatsClient: {jetstreamDomain: hub}\n", "natsClient.jetstreamDomain: not used by a coordinator"},
+		// Everything after the first document was ignored.
+		{"nodeId: c1\n---\nnodeId: c2\n", "want one YAML document, found more"},
+	} {
+		path := filepath.Join(t.TempDir(), "c.yaml")
+		if err := os.WriteFile(path, []byte(c.doc), 0o600); err != nil {
+			t.Fatal(err)
+		}
+		var (
+			cfg     coordinator.Config
+			signing signingFlags
+		)
+		_, err := loadCoordinatorFile(path, &cfg, &signing)
+		if err == nil || !strings.Contains(err.Error(), c.want) || !strings.Contains(err.Error(), path) {
+			t.Errorf("%q: error %v; want one naming %s and %q", c.doc, err, path, c.want)
+		}
+	}
+	// A file of comments only leaves everything to the flags, as before.
+	path := filepath.Join(t.TempDir(), "c.yaml")
+	if err := os.WriteFile(path, []byte("# all given as flags\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	var (
+		cfg     coordinator.Config
+		signing signingFlags
+	)
+	if _, err := loadCoordinatorFile(path, &cfg, &signing); err != nil {
+		t.Errorf("comments only: %v", err)
 	}
 }

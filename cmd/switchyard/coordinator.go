@@ -22,6 +22,7 @@ import (
 	"github.com/switchyard/switchyard/coordinator"
 	"github.com/switchyard/switchyard/coordinator/notify"
 	"github.com/switchyard/switchyard/internal/certs"
+	"github.com/switchyard/switchyard/internal/strictyaml"
 )
 
 // clusterTLSFlags name the cluster CA and this process's certificate.
@@ -108,16 +109,34 @@ type coordinatorFile struct {
 	Notifications []notify.Target `yaml:"notifications"`
 }
 
-func loadCoordinatorFile(path string, cfg *coordinator.Config, signing *signingFlags) error {
+// loadCoordinatorFile fills cfg and signing from the file at path; it
+// reports whether the file gives bootstrapExpect, whose 0 (only join) is a
+// value, not an absence.
+func loadCoordinatorFile(path string, cfg *coordinator.Config, signing *signingFlags) (bootstrapExpectSet bool, err error) {
 	data, err := os.ReadFile(path)
 	if err != nil {
-		return fmt.Errorf("--config: %w", err)
+		return false, fmt.Errorf("--config: %w", err)
 	}
 	var f coordinatorFile
+	// Keys are named by their path and what they want, as in the agent's
+	// config; a file of comments only leaves everything to the flags.
+	var doc yaml.Node
 	dec := yaml.NewDecoder(bytes.NewReader(data))
-	dec.KnownFields(true)
-	if err := dec.Decode(&f); err != nil && !errors.Is(err, io.EOF) {
-		return fmt.Errorf("--config %s: %v", path, strings.TrimPrefix(err.Error(), "yaml: "))
+	if err := dec.Decode(&doc); err != nil && !errors.Is(err, io.EOF) {
+		return false, fmt.Errorf("--config %s: %v", path, strings.TrimPrefix(err.Error(), "yaml: "))
+	}
+	if len(doc.Content) > 0 {
+		if err := dec.Decode(new(yaml.Node)); !errors.Is(err, io.EOF) {
+			return false, fmt.Errorf("--config %s: want one YAML document, found more", path)
+		}
+		if err := strictyaml.DecodeNode(doc.Content[0], &f, ""); err != nil {
+			return false, fmt.Errorf("--config %s:\n%w", path, err)
+		}
+	}
+	if f.NATSClient.JetStreamDomain != "" {
+		// Only agents reach the streams through a leaf server outside
+		// their domain; a coordinator connects to servers that hold them.
+		return false, fmt.Errorf("--config %s: natsClient.jetstreamDomain: not used by a coordinator, which connects to the NATS servers holding JetStream; remove it", path)
 	}
 	set := func(dst *string, v string) {
 		if v != "" {
@@ -148,7 +167,7 @@ func loadCoordinatorFile(path string, cfg *coordinator.Config, signing *signingF
 	cfg.Replicas = f.Replicas
 	cfg.AclBootstrap = coordinator.AclBootstrap{Key: f.AclBootstrap.Admin, Name: f.AclBootstrap.Name}
 	cfg.Notify = f.Notifications
-	return nil
+	return f.BootstrapExpect != nil, nil
 }
 
 func runCoordinator(ctx context.Context, args []string, stdout, stderr io.Writer) error {
@@ -211,7 +230,8 @@ func runCoordinator(ctx context.Context, args []string, stdout, stderr io.Writer
 			fromFile    coordinator.Config
 			signingFile signingFlags
 		)
-		if err := loadCoordinatorFile(*configFile, &fromFile, &signingFile); err != nil {
+		bootstrapExpectSet, err := loadCoordinatorFile(*configFile, &fromFile, &signingFile)
+		if err != nil {
 			return err
 		}
 		given := map[string]bool{}
@@ -235,7 +255,7 @@ func runCoordinator(ctx context.Context, args []string, stdout, stderr io.Writer
 		pick("cluster-cert", &cluster.files.Cert, fromFile.ClusterTLS.Cert)
 		pick("cluster-key", &cluster.files.Key, fromFile.ClusterTLS.Key)
 		pick("viewer-token-file", &cfg.ViewerTokenFile, fromFile.ViewerTokenFile)
-		if !given["bootstrap-expect"] && fromFile.BootstrapExpect != 0 {
+		if !given["bootstrap-expect"] && bootstrapExpectSet {
 			cfg.BootstrapExpect = fromFile.BootstrapExpect
 		}
 		if !given["retry-join"] {

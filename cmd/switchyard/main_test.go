@@ -225,7 +225,7 @@ func TestCLI_VersionPrintsTheStampedVersion(t *testing.T) {
 func TestCLI_PackagedCoordinatorConfigLoads(t *testing.T) {
 	var cfg coordinator.Config
 	var signing signingFlags
-	if err := loadCoordinatorFile(filepath.Join("..", "..", "deploy", "etc", "switchyard", "coordinator.yaml"), &cfg, &signing); err != nil {
+	if _, err := loadCoordinatorFile(filepath.Join("..", "..", "deploy", "etc", "switchyard", "coordinator.yaml"), &cfg, &signing); err != nil {
 		t.Fatal(err)
 	}
 	if cfg.NodeID != "c1" || cfg.DataDir != "/var/lib/switchyard/coordinator" || cfg.BootstrapExpect != 3 || len(cfg.RetryJoin) != 2 || signing.Key == "" {

@@ -106,7 +106,7 @@ func checkKnown(n *yaml.Node, t reflect.Type, path string) Errors {
 		}
 		var errs Errors
 		for i := 0; i+1 < len(n.Content); i += 2 {
-			errs = append(errs, checkKnown(n.Content[i+1], t.Elem(), path+"."+n.Content[i].Value)...)
+			errs = append(errs, checkKnown(n.Content[i+1], t.Elem(), join(path, n.Content[i].Value))...)
 		}
 		return errs
 	case reflect.Struct:
@@ -148,12 +148,21 @@ func checkKnown(n *yaml.Node, t reflect.Type, path string) Errors {
 			if len(known) > 0 {
 				want = "want one of " + strings.Join(known, ", ")
 			}
-			errs = append(errs, &FieldError{Path: path + "." + k.Value, Problem: "unknown field; " + want, Line: k.Line})
+			errs = append(errs, &FieldError{Path: join(path, k.Value), Problem: "unknown field; " + want, Line: k.Line})
 			continue
 		}
-		errs = append(errs, checkKnown(v, ft, path+"."+k.Value)...)
+		errs = append(errs, checkKnown(v, ft, join(path, k.Value))...)
 	}
 	return errs
+}
+
+// join is the path of key under path; an empty root leaves paths relative
+// to the top, as in ExplainTypeError.
+func join(path, key string) string {
+	if path == "" {
+		return key
+	}
+	return path + "." + key
 }
 
 // DecodeNode decodes one already parsed node into out, refusing unknown

@@ -58,14 +58,17 @@ func (s *Section) Clone() driver.Section {
 	return &out
 }
 
-// Claims implements driver.Claimer: one log socket may serve several
-// services of one HAProxy, whose lines are told apart by their HAProxy
-// backend, which must then differ.
+// Claims implements driver.Claimer. A backend of one HAProxy is steered by
+// one service: two would each read the other's weights back as drift and
+// undo them. One log socket may serve several services of one HAProxy,
+// whose lines are told apart by their HAProxy backend, which must then
+// differ.
 func (s *Section) Claims() map[string]string {
-	if s.LogSocket == "" {
-		return nil
+	out := map[string]string{"backend": fmt.Sprintf("HAProxy backend %q on admin socket %s", s.Backend, filepath.Clean(s.Socket))}
+	if s.LogSocket != "" {
+		out["logSocket"] = fmt.Sprintf("log socket %s with HAProxy backend %q", filepath.Clean(s.LogSocket), s.Backend)
 	}
-	return map[string]string{"logSocket": fmt.Sprintf("log socket %s with HAProxy backend %q", s.LogSocket, s.Backend)}
+	return out
 }
 
 // maxUnixSocketPath is sun_path's size on Linux minus the terminating NUL.
@@ -86,13 +89,21 @@ func (s *Section) Validate() []error {
 	if len(s.Servers) == 0 {
 		bad("servers", "required: map each spec backend (blue, green) to an HAProxy server")
 	}
+	usedBy := map[string]string{} // HAProxy server -> spec backend
 	for _, backend := range slices.Sorted(maps.Keys(s.Servers)) {
 		if err := names.Validate(backend); err != nil {
 			bad("servers", "%v", err)
 		}
-		if s.Servers[backend] == "" {
+		srv := s.Servers[backend]
+		if srv == "" {
 			bad("servers."+backend, "required: the HAProxy server name")
+			continue
 		}
+		// One server cannot carry two weights: a switch would move nothing.
+		if other, dup := usedBy[srv]; dup {
+			bad("servers."+backend, "HAProxy server %q is also servers.%s's; each spec backend needs a server of its own", srv, other)
+		}
+		usedBy[srv] = backend
 	}
 	if s.Timeout < 0 {
 		bad("timeout", "%s: must not be negative", s.Timeout)
