@@ -191,7 +191,7 @@ trust: {keys: ["ed25519:6kpsY+KcUgq+9VB7Ey7F+ZVHdq6+vnuSQh7qaRRG0iw="]}
 	slow := sketch.New()
 	slow.AddWithCount(30, 100)
 	guard.add(guardWindow{end: time.Unix(1000, 0), backends: map[string]windowCounts{"green": {requests: 100, latency: slow}}})
-	if reason, breached := guard.breach("green"); breached {
+	if reason, breached := guard.breach("green", "blue"); breached {
 		t.Fatalf("maxP99: 0 still checks latency: %s", reason)
 	}
 

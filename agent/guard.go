@@ -41,32 +41,68 @@ func (g *localGuard) add(w guardWindow) {
 	g.windows = append(g.windows[:0], g.windows[i:]...)
 }
 
-// breach judges backend's traffic over the look-back: an error rate above
-// the limit, or a p99 above the limit, each over at least MinRequests
-// requests (fewer is no verdict: a handful of failures must not move a
-// node). It returns the evidence when breached.
-func (g *localGuard) breach(backend string) (reason string, breached bool) {
-	var requests, errors uint64
-	lat := sketch.New()
+// traffic is one backend's sum over the guard's look-back.
+type traffic struct {
+	requests, errors uint64
+	latency          *sketch.Sketch
+}
+
+func (g *localGuard) traffic(backend string) traffic {
+	t := traffic{latency: sketch.New()}
 	for _, w := range g.windows {
 		c := w.backends[backend]
-		requests += c.requests
-		errors += c.errors
-		lat.Merge(c.latency)
+		t.requests += c.requests
+		t.errors += c.errors
+		t.latency.Merge(c.latency)
 	}
-	if requests < g.cfg.MinRequests || requests == 0 {
+	return t
+}
+
+// errorRate is the error rate over at least minRequests requests; ok is
+// false with fewer (no verdict).
+func (t traffic) errorRate(minRequests uint64) (rate float64, ok bool) {
+	if t.requests < minRequests || t.requests == 0 {
+		return 0, false
+	}
+	return float64(t.errors) / float64(t.requests), true
+}
+
+// p99 is the 99th percentile latency over at least minRequests timed
+// requests; ok is false with fewer.
+func (t traffic) p99(minRequests uint64) (p99 time.Duration, ok bool) {
+	if n := uint64(t.latency.Count()); n == 0 || n < minRequests {
+		return 0, false
+	}
+	return time.Duration(t.latency.Quantile(0.99) * float64(time.Second)), true
+}
+
+// breach judges the traffic of to (the backend the rollout moves the node
+// to) over the look-back: an error rate above the limit, or a p99 above
+// the limit, each over at least MinRequests requests (fewer is no verdict:
+// a handful of failures must not move a node). A guardrail that from (the
+// old backend) breaches as well over the same look-back, on at least
+// MinRequests requests of its own, is no verdict either: what fails is
+// something both share (a database, the node's uplink), not the release,
+// and moving the node would cure nothing. It returns the evidence when
+// breached.
+func (g *localGuard) breach(to, from string) (reason string, breached bool) {
+	cur := g.traffic(to)
+	if cur.requests < g.cfg.MinRequests || cur.requests == 0 {
 		return "", false
 	}
-	rate := float64(errors) / float64(requests)
-	if rate > g.cfg.MaxErrorRate {
-		return fmt.Sprintf("backend %q error rate %.1f%% (%d of %d requests in the last %s) is above the local guard's %.1f%%",
-			backend, 100*rate, errors, requests, g.cfg.Window, 100*g.cfg.MaxErrorRate), true
+	old := g.traffic(from)
+	if rate, ok := cur.errorRate(g.cfg.MinRequests); ok && rate > g.cfg.MaxErrorRate {
+		if oldRate, ok := old.errorRate(g.cfg.MinRequests); !ok || oldRate <= g.cfg.MaxErrorRate {
+			return fmt.Sprintf("backend %q error rate %.1f%% (%d of %d requests in the last %s) is above the local guard's %.1f%%",
+				to, 100*rate, cur.errors, cur.requests, g.cfg.Window, 100*g.cfg.MaxErrorRate), true
+		}
 	}
-	if limit := g.cfg.maxP99(); limit > 0 && uint64(lat.Count()) >= g.cfg.MinRequests {
-		p99 := time.Duration(lat.Quantile(0.99) * float64(time.Second))
-		if p99 > limit {
-			return fmt.Sprintf("backend %q p99 latency %s (over %d requests in the last %s) is above the local guard's %s",
-				backend, p99.Round(time.Millisecond), uint64(lat.Count()), g.cfg.Window, limit), true
+	if limit := g.cfg.maxP99(); limit > 0 {
+		if p99, ok := cur.p99(g.cfg.MinRequests); ok && p99 > limit {
+			if oldP99, ok := old.p99(g.cfg.MinRequests); !ok || oldP99 <= limit {
+				return fmt.Sprintf("backend %q p99 latency %s (over %d requests in the last %s) is above the local guard's %s",
+					to, p99.Round(time.Millisecond), uint64(cur.latency.Count()), g.cfg.Window, limit), true
+			}
 		}
 	}
 	return "", false

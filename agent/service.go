@@ -225,6 +225,9 @@ type serviceWorker struct {
 	note string
 	// preflightMsg says why pending is held back by a failing preflight.
 	preflightMsg string
+	// guardHeldMsg says why the local guard last could not move the node
+	// (the old backend's preflight failed), so that a repeat logs quietly.
+	guardHeldMsg string
 	health       sv1.DriverHealth
 	message      string
 	backoff      time.Duration
@@ -428,6 +431,24 @@ func (w *serviceWorker) localRollback(ctx context.Context, req localRollbackRequ
 	}
 	weights[req.from] = 100
 	log := w.log.With("generation", req.generation, "rollout", a.GetDesired().GetRolloutId())
+	// The old backend may have had no weight on this node (the last step
+	// of a canary, a promoted blue-green): nothing has looked at it since.
+	// Moving every request onto a backend that is down would make things
+	// worse, so it is preflighted as a coordinator's rollback would be.
+	if err := w.prober.preflight(ctx, a.GetWeights(), weights); err != nil {
+		if ctx.Err() == nil {
+			msg := err.Error()
+			level := slog.LevelDebug
+			if msg != w.guardHeldMsg {
+				level = slog.LevelError
+			}
+			w.guardHeldMsg = msg
+			log.Log(ctx, level, "local guard would move the node back, but the old backend fails its preflight; the node stays and the guard tries again after the next window",
+				"from", req.to, "to", req.from, "reason", req.reason, "err", err)
+		}
+		return false
+	}
+	w.guardHeldMsg = ""
 	if err := w.setWeights(ctx, weights); err != nil {
 		log.Error("local guard could not move the node back; will try again after the next window", "err", err, "to", req.from)
 		return false

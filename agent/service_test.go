@@ -3,6 +3,10 @@ package agent
 import (
 	"context"
 	"log/slog"
+	"maps"
+	"net/http"
+	"net/http/httptest"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -198,3 +202,60 @@ func (discardStore) Save(*sv1.AppliedState) error           { return nil }
 func (discardStore) Close() error                           { return nil }
 
 var _ StateStore = discardStore{}
+
+// TestAgent_LocalRollbackPreflightsTheOldBackend: a node at the last step
+// of a canary (green 100, blue 0) is cut off and green fails. Blue had no
+// weight, so nothing has looked at it since; if it is down, the guard's move
+// would turn a failing backend into a dead one for every request of the
+// node. A coordinator's rollback document giving blue its weight back is
+// preflighted; the guard's move must be too, and must not happen while
+// blue's preflight fails.
+func TestAgent_LocalRollbackPreflightsTheOldBackend(t *testing.T) {
+	m, err := newMetrics(prometheus.NewRegistry())
+	if err != nil {
+		t.Fatal(err)
+	}
+	var blueUp atomic.Bool
+	blue := httptest.NewServer(http.HandlerFunc(func(rw http.ResponseWriter, _ *http.Request) {
+		if !blueUp.Load() {
+			http.Error(rw, "down", http.StatusServiceUnavailable)
+		}
+	}))
+	t.Cleanup(blue.Close)
+	log := slog.New(slog.NewTextHandler(t.Output(), nil))
+	drv := newFakeDriver()
+	green := map[string]uint32{"blue": 0, "green": 100}
+	drv.setWeights(green)
+	w := &serviceWorker{
+		name: "web", log: log, m: m, series: m.seriesOf("web"), clock: clock.Real{}, store: discardStore{}, drv: drv,
+		timing: timing{applyTimeout: time.Second},
+		prober: &prober{service: "web", buf: &probeBuffer{}, m: m, clock: clock.Real{}, log: log,
+			cfg: &ProbesConfig{Preflight: map[string]*HTTPCheck{"blue": {Method: http.MethodGet, URL: blue.URL + "/healthz", ExpectStatus: http.StatusOK, Timeout: 2 * time.Second}}}},
+		applied: &sv1.AppliedState{Service: "web", Weights: green, FromBackend: "blue", ToBackend: "green",
+			Desired: &sv1.DesiredState{Service: "web", Generation: 4, RolloutId: "r1", Phase: sv1.RolloutPhase_ROLLOUT_PHASE_PROGRESSING}},
+	}
+	w.publishView()
+	req := func() localRollbackRequest {
+		v := w.currentView()
+		return localRollbackRequest{generation: 4, seq: v.seq, from: "blue", to: "green", reason: `backend "green" error rate 60.0%`, busDownFor: time.Minute}
+	}
+
+	if w.localRollback(context.Background(), req()) {
+		t.Fatal("the guard moved the node to blue although blue's preflight fails")
+	}
+	if got, _ := drv.Weights(context.Background()); !maps.Equal(got, green) {
+		t.Fatalf("the proxy has %v, want green's %v while blue's preflight fails", got, green)
+	}
+	if w.applied.GetLocalRollback() != nil {
+		t.Fatalf("a local rollback was recorded: %v", w.applied.GetLocalRollback())
+	}
+
+	// Blue answers again: the next window's request moves the node.
+	blueUp.Store(true)
+	if !w.localRollback(context.Background(), req()) {
+		t.Fatal("the guard did not move the node once blue's preflight passed")
+	}
+	if got, _ := drv.Weights(context.Background()); !maps.Equal(got, map[string]uint32{"blue": 100, "green": 0}) {
+		t.Fatalf("the proxy has %v after the local rollback", got)
+	}
+}

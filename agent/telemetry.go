@@ -283,7 +283,7 @@ func (t *telemetryLoop) checkGuard(v *appliedView) {
 	if !isDown || down < t.guardAfter {
 		return
 	}
-	reason, breached := t.guard.breach(v.to)
+	reason, breached := t.guard.breach(v.to, v.from)
 	if !breached {
 		return
 	}

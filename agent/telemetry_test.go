@@ -112,7 +112,7 @@ func TestLocalGuard_Breach(t *testing.T) {
 			for _, w := range tt.windows {
 				g.add(w)
 			}
-			reason, breached := g.breach("green")
+			reason, breached := g.breach("green", "blue")
 			if breached != (tt.want != "") || !strings.Contains(reason, tt.want) {
 				t.Fatalf("breach = %v %q, want %q", breached, reason, tt.want)
 			}
@@ -325,5 +325,60 @@ func TestTelemetry_RequestLogCountsRedispatchedFailures(t *testing.T) {
 	}
 	if b := backendHealth(r, "blue"); b.GetRequests() != 20 || b.GetErrors() != 0 {
 		t.Fatalf("blue answered 20 requests; report says %d requests, %d errors", b.GetRequests(), b.GetErrors())
+	}
+}
+
+// TestTelemetry_GuardHoldsWhenTheOldBackendFailsAsWell: a dependency both
+// backends share goes down (a database, the PoP's uplink) while the node is
+// cut off. Green fails, and so does blue over the same windows: the release
+// is not what fails, and moving the node to blue would cure nothing. The
+// guard must not revert it; the coordinators decide when the bus is back.
+// Latency the same: a service whose long requests (downloads, long polls)
+// put every backend's p99 above the limit is no reason to revert.
+func TestTelemetry_GuardHoldsWhenTheOldBackendFailsAsWell(t *testing.T) {
+	m, err := newMetrics(prometheus.NewRegistry())
+	if err != nil {
+		t.Fatal(err)
+	}
+	slow := func(seconds float64, n int) *sketch.Sketch {
+		s := sketch.New()
+		s.AddWithCount(seconds, float64(n))
+		return s
+	}
+	view := &appliedView{seq: 3, generation: 7, rolloutID: "r1", phase: sv1.RolloutPhase_ROLLOUT_PHASE_PROGRESSING,
+		weights: map[string]uint32{"blue": 50, "green": 50}, from: "blue", to: "green"}
+	tests := []struct {
+		name        string
+		blue, green windowCounts
+		act         bool
+	}{
+		{"both fail alike", windowCounts{requests: 100, errors: 40}, windowCounts{requests: 100, errors: 45}, false},
+		{"both slow alike", windowCounts{requests: 100, latency: slow(5, 100)}, windowCounts{requests: 100, latency: slow(5, 100)}, false},
+		{"green fails alone", windowCounts{requests: 100, errors: 1}, windowCounts{requests: 100, errors: 45}, true},
+		{"green slow alone", windowCounts{requests: 100, latency: slow(0.01, 100)}, windowCounts{requests: 100, latency: slow(5, 100)}, true},
+		// Too little of blue to judge it: green is judged alone.
+		{"blue too quiet to judge", windowCounts{requests: 3, errors: 3}, windowCounts{requests: 100, errors: 45}, true},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			w := &serviceWorker{name: "web", guard: make(chan localRollbackRequest, 1)}
+			tl := &telemetryLoop{
+				service: "web", worker: w, guardAfter: 30 * time.Second, m: m,
+				log: slog.New(slog.DiscardHandler), clock: clock.Real{},
+				guard:   &localGuard{cfg: LocalGuardConfig{Window: 10 * time.Second, MinRequests: 50, MaxErrorRate: 0.2, MaxP99: new(2 * time.Second)}},
+				busDown: func() (time.Duration, bool) { return time.Minute, true },
+			}
+			tl.guard.add(guardWindow{end: time.Now(), backends: map[string]windowCounts{"blue": tt.blue, "green": tt.green}})
+			tl.checkGuard(view)
+			var asked *localRollbackRequest
+			select {
+			case r := <-w.guard:
+				asked = &r
+			default:
+			}
+			if (asked != nil) != tt.act {
+				t.Fatalf("guard asked %+v, want a rollback: %v", asked, tt.act)
+			}
+		})
 	}
 }
