@@ -41,6 +41,12 @@ func (g *localGuard) add(w guardWindow) {
 	g.windows = append(g.windows[:0], g.windows[i:]...)
 }
 
+// sharedFailureFactor: when the old backend breaches a guardrail too, the
+// new one still breaches it when it is this many times worse (error rate,
+// p99): a shared failure (a database, the uplink) hits both about alike; a
+// release that fails on top of it does not.
+const sharedFailureFactor = 2
+
 // traffic is one backend's sum over the guard's look-back.
 type traffic struct {
 	requests, errors uint64
@@ -81,10 +87,10 @@ func (t traffic) p99(minRequests uint64) (p99 time.Duration, ok bool) {
 // the limit, each over at least MinRequests requests (fewer is no verdict:
 // a handful of failures must not move a node). A guardrail that from (the
 // old backend) breaches as well over the same look-back, on at least
-// MinRequests requests of its own, is no verdict either: what fails is
-// something both share (a database, the node's uplink), not the release,
-// and moving the node would cure nothing. It returns the evidence when
-// breached.
+// MinRequests requests of its own, is no verdict either, unless to is
+// sharedFailureFactor times worse: what fails is something both share (a
+// database, the node's uplink), not the release, and moving the node would
+// cure nothing. It returns the evidence when breached.
 func (g *localGuard) breach(to, from string) (reason string, breached bool) {
 	cur := g.traffic(to)
 	if cur.requests < g.cfg.MinRequests || cur.requests == 0 {
@@ -92,14 +98,14 @@ func (g *localGuard) breach(to, from string) (reason string, breached bool) {
 	}
 	old := g.traffic(from)
 	if rate, ok := cur.errorRate(g.cfg.MinRequests); ok && rate > g.cfg.MaxErrorRate {
-		if oldRate, ok := old.errorRate(g.cfg.MinRequests); !ok || oldRate <= g.cfg.MaxErrorRate {
+		if oldRate, ok := old.errorRate(g.cfg.MinRequests); !ok || oldRate <= g.cfg.MaxErrorRate || rate >= sharedFailureFactor*oldRate {
 			return fmt.Sprintf("backend %q error rate %.1f%% (%d of %d requests in the last %s) is above the local guard's %.1f%%",
 				to, 100*rate, cur.errors, cur.requests, g.cfg.Window, 100*g.cfg.MaxErrorRate), true
 		}
 	}
 	if limit := g.cfg.maxP99(); limit > 0 {
 		if p99, ok := cur.p99(g.cfg.MinRequests); ok && p99 > limit {
-			if oldP99, ok := old.p99(g.cfg.MinRequests); !ok || oldP99 <= limit {
+			if oldP99, ok := old.p99(g.cfg.MinRequests); !ok || oldP99 <= limit || float64(p99) >= sharedFailureFactor*float64(oldP99) {
 				return fmt.Sprintf("backend %q p99 latency %s (over %d requests in the last %s) is above the local guard's %s",
 					to, p99.Round(time.Millisecond), uint64(cur.latency.Count()), g.cfg.Window, limit), true
 			}

@@ -356,6 +356,9 @@ func TestTelemetry_GuardHoldsWhenTheOldBackendFailsAsWell(t *testing.T) {
 		{"both slow alike", windowCounts{requests: 100, latency: slow(5, 100)}, windowCounts{requests: 100, latency: slow(5, 100)}, false},
 		{"green fails alone", windowCounts{requests: 100, errors: 1}, windowCounts{requests: 100, errors: 45}, true},
 		{"green slow alone", windowCounts{requests: 100, latency: slow(0.01, 100)}, windowCounts{requests: 100, latency: slow(5, 100)}, true},
+		// Both over the limit, green far worse: the release fails too.
+		{"both fail, green far worse", windowCounts{requests: 100, errors: 25}, windowCounts{requests: 100, errors: 90}, true},
+		{"both slow, green far slower", windowCounts{requests: 100, latency: slow(2.5, 100)}, windowCounts{requests: 100, latency: slow(10, 100)}, true},
 		// Too little of blue to judge it: green is judged alone.
 		{"blue too quiet to judge", windowCounts{requests: 3, errors: 3}, windowCounts{requests: 100, errors: 45}, true},
 	}
