@@ -124,6 +124,12 @@ type Agent struct {
 	// the first connect), in Unix nanoseconds of its clock; 0 while
 	// connected.
 	busDownSince atomic.Int64
+	// lastBeacon is when the agent last heard the leader's beacon
+	// (bus.BeaconSubject), likewise; 0 until it has heard one.
+	lastBeacon atomic.Int64
+	// beaconOverdueLogged is set while the agent has said that the
+	// beacon is overdue.
+	beaconOverdueLogged atomic.Bool
 
 	mu       sync.Mutex
 	services map[string]*sv1.ServiceStatus
@@ -238,6 +244,47 @@ func (a *Agent) BusDownFor() (d time.Duration, ok bool) {
 		return 0, false
 	}
 	return a.clock.Now().Sub(time.Unix(0, since)), true
+}
+
+// beaconOverdue is how long without the leader's beacon an agent that has
+// heard it counts as cut off from the coordinators although its own NATS
+// connection is up: three beacons missed.
+const beaconOverdue = 3 * bus.BeaconInterval
+
+// heardBeacon records the leader's beacon.
+func (a *Agent) heardBeacon() {
+	a.lastBeacon.Store(a.clock.Now().UnixNano())
+	if a.beaconOverdueLogged.CompareAndSwap(true, false) {
+		a.log.Info("the leading coordinator is heard again")
+	}
+}
+
+// CutOffFor reports how long the agent has been cut off from the
+// coordinators, and how it knows: its bus connection lost ("bus lost"), or,
+// with the connection up, no beacon from a leader for beaconOverdue
+// ("no coordinator heard") — a PoP's leaf server cut off from the hub, or
+// no leader elected. An agent that has not heard a beacon since it started
+// (coordinators of an older release, credentials without the beacon
+// subject) goes by its connection alone. ok is false while it is not cut
+// off.
+func (a *Agent) CutOffFor() (d time.Duration, how string, ok bool) {
+	d, ok = a.BusDownFor()
+	last := a.lastBeacon.Load()
+	if last == 0 {
+		return d, "bus lost", ok
+	}
+	silent := a.clock.Now().Sub(time.Unix(0, last))
+	if silent < beaconOverdue {
+		return d, "bus lost", ok
+	}
+	if a.beaconOverdueLogged.CompareAndSwap(false, true) {
+		a.log.Warn("no leading coordinator heard; the coordinators cannot see or steer this node (the local guard may act)",
+			"last_heard", silent.Round(time.Second), "bus_connected", !ok)
+	}
+	if ok && d >= silent {
+		return d, "bus lost", true
+	}
+	return silent, "no coordinator heard", true
 }
 
 // busLost records the moment the bus went away, keeping the earliest.
@@ -426,6 +473,11 @@ func (a *Agent) Run(ctx context.Context) error {
 	if _, err := nc.Subscribe(bus.StatusAskSubject, func(*nats.Msg) { a.statusDirty() }); err != nil {
 		return fmt.Errorf("subscribe to status asks: %w", err)
 	}
+	// The leader's beacon tells a node cut off behind a connection that is
+	// still up (a PoP's leaf server without the hub).
+	if _, err := nc.Subscribe(bus.BeaconSubject, func(*nats.Msg) { a.heardBeacon() }); err != nil {
+		return fmt.Errorf("subscribe to the leader's beacon: %w", err)
+	}
 	js, err := a.cfg.NATSClient.JetStream(nc)
 	if err != nil {
 		return fmt.Errorf("jetstream: %w", err)
@@ -499,7 +551,7 @@ func (a *Agent) telemetryLoop(w *serviceWorker) *telemetryLoop {
 		probes:      w.prober.buf,
 		worker:      w,
 		guardAfter:  a.cfg.LocalGuard.afterDisconnect(),
-		busDown:     a.BusDownFor,
+		cutOff:      a.CutOffFor,
 		publish:     a.publish,
 		drill:       a.drills.drillDuring,
 		clock:       a.clock,

@@ -8,12 +8,14 @@ import (
 	"math"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
 	"github.com/switchyard/switchyard/agent/driver"
 	"github.com/switchyard/switchyard/agent/driver/haproxy"
 	"github.com/switchyard/switchyard/agent/state"
+	"github.com/switchyard/switchyard/bus"
 	sv1 "github.com/switchyard/switchyard/proto/switchyard/v1"
 )
 
@@ -615,6 +617,94 @@ func TestAgentLive_LocalGuardMovesBackWhileBusIsLost(t *testing.T) {
 	if saved, err := stDB.Load("web"); err != nil || saved.GetDesired().GetGeneration() != 3 || saved.GetLocalRollback() != nil {
 		t.Fatalf("saved = %v, %v", saved, err)
 	}
+}
+
+// TestAgentLive_LocalGuardActsWhenNoCoordinatorIsHeard: at a PoP the
+// agent's connection is to a leaf server that stays up when the hub is cut
+// off; the leader's beacon stops. The guard acts on that as on a lost bus,
+// and says how it knew.
+func TestAgentLive_LocalGuardActsWhenNoCoordinatorIsHeard(t *testing.T) {
+	b := startBus(t)
+	lp := startProxy(t, true)
+	lp.green.errEvery.Store(2) // half of green's answers are 503
+	cfg := liveConfig(t, b.url, lp)
+	cfg.TelemetryInterval = 100 * time.Millisecond
+	cfg.LocalGuard = LocalGuardConfig{AfterDisconnect: new(time.Second), Window: 2 * time.Second}
+	reports := b.telemetry(t, "web")
+	ra := startLiveAgent(t, cfg)
+	// A leader beacons while the test says so.
+	var leading atomic.Bool
+	leading.Store(true)
+	beaconDone := make(chan struct{})
+	stopBeacon := make(chan struct{})
+	go func() {
+		defer close(beaconDone)
+		tick := time.NewTicker(200 * time.Millisecond)
+		defer tick.Stop()
+		for {
+			if leading.Load() {
+				_ = b.nc.Publish(bus.BeaconSubject, nil)
+			}
+			select {
+			case <-stopBeacon:
+				return
+			case <-tick.C:
+			}
+		}
+	}()
+	defer func() { close(stopBeacon); <-beaconDone }()
+
+	b.put(t, &sv1.DesiredState{Service: "web", Generation: 1, DefaultWeights: allBlue})
+	ra.waitApplied(t, "web", 1)
+	half := map[string]uint32{"blue": 50, "green": 50}
+	b.put(t, progressing(2, half))
+	ra.waitApplied(t, "web", 2)
+	lp.waitWeights(t, 5*time.Second, half)
+	l := startLoad(t, lp.frontend, 8, 0)
+	defer l.stop()
+
+	// While a leader is heard the coordinators decide, however bad green is.
+	var breach trafficTotals
+	for breach.requests < 200 {
+		r := waitReport(t, reports, "green traffic", func(r *sv1.HealthReport) bool { return backendHealth(r, "green").GetRequests() > 0 })
+		breach.add(t, r, "green")
+	}
+	time.Sleep(2 * cfg.LocalGuard.afterDisconnect())
+	if n := ra.metric(t, "switchyard_agent_local_rollbacks_total", "service", "web"); n != 0 {
+		t.Fatalf("local rollbacks = %v while a leader is heard, want 0", n)
+	}
+
+	// The hub is cut off: the connection stays, the beacon stops.
+	statuses := b.statuses(t, "edge-1")
+	silent := time.Now()
+	leading.Store(false)
+	ra.waitMetric(t, 1, "switchyard_agent_local_rollbacks_total", "service", "web")
+	lp.waitWeights(t, 5*time.Second, allBlue)
+	if _, down := ra.BusDownFor(); down {
+		t.Fatal("the bus connection was lost; the test wants it up")
+	}
+	st := waitStatus(t, statuses, "the local rollback", func(st *sv1.AgentStatus) bool {
+		return serviceStatus(st, "web").GetLocalRollback() != nil
+	})
+	lr := serviceStatus(st, "web").GetLocalRollback()
+	if !strings.Contains(lr.GetReason(), "no coordinator heard for") || !strings.Contains(lr.GetReason(), `backend "green" error rate`) {
+		t.Errorf("local rollback = %v", lr)
+	}
+	if waited := lr.GetAt().AsTime().Sub(silent); waited < beaconOverdue {
+		t.Errorf("the guard acted %s after the last beacon, before it was overdue (%s)", waited, beaconOverdue)
+	}
+
+	// A leader heard again governs with a newer generation.
+	leading.Store(true)
+	b.put(t, &sv1.DesiredState{Service: "web", Generation: 3, RolloutId: "r1", Phase: sv1.RolloutPhase_ROLLOUT_PHASE_ROLLED_BACK, DefaultWeights: map[string]uint32{"blue": 80, "green": 20}})
+	ra.waitApplied(t, "web", 3)
+	lp.waitWeights(t, 5*time.Second, map[string]uint32{"blue": 80, "green": 20})
+	waitFor(t, 5*time.Second, "the leader heard again", func() error {
+		if d, how, cut := ra.CutOffFor(); cut {
+			return fmt.Errorf("still cut off: %s for %s", how, d)
+		}
+		return nil
+	})
 }
 
 func TestAgentLive_LocalGuardPersistsAcrossRestart(t *testing.T) {

@@ -133,7 +133,10 @@ type localRollbackRequest struct {
 	seq        uint64
 	from, to   string
 	reason     string
-	busDownFor time.Duration
+	// cutOffFor is how long the node has been cut off from the
+	// coordinators, and cutOffHow how it knows (Agent.CutOffFor).
+	cutOffFor time.Duration
+	cutOffHow string
 }
 
 // serviceWorker owns one service on this node: the document it is applying,
@@ -459,7 +462,7 @@ func (w *serviceWorker) localRollback(ctx context.Context, req localRollbackRequ
 		RolloutId:  a.GetDesired().GetRolloutId(),
 		From:       req.to,
 		To:         req.from,
-		Reason:     fmt.Sprintf("bus lost for %s and %s", req.busDownFor.Round(time.Second), req.reason),
+		Reason:     fmt.Sprintf("%s for %s and %s", req.cutOffHow, req.cutOffFor.Round(time.Second), req.reason),
 		At:         timestamppb.New(now),
 	}
 	w.check = true

@@ -237,7 +237,7 @@ func TestAgent_LocalRollbackPreflightsTheOldBackend(t *testing.T) {
 	w.publishView()
 	req := func() localRollbackRequest {
 		v := w.currentView()
-		return localRollbackRequest{generation: 4, seq: v.seq, from: "blue", to: "green", reason: `backend "green" error rate 60.0%`, busDownFor: time.Minute}
+		return localRollbackRequest{generation: 4, seq: v.seq, from: "blue", to: "green", reason: `backend "green" error rate 60.0%`, cutOffFor: time.Minute, cutOffHow: "bus lost"}
 	}
 
 	if w.localRollback(context.Background(), req()) {

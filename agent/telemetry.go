@@ -64,7 +64,7 @@ type telemetryLoop struct {
 	worker        *serviceWorker
 	guard         *localGuard // nil: disabled
 	guardAfter    time.Duration
-	busDown       func() (time.Duration, bool)
+	cutOff        func() (time.Duration, string, bool)
 	publish       busPublisher
 	// drill names the drill whose fault on this node overlapped a window
 	// of the service; nil or "" when none.
@@ -279,7 +279,7 @@ func (t *telemetryLoop) checkGuard(v *appliedView) {
 	if !v.rolloutActive() || v.localRollback || v.to == "" || v.from == "" || v.weights[v.to] == 0 {
 		return
 	}
-	down, isDown := t.busDown()
+	down, how, isDown := t.cutOff()
 	if !isDown || down < t.guardAfter {
 		return
 	}
@@ -293,6 +293,7 @@ func (t *telemetryLoop) checkGuard(v *appliedView) {
 		from:       v.from,
 		to:         v.to,
 		reason:     reason,
-		busDownFor: down,
+		cutOffFor:  down,
+		cutOffHow:  how,
 	})
 }

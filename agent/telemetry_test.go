@@ -151,8 +151,8 @@ func TestTelemetry_GuardOnlyActsWhenTheBusIsGoneLongEnough(t *testing.T) {
 	tl := &telemetryLoop{
 		service: "web", worker: w, guardAfter: 30 * time.Second, m: m,
 		log: slog.New(slog.DiscardHandler), clock: clock.Real{},
-		guard:   &localGuard{cfg: LocalGuardConfig{Window: 10 * time.Second, MinRequests: 50, MaxErrorRate: 0.2}},
-		busDown: func() (time.Duration, bool) { return down, isDown },
+		guard:  &localGuard{cfg: LocalGuardConfig{Window: 10 * time.Second, MinRequests: 50, MaxErrorRate: 0.2}},
+		cutOff: func() (time.Duration, string, bool) { return down, "bus lost", isDown },
 	}
 	tl.guard.add(guardWindow{end: time.Now(), backends: map[string]windowCounts{"green": {requests: 100, errors: 50}}})
 	view := &appliedView{seq: 3, generation: 7, rolloutID: "r1", phase: sv1.RolloutPhase_ROLLOUT_PHASE_PROGRESSING,
@@ -368,8 +368,8 @@ func TestTelemetry_GuardHoldsWhenTheOldBackendFailsAsWell(t *testing.T) {
 			tl := &telemetryLoop{
 				service: "web", worker: w, guardAfter: 30 * time.Second, m: m,
 				log: slog.New(slog.DiscardHandler), clock: clock.Real{},
-				guard:   &localGuard{cfg: LocalGuardConfig{Window: 10 * time.Second, MinRequests: 50, MaxErrorRate: 0.2, MaxP99: new(2 * time.Second)}},
-				busDown: func() (time.Duration, bool) { return time.Minute, true },
+				guard:  &localGuard{cfg: LocalGuardConfig{Window: 10 * time.Second, MinRequests: 50, MaxErrorRate: 0.2, MaxP99: new(2 * time.Second)}},
+				cutOff: func() (time.Duration, string, bool) { return time.Minute, "bus lost", true },
 			}
 			tl.guard.add(guardWindow{end: time.Now(), backends: map[string]windowCounts{"blue": tt.blue, "green": tt.green}})
 			tl.checkGuard(view)

@@ -108,7 +108,7 @@ func RolePermissions(role Role) (Permissions, error) {
 		pub = append(pub, kvGet(DrillsBucket)...)
 		return Permissions{
 			Publish:   pub,
-			Subscribe: []string{"$KV." + DesiredBucket + ".>", DrillsAll(), StatusAskSubject, inbox},
+			Subscribe: []string{"$KV." + DesiredBucket + ".>", DrillsAll(), StatusAskSubject, BeaconSubject, inbox},
 		}, nil
 	case RoleCoordinator:
 		// A coordinator writes the documents every node obeys; denying
@@ -123,8 +123,9 @@ func RolePermissions(role Role) (Permissions, error) {
 				"$KV." + DrillsBucket + ".>",
 				// The leader exports audit records.
 				AuditSubjects(),
-				// A coordinator that starts asks the fleet for its status.
-				StatusAskSubject,
+				// A coordinator that starts asks the fleet for its status;
+				// the leader says that it leads.
+				StatusAskSubject, BeaconSubject,
 				"$JS.ACK." + IntentStream + ".>",
 				"$JS.FC.>",
 				// Intent results go to the sender's inbox, named in a header.

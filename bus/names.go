@@ -3,7 +3,10 @@
 // else.
 package bus
 
-import "strings"
+import (
+	"strings"
+	"time"
+)
 
 // Streams, buckets and subjects of the bus contract (see DESIGN.md, "Bus
 // contract"). Nothing outside this package spells these strings.
@@ -25,6 +28,11 @@ const (
 	telemetryPrefix = "switchyard.telemetry"
 	// statusPrefix: switchyard.status.<node>.
 	statusPrefix = "switchyard.status"
+	// BeaconSubject is where the leading coordinator says, every
+	// BeaconInterval, that it leads: an agent that stops hearing it while
+	// its own NATS connection stays up (a PoP's leaf server cut off from
+	// the hub) knows the coordinators cannot see or steer it.
+	BeaconSubject = "switchyard.beacon"
 	// StatusAskSubject is where a coordinator that has just started asks
 	// every agent for its status, so that it knows the fleet within a
 	// status window rather than a heartbeat. Outside switchyard.status.*,
@@ -49,6 +57,10 @@ const (
 	KVOperationDelete = "DEL"
 	KVOperationPurge  = "PURGE"
 )
+
+// BeaconInterval is how often the leading coordinator publishes on
+// BeaconSubject.
+const BeaconInterval = 2 * time.Second
 
 // Intent kinds, the last token of an intent subject.
 const (

@@ -10,6 +10,7 @@ import (
 	"github.com/hashicorp/raft"
 	"google.golang.org/protobuf/proto"
 
+	"github.com/switchyard/switchyard/bus"
 	"github.com/switchyard/switchyard/coordinator/fsm"
 )
 
@@ -119,6 +120,7 @@ func (s *Server) leaderLoop(ctx context.Context) {
 		"webhooks":  s.runWebhooks,
 		"audit":     s.exportAudit,
 		"notify":    s.runNotify,
+		"beacon":    s.runBeacon,
 	}
 	var wg sync.WaitGroup
 	for name, run := range routines {
@@ -131,4 +133,22 @@ func (s *Server) leaderLoop(ctx context.Context) {
 		}()
 	}
 	wg.Wait()
+}
+
+// runBeacon tells the fleet every bus.BeaconInterval that a leader leads:
+// an agent that stops hearing it (a PoP cut off from the hub behind its
+// leaf server, no leader elected) may act on its own (its local guard).
+func (s *Server) runBeacon(ctx context.Context) {
+	t := time.NewTicker(bus.BeaconInterval)
+	defer t.Stop()
+	for {
+		if err := s.nc.Publish(bus.BeaconSubject, nil); err != nil {
+			s.log.Debug("publish the leader's beacon", "err", err)
+		}
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+	}
 }

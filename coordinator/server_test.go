@@ -229,6 +229,35 @@ func TestCoordinator_RestartedMidRolloutWaitsForTheWholeFleet(t *testing.T) {
 	})
 }
 
+// The leader tells the fleet that it leads, every bus.BeaconInterval; an
+// agent that stops hearing it is cut off from the coordinators.
+func TestCoordinator_LeaderBeacons(t *testing.T) {
+	nc, url := startNATS(t)
+	beacons, err := nc.SubscribeSync(bus.BeaconSubject)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := nc.Flush(); err != nil {
+		t.Fatal(err)
+	}
+	c := startCoordinator(t, url, t.TempDir())
+	for i := range 2 {
+		if _, err := beacons.NextMsg(2 * bus.BeaconInterval); err != nil {
+			t.Fatalf("beacon %d of the leader: %v", i, err)
+		}
+	}
+	// A coordinator that stopped leads nothing and says nothing.
+	c.stop()
+	for heard := 0; ; heard++ {
+		if _, err := beacons.NextMsg(2 * bus.BeaconInterval); err != nil {
+			break
+		}
+		if heard > 3 {
+			t.Fatal("beacons go on after the coordinator stopped")
+		}
+	}
+}
+
 func TestCoordinator_MalformedAndInvalidIntentsAreRefusedAndCounted(t *testing.T) {
 	nc, url := startNATS(t)
 	c := startCoordinator(t, url, t.TempDir())
