@@ -634,6 +634,7 @@ func TestAgentLive_LocalGuardActsWhenNoCoordinatorIsHeard(t *testing.T) {
 	ra := startLiveAgent(t, cfg)
 	// A leader beacons while the test says so.
 	var leading atomic.Bool
+	var lastBeacon atomic.Int64 // Unix nanoseconds
 	leading.Store(true)
 	beaconDone := make(chan struct{})
 	stopBeacon := make(chan struct{})
@@ -644,6 +645,7 @@ func TestAgentLive_LocalGuardActsWhenNoCoordinatorIsHeard(t *testing.T) {
 		for {
 			if leading.Load() {
 				_ = b.nc.Publish(bus.BeaconSubject, nil)
+				lastBeacon.Store(time.Now().UnixNano())
 			}
 			select {
 			case <-stopBeacon:
@@ -676,8 +678,8 @@ func TestAgentLive_LocalGuardActsWhenNoCoordinatorIsHeard(t *testing.T) {
 
 	// The hub is cut off: the connection stays, the beacon stops.
 	statuses := b.statuses(t, "edge-1")
-	silent := time.Now()
 	leading.Store(false)
+	silent := time.Unix(0, lastBeacon.Load())
 	ra.waitMetric(t, 1, "switchyard_agent_local_rollbacks_total", "service", "web")
 	lp.waitWeights(t, 5*time.Second, allBlue)
 	if _, down := ra.BusDownFor(); down {
