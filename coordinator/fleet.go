@@ -192,6 +192,7 @@ func (f *fleet) nodesFor(service string) []*sv1.NodeView {
 				ObservedWeights:   maps.Clone(svc.GetObservedWeights()),
 				ObservedMatches:   svc.GetObservedMatches(),
 				Drift:             svc.GetDrift(),
+				LocalRollback:     svc.GetLocalRollback(),
 				Hooks:             n.status.GetHooks(),
 			}
 			if cur, ok := f.current(service); ok {
@@ -224,12 +225,24 @@ func converged(nodes []*sv1.NodeView, want bus.Fence) (applied, live int) {
 // read are the weights it applied. What the agent last wrote is not enough:
 // a proxy restarted from its config serves other weights until repaired.
 func observedMatches(n *sv1.NodeView) bool {
-	if !n.GetObservedMatches() {
+	return doesApplied(n.GetObservedMatches(), n.GetWeights(), n.GetObservedWeights(), n.GetLocalRollback(), n.GetAppliedGeneration())
+}
+
+// doesApplied decides for observedMatches and statusMatches. A node whose
+// local guard overrode the applied generation keeps that generation (so
+// that the same document does not move it back onto the breaching backend)
+// but serves the old backend: its proxy matches what the guard set, not
+// the document. A guard's override of an earlier generation that a node in
+// no wave still carries is what the document asks of it: keep the weights.
+func doesApplied(agentSays bool, applied, observed map[string]uint32, lr *sv1.LocalRollback, generation uint64) bool {
+	if !agentSays {
 		return false
 	}
-	have := n.GetObservedWeights()
-	for b, w := range n.GetWeights() {
-		if hw, ok := have[b]; !ok || hw != w {
+	if lr != nil && lr.GetGeneration() == generation {
+		return false
+	}
+	for b, w := range applied {
+		if hw, ok := observed[b]; !ok || hw != w {
 			return false
 		}
 	}

@@ -54,16 +54,7 @@ func counted(st *sv1.AgentStatus) []countedService {
 
 // statusMatches is observedMatches for a service status as it arrived.
 func statusMatches(svc *sv1.ServiceStatus) bool {
-	if !svc.GetObservedMatches() {
-		return false
-	}
-	have := svc.GetObservedWeights()
-	for b, w := range svc.GetWeights() {
-		if hw, ok := have[b]; !ok || hw != w {
-			return false
-		}
-	}
-	return true
+	return doesApplied(svc.GetObservedMatches(), svc.GetWeights(), svc.GetObservedWeights(), svc.GetLocalRollback(), svc.GetAppliedGeneration())
 }
 
 func (f *fleet) tally(service string) *serviceTally {

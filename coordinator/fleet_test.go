@@ -1,7 +1,13 @@
 package coordinator
 
 import (
+	"log/slog"
 	"testing"
+	"time"
+
+	"github.com/nats-io/nats.go"
+	"github.com/prometheus/client_golang/prometheus"
+	"google.golang.org/protobuf/proto"
 
 	"github.com/switchyard/switchyard/bus"
 	sv1 "github.com/switchyard/switchyard/proto/switchyard/v1"
@@ -34,5 +40,41 @@ func TestFleet_ConvergedOnlyWhenTheProxyIsSeenDoingIt(t *testing.T) {
 				t.Fatalf("converged = %v (applied %d of %d live), want %v", got, applied, live, c.want)
 			}
 		})
+	}
+}
+
+// A node whose local guard moved it back to the old backend keeps the
+// applied generation (so it does not bounce back when the bus returns with
+// the same document), and its proxy does what the guard set: it serves the
+// old backend, not the document's weights, and must not be counted as
+// converged, neither by the rollout controller's tallies nor by the views.
+func TestFleet_LocalGuardOverrideIsNotConverged(t *testing.T) {
+	f := newFleet(15*time.Second, newMetrics(prometheus.NewRegistry()), slog.New(slog.DiscardHandler))
+	now := time.Date(2026, 1, 1, 12, 0, 0, 0, time.UTC)
+	f.now = func() time.Time { return now }
+	f.epoch = func() uint64 { return 1 }
+	canary := map[string]uint32{"blue": 80, "green": 20}
+	blue := map[string]uint32{"blue": 100, "green": 0}
+	report := func(node string, ss *sv1.ServiceStatus) {
+		t.Helper()
+		ss.Service, ss.AppliedEpoch = "web", 1
+		b, err := proto.Marshal(&sv1.AgentStatus{Node: node, Services: []*sv1.ServiceStatus{ss}})
+		if err != nil {
+			t.Fatal(err)
+		}
+		f.handleStatus(&nats.Msg{Subject: bus.StatusSubject(node), Data: b})
+	}
+	report("edge-1", &sv1.ServiceStatus{AppliedGeneration: 7, Weights: canary, ObservedWeights: canary, ObservedMatches: true})
+	report("edge-2", &sv1.ServiceStatus{AppliedGeneration: 7, Weights: blue, ObservedWeights: blue, ObservedMatches: true,
+		LocalRollback: &sv1.LocalRollback{Generation: 7, RolloutId: "web-1", From: "green", To: "blue", Reason: "green error rate 40%"}})
+	// A node in no wave of generation 7 keeps its weights, the guard's of
+	// an earlier generation: that is what the document asks of it.
+	report("edge-3", &sv1.ServiceStatus{AppliedGeneration: 7, Weights: blue, ObservedWeights: blue, ObservedMatches: true,
+		LocalRollback: &sv1.LocalRollback{Generation: 5, RolloutId: "web-0", From: "green", To: "blue"}})
+	if applied, live := f.Convergence("web", 7); applied != 2 || live != 3 {
+		t.Errorf("Convergence = %d of %d live, want 2 of 3: the node its guard moved back serves blue, not generation 7", applied, live)
+	}
+	if applied, live := converged(f.nodesFor("web"), bus.Fence{Epoch: 1, Generation: 7}); applied != 2 || live != 3 {
+		t.Errorf("views count %d of %d live converged, want 2 of 3", applied, live)
 	}
 }

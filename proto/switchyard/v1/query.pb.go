@@ -285,6 +285,10 @@ type NodeView struct {
 	ObservedMatches bool `protobuf:"varint,61,opt,name=observed_matches,json=observedMatches,proto3" json:"observed_matches,omitempty"`
 	// Drift says what the agent found wrong on its proxy, while unrepaired.
 	Drift string `protobuf:"bytes,62,opt,name=drift,proto3" json:"drift,omitempty"`
+	// LocalRollback is set while the node serves the weights its local guard
+	// chose; when it overrides the applied generation, the node does not do
+	// that document and is not counted as converged.
+	LocalRollback *LocalRollback `protobuf:"bytes,63,opt,name=local_rollback,json=localRollback,proto3" json:"local_rollback,omitempty"`
 	// Hooks names the hooks the node's agent config defines.
 	Hooks []string `protobuf:"bytes,51,rep,name=hooks,proto3" json:"hooks,omitempty"`
 	// Wave names the wave of the service's latest rollout that takes the
@@ -427,6 +431,13 @@ func (x *NodeView) GetDrift() string {
 		return x.Drift
 	}
 	return ""
+}
+
+func (x *NodeView) GetLocalRollback() *LocalRollback {
+	if x != nil {
+		return x.LocalRollback
+	}
+	return nil
 }
 
 func (x *NodeView) GetHooks() []string {
@@ -828,7 +839,7 @@ const file_switchyard_v1_query_proto_rawDesc = "" +
 	"\awaiting\x18\x04 \x01(\tR\awaiting\x127\n" +
 	"\awindows\x18\x05 \x03(\v2\x1d.switchyard.v1.WindowEvidenceR\awindows\x12\x1a\n" +
 	"\banalysis\x18( \x01(\tR\banalysis\x12\x1a\n" +
-	"\bposition\x18Z \x01(\tR\bposition\"\xfd\x06\n" +
+	"\bposition\x18Z \x01(\tR\bposition\"\xc2\a\n" +
 	"\bNodeView\x12\x12\n" +
 	"\x04node\x18\x01 \x01(\tR\x04node\x12-\n" +
 	"\x12applied_generation\x18\x02 \x01(\x04R\x11appliedGeneration\x12>\n" +
@@ -844,7 +855,8 @@ const file_switchyard_v1_query_proto_rawDesc = "" +
 	"\thook_runs\x182 \x03(\v2\x16.switchyard.v1.HookRunR\bhookRuns\x12W\n" +
 	"\x10observed_weights\x18< \x03(\v2,.switchyard.v1.NodeView.ObservedWeightsEntryR\x0fobservedWeights\x12)\n" +
 	"\x10observed_matches\x18= \x01(\bR\x0fobservedMatches\x12\x14\n" +
-	"\x05drift\x18> \x01(\tR\x05drift\x12\x14\n" +
+	"\x05drift\x18> \x01(\tR\x05drift\x12C\n" +
+	"\x0elocal_rollback\x18? \x01(\v2\x1c.switchyard.v1.LocalRollbackR\rlocalRollback\x12\x14\n" +
 	"\x05hooks\x183 \x03(\tR\x05hooks\x12\x12\n" +
 	"\x04wave\x18Z \x01(\tR\x04wave\x1a:\n" +
 	"\fWeightsEntry\x12\x10\n" +
@@ -912,7 +924,8 @@ var file_switchyard_v1_query_proto_goTypes = []any{
 	(*WindowEvidence)(nil), // 15: switchyard.v1.WindowEvidence
 	(DriverHealth)(0),      // 16: switchyard.v1.DriverHealth
 	(*HookRun)(nil),        // 17: switchyard.v1.HookRun
-	(*Drill)(nil),          // 18: switchyard.v1.Drill
+	(*LocalRollback)(nil),  // 18: switchyard.v1.LocalRollback
+	(*Drill)(nil),          // 19: switchyard.v1.Drill
 }
 var file_switchyard_v1_query_proto_depIdxs = []int32{
 	2,  // 0: switchyard.v1.RolloutsAnswer.rollouts:type_name -> switchyard.v1.RolloutView
@@ -924,15 +937,16 @@ var file_switchyard_v1_query_proto_depIdxs = []int32{
 	12, // 6: switchyard.v1.NodeView.labels:type_name -> switchyard.v1.NodeView.LabelsEntry
 	17, // 7: switchyard.v1.NodeView.hook_runs:type_name -> switchyard.v1.HookRun
 	13, // 8: switchyard.v1.NodeView.observed_weights:type_name -> switchyard.v1.NodeView.ObservedWeightsEntry
-	3,  // 9: switchyard.v1.FleetAnswer.nodes:type_name -> switchyard.v1.NodeView
-	9,  // 10: switchyard.v1.DrillsAnswer.drills:type_name -> switchyard.v1.DrillView
-	10, // 11: switchyard.v1.DrillsAnswer.kill_switch:type_name -> switchyard.v1.KillSwitch
-	18, // 12: switchyard.v1.DrillView.drill:type_name -> switchyard.v1.Drill
-	13, // [13:13] is the sub-list for method output_type
-	13, // [13:13] is the sub-list for method input_type
-	13, // [13:13] is the sub-list for extension type_name
-	13, // [13:13] is the sub-list for extension extendee
-	0,  // [0:13] is the sub-list for field type_name
+	18, // 9: switchyard.v1.NodeView.local_rollback:type_name -> switchyard.v1.LocalRollback
+	3,  // 10: switchyard.v1.FleetAnswer.nodes:type_name -> switchyard.v1.NodeView
+	9,  // 11: switchyard.v1.DrillsAnswer.drills:type_name -> switchyard.v1.DrillView
+	10, // 12: switchyard.v1.DrillsAnswer.kill_switch:type_name -> switchyard.v1.KillSwitch
+	19, // 13: switchyard.v1.DrillView.drill:type_name -> switchyard.v1.Drill
+	14, // [14:14] is the sub-list for method output_type
+	14, // [14:14] is the sub-list for method input_type
+	14, // [14:14] is the sub-list for extension type_name
+	14, // [14:14] is the sub-list for extension extendee
+	0,  // [0:14] is the sub-list for field type_name
 }
 
 func init() { file_switchyard_v1_query_proto_init() }
