@@ -228,6 +228,12 @@ func observedMatches(n *sv1.NodeView) bool {
 	return doesApplied(n.GetObservedMatches(), n.GetWeights(), n.GetObservedWeights(), n.GetLocalRollback(), n.GetAppliedGeneration())
 }
 
+// NodeDoes reports whether a node's proxy, as its agent last read it back,
+// does the document the node applied: what the coordinators require of a
+// node counted as converged besides its fence. Clients that wait for the
+// fleet use it to count as the coordinators do.
+func NodeDoes(n *sv1.NodeView) bool { return observedMatches(n) }
+
 // doesApplied decides for observedMatches and statusMatches. A node whose
 // local guard overrode the applied generation keeps that generation (so
 // that the same document does not move it back onto the breaching backend)

@@ -22,6 +22,7 @@ import (
 	"google.golang.org/protobuf/types/known/timestamppb"
 
 	"github.com/switchyard/switchyard/bus"
+	"github.com/switchyard/switchyard/coordinator"
 	"github.com/switchyard/switchyard/coordinator/state"
 	sv1 "github.com/switchyard/switchyard/proto/switchyard/v1"
 )
@@ -346,8 +347,12 @@ func awaitPublished(ctx context.Context, nc *nats.Conn, service string, generati
 	}
 }
 
-// awaitConverged polls the rollout's status until every live node's proxy
-// is seen doing the published generation (or a newer one), or --timeout.
+// awaitConverged polls the service's fleet until every live node's proxy
+// is seen doing the published generation (or a newer one) of the cluster's
+// current epoch, or --timeout. A node of another lineage (diverged, or left
+// on the epoch before a raise) holds a generation number that says nothing
+// of this cluster's documents, and a node whose local guard overrode its
+// generation serves the old backend: neither counts.
 func awaitConverged(ctx context.Context, c clientFlags, res *sv1.IntentResult, stdout io.Writer) error {
 	ctx, cancel := context.WithTimeout(ctx, c.timeout)
 	defer cancel()
@@ -355,17 +360,22 @@ func awaitConverged(ctx context.Context, c clientFlags, res *sv1.IntentResult, s
 	t := time.NewTicker(200 * time.Millisecond)
 	defer t.Stop()
 	for {
-		ans, err := queryRollouts(ctx, c, &sv1.RolloutsQuery{Rollout: res.GetRolloutId()})
-		if err == nil && len(ans.GetRollouts()) == 1 {
-			v := ans.GetRollouts()[0]
+		var ans sv1.FleetStatus
+		err := query(ctx, c, bus.QueryFleetStatus, &sv1.FleetStatusQuery{Service: res.GetService()}, &ans)
+		if err == nil && len(ans.GetServices()) == 1 {
+			sf := ans.GetServices()[0]
+			want := bus.Fence{Epoch: max(sf.GetEpoch(), 1), Generation: res.GetGeneration()}
 			live, at := 0, 0
-			for _, n := range v.GetNodes() {
-				if n.GetStale() {
-					continue
-				}
-				live++
-				if n.GetAppliedGeneration() >= res.GetGeneration() && n.GetObservedMatches() {
-					at++
+			for _, w := range sf.GetWaves() {
+				for _, n := range w.GetNodes() {
+					if n.GetStale() {
+						continue
+					}
+					live++
+					have := bus.Fence{Epoch: max(n.GetAppliedEpoch(), 1), Generation: n.GetAppliedGeneration()}
+					if !n.GetDiverged() && have.Compare(want) >= 0 && coordinator.NodeDoes(n) {
+						at++
+					}
 				}
 			}
 			if live > 0 && at == live {
@@ -374,7 +384,7 @@ func awaitConverged(ctx context.Context, c clientFlags, res *sv1.IntentResult, s
 				}
 				return nil
 			}
-			last = fmt.Sprintf("%d/%d live nodes' proxies seen doing generation %d", at, live, res.GetGeneration())
+			last = fmt.Sprintf("%d/%d live nodes' proxies seen doing generation %d of epoch %d or newer", at, live, res.GetGeneration(), want.Epoch)
 		} else if err != nil {
 			last = err.Error()
 		}
