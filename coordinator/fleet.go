@@ -142,15 +142,17 @@ func (f *fleet) handleStatus(msg *nats.Msg) {
 		}
 		f.stages.status(prev, &st, now)
 	}
+	var prevStatus *sv1.AgentStatus
 	if prev := f.nodes[st.GetNode()]; prev != nil {
 		f.count(st.GetNode(), prev, -1)
+		prevStatus = prev.status
 	}
 	n := &nodeSeen{status: &st, seen: now, counted: counted(&st)}
 	f.nodes[st.GetNode()] = n
 	f.count(st.GetNode(), n, 1)
 	f.heard = append(f.heard, heardAt{node: st.GetNode(), seen: now})
 	f.sweep(now)
-	f.checkDivergence(&st)
+	f.checkDivergence(prevStatus, &st)
 	for _, flt := range st.GetFaults() {
 		k := [2]string{st.GetNode(), flt.GetDrill()}
 		if _, ok := f.faultSeen[k]; !ok {
@@ -256,10 +258,21 @@ func doesApplied(agentSays bool, applied, observed map[string]uint32, lr *sv1.Lo
 }
 
 // checkDivergence warns, once per change, about a node that holds a newer
-// document than the current one, and keeps the per-service gauge. The
-// caller holds f.mu.
-func (f *fleet) checkDivergence(st *sv1.AgentStatus) {
+// document than the current one, and keeps the per-service gauge; prev is
+// the node's status before st, or nil. The caller holds f.mu.
+func (f *fleet) checkDivergence(prev, st *sv1.AgentStatus) {
 	changed := false
+	// A service the node no longer reports (dropped from its config, or
+	// renamed) holds no document of the node's any more.
+	for _, svc := range prev.GetServices() {
+		k := [2]string{st.GetNode(), svc.GetService()}
+		if _, was := f.diverged[k]; !was || slices.ContainsFunc(st.GetServices(), func(s *sv1.ServiceStatus) bool { return s.GetService() == k[1] }) {
+			continue
+		}
+		delete(f.diverged, k)
+		changed = true
+		f.log.Info("node no longer diverged: it does not run the service any more", "node", k[0], "service", k[1])
+	}
 	for _, svc := range st.GetServices() {
 		k := [2]string{st.GetNode(), svc.GetService()}
 		cur, ok := f.current(svc.GetService())

@@ -201,3 +201,38 @@ func TestFleet_SettledSoonAfterAskingTheFleet(t *testing.T) {
 		t.Fatalf("not settled %s after asking", statusAskGrace)
 	}
 }
+
+// A diverged node that stops running the service (its config dropped it,
+// or renamed it) no longer holds that service's document: the gauge must
+// not count it for good while the node keeps reporting its other services.
+func TestFleet_DivergedNodeThatDropsTheServiceLeavesItsCount(t *testing.T) {
+	m := newMetrics(prometheus.NewRegistry())
+	f := newFleet(15*time.Second, m, slog.New(slog.DiscardHandler))
+	now := time.Date(2026, 1, 1, 12, 0, 0, 0, time.UTC)
+	f.now = func() time.Time { return now }
+	f.current = func(string) (bus.Fence, bool) { return bus.Fence{Epoch: 1, Generation: 10}, true }
+	report := func(node string, services map[string]uint64) {
+		t.Helper()
+		st := &sv1.AgentStatus{Node: node}
+		for svc, gen := range services {
+			st.Services = append(st.Services, &sv1.ServiceStatus{Service: svc, AppliedEpoch: 1, AppliedGeneration: gen})
+		}
+		b, err := proto.Marshal(st)
+		if err != nil {
+			t.Fatal(err)
+		}
+		f.handleStatus(&nats.Msg{Subject: bus.StatusSubject(node), Data: b})
+	}
+	report("edge-1", map[string]uint64{"web": 12, "api": 10})
+	if g := testutil.ToFloat64(m.diverged.WithLabelValues("web")); g != 1 {
+		t.Fatalf("diverged{web} = %v, want 1", g)
+	}
+	report("edge-1", map[string]uint64{"api": 10}) // web left its config
+	for range 3 {
+		now = now.Add(time.Second)
+		report("edge-1", map[string]uint64{"api": 10})
+	}
+	if g := testutil.ToFloat64(m.diverged.WithLabelValues("web")); g != 0 {
+		t.Errorf("diverged{web} = %v after the node stopped running web, want 0", g)
+	}
+}
