@@ -71,6 +71,18 @@ func (f *fleet) listening() {
 	f.listeningSince = f.now()
 }
 
+// relisten starts the view over when this coordinator is back on the bus:
+// the statuses sent while it was off are lost, and the nodes it did not
+// hear from for the stale period went stale. Until it has asked again and
+// the agents had the grace to answer (or for the stale period), the nodes
+// it hears are not the fleet, as at start.
+func (f *fleet) relisten() {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.listeningSince = f.now()
+	f.askedAt = time.Time{}
+}
+
 // asked marks that every agent was asked for its status.
 func (f *fleet) asked() {
 	f.mu.Lock()

@@ -582,6 +582,18 @@ func (s *Server) subscribe() ([]*nats.Subscription, error) {
 	}
 	s.fleet.listening()
 	s.askStatus()
+	// Back on the bus after losing it, the coordinator hears the fleet
+	// again as at start: a leader cut off for the stale period would
+	// otherwise take the first nodes it hears for the fleet, and count a
+	// step converged on them.
+	prev := s.nc.ReconnectHandler()
+	s.nc.SetReconnectHandler(func(c *nats.Conn) {
+		if prev != nil {
+			prev(c)
+		}
+		s.fleet.relisten()
+		go s.askStatus()
+	})
 	telemetry, err := s.nc.Subscribe(bus.TelemetryAll(), s.intake.handle)
 	if err != nil {
 		_ = status.Unsubscribe()

@@ -1,0 +1,131 @@
+package coordinator
+
+import (
+	"io"
+	"net"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/nats-io/nats.go"
+
+	"github.com/switchyard/switchyard/bus"
+	sv1 "github.com/switchyard/switchyard/proto/switchyard/v1"
+)
+
+// busLink is a TCP link between a coordinator and NATS that the test can
+// cut and restore, as a network partition between them would.
+type busLink struct {
+	t      *testing.T
+	addr   string // where the coordinator connects
+	target string
+	mu     sync.Mutex
+	ln     net.Listener
+	conns  []net.Conn
+}
+
+func newBusLink(t *testing.T, natsURL string) *busLink {
+	t.Helper()
+	l := &busLink{t: t, addr: freeAddr(t), target: strings.TrimPrefix(natsURL, "nats://")}
+	l.restore()
+	t.Cleanup(l.cut)
+	return l
+}
+
+func (l *busLink) url() string { return "nats://" + l.addr }
+
+// restore listens again; the coordinator's reconnects get through.
+func (l *busLink) restore() {
+	l.t.Helper()
+	ln, err := net.Listen("tcp", l.addr)
+	if err != nil {
+		l.t.Fatal(err)
+	}
+	l.mu.Lock()
+	l.ln = ln
+	l.mu.Unlock()
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			s, err := net.Dial("tcp", l.target)
+			if err != nil {
+				c.Close()
+				continue
+			}
+			l.mu.Lock()
+			l.conns = append(l.conns, c, s)
+			l.mu.Unlock()
+			go func() { _, _ = io.Copy(s, c); s.Close() }()
+			go func() { _, _ = io.Copy(c, s); c.Close() }()
+		}
+	}()
+}
+
+// cut closes the listener and every connection through it.
+func (l *busLink) cut() {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if l.ln != nil {
+		l.ln.Close()
+		l.ln = nil
+	}
+	for _, c := range l.conns {
+		c.Close()
+	}
+	l.conns = nil
+}
+
+// A leader cut off from the bus for longer than the stale period sees every
+// node go stale. Back on the bus, the first node it hears is not the
+// fleet: it must hear the fleet again (ask, as at start) before it counts a
+// step converged, or it moves the rollout on with nodes not heard from that
+// have not applied.
+func TestCoordinator_BackOnTheBusWaitsForTheWholeFleet(t *testing.T) {
+	_, url := startNATS(t)
+	link := newBusLink(t, url)
+	nc, err := nats.Connect(url)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(nc.Close)
+	c := startCoordinatorWith(t, link.url(), t.TempDir(), func(cfg *Config) { cfg.StaleAfter = time.Second })
+	res := send(t, nc, applyIntent("i-1", "web-1"))
+	if !res.GetAccepted() {
+		t.Fatalf("apply: %v", res)
+	}
+	gen := res.GetIndex()
+	publishStatus(t, nc, "edge-1", gen-1)
+	publishStatus(t, nc, "edge-2", gen-1)
+
+	link.cut()
+	waitFor(t, "the coordinator to lose the bus", 10*time.Second, func() bool { return !c.srv.nc.IsConnected() })
+	time.Sleep(1500 * time.Millisecond) // past the stale period: every node is stale
+
+	// edge-2 has not applied; its heartbeat is far off, it answers asks.
+	asks, err := nc.Subscribe(bus.StatusAskSubject, func(*nats.Msg) {
+		time.AfterFunc(300*time.Millisecond, func() { publishStatus(t, nc, "edge-2", gen-1) })
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer asks.Unsubscribe()
+	if err := nc.Flush(); err != nil {
+		t.Fatal(err)
+	}
+	link.restore()
+	waitFor(t, "the coordinator back on the bus", 10*time.Second, func() bool { return c.srv.nc.IsConnected() })
+	// edge-1's heartbeat comes first: it applied.
+	publishStatus(t, nc, "edge-1", gen)
+	time.Sleep(statusAskGrace + 500*time.Millisecond)
+	if p := rolloutPhase(c, "web-1"); p != sv1.RolloutPhase_ROLLOUT_PHASE_PROGRESSING {
+		t.Fatalf("phase %v with edge-2 not applied (it answered the ask)", p)
+	}
+	publishStatus(t, nc, "edge-2", gen)
+	waitFor(t, "completion", 5*time.Second, func() bool {
+		return rolloutPhase(c, "web-1") == sv1.RolloutPhase_ROLLOUT_PHASE_COMPLETED
+	})
+}
