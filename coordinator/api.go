@@ -179,15 +179,21 @@ func (s *Server) Series(q *sv1.SeriesQuery) (*sv1.RolloutSeries, error) {
 
 // Overview answers with everything the dashboard shows; staleReason, when
 // not empty, says why this replica could not be confirmed current. A
-// coordinator off the bus says so too: its replica may be current, but its
-// view of the fleet is not.
+// coordinator off the bus, or still hearing from the fleet, says so too: its
+// replica may be current, but its view of the fleet is not whole.
 func (s *Server) Overview(staleReason string) (*sv1.Overview, error) {
-	if s.nc == nil || !s.nc.IsConnected() {
-		blind := fmt.Sprintf("coordinator %s is not connected to NATS: it hears no agent status or telemetry, so its nodes age into stale whatever they do", s.cfg.NodeID)
+	partial := ""
+	switch {
+	case s.nc == nil || !s.nc.IsConnected():
+		partial = fmt.Sprintf("coordinator %s is not connected to NATS: it hears no agent status or telemetry, so its nodes age into stale whatever they do", s.cfg.NodeID)
+	case !s.fleet.Settled():
+		partial = fmt.Sprintf("coordinator %s is still hearing from the fleet (it started or came back on the bus moments ago): nodes not heard from yet are missing from its lists and counts", s.cfg.NodeID)
+	}
+	if partial != "" {
 		if staleReason == "" {
-			staleReason = blind
+			staleReason = partial
 		} else {
-			staleReason += "; " + blind
+			staleReason += "; " + partial
 		}
 	}
 	_, leader := s.raft.LeaderWithID()

@@ -87,6 +87,7 @@ func TestAPI_OverviewOffTheBusSaysItCannotSeeTheFleet(t *testing.T) {
 	t.Cleanup(func() { ns.Shutdown(); ns.WaitForShutdown() })
 	c := startCoordinator(t, ns.ClientURL(), t.TempDir())
 	base := "http://" + c.srv.HTTPAddr()
+	waitFor(t, "the fleet view to settle", 10*time.Second, c.srv.fleet.Settled)
 
 	var ov sv1.Overview
 	if code, body := getAPI(t, base+"/v1/overview", &ov); code != http.StatusOK || ov.GetStale() {

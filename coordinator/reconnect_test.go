@@ -129,3 +129,28 @@ func TestCoordinator_BackOnTheBusWaitsForTheWholeFleet(t *testing.T) {
 		return rolloutPhase(c, "web-1") == sv1.RolloutPhase_ROLLOUT_PHASE_COMPLETED
 	})
 }
+
+// While a coordinator is still hearing from the fleet (just started, or
+// back on the bus), the nodes it lists are only those heard so far: the
+// overview, and so the dashboard, must say so rather than show them as the
+// fleet.
+func TestAPI_OverviewWhileHearingTheFleetSaysSo(t *testing.T) {
+	_, url := startNATS(t)
+	c := startCoordinator(t, url, t.TempDir())
+	waitFor(t, "the fleet view to settle", 10*time.Second, c.srv.fleet.Settled)
+	ov, err := c.srv.Overview("")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if ov.GetStale() {
+		t.Fatalf("settled overview says stale: %q", ov.GetStaleReason())
+	}
+	c.srv.fleet.relisten() // as on reconnect, before the ask went out
+	ov, err = c.srv.Overview("")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !ov.GetStale() || !strings.Contains(ov.GetStaleReason(), "still hearing from the fleet") {
+		t.Fatalf("overview while hearing the fleet: stale=%v reason %q; want stale, saying it is still hearing from the fleet", ov.GetStale(), ov.GetStaleReason())
+	}
+}
