@@ -19,7 +19,10 @@ import (
 // merges them into the analysis store in batches, one lock per batch. When
 // the queue is full its oldest report is shed, and so is a report that
 // waited too long: counted, and marked against its service's second in the
-// store, so the windows missing it cannot pass.
+// store, so the windows missing it cannot pass. The window judge waits for
+// every report received before a window's grace ended to be merged or
+// marked (unsettled), so a backlog delays a verdict rather than passing a
+// window on part of the fleet.
 
 const (
 	// intakeQueue bounds the reports waiting to be decoded: about a second
@@ -78,20 +81,57 @@ type intake struct {
 	log      *slog.Logger
 	now      func() time.Time
 
+	// dropping holds the report the callback's push dropped until it is
+	// marked as shed.
+	dropping *hold
+
 	mu      sync.Mutex
 	pending map[shedKey]uint64
-	clocks  clockNotes
+	// pendingSince is when the oldest report in pending was received;
+	// flushing, the same of what flushShed is marking in the store. Zero
+	// when none.
+	pendingSince, flushing time.Time
+	clocks                 clockNotes
 }
 
 func newIntake(store *analysis.Store, m *intakeMetrics, reported chan<- struct{}, log *slog.Logger, now func() time.Time) *intake {
-	return &intake{store: store, queue: newReportQueue(intakeQueue), workers: max(runtime.GOMAXPROCS(0), 1),
+	in := &intake{store: store, queue: newReportQueue(intakeQueue), workers: max(runtime.GOMAXPROCS(0), 1),
 		reported: reported, metrics: m, log: log, now: now, pending: map[shedKey]uint64{}}
+	in.dropping = in.queue.newHold()
+	store.AwaitIntake(in.unsettled)
+	return in
 }
 
 // handle is the subscription's callback: it never blocks and never decodes.
 func (in *intake) handle(msg *nats.Msg) {
-	if old := in.queue.push(msg, in.now()); old.msg != nil {
+	if old := in.queue.pushHeld(in.dropping, msg, in.now()); old.msg != nil {
 		in.shedQueued(shedQueueFull, old)
+		in.queue.release(in.dropping)
+	}
+}
+
+// unsettled is the receive time of the oldest report intake has neither
+// merged nor marked as shed in the store, and whether there is one: the
+// window judge reads no window whose grace ended after it, whose reports
+// may still be on their way into the store.
+func (in *intake) unsettled() (time.Time, bool) {
+	// The queue first: a report leaves it for pending before it is let go.
+	at, ok := in.queue.oldest()
+	in.mu.Lock()
+	defer in.mu.Unlock()
+	for _, p := range []time.Time{in.pendingSince, in.flushing} {
+		if !p.IsZero() && (!ok || p.Before(at)) {
+			at, ok = p, true
+		}
+	}
+	return at, ok
+}
+
+// notePending records that a report received at at is pending; in.mu is
+// held.
+func (in *intake) notePending(at time.Time) {
+	if in.pendingSince.IsZero() || at.Before(in.pendingSince) {
+		in.pendingSince = at
 	}
 }
 
@@ -103,6 +143,7 @@ func (in *intake) shedQueued(reason string, reports ...queuedReport) {
 	for _, r := range reports {
 		svc, _ := bus.TelemetryService(r.msg.Subject)
 		in.pending[shedKey{svc, r.at.Unix()}]++
+		in.notePending(r.at)
 	}
 	in.mu.Unlock()
 }
@@ -112,8 +153,10 @@ func (in *intake) shedQueued(reason string, reports ...queuedReport) {
 // the store follows.
 func (in *intake) shed(service, reason string, n uint64) {
 	in.metrics.shed(reason).Add(float64(n))
+	now := in.now()
 	in.mu.Lock()
-	in.pending[shedKey{service, in.now().Unix()}] += n
+	in.pending[shedKey{service, now.Unix()}] += n
+	in.notePending(now)
 	in.mu.Unlock()
 }
 
@@ -126,7 +169,13 @@ func (in *intake) flushShed() {
 	}
 	pending := in.pending
 	in.pending = map[shedKey]uint64{}
+	in.flushing, in.pendingSince = in.pendingSince, time.Time{}
 	in.mu.Unlock()
+	defer func() {
+		in.mu.Lock()
+		in.flushing = time.Time{}
+		in.mu.Unlock()
+	}()
 	for k, n := range pending {
 		if k.service != "" {
 			in.store.MarkShed(k.service, k.sec, n)
@@ -179,14 +228,16 @@ func (in *intake) work(ctx context.Context) {
 	msgs := make([]*nats.Msg, intakeBatch)
 	batch := make([]*analysis.Report, 0, intakeBatch)
 	var expired []queuedReport
+	held := in.queue.newHold()
 	for {
 		var n int
-		n, expired = in.queue.take(msgs, in.now().Add(-intakeMaxWait), expired[:0])
+		n, expired = in.queue.takeHeld(held, msgs, in.now().Add(-intakeMaxWait), expired[:0])
 		if len(expired) > 0 {
 			in.shedQueued(shedWaitedTooLong, expired...)
 			clear(expired)
 		}
 		if n == 0 {
+			in.queue.release(held)
 			select {
 			case <-ctx.Done():
 				return
@@ -244,10 +295,12 @@ func (in *intake) work(ctx context.Context) {
 			in.metrics.scaled.Add(float64(scaled))
 		}
 		if len(batch) == 0 {
+			in.queue.release(held)
 			dec.Reuse()
 			continue
 		}
 		in.store.AddReports(batch)
+		in.queue.release(held)
 		// The store keeps copies: the next batch decodes into the same
 		// memory.
 		dec.Reuse()

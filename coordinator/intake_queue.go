@@ -27,6 +27,18 @@ type reportQueue struct {
 	n    int
 	// wake holds a token while reports may be waiting for a worker.
 	wake chan struct{}
+	// holds are the takers' holds (see hold).
+	holds []*hold
+}
+
+// A hold is what one taker (a worker, or the subscription's callback for
+// the reports push drops) moved out of the ring and has not yet let go of:
+// merged into the store, or marked there as shed. Until then such a report
+// is neither waiting nor in the store, and the window judge must not read
+// its second as if it were complete (see oldest).
+type hold struct {
+	// at is the receive time of the oldest report held; zero when none.
+	at time.Time
 }
 
 // queuedReport is a report and when it was received, by the intake's
@@ -44,9 +56,15 @@ func newReportQueue(size int) *reportQueue {
 // push queues m, received at at. When the queue is full the oldest report
 // makes room: it is returned (dropped.msg set), to be shed.
 func (q *reportQueue) push(m *nats.Msg, at time.Time) (dropped queuedReport) {
+	return q.pushHeld(nil, m, at)
+}
+
+// pushHeld is push whose dropped report h holds until release(h).
+func (q *reportQueue) pushHeld(h *hold, m *nats.Msg, at time.Time) (dropped queuedReport) {
 	q.mu.Lock()
 	if q.n == len(q.ring) {
 		dropped = q.ring[q.head]
+		q.keep(h, dropped.at)
 		q.ring[q.head] = queuedReport{m, at}
 		q.head = (q.head + 1) % len(q.ring)
 	} else {
@@ -62,7 +80,17 @@ func (q *reportQueue) push(m *nats.Msg, at time.Time) (dropped queuedReport) {
 // appending them to expired, and then moves up to len(buf) of the others
 // into buf, oldest first. It returns how many went to buf, and expired.
 func (q *reportQueue) take(buf []*nats.Msg, stale time.Time, expired []queuedReport) (int, []queuedReport) {
+	return q.takeHeld(nil, buf, stale, expired)
+}
+
+// takeHeld is take whose reports, those for buf and the expired ones, h
+// holds until release(h).
+func (q *reportQueue) takeHeld(h *hold, buf []*nats.Msg, stale time.Time, expired []queuedReport) (int, []queuedReport) {
 	q.mu.Lock()
+	if q.n > 0 {
+		// The head is the oldest of what is taken.
+		q.keep(h, q.ring[q.head].at)
+	}
 	for q.n > 0 && q.ring[q.head].at.Before(stale) {
 		expired = append(expired, q.ring[q.head])
 		q.ring[q.head] = queuedReport{}
@@ -84,6 +112,46 @@ func (q *reportQueue) take(buf []*nats.Msg, stale time.Time, expired []queuedRep
 		q.signal()
 	}
 	return k, expired
+}
+
+// newHold registers a taker's hold.
+func (q *reportQueue) newHold() *hold {
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	h := &hold{}
+	q.holds = append(q.holds, h)
+	return h
+}
+
+// keep has h hold a report received at at; q.mu is held.
+func (q *reportQueue) keep(h *hold, at time.Time) {
+	if h != nil && (h.at.IsZero() || at.Before(h.at)) {
+		h.at = at
+	}
+}
+
+// release lets go of what h held: merged, or marked as shed.
+func (q *reportQueue) release(h *hold) {
+	q.mu.Lock()
+	h.at = time.Time{}
+	q.mu.Unlock()
+}
+
+// oldest is the receive time of the oldest report waiting or held, and
+// whether there is one.
+func (q *reportQueue) oldest() (time.Time, bool) {
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	var at time.Time
+	if q.n > 0 {
+		at = q.ring[q.head].at
+	}
+	for _, h := range q.holds {
+		if !h.at.IsZero() && (at.IsZero() || h.at.Before(at)) {
+			at = h.at
+		}
+	}
+	return at, !at.IsZero()
 }
 
 func (q *reportQueue) signal() {

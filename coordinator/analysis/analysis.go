@@ -88,6 +88,25 @@ type Store struct {
 	kept keptChunks
 	// hints are the cells reports of two recent service-seconds went to.
 	hints [2]cellHint
+	// unsettled, when set, is the receive time of the oldest report
+	// intake holds and has neither merged nor marked as shed (see
+	// AwaitIntake).
+	unsettled func() (time.Time, bool)
+}
+
+// AwaitIntake has the window judge wait for intake: a window is read only
+// once every report received before its grace ended is merged or marked as
+// shed. unsettled returns the receive time of the oldest report still on
+// its way into the store, and whether there is one; it is called with the
+// store's lock held and must not take it.
+//
+// Without it a burst (a fleet reconnecting at once) that leaves reports
+// queued past a window's grace has the window judged on the part of the
+// fleet already merged, and the verdict kept.
+func (s *Store) AwaitIntake(unsettled func() (time.Time, bool)) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.unsettled = unsettled
 }
 
 // cellHint remembers the cells of one service-second by key. Reports
@@ -456,7 +475,15 @@ func (s *Store) Assess(r *sv1.Rollout, now time.Time) Assessment {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	out := Assessment{Method: spec.Method(sp.GetAnalysis())}
-	for start := first; !start.Add(win).Add(Grace).After(now); start = start.Add(win) {
+	// A window is closed once its grace has ended and every report
+	// received before then is in the store (or marked shed).
+	settled := now
+	if s.unsettled != nil {
+		if at, ok := s.unsettled(); ok && at.Before(settled) {
+			settled = at
+		}
+	}
+	for start := first; !start.Add(win).Add(Grace).After(settled); start = start.Add(win) {
 		key := cacheKey{rollout: r.GetId(), start: start.UnixNano(), wave: r.GetWave(), method: out.Method}
 		res, ok := s.cache[key]
 		if !ok {
