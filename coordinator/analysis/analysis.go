@@ -264,7 +264,8 @@ func (s *Store) addRollout(r *Report, id nodeID) {
 			if c = cells[k]; c == nil {
 				c = &cell{latency: sketch.New()}
 				cells[k] = c
-				s.size.bytes += cellBytes
+				// As the cell is let go: with its sketch.
+				s.size.bytes += cellBytes + int64(c.latency.SizeBytes())
 			}
 			hint.add(k, c)
 		}
