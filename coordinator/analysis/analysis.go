@@ -79,10 +79,21 @@ type Store struct {
 	size storeSize
 	// ids number the nodes for the 15-minute series, which then hold no
 	// pointers (nothing for the garbage collector to scan) and 4 bytes a
-	// name; names are the numbers' names. A node keeps its number for
-	// the store's life: the table grows with the nodes ever seen.
+	// name; names are the numbers' names ("" for a number let go). A node
+	// keeps its number while it reports; one silent for longer than the
+	// telemetry and the reports are kept is let go (forgetNodes), its
+	// number given to the next new node: with nodes that come and go
+	// under new names the table holds those of the last 16 minutes, not
+	// every name ever seen.
 	ids   map[string]nodeID
 	names []string
+	// seen is, per number, the newest second of any report (newestSec)
+	// when its node last reported; free are the numbers let go.
+	seen      []int64
+	free      []nodeID
+	newestSec int64
+	// sweptAt is newestSec when forgetNodes last ran.
+	sweptAt int64
 	// kept holds the memory of the reports waiting for the sequential
 	// tests.
 	kept keptChunks
@@ -167,16 +178,52 @@ func (h *cellHint) forget(service string, sec int64) {
 // nodeID numbers a node within one Store.
 type nodeID uint32
 
-// id numbers node, on first sight.
-func (s *Store) id(node string) nodeID {
+// id numbers node, on first sight, and notes it reported in sec.
+func (s *Store) id(node string, sec int64) nodeID {
+	s.newestSec = max(s.newestSec, sec)
 	id, ok := s.ids[node]
 	if !ok {
-		id = nodeID(len(s.names))
+		if n := len(s.free); n > 0 {
+			id = s.free[n-1]
+			s.free = s.free[:n-1]
+			s.names[id] = node
+		} else {
+			id = nodeID(len(s.names))
+			s.names = append(s.names, node)
+			s.seen = append(s.seen, 0)
+		}
 		s.ids[node] = id
-		s.names = append(s.names, node)
 		s.size.bytes += int64(len(node)) + nodeIDBytes
 	}
+	s.seen[id] = s.newestSec
 	return id
+}
+
+// nodeSweep is how often, in seconds of reports, forgetNodes runs.
+const nodeSweep = 60
+
+// forgetNodes lets go of the numbers of the nodes that have not reported
+// since before: whatever still names them (series of a service gone
+// quiet) is older than any window or drill reads. A sequential run that
+// numbered such a node forgets its slot, so the next node given the number
+// starts its own counts.
+func (s *Store) forgetNodes(before int64) {
+	for i, t := range s.seen {
+		id := nodeID(i)
+		name := s.names[id]
+		if name == "" || t >= before {
+			continue
+		}
+		delete(s.ids, name)
+		s.names[id] = ""
+		s.free = append(s.free, id)
+		s.size.bytes -= int64(len(name)) + nodeIDBytes
+		for _, run := range s.runs {
+			if int(id) < len(run.slots) {
+				run.slots[id] = 0
+			}
+		}
+	}
 }
 
 // nodeCell is all of one node's traffic in one second, whatever the rollout:
@@ -234,11 +281,15 @@ func (s *Store) AddReports(reps []*Report) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	for _, r := range reps {
-		id := s.id(r.Node)
+		id := s.id(r.Node, r.End)
 		s.addNode(r, id)
 		if r.Rollout != "" && r.Generation != 0 {
 			s.addRollout(r, id)
 		}
+	}
+	if s.newestSec >= s.sweptAt+nodeSweep {
+		s.sweptAt = s.newestSec
+		s.forgetNodes(s.newestSec - int64((Retention+ReportRetention)/time.Second))
 	}
 }
 
