@@ -562,13 +562,19 @@ strategy:
 	if g, _ := cp.gens.lastPublished("web"); g != genBefore {
 		t.Errorf("restart changed web's generation in the bucket from %d to %d", genBefore, g)
 	}
-	// Still waiting at the gate: no step was taken on its own.
-	view, err := f.WaitRollout(ctx, "web-blue-2", atStep(f, 1))
-	if err != nil {
+	// Still waiting at the gate: no step was taken on its own. (For 2 s
+	// after its start the leader first says it is still hearing from the
+	// fleet.)
+	if _, err := f.WaitRollout(ctx, "web-blue-2", func(v *sv1.RolloutView) error {
+		if err := atStep(f, 1)(v); err != nil {
+			return err
+		}
+		if !strings.Contains(v.GetWaiting(), "approval") {
+			return fmt.Errorf("web-blue-2 waits for %q after the restart, want approval", v.GetWaiting())
+		}
+		return nil
+	}); err != nil {
 		t.Fatal(err)
-	}
-	if !strings.Contains(view.GetWaiting(), "approval") {
-		t.Errorf("web-blue-2 waits for %q after the restart, want approval", view.GetWaiting())
 	}
 	if res, err := f.Run(ctx, "rollout", "approve", "web-blue-2"); err != nil || res.ExitCode != 0 {
 		t.Fatalf("approve: %v %+v", err, res)
