@@ -5,6 +5,7 @@ import (
 	"log/slog"
 	"runtime"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/nats-io/nats.go"
@@ -84,6 +85,9 @@ type intake struct {
 	// dropping holds the report the callback's push dropped until it is
 	// marked as shed.
 	dropping *hold
+	// heard is when the last report arrived (Unix nanoseconds); 0 before
+	// the first.
+	heard atomic.Int64
 
 	mu      sync.Mutex
 	pending map[shedKey]uint64
@@ -104,10 +108,18 @@ func newIntake(store *analysis.Store, m *intakeMetrics, reported chan<- struct{}
 
 // handle is the subscription's callback: it never blocks and never decodes.
 func (in *intake) handle(msg *nats.Msg) {
-	if old := in.queue.pushHeld(in.dropping, msg, in.now()); old.msg != nil {
+	now := in.now()
+	in.heard.Store(now.UnixNano())
+	if old := in.queue.pushHeld(in.dropping, msg, now); old.msg != nil {
 		in.shedQueued(shedQueueFull, old)
 		in.queue.release(in.dropping)
 	}
+}
+
+// lastHeard is when the last report arrived, if one did.
+func (in *intake) lastHeard() (time.Time, bool) {
+	n := in.heard.Load()
+	return time.Unix(0, n), n != 0
 }
 
 // unsettled is the receive time of the oldest report intake has neither

@@ -154,3 +154,40 @@ func TestAPI_OverviewWhileHearingTheFleetSaysSo(t *testing.T) {
 		t.Fatalf("overview while hearing the fleet: stale=%v reason %q; want stale, saying it is still hearing from the fleet", ov.GetStale(), ov.GetStaleReason())
 	}
 }
+
+// Off the bus a coordinator hears no report: the analysis store knows the
+// span (from the last report heard), so that no window reaching into it
+// passes, and the span ends when the coordinator is back.
+func TestCoordinator_OffTheBusTheWindowsAreMissingData(t *testing.T) {
+	_, url := startNATS(t)
+	link := newBusLink(t, url)
+	nc, err := nats.Connect(url)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(nc.Close)
+	c := startCoordinatorWith(t, link.url(), t.TempDir(), func(*Config) {})
+	// A report heard, then the link dies.
+	if err := nc.Publish(bus.TelemetrySubject("web", "edge-1"), []byte{}); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, "the report heard", 5*time.Second, func() bool { _, ok := c.srv.intake.lastHeard(); return ok })
+	heard, _ := c.srv.intake.lastHeard()
+	time.Sleep(1100 * time.Millisecond)
+	link.cut()
+	waitFor(t, "the coordinator to lose the bus", 10*time.Second, func() bool { return !c.srv.nc.IsConnected() })
+	if !c.srv.analysis.DeafIn(heard, heard) {
+		t.Fatal("the store does not know the coordinator stopped hearing reports at the last one heard")
+	}
+	time.Sleep(1100 * time.Millisecond)
+	link.restore()
+	waitFor(t, "the coordinator back on the bus", 10*time.Second, func() bool { return c.srv.nc.IsConnected() })
+	back := time.Now()
+	time.Sleep(1100 * time.Millisecond)
+	if !c.srv.analysis.DeafIn(back.Add(-2*time.Second), back.Add(-time.Second)) {
+		t.Error("the span off the bus was forgotten")
+	}
+	if after := time.Now(); c.srv.analysis.DeafIn(after.Add(time.Second), after.Add(2*time.Second)) {
+		t.Error("the coordinator is back on the bus and still counts itself deaf")
+	}
+}

@@ -586,11 +586,30 @@ func (s *Server) subscribe() ([]*nats.Subscription, error) {
 	// again as at start: a leader cut off for the stale period would
 	// otherwise take the first nodes it hears for the fleet, and count a
 	// step converged on them.
+	// Off the bus, it hears no report: the windows of that time are
+	// missing data, never a pass. A link that died silently is noticed
+	// late, so the span begins at the last report heard.
+	prevLost := s.nc.DisconnectErrHandler()
+	s.nc.SetDisconnectErrHandler(func(c *nats.Conn, err error) {
+		if prevLost != nil {
+			prevLost(c, err)
+		}
+		now := s.cfg.Clock.Now()
+		from := now
+		if heard, ok := s.intake.lastHeard(); ok && heard.Before(now) {
+			from = heard
+			if oldest := now.Add(-analysis.Retention); from.Before(oldest) {
+				from = oldest
+			}
+		}
+		s.analysis.Deaf(from)
+	})
 	prev := s.nc.ReconnectHandler()
 	s.nc.SetReconnectHandler(func(c *nats.Conn) {
 		if prev != nil {
 			prev(c)
 		}
+		s.analysis.Heard(s.cfg.Clock.Now())
 		s.fleet.relisten()
 		go s.askStatus()
 	})

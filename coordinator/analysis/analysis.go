@@ -76,6 +76,9 @@ type Store struct {
 	// shed counts, per service and second, the reports intake had to
 	// drop: those node-seconds are missing data.
 	shed map[string]map[int64]uint64
+	// deaf are the spans in which this coordinator was off the bus and
+	// heard no report of any node: missing data too.
+	deaf []deafSpan
 	size storeSize
 	// ids number the nodes for the 15-minute series, which then hold no
 	// pointers (nothing for the garbage collector to scan) and 4 bytes a
@@ -604,6 +607,10 @@ func (s *Store) judgeWindow(r *sv1.Rollout, start, end time.Time) WindowResult {
 		base = s.window(svc, id, sp.GetFrom(), AnyWave, start, end)
 	}
 	res := missing(Judge(sp.GetAnalysis(), sp.GetTo(), sp.GetFrom(), cand, base), s.shedIn(svc, start, end))
+	if res.Verdict == Pass && s.deafIn(start, end) {
+		res.Verdict = Inconclusive
+		res.Reason = "this coordinator was off the bus for part of this window and heard nobody's reports then: missing data is never a pass"
+	}
 	res.Start, res.End = start, end
 	return res
 }

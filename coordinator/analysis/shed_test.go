@@ -204,3 +204,44 @@ func windowsRollout(t0 time.Time) *sv1.Rollout {
 	spec.Default(sp)
 	return &sv1.Rollout{Id: "r1", Spec: sp, CreatedAt: timestamppb.New(t0)}
 }
+
+// A coordinator off the bus hears no report of any node: the windows of
+// that time are missing data, whatever reports it did get, and a window
+// after it is judged as usual.
+func TestStore_WindowsWhileOffTheBusAreMissingNeverAPass(t *testing.T) {
+	t0 := time.Date(2026, 1, 1, 12, 0, 0, 0, time.UTC)
+	r := windowsRollout(t0)
+	s := NewStore()
+	// 30 s of good reports from 10 nodes; the coordinator was off the bus
+	// from second 12 to 14 and got only node a's reports of it (sent
+	// before the link died, read after).
+	for sec := 1; sec <= 30; sec++ {
+		for n := range 10 {
+			node := string(rune('a' + n))
+			if sec >= 12 && sec <= 14 && node != "a" {
+				continue
+			}
+			if err := s.Add(report(node, t0.Add(time.Duration(sec)*time.Second), 0,
+				backend("green", 10, 0, 20*time.Millisecond), backend("blue", 90, 0, 20*time.Millisecond))); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	if v := s.Assess(r, t0.Add(10*time.Second+Grace)).Windows[1].Verdict; v != Pass {
+		t.Fatalf("window (5 s, 10 s] %v before the coordinator lost the bus", v)
+	}
+	s.Deaf(t0.Add(12 * time.Second))
+	// While it lasts, no window reaching into it passes.
+	if w := s.Assess(r, t0.Add(15*time.Second+Grace)).Windows[2]; w.Verdict != Inconclusive || !strings.Contains(w.Reason, "off the bus") {
+		t.Fatalf("window (10 s, 15 s] while off the bus: %v %q", w.Verdict, w.Reason)
+	}
+	s.Heard(t0.Add(14 * time.Second))
+	a := s.Assess(r, t0.Add(30*time.Second+Grace))
+	var got []string
+	for _, w := range a.Windows {
+		got = append(got, w.Verdict.String())
+	}
+	if want := "pass pass inconclusive pass pass pass"; strings.Join(got, " ") != want {
+		t.Fatalf("windows %s, want %s", strings.Join(got, " "), want)
+	}
+}

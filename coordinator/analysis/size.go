@@ -2,6 +2,7 @@ package analysis
 
 import (
 	"fmt"
+	"slices"
 	"time"
 )
 
@@ -126,6 +127,59 @@ func (s *Store) shedIn(service string, start, end time.Time) uint64 {
 		n += series[sec]
 	}
 	return n
+}
+
+// deafSpan is a span of Unix seconds, from and to inclusive, in which the
+// coordinator heard no report; to is 0 while it lasts.
+type deafSpan struct{ from, to int64 }
+
+// Deaf records that this coordinator is off the bus since from: every
+// service's reports of that time are lost to it, and no window that
+// reaches into it passes. Heard ends the span.
+func (s *Store) Deaf(from time.Time) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if n := len(s.deaf); n > 0 && s.deaf[n-1].to == 0 {
+		return // still deaf
+	}
+	cut := from.Add(-Retention).Unix()
+	s.deaf = slices.DeleteFunc(s.deaf, func(d deafSpan) bool { return d.to < cut })
+	s.deaf = append(s.deaf, deafSpan{from: from.Unix()})
+	// A window already judged a pass whose reports were still coming in
+	// when the coordinator stopped hearing them is judged again.
+	for k, res := range s.cache {
+		if res.Verdict == Pass && res.End.Unix()+1 >= from.Unix() {
+			delete(s.cache, k)
+		}
+	}
+}
+
+// Heard ends the span Deaf began, at to: the reports of that second may
+// be lost too.
+func (s *Store) Heard(to time.Time) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if n := len(s.deaf); n > 0 && s.deaf[n-1].to == 0 {
+		s.deaf[n-1].to = max(to.Unix(), s.deaf[n-1].from)
+	}
+}
+
+// DeafIn reports whether the coordinator was off the bus in (start, end]
+// or the second after (when a window's last reports arrive).
+func (s *Store) DeafIn(start, end time.Time) bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.deafIn(start, end)
+}
+
+func (s *Store) deafIn(start, end time.Time) bool {
+	lo, hi := start.Unix()+1, end.Unix()+1
+	for _, d := range s.deaf {
+		if d.from <= hi && (d.to == 0 || d.to >= lo) {
+			return true
+		}
+	}
+	return false
 }
 
 // missing turns a passing window with shed reports into an inconclusive
