@@ -11,7 +11,6 @@ import (
 	"github.com/nats-io/nats.go"
 
 	"github.com/switchyard/switchyard/bus"
-	sv1 "github.com/switchyard/switchyard/proto/switchyard/v1"
 )
 
 // busLink is a TCP link between a coordinator and NATS that the test can
@@ -106,28 +105,10 @@ func TestCoordinator_BackOnTheBusWaitsForTheWholeFleet(t *testing.T) {
 	time.Sleep(1500 * time.Millisecond) // past the stale period: every node is stale
 
 	// edge-2 has not applied; its heartbeat is far off, it answers asks.
-	asks, err := nc.Subscribe(bus.StatusAskSubject, func(*nats.Msg) {
-		time.AfterFunc(300*time.Millisecond, func() { publishStatus(t, nc, "edge-2", gen-1) })
-	})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer asks.Unsubscribe()
-	if err := nc.Flush(); err != nil {
-		t.Fatal(err)
-	}
+	answerAsks(t, nc, "edge-2", gen-1)
 	link.restore()
 	waitFor(t, "the coordinator back on the bus", 10*time.Second, func() bool { return c.srv.nc.IsConnected() })
-	// edge-1's heartbeat comes first: it applied.
-	publishStatus(t, nc, "edge-1", gen)
-	time.Sleep(statusAskGrace + 500*time.Millisecond)
-	if p := rolloutPhase(c, "web-1"); p != sv1.RolloutPhase_ROLLOUT_PHASE_PROGRESSING {
-		t.Fatalf("phase %v with edge-2 not applied (it answered the ask)", p)
-	}
-	publishStatus(t, nc, "edge-2", gen)
-	waitFor(t, "completion", 5*time.Second, func() bool {
-		return rolloutPhase(c, "web-1") == sv1.RolloutPhase_ROLLOUT_PHASE_COMPLETED
-	})
+	heldForTheWholeFleet(t, nc, c, gen)
 }
 
 // While a coordinator is still hearing from the fleet (just started, or

@@ -206,18 +206,33 @@ func TestCoordinator_RestartedMidRolloutWaitsForTheWholeFleet(t *testing.T) {
 	c.stop()
 
 	// edge-2 has not applied; its heartbeat is far off, it answers asks.
+	answerAsks(t, nc, "edge-2", gen-1)
+	c = startCoordinator(t, url, dir)
+	heldForTheWholeFleet(t, nc, c, gen)
+}
+
+// answerAsks has node answer every status ask, a moment later, with a
+// status at generation gen (and no heartbeat otherwise).
+func answerAsks(t *testing.T, nc *nats.Conn, node string, gen uint64) {
+	t.Helper()
 	asks, err := nc.Subscribe(bus.StatusAskSubject, func(*nats.Msg) {
-		time.AfterFunc(300*time.Millisecond, func() { publishStatus(t, nc, "edge-2", gen-1) })
+		time.AfterFunc(300*time.Millisecond, func() { publishStatus(t, nc, node, gen) })
 	})
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer asks.Unsubscribe()
+	t.Cleanup(func() { _ = asks.Unsubscribe() })
 	if err := nc.Flush(); err != nil {
 		t.Fatal(err)
 	}
-	c = startCoordinator(t, url, dir)
-	// edge-1's heartbeat comes first: it applied.
+}
+
+// heldForTheWholeFleet: a coordinator that has just (re)started listening
+// hears edge-1, which applied web-1's generation gen, first; edge-2, which
+// has not, answers its ask. The rollout must wait for edge-2, and complete
+// once it applied.
+func heldForTheWholeFleet(t *testing.T, nc *nats.Conn, c *testCoordinator, gen uint64) {
+	t.Helper()
 	publishStatus(t, nc, "edge-1", gen)
 	time.Sleep(statusAskGrace + time.Second)
 	if p := rolloutPhase(c, "web-1"); p != sv1.RolloutPhase_ROLLOUT_PHASE_PROGRESSING {
