@@ -13,9 +13,9 @@ import (
 // CheckPlan refuses steps that Validate lets by but that cannot run as
 // written: a pause of no time (the controller takes it for a pause until
 // approved), an analysis step where the new backend has no weight (it can
-// never pass, so the rollout would wait forever), and a setWeight below an
-// earlier one of the same steps (a canary only rises; abort rolls back),
-// and a wave that an earlier one leaves no node to.
+// never pass, so the rollout would wait forever), and a wave that an
+// earlier one leaves no node to. A setWeight may fall: a soak back at a
+// smaller share, or switches back and forth, are plans too.
 // Like CheckFinite it runs where a spec is read (Parse) and where the
 // leader checks an intent before commit, never in the state machine:
 // rollouts committed before it must replay as they applied.
@@ -42,16 +42,12 @@ func CheckPlan(s *sv1.RolloutSpec) error {
 		// Waves that share the strategy's steps find the same problems;
 		// each is reported once.
 		zeroOK := i > 0 && !sequential
-		weight, at := uint32(0), -1
+		weight := uint32(0)
 		for j, st := range pw.Steps {
 			p := fmt.Sprintf("%s[%d]", path, j)
 			switch k := st.GetKind().(type) {
 			case *sv1.Step_SetWeight:
-				if at >= 0 && k.SetWeight < weight && !hasPath(errs, p+".setWeight") {
-					add(p+".setWeight", "%d is below %d set at %s[%d]; the weight of the new backend only rises within a wave "+
-						"(want %d..100 here; `rollout abort` moves traffic back)", k.SetWeight, weight, path, at, weight)
-				}
-				weight, at = k.SetWeight, j
+				weight = k.SetWeight
 			case *sv1.Step_Pause:
 				if d := k.Pause.GetDuration(); d != nil && d.AsDuration() == 0 && !hasPath(errs, p+".pause.duration") {
 					add(p+".pause.duration", "0s is no pause, and a pause without a duration waits for `rollout approve`; "+
