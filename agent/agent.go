@@ -467,16 +467,21 @@ func (a *Agent) Run(ctx context.Context) error {
 	if _, err := nc.Subscribe(bus.DrillsAll(), drills.onMsg); err != nil {
 		return fmt.Errorf("subscribe to drills: %w", err)
 	}
-	// A coordinator that has just started asks every agent for its status
-	// (within the status window), so that it does not take the nodes it has
-	// heard from for the fleet.
-	if _, err := nc.Subscribe(bus.StatusAskSubject, func(*nats.Msg) { a.statusDirty() }); err != nil {
-		return fmt.Errorf("subscribe to status asks: %w", err)
-	}
-	// The leader's beacon tells a node cut off behind a connection that is
-	// still up (a PoP's leaf server without the hub).
-	if _, err := nc.Subscribe(bus.BeaconSubject, func(*nats.Msg) { a.heardBeacon() }); err != nil {
-		return fmt.Errorf("subscribe to the leader's beacon: %w", err)
+	// What the coordinators say to every agent, on one subscription: a
+	// coordinator that has just started asks for the status (answered
+	// within the status window), so that it does not take the nodes it has
+	// heard from for the fleet; the leader's beacon tells a node cut off
+	// behind a connection that is still up (a PoP's leaf server without the
+	// hub).
+	if _, err := nc.Subscribe(bus.FleetAll(), func(m *nats.Msg) {
+		switch m.Subject {
+		case bus.StatusAskSubject:
+			a.statusDirty()
+		case bus.BeaconSubject:
+			a.heardBeacon()
+		}
+	}); err != nil {
+		return fmt.Errorf("subscribe to the coordinators' word to the fleet: %w", err)
 	}
 	js, err := a.cfg.NATSClient.JetStream(nc)
 	if err != nil {

@@ -108,7 +108,7 @@ func RolePermissions(role Role) (Permissions, error) {
 		pub = append(pub, kvGet(DrillsBucket)...)
 		return Permissions{
 			Publish:   pub,
-			Subscribe: []string{"$KV." + DesiredBucket + ".>", DrillsAll(), StatusAskSubject, BeaconSubject, inbox},
+			Subscribe: []string{"$KV." + DesiredBucket + ".>", DrillsAll(), FleetAll(), inbox},
 		}, nil
 	case RoleCoordinator:
 		// A coordinator writes the documents every node obeys; denying
@@ -125,7 +125,7 @@ func RolePermissions(role Role) (Permissions, error) {
 				AuditSubjects(),
 				// A coordinator that starts asks the fleet for its status;
 				// the leader says that it leads.
-				StatusAskSubject, BeaconSubject,
+				FleetAll(),
 				"$JS.ACK." + IntentStream + ".>",
 				"$JS.FC.>",
 				// Intent results go to the sender's inbox, named in a header.

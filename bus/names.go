@@ -32,12 +32,15 @@ const (
 	// BeaconInterval, that it leads: an agent that stops hearing it while
 	// its own NATS connection stays up (a PoP's leaf server cut off from
 	// the hub) knows the coordinators cannot see or steer it.
-	BeaconSubject = "switchyard.beacon"
+	BeaconSubject = fleetPrefix + ".beacon"
 	// StatusAskSubject is where a coordinator that has just started asks
 	// every agent for its status, so that it knows the fleet within a
 	// status window rather than a heartbeat. Outside switchyard.status.*,
 	// which names nodes.
-	StatusAskSubject = "switchyard.ask.status"
+	StatusAskSubject = fleetPrefix + ".ask"
+	// fleetPrefix: switchyard.fleet.<what>, what the coordinators say to
+	// every agent (one subscription an agent).
+	fleetPrefix = "switchyard.fleet"
 	// queryPrefix: switchyard.query.<what>, served by every coordinator in a
 	// queue group from its local replica.
 	queryPrefix = "switchyard.query"
@@ -146,6 +149,10 @@ func TelemetryAll() string { return telemetryPrefix + ".>" }
 
 // StatusSubject is where a node publishes its AgentStatus.
 func StatusSubject(node string) string { return statusPrefix + "." + node }
+
+// FleetAll matches what the coordinators say to every agent: the status
+// ask and the leader's beacon.
+func FleetAll() string { return fleetPrefix + ".*" }
 
 // StatusAll matches every AgentStatus.
 func StatusAll() string { return statusPrefix + ".*" }
