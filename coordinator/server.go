@@ -582,10 +582,6 @@ func (s *Server) subscribe() ([]*nats.Subscription, error) {
 	}
 	s.fleet.listening()
 	s.askStatus()
-	// Back on the bus after losing it, the coordinator hears the fleet
-	// again as at start: a leader cut off for the stale period would
-	// otherwise take the first nodes it hears for the fleet, and count a
-	// step converged on them.
 	// Off the bus, it hears no report: the windows of that time are
 	// missing data, never a pass. A link that died silently is noticed
 	// late, so the span begins at the last report heard.
@@ -604,6 +600,10 @@ func (s *Server) subscribe() ([]*nats.Subscription, error) {
 		}
 		s.analysis.Deaf(from)
 	})
+	// Back on the bus after losing it, the coordinator hears the fleet
+	// again as at start: a leader cut off for the stale period would
+	// otherwise take the first nodes it hears for the fleet, and count a
+	// step converged on them.
 	prev := s.nc.ReconnectHandler()
 	s.nc.SetReconnectHandler(func(c *nats.Conn) {
 		if prev != nil {
