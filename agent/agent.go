@@ -281,8 +281,9 @@ func (a *Agent) CutOffFor() (d time.Duration, how string, ok bool) {
 		a.log.Warn("no leading coordinator heard; the coordinators cannot see or steer this node (the local guard may act)",
 			"last_heard", silent.Round(time.Second), "bus_connected", !ok)
 	}
-	if ok && d >= silent {
-		return d, "bus lost", true
+	if ok {
+		// Off the bus: cut off since the last beacon heard.
+		return max(d, silent), "bus lost", true
 	}
 	return silent, "no coordinator heard", true
 }

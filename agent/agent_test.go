@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"log/slog"
 	"maps"
 	"net"
 	"net/http"
@@ -21,6 +22,7 @@ import (
 	"github.com/switchyard/switchyard/agent/driver"
 	"github.com/switchyard/switchyard/agent/state"
 	"github.com/switchyard/switchyard/bus"
+	"github.com/switchyard/switchyard/internal/clock"
 	"github.com/switchyard/switchyard/internal/desired"
 	"github.com/switchyard/switchyard/internal/haproxyproc"
 	sv1 "github.com/switchyard/switchyard/proto/switchyard/v1"
@@ -678,5 +680,41 @@ func TestAgent_DriftRepairedWhilePreflightFails(t *testing.T) {
 	}
 	if drv.triedWeights(map[string]uint32{"blue": 0, "green": 100}) {
 		t.Fatal("generation 2 reached the proxy although green's preflight fails")
+	}
+}
+
+// How long a node has been cut off from the coordinators, and how it knows:
+// by its connection alone until it has heard a leader's beacon; then also
+// by the beacon going silent, the connection up; off the bus, since the
+// last beacon.
+func TestAgent_CutOffByTheConnectionOrTheLeadersSilence(t *testing.T) {
+	fake := clock.NewFake(time.Date(2026, 1, 1, 12, 0, 0, 0, time.UTC))
+	a, err := New(testConfig(t, "nats://127.0.0.1:1"), Options{Logger: slog.New(slog.DiscardHandler), Clock: fake})
+	if err != nil {
+		t.Fatal(err)
+	}
+	a.busFound()
+	fake.Advance(time.Minute)
+	if d, how, cut := a.CutOffFor(); cut {
+		t.Fatalf("connected, no beacon ever heard: cut off (%s for %s)", how, d)
+	}
+	a.heardBeacon()
+	fake.Advance(beaconOverdue - time.Second)
+	if d, how, cut := a.CutOffFor(); cut {
+		t.Fatalf("beacon %s ago: cut off (%s for %s)", beaconOverdue-time.Second, how, d)
+	}
+	fake.Advance(2 * time.Second)
+	if d, how, cut := a.CutOffFor(); !cut || how != "no coordinator heard" || d != beaconOverdue+time.Second {
+		t.Fatalf("beacon overdue, connected: %v %q %s", cut, how, d)
+	}
+	a.busLost()
+	fake.Advance(time.Second)
+	if d, how, cut := a.CutOffFor(); !cut || how != "bus lost" || d != beaconOverdue+2*time.Second {
+		t.Fatalf("off the bus: %v %q %s, want bus lost since the last beacon", cut, how, d)
+	}
+	a.busFound()
+	a.heardBeacon()
+	if d, how, cut := a.CutOffFor(); cut {
+		t.Fatalf("back, beacon heard: cut off (%s for %s)", how, d)
 	}
 }
