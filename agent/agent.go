@@ -413,8 +413,15 @@ func (a *Agent) Run(ctx context.Context) error {
 		}
 	}
 	// startPolled is set when Run itself reads the documents on the first
-	// connection, so the connect handler need not read them again.
-	var startPolled atomic.Bool
+	// connection, so the connect handler need not read them again. The
+	// handler decides and asks for its read under startMu, and Run sets
+	// startPolled and takes back any read asked for before under it too:
+	// otherwise a handler that looked before Run decided could ask after
+	// Run took the asks back, and every document be read twice.
+	var (
+		startMu     sync.Mutex
+		startPolled bool
+	)
 	// RetryOnFailedConnect: an edge node that boots while the bus is
 	// unreachable (a WAN link down, NATS restarting) must still serve from
 	// its local state; the connection keeps trying in the background and
@@ -433,7 +440,9 @@ func (a *Agent) Run(ctx context.Context) error {
 		nats.SetCustomDialer(drills.gate),
 		nats.ConnectHandler(func(c *nats.Conn) {
 			a.busFound()
-			if startPolled.Load() {
+			startMu.Lock()
+			defer startMu.Unlock()
+			if startPolled {
 				// Run read every document on this connection already.
 				a.log.Info("nats connected", "url", c.ConnectedUrlRedacted())
 				return
@@ -492,18 +501,20 @@ func (a *Agent) Run(ctx context.Context) error {
 	p := &desiredPoller{js: js, log: a.log, m: a.m}
 	if nc.IsConnected() {
 		a.busFound()
-		startPolled.Store(true)
+		startMu.Lock()
+		startPolled = true
+		// A connect handler that ran before asked for the read Run makes
+		// now.
+		select {
+		case <-reconnected:
+		default:
+		}
+		startMu.Unlock()
 		if err := nc.FlushTimeout(busTimeout); err != nil {
 			a.log.Warn("subscribe to desired state: flush; the next resync catches up", "err", err)
 		}
 		p.poll(ctx, res.workers)
 		drills.requestPoll()
-		// A connect handler that ran before startPolled was set asked for
-		// the same read; it is done.
-		select {
-		case <-reconnected:
-		default:
-		}
 	} else {
 		a.log.Warn("nats unreachable at start; serving from local state and retrying in the background", "url", a.natsURL)
 	}
