@@ -110,7 +110,7 @@ func newIntake(store *analysis.Store, m *intakeMetrics, reported chan<- struct{}
 func (in *intake) handle(msg *nats.Msg) {
 	now := in.now()
 	in.heard.Store(now.UnixNano())
-	if old := in.queue.pushHeld(in.dropping, msg, now); old.msg != nil {
+	if old := in.queue.push(in.dropping, msg, now); old.msg != nil {
 		in.shedQueued(shedQueueFull, old)
 		in.queue.release(in.dropping)
 	}

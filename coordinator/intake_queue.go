@@ -54,13 +54,9 @@ func newReportQueue(size int) *reportQueue {
 }
 
 // push queues m, received at at. When the queue is full the oldest report
-// makes room: it is returned (dropped.msg set), to be shed.
-func (q *reportQueue) push(m *nats.Msg, at time.Time) (dropped queuedReport) {
-	return q.pushHeld(nil, m, at)
-}
-
-// pushHeld is push whose dropped report h holds until release(h).
-func (q *reportQueue) pushHeld(h *hold, m *nats.Msg, at time.Time) (dropped queuedReport) {
+// makes room: it is returned (dropped.msg set), to be shed, and h (when not
+// nil) holds it until release(h).
+func (q *reportQueue) push(h *hold, m *nats.Msg, at time.Time) (dropped queuedReport) {
 	q.mu.Lock()
 	if q.n == len(q.ring) {
 		dropped = q.ring[q.head]

@@ -30,7 +30,7 @@ func TestReportQueue_OldestFirstAndTheOldestDropped(t *testing.T) {
 		return out
 	}
 	for i := range 3 {
-		if d := q.push(queued(i), time.Time{}); d.msg != nil {
+		if d := q.push(nil, queued(i), time.Time{}); d.msg != nil {
 			t.Fatalf("push %d dropped %s with room left", i, d.msg.Subject)
 		}
 	}
@@ -41,14 +41,14 @@ func TestReportQueue_OldestFirstAndTheOldestDropped(t *testing.T) {
 	// 2 waits; 3..5 fill the queue past the ring's end, 6 and 7 each drop
 	// the oldest (2, then 3).
 	for i := 3; i <= 5; i++ {
-		if d := q.push(queued(i), time.Time{}); d.msg != nil {
+		if d := q.push(nil, queued(i), time.Time{}); d.msg != nil {
 			t.Fatalf("push %d dropped %s", i, d.msg.Subject)
 		}
 	}
-	if d := q.push(queued(6), time.Time{}); d.msg == nil || d.msg.Subject != "2" {
+	if d := q.push(nil, queued(6), time.Time{}); d.msg == nil || d.msg.Subject != "2" {
 		t.Fatalf("push 6 dropped %v, want the oldest, 2", d.msg)
 	}
-	if d := q.push(queued(7), time.Time{}); d.msg == nil || d.msg.Subject != "3" {
+	if d := q.push(nil, queued(7), time.Time{}); d.msg == nil || d.msg.Subject != "3" {
 		t.Fatalf("push 7 dropped %v, want the oldest, 3", d.msg)
 	}
 	if q.len() != 4 {
@@ -58,8 +58,8 @@ func TestReportQueue_OldestFirstAndTheOldestDropped(t *testing.T) {
 	if n := take(q, buf); n != 4 || fmt.Sprint(subjects(buf[:n])) != "[4 5 6 7]" {
 		t.Fatalf("took %v, want [4 5 6 7]", subjects(buf[:n]))
 	}
-	q.push(queued(8), time.Time{})
-	q.push(queued(9), time.Time{})
+	q.push(nil, queued(8), time.Time{})
+	q.push(nil, queued(9), time.Time{})
 	if n := take(q, buf[:1]); n != 1 || buf[0].Subject != "8" {
 		t.Fatalf("took %v, want [8]", subjects(buf[:n]))
 	}
@@ -116,7 +116,7 @@ func TestReportQueue_EveryReportTakenOrDroppedOnce(t *testing.T) {
 		go func() {
 			defer producing.Done()
 			for i := range each {
-				if d := q.push(queued(p*each+i), time.Time{}); d.msg != nil {
+				if d := q.push(nil, queued(p*each+i), time.Time{}); d.msg != nil {
 					note(d.msg)
 				}
 			}
@@ -143,7 +143,7 @@ func TestReportQueue_EveryReportTakenOrDroppedOnce(t *testing.T) {
 func TestReportQueue_TakeDropsWhatWaitedTooLong(t *testing.T) {
 	q := newReportQueue(8)
 	for i := range 6 {
-		q.push(queued(i), time.Unix(100+int64(i), 0)) // received at 100..105
+		q.push(nil, queued(i), time.Unix(100+int64(i), 0)) // received at 100..105
 	}
 	buf := make([]*nats.Msg, 2)
 	n, expired := q.take(buf, time.Unix(103, 0), nil)
