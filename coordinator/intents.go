@@ -297,7 +297,10 @@ func (s *Server) checkCurrent(in *sv1.Intent, signer string) (string, error) {
 	if a := in.GetApplyRollout(); a != nil {
 		sp := proto.Clone(a.GetSpec()).(*sv1.RolloutSpec)
 		spec.Default(sp)
-		return st.CheckNewRollout(sp)
+		if code, err := st.CheckNewRollout(sp); err != nil {
+			return code, err
+		}
+		return st.CheckGates(sp)
 	}
 	if code, err := st.CheckAuthorName(signer, in); err != nil {
 		return code, err

@@ -6,6 +6,7 @@ import (
 	"time"
 
 	"google.golang.org/protobuf/proto"
+	"google.golang.org/protobuf/types/known/durationpb"
 
 	"github.com/switchyard/switchyard/bus"
 	sv1 "github.com/switchyard/switchyard/proto/switchyard/v1"
@@ -188,5 +189,85 @@ func TestAcl_AuthorWithANewKeyMayNotApproveOwnRollout(t *testing.T) {
 	}
 	if r := c.srv.fsm.State().Rollout("r1"); r.GetStartGate() {
 		t.Fatal("bob's approval did not open the gate")
+	}
+}
+
+// Under a two-person policy that requires gates, a rollout must wait for an
+// approval before a wave takes all its traffic: a spec whose author
+// declared no gate would otherwise move the whole fleet on the author's
+// word alone. A manualGate or a pause: {} before the wave reaches 100
+// passes; services outside the policy's pattern are not held; without the
+// requirement the author's spec decides, as before.
+func TestAcl_PolicyRequiringGatesRefusesARolloutWithoutAGate(t *testing.T) {
+	nc, url := startNATS(t)
+	root, alice := newUser(t), newUser(t)
+	c := startCoordinatorWithAdmin(t, url, t.TempDir(), root)
+	policy := &sv1.Intent{Id: "pol", Action: &sv1.Intent_Acl{Acl: &sv1.AclChange{Change: &sv1.AclChange_Policy{Policy: &sv1.AclPolicy{Approvals: 1, ApprovalServices: "web*", RequireGates: true}}}}}
+	for _, in := range []*sv1.Intent{
+		grantIntent("g1", alice, "alice", "deployer", "*"),
+		policy,
+	} {
+		if res := sendSigned(t, nc, root, bus.IntentKindAcl, in); !res.GetAccepted() {
+			t.Fatal(res)
+		}
+	}
+	canary := func(steps ...*sv1.Step) *sv1.Strategy {
+		return &sv1.Strategy{Kind: &sv1.Strategy_Canary{Canary: &sv1.Canary{Steps: steps}}}
+	}
+	weight := func(w uint32) *sv1.Step { return &sv1.Step{Kind: &sv1.Step_SetWeight{SetWeight: w}} }
+	untimed := &sv1.Step{Kind: &sv1.Step_Pause{Pause: &sv1.Pause{}}}
+	timed := &sv1.Step{Kind: &sv1.Step_Pause{Pause: &sv1.Pause{Duration: durationpb.New(time.Minute)}}}
+	for _, tc := range []struct {
+		name    string
+		edit    func(*sv1.RolloutSpec)
+		refused string // the field the refusal names; "" when accepted
+	}{
+		{"blue-green without waves", func(*sv1.RolloutSpec) {}, `wave "all"`},
+		{"canary with timed pauses only", func(sp *sv1.RolloutSpec) { sp.Strategy = canary(weight(10), timed, weight(50)) }, `wave "all"`},
+		{"approval only once all traffic moved", func(sp *sv1.RolloutSpec) { sp.Strategy = canary(weight(10), weight(100), untimed) }, `wave "all"`},
+		{"second wave ungated", func(sp *sv1.RolloutSpec) {
+			sp.Waves = []*sv1.WaveSpec{{Name: "one", BasisPoints: 1000, ManualGate: true}, {Name: "two", BasisPoints: 10000}}
+		}, "spec.waves[1]"},
+		{"every wave gated", func(sp *sv1.RolloutSpec) {
+			sp.Waves = []*sv1.WaveSpec{{Name: "one", BasisPoints: 1000, ManualGate: true}, {Name: "two", BasisPoints: 10000, ManualGate: true}}
+		}, ""},
+		{"canary waiting for approval at 10%", func(sp *sv1.RolloutSpec) { sp.Strategy = canary(weight(10), untimed, weight(50)) }, ""},
+		{"a service outside the policy", func(sp *sv1.RolloutSpec) { sp.Service = "api" }, ""},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			name := strings.ReplaceAll(strings.ReplaceAll(tc.name, " ", "-"), "%", "pc")
+			in := applyIntent("apply-"+name, name)
+			sp := in.GetApplyRollout().GetSpec()
+			sp.Service = "web-" + name // a service of its own: an accepted rollout holds it
+			tc.edit(sp)
+			res := sendSigned(t, nc, alice, bus.IntentKindRollout, in)
+			if tc.refused == "" {
+				if !res.GetAccepted() {
+					t.Fatalf("refused: %v", res)
+				}
+				return
+			}
+			if res.GetAccepted() || res.GetCode() != "two_person" || !strings.Contains(res.GetError(), tc.refused) || !strings.Contains(res.GetError(), "manualGate: true") {
+				t.Fatalf("want a two_person refusal naming %s, got %v", tc.refused, res)
+			}
+			if c.srv.fsm.State().Rollout(name) != nil {
+				t.Fatal("the refused rollout is in the state")
+			}
+		})
+	}
+
+	setPolicy := func(id string, pol *sv1.AclPolicy) *sv1.IntentResult {
+		return sendSigned(t, nc, root, bus.IntentKindAcl, &sv1.Intent{Id: id, Action: &sv1.Intent_Acl{Acl: &sv1.AclChange{Change: &sv1.AclChange_Policy{Policy: pol}}}})
+	}
+	if res := setPolicy("pol-0", &sv1.AclPolicy{RequireGates: true}); res.GetAccepted() || !strings.Contains(res.GetError(), "--require-gates") {
+		t.Fatalf("gates required with no approvals: %v", res)
+	}
+	if res := setPolicy("pol-2", &sv1.AclPolicy{Approvals: 1, ApprovalServices: "web*"}); !res.GetAccepted() {
+		t.Fatal(res)
+	}
+	in := applyIntent("apply-ungated", "ungated")
+	in.GetApplyRollout().GetSpec().Service = "web-ungated"
+	if res := sendSigned(t, nc, alice, bus.IntentKindRollout, in); !res.GetAccepted() {
+		t.Fatalf("without --require-gates an ungated rollout is the author's choice: %v", res)
 	}
 }

@@ -115,10 +115,10 @@ func TestAcl_RefusalsAndACanaryAreAuditedAndVerifyAcrossALeaderKill(t *testing.T
 	must(run("", "acl", "grant", "--key", alice, "--name", "alice", "--role", "approver", "--services", "web"))
 	must(run("", "acl", "grant", "--key", bob, "--name", "bob", "--role", "approver"))
 	must(run("", "acl", "grant", "--key", val, "--name", "val", "--role", "viewer"))
-	must(run("", "acl", "policy", "--approvals", "1"))
+	must(run("", "acl", "policy", "--approvals", "1", "--require-gates"))
 	list := run(val, "acl", "list")
 	must(list)
-	for _, w := range []string{"alice", "deployer on web", "approver on web", "bob", "val", "approvals 1"} {
+	for _, w := range []string{"alice", "deployer on web", "approver on web", "bob", "val", "approvals 1", "a gate on every wave"} {
 		if !strings.Contains(list.Stdout, w) {
 			t.Fatalf("acl list lacks %q:\n%s", w, list.Stdout)
 		}
@@ -133,6 +133,11 @@ func TestAcl_RefusalsAndACanaryAreAuditedAndVerifyAcrossALeaderKill(t *testing.T
 	refused(run(eve, "rollout", "apply", "-f", spec), "unknown_key", "no principal holds key")
 	refused(run(val, "rollout", "apply", "-f", spec), "forbidden", `val (`, `lacks role "deployer" on service "web"`, "apply_rollout needs role deployer")
 	refused(run(alice, "chaos", "run", "-f", writeSpec(t, "acl-drill", aclDrill)), "forbidden", `lacks role "chaos"`, "run_drill needs role chaos")
+	refused(run(alice, "rollout", "apply", "-f", writeSpec(t, "web-ungated", blueGreenSpec("web-ungated", harness.Blue, harness.Green))),
+		"two_person", `wave "all" would take all of service "web"'s traffic without an approval`, "manualGate: true")
+	// The pipeline below applies a rollout without gates: the approvals
+	// stay, the requirement goes.
+	must(run("", "acl", "policy", "--require-gates=false"))
 
 	// The right people: alice applies; the automatic advance takes the
 	// canary to the manual gate; alice may not approve her own rollout,

@@ -22,7 +22,7 @@ const aclUsage = `Usage:
   switchyard acl list [-o json]
   switchyard acl grant --key KEY --name NAME --role ROLE [--services PATTERN]
   switchyard acl revoke --key KEY [--role ROLE --services PATTERN]   (no --role: remove the key)
-  switchyard acl policy [--approvals N] [--approval-services PATTERN]
+  switchyard acl policy [--approvals N] [--approval-services PATTERN] [--require-gates[=false]]
                         [--drill-max-nodes N] [--drill-max-percent P]
   switchyard acl bootstrap --name NAME      make the signer the first admin (only while there is none)
 Roles: viewer, deployer, approver, chaos, admin (admin holds every role). PATTERN is a glob
@@ -55,6 +55,7 @@ func runAcl(ctx context.Context, args []string, stdout, stderr io.Writer) error 
 	services := fs.String("services", "*", "service name pattern the role holds on")
 	approvals := fs.Uint("approvals", 0, "approvals from approvers other than the author that a manual gate or promote needs (0: none)")
 	approvalServices := fs.String("approval-services", "*", "services the approval rule covers")
+	requireGates := fs.Bool("require-gates", false, "with --approvals: refuse a rollout with a wave that takes all its traffic without waiting for approval")
 	maxNodes := fs.Uint("drill-max-nodes", 0, "largest maxNodes a drill may ask for (0: no admin cap)")
 	maxPercent := fs.Uint("drill-max-percent", 0, "largest maxPercent a drill may ask for (0: no admin cap)")
 	pos, err := c.parse(fs, args[1:], stderr)
@@ -120,6 +121,9 @@ func runAcl(ctx context.Context, args []string, stdout, stderr io.Writer) error 
 		}
 		if set["approval-services"] {
 			pol.ApprovalServices = *approvalServices
+		}
+		if set["require-gates"] {
+			pol.RequireGates = *requireGates
 		}
 		if set["drill-max-nodes"] {
 			pol.DrillMaxNodes = uint32(*maxNodes)
@@ -210,8 +214,12 @@ func aclList(ctx context.Context, c clientFlags, stdout io.Writer) error {
 	}
 	_ = tw.Flush()
 	pol := st.GetPolicy()
-	fmt.Fprintf(stdout, "\nPolicy: approvals %d from approvers other than the author on %q; drill caps: %s nodes, %s%% (revision %d)\n",
-		pol.GetApprovals(), orStar(pol.GetApprovalServices()), capText(pol.GetDrillMaxNodes()), capText(pol.GetDrillMaxPercent()), st.GetPolicyRevision())
+	gates := ""
+	if pol.GetRequireGates() {
+		gates = ", a gate on every wave"
+	}
+	fmt.Fprintf(stdout, "\nPolicy: approvals %d from approvers other than the author on %q%s; drill caps: %s nodes, %s%% (revision %d)\n",
+		pol.GetApprovals(), orStar(pol.GetApprovalServices()), gates, capText(pol.GetDrillMaxNodes()), capText(pol.GetDrillMaxPercent()), st.GetPolicyRevision())
 	return nil
 }
 

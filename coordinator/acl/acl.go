@@ -266,6 +266,9 @@ func CheckChange(c *sv1.AclChange) error {
 		if p.GetApprovals() > MaxApprovals {
 			return fmt.Errorf("acl.policy.approvals: %d: want 0..%d", p.GetApprovals(), MaxApprovals)
 		}
+		if p.GetRequireGates() && p.GetApprovals() == 0 {
+			return errors.New("acl.policy.require_gates (acl policy --require-gates): needs approvals of at least 1; give --require-gates=false with --approvals 0")
+		}
 		if s := p.GetApprovalServices(); s != "" {
 			return CheckPattern("acl.policy.approval_services", s)
 		}

@@ -129,7 +129,11 @@ func (s *State) intentSummary(in *sv1.Intent, rules uint32) string {
 			return fmt.Sprintf("revoked %s on %q from %s", ch.Revoke.GetRole(), ch.Revoke.GetServices(), ch.Revoke.GetKey())
 		case *sv1.AclChange_Policy:
 			p := ch.Policy
-			return fmt.Sprintf("policy: approvals %d on %q, drill caps %d nodes / %d%%", p.GetApprovals(), patternOr(p.GetApprovalServices()), p.GetDrillMaxNodes(), p.GetDrillMaxPercent())
+			gates := ""
+			if p.GetRequireGates() { // never set in entries older than the field
+				gates = ", a gate on every wave"
+			}
+			return fmt.Sprintf("policy: approvals %d on %q%s, drill caps %d nodes / %d%%", p.GetApprovals(), patternOr(p.GetApprovalServices()), gates, p.GetDrillMaxNodes(), p.GetDrillMaxPercent())
 		case *sv1.AclChange_Bootstrap:
 			return "first admin " + ch.Bootstrap.GetName()
 		}

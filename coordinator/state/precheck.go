@@ -5,6 +5,7 @@ import (
 	"fmt"
 
 	"github.com/switchyard/switchyard/coordinator/acl"
+	"github.com/switchyard/switchyard/internal/spec"
 	sv1 "github.com/switchyard/switchyard/proto/switchyard/v1"
 )
 
@@ -48,6 +49,42 @@ func (s *State) CheckNewRollout(sp *sv1.RolloutSpec) (string, error) {
 			sp.GetFrom(), sp.GetService(), serves, last.GetId(), PhaseName(last.GetPhase()), serves)
 	}
 	return "", nil
+}
+
+// CheckGates refuses, under a two-person policy that requires gates on the
+// spec's service, a new rollout with a wave that would take all of its
+// traffic without an approval: without the requirement, the gates are the
+// ones the spec's author chose to declare. A wave passes with a
+// manualGate, or with a pause that waits for approval (`pause: {}`) before
+// the wave's new backend has all the traffic. It returns the refusal code
+// with the error.
+func (s *State) CheckGates(sp *sv1.RolloutSpec) (string, error) {
+	s.mu.RLock()
+	defer s.mu.RUnlock()
+	pol := s.acl.GetPolicy()
+	if s.rollouts[sp.GetName()] != nil || !acl.HasAdmin(s.acl) || !pol.GetRequireGates() || !acl.TwoPersonApplies(pol, sp.GetService()) {
+		return "", nil
+	}
+	for i, w := range spec.Compile(sp) {
+		if w.Wave.GetManualGate() || approvedBeforeFull(w.Steps) {
+			continue
+		}
+		return CodeTwoPerson, fmt.Errorf("spec.waves[%d]: wave %q would take all of service %q's traffic without an approval (policy two-person rule: %d approval(s) from approvers other than the author on %q, a gate on every wave); "+
+			"give the wave manualGate: true (without waves: waves: [{name: all, manualGate: true}]) or a pause: {} step before its traffic reaches 100",
+			i, w.Wave.GetName(), sp.GetService(), pol.GetApprovals(), patternOr(pol.GetApprovalServices()))
+	}
+	return "", nil
+}
+
+// approvedBeforeFull reports whether steps wait for an approval (an
+// untimed pause) while the new backend has less than all the traffic.
+func approvedBeforeFull(steps []*sv1.Step) bool {
+	for i, st := range steps {
+		if p := st.GetPause(); p != nil && p.GetDuration() == nil && spec.WeightAt(steps, i) < 100 {
+			return true
+		}
+	}
+	return false
 }
 
 // CheckPolicyRevision refuses a policy change made from a policy that was

@@ -219,8 +219,14 @@ type AclPolicy struct {
 	// drill asking for more is refused. 0 leaves the drill's own caps.
 	DrillMaxNodes   uint32 `protobuf:"varint,3,opt,name=drill_max_nodes,json=drillMaxNodes,proto3" json:"drill_max_nodes,omitempty"`
 	DrillMaxPercent uint32 `protobuf:"varint,4,opt,name=drill_max_percent,json=drillMaxPercent,proto3" json:"drill_max_percent,omitempty"`
-	unknownFields   protoimpl.UnknownFields
-	sizeCache       protoimpl.SizeCache
+	// RequireGates, with Approvals, has every wave of a new rollout on those
+	// services wait for approval before its new backend takes all the
+	// wave's traffic (a manual gate, or an untimed pause below weight 100);
+	// a rollout without is refused before commit. Without it a spec with no
+	// gate asks nobody.
+	RequireGates  bool `protobuf:"varint,5,opt,name=require_gates,json=requireGates,proto3" json:"require_gates,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
 }
 
 func (x *AclPolicy) Reset() {
@@ -279,6 +285,13 @@ func (x *AclPolicy) GetDrillMaxPercent() uint32 {
 		return x.DrillMaxPercent
 	}
 	return 0
+}
+
+func (x *AclPolicy) GetRequireGates() bool {
+	if x != nil {
+		return x.RequireGates
+	}
+	return false
 }
 
 // AclState is the replicated roles and policy.
@@ -1327,12 +1340,13 @@ const file_switchyard_v1_acl_proto_rawDesc = "" +
 	"\x06grants\x18\x03 \x03(\v2\x14.switchyard.v1.GrantR\x06grants\"7\n" +
 	"\x05Grant\x12\x12\n" +
 	"\x04role\x18\x01 \x01(\tR\x04role\x12\x1a\n" +
-	"\bservices\x18\x02 \x01(\tR\bservices\"\xaa\x01\n" +
+	"\bservices\x18\x02 \x01(\tR\bservices\"\xcf\x01\n" +
 	"\tAclPolicy\x12\x1c\n" +
 	"\tapprovals\x18\x01 \x01(\rR\tapprovals\x12+\n" +
 	"\x11approval_services\x18\x02 \x01(\tR\x10approvalServices\x12&\n" +
 	"\x0fdrill_max_nodes\x18\x03 \x01(\rR\rdrillMaxNodes\x12*\n" +
-	"\x11drill_max_percent\x18\x04 \x01(\rR\x0fdrillMaxPercent\"\x9f\x01\n" +
+	"\x11drill_max_percent\x18\x04 \x01(\rR\x0fdrillMaxPercent\x12#\n" +
+	"\rrequire_gates\x18\x05 \x01(\bR\frequireGates\"\x9f\x01\n" +
 	"\bAclState\x128\n" +
 	"\n" +
 	"principals\x18\x01 \x03(\v2\x18.switchyard.v1.PrincipalR\n" +
