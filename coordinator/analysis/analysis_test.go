@@ -204,3 +204,49 @@ func TestStore_AddRefusesBadReports(t *testing.T) {
 		}
 	}
 }
+
+// TestJudge_LatencyLimitNeedsConfidence: a window's p99 of a few dozen
+// requests is its slowest one or two. A green whose true p99 is under
+// latency.max (0.8% of requests over it) with no old backend to compare
+// with (at 100%) must fail a window no more often than the guardrails'
+// confidence allows, and a green whose tail is well over it still fails.
+func TestJudge_LatencyLimitNeedsConfidence(t *testing.T) {
+	a := &sv1.RolloutSpec{}
+	spec.Default(a)
+	a.Analysis.Latency.Max = durationpb.New(500 * time.Millisecond)
+	rng := rand.New(rand.NewPCG(11, 12))
+	window := func(n int, overShare float64) *Aggregate {
+		s := sketch.New()
+		for range n {
+			v := 0.02 * math.Exp(0.35*rng.NormFloat64())
+			if rng.Float64() < overShare {
+				v = 0.6 + rng.ExpFloat64()
+			}
+			s.Add(v)
+		}
+		return &Aggregate{Requests: uint64(n), Latency: s, Nodes: 1}
+	}
+	none := &Aggregate{Latency: sketch.New()}
+	const windows = 2000
+	fails := 0
+	for range windows {
+		if Judge(a.Analysis, "green", "blue", window(60, 0.008), none).Verdict == Fail {
+			fails++
+		}
+	}
+	t.Logf("%d of %d windows failed", fails, windows)
+	if rate := float64(fails) / windows; rate > 1-a.Analysis.GetConfidence() {
+		t.Errorf("true p99 under the limit: %d of %d windows failed (%.1f%%), more than the %.0f%% the confidence allows",
+			fails, windows, 100*rate, 100*(1-a.Analysis.GetConfidence()))
+	}
+	caught := 0
+	for range 100 {
+		if res := Judge(a.Analysis, "green", "blue", window(60, 0.15), none); res.Verdict == Fail && res.Guardrail == "latency" {
+			caught++
+		}
+	}
+	t.Logf("caught %d of 100", caught)
+	if caught < 95 {
+		t.Errorf("15%% of requests over the limit failed only %d of 100 windows", caught)
+	}
+}

@@ -172,6 +172,15 @@ func Decide(r *sv1.Rollout, obs Observation) Decision {
 			return Decision{Waiting: fmt.Sprintf("analysis: %d of %d windows passed%s", got, need, latest(obs.Analysis))}
 		}
 		if obs.Analysis.Method == spec.MethodSequential {
+			// At 100% the old backend serves no node of the wave (nor
+			// of earlier waves), so no node has both for the
+			// not-worse evidence: a blue-green switch's
+			// postPromotionWindows would wait forever. The windows'
+			// absolute guardrails are the whole test there.
+			if spec.WeightAt(pw.Steps, s) == 100 {
+				return next(fmt.Sprintf("analysis passed %d windows; %s serves nothing at 100%% to compare with",
+					got, r.GetSpec().GetFrom()))
+			}
 			if nw := obs.Analysis.NotWorse; !nw.OK() {
 				return Decision{Waiting: fmt.Sprintf("analysis: %d windows passed; not yet shown not worse: %s", got, nw)}
 			}

@@ -152,3 +152,33 @@ func TestSimulate_ReadRecordingRefusesBadLines(t *testing.T) {
 		}
 	}
 }
+
+// TestSimulate_AnalysisAtFullWeightPassesOnItsWindows: after a blue-green
+// switch (postPromotionWindows) or a canary's setWeight 100, the old
+// backend serves nothing, so no node has both backends for the sequential
+// judge to compare: the step passes on its windows, as with method:
+// windows, and a bad green still fails them.
+func TestSimulate_AnalysisAtFullWeightPassesOnItsWindows(t *testing.T) {
+	for name, strategy := range map[string]string{
+		"blue-green": "  blueGreen: {postPromotionWindows: 2}",
+		"canary":     "  canary:\n    steps:\n      - setWeight: 100\n      - analysis: {windows: 2}",
+	} {
+		yaml := "version: v1\nname: web-full\nservice: web\nfrom: blue\nto: green\nstrategy:\n" + strategy + "\n"
+		healthy := synthetic(10, 120, func(time.Time) Behavior { return Behavior{ErrorRate: 0.005, Latency: 20 * time.Millisecond} })
+		res, err := Simulate(canarySpec(t, yaml), healthy, SimOptions{Start: t0, ApplyDelay: time.Second})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if res.Final.GetPhase() != sv1.RolloutPhase_ROLLOUT_PHASE_COMPLETED {
+			t.Errorf("%s: healthy green at 100%%: final %v, events %v", name, res.Final.GetPhase(), res.Events)
+		}
+		bad := synthetic(10, 120, func(time.Time) Behavior { return Behavior{ErrorRate: 0.3, Latency: 20 * time.Millisecond} })
+		res, err = Simulate(canarySpec(t, yaml), bad, SimOptions{Start: t0, ApplyDelay: time.Second})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if res.Final.GetPhase() != sv1.RolloutPhase_ROLLOUT_PHASE_ROLLED_BACK {
+			t.Errorf("%s: green failing 30%% at 100%%: final %v, events %v", name, res.Final.GetPhase(), res.Events)
+		}
+	}
+}
