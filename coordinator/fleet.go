@@ -30,6 +30,9 @@ type fleet struct {
 	current func(service string) (f bus.Fence, ok bool)
 	// epoch is the cluster's current epoch.
 	epoch func() uint64
+	// drillTarget reports whether a node is one of a drill's targets in
+	// this replica's state.
+	drillTarget func(drill, node string) bool
 	// stages times the agents' part of the decision path; nil times
 	// nothing.
 	stages *stageClock
@@ -124,9 +127,10 @@ type nodeSeen struct {
 func newFleet(staleAfter time.Duration, m *metrics, log *slog.Logger) *fleet {
 	return &fleet{
 		staleAfter: staleAfter, metrics: m, now: time.Now, log: log,
-		current: func(string) (bus.Fence, bool) { return bus.Fence{}, false },
-		epoch:   func() uint64 { return 1 },
-		nodes:   map[string]*nodeSeen{}, diverged: map[[2]string]bus.Fence{}, divergedGauged: map[string]bool{}, faultSeen: map[[2]string]time.Time{},
+		current:     func(string) (bus.Fence, bool) { return bus.Fence{}, false },
+		epoch:       func() uint64 { return 1 },
+		drillTarget: func(string, string) bool { return false },
+		nodes:       map[string]*nodeSeen{}, diverged: map[[2]string]bus.Fence{}, divergedGauged: map[string]bool{}, faultSeen: map[[2]string]time.Time{},
 		tallies: map[string]*serviceTally{},
 	}
 }
@@ -168,6 +172,13 @@ func (f *fleet) handleStatus(msg *nats.Msg) {
 	for _, flt := range st.GetFaults() {
 		k := [2]string{st.GetNode(), flt.GetDrill()}
 		if _, ok := f.faultSeen[k]; !ok {
+			// Only a drill's targets inject its fault, and a node's
+			// status may name any drills: a fault of a drill this
+			// replica does not know, or of one the node is not a
+			// target of, would be kept for good.
+			if !f.drillTarget(flt.GetDrill(), st.GetNode()) {
+				continue
+			}
 			at := now
 			if s := flt.GetSince(); s != nil && s.AsTime().Before(now) {
 				at = s.AsTime() // the agent's own time of injection
