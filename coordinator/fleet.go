@@ -30,6 +30,9 @@ type fleet struct {
 	current func(service string) (f bus.Fence, ok bool)
 	// epoch is the cluster's current epoch.
 	epoch func() uint64
+	// drillTarget reports whether a node is one of a drill's targets in
+	// this replica's state.
+	drillTarget func(drill, node string) bool
 	// stages times the agents' part of the decision path; nil times
 	// nothing.
 	stages *stageClock
@@ -56,6 +59,35 @@ type fleet struct {
 	// status (bus.StatusAskSubject); zero if it could not.
 	listeningSince time.Time
 	askedAt        time.Time
+
+	// refusals paces the warnings about refused statuses.
+	refusals refusalLog
+}
+
+// refusalLog paces warnings about refused messages: the first is logged,
+// then at most one every refusalLogEvery, saying how many were refused
+// without a line of their own in between (each is counted in a metric).
+// A flood of refusals from stolen credentials must not flood the log.
+type refusalLog struct {
+	mu   sync.Mutex
+	last time.Time
+	held int
+}
+
+// refusalLogEvery is how often, at most, refusals of one kind are logged.
+const refusalLogEvery = 10 * time.Second
+
+// due reports whether a refusal at now gets its log line, and how many
+// refusals before it did not.
+func (r *refusalLog) due(now time.Time) (held int, ok bool) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if !r.last.IsZero() && now.Sub(r.last) < refusalLogEvery {
+		r.held++
+		return 0, false
+	}
+	held, r.held, r.last = r.held, 0, now
+	return held, true
 }
 
 // statusAskGrace is how long after asking every agent for its status a
@@ -124,9 +156,10 @@ type nodeSeen struct {
 func newFleet(staleAfter time.Duration, m *metrics, log *slog.Logger) *fleet {
 	return &fleet{
 		staleAfter: staleAfter, metrics: m, now: time.Now, log: log,
-		current: func(string) (bus.Fence, bool) { return bus.Fence{}, false },
-		epoch:   func() uint64 { return 1 },
-		nodes:   map[string]*nodeSeen{}, diverged: map[[2]string]bus.Fence{}, divergedGauged: map[string]bool{}, faultSeen: map[[2]string]time.Time{},
+		current:     func(string) (bus.Fence, bool) { return bus.Fence{}, false },
+		epoch:       func() uint64 { return 1 },
+		drillTarget: func(string, string) bool { return false },
+		nodes:       map[string]*nodeSeen{}, diverged: map[[2]string]bus.Fence{}, divergedGauged: map[string]bool{}, faultSeen: map[[2]string]time.Time{},
 		tallies: map[string]*serviceTally{},
 	}
 }
@@ -135,13 +168,20 @@ func (f *fleet) handleStatus(msg *nats.Msg) {
 	var st sv1.AgentStatus
 	if err := proto.Unmarshal(msg.Data, &st); err != nil || st.GetNode() == "" {
 		f.metrics.statusRejected.WithLabelValues("malformed").Inc()
+		if held, ok := f.refusals.due(f.now()); ok {
+			f.log.Warn("agent status refused: it does not decode or names no node", "subject", msg.Subject, "err", err,
+				"refused_before_unlogged", held)
+		}
 		return
 	}
 	// A node's credentials publish only on its own status subject; a status
 	// naming another node is a forgery of that node's convergence and faults.
 	if msg.Subject != bus.StatusSubject(st.GetNode()) {
 		f.metrics.statusRejected.WithLabelValues("wrong_subject").Inc()
-		f.log.Debug("agent status refused: the node it names is not its subject's", "subject", msg.Subject, "node", st.GetNode())
+		if held, ok := f.refusals.due(f.now()); ok {
+			f.log.Warn("agent status refused: the node it names is not its subject's, which names the credentials that sent it (revoke a node you no longer trust)",
+				"subject", msg.Subject, "node", st.GetNode(), "refused_before_unlogged", held)
+		}
 		return
 	}
 	f.metrics.statuses.Inc()
@@ -168,6 +208,13 @@ func (f *fleet) handleStatus(msg *nats.Msg) {
 	for _, flt := range st.GetFaults() {
 		k := [2]string{st.GetNode(), flt.GetDrill()}
 		if _, ok := f.faultSeen[k]; !ok {
+			// Only a drill's targets inject its fault, and a node's
+			// status may name any drills: a fault of a drill this
+			// replica does not know, or of one the node is not a
+			// target of, would be kept for good.
+			if !f.drillTarget(flt.GetDrill(), st.GetNode()) {
+				continue
+			}
 			at := now
 			if s := flt.GetSince(); s != nil && s.AsTime().Before(now) {
 				at = s.AsTime() // the agent's own time of injection

@@ -71,20 +71,24 @@ func (f *fleet) tally(service string) *serviceTally {
 func (f *fleet) count(id string, n *nodeSeen, by int) {
 	for _, c := range n.counted {
 		t := f.tally(c.service)
-		if n.stale {
-			if by > 0 {
-				t.stale[id] = struct{}{}
-			} else {
-				delete(t.stale, id)
+		switch {
+		case n.stale && by > 0:
+			t.stale[id] = struct{}{}
+		case n.stale:
+			delete(t.stale, id)
+		default:
+			t.live += by
+			if c.matches {
+				t.current[c.fence] += by
+				if t.current[c.fence] == 0 {
+					delete(t.current, c.fence)
+				}
 			}
-			continue
 		}
-		t.live += by
-		if c.matches {
-			t.current[c.fence] += by
-			if t.current[c.fence] == 0 {
-				delete(t.current, c.fence)
-			}
+		if by < 0 && t.live == 0 && len(t.stale) == 0 {
+			// No node runs the service any more: a node's status names
+			// what it likes, and a name no status names now is let go.
+			delete(f.tallies, c.service)
 		}
 	}
 }

@@ -268,6 +268,7 @@ func (in *intake) work(ctx context.Context) {
 			case err != nil:
 				rejected++
 				in.log.Debug("health report refused", "subject", msg.Subject, "err", err)
+				in.clocks.noteRefused(msg.Subject, "", "", err)
 			case !bus.IsTelemetrySubject(msg.Subject, r.Service, r.Node):
 				// An agent may publish only on its own subject; a
 				// report naming another node or service was sent
@@ -276,6 +277,7 @@ func (in *intake) work(ctx context.Context) {
 				forged++
 				in.log.Debug("health report refused: node or service is not the subject's", "subject", msg.Subject,
 					"node", r.Node, "service", r.Service)
+				in.clocks.noteRefused(msg.Subject, r.Node, r.Service, nil)
 			case r.End > latest:
 				// A node whose clock runs ahead: merged, its report
 				// would move the service's newest second into the
@@ -329,7 +331,8 @@ func (in *intake) work(ctx context.Context) {
 // clockNotes gathers, between two log lines, the reports dated ahead of
 // the coordinator's clock and those that came late, with the node that was
 // furthest off each way: an operator reading the log learns which node's
-// clock to look at.
+// clock to look at. It gathers the refused reports too, with the subject
+// of the last one: the subject names the credentials that sent it.
 type clockNotes struct {
 	mu sync.Mutex
 	clockTally
@@ -339,6 +342,26 @@ type clockTally struct {
 	ahead, late         int
 	aheadNode, lateNode string
 	aheadBy, lateBy     time.Duration
+	// forged reports named another node or service than their subject;
+	// malformed ones did not decode. The last of each is described.
+	forged, malformed                        int
+	forgedSubject, forgedNode, forgedService string
+	malformedSubject                         string
+	malformedErr                             error
+}
+
+// noteRefused notes a report refused as malformed (err set) or as naming
+// node and service on another's subject.
+func (c *clockNotes) noteRefused(subject, node, service string, err error) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if err != nil {
+		c.malformed++
+		c.malformedSubject, c.malformedErr = subject, err
+		return
+	}
+	c.forged++
+	c.forgedSubject, c.forgedNode, c.forgedService = subject, node, service
 }
 
 func (c *clockNotes) note(node string, by time.Duration, ahead bool) {
@@ -370,5 +393,13 @@ func (c *clockNotes) log(log *slog.Logger) {
 	if n.late > 0 {
 		log.Warn("health reports came after the judge may have read their second; a node's clock may be behind",
 			"reports", n.late, "node", n.lateNode, "behind_by", n.lateBy, "within", clockLogEvery)
+	}
+	if n.forged > 0 {
+		log.Warn("health reports refused: they name another node or service than their subject, which names the credentials that sent them (revoke a node you no longer trust)",
+			"reports", n.forged, "subject", n.forgedSubject, "node", n.forgedNode, "service", n.forgedService, "within", clockLogEvery)
+	}
+	if n.malformed > 0 {
+		log.Warn("health reports refused: they do not decode",
+			"reports", n.malformed, "subject", n.malformedSubject, "err", n.malformedErr, "within", clockLogEvery)
 	}
 }

@@ -293,6 +293,67 @@ func (s *Store) AddReports(reps []*Report) {
 	if s.newestSec >= s.sweptAt+nodeSweep {
 		s.sweptAt = s.newestSec
 		s.forgetNodes(s.newestSec - int64((Retention+ReportRetention)/time.Second))
+		s.forgetQuiet()
+	}
+}
+
+// forgetQuiet lets go of the rollouts and services no report came for
+// in longer than anything reads: a rollout's kept reports, pruned when a
+// newer second of the same rollout comes, and a service's seconds, pruned
+// when a newer second of the same service comes, would otherwise stay for
+// good once their reports stop (a finished rollout, a service renamed) or
+// never go on (a node's credentials may tag reports with any rollout and
+// send them for any service, each name once).
+func (s *Store) forgetQuiet() {
+	reportCut := s.newestSec - int64(ReportRetention/time.Second)
+	for rollout, newest := range s.newestReport {
+		if newest >= reportCut {
+			continue
+		}
+		for _, reps := range s.reports[rollout] {
+			s.forgetReports(reps)
+		}
+		delete(s.reports, rollout)
+		delete(s.newestReport, rollout)
+	}
+	// As forgetNodes: past anything a window reads, with a margin.
+	cut := s.newestSec - int64((Retention+ReportRetention)/time.Second)
+	for svc, newest := range s.newest {
+		if newest >= cut {
+			continue
+		}
+		for _, cells := range s.services[svc] {
+			for _, c := range cells {
+				s.size.bytes -= int64(cellBytes + c.latency.SizeBytes() + 4*cap(c.nodes))
+			}
+		}
+		delete(s.services, svc)
+		delete(s.newest, svc)
+		for i := range s.hints {
+			if s.hints[i].service == svc {
+				s.hints[i].forget(svc, s.hints[i].sec)
+			}
+		}
+	}
+	for svc, newest := range s.newestNode {
+		if newest >= cut {
+			continue
+		}
+		for _, cells := range s.nodes[svc] {
+			s.size.bytes -= int64(len(cells)) * nodeCellBytes
+		}
+		delete(s.nodes, svc)
+		delete(s.newestNode, svc)
+	}
+	for svc, series := range s.shed {
+		for sec := range series {
+			if sec < cut {
+				delete(series, sec)
+			}
+		}
+		if len(series) == 0 {
+			delete(s.shed, svc)
+		}
 	}
 }
 

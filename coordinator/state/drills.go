@@ -175,6 +175,14 @@ func (s *State) Drill(id string) *sv1.Drill {
 	return nil
 }
 
+// DrillTarget reports whether node is one of a drill's targets.
+func (s *State) DrillTarget(id, node string) bool {
+	s.mu.RLock()
+	defer s.mu.RUnlock()
+	d := s.drills[id]
+	return d != nil && slices.Contains(d.GetTargets(), node)
+}
+
 // Drills returns copies of every drill, newest first.
 func (s *State) Drills() []*sv1.Drill {
 	s.mu.RLock()
