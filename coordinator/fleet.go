@@ -31,8 +31,8 @@ type fleet struct {
 	// epoch is the cluster's current epoch.
 	epoch func() uint64
 	// drillTarget reports whether a node is one of a drill's targets in
-	// this replica's state.
-	drillTarget func(drill, node string) bool
+	// this replica's state, and when the drill was to start.
+	drillTarget func(drill, node string) (startAt time.Time, ok bool)
 	// stages times the agents' part of the decision path; nil times
 	// nothing.
 	stages *stageClock
@@ -158,7 +158,7 @@ func newFleet(staleAfter time.Duration, m *metrics, log *slog.Logger) *fleet {
 		staleAfter: staleAfter, metrics: m, now: time.Now, log: log,
 		current:     func(string) (bus.Fence, bool) { return bus.Fence{}, false },
 		epoch:       func() uint64 { return 1 },
-		drillTarget: func(string, string) bool { return false },
+		drillTarget: func(string, string) (time.Time, bool) { return time.Time{}, false },
 		nodes:       map[string]*nodeSeen{}, diverged: map[[2]string]bus.Fence{}, divergedGauged: map[string]bool{}, faultSeen: map[[2]string]time.Time{},
 		tallies: map[string]*serviceTally{},
 	}
@@ -212,12 +212,19 @@ func (f *fleet) handleStatus(msg *nats.Msg) {
 			// status may name any drills: a fault of a drill this
 			// replica does not know, or of one the node is not a
 			// target of, would be kept for good.
-			if !f.drillTarget(flt.GetDrill(), st.GetNode()) {
+			startAt, ok := f.drillTarget(flt.GetDrill(), st.GetNode())
+			if !ok {
 				continue
 			}
 			at := now
 			if s := flt.GetSince(); s != nil && s.AsTime().Before(now) {
-				at = s.AsTime() // the agent's own time of injection
+				// The agent's own time of injection, but never before the
+				// drill was to start: a node's clock, or its credentials,
+				// must not move the report's first injection earlier.
+				at = s.AsTime()
+				if at.Before(startAt) {
+					at = startAt
+				}
 			}
 			f.faultSeen[k] = at
 		}

@@ -9,6 +9,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/testutil"
 	"google.golang.org/protobuf/proto"
+	"google.golang.org/protobuf/types/known/timestamppb"
 
 	"github.com/switchyard/switchyard/bus"
 	sv1 "github.com/switchyard/switchyard/proto/switchyard/v1"
@@ -67,7 +68,8 @@ func TestFleet_ANodesMadeUpServicesAreNotKeptPastItsNextStatus(t *testing.T) {
 func TestFleet_FaultsOfDrillsANodeIsNoTargetOfAreNotKept(t *testing.T) {
 	b := startSecuredBus(t)
 	f := newFleet(15*time.Second, newMetrics(prometheus.NewRegistry()), slog.New(slog.DiscardHandler))
-	f.drillTarget = func(drill, node string) bool { return drill == "d1" && node == "edge-1" }
+	start := time.Now().Add(-time.Minute)
+	f.drillTarget = func(drill, node string) (time.Time, bool) { return start, drill == "d1" && node == "edge-1" }
 	coord := b.connect(t, bus.RoleCoordinator, "c1")
 	if _, err := coord.Subscribe(bus.StatusAll(), f.handleStatus); err != nil {
 		t.Fatal(err)
@@ -78,7 +80,8 @@ func TestFleet_FaultsOfDrillsANodeIsNoTargetOfAreNotKept(t *testing.T) {
 	thief := b.connect(t, bus.RoleAgent, "edge-1")
 	const statuses, perStatus = 20, 500
 	for i := range statuses {
-		st := &sv1.AgentStatus{Node: "edge-1", Faults: []*sv1.ActiveFault{{Drill: "d1"}}}
+		// Dated a day before the drill was to start.
+		st := &sv1.AgentStatus{Node: "edge-1", Faults: []*sv1.ActiveFault{{Drill: "d1", Since: timestamppb.New(start.Add(-24 * time.Hour))}}}
 		for j := range perStatus {
 			st.Faults = append(st.Faults, &sv1.ActiveFault{Drill: fmt.Sprintf("fake-%d-%d", i, j)})
 		}
@@ -100,7 +103,11 @@ func TestFleet_FaultsOfDrillsANodeIsNoTargetOfAreNotKept(t *testing.T) {
 	if kept != 1 {
 		t.Fatalf("the coordinator keeps %d (node, drill) faults after %d statuses naming %d made-up drills each, want 1 (edge-1 in d1)", kept, statuses, perStatus)
 	}
-	if _, ok := f.FaultSeen("edge-1", "d1"); !ok {
+	at, ok := f.FaultSeen("edge-1", "d1")
+	if !ok {
 		t.Fatal("the fault of the drill edge-1 is a target of was not kept")
+	}
+	if !at.Equal(start) {
+		t.Fatalf("the fault is taken as injected at %s, want the drill's start %s: a node's backdated since moves the report's first injection", at, start)
 	}
 }

@@ -317,7 +317,7 @@ func New(cfg Config) (*Server, error) {
 		return bus.Fence{Epoch: epoch, Generation: gen}, ok
 	}
 	s.fleet.epoch = func() uint64 { return s.fsm.State().Epoch() }
-	s.fleet.drillTarget = func(drill, node string) bool { return s.fsm.State().DrillTarget(drill, node) }
+	s.fleet.drillTarget = func(drill, node string) (time.Time, bool) { return s.fsm.State().DrillTarget(drill, node) }
 
 	if err := s.setupRaft(); err != nil {
 		s.closeStores()

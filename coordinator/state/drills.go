@@ -175,12 +175,16 @@ func (s *State) Drill(id string) *sv1.Drill {
 	return nil
 }
 
-// DrillTarget reports whether node is one of a drill's targets.
-func (s *State) DrillTarget(id, node string) bool {
+// DrillTarget reports whether node is one of a drill's targets, and when
+// the drill was to start.
+func (s *State) DrillTarget(id, node string) (startAt time.Time, ok bool) {
 	s.mu.RLock()
 	defer s.mu.RUnlock()
 	d := s.drills[id]
-	return d != nil && slices.Contains(d.GetTargets(), node)
+	if d == nil || !slices.Contains(d.GetTargets(), node) {
+		return time.Time{}, false
+	}
+	return d.GetStartAt().AsTime(), true
 }
 
 // Drills returns copies of every drill, newest first.
