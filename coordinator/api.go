@@ -204,14 +204,11 @@ func (s *Server) Overview(staleReason string) (*sv1.Overview, error) {
 		return nil, err
 	}
 	// The dashboard counts each rollout's nodes; the fleet part lists
-	// them once.
-	if ov.Rollouts, err = s.Rollouts(&sv1.RolloutsQuery{Summary: true}); err != nil {
-		return nil, err
-	}
-	var older int
-	ov.Rollouts.Rollouts, older = recent(ov.Rollouts.GetRollouts(), overviewFinished, func(v *sv1.RolloutView) (bool, time.Time) {
-		return state.Terminal(v.GetRollout().GetPhase()), v.GetRollout().GetUpdatedAt().AsTime()
-	})
+	// them once. Only the rollouts it shows are read: the state keeps
+	// every rollout ever applied.
+	st := s.fsm.State()
+	rollouts, older := st.RecentRollouts(overviewFinished)
+	ov.Rollouts = &sv1.RolloutsAnswer{AnsweredBy: s.cfg.NodeID, Leader: string(leader), Rollouts: s.rolloutViews(st, rollouts, true)}
 	ov.OlderRollouts = uint32(older)
 	if ov.Drills, err = s.Drills(&sv1.DrillsQuery{}); err != nil {
 		return nil, err
@@ -273,7 +270,8 @@ func (s *Server) runSeries(ctx context.Context) {
 	tick := time.NewTicker(time.Second)
 	defer tick.Stop()
 	for {
-		s.series.sample(s.fsm.State().Rollouts(), s.analysis, s.cfg.Clock.Now())
+		now := s.cfg.Clock.Now()
+		s.series.sample(s.fsm.State().RolloutsWhere(func(r *sv1.Rollout) bool { return sampled(r, now) }), s.analysis, now)
 		select {
 		case <-ctx.Done():
 			return

@@ -22,9 +22,12 @@ import (
 // heartbeats within one heartbeat period.
 type fleet struct {
 	staleAfter time.Duration
-	metrics    *metrics
-	now        func() time.Time
-	log        *slog.Logger
+	// forgetAfter is how long a node may be silent before the view
+	// forgets it (DefaultForgetAfter when zero).
+	forgetAfter time.Duration
+	metrics     *metrics
+	now         func() time.Time
+	log         *slog.Logger
 	// current is the fence of a service's current document in this
 	// replica's state; ok is false for a service with none.
 	current func(service string) (f bus.Fence, ok bool)
@@ -45,6 +48,10 @@ type fleet struct {
 	tallies   map[string]*serviceTally
 	heard     []heardAt
 	heardHead int
+	// staled[staledHead:] are the nodes the sweep marked stale, in the
+	// order they went silent, for forgetting them.
+	staled     []heardAt
+	staledHead int
 	// diverged remembers, per node and service, the fence that was
 	// reported as diverged, so the warning is logged once per change.
 	diverged map[[2]string]bus.Fence
@@ -54,6 +61,8 @@ type fleet struct {
 	divergedGauged    map[string]bool
 	// faultSeen is when each (node, drill) fault was first reported active.
 	faultSeen map[[2]string]time.Time
+	// faultsSweptAt is when old fault sightings were last let go.
+	faultsSweptAt time.Time
 	// listeningSince is when this coordinator began to take agents'
 	// status; zero before. askedAt is when it asked every agent for its
 	// status (bus.StatusAskSubject); zero if it could not.

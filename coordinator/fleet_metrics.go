@@ -7,7 +7,7 @@ import (
 // nodesDesc is the fleet as this coordinator hears it, computed on each
 // scrape from the agents' status messages.
 var nodesDesc = prometheus.NewDesc("switchyard_coordinator_nodes",
-	"Nodes running a service as this coordinator hears them, by state: live (a status within the stale period, 15 s by default) or stale (silent longer; rollouts do not wait for them). A node stays stale until the coordinator restarts.",
+	"Nodes running a service as this coordinator hears them, by state: live (a status within the stale period, 15 s by default) or stale (silent longer; rollouts do not wait for them). A node silent for --forget-nodes-after (24 h by default) is forgotten and counted no more.",
 	[]string{"service", "state"}, nil)
 
 // fleetCollector exports nodesDesc for a fleet.

@@ -1,11 +1,13 @@
 package coordinator
 
 import (
+	"cmp"
 	"maps"
 	"slices"
 	"time"
 
 	"github.com/switchyard/switchyard/bus"
+	"github.com/switchyard/switchyard/chaos"
 	sv1 "github.com/switchyard/switchyard/proto/switchyard/v1"
 )
 
@@ -108,12 +110,65 @@ func (f *fleet) sweep(now time.Time) {
 			f.count(h.node, n, -1)
 			n.stale = true
 			f.count(h.node, n, 1)
+			f.staled = append(f.staled, h)
 		}
 	}
 	// Drop the looked-at half once it is the larger part.
 	if f.heardHead > 1024 && f.heardHead*2 > len(f.heard) {
 		f.heard = append(f.heard[:0], f.heard[f.heardHead:]...)
 		f.heardHead = 0
+	}
+	f.forget(now)
+}
+
+// DefaultForgetAfter is how long a node may be silent before the fleet
+// view forgets it: nodes that leave for good (scaled down, replaced under
+// a new name) would otherwise be counted stale, listed in every view and
+// in every rollback's unconfirmed nodes, until the coordinator restarts.
+const DefaultForgetAfter = 24 * time.Hour
+
+// forget drops the nodes silent for longer than forgetAfter, in the order
+// they went stale, and the fault sightings older than that. The caller
+// holds f.mu.
+func (f *fleet) forget(now time.Time) {
+	after := cmp.Or(f.forgetAfter, DefaultForgetAfter)
+	forgot := false
+	for f.staledHead < len(f.staled) {
+		h := f.staled[f.staledHead]
+		if now.Sub(h.seen) <= after {
+			break
+		}
+		f.staledHead++
+		// A node heard again since is not the one that went silent.
+		if n := f.nodes[h.node]; n != nil && n.stale && n.seen.Equal(h.seen) {
+			f.count(h.node, n, -1)
+			delete(f.nodes, h.node)
+			for _, svc := range n.status.GetServices() {
+				delete(f.diverged, [2]string{h.node, svc.GetService()})
+			}
+			forgot = true
+		}
+	}
+	if f.staledHead > 1024 && f.staledHead*2 > len(f.staled) {
+		f.staled = append(f.staled[:0], f.staled[f.staledHead:]...)
+		f.staledHead = 0
+	}
+	if !forgot && now.Sub(f.faultsSweptAt) < time.Hour {
+		return
+	}
+	f.faultsSweptAt = now
+	// A drill's report reads when each target first reported its fault;
+	// a drill lasts at most chaos.MaxDuration, and a forgotten node's
+	// sightings go with it.
+	for k, at := range f.faultSeen {
+		if _, ok := f.nodes[k[0]]; !ok || now.Sub(at) > max(after, 2*chaos.MaxDuration) {
+			delete(f.faultSeen, k)
+		}
+	}
+	for svc, t := range f.tallies {
+		if t.live == 0 && len(t.stale) == 0 && len(t.current) == 0 {
+			delete(f.tallies, svc)
+		}
 	}
 }
 

@@ -64,7 +64,7 @@ func (s *Server) runNotify(ctx context.Context) {
 	defer tick.Stop()
 	for {
 		st := s.fsm.State()
-		for _, e := range tr.Events(st.Rollouts(), st.Drills()) {
+		for _, e := range tr.Events(st.RolloutsWhere(tr.Changed), st.Drills()) {
 			for i := range s.cfg.Notify {
 				t := &s.cfg.Notify[i]
 				if !t.Wants(e) {

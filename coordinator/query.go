@@ -33,6 +33,14 @@ func (s *Server) Rollouts(q *sv1.RolloutsQuery) (*sv1.RolloutsAnswer, error) {
 	} else {
 		rollouts = st.Rollouts()
 	}
+	ans.Rollouts = s.rolloutViews(st, rollouts, q.GetSummary())
+	return ans, nil
+}
+
+// rolloutViews is each rollout as a read sees it, with its nodes (counted
+// only, when summary) and, while it is under way, what it waits for.
+func (s *Server) rolloutViews(st *state.State, rollouts []*sv1.Rollout, summary bool) []*sv1.RolloutView {
+	var views []*sv1.RolloutView
 	c := s.controller()
 	now := s.cfg.Clock.Now()
 	// A summary reads each service's nodes once, however many rollouts
@@ -43,13 +51,13 @@ func (s *Server) Rollouts(q *sv1.RolloutsQuery) (*sv1.RolloutsAnswer, error) {
 		nodes, ok := counted[svc]
 		if !ok {
 			nodes = s.fleet.nodesFor(svc)
-			if q.GetSummary() {
+			if summary {
 				counted[svc] = nodes
 			}
 		}
 		applied, live := converged(nodes, bus.Fence{Epoch: st.Epoch(), Generation: r.GetGeneration()})
 		view := &sv1.RolloutView{Rollout: r, Converged: uint32(applied), Live: uint32(live), Position: spec.Position(r)}
-		if !q.GetSummary() {
+		if !summary {
 			labelWaves(r, nodes)
 			view.Nodes = nodes
 		}
@@ -72,9 +80,9 @@ func (s *Server) Rollouts(q *sv1.RolloutsQuery) (*sv1.RolloutsAnswer, error) {
 				view.Windows = append(view.Windows, w.Proto())
 			}
 		}
-		ans.Rollouts = append(ans.Rollouts, view)
+		views = append(views, view)
 	}
-	return ans, nil
+	return views
 }
 
 // serveQuery adapts a typed query handler to a NATS handler: decode the

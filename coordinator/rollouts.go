@@ -76,9 +76,14 @@ func (s *Server) runWebhooks(ctx context.Context) {
 }
 
 // stateReader reads the current replicated state, which Restore may swap.
+// The controller steps unfinished rollouts only, and it steps up to ten
+// times a second: the finished ones, every rollout ever applied, are not
+// copied for it.
 type stateReader struct{ s *Server }
 
-func (r stateReader) Rollouts() []*sv1.Rollout { return r.s.fsm.State().Rollouts() }
+func (r stateReader) Rollouts() []*sv1.Rollout {
+	return r.s.fsm.State().RolloutsWhere(state.Unfinished)
+}
 
 func (s *Server) controller() *rollout.Controller {
 	return &rollout.Controller{

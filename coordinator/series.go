@@ -85,7 +85,7 @@ type windowReader interface {
 func (b *seriesBook) sample(rollouts []*sv1.Rollout, store windowReader, now time.Time) {
 	upto := now.Add(-seriesLag).Unix()
 	for _, r := range rollouts {
-		if state.Terminal(r.GetPhase()) && now.Sub(r.GetUpdatedAt().AsTime()) > seriesTail {
+		if !sampled(r, now) {
 			continue
 		}
 		sp := r.GetSpec()
@@ -127,6 +127,12 @@ func (b *seriesBook) sample(rollouts []*sv1.Rollout, store windowReader, now tim
 		}
 		b.mu.Unlock()
 	}
+}
+
+// sampled reports whether a rollout's series is still read at now: while
+// it is under way and for seriesTail after it ended.
+func sampled(r *sv1.Rollout, now time.Time) bool {
+	return !state.Terminal(r.GetPhase()) || now.Sub(r.GetUpdatedAt().AsTime()) <= seriesTail
 }
 
 // add folds one second into the series, coarsening it when full.

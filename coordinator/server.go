@@ -86,6 +86,10 @@ type Config struct {
 	TrailingLogs uint64
 	// StaleAfter is how long a node may be silent before it counts as gone.
 	StaleAfter time.Duration
+	// ForgetAfter is how long a node may be silent before the fleet view
+	// forgets it, so that a node that left for good is no longer counted
+	// stale; DefaultForgetAfter when zero.
+	ForgetAfter time.Duration
 	// TickInterval is how often the leader's rollout controller looks at
 	// every live rollout.
 	TickInterval time.Duration
@@ -166,6 +170,15 @@ func (c *Config) setDefaults() error {
 	}
 	if c.StaleAfter == 0 {
 		c.StaleAfter = 15 * time.Second
+	}
+	if c.ForgetAfter < 0 {
+		return fmt.Errorf("coordinator: --forget-nodes-after: %s is negative; want a duration such as 24h (the default)", c.ForgetAfter)
+	}
+	if c.ForgetAfter == 0 {
+		c.ForgetAfter = DefaultForgetAfter
+	}
+	if c.ForgetAfter < c.StaleAfter {
+		return fmt.Errorf("coordinator: --forget-nodes-after: %s is shorter than the stale period %s; a node is forgotten only after it went stale", c.ForgetAfter, c.StaleAfter)
 	}
 	if c.TickInterval == 0 {
 		c.TickInterval = 250 * time.Millisecond
@@ -293,6 +306,7 @@ func New(cfg Config) (*Server, error) {
 	s.log.Info("signing documents", "key_id", docs.Signer.KeyID(), "validity", docs.Signer.Validity(), "trusted_keys", docs.Trusted.IDs())
 	s.publisher = newPublisher(s)
 	s.fleet = newFleet(cfg.StaleAfter, s.metrics, s.log)
+	s.fleet.forgetAfter = cfg.ForgetAfter
 	s.stages = newStageClock(s.metrics.decisionStages)
 	s.fleet.stages = s.stages
 	if err := cfg.Registerer.Register(fleetCollector{s.fleet}); err != nil {

@@ -4,7 +4,7 @@ import (
 	"context"
 	"time"
 
-	sv1 "github.com/switchyard/switchyard/proto/switchyard/v1"
+	"github.com/switchyard/switchyard/coordinator/state"
 )
 
 // warmInterval is how often every coordinator brings the analysis of each
@@ -25,11 +25,7 @@ func (s *Server) runAnalysisWarm(ctx context.Context) {
 		case <-tick.C:
 		}
 		now := s.cfg.Clock.Now()
-		for _, r := range s.fsm.State().Rollouts() {
-			switch r.GetPhase() {
-			case sv1.RolloutPhase_ROLLOUT_PHASE_COMPLETED, sv1.RolloutPhase_ROLLOUT_PHASE_ROLLED_BACK:
-				continue
-			}
+		for _, r := range s.fsm.State().RolloutsWhere(state.Unfinished) {
 			s.analysis.Assess(r, now)
 		}
 	}

@@ -59,6 +59,9 @@ type Journal interface {
 	LoadHookRun(key string) (*sv1.HookRun, error)
 	// SaveHookRun writes the record under key, durably.
 	SaveHookRun(key string, run *sv1.HookRun) error
+	// ForgetHookRuns drops the records of service's runs for rollouts
+	// other than rollout.
+	ForgetHookRuns(service, rollout string) error
 }
 
 // Request is one hook to run for one service's document.
@@ -73,6 +76,13 @@ type Request struct {
 // rollout, point and generation.
 func (r Request) Key() string {
 	return fmt.Sprintf("%s/%s/%s/%s/%d", r.Service, r.RolloutID, r.Point, r.Hook, r.Generation)
+}
+
+// OtherRollout reports whether the journal key names a run of service for
+// a rollout other than rollout (names hold no '/').
+func OtherRollout(key, service, rollout string) bool {
+	rest, ok := strings.CutPrefix(key, service+"/")
+	return ok && !strings.HasPrefix(rest, rollout+"/")
 }
 
 // Runner runs hooks.
@@ -114,6 +124,13 @@ func (r *Runner) Run(ctx context.Context, req Request) *sv1.HookRun {
 	h, ok := r.Hooks[req.Hook]
 	if !ok {
 		return r.failed(req, -1, "", fmt.Sprintf("hook %q is not in this agent's config (hooks:)", req.Hook))
+	}
+	// A document of an older rollout is never applied again (its
+	// generation is lower), so its runs are never looked up again: the
+	// journal keeps the current rollout's, or it would grow with every
+	// rollout the node ever took part in.
+	if err := r.Journal.ForgetHookRuns(req.Service, req.RolloutID); err != nil {
+		log.Warn("drop the hook runs of earlier rollouts from the journal", "err", err)
 	}
 	start := r.Now()
 	run := &sv1.HookRun{Hook: req.Hook, Point: req.Point, RolloutId: req.RolloutID, Generation: req.Generation,
@@ -251,6 +268,18 @@ func (j *MemJournal) LoadHookRun(key string) (*sv1.HookRun, error) {
 	j.mu.Lock()
 	defer j.mu.Unlock()
 	return j.m[key], nil
+}
+
+// ForgetHookRuns implements Journal.
+func (j *MemJournal) ForgetHookRuns(service, rollout string) error {
+	j.mu.Lock()
+	defer j.mu.Unlock()
+	for k := range j.m {
+		if OtherRollout(k, service, rollout) {
+			delete(j.m, k)
+		}
+	}
+	return nil
 }
 
 // SaveHookRun implements Journal.

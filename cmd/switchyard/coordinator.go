@@ -95,6 +95,8 @@ type coordinatorFile struct {
 	BootstrapExpect *int           `yaml:"bootstrapExpect"`
 	RetryJoin       []string       `yaml:"retryJoin"`
 	Replicas        int            `yaml:"replicas"`
+	// ForgetNodesAfter is how long a silent node stays in the fleet view.
+	ForgetNodesAfter time.Duration `yaml:"forgetNodesAfter"`
 	// Signing is the key that signs published documents.
 	Signing signingFlags `yaml:"signing"`
 	// ViewerTokenFile holds the token the read API and dashboard require.
@@ -165,6 +167,7 @@ func loadCoordinatorFile(path string, cfg *coordinator.Config, signing *signingF
 	}
 	*signing = f.Signing
 	cfg.Replicas = f.Replicas
+	cfg.ForgetAfter = f.ForgetNodesAfter
 	cfg.AclBootstrap = coordinator.AclBootstrap{Key: f.AclBootstrap.Admin, Name: f.AclBootstrap.Name}
 	cfg.Notify = f.Notifications
 	return f.BootstrapExpect != nil, nil
@@ -197,7 +200,7 @@ func runCoordinator(ctx context.Context, args []string, stdout, stderr io.Writer
 		aclName   string
 		notifyF   notifyFlags
 	)
-	configFile := fs.String("config", "", "YAML config file with the same keys (nodeId, dataDir, raftAddr, raftAdvertise, httpAddr, nats, natsClient {creds, ca, cert, key}, clusterTLS {ca, cert, key}, bootstrapExpect, retryJoin, replicas, signing {key, trusted, validity}, viewerTokenFile, aclBootstrap {admin, name}, notifications [{name, url, format, events, timeout, retries}]); flags override it")
+	configFile := fs.String("config", "", "YAML config file with the same keys (nodeId, dataDir, raftAddr, raftAdvertise, httpAddr, nats, natsClient {creds, ca, cert, key}, clusterTLS {ca, cert, key}, bootstrapExpect, retryJoin, replicas, forgetNodesAfter, signing {key, trusted, validity}, viewerTokenFile, aclBootstrap {admin, name}, notifications [{name, url, format, events, timeout, retries}]); flags override it")
 	fs.StringVar(&cfg.NodeID, "node-id", "", "this coordinator's id in the cluster (required)")
 	fs.StringVar(&cfg.DataDir, "data-dir", "", "directory for the Raft log and snapshots (required)")
 	fs.StringVar(&cfg.RaftAddr, "raft-addr", "127.0.0.1:7000", "address Raft listens on and, without --raft-advertise, other coordinators reach it at")
@@ -214,6 +217,7 @@ func runCoordinator(ctx context.Context, args []string, stdout, stderr io.Writer
 	fs.Var(&trusted, "trusted-key", "another public key (ed25519:... or a .pub file) whose documents in the buckets count during a key rotation (repeatable)")
 	fs.DurationVar(&signing.Validity, "signing-validity", 0, "how long a signed document stays current on the agents; re-signed when half is left (default 1h)")
 	fs.StringVar(&cfg.ViewerTokenFile, "viewer-token-file", "", "file holding a token the read API and the dashboard then require (Authorization: Bearer, or /ui/?token= once in a browser); a client certificate from the cluster CA also passes. Empty: reads are open to whoever reaches --http-addr")
+	fs.DurationVar(&cfg.ForgetAfter, "forget-nodes-after", coordinator.DefaultForgetAfter, "how long a silent node stays in the fleet view, counted stale, before it is forgotten (nodes that left for good: scaled down, replaced under a new name); at least the stale period")
 	fs.IntVar(&cfg.Replicas, "replicas", 0, "replicas of the intent stream and the buckets (1..5); 0 matches the NATS cluster: 3 on 3 or more servers, else 1. Never lowers what a stream has")
 	fs.StringVar(&aclAdmin, "acl-bootstrap-admin", envOr("SWITCHYARD_ACL_BOOTSTRAP_ADMIN", ""), "the first admin's key (U… nkey, ed25519:…, or a creds/.pub/key file), committed once when the cluster has no admin; from then on roles change only by signed intents (env SWITCHYARD_ACL_BOOTSTRAP_ADMIN)")
 	fs.StringVar(&aclName, "acl-bootstrap-name", "admin", "the first admin's name, shown in history and audit")
@@ -270,6 +274,9 @@ func runCoordinator(ctx context.Context, args []string, stdout, stderr io.Writer
 		}
 		if !given["replicas"] {
 			cfg.Replicas = fromFile.Replicas
+		}
+		if !given["forget-nodes-after"] {
+			cfg.ForgetAfter = fromFile.ForgetAfter
 		}
 		pick("acl-bootstrap-admin", &aclAdmin, fromFile.AclBootstrap.Key)
 		pick("acl-bootstrap-name", &aclName, fromFile.AclBootstrap.Name)

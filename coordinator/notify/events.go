@@ -43,6 +43,21 @@ func (tr *Tracker) Events(rollouts []*sv1.Rollout, drills []*sv1.Drill) []Event 
 	return out
 }
 
+// Changed reports whether r has a history line that Events would turn
+// into an event: one it has not looked at, committed at or after since.
+// A leader asks four times a second, and the state keeps every rollout
+// ever applied: only those that changed are copied for Events.
+func (tr *Tracker) Changed(r *sv1.Rollout) bool {
+	last := tr.seen[r.GetId()]
+	h := r.GetHistory()
+	for i := len(h) - 1; i >= 0 && h[i].GetIndex() > last; i-- {
+		if !h[i].GetAt().AsTime().Before(tr.since) {
+			return true
+		}
+	}
+	return false
+}
+
 func (tr *Tracker) rolloutEvents(r *sv1.Rollout) []Event {
 	var out []Event
 	sp := r.GetSpec()

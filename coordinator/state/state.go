@@ -700,15 +700,60 @@ func (s *State) Rollout(id string) *sv1.Rollout {
 }
 
 // Rollouts returns copies of every rollout, newest first.
-func (s *State) Rollouts() []*sv1.Rollout {
+func (s *State) Rollouts() []*sv1.Rollout { return s.RolloutsWhere(nil) }
+
+// RolloutsWhere returns copies of the rollouts keep takes (every one when
+// keep is nil), newest first. keep is given the state's own rollout: it
+// must neither change nor keep it. The state holds every rollout ever
+// applied, so what runs every tick copies only the rollouts it looks at.
+func (s *State) RolloutsWhere(keep func(*sv1.Rollout) bool) []*sv1.Rollout {
 	s.mu.RLock()
 	defer s.mu.RUnlock()
-	out := make([]*sv1.Rollout, 0, len(s.rollouts))
+	var out []*sv1.Rollout
 	for _, r := range s.rollouts {
+		if keep == nil || keep(r) {
+			out = append(out, proto.Clone(r).(*sv1.Rollout))
+		}
+	}
+	slices.SortFunc(out, newestFirst)
+	return out
+}
+
+// Unfinished takes the rollouts that are not in a final phase, for
+// RolloutsWhere.
+func Unfinished(r *sv1.Rollout) bool { return !terminal(r.GetPhase()) }
+
+func newestFirst(a, b *sv1.Rollout) int { return cmp.Compare(b.GetGeneration(), a.GetGeneration()) }
+
+// RecentRollouts returns copies of the unfinished rollouts and of the
+// finished newest that ended last (latest update), newest first, and how
+// many finished rollouts it left out.
+func (s *State) RecentRollouts(finished int) ([]*sv1.Rollout, int) {
+	s.mu.RLock()
+	defer s.mu.RUnlock()
+	var live, done []*sv1.Rollout
+	for _, r := range s.rollouts {
+		if terminal(r.GetPhase()) {
+			done = append(done, r)
+		} else {
+			live = append(live, r)
+		}
+	}
+	older := 0
+	if len(done) > finished {
+		slices.SortFunc(done, newestFirst)
+		slices.SortStableFunc(done, func(a, b *sv1.Rollout) int {
+			return b.GetUpdatedAt().AsTime().Compare(a.GetUpdatedAt().AsTime())
+		})
+		older = len(done) - finished
+		done = done[:finished]
+	}
+	out := make([]*sv1.Rollout, 0, len(live)+len(done))
+	for _, r := range append(live, done...) {
 		out = append(out, proto.Clone(r).(*sv1.Rollout))
 	}
-	slices.SortFunc(out, func(a, b *sv1.Rollout) int { return cmp.Compare(b.GetGeneration(), a.GetGeneration()) })
-	return out
+	slices.SortFunc(out, newestFirst)
+	return out, older
 }
 
 // Desired returns a copy of a service's current desired state, or nil.
