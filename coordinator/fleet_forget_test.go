@@ -27,6 +27,8 @@ func TestFleet_ForgetsANodeSilentForADay(t *testing.T) {
 	f := newFleet(15*time.Second, newMetrics(prometheus.NewRegistry()), slog.New(slog.DiscardHandler))
 	now := time.Date(2026, 10, 1, 12, 0, 0, 0, time.UTC)
 	f.now = func() time.Time { return now }
+	// Every node is a target of drill-1 (faults of others are not kept).
+	f.drillTarget = func(drill, _ string) (time.Time, bool) { return time.Time{}, drill == "drill-1" }
 	status := func(node string, drill string) {
 		t.Helper()
 		w := map[string]uint32{"blue": 100, "green": 0}
