@@ -274,9 +274,13 @@ func sendIntent(ctx context.Context, c clientFlags, kind string, in *sv1.Intent,
 	if err != nil {
 		return err
 	}
+	parent := ctx
 	ctx, cancel := context.WithTimeout(ctx, c.timeout)
 	defer cancel()
 	res, err := bus.SendSignedIntent(ctx, nc, kind, in, signer)
+	if errors.Is(err, bus.ErrNoResult) {
+		res, err = whyNoResult(parent, nc, in.GetId(), err)
+	}
 	if err != nil {
 		return err
 	}
@@ -304,6 +308,32 @@ func sendIntent(ctx context.Context, c clientFlags, kind string, in *sv1.Intent,
 		return nil
 	}
 	return awaitConverged(ctx, c, res, stdout)
+}
+
+// whyNoResultAsk bounds the question whyNoResult asks after --timeout ran
+// out.
+const whyNoResultAsk = 2 * time.Second
+
+// whyNoResult asks the coordinators, once, about an intent that the stream
+// took but no coordinator answered within --timeout: its result when one
+// applied it meanwhile, else an error that says why none could (no leader,
+// no coordinator on the bus) and what becomes of the intent.
+func whyNoResult(ctx context.Context, nc *nats.Conn, id string, noResult error) (*sv1.IntentResult, error) {
+	ctx, cancel := context.WithTimeout(ctx, whyNoResultAsk)
+	defer cancel()
+	var res sv1.IntentResult
+	err := bus.Query(ctx, nc, bus.QueryIntent, &sv1.IntentQuery{Id: id}, &res)
+	if err == nil {
+		return &res, nil
+	}
+	why := "the leader has not applied it yet (" + err.Error() + ")"
+	if errors.Is(err, bus.ErrNoCurrentAnswer) {
+		why = "no coordinator could answer as the leader: " + strings.TrimPrefix(err.Error(), "query "+bus.QueryIntent+": ") +
+			". Without a leader (fewer than a quorum of coordinators running, or they cannot reach each other: see `switchyard coordinator members` " +
+			"on each, and their logs) nothing changes on the fleet"
+	}
+	return nil, fmt.Errorf("%w: %s. The intent waits on the intent stream: the next leader applies it while it is less than %s old; "+
+		"`switchyard audit log` shows it once one has", noResult, why, coordinator.SignedIntentMaxAge)
 }
 
 // awaitPublished polls the desired-state bucket until it carries generation
