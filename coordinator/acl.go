@@ -130,11 +130,11 @@ func (s *Server) refuseBeforeCommit(in *sv1.Intent, opened bus.OpenedIntent, act
 	return true
 }
 
-// Signed intents must be fresh: a signature older than signedIntentMaxAge
+// Signed intents must be fresh: a signature older than SignedIntentMaxAge
 // (or dated further ahead than signedIntentMaxSkew) is refused, so a
 // captured intent cannot be replayed once its id is forgotten.
 const (
-	signedIntentMaxAge  = time.Hour
+	SignedIntentMaxAge  = time.Hour
 	signedIntentMaxSkew = 5 * time.Minute
 )
 
@@ -165,9 +165,9 @@ func (s *Server) checkSigned(in *sv1.Intent, signer string) (string, error) {
 		return state.CodeInvalid, fmt.Errorf("%w: intent.created_at: required in a signed intent", spec.ErrInvalid)
 	}
 	at := in.GetCreatedAt().AsTime()
-	if at.Before(now.Add(-signedIntentMaxAge)) || at.After(now.Add(signedIntentMaxSkew)) {
+	if at.Before(now.Add(-SignedIntentMaxAge)) || at.After(now.Add(signedIntentMaxSkew)) {
 		return state.CodeInvalid, fmt.Errorf("%w: intent.created_at: %s is not within %s before or %s after the leader's clock (%s); sign it again",
-			spec.ErrInvalid, at.Format(time.RFC3339), signedIntentMaxAge, signedIntentMaxSkew, now.Format(time.RFC3339))
+			spec.ErrInvalid, at.Format(time.RFC3339), SignedIntentMaxAge, signedIntentMaxSkew, now.Format(time.RFC3339))
 	}
 	if h := st.AuditHead(); h.GetSeq()-h.GetExported() > auditBacklogLimit && !safetyAction(in) {
 		return CodeAuditUnavailable, fmt.Errorf("%s: refused: %d audit records wait for the %s stream (limit %d); only aborts and stop-all are taken until the export catches up",

@@ -594,3 +594,69 @@ strategy:
 		t.Logf("%s applied generations %v", node, d)
 	}
 }
+
+// heldCanarySpec moves half the traffic, then waits for an approval.
+const heldCanarySpec = `version: v1
+name: web-held
+service: web
+from: blue
+to: green
+strategy:
+  canary:
+    steps:
+      - setWeight: 50
+      - pause: {}
+`
+
+// TestCluster_AbortWithoutAQuorumSaysSoAndLandsOnceItIsBack is an operator
+// aborting while two of three coordinators are down. The command used to
+// end with "intent stored, but no coordinator answered in time" and nothing
+// on why; it now says that no coordinator leads, which one said so, and
+// what becomes of the intent. When the coordinators come back the abort is
+// applied once and every node goes back to blue.
+func TestCluster_AbortWithoutAQuorumSaysSoAndLandsOnceItIsBack(t *testing.T) {
+	t.Parallel()
+	ctx := harnesstest.Context(t, 2*time.Minute)
+	cp := startControlPlane(t, ctx)
+	c, f := cp.cluster, cp.fleet
+	if _, err := f.Apply(ctx, writeSpec(t, "held", heldCanarySpec)); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := f.WaitRollout(ctx, "web-held", atStep(f, 1)); err != nil {
+		t.Fatal(err)
+	}
+	leader, err := c.WaitLeader(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	down := []int{leader, (leader + 1) % len(c.Coordinators)}
+	for _, i := range down {
+		if err := c.Kill(i); err != nil {
+			t.Fatal(err)
+		}
+	}
+	res, err := f.Run(ctx, "rollout", "abort", "web-held", "--reason", "no quorum", "--timeout", "5s")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, want := range []string{"intent stored, but no coordinator answered in time", "knows no leader", "nothing changes on the fleet", "the next leader applies it"} {
+		if res.ExitCode != 1 || !strings.Contains(res.Stderr, want) {
+			t.Fatalf("abort without a quorum: exit %d\nstdout: %s\nstderr: %s\nwant exit 1 and %q", res.ExitCode, res.Stdout, res.Stderr, want)
+		}
+	}
+	for _, i := range down {
+		if err := c.Start(ctx, i); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := f.WaitAllServing(ctx, harness.Blue, samples); err != nil {
+		t.Fatalf("after the coordinators came back: %v", err)
+	}
+	v, err := f.WaitRollout(ctx, "web-held", f.Converged(sv1.RolloutPhase_ROLLOUT_PHASE_ROLLED_BACK))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := history(v.GetRollout(), "rolling back"); len(got) != 1 || !strings.Contains(got[0].GetMessage(), "no quorum") {
+		t.Fatalf("rolling back %d times (%v), want once, for the abort", len(got), got)
+	}
+}

@@ -7,6 +7,9 @@ import (
 	"testing"
 	"time"
 
+	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/switchyard/switchyard/bus"
 	"github.com/switchyard/switchyard/integration/harness"
 	"github.com/switchyard/switchyard/integration/harness/harnesstest"
 	sv1 "github.com/switchyard/switchyard/proto/switchyard/v1"
@@ -60,10 +63,15 @@ func TestRecovery_RebuiltClusterMovesTheFleetAfterRaisingTheEpoch(t *testing.T) 
 	}
 	b := harnesstest.StartCluster(t, ctx, harness.ClusterOptions{Switchyard: sy, NATS: url, SigningKey: a.TrustKeyPrivate()})
 
-	// B's first rollout fences below what the agents hold: no node moves,
-	// and status says why instead of claiming convergence.
-	if _, err := f.Apply(ctx, writeSpec(t, "web-b-1", blueGreenSpec("web-b-1", harness.Green, harness.Blue))); err != nil {
+	// B's first rollout fences below what the agents hold: the command
+	// says that the bus did not take it (exit 3), no node moves, and
+	// status says why instead of claiming convergence.
+	res, err := f.Run(ctx, "rollout", "apply", "-f", writeSpec(t, "web-b-1", blueGreenSpec("web-b-1", harness.Green, harness.Blue)), "--publish-timeout", "5s")
+	if err != nil {
 		t.Fatal(err)
+	}
+	if res.ExitCode != 3 || !strings.Contains(res.Stderr, "raise-epoch") {
+		t.Fatalf("apply on the rebuilt cluster: exit %d\nstdout: %s\nstderr: %s\nwant exit 3 naming raise-epoch", res.ExitCode, res.Stdout, res.Stderr)
 	}
 	view, err := f.WaitRollout(ctx, "web-b-1", func(v *sv1.RolloutView) error {
 		if len(v.GetNodes()) != len(f.Nodes) {
@@ -112,7 +120,7 @@ func TestRecovery_RebuiltClusterMovesTheFleetAfterRaisingTheEpoch(t *testing.T) 
 		t.Fatal(err)
 	}
 	args := append([]string{"coordinator", "raise-epoch", "--reason", "rebuilt after losing every coordinator's data"}, httpFlags(b.HTTPAddrs())...)
-	res, err := harness.RunCLI(ctx, sy, nil, append(args, change...)...)
+	res, err = harness.RunCLI(ctx, sy, nil, append(args, change...)...)
 	if err != nil || res.ExitCode != 0 {
 		t.Fatalf("raise-epoch: %v %+v", err, res)
 	}
@@ -153,4 +161,101 @@ func httpFlags(addrs []string) []string {
 		out = append(out, "--http", a)
 	}
 	return out
+}
+
+// TestRecovery_ApplyOnARebuiltClusterSaysTheBusIsFenced follows the
+// disaster-recovery steps of docs/security.md as an operator types them.
+// A cluster rebuilt from empty data numbers its generations from small Raft
+// indexes again, so the first document it commits fences below the one the
+// lost cluster left in the bucket, and the leader never writes it.
+// `rollout apply` used to compare generation numbers only, found the old
+// cluster's larger one and printed "published: the bus carries generation
+// N" for a document the bus did not carry. It now exits 3 saying which
+// document holds the bus and that the epoch must be raised; after
+// `coordinator raise-epoch` the next change is published in the new epoch.
+func TestRecovery_ApplyOnARebuiltClusterSaysTheBusIsFenced(t *testing.T) {
+	t.Parallel()
+	ctx := harnesstest.Context(t, 2*time.Minute)
+	sy, _ := binaries(t)
+	url := harnesstest.StartNATS(t)
+	env, err := url.CLIEnv()
+	if err != nil {
+		t.Fatal(err)
+	}
+	nc := connectNATS(t, url)
+	js, err := jetstream.New(nc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cli := func(args ...string) *harness.CLIResult {
+		t.Helper()
+		res, err := harness.RunCLI(ctx, sy, env, args...)
+		if err != nil && res == nil {
+			t.Fatalf("switchyard %s: %v", strings.Join(args, " "), err)
+		}
+		return res
+	}
+	spec := func(name, from, to string) string {
+		return writeSpec(t, name, blueGreenSpec(name, from, to))
+	}
+
+	// Cluster A: a few decisions on other services first, so that its
+	// document of web has a generation above the ones a new cluster
+	// starts with. No node runs web: only the bucket matters here.
+	a := harnesstest.StartCluster(t, ctx, harness.ClusterOptions{Size: 1, Switchyard: sy, NATS: url})
+	for i := range 4 {
+		name := fmt.Sprintf("pad-%d", i)
+		text := strings.Replace(blueGreenSpec(name, harness.Blue, harness.Green), "service: web", "service: "+name, 1)
+		if res := cli("rollout", "apply", "-f", writeSpec(t, name, text)); res.ExitCode != 0 {
+			t.Fatalf("cluster A, apply %s: %+v", name, res)
+		}
+	}
+	if res := cli("rollout", "apply", "-f", spec("web-a-1", harness.Blue, harness.Green)); res.ExitCode != 0 {
+		t.Fatalf("cluster A, apply web-a-1: %+v", res)
+	}
+	fenceA, err := bus.PublishedFence(ctx, js, "web")
+	if err != nil || fenceA.Generation == 0 {
+		t.Fatalf("cluster A's document of web: %v %v", fenceA, err)
+	}
+
+	// Disaster: A is gone with its data; B is bootstrapped from nothing,
+	// with the same signing key.
+	if err := a.StopAll(); err != nil {
+		t.Fatal(err)
+	}
+	b := harnesstest.StartCluster(t, ctx, harness.ClusterOptions{Switchyard: sy, NATS: url, SigningKey: a.TrustKeyPrivate()})
+	res := cli("rollout", "apply", "-f", spec("web-b-1", harness.Green, harness.Blue), "--publish-timeout", "5s")
+	var genB uint64
+	if _, err := fmt.Sscanf(res.Stdout, "rollout web-b-1: apply committed at index %d", &genB); err != nil {
+		t.Fatalf("cluster B, apply web-b-1: no commit in %+v", res)
+	}
+	if genB >= fenceA.Generation {
+		t.Fatalf("cluster B committed web at generation %d, not below cluster A's %s; the test needs it below", genB, fenceA)
+	}
+	if res.ExitCode != 3 || strings.Contains(res.Stdout, "published:") ||
+		!strings.Contains(res.Stderr, fmt.Sprintf("the bus carries epoch 1 generation %d", fenceA.Generation)) ||
+		!strings.Contains(res.Stderr, "switchyard coordinator raise-epoch") {
+		t.Fatalf("apply on the rebuilt cluster: exit %d\nstdout: %s\nstderr: %s\nwant exit 3, no \"published\", and the old cluster's document and raise-epoch named",
+			res.ExitCode, res.Stdout, res.Stderr)
+	}
+	if f, err := bus.PublishedFence(ctx, js, "web"); err != nil || f != fenceA {
+		t.Fatalf("the bucket holds %s (%v), want cluster A's %s still", f, err, fenceA)
+	}
+
+	// The documented step, then the next change reaches the bus.
+	change, err := b.ChangeFlags()
+	if err != nil {
+		t.Fatal(err)
+	}
+	res = cli(append(append([]string{"coordinator", "raise-epoch", "--reason", "rebuilt after losing every coordinator's data"}, httpFlags(b.HTTPAddrs())...), change...)...)
+	if res.ExitCode != 0 || !strings.Contains(res.Stdout, "cluster epoch raised from 1 to 2") {
+		t.Fatalf("raise-epoch: %+v", res)
+	}
+	res = cli("rollout", "abort", "web-b-1", "--publish-timeout", "20s")
+	if res.ExitCode != 0 || !strings.Contains(res.Stdout, "published: the bus carries generation") {
+		t.Fatalf("abort after raising the epoch: exit %d\nstdout: %s\nstderr: %s", res.ExitCode, res.Stdout, res.Stderr)
+	}
+	if f, err := bus.PublishedFence(ctx, js, "web"); err != nil || f.Epoch != 2 {
+		t.Fatalf("after raising the epoch the bucket holds %s (%v), want epoch 2", f, err)
+	}
 }

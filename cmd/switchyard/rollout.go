@@ -274,9 +274,13 @@ func sendIntent(ctx context.Context, c clientFlags, kind string, in *sv1.Intent,
 	if err != nil {
 		return err
 	}
+	parent := ctx
 	ctx, cancel := context.WithTimeout(ctx, c.timeout)
 	defer cancel()
 	res, err := bus.SendSignedIntent(ctx, nc, kind, in, signer)
+	if errors.Is(err, bus.ErrNoResult) {
+		res, err = whyNoResult(parent, nc, in.GetId(), err)
+	}
 	if err != nil {
 		return err
 	}
@@ -306,10 +310,40 @@ func sendIntent(ctx context.Context, c clientFlags, kind string, in *sv1.Intent,
 	return awaitConverged(ctx, c, res, stdout)
 }
 
+// whyNoResultAsk bounds the question whyNoResult asks after --timeout ran
+// out.
+const whyNoResultAsk = 2 * time.Second
+
+// whyNoResult asks the coordinators, once, about an intent that the stream
+// took but no coordinator answered within --timeout: its result when one
+// applied it meanwhile, else an error that says why none could (no leader,
+// no coordinator on the bus) and what becomes of the intent.
+func whyNoResult(ctx context.Context, nc *nats.Conn, id string, noResult error) (*sv1.IntentResult, error) {
+	ctx, cancel := context.WithTimeout(ctx, whyNoResultAsk)
+	defer cancel()
+	var res sv1.IntentResult
+	err := bus.Query(ctx, nc, bus.QueryIntent, &sv1.IntentQuery{Id: id}, &res)
+	if err == nil {
+		return &res, nil
+	}
+	why := "the leader has not applied it yet (" + err.Error() + ")"
+	if errors.Is(err, bus.ErrNoCurrentAnswer) {
+		why = "no coordinator could answer as the leader: " + strings.TrimPrefix(err.Error(), "query "+bus.QueryIntent+": ") +
+			". Without a leader (fewer than a quorum of coordinators running, or they cannot reach each other: see `switchyard coordinator members` " +
+			"on each, and their logs) nothing changes on the fleet"
+	}
+	return nil, fmt.Errorf("%w: %s. The intent waits on the intent stream: the next leader applies it while it is less than %s old; "+
+		"`switchyard audit log` shows it once one has", noResult, why, coordinator.SignedIntentMaxAge)
+}
+
 // awaitPublished polls the desired-state bucket until it carries generation
-// (or a newer one) for service. A committed decision that never reaches
-// the bus has changed no proxy; that is an error of its own, with what the
-// bucket holds and the last error reading it.
+// (or a newer one) of the cluster's current lineage for service. A committed
+// decision that never reaches the bus has changed no proxy; that is an error
+// of its own, with what the bucket holds and the last error reading it. A
+// generation number alone is not enough: a cluster rebuilt from empty data
+// numbers its generations from small Raft indexes again, and the document
+// of the cluster it replaced, still in the bucket, has a larger one while
+// it fences every document of the new cluster out.
 func awaitPublished(ctx context.Context, nc *nats.Conn, service string, generation uint64, wait time.Duration) error {
 	js, err := jetstream.New(nc)
 	if err != nil {
@@ -317,25 +351,46 @@ func awaitPublished(ctx context.Context, nc *nats.Conn, service string, generati
 	}
 	ctx, cancel := context.WithTimeout(ctx, wait)
 	defer cancel()
-	var have uint64
+	var have, checked bus.Fence
 	var lastErr error
 	t := time.NewTicker(100 * time.Millisecond)
 	defer t.Stop()
 	for {
 		rctx, rcancel := context.WithTimeout(ctx, 2*time.Second)
-		g, err := bus.PublishedGeneration(rctx, js, service)
+		f, err := bus.PublishedFence(rctx, js, service)
 		rcancel()
 		if err == nil {
-			if g >= generation {
-				return nil
+			have, lastErr = f, nil
+			f.Epoch = max(f.Epoch, 1)
+			if f != checked && f.Generation > 0 {
+				checked = f
+				// The bucket was read before the coordinators answer, so
+				// a document they wrote is not above what they answer.
+				cur, err := currentFence(ctx, nc, service)
+				switch {
+				case err != nil:
+					// No coordinator answers as current (an election):
+					// the generation alone, as the bucket says it.
+					if f.Generation >= generation {
+						return nil
+					}
+				case f.Compare(cur) > 0:
+					return fmt.Errorf("%w: committed generation %d of %s did not reach the bus: the bus carries epoch %d generation %d, "+
+						"above anything this cluster published (its current document is epoch %d generation %d). "+
+						"Another coordinator cluster's documents, such as those of a cluster this one was rebuilt to replace, fence this cluster's out, "+
+						"and agents refuse them as stale. If this cluster replaces that one, raise its epoch (switchyard coordinator raise-epoch, "+
+						"docs/security.md); the leader then publishes every document again and the fleet follows",
+						bus.ErrNotPublished, generation, service, f.Epoch, f.Generation, cur.Epoch, cur.Generation)
+				case f.Epoch == cur.Epoch && f.Generation >= generation:
+					return nil
+				}
 			}
-			have, lastErr = g, nil
 		} else if ctx.Err() == nil {
 			lastErr = err
 		}
 		select {
 		case <-ctx.Done():
-			why := fmt.Sprintf("the bus still carries generation %d", have)
+			why := fmt.Sprintf("the bus still carries epoch %d generation %d", max(have.Epoch, 1), have.Generation)
 			if lastErr != nil {
 				why = "reading the bus failed: " + lastErr.Error()
 			}
@@ -345,6 +400,23 @@ func awaitPublished(ctx context.Context, nc *nats.Conn, service string, generati
 		case <-t.C:
 		}
 	}
+}
+
+// currentFence asks the coordinators the fence of service's current
+// desired state: the cluster's epoch and its latest generation.
+func currentFence(ctx context.Context, nc *nats.Conn, service string) (bus.Fence, error) {
+	ctx, cancel := context.WithTimeout(ctx, 2*time.Second)
+	defer cancel()
+	var ans sv1.FleetStatus
+	if err := bus.Query(ctx, nc, bus.QueryFleetStatus, &sv1.FleetStatusQuery{Service: service}, &ans); err != nil {
+		return bus.Fence{}, err
+	}
+	for _, sf := range ans.GetServices() {
+		if sf.GetService() == service {
+			return bus.Fence{Epoch: max(sf.GetEpoch(), 1), Generation: sf.GetGeneration()}, nil
+		}
+	}
+	return bus.Fence{}, fmt.Errorf("the coordinators know no service %q", service)
 }
 
 // awaitConverged polls the service's fleet until every live node's proxy
