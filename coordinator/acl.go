@@ -134,6 +134,9 @@ func (s *Server) refuseBeforeCommit(in *sv1.Intent, opened bus.OpenedIntent, act
 // (or dated further ahead than signedIntentMaxSkew) is refused, so a
 // captured intent cannot be replayed once its id is forgotten.
 const (
+	// SignedIntentMaxAge is how old a signed intent may be when a leader
+	// takes it; an intent waiting on the stream for a leader is applied
+	// only while younger.
 	SignedIntentMaxAge  = time.Hour
 	signedIntentMaxSkew = 5 * time.Minute
 )
