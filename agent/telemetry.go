@@ -233,6 +233,10 @@ func (t *telemetryLoop) closeWindow(ctx context.Context) {
 		bh.Requests, bh.Errors = wc.requests, wc.errors
 		if c, ok := counters[b]; ok {
 			bh.CurrentConnections, bh.Queued, bh.Weight = c.Current, c.Queued, c.Weight
+			// A backend the proxy took out of rotation itself (failing
+			// health checks) answers nothing, so it fails nothing either:
+			// without this it would look like a quiet backend.
+			bh.Down = c.Down && c.Weight > 0
 		}
 		gw.backends[b] = wc
 		rep.Backends = append(rep.Backends, bh)

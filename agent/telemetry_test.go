@@ -385,3 +385,36 @@ func TestTelemetry_GuardHoldsWhenTheOldBackendFailsAsWell(t *testing.T) {
 		})
 	}
 }
+
+// TestTelemetry_ReportsDownOnlyWhenWeightedAndFailingChecks: a backend
+// HAProxy marked DOWN (its health checks fail) gets no request whatever its
+// weight, so its window shows no traffic and no error. The report must say
+// it was down while it had weight, and only then: a DOWN backend at weight
+// 0 asks for no traffic, and one in rotation is not down.
+func TestTelemetry_ReportsDownOnlyWhenWeightedAndFailingChecks(t *testing.T) {
+	stats := &fakeStats{next: []driver.BackendCounters{{Backend: "blue", Weight: 80}, {Backend: "green", Weight: 20, Down: true}}}
+	view := &appliedView{seq: 1, generation: 7, rolloutID: "r1", weights: map[string]uint32{"blue": 80, "green": 20}}
+	tl, _, sent := newTestTelemetryLoop(t, stats, view)
+	fake := tl.clock.(*clock.Fake)
+	for _, tt := range []struct {
+		name                string
+		counters            []driver.BackendCounters
+		wantBlue, wantGreen bool
+	}{
+		{"green weighted and down", []driver.BackendCounters{{Backend: "blue", Weight: 80}, {Backend: "green", Weight: 20, Down: true}}, false, true},
+		{"green down at weight 0", []driver.BackendCounters{{Backend: "blue", Weight: 100}, {Backend: "green", Weight: 0, Down: true}}, false, false},
+		{"both weighted, in rotation", []driver.BackendCounters{{Backend: "blue", Weight: 80}, {Backend: "green", Weight: 20}}, false, false},
+		{"both weighted and down", []driver.BackendCounters{{Backend: "blue", Weight: 80, Down: true}, {Backend: "green", Weight: 20, Down: true}}, true, true},
+	} {
+		stats.next = tt.counters
+		fake.Advance(time.Second)
+		tl.closeWindow(context.Background())
+		r := (*sent)[len(*sent)-1]
+		if got := backendHealth(r, "blue").GetDown(); got != tt.wantBlue {
+			t.Errorf("%s: blue down = %v, want %v", tt.name, got, tt.wantBlue)
+		}
+		if got := backendHealth(r, "green").GetDown(); got != tt.wantGreen {
+			t.Errorf("%s: green down = %v, want %v", tt.name, got, tt.wantGreen)
+		}
+	}
+}

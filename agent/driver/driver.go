@@ -60,6 +60,10 @@ type BackendCounters struct {
 	Queued uint32
 	// Weight is the weight the proxy uses now.
 	Weight uint32
+	// Down is true when the proxy holds the backend out of rotation on its
+	// own now, whatever its weight: its health checks fail (HAProxy's
+	// DOWN). An admin state (drain, maint) is not down.
+	Down bool
 }
 
 // StatsReader is implemented by drivers that can read their proxy's traffic

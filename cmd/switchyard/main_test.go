@@ -114,6 +114,7 @@ func TestCLI_PlanOfflineShowsStepsWavesAndGuardrails(t *testing.T) {
 		"Rollout web-canary-1: web from blue to green, canary",
 		"error rate: at most 5.00%, and no worse than blue",
 		"judge: sequential, green against blue on the same nodes on every report; a release no worse than blue is rolled back with probability at most 0.005 over 1h0m0s of canary (at most twice that however long it runs)",
+		"health checks: green weighted but down on a node (HAProxy's health checks failing) where blue is not fails a window, whatever its requests",
 		"Wave 1/2 eu-canary (region=eu, 10%)",
 		"Wave 2/2 everyone (every node, 100%, waits for approval)",
 		"5. pause until approved",

@@ -152,6 +152,8 @@ func printPlan(w io.Writer, sp *sv1.RolloutSpec, nodes []*sv1.NodeView, withFlee
 	if q := a.GetSaturation(); q != nil && q.GetMaxQueue() > 0 {
 		fmt.Fprintf(w, "  saturation: at most %d queued requests on a node\n", q.GetMaxQueue())
 	}
+	fmt.Fprintf(w, "  health checks: %s weighted but down on a node (HAProxy's health checks failing) where %s is not fails a window, whatever its requests\n",
+		sp.GetTo(), sp.GetFrom())
 
 	plan := spec.Compile(sp)
 	taken := map[string]bool{}

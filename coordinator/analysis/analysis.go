@@ -248,7 +248,13 @@ type cell struct {
 	// nodes that reported into the cell; a node reporting twice in one
 	// second appears twice, windows count distinct nodes.
 	nodes []nodeID
+	// down are the nodes among them whose proxy held the backend out of
+	// rotation on its own (failing health checks) while it was weighted.
+	down []nodeID
 }
+
+// idBytes is what the cell's lists of nodes take.
+func (c *cell) idBytes() int { return 4 * (cap(c.nodes) + cap(c.down)) }
 
 type cacheKey struct {
 	rollout string
@@ -324,7 +330,7 @@ func (s *Store) forgetQuiet() {
 		}
 		for _, cells := range s.services[svc] {
 			for _, c := range cells {
-				s.size.bytes -= int64(cellBytes + c.latency.SizeBytes() + 4*cap(c.nodes))
+				s.size.bytes -= int64(cellBytes + c.latency.SizeBytes() + c.idBytes())
 			}
 		}
 		delete(s.services, svc)
@@ -386,18 +392,21 @@ func (s *Store) addRollout(r *Report, id nodeID) {
 		}
 		c.requests += b.Requests
 		c.errors += b.Errors
-		before := c.latency.SizeBytes() + 4*cap(c.nodes)
+		before := c.latency.SizeBytes() + c.idBytes()
 		c.latency.Merge(b.Latency)
 		c.maxQueue = max(c.maxQueue, b.Queued)
 		c.nodes = append(c.nodes, id)
-		s.size.bytes += int64(c.latency.SizeBytes() + 4*cap(c.nodes) - before)
+		if b.Down {
+			c.down = append(c.down, id)
+		}
+		s.size.bytes += int64(c.latency.SizeBytes() + c.idBytes() - before)
 	}
 	if sec > s.newest[r.Service] {
 		s.newest[r.Service] = sec
 		for t, cells := range series {
 			if t < sec-int64(Retention/time.Second) {
 				for _, c := range cells {
-					s.size.bytes -= int64(cellBytes + c.latency.SizeBytes() + 4*cap(c.nodes))
+					s.size.bytes -= int64(cellBytes + c.latency.SizeBytes() + c.idBytes())
 				}
 				delete(series, t)
 				for i := range s.hints {
@@ -469,15 +478,23 @@ type Aggregate struct {
 	Latency          *sketch.Sketch
 	MaxQueue         uint32
 	Nodes            int
+	// Down names the nodes, sorted, that reported the backend weighted
+	// but held out of rotation by their proxy (failing its health checks)
+	// in the window: it answered none of the requests its weight asked
+	// for there, so it failed none either.
+	Down []string
 }
 
-func (a *Aggregate) add(c *cell, nodes map[nodeID]struct{}) {
+func (a *Aggregate) add(c *cell, nodes, down map[nodeID]struct{}) {
 	a.Requests += c.requests
 	a.Errors += c.errors
 	a.Latency.Merge(c.latency)
 	a.MaxQueue = max(a.MaxQueue, c.maxQueue)
 	for _, n := range c.nodes {
 		nodes[n] = struct{}{}
+	}
+	for _, n := range c.down {
+		down[n] = struct{}{}
 	}
 }
 
@@ -491,16 +508,20 @@ func (s *Store) Window(service, rollout, backend string, wave int32, start, end 
 
 func (s *Store) window(service, rollout, backend string, wave int32, start, end time.Time) *Aggregate {
 	agg := &Aggregate{Latency: sketch.New()}
-	nodes := map[nodeID]struct{}{}
+	nodes, down := map[nodeID]struct{}{}, map[nodeID]struct{}{}
 	series := s.services[service]
 	for sec := start.Unix() + 1; sec <= end.Unix(); sec++ {
 		for k, c := range series[sec] {
 			if k.rollout == rollout && k.backend == backend && (wave == AnyWave || k.wave == wave) {
-				agg.add(c, nodes)
+				agg.add(c, nodes, down)
 			}
 		}
 	}
 	agg.Nodes = len(nodes)
+	for id := range down {
+		agg.Down = append(agg.Down, s.names[id])
+	}
+	slices.Sort(agg.Down)
 	return agg
 }
 
@@ -511,8 +532,8 @@ const AnyWave int32 = -2
 type WindowResult struct {
 	Start, End time.Time
 	Verdict    Verdict
-	// Guardrail is the failing check ("error_rate", "latency",
-	// "saturation"), or empty.
+	// Guardrail is the failing check ("health_check", "error_rate",
+	// "latency", "saturation"), or empty.
 	Guardrail string
 	Reason    string
 	PValue    float64
@@ -666,6 +687,10 @@ func (s *Store) judgeWindow(r *sv1.Rollout, start, end time.Time) WindowResult {
 	base := s.window(svc, id, sp.GetFrom(), r.GetWave(), start, end)
 	if base.Requests < sp.GetAnalysis().GetMinRequests() {
 		base = s.window(svc, id, sp.GetFrom(), AnyWave, start, end)
+	} else if len(cand.Down) > 0 {
+		// Where the old backend was down too the host is sick, whatever
+		// wave its node is in: Judge leaves those nodes out.
+		base.Down = s.window(svc, id, sp.GetFrom(), AnyWave, start, end).Down
 	}
 	res := missing(Judge(sp.GetAnalysis(), sp.GetTo(), sp.GetFrom(), cand, base), s.shedIn(svc, start, end))
 	if res.Verdict == Pass && s.deafIn(start, end) {

@@ -250,3 +250,89 @@ func TestJudge_LatencyLimitNeedsConfidence(t *testing.T) {
 		t.Errorf("15%% of requests over the limit failed only %d of 100 windows", caught)
 	}
 }
+
+// TestStore_GreenDownWhileWeightedFailsWindows: HAProxy's health checks
+// took green out of rotation while the rollout weighted it, so green
+// answered nothing and failed nothing: its windows would only ever be
+// inconclusive, and a canary of timed pauses would walk it to 100%. Such
+// windows fail with the default (sequential) method, naming the nodes,
+// and breachWindows of them roll back. A node whose blue was down too (a
+// sick host) does not count against green, nor does blue down alone.
+func TestStore_GreenDownWhileWeightedFailsWindows(t *testing.T) {
+	t0 := time.Date(2026, 1, 1, 12, 0, 0, 0, time.UTC)
+	sp := &sv1.RolloutSpec{Name: "r1", Service: "web", From: "blue", To: "green"}
+	spec.Default(sp)
+	if spec.Method(sp.GetAnalysis()) != spec.MethodSequential {
+		t.Fatalf("default method %q", spec.Method(sp.GetAnalysis()))
+	}
+	r := &sv1.Rollout{Id: "r1", Spec: sp, CreatedAt: timestamppb.New(t0)}
+	down := func(b *sv1.BackendHealth) *sv1.BackendHealth { b.Down = true; return b }
+
+	// 15 s: n1..n3 have green down (blue serves all), n4 is a sick host
+	// with both down, n5 is healthy and quiet on green.
+	s := NewStore()
+	for sec := 1; sec <= 15; sec++ {
+		end := t0.Add(time.Duration(sec) * time.Second)
+		for _, n := range []string{"n1", "n2", "n3"} {
+			if err := s.Add(report(n, end, 0, down(backend("green", 0, 0, 0)), backend("blue", 90, 0, 20*time.Millisecond))); err != nil {
+				t.Fatal(err)
+			}
+		}
+		if err := s.Add(report("n4", end, 0, down(backend("green", 0, 0, 0)), down(backend("blue", 0, 0, 0)))); err != nil {
+			t.Fatal(err)
+		}
+		if err := s.Add(report("n5", end, 0, backend("green", 2, 0, 20*time.Millisecond), backend("blue", 90, 0, 20*time.Millisecond))); err != nil {
+			t.Fatal(err)
+		}
+	}
+	a := s.Assess(r, t0.Add(15*time.Second+Grace))
+	if len(a.Windows) != 3 {
+		t.Fatalf("%d windows, want 3", len(a.Windows))
+	}
+	const want = "green down (failing the proxy's health checks) while weighted on 3 nodes: n1, n2, n3"
+	for i, w := range a.Windows {
+		if w.Verdict != Fail || w.Guardrail != "health_check" || w.Reason != want {
+			t.Errorf("window %d: %v %q: %s; want fail health_check: %s", i, w.Verdict, w.Guardrail, w.Reason, want)
+		}
+	}
+	if a.Breach == nil || a.Breach.GetGuardrail() != "health_check" || len(a.Breach.GetWindows()) != 2 ||
+		!strings.Contains(a.Breach.GetSummary(), "3 nodes: n1, n2, n3") {
+		t.Fatalf("breach %v", a.Breach)
+	}
+
+	// Blue down on a node, green fine (or down there too): not green's
+	// fault, and nothing fails.
+	r2 := &sv1.Rollout{Id: "r2", Spec: sp, CreatedAt: timestamppb.New(t0)}
+	s = NewStore()
+	for sec := 1; sec <= 15; sec++ {
+		end := t0.Add(time.Duration(sec) * time.Second)
+		for _, rep := range []*sv1.HealthReport{
+			report("n1", end, 0, backend("green", 60, 0, 20*time.Millisecond), down(backend("blue", 0, 0, 0))),
+			report("n2", end, 0, down(backend("green", 0, 0, 0)), down(backend("blue", 0, 0, 0))),
+			report("n3", end, 0, backend("green", 60, 0, 20*time.Millisecond), backend("blue", 90, 0, 20*time.Millisecond)),
+		} {
+			rep.RolloutId = "r2"
+			if err := s.Add(rep); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	a = s.Assess(r2, t0.Add(15*time.Second+Grace))
+	for i, w := range a.Windows {
+		if w.Verdict == Fail {
+			t.Errorf("blue down: window %d failed: %s", i, w.Reason)
+		}
+	}
+	if a.Breach != nil {
+		t.Fatalf("blue down: breach %v", a.Breach)
+	}
+}
+
+func TestNodeList_NamesAFew(t *testing.T) {
+	if got, want := nodeList([]string{"n1"}), "1 node: n1"; got != want {
+		t.Errorf("%q, want %q", got, want)
+	}
+	if got, want := nodeList([]string{"a", "b", "c", "d", "e", "f", "g"}), "7 nodes: a, b, c, d, e and 2 more"; got != want {
+		t.Errorf("%q, want %q", got, want)
+	}
+}

@@ -3,6 +3,8 @@ package analysis
 import (
 	"fmt"
 	"math"
+	"slices"
+	"strings"
 	"sync"
 
 	"github.com/switchyard/switchyard/internal/sketch"
@@ -38,6 +40,13 @@ func backendWindow(name string, a *Aggregate, quantile float64) *sv1.BackendWind
 // candidate's own numbers over the limit with confidence and, when there is
 // a baseline, the candidate worse than it: a fleet-wide problem is not the
 // release's fault and rolling back would not fix it.
+//
+// Before any of that, a candidate its proxies held out of rotation (failing
+// their health checks) while it was weighted fails the window outright, on
+// any node where the baseline was not down too (a sick host is not the
+// release's fault): it answered none of its traffic there, so its counts
+// alone would never fail it, and at 100% the proxy answers every request
+// itself with no backend to charge.
 func Judge(a *sv1.AnalysisSpec, candName, baseName string, cand, base *Aggregate) WindowResult {
 	q := a.GetLatency().GetQuantile()
 	res := WindowResult{
@@ -45,6 +54,11 @@ func Judge(a *sv1.AnalysisSpec, candName, baseName string, cand, base *Aggregate
 		Candidate: backendWindow(candName, cand, q),
 		Baseline:  backendWindow(baseName, base, q),
 		PValue:    1,
+	}
+	if down := without(cand.Down, base.Down); len(down) > 0 {
+		res.Verdict, res.Guardrail, res.PValue = Fail, "health_check", 0
+		res.Reason = fmt.Sprintf("%s down (failing the proxy's health checks) while weighted on %s", candName, nodeList(down))
+		return res
 	}
 	minReq := a.GetMinRequests()
 	if cand.Requests < minReq || cand.Requests == 0 {
@@ -124,6 +138,34 @@ func Judge(a *sv1.AnalysisSpec, candName, baseName string, cand, base *Aggregate
 			100*float64(cand.Errors)/float64(cand.Requests), pct(q), dur(cand.Latency.Quantile(q)))
 	}
 	return res
+}
+
+// without is the names of a not in b, which is sorted.
+func without(a, b []string) []string {
+	var out []string
+	for _, n := range a {
+		if _, found := slices.BinarySearch(b, n); !found {
+			out = append(out, n)
+		}
+	}
+	return out
+}
+
+// shownNodes is how many node names a reason lists.
+const shownNodes = 5
+
+// nodeList says how many nodes and names the first few: "3 nodes: n1, n2,
+// n3", "12 nodes: n1, n2, n3, n4, n5 and 7 more".
+func nodeList(names []string) string {
+	word := "nodes"
+	if len(names) == 1 {
+		word = "node"
+	}
+	shown := strings.Join(names[:min(len(names), shownNodes)], ", ")
+	if more := len(names) - shownNodes; more > 0 {
+		shown += fmt.Sprintf(" and %d more", more)
+	}
+	return fmt.Sprintf("%d %s: %s", len(names), word, shown)
 }
 
 func pct(q float64) string { return fmt.Sprintf("%g", math.Round(q*1000)/10) }

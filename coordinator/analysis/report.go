@@ -36,6 +36,9 @@ type BackendReport struct {
 	Requests, Errors uint64
 	Queued           uint32
 	Latency          *sketch.Sketch
+	// Down: the proxy held the backend out of rotation on its own (failing
+	// health checks) while it was weighted, at the end of the window.
+	Down bool
 }
 
 // ReportOf checks a decoded HealthReport and turns it into a Report.
@@ -47,7 +50,7 @@ func ReportOf(r *sv1.HealthReport) (*Report, error) {
 		Wave: r.GetWave(), End: r.GetWindowEnd().AsTime().Unix(), Backends: make([]BackendReport, 0, len(r.GetBackends()))}
 	for _, b := range r.GetBackends() {
 		sk, latErr := sketch.FromProto(b.GetLatency())
-		br := BackendReport{Backend: b.GetBackend(), Requests: b.GetRequests(), Errors: b.GetErrors(), Queued: b.GetQueued(), Latency: sk}
+		br := BackendReport{Backend: b.GetBackend(), Requests: b.GetRequests(), Errors: b.GetErrors(), Queued: b.GetQueued(), Latency: sk, Down: b.GetDown()}
 		scaled, err := br.check(latErr)
 		if err != nil {
 			return nil, err
@@ -224,6 +227,7 @@ const (
 	fBackendErrors   = 3
 	fBackendLatency  = 4
 	fBackendQueued   = 6
+	fBackendDown     = 8
 
 	fSketchAccuracy = 1
 	fSketchZero     = 2
@@ -437,6 +441,8 @@ func (d *Decoder) backend(b []byte) (br BackendReport, sk sketch.Sketch, latErr,
 			br.Errors = v
 		case num == fBackendQueued && typ == protowire.VarintType:
 			br.Queued = uint32(v)
+		case num == fBackendDown && typ == protowire.VarintType:
+			br.Down = v != 0
 		case num == fBackendLatency && typ == protowire.BytesType:
 			haveLatency = true
 			err = fields(bs, "latency sketch", func(num protowire.Number, typ protowire.Type, v uint64, bs []byte) error {

@@ -54,7 +54,7 @@ func sameReport(a, b *Report) bool {
 	}
 	for i := range a.Backends {
 		x, y := a.Backends[i], b.Backends[i]
-		if x.Backend != y.Backend || x.Requests != y.Requests || x.Errors != y.Errors || x.Queued != y.Queued ||
+		if x.Backend != y.Backend || x.Requests != y.Requests || x.Errors != y.Errors || x.Queued != y.Queued || x.Down != y.Down ||
 			!reflect.DeepEqual(x.Latency.Bins(), y.Latency.Bins()) || x.Latency.Count() != y.Latency.Count() {
 			return false
 		}
@@ -249,6 +249,7 @@ func TestDecoder_MatchesProtoUnmarshal(t *testing.T) {
 		{Node: "n", Service: "web", WindowEnd: &timestamppb.Timestamp{}, Backends: []*sv1.BackendHealth{{Backend: "green", Latency: &sv1.LatencySketch{}}}},
 		{Node: "n", Service: "web", WindowEnd: &timestamppb.Timestamp{}, Backends: []*sv1.BackendHealth{{Backend: "green",
 			Latency: &sv1.LatencySketch{RelativeAccuracy: sketch.RelativeAccuracy, Counts: []float64{1, math.NaN()}}}}},
+		{Node: "n", Service: "web", WindowEnd: &timestamppb.Timestamp{}, Backends: []*sv1.BackendHealth{{Backend: "blue", Weight: 80}, {Backend: "green", Weight: 20, Down: true}}},
 		{Node: "n", Service: "web", WindowEnd: &timestamppb.Timestamp{Seconds: 9, Nanos: 5}, DrillId: "d1",
 			Probes: []*sv1.ProbeResult{{Backend: "green", Ok: true, Latency: durationpb.New(time.Millisecond)}}},
 	}

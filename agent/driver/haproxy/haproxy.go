@@ -359,7 +359,19 @@ func (s ServerStat) Counters() driver.BackendCounters {
 		Current:      clampUint32(s.Scur),
 		Queued:       clampUint32(s.Qcur),
 		Weight:       s.Weight,
+		Down:         s.OperationallyDown(),
 	}
+}
+
+// OperationallyDown is true when HAProxy itself holds the server out of
+// rotation: its health checks (or agent checks) failed, status "DOWN",
+// "DOWN 1/2" (rising, still down) or "DOWN (agent)". An admin state shows
+// first ("MAINT", "DRAIN") and is not down: the agent or a drill set it.
+// "UP 1/3" (failing, still up) and "no check" take traffic; "NOLB" is a
+// server asking, through its check, for no new traffic (its own graceful
+// stop), not a failing one.
+func (s ServerStat) OperationallyDown() bool {
+	return strings.HasPrefix(s.Status, "DOWN")
 }
 
 func clampUint32(v uint64) uint32 {

@@ -499,3 +499,18 @@ func TestDriver_ClosedRefuses(t *testing.T) {
 		t.Fatalf("closed driver sent %q", got)
 	}
 }
+
+// TestServerStat_DownOnlyWhenHAProxyTookItOut: a server is down when
+// HAProxy's own checks took it out of rotation, never for an admin state
+// the agent or a drill set, nor while it is still up or unchecked.
+func TestServerStat_DownOnlyWhenHAProxyTookItOut(t *testing.T) {
+	for status, want := range map[string]bool{
+		"DOWN": true, "DOWN 1/2": true, "DOWN (agent)": true,
+		"UP": false, "UP 1/3": false, "no check": false, "NOLB": false,
+		"MAINT": false, "MAINT (via)": false, "MAINT (resolution)": false, "DRAIN": false, "DRAIN (agent)": false,
+	} {
+		if got := (ServerStat{Status: status, Weight: 20}).Counters().Down; got != want {
+			t.Errorf("status %q: down = %v, want %v", status, got, want)
+		}
+	}
+}

@@ -312,7 +312,14 @@ type BackendHealth struct {
 	CurrentConnections uint32         `protobuf:"varint,5,opt,name=current_connections,json=currentConnections,proto3" json:"current_connections,omitempty"`
 	Queued             uint32         `protobuf:"varint,6,opt,name=queued,proto3" json:"queued,omitempty"`
 	// Weight is the weight the proxy had at the end of the window.
-	Weight        uint32 `protobuf:"varint,7,opt,name=weight,proto3" json:"weight,omitempty"`
+	Weight uint32 `protobuf:"varint,7,opt,name=weight,proto3" json:"weight,omitempty"`
+	// Down is true when, at the end of the window, the proxy held the backend
+	// out of rotation on its own (HAProxy's health checks failing: status
+	// DOWN) while its weight was above 0: it took none of the traffic its
+	// weight asked for. An admin state (drain, maint) set by the agent or a
+	// drill is not down. False where the agent cannot tell (Envoy, agents
+	// older than this field): not known to be down.
+	Down          bool `protobuf:"varint,8,opt,name=down,proto3" json:"down,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -394,6 +401,13 @@ func (x *BackendHealth) GetWeight() uint32 {
 		return x.Weight
 	}
 	return 0
+}
+
+func (x *BackendHealth) GetDown() bool {
+	if x != nil {
+		return x.Down
+	}
+	return false
 }
 
 // LatencySketch is a mergeable DDSketch of request latencies in seconds.
@@ -1087,7 +1101,7 @@ const file_switchyard_v1_telemetry_proto_rawDesc = "" +
 	"\x02ok\x18\x03 \x01(\bR\x02ok\x123\n" +
 	"\alatency\x18\x04 \x01(\v2\x19.google.protobuf.DurationR\alatency\x12\x14\n" +
 	"\x05error\x18\x05 \x01(\tR\x05error\x12*\n" +
-	"\x02at\x18\x06 \x01(\v2\x1a.google.protobuf.TimestampR\x02at\"\xf6\x01\n" +
+	"\x02at\x18\x06 \x01(\v2\x1a.google.protobuf.TimestampR\x02at\"\x8a\x02\n" +
 	"\rBackendHealth\x12\x18\n" +
 	"\abackend\x18\x01 \x01(\tR\abackend\x12\x1a\n" +
 	"\brequests\x18\x02 \x01(\x04R\brequests\x12\x16\n" +
@@ -1095,7 +1109,8 @@ const file_switchyard_v1_telemetry_proto_rawDesc = "" +
 	"\alatency\x18\x04 \x01(\v2\x1c.switchyard.v1.LatencySketchR\alatency\x12/\n" +
 	"\x13current_connections\x18\x05 \x01(\rR\x12currentConnections\x12\x16\n" +
 	"\x06queued\x18\x06 \x01(\rR\x06queued\x12\x16\n" +
-	"\x06weight\x18\a \x01(\rR\x06weight\"\xb9\x01\n" +
+	"\x06weight\x18\a \x01(\rR\x06weight\x12\x12\n" +
+	"\x04down\x18\b \x01(\bR\x04down\"\xb9\x01\n" +
 	"\rLatencySketch\x12+\n" +
 	"\x11relative_accuracy\x18\x01 \x01(\x01R\x10relativeAccuracy\x12\x1d\n" +
 	"\n" +
