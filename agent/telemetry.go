@@ -235,8 +235,10 @@ func (t *telemetryLoop) closeWindow(ctx context.Context) {
 			bh.CurrentConnections, bh.Queued, bh.Weight = c.Current, c.Queued, c.Weight
 			// A backend the proxy took out of rotation itself (failing
 			// health checks) answers nothing, so it fails nothing either:
-			// without this it would look like a quiet backend.
-			bh.Down = c.Down && c.Weight > 0
+			// without this it would look like a quiet backend. Said at
+			// any weight: the old backend down at weight 0 tells the
+			// coordinators a host is sick, not the release.
+			bh.Down = c.Down
 		}
 		gw.backends[b] = wc
 		rep.Backends = append(rep.Backends, bh)

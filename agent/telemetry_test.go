@@ -386,12 +386,13 @@ func TestTelemetry_GuardHoldsWhenTheOldBackendFailsAsWell(t *testing.T) {
 	}
 }
 
-// TestTelemetry_ReportsDownOnlyWhenWeightedAndFailingChecks: a backend
-// HAProxy marked DOWN (its health checks fail) gets no request whatever its
-// weight, so its window shows no traffic and no error. The report must say
-// it was down while it had weight, and only then: a DOWN backend at weight
-// 0 asks for no traffic, and one in rotation is not down.
-func TestTelemetry_ReportsDownOnlyWhenWeightedAndFailingChecks(t *testing.T) {
+// TestTelemetry_ReportsDownWhenFailingChecks: a backend HAProxy marked
+// DOWN (its health checks fail) gets no request whatever its weight, so its
+// window shows no traffic and no error. The report must say it was down,
+// at any weight (the coordinators tell a release that does not come up,
+// weighted, from a sick host, whose old backend is down at weight 0 too),
+// and only then: one in rotation is not down.
+func TestTelemetry_ReportsDownWhenFailingChecks(t *testing.T) {
 	stats := &fakeStats{next: []driver.BackendCounters{{Backend: "blue", Weight: 80}, {Backend: "green", Weight: 20, Down: true}}}
 	view := &appliedView{seq: 1, generation: 7, rolloutID: "r1", weights: map[string]uint32{"blue": 80, "green": 20}}
 	tl, _, sent := newTestTelemetryLoop(t, stats, view)
@@ -402,7 +403,7 @@ func TestTelemetry_ReportsDownOnlyWhenWeightedAndFailingChecks(t *testing.T) {
 		wantBlue, wantGreen bool
 	}{
 		{"green weighted and down", []driver.BackendCounters{{Backend: "blue", Weight: 80}, {Backend: "green", Weight: 20, Down: true}}, false, true},
-		{"green down at weight 0", []driver.BackendCounters{{Backend: "blue", Weight: 100}, {Backend: "green", Weight: 0, Down: true}}, false, false},
+		{"green down at weight 0", []driver.BackendCounters{{Backend: "blue", Weight: 100}, {Backend: "green", Weight: 0, Down: true}}, false, true},
 		{"both weighted, in rotation", []driver.BackendCounters{{Backend: "blue", Weight: 80}, {Backend: "green", Weight: 20}}, false, false},
 		{"both weighted and down", []driver.BackendCounters{{Backend: "blue", Weight: 80, Down: true}, {Backend: "green", Weight: 20, Down: true}}, true, true},
 	} {

@@ -249,12 +249,13 @@ type cell struct {
 	// second appears twice, windows count distinct nodes.
 	nodes []nodeID
 	// down are the nodes among them whose proxy held the backend out of
-	// rotation on its own (failing health checks) while it was weighted.
-	down []nodeID
+	// rotation on its own (failing health checks) while it was weighted;
+	// idle those that did so at weight 0.
+	down, idle []nodeID
 }
 
 // idBytes is what the cell's lists of nodes take.
-func (c *cell) idBytes() int { return 4 * (cap(c.nodes) + cap(c.down)) }
+func (c *cell) idBytes() int { return 4 * (cap(c.nodes) + cap(c.down) + cap(c.idle)) }
 
 type cacheKey struct {
 	rollout string
@@ -396,8 +397,11 @@ func (s *Store) addRollout(r *Report, id nodeID) {
 		c.latency.Merge(b.Latency)
 		c.maxQueue = max(c.maxQueue, b.Queued)
 		c.nodes = append(c.nodes, id)
-		if b.Down {
+		switch {
+		case b.Down && b.Weight > 0:
 			c.down = append(c.down, id)
+		case b.Down:
+			c.idle = append(c.idle, id)
 		}
 		s.size.bytes += int64(c.latency.SizeBytes() + c.idBytes() - before)
 	}
@@ -481,11 +485,12 @@ type Aggregate struct {
 	// Down names the nodes, sorted, that reported the backend weighted
 	// but held out of rotation by their proxy (failing its health checks)
 	// in the window: it answered none of the requests its weight asked
-	// for there, so it failed none either.
-	Down []string
+	// for there, so it failed none either. OutOfRotation names those that
+	// reported it so at any weight.
+	Down, OutOfRotation []string
 }
 
-func (a *Aggregate) add(c *cell, nodes, down map[nodeID]struct{}) {
+func (a *Aggregate) add(c *cell, nodes, down, out map[nodeID]struct{}) {
 	a.Requests += c.requests
 	a.Errors += c.errors
 	a.Latency.Merge(c.latency)
@@ -495,6 +500,10 @@ func (a *Aggregate) add(c *cell, nodes, down map[nodeID]struct{}) {
 	}
 	for _, n := range c.down {
 		down[n] = struct{}{}
+		out[n] = struct{}{}
+	}
+	for _, n := range c.idle {
+		out[n] = struct{}{}
 	}
 }
 
@@ -508,21 +517,28 @@ func (s *Store) Window(service, rollout, backend string, wave int32, start, end 
 
 func (s *Store) window(service, rollout, backend string, wave int32, start, end time.Time) *Aggregate {
 	agg := &Aggregate{Latency: sketch.New()}
-	nodes, down := map[nodeID]struct{}{}, map[nodeID]struct{}{}
+	nodes, down, out := map[nodeID]struct{}{}, map[nodeID]struct{}{}, map[nodeID]struct{}{}
 	series := s.services[service]
 	for sec := start.Unix() + 1; sec <= end.Unix(); sec++ {
 		for k, c := range series[sec] {
 			if k.rollout == rollout && k.backend == backend && (wave == AnyWave || k.wave == wave) {
-				agg.add(c, nodes, down)
+				agg.add(c, nodes, down, out)
 			}
 		}
 	}
 	agg.Nodes = len(nodes)
-	for id := range down {
-		agg.Down = append(agg.Down, s.names[id])
-	}
-	slices.Sort(agg.Down)
+	agg.Down, agg.OutOfRotation = s.nameAll(down), s.nameAll(out)
 	return agg
+}
+
+// nameAll is the names of ids, sorted; nil for none.
+func (s *Store) nameAll(ids map[nodeID]struct{}) []string {
+	var out []string
+	for id := range ids {
+		out = append(out, s.names[id])
+	}
+	slices.Sort(out)
+	return out
 }
 
 // AnyWave selects every node in window queries.
@@ -688,9 +704,9 @@ func (s *Store) judgeWindow(r *sv1.Rollout, start, end time.Time) WindowResult {
 	if base.Requests < sp.GetAnalysis().GetMinRequests() {
 		base = s.window(svc, id, sp.GetFrom(), AnyWave, start, end)
 	} else if len(cand.Down) > 0 {
-		// Where the old backend was down too the host is sick, whatever
-		// wave its node is in: Judge leaves those nodes out.
-		base.Down = s.window(svc, id, sp.GetFrom(), AnyWave, start, end).Down
+		// Where the old backend was down too, at any weight, the host is
+		// sick, whatever wave its node is in: Judge leaves those nodes out.
+		base.OutOfRotation = s.window(svc, id, sp.GetFrom(), AnyWave, start, end).OutOfRotation
 	}
 	res := missing(Judge(sp.GetAnalysis(), sp.GetTo(), sp.GetFrom(), cand, base), s.shedIn(svc, start, end))
 	if res.Verdict == Pass && s.deafIn(start, end) {

@@ -257,7 +257,8 @@ func TestJudge_LatencyLimitNeedsConfidence(t *testing.T) {
 // inconclusive, and a canary of timed pauses would walk it to 100%. Such
 // windows fail with the default (sequential) method, naming the nodes,
 // and breachWindows of them roll back. A node whose blue was down too (a
-// sick host) does not count against green, nor does blue down alone.
+// sick host), at any weight, does not count against green, nor does blue
+// down alone, nor green down at weight 0 (a node whose wave has not begun).
 func TestStore_GreenDownWhileWeightedFailsWindows(t *testing.T) {
 	t0 := time.Date(2026, 1, 1, 12, 0, 0, 0, time.UTC)
 	sp := &sv1.RolloutSpec{Name: "r1", Service: "web", From: "blue", To: "green"}
@@ -266,10 +267,19 @@ func TestStore_GreenDownWhileWeightedFailsWindows(t *testing.T) {
 		t.Fatalf("default method %q", spec.Method(sp.GetAnalysis()))
 	}
 	r := &sv1.Rollout{Id: "r1", Spec: sp, CreatedAt: timestamppb.New(t0)}
-	down := func(b *sv1.BackendHealth) *sv1.BackendHealth { b.Down = true; return b }
+	// at reports a backend at a weight; down, also out of rotation.
+	at := func(w uint32, b *sv1.BackendHealth) *sv1.BackendHealth { b.Weight = w; return b }
+	down := func(b *sv1.BackendHealth) *sv1.BackendHealth {
+		b.Down = true
+		if b.Weight == 0 {
+			b.Weight = 50
+		}
+		return b
+	}
 
 	// 15 s: n1..n3 have green down (blue serves all), n4 is a sick host
-	// with both down, n5 is healthy and quiet on green.
+	// with both down, n5 is healthy and quiet on green, n6 is a sick host
+	// at 100% (blue down at weight 0), n7 has green down at weight 0.
 	s := NewStore()
 	for sec := 1; sec <= 15; sec++ {
 		end := t0.Add(time.Duration(sec) * time.Second)
@@ -282,6 +292,16 @@ func TestStore_GreenDownWhileWeightedFailsWindows(t *testing.T) {
 			t.Fatal(err)
 		}
 		if err := s.Add(report("n5", end, 0, backend("green", 2, 0, 20*time.Millisecond), backend("blue", 90, 0, 20*time.Millisecond))); err != nil {
+			t.Fatal(err)
+		}
+		r6 := report("n6", end, 0, down(at(100, backend("green", 0, 0, 0))), at(0, backend("blue", 0, 0, 0)))
+		r6.GetBackends()[1].Down = true
+		if err := s.Add(r6); err != nil {
+			t.Fatal(err)
+		}
+		r7 := report("n7", end, 0, at(0, backend("green", 0, 0, 0)), at(100, backend("blue", 90, 0, 20*time.Millisecond)))
+		r7.GetBackends()[0].Down = true
+		if err := s.Add(r7); err != nil {
 			t.Fatal(err)
 		}
 	}

@@ -55,7 +55,7 @@ func Judge(a *sv1.AnalysisSpec, candName, baseName string, cand, base *Aggregate
 		Baseline:  backendWindow(baseName, base, q),
 		PValue:    1,
 	}
-	if down := without(cand.Down, base.Down); len(down) > 0 {
+	if down := without(cand.Down, base.OutOfRotation); len(down) > 0 {
 		res.Verdict, res.Guardrail, res.PValue = Fail, "health_check", 0
 		res.Reason = fmt.Sprintf("%s down (failing the proxy's health checks) while weighted on %s", candName, nodeList(down))
 		return res

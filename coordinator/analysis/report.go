@@ -37,8 +37,10 @@ type BackendReport struct {
 	Queued           uint32
 	Latency          *sketch.Sketch
 	// Down: the proxy held the backend out of rotation on its own (failing
-	// health checks) while it was weighted, at the end of the window.
-	Down bool
+	// health checks) at the end of the window, at Weight, the weight it
+	// had then.
+	Down   bool
+	Weight uint32
 }
 
 // ReportOf checks a decoded HealthReport and turns it into a Report.
@@ -50,7 +52,7 @@ func ReportOf(r *sv1.HealthReport) (*Report, error) {
 		Wave: r.GetWave(), End: r.GetWindowEnd().AsTime().Unix(), Backends: make([]BackendReport, 0, len(r.GetBackends()))}
 	for _, b := range r.GetBackends() {
 		sk, latErr := sketch.FromProto(b.GetLatency())
-		br := BackendReport{Backend: b.GetBackend(), Requests: b.GetRequests(), Errors: b.GetErrors(), Queued: b.GetQueued(), Latency: sk, Down: b.GetDown()}
+		br := BackendReport{Backend: b.GetBackend(), Requests: b.GetRequests(), Errors: b.GetErrors(), Queued: b.GetQueued(), Latency: sk, Down: b.GetDown(), Weight: b.GetWeight()}
 		scaled, err := br.check(latErr)
 		if err != nil {
 			return nil, err
@@ -227,6 +229,7 @@ const (
 	fBackendErrors   = 3
 	fBackendLatency  = 4
 	fBackendQueued   = 6
+	fBackendWeight   = 7
 	fBackendDown     = 8
 
 	fSketchAccuracy = 1
@@ -441,6 +444,8 @@ func (d *Decoder) backend(b []byte) (br BackendReport, sk sketch.Sketch, latErr,
 			br.Errors = v
 		case num == fBackendQueued && typ == protowire.VarintType:
 			br.Queued = uint32(v)
+		case num == fBackendWeight && typ == protowire.VarintType:
+			br.Weight = uint32(v)
 		case num == fBackendDown && typ == protowire.VarintType:
 			br.Down = v != 0
 		case num == fBackendLatency && typ == protowire.BytesType:
