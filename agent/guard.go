@@ -13,6 +13,10 @@ type windowCounts struct {
 	requests, errors uint64
 	// latency is nil when the service has no log socket.
 	latency *sketch.Sketch
+	// down: the proxy held the backend out of rotation on its own
+	// (failing health checks) at the window's end, at weight.
+	down   bool
+	weight uint32
 }
 
 // guardWindow is one telemetry window.
@@ -64,6 +68,24 @@ func (g *localGuard) traffic(backend string) traffic {
 	return t
 }
 
+// downThroughout reports whether the proxy held to out of rotation while
+// weighted at the end of every window of the look-back, and from not in
+// the newest, at any weight (a host whose old backend fails its checks as
+// well is sick; moving it cures nothing). Such a backend answers nothing
+// and so fails nothing: at 100% the proxy answers every request itself.
+// A look-back of windows, not one, so a check's flap moves no node.
+func (g *localGuard) downThroughout(to, from string) bool {
+	if len(g.windows) == 0 || g.windows[len(g.windows)-1].backends[from].down {
+		return false
+	}
+	for _, w := range g.windows {
+		if c := w.backends[to]; !c.down || c.weight == 0 {
+			return false
+		}
+	}
+	return true
+}
+
 // errorRate is the error rate over at least minRequests requests; ok is
 // false with fewer (no verdict).
 func (t traffic) errorRate(minRequests uint64) (rate float64, ok bool) {
@@ -92,6 +114,10 @@ func (t traffic) p99(minRequests uint64) (p99 time.Duration, ok bool) {
 // database, the node's uplink), not the release, and moving the node would
 // cure nothing. It returns the evidence when breached.
 func (g *localGuard) breach(to, from string) (reason string, breached bool) {
+	if g.downThroughout(to, from) {
+		return fmt.Sprintf("backend %q has been down (failing the proxy's health checks) while weighted for the last %s; %q is not down",
+			to, g.cfg.Window, from), true
+	}
 	cur := g.traffic(to)
 	if cur.requests < g.cfg.MinRequests || cur.requests == 0 {
 		return "", false

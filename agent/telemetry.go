@@ -239,6 +239,7 @@ func (t *telemetryLoop) closeWindow(ctx context.Context) {
 			// any weight: the old backend down at weight 0 tells the
 			// coordinators a host is sick, not the release.
 			bh.Down = c.Down
+			wc.down, wc.weight = c.Down, c.Weight
 		}
 		gw.backends[b] = wc
 		rep.Backends = append(rep.Backends, bh)

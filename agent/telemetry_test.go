@@ -82,6 +82,13 @@ func TestTelemetry_InferDirection(t *testing.T) {
 	}
 }
 
+// downWin is a window of no traffic at t0+at with each backend's weight
+// and whether the proxy held it out of rotation.
+func downWin(at time.Duration, to string, toWeight uint32, toDown bool, from string, fromWeight uint32, fromDown bool) guardWindow {
+	return guardWindow{end: time.Unix(1000, 0).Add(at), backends: map[string]windowCounts{
+		to: {weight: toWeight, down: toDown}, from: {weight: fromWeight, down: fromDown}}}
+}
+
 func TestLocalGuard_Breach(t *testing.T) {
 	cfg := LocalGuardConfig{Window: 10 * time.Second, MinRequests: 50, MaxErrorRate: 0.2, MaxP99: new(2 * time.Second)}
 	lat := func(seconds float64, n int) *sketch.Sketch {
@@ -105,6 +112,15 @@ func TestLocalGuard_Breach(t *testing.T) {
 		{"slow", []guardWindow{win(0, 60, 0, lat(3, 60))}, "p99 latency 2.9"},
 		{"slow but too few samples", []guardWindow{win(0, 60, 0, lat(3, 10))}, ""},
 		{"fast enough", []guardWindow{win(0, 60, 0, lat(1.5, 60))}, ""},
+		// Failing its health checks, green answers nothing (at 100% the
+		// proxy answers every request 503 itself): down while weighted
+		// through the look-back moves the node, a flap does not, nor a
+		// sick host whose blue is down as well, nor green down at weight 0.
+		{"down while weighted throughout", []guardWindow{downWin(0, "green", 100, true, "blue", 0, false), downWin(5*time.Second, "green", 100, true, "blue", 0, false)},
+			`backend "green" has been down (failing the proxy's health checks) while weighted for the last 10s`},
+		{"down in one window of two", []guardWindow{downWin(0, "green", 100, false, "blue", 0, false), downWin(5*time.Second, "green", 100, true, "blue", 0, false)}, ""},
+		{"blue down too", []guardWindow{downWin(0, "green", 100, true, "blue", 0, true), downWin(5*time.Second, "green", 100, true, "blue", 0, true)}, ""},
+		{"down at weight 0", []guardWindow{downWin(0, "green", 0, true, "blue", 100, false), downWin(5*time.Second, "green", 0, true, "blue", 100, false)}, ""},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
