@@ -383,7 +383,7 @@ func (a *Agent) Run(ctx context.Context) error {
 	// Services start before the bus: repairing the proxy from local state
 	// needs no bus.
 	for _, w := range res.workers {
-		w.heldByDrill = func() bool { return drills.holdsBackend(w.name) }
+		w.heldByDrill = func(backend string) bool { return drills.holdsBackend(w.name, backend) }
 		w.proxyLost = func(why string) {
 			// Before the agent's copy changes: the service's next status
 			// must replace it even if it equals the last one sent.

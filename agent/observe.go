@@ -42,17 +42,21 @@ func observe(ctx context.Context, drv driver.Driver) (driver.Observation, error)
 	return driver.Observation{Weights: w}, nil
 }
 
-// mismatch says how the proxy differs from the applied weights; "" when it
-// does what they say. A backend that should take traffic must have its
-// weight and be in rotation, unless heldOK (a drill of this node put it
-// out on purpose). Backends the weights do not name are not the agent's.
-func mismatch(want map[string]uint32, obs driver.Observation, heldOK bool) string {
+// mismatch says how the proxy differs from the applied weights, and which
+// backends differ (sorted); "" and none when it does what they say. A
+// backend that should take traffic must have its weight and be in
+// rotation, unless heldOK says it may be out (a drill of this node put it
+// there on purpose); nil holds none. Backends the weights do not name are
+// not the agent's.
+func mismatch(want map[string]uint32, obs driver.Observation, heldOK func(backend string) bool) (found string, off []string) {
+	held := func(b string) bool {
+		return obs.Held[b] != "" && want[b] > 0 && (heldOK == nil || !heldOK(b))
+	}
 	// The proxy is read back after every apply and every observe interval
 	// and nearly always matches: only the backends that differ are sorted
 	// and described.
-	var off []string
 	for b, v := range want {
-		if have, ok := obs.Weights[b]; !ok || have != v || (obs.Held[b] != "" && v > 0 && !heldOK) {
+		if have, ok := obs.Weights[b]; !ok || have != v || held(b) {
 			off = append(off, b)
 		}
 	}
@@ -66,11 +70,11 @@ func mismatch(want map[string]uint32, obs driver.Observation, heldOK bool) strin
 		case have != want[b]:
 			parts = append(parts, fmt.Sprintf("%s weight %d (want %d)", b, have, want[b]))
 		}
-		if held := obs.Held[b]; held != "" && want[b] > 0 && !heldOK {
-			parts = append(parts, fmt.Sprintf("%s held in %s (want it in rotation at weight %d)", b, held, want[b]))
+		if held(b) {
+			parts = append(parts, fmt.Sprintf("%s held in %s (want it in rotation at weight %d)", b, obs.Held[b], want[b]))
 		}
 	}
-	return strings.Join(parts, ", ")
+	return strings.Join(parts, ", "), off
 }
 
 // requestObserve asks the service goroutine to read the proxy back; one
@@ -137,8 +141,8 @@ func (w *serviceWorker) checkProxy(ctx context.Context) error {
 		w.seen.instance = obs.Instance
 	}
 	want := w.applied.GetWeights()
-	heldOK := w.heldByDrill != nil && w.heldByDrill()
-	found := mismatch(want, obs, heldOK)
+	heldOK := w.heldByDrill
+	found, off := mismatch(want, obs, heldOK)
 	if found == "" {
 		w.see(obs, "")
 		w.check = false
@@ -156,7 +160,14 @@ func (w *serviceWorker) checkProxy(ctx context.Context) error {
 	// the repair, not after it.
 	w.sendStatus()
 	start := time.Now()
-	if err := w.setWeights(ctx, want); err != nil {
+	// Only what differs is set again: a backend that matches is left as
+	// it is, so a drill's maint or drain of another backend is not lifted
+	// by the repair of this one.
+	fix := make(map[string]uint32, len(off))
+	for _, b := range off {
+		fix[b] = want[b]
+	}
+	if err := w.setWeights(ctx, fix); err != nil {
 		return fmt.Errorf("repair drift (%s): %w", found, err)
 	}
 	obs, err = w.readProxy(ctx)
@@ -164,7 +175,7 @@ func (w *serviceWorker) checkProxy(ctx context.Context) error {
 		w.lostProxy(err)
 		return fmt.Errorf("read proxy after repair: %w", err)
 	}
-	if still := mismatch(want, obs, heldOK); still != "" {
+	if still, _ := mismatch(want, obs, heldOK); still != "" {
 		w.see(obs, still)
 		return fmt.Errorf("repair drift: the proxy still differs after setting it: %s", still)
 	}

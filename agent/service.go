@@ -186,9 +186,9 @@ type serviceWorker struct {
 	// observe interval, and when the driver sees its proxy connection drop
 	// or return).
 	observeNow chan struct{}
-	// heldByDrill reports whether a drill fault of this node holds one of
-	// the service's backends out of rotation on purpose; nil means never.
-	heldByDrill func() bool
+	// heldByDrill reports whether a drill fault of this node holds the
+	// service's backend out of rotation on purpose; nil means never.
+	heldByDrill func(backend string) bool
 	// seen is what the proxy was last read back doing.
 	seen observed
 	// proxyLost marks the reported status as not matching at once, from
