@@ -185,6 +185,28 @@ func (w *serviceWorker) checkProxy(ctx context.Context) error {
 	return nil
 }
 
+// readBack reads the proxy back after a change of its weights failed,
+// which may have set some servers and not others: the status must say what
+// the proxy does now, against the applied state, not what it did before
+// the attempt. Nothing is repaired here (the failed change is retried, and
+// the next check repairs whatever it still finds); why prefixes a
+// difference found.
+func (w *serviceWorker) readBack(ctx context.Context, why string) {
+	w.check = true
+	obs, err := w.readProxy(ctx)
+	if err != nil {
+		if ctx.Err() == nil {
+			w.lostProxy(err)
+		}
+		return
+	}
+	found, _ := mismatch(w.applied.GetWeights(), obs, w.heldByDrill)
+	if found != "" {
+		found = why + ": " + found
+	}
+	w.see(obs, found)
+}
+
 // readProxy is observe bounded by the apply timeout.
 func (w *serviceWorker) readProxy(ctx context.Context) (driver.Observation, error) {
 	rctx, cancel := context.WithTimeout(ctx, w.timing.applyTimeout)

@@ -2,14 +2,20 @@ package agent
 
 import (
 	"context"
+	"fmt"
 	"io"
 	"maps"
 	"net"
 	"net/http"
+	"os"
+	"regexp"
 	"slices"
+	"strings"
 	"sync"
 	"testing"
 	"time"
+
+	sv1 "github.com/switchyard/switchyard/proto/switchyard/v1"
 )
 
 // timedAnswers records when each request through HAProxy started and which
@@ -200,4 +206,69 @@ func pct(ds []time.Duration, p int) time.Duration {
 	}
 	i := (p*len(s) + 99) / 100
 	return s[max(0, min(len(s)-1, i-1))].Round(100 * time.Microsecond)
+}
+
+// reconfigure rewrites lp's haproxy.cfg with edit and restarts HAProxy
+// from it, as an operator's reload with a changed config does.
+func (lp *liveProxy) reconfigure(t *testing.T, edit func(string) string) {
+	t.Helper()
+	text, err := os.ReadFile(lp.proc.ConfigPath())
+	if err != nil {
+		t.Fatal(err)
+	}
+	changed := edit(string(text))
+	if changed == string(text) {
+		t.Fatal("the edit changed nothing in haproxy.cfg")
+	}
+	if err := os.WriteFile(lp.proc.ConfigPath(), []byte(changed), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 15*time.Second)
+	defer cancel()
+	if err := lp.proc.Restart(ctx); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// TestAgentLive_PartialApplyIsReportedAsReadBack: HAProxy takes one
+// server's new weight and refuses the other's (a static balance algorithm
+// accepts only 0 and the config's weight). The node is not on the new
+// generation, and its status and /metrics say what HAProxy does now, read
+// back after the failed apply, not what it did before: green has traffic
+// the applied generation does not give it.
+func TestAgentLive_PartialApplyIsReportedAsReadBack(t *testing.T) {
+	b := startBus(t)
+	lp := startProxy(t, false)
+	lp.reconfigure(t, func(cfg string) string {
+		cfg = strings.Replace(cfg, "balance roundrobin", "balance static-rr", 1)
+		return regexp.MustCompile(`(server green \S+) weight 0`).ReplaceAllString(cfg, "$1 weight 10")
+	})
+	cfg := liveConfig(t, b.url, lp)
+	cfg.ObserveInterval = 20 * time.Millisecond
+	ra := startLiveAgent(t, cfg)
+	b.put(t, progressing(1, allBlue))
+	ra.waitApplied(t, "web", 1)
+	lp.waitWeights(t, 5*time.Second, allBlue)
+
+	// Green is raised first (to its config weight: taken), then blue
+	// lowered to 90 (refused).
+	b.put(t, progressing(2, map[string]uint32{"blue": 90, "green": 10}))
+	partial := map[string]uint32{"blue": 100, "green": 10}
+	lp.waitWeights(t, 5*time.Second, partial)
+	waitFor(t, 5*time.Second, "the status reads back the partial apply", func() error {
+		s := serviceStatus(ra.Status(), "web")
+		if s.GetDriver() != sv1.DriverHealth_DRIVER_HEALTH_DEGRADED || s.GetObservedMatches() || !maps.Equal(s.GetObservedWeights(), partial) {
+			return fmt.Errorf("status %v", s)
+		}
+		if !strings.Contains(s.GetDrift(), "green weight 10 (want 0)") || !strings.Contains(s.GetDrift(), "generation 2") {
+			return fmt.Errorf("drift %q, want it to name generation 2 and green weight 10 (want 0)", s.GetDrift())
+		}
+		return nil
+	})
+	if gen, _ := ra.Applied("web"); gen != 1 {
+		t.Errorf("applied generation %d, want 1: generation 2 was set only in part", gen)
+	}
+	if v := ra.metric(t, "switchyard_agent_observed_match", "service", "web"); v != 0 {
+		t.Errorf("switchyard_agent_observed_match = %v while HAProxy does not do what was applied", v)
+	}
 }

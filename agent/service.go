@@ -453,6 +453,7 @@ func (w *serviceWorker) localRollback(ctx context.Context, req localRollbackRequ
 	}
 	w.guardHeldMsg = ""
 	if err := w.setWeights(ctx, weights); err != nil {
+		w.readBack(ctx, "the local guard's move back failed part-way")
 		log.Error("local guard could not move the node back; will try again after the next window", "err", err, "to", req.from)
 		return false
 	}
@@ -758,6 +759,7 @@ func (w *serviceWorker) applyPending(ctx context.Context) error {
 			w.log.Error("proxy driver refused the desired state; will retry at the next resync or on a newer document", "generation", gen, "rollout", rollout, "err", err)
 			return nil
 		}
+		w.readBack(ctx, fmt.Sprintf("generation %d failed part-way", gen))
 		return fmt.Errorf("apply generation %d: %w", gen, err)
 	}
 	appliedAt := w.clock.Now()
