@@ -23,6 +23,10 @@ type observed struct {
 	drift string
 	// repairs counts the drifts found and set back.
 	repairs uint64
+	// repairing is the drift last found and not set back yet: the same
+	// one found again (a repair the proxy refuses, retried at every look)
+	// is not counted or logged as new.
+	repairing string
 	// instance is the proxy process last seen, to tell a restart from a
 	// hand edit in the log.
 	instance string
@@ -145,16 +149,24 @@ func (w *serviceWorker) checkProxy(ctx context.Context) error {
 	found, off := mismatch(want, obs, heldOK)
 	if found == "" {
 		w.see(obs, "")
+		w.seen.repairing = ""
 		w.check = false
 		return nil
 	}
+	again := found == w.seen.repairing && !restarted
+	w.seen.repairing = found
 	if restarted {
 		found = "proxy restarted: " + found
 	}
-	w.seen.repairs++
-	w.m.drift.WithLabelValues(w.name).Inc()
-	log().Warn("proxy does not do what was applied; repairing", "found", found,
-		"want", want, "have", obs.Weights, "held", obs.Held, "instance", obs.Instance)
+	if again {
+		// Said and counted when first found; the repair is retried.
+		w.log.Debug("proxy still does not do what was applied; repairing again", "found", found)
+	} else {
+		w.seen.repairs++
+		w.m.drift.WithLabelValues(w.name).Inc()
+		log().Warn("proxy does not do what was applied; repairing", "found", found,
+			"want", want, "have", obs.Weights, "held", obs.Held, "instance", obs.Instance)
+	}
 	w.see(obs, found)
 	// The coordinator learns now that this node is not converged, before
 	// the repair, not after it.
@@ -180,6 +192,7 @@ func (w *serviceWorker) checkProxy(ctx context.Context) error {
 		return fmt.Errorf("repair drift: the proxy still differs after setting it: %s", still)
 	}
 	w.see(obs, "")
+	w.seen.repairing = ""
 	w.check = false
 	log().Info("drift repaired", "weights", want, "took", time.Since(start))
 	return nil
@@ -228,6 +241,7 @@ func (w *serviceWorker) see(obs driver.Observation, drift string) {
 func (w *serviceWorker) lostProxy(err error) {
 	w.seen.ok = false
 	w.seen.obs = driver.Observation{}
+	w.seen.repairing = ""
 	w.seen.matches = false
 	w.seen.drift = "proxy cannot be read: " + err.Error()
 	w.series.observedMatch.Set(0)

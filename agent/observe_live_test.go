@@ -272,3 +272,43 @@ func TestAgentLive_PartialApplyIsReportedAsReadBack(t *testing.T) {
 		t.Errorf("switchyard_agent_observed_match = %v while HAProxy does not do what was applied", v)
 	}
 }
+
+// TestAgentLive_DriftTheAgentCannotRepairIsCountedOnce: HAProxy is
+// reloaded with a config that refuses the applied weights (a static
+// balance algorithm). The agent says so in its status and keeps trying,
+// but the drift is one drift: counted once, not again at every look.
+func TestAgentLive_DriftTheAgentCannotRepairIsCountedOnce(t *testing.T) {
+	b := startBus(t)
+	lp := startProxy(t, false)
+	cfg := liveConfig(t, b.url, lp)
+	cfg.ObserveInterval = 20 * time.Millisecond
+	ra := startLiveAgent(t, cfg)
+	canary := map[string]uint32{"blue": 90, "green": 10}
+	b.put(t, progressing(1, canary))
+	ra.waitApplied(t, "web", 1)
+	lp.waitWeights(t, 5*time.Second, canary)
+
+	lp.reconfigure(t, func(cfg string) string {
+		return strings.Replace(cfg, "balance roundrobin", "balance static-rr", 1)
+	})
+	waitFor(t, 10*time.Second, "the drift reported", func() error {
+		s := serviceStatus(ra.Status(), "web")
+		if s.GetObservedMatches() || !strings.Contains(s.GetDrift(), "green weight 0 (want 10)") {
+			return fmt.Errorf("status %v", s)
+		}
+		return nil
+	})
+	// Many looks, each trying the repair again and failing.
+	waitFor(t, 10*time.Second, "repeated repairs", func() error {
+		if n := ra.metric(t, "switchyard_agent_applies_total", "service", "web", "result", "error"); n < 20 {
+			return fmt.Errorf("%v failed applies", n)
+		}
+		return nil
+	})
+	if n := ra.metric(t, "switchyard_agent_drift_total", "service", "web"); n != 1 {
+		t.Errorf("switchyard_agent_drift_total = %v after one reload, want 1", n)
+	}
+	if r := serviceStatus(ra.Status(), "web").GetDriftRepairs(); r != 1 {
+		t.Errorf("status drift_repairs = %d after one reload, want 1", r)
+	}
+}
