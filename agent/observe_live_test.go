@@ -8,6 +8,7 @@ import (
 	"net"
 	"net/http"
 	"os"
+	"path/filepath"
 	"regexp"
 	"slices"
 	"strings"
@@ -310,5 +311,47 @@ func TestAgentLive_DriftTheAgentCannotRepairIsCountedOnce(t *testing.T) {
 	}
 	if r := serviceStatus(ra.Status(), "web").GetDriftRepairs(); r != 1 {
 		t.Errorf("status drift_repairs = %d after one reload, want 1", r)
+	}
+}
+
+// TestAgentLive_AppliedGenerationReportedBeforePostTrafficHooks: a
+// post-traffic hook runs after HAProxy took the new weights, for as long
+// as it takes. Meanwhile the node's status says what HAProxy does, read
+// back: the new generation, not the previous one with the weights HAProxy
+// had before.
+func TestAgentLive_AppliedGenerationReportedBeforePostTrafficHooks(t *testing.T) {
+	b := startBus(t)
+	lp := startProxy(t, false)
+	cfg := liveConfig(t, b.url, lp)
+	dir := t.TempDir()
+	release := filepath.Join(dir, "release")
+	started := filepath.Join(dir, "started")
+	cfg.Hooks = map[string]HookConfig{"check-green": {
+		Command: []string{"/bin/sh", "-c", `: > "$1"; while [ ! -e "$0" ]; do sleep 0.02; done`, release, started},
+		Timeout: time.Minute,
+	}}
+	ra := startLiveAgent(t, cfg)
+	b.put(t, rolloutDoc(1, 0, sv1.RolloutPhase_ROLLOUT_PHASE_PROGRESSING, nil))
+	ra.waitApplied(t, "web", 1)
+	lp.waitWeights(t, 5*time.Second, allBlue)
+
+	hooks := &sv1.AgentHooks{PostTraffic: []string{"check-green"}}
+	b.put(t, rolloutDoc(2, 20, sv1.RolloutPhase_ROLLOUT_PHASE_PROGRESSING, hooks))
+	canary := map[string]uint32{"blue": 80, "green": 20}
+	lp.waitWeights(t, 5*time.Second, canary)
+	waitFor(t, 5*time.Second, "the post-traffic hook running", func() error {
+		_, err := os.Stat(started)
+		return err
+	})
+	defer os.WriteFile(release, nil, 0o600)
+	waitFor(t, 5*time.Second, "generation 2 reported, read back, while its hook runs", func() error {
+		s := serviceStatus(ra.Status(), "web")
+		if s.GetAppliedGeneration() != 2 || !s.GetObservedMatches() || !maps.Equal(s.GetObservedWeights(), canary) {
+			return fmt.Errorf("status %v", s)
+		}
+		return nil
+	})
+	if _, err := os.Stat(release); err == nil {
+		t.Fatal("the hook was released before the status was checked")
 	}
 }
