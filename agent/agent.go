@@ -389,6 +389,9 @@ func (a *Agent) Run(ctx context.Context) error {
 			// must replace it even if it equals the last one sent.
 			w.resend.Store(true)
 			a.proxyLost(w.name, why)
+			// /metrics says what the status says; the service's next
+			// look sets it from what it reads.
+			w.series.observedMatch.Set(0)
 		}
 		wg.Go(func() { w.run(ctx) })
 		wg.Go(func() { w.observeLoop(ctx, a.cfg.ObserveInterval) })

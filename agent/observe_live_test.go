@@ -323,13 +323,8 @@ func TestAgentLive_AppliedGenerationReportedBeforePostTrafficHooks(t *testing.T)
 	b := startBus(t)
 	lp := startProxy(t, false)
 	cfg := liveConfig(t, b.url, lp)
-	dir := t.TempDir()
-	release := filepath.Join(dir, "release")
-	started := filepath.Join(dir, "started")
-	cfg.Hooks = map[string]HookConfig{"check-green": {
-		Command: []string{"/bin/sh", "-c", `: > "$1"; while [ ! -e "$0" ]; do sleep 0.02; done`, release, started},
-		Timeout: time.Minute,
-	}}
+	hook, started, release := blockingHook(t)
+	cfg.Hooks = map[string]HookConfig{"check-green": hook}
 	ra := startLiveAgent(t, cfg)
 	b.put(t, rolloutDoc(1, 0, sv1.RolloutPhase_ROLLOUT_PHASE_PROGRESSING, nil))
 	ra.waitApplied(t, "web", 1)
@@ -343,7 +338,7 @@ func TestAgentLive_AppliedGenerationReportedBeforePostTrafficHooks(t *testing.T)
 		_, err := os.Stat(started)
 		return err
 	})
-	defer os.WriteFile(release, nil, 0o600)
+	defer release()
 	waitFor(t, 5*time.Second, "generation 2 reported, read back, while its hook runs", func() error {
 		s := serviceStatus(ra.Status(), "web")
 		if s.GetAppliedGeneration() != 2 || !s.GetObservedMatches() || !maps.Equal(s.GetObservedWeights(), canary) {
@@ -351,7 +346,58 @@ func TestAgentLive_AppliedGenerationReportedBeforePostTrafficHooks(t *testing.T)
 		}
 		return nil
 	})
-	if _, err := os.Stat(release); err == nil {
-		t.Fatal("the hook was released before the status was checked")
+}
+
+// blockingHook is a hook that runs until release is called: it creates
+// the file started, then waits.
+func blockingHook(t *testing.T) (hook HookConfig, started string, release func()) {
+	t.Helper()
+	dir := t.TempDir()
+	gate := filepath.Join(dir, "release")
+	started = filepath.Join(dir, "started")
+	release = func() {
+		if err := os.WriteFile(gate, nil, 0o600); err != nil {
+			t.Error(err)
+		}
+	}
+	t.Cleanup(release)
+	return HookConfig{
+		Command: []string{"/bin/sh", "-c", `: > "$1"; while [ ! -e "$0" ]; do sleep 0.02; done`, gate, started},
+		Timeout: time.Minute,
+	}, started, release
+}
+
+// TestAgentLive_ProxyLostDuringAHookSaysSoInMetricsToo: while a hook keeps
+// the service busy, HAProxy is killed. The status says at once that the
+// proxy is not known to do what was applied; /metrics says the same.
+func TestAgentLive_ProxyLostDuringAHookSaysSoInMetricsToo(t *testing.T) {
+	b := startBus(t)
+	lp := startProxy(t, false)
+	cfg := liveConfig(t, b.url, lp)
+	hook, started, release := blockingHook(t)
+	cfg.Hooks = map[string]HookConfig{"check-green": hook}
+	ra := startLiveAgent(t, cfg)
+	b.put(t, rolloutDoc(1, 0, sv1.RolloutPhase_ROLLOUT_PHASE_PROGRESSING, nil))
+	ra.waitApplied(t, "web", 1)
+	hooks := &sv1.AgentHooks{PostTraffic: []string{"check-green"}}
+	b.put(t, rolloutDoc(2, 20, sv1.RolloutPhase_ROLLOUT_PHASE_PROGRESSING, hooks))
+	waitFor(t, 5*time.Second, "the post-traffic hook running", func() error {
+		_, err := os.Stat(started)
+		return err
+	})
+	defer release()
+	ra.waitMetric(t, 1, "switchyard_agent_observed_match", "service", "web")
+
+	if err := lp.proc.Kill(); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, 5*time.Second, "the status saying the proxy is lost", func() error {
+		if s := serviceStatus(ra.Status(), "web"); s.GetObservedMatches() {
+			return fmt.Errorf("status %v", s)
+		}
+		return nil
+	})
+	if v := ra.metric(t, "switchyard_agent_observed_match", "service", "web"); v != 0 {
+		t.Errorf("switchyard_agent_observed_match = %v while the status says the proxy is lost", v)
 	}
 }
