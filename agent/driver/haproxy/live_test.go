@@ -548,3 +548,24 @@ func TestLive_WatchersOfOneSocketLeaveRoomForCommands(t *testing.T) {
 		return true
 	})
 }
+
+// TestLive_ServerNamedInAnotherCaseIsPointedAt: HAProxy's server names are
+// case-sensitive. A config naming "Green" where haproxy.cfg has "green" is
+// refused with the servers the backend does have, the near miss named.
+func TestLive_ServerNamedInAnotherCaseIsPointedAt(t *testing.T) {
+	l := startLive(t)
+	ctx := context.Background()
+	d := newDriver(t, Config{Socket: l.proc.SocketPath(), Backend: "web", Servers: map[string]string{"blue": "blue", "green": "Green"}})
+	_, obsErr := d.Observe(ctx)
+	_, statErr := d.Stats(ctx)
+	for name, err := range map[string]error{
+		"Apply":   d.Apply(ctx, map[string]uint32{"green": 10}),
+		"Observe": obsErr,
+		"Stats":   statErr,
+	} {
+		if !errors.Is(err, ErrNoSuchServer) || !strings.Contains(err.Error(), "web/Green") ||
+			!strings.Contains(err.Error(), "web has blue, green") || !strings.Contains(err.Error(), `did you mean "green"`) {
+			t.Errorf("%s: err = %v, want ErrNoSuchServer naming web/Green, the servers web has, and the near miss", name, err)
+		}
+	}
+}

@@ -43,7 +43,7 @@ func (d *Driver) Observe(ctx context.Context) (driver.Observation, error) {
 		srv := d.cfg.Servers[spec]
 		st, ok := state[srv]
 		if !ok {
-			return driver.Observation{}, d.noServer(spec, srv)
+			return driver.Observation{}, noServer(d, spec, srv, state)
 		}
 		obs.Weights[spec] = st.Weight
 		if held := st.held(); held != "" {
