@@ -2,6 +2,7 @@ package haproxy
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"io"
 	"net"
@@ -95,9 +96,10 @@ func parseInstance(info string) (string, error) {
 // Watch holds a connection to HAProxy's admin socket in interactive mode
 // and calls changed(false) the moment it drops (HAProxy killed, restarting
 // or reloading) and changed(true) when it is made again (HAProxy back), so
-// the agent knows at once rather than at its next poll. Between those it
-// sends an empty line now and then, which HAProxy answers with its prompt,
-// so the CLI's idle timeout does not close the connection.
+// the agent knows at once rather than at its next poll. It makes a new
+// connection every 2 seconds and closes the one it held: within the CLI's
+// idle timeout, and so that after a reload the old process, which serves
+// the connections it has until they end, is not held running by this one.
 //
 // The drivers watching one socket share one connection: HAProxy's CLI
 // serves 10 connections at a time unless "stats socket ... maxconn" says
@@ -186,13 +188,23 @@ func (sw *socketWatch) report(up bool) {
 // every connect.
 func watchSocket(ctx context.Context, socket string, changed func(up bool)) {
 	const (
-		redialMin  = 5 * time.Millisecond
-		redialMax  = 50 * time.Millisecond
-		keepAlive  = 2 * time.Second
+		redialMin = 5 * time.Millisecond
+		redialMax = 50 * time.Millisecond
+		// renewAfter is how long one connection is held: under the CLI's
+		// idle timeout (stats timeout, 10s by default), and short, since
+		// after a reload the connection is the old process's and keeps it
+		// running until it ends.
+		renewAfter = 2 * time.Second
 		dialBudget = time.Second
 	)
 	delay := redialMin
 	up := true // assume up at first, so a first failure is reported
+	var held net.Conn
+	defer func() {
+		if held != nil {
+			held.Close()
+		}
+	}()
 	for ctx.Err() == nil {
 		dctx, cancel := context.WithTimeout(ctx, dialBudget)
 		var dialer net.Dialer
@@ -202,6 +214,12 @@ func watchSocket(ctx context.Context, socket string, changed func(up bool)) {
 			if _, err = io.WriteString(conn, "prompt\n"); err != nil {
 				conn.Close()
 			}
+		}
+		// The connection held so far goes once the next one is made, or
+		// cannot be: it may be a reloaded process's.
+		if held != nil {
+			held.Close()
+			held = nil
 		}
 		if err != nil {
 			if up {
@@ -218,49 +236,32 @@ func watchSocket(ctx context.Context, socket string, changed func(up bool)) {
 		}
 		delay = redialMin
 		up = true
+		held = conn
 		// Every connect reports: a new connection may be a new process.
 		changed(true)
-		holdWatch(ctx, conn, keepAlive)
-		conn.Close()
-		if ctx.Err() != nil {
-			return
+		if !holdWatch(ctx, conn, renewAfter) || ctx.Err() != nil {
+			continue // renewed, or the loop ends
 		}
+		held.Close()
+		held = nil
 		up = false
 		changed(false)
 	}
 }
 
 // holdWatch reads and discards what HAProxy sends on conn until the
-// connection ends or ctx does, writing an empty line every keepAlive.
-func holdWatch(ctx context.Context, conn net.Conn, keepAlive time.Duration) {
+// connection ends (dropped) or hold has passed or ctx ends (not dropped).
+func holdWatch(ctx context.Context, conn net.Conn, hold time.Duration) (dropped bool) {
+	_ = conn.SetReadDeadline(time.Now().Add(hold))
 	stop := context.AfterFunc(ctx, func() { _ = conn.SetDeadline(time.Unix(1, 0)) })
 	defer stop()
-	readerDone := make(chan struct{})
-	writerDone := make(chan struct{})
-	go func() {
-		defer close(writerDone)
-		t := time.NewTicker(keepAlive)
-		defer t.Stop()
-		for {
-			select {
-			case <-readerDone:
-				return
-			case <-t.C:
-				if _, err := io.WriteString(conn, "\n"); err != nil {
-					_ = conn.SetDeadline(time.Unix(1, 0))
-					return
-				}
-			}
-		}
-	}()
 	buf := make([]byte, 512)
 	for {
 		if _, err := conn.Read(buf); err != nil {
-			break
+			var ne net.Error
+			return !errors.As(err, &ne) || !ne.Timeout()
 		}
 	}
-	close(readerDone)
-	<-writerDone
 }
 
 func sleepCtx(ctx context.Context, d time.Duration) bool {
