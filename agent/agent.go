@@ -383,12 +383,15 @@ func (a *Agent) Run(ctx context.Context) error {
 	// Services start before the bus: repairing the proxy from local state
 	// needs no bus.
 	for _, w := range res.workers {
-		w.heldByDrill = func() bool { return drills.holdsBackend(w.name) }
+		w.heldByDrill = func(backend string) bool { return drills.holdsBackend(w.name, backend) }
 		w.proxyLost = func(why string) {
 			// Before the agent's copy changes: the service's next status
 			// must replace it even if it equals the last one sent.
 			w.resend.Store(true)
 			a.proxyLost(w.name, why)
+			// /metrics says what the status says; the service's next
+			// look sets it from what it reads.
+			w.series.observedMatch.Set(0)
 		}
 		wg.Go(func() { w.run(ctx) })
 		wg.Go(func() { w.observeLoop(ctx, a.cfg.ObserveInterval) })

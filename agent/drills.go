@@ -95,8 +95,11 @@ type nodeFault struct {
 // telemetry.
 type faultSpan struct {
 	drill, kind, service string
-	since, until         time.Time
-	ended                time.Time // zero while active
+	// backend is the rollout backend an http, tcp or backend_state fault
+	// acts on.
+	backend      string
+	since, until time.Time
+	ended        time.Time // zero while active
 }
 
 // drillFollower follows every drill on the bus, injects the faults of
@@ -1000,7 +1003,7 @@ func (f *drillFollower) shutdown() {
 func (f *drillFollower) addSpan(rec state.FaultRecord) {
 	f.mu.Lock()
 	f.spans = slices.DeleteFunc(f.spans, func(s faultSpan) bool { return s.drill == rec.Drill })
-	f.spans = append(f.spans, faultSpan{drill: rec.Drill, kind: rec.Kind, service: rec.Service, since: rec.Since, until: rec.Until})
+	f.spans = append(f.spans, faultSpan{drill: rec.Drill, kind: rec.Kind, service: rec.Service, backend: rec.Backend, since: rec.Since, until: rec.Until})
 	f.mu.Unlock()
 }
 
@@ -1028,14 +1031,15 @@ func (f *drillFollower) activeFaults() []*sv1.ActiveFault {
 	return out
 }
 
-// holdsBackend reports whether a drill fault active on this node puts one
-// of service's backends in drain or maintenance on purpose, so the agent
-// does not take it for drift and undo it.
-func (f *drillFollower) holdsBackend(service string) bool {
+// holdsBackend reports whether a drill fault active on this node puts
+// service's backend in drain or maintenance on purpose, so the agent does
+// not take it for drift and undo it. Only that backend: another one held
+// out of rotation (by hand, say) is still drift.
+func (f *drillFollower) holdsBackend(service, backend string) bool {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	for _, s := range f.spans {
-		if s.service == service && s.kind == kindBackendState && s.ended.IsZero() {
+		if s.service == service && s.backend == backend && s.kind == kindBackendState && s.ended.IsZero() {
 			return true
 		}
 	}

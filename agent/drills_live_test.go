@@ -1,6 +1,8 @@
 package agent
 
 import (
+	"context"
+	"fmt"
 	"math"
 	"testing"
 	"time"
@@ -249,4 +251,45 @@ func TestDrillsLive_TCPFaults(t *testing.T) {
 			t.Fatalf("bandwidth: %v at %.0f B/s after the burst, want %d B/s ± 25%%", s, rate, bps)
 		}
 	})
+}
+
+// TestDrillsLive_DrillHoldsOnlyItsOwnBackend: while a drill holds green in
+// maintenance on purpose, an operator who puts blue in maintenance by hand
+// leaves the node serving nothing. The drill excuses green alone: blue held
+// is drift, reported and set back into rotation.
+func TestDrillsLive_DrillHoldsOnlyItsOwnBackend(t *testing.T) {
+	b := startBus(t)
+	p := startChaosProxy(t, "")
+	half := map[string]uint32{"blue": 50, "green": 50}
+	ra, _ := chaosAgent(t, b, p, half)
+	doc := drillDoc("green-maint", 4, stateFaultOf("green", "maint"), time.Now(), time.Minute)
+	b.putDrill(t, doc)
+	ra.waitFault(t, 5*time.Second, doc.GetDrill(), true)
+	waitFor(t, 5*time.Second, "green held by the drill, the proxy matching", func() error {
+		svc := serviceStatus(ra.Status(), "web")
+		if svc.GetObservedStates()["green"] != "maint" || !svc.GetObservedMatches() {
+			return fmt.Errorf("status %v", svc)
+		}
+		return nil
+	})
+	if err := p.driver(t).SetState(context.Background(), "blue", "maint"); err != nil {
+		t.Fatal(err)
+	}
+	d := p.driver(t)
+	waitFor(t, 5*time.Second, "blue back in rotation", func() error {
+		st, err := d.ServerState(context.Background(), "blue")
+		if err != nil {
+			return err
+		}
+		if st != "ready" {
+			return fmt.Errorf("blue is %s", st)
+		}
+		return nil
+	})
+	if n := ra.metric(t, "switchyard_agent_drift_total", "service", "web"); n < 1 {
+		t.Errorf("switchyard_agent_drift_total = %v, want the hand-set maint of blue counted", n)
+	}
+	if st, err := d.ServerState(context.Background(), "green"); err != nil || st != "maint" {
+		t.Errorf("green is %q (%v), want still in the drill's maint", st, err)
+	}
 }

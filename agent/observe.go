@@ -23,6 +23,10 @@ type observed struct {
 	drift string
 	// repairs counts the drifts found and set back.
 	repairs uint64
+	// repairing is the drift last found and not set back yet: the same
+	// one found again (a repair the proxy refuses, retried at every look)
+	// is not counted or logged as new.
+	repairing string
 	// instance is the proxy process last seen, to tell a restart from a
 	// hand edit in the log.
 	instance string
@@ -42,17 +46,21 @@ func observe(ctx context.Context, drv driver.Driver) (driver.Observation, error)
 	return driver.Observation{Weights: w}, nil
 }
 
-// mismatch says how the proxy differs from the applied weights; "" when it
-// does what they say. A backend that should take traffic must have its
-// weight and be in rotation, unless heldOK (a drill of this node put it
-// out on purpose). Backends the weights do not name are not the agent's.
-func mismatch(want map[string]uint32, obs driver.Observation, heldOK bool) string {
+// mismatch says how the proxy differs from the applied weights, and which
+// backends differ (sorted); "" and none when it does what they say. A
+// backend that should take traffic must have its weight and be in
+// rotation, unless heldOK says it may be out (a drill of this node put it
+// there on purpose); nil holds none. Backends the weights do not name are
+// not the agent's.
+func mismatch(want map[string]uint32, obs driver.Observation, heldOK func(backend string) bool) (found string, off []string) {
+	held := func(b string) bool {
+		return obs.Held[b] != "" && want[b] > 0 && (heldOK == nil || !heldOK(b))
+	}
 	// The proxy is read back after every apply and every observe interval
 	// and nearly always matches: only the backends that differ are sorted
 	// and described.
-	var off []string
 	for b, v := range want {
-		if have, ok := obs.Weights[b]; !ok || have != v || (obs.Held[b] != "" && v > 0 && !heldOK) {
+		if have, ok := obs.Weights[b]; !ok || have != v || held(b) {
 			off = append(off, b)
 		}
 	}
@@ -66,11 +74,11 @@ func mismatch(want map[string]uint32, obs driver.Observation, heldOK bool) strin
 		case have != want[b]:
 			parts = append(parts, fmt.Sprintf("%s weight %d (want %d)", b, have, want[b]))
 		}
-		if held := obs.Held[b]; held != "" && want[b] > 0 && !heldOK {
-			parts = append(parts, fmt.Sprintf("%s held in %s (want it in rotation at weight %d)", b, held, want[b]))
+		if held(b) {
+			parts = append(parts, fmt.Sprintf("%s held in %s (want it in rotation at weight %d)", b, obs.Held[b], want[b]))
 		}
 	}
-	return strings.Join(parts, ", ")
+	return strings.Join(parts, ", "), off
 }
 
 // requestObserve asks the service goroutine to read the proxy back; one
@@ -137,26 +145,41 @@ func (w *serviceWorker) checkProxy(ctx context.Context) error {
 		w.seen.instance = obs.Instance
 	}
 	want := w.applied.GetWeights()
-	heldOK := w.heldByDrill != nil && w.heldByDrill()
-	found := mismatch(want, obs, heldOK)
+	heldOK := w.heldByDrill
+	found, off := mismatch(want, obs, heldOK)
 	if found == "" {
 		w.see(obs, "")
+		w.seen.repairing = ""
 		w.check = false
 		return nil
 	}
+	again := found == w.seen.repairing && !restarted
+	w.seen.repairing = found
 	if restarted {
 		found = "proxy restarted: " + found
 	}
-	w.seen.repairs++
-	w.m.drift.WithLabelValues(w.name).Inc()
-	log().Warn("proxy does not do what was applied; repairing", "found", found,
-		"want", want, "have", obs.Weights, "held", obs.Held, "instance", obs.Instance)
+	if again {
+		// Said and counted when first found; the repair is retried.
+		w.log.Debug("proxy still does not do what was applied; repairing again", "found", found)
+	} else {
+		w.seen.repairs++
+		w.m.drift.WithLabelValues(w.name).Inc()
+		log().Warn("proxy does not do what was applied; repairing", "found", found,
+			"want", want, "have", obs.Weights, "held", obs.Held, "instance", obs.Instance)
+	}
 	w.see(obs, found)
 	// The coordinator learns now that this node is not converged, before
 	// the repair, not after it.
 	w.sendStatus()
 	start := time.Now()
-	if err := w.setWeights(ctx, want); err != nil {
+	// Only what differs is set again: a backend that matches is left as
+	// it is, so a drill's maint or drain of another backend is not lifted
+	// by the repair of this one.
+	fix := make(map[string]uint32, len(off))
+	for _, b := range off {
+		fix[b] = want[b]
+	}
+	if err := w.setWeights(ctx, fix); err != nil {
 		return fmt.Errorf("repair drift (%s): %w", found, err)
 	}
 	obs, err = w.readProxy(ctx)
@@ -164,14 +187,37 @@ func (w *serviceWorker) checkProxy(ctx context.Context) error {
 		w.lostProxy(err)
 		return fmt.Errorf("read proxy after repair: %w", err)
 	}
-	if still := mismatch(want, obs, heldOK); still != "" {
+	if still, _ := mismatch(want, obs, heldOK); still != "" {
 		w.see(obs, still)
 		return fmt.Errorf("repair drift: the proxy still differs after setting it: %s", still)
 	}
 	w.see(obs, "")
+	w.seen.repairing = ""
 	w.check = false
 	log().Info("drift repaired", "weights", want, "took", time.Since(start))
 	return nil
+}
+
+// readBack reads the proxy back after a change of its weights failed,
+// which may have set some servers and not others: the status must say what
+// the proxy does now, against the applied state, not what it did before
+// the attempt. Nothing is repaired here (the failed change is retried, and
+// the next check repairs whatever it still finds); why prefixes a
+// difference found.
+func (w *serviceWorker) readBack(ctx context.Context, why string) {
+	w.check = true
+	obs, err := w.readProxy(ctx)
+	if err != nil {
+		if ctx.Err() == nil {
+			w.lostProxy(err)
+		}
+		return
+	}
+	found, _ := mismatch(w.applied.GetWeights(), obs, w.heldByDrill)
+	if found != "" {
+		found = why + ": " + found
+	}
+	w.see(obs, found)
 }
 
 // readProxy is observe bounded by the apply timeout.
@@ -195,6 +241,7 @@ func (w *serviceWorker) see(obs driver.Observation, drift string) {
 func (w *serviceWorker) lostProxy(err error) {
 	w.seen.ok = false
 	w.seen.obs = driver.Observation{}
+	w.seen.repairing = ""
 	w.seen.matches = false
 	w.seen.drift = "proxy cannot be read: " + err.Error()
 	w.series.observedMatch.Set(0)

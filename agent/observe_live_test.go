@@ -2,14 +2,21 @@ package agent
 
 import (
 	"context"
+	"fmt"
 	"io"
 	"maps"
 	"net"
 	"net/http"
+	"os"
+	"path/filepath"
+	"regexp"
 	"slices"
+	"strings"
 	"sync"
 	"testing"
 	"time"
+
+	sv1 "github.com/switchyard/switchyard/proto/switchyard/v1"
 )
 
 // timedAnswers records when each request through HAProxy started and which
@@ -200,4 +207,197 @@ func pct(ds []time.Duration, p int) time.Duration {
 	}
 	i := (p*len(s) + 99) / 100
 	return s[max(0, min(len(s)-1, i-1))].Round(100 * time.Microsecond)
+}
+
+// reconfigure rewrites lp's haproxy.cfg with edit and restarts HAProxy
+// from it, as an operator's reload with a changed config does.
+func (lp *liveProxy) reconfigure(t *testing.T, edit func(string) string) {
+	t.Helper()
+	text, err := os.ReadFile(lp.proc.ConfigPath())
+	if err != nil {
+		t.Fatal(err)
+	}
+	changed := edit(string(text))
+	if changed == string(text) {
+		t.Fatal("the edit changed nothing in haproxy.cfg")
+	}
+	if err := os.WriteFile(lp.proc.ConfigPath(), []byte(changed), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 15*time.Second)
+	defer cancel()
+	if err := lp.proc.Restart(ctx); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// TestAgentLive_PartialApplyIsReportedAsReadBack: HAProxy takes one
+// server's new weight and refuses the other's (a static balance algorithm
+// accepts only 0 and the config's weight). The node is not on the new
+// generation, and its status and /metrics say what HAProxy does now, read
+// back after the failed apply, not what it did before: green has traffic
+// the applied generation does not give it.
+func TestAgentLive_PartialApplyIsReportedAsReadBack(t *testing.T) {
+	b := startBus(t)
+	lp := startProxy(t, false)
+	lp.reconfigure(t, func(cfg string) string {
+		cfg = strings.Replace(cfg, "balance roundrobin", "balance static-rr", 1)
+		return regexp.MustCompile(`(server green \S+) weight 0`).ReplaceAllString(cfg, "$1 weight 10")
+	})
+	cfg := liveConfig(t, b.url, lp)
+	cfg.ObserveInterval = 20 * time.Millisecond
+	ra := startLiveAgent(t, cfg)
+	b.put(t, progressing(1, allBlue))
+	ra.waitApplied(t, "web", 1)
+	lp.waitWeights(t, 5*time.Second, allBlue)
+
+	// Green is raised first (to its config weight: taken), then blue
+	// lowered to 90 (refused).
+	b.put(t, progressing(2, map[string]uint32{"blue": 90, "green": 10}))
+	partial := map[string]uint32{"blue": 100, "green": 10}
+	lp.waitWeights(t, 5*time.Second, partial)
+	waitFor(t, 5*time.Second, "the status reads back the partial apply", func() error {
+		s := serviceStatus(ra.Status(), "web")
+		if s.GetDriver() != sv1.DriverHealth_DRIVER_HEALTH_DEGRADED || s.GetObservedMatches() || !maps.Equal(s.GetObservedWeights(), partial) {
+			return fmt.Errorf("status %v", s)
+		}
+		if !strings.Contains(s.GetDrift(), "green weight 10 (want 0)") || !strings.Contains(s.GetDrift(), "generation 2") {
+			return fmt.Errorf("drift %q, want it to name generation 2 and green weight 10 (want 0)", s.GetDrift())
+		}
+		return nil
+	})
+	if gen, _ := ra.Applied("web"); gen != 1 {
+		t.Errorf("applied generation %d, want 1: generation 2 was set only in part", gen)
+	}
+	if v := ra.metric(t, "switchyard_agent_observed_match", "service", "web"); v != 0 {
+		t.Errorf("switchyard_agent_observed_match = %v while HAProxy does not do what was applied", v)
+	}
+}
+
+// TestAgentLive_DriftTheAgentCannotRepairIsCountedOnce: HAProxy is
+// reloaded with a config that refuses the applied weights (a static
+// balance algorithm). The agent says so in its status and keeps trying,
+// but the drift is one drift: counted once, not again at every look.
+func TestAgentLive_DriftTheAgentCannotRepairIsCountedOnce(t *testing.T) {
+	b := startBus(t)
+	lp := startProxy(t, false)
+	cfg := liveConfig(t, b.url, lp)
+	cfg.ObserveInterval = 20 * time.Millisecond
+	ra := startLiveAgent(t, cfg)
+	canary := map[string]uint32{"blue": 90, "green": 10}
+	b.put(t, progressing(1, canary))
+	ra.waitApplied(t, "web", 1)
+	lp.waitWeights(t, 5*time.Second, canary)
+
+	lp.reconfigure(t, func(cfg string) string {
+		return strings.Replace(cfg, "balance roundrobin", "balance static-rr", 1)
+	})
+	waitFor(t, 10*time.Second, "the drift reported", func() error {
+		s := serviceStatus(ra.Status(), "web")
+		if s.GetObservedMatches() || !strings.Contains(s.GetDrift(), "green weight 0 (want 10)") {
+			return fmt.Errorf("status %v", s)
+		}
+		return nil
+	})
+	// Many looks, each trying the repair again and failing.
+	waitFor(t, 10*time.Second, "repeated repairs", func() error {
+		if n := ra.metric(t, "switchyard_agent_applies_total", "service", "web", "result", "error"); n < 20 {
+			return fmt.Errorf("%v failed applies", n)
+		}
+		return nil
+	})
+	if n := ra.metric(t, "switchyard_agent_drift_total", "service", "web"); n != 1 {
+		t.Errorf("switchyard_agent_drift_total = %v after one reload, want 1", n)
+	}
+	if r := serviceStatus(ra.Status(), "web").GetDriftRepairs(); r != 1 {
+		t.Errorf("status drift_repairs = %d after one reload, want 1", r)
+	}
+}
+
+// TestAgentLive_AppliedGenerationReportedBeforePostTrafficHooks: a
+// post-traffic hook runs after HAProxy took the new weights, for as long
+// as it takes. Meanwhile the node's status says what HAProxy does, read
+// back: the new generation, not the previous one with the weights HAProxy
+// had before.
+func TestAgentLive_AppliedGenerationReportedBeforePostTrafficHooks(t *testing.T) {
+	b := startBus(t)
+	lp := startProxy(t, false)
+	cfg := liveConfig(t, b.url, lp)
+	hook, started, release := blockingHook(t)
+	cfg.Hooks = map[string]HookConfig{"check-green": hook}
+	ra := startLiveAgent(t, cfg)
+	b.put(t, rolloutDoc(1, 0, sv1.RolloutPhase_ROLLOUT_PHASE_PROGRESSING, nil))
+	ra.waitApplied(t, "web", 1)
+	lp.waitWeights(t, 5*time.Second, allBlue)
+
+	hooks := &sv1.AgentHooks{PostTraffic: []string{"check-green"}}
+	b.put(t, rolloutDoc(2, 20, sv1.RolloutPhase_ROLLOUT_PHASE_PROGRESSING, hooks))
+	canary := map[string]uint32{"blue": 80, "green": 20}
+	lp.waitWeights(t, 5*time.Second, canary)
+	waitFor(t, 5*time.Second, "the post-traffic hook running", func() error {
+		_, err := os.Stat(started)
+		return err
+	})
+	defer release()
+	waitFor(t, 5*time.Second, "generation 2 reported, read back, while its hook runs", func() error {
+		s := serviceStatus(ra.Status(), "web")
+		if s.GetAppliedGeneration() != 2 || !s.GetObservedMatches() || !maps.Equal(s.GetObservedWeights(), canary) {
+			return fmt.Errorf("status %v", s)
+		}
+		return nil
+	})
+}
+
+// blockingHook is a hook that runs until release is called: it creates
+// the file started, then waits.
+func blockingHook(t *testing.T) (hook HookConfig, started string, release func()) {
+	t.Helper()
+	dir := t.TempDir()
+	gate := filepath.Join(dir, "release")
+	started = filepath.Join(dir, "started")
+	release = func() {
+		if err := os.WriteFile(gate, nil, 0o600); err != nil {
+			t.Error(err)
+		}
+	}
+	t.Cleanup(release)
+	return HookConfig{
+		Command: []string{"/bin/sh", "-c", `: > "$1"; while [ ! -e "$0" ]; do sleep 0.02; done`, gate, started},
+		Timeout: time.Minute,
+	}, started, release
+}
+
+// TestAgentLive_ProxyLostDuringAHookSaysSoInMetricsToo: while a hook keeps
+// the service busy, HAProxy is killed. The status says at once that the
+// proxy is not known to do what was applied; /metrics says the same.
+func TestAgentLive_ProxyLostDuringAHookSaysSoInMetricsToo(t *testing.T) {
+	b := startBus(t)
+	lp := startProxy(t, false)
+	cfg := liveConfig(t, b.url, lp)
+	hook, started, release := blockingHook(t)
+	cfg.Hooks = map[string]HookConfig{"check-green": hook}
+	ra := startLiveAgent(t, cfg)
+	b.put(t, rolloutDoc(1, 0, sv1.RolloutPhase_ROLLOUT_PHASE_PROGRESSING, nil))
+	ra.waitApplied(t, "web", 1)
+	hooks := &sv1.AgentHooks{PostTraffic: []string{"check-green"}}
+	b.put(t, rolloutDoc(2, 20, sv1.RolloutPhase_ROLLOUT_PHASE_PROGRESSING, hooks))
+	waitFor(t, 5*time.Second, "the post-traffic hook running", func() error {
+		_, err := os.Stat(started)
+		return err
+	})
+	defer release()
+	ra.waitMetric(t, 1, "switchyard_agent_observed_match", "service", "web")
+
+	if err := lp.proc.Kill(); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, 5*time.Second, "the status saying the proxy is lost", func() error {
+		if s := serviceStatus(ra.Status(), "web"); s.GetObservedMatches() {
+			return fmt.Errorf("status %v", s)
+		}
+		return nil
+	})
+	if v := ra.metric(t, "switchyard_agent_observed_match", "service", "web"); v != 0 {
+		t.Errorf("switchyard_agent_observed_match = %v while the status says the proxy is lost", v)
+	}
 }

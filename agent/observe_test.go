@@ -18,26 +18,33 @@ func TestMismatch_NamesWhatDiffers(t *testing.T) {
 	cases := []struct {
 		name   string
 		obs    driver.Observation
-		heldOK bool
+		heldOK func(string) bool
 		want   string
 	}{
-		{"same", driver.Observation{Weights: map[string]uint32{"blue": 0, "green": 100}}, false, ""},
-		{"extra backend is not ours", driver.Observation{Weights: map[string]uint32{"blue": 0, "green": 100, "canary": 5}}, false, ""},
-		{"restarted from config", driver.Observation{Weights: map[string]uint32{"blue": 100, "green": 0}}, false,
+		{"same", driver.Observation{Weights: map[string]uint32{"blue": 0, "green": 100}}, nil, ""},
+		{"extra backend is not ours", driver.Observation{Weights: map[string]uint32{"blue": 0, "green": 100, "canary": 5}}, nil, ""},
+		{"restarted from config", driver.Observation{Weights: map[string]uint32{"blue": 100, "green": 0}}, nil,
 			"blue weight 100 (want 0), green weight 0 (want 100)"},
-		{"missing server", driver.Observation{Weights: map[string]uint32{"blue": 0}}, false, "green missing (want weight 100)"},
-		{"green in maint by hand", driver.Observation{Weights: map[string]uint32{"blue": 0, "green": 100}, Held: map[string]string{"green": "maint"}}, false,
+		{"missing server", driver.Observation{Weights: map[string]uint32{"blue": 0}}, nil, "green missing (want weight 100)"},
+		{"green in maint by hand", driver.Observation{Weights: map[string]uint32{"blue": 0, "green": 100}, Held: map[string]string{"green": "maint"}}, nil,
 			"green held in maint (want it in rotation at weight 100)"},
-		{"green in maint by a drill", driver.Observation{Weights: map[string]uint32{"blue": 0, "green": 100}, Held: map[string]string{"green": "maint"}}, true, ""},
-		{"blue drained at weight 0 is fine", driver.Observation{Weights: map[string]uint32{"blue": 0, "green": 100}, Held: map[string]string{"blue": "drain"}}, false, ""},
+		{"green in maint by a drill", driver.Observation{Weights: map[string]uint32{"blue": 0, "green": 100}, Held: map[string]string{"green": "maint"}}, drillHolds("green"), ""},
+		{"green in maint by hand while a drill holds blue", driver.Observation{Weights: map[string]uint32{"blue": 0, "green": 100}, Held: map[string]string{"blue": "maint", "green": "maint"}}, drillHolds("blue"),
+			"green held in maint (want it in rotation at weight 100)"},
+		{"blue drained at weight 0 is fine", driver.Observation{Weights: map[string]uint32{"blue": 0, "green": 100}, Held: map[string]string{"blue": "drain"}}, nil, ""},
 	}
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {
-			if got := mismatch(want, c.obs, c.heldOK); got != c.want {
+			if got, _ := mismatch(want, c.obs, c.heldOK); got != c.want {
 				t.Fatalf("mismatch = %q, want %q", got, c.want)
 			}
 		})
 	}
+}
+
+// drillHolds is a heldOK for a drill that holds backend out of rotation.
+func drillHolds(backend string) func(string) bool {
+	return func(b string) bool { return b == backend }
 }
 
 // A weight changed behind the agent's back is seen within the observe

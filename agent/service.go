@@ -186,9 +186,9 @@ type serviceWorker struct {
 	// observe interval, and when the driver sees its proxy connection drop
 	// or return).
 	observeNow chan struct{}
-	// heldByDrill reports whether a drill fault of this node holds one of
-	// the service's backends out of rotation on purpose; nil means never.
-	heldByDrill func() bool
+	// heldByDrill reports whether a drill fault of this node holds the
+	// service's backend out of rotation on purpose; nil means never.
+	heldByDrill func(backend string) bool
 	// seen is what the proxy was last read back doing.
 	seen observed
 	// proxyLost marks the reported status as not matching at once, from
@@ -453,6 +453,7 @@ func (w *serviceWorker) localRollback(ctx context.Context, req localRollbackRequ
 	}
 	w.guardHeldMsg = ""
 	if err := w.setWeights(ctx, weights); err != nil {
+		w.readBack(ctx, "the local guard's move back failed part-way")
 		log.Error("local guard could not move the node back; will try again after the next window", "err", err, "to", req.from)
 		return false
 	}
@@ -758,6 +759,7 @@ func (w *serviceWorker) applyPending(ctx context.Context) error {
 			w.log.Error("proxy driver refused the desired state; will retry at the next resync or on a newer document", "generation", gen, "rollout", rollout, "err", err)
 			return nil
 		}
+		w.readBack(ctx, fmt.Sprintf("generation %d failed part-way", gen))
 		return fmt.Errorf("apply generation %d: %w", gen, err)
 	}
 	appliedAt := w.clock.Now()

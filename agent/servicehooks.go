@@ -48,7 +48,9 @@ func (w *serviceWorker) preTraffic(ctx context.Context, ds *sv1.DesiredState, be
 
 // afterApply runs post-traffic hooks once the node's new backend weight
 // rose, and rollback hooks once a node that took part in the rollout
-// applied its rollback. Their failures are reported, never acted on.
+// applied its rollback. Their failures are reported, never acted on. They
+// may run for minutes, so the proxy is read back and the status sent
+// before them: the node reports the generation its proxy does meanwhile.
 func (w *serviceWorker) afterApply(ctx context.Context, ds *sv1.DesiredState, prevRollout string, before, weights map[string]uint32, held *sv1.HookRun) {
 	if w.hooks == nil {
 		return
@@ -61,6 +63,19 @@ func (w *serviceWorker) afterApply(ctx context.Context, ds *sv1.DesiredState, pr
 	case rollingBack(ds) && prevRollout == ds.GetRolloutId():
 		point, names = hooks.Rollback, ds.GetAgentHooks().GetRollback()
 	}
+	if len(names) == 0 {
+		return
+	}
+	if err := w.checkProxy(ctx); err != nil {
+		// The check stays asked for: the step checks again after the
+		// hooks, and reports the failure then.
+		if ctx.Err() == nil {
+			w.log.Debug("proxy check before the hooks failed", "err", err)
+		}
+	} else {
+		w.setHealth(sv1.DriverHealth_DRIVER_HEALTH_OK, w.okMessage())
+	}
+	w.sendStatus()
 	for _, name := range names {
 		w.noteRun(w.hooks.Run(ctx, w.hookRequest(ds, name, point)))
 	}

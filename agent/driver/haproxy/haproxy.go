@@ -159,7 +159,7 @@ func (d *Driver) Apply(ctx context.Context, weights map[string]uint32) error {
 		srv := d.cfg.Servers[spec]
 		cur, ok := state[srv]
 		if !ok {
-			return d.noServer(spec, srv)
+			return noServer(d, spec, srv, state)
 		}
 		w := weights[spec]
 		c := change{
@@ -213,7 +213,7 @@ func (d *Driver) Weights(ctx context.Context) (map[string]uint32, error) {
 		srv := d.cfg.Servers[spec]
 		st, ok := state[srv]
 		if !ok {
-			return nil, d.noServer(spec, srv)
+			return nil, noServer(d, spec, srv, state)
 		}
 		out[spec] = st.Weight
 	}
@@ -274,7 +274,7 @@ func (d *Driver) serverRow(ctx context.Context, backend string) (serverState, er
 	}
 	st, ok := states[srv]
 	if !ok {
-		return serverState{}, d.noServer(backend, srv)
+		return serverState{}, noServer(d, backend, srv, states)
 	}
 	return st, nil
 }
@@ -314,7 +314,7 @@ func (d *Driver) Stats(ctx context.Context) ([]ServerStat, error) {
 		srv := d.cfg.Servers[spec]
 		st, ok := byServer[srv]
 		if !ok {
-			return nil, d.noServer(spec, srv)
+			return nil, noServer(d, spec, srv, byServer)
 		}
 		st.Backend = spec
 		out = append(out, st)
@@ -422,6 +422,20 @@ func (d *Driver) backendError(err error) error {
 	return fmt.Errorf("haproxy driver: %w", err)
 }
 
-func (d *Driver) noServer(spec, srv string) error {
-	return fmt.Errorf("haproxy driver: backend %q is server %s/%s: %w", spec, d.cfg.Backend, srv, ErrNoSuchServer)
+// noServer says that HAProxy lacks the server a spec backend is mapped to,
+// naming the servers the backend has (from have's keys) and one that
+// differs only in case: HAProxy's names are case-sensitive.
+func noServer[V any](d *Driver, spec, srv string, have map[string]V) error {
+	names := slices.Sorted(maps.Keys(have))
+	hint := fmt.Sprintf(" (%s has %s)", d.cfg.Backend, strings.Join(names, ", "))
+	if len(names) == 0 {
+		hint = fmt.Sprintf(" (%s has no servers)", d.cfg.Backend)
+	}
+	for _, n := range names {
+		if strings.EqualFold(n, srv) {
+			hint += fmt.Sprintf("; did you mean %q? server names are case-sensitive", n)
+			break
+		}
+	}
+	return fmt.Errorf("haproxy driver: backend %q is server %s/%s: %w%s", spec, d.cfg.Backend, srv, ErrNoSuchServer, hint)
 }

@@ -464,3 +464,108 @@ func TestLive_RedispatchedConnectFailuresAreErrorsOfTheServer(t *testing.T) {
 		t.Fatalf("blue answered all %d requests: counters say %d requests, %d errors", n, b.Requests, b.Errors)
 	}
 }
+
+// TestLive_WatchersOfOneSocketLeaveRoomForCommands: HAProxy's admin socket
+// takes 10 connections at a time unless its "stats socket" line says
+// otherwise. An agent with a service per backend of one HAProxy watches
+// that socket once per service; held connections must not take every slot,
+// or no command gets an answer. Every watcher still hears HAProxy go away
+// and come back.
+func TestLive_WatchersOfOneSocketLeaveRoomForCommands(t *testing.T) {
+	const services = 12
+	l := startLive(t)
+	ctx, cancel := context.WithCancel(context.Background())
+	var wg sync.WaitGroup
+	defer func() { cancel(); wg.Wait() }()
+	ups := make([]atomic.Int32, services)
+	downs := make([]atomic.Int32, services)
+	for i := range services {
+		d := newDriver(t, blueGreen(l.proc.SocketPath()))
+		wg.Go(func() {
+			d.Watch(ctx, func(up bool) {
+				if up {
+					ups[i].Add(1)
+				} else {
+					downs[i].Add(1)
+				}
+			})
+		})
+	}
+	waitUntil := func(what string, cond func() bool) {
+		t.Helper()
+		deadline := time.Now().Add(10 * time.Second)
+		for !cond() {
+			if time.Now().After(deadline) {
+				t.Fatalf("waited 10s for %s", what)
+			}
+			time.Sleep(10 * time.Millisecond)
+		}
+	}
+	waitUntil("every watcher up", func() bool {
+		for i := range ups {
+			if ups[i].Load() == 0 {
+				return false
+			}
+		}
+		return true
+	})
+	cctx, ccancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer ccancel()
+	d := newDriver(t, Config{Socket: l.proc.SocketPath(), Backend: "web", Servers: map[string]string{"blue": "blue", "green": "green"}, Timeout: 3 * time.Second})
+	if err := d.Apply(cctx, map[string]uint32{"blue": 0, "green": 100}); err != nil {
+		t.Fatalf("Apply with %d services watching the socket: %v", services, err)
+	}
+	if _, err := d.Observe(cctx); err != nil {
+		t.Fatalf("Observe with %d services watching the socket: %v", services, err)
+	}
+
+	if err := l.proc.Kill(); err != nil {
+		t.Fatal(err)
+	}
+	waitUntil("every watcher told HAProxy went away", func() bool {
+		for i := range downs {
+			if downs[i].Load() == 0 {
+				return false
+			}
+		}
+		return true
+	})
+	before := make([]int32, services)
+	for i := range ups {
+		before[i] = ups[i].Load()
+	}
+	rctx, rcancel := context.WithTimeout(context.Background(), 15*time.Second)
+	defer rcancel()
+	if err := l.proc.Restart(rctx); err != nil {
+		t.Fatal(err)
+	}
+	waitUntil("every watcher told HAProxy is back", func() bool {
+		for i := range ups {
+			if ups[i].Load() == before[i] {
+				return false
+			}
+		}
+		return true
+	})
+}
+
+// TestLive_ServerNamedInAnotherCaseIsPointedAt: HAProxy's server names are
+// case-sensitive. A config naming "Green" where haproxy.cfg has "green" is
+// refused with the servers the backend does have, the near miss named.
+func TestLive_ServerNamedInAnotherCaseIsPointedAt(t *testing.T) {
+	l := startLive(t)
+	ctx := context.Background()
+	d := newDriver(t, Config{Socket: l.proc.SocketPath(), Backend: "web", Servers: map[string]string{"blue": "blue", "green": "Green"}})
+	_, obsErr := d.Observe(ctx)
+	_, statErr := d.Stats(ctx)
+	for name, err := range map[string]error{
+		"Apply":   d.Apply(ctx, map[string]uint32{"green": 10}),
+		"Observe": obsErr,
+		"Stats":   statErr,
+	} {
+		if !errors.Is(err, ErrNoSuchServer) || !strings.Contains(err.Error(), "web/Green") ||
+			!strings.Contains(err.Error(), "web has blue, green") || !strings.Contains(err.Error(), `did you mean "green"`) {
+			t.Errorf("%s: err = %v, want ErrNoSuchServer naming web/Green, the servers web has, and the near miss", name, err)
+		}
+	}
+}
