@@ -315,10 +315,11 @@ type BackendHealth struct {
 	Weight uint32 `protobuf:"varint,7,opt,name=weight,proto3" json:"weight,omitempty"`
 	// Down is true when, at the end of the window, the proxy held the backend
 	// out of rotation on its own (HAProxy's health checks failing: status
-	// DOWN) while its weight was above 0: it took none of the traffic its
-	// weight asked for. An admin state (drain, maint) set by the agent or a
-	// drill is not down. False where the agent cannot tell (Envoy, agents
-	// older than this field): not known to be down.
+	// DOWN), whatever its weight: with weight above 0 it took none of the
+	// traffic its weight asked for; at weight 0 it says the host could not
+	// have served it either. An admin state (drain, maint) set by the agent
+	// or a drill is not down. False where the agent cannot tell (Envoy,
+	// agents older than this field): not known to be down.
 	Down          bool `protobuf:"varint,8,opt,name=down,proto3" json:"down,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
