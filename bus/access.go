@@ -1,6 +1,10 @@
 package bus
 
-import "fmt"
+import (
+	"fmt"
+	"slices"
+	"strings"
+)
 
 // Role is what a NATS identity may do on the bus. Each role's subjects are
 // spelled here, beside the names they grant; bus/auth turns them into the
@@ -153,4 +157,50 @@ func RolePermissions(role Role) (Permissions, error) {
 		}, nil
 	}
 	return Permissions{}, fmt.Errorf("role %q: want agent, coordinator, operator or viewer", role)
+}
+
+// PoPRoles are the roles whose identities connect at a PoP, to its leaf
+// server (docs/operations.md, "How a PoP attaches"): its agents, and
+// operators and viewers reaching the coordinators through the leaf.
+// Coordinators connect to the hub.
+var PoPRoles = []Role{RoleAgent, RoleOperator, RoleViewer}
+
+// nodeWildcard stands for any identity's name where a role's template
+// names the user's own.
+const nodeWildcard = "*"
+
+// LeafPermissions are what a PoP's leaf server may carry between the hub
+// and the identities connected to it: what the PoPRoles may publish (leaf
+// to hub) and subscribe to (hub to leaf), with any name in place of the
+// user's own, for a leaf carries every node of its PoP. Each identity is
+// held to its own role by the leaf server it connects to; these hold the
+// leaf connection itself, so that its credentials, copied off a PoP's
+// host, cannot speak as the coordinators (the beacon, the status ask,
+// audit records, replies), write, delete or purge streams and buckets,
+// add consumers, or listen to the fleet's telemetry and queries. The
+// servers route the leaf connection's own internal subjects (loop
+// detection, service replies, JetStream acknowledgements) without these.
+func LeafPermissions() Permissions {
+	var out Permissions
+	for _, role := range PoPRoles {
+		p, err := RolePermissions(role)
+		if err != nil {
+			panic(err) // every PoPRoles entry is a role
+		}
+		out.Publish = appendNew(out.Publish, p.Publish)
+		out.Subscribe = appendNew(out.Subscribe, p.Subscribe)
+	}
+	return out
+}
+
+// appendNew appends to list each subject of add not in it yet, with the
+// user's own name replaced by any.
+func appendNew(list, add []string) []string {
+	for _, s := range add {
+		s = strings.ReplaceAll(s, NameTemplate, nodeWildcard)
+		if !slices.Contains(list, s) {
+			list = append(list, s)
+		}
+	}
+	return list
 }

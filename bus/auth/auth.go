@@ -76,6 +76,10 @@ type Issued struct {
 	PublicKey string   `json:"publicKey"`
 	IssuedAt  int64    `json:"issuedAt"`
 	RevokedAt int64    `json:"revokedAt,omitempty"`
+	// Signer is the public key of the scoped signing key that signed it.
+	// Empty in lists written by an earlier release, whose leaf identities
+	// the account key signed without any permissions (UnlimitedLeaves).
+	Signer string `json:"signer,omitempty"`
 }
 
 // Dir is the directory the setup lives in.
@@ -139,8 +143,8 @@ func Init(dir, operatorName string) (*Setup, error) {
 	ac := jwt.NewAccountClaims(s.Account())
 	ac.Name = AccountName
 	ac.Limits.JetStreamLimits = jwt.JetStreamLimits{MemoryStorage: jwt.NoLimit, DiskStorage: jwt.NoLimit, Streams: jwt.NoLimit, Consumer: jwt.NoLimit}
-	for _, role := range bus.Roles {
-		kp, err := createKey(filepath.Join(dir, signingDir, string(role)+".nk"), nkeys.CreateAccount)
+	for _, role := range scopeRoles() {
+		kp, err := createKey(filepath.Join(dir, signingDir, role+".nk"), nkeys.CreateAccount)
 		if err != nil {
 			return nil, err
 		}
@@ -172,17 +176,33 @@ func Init(dir, operatorName string) (*Setup, error) {
 	return s, nil
 }
 
+// scopeRoles names the account's scoped signing keys: one per role of the
+// bus, and one for PoPs' leaf servers (RoleLeaf).
+func scopeRoles() []string {
+	out := make([]string, 0, len(bus.Roles)+1)
+	for _, r := range bus.Roles {
+		out = append(out, string(r))
+	}
+	return append(out, RoleLeaf)
+}
+
 // roleScope is the scoped signing key of role: what every identity of the
-// role may do, as this release of Switchyard grants it (bus.RolePermissions).
-func roleScope(role bus.Role, kp nkeys.KeyPair) (*jwt.UserScope, error) {
-	perms, err := bus.RolePermissions(role)
-	if err != nil {
-		return nil, err
+// role may do, as this release of Switchyard grants it (bus.RolePermissions,
+// bus.LeafPermissions for RoleLeaf).
+func roleScope(role string, kp nkeys.KeyPair) (*jwt.UserScope, error) {
+	var perms bus.Permissions
+	if role == RoleLeaf {
+		perms = bus.LeafPermissions()
+	} else {
+		var err error
+		if perms, err = bus.RolePermissions(bus.Role(role)); err != nil {
+			return nil, err
+		}
 	}
 	scope := jwt.NewUserScope()
 	scope.Key = mustPublic(kp)
-	scope.Role = string(role)
-	scope.Description = "Switchyard " + string(role) + " identities"
+	scope.Role = role
+	scope.Description = "Switchyard " + role + " identities"
 	scope.Template.Pub.Allow = perms.Publish
 	scope.Template.Sub.Allow = perms.Subscribe
 	if perms.Responses {
@@ -213,8 +233,8 @@ func (s *Setup) Refresh() (token string, changed bool, err error) {
 // whether any differed.
 func (s *Setup) refreshScopes(ac *jwt.AccountClaims) (bool, error) {
 	changed := false
-	for _, role := range bus.Roles {
-		path := filepath.Join(s.dir, signingDir, string(role)+".nk")
+	for _, role := range scopeRoles() {
+		path := filepath.Join(s.dir, signingDir, role+".nk")
 		kp, err := readKey(path)
 		if errors.Is(err, os.ErrNotExist) {
 			// A role this release has and the directory's did not.
@@ -307,10 +327,17 @@ func (s *Setup) Issue(role bus.Role, name string) ([]byte, error) {
 	if _, err := bus.RolePermissions(role); err != nil {
 		return nil, fmt.Errorf("--role: %w", err)
 	}
-	if err := s.nameFree(name, role); err != nil {
+	return s.issueScoped(string(role), name)
+}
+
+// issueScoped creates a user called name signed by role's scoped signing
+// key (a role of the bus, or RoleLeaf), records it and returns its .creds
+// file content.
+func (s *Setup) issueScoped(role, name string) ([]byte, error) {
+	if err := s.nameFree(name, bus.Role(role)); err != nil {
 		return nil, err
 	}
-	signer, err := readKey(filepath.Join(s.dir, signingDir, string(role)+".nk"))
+	signer, err := readKey(filepath.Join(s.dir, signingDir, role+".nk"))
 	if err != nil {
 		return nil, err
 	}
@@ -326,7 +353,7 @@ func (s *Setup) Issue(role bus.Role, name string) ([]byte, error) {
 	uc.Name = name
 	uc.IssuerAccount = s.Account()
 	uc.SetScoped(true)
-	uc.Tags.Add("role:" + string(role))
+	uc.Tags.Add("role:" + role)
 	token, err := uc.Encode(signer)
 	if err != nil {
 		return nil, fmt.Errorf("sign user %s: %w", name, err)
@@ -339,7 +366,7 @@ func (s *Setup) Issue(role bus.Role, name string) ([]byte, error) {
 	if err != nil {
 		return nil, err
 	}
-	issued = append(issued, Issued{Name: name, Role: role, PublicKey: claims.Subject, IssuedAt: claims.IssuedAt})
+	issued = append(issued, Issued{Name: name, Role: bus.Role(role), PublicKey: claims.Subject, IssuedAt: claims.IssuedAt, Signer: mustPublic(signer)})
 	if err := s.saveIssued(issued); err != nil {
 		return nil, err
 	}

@@ -832,3 +832,49 @@ func TestAuth_RefreshAddsARoleTheDirectoryLacks(t *testing.T) {
 		t.Fatalf("issue a viewer after the refresh: %v", err)
 	}
 }
+
+// TestAuth_OnlyCoordinatorsSpeakToTheFleet: the leader's beacon tells a
+// node whether the coordinators can see and steer it, and the status ask
+// makes every agent publish its status; a node's, an operator's or a
+// viewer's credentials publishing either are refused, and no agent hears
+// them.
+func TestAuth_OnlyCoordinatorsSpeakToTheFleet(t *testing.T) {
+	s := startSecured(t)
+	agent := s.connect(t, s.issue(t, bus.RoleAgent, "edge-1"))
+	heard, err := agent.nc.SubscribeSync(bus.FleetAll())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := agent.nc.Flush(); err != nil {
+		t.Fatal(err)
+	}
+	coord := s.connect(t, s.issue(t, bus.RoleCoordinator, "coord-1"))
+	for name, c := range map[string]*client{
+		"agent":    s.connect(t, s.issue(t, bus.RoleAgent, "edge-2")),
+		"operator": s.connect(t, s.issue(t, bus.RoleOperator, "ci")),
+		"viewer":   s.connect(t, s.issue(t, bus.RoleViewer, "dashboard")),
+	} {
+		for _, subj := range []string{bus.BeaconSubject, bus.StatusAskSubject} {
+			if err := c.nc.Publish(subj, []byte("forged by "+name)); err != nil {
+				t.Fatal(err)
+			}
+		}
+		if err := c.nc.Flush(); err != nil {
+			t.Fatal(err)
+		}
+		waitFor(t, "the "+name+"'s violations", 5*time.Second, func() bool {
+			got := strings.Join(c.violations(), "\n")
+			return strings.Contains(got, bus.BeaconSubject) && strings.Contains(got, bus.StatusAskSubject)
+		})
+	}
+	// The coordinator's word arrives, and only it.
+	if err := coord.nc.Publish(bus.BeaconSubject, []byte("leader")); err != nil {
+		t.Fatal(err)
+	}
+	if m, err := heard.NextMsg(5 * time.Second); err != nil || string(m.Data) != "leader" {
+		t.Fatalf("the agent heard %v, %v; want the leader's beacon first", m, err)
+	}
+	if m, err := heard.NextMsg(200 * time.Millisecond); err == nil {
+		t.Fatalf("the agent heard %q on %s", m.Data, m.Subject)
+	}
+}

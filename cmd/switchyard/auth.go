@@ -132,6 +132,15 @@ func runAuth(ctx context.Context, args []string, stdout, stderr io.Writer) error
 			if changed {
 				fmt.Fprintf(stdout, "account in %s re-signed with this release's role permissions\n", s.Dir())
 			}
+			// Leaf users of an earlier release carry no template: the
+			// push cannot limit them.
+			leaves, err := s.UnlimitedLeaves()
+			if err != nil {
+				return err
+			}
+			for _, l := range leaves {
+				fmt.Fprintf(stderr, "warning: leaf %s (user %s) was issued by an earlier release without permissions and carries anything to the hub; issue the PoP a new leaf identity, restart its leaf server with it, then revoke %s (docs/operations.md)\n", l.Name, l.PublicKey, l.Name)
+			}
 		}
 		if verb == "revoke" {
 			if token, err = s.Revoke(*name, time.Now()); err != nil {

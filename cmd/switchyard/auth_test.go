@@ -190,3 +190,32 @@ func TestCLI_CoordinatorConfigFileMistakesNameTheKey(t *testing.T) {
 		t.Errorf("comments only: %v", err)
 	}
 }
+
+// A leaf identity an earlier release issued (signed by the account key,
+// no permissions) is not limited by the account's templates: auth push
+// says so, naming it and the way out, before it pushes.
+func TestCLI_AuthPushWarnsOfLeavesWithoutPermissions(t *testing.T) {
+	dir := filepath.Join(t.TempDir(), "auth")
+	if code, _, stderr := runCLI(t, "auth", "init", "--dir", dir); code != exitOK {
+		t.Fatalf("init: exit %d %q", code, stderr)
+	}
+	if code, _, stderr := runCLI(t, "auth", "issue", "--dir", dir, "--role", "leaf", "--name", "pop-b"); code != exitOK {
+		t.Fatalf("issue leaf: exit %d %q", code, stderr)
+	}
+	b, err := os.ReadFile(filepath.Join(dir, "issued.json"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	// The earlier release's entry has no signer.
+	old := `{"name":"pop-a","role":"leaf","publicKey":"UOLDLEAF","issuedAt":1},`
+	if err := os.WriteFile(filepath.Join(dir, "issued.json"), []byte(strings.Replace(string(b), "[", "["+old, 1)), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	code, _, stderr := runCLI(t, "auth", "push", "--dir", dir, "--nats", "nats://127.0.0.1:1")
+	if code != exitFailure || !strings.Contains(stderr, "warning: leaf pop-a (user UOLDLEAF) was issued by an earlier release without permissions") || !strings.Contains(stderr, "revoke pop-a") {
+		t.Fatalf("push: exit %d, stderr %q; want the warning for pop-a, then the failed push", code, stderr)
+	}
+	if strings.Contains(stderr, "pop-b") {
+		t.Fatalf("push warned of the leaf this release issued: %q", stderr)
+	}
+}

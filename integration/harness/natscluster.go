@@ -280,14 +280,18 @@ func (c *NATSCluster) WaitReady(ctx context.Context) error {
 				return err
 			}
 			conn.Close()
-			// A coordinator may use the JetStream API; through a leaf's
-			// domain, only the leaf identity may (no role needs it).
-			sec, err := b.Security(bus.RoleCoordinator, "nats-cluster-probe")
+			// A coordinator may use the JetStream API on the hub. Through
+			// a leaf's domain an agent reads the desired-state bucket's
+			// stream, as agents do: any answer from the hub's JetStream,
+			// "not found" before a coordinator made it too, means the
+			// leaf carries their reads.
+			role, name := bus.RoleCoordinator, "nats-cluster-probe"
+			if b.JetStreamDomain != "" {
+				role, name = bus.RoleAgent, "nats-leaf-probe"
+			}
+			sec, err := b.Security(role, name)
 			if err != nil {
 				return err
-			}
-			if b.JetStreamDomain != "" {
-				sec.Creds = c.leafCredsPath()
 			}
 			so, err := sec.Options("")
 			if err != nil {
@@ -301,7 +305,13 @@ func (c *NATSCluster) WaitReady(ctx context.Context) error {
 			js, err := sec.JetStream(nc)
 			if err == nil {
 				actx, cancel := context.WithTimeout(ctx, 2*time.Second)
-				_, err = js.AccountInfo(actx)
+				if b.JetStreamDomain != "" {
+					if _, err = js.Stream(actx, "KV_"+bus.DesiredBucket); errors.Is(err, jetstream.ErrStreamNotFound) {
+						err = nil
+					}
+				} else {
+					_, err = js.AccountInfo(actx)
+				}
 				cancel()
 			}
 			if err != nil {
