@@ -1,0 +1,165 @@
+package integration
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/switchyard/switchyard/bus"
+	"github.com/switchyard/switchyard/integration/harness"
+	"github.com/switchyard/switchyard/integration/harness/harnesstest"
+	sv1 "github.com/switchyard/switchyard/proto/switchyard/v1"
+)
+
+// startPinnedOnNATSCluster is startOnNATSCluster with agent i given only
+// server i%3's URL: it connects there first and, when that server dies,
+// reconnects to one the cluster told it of. The fleet ends the example
+// blue-green rollout on green.
+func startPinnedOnNATSCluster(t *testing.T, ctx context.Context, nodes int) (*harness.NATSCluster, *harness.Cluster, *harness.Fleet) {
+	t.Helper()
+	sy, be := binaries(t)
+	hub := startNATSCluster(t, ctx)
+	c := harnesstest.StartCluster(t, ctx, harness.ClusterOptions{Switchyard: sy, NATS: hub.Bus()})
+	f := harnesstest.StartFleet(t, ctx, harness.FleetOptions{
+		Nodes: nodes, Service: "web", Switchyard: sy, Backend: be, NATS: hub.Bus(), TrustKeys: []string{c.TrustKey()},
+		NodeNATS: func(i int) harness.Bus { return hub.Security.Bus(hub.ClientURLs[i%len(hub.ClientURLs)]) },
+	})
+	if _, err := f.Apply(ctx, examplePath(t, "bluegreen.yaml")); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := f.WaitRollout(ctx, exampleRollout, f.Converged(sv1.RolloutPhase_ROLLOUT_PHASE_COMPLETED)); err != nil {
+		t.Fatal(err)
+	}
+	return hub, c, f
+}
+
+// appliedOK is each agent's count of successful applies of web.
+func appliedOK(t *testing.T, ctx context.Context, f *harness.Fleet) []float64 {
+	t.Helper()
+	out := make([]float64, len(f.Nodes))
+	for i := range f.Nodes {
+		m, err := f.AgentMetrics(ctx, i)
+		if err != nil {
+			t.Fatal(err)
+		}
+		out[i], _ = harness.MetricValue(m, "switchyard_agent_applies_total", map[string]string{"service": "web", "result": "ok"})
+	}
+	return out
+}
+
+// TestNATSCluster_DesiredBucketLeaderKilledAsAnAbortCommits SIGKILLs the
+// NATS server leading the desired-state bucket's stream, with one agent
+// connected to it, and at once has an operator abort the rollout: the
+// leader's put fails until the stream elects another leader and is
+// retried, the agent of the dead server reconnects to another one and
+// resyncs, and every node ends on blue having applied the abort's
+// document once.
+func TestNATSCluster_DesiredBucketLeaderKilledAsAnAbortCommits(t *testing.T) {
+	t.Parallel()
+	ctx := harnesstest.Context(t, 5*time.Minute)
+	hub, _, f := startPinnedOnNATSCluster(t, ctx, 3)
+	before := appliedOK(t, ctx, f)
+	leader := hub.StreamLeader(ctx, "KV_"+bus.DesiredBucket)
+	if leader < 0 {
+		t.Fatal("no NATS server leads the desired-state bucket")
+	}
+	if err := hub.Kill(leader); err != nil {
+		t.Fatal(err)
+	}
+	killed := time.Now()
+	res, err := f.Run(ctx, "rollout", "abort", exampleRollout, "--reason", "desired bucket leader lost", "--timeout", "60s")
+	if err != nil || res.ExitCode != 0 {
+		t.Fatalf("abort with nats-%d (the desired bucket's leader) just killed: %v %+v", leader+1, err, res)
+	}
+	t.Logf("abort answered %s after nats-%d died: %s", time.Since(killed).Round(10*time.Millisecond), leader+1, strings.TrimSpace(res.Stdout))
+	if err := f.WaitAllServing(ctx, harness.Blue, samples); err != nil {
+		t.Fatalf("after the abort: %v", err)
+	}
+	if _, err := f.WaitRollout(ctx, exampleRollout, f.Converged(sv1.RolloutPhase_ROLLOUT_PHASE_ROLLED_BACK)); err != nil {
+		t.Fatal(err)
+	}
+	t.Logf("every node on blue and reported %s after nats-%d died", time.Since(killed).Round(10*time.Millisecond), leader+1)
+	after := appliedOK(t, ctx, f)
+	for i := range f.Nodes {
+		if after[i]-before[i] != 1 {
+			t.Errorf("%s (first on nats-%d) applied %v times since the abort, want once", f.Nodes[i].ID, i%3+1, after[i]-before[i])
+		}
+	}
+}
+
+// TestNATSCluster_IntentAndAuditLeaderKilledWithAnAbortInFlight has one
+// NATS server lead both the intent stream and the audit stream and
+// SIGKILLs it while an operator's abort is on its way: the abort is
+// applied once (one audit record for its id, the fleet back on blue), and
+// the audit stream holds the whole chain, without a gap or a record stored
+// twice (`audit verify`).
+func TestNATSCluster_IntentAndAuditLeaderKilledWithAnAbortInFlight(t *testing.T) {
+	t.Parallel()
+	ctx := harnesstest.Context(t, 5*time.Minute)
+	hub, _, f := startPinnedOnNATSCluster(t, ctx, 3)
+	leader := hub.StreamLeader(ctx, bus.IntentStream)
+	if leader < 0 {
+		t.Fatal("no NATS server leads the intent stream")
+	}
+	if err := hub.MoveStreamLeader(ctx, bus.AuditStream, leader); err != nil {
+		t.Fatal(err)
+	}
+	type result struct {
+		res *harness.CLIResult
+		err error
+	}
+	done := make(chan result, 1)
+	sent := time.Now()
+	go func() {
+		res, err := f.Run(ctx, "rollout", "abort", exampleRollout, "--reason", "intent and audit leader lost", "--timeout", "60s", "-o", "json")
+		done <- result{res, err}
+	}()
+	if err := hub.Kill(leader); err != nil {
+		t.Fatal(err)
+	}
+	r := <-done
+	if r.err != nil || r.res.ExitCode != 0 {
+		t.Fatalf("abort with nats-%d (leading the intent and audit streams) killed as it was sent: %v %+v", leader+1, r.err, r.res)
+	}
+	var ans struct{ IntentID string }
+	if err := json.Unmarshal([]byte(r.res.Stdout), &ans); err != nil || ans.IntentID == "" {
+		t.Fatalf("abort -o json: %v\n%s", err, r.res.Stdout)
+	}
+	t.Logf("abort %s answered %s after it was sent", ans.IntentID, time.Since(sent).Round(10*time.Millisecond))
+	if err := f.WaitAllServing(ctx, harness.Blue, samples); err != nil {
+		t.Fatalf("after the abort: %v", err)
+	}
+	if _, err := f.WaitRollout(ctx, exampleRollout, f.Converged(sv1.RolloutPhase_ROLLOUT_PHASE_ROLLED_BACK)); err != nil {
+		t.Fatal(err)
+	}
+	if err := harness.Poll(ctx, 500*time.Millisecond, func(ctx context.Context) error {
+		res, err := f.Run(ctx, "audit", "log", "-o", "json")
+		if err != nil || res.ExitCode != 0 {
+			return fmt.Errorf("audit log: %v %+v", err, res)
+		}
+		intents := 0
+		for _, line := range strings.Split(strings.TrimSpace(res.Stdout), "\n") {
+			var e struct {
+				Record struct{ Kind, IntentID string }
+			}
+			if err := json.Unmarshal([]byte(line), &e); err != nil {
+				return fmt.Errorf("audit log line %q: %v", line, err)
+			}
+			if e.Record.Kind == "intent" && e.Record.IntentID == ans.IntentID {
+				intents++
+			}
+		}
+		if intents != 1 {
+			return fmt.Errorf("%d audit records of intent %s, want 1", intents, ans.IntentID)
+		}
+		if res, err := f.Run(ctx, "audit", "verify"); err != nil || res.ExitCode != 0 {
+			return harness.Permanent(fmt.Errorf("audit verify: %v %+v", err, res))
+		}
+		return nil
+	}); err != nil {
+		t.Fatal(err)
+	}
+}
