@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"github.com/switchyard/switchyard/bus"
+	"github.com/switchyard/switchyard/coordinator"
 	"github.com/switchyard/switchyard/integration/harness"
 	"github.com/switchyard/switchyard/integration/harness/harnesstest"
 	sv1 "github.com/switchyard/switchyard/proto/switchyard/v1"
@@ -162,4 +163,85 @@ func TestNATSCluster_IntentAndAuditLeaderKilledWithAnAbortInFlight(t *testing.T)
 	}); err != nil {
 		t.Fatal(err)
 	}
+}
+
+// TestNATSCluster_MembersSayWhichReplicasAreGone kills one NATS server:
+// `coordinator members` names it, for every stream, as a replica that is
+// not current, and says which server leads each stream, so that an
+// operator sees that one more loss would stop the bus before it happens.
+func TestNATSCluster_MembersSayWhichReplicasAreGone(t *testing.T) {
+	t.Parallel()
+	ctx := harnesstest.Context(t, 5*time.Minute)
+	sy, _ := binaries(t)
+	hub := startNATSCluster(t, ctx)
+	c := harnesstest.StartCluster(t, ctx, harness.ClusterOptions{Switchyard: sy, NATS: hub.Bus()})
+	members := func(ctx context.Context) (*coordinator.Members, string, error) {
+		var lastErr error
+		for _, co := range c.Coordinators {
+			res, err := harness.RunCLI(ctx, sy, nil, "coordinator", "members", "--http", co.HTTPAddr, "--cluster-ca", c.CA.CAPath())
+			if err != nil || res.ExitCode != 0 {
+				lastErr = fmt.Errorf("coordinator members: %v %+v", err, res)
+				continue
+			}
+			js, err := harness.RunCLI(ctx, sy, nil, "coordinator", "members", "--http", co.HTTPAddr, "-o", "json", "--cluster-ca", c.CA.CAPath())
+			if err != nil || js.ExitCode != 0 {
+				lastErr = fmt.Errorf("coordinator members -o json: %v %+v", err, js)
+				continue
+			}
+			var m coordinator.Members
+			if err := json.Unmarshal([]byte(js.Stdout), &m); err != nil {
+				return nil, "", err
+			}
+			return &m, res.Stdout, nil
+		}
+		return nil, "", lastErr
+	}
+	streams := []string{bus.IntentStream, "KV_" + bus.DesiredBucket, "KV_" + bus.DrillsBucket, bus.AuditStream}
+	// Each wait is bounded well below the test's: before members said how
+	// the servers hold the streams, neither ever ends.
+	pctx, cancel := context.WithTimeout(ctx, 45*time.Second)
+	defer cancel()
+	if err := harness.Poll(pctx, 500*time.Millisecond, func(ctx context.Context) error {
+		m, _, err := members(ctx)
+		if err != nil {
+			return err
+		}
+		for _, s := range streams {
+			h, ok := m.Bus[s]
+			if !ok || h.Leader == "" || h.Current != 3 || len(h.Behind) != 0 {
+				return fmt.Errorf("%s with every NATS server up: %+v, want a leader and 3 current replicas", s, h)
+			}
+		}
+		return nil
+	}); err != nil {
+		t.Fatal(err)
+	}
+
+	const dead = 1 // nats-2
+	if err := hub.Kill(dead); err != nil {
+		t.Fatal(err)
+	}
+	var text string
+	pctx, cancel = context.WithTimeout(ctx, 45*time.Second)
+	defer cancel()
+	if err := harness.Poll(pctx, 500*time.Millisecond, func(ctx context.Context) error {
+		m, out, err := members(ctx)
+		if err != nil {
+			return err
+		}
+		text = out
+		for _, s := range streams {
+			h := m.Bus[s]
+			if h.Leader == "" || h.Leader == "nats-2" || h.Current != 2 || len(h.Behind) != 1 || h.Behind[0] != "nats-2" {
+				return fmt.Errorf("%s with nats-2 dead: %+v, want a leader other than nats-2, 2 current replicas and nats-2 behind", s, h)
+			}
+		}
+		if !strings.Contains(out, "nats-2") || !strings.Contains(out, "degraded") {
+			return fmt.Errorf("members does not say that the bus is degraded and nats-2 is gone:\n%s", out)
+		}
+		return nil
+	}); err != nil {
+		t.Fatal(err)
+	}
+	t.Logf("members with nats-2 dead:\n%s", text)
 }
