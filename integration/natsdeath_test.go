@@ -4,12 +4,15 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"os"
+	"path/filepath"
 	"strings"
 	"testing"
 	"time"
 
 	"github.com/switchyard/switchyard/bus"
 	"github.com/switchyard/switchyard/coordinator"
+	"github.com/switchyard/switchyard/integration/faultproxy"
 	"github.com/switchyard/switchyard/integration/harness"
 	"github.com/switchyard/switchyard/integration/harness/harnesstest"
 	sv1 "github.com/switchyard/switchyard/proto/switchyard/v1"
@@ -244,4 +247,64 @@ func TestNATSCluster_MembersSayWhichReplicasAreGone(t *testing.T) {
 		t.Fatal(err)
 	}
 	t.Logf("members with nats-2 dead:\n%s", text)
+}
+
+// TestNATSCluster_ServerThatStopsAnsweringIsLeftByItsClients cuts the
+// clients of the NATS server edge-1 is connected to off from it without
+// closing their connections, as a host that lost power or a network cut
+// leaves them (the servers' routes stay up, so the streams keep their
+// leaders): nothing answers on those connections. An operator's abort
+// still reaches every node, edge-1 included, long before the minutes the
+// NATS client's default pings take to call a connection stale: every
+// client pings often enough to leave a server that stopped answering for
+// another.
+func TestNATSCluster_ServerThatStopsAnsweringIsLeftByItsClients(t *testing.T) {
+	t.Parallel()
+	ctx := harnesstest.Context(t, 5*time.Minute)
+	sy, be := binaries(t)
+	hub, err := harness.StartNATSCluster(ctx, harness.NATSClusterOptions{Binary: natsServerBin.get(t), Dir: filepath.Join(harnesstest.Dir(t), "nats"), Proxies: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		if err := hub.Close(); err != nil {
+			t.Logf("stop nats cluster: %v", err)
+		}
+	})
+	c := harnesstest.StartCluster(t, ctx, harness.ClusterOptions{Switchyard: sy, NATS: hub.Bus()})
+	f := harnesstest.StartFleet(t, ctx, harness.FleetOptions{Nodes: 2, Service: "web", Switchyard: sy, Backend: be, NATS: hub.Bus(), TrustKeys: []string{c.TrustKey()}})
+	if _, err := f.Apply(ctx, examplePath(t, "bluegreen.yaml")); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := f.WaitRollout(ctx, exampleRollout, f.Converged(sv1.RolloutPhase_ROLLOUT_PHASE_COMPLETED)); err != nil {
+		t.Fatal(err)
+	}
+	// The server edge-1's agent is connected to, from its log.
+	logged, err := os.ReadFile(f.Nodes[0].Agent.StderrPath())
+	if err != nil {
+		t.Fatal(err)
+	}
+	cut := -1
+	for i, u := range hub.ClientURLs {
+		if strings.Contains(string(logged), "url="+u) {
+			cut = i
+		}
+	}
+	if cut < 0 {
+		t.Fatalf("edge-1's log names none of %v:\n%s", hub.ClientURLs, logged)
+	}
+	hub.ClientProxy(cut).SetMode(faultproxy.Mode{Blackhole: true})
+	stopped := time.Now()
+	// Well under the NATS client's default of two pings two minutes apart.
+	dl, cancel := context.WithTimeout(ctx, 60*time.Second)
+	defer cancel()
+	res, err := f.Run(dl, "rollout", "abort", exampleRollout, "--reason", "a NATS server stopped answering", "--timeout", "50s")
+	if err != nil || res.ExitCode != 0 {
+		t.Fatalf("abort with nats-%d (edge-1's) silent: %v %+v", cut+1, err, res)
+	}
+	t.Logf("abort answered %s after nats-%d went silent: %s", time.Since(stopped).Round(10*time.Millisecond), cut+1, strings.TrimSpace(res.Stdout))
+	if err := f.WaitAllServing(dl, harness.Blue, samples); err != nil {
+		t.Fatalf("with nats-%d (edge-1's) silent: %v", cut+1, err)
+	}
+	t.Logf("every node on blue %s after nats-%d went silent", time.Since(stopped).Round(10*time.Millisecond), cut+1)
 }
