@@ -12,9 +12,23 @@ import (
 	"github.com/switchyard/switchyard/internal/certs"
 )
 
+// PingInterval and MaxPingsOut say when a connection is stale: a ping
+// every PingInterval, and the connection dropped for another server when
+// more than MaxPingsOut are unanswered, 10–15 s after its server stopped
+// answering. A server whose host lost power, or that a network cut
+// separates from its clients, closes nothing: without the pings its
+// clients would wait on it for the NATS client's default of two pings two
+// minutes apart, a leader coordinator reading no intent and writing no
+// decision, an agent receiving none, all that time.
+const (
+	PingInterval = 5 * time.Second
+	MaxPingsOut  = 2
+)
+
 // Connect dials NATS at url (comma-separated for a cluster) and keeps
 // reconnecting for as long as the process lives: an edge node or a
-// coordinator that loses the bus must come back by itself. The first dial
+// coordinator that loses the bus must come back by itself, and leaves a
+// server that stopped answering (see PingInterval). The first dial
 // fails fast, so a wrong URL is reported at start, unless the caller passes
 // nats.RetryOnFailedConnect: agents do, to serve from local state while the
 // bus is away.
@@ -25,6 +39,8 @@ func Connect(url, name string, log *slog.Logger, opts ...nats.Option) (*nats.Con
 		nats.ReconnectWait(250 * time.Millisecond),
 		nats.ReconnectJitter(100*time.Millisecond, time.Second),
 		nats.Timeout(5 * time.Second),
+		nats.PingInterval(PingInterval),
+		nats.MaxPingsOutstanding(MaxPingsOut),
 		nats.DisconnectErrHandler(func(_ *nats.Conn, err error) {
 			if err != nil {
 				log.Warn("nats disconnected", "err", err)

@@ -4,6 +4,8 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"slices"
+	"strings"
 	"time"
 
 	"github.com/nats-io/nats.go"
@@ -62,6 +64,79 @@ func StreamReplicas(ctx context.Context, js jetstream.JetStream) (map[string]int
 		out[name] = n
 	}
 	return out, nil
+}
+
+// StreamHealth is how the NATS servers hold one stream or bucket now.
+type StreamHealth struct {
+	// Replicas is its replica count; 0 when it does not exist yet.
+	Replicas int `json:"replicas"`
+	// Leader is the NATS server leading it (the one that takes its
+	// writes); empty while none does.
+	Leader string `json:"leader,omitempty"`
+	// Current counts its replicas up to date with the leader, the leader
+	// included.
+	Current int `json:"current"`
+	// Behind names its replicas that are offline or not up to date.
+	Behind []string `json:"behind,omitempty"`
+	// Error says why the servers did not answer for it (no leader, no
+	// quorum); the other fields are zero then.
+	Error string `json:"error,omitempty"`
+}
+
+// Degraded says what is wrong with the stream, "" when it exists, has a
+// leader and every replica is current: with one replica behind, a stream
+// of 3 still takes writes, but one more loss stops it.
+func (h StreamHealth) Degraded() string {
+	switch {
+	case h.Error != "":
+		return "no answer: " + h.Error
+	case h.Replicas == 0:
+		return ""
+	case h.Leader == "":
+		return "no leader"
+	case len(h.Behind) > 0:
+		return fmt.Sprintf("%d of %d replicas current, behind: %s", h.Current, h.Replicas, strings.Join(h.Behind, ", "))
+	}
+	return ""
+}
+
+// StreamsHealth reads, for the intent stream, the buckets and the audit
+// stream, how the servers hold them now.
+func StreamsHealth(ctx context.Context, js jetstream.JetStream) map[string]StreamHealth {
+	out := map[string]StreamHealth{}
+	for _, name := range []string{IntentStream, "KV_" + DesiredBucket, "KV_" + DrillsBucket, AuditStream} {
+		var h StreamHealth
+		sctx, cancel := context.WithTimeout(ctx, time.Second)
+		st, err := js.Stream(sctx, name)
+		cancel()
+		switch {
+		case errors.Is(err, jetstream.ErrStreamNotFound):
+		case err != nil:
+			h.Error = err.Error()
+		default:
+			info := st.CachedInfo()
+			h.Replicas = info.Config.Replicas
+			if c := info.Cluster; c == nil {
+				// A server outside a cluster holds its one replica.
+				h.Current = 1
+			} else {
+				h.Leader = c.Leader
+				if h.Leader != "" {
+					h.Current = 1
+				}
+				for _, p := range c.Replicas {
+					if p.Current && !p.Offline {
+						h.Current++
+					} else {
+						h.Behind = append(h.Behind, p.Name)
+					}
+				}
+				slices.Sort(h.Behind)
+			}
+		}
+		out[name] = h
+	}
+	return out
 }
 
 // EnsureIntentStream creates or updates the intent stream. Intents stay until

@@ -63,6 +63,10 @@ type Members struct {
 	// (absent when they could not be read).
 	Replicas int            `json:"replicas"`
 	Streams  map[string]int `json:"streams,omitempty"`
+	// Bus is how the NATS servers hold each stream and bucket now (the
+	// audit stream too): its leader, and the replicas that are offline or
+	// behind after a NATS server died.
+	Bus map[string]bus.StreamHealth `json:"bus,omitempty"`
 }
 
 // errNotLeaderHTTP is answered to cluster changes sent to a follower.
@@ -163,6 +167,7 @@ func (s *Server) MembersView() (*Members, error) {
 	} else {
 		s.log.Debug("read stream replicas for members", "err", err)
 	}
+	m.Bus = bus.StreamsHealth(ctx, s.js)
 	return m, nil
 }
 

@@ -8,6 +8,7 @@ import (
 	"flag"
 	"fmt"
 	"io"
+	"maps"
 	"os"
 	"slices"
 	"strings"
@@ -344,6 +345,9 @@ func coordinatorMembers(ctx context.Context, args []string, stdout, stderr io.Wr
 	fmt.Fprintf(stdout, "Leader: %s   Term: %d   Last index: %d   Commit index: %d   (answered by %s, %s)\n",
 		orDash(m.Leader), m.Term, m.LastIndex, m.CommitIndex, m.AnsweredBy, strings.ToLower(m.State))
 	fmt.Fprintf(stdout, "Bus replicas: %d for new streams and buckets; now: %s\n", m.Replicas, streamReplicas(m.Streams))
+	if line := busHealth(m.Bus); line != "" {
+		fmt.Fprintln(stdout, line)
+	}
 	if m.RaftListen != "" {
 		fmt.Fprintf(stdout, "Raft of %s: listens on %s, advertised to peers as %s\n", m.AnsweredBy, m.RaftListen, orDash(m.RaftAdvertise))
 	}
@@ -391,6 +395,29 @@ func orDash(s string) string {
 		return "-"
 	}
 	return s
+}
+
+// busHealth says whether every stream and bucket has a leader and all its
+// replicas current, and otherwise what is wrong with each that does not;
+// "" when the coordinator did not say (an older release).
+func busHealth(streams map[string]bus.StreamHealth) string {
+	if len(streams) == 0 {
+		return ""
+	}
+	var bad []string
+	for _, n := range slices.Sorted(maps.Keys(streams)) {
+		h := streams[n]
+		if d := h.Degraded(); d != "" {
+			if h.Leader != "" {
+				d = "led by " + h.Leader + ", " + d
+			}
+			bad = append(bad, n+": "+d)
+		}
+	}
+	if len(bad) == 0 {
+		return "Bus: every stream and bucket has a leader and all its replicas current"
+	}
+	return "Bus degraded: " + strings.Join(bad, "; ")
 }
 
 // streamReplicas renders the replica count of each stream, sorted by name.

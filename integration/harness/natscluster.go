@@ -348,6 +348,16 @@ func (c *NATSCluster) Start(ctx context.Context, i int) error {
 // (as a client connected through the first running server learns it), -1
 // when none answers.
 func (c *NATSCluster) StreamLeader(ctx context.Context, name string) int {
+	return c.leader(ctx, func(ctx context.Context, js jetstream.JetStream) (string, error) {
+		s, err := js.Stream(ctx, name)
+		if err != nil {
+			return "", err
+		}
+		return s.CachedInfo().Cluster.Leader, nil
+	})
+}
+
+func (c *NATSCluster) leader(ctx context.Context, read func(context.Context, jetstream.JetStream) (string, error)) int {
 	for i, p := range c.Servers {
 		if !p.Running() {
 			continue
@@ -362,13 +372,12 @@ func (c *NATSCluster) StreamLeader(ctx context.Context, name string) int {
 			continue
 		}
 		actx, cancel := context.WithTimeout(ctx, 2*time.Second)
-		s, err := js.Stream(actx, name)
-		var leader string
-		if err == nil {
-			leader = s.CachedInfo().Cluster.Leader
-		}
+		leader, err := read(actx, js)
 		cancel()
 		nc.Close()
+		if err != nil {
+			continue
+		}
 		for j := range c.Servers {
 			if leader == fmt.Sprintf("nats-%d", j+1) {
 				return j
@@ -376,6 +385,30 @@ func (c *NATSCluster) StreamLeader(ctx context.Context, name string) int {
 		}
 	}
 	return -1
+}
+
+// MoveStreamLeader has stream name led by server i: its leader steps down
+// with server i preferred, until StreamLeader says so.
+func (c *NATSCluster) MoveStreamLeader(ctx context.Context, name string, i int) error {
+	return c.moveLeader(ctx, "STREAM.LEADER.STEPDOWN."+name, i, func() int { return c.StreamLeader(ctx, name) })
+}
+
+func (c *NATSCluster) moveLeader(ctx context.Context, api string, i int, leader func() int) error {
+	return Poll(ctx, 500*time.Millisecond, func(ctx context.Context) error {
+		if leader() == i {
+			return nil
+		}
+		nc, err := c.Security.Bus(c.URL()).Connect(bus.RoleCoordinator, "nats-cluster-probe", nats.NoReconnect())
+		if err != nil {
+			return err
+		}
+		defer nc.Close()
+		req := fmt.Sprintf(`{"placement":{"preferred":"nats-%d"}}`, i+1)
+		if _, err := nc.Request("$JS.API."+api, []byte(req), 2*time.Second); err != nil {
+			return fmt.Errorf("%s: %w", api, err)
+		}
+		return fmt.Errorf("nats-%d does not lead yet (%s)", i+1, api)
+	})
 }
 
 // Freeze SIGSTOPs server i; Thaw SIGCONTs it.

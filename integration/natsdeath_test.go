@@ -1,0 +1,310 @@
+package integration
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/switchyard/switchyard/bus"
+	"github.com/switchyard/switchyard/coordinator"
+	"github.com/switchyard/switchyard/integration/faultproxy"
+	"github.com/switchyard/switchyard/integration/harness"
+	"github.com/switchyard/switchyard/integration/harness/harnesstest"
+	sv1 "github.com/switchyard/switchyard/proto/switchyard/v1"
+)
+
+// startPinnedOnNATSCluster is startOnNATSCluster with agent i given only
+// server i%3's URL: it connects there first and, when that server dies,
+// reconnects to one the cluster told it of. The fleet ends the example
+// blue-green rollout on green.
+func startPinnedOnNATSCluster(t *testing.T, ctx context.Context, nodes int) (*harness.NATSCluster, *harness.Cluster, *harness.Fleet) {
+	t.Helper()
+	sy, be := binaries(t)
+	hub := startNATSCluster(t, ctx)
+	c := harnesstest.StartCluster(t, ctx, harness.ClusterOptions{Switchyard: sy, NATS: hub.Bus()})
+	f := harnesstest.StartFleet(t, ctx, harness.FleetOptions{
+		Nodes: nodes, Service: "web", Switchyard: sy, Backend: be, NATS: hub.Bus(), TrustKeys: []string{c.TrustKey()},
+		NodeNATS: func(i int) harness.Bus { return hub.Security.Bus(hub.ClientURLs[i%len(hub.ClientURLs)]) },
+	})
+	if _, err := f.Apply(ctx, examplePath(t, "bluegreen.yaml")); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := f.WaitRollout(ctx, exampleRollout, f.Converged(sv1.RolloutPhase_ROLLOUT_PHASE_COMPLETED)); err != nil {
+		t.Fatal(err)
+	}
+	return hub, c, f
+}
+
+// appliedOK is each agent's count of successful applies of web.
+func appliedOK(t *testing.T, ctx context.Context, f *harness.Fleet) []float64 {
+	t.Helper()
+	out := make([]float64, len(f.Nodes))
+	for i := range f.Nodes {
+		m, err := f.AgentMetrics(ctx, i)
+		if err != nil {
+			t.Fatal(err)
+		}
+		out[i], _ = harness.MetricValue(m, "switchyard_agent_applies_total", map[string]string{"service": "web", "result": "ok"})
+	}
+	return out
+}
+
+// TestNATSCluster_DesiredBucketLeaderKilledAsAnAbortCommits SIGKILLs the
+// NATS server leading the desired-state bucket's stream, with one agent
+// connected to it, and at once has an operator abort the rollout: the
+// leader's put fails until the stream elects another leader and is
+// retried, the agent of the dead server reconnects to another one and
+// resyncs, and every node ends on blue having applied the abort's
+// document once.
+func TestNATSCluster_DesiredBucketLeaderKilledAsAnAbortCommits(t *testing.T) {
+	t.Parallel()
+	ctx := harnesstest.Context(t, 5*time.Minute)
+	hub, _, f := startPinnedOnNATSCluster(t, ctx, 3)
+	before := appliedOK(t, ctx, f)
+	leader := hub.StreamLeader(ctx, "KV_"+bus.DesiredBucket)
+	if leader < 0 {
+		t.Fatal("no NATS server leads the desired-state bucket")
+	}
+	if err := hub.Kill(leader); err != nil {
+		t.Fatal(err)
+	}
+	killed := time.Now()
+	res, err := f.Run(ctx, "rollout", "abort", exampleRollout, "--reason", "desired bucket leader lost", "--timeout", "60s")
+	if err != nil || res.ExitCode != 0 {
+		t.Fatalf("abort with nats-%d (the desired bucket's leader) just killed: %v %+v", leader+1, err, res)
+	}
+	t.Logf("abort answered %s after nats-%d died: %s", time.Since(killed).Round(10*time.Millisecond), leader+1, strings.TrimSpace(res.Stdout))
+	if err := f.WaitAllServing(ctx, harness.Blue, samples); err != nil {
+		t.Fatalf("after the abort: %v", err)
+	}
+	if _, err := f.WaitRollout(ctx, exampleRollout, f.Converged(sv1.RolloutPhase_ROLLOUT_PHASE_ROLLED_BACK)); err != nil {
+		t.Fatal(err)
+	}
+	t.Logf("every node on blue and reported %s after nats-%d died", time.Since(killed).Round(10*time.Millisecond), leader+1)
+	after := appliedOK(t, ctx, f)
+	for i := range f.Nodes {
+		if after[i]-before[i] != 1 {
+			t.Errorf("%s (first on nats-%d) applied %v times since the abort, want once", f.Nodes[i].ID, i%3+1, after[i]-before[i])
+		}
+	}
+}
+
+// TestNATSCluster_IntentAndAuditLeaderKilledWithAnAbortInFlight has one
+// NATS server lead both the intent stream and the audit stream and
+// SIGKILLs it while an operator's abort is on its way: the abort is
+// applied once (one audit record for its id, the fleet back on blue), and
+// the audit stream holds the whole chain, without a gap or a record stored
+// twice (`audit verify`).
+func TestNATSCluster_IntentAndAuditLeaderKilledWithAnAbortInFlight(t *testing.T) {
+	t.Parallel()
+	ctx := harnesstest.Context(t, 5*time.Minute)
+	hub, _, f := startPinnedOnNATSCluster(t, ctx, 3)
+	leader := hub.StreamLeader(ctx, bus.IntentStream)
+	if leader < 0 {
+		t.Fatal("no NATS server leads the intent stream")
+	}
+	if err := hub.MoveStreamLeader(ctx, bus.AuditStream, leader); err != nil {
+		t.Fatal(err)
+	}
+	type result struct {
+		res *harness.CLIResult
+		err error
+	}
+	done := make(chan result, 1)
+	sent := time.Now()
+	go func() {
+		res, err := f.Run(ctx, "rollout", "abort", exampleRollout, "--reason", "intent and audit leader lost", "--timeout", "60s", "-o", "json")
+		done <- result{res, err}
+	}()
+	if err := hub.Kill(leader); err != nil {
+		t.Fatal(err)
+	}
+	r := <-done
+	if r.err != nil || r.res.ExitCode != 0 {
+		t.Fatalf("abort with nats-%d (leading the intent and audit streams) killed as it was sent: %v %+v", leader+1, r.err, r.res)
+	}
+	var ans struct{ IntentID string }
+	if err := json.Unmarshal([]byte(r.res.Stdout), &ans); err != nil || ans.IntentID == "" {
+		t.Fatalf("abort -o json: %v\n%s", err, r.res.Stdout)
+	}
+	t.Logf("abort %s answered %s after it was sent", ans.IntentID, time.Since(sent).Round(10*time.Millisecond))
+	if err := f.WaitAllServing(ctx, harness.Blue, samples); err != nil {
+		t.Fatalf("after the abort: %v", err)
+	}
+	if _, err := f.WaitRollout(ctx, exampleRollout, f.Converged(sv1.RolloutPhase_ROLLOUT_PHASE_ROLLED_BACK)); err != nil {
+		t.Fatal(err)
+	}
+	if err := harness.Poll(ctx, 500*time.Millisecond, func(ctx context.Context) error {
+		res, err := f.Run(ctx, "audit", "log", "-o", "json")
+		if err != nil || res.ExitCode != 0 {
+			return fmt.Errorf("audit log: %v %+v", err, res)
+		}
+		intents := 0
+		for _, line := range strings.Split(strings.TrimSpace(res.Stdout), "\n") {
+			var e struct {
+				Record struct{ Kind, IntentID string }
+			}
+			if err := json.Unmarshal([]byte(line), &e); err != nil {
+				return fmt.Errorf("audit log line %q: %v", line, err)
+			}
+			if e.Record.Kind == "intent" && e.Record.IntentID == ans.IntentID {
+				intents++
+			}
+		}
+		if intents != 1 {
+			return fmt.Errorf("%d audit records of intent %s, want 1", intents, ans.IntentID)
+		}
+		if res, err := f.Run(ctx, "audit", "verify"); err != nil || res.ExitCode != 0 {
+			return harness.Permanent(fmt.Errorf("audit verify: %v %+v", err, res))
+		}
+		return nil
+	}); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// TestNATSCluster_MembersSayWhichReplicasAreGone kills one NATS server:
+// `coordinator members` names it, for every stream, as a replica that is
+// not current, and says which server leads each stream, so that an
+// operator sees that one more loss would stop the bus before it happens.
+func TestNATSCluster_MembersSayWhichReplicasAreGone(t *testing.T) {
+	t.Parallel()
+	ctx := harnesstest.Context(t, 5*time.Minute)
+	sy, _ := binaries(t)
+	hub := startNATSCluster(t, ctx)
+	c := harnesstest.StartCluster(t, ctx, harness.ClusterOptions{Switchyard: sy, NATS: hub.Bus()})
+	members := func(ctx context.Context) (*coordinator.Members, string, error) {
+		var lastErr error
+		for _, co := range c.Coordinators {
+			res, err := harness.RunCLI(ctx, sy, nil, "coordinator", "members", "--http", co.HTTPAddr, "--cluster-ca", c.CA.CAPath())
+			if err != nil || res.ExitCode != 0 {
+				lastErr = fmt.Errorf("coordinator members: %v %+v", err, res)
+				continue
+			}
+			js, err := harness.RunCLI(ctx, sy, nil, "coordinator", "members", "--http", co.HTTPAddr, "-o", "json", "--cluster-ca", c.CA.CAPath())
+			if err != nil || js.ExitCode != 0 {
+				lastErr = fmt.Errorf("coordinator members -o json: %v %+v", err, js)
+				continue
+			}
+			var m coordinator.Members
+			if err := json.Unmarshal([]byte(js.Stdout), &m); err != nil {
+				return nil, "", err
+			}
+			return &m, res.Stdout, nil
+		}
+		return nil, "", lastErr
+	}
+	streams := []string{bus.IntentStream, "KV_" + bus.DesiredBucket, "KV_" + bus.DrillsBucket, bus.AuditStream}
+	// Each wait is bounded well below the test's: before members said how
+	// the servers hold the streams, neither ever ends.
+	pctx, cancel := context.WithTimeout(ctx, 45*time.Second)
+	defer cancel()
+	if err := harness.Poll(pctx, 500*time.Millisecond, func(ctx context.Context) error {
+		m, _, err := members(ctx)
+		if err != nil {
+			return err
+		}
+		for _, s := range streams {
+			h, ok := m.Bus[s]
+			if !ok || h.Leader == "" || h.Current != 3 || len(h.Behind) != 0 {
+				return fmt.Errorf("%s with every NATS server up: %+v, want a leader and 3 current replicas", s, h)
+			}
+		}
+		return nil
+	}); err != nil {
+		t.Fatal(err)
+	}
+
+	const dead = 1 // nats-2
+	if err := hub.Kill(dead); err != nil {
+		t.Fatal(err)
+	}
+	var text string
+	pctx, cancel = context.WithTimeout(ctx, 45*time.Second)
+	defer cancel()
+	if err := harness.Poll(pctx, 500*time.Millisecond, func(ctx context.Context) error {
+		m, out, err := members(ctx)
+		if err != nil {
+			return err
+		}
+		text = out
+		for _, s := range streams {
+			h := m.Bus[s]
+			if h.Leader == "" || h.Leader == "nats-2" || h.Current != 2 || len(h.Behind) != 1 || h.Behind[0] != "nats-2" {
+				return fmt.Errorf("%s with nats-2 dead: %+v, want a leader other than nats-2, 2 current replicas and nats-2 behind", s, h)
+			}
+		}
+		if !strings.Contains(out, "nats-2") || !strings.Contains(out, "degraded") {
+			return fmt.Errorf("members does not say that the bus is degraded and nats-2 is gone:\n%s", out)
+		}
+		return nil
+	}); err != nil {
+		t.Fatal(err)
+	}
+	t.Logf("members with nats-2 dead:\n%s", text)
+}
+
+// TestNATSCluster_ServerThatStopsAnsweringIsLeftByItsClients cuts the
+// clients of the NATS server edge-1 is connected to off from it without
+// closing their connections, as a host that lost power or a network cut
+// leaves them (the servers' routes stay up, so the streams keep their
+// leaders): nothing answers on those connections. An operator's abort
+// still reaches every node, edge-1 included, long before the minutes the
+// NATS client's default pings take to call a connection stale: every
+// client pings often enough to leave a server that stopped answering for
+// another.
+func TestNATSCluster_ServerThatStopsAnsweringIsLeftByItsClients(t *testing.T) {
+	t.Parallel()
+	ctx := harnesstest.Context(t, 5*time.Minute)
+	sy, be := binaries(t)
+	hub, err := harness.StartNATSCluster(ctx, harness.NATSClusterOptions{Binary: natsServerBin.get(t), Dir: filepath.Join(harnesstest.Dir(t), "nats"), Proxies: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		if err := hub.Close(); err != nil {
+			t.Logf("stop nats cluster: %v", err)
+		}
+	})
+	c := harnesstest.StartCluster(t, ctx, harness.ClusterOptions{Switchyard: sy, NATS: hub.Bus()})
+	f := harnesstest.StartFleet(t, ctx, harness.FleetOptions{Nodes: 2, Service: "web", Switchyard: sy, Backend: be, NATS: hub.Bus(), TrustKeys: []string{c.TrustKey()}})
+	if _, err := f.Apply(ctx, examplePath(t, "bluegreen.yaml")); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := f.WaitRollout(ctx, exampleRollout, f.Converged(sv1.RolloutPhase_ROLLOUT_PHASE_COMPLETED)); err != nil {
+		t.Fatal(err)
+	}
+	// The server edge-1's agent is connected to, from its log.
+	logged, err := os.ReadFile(f.Nodes[0].Agent.StderrPath())
+	if err != nil {
+		t.Fatal(err)
+	}
+	cut := -1
+	for i, u := range hub.ClientURLs {
+		if strings.Contains(string(logged), "url="+u) {
+			cut = i
+		}
+	}
+	if cut < 0 {
+		t.Fatalf("edge-1's log names none of %v:\n%s", hub.ClientURLs, logged)
+	}
+	hub.ClientProxy(cut).SetMode(faultproxy.Mode{Blackhole: true})
+	stopped := time.Now()
+	// Well under the NATS client's default of two pings two minutes apart.
+	dl, cancel := context.WithTimeout(ctx, 60*time.Second)
+	defer cancel()
+	res, err := f.Run(dl, "rollout", "abort", exampleRollout, "--reason", "a NATS server stopped answering", "--timeout", "50s")
+	if err != nil || res.ExitCode != 0 {
+		t.Fatalf("abort with nats-%d (edge-1's) silent: %v %+v", cut+1, err, res)
+	}
+	t.Logf("abort answered %s after nats-%d went silent: %s", time.Since(stopped).Round(10*time.Millisecond), cut+1, strings.TrimSpace(res.Stdout))
+	if err := f.WaitAllServing(dl, harness.Blue, samples); err != nil {
+		t.Fatalf("with nats-%d (edge-1's) silent: %v", cut+1, err)
+	}
+	t.Logf("every node on blue %s after nats-%d went silent", time.Since(stopped).Round(10*time.Millisecond), cut+1)
+}
