@@ -659,6 +659,14 @@ func (a *Agent) open() (_ *resources, err error) {
 			log.Info("restored applied state", "generation", applied.GetDesired().GetGeneration(),
 				"rollout", applied.GetDesired().GetRolloutId(), "weights", applied.GetWeights())
 		}
+		aj, _ := res.store.(ApplyJournal)
+		var applying *sv1.AppliedState
+		if aj != nil {
+			if applying, err = aj.LoadApplying(name); err != nil {
+				log.Error("cannot read the state a previous run was applying; going by the applied state", "err", err)
+				applying = nil
+			}
+		}
 		res.drivers = append(res.drivers, d)
 		w := &serviceWorker{
 			name:       name,
@@ -678,6 +686,8 @@ func (a *Agent) open() (_ *resources, err error) {
 			observeNow: make(chan struct{}, 1),
 			guard:      make(chan localRollbackRequest, 1),
 			applied:    applied,
+			applyLog:   aj,
+			applying:   applying,
 			prober: &prober{
 				service: name,
 				cfg:     a.cfg.Services[name].Probes,
