@@ -698,7 +698,12 @@ func (a *Agent) open() (_ *resources, err error) {
 			},
 		}
 		w.hooks = a.hookRunner(res.store, log)
-		if h := applied.GetHookHold(); h != nil {
+		// The status lists the current rollout's hook runs, after a
+		// restart too (one the previous run was killed in as failed).
+		w.hookRuns = w.hooks.Restore(name, applied.GetDesired().GetRolloutId())
+		if h := applied.GetHookHold(); h != nil && !slices.ContainsFunc(w.hookRuns, func(r *sv1.HookRun) bool {
+			return r.GetHook() == h.GetHook() && r.GetPoint() == h.GetPoint()
+		}) {
 			w.hookRuns = append(w.hookRuns, h)
 		}
 		w.publishView()

@@ -8,6 +8,8 @@ import (
 	"maps"
 	"os"
 	"os/exec"
+	"path/filepath"
+	"strings"
 	"syscall"
 	"testing"
 	"time"
@@ -35,6 +37,8 @@ type crashPlan struct {
 	// guard on (afterDisconnect 1s, window 2s).
 	LogSocket string `json:"logSocket,omitempty"`
 	Guard     bool   `json:"guard,omitempty"`
+	// Hooks are the agent's hooks, name → command.
+	Hooks map[string][]string `json:"hooks,omitempty"`
 }
 
 // crashingDriver is HAProxy's driver, except that the process dies the
@@ -65,6 +69,12 @@ func runCrashHelper() int {
 		Node: "edge-1", Labels: map[string]string{"region": "eu"}, NATS: plan.NATS, StateDir: plan.StateDir,
 		Heartbeat: time.Minute, Resync: time.Hour, Trust: testTrust(), TelemetryInterval: 250 * time.Millisecond,
 		Services: map[string]ServiceConfig{"web": svc},
+	}
+	for name, cmd := range plan.Hooks {
+		if cfg.Hooks == nil {
+			cfg.Hooks = map[string]HookConfig{}
+		}
+		cfg.Hooks[name] = HookConfig{Command: cmd, Timeout: 10 * time.Second}
 	}
 	if plan.Guard {
 		cfg.TelemetryInterval = 100 * time.Millisecond
@@ -274,5 +284,56 @@ func TestCrash_KilledBetweenGuardMoveAndSaveKeepsTheOldBackend(t *testing.T) {
 	s := serviceStatus(ra.Status(), "web")
 	if s.GetAppliedGeneration() != 2 || !maps.Equal(s.GetWeights(), allBlue) || s.GetLocalRollback().GetTo() != "blue" {
 		t.Errorf("status = %v; want generation 2 with %v and the guard's move to blue", s, allBlue)
+	}
+}
+
+// TestCrash_KilledDuringPostTrafficHookSaysSoAfterRestart: the agent is
+// SIGKILLed while a post-traffic hook runs (the hook kills it). Started
+// again, it does not run the hook again, and its status lists the run as
+// interrupted, as it lists the current rollout's runs, rather than
+// listing none.
+func TestCrash_KilledDuringPostTrafficHookSaysSoAfterRestart(t *testing.T) {
+	b := startBus(t)
+	lp := startProxy(t, false)
+	cfg := liveConfig(t, b.url, lp)
+	dir := t.TempDir()
+	runs := filepath.Join(dir, "runs")
+	die := []string{"/bin/sh", "-c", `echo "$SWITCHYARD_POINT $SWITCHYARD_GENERATION" >> "$0"; kill -KILL $PPID; sleep 5`, runs}
+	warm, _ := countingHook(t, dir, "warm", 0)
+	cfg.Hooks = map[string]HookConfig{"warm": warm, "die": {Command: die, Timeout: 10 * time.Second}}
+	statuses := b.statuses(t, "edge-1")
+	hooks := &sv1.AgentHooks{PreTraffic: []string{"warm"}, PostTraffic: []string{"die"}}
+	done, ended := startCrashingAgent(t, crashPlan{NATS: b.url, StateDir: cfg.StateDir, Socket: lp.proc.SocketPath(),
+		Hooks: map[string][]string{"warm": warm.Command, "die": die}})
+	waitStatus(t, statuses, "the agent's first status", func(*sv1.AgentStatus) bool { return true })
+	b.put(t, rolloutDoc(3, 20, sv1.RolloutPhase_ROLLOUT_PHASE_PROGRESSING, hooks))
+	waitKilled(t, done, ended)
+
+	ra := startLiveAgent(t, cfg)
+	if w := ra.waitApplied(t, "web", 3); w["green"] != 20 {
+		t.Fatalf("weights %v after the restart, want green 20", w)
+	}
+	var s *sv1.ServiceStatus
+	waitFor(t, 10*time.Second, "the restarted agent's status lists the hook runs", func() error {
+		s = serviceStatus(ra.Status(), "web")
+		if len(s.GetHookRuns()) != 2 {
+			return fmt.Errorf("hook runs %v", s.GetHookRuns())
+		}
+		return nil
+	})
+	for _, r := range s.GetHookRuns() {
+		switch r.GetHook() {
+		case "warm":
+			if r.GetState() != "succeeded" || r.GetPoint() != "preTraffic" || r.GetGeneration() != 3 {
+				t.Errorf("pre-traffic run %v, want succeeded at generation 3", r)
+			}
+		case "die":
+			if r.GetState() != "failed" || r.GetPoint() != "postTraffic" || !strings.Contains(r.GetError(), "interrupted") {
+				t.Errorf("post-traffic run %v, want failed as interrupted", r)
+			}
+		}
+	}
+	if got := lines(t, runs); len(got) != 1 {
+		t.Errorf("post-traffic hook ran %v, want once", got)
 	}
 }
