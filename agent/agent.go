@@ -662,6 +662,14 @@ func (a *Agent) open() (_ *resources, err error) {
 			log.Info("restored applied state", "generation", applied.GetDesired().GetGeneration(),
 				"rollout", applied.GetDesired().GetRolloutId(), "weights", applied.GetWeights())
 		}
+		aj, _ := res.store.(ApplyJournal)
+		var applying *sv1.AppliedState
+		if aj != nil {
+			if applying, err = aj.LoadApplying(name); err != nil {
+				log.Error("cannot read the state a previous run was applying; going by the applied state", "err", err)
+				applying = nil
+			}
+		}
 		res.drivers = append(res.drivers, d)
 		w := &serviceWorker{
 			name:       name,
@@ -681,6 +689,8 @@ func (a *Agent) open() (_ *resources, err error) {
 			observeNow: make(chan struct{}, 1),
 			guard:      make(chan localRollbackRequest, 1),
 			applied:    applied,
+			applyLog:   aj,
+			applying:   applying,
 			prober: &prober{
 				service: name,
 				cfg:     a.cfg.Services[name].Probes,
@@ -691,7 +701,12 @@ func (a *Agent) open() (_ *resources, err error) {
 			},
 		}
 		w.hooks = a.hookRunner(res.store, log)
-		if h := applied.GetHookHold(); h != nil {
+		// The status lists the current rollout's hook runs, after a
+		// restart too (one the previous run was killed in as failed).
+		w.hookRuns = w.hooks.Restore(name, applied.GetDesired().GetRolloutId())
+		if h := applied.GetHookHold(); h != nil && !slices.ContainsFunc(w.hookRuns, func(r *sv1.HookRun) bool {
+			return r.GetHook() == h.GetHook() && r.GetPoint() == h.GetPoint()
+		}) {
 			w.hookRuns = append(w.hookRuns, h)
 		}
 		w.publishView()

@@ -39,6 +39,9 @@ func TestMain(m *testing.M) {
 	if os.Getenv(benchHelperEnv) == "1" {
 		os.Exit(runBenchHelper())
 	}
+	if os.Getenv(crashHelperEnv) != "" {
+		os.Exit(runCrashHelper())
+	}
 	os.Exit(m.Run())
 }
 

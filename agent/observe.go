@@ -144,8 +144,11 @@ func (w *serviceWorker) checkProxy(ctx context.Context) error {
 	if obs.Instance != "" {
 		w.seen.instance = obs.Instance
 	}
-	want := w.applied.GetWeights()
 	heldOK := w.heldByDrill
+	if w.applying != nil {
+		w.settleApplying(ctx, obs, heldOK)
+	}
+	want := w.applied.GetWeights()
 	found, off := mismatch(want, obs, heldOK)
 	if found == "" {
 		w.see(obs, "")

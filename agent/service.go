@@ -197,6 +197,13 @@ type serviceWorker struct {
 
 	// applied is what the proxy was last set to; nil before the first apply.
 	applied *sv1.AppliedState
+	// applyLog records each state before the proxy is set to it; nil when
+	// the state store keeps no such record.
+	applyLog ApplyJournal
+	// applying is what a previous run recorded it was setting the proxy to
+	// and did not save as applied (it was killed in between); the first
+	// read of the proxy decides whether the proxy has it. nil otherwise.
+	applying *sv1.AppliedState
 	// pending is a newer document not applied yet; it stays until it applies
 	// or a newer one replaces it.
 	pending *sv1.DesiredState
@@ -452,34 +459,37 @@ func (w *serviceWorker) localRollback(ctx context.Context, req localRollbackRequ
 		return false
 	}
 	w.guardHeldMsg = ""
-	if err := w.setWeights(ctx, weights); err != nil {
-		w.readBack(ctx, "the local guard's move back failed part-way")
-		log.Error("local guard could not move the node back; will try again after the next window", "err", err, "to", req.from)
-		return false
-	}
-	now := w.clock.Now()
 	lr := &sv1.LocalRollback{
 		Generation: req.generation,
 		RolloutId:  a.GetDesired().GetRolloutId(),
 		From:       req.to,
 		To:         req.from,
 		Reason:     fmt.Sprintf("%s for %s and %s", req.cutOffHow, req.cutOffFor.Round(time.Second), req.reason),
-		At:         timestamppb.New(now),
+		At:         timestamppb.New(w.clock.Now()),
 	}
-	w.check = true
-	w.m.localRollbacks.WithLabelValues(w.name).Inc()
-	log.Error("local guard moved this node back to the old backend", "from", req.to, "to", req.from, "weights", weights, "reason", lr.GetReason())
-	w.commit(&sv1.AppliedState{
+	next := &sv1.AppliedState{
 		Service:       w.name,
 		Desired:       a.GetDesired(),
 		Weights:       weights,
 		Wave:          a.GetWave(),
-		AppliedAt:     timestamppb.New(now),
+		AppliedAt:     lr.GetAt(),
 		FromBackend:   a.GetFromBackend(),
 		ToBackend:     a.GetToBackend(),
 		LocalRollback: lr,
 		ExpiresAt:     a.GetExpiresAt(),
-	})
+	}
+	w.recordApplying(next)
+	if err := w.setWeights(ctx, weights); err != nil {
+		w.readBack(ctx, "the local guard's move back failed part-way")
+		log.Error("local guard could not move the node back; will try again after the next window", "err", err, "to", req.from)
+		return false
+	}
+	now := timestamppb.New(w.clock.Now())
+	lr.At, next.AppliedAt = now, now
+	w.check = true
+	w.m.localRollbacks.WithLabelValues(w.name).Inc()
+	log.Error("local guard moved this node back to the old backend", "from", req.to, "to", req.from, "weights", weights, "reason", lr.GetReason())
+	w.commit(next)
 	return true
 }
 
@@ -752,6 +762,18 @@ func (w *serviceWorker) applyPending(ctx context.Context) error {
 		}
 		return err
 	}
+	from, to := w.direction(ds, before, weights)
+	next := &sv1.AppliedState{
+		Service:     w.name,
+		Desired:     ds,
+		Weights:     weights,
+		Wave:        wave,
+		FromBackend: from,
+		ToBackend:   to,
+		ExpiresAt:   timestamppb.New(w.pendingExpires),
+		HookHold:    held,
+	}
+	w.recordApplying(next)
 	if err := w.setWeights(ctx, weights); err != nil {
 		if errors.Is(err, driver.ErrUnknownBackend) {
 			w.refused = true
@@ -763,23 +785,13 @@ func (w *serviceWorker) applyPending(ctx context.Context) error {
 		return fmt.Errorf("apply generation %d: %w", gen, err)
 	}
 	appliedAt := w.clock.Now()
-	from, to := w.direction(ds, before, weights)
 	w.log.LogAttrs(ctx, slog.LevelInfo, "desired state applied", slog.Uint64("generation", gen), slog.String("rollout", rollout),
 		slog.Any("weights", weightsValue(weights)), slog.Int("wave", int(wave)), slog.String("from", from), slog.String("to", to))
 	// Read back what the proxy now does before the status claims it.
 	w.check = true
 	prevRollout := w.applied.GetDesired().GetRolloutId()
-	w.commit(&sv1.AppliedState{
-		Service:     w.name,
-		Desired:     ds,
-		Weights:     weights,
-		Wave:        wave,
-		AppliedAt:   timestamppb.New(w.clock.Now()),
-		FromBackend: from,
-		ToBackend:   to,
-		ExpiresAt:   timestamppb.New(w.pendingExpires),
-		HookHold:    held,
-	})
+	next.AppliedAt = timestamppb.New(w.clock.Now())
+	w.commit(next)
 	w.stages = w.pendingStages.applied(w.series, ds, appliedAt, w.clock.Now())
 	w.checkExpiry()
 	w.pending, w.refused, w.preflightMsg = nil, false, ""
@@ -842,6 +854,54 @@ func inferDirection(before, after map[string]uint32) (from, to string) {
 	return from, to
 }
 
+// recordApplying writes st to the apply journal before the proxy is set to
+// it. A failed write does not hold the apply back (a crash right after the
+// proxy took st is then repaired to the saved state, as without the
+// journal); it is counted and logged.
+func (w *serviceWorker) recordApplying(st *sv1.AppliedState) {
+	// What a previous run left is settled: the proxy is set anew.
+	w.applying = nil
+	if w.applyLog == nil {
+		return
+	}
+	if err := w.applyLog.SaveApplying(st); err != nil {
+		w.m.stateSaveErrors.WithLabelValues(w.name).Inc()
+		w.log.Error("record the state being applied; applying it anyway", "generation", st.GetDesired().GetGeneration(), "err", err)
+	}
+}
+
+// settleApplying decides, on the first read of the proxy, what to make of
+// the state a previous run was setting when it was killed: if the proxy
+// does it, the proxy took it before the crash and it is the applied state
+// (the node is not moved back to the older one saved, and its post-traffic
+// or rollback hooks, which had not run, run now); if not (the proxy
+// restarted since, or never took it), it is forgotten, the saved state is
+// repaired as any drift, and the bus brings the document again.
+func (w *serviceWorker) settleApplying(ctx context.Context, obs driver.Observation, heldOK func(backend string) bool) {
+	next := w.applying
+	w.applying = nil
+	prev := w.applied
+	log := w.log.With("generation", next.GetDesired().GetGeneration(), "rollout", next.GetDesired().GetRolloutId(),
+		"weights", weightsValue(next.GetWeights()), "saved_generation", prev.GetDesired().GetGeneration())
+	if found, _ := mismatch(next.GetWeights(), obs, heldOK); found != "" {
+		log.Info("the previous run was killed while setting these weights and the proxy does not have them; going by the saved state")
+		if err := w.applyLog.DropApplying(w.name); err != nil {
+			log.Warn("forget the state the previous run was applying", "err", err)
+		}
+		return
+	}
+	what := "generation"
+	if next.GetLocalRollback() != nil && prev.GetLocalRollback() == nil {
+		what = "local guard's move"
+	}
+	log.Warn("the previous run was killed after the proxy took this " + what + " and before saving it; keeping it")
+	w.commit(next)
+	w.checkExpiry()
+	if documentFence(next.GetDesired()) != documentFence(prev.GetDesired()) {
+		w.afterApply(ctx, next.GetDesired(), prev.GetDesired().GetRolloutId(), prev.GetWeights(), next.GetWeights(), next.GetHookHold())
+	}
+}
+
 // commit makes st the applied state, persisting it first. A failed save does
 // not undo what the proxy already has: the agent goes on from memory and says
 // so in its status.
@@ -854,6 +914,7 @@ func (w *serviceWorker) commit(st *sv1.AppliedState) {
 		w.note = ""
 	}
 	w.applied = st
+	w.applying = nil
 	w.publishView()
 	w.series.appliedGeneration.Set(float64(st.GetDesired().GetGeneration()))
 	w.series.appliedEpoch.Set(float64(st.GetDesired().GetEpoch()))

@@ -6,12 +6,14 @@
 package hooks
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
 	"log/slog"
 	"os"
 	"os/exec"
+	"slices"
 	"strings"
 	"sync"
 	"syscall"
@@ -64,6 +66,12 @@ type Journal interface {
 	ForgetHookRuns(service, rollout string) error
 }
 
+// Lister is a Journal that can list its keys, sorted; a runner over one
+// can report, after a restart, the runs a previous run journaled.
+type Lister interface {
+	HookRunKeys() ([]string, error)
+}
+
 // Request is one hook to run for one service's document.
 type Request struct {
 	Service, Node, Hook, Point string
@@ -113,7 +121,7 @@ func (r *Runner) Run(ctx context.Context, req Request) *sv1.HookRun {
 			return prior
 		}
 		prior.State = StateFailed
-		prior.Error = "interrupted: the agent stopped while the hook ran; it is not run again for this generation"
+		prior.Error = interrupted
 		prior.EndedAt = timestamppb.New(r.Now())
 		if err := r.Journal.SaveHookRun(key, prior); err != nil {
 			log.Error("close interrupted hook run in the journal", "err", err)
@@ -160,6 +168,60 @@ func (r *Runner) Run(ctx context.Context, req Request) *sv1.HookRun {
 		log.Info("hook succeeded", "took", end.Sub(start))
 	}
 	return run
+}
+
+// interrupted is the error of a run a stopped agent left running.
+const interrupted = "interrupted: the agent stopped while the hook ran; it is not run again for this generation"
+
+// Restore returns, for a restarted agent's status, the latest journaled run
+// of each hook and point of service's rollout, oldest generation first.
+// A run a previous agent left running (killed while the hook ran) is
+// closed as failed, as Run would close it, since it is not run again. A
+// journal that cannot list its keys yields none.
+func (r *Runner) Restore(service, rollout string) []*sv1.HookRun {
+	lister, ok := r.Journal.(Lister)
+	if !ok || rollout == "" {
+		return nil
+	}
+	log := r.Log.With("service", service, "rollout", rollout)
+	keys, err := lister.HookRunKeys()
+	if err != nil {
+		log.Warn("read the hook journal; the status lists no earlier hook runs", "err", err)
+		return nil
+	}
+	prefix := service + "/" + rollout + "/"
+	latest := map[[2]string]*sv1.HookRun{}
+	for _, key := range keys {
+		if !strings.HasPrefix(key, prefix) {
+			continue
+		}
+		run, err := r.Journal.LoadHookRun(key)
+		if err != nil || run == nil {
+			log.Warn("read a journaled hook run", "key", key, "err", err)
+			continue
+		}
+		if run.GetState() == StateRunning {
+			run.State, run.Error, run.EndedAt = StateFailed, interrupted, timestamppb.New(r.Now())
+			if err := r.Journal.SaveHookRun(key, run); err != nil {
+				log.Error("close interrupted hook run in the journal", "key", key, "err", err)
+			}
+			log.Warn("hook was interrupted by an agent restart; not running it again", "hook", run.GetHook(),
+				"point", run.GetPoint(), "generation", run.GetGeneration())
+		}
+		k := [2]string{run.GetPoint(), run.GetHook()}
+		if have := latest[k]; have == nil || run.GetGeneration() > have.GetGeneration() {
+			latest[k] = run
+		}
+	}
+	out := make([]*sv1.HookRun, 0, len(latest))
+	for _, run := range latest {
+		out = append(out, run)
+	}
+	slices.SortFunc(out, func(a, b *sv1.HookRun) int {
+		return cmp.Or(cmp.Compare(a.GetGeneration(), b.GetGeneration()), a.GetStartedAt().AsTime().Compare(b.GetStartedAt().AsTime()),
+			strings.Compare(a.GetPoint(), b.GetPoint()), strings.Compare(a.GetHook(), b.GetHook()))
+	})
+	return out
 }
 
 func (r *Runner) failed(req Request, code int, out, why string) *sv1.HookRun {

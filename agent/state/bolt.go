@@ -104,8 +104,8 @@ func (b *Bolt) Load(service string) (*sv1.AppliedState, error) {
 	return st, nil
 }
 
-// Save replaces the state of st's service. It returns once the write is on
-// disk.
+// Save replaces the state of st's service, and forgets what SaveApplying
+// recorded for it, in one write. It returns once the write is on disk.
 func (b *Bolt) Save(st *sv1.AppliedState) error {
 	if st.GetService() == "" {
 		return fmt.Errorf("save applied state: service is required")
@@ -117,7 +117,10 @@ func (b *Bolt) Save(st *sv1.AppliedState) error {
 		return fmt.Errorf("encode applied state of %s: %w", st.GetService(), err)
 	}
 	err = b.db.Update(func(tx *bolt.Tx) error {
-		return tx.Bucket(appliedBucket).Put([]byte(st.GetService()), v)
+		if err := tx.Bucket(appliedBucket).Put([]byte(st.GetService()), v); err != nil {
+			return err
+		}
+		return dropApplying(tx, st.GetService())
 	})
 	if err != nil {
 		return fmt.Errorf("save applied state of %s to %s: %w", st.GetService(), b.path, err)

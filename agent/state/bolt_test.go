@@ -79,3 +79,43 @@ func TestState_SaveRequiresService(t *testing.T) {
 		t.Fatal("Save without service: want an error")
 	}
 }
+
+// TestState_SaveForgetsTheStateBeingApplied: what SaveApplying recorded
+// survives a reopen until Save (or DropApplying) settles it.
+func TestState_SaveForgetsTheStateBeingApplied(t *testing.T) {
+	dir := t.TempDir()
+	b, err := Open(dir, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	next := &sv1.AppliedState{Service: "web", Desired: &sv1.DesiredState{Service: "web", Generation: 8}, Weights: map[string]uint32{"green": 100}}
+	if err := b.SaveApplying(next); err != nil {
+		t.Fatal(err)
+	}
+	b.Close()
+	if b, err = Open(dir, 0); err != nil {
+		t.Fatal(err)
+	}
+	defer b.Close()
+	if got, err := b.LoadApplying("web"); err != nil || !proto.Equal(got, next) {
+		t.Fatalf("LoadApplying after reopen = %v, %v; want %v", got, err, next)
+	}
+	if got, err := b.LoadApplying("api"); err != nil || got != nil {
+		t.Fatalf("LoadApplying of another service = %v, %v; want nil", got, err)
+	}
+	if err := b.Save(next); err != nil {
+		t.Fatal(err)
+	}
+	if got, err := b.LoadApplying("web"); err != nil || got != nil {
+		t.Fatalf("LoadApplying after Save = %v, %v; want nil", got, err)
+	}
+	if err := b.SaveApplying(next); err != nil {
+		t.Fatal(err)
+	}
+	if err := b.DropApplying("web"); err != nil {
+		t.Fatal(err)
+	}
+	if got, err := b.LoadApplying("web"); err != nil || got != nil {
+		t.Fatalf("LoadApplying after DropApplying = %v, %v; want nil", got, err)
+	}
+}
