@@ -157,9 +157,10 @@ func TestCoordinator_OffTheBusTheWindowsAreMissingData(t *testing.T) {
 	time.Sleep(1100 * time.Millisecond)
 	link.cut()
 	waitFor(t, "the coordinator to lose the bus", 10*time.Second, func() bool { return !c.srv.nc.IsConnected() })
-	if !c.srv.analysis.DeafIn(heard, heard) {
-		t.Fatal("the store does not know the coordinator stopped hearing reports at the last one heard")
-	}
+	// The client says so to its disconnect handler on a goroutine of its
+	// own, a moment after the connection reads as lost.
+	waitFor(t, "the store to know the coordinator stopped hearing reports at the last one heard", 5*time.Second,
+		func() bool { return c.srv.analysis.DeafIn(heard, heard) })
 	time.Sleep(1100 * time.Millisecond)
 	link.restore()
 	waitFor(t, "the coordinator back on the bus", 10*time.Second, func() bool { return c.srv.nc.IsConnected() })
