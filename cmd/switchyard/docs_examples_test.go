@@ -198,3 +198,98 @@ func TestDocs_ConfigAndSpecExamplesParse(t *testing.T) {
 	}
 	t.Logf("examples checked: %v", seen)
 }
+
+// docSwitchyardCommands are the switchyard commands of README.md and
+// docs/*.md: each line of a ```sh block from "switchyard " on, and each
+// `switchyard ...` in backticks in the prose and tables, where.
+func docSwitchyardCommands(t *testing.T) (cmds, where []string) {
+	t.Helper()
+	docs, err := filepath.Glob(filepath.Join("..", "..", "docs", "*.md"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	docs = append([]string{filepath.Join("..", "..", "README.md")}, docs...)
+	blockRE := regexp.MustCompile("(?s)```sh\n(.*?)```")
+	spanRE := regexp.MustCompile("`(switchyard [^`]+)`")
+	for _, doc := range docs {
+		b, err := os.ReadFile(doc)
+		if err != nil {
+			t.Fatal(err)
+		}
+		text := string(b)
+		name := strings.TrimPrefix(doc, filepath.Join("..", "..")+string(filepath.Separator))
+		line := func(off int) string { return name + ":" + strconv.Itoa(strings.Count(text[:off], "\n")+1) }
+		for _, m := range blockRE.FindAllStringSubmatchIndex(text, -1) {
+			block := strings.ReplaceAll(text[m[2]:m[3]], "\\\n", " ")
+			for _, l := range strings.Split(block, "\n") {
+				if i := strings.Index(l, "switchyard "); i >= 0 && !strings.HasPrefix(strings.TrimSpace(l), "#") {
+					cmds, where = append(cmds, l[i:]), append(where, line(m[0]))
+				}
+			}
+		}
+		for _, m := range spanRE.FindAllStringSubmatchIndex(text, -1) {
+			cmds, where = append(cmds, strings.ReplaceAll(text[m[2]:m[3]], "\n", " ")), append(where, line(m[0]))
+		}
+	}
+	return cmds, where
+}
+
+// TestDocs_CommandsNameVerbsAndFlagsThatExist checks every switchyard
+// command of the docs, also those no test can run as written (another
+// host's addresses, systemd): its verb exists and every flag it gives is
+// one that verb takes. A renamed flag or verb fails here, not in an
+// operator's outage.
+func TestDocs_CommandsNameVerbsAndFlagsThatExist(t *testing.T) {
+	groups := map[string]bool{"rollout": true, "chaos": true, "auth": true, "keys": true, "intent": true, "acl": true, "audit": true, "fleet": true}
+	clusterVerbs := map[string]bool{"members": true, "raise-epoch": true, "remove-peer": true}
+	wordRE := regexp.MustCompile(`^[a-z][a-z-]*$`)
+	flagRE := regexp.MustCompile(`(?:^|[\s\[])--?([a-z][a-z0-9-]*)`)
+	helpFlagRE := regexp.MustCompile(`(?m)^\s+-([a-z][a-z0-9-]*)`)
+	help := map[string]string{}
+	cmds, where := docSwitchyardCommands(t)
+	checked := 0
+	for i, c := range cmds {
+		// The command ends at a comment, a pipe or the prose around it.
+		for _, end := range []string{" #", " |", ")", ";"} {
+			c, _, _ = strings.Cut(c, end)
+		}
+		w := strings.Fields(c)
+		if len(w) < 2 || strings.HasPrefix(w[1], "-") {
+			continue // `switchyard --version`, checked by TestCLI_Version
+		}
+		verb := []string{w[1]}
+		if len(w) > 2 && wordRE.MatchString(w[2]) && (groups[w[1]] || (w[1] == "coordinator" && clusterVerbs[w[2]])) {
+			verb = append(verb, w[2])
+		}
+		key := strings.Join(verb, " ")
+		out, ok := help[key]
+		if !ok {
+			var stdout, stderr strings.Builder
+			run(t.Context(), append(verb, "-h"), &stdout, &stderr)
+			out = stdout.String() + stderr.String()
+			help[key] = out
+		}
+		switch {
+		case strings.Contains(out, "Usage of switchyard "+key+":"):
+		case len(verb) == 1 && groups[key] && strings.Contains(out, "switchyard "+key+" "):
+			continue // a group named as a whole: `switchyard rollout …`
+		default:
+			t.Errorf("%s: `%s`: switchyard has no verb %q:\n%s", where[i], c, key, out)
+			continue
+		}
+		have := map[string]bool{"h": true, "help": true}
+		for _, m := range helpFlagRE.FindAllStringSubmatch(out, -1) {
+			have[m[1]] = true
+		}
+		for _, m := range flagRE.FindAllStringSubmatch(c, -1) {
+			if !have[m[1]] {
+				t.Errorf("%s: `%s`: switchyard %s has no flag -%s", where[i], c, key, m[1])
+			}
+		}
+		checked++
+	}
+	if checked < 100 {
+		t.Fatalf("checked %d commands; the docs have more: is the extraction broken?", checked)
+	}
+	t.Logf("%d commands checked", checked)
+}
