@@ -2,6 +2,7 @@ package integration
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"os"
 	"path/filepath"
@@ -55,6 +56,44 @@ func TestDocs_PoPAttachesThroughALeaf(t *testing.T) {
 		return err
 	}); err != nil {
 		t.Fatalf("desired-state bucket through the leaf in domain hub: %v", err)
+	}
+
+	// "Leaf credentials from an earlier release": the hub's account
+	// pushed, a new leaf identity issued, the old one revoked on the
+	// running servers; the leaf still holding it is cut off from the hub.
+	sy, _ := binaries(t)
+	env := []string{"PATH=" + filepath.Dir(sy) + ":" + os.Getenv("PATH")}
+	var outputs []string
+	for _, c := range docCommands(t, "docs/operations.md", "TestDocs_PoPAttachesThroughALeaf/leaf-credentials") {
+		if strings.HasPrefix(c.text, "#") {
+			continue // what to do with the leaf's config: the test keeps the old one, to see it refused
+		}
+		cmd := strings.ReplaceAll(c.text, "tls://HUB:4222", "tls://127.0.0.1:"+ports["4222"])
+		res, err := harness.RunCLI(ctx, "bash", env, "-c", "cd "+work+" && "+cmd)
+		if err != nil || res.ExitCode != 0 {
+			t.Fatalf("$ %s\n%v %+v", cmd, err, res)
+		}
+		t.Logf("$ %s\n%s%s", cmd, res.Stdout, res.Stderr)
+		outputs = append(outputs, res.Stdout)
+	}
+	all = strings.Join(outputs, "\n")
+	for _, want := range []string{"account pushed", "revoked pop-a in"} {
+		if !strings.Contains(all, want) {
+			t.Errorf("the leaf-credentials commands never printed %q:\n%s", want, all)
+		}
+	}
+	if _, err := os.Stat(filepath.Join(work, "auth", "creds", "pop-a-2.creds")); err != nil {
+		t.Errorf("the new leaf identity: %v", err)
+	}
+	if err := harness.Poll(ctx, 200*time.Millisecond, func(ctx context.Context) error {
+		rctx, cancel := context.WithTimeout(ctx, time.Second)
+		defer cancel()
+		if _, err := js.KeyValue(rctx, bus.DesiredBucket); err == nil {
+			return errors.New("the hub's bucket is still reachable through the leaf of the revoked pop-a")
+		}
+		return nil
+	}); err != nil {
+		t.Fatal(err)
 	}
 }
 
