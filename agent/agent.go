@@ -472,12 +472,22 @@ func (a *Agent) Run(ctx context.Context) error {
 	a.nc = nc
 	a.mu.Unlock()
 	// Subscriptions made before the first connect are sent when it happens.
+	// On the hub an agent follows the buckets' own subjects, which a KV put
+	// publishes on as part of the write. Behind a leaf server (an agent that
+	// names a JetStream domain) those never arrive, since NATS servers do
+	// not carry $KV.… over a leaf connection: it follows the copies the
+	// leader publishes once the write is acknowledged. Never both, which
+	// would hand every document to a hub agent twice.
+	desiredSubject, drillsSubject := bus.DesiredKeySubject, bus.DrillsAll()
+	if a.cfg.NATSClient.JetStreamDomain != "" {
+		desiredSubject, drillsSubject = bus.DesiredPushSubject, bus.DrillsPushAll()
+	}
 	for _, w := range res.workers {
-		if _, err := nc.Subscribe(bus.DesiredKeySubject(w.name), w.onMsg); err != nil {
+		if _, err := nc.Subscribe(desiredSubject(w.name), w.onMsg); err != nil {
 			return fmt.Errorf("subscribe to desired state of %s: %w", w.name, err)
 		}
 	}
-	if _, err := nc.Subscribe(bus.DrillsAll(), drills.onMsg); err != nil {
+	if _, err := nc.Subscribe(drillsSubject, drills.onMsg); err != nil {
 		return fmt.Errorf("subscribe to drills: %w", err)
 	}
 	// What the coordinators say to every agent, on one subscription: a
