@@ -190,3 +190,51 @@ func TestDrills_PushSubjectDeliversTheDocumentNeverADelete(t *testing.T) {
 		}
 	}
 }
+
+// A PoP whose leaf server loses the hub misses the pushes of whatever the
+// leader writes meanwhile (a rollback, say), while its agents' own
+// connections to the leaf stay up, so no reconnect reads the documents
+// again. An agent that hears the leader's beacon again after a silence
+// reads them at once, not at its next resync.
+func TestAgent_BehindALeafServerReadsAgainWhenTheLeaderIsHeardAfterASilence(t *testing.T) {
+	hub, leaf, b := startHubAndLeaf(t)
+	b.putAndPush(t, defaults(1, map[string]uint32{"blue": 0, "green": 100}))
+	cfg := testConfig(t, leaf.ClientURL())
+	cfg.NATSClient.JetStreamDomain = "hub"
+	cfg.Resync = 10 * time.Minute
+	ra := startAgent(t, cfg, map[string]*fakeDriver{"web": newFakeDriver()})
+	ra.waitApplied(t, "web", 1)
+	waitFor(t, 10*time.Second, "the agent to hear the leader's beacon through the leaf", func() error {
+		if interest(hub, bus.BeaconSubject) == 0 {
+			return fmt.Errorf("no interest in the beacon on the hub")
+		}
+		if err := b.nc.Publish(bus.BeaconSubject, nil); err != nil {
+			t.Fatal(err)
+		}
+		if ra.lastBeacon.Load() == 0 {
+			return fmt.Errorf("no beacon heard")
+		}
+		return nil
+	})
+
+	// The rollback is written while the leaf cannot reach the hub: its
+	// push goes nowhere here, and the leader is silent for longer than a
+	// node waits before it counts itself cut off.
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	if _, err := testPublisher.PutDesired(ctx, b.kv, defaults(2, map[string]uint32{"blue": 100, "green": 0}), time.Now()); err != nil {
+		t.Fatal(err)
+	}
+	time.Sleep(beaconOverdue + 500*time.Millisecond)
+	if gen, _ := ra.Applied("web"); gen != 1 {
+		t.Fatalf("applied generation %d with no push and no read", gen)
+	}
+	// The leaf is back: the leader's next beacon brings the node the
+	// rollback.
+	if err := b.nc.Publish(bus.BeaconSubject, nil); err != nil {
+		t.Fatal(err)
+	}
+	if w := ra.waitApplied(t, "web", 2); w["blue"] != 100 {
+		t.Fatalf("applied %v, want the rollback's weights", w)
+	}
+}
