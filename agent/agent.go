@@ -251,12 +251,19 @@ func (a *Agent) BusDownFor() (d time.Duration, ok bool) {
 // connection is up: three beacons missed.
 const beaconOverdue = 3 * bus.BeaconInterval
 
-// heardBeacon records the leader's beacon.
-func (a *Agent) heardBeacon() {
-	a.lastBeacon.Store(a.clock.Now().UnixNano())
+// heardBeacon records the leader's beacon. It reports whether the beacon
+// before it is beaconOverdue old or more: whatever the coordinators wrote
+// meanwhile may not have reached this node (a PoP's leaf server cut off
+// from the hub, this node's server cut off from its cluster, drops what it
+// cannot forward; only the agent's own reconnect reads the documents
+// again).
+func (a *Agent) heardBeacon() (afterSilence bool) {
+	now := a.clock.Now()
+	prev := a.lastBeacon.Swap(now.UnixNano())
 	if a.beaconOverdueLogged.CompareAndSwap(true, false) {
 		a.log.Info("the leading coordinator is heard again")
 	}
+	return prev != 0 && now.Sub(time.Unix(0, prev)) >= beaconOverdue
 }
 
 // CutOffFor reports how long the agent has been cut off from the
@@ -472,12 +479,22 @@ func (a *Agent) Run(ctx context.Context) error {
 	a.nc = nc
 	a.mu.Unlock()
 	// Subscriptions made before the first connect are sent when it happens.
+	// On the hub an agent follows the buckets' own subjects, which a KV put
+	// publishes on as part of the write. Behind a leaf server (an agent that
+	// names a JetStream domain) those never arrive, since NATS servers do
+	// not carry $KV.… over a leaf connection: it follows the copies the
+	// leader publishes once the write is acknowledged. Never both, which
+	// would hand every document to a hub agent twice.
+	desiredSubject, drillsSubject := bus.DesiredKeySubject, bus.DrillsAll()
+	if a.cfg.NATSClient.JetStreamDomain != "" {
+		desiredSubject, drillsSubject = bus.DesiredPushSubject, bus.DrillsPushAll()
+	}
 	for _, w := range res.workers {
-		if _, err := nc.Subscribe(bus.DesiredKeySubject(w.name), w.onMsg); err != nil {
+		if _, err := nc.Subscribe(desiredSubject(w.name), w.onMsg); err != nil {
 			return fmt.Errorf("subscribe to desired state of %s: %w", w.name, err)
 		}
 	}
-	if _, err := nc.Subscribe(bus.DrillsAll(), drills.onMsg); err != nil {
+	if _, err := nc.Subscribe(drillsSubject, drills.onMsg); err != nil {
 		return fmt.Errorf("subscribe to drills: %w", err)
 	}
 	// What the coordinators say to every agent, on one subscription: a
@@ -491,7 +508,12 @@ func (a *Agent) Run(ctx context.Context) error {
 		case bus.StatusAskSubject:
 			a.statusDirty()
 		case bus.BeaconSubject:
-			a.heardBeacon()
+			if a.heardBeacon() {
+				// The documents written while the coordinators could
+				// not reach this node were pushed to no one here.
+				a.log.Info("the leading coordinator is heard again after a silence; resyncing desired state")
+				resync()
+			}
 		}
 	}); err != nil {
 		return fmt.Errorf("subscribe to the coordinators' word to the fleet: %w", err)

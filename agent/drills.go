@@ -219,8 +219,14 @@ func newDrillFollower(a *Agent, res *resources, journal FaultJournal) *drillFoll
 	return f
 }
 
-// onMsg receives a push on a drill's KV key subject.
+// onMsg receives a push on a drill's KV key subject, or behind a leaf
+// server on its push subject.
 func (f *drillFollower) onMsg(m *nats.Msg) {
+	if key, ok := strings.CutPrefix(m.Subject, bus.DrillPushSubject("")); ok {
+		// A copy of a document written: never a delete.
+		f.inbox.put(drillDelivery{key: key, raw: m.Data})
+		return
+	}
 	key, ok := strings.CutPrefix(m.Subject, bus.DrillKeySubject(""))
 	if !ok {
 		return

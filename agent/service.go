@@ -243,7 +243,8 @@ type serviceWorker struct {
 	backoff      time.Duration
 }
 
-// onMsg receives a push on the service's KV key subject.
+// onMsg receives a push on the service's KV key subject, or behind a leaf
+// server on its push subject (the same signed bytes).
 func (w *serviceWorker) onMsg(m *nats.Msg) {
 	switch m.Header.Get(bus.KVOperationHeader) {
 	case bus.KVOperationDelete, bus.KVOperationPurge:

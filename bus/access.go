@@ -110,9 +110,13 @@ func RolePermissions(role Role) (Permissions, error) {
 		// publish on any subject of the account.
 		pub = append(pub, kvGet(DesiredBucket)...)
 		pub = append(pub, kvGet(DrillsBucket)...)
+		// Behind a leaf server, where $KV.… subjects never arrive, an
+		// agent follows the copies the leader publishes on the push
+		// subjects instead.
 		return Permissions{
-			Publish:   pub,
-			Subscribe: []string{"$KV." + DesiredBucket + ".>", DrillsAll(), FleetAll(), inbox},
+			Publish: pub,
+			Subscribe: []string{"$KV." + DesiredBucket + ".>", DrillsAll(),
+				DesiredPushAll(), DrillsPushAll(), FleetAll(), inbox},
 		}, nil
 	case RoleCoordinator:
 		// A coordinator writes the documents every node obeys; denying
@@ -125,6 +129,9 @@ func RolePermissions(role Role) (Permissions, error) {
 				jsAPI + ">",
 				"$KV." + DesiredBucket + ".>",
 				"$KV." + DrillsBucket + ".>",
+				// Every document written goes out again on its push
+				// subject, for agents behind a leaf server.
+				DesiredPushAll(), DrillsPushAll(),
 				// The leader exports audit records.
 				AuditSubjects(),
 				// A coordinator that starts asks the fleet for its status;

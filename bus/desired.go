@@ -40,6 +40,10 @@ type PutResult struct {
 	ReplacedUnverified bool
 	// Renewed is true when the same fence was signed again before expiry.
 	Renewed bool
+	// Value is the signed document written, nil when nothing was: what the
+	// leader publishes again on the document's push subject
+	// (DesiredPushSubject, DrillPushSubject).
+	Value []byte
 }
 
 func (p *Publisher) renewBefore() time.Duration {
@@ -96,7 +100,7 @@ func PutFenced(ctx context.Context, kv jetstream.KeyValue, key string, value []b
 			if err != nil {
 				return PutResult{}, fmt.Errorf("create %s: %w", key, err)
 			}
-			return PutResult{Revision: rev}, nil
+			return PutResult{Revision: rev, Value: value}, nil
 		case err != nil:
 			return PutResult{}, fmt.Errorf("read %s: %w", key, err)
 		}
@@ -119,7 +123,7 @@ func PutFenced(ctx context.Context, kv jetstream.KeyValue, key string, value []b
 		if err != nil {
 			return PutResult{}, fmt.Errorf("update %s: %w", key, err)
 		}
-		res.Revision = rev
+		res.Revision, res.Value = rev, value
 		return res, nil
 	}
 	return PutResult{}, fmt.Errorf("update %s: too many concurrent writers", key)

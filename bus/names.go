@@ -41,6 +41,14 @@ const (
 	// fleetPrefix: switchyard.fleet.<what>, what the coordinators say to
 	// every agent (one subscription an agent).
 	fleetPrefix = "switchyard.fleet"
+	// desiredPushPrefix: switchyard.desired.<service>, where the leader
+	// publishes each desired-state document it has written to the bucket,
+	// the same signed bytes, for agents behind a leaf server: a KV put's own
+	// subject ($KV.…) never crosses a leaf connection.
+	desiredPushPrefix = "switchyard.desired"
+	// drillsPushPrefix: switchyard.drills.<drill>, the same for drill
+	// documents.
+	drillsPushPrefix = "switchyard.drills"
 	// queryPrefix: switchyard.query.<what>, served by every coordinator in a
 	// queue group from its local replica.
 	queryPrefix = "switchyard.query"
@@ -99,7 +107,8 @@ func IntentSubjects() string { return intentPrefix + ".>" }
 func IntentSubject(kind string) string { return intentPrefix + "." + kind }
 
 // DesiredKeySubject is the core subject a KV put of the service's desired
-// state is published on; agents subscribe to it for push delivery.
+// state is published on; agents connected to the hub subscribe to it for
+// push delivery (behind a leaf server, DesiredPushSubject).
 func DesiredKeySubject(service string) string {
 	return "$KV." + DesiredBucket + "." + service
 }
@@ -110,6 +119,23 @@ func DrillKeySubject(drill string) string { return "$KV." + DrillsBucket + "." +
 // DrillsAll matches every drill's key subject; agents follow all drills
 // with one subscription and decide themselves whether they are targets.
 func DrillsAll() string { return "$KV." + DrillsBucket + ".>" }
+
+// DesiredPushSubject is the core subject the leader publishes a service's
+// desired-state document on once the bucket holds it, the same signed bytes
+// as the KV put. NATS servers never carry $KV.… subjects over a leaf
+// connection, so agents behind a leaf server (those that name a JetStream
+// domain) follow this subject instead of DesiredKeySubject.
+func DesiredPushSubject(service string) string { return desiredPushPrefix + "." + service }
+
+// DrillPushSubject is DesiredPushSubject for a drill's document.
+func DrillPushSubject(drill string) string { return drillsPushPrefix + "." + drill }
+
+// DesiredPushAll matches every DesiredPushSubject.
+func DesiredPushAll() string { return desiredPushPrefix + ".>" }
+
+// DrillsPushAll matches every DrillPushSubject; agents behind a leaf server
+// follow all drills with it.
+func DrillsPushAll() string { return drillsPushPrefix + ".>" }
 
 // TelemetrySubject is where a node publishes HealthReports for a service.
 func TelemetrySubject(service, node string) string {

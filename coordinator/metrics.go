@@ -37,6 +37,9 @@ type metrics struct {
 	queriesMalformed prometheus.Counter
 	notifications    *prometheus.CounterVec
 	decisionStages   *prometheus.HistogramVec
+	// pushes counts the copies of written documents published on their
+	// push subjects, for agents behind leaf servers.
+	pushes *prometheus.CounterVec
 }
 
 func newMetrics(reg prometheus.Registerer) *metrics {
@@ -62,6 +65,10 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 			Help:    "Time to write one desired state to the KV bucket.",
 			Buckets: prometheus.ExponentialBuckets(0.0005, 2, 14),
 		}),
+		pushes: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "switchyard_coordinator_document_pushes_total",
+			Help: "Copies of the desired-state and drill documents written, published on switchyard.desired.<service> and switchyard.drills.<drill> for agents behind leaf servers, by result: sent, failed (those agents read the document at their next resync).",
+		}, []string{"result"}),
 		raftApply: prometheus.NewHistogram(prometheus.HistogramOpts{
 			Name:    "switchyard_coordinator_raft_apply_seconds",
 			Help:    "Time from proposing a Raft entry to its application on the leader.",
@@ -140,7 +147,7 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 	m.decisionStages = newDecisionStageSeconds()
 	reg.MustRegister(m.eventStreams, m.viewerRefused, m.decisionStages)
 	reg.MustRegister(m.peerRejected, m.joinFailures, m.diverged, m.divergences, m.queries, m.queriesMalformed, m.notifications)
-	reg.MustRegister(m.intentsAccepted, m.intentsRejected, m.refusalsNotRecorded, m.publishes, m.publishSeconds,
+	reg.MustRegister(m.intentsAccepted, m.intentsRejected, m.refusalsNotRecorded, m.publishes, m.publishSeconds, m.pushes,
 		m.raftApply, m.isLeader, m.statusRejected, m.statuses, m.telemetry, m.telemetryRefused, m.decisions,
 		m.webhookCalls, m.webhookSeconds)
 	for _, r := range []string{"malformed", "wrong_subject"} {
@@ -148,6 +155,9 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 	}
 	for _, r := range []string{"written", "renewed", "stale", "replaced_unverified", "error"} {
 		m.publishes.WithLabelValues(r)
+	}
+	for _, r := range []string{"sent", "failed"} {
+		m.pushes.WithLabelValues(r)
 	}
 	for _, r := range []string{"missing", "wrong"} {
 		m.viewerRefused.WithLabelValues(r)

@@ -3,6 +3,7 @@ package coordinator
 import (
 	"context"
 	"errors"
+	"log/slog"
 	"sync"
 	"time"
 
@@ -63,6 +64,24 @@ func (p *publisher) result(err error) {
 type docKey struct {
 	drill bool
 	name  string
+}
+
+// push publishes a document just written to its bucket again on its push
+// subject, the same signed bytes: agents behind a leaf server, which never
+// receives the bucket's own $KV.… subjects, follow these. A failure costs
+// those agents the push alone (their resync reads the bucket), so it is
+// counted and logged, and the write stands.
+func (p *publisher) push(k docKey, value []byte, log *slog.Logger) {
+	subject := bus.DesiredPushSubject(k.name)
+	if k.drill {
+		subject = bus.DrillPushSubject(k.name)
+	}
+	if err := p.s.nc.Publish(subject, value); err != nil {
+		p.s.metrics.pushes.WithLabelValues("failed").Inc()
+		log.Warn("document written, but its copy for agents behind leaf servers was not sent; they read it at their next resync", "subject", subject, "err", err)
+		return
+	}
+	p.s.metrics.pushes.WithLabelValues("sent").Inc()
 }
 
 func newPublisher(s *Server) *publisher {
@@ -197,6 +216,9 @@ func (p *publisher) run(ctx context.Context) {
 				// Someone without a trusted key wrote the bucket.
 				s.metrics.publishes.WithLabelValues("replaced_unverified").Inc()
 				log.Warn("the bucket held a document no trusted key signed; overwritten with the current one")
+			}
+			if err == nil {
+				p.push(k, res.Value, log)
 			}
 			switch {
 			case err == nil && res.Renewed:

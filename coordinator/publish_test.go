@@ -1,12 +1,16 @@
 package coordinator
 
 import (
+	"bytes"
 	"context"
 	"path/filepath"
+	"strings"
 	"testing"
 	"time"
 
+	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
+	"github.com/prometheus/client_golang/prometheus/testutil"
 
 	"github.com/switchyard/switchyard/bus"
 	sv1 "github.com/switchyard/switchyard/proto/switchyard/v1"
@@ -43,4 +47,79 @@ func TestPublish_BucketLostWhileLeadingIsCreatedAgain(t *testing.T) {
 	if since, err := c.srv.publisher.health(); err != nil {
 		t.Errorf("publisher still failing since %v: %v", since, err)
 	}
+}
+
+// Every document the leader writes, desired state and drills, first writes
+// and renewals, goes out again on its push subject once the bucket holds
+// it, the same signed bytes: agents behind a leaf server, which never gets
+// the bucket's own $KV.… subjects, follow these.
+func TestPublish_EveryDocumentWrittenIsPushedToo(t *testing.T) {
+	nc, url := startNATS(t)
+	sub := func(subject string) *nats.Subscription {
+		s, err := nc.SubscribeSync(subject)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return s
+	}
+	kvDesired, pushDesired := sub(bus.DesiredKeySubject("web")), sub(bus.DesiredPushSubject("web"))
+	kvDrills, pushDrills := sub(bus.DrillsAll()), sub(bus.DrillsPushAll())
+	if err := nc.Flush(); err != nil {
+		t.Fatal(err)
+	}
+	// Documents valid for 4s are signed again every 2s or so.
+	c := startCoordinatorWith(t, url, t.TempDir(), func(cfg *Config) { cfg.Signing.Validity = 4 * time.Second })
+
+	// pushed waits for the put on kv's next message to come out on push,
+	// byte for byte, and returns the document's fence.
+	pushed := func(kv, push *nats.Subscription, what string) bus.Fence {
+		t.Helper()
+		put, err := kv.NextMsg(10 * time.Second)
+		if err != nil {
+			t.Fatalf("%s: no write: %v", what, err)
+		}
+		f, err := bus.PeekFence(put.Data)
+		if err != nil {
+			t.Fatalf("%s: %v", what, err)
+		}
+		for {
+			m, err := push.NextMsg(5 * time.Second)
+			if err != nil {
+				t.Fatalf("%s: the write of %s (%s) was not pushed: %v", what, put.Subject, f, err)
+			}
+			if bytes.Equal(m.Data, put.Data) {
+				return f
+			}
+		}
+	}
+
+	res := send(t, nc, applyIntent("i-1", "web-1"))
+	if !res.GetAccepted() {
+		t.Fatal(res)
+	}
+	first := pushed(kvDesired, pushDesired, "the rollout's desired state")
+	if first.Generation != res.GetIndex() {
+		t.Fatalf("pushed generation %d, want %d", first.Generation, res.GetIndex())
+	}
+	if renewed := pushed(kvDesired, pushDesired, "the desired state signed again"); renewed != first {
+		t.Fatalf("renewal pushed %s, want %s", renewed, first)
+	}
+
+	for _, n := range []string{"edge-1", "edge-2", "edge-3"} {
+		publishStatus(t, nc, n, 0)
+	}
+	waitFor(t, "three nodes seen", 5*time.Second, func() bool {
+		var ans sv1.FleetAnswer
+		ctx, cancel := context.WithTimeout(context.Background(), time.Second)
+		defer cancel()
+		return bus.Query(ctx, nc, bus.QueryFleet, &sv1.FleetQuery{Service: "web"}, &ans) == nil && len(ans.GetNodes()) == 3
+	})
+	sp := drillSpec(t, strings.Replace(testDrill, "maxNodes: 2", "maxNodes: 3", 1))
+	if res := sendChaos(t, nc, &sv1.Intent{Id: "d-1", Action: &sv1.Intent_RunDrill{RunDrill: &sv1.RunDrill{Spec: sp}}}); !res.GetAccepted() {
+		t.Fatalf("drill refused: %v", res)
+	}
+	pushed(kvDrills, pushDrills, "the drill's document")
+	waitFor(t, "three pushes counted sent", 5*time.Second, func() bool {
+		return testutil.ToFloat64(c.srv.metrics.pushes.WithLabelValues("sent")) >= 3
+	})
 }

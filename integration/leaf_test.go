@@ -16,7 +16,9 @@ import (
 // JetStream, and every agent connects to its own PoP's leaf only. A
 // rollout and its rollback reach every node through the leaves while the
 // hub server leading the desired-state stream, and the coordinator leader,
-// are SIGKILLed in the middle of each.
+// are SIGKILLed in the middle of each. The agents read the bucket again
+// only every ten minutes, longer than the test may run: each document
+// reaches them as the leader's push through the leaf.
 func TestLeaf_RolloutAndRollbackThroughTwoPoPsWithTheHubLeaderKilled(t *testing.T) {
 	t.Parallel()
 	ctx := harnesstest.Context(t, 6*time.Minute)
@@ -25,6 +27,7 @@ func TestLeaf_RolloutAndRollbackThroughTwoPoPsWithTheHubLeaderKilled(t *testing.
 	c := harnesstest.StartCluster(t, ctx, harness.ClusterOptions{Switchyard: sy, NATS: hub.Bus()})
 	f := harnesstest.StartFleet(t, ctx, harness.FleetOptions{
 		Nodes: 4, Service: "web", Switchyard: sy, Backend: be, NATS: hub.Bus(), TrustKeys: []string{c.TrustKey()},
+		Resync: 10 * time.Minute,
 		// Nodes 0 and 2 in PoP a, 1 and 3 in PoP b.
 		NodeNATS: func(i int) harness.Bus { return hub.LeafBus(i % 2) },
 	})

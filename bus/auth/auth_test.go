@@ -203,6 +203,23 @@ func TestAuth_AgentHasLeastPrivilege(t *testing.T) {
 	if m, err := push.NextMsg(5 * time.Second); err != nil || string(m.Data) != "doc-2" {
 		t.Fatalf("agent is pushed the new document: %v", err)
 	}
+	// Behind a leaf server it follows the copies the coordinator publishes
+	// on the push subjects instead.
+	for _, subj := range []string{bus.DesiredPushSubject("web"), bus.DrillPushSubject("d1")} {
+		copies, err := agent.nc.SubscribeSync(subj)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := agent.nc.Flush(); err != nil {
+			t.Fatal(err)
+		}
+		if err := coord.nc.Publish(subj, []byte("copy")); err != nil {
+			t.Fatal(err)
+		}
+		if m, err := copies.NextMsg(5 * time.Second); err != nil || string(m.Data) != "copy" {
+			t.Fatalf("agent is pushed the copy on %s: %v", subj, err)
+		}
+	}
 	if err := agent.nc.Publish(bus.TelemetrySubject("web", "edge-1"), []byte("own")); err != nil {
 		t.Fatal(err)
 	}
@@ -227,6 +244,8 @@ func TestAuth_AgentHasLeastPrivilege(t *testing.T) {
 		bus.IntentSubject(bus.IntentKindChaos),
 		bus.DesiredKeySubject("web"),
 		bus.DrillKeySubject("d1"),
+		bus.DesiredPushSubject("web"),
+		bus.DrillPushSubject("d1"),
 		bus.QuerySubject(bus.QueryFleet),
 	}
 	for _, subj := range forbidden {

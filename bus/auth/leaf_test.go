@@ -181,6 +181,8 @@ func TestAuth_LeafCredentialsCarryOnlyWhatAPoPNeeds(t *testing.T) {
 		bus.AuditSubject(),
 		bus.DesiredKeySubject("web"),
 		bus.DrillKeySubject("d1"),
+		bus.DesiredPushSubject("web"),
+		bus.DrillPushSubject("d1"),
 		bus.InboxPrefix("coord-1") + ".forged-reply",
 	}
 	for _, subj := range forbidden {
@@ -384,6 +386,24 @@ leafnodes: {
 	})
 	if m, err := fleetHeard.NextMsg(time.Second); err != nil || string(m.Data) != "leader" {
 		t.Fatalf("the agent on the hub hears the leader: %v", err)
+	}
+	// The copies of the documents the leader writes reach them too: the
+	// buckets' own $KV.… subjects never cross a leaf connection.
+	for _, subj := range []string{bus.DesiredPushSubject("web"), bus.DrillPushSubject("d1")} {
+		pushes, err := nc.SubscribeSync(subj)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := nc.Flush(); err != nil {
+			t.Fatal(err)
+		}
+		waitFor(t, "the leader's push on "+subj+" through the leaf", 10*time.Second, func() bool {
+			if err := coord.nc.Publish(subj, []byte("doc")); err != nil {
+				t.Fatal(err)
+			}
+			m, err := pushes.NextMsg(100 * time.Millisecond)
+			return err == nil && string(m.Data) == "doc"
+		})
 	}
 	ljs, err := jetstream.NewWithDomain(nc, "hub")
 	if err != nil {
