@@ -42,7 +42,8 @@ type PutResult struct {
 	Renewed bool
 	// Value is the signed document written, nil when nothing was: what the
 	// leader publishes again on the document's push subject
-	// (DesiredPushSubject, DrillPushSubject).
+	// (DesiredPushSubject, DrillPushSubject). With ErrStaleGeneration for
+	// a document of the same fence still valid, it is the bucket's copy.
 	Value []byte
 }
 
@@ -112,7 +113,7 @@ func PutFenced(ctx context.Context, kv jetstream.KeyValue, key string, value []b
 		case h.Fence.Compare(f) > 0:
 			return PutResult{Revision: cur.Revision()}, fmt.Errorf("%w: %s has fence %s, not writing %s", ErrStaleGeneration, key, h.Fence, f)
 		case h.Fence == f && h.KeyID == signerID && h.ExpiresAt.Sub(now) > renewBefore:
-			return PutResult{Revision: cur.Revision()}, fmt.Errorf("%w: %s has fence %s until %s", ErrStaleGeneration, key, f, h.ExpiresAt.UTC().Format(time.RFC3339))
+			return PutResult{Revision: cur.Revision(), Value: cur.Value()}, fmt.Errorf("%w: %s has fence %s until %s", ErrStaleGeneration, key, f, h.ExpiresAt.UTC().Format(time.RFC3339))
 		case h.Fence == f:
 			res.Renewed = true
 		}

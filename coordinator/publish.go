@@ -177,6 +177,11 @@ func (p *publisher) run(ctx context.Context) {
 		}
 	}
 	p.markAll()
+	// The first round of a new leader pushes the documents it finds
+	// already written as well: the leader before may have been killed
+	// between a write and its push, and agents behind a leaf server would
+	// wait for their resync.
+	first := true
 	tick := time.NewTicker(republishInterval(s.docs.Signer.Validity()))
 	defer tick.Stop()
 	for {
@@ -217,7 +222,7 @@ func (p *publisher) run(ctx context.Context) {
 				s.metrics.publishes.WithLabelValues("replaced_unverified").Inc()
 				log.Warn("the bucket held a document no trusted key signed; overwritten with the current one")
 			}
-			if err == nil {
+			if err == nil || (first && errors.Is(err, bus.ErrStaleGeneration) && res.Value != nil) {
 				p.push(k, res.Value, log)
 			}
 			switch {
@@ -243,6 +248,7 @@ func (p *publisher) run(ctx context.Context) {
 				lastErr = err
 			}
 		}
+		first = false
 		p.result(lastErr)
 		if len(failed) > 0 {
 			select {

@@ -123,3 +123,37 @@ func TestPublish_EveryDocumentWrittenIsPushedToo(t *testing.T) {
 		return testutil.ToFloat64(c.srv.metrics.pushes.WithLabelValues("sent")) >= 3
 	})
 }
+
+// A leader killed between a write and its push leaves agents behind a leaf
+// server without the document until their resync: the next leader pushes
+// the documents it finds already written, once, when it starts leading.
+func TestPublish_ANewLeaderPushesWhatItFindsWritten(t *testing.T) {
+	nc, url := startNATS(t)
+	dir := t.TempDir()
+	c := startCoordinatorWith(t, url, dir, func(*Config) {})
+	res := send(t, nc, applyIntent("i-1", "web-1"))
+	if !res.GetAccepted() {
+		t.Fatal(res)
+	}
+	waitFor(t, "the document written", 10*time.Second, func() bool {
+		ds := desiredInBucket(t, nc, "web")
+		return ds != nil && ds.GetGeneration() == res.GetIndex()
+	})
+	c.stop()
+
+	push, err := nc.SubscribeSync(bus.DesiredPushSubject("web"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := nc.Flush(); err != nil {
+		t.Fatal(err)
+	}
+	startCoordinatorWith(t, url, dir, func(*Config) {})
+	m, err := push.NextMsg(15 * time.Second)
+	if err != nil {
+		t.Fatalf("the new leader did not push the document it found written: %v", err)
+	}
+	if f, err := bus.PeekFence(m.Data); err != nil || f.Generation != res.GetIndex() {
+		t.Fatalf("pushed %v (%v), want generation %d", f, err, res.GetIndex())
+	}
+}
