@@ -659,4 +659,13 @@ func TestCluster_AbortWithoutAQuorumSaysSoAndLandsOnceItIsBack(t *testing.T) {
 	if got := history(v.GetRollout(), "rolling back"); len(got) != 1 || !strings.Contains(got[0].GetMessage(), "no quorum") {
 		t.Fatalf("rolling back %d times (%v), want once, for the abort", len(got), got)
 	}
+	// The operator, unsure, aborts again: the rollout is back already,
+	// which is what the abort asks for, not a failure to page on.
+	again, err := f.Run(ctx, "rollout", "abort", "web-held", "--reason", "again")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if again.ExitCode != 0 || !strings.Contains(again.Stdout, "already rolling back or rolled back; nothing more to do") {
+		t.Fatalf("abort again: exit %d\nstdout: %s\nstderr: %s", again.ExitCode, again.Stdout, again.Stderr)
+	}
 }

@@ -253,7 +253,31 @@ func rolloutControl(ctx context.Context, verb string, args []string, stdout, std
 	case "promote":
 		in.Action = &sv1.Intent_PromoteRollout{PromoteRollout: &sv1.PromoteRollout{Rollout: name, Full: *full, Reason: *reason}}
 	}
-	return sendIntent(ctx, c, bus.IntentKindRollout, in, "rollout "+name+": "+verb, stdout)
+	err = sendIntent(ctx, c, bus.IntentKindRollout, in, "rollout "+name+": "+verb, stdout)
+	if verb == "abort" && errors.Is(err, errRefused) && alreadyBack(ctx, c, name) {
+		// An abort run again (after one no coordinator answered in an
+		// outage, or by a second operator) finds what it asked for: the
+		// rollout is on its way back. That is not a failure to page on.
+		if c.output != "json" {
+			fmt.Fprintf(stdout, "rollout %s: already rolling back or rolled back; nothing more to do\n", name)
+		}
+		return nil
+	}
+	return err
+}
+
+// alreadyBack reports whether the coordinators say rollout name is rolling
+// back or rolled back.
+func alreadyBack(ctx context.Context, c clientFlags, name string) bool {
+	ans, err := queryRollouts(ctx, c, &sv1.RolloutsQuery{Rollout: name, Summary: true})
+	if err != nil || len(ans.GetRollouts()) != 1 {
+		return false
+	}
+	switch ans.GetRollouts()[0].GetRollout().GetPhase() {
+	case sv1.RolloutPhase_ROLLOUT_PHASE_ROLLING_BACK, sv1.RolloutPhase_ROLLOUT_PHASE_ROLLED_BACK:
+		return true
+	}
+	return false
 }
 
 // errRefused is returned when the coordinators refused an intent.
