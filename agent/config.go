@@ -30,6 +30,9 @@ import (
 // Defaults of the agent config (DESIGN.md, "Defaults").
 const (
 	DefaultHeartbeat         = 5 * time.Second
+	// maxHeartbeat is the longest heartbeat: half the coordinators' stale
+	// period.
+	maxHeartbeat = bus.StalePeriod / 2
 	DefaultResync            = 30 * time.Second
 	DefaultNATS              = "nats://127.0.0.1:4222"
 	DefaultTelemetryInterval = time.Second
@@ -491,8 +494,12 @@ func (c *Config) Validate() error {
 			bad("httpAddr", "%v", err)
 		}
 	}
-	if c.Heartbeat <= 0 {
+	switch {
+	case c.Heartbeat <= 0:
 		bad("heartbeat", "%s: must be positive", c.Heartbeat)
+	case c.Heartbeat > maxHeartbeat:
+		// One heartbeat lost on the way would make a healthy node stale.
+		bad("heartbeat", "%s: at most %s, half the %s the coordinators wait for a node's status before they count it stale", c.Heartbeat, maxHeartbeat, bus.StalePeriod)
 	}
 	switch {
 	case c.StatusWindow < 0:

@@ -93,6 +93,9 @@ services:
 		{"wrong-type nested field", "localGuard: {window: fast, enabled: maybe}\n" + valid, []string{
 			`localGuard.window: "fast" is not a duration; want e.g. 5s`, `localGuard.enabled: "maybe" is not true or false`}},
 		{"negative duration", "resync: -1s\n" + valid, []string{"resync: -1s: must be positive"}},
+		// A heartbeat as long as the coordinators' stale period makes a
+		// healthy node go stale between two of its statuses.
+		{"heartbeat past half the stale period", "heartbeat: 10s\n" + valid, []string{"heartbeat: 10s: at most 7.5s, half the 15s the coordinators wait"}},
 		{"empty document", "", []string{"empty"}},
 		{"two documents", valid + "---\nnode: edge-2\n", []string{"one YAML document"}},
 		{"no trusted keys", valid[:strings.Index(valid, "trust:")], []string{"trust.keys: required"}},

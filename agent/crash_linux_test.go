@@ -67,7 +67,7 @@ func runCrashHelper() int {
 		LogSocket: plan.LogSocket}}
 	cfg := &Config{
 		Node: "edge-1", Labels: map[string]string{"region": "eu"}, NATS: plan.NATS, StateDir: plan.StateDir,
-		Heartbeat: time.Minute, Resync: time.Hour, Trust: testTrust(), TelemetryInterval: 250 * time.Millisecond,
+		Heartbeat: maxHeartbeat, Resync: time.Hour, Trust: testTrust(), TelemetryInterval: 250 * time.Millisecond,
 		Services: map[string]ServiceConfig{"web": svc},
 	}
 	for name, cmd := range plan.Hooks {

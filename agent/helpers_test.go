@@ -256,7 +256,7 @@ func testConfig(t *testing.T, natsURL string) *Config {
 		Labels:    map[string]string{"region": "eu"},
 		NATS:      natsURL,
 		StateDir:  t.TempDir(),
-		Heartbeat: time.Minute,
+		Heartbeat: maxHeartbeat,
 		Resync:    time.Hour,
 		Trust:     testTrust(),
 		Services: map[string]ServiceConfig{

@@ -212,7 +212,7 @@ func liveConfig(t *testing.T, natsURL string, lp *liveProxy) *Config {
 		Labels:            map[string]string{"region": "eu"},
 		NATS:              natsURL,
 		StateDir:          t.TempDir(),
-		Heartbeat:         time.Minute,
+		Heartbeat:         maxHeartbeat,
 		Resync:            time.Hour,
 		Trust:             testTrust(),
 		TelemetryInterval: 250 * time.Millisecond,

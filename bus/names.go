@@ -69,6 +69,11 @@ const (
 	KVOperationPurge  = "PURGE"
 )
 
+// StalePeriod is how long the coordinators wait for a node's status before
+// they count it stale (rollouts stop waiting for it). An agent's heartbeat
+// must be well inside it.
+const StalePeriod = 15 * time.Second
+
 // BeaconInterval is how often the leading coordinator publishes on
 // BeaconSubject.
 const BeaconInterval = 2 * time.Second

@@ -169,7 +169,7 @@ func (c *Config) setDefaults() error {
 		c.TrailingLogs = 1024
 	}
 	if c.StaleAfter == 0 {
-		c.StaleAfter = 15 * time.Second
+		c.StaleAfter = bus.StalePeriod
 	}
 	if c.ForgetAfter < 0 {
 		return fmt.Errorf("coordinator: --forget-nodes-after: %s is negative; want a duration such as 24h (the default)", c.ForgetAfter)
