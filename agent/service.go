@@ -559,6 +559,20 @@ func (w *serviceWorker) consider(d delivery) bool {
 			w.pendingExpires = later(w.pendingExpires, h.ExpiresAt)
 			return false
 		}
+		if w.relabelled() {
+			// Labels are read at start: a node restarted with new ones
+			// takes the wave they put it in now, not at the next
+			// document (after a completed rollout there is none).
+			w.log.Info("labels put this node in another wave of the applied document; applying it again",
+				"generation", ds.GetGeneration(), "rollout", ds.GetRolloutId(), "wave_was", w.applied.GetWave())
+			w.pending = ds
+			w.pendingExpires = later(w.appliedExpires(), h.ExpiresAt)
+			w.pendingStages = pendingStages{signedAt: h.IssuedAt, deliveredAt: d.at, verifiedAt: w.clock.Now()}
+			w.refused = false
+			w.preflightMsg = ""
+			w.backoff = 0
+			return true
+		}
 		return w.renew(h.ExpiresAt)
 	case c == 0:
 		w.reject(reasonConflict, ds, h, fmt.Errorf("fence %s already applied with different content", h.Fence))
@@ -575,6 +589,22 @@ func (w *serviceWorker) consider(d delivery) bool {
 		w.reject(reasonStale, ds, h, fmt.Errorf("fence %s is not above %s", h.Fence, newest))
 		return false
 	}
+}
+
+// relabelled reports whether the node's labels put it in another wave of
+// the applied document than the one it was applied in: the agent was
+// restarted with new labels. A document rolling back gives every node the
+// same weights, and a node its local guard moved keeps the guard's weights
+// for that document, so neither is applied again; nor is a state a previous
+// run was still setting the proxy to, which the first read of the proxy
+// settles.
+func (w *serviceWorker) relabelled() bool {
+	ds := w.applied.GetDesired()
+	if ds == nil || w.applying != nil || w.applied.GetLocalRollback() != nil || rollingBack(ds) {
+		return false
+	}
+	_, wave, _ := desired.Evaluate(ds, w.node, w.labels)
+	return wave != w.applied.GetWave()
 }
 
 // documentFence is the fence of a document the agent holds; the zero fence
