@@ -161,7 +161,7 @@ func printAuditRecord(w io.Writer, m audit.Stored, rollout string, asJSON bool) 
 	if rec.GetAction() != "" {
 		what += " " + rec.GetAction()
 	}
-	fmt.Fprintf(w, "#%d %s %s by %s [%s] %s: %s\n", rec.GetSeq(), rec.GetAt().AsTime().Format(time.RFC3339), what,
+	fmt.Fprintf(w, "#%d %s %s by %s [%s] %s: %s\n", rec.GetSeq(), stamp(rec.GetAt().AsTime()), what,
 		rec.GetActor(), status, strings.Join(about, " "), rec.GetMessage())
 	if ev := rec.GetEvidence(); ev != nil {
 		fmt.Fprintf(w, "    evidence: guardrail %s: %s\n", ev.GetGuardrail(), ev.GetSummary())

@@ -176,7 +176,7 @@ func chaosStatus(ctx context.Context, args []string, stdout, stderr io.Writer) e
 		d := v.GetDrill()
 		ends := "-"
 		if d.GetEndAt() != nil {
-			ends = d.GetEndAt().AsTime().Local().Format("15:04:05")
+			ends = clock(d.GetEndAt().AsTime())
 		}
 		rep := d.GetAbortReason()
 		if d.GetReport() != nil {

@@ -4,7 +4,6 @@ import (
 	"fmt"
 	"io"
 	"text/tabwriter"
-	"time"
 
 	sv1 "github.com/switchyard/switchyard/proto/switchyard/v1"
 )
@@ -28,7 +27,7 @@ func printEvidence(w io.Writer, ev *sv1.Evidence) {
 		fmt.Fprintf(w, "  guarantee:  a release no worse than the old backend is rolled back with probability at most %g over %s of canary (at most twice that however long it runs)\n",
 			s.GetFalseAlarm(), s.GetHorizon().AsDuration())
 		fmt.Fprintf(w, "  evidence:   %s to %s: new backend %d of %d (%s), old backend %d of %d (%s), same nodes; exact binomial p=%.2g\n",
-			s.GetSince().AsTime().Local().Format(time.TimeOnly), s.GetAt().AsTime().Local().Format(time.TimeOnly),
+			clock(s.GetSince().AsTime()), clock(s.GetAt().AsTime()),
 			s.GetCandidateEvents(), s.GetCandidateRequests(), rate(s.GetCandidateEvents(), s.GetCandidateRequests()),
 			s.GetBaselineEvents(), s.GetBaselineRequests(), rate(s.GetBaselineEvents(), s.GetBaselineRequests()), s.GetPValue())
 		tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)

@@ -139,7 +139,7 @@ func rolloutSeries(ctx context.Context, args []string, stdout, stderr io.Writer)
 	fmt.Fprintln(tw, "AT\tBACKEND\tROLE\tREQUESTS\tERRORS\tERROR RATE\tP50\tP90\tP99")
 	for _, b := range ans.GetBackends() {
 		for _, p := range b.GetPoints() {
-			fmt.Fprintf(tw, "%s\t%s\t%s\t%d\t%d\t%.2f%%\t%.1fms\t%.1fms\t%.1fms\n", p.GetAt().AsTime().Local().Format(time.TimeOnly),
+			fmt.Fprintf(tw, "%s\t%s\t%s\t%d\t%d\t%.2f%%\t%.1fms\t%.1fms\t%.1fms\n", clock(p.GetAt().AsTime()),
 				b.GetBackend(), b.GetRole(), p.GetRequests(), p.GetErrors(), 100*p.GetErrorRate(),
 				1000*p.GetP50Seconds(), 1000*p.GetP90Seconds(), 1000*p.GetP99Seconds())
 		}

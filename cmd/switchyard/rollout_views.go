@@ -21,6 +21,13 @@ import (
 	sv1 "github.com/switchyard/switchyard/proto/switchyard/v1"
 )
 
+// stamp and clock print a time as the audit log and the JSON API do: in
+// UTC, marked so, whatever the machine's zone, so the lines of every
+// command can be laid side by side.
+func stamp(t time.Time) string { return t.UTC().Format(time.RFC3339) }
+
+func clock(t time.Time) string { return t.UTC().Format(time.TimeOnly) + " UTC" }
+
 // position says where a rollout is: wave, step and the new backend's share.
 func position(r *sv1.Rollout) string { return spec.Position(r) }
 
@@ -30,7 +37,7 @@ func printWindows(w io.Writer, wins []*sv1.WindowEvidence) {
 	for _, e := range wins {
 		c, b := e.GetCandidate(), e.GetBaseline()
 		fmt.Fprintf(tw, "  %s\t%s\t%d\t%.2f%%\t%.0fms\t%d\t%.2f%%\t%.0fms\t%s\n",
-			e.GetStart().AsTime().Local().Format("15:04:05"), e.GetVerdict(),
+			clock(e.GetStart().AsTime()), e.GetVerdict(),
 			c.GetRequests(), 100*c.GetErrorRate(), 1000*c.GetLatencySeconds(),
 			b.GetRequests(), 100*b.GetErrorRate(), 1000*b.GetLatencySeconds(), e.GetReason())
 	}
@@ -43,7 +50,7 @@ func printHistory(w io.Writer, r *sv1.Rollout) {
 		if e.GetOperator() != "" {
 			who = " (" + e.GetOperator() + ")"
 		}
-		fmt.Fprintf(w, "  %s  #%-6d %-12s %s%s\n", e.GetAt().AsTime().Local().Format("2006-01-02 15:04:05"), e.GetIndex(),
+		fmt.Fprintf(w, "  %s  #%-6d %-12s %s%s\n", stamp(e.GetAt().AsTime()), e.GetIndex(),
 			state.PhaseName(e.GetPhase()), e.GetMessage(), who)
 	}
 }
@@ -282,7 +289,7 @@ func rolloutWatch(ctx context.Context, args []string, stdout, stderr io.Writer) 
 			if tty {
 				fmt.Fprint(stdout, "\033[H\033[2J")
 			} else {
-				fmt.Fprintln(stdout, "---", time.Now().Format(time.TimeOnly))
+				fmt.Fprintln(stdout, "---", clock(time.Now()))
 			}
 			fmt.Fprint(stdout, frame)
 			last = frame

@@ -328,7 +328,7 @@ func sequentialSummary(a *sv1.SequentialEvidence, events string) string {
 		"leading alternative odds ×%g, its log-likelihood ratio since then %.1f (exact binomial p=%.2g); driven by %s",
 		a.GetTest(), a.GetCandidateEvents(), events, a.GetCandidateRequests(), rate(a.GetCandidateEvents(), a.GetCandidateRequests()),
 		a.GetBaselineEvents(), a.GetBaselineRequests(), rate(a.GetBaselineEvents(), a.GetBaselineRequests()),
-		a.GetSince().AsTime().UTC().Format(time.TimeOnly), a.GetStatistic(), a.GetThreshold(), a.GetOddsRatio(), a.GetRunStatistic(), a.GetPValue(),
+		a.GetSince().AsTime().UTC().Format(time.TimeOnly)+" UTC", a.GetStatistic(), a.GetThreshold(), a.GetOddsRatio(), a.GetRunStatistic(), a.GetPValue(),
 		strings.Join(nodes, ", "))
 }
 

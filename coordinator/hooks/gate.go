@@ -61,7 +61,7 @@ func Evaluate(r *sv1.Rollout, point sv1.HookPoint, key string, now time.Time) Ve
 				continue
 			}
 			waiting = append(waiting, fmt.Sprintf("webhook %s at %s refused (%s); asking again at %s",
-				w.GetName(), key, last.GetDetail(), again.Format(time.TimeOnly)))
+				w.GetName(), key, last.GetDetail(), again.UTC().Format(time.TimeOnly)+" UTC"))
 		}
 	}
 	v.Waiting = strings.Join(waiting, "; ")

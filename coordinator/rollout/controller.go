@@ -113,7 +113,7 @@ func Decide(r *sv1.Rollout, obs Observation) Decision {
 		}
 		until := r.GetPromotedAt().AsTime().Add(spec.KeepWarm(r.GetSpec()))
 		if obs.Now.Before(until) {
-			return Decision{Waiting: fmt.Sprintf("%s kept warm until %s", r.GetSpec().GetFrom(), until.Format(time.TimeOnly))}
+			return Decision{Waiting: fmt.Sprintf("%s kept warm until %s", r.GetSpec().GetFrom(), until.UTC().Format(time.TimeOnly)+" UTC")}
 		}
 		return Decision{Action: Finish, Message: "completed"}
 	}
@@ -157,7 +157,7 @@ func Decide(r *sv1.Rollout, obs Observation) Decision {
 		if d := k.Pause.GetDuration().AsDuration(); d > 0 {
 			until := r.GetStepStartedAt().AsTime().Add(d)
 			if obs.Now.Before(until) {
-				return Decision{Waiting: fmt.Sprintf("pause until %s", until.Format(time.TimeOnly))}
+				return Decision{Waiting: fmt.Sprintf("pause until %s UTC", until.UTC().Format(time.TimeOnly))}
 			}
 			return next(fmt.Sprintf("paused %s", d))
 		}

@@ -66,6 +66,10 @@ func (s *State) auditIntent(index uint64, e *sv1.IntentEntry, who actor, res *sv
 	if rec.Rollout == "" {
 		rec.Rollout = rolloutOf(in)
 	}
+	if e.GetRules() >= 4 && (in.GetRunDrill() != nil || in.GetAbortDrill() != nil) {
+		// The answer names the drill; the record the rollout it runs in.
+		rec.Rollout = s.drillRollout(in)
+	}
 	rec.Service = s.serviceOf(in)
 	if rec.Service == "*" {
 		rec.Service = ""
@@ -96,7 +100,23 @@ func (s *State) Named(in *sv1.Intent) (rollout, service, drill string) {
 	if drill == "" {
 		drill = in.GetAbortDrill().GetDrill()
 	}
-	return rolloutOf(in), service, drill
+	rollout = rolloutOf(in)
+	if rollout == "" {
+		rollout = s.drillRollout(in)
+	}
+	return rollout, service, drill
+}
+
+// drillRollout is the rollout a drill intent's drill runs inside, if any.
+// The caller holds the lock.
+func (s *State) drillRollout(in *sv1.Intent) string {
+	if r := in.GetRunDrill().GetSpec().GetRollout(); r != "" {
+		return r
+	}
+	if ab := in.GetAbortDrill(); ab != nil {
+		return s.drills[ab.GetDrill()].GetSpec().GetRollout()
+	}
+	return ""
 }
 
 func rolloutOf(in *sv1.Intent) string {

@@ -55,7 +55,11 @@ const (
 // Version 3: an approval counts toward the two-person rule only while its
 // approver's key holds the approver role on the rollout's service (before,
 // the approval of a key revoked since still counted).
-const Rules uint32 = 3
+//
+// Version 4: the audit record of a drill's intent (chaos run, chaos abort)
+// names the rollout the drill runs inside, if any (before, the drill's own
+// name, as if it were a rollout).
+const Rules uint32 = 4
 
 // IntentMemory is how long an applied intent id is remembered for
 // deduplication; it matches the intent stream's retention.
