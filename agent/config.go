@@ -29,10 +29,10 @@ import (
 
 // Defaults of the agent config (DESIGN.md, "Defaults").
 const (
-	DefaultHeartbeat         = 5 * time.Second
+	DefaultHeartbeat = 5 * time.Second
 	// maxHeartbeat is the longest heartbeat: half the coordinators' stale
 	// period.
-	maxHeartbeat = bus.StalePeriod / 2
+	maxHeartbeat             = bus.StalePeriod / 2
 	DefaultResync            = 30 * time.Second
 	DefaultNATS              = "nats://127.0.0.1:4222"
 	DefaultTelemetryInterval = time.Second
