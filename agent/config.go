@@ -27,12 +27,13 @@ import (
 	"github.com/switchyard/switchyard/internal/strictyaml"
 )
 
+// maxHeartbeat is the longest heartbeat: half the coordinators' stale
+// period, so that one status lost on the way does not make a node stale.
+const maxHeartbeat = bus.StalePeriod / 2
+
 // Defaults of the agent config (DESIGN.md, "Defaults").
 const (
-	DefaultHeartbeat = 5 * time.Second
-	// maxHeartbeat is the longest heartbeat: half the coordinators' stale
-	// period.
-	maxHeartbeat             = bus.StalePeriod / 2
+	DefaultHeartbeat         = 5 * time.Second
 	DefaultResync            = 30 * time.Second
 	DefaultNATS              = "nats://127.0.0.1:4222"
 	DefaultTelemetryInterval = time.Second
