@@ -1,12 +1,15 @@
 package main
 
 import (
+	"cmp"
 	"context"
 	"fmt"
 	"io"
 	"os"
 	"strings"
 	"text/tabwriter"
+
+	"google.golang.org/protobuf/types/known/timestamppb"
 
 	"github.com/switchyard/switchyard/bus"
 	"github.com/switchyard/switchyard/chaos"
@@ -185,7 +188,45 @@ func chaosStatus(ctx context.Context, args []string, stdout, stderr io.Writer) e
 		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\n", d.GetId(), d.GetSpec().GetService(), state.DrillPhaseName(d.GetPhase()),
 			orDash(strings.Join(d.GetTargets(), ",")), orDash(strings.Join(v.GetActive(), ",")), ends, rep)
 	}
-	return tw.Flush()
+	if err := tw.Flush(); err != nil {
+		return err
+	}
+	if q.Drill != "" && len(ans.GetDrills()) == 1 {
+		printDrillInjections(stdout, ans.GetDrills()[0].GetDrill())
+	}
+	return nil
+}
+
+// printDrillInjections lists, for one drill with a report, when each target
+// reported its fault active, and the targets that never did.
+func printDrillInjections(w io.Writer, d *sv1.Drill) {
+	rep := d.GetReport()
+	if rep == nil || len(d.GetTargets()) == 0 {
+		return
+	}
+	at := map[string]string{}
+	for _, in := range rep.GetInjected() {
+		at[in.GetNode()] = in.GetAt().AsTime().Local().Format("15:04:05.000")
+	}
+	fmt.Fprintf(w, "\nTargets of %s, and when each reported the fault active:\n", d.GetId())
+	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
+	fmt.Fprintln(tw, "NODE\tFAULT ACTIVE FROM")
+	for _, t := range d.GetTargets() {
+		fmt.Fprintf(tw, "%s\t%s\n", t, cmp.Or(at[t], "never reported (not injected, or not heard from while it was)"))
+	}
+	tw.Flush()
+	for _, l := range []struct {
+		what string
+		ts   *timestamppb.Timestamp
+	}{
+		{"rollback decided", rep.GetDetectedAt()},
+		{"every live node rolled back", rep.GetRolledBackAt()},
+		{"traffic recovered", rep.GetRecoveredAt()},
+	} {
+		if l.ts != nil {
+			fmt.Fprintf(w, "%s at %s\n", l.what, l.ts.AsTime().Local().Format("15:04:05.000"))
+		}
+	}
 }
 
 // currentWave lists the live nodes whose wave is the rollout's current one:
