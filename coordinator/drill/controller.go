@@ -67,6 +67,10 @@ type Controller struct {
 	Fleet  Fleet
 	Health Health
 	Log    *slog.Logger
+	// Hold, when set and true, keeps scheduled drills from starting: a
+	// new leader has not yet read the intents (a kill switch, an abort)
+	// that waited on the stream while no coordinator led.
+	Hold func() bool
 }
 
 // Step makes one pass at now.
@@ -143,6 +147,9 @@ func (c *Controller) maybeStart(d *sv1.Drill, now time.Time) error {
 	if late := now.Sub(start); late > max(d.GetSpec().GetDuration().AsDuration(), LateStartGrace) {
 		return c.end(d, now, true, fmt.Sprintf("not started: it was to start at %s and run for %s, which passed with no leader to start it (late by %s)",
 			start.UTC().Format(time.RFC3339), d.GetSpec().GetDuration().AsDuration(), late.Round(time.Second)))
+	}
+	if c.Hold != nil && c.Hold() {
+		return nil
 	}
 	// Targets and the cap are chosen from the live nodes: not from the few
 	// a coordinator that has just started has heard from.
