@@ -585,21 +585,22 @@ func (a *Agent) busRefusal(_ *nats.Conn, sub *nats.Subscription, err error) {
 // telemetryLoop builds the telemetry of one service.
 func (a *Agent) telemetryLoop(w *serviceWorker) *telemetryLoop {
 	tl := &telemetryLoop{
-		service:     w.name,
-		node:        a.cfg.Node,
-		subject:     bus.TelemetrySubject(w.name, a.cfg.Node),
-		backends:    a.cfg.Services[w.name].Proxy.Backends(),
-		interval:    a.cfg.TelemetryInterval,
-		probes:      w.prober.buf,
-		worker:      w,
-		guardAfter:  a.cfg.LocalGuard.afterDisconnect(),
-		cutOff:      a.CutOffFor,
-		publish:     a.publish,
-		drill:       a.drills.drillDuring,
-		clock:       a.clock,
-		m:           a.m,
-		log:         w.log,
-		statTimeout: min(a.timing.applyTimeout, a.cfg.TelemetryInterval),
+		service:        w.name,
+		node:           a.cfg.Node,
+		subject:        bus.TelemetrySubject(w.name, a.cfg.Node),
+		backends:       a.cfg.Services[w.name].Proxy.Backends(),
+		interval:       a.cfg.TelemetryInterval,
+		probes:         w.prober.buf,
+		worker:         w,
+		guardAfter:     a.cfg.LocalGuard.afterDisconnect(),
+		cutOff:         a.CutOffFor,
+		publish:        a.publish,
+		drill:          a.drills.drillDuring,
+		drillOnBackend: a.drills.drillOnBackend,
+		clock:          a.clock,
+		m:              a.m,
+		log:            w.log,
+		statTimeout:    min(a.timing.applyTimeout, a.cfg.TelemetryInterval),
 	}
 	if sr, ok := w.drv.(driver.StatsReader); ok {
 		tl.stats = sr

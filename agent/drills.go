@@ -1073,3 +1073,17 @@ func (f *drillFollower) drillDuring(service string, start, end time.Time) string
 	}
 	return best.drill
 }
+
+// drillOnBackend names a drill whose fault on this node acted on service's
+// backend (http, tcp, backend_state) at some time in [start, end]; "" when
+// none did.
+func (f *drillFollower) drillOnBackend(service, backend string, start, end time.Time) string {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	for _, s := range f.spans {
+		if s.service == service && s.backend == backend && !s.since.After(end) && (s.ended.IsZero() || !s.ended.Before(start)) {
+			return s.drill
+		}
+	}
+	return ""
+}

@@ -68,11 +68,15 @@ type telemetryLoop struct {
 	publish       busPublisher
 	// drill names the drill whose fault on this node overlapped a window
 	// of the service; nil or "" when none.
-	drill       func(service string, start, end time.Time) string
-	clock       clock.Clock
-	m           *metrics
-	log         *slog.Logger
-	statTimeout time.Duration
+	drill func(service string, start, end time.Time) string
+	// drillOnBackend names the drill whose fault on this node acted on
+	// one of the service's backends in a span of time; nil or "" when
+	// none did.
+	drillOnBackend func(service, backend string, start, end time.Time) string
+	clock          clock.Clock
+	m              *metrics
+	log            *slog.Logger
+	statTimeout    time.Duration
 
 	prev       map[string]driver.BackendCounters
 	prevDrops  uint64
@@ -80,6 +84,9 @@ type telemetryLoop struct {
 	startView  *appliedView
 	start      time.Time
 	statFailed bool
+	// guardHeldFor is the drill the guard last held for, so its log line
+	// is written once.
+	guardHeldFor string
 }
 
 func (t *telemetryLoop) run(ctx context.Context) {
@@ -294,6 +301,20 @@ func (t *telemetryLoop) checkGuard(v *appliedView) {
 	if !breached {
 		return
 	}
+	// A drill of this node's own acting on the new backend within the
+	// look-back made what the guard sees: its injected failures are not
+	// the release's, and a local rollback would outlast the drill.
+	if t.drillOnBackend != nil && len(t.guard.windows) > 0 {
+		end := t.guard.windows[len(t.guard.windows)-1].end
+		if d := t.drillOnBackend(t.service, v.to, end.Add(-t.guard.cfg.Window), end); d != "" {
+			if d != t.guardHeldFor {
+				t.log.Info("local guard holds: the failures it sees on the new backend are those drill injects on this node", "drill", d, "backend", v.to, "guardrail", reason)
+			}
+			t.guardHeldFor = d
+			return
+		}
+	}
+	t.guardHeldFor = ""
 	t.worker.requestLocalRollback(localRollbackRequest{
 		generation: v.generation,
 		seq:        v.seq,

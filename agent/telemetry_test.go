@@ -12,6 +12,7 @@ import (
 	"google.golang.org/protobuf/proto"
 
 	"github.com/switchyard/switchyard/agent/driver"
+	"github.com/switchyard/switchyard/agent/state"
 	"github.com/switchyard/switchyard/internal/clock"
 	"github.com/switchyard/switchyard/internal/sketch"
 	sv1 "github.com/switchyard/switchyard/proto/switchyard/v1"
@@ -433,5 +434,62 @@ func TestTelemetry_ReportsDownWhenFailingChecks(t *testing.T) {
 		if got := backendHealth(r, "green").GetDown(); got != tt.wantGreen {
 			t.Errorf("%s: green down = %v, want %v", tt.name, got, tt.wantGreen)
 		}
+	}
+}
+
+// A node cut off from the coordinators while a drill of its own injects
+// errors on the backend the rollout moves it to does not move back to the
+// old backend: the errors are the drill's, which this agent injected
+// itself, not the release's, and a local rollback would outlast the drill.
+// Once the drill's fault is out of the guard's look-back, the guard judges
+// again.
+func TestTelemetry_GuardDoesNotBlameTheReleaseForItsOwnDrillsFault(t *testing.T) {
+	m, err := newMetrics(prometheus.NewRegistry())
+	if err != nil {
+		t.Fatal(err)
+	}
+	now := time.Now()
+	drills := &drillFollower{}
+	w := &serviceWorker{name: "web", guard: make(chan localRollbackRequest, 1)}
+	tl := &telemetryLoop{
+		service: "web", worker: w, guardAfter: 30 * time.Second, m: m,
+		log: slog.New(slog.DiscardHandler), clock: clock.Real{},
+		guard:          &localGuard{cfg: LocalGuardConfig{Window: 10 * time.Second, MinRequests: 50, MaxErrorRate: 0.2}},
+		cutOff:         func() (time.Duration, string, bool) { return time.Minute, "bus lost", true },
+		drillOnBackend: drills.drillOnBackend,
+	}
+	tl.guard.add(guardWindow{end: now, backends: map[string]windowCounts{"green": {requests: 100, errors: 50}}})
+	view := &appliedView{seq: 3, generation: 7, rolloutID: "r1", phase: sv1.RolloutPhase_ROLLOUT_PHASE_PROGRESSING,
+		weights: map[string]uint32{"blue": 50, "green": 50}, from: "blue", to: "green"}
+	asked := func() *localRollbackRequest {
+		select {
+		case r := <-w.guard:
+			return &r
+		default:
+			return nil
+		}
+	}
+
+	// A drill's fault on blue, or on another service's green, is not
+	// this one's.
+	drills.addSpan(state.FaultRecord{Drill: "other", Kind: kindHTTP, Service: "web", Backend: "blue", Since: now.Add(-20 * time.Second), Until: now.Add(time.Minute)})
+	drills.addSpan(state.FaultRecord{Drill: "api", Kind: kindHTTP, Service: "api", Backend: "green", Since: now.Add(-20 * time.Second), Until: now.Add(time.Minute)})
+	drills.addSpan(state.FaultRecord{Drill: "d1", Kind: kindHTTP, Service: "web", Backend: "green", Since: now.Add(-20 * time.Second), Until: now.Add(time.Minute)})
+	tl.checkGuard(view)
+	if r := asked(); r != nil {
+		t.Fatalf("with drill d1 injecting errors on green: guard asked %+v", r)
+	}
+	// Reverted 5 s ago: its errors are still in the look-back.
+	drills.endSpan("d1", now.Add(-5*time.Second))
+	tl.checkGuard(view)
+	if r := asked(); r != nil {
+		t.Fatalf("drill d1 ended within the look-back: guard asked %+v", r)
+	}
+	// Reverted before the look-back began: green fails on its own.
+	drills.addSpan(state.FaultRecord{Drill: "d1", Kind: kindHTTP, Service: "web", Backend: "green", Since: now.Add(-time.Minute), Until: now.Add(time.Minute)})
+	drills.endSpan("d1", now.Add(-11*time.Second))
+	tl.checkGuard(view)
+	if r := asked(); r == nil || !strings.Contains(r.reason, "error rate 50.0%") {
+		t.Fatalf("no drill fault on green in the look-back: guard asked %+v", r)
 	}
 }

@@ -7,6 +7,7 @@ import (
 
 	"google.golang.org/protobuf/proto"
 
+	"github.com/switchyard/switchyard/bus"
 	"github.com/switchyard/switchyard/coordinator/drill"
 	"github.com/switchyard/switchyard/coordinator/fsm"
 	"github.com/switchyard/switchyard/coordinator/hooks"
@@ -164,9 +165,15 @@ func (s *Server) drillController() *drill.Controller {
 	return &drill.Controller{State: drillState{s}, Raft: drillRaft{s}, Fleet: s.fleet, Health: s.analysis, Log: s.log}
 }
 
-// runDrills steps every drill on each tick while this node leads.
+// runDrills steps every drill on each tick while this node leads. No
+// drill starts before this leader has handled the intents that waited on
+// the stream when it took the lead: a kill switch sent while no
+// coordinator led stops a drill whose start came meanwhile before it
+// injects anything.
 func (s *Server) runDrills(ctx context.Context) {
 	c := s.drillController()
+	backlog := &intentBacklog{s: s, ctx: ctx}
+	c.Hold = backlog.hold
 	tick := time.NewTicker(s.cfg.TickInterval)
 	defer tick.Stop()
 	for {
@@ -179,4 +186,63 @@ func (s *Server) runDrills(ctx context.Context) {
 		case <-tick.C:
 		}
 	}
+}
+
+// intentBacklog tells whether the intents the stream held when this
+// leader's term began are all handled.
+type intentBacklog struct {
+	s   *Server
+	ctx context.Context
+	// lastSeq is the stream's last sequence when first read; 0 before.
+	lastSeq uint64
+	done    bool
+	logged  bool
+}
+
+// hold reports whether intents of before this term may still wait on the
+// stream. Once they are handled it stays false for the term.
+func (b *intentBacklog) hold() bool {
+	if b.done {
+		return false
+	}
+	ctx, cancel := context.WithTimeout(b.ctx, 2*time.Second)
+	defer cancel()
+	if b.lastSeq == 0 {
+		st, err := b.s.js.Stream(ctx, bus.IntentStream)
+		if err != nil {
+			b.waiting("read the intent stream", err)
+			return true
+		}
+		if b.lastSeq = st.CachedInfo().State.LastSeq; b.lastSeq == 0 {
+			b.done = true // never held an intent
+			return false
+		}
+	}
+	cons, err := b.s.js.Consumer(ctx, bus.IntentStream, bus.IntentConsumer)
+	if err != nil {
+		b.waiting("read the intent consumer", err)
+		return true
+	}
+	ci := cons.CachedInfo()
+	// Everything delivered and acknowledged, or everything up to the
+	// stream's end at the term's start acknowledged (newer intents may
+	// keep coming on a busy stream).
+	if (ci.NumPending == 0 && ci.NumAckPending == 0) || ci.AckFloor.Stream >= b.lastSeq {
+		b.done = true
+		return false
+	}
+	b.waiting("", nil)
+	return true
+}
+
+func (b *intentBacklog) waiting(what string, err error) {
+	if b.logged {
+		return
+	}
+	b.logged = true
+	if err != nil {
+		b.s.log.Info("drills wait to start until the intents waiting on the stream are read", "step", what, "err", err)
+		return
+	}
+	b.s.log.Info("drills wait to start until the intents waiting on the stream are read")
 }

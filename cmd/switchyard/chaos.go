@@ -1,12 +1,20 @@
 package main
 
 import (
+	"cmp"
 	"context"
 	"fmt"
 	"io"
+	"maps"
 	"os"
+	"slices"
 	"strings"
 	"text/tabwriter"
+	"time"
+
+	"github.com/nats-io/nats.go/jetstream"
+
+	"google.golang.org/protobuf/types/known/timestamppb"
 
 	"github.com/switchyard/switchyard/bus"
 	"github.com/switchyard/switchyard/chaos"
@@ -23,6 +31,8 @@ const chaosUsage = `Usage:
   switchyard chaos abort NAME [--reason TEXT]      end one drill now
   switchyard chaos stop-all [--reason TEXT]        the kill switch: end every drill now
 Common flags: --nats URL (env SWITCHYARD_NATS), --timeout D, -o table|json.
+abort and stop-all wait, after the commit, until the bus carries the ended drills' documents,
+which agents revert on (--publish-timeout D, 0 to skip; exit 3 when they do not get there).
 `
 
 func runChaos(ctx context.Context, args []string, stdout, stderr io.Writer) error {
@@ -117,11 +127,14 @@ func chaosEnd(ctx context.Context, verb string, args []string, stdout, stderr io
 	var c clientFlags
 	c.register(fs)
 	reason := fs.String("reason", "", "why, for the record")
+	fs.DurationVar(&c.publishWait, "publish-timeout", defaultPublishWait,
+		"after the commit, how long to wait for the ended drills' documents to reach the bus, where agents read them (0: do not wait)")
 	pos, err := c.parse(fs, args, stderr)
 	if err != nil {
 		return err
 	}
 	in := &sv1.Intent{}
+	q := &sv1.DrillsQuery{}
 	switch verb {
 	case "abort":
 		if len(pos) != 1 {
@@ -129,13 +142,95 @@ func chaosEnd(ctx context.Context, verb string, args []string, stdout, stderr io
 		}
 		in.Action = &sv1.Intent_AbortDrill{AbortDrill: &sv1.AbortDrill{Drill: pos[0], Reason: *reason}}
 		verb = "abort of " + pos[0]
+		q.Drill = pos[0]
 	default:
 		if len(pos) != 0 {
 			return usageErr(stderr, "switchyard chaos stop-all: takes no arguments")
 		}
 		in.Action = &sv1.Intent_StopAllDrills{StopAllDrills: &sv1.StopAllDrills{Reason: *reason}}
 	}
-	return sendIntent(ctx, c, bus.IntentKindChaos, in, verb, stdout)
+	if err := sendIntent(ctx, c, bus.IntentKindChaos, in, verb, stdout); err != nil || c.publishWait <= 0 {
+		return err
+	}
+	return awaitDrillsEnded(ctx, c, q, stdout)
+}
+
+// awaitDrillsEnded waits, up to --publish-timeout, until the drills bucket
+// carries the document that ends each drill the coordinators have ended
+// and whose fault would still be on: agents revert when they read it, and
+// before that only at the drill's own end.
+func awaitDrillsEnded(ctx context.Context, c clientFlags, q *sv1.DrillsQuery, stdout io.Writer) error {
+	var ans sv1.DrillsAnswer
+	if err := query(ctx, c, bus.QueryDrills, q, &ans); err != nil {
+		return fmt.Errorf("committed; could not ask which drills ended, so whether the bus carries their end is not known: %w", err)
+	}
+	now := time.Now()
+	want := map[string]*sv1.Drill{}
+	for _, v := range ans.GetDrills() {
+		d := v.GetDrill()
+		if !state.DrillLive(d.GetPhase()) && d.GetGeneration() > 0 && d.GetEndAt().AsTime().After(now) {
+			want[d.GetId()] = d
+		}
+	}
+	if len(want) == 0 {
+		return nil
+	}
+	nc, err := c.connect()
+	if err != nil {
+		return err
+	}
+	defer nc.Close()
+	js, err := jetstream.New(nc)
+	if err != nil {
+		return fmt.Errorf("jetstream: %w", err)
+	}
+	wctx, cancel := context.WithTimeout(ctx, c.publishWait)
+	defer cancel()
+	var lastErr error
+	t := time.NewTicker(100 * time.Millisecond)
+	defer t.Stop()
+	for {
+		if kv, err := js.KeyValue(wctx, bus.DrillsBucket); err != nil {
+			if wctx.Err() == nil {
+				lastErr = fmt.Errorf("open bucket %s: %w", bus.DrillsBucket, err)
+			}
+		} else {
+			for id, d := range want {
+				e, err := kv.Get(wctx, id)
+				if err != nil {
+					if wctx.Err() == nil {
+						lastErr = fmt.Errorf("read %s: %w", id, err)
+					}
+					continue
+				}
+				if f, err := bus.PeekFence(e.Value()); err == nil && f.Generation >= d.GetGeneration() {
+					delete(want, id)
+				}
+			}
+		}
+		if len(want) == 0 {
+			if c.output != "json" {
+				fmt.Fprintln(stdout, "published: the bus carries the end of every drill it stopped; agents revert as they read it")
+			}
+			return nil
+		}
+		select {
+		case <-wctx.Done():
+			var lines []string
+			for _, id := range slices.Sorted(maps.Keys(want)) {
+				lines = append(lines, fmt.Sprintf("%s (its fault would end by itself at %s)", id, want[id].GetEndAt().AsTime().Local().Format("15:04:05")))
+			}
+			why := ""
+			if lastErr != nil {
+				why = "; last error reading the bus: " + lastErr.Error()
+			}
+			return fmt.Errorf("%w: committed, but the end of %s did not reach the bus within %s (--publish-timeout)%s. "+
+				"Agents revert when they read it: until then their faults go on. The leader keeps retrying, see its /healthz and logs; "+
+				"to end the faults on a node now, restart its agent (systemctl restart switchyard-agent)",
+				bus.ErrNotPublished, strings.Join(lines, ", "), c.publishWait, why)
+		case <-t.C:
+		}
+	}
 }
 
 func chaosStatus(ctx context.Context, args []string, stdout, stderr io.Writer) error {
@@ -185,7 +280,45 @@ func chaosStatus(ctx context.Context, args []string, stdout, stderr io.Writer) e
 		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\n", d.GetId(), d.GetSpec().GetService(), state.DrillPhaseName(d.GetPhase()),
 			orDash(strings.Join(d.GetTargets(), ",")), orDash(strings.Join(v.GetActive(), ",")), ends, rep)
 	}
-	return tw.Flush()
+	if err := tw.Flush(); err != nil {
+		return err
+	}
+	if q.Drill != "" && len(ans.GetDrills()) == 1 {
+		printDrillInjections(stdout, ans.GetDrills()[0].GetDrill())
+	}
+	return nil
+}
+
+// printDrillInjections lists, for one drill with a report, when each target
+// reported its fault active, and the targets that never did.
+func printDrillInjections(w io.Writer, d *sv1.Drill) {
+	rep := d.GetReport()
+	if rep == nil || len(d.GetTargets()) == 0 {
+		return
+	}
+	at := map[string]string{}
+	for _, in := range rep.GetInjected() {
+		at[in.GetNode()] = in.GetAt().AsTime().Local().Format("15:04:05.000")
+	}
+	fmt.Fprintf(w, "\nTargets of %s, and when each reported the fault active:\n", d.GetId())
+	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
+	fmt.Fprintln(tw, "NODE\tFAULT ACTIVE FROM")
+	for _, t := range d.GetTargets() {
+		fmt.Fprintf(tw, "%s\t%s\n", t, cmp.Or(at[t], "never reported (not injected, or not heard from while it was)"))
+	}
+	tw.Flush()
+	for _, l := range []struct {
+		what string
+		ts   *timestamppb.Timestamp
+	}{
+		{"rollback decided", rep.GetDetectedAt()},
+		{"every live node rolled back", rep.GetRolledBackAt()},
+		{"traffic recovered", rep.GetRecoveredAt()},
+	} {
+		if l.ts != nil {
+			fmt.Fprintf(w, "%s at %s\n", l.what, l.ts.AsTime().Local().Format("15:04:05.000"))
+		}
+	}
 }
 
 // currentWave lists the live nodes whose wave is the rollout's current one:

@@ -22,6 +22,7 @@ import (
 	"google.golang.org/protobuf/types/known/timestamppb"
 
 	"github.com/switchyard/switchyard/bus"
+	"github.com/switchyard/switchyard/chaos"
 	"github.com/switchyard/switchyard/coordinator"
 	"github.com/switchyard/switchyard/coordinator/state"
 	sv1 "github.com/switchyard/switchyard/proto/switchyard/v1"
@@ -303,7 +304,7 @@ func sendIntent(ctx context.Context, c clientFlags, kind string, in *sv1.Intent,
 	defer cancel()
 	res, err := bus.SendSignedIntent(ctx, nc, kind, in, signer)
 	if errors.Is(err, bus.ErrNoResult) {
-		res, err = whyNoResult(parent, nc, in.GetId(), err)
+		res, err = whyNoResult(parent, nc, in, err)
 	}
 	if err != nil {
 		return err
@@ -341,8 +342,11 @@ const whyNoResultAsk = 2 * time.Second
 // whyNoResult asks the coordinators, once, about an intent that the stream
 // took but no coordinator answered within --timeout: its result when one
 // applied it meanwhile, else an error that says why none could (no leader,
-// no coordinator on the bus) and what becomes of the intent.
-func whyNoResult(ctx context.Context, nc *nats.Conn, id string, noResult error) (*sv1.IntentResult, error) {
+// no coordinator on the bus) and what becomes of the intent. For a chaos
+// intent that ends drills (an abort, the kill switch) it says what ends
+// their faults meanwhile.
+func whyNoResult(ctx context.Context, nc *nats.Conn, in *sv1.Intent, noResult error) (*sv1.IntentResult, error) {
+	id := in.GetId()
 	ctx, cancel := context.WithTimeout(ctx, whyNoResultAsk)
 	defer cancel()
 	var res sv1.IntentResult
@@ -356,8 +360,14 @@ func whyNoResult(ctx context.Context, nc *nats.Conn, id string, noResult error) 
 			". Without a leader (fewer than a quorum of coordinators running, or they cannot reach each other: see `switchyard coordinator members` " +
 			"on each, and their logs) nothing changes on the fleet"
 	}
+	meanwhile := ""
+	if in.GetAbortDrill() != nil || in.GetStopAllDrills() != nil {
+		meanwhile = ". Meanwhile each drill's faults stay until its end, which every agent keeps by itself without the coordinators " +
+			"(at most " + chaos.MaxDuration.String() + " after its start); to end the faults on a node now, restart its agent " +
+			"(systemctl restart switchyard-agent): a stopping agent reverts its faults, and once started again does not inject those drills again"
+	}
 	return nil, fmt.Errorf("%w: %s. The intent waits on the intent stream: the next leader applies it while it is less than %s old; "+
-		"`switchyard audit log` shows it once one has", noResult, why, coordinator.SignedIntentMaxAge)
+		"`switchyard audit log` shows it once one has%s", noResult, why, coordinator.SignedIntentMaxAge, meanwhile)
 }
 
 // awaitPublished polls the desired-state bucket until it carries generation

@@ -56,6 +56,10 @@ const (
 	Lookback            = 10 * time.Second
 )
 
+// LateStartGrace is how late, at least, a drill may still start: one late
+// by more than this and by more than its duration is ended unstarted.
+const LateStartGrace = time.Minute
+
 // Controller steps every live drill.
 type Controller struct {
 	State  State
@@ -63,6 +67,10 @@ type Controller struct {
 	Fleet  Fleet
 	Health Health
 	Log    *slog.Logger
+	// Hold, when set and true, keeps scheduled drills from starting: a
+	// new leader has not yet read the intents (a kill switch, an abort)
+	// that waited on the stream while no coordinator led.
+	Hold func() bool
 }
 
 // Step makes one pass at now.
@@ -129,7 +137,18 @@ func Targets(d *sv1.Drill, st State, live []chaos.Node) ([]string, error) {
 }
 
 func (c *Controller) maybeStart(d *sv1.Drill, now time.Time) error {
-	if now.Before(d.GetStartAt().AsTime()) {
+	start := d.GetStartAt().AsTime()
+	if now.Before(start) {
+		return nil
+	}
+	// A drill whose whole window passed before a leader could start it
+	// (the coordinators had no quorum for longer than it would have run)
+	// does not start now, right after the outage, at a time nobody chose.
+	if late := now.Sub(start); late > max(d.GetSpec().GetDuration().AsDuration(), LateStartGrace) {
+		return c.end(d, now, true, fmt.Sprintf("not started: it was to start at %s and run for %s, which passed with no leader to start it (late by %s)",
+			start.UTC().Format(time.RFC3339), d.GetSpec().GetDuration().AsDuration(), late.Round(time.Second)))
+	}
+	if c.Hold != nil && c.Hold() {
 		return nil
 	}
 	// Targets and the cap are chosen from the live nodes: not from the few

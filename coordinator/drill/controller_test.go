@@ -293,3 +293,31 @@ func TestDrill_AdminsCapLoweredAfterSchedulingHoldsAtStart(t *testing.T) {
 		t.Fatalf("drill over the admins' lowered cap: %v %q, targets %v", d.GetPhase(), d.GetAbortReason(), d.GetTargets())
 	}
 }
+
+// A drill whose whole window passed with no leader to start it (the
+// coordinators lost their quorum for longer than it would have run) does
+// not start when a leader is back: nobody chose that time for its faults,
+// and it would be right after an outage.
+func TestDrill_WindowPassedWithoutALeaderDoesNotStart(t *testing.T) {
+	yaml := strings.Replace(drillYAML, "maxNodes: 2", "maxNodes: 4", 1)
+	yaml = strings.Replace(yaml, "maxPercent: 50", "maxPercent: 100", 1)
+	st, c, _, _ := setup(t, yaml, nodes("a", "b", "c"))
+	// Scheduled for t0+5s, for 30 s; the next leader steps an hour later.
+	_ = c.Step(t0.Add(time.Hour))
+	d := st.Drill("d1")
+	if d.GetPhase() != sv1.DrillPhase_DRILL_PHASE_ABORTED || !strings.Contains(d.GetAbortReason(), "not started") ||
+		!strings.Contains(d.GetAbortReason(), "no leader") {
+		t.Fatalf("an hour late: %v %q, want aborted without starting", d.GetPhase(), d.GetAbortReason())
+	}
+	if st.DrillDocument("d1") != nil {
+		t.Fatal("a drill whose window had passed was published")
+	}
+
+	// Late by less than its duration, it starts, for its whole duration.
+	st, c, _, _ = setup(t, yaml, nodes("a", "b", "c"))
+	at := t0.Add(5*time.Second + 29*time.Second)
+	_ = c.Step(at)
+	if d := st.Drill("d1"); d.GetPhase() != sv1.DrillPhase_DRILL_PHASE_RUNNING || !d.GetEndAt().AsTime().Equal(at.Add(30*time.Second)) {
+		t.Fatalf("29 s late: %v until %v", d.GetPhase(), d.GetEndAt().AsTime())
+	}
+}
