@@ -218,7 +218,7 @@ func awaitDrillsEnded(ctx context.Context, c clientFlags, q *sv1.DrillsQuery, st
 		case <-wctx.Done():
 			var lines []string
 			for _, id := range slices.Sorted(maps.Keys(want)) {
-				lines = append(lines, fmt.Sprintf("%s (its fault would end by itself at %s)", id, want[id].GetEndAt().AsTime().Local().Format("15:04:05")))
+				lines = append(lines, fmt.Sprintf("%s (its fault would end by itself at %s)", id, clock(want[id].GetEndAt().AsTime())))
 			}
 			why := ""
 			if lastErr != nil {
@@ -298,7 +298,7 @@ func printDrillInjections(w io.Writer, d *sv1.Drill) {
 	}
 	at := map[string]string{}
 	for _, in := range rep.GetInjected() {
-		at[in.GetNode()] = in.GetAt().AsTime().Local().Format("15:04:05.000")
+		at[in.GetNode()] = clockMillis(in.GetAt().AsTime())
 	}
 	fmt.Fprintf(w, "\nTargets of %s, and when each reported the fault active:\n", d.GetId())
 	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
@@ -316,7 +316,7 @@ func printDrillInjections(w io.Writer, d *sv1.Drill) {
 		{"traffic recovered", rep.GetRecoveredAt()},
 	} {
 		if l.ts != nil {
-			fmt.Fprintf(w, "%s at %s\n", l.what, l.ts.AsTime().Local().Format("15:04:05.000"))
+			fmt.Fprintf(w, "%s at %s\n", l.what, clockMillis(l.ts.AsTime()))
 		}
 	}
 }

@@ -42,16 +42,16 @@ func TestCLI_ChaosStatusOfADrillSaysWhichTargetsWereInjectedWhen(t *testing.T) {
 		}
 		return ""
 	}
-	if l := line("edge-1"); !strings.Contains(l, at1.Local().Format("15:04:05.000")) {
+	if l := line("edge-1"); !strings.Contains(l, clockMillis(at1)) {
 		t.Errorf("edge-1: %q, want its injection time", l)
 	}
-	if l := line("edge-3"); !strings.Contains(l, at3.Local().Format("15:04:05.000")) {
+	if l := line("edge-3"); !strings.Contains(l, clockMillis(at3)) {
 		t.Errorf("edge-3: %q, want its injection time", l)
 	}
 	if l := line("edge-2"); !strings.Contains(l, "never reported") {
 		t.Errorf("edge-2: %q, want never reported", l)
 	}
-	if !strings.Contains(stdout, "rollback decided at "+detected.Local().Format("15:04:05.000")) {
+	if !strings.Contains(stdout, "rollback decided at "+clockMillis(detected)) {
 		t.Error("the detection time is not shown")
 	}
 }

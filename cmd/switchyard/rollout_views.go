@@ -28,6 +28,9 @@ func stamp(t time.Time) string { return t.UTC().Format(time.RFC3339) }
 
 func clock(t time.Time) string { return t.UTC().Format(time.TimeOnly) + " UTC" }
 
+// clockMillis is clock to the millisecond.
+func clockMillis(t time.Time) string { return t.UTC().Format("15:04:05.000") + " UTC" }
+
 // position says where a rollout is: wave, step and the new backend's share.
 func position(r *sv1.Rollout) string { return spec.Position(r) }
 
