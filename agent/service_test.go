@@ -16,6 +16,7 @@ import (
 	"google.golang.org/protobuf/proto"
 
 	"github.com/switchyard/switchyard/internal/clock"
+	"github.com/switchyard/switchyard/internal/desired"
 	sv1 "github.com/switchyard/switchyard/proto/switchyard/v1"
 )
 
@@ -41,15 +42,17 @@ func FuzzAgent_DesiredDocument(f *testing.F) {
 	}
 	f.Fuzz(func(t *testing.T, raw []byte, poll bool) {
 		w := &serviceWorker{
-			name:    "web",
-			log:     slog.New(slog.DiscardHandler),
-			m:       m,
-			series:  m.seriesOf("web"),
-			inbox:   newInbox[delivery](inboxCap),
-			trust:   testRing,
-			clock:   clock.Real{},
-			store:   discardStore{},
-			applied: &sv1.AppliedState{Service: "web", Desired: &sv1.DesiredState{Service: "web", Generation: 7}},
+			name:   "web",
+			log:    slog.New(slog.DiscardHandler),
+			m:      m,
+			series: m.seriesOf("web"),
+			inbox:  newInbox[delivery](inboxCap),
+			trust:  testRing,
+			clock:  clock.Real{},
+			store:  discardStore{},
+			// Applied as an agent applies it: in no wave, as the document
+			// has none.
+			applied: &sv1.AppliedState{Service: "web", Desired: &sv1.DesiredState{Service: "web", Generation: 7}, Wave: desired.NoWave},
 		}
 		if !w.consider(delivery{raw: raw, poll: poll}) {
 			if w.applied.GetDesired().GetGeneration() != 7 {
