@@ -149,10 +149,12 @@ func RolePermissions(role Role) (Permissions, error) {
 			Responses: true,
 		}, nil
 	case RoleOperator:
-		// Reading the desired-state bucket lets a command that changed
-		// desired state say whether the change reached the bus; reading
-		// the audit stream lets anyone who acts check the record.
+		// Reading the desired-state and drills buckets lets a command that
+		// changed them (a rollout's step, the kill switch) say whether the
+		// change reached the bus; reading the audit stream lets anyone who
+		// acts check the record.
 		pub := append([]string{IntentSubjects(), queryPrefix + ".>"}, kvGet(DesiredBucket)...)
+		pub = append(pub, kvGet(DrillsBucket)...)
 		return Permissions{
 			Publish:   append(pub, streamRead(AuditStream)...),
 			Subscribe: []string{inbox},

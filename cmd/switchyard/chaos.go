@@ -222,7 +222,10 @@ func awaitDrillsEnded(ctx context.Context, c clientFlags, q *sv1.DrillsQuery, st
 			}
 			why := ""
 			if lastErr != nil {
-				why = "; last error reading the bus: " + lastErr.Error()
+				// Operator identities issued by an earlier release may
+				// not read the drills bucket until the account is pushed.
+				why = "; last error reading the bus: " + lastErr.Error() +
+					" (an operator identity whose account predates this release cannot read the drills bucket: run switchyard auth push)"
 			}
 			return fmt.Errorf("%w: committed, but the end of %s did not reach the bus within %s (--publish-timeout)%s. "+
 				"Agents revert when they read it: until then their faults go on. The leader keeps retrying, see its /healthz and logs; "+
