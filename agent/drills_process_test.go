@@ -107,9 +107,13 @@ func TestDrillsLive_ProcessPauseAndKill(t *testing.T) {
 	doc := drillDoc("green-paused", 2, &sv1.Fault{Kind: &sv1.Fault_Process{Process: &sv1.ProcessFault{Process: "green", Action: "pause"}}}, time.Now(), 4*time.Second)
 	b.putDrill(t, doc)
 	ra.waitFault(t, 5*time.Second, doc.GetDrill(), true)
-	if st := procState(t, pid); st != "T" {
-		t.Fatalf("green backend process state %q, want T (stopped)", st)
-	}
+	// The kernel stops the process a moment after the signal is sent.
+	waitFor(t, 2*time.Second, "the green backend process stopped", func() error {
+		if st := procState(t, pid); st != "T" {
+			return fmt.Errorf("process state %q, want T (stopped)", st)
+		}
+		return nil
+	})
 	s := measure(t, p.frontend, 4, 4, 500*time.Millisecond)
 	inFault(t, s, doc.GetEndAt().AsTime())
 	t.Logf("green paused: %v", s)
