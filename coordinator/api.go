@@ -103,6 +103,39 @@ func labelWaves(r *sv1.Rollout, nodes []*sv1.NodeView) {
 	}
 }
 
+// emptyWave says, for a rollout waiting at an analysis step, that its
+// current wave takes none of the live nodes: such a wave has no traffic of
+// its own, so the step may wait until an operator skips it. "" otherwise.
+func emptyWave(r *sv1.Rollout, nodes []*sv1.NodeView) string {
+	if r.GetPhase() != sv1.RolloutPhase_ROLLOUT_PHASE_PROGRESSING || r.GetHoldStart() {
+		return ""
+	}
+	plan := spec.Compile(r.GetSpec())
+	w, s := int(r.GetWave()), int(r.GetStep())
+	if w >= len(plan) || s >= len(plan[w].Steps) || plan[w].Steps[s].GetAnalysis() == nil {
+		return ""
+	}
+	live := 0
+	for _, n := range nodes {
+		if n.GetStale() {
+			continue
+		}
+		live++
+		for i, pw := range plan[:w+1] {
+			if desired.InWave(r.GetId(), n.GetNode(), n.GetLabels(), &sv1.WaveWeights{Selector: pw.Wave.GetSelector(), BasisPoints: pw.Wave.GetBasisPoints()}) {
+				if i == w {
+					return ""
+				}
+				break
+			}
+		}
+	}
+	if live == 0 {
+		return ""
+	}
+	return fmt.Sprintf("; wave %s takes none of the %d live nodes: no traffic of its own to judge (rollout promote skips this step)", plan[w].Wave.GetName(), live)
+}
+
 // groupWaves puts labelled nodes into the rollout's waves in spec order,
 // then the nodes no wave takes; without a rollout, all in one group "-".
 func groupWaves(r *sv1.Rollout, nodes []*sv1.NodeView) []*sv1.WaveNodes {

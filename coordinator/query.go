@@ -69,6 +69,9 @@ func (s *Server) rolloutViews(st *state.State, rollouts []*sv1.Rollout, summary 
 			obs := c.Observe(r, now)
 			d := rollout.Decide(r, obs)
 			view.Waiting = d.Waiting
+			if d.Action == rollout.Wait {
+				view.Waiting += emptyWave(r, nodes)
+			}
 			if (r.GetHoldStart() && !r.GetStartGate()) || d.Action == rollout.Advance || d.Action == rollout.Promote {
 				if w := hooks.Waiting(r, d.ToWave, d.ToStep, d.Action == rollout.Promote, now); w != "" {
 					view.Waiting = w
