@@ -136,7 +136,7 @@ func (c *Caller) call(ctx context.Context, p state.PendingCall, id string) {
 	}
 	err := c.Raft.HookResult(&sv1.HookResultEntry{
 		Rollout: r.GetId(), Key: p.Call.GetKey(), Webhook: w.GetName(), Seq: p.Call.GetSeq(),
-		Ok: ok, Attempts: attempts, Detail: detail, StampedAt: timestamppb.New(c.Now()),
+		Ok: ok, Attempts: attempts, Detail: detail, StampedAt: timestamppb.New(c.Now()), Rules: state.Rules,
 	})
 	if err != nil {
 		log.Warn("webhook outcome not recorded; the next leader calls again", "err", err)

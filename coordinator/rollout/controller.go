@@ -14,6 +14,7 @@ import (
 	"google.golang.org/protobuf/types/known/timestamppb"
 
 	"github.com/switchyard/switchyard/coordinator/analysis"
+	"github.com/switchyard/switchyard/coordinator/state"
 	"github.com/switchyard/switchyard/internal/spec"
 	sv1 "github.com/switchyard/switchyard/proto/switchyard/v1"
 )
@@ -325,7 +326,7 @@ func (c *Controller) commit(r *sv1.Rollout, d Decision, now time.Time) error {
 			Message: d.Message, StampedAt: at,
 		})
 	case Rollback:
-		return c.Raft.Rollback(&sv1.RollbackEntry{Rollout: r.GetId(), Generation: r.GetGeneration(), Evidence: d.Evidence, StampedAt: at})
+		return c.Raft.Rollback(&sv1.RollbackEntry{Rollout: r.GetId(), Generation: r.GetGeneration(), Evidence: d.Evidence, StampedAt: at, Rules: state.Rules})
 	case Finish:
 		return c.Raft.Finish(&sv1.RolloutFinishEntry{Rollout: r.GetId(), StampedAt: at})
 	case ConfirmRollback:

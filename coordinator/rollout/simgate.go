@@ -56,6 +56,6 @@ func (g *simGate) answer(now time.Time) {
 			Message: fmt.Sprintf("webhook %s %s here (%s, %s); simulated as answering 2xx", p.Webhook.GetName(), how,
 				spec.PointName(p.Webhook.GetPoint()), p.Call.GetKey())})
 		g.st.ApplyHookResult(g.raft.next(), &sv1.HookResultEntry{Rollout: p.Rollout.GetId(), Key: p.Call.GetKey(),
-			Webhook: p.Call.GetWebhook(), Seq: p.Call.GetSeq(), Ok: true, Attempts: 1, Detail: "simulated", StampedAt: timestamppb.New(now)})
+			Webhook: p.Call.GetWebhook(), Seq: p.Call.GetSeq(), Ok: true, Attempts: 1, Detail: "simulated", StampedAt: timestamppb.New(now), Rules: state.Rules})
 	}
 }

@@ -180,11 +180,20 @@ func (s *State) auditDecision(r *sv1.Rollout, index uint64, at *timestamppb.Time
 	}
 	rec := &sv1.AuditRecord{Index: index, At: at, Kind: "decision", Actor: "switchyard", Rollout: r.GetId(),
 		Service: r.GetSpec().GetService(), Accepted: true, Message: message}
-	if r.GetPhase() == sv1.RolloutPhase_ROLLOUT_PHASE_ROLLING_BACK && r.GetEvidence() != nil {
+	if r.GetPhase() == sv1.RolloutPhase_ROLLOUT_PHASE_ROLLING_BACK && r.GetEvidence() != nil && (s.rollbackRules < 5 || s.rollbackLine) {
 		rec.Kind = "rollback"
 		rec.Evidence = proto.Clone(r.GetEvidence()).(*sv1.Evidence)
 	}
 	s.appendAudit(rec)
+}
+
+// recordRollback writes the history line that starts a rollback the
+// coordinators decided (a guardrail, a failed gating webhook): the one
+// audited as the "rollback" record with its evidence.
+func (s *State) recordRollback(r *sv1.Rollout, index uint64, at *timestamppb.Timestamp) {
+	s.rollbackLine = true
+	defer func() { s.rollbackLine = false }()
+	s.record(r, index, at, "", "rolling back: "+r.GetReason())
 }
 
 // auditDrill records a drill starting or ending outside an intent; one an

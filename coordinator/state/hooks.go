@@ -117,6 +117,8 @@ func (s *State) ApplyHookResult(index uint64, e *sv1.HookResultEntry) []string {
 	if call == nil || call.GetOutcome() != sv1.HookOutcome_HOOK_OUTCOME_PENDING {
 		return nil // answered already: a second answer never counts
 	}
+	s.rollbackRules = e.GetRules()
+	defer func() { s.rollbackRules = 0 }()
 	call.Outcome = sv1.HookOutcome_HOOK_OUTCOME_FAILED
 	verdict := "failed"
 	if e.GetOk() {
@@ -159,7 +161,7 @@ func (s *State) ApplyHookResult(index uint64, e *sv1.HookResultEntry) []string {
 	r.Evidence = &sv1.Evidence{Guardrail: "webhook", Summary: fmt.Sprintf("gating webhook %s at %s failed: %s", e.GetWebhook(), e.GetKey(), e.GetDetail())}
 	r.Reason = r.Evidence.GetSummary()
 	changed := s.rederive(svc, r, index, e.GetStampedAt())
-	s.record(r, index, e.GetStampedAt(), "", "rolling back: "+r.Reason)
+	s.recordRollback(r, index, e.GetStampedAt())
 	s.duePoint(r, sv1.HookPoint_HOOK_POINT_ROLLBACK, KeyRollback, index, e.GetStampedAt())
 	return changed
 }

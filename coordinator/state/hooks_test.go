@@ -8,6 +8,7 @@ import (
 	"google.golang.org/protobuf/types/known/durationpb"
 	"google.golang.org/protobuf/types/known/timestamppb"
 
+	"github.com/switchyard/switchyard/coordinator/audit"
 	sv1 "github.com/switchyard/switchyard/proto/switchyard/v1"
 )
 
@@ -138,5 +139,52 @@ func TestAudit_AbortOfAHookedRolloutKeepsTheReason(t *testing.T) {
 		Action: &sv1.Intent_StopAllDrills{StopAllDrills: &sv1.StopAllDrills{Reason: "pager storm"}}}})
 	if rec := lastAudit(t, s); rec.GetIntentId() != "i4" || !strings.Contains(rec.GetMessage(), "drill d1 aborted: pager storm") {
 		t.Fatalf("the kill switch's audit record says %q; want the drill it ended and why", rec.GetMessage())
+	}
+}
+
+// A guardrail rollback with a rollback webhook writes three history lines
+// (the rollback, the webhook due, its answer): under rules 5 only the
+// first is audited as the rollback, with its evidence; an entry from
+// before replays as it applied, each line a rollback record.
+func TestAudit_OneRollbackIsOneRollbackRecord(t *testing.T) {
+	kinds := func(rules uint32) []string {
+		s := New()
+		s.ApplyIntent(7, applyEntry("i1", hooked("r1"), t0))
+		before := len(s.AuditEntries(0, 0))
+		s.ApplyRollback(8, &sv1.RollbackEntry{Rollout: "r1", Generation: 7, StampedAt: timestamppb.New(t0.Add(time.Second)), Rules: rules,
+			Evidence: &sv1.Evidence{Guardrail: "error_rate", Summary: "green 5% vs blue 0.1%"}})
+		call := calls(s.Rollout("r1"), KeyRollback)
+		if len(call) != 1 {
+			t.Fatalf("rollback calls %v", call)
+		}
+		s.ApplyHookResult(9, &sv1.HookResultEntry{Rollout: "r1", Key: KeyRollback, Webhook: "pager", Seq: call[0].GetSeq(), Ok: true,
+			Attempts: 1, Detail: "200 OK", StampedAt: timestamppb.New(t0.Add(2 * time.Second)), Rules: rules})
+		var out []string
+		for _, e := range s.AuditEntries(0, 0)[before:] {
+			rec, err := audit.Open(e)
+			if err != nil {
+				t.Fatal(err)
+			}
+			k := rec.GetKind()
+			if rec.GetEvidence() != nil {
+				k += "+evidence"
+			}
+			out = append(out, k+": "+rec.GetMessage())
+		}
+		return out
+	}
+	got := kinds(Rules)
+	want := []string{
+		"rollback+evidence: rolling back: guardrail error_rate breached: green 5% vs blue 0.1%",
+		"decision: webhook pager due at rollback (call 1)",
+		"decision: webhook pager at rollback succeeded after 1 attempt(s): 200 OK",
+	}
+	if strings.Join(got, "\n") != strings.Join(want, "\n") {
+		t.Fatalf("audit records of one rollback:\n%s\nwant\n%s", strings.Join(got, "\n"), strings.Join(want, "\n"))
+	}
+	for _, k := range kinds(4) {
+		if !strings.HasPrefix(k, "rollback+evidence: ") {
+			t.Fatalf("an entry from before rules 5 replays with record %q; want every line a rollback record, as it applied", k)
+		}
 	}
 }

@@ -59,7 +59,13 @@ const (
 // Version 4: the audit record of a drill's intent (chaos run, chaos abort)
 // names the rollout the drill runs inside, if any (before, the drill's own
 // name, as if it were a rollout).
-const Rules uint32 = 4
+//
+// Version 5 (stamped on rollback and webhook-result entries too): only the
+// line that starts a rollback is audited as a "rollback" record with its
+// evidence; the webhook lines written while rolling back are "decision"
+// records (before, each was a rollback record of its own, so one rollback
+// with a rollback webhook read as three).
+const Rules uint32 = 5
 
 // IntentMemory is how long an applied intent id is remembered for
 // deduplication; it matches the intent stream's retention.
@@ -95,6 +101,12 @@ type State struct {
 	// them (and the drills it ended) for that record.
 	inIntent    bool
 	intentLines []string
+	// rollbackRules is the rules version of the RollbackEntry or
+	// HookResultEntry applying; rollbackLine is set while the line that
+	// starts its rollback is recorded. From version 5 only that line is
+	// audited as a rollback.
+	rollbackRules uint32
+	rollbackLine  bool
 	// actor is the verified author of the intent being applied.
 	actor actor
 }
@@ -541,12 +553,14 @@ func (s *State) ApplyRollback(index uint64, e *sv1.RollbackEntry) []string {
 		return nil
 	}
 	svc := s.services[r.GetSpec().GetService()]
+	s.rollbackRules = e.GetRules()
+	defer func() { s.rollbackRules = 0 }()
 	r.Phase = sv1.RolloutPhase_ROLLOUT_PHASE_ROLLING_BACK
 	s.cancelGates(r, index, e.GetStampedAt())
 	r.Evidence = e.GetEvidence()
 	r.Reason = "guardrail " + e.GetEvidence().GetGuardrail() + " breached: " + e.GetEvidence().GetSummary()
 	changed := s.rederive(svc, r, index, e.GetStampedAt())
-	s.record(r, index, e.GetStampedAt(), "", "rolling back: "+r.Reason)
+	s.recordRollback(r, index, e.GetStampedAt())
 	s.duePoint(r, sv1.HookPoint_HOOK_POINT_ROLLBACK, KeyRollback, index, e.GetStampedAt())
 	return changed
 }

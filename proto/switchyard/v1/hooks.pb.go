@@ -772,15 +772,19 @@ func (x *HookDueEntry) GetStampedAt() *timestamppb.Timestamp {
 // HookResultEntry records a webhook call's outcome. A failed gating call
 // whose webhook says rollback rolls the rollout back in the same entry.
 type HookResultEntry struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	Rollout       string                 `protobuf:"bytes,1,opt,name=rollout,proto3" json:"rollout,omitempty"`
-	Key           string                 `protobuf:"bytes,2,opt,name=key,proto3" json:"key,omitempty"`
-	Webhook       string                 `protobuf:"bytes,3,opt,name=webhook,proto3" json:"webhook,omitempty"`
-	Seq           uint32                 `protobuf:"varint,4,opt,name=seq,proto3" json:"seq,omitempty"`
-	Ok            bool                   `protobuf:"varint,5,opt,name=ok,proto3" json:"ok,omitempty"`
-	Attempts      uint32                 `protobuf:"varint,6,opt,name=attempts,proto3" json:"attempts,omitempty"`
-	Detail        string                 `protobuf:"bytes,7,opt,name=detail,proto3" json:"detail,omitempty"`
-	StampedAt     *timestamppb.Timestamp `protobuf:"bytes,8,opt,name=stamped_at,json=stampedAt,proto3" json:"stamped_at,omitempty"`
+	state     protoimpl.MessageState `protogen:"open.v1"`
+	Rollout   string                 `protobuf:"bytes,1,opt,name=rollout,proto3" json:"rollout,omitempty"`
+	Key       string                 `protobuf:"bytes,2,opt,name=key,proto3" json:"key,omitempty"`
+	Webhook   string                 `protobuf:"bytes,3,opt,name=webhook,proto3" json:"webhook,omitempty"`
+	Seq       uint32                 `protobuf:"varint,4,opt,name=seq,proto3" json:"seq,omitempty"`
+	Ok        bool                   `protobuf:"varint,5,opt,name=ok,proto3" json:"ok,omitempty"`
+	Attempts  uint32                 `protobuf:"varint,6,opt,name=attempts,proto3" json:"attempts,omitempty"`
+	Detail    string                 `protobuf:"bytes,7,opt,name=detail,proto3" json:"detail,omitempty"`
+	StampedAt *timestamppb.Timestamp `protobuf:"bytes,8,opt,name=stamped_at,json=stampedAt,proto3" json:"stamped_at,omitempty"`
+	// Rules is the version of the rules the leader committed the entry
+	// under (state.Rules), as on IntentEntry; 0 in entries from before the
+	// field.
+	Rules         uint32 `protobuf:"varint,9,opt,name=rules,proto3" json:"rules,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -869,6 +873,13 @@ func (x *HookResultEntry) GetStampedAt() *timestamppb.Timestamp {
 		return x.StampedAt
 	}
 	return nil
+}
+
+func (x *HookResultEntry) GetRules() uint32 {
+	if x != nil {
+		return x.Rules
+	}
+	return 0
 }
 
 // RolloutStartEntry lets a rollout held by its gating pre-rollout webhooks
@@ -987,7 +998,7 @@ const file_switchyard_v1_hooks_proto_rawDesc = "" +
 	"generation\x18\x04 \x01(\x04R\n" +
 	"generation\x129\n" +
 	"\n" +
-	"stamped_at\x18\x05 \x01(\v2\x1a.google.protobuf.TimestampR\tstampedAt\"\xe8\x01\n" +
+	"stamped_at\x18\x05 \x01(\v2\x1a.google.protobuf.TimestampR\tstampedAt\"\xfe\x01\n" +
 	"\x0fHookResultEntry\x12\x18\n" +
 	"\arollout\x18\x01 \x01(\tR\arollout\x12\x10\n" +
 	"\x03key\x18\x02 \x01(\tR\x03key\x12\x18\n" +
@@ -997,7 +1008,8 @@ const file_switchyard_v1_hooks_proto_rawDesc = "" +
 	"\battempts\x18\x06 \x01(\rR\battempts\x12\x16\n" +
 	"\x06detail\x18\a \x01(\tR\x06detail\x129\n" +
 	"\n" +
-	"stamped_at\x18\b \x01(\v2\x1a.google.protobuf.TimestampR\tstampedAt\"h\n" +
+	"stamped_at\x18\b \x01(\v2\x1a.google.protobuf.TimestampR\tstampedAt\x12\x14\n" +
+	"\x05rules\x18\t \x01(\rR\x05rules\"h\n" +
 	"\x11RolloutStartEntry\x12\x18\n" +
 	"\arollout\x18\x01 \x01(\tR\arollout\x129\n" +
 	"\n" +

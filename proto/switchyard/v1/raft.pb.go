@@ -298,9 +298,13 @@ type RollbackEntry struct {
 	state   protoimpl.MessageState `protogen:"open.v1"`
 	Rollout string                 `protobuf:"bytes,1,opt,name=rollout,proto3" json:"rollout,omitempty"`
 	// Generation the leader judged; a no-op if the rollout has moved on.
-	Generation    uint64                 `protobuf:"varint,2,opt,name=generation,proto3" json:"generation,omitempty"`
-	Evidence      *Evidence              `protobuf:"bytes,3,opt,name=evidence,proto3" json:"evidence,omitempty"`
-	StampedAt     *timestamppb.Timestamp `protobuf:"bytes,4,opt,name=stamped_at,json=stampedAt,proto3" json:"stamped_at,omitempty"`
+	Generation uint64                 `protobuf:"varint,2,opt,name=generation,proto3" json:"generation,omitempty"`
+	Evidence   *Evidence              `protobuf:"bytes,3,opt,name=evidence,proto3" json:"evidence,omitempty"`
+	StampedAt  *timestamppb.Timestamp `protobuf:"bytes,4,opt,name=stamped_at,json=stampedAt,proto3" json:"stamped_at,omitempty"`
+	// Rules is the version of the rules the leader committed the entry
+	// under (state.Rules), as on IntentEntry; 0 in entries from before the
+	// field.
+	Rules         uint32 `protobuf:"varint,5,opt,name=rules,proto3" json:"rules,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -361,6 +365,13 @@ func (x *RollbackEntry) GetStampedAt() *timestamppb.Timestamp {
 		return x.StampedAt
 	}
 	return nil
+}
+
+func (x *RollbackEntry) GetRules() uint32 {
+	if x != nil {
+		return x.Rules
+	}
+	return 0
 }
 
 // RolloutFinishEntry ends a promoted rollout's warm period.
@@ -953,7 +964,7 @@ const file_switchyard_v1_raft_proto_rawDesc = "" +
 	"\apromote\x18\x06 \x01(\bR\apromote\x12\x18\n" +
 	"\amessage\x18\a \x01(\tR\amessage\x129\n" +
 	"\n" +
-	"stamped_at\x18\b \x01(\v2\x1a.google.protobuf.TimestampR\tstampedAt\"\xb9\x01\n" +
+	"stamped_at\x18\b \x01(\v2\x1a.google.protobuf.TimestampR\tstampedAt\"\xcf\x01\n" +
 	"\rRollbackEntry\x12\x18\n" +
 	"\arollout\x18\x01 \x01(\tR\arollout\x12\x1e\n" +
 	"\n" +
@@ -961,7 +972,8 @@ const file_switchyard_v1_raft_proto_rawDesc = "" +
 	"generation\x123\n" +
 	"\bevidence\x18\x03 \x01(\v2\x17.switchyard.v1.EvidenceR\bevidence\x129\n" +
 	"\n" +
-	"stamped_at\x18\x04 \x01(\v2\x1a.google.protobuf.TimestampR\tstampedAt\"i\n" +
+	"stamped_at\x18\x04 \x01(\v2\x1a.google.protobuf.TimestampR\tstampedAt\x12\x14\n" +
+	"\x05rules\x18\x05 \x01(\rR\x05rules\"i\n" +
 	"\x12RolloutFinishEntry\x12\x18\n" +
 	"\arollout\x18\x01 \x01(\tR\arollout\x129\n" +
 	"\n" +
