@@ -42,6 +42,12 @@ type Member struct {
 	RaftAddr string `json:"raft_addr"`
 	Suffrage string `json:"suffrage"`
 	Leader   bool   `json:"leader"`
+	// Role is what the answering coordinator knows of the member: its own
+	// Raft state (leader, follower, candidate) for itself; "leader" for the
+	// leader; on the leader, "follower" for a member its heartbeats reach
+	// and "unreachable" for one they have failed to reach lately; else
+	// "unknown" (only the leader hears from every member).
+	Role string `json:"role"`
 }
 
 // Members is the cluster as one coordinator sees it.
@@ -154,9 +160,11 @@ func (s *Server) MembersView() (*Members, error) {
 		Term: num("term"), LastIndex: num("last_log_index"), CommitIndex: num("commit_index"), AppliedIndex: num("applied_index"),
 		RaftListen: s.RaftListenAddr(), RaftAdvertise: s.RaftAddr(),
 	}
+	state := s.raft.State()
 	for _, srv := range f.Configuration().Servers {
 		m.Members = append(m.Members, Member{
 			ID: string(srv.ID), RaftAddr: string(srv.Address), Suffrage: srv.Suffrage.String(), Leader: srv.ID == leader,
+			Role: s.memberRole(srv.ID, leader, state),
 		})
 	}
 	m.Replicas = int(s.replicas)
@@ -169,6 +177,24 @@ func (s *Server) MembersView() (*Members, error) {
 	}
 	m.Bus = bus.StreamsHealth(ctx, s.js)
 	return m, nil
+}
+
+// memberRole is what this coordinator knows of member id: its own state,
+// the leader, and, on the leader only, whether its heartbeats reach the
+// others. A coordinator that does not lead cannot tell a follower from a
+// dead member, so it does not say "follower" for one.
+func (s *Server) memberRole(id, leader raft.ServerID, state raft.RaftState) string {
+	switch {
+	case id == raft.ServerID(s.cfg.NodeID):
+		return strings.ToLower(state.String())
+	case id == leader:
+		return "leader"
+	case state != raft.Leader:
+		return "unknown"
+	case s.peerFailures.unreachable(id):
+		return "unreachable"
+	}
+	return "follower"
 }
 
 // addPeer adds (or re-adds under a new address) a voter; leader only.

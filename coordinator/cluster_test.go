@@ -222,3 +222,54 @@ func TestCluster_RemovePeerThatWouldLoseQuorumIsRefused(t *testing.T) {
 		t.Fatalf("removing the dead %s: %v", dead.cfg.NodeID, err)
 	}
 }
+
+// `coordinator members` is what an operator reads when coordinators die:
+// the leader says which members it cannot reach, a coordinator without a
+// leader says it is a candidate, and one that does not lead does not claim
+// to know that the others follow.
+func TestCluster_MembersSayWhichCoordinatorsAreGone(t *testing.T) {
+	_, url := startNATS(t)
+	nodes := startCluster(t, url, 3)
+	var leader *clusterNode
+	waitFor(t, "a leader", 15*time.Second, func() bool { leader = leaderOf(nodes); return leader != nil })
+	var followers []*clusterNode
+	for _, n := range nodes {
+		if n != leader {
+			followers = append(followers, n)
+		}
+	}
+	roles := func(n *clusterNode) map[string]string {
+		m, err := ClusterMembers(context.Background(), n.cfg.HTTPAddr)
+		if err != nil {
+			t.Fatal(err)
+		}
+		out := map[string]string{}
+		for _, mem := range m.Members {
+			out[mem.ID] = mem.Role
+		}
+		return out
+	}
+	want := map[string]string{leader.cfg.NodeID: "leader", followers[0].cfg.NodeID: "follower", followers[1].cfg.NodeID: "follower"}
+	waitFor(t, "every member following the leader", 10*time.Second, func() bool { return fmt.Sprint(roles(leader)) == fmt.Sprint(want) })
+
+	dead, live := followers[0], followers[1]
+	dead.stop()
+	want[dead.cfg.NodeID] = "unreachable"
+	waitFor(t, "the leader to say "+dead.cfg.NodeID+" is unreachable", 10*time.Second, func() bool {
+		return fmt.Sprint(roles(leader)) == fmt.Sprint(want)
+	})
+	// A follower knows the leader and itself, not whether the others answer.
+	if got, want := fmt.Sprint(roles(live)), fmt.Sprint(map[string]string{
+		leader.cfg.NodeID: "leader", live.cfg.NodeID: "follower", dead.cfg.NodeID: "unknown",
+	}); got != want {
+		t.Errorf("members from the follower %s: %s, want %s", live.cfg.NodeID, got, want)
+	}
+
+	// The leader dies too: the last one has no leader and says so.
+	leader.stop()
+	waitFor(t, live.cfg.NodeID+" to campaign", 10*time.Second, func() bool {
+		return fmt.Sprint(roles(live)) == fmt.Sprint(map[string]string{
+			leader.cfg.NodeID: "unknown", live.cfg.NodeID: "candidate", dead.cfg.NodeID: "unknown",
+		})
+	})
+}

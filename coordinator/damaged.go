@@ -3,6 +3,9 @@ package coordinator
 import (
 	"errors"
 	"fmt"
+	"io/fs"
+	"os"
+	"path/filepath"
 	"strings"
 
 	"github.com/hashicorp/raft"
@@ -87,4 +90,37 @@ func checkSnapshots(snaps raft.SnapshotStore, logs raft.LogStore) error {
 		return fmt.Errorf("%w: the log starts at entry %d and %s", errNoSnapshot, first, what)
 	}
 	return nil
+}
+
+// checkStoreBesideSnapshots refuses a raft.db that is missing or empty while
+// the snapshots directory holds snapshots (a snapshot being written, *.tmp,
+// does not count).
+func checkStoreBesideSnapshots(dataDir, dbPath string) error {
+	st, statErr := os.Stat(dbPath)
+	switch {
+	case statErr == nil && st.Size() > 0:
+		return nil
+	case statErr != nil && !errors.Is(statErr, fs.ErrNotExist):
+		return nil // the bbolt check says what is wrong with it
+	}
+	dir := filepath.Join(dataDir, snapshotsDir)
+	entries, err := os.ReadDir(dir)
+	if err != nil {
+		return nil // no snapshots: a new coordinator
+	}
+	var snaps []string
+	for _, e := range entries {
+		if e.IsDir() && !strings.HasSuffix(e.Name(), ".tmp") {
+			snaps = append(snaps, e.Name())
+		}
+	}
+	if len(snaps) == 0 {
+		return nil
+	}
+	what := "is missing"
+	if statErr == nil {
+		what = "is empty (0 bytes)"
+	}
+	return fmt.Errorf("%s %s while %s holds %d snapshots (%s): the directory was restored or copied in part; "+
+		"the log after the newest snapshot, the term and the vote are gone", dbPath, what, dir, len(snaps), strings.Join(snaps, ", "))
 }

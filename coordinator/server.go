@@ -381,6 +381,14 @@ func (s *Server) setupRaft() error {
 	} else if err != nil {
 		return &DamagedStoreError{Path: dbPath, DataDir: s.cfg.DataDir, NodeID: s.cfg.NodeID, RetryJoin: s.cfg.RetryJoin, Err: err}
 	}
+	// Raft writes the log, its term and its vote to raft.db before any
+	// snapshot exists: snapshots beside a missing or empty one are a
+	// directory restored in part, not a new coordinator. Starting would
+	// drop the entries after the newest snapshot and the vote, and bbolt
+	// would write a fresh file over the evidence.
+	if err := checkStoreBesideSnapshots(s.cfg.DataDir, dbPath); err != nil {
+		return &DamagedStoreError{Path: dbPath, DataDir: s.cfg.DataDir, NodeID: s.cfg.NodeID, RetryJoin: s.cfg.RetryJoin, Err: err}
+	}
 	db, err := raftboltdb.New(raftboltdb.Options{Path: dbPath})
 	if err != nil {
 		return fmt.Errorf("coordinator: open raft store %s: %w", dbPath, err)

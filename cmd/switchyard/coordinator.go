@@ -342,6 +342,11 @@ func coordinatorMembers(ctx context.Context, args []string, stdout, stderr io.Wr
 		enc.SetIndent("", "  ")
 		return enc.Encode(m)
 	}
+	return printMembers(stdout, m)
+}
+
+// printMembers is the table of `coordinator members`.
+func printMembers(stdout io.Writer, m *coordinator.Members) error {
 	fmt.Fprintf(stdout, "Leader: %s   Term: %d   Last index: %d   Commit index: %d   (answered by %s, %s)\n",
 		orDash(m.Leader), m.Term, m.LastIndex, m.CommitIndex, m.AnsweredBy, strings.ToLower(m.State))
 	fmt.Fprintf(stdout, "Bus replicas: %d for new streams and buckets; now: %s\n", m.Replicas, streamReplicas(m.Streams))
@@ -354,14 +359,31 @@ func coordinatorMembers(ctx context.Context, args []string, stdout, stderr io.Wr
 	fmt.Fprintln(stdout)
 	tw := tabwriter.NewWriter(stdout, 0, 0, 2, ' ', 0)
 	fmt.Fprintln(tw, "ID\tRAFT ADDRESS\tSUFFRAGE\tROLE")
+	unknown := false
 	for _, mem := range m.Members {
-		role := "follower"
-		if mem.Leader {
-			role = "leader"
+		role := mem.Role
+		switch {
+		case role == "" && mem.Leader:
+			role = "leader" // a coordinator from before roles
+		case role == "":
+			role = "follower"
+		case role == "unknown":
+			unknown = true
 		}
 		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\n", mem.ID, mem.RaftAddr, strings.ToLower(mem.Suffrage), role)
 	}
-	return tw.Flush()
+	if err := tw.Flush(); err != nil {
+		return err
+	}
+	if unknown {
+		if m.Leader == "" {
+			fmt.Fprintf(stdout, "\n%s knows no leader: fewer than a quorum of the members above answer it, or they cannot reach each other. "+
+				"Whether the others run is unknown to it; ask each with --http.\n", m.AnsweredBy)
+		} else {
+			fmt.Fprintf(stdout, "\n%s does not lead: only the leader (%s) knows which members answer; ask it with --http.\n", m.AnsweredBy, m.Leader)
+		}
+	}
+	return nil
 }
 
 func coordinatorRemovePeer(ctx context.Context, args []string, stdout, stderr io.Writer) error {
