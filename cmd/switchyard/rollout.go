@@ -631,7 +631,14 @@ func printRolloutDetail(w io.Writer, v *sv1.RolloutView) {
 	fmt.Fprintf(w, "Rollout:     %s\n", r.GetId())
 	fmt.Fprintf(w, "Service:     %s (%s -> %s, %s)\n", sp.GetService(), sp.GetFrom(), sp.GetTo(), strategyName(sp))
 	fmt.Fprintf(w, "Phase:       %s\n", phaseOf(r))
-	fmt.Fprintf(w, "Position:    %s\n", position(r))
+	// The answer's position, as the API and the dashboard show it: it
+	// knows a rollout held before its first wave, which the rollout's
+	// wave and step alone do not say.
+	pos := v.GetPosition()
+	if pos == "" {
+		pos = position(r)
+	}
+	fmt.Fprintf(w, "Position:    %s\n", pos)
 	if v.GetWaiting() != "" {
 		fmt.Fprintf(w, "Waiting for: %s\n", v.GetWaiting())
 	}
