@@ -6,7 +6,6 @@ import (
 	"io"
 	"strings"
 	"text/tabwriter"
-	"time"
 
 	"github.com/switchyard/switchyard/bus"
 	sv1 "github.com/switchyard/switchyard/proto/switchyard/v1"
@@ -92,10 +91,7 @@ func printFleet(w io.Writer, ans *sv1.FleetStatus) {
 		fmt.Fprintln(tw, "WAVE\tNODE\tAPPLIED (EPOCH/GEN)\tWEIGHTS\tOBSERVED\tDRIVER\tSEEN\tMESSAGE")
 		for _, wv := range s.GetWaves() {
 			for _, n := range wv.GetNodes() {
-				seen := (time.Duration(n.GetSecondsSinceSeen()) * time.Second).String() + " ago"
-				if n.GetStale() {
-					seen += " (stale)"
-				}
+				seen := seenAgo(n)
 				msg := n.GetMessage()
 				if n.GetDiverged() {
 					msg = strings.TrimSpace("DIVERGED " + msg)
@@ -110,6 +106,16 @@ func printFleet(w io.Writer, ans *sv1.FleetStatus) {
 		}
 		tw.Flush()
 	}
+}
+
+// seenAgo says how long ago a node was last heard from, to the nearest
+// second as rollout status and the dashboard say it, marked when stale.
+func seenAgo(n *sv1.NodeView) string {
+	seen := fmt.Sprintf("%.0fs ago", n.GetSecondsSinceSeen())
+	if n.GetStale() {
+		seen += " (stale)"
+	}
+	return seen
 }
 
 // rolloutSeries prints a rollout's per-backend error rate and latency

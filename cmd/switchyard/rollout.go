@@ -651,10 +651,7 @@ func printRolloutDetail(w io.Writer, v *sv1.RolloutView) {
 	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
 	fmt.Fprintln(tw, "NODE\tAPPLIED (EPOCH/GEN)\tWEIGHTS\tOBSERVED\tDRIVER\tSEEN\tMESSAGE")
 	for _, n := range v.GetNodes() {
-		seen := fmt.Sprintf("%.0fs ago", n.GetSecondsSinceSeen())
-		if n.GetStale() {
-			seen += " (stale)"
-		}
+		seen := seenAgo(n)
 		msg := n.GetMessage()
 		if d := n.GetDrift(); d != "" {
 			msg = strings.TrimPrefix(msg+"; drift: "+d, "; ")
