@@ -23,7 +23,11 @@
   const num = (v) => Number(v || 0);
   const enumName = (v, prefix) => String(v || "").replace(prefix, "").toLowerCase().replace(/_/g, "-") || "unknown";
   const phaseName = (p) => enumName(p, "ROLLOUT_PHASE_");
-  const time = (ts) => ts ? new Date(ts).toLocaleTimeString() : "-";
+  // clock prints a time as the CLI and the audit log do: in UTC, marked so,
+  // whatever the browser's zone, so a line here and the same line from
+  // switchyard rollout history read the same.
+  const clock = (d) => isNaN(d) ? "-" : d.toISOString().slice(11, 19) + " UTC";
+  const time = (ts) => ts ? clock(new Date(ts)) : "-";
   const pct = (x) => (100 * num(x)).toFixed(2) + "%";
   const ms = (s) => (1000 * num(s)).toFixed(0) + " ms";
   // duration renders protojson's "3600s" as "1h0m0s".
@@ -71,8 +75,8 @@
         add("line", { x1: L, x2: W - R, y1: y(f * ymax), y2: y(f * ymax), stroke: "#eee" });
         add("text", { x: 2, y: y(f * ymax) + 3 }, fmt(f * ymax));
       }
-      add("text", { x: L, y: H - 6 }, new Date(t0).toLocaleTimeString());
-      add("text", { x: W - R - 60, y: H - 6 }, new Date(t1).toLocaleTimeString());
+      add("text", { x: L, y: H - 6 }, clock(new Date(t0)));
+      add("text", { x: W - R - 80, y: H - 6 }, clock(new Date(t1)));
       for (const l of lines) {
         if (l.points.length === 0) continue;
         total += l.points.length;
