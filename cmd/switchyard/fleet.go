@@ -93,8 +93,11 @@ func printFleet(w io.Writer, ans *sv1.FleetStatus) {
 			for _, n := range wv.GetNodes() {
 				seen := seenAgo(n)
 				msg := n.GetMessage()
-				if n.GetDiverged() {
+				switch {
+				case n.GetDiverged():
 					msg = strings.TrimSpace("DIVERGED " + msg)
+				case n.GetDocumentExpired():
+					msg = strings.TrimSpace("EXPIRED " + msg)
 				}
 				if d := n.GetDrift(); d != "" {
 					msg = strings.TrimSpace(msg + " drift: " + d)
