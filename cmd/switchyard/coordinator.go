@@ -347,8 +347,8 @@ func coordinatorMembers(ctx context.Context, args []string, stdout, stderr io.Wr
 
 // printMembers is the table of `coordinator members`.
 func printMembers(stdout io.Writer, m *coordinator.Members) error {
-	fmt.Fprintf(stdout, "Leader: %s   Term: %d   Last index: %d   Commit index: %d   (answered by %s, %s)\n",
-		orDash(m.Leader), m.Term, m.LastIndex, m.CommitIndex, m.AnsweredBy, strings.ToLower(m.State))
+	fmt.Fprintf(stdout, "Leader: %s   Term: %d   Last index: %d   Commit index: %d   Applied index: %d   (answered by %s, %s)\n",
+		orDash(m.Leader), m.Term, m.LastIndex, m.CommitIndex, m.AppliedIndex, m.AnsweredBy, strings.ToLower(m.State))
 	fmt.Fprintf(stdout, "Bus replicas: %d for new streams and buckets; now: %s\n", m.Replicas, streamReplicas(m.Streams))
 	if line := busHealth(m.Bus); line != "" {
 		fmt.Fprintln(stdout, line)

@@ -42,3 +42,17 @@ func TestMembers_TableSaysWhichCoordinatorsAreGone(t *testing.T) {
 		}
 	}
 }
+
+// A replica that has not applied what it knows committed answers reads
+// from an older state: the table shows its applied index beside the
+// commit index, as the JSON does.
+func TestCLI_MembersShowsTheAnsweringReplicasAppliedIndex(t *testing.T) {
+	m := coordinator.Members{AnsweredBy: "c2", State: "Follower", Leader: "c1", Term: 3, LastIndex: 900, CommitIndex: 900, AppliedIndex: 412}
+	var out bytes.Buffer
+	if err := printMembers(&out, &m); err != nil {
+		t.Fatal(err)
+	}
+	if !strings.Contains(out.String(), "Applied index: 412 ") {
+		t.Errorf("members of a replica that applied 412 of 900 committed entries:\n%s", out.String())
+	}
+}
