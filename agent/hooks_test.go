@@ -188,6 +188,19 @@ func TestAgent_HookHoldMessageIsValidUTF8(t *testing.T) {
 	}
 }
 
+// A hook's output has many lines, often with CRLF or a progress bar's
+// carriage returns: the status message, a column of rollout status's node
+// table, carries it on one line.
+func TestAgent_HookHoldMessageIsOneLine(t *testing.T) {
+	run := &sv1.HookRun{Hook: "warm-green", Generation: 7, ExitCode: 3, Error: "exit status 3",
+		Output: "warming 1000 keys\r\n 10%\r 55%\r\n\terror: cache node unreachable\n"}
+	msg := hookHoldMessage(run, "blue")
+	want := "pre-traffic hook warm-green failed at generation 7 (exit code 3: exit status 3); output: warming 1000 keys 10% 55% error: cache node unreachable; node kept on blue"
+	if msg != want {
+		t.Fatalf("hold message %q, want %q", msg, want)
+	}
+}
+
 // TestAgent_RollbackArrivingDuringPreTrafficHookIsAppliedInstead: a
 // rollback that arrives while a pre-traffic hook runs is applied once the
 // hook ends; the document the hook ran for, which the rollback superseded,

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"maps"
 	"strings"
+	"unicode"
 	"unicode/utf8"
 
 	"google.golang.org/protobuf/proto"
@@ -139,7 +140,14 @@ func hookHoldMessage(h *sv1.HookRun, from string) string {
 		msg += ": " + h.GetError()
 	}
 	msg += ")"
-	if out := strings.TrimSpace(h.GetOutput()); out != "" {
+	// The output's lines (and a progress bar's carriage returns) are
+	// joined: the message is a column of rollout status's node table.
+	if out := strings.Join(strings.Fields(strings.Map(func(r rune) rune {
+		if unicode.IsControl(r) {
+			return ' '
+		}
+		return r
+	}, h.GetOutput())), " "); out != "" {
 		if len(out) > 200 {
 			cut := len(out) - 200
 			for cut < len(out) && !utf8.RuneStart(out[cut]) {
