@@ -1,8 +1,10 @@
 package agent
 
 import (
+	"context"
 	"errors"
 	"fmt"
+	"log/slog"
 	"os"
 	"path/filepath"
 	"strings"
@@ -10,6 +12,8 @@ import (
 	"time"
 	"unicode/utf8"
 
+	"github.com/switchyard/switchyard/agent/hooks"
+	"github.com/switchyard/switchyard/internal/clock"
 	sv1 "github.com/switchyard/switchyard/proto/switchyard/v1"
 )
 
@@ -182,4 +186,128 @@ func TestAgent_HookHoldMessageIsValidUTF8(t *testing.T) {
 	if !strings.HasSuffix(msg, "éé!; node kept on blue") {
 		t.Fatalf("hold message %q", msg)
 	}
+}
+
+// A hook's output has many lines, often with CRLF or a progress bar's
+// carriage returns: the status message, a column of rollout status's node
+// table, carries it on one line.
+func TestAgent_HookHoldMessageIsOneLine(t *testing.T) {
+	run := &sv1.HookRun{Hook: "warm-green", Generation: 7, ExitCode: 3, Error: "exit status 3",
+		Output: "warming 1000 keys\r\n 10%\r 55%\r\n\terror: cache node unreachable\n"}
+	msg := hookHoldMessage(run, "blue")
+	want := "pre-traffic hook warm-green failed at generation 7 (exit code 3: exit status 3); output: warming 1000 keys 10% 55% error: cache node unreachable; node kept on blue"
+	if msg != want {
+		t.Fatalf("hold message %q, want %q", msg, want)
+	}
+}
+
+// TestAgent_RollbackArrivingDuringPreTrafficHookIsAppliedInstead: a
+// rollback that arrives while a pre-traffic hook runs is applied once the
+// hook ends; the document the hook ran for, which the rollback superseded,
+// never gives the new backend weight and its post-traffic hooks never run.
+// A newer step of the same rollout arriving meanwhile is applied after the
+// one the hook ran for, without running the hook again.
+func TestAgent_RollbackArrivingDuringPreTrafficHookIsAppliedInstead(t *testing.T) {
+	t.Run("rollback", func(t *testing.T) {
+		drv, smoke, flush, warm := hookRace(t, rolloutDoc(5, 0, sv1.RolloutPhase_ROLLOUT_PHASE_ROLLING_BACK, nil))
+		applies, _ := drv.recorded()
+		for _, a := range applies {
+			if a["green"] > 0 {
+				t.Fatalf("the proxy was given %v after the rollback arrived (all applies: %v)", a, applies)
+			}
+		}
+		if len(smoke) != 0 {
+			t.Errorf("post-traffic hooks ran for the superseded generation: %v", smoke)
+		}
+		if got := strings.Join(flush, ","); got != "rollback_5" {
+			t.Errorf("rollback hook runs %q, want rollback_5", got)
+		}
+		if warm != 1 {
+			t.Errorf("pre-traffic hook ran %d times, want 1", warm)
+		}
+	})
+	t.Run("next step", func(t *testing.T) {
+		drv, smoke, flush, warm := hookRace(t, rolloutDoc(5, 50, sv1.RolloutPhase_ROLLOUT_PHASE_PROGRESSING, nil))
+		applies, _ := drv.recorded()
+		if len(applies) != 3 || applies[1]["green"] != 20 || applies[2]["green"] != 50 {
+			t.Fatalf("applies %v, want generation 4's 20 then 5's 50", applies)
+		}
+		if got := strings.Join(smoke, ","); got != "postTraffic_4,postTraffic_5" {
+			t.Errorf("post-traffic runs %q", got)
+		}
+		if len(flush) != 0 || warm != 1 {
+			t.Errorf("rollback runs %v, pre-traffic runs %d; want none and 1", flush, warm)
+		}
+	})
+}
+
+// hookRace applies generation 4 of a rollout whose pre-traffic hook runs
+// until next (its hooks filled in) reached the service's inbox, then lets
+// the service take its inbox as its goroutine would. It returns the driver,
+// the post-traffic and rollback hooks' runs and how often the pre-traffic
+// hook started.
+func hookRace(t *testing.T, next *sv1.DesiredState) (*fakeDriver, []string, []string, int) {
+	t.Helper()
+	dir := t.TempDir()
+	started, release := filepath.Join(dir, "started"), filepath.Join(dir, "release")
+	warm := hooks.Hook{Command: []string{"/bin/sh", "-c", `echo run >> "$0"; while [ ! -e "$1" ]; do sleep 0.02; done`, started, release},
+		Timeout: 10 * time.Second}
+	smoke, smokeRuns := countingHook(t, dir, "smoke", 0)
+	flush, flushRuns := countingHook(t, dir, "flush", 0)
+	drv := newFakeDriver()
+	fc := clock.NewFake(time.Now())
+	w := stageWorker(t, fc, &clockedDriver{fakeDriver: drv, clock: fc}, &recordingStore{}, func(*sv1.ServiceStatus) {})
+	w.clock = clock.Real{}
+	w.hooks = &hooks.Runner{Hooks: map[string]hooks.Hook{"warm-green": warm,
+		"smoke-green": {Command: smoke.Command, Timeout: smoke.Timeout}, "flush-green": {Command: flush.Command, Timeout: flush.Timeout}},
+		Journal: &hooks.MemJournal{}, Log: slog.New(slog.DiscardHandler), Now: time.Now}
+	named := &sv1.AgentHooks{PreTraffic: []string{"warm-green"}, PostTraffic: []string{"smoke-green"}, Rollback: []string{"flush-green"}}
+	next.AgentHooks = named
+	deliver := func(ds *sv1.DesiredState) delivery {
+		raw, err := testSigner.SealDesired(ds, time.Now())
+		if err != nil {
+			t.Fatal(err)
+		}
+		return delivery{raw: raw, at: time.Now()}
+	}
+	ctx := context.Background()
+	if !w.consider(deliver(rolloutDoc(3, 0, sv1.RolloutPhase_ROLLOUT_PHASE_PROGRESSING, named))) {
+		t.Fatal("generation 3 not taken")
+	}
+	if err := w.step(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if !w.consider(deliver(rolloutDoc(4, 20, sv1.RolloutPhase_ROLLOUT_PHASE_PROGRESSING, named))) {
+		t.Fatal("generation 4 not taken")
+	}
+	// The next document reaches the service's inbox while the hook runs,
+	// as a push does; then the hook ends.
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		waitFor(t, 10*time.Second, "pre-traffic hook started", func() error {
+			_, err := os.Stat(started)
+			return err
+		})
+		w.inbox.put(deliver(next))
+		if err := os.WriteFile(release, nil, 0o600); err != nil {
+			t.Error(err)
+		}
+	}()
+	if err := w.step(ctx); err != nil {
+		t.Fatal(err)
+	}
+	<-done
+	// What the service's goroutine does next with its inbox.
+	for _, d := range w.inbox.drain() {
+		if w.consider(d) {
+			if err := w.step(ctx); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	if g := w.applied.GetDesired().GetGeneration(); g != 5 {
+		t.Fatalf("applied generation %d, want 5", g)
+	}
+	return drv, lines(t, smokeRuns), lines(t, flushRuns), len(lines(t, started))
 }

@@ -76,6 +76,13 @@ func (b *inbox[T]) put(d T) (dropped bool) {
 	return dropped
 }
 
+// peek returns a copy of what the inbox holds, leaving it there.
+func (b *inbox[T]) peek() []T {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return slices.Clone(b.items)
+}
+
 // drain empties the inbox and returns what it held. The slice is valid
 // until the next drain: the inbox has one consumer, which is done with a
 // batch before it asks for the next.
@@ -786,7 +793,17 @@ func (w *serviceWorker) applyPending(ctx context.Context) error {
 		w.pending, w.refused, w.preflightMsg = nil, false, ""
 		return nil
 	}
+	ran := w.hookRunsSeq
 	weights, held := w.preTraffic(ctx, ds, before, weights)
+	if w.hookRunsSeq != ran && w.rollbackArrived(ds) {
+		// The hooks took their time and the rollout was rolled back
+		// meanwhile: giving the new backend weight now, and running the
+		// post-traffic hooks before the rollback, would serve it traffic
+		// the coordinators already took away.
+		w.log.Info("rollback arrived while the pre-traffic hooks ran; applying it instead",
+			"generation", gen, "rollout", rollout, "by", w.pending.GetGeneration())
+		return w.applyPending(ctx)
+	}
 	if err := w.prober.preflight(ctx, before, weights); err != nil {
 		if ctx.Err() != nil {
 			return ctx.Err()

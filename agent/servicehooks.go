@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"maps"
 	"strings"
+	"unicode"
 	"unicode/utf8"
 
 	"google.golang.org/protobuf/proto"
@@ -81,6 +82,33 @@ func (w *serviceWorker) afterApply(ctx context.Context, ds *sv1.DesiredState, pr
 	}
 }
 
+// rollbackArrived reports whether a document that rolls back ds's rollout
+// (or belongs to another rollout) arrived while ds's pre-traffic hooks ran;
+// if so, the inbox is taken, as the service's goroutine would take it, and
+// the newest document is pending in place of ds. A newer step of the same
+// rollout is left in the inbox: ds is applied first, as it would have
+// been, and the hooks that ran for it do not run again for that step.
+func (w *serviceWorker) rollbackArrived(ds *sv1.DesiredState) bool {
+	if w.inbox == nil {
+		return false
+	}
+	found := false
+	for _, d := range w.inbox.peek() {
+		next, h, err := w.trust.OpenDesired(d.raw, w.name, w.clock.Now())
+		if err == nil && h.Fence.Compare(documentFence(ds)) > 0 && (rollingBack(next) || next.GetRolloutId() != ds.GetRolloutId()) {
+			found = true
+			break
+		}
+	}
+	if !found {
+		return false
+	}
+	for _, d := range w.inbox.drain() {
+		w.consider(d)
+	}
+	return w.pending != nil && w.pending != ds
+}
+
 func rolloutMoving(ds *sv1.DesiredState) bool {
 	p := ds.GetPhase()
 	return ds.GetRolloutId() != "" && (p == sv1.RolloutPhase_ROLLOUT_PHASE_PROGRESSING || p == sv1.RolloutPhase_ROLLOUT_PHASE_PROMOTED)
@@ -112,7 +140,14 @@ func hookHoldMessage(h *sv1.HookRun, from string) string {
 		msg += ": " + h.GetError()
 	}
 	msg += ")"
-	if out := strings.TrimSpace(h.GetOutput()); out != "" {
+	// The output's lines (and a progress bar's carriage returns) are
+	// joined: the message is a column of rollout status's node table.
+	if out := strings.Join(strings.Fields(strings.Map(func(r rune) rune {
+		if unicode.IsControl(r) {
+			return ' '
+		}
+		return r
+	}, h.GetOutput())), " "); out != "" {
 		if len(out) > 200 {
 			cut := len(out) - 200
 			for cut < len(out) && !utf8.RuneStart(out[cut]) {

@@ -114,7 +114,7 @@ func printHookCalls(w io.Writer, v *sv1.RolloutView) {
 		r := nr[1].(*sv1.HookRun)
 		why := r.GetError()
 		if out := strings.TrimSpace(r.GetOutput()); out != "" && r.GetState() == "failed" {
-			if i := strings.LastIndexByte(out, '\n'); i >= 0 {
+			if i := strings.LastIndexAny(out, "\r\n"); i >= 0 {
 				out = out[i+1:]
 			}
 			why += "; last output line: " + out

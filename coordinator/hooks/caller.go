@@ -10,6 +10,7 @@ import (
 	"strings"
 	"sync"
 	"time"
+	"unicode"
 	"unicode/utf8"
 
 	"google.golang.org/protobuf/encoding/protojson"
@@ -204,9 +205,18 @@ func (c *Caller) attempt(ctx context.Context, p state.PendingCall, id string, n 
 // trim makes s fit the replicated detail: valid UTF-8, which a protobuf
 // string must be (a receiver may answer in Latin-1 or with bytes; an entry
 // that cannot be encoded would never record the outcome, and the call would
-// be made again and again), at most maxDetail bytes.
+// be made again and again), on one line (an answer is often an HTML error
+// page with CRLF line ends, which would break the Webhooks table and let a
+// carriage return overwrite the line the reason is printed on), at most
+// maxDetail bytes.
 func trim(s string) string {
 	s = strings.ToValidUTF8(s, "\uFFFD")
+	s = strings.Join(strings.Fields(strings.Map(func(r rune) rune {
+		if unicode.IsControl(r) {
+			return ' '
+		}
+		return r
+	}, s)), " ")
 	if len(s) <= maxDetail {
 		return s
 	}

@@ -385,3 +385,31 @@ func TestHooks_RedirectIsNotAPass(t *testing.T) {
 		t.Fatalf("gate got %d POSTs, login page %d GETs; want the redirect not followed", posts.Load(), gets.Load())
 	}
 }
+
+// A gate behind a reverse proxy that is down answers with the proxy's HTML
+// error page, lines ending in CRLF: the recorded answer, shown in the
+// Webhooks table, the waiting line, the history and the audit log, is one
+// line, with no carriage return to overwrite the terminal line it is
+// printed on.
+func TestHooks_MultiLineAnswerIsRecordedOnOneLine(t *testing.T) {
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		w.WriteHeader(http.StatusBadGateway)
+		io.WriteString(w, "<html>\r\n<head><title>502 Bad Gateway</title></head>\r\n<body>\r\n\t<center><h1>502 Bad Gateway</h1></center>\r\n</body>\r\n</html>\r\n")
+	}))
+	defer srv.Close()
+	m := newRaft(t, hookedSpec(webhook("load-test", sv1.HookPoint_HOOK_POINT_PRE_PROMOTION, srv.URL, true)))
+	g := &Gate{Raft: m}
+	if _, err := g.Hold(m.st.Rollout("r1"), 0, 2, true, t0); err != nil {
+		t.Fatal(err)
+	}
+	settle(caller(m))
+	want := "502 Bad Gateway: <html> <head><title>502 Bad Gateway</title></head> <body> <center><h1>502 Bad Gateway</h1></center> </body> </html>"
+	got := m.st.Rollout("r1").GetHookCalls()
+	if len(got) != 1 || got[0].GetDetail() != want {
+		t.Fatalf("recorded calls %v, want the answer %q", got, want)
+	}
+	w, _ := g.Hold(m.st.Rollout("r1"), 0, 2, true, t0.Add(time.Second))
+	if strings.ContainsAny(w, "\r\n\t") {
+		t.Fatalf("waiting line %q spans lines", w)
+	}
+}
