@@ -255,6 +255,12 @@ func query(ctx context.Context, nc *nats.Conn, name string, req, out proto.Messa
 			return m.Header.Get(StaleHeader), nil
 		case errors.Is(err, nats.ErrNoResponders):
 			last = errors.New("no coordinator is running")
+		case ctx.Err() != nil && last != nil:
+			// The caller's deadline cut this attempt short: what a
+			// coordinator said before (it knows no leader, say) tells
+			// more than the deadline does.
+		case ctx.Err() == nil && errors.Is(err, context.DeadlineExceeded):
+			last = fmt.Errorf("no coordinator answered within %s", queryAttempt)
 		default:
 			last = err
 		}

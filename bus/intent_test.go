@@ -158,3 +158,32 @@ func TestSendIntent_SaysWhenAnotherMessageTookItsID(t *testing.T) {
 		}
 	}
 }
+
+// A coordinator that knows no leader says so at once; when the caller's
+// deadline then cuts a later attempt short, the error still carries what
+// the coordinator said, not only that the deadline passed.
+func TestQuery_KeepsTheRefusalWhenTheDeadlineCutsTheLastAttempt(t *testing.T) {
+	_, nc := embeddedBus(t)
+	answered := 0
+	sub, err := nc.Subscribe(QuerySubject(QueryIntent), func(m *nats.Msg) {
+		answered++
+		if answered > 3 {
+			return // frozen from now on: the caller's deadline ends the attempt
+		}
+		reply := nats.NewMsg(m.Reply)
+		reply.Header.Set(NotCurrentHeader, "1")
+		reply.Header.Set(ErrorHeader, "coordinator c1 knows no leader")
+		_ = nc.PublishMsg(reply)
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer func() { _ = sub.Unsubscribe() }()
+	ctx, cancel := context.WithTimeout(context.Background(), 500*time.Millisecond)
+	defer cancel()
+	var res sv1.IntentResult
+	err = Query(ctx, nc, QueryIntent, &sv1.IntentQuery{Id: "x"}, &res)
+	if !errors.Is(err, ErrNoCurrentAnswer) || !strings.Contains(err.Error(), "knows no leader") {
+		t.Fatalf("Query = %v, want %v naming what the coordinator said (knows no leader)", err, ErrNoCurrentAnswer)
+	}
+}
