@@ -7,6 +7,7 @@ import (
 	"time"
 
 	"github.com/nats-io/nats.go/jetstream"
+	"google.golang.org/protobuf/proto"
 
 	sv1 "github.com/switchyard/switchyard/proto/switchyard/v1"
 )
@@ -16,6 +17,15 @@ import (
 // and enough validity left: a deposed leader can only try to write something
 // older, and must not win.
 var ErrStaleGeneration = errors.New("bucket holds a newer or equal generation")
+
+// ErrFenceConflict is returned by PutDesired and PutDrill when the bucket
+// holds a verified document of the same fence with other content: a
+// document of another lineage of this cluster's log (entries a disaster
+// recovery lost, written by a leader whose log is gone). Agents that hold
+// it refuse the writer's document of that fence as a conflict, so it is
+// not written; only a higher fence (the next generation, or a raised
+// epoch) reaches them.
+var ErrFenceConflict = errors.New("bucket holds another document of the same fence")
 
 // Publisher seals documents and writes them to their buckets, fenced against
 // the verified documents already there.
@@ -60,9 +70,9 @@ func (p *Publisher) PutDesired(ctx context.Context, kv jetstream.KeyValue, ds *s
 	if err != nil {
 		return PutResult{}, err
 	}
-	return PutFenced(ctx, kv, ds.GetService(), value, Fence{ds.GetEpoch(), ds.GetGeneration()}, p.Signer.KeyID(), now, p.renewBefore(), func(b []byte) (Header, bool) {
-		_, h, err := p.Trusted.OpenDesired(b, ds.GetService(), time.Time{})
-		return h, err == nil
+	return PutFenced(ctx, kv, ds.GetService(), value, Fence{ds.GetEpoch(), ds.GetGeneration()}, p.Signer.KeyID(), now, p.renewBefore(), func(b []byte) (Header, bool, bool) {
+		cur, h, err := p.Trusted.OpenDesired(b, ds.GetService(), time.Time{})
+		return h, err == nil && proto.Equal(cur, ds), err == nil
 	})
 }
 
@@ -72,9 +82,9 @@ func (p *Publisher) PutDrill(ctx context.Context, kv jetstream.KeyValue, d *sv1.
 	if err != nil {
 		return PutResult{}, err
 	}
-	return PutFenced(ctx, kv, d.GetDrill(), value, Fence{d.GetEpoch(), d.GetGeneration()}, p.Signer.KeyID(), now, p.renewBefore(), func(b []byte) (Header, bool) {
-		_, h, err := p.Trusted.OpenDrill(b, d.GetDrill(), time.Time{})
-		return h, err == nil
+	return PutFenced(ctx, kv, d.GetDrill(), value, Fence{d.GetEpoch(), d.GetGeneration()}, p.Signer.KeyID(), now, p.renewBefore(), func(b []byte) (Header, bool, bool) {
+		cur, h, err := p.Trusted.OpenDrill(b, d.GetDrill(), time.Time{})
+		return h, err == nil && proto.Equal(cur, d), err == nil
 	})
 }
 
@@ -89,7 +99,10 @@ func (p *Publisher) PutDrill(ctx context.Context, kv jetstream.KeyValue, d *sv1.
 // A document of the same fence signed by another key than signerID is
 // written again at once: after a switch of signing key, the bucket then
 // holds only documents of the new key and agents can drop the old one.
-func PutFenced(ctx context.Context, kv jetstream.KeyValue, key string, value []byte, f Fence, signerID string, now time.Time, renewBefore time.Duration, verified func([]byte) (Header, bool)) (PutResult, error) {
+// A verified document of the same fence whose content differs (verified
+// reports whether it is the same as value's) is never overwritten:
+// ErrFenceConflict.
+func PutFenced(ctx context.Context, kv jetstream.KeyValue, key string, value []byte, f Fence, signerID string, now time.Time, renewBefore time.Duration, verified func([]byte) (h Header, same, ok bool)) (PutResult, error) {
 	for attempt := 0; attempt < 8; attempt++ {
 		cur, err := kv.Get(ctx, key)
 		switch {
@@ -106,10 +119,12 @@ func PutFenced(ctx context.Context, kv jetstream.KeyValue, key string, value []b
 			return PutResult{}, fmt.Errorf("read %s: %w", key, err)
 		}
 		var res PutResult
-		h, ok := verified(cur.Value())
+		h, same, ok := verified(cur.Value())
 		switch {
 		case !ok:
 			res.ReplacedUnverified = true
+		case h.Fence == f && !same:
+			return PutResult{Revision: cur.Revision()}, fmt.Errorf("%w: %s has fence %s with other content than this cluster's document of that fence", ErrFenceConflict, key, f)
 		case h.Fence.Compare(f) > 0:
 			return PutResult{Revision: cur.Revision()}, fmt.Errorf("%w: %s has fence %s, not writing %s", ErrStaleGeneration, key, h.Fence, f)
 		case h.Fence == f && h.KeyID == signerID && h.ExpiresAt.Sub(now) > renewBefore:

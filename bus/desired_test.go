@@ -89,6 +89,30 @@ func TestBus_PutDesiredIsFencedByVerifiedDocuments(t *testing.T) {
 	if res, err := pub.PutDesired(ctx, kv, doc(2, 2), now); err != nil || !res.Renewed || get().KeyID != next.KeyID() {
 		t.Fatalf("after the key switch: %+v %v, bucket signed by %s", res, err, get().KeyID)
 	}
+	// Another document of the same fence (a lineage a recovery lost wrote
+	// it) is never overwritten, fresh or nearly expired, by this key or
+	// another: agents holding it refuse the new one as a conflict.
+	before, err := kv.Get(ctx, "web")
+	if err != nil {
+		t.Fatal(err)
+	}
+	other := doc(2, 2)
+	other.RolloutId = "web-other-lineage"
+	for _, p := range []*Publisher{pub, {Signer: signer, Trusted: all}} {
+		for _, at := range []time.Time{now, now.Add(59 * time.Second)} {
+			if _, err := p.PutDesired(ctx, kv, other, at); !errors.Is(err, ErrFenceConflict) {
+				t.Fatalf("other content under fence 2/2 by %s at +%s: %v, want ErrFenceConflict", p.Signer.KeyID(), at.Sub(now), err)
+			}
+		}
+	}
+	if after, err := kv.Get(ctx, "web"); err != nil || after.Revision() != before.Revision() {
+		t.Fatalf("the bucket was written over a conflict: %v", err)
+	}
+	// The next fence gets past it.
+	other.Generation = 3
+	if _, err := pub.PutDesired(ctx, kv, other, now); err != nil || get().Fence != (Fence{2, 3}) {
+		t.Fatalf("next generation over a conflict: %v, bucket has %s", err, get().Fence)
+	}
 }
 
 func TestBus_NamesAreSpelledOnce(t *testing.T) {

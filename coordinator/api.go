@@ -68,7 +68,7 @@ func (s *Server) FleetStatus(q *sv1.FleetStatusQuery) (*sv1.FleetStatus, error) 
 		if r != nil {
 			sf.Rollout = r.GetId()
 		}
-		applied, live := converged(nodes, bus.Fence{Epoch: epoch, Generation: gen})
+		applied, live := s.fleet.convergedService(svc, nodes, bus.Fence{Epoch: epoch, Generation: gen})
 		if ok {
 			sf.Converged = uint32(applied)
 		}

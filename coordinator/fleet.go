@@ -61,6 +61,12 @@ type fleet struct {
 	divergedGauged    map[string]bool
 	// faultSeen is when each (node, drill) fault was first reported active.
 	faultSeen map[[2]string]time.Time
+	// conflicts are the services whose bucket holds, under the fence of
+	// their current document, a verified document with other content (a
+	// lineage a disaster recovery lost), as this coordinator's publisher
+	// last found. A node that applied that fence applied the other
+	// document, so it is not counted as converged.
+	conflicts map[string]bus.Fence
 	// faultsSweptAt is when old fault sightings were last let go.
 	faultsSweptAt time.Time
 	// listeningSince is when this coordinator began to take agents'
@@ -284,6 +290,47 @@ func (f *fleet) nodesFor(service string) []*sv1.NodeView {
 
 // converged counts the live nodes that applied exactly the document of
 // fence want and whose proxy is seen doing it, and the live nodes in all.
+// setConflict records that the bucket holds another document of fence f
+// for service; clearConflict that it holds this cluster's own (or that this
+// coordinator no longer publishes: service "" clears them all).
+func (f *fleet) setConflict(service string, fence bus.Fence) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if f.conflicts == nil {
+		f.conflicts = map[string]bus.Fence{}
+	}
+	f.conflicts[service] = fence
+}
+
+func (f *fleet) clearConflict(service string) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if service == "" {
+		clear(f.conflicts)
+		return
+	}
+	delete(f.conflicts, service)
+}
+
+// conflicted reports whether the bucket holds another document than this
+// cluster's under fence want for service.
+func (f *fleet) conflicted(service string, want bus.Fence) bool {
+	f.mu.RLock()
+	defer f.mu.RUnlock()
+	c, ok := f.conflicts[service]
+	return ok && c == want
+}
+
+// convergedService is converged for the nodes of one service, none of them
+// counted while the bucket holds another document of fence want.
+func (f *fleet) convergedService(service string, nodes []*sv1.NodeView, want bus.Fence) (applied, live int) {
+	applied, live = converged(nodes, want)
+	if f.conflicted(service, want) {
+		applied = 0
+	}
+	return applied, live
+}
+
 func converged(nodes []*sv1.NodeView, want bus.Fence) (applied, live int) {
 	for _, n := range nodes {
 		if n.GetStale() {

@@ -174,7 +174,8 @@ func (f *fleet) forget(now time.Time) {
 
 // Convergence counts the live nodes of a service that applied exactly the
 // document of generation in the cluster's current epoch and whose proxy is
-// seen doing it, and all live nodes of the service.
+// seen doing it, and all live nodes of the service. None count while the
+// bucket holds another document of that fence (setConflict).
 func (f *fleet) Convergence(service string, generation uint64) (applied, live int) {
 	want := bus.Fence{Epoch: f.epoch(), Generation: generation}
 	f.mu.Lock()
@@ -183,6 +184,10 @@ func (f *fleet) Convergence(service string, generation uint64) (applied, live in
 	t := f.tallies[service]
 	if t == nil {
 		return 0, 0
+	}
+	if c, ok := f.conflicts[service]; ok && c == want {
+		// The nodes at want hold the other document of that fence.
+		return 0, t.live
 	}
 	return t.current[want], t.live
 }

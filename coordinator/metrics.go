@@ -58,7 +58,7 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 		}, []string{"reason"}),
 		publishes: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "switchyard_coordinator_desired_publishes_total",
-			Help: "Desired-state and drill document writes to the KV buckets, by result: written, renewed (signed again before expiry), stale (bucket already holds it or newer), replaced_unverified (the bucket held a document no trusted key signed), error.",
+			Help: "Desired-state and drill document writes to the KV buckets, by result: written, renewed (signed again before expiry), stale (bucket already holds it or newer), replaced_unverified (the bucket held a document no trusted key signed), conflict (the bucket holds another verified document of the same fence: a lineage a recovery lost; raise the epoch), error.",
 		}, []string{"result"}),
 		publishSeconds: prometheus.NewHistogram(prometheus.HistogramOpts{
 			Name:    "switchyard_coordinator_desired_publish_seconds",
@@ -153,7 +153,7 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 	for _, r := range []string{"malformed", "wrong_subject"} {
 		m.statusRejected.WithLabelValues(r)
 	}
-	for _, r := range []string{"written", "renewed", "stale", "replaced_unverified", "error"} {
+	for _, r := range []string{"written", "renewed", "stale", "replaced_unverified", "conflict", "error"} {
 		m.publishes.WithLabelValues(r)
 	}
 	for _, r := range []string{"sent", "failed"} {

@@ -3,6 +3,7 @@ package coordinator
 import (
 	"context"
 	"errors"
+	"fmt"
 	"log/slog"
 	"sync"
 	"time"
@@ -146,8 +147,9 @@ func (p *publisher) markAll() {
 func (p *publisher) run(ctx context.Context) {
 	s := p.s
 	// A coordinator that stops leading stops publishing; its failures are
-	// not its health any more.
+	// not its health any more, nor what it found in the buckets.
 	defer p.result(nil)
+	defer s.fleet.clearConflict("")
 	var kv, drillsKV jetstream.KeyValue
 	// ensure creates the buckets when missing; on failure it keeps the
 	// handles it had.
@@ -225,6 +227,9 @@ func (p *publisher) run(ctx context.Context) {
 			if err == nil || (first && errors.Is(err, bus.ErrStaleGeneration) && res.Value != nil) {
 				p.push(k, res.Value, log)
 			}
+			if !k.drill && !errors.Is(err, bus.ErrFenceConflict) {
+				s.fleet.clearConflict(k.name)
+			}
 			switch {
 			case err == nil && res.Renewed:
 				s.metrics.publishes.WithLabelValues("renewed").Inc()
@@ -238,6 +243,17 @@ func (p *publisher) run(ctx context.Context) {
 						IssuedAt: ds.GetIssuedAt().AsTime(), CommittedAt: p.committed(k.name), SignedAt: start, AckedAt: acked})
 				}
 				log.Info("desired state published")
+			case errors.Is(err, bus.ErrFenceConflict):
+				// Not retried at once: only a higher fence gets past it.
+				// The periodic round tries again, and says so again.
+				s.metrics.publishes.WithLabelValues("conflict").Inc()
+				if !k.drill {
+					s.fleet.setConflict(k.name, bus.Fence{Epoch: ds.GetEpoch(), Generation: ds.GetGeneration()})
+				}
+				err = fmt.Errorf("%w; nodes that applied that fence hold the other document and refuse this one, so none of them counts as converged. "+
+					"Raise the epoch (switchyard coordinator raise-epoch) to move the fleet to this cluster's documents", err)
+				log.Error("the bucket holds another document of this fence (entries a recovery lost); not overwriting it", "err", err)
+				lastErr = err
 			case errors.Is(err, bus.ErrStaleGeneration):
 				s.metrics.publishes.WithLabelValues("stale").Inc()
 				log.Debug("desired state already published", "detail", err)

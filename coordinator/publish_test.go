@@ -11,6 +11,7 @@ import (
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 	"github.com/prometheus/client_golang/prometheus/testutil"
+	"google.golang.org/protobuf/proto"
 
 	"github.com/switchyard/switchyard/bus"
 	sv1 "github.com/switchyard/switchyard/proto/switchyard/v1"
@@ -155,5 +156,100 @@ func TestPublish_ANewLeaderPushesWhatItFindsWritten(t *testing.T) {
 	}
 	if f, err := bus.PeekFence(m.Data); err != nil || f.Generation != res.GetIndex() {
 		t.Fatalf("pushed %v (%v), want generation %d", f, err, res.GetIndex())
+	}
+}
+
+// After a recovery that lost entries, the bucket can hold a document of the
+// same fence as this cluster's current one with other content (the lost
+// lineage's decision). Agents that applied it refuse this cluster's as a
+// conflict, so the leader does not write over it, counts no node at that
+// fence as converged (the rollout does not complete on them), and says on
+// its health and its metrics what to do; the next decision gets past it.
+func TestPublish_AnotherDocumentOfTheSameFenceIsAConflictNotConvergence(t *testing.T) {
+	nc, url := startNATS(t)
+	dir := t.TempDir()
+	c := startCoordinator(t, url, dir)
+	res := send(t, nc, applyIntent("i-1", "web-1"))
+	if !res.GetAccepted() {
+		t.Fatal(res)
+	}
+	var ds *sv1.DesiredState
+	waitFor(t, "the document written", 10*time.Second, func() bool {
+		ds = desiredInBucket(t, nc, "web")
+		return ds != nil && ds.GetGeneration() == res.GetIndex()
+	})
+	c.stop()
+
+	// The lost lineage's document of the same fence: other weights, signed
+	// by the cluster's own key.
+	lost := proto.Clone(ds).(*sv1.DesiredState)
+	for _, w := range lost.GetWaves() {
+		for b := range w.GetWeights() {
+			w.Weights[b] = 0
+		}
+		w.Weights["blue"] = 100
+	}
+	if proto.Equal(lost, ds) {
+		t.Fatal("the lost lineage's document is the same as the cluster's")
+	}
+	sealed, err := c.srv.docs.Signer.SealDesired(lost, time.Now())
+	if err != nil {
+		t.Fatal(err)
+	}
+	js, _ := jetstream.New(nc)
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	kv, err := js.KeyValue(ctx, bus.DesiredBucket)
+	if err != nil {
+		t.Fatal(err)
+	}
+	rev, err := kv.Put(ctx, "web", sealed)
+	if err != nil {
+		t.Fatal(err)
+	}
+
+	c = startCoordinator(t, url, dir)
+	waitFor(t, "the conflict counted", 10*time.Second, func() bool {
+		return testutil.ToFloat64(c.srv.metrics.publishes.WithLabelValues("conflict")) >= 1
+	})
+	if _, err := c.srv.publisher.health(); err == nil || !strings.Contains(err.Error(), "raise-epoch") {
+		t.Fatalf("publisher health with a conflict: %v, want it to name raise-epoch", err)
+	}
+	for _, n := range []string{"edge-1", "edge-2"} {
+		publishStatus(t, nc, n, res.GetIndex())
+	}
+	waitFor(t, "two nodes seen", 5*time.Second, func() bool {
+		_, live := c.srv.fleet.Convergence("web", res.GetIndex())
+		return live == 2
+	})
+	time.Sleep(statusAskGrace + time.Second) // past the restarted leader's wait for the fleet
+	if p := rolloutPhase(c, "web-1"); p != sv1.RolloutPhase_ROLLOUT_PHASE_PROGRESSING {
+		t.Fatalf("phase %v with every node on the other document of the fence", p)
+	}
+	ans, err := c.srv.Rollouts(&sv1.RolloutsQuery{Rollout: "web-1"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if v := ans.GetRollouts()[0]; v.GetConverged() != 0 || v.GetLive() != 2 {
+		t.Fatalf("rollout view counts %d/%d converged, want 0/2", v.GetConverged(), v.GetLive())
+	}
+	if e, err := kv.Get(ctx, "web"); err != nil || e.Revision() != rev {
+		t.Fatalf("the bucket was written over the conflict: %v", err)
+	}
+
+	// The next decision has a higher fence: written, and no conflict left.
+	ab := send(t, nc, &sv1.Intent{Id: "i-2", Action: &sv1.Intent_AbortRollout{AbortRollout: &sv1.AbortRollout{Rollout: "web-1"}}})
+	if !ab.GetAccepted() {
+		t.Fatal(ab)
+	}
+	waitFor(t, "the abort's document written", 10*time.Second, func() bool {
+		return desiredInBucket(t, nc, "web").GetGeneration() == ab.GetIndex()
+	})
+	waitFor(t, "the publisher healthy again", 10*time.Second, func() bool {
+		_, err := c.srv.publisher.health()
+		return err == nil
+	})
+	if c.srv.fleet.conflicted("web", bus.Fence{Epoch: ds.GetEpoch(), Generation: res.GetIndex()}) {
+		t.Fatal("the conflict is still recorded after the next fence was written")
 	}
 }

@@ -55,7 +55,7 @@ func (s *Server) rolloutViews(st *state.State, rollouts []*sv1.Rollout, summary 
 				counted[svc] = nodes
 			}
 		}
-		applied, live := converged(nodes, bus.Fence{Epoch: st.Epoch(), Generation: r.GetGeneration()})
+		applied, live := s.fleet.convergedService(svc, nodes, bus.Fence{Epoch: st.Epoch(), Generation: r.GetGeneration()})
 		view := &sv1.RolloutView{Rollout: r, Converged: uint32(applied), Live: uint32(live), Position: spec.Position(r)}
 		if !summary {
 			labelWaves(r, nodes)
