@@ -587,12 +587,24 @@ func printRolloutTable(w io.Writer, rs []*sv1.RolloutView) {
 		fmt.Fprintln(w, "no rollouts")
 		return
 	}
+	// A rollout that a later one of its service replaced has no node at
+	// its generation by design: "0/3" would read as a fleet that never
+	// followed it.
+	newest := map[string]uint64{}
+	for _, v := range rs {
+		r := v.GetRollout()
+		newest[r.GetSpec().GetService()] = max(newest[r.GetSpec().GetService()], r.GetGeneration())
+	}
 	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
 	fmt.Fprintln(tw, "ROLLOUT\tSERVICE\tFROM\tTO\tPHASE\tGENERATION\tCONVERGED\tUPDATED")
 	for _, v := range rs {
 		r := v.GetRollout()
+		conv := convergence(v)
+		if state.Terminal(r.GetPhase()) && r.GetGeneration() < newest[r.GetSpec().GetService()] {
+			conv = "superseded"
+		}
 		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%d\t%s\t%s\n", r.GetId(), r.GetSpec().GetService(), r.GetSpec().GetFrom(),
-			r.GetSpec().GetTo(), state.PhaseName(r.GetPhase()), r.GetGeneration(), convergence(v), ago(r.GetUpdatedAt()))
+			r.GetSpec().GetTo(), state.PhaseName(r.GetPhase()), r.GetGeneration(), conv, ago(r.GetUpdatedAt()))
 	}
 	tw.Flush()
 }
