@@ -316,13 +316,13 @@ func (s *Server) runSeries(ctx context.Context) {
 // readGate decides whether a read may be answered: current (leader
 // verified), or this replica's own view when ?stale=true asks for it. It
 // writes the refusal and returns false otherwise.
-func (s *Server) readGate(w http.ResponseWriter, r *http.Request) bool {
+func (s *Server) readGate(w http.ResponseWriter, r *http.Request, current func() error) bool {
 	if r.URL.Query().Get("stale") == "true" {
 		s.metrics.queries.WithLabelValues(queryStale).Inc()
 		w.Header().Set(bus.StaleHeader, s.cfg.NodeID)
 		return true
 	}
-	if err := s.readCurrent(); err != nil {
+	if err := current(); err != nil {
 		s.metrics.queries.WithLabelValues(queryDeclined).Inc()
 		w.Header().Set(bus.NotCurrentHeader, s.cfg.NodeID)
 		http.Error(w, err.Error()+"; ask the leader, or add ?stale=true", http.StatusServiceUnavailable)
@@ -385,20 +385,27 @@ func (s *Server) apiRoutes(mux *http.ServeMux) {
 	// read serves a route that takes the query parameters params, and
 	// stale: a misspelt one (?servce=web) would otherwise answer for
 	// everything, as if asked.
-	read := func(h func(*http.Request) (proto.Message, error), params ...string) http.Handler {
+	gated := func(current func() error, h func(*http.Request) (proto.Message, error), params ...string) http.Handler {
 		return s.viewer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 			if err := checkParams(r.URL.Query(), params); err != nil {
 				writeAPI(w, nil, err)
 				return
 			}
-			if !s.readGate(w, r) {
+			if !s.readGate(w, r, current) {
 				return
 			}
 			m, err := h(r)
 			writeAPI(w, m, err)
 		}))
 	}
-	mux.Handle("GET /v1/rollouts", read(func(r *http.Request) (proto.Message, error) {
+	read := func(h func(*http.Request) (proto.Message, error), params ...string) http.Handler {
+		return gated(s.readCurrent, h, params...)
+	}
+	// Reads that count the fleet's nodes wait for a whole view of it.
+	readFleet := func(h func(*http.Request) (proto.Message, error), params ...string) http.Handler {
+		return gated(s.readCurrentFleet, h, params...)
+	}
+	mux.Handle("GET /v1/rollouts", readFleet(func(r *http.Request) (proto.Message, error) {
 		q := &sv1.RolloutsQuery{Rollout: r.URL.Query().Get("name")}
 		switch v := r.URL.Query().Get("summary"); v {
 		case "", "false":
@@ -409,13 +416,13 @@ func (s *Server) apiRoutes(mux *http.ServeMux) {
 		}
 		return s.Rollouts(q)
 	}, "name", "summary"))
-	mux.Handle("GET /v1/rollouts/{name}", read(func(r *http.Request) (proto.Message, error) {
+	mux.Handle("GET /v1/rollouts/{name}", readFleet(func(r *http.Request) (proto.Message, error) {
 		return s.Rollouts(&sv1.RolloutsQuery{Rollout: r.PathValue("name")})
 	}))
 	mux.Handle("GET /v1/rollouts/{name}/series", read(func(r *http.Request) (proto.Message, error) {
 		return s.Series(&sv1.SeriesQuery{Rollout: r.PathValue("name")})
 	}))
-	mux.Handle("GET /v1/fleet", read(func(r *http.Request) (proto.Message, error) {
+	mux.Handle("GET /v1/fleet", readFleet(func(r *http.Request) (proto.Message, error) {
 		return s.FleetStatus(&sv1.FleetStatusQuery{Service: r.URL.Query().Get("service")})
 	}, "service"))
 	mux.Handle("GET /v1/drills", read(func(r *http.Request) (proto.Message, error) {

@@ -134,3 +134,41 @@ func TestAPI_ViewerTokenSchemeIsCaseInsensitive(t *testing.T) {
 		t.Fatalf("wrong token with a lower-case scheme: %d", code)
 	}
 }
+
+// A leader that started, or came back on the bus, moments ago has heard
+// from only some of the fleet: its counts would call a rollout converged on
+// the nodes it heard. Reads that count nodes (rollouts, the fleet) decline
+// until it asked every agent and they had the grace to answer; the client
+// asks again and gets the whole view. Other reads are answered meanwhile.
+func TestQuery_FleetReadsWaitForAWholeViewOfTheFleet(t *testing.T) {
+	nc, url := startNATS(t)
+	c := startCoordinator(t, url, t.TempDir())
+	waitFor(t, "a whole view of the fleet", 10*time.Second, c.srv.fleet.Settled)
+	c.srv.fleet.relisten() // as when it comes back on the bus
+
+	if err := c.srv.readCurrent(); err != nil {
+		t.Fatalf("a current leader declines reads that count no node: %v", err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 500*time.Millisecond)
+	defer cancel()
+	var ans sv1.FleetStatus
+	if err := bus.Query(ctx, nc, bus.QueryFleetStatus, &sv1.FleetStatusQuery{}, &ans); err == nil || !strings.Contains(err.Error(), "still hearing from the fleet") {
+		t.Fatalf("fleet status from a leader still hearing from the fleet: %v", err)
+	}
+	base := "http://" + c.srv.HTTPAddr()
+	for _, path := range []string{"/v1/rollouts", "/v1/fleet"} {
+		if code, body := getAPI(t, base+path, nil); code != http.StatusServiceUnavailable || !strings.Contains(body, "still hearing from the fleet") {
+			t.Fatalf("GET %s from a leader still hearing from the fleet: %d %s", path, code, body)
+		}
+		if code, body := getAPI(t, base+path+"?stale=true", nil); code != http.StatusOK {
+			t.Fatalf("GET %s?stale=true: %d %s", path, code, body)
+		}
+	}
+
+	c.srv.fleet.asked()
+	ctx, cancel = context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	if err := bus.Query(ctx, nc, bus.QueryFleetStatus, &sv1.FleetStatusQuery{}, &ans); err != nil {
+		t.Fatalf("fleet status once the agents had the grace to answer: %v", err)
+	}
+}

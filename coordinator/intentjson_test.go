@@ -85,6 +85,7 @@ func mustMarshal(t *testing.T, m proto.Message) []byte {
 func TestQueries_GarbageGetsAnErrorAndJSONGetsJSON(t *testing.T) {
 	nc, url := startNATS(t)
 	c := startCoordinator(t, url, t.TempDir())
+	waitFor(t, "a whole view of the fleet", 10*time.Second, c.srv.fleet.Settled) // reads of rollouts decline before
 	send(t, nc, applyIntent("a-1", "web-q"))
 
 	ask := func(body []byte) *nats.Msg {

@@ -94,12 +94,28 @@ func serveQuery[Q any, PQ interface {
 	*Q
 	proto.Message
 }, A proto.Message](s *Server, handle func(PQ) (A, error)) nats.MsgHandler {
+	return serveRead(s, s.readCurrent, handle)
+}
+
+// serveFleetQuery is serveQuery for a read that counts the fleet's nodes:
+// current only once this coordinator's view of the fleet is whole.
+func serveFleetQuery[Q any, PQ interface {
+	*Q
+	proto.Message
+}, A proto.Message](s *Server, handle func(PQ) (A, error)) nats.MsgHandler {
+	return serveRead(s, s.readCurrentFleet, handle)
+}
+
+func serveRead[Q any, PQ interface {
+	*Q
+	proto.Message
+}, A proto.Message](s *Server, current func() error, handle func(PQ) (A, error)) nats.MsgHandler {
 	return func(msg *nats.Msg) {
 		reply := nats.NewMsg(msg.Reply)
 		if msg.Header.Get(bus.StaleHeader) != "" {
 			reply.Header.Set(bus.StaleHeader, s.cfg.NodeID)
 			s.metrics.queries.WithLabelValues(queryStale).Inc()
-		} else if err := s.readCurrent(); err != nil {
+		} else if err := current(); err != nil {
 			s.metrics.queries.WithLabelValues(queryDeclined).Inc()
 			reply.Header.Set(bus.NotCurrentHeader, s.cfg.NodeID)
 			reply.Header.Set(bus.ErrorHeader, err.Error())
@@ -213,6 +229,22 @@ var ErrNotCurrent = errors.New("this coordinator cannot answer as current")
 
 // verifyTimeout bounds the leadership check of one read.
 const verifyTimeout = time.Second
+
+// readCurrentFleet is readCurrent for a read that counts the fleet's nodes
+// (convergence, the fleet's lists): a leader that started, or came back on
+// the bus, moments ago has heard from only some nodes, and would count a
+// rollout converged on those. It declines until its view is whole (at most
+// statusAskGrace after it asked every agent); the client asks again.
+func (s *Server) readCurrentFleet() error {
+	if err := s.readCurrent(); err != nil {
+		return err
+	}
+	if !s.fleet.Settled() {
+		return fmt.Errorf("%w: coordinator %s is still hearing from the fleet (it started or came back on the bus moments ago); "+
+			"nodes not heard from yet would be missing from its counts", ErrNotCurrent, s.cfg.NodeID)
+	}
+	return nil
+}
 
 // readCurrent checks that this coordinator's replica is current: it leads,
 // it has applied everything committed before its term (leadership

@@ -644,11 +644,11 @@ func (s *Server) subscribe() ([]*nats.Subscription, error) {
 	s.telemetrySub = telemetry
 	subs := []*nats.Subscription{status, telemetry}
 	for name, h := range map[string]nats.MsgHandler{
-		bus.QueryRollouts:    serveQuery(s, s.Rollouts),
+		bus.QueryRollouts:    serveFleetQuery(s, s.Rollouts),
 		bus.QueryIntent:      serveQuery(s, s.IntentResult),
-		bus.QueryFleet:       serveQuery(s, s.Fleet),
+		bus.QueryFleet:       serveFleetQuery(s, s.Fleet),
 		bus.QueryDrills:      serveQuery(s, s.Drills),
-		bus.QueryFleetStatus: serveQuery(s, s.FleetStatus),
+		bus.QueryFleetStatus: serveFleetQuery(s, s.FleetStatus),
 		bus.QuerySeries:      serveQuery(s, s.Series),
 		bus.QueryAudit:       serveQuery(s, s.Audit),
 		bus.QueryAcl:         serveQuery(s, s.Acl),
