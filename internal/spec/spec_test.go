@@ -206,6 +206,8 @@ func TestSpec_ParseRefuses(t *testing.T) {
 		{"wrong version", strings.Replace(good, "version: v1", "version: v9", 1), []string{`spec.version: "v9" is not supported`}},
 		{"not yaml", "name: [", []string{"spec: not valid YAML"}},
 		{"empty", "", []string{"spec: empty document"}},
+		{"two documents", good + "---\n" + canary, []string{"spec: the file holds more than one YAML document; want one spec per file (line 9)"}},
+		{"a second empty document", good + "---\n", []string{"spec: the file holds more than one YAML document"}},
 		{"strategy not a mapping", strings.Replace(good, "strategy:\n  blueGreen: {}", "strategy: fast", 1), []string{"spec.strategy: want a mapping"}},
 	}
 	for _, c := range cases {
