@@ -475,6 +475,10 @@ func (c *Config) Validate() error {
 	for _, k := range slices.Sorted(maps.Keys(c.Labels)) {
 		if k == "" {
 			bad("labels", "empty label name")
+		} else if c.Labels[k] == "" {
+			// Selectors refuse empty values, so such a label would leave
+			// the node out of every wave that names it, without a word.
+			bad("labels."+k, "empty value; wave and drill selectors never match an empty value, so give one or remove the label")
 		}
 	}
 	if c.NATS == "" {

@@ -98,6 +98,10 @@ services:
 		{"heartbeat past half the stale period", "heartbeat: 10s\n" + valid, []string{"heartbeat: 10s: at most 7.5s, half the 15s the coordinators wait"}},
 		{"empty document", "", []string{"empty"}},
 		{"two documents", valid + "---\nnode: edge-2\n", []string{"one YAML document"}},
+		// A selector's values may not be empty: a label without one could
+		// never be selected.
+		{"empty label value", "labels: {region: eu, zone: ''}\n" + valid, []string{`labels.zone: empty value; wave and drill selectors never match an empty value, so give one or remove the label`}},
+		{"null label value", "labels:\n  zone:\n" + valid, []string{`labels.zone: empty value`}},
 		{"no trusted keys", valid[:strings.Index(valid, "trust:")], []string{"trust.keys: required"}},
 		{"bad trusted key", strings.Replace(valid, "ed25519:", "ed25519:xx", 1), []string{"trust.keys[0]: public key"}},
 		{"missing key file", strings.Replace(valid, `"ed25519:6kpsY+KcUgq+9VB7Ey7F+ZVHdq6+vnuSQh7qaRRG0iw="`, "/nonexistent/coordinator.pub", 1), []string{"trust.keys[0]: public key file", "no such file"}},

@@ -55,6 +55,7 @@ func TestChaos_ParseDrillRefuses(t *testing.T) {
 		{"tiny percent", goodDrill + "percent: 0.004\n", "drill.percent: 0.004 is out of range, want 0.01..100"},
 		{"tiny percent cap", strings.Replace(goodDrill, "maxPercent: 50", "maxPercent: 0.004", 1), "drill.maxPercent: 0.004 is out of range, want 0.01..100"},
 		{"percent not a number", goodDrill + "percent: .nan\n", "drill.percent: NaN is out of range"},
+		{"two documents", goodDrill + "---\n" + goodDrill, "drill: the file holds more than one YAML document"},
 	}
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {

@@ -18,6 +18,7 @@ import (
 	"github.com/hashicorp/raft"
 
 	"github.com/switchyard/switchyard/bus"
+	"github.com/switchyard/switchyard/internal/names"
 )
 
 // Cluster formation follows Consul and Nomad: every coordinator is started
@@ -424,8 +425,15 @@ func (s *Server) clusterRoutes(mux *http.ServeMux) {
 			return
 		}
 		var p PeerInfo
-		if err := json.NewDecoder(io.LimitReader(r.Body, 4096)).Decode(&p); err != nil || p.ID == "" || p.RaftAddr == "" {
+		if err := json.NewDecoder(io.LimitReader(r.Body, 4096)).Decode(&p); err != nil {
 			http.Error(w, "want JSON {\"id\": ..., \"raft_addr\": ...}", http.StatusBadRequest)
+			return
+		}
+		// Checked here, before the leader commits a configuration
+		// holding them: a member Raft cannot dial counts toward quorum
+		// and never answers.
+		if err := checkJoin(p); err != nil {
+			http.Error(w, err.Error(), http.StatusBadRequest)
 			return
 		}
 		clusterChange(w, s.addPeer(p.ID, p.RaftAddr), s)
@@ -441,6 +449,22 @@ func (s *Server) clusterRoutes(mux *http.ServeMux) {
 		}
 		clusterChange(w, s.removePeer(p.ID), s)
 	})
+}
+
+// checkJoin checks a join's id and raft_addr, naming the field.
+func checkJoin(p PeerInfo) error {
+	var errs []error
+	if p.ID == "" {
+		errs = append(errs, errors.New("id: required: the joining coordinator's --node-id"))
+	} else if err := names.Validate(p.ID); err != nil {
+		errs = append(errs, fmt.Errorf("id: %w", err))
+	}
+	if p.RaftAddr == "" {
+		errs = append(errs, errors.New("raft_addr: required: the joining coordinator's Raft address, host:port"))
+	} else if err := checkPeerAddr(p.RaftAddr); err != nil {
+		errs = append(errs, fmt.Errorf("raft_addr %q: %w", p.RaftAddr, err))
+	}
+	return errors.Join(errs...)
 }
 
 func clusterChange(w http.ResponseWriter, err error, s *Server) {

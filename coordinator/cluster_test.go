@@ -3,7 +3,9 @@ package coordinator
 import (
 	"context"
 	"fmt"
+	"io"
 	"net"
+	"net/http"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -272,4 +274,45 @@ func TestCluster_MembersSayWhichCoordinatorsAreGone(t *testing.T) {
 			leader.cfg.NodeID: "unknown", live.cfg.NodeID: "candidate", dead.cfg.NodeID: "unknown",
 		})
 	})
+}
+
+// A join naming its coordinator by an id no node id may have, or a Raft
+// address other coordinators cannot dial, is refused with 400 naming the
+// field, before the leader commits a configuration holding it: a member at
+// "c9-host" would count toward quorum and never answer.
+func TestCluster_JoinRefusesAMalformedIDOrRaftAddr(t *testing.T) {
+	_, url := startNATS(t)
+	nodes := startCluster(t, url, 3)
+	var leader *clusterNode
+	waitFor(t, "a leader", 15*time.Second, func() bool { leader = leaderOf(nodes); return leader != nil })
+	cases := []struct{ name, body, want string }{
+		{"no id", `{"raft_addr": "127.0.0.1:7001"}`, "id: required"},
+		{"blank id", `{"id": "  ", "raft_addr": "127.0.0.1:7001"}`, `id: invalid name: "  ": want 1-63 letters`},
+		{"id with a dot", `{"id": "c9.eu", "raft_addr": "127.0.0.1:7001"}`, `id: invalid name: "c9.eu"`},
+		{"no raft_addr", `{"id": "c9"}`, "raft_addr: required"},
+		{"raft_addr without a port", `{"id": "c9", "raft_addr": "c9-host"}`, `raft_addr "c9-host": want host:port`},
+		{"raft_addr without a host", `{"id": "c9", "raft_addr": ":7001"}`, `raft_addr ":7001": the host is missing`},
+		{"raft_addr port out of range", `{"id": "c9", "raft_addr": "c9-host:99999"}`, `raft_addr "c9-host:99999": port "99999": want 1..65535`},
+		{"raft_addr unspecified", `{"id": "c9", "raft_addr": "0.0.0.0:7001"}`, `raft_addr "0.0.0.0:7001": give an address other coordinators can reach`},
+	}
+	for _, c := range cases {
+		t.Run(c.name, func(t *testing.T) {
+			resp, err := http.Post("http://"+leader.cfg.HTTPAddr+"/v1/cluster/join", "application/json", strings.NewReader(c.body))
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer resp.Body.Close()
+			body, _ := io.ReadAll(resp.Body)
+			if resp.StatusCode != http.StatusBadRequest || !strings.Contains(string(body), c.want) {
+				t.Errorf("join %s: %d %q, want 400 saying %q", c.body, resp.StatusCode, body, c.want)
+			}
+		})
+	}
+	m, err := ClusterMembers(context.Background(), leader.cfg.HTTPAddr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(m.Members) != 3 {
+		t.Fatalf("members after the refused joins: %+v, want the 3 coordinators only", m.Members)
+	}
 }

@@ -199,6 +199,17 @@ func (f *fleet) handleStatus(msg *nats.Msg) {
 		}
 		return
 	}
+	// An agent keeps one status per service; a second entry for one would
+	// count the node twice in that service's tallies, and which of the two
+	// the views show would be an accident of order.
+	if svc, ok := namedTwice(&st); ok {
+		f.metrics.statusRejected.WithLabelValues("malformed").Inc()
+		if held, ok := f.refusals.due(f.now()); ok {
+			f.log.Warn("agent status refused: it names a service twice; the node's earlier status still counts",
+				"subject", msg.Subject, "node", st.GetNode(), "service", svc, "refused_before_unlogged", held)
+		}
+		return
+	}
 	f.metrics.statuses.Inc()
 	now := f.now()
 	f.mu.Lock()
@@ -245,6 +256,18 @@ func (f *fleet) handleStatus(msg *nats.Msg) {
 		}
 	}
 	f.mu.Unlock()
+}
+
+// namedTwice returns a service st names more than once.
+func namedTwice(st *sv1.AgentStatus) (string, bool) {
+	seen := make(map[string]bool, len(st.GetServices()))
+	for _, svc := range st.GetServices() {
+		if seen[svc.GetService()] {
+			return svc.GetService(), true
+		}
+		seen[svc.GetService()] = true
+	}
+	return "", false
 }
 
 // nodesFor returns the view of every node that runs service, live or stale,

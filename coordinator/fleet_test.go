@@ -2,11 +2,13 @@ package coordinator
 
 import (
 	"log/slog"
+	"strings"
 	"testing"
 	"time"
 
 	"github.com/nats-io/nats.go"
 	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/testutil"
 	"google.golang.org/protobuf/proto"
 
 	"github.com/switchyard/switchyard/bus"
@@ -76,5 +78,44 @@ func TestFleet_LocalGuardOverrideIsNotConverged(t *testing.T) {
 	}
 	if applied, live := converged(f.nodesFor("web"), bus.Fence{Epoch: 1, Generation: 7}); applied != 2 || live != 3 {
 		t.Errorf("views count %d of %d live converged, want 2 of 3", applied, live)
+	}
+}
+
+// A status naming a service twice would count its node twice in that
+// service's tallies: one converged node could stand for two. It is refused
+// as malformed, logged, and the node's earlier status stays what counts.
+func TestFleet_AStatusNamingAServiceTwiceIsRefused(t *testing.T) {
+	var logs lockedBuffer
+	f := newFleet(15*time.Second, newMetrics(prometheus.NewRegistry()), slog.New(slog.NewTextHandler(&logs, nil)))
+	now := time.Date(2026, 1, 1, 12, 0, 0, 0, time.UTC)
+	f.now = func() time.Time { return now }
+	green := map[string]uint32{"blue": 0, "green": 100}
+	report := func(node string, gens ...uint64) {
+		t.Helper()
+		st := &sv1.AgentStatus{Node: node}
+		for _, g := range gens {
+			st.Services = append(st.Services, &sv1.ServiceStatus{Service: "web", AppliedEpoch: 1, AppliedGeneration: g,
+				Weights: green, ObservedWeights: green, ObservedMatches: true})
+		}
+		b, err := proto.Marshal(st)
+		if err != nil {
+			t.Fatal(err)
+		}
+		f.handleStatus(&nats.Msg{Subject: bus.StatusSubject(node), Data: b})
+	}
+	report("edge-1", 6)
+	report("edge-2", 6)
+	report("edge-1", 7, 7)
+	if got := testutil.ToFloat64(f.metrics.statusRejected.WithLabelValues("malformed")); got != 1 {
+		t.Errorf("malformed statuses refused = %v, want 1", got)
+	}
+	if applied, live := f.Convergence("web", 7); applied != 0 || live != 2 {
+		t.Errorf("Convergence = %d of %d live, want 0 of 2: edge-1's status naming web twice must not count", applied, live)
+	}
+	if n := len(f.nodesFor("web")); n != 2 {
+		t.Errorf("views show %d rows for web, want 2, one per node", n)
+	}
+	if out := logs.String(); !strings.Contains(out, `service=web`) || !strings.Contains(out, "names a service twice") {
+		t.Errorf("log %q does not say which status was refused and why", out)
 	}
 }

@@ -80,7 +80,7 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 		}),
 		statusRejected: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "switchyard_coordinator_agent_status_rejected_total",
-			Help: "Agent status messages refused, by reason: malformed (did not decode, or names no node), wrong_subject (the node named is not the one whose subject carried it: another node's credentials sent it).",
+			Help: "Agent status messages refused, by reason: malformed (did not decode, names no node, or names a service twice), wrong_subject (the node named is not the one whose subject carried it: another node's credentials sent it).",
 		}, []string{"reason"}),
 		statuses: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "switchyard_coordinator_agent_status_total",

@@ -81,20 +81,30 @@ func checkRaftAdvertise(addr string) (string, error) {
 	if addr == "" {
 		return "", nil
 	}
-	host, port, err := net.SplitHostPort(addr)
-	if err != nil {
-		return "", fmt.Errorf("coordinator: --raft-advertise %q: want host:port: %w", addr, err)
-	}
-	if host == "" {
-		return "", fmt.Errorf("coordinator: --raft-advertise %q: the host is missing", addr)
-	}
-	if ip := net.ParseIP(host); ip != nil && ip.IsUnspecified() {
-		return "", fmt.Errorf("coordinator: --raft-advertise %q: give an address other coordinators can reach, not an unspecified one", addr)
-	}
-	if n, err := strconv.Atoi(port); err != nil || n <= 0 || n > 65535 {
-		return "", fmt.Errorf("coordinator: --raft-advertise %q: port %q: want 1..65535", addr, port)
+	if err := checkPeerAddr(addr); err != nil {
+		return "", fmt.Errorf("coordinator: --raft-advertise %q: %w", addr, err)
 	}
 	return addr, nil
+}
+
+// checkPeerAddr checks that addr is a Raft address other coordinators can
+// dial: host:port, with a host that is not unspecified and a port other
+// than 0. Its errors say what is wrong, for the caller to name the field.
+func checkPeerAddr(addr string) error {
+	host, port, err := net.SplitHostPort(addr)
+	if err != nil {
+		return fmt.Errorf("want host:port: %w", err)
+	}
+	if host == "" {
+		return errors.New("the host is missing")
+	}
+	if ip := net.ParseIP(host); ip != nil && ip.IsUnspecified() {
+		return errors.New("give an address other coordinators can reach, not an unspecified one")
+	}
+	if n, err := strconv.Atoi(port); err != nil || n <= 0 || n > 65535 {
+		return fmt.Errorf("port %q: want 1..65535", port)
+	}
+	return nil
 }
 
 // Accept returns connections whose handshake runs on first use, so a slow

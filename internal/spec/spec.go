@@ -29,6 +29,9 @@ type FieldError = strictyaml.FieldError
 type Errors = strictyaml.Errors
 
 // file is the YAML shape of a spec. Field names are what operators write.
+// Lists of waves and steps hold pointers: yaml drops a null entry (a bare
+// "-") from a list of structs without a word, but keeps a nil pointer, which
+// Parse refuses by its place.
 type file struct {
 	Version  string        `yaml:"version"`
 	Name     string        `yaml:"name"`
@@ -36,7 +39,7 @@ type file struct {
 	From     string        `yaml:"from"`
 	To       string        `yaml:"to"`
 	Strategy strategyFile  `yaml:"strategy"`
-	Waves    []waveFile    `yaml:"waves"`
+	Waves    []*waveFile   `yaml:"waves"`
 	Analysis *analysisFile `yaml:"analysis"`
 	Hooks    *hooksFile    `yaml:"hooks"`
 }
@@ -54,7 +57,7 @@ type blueGreenFile struct {
 }
 
 type canaryFile struct {
-	Steps []stepFile `yaml:"steps"`
+	Steps []*stepFile `yaml:"steps"`
 }
 
 type stepFile struct {
@@ -78,7 +81,7 @@ type waveFile struct {
 	Selector   map[string]string `yaml:"selector"`
 	Percent    *float64          `yaml:"percent"`
 	ManualGate bool              `yaml:"manualGate"`
-	Steps      []stepFile        `yaml:"steps"`
+	Steps      []*stepFile       `yaml:"steps"`
 }
 
 type analysisFile struct {
@@ -153,6 +156,12 @@ func Parse(data []byte) (*sv1.RolloutSpec, error) {
 	}
 	for i, w := range f.Waves {
 		path := fmt.Sprintf("spec.waves[%d]", i)
+		if w == nil || (w.Name == "" && w.Selector == nil && w.Percent == nil && !w.ManualGate && w.Steps == nil) {
+			// Every field of a wave has a default, so "- {}" would be
+			// taken as a wave of every node: more likely a slip.
+			add(path, "empty wave: give one or more of name, selector, percent, manualGate, steps")
+			continue
+		}
 		ws := &sv1.WaveSpec{Name: w.Name, Selector: w.Selector, ManualGate: w.ManualGate, BasisPoints: 10000}
 		if w.Percent != nil {
 			// Stored in hundredths of a percent: a smaller share would
@@ -253,10 +262,14 @@ func durationOrNil(d time.Duration) *durationpb.Duration {
 	return durationpb.New(d)
 }
 
-func convertSteps(add func(string, string, ...any), in []stepFile, path string) []*sv1.Step {
+func convertSteps(add func(string, string, ...any), in []*stepFile, path string) []*sv1.Step {
 	var out []*sv1.Step
 	for i, st := range in {
 		p := fmt.Sprintf("%s[%d]", path, i)
+		if st == nil || (st.SetWeight == nil && st.Pause == nil && st.Analysis == nil) {
+			add(p, "empty step: give one of setWeight, pause, analysis")
+			continue
+		}
 		set := 0
 		step := &sv1.Step{}
 		if st.SetWeight != nil {

@@ -178,6 +178,12 @@ func TestSpec_ParseRefuses(t *testing.T) {
 		{"ramp going down", strings.Replace(good, "blueGreen: {}", "blueGreen: {ramp: [50, 20, 100]}", 1), []string{"spec.strategy.blueGreen.ramp[1]: 20 does not rise"}},
 		{"canary weight out of range", canary + "      - setWeight: 140\n", []string{"spec.strategy.canary.steps[3].setWeight: 140 is out of range, want 0..100"}},
 		{"canary step with two kinds", canary + "      - {setWeight: 5, pause: {}}\n", []string{"spec.strategy.canary.steps[3]: want exactly one of"}},
+		{"canary empty step", canary + "      - {}\n", []string{"spec.strategy.canary.steps[3]: empty step: give one of setWeight, pause, analysis (line 13)"}},
+		{"canary bare step", strings.Replace(canary, "      - pause:", "      -\n      - pause:", 1), []string{"spec.strategy.canary.steps[1]: empty step: give one of setWeight, pause, analysis (line 11)"}},
+		{"canary null step", canary + "      - ~\n", []string{"spec.strategy.canary.steps[3]: empty step"}},
+		{"wave bare step", good + "waves:\n  - {name: eu, steps: [{setWeight: 100}, null]}\n", []string{"spec.waves[0].steps[1]: empty step: give one of setWeight, pause, analysis"}},
+		{"empty wave", good + "waves:\n  - {name: eu, percent: 10}\n  - {}\n", []string{"spec.waves[1]: empty wave: give one or more of name, selector, percent, manualGate, steps (line 11)"}},
+		{"bare wave", good + "waves:\n  - {name: eu, percent: 10}\n  -\n  - {name: rest}\n", []string{"spec.waves[1]: empty wave: give one or more of"}},
 		{"canary unknown step", canary + "      - wait: 5s\n", []string{"spec.strategy.canary.steps[3].wait: unknown field; want one of setWeight, pause, analysis"}},
 		{"analysis step without windows", canary + "      - analysis: {}\n", []string{"spec.strategy.canary.steps[3].analysis.windows: required"}},
 		{"both strategies", strings.Replace(good, "blueGreen: {}", "blueGreen: {}\n  canary: {steps: [{setWeight: 5}]}", 1), []string{"spec.strategy: both blueGreen and canary"}},
@@ -206,6 +212,8 @@ func TestSpec_ParseRefuses(t *testing.T) {
 		{"wrong version", strings.Replace(good, "version: v1", "version: v9", 1), []string{`spec.version: "v9" is not supported`}},
 		{"not yaml", "name: [", []string{"spec: not valid YAML"}},
 		{"empty", "", []string{"spec: empty document"}},
+		{"two documents", good + "---\n" + canary, []string{"spec: the file holds more than one YAML document; want one spec per file (line 9)"}},
+		{"a second empty document", good + "---\n", []string{"spec: the file holds more than one YAML document"}},
 		{"strategy not a mapping", strings.Replace(good, "strategy:\n  blueGreen: {}", "strategy: fast", 1), []string{"spec.strategy: want a mapping"}},
 	}
 	for _, c := range cases {

@@ -8,6 +8,7 @@ import (
 	"bytes"
 	"errors"
 	"fmt"
+	"io"
 	"math"
 	"reflect"
 	"strconv"
@@ -28,11 +29,20 @@ var ErrInvalid = errors.New("invalid")
 // names the document in paths ("spec", "drill").
 func Decode(data []byte, out any, root string) error {
 	var doc yaml.Node
-	if err := yaml.Unmarshal(data, &doc); err != nil {
+	docs := yaml.NewDecoder(bytes.NewReader(data))
+	if err := docs.Decode(&doc); err != nil && !errors.Is(err, io.EOF) {
 		return Errors{{Path: root, Problem: "not valid YAML: " + strings.TrimPrefix(err.Error(), "yaml: ")}}
 	}
 	if len(doc.Content) == 0 {
 		return Errors{{Path: root, Problem: "empty document"}}
+	}
+	// Decoding reads the first document only: a second one after "---"
+	// (a spec pasted twice, a stream meant for another tool) would be
+	// dropped without a word.
+	var next yaml.Node
+	if err := docs.Decode(&next); !errors.Is(err, io.EOF) {
+		// next.Line is the second document's "---", when yaml could read it.
+		return Errors{{Path: root, Problem: fmt.Sprintf("the file holds more than one YAML document; want one %s per file", root), Line: next.Line}}
 	}
 	if errs := checkKnown(doc.Content[0], reflect.TypeOf(out), root); len(errs) > 0 {
 		return errs
