@@ -84,6 +84,11 @@ type intake struct {
 
 	// dropping holds the report the callback's push dropped until it is
 	// marked as shed.
+	// drillUnjudged reports whether a rollout's judge leaves out a node's
+	// report tagged with a drill (state.DrillUnjudged); nil leaves out
+	// none.
+	drillUnjudged func(drill, node, rollout string) bool
+
 	dropping *hold
 	// heard is when the last report arrived (Unix nanoseconds); 0 before
 	// the first.
@@ -258,7 +263,7 @@ func (in *intake) work(ctx context.Context) {
 			continue
 		}
 		batch = batch[:0]
-		rejected, forged, ahead, late, scaled := 0, 0, 0, 0, 0
+		rejected, forged, ahead, late, scaled, drilled := 0, 0, 0, 0, 0, 0
 		now := in.now()
 		latest, lateBefore := now.Add(reportMaxAhead).Unix(), now.Add(-analysis.Grace).Unix()
 		for i, msg := range msgs[:n] {
@@ -290,6 +295,14 @@ func (in *intake) work(ctx context.Context) {
 					in.clocks.note(r.Node, time.Duration(now.Unix()-r.End)*time.Second, false)
 				}
 				scaled += r.ScaledSketches
+				if r.Drill != "" && r.Generation != 0 && in.drillUnjudged != nil && in.drillUnjudged(r.Drill, r.Node, r.Rollout) {
+					// The drill's injected failures are not the
+					// release's: the node's window is missing data for
+					// the rollout (generation 0 is judged for none),
+					// and still counts toward the node's health.
+					r.Generation = 0
+					drilled++
+				}
 				batch = append(batch, r)
 			}
 		}
@@ -307,6 +320,9 @@ func (in *intake) work(ctx context.Context) {
 		}
 		if scaled > 0 {
 			in.metrics.scaled.Add(float64(scaled))
+		}
+		if drilled > 0 {
+			in.metrics.drilled.Add(float64(drilled))
 		}
 		if len(batch) == 0 {
 			in.queue.release(held)

@@ -7,6 +7,7 @@ import (
 	"time"
 
 	"github.com/nats-io/nats.go"
+	"github.com/prometheus/client_golang/prometheus/testutil"
 	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/timestamppb"
 
@@ -144,5 +145,61 @@ func TestIntake_WindowJudgeWaitsForShedReportsToBeMarked(t *testing.T) {
 	a := store.Assess(r, now())
 	if len(a.Windows) != 1 || a.Windows[0].Verdict != analysis.Inconclusive {
 		t.Fatalf("window (0 s, 5 s] after the shed report was marked: %+v, want inconclusive", a.Windows)
+	}
+}
+
+// A drill's injected failures on its target nodes are not the release's:
+// reports a target sent while the fault was on it are left out of the
+// rollout's windows (counted), so a drill during a canary does not roll a
+// good release back. Without that, the same telemetry fails the window.
+func TestIntake_ADrillsFailuresAreNotJudgedAgainstTheRelease(t *testing.T) {
+	t0 := time.Date(2026, 3, 1, 10, 0, 0, 0, time.UTC)
+	now := func() time.Time { return t0.Add(5*time.Second + analysis.Grace) }
+	sp := &sv1.RolloutSpec{Name: "r1", Service: "web", From: "blue", To: "green", Analysis: &sv1.AnalysisSpec{Method: spec.MethodWindows}}
+	spec.Default(sp)
+	r := &sv1.Rollout{Id: "r1", Spec: sp, CreatedAt: timestamppb.New(t0)}
+	// Ten nodes; the drill's fault fails every green request on edge-8
+	// and edge-9 and tags their reports.
+	assess := func(unjudged func(drill, node, rollout string) bool) (analysis.Verdict, string, float64) {
+		store := analysis.NewStore()
+		in, m, im := testIntake(t, store, now)
+		in.drillUnjudged = unjudged
+		for sec := 1; sec <= 5; sec++ {
+			for n := range 10 {
+				node := fmt.Sprintf("edge-%d", n)
+				rep := &sv1.HealthReport{Node: node, Service: "web", RolloutId: "r1", Generation: 3,
+					WindowStart: timestamppb.New(t0.Add(time.Duration(sec-1) * time.Second)), WindowEnd: timestamppb.New(t0.Add(time.Duration(sec) * time.Second)),
+					Backends: []*sv1.BackendHealth{{Backend: "green", Requests: 10}, {Backend: "blue", Requests: 90}}}
+				if n >= 8 {
+					rep.DrillId = "green-errors"
+					rep.Backends[0].Errors = 10
+				}
+				wire, err := proto.Marshal(rep)
+				if err != nil {
+					t.Fatal(err)
+				}
+				in.handle(&nats.Msg{Subject: bus.TelemetrySubject("web", node), Data: wire})
+			}
+		}
+		runIntake(t, in)
+		waitMerged(t, m, 50, m.telemetry, 50, "merged")
+		a := store.Assess(r, now())
+		if len(a.Windows) != 1 {
+			t.Fatalf("%d windows judged, want 1", len(a.Windows))
+		}
+		return a.Windows[0].Verdict, a.Windows[0].Reason, testutil.ToFloat64(im.drilled)
+	}
+	if v, why, _ := assess(nil); v != analysis.Fail {
+		t.Fatalf("with the drill's reports judged, the window is %v (%s), want fail: the test does not show anything", v, why)
+	}
+	targets := func(drill, node, rollout string) bool {
+		return drill == "green-errors" && (node == "edge-8" || node == "edge-9") && rollout == "r1"
+	}
+	v, why, drilled := assess(targets)
+	if v == analysis.Fail {
+		t.Fatalf("the drill's injected failures failed the release's window: %s", why)
+	}
+	if drilled != 10 {
+		t.Fatalf("reports left out for the drill = %v, want 10", drilled)
 	}
 }

@@ -16,10 +16,13 @@ type intakeMetrics struct {
 	// read their second; scaled, latency sketches scaled down to their
 	// requests.
 	clockAhead, late, scaled prometheus.Counter
-	shedTotal                *prometheus.CounterVec
-	shedQueue                prometheus.Counter
-	shedSlow                 prometheus.Counter
-	shedStale                prometheus.Counter
+	// drilled counts reports a rollout's judge left out because a drill's
+	// fault was on the node.
+	drilled   prometheus.Counter
+	shedTotal *prometheus.CounterVec
+	shedQueue prometheus.Counter
+	shedSlow  prometheus.Counter
+	shedStale prometheus.Counter
 }
 
 func newIntakeMetrics(reg prometheus.Registerer, m *metrics, in func() *intake) (*intakeMetrics, error) {
@@ -33,6 +36,10 @@ func newIntakeMetrics(reg prometheus.Registerer, m *metrics, in func() *intake) 
 			Name: "switchyard_coordinator_health_report_sketches_scaled_total",
 			Help: "Backends' latency sketches that held more samples than their requests allow (requests + 1/8 + 64) and were scaled down to that many before they were merged, so one node's latencies weigh no more than its requests.",
 		}),
+		drilled: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "switchyard_coordinator_health_reports_drill_unjudged_total",
+			Help: "Health reports of a drill's target node, sent while the drill's fault was on it, that the rollout judge left out (missing data for the rollout, never a pass or a breach): a drill's injected failures are not the release's. A rollback drill's reports for its own rollout are judged.",
+		}),
 		shedTotal: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "switchyard_coordinator_reports_shed_total",
 			Help: "Health reports dropped before they were merged because intake could not keep up, by reason: queue_full (the decode workers' queue was full: its oldest report made room), waited_too_long (a report waited over a second for a worker and would have come after the judge read its second), slow_consumer (the NATS client dropped them). The windows they belong to are missing data and never pass.",
@@ -45,7 +52,7 @@ func newIntakeMetrics(reg prometheus.Registerer, m *metrics, in func() *intake) 
 		Name: "switchyard_coordinator_health_reports_queued",
 		Help: "Health reports received and waiting to be decoded and merged.",
 	}, func() float64 { return float64(in().queue.len()) })
-	for _, c := range []prometheus.Collector{im.shedTotal, queued, im.late, im.scaled} {
+	for _, c := range []prometheus.Collector{im.shedTotal, queued, im.late, im.scaled, im.drilled} {
 		if err := reg.Register(c); err != nil {
 			return nil, err
 		}

@@ -332,6 +332,7 @@ func New(cfg Config) (*Server, error) {
 	}
 	s.fleet.epoch = func() uint64 { return s.fsm.State().Epoch() }
 	s.fleet.drillTarget = func(drill, node string) (time.Time, bool) { return s.fsm.State().DrillTarget(drill, node) }
+	s.intake.drillUnjudged = func(drill, node, rollout string) bool { return s.fsm.State().DrillUnjudged(drill, node, rollout) }
 
 	if err := s.setupRaft(); err != nil {
 		s.closeStores()

@@ -28,6 +28,9 @@ type Report struct {
 	// samples than their requests allow and was scaled down (see
 	// latencySlack).
 	ScaledSketches int
+	// Drill is the drill whose fault was active on the node in the
+	// window, if any.
+	Drill string
 }
 
 // BackendReport is one backend's traffic in a Report.
@@ -49,7 +52,8 @@ func ReportOf(r *sv1.HealthReport) (*Report, error) {
 		return nil, fmt.Errorf("%w: node, service and window_end are required", ErrBadReport)
 	}
 	out := &Report{Node: r.GetNode(), Service: r.GetService(), Rollout: r.GetRolloutId(), Generation: r.GetGeneration(),
-		Wave: r.GetWave(), End: r.GetWindowEnd().AsTime().Unix(), Backends: make([]BackendReport, 0, len(r.GetBackends()))}
+		Wave: r.GetWave(), End: r.GetWindowEnd().AsTime().Unix(), Backends: make([]BackendReport, 0, len(r.GetBackends())),
+		Drill: r.GetDrillId()}
 	for _, b := range r.GetBackends() {
 		sk, latErr := sketch.FromProto(b.GetLatency())
 		br := BackendReport{Backend: b.GetBackend(), Requests: b.GetRequests(), Errors: b.GetErrors(), Queued: b.GetQueued(), Latency: sk, Down: b.GetDown(), Weight: b.GetWeight()}
@@ -342,6 +346,8 @@ func (d *Decoder) Decode(b []byte) (*Report, error) {
 				}
 				if num == fReportNode {
 					r.Node = string(bs)
+				} else {
+					r.Drill = string(bs)
 				}
 			}
 		case fReportService:

@@ -175,6 +175,20 @@ func (s *State) Drill(id string) *sv1.Drill {
 	return nil
 }
 
+// DrillUnjudged reports whether a rollout's judge leaves out the telemetry
+// of node while drill's fault is on it: node is one of the drill's targets,
+// and the drill is not a rollback drill of rollout (whose faults are there
+// to be judged). A drill's injected failures are not the release's.
+func (s *State) DrillUnjudged(drill, node, rollout string) bool {
+	s.mu.RLock()
+	defer s.mu.RUnlock()
+	d := s.drills[drill]
+	if d == nil || !slices.Contains(d.GetTargets(), node) {
+		return false
+	}
+	return d.GetSpec().GetRollout() != rollout
+}
+
 // DrillTarget reports whether node is one of a drill's targets, and when
 // the drill was to start.
 func (s *State) DrillTarget(id, node string) (startAt time.Time, ok bool) {
