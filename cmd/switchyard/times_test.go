@@ -2,9 +2,12 @@ package main
 
 import (
 	"bytes"
+	"os"
+	"os/exec"
 	"strings"
 	"testing"
 	"time"
+	_ "time/tzdata" // the child's TZ=Europe/Berlin on a machine without zone files
 
 	"google.golang.org/protobuf/types/known/timestamppb"
 
@@ -17,10 +20,22 @@ import (
 // UTC, marked Z; the others printed the machine's local time, unmarked, so
 // on a laptop two hours east of UTC the rollback at 03:12Z read 05:12 in the
 // history and 03:12 in the audit. Every time printed is now UTC and says so.
+//
+// It runs in a process of its own whose zone is Europe/Berlin (TZ, with the
+// zone data built in): setting time.Local in this one races every
+// goroutine earlier tests left calling time.Now.
 func TestCLI_EveryCommandPrintsTimesInUTCAndSaysSo(t *testing.T) {
-	saved := time.Local
-	time.Local = time.FixedZone("CEST", 2*3600)
-	t.Cleanup(func() { time.Local = saved })
+	if os.Getenv(inBerlin) == "" {
+		cmd := exec.Command(os.Args[0], "-test.run=^TestCLI_EveryCommandPrintsTimesInUTCAndSaysSo$", "-test.count=1")
+		cmd.Env = append(os.Environ(), inBerlin+"=1", "TZ=Europe/Berlin")
+		if out, err := cmd.CombinedOutput(); err != nil {
+			t.Fatalf("in a process whose zone is Europe/Berlin: %v\n%s", err, out)
+		}
+		return
+	}
+	if _, off := time.Date(2026, 5, 1, 3, 12, 0, 0, time.Local).Zone(); off != 2*3600 {
+		t.Fatalf("the local zone is %s, offset %d s; want Europe/Berlin (CEST, +2 h) from TZ", time.Local, off)
+	}
 
 	at := time.Date(2026, 5, 1, 3, 12, 0, 0, time.UTC)
 	ts := timestamppb.New(at)
@@ -53,3 +68,7 @@ func TestCLI_EveryCommandPrintsTimesInUTCAndSaysSo(t *testing.T) {
 		t.Errorf("history and evidence:\n%s\nprint the local time (05:1x CEST) beside the audit log's UTC", text)
 	}
 }
+
+// inBerlin marks the process TestCLI_EveryCommandPrintsTimesInUTCAndSaysSo
+// runs its checks in.
+const inBerlin = "SWITCHYARD_TEST_IN_BERLIN"
