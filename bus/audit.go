@@ -62,14 +62,19 @@ func EnsureAuditStream(ctx context.Context, js jetstream.JetStream, r Replicas) 
 
 // streamRead are the JetStream API subjects reading a stream message by
 // message needs (`switchyard audit log` and `verify` read by sequence) and
-// nothing that writes or creates: its info, direct and classic message get.
-// No consumer: a stream takes at most 1,000 by the servers' default, and a
+// nothing that writes or creates: its info, direct and classic message get,
+// in this account's JetStream and in a named domain's (an operator or
+// viewer at a PoP reads the hub's through the leaf). No consumer: a stream takes at most 1,000 by the servers' default, and a
 // viewer's credentials must not be able to use them up.
 func streamRead(stream string) []string {
-	return []string{
-		jsAPI + "STREAM.INFO." + stream,
-		jsAPI + "DIRECT.GET." + stream,
-		jsAPI + "DIRECT.GET." + stream + ".>",
-		jsAPI + "STREAM.MSG.GET." + stream,
+	var subjects []string
+	for _, api := range []string{jsAPI, jsDomainAPI} {
+		subjects = append(subjects,
+			api+"STREAM.INFO."+stream,
+			api+"DIRECT.GET."+stream,
+			api+"DIRECT.GET."+stream+".>",
+			api+"STREAM.MSG.GET."+stream,
+		)
 	}
+	return subjects
 }

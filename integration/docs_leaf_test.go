@@ -57,11 +57,27 @@ func TestDocs_PoPAttachesThroughALeaf(t *testing.T) {
 	}); err != nil {
 		t.Fatalf("desired-state bucket through the leaf in domain hub: %v", err)
 	}
+	// The doc's apply at the PoP waited for its document on the bus in
+	// the hub's domain; its audit record is read there too, once the
+	// leader has exported it.
+	sy, _ := binaries(t)
+	if err := harness.Poll(ctx, 200*time.Millisecond, func(ctx context.Context) error {
+		res, err := harness.RunCLI(ctx, sy, nil, "audit", "log", "--rollout", "web-green-1",
+			"--nats", "tls://127.0.0.1:"+ports["4223"], "--nats-creds", sec.Creds, "--nats-ca", sec.CA, "--jetstream-domain", "hub")
+		if err != nil {
+			return err
+		}
+		if res.ExitCode != 0 || !strings.Contains(res.Stdout, "web-green-1") {
+			return fmt.Errorf("exit %d: %s%s", res.ExitCode, res.Stdout, res.Stderr)
+		}
+		return nil
+	}); err != nil {
+		t.Fatalf("audit log through the leaf in domain hub: %v", err)
+	}
 
 	// "Leaf credentials from an earlier release": the hub's account
 	// pushed, a new leaf identity issued, the old one revoked on the
 	// running servers; the leaf still holding it is cut off from the hub.
-	sy, _ := binaries(t)
 	env := []string{"PATH=" + filepath.Dir(sy) + ":" + os.Getenv("PATH")}
 	var outputs []string
 	for _, c := range docCommands(t, "docs/operations.md", "TestDocs_PoPAttachesThroughALeaf/leaf-credentials") {

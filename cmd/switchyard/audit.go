@@ -71,7 +71,7 @@ func runAudit(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 		return err
 	}
 	defer nc.Close()
-	js, err := jetstream.New(nc)
+	js, err := c.security.sec.JetStream(nc)
 	if err != nil {
 		return err
 	}

@@ -12,8 +12,6 @@ import (
 	"text/tabwriter"
 	"time"
 
-	"github.com/nats-io/nats.go/jetstream"
-
 	"google.golang.org/protobuf/types/known/timestamppb"
 
 	"github.com/switchyard/switchyard/bus"
@@ -180,7 +178,7 @@ func awaitDrillsEnded(ctx context.Context, c clientFlags, q *sv1.DrillsQuery, st
 		return err
 	}
 	defer nc.Close()
-	js, err := jetstream.New(nc)
+	js, err := c.security.sec.JetStream(nc)
 	if err != nil {
 		return fmt.Errorf("jetstream: %w", err)
 	}

@@ -82,6 +82,7 @@ func TestCLI_ExitCodes(t *testing.T) {
 		{"negative timeout", []string{"rollout", "pause", "r", "--timeout", "-1s", "--nats", "nats://127.0.0.1:1"}, exitUsage, "--timeout -1s: want a duration above zero"},
 		{"negative timeout of another client verb", []string{"fleet", "status", "--timeout", "-1s", "--nats", "nats://127.0.0.1:1"}, exitUsage, "--timeout -1s"},
 		{"negative publish timeout", []string{"rollout", "abort", "r", "--publish-timeout", "-1s", "--nats", "nats://127.0.0.1:1"}, exitUsage, "--publish-timeout -1s: want 0 (do not wait for the bus) or more"},
+		{"jetstream domain of two tokens", []string{"audit", "log", "--jetstream-domain", "hub.eu", "--nats", "nats://127.0.0.1:1"}, exitUsage, "--jetstream-domain: \"hub.eu\": a JetStream domain is one NATS subject token"},
 		{"invalid spec is refused before sending", []string{"rollout", "apply", "-f", bad, "--nats", "nats://127.0.0.1:1"}, exitFailure,
 			"spec.strategy.canary.steps[0].setWeight: 140 is out of range, want 0..100"},
 		{"missing spec file", []string{"rollout", "apply", "-f", filepath.Join(t.TempDir(), "none.yaml")}, exitFailure, "read spec"},

@@ -15,7 +15,6 @@ import (
 	"time"
 
 	"github.com/nats-io/nats.go"
-	"github.com/nats-io/nats.go/jetstream"
 	"github.com/nats-io/nuid"
 	"google.golang.org/protobuf/encoding/protojson"
 	"google.golang.org/protobuf/proto"
@@ -90,6 +89,8 @@ func (c *clientFlags) register(fs *flag.FlagSet) {
 	fs.StringVar(&c.operator, "operator", envOr("SWITCHYARD_OPERATOR", defaultOperator()), "who is asking, kept in the intent; history and audit show the verified signer's enrolled name")
 	fs.StringVar(&c.signKey, "sign-key", envOr("SWITCHYARD_SIGN_KEY", ""), "key that signs intents: an enrolled Ed25519 key (switchyard keys generate) or a NATS creds file; default the --nats-creds user's nkey (env SWITCHYARD_SIGN_KEY)")
 	c.security.register(fs)
+	fs.StringVar(&c.security.sec.JetStreamDomain, "jetstream-domain", envOr("SWITCHYARD_JETSTREAM_DOMAIN", ""),
+		"JetStream domain of the servers that hold the buckets and streams, when --nats is a PoP's leaf server: the hub's domain (env SWITCHYARD_JETSTREAM_DOMAIN)")
 }
 
 func (c *clientFlags) check(stderr io.Writer) error {
@@ -98,6 +99,9 @@ func (c *clientFlags) check(stderr io.Writer) error {
 	}
 	if c.timeout <= 0 {
 		return usageErr(stderr, "--timeout %s: want a duration above zero, e.g. 30s", c.timeout)
+	}
+	if err := bus.ValidateDomain(c.security.sec.JetStreamDomain); err != nil {
+		return usageErr(stderr, "--jetstream-domain: %v", err)
 	}
 	if c.publishWait < 0 {
 		return usageErr(stderr, "--publish-timeout %s: want 0 (do not wait for the bus) or more, e.g. 15s", c.publishWait)
@@ -323,7 +327,7 @@ func sendIntent(ctx context.Context, c clientFlags, kind string, in *sv1.Intent,
 	if res.GetService() == "" || res.GetGeneration() == 0 || c.publishWait <= 0 {
 		return nil
 	}
-	if err := awaitPublished(ctx, nc, res.GetService(), res.GetGeneration(), c.publishWait); err != nil {
+	if err := awaitPublished(ctx, c.security.sec, nc, res.GetService(), res.GetGeneration(), c.publishWait); err != nil {
 		return err
 	}
 	if c.output != "json" {
@@ -378,8 +382,8 @@ func whyNoResult(ctx context.Context, nc *nats.Conn, in *sv1.Intent, noResult er
 // numbers its generations from small Raft indexes again, and the document
 // of the cluster it replaced, still in the bucket, has a larger one while
 // it fences every document of the new cluster out.
-func awaitPublished(ctx context.Context, nc *nats.Conn, service string, generation uint64, wait time.Duration) error {
-	js, err := jetstream.New(nc)
+func awaitPublished(ctx context.Context, sec bus.Security, nc *nats.Conn, service string, generation uint64, wait time.Duration) error {
+	js, err := sec.JetStream(nc)
 	if err != nil {
 		return fmt.Errorf("jetstream: %w", err)
 	}
