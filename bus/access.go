@@ -79,19 +79,7 @@ func kvStream(bucket string) string { return "KV_" + bucket }
 // for the servers on every write). The same API is allowed through any
 // JetStream domain ($JS.DOMAIN.API.), for a node attached to a leaf server
 // that reaches the hub's JetStream.
-func kvGet(bucket string) []string {
-	s := kvStream(bucket)
-	var subjects []string
-	for _, api := range []string{jsAPI, jsDomainAPI} {
-		subjects = append(subjects,
-			api+"STREAM.INFO."+s,
-			api+"DIRECT.GET."+s,
-			api+"DIRECT.GET."+s+".>",
-			api+"STREAM.MSG.GET."+s,
-		)
-	}
-	return subjects
-}
+func kvGet(bucket string) []string { return streamRead(kvStream(bucket)) }
 
 // RolePermissions returns what role may do; NameTemplate stands for the
 // user's own name.
