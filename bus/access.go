@@ -76,9 +76,7 @@ func kvStream(bucket string) string { return "KV_" + bucket }
 // nothing else: the bucket's stream info (opening it), direct and classic
 // message get. No consumers: a node's credentials cannot add consumers to
 // the stream every rollout and rollback writes to (each one is more work
-// for the servers on every write). The same API is allowed through any
-// JetStream domain ($JS.DOMAIN.API.), for a node attached to a leaf server
-// that reaches the hub's JetStream.
+// for the servers on every write).
 func kvGet(bucket string) []string { return streamRead(kvStream(bucket)) }
 
 // RolePermissions returns what role may do; NameTemplate stands for the

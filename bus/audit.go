@@ -61,11 +61,13 @@ func EnsureAuditStream(ctx context.Context, js jetstream.JetStream, r Replicas) 
 }
 
 // streamRead are the JetStream API subjects reading a stream message by
-// message needs (`switchyard audit log` and `verify` read by sequence) and
-// nothing that writes or creates: its info, direct and classic message get,
-// in this account's JetStream and in a named domain's (an operator or
-// viewer at a PoP reads the hub's through the leaf). No consumer: a stream takes at most 1,000 by the servers' default, and a
-// viewer's credentials must not be able to use them up.
+// message needs (`switchyard audit log` and `verify` read by sequence; a KV
+// Get reads its bucket's stream the same way) and nothing that writes or
+// creates: its info, direct and classic message get, in this account's
+// JetStream and through any JetStream domain ($JS.DOMAIN.API.), for an
+// identity at a leaf server that reaches the hub's. No consumer: a stream
+// takes at most 1,000 by the servers' default, and a viewer's credentials
+// must not be able to use them up.
 func streamRead(stream string) []string {
 	var subjects []string
 	for _, api := range []string{jsAPI, jsDomainAPI} {
