@@ -68,9 +68,9 @@ func (s *Server) FleetStatus(q *sv1.FleetStatusQuery) (*sv1.FleetStatus, error) 
 		if r != nil {
 			sf.Rollout = r.GetId()
 		}
-		applied, live := s.fleet.convergedService(svc, nodes, bus.Fence{Epoch: epoch, Generation: gen})
+		applied, live, held := s.fleet.convergedService(svc, nodes, bus.Fence{Epoch: epoch, Generation: gen})
 		if ok {
-			sf.Converged = uint32(applied)
+			sf.Converged, sf.HeldNodes = uint32(applied), held
 		}
 		sf.Live = uint32(live)
 		for _, n := range nodes {

@@ -41,3 +41,30 @@ func agreement(applied, want bus.Fence) Agreement {
 func nodeFence(n *sv1.NodeView) bus.Fence {
 	return bus.Fence{Epoch: max(n.GetAppliedEpoch(), 1), Generation: n.GetAppliedGeneration()}
 }
+
+// The agent's names for a pre-traffic hook's point and for a failed run
+// (agent/hooks), as its status carries them.
+const (
+	hookPointPreTraffic = "preTraffic"
+	hookStateFailed     = "failed"
+)
+
+// hookHeld reports whether a node applied generation with the rollout's new
+// backend at 0 because a pre-traffic hook failed for it there: its status
+// lists a failed pre-traffic run at that very generation. Such a node did
+// take the document (the rollout goes on without it) but does not serve
+// what the document asks of it, so it is never counted converged; a later
+// generation that gives it weight runs the hook again.
+func hookHeld(generation uint64, runs []*sv1.HookRun) bool {
+	for _, r := range runs {
+		if r.GetPoint() == hookPointPreTraffic && r.GetState() == hookStateFailed && r.GetGeneration() == generation {
+			return true
+		}
+	}
+	return false
+}
+
+// NodeHeld reports whether a failed pre-traffic hook keeps a node on the
+// old backend at the generation it applied. Clients that wait for the
+// fleet use it to name such nodes as the coordinators do.
+func NodeHeld(n *sv1.NodeView) bool { return hookHeld(n.GetAppliedGeneration(), n.GetHookRuns()) }

@@ -345,26 +345,64 @@ func (f *fleet) conflicted(service string, want bus.Fence) bool {
 }
 
 // convergedService is converged for the nodes of one service, none of them
-// counted while the bucket holds another document of fence want.
-func (f *fleet) convergedService(service string, nodes []*sv1.NodeView, want bus.Fence) (applied, live int) {
-	applied, live = converged(nodes, want)
+// counted (nor held) while the bucket holds another document of fence want.
+func (f *fleet) convergedService(service string, nodes []*sv1.NodeView, want bus.Fence) (applied, live int, held []string) {
+	applied, live, held = converged(nodes, want)
 	if f.conflicted(service, want) {
-		applied = 0
+		applied, held = 0, nil
 	}
-	return applied, live
+	return applied, live, held
 }
 
-func converged(nodes []*sv1.NodeView, want bus.Fence) (applied, live int) {
+// converged also names the live nodes that applied want but are kept on
+// the old backend by a failed pre-traffic hook (hookHeld): they are not
+// counted converged.
+func converged(nodes []*sv1.NodeView, want bus.Fence) (applied, live int, held []string) {
 	for _, n := range nodes {
 		if n.GetStale() {
 			continue
 		}
 		live++
 		if agreement(nodeFence(n), want) == Current && observedMatches(n) {
+			if NodeHeld(n) {
+				held = append(held, n.GetNode())
+				continue
+			}
 			applied++
 		}
 	}
-	return applied, live
+	return applied, live, held
+}
+
+// Held names, sorted, the live nodes of service that applied generation in
+// the cluster's current epoch and are kept on the old backend there by a
+// failed pre-traffic hook. It looks at every node: it is asked once per
+// finished rollout, not on every pass.
+func (f *fleet) Held(service string, generation uint64) []string {
+	want := bus.Fence{Epoch: f.epoch(), Generation: generation}
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.sweep(f.now())
+	if c, ok := f.conflicts[service]; ok && c == want {
+		return nil
+	}
+	var held []string
+	for id, n := range f.nodes {
+		if n.stale {
+			continue
+		}
+		for _, svc := range n.status.GetServices() {
+			if svc.GetService() != service {
+				continue
+			}
+			fence := bus.Fence{Epoch: max(svc.GetAppliedEpoch(), 1), Generation: svc.GetAppliedGeneration()}
+			if fence == want && statusMatches(svc) && hookHeld(svc.GetAppliedGeneration(), svc.GetHookRuns()) {
+				held = append(held, id)
+			}
+		}
+	}
+	slices.Sort(held)
+	return held
 }
 
 // observedMatches is true when a node's proxy, as its agent last read it

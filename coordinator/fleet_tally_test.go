@@ -63,7 +63,7 @@ func TestFleet_TalliesAgreeWithCountingEveryNode(t *testing.T) {
 				t.Fatalf("step %d: Stale(%s) = %v, counting every node: %v", step, svc, got, wantStale)
 			}
 			for gen := uint64(4); gen <= 8; gen++ {
-				wa, wl := converged(views, bus.Fence{Epoch: 2, Generation: gen})
+				wa, wl, _ := converged(views, bus.Fence{Epoch: 2, Generation: gen})
 				if a, l := f.Convergence(svc, gen); a != wa || l != wl {
 					t.Fatalf("step %d: Convergence(%s, %d) = %d of %d live, counting every node: %d of %d", step, svc, gen, a, l, wa, wl)
 				}

@@ -2,6 +2,7 @@ package coordinator
 
 import (
 	"log/slog"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -37,7 +38,7 @@ func TestFleet_ConvergedOnlyWhenTheProxyIsSeenDoingIt(t *testing.T) {
 	}
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {
-			applied, live := converged([]*sv1.NodeView{c.node}, bus.Fence{Epoch: 1, Generation: 7})
+			applied, live, _ := converged([]*sv1.NodeView{c.node}, bus.Fence{Epoch: 1, Generation: 7})
 			if got := applied == 1; got != c.want {
 				t.Fatalf("converged = %v (applied %d of %d live), want %v", got, applied, live, c.want)
 			}
@@ -76,8 +77,66 @@ func TestFleet_LocalGuardOverrideIsNotConverged(t *testing.T) {
 	if applied, live := f.Convergence("web", 7); applied != 2 || live != 3 {
 		t.Errorf("Convergence = %d of %d live, want 2 of 3: the node its guard moved back serves blue, not generation 7", applied, live)
 	}
-	if applied, live := converged(f.nodesFor("web"), bus.Fence{Epoch: 1, Generation: 7}); applied != 2 || live != 3 {
+	if applied, live, _ := converged(f.nodesFor("web"), bus.Fence{Epoch: 1, Generation: 7}); applied != 2 || live != 3 {
 		t.Errorf("views count %d of %d live converged, want 2 of 3", applied, live)
+	}
+}
+
+// A node a failed pre-traffic hook keeps on the old backend applied the
+// generation (with the new backend at 0): the rollout controller counts it,
+// so the rollout goes on without it as documented, but the views do not
+// count it converged and name it, and Held names it for the completion.
+// A hook that failed at an earlier generation holds nothing now.
+func TestFleet_NodeHeldByAFailedPreTrafficHookIsNamedNotConverged(t *testing.T) {
+	f := newFleet(15*time.Second, newMetrics(prometheus.NewRegistry()), slog.New(slog.DiscardHandler))
+	now := time.Date(2026, 1, 1, 12, 0, 0, 0, time.UTC)
+	f.now = func() time.Time { return now }
+	f.epoch = func() uint64 { return 1 }
+	green := map[string]uint32{"blue": 0, "green": 100}
+	blue := map[string]uint32{"blue": 100, "green": 0}
+	failed := func(gen uint64) []*sv1.HookRun {
+		return []*sv1.HookRun{
+			{Hook: "warm-ok", Point: "preTraffic", RolloutId: "web-1", Generation: gen, State: "succeeded"},
+			{Hook: "warm-green", Point: "preTraffic", RolloutId: "web-1", Generation: gen, State: "failed", ExitCode: 7},
+		}
+	}
+	report := func(node string, ss *sv1.ServiceStatus) {
+		t.Helper()
+		ss.Service, ss.AppliedEpoch, ss.RolloutId = "web", 1, "web-1"
+		b, err := proto.Marshal(&sv1.AgentStatus{Node: node, Services: []*sv1.ServiceStatus{ss}})
+		if err != nil {
+			t.Fatal(err)
+		}
+		f.handleStatus(&nats.Msg{Subject: bus.StatusSubject(node), Data: b})
+	}
+	report("edge-1", &sv1.ServiceStatus{AppliedGeneration: 7, Weights: green, ObservedWeights: green, ObservedMatches: true})
+	report("edge-3", &sv1.ServiceStatus{AppliedGeneration: 7, Weights: blue, ObservedWeights: blue, ObservedMatches: true, HookRuns: failed(7)})
+	report("edge-2", &sv1.ServiceStatus{AppliedGeneration: 7, Weights: blue, ObservedWeights: blue, ObservedMatches: true, HookRuns: failed(7)})
+	// Held at generation 6, then given weight by 7 after the hook ran
+	// again and passed: it serves green.
+	report("edge-4", &sv1.ServiceStatus{AppliedGeneration: 7, Weights: green, ObservedWeights: green, ObservedMatches: true,
+		HookRuns: []*sv1.HookRun{{Hook: "warm-green", Point: "preTraffic", RolloutId: "web-1", Generation: 6, State: "failed"}}})
+	if applied, live := f.Convergence("web", 7); applied != 4 || live != 4 {
+		t.Errorf("controller's Convergence = %d of %d live, want 4 of 4: held nodes took the generation", applied, live)
+	}
+	applied, live, held := converged(f.nodesFor("web"), bus.Fence{Epoch: 1, Generation: 7})
+	if applied != 2 || live != 4 || !slices.Equal(held, []string{"edge-2", "edge-3"}) {
+		t.Errorf("views: %d of %d converged, held %v; want 2 of 4, held [edge-2 edge-3]", applied, live, held)
+	}
+	if got := f.Held("web", 7); !slices.Equal(got, []string{"edge-2", "edge-3"}) {
+		t.Errorf("Held = %v, want [edge-2 edge-3]", got)
+	}
+	if got := f.Held("web", 6); len(got) != 0 {
+		t.Errorf("Held at another generation = %v, want none", got)
+	}
+	// A held node that goes silent is not named: it is stale.
+	now = now.Add(10 * time.Second)
+	report("edge-1", &sv1.ServiceStatus{AppliedGeneration: 7, Weights: green, ObservedWeights: green, ObservedMatches: true})
+	report("edge-3", &sv1.ServiceStatus{AppliedGeneration: 7, Weights: blue, ObservedWeights: blue, ObservedMatches: true, HookRuns: failed(7)})
+	report("edge-4", &sv1.ServiceStatus{AppliedGeneration: 7, Weights: green, ObservedWeights: green, ObservedMatches: true})
+	now = now.Add(10 * time.Second)
+	if got := f.Held("web", 7); !slices.Equal(got, []string{"edge-3"}) {
+		t.Errorf("Held once edge-2 went stale = %v, want [edge-3]", got)
 	}
 }
 

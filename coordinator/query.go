@@ -55,8 +55,8 @@ func (s *Server) rolloutViews(st *state.State, rollouts []*sv1.Rollout, summary 
 				counted[svc] = nodes
 			}
 		}
-		applied, live := s.fleet.convergedService(svc, nodes, bus.Fence{Epoch: st.Epoch(), Generation: r.GetGeneration()})
-		view := &sv1.RolloutView{Rollout: r, Converged: uint32(applied), Live: uint32(live), Position: spec.Position(r)}
+		applied, live, held := s.fleet.convergedService(svc, nodes, bus.Fence{Epoch: st.Epoch(), Generation: r.GetGeneration()})
+		view := &sv1.RolloutView{Rollout: r, Converged: uint32(applied), Live: uint32(live), Held: held, Position: spec.Position(r)}
 		if !summary {
 			labelWaves(r, nodes)
 			view.Nodes = nodes

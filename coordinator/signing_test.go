@@ -53,7 +53,7 @@ func TestConvergence_OnlyTheExactDocumentCounts(t *testing.T) {
 		{Node: "c", AppliedEpoch: 2, AppliedGeneration: 12, ObservedMatches: true},  // ahead: diverged
 		{Node: "d", AppliedEpoch: 2, AppliedGeneration: 10, Stale: true, ObservedMatches: true},
 	}
-	if applied, live := converged(nodes, want); applied != 1 || live != 3 {
+	if applied, live, _ := converged(nodes, want); applied != 1 || live != 3 {
 		t.Fatalf("converged = %d of %d, want 1 of 3", applied, live)
 	}
 }

@@ -10,6 +10,7 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -411,10 +412,42 @@ func TestHooks_FailingPreTrafficHookKeepsThatNodeOnBlue(t *testing.T) {
 	if err != nil || st.ExitCode != 0 {
 		t.Fatalf("status: %v %+v", err, st)
 	}
-	for _, want := range []string{"pre-traffic hook warm-green failed at generation", "exit code 7", "cache node unreachable", "node kept on blue"} {
+	for _, want := range []string{"pre-traffic hook warm-green failed at generation", "exit code 7", "cache node unreachable", "node kept on blue",
+		"Converged:   2/3 live nodes", "Held:        edge-2 (applied generation"} {
 		if !strings.Contains(st.Stdout, want) {
 			t.Fatalf("rollout status lacks %q:\n%s", want, st.Stdout)
 		}
+	}
+	fl, err := f.Run(ctx, "fleet", "status")
+	if err != nil || fl.ExitCode != 0 || !strings.Contains(fl.Stdout, "2/3 live nodes converged, held by a failed pre-traffic hook: edge-2") {
+		t.Fatalf("fleet status does not name the held node: %v %+v", err, fl)
+	}
+
+	// Promoted, edge-2's hook runs again for the generation that gives it
+	// all of green, fails again, and the node stays on blue: the rollout
+	// completes without it, and says so instead of "green serves every
+	// wave".
+	if res, err := f.Run(ctx, "rollout", "promote", "--full", "web-warm"); err != nil || res.ExitCode != 0 {
+		t.Fatalf("promote: %v %+v", err, res)
+	}
+	view, err = f.WaitRollout(ctx, "web-warm", func(v *sv1.RolloutView) error {
+		if p := v.GetRollout().GetPhase(); p != sv1.RolloutPhase_ROLLOUT_PHASE_COMPLETED {
+			return fmt.Errorf("phase %v", p)
+		}
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	h := view.GetRollout().GetHistory()
+	if last := h[len(h)-1].GetMessage(); last != "completed: green serves every wave but on edge-2, kept on blue by a failed pre-traffic hook" {
+		t.Fatalf("completion: %q", last)
+	}
+	if view.GetConverged() != 2 || !slices.Equal(view.GetHeld(), []string{"edge-2"}) {
+		t.Fatalf("completed rollout: converged %d, held %v; want 2, [edge-2]", view.GetConverged(), view.GetHeld())
+	}
+	if err := f.WaitServing(ctx, 1, harness.Blue, samples); err != nil {
+		t.Fatal(err)
 	}
 }
 

@@ -83,6 +83,9 @@ func printFleet(w io.Writer, ans *sv1.FleetStatus) {
 			fmt.Fprintf(w, " (rollout %s)", s.GetRollout())
 		}
 		fmt.Fprintf(w, ", %d/%d live nodes converged", s.GetConverged(), s.GetLive())
+		if len(s.GetHeldNodes()) > 0 {
+			fmt.Fprintf(w, ", held by a failed pre-traffic hook: %s", strings.Join(s.GetHeldNodes(), ","))
+		}
 		if len(s.GetStaleNodes()) > 0 {
 			fmt.Fprintf(w, ", stale: %s", strings.Join(s.GetStaleNodes(), ","))
 		}

@@ -476,6 +476,7 @@ func awaitConverged(ctx context.Context, c clientFlags, res *sv1.IntentResult, s
 			sf := ans.GetServices()[0]
 			want := bus.Fence{Epoch: max(sf.GetEpoch(), 1), Generation: res.GetGeneration()}
 			live, at := 0, 0
+			var held []string
 			for _, w := range sf.GetWaves() {
 				for _, n := range w.GetNodes() {
 					if n.GetStale() {
@@ -485,12 +486,21 @@ func awaitConverged(ctx context.Context, c clientFlags, res *sv1.IntentResult, s
 					have := bus.Fence{Epoch: max(n.GetAppliedEpoch(), 1), Generation: n.GetAppliedGeneration()}
 					if !n.GetDiverged() && have.Compare(want) >= 0 && coordinator.NodeDoes(n) {
 						at++
+						if coordinator.NodeHeld(n) {
+							held = append(held, n.GetNode())
+						}
 					}
 				}
 			}
 			if live > 0 && at == live {
 				if c.output != "json" {
-					fmt.Fprintf(stdout, "converged: %d/%d live nodes' proxies do generation %d or newer\n", at, live, res.GetGeneration())
+					fmt.Fprintf(stdout, "converged: %d/%d live nodes' proxies do generation %d or newer\n", at-len(held), live, res.GetGeneration())
+					if len(held) > 0 {
+						// They took the generation, so the rollout goes on
+						// without them; waiting longer changes nothing.
+						sort.Strings(held)
+						fmt.Fprintf(stdout, "held: %s applied it on the old backend: a pre-traffic hook failed (rollout status says why)\n", strings.Join(held, ", "))
+					}
 				}
 				return nil
 			}
@@ -663,6 +673,10 @@ func printRolloutDetail(w io.Writer, v *sv1.RolloutView) {
 	}
 	fmt.Fprintf(w, "Generation:  %d\n", r.GetGeneration())
 	fmt.Fprintf(w, "Converged:   %s live nodes\n", convergence(v))
+	if held := v.GetHeld(); len(held) > 0 {
+		fmt.Fprintf(w, "Held:        %s (applied generation %d on %s: a pre-traffic hook failed; see MESSAGE)\n",
+			strings.Join(held, ", "), r.GetGeneration(), sp.GetFrom())
+	}
 	fmt.Fprintf(w, "Operator:    %s\n\n", r.GetOperator())
 	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
 	fmt.Fprintln(tw, "NODE\tAPPLIED (EPOCH/GEN)\tWEIGHTS\tOBSERVED\tDRIVER\tSEEN\tMESSAGE")

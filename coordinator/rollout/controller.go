@@ -221,6 +221,17 @@ type Fleet interface {
 	Stale(service string) []string
 }
 
+// Holder is a Fleet that can name the live nodes a failed pre-traffic hook
+// keeps on the old backend at a generation: they applied it, so the
+// rollout goes on without them, and its completion names them.
+type Holder interface {
+	Held(service string, generation uint64) []string
+}
+
+// MaxFinishHeld is how many held nodes a completion names; the rest are
+// counted.
+const MaxFinishHeld = 20
+
 // Settler is a Fleet that can say whether its view is whole: whether it has
 // heard from every live node, so that the nodes it counts are the fleet. A
 // Fleet that is not one is taken as settled.
@@ -328,7 +339,16 @@ func (c *Controller) commit(r *sv1.Rollout, d Decision, now time.Time) error {
 	case Rollback:
 		return c.Raft.Rollback(&sv1.RollbackEntry{Rollout: r.GetId(), Generation: r.GetGeneration(), Evidence: d.Evidence, StampedAt: at, Rules: state.Rules})
 	case Finish:
-		return c.Raft.Finish(&sv1.RolloutFinishEntry{Rollout: r.GetId(), StampedAt: at})
+		e := &sv1.RolloutFinishEntry{Rollout: r.GetId(), StampedAt: at}
+		if h, ok := c.Fleet.(Holder); ok {
+			held := h.Held(r.GetSpec().GetService(), r.GetGeneration())
+			if len(held) > MaxFinishHeld {
+				e.HeldMore = uint32(len(held) - MaxFinishHeld)
+				held = held[:MaxFinishHeld]
+			}
+			e.Held = held
+		}
+		return c.Raft.Finish(e)
 	case ConfirmRollback:
 		applied, _ := c.Fleet.Convergence(r.GetSpec().GetService(), r.GetGeneration())
 		return c.Raft.Converged(&sv1.RolloutConvergedEntry{Rollout: r.GetId(), Generation: r.GetGeneration(), Nodes: uint32(applied),

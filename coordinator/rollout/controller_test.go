@@ -1,6 +1,7 @@
 package rollout
 
 import (
+	"fmt"
 	"strings"
 	"testing"
 	"time"
@@ -202,6 +203,62 @@ func TestRollout_ControllerStepsThroughACanaryWithAFakeClock(t *testing.T) {
 	want := "advance advance advance promote finish"
 	if strings.Join(actions, " ") != want {
 		t.Fatalf("actions %v, want %s", actions, want)
+	}
+}
+
+// heldFleet: every node applies every generation at once, and a failed
+// pre-traffic hook keeps held on the old backend at the generation given.
+type heldFleet struct {
+	instantFleet
+	gen  uint64
+	held []string
+}
+
+func (f heldFleet) Held(_ string, gen uint64) []string {
+	if gen != f.gen {
+		return nil
+	}
+	return f.held
+}
+
+// A node its pre-traffic hook keeps on blue took the generation, so the
+// rollout goes on and completes; the completion names it (and counts those
+// past MaxFinishHeld) instead of saying green serves everywhere.
+func TestRollout_CompletionNamesTheNodesAPreTrafficHookKeptOnFrom(t *testing.T) {
+	for _, c := range []struct {
+		name string
+		held int
+		want string
+	}{
+		{"none held", 0, "completed: green serves every wave"},
+		{"one held", 1, "completed: green serves every wave but on edge-000, kept on blue by a failed pre-traffic hook"},
+		{"more than are named", MaxFinishHeld + 3, "edge-019 and 3 more, kept on blue by a failed pre-traffic hook"},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			st := state.New()
+			raft := &memRaft{st: st, index: 1}
+			st.ApplyIntent(1, &sv1.IntentEntry{StampedAt: timestamppb.New(t0), Intent: &sv1.Intent{Id: "i",
+				Action: &sv1.Intent_ApplyRollout{ApplyRollout: &sv1.ApplyRollout{Spec: canary(setW(50))}}}})
+			fl := heldFleet{instantFleet: instantFleet{live: c.held + 2}}
+			for i := range c.held {
+				fl.held = append(fl.held, fmt.Sprintf("edge-%03d", i))
+			}
+			c1 := &Controller{State: st, Raft: raft, Fleet: &fl, Analyzer: &fixedAnalyzer{}}
+			for range 4 {
+				fl.gen = st.Rollout("r").GetGeneration()
+				if err := c1.Step(t0); err != nil {
+					t.Fatal(err)
+				}
+			}
+			r := st.Rollout("r")
+			if r.GetPhase() != sv1.RolloutPhase_ROLLOUT_PHASE_COMPLETED {
+				t.Fatalf("phase %v: held nodes must not keep the rollout from going on", r.GetPhase())
+			}
+			last := r.GetHistory()[len(r.GetHistory())-1].GetMessage()
+			if !strings.Contains(last, c.want) || (c.held == 0 && last != c.want) {
+				t.Fatalf("completion %q, want %q", last, c.want)
+			}
+		})
 	}
 }
 

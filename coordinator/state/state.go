@@ -574,7 +574,7 @@ func (s *State) ApplyFinish(index uint64, e *sv1.RolloutFinishEntry) {
 		return
 	}
 	r.Phase = sv1.RolloutPhase_ROLLOUT_PHASE_COMPLETED
-	s.record(r, index, e.GetStampedAt(), "", "completed: "+r.GetSpec().GetTo()+" serves every wave")
+	s.record(r, index, e.GetStampedAt(), "", finishMessage(r.GetSpec(), e))
 	s.duePoint(r, sv1.HookPoint_HOOK_POINT_POST_ROLLOUT, KeyPostRollout, index, e.GetStampedAt())
 }
 
@@ -866,4 +866,19 @@ func sortedKeys[V any](m map[string]V) []string {
 	}
 	slices.Sort(keys)
 	return keys
+}
+
+// finishMessage is the history line of a completed rollout: the nodes a
+// failed pre-traffic hook kept on the old backend, as the leader saw them,
+// are named, since the new backend does not serve them.
+func finishMessage(sp *sv1.RolloutSpec, e *sv1.RolloutFinishEntry) string {
+	msg := "completed: " + sp.GetTo() + " serves every wave"
+	if len(e.GetHeld()) == 0 {
+		return msg
+	}
+	names := strings.Join(e.GetHeld(), ", ")
+	if more := e.GetHeldMore(); more > 0 {
+		names += fmt.Sprintf(" and %d more", more)
+	}
+	return fmt.Sprintf("%s but on %s, kept on %s by a failed pre-traffic hook", msg, names, sp.GetFrom())
 }

@@ -156,6 +156,8 @@
           r.reason ? [el("dt", {}, "reason"), el("dd", {}, r.reason)] : null,
           el("dt", {}, "generation"), el("dd", {}, num(r.generation)),
           el("dt", {}, "converged"), el("dd", { "data-field": "converged" }, `${num(v.converged)}/${live} live nodes`),
+          (v.held || []).length ? [el("dt", {}, "held"), el("dd", { class: "bad", "data-field": "held" },
+            `${v.held.join(", ")}: kept on ${sp.from} by a failed pre-traffic hook`)] : null,
           v.analysis ? [el("dt", {}, "judge"), el("dd", { "data-field": "analysis" }, v.analysis)] : null),
         seriesCharts(series[r.id]),
         evidenceBlock(r.evidence),
@@ -173,7 +175,8 @@
       el("h3", {}, `${s.service}`),
       el("p", {}, `desired generation ${num(s.epoch)}/${num(s.generation)}` + (s.rollout ? `, rollout ${s.rollout}` : "") +
         `; ${num(s.converged)}/${num(s.live)} live nodes converged`,
-        (s.staleNodes || []).length ? el("span", { class: "bad" }, `; stale: ${s.staleNodes.join(", ")}`) : null),
+        (s.staleNodes || []).length ? el("span", { class: "bad" }, `; stale: ${s.staleNodes.join(", ")}`) : null,
+        (s.heldNodes || []).length ? el("span", { class: "bad" }, `; held by a failed pre-traffic hook: ${s.heldNodes.join(", ")}`) : null),
       (s.waves || []).map((w) => [
         el("h3", { class: "muted" }, w.index === -1 || w.wave === "-" ? "no wave" : `wave ${num(w.index) + 1}: ${w.wave}`),
         (w.nodes || []).length === 0 ? el("p", { class: "muted" }, "no nodes") :

@@ -149,8 +149,11 @@ type ServiceFleet struct {
 	StaleNodes []string `protobuf:"bytes,6,rep,name=stale_nodes,json=staleNodes,proto3" json:"stale_nodes,omitempty"`
 	// Live counts the nodes heard from within the stale period; Converged
 	// those whose proxy is seen doing the current document.
-	Live          uint32 `protobuf:"varint,7,opt,name=live,proto3" json:"live,omitempty"`
-	Converged     uint32 `protobuf:"varint,8,opt,name=converged,proto3" json:"converged,omitempty"`
+	Live      uint32 `protobuf:"varint,7,opt,name=live,proto3" json:"live,omitempty"`
+	Converged uint32 `protobuf:"varint,8,opt,name=converged,proto3" json:"converged,omitempty"`
+	// HeldNodes names the live nodes kept on the old backend at the current
+	// document by a failed pre-traffic hook; they are not counted converged.
+	HeldNodes     []string `protobuf:"bytes,9,rep,name=held_nodes,json=heldNodes,proto3" json:"held_nodes,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -239,6 +242,13 @@ func (x *ServiceFleet) GetConverged() uint32 {
 		return x.Converged
 	}
 	return 0
+}
+
+func (x *ServiceFleet) GetHeldNodes() []string {
+	if x != nil {
+		return x.HeldNodes
+	}
+	return nil
 }
 
 // WaveNodes is one wave's nodes.
@@ -733,7 +743,7 @@ const file_switchyard_v1_api_proto_rawDesc = "" +
 	"\bservices\x18\x01 \x03(\v2\x1b.switchyard.v1.ServiceFleetR\bservices\x12\x1f\n" +
 	"\vanswered_by\x18\x02 \x01(\tR\n" +
 	"answeredBy\x12\x16\n" +
-	"\x06leader\x18\x03 \x01(\tR\x06leader\"\xfb\x01\n" +
+	"\x06leader\x18\x03 \x01(\tR\x06leader\"\x9a\x02\n" +
 	"\fServiceFleet\x12\x18\n" +
 	"\aservice\x18\x01 \x01(\tR\aservice\x12\x18\n" +
 	"\arollout\x18\x02 \x01(\tR\arollout\x12\x14\n" +
@@ -745,7 +755,9 @@ const file_switchyard_v1_api_proto_rawDesc = "" +
 	"\vstale_nodes\x18\x06 \x03(\tR\n" +
 	"staleNodes\x12\x12\n" +
 	"\x04live\x18\a \x01(\rR\x04live\x12\x1c\n" +
-	"\tconverged\x18\b \x01(\rR\tconverged\"d\n" +
+	"\tconverged\x18\b \x01(\rR\tconverged\x12\x1d\n" +
+	"\n" +
+	"held_nodes\x18\t \x03(\tR\theldNodes\"d\n" +
 	"\tWaveNodes\x12\x12\n" +
 	"\x04wave\x18\x01 \x01(\tR\x04wave\x12\x14\n" +
 	"\x05index\x18\x02 \x01(\x05R\x05index\x12-\n" +

@@ -150,8 +150,14 @@ type RolloutView struct {
 	Rollout *Rollout               `protobuf:"bytes,1,opt,name=rollout,proto3" json:"rollout,omitempty"`
 	// Nodes are the live nodes that run the rollout's service.
 	Nodes []*NodeView `protobuf:"bytes,2,rep,name=nodes,proto3" json:"nodes,omitempty"`
-	// Converged counts the live nodes that applied the rollout's generation.
+	// Converged counts the live nodes that applied the rollout's generation
+	// and whose proxy is seen doing it; held nodes are not among them.
 	Converged uint32 `protobuf:"varint,3,opt,name=converged,proto3" json:"converged,omitempty"`
+	// Held names the live nodes that applied the rollout's generation with
+	// the rollout's `to` at 0, kept on `from` by a failed pre-traffic hook
+	// (the node's message says which and why). The rollout goes on without
+	// them; a later generation that gives them weight runs the hook again.
+	Held []string `protobuf:"bytes,7,rep,name=held,proto3" json:"held,omitempty"`
 	// Live counts the nodes that run the rollout's service and are not
 	// stale, whether or not nodes lists them.
 	Live uint32 `protobuf:"varint,6,opt,name=live,proto3" json:"live,omitempty"`
@@ -218,6 +224,13 @@ func (x *RolloutView) GetConverged() uint32 {
 		return x.Converged
 	}
 	return 0
+}
+
+func (x *RolloutView) GetHeld() []string {
+	if x != nil {
+		return x.Held
+	}
+	return nil
 }
 
 func (x *RolloutView) GetLive() uint32 {
@@ -830,11 +843,12 @@ const file_switchyard_v1_query_proto_rawDesc = "" +
 	"\brollouts\x18\x01 \x03(\v2\x1a.switchyard.v1.RolloutViewR\brollouts\x12\x1f\n" +
 	"\vanswered_by\x18\x02 \x01(\tR\n" +
 	"answeredBy\x12\x16\n" +
-	"\x06leader\x18\x03 \x01(\tR\x06leader\"\xab\x02\n" +
+	"\x06leader\x18\x03 \x01(\tR\x06leader\"\xbf\x02\n" +
 	"\vRolloutView\x120\n" +
 	"\arollout\x18\x01 \x01(\v2\x16.switchyard.v1.RolloutR\arollout\x12-\n" +
 	"\x05nodes\x18\x02 \x03(\v2\x17.switchyard.v1.NodeViewR\x05nodes\x12\x1c\n" +
 	"\tconverged\x18\x03 \x01(\rR\tconverged\x12\x12\n" +
+	"\x04held\x18\a \x03(\tR\x04held\x12\x12\n" +
 	"\x04live\x18\x06 \x01(\rR\x04live\x12\x18\n" +
 	"\awaiting\x18\x04 \x01(\tR\awaiting\x127\n" +
 	"\awindows\x18\x05 \x03(\v2\x1d.switchyard.v1.WindowEvidenceR\awindows\x12\x1a\n" +

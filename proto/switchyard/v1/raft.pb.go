@@ -376,9 +376,15 @@ func (x *RollbackEntry) GetRules() uint32 {
 
 // RolloutFinishEntry ends a promoted rollout's warm period.
 type RolloutFinishEntry struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	Rollout       string                 `protobuf:"bytes,1,opt,name=rollout,proto3" json:"rollout,omitempty"`
-	StampedAt     *timestamppb.Timestamp `protobuf:"bytes,2,opt,name=stamped_at,json=stampedAt,proto3" json:"stamped_at,omitempty"`
+	state     protoimpl.MessageState `protogen:"open.v1"`
+	Rollout   string                 `protobuf:"bytes,1,opt,name=rollout,proto3" json:"rollout,omitempty"`
+	StampedAt *timestamppb.Timestamp `protobuf:"bytes,2,opt,name=stamped_at,json=stampedAt,proto3" json:"stamped_at,omitempty"`
+	// Held names the live nodes the leader saw kept on the old backend at
+	// the promoted generation by a failed pre-traffic hook (at most
+	// MaxFinishHeld, then held_more counts the rest): the history says the
+	// new backend serves every wave but them.
+	Held          []string `protobuf:"bytes,3,rep,name=held,proto3" json:"held,omitempty"`
+	HeldMore      uint32   `protobuf:"varint,4,opt,name=held_more,json=heldMore,proto3" json:"held_more,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -425,6 +431,20 @@ func (x *RolloutFinishEntry) GetStampedAt() *timestamppb.Timestamp {
 		return x.StampedAt
 	}
 	return nil
+}
+
+func (x *RolloutFinishEntry) GetHeld() []string {
+	if x != nil {
+		return x.Held
+	}
+	return nil
+}
+
+func (x *RolloutFinishEntry) GetHeldMore() uint32 {
+	if x != nil {
+		return x.HeldMore
+	}
+	return 0
 }
 
 // DrillStartEntry starts a scheduled drill on the targets the leader chose
@@ -973,11 +993,13 @@ const file_switchyard_v1_raft_proto_rawDesc = "" +
 	"\bevidence\x18\x03 \x01(\v2\x17.switchyard.v1.EvidenceR\bevidence\x129\n" +
 	"\n" +
 	"stamped_at\x18\x04 \x01(\v2\x1a.google.protobuf.TimestampR\tstampedAt\x12\x14\n" +
-	"\x05rules\x18\x05 \x01(\rR\x05rules\"i\n" +
+	"\x05rules\x18\x05 \x01(\rR\x05rules\"\x9a\x01\n" +
 	"\x12RolloutFinishEntry\x12\x18\n" +
 	"\arollout\x18\x01 \x01(\tR\arollout\x129\n" +
 	"\n" +
-	"stamped_at\x18\x02 \x01(\v2\x1a.google.protobuf.TimestampR\tstampedAt\"|\n" +
+	"stamped_at\x18\x02 \x01(\v2\x1a.google.protobuf.TimestampR\tstampedAt\x12\x12\n" +
+	"\x04held\x18\x03 \x03(\tR\x04held\x12\x1b\n" +
+	"\theld_more\x18\x04 \x01(\rR\bheldMore\"|\n" +
 	"\x0fDrillStartEntry\x12\x14\n" +
 	"\x05drill\x18\x01 \x01(\tR\x05drill\x12\x18\n" +
 	"\atargets\x18\x02 \x03(\tR\atargets\x129\n" +
