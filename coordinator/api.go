@@ -136,6 +136,32 @@ func emptyWave(r *sv1.Rollout, nodes []*sv1.NodeView) string {
 	return fmt.Sprintf("; wave %s takes none of the %d live nodes: no traffic of its own to judge (rollout promote skips this step)", plan[w].Wave.GetName(), live)
 }
 
+// guardMoved explains a rollout that waits for nodes whose local guard
+// moved them back to the old backend at its current generation: they are
+// not counted converged, and only a newer generation moves them, so the
+// rollout would wait for them until someone acts.
+func guardMoved(r *sv1.Rollout, nodes []*sv1.NodeView, want bus.Fence) string {
+	if p := r.GetPhase(); p != sv1.RolloutPhase_ROLLOUT_PHASE_PROGRESSING && p != sv1.RolloutPhase_ROLLOUT_PHASE_PROMOTED {
+		return ""
+	}
+	var moved []string
+	for _, n := range nodes {
+		if !n.GetStale() && agreement(nodeFence(n), want) == Current && n.GetLocalRollback().GetGeneration() == want.Generation {
+			moved = append(moved, n.GetNode())
+		}
+	}
+	if len(moved) == 0 {
+		return ""
+	}
+	const named = 5
+	who := strings.Join(moved[:min(len(moved), named)], ", ")
+	if len(moved) > named {
+		who += fmt.Sprintf(" and %d more", len(moved)-named)
+	}
+	return fmt.Sprintf("; %s: local guard moved back to %s at this generation, and only a newer one moves them (rollout abort %s, or rollout promote %s for the next step)",
+		who, r.GetSpec().GetFrom(), r.GetId(), r.GetId())
+}
+
 // groupWaves puts labelled nodes into the rollout's waves in spec order,
 // then the nodes no wave takes; without a rollout, all in one group "-".
 func groupWaves(r *sv1.Rollout, nodes []*sv1.NodeView) []*sv1.WaveNodes {

@@ -70,7 +70,7 @@ func (s *Server) rolloutViews(st *state.State, rollouts []*sv1.Rollout, summary 
 			d := rollout.Decide(r, obs)
 			view.Waiting = d.Waiting
 			if d.Action == rollout.Wait {
-				view.Waiting += emptyWave(r, nodes)
+				view.Waiting += emptyWave(r, nodes) + guardMoved(r, nodes, bus.Fence{Epoch: st.Epoch(), Generation: r.GetGeneration()})
 			}
 			if (r.GetHoldStart() && !r.GetStartGate()) || d.Action == rollout.Advance || d.Action == rollout.Promote {
 				if w := hooks.Waiting(r, d.ToWave, d.ToStep, d.Action == rollout.Promote, now); w != "" {
