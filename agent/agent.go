@@ -871,16 +871,24 @@ func (a *Agent) statusDirty() {
 // publishStatusNow publishes the status and waits for the server to have
 // it, for the last word before the agent drops its own bus connection.
 func (a *Agent) publishStatusNow() {
-	body, err := a.status(false).MarshalVT()
+	if err := a.publishLast(false); err != nil {
+		a.log.Warn("publish status before dropping the bus", "err", err)
+	}
+}
+
+// publishLast publishes the status at once, marked stopping if asked, and
+// waits up to a second for the server to have it.
+func (a *Agent) publishLast(stopping bool) error {
+	st := a.status(false)
+	st.Stopping = stopping
+	body, err := st.MarshalVT()
 	if err == nil {
 		_, err = a.publish(bus.StatusSubject(a.cfg.Node), body)
 	}
 	if nc := a.conn(); err == nil && nc != nil && nc.IsConnected() {
 		err = nc.FlushTimeout(time.Second)
 	}
-	if err != nil {
-		a.log.Warn("publish status before dropping the bus", "err", err)
-	}
+	return err
 }
 
 // statusLoop publishes the status on every change and, when nothing changed
@@ -919,6 +927,7 @@ func (a *Agent) statusLoop(ctx context.Context) {
 	for {
 		select {
 		case <-ctx.Done():
+			a.sayStopping()
 			return
 		case <-a.statusChanged:
 			if !waiting {
@@ -935,6 +944,16 @@ func (a *Agent) statusLoop(ctx context.Context) {
 				publish(true)
 			}
 		}
+	}
+}
+
+// sayStopping publishes the last status of an agent shutting down cleanly,
+// so that the coordinators count the node stale (and show it stopped) at
+// once rather than after the stale period. A killed agent says nothing: it
+// goes stale.
+func (a *Agent) sayStopping() {
+	if err := a.publishLast(true); err != nil {
+		a.log.Warn("could not tell the coordinators this agent is stopping; its node goes stale after the stale period", "err", err)
 	}
 }
 

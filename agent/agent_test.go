@@ -75,6 +75,29 @@ func TestAgent_AppliesPushedDesiredState(t *testing.T) {
 // A coordinator that has just started asks every agent for its status; an
 // agent answers at once (within its status window), not at its next
 // heartbeat.
+// An agent shutting down cleanly says so in its last status, with what it
+// applied, so the coordinators count its node stale at once; the statuses
+// before it do not say so.
+func TestAgent_CleanStopSaysStoppingInItsLastStatus(t *testing.T) {
+	b := startBus(t)
+	cfg := testConfig(t, b.url)
+	statuses := b.statuses(t, cfg.Node)
+	ra := startAgent(t, cfg, map[string]*fakeDriver{"web": newFakeDriver()})
+	b.put(t, defaults(5, map[string]uint32{"blue": 90, "green": 10}))
+	ra.waitApplied(t, "web", 5)
+	st := waitStatus(t, statuses, "a status of generation 5", func(st *sv1.AgentStatus) bool {
+		return len(st.GetServices()) == 1 && st.GetServices()[0].GetAppliedGeneration() == 5
+	})
+	if st.GetStopping() {
+		t.Fatal("a running agent's status says it is stopping")
+	}
+	ra.stop(t)
+	last := waitStatus(t, statuses, "the stopping status", func(st *sv1.AgentStatus) bool { return st.GetStopping() })
+	if last.GetNode() != cfg.Node || len(last.GetServices()) != 1 || last.GetServices()[0].GetAppliedGeneration() != 5 {
+		t.Fatalf("stopping status %v, want the node's applied generation 5", last)
+	}
+}
+
 func TestAgent_AnswersAStatusAskBeforeItsHeartbeat(t *testing.T) {
 	b := startBus(t)
 	cfg := testConfig(t, b.url) // heartbeat: a minute

@@ -168,6 +168,13 @@ type nodeSeen struct {
 	counted []countedService
 }
 
+// silent reports whether n is stale at now: not heard from for the stale
+// period, or its agent said it stopped. The sweep marks the first kind in
+// its own time; reads that look at ages go by this. The caller holds f.mu.
+func (f *fleet) silent(n *nodeSeen, now time.Time) bool {
+	return n.stale || now.Sub(n.seen) > f.staleAfter
+}
+
 func newFleet(staleAfter time.Duration, m *metrics, log *slog.Logger) *fleet {
 	return &fleet{
 		staleAfter: staleAfter, metrics: m, now: time.Now, log: log,
@@ -226,6 +233,13 @@ func (f *fleet) handleStatus(msg *nats.Msg) {
 		prevStatus = prev.status
 	}
 	n := &nodeSeen{status: &st, seen: now, counted: counted(&st)}
+	if st.GetStopping() {
+		// An agent shutting down cleanly says so: the node is stale now,
+		// not after the stale period, and forgotten as a silent one is.
+		n.stale = true
+		f.staled = append(f.staled, heardAt{node: st.GetNode(), seen: now})
+		f.log.Info("agent stopped: its node is counted stale until it is heard from again", "node", st.GetNode())
+	}
 	f.nodes[st.GetNode()] = n
 	f.count(st.GetNode(), n, 1)
 	f.heard = append(f.heard, heardAt{node: st.GetNode(), seen: now})
@@ -289,7 +303,8 @@ func (f *fleet) nodesFor(service string) []*sv1.NodeView {
 				Weights:           maps.Clone(svc.GetWeights()),
 				Driver:            svc.GetDriver(),
 				Message:           svc.GetMessage(),
-				Stale:             age > f.staleAfter,
+				Stale:             f.silent(n, now),
+				Stopped:           n.status.GetStopping(),
 				SecondsSinceSeen:  age.Seconds(),
 				Labels:            maps.Clone(n.status.GetLabels()),
 				AppliedEpoch:      svc.GetAppliedEpoch(),
@@ -485,7 +500,7 @@ func (f *fleet) checkDivergence(prev, st *sv1.AgentStatus) {
 	f.divergedCountedAt = now
 	counts := map[string]int{}
 	for k := range f.diverged {
-		if n := f.nodes[k[0]]; n != nil && f.now().Sub(n.seen) <= f.staleAfter {
+		if n := f.nodes[k[0]]; n != nil && !f.silent(n, now) {
 			counts[k[1]]++
 		}
 	}
@@ -530,8 +545,9 @@ func (f *fleet) activeFaults(drill string) []string {
 	f.mu.RLock()
 	defer f.mu.RUnlock()
 	var out []string
+	now := f.now()
 	for id, n := range f.nodes {
-		if f.now().Sub(n.seen) > f.staleAfter {
+		if f.silent(n, now) {
 			continue
 		}
 		for _, flt := range n.status.GetFaults() {

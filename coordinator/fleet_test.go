@@ -140,6 +140,66 @@ func TestFleet_NodeHeldByAFailedPreTrafficHookIsNamedNotConverged(t *testing.T) 
 	}
 }
 
+// A node whose agent said it is stopping is stale at once (not after the
+// stale period): not counted live, named among the stale nodes, shown
+// stopped; heard from again, it is live again.
+func TestFleet_AStoppingAgentsNodeIsStaleAtOnce(t *testing.T) {
+	f := newFleet(15*time.Second, newMetrics(prometheus.NewRegistry()), slog.New(slog.DiscardHandler))
+	now := time.Date(2026, 1, 1, 12, 0, 0, 0, time.UTC)
+	f.now = func() time.Time { return now }
+	f.epoch = func() uint64 { return 1 }
+	green := map[string]uint32{"blue": 0, "green": 100}
+	report := func(node string, stopping bool) {
+		t.Helper()
+		b, err := proto.Marshal(&sv1.AgentStatus{Node: node, Stopping: stopping, Services: []*sv1.ServiceStatus{{
+			Service: "web", AppliedEpoch: 1, AppliedGeneration: 7, Weights: green, ObservedWeights: green, ObservedMatches: true}}})
+		if err != nil {
+			t.Fatal(err)
+		}
+		f.handleStatus(&nats.Msg{Subject: bus.StatusSubject(node), Data: b})
+	}
+	report("edge-1", false)
+	report("edge-2", false)
+	now = now.Add(time.Second)
+	report("edge-2", true)
+	if applied, live := f.Convergence("web", 7); applied != 1 || live != 1 {
+		t.Errorf("Convergence = %d of %d live, want 1 of 1: edge-2 stopped", applied, live)
+	}
+	if got := f.Stale("web"); !slices.Equal(got, []string{"edge-2"}) {
+		t.Errorf("Stale = %v, want [edge-2]", got)
+	}
+	views := f.nodesFor("web")
+	if len(views) != 2 || views[1].GetNode() != "edge-2" || !views[1].GetStale() || !views[1].GetStopped() || views[0].GetStale() {
+		t.Fatalf("views %v, want edge-2 stale and stopped, edge-1 live", views)
+	}
+	if live := f.Live("web"); len(live) != 1 || live[0].ID != "edge-1" {
+		t.Errorf("Live = %v, want edge-1 only", live)
+	}
+	// Past the stale period the sweep finds nothing more to do for it.
+	now = now.Add(20 * time.Second)
+	report("edge-1", false)
+	if got := f.Stale("web"); !slices.Equal(got, []string{"edge-2"}) {
+		t.Errorf("Stale after the period = %v, want [edge-2]", got)
+	}
+	report("edge-2", false)
+	if applied, live := f.Convergence("web", 7); applied != 2 || live != 2 {
+		t.Errorf("Convergence once edge-2 is back = %d of %d live, want 2 of 2", applied, live)
+	}
+	if got := f.Stale("web"); len(got) != 0 {
+		t.Errorf("Stale once edge-2 is back = %v", got)
+	}
+	if v := f.nodesFor("web")[1]; v.GetStale() || v.GetStopped() {
+		t.Errorf("edge-2 back: %v", v)
+	}
+	// Forgotten as a silent node is, a day after it stopped.
+	report("edge-2", true)
+	now = now.Add(DefaultForgetAfter + time.Minute)
+	report("edge-1", false)
+	if views := f.nodesFor("web"); len(views) != 1 {
+		t.Errorf("a day after edge-2 stopped the views list %d nodes, want edge-1 alone", len(views))
+	}
+}
+
 // A status naming a service twice would count its node twice in that
 // service's tallies: one converged node could stand for two. It is refused
 // as malformed, logged, and the node's earlier status stays what counts.

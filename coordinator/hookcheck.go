@@ -59,7 +59,7 @@ func (f *fleet) hooksOf(service string) map[string][]string {
 	now := f.now()
 	out := map[string][]string{}
 	for id, n := range f.nodes {
-		if now.Sub(n.seen) > f.staleAfter {
+		if f.silent(n, now) {
 			continue
 		}
 		for _, svc := range n.status.GetServices() {

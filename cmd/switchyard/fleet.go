@@ -118,7 +118,11 @@ func printFleet(w io.Writer, ans *sv1.FleetStatus) {
 // second as rollout status and the dashboard say it, marked when stale.
 func seenAgo(n *sv1.NodeView) string {
 	seen := fmt.Sprintf("%.0fs ago", n.GetSecondsSinceSeen())
-	if n.GetStale() {
+	switch {
+	case n.GetStopped():
+		// Its agent said it was shutting down: not a silence.
+		seen += " (stopped)"
+	case n.GetStale():
 		seen += " (stale)"
 	}
 	return seen

@@ -13,15 +13,17 @@ import (
 // the other, and the dashboard, say 2 s.
 func TestCLI_FleetAndRolloutStatusSayTheSameNodeAge(t *testing.T) {
 	for _, c := range []struct {
-		secs  float64
-		stale bool
-		want  string
+		secs           float64
+		stale, stopped bool
+		want           string
 	}{
-		{1.9, false, "2s ago"},
-		{0.4, false, "0s ago"},
-		{125.6, true, "126s ago (stale)"},
+		{1.9, false, false, "2s ago"},
+		{0.4, false, false, "0s ago"},
+		{125.6, true, false, "126s ago (stale)"},
+		// Its agent said it was shutting down: not a silence.
+		{3.2, true, true, "3s ago (stopped)"},
 	} {
-		n := &sv1.NodeView{Node: "edge-1", SecondsSinceSeen: c.secs, Stale: c.stale, Wave: "-"}
+		n := &sv1.NodeView{Node: "edge-1", SecondsSinceSeen: c.secs, Stale: c.stale, Stopped: c.stopped, Wave: "-"}
 		var fleet, detail bytes.Buffer
 		printFleet(&fleet, &sv1.FleetStatus{Services: []*sv1.ServiceFleet{{Service: "web",
 			Waves: []*sv1.WaveNodes{{Wave: "-", Index: -1, Nodes: []*sv1.NodeView{n}}}}}})

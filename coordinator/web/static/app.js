@@ -183,7 +183,7 @@
           table(["node", "applied (epoch/gen)", "weights", "observed", "driver", "seen", "message"],
             w.nodes.map((n) => [n.node, `${num(n.appliedEpoch)}/${num(n.appliedGeneration)}`, weights(n.weights),
               Object.keys(n.observedWeights || {}).length ? weights(n.observedWeights) + (n.observedMatches ? "" : " (differs)") : "-",
-              enumName(n.driver, "DRIVER_HEALTH_"), `${num(n.secondsSinceSeen).toFixed(0)} s ago${n.stale ? " (stale)" : ""}`,
+              enumName(n.driver, "DRIVER_HEALTH_"), `${num(n.secondsSinceSeen).toFixed(0)} s ago${n.stopped ? " (stopped)" : n.stale ? " (stale)" : ""}`,
               [n.diverged ? "DIVERGED " : "", n.documentExpired ? "EXPIRED " : "", n.drift ? "drift: " + n.drift + " " : "", n.message || ""].join("")]),
             (i) => (w.nodes[i].stale ? { class: "stale-node", "data-node": w.nodes[i].node } : { "data-node": w.nodes[i].node }))])));
   }

@@ -278,6 +278,9 @@ type NodeView struct {
 	Message           string                 `protobuf:"bytes,5,opt,name=message,proto3" json:"message,omitempty"`
 	// Stale is true when the node has not been heard from for the stale period.
 	Stale bool `protobuf:"varint,6,opt,name=stale,proto3" json:"stale,omitempty"`
+	// Stopped is set when the node's agent said it was shutting down
+	// cleanly: it is stale from then on, until it is heard from again.
+	Stopped bool `protobuf:"varint,23,opt,name=stopped,proto3" json:"stopped,omitempty"`
 	// SecondsSinceSeen is how long ago its last status arrived.
 	SecondsSinceSeen float64           `protobuf:"fixed64,7,opt,name=seconds_since_seen,json=secondsSinceSeen,proto3" json:"seconds_since_seen,omitempty"`
 	Labels           map[string]string `protobuf:"bytes,8,rep,name=labels,proto3" json:"labels,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"bytes,2,opt,name=value"`
@@ -379,6 +382,13 @@ func (x *NodeView) GetMessage() string {
 func (x *NodeView) GetStale() bool {
 	if x != nil {
 		return x.Stale
+	}
+	return false
+}
+
+func (x *NodeView) GetStopped() bool {
+	if x != nil {
+		return x.Stopped
 	}
 	return false
 }
@@ -853,14 +863,15 @@ const file_switchyard_v1_query_proto_rawDesc = "" +
 	"\awaiting\x18\x04 \x01(\tR\awaiting\x127\n" +
 	"\awindows\x18\x05 \x03(\v2\x1d.switchyard.v1.WindowEvidenceR\awindows\x12\x1a\n" +
 	"\banalysis\x18( \x01(\tR\banalysis\x12\x1a\n" +
-	"\bposition\x18Z \x01(\tR\bposition\"\xc2\a\n" +
+	"\bposition\x18Z \x01(\tR\bposition\"\xdc\a\n" +
 	"\bNodeView\x12\x12\n" +
 	"\x04node\x18\x01 \x01(\tR\x04node\x12-\n" +
 	"\x12applied_generation\x18\x02 \x01(\x04R\x11appliedGeneration\x12>\n" +
 	"\aweights\x18\x03 \x03(\v2$.switchyard.v1.NodeView.WeightsEntryR\aweights\x123\n" +
 	"\x06driver\x18\x04 \x01(\x0e2\x1b.switchyard.v1.DriverHealthR\x06driver\x12\x18\n" +
 	"\amessage\x18\x05 \x01(\tR\amessage\x12\x14\n" +
-	"\x05stale\x18\x06 \x01(\bR\x05stale\x12,\n" +
+	"\x05stale\x18\x06 \x01(\bR\x05stale\x12\x18\n" +
+	"\astopped\x18\x17 \x01(\bR\astopped\x12,\n" +
 	"\x12seconds_since_seen\x18\a \x01(\x01R\x10secondsSinceSeen\x12;\n" +
 	"\x06labels\x18\b \x03(\v2#.switchyard.v1.NodeView.LabelsEntryR\x06labels\x12#\n" +
 	"\rapplied_epoch\x18\x14 \x01(\x04R\fappliedEpoch\x12\x1a\n" +

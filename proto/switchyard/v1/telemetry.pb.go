@@ -514,6 +514,10 @@ type AgentStatus struct {
 	Version  string                 `protobuf:"bytes,5,opt,name=version,proto3" json:"version,omitempty"`
 	// Heartbeat is true when nothing changed since the previous status.
 	Heartbeat bool `protobuf:"varint,6,opt,name=heartbeat,proto3" json:"heartbeat,omitempty"`
+	// Stopping is set on the last status of an agent that is shutting down
+	// cleanly: the coordinators count the node as stale at once (and show it
+	// stopped) instead of after the stale period.
+	Stopping bool `protobuf:"varint,7,opt,name=stopping,proto3" json:"stopping,omitempty"`
 	// Faults are the drill faults active on this node now.
 	Faults []*ActiveFault `protobuf:"bytes,20,rep,name=faults,proto3" json:"faults,omitempty"`
 	// Hooks names the hooks this agent's config defines, so the leader can
@@ -591,6 +595,13 @@ func (x *AgentStatus) GetVersion() string {
 func (x *AgentStatus) GetHeartbeat() bool {
 	if x != nil {
 		return x.Heartbeat
+	}
+	return false
+}
+
+func (x *AgentStatus) GetStopping() bool {
+	if x != nil {
+		return x.Stopping
 	}
 	return false
 }
@@ -1118,14 +1129,15 @@ const file_switchyard_v1_telemetry_proto_rawDesc = "" +
 	"zero_count\x18\x02 \x01(\x01R\tzeroCount\x12!\n" +
 	"\findex_offset\x18\x03 \x01(\x11R\vindexOffset\x12\x16\n" +
 	"\x06counts\x18\x04 \x03(\x01R\x06counts\x12!\n" +
-	"\fwhole_counts\x18\x05 \x03(\x04R\vwholeCounts\"\x84\x03\n" +
+	"\fwhole_counts\x18\x05 \x03(\x04R\vwholeCounts\"\xa0\x03\n" +
 	"\vAgentStatus\x12\x12\n" +
 	"\x04node\x18\x01 \x01(\tR\x04node\x12>\n" +
 	"\x06labels\x18\x02 \x03(\v2&.switchyard.v1.AgentStatus.LabelsEntryR\x06labels\x12*\n" +
 	"\x02at\x18\x03 \x01(\v2\x1a.google.protobuf.TimestampR\x02at\x128\n" +
 	"\bservices\x18\x04 \x03(\v2\x1c.switchyard.v1.ServiceStatusR\bservices\x12\x18\n" +
 	"\aversion\x18\x05 \x01(\tR\aversion\x12\x1c\n" +
-	"\theartbeat\x18\x06 \x01(\bR\theartbeat\x122\n" +
+	"\theartbeat\x18\x06 \x01(\bR\theartbeat\x12\x1a\n" +
+	"\bstopping\x18\a \x01(\bR\bstopping\x122\n" +
 	"\x06faults\x18\x14 \x03(\v2\x1a.switchyard.v1.ActiveFaultR\x06faults\x12\x14\n" +
 	"\x05hooks\x182 \x03(\tR\x05hooks\x1a9\n" +
 	"\vLabelsEntry\x12\x10\n" +

@@ -446,6 +446,16 @@ func (m *AgentStatus) MarshalToSizedBufferVT(dAtA []byte) (int, error) {
 			dAtA[i] = 0xa2
 		}
 	}
+	if m.Stopping {
+		i--
+		if m.Stopping {
+			dAtA[i] = 1
+		} else {
+			dAtA[i] = 0
+		}
+		i--
+		dAtA[i] = 0x38
+	}
 	if m.Heartbeat {
 		i--
 		if m.Heartbeat {
@@ -1151,6 +1161,9 @@ func (m *AgentStatus) SizeVT() (n int) {
 		n += 1 + l + protohelpers.SizeOfVarint(uint64(l))
 	}
 	if m.Heartbeat {
+		n += 2
+	}
+	if m.Stopping {
 		n += 2
 	}
 	if len(m.Faults) > 0 {
