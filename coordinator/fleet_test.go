@@ -46,26 +46,41 @@ func TestFleet_ConvergedOnlyWhenTheProxyIsSeenDoingIt(t *testing.T) {
 	}
 }
 
+// clockedFleet is a fleet with a stale period of 15 s in epoch 1, whose
+// clock reads *now.
+func clockedFleet(now *time.Time) *fleet {
+	f := newFleet(15*time.Second, newMetrics(prometheus.NewRegistry()), slog.New(slog.DiscardHandler))
+	f.now = func() time.Time { return *now }
+	f.epoch = func() uint64 { return 1 }
+	return f
+}
+
+// hear hands f a node's status for service web as it arrives on the bus.
+func hear(t *testing.T, f *fleet, st *sv1.AgentStatus) {
+	t.Helper()
+	for _, ss := range st.GetServices() {
+		ss.Service, ss.AppliedEpoch = "web", 1
+	}
+	b, err := proto.Marshal(st)
+	if err != nil {
+		t.Fatal(err)
+	}
+	f.handleStatus(&nats.Msg{Subject: bus.StatusSubject(st.GetNode()), Data: b})
+}
+
 // A node whose local guard moved it back to the old backend keeps the
 // applied generation (so it does not bounce back when the bus returns with
 // the same document), and its proxy does what the guard set: it serves the
 // old backend, not the document's weights, and must not be counted as
 // converged, neither by the rollout controller's tallies nor by the views.
 func TestFleet_LocalGuardOverrideIsNotConverged(t *testing.T) {
-	f := newFleet(15*time.Second, newMetrics(prometheus.NewRegistry()), slog.New(slog.DiscardHandler))
 	now := time.Date(2026, 1, 1, 12, 0, 0, 0, time.UTC)
-	f.now = func() time.Time { return now }
-	f.epoch = func() uint64 { return 1 }
+	f := clockedFleet(&now)
 	canary := map[string]uint32{"blue": 80, "green": 20}
 	blue := map[string]uint32{"blue": 100, "green": 0}
 	report := func(node string, ss *sv1.ServiceStatus) {
 		t.Helper()
-		ss.Service, ss.AppliedEpoch = "web", 1
-		b, err := proto.Marshal(&sv1.AgentStatus{Node: node, Services: []*sv1.ServiceStatus{ss}})
-		if err != nil {
-			t.Fatal(err)
-		}
-		f.handleStatus(&nats.Msg{Subject: bus.StatusSubject(node), Data: b})
+		hear(t, f, &sv1.AgentStatus{Node: node, Services: []*sv1.ServiceStatus{ss}})
 	}
 	report("edge-1", &sv1.ServiceStatus{AppliedGeneration: 7, Weights: canary, ObservedWeights: canary, ObservedMatches: true})
 	report("edge-2", &sv1.ServiceStatus{AppliedGeneration: 7, Weights: blue, ObservedWeights: blue, ObservedMatches: true,
@@ -88,10 +103,8 @@ func TestFleet_LocalGuardOverrideIsNotConverged(t *testing.T) {
 // count it converged and name it, and Held names it for the completion.
 // A hook that failed at an earlier generation holds nothing now.
 func TestFleet_NodeHeldByAFailedPreTrafficHookIsNamedNotConverged(t *testing.T) {
-	f := newFleet(15*time.Second, newMetrics(prometheus.NewRegistry()), slog.New(slog.DiscardHandler))
 	now := time.Date(2026, 1, 1, 12, 0, 0, 0, time.UTC)
-	f.now = func() time.Time { return now }
-	f.epoch = func() uint64 { return 1 }
+	f := clockedFleet(&now)
 	green := map[string]uint32{"blue": 0, "green": 100}
 	blue := map[string]uint32{"blue": 100, "green": 0}
 	failed := func(gen uint64) []*sv1.HookRun {
@@ -102,12 +115,8 @@ func TestFleet_NodeHeldByAFailedPreTrafficHookIsNamedNotConverged(t *testing.T) 
 	}
 	report := func(node string, ss *sv1.ServiceStatus) {
 		t.Helper()
-		ss.Service, ss.AppliedEpoch, ss.RolloutId = "web", 1, "web-1"
-		b, err := proto.Marshal(&sv1.AgentStatus{Node: node, Services: []*sv1.ServiceStatus{ss}})
-		if err != nil {
-			t.Fatal(err)
-		}
-		f.handleStatus(&nats.Msg{Subject: bus.StatusSubject(node), Data: b})
+		ss.RolloutId = "web-1"
+		hear(t, f, &sv1.AgentStatus{Node: node, Services: []*sv1.ServiceStatus{ss}})
 	}
 	report("edge-1", &sv1.ServiceStatus{AppliedGeneration: 7, Weights: green, ObservedWeights: green, ObservedMatches: true})
 	report("edge-3", &sv1.ServiceStatus{AppliedGeneration: 7, Weights: blue, ObservedWeights: blue, ObservedMatches: true, HookRuns: failed(7)})
@@ -144,19 +153,13 @@ func TestFleet_NodeHeldByAFailedPreTrafficHookIsNamedNotConverged(t *testing.T) 
 // stale period): not counted live, named among the stale nodes, shown
 // stopped; heard from again, it is live again.
 func TestFleet_AStoppingAgentsNodeIsStaleAtOnce(t *testing.T) {
-	f := newFleet(15*time.Second, newMetrics(prometheus.NewRegistry()), slog.New(slog.DiscardHandler))
 	now := time.Date(2026, 1, 1, 12, 0, 0, 0, time.UTC)
-	f.now = func() time.Time { return now }
-	f.epoch = func() uint64 { return 1 }
+	f := clockedFleet(&now)
 	green := map[string]uint32{"blue": 0, "green": 100}
 	report := func(node string, stopping bool) {
 		t.Helper()
-		b, err := proto.Marshal(&sv1.AgentStatus{Node: node, Stopping: stopping, Services: []*sv1.ServiceStatus{{
-			Service: "web", AppliedEpoch: 1, AppliedGeneration: 7, Weights: green, ObservedWeights: green, ObservedMatches: true}}})
-		if err != nil {
-			t.Fatal(err)
-		}
-		f.handleStatus(&nats.Msg{Subject: bus.StatusSubject(node), Data: b})
+		hear(t, f, &sv1.AgentStatus{Node: node, Stopping: stopping, Services: []*sv1.ServiceStatus{{
+			AppliedGeneration: 7, Weights: green, ObservedWeights: green, ObservedMatches: true}}})
 	}
 	report("edge-1", false)
 	report("edge-2", false)
