@@ -74,3 +74,30 @@ func TestCLI_WaitCountsOnlyNodesDoingTheCommittedDocument(t *testing.T) {
 		})
 	}
 }
+
+// A node its failed pre-traffic hook keeps on blue took the generation, so
+// --wait does not wait for it (waiting longer would change nothing), but it
+// is not counted converged and is named.
+func TestCLI_WaitNamesANodeHeldByItsPreTrafficHook(t *testing.T) {
+	green := map[string]uint32{"blue": 0, "green": 100}
+	blue := map[string]uint32{"blue": 100, "green": 0}
+	nodes := []*sv1.NodeView{
+		{Node: "edge-1", AppliedEpoch: 1, AppliedGeneration: 12, Weights: green, ObservedWeights: green, ObservedMatches: true},
+		{Node: "edge-2", AppliedEpoch: 1, AppliedGeneration: 12, Weights: blue, ObservedWeights: blue, ObservedMatches: true,
+			HookRuns: []*sv1.HookRun{{Hook: "warm-green", Point: "preTraffic", Generation: 12, State: "failed", ExitCode: 7}}},
+	}
+	url, nc := runNATS(t)
+	answerQuery(t, nc, bus.QueryFleetStatus, &sv1.FleetStatus{Services: []*sv1.ServiceFleet{{
+		Service: "web", Epoch: 1, Generation: 12, Rollout: "r", Live: 2,
+		Waves: []*sv1.WaveNodes{{Wave: "-", Index: -1, Nodes: nodes}}}}})
+	var out strings.Builder
+	if err := awaitConverged(context.Background(), clientFlags{nats: url, timeout: 5 * time.Second},
+		&sv1.IntentResult{Accepted: true, RolloutId: "r", Service: "web", Generation: 12}, &out); err != nil {
+		t.Fatalf("--wait: %v (stdout %q)", err, out.String())
+	}
+	want := "converged: 1/2 live nodes' proxies do generation 12 or newer\n" +
+		"held: edge-2 applied it on the old backend: a pre-traffic hook failed (rollout status says why)\n"
+	if out.String() != want {
+		t.Fatalf("stdout %q, want %q", out.String(), want)
+	}
+}
