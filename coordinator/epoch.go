@@ -35,7 +35,7 @@ type EpochChange struct {
 // fences above anything the fleet holds, so a cluster rebuilt from empty
 // Raft data moves the fleet again. Documents no trusted key signed are not
 // counted, so a forgery cannot push the epoch anywhere.
-func (s *Server) RaiseEpoch(ctx context.Context, reason string) (EpochChange, error) {
+func (s *Server) RaiseEpoch(ctx context.Context, reason, actor string) (EpochChange, error) {
 	if strings.TrimSpace(reason) == "" {
 		return EpochChange{}, badParam("reason: required, it is kept in the log entry")
 	}
@@ -52,7 +52,7 @@ func (s *Server) RaiseEpoch(ctx context.Context, reason string) (EpochChange, er
 		return EpochChange{}, err
 	}
 	if _, _, err := s.raftApply(fsm.EpochType, &sv1.EpochEntry{
-		Epoch: to, Reason: reason, HighestSeen: seen, StampedAt: timestamppb.New(s.cfg.Clock.Now()),
+		Epoch: to, Reason: reason, HighestSeen: seen, StampedAt: timestamppb.New(s.cfg.Clock.Now()), Actor: actor,
 	}); err != nil {
 		if errors.Is(err, ErrNotLeader) {
 			return EpochChange{}, errNotLeaderHTTP
@@ -60,7 +60,7 @@ func (s *Server) RaiseEpoch(ctx context.Context, reason string) (EpochChange, er
 		return EpochChange{}, err
 	}
 	s.log.Warn("cluster epoch raised by an operator; every document is published again in the new epoch",
-		"from", from, "to", to, "highest_verified_in_buckets", seen, "reason", reason)
+		"from", from, "to", to, "highest_verified_in_buckets", seen, "reason", reason, "by", actor)
 	return EpochChange{From: from, To: s.fsm.State().Epoch(), HighestSeen: seen, AnsweredBy: s.cfg.NodeID}, nil
 }
 
@@ -90,7 +90,7 @@ func (s *Server) epochRoutes(mux *http.ServeMux) {
 			http.Error(w, "want JSON {\"reason\": ...}", http.StatusBadRequest)
 			return
 		}
-		ch, err := s.RaiseEpoch(r.Context(), in.Reason)
+		ch, err := s.RaiseEpoch(r.Context(), in.Reason, clusterActor(r))
 		if err != nil {
 			clusterChange(w, err, s)
 			return
@@ -113,4 +113,14 @@ func (c *ClusterClient) RaiseEpoch(ctx context.Context, addrs []string, reason s
 		return ch, nil
 	}
 	return EpochChange{}, errors.Join(errs...)
+}
+
+// clusterActor names who sent a cluster change, for the record: the
+// subject of the cluster certificate the request was verified with, or,
+// on a cluster without TLS, the peer's address.
+func clusterActor(r *http.Request) string {
+	if r.TLS != nil && len(r.TLS.VerifiedChains) > 0 && len(r.TLS.VerifiedChains[0]) > 0 {
+		return "cluster certificate " + r.TLS.VerifiedChains[0][0].Subject.String()
+	}
+	return "peer " + r.RemoteAddr + " (no cluster TLS)"
 }

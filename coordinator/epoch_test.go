@@ -1,6 +1,7 @@
 package coordinator
 
 import (
+	"context"
 	"io"
 	"math"
 	"net/http"
@@ -44,6 +45,22 @@ func TestEpoch_RaiseWithoutReasonIsABadRequest(t *testing.T) {
 	}
 	if got := c.srv.fsm.State().Epoch(); got != 1 {
 		t.Fatalf("epoch %d after refused raises, want 1", got)
+	}
+}
+
+// On a cluster without TLS an epoch raise is recorded with the address it
+// came from, and the Raft index of its entry, as every other record is.
+func TestEpoch_RaiseIsAuditedWithWhoAskedAndItsIndex(t *testing.T) {
+	_, url := startNATS(t)
+	c := startCoordinator(t, url, t.TempDir())
+	ch, err := (&ClusterClient{}).RaiseEpoch(context.Background(), []string{c.srv.HTTPAddr()}, "rebuilt from backup")
+	if err != nil {
+		t.Fatal(err)
+	}
+	rec := epochRecord(t, c.srv, ch.To)
+	if !strings.HasPrefix(rec.GetActor(), "peer 127.0.0.1:") || !strings.HasSuffix(rec.GetActor(), " (no cluster TLS)") || rec.GetIndex() == 0 ||
+		!strings.Contains(rec.GetMessage(), "rebuilt from backup") {
+		t.Fatalf("epoch audit record: actor %q index %d message %q", rec.GetActor(), rec.GetIndex(), rec.GetMessage())
 	}
 }
 

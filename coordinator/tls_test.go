@@ -16,6 +16,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus/testutil"
 
 	"github.com/switchyard/switchyard/bus"
+	"github.com/switchyard/switchyard/coordinator/audit"
 	"github.com/switchyard/switchyard/internal/certs"
 	sv1 "github.com/switchyard/switchyard/proto/switchyard/v1"
 )
@@ -149,6 +150,38 @@ func TestCluster_MutualTLSFailsOverAndRefusesAForeignCA(t *testing.T) {
 	if _, l := intruder.srv.raft.LeaderWithID(); l != "" {
 		t.Fatalf("the intruder follows leader %s", l)
 	}
+
+	// An epoch raise is recorded with who asked: the subject of the
+	// cluster certificate the change was verified with.
+	ch, err := client.RaiseEpoch(context.Background(), addrs, "recovery drill")
+	if err != nil {
+		t.Fatal(err)
+	}
+	rec := epochRecord(t, lead.srv, ch.To)
+	if !strings.Contains(rec.GetActor(), "cluster certificate") || !strings.Contains(rec.GetActor(), "CN=c1") || rec.GetIndex() == 0 {
+		t.Fatalf("epoch audit record: actor %q index %d; want the certificate's subject and the entry's index", rec.GetActor(), rec.GetIndex())
+	}
+}
+
+// epochRecord waits for srv's audit chain to hold the record of the raise
+// to epoch, and returns it.
+func epochRecord(t *testing.T, srv *Server, epoch uint64) *sv1.AuditRecord {
+	t.Helper()
+	var found *sv1.AuditRecord
+	waitFor(t, "the epoch raise's audit record", 10*time.Second, func() bool {
+		for _, e := range srv.fsm.State().AuditEntries(0, 10000) {
+			rec, err := audit.Open(e)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if rec.GetKind() == "epoch" && strings.Contains(rec.GetMessage(), fmt.Sprintf("raised to %d ", epoch)) {
+				found = rec
+				return true
+			}
+		}
+		return false
+	})
+	return found
 }
 
 func mustMutual(t *testing.T, f certs.Files) *tls.Config {

@@ -192,7 +192,7 @@ func (f *FSM) Apply(l *raft.Log) any {
 		st.ApplyDrillReport(l.Index, body.(*sv1.DrillReportEntry))
 		return Response{}
 	case EpochType:
-		if st.ApplyEpoch(body.(*sv1.EpochEntry)) {
+		if st.ApplyEpoch(l.Index, body.(*sv1.EpochEntry)) {
 			// Every document carries the epoch: all of them change.
 			f.changed(st.Services())
 			f.drillsChanged(st.PublishedDrills())

@@ -25,15 +25,22 @@ func (s *State) Epoch() uint64 {
 // entry that would not raise it is a no-op, so the epoch never goes down.
 // Every published document changes with the epoch, so the caller republishes
 // all of them.
-func (s *State) ApplyEpoch(e *sv1.EpochEntry) bool {
+func (s *State) ApplyEpoch(index uint64, e *sv1.EpochEntry) bool {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if e.GetEpoch() <= s.epochLocked() {
 		return false
 	}
 	s.epoch = e.GetEpoch()
-	s.appendAudit(&sv1.AuditRecord{At: e.GetStampedAt(), Kind: "epoch", Actor: "operator", Accepted: true,
-		Message: fmt.Sprintf("cluster epoch raised to %d (highest seen %d): %s", e.GetEpoch(), e.GetHighestSeen(), e.GetReason())})
+	rec := &sv1.AuditRecord{At: e.GetStampedAt(), Kind: "epoch", Actor: "operator", Accepted: true,
+		Message: fmt.Sprintf("cluster epoch raised to %d (highest seen %d): %s", e.GetEpoch(), e.GetHighestSeen(), e.GetReason())}
+	if e.GetActor() != "" {
+		// An entry that names who asked makes a record with its index
+		// too; older entries replay into the record they made, so the
+		// chain of an upgraded cluster does not change.
+		rec.Actor, rec.Index = e.GetActor(), index
+	}
+	s.appendAudit(rec)
 	return true
 }
 

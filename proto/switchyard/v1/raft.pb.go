@@ -747,8 +747,14 @@ type EpochEntry struct {
 	// Reason is the operator's text, kept for the record.
 	Reason string `protobuf:"bytes,2,opt,name=reason,proto3" json:"reason,omitempty"`
 	// HighestSeen is the highest verified epoch found in the buckets.
-	HighestSeen   uint64                 `protobuf:"varint,3,opt,name=highest_seen,json=highestSeen,proto3" json:"highest_seen,omitempty"`
-	StampedAt     *timestamppb.Timestamp `protobuf:"bytes,4,opt,name=stamped_at,json=stampedAt,proto3" json:"stamped_at,omitempty"`
+	HighestSeen uint64                 `protobuf:"varint,3,opt,name=highest_seen,json=highestSeen,proto3" json:"highest_seen,omitempty"`
+	StampedAt   *timestamppb.Timestamp `protobuf:"bytes,4,opt,name=stamped_at,json=stampedAt,proto3" json:"stamped_at,omitempty"`
+	// Actor is who asked, as the leader's HTTP API saw them: the subject of
+	// the verified cluster certificate, or the peer's address when the
+	// cluster runs without TLS. Entries from before it was recorded have
+	// none, and their audit record stays as it was made (no index, actor
+	// "operator").
+	Actor         string `protobuf:"bytes,5,opt,name=actor,proto3" json:"actor,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -809,6 +815,13 @@ func (x *EpochEntry) GetStampedAt() *timestamppb.Timestamp {
 		return x.StampedAt
 	}
 	return nil
+}
+
+func (x *EpochEntry) GetActor() string {
+	if x != nil {
+		return x.Actor
+	}
+	return ""
 }
 
 // ServiceRecord is one service and its current desired state.
@@ -1023,14 +1036,15 @@ const file_switchyard_v1_raft_proto_rawDesc = "" +
 	"\x03acl\x18F \x01(\v2\x17.switchyard.v1.AclStateR\x03acl\x127\n" +
 	"\n" +
 	"audit_head\x18G \x01(\v2\x18.switchyard.v1.AuditHeadR\tauditHead\x12/\n" +
-	"\x05audit\x18H \x03(\v2\x19.switchyard.v1.AuditEntryR\x05audit\"\x98\x01\n" +
+	"\x05audit\x18H \x03(\v2\x19.switchyard.v1.AuditEntryR\x05audit\"\xae\x01\n" +
 	"\n" +
 	"EpochEntry\x12\x14\n" +
 	"\x05epoch\x18\x01 \x01(\x04R\x05epoch\x12\x16\n" +
 	"\x06reason\x18\x02 \x01(\tR\x06reason\x12!\n" +
 	"\fhighest_seen\x18\x03 \x01(\x04R\vhighestSeen\x129\n" +
 	"\n" +
-	"stamped_at\x18\x04 \x01(\v2\x1a.google.protobuf.TimestampR\tstampedAt\"\x81\x01\n" +
+	"stamped_at\x18\x04 \x01(\v2\x1a.google.protobuf.TimestampR\tstampedAt\x12\x14\n" +
+	"\x05actor\x18\x05 \x01(\tR\x05actor\"\x81\x01\n" +
 	"\rServiceRecord\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12%\n" +
 	"\x0eactive_rollout\x18\x02 \x01(\tR\ractiveRollout\x125\n" +
