@@ -36,8 +36,14 @@ func (s *Server) raftApply(t fsm.MessageType, body proto.Message) (fsm.Response,
 	if err := f.Error(); err != nil {
 		if errors.Is(err, raft.ErrNotLeader) || errors.Is(err, raft.ErrLeadershipLost) ||
 			errors.Is(err, raft.ErrLeadershipTransferInProgress) || errors.Is(err, raft.ErrRaftShutdown) {
+			s.metrics.raftApplyFailures.WithLabelValues("not_leader").Inc()
 			return fsm.Response{}, 0, fmt.Errorf("%w: %v", ErrNotLeader, err)
 		}
+		// The leader could not write its log (a full disk, a failing
+		// one): raft steps it down, and this is what says why.
+		s.metrics.raftApplyFailures.WithLabelValues("error").Inc()
+		s.log.Error("raft entry not committed: this coordinator could not write it; check the disk under its data dir",
+			"data_dir", s.cfg.DataDir, "err", err)
 		return fsm.Response{}, 0, fmt.Errorf("raft apply: %w", err)
 	}
 	s.metrics.raftApply.Observe(time.Since(start).Seconds())

@@ -15,6 +15,7 @@ type metrics struct {
 	publishes           *prometheus.CounterVec
 	publishSeconds      prometheus.Histogram
 	raftApply           prometheus.Histogram
+	raftApplyFailures   *prometheus.CounterVec
 	isLeader            prometheus.Gauge
 	statusRejected      *prometheus.CounterVec
 	statuses            prometheus.Counter
@@ -74,6 +75,10 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 			Help:    "Time from proposing a Raft entry to its application on the leader.",
 			Buckets: prometheus.ExponentialBuckets(0.0005, 2, 14),
 		}),
+		raftApplyFailures: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "switchyard_coordinator_raft_apply_failures_total",
+			Help: "Raft entries this coordinator proposed that were not committed, by reason: not_leader (leadership lost or moving; the next leader takes over), error (the log could not be written: a full or failing disk under --data-dir, or a timeout).",
+		}, []string{"reason"}),
 		isLeader: prometheus.NewGauge(prometheus.GaugeOpts{
 			Name: "switchyard_coordinator_is_leader",
 			Help: "1 while this coordinator leads the Raft cluster.",
@@ -148,7 +153,7 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 	reg.MustRegister(m.eventStreams, m.viewerRefused, m.decisionStages)
 	reg.MustRegister(m.peerRejected, m.joinFailures, m.diverged, m.divergences, m.queries, m.queriesMalformed, m.notifications)
 	reg.MustRegister(m.intentsAccepted, m.intentsRejected, m.refusalsNotRecorded, m.publishes, m.publishSeconds, m.pushes,
-		m.raftApply, m.isLeader, m.statusRejected, m.statuses, m.telemetry, m.telemetryRefused, m.decisions,
+		m.raftApply, m.raftApplyFailures, m.isLeader, m.statusRejected, m.statuses, m.telemetry, m.telemetryRefused, m.decisions,
 		m.webhookCalls, m.webhookSeconds)
 	for _, r := range []string{"malformed", "wrong_subject"} {
 		m.statusRejected.WithLabelValues(r)

@@ -3,6 +3,7 @@ package coordinator
 import (
 	"errors"
 	"sync"
+	"sync/atomic"
 
 	"github.com/hashicorp/raft"
 	raftboltdb "github.com/hashicorp/raft-boltdb/v2"
@@ -23,6 +24,9 @@ type raftStore struct {
 	mu     sync.RWMutex
 	closed bool
 	db     *raftboltdb.BoltStore
+	// failLogWrites, when set, fails every write of log entries with its
+	// error, as a full disk would (tests).
+	failLogWrites atomic.Pointer[error]
 }
 
 var (
@@ -76,11 +80,16 @@ func (s *raftStore) GetLog(index uint64, log *raft.Log) error {
 }
 
 func (s *raftStore) StoreLog(log *raft.Log) error {
-	return s.write(func() error { return s.db.StoreLog(log) })
+	return s.StoreLogs([]*raft.Log{log})
 }
 
 func (s *raftStore) StoreLogs(logs []*raft.Log) error {
-	return s.write(func() error { return s.db.StoreLogs(logs) })
+	return s.write(func() error {
+		if err := s.failLogWrites.Load(); err != nil {
+			return *err
+		}
+		return s.db.StoreLogs(logs)
+	})
 }
 
 func (s *raftStore) DeleteRange(min, max uint64) error {
