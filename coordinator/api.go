@@ -19,6 +19,7 @@ import (
 	"github.com/switchyard/switchyard/bus"
 	"github.com/switchyard/switchyard/coordinator/state"
 	"github.com/switchyard/switchyard/internal/desired"
+	"github.com/switchyard/switchyard/internal/names"
 	"github.com/switchyard/switchyard/internal/spec"
 	sv1 "github.com/switchyard/switchyard/proto/switchyard/v1"
 )
@@ -153,13 +154,8 @@ func guardMoved(r *sv1.Rollout, nodes []*sv1.NodeView, want bus.Fence) string {
 	if len(moved) == 0 {
 		return ""
 	}
-	const named = 5
-	who := strings.Join(moved[:min(len(moved), named)], ", ")
-	if len(moved) > named {
-		who += fmt.Sprintf(" and %d more", len(moved)-named)
-	}
 	return fmt.Sprintf("; %s: local guard moved back to %s at this generation, and only a newer one moves them (rollout abort %s, or rollout promote %s for the next step)",
-		who, r.GetSpec().GetFrom(), r.GetId(), r.GetId())
+		names.Few(moved, 5), r.GetSpec().GetFrom(), r.GetId(), r.GetId())
 }
 
 // groupWaves puts labelled nodes into the rollout's waves in spec order,

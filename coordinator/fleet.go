@@ -406,12 +406,8 @@ func (f *fleet) Held(service string, generation uint64) []string {
 		if n.stale {
 			continue
 		}
-		for _, svc := range n.status.GetServices() {
-			if svc.GetService() != service {
-				continue
-			}
-			fence := bus.Fence{Epoch: max(svc.GetAppliedEpoch(), 1), Generation: svc.GetAppliedGeneration()}
-			if fence == want && statusMatches(svc) && hookHeld(svc.GetAppliedGeneration(), svc.GetHookRuns()) {
+		for _, c := range n.counted {
+			if c.service == service && c.fence == want && c.matches && c.held {
 				held = append(held, id)
 			}
 		}

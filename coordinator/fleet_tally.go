@@ -33,6 +33,9 @@ type countedService struct {
 	service string
 	fence   bus.Fence
 	matches bool
+	// held: a failed pre-traffic hook keeps the node on the old backend
+	// at fence (hookHeld). The controller counts it; the views do not.
+	held bool
 }
 
 // heardAt is one status arrival, for finding nodes that go stale.
@@ -49,6 +52,7 @@ func counted(st *sv1.AgentStatus) []countedService {
 			service: svc.GetService(),
 			fence:   bus.Fence{Epoch: max(svc.GetAppliedEpoch(), 1), Generation: svc.GetAppliedGeneration()},
 			matches: statusMatches(svc),
+			held:    hookHeld(svc.GetAppliedGeneration(), svc.GetHookRuns()),
 		})
 	}
 	return out

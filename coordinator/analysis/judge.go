@@ -4,9 +4,9 @@ import (
 	"fmt"
 	"math"
 	"slices"
-	"strings"
 	"sync"
 
+	"github.com/switchyard/switchyard/internal/names"
 	"github.com/switchyard/switchyard/internal/sketch"
 	"github.com/switchyard/switchyard/internal/spec"
 	sv1 "github.com/switchyard/switchyard/proto/switchyard/v1"
@@ -156,16 +156,12 @@ const shownNodes = 5
 
 // nodeList says how many nodes and names the first few: "3 nodes: n1, n2,
 // n3", "12 nodes: n1, n2, n3, n4, n5 and 7 more".
-func nodeList(names []string) string {
+func nodeList(list []string) string {
 	word := "nodes"
-	if len(names) == 1 {
+	if len(list) == 1 {
 		word = "node"
 	}
-	shown := strings.Join(names[:min(len(names), shownNodes)], ", ")
-	if more := len(names) - shownNodes; more > 0 {
-		shown += fmt.Sprintf(" and %d more", more)
-	}
-	return fmt.Sprintf("%d %s: %s", len(names), word, shown)
+	return fmt.Sprintf("%d %s: %s", len(list), word, names.Few(list, shownNodes))
 }
 
 func pct(q float64) string { return fmt.Sprintf("%g", math.Round(q*1000)/10) }

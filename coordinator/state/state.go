@@ -16,6 +16,7 @@ import (
 	"google.golang.org/protobuf/types/known/timestamppb"
 
 	"github.com/switchyard/switchyard/bus"
+	"github.com/switchyard/switchyard/internal/names"
 	"github.com/switchyard/switchyard/internal/spec"
 	sv1 "github.com/switchyard/switchyard/proto/switchyard/v1"
 )
@@ -876,9 +877,5 @@ func finishMessage(sp *sv1.RolloutSpec, e *sv1.RolloutFinishEntry) string {
 	if len(e.GetHeld()) == 0 {
 		return msg
 	}
-	names := strings.Join(e.GetHeld(), ", ")
-	if more := e.GetHeldMore(); more > 0 {
-		names += fmt.Sprintf(" and %d more", more)
-	}
-	return fmt.Sprintf("%s but on %s, kept on %s by a failed pre-traffic hook", msg, names, sp.GetFrom())
+	return fmt.Sprintf("%s but on %s, kept on %s by a failed pre-traffic hook", msg, names.Listed(e.GetHeld(), int(e.GetHeldMore())), sp.GetFrom())
 }

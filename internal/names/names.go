@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"regexp"
+	"strings"
 )
 
 // ErrInvalid is returned for a name that cannot be one subject token or KV key.
@@ -20,4 +21,19 @@ func Validate(s string) error {
 		return fmt.Errorf("%w: %q: want 1-63 letters, digits, '-' or '_', starting with a letter or digit", ErrInvalid, s)
 	}
 	return nil
+}
+
+// Few joins the first n of list and says how many more there are:
+// "edge-1, edge-2 and 3 more".
+func Few(list []string, n int) string {
+	return Listed(list[:min(len(list), n)], max(len(list)-n, 0))
+}
+
+// Listed joins shown and adds how many were left out of it, if any.
+func Listed(shown []string, more int) string {
+	s := strings.Join(shown, ", ")
+	if more > 0 {
+		s += fmt.Sprintf(" and %d more", more)
+	}
+	return s
 }

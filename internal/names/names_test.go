@@ -14,3 +14,23 @@ func TestNames_Validate(t *testing.T) {
 		}
 	}
 }
+
+func TestNames_FewAndListed(t *testing.T) {
+	for _, c := range []struct {
+		list []string
+		n    int
+		want string
+	}{
+		{nil, 3, ""},
+		{[]string{"a"}, 3, "a"},
+		{[]string{"a", "b", "c"}, 3, "a, b, c"},
+		{[]string{"a", "b", "c", "d", "e"}, 2, "a, b and 3 more"},
+	} {
+		if got := Few(c.list, c.n); got != c.want {
+			t.Errorf("Few(%v, %d) = %q, want %q", c.list, c.n, got, c.want)
+		}
+	}
+	if got := Listed([]string{"edge-1"}, 4); got != "edge-1 and 4 more" {
+		t.Errorf("Listed = %q", got)
+	}
+}
