@@ -126,6 +126,11 @@ func (s *Signer) Seal(kind sv1.DocumentKind, key string, f Fence, payload proto.
 	if err != nil {
 		return nil, fmt.Errorf("encode %s document %s: %w", kind, key, err)
 	}
+	return s.sealPayload(kind, key, f, p, now)
+}
+
+// sealPayload signs an encoded payload as Seal does.
+func (s *Signer) sealPayload(kind sv1.DocumentKind, key string, f Fence, p []byte, now time.Time) ([]byte, error) {
 	body, err := proto.MarshalOptions{Deterministic: true}.Marshal(&sv1.DocumentBody{
 		Kind:       kind,
 		Key:        key,
@@ -302,18 +307,6 @@ func (r *Keyring) OpenDrill(raw []byte, drill string, now time.Time) (*sv1.Drill
 			d.GetDrill(), d.GetEpoch(), d.GetGeneration(), h.Key, h.Fence)
 	}
 	return d, h, nil
-}
-
-// strictUnmarshal decodes b into m and refuses fields m does not define:
-// a coordinator never writes them, so they mean someone else did.
-func strictUnmarshal(b []byte, m proto.Message) error {
-	if err := proto.Unmarshal(b, m); err != nil {
-		return err
-	}
-	if len(m.ProtoReflect().GetUnknown()) > 0 {
-		return errors.New("unknown fields")
-	}
-	return nil
 }
 
 // RejectReason is the metric label of an Open error: one per sentinel, so

@@ -14,11 +14,11 @@ import (
 // the reflective decoder copied each byte field out and allocated each
 // message. The readers accept and refuse exactly what strictUnmarshal
 // does with sv1.SignedDocument and sv1.DocumentBody
-// (FuzzEnvelope_MatchesProtoUnmarshal, FuzzBody_MatchesProtoUnmarshal):
+// (FuzzDocumentReaders_MatchProtoUnmarshal):
 // a field the message does not define, or a defined one with another wire
 // type, is an unknown field and refused; a string field must be UTF-8 each
 // time it occurs; the last occurrence of a scalar wins and occurrences of a
-// message field merge. The payload is still decoded by proto.Unmarshal.
+// message field merge. The payload is read by strictUnmarshal (payload.go).
 
 // Field numbers of proto/switchyard/v1/document.proto and of
 // google.protobuf.Timestamp.
@@ -177,9 +177,8 @@ func readBody(b []byte) (body, error) {
 
 // merge reads one occurrence of a Timestamp field into s, as protobuf
 // merges a message field that occurs again: what this occurrence sets
-// replaces, the rest stays. Fields a Timestamp does not define are skipped
-// (they are the Timestamp's unknown fields, which strictUnmarshal does not
-// look into).
+// replaces, the rest stays. A field a Timestamp does not define is
+// refused, as strictUnmarshal refuses unknown fields at every depth.
 func (s *stamp) merge(b []byte) error {
 	s.set = true
 	for len(b) > 0 {
@@ -201,11 +200,10 @@ func (s *stamp) merge(b []byte) error {
 			}
 			continue
 		}
-		n = protowire.ConsumeFieldValue(num, typ, b)
-		if n < 0 {
+		if n := protowire.ConsumeFieldValue(num, typ, b); n < 0 {
 			return protowire.ParseError(n)
 		}
-		b = b[n:]
+		return errUnknownFields
 	}
 	return nil
 }
