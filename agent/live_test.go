@@ -236,6 +236,10 @@ func TestAgentLive_TelemetryMatchesRealTraffic(t *testing.T) {
 	var green, blue trafficTotals
 	var sawGeneration bool
 	var dropped uint64
+	// switches counts the windows counted from another source than the
+	// window before (the log, or "show stat" when log lines were dropped).
+	var switches int64
+	lastFromStat := false
 	// Collect until every request's log line is accounted for (arrived, or
 	// reported dropped by HAProxy), and two windows more for requests that
 	// "show stat" counted later.
@@ -262,6 +266,10 @@ func TestAgentLive_TelemetryMatchesRealTraffic(t *testing.T) {
 			green.add(t, r, "green")
 			blue.add(t, r, "blue")
 			dropped += r.GetDroppedLogLines()
+			if fromStat := r.GetDroppedLogLines() > 0; fromStat != lastFromStat {
+				switches++
+				lastFromStat = fromStat
+			}
 			if uint64(green.latency.Count())+dropped >= total {
 				settled++
 			}
@@ -270,10 +278,13 @@ func TestAgentLive_TelemetryMatchesRealTraffic(t *testing.T) {
 		}
 	}
 	// A window in which HAProxy dropped log lines counts from "show stat",
-	// the others from the log; a request that finishes at the boundary of
-	// two such windows can be counted twice or not at all, hence 1%.
-	if d := int64(green.requests) - total; d < -total/100 || d > total/100 || blue.requests != 0 {
-		t.Fatalf("reported requests: green %d, blue %d; want %d ± 1%% and 0", green.requests, blue.requests, total)
+	// the others from the log; a request in flight where one such window
+	// follows the other (at most the load's 32 clients) can be counted
+	// twice or not at all. Beyond that, 1%.
+	slack := total/100 + 32*switches
+	if d := int64(green.requests) - total; d < -slack || d > slack || blue.requests != 0 {
+		t.Fatalf("reported requests: green %d, blue %d; want %d ± %d (1%% and 32 for each of %d changes of source) and 0",
+			green.requests, blue.requests, total, slack, switches)
 	}
 	if !sawGeneration {
 		t.Error("no report carried generation 2")
