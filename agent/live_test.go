@@ -614,10 +614,15 @@ func TestAgentLive_LocalGuardMovesBackWhileBusIsLost(t *testing.T) {
 	b.put(t, &sv1.DesiredState{Service: "web", Generation: 3, RolloutId: "r1", Phase: sv1.RolloutPhase_ROLLOUT_PHASE_ROLLED_BACK, DefaultWeights: map[string]uint32{"blue": 80, "green": 20}})
 	ra.waitApplied(t, "web", 3)
 	lp.waitWeights(t, 5*time.Second, map[string]uint32{"blue": 80, "green": 20})
-	waitStatus(t, statuses, "generation 3 without the local rollback", func(st *sv1.AgentStatus) bool {
+	gen3 := waitStatus(t, statuses, "generation 3 without the local rollback", func(st *sv1.AgentStatus) bool {
 		s := serviceStatus(st, "web")
 		return s.GetAppliedGeneration() == 3 && s.GetLocalRollback() == nil && s.GetMessage() == ""
 	})
+	// The move is still reported as the last one, for the coordinators'
+	// history of the rollout.
+	if last := serviceStatus(gen3, "web").GetLastLocalRollback(); last.GetGeneration() != 2 || last.GetRolloutId() != "r1" || !last.GetAt().AsTime().Equal(lr.GetAt().AsTime()) {
+		t.Errorf("last local rollback at generation 3 = %v, want the guard's move at generation 2", last)
+	}
 
 	ra.stop(t)
 	stDB, err := state.Open(cfg.StateDir, 0)
@@ -625,7 +630,8 @@ func TestAgentLive_LocalGuardMovesBackWhileBusIsLost(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer stDB.Close()
-	if saved, err := stDB.Load("web"); err != nil || saved.GetDesired().GetGeneration() != 3 || saved.GetLocalRollback() != nil {
+	if saved, err := stDB.Load("web"); err != nil || saved.GetDesired().GetGeneration() != 3 || saved.GetLocalRollback() != nil ||
+		saved.GetLastLocalRollback().GetGeneration() != 2 {
 		t.Fatalf("saved = %v, %v", saved, err)
 	}
 }

@@ -1,6 +1,7 @@
 package agent
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
@@ -954,6 +955,14 @@ func (w *serviceWorker) settleApplying(ctx context.Context, obs driver.Observati
 // not undo what the proxy already has: the agent goes on from memory and says
 // so in its status.
 func (w *serviceWorker) commit(st *sv1.AppliedState) {
+	// The newest local rollback stays in the status after a newer
+	// generation replaced its weights, for the coordinators' history.
+	switch {
+	case st.GetLocalRollback() != nil:
+		st.LastLocalRollback = st.GetLocalRollback()
+	case st.GetLastLocalRollback() == nil:
+		st.LastLocalRollback = cmp.Or(w.applied.GetLocalRollback(), w.applied.GetLastLocalRollback())
+	}
 	if err := w.store.Save(st); err != nil {
 		w.m.stateSaveErrors.WithLabelValues(w.name).Inc()
 		w.note = fmt.Sprintf("generation %d applied but not saved locally: %v", st.GetDesired().GetGeneration(), err)
@@ -1082,6 +1091,7 @@ func (w *serviceWorker) sendStatus() {
 		Driver:            w.health,
 		Message:           w.message,
 		LocalRollback:     proto.CloneOf(w.applied.GetLocalRollback()),
+		LastLocalRollback: proto.CloneOf(w.applied.GetLastLocalRollback()),
 		AppliedEpoch:      w.applied.GetDesired().GetEpoch(),
 		DocumentExpired:   w.applied != nil && w.expired,
 		DocumentExpiresAt: w.applied.GetExpiresAt(),

@@ -1,6 +1,7 @@
 package coordinator
 
 import (
+	"fmt"
 	"strings"
 	"testing"
 	"time"
@@ -116,5 +117,27 @@ strategy:
 	want := "; edge-3: local guard moved back to blue at this generation, and only a newer one moves them (rollout abort web-guard, or rollout promote web-guard for the next step)"
 	if !strings.HasSuffix(waiting, want) {
 		t.Fatalf("waiting %q, want it to end with %q", waiting, want)
+	}
+
+	// The leader wrote the move into the rollout's history, as the node's
+	// agent's act, once however many statuses said it; the abort that
+	// follows moves the node on, and the line stays.
+	gen := c.srv.fsm.State().Rollout("web-guard").GetGeneration()
+	if res := send(t, nc, &sv1.Intent{Id: "i-guard-abort", Operator: "test", Action: &sv1.Intent_AbortRollout{AbortRollout: &sv1.AbortRollout{Rollout: "web-guard"}}}); !res.GetAccepted() {
+		t.Fatalf("abort: %v", res)
+	}
+	line := fmt.Sprintf("local guard on edge-3 moved it back to blue at generation %d: green error rate 40%%", gen)
+	var found []string
+	waitFor(t, "the local rollback in the history", 15*time.Second, func() bool {
+		found = nil
+		for _, h := range c.srv.fsm.State().Rollout("web-guard").GetHistory() {
+			if strings.HasPrefix(h.GetMessage(), "local guard on ") {
+				found = append(found, h.GetMessage()+" ("+h.GetOperator()+")")
+			}
+		}
+		return len(found) > 0
+	})
+	if len(found) != 1 || found[0] != line+" (agent edge-3)" {
+		t.Fatalf("history lines %q, want one: %q", found, line)
 	}
 }

@@ -67,6 +67,9 @@ type fleet struct {
 	// last found. A node that applied that fence applied the other
 	// document, so it is not counted as converged.
 	conflicts map[string]bus.Fence
+	// localRollbacks are the local rollbacks nodes reported, until their
+	// rollouts' histories have them (fleet_localrollback.go).
+	localRollbacks localRollbacks
 	// faultsSweptAt is when old fault sightings were last let go.
 	faultsSweptAt time.Time
 	// listeningSince is when this coordinator began to take agents'
@@ -182,7 +185,8 @@ func newFleet(staleAfter time.Duration, m *metrics, log *slog.Logger) *fleet {
 		epoch:       func() uint64 { return 1 },
 		drillTarget: func(string, string) (time.Time, bool) { return time.Time{}, false },
 		nodes:       map[string]*nodeSeen{}, diverged: map[[2]string]bus.Fence{}, divergedGauged: map[string]bool{}, faultSeen: map[[2]string]time.Time{},
-		tallies: map[string]*serviceTally{},
+		localRollbacks: newLocalRollbacks(),
+		tallies:        map[string]*serviceTally{},
 	}
 }
 
@@ -245,6 +249,7 @@ func (f *fleet) handleStatus(msg *nats.Msg) {
 	f.heard = append(f.heard, heardAt{node: st.GetNode(), seen: now})
 	f.sweep(now)
 	f.checkDivergence(prevStatus, &st)
+	f.localRollbacks.heard(&st)
 	for _, flt := range st.GetFaults() {
 		k := [2]string{st.GetNode(), flt.GetDrill()}
 		if _, ok := f.faultSeen[k]; !ok {

@@ -150,6 +150,7 @@ func (f *fleet) forget(now time.Time) {
 			for _, svc := range n.status.GetServices() {
 				delete(f.diverged, [2]string{h.node, svc.GetService()})
 			}
+			f.localRollbacks.forget(h.node)
 			forgot = true
 		}
 	}

@@ -34,6 +34,9 @@ func (r raftShim) Finish(e *sv1.RolloutFinishEntry) error { return r.apply(fsm.R
 func (r raftShim) Converged(e *sv1.RolloutConvergedEntry) error {
 	return r.apply(fsm.RolloutConvergedType, e)
 }
+func (r raftShim) LocalRollback(e *sv1.LocalRollbackEntry) error {
+	return r.apply(fsm.LocalRollbackType, e)
+}
 func (r raftShim) HookDue(e *sv1.HookDueEntry) error       { return r.apply(fsm.HookDueType, e) }
 func (r raftShim) HookResult(e *sv1.HookResultEntry) error { return r.apply(fsm.HookResultType, e) }
 func (r raftShim) Start(e *sv1.RolloutStartEntry) error    { return r.apply(fsm.RolloutStartType, e) }
@@ -85,6 +88,11 @@ type stateReader struct{ s *Server }
 func (r stateReader) Rollouts() []*sv1.Rollout {
 	return r.s.fsm.State().RolloutsWhere(state.Unfinished)
 }
+
+// Rollout reads one rollout, finished or not (rollout.RolloutReader).
+func (r stateReader) Rollout(id string) *sv1.Rollout { return r.s.fsm.State().Rollout(id) }
+
+var _ rollout.RolloutReader = stateReader{}
 
 func (s *Server) controller() *rollout.Controller {
 	return &rollout.Controller{

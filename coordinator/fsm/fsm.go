@@ -47,6 +47,10 @@ const (
 	HookResultType MessageType = 51
 	// RolloutStartType carries an sv1.RolloutStartEntry.
 	RolloutStartType MessageType = 52
+	// LocalRollbackType carries an sv1.LocalRollbackEntry. A coordinator
+	// from before it stops at such an entry (unknown type): upgrade every
+	// coordinator of a cluster before rolling out with the new release.
+	LocalRollbackType MessageType = 53
 	// AuditRefusalType carries an sv1.AuditRefusalEntry: an intent the
 	// leader refused before commit, kept for the audit.
 	AuditRefusalType MessageType = 70
@@ -87,6 +91,8 @@ func Decode(data []byte) (MessageType, proto.Message, error) {
 		body = &sv1.RollbackEntry{}
 	case RolloutFinishType:
 		body = &sv1.RolloutFinishEntry{}
+	case LocalRollbackType:
+		body = &sv1.LocalRollbackEntry{}
 	case DrillStartType:
 		body = &sv1.DrillStartEntry{}
 	case DrillEndType:
@@ -181,6 +187,9 @@ func (f *FSM) Apply(l *raft.Log) any {
 		return Response{}
 	case RolloutFinishType:
 		st.ApplyFinish(l.Index, body.(*sv1.RolloutFinishEntry))
+		return Response{}
+	case LocalRollbackType:
+		st.ApplyLocalRollback(l.Index, body.(*sv1.LocalRollbackEntry))
 		return Response{}
 	case DrillStartType:
 		f.drillsChanged(st.ApplyDrillStart(l.Index, body.(*sv1.DrillStartEntry)))

@@ -170,3 +170,31 @@ func FuzzFSM_ReadSnapshot(f *testing.F) {
 		_, _ = ReadSnapshot(bytes.NewReader(data)) // must not panic
 	})
 }
+
+// A local rollback entry goes through the log to the rollout's history and
+// comes back from a snapshot with what it recorded.
+func TestFSM_LocalRollbackEntryRoundTripsThroughASnapshot(t *testing.T) {
+	f := New(Hooks{})
+	f.Apply(intentLog(t, 3, "i1", "r1"))
+	f.Apply(entryLog(t, 4, LocalRollbackType, &sv1.LocalRollbackEntry{Rollout: "r1", StampedAt: timestamppb.New(time.Date(2026, 1, 1, 0, 1, 0, 0, time.UTC)),
+		Nodes: []*sv1.NodeLocalRollback{{Node: "edge-3", Rollback: &sv1.LocalRollback{Generation: 3, RolloutId: "r1", From: "green", To: "blue", Reason: "error rate"}}}}))
+	r := f.State().Rollout("r1")
+	if h := r.GetHistory(); h[len(h)-1].GetMessage() != "local guard on edge-3 moved it back to blue at generation 3: error rate" {
+		t.Fatalf("history %v", h)
+	}
+	snap, err := f.Snapshot()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var s sink
+	if err := snap.Persist(&s); err != nil {
+		t.Fatal(err)
+	}
+	g := New(Hooks{})
+	if err := g.Restore(io.NopCloser(bytes.NewReader(s.Bytes()))); err != nil {
+		t.Fatal(err)
+	}
+	if got := g.State().Rollout("r1"); !proto.Equal(got, r) || len(got.GetLocalRollbacks()) != 1 {
+		t.Fatalf("restored %v, want %v", got, r)
+	}
+}

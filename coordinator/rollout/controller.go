@@ -11,6 +11,7 @@ import (
 	"strings"
 	"time"
 
+	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/timestamppb"
 
 	"github.com/switchyard/switchyard/coordinator/analysis"
@@ -207,6 +208,7 @@ type Raft interface {
 	Rollback(*sv1.RollbackEntry) error
 	Finish(*sv1.RolloutFinishEntry) error
 	Converged(*sv1.RolloutConvergedEntry) error
+	LocalRollback(*sv1.LocalRollbackEntry) error
 }
 
 // Rollouts reads the replicated rollouts.
@@ -227,6 +229,33 @@ type Fleet interface {
 type Holder interface {
 	Held(service string, generation uint64) []string
 }
+
+// Guarded is a Fleet that keeps the local rollbacks nodes reported (a
+// node's local guard moving it back to a rollout's old backend) until the
+// controller has seen them in their rollouts' histories.
+type Guarded interface {
+	// PendingLocalRollbacks lists the ones not yet seen there, by
+	// rollout and node.
+	PendingLocalRollbacks() []*sv1.NodeLocalRollback
+	// LocalRollbackDone says node's local rollback lr needs no more
+	// recording: its rollout's history has it, or never will.
+	LocalRollbackDone(node string, lr *sv1.LocalRollback)
+}
+
+// RolloutReader reads one rollout, finished or not: a node cut off from
+// the coordinators reports its local rollback when it is back, often after
+// its rollout ended.
+type RolloutReader interface {
+	Rollout(id string) *sv1.Rollout
+}
+
+// maxLocalRollbacksPerEntry is how many nodes one LocalRollbackEntry
+// names; the next pass proposes the rest.
+const maxLocalRollbacksPerEntry = 20
+
+// maxLocalRollbackReason is how much of a node's own reason for a local
+// rollback the leader copies into the log (the agent writes one line).
+const maxLocalRollbackReason = 300
 
 // MaxFinishHeld is how many held nodes a completion names; the rest are
 // counted.
@@ -284,6 +313,9 @@ func (c *Controller) Observe(r *sv1.Rollout, now time.Time) Observation {
 // leadership) end the pass; the next leader decides again from the same
 // committed state.
 func (c *Controller) Step(now time.Time) error {
+	if err := c.recordLocalRollbacks(now); err != nil {
+		return fmt.Errorf("local rollbacks: %w", err)
+	}
 	for _, r := range c.State.Rollouts() {
 		switch r.GetPhase() {
 		case sv1.RolloutPhase_ROLLOUT_PHASE_COMPLETED, sv1.RolloutPhase_ROLLOUT_PHASE_ROLLED_BACK:
@@ -322,6 +354,60 @@ func (c *Controller) Step(now time.Time) error {
 		}
 		if c.OnDecision != nil {
 			c.OnDecision(r, d, now)
+		}
+	}
+	return nil
+}
+
+// recordLocalRollbacks proposes, for each rollout, the local rollbacks
+// its nodes reported that its history does not have, at most
+// maxLocalRollbacksPerEntry in one entry (the next pass proposes more).
+// Those it has, or can never have (an unknown rollout, a generation it
+// never had, a history that names its maximum), are done. Replicas record
+// each once, so proposing one again (a new leader, a pass before the
+// entry applied) adds nothing.
+func (c *Controller) recordLocalRollbacks(now time.Time) error {
+	g, ok := c.Fleet.(Guarded)
+	rr, ok2 := c.State.(RolloutReader)
+	if !ok || !ok2 {
+		return nil
+	}
+	pending := g.PendingLocalRollbacks()
+	for len(pending) > 0 {
+		id := pending[0].GetRollback().GetRolloutId()
+		n := 1
+		for n < len(pending) && pending[n].GetRollback().GetRolloutId() == id {
+			n++
+		}
+		moves := pending[:n]
+		pending = pending[n:]
+		r := rr.Rollout(id)
+		var fresh []*sv1.NodeLocalRollback
+		for _, m := range moves {
+			lr := m.GetRollback()
+			if r == nil || r.GetLocalRollbacksCapped() || lr.GetGeneration() == 0 || lr.GetGeneration() > r.GetGeneration() ||
+				state.LocalRollbackRecorded(r, m.GetNode(), lr.GetGeneration()) {
+				g.LocalRollbackDone(m.GetNode(), lr)
+				continue
+			}
+			if len(fresh) == maxLocalRollbacksPerEntry {
+				continue
+			}
+			if reason := lr.GetReason(); len(reason) > maxLocalRollbackReason {
+				lr = proto.Clone(lr).(*sv1.LocalRollback)
+				lr.Reason = strings.ToValidUTF8(reason[:maxLocalRollbackReason], "") + "…"
+				m = &sv1.NodeLocalRollback{Node: m.GetNode(), Rollback: lr}
+			}
+			fresh = append(fresh, m)
+		}
+		if len(fresh) == 0 {
+			continue
+		}
+		if err := c.Raft.LocalRollback(&sv1.LocalRollbackEntry{Rollout: id, Nodes: fresh, StampedAt: timestamppb.New(now)}); err != nil {
+			return fmt.Errorf("rollout %s: %w", id, err)
+		}
+		if c.Log != nil {
+			c.Log.Info("nodes' local rollbacks recorded in the rollout's history", "rollout", id, "nodes", len(fresh))
 		}
 	}
 	return nil

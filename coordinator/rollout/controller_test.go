@@ -1,10 +1,13 @@
 package rollout
 
 import (
+	"cmp"
 	"fmt"
+	"slices"
 	"strings"
 	"testing"
 	"time"
+	"unicode/utf8"
 
 	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/durationpb"
@@ -157,6 +160,10 @@ func (m *memRaft) Finish(e *sv1.RolloutFinishEntry) error {
 }
 func (m *memRaft) Converged(e *sv1.RolloutConvergedEntry) error {
 	m.st.ApplyConverged(m.next(), e)
+	return nil
+}
+func (m *memRaft) LocalRollback(e *sv1.LocalRollbackEntry) error {
+	m.st.ApplyLocalRollback(m.next(), e)
 	return nil
 }
 
@@ -417,5 +424,111 @@ func TestRollout_PausedRolloutHeldAtStartDoesNotStartWhenItsGatePasses(t *testin
 	}
 	if r := st.Rollout("r"); r.GetHoldStart() {
 		t.Fatal("still held after the resume, with its gate passed")
+	}
+}
+
+// guardedFleet: every node applies every generation at once, and moves
+// are the local rollbacks the nodes' statuses reported, pending until done.
+type guardedFleet struct {
+	instantFleet
+	moves []*sv1.NodeLocalRollback
+	done  map[string]bool
+}
+
+func (f *guardedFleet) PendingLocalRollbacks() []*sv1.NodeLocalRollback {
+	var out []*sv1.NodeLocalRollback
+	for _, m := range f.moves {
+		if !f.done[m.GetNode()+"/"+m.GetRollback().GetRolloutId()] {
+			out = append(out, m)
+		}
+	}
+	slices.SortFunc(out, func(a, b *sv1.NodeLocalRollback) int {
+		return cmp.Or(strings.Compare(a.GetRollback().GetRolloutId(), b.GetRollback().GetRolloutId()), strings.Compare(a.GetNode(), b.GetNode()))
+	})
+	return out
+}
+
+func (f *guardedFleet) LocalRollbackDone(node string, lr *sv1.LocalRollback) {
+	f.done[node+"/"+lr.GetRolloutId()] = true
+}
+
+// The leader writes the local rollbacks the nodes reported into their
+// rollouts' histories, finished rollouts included (a node cut off reports
+// when it is back), at most 20 nodes an entry, each once however many
+// passes see it, with the node's reason cut to what a log entry should
+// carry; a move of an unknown rollout or of a generation it never had is
+// dropped, not proposed on every pass.
+func TestRollout_ControllerRecordsLocalRollbacksOnce(t *testing.T) {
+	st := state.New()
+	raft := &memRaft{st: st, index: 1}
+	st.ApplyIntent(1, &sv1.IntentEntry{StampedAt: timestamppb.New(t0), Intent: &sv1.Intent{Id: "i",
+		Action: &sv1.Intent_ApplyRollout{ApplyRollout: &sv1.ApplyRollout{Spec: canary(setW(10), pause(time.Hour))}}}})
+	gen := st.Rollout("r").GetGeneration()
+	// A second rollout of another service, aborted: finished.
+	done := canary(setW(10))
+	done.Name, done.Service = "r2", "api"
+	st.ApplyIntent(2, &sv1.IntentEntry{StampedAt: timestamppb.New(t0), Intent: &sv1.Intent{Id: "i2",
+		Action: &sv1.Intent_ApplyRollout{ApplyRollout: &sv1.ApplyRollout{Spec: done}}}})
+	gen2 := st.Rollout("r2").GetGeneration()
+	st.ApplyIntent(3, &sv1.IntentEntry{StampedAt: timestamppb.New(t0), Intent: &sv1.Intent{Id: "i3",
+		Action: &sv1.Intent_AbortRollout{AbortRollout: &sv1.AbortRollout{Rollout: "r2"}}}})
+	st.ApplyConverged(4, &sv1.RolloutConvergedEntry{Rollout: "r2", Generation: 3, Nodes: 1, StampedAt: timestamppb.New(t0)})
+	if p := st.Rollout("r2").GetPhase(); p != sv1.RolloutPhase_ROLLOUT_PHASE_ROLLED_BACK {
+		t.Fatalf("r2 %v", p)
+	}
+	raft.index = 4
+
+	fleet := &guardedFleet{instantFleet: instantFleet{live: 30}, done: map[string]bool{}}
+	move := func(node, rollout string, gen uint64, reason string) {
+		fleet.moves = append(fleet.moves, &sv1.NodeLocalRollback{Node: node, Rollback: &sv1.LocalRollback{
+			Generation: gen, RolloutId: rollout, From: "green", To: "blue", Reason: reason}})
+	}
+	for i := range 25 {
+		reason := "green error rate 40%"
+		if i == 0 {
+			reason = "x" + strings.Repeat("é", 400) // 801 bytes, byte 300 inside a rune
+		}
+		move(fmt.Sprintf("edge-%02d", i), "r", gen, reason)
+	}
+	move("api-1", "r2", gen2, "api error rate 50%")
+	move("edge-98", "unknown", 5, "a rollout no one started")
+	move("edge-99", "r", gen+100, "a generation r never had")
+	c := &Controller{State: st, Raft: raft, Fleet: fleet, Analyzer: &fixedAnalyzer{}}
+	recorded := func(id string) int { return len(st.Rollout(id).GetLocalRollbacks()) }
+	for pass, want := range [][2]int{{20, 1}, {25, 1}, {25, 1}} {
+		if err := c.Step(t0.Add(time.Duration(pass) * time.Second)); err != nil {
+			t.Fatal(err)
+		}
+		if got := [2]int{recorded("r"), recorded("r2")}; got != want {
+			t.Fatalf("after pass %d: %v nodes recorded in r and r2, want %v", pass+1, got, want)
+		}
+	}
+	if !fleet.done["edge-98/unknown"] || !fleet.done["edge-99/r"] || !fleet.done["edge-00/r"] || !fleet.done["api-1/r2"] {
+		t.Fatalf("done %v: every move recorded or refused should be", fleet.done)
+	}
+	if pending := fleet.PendingLocalRollbacks(); len(pending) != 0 {
+		t.Fatalf("still pending after three passes: %v", pending)
+	}
+	var first string
+	lines := 0
+	for _, h := range st.Rollout("r").GetHistory() {
+		if strings.HasPrefix(h.GetMessage(), "local guard on ") {
+			lines++
+			if strings.HasPrefix(h.GetMessage(), "local guard on edge-00 ") {
+				first = h.GetMessage()
+			}
+		}
+	}
+	if lines != 25 {
+		t.Fatalf("%d history lines of local rollbacks, want 25", lines)
+	}
+	_, reason, _ := strings.Cut(first, ": ")
+	if !utf8.ValidString(reason) || !strings.HasSuffix(reason, "…") || len(reason) > maxLocalRollbackReason+len("…") {
+		t.Fatalf("edge-00's reason in the history: %d bytes, %q", len(reason), reason)
+	}
+	h := st.Rollout("r2").GetHistory()
+	if last := h[len(h)-1]; last.GetMessage() != fmt.Sprintf("local guard on api-1 moved it back to blue at generation %d: api error rate 50%%", gen2) ||
+		last.GetPhase() != sv1.RolloutPhase_ROLLOUT_PHASE_ROLLED_BACK {
+		t.Fatalf("r2's last history line %v", last)
 	}
 }

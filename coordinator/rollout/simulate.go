@@ -161,6 +161,10 @@ func (m *simRaft) Converged(e *sv1.RolloutConvergedEntry) error {
 	m.st.ApplyConverged(m.next(), e)
 	return nil
 }
+func (m *simRaft) LocalRollback(e *sv1.LocalRollbackEntry) error {
+	m.st.ApplyLocalRollback(m.next(), e)
+	return nil
+}
 
 type simNode struct {
 	SimNode

@@ -42,6 +42,10 @@ type AppliedState struct {
 	// LocalRollback is set when the weights are the local guard's, not the
 	// document's.
 	LocalRollback *LocalRollback `protobuf:"bytes,8,opt,name=local_rollback,json=localRollback,proto3" json:"local_rollback,omitempty"`
+	// LastLocalRollback is the newest local rollback on this node for this
+	// service, kept after a newer generation replaced the guard's weights
+	// (local_rollback is then empty), until another replaces it.
+	LastLocalRollback *LocalRollback `protobuf:"bytes,9,opt,name=last_local_rollback,json=lastLocalRollback,proto3" json:"last_local_rollback,omitempty"`
 	// ExpiresAt is when the applied document's signature validity ends; a
 	// renewed document of the same fence moves it.
 	ExpiresAt *timestamppb.Timestamp `protobuf:"bytes,20,opt,name=expires_at,json=expiresAt,proto3" json:"expires_at,omitempty"`
@@ -138,6 +142,13 @@ func (x *AppliedState) GetLocalRollback() *LocalRollback {
 	return nil
 }
 
+func (x *AppliedState) GetLastLocalRollback() *LocalRollback {
+	if x != nil {
+		return x.LastLocalRollback
+	}
+	return nil
+}
+
 func (x *AppliedState) GetExpiresAt() *timestamppb.Timestamp {
 	if x != nil {
 		return x.ExpiresAt
@@ -156,7 +167,7 @@ var File_switchyard_v1_agent_proto protoreflect.FileDescriptor
 
 const file_switchyard_v1_agent_proto_rawDesc = "" +
 	"\n" +
-	"\x19switchyard/v1/agent.proto\x12\rswitchyard.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x1bswitchyard/v1/desired.proto\x1a\x19switchyard/v1/hooks.proto\x1a\x1dswitchyard/v1/telemetry.proto\"\xa5\x04\n" +
+	"\x19switchyard/v1/agent.proto\x12\rswitchyard.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x1bswitchyard/v1/desired.proto\x1a\x19switchyard/v1/hooks.proto\x1a\x1dswitchyard/v1/telemetry.proto\"\xf3\x04\n" +
 	"\fAppliedState\x12\x18\n" +
 	"\aservice\x18\x01 \x01(\tR\aservice\x125\n" +
 	"\adesired\x18\x02 \x01(\v2\x1b.switchyard.v1.DesiredStateR\adesired\x12B\n" +
@@ -167,7 +178,8 @@ const file_switchyard_v1_agent_proto_rawDesc = "" +
 	"\ffrom_backend\x18\x06 \x01(\tR\vfromBackend\x12\x1d\n" +
 	"\n" +
 	"to_backend\x18\a \x01(\tR\ttoBackend\x12C\n" +
-	"\x0elocal_rollback\x18\b \x01(\v2\x1c.switchyard.v1.LocalRollbackR\rlocalRollback\x129\n" +
+	"\x0elocal_rollback\x18\b \x01(\v2\x1c.switchyard.v1.LocalRollbackR\rlocalRollback\x12L\n" +
+	"\x13last_local_rollback\x18\t \x01(\v2\x1c.switchyard.v1.LocalRollbackR\x11lastLocalRollback\x129\n" +
 	"\n" +
 	"expires_at\x18\x14 \x01(\v2\x1a.google.protobuf.TimestampR\texpiresAt\x123\n" +
 	"\thook_hold\x182 \x01(\v2\x16.switchyard.v1.HookRunR\bhookHold\x1a:\n" +
@@ -201,13 +213,14 @@ var file_switchyard_v1_agent_proto_depIdxs = []int32{
 	1, // 1: switchyard.v1.AppliedState.weights:type_name -> switchyard.v1.AppliedState.WeightsEntry
 	3, // 2: switchyard.v1.AppliedState.applied_at:type_name -> google.protobuf.Timestamp
 	4, // 3: switchyard.v1.AppliedState.local_rollback:type_name -> switchyard.v1.LocalRollback
-	3, // 4: switchyard.v1.AppliedState.expires_at:type_name -> google.protobuf.Timestamp
-	5, // 5: switchyard.v1.AppliedState.hook_hold:type_name -> switchyard.v1.HookRun
-	6, // [6:6] is the sub-list for method output_type
-	6, // [6:6] is the sub-list for method input_type
-	6, // [6:6] is the sub-list for extension type_name
-	6, // [6:6] is the sub-list for extension extendee
-	0, // [0:6] is the sub-list for field type_name
+	4, // 4: switchyard.v1.AppliedState.last_local_rollback:type_name -> switchyard.v1.LocalRollback
+	3, // 5: switchyard.v1.AppliedState.expires_at:type_name -> google.protobuf.Timestamp
+	5, // 6: switchyard.v1.AppliedState.hook_hold:type_name -> switchyard.v1.HookRun
+	7, // [7:7] is the sub-list for method output_type
+	7, // [7:7] is the sub-list for method input_type
+	7, // [7:7] is the sub-list for extension type_name
+	7, // [7:7] is the sub-list for extension extendee
+	0, // [0:7] is the sub-list for field type_name
 }
 
 func init() { file_switchyard_v1_agent_proto_init() }

@@ -824,6 +824,126 @@ func (x *EpochEntry) GetActor() string {
 	return ""
 }
 
+// LocalRollbackEntry records nodes whose local guard moved them back to a
+// rollout's old backend, as their statuses said: the leader writes it so
+// that the rollout's history and the audit keep the move after the node
+// has taken a newer generation and its status no longer shows it.
+type LocalRollbackEntry struct {
+	state   protoimpl.MessageState `protogen:"open.v1"`
+	Rollout string                 `protobuf:"bytes,1,opt,name=rollout,proto3" json:"rollout,omitempty"`
+	// Nodes are at most 20 per entry; a replica records each (node,
+	// generation) once.
+	Nodes         []*NodeLocalRollback   `protobuf:"bytes,2,rep,name=nodes,proto3" json:"nodes,omitempty"`
+	StampedAt     *timestamppb.Timestamp `protobuf:"bytes,3,opt,name=stamped_at,json=stampedAt,proto3" json:"stamped_at,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *LocalRollbackEntry) Reset() {
+	*x = LocalRollbackEntry{}
+	mi := &file_switchyard_v1_raft_proto_msgTypes[10]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *LocalRollbackEntry) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*LocalRollbackEntry) ProtoMessage() {}
+
+func (x *LocalRollbackEntry) ProtoReflect() protoreflect.Message {
+	mi := &file_switchyard_v1_raft_proto_msgTypes[10]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use LocalRollbackEntry.ProtoReflect.Descriptor instead.
+func (*LocalRollbackEntry) Descriptor() ([]byte, []int) {
+	return file_switchyard_v1_raft_proto_rawDescGZIP(), []int{10}
+}
+
+func (x *LocalRollbackEntry) GetRollout() string {
+	if x != nil {
+		return x.Rollout
+	}
+	return ""
+}
+
+func (x *LocalRollbackEntry) GetNodes() []*NodeLocalRollback {
+	if x != nil {
+		return x.Nodes
+	}
+	return nil
+}
+
+func (x *LocalRollbackEntry) GetStampedAt() *timestamppb.Timestamp {
+	if x != nil {
+		return x.StampedAt
+	}
+	return nil
+}
+
+// NodeLocalRollback is one node's local rollback, as its status reported
+// it (the reason cut to 300 bytes).
+type NodeLocalRollback struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Node          string                 `protobuf:"bytes,1,opt,name=node,proto3" json:"node,omitempty"`
+	Rollback      *LocalRollback         `protobuf:"bytes,2,opt,name=rollback,proto3" json:"rollback,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *NodeLocalRollback) Reset() {
+	*x = NodeLocalRollback{}
+	mi := &file_switchyard_v1_raft_proto_msgTypes[11]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *NodeLocalRollback) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*NodeLocalRollback) ProtoMessage() {}
+
+func (x *NodeLocalRollback) ProtoReflect() protoreflect.Message {
+	mi := &file_switchyard_v1_raft_proto_msgTypes[11]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use NodeLocalRollback.ProtoReflect.Descriptor instead.
+func (*NodeLocalRollback) Descriptor() ([]byte, []int) {
+	return file_switchyard_v1_raft_proto_rawDescGZIP(), []int{11}
+}
+
+func (x *NodeLocalRollback) GetNode() string {
+	if x != nil {
+		return x.Node
+	}
+	return ""
+}
+
+func (x *NodeLocalRollback) GetRollback() *LocalRollback {
+	if x != nil {
+		return x.Rollback
+	}
+	return nil
+}
+
 // ServiceRecord is one service and its current desired state.
 type ServiceRecord struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
@@ -837,7 +957,7 @@ type ServiceRecord struct {
 
 func (x *ServiceRecord) Reset() {
 	*x = ServiceRecord{}
-	mi := &file_switchyard_v1_raft_proto_msgTypes[10]
+	mi := &file_switchyard_v1_raft_proto_msgTypes[12]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -849,7 +969,7 @@ func (x *ServiceRecord) String() string {
 func (*ServiceRecord) ProtoMessage() {}
 
 func (x *ServiceRecord) ProtoReflect() protoreflect.Message {
-	mi := &file_switchyard_v1_raft_proto_msgTypes[10]
+	mi := &file_switchyard_v1_raft_proto_msgTypes[12]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -862,7 +982,7 @@ func (x *ServiceRecord) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ServiceRecord.ProtoReflect.Descriptor instead.
 func (*ServiceRecord) Descriptor() ([]byte, []int) {
-	return file_switchyard_v1_raft_proto_rawDescGZIP(), []int{10}
+	return file_switchyard_v1_raft_proto_rawDescGZIP(), []int{12}
 }
 
 func (x *ServiceRecord) GetName() string {
@@ -904,7 +1024,7 @@ type ProcessedIntent struct {
 
 func (x *ProcessedIntent) Reset() {
 	*x = ProcessedIntent{}
-	mi := &file_switchyard_v1_raft_proto_msgTypes[11]
+	mi := &file_switchyard_v1_raft_proto_msgTypes[13]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -916,7 +1036,7 @@ func (x *ProcessedIntent) String() string {
 func (*ProcessedIntent) ProtoMessage() {}
 
 func (x *ProcessedIntent) ProtoReflect() protoreflect.Message {
-	mi := &file_switchyard_v1_raft_proto_msgTypes[11]
+	mi := &file_switchyard_v1_raft_proto_msgTypes[13]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -929,7 +1049,7 @@ func (x *ProcessedIntent) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ProcessedIntent.ProtoReflect.Descriptor instead.
 func (*ProcessedIntent) Descriptor() ([]byte, []int) {
-	return file_switchyard_v1_raft_proto_rawDescGZIP(), []int{11}
+	return file_switchyard_v1_raft_proto_rawDescGZIP(), []int{13}
 }
 
 func (x *ProcessedIntent) GetId() string {
@@ -971,7 +1091,7 @@ var File_switchyard_v1_raft_proto protoreflect.FileDescriptor
 
 const file_switchyard_v1_raft_proto_rawDesc = "" +
 	"\n" +
-	"\x18switchyard/v1/raft.proto\x12\rswitchyard.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x17switchyard/v1/acl.proto\x1a\x1bswitchyard/v1/desired.proto\x1a\x19switchyard/v1/drill.proto\x1a\x1aswitchyard/v1/intent.proto\x1a\x1bswitchyard/v1/rollout.proto\"\xca\x01\n" +
+	"\x18switchyard/v1/raft.proto\x12\rswitchyard.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x17switchyard/v1/acl.proto\x1a\x1bswitchyard/v1/desired.proto\x1a\x19switchyard/v1/drill.proto\x1a\x1aswitchyard/v1/intent.proto\x1a\x1bswitchyard/v1/rollout.proto\x1a\x1dswitchyard/v1/telemetry.proto\"\xca\x01\n" +
 	"\vIntentEntry\x12-\n" +
 	"\x06intent\x18\x01 \x01(\v2\x15.switchyard.v1.IntentR\x06intent\x129\n" +
 	"\n" +
@@ -1044,7 +1164,15 @@ const file_switchyard_v1_raft_proto_rawDesc = "" +
 	"\fhighest_seen\x18\x03 \x01(\x04R\vhighestSeen\x129\n" +
 	"\n" +
 	"stamped_at\x18\x04 \x01(\v2\x1a.google.protobuf.TimestampR\tstampedAt\x12\x14\n" +
-	"\x05actor\x18\x05 \x01(\tR\x05actor\"\x81\x01\n" +
+	"\x05actor\x18\x05 \x01(\tR\x05actor\"\xa1\x01\n" +
+	"\x12LocalRollbackEntry\x12\x18\n" +
+	"\arollout\x18\x01 \x01(\tR\arollout\x126\n" +
+	"\x05nodes\x18\x02 \x03(\v2 .switchyard.v1.NodeLocalRollbackR\x05nodes\x129\n" +
+	"\n" +
+	"stamped_at\x18\x03 \x01(\v2\x1a.google.protobuf.TimestampR\tstampedAt\"a\n" +
+	"\x11NodeLocalRollback\x12\x12\n" +
+	"\x04node\x18\x01 \x01(\tR\x04node\x128\n" +
+	"\brollback\x18\x02 \x01(\v2\x1c.switchyard.v1.LocalRollbackR\brollback\"\x81\x01\n" +
 	"\rServiceRecord\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12%\n" +
 	"\x0eactive_rollout\x18\x02 \x01(\tR\ractiveRollout\x125\n" +
@@ -1068,7 +1196,7 @@ func file_switchyard_v1_raft_proto_rawDescGZIP() []byte {
 	return file_switchyard_v1_raft_proto_rawDescData
 }
 
-var file_switchyard_v1_raft_proto_msgTypes = make([]protoimpl.MessageInfo, 12)
+var file_switchyard_v1_raft_proto_msgTypes = make([]protoimpl.MessageInfo, 14)
 var file_switchyard_v1_raft_proto_goTypes = []any{
 	(*IntentEntry)(nil),           // 0: switchyard.v1.IntentEntry
 	(*RolloutConvergedEntry)(nil), // 1: switchyard.v1.RolloutConvergedEntry
@@ -1080,47 +1208,53 @@ var file_switchyard_v1_raft_proto_goTypes = []any{
 	(*DrillReportEntry)(nil),      // 7: switchyard.v1.DrillReportEntry
 	(*StateSnapshot)(nil),         // 8: switchyard.v1.StateSnapshot
 	(*EpochEntry)(nil),            // 9: switchyard.v1.EpochEntry
-	(*ServiceRecord)(nil),         // 10: switchyard.v1.ServiceRecord
-	(*ProcessedIntent)(nil),       // 11: switchyard.v1.ProcessedIntent
-	(*Intent)(nil),                // 12: switchyard.v1.Intent
-	(*timestamppb.Timestamp)(nil), // 13: google.protobuf.Timestamp
-	(*Evidence)(nil),              // 14: switchyard.v1.Evidence
-	(*DrillReport)(nil),           // 15: switchyard.v1.DrillReport
-	(*Rollout)(nil),               // 16: switchyard.v1.Rollout
-	(*Drill)(nil),                 // 17: switchyard.v1.Drill
-	(*AclState)(nil),              // 18: switchyard.v1.AclState
-	(*AuditHead)(nil),             // 19: switchyard.v1.AuditHead
-	(*AuditEntry)(nil),            // 20: switchyard.v1.AuditEntry
-	(*DesiredState)(nil),          // 21: switchyard.v1.DesiredState
-	(*IntentResult)(nil),          // 22: switchyard.v1.IntentResult
+	(*LocalRollbackEntry)(nil),    // 10: switchyard.v1.LocalRollbackEntry
+	(*NodeLocalRollback)(nil),     // 11: switchyard.v1.NodeLocalRollback
+	(*ServiceRecord)(nil),         // 12: switchyard.v1.ServiceRecord
+	(*ProcessedIntent)(nil),       // 13: switchyard.v1.ProcessedIntent
+	(*Intent)(nil),                // 14: switchyard.v1.Intent
+	(*timestamppb.Timestamp)(nil), // 15: google.protobuf.Timestamp
+	(*Evidence)(nil),              // 16: switchyard.v1.Evidence
+	(*DrillReport)(nil),           // 17: switchyard.v1.DrillReport
+	(*Rollout)(nil),               // 18: switchyard.v1.Rollout
+	(*Drill)(nil),                 // 19: switchyard.v1.Drill
+	(*AclState)(nil),              // 20: switchyard.v1.AclState
+	(*AuditHead)(nil),             // 21: switchyard.v1.AuditHead
+	(*AuditEntry)(nil),            // 22: switchyard.v1.AuditEntry
+	(*LocalRollback)(nil),         // 23: switchyard.v1.LocalRollback
+	(*DesiredState)(nil),          // 24: switchyard.v1.DesiredState
+	(*IntentResult)(nil),          // 25: switchyard.v1.IntentResult
 }
 var file_switchyard_v1_raft_proto_depIdxs = []int32{
-	12, // 0: switchyard.v1.IntentEntry.intent:type_name -> switchyard.v1.Intent
-	13, // 1: switchyard.v1.IntentEntry.stamped_at:type_name -> google.protobuf.Timestamp
-	13, // 2: switchyard.v1.RolloutConvergedEntry.stamped_at:type_name -> google.protobuf.Timestamp
-	13, // 3: switchyard.v1.RolloutAdvanceEntry.stamped_at:type_name -> google.protobuf.Timestamp
-	14, // 4: switchyard.v1.RollbackEntry.evidence:type_name -> switchyard.v1.Evidence
-	13, // 5: switchyard.v1.RollbackEntry.stamped_at:type_name -> google.protobuf.Timestamp
-	13, // 6: switchyard.v1.RolloutFinishEntry.stamped_at:type_name -> google.protobuf.Timestamp
-	13, // 7: switchyard.v1.DrillStartEntry.stamped_at:type_name -> google.protobuf.Timestamp
-	13, // 8: switchyard.v1.DrillEndEntry.stamped_at:type_name -> google.protobuf.Timestamp
-	15, // 9: switchyard.v1.DrillReportEntry.report:type_name -> switchyard.v1.DrillReport
-	10, // 10: switchyard.v1.StateSnapshot.services:type_name -> switchyard.v1.ServiceRecord
-	16, // 11: switchyard.v1.StateSnapshot.rollouts:type_name -> switchyard.v1.Rollout
-	11, // 12: switchyard.v1.StateSnapshot.intents:type_name -> switchyard.v1.ProcessedIntent
-	17, // 13: switchyard.v1.StateSnapshot.drills:type_name -> switchyard.v1.Drill
-	18, // 14: switchyard.v1.StateSnapshot.acl:type_name -> switchyard.v1.AclState
-	19, // 15: switchyard.v1.StateSnapshot.audit_head:type_name -> switchyard.v1.AuditHead
-	20, // 16: switchyard.v1.StateSnapshot.audit:type_name -> switchyard.v1.AuditEntry
-	13, // 17: switchyard.v1.EpochEntry.stamped_at:type_name -> google.protobuf.Timestamp
-	21, // 18: switchyard.v1.ServiceRecord.desired:type_name -> switchyard.v1.DesiredState
-	22, // 19: switchyard.v1.ProcessedIntent.result:type_name -> switchyard.v1.IntentResult
-	13, // 20: switchyard.v1.ProcessedIntent.at:type_name -> google.protobuf.Timestamp
-	21, // [21:21] is the sub-list for method output_type
-	21, // [21:21] is the sub-list for method input_type
-	21, // [21:21] is the sub-list for extension type_name
-	21, // [21:21] is the sub-list for extension extendee
-	0,  // [0:21] is the sub-list for field type_name
+	14, // 0: switchyard.v1.IntentEntry.intent:type_name -> switchyard.v1.Intent
+	15, // 1: switchyard.v1.IntentEntry.stamped_at:type_name -> google.protobuf.Timestamp
+	15, // 2: switchyard.v1.RolloutConvergedEntry.stamped_at:type_name -> google.protobuf.Timestamp
+	15, // 3: switchyard.v1.RolloutAdvanceEntry.stamped_at:type_name -> google.protobuf.Timestamp
+	16, // 4: switchyard.v1.RollbackEntry.evidence:type_name -> switchyard.v1.Evidence
+	15, // 5: switchyard.v1.RollbackEntry.stamped_at:type_name -> google.protobuf.Timestamp
+	15, // 6: switchyard.v1.RolloutFinishEntry.stamped_at:type_name -> google.protobuf.Timestamp
+	15, // 7: switchyard.v1.DrillStartEntry.stamped_at:type_name -> google.protobuf.Timestamp
+	15, // 8: switchyard.v1.DrillEndEntry.stamped_at:type_name -> google.protobuf.Timestamp
+	17, // 9: switchyard.v1.DrillReportEntry.report:type_name -> switchyard.v1.DrillReport
+	12, // 10: switchyard.v1.StateSnapshot.services:type_name -> switchyard.v1.ServiceRecord
+	18, // 11: switchyard.v1.StateSnapshot.rollouts:type_name -> switchyard.v1.Rollout
+	13, // 12: switchyard.v1.StateSnapshot.intents:type_name -> switchyard.v1.ProcessedIntent
+	19, // 13: switchyard.v1.StateSnapshot.drills:type_name -> switchyard.v1.Drill
+	20, // 14: switchyard.v1.StateSnapshot.acl:type_name -> switchyard.v1.AclState
+	21, // 15: switchyard.v1.StateSnapshot.audit_head:type_name -> switchyard.v1.AuditHead
+	22, // 16: switchyard.v1.StateSnapshot.audit:type_name -> switchyard.v1.AuditEntry
+	15, // 17: switchyard.v1.EpochEntry.stamped_at:type_name -> google.protobuf.Timestamp
+	11, // 18: switchyard.v1.LocalRollbackEntry.nodes:type_name -> switchyard.v1.NodeLocalRollback
+	15, // 19: switchyard.v1.LocalRollbackEntry.stamped_at:type_name -> google.protobuf.Timestamp
+	23, // 20: switchyard.v1.NodeLocalRollback.rollback:type_name -> switchyard.v1.LocalRollback
+	24, // 21: switchyard.v1.ServiceRecord.desired:type_name -> switchyard.v1.DesiredState
+	25, // 22: switchyard.v1.ProcessedIntent.result:type_name -> switchyard.v1.IntentResult
+	15, // 23: switchyard.v1.ProcessedIntent.at:type_name -> google.protobuf.Timestamp
+	24, // [24:24] is the sub-list for method output_type
+	24, // [24:24] is the sub-list for method input_type
+	24, // [24:24] is the sub-list for extension type_name
+	24, // [24:24] is the sub-list for extension extendee
+	0,  // [0:24] is the sub-list for field type_name
 }
 
 func init() { file_switchyard_v1_raft_proto_init() }
@@ -1133,13 +1267,14 @@ func file_switchyard_v1_raft_proto_init() {
 	file_switchyard_v1_drill_proto_init()
 	file_switchyard_v1_intent_proto_init()
 	file_switchyard_v1_rollout_proto_init()
+	file_switchyard_v1_telemetry_proto_init()
 	type x struct{}
 	out := protoimpl.TypeBuilder{
 		File: protoimpl.DescBuilder{
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_switchyard_v1_raft_proto_rawDesc), len(file_switchyard_v1_raft_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   12,
+			NumMessages:   14,
 			NumExtensions: 0,
 			NumServices:   0,
 		},

@@ -976,9 +976,15 @@ type Rollout struct {
 	Approvers []string `protobuf:"bytes,70,rep,name=approvers,proto3" json:"approvers,omitempty"`
 	// AuthorKey is the verified key that applied the rollout; the
 	// two-person rule keeps it from approving its own rollout.
-	AuthorKey     string `protobuf:"bytes,71,opt,name=author_key,json=authorKey,proto3" json:"author_key,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	AuthorKey string `protobuf:"bytes,71,opt,name=author_key,json=authorKey,proto3" json:"author_key,omitempty"`
+	// LocalRollbacks are the nodes whose local guard moved them back during
+	// this rollout, each with the generation it overrode, as recorded in the
+	// history (at most 100; local_rollbacks_capped is set once more were
+	// reported than that).
+	LocalRollbacks       []*NodeGeneration `protobuf:"bytes,54,rep,name=local_rollbacks,json=localRollbacks,proto3" json:"local_rollbacks,omitempty"`
+	LocalRollbacksCapped bool              `protobuf:"varint,55,opt,name=local_rollbacks_capped,json=localRollbacksCapped,proto3" json:"local_rollbacks_capped,omitempty"`
+	unknownFields        protoimpl.UnknownFields
+	sizeCache            protoimpl.SizeCache
 }
 
 func (x *Rollout) Reset() {
@@ -1172,6 +1178,73 @@ func (x *Rollout) GetAuthorKey() string {
 	return ""
 }
 
+func (x *Rollout) GetLocalRollbacks() []*NodeGeneration {
+	if x != nil {
+		return x.LocalRollbacks
+	}
+	return nil
+}
+
+func (x *Rollout) GetLocalRollbacksCapped() bool {
+	if x != nil {
+		return x.LocalRollbacksCapped
+	}
+	return false
+}
+
+// NodeGeneration names a node and a generation.
+type NodeGeneration struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Node          string                 `protobuf:"bytes,1,opt,name=node,proto3" json:"node,omitempty"`
+	Generation    uint64                 `protobuf:"varint,2,opt,name=generation,proto3" json:"generation,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *NodeGeneration) Reset() {
+	*x = NodeGeneration{}
+	mi := &file_switchyard_v1_rollout_proto_msgTypes[13]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *NodeGeneration) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*NodeGeneration) ProtoMessage() {}
+
+func (x *NodeGeneration) ProtoReflect() protoreflect.Message {
+	mi := &file_switchyard_v1_rollout_proto_msgTypes[13]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use NodeGeneration.ProtoReflect.Descriptor instead.
+func (*NodeGeneration) Descriptor() ([]byte, []int) {
+	return file_switchyard_v1_rollout_proto_rawDescGZIP(), []int{13}
+}
+
+func (x *NodeGeneration) GetNode() string {
+	if x != nil {
+		return x.Node
+	}
+	return ""
+}
+
+func (x *NodeGeneration) GetGeneration() uint64 {
+	if x != nil {
+		return x.Generation
+	}
+	return 0
+}
+
 // Evidence is what a rollback decision saw: the guardrail and the windows.
 type Evidence struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
@@ -1188,7 +1261,7 @@ type Evidence struct {
 
 func (x *Evidence) Reset() {
 	*x = Evidence{}
-	mi := &file_switchyard_v1_rollout_proto_msgTypes[13]
+	mi := &file_switchyard_v1_rollout_proto_msgTypes[14]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1200,7 +1273,7 @@ func (x *Evidence) String() string {
 func (*Evidence) ProtoMessage() {}
 
 func (x *Evidence) ProtoReflect() protoreflect.Message {
-	mi := &file_switchyard_v1_rollout_proto_msgTypes[13]
+	mi := &file_switchyard_v1_rollout_proto_msgTypes[14]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1213,7 +1286,7 @@ func (x *Evidence) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Evidence.ProtoReflect.Descriptor instead.
 func (*Evidence) Descriptor() ([]byte, []int) {
-	return file_switchyard_v1_rollout_proto_rawDescGZIP(), []int{13}
+	return file_switchyard_v1_rollout_proto_rawDescGZIP(), []int{14}
 }
 
 func (x *Evidence) GetGuardrail() string {
@@ -1290,7 +1363,7 @@ type SequentialEvidence struct {
 
 func (x *SequentialEvidence) Reset() {
 	*x = SequentialEvidence{}
-	mi := &file_switchyard_v1_rollout_proto_msgTypes[14]
+	mi := &file_switchyard_v1_rollout_proto_msgTypes[15]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1302,7 +1375,7 @@ func (x *SequentialEvidence) String() string {
 func (*SequentialEvidence) ProtoMessage() {}
 
 func (x *SequentialEvidence) ProtoReflect() protoreflect.Message {
-	mi := &file_switchyard_v1_rollout_proto_msgTypes[14]
+	mi := &file_switchyard_v1_rollout_proto_msgTypes[15]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1315,7 +1388,7 @@ func (x *SequentialEvidence) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SequentialEvidence.ProtoReflect.Descriptor instead.
 func (*SequentialEvidence) Descriptor() ([]byte, []int) {
-	return file_switchyard_v1_rollout_proto_rawDescGZIP(), []int{14}
+	return file_switchyard_v1_rollout_proto_rawDescGZIP(), []int{15}
 }
 
 func (x *SequentialEvidence) GetTest() string {
@@ -1446,7 +1519,7 @@ type NodeEvidence struct {
 
 func (x *NodeEvidence) Reset() {
 	*x = NodeEvidence{}
-	mi := &file_switchyard_v1_rollout_proto_msgTypes[15]
+	mi := &file_switchyard_v1_rollout_proto_msgTypes[16]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1458,7 +1531,7 @@ func (x *NodeEvidence) String() string {
 func (*NodeEvidence) ProtoMessage() {}
 
 func (x *NodeEvidence) ProtoReflect() protoreflect.Message {
-	mi := &file_switchyard_v1_rollout_proto_msgTypes[15]
+	mi := &file_switchyard_v1_rollout_proto_msgTypes[16]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1471,7 +1544,7 @@ func (x *NodeEvidence) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use NodeEvidence.ProtoReflect.Descriptor instead.
 func (*NodeEvidence) Descriptor() ([]byte, []int) {
-	return file_switchyard_v1_rollout_proto_rawDescGZIP(), []int{15}
+	return file_switchyard_v1_rollout_proto_rawDescGZIP(), []int{16}
 }
 
 func (x *NodeEvidence) GetNode() string {
@@ -1534,7 +1607,7 @@ type WindowEvidence struct {
 
 func (x *WindowEvidence) Reset() {
 	*x = WindowEvidence{}
-	mi := &file_switchyard_v1_rollout_proto_msgTypes[16]
+	mi := &file_switchyard_v1_rollout_proto_msgTypes[17]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1546,7 +1619,7 @@ func (x *WindowEvidence) String() string {
 func (*WindowEvidence) ProtoMessage() {}
 
 func (x *WindowEvidence) ProtoReflect() protoreflect.Message {
-	mi := &file_switchyard_v1_rollout_proto_msgTypes[16]
+	mi := &file_switchyard_v1_rollout_proto_msgTypes[17]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1559,7 +1632,7 @@ func (x *WindowEvidence) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use WindowEvidence.ProtoReflect.Descriptor instead.
 func (*WindowEvidence) Descriptor() ([]byte, []int) {
-	return file_switchyard_v1_rollout_proto_rawDescGZIP(), []int{16}
+	return file_switchyard_v1_rollout_proto_rawDescGZIP(), []int{17}
 }
 
 func (x *WindowEvidence) GetStart() *timestamppb.Timestamp {
@@ -1628,7 +1701,7 @@ type BackendWindow struct {
 
 func (x *BackendWindow) Reset() {
 	*x = BackendWindow{}
-	mi := &file_switchyard_v1_rollout_proto_msgTypes[17]
+	mi := &file_switchyard_v1_rollout_proto_msgTypes[18]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1640,7 +1713,7 @@ func (x *BackendWindow) String() string {
 func (*BackendWindow) ProtoMessage() {}
 
 func (x *BackendWindow) ProtoReflect() protoreflect.Message {
-	mi := &file_switchyard_v1_rollout_proto_msgTypes[17]
+	mi := &file_switchyard_v1_rollout_proto_msgTypes[18]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1653,7 +1726,7 @@ func (x *BackendWindow) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use BackendWindow.ProtoReflect.Descriptor instead.
 func (*BackendWindow) Descriptor() ([]byte, []int) {
-	return file_switchyard_v1_rollout_proto_rawDescGZIP(), []int{17}
+	return file_switchyard_v1_rollout_proto_rawDescGZIP(), []int{18}
 }
 
 func (x *BackendWindow) GetBackend() string {
@@ -1719,7 +1792,7 @@ type RolloutEvent struct {
 
 func (x *RolloutEvent) Reset() {
 	*x = RolloutEvent{}
-	mi := &file_switchyard_v1_rollout_proto_msgTypes[18]
+	mi := &file_switchyard_v1_rollout_proto_msgTypes[19]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1731,7 +1804,7 @@ func (x *RolloutEvent) String() string {
 func (*RolloutEvent) ProtoMessage() {}
 
 func (x *RolloutEvent) ProtoReflect() protoreflect.Message {
-	mi := &file_switchyard_v1_rollout_proto_msgTypes[18]
+	mi := &file_switchyard_v1_rollout_proto_msgTypes[19]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1744,7 +1817,7 @@ func (x *RolloutEvent) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RolloutEvent.ProtoReflect.Descriptor instead.
 func (*RolloutEvent) Descriptor() ([]byte, []int) {
-	return file_switchyard_v1_rollout_proto_rawDescGZIP(), []int{18}
+	return file_switchyard_v1_rollout_proto_rawDescGZIP(), []int{19}
 }
 
 func (x *RolloutEvent) GetAt() *timestamppb.Timestamp {
@@ -1855,7 +1928,7 @@ const file_switchyard_v1_rollout_proto_rawDesc = "" +
 	"\x03max\x18\x02 \x01(\v2\x19.google.protobuf.DurationR\x03max\x12<\n" +
 	"\fmax_increase\x18\x03 \x01(\v2\x19.google.protobuf.DurationR\vmaxIncrease\"2\n" +
 	"\x13SaturationGuardrail\x12\x1b\n" +
-	"\tmax_queue\x18\x01 \x01(\rR\bmaxQueue\"\x93\a\n" +
+	"\tmax_queue\x18\x01 \x01(\rR\bmaxQueue\"\x91\b\n" +
 	"\aRollout\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\tR\x02id\x12.\n" +
 	"\x04spec\x18\x02 \x01(\v2\x1a.switchyard.v1.RolloutSpecR\x04spec\x121\n" +
@@ -1889,7 +1962,14 @@ const file_switchyard_v1_rollout_proto_rawDesc = "" +
 	"start_gate\x185 \x01(\bR\tstartGate\x12\x1c\n" +
 	"\tapprovers\x18F \x03(\tR\tapprovers\x12\x1d\n" +
 	"\n" +
-	"author_key\x18G \x01(\tR\tauthorKey\"\xbe\x01\n" +
+	"author_key\x18G \x01(\tR\tauthorKey\x12F\n" +
+	"\x0flocal_rollbacks\x186 \x03(\v2\x1d.switchyard.v1.NodeGenerationR\x0elocalRollbacks\x124\n" +
+	"\x16local_rollbacks_capped\x187 \x01(\bR\x14localRollbacksCapped\"D\n" +
+	"\x0eNodeGeneration\x12\x12\n" +
+	"\x04node\x18\x01 \x01(\tR\x04node\x12\x1e\n" +
+	"\n" +
+	"generation\x18\x02 \x01(\x04R\n" +
+	"generation\"\xbe\x01\n" +
 	"\bEvidence\x12\x1c\n" +
 	"\tguardrail\x18\x01 \x01(\tR\tguardrail\x12\x18\n" +
 	"\asummary\x18\x02 \x01(\tR\asummary\x127\n" +
@@ -1960,7 +2040,7 @@ func file_switchyard_v1_rollout_proto_rawDescGZIP() []byte {
 	return file_switchyard_v1_rollout_proto_rawDescData
 }
 
-var file_switchyard_v1_rollout_proto_msgTypes = make([]protoimpl.MessageInfo, 20)
+var file_switchyard_v1_rollout_proto_msgTypes = make([]protoimpl.MessageInfo, 21)
 var file_switchyard_v1_rollout_proto_goTypes = []any{
 	(*RolloutSpec)(nil),           // 0: switchyard.v1.RolloutSpec
 	(*Strategy)(nil),              // 1: switchyard.v1.Strategy
@@ -1975,67 +2055,69 @@ var file_switchyard_v1_rollout_proto_goTypes = []any{
 	(*LatencyGuardrail)(nil),      // 10: switchyard.v1.LatencyGuardrail
 	(*SaturationGuardrail)(nil),   // 11: switchyard.v1.SaturationGuardrail
 	(*Rollout)(nil),               // 12: switchyard.v1.Rollout
-	(*Evidence)(nil),              // 13: switchyard.v1.Evidence
-	(*SequentialEvidence)(nil),    // 14: switchyard.v1.SequentialEvidence
-	(*NodeEvidence)(nil),          // 15: switchyard.v1.NodeEvidence
-	(*WindowEvidence)(nil),        // 16: switchyard.v1.WindowEvidence
-	(*BackendWindow)(nil),         // 17: switchyard.v1.BackendWindow
-	(*RolloutEvent)(nil),          // 18: switchyard.v1.RolloutEvent
-	nil,                           // 19: switchyard.v1.WaveSpec.SelectorEntry
-	(*HooksSpec)(nil),             // 20: switchyard.v1.HooksSpec
-	(*durationpb.Duration)(nil),   // 21: google.protobuf.Duration
-	(RolloutPhase)(0),             // 22: switchyard.v1.RolloutPhase
-	(*timestamppb.Timestamp)(nil), // 23: google.protobuf.Timestamp
-	(*HookCall)(nil),              // 24: switchyard.v1.HookCall
+	(*NodeGeneration)(nil),        // 13: switchyard.v1.NodeGeneration
+	(*Evidence)(nil),              // 14: switchyard.v1.Evidence
+	(*SequentialEvidence)(nil),    // 15: switchyard.v1.SequentialEvidence
+	(*NodeEvidence)(nil),          // 16: switchyard.v1.NodeEvidence
+	(*WindowEvidence)(nil),        // 17: switchyard.v1.WindowEvidence
+	(*BackendWindow)(nil),         // 18: switchyard.v1.BackendWindow
+	(*RolloutEvent)(nil),          // 19: switchyard.v1.RolloutEvent
+	nil,                           // 20: switchyard.v1.WaveSpec.SelectorEntry
+	(*HooksSpec)(nil),             // 21: switchyard.v1.HooksSpec
+	(*durationpb.Duration)(nil),   // 22: google.protobuf.Duration
+	(RolloutPhase)(0),             // 23: switchyard.v1.RolloutPhase
+	(*timestamppb.Timestamp)(nil), // 24: google.protobuf.Timestamp
+	(*HookCall)(nil),              // 25: switchyard.v1.HookCall
 }
 var file_switchyard_v1_rollout_proto_depIdxs = []int32{
 	1,  // 0: switchyard.v1.RolloutSpec.strategy:type_name -> switchyard.v1.Strategy
 	7,  // 1: switchyard.v1.RolloutSpec.waves:type_name -> switchyard.v1.WaveSpec
 	8,  // 2: switchyard.v1.RolloutSpec.analysis:type_name -> switchyard.v1.AnalysisSpec
-	20, // 3: switchyard.v1.RolloutSpec.hooks:type_name -> switchyard.v1.HooksSpec
+	21, // 3: switchyard.v1.RolloutSpec.hooks:type_name -> switchyard.v1.HooksSpec
 	2,  // 4: switchyard.v1.Strategy.blue_green:type_name -> switchyard.v1.BlueGreen
 	3,  // 5: switchyard.v1.Strategy.canary:type_name -> switchyard.v1.Canary
-	21, // 6: switchyard.v1.BlueGreen.ramp_interval:type_name -> google.protobuf.Duration
-	21, // 7: switchyard.v1.BlueGreen.keep_warm:type_name -> google.protobuf.Duration
+	22, // 6: switchyard.v1.BlueGreen.ramp_interval:type_name -> google.protobuf.Duration
+	22, // 7: switchyard.v1.BlueGreen.keep_warm:type_name -> google.protobuf.Duration
 	4,  // 8: switchyard.v1.Canary.steps:type_name -> switchyard.v1.Step
 	5,  // 9: switchyard.v1.Step.pause:type_name -> switchyard.v1.Pause
 	6,  // 10: switchyard.v1.Step.analysis:type_name -> switchyard.v1.AnalysisStep
-	21, // 11: switchyard.v1.Pause.duration:type_name -> google.protobuf.Duration
-	19, // 12: switchyard.v1.WaveSpec.selector:type_name -> switchyard.v1.WaveSpec.SelectorEntry
+	22, // 11: switchyard.v1.Pause.duration:type_name -> google.protobuf.Duration
+	20, // 12: switchyard.v1.WaveSpec.selector:type_name -> switchyard.v1.WaveSpec.SelectorEntry
 	4,  // 13: switchyard.v1.WaveSpec.steps:type_name -> switchyard.v1.Step
-	21, // 14: switchyard.v1.AnalysisSpec.window:type_name -> google.protobuf.Duration
+	22, // 14: switchyard.v1.AnalysisSpec.window:type_name -> google.protobuf.Duration
 	9,  // 15: switchyard.v1.AnalysisSpec.error_rate:type_name -> switchyard.v1.ErrorRateGuardrail
 	10, // 16: switchyard.v1.AnalysisSpec.latency:type_name -> switchyard.v1.LatencyGuardrail
 	11, // 17: switchyard.v1.AnalysisSpec.saturation:type_name -> switchyard.v1.SaturationGuardrail
-	21, // 18: switchyard.v1.AnalysisSpec.horizon:type_name -> google.protobuf.Duration
-	21, // 19: switchyard.v1.LatencyGuardrail.max:type_name -> google.protobuf.Duration
-	21, // 20: switchyard.v1.LatencyGuardrail.max_increase:type_name -> google.protobuf.Duration
+	22, // 18: switchyard.v1.AnalysisSpec.horizon:type_name -> google.protobuf.Duration
+	22, // 19: switchyard.v1.LatencyGuardrail.max:type_name -> google.protobuf.Duration
+	22, // 20: switchyard.v1.LatencyGuardrail.max_increase:type_name -> google.protobuf.Duration
 	0,  // 21: switchyard.v1.Rollout.spec:type_name -> switchyard.v1.RolloutSpec
-	22, // 22: switchyard.v1.Rollout.phase:type_name -> switchyard.v1.RolloutPhase
-	23, // 23: switchyard.v1.Rollout.created_at:type_name -> google.protobuf.Timestamp
-	23, // 24: switchyard.v1.Rollout.updated_at:type_name -> google.protobuf.Timestamp
-	18, // 25: switchyard.v1.Rollout.history:type_name -> switchyard.v1.RolloutEvent
-	23, // 26: switchyard.v1.Rollout.step_started_at:type_name -> google.protobuf.Timestamp
-	13, // 27: switchyard.v1.Rollout.evidence:type_name -> switchyard.v1.Evidence
-	23, // 28: switchyard.v1.Rollout.promoted_at:type_name -> google.protobuf.Timestamp
-	24, // 29: switchyard.v1.Rollout.hook_calls:type_name -> switchyard.v1.HookCall
-	16, // 30: switchyard.v1.Evidence.windows:type_name -> switchyard.v1.WindowEvidence
-	14, // 31: switchyard.v1.Evidence.sequential:type_name -> switchyard.v1.SequentialEvidence
-	23, // 32: switchyard.v1.SequentialEvidence.since:type_name -> google.protobuf.Timestamp
-	23, // 33: switchyard.v1.SequentialEvidence.at:type_name -> google.protobuf.Timestamp
-	21, // 34: switchyard.v1.SequentialEvidence.horizon:type_name -> google.protobuf.Duration
-	15, // 35: switchyard.v1.SequentialEvidence.nodes:type_name -> switchyard.v1.NodeEvidence
-	23, // 36: switchyard.v1.WindowEvidence.start:type_name -> google.protobuf.Timestamp
-	23, // 37: switchyard.v1.WindowEvidence.end:type_name -> google.protobuf.Timestamp
-	17, // 38: switchyard.v1.WindowEvidence.candidate:type_name -> switchyard.v1.BackendWindow
-	17, // 39: switchyard.v1.WindowEvidence.baseline:type_name -> switchyard.v1.BackendWindow
-	23, // 40: switchyard.v1.RolloutEvent.at:type_name -> google.protobuf.Timestamp
-	22, // 41: switchyard.v1.RolloutEvent.phase:type_name -> switchyard.v1.RolloutPhase
-	42, // [42:42] is the sub-list for method output_type
-	42, // [42:42] is the sub-list for method input_type
-	42, // [42:42] is the sub-list for extension type_name
-	42, // [42:42] is the sub-list for extension extendee
-	0,  // [0:42] is the sub-list for field type_name
+	23, // 22: switchyard.v1.Rollout.phase:type_name -> switchyard.v1.RolloutPhase
+	24, // 23: switchyard.v1.Rollout.created_at:type_name -> google.protobuf.Timestamp
+	24, // 24: switchyard.v1.Rollout.updated_at:type_name -> google.protobuf.Timestamp
+	19, // 25: switchyard.v1.Rollout.history:type_name -> switchyard.v1.RolloutEvent
+	24, // 26: switchyard.v1.Rollout.step_started_at:type_name -> google.protobuf.Timestamp
+	14, // 27: switchyard.v1.Rollout.evidence:type_name -> switchyard.v1.Evidence
+	24, // 28: switchyard.v1.Rollout.promoted_at:type_name -> google.protobuf.Timestamp
+	25, // 29: switchyard.v1.Rollout.hook_calls:type_name -> switchyard.v1.HookCall
+	13, // 30: switchyard.v1.Rollout.local_rollbacks:type_name -> switchyard.v1.NodeGeneration
+	17, // 31: switchyard.v1.Evidence.windows:type_name -> switchyard.v1.WindowEvidence
+	15, // 32: switchyard.v1.Evidence.sequential:type_name -> switchyard.v1.SequentialEvidence
+	24, // 33: switchyard.v1.SequentialEvidence.since:type_name -> google.protobuf.Timestamp
+	24, // 34: switchyard.v1.SequentialEvidence.at:type_name -> google.protobuf.Timestamp
+	22, // 35: switchyard.v1.SequentialEvidence.horizon:type_name -> google.protobuf.Duration
+	16, // 36: switchyard.v1.SequentialEvidence.nodes:type_name -> switchyard.v1.NodeEvidence
+	24, // 37: switchyard.v1.WindowEvidence.start:type_name -> google.protobuf.Timestamp
+	24, // 38: switchyard.v1.WindowEvidence.end:type_name -> google.protobuf.Timestamp
+	18, // 39: switchyard.v1.WindowEvidence.candidate:type_name -> switchyard.v1.BackendWindow
+	18, // 40: switchyard.v1.WindowEvidence.baseline:type_name -> switchyard.v1.BackendWindow
+	24, // 41: switchyard.v1.RolloutEvent.at:type_name -> google.protobuf.Timestamp
+	23, // 42: switchyard.v1.RolloutEvent.phase:type_name -> switchyard.v1.RolloutPhase
+	43, // [43:43] is the sub-list for method output_type
+	43, // [43:43] is the sub-list for method input_type
+	43, // [43:43] is the sub-list for extension type_name
+	43, // [43:43] is the sub-list for extension extendee
+	0,  // [0:43] is the sub-list for field type_name
 }
 
 func init() { file_switchyard_v1_rollout_proto_init() }
@@ -2060,7 +2142,7 @@ func file_switchyard_v1_rollout_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_switchyard_v1_rollout_proto_rawDesc), len(file_switchyard_v1_rollout_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   20,
+			NumMessages:   21,
 			NumExtensions: 0,
 			NumServices:   0,
 		},

@@ -635,6 +635,12 @@ type ServiceStatus struct {
 	// LocalRollback is set while the node serves weights its own local guard
 	// chose, until a newer generation from the coordinator replaces them.
 	LocalRollback *LocalRollback `protobuf:"bytes,7,opt,name=local_rollback,json=localRollback,proto3" json:"local_rollback,omitempty"`
+	// LastLocalRollback is the newest local rollback on this node for this
+	// service, still reported after a newer generation replaced the guard's
+	// weights: a node cut off from the coordinators may take the rollback
+	// they decided meanwhile before its first status, and the coordinators
+	// write every local rollback into its rollout's history.
+	LastLocalRollback *LocalRollback `protobuf:"bytes,8,opt,name=last_local_rollback,json=lastLocalRollback,proto3" json:"last_local_rollback,omitempty"`
 	// AppliedEpoch is the epoch of the applied document; with the generation it
 	// is the fence the coordinator compares with its current document.
 	AppliedEpoch uint64 `protobuf:"varint,20,opt,name=applied_epoch,json=appliedEpoch,proto3" json:"applied_epoch,omitempty"`
@@ -748,6 +754,13 @@ func (x *ServiceStatus) GetMessage() string {
 func (x *ServiceStatus) GetLocalRollback() *LocalRollback {
 	if x != nil {
 		return x.LocalRollback
+	}
+	return nil
+}
+
+func (x *ServiceStatus) GetLastLocalRollback() *LocalRollback {
+	if x != nil {
+		return x.LastLocalRollback
 	}
 	return nil
 }
@@ -1142,7 +1155,7 @@ const file_switchyard_v1_telemetry_proto_rawDesc = "" +
 	"\x05hooks\x182 \x03(\tR\x05hooks\x1a9\n" +
 	"\vLabelsEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
-	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"\xe9\b\n" +
+	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"\xb7\t\n" +
 	"\rServiceStatus\x12\x18\n" +
 	"\aservice\x18\x01 \x01(\tR\aservice\x12-\n" +
 	"\x12applied_generation\x18\x02 \x01(\x04R\x11appliedGeneration\x12\x1d\n" +
@@ -1151,7 +1164,8 @@ const file_switchyard_v1_telemetry_proto_rawDesc = "" +
 	"\aweights\x18\x04 \x03(\v2).switchyard.v1.ServiceStatus.WeightsEntryR\aweights\x123\n" +
 	"\x06driver\x18\x05 \x01(\x0e2\x1b.switchyard.v1.DriverHealthR\x06driver\x12\x18\n" +
 	"\amessage\x18\x06 \x01(\tR\amessage\x12C\n" +
-	"\x0elocal_rollback\x18\a \x01(\v2\x1c.switchyard.v1.LocalRollbackR\rlocalRollback\x12#\n" +
+	"\x0elocal_rollback\x18\a \x01(\v2\x1c.switchyard.v1.LocalRollbackR\rlocalRollback\x12L\n" +
+	"\x13last_local_rollback\x18\b \x01(\v2\x1c.switchyard.v1.LocalRollbackR\x11lastLocalRollback\x12#\n" +
 	"\rapplied_epoch\x18\x14 \x01(\x04R\fappliedEpoch\x12)\n" +
 	"\x10document_expired\x18\x15 \x01(\bR\x0fdocumentExpired\x12J\n" +
 	"\x13document_expires_at\x18\x16 \x01(\v2\x1a.google.protobuf.TimestampR\x11documentExpiresAt\x123\n" +
@@ -1251,23 +1265,24 @@ var file_switchyard_v1_telemetry_proto_depIdxs = []int32{
 	11, // 11: switchyard.v1.ServiceStatus.weights:type_name -> switchyard.v1.ServiceStatus.WeightsEntry
 	0,  // 12: switchyard.v1.ServiceStatus.driver:type_name -> switchyard.v1.DriverHealth
 	8,  // 13: switchyard.v1.ServiceStatus.local_rollback:type_name -> switchyard.v1.LocalRollback
-	14, // 14: switchyard.v1.ServiceStatus.document_expires_at:type_name -> google.protobuf.Timestamp
-	16, // 15: switchyard.v1.ServiceStatus.hook_runs:type_name -> switchyard.v1.HookRun
-	12, // 16: switchyard.v1.ServiceStatus.observed_weights:type_name -> switchyard.v1.ServiceStatus.ObservedWeightsEntry
-	13, // 17: switchyard.v1.ServiceStatus.observed_states:type_name -> switchyard.v1.ServiceStatus.ObservedStatesEntry
-	7,  // 18: switchyard.v1.ServiceStatus.apply_timing:type_name -> switchyard.v1.ApplyTiming
-	14, // 19: switchyard.v1.ApplyTiming.delivered_at:type_name -> google.protobuf.Timestamp
-	14, // 20: switchyard.v1.ApplyTiming.verified_at:type_name -> google.protobuf.Timestamp
-	14, // 21: switchyard.v1.ApplyTiming.applied_at:type_name -> google.protobuf.Timestamp
-	14, // 22: switchyard.v1.ApplyTiming.persisted_at:type_name -> google.protobuf.Timestamp
-	14, // 23: switchyard.v1.LocalRollback.at:type_name -> google.protobuf.Timestamp
-	14, // 24: switchyard.v1.ActiveFault.since:type_name -> google.protobuf.Timestamp
-	14, // 25: switchyard.v1.ActiveFault.until:type_name -> google.protobuf.Timestamp
-	26, // [26:26] is the sub-list for method output_type
-	26, // [26:26] is the sub-list for method input_type
-	26, // [26:26] is the sub-list for extension type_name
-	26, // [26:26] is the sub-list for extension extendee
-	0,  // [0:26] is the sub-list for field type_name
+	8,  // 14: switchyard.v1.ServiceStatus.last_local_rollback:type_name -> switchyard.v1.LocalRollback
+	14, // 15: switchyard.v1.ServiceStatus.document_expires_at:type_name -> google.protobuf.Timestamp
+	16, // 16: switchyard.v1.ServiceStatus.hook_runs:type_name -> switchyard.v1.HookRun
+	12, // 17: switchyard.v1.ServiceStatus.observed_weights:type_name -> switchyard.v1.ServiceStatus.ObservedWeightsEntry
+	13, // 18: switchyard.v1.ServiceStatus.observed_states:type_name -> switchyard.v1.ServiceStatus.ObservedStatesEntry
+	7,  // 19: switchyard.v1.ServiceStatus.apply_timing:type_name -> switchyard.v1.ApplyTiming
+	14, // 20: switchyard.v1.ApplyTiming.delivered_at:type_name -> google.protobuf.Timestamp
+	14, // 21: switchyard.v1.ApplyTiming.verified_at:type_name -> google.protobuf.Timestamp
+	14, // 22: switchyard.v1.ApplyTiming.applied_at:type_name -> google.protobuf.Timestamp
+	14, // 23: switchyard.v1.ApplyTiming.persisted_at:type_name -> google.protobuf.Timestamp
+	14, // 24: switchyard.v1.LocalRollback.at:type_name -> google.protobuf.Timestamp
+	14, // 25: switchyard.v1.ActiveFault.since:type_name -> google.protobuf.Timestamp
+	14, // 26: switchyard.v1.ActiveFault.until:type_name -> google.protobuf.Timestamp
+	27, // [27:27] is the sub-list for method output_type
+	27, // [27:27] is the sub-list for method input_type
+	27, // [27:27] is the sub-list for extension type_name
+	27, // [27:27] is the sub-list for extension extendee
+	0,  // [0:27] is the sub-list for field type_name
 }
 
 func init() { file_switchyard_v1_telemetry_proto_init() }

@@ -692,6 +692,16 @@ func (m *ServiceStatus) MarshalToSizedBufferVT(dAtA []byte) (int, error) {
 		i--
 		dAtA[i] = 0xa0
 	}
+	if m.LastLocalRollback != nil {
+		size, err := m.LastLocalRollback.MarshalToSizedBufferVT(dAtA[:i])
+		if err != nil {
+			return 0, err
+		}
+		i -= size
+		i = protohelpers.EncodeVarint(dAtA, i, uint64(size))
+		i--
+		dAtA[i] = 0x42
+	}
 	if m.LocalRollback != nil {
 		size, err := m.LocalRollback.MarshalToSizedBufferVT(dAtA[:i])
 		if err != nil {
@@ -1220,6 +1230,10 @@ func (m *ServiceStatus) SizeVT() (n int) {
 	}
 	if m.LocalRollback != nil {
 		l = m.LocalRollback.SizeVT()
+		n += 1 + l + protohelpers.SizeOfVarint(uint64(l))
+	}
+	if m.LastLocalRollback != nil {
+		l = m.LastLocalRollback.SizeVT()
 		n += 1 + l + protohelpers.SizeOfVarint(uint64(l))
 	}
 	if m.AppliedEpoch != 0 {
@@ -3167,6 +3181,42 @@ func (m *ServiceStatus) UnmarshalVT(dAtA []byte) error {
 				m.LocalRollback = &LocalRollback{}
 			}
 			if err := m.LocalRollback.UnmarshalVT(dAtA[iNdEx:postIndex]); err != nil {
+				return err
+			}
+			iNdEx = postIndex
+		case 8:
+			if wireType != 2 {
+				return fmt.Errorf("proto: wrong wireType = %d for field LastLocalRollback", wireType)
+			}
+			var msglen int
+			for shift := uint(0); ; shift += 7 {
+				if shift >= 64 {
+					return protohelpers.ErrIntOverflow
+				}
+				if iNdEx >= l {
+					return io.ErrUnexpectedEOF
+				}
+				b := dAtA[iNdEx]
+				iNdEx++
+				msglen |= int(b&0x7F) << shift
+				if b < 0x80 {
+					break
+				}
+			}
+			if msglen < 0 {
+				return protohelpers.ErrInvalidLength
+			}
+			postIndex := iNdEx + msglen
+			if postIndex < 0 {
+				return protohelpers.ErrInvalidLength
+			}
+			if postIndex > l {
+				return io.ErrUnexpectedEOF
+			}
+			if m.LastLocalRollback == nil {
+				m.LastLocalRollback = &LocalRollback{}
+			}
+			if err := m.LastLocalRollback.UnmarshalVT(dAtA[iNdEx:postIndex]); err != nil {
 				return err
 			}
 			iNdEx = postIndex
