@@ -71,6 +71,9 @@ type FleetOptions struct {
 	Envoy func(i int) bool
 	// XDSClient is the integration/xdsclient binary; required with Envoy.
 	XDSClient string
+	// LocalGuard is the localGuard: section of every agent's config, e.g.
+	// {afterDisconnect: 1s, window: 2s}; nil leaves the defaults.
+	LocalGuard map[string]string
 	// DevArgs are more flags for `switchyard dev` (e.g.
 	// --viewer-token-file, --notify URL).
 	DevArgs []string
@@ -345,7 +348,8 @@ func (f *Fleet) startNode(ctx context.Context, i int) (*Node, error) {
 			Backend: f.opts.Service,
 			Servers: map[string]string{Blue: Blue, Green: Green},
 		}}},
-		Hooks: hooksFor(f.opts.Hooks, i),
+		Hooks:      hooksFor(f.opts.Hooks, i),
+		LocalGuard: f.opts.LocalGuard,
 	}); err != nil {
 		return n, err
 	}
@@ -401,6 +405,7 @@ type agentConfig struct {
 	Services   map[string]agentService `yaml:"services"`
 	Trust      agentTrust              `yaml:"trust"`
 	Hooks      map[string]AgentHook    `yaml:"hooks,omitempty"`
+	LocalGuard map[string]string       `yaml:"localGuard,omitempty"`
 }
 
 type agentNATSClient struct {
