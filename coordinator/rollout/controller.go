@@ -313,9 +313,6 @@ func (c *Controller) Observe(r *sv1.Rollout, now time.Time) Observation {
 // leadership) end the pass; the next leader decides again from the same
 // committed state.
 func (c *Controller) Step(now time.Time) error {
-	if err := c.recordLocalRollbacks(now); err != nil {
-		return fmt.Errorf("local rollbacks: %w", err)
-	}
 	for _, r := range c.State.Rollouts() {
 		switch r.GetPhase() {
 		case sv1.RolloutPhase_ROLLOUT_PHASE_COMPLETED, sv1.RolloutPhase_ROLLOUT_PHASE_ROLLED_BACK:
@@ -355,6 +352,10 @@ func (c *Controller) Step(now time.Time) error {
 		if c.OnDecision != nil {
 			c.OnDecision(r, d, now)
 		}
+	}
+	// Last, so that recording what nodes did never holds up a decision.
+	if err := c.recordLocalRollbacks(now); err != nil {
+		return fmt.Errorf("local rollbacks: %w", err)
 	}
 	return nil
 }
