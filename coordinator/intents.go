@@ -257,6 +257,8 @@ func precheck(in *sv1.Intent) error {
 		return named("undo_rollout", act.UndoRollout.GetRollout())
 	case *sv1.Intent_PromoteRollout:
 		return named("promote_rollout", act.PromoteRollout.GetRollout())
+	case *sv1.Intent_RetryRollout:
+		return named("retry_rollout", act.RetryRollout.GetRollout())
 	case *sv1.Intent_RunDrill:
 		if act.RunDrill.GetSpec() == nil {
 			return fmt.Errorf("%w: run_drill.spec: required", spec.ErrInvalid)
@@ -277,7 +279,7 @@ func precheck(in *sv1.Intent) error {
 		}
 		return nil
 	default:
-		return errors.New("intent names no action; want one of apply_rollout, abort_rollout, pause_rollout, resume_rollout, approve_rollout, promote_rollout, undo_rollout, run_drill, abort_drill, stop_all_drills, acl")
+		return errors.New("intent names no action; want one of apply_rollout, abort_rollout, pause_rollout, resume_rollout, approve_rollout, promote_rollout, undo_rollout, retry_rollout, run_drill, abort_drill, stop_all_drills, acl")
 	}
 }
 

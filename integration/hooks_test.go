@@ -449,6 +449,50 @@ func TestHooks_FailingPreTrafficHookKeepsThatNodeOnBlue(t *testing.T) {
 	if err := f.WaitServing(ctx, 1, harness.Blue, samples); err != nil {
 		t.Fatal(err)
 	}
+
+	// The cache node is fixed. No later generation of web-warm comes, and
+	// a new rollout from blue is refused (the service serves green): the
+	// operator retries the rollout. edge-2's hook runs again, passes, and
+	// edge-2 takes green; the others have green already, move nothing and
+	// run no hook.
+	if err := os.WriteFile(bad, []byte("#!/bin/sh\necho warmed\n"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	completedGen := view.GetRollout().GetGeneration()
+	if res, err := f.Run(ctx, "rollout", "retry", "web-warm", "--reason", "cache node fixed", "--wait"); err != nil || res.ExitCode != 0 {
+		t.Fatalf("retry: %v %+v", err, res)
+	}
+	view, err = f.WaitRollout(ctx, "web-warm", f.Converged(sv1.RolloutPhase_ROLLOUT_PHASE_COMPLETED))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(view.GetHeld()) != 0 || view.GetRollout().GetGeneration() <= completedGen {
+		t.Fatalf("after the retry: held %v, generation %d (completed at %d)", view.GetHeld(), view.GetRollout().GetGeneration(), completedGen)
+	}
+	h = view.GetRollout().GetHistory()
+	if last := h[len(h)-1].GetMessage(); !strings.HasPrefix(last, "retried: generation ") || !strings.HasSuffix(last, "run it again; reason: cache node fixed") {
+		t.Fatalf("the retry's history line: %q", last)
+	}
+	if err := f.WaitAllServing(ctx, harness.Green, samples); err != nil {
+		t.Fatal(err)
+	}
+	// edge-2 ran the hook again for the retry's generation, and it passed;
+	// the others ran none for it.
+	for _, n := range view.GetNodes() {
+		var ran []string
+		for _, r := range n.GetHookRuns() {
+			if r.GetPoint() == "preTraffic" && r.GetGeneration() == view.GetRollout().GetGeneration() {
+				ran = append(ran, r.GetState())
+			}
+		}
+		want := []string{}
+		if n.GetNode() == "edge-2" {
+			want = []string{"succeeded"}
+		}
+		if !slices.Equal(ran, want) && !(len(ran) == 0 && len(want) == 0) {
+			t.Fatalf("%s's pre-traffic runs for the retry's generation: %v, want %v", n.GetNode(), ran, want)
+		}
+	}
 }
 
 const slowHookCanary = `

@@ -41,7 +41,7 @@ Usage:
   switchyard rollout apply -f FILE  start a rollout
   switchyard rollout status [NAME]  show rollouts and how far the fleet followed
   switchyard rollout ...            plan, watch, pause, resume, approve, promote, abort, undo,
-                                    list, history, series, simulate (see 'switchyard rollout help')
+                                    retry, list, history, series, simulate (see 'switchyard rollout help')
   switchyard fleet status [SERVICE] the fleet by service, wave and node
   switchyard chaos run -f FILE      schedule a chaos drill (see 'switchyard chaos help')
   switchyard coordinator members    the coordinator cluster

@@ -42,11 +42,13 @@ const rolloutUsage = `Usage:
   switchyard rollout promote NAME [--full]  skip the current step, or every remaining one
   switchyard rollout abort NAME             send the service back to the old backend
   switchyard rollout undo NAME              roll back a completed rollout
+  switchyard rollout retry NAME             issue the rollout's weights again, so nodes a failed
+                                            pre-traffic hook kept on the old backend run it again
   switchyard rollout simulate -f FILE --telemetry FILE
                                             replay telemetry against a spec, offline
 Common flags: --nats URL (env SWITCHYARD_NATS), --nats-creds FILE, --nats-ca FILE (env
 SWITCHYARD_NATS_CREDS, SWITCHYARD_NATS_CA), --timeout D, -o table|json, --reason TEXT.
-Verbs that change desired state (apply, abort, undo, pause, resume, approve, promote) wait,
+Verbs that change desired state (apply, abort, undo, pause, resume, approve, promote, retry) wait,
 after the commit, until the bus carries it (--publish-timeout D, 0 to skip; exit 3 when it
 does not get there) and, with --wait, until every live node's proxy is seen doing it.
 `
@@ -185,7 +187,7 @@ func runRollout(ctx context.Context, args []string, stdout, stderr io.Writer) er
 		return rolloutList(ctx, args[1:], stdout, stderr)
 	case "series":
 		return rolloutSeries(ctx, args[1:], stdout, stderr)
-	case "abort", "undo", "pause", "resume", "approve", "promote":
+	case "abort", "undo", "pause", "resume", "approve", "promote", "retry":
 		return rolloutControl(ctx, args[0], args[1:], stdout, stderr)
 	case "plan":
 		return rolloutPlan(ctx, args[1:], stdout, stderr)
@@ -249,6 +251,8 @@ func rolloutControl(ctx context.Context, verb string, args []string, stdout, std
 		in.Action = &sv1.Intent_AbortRollout{AbortRollout: &sv1.AbortRollout{Rollout: name, Reason: *reason}}
 	case "undo":
 		in.Action = &sv1.Intent_UndoRollout{UndoRollout: ctl}
+	case "retry":
+		in.Action = &sv1.Intent_RetryRollout{RetryRollout: ctl}
 	case "pause":
 		in.Action = &sv1.Intent_PauseRollout{PauseRollout: ctl}
 	case "resume":

@@ -19,7 +19,8 @@ const (
 	// RoleViewer reads; it authorizes no intent and exists so that a
 	// principal can be known (named in audit) without any power.
 	RoleViewer = "viewer"
-	// RoleDeployer applies, pauses, resumes, aborts and undoes rollouts.
+	// RoleDeployer applies, pauses, resumes, aborts, undoes and retries
+	// rollouts.
 	RoleDeployer = "deployer"
 	// RoleApprover approves gates and promotes rollouts.
 	RoleApprover = "approver"
@@ -143,6 +144,8 @@ func Action(in *sv1.Intent) string {
 		return "promote_rollout"
 	case *sv1.Intent_UndoRollout:
 		return "undo_rollout"
+	case *sv1.Intent_RetryRollout:
+		return "retry_rollout"
 	case *sv1.Intent_RunDrill:
 		return "run_drill"
 	case *sv1.Intent_AbortDrill:
@@ -169,7 +172,7 @@ func Action(in *sv1.Intent) string {
 // needs chaos or deployer on any service (see Authorize).
 func RoleFor(action string) string {
 	switch action {
-	case "apply_rollout", "abort_rollout", "pause_rollout", "resume_rollout", "undo_rollout":
+	case "apply_rollout", "abort_rollout", "pause_rollout", "resume_rollout", "undo_rollout", "retry_rollout":
 		return RoleDeployer
 	case "approve_rollout", "promote_rollout":
 		return RoleApprover

@@ -107,6 +107,8 @@ func (s *State) serviceOf(in *sv1.Intent) string {
 		return ctl(act.ApproveRollout.GetRollout())
 	case *sv1.Intent_UndoRollout:
 		return ctl(act.UndoRollout.GetRollout())
+	case *sv1.Intent_RetryRollout:
+		return ctl(act.RetryRollout.GetRollout())
 	case *sv1.Intent_PromoteRollout:
 		return ctl(act.PromoteRollout.GetRollout())
 	case *sv1.Intent_RunDrill:

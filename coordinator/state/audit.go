@@ -120,7 +120,7 @@ func (s *State) drillRollout(in *sv1.Intent) string {
 }
 
 func rolloutOf(in *sv1.Intent) string {
-	for _, c := range []*sv1.RolloutControl{in.GetPauseRollout(), in.GetResumeRollout(), in.GetApproveRollout(), in.GetUndoRollout()} {
+	for _, c := range []*sv1.RolloutControl{in.GetPauseRollout(), in.GetResumeRollout(), in.GetApproveRollout(), in.GetUndoRollout(), in.GetRetryRollout()} {
 		if c.GetRollout() != "" {
 			return c.GetRollout()
 		}

@@ -165,6 +165,8 @@ func (s *State) ApplyIntent(index uint64, e *sv1.IntentEntry) Applied {
 			a = s.approve(index, at, op, act.ApproveRollout, e.GetRules())
 		case *sv1.Intent_PromoteRollout:
 			a = s.promote(index, at, op, act.PromoteRollout, e.GetRules())
+		case *sv1.Intent_RetryRollout:
+			a = s.retry(index, at, op, act.RetryRollout)
 		case *sv1.Intent_RunDrill:
 			a = s.runDrill(index, at, op, act.RunDrill.GetSpec())
 		case *sv1.Intent_AbortDrill:
@@ -493,6 +495,43 @@ func (s *State) promote(index uint64, at time.Time, operator string, c *sv1.Prom
 		}
 	}
 	return Applied{Result: &sv1.IntentResult{Accepted: true, RolloutId: r.Id}, Changed: changed}
+}
+
+// retry issues a rollout's current desired state again, unchanged but
+// for its generation (this entry's index). A node a failed pre-traffic
+// hook kept on the old backend applied the last generation with the new
+// backend at 0; the new one gives it weight again, so it runs the hook
+// again (agents run it once per generation). The other nodes have the
+// weights already and change nothing. Only a rollout that gives the new
+// backend traffic can be retried: progressing, promoted or completed, and
+// still the latest of its service.
+func (s *State) retry(index uint64, at time.Time, operator string, c *sv1.RolloutControl) Applied {
+	r, svc, refused := s.owned(c.GetRollout(), "retry_rollout.rollout")
+	if refused != nil {
+		return *refused
+	}
+	switch r.GetPhase() {
+	case sv1.RolloutPhase_ROLLOUT_PHASE_PROGRESSING, sv1.RolloutPhase_ROLLOUT_PHASE_PROMOTED, sv1.RolloutPhase_ROLLOUT_PHASE_COMPLETED:
+	default:
+		return refuse(CodeConflict, "retry_rollout.rollout: %q is %s; only a progressing, promoted or completed rollout gives %s traffic to retry",
+			r.GetId(), PhaseName(r.GetPhase()), r.GetSpec().GetTo())
+	}
+	cur := svc.GetDesired()
+	if cur.GetRolloutId() != r.GetId() {
+		return refuse(CodeConflict, "retry_rollout.rollout: %q has no document of its own to issue again", r.GetId())
+	}
+	// The document itself, not one derived anew: a completed rollout's is
+	// its promotion's, which agents still read as moving traffic (so the
+	// pre-traffic hooks run); derived now it would say completed.
+	ts := timestamppb.New(at)
+	prev := cur.GetGeneration()
+	next := proto.Clone(cur).(*sv1.DesiredState)
+	next.Generation, next.IssuedAt = index, ts
+	svc.Desired = next
+	r.Generation = index
+	s.record(r, index, ts, operator, fmt.Sprintf("retried: generation %d issues generation %d's weights again, so nodes a failed pre-traffic hook kept on %s run it again%s",
+		index, prev, r.GetSpec().GetFrom(), why(c.GetReason(), 1)))
+	return Applied{Result: &sv1.IntentResult{Accepted: true, RolloutId: r.Id}, Changed: []string{svc.GetName()}}
 }
 
 func (s *State) moveTo(svc *sv1.ServiceRecord, r *sv1.Rollout, index uint64, at *timestamppb.Timestamp, operator string, wave, step int, what, reason string) []string {

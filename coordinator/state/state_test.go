@@ -265,6 +265,8 @@ func control(id, rollout string, action func(*sv1.RolloutControl) any) *sv1.Inte
 		in.Action = a
 	case *sv1.Intent_UndoRollout:
 		in.Action = a
+	case *sv1.Intent_RetryRollout:
+		in.Action = a
 	}
 	return &sv1.IntentEntry{Intent: in, StampedAt: timestamppb.New(t0)}
 }

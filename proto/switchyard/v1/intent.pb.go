@@ -43,6 +43,7 @@ type Intent struct {
 	//	*Intent_PromoteRollout
 	//	*Intent_ApproveRollout
 	//	*Intent_UndoRollout
+	//	*Intent_RetryRollout
 	//	*Intent_RunDrill
 	//	*Intent_AbortDrill
 	//	*Intent_StopAllDrills
@@ -173,6 +174,15 @@ func (x *Intent) GetUndoRollout() *RolloutControl {
 	return nil
 }
 
+func (x *Intent) GetRetryRollout() *RolloutControl {
+	if x != nil {
+		if x, ok := x.Action.(*Intent_RetryRollout); ok {
+			return x.RetryRollout
+		}
+	}
+	return nil
+}
+
 func (x *Intent) GetRunDrill() *RunDrill {
 	if x != nil {
 		if x, ok := x.Action.(*Intent_RunDrill); ok {
@@ -241,6 +251,13 @@ type Intent_UndoRollout struct {
 	UndoRollout *RolloutControl `protobuf:"bytes,16,opt,name=undo_rollout,json=undoRollout,proto3,oneof"`
 }
 
+type Intent_RetryRollout struct {
+	// RetryRollout issues the rollout's current desired state again under
+	// a new generation, so that nodes a failed pre-traffic hook kept on
+	// the old backend run it again.
+	RetryRollout *RolloutControl `protobuf:"bytes,17,opt,name=retry_rollout,json=retryRollout,proto3,oneof"`
+}
+
 type Intent_RunDrill struct {
 	RunDrill *RunDrill `protobuf:"bytes,20,opt,name=run_drill,json=runDrill,proto3,oneof"`
 }
@@ -271,6 +288,8 @@ func (*Intent_PromoteRollout) isIntent_Action() {}
 func (*Intent_ApproveRollout) isIntent_Action() {}
 
 func (*Intent_UndoRollout) isIntent_Action() {}
+
+func (*Intent_RetryRollout) isIntent_Action() {}
 
 func (*Intent_RunDrill) isIntent_Action() {}
 
@@ -761,7 +780,7 @@ var File_switchyard_v1_intent_proto protoreflect.FileDescriptor
 
 const file_switchyard_v1_intent_proto_rawDesc = "" +
 	"\n" +
-	"\x1aswitchyard/v1/intent.proto\x12\rswitchyard.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x17switchyard/v1/acl.proto\x1a\x19switchyard/v1/drill.proto\x1a\x1bswitchyard/v1/rollout.proto\"\xd3\x06\n" +
+	"\x1aswitchyard/v1/intent.proto\x12\rswitchyard.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x17switchyard/v1/acl.proto\x1a\x19switchyard/v1/drill.proto\x1a\x1bswitchyard/v1/rollout.proto\"\x99\a\n" +
 	"\x06Intent\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\tR\x02id\x12\x1a\n" +
 	"\boperator\x18\x02 \x01(\tR\boperator\x129\n" +
@@ -774,7 +793,8 @@ const file_switchyard_v1_intent_proto_rawDesc = "" +
 	"\x0eresume_rollout\x18\r \x01(\v2\x1d.switchyard.v1.RolloutControlH\x00R\rresumeRollout\x12H\n" +
 	"\x0fpromote_rollout\x18\x0e \x01(\v2\x1d.switchyard.v1.PromoteRolloutH\x00R\x0epromoteRollout\x12H\n" +
 	"\x0fapprove_rollout\x18\x0f \x01(\v2\x1d.switchyard.v1.RolloutControlH\x00R\x0eapproveRollout\x12B\n" +
-	"\fundo_rollout\x18\x10 \x01(\v2\x1d.switchyard.v1.RolloutControlH\x00R\vundoRollout\x126\n" +
+	"\fundo_rollout\x18\x10 \x01(\v2\x1d.switchyard.v1.RolloutControlH\x00R\vundoRollout\x12D\n" +
+	"\rretry_rollout\x18\x11 \x01(\v2\x1d.switchyard.v1.RolloutControlH\x00R\fretryRollout\x126\n" +
 	"\trun_drill\x18\x14 \x01(\v2\x17.switchyard.v1.RunDrillH\x00R\brunDrill\x12<\n" +
 	"\vabort_drill\x18\x15 \x01(\v2\x19.switchyard.v1.AbortDrillH\x00R\n" +
 	"abortDrill\x12F\n" +
@@ -852,17 +872,18 @@ var file_switchyard_v1_intent_proto_depIdxs = []int32{
 	5,  // 5: switchyard.v1.Intent.promote_rollout:type_name -> switchyard.v1.PromoteRollout
 	4,  // 6: switchyard.v1.Intent.approve_rollout:type_name -> switchyard.v1.RolloutControl
 	4,  // 7: switchyard.v1.Intent.undo_rollout:type_name -> switchyard.v1.RolloutControl
-	1,  // 8: switchyard.v1.Intent.run_drill:type_name -> switchyard.v1.RunDrill
-	2,  // 9: switchyard.v1.Intent.abort_drill:type_name -> switchyard.v1.AbortDrill
-	3,  // 10: switchyard.v1.Intent.stop_all_drills:type_name -> switchyard.v1.StopAllDrills
-	10, // 11: switchyard.v1.Intent.acl:type_name -> switchyard.v1.AclChange
-	11, // 12: switchyard.v1.RunDrill.spec:type_name -> switchyard.v1.DrillSpec
-	12, // 13: switchyard.v1.ApplyRollout.spec:type_name -> switchyard.v1.RolloutSpec
-	14, // [14:14] is the sub-list for method output_type
-	14, // [14:14] is the sub-list for method input_type
-	14, // [14:14] is the sub-list for extension type_name
-	14, // [14:14] is the sub-list for extension extendee
-	0,  // [0:14] is the sub-list for field type_name
+	4,  // 8: switchyard.v1.Intent.retry_rollout:type_name -> switchyard.v1.RolloutControl
+	1,  // 9: switchyard.v1.Intent.run_drill:type_name -> switchyard.v1.RunDrill
+	2,  // 10: switchyard.v1.Intent.abort_drill:type_name -> switchyard.v1.AbortDrill
+	3,  // 11: switchyard.v1.Intent.stop_all_drills:type_name -> switchyard.v1.StopAllDrills
+	10, // 12: switchyard.v1.Intent.acl:type_name -> switchyard.v1.AclChange
+	11, // 13: switchyard.v1.RunDrill.spec:type_name -> switchyard.v1.DrillSpec
+	12, // 14: switchyard.v1.ApplyRollout.spec:type_name -> switchyard.v1.RolloutSpec
+	15, // [15:15] is the sub-list for method output_type
+	15, // [15:15] is the sub-list for method input_type
+	15, // [15:15] is the sub-list for extension type_name
+	15, // [15:15] is the sub-list for extension extendee
+	0,  // [0:15] is the sub-list for field type_name
 }
 
 func init() { file_switchyard_v1_intent_proto_init() }
@@ -881,6 +902,7 @@ func file_switchyard_v1_intent_proto_init() {
 		(*Intent_PromoteRollout)(nil),
 		(*Intent_ApproveRollout)(nil),
 		(*Intent_UndoRollout)(nil),
+		(*Intent_RetryRollout)(nil),
 		(*Intent_RunDrill)(nil),
 		(*Intent_AbortDrill)(nil),
 		(*Intent_StopAllDrills)(nil),
