@@ -701,14 +701,19 @@ func (s *Store) judgeWindow(r *sv1.Rollout, start, end time.Time) WindowResult {
 	svc, id := sp.GetService(), r.GetId()
 	cand := s.window(svc, id, sp.GetTo(), AnyWave, start, end)
 	base := s.window(svc, id, sp.GetFrom(), r.GetWave(), start, end)
+	var paired *Aggregate // the new backend where the old one serves
 	if base.Requests < sp.GetAnalysis().GetMinRequests() {
 		base = s.window(svc, id, sp.GetFrom(), AnyWave, start, end)
-	} else if len(cand.Down) > 0 {
-		// Where the old backend was down too, at any weight, the host is
-		// sick, whatever wave its node is in: Judge leaves those nodes out.
-		base.OutOfRotation = s.window(svc, id, sp.GetFrom(), AnyWave, start, end).OutOfRotation
+	} else {
+		paired = s.window(svc, id, sp.GetTo(), r.GetWave(), start, end)
+		if len(cand.Down) > 0 {
+			// Where the old backend was down too, at any weight, the host
+			// is sick, whatever wave its node is in: Judge leaves those
+			// nodes out.
+			base.OutOfRotation = s.window(svc, id, sp.GetFrom(), AnyWave, start, end).OutOfRotation
+		}
 	}
-	res := missing(Judge(sp.GetAnalysis(), sp.GetTo(), sp.GetFrom(), cand, base), s.shedIn(svc, start, end))
+	res := missing(JudgePaired(sp.GetAnalysis(), sp.GetTo(), sp.GetFrom(), cand, paired, base), s.shedIn(svc, start, end))
 	if res.Verdict == Pass && s.deafIn(start, end) {
 		res.Verdict = Inconclusive
 		res.Reason = "this coordinator was off the bus for part of this window and heard nobody's reports then: missing data is never a pass"

@@ -1,6 +1,7 @@
 package analysis
 
 import (
+	"fmt"
 	"math"
 	"math/rand/v2"
 	"strings"
@@ -354,5 +355,54 @@ func TestNodeList_NamesAFew(t *testing.T) {
 	}
 	if got, want := nodeList([]string{"a", "b", "c", "d", "e", "f", "g"}), "7 nodes: a, b, c, d, e and 2 more"; got != want {
 		t.Errorf("%q, want %q", got, want)
+	}
+}
+
+// Past its first wave, a rollout's old backend serves only the current
+// wave's nodes. A region failing on whatever it serves (the first wave's
+// nodes, all on green by now, 8% errors) is no reason to roll back a
+// release that does as well as the old one where both serve (the second
+// wave); the same release failing where both serve is. The error-rate
+// limit still reads all of green's traffic.
+func TestStore_AnEarlierWavesRegionalProblemIsNotChargedToTheRelease(t *testing.T) {
+	t0 := time.Date(2026, 1, 1, 12, 0, 0, 0, time.UTC)
+	sp := &sv1.RolloutSpec{Name: "r1", Service: "web", From: "blue", To: "green", Analysis: &sv1.AnalysisSpec{Method: spec.MethodWindows}}
+	spec.Default(sp)
+	r := &sv1.Rollout{Id: "r1", Spec: sp, CreatedAt: timestamppb.New(t0), Wave: 1}
+	assess := func(greenErrorsInWave1 uint64, limit float64) Assessment {
+		sp.Analysis.ErrorRate.Max = limit
+		s := NewStore()
+		for sec := 1; sec <= 20; sec++ {
+			end := t0.Add(time.Duration(sec) * time.Second)
+			for n := range 5 {
+				eu := fmt.Sprintf("eu-%d", n)
+				if err := s.Add(report(eu, end, 0, backend("green", 100, 8, 20*time.Millisecond))); err != nil {
+					t.Fatal(err)
+				}
+				us := fmt.Sprintf("us-%d", n)
+				if err := s.Add(report(us, end, 1, backend("green", 50, greenErrorsInWave1, 20*time.Millisecond), backend("blue", 50, 0, 20*time.Millisecond))); err != nil {
+					t.Fatal(err)
+				}
+			}
+		}
+		return s.Assess(r, t0.Add(20*time.Second+Grace))
+	}
+	a := assess(0, 0)
+	if len(a.Windows) == 0 || a.Breach != nil {
+		t.Fatalf("a healthy release rolled back for the first wave's regional problem: %v", a.Breach)
+	}
+	for i, w := range a.Windows {
+		if w.Verdict != Pass {
+			t.Fatalf("window %d: %v (%s), want pass", i, w.Verdict, w.Reason)
+		}
+	}
+	bad := assess(5, 0) // 10% errors where both serve, blue none
+	if bad.Breach == nil || bad.Breach.GetGuardrail() != "error_rate" || !strings.Contains(bad.Breach.GetSummary(), "on the nodes both serve") {
+		t.Fatalf("a release failing where both serve: breach %v", bad.Breach)
+	}
+	// Over an absolute limit overall but no worse than blue where both
+	// serve: the limit asks for both, as without waves.
+	if limited := assess(0, 0.02); limited.Breach != nil {
+		t.Fatalf("over the limit only where blue does not serve: breach %v", limited.Breach)
 	}
 }

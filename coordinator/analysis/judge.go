@@ -48,6 +48,20 @@ func backendWindow(name string, a *Aggregate, quantile float64) *sv1.BackendWind
 // alone would never fail it, and at 100% the proxy answers every request
 // itself with no backend to charge.
 func Judge(a *sv1.AnalysisSpec, candName, baseName string, cand, base *Aggregate) WindowResult {
+	return JudgePaired(a, candName, baseName, cand, nil, base)
+}
+
+// JudgePaired is Judge with the candidate's traffic on the baseline's
+// nodes (paired) given apart from all of it (cand): once a rollout is past
+// its first wave, the old backend serves only the current wave's nodes,
+// while the new one serves every wave it reached. Whether the candidate is
+// worse than the baseline is then asked on the nodes where both serve, when
+// the candidate served enough there, so that a problem of one region (an
+// earlier wave's nodes failing on whatever backend they serve) is not
+// charged to the release for lack of a baseline there. Its own limits
+// (error rate, latency, queue) are checked on all of its traffic. A nil
+// paired, or one with too little traffic, compares all of it.
+func JudgePaired(a *sv1.AnalysisSpec, candName, baseName string, cand, paired, base *Aggregate) WindowResult {
 	q := a.GetLatency().GetQuantile()
 	res := WindowResult{
 		Verdict:   Pass,
@@ -69,6 +83,12 @@ func Judge(a *sv1.AnalysisSpec, candName, baseName string, cand, base *Aggregate
 	z := zFor(a.GetConfidence())
 	alpha := 1 - a.GetConfidence()
 	haveBase := base.Requests >= max(minReq, 1)
+	// rel is the candidate's traffic the comparisons with the baseline
+	// read.
+	rel := cand
+	if paired != nil && paired.Requests >= max(minReq, 1) {
+		rel = paired
+	}
 	// The sequential judge makes the relative comparisons; windows then
 	// carry only the absolute guardrails.
 	relative := spec.Method(a) == spec.MethodWindows
@@ -84,16 +104,17 @@ func Judge(a *sv1.AnalysisSpec, candName, baseName string, cand, base *Aggregate
 		cRate := float64(cand.Errors) / float64(cand.Requests)
 		if haveBase && relative {
 			bRate := float64(base.Errors) / float64(base.Requests)
-			if _, p := excessTest(cand.Errors, cand.Requests, base.Errors, base.Requests, g.GetMaxIncrease()); p < alpha {
-				fail("error_rate", fmt.Sprintf("%s error rate %.2f%% vs %s %.2f%%: more than %.2f points worse (p=%.2g)",
-					candName, 100*cRate, baseName, 100*bRate, 100*g.GetMaxIncrease(), p), p)
+			rRate := float64(rel.Errors) / float64(rel.Requests)
+			if _, p := excessTest(rel.Errors, rel.Requests, base.Errors, base.Requests, g.GetMaxIncrease()); p < alpha {
+				fail("error_rate", fmt.Sprintf("%s error rate %.2f%% vs %s %.2f%%%s: more than %.2f points worse (p=%.2g)",
+					candName, 100*rRate, baseName, 100*bRate, onBaseNodes(rel, cand), 100*g.GetMaxIncrease(), p), p)
 			}
 		}
 		if g.GetMax() > 0 && wilsonLower(cand.Errors, cand.Requests, z) > g.GetMax() {
 			worse := !haveBase
 			p := 0.0
 			if haveBase {
-				_, p = excessTest(cand.Errors, cand.Requests, base.Errors, base.Requests, 0)
+				_, p = excessTest(rel.Errors, rel.Requests, base.Errors, base.Requests, 0)
 				worse = p < alpha
 			}
 			if worse {
@@ -106,12 +127,20 @@ func Judge(a *sv1.AnalysisSpec, candName, baseName string, cand, base *Aggregate
 	if l := a.GetLatency(); l != nil && cand.Latency.Count() >= float64(max(minReq, 1)) {
 		cq := cand.Latency.Quantile(q)
 		haveBaseLat := base.Latency.Count() >= float64(max(minReq, 1))
+		relLat := rel.Latency
+		if relLat.Count() < float64(max(minReq, 1)) {
+			relLat = cand.Latency
+		}
 		if haveBaseLat && relative {
-			bq := base.Latency.Quantile(q)
-			if inc := l.GetMaxIncrease().AsDuration().Seconds(); l.GetMaxIncrease() != nil && cq-bq > inc {
-				if p := mannWhitneyGreater(cand.Latency, base.Latency); p < alpha {
-					fail("latency", fmt.Sprintf("%s p%s %s vs %s %s: more than %s slower (p=%.2g)",
-						candName, pct(q), dur(cq), baseName, dur(bq), l.GetMaxIncrease().AsDuration(), p), p)
+			bq, rq := base.Latency.Quantile(q), relLat.Quantile(q)
+			if inc := l.GetMaxIncrease().AsDuration().Seconds(); l.GetMaxIncrease() != nil && rq-bq > inc {
+				if p := mannWhitneyGreater(relLat, base.Latency); p < alpha {
+					on := ""
+					if relLat != cand.Latency {
+						on = onBaseNodes(rel, cand)
+					}
+					fail("latency", fmt.Sprintf("%s p%s %s vs %s %s%s: more than %s slower (p=%.2g)",
+						candName, pct(q), dur(rq), baseName, dur(bq), on, l.GetMaxIncrease().AsDuration(), p), p)
 				}
 			}
 		}
@@ -120,7 +149,7 @@ func Judge(a *sv1.AnalysisSpec, candName, baseName string, cand, base *Aggregate
 			// than the baseline when there is one.
 			p := overLimit(cand.Latency, lim, q)
 			if haveBaseLat {
-				p = max(p, mannWhitneyGreater(cand.Latency, base.Latency))
+				p = max(p, mannWhitneyGreater(relLat, base.Latency))
 			}
 			if p < alpha {
 				fail("latency", fmt.Sprintf("%s p%s %s is over the %s limit", candName, pct(q), dur(cq), l.GetMax().AsDuration()), p)
@@ -138,6 +167,15 @@ func Judge(a *sv1.AnalysisSpec, candName, baseName string, cand, base *Aggregate
 			100*float64(cand.Errors)/float64(cand.Requests), pct(q), dur(cand.Latency.Quantile(q)))
 	}
 	return res
+}
+
+// onBaseNodes says, in a comparison's reason, that the candidate's numbers
+// are those of the baseline's nodes when they are not all of its traffic.
+func onBaseNodes(rel, cand *Aggregate) string {
+	if rel == cand {
+		return ""
+	}
+	return " on the nodes both serve"
 }
 
 // without is the names of a not in b, which is sorted.
