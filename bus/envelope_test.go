@@ -46,6 +46,20 @@ func checkReaders(t *testing.T, wire []byte) {
 	}
 }
 
+// Wire-form builders for the readers' edge cases: a tag, a bytes field, a
+// varint field, and bytes joined.
+func tag(num protowire.Number, typ protowire.Type) []byte { return protowire.AppendTag(nil, num, typ) }
+
+func bytesField(num protowire.Number, v []byte) []byte {
+	return protowire.AppendBytes(tag(num, protowire.BytesType), v)
+}
+
+func varintField(num protowire.Number, v uint64) []byte {
+	return protowire.AppendVarint(tag(num, protowire.VarintType), v)
+}
+
+func cat(parts ...[]byte) []byte { return bytes.Join(parts, nil) }
+
 // readerCases are wire forms at the edges of what proto.Unmarshal accepts.
 func readerCases(t testing.TB) map[string][]byte {
 	s, _ := testSigner(t, 1, time.Hour)
@@ -57,14 +71,6 @@ func readerCases(t testing.TB) map[string][]byte {
 	if err := proto.Unmarshal(good, &env); err != nil {
 		t.Fatal(err)
 	}
-	tag := func(num protowire.Number, typ protowire.Type) []byte { return protowire.AppendTag(nil, num, typ) }
-	bytesField := func(num protowire.Number, v []byte) []byte {
-		return protowire.AppendBytes(tag(num, protowire.BytesType), v)
-	}
-	varintField := func(num protowire.Number, v uint64) []byte {
-		return protowire.AppendVarint(tag(num, protowire.VarintType), v)
-	}
-	cat := func(parts ...[]byte) []byte { return bytes.Join(parts, nil) }
 	ts := func(parts ...[]byte) []byte { return bytesField(fBodyIssuedAt, cat(parts...)) }
 	return map[string][]byte{
 		"document":                      good,

@@ -1,7 +1,6 @@
 package bus
 
 import (
-	"bytes"
 	"errors"
 	"strings"
 	"testing"
@@ -90,14 +89,6 @@ func payloadCases(t testing.TB) map[string][]byte {
 	if err != nil {
 		t.Fatal(err)
 	}
-	tag := func(num protowire.Number, typ protowire.Type) []byte { return protowire.AppendTag(nil, num, typ) }
-	bytesField := func(num protowire.Number, v []byte) []byte {
-		return protowire.AppendBytes(tag(num, protowire.BytesType), v)
-	}
-	varintField := func(num protowire.Number, v uint64) []byte {
-		return protowire.AppendVarint(tag(num, protowire.VarintType), v)
-	}
-	cat := func(parts ...[]byte) []byte { return bytes.Join(parts, nil) }
 	// Field numbers of DesiredState and WaveWeights (desired.proto).
 	const (
 		fService, fWaves, fDefaultWeights, fIssuedAt = 1, 4, 5, 6
@@ -163,7 +154,7 @@ func TestDocument_OpenRefusesAnUnknownFieldInsideTheDocument(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	inWave := protowire.AppendBytes(protowire.AppendTag(nil, 4, protowire.BytesType), protowire.AppendVarint(protowire.AppendTag(nil, 99, protowire.VarintType), 1))
+	inWave := bytesField(4, varintField(99, 1)) // a wave with field 99
 	raw, err := s.sealPayload(sv1.DocumentKind_DOCUMENT_KIND_DESIRED_STATE, "web", Fence{ds.GetEpoch(), ds.GetGeneration()}, append(good, inWave...), now)
 	if err != nil {
 		t.Fatal(err)

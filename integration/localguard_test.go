@@ -14,21 +14,9 @@ import (
 	sv1 "github.com/switchyard/switchyard/proto/switchyard/v1"
 )
 
-const guardedCanary = `
-version: v1
-name: web-guarded
-service: web
-from: blue
-to: green
-strategy:
-  canary:
-    steps:
-      - setWeight: 40
-      - pause: {duration: 10m}
-analysis:
-  window: 3s
-  minRequests: 20
-`
+// guardedCanary is failingCanary under a name of its own: 40% to green,
+// then a long pause in which green goes bad.
+var guardedCanary = strings.Replace(failingCanary, "name: web-canary-bad", "name: web-guarded", 1)
 
 // TestLocalGuard_MoveIsInTheRolloutHistoryAfterTheNodeIsBack: three NATS
 // servers, three coordinators, three nodes with HAProxy. edge-3 reaches
@@ -44,15 +32,7 @@ func TestLocalGuard_MoveIsInTheRolloutHistoryAfterTheNodeIsBack(t *testing.T) {
 	sy, be := binaries(t)
 	// Proxies: the servers tell clients no other address, so edge-3 has
 	// its own link and no other way in.
-	hub, err := harness.StartNATSCluster(ctx, harness.NATSClusterOptions{Binary: natsServerBin.get(t), Dir: harnesstest.Dir(t) + "/nats", Proxies: true})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() {
-		if err := hub.Close(); err != nil {
-			t.Logf("stop nats cluster: %v", err)
-		}
-	})
+	hub := startNATSClusterWith(t, ctx, harness.NATSClusterOptions{Proxies: true})
 	link, err := faultproxy.New(strings.TrimPrefix(hub.ClientURLs[2], "tls://"))
 	if err != nil {
 		t.Fatal(err)

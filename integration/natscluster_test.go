@@ -119,7 +119,16 @@ func startGreenOnNATSCluster(t *testing.T, ctx context.Context) (*harness.NATSCl
 // and the named leaf servers, stopped when the test ends.
 func startNATSCluster(t *testing.T, ctx context.Context, leaves ...string) *harness.NATSCluster {
 	t.Helper()
-	c, err := harness.StartNATSCluster(ctx, harness.NATSClusterOptions{Binary: natsServerBin.get(t), Dir: filepath.Join(harnesstest.Dir(t), "nats"), Leaves: leaves})
+	return startNATSClusterWith(t, ctx, harness.NATSClusterOptions{Leaves: leaves})
+}
+
+// startNATSClusterWith is startNATSCluster with more options (Proxies: a
+// fault proxy in front of every client port and route, and no client URL
+// gossip).
+func startNATSClusterWith(t *testing.T, ctx context.Context, o harness.NATSClusterOptions) *harness.NATSCluster {
+	t.Helper()
+	o.Binary, o.Dir = natsServerBin.get(t), filepath.Join(harnesstest.Dir(t), "nats")
+	c, err := harness.StartNATSCluster(ctx, o)
 	if err != nil {
 		t.Fatal(err)
 	}

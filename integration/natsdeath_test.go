@@ -5,7 +5,6 @@ import (
 	"encoding/json"
 	"fmt"
 	"os"
-	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -262,15 +261,7 @@ func TestNATSCluster_ServerThatStopsAnsweringIsLeftByItsClients(t *testing.T) {
 	t.Parallel()
 	ctx := harnesstest.Context(t, 5*time.Minute)
 	sy, be := binaries(t)
-	hub, err := harness.StartNATSCluster(ctx, harness.NATSClusterOptions{Binary: natsServerBin.get(t), Dir: filepath.Join(harnesstest.Dir(t), "nats"), Proxies: true})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() {
-		if err := hub.Close(); err != nil {
-			t.Logf("stop nats cluster: %v", err)
-		}
-	})
+	hub := startNATSClusterWith(t, ctx, harness.NATSClusterOptions{Proxies: true})
 	c := harnesstest.StartCluster(t, ctx, harness.ClusterOptions{Switchyard: sy, NATS: hub.Bus()})
 	f := harnesstest.StartFleet(t, ctx, harness.FleetOptions{Nodes: 2, Service: "web", Switchyard: sy, Backend: be, NATS: hub.Bus(), TrustKeys: []string{c.TrustKey()}})
 	if _, err := f.Apply(ctx, examplePath(t, "bluegreen.yaml")); err != nil {

@@ -1,8 +1,6 @@
 package fsm
 
 import (
-	"bytes"
-	"io"
 	"testing"
 
 	"github.com/hashicorp/raft"
@@ -42,18 +40,7 @@ func TestFSM_AclAndAuditEntriesRoundTripThroughASnapshot(t *testing.T) {
 	if head.GetSeq() != 4 || head.GetExported() != 2 {
 		t.Fatalf("head %v, want 4 records, 2 exported", head)
 	}
-	snap, err := f.Snapshot()
-	if err != nil {
-		t.Fatal(err)
-	}
-	var s sink
-	if err := snap.Persist(&s); err != nil {
-		t.Fatal(err)
-	}
-	g := New(Hooks{})
-	if err := g.Restore(io.NopCloser(bytes.NewReader(s.Bytes()))); err != nil {
-		t.Fatal(err)
-	}
+	g := roundTrip(t, f)
 	if !proto.Equal(f.State().Snapshot(), g.State().Snapshot()) {
 		t.Fatal("restored state differs")
 	}

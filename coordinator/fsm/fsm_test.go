@@ -92,6 +92,24 @@ func (s *sink) ID() string    { return "test" }
 func (s *sink) Cancel() error { s.cancelled = true; return nil }
 func (s *sink) Close() error  { s.closed = true; return nil }
 
+// roundTrip persists f's snapshot and restores it into a new FSM.
+func roundTrip(t *testing.T, f *FSM) *FSM {
+	t.Helper()
+	snap, err := f.Snapshot()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var s sink
+	if err := snap.Persist(&s); err != nil {
+		t.Fatal(err)
+	}
+	g := New(Hooks{})
+	if err := g.Restore(io.NopCloser(bytes.NewReader(s.Bytes()))); err != nil {
+		t.Fatal(err)
+	}
+	return g
+}
+
 func TestFSM_SnapshotRestoreRoundTrip(t *testing.T) {
 	f := New(Hooks{})
 	for i, name := range []string{"a", "b", "c"} {
@@ -182,18 +200,7 @@ func TestFSM_LocalRollbackEntryRoundTripsThroughASnapshot(t *testing.T) {
 	if h := r.GetHistory(); h[len(h)-1].GetMessage() != "local guard on edge-3 moved it back to blue at generation 3: error rate" {
 		t.Fatalf("history %v", h)
 	}
-	snap, err := f.Snapshot()
-	if err != nil {
-		t.Fatal(err)
-	}
-	var s sink
-	if err := snap.Persist(&s); err != nil {
-		t.Fatal(err)
-	}
-	g := New(Hooks{})
-	if err := g.Restore(io.NopCloser(bytes.NewReader(s.Bytes()))); err != nil {
-		t.Fatal(err)
-	}
+	g := roundTrip(t, f)
 	if got := g.State().Rollout("r1"); !proto.Equal(got, r) || len(got.GetLocalRollbacks()) != 1 {
 		t.Fatalf("restored %v, want %v", got, r)
 	}
