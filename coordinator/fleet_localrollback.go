@@ -11,10 +11,11 @@ import (
 
 var _ rollout.Guarded = (*fleet)(nil)
 
-// localRollbacks keeps, per node and rollout, the newest local rollback
+// localRollbacks keeps, per node and service, the newest local rollback
 // the node's status reported, and which of them the leader has not yet
-// seen in their rollout's history. The leader looks at the pending ones
-// only, so a pass costs what changed, not the fleet.
+// seen in their rollout's history: bounded by the fleet's nodes and
+// services, and a pass looks at the pending ones only, so it costs what
+// changed, not the fleet.
 type localRollbacks struct {
 	byNode  map[string]map[string]*sv1.LocalRollback
 	pending map[[2]string]bool
@@ -39,23 +40,23 @@ func (l localRollbacks) heard(st *sv1.AgentStatus) {
 		if lr.GetRolloutId() == "" {
 			continue
 		}
-		byRollout := l.byNode[node]
-		if byRollout == nil {
-			byRollout = map[string]*sv1.LocalRollback{}
-			l.byNode[node] = byRollout
+		byService := l.byNode[node]
+		if byService == nil {
+			byService = map[string]*sv1.LocalRollback{}
+			l.byNode[node] = byService
 		}
-		if prev := byRollout[lr.GetRolloutId()]; prev != nil && sameLocalRollback(prev, lr) {
+		if prev := byService[svc.GetService()]; prev != nil && sameLocalRollback(prev, lr) {
 			continue
 		}
-		byRollout[lr.GetRolloutId()] = lr
-		l.pending[[2]string{node, lr.GetRolloutId()}] = true
+		byService[svc.GetService()] = lr
+		l.pending[[2]string{node, svc.GetService()}] = true
 	}
 }
 
 // forget drops a forgotten node's. The caller holds the fleet's lock.
 func (l localRollbacks) forget(node string) {
-	for r := range l.byNode[node] {
-		delete(l.pending, [2]string{node, r})
+	for svc := range l.byNode[node] {
+		delete(l.pending, [2]string{node, svc})
 	}
 	delete(l.byNode, node)
 }
@@ -80,7 +81,9 @@ func (f *fleet) PendingLocalRollbacks() []*sv1.NodeLocalRollback {
 func (f *fleet) LocalRollbackDone(node string, lr *sv1.LocalRollback) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
-	if cur := f.localRollbacks.byNode[node][lr.GetRolloutId()]; cur != nil && sameLocalRollback(cur, lr) {
-		delete(f.localRollbacks.pending, [2]string{node, lr.GetRolloutId()})
+	for svc, cur := range f.localRollbacks.byNode[node] {
+		if sameLocalRollback(cur, lr) {
+			delete(f.localRollbacks.pending, [2]string{node, svc})
+		}
 	}
 }

@@ -13,7 +13,8 @@ import (
 // the controller says it is done, whether the node still serves the
 // guard's weights (local_rollback) or took a newer generation since
 // (last_local_rollback); the same move heard again stays done, a newer one
-// is pending again, and a forgotten node's go with it.
+// is pending again (one kept per node and service), and a forgotten
+// node's go with it.
 func TestFleet_LocalRollbacksArePendingUntilDone(t *testing.T) {
 	now := time.Date(2026, 12, 2, 9, 0, 0, 0, time.UTC)
 	f := clockedFleet(&now)
@@ -49,6 +50,13 @@ func TestFleet_LocalRollbacksArePendingUntilDone(t *testing.T) {
 	f.LocalRollbackDone("edge-2", first)
 	if got := f.PendingLocalRollbacks(); len(got) != 2 || got[1].GetNode() != "edge-2" || got[1].GetRollback().GetGeneration() != 9 {
 		t.Fatalf("pending %v, want edge-2's move at generation 9 again", got)
+	}
+	// A move in the service's next rollout takes the place of edge-1's
+	// older one: one kept per node and service.
+	next := &sv1.LocalRollback{Generation: 12, RolloutId: "r2", From: "green", To: "blue", At: timestamppb.New(now)}
+	hear(t, f, &sv1.AgentStatus{Node: "edge-1", Services: []*sv1.ServiceStatus{{AppliedGeneration: 12, LocalRollback: next, LastLocalRollback: next}}})
+	if got := f.PendingLocalRollbacks(); len(got) != 2 || got[1].GetNode() != "edge-1" || got[1].GetRollback().GetRolloutId() != "r2" || len(f.localRollbacks.byNode["edge-1"]) != 1 {
+		t.Fatalf("pending %v, want edge-2's and edge-1's move in r2 alone", got)
 	}
 	// A node silent long enough to be forgotten takes its moves along.
 	now = now.Add(2 * time.Minute)
