@@ -413,7 +413,7 @@ func TestHooks_FailingPreTrafficHookKeepsThatNodeOnBlue(t *testing.T) {
 		t.Fatalf("status: %v %+v", err, st)
 	}
 	for _, want := range []string{"pre-traffic hook warm-green failed at generation", "exit code 7", "cache node unreachable", "node kept on blue",
-		"Converged:   2/3 live nodes", "Held:        edge-2 (applied generation"} {
+		"Converged:   2/3 live nodes", "Held:        edge-2 (applied generation", "once fixed, switchyard rollout retry web-warm runs it again)"} {
 		if !strings.Contains(st.Stdout, want) {
 			t.Fatalf("rollout status lacks %q:\n%s", want, st.Stdout)
 		}

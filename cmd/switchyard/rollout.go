@@ -678,8 +678,8 @@ func printRolloutDetail(w io.Writer, v *sv1.RolloutView) {
 	fmt.Fprintf(w, "Generation:  %d\n", r.GetGeneration())
 	fmt.Fprintf(w, "Converged:   %s live nodes\n", convergence(v))
 	if held := v.GetHeld(); len(held) > 0 {
-		fmt.Fprintf(w, "Held:        %s (applied generation %d on %s: a pre-traffic hook failed; see MESSAGE)\n",
-			strings.Join(held, ", "), r.GetGeneration(), sp.GetFrom())
+		fmt.Fprintf(w, "Held:        %s (applied generation %d on %s: a pre-traffic hook failed; see MESSAGE; once fixed, switchyard rollout retry %s runs it again)\n",
+			strings.Join(held, ", "), r.GetGeneration(), sp.GetFrom(), r.GetId())
 	}
 	fmt.Fprintf(w, "Operator:    %s\n\n", r.GetOperator())
 	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
