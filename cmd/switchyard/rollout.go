@@ -394,7 +394,7 @@ func awaitPublished(ctx context.Context, sec bus.Security, nc *nats.Conn, servic
 	ctx, cancel := context.WithTimeout(ctx, wait)
 	defer cancel()
 	var have, checked bus.Fence
-	var lastErr error
+	var lastErr, confirmErr error
 	t := time.NewTicker(100 * time.Millisecond)
 	defer t.Stop()
 	for {
@@ -409,13 +409,15 @@ func awaitPublished(ctx context.Context, sec bus.Security, nc *nats.Conn, servic
 				// The bucket was read before the coordinators answer, so
 				// a document they wrote is not above what they answer.
 				cur, err := currentFence(ctx, nc, service)
+				confirmErr = err
 				switch {
 				case err != nil:
-					// No coordinator answers as current (an election):
-					// the generation alone, as the bucket says it.
-					if f.Generation >= generation {
-						return nil
-					}
+					// No coordinator answers as current (an election, a
+					// cluster that has not heard its fleet yet): ask again
+					// at the next tick. The generation alone is no proof:
+					// a rebuilt cluster's is below the document it
+					// replaced, which is still in the bucket.
+					checked = bus.Fence{}
 				case f.Compare(cur) > 0:
 					return fmt.Errorf("%w: committed generation %d of %s did not reach the bus: the bus carries epoch %d generation %d, "+
 						"above anything this cluster published (its current document is epoch %d generation %d). "+
@@ -435,6 +437,8 @@ func awaitPublished(ctx context.Context, sec bus.Security, nc *nats.Conn, servic
 			why := fmt.Sprintf("the bus still carries epoch %d generation %d", max(have.Epoch, 1), have.Generation)
 			if lastErr != nil {
 				why = "reading the bus failed: " + lastErr.Error()
+			} else if confirmErr != nil {
+				why += fmt.Sprintf(", and no coordinator answered to confirm it is this cluster's (%v)", confirmErr)
 			}
 			return fmt.Errorf("%w: committed generation %d of %s did not reach the bus within %s (--publish-timeout); %s. "+
 				"Agents read their desired state from the bus, so the fleet may not follow; the leader keeps retrying, see its /healthz and logs",
