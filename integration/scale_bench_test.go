@@ -9,6 +9,8 @@ import (
 	"io"
 	"log/slog"
 	"maps"
+	"math"
+	"runtime/metrics"
 	"slices"
 	"strings"
 	"sync"
@@ -130,11 +132,42 @@ const (
 	idleWindow = 5 * time.Second
 )
 
-// benchFleet runs n in-process agents, perConn to a connection. On a
-// secured bus perConn must be 1: an agent's creds allow its own subjects
-// only.
-func benchFleet(b *testing.B, n, perConn int, mode busSecurity, keys keyringUse) {
-	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Minute)
+// fleetRun is one run of the fleet-scale benchmark: agents in-process
+// agents, perConn to a connection (on a secured bus perConn must be 1: an
+// agent's creds allow its own subjects only), rollouts blue-green switches
+// each followed by its abort, the idle fleet measured over window after
+// settle, the whole bounded by timeout.
+type fleetRun struct {
+	agents, perConn int
+	bus             busSecurity
+	keys            keyringUse
+	rollouts        int
+	settle, window  time.Duration
+	timeout         time.Duration
+}
+
+// benchRun is the run of make bench: five switches and five aborts, the
+// idle fleet over one heartbeat after one heartbeat of settling.
+func benchRun(n, perConn int, mode busSecurity, keys keyringUse) fleetRun {
+	return fleetRun{agents: n, perConn: perConn, bus: mode, keys: keys, rollouts: 5,
+		settle: idleSettle, window: idleWindow, timeout: 10 * time.Minute}
+}
+
+// figures are what a run measured, by benchmark metric name (the unit is
+// in the name).
+type figures map[string]float64
+
+func (f figures) report(b *testing.B) {
+	for _, k := range slices.Sorted(maps.Keys(f)) {
+		b.ReportMetric(f[k], k)
+	}
+}
+
+// benchFleet runs the fleet and returns what it measured.
+func benchFleet(b testing.TB, run fleetRun) figures {
+	n, perConn, mode, keys := run.agents, run.perConn, run.bus, run.keys
+	fig := figures{}
+	ctx, cancel := context.WithTimeout(context.Background(), run.timeout)
 	defer cancel()
 	opts := bus.EmbeddedOptions{StoreDir: b.TempDir()}
 	var sb *harness.SecuredBus
@@ -303,10 +336,10 @@ func benchFleet(b *testing.B, n, perConn int, mode busSecurity, keys keyringUse)
 	// statuses and reports have passed (a heartbeat after the last agent
 	// was heard of), and profiled apart from the decisions.
 	profileName := strings.NewReplacer("/", "_", "=", "-").Replace(b.Name())
-	time.Sleep(idleSettle)
+	time.Sleep(run.settle)
 	stopIdleProfile := startProfile(b, profileName+"_idle")
 	idle0, idleStart := processCPU(), time.Now()
-	time.Sleep(idleWindow)
+	time.Sleep(run.window)
 	idleCPU := float64((processCPU() - idle0).Nanoseconds()) / time.Since(idleStart).Seconds()
 	stopIdleProfile()
 	stopProfile := startProfile(b, profileName)
@@ -315,14 +348,14 @@ func benchFleet(b *testing.B, n, perConn int, mode busSecurity, keys keyringUse)
 	// CPU of the whole process per decision: to every agent applied, and to
 	// every agent's status heard (less the benchmark's decoding of them).
 	var cpuApplied, cpuReported time.Duration
-	var allocApplied uint64
+	var allocApplied, gcDuring uint64
 	decide := func(in *sv1.Intent) {
 		for _, r := range recs {
 			for len(r.applied) > 0 {
 				<-r.applied
 			}
 		}
-		cpu0, alloc0 := processCPU(), heapAllocated()
+		cpu0, alloc0, gc0 := processCPU(), heapAllocated(), gcCycles()
 		timings.mu.Lock()
 		decode0 := timings.decodeCPU
 		timings.mu.Unlock()
@@ -367,6 +400,24 @@ func benchFleet(b *testing.B, n, perConn int, mode busSecurity, keys keyringUse)
 		toAll = append(toAll, last)
 		cpuApplied += processCPU() - cpu0
 		allocApplied += heapAllocated() - alloc0
+		// Each decision's own figure: a p99 over ten decisions is their
+		// slowest, and this says whether it was one of them or all, and
+		// whether a collection of the heap every agent here shares (a
+		// real node collects its own) ran meanwhile.
+		gcs := gcCycles() - gc0
+		gcDuring += gcs
+		b.Logf("%s: generation %d on all %d agents %v after the decision; %d GC cycles meanwhile", in.GetId(), ds.GetGeneration(), n, last.Round(time.Millisecond), gcs)
+		// What every driver holds now is what the decision says: the
+		// switch puts every node on green, the abort back on blue.
+		green := in.GetApplyRollout() != nil
+		for i, r := range recs {
+			r.mu.Lock()
+			w := maps.Clone(r.weights)
+			r.mu.Unlock()
+			if (green && (w["green"] != 100 || w["blue"] != 0)) || (!green && (w["blue"] != 100 || w["green"] != 0)) {
+				b.Fatalf("%s: edge-%05d's proxy holds %v", in.GetId(), i, w)
+			}
+		}
 		// The agents may have the document before the put's
 		// acknowledgement reaches the coordinator.
 		pub, ok := srv.DecisionTiming("web")
@@ -396,8 +447,7 @@ func benchFleet(b *testing.B, n, perConn int, mode busSecurity, keys keyringUse)
 			}
 		}
 	}
-	const decisions = 5
-	for i := range decisions {
+	for i := range run.rollouts {
 		name := fmt.Sprintf("web-%d", i)
 		decide(&sv1.Intent{Id: name + "-apply", Action: &sv1.Intent_ApplyRollout{ApplyRollout: &sv1.ApplyRollout{Spec: &sv1.RolloutSpec{
 			Name: name, Service: "web", From: "blue", To: "green",
@@ -409,27 +459,36 @@ func benchFleet(b *testing.B, n, perConn int, mode busSecurity, keys keyringUse)
 	stopProfile()
 	p50, p99, _ := quantiles(all)
 	a50, a99, _ := quantiles(toAll)
-	reportStages(b, stages)
-	b.ReportMetric(float64(p50.Microseconds())/1000, "agent_apply_p50_ms")
-	b.ReportMetric(float64(p99.Microseconds())/1000, "agent_apply_p99_ms")
-	b.ReportMetric(float64(a50.Microseconds())/1000, "all_applied_p50_ms")
-	b.ReportMetric(float64(a99.Microseconds())/1000, "all_applied_p99_ms")
+	stageFigures(fig, stages)
+	fig["agent_apply_p50_ms"] = ms(p50)
+	fig["agent_apply_p99_ms"] = ms(p99)
+	fig["all_applied_p50_ms"] = ms(a50)
+	fig["all_applied_p99_ms"] = ms(a99)
 	perAgent := func(d time.Duration) float64 { return float64(d.Nanoseconds()) / 1000 / float64(n*len(toAll)) }
-	b.ReportMetric(perAgent(cpuApplied), "cpu_to_applied_us/agent")
-	b.ReportMetric(perAgent(cpuReported), "cpu_to_reported_us/agent")
-	b.ReportMetric(idleCPU/1000/float64(n), "cpu_idle_us/agent/s")
-	b.ReportMetric(float64(allocApplied)/1024/float64(n*len(toAll)), "alloc_to_applied_KB/agent")
+	fig["cpu_to_applied_us/agent"] = perAgent(cpuApplied)
+	fig["cpu_to_reported_us/agent"] = perAgent(cpuReported)
+	fig["cpu_idle_us/agent/s"] = idleCPU / 1000 / float64(n)
+	fig["alloc_to_applied_KB/agent"] = float64(allocApplied) / 1024 / float64(n*len(toAll))
+	fig["gc_cycles_in_decisions"] = float64(gcDuring)
 
 	// Raw fan-out: one publish to n core subscribers, perConn to a
 	// connection, on the same server, on a subject the coordinator role
 	// may use both ways.
-	raw, rawAll := rawFanout(b, ctx, func() *nats.Conn { return dial(bus.RoleCoordinator, "bench") }, nc, n, perConn, decisions*2)
+	raw, rawAll := rawFanout(b, ctx, func() *nats.Conn { return dial(bus.RoleCoordinator, "bench") }, nc, n, perConn, run.rollouts*2)
 	r50, r99, _ := quantiles(raw)
 	ra50, ra99, _ := quantiles(rawAll)
-	b.ReportMetric(float64(r50.Microseconds())/1000, "nats_fanout_p50_ms")
-	b.ReportMetric(float64(r99.Microseconds())/1000, "nats_fanout_p99_ms")
-	b.ReportMetric(float64(ra50.Microseconds())/1000, "nats_all_p50_ms")
-	b.ReportMetric(float64(ra99.Microseconds())/1000, "nats_all_p99_ms")
+	fig["nats_fanout_p50_ms"] = ms(r50)
+	fig["nats_fanout_p99_ms"] = ms(r99)
+	fig["nats_all_p50_ms"] = ms(ra50)
+	fig["nats_all_p99_ms"] = ms(ra99)
+	return fig
+}
+
+// gcCycles is how many garbage collections this process has completed.
+func gcCycles() uint64 {
+	sample := []metrics.Sample{{Name: "/gc/cycles/total:gc-cycles"}}
+	metrics.Read(sample)
+	return sample[0].Value.Uint64()
 }
 
 // BenchmarkScale_DecisionToApplied runs each fleet twice: every agent
@@ -445,7 +504,7 @@ func BenchmarkScale_DecisionToApplied(b *testing.B) {
 		}{{"own", ownKeyring}, {"shared", sharedKeyring}} {
 			b.Run(fmt.Sprintf("agents=%d/keyring=%s", n, keys.name), func(b *testing.B) {
 				for range b.N {
-					benchFleet(b, n, 10, plainBus, keys.use)
+					benchFleet(b, benchRun(n, 10, plainBus, keys.use)).report(b)
 				}
 			})
 		}
@@ -470,7 +529,7 @@ func BenchmarkScale_DecisionToAppliedSecured(b *testing.B) {
 	} {
 		b.Run(v.name, func(b *testing.B) {
 			for range b.N {
-				benchFleet(b, 1000, v.perConn, v.bus, ownKeyring)
+				benchFleet(b, benchRun(1000, v.perConn, v.bus, ownKeyring)).report(b)
 			}
 		})
 	}
@@ -519,4 +578,55 @@ func rawFanout(tb testing.TB, ctx context.Context, dial func() *nats.Conn, pub *
 		all = append(all, last)
 	}
 	return each, all
+}
+
+// TestScale_FleetBenchmarkRunsShort is make bench's fleet benchmark on a
+// fleet small enough for every CI run: on the plain bus with agents
+// sharing connections, and on the secured bus with an identity each. It
+// fails where the benchmark would (an agent that never applies, a stage
+// with no stamps, a proxy left on the wrong backend) and checks that every
+// figure the benchmark reports is there and possible.
+func TestScale_FleetBenchmarkRunsShort(t *testing.T) {
+	for _, c := range []struct {
+		name string
+		run  fleetRun
+	}{
+		{"bus=plain/conns=shared", fleetRun{agents: 30, perConn: 10, bus: plainBus, keys: ownKeyring}},
+		{"bus=tls+auth/conns=per-agent", fleetRun{agents: 8, perConn: 1, bus: securedBus, keys: sharedKeyring}},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			run := c.run
+			run.rollouts, run.settle, run.window, run.timeout = 1, 500*time.Millisecond, time.Second, 3*time.Minute
+			fig := benchFleet(t, run)
+			want := []string{"agent_apply_p50_ms", "agent_apply_p99_ms", "all_applied_p50_ms", "all_applied_p99_ms",
+				"cpu_to_applied_us/agent", "cpu_to_reported_us/agent", "cpu_idle_us/agent/s", "alloc_to_applied_KB/agent",
+				"gc_cycles_in_decisions", "nats_fanout_p50_ms", "nats_fanout_p99_ms", "nats_all_p50_ms", "nats_all_p99_ms"}
+			for _, st := range stageOrder {
+				want = append(want, "stage_"+st+"_p50_ms", "stage_"+st+"_p99_ms")
+			}
+			for _, k := range want {
+				if _, ok := fig[k]; !ok {
+					t.Errorf("no figure %s", k)
+				}
+			}
+			for k, v := range fig {
+				if !slices.Contains(want, k) {
+					t.Errorf("figure %s is not in this test's list", k)
+				}
+				if v < 0 || math.IsNaN(v) || math.IsInf(v, 0) {
+					t.Errorf("%s = %v", k, v)
+				}
+			}
+			for _, pair := range [][2]string{{"all_applied_p50_ms", "all_applied_p99_ms"}, {"nats_all_p50_ms", "nats_all_p99_ms"}, {"agent_apply_p50_ms", "agent_apply_p99_ms"}} {
+				if fig[pair[0]] > fig[pair[1]] {
+					t.Errorf("%s %v above %s %v", pair[0], fig[pair[0]], pair[1], fig[pair[1]])
+				}
+			}
+			// Every agent applied after the decision and the slowest no
+			// sooner than the median; the raw fan-out took some time too.
+			if fig["all_applied_p50_ms"] < fig["agent_apply_p50_ms"] || fig["nats_all_p50_ms"] <= 0 || fig["cpu_to_applied_us/agent"] <= 0 {
+				t.Errorf("figures out of order: %v", fig)
+			}
+		})
+	}
 }

@@ -497,7 +497,7 @@ func BenchmarkScale_ProcessAgents(b *testing.B) {
 		b.Run(fmt.Sprintf("agents=%d", n), func(b *testing.B) {
 			b.Run("in-process", func(b *testing.B) {
 				for range b.N {
-					benchFleet(b, n, 1, securedBus, ownKeyring)
+					benchFleet(b, benchRun(n, 1, securedBus, ownKeyring)).report(b)
 				}
 			})
 			b.Run("processes", func(b *testing.B) {

@@ -92,7 +92,7 @@ func (s *stageTimings) decode() {
 
 // collect waits until n agents reported the stamps of pub's generation and
 // adds every stage to stages.
-func (s *stageTimings) collect(ctx context.Context, b *testing.B, pub coordinator.DecisionTiming, n int, stages map[string][]time.Duration) {
+func (s *stageTimings) collect(ctx context.Context, b testing.TB, pub coordinator.DecisionTiming, n int, stages map[string][]time.Duration) {
 	gen := pub.Fence.Generation
 	for {
 		s.mu.Lock()
@@ -127,16 +127,16 @@ func (s *stageTimings) collect(ctx context.Context, b *testing.B, pub coordinato
 	delete(s.byGen, gen)
 }
 
-// reportStages reports the median and p99 of every stage.
-func reportStages(b *testing.B, stages map[string][]time.Duration) {
+// stageFigures adds the median and p99 of every stage.
+func stageFigures(fig figures, stages map[string][]time.Duration) {
 	for _, st := range stageOrder {
 		ds := stages[st]
 		if len(ds) == 0 {
 			continue
 		}
 		p50, p99, _ := quantiles(ds)
-		b.ReportMetric(float64(p50.Microseconds())/1000, "stage_"+st+"_p50_ms")
-		b.ReportMetric(float64(p99.Microseconds())/1000, "stage_"+st+"_p99_ms")
+		fig["stage_"+st+"_p50_ms"] = ms(p50)
+		fig["stage_"+st+"_p99_ms"] = ms(p99)
 	}
 }
 
