@@ -153,7 +153,7 @@ type reportGenerator struct {
 // startReportGenerator starts reportgen for nodes simulated nodes on the
 // rig's bus, with the wildcard agent identity, and waits until it is
 // connected.
-func startReportGenerator(b *testing.B, ctx context.Context, nb harness.Bus, nodes, conns int, rollout *sv1.Rollout) *reportGenerator {
+func startReportGenerator(b testing.TB, ctx context.Context, nb harness.Bus, nodes, conns int, rollout *sv1.Rollout) *reportGenerator {
 	p, err := harness.StartProcess(harness.ProcessSpec{
 		Name: "reportgen", Path: reportgenBin.get(b), LogDir: b.TempDir(),
 		Args: []string{"--nats", nb.URL, "--nats-creds", wildcardAgentCreds(b, nb), "--nats-ca", nb.CA,
@@ -185,7 +185,7 @@ func startReportGenerator(b *testing.B, ctx context.Context, nb harness.Bus, nod
 
 // published is the generator's running total, from the last line it
 // printed (every 100 ms).
-func (g *reportGenerator) published(b *testing.B) int64 {
+func (g *reportGenerator) published(b testing.TB) int64 {
 	out, err := os.ReadFile(g.p.StdoutPath())
 	if err != nil {
 		b.Fatal(err)
@@ -219,7 +219,7 @@ type ingestRig struct {
 
 // startIngestRig starts the bus, the coordinator and conns load
 // connections; with count, the counting subscriber too (else see count).
-func startIngestRig(b *testing.B, ctx context.Context, conns int, count bool) *ingestRig {
+func startIngestRig(b testing.TB, ctx context.Context, conns int, count bool) *ingestRig {
 	sy, _ := binaries(b)
 	nb := harnesstest.StartNATS(b)
 	rig := &ingestRig{nb: nb, nc: connectNATS(b, nb)}
@@ -249,7 +249,7 @@ func startIngestRig(b *testing.B, ctx context.Context, conns int, count bool) *i
 }
 
 // count subscribes the counting subscriber to every health report.
-func (rig *ingestRig) count(b *testing.B) {
+func (rig *ingestRig) count(b testing.TB) {
 	sub, err := rig.counter.Subscribe(bus.TelemetryAll(), func(*nats.Msg) { rig.counted.Add(1) })
 	if err != nil {
 		b.Fatal(err)
@@ -383,7 +383,7 @@ type ingestSample struct {
 	storeReports, queuedNow float64
 }
 
-func (rig *ingestRig) sample(b *testing.B, ctx context.Context, l *reportLoad) ingestSample {
+func (rig *ingestRig) sample(b testing.TB, ctx context.Context, l *reportLoad) ingestSample {
 	s := ingestSample{at: time.Now(), counted: rig.counted.Load()}
 	if l != nil {
 		s.published = l.published.Load()
@@ -445,7 +445,17 @@ func envInt(name string, def int) int {
 func BenchmarkIngest_ReportsPerSecond(b *testing.B) {
 	rate := envInt("SWITCHYARD_INGEST_RATE", 100_000)
 	seconds := envInt("SWITCHYARD_INGEST_SECONDS", 10)
-	ctx := harnesstest.Context(b, 2*time.Duration(seconds)*time.Second+5*time.Minute)
+	b.ResetTimer()
+	ingestReports(b, rate, time.Duration(seconds)*time.Second, 5*time.Second).report(b)
+	b.ReportMetric(0, "ns/op")
+}
+
+// ingestReports runs the ingest benchmark: rate simulated nodes, the
+// coordinator measured over measure after warm of full load, then the raw
+// NATS rate over as long.
+func ingestReports(b testing.TB, rate int, measure, warm time.Duration) figures {
+	fig := figures{}
+	ctx := harnesstest.Context(b, 2*measure+5*time.Minute)
 	rig := startIngestRig(b, ctx, 0, false)
 
 	// A canary held in its analysis step: the judge runs on every report.
@@ -480,11 +490,10 @@ func BenchmarkIngest_ReportsPerSecond(b *testing.B) {
 	}
 
 	rig.gen = startReportGenerator(b, ctx, rig.nb, rate, 4, rollout)
-	b.ResetTimer()
-	time.Sleep(5 * time.Second) // warm-up: the measured seconds are whole seconds of full load
+	time.Sleep(warm) // warm-up: the measured seconds are whole seconds of full load
 	a := rig.sample(b, ctx, nil)
-	profiled := profileCoordinator(b, ctx, rig.c.Coordinators[0].PprofAddr, "BenchmarkIngest_ReportsPerSecond", time.Duration(seconds)*time.Second)
-	time.Sleep(time.Duration(seconds) * time.Second)
+	profiled := profileCoordinator(b, ctx, rig.c.Coordinators[0].PprofAddr, "BenchmarkIngest_ReportsPerSecond", measure)
+	time.Sleep(measure)
 	z := rig.sample(b, ctx, nil)
 	profiled()
 
@@ -494,6 +503,10 @@ func BenchmarkIngest_ReportsPerSecond(b *testing.B) {
 	}
 	view := ans.GetRollouts()[0]
 	b.Logf("rollout %s at step %d: %s", view.GetRollout().GetPhase(), view.GetRollout().GetStep(), view.GetAnalysis())
+	if view.GetRollout().GetPhase() != sv1.RolloutPhase_ROLLOUT_PHASE_PROGRESSING {
+		// The generator's backends do equally well: nothing to roll back.
+		b.Errorf("the judge moved the canary to %s under load", view.GetRollout().GetPhase())
+	}
 
 	// Raw NATS: the coordinator stopped, the counter on, the generator
 	// going on as it was.
@@ -503,29 +516,29 @@ func BenchmarkIngest_ReportsPerSecond(b *testing.B) {
 	rig.count(b)
 	time.Sleep(2 * time.Second)
 	ra := rig.sampleRaw(b)
-	time.Sleep(time.Duration(seconds) * time.Second)
+	time.Sleep(measure)
 	rz := rig.sampleRaw(b)
-	b.StopTimer()
 	if err := rig.gen.p.Stop(); err != nil {
 		b.Fatal(err)
 	}
 
-	reportIngest(b, a, z, rate)
+	ingestFigures(b, fig, a, z, rate)
 	d := z.at.Sub(a.at).Seconds()
-	b.ReportMetric((z.gen.cpu-a.gen.cpu).Seconds()/d, "generator-cores")
-	b.ReportMetric(float64(rig.gen.reportBytes), "report-bytes")
+	fig["generator-cores"] = (z.gen.cpu - a.gen.cpu).Seconds() / d
+	fig["report-bytes"] = float64(rig.gen.reportBytes)
 	rd := rz.at.Sub(ra.at).Seconds()
-	b.ReportMetric(float64(rz.counted-ra.counted)/rd, "raw-nats/s")
-	b.ReportMetric(float64(rz.published-ra.published)/rd, "raw-published/s")
-	b.ReportMetric((rz.self.cpu-ra.self.cpu).Seconds()/rd, "raw-nats+counter-cores")
+	fig["raw-nats/s"] = float64(rz.counted-ra.counted) / rd
+	fig["raw-published/s"] = float64(rz.published-ra.published) / rd
+	fig["raw-nats+counter-cores"] = (rz.self.cpu - ra.self.cpu).Seconds() / rd
 	if z.merged-a.merged == 0 {
 		b.Fatal("the coordinator merged no reports")
 	}
+	return fig
 }
 
 // sampleRaw reads what the raw phase reports: published and counted
 // reports, and the benchmark process's CPU.
-func (rig *ingestRig) sampleRaw(b *testing.B) ingestSample {
+func (rig *ingestRig) sampleRaw(b testing.TB) ingestSample {
 	s := ingestSample{at: time.Now(), counted: rig.counted.Load(), published: rig.gen.published(b)}
 	var err error
 	if s.self, err = readProc(os.Getpid()); err != nil {
@@ -534,28 +547,27 @@ func (rig *ingestRig) sampleRaw(b *testing.B) ingestSample {
 	return s
 }
 
-func reportIngest(b *testing.B, a, z ingestSample, nodes int) {
+func ingestFigures(b testing.TB, fig figures, a, z ingestSample, nodes int) {
 	d := z.at.Sub(a.at).Seconds()
 	per := func(x, y float64) float64 { return (y - x) / d }
-	b.ReportMetric(per(float64(a.published), float64(z.published)), "published/s")
+	fig["published/s"] = per(float64(a.published), float64(z.published))
 	if z.counted > 0 {
-		b.ReportMetric(per(float64(a.counted), float64(z.counted)), "raw-nats/s")
+		fig["raw-nats/s"] = per(float64(a.counted), float64(z.counted))
 	}
-	b.ReportMetric(per(a.merged, z.merged), "merged/s")
-	b.ReportMetric(per(a.shed, z.shed), "shed/s")
-	b.ReportMetric(per(a.rejected, z.rejected), "rejected/s")
-	b.ReportMetric((z.coord.cpu-a.coord.cpu).Seconds()/d, "coordinator-cores")
-	b.ReportMetric(float64(z.coord.rss)/(1<<20), "coordinator-rss-MB")
-	b.ReportMetric((z.self.cpu-a.self.cpu).Seconds()/d, "bench-process-cores")
+	fig["merged/s"] = per(a.merged, z.merged)
+	fig["shed/s"] = per(a.shed, z.shed)
+	fig["rejected/s"] = per(a.rejected, z.rejected)
+	fig["coordinator-cores"] = (z.coord.cpu - a.coord.cpu).Seconds() / d
+	fig["coordinator-rss-MB"] = float64(z.coord.rss) / (1 << 20)
+	fig["bench-process-cores"] = (z.self.cpu - a.self.cpu).Seconds() / d
 	if merged := z.merged - a.merged; merged > 0 {
 		// CPU per report is what the machine's other load distorts least.
-		b.ReportMetric((z.coord.cpu-a.coord.cpu).Seconds()*1e6/merged, "coordinator-cpu-µs/report")
+		fig["coordinator-cpu-µs/report"] = (z.coord.cpu - a.coord.cpu).Seconds() * 1e6 / merged
 	}
 	if z.storeNodes > 0 {
-		b.ReportMetric(z.storeBytes/z.storeNodes, "store-bytes/node")
+		fig["store-bytes/node"] = z.storeBytes / z.storeNodes
 	}
-	b.ReportMetric(float64(z.coord.rss)/float64(max(nodes, 1)), "rss-bytes/node")
-	b.ReportMetric(0, "ns/op")
+	fig["rss-bytes/node"] = float64(z.coord.rss) / float64(max(nodes, 1))
 	b.Logf("%d nodes: store %.0f nodes, %.0f reports waiting, %.1f MB; queue %.0f at the end", nodes, z.storeNodes, z.storeReports, z.storeBytes/(1<<20), z.queuedNow)
 }
 
@@ -623,13 +635,22 @@ func statusLoad(ctx context.Context, tb testing.TB, nodes []string, conns []*nat
 func BenchmarkIngest_IdleFleet(b *testing.B) {
 	nodes := envInt("SWITCHYARD_IDLE_NODES", 10_000)
 	seconds := envInt("SWITCHYARD_INGEST_SECONDS", 20)
-	ctx := harnesstest.Context(b, time.Duration(seconds)*time.Second+5*time.Minute)
+	b.ResetTimer()
+	idleFleet(b, nodes, time.Duration(seconds)*time.Second, 5*time.Second).report(b)
+	b.ReportMetric(0, "ns/op")
+}
+
+// idleFleet runs the idle-fleet benchmark: the empty coordinator measured
+// over half of measure after settle, then with nodes live nodes over
+// measure.
+func idleFleet(b testing.TB, nodes int, measure, settle time.Duration) figures {
+	fig := figures{}
+	ctx := harnesstest.Context(b, measure+5*time.Minute)
 	rig := startIngestRig(b, ctx, 8, true)
 
-	b.ResetTimer()
-	time.Sleep(5 * time.Second) // the empty coordinator settles
+	time.Sleep(settle) // the empty coordinator settles
 	e0 := rig.sample(b, ctx, nil)
-	time.Sleep(time.Duration(seconds/2) * time.Second)
+	time.Sleep(measure / 2)
 	e1 := rig.sample(b, ctx, nil)
 
 	l := newReportLoad(b, nodes, 2, nil)
@@ -675,17 +696,60 @@ func BenchmarkIngest_IdleFleet(b *testing.B) {
 	time.Sleep(agentHeartbeat) // a whole heartbeat round, past the first statuses
 	a := rig.sample(b, ctx, l)
 	s0 := statuses.Load()
-	time.Sleep(time.Duration(seconds) * time.Second)
+	time.Sleep(measure)
 	z := rig.sample(b, ctx, l)
 	s1 := statuses.Load()
-	b.StopTimer()
 
 	d := z.at.Sub(a.at).Seconds()
-	b.ReportMetric((e1.coord.cpu-e0.coord.cpu).Seconds()/e1.at.Sub(e0.at).Seconds(), "empty-coordinator-cores")
-	b.ReportMetric(float64(e1.coord.rss)/(1<<20), "empty-coordinator-rss-MB")
-	b.ReportMetric(float64(s1-s0)/d, "statuses/s")
-	reportIngest(b, a, z, nodes)
+	fig["empty-coordinator-cores"] = (e1.coord.cpu - e0.coord.cpu).Seconds() / e1.at.Sub(e0.at).Seconds()
+	fig["empty-coordinator-rss-MB"] = float64(e1.coord.rss) / (1 << 20)
+	fig["statuses/s"] = float64(s1-s0) / d
+	ingestFigures(b, fig, a, z, nodes)
+	return fig
 }
 
 // agentHeartbeat is the agent's default heartbeat (agent.DefaultHeartbeat).
 const agentHeartbeat = 5 * time.Second
+
+// TestIngest_BenchmarksRunShort runs make bench's two ingest benchmarks at
+// a rate and a fleet every CI run can take: the same coordinator process,
+// generator and counting subscriber, for a couple of seconds. The
+// coordinator must keep up with so little, shed nothing and refuse
+// nothing, and every figure the benchmarks report must be there.
+func TestIngest_BenchmarksRunShort(t *testing.T) {
+	has := func(t *testing.T, fig figures, names ...string) {
+		t.Helper()
+		for _, k := range names {
+			if v, ok := fig[k]; !ok || v < 0 {
+				t.Errorf("figure %s: %v (reported: %v)", k, v, ok)
+			}
+		}
+	}
+	keepsUp := func(t *testing.T, fig figures, sent string) {
+		t.Helper()
+		if fig["merged/s"] < 0.7*fig[sent] || fig["shed/s"] != 0 || fig["rejected/s"] != 0 {
+			t.Errorf("merged %.0f/s of %.0f/s sent, shed %.0f/s, refused %.0f/s", fig["merged/s"], fig[sent], fig["shed/s"], fig["rejected/s"])
+		}
+	}
+	t.Run("reports", func(t *testing.T) {
+		fig := ingestReports(t, 2_000, 2*time.Second, time.Second)
+		has(t, fig, "published/s", "merged/s", "shed/s", "rejected/s", "coordinator-cores", "coordinator-rss-MB",
+			"bench-process-cores", "coordinator-cpu-µs/report", "store-bytes/node", "rss-bytes/node",
+			"generator-cores", "report-bytes", "raw-nats/s", "raw-published/s", "raw-nats+counter-cores")
+		keepsUp(t, fig, "published/s")
+		if fig["raw-nats/s"] < 0.7*fig["raw-published/s"] || fig["coordinator-rss-MB"] <= 0 || fig["store-bytes/node"] <= 0 {
+			t.Errorf("figures: %v", fig)
+		}
+	})
+	t.Run("idle", func(t *testing.T) {
+		const nodes = 300
+		fig := idleFleet(t, nodes, 2*time.Second, time.Second)
+		has(t, fig, "empty-coordinator-cores", "empty-coordinator-rss-MB", "statuses/s", "published/s", "merged/s",
+			"shed/s", "rejected/s", "coordinator-cores", "coordinator-rss-MB", "rss-bytes/node")
+		keepsUp(t, fig, "published/s")
+		// A heartbeat every 5 s from every node.
+		if want := float64(nodes) / agentHeartbeat.Seconds(); fig["statuses/s"] < 0.5*want || fig["statuses/s"] > 2*want {
+			t.Errorf("%.0f statuses/s from %d nodes, want about %.0f", fig["statuses/s"], nodes, want)
+		}
+	})
+}
