@@ -70,8 +70,7 @@ func localRollbackLine(node string, lr *sv1.LocalRollback) string {
 // author of, and audits it as such (kind local_rollback, actor "agent
 // NODE").
 func (s *State) recordLocalRollback(r *sv1.Rollout, index uint64, at *timestamppb.Timestamp, node, message string) {
-	r.UpdatedAt = at
-	r.History = append(r.History, &sv1.RolloutEvent{At: at, Index: index, Phase: r.GetPhase(), Operator: "agent " + node, Message: message})
+	appendHistory(r, index, at, "agent "+node, message)
 	s.appendAudit(&sv1.AuditRecord{Index: index, At: at, Kind: "local_rollback", Actor: "agent " + node, Rollout: r.GetId(),
 		Service: r.GetSpec().GetService(), Accepted: true, Message: message})
 }

@@ -298,9 +298,14 @@ func sameWeights(a, b *sv1.DesiredState) bool {
 
 // record appends to a rollout's history.
 func (s *State) record(r *sv1.Rollout, index uint64, at *timestamppb.Timestamp, operator, message string) {
+	appendHistory(r, index, at, operator, message)
+	s.auditDecision(r, index, at, message)
+}
+
+// appendHistory adds a line to a rollout's history, at its phase now.
+func appendHistory(r *sv1.Rollout, index uint64, at *timestamppb.Timestamp, operator, message string) {
 	r.UpdatedAt = at
 	r.History = append(r.History, &sv1.RolloutEvent{At: at, Index: index, Phase: r.GetPhase(), Operator: operator, Message: message})
-	s.auditDecision(r, index, at, message)
 }
 
 // position says where a rollout is, for history lines.
