@@ -717,14 +717,6 @@ const agentHeartbeat = 5 * time.Second
 // coordinator must keep up with so little, shed nothing and refuse
 // nothing, and every figure the benchmarks report must be there.
 func TestIngest_BenchmarksRunShort(t *testing.T) {
-	has := func(t *testing.T, fig figures, names ...string) {
-		t.Helper()
-		for _, k := range names {
-			if v, ok := fig[k]; !ok || v < 0 {
-				t.Errorf("figure %s: %v (reported: %v)", k, v, ok)
-			}
-		}
-	}
 	keepsUp := func(t *testing.T, fig figures, sent string) {
 		t.Helper()
 		if fig["merged/s"] < 0.7*fig[sent] || fig["shed/s"] != 0 || fig["rejected/s"] != 0 {
@@ -733,7 +725,7 @@ func TestIngest_BenchmarksRunShort(t *testing.T) {
 	}
 	t.Run("reports", func(t *testing.T) {
 		fig := ingestReports(t, 2_000, 2*time.Second, time.Second)
-		has(t, fig, "published/s", "merged/s", "shed/s", "rejected/s", "coordinator-cores", "coordinator-rss-MB",
+		fig.require(t, "published/s", "merged/s", "shed/s", "rejected/s", "coordinator-cores", "coordinator-rss-MB",
 			"bench-process-cores", "coordinator-cpu-µs/report", "store-bytes/node", "rss-bytes/node",
 			"generator-cores", "report-bytes", "raw-nats/s", "raw-published/s", "raw-nats+counter-cores")
 		keepsUp(t, fig, "published/s")
@@ -744,7 +736,7 @@ func TestIngest_BenchmarksRunShort(t *testing.T) {
 	t.Run("idle", func(t *testing.T) {
 		const nodes = 300
 		fig := idleFleet(t, nodes, 2*time.Second, time.Second)
-		has(t, fig, "empty-coordinator-cores", "empty-coordinator-rss-MB", "statuses/s", "published/s", "merged/s",
+		fig.require(t, "empty-coordinator-cores", "empty-coordinator-rss-MB", "statuses/s", "published/s", "merged/s",
 			"shed/s", "rejected/s", "coordinator-cores", "coordinator-rss-MB", "rss-bytes/node")
 		keepsUp(t, fig, "published/s")
 		// A heartbeat every 5 s from every node.

@@ -157,6 +157,17 @@ func benchRun(n, perConn int, mode busSecurity, keys keyringUse) fleetRun {
 // in the name).
 type figures map[string]float64
 
+// require fails tb for every figure of names that is missing, negative or
+// not a number.
+func (f figures) require(tb testing.TB, names ...string) {
+	tb.Helper()
+	for _, k := range names {
+		if v, ok := f[k]; !ok || v < 0 || math.IsNaN(v) || math.IsInf(v, 0) {
+			tb.Errorf("figure %s: %v (reported: %v)", k, v, ok)
+		}
+	}
+}
+
 func (f figures) report(b *testing.B) {
 	for _, k := range slices.Sorted(maps.Keys(f)) {
 		b.ReportMetric(f[k], k)
@@ -406,7 +417,7 @@ func benchFleet(b testing.TB, run fleetRun) figures {
 		// real node collects its own) ran meanwhile.
 		gcs := gcCycles() - gc0
 		gcDuring += gcs
-		b.Logf("%s: generation %d on all %d agents %v after the decision; %d GC cycles meanwhile", in.GetId(), ds.GetGeneration(), n, last.Round(time.Millisecond), gcs)
+		b.Logf("%s: generation %d on all %d agents %v after the decision; GC cycles meanwhile: %d", in.GetId(), ds.GetGeneration(), n, last.Round(time.Millisecond), gcs)
 		// What every driver holds now is what the decision says: the
 		// switch puts every node on green, the abort back on blue.
 		green := in.GetApplyRollout() != nil
@@ -604,17 +615,10 @@ func TestScale_FleetBenchmarkRunsShort(t *testing.T) {
 			for _, st := range stageOrder {
 				want = append(want, "stage_"+st+"_p50_ms", "stage_"+st+"_p99_ms")
 			}
-			for _, k := range want {
-				if _, ok := fig[k]; !ok {
-					t.Errorf("no figure %s", k)
-				}
-			}
-			for k, v := range fig {
+			fig.require(t, want...)
+			for k := range fig {
 				if !slices.Contains(want, k) {
 					t.Errorf("figure %s is not in this test's list", k)
-				}
-				if v < 0 || math.IsNaN(v) || math.IsInf(v, 0) {
-					t.Errorf("%s = %v", k, v)
 				}
 			}
 			for _, pair := range [][2]string{{"all_applied_p50_ms", "all_applied_p99_ms"}, {"nats_all_p50_ms", "nats_all_p99_ms"}, {"agent_apply_p50_ms", "agent_apply_p99_ms"}} {
