@@ -45,8 +45,14 @@ func TestPublish_BucketLostWhileLeadingIsCreatedAgain(t *testing.T) {
 	waitFor(t, "the abort's desired state in a bucket created again", 10*time.Second, func() bool {
 		return desiredInBucket(t, nc, "web").GetGeneration() == ab.GetIndex()
 	})
-	if since, err := c.srv.publisher.health(); err != nil {
-		t.Errorf("publisher still failing since %v: %v", since, err)
+	// The round that wrote it records its result only after the write:
+	// wait for that, not for the next failure.
+	deadline := time.Now().Add(5 * time.Second)
+	for since, err := c.srv.publisher.health(); err != nil; since, err = c.srv.publisher.health() {
+		if time.Now().After(deadline) {
+			t.Fatalf("publisher still failing since %v: %v", since, err)
+		}
+		time.Sleep(20 * time.Millisecond)
 	}
 }
 
