@@ -218,8 +218,13 @@ func TestPublish_AnotherDocumentOfTheSameFenceIsAConflictNotConvergence(t *testi
 	waitFor(t, "the conflict counted", 10*time.Second, func() bool {
 		return testutil.ToFloat64(c.srv.metrics.publishes.WithLabelValues("conflict")) >= 1
 	})
-	if _, err := c.srv.publisher.health(); err == nil || !strings.Contains(err.Error(), "raise-epoch") {
-		t.Fatalf("publisher health with a conflict: %v, want it to name raise-epoch", err)
+	// The round records its result after counting: wait for it.
+	deadline := time.Now().Add(5 * time.Second)
+	for _, err := c.srv.publisher.health(); err == nil || !strings.Contains(err.Error(), "raise-epoch"); _, err = c.srv.publisher.health() {
+		if time.Now().After(deadline) {
+			t.Fatalf("publisher health with a conflict: %v, want it to name raise-epoch", err)
+		}
+		time.Sleep(20 * time.Millisecond)
 	}
 	for _, n := range []string{"edge-1", "edge-2"} {
 		publishStatus(t, nc, n, res.GetIndex())
