@@ -79,21 +79,19 @@ func Respond(nc *nats.Conn, req, reply *nats.Msg) error {
 // puts an answer that came in parts back together: the first part, with
 // the whole answer as its data.
 func request(ctx, first context.Context, nc *nats.Conn, msg *nats.Msg) (*nats.Msg, error) {
-	sub, err := nc.SubscribeSync(nc.NewInbox())
+	// Every part may wait for the reader, whatever its size.
+	inbox := nc.NewInbox()
+	sub, err := subscribeReplies(nc, inbox, maxParts+1)
 	if err != nil {
 		return nil, err
 	}
-	defer func() { _ = sub.Unsubscribe() }()
-	// Every part may wait for the reader, whatever its size.
-	if err := sub.SetPendingLimits(maxParts+1, -1); err != nil {
-		return nil, err
-	}
-	msg.Reply = sub.Subject
+	defer sub.unsubscribe()
+	msg.Reply = inbox
 	msg.Header.Set(PartsHeader, "1")
 	if err := nc.PublishMsg(msg); err != nil {
 		return nil, err
 	}
-	m, err := sub.NextMsgWithContext(first)
+	m, err := sub.next(first)
 	if err != nil {
 		return nil, err
 	}
@@ -107,7 +105,7 @@ func request(ctx, first context.Context, nc *nats.Conn, msg *nats.Msg) (*nats.Ms
 	data := m.Data
 	for i := range n {
 		if i > 0 {
-			if m, err = sub.NextMsgWithContext(ctx); err != nil {
+			if m, err = sub.next(ctx); err != nil {
 				return nil, fmt.Errorf("answer in parts: part %d of %d: %w", i+1, n, err)
 			}
 			data = append(data, m.Data...)

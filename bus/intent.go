@@ -72,11 +72,12 @@ func SendSignedIntent(ctx context.Context, nc *nats.Conn, kind string, in *sv1.I
 		return nil, fmt.Errorf("encode intent: %w", err)
 	}
 	inbox := nc.NewRespInbox()
-	sub, err := nc.SubscribeSync(inbox)
+	// The result, and the results of this call's own retries.
+	sub, err := subscribeReplies(nc, inbox, intentResultsQueued)
 	if err != nil {
 		return nil, fmt.Errorf("subscribe for intent result: %w", err)
 	}
-	defer sub.Unsubscribe()
+	defer sub.unsubscribe()
 
 	js, err := jetstream.New(nc)
 	if err != nil {
@@ -106,7 +107,7 @@ func SendSignedIntent(ctx context.Context, nc *nats.Conn, kind string, in *sv1.I
 	// although its acknowledgement was lost: its result comes to the same
 	// inbox.
 	for {
-		m, err := sub.NextMsgWithContext(ctx)
+		m, err := sub.next(ctx)
 		if err != nil {
 			if ctx.Err() != nil {
 				return nil, fmt.Errorf("%w (intent %s)", ErrNoResult, in.GetId())
@@ -127,6 +128,12 @@ func SendSignedIntent(ctx context.Context, nc *nats.Conn, kind string, in *sv1.I
 // publishAttempt bounds one try of an intent publish, so that a stream
 // whose leader died costs one attempt, not the caller's whole deadline.
 const publishAttempt = 5 * time.Second
+
+// intentResultsQueued is how many results may wait on an intent's inbox:
+// one per stored copy of the intent (the stream keeps one, whatever the
+// retries), and one more from each leader that applies it again after a
+// change of leader. Far fewer than this arrive.
+const intentResultsQueued = 16
 
 // publishIntent publishes msg to the intent stream, retrying while the
 // stream cannot take it yet: no stream leader (a NATS server died and the

@@ -110,7 +110,7 @@ func TestTransientPublishError(t *testing.T) {
 
 // embeddedBus runs an embedded NATS server with JetStream and a client
 // connected to it, both stopped when the test ends.
-func embeddedBus(t *testing.T) (*server.Server, *nats.Conn) {
+func embeddedBus(t testing.TB) (*server.Server, *nats.Conn) {
 	t.Helper()
 	ns, err := RunEmbedded(EmbeddedOptions{StoreDir: t.TempDir()})
 	if err != nil {

@@ -40,18 +40,19 @@ func LastValues(ctx context.Context, js jetstream.JetStream, bucket string) (map
 		return nil, err
 	}
 	inbox := nc.NewRespInbox()
-	sub, err := nc.SubscribeSync(inbox)
+	// A batch is at most MaxBatchKeys values and the end-of-batch mark.
+	sub, err := subscribeReplies(nc, inbox, MaxBatchKeys+1)
 	if err != nil {
 		return nil, fmt.Errorf("read bucket %s: %w", bucket, err)
 	}
-	defer func() { _ = sub.Unsubscribe() }()
+	defer sub.unsubscribe()
 	subject := apiPrefix(js) + "DIRECT.GET.KV_" + bucket
 	if err := nc.PublishRequest(subject, inbox, req); err != nil {
 		return nil, fmt.Errorf("read bucket %s: %w", bucket, err)
 	}
 	values := map[string][]byte{}
 	for {
-		m, err := sub.NextMsgWithContext(ctx)
+		m, err := sub.next(ctx)
 		if err != nil {
 			return nil, fmt.Errorf("read bucket %s: %w", bucket, err)
 		}
@@ -130,11 +131,12 @@ func walkValues(ctx context.Context, js jetstream.JetStream, bucket string) (map
 	prefix := "$KV." + bucket + "."
 	subject := apiPrefix(js) + "DIRECT.GET.KV_" + bucket
 	inbox := nc.NewRespInbox()
-	sub, err := nc.SubscribeSync(inbox)
+	// Each batch is read to its end before the next is asked for.
+	sub, err := subscribeReplies(nc, inbox, MaxBatchKeys+1)
 	if err != nil {
 		return nil, fmt.Errorf("read bucket %s: %w", bucket, err)
 	}
-	defer func() { _ = sub.Unsubscribe() }()
+	defer sub.unsubscribe()
 	values := map[string][]byte{}
 	for next := uint64(1); ; {
 		req, err := json.Marshal(struct {
@@ -150,7 +152,7 @@ func walkValues(ctx context.Context, js jetstream.JetStream, bucket string) (map
 		}
 	batch:
 		for {
-			m, err := sub.NextMsgWithContext(ctx)
+			m, err := sub.next(ctx)
 			if err != nil {
 				return nil, fmt.Errorf("read bucket %s: %w", bucket, err)
 			}
