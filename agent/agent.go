@@ -787,9 +787,10 @@ func (p *desiredPoller) poll(ctx context.Context, workers []*serviceWorker) {
 }
 
 // resyncLoop reads the bucket again after every reconnect and every resync
-// period, and has every service check its proxy for drift each period.
+// period, and has every service check its proxy for drift each period (the
+// first period's tick at a random point in it: see newResyncTimer).
 func (a *Agent) resyncLoop(ctx context.Context, p *desiredPoller, workers []*serviceWorker, reconnected <-chan struct{}) {
-	t := time.NewTicker(a.cfg.Resync)
+	t := newResyncTimer(a.cfg.Resync)
 	defer t.Stop()
 	for {
 		select {
@@ -798,6 +799,7 @@ func (a *Agent) resyncLoop(ctx context.Context, p *desiredPoller, workers []*ser
 		case <-reconnected:
 			p.poll(ctx, workers)
 		case <-t.C:
+			t.Reset(a.cfg.Resync)
 			p.poll(ctx, workers)
 			for _, w := range workers {
 				w.requestDriftCheck()

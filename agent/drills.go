@@ -250,7 +250,7 @@ func (f *drillFollower) requestPoll() {
 // pollLoop reads the whole drills bucket when asked and every resync
 // period, off the drill goroutine: a slow bus must not delay a revert.
 func (f *drillFollower) pollLoop(ctx context.Context, js jetstream.JetStream) {
-	t := time.NewTicker(f.resync)
+	t := newResyncTimer(f.resync)
 	defer t.Stop()
 	var kv jetstream.KeyValue
 	for {
@@ -259,6 +259,7 @@ func (f *drillFollower) pollLoop(ctx context.Context, js jetstream.JetStream) {
 			return
 		case <-f.pollReq:
 		case <-t.C:
+			t.Reset(f.resync)
 		}
 		if nc := f.conn(); nc == nil || !nc.IsConnected() {
 			continue
