@@ -61,14 +61,11 @@ check: $(BUF) $(BIN)/protoc-gen-go $(BIN)/protoc-gen-go-vtproto $(BIN)/staticche
 	@echo "== import arrows"; $(GO) test -count=1 -run TestArrows ./internal/arrows/
 
 .PHONY: test
-# -parallel 3: the integration tests that may run beside others spend most
-# of their time waiting on the processes they start (fleets, NATS servers,
-# HAProxy), so three at a time keep two cores busy where two did not.
 test: ## run every test with the race detector (installs haproxy, promtool and chromium when missing)
 	@scripts/ensure-haproxy
 	@scripts/ensure-promtool
 	@scripts/ensure-chromium
-	$(GO) test -race -count=1 -timeout 30m -parallel 3 ./...
+	$(GO) test -race -count=1 -timeout 30m ./...
 
 .PHONY: demo
 demo: ## a local fleet with real HAProxy: blue -> green -> blue, then a bad canary rolled back by itself (KEEP=1 keeps it running)
