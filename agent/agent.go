@@ -788,9 +788,10 @@ func (p *desiredPoller) poll(ctx context.Context, workers []*serviceWorker) {
 
 // resyncLoop reads the bucket again after every reconnect and every resync
 // period, and has every service check its proxy for drift each period (the
-// first period's tick at a random point in it: see newResyncTimer).
+// first period's tick at a random point of its second half: see
+// newSpreadTimer).
 func (a *Agent) resyncLoop(ctx context.Context, p *desiredPoller, workers []*serviceWorker, reconnected <-chan struct{}) {
-	t := newResyncTimer(a.cfg.Resync)
+	t := newSpreadTimer(a.cfg.Resync)
 	defer t.Stop()
 	for {
 		select {
@@ -901,9 +902,11 @@ func (a *Agent) statusLoop(ctx context.Context) {
 	pacer := newStatusPacer(a.cfg.Node, a.cfg.StatusWindow)
 	// body is reused: the connection copies what it publishes.
 	var body []byte
+	var lastSent time.Time // by the wall clock, as the timers go
 	publish := func(heartbeat bool) {
 		st := a.status(heartbeat)
 		pacer.sent(st.GetAt().AsTime())
+		lastSent = time.Now()
 		var err error
 		body, err = appendEncoded(body[:0], st)
 		sent := false
@@ -918,8 +921,15 @@ func (a *Agent) statusLoop(ctx context.Context) {
 		}
 	}
 	publish(false)
-	t := time.NewTicker(a.cfg.Heartbeat)
-	defer t.Stop()
+	// The heartbeat keeps its own beat, started at a random point of the
+	// first period's second half, whatever changed statuses go out between two beats: a
+	// fleet that applies a decision together sends its changes together,
+	// and a heartbeat timed from them would bring the whole fleet back in
+	// one burst every period after. A beat within a quarter period of the
+	// last status is left out, so statuses are at most 1.25 heartbeats
+	// apart.
+	beat := newSpreadTimer(a.cfg.Heartbeat)
+	defer beat.Stop()
 	// paced fires when a changed status is due (see statusPacer); waiting
 	// is true while it is armed.
 	paced := time.NewTimer(time.Hour)
@@ -939,10 +949,9 @@ func (a *Agent) statusLoop(ctx context.Context) {
 		case <-paced.C:
 			waiting = false
 			publish(false)
-			t.Reset(a.cfg.Heartbeat)
-		case <-t.C:
-			if !waiting {
-				// A changed status due within a window says more.
+		case <-beat.C:
+			beat.Reset(a.cfg.Heartbeat)
+			if beatDue(time.Since(lastSent), a.cfg.Heartbeat, waiting) {
 				publish(true)
 			}
 		}

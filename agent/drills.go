@@ -250,7 +250,7 @@ func (f *drillFollower) requestPoll() {
 // pollLoop reads the whole drills bucket when asked and every resync
 // period, off the drill goroutine: a slow bus must not delay a revert.
 func (f *drillFollower) pollLoop(ctx context.Context, js jetstream.JetStream) {
-	t := newResyncTimer(f.resync)
+	t := newSpreadTimer(f.resync)
 	defer t.Stop()
 	var kv jetstream.KeyValue
 	for {
