@@ -922,12 +922,12 @@ func (a *Agent) statusLoop(ctx context.Context) {
 	}
 	publish(false)
 	// The heartbeat keeps its own beat, started at a random point of the
-	// first period's second half, whatever changed statuses go out between two beats: a
-	// fleet that applies a decision together sends its changes together,
-	// and a heartbeat timed from them would bring the whole fleet back in
-	// one burst every period after. A beat within a quarter period of the
-	// last status is left out, so statuses are at most 1.25 heartbeats
-	// apart.
+	// first period's second half, whatever changed statuses go out between
+	// two beats: a fleet that applies a decision together sends its changes
+	// together, and a heartbeat timed from them would bring the whole fleet
+	// back in one burst every period after. A beat within a quarter period
+	// of the last status is left out (beatDue), so statuses are at most
+	// 1.25 heartbeats apart.
 	beat := newSpreadTimer(a.cfg.Heartbeat)
 	defer beat.Stop()
 	// paced fires when a changed status is due (see statusPacer); waiting
