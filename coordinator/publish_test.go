@@ -47,10 +47,19 @@ func TestPublish_BucketLostWhileLeadingIsCreatedAgain(t *testing.T) {
 	})
 	// The round that wrote it records its result only after the write:
 	// wait for that, not for the next failure.
-	deadline := time.Now().Add(5 * time.Second)
-	for since, err := c.srv.publisher.health(); err != nil; since, err = c.srv.publisher.health() {
+	waitPublisherHealth(t, c, "the publisher healthy again", func(err error) bool { return err == nil })
+}
+
+// waitPublisherHealth waits until the publisher's health satisfies ok: a
+// publishing round records its result only after its writes, so a test that
+// sees a write (or a count) must wait for the round to say so. It fails
+// naming what the health last was.
+func waitPublisherHealth(t *testing.T, c *testCoordinator, what string, ok func(error) bool) {
+	t.Helper()
+	deadline := time.Now().Add(10 * time.Second)
+	for since, err := c.srv.publisher.health(); !ok(err); since, err = c.srv.publisher.health() {
 		if time.Now().After(deadline) {
-			t.Fatalf("publisher still failing since %v: %v", since, err)
+			t.Fatalf("timed out waiting for %s: publisher health %v (failing since %v)", what, err, since)
 		}
 		time.Sleep(20 * time.Millisecond)
 	}
@@ -219,13 +228,9 @@ func TestPublish_AnotherDocumentOfTheSameFenceIsAConflictNotConvergence(t *testi
 		return testutil.ToFloat64(c.srv.metrics.publishes.WithLabelValues("conflict")) >= 1
 	})
 	// The round records its result after counting: wait for it.
-	deadline := time.Now().Add(5 * time.Second)
-	for _, err := c.srv.publisher.health(); err == nil || !strings.Contains(err.Error(), "raise-epoch"); _, err = c.srv.publisher.health() {
-		if time.Now().After(deadline) {
-			t.Fatalf("publisher health with a conflict: %v, want it to name raise-epoch", err)
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
+	waitPublisherHealth(t, c, "a publisher health that names raise-epoch", func(err error) bool {
+		return err != nil && strings.Contains(err.Error(), "raise-epoch")
+	})
 	for _, n := range []string{"edge-1", "edge-2"} {
 		publishStatus(t, nc, n, res.GetIndex())
 	}
@@ -256,10 +261,7 @@ func TestPublish_AnotherDocumentOfTheSameFenceIsAConflictNotConvergence(t *testi
 	waitFor(t, "the abort's document written", 10*time.Second, func() bool {
 		return desiredInBucket(t, nc, "web").GetGeneration() == ab.GetIndex()
 	})
-	waitFor(t, "the publisher healthy again", 10*time.Second, func() bool {
-		_, err := c.srv.publisher.health()
-		return err == nil
-	})
+	waitPublisherHealth(t, c, "the publisher healthy again", func(err error) bool { return err == nil })
 	if c.srv.fleet.conflicted("web", bus.Fence{Epoch: ds.GetEpoch(), Generation: res.GetIndex()}) {
 		t.Fatal("the conflict is still recorded after the next fence was written")
 	}
