@@ -51,6 +51,13 @@ func (s *Server) FleetStatus(q *sv1.FleetStatusQuery) (*sv1.FleetStatus, error) 
 		}
 		services = []string{q.GetService()}
 	}
+	if q.GetReachedGeneration() != 0 {
+		if q.GetService() == "" {
+			return nil, errors.New("reached_generation: counts are of one service; name it in service")
+		}
+		ans.Services = []*sv1.ServiceFleet{s.reachedCounts(st, q.GetService(), q.GetReachedGeneration())}
+		return ans, nil
+	}
 	latest := map[string]*sv1.Rollout{}
 	for _, r := range st.Rollouts() { // newest first
 		if _, ok := latest[r.GetSpec().GetService()]; !ok {
@@ -83,6 +90,18 @@ func (s *Server) FleetStatus(q *sv1.FleetStatusQuery) (*sv1.FleetStatus, error) 
 		ans.Services = append(ans.Services, sf)
 	}
 	return ans, nil
+}
+
+// reachedCounts is a service's fleet as counts of the nodes that reached
+// generation, without the nodes (FleetStatusQuery.reached_generation).
+func (s *Server) reachedCounts(st *state.State, service string, generation uint64) *sv1.ServiceFleet {
+	sf := &sv1.ServiceFleet{Service: service, ReachedGeneration: generation}
+	if epoch, gen, ok := st.DesiredFence(service); ok {
+		sf.Epoch, sf.Generation = epoch, gen
+	}
+	reached, live, held := s.fleet.Reached(service, bus.Fence{Epoch: max(sf.GetEpoch(), 1), Generation: generation})
+	sf.Reached, sf.Live, sf.ReachedHeld = uint32(reached), uint32(live), held
+	return sf
 }
 
 // labelWaves sets each node's wave: the first wave of the rollout, in spec

@@ -22,8 +22,10 @@ type serviceTally struct {
 	// live counts the nodes heard from within the stale period.
 	live int
 	// current counts, per fence, the live nodes that applied it and whose
-	// proxy is seen doing it.
+	// proxy is seen doing it; held those of them a failed pre-traffic hook
+	// keeps on the old backend there.
 	current map[bus.Fence]int
+	held    map[bus.Fence]int
 	// stale are the nodes silent longer than the stale period.
 	stale map[string]struct{}
 }
@@ -66,7 +68,7 @@ func statusMatches(svc *sv1.ServiceStatus) bool {
 func (f *fleet) tally(service string) *serviceTally {
 	t := f.tallies[service]
 	if t == nil {
-		t = &serviceTally{current: map[bus.Fence]int{}, stale: map[string]struct{}{}}
+		t = &serviceTally{current: map[bus.Fence]int{}, held: map[bus.Fence]int{}, stale: map[string]struct{}{}}
 		f.tallies[service] = t
 	}
 	return t
@@ -85,9 +87,9 @@ func (f *fleet) count(id string, n *nodeSeen, by int) {
 		default:
 			t.live += by
 			if c.matches {
-				t.current[c.fence] += by
-				if t.current[c.fence] == 0 {
-					delete(t.current, c.fence)
+				addCount(t.current, c.fence, by)
+				if c.held {
+					addCount(t.held, c.fence, by)
 				}
 			}
 		}
@@ -96,6 +98,13 @@ func (f *fleet) count(id string, n *nodeSeen, by int) {
 			// what it likes, and a name no status names now is let go.
 			delete(f.tallies, c.service)
 		}
+	}
+}
+
+// addCount adds by to m[k], deleting what comes to 0.
+func addCount(m map[bus.Fence]int, k bus.Fence, by int) {
+	if m[k] += by; m[k] == 0 {
+		delete(m, k)
 	}
 }
 
@@ -195,6 +204,48 @@ func (f *fleet) Convergence(service string, generation uint64) (applied, live in
 		return 0, t.live
 	}
 	return t.current[want], t.live
+}
+
+// Reached counts the live nodes of a service whose proxies are seen doing
+// the document of fence want or a newer one, not diverged
+// (newer than the service's current fence), as a client counts them from
+// the nodes' views (cmd/switchyard: --wait), and names, sorted, those of
+// them a failed pre-traffic hook keeps on the old backend. It reads the
+// tallies: O(fences the nodes hold), and O(nodes) only when some reached
+// node is held.
+func (f *fleet) Reached(service string, want bus.Fence) (reached, live int, held []string) {
+	cur, known := f.current(service)
+	in := func(fence bus.Fence) bool {
+		return fence.Compare(want) >= 0 && (!known || agreement(fence, cur) != Diverged)
+	}
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.sweep(f.now())
+	t := f.tallies[service]
+	if t == nil {
+		return 0, 0, nil
+	}
+	heldCount := 0
+	for fence, n := range t.current {
+		if in(fence) {
+			reached += n
+			heldCount += t.held[fence]
+		}
+	}
+	if heldCount > 0 {
+		for id, n := range f.nodes {
+			if n.stale {
+				continue
+			}
+			for _, c := range n.counted {
+				if c.service == service && c.matches && c.held && in(c.fence) {
+					held = append(held, id)
+				}
+			}
+		}
+		slices.Sort(held)
+	}
+	return reached, t.live, held
 }
 
 // Stale names the nodes of a service not heard from within the stale

@@ -25,6 +25,9 @@ func TestFleet_TalliesAgreeWithCountingEveryNode(t *testing.T) {
 	now := time.Date(2026, 1, 1, 12, 0, 0, 0, time.UTC)
 	f.now = func() time.Time { return now }
 	f.epoch = func() uint64 { return 2 }
+	// Generation 8 is newer than the current document: a node that holds
+	// it is diverged.
+	f.current = func(string) (bus.Fence, bool) { return bus.Fence{Epoch: 2, Generation: 7}, true }
 	rng := rand.New(rand.NewPCG(13, 80))
 	green := map[string]uint32{"blue": 0, "green": 100}
 	blue := map[string]uint32{"blue": 100, "green": 0}
@@ -42,6 +45,12 @@ func TestFleet_TalliesAgreeWithCountingEveryNode(t *testing.T) {
 					Weights: green, ObservedWeights: green, ObservedMatches: rng.IntN(4) > 0}
 				if rng.IntN(5) == 0 {
 					ss.ObservedWeights = blue // restarted from its config
+				}
+				if rng.IntN(6) == 0 { // a failed pre-traffic hook, at this generation or an earlier one
+					ss.HookRuns = []*sv1.HookRun{{Point: hookPointPreTraffic, State: hookStateFailed, Generation: ss.GetAppliedGeneration() - uint64(rng.IntN(2))}}
+				}
+				if rng.IntN(8) == 0 { // the local guard moved it back
+					ss.LocalRollback = &sv1.LocalRollback{Generation: ss.GetAppliedGeneration()}
 				}
 				st.Services = append(st.Services, ss)
 			}
@@ -63,9 +72,19 @@ func TestFleet_TalliesAgreeWithCountingEveryNode(t *testing.T) {
 				t.Fatalf("step %d: Stale(%s) = %v, counting every node: %v", step, svc, got, wantStale)
 			}
 			for gen := uint64(4); gen <= 8; gen++ {
-				wa, wl, _ := converged(views, bus.Fence{Epoch: 2, Generation: gen})
+				// The controller counts the nodes a failed hook holds (the
+				// rollout goes on without them); the views do not.
+				wa, wl, wh := converged(views, bus.Fence{Epoch: 2, Generation: gen})
+				wa += len(wh)
 				if a, l := f.Convergence(svc, gen); a != wa || l != wl {
 					t.Fatalf("step %d: Convergence(%s, %d) = %d of %d live, counting every node: %d of %d", step, svc, gen, a, l, wa, wl)
+				}
+				for epoch := uint64(1); epoch <= 2; epoch++ {
+					want := bus.Fence{Epoch: epoch, Generation: gen}
+					wr, wl, wh := reachedByViews(views, want)
+					if r, l, h := f.Reached(svc, want); r != wr || l != wl || !slices.Equal(h, wh) {
+						t.Fatalf("step %d: Reached(%s, %v) = %d of %d live, held %v; counting every node: %d of %d, held %v", step, svc, want, r, l, h, wr, wl, wh)
+					}
 				}
 			}
 		}
@@ -73,6 +92,26 @@ func TestFleet_TalliesAgreeWithCountingEveryNode(t *testing.T) {
 	if f.heardHead > 1024 && f.heardHead*2 > len(f.heard) {
 		t.Errorf("the arrivals already looked at are kept: %d of %d", f.heardHead, len(f.heard))
 	}
+}
+
+// reachedByViews is the rule a client of the nodes' views counts by
+// (cmd/switchyard: --wait): live nodes not diverged whose proxies do want
+// or a newer document, and those of them held by a failed hook, sorted.
+func reachedByViews(views []*sv1.NodeView, want bus.Fence) (reached, live int, held []string) {
+	for _, n := range views {
+		if n.GetStale() {
+			continue
+		}
+		live++
+		if !n.GetDiverged() && nodeFence(n).Compare(want) >= 0 && NodeDoes(n) {
+			reached++
+			if NodeHeld(n) {
+				held = append(held, n.GetNode())
+			}
+		}
+	}
+	slices.Sort(held)
+	return reached, live, held
 }
 
 // The diverged gauge follows nodes joining and leaving the diverged set at

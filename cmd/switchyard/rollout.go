@@ -479,27 +479,11 @@ func awaitConverged(ctx context.Context, c clientFlags, res *sv1.IntentResult, s
 	defer t.Stop()
 	for {
 		var ans sv1.FleetStatus
-		err := query(ctx, c, bus.QueryFleetStatus, &sv1.FleetStatusQuery{Service: res.GetService()}, &ans)
+		err := query(ctx, c, bus.QueryFleetStatus, &sv1.FleetStatusQuery{Service: res.GetService(), ReachedGeneration: res.GetGeneration()}, &ans)
 		if err == nil && len(ans.GetServices()) == 1 {
 			sf := ans.GetServices()[0]
 			want := bus.Fence{Epoch: max(sf.GetEpoch(), 1), Generation: res.GetGeneration()}
-			live, at := 0, 0
-			var held []string
-			for _, w := range sf.GetWaves() {
-				for _, n := range w.GetNodes() {
-					if n.GetStale() {
-						continue
-					}
-					live++
-					have := bus.Fence{Epoch: max(n.GetAppliedEpoch(), 1), Generation: n.GetAppliedGeneration()}
-					if !n.GetDiverged() && have.Compare(want) >= 0 && coordinator.NodeDoes(n) {
-						at++
-						if coordinator.NodeHeld(n) {
-							held = append(held, n.GetNode())
-						}
-					}
-				}
-			}
+			at, live, held := reached(sf, want)
 			if live > 0 && at == live {
 				if c.output != "json" {
 					fmt.Fprintf(stdout, "converged: %d/%d live nodes' proxies do generation %d or newer\n", at-len(held), live, res.GetGeneration())
@@ -522,6 +506,34 @@ func awaitConverged(ctx context.Context, c clientFlags, res *sv1.IntentResult, s
 		case <-t.C:
 		}
 	}
+}
+
+// reached counts the live nodes of a service's fleet whose proxies are seen
+// doing the document of fence want or a newer one, and names those of them
+// a failed pre-traffic hook holds on the old backend. The coordinators
+// count them when asked (reached_generation, echoed); a coordinator of an
+// earlier release answers with every node instead, counted here by the
+// same rule.
+func reached(sf *sv1.ServiceFleet, want bus.Fence) (at, live int, held []string) {
+	if sf.GetReachedGeneration() == want.Generation {
+		return int(sf.GetReached()), int(sf.GetLive()), sf.GetReachedHeld()
+	}
+	for _, w := range sf.GetWaves() {
+		for _, n := range w.GetNodes() {
+			if n.GetStale() {
+				continue
+			}
+			live++
+			have := bus.Fence{Epoch: max(n.GetAppliedEpoch(), 1), Generation: n.GetAppliedGeneration()}
+			if !n.GetDiverged() && have.Compare(want) >= 0 && coordinator.NodeDoes(n) {
+				at++
+				if coordinator.NodeHeld(n) {
+					held = append(held, n.GetNode())
+				}
+			}
+		}
+	}
+	return at, live, held
 }
 
 // query asks the coordinators one read query.

@@ -101,3 +101,48 @@ func TestCLI_WaitNamesANodeHeldByItsPreTrafficHook(t *testing.T) {
 		t.Fatalf("stdout %q, want %q", out.String(), want)
 	}
 }
+
+// --wait asks the coordinators for counts (reached_generation) and goes by
+// them when the answer echoes the generation: the poll carries no node
+// list however large the fleet.
+func TestCLI_WaitGoesByTheCoordinatorsCounts(t *testing.T) {
+	for _, c := range []struct {
+		name    string
+		reached uint32
+		held    []string
+		want    string // stdout, or the error's end
+	}{
+		{"some nodes still behind", 2, nil, "2/3 live nodes' proxies seen doing generation 12 of epoch 1 or newer"},
+		{"every node, one held", 3, []string{"edge-2"}, "converged: 2/3 live nodes' proxies do generation 12 or newer\n" +
+			"held: edge-2 applied it on the old backend: a pre-traffic hook failed (rollout status says why)\n"},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			url, nc := runNATS(t)
+			sub, err := nc.Subscribe(bus.QuerySubject(bus.QueryFleetStatus), func(m *nats.Msg) {
+				var q sv1.FleetStatusQuery
+				if err := proto.Unmarshal(m.Data, &q); err != nil || q.GetReachedGeneration() != 12 || q.GetService() != "web" {
+					return // no answer: the wait times out saying so
+				}
+				body, _ := proto.Marshal(&sv1.FleetStatus{Services: []*sv1.ServiceFleet{{Service: "web", Epoch: 1, Generation: 12,
+					Live: 3, ReachedGeneration: 12, Reached: c.reached, ReachedHeld: c.held}}})
+				_ = m.Respond(body)
+			})
+			if err != nil {
+				t.Fatal(err)
+			}
+			t.Cleanup(func() { _ = sub.Unsubscribe() })
+			if err := nc.Flush(); err != nil {
+				t.Fatal(err)
+			}
+			var out strings.Builder
+			err = awaitConverged(context.Background(), clientFlags{nats: url, timeout: time.Second},
+				&sv1.IntentResult{Accepted: true, RolloutId: "r", Service: "web", Generation: 12}, &out)
+			switch {
+			case err != nil && !strings.HasSuffix(err.Error(), c.want):
+				t.Fatalf("--wait: %v (stdout %q), want it to end %q", err, out.String(), c.want)
+			case err == nil && out.String() != c.want:
+				t.Fatalf("stdout %q, want %q", out.String(), c.want)
+			}
+		})
+	}
+}

@@ -25,10 +25,18 @@ const (
 // FleetStatusQuery asks for the fleet by service, wave and node; an empty
 // service asks for every service.
 type FleetStatusQuery struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	Service       string                 `protobuf:"bytes,1,opt,name=service,proto3" json:"service,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	state   protoimpl.MessageState `protogen:"open.v1"`
+	Service string                 `protobuf:"bytes,1,opt,name=service,proto3" json:"service,omitempty"`
+	// ReachedGeneration, when set, asks for one service's counts instead of
+	// its nodes: the answer's service has its fence and `live`, no waves,
+	// stale nodes, rollout or converged count, and counts in `reached` the live nodes whose proxies are seen doing that
+	// generation of the cluster's current epoch or a newer one (not
+	// diverged). The coordinators keep these counts as statuses arrive, so
+	// the answer is small and cheap whatever the fleet's size: it is what
+	// `--wait` polls. It needs a service.
+	ReachedGeneration uint64 `protobuf:"varint,2,opt,name=reached_generation,json=reachedGeneration,proto3" json:"reached_generation,omitempty"`
+	unknownFields     protoimpl.UnknownFields
+	sizeCache         protoimpl.SizeCache
 }
 
 func (x *FleetStatusQuery) Reset() {
@@ -66,6 +74,13 @@ func (x *FleetStatusQuery) GetService() string {
 		return x.Service
 	}
 	return ""
+}
+
+func (x *FleetStatusQuery) GetReachedGeneration() uint64 {
+	if x != nil {
+		return x.ReachedGeneration
+	}
+	return 0
 }
 
 // FleetStatus is the fleet by service, wave and node.
@@ -153,9 +168,18 @@ type ServiceFleet struct {
 	Converged uint32 `protobuf:"varint,8,opt,name=converged,proto3" json:"converged,omitempty"`
 	// HeldNodes names the live nodes kept on the old backend at the current
 	// document by a failed pre-traffic hook; they are not counted converged.
-	HeldNodes     []string `protobuf:"bytes,9,rep,name=held_nodes,json=heldNodes,proto3" json:"held_nodes,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	HeldNodes []string `protobuf:"bytes,9,rep,name=held_nodes,json=heldNodes,proto3" json:"held_nodes,omitempty"`
+	// ReachedGeneration echoes the query's (0 in an answer with nodes, and
+	// from a coordinator of a release without it). Reached counts the live
+	// nodes whose proxies are seen doing that generation of the current
+	// epoch or a newer one, not diverged; ReachedHeld names those of them a
+	// failed pre-traffic hook keeps on the old backend (counted in Reached:
+	// they took the generation).
+	ReachedGeneration uint64   `protobuf:"varint,10,opt,name=reached_generation,json=reachedGeneration,proto3" json:"reached_generation,omitempty"`
+	Reached           uint32   `protobuf:"varint,11,opt,name=reached,proto3" json:"reached,omitempty"`
+	ReachedHeld       []string `protobuf:"bytes,12,rep,name=reached_held,json=reachedHeld,proto3" json:"reached_held,omitempty"`
+	unknownFields     protoimpl.UnknownFields
+	sizeCache         protoimpl.SizeCache
 }
 
 func (x *ServiceFleet) Reset() {
@@ -247,6 +271,27 @@ func (x *ServiceFleet) GetConverged() uint32 {
 func (x *ServiceFleet) GetHeldNodes() []string {
 	if x != nil {
 		return x.HeldNodes
+	}
+	return nil
+}
+
+func (x *ServiceFleet) GetReachedGeneration() uint64 {
+	if x != nil {
+		return x.ReachedGeneration
+	}
+	return 0
+}
+
+func (x *ServiceFleet) GetReached() uint32 {
+	if x != nil {
+		return x.Reached
+	}
+	return 0
+}
+
+func (x *ServiceFleet) GetReachedHeld() []string {
+	if x != nil {
+		return x.ReachedHeld
 	}
 	return nil
 }
@@ -736,14 +781,15 @@ var File_switchyard_v1_api_proto protoreflect.FileDescriptor
 
 const file_switchyard_v1_api_proto_rawDesc = "" +
 	"\n" +
-	"\x17switchyard/v1/api.proto\x12\rswitchyard.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x19switchyard/v1/query.proto\",\n" +
+	"\x17switchyard/v1/api.proto\x12\rswitchyard.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x19switchyard/v1/query.proto\"[\n" +
 	"\x10FleetStatusQuery\x12\x18\n" +
-	"\aservice\x18\x01 \x01(\tR\aservice\"\x7f\n" +
+	"\aservice\x18\x01 \x01(\tR\aservice\x12-\n" +
+	"\x12reached_generation\x18\x02 \x01(\x04R\x11reachedGeneration\"\x7f\n" +
 	"\vFleetStatus\x127\n" +
 	"\bservices\x18\x01 \x03(\v2\x1b.switchyard.v1.ServiceFleetR\bservices\x12\x1f\n" +
 	"\vanswered_by\x18\x02 \x01(\tR\n" +
 	"answeredBy\x12\x16\n" +
-	"\x06leader\x18\x03 \x01(\tR\x06leader\"\x9a\x02\n" +
+	"\x06leader\x18\x03 \x01(\tR\x06leader\"\x86\x03\n" +
 	"\fServiceFleet\x12\x18\n" +
 	"\aservice\x18\x01 \x01(\tR\aservice\x12\x18\n" +
 	"\arollout\x18\x02 \x01(\tR\arollout\x12\x14\n" +
@@ -757,7 +803,11 @@ const file_switchyard_v1_api_proto_rawDesc = "" +
 	"\x04live\x18\a \x01(\rR\x04live\x12\x1c\n" +
 	"\tconverged\x18\b \x01(\rR\tconverged\x12\x1d\n" +
 	"\n" +
-	"held_nodes\x18\t \x03(\tR\theldNodes\"d\n" +
+	"held_nodes\x18\t \x03(\tR\theldNodes\x12-\n" +
+	"\x12reached_generation\x18\n" +
+	" \x01(\x04R\x11reachedGeneration\x12\x18\n" +
+	"\areached\x18\v \x01(\rR\areached\x12!\n" +
+	"\freached_held\x18\f \x03(\tR\vreachedHeld\"d\n" +
 	"\tWaveNodes\x12\x12\n" +
 	"\x04wave\x18\x01 \x01(\tR\x04wave\x12\x14\n" +
 	"\x05index\x18\x02 \x01(\x05R\x05index\x12-\n" +
