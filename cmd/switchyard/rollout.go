@@ -408,7 +408,7 @@ func awaitPublished(ctx context.Context, sec bus.Security, nc *nats.Conn, servic
 				checked = f
 				// The bucket was read before the coordinators answer, so
 				// a document they wrote is not above what they answer.
-				cur, err := currentFence(ctx, nc, service)
+				cur, err := currentFence(ctx, nc, service, generation)
 				confirmErr = err
 				switch {
 				case err != nil:
@@ -449,12 +449,14 @@ func awaitPublished(ctx context.Context, sec bus.Security, nc *nats.Conn, servic
 }
 
 // currentFence asks the coordinators the fence of service's current
-// desired state: the cluster's epoch and its latest generation.
-func currentFence(ctx context.Context, nc *nats.Conn, service string) (bus.Fence, error) {
+// desired state: the cluster's epoch and its latest generation. It asks
+// for the counts of the nodes that reached generation, not for every
+// node's view: the fence comes with either.
+func currentFence(ctx context.Context, nc *nats.Conn, service string, generation uint64) (bus.Fence, error) {
 	ctx, cancel := context.WithTimeout(ctx, 2*time.Second)
 	defer cancel()
 	var ans sv1.FleetStatus
-	if err := bus.Query(ctx, nc, bus.QueryFleetStatus, &sv1.FleetStatusQuery{Service: service}, &ans); err != nil {
+	if err := bus.Query(ctx, nc, bus.QueryFleetStatus, &sv1.FleetStatusQuery{Service: service, ReachedGeneration: generation}, &ans); err != nil {
 		return bus.Fence{}, err
 	}
 	for _, sf := range ans.GetServices() {
