@@ -109,3 +109,49 @@ func TestCLI_WatchEndsCleanlyWhenInterruptedMidQuery(t *testing.T) {
 		t.Errorf("interrupted watch: exit %d, stderr %q; want exit 0 and nothing on stderr", code, errb.String())
 	}
 }
+
+// The text view shows counts only, so each refresh asks for the summary,
+// without the node list; the JSON lines are the whole view, nodes and all.
+func TestCLI_WatchAsksForTheNodesOnlyForJSON(t *testing.T) {
+	sp := &sv1.RolloutSpec{Name: "r", Service: "web", From: "blue", To: "green", Strategy: &sv1.Strategy{Kind: &sv1.Strategy_BlueGreen{BlueGreen: &sv1.BlueGreen{}}}}
+	for _, c := range []struct {
+		output  string
+		summary bool
+	}{{"table", true}, {"json", false}} {
+		t.Run(c.output, func(t *testing.T) {
+			url, nc := runNATS(t)
+			asked := make(chan bool, 16)
+			body, err := proto.Marshal(&sv1.RolloutsAnswer{Rollouts: []*sv1.RolloutView{{
+				Rollout: &sv1.Rollout{Id: "r", Spec: sp, Phase: sv1.RolloutPhase_ROLLOUT_PHASE_COMPLETED, Generation: 5}, Converged: 1, Live: 1}}})
+			if err != nil {
+				t.Fatal(err)
+			}
+			sub, err := nc.Subscribe(bus.QuerySubject(bus.QueryRollouts), func(m *nats.Msg) {
+				var q sv1.RolloutsQuery
+				if proto.Unmarshal(m.Data, &q) == nil {
+					select {
+					case asked <- q.GetSummary():
+					default:
+					}
+				}
+				_ = m.Respond(body)
+			})
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer sub.Unsubscribe()
+			if err := nc.Flush(); err != nil {
+				t.Fatal(err)
+			}
+			ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+			defer cancel()
+			var out, errb strings.Builder
+			if code := run(ctx, []string{"rollout", "watch", "r", "-o", c.output, "--nats", url}, &out, &errb); code != exitOK {
+				t.Fatalf("watch of a completed rollout: exit %d, stderr %q", code, errb.String())
+			}
+			if got := <-asked; got != c.summary {
+				t.Fatalf("watch -o %s asked with summary=%v, want %v", c.output, got, c.summary)
+			}
+		})
+	}
+}
