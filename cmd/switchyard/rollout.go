@@ -476,7 +476,7 @@ func currentFence(ctx context.Context, nc *nats.Conn, service string, generation
 func awaitConverged(ctx context.Context, c clientFlags, res *sv1.IntentResult, stdout io.Writer) error {
 	ctx, cancel := context.WithTimeout(ctx, c.timeout)
 	defer cancel()
-	last := "no answer"
+	last, answered := "no answer", false
 	t := time.NewTicker(200 * time.Millisecond)
 	defer t.Stop()
 	for {
@@ -486,6 +486,7 @@ func awaitConverged(ctx context.Context, c clientFlags, res *sv1.IntentResult, s
 			sf := ans.GetServices()[0]
 			want := bus.Fence{Epoch: max(sf.GetEpoch(), 1), Generation: res.GetGeneration()}
 			at, live, held := reached(sf, want)
+			answered = true
 			if live > 0 && at == live {
 				if c.output != "json" {
 					fmt.Fprintf(stdout, "converged: %d/%d live nodes' proxies do generation %d or newer\n", at-len(held), live, res.GetGeneration())
@@ -499,7 +500,9 @@ func awaitConverged(ctx context.Context, c clientFlags, res *sv1.IntentResult, s
 				return nil
 			}
 			last = fmt.Sprintf("%d/%d live nodes' proxies seen doing generation %d of epoch %d or newer", at, live, res.GetGeneration(), want.Epoch)
-		} else if err != nil {
+		} else if err != nil && (ctx.Err() == nil || !answered) {
+			// A query cut short by --timeout itself says nothing new:
+			// the error keeps the last answer, if there was one.
 			last = err.Error()
 		}
 		select {

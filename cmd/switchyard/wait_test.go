@@ -135,7 +135,7 @@ func TestCLI_WaitGoesByTheCoordinatorsCounts(t *testing.T) {
 				t.Fatal(err)
 			}
 			var out strings.Builder
-			err = awaitConverged(context.Background(), clientFlags{nats: url, timeout: time.Second},
+			err = awaitConverged(context.Background(), clientFlags{nats: url, timeout: 3 * time.Second},
 				&sv1.IntentResult{Accepted: true, RolloutId: "r", Service: "web", Generation: 12}, &out)
 			switch {
 			case err != nil && !strings.HasSuffix(err.Error(), c.want):
