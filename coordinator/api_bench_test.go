@@ -5,9 +5,12 @@ import (
 	"testing"
 	"time"
 
+	"github.com/nats-io/nats.go"
 	"google.golang.org/protobuf/encoding/protojson"
+	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/timestamppb"
 
+	"github.com/switchyard/switchyard/bus"
 	"github.com/switchyard/switchyard/coordinator/analysis"
 	sv1 "github.com/switchyard/switchyard/proto/switchyard/v1"
 )
@@ -50,10 +53,10 @@ func BenchmarkSeries_SampleOneSecond(b *testing.B) {
 }
 
 // BenchmarkAPI_OverviewEvent renders one live-stream event: an overview of
-// a 1,000-node service with one rollout and its full series (240 points
-// per backend).
+// a 100-, 1,000- and 10,000-node service with one rollout and its full
+// series (240 points per backend).
 func BenchmarkAPI_OverviewEvent(b *testing.B) {
-	for _, nodes := range []int{100, 1000} {
+	for _, nodes := range []int{100, 1000, 10_000} {
 		b.Run(fmt.Sprintf("nodes=%d", nodes), func(b *testing.B) {
 			ov := syntheticOverview(nodes)
 			var size int
@@ -79,8 +82,10 @@ func syntheticOverview(nodes int) *sv1.Overview {
 			ObservedWeights: map[string]uint32{"blue": 80, "green": 20}, ObservedMatches: true, Driver: sv1.DriverHealth_DRIVER_HEALTH_OK,
 			Labels: map[string]string{"region": "eu"}, SecondsSinceSeen: 0.4, Wave: "all"}
 		w.Nodes = append(w.Nodes, n)
-		view.Nodes = append(view.Nodes, n)
 	}
+	// As Overview sends it: the rollouts as summaries, each wave's list
+	// within overviewWaveNodes.
+	trimWave(w, bus.Fence{Epoch: 1, Generation: 12}, overviewWaveNodes)
 	series := &sv1.RolloutSeries{Rollout: r.GetId(), Service: "web", StepSeconds: 1}
 	for _, role := range []string{"from", "to"} {
 		bs := &sv1.BackendSeries{Backend: role, Role: role}
@@ -95,4 +100,34 @@ func syntheticOverview(nodes int) *sv1.Overview {
 		Rollouts: &sv1.RolloutsAnswer{Rollouts: []*sv1.RolloutView{view}},
 		Drills:   &sv1.DrillsAnswer{KillSwitch: &sv1.KillSwitch{}}, KillSwitch: &sv1.KillSwitch{},
 		Series: []*sv1.RolloutSeries{series}}
+}
+
+// BenchmarkAPI_OverviewFleet is the fleet part of building an overview at
+// 10,000 nodes, before its encoding (BenchmarkAPI_OverviewEvent): every
+// node's view, its wave, the waves, each wave's list cut to the overview's.
+func BenchmarkAPI_OverviewFleet(b *testing.B) {
+	now := time.Date(2026, 1, 1, 12, 0, 0, 0, time.UTC)
+	f := clockedFleet(&now)
+	f.current = func(string) (bus.Fence, bool) { return bus.Fence{Epoch: 1, Generation: 12}, true }
+	green := map[string]uint32{"blue": 0, "green": 100}
+	for i := range 10_000 {
+		st := &sv1.AgentStatus{Node: fmt.Sprintf("edge-%05d", i), Labels: map[string]string{"region": []string{"eu", "us", "ap"}[i%3]},
+			Services: []*sv1.ServiceStatus{{Service: "web", AppliedEpoch: 1, AppliedGeneration: 12, Driver: sv1.DriverHealth_DRIVER_HEALTH_OK,
+				Weights: green, ObservedWeights: green, ObservedMatches: true}}}
+		data, err := proto.Marshal(st)
+		if err != nil {
+			b.Fatal(err)
+		}
+		f.handleStatus(&nats.Msg{Subject: bus.StatusSubject(st.GetNode()), Data: data})
+	}
+	r := seriesRollout(time.Unix(1_800_000_000, 0), time.Unix(1_800_000_100, 0), sv1.RolloutPhase_ROLLOUT_PHASE_PROGRESSING)
+	r.Spec.Waves = []*sv1.WaveSpec{{Name: "eu", Selector: map[string]string{"region": "eu"}}, {Name: "rest"}}
+	b.ReportAllocs()
+	for b.Loop() {
+		nodes := f.nodesFor("web")
+		labelWaves(r, nodes)
+		for _, w := range groupWaves(r, nodes) {
+			trimWave(w, bus.Fence{Epoch: 1, Generation: 12}, overviewWaveNodes)
+		}
+	}
 }

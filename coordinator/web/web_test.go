@@ -27,6 +27,38 @@ const overviewAt = `{"answeredBy":"c1","leader":"c1","at":"2026-03-01T08:00:05Z"
 // laying a history line from the dashboard beside the same line from
 // rollout history must read the same time.
 func TestDashboard_PrintsTimesInUTCWhateverTheBrowsersZone(t *testing.T) {
+	text := renderOverview(t, overviewAt, `[data-rollout="web-1"]`)
+	for _, want := range []string{"updated 08:00:05 UTC", "08:00:00 UTC #4", "09:30:00 UTC"} {
+		if !strings.Contains(text, want) {
+			t.Errorf("the dashboard lacks %q:\n%s", want, text)
+		}
+	}
+}
+
+// overviewLargeWave has a wave of 10,000 nodes of which the overview lists
+// two, the one behind first.
+const overviewLargeWave = `{"answeredBy":"c1","leader":"c1","at":"2026-03-01T08:00:05Z",
+"fleet":{"services":[{"service":"web","epoch":"1","generation":"12","live":10000,"converged":9999,
+"waves":[{"wave":"main","index":0,"omittedNodes":9998,"nodes":[
+{"node":"edge-07311","appliedEpoch":"1","appliedGeneration":"11","driver":"DRIVER_HEALTH_OK"},
+{"node":"edge-00000","appliedEpoch":"1","appliedGeneration":"12","driver":"DRIVER_HEALTH_OK"}]}]}]},
+"killSwitch":{}}`
+
+// A wave the overview lists only in part says how many nodes it left out
+// and where every one is listed.
+func TestDashboard_SaysHowManyNodesOfALargeWaveItLeftOut(t *testing.T) {
+	text := renderOverview(t, overviewLargeWave, `[data-node="edge-07311"]`)
+	want := "and 9998 more nodes of this wave, not listed here (the nodes that need a look are listed first); switchyard fleet status web lists every one"
+	if !strings.Contains(text, want) || !strings.Contains(text, "edge-00000") {
+		t.Errorf("the dashboard lacks %q:\n%s", want, text)
+	}
+}
+
+// renderOverview opens the dashboard in headless Chromium (in a zone five
+// and a half hours east of UTC) with a live stream that sends overview,
+// waits for the element sel, and returns the page's text.
+func renderOverview(t *testing.T, overview, sel string) string {
+	t.Helper()
 	chromium, err := exec.LookPath("chromium")
 	if err != nil {
 		t.Fatalf("the dashboard test needs Debian's chromium package (apt-get install chromium): %v", err)
@@ -35,7 +67,7 @@ func TestDashboard_PrintsTimesInUTCWhateverTheBrowsersZone(t *testing.T) {
 	mux.Handle("GET /ui/", http.StripPrefix("/ui/", Handler()))
 	mux.HandleFunc("GET /v1/events", func(w http.ResponseWriter, r *http.Request) {
 		w.Header().Set("Content-Type", "text/event-stream")
-		data := strings.ReplaceAll(overviewAt, "\n", "")
+		data := strings.ReplaceAll(overview, "\n", "")
 		fmt.Fprintf(w, "retry: 2000\n\nevent: overview\ndata: %s\n\n", data)
 		w.(http.Flusher).Flush()
 		<-r.Context().Done()
@@ -65,16 +97,12 @@ func TestDashboard_PrintsTimesInUTCWhateverTheBrowsersZone(t *testing.T) {
 		t.Fatalf("set the browser's zone: %v", err)
 	}
 	if err := chromedp.Do(browser, chromedp.Navigate("http://"+ln.Addr().String()+"/ui/"),
-		chromedp.WaitVisible(chromedp.CSS(`[data-rollout="web-1"]`))); err != nil {
+		chromedp.WaitVisible(chromedp.CSS(sel))); err != nil {
 		t.Fatalf("open the dashboard: %v", err)
 	}
 	text, err := chromedp.Run(browser, chromedp.Evaluate[string](`document.body.innerText`))
 	if err != nil {
 		t.Fatal(err)
 	}
-	for _, want := range []string{"updated 08:00:05 UTC", "08:00:00 UTC #4", "09:30:00 UTC"} {
-		if !strings.Contains(text, want) {
-			t.Errorf("the dashboard lacks %q:\n%s", want, text)
-		}
-	}
+	return text
 }

@@ -185,7 +185,10 @@
               Object.keys(n.observedWeights || {}).length ? weights(n.observedWeights) + (n.observedMatches ? "" : " (differs)") : "-",
               enumName(n.driver, "DRIVER_HEALTH_"), `${num(n.secondsSinceSeen).toFixed(0)} s ago${n.stopped ? " (stopped)" : n.stale ? " (stale)" : ""}`,
               [n.diverged ? "DIVERGED " : "", n.documentExpired ? "EXPIRED " : "", n.drift ? "drift: " + n.drift + " " : "", n.message || ""].join("")]),
-            (i) => (w.nodes[i].stale ? { class: "stale-node", "data-node": w.nodes[i].node } : { "data-node": w.nodes[i].node }))])));
+            (i) => (w.nodes[i].stale ? { class: "stale-node", "data-node": w.nodes[i].node } : { "data-node": w.nodes[i].node })),
+        num(w.omittedNodes) > 0 ? el("p", { class: "muted", "data-field": "omitted-nodes" },
+          `and ${num(w.omittedNodes)} more nodes of this wave, not listed here (the nodes that need a look are listed first); ` +
+          `switchyard fleet status ${s.service} lists every one`) : null])));
   }
 
   function renderDrills(ov) {

@@ -301,8 +301,16 @@ type WaveNodes struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	Wave  string                 `protobuf:"bytes,1,opt,name=wave,proto3" json:"wave,omitempty"`
 	// Index is the wave's position in the spec, from 0; -1 for no wave.
-	Index         int32       `protobuf:"varint,2,opt,name=index,proto3" json:"index,omitempty"`
-	Nodes         []*NodeView `protobuf:"bytes,3,rep,name=nodes,proto3" json:"nodes,omitempty"`
+	Index int32       `protobuf:"varint,2,opt,name=index,proto3" json:"index,omitempty"`
+	Nodes []*NodeView `protobuf:"bytes,3,rep,name=nodes,proto3" json:"nodes,omitempty"`
+	// OmittedNodes counts the wave's nodes left out of Nodes. Only the
+	// overview leaves any out: past coordinator.overviewWaveNodes nodes in a
+	// wave it lists first those that need a look (stale, stopped, diverged,
+	// not on the current document or not seen doing it, held by a hook,
+	// moved back by their local guard, with a driver not OK, drifting or
+	// with an expired document), then the others, each group by name. The
+	// fleet status (switchyard fleet status, GET /v1/fleet) lists every node.
+	OmittedNodes  uint32 `protobuf:"varint,4,opt,name=omitted_nodes,json=omittedNodes,proto3" json:"omitted_nodes,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -356,6 +364,13 @@ func (x *WaveNodes) GetNodes() []*NodeView {
 		return x.Nodes
 	}
 	return nil
+}
+
+func (x *WaveNodes) GetOmittedNodes() uint32 {
+	if x != nil {
+		return x.OmittedNodes
+	}
+	return 0
 }
 
 // SeriesQuery asks for one rollout's telemetry series.
@@ -807,11 +822,12 @@ const file_switchyard_v1_api_proto_rawDesc = "" +
 	"\x12reached_generation\x18\n" +
 	" \x01(\x04R\x11reachedGeneration\x12\x18\n" +
 	"\areached\x18\v \x01(\rR\areached\x12!\n" +
-	"\freached_held\x18\f \x03(\tR\vreachedHeld\"d\n" +
+	"\freached_held\x18\f \x03(\tR\vreachedHeld\"\x89\x01\n" +
 	"\tWaveNodes\x12\x12\n" +
 	"\x04wave\x18\x01 \x01(\tR\x04wave\x12\x14\n" +
 	"\x05index\x18\x02 \x01(\x05R\x05index\x12-\n" +
-	"\x05nodes\x18\x03 \x03(\v2\x17.switchyard.v1.NodeViewR\x05nodes\"'\n" +
+	"\x05nodes\x18\x03 \x03(\v2\x17.switchyard.v1.NodeViewR\x05nodes\x12#\n" +
+	"\romitted_nodes\x18\x04 \x01(\rR\fomittedNodes\"'\n" +
 	"\vSeriesQuery\x12\x18\n" +
 	"\arollout\x18\x01 \x01(\tR\arollout\"\xa0\x01\n" +
 	"\rRolloutSeries\x12\x18\n" +
