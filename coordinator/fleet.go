@@ -3,7 +3,6 @@ package coordinator
 import (
 	"cmp"
 	"log/slog"
-	"maps"
 	"slices"
 	"sync"
 	"time"
@@ -290,8 +289,13 @@ func namedTwice(st *sv1.AgentStatus) (string, bool) {
 }
 
 // nodesFor returns the view of every node that runs service, live or stale,
-// sorted by node id.
+// sorted by node id. The views share the maps, hook runs and local
+// rollbacks of the statuses they come from, which are never changed once
+// received (a node's next status replaces its last): callers read them and
+// never change them. Copying them was most of a view's cost, at 10,000
+// nodes and several reads a second.
 func (f *fleet) nodesFor(service string) []*sv1.NodeView {
+	cur, known := f.current(service)
 	f.mu.RLock()
 	defer f.mu.RUnlock()
 	now := f.now()
@@ -305,23 +309,23 @@ func (f *fleet) nodesFor(service string) []*sv1.NodeView {
 			v := &sv1.NodeView{
 				Node:              n.status.GetNode(),
 				AppliedGeneration: svc.GetAppliedGeneration(),
-				Weights:           maps.Clone(svc.GetWeights()),
+				Weights:           svc.GetWeights(),
 				Driver:            svc.GetDriver(),
 				Message:           svc.GetMessage(),
 				Stale:             f.silent(n, now),
 				Stopped:           n.status.GetStopping(),
 				SecondsSinceSeen:  age.Seconds(),
-				Labels:            maps.Clone(n.status.GetLabels()),
+				Labels:            n.status.GetLabels(),
 				AppliedEpoch:      svc.GetAppliedEpoch(),
 				DocumentExpired:   svc.GetDocumentExpired(),
 				HookRuns:          svc.GetHookRuns(),
-				ObservedWeights:   maps.Clone(svc.GetObservedWeights()),
+				ObservedWeights:   svc.GetObservedWeights(),
 				ObservedMatches:   svc.GetObservedMatches(),
 				Drift:             svc.GetDrift(),
 				LocalRollback:     svc.GetLocalRollback(),
 				Hooks:             n.status.GetHooks(),
 			}
-			if cur, ok := f.current(service); ok {
+			if known {
 				v.Diverged = agreement(nodeFence(v), cur) == Diverged
 			}
 			out = append(out, v)
