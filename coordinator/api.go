@@ -282,6 +282,9 @@ func (s *Server) Overview(staleReason string) (*sv1.Overview, error) {
 		for _, w := range sf.GetWaves() {
 			trimWave(w, current, overviewWaveNodes)
 		}
+		if n := len(sf.GetStaleNodes()); n > overviewStaleNodes {
+			sf.StaleNodes, sf.OmittedStaleNodes = sf.StaleNodes[:overviewStaleNodes], uint32(n-overviewStaleNodes)
+		}
 	}
 	// The dashboard counts each rollout's nodes; the fleet part lists
 	// them once. Only the rollouts it shows are read: the state keeps
@@ -314,6 +317,10 @@ func (s *Server) Overview(staleReason string) (*sv1.Overview, error) {
 // JSON and took a quarter of a second of a core to encode
 // (BenchmarkAPI_OverviewEvent).
 const overviewWaveNodes = 100
+
+// overviewStaleNodes is how many stale nodes of a service the overview
+// names (a region cut off can make thousands stale at once).
+const overviewStaleNodes = 20
 
 // trimWave keeps at most keep of a wave's nodes (which come in name order):
 // first those that need a look, then the others, each in name order, and

@@ -7,6 +7,8 @@ import (
 	"testing"
 	"time"
 
+	"google.golang.org/protobuf/proto"
+
 	"github.com/switchyard/switchyard/bus"
 	"github.com/switchyard/switchyard/internal/spec"
 	sv1 "github.com/switchyard/switchyard/proto/switchyard/v1"
@@ -81,7 +83,8 @@ func TestOverview_LargeWaveListsTheNodesThatNeedALookFirst(t *testing.T) {
 }
 
 // The overview the dashboard is sent lists at most overviewWaveNodes nodes
-// of a wave, the one behind first; the fleet status lists every node.
+// of a wave, those that need a look first, and names at most
+// overviewStaleNodes stale nodes; the fleet status lists every node.
 func TestOverview_ListsAtMostALimitOfEachWave(t *testing.T) {
 	nc, url := startNATS(t)
 	c := startCoordinator(t, url, t.TempDir())
@@ -104,11 +107,25 @@ func TestOverview_ListsAtMostALimitOfEachWave(t *testing.T) {
 		}
 		publishLabelled(t, nc, fmt.Sprintf("edge-%03d", i), "us", g, blue)
 	}
+	// Agents that said they stopped: stale at once.
+	const gone = overviewStaleNodes + 5
+	for i := range gone {
+		node := fmt.Sprintf("gone-%02d", i)
+		b, err := proto.Marshal(&sv1.AgentStatus{Node: node, Labels: map[string]string{"region": "us"}, Stopping: true,
+			Services: []*sv1.ServiceStatus{{Service: "web", AppliedGeneration: gen, AppliedEpoch: 1, Driver: sv1.DriverHealth_DRIVER_HEALTH_OK}}})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := nc.Publish(bus.StatusSubject(node), b); err != nil {
+			t.Fatal(err)
+		}
+	}
 	var fleet sv1.FleetStatus
 	waitFor(t, "every node in /v1/fleet", 10*time.Second, func() bool {
 		fleet.Reset()
 		code, _ := getAPI(t, base+"/v1/fleet", &fleet)
-		return code == http.StatusOK && len(fleet.GetServices()) == 1 && fleet.GetServices()[0].GetLive() == uint32(total)
+		return code == http.StatusOK && len(fleet.GetServices()) == 1 && fleet.GetServices()[0].GetLive() == uint32(total) &&
+			len(fleet.GetServices()[0].GetStaleNodes()) == gone
 	})
 	var ov sv1.Overview
 	if code, body := getAPI(t, base+"/v1/overview", &ov); code != http.StatusOK {
@@ -120,14 +137,20 @@ func TestOverview_ListsAtMostALimitOfEachWave(t *testing.T) {
 			everyone = w
 		}
 	}
+	// The one behind, then the stopped ones: each needs a look.
 	behind := fmt.Sprintf("edge-%03d", total-1)
-	if everyone == nil || len(everyone.GetNodes()) != overviewWaveNodes || everyone.GetOmittedNodes() != 20 || everyone.GetNodes()[0].GetNode() != behind {
-		t.Fatalf("overview's wave everyone: %d nodes listed from %v, %d omitted; want %d from %s, 20 omitted",
-			len(everyone.GetNodes()), everyone.GetNodes()[0].GetNode(), everyone.GetOmittedNodes(), overviewWaveNodes, behind)
+	omitted := uint32(total + gone - overviewWaveNodes)
+	if everyone == nil || len(everyone.GetNodes()) != overviewWaveNodes || everyone.GetOmittedNodes() != omitted ||
+		everyone.GetNodes()[0].GetNode() != behind || everyone.GetNodes()[1].GetNode() != "gone-00" {
+		t.Fatalf("overview's wave everyone: %d nodes listed from %v, %d omitted; want %d from %s then gone-00, %d omitted",
+			len(everyone.GetNodes()), everyone.GetNodes()[0].GetNode(), everyone.GetOmittedNodes(), overviewWaveNodes, behind, omitted)
+	}
+	if sf := ov.GetFleet().GetServices()[0]; len(sf.GetStaleNodes()) != overviewStaleNodes || sf.GetOmittedStaleNodes() != 5 {
+		t.Fatalf("overview names %d stale nodes and omits %d; want %d and 5", len(sf.GetStaleNodes()), sf.GetOmittedStaleNodes(), overviewStaleNodes)
 	}
 	for _, w := range fleet.GetServices()[0].GetWaves() {
-		if w.GetWave() == "everyone" && (len(w.GetNodes()) != total || w.GetOmittedNodes() != 0) {
-			t.Fatalf("fleet status lists %d of %d nodes (omitted %d)", len(w.GetNodes()), total, w.GetOmittedNodes())
+		if w.GetWave() == "everyone" && (len(w.GetNodes()) != total+gone || w.GetOmittedNodes() != 0) {
+			t.Fatalf("fleet status lists %d of %d nodes (omitted %d)", len(w.GetNodes()), total+gone, w.GetOmittedNodes())
 		}
 	}
 }

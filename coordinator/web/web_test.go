@@ -36,20 +36,21 @@ func TestDashboard_PrintsTimesInUTCWhateverTheBrowsersZone(t *testing.T) {
 }
 
 // overviewLargeWave has a wave of 10,000 nodes of which the overview lists
-// two, the one behind first.
+// two, the one behind first, and five stale nodes of which it names one.
 const overviewLargeWave = `{"answeredBy":"c1","leader":"c1","at":"2026-03-01T08:00:05Z",
 "fleet":{"services":[{"service":"web","epoch":"1","generation":"12","live":10000,"converged":9999,
+"staleNodes":["edge-00001"],"omittedStaleNodes":4,
 "waves":[{"wave":"main","index":0,"omittedNodes":9998,"nodes":[
 {"node":"edge-07311","appliedEpoch":"1","appliedGeneration":"11","driver":"DRIVER_HEALTH_OK"},
 {"node":"edge-00000","appliedEpoch":"1","appliedGeneration":"12","driver":"DRIVER_HEALTH_OK"}]}]}]},
 "killSwitch":{}}`
 
 // A wave the overview lists only in part says how many nodes it left out
-// and where every one is listed.
+// and where every one is listed; so do the stale nodes it names.
 func TestDashboard_SaysHowManyNodesOfALargeWaveItLeftOut(t *testing.T) {
 	text := renderOverview(t, overviewLargeWave, `[data-node="edge-07311"]`)
 	want := "and 9998 more nodes of this wave, not listed here (the nodes that need a look are listed first); switchyard fleet status web lists every one"
-	if !strings.Contains(text, want) || !strings.Contains(text, "edge-00000") {
+	if !strings.Contains(text, want) || !strings.Contains(text, "edge-00000") || !strings.Contains(text, "stale: edge-00001 and 4 more") {
 		t.Errorf("the dashboard lacks %q:\n%s", want, text)
 	}
 }

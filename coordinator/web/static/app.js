@@ -175,7 +175,8 @@
       el("h3", {}, `${s.service}`),
       el("p", {}, `desired generation ${num(s.epoch)}/${num(s.generation)}` + (s.rollout ? `, rollout ${s.rollout}` : "") +
         `; ${num(s.converged)}/${num(s.live)} live nodes converged`,
-        (s.staleNodes || []).length ? el("span", { class: "bad" }, `; stale: ${s.staleNodes.join(", ")}`) : null,
+        (s.staleNodes || []).length ? el("span", { class: "bad", "data-field": "stale-nodes" }, `; stale: ${s.staleNodes.join(", ")}` +
+          (num(s.omittedStaleNodes) > 0 ? ` and ${num(s.omittedStaleNodes)} more` : "")) : null,
         (s.heldNodes || []).length ? el("span", { class: "bad" }, `; held by a failed pre-traffic hook: ${s.heldNodes.join(", ")}`) : null),
       (s.waves || []).map((w) => [
         el("h3", { class: "muted" }, w.index === -1 || w.wave === "-" ? "no wave" : `wave ${num(w.index) + 1}: ${w.wave}`),

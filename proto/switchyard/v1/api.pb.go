@@ -178,6 +178,10 @@ type ServiceFleet struct {
 	ReachedGeneration uint64   `protobuf:"varint,10,opt,name=reached_generation,json=reachedGeneration,proto3" json:"reached_generation,omitempty"`
 	Reached           uint32   `protobuf:"varint,11,opt,name=reached,proto3" json:"reached,omitempty"`
 	ReachedHeld       []string `protobuf:"bytes,12,rep,name=reached_held,json=reachedHeld,proto3" json:"reached_held,omitempty"`
+	// OmittedStaleNodes counts the stale nodes left out of StaleNodes. Only
+	// the overview leaves any out: it names the first
+	// coordinator.overviewStaleNodes by name. The fleet status names them all.
+	OmittedStaleNodes uint32 `protobuf:"varint,13,opt,name=omitted_stale_nodes,json=omittedStaleNodes,proto3" json:"omitted_stale_nodes,omitempty"`
 	unknownFields     protoimpl.UnknownFields
 	sizeCache         protoimpl.SizeCache
 }
@@ -294,6 +298,13 @@ func (x *ServiceFleet) GetReachedHeld() []string {
 		return x.ReachedHeld
 	}
 	return nil
+}
+
+func (x *ServiceFleet) GetOmittedStaleNodes() uint32 {
+	if x != nil {
+		return x.OmittedStaleNodes
+	}
+	return 0
 }
 
 // WaveNodes is one wave's nodes.
@@ -804,7 +815,7 @@ const file_switchyard_v1_api_proto_rawDesc = "" +
 	"\bservices\x18\x01 \x03(\v2\x1b.switchyard.v1.ServiceFleetR\bservices\x12\x1f\n" +
 	"\vanswered_by\x18\x02 \x01(\tR\n" +
 	"answeredBy\x12\x16\n" +
-	"\x06leader\x18\x03 \x01(\tR\x06leader\"\x86\x03\n" +
+	"\x06leader\x18\x03 \x01(\tR\x06leader\"\xb6\x03\n" +
 	"\fServiceFleet\x12\x18\n" +
 	"\aservice\x18\x01 \x01(\tR\aservice\x12\x18\n" +
 	"\arollout\x18\x02 \x01(\tR\arollout\x12\x14\n" +
@@ -822,7 +833,8 @@ const file_switchyard_v1_api_proto_rawDesc = "" +
 	"\x12reached_generation\x18\n" +
 	" \x01(\x04R\x11reachedGeneration\x12\x18\n" +
 	"\areached\x18\v \x01(\rR\areached\x12!\n" +
-	"\freached_held\x18\f \x03(\tR\vreachedHeld\"\x89\x01\n" +
+	"\freached_held\x18\f \x03(\tR\vreachedHeld\x12.\n" +
+	"\x13omitted_stale_nodes\x18\r \x01(\rR\x11omittedStaleNodes\"\x89\x01\n" +
 	"\tWaveNodes\x12\x12\n" +
 	"\x04wave\x18\x01 \x01(\tR\x04wave\x12\x14\n" +
 	"\x05index\x18\x02 \x01(\x05R\x05index\x12-\n" +
