@@ -5,9 +5,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/nats-io/nats.go"
 	"google.golang.org/protobuf/encoding/protojson"
-	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/timestamppb"
 
 	"github.com/switchyard/switchyard/bus"
@@ -106,20 +104,12 @@ func syntheticOverview(nodes int) *sv1.Overview {
 // 10,000 nodes, before its encoding (BenchmarkAPI_OverviewEvent): every
 // node's view, its wave, the waves, each wave's list cut to the overview's.
 func BenchmarkAPI_OverviewFleet(b *testing.B) {
-	now := time.Date(2026, 1, 1, 12, 0, 0, 0, time.UTC)
-	f := clockedFleet(&now)
-	f.current = func(string) (bus.Fence, bool) { return bus.Fence{Epoch: 1, Generation: 12}, true }
 	green := map[string]uint32{"blue": 0, "green": 100}
-	for i := range 10_000 {
-		st := &sv1.AgentStatus{Node: fmt.Sprintf("edge-%05d", i), Labels: map[string]string{"region": []string{"eu", "us", "ap"}[i%3]},
+	f := fleetOfStatuses(b, 10_000, func(i int) *sv1.AgentStatus {
+		return &sv1.AgentStatus{Node: fmt.Sprintf("edge-%05d", i), Labels: map[string]string{"region": []string{"eu", "us", "ap"}[i%3]},
 			Services: []*sv1.ServiceStatus{{Service: "web", AppliedEpoch: 1, AppliedGeneration: 12, Driver: sv1.DriverHealth_DRIVER_HEALTH_OK,
 				Weights: green, ObservedWeights: green, ObservedMatches: true}}}
-		data, err := proto.Marshal(st)
-		if err != nil {
-			b.Fatal(err)
-		}
-		f.handleStatus(&nats.Msg{Subject: bus.StatusSubject(st.GetNode()), Data: data})
-	}
+	})
 	r := seriesRollout(time.Unix(1_800_000_000, 0), time.Unix(1_800_000_100, 0), sv1.RolloutPhase_ROLLOUT_PHASE_PROGRESSING)
 	r.Spec.Waves = []*sv1.WaveSpec{{Name: "eu", Selector: map[string]string{"region": "eu"}}, {Name: "rest"}}
 	b.ReportAllocs()

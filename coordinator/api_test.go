@@ -43,6 +43,21 @@ waves:
   - name: everyone
 `
 
+// applyAPICanary applies apiCanary with intent id and returns the
+// generation it committed.
+func applyAPICanary(t *testing.T, nc *nats.Conn, id string) uint64 {
+	t.Helper()
+	sp, err := spec.Parse([]byte(apiCanary))
+	if err != nil {
+		t.Fatal(err)
+	}
+	res := send(t, nc, &sv1.Intent{Id: id, Operator: "test", Action: &sv1.Intent_ApplyRollout{ApplyRollout: &sv1.ApplyRollout{Spec: sp}}})
+	if !res.GetAccepted() {
+		t.Fatalf("apply: %v", res)
+	}
+	return res.GetIndex()
+}
+
 func getAPI(t *testing.T, url string, out proto.Message, header ...string) (int, string) {
 	t.Helper()
 	req, _ := http.NewRequest(http.MethodGet, url, nil)
@@ -83,15 +98,7 @@ func TestAPI_FleetRolloutSeriesDrillsAndLiveStream(t *testing.T) {
 	c := startCoordinator(t, url, t.TempDir())
 	base := "http://" + c.srv.HTTPAddr()
 
-	sp, err := spec.Parse([]byte(apiCanary))
-	if err != nil {
-		t.Fatal(err)
-	}
-	res := send(t, nc, &sv1.Intent{Id: "i-api", Operator: "test", Action: &sv1.Intent_ApplyRollout{ApplyRollout: &sv1.ApplyRollout{Spec: sp}}})
-	if !res.GetAccepted() {
-		t.Fatalf("apply: %v", res)
-	}
-	gen := res.GetIndex()
+	gen := applyAPICanary(t, nc, "i-api")
 	w := map[string]uint32{"blue": 80, "green": 20}
 	publishLabelled(t, nc, "edge-eu", "eu", gen, w)
 	publishLabelled(t, nc, "edge-us", "us", gen, map[string]uint32{"blue": 100, "green": 0})

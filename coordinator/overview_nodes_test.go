@@ -10,7 +10,6 @@ import (
 	"google.golang.org/protobuf/proto"
 
 	"github.com/switchyard/switchyard/bus"
-	"github.com/switchyard/switchyard/internal/spec"
 	sv1 "github.com/switchyard/switchyard/proto/switchyard/v1"
 )
 
@@ -89,15 +88,7 @@ func TestOverview_ListsAtMostALimitOfEachWave(t *testing.T) {
 	nc, url := startNATS(t)
 	c := startCoordinator(t, url, t.TempDir())
 	base := "http://" + c.srv.HTTPAddr()
-	sp, err := spec.Parse([]byte(apiCanary))
-	if err != nil {
-		t.Fatal(err)
-	}
-	res := send(t, nc, &sv1.Intent{Id: "i-overview-nodes", Operator: "test", Action: &sv1.Intent_ApplyRollout{ApplyRollout: &sv1.ApplyRollout{Spec: sp}}})
-	if !res.GetAccepted() {
-		t.Fatalf("apply: %v", res)
-	}
-	gen := res.GetIndex()
+	gen := applyAPICanary(t, nc, "i-overview-nodes")
 	blue := map[string]uint32{"blue": 100, "green": 0}
 	total := overviewWaveNodes + 20
 	for i := range total {

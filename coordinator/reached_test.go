@@ -12,7 +12,6 @@ import (
 	"google.golang.org/protobuf/proto"
 
 	"github.com/switchyard/switchyard/bus"
-	"github.com/switchyard/switchyard/internal/spec"
 	sv1 "github.com/switchyard/switchyard/proto/switchyard/v1"
 )
 
@@ -23,15 +22,7 @@ import (
 func TestQuery_FleetStatusCountsTheNodesThatReachedAGeneration(t *testing.T) {
 	nc, url := startNATS(t)
 	startCoordinator(t, url, t.TempDir())
-	sp, err := spec.Parse([]byte(apiCanary))
-	if err != nil {
-		t.Fatal(err)
-	}
-	res := send(t, nc, &sv1.Intent{Id: "i-reached", Operator: "test", Action: &sv1.Intent_ApplyRollout{ApplyRollout: &sv1.ApplyRollout{Spec: sp}}})
-	if !res.GetAccepted() {
-		t.Fatalf("apply: %v", res)
-	}
-	gen := res.GetIndex()
+	gen := applyAPICanary(t, nc, "i-reached")
 	canary := map[string]uint32{"blue": 80, "green": 20}
 	blue := map[string]uint32{"blue": 100, "green": 0}
 	status := func(node string, ss *sv1.ServiceStatus) {
@@ -102,20 +93,12 @@ func TestQuery_FleetStatusCountsTheNodesThatReachedAGeneration(t *testing.T) {
 // coordinator at 10,000 nodes: the whole fleet's views counted and encoded
 // (what the poll asked for before reached_generation) against the counts.
 func BenchmarkFleet_WaitPoll(b *testing.B) {
-	now := time.Date(2026, 1, 1, 12, 0, 0, 0, time.UTC)
-	f := clockedFleet(&now)
-	f.current = func(string) (bus.Fence, bool) { return bus.Fence{Epoch: 1, Generation: 12}, true }
 	green := map[string]uint32{"blue": 0, "green": 100}
-	for i := range 10_000 {
-		st := &sv1.AgentStatus{Node: fmt.Sprintf("edge-%05d", i), Labels: map[string]string{"region": "eu", "tier": "main"},
+	f := fleetOfStatuses(b, 10_000, func(i int) *sv1.AgentStatus {
+		return &sv1.AgentStatus{Node: fmt.Sprintf("edge-%05d", i), Labels: map[string]string{"region": "eu", "tier": "main"},
 			Services: []*sv1.ServiceStatus{{Service: "web", AppliedEpoch: 1, AppliedGeneration: 11 + uint64(i%2),
 				Weights: green, ObservedWeights: green, ObservedMatches: true}}}
-		data, err := proto.Marshal(st)
-		if err != nil {
-			b.Fatal(err)
-		}
-		f.handleStatus(&nats.Msg{Subject: bus.StatusSubject(st.GetNode()), Data: data})
-	}
+	})
 	want := bus.Fence{Epoch: 1, Generation: 12}
 	b.Run("views", func(b *testing.B) {
 		b.ReportAllocs()
@@ -149,4 +132,22 @@ func BenchmarkFleet_WaitPoll(b *testing.B) {
 		}
 		b.ReportMetric(float64(size), "answer_bytes")
 	})
+}
+
+// fleetOfStatuses is a fleet whose service web is at generation 12 of
+// epoch 1, that heard status(i) from each of n nodes.
+func fleetOfStatuses(b *testing.B, n int, status func(i int) *sv1.AgentStatus) *fleet {
+	b.Helper()
+	now := time.Date(2026, 1, 1, 12, 0, 0, 0, time.UTC)
+	f := clockedFleet(&now)
+	f.current = func(string) (bus.Fence, bool) { return bus.Fence{Epoch: 1, Generation: 12}, true }
+	for i := range n {
+		st := status(i)
+		data, err := proto.Marshal(st)
+		if err != nil {
+			b.Fatal(err)
+		}
+		f.handleStatus(&nats.Msg{Subject: bus.StatusSubject(st.GetNode()), Data: data})
+	}
+	return f
 }
