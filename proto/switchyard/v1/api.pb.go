@@ -29,11 +29,12 @@ type FleetStatusQuery struct {
 	Service string                 `protobuf:"bytes,1,opt,name=service,proto3" json:"service,omitempty"`
 	// ReachedGeneration, when set, asks for one service's counts instead of
 	// its nodes: the answer's service has its fence and `live`, no waves,
-	// stale nodes, rollout or converged count, and counts in `reached` the live nodes whose proxies are seen doing that
-	// generation of the cluster's current epoch or a newer one (not
-	// diverged). The coordinators keep these counts as statuses arrive, so
-	// the answer is small and cheap whatever the fleet's size: it is what
-	// `--wait` polls. It needs a service.
+	// stale nodes, rollout or converged count, and counts in `reached` the
+	// live nodes whose proxies are seen doing that generation of the
+	// cluster's current epoch or a newer one (not diverged). The
+	// coordinators keep these counts as statuses arrive, so the answer is
+	// small and cheap whatever the fleet's size: it is what `--wait` polls.
+	// It needs a service.
 	ReachedGeneration uint64 `protobuf:"varint,2,opt,name=reached_generation,json=reachedGeneration,proto3" json:"reached_generation,omitempty"`
 	unknownFields     protoimpl.UnknownFields
 	sizeCache         protoimpl.SizeCache
