@@ -9,6 +9,7 @@ import (
 	"net/http"
 	"net/url"
 	"slices"
+	"strconv"
 	"strings"
 	"time"
 
@@ -515,8 +516,19 @@ func (s *Server) apiRoutes(mux *http.ServeMux) {
 		return s.Series(&sv1.SeriesQuery{Rollout: r.PathValue("name")})
 	}))
 	mux.Handle("GET /v1/fleet", readFleet(func(r *http.Request) (proto.Message, error) {
-		return s.FleetStatus(&sv1.FleetStatusQuery{Service: r.URL.Query().Get("service")})
-	}, "service"))
+		q := &sv1.FleetStatusQuery{Service: r.URL.Query().Get("service")}
+		if v := r.URL.Query().Get("reached"); v != "" {
+			g, err := strconv.ParseUint(v, 10, 64)
+			if err != nil || g == 0 {
+				return nil, badParam(fmt.Sprintf("reached=%q: want a generation, a whole number above 0", v))
+			}
+			if q.GetService() == "" {
+				return nil, badParam("reached: counts are of one service; name it with service=")
+			}
+			q.ReachedGeneration = g
+		}
+		return s.FleetStatus(q)
+	}, "service", "reached"))
 	mux.Handle("GET /v1/drills", read(func(r *http.Request) (proto.Message, error) {
 		return s.Drills(&sv1.DrillsQuery{Drill: r.URL.Query().Get("name")})
 	}, "name"))

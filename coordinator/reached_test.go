@@ -3,6 +3,7 @@ package coordinator
 import (
 	"context"
 	"fmt"
+	"net/http"
 	"slices"
 	"strings"
 	"testing"
@@ -21,7 +22,7 @@ import (
 // no node list, whatever the fleet's size.
 func TestQuery_FleetStatusCountsTheNodesThatReachedAGeneration(t *testing.T) {
 	nc, url := startNATS(t)
-	startCoordinator(t, url, t.TempDir())
+	c := startCoordinator(t, url, t.TempDir())
 	gen := applyAPICanary(t, nc, "i-reached")
 	canary := map[string]uint32{"blue": 80, "green": 20}
 	blue := map[string]uint32{"blue": 100, "green": 0}
@@ -86,6 +87,23 @@ func TestQuery_FleetStatusCountsTheNodesThatReachedAGeneration(t *testing.T) {
 	// Counts are of one service.
 	if _, err := query(&sv1.FleetStatusQuery{ReachedGeneration: gen}); err == nil || !strings.Contains(err.Error(), "reached_generation") {
 		t.Fatalf("counts without a service: %v", err)
+	}
+
+	// The read API answers the same counts to ?reached=.
+	base := "http://" + c.srv.HTTPAddr()
+	var byHTTP sv1.FleetStatus
+	if code, body := getAPI(t, fmt.Sprintf("%s/v1/fleet?service=web&reached=%d", base, gen), &byHTTP); code != http.StatusOK ||
+		!proto.Equal(byHTTP.GetServices()[0], sf) {
+		t.Fatalf("GET /v1/fleet?service=web&reached=%d: %d %s; want %v", gen, code, body, sf)
+	}
+	for path, want := range map[string]string{
+		"/v1/fleet?service=web&reached=x": `reached="x": want a generation`,
+		"/v1/fleet?service=web&reached=0": `reached="0": want a generation`,
+		"/v1/fleet?reached=3":             "name it with service=",
+	} {
+		if code, body := getAPI(t, base+path, nil); code != http.StatusBadRequest || !strings.Contains(body, want) {
+			t.Errorf("GET %s: %d %s; want 400 saying %q", path, code, body, want)
+		}
 	}
 }
 
