@@ -209,16 +209,24 @@ func awaitEarlierResult(ctx context.Context, nc *nats.Conn, q *sv1.IntentQuery) 
 // current before the caller's deadline.
 var ErrNoCurrentAnswer = errors.New("no coordinator answered as current")
 
-// queryAttempt bounds one try of a query, so that a frozen coordinator that
-// holds a request costs one attempt, not the caller's whole deadline.
-const queryAttempt = time.Second
+// queryAttempt bounds the first try of a query, so that a frozen
+// coordinator that holds a request costs one attempt, not the caller's
+// whole deadline. Each attempt that runs out doubles the next one's bound,
+// up to queryAttemptMax: a coordinator that answers, but slowly (a view of
+// many thousand nodes on a loaded machine), is waited for rather than
+// asked again and again, each ask building an answer nobody waits for.
+const (
+	queryAttempt    = time.Second
+	queryAttemptMax = 8 * time.Second
+)
 
 // Query sends a read query to the coordinators and decodes the answer into
 // out. Only a coordinator that verified its replica is current answers;
 // the others decline, and Query asks again (the queue group hands each
 // request to another member) until an answer comes or ctx ends. A
 // coordinator that holds a request without answering (frozen) costs one
-// attempt of queryAttempt.
+// attempt of queryAttempt; one that answers slowly is waited for longer
+// on each further attempt.
 func Query(ctx context.Context, nc *nats.Conn, name string, req, out proto.Message) error {
 	_, err := query(ctx, nc, name, req, out, false)
 	return err
@@ -240,13 +248,14 @@ func query(ctx context.Context, nc *nats.Conn, name string, req, out proto.Messa
 		}
 	}
 	var last error
+	bound := queryAttempt
 	for attempt := 0; ; attempt++ {
 		msg := nats.NewMsg(QuerySubject(name))
 		msg.Data = body
 		if allowStale {
 			msg.Header.Set(StaleHeader, "1")
 		}
-		actx, cancel := context.WithTimeout(ctx, queryAttempt)
+		actx, cancel := context.WithTimeout(ctx, bound)
 		m, err := request(ctx, actx, nc, msg)
 		cancel()
 		switch {
@@ -267,7 +276,8 @@ func query(ctx context.Context, nc *nats.Conn, name string, req, out proto.Messa
 			// coordinator said before (it knows no leader, say) tells
 			// more than the deadline does.
 		case ctx.Err() == nil && errors.Is(err, context.DeadlineExceeded):
-			last = fmt.Errorf("no coordinator answered within %s", queryAttempt)
+			last = fmt.Errorf("no coordinator answered within %s", bound)
+			bound = min(2*bound, queryAttemptMax)
 		default:
 			last = err
 		}

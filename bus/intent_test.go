@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -185,5 +186,35 @@ func TestQuery_KeepsTheRefusalWhenTheDeadlineCutsTheLastAttempt(t *testing.T) {
 	err = Query(ctx, nc, QueryIntent, &sv1.IntentQuery{Id: "x"}, &res)
 	if !errors.Is(err, ErrNoCurrentAnswer) || !strings.Contains(err.Error(), "knows no leader") {
 		t.Fatalf("Query = %v, want %v naming what the coordinator said (knows no leader)", err, ErrNoCurrentAnswer)
+	}
+}
+
+// A coordinator that answers, but only after longer than the first
+// attempt's bound (a big view on a loaded machine), is still answered from:
+// each attempt that runs out waits longer, where a fixed bound would ask
+// again and again and never take an answer.
+func TestQuery_WaitsLongerForACoordinatorThatAnswersSlowly(t *testing.T) {
+	_, nc := embeddedBus(t)
+	var asked atomic.Int32
+	sub, err := nc.Subscribe(QuerySubject(QueryIntent), func(m *nats.Msg) {
+		asked.Add(1)
+		go func() {
+			time.Sleep(queryAttempt + 500*time.Millisecond)
+			b, _ := proto.Marshal(&sv1.IntentResult{IntentId: "slow", Accepted: true})
+			_ = m.Respond(b)
+		}()
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer func() { _ = sub.Unsubscribe() }()
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	var res sv1.IntentResult
+	if err := Query(ctx, nc, QueryIntent, &sv1.IntentQuery{Id: "slow"}, &res); err != nil || res.GetIntentId() != "slow" {
+		t.Fatalf("Query = %v (%v), want the slow coordinator's answer", err, &res)
+	}
+	if n := asked.Load(); n != 2 {
+		t.Errorf("asked %d times, want 2: the first attempt runs out, the second waits long enough", n)
 	}
 }
