@@ -410,6 +410,13 @@ func (f *fleet) Held(service string, generation uint64) []string {
 	if c, ok := f.conflicts[service]; ok && c == want {
 		return nil
 	}
+	return f.heldAt(service, want)
+}
+
+// heldAt names, sorted, the live nodes of service at fence want whose
+// proxies do it and that a failed pre-traffic hook holds. It looks at every
+// node; the caller holds f.mu.
+func (f *fleet) heldAt(service string, want bus.Fence) []string {
 	var held []string
 	for id, n := range f.nodes {
 		if n.stale {

@@ -206,6 +206,28 @@ func (f *fleet) Convergence(service string, generation uint64) (applied, live in
 	return t.current[want], t.live
 }
 
+// ConvergedAt is convergedService read from the tallies: the live nodes of
+// service that applied exactly fence want, whose proxies do it and that no
+// failed pre-traffic hook holds; all live nodes; and, sorted, the held
+// ones. None count while the bucket holds another document of want. It
+// costs O(fences the nodes hold), and O(nodes) only when some are held.
+func (f *fleet) ConvergedAt(service string, want bus.Fence) (applied, live int, held []string) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.sweep(f.now())
+	t := f.tallies[service]
+	if t == nil {
+		return 0, 0, nil
+	}
+	if c, ok := f.conflicts[service]; ok && c == want {
+		return 0, t.live, nil
+	}
+	if t.held[want] > 0 {
+		held = f.heldAt(service, want)
+	}
+	return t.current[want] - t.held[want], t.live, held
+}
+
 // Reached counts the live nodes of a service whose proxies are seen doing
 // the document of fence want or a newer one, not diverged
 // (newer than the service's current fence), as a client counts them from

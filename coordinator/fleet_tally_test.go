@@ -35,6 +35,13 @@ func TestFleet_TalliesAgreeWithCountingEveryNode(t *testing.T) {
 		switch rng.IntN(10) {
 		case 0:
 			now = now.Add(time.Duration(rng.IntN(8000)) * time.Millisecond)
+		case 1:
+			// The bucket holds another document of a fence, then not.
+			if rng.IntN(2) == 0 {
+				f.setConflict("web", bus.Fence{Epoch: 2, Generation: uint64(5 + rng.IntN(3))})
+			} else {
+				f.clearConflict("web")
+			}
 		default:
 			st := &sv1.AgentStatus{Node: fmt.Sprintf("edge-%d", rng.IntN(40))}
 			for _, svc := range []string{"web", "api"} {
@@ -74,13 +81,17 @@ func TestFleet_TalliesAgreeWithCountingEveryNode(t *testing.T) {
 			for gen := uint64(4); gen <= 8; gen++ {
 				// The controller counts the nodes a failed hook holds (the
 				// rollout goes on without them); the views do not.
-				wa, wl, wh := converged(views, bus.Fence{Epoch: 2, Generation: gen})
+				wa, wl, wh := f.convergedService(svc, views, bus.Fence{Epoch: 2, Generation: gen})
 				wa += len(wh)
 				if a, l := f.Convergence(svc, gen); a != wa || l != wl {
 					t.Fatalf("step %d: Convergence(%s, %d) = %d of %d live, counting every node: %d of %d", step, svc, gen, a, l, wa, wl)
 				}
 				for epoch := uint64(1); epoch <= 2; epoch++ {
 					want := bus.Fence{Epoch: epoch, Generation: gen}
+					wa, wl, wh := f.convergedService(svc, views, want)
+					if a, l, h := f.ConvergedAt(svc, want); a != wa || l != wl || !slices.Equal(h, wh) {
+						t.Fatalf("step %d: ConvergedAt(%s, %v) = %d of %d live, held %v; counting every node: %d of %d, held %v", step, svc, want, a, l, h, wa, wl, wh)
+					}
 					wr, wl, wh := reachedByViews(views, want)
 					if r, l, h := f.Reached(svc, want); r != wr || l != wl || !slices.Equal(h, wh) {
 						t.Fatalf("step %d: Reached(%s, %v) = %d of %d live, held %v; counting every node: %d of %d, held %v", step, svc, want, r, l, h, wr, wl, wh)

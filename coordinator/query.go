@@ -43,19 +43,32 @@ func (s *Server) rolloutViews(st *state.State, rollouts []*sv1.Rollout, summary 
 	var views []*sv1.RolloutView
 	c := s.controller()
 	now := s.cfg.Clock.Now()
-	// A summary reads each service's nodes once, however many rollouts
-	// it had: they are only counted.
-	counted := map[string][]*sv1.NodeView{}
-	for _, r := range rollouts {
-		svc := r.GetSpec().GetService()
-		nodes, ok := counted[svc]
+	// A summary counts each rollout's nodes from the fleet's tallies, and
+	// reads a service's nodes, once, only for a rollout still going: its
+	// waiting reasons look at them. A history of finished rollouts then
+	// costs O(rollouts), not O(rollouts' services × nodes).
+	read := map[string][]*sv1.NodeView{}
+	readOnce := func(svc string) []*sv1.NodeView {
+		nodes, ok := read[svc]
 		if !ok {
 			nodes = s.fleet.nodesFor(svc)
-			if summary {
-				counted[svc] = nodes
-			}
+			read[svc] = nodes
 		}
-		applied, live, held := s.fleet.convergedService(svc, nodes, bus.Fence{Epoch: st.Epoch(), Generation: r.GetGeneration()})
+		return nodes
+	}
+	for _, r := range rollouts {
+		svc := r.GetSpec().GetService()
+		want := bus.Fence{Epoch: st.Epoch(), Generation: r.GetGeneration()}
+		var nodes []*sv1.NodeView
+		var applied, live int
+		var held []string
+		if summary {
+			applied, live, held = s.fleet.ConvergedAt(svc, want)
+		} else {
+			// Labelled with this rollout's waves: a list of its own.
+			nodes = s.fleet.nodesFor(svc)
+			applied, live, held = s.fleet.convergedService(svc, nodes, want)
+		}
 		view := &sv1.RolloutView{Rollout: r, Converged: uint32(applied), Live: uint32(live), Held: held, Position: spec.Position(r)}
 		if !summary {
 			labelWaves(r, nodes)
@@ -70,7 +83,10 @@ func (s *Server) rolloutViews(st *state.State, rollouts []*sv1.Rollout, summary 
 			d := rollout.Decide(r, obs)
 			view.Waiting = d.Waiting
 			if d.Action == rollout.Wait {
-				view.Waiting += emptyWave(r, nodes) + guardMoved(r, nodes, bus.Fence{Epoch: st.Epoch(), Generation: r.GetGeneration()})
+				if summary {
+					nodes = readOnce(svc)
+				}
+				view.Waiting += emptyWave(r, nodes) + guardMoved(r, nodes, want)
 			}
 			if (r.GetHoldStart() && !r.GetStartGate()) || d.Action == rollout.Advance || d.Action == rollout.Promote {
 				if w := hooks.Waiting(r, d.ToWave, d.ToStep, d.Action == rollout.Promote, now); w != "" {

@@ -169,3 +169,38 @@ func fleetOfStatuses(b *testing.B, n int, status func(i int) *sv1.AgentStatus) *
 	}
 	return f
 }
+
+// BenchmarkFleet_RolloutCounts is the fleet part of a summary rollouts read
+// at 10,000 nodes with 100 finished rollouts of the service: each rollout's
+// converged, live and held counts, from the nodes' views (read once, as the
+// summary did before) against the tallies.
+func BenchmarkFleet_RolloutCounts(b *testing.B) {
+	green := map[string]uint32{"blue": 0, "green": 100}
+	f := fleetOfStatuses(b, 10_000, func(i int) *sv1.AgentStatus {
+		return &sv1.AgentStatus{Node: fmt.Sprintf("edge-%05d", i), Labels: map[string]string{"region": "eu"},
+			Services: []*sv1.ServiceStatus{{Service: "web", AppliedEpoch: 1, AppliedGeneration: 12,
+				Weights: green, ObservedWeights: green, ObservedMatches: true}}}
+	})
+	const rollouts = 100
+	b.Run("views", func(b *testing.B) {
+		b.ReportAllocs()
+		for b.Loop() {
+			nodes := f.nodesFor("web")
+			for g := range uint64(rollouts) {
+				if a, _, _ := f.convergedService("web", nodes, bus.Fence{Epoch: 1, Generation: 12 - g}); g == 0 && a != 10_000 {
+					b.Fatalf("converged %d", a)
+				}
+			}
+		}
+	})
+	b.Run("tallies", func(b *testing.B) {
+		b.ReportAllocs()
+		for b.Loop() {
+			for g := range uint64(rollouts) {
+				if a, _, _ := f.ConvergedAt("web", bus.Fence{Epoch: 1, Generation: 12 - g}); g == 0 && a != 10_000 {
+					b.Fatalf("converged %d", a)
+				}
+			}
+		}
+	})
+}
