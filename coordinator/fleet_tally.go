@@ -186,6 +186,13 @@ func (f *fleet) forget(now time.Time) {
 	}
 }
 
+// sweptTally marks the nodes gone silent stale, then returns service's
+// tally, nil when no node runs it. The caller holds f.mu.
+func (f *fleet) sweptTally(service string) *serviceTally {
+	f.sweep(f.now())
+	return f.tallies[service]
+}
+
 // Convergence counts the live nodes of a service that applied exactly the
 // document of generation in the cluster's current epoch and whose proxy is
 // seen doing it, and all live nodes of the service. None count while the
@@ -194,8 +201,7 @@ func (f *fleet) Convergence(service string, generation uint64) (applied, live in
 	want := bus.Fence{Epoch: f.epoch(), Generation: generation}
 	f.mu.Lock()
 	defer f.mu.Unlock()
-	f.sweep(f.now())
-	t := f.tallies[service]
+	t := f.sweptTally(service)
 	if t == nil {
 		return 0, 0
 	}
@@ -214,8 +220,7 @@ func (f *fleet) Convergence(service string, generation uint64) (applied, live in
 func (f *fleet) ConvergedAt(service string, want bus.Fence) (applied, live int, held []string) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
-	f.sweep(f.now())
-	t := f.tallies[service]
+	t := f.sweptTally(service)
 	if t == nil {
 		return 0, 0, nil
 	}
@@ -242,8 +247,7 @@ func (f *fleet) Reached(service string, want bus.Fence) (reached, live int, held
 	}
 	f.mu.Lock()
 	defer f.mu.Unlock()
-	f.sweep(f.now())
-	t := f.tallies[service]
+	t := f.sweptTally(service)
 	if t == nil {
 		return 0, 0, nil
 	}
