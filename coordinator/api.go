@@ -499,7 +499,7 @@ func (s *Server) apiRoutes(mux *http.ServeMux) {
 		return gated(s.readCurrentFleet, h, params...)
 	}
 	mux.Handle("GET /v1/rollouts", readFleet(func(r *http.Request) (proto.Message, error) {
-		q := &sv1.RolloutsQuery{Rollout: r.URL.Query().Get("name")}
+		q := &sv1.RolloutsQuery{Rollout: r.URL.Query().Get("name"), Service: r.URL.Query().Get("service")}
 		switch v := r.URL.Query().Get("summary"); v {
 		case "", "false":
 		case "true":
@@ -507,8 +507,18 @@ func (s *Server) apiRoutes(mux *http.ServeMux) {
 		default:
 			return nil, badParam(fmt.Sprintf("summary=%q: want true or false", v))
 		}
+		if v := r.URL.Query().Get("limit"); v != "" {
+			n, err := strconv.ParseUint(v, 10, 32)
+			if err != nil {
+				return nil, badParam(fmt.Sprintf("limit=%q: want how many of the newest rollouts to list, a whole number (0 lists every one)", v))
+			}
+			q.Limit = uint32(n)
+		}
+		if q.GetRollout() != "" && (q.GetService() != "" || q.GetLimit() != 0) {
+			return nil, badParam("service and limit are for a list of rollouts; name=… takes neither")
+		}
 		return s.Rollouts(q)
-	}, "name", "summary"))
+	}, "name", "summary", "service", "limit"))
 	mux.Handle("GET /v1/rollouts/{name}", readFleet(func(r *http.Request) (proto.Message, error) {
 		return s.Rollouts(&sv1.RolloutsQuery{Rollout: r.PathValue("name")})
 	}))

@@ -24,14 +24,23 @@ func (s *Server) Rollouts(q *sv1.RolloutsQuery) (*sv1.RolloutsAnswer, error) {
 	ans := &sv1.RolloutsAnswer{AnsweredBy: s.cfg.NodeID, Leader: string(leader)}
 	var rollouts []*sv1.Rollout
 	st := s.fsm.State()
-	if q.GetRollout() != "" {
+	switch {
+	case q.GetRollout() != "" && (q.GetService() != "" || q.GetLimit() != 0):
+		return nil, errors.New("service and limit are for a list of rollouts; a query that names a rollout takes neither")
+	case q.GetRollout() != "":
 		r := st.Rollout(q.GetRollout())
 		if r == nil {
 			return nil, fmt.Errorf("no rollout named %q", q.GetRollout())
 		}
 		rollouts = append(rollouts, r)
-	} else {
-		rollouts = st.Rollouts()
+	default:
+		var keep func(*sv1.Rollout) bool
+		if svc := q.GetService(); svc != "" {
+			keep = func(r *sv1.Rollout) bool { return r.GetSpec().GetService() == svc }
+		}
+		var omitted int
+		rollouts, omitted = st.NewestRollouts(keep, int(q.GetLimit()))
+		ans.Omitted = uint32(omitted)
 	}
 	ans.Rollouts = s.rolloutViews(st, rollouts, q.GetSummary())
 	return ans, nil

@@ -101,7 +101,7 @@ func TestQuery_AFleetTooBigForOneMessage(t *testing.T) {
 	// it is refused, naming it and what the route takes.
 	for path, want := range map[string]string{
 		"/v1/fleet?servce=web":            `unknown parameter "servce": this route takes service, reached, stale`,
-		"/v1/rollouts?nmae=web-1":         `unknown parameter "nmae": this route takes name, summary, stale`,
+		"/v1/rollouts?nmae=web-1":         `unknown parameter "nmae": this route takes name, summary, service, limit, stale`,
 		"/v1/overview?stale=1":            `stale="1": want true or false`,
 		"/v1/drills?name=a&name=b":        `parameter "name" given 2 times`,
 		"/v1/rollouts/web-1?summary=true": `unknown parameter "summary": this route takes stale`,

@@ -114,6 +114,7 @@ func TestDocs_ReadAPI(t *testing.T) {
 		`"role":"to"`,                                              // series
 		"401",                                                      // no token
 		"retry:2000", "event:overview", `data:{"answeredBy":"dev"`, // events
+		"ROLLOUTSERVICEFROMTOPHASE", "web-green-1webbluegreen", // rollout list --service web
 	} {
 		if !strings.Contains(compact, want) {
 			t.Errorf("the documented commands never printed %q", want)

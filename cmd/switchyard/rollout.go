@@ -6,6 +6,7 @@ import (
 	"flag"
 	"fmt"
 	"io"
+	"math"
 	"os"
 	"os/user"
 	"sort"
@@ -30,8 +31,9 @@ import (
 const rolloutUsage = `Usage:
   switchyard rollout apply -f FILE          start a rollout
   switchyard rollout plan -f FILE           dry run: steps, nodes per wave, guardrails; changes nothing
-  switchyard rollout status [NAME]          every rollout, or one in detail
-  switchyard rollout list                   every rollout (status without a NAME)
+  switchyard rollout status [NAME]          the rollouts, newest first, or one in detail
+  switchyard rollout list                   the rollouts (status without a NAME); both take
+                                            --service S and --limit N (default 100, 0: every one)
   switchyard rollout watch NAME             live view until the rollout ends or waits for an approval
                                             (exit 1 if rolled back; --through-approvals keeps watching)
   switchyard rollout history NAME           every committed change of a rollout
@@ -564,13 +566,15 @@ func rolloutStatus(ctx context.Context, args []string, stdout, stderr io.Writer)
 	return rolloutRead(ctx, "status", args, stdout, stderr)
 }
 
-// rolloutRead is rollout status (every rollout, or one NAME in detail) and
-// rollout list (every rollout).
+// rolloutRead is rollout status (the newest rollouts, or one NAME in detail) and
+// rollout list (the newest rollouts, or one service's).
 func rolloutRead(ctx context.Context, verb string, args []string, stdout, stderr io.Writer) error {
 	fs := newFlags("rollout "+verb, stderr)
 	var c clientFlags
 	c.register(fs)
 	c.registerStale(fs, stderr)
+	service := fs.String("service", "", "list only this service's rollouts")
+	limit := fs.Uint("limit", defaultListLimit, "list at most the newest N rollouts (0: every one)")
 	pos, err := c.parse(fs, args, stderr)
 	if err != nil {
 		return err
@@ -581,11 +585,17 @@ func rolloutRead(ctx context.Context, verb string, args []string, stdout, stderr
 	if len(pos) > 1 {
 		return usageErr(stderr, "switchyard rollout status: want at most one rollout NAME")
 	}
+	if *limit > math.MaxUint32 {
+		return usageErr(stderr, "switchyard rollout %s: --limit %d: want at most %d", verb, *limit, uint32(math.MaxUint32))
+	}
 	// Every rollout is one line, with its nodes counted; only one
 	// rollout in detail lists them.
-	q := &sv1.RolloutsQuery{Summary: true}
+	q := &sv1.RolloutsQuery{Summary: true, Service: *service, Limit: uint32(*limit)}
 	if len(pos) == 1 {
-		q.Rollout, q.Summary = pos[0], false
+		if flagSet(fs, "service") || flagSet(fs, "limit") {
+			return usageErr(stderr, "switchyard rollout status NAME: --service and --limit are for the list of rollouts, not for one")
+		}
+		q = &sv1.RolloutsQuery{Rollout: pos[0]}
 	}
 	ans, err := queryRollouts(ctx, c, q)
 	if err != nil {
@@ -600,10 +610,18 @@ func rolloutRead(ctx context.Context, verb string, args []string, stdout, stderr
 		return nil
 	}
 	printRolloutTable(stdout, ans.GetRollouts())
+	if n := ans.GetOmitted(); n > 0 {
+		fmt.Fprintf(stdout, "%d older rollouts not listed (--limit 0 lists every one)\n", n)
+	}
 	return nil
 }
 
-// rolloutList is status without a NAME: every rollout, one line each.
+// defaultListLimit is how many of the newest rollouts rollout list shows
+// unless told: the coordinators keep every rollout ever applied, and a
+// long-lived cluster holds thousands.
+const defaultListLimit = 100
+
+// rolloutList is status without a NAME: the newest rollouts, one line each.
 func rolloutList(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	return rolloutRead(ctx, "list", args, stdout, stderr)
 }

@@ -770,16 +770,32 @@ func (s *State) Rollouts() []*sv1.Rollout { return s.RolloutsWhere(nil) }
 // must neither change nor keep it. The state holds every rollout ever
 // applied, so what runs every tick copies only the rollouts it looks at.
 func (s *State) RolloutsWhere(keep func(*sv1.Rollout) bool) []*sv1.Rollout {
+	out, _ := s.NewestRollouts(keep, 0)
+	return out
+}
+
+// NewestRollouts is RolloutsWhere cut to the newest limit rollouts (every
+// one when limit is 0), with how many older ones it left out. Only the
+// rollouts it returns are copied.
+func (s *State) NewestRollouts(keep func(*sv1.Rollout) bool, limit int) ([]*sv1.Rollout, int) {
 	s.mu.RLock()
 	defer s.mu.RUnlock()
-	var out []*sv1.Rollout
+	var kept []*sv1.Rollout
 	for _, r := range s.rollouts {
 		if keep == nil || keep(r) {
-			out = append(out, proto.Clone(r).(*sv1.Rollout))
+			kept = append(kept, r)
 		}
 	}
-	slices.SortFunc(out, newestFirst)
-	return out
+	slices.SortFunc(kept, newestFirst)
+	omitted := 0
+	if limit > 0 && len(kept) > limit {
+		kept, omitted = kept[:limit], len(kept)-limit
+	}
+	out := make([]*sv1.Rollout, len(kept))
+	for i, r := range kept {
+		out[i] = proto.Clone(r).(*sv1.Rollout)
+	}
+	return out, omitted
 }
 
 // Unfinished takes the rollouts that are not in a final phase, for

@@ -30,7 +30,14 @@ type RolloutsQuery struct {
 	// empty, converged and live still count the nodes. A list of rollouts
 	// needs no more, and on a fleet of thousands each node list is some
 	// hundred kilobytes or more.
-	Summary       bool `protobuf:"varint,2,opt,name=summary,proto3" json:"summary,omitempty"`
+	Summary bool `protobuf:"varint,2,opt,name=summary,proto3" json:"summary,omitempty"`
+	// Service keeps only that service's rollouts, for a list (rollout
+	// empty).
+	Service string `protobuf:"bytes,3,opt,name=service,proto3" json:"service,omitempty"`
+	// Limit keeps at most that many rollouts of a list, the newest; 0 keeps
+	// every one. The state keeps every rollout ever applied, and a
+	// long-lived cluster holds thousands.
+	Limit         uint32 `protobuf:"varint,4,opt,name=limit,proto3" json:"limit,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -79,6 +86,20 @@ func (x *RolloutsQuery) GetSummary() bool {
 	return false
 }
 
+func (x *RolloutsQuery) GetService() string {
+	if x != nil {
+		return x.Service
+	}
+	return ""
+}
+
+func (x *RolloutsQuery) GetLimit() uint32 {
+	if x != nil {
+		return x.Limit
+	}
+	return 0
+}
+
 // RolloutsAnswer is a coordinator's view of rollouts and how far the fleet
 // has followed them.
 type RolloutsAnswer struct {
@@ -87,7 +108,9 @@ type RolloutsAnswer struct {
 	// AnsweredBy is the coordinator's node id.
 	AnsweredBy string `protobuf:"bytes,2,opt,name=answered_by,json=answeredBy,proto3" json:"answered_by,omitempty"`
 	// Leader is the node id of the leader as the answering coordinator knows it.
-	Leader        string `protobuf:"bytes,3,opt,name=leader,proto3" json:"leader,omitempty"`
+	Leader string `protobuf:"bytes,3,opt,name=leader,proto3" json:"leader,omitempty"`
+	// Omitted counts the older rollouts a limit left out of the list.
+	Omitted       uint32 `protobuf:"varint,4,opt,name=omitted,proto3" json:"omitted,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -141,6 +164,13 @@ func (x *RolloutsAnswer) GetLeader() string {
 		return x.Leader
 	}
 	return ""
+}
+
+func (x *RolloutsAnswer) GetOmitted() uint32 {
+	if x != nil {
+		return x.Omitted
+	}
+	return 0
 }
 
 // RolloutView is one rollout with the fleet's convergence on its current
@@ -845,15 +875,18 @@ var File_switchyard_v1_query_proto protoreflect.FileDescriptor
 
 const file_switchyard_v1_query_proto_rawDesc = "" +
 	"\n" +
-	"\x19switchyard/v1/query.proto\x12\rswitchyard.v1\x1a\x19switchyard/v1/drill.proto\x1a\x19switchyard/v1/hooks.proto\x1a\x1bswitchyard/v1/rollout.proto\x1a\x1dswitchyard/v1/telemetry.proto\"C\n" +
+	"\x19switchyard/v1/query.proto\x12\rswitchyard.v1\x1a\x19switchyard/v1/drill.proto\x1a\x19switchyard/v1/hooks.proto\x1a\x1bswitchyard/v1/rollout.proto\x1a\x1dswitchyard/v1/telemetry.proto\"s\n" +
 	"\rRolloutsQuery\x12\x18\n" +
 	"\arollout\x18\x01 \x01(\tR\arollout\x12\x18\n" +
-	"\asummary\x18\x02 \x01(\bR\asummary\"\x81\x01\n" +
+	"\asummary\x18\x02 \x01(\bR\asummary\x12\x18\n" +
+	"\aservice\x18\x03 \x01(\tR\aservice\x12\x14\n" +
+	"\x05limit\x18\x04 \x01(\rR\x05limit\"\x9b\x01\n" +
 	"\x0eRolloutsAnswer\x126\n" +
 	"\brollouts\x18\x01 \x03(\v2\x1a.switchyard.v1.RolloutViewR\brollouts\x12\x1f\n" +
 	"\vanswered_by\x18\x02 \x01(\tR\n" +
 	"answeredBy\x12\x16\n" +
-	"\x06leader\x18\x03 \x01(\tR\x06leader\"\xbf\x02\n" +
+	"\x06leader\x18\x03 \x01(\tR\x06leader\x12\x18\n" +
+	"\aomitted\x18\x04 \x01(\rR\aomitted\"\xbf\x02\n" +
 	"\vRolloutView\x120\n" +
 	"\arollout\x18\x01 \x01(\v2\x16.switchyard.v1.RolloutR\arollout\x12-\n" +
 	"\x05nodes\x18\x02 \x03(\v2\x17.switchyard.v1.NodeViewR\x05nodes\x12\x1c\n" +
