@@ -440,7 +440,7 @@ func benchFleet(b testing.TB, run fleetRun) figures {
 			}
 			pub, ok = srv.DecisionTiming("web")
 		}
-		timings.collect(ctx, b, pub, n, stages)
+		b.Logf("%s: slowest of each stage, ms: %s", in.GetId(), timings.collect(ctx, b, pub, n, stages))
 		timings.mu.Lock()
 		cpuReported += processCPU() - cpu0 - (timings.decodeCPU - decode0)
 		timings.mu.Unlock()

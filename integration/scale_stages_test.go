@@ -2,10 +2,12 @@ package integration
 
 import (
 	"context"
+	"fmt"
 	"os"
 	"path/filepath"
 	"runtime"
 	"runtime/pprof"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -92,7 +94,11 @@ func (s *stageTimings) decode() {
 
 // collect waits until n agents reported the stamps of pub's generation and
 // adds every stage to stages.
-func (s *stageTimings) collect(ctx context.Context, b testing.TB, pub coordinator.DecisionTiming, n int, stages map[string][]time.Duration) {
+//
+// It returns this decision's slowest time in each stage, in stageOrder, so
+// that a p99 over the decisions can be traced to the decision it came
+// from.
+func (s *stageTimings) collect(ctx context.Context, b testing.TB, pub coordinator.DecisionTiming, n int, stages map[string][]time.Duration) string {
 	gen := pub.Fence.Generation
 	for {
 		s.mu.Lock()
@@ -110,8 +116,11 @@ func (s *stageTimings) collect(ctx context.Context, b testing.TB, pub coordinato
 	}
 	s.mu.Lock()
 	defer s.mu.Unlock()
+	slowest := map[string]time.Duration{}
 	add := func(stage string, from, to time.Time) {
-		stages[stage] = append(stages[stage], max(to.Sub(from), 0))
+		d := max(to.Sub(from), 0)
+		stages[stage] = append(stages[stage], d)
+		slowest[stage] = max(slowest[stage], d)
 	}
 	add("commit", pub.IssuedAt, pub.CommittedAt)
 	add("publish", pub.CommittedAt, pub.AckedAt)
@@ -125,6 +134,11 @@ func (s *stageTimings) collect(ctx context.Context, b testing.TB, pub coordinato
 		add("report", r.sent, r.received)
 	}
 	delete(s.byGen, gen)
+	var line []string
+	for _, st := range stageOrder {
+		line = append(line, fmt.Sprintf("%s %.3f", st, ms(slowest[st])))
+	}
+	return strings.Join(line, ", ")
 }
 
 // stageFigures adds the median and p99 of every stage.
