@@ -411,13 +411,8 @@ func benchFleet(b testing.TB, run fleetRun) figures {
 		toAll = append(toAll, last)
 		cpuApplied += processCPU() - cpu0
 		allocApplied += heapAllocated() - alloc0
-		// Each decision's own figure: a p99 over ten decisions is their
-		// slowest, and this says whether it was one of them or all, and
-		// whether a collection of the heap every agent here shares (a
-		// real node collects its own) ran meanwhile.
 		gcs := gcCycles() - gc0
 		gcDuring += gcs
-		b.Logf("%s: generation %d on all %d agents %v after the decision; GC cycles meanwhile: %d", in.GetId(), ds.GetGeneration(), n, last.Round(time.Millisecond), gcs)
 		// What every driver holds now is what the decision says: the
 		// switch puts every node on green, the abort back on blue.
 		green := in.GetApplyRollout() != nil
@@ -440,7 +435,13 @@ func benchFleet(b testing.TB, run fleetRun) figures {
 			}
 			pub, ok = srv.DecisionTiming("web")
 		}
-		b.Logf("%s: slowest of each stage, ms: %s", in.GetId(), timings.collect(ctx, b, pub, n, stages))
+		// Each decision's own figures: a p99 over ten decisions is their
+		// slowest, and this says whether it was one of them or all,
+		// whether a collection of the heap every agent here shares (a
+		// real node collects its own) ran meanwhile, and which stage
+		// took the time. One line each: a benchmark's output keeps ten.
+		b.Logf("%s: generation %d on all %d agents %v after the decision; GC cycles meanwhile: %d; slowest of each stage, ms: %s",
+			in.GetId(), ds.GetGeneration(), n, last.Round(time.Millisecond), gcs, timings.collect(ctx, b, pub, n, stages))
 		timings.mu.Lock()
 		cpuReported += processCPU() - cpu0 - (timings.decodeCPU - decode0)
 		timings.mu.Unlock()
