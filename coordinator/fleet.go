@@ -400,17 +400,11 @@ func converged(nodes []*sv1.NodeView, want bus.Fence) (applied, live int, held [
 
 // Held names, sorted, the live nodes of service that applied generation in
 // the cluster's current epoch and are kept on the old backend there by a
-// failed pre-traffic hook. It looks at every node: it is asked once per
-// finished rollout, not on every pass.
+// failed pre-traffic hook (ConvergedAt's held: it looks at every node
+// only when the tallies count some).
 func (f *fleet) Held(service string, generation uint64) []string {
-	want := bus.Fence{Epoch: f.epoch(), Generation: generation}
-	f.mu.Lock()
-	defer f.mu.Unlock()
-	f.sweep(f.now())
-	if c, ok := f.conflicts[service]; ok && c == want {
-		return nil
-	}
-	return f.heldAt(service, want)
+	_, _, held := f.ConvergedAt(service, bus.Fence{Epoch: f.epoch(), Generation: generation})
+	return held
 }
 
 // heldAt names, sorted, the live nodes of service at fence want whose
