@@ -163,6 +163,15 @@ func EnsureIntentStream(ctx context.Context, js jetstream.JetStream, r Replicas)
 	return s, nil
 }
 
+// IntentAckWait is how long the intent consumer waits for the leader to
+// acknowledge an intent before handing it out again. An intent handed to a
+// pull request the leader can no longer hear (its NATS server went silent
+// and the leader moved to another, the request left behind) is lost until
+// then: an abort must not wait the JetStream default of 30 s. The leader
+// acknowledges an intent once it is committed, well within this; one it is
+// still committing when it comes again is answered as a duplicate.
+const IntentAckWait = 10 * time.Second
+
 // EnsureIntentConsumer creates or updates the one durable consumer the leader
 // reads intents from. An intent stays unacknowledged, and is redelivered to
 // the next leader, until it is committed.
@@ -171,7 +180,7 @@ func EnsureIntentConsumer(ctx context.Context, js jetstream.JetStream) (jetstrea
 		Durable:       IntentConsumer,
 		Description:   "the leading coordinator",
 		AckPolicy:     jetstream.AckExplicitPolicy,
-		AckWait:       30 * time.Second,
+		AckWait:       IntentAckWait,
 		MaxAckPending: 256,
 		DeliverPolicy: jetstream.DeliverAllPolicy,
 	})

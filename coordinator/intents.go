@@ -54,6 +54,18 @@ func (s *Server) consumeIntents(ctx context.Context) {
 	}
 }
 
+// intentPullExpiry and intentPullHeartbeat bound the leader's pull
+// requests on the intent consumer: a request lost with a NATS server (the
+// consumer's leader died, or the server the leader was connected to went
+// silent) is noticed after two missed heartbeats and asked again, and one
+// left behind on a connection the leader no longer uses lives at most
+// intentPullExpiry, taking no intent meant for the new one after that.
+// The client's defaults are 30 s and 15 s.
+const (
+	intentPullExpiry    = 10 * time.Second
+	intentPullHeartbeat = 2 * time.Second
+)
+
 // openIntents returns an iterator over the intent consumer, retrying until
 // it has one or ctx ends (nil then). reset starts a new leadership term
 // with a fresh consumer (see ensureIntentConsumer); later opens in the same
@@ -63,7 +75,8 @@ func (s *Server) openIntents(ctx context.Context, reset bool) jetstream.Messages
 		cons, err := s.ensureIntentConsumer(ctx, reset)
 		if err == nil {
 			var iter jetstream.MessagesContext
-			if iter, err = cons.Messages(jetstream.PullMaxMessages(64)); err == nil {
+			if iter, err = cons.Messages(jetstream.PullMaxMessages(64),
+				jetstream.PullExpiry(intentPullExpiry), jetstream.PullHeartbeat(intentPullHeartbeat)); err == nil {
 				return iter
 			}
 		}
@@ -86,6 +99,11 @@ func (s *Server) readIntents(ctx context.Context, iter jetstream.MessagesContext
 			if errors.Is(err, jetstream.ErrMsgIteratorClosed) || errors.Is(err, jetstream.ErrConsumerDeleted) || ctx.Err() != nil {
 				return
 			}
+			if errors.Is(err, jetstream.ErrNoHeartbeat) {
+				s.log.Warn("no heartbeat from the intent consumer; asking it for intents again (its NATS server, or the one this coordinator is connected to, may be gone)",
+					"silent_for", 2*intentPullHeartbeat)
+				continue
+			}
 			s.log.Warn("reading intents", "err", err)
 			continue
 		}
@@ -96,8 +114,8 @@ func (s *Server) readIntents(ctx context.Context, iter jetstream.MessagesContext
 // ensureIntentConsumer makes sure the intent consumer exists; with reset it
 // deletes and recreates it first. Intents a previous leader had received but
 // not acknowledged (it was killed, or lost leadership with a batch in hand)
-// would otherwise wait out the consumer's AckWait, 30 s, before anyone saw
-// them again. The stream is a work queue, so it holds only unacknowledged
+// would otherwise wait out the consumer's AckWait (bus.IntentAckWait)
+// before anyone saw them again. The stream is a work queue, so it holds only unacknowledged
 // intents, and a new consumer delivers exactly those at once; the state
 // machine answers the ones already committed as duplicates.
 func (s *Server) ensureIntentConsumer(ctx context.Context, reset bool) (jetstream.Consumer, error) {

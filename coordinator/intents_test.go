@@ -79,8 +79,8 @@ func TestIntents_NewLeaderGetsAtOnceWhatADeadLeaderHeld(t *testing.T) {
 
 	start := time.Now()
 	startCoordinator(t, url, t.TempDir())
-	// AckWait is 30 s; well under it means the new leader did not wait.
-	r, err := replies.NextMsg(10 * time.Second)
+	// Well under the consumer's AckWait means the new leader did not wait.
+	r, err := replies.NextMsg(bus.IntentAckWait / 2)
 	if err != nil {
 		t.Fatalf("no answer %v after the new leader started: %v", time.Since(start), err)
 	}

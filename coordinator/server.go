@@ -513,7 +513,8 @@ func (s *Server) Run(ctx context.Context) error {
 		s.shutdown()
 		return err
 	}
-	s.log.Info("coordinator running", "raft", s.RaftAddr(), "raft_listen", s.RaftListenAddr(), "http", s.HTTPAddr())
+	s.log.Info("coordinator running", "raft", s.RaftAddr(), "raft_listen", s.RaftListenAddr(), "http", s.HTTPAddr(),
+		"nats", s.nc.ConnectedUrlRedacted())
 
 	runCtx, cancel := context.WithCancel(ctx)
 	s.wg.Add(5)

@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"os"
+	"regexp"
 	"strings"
 	"testing"
 	"time"
@@ -167,6 +168,29 @@ func TestNATSCluster_IntentAndAuditLeaderKilledWithAnAbortInFlight(t *testing.T)
 	}
 }
 
+// connectedServer is the index of the server of hub a process is
+// connected to, from the last client URL its log names as the one it is
+// on (url=U, or nats=U alone rather than a list).
+func connectedServer(t *testing.T, hub *harness.NATSCluster, logPath string) int {
+	t.Helper()
+	logged, err := os.ReadFile(logPath)
+	if err != nil {
+		t.Fatal(err)
+	}
+	server, at := -1, -1
+	for i, u := range hub.ClientURLs {
+		for _, m := range regexp.MustCompile(`(?:url|nats)=`+regexp.QuoteMeta(u)+`(?:\s|$)`).FindAllIndex(logged, -1) {
+			if m[0] > at {
+				server, at = i, m[0]
+			}
+		}
+	}
+	if server < 0 {
+		t.Fatalf("%s names none of %v:\n%s", logPath, hub.ClientURLs, logged)
+	}
+	return server
+}
+
 // TestNATSCluster_MembersSayWhichReplicasAreGone kills one NATS server:
 // `coordinator members` names it, for every stream, as a replica that is
 // not current, and says which server leads each stream, so that an
@@ -249,53 +273,56 @@ func TestNATSCluster_MembersSayWhichReplicasAreGone(t *testing.T) {
 }
 
 // TestNATSCluster_ServerThatStopsAnsweringIsLeftByItsClients cuts the
-// clients of the NATS server edge-1 is connected to off from it without
-// closing their connections, as a host that lost power or a network cut
-// leaves them (the servers' routes stay up, so the streams keep their
-// leaders): nothing answers on those connections. An operator's abort
-// still reaches every node, edge-1 included, long before the minutes the
-// NATS client's default pings take to call a connection stale: every
-// client pings often enough to leave a server that stopped answering for
-// another.
+// clients of the NATS server the leading coordinator is connected to off
+// from it without closing their connections, as a host that lost power or
+// a network cut leaves them (the servers' routes stay up, so the streams
+// keep their leaders): nothing answers on those connections. An
+// operator's abort still reaches every node, those behind that server
+// included, long before the minutes the NATS client's default pings take
+// to call a connection stale: every client pings often enough to leave a
+// server that stopped answering for another. And the abort is answered
+// within 25 s: the leader's pull request on the intent consumer, left on
+// the silent connection, may take the abort with it, and the consumer
+// hands it out again after its AckWait (10 s), not JetStream's 30 s.
 func TestNATSCluster_ServerThatStopsAnsweringIsLeftByItsClients(t *testing.T) {
 	t.Parallel()
 	ctx := harnesstest.Context(t, 5*time.Minute)
 	sy, be := binaries(t)
 	hub := startNATSClusterWith(t, ctx, harness.NATSClusterOptions{Proxies: true})
 	c := harnesstest.StartCluster(t, ctx, harness.ClusterOptions{Switchyard: sy, NATS: hub.Bus()})
-	f := harnesstest.StartFleet(t, ctx, harness.FleetOptions{Nodes: 2, Service: "web", Switchyard: sy, Backend: be, NATS: hub.Bus(), TrustKeys: []string{c.TrustKey()}})
+	f := harnesstest.StartFleet(t, ctx, harness.FleetOptions{Nodes: 3, Service: "web", Switchyard: sy, Backend: be, NATS: hub.Bus(), TrustKeys: []string{c.TrustKey()}})
 	if _, err := f.Apply(ctx, examplePath(t, "bluegreen.yaml")); err != nil {
 		t.Fatal(err)
 	}
 	if _, err := f.WaitRollout(ctx, exampleRollout, f.Converged(sv1.RolloutPhase_ROLLOUT_PHASE_COMPLETED)); err != nil {
 		t.Fatal(err)
 	}
-	// The server edge-1's agent is connected to, from its log.
-	logged, err := os.ReadFile(f.Nodes[0].Agent.StderrPath())
+	co, err := c.WaitLeader(ctx)
 	if err != nil {
 		t.Fatal(err)
 	}
-	cut := -1
-	for i, u := range hub.ClientURLs {
-		if strings.Contains(string(logged), "url="+u) {
-			cut = i
+	leader := c.Coordinators[co]
+	// The server each process is connected to, from its log.
+	cut := connectedServer(t, hub, leader.StderrPath())
+	var behind []string
+	for _, n := range f.Nodes {
+		if connectedServer(t, hub, n.Agent.StderrPath()) == cut {
+			behind = append(behind, n.ID)
 		}
-	}
-	if cut < 0 {
-		t.Fatalf("edge-1's log names none of %v:\n%s", hub.ClientURLs, logged)
 	}
 	hub.ClientProxy(cut).SetMode(faultproxy.Mode{Blackhole: true})
 	stopped := time.Now()
 	// Well under the NATS client's default of two pings two minutes apart.
 	dl, cancel := context.WithTimeout(ctx, 60*time.Second)
 	defer cancel()
-	res, err := f.Run(dl, "rollout", "abort", exampleRollout, "--reason", "a NATS server stopped answering", "--timeout", "50s")
+	res, err := f.Run(dl, "rollout", "abort", exampleRollout, "--reason", "a NATS server stopped answering", "--timeout", "25s")
 	if err != nil || res.ExitCode != 0 {
-		t.Fatalf("abort with nats-%d (edge-1's) silent: %v %+v", cut+1, err, res)
+		t.Fatalf("abort with nats-%d (the leader %s's, and nodes %v's) silent: %v %+v", cut+1, leader.ID, behind, err, res)
 	}
-	t.Logf("abort answered %s after nats-%d went silent: %s", time.Since(stopped).Round(10*time.Millisecond), cut+1, strings.TrimSpace(res.Stdout))
+	t.Logf("abort answered %s after nats-%d (the leader %s's, and nodes %v's) went silent: %s",
+		time.Since(stopped).Round(10*time.Millisecond), cut+1, leader.ID, behind, strings.TrimSpace(res.Stdout))
 	if err := f.WaitAllServing(dl, harness.Blue, samples); err != nil {
-		t.Fatalf("with nats-%d (edge-1's) silent: %v", cut+1, err)
+		t.Fatalf("with nats-%d (nodes %v's) silent: %v", cut+1, behind, err)
 	}
 	t.Logf("every node on blue %s after nats-%d went silent", time.Since(stopped).Round(10*time.Millisecond), cut+1)
 }
