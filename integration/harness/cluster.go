@@ -36,11 +36,6 @@ type ClusterOptions struct {
 	// NATS is the bus every coordinator connects to (URL required); each
 	// coordinator gets its own credentials from its auth directory.
 	NATS Bus
-	// CoordinatorNATS gives coordinator i (0-based) the bus it connects to,
-	// e.g. one server of a NATS cluster only, so that a test knows which
-	// server a coordinator's requests go through (same auth directory as
-	// NATS); nil gives NATS.
-	CoordinatorNATS func(i int) Bus
 	// PlainCluster turns mutual TLS between the coordinators off; by
 	// default the harness makes a cluster CA and a certificate each.
 	PlainCluster bool
@@ -196,18 +191,14 @@ func StartCluster(ctx context.Context, o ClusterOptions) (c *Cluster, err error)
 		}
 		c.Coordinators = append(c.Coordinators, co)
 	}
-	for i, co := range c.Coordinators {
-		coBus := o.NATS
-		if o.CoordinatorNATS != nil {
-			coBus = o.CoordinatorNATS(i)
-		}
+	for _, co := range c.Coordinators {
 		args := []string{"coordinator",
 			"--node-id", co.ID,
 			"--data-dir", co.DataDir,
 			"--raft-addr", co.RaftAddr,
 			"--raft-advertise", co.RaftAdvertise,
 			"--http-addr", co.HTTPAddr,
-			"--nats", coBus.URL,
+			"--nats", o.NATS.URL,
 			"--bootstrap-expect", strconv.Itoa(o.Size),
 			"--log-level", o.LogLevel,
 			"--signing-key", o.SigningKey,
@@ -218,7 +209,7 @@ func StartCluster(ctx context.Context, o ClusterOptions) (c *Cluster, err error)
 		if co.PprofAddr != "" {
 			args = append(args, "--pprof-addr", co.PprofAddr)
 		}
-		sec, err := coBus.Security(bus.RoleCoordinator, co.ID)
+		sec, err := o.NATS.Security(bus.RoleCoordinator, co.ID)
 		if err != nil {
 			return c, err
 		}
