@@ -74,11 +74,10 @@ func Respond(nc *nats.Conn, req, reply *nats.Msg) error {
 	return nil
 }
 
-// request sends msg and waits for its answer on an inbox of its own, the
-// first message of it until first ends and the rest until ctx ends, and
-// puts an answer that came in parts back together: the first part, with
-// the whole answer as its data.
-func request(ctx, first context.Context, nc *nats.Conn, msg *nats.Msg) (*nats.Msg, error) {
+// request sends msg and waits, until ctx ends, for its answer on an inbox
+// of its own, and puts an answer that came in parts back together: the
+// first part, with the whole answer as its data.
+func request(ctx context.Context, nc *nats.Conn, msg *nats.Msg) (*nats.Msg, error) {
 	// Every part may wait for the reader, whatever its size.
 	inbox := nc.NewInbox()
 	sub, err := subscribeReplies(nc, inbox, maxParts+1)
@@ -91,7 +90,7 @@ func request(ctx, first context.Context, nc *nats.Conn, msg *nats.Msg) (*nats.Ms
 	if err := nc.PublishMsg(msg); err != nil {
 		return nil, err
 	}
-	m, err := sub.next(first)
+	m, err := sub.next(ctx)
 	if err != nil {
 		return nil, err
 	}

@@ -209,15 +209,16 @@ func awaitEarlierResult(ctx context.Context, nc *nats.Conn, q *sv1.IntentQuery) 
 // current before the caller's deadline.
 var ErrNoCurrentAnswer = errors.New("no coordinator answered as current")
 
-// queryAttempt bounds the first try of a query, so that a frozen
-// coordinator that holds a request costs one attempt, not the caller's
-// whole deadline. Each attempt that runs out doubles the next one's bound,
-// up to queryAttemptMax: a coordinator that answers, but slowly (a view of
-// many thousand nodes on a loaded machine), is waited for rather than
-// asked again and again, each ask building an answer nobody waits for.
+// queryAttempt is how long a query waits on its asks before it asks
+// again: a frozen coordinator that holds a request costs one queryAttempt,
+// not the caller's whole deadline. An ask is not given up when the next
+// goes out: a coordinator that answers, but slowly (a view of many
+// thousand nodes on a loaded machine), is still answered from, while the
+// next ask finds another coordinator. At most queryInFlight asks wait at
+// once, so a slow cluster is not asked faster than it answers.
 const (
-	queryAttempt    = time.Second
-	queryAttemptMax = 8 * time.Second
+	queryAttempt  = time.Second
+	queryInFlight = 8
 )
 
 // Query sends a read query to the coordinators and decodes the answer into
@@ -225,8 +226,7 @@ const (
 // the others decline, and Query asks again (the queue group hands each
 // request to another member) until an answer comes or ctx ends. A
 // coordinator that holds a request without answering (frozen) costs one
-// attempt of queryAttempt; one that answers slowly is waited for longer
-// on each further attempt.
+// queryAttempt; the first answer to any ask still waiting is taken.
 func Query(ctx context.Context, nc *nats.Conn, name string, req, out proto.Message) error {
 	_, err := query(ctx, nc, name, req, out, false)
 	return err
@@ -247,47 +247,81 @@ func query(ctx context.Context, nc *nats.Conn, name string, req, out proto.Messa
 			return "", fmt.Errorf("encode query %s: %w", name, err)
 		}
 	}
-	var last error
-	bound := queryAttempt
-	for attempt := 0; ; attempt++ {
+	type answer struct {
+		m   *nats.Msg
+		err error
+	}
+	// Room for every ask's answer, so that none of them waits on a
+	// caller that has returned.
+	answers := make(chan answer, queryInFlight)
+	asksCtx, cancelAsks := context.WithCancel(ctx)
+	defer cancelAsks()
+	asked, waiting := 0, 0
+	ask := func() {
+		asked++
+		waiting++
 		msg := nats.NewMsg(QuerySubject(name))
 		msg.Data = body
 		if allowStale {
 			msg.Header.Set(StaleHeader, "1")
 		}
-		actx, cancel := context.WithTimeout(ctx, bound)
-		m, err := request(ctx, actx, nc, msg)
-		cancel()
-		switch {
-		case err == nil && m.Header.Get(NotCurrentHeader) != "":
-			last = errors.New(m.Header.Get(ErrorHeader))
-		case err == nil:
-			if e := m.Header.Get(ErrorHeader); e != "" {
-				return "", fmt.Errorf("query %s: %s", name, e)
-			}
-			if err := proto.Unmarshal(m.Data, out); err != nil {
-				return "", fmt.Errorf("decode answer to %s: %w", name, err)
-			}
-			return m.Header.Get(StaleHeader), nil
-		case errors.Is(err, nats.ErrNoResponders):
-			last = errors.New("no coordinator is running")
-		case ctx.Err() != nil && last != nil:
-			// The caller's deadline cut this attempt short: what a
-			// coordinator said before (it knows no leader, say) tells
-			// more than the deadline does.
-		case ctx.Err() == nil && errors.Is(err, context.DeadlineExceeded):
-			last = fmt.Errorf("no coordinator answered within %s", bound)
-			bound = min(2*bound, queryAttemptMax)
-		default:
-			last = err
-		}
-		if ctx.Err() != nil {
-			return "", fmt.Errorf("query %s: %w after %d attempts; last: %v", name, ErrNoCurrentAnswer, attempt+1, last)
-		}
+		go func() {
+			m, err := request(asksCtx, nc, msg)
+			answers <- answer{m, err}
+		}()
+	}
+	var last error
+	ask()
+	next := time.NewTimer(queryAttempt)
+	defer next.Stop()
+	// waited says the timer ran a whole queryAttempt since the last ask.
+	waited := true
+	// again has the next ask go out soon (a decline, or no coordinator to
+	// ask): briefly at first, then up to 200 ms apart.
+	again := func() {
+		next.Reset(min(time.Duration(asked)*10*time.Millisecond, 200*time.Millisecond))
+		waited = false
+	}
+	for {
 		select {
+		case a := <-answers:
+			waiting--
+			switch {
+			case a.err == nil && a.m.Header.Get(NotCurrentHeader) != "":
+				last = errors.New(a.m.Header.Get(ErrorHeader))
+				again()
+			case a.err == nil:
+				if e := a.m.Header.Get(ErrorHeader); e != "" {
+					return "", fmt.Errorf("query %s: %s", name, e)
+				}
+				if err := proto.Unmarshal(a.m.Data, out); err != nil {
+					return "", fmt.Errorf("decode answer to %s: %w", name, err)
+				}
+				return a.m.Header.Get(StaleHeader), nil
+			case errors.Is(a.err, nats.ErrNoResponders):
+				last = errors.New("no coordinator is running")
+				again()
+			case ctx.Err() != nil:
+				// The caller's deadline: what a coordinator said before (it
+				// knows no leader, say) tells more than the deadline does.
+			default:
+				last = a.err
+				again()
+			}
+		case <-next.C:
+			if waited && waiting > 0 {
+				last = fmt.Errorf("no coordinator answered within %s", queryAttempt)
+			}
+			if waiting < queryInFlight {
+				ask()
+			}
+			next.Reset(queryAttempt)
+			waited = true
 		case <-ctx.Done():
-			return "", fmt.Errorf("query %s: %w after %d attempts; last: %v", name, ErrNoCurrentAnswer, attempt+1, last)
-		case <-time.After(min(time.Duration(attempt+1)*10*time.Millisecond, 200*time.Millisecond)):
+			if last == nil {
+				last = ctx.Err()
+			}
+			return "", fmt.Errorf("query %s: %w after %d attempts; last: %v", name, ErrNoCurrentAnswer, asked, last)
 		}
 	}
 }

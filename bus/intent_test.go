@@ -189,10 +189,10 @@ func TestQuery_KeepsTheRefusalWhenTheDeadlineCutsTheLastAttempt(t *testing.T) {
 	}
 }
 
-// A coordinator that answers, but only after longer than the first
-// attempt's bound (a big view on a loaded machine), is still answered from:
-// each attempt that runs out waits longer, where a fixed bound would ask
-// again and again and never take an answer.
+// A coordinator that answers, but only after longer than queryAttempt (a
+// big view on a loaded machine), is still answered from: an ask is still
+// waited for when the next goes out, where giving each ask up at
+// queryAttempt would ask again and again and never take an answer.
 func TestQuery_WaitsLongerForACoordinatorThatAnswersSlowly(t *testing.T) {
 	_, nc := embeddedBus(t)
 	var asked atomic.Int32
@@ -215,6 +215,36 @@ func TestQuery_WaitsLongerForACoordinatorThatAnswersSlowly(t *testing.T) {
 		t.Fatalf("Query = %v (%v), want the slow coordinator's answer", err, &res)
 	}
 	if n := asked.Load(); n != 2 {
-		t.Errorf("asked %d times, want 2: the first attempt runs out, the second waits long enough", n)
+		t.Errorf("asked %d times, want 2: the second ask goes out after queryAttempt, the first is answered", n)
+	}
+}
+
+// A coordinator frozen with asks in hand costs one queryAttempt per ask it
+// holds, not a wait that grows with each: here it holds the first three
+// asks (as a frozen member of the queue group may, by chance), and the
+// fourth, a little over three queryAttempts on, is answered well inside a
+// deadline that a doubling wait (1 + 2 + 4 s) would run past.
+func TestQuery_AFrozenCoordinatorCostsOneAttemptPerAskItHolds(t *testing.T) {
+	_, nc := embeddedBus(t)
+	var asked atomic.Int32
+	sub, err := nc.Subscribe(QuerySubject(QueryIntent), func(m *nats.Msg) {
+		if asked.Add(1) <= 3 {
+			return // held by the frozen coordinator
+		}
+		b, _ := proto.Marshal(&sv1.IntentResult{IntentId: "held", Accepted: true})
+		_ = m.Respond(b)
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer func() { _ = sub.Unsubscribe() }()
+	ctx, cancel := context.WithTimeout(context.Background(), 6*queryAttempt)
+	defer cancel()
+	var res sv1.IntentResult
+	if err := Query(ctx, nc, QueryIntent, &sv1.IntentQuery{Id: "held"}, &res); err != nil || res.GetIntentId() != "held" {
+		t.Fatalf("Query = %v (%v) after %d asks, want the answer to the fourth", err, &res, asked.Load())
+	}
+	if n := asked.Load(); n != 4 {
+		t.Errorf("asked %d times, want 4: three held, the fourth answered", n)
 	}
 }
