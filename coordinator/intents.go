@@ -115,9 +115,10 @@ func (s *Server) readIntents(ctx context.Context, iter jetstream.MessagesContext
 // deletes and recreates it first. Intents a previous leader had received but
 // not acknowledged (it was killed, or lost leadership with a batch in hand)
 // would otherwise wait out the consumer's AckWait (bus.IntentAckWait)
-// before anyone saw them again. The stream is a work queue, so it holds only unacknowledged
-// intents, and a new consumer delivers exactly those at once; the state
-// machine answers the ones already committed as duplicates.
+// before anyone saw them again. The stream is a work queue, so it holds
+// only unacknowledged intents, and a new consumer delivers exactly those
+// at once; the state machine answers the ones already committed as
+// duplicates.
 func (s *Server) ensureIntentConsumer(ctx context.Context, reset bool) (jetstream.Consumer, error) {
 	if _, err := bus.EnsureIntentStream(ctx, s.js, s.replicas); err != nil {
 		return nil, err
