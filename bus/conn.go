@@ -25,6 +25,16 @@ const (
 	MaxPingsOut  = 2
 )
 
+// CoordinatorPingInterval is how often a coordinator pings its server, in
+// place of PingInterval: with MaxPingsOut unanswered it leaves a server
+// that went silent 4–6 s after, not 10–15. The leader reads intents and
+// telemetry and writes decisions through its one connection, so every
+// second it stays on a silent server is a second no rollback can happen;
+// a handful of coordinators pinging faster costs the servers nothing,
+// where the agents keep PingInterval (a fleet of them, many over links
+// slower than a coordinator's).
+const CoordinatorPingInterval = 2 * time.Second
+
 // Connect dials NATS at url (comma-separated for a cluster) and keeps
 // reconnecting for as long as the process lives: an edge node or a
 // coordinator that loses the bus must come back by itself, and leaves a

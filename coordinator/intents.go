@@ -4,8 +4,10 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"sync/atomic"
 	"time"
 
+	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 	"google.golang.org/protobuf/encoding/protojson"
 	"google.golang.org/protobuf/proto"
@@ -36,6 +38,10 @@ func (s *Server) consumeIntents(ctx context.Context) {
 		s.summarizeRefusals(ctx)
 	}()
 	defer func() { <-summarized }()
+	// A reconnect leaves the pull requests made on the old connection
+	// waiting on the consumer (see intentsAfterReconnect).
+	reconnected := s.nc.StatusChanged(nats.CONNECTED)
+	defer s.nc.RemoveStatusListener(reconnected)
 	reset := true
 	for {
 		iter := s.openIntents(ctx, reset)
@@ -43,7 +49,12 @@ func (s *Server) consumeIntents(ctx context.Context) {
 			return
 		}
 		reset = false
-		s.readIntents(ctx, iter)
+		if s.readIntents(ctx, iter, reconnected) {
+			iter.Stop()
+			if reset = s.intentsAfterReconnect(); reset {
+				continue
+			}
+		}
 		iter.Stop()
 		select {
 		case <-ctx.Done():
@@ -52,6 +63,27 @@ func (s *Server) consumeIntents(ctx context.Context) {
 		}
 		s.log.Warn("intent consumer went away while leading; opening it again")
 	}
+}
+
+// intentsAfterReconnect says whether the leader, back on the bus through
+// another connection, creates the intent consumer anew, and logs it. The
+// pull requests it made on the connection it lost (its NATS server went
+// silent: that server still counts the connection as live) wait on the
+// consumer until they expire, first in line: an intent sent meanwhile
+// would be handed to one of them and seen again only after the consumer's
+// AckWait. A new consumer has none of them and delivers every intent not
+// yet acknowledged at once (the state machine answers those already
+// committed as duplicates). Only a coordinator that a quorum confirms as
+// the leader does so: one deposed while it was away must not delete the
+// consumer its successor reads; it reopens the one there is.
+func (s *Server) intentsAfterReconnect() bool {
+	if err := s.readCurrent(); err != nil {
+		s.log.Info("back on the bus; reading intents again without a new consumer", "nats", s.nc.ConnectedUrlRedacted(), "why", err)
+		return false
+	}
+	s.log.Info("back on the bus as the leader; creating the intent consumer anew so that no intent waits on a pull request of the lost connection",
+		"nats", s.nc.ConnectedUrlRedacted())
+	return true
 }
 
 // intentPullExpiry and intentPullHeartbeat bound the leader's pull
@@ -89,15 +121,35 @@ func (s *Server) openIntents(ctx context.Context, reset bool) jetstream.Messages
 	}
 }
 
-// readIntents handles intents until ctx ends or the iterator closes.
-func (s *Server) readIntents(ctx context.Context, iter jetstream.MessagesContext) {
+// readIntents handles intents until ctx ends, the iterator closes or the
+// connection is made again after it was lost (reconnected; true then).
+func (s *Server) readIntents(ctx context.Context, iter jetstream.MessagesContext, reconnected <-chan nats.Status) bool {
 	stop := context.AfterFunc(ctx, iter.Stop)
 	defer stop()
+	var again atomic.Bool
+	watched := make(chan struct{})
+	defer func() { <-watched }()
+	done := make(chan struct{})
+	defer close(done)
+	go func() {
+		defer close(watched)
+		select {
+		case <-done:
+		case _, ok := <-reconnected:
+			if ok {
+				again.Store(true)
+				iter.Stop()
+			}
+		}
+	}()
 	for {
 		msg, err := iter.Next()
 		if err != nil {
+			if again.Load() && ctx.Err() == nil {
+				return true
+			}
 			if errors.Is(err, jetstream.ErrMsgIteratorClosed) || errors.Is(err, jetstream.ErrConsumerDeleted) || ctx.Err() != nil {
-				return
+				return false
 			}
 			if errors.Is(err, jetstream.ErrNoHeartbeat) {
 				s.log.Warn("no heartbeat from the intent consumer; asking it for intents again (its NATS server, or the one this coordinator is connected to, may be gone)",

@@ -465,7 +465,8 @@ func (s *Server) setupBus() error {
 		if err != nil {
 			return fmt.Errorf("coordinator: %w", err)
 		}
-		nc, err := bus.Connect(s.cfg.NATSURL, "switchyard-coordinator-"+s.cfg.NodeID, s.log, sec...)
+		nc, err := bus.Connect(s.cfg.NATSURL, "switchyard-coordinator-"+s.cfg.NodeID, s.log,
+			append(sec, nats.PingInterval(bus.CoordinatorPingInterval))...)
 		if err != nil {
 			return fmt.Errorf("coordinator: %w", err)
 		}

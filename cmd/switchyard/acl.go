@@ -176,13 +176,13 @@ func resolveKey(s string) (string, error) {
 }
 
 func queryAcl(ctx context.Context, c clientFlags) (*sv1.AclState, error) {
-	nc, err := c.connect()
+	ctx, cancel := context.WithTimeout(ctx, c.timeout)
+	defer cancel()
+	nc, err := c.connect(ctx)
 	if err != nil {
 		return nil, err
 	}
 	defer nc.Close()
-	ctx, cancel := context.WithTimeout(ctx, c.timeout)
-	defer cancel()
 	var st sv1.AclState
 	if err := bus.Query(ctx, nc, bus.QueryAcl, &sv1.AclQuery{}, &st); err != nil {
 		return nil, err

@@ -66,7 +66,7 @@ func runAudit(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	if verb == "verify" && c.output != "table" {
 		return usageErr(stderr, "switchyard audit verify: -o %q: verify prints a report and says by its exit code whether the chain holds; want table", c.output)
 	}
-	nc, err := c.connect()
+	nc, err := c.connect(ctx)
 	if err != nil {
 		return err
 	}

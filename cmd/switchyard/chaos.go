@@ -173,7 +173,7 @@ func awaitDrillsEnded(ctx context.Context, c clientFlags, q *sv1.DrillsQuery, st
 	if len(want) == 0 {
 		return nil
 	}
-	nc, err := c.connect()
+	nc, err := c.connect(ctx)
 	if err != nil {
 		return err
 	}

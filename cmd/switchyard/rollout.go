@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"io"
 	"math"
+	"net"
 	"os"
 	"os/user"
 	"sort"
@@ -135,16 +136,75 @@ func (c *clientFlags) parse(fs *flag.FlagSet, args []string, stderr io.Writer) (
 	return pos, nil
 }
 
-func (c *clientFlags) connect() (*nats.Conn, error) {
+// connectAttempt is how long the CLI waits for one NATS server to take its
+// connection (TCP, TLS, the server's INFO and the authentication) before it
+// tries the next one in --nats: a server that stopped answering without
+// closing its port (its host hung, a network cut) costs this much, not the
+// whole --timeout.
+const connectAttempt = 2 * time.Second
+
+// connect dials the NATS servers in --nats (in random order, as every NATS
+// client does) within --timeout, or ctx's deadline when that is sooner. While
+// time is left it tries again when the last server tried did not answer in
+// time; a server that refuses the connection, credentials it does not take
+// or a certificate that does not verify end it at once.
+func (c *clientFlags) connect(ctx context.Context) (*nats.Conn, error) {
 	sec, err := c.security.options()
 	if err != nil {
 		return nil, err
 	}
-	nc, err := nats.Connect(c.nats, append(sec, nats.Name("switchyard-cli"), nats.Timeout(5*time.Second))...)
-	if err != nil {
-		return nil, fmt.Errorf("connect to nats at %s (set --nats or SWITCHYARD_NATS): %w", c.nats, err)
+	parent := ctx
+	ctx, cancel := context.WithTimeout(ctx, c.timeout)
+	defer cancel()
+	type dialed struct {
+		nc  *nats.Conn
+		err error
 	}
-	return nc, nil
+	for {
+		dl, _ := ctx.Deadline()
+		attempt := min(connectAttempt, time.Until(dl))
+		if attempt <= 0 {
+			return nil, c.noServerInTime()
+		}
+		done := make(chan dialed, 1)
+		go func() {
+			nc, err := nats.Connect(c.nats, append(sec, nats.Name("switchyard-cli"), nats.Timeout(attempt))...)
+			done <- dialed{nc, err}
+		}()
+		var d dialed
+		select {
+		case d = <-done:
+		case <-ctx.Done():
+			// Every server of a long list may take its attempt: the
+			// dial still going is closed once it ends.
+			go func() {
+				if d := <-done; d.nc != nil {
+					d.nc.Close()
+				}
+			}()
+			if errors.Is(parent.Err(), context.Canceled) {
+				return nil, fmt.Errorf("connect to nats at %s: %w", c.nats, parent.Err())
+			}
+			return nil, c.noServerInTime()
+		}
+		if d.err == nil {
+			return d.nc, nil
+		}
+		if !timedOut(d.err) || ctx.Err() != nil {
+			return nil, fmt.Errorf("connect to nats at %s (set --nats or SWITCHYARD_NATS): %w", c.nats, d.err)
+		}
+	}
+}
+
+func (c *clientFlags) noServerInTime() error {
+	return fmt.Errorf("connect to nats at %s: no server took the connection within --timeout %s", c.nats, c.timeout)
+}
+
+// timedOut says whether a connect failed because a server did not answer
+// in time (worth another try), rather than refused it or what it was sent.
+func timedOut(err error) bool {
+	var ne net.Error
+	return errors.Is(err, nats.ErrTimeout) || errors.Is(err, os.ErrDeadlineExceeded) || (errors.As(err, &ne) && ne.Timeout())
 }
 
 func defaultOperator() string {
@@ -297,7 +357,10 @@ var errRefused = errors.New("refused")
 // sendIntent sends an intent of a kind, waits for the coordinators' answer
 // and prints it; what names the change in the printed line.
 func sendIntent(ctx context.Context, c clientFlags, kind string, in *sv1.Intent, what string, stdout io.Writer) error {
-	nc, err := c.connect()
+	parent := ctx
+	ctx, cancel := context.WithTimeout(ctx, c.timeout)
+	defer cancel()
+	nc, err := c.connect(ctx)
 	if err != nil {
 		return err
 	}
@@ -309,9 +372,6 @@ func sendIntent(ctx context.Context, c clientFlags, kind string, in *sv1.Intent,
 	if err != nil {
 		return err
 	}
-	parent := ctx
-	ctx, cancel := context.WithTimeout(ctx, c.timeout)
-	defer cancel()
 	res, err := bus.SendSignedIntent(ctx, nc, kind, in, signer)
 	if errors.Is(err, bus.ErrNoResult) {
 		res, err = whyNoResult(parent, nc, in, err)
@@ -545,13 +605,13 @@ func reached(sf *sv1.ServiceFleet, want bus.Fence) (at, live int, held []string)
 
 // query asks the coordinators one read query.
 func query(ctx context.Context, c clientFlags, name string, req, out proto.Message) error {
-	nc, err := c.connect()
+	ctx, cancel := context.WithTimeout(ctx, c.timeout)
+	defer cancel()
+	nc, err := c.connect(ctx)
 	if err != nil {
 		return err
 	}
 	defer nc.Close()
-	ctx, cancel := context.WithTimeout(ctx, c.timeout)
-	defer cancel()
 	if !c.stale {
 		return bus.Query(ctx, nc, name, req, out)
 	}
