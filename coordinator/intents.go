@@ -176,9 +176,13 @@ func (s *Server) ensureIntentConsumer(ctx context.Context, reset bool) (jetstrea
 		return nil, err
 	}
 	if reset {
+		// Best effort: a consumer that cannot be deleted (JetStream
+		// without a meta leader) may still deliver, so the leader reads
+		// it as it is rather than no intent at all; what a lost pull
+		// request holds then comes after the AckWait.
 		err := s.js.DeleteConsumer(ctx, bus.IntentStream, bus.IntentConsumer)
 		if err != nil && !errors.Is(err, jetstream.ErrConsumerNotFound) {
-			return nil, fmt.Errorf("reset consumer %s on %s: %w", bus.IntentConsumer, bus.IntentStream, err)
+			s.log.Warn("could not create the intent consumer anew; reading the one there is", "consumer", bus.IntentConsumer, "err", err)
 		}
 	}
 	return bus.EnsureIntentConsumer(ctx, s.js)
