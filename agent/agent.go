@@ -295,6 +295,56 @@ func (a *Agent) CutOffFor() (d time.Duration, how string, ok bool) {
 	return silent, "no coordinator heard", true
 }
 
+// beaconQuiet is how long without the leader's beacon an agent asks its
+// NATS server whether it still answers: two beacons missed.
+// serverAnswerWait is how long the server has to answer (a ping); one
+// that does not is left for another in the agent's URL list at once.
+const (
+	beaconQuiet      = 2 * bus.BeaconInterval
+	serverAnswerWait = 2 * time.Second
+)
+
+// watchServer leaves a NATS server that stopped answering sooner than the
+// connection's pings alone would (10–15 s, bus.PingInterval): when the
+// leader's beacon, due every 2 s, has not come for beaconQuiet, the agent
+// pings its server, and one that does not answer within serverAnswerWait
+// (its process hung, its host cut off; the connection still open) is left
+// for another server. A decision written meanwhile, a rollback included,
+// reaches the node 4–8 s after its server went silent instead. A server
+// that answers is kept: the silence is the coordinators' (an election, a
+// PoP's leaf server cut off from the hub), not this connection's, and it is
+// asked again only after another beaconQuiet. An agent that never heard a
+// beacon (coordinators of an older release) goes by the pings alone.
+func (a *Agent) watchServer(ctx context.Context, nc *nats.Conn) {
+	tick := time.NewTicker(time.Second)
+	defer tick.Stop()
+	var asked time.Time
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-tick.C:
+		}
+		last := a.lastBeacon.Load()
+		now := a.clock.Now()
+		if last == 0 || !nc.IsConnected() || now.Sub(time.Unix(0, last)) < beaconQuiet || now.Sub(asked) < beaconQuiet {
+			continue
+		}
+		asked = now
+		url := nc.ConnectedUrlRedacted()
+		err := nc.FlushTimeout(serverAnswerWait)
+		if err == nil || !errors.Is(err, nats.ErrTimeout) || !nc.IsConnected() || ctx.Err() != nil {
+			continue
+		}
+		a.log.Warn("no leader's beacon, and the NATS server did not answer a ping; leaving it for another",
+			"nats", url, "beacon_last_heard", now.Sub(time.Unix(0, last)).Round(time.Second), "waited", serverAnswerWait)
+		a.m.silentServersLeft.Inc()
+		if err := nc.ForceReconnect(); err != nil {
+			a.log.Warn("leave the silent NATS server", "err", err)
+		}
+	}
+}
+
 // busLost records the moment the bus went away, keeping the earliest.
 func (a *Agent) busLost() {
 	a.busDownSince.CompareAndSwap(0, a.clock.Now().UnixNano())
@@ -556,6 +606,9 @@ func (a *Agent) Run(ctx context.Context) error {
 	}
 	wg.Go(func() { a.statusLoop(ctx) })
 	wg.Go(func() { a.resyncLoop(ctx, p, res.workers, reconnected) })
+	if a.sharedConn == nil {
+		wg.Go(func() { a.watchServer(ctx, nc) })
+	}
 
 	a.log.Info("agent running", "services", a.names, "nats", a.natsURL, "bus_connected", nc.IsConnected())
 	close(a.ready)

@@ -104,6 +104,7 @@ type metrics struct {
 	busReconnects     prometheus.Counter
 	resyncErrors      prometheus.Counter
 	busConnected      prometheus.Gauge
+	silentServersLeft prometheus.Counter
 	busRefused        *prometheus.CounterVec
 	reports           *prometheus.CounterVec
 	logLines          *prometheus.CounterVec
@@ -170,6 +171,10 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 			Name: "switchyard_agent_resync_errors_total",
 			Help: "Failed reads of a desired state from the bucket during a resync.",
 		}),
+		silentServersLeft: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "switchyard_agent_bus_silent_servers_left_total",
+			Help: "Times the agent left its NATS server for another because, with no leader's beacon for two intervals, the server did not answer a ping within 2 s.",
+		}),
 		busConnected: prometheus.NewGauge(prometheus.GaugeOpts{
 			Name: "switchyard_agent_bus_connected",
 			Help: "1 while the agent is connected to NATS, else 0.",
@@ -227,7 +232,7 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 	for _, c := range []prometheus.Collector{
 		m.applies, m.applySeconds, m.applyStages, m.rejected, m.drift, m.observedMatch, m.appliedGeneration, m.documentExpired, m.appliedEpoch,
 		m.driverDegraded, m.stateSaveErrors, m.busReconnects, m.resyncErrors,
-		m.busConnected, m.busRefused, m.reports, m.logLines, m.probes, m.localRollbacks, m.droppedLogLines,
+		m.busConnected, m.silentServersLeft, m.busRefused, m.reports, m.logLines, m.probes, m.localRollbacks, m.droppedLogLines,
 		m.faultsActive, m.faults, m.drillRejected, m.journalDamaged, m.inboxDropped, m.hookRuns,
 	} {
 		if err := reg.Register(c); err != nil {

@@ -1,11 +1,13 @@
 package integration
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
 	"fmt"
 	"os"
 	"regexp"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -328,4 +330,78 @@ func TestNATSCluster_ServerThatStopsAnsweringIsLeftByItsClients(t *testing.T) {
 		t.Fatalf("with nats-%d (nodes %v's) silent: %v", cut+1, behind, err)
 	}
 	t.Logf("every node on blue %s after nats-%d went silent", time.Since(stopped).Round(10*time.Millisecond), cut+1)
+	// The leader's beacon stopped with its server, so every agent asked its
+	// own server whether it still answers: those behind the silent one
+	// left it, the others stayed where they were.
+	for _, n := range f.Nodes {
+		logged, err := os.ReadFile(n.Agent.StderrPath())
+		if err != nil {
+			t.Fatal(err)
+		}
+		left := bytes.Contains(logged, []byte(leftSilentServer))
+		if was := slices.Contains(behind, n.ID); left != was {
+			t.Errorf("%s (behind nats-%d: %v) left its server on a missed beacon: %v", n.ID, cut+1, was, left)
+		}
+	}
+}
+
+// leftSilentServer is what an agent logs when it leaves a NATS server
+// that did not answer its ping while no leader's beacon came.
+const leftSilentServer = "no leader's beacon, and the NATS server did not answer a ping; leaving it for another"
+
+// TestNATSCluster_AgentLeavesItsSilentServerOnceTheBeaconStops cuts the
+// clients of one edge node's NATS server off from it without closing their
+// connections. The node stops hearing the leader's beacon (due every 2 s),
+// pings its server, gets no answer within 2 s and leaves it for another:
+// 4–8 s after the cut, before its connection's own pings (every 5 s, two
+// unanswered) would call it stale, 10–15 s after. A rollback decided then
+// reaches it.
+func TestNATSCluster_AgentLeavesItsSilentServerOnceTheBeaconStops(t *testing.T) {
+	t.Parallel()
+	ctx := harnesstest.Context(t, 5*time.Minute)
+	sy, be := binaries(t)
+	hub := startNATSClusterWith(t, ctx, harness.NATSClusterOptions{Proxies: true})
+	c := harnesstest.StartCluster(t, ctx, harness.ClusterOptions{Switchyard: sy, NATS: hub.Bus()})
+	f := harnesstest.StartFleet(t, ctx, harness.FleetOptions{Nodes: 1, Service: "web", Switchyard: sy, Backend: be, NATS: hub.Bus(), TrustKeys: []string{c.TrustKey()}})
+	if _, err := f.Apply(ctx, examplePath(t, "bluegreen.yaml")); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := f.WaitRollout(ctx, exampleRollout, f.Converged(sv1.RolloutPhase_ROLLOUT_PHASE_COMPLETED)); err != nil {
+		t.Fatal(err)
+	}
+	node := f.Nodes[0]
+	logPath := node.Agent.StderrPath()
+	cut := connectedServer(t, hub, logPath)
+	hub.ClientProxy(cut).SetMode(faultproxy.Mode{Blackhole: true})
+	stopped := time.Now()
+	wctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+	defer cancel()
+	err := harness.Poll(wctx, 100*time.Millisecond, func(context.Context) error {
+		logged, err := os.ReadFile(logPath)
+		if err != nil {
+			return err
+		}
+		if bytes.Contains(logged, []byte("nats: stale connection")) {
+			return harness.Permanent(fmt.Errorf("%s's pings called its connection stale before the missed beacon made it leave nats-%d", node.ID, cut+1))
+		}
+		if !bytes.Contains(logged, []byte(leftSilentServer)) {
+			return fmt.Errorf("%s has not left nats-%d", node.ID, cut+1)
+		}
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Logf("%s left nats-%d %s after it went silent", node.ID, cut+1, time.Since(stopped).Round(10*time.Millisecond))
+	res, err := f.Run(ctx, "rollout", "abort", exampleRollout, "--reason", "the node's NATS server stopped answering", "--timeout", "20s")
+	if err != nil || res.ExitCode != 0 {
+		t.Fatalf("abort with nats-%d silent: %v %+v", cut+1, err, res)
+	}
+	if err := f.WaitAllServing(ctx, harness.Blue, samples); err != nil {
+		t.Fatalf("with nats-%d silent: %v", cut+1, err)
+	}
+	if now := connectedServer(t, hub, logPath); now == cut {
+		t.Errorf("%s is still on nats-%d", node.ID, cut+1)
+	}
+	t.Logf("%s on blue %s after nats-%d went silent", node.ID, time.Since(stopped).Round(10*time.Millisecond), cut+1)
 }
