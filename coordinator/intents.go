@@ -51,9 +51,8 @@ func (s *Server) consumeIntents(ctx context.Context) {
 		reset = false
 		if s.readIntents(ctx, iter, reconnected) {
 			iter.Stop()
-			if reset = s.intentsAfterReconnect(); reset {
-				continue
-			}
+			reset = s.intentsAfterReconnect()
+			continue
 		}
 		iter.Stop()
 		select {
