@@ -164,6 +164,9 @@ func (c *clientFlags) connect(ctx context.Context) (*nats.Conn, error) {
 		dl, _ := ctx.Deadline()
 		attempt := min(connectAttempt, time.Until(dl))
 		if attempt <= 0 {
+			// The deadline passed; ctx says so in a moment, and a caller
+			// that checks ctx.Err() must see it ended.
+			<-ctx.Done()
 			return nil, c.noServerInTime()
 		}
 		done := make(chan dialed, 1)
