@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"io"
 	"net"
 	"strings"
 	"sync"
@@ -111,4 +112,52 @@ func TestCLI_ConnectRefusedEndsAtOnce(t *testing.T) {
 	if took := time.Since(start); took > 10*time.Second {
 		t.Errorf("a refused connect took %s of --timeout 30s", took)
 	}
+}
+
+// slowServer accepts TCP connections on 127.0.0.1 and passes each on to
+// target after delay, as a NATS server too loaded to say a word sooner.
+// It returns its URL.
+func slowServer(t *testing.T, target string, delay time.Duration) string {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var wg sync.WaitGroup
+	t.Cleanup(func() { ln.Close(); wg.Wait() })
+	wg.Go(func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			wg.Go(func() {
+				defer c.Close()
+				time.Sleep(delay)
+				s, err := net.Dial("tcp", strings.TrimPrefix(target, "nats://"))
+				if err != nil {
+					return
+				}
+				defer s.Close()
+				go func() { _, _ = io.Copy(s, c); s.Close() }()
+				_, _ = io.Copy(c, s)
+			})
+		}
+	})
+	return "nats://" + ln.Addr().String()
+}
+
+// A server that answers only after 2.5 s is left after the first 2 s, but
+// the next round gives it 4 s and gets in, within --timeout.
+func TestCLI_ConnectGivesASlowServerLongerEachRound(t *testing.T) {
+	url, _ := runNATS(t)
+	slow := slowServer(t, url, 2500*time.Millisecond)
+	c := clientFlags{nats: slow, timeout: 20 * time.Second}
+	start := time.Now()
+	nc, err := c.connect(context.Background())
+	if err != nil {
+		t.Fatalf("after %s: %v", time.Since(start).Round(time.Millisecond), err)
+	}
+	nc.Close()
+	t.Logf("connected through the slow server after %s", time.Since(start).Round(time.Millisecond))
 }

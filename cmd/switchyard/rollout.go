@@ -136,18 +136,20 @@ func (c *clientFlags) parse(fs *flag.FlagSet, args []string, stderr io.Writer) (
 	return pos, nil
 }
 
-// connectAttempt is how long the CLI waits for one NATS server to take its
-// connection (TCP, TLS, the server's INFO and the authentication) before it
-// tries the next one in --nats: a server that stopped answering without
-// closing its port (its host hung, a network cut) costs this much, not the
-// whole --timeout.
+// connectAttempt is how long the CLI first waits for one NATS server to
+// take its connection (TCP, TLS, the server's INFO and the authentication)
+// before it tries the next one in --nats: a server that stopped answering
+// without closing its port (its host hung, a network cut) costs this much,
+// not the whole --timeout.
 const connectAttempt = 2 * time.Second
 
 // connect dials the NATS servers in --nats (in random order, as every NATS
-// client does) within --timeout, or ctx's deadline when that is sooner. While
-// time is left it tries again when the last server tried did not answer in
-// time; a server that refuses the connection, credentials it does not take
-// or a certificate that does not verify end it at once.
+// client does) within --timeout, or ctx's deadline when that is sooner.
+// While time is left it goes round again when the last server tried did
+// not answer in time, giving each twice as long as the round before, so a
+// server that is only slow (a loaded one doing TLS) gets in; a server that
+// refuses the connection, credentials it does not take or a certificate
+// that does not verify end it at once.
 func (c *clientFlags) connect(ctx context.Context) (*nats.Conn, error) {
 	sec, err := c.security.options()
 	if err != nil {
@@ -160,9 +162,9 @@ func (c *clientFlags) connect(ctx context.Context) (*nats.Conn, error) {
 		nc  *nats.Conn
 		err error
 	}
-	for {
+	for round := 0; ; round++ {
 		dl, _ := ctx.Deadline()
-		attempt := min(connectAttempt, time.Until(dl))
+		attempt := min(connectAttempt<<min(round, 4), time.Until(dl))
 		if attempt <= 0 {
 			// The deadline passed; ctx says so in a moment, and a caller
 			// that checks ctx.Err() must see it ended.
