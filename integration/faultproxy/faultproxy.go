@@ -196,12 +196,13 @@ func (p *Proxy) Close() error {
 	return err
 }
 
-// passable waits while the proxy blackholes connections from source;
-// false when it closes or drops instead.
-func (p *Proxy) passable(source string) (Mode, bool) {
+// passable waits while the proxy blackholes the connection c (by the
+// source it was opened by, as far as it is known now); false when it
+// closes or drops instead.
+func (p *Proxy) passable(c net.Conn) (Mode, bool) {
 	for {
 		p.mu.Lock()
-		m, changed := p.modeFor(source), p.changed
+		m, changed := p.modeFor(p.conns[c]), p.changed
 		p.mu.Unlock()
 		if m.Drop {
 			return m, false
@@ -274,7 +275,13 @@ func (p *Proxy) serve(client net.Conn) {
 		return
 	}
 	defer p.untrack(client)
-	if _, ok := p.passable(source); !ok {
+	ended := make(chan struct{})
+	defer close(ended)
+	if p.opts.Source != nil && source == "" {
+		p.wg.Add(1)
+		go p.learnSource(client, ended)
+	}
+	if _, ok := p.passable(client); !ok {
 		return
 	}
 	server, err := net.DialTimeout("tcp", p.target, 2*time.Second)
@@ -288,22 +295,53 @@ func (p *Proxy) serve(client net.Conn) {
 	defer p.untrack(server)
 	var wg sync.WaitGroup
 	wg.Add(2)
-	go func() { defer wg.Done(); p.pipe(server, client, source) }()
-	go func() { defer wg.Done(); p.pipe(client, server, source) }()
+	go func() { defer wg.Done(); p.pipe(server, client, client) }()
+	go func() { defer wg.Done(); p.pipe(client, server, client) }()
 	wg.Wait()
 }
 
-// pipe copies src to dst through the mode of the connection's source until
-// either side fails; then it closes both so that the other direction ends
-// too.
-func (p *Proxy) pipe(dst, src net.Conn, source string) {
+// learnSource looks again for the source of a connection whose source was
+// not found when it was accepted (Owner reads /proc/net/tcp in pieces and,
+// on a busy machine, can miss it every time), until it is found or the
+// connection ends: a connection counted as no one's would pass every
+// source's fault, a partition leaving one direction open.
+func (p *Proxy) learnSource(client net.Conn, ended <-chan struct{}) {
+	defer p.wg.Done()
+	t := time.NewTicker(20 * time.Millisecond)
+	defer t.Stop()
+	for {
+		select {
+		case <-ended:
+			return
+		case <-p.done:
+			return
+		case <-t.C:
+		}
+		name := p.opts.Source(client.RemoteAddr())
+		if name == "" {
+			continue
+		}
+		p.mu.Lock()
+		if _, open := p.conns[client]; open {
+			p.conns[client] = name
+			p.changedLocked()
+		}
+		p.mu.Unlock()
+		return
+	}
+}
+
+// pipe copies src to dst through the mode of the connection client's
+// source until either side fails; then it closes both so that the other
+// direction ends too.
+func (p *Proxy) pipe(dst, src, client net.Conn) {
 	defer dst.Close()
 	defer src.Close()
 	buf := make([]byte, 32<<10)
 	for {
 		n, err := src.Read(buf)
 		if n > 0 {
-			m, ok := p.passable(source)
+			m, ok := p.passable(client)
 			if !ok {
 				return
 			}
@@ -313,7 +351,7 @@ func (p *Proxy) pipe(dst, src net.Conn, source string) {
 				case <-p.done:
 					return
 				}
-				if m, ok = p.passable(source); !ok {
+				if m, ok = p.passable(client); !ok {
 					return
 				}
 			}

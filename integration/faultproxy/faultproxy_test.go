@@ -6,6 +6,7 @@ import (
 	"io"
 	"net"
 	"os"
+	"sync"
 	"testing"
 	"time"
 )
@@ -202,4 +203,68 @@ func TestProxy_SourceModeFaultsOnlyThatSourcesConnections(t *testing.T) {
 	if _, err := roundTrip(c, r, "three", 5*time.Second); err == nil || errors.Is(err, os.ErrDeadlineExceeded) {
 		t.Fatalf("source drop: the open connection was not reset (err %v)", err)
 	}
+}
+
+// A connection whose source was not found when it was accepted (Owner can
+// miss it on a busy machine) is looked for again, and once found it is
+// faulted with its source: a partition leaves no direction open.
+func TestProxy_SourceFoundLateIsFaultedWithIt(t *testing.T) {
+	var mu sync.Mutex
+	asked := 0
+	p, err := NewWith(echo(t), Options{Source: func(net.Addr) string {
+		mu.Lock()
+		defer mu.Unlock()
+		asked++
+		if asked <= 3 {
+			return ""
+		}
+		return "me"
+	}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer p.Close()
+	c, err := net.Dial("tcp", p.Addr())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	r := bufio.NewReader(c)
+	if got, err := roundTrip(c, r, "one", 5*time.Second); err != nil || got != "one\n" {
+		t.Fatalf("pass: %q %v", got, err)
+	}
+	// Found by now (the proxy looks every 20 ms).
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		p.mu.Lock()
+		src := p.conns[firstClient(p)]
+		p.mu.Unlock()
+		if src == "me" {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("the connection's source was never found")
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	p.SetSourceMode("me", Mode{Blackhole: true})
+	if got, err := roundTrip(c, r, "held", 300*time.Millisecond); !errors.Is(err, os.ErrDeadlineExceeded) {
+		t.Fatalf("source found late: its blackhole let %q through (err %v)", got, err)
+	}
+	p.SetSourceMode("me", Pass)
+	c.SetReadDeadline(time.Now().Add(5 * time.Second))
+	if got, err := r.ReadString('\n'); err != nil || got != "held\n" {
+		t.Fatalf("after the blackhole: %q %v", got, err)
+	}
+}
+
+// firstClient is the connection the proxy accepted (the one whose remote
+// end is not its target). Callers hold p.mu.
+func firstClient(p *Proxy) net.Conn {
+	for c := range p.conns {
+		if c.RemoteAddr().String() != p.target {
+			return c
+		}
+	}
+	return nil
 }
