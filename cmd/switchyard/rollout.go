@@ -407,7 +407,7 @@ func sendIntent(ctx context.Context, c clientFlags, kind string, in *sv1.Intent,
 	if !c.converge {
 		return nil
 	}
-	return awaitConverged(ctx, c, res, stdout)
+	return awaitConverged(ctx, c, nc, res, stdout)
 }
 
 // whyNoResultAsk bounds the question whyNoResult asks after --timeout ran
@@ -539,8 +539,10 @@ func currentFence(ctx context.Context, nc *nats.Conn, service string, generation
 // current epoch, or --timeout. A node of another lineage (diverged, or left
 // on the epoch before a raise) holds a generation number that says nothing
 // of this cluster's documents, and a node whose local guard overrode its
-// generation serves the old backend: neither counts.
-func awaitConverged(ctx context.Context, c clientFlags, res *sv1.IntentResult, stdout io.Writer) error {
+// generation serves the old backend: neither counts. It asks on nc, the
+// connection the intent went out on: a poll every 200 ms is no reason to
+// dial the bus again each time.
+func awaitConverged(ctx context.Context, c clientFlags, nc *nats.Conn, res *sv1.IntentResult, stdout io.Writer) error {
 	ctx, cancel := context.WithTimeout(ctx, c.timeout)
 	defer cancel()
 	last, answered := "no answer", false
@@ -548,7 +550,7 @@ func awaitConverged(ctx context.Context, c clientFlags, res *sv1.IntentResult, s
 	defer t.Stop()
 	for {
 		var ans sv1.FleetStatus
-		err := query(ctx, c, bus.QueryFleetStatus, &sv1.FleetStatusQuery{Service: res.GetService(), ReachedGeneration: res.GetGeneration()}, &ans)
+		err := bus.Query(ctx, nc, bus.QueryFleetStatus, &sv1.FleetStatusQuery{Service: res.GetService(), ReachedGeneration: res.GetGeneration()}, &ans)
 		if err == nil && len(ans.GetServices()) == 1 {
 			sf := ans.GetServices()[0]
 			want := bus.Fence{Epoch: max(sf.GetEpoch(), 1), Generation: res.GetGeneration()}

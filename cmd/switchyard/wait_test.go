@@ -57,7 +57,7 @@ func TestCLI_WaitCountsOnlyNodesDoingTheCommittedDocument(t *testing.T) {
 	}
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {
-			url, nc := runNATS(t)
+			_, nc := runNATS(t)
 			first := doing("edge-1", c.epoch, 12)
 			nodes := []*sv1.NodeView{first, c.other}
 			answerQuery(t, nc, bus.QueryRollouts, &sv1.RolloutsAnswer{Rollouts: []*sv1.RolloutView{{
@@ -66,7 +66,7 @@ func TestCLI_WaitCountsOnlyNodesDoingTheCommittedDocument(t *testing.T) {
 				Service: "web", Epoch: c.epoch, Generation: 12, Rollout: "r", Live: 2,
 				Waves: []*sv1.WaveNodes{{Wave: "-", Index: -1, Nodes: nodes}}}}})
 			var out strings.Builder
-			err := awaitConverged(context.Background(), clientFlags{nats: url, timeout: time.Second},
+			err := awaitConverged(context.Background(), clientFlags{timeout: time.Second}, nc,
 				&sv1.IntentResult{Accepted: true, RolloutId: "r", Service: "web", Generation: 12}, &out)
 			if got := err == nil; got != c.want {
 				t.Errorf("converged = %v (err %v, stdout %q), want %v", got, err, out.String(), c.want)
@@ -86,12 +86,12 @@ func TestCLI_WaitNamesANodeHeldByItsPreTrafficHook(t *testing.T) {
 		{Node: "edge-2", AppliedEpoch: 1, AppliedGeneration: 12, Weights: blue, ObservedWeights: blue, ObservedMatches: true,
 			HookRuns: []*sv1.HookRun{{Hook: "warm-green", Point: "preTraffic", Generation: 12, State: "failed", ExitCode: 7}}},
 	}
-	url, nc := runNATS(t)
+	_, nc := runNATS(t)
 	answerQuery(t, nc, bus.QueryFleetStatus, &sv1.FleetStatus{Services: []*sv1.ServiceFleet{{
 		Service: "web", Epoch: 1, Generation: 12, Rollout: "r", Live: 2,
 		Waves: []*sv1.WaveNodes{{Wave: "-", Index: -1, Nodes: nodes}}}}})
 	var out strings.Builder
-	if err := awaitConverged(context.Background(), clientFlags{nats: url, timeout: 5 * time.Second},
+	if err := awaitConverged(context.Background(), clientFlags{timeout: 5 * time.Second}, nc,
 		&sv1.IntentResult{Accepted: true, RolloutId: "r", Service: "web", Generation: 12}, &out); err != nil {
 		t.Fatalf("--wait: %v (stdout %q)", err, out.String())
 	}
@@ -117,7 +117,7 @@ func TestCLI_WaitGoesByTheCoordinatorsCounts(t *testing.T) {
 			"held: edge-2 applied it on the old backend: a pre-traffic hook failed (rollout status says why)\n"},
 	} {
 		t.Run(c.name, func(t *testing.T) {
-			url, nc := runNATS(t)
+			_, nc := runNATS(t)
 			sub, err := nc.Subscribe(bus.QuerySubject(bus.QueryFleetStatus), func(m *nats.Msg) {
 				var q sv1.FleetStatusQuery
 				if err := proto.Unmarshal(m.Data, &q); err != nil || q.GetReachedGeneration() != 12 || q.GetService() != "web" {
@@ -135,7 +135,7 @@ func TestCLI_WaitGoesByTheCoordinatorsCounts(t *testing.T) {
 				t.Fatal(err)
 			}
 			var out strings.Builder
-			err = awaitConverged(context.Background(), clientFlags{nats: url, timeout: 3 * time.Second},
+			err = awaitConverged(context.Background(), clientFlags{timeout: 3 * time.Second}, nc,
 				&sv1.IntentResult{Accepted: true, RolloutId: "r", Service: "web", Generation: 12}, &out)
 			switch {
 			case err != nil && !strings.HasSuffix(err.Error(), c.want):
