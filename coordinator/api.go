@@ -243,6 +243,9 @@ func (s *Server) Series(q *sv1.SeriesQuery) (*sv1.RolloutSeries, error) {
 		return nil, fmt.Errorf("rollout: required")
 	}
 	if s.fsm.State().Rollout(q.GetRollout()) == nil {
+		if f := s.fsm.State().Forgotten(q.GetRollout()); f != nil {
+			return nil, fmt.Errorf("rollout: %w", state.ForgottenError(f))
+		}
 		return nil, fmt.Errorf("rollout: no rollout named %q", q.GetRollout())
 	}
 	if sr := s.series.series(q.GetRollout()); sr != nil {

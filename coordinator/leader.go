@@ -127,6 +127,7 @@ func (s *Server) leaderLoop(ctx context.Context) {
 		"audit":     s.exportAudit,
 		"notify":    s.runNotify,
 		"beacon":    s.runBeacon,
+		"retention": s.runRetention,
 	}
 	var wg sync.WaitGroup
 	for name, run := range routines {

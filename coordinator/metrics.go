@@ -41,6 +41,9 @@ type metrics struct {
 	// pushes counts the copies of written documents published on their
 	// push subjects, for agents behind leaf servers.
 	pushes *prometheus.CounterVec
+	// rolloutsForgotten counts the finished rollouts the leader's
+	// retention forgot.
+	rolloutsForgotten prometheus.Counter
 }
 
 func newMetrics(reg prometheus.Registerer) *metrics {
@@ -148,9 +151,13 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 			Name: "switchyard_coordinator_viewer_refused_total",
 			Help: "Read API and dashboard requests refused for want of a viewer token or cluster certificate, by reason: missing, wrong.",
 		}, []string{"reason"}),
+		rolloutsForgotten: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "switchyard_coordinator_rollouts_forgotten_total",
+			Help: "Finished rollouts this coordinator's retention forgot while it led (--forget-rollouts-after); switchyard_coordinator_rollouts{state=\"forgotten\"} counts every replica's tombstones.",
+		}),
 	}
 	m.decisionStages = newDecisionStageSeconds()
-	reg.MustRegister(m.eventStreams, m.viewerRefused, m.decisionStages)
+	reg.MustRegister(m.eventStreams, m.viewerRefused, m.decisionStages, m.rolloutsForgotten)
 	reg.MustRegister(m.peerRejected, m.joinFailures, m.diverged, m.divergences, m.queries, m.queriesMalformed, m.notifications)
 	reg.MustRegister(m.intentsAccepted, m.intentsRejected, m.refusalsNotRecorded, m.publishes, m.publishSeconds, m.pushes,
 		m.raftApply, m.raftApplyFailures, m.isLeader, m.statusRejected, m.statuses, m.telemetry, m.telemetryRefused, m.decisions,

@@ -30,6 +30,9 @@ func (s *Server) Rollouts(q *sv1.RolloutsQuery) (*sv1.RolloutsAnswer, error) {
 	case q.GetRollout() != "":
 		r := st.Rollout(q.GetRollout())
 		if r == nil {
+			if f := st.Forgotten(q.GetRollout()); f != nil {
+				return nil, state.ForgottenError(f)
+			}
 			return nil, fmt.Errorf("no rollout named %q", q.GetRollout())
 		}
 		rollouts = append(rollouts, r)

@@ -90,6 +90,13 @@ type Config struct {
 	// forgets it, so that a node that left for good is no longer counted
 	// stale; DefaultForgetAfter when zero.
 	ForgetAfter time.Duration
+	// ForgetRolloutsAfter is how long a finished rollout stays in the
+	// replicated state with its spec and history; after that the leader
+	// forgets it (a tombstone keeps its name taken), except the newest
+	// state.KeepFinishedPerService of each service.
+	// DefaultForgetRolloutsAfter when zero; KeepRollouts (negative) keeps
+	// every rollout.
+	ForgetRolloutsAfter time.Duration
 	// TickInterval is how often the leader's rollout controller looks at
 	// every live rollout.
 	TickInterval time.Duration
@@ -182,6 +189,9 @@ func (c *Config) setDefaults() error {
 	}
 	if c.TickInterval == 0 {
 		c.TickInterval = 250 * time.Millisecond
+	}
+	if c.ForgetRolloutsAfter == 0 {
+		c.ForgetRolloutsAfter = DefaultForgetRolloutsAfter
 	}
 	if c.StopTimeout < 0 {
 		return fmt.Errorf("coordinator: stop timeout %s is negative", c.StopTimeout)
@@ -316,6 +326,9 @@ func New(cfg Config) (*Server, error) {
 	s.reported = make(chan struct{}, 1)
 	if err := cfg.Registerer.Register(sequentialCollector{s.analysis}); err != nil {
 		return nil, fmt.Errorf("register sequential judge metrics: %w", err)
+	}
+	if err := cfg.Registerer.Register(rolloutsCollector{s}); err != nil {
+		return nil, fmt.Errorf("register rollouts metrics: %w", err)
 	}
 	if err := cfg.Registerer.Register(storeCollector{s.analysis}); err != nil {
 		return nil, fmt.Errorf("register analysis store metrics: %w", err)

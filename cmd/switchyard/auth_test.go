@@ -5,6 +5,7 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/switchyard/switchyard/coordinator"
 )
@@ -157,6 +158,8 @@ func TestCLI_CoordinatorConfigFileMistakesNameTheKey(t *testing.T) {
 		{"nodeId: c1\nsigning: {validity: 1 hour}\n", `signing.validity: "1 hour" is not a duration`},
 		{"nodeId: c1\nnatsClient: {cred: /etc/switchyard/c1.creds}\n", "natsClient.cred: unknown field; want one of creds, ca, cert, key"},
 		{"nodeId: c1\nretryJoin: 10.0.0.2:7070\n", "retryJoin: want a list"},
+		{"nodeId: c1\nforgetRolloutsAfter: -24h\n", "forgetRolloutsAfter: -24h0m0s is negative"},
+		{"nodeId: c1\nforgetRolloutsAfter: a year\n", `forgetRolloutsAfter: "a year" is not a duration`},
 		{"nodeId: c1\nnotifications: [{url: 'http://x', timeout: soon}]\n", `notifications[0].timeout: "soon" is not a duration`},
 		// The coordinator reads the streams of the servers it connects to;
 		// the key was accepted and then ignored.
@@ -217,5 +220,33 @@ func TestCLI_AuthPushWarnsOfLeavesWithoutPermissions(t *testing.T) {
 	}
 	if strings.Contains(stderr, "pop-b") {
 		t.Fatalf("push warned of the leaf this release issued: %q", stderr)
+	}
+}
+
+// forgetRolloutsAfter in the file: absent leaves the flag's default, 0
+// keeps every rollout, a duration is the retention.
+func TestCLI_CoordinatorConfigFileRolloutRetention(t *testing.T) {
+	for _, c := range []struct {
+		doc  string
+		want time.Duration
+	}{
+		{"nodeId: c1\n", 0},
+		{"nodeId: c1\nforgetRolloutsAfter: 0s\n", coordinator.KeepRollouts},
+		{"nodeId: c1\nforgetRolloutsAfter: 720h\n", 720 * time.Hour},
+	} {
+		path := filepath.Join(t.TempDir(), "c.yaml")
+		if err := os.WriteFile(path, []byte(c.doc), 0o600); err != nil {
+			t.Fatal(err)
+		}
+		var (
+			cfg     coordinator.Config
+			signing signingFlags
+		)
+		if _, err := loadCoordinatorFile(path, &cfg, &signing); err != nil {
+			t.Fatalf("%q: %v", c.doc, err)
+		}
+		if cfg.ForgetRolloutsAfter != c.want {
+			t.Errorf("%q: ForgetRolloutsAfter %s, want %s", c.doc, cfg.ForgetRolloutsAfter, c.want)
+		}
 	}
 }

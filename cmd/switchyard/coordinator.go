@@ -98,6 +98,9 @@ type coordinatorFile struct {
 	Replicas        int            `yaml:"replicas"`
 	// ForgetNodesAfter is how long a silent node stays in the fleet view.
 	ForgetNodesAfter time.Duration `yaml:"forgetNodesAfter"`
+	// ForgetRolloutsAfter is how long a finished rollout stays in the
+	// replicated state; 0 keeps every one.
+	ForgetRolloutsAfter *time.Duration `yaml:"forgetRolloutsAfter"`
 	// Signing is the key that signs published documents.
 	Signing signingFlags `yaml:"signing"`
 	// ViewerTokenFile holds the token the read API and dashboard require.
@@ -169,6 +172,12 @@ func loadCoordinatorFile(path string, cfg *coordinator.Config, signing *signingF
 	*signing = f.Signing
 	cfg.Replicas = f.Replicas
 	cfg.ForgetAfter = f.ForgetNodesAfter
+	if f.ForgetRolloutsAfter != nil {
+		if *f.ForgetRolloutsAfter < 0 {
+			return false, fmt.Errorf("--config %s: forgetRolloutsAfter: %s is negative; want a duration such as 2160h (the default) or 0 to keep every rollout", path, *f.ForgetRolloutsAfter)
+		}
+		cfg.ForgetRolloutsAfter = rolloutRetention(*f.ForgetRolloutsAfter)
+	}
 	cfg.AclBootstrap = coordinator.AclBootstrap{Key: f.AclBootstrap.Admin, Name: f.AclBootstrap.Name}
 	cfg.Notify = f.Notifications
 	return f.BootstrapExpect != nil, nil
@@ -201,7 +210,7 @@ func runCoordinator(ctx context.Context, args []string, stdout, stderr io.Writer
 		aclName   string
 		notifyF   notifyFlags
 	)
-	configFile := fs.String("config", "", "YAML config file with the same keys (nodeId, dataDir, raftAddr, raftAdvertise, httpAddr, nats, natsClient {creds, ca, cert, key}, clusterTLS {ca, cert, key}, bootstrapExpect, retryJoin, replicas, forgetNodesAfter, signing {key, trusted, validity}, viewerTokenFile, aclBootstrap {admin, name}, notifications [{name, url, format, events, timeout, retries}]); flags override it")
+	configFile := fs.String("config", "", "YAML config file with the same keys (nodeId, dataDir, raftAddr, raftAdvertise, httpAddr, nats, natsClient {creds, ca, cert, key}, clusterTLS {ca, cert, key}, bootstrapExpect, retryJoin, replicas, forgetNodesAfter, forgetRolloutsAfter, signing {key, trusted, validity}, viewerTokenFile, aclBootstrap {admin, name}, notifications [{name, url, format, events, timeout, retries}]); flags override it")
 	fs.StringVar(&cfg.NodeID, "node-id", "", "this coordinator's id in the cluster (required)")
 	fs.StringVar(&cfg.DataDir, "data-dir", "", "directory for the Raft log and snapshots (required)")
 	fs.StringVar(&cfg.RaftAddr, "raft-addr", "127.0.0.1:7000", "address Raft listens on and, without --raft-advertise, other coordinators reach it at")
@@ -219,6 +228,7 @@ func runCoordinator(ctx context.Context, args []string, stdout, stderr io.Writer
 	fs.DurationVar(&signing.Validity, "signing-validity", 0, "how long a signed document stays current on the agents; re-signed when half is left (default 1h)")
 	fs.StringVar(&cfg.ViewerTokenFile, "viewer-token-file", "", "file holding a token the read API and the dashboard then require (Authorization: Bearer, or /ui/?token= once in a browser); a client certificate from the cluster CA also passes. Empty: reads are open to whoever reaches --http-addr")
 	fs.DurationVar(&cfg.ForgetAfter, "forget-nodes-after", coordinator.DefaultForgetAfter, "how long a silent node stays in the fleet view, counted stale, before it is forgotten (nodes that left for good: scaled down, replaced under a new name); at least the stale period")
+	forgetRollouts := fs.Duration("forget-rollouts-after", coordinator.DefaultForgetRolloutsAfter, "how long a finished rollout stays in the replicated state with its spec and history (the newest 20 of each service always do); then only its name stays taken and the audit trail keeps what it did. 0 keeps every rollout")
 	fs.IntVar(&cfg.Replicas, "replicas", 0, "replicas of the intent stream and the buckets (1..5); 0 matches the NATS cluster: 3 on 3 or more servers, else 1. Never lowers what a stream has")
 	fs.StringVar(&aclAdmin, "acl-bootstrap-admin", envOr("SWITCHYARD_ACL_BOOTSTRAP_ADMIN", ""), "the first admin's key (U… nkey, ed25519:…, or a creds/.pub/key file), committed once when the cluster has no admin; from then on roles change only by signed intents (env SWITCHYARD_ACL_BOOTSTRAP_ADMIN)")
 	fs.StringVar(&aclName, "acl-bootstrap-name", "admin", "the first admin's name, shown in history and audit")
@@ -279,12 +289,19 @@ func runCoordinator(ctx context.Context, args []string, stdout, stderr io.Writer
 		if !given["forget-nodes-after"] {
 			cfg.ForgetAfter = fromFile.ForgetAfter
 		}
+		if !given["forget-rollouts-after"] && fromFile.ForgetRolloutsAfter != 0 {
+			*forgetRollouts = max(fromFile.ForgetRolloutsAfter, 0)
+		}
 		pick("acl-bootstrap-admin", &aclAdmin, fromFile.AclBootstrap.Key)
 		pick("acl-bootstrap-name", &aclName, fromFile.AclBootstrap.Name)
 		if !given["notify"] && !given["notify-slack"] {
 			cfg.Notify = fromFile.Notify
 		}
 	}
+	if *forgetRollouts < 0 {
+		return fmt.Errorf("--forget-rollouts-after: %s is negative; want a duration such as 2160h (the default) or 0 to keep every rollout", *forgetRollouts)
+	}
+	cfg.ForgetRolloutsAfter = rolloutRetention(*forgetRollouts)
 	if aclAdmin != "" {
 		k, err := resolveKey(aclAdmin)
 		if err != nil {
@@ -461,4 +478,13 @@ func streamReplicas(streams map[string]int) string {
 		parts[i] = fmt.Sprintf("%s=%d", n, streams[n])
 	}
 	return strings.Join(parts, " ")
+}
+
+// rolloutRetention is the coordinator's ForgetRolloutsAfter for the
+// --forget-rollouts-after value d, whose 0 keeps every rollout.
+func rolloutRetention(d time.Duration) time.Duration {
+	if d == 0 {
+		return coordinator.KeepRollouts
+	}
+	return d
 }

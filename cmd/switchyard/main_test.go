@@ -92,6 +92,8 @@ func TestCLI_ExitCodes(t *testing.T) {
 		{"approvals over the policy's limit", []string{"acl", "policy", "--approvals", "11", "--nats", "nats://127.0.0.1:1"}, exitUsage, "--approvals 11: want 0..10"},
 		{"drill node cap above 32 bits", []string{"acl", "policy", "--drill-max-nodes", "4294967296", "--nats", "nats://127.0.0.1:1"}, exitUsage, "--drill-max-nodes 4294967296: want 0..4294967295"},
 		{"drill percent cap over 100", []string{"acl", "policy", "--drill-max-percent", "4294967396", "--nats", "nats://127.0.0.1:1"}, exitUsage, "--drill-max-percent 4294967396: want 0..100"},
+		{"coordinator keeping rollouts a negative time", []string{"coordinator", "--node-id", "c1", "--data-dir", t.TempDir(), "--nats", "nats://127.0.0.1:1", "--signing-key", key, "--forget-rollouts-after", "-1h"}, exitFailure,
+			"--forget-rollouts-after: -1h0m0s is negative; want a duration such as 2160h (the default) or 0 to keep every rollout"},
 		{"coordinator without data dir", []string{"coordinator", "--node-id", "c1", "--nats", "nats://127.0.0.1:1", "--signing-key", key}, exitFailure, "--data-dir is required"},
 		{"agent without config", []string{"agent"}, exitUsage, "want --config FILE"},
 		{"agent with a missing config", []string{"agent", "--config", filepath.Join(t.TempDir(), "none.yaml")}, exitFailure, "none.yaml"},

@@ -58,6 +58,11 @@ const (
 	AuditExportedType MessageType = 71
 	// AclBootstrapType carries an sv1.AclBootstrapEntry: the first admin.
 	AclBootstrapType MessageType = 72
+	// ForgetType carries an sv1.ForgetEntry: finished rollouts the
+	// leader's retention removes. A coordinator from before it stops at
+	// such an entry (unknown type): upgrade every coordinator of a cluster
+	// before running one with --forget-finished-after on.
+	ForgetType MessageType = 73
 )
 
 // ErrMalformedEntry is returned by Decode for bytes that are not an entry.
@@ -113,6 +118,8 @@ func Decode(data []byte) (MessageType, proto.Message, error) {
 		body = &sv1.AuditExportedEntry{}
 	case AclBootstrapType:
 		body = &sv1.AclBootstrapEntry{}
+	case ForgetType:
+		body = &sv1.ForgetEntry{}
 	default:
 		return t, nil, fmt.Errorf("%w: unknown type %d", ErrMalformedEntry, t)
 	}
@@ -126,6 +133,8 @@ func Decode(data []byte) (MessageType, proto.Message, error) {
 type Response struct {
 	// Applied is set for intents.
 	Applied state.Applied
+	// Forgot names the rollouts a ForgetEntry forgot.
+	Forgot []string
 }
 
 // Hooks are told, on every replica, which documents an entry changed; the
@@ -225,6 +234,8 @@ func (f *FSM) Apply(l *raft.Log) any {
 	case AclBootstrapType:
 		st.ApplyAclBootstrap(l.Index, body.(*sv1.AclBootstrapEntry))
 		return Response{}
+	case ForgetType:
+		return Response{Forgot: st.ApplyForget(l.Index, body.(*sv1.ForgetEntry))}
 	}
 	panic(fmt.Sprintf("raft log index %d: type %d decoded but not applied", l.Index, t))
 }

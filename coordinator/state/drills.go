@@ -52,6 +52,9 @@ func (s *State) runDrill(index uint64, at time.Time, operator string, sp *sv1.Dr
 	}
 	if id := sp.GetRollout(); id != "" {
 		r := s.rollouts[id]
+		if f := s.forgotten[id]; f != nil {
+			return refuse(CodeNotFound, "drill.rollout: %v", ForgottenError(f))
+		}
 		if r == nil {
 			return refuse(CodeNotFound, "drill.rollout: no rollout named %q", id)
 		}

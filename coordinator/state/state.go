@@ -90,6 +90,9 @@ type State struct {
 	rollouts map[string]*sv1.Rollout
 	intents  map[string]*sv1.ProcessedIntent
 	drills   map[string]*sv1.Drill
+	// forgotten are the tombstones of the rollouts the retention forgot
+	// (see forget.go).
+	forgotten map[string]*sv1.ForgottenRollout
 	// epoch is the cluster's lineage (see epoch.go); 0 reads as 1.
 	epoch uint64
 	// acl is the roles and policy (see acl.go).
@@ -119,6 +122,7 @@ func New() *State {
 		rollouts:  map[string]*sv1.Rollout{},
 		intents:   map[string]*sv1.ProcessedIntent{},
 		drills:    map[string]*sv1.Drill{},
+		forgotten: map[string]*sv1.ForgottenRollout{},
 		acl:       &sv1.AclState{},
 		auditHead: &sv1.AuditHead{},
 	}
@@ -210,6 +214,10 @@ func (s *State) applyRollout(index uint64, at time.Time, operator string, sp *sv
 	}
 	if _, ok := s.rollouts[sp.GetName()]; ok {
 		return refuse(CodeConflict, "spec.name: rollout %q exists; give the new rollout a new name", sp.GetName())
+	}
+	if f := s.forgotten[sp.GetName()]; f != nil {
+		return refuse(CodeConflict, "spec.name: rollout %q existed (%s, ended %s; forgotten by the retention since); a name stays taken, give the new rollout a new name",
+			sp.GetName(), PhaseName(f.GetPhase()), f.GetEndedAt().AsTime().UTC().Format(time.RFC3339))
 	}
 	svc := s.services[sp.GetService()]
 	if svc != nil {
@@ -328,6 +336,9 @@ func (s *State) owned(id, field string) (*sv1.Rollout, *sv1.ServiceRecord, *Appl
 	r := s.rollouts[id]
 	if r == nil {
 		a := refuse(CodeNotFound, "%s: no rollout named %q", field, id)
+		if f := s.forgotten[id]; f != nil {
+			a = refuse(CodeNotFound, "%s: %v", field, ForgottenError(f))
+		}
 		return nil, nil, &a
 	}
 	svc := s.services[r.GetSpec().GetService()]
@@ -882,6 +893,9 @@ func (s *State) Snapshot() *sv1.StateSnapshot {
 	for _, k := range sortedKeys(s.drills) {
 		snap.Drills = append(snap.Drills, proto.Clone(s.drills[k]).(*sv1.Drill))
 	}
+	for _, k := range sortedKeys(s.forgotten) {
+		snap.Forgotten = append(snap.Forgotten, proto.CloneOf(s.forgotten[k]))
+	}
 	return snap
 }
 
@@ -916,6 +930,12 @@ func FromSnapshot(snap *sv1.StateSnapshot) (*State, error) {
 			return nil, fmt.Errorf("snapshot: drill with empty or duplicate id %q", v.GetId())
 		}
 		s.drills[v.GetId()] = v
+	}
+	for _, v := range snap.GetForgotten() {
+		if v.GetId() == "" || s.forgotten[v.GetId()] != nil || s.rollouts[v.GetId()] != nil {
+			return nil, fmt.Errorf("snapshot: forgotten rollout with empty or duplicate id %q", v.GetId())
+		}
+		s.forgotten[v.GetId()] = v
 	}
 	return s, nil
 }

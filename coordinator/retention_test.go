@@ -1,0 +1,106 @@
+package coordinator
+
+import (
+	"context"
+	"fmt"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus/testutil"
+	"google.golang.org/protobuf/proto"
+	"google.golang.org/protobuf/types/known/timestamppb"
+
+	"github.com/switchyard/switchyard/bus"
+	"github.com/switchyard/switchyard/coordinator/fsm"
+	"github.com/switchyard/switchyard/coordinator/state"
+	sv1 "github.com/switchyard/switchyard/proto/switchyard/v1"
+)
+
+// finishRollouts commits, through the leader's Raft, n blue-green rollouts
+// of service web that each promote and finish, named web-0 on.
+func finishRollouts(t *testing.T, leader *Server, n int) {
+	t.Helper()
+	commit := func(typ fsm.MessageType, m proto.Message) {
+		t.Helper()
+		if _, _, err := leader.raftApply(typ, m); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for i := range n {
+		name := fmt.Sprintf("web-%d", i)
+		sp := &sv1.RolloutSpec{Name: name, Service: "web", From: "blue", To: "green",
+			Strategy: &sv1.Strategy{Kind: &sv1.Strategy_BlueGreen{BlueGreen: &sv1.BlueGreen{}}}}
+		if i%2 == 1 {
+			sp.From, sp.To = sp.To, sp.From
+		}
+		now := timestamppb.Now()
+		commit(fsm.IntentType, &sv1.IntentEntry{StampedAt: now, Rules: state.Rules, Intent: &sv1.Intent{Id: "apply-" + name, Operator: "ci",
+			Action: &sv1.Intent_ApplyRollout{ApplyRollout: &sv1.ApplyRollout{Spec: sp}}}})
+		commit(fsm.RolloutAdvanceType, &sv1.RolloutAdvanceEntry{Rollout: name, Promote: true, StampedAt: now})
+		commit(fsm.RolloutFinishType, &sv1.RolloutFinishEntry{Rollout: name, StampedAt: now})
+	}
+}
+
+// The leader's retention forgets the finished rollouts older than
+// --forget-rollouts-after beyond each service's newest 20, through one
+// entry every replica applies alike, and a coordinator started again from
+// its data directory has the same tombstones; a forgotten rollout's name
+// stays taken and a query for it says where it went.
+func TestCluster_RetentionForgetsOldFinishedRolloutsOnEveryReplica(t *testing.T) {
+	nc, url := startNATS(t)
+	nodes := startCluster(t, url, 3, func(_ int, c *Config) { c.ForgetRolloutsAfter = 2 * time.Second })
+	var leader *clusterNode
+	waitFor(t, "a leader", 15*time.Second, func() bool { leader = leaderOf(nodes); return leader != nil })
+
+	const extra = 3
+	finishRollouts(t, leader.srv, state.KeepFinishedPerService+extra)
+	want := state.KeepFinishedPerService
+	waitFor(t, "every replica to forget the oldest three", 20*time.Second, func() bool {
+		for _, n := range nodes {
+			held, forgotten := n.srv.fsm.State().RolloutCounts()
+			if held != want || forgotten != extra {
+				return false
+			}
+		}
+		return true
+	})
+	for i := range extra {
+		if f := leader.srv.fsm.State().Forgotten(fmt.Sprintf("web-%d", i)); f.GetPhase() != sv1.RolloutPhase_ROLLOUT_PHASE_COMPLETED {
+			t.Fatalf("web-%d: tombstone %v", i, f)
+		}
+	}
+	if got := testutil.ToFloat64(leader.srv.metrics.rolloutsForgotten); got != extra {
+		t.Errorf("switchyard_coordinator_rollouts_forgotten_total %v on the leader, want %d", got, extra)
+	}
+
+	// A query says where the rollout went; its name stays taken.
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	var ans sv1.RolloutsAnswer
+	err := bus.Query(ctx, nc, bus.QueryRollouts, &sv1.RolloutsQuery{Rollout: "web-0"}, &ans)
+	if err == nil || !strings.Contains(err.Error(), "forgotten") || !strings.Contains(err.Error(), "audit log --rollout") {
+		t.Fatalf("query for a forgotten rollout: %v", err)
+	}
+	again := applyIntent("i-again", "web-1")
+	if res := send(t, nc, again); res.GetAccepted() || res.GetCode() != state.CodeConflict {
+		t.Fatalf("a forgotten name applied again: %v", res)
+	}
+
+	// A follower started again from its data directory has the same
+	// tombstones.
+	var follower *clusterNode
+	for _, n := range nodes {
+		if n != leader {
+			follower = n
+		}
+	}
+	follower.stop()
+	follower.start(t)
+	waitFor(t, "the restarted follower to hold the leader's state", 15*time.Second, func() bool {
+		return follower.testCoordinator != nil && proto.Equal(follower.srv.fsm.State().Snapshot(), leader.srv.fsm.State().Snapshot())
+	})
+	if f := follower.srv.fsm.State().Forgotten("web-2"); f == nil {
+		t.Fatal("the restarted follower lost the tombstone of web-2")
+	}
+}

@@ -1,0 +1,142 @@
+package state
+
+import (
+	"cmp"
+	"fmt"
+	"slices"
+	"strings"
+	"time"
+
+	"google.golang.org/protobuf/proto"
+
+	sv1 "github.com/switchyard/switchyard/proto/switchyard/v1"
+)
+
+// The retention: the state would otherwise keep every rollout ever applied
+// (some 13 KB of heap each with its history, 2 KB of snapshot). The leader
+// names finished rollouts to forget in a ForgetEntry; every replica checks
+// each name against the same state and forgets the same ones, keeping a
+// tombstone per rollout so its name stays taken and a query for it is
+// answered. The records of what the rollout did are on the audit stream.
+
+// KeepFinishedPerService is how many finished rollouts of each service the
+// retention never forgets, however old: the newest ones, which the
+// dashboard and `switchyard rollout list` show.
+const KeepFinishedPerService = 20
+
+// forgettable says why r must stay, or "" when it may be forgotten.
+func (s *State) forgettable(r *sv1.Rollout) string {
+	if !terminal(r.GetPhase()) {
+		return "not finished"
+	}
+	if s.services[r.GetSpec().GetService()].GetActiveRollout() == r.GetId() {
+		return "its service's active rollout"
+	}
+	for _, c := range r.GetHookCalls() {
+		if c.GetOutcome() == sv1.HookOutcome_HOOK_OUTCOME_PENDING {
+			return "a webhook call pending"
+		}
+	}
+	for _, d := range s.drills {
+		if d.GetSpec().GetRollout() == r.GetId() && DrillLive(d.GetPhase()) {
+			return "a drill running in it"
+		}
+	}
+	return ""
+}
+
+// ApplyForget forgets the finished rollouts e names that may be forgotten
+// and returns the names it forgot; it ignores the rest (a name already
+// forgotten, unknown, or one that must stay).
+func (s *State) ApplyForget(index uint64, e *sv1.ForgetEntry) []string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	var forgot []string
+	for _, id := range e.GetRollouts() {
+		r := s.rollouts[id]
+		if r == nil || s.forgettable(r) != "" {
+			continue
+		}
+		s.forgotten[id] = &sv1.ForgottenRollout{
+			Id:          id,
+			Service:     r.GetSpec().GetService(),
+			Phase:       r.GetPhase(),
+			CreatedAt:   r.GetCreatedAt(),
+			EndedAt:     r.GetUpdatedAt(),
+			Generation:  r.GetGeneration(),
+			ForgottenAt: e.GetStampedAt(),
+			Index:       index,
+		}
+		delete(s.rollouts, id)
+		forgot = append(forgot, id)
+	}
+	if len(forgot) > 0 {
+		s.appendAudit(&sv1.AuditRecord{Index: index, At: e.GetStampedAt(), Kind: "forgotten", Actor: "switchyard", Accepted: true,
+			Message: fmt.Sprintf("forgot %d finished rollouts from the replicated state (%s): %s", len(forgot), e.GetReason(), strings.Join(forgot, ", "))})
+	}
+	return forgot
+}
+
+// ForgetCandidates names at most limit finished rollouts that ended before
+// endedBefore and may be forgotten, oldest first, keeping the newest
+// KeepFinishedPerService finished rollouts of every service.
+func (s *State) ForgetCandidates(endedBefore time.Time, limit int) []string {
+	s.mu.RLock()
+	defer s.mu.RUnlock()
+	byService := map[string][]*sv1.Rollout{}
+	for _, r := range s.rollouts {
+		if terminal(r.GetPhase()) {
+			svc := r.GetSpec().GetService()
+			byService[svc] = append(byService[svc], r)
+		}
+	}
+	var old []*sv1.Rollout
+	for _, done := range byService {
+		if len(done) <= KeepFinishedPerService {
+			continue
+		}
+		slices.SortFunc(done, newestFirst)
+		for _, r := range done[KeepFinishedPerService:] {
+			if r.GetUpdatedAt().AsTime().Before(endedBefore) && s.forgettable(r) == "" {
+				old = append(old, r)
+			}
+		}
+	}
+	slices.SortFunc(old, func(a, b *sv1.Rollout) int {
+		return cmp.Or(a.GetUpdatedAt().AsTime().Compare(b.GetUpdatedAt().AsTime()), cmp.Compare(a.GetId(), b.GetId()))
+	})
+	if limit > 0 && len(old) > limit {
+		old = old[:limit]
+	}
+	ids := make([]string, len(old))
+	for i, r := range old {
+		ids[i] = r.GetId()
+	}
+	return ids
+}
+
+// Forgotten returns a copy of the tombstone of a forgotten rollout, or nil.
+func (s *State) Forgotten(id string) *sv1.ForgottenRollout {
+	s.mu.RLock()
+	defer s.mu.RUnlock()
+	if f := s.forgotten[id]; f != nil {
+		return proto.CloneOf(f)
+	}
+	return nil
+}
+
+// RolloutCounts is how many rollouts the state holds and how many it
+// forgot.
+func (s *State) RolloutCounts() (held, forgotten int) {
+	s.mu.RLock()
+	defer s.mu.RUnlock()
+	return len(s.rollouts), len(s.forgotten)
+}
+
+// ForgottenError says that a rollout was forgotten, and where its records
+// are.
+func ForgottenError(f *sv1.ForgottenRollout) error {
+	return fmt.Errorf("rollout %q (%s) %s at %s and was forgotten from the replicated state at %s (index %d) by the retention (--forget-rollouts-after); what it did is in the audit trail (switchyard audit log --rollout %[1]q)",
+		f.GetId(), f.GetService(), PhaseName(f.GetPhase()), f.GetEndedAt().AsTime().UTC().Format(time.RFC3339),
+		f.GetForgottenAt().AsTime().UTC().Format(time.RFC3339), f.GetIndex())
+}
