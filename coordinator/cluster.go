@@ -35,6 +35,11 @@ type PeerInfo struct {
 	RaftAddr string `json:"raft_addr"`
 	// Leader is the id of the leader this node follows, empty if none.
 	Leader string `json:"leader,omitempty"`
+	// Applies names the kinds of Raft entry, added after the first
+	// release, that this coordinator applies: a leader writes such an
+	// entry of its own accord only once every member says it applies it
+	// (an older member would stop at it).
+	Applies []string `json:"applies,omitempty"`
 }
 
 // Member is one server of the Raft configuration.
@@ -144,7 +149,7 @@ func (s *Server) keepsQuorumWithout(conf raft.Configuration, id raft.ServerID) e
 
 func (s *Server) self() PeerInfo {
 	_, leader := s.raft.LeaderWithID()
-	return PeerInfo{ID: s.cfg.NodeID, RaftAddr: s.RaftAddr(), Leader: string(leader)}
+	return PeerInfo{ID: s.cfg.NodeID, RaftAddr: s.RaftAddr(), Leader: string(leader), Applies: []string{appliesForget}}
 }
 
 // MembersView reads the Raft configuration and this node's indexes.

@@ -3,6 +3,9 @@ package coordinator
 import (
 	"context"
 	"fmt"
+	"maps"
+	"slices"
+	"strings"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -54,14 +57,61 @@ func (s *Server) runRetention(ctx context.Context) {
 	}
 }
 
+// appliesForget is what a coordinator that applies a ForgetEntry says in
+// PeerInfo.Applies.
+const appliesForget = "forget"
+
+// membersApply names the members of the Raft configuration that did not
+// say, on /v1/cluster/self at one of the --retry-join addresses, that they
+// apply entries of kind what: a coordinator of an older release stops at
+// an entry it does not know (operations.md, the upgrade order), so during
+// a rolling upgrade the leader must not write one on its own.
+func (s *Server) membersApply(ctx context.Context, what string) []string {
+	f := s.raft.GetConfiguration()
+	if f.Error() != nil {
+		return []string{"(the Raft configuration could not be read)"}
+	}
+	missing := map[string]bool{}
+	for _, srv := range f.Configuration().Servers {
+		if string(srv.ID) != s.cfg.NodeID {
+			missing[string(srv.ID)] = true
+		}
+	}
+	for _, addr := range s.cfg.RetryJoin {
+		if len(missing) == 0 {
+			break
+		}
+		var p PeerInfo
+		actx, cancel := context.WithTimeout(ctx, 2*time.Second)
+		err := s.cluster.getJSON(actx, addr, "/v1/cluster/self", &p)
+		cancel()
+		if err == nil && slices.Contains(p.Applies, what) {
+			delete(missing, p.ID)
+		}
+	}
+	return slices.Sorted(maps.Keys(missing))
+}
+
 // forgetOldRollouts forgets, a batch at a time, every finished rollout the
 // retention lets go.
 func (s *Server) forgetOldRollouts(ctx context.Context, after time.Duration) {
+	checked := false
 	for ctx.Err() == nil {
 		now := s.cfg.Clock.Now()
 		ids := s.fsm.State().ForgetCandidates(now.Add(-after), forgetBatch)
 		if len(ids) == 0 {
 			return
+		}
+		if !checked {
+			if older := s.membersApply(ctx, appliesForget); len(older) > 0 {
+				if !s.retentionWaiting {
+					s.log.Warn("finished rollouts are due to be forgotten, but not every coordinator said it can apply that; waiting (upgrade every coordinator to this release, and list each in --retry-join)",
+						"due", len(ids), "coordinators", strings.Join(older, ","))
+				}
+				s.retentionWaiting = true
+				return
+			}
+			checked, s.retentionWaiting = true, false
 		}
 		resp, index, err := s.raftApply(fsm.ForgetType, &sv1.ForgetEntry{
 			Rollouts:  ids,
