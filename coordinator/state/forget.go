@@ -24,8 +24,20 @@ import (
 // dashboard and `switchyard rollout list` show.
 const KeepFinishedPerService = 20
 
-// forgettable says why r must stay, or "" when it may be forgotten.
-func (s *State) forgettable(r *sv1.Rollout) string {
+// drilledRollouts names the rollouts a live rollback drill runs in.
+func (s *State) drilledRollouts() map[string]bool {
+	in := map[string]bool{}
+	for _, d := range s.drills {
+		if id := d.GetSpec().GetRollout(); id != "" && DrillLive(d.GetPhase()) {
+			in[id] = true
+		}
+	}
+	return in
+}
+
+// forgettable says why r must stay, or "" when it may be forgotten;
+// drilled is drilledRollouts.
+func (s *State) forgettable(r *sv1.Rollout, drilled map[string]bool) string {
 	if !terminal(r.GetPhase()) {
 		return "not finished"
 	}
@@ -37,10 +49,8 @@ func (s *State) forgettable(r *sv1.Rollout) string {
 			return "a webhook call pending"
 		}
 	}
-	for _, d := range s.drills {
-		if d.GetSpec().GetRollout() == r.GetId() && DrillLive(d.GetPhase()) {
-			return "a drill running in it"
-		}
+	if drilled[r.GetId()] {
+		return "a drill running in it"
 	}
 	return ""
 }
@@ -52,9 +62,10 @@ func (s *State) ApplyForget(index uint64, e *sv1.ForgetEntry) []string {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	var forgot []string
+	drilled := s.drilledRollouts()
 	for _, id := range e.GetRollouts() {
 		r := s.rollouts[id]
-		if r == nil || s.forgettable(r) != "" {
+		if r == nil || s.forgettable(r, drilled) != "" {
 			continue
 		}
 		s.forgotten[id] = &sv1.ForgottenRollout{
@@ -91,13 +102,14 @@ func (s *State) ForgetCandidates(endedBefore time.Time, limit int) []string {
 		}
 	}
 	var old []*sv1.Rollout
+	drilled := s.drilledRollouts()
 	for _, done := range byService {
 		if len(done) <= KeepFinishedPerService {
 			continue
 		}
 		slices.SortFunc(done, newestFirst)
 		for _, r := range done[KeepFinishedPerService:] {
-			if r.GetUpdatedAt().AsTime().Before(endedBefore) && s.forgettable(r) == "" {
+			if r.GetUpdatedAt().AsTime().Before(endedBefore) && s.forgettable(r, drilled) == "" {
 				old = append(old, r)
 			}
 		}

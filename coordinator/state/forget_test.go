@@ -68,19 +68,26 @@ func TestForget_CandidatesAreOldFinishedRolloutsBeyondEachServicesNewest(t *test
 func TestForget_LeavesATombstoneThatKeepsTheNameAndAnswers(t *testing.T) {
 	s := New()
 	var index uint64
-	finishedRollouts(t, s, "web", "w", KeepFinishedPerService+3, &index)
+	finishedRollouts(t, s, "web", "w", KeepFinishedPerService+5, &index)
 	index++
 	running := bgSpec("w-live")
 	running.From, running.To = "green", "blue"
 	s.ApplyIntent(index, applyEntry("live", running, t0))
+	// A rollback drill still running in w03, a webhook call of w04 still
+	// pending: both stay.
+	s.drills["d1"] = &sv1.Drill{Id: "d1", Spec: &sv1.DrillSpec{Name: "d1", Rollout: "w03"}, Phase: sv1.DrillPhase_DRILL_PHASE_RUNNING}
+	s.rollouts["w04"].HookCalls = []*sv1.HookCall{{Key: "post-rollout", Webhook: "ci", Seq: 1, Outcome: sv1.HookOutcome_HOOK_OUTCOME_PENDING}}
+	if got := s.ForgetCandidates(t0.Add(2000*time.Hour), 0); !slices.Equal(got, []string{"w00", "w01", "w02"}) {
+		t.Fatalf("candidates %v, want w00..w02 (w03 drilled, w04 a call pending)", got)
+	}
 	heldBefore, _ := s.RolloutCounts()
 	auditBefore := len(s.audit)
 
-	// The entry may name what must stay (running, unknown): every replica
-	// skips the same ones.
+	// The entry may name what must stay (running, drilled, a call pending,
+	// unknown): every replica skips the same ones.
 	at := t0.Add(2000 * time.Hour)
 	index++
-	forgot := s.ApplyForget(index, &sv1.ForgetEntry{Rollouts: []string{"w00", "w01", "w02", "w-live", "nope"},
+	forgot := s.ApplyForget(index, &sv1.ForgetEntry{Rollouts: []string{"w00", "w01", "w02", "w03", "w04", "w-live", "nope"},
 		StampedAt: timestamppb.New(at), Reason: "test"})
 	if !slices.Equal(forgot, []string{"w00", "w01", "w02"}) {
 		t.Fatalf("forgot %v", forgot)
