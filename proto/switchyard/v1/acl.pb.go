@@ -735,7 +735,7 @@ type AuditRecord struct {
 	Index uint64                 `protobuf:"varint,3,opt,name=index,proto3" json:"index,omitempty"`
 	At    *timestamppb.Timestamp `protobuf:"bytes,4,opt,name=at,proto3" json:"at,omitempty"`
 	// Kind is intent, refused, advance, converged, rollback, finish,
-	// drill_start, drill_end, epoch, acl_bootstrap.
+	// drill_start, drill_end, epoch, acl_bootstrap, forgotten.
 	Kind string `protobuf:"bytes,5,opt,name=kind,proto3" json:"kind,omitempty"`
 	// Actor is the verified principal's name, or "switchyard" for the
 	// coordinators' own decisions.
