@@ -44,6 +44,7 @@ func (s *Server) Rollouts(q *sv1.RolloutsQuery) (*sv1.RolloutsAnswer, error) {
 		var omitted int
 		rollouts, omitted = st.NewestRollouts(keep, int(q.GetLimit()))
 		ans.Omitted = uint32(omitted)
+		ans.Forgotten = uint32(st.ForgottenOf(q.GetService()))
 	}
 	ans.Rollouts = s.rolloutViews(st, rollouts, q.GetSummary())
 	return ans, nil

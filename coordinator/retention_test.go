@@ -111,6 +111,15 @@ func TestCluster_RetentionForgetsOldFinishedRolloutsOnEveryReplica(t *testing.T)
 	if err == nil || !strings.Contains(err.Error(), "forgotten") || !strings.Contains(err.Error(), "audit log --rollout") {
 		t.Fatalf("query for a forgotten rollout: %v", err)
 	}
+	for svc, want := range map[string]uint32{"": extra, "web": extra, "api": 0} {
+		var list sv1.RolloutsAnswer
+		if err := bus.Query(ctx, nc, bus.QueryRollouts, &sv1.RolloutsQuery{Summary: true, Service: svc}, &list); err != nil {
+			t.Fatal(err)
+		}
+		if list.GetForgotten() != want || (svc != "api" && len(list.GetRollouts()) != state.KeepFinishedPerService) {
+			t.Errorf("list of %q: %d rollouts, %d forgotten; want %d forgotten", svc, len(list.GetRollouts()), list.GetForgotten(), want)
+		}
+	}
 	if res := send(t, nc, applyIntent("i-again", "web-1")); res.GetAccepted() || res.GetCode() != state.CodeConflict {
 		t.Fatalf("a forgotten name applied again: %v", res)
 	}

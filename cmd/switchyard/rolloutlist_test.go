@@ -29,3 +29,23 @@ func TestCLI_RolloutListMarksSupersededRollouts(t *testing.T) {
 		t.Errorf("web-2, the current rollout, reads:\n%s", out.String())
 	}
 }
+
+// Under the table, a list says what it leaves out: older rollouts past
+// --limit, and those the retention forgot.
+func TestCLI_RolloutListSaysWhatItLeavesOut(t *testing.T) {
+	var out bytes.Buffer
+	printListFooter(&out, &sv1.RolloutsAnswer{Omitted: 4, Forgotten: 120})
+	for _, want := range []string{
+		"4 older rollouts not listed (--limit 0 lists every one)",
+		"120 finished rollouts forgotten by the retention (--forget-rollouts-after), not listed; what they did is in the audit trail (switchyard audit log)",
+	} {
+		if !strings.Contains(out.String(), want) {
+			t.Errorf("footer lacks %q:\n%s", want, out.String())
+		}
+	}
+	out.Reset()
+	printListFooter(&out, &sv1.RolloutsAnswer{})
+	if out.Len() != 0 {
+		t.Errorf("a list that leaves nothing out says %q", out.String())
+	}
+}

@@ -145,6 +145,23 @@ func (s *State) RolloutCounts() (held, forgotten int) {
 	return len(s.rollouts), len(s.forgotten)
 }
 
+// ForgottenOf counts the forgotten rollouts of service, or of every
+// service when it is empty.
+func (s *State) ForgottenOf(service string) int {
+	s.mu.RLock()
+	defer s.mu.RUnlock()
+	if service == "" {
+		return len(s.forgotten)
+	}
+	n := 0
+	for _, f := range s.forgotten {
+		if f.GetService() == service {
+			n++
+		}
+	}
+	return n
+}
+
 // ForgottenError says that a rollout was forgotten, and where its records
 // are.
 func ForgottenError(f *sv1.ForgottenRollout) error {

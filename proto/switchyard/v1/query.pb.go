@@ -110,7 +110,11 @@ type RolloutsAnswer struct {
 	// Leader is the node id of the leader as the answering coordinator knows it.
 	Leader string `protobuf:"bytes,3,opt,name=leader,proto3" json:"leader,omitempty"`
 	// Omitted counts the older rollouts a limit left out of the list.
-	Omitted       uint32 `protobuf:"varint,4,opt,name=omitted,proto3" json:"omitted,omitempty"`
+	Omitted uint32 `protobuf:"varint,4,opt,name=omitted,proto3" json:"omitted,omitempty"`
+	// Forgotten counts the finished rollouts (of the service asked for, or
+	// of every service) the retention forgot (--forget-rollouts-after): not
+	// listed, their records are in the audit trail.
+	Forgotten     uint32 `protobuf:"varint,5,opt,name=forgotten,proto3" json:"forgotten,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -169,6 +173,13 @@ func (x *RolloutsAnswer) GetLeader() string {
 func (x *RolloutsAnswer) GetOmitted() uint32 {
 	if x != nil {
 		return x.Omitted
+	}
+	return 0
+}
+
+func (x *RolloutsAnswer) GetForgotten() uint32 {
+	if x != nil {
+		return x.Forgotten
 	}
 	return 0
 }
@@ -880,13 +891,14 @@ const file_switchyard_v1_query_proto_rawDesc = "" +
 	"\arollout\x18\x01 \x01(\tR\arollout\x12\x18\n" +
 	"\asummary\x18\x02 \x01(\bR\asummary\x12\x18\n" +
 	"\aservice\x18\x03 \x01(\tR\aservice\x12\x14\n" +
-	"\x05limit\x18\x04 \x01(\rR\x05limit\"\x9b\x01\n" +
+	"\x05limit\x18\x04 \x01(\rR\x05limit\"\xb9\x01\n" +
 	"\x0eRolloutsAnswer\x126\n" +
 	"\brollouts\x18\x01 \x03(\v2\x1a.switchyard.v1.RolloutViewR\brollouts\x12\x1f\n" +
 	"\vanswered_by\x18\x02 \x01(\tR\n" +
 	"answeredBy\x12\x16\n" +
 	"\x06leader\x18\x03 \x01(\tR\x06leader\x12\x18\n" +
-	"\aomitted\x18\x04 \x01(\rR\aomitted\"\xbf\x02\n" +
+	"\aomitted\x18\x04 \x01(\rR\aomitted\x12\x1c\n" +
+	"\tforgotten\x18\x05 \x01(\rR\tforgotten\"\xbf\x02\n" +
 	"\vRolloutView\x120\n" +
 	"\arollout\x18\x01 \x01(\v2\x16.switchyard.v1.RolloutR\arollout\x12-\n" +
 	"\x05nodes\x18\x02 \x03(\v2\x17.switchyard.v1.NodeViewR\x05nodes\x12\x1c\n" +
