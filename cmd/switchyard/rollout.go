@@ -619,6 +619,11 @@ func query(ctx context.Context, c clientFlags, name string, req, out proto.Messa
 		return err
 	}
 	defer nc.Close()
+	return c.queryOn(ctx, nc, name, req, out)
+}
+
+// queryOn asks the coordinators on a connection already made.
+func (c clientFlags) queryOn(ctx context.Context, nc *nats.Conn, name string, req, out proto.Message) error {
 	if !c.stale {
 		return bus.Query(ctx, nc, name, req, out)
 	}
@@ -699,6 +704,46 @@ const defaultListLimit = 100
 // rolloutList is status without a NAME: the newest rollouts, one line each.
 func rolloutList(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	return rolloutRead(ctx, "list", args, stdout, stderr)
+}
+
+// session keeps one connection for a verb that asks again and again
+// (rollout watch), instead of dialling the bus, with its TLS handshake
+// and authentication, for every refresh.
+type session struct {
+	c  clientFlags
+	nc *nats.Conn
+}
+
+// query asks on the session's connection, dialling first when there is
+// none or the one there is not connected (its server went away and it has
+// not found another yet). A query that fails drops the connection, so the
+// next one dials again: it may have been on a server that stopped
+// answering, which the client's own pings would notice only minutes later.
+func (s *session) query(ctx context.Context, name string, req, out proto.Message) error {
+	ctx, cancel := context.WithTimeout(ctx, s.c.timeout)
+	defer cancel()
+	if s.nc != nil && !s.nc.IsConnected() {
+		s.close()
+	}
+	if s.nc == nil {
+		nc, err := s.c.connect(ctx)
+		if err != nil {
+			return err
+		}
+		s.nc = nc
+	}
+	err := s.c.queryOn(ctx, s.nc, name, req, out)
+	if err != nil {
+		s.close()
+	}
+	return err
+}
+
+func (s *session) close() {
+	if s.nc != nil {
+		s.nc.Close()
+		s.nc = nil
+	}
 }
 
 func queryRollouts(ctx context.Context, c clientFlags, q *sv1.RolloutsQuery) (*sv1.RolloutsAnswer, error) {

@@ -271,11 +271,14 @@ func rolloutWatch(ctx context.Context, args []string, stdout, stderr io.Writer) 
 	}
 	tty := isTerminal(stdout)
 	last := ""
+	s := &session{c: c}
+	defer s.close()
 	for {
 		// The text view shows counts, not nodes: it asks for the summary,
 		// which leaves the node list (a few hundred bytes a node) out of
 		// every refresh. The JSON lines are the whole view.
-		ans, err := queryRollouts(ctx, c, &sv1.RolloutsQuery{Rollout: pos[0], Summary: c.output != "json"})
+		var ans sv1.RolloutsAnswer
+		err := s.query(ctx, bus.QueryRollouts, &sv1.RolloutsQuery{Rollout: pos[0], Summary: c.output != "json"}, &ans)
 		if err != nil {
 			if ctx.Err() != nil {
 				// Interrupted mid-query: a watch ends on Ctrl-C, as it

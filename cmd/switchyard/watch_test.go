@@ -3,6 +3,7 @@ package main
 import (
 	"context"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -153,5 +154,63 @@ func TestCLI_WatchAsksForTheNodesOnlyForJSON(t *testing.T) {
 				t.Fatalf("watch -o %s asked with summary=%v, want %v", c.output, got, c.summary)
 			}
 		})
+	}
+}
+
+// rollout watch asks on one connection for as long as it watches: a
+// refresh is a request on the bus, not a new TCP and TLS connection and a
+// login to the NATS server every second.
+func TestCLI_WatchAsksOnOneConnection(t *testing.T) {
+	ns, err := bus.RunEmbedded(bus.EmbeddedOptions{StoreDir: t.TempDir()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { ns.Shutdown(); ns.WaitForShutdown() })
+	nc, err := nats.Connect(ns.ClientURL())
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(nc.Close)
+	sp := &sv1.RolloutSpec{Name: "r", Service: "web", From: "blue", To: "green",
+		Strategy: &sv1.Strategy{Kind: &sv1.Strategy_BlueGreen{BlueGreen: &sv1.BlueGreen{}}}}
+	const refreshes = 5
+	var asked atomic.Int32
+	sub, err := nc.Subscribe(bus.QuerySubject(bus.QueryRollouts), func(m *nats.Msg) {
+		n := asked.Add(1)
+		phase := sv1.RolloutPhase_ROLLOUT_PHASE_PROGRESSING
+		if n >= refreshes {
+			phase = sv1.RolloutPhase_ROLLOUT_PHASE_COMPLETED
+		}
+		body, _ := proto.Marshal(&sv1.RolloutsAnswer{Rollouts: []*sv1.RolloutView{{
+			Rollout: &sv1.Rollout{Id: "r", Spec: sp, Phase: phase, Generation: uint64(n)}}}})
+		_ = m.Respond(body)
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = sub.Unsubscribe() })
+	if err := nc.Flush(); err != nil {
+		t.Fatal(err)
+	}
+	varz := func() uint64 {
+		v, err := ns.Varz(nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return v.TotalConnections
+	}
+	before := varz()
+
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	var out, errb strings.Builder
+	if code := run(ctx, []string{"rollout", "watch", "r", "--nats", ns.ClientURL(), "--interval", "100ms"}, &out, &errb); code != exitOK {
+		t.Fatalf("exit %d, stderr %q", code, errb.String())
+	}
+	if n := asked.Load(); n < refreshes {
+		t.Fatalf("watch asked %d times, want %d", n, refreshes)
+	}
+	if got := varz() - before; got != 1 {
+		t.Errorf("watch made %d connections over %d refreshes, want 1", got, asked.Load())
 	}
 }
