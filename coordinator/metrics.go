@@ -44,6 +44,7 @@ type metrics struct {
 	// rolloutsForgotten counts the finished rollouts the leader's
 	// retention forgot.
 	rolloutsForgotten prometheus.Counter
+	drillsForgotten   prometheus.Counter
 }
 
 func newMetrics(reg prometheus.Registerer) *metrics {
@@ -153,11 +154,15 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 		}, []string{"reason"}),
 		rolloutsForgotten: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "switchyard_coordinator_rollouts_forgotten_total",
-			Help: "Finished rollouts this coordinator's retention forgot while it led (--forget-rollouts-after); switchyard_coordinator_rollouts{state=\"forgotten\"} counts every replica's tombstones.",
+			Help: "Finished rollouts this coordinator's retention forgot while it led (--forget-finished-after); switchyard_coordinator_rollouts{state=\"forgotten\"} counts every replica's tombstones.",
 		}),
 	}
+	m.drillsForgotten = prometheus.NewCounter(prometheus.CounterOpts{
+		Name: "switchyard_coordinator_drills_forgotten_total",
+		Help: "Ended drills this coordinator's retention forgot while it led (--forget-finished-after), their documents purged from the drills bucket.",
+	})
 	m.decisionStages = newDecisionStageSeconds()
-	reg.MustRegister(m.eventStreams, m.viewerRefused, m.decisionStages, m.rolloutsForgotten)
+	reg.MustRegister(m.eventStreams, m.viewerRefused, m.decisionStages, m.rolloutsForgotten, m.drillsForgotten)
 	reg.MustRegister(m.peerRejected, m.joinFailures, m.diverged, m.divergences, m.queries, m.queriesMalformed, m.notifications)
 	reg.MustRegister(m.intentsAccepted, m.intentsRejected, m.refusalsNotRecorded, m.publishes, m.publishSeconds, m.pushes,
 		m.raftApply, m.raftApplyFailures, m.isLeader, m.statusRejected, m.statuses, m.telemetry, m.telemetryRefused, m.decisions,

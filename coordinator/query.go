@@ -216,6 +216,9 @@ func (s *Server) Drills(q *sv1.DrillsQuery) (*sv1.DrillsAnswer, error) {
 	if q.GetDrill() != "" {
 		d := st.Drill(q.GetDrill())
 		if d == nil {
+			if f := st.ForgottenDrill(q.GetDrill()); f != nil {
+				return nil, state.ForgottenDrillError(f)
+			}
 			return nil, fmt.Errorf("no drill named %q", q.GetDrill())
 		}
 		drills = append(drills, d)

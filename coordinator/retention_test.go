@@ -2,13 +2,16 @@ package coordinator
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"strings"
 	"testing"
 	"time"
 
+	"github.com/nats-io/nats.go/jetstream"
 	"github.com/prometheus/client_golang/prometheus/testutil"
 	"google.golang.org/protobuf/proto"
+	"google.golang.org/protobuf/types/known/durationpb"
 	"google.golang.org/protobuf/types/known/timestamppb"
 
 	"github.com/switchyard/switchyard/bus"
@@ -42,15 +45,41 @@ func finishRollouts(t *testing.T, leader *Server, n int) {
 	}
 }
 
+// endDrills commits, through the leader's Raft, n drills of service web
+// that end aborted, named d-0 on; the first published ones have had a
+// document (started on a node, then aborted).
+func endDrills(t *testing.T, leader *Server, n, published int) {
+	t.Helper()
+	commit := func(typ fsm.MessageType, m proto.Message) {
+		t.Helper()
+		if _, _, err := leader.raftApply(typ, m); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for i := range n {
+		name := fmt.Sprintf("d-%d", i)
+		now := timestamppb.Now()
+		// Due in an hour: the leader's drill routine leaves it to this.
+		commit(fsm.IntentType, &sv1.IntentEntry{StampedAt: now, Rules: state.Rules, Intent: &sv1.Intent{Id: "run-" + name, Operator: "sre",
+			Action: &sv1.Intent_RunDrill{RunDrill: &sv1.RunDrill{Spec: &sv1.DrillSpec{Name: name, Service: "web",
+				MaxNodes: 1, MaxBasisPoints: 10000, StartAfter: durationpb.New(time.Hour), Duration: durationpb.New(time.Minute),
+				Fault: &sv1.Fault{Kind: &sv1.Fault_CpuBurn{CpuBurn: &sv1.CPUBurnFault{Cores: 1}}}}}}}})
+		if i < published {
+			commit(fsm.DrillStartType, &sv1.DrillStartEntry{Drill: name, Targets: []string{"edge-1"}, StampedAt: now})
+		}
+		commit(fsm.DrillEndType, &sv1.DrillEndEntry{Drill: name, Aborted: true, Reason: "test", StampedAt: now})
+	}
+}
+
 // The leader's retention forgets the finished rollouts older than
-// --forget-rollouts-after beyond each service's newest 20, through one
+// --forget-finished-after beyond each service's newest 20, through one
 // entry every replica applies alike, and only once every member said it
 // applies such an entry (a member of an older release would stop at it; a
 // member that does not answer might be one). A forgotten rollout's name
 // stays taken, and a query for it says where it went.
 func TestCluster_RetentionForgetsOldFinishedRolloutsOnEveryReplica(t *testing.T) {
 	nc, url := startNATS(t)
-	nodes := startCluster(t, url, 3, func(_ int, c *Config) { c.ForgetRolloutsAfter = 2 * time.Second })
+	nodes := startCluster(t, url, 3, func(_ int, c *Config) { c.ForgetFinishedAfter = 2 * time.Second })
 	var leader *clusterNode
 	waitFor(t, "a leader", 15*time.Second, func() bool { leader = leaderOf(nodes); return leader != nil })
 	waitFor(t, "three members", 10*time.Second, func() bool {
@@ -67,6 +96,24 @@ func TestCluster_RetentionForgetsOldFinishedRolloutsOnEveryReplica(t *testing.T)
 
 	const extra = 3
 	finishRollouts(t, leader.srv, state.KeepFinishedPerService+extra)
+	endDrills(t, leader.srv, state.KeepFinishedPerService+extra, 2)
+	js, err := jetstream.New(nc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	drillDoc := func(name string) error {
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		kv, err := js.KeyValue(ctx, bus.DrillsBucket)
+		if err != nil {
+			return err
+		}
+		_, err = kv.Get(ctx, name)
+		return err
+	}
+	waitFor(t, "the published drills' documents in the bucket", 10*time.Second, func() bool {
+		return drillDoc("d-0") == nil && drillDoc("d-1") == nil
+	})
 	// Due once they are 2 s old; the leader looks every 200 ms. With a
 	// member silent, it waits.
 	time.Sleep(4 * time.Second)
@@ -76,15 +123,28 @@ func TestCluster_RetentionForgetsOldFinishedRolloutsOnEveryReplica(t *testing.T)
 
 	follower.start(t)
 	want := state.KeepFinishedPerService
-	waitFor(t, "every replica to forget the oldest three", 30*time.Second, func() bool {
+	waitFor(t, "every replica to forget the oldest three rollouts and drills", 30*time.Second, func() bool {
 		for _, n := range nodes {
 			held, forgotten := n.srv.fsm.State().RolloutCounts()
-			if held != want || forgotten != extra {
+			dheld, dforgotten := n.srv.fsm.State().DrillCounts()
+			if held != want || forgotten != extra || dheld != want || dforgotten != extra {
 				return false
 			}
 		}
 		return true
 	})
+	waitFor(t, "the forgotten drills' documents purged from the bucket", 10*time.Second, func() bool {
+		return errors.Is(drillDoc("d-0"), jetstream.ErrKeyNotFound) && errors.Is(drillDoc("d-1"), jetstream.ErrKeyNotFound)
+	})
+	if got := testutil.ToFloat64(leader.srv.metrics.drillsForgotten); got != extra {
+		t.Errorf("switchyard_coordinator_drills_forgotten_total %v on the leader, want %d", got, extra)
+	}
+	var drills sv1.DrillsAnswer
+	qctx, qcancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer qcancel()
+	if err := bus.Query(qctx, nc, bus.QueryDrills, &sv1.DrillsQuery{Drill: "d-2"}, &drills); err == nil || !strings.Contains(err.Error(), "forgotten") {
+		t.Errorf("query for a forgotten drill: %v", err)
+	}
 	for i := range extra {
 		if f := leader.srv.fsm.State().Forgotten(fmt.Sprintf("web-%d", i)); f.GetPhase() != sv1.RolloutPhase_ROLLOUT_PHASE_COMPLETED {
 			t.Fatalf("web-%d: tombstone %v", i, f)
@@ -107,7 +167,7 @@ func TestCluster_RetentionForgetsOldFinishedRolloutsOnEveryReplica(t *testing.T)
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
 	var ans sv1.RolloutsAnswer
-	err := bus.Query(ctx, nc, bus.QueryRollouts, &sv1.RolloutsQuery{Rollout: "web-0"}, &ans)
+	err = bus.Query(ctx, nc, bus.QueryRollouts, &sv1.RolloutsQuery{Rollout: "web-0"}, &ans)
 	if err == nil || !strings.Contains(err.Error(), "forgotten") || !strings.Contains(err.Error(), "audit log --rollout") {
 		t.Fatalf("query for a forgotten rollout: %v", err)
 	}

@@ -90,13 +90,13 @@ type Config struct {
 	// forgets it, so that a node that left for good is no longer counted
 	// stale; DefaultForgetAfter when zero.
 	ForgetAfter time.Duration
-	// ForgetRolloutsAfter is how long a finished rollout stays in the
-	// replicated state with its spec and history; after that the leader
-	// forgets it (a tombstone keeps its name taken), except the newest
-	// state.KeepFinishedPerService of each service.
-	// DefaultForgetRolloutsAfter when zero; KeepRollouts (negative) keeps
-	// every rollout.
-	ForgetRolloutsAfter time.Duration
+	// ForgetFinishedAfter is how long a finished rollout or ended drill
+	// stays in the replicated state with its spec and history; after that
+	// the leader forgets it (a tombstone keeps its name taken), except the
+	// newest state.KeepFinishedPerService of each service.
+	// DefaultForgetFinishedAfter when zero; KeepFinished (negative) keeps
+	// everything.
+	ForgetFinishedAfter time.Duration
 	// TickInterval is how often the leader's rollout controller looks at
 	// every live rollout.
 	TickInterval time.Duration
@@ -190,8 +190,8 @@ func (c *Config) setDefaults() error {
 	if c.TickInterval == 0 {
 		c.TickInterval = 250 * time.Millisecond
 	}
-	if c.ForgetRolloutsAfter == 0 {
-		c.ForgetRolloutsAfter = DefaultForgetRolloutsAfter
+	if c.ForgetFinishedAfter == 0 {
+		c.ForgetFinishedAfter = DefaultForgetFinishedAfter
 	}
 	if c.StopTimeout < 0 {
 		return fmt.Errorf("coordinator: stop timeout %s is negative", c.StopTimeout)

@@ -158,8 +158,8 @@ func TestCLI_CoordinatorConfigFileMistakesNameTheKey(t *testing.T) {
 		{"nodeId: c1\nsigning: {validity: 1 hour}\n", `signing.validity: "1 hour" is not a duration`},
 		{"nodeId: c1\nnatsClient: {cred: /etc/switchyard/c1.creds}\n", "natsClient.cred: unknown field; want one of creds, ca, cert, key"},
 		{"nodeId: c1\nretryJoin: 10.0.0.2:7070\n", "retryJoin: want a list"},
-		{"nodeId: c1\nforgetRolloutsAfter: -24h\n", "forgetRolloutsAfter: -24h0m0s is negative"},
-		{"nodeId: c1\nforgetRolloutsAfter: a year\n", `forgetRolloutsAfter: "a year" is not a duration`},
+		{"nodeId: c1\nforgetFinishedAfter: -24h\n", "forgetFinishedAfter: -24h0m0s is negative"},
+		{"nodeId: c1\nforgetFinishedAfter: a year\n", `forgetFinishedAfter: "a year" is not a duration`},
 		{"nodeId: c1\nnotifications: [{url: 'http://x', timeout: soon}]\n", `notifications[0].timeout: "soon" is not a duration`},
 		// The coordinator reads the streams of the servers it connects to;
 		// the key was accepted and then ignored.
@@ -223,7 +223,7 @@ func TestCLI_AuthPushWarnsOfLeavesWithoutPermissions(t *testing.T) {
 	}
 }
 
-// forgetRolloutsAfter in the file: absent leaves the flag's default, 0
+// forgetFinishedAfter in the file: absent leaves the flag's default, 0
 // keeps every rollout, a duration is the retention.
 func TestCLI_CoordinatorConfigFileRolloutRetention(t *testing.T) {
 	for _, c := range []struct {
@@ -231,8 +231,8 @@ func TestCLI_CoordinatorConfigFileRolloutRetention(t *testing.T) {
 		want time.Duration
 	}{
 		{"nodeId: c1\n", 0},
-		{"nodeId: c1\nforgetRolloutsAfter: 0s\n", coordinator.KeepRollouts},
-		{"nodeId: c1\nforgetRolloutsAfter: 720h\n", 720 * time.Hour},
+		{"nodeId: c1\nforgetFinishedAfter: 0s\n", coordinator.KeepFinished},
+		{"nodeId: c1\nforgetFinishedAfter: 720h\n", 720 * time.Hour},
 	} {
 		path := filepath.Join(t.TempDir(), "c.yaml")
 		if err := os.WriteFile(path, []byte(c.doc), 0o600); err != nil {
@@ -245,8 +245,8 @@ func TestCLI_CoordinatorConfigFileRolloutRetention(t *testing.T) {
 		if _, err := loadCoordinatorFile(path, &cfg, &signing); err != nil {
 			t.Fatalf("%q: %v", c.doc, err)
 		}
-		if cfg.ForgetRolloutsAfter != c.want {
-			t.Errorf("%q: ForgetRolloutsAfter %s, want %s", c.doc, cfg.ForgetRolloutsAfter, c.want)
+		if cfg.ForgetFinishedAfter != c.want {
+			t.Errorf("%q: ForgetFinishedAfter %s, want %s", c.doc, cfg.ForgetFinishedAfter, c.want)
 		}
 	}
 }

@@ -98,9 +98,9 @@ type coordinatorFile struct {
 	Replicas        int            `yaml:"replicas"`
 	// ForgetNodesAfter is how long a silent node stays in the fleet view.
 	ForgetNodesAfter time.Duration `yaml:"forgetNodesAfter"`
-	// ForgetRolloutsAfter is how long a finished rollout stays in the
-	// replicated state; 0 keeps every one.
-	ForgetRolloutsAfter *time.Duration `yaml:"forgetRolloutsAfter"`
+	// ForgetFinishedAfter is how long a finished rollout or ended drill
+	// stays in the replicated state; 0 keeps everything.
+	ForgetFinishedAfter *time.Duration `yaml:"forgetFinishedAfter"`
 	// Signing is the key that signs published documents.
 	Signing signingFlags `yaml:"signing"`
 	// ViewerTokenFile holds the token the read API and dashboard require.
@@ -172,11 +172,11 @@ func loadCoordinatorFile(path string, cfg *coordinator.Config, signing *signingF
 	*signing = f.Signing
 	cfg.Replicas = f.Replicas
 	cfg.ForgetAfter = f.ForgetNodesAfter
-	if f.ForgetRolloutsAfter != nil {
-		if *f.ForgetRolloutsAfter < 0 {
-			return false, fmt.Errorf("--config %s: forgetRolloutsAfter: %s is negative; want a duration such as 2160h (the default) or 0 to keep every rollout", path, *f.ForgetRolloutsAfter)
+	if f.ForgetFinishedAfter != nil {
+		if *f.ForgetFinishedAfter < 0 {
+			return false, fmt.Errorf("--config %s: forgetFinishedAfter: %s is negative; want a duration such as 2160h (the default) or 0 to keep everything", path, *f.ForgetFinishedAfter)
 		}
-		cfg.ForgetRolloutsAfter = rolloutRetention(*f.ForgetRolloutsAfter)
+		cfg.ForgetFinishedAfter = finishedRetention(*f.ForgetFinishedAfter)
 	}
 	cfg.AclBootstrap = coordinator.AclBootstrap{Key: f.AclBootstrap.Admin, Name: f.AclBootstrap.Name}
 	cfg.Notify = f.Notifications
@@ -210,7 +210,7 @@ func runCoordinator(ctx context.Context, args []string, stdout, stderr io.Writer
 		aclName   string
 		notifyF   notifyFlags
 	)
-	configFile := fs.String("config", "", "YAML config file with the same keys (nodeId, dataDir, raftAddr, raftAdvertise, httpAddr, nats, natsClient {creds, ca, cert, key}, clusterTLS {ca, cert, key}, bootstrapExpect, retryJoin, replicas, forgetNodesAfter, forgetRolloutsAfter, signing {key, trusted, validity}, viewerTokenFile, aclBootstrap {admin, name}, notifications [{name, url, format, events, timeout, retries}]); flags override it")
+	configFile := fs.String("config", "", "YAML config file with the same keys (nodeId, dataDir, raftAddr, raftAdvertise, httpAddr, nats, natsClient {creds, ca, cert, key}, clusterTLS {ca, cert, key}, bootstrapExpect, retryJoin, replicas, forgetNodesAfter, forgetFinishedAfter, signing {key, trusted, validity}, viewerTokenFile, aclBootstrap {admin, name}, notifications [{name, url, format, events, timeout, retries}]); flags override it")
 	fs.StringVar(&cfg.NodeID, "node-id", "", "this coordinator's id in the cluster (required)")
 	fs.StringVar(&cfg.DataDir, "data-dir", "", "directory for the Raft log and snapshots (required)")
 	fs.StringVar(&cfg.RaftAddr, "raft-addr", "127.0.0.1:7000", "address Raft listens on and, without --raft-advertise, other coordinators reach it at")
@@ -228,7 +228,7 @@ func runCoordinator(ctx context.Context, args []string, stdout, stderr io.Writer
 	fs.DurationVar(&signing.Validity, "signing-validity", 0, "how long a signed document stays current on the agents; re-signed when half is left (default 1h)")
 	fs.StringVar(&cfg.ViewerTokenFile, "viewer-token-file", "", "file holding a token the read API and the dashboard then require (Authorization: Bearer, or /ui/?token= once in a browser); a client certificate from the cluster CA also passes. Empty: reads are open to whoever reaches --http-addr")
 	fs.DurationVar(&cfg.ForgetAfter, "forget-nodes-after", coordinator.DefaultForgetAfter, "how long a silent node stays in the fleet view, counted stale, before it is forgotten (nodes that left for good: scaled down, replaced under a new name); at least the stale period")
-	forgetRollouts := fs.Duration("forget-rollouts-after", coordinator.DefaultForgetRolloutsAfter, "how long a finished rollout stays in the replicated state with its spec and history (the newest 20 of each service always do); then only its name stays taken and the audit trail keeps what it did. 0 keeps every rollout")
+	forgetFinished := fs.Duration("forget-finished-after", coordinator.DefaultForgetFinishedAfter, "how long a finished rollout or ended drill stays in the replicated state with its spec and history (the newest 20 of each service always do); then only its name stays taken and the audit trail keeps what it did. 0 keeps everything")
 	fs.IntVar(&cfg.Replicas, "replicas", 0, "replicas of the intent stream and the buckets (1..5); 0 matches the NATS cluster: 3 on 3 or more servers, else 1. Never lowers what a stream has")
 	fs.StringVar(&aclAdmin, "acl-bootstrap-admin", envOr("SWITCHYARD_ACL_BOOTSTRAP_ADMIN", ""), "the first admin's key (U… nkey, ed25519:…, or a creds/.pub/key file), committed once when the cluster has no admin; from then on roles change only by signed intents (env SWITCHYARD_ACL_BOOTSTRAP_ADMIN)")
 	fs.StringVar(&aclName, "acl-bootstrap-name", "admin", "the first admin's name, shown in history and audit")
@@ -289,8 +289,8 @@ func runCoordinator(ctx context.Context, args []string, stdout, stderr io.Writer
 		if !given["forget-nodes-after"] {
 			cfg.ForgetAfter = fromFile.ForgetAfter
 		}
-		if !given["forget-rollouts-after"] && fromFile.ForgetRolloutsAfter != 0 {
-			*forgetRollouts = max(fromFile.ForgetRolloutsAfter, 0)
+		if !given["forget-finished-after"] && fromFile.ForgetFinishedAfter != 0 {
+			*forgetFinished = max(fromFile.ForgetFinishedAfter, 0)
 		}
 		pick("acl-bootstrap-admin", &aclAdmin, fromFile.AclBootstrap.Key)
 		pick("acl-bootstrap-name", &aclName, fromFile.AclBootstrap.Name)
@@ -298,10 +298,10 @@ func runCoordinator(ctx context.Context, args []string, stdout, stderr io.Writer
 			cfg.Notify = fromFile.Notify
 		}
 	}
-	if *forgetRollouts < 0 {
-		return fmt.Errorf("--forget-rollouts-after: %s is negative; want a duration such as 2160h (the default) or 0 to keep every rollout", *forgetRollouts)
+	if *forgetFinished < 0 {
+		return fmt.Errorf("--forget-finished-after: %s is negative; want a duration such as 2160h (the default) or 0 to keep everything", *forgetFinished)
 	}
-	cfg.ForgetRolloutsAfter = rolloutRetention(*forgetRollouts)
+	cfg.ForgetFinishedAfter = finishedRetention(*forgetFinished)
 	if aclAdmin != "" {
 		k, err := resolveKey(aclAdmin)
 		if err != nil {
@@ -480,11 +480,11 @@ func streamReplicas(streams map[string]int) string {
 	return strings.Join(parts, " ")
 }
 
-// rolloutRetention is the coordinator's ForgetRolloutsAfter for the
-// --forget-rollouts-after value d, whose 0 keeps every rollout.
-func rolloutRetention(d time.Duration) time.Duration {
+// finishedRetention is the coordinator's ForgetFinishedAfter for the
+// --forget-finished-after value d, whose 0 keeps everything.
+func finishedRetention(d time.Duration) time.Duration {
 	if d == 0 {
-		return coordinator.KeepRollouts
+		return coordinator.KeepFinished
 	}
 	return d
 }

@@ -692,13 +692,13 @@ func printListFooter(w io.Writer, ans *sv1.RolloutsAnswer) {
 		fmt.Fprintf(w, "%d older rollouts not listed (--limit 0 lists every one)\n", n)
 	}
 	if n := ans.GetForgotten(); n > 0 {
-		fmt.Fprintf(w, "%d finished rollouts forgotten by the retention (--forget-rollouts-after), not listed; what they did is in the audit trail (switchyard audit log)\n", n)
+		fmt.Fprintf(w, "%d finished rollouts forgotten by the retention (--forget-finished-after), not listed; what they did is in the audit trail (switchyard audit log)\n", n)
 	}
 }
 
 // defaultListLimit is how many of the newest rollouts rollout list shows
 // unless told: the coordinators keep every rollout for 90 days by default
-// (--forget-rollouts-after), and a busy cluster holds thousands.
+// (--forget-finished-after), and a busy cluster holds thousands.
 const defaultListLimit = 100
 
 // rolloutList is status without a NAME: the newest rollouts, one line each.

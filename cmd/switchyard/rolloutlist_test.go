@@ -37,7 +37,7 @@ func TestCLI_RolloutListSaysWhatItLeavesOut(t *testing.T) {
 	printListFooter(&out, &sv1.RolloutsAnswer{Omitted: 4, Forgotten: 120})
 	for _, want := range []string{
 		"4 older rollouts not listed (--limit 0 lists every one)",
-		"120 finished rollouts forgotten by the retention (--forget-rollouts-after), not listed; what they did is in the audit trail (switchyard audit log)",
+		"120 finished rollouts forgotten by the retention (--forget-finished-after), not listed; what they did is in the audit trail (switchyard audit log)",
 	} {
 		if !strings.Contains(out.String(), want) {
 			t.Errorf("footer lacks %q:\n%s", want, out.String())

@@ -133,8 +133,8 @@ func Decode(data []byte) (MessageType, proto.Message, error) {
 type Response struct {
 	// Applied is set for intents.
 	Applied state.Applied
-	// Forgot names the rollouts a ForgetEntry forgot.
-	Forgot []string
+	// Forgot names what a ForgetEntry forgot.
+	Forgot state.Forgot
 }
 
 // Hooks are told, on every replica, which documents an entry changed; the

@@ -47,6 +47,10 @@ func (s *State) runDrill(index uint64, at time.Time, operator string, sp *sv1.Dr
 	if _, ok := s.drills[sp.GetName()]; ok {
 		return refuse(CodeConflict, "drill.name: drill %q exists; give the new drill a new name", sp.GetName())
 	}
+	if f := s.forgottenDrills[sp.GetName()]; f != nil {
+		return refuse(CodeConflict, "drill.name: drill %q existed (%s, ended %s; forgotten by the retention since); a name stays taken, give the new drill a new name",
+			sp.GetName(), DrillPhaseName(f.GetPhase()), f.GetEndedAt().AsTime().UTC().Format(time.RFC3339))
+	}
 	if err := acl.CheckDrillCaps(s.acl.GetPolicy(), sp); err != nil {
 		return refuse(CodeBlastRadius, "%v", err)
 	}
@@ -99,6 +103,9 @@ func (s *State) endDrillLocked(index uint64, d *sv1.Drill, at *timestamppb.Times
 
 func (s *State) abortDrill(index uint64, at time.Time, operator string, ab *sv1.AbortDrill) Applied {
 	d := s.drills[ab.GetDrill()]
+	if f := s.forgottenDrills[ab.GetDrill()]; f != nil {
+		return refuse(CodeNotFound, "abort_drill.drill: %v", ForgottenDrillError(f))
+	}
 	if d == nil {
 		return refuse(CodeNotFound, "abort_drill.drill: no drill named %q", ab.GetDrill())
 	}

@@ -55,10 +55,15 @@ func (s *State) forgettable(r *sv1.Rollout, drilled map[string]bool) string {
 	return ""
 }
 
-// ApplyForget forgets the finished rollouts e names that may be forgotten
-// and returns the names it forgot; it ignores the rest (a name already
-// forgotten, unknown, or one that must stay).
-func (s *State) ApplyForget(index uint64, e *sv1.ForgetEntry) []string {
+// Forgot names what a ForgetEntry forgot.
+type Forgot struct {
+	Rollouts, Drills []string
+}
+
+// ApplyForget forgets the finished rollouts and ended drills e names that
+// may be forgotten and returns the names it forgot; it ignores the rest (a
+// name already forgotten, unknown, or one that must stay).
+func (s *State) ApplyForget(index uint64, e *sv1.ForgetEntry) Forgot {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	var forgot []string
@@ -81,11 +86,102 @@ func (s *State) ApplyForget(index uint64, e *sv1.ForgetEntry) []string {
 		delete(s.rollouts, id)
 		forgot = append(forgot, id)
 	}
-	if len(forgot) > 0 {
-		s.appendAudit(&sv1.AuditRecord{Index: index, At: e.GetStampedAt(), Kind: "forgotten", Actor: "switchyard", Accepted: true,
-			Message: fmt.Sprintf("forgot %d finished rollouts from the replicated state (%s): %s", len(forgot), e.GetReason(), strings.Join(forgot, ", "))})
+	var drills []string
+	for _, id := range e.GetDrills() {
+		d := s.drills[id]
+		if d == nil || DrillLive(d.GetPhase()) {
+			continue
+		}
+		s.forgottenDrills[id] = &sv1.ForgottenDrill{
+			Id:          id,
+			Service:     d.GetSpec().GetService(),
+			Phase:       d.GetPhase(),
+			CreatedAt:   d.GetCreatedAt(),
+			EndedAt:     d.GetEndedAt(),
+			ForgottenAt: e.GetStampedAt(),
+			Index:       index,
+			Generation:  d.GetGeneration(),
+		}
+		delete(s.drills, id)
+		drills = append(drills, id)
 	}
-	return forgot
+	var what []string
+	if len(forgot) > 0 {
+		what = append(what, fmt.Sprintf("%d finished rollouts: %s", len(forgot), strings.Join(forgot, ", ")))
+	}
+	if len(drills) > 0 {
+		what = append(what, fmt.Sprintf("%d ended drills: %s", len(drills), strings.Join(drills, ", ")))
+	}
+	if len(what) > 0 {
+		s.appendAudit(&sv1.AuditRecord{Index: index, At: e.GetStampedAt(), Kind: "forgotten", Actor: "switchyard", Accepted: true,
+			Message: fmt.Sprintf("forgot from the replicated state (%s) %s", e.GetReason(), strings.Join(what, "; "))})
+	}
+	return Forgot{Rollouts: forgot, Drills: drills}
+}
+
+// DrillForgetCandidates names at most limit drills that ended before
+// endedBefore, oldest first, keeping the newest KeepFinishedPerService
+// ended drills of every service.
+func (s *State) DrillForgetCandidates(endedBefore time.Time, limit int) []string {
+	s.mu.RLock()
+	defer s.mu.RUnlock()
+	byService := map[string][]*sv1.Drill{}
+	for _, d := range s.drills {
+		if !DrillLive(d.GetPhase()) {
+			svc := d.GetSpec().GetService()
+			byService[svc] = append(byService[svc], d)
+		}
+	}
+	endedFirst := func(a, b *sv1.Drill) int {
+		return cmp.Or(a.GetEndedAt().AsTime().Compare(b.GetEndedAt().AsTime()), cmp.Compare(a.GetId(), b.GetId()))
+	}
+	var old []*sv1.Drill
+	for _, ended := range byService {
+		if len(ended) <= KeepFinishedPerService {
+			continue
+		}
+		slices.SortFunc(ended, endedFirst)
+		for _, d := range ended[:len(ended)-KeepFinishedPerService] {
+			if d.GetEndedAt().AsTime().Before(endedBefore) {
+				old = append(old, d)
+			}
+		}
+	}
+	slices.SortFunc(old, endedFirst)
+	if limit > 0 && len(old) > limit {
+		old = old[:limit]
+	}
+	ids := make([]string, len(old))
+	for i, d := range old {
+		ids[i] = d.GetId()
+	}
+	return ids
+}
+
+// ForgottenDrill returns a copy of the tombstone of a forgotten drill, or
+// nil.
+func (s *State) ForgottenDrill(id string) *sv1.ForgottenDrill {
+	s.mu.RLock()
+	defer s.mu.RUnlock()
+	if f := s.forgottenDrills[id]; f != nil {
+		return proto.CloneOf(f)
+	}
+	return nil
+}
+
+// DrillCounts is how many drills the state holds and how many it forgot.
+func (s *State) DrillCounts() (held, forgotten int) {
+	s.mu.RLock()
+	defer s.mu.RUnlock()
+	return len(s.drills), len(s.forgottenDrills)
+}
+
+// ForgottenDrillError says that a drill was forgotten, and where its
+// records are.
+func ForgottenDrillError(f *sv1.ForgottenDrill) error {
+	return fmt.Errorf("drill %q (%s) %s at %s and was forgotten from the replicated state at %s (index %d) by the retention (--forget-finished-after); what it did is in the audit trail (switchyard audit log)",
+		f.GetId(), f.GetService(), DrillPhaseName(f.GetPhase()), f.GetEndedAt().AsTime().UTC().Format(time.RFC3339),
+		f.GetForgottenAt().AsTime().UTC().Format(time.RFC3339), f.GetIndex())
 }
 
 // ForgetCandidates names at most limit finished rollouts that ended before
@@ -165,7 +261,7 @@ func (s *State) ForgottenOf(service string) int {
 // ForgottenError says that a rollout was forgotten, and where its records
 // are.
 func ForgottenError(f *sv1.ForgottenRollout) error {
-	return fmt.Errorf("rollout %q (%s) %s at %s and was forgotten from the replicated state at %s (index %d) by the retention (--forget-rollouts-after); what it did is in the audit trail (switchyard audit log --rollout %[1]q)",
+	return fmt.Errorf("rollout %q (%s) %s at %s and was forgotten from the replicated state at %s (index %d) by the retention (--forget-finished-after); what it did is in the audit trail (switchyard audit log --rollout %[1]q)",
 		f.GetId(), f.GetService(), PhaseName(f.GetPhase()), f.GetEndedAt().AsTime().UTC().Format(time.RFC3339),
 		f.GetForgottenAt().AsTime().UTC().Format(time.RFC3339), f.GetIndex())
 }

@@ -8,6 +8,7 @@ import (
 	"time"
 
 	"google.golang.org/protobuf/proto"
+	"google.golang.org/protobuf/types/known/durationpb"
 	"google.golang.org/protobuf/types/known/timestamppb"
 
 	sv1 "github.com/switchyard/switchyard/proto/switchyard/v1"
@@ -89,7 +90,7 @@ func TestForget_LeavesATombstoneThatKeepsTheNameAndAnswers(t *testing.T) {
 	index++
 	forgot := s.ApplyForget(index, &sv1.ForgetEntry{Rollouts: []string{"w00", "w01", "w02", "w03", "w04", "w-live", "nope"},
 		StampedAt: timestamppb.New(at), Reason: "test"})
-	if !slices.Equal(forgot, []string{"w00", "w01", "w02"}) {
+	if !slices.Equal(forgot.Rollouts, []string{"w00", "w01", "w02"}) || len(forgot.Drills) != 0 {
 		t.Fatalf("forgot %v", forgot)
 	}
 	held, forgotten := s.RolloutCounts()
@@ -111,7 +112,7 @@ func TestForget_LeavesATombstoneThatKeepsTheNameAndAnswers(t *testing.T) {
 	if err := proto.Unmarshal(s.audit[len(s.audit)-1].GetRecord(), rec); err != nil {
 		t.Fatal(err)
 	}
-	if rec.GetKind() != "forgotten" || !strings.Contains(rec.GetMessage(), "w00, w01, w02") {
+	if rec.GetKind() != "forgotten" || !strings.Contains(rec.GetMessage(), "3 finished rollouts: w00, w01, w02") {
 		t.Fatalf("audit record %v", rec)
 	}
 
@@ -129,7 +130,7 @@ func TestForget_LeavesATombstoneThatKeepsTheNameAndAnswers(t *testing.T) {
 
 	// Forgetting again changes nothing and records nothing.
 	index++
-	if again := s.ApplyForget(index, &sv1.ForgetEntry{Rollouts: []string{"w00"}, StampedAt: timestamppb.New(at)}); len(again) != 0 {
+	if again := s.ApplyForget(index, &sv1.ForgetEntry{Rollouts: []string{"w00"}, StampedAt: timestamppb.New(at)}); len(again.Rollouts) != 0 {
 		t.Fatalf("forgot again %v", again)
 	}
 
@@ -146,5 +147,70 @@ func TestForget_LeavesATombstoneThatKeepsTheNameAndAnswers(t *testing.T) {
 	snap.Forgotten = append(snap.Forgotten, &sv1.ForgottenRollout{Id: "w-live"})
 	if _, err := FromSnapshot(snap); err == nil || !strings.Contains(err.Error(), "w-live") {
 		t.Fatalf("snapshot with a rollout held and forgotten: %v", err)
+	}
+}
+
+// drillEntry runs a drill of service named name, at.
+func drillEntry(name, service string, at time.Time) *sv1.IntentEntry {
+	return &sv1.IntentEntry{StampedAt: timestamppb.New(at), Intent: &sv1.Intent{Id: "run-" + name, Operator: "sre",
+		Action: &sv1.Intent_RunDrill{RunDrill: &sv1.RunDrill{Spec: &sv1.DrillSpec{Name: name, Service: service,
+			MaxNodes: 1, MaxBasisPoints: 10000, Duration: durationpb.New(time.Minute),
+			Fault: &sv1.Fault{Kind: &sv1.Fault_CpuBurn{CpuBurn: &sv1.CPUBurnFault{Cores: 1}}}}}}}}
+}
+
+// Ended drills are forgotten like finished rollouts: beyond each service's
+// newest KeepFinishedPerService, once they ended before the cut; a drill
+// that may still run stays; the name stays taken and says where it went.
+func TestForget_EndedDrills(t *testing.T) {
+	s := New()
+	var index uint64
+	n := KeepFinishedPerService + 3
+	for i := range n {
+		at := t0.Add(time.Duration(i) * time.Hour)
+		name := fmt.Sprintf("d%02d", i)
+		index++
+		if a := s.ApplyIntent(index, drillEntry(name, "web", at)); !a.Result.GetAccepted() {
+			t.Fatalf("run %s: %v", name, a.Result)
+		}
+		index++
+		if a := s.ApplyIntent(index, &sv1.IntentEntry{StampedAt: timestamppb.New(at.Add(time.Minute)), Intent: &sv1.Intent{Id: "abort-" + name, Operator: "sre",
+			Action: &sv1.Intent_AbortDrill{AbortDrill: &sv1.AbortDrill{Drill: name}}}}); !a.Result.GetAccepted() {
+			t.Fatalf("abort %s: %v", name, a.Result)
+		}
+	}
+	index++
+	s.ApplyIntent(index, drillEntry("d-live", "web", t0))
+
+	cut := t0.Add(1000 * time.Hour)
+	if got := s.DrillForgetCandidates(cut, 0); !slices.Equal(got, []string{"d00", "d01", "d02"}) {
+		t.Fatalf("drill candidates %v", got)
+	}
+	if got := s.DrillForgetCandidates(t0.Add(90*time.Minute), 0); !slices.Equal(got, []string{"d00", "d01"}) {
+		t.Fatalf("drill candidates ended before 01:30: %v", got)
+	}
+	index++
+	forgot := s.ApplyForget(index, &sv1.ForgetEntry{Drills: []string{"d00", "d01", "d02", "d-live", "nope"}, StampedAt: timestamppb.New(cut)})
+	if !slices.Equal(forgot.Drills, []string{"d00", "d01", "d02"}) || len(forgot.Rollouts) != 0 {
+		t.Fatalf("forgot %v", forgot)
+	}
+	if held, forgotten := s.DrillCounts(); held != n-3+1 || forgotten != 3 {
+		t.Fatalf("drills held %d, forgotten %d", held, forgotten)
+	}
+	if f := s.ForgottenDrill("d01"); f.GetPhase() != sv1.DrillPhase_DRILL_PHASE_ABORTED || f.GetService() != "web" || f.GetIndex() != index {
+		t.Fatalf("tombstone %v", f)
+	}
+	index++
+	again := drillEntry("d00", "web", cut)
+	again.Intent.Id = "run-d00-again"
+	if a := s.ApplyIntent(index, again); a.Result.GetCode() != CodeConflict || !strings.Contains(a.Result.GetError(), "forgotten") {
+		t.Fatalf("reusing a forgotten drill's name: %v", a.Result)
+	}
+	snap := s.Snapshot()
+	restored, err := FromSnapshot(snap)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !proto.Equal(snap, restored.Snapshot()) || restored.ForgottenDrill("d02") == nil {
+		t.Fatal("snapshot round trip lost the drills' tombstones")
 	}
 }

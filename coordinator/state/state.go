@@ -92,7 +92,8 @@ type State struct {
 	drills   map[string]*sv1.Drill
 	// forgotten are the tombstones of the rollouts the retention forgot
 	// (see forget.go).
-	forgotten map[string]*sv1.ForgottenRollout
+	forgotten       map[string]*sv1.ForgottenRollout
+	forgottenDrills map[string]*sv1.ForgottenDrill
 	// epoch is the cluster's lineage (see epoch.go); 0 reads as 1.
 	epoch uint64
 	// acl is the roles and policy (see acl.go).
@@ -118,13 +119,14 @@ type State struct {
 // New returns an empty state.
 func New() *State {
 	return &State{
-		services:  map[string]*sv1.ServiceRecord{},
-		rollouts:  map[string]*sv1.Rollout{},
-		intents:   map[string]*sv1.ProcessedIntent{},
-		drills:    map[string]*sv1.Drill{},
-		forgotten: map[string]*sv1.ForgottenRollout{},
-		acl:       &sv1.AclState{},
-		auditHead: &sv1.AuditHead{},
+		services:        map[string]*sv1.ServiceRecord{},
+		rollouts:        map[string]*sv1.Rollout{},
+		intents:         map[string]*sv1.ProcessedIntent{},
+		drills:          map[string]*sv1.Drill{},
+		forgotten:       map[string]*sv1.ForgottenRollout{},
+		forgottenDrills: map[string]*sv1.ForgottenDrill{},
+		acl:             &sv1.AclState{},
+		auditHead:       &sv1.AuditHead{},
 	}
 }
 
@@ -896,6 +898,9 @@ func (s *State) Snapshot() *sv1.StateSnapshot {
 	for _, k := range sortedKeys(s.forgotten) {
 		snap.Forgotten = append(snap.Forgotten, proto.CloneOf(s.forgotten[k]))
 	}
+	for _, k := range sortedKeys(s.forgottenDrills) {
+		snap.ForgottenDrills = append(snap.ForgottenDrills, proto.CloneOf(s.forgottenDrills[k]))
+	}
 	return snap
 }
 
@@ -936,6 +941,12 @@ func FromSnapshot(snap *sv1.StateSnapshot) (*State, error) {
 			return nil, fmt.Errorf("snapshot: forgotten rollout with empty or duplicate id %q", v.GetId())
 		}
 		s.forgotten[v.GetId()] = v
+	}
+	for _, v := range snap.GetForgottenDrills() {
+		if v.GetId() == "" || s.forgottenDrills[v.GetId()] != nil || s.drills[v.GetId()] != nil {
+			return nil, fmt.Errorf("snapshot: forgotten drill with empty or duplicate id %q", v.GetId())
+		}
+		s.forgottenDrills[v.GetId()] = v
 	}
 	return s, nil
 }

@@ -112,7 +112,7 @@ type RolloutsAnswer struct {
 	// Omitted counts the older rollouts a limit left out of the list.
 	Omitted uint32 `protobuf:"varint,4,opt,name=omitted,proto3" json:"omitted,omitempty"`
 	// Forgotten counts the finished rollouts (of the service asked for, or
-	// of every service) the retention forgot (--forget-rollouts-after): not
+	// of every service) the retention forgot (--forget-finished-after): not
 	// listed, their records are in the audit trail.
 	Forgotten     uint32 `protobuf:"varint,5,opt,name=forgotten,proto3" json:"forgotten,omitempty"`
 	unknownFields protoimpl.UnknownFields

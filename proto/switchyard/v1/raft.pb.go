@@ -650,9 +650,11 @@ type StateSnapshot struct {
 	Audit []*AuditEntry `protobuf:"bytes,72,rep,name=audit,proto3" json:"audit,omitempty"`
 	// Forgotten are the finished rollouts the retention removed, one
 	// tombstone each: their names stay taken.
-	Forgotten     []*ForgottenRollout `protobuf:"bytes,5,rep,name=forgotten,proto3" json:"forgotten,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	Forgotten []*ForgottenRollout `protobuf:"bytes,5,rep,name=forgotten,proto3" json:"forgotten,omitempty"`
+	// ForgottenDrills are the ended drills the retention removed, likewise.
+	ForgottenDrills []*ForgottenDrill `protobuf:"bytes,6,rep,name=forgotten_drills,json=forgottenDrills,proto3" json:"forgotten_drills,omitempty"`
+	unknownFields   protoimpl.UnknownFields
+	sizeCache       protoimpl.SizeCache
 }
 
 func (x *StateSnapshot) Reset() {
@@ -744,6 +746,13 @@ func (x *StateSnapshot) GetAudit() []*AuditEntry {
 func (x *StateSnapshot) GetForgotten() []*ForgottenRollout {
 	if x != nil {
 		return x.Forgotten
+	}
+	return nil
+}
+
+func (x *StateSnapshot) GetForgottenDrills() []*ForgottenDrill {
+	if x != nil {
+		return x.ForgottenDrills
 	}
 	return nil
 }
@@ -1097,17 +1106,19 @@ func (x *ProcessedIntent) GetFingerprint() []byte {
 	return nil
 }
 
-// ForgetEntry removes finished rollouts from the replicated state (the
-// leader's retention, --forget-finished-after). A rollout named here that
-// is not finished, is still its service's active rollout, has a webhook
-// call pending or a drill running in it is kept: every replica checks the
-// same things, so they all forget the same ones.
+// ForgetEntry removes finished rollouts and ended drills from the
+// replicated state (the leader's retention, --forget-finished-after). A
+// rollout named here that is not finished, is still its service's active
+// rollout, has a webhook call pending or a drill running in it is kept, as
+// is a drill that may still run: every replica checks the same things, so
+// they all forget the same ones.
 type ForgetEntry struct {
 	state     protoimpl.MessageState `protogen:"open.v1"`
 	Rollouts  []string               `protobuf:"bytes,1,rep,name=rollouts,proto3" json:"rollouts,omitempty"`
 	StampedAt *timestamppb.Timestamp `protobuf:"bytes,2,opt,name=stamped_at,json=stampedAt,proto3" json:"stamped_at,omitempty"`
 	// Reason says which retention chose them, for the audit record.
-	Reason        string `protobuf:"bytes,3,opt,name=reason,proto3" json:"reason,omitempty"`
+	Reason        string   `protobuf:"bytes,3,opt,name=reason,proto3" json:"reason,omitempty"`
+	Drills        []string `protobuf:"bytes,4,rep,name=drills,proto3" json:"drills,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1163,6 +1174,119 @@ func (x *ForgetEntry) GetReason() string {
 	return ""
 }
 
+func (x *ForgetEntry) GetDrills() []string {
+	if x != nil {
+		return x.Drills
+	}
+	return nil
+}
+
+// ForgottenDrill is what the state keeps of a drill it forgot: its name
+// stays taken, and a query for it is answered. Its records are in the
+// audit trail.
+type ForgottenDrill struct {
+	state       protoimpl.MessageState `protogen:"open.v1"`
+	Id          string                 `protobuf:"bytes,1,opt,name=id,proto3" json:"id,omitempty"`
+	Service     string                 `protobuf:"bytes,2,opt,name=service,proto3" json:"service,omitempty"`
+	Phase       DrillPhase             `protobuf:"varint,3,opt,name=phase,proto3,enum=switchyard.v1.DrillPhase" json:"phase,omitempty"`
+	CreatedAt   *timestamppb.Timestamp `protobuf:"bytes,4,opt,name=created_at,json=createdAt,proto3" json:"created_at,omitempty"`
+	EndedAt     *timestamppb.Timestamp `protobuf:"bytes,5,opt,name=ended_at,json=endedAt,proto3" json:"ended_at,omitempty"`
+	ForgottenAt *timestamppb.Timestamp `protobuf:"bytes,6,opt,name=forgotten_at,json=forgottenAt,proto3" json:"forgotten_at,omitempty"`
+	// Index is the Raft index of the entry that forgot it.
+	Index uint64 `protobuf:"varint,7,opt,name=index,proto3" json:"index,omitempty"`
+	// Generation is the drill's last document's, 0 when it never had one
+	// (it ended before it started).
+	Generation    uint64 `protobuf:"varint,8,opt,name=generation,proto3" json:"generation,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ForgottenDrill) Reset() {
+	*x = ForgottenDrill{}
+	mi := &file_switchyard_v1_raft_proto_msgTypes[15]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ForgottenDrill) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ForgottenDrill) ProtoMessage() {}
+
+func (x *ForgottenDrill) ProtoReflect() protoreflect.Message {
+	mi := &file_switchyard_v1_raft_proto_msgTypes[15]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ForgottenDrill.ProtoReflect.Descriptor instead.
+func (*ForgottenDrill) Descriptor() ([]byte, []int) {
+	return file_switchyard_v1_raft_proto_rawDescGZIP(), []int{15}
+}
+
+func (x *ForgottenDrill) GetId() string {
+	if x != nil {
+		return x.Id
+	}
+	return ""
+}
+
+func (x *ForgottenDrill) GetService() string {
+	if x != nil {
+		return x.Service
+	}
+	return ""
+}
+
+func (x *ForgottenDrill) GetPhase() DrillPhase {
+	if x != nil {
+		return x.Phase
+	}
+	return DrillPhase_DRILL_PHASE_UNSPECIFIED
+}
+
+func (x *ForgottenDrill) GetCreatedAt() *timestamppb.Timestamp {
+	if x != nil {
+		return x.CreatedAt
+	}
+	return nil
+}
+
+func (x *ForgottenDrill) GetEndedAt() *timestamppb.Timestamp {
+	if x != nil {
+		return x.EndedAt
+	}
+	return nil
+}
+
+func (x *ForgottenDrill) GetForgottenAt() *timestamppb.Timestamp {
+	if x != nil {
+		return x.ForgottenAt
+	}
+	return nil
+}
+
+func (x *ForgottenDrill) GetIndex() uint64 {
+	if x != nil {
+		return x.Index
+	}
+	return 0
+}
+
+func (x *ForgottenDrill) GetGeneration() uint64 {
+	if x != nil {
+		return x.Generation
+	}
+	return 0
+}
+
 // ForgottenRollout is what the state keeps of a rollout it forgot: enough
 // to refuse its name again and to answer for it. Its history is on the
 // audit stream.
@@ -1184,7 +1308,7 @@ type ForgottenRollout struct {
 
 func (x *ForgottenRollout) Reset() {
 	*x = ForgottenRollout{}
-	mi := &file_switchyard_v1_raft_proto_msgTypes[15]
+	mi := &file_switchyard_v1_raft_proto_msgTypes[16]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1196,7 +1320,7 @@ func (x *ForgottenRollout) String() string {
 func (*ForgottenRollout) ProtoMessage() {}
 
 func (x *ForgottenRollout) ProtoReflect() protoreflect.Message {
-	mi := &file_switchyard_v1_raft_proto_msgTypes[15]
+	mi := &file_switchyard_v1_raft_proto_msgTypes[16]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1209,7 +1333,7 @@ func (x *ForgottenRollout) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ForgottenRollout.ProtoReflect.Descriptor instead.
 func (*ForgottenRollout) Descriptor() ([]byte, []int) {
-	return file_switchyard_v1_raft_proto_rawDescGZIP(), []int{15}
+	return file_switchyard_v1_raft_proto_rawDescGZIP(), []int{16}
 }
 
 func (x *ForgottenRollout) GetId() string {
@@ -1327,7 +1451,7 @@ const file_switchyard_v1_raft_proto_rawDesc = "" +
 	"stamped_at\x18\x04 \x01(\v2\x1a.google.protobuf.TimestampR\tstampedAt\"\\\n" +
 	"\x10DrillReportEntry\x12\x14\n" +
 	"\x05drill\x18\x01 \x01(\tR\x05drill\x122\n" +
-	"\x06report\x18\x02 \x01(\v2\x1a.switchyard.v1.DrillReportR\x06report\"\xcf\x03\n" +
+	"\x06report\x18\x02 \x01(\v2\x1a.switchyard.v1.DrillReportR\x06report\"\x99\x04\n" +
 	"\rStateSnapshot\x128\n" +
 	"\bservices\x18\x01 \x03(\v2\x1c.switchyard.v1.ServiceRecordR\bservices\x122\n" +
 	"\brollouts\x18\x02 \x03(\v2\x16.switchyard.v1.RolloutR\brollouts\x128\n" +
@@ -1338,7 +1462,8 @@ const file_switchyard_v1_raft_proto_rawDesc = "" +
 	"\n" +
 	"audit_head\x18G \x01(\v2\x18.switchyard.v1.AuditHeadR\tauditHead\x12/\n" +
 	"\x05audit\x18H \x03(\v2\x19.switchyard.v1.AuditEntryR\x05audit\x12=\n" +
-	"\tforgotten\x18\x05 \x03(\v2\x1f.switchyard.v1.ForgottenRolloutR\tforgotten\"\xae\x01\n" +
+	"\tforgotten\x18\x05 \x03(\v2\x1f.switchyard.v1.ForgottenRolloutR\tforgotten\x12H\n" +
+	"\x10forgotten_drills\x18\x06 \x03(\v2\x1d.switchyard.v1.ForgottenDrillR\x0fforgottenDrills\"\xae\x01\n" +
 	"\n" +
 	"EpochEntry\x12\x14\n" +
 	"\x05epoch\x18\x01 \x01(\x04R\x05epoch\x12\x16\n" +
@@ -1364,12 +1489,25 @@ const file_switchyard_v1_raft_proto_rawDesc = "" +
 	"\x06result\x18\x02 \x01(\v2\x1b.switchyard.v1.IntentResultR\x06result\x12*\n" +
 	"\x02at\x18\x03 \x01(\v2\x1a.google.protobuf.TimestampR\x02at\x12\x16\n" +
 	"\x06signer\x18\x04 \x01(\tR\x06signer\x12 \n" +
-	"\vfingerprint\x18\x05 \x01(\fR\vfingerprint\"|\n" +
+	"\vfingerprint\x18\x05 \x01(\fR\vfingerprint\"\x94\x01\n" +
 	"\vForgetEntry\x12\x1a\n" +
 	"\brollouts\x18\x01 \x03(\tR\brollouts\x129\n" +
 	"\n" +
 	"stamped_at\x18\x02 \x01(\v2\x1a.google.protobuf.TimestampR\tstampedAt\x12\x16\n" +
-	"\x06reason\x18\x03 \x01(\tR\x06reason\"\xd6\x02\n" +
+	"\x06reason\x18\x03 \x01(\tR\x06reason\x12\x16\n" +
+	"\x06drills\x18\x04 \x03(\tR\x06drills\"\xd2\x02\n" +
+	"\x0eForgottenDrill\x12\x0e\n" +
+	"\x02id\x18\x01 \x01(\tR\x02id\x12\x18\n" +
+	"\aservice\x18\x02 \x01(\tR\aservice\x12/\n" +
+	"\x05phase\x18\x03 \x01(\x0e2\x19.switchyard.v1.DrillPhaseR\x05phase\x129\n" +
+	"\n" +
+	"created_at\x18\x04 \x01(\v2\x1a.google.protobuf.TimestampR\tcreatedAt\x125\n" +
+	"\bended_at\x18\x05 \x01(\v2\x1a.google.protobuf.TimestampR\aendedAt\x12=\n" +
+	"\fforgotten_at\x18\x06 \x01(\v2\x1a.google.protobuf.TimestampR\vforgottenAt\x12\x14\n" +
+	"\x05index\x18\a \x01(\x04R\x05index\x12\x1e\n" +
+	"\n" +
+	"generation\x18\b \x01(\x04R\n" +
+	"generation\"\xd6\x02\n" +
 	"\x10ForgottenRollout\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\tR\x02id\x12\x18\n" +
 	"\aservice\x18\x02 \x01(\tR\aservice\x121\n" +
@@ -1395,7 +1533,7 @@ func file_switchyard_v1_raft_proto_rawDescGZIP() []byte {
 	return file_switchyard_v1_raft_proto_rawDescData
 }
 
-var file_switchyard_v1_raft_proto_msgTypes = make([]protoimpl.MessageInfo, 16)
+var file_switchyard_v1_raft_proto_msgTypes = make([]protoimpl.MessageInfo, 17)
 var file_switchyard_v1_raft_proto_goTypes = []any{
 	(*IntentEntry)(nil),           // 0: switchyard.v1.IntentEntry
 	(*RolloutConvergedEntry)(nil), // 1: switchyard.v1.RolloutConvergedEntry
@@ -1412,57 +1550,64 @@ var file_switchyard_v1_raft_proto_goTypes = []any{
 	(*ServiceRecord)(nil),         // 12: switchyard.v1.ServiceRecord
 	(*ProcessedIntent)(nil),       // 13: switchyard.v1.ProcessedIntent
 	(*ForgetEntry)(nil),           // 14: switchyard.v1.ForgetEntry
-	(*ForgottenRollout)(nil),      // 15: switchyard.v1.ForgottenRollout
-	(*Intent)(nil),                // 16: switchyard.v1.Intent
-	(*timestamppb.Timestamp)(nil), // 17: google.protobuf.Timestamp
-	(*Evidence)(nil),              // 18: switchyard.v1.Evidence
-	(*DrillReport)(nil),           // 19: switchyard.v1.DrillReport
-	(*Rollout)(nil),               // 20: switchyard.v1.Rollout
-	(*Drill)(nil),                 // 21: switchyard.v1.Drill
-	(*AclState)(nil),              // 22: switchyard.v1.AclState
-	(*AuditHead)(nil),             // 23: switchyard.v1.AuditHead
-	(*AuditEntry)(nil),            // 24: switchyard.v1.AuditEntry
-	(*LocalRollback)(nil),         // 25: switchyard.v1.LocalRollback
-	(*DesiredState)(nil),          // 26: switchyard.v1.DesiredState
-	(*IntentResult)(nil),          // 27: switchyard.v1.IntentResult
-	(RolloutPhase)(0),             // 28: switchyard.v1.RolloutPhase
+	(*ForgottenDrill)(nil),        // 15: switchyard.v1.ForgottenDrill
+	(*ForgottenRollout)(nil),      // 16: switchyard.v1.ForgottenRollout
+	(*Intent)(nil),                // 17: switchyard.v1.Intent
+	(*timestamppb.Timestamp)(nil), // 18: google.protobuf.Timestamp
+	(*Evidence)(nil),              // 19: switchyard.v1.Evidence
+	(*DrillReport)(nil),           // 20: switchyard.v1.DrillReport
+	(*Rollout)(nil),               // 21: switchyard.v1.Rollout
+	(*Drill)(nil),                 // 22: switchyard.v1.Drill
+	(*AclState)(nil),              // 23: switchyard.v1.AclState
+	(*AuditHead)(nil),             // 24: switchyard.v1.AuditHead
+	(*AuditEntry)(nil),            // 25: switchyard.v1.AuditEntry
+	(*LocalRollback)(nil),         // 26: switchyard.v1.LocalRollback
+	(*DesiredState)(nil),          // 27: switchyard.v1.DesiredState
+	(*IntentResult)(nil),          // 28: switchyard.v1.IntentResult
+	(DrillPhase)(0),               // 29: switchyard.v1.DrillPhase
+	(RolloutPhase)(0),             // 30: switchyard.v1.RolloutPhase
 }
 var file_switchyard_v1_raft_proto_depIdxs = []int32{
-	16, // 0: switchyard.v1.IntentEntry.intent:type_name -> switchyard.v1.Intent
-	17, // 1: switchyard.v1.IntentEntry.stamped_at:type_name -> google.protobuf.Timestamp
-	17, // 2: switchyard.v1.RolloutConvergedEntry.stamped_at:type_name -> google.protobuf.Timestamp
-	17, // 3: switchyard.v1.RolloutAdvanceEntry.stamped_at:type_name -> google.protobuf.Timestamp
-	18, // 4: switchyard.v1.RollbackEntry.evidence:type_name -> switchyard.v1.Evidence
-	17, // 5: switchyard.v1.RollbackEntry.stamped_at:type_name -> google.protobuf.Timestamp
-	17, // 6: switchyard.v1.RolloutFinishEntry.stamped_at:type_name -> google.protobuf.Timestamp
-	17, // 7: switchyard.v1.DrillStartEntry.stamped_at:type_name -> google.protobuf.Timestamp
-	17, // 8: switchyard.v1.DrillEndEntry.stamped_at:type_name -> google.protobuf.Timestamp
-	19, // 9: switchyard.v1.DrillReportEntry.report:type_name -> switchyard.v1.DrillReport
+	17, // 0: switchyard.v1.IntentEntry.intent:type_name -> switchyard.v1.Intent
+	18, // 1: switchyard.v1.IntentEntry.stamped_at:type_name -> google.protobuf.Timestamp
+	18, // 2: switchyard.v1.RolloutConvergedEntry.stamped_at:type_name -> google.protobuf.Timestamp
+	18, // 3: switchyard.v1.RolloutAdvanceEntry.stamped_at:type_name -> google.protobuf.Timestamp
+	19, // 4: switchyard.v1.RollbackEntry.evidence:type_name -> switchyard.v1.Evidence
+	18, // 5: switchyard.v1.RollbackEntry.stamped_at:type_name -> google.protobuf.Timestamp
+	18, // 6: switchyard.v1.RolloutFinishEntry.stamped_at:type_name -> google.protobuf.Timestamp
+	18, // 7: switchyard.v1.DrillStartEntry.stamped_at:type_name -> google.protobuf.Timestamp
+	18, // 8: switchyard.v1.DrillEndEntry.stamped_at:type_name -> google.protobuf.Timestamp
+	20, // 9: switchyard.v1.DrillReportEntry.report:type_name -> switchyard.v1.DrillReport
 	12, // 10: switchyard.v1.StateSnapshot.services:type_name -> switchyard.v1.ServiceRecord
-	20, // 11: switchyard.v1.StateSnapshot.rollouts:type_name -> switchyard.v1.Rollout
+	21, // 11: switchyard.v1.StateSnapshot.rollouts:type_name -> switchyard.v1.Rollout
 	13, // 12: switchyard.v1.StateSnapshot.intents:type_name -> switchyard.v1.ProcessedIntent
-	21, // 13: switchyard.v1.StateSnapshot.drills:type_name -> switchyard.v1.Drill
-	22, // 14: switchyard.v1.StateSnapshot.acl:type_name -> switchyard.v1.AclState
-	23, // 15: switchyard.v1.StateSnapshot.audit_head:type_name -> switchyard.v1.AuditHead
-	24, // 16: switchyard.v1.StateSnapshot.audit:type_name -> switchyard.v1.AuditEntry
-	15, // 17: switchyard.v1.StateSnapshot.forgotten:type_name -> switchyard.v1.ForgottenRollout
-	17, // 18: switchyard.v1.EpochEntry.stamped_at:type_name -> google.protobuf.Timestamp
-	11, // 19: switchyard.v1.LocalRollbackEntry.nodes:type_name -> switchyard.v1.NodeLocalRollback
-	17, // 20: switchyard.v1.LocalRollbackEntry.stamped_at:type_name -> google.protobuf.Timestamp
-	25, // 21: switchyard.v1.NodeLocalRollback.rollback:type_name -> switchyard.v1.LocalRollback
-	26, // 22: switchyard.v1.ServiceRecord.desired:type_name -> switchyard.v1.DesiredState
-	27, // 23: switchyard.v1.ProcessedIntent.result:type_name -> switchyard.v1.IntentResult
-	17, // 24: switchyard.v1.ProcessedIntent.at:type_name -> google.protobuf.Timestamp
-	17, // 25: switchyard.v1.ForgetEntry.stamped_at:type_name -> google.protobuf.Timestamp
-	28, // 26: switchyard.v1.ForgottenRollout.phase:type_name -> switchyard.v1.RolloutPhase
-	17, // 27: switchyard.v1.ForgottenRollout.created_at:type_name -> google.protobuf.Timestamp
-	17, // 28: switchyard.v1.ForgottenRollout.ended_at:type_name -> google.protobuf.Timestamp
-	17, // 29: switchyard.v1.ForgottenRollout.forgotten_at:type_name -> google.protobuf.Timestamp
-	30, // [30:30] is the sub-list for method output_type
-	30, // [30:30] is the sub-list for method input_type
-	30, // [30:30] is the sub-list for extension type_name
-	30, // [30:30] is the sub-list for extension extendee
-	0,  // [0:30] is the sub-list for field type_name
+	22, // 13: switchyard.v1.StateSnapshot.drills:type_name -> switchyard.v1.Drill
+	23, // 14: switchyard.v1.StateSnapshot.acl:type_name -> switchyard.v1.AclState
+	24, // 15: switchyard.v1.StateSnapshot.audit_head:type_name -> switchyard.v1.AuditHead
+	25, // 16: switchyard.v1.StateSnapshot.audit:type_name -> switchyard.v1.AuditEntry
+	16, // 17: switchyard.v1.StateSnapshot.forgotten:type_name -> switchyard.v1.ForgottenRollout
+	15, // 18: switchyard.v1.StateSnapshot.forgotten_drills:type_name -> switchyard.v1.ForgottenDrill
+	18, // 19: switchyard.v1.EpochEntry.stamped_at:type_name -> google.protobuf.Timestamp
+	11, // 20: switchyard.v1.LocalRollbackEntry.nodes:type_name -> switchyard.v1.NodeLocalRollback
+	18, // 21: switchyard.v1.LocalRollbackEntry.stamped_at:type_name -> google.protobuf.Timestamp
+	26, // 22: switchyard.v1.NodeLocalRollback.rollback:type_name -> switchyard.v1.LocalRollback
+	27, // 23: switchyard.v1.ServiceRecord.desired:type_name -> switchyard.v1.DesiredState
+	28, // 24: switchyard.v1.ProcessedIntent.result:type_name -> switchyard.v1.IntentResult
+	18, // 25: switchyard.v1.ProcessedIntent.at:type_name -> google.protobuf.Timestamp
+	18, // 26: switchyard.v1.ForgetEntry.stamped_at:type_name -> google.protobuf.Timestamp
+	29, // 27: switchyard.v1.ForgottenDrill.phase:type_name -> switchyard.v1.DrillPhase
+	18, // 28: switchyard.v1.ForgottenDrill.created_at:type_name -> google.protobuf.Timestamp
+	18, // 29: switchyard.v1.ForgottenDrill.ended_at:type_name -> google.protobuf.Timestamp
+	18, // 30: switchyard.v1.ForgottenDrill.forgotten_at:type_name -> google.protobuf.Timestamp
+	30, // 31: switchyard.v1.ForgottenRollout.phase:type_name -> switchyard.v1.RolloutPhase
+	18, // 32: switchyard.v1.ForgottenRollout.created_at:type_name -> google.protobuf.Timestamp
+	18, // 33: switchyard.v1.ForgottenRollout.ended_at:type_name -> google.protobuf.Timestamp
+	18, // 34: switchyard.v1.ForgottenRollout.forgotten_at:type_name -> google.protobuf.Timestamp
+	35, // [35:35] is the sub-list for method output_type
+	35, // [35:35] is the sub-list for method input_type
+	35, // [35:35] is the sub-list for extension type_name
+	35, // [35:35] is the sub-list for extension extendee
+	0,  // [0:35] is the sub-list for field type_name
 }
 
 func init() { file_switchyard_v1_raft_proto_init() }
@@ -1482,7 +1627,7 @@ func file_switchyard_v1_raft_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_switchyard_v1_raft_proto_rawDesc), len(file_switchyard_v1_raft_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   16,
+			NumMessages:   17,
 			NumExtensions: 0,
 			NumServices:   0,
 		},
