@@ -30,9 +30,9 @@ const KeepFinished time.Duration = -1
 // pass over years of rollouts is many small entries, not one huge one.
 const forgetBatch = 500
 
-// retentionEvery is how often the leader looks for what to forget
-// when they are kept for after: every minute, or a tenth of after when
-// that is shorter, never more often than the controller's tick.
+// retentionEvery is how often the leader looks for what to forget when
+// what ended is kept for after: every minute, or a tenth of after when that
+// is shorter, never more often than the controller's tick.
 func retentionEvery(after, tick time.Duration) time.Duration {
 	return max(min(time.Minute, after/10), tick)
 }
@@ -51,7 +51,7 @@ func (s *Server) runRetention(ctx context.Context) {
 	defer t.Stop()
 	s.sweepForgottenDrills(ctx)
 	for {
-		s.forgetOldRollouts(ctx, after)
+		s.forgetFinished(ctx, after)
 		select {
 		case <-ctx.Done():
 			return
@@ -95,10 +95,10 @@ func (s *Server) membersApply(ctx context.Context, what string) []string {
 	return slices.Sorted(maps.Keys(missing))
 }
 
-// forgetOldRollouts forgets, a batch at a time, every finished rollout and
+// forgetFinished forgets, a batch at a time, every finished rollout and
 // ended drill the retention lets go, and takes the forgotten drills'
 // documents out of the drills bucket.
-func (s *Server) forgetOldRollouts(ctx context.Context, after time.Duration) {
+func (s *Server) forgetFinished(ctx context.Context, after time.Duration) {
 	checked := false
 	for ctx.Err() == nil {
 		now := s.cfg.Clock.Now()
