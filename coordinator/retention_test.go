@@ -20,16 +20,21 @@ import (
 	sv1 "github.com/switchyard/switchyard/proto/switchyard/v1"
 )
 
-// finishRollouts commits, through the leader's Raft, n blue-green rollouts
-// of service web that each promote and finish, named web-0 on.
-func finishRollouts(t *testing.T, leader *Server, n int) {
-	t.Helper()
-	commit := func(typ fsm.MessageType, m proto.Message) {
+// committer commits entries through the leader's Raft.
+func committer(t *testing.T, leader *Server) func(fsm.MessageType, proto.Message) {
+	return func(typ fsm.MessageType, m proto.Message) {
 		t.Helper()
 		if _, _, err := leader.raftApply(typ, m); err != nil {
 			t.Fatal(err)
 		}
 	}
+}
+
+// finishRollouts commits, through the leader's Raft, n blue-green rollouts
+// of service web that each promote and finish, named web-0 on.
+func finishRollouts(t *testing.T, leader *Server, n int) {
+	t.Helper()
+	commit := committer(t, leader)
 	for i := range n {
 		name := fmt.Sprintf("web-%d", i)
 		sp := &sv1.RolloutSpec{Name: name, Service: "web", From: "blue", To: "green",
@@ -50,12 +55,7 @@ func finishRollouts(t *testing.T, leader *Server, n int) {
 // document (started on a node, then aborted).
 func endDrills(t *testing.T, leader *Server, n, published int) {
 	t.Helper()
-	commit := func(typ fsm.MessageType, m proto.Message) {
-		t.Helper()
-		if _, _, err := leader.raftApply(typ, m); err != nil {
-			t.Fatal(err)
-		}
-	}
+	commit := committer(t, leader)
 	for i := range n {
 		name := fmt.Sprintf("d-%d", i)
 		now := timestamppb.Now()

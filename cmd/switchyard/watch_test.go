@@ -7,6 +7,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/nats-io/nats-server/v2/server"
 	"github.com/nats-io/nats.go"
 	"google.golang.org/protobuf/proto"
 
@@ -17,17 +18,24 @@ import (
 // runNATS starts an embedded NATS server for the test and connects to it.
 func runNATS(t *testing.T) (url string, nc *nats.Conn) {
 	t.Helper()
+	ns, nc := runNATSServer(t)
+	return ns.ClientURL(), nc
+}
+
+// runNATSServer is runNATS with the server itself.
+func runNATSServer(t *testing.T) (*server.Server, *nats.Conn) {
+	t.Helper()
 	ns, err := bus.RunEmbedded(bus.EmbeddedOptions{StoreDir: t.TempDir()})
 	if err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { ns.Shutdown(); ns.WaitForShutdown() })
-	nc, err = nats.Connect(ns.ClientURL())
+	nc, err := nats.Connect(ns.ClientURL())
 	if err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(nc.Close)
-	return ns.ClientURL(), nc
+	return ns, nc
 }
 
 // answerRollouts answers every rollouts query with ans, as a coordinator
@@ -161,16 +169,7 @@ func TestCLI_WatchAsksForTheNodesOnlyForJSON(t *testing.T) {
 // refresh is a request on the bus, not a new TCP and TLS connection and a
 // login to the NATS server every second.
 func TestCLI_WatchAsksOnOneConnection(t *testing.T) {
-	ns, err := bus.RunEmbedded(bus.EmbeddedOptions{StoreDir: t.TempDir()})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { ns.Shutdown(); ns.WaitForShutdown() })
-	nc, err := nats.Connect(ns.ClientURL())
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(nc.Close)
+	ns, nc := runNATSServer(t)
 	sp := &sv1.RolloutSpec{Name: "r", Service: "web", From: "blue", To: "green",
 		Strategy: &sv1.Strategy{Kind: &sv1.Strategy_BlueGreen{BlueGreen: &sv1.BlueGreen{}}}}
 	const refreshes = 5
