@@ -235,6 +235,9 @@ func TestCLI_PackagedCoordinatorConfigLoads(t *testing.T) {
 	if cfg.NodeID != "c1" || cfg.DataDir != "/var/lib/switchyard/coordinator" || cfg.BootstrapExpect != 3 || len(cfg.RetryJoin) != 2 || signing.Key == "" {
 		t.Errorf("config %+v, signing %+v: want node c1 in /var/lib/switchyard/coordinator, 3 expected, 2 joins and a signing key", cfg, signing)
 	}
+	if cfg.ForgetFinishedAfter != coordinator.DefaultForgetFinishedAfter {
+		t.Errorf("forgetFinishedAfter %s, want the default it shows, %s", cfg.ForgetFinishedAfter, coordinator.DefaultForgetFinishedAfter)
+	}
 }
 
 // `switchyard dev help` (or any stray word) is a mistake to point out, not
