@@ -50,8 +50,11 @@ func (s *Server) runRetention(ctx context.Context) {
 	t := time.NewTicker(retentionEvery(after, s.cfg.TickInterval))
 	defer t.Stop()
 	s.sweepForgottenDrills(ctx)
+	// warned is set while what is due waits for a member, which is said
+	// once, not every pass.
+	warned := false
 	for {
-		s.forgetFinished(ctx, after)
+		s.forgetFinished(ctx, after, &warned)
 		select {
 		case <-ctx.Done():
 			return
@@ -98,7 +101,7 @@ func (s *Server) membersApply(ctx context.Context, what string) []string {
 // forgetFinished forgets, a batch at a time, every finished rollout and
 // ended drill the retention lets go, and takes the forgotten drills'
 // documents out of the drills bucket.
-func (s *Server) forgetFinished(ctx context.Context, after time.Duration) {
+func (s *Server) forgetFinished(ctx context.Context, after time.Duration, warned *bool) {
 	checked := false
 	for ctx.Err() == nil {
 		now := s.cfg.Clock.Now()
@@ -113,14 +116,14 @@ func (s *Server) forgetFinished(ctx context.Context, after time.Duration) {
 		}
 		if !checked {
 			if older := s.membersApply(ctx, appliesForget); len(older) > 0 {
-				if !s.retentionWaiting {
+				if !*warned {
 					s.log.Warn("finished rollouts or drills are due to be forgotten, but not every coordinator said it can apply that; waiting (upgrade every coordinator to this release, and list each in --retry-join)",
 						"rollouts", len(rollouts), "drills", len(drills), "coordinators", strings.Join(older, ","))
 				}
-				s.retentionWaiting = true
+				*warned = true
 				return
 			}
-			checked, s.retentionWaiting = true, false
+			checked, *warned = true, false
 		}
 		resp, index, err := s.raftApply(fsm.ForgetType, &sv1.ForgetEntry{
 			Rollouts:  rollouts,

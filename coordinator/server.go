@@ -232,13 +232,8 @@ type Server struct {
 	// (cluster.go); membership changes that would leave no reachable
 	// quorum are refused with it.
 	peerFailures peerFailures
-	// retentionWaiting is set, in the leader's retention routine only,
-	// while rollouts are due to be forgotten but a member has not said it
-	// can apply that (retention.go): warned once, not every pass.
-	retentionWaiting bool
-
-	nc     *nats.Conn
-	ownsNC bool
+	nc           *nats.Conn
+	ownsNC       bool
 
 	clusterTLS *tls.Config
 	cluster    *ClusterClient

@@ -239,6 +239,10 @@ func runCoordinator(ctx context.Context, args []string, stdout, stderr io.Writer
 	if fs.NArg() > 0 {
 		return usageErr(stderr, "switchyard coordinator: unexpected argument %q\n\n%s", fs.Arg(0), coordinatorUsage)
 	}
+	if *forgetFinished < 0 {
+		return fmt.Errorf("--forget-finished-after: %s is negative; want a duration such as 2160h (the default) or 0 to keep everything", *forgetFinished)
+	}
+	cfg.ForgetFinishedAfter = finishedRetention(*forgetFinished)
 	if *configFile != "" {
 		// The file fills in what the command line did not set.
 		var (
@@ -290,7 +294,7 @@ func runCoordinator(ctx context.Context, args []string, stdout, stderr io.Writer
 			cfg.ForgetAfter = fromFile.ForgetAfter
 		}
 		if !given["forget-finished-after"] && fromFile.ForgetFinishedAfter != 0 {
-			*forgetFinished = max(fromFile.ForgetFinishedAfter, 0)
+			cfg.ForgetFinishedAfter = fromFile.ForgetFinishedAfter
 		}
 		pick("acl-bootstrap-admin", &aclAdmin, fromFile.AclBootstrap.Key)
 		pick("acl-bootstrap-name", &aclName, fromFile.AclBootstrap.Name)
@@ -298,10 +302,6 @@ func runCoordinator(ctx context.Context, args []string, stdout, stderr io.Writer
 			cfg.Notify = fromFile.Notify
 		}
 	}
-	if *forgetFinished < 0 {
-		return fmt.Errorf("--forget-finished-after: %s is negative; want a duration such as 2160h (the default) or 0 to keep everything", *forgetFinished)
-	}
-	cfg.ForgetFinishedAfter = finishedRetention(*forgetFinished)
 	if aclAdmin != "" {
 		k, err := resolveKey(aclAdmin)
 		if err != nil {

@@ -612,14 +612,9 @@ func reached(sf *sv1.ServiceFleet, want bus.Fence) (at, live int, held []string)
 
 // query asks the coordinators one read query.
 func query(ctx context.Context, c clientFlags, name string, req, out proto.Message) error {
-	ctx, cancel := context.WithTimeout(ctx, c.timeout)
-	defer cancel()
-	nc, err := c.connect(ctx)
-	if err != nil {
-		return err
-	}
-	defer nc.Close()
-	return c.queryOn(ctx, nc, name, req, out)
+	s := &session{c: c}
+	defer s.close()
+	return s.query(ctx, name, req, out)
 }
 
 // queryOn asks the coordinators on a connection already made.

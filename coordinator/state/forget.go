@@ -125,35 +125,52 @@ func (s *State) ApplyForget(index uint64, e *sv1.ForgetEntry) Forgot {
 func (s *State) DrillForgetCandidates(endedBefore time.Time, limit int) []string {
 	s.mu.RLock()
 	defer s.mu.RUnlock()
-	byService := map[string][]*sv1.Drill{}
+	var done []ended
 	for _, d := range s.drills {
 		if !DrillLive(d.GetPhase()) {
-			svc := d.GetSpec().GetService()
-			byService[svc] = append(byService[svc], d)
+			done = append(done, ended{id: d.GetId(), service: d.GetSpec().GetService(), at: d.GetEndedAt().AsTime()})
 		}
 	}
-	endedFirst := func(a, b *sv1.Drill) int {
-		return cmp.Or(a.GetEndedAt().AsTime().Compare(b.GetEndedAt().AsTime()), cmp.Compare(a.GetId(), b.GetId()))
+	return oldestBeyondNewest(done, endedBefore, limit)
+}
+
+// ended is a finished rollout or ended drill as the retention reads it.
+type ended struct {
+	id, service string
+	at          time.Time
+	// stays is set for one the retention must not forget yet; it still
+	// counts among its service's newest.
+	stays bool
+}
+
+// oldestBeyondNewest names, oldest first, at most limit (0: no limit) of
+// done that ended before endedBefore and may go, leaving out the newest
+// KeepFinishedPerService of each service.
+func oldestBeyondNewest(done []ended, endedBefore time.Time, limit int) []string {
+	byEnd := func(a, b ended) int { return cmp.Or(a.at.Compare(b.at), cmp.Compare(a.id, b.id)) }
+	byService := map[string][]ended{}
+	for _, e := range done {
+		byService[e.service] = append(byService[e.service], e)
 	}
-	var old []*sv1.Drill
-	for _, ended := range byService {
-		if len(ended) <= KeepFinishedPerService {
+	var old []ended
+	for _, es := range byService {
+		if len(es) <= KeepFinishedPerService {
 			continue
 		}
-		slices.SortFunc(ended, endedFirst)
-		for _, d := range ended[:len(ended)-KeepFinishedPerService] {
-			if d.GetEndedAt().AsTime().Before(endedBefore) {
-				old = append(old, d)
+		slices.SortFunc(es, byEnd)
+		for _, e := range es[:len(es)-KeepFinishedPerService] {
+			if !e.stays && e.at.Before(endedBefore) {
+				old = append(old, e)
 			}
 		}
 	}
-	slices.SortFunc(old, endedFirst)
+	slices.SortFunc(old, byEnd)
 	if limit > 0 && len(old) > limit {
 		old = old[:limit]
 	}
 	ids := make([]string, len(old))
-	for i, d := range old {
-		ids[i] = d.GetId()
+	for i, e := range old {
+		ids[i] = e.id
 	}
 	return ids
 }
@@ -186,41 +203,20 @@ func ForgottenDrillError(f *sv1.ForgottenDrill) error {
 
 // ForgetCandidates names at most limit finished rollouts that ended before
 // endedBefore and may be forgotten, oldest first, keeping the newest
-// KeepFinishedPerService finished rollouts of every service.
+// KeepFinishedPerService finished rollouts of every service (those that
+// ended last, as the dashboard lists them).
 func (s *State) ForgetCandidates(endedBefore time.Time, limit int) []string {
 	s.mu.RLock()
 	defer s.mu.RUnlock()
-	byService := map[string][]*sv1.Rollout{}
+	drilled := s.drilledRollouts()
+	var done []ended
 	for _, r := range s.rollouts {
 		if terminal(r.GetPhase()) {
-			svc := r.GetSpec().GetService()
-			byService[svc] = append(byService[svc], r)
+			done = append(done, ended{id: r.GetId(), service: r.GetSpec().GetService(), at: r.GetUpdatedAt().AsTime(),
+				stays: s.forgettable(r, drilled) != ""})
 		}
 	}
-	var old []*sv1.Rollout
-	drilled := s.drilledRollouts()
-	for _, done := range byService {
-		if len(done) <= KeepFinishedPerService {
-			continue
-		}
-		slices.SortFunc(done, newestFirst)
-		for _, r := range done[KeepFinishedPerService:] {
-			if r.GetUpdatedAt().AsTime().Before(endedBefore) && s.forgettable(r, drilled) == "" {
-				old = append(old, r)
-			}
-		}
-	}
-	slices.SortFunc(old, func(a, b *sv1.Rollout) int {
-		return cmp.Or(a.GetUpdatedAt().AsTime().Compare(b.GetUpdatedAt().AsTime()), cmp.Compare(a.GetId(), b.GetId()))
-	})
-	if limit > 0 && len(old) > limit {
-		old = old[:limit]
-	}
-	ids := make([]string, len(old))
-	for i, r := range old {
-		ids[i] = r.GetId()
-	}
-	return ids
+	return oldestBeyondNewest(done, endedBefore, limit)
 }
 
 // Forgotten returns a copy of the tombstone of a forgotten rollout, or nil.
