@@ -108,6 +108,28 @@ func BenchmarkStore_DecodeMergeAndJudge(b *testing.B) {
 	reportWireBytes(b, wire)
 }
 
+// BenchmarkDecoder_Decode is the decoder alone on the reports of
+// BenchmarkStore_DecodeAndMerge: the intake's share before the store.
+func BenchmarkDecoder_Decode(b *testing.B) {
+	const nodes = 10_000
+	wire := benchWire(b, nodes, 1_700_000_000)
+	var d Decoder
+	b.ReportAllocs()
+	b.ResetTimer()
+	cpu0 := cpuTime(b)
+	for i := 0; i < b.N; i++ {
+		if _, err := d.Decode(wire[i%nodes]); err != nil {
+			b.Fatal(err)
+		}
+		if i%256 == 255 {
+			d.Reuse()
+		}
+	}
+	b.StopTimer()
+	reportCPU(b, cpu0)
+	reportWireBytes(b, wire)
+}
+
 // BenchmarkStore_ProtoUnmarshalAndAdd is the same through proto.Unmarshal
 // and Add, one report per lock: the intake before the wire decoder.
 func BenchmarkStore_ProtoUnmarshalAndAdd(b *testing.B) {
