@@ -150,17 +150,21 @@ const (
 // it keeps, so an intake worker reuses its Decoder after each batch and
 // decodes without allocating for the reports themselves.
 func (d *Decoder) Reuse() {
+	// A slab is replaced with room for a quarter more than the batch
+	// used: batches of about the same size then fit in it, where one made
+	// to measure would be replaced again by the next batch a little
+	// bigger (and each report asks for room for its whole size in bins).
 	if d.usedBins > cap(d.arena) {
-		d.arena = make([]float64, 0, d.usedBins)
+		d.arena = make([]float64, 0, d.usedBins+d.usedBins/4)
 	}
 	if d.usedReports > cap(d.reportSlab) {
-		d.reportSlab = make([]Report, 0, d.usedReports)
+		d.reportSlab = make([]Report, 0, d.usedReports+d.usedReports/4)
 	}
 	if d.usedParts > cap(d.partSlab) {
-		d.partSlab = make([]BackendReport, 0, d.usedParts)
+		d.partSlab = make([]BackendReport, 0, d.usedParts+d.usedParts/4)
 	}
 	if d.usedParts > cap(d.sketchSlab) {
-		d.sketchSlab = make([]sketch.Sketch, 0, d.usedParts)
+		d.sketchSlab = make([]sketch.Sketch, 0, d.usedParts+d.usedParts/4)
 	}
 	d.arena, d.reportSlab, d.partSlab, d.sketchSlab = d.arena[:0], d.reportSlab[:0], d.partSlab[:0], d.sketchSlab[:0]
 	d.usedBins, d.usedReports, d.usedParts = 0, 0, 0

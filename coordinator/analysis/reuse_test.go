@@ -267,3 +267,42 @@ func TestStore_CellsFoundThroughTheHintAreTheWindowsCells(t *testing.T) {
 		t.Fatalf("cells hold %d requests, want %d over %d cells", inCells, total, seen)
 	}
 }
+
+// Batches of about the same size, as an intake worker takes them, decode
+// into the memory of the ones before: once the slabs have grown to a
+// batch's size, a batch a little bigger or smaller allocates nothing but
+// its reports' node names. The reports are big enough (40 backends) that
+// a batch's bins take more than one slab.
+func TestDecoder_ReusedAcrossBatchesOfVaryingSizeStopsAllocating(t *testing.T) {
+	r := rand.New(rand.NewPCG(31, 32))
+	var wire [][]byte
+	for i := range 300 {
+		w, err := proto.Marshal(testReport(fmt.Sprintf("edge-%d", i), 1_700_000_000, 40, r))
+		if err != nil {
+			t.Fatal(err)
+		}
+		wire = append(wire, w)
+	}
+	var d Decoder
+	batch := func(n int) {
+		for _, w := range wire[:n] {
+			if _, err := d.Decode(w); err != nil {
+				t.Fatal(err)
+			}
+		}
+		d.Reuse()
+	}
+	for _, n := range []int{256, 240, 256} {
+		batch(n)
+	}
+	sizes := []int{250, 256, 231, 256, 244, 255, 256}
+	reports := 0
+	for _, n := range sizes {
+		reports += n
+	}
+	i := 0
+	allocs := testing.AllocsPerRun(len(sizes)*5, func() { batch(sizes[i%len(sizes)]); i++ })
+	if names := float64(reports) / float64(len(sizes)); allocs > names {
+		t.Errorf("a batch of 231 to 256 reports after batches of 256 allocated %.1f times, want %.1f (the node names)", allocs, names)
+	}
+}
