@@ -328,3 +328,47 @@ func query(ctx context.Context, nc *nats.Conn, name string, req, out proto.Messa
 
 // ErrorHeader carries a coordinator's refusal of a query.
 const ErrorHeader = "Switchyard-Error"
+
+// Gather asks query name of every coordinator at once and hands each
+// answer's body to each, until each says it has heard enough or ctx ends
+// (ctx's deadline is how long the caller waits for coordinators that may
+// not answer). Answers carrying ErrorHeader are handed on as errors. It
+// returns ctx's error only when each never said enough.
+func Gather(ctx context.Context, nc *nats.Conn, name string, req proto.Message, each func(data []byte, err error) (enough bool)) error {
+	var body []byte
+	if req != nil {
+		var err error
+		if body, err = proto.Marshal(req); err != nil {
+			return fmt.Errorf("encode query %s: %w", name, err)
+		}
+	}
+	inbox := nc.NewInbox()
+	sub, err := nc.SubscribeSync(inbox)
+	if err != nil {
+		return fmt.Errorf("query %s: %w", name, err)
+	}
+	defer func() { _ = sub.Unsubscribe() }()
+	if err := nc.PublishRequest(QuerySubject(name), inbox, body); err != nil {
+		return fmt.Errorf("query %s: %w", name, err)
+	}
+	for {
+		m, err := sub.NextMsgWithContext(ctx)
+		if err != nil {
+			if ctx.Err() != nil {
+				return fmt.Errorf("query %s: %w", name, ctx.Err())
+			}
+			return fmt.Errorf("query %s: %w", name, err)
+		}
+		if len(m.Data) == 0 && m.Header.Get("Status") == "503" {
+			// The servers say no one listens: no answer will come.
+			return fmt.Errorf("query %s: %w", name, nats.ErrNoResponders)
+		}
+		var answerErr error
+		if e := m.Header.Get(ErrorHeader); e != "" {
+			answerErr = errors.New(e)
+		}
+		if each(m.Data, answerErr) {
+			return nil
+		}
+	}
+}

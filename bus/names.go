@@ -103,6 +103,10 @@ const (
 	QueryAudit = "audit"
 	// QueryAcl answers with the roles and policy.
 	QueryAcl = "acl"
+	// QueryCoordinators is asked of every coordinator at once (Gather):
+	// each says what it is and which later kinds of Raft entry it
+	// applies.
+	QueryCoordinators = "coordinators"
 )
 
 // IntentSubjects is the filter of the intent stream.

@@ -149,7 +149,7 @@ func (s *Server) keepsQuorumWithout(conf raft.Configuration, id raft.ServerID) e
 
 func (s *Server) self() PeerInfo {
 	_, leader := s.raft.LeaderWithID()
-	return PeerInfo{ID: s.cfg.NodeID, RaftAddr: s.RaftAddr(), Leader: string(leader), Applies: []string{appliesForget}}
+	return PeerInfo{ID: s.cfg.NodeID, RaftAddr: s.RaftAddr(), Leader: string(leader), Applies: applies()}
 }
 
 // MembersView reads the Raft configuration and this node's indexes.

@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
+	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/timestamppb"
 
 	"github.com/switchyard/switchyard/bus"
@@ -64,15 +65,30 @@ func (s *Server) runRetention(ctx context.Context) {
 }
 
 // appliesForget is what a coordinator that applies a ForgetEntry says in
-// PeerInfo.Applies.
+// PeerInfo.Applies and CoordinatorAnswer.Applies.
 const appliesForget = "forget"
 
+// applies lists the kinds of Raft entry, added after the first release,
+// that this coordinator applies.
+func applies() []string { return []string{appliesForget} }
+
+// membersWait is how long the leader waits for the members to say what
+// they apply, on the bus and then on each --retry-join address.
+const membersWait = 2 * time.Second
+
 // membersApply names the members of the Raft configuration that did not
-// say, on /v1/cluster/self at one of the --retry-join addresses, that they
-// apply entries of kind what: a coordinator of an older release stops at
-// an entry it does not know (operations.md, the upgrade order), so during
-// a rolling upgrade the leader must not write one on its own.
+// say that they apply entries of kind what: a coordinator of an older
+// release stops at an entry it does not know (operations.md, the upgrade
+// order), so during a rolling upgrade the leader must not write one on its
+// own. Every coordinator answers on the bus (QueryCoordinators), wherever
+// it was added from; one that cannot be heard there (its NATS connection
+// down, or of the release before, which answered on HTTP alone) is asked
+// on /v1/cluster/self at the leader's --retry-join addresses.
 func (s *Server) membersApply(ctx context.Context, what string) []string {
+	return s.membersApplyAt(ctx, what, s.cfg.RetryJoin)
+}
+
+func (s *Server) membersApplyAt(ctx context.Context, what string, httpAddrs []string) []string {
 	f := s.raft.GetConfiguration()
 	if f.Error() != nil {
 		return []string{"(the Raft configuration could not be read)"}
@@ -83,12 +99,26 @@ func (s *Server) membersApply(ctx context.Context, what string) []string {
 			missing[string(srv.ID)] = true
 		}
 	}
-	for _, addr := range s.cfg.RetryJoin {
+	if len(missing) > 0 && s.nc != nil {
+		gctx, cancel := context.WithTimeout(ctx, membersWait)
+		err := bus.Gather(gctx, s.nc, bus.QueryCoordinators, &sv1.CoordinatorsQuery{}, func(data []byte, err error) bool {
+			var ans sv1.CoordinatorAnswer
+			if err == nil && proto.Unmarshal(data, &ans) == nil && slices.Contains(ans.GetApplies(), what) {
+				delete(missing, ans.GetId())
+			}
+			return len(missing) == 0
+		})
+		cancel()
+		if err != nil && len(missing) > 0 {
+			s.log.Debug("not every member answered on the bus what it applies", "missing", len(missing), "err", err)
+		}
+	}
+	for _, addr := range httpAddrs {
 		if len(missing) == 0 {
 			break
 		}
 		var p PeerInfo
-		actx, cancel := context.WithTimeout(ctx, 2*time.Second)
+		actx, cancel := context.WithTimeout(ctx, membersWait)
 		err := s.cluster.getJSON(actx, addr, "/v1/cluster/self", &p)
 		cancel()
 		if err == nil && slices.Contains(p.Applies, what) {
@@ -96,6 +126,11 @@ func (s *Server) membersApply(ctx context.Context, what string) []string {
 		}
 	}
 	return slices.Sorted(maps.Keys(missing))
+}
+
+// answerCoordinators is this coordinator's answer to a CoordinatorsQuery.
+func (s *Server) answerCoordinators(*sv1.CoordinatorsQuery) (*sv1.CoordinatorAnswer, error) {
+	return &sv1.CoordinatorAnswer{Id: s.cfg.NodeID, Applies: applies()}, nil
 }
 
 // forgetFinished forgets, a batch at a time, every finished rollout and
@@ -117,7 +152,7 @@ func (s *Server) forgetFinished(ctx context.Context, after time.Duration, warned
 		if !checked {
 			if older := s.membersApply(ctx, appliesForget); len(older) > 0 {
 				if !*warned {
-					s.log.Warn("finished rollouts or drills are due to be forgotten, but not every coordinator said it can apply that; waiting (upgrade every coordinator to this release, and list each in --retry-join)",
+					s.log.Warn("finished rollouts or drills are due to be forgotten, but not every coordinator said it can apply that; waiting (upgrade every coordinator to this release; one that is down or off the bus is waited for)",
 						"rollouts", len(rollouts), "drills", len(drills), "coordinators", strings.Join(older, ","))
 				}
 				*warned = true

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -182,5 +183,41 @@ func TestCluster_RetentionForgetsOldFinishedRolloutsOnEveryReplica(t *testing.T)
 	}
 	if res := send(t, nc, applyIntent("i-again", "web-1")); res.GetAccepted() || res.GetCode() != state.CodeConflict {
 		t.Fatalf("a forgotten name applied again: %v", res)
+	}
+}
+
+// Every coordinator says on the bus which later kinds of entry it applies,
+// so the leader hears each member wherever it was added from, without its
+// HTTP address; a member it cannot hear is named, as is every member for a
+// kind none of them applies.
+func TestCluster_MembersSayOnTheBusWhatTheyApply(t *testing.T) {
+	_, url := startNATS(t)
+	nodes := startCluster(t, url, 3)
+	var leader *clusterNode
+	waitFor(t, "a leader", 15*time.Second, func() bool { leader = leaderOf(nodes); return leader != nil })
+	waitFor(t, "three members", 10*time.Second, func() bool {
+		m, err := leader.srv.MembersView()
+		return err == nil && len(m.Members) == 3
+	})
+	var followers []string
+	var follower *clusterNode
+	for _, n := range nodes {
+		if n != leader {
+			followers = append(followers, n.cfg.NodeID)
+			follower = n
+		}
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	// No --retry-join address: the bus alone.
+	if missing := leader.srv.membersApplyAt(ctx, appliesForget, nil); len(missing) != 0 {
+		t.Fatalf("members not heard on the bus: %v", missing)
+	}
+	if missing := leader.srv.membersApplyAt(ctx, "a-later-kind", nil); !slices.Equal(missing, followers) {
+		t.Fatalf("members that apply a kind none applies: %v, want %v", missing, followers)
+	}
+	follower.stop()
+	if missing := leader.srv.membersApplyAt(ctx, appliesForget, nil); !slices.Equal(missing, []string{follower.cfg.NodeID}) {
+		t.Fatalf("with %s stopped, members not heard: %v", follower.cfg.NodeID, missing)
 	}
 }

@@ -677,7 +677,15 @@ func (s *Server) subscribe() ([]*nats.Subscription, error) {
 		}
 		subs = append(subs, sub)
 	}
-	return subs, nil
+	// Asked of every coordinator at once: no queue group.
+	self, err := s.nc.Subscribe(bus.QuerySubject(bus.QueryCoordinators), serveRead(s, func() error { return nil }, s.answerCoordinators))
+	if err != nil {
+		for _, sub := range subs {
+			_ = sub.Unsubscribe()
+		}
+		return nil, fmt.Errorf("coordinator: subscribe to %s queries: %w", bus.QueryCoordinators, err)
+	}
+	return append(subs, self), nil
 }
 
 func (s *Server) shutdown() {

@@ -882,6 +882,103 @@ func (x *KillSwitch) GetRunning() []string {
 	return nil
 }
 
+// CoordinatorsQuery is asked of every coordinator at once: each answers,
+// on the reply subject, with a CoordinatorAnswer of its own (the query is
+// not served by a queue group, so the asker gathers one answer per
+// coordinator on the bus).
+type CoordinatorsQuery struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *CoordinatorsQuery) Reset() {
+	*x = CoordinatorsQuery{}
+	mi := &file_switchyard_v1_query_proto_msgTypes[11]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *CoordinatorsQuery) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*CoordinatorsQuery) ProtoMessage() {}
+
+func (x *CoordinatorsQuery) ProtoReflect() protoreflect.Message {
+	mi := &file_switchyard_v1_query_proto_msgTypes[11]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use CoordinatorsQuery.ProtoReflect.Descriptor instead.
+func (*CoordinatorsQuery) Descriptor() ([]byte, []int) {
+	return file_switchyard_v1_query_proto_rawDescGZIP(), []int{11}
+}
+
+// CoordinatorAnswer is what one coordinator says of itself.
+type CoordinatorAnswer struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Id is its Raft server id (--node-id).
+	Id string `protobuf:"bytes,1,opt,name=id,proto3" json:"id,omitempty"`
+	// Applies names the kinds of Raft entry, added after the first release,
+	// that it applies: a leader writes such an entry of its own accord only
+	// once every member of the Raft configuration says it applies it.
+	Applies       []string `protobuf:"bytes,2,rep,name=applies,proto3" json:"applies,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *CoordinatorAnswer) Reset() {
+	*x = CoordinatorAnswer{}
+	mi := &file_switchyard_v1_query_proto_msgTypes[12]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *CoordinatorAnswer) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*CoordinatorAnswer) ProtoMessage() {}
+
+func (x *CoordinatorAnswer) ProtoReflect() protoreflect.Message {
+	mi := &file_switchyard_v1_query_proto_msgTypes[12]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use CoordinatorAnswer.ProtoReflect.Descriptor instead.
+func (*CoordinatorAnswer) Descriptor() ([]byte, []int) {
+	return file_switchyard_v1_query_proto_rawDescGZIP(), []int{12}
+}
+
+func (x *CoordinatorAnswer) GetId() string {
+	if x != nil {
+		return x.Id
+	}
+	return ""
+}
+
+func (x *CoordinatorAnswer) GetApplies() []string {
+	if x != nil {
+		return x.Applies
+	}
+	return nil
+}
+
 var File_switchyard_v1_query_proto protoreflect.FileDescriptor
 
 const file_switchyard_v1_query_proto_rawDesc = "" +
@@ -960,7 +1057,11 @@ const file_switchyard_v1_query_proto_rawDesc = "" +
 	"KillSwitch\x12\x1f\n" +
 	"\vlive_drills\x18\x01 \x01(\rR\n" +
 	"liveDrills\x12\x18\n" +
-	"\arunning\x18\x02 \x03(\tR\arunningBCZAgithub.com/switchyard/switchyard/proto/switchyard/v1;switchyardv1b\x06proto3"
+	"\arunning\x18\x02 \x03(\tR\arunning\"\x13\n" +
+	"\x11CoordinatorsQuery\"=\n" +
+	"\x11CoordinatorAnswer\x12\x0e\n" +
+	"\x02id\x18\x01 \x01(\tR\x02id\x12\x18\n" +
+	"\aapplies\x18\x02 \x03(\tR\aappliesBCZAgithub.com/switchyard/switchyard/proto/switchyard/v1;switchyardv1b\x06proto3"
 
 var (
 	file_switchyard_v1_query_proto_rawDescOnce sync.Once
@@ -974,44 +1075,46 @@ func file_switchyard_v1_query_proto_rawDescGZIP() []byte {
 	return file_switchyard_v1_query_proto_rawDescData
 }
 
-var file_switchyard_v1_query_proto_msgTypes = make([]protoimpl.MessageInfo, 14)
+var file_switchyard_v1_query_proto_msgTypes = make([]protoimpl.MessageInfo, 16)
 var file_switchyard_v1_query_proto_goTypes = []any{
-	(*RolloutsQuery)(nil),  // 0: switchyard.v1.RolloutsQuery
-	(*RolloutsAnswer)(nil), // 1: switchyard.v1.RolloutsAnswer
-	(*RolloutView)(nil),    // 2: switchyard.v1.RolloutView
-	(*NodeView)(nil),       // 3: switchyard.v1.NodeView
-	(*FleetQuery)(nil),     // 4: switchyard.v1.FleetQuery
-	(*FleetAnswer)(nil),    // 5: switchyard.v1.FleetAnswer
-	(*IntentQuery)(nil),    // 6: switchyard.v1.IntentQuery
-	(*DrillsQuery)(nil),    // 7: switchyard.v1.DrillsQuery
-	(*DrillsAnswer)(nil),   // 8: switchyard.v1.DrillsAnswer
-	(*DrillView)(nil),      // 9: switchyard.v1.DrillView
-	(*KillSwitch)(nil),     // 10: switchyard.v1.KillSwitch
-	nil,                    // 11: switchyard.v1.NodeView.WeightsEntry
-	nil,                    // 12: switchyard.v1.NodeView.LabelsEntry
-	nil,                    // 13: switchyard.v1.NodeView.ObservedWeightsEntry
-	(*Rollout)(nil),        // 14: switchyard.v1.Rollout
-	(*WindowEvidence)(nil), // 15: switchyard.v1.WindowEvidence
-	(DriverHealth)(0),      // 16: switchyard.v1.DriverHealth
-	(*HookRun)(nil),        // 17: switchyard.v1.HookRun
-	(*LocalRollback)(nil),  // 18: switchyard.v1.LocalRollback
-	(*Drill)(nil),          // 19: switchyard.v1.Drill
+	(*RolloutsQuery)(nil),     // 0: switchyard.v1.RolloutsQuery
+	(*RolloutsAnswer)(nil),    // 1: switchyard.v1.RolloutsAnswer
+	(*RolloutView)(nil),       // 2: switchyard.v1.RolloutView
+	(*NodeView)(nil),          // 3: switchyard.v1.NodeView
+	(*FleetQuery)(nil),        // 4: switchyard.v1.FleetQuery
+	(*FleetAnswer)(nil),       // 5: switchyard.v1.FleetAnswer
+	(*IntentQuery)(nil),       // 6: switchyard.v1.IntentQuery
+	(*DrillsQuery)(nil),       // 7: switchyard.v1.DrillsQuery
+	(*DrillsAnswer)(nil),      // 8: switchyard.v1.DrillsAnswer
+	(*DrillView)(nil),         // 9: switchyard.v1.DrillView
+	(*KillSwitch)(nil),        // 10: switchyard.v1.KillSwitch
+	(*CoordinatorsQuery)(nil), // 11: switchyard.v1.CoordinatorsQuery
+	(*CoordinatorAnswer)(nil), // 12: switchyard.v1.CoordinatorAnswer
+	nil,                       // 13: switchyard.v1.NodeView.WeightsEntry
+	nil,                       // 14: switchyard.v1.NodeView.LabelsEntry
+	nil,                       // 15: switchyard.v1.NodeView.ObservedWeightsEntry
+	(*Rollout)(nil),           // 16: switchyard.v1.Rollout
+	(*WindowEvidence)(nil),    // 17: switchyard.v1.WindowEvidence
+	(DriverHealth)(0),         // 18: switchyard.v1.DriverHealth
+	(*HookRun)(nil),           // 19: switchyard.v1.HookRun
+	(*LocalRollback)(nil),     // 20: switchyard.v1.LocalRollback
+	(*Drill)(nil),             // 21: switchyard.v1.Drill
 }
 var file_switchyard_v1_query_proto_depIdxs = []int32{
 	2,  // 0: switchyard.v1.RolloutsAnswer.rollouts:type_name -> switchyard.v1.RolloutView
-	14, // 1: switchyard.v1.RolloutView.rollout:type_name -> switchyard.v1.Rollout
+	16, // 1: switchyard.v1.RolloutView.rollout:type_name -> switchyard.v1.Rollout
 	3,  // 2: switchyard.v1.RolloutView.nodes:type_name -> switchyard.v1.NodeView
-	15, // 3: switchyard.v1.RolloutView.windows:type_name -> switchyard.v1.WindowEvidence
-	11, // 4: switchyard.v1.NodeView.weights:type_name -> switchyard.v1.NodeView.WeightsEntry
-	16, // 5: switchyard.v1.NodeView.driver:type_name -> switchyard.v1.DriverHealth
-	12, // 6: switchyard.v1.NodeView.labels:type_name -> switchyard.v1.NodeView.LabelsEntry
-	17, // 7: switchyard.v1.NodeView.hook_runs:type_name -> switchyard.v1.HookRun
-	13, // 8: switchyard.v1.NodeView.observed_weights:type_name -> switchyard.v1.NodeView.ObservedWeightsEntry
-	18, // 9: switchyard.v1.NodeView.local_rollback:type_name -> switchyard.v1.LocalRollback
+	17, // 3: switchyard.v1.RolloutView.windows:type_name -> switchyard.v1.WindowEvidence
+	13, // 4: switchyard.v1.NodeView.weights:type_name -> switchyard.v1.NodeView.WeightsEntry
+	18, // 5: switchyard.v1.NodeView.driver:type_name -> switchyard.v1.DriverHealth
+	14, // 6: switchyard.v1.NodeView.labels:type_name -> switchyard.v1.NodeView.LabelsEntry
+	19, // 7: switchyard.v1.NodeView.hook_runs:type_name -> switchyard.v1.HookRun
+	15, // 8: switchyard.v1.NodeView.observed_weights:type_name -> switchyard.v1.NodeView.ObservedWeightsEntry
+	20, // 9: switchyard.v1.NodeView.local_rollback:type_name -> switchyard.v1.LocalRollback
 	3,  // 10: switchyard.v1.FleetAnswer.nodes:type_name -> switchyard.v1.NodeView
 	9,  // 11: switchyard.v1.DrillsAnswer.drills:type_name -> switchyard.v1.DrillView
 	10, // 12: switchyard.v1.DrillsAnswer.kill_switch:type_name -> switchyard.v1.KillSwitch
-	19, // 13: switchyard.v1.DrillView.drill:type_name -> switchyard.v1.Drill
+	21, // 13: switchyard.v1.DrillView.drill:type_name -> switchyard.v1.Drill
 	14, // [14:14] is the sub-list for method output_type
 	14, // [14:14] is the sub-list for method input_type
 	14, // [14:14] is the sub-list for extension type_name
@@ -1034,7 +1137,7 @@ func file_switchyard_v1_query_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_switchyard_v1_query_proto_rawDesc), len(file_switchyard_v1_query_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   14,
+			NumMessages:   16,
 			NumExtensions: 0,
 			NumServices:   0,
 		},
