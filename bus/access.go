@@ -50,6 +50,14 @@ const NameTemplate = "{{name()}}"
 // answers.
 const inboxRoot = "_INBOX"
 
+// IsInbox says whether subject is under an inbox: the only subjects a
+// coordinator sends answers to (query answers, intent results). A request
+// names the subject its answer goes to, and a coordinator may publish
+// where no one else may (the buckets, the audit stream, the intents, the
+// beacon); answering a request that named one of those would let anyone
+// who may ask write there.
+func IsInbox(subject string) bool { return strings.HasPrefix(subject, inboxRoot+".") }
+
 // InboxPrefix is the inbox prefix of the identity called name; bus.Connect
 // sets it from the credentials, and the permission template grants
 // subscriptions below it.

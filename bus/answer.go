@@ -29,6 +29,10 @@ const maxParts = 256
 // partHeadroom is the room left in each message for its headers.
 const partHeadroom = 1024
 
+// ErrReplyNotInbox refuses to answer a request whose reply subject is not
+// under an inbox (see IsInbox).
+var ErrReplyNotInbox = errors.New("the reply subject is not an inbox (" + inboxRoot + ".>); no answer is sent there")
+
 // Respond sends reply as the answer to the request req on nc, split into
 // parts when it is bigger than a message may be on this bus and the asker
 // takes parts.
@@ -36,6 +40,9 @@ func Respond(nc *nats.Conn, req, reply *nats.Msg) error {
 	if req.Reply == "" {
 		// Published, not asked: there is no one to answer.
 		return nil
+	}
+	if !IsInbox(req.Reply) {
+		return fmt.Errorf("%w: %q", ErrReplyNotInbox, req.Reply)
 	}
 	reply.Subject = req.Reply
 	limit := int(nc.MaxPayload()) - partHeadroom

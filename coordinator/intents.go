@@ -424,6 +424,12 @@ func (s *Server) answer(reply string, res *sv1.IntentResult, asJSON bool) {
 	if reply == "" {
 		return
 	}
+	if !bus.IsInbox(reply) {
+		s.metrics.repliesRefused.Inc()
+		s.log.Warn("intent result not sent: the intent's reply header names a subject that is not an inbox", "intent", res.GetIntentId(),
+			"reply", reply, "header", bus.ReplyHeader)
+		return
+	}
 	marshal := proto.Marshal
 	if asJSON {
 		marshal = protojson.Marshal

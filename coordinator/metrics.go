@@ -36,8 +36,11 @@ type metrics struct {
 	eventStreams     prometheus.Gauge
 	viewerRefused    *prometheus.CounterVec
 	queriesMalformed prometheus.Counter
-	notifications    *prometheus.CounterVec
-	decisionStages   *prometheus.HistogramVec
+	// repliesRefused counts answers not sent to a reply subject outside
+	// the inboxes.
+	repliesRefused prometheus.Counter
+	notifications  *prometheus.CounterVec
+	decisionStages *prometheus.HistogramVec
 	// pushes counts the copies of written documents published on their
 	// push subjects, for agents behind leaf servers.
 	pushes *prometheus.CounterVec
@@ -119,6 +122,11 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 			Name: "switchyard_coordinator_queries_malformed_total",
 			Help: "Read queries refused because they did not decode (neither the query's protobuf nor its JSON); answered with an error.",
 		}),
+		repliesRefused: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "switchyard_coordinator_replies_refused_total",
+			Help: "Query answers and intent results not sent because the request named a reply subject outside the inboxes (_INBOX.>): " +
+				"a request that would have had the coordinator publish where only coordinators may (a bucket, the audit stream, the intents).",
+		}),
 		peerRejected: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "switchyard_coordinator_cluster_peers_rejected_total",
 			Help: "Raft and HTTPS connections whose TLS handshake failed, and cluster changes without a certificate from the cluster CA or not sent as JSON.",
@@ -163,7 +171,7 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 	})
 	m.decisionStages = newDecisionStageSeconds()
 	reg.MustRegister(m.eventStreams, m.viewerRefused, m.decisionStages, m.rolloutsForgotten, m.drillsForgotten)
-	reg.MustRegister(m.peerRejected, m.joinFailures, m.diverged, m.divergences, m.queries, m.queriesMalformed, m.notifications)
+	reg.MustRegister(m.peerRejected, m.joinFailures, m.diverged, m.divergences, m.queries, m.queriesMalformed, m.repliesRefused, m.notifications)
 	reg.MustRegister(m.intentsAccepted, m.intentsRejected, m.refusalsNotRecorded, m.publishes, m.publishSeconds, m.pushes,
 		m.raftApply, m.raftApplyFailures, m.isLeader, m.statusRejected, m.statuses, m.telemetry, m.telemetryRefused, m.decisions,
 		m.webhookCalls, m.webhookSeconds)

@@ -140,6 +140,11 @@ func serveRead[Q any, PQ interface {
 	proto.Message
 }, A proto.Message](s *Server, current func() error, handle func(PQ) (A, error)) nats.MsgHandler {
 	return func(msg *nats.Msg) {
+		if msg.Reply != "" && !bus.IsInbox(msg.Reply) {
+			s.metrics.repliesRefused.Inc()
+			s.log.Debug("query not answered: its reply subject is not an inbox", "subject", msg.Subject, "reply", msg.Reply)
+			return
+		}
 		reply := nats.NewMsg(msg.Reply)
 		if msg.Header.Get(bus.StaleHeader) != "" {
 			reply.Header.Set(bus.StaleHeader, s.cfg.NodeID)
