@@ -3,8 +3,6 @@ package coordinator
 import (
 	"context"
 	"fmt"
-	"os"
-	"path/filepath"
 	"sync"
 	"testing"
 	"time"
@@ -143,18 +141,4 @@ func TestSecured_AnswersGoToInboxesOnly(t *testing.T) {
 	if ds := desiredInBucket(t, watcher, "web"); ds == nil {
 		t.Fatal("web's document is gone from the bucket")
 	}
-}
-
-// credsFile issues credentials of role to name and returns their path.
-func (b *securedBus) credsFile(t *testing.T, role bus.Role, name string) string {
-	t.Helper()
-	creds, err := b.setup.Issue(role, name)
-	if err != nil {
-		t.Fatal(err)
-	}
-	path := filepath.Join(b.dir, name+".creds")
-	if err := os.WriteFile(path, creds, 0o600); err != nil {
-		t.Fatal(err)
-	}
-	return path
 }

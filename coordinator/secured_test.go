@@ -49,15 +49,7 @@ func startSecuredBus(t *testing.T) *securedBus {
 // connect issues credentials of role to name and connects with them.
 func (b *securedBus) connect(t *testing.T, role bus.Role, name string) *nats.Conn {
 	t.Helper()
-	creds, err := b.setup.Issue(role, name)
-	if err != nil {
-		t.Fatal(err)
-	}
-	path := filepath.Join(b.dir, name+".creds")
-	if err := os.WriteFile(path, creds, 0o600); err != nil {
-		t.Fatal(err)
-	}
-	opts, err := bus.Security{Creds: path, CA: b.ca.CAPath()}.Options("")
+	opts, err := bus.Security{Creds: b.credsFile(t, role, name), CA: b.ca.CAPath()}.Options("")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -67,4 +59,18 @@ func (b *securedBus) connect(t *testing.T, role bus.Role, name string) *nats.Con
 	}
 	t.Cleanup(nc.Close)
 	return nc
+}
+
+// credsFile issues credentials of role to name and returns their path.
+func (b *securedBus) credsFile(t *testing.T, role bus.Role, name string) string {
+	t.Helper()
+	creds, err := b.setup.Issue(role, name)
+	if err != nil {
+		t.Fatal(err)
+	}
+	path := filepath.Join(b.dir, name+".creds")
+	if err := os.WriteFile(path, creds, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	return path
 }
