@@ -98,6 +98,17 @@ func (x *Exporter) Step(ctx context.Context) error {
 		return nil
 	}
 	last, err := StreamLastSeq(ctx, x.JS)
+	if errors.Is(err, ErrLastNotRecord) {
+		// Something that is not a record was written after the last one
+		// (only coordinators may write the stream). Go on from how far
+		// the replicated chain says it was exported: a record published
+		// but not marked is dropped again by its message id within the
+		// stream's duplicate window. audit verify names the message.
+		x.Metrics.errors.Inc()
+		x.Log.Warn("the audit stream's last message is not an audit record; exporting after the replicated mark (switchyard audit verify names it)",
+			"exported", head.GetExported(), "err", err)
+		last, err = 0, nil
+	}
 	if err != nil {
 		return err
 	}
@@ -147,8 +158,12 @@ func (x *Exporter) mark(through uint64) {
 	}
 }
 
+// ErrLastNotRecord says the audit stream's last message is not an audit
+// record.
+var ErrLastNotRecord = errors.New("the last message is not an audit record")
+
 // StreamLastSeq is the sequence of the last record the audit stream holds,
-// 0 when it holds none.
+// 0 when it holds none; ErrLastNotRecord when its last message is not one.
 func StreamLastSeq(ctx context.Context, js jetstream.JetStream) (uint64, error) {
 	st, err := js.Stream(ctx, bus.AuditStream)
 	if err != nil {
@@ -168,11 +183,11 @@ func StreamLastSeq(ctx context.Context, js jetstream.JetStream) (uint64, error) 
 	}
 	var e sv1.AuditEntry
 	if err := proto.Unmarshal(m.Data, &e); err != nil {
-		return 0, fmt.Errorf("last record of %s (stream sequence %d) does not decode: %v", bus.AuditStream, m.Sequence, err)
+		return 0, fmt.Errorf("%w: stream sequence %d of %s does not decode: %v", ErrLastNotRecord, m.Sequence, bus.AuditStream, err)
 	}
 	var rec sv1.AuditRecord
-	if err := proto.Unmarshal(e.GetRecord(), &rec); err != nil {
-		return 0, fmt.Errorf("last record of %s (stream sequence %d) does not decode: %v", bus.AuditStream, m.Sequence, err)
+	if err := proto.Unmarshal(e.GetRecord(), &rec); err != nil || rec.GetSeq() == 0 {
+		return 0, fmt.Errorf("%w: stream sequence %d of %s holds no record (%v)", ErrLastNotRecord, m.Sequence, bus.AuditStream, err)
 	}
 	return rec.GetSeq(), nil
 }

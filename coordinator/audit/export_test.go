@@ -243,3 +243,53 @@ func BenchmarkAudit_Seal(b *testing.B) {
 		}
 	}
 }
+
+// A message that is not a record, last in the stream (written by something
+// holding a coordinator's rights), does not stop the export: it goes on
+// after the replicated mark, and audit verify names the message.
+func TestAudit_ExportGoesOnPastAMessageThatIsNotARecord(t *testing.T) {
+	ns, err := bus.RunEmbedded(bus.EmbeddedOptions{StoreDir: t.TempDir()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { ns.Shutdown(); ns.WaitForShutdown() })
+	nc, err := nats.Connect(ns.ClientURL())
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(nc.Close)
+	js, _ := jetstream.New(nc)
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	if _, err := bus.EnsureAuditStream(ctx, js, 1); err != nil {
+		t.Fatal(err)
+	}
+	c := &chain{}
+	c.add(t, 5)
+	x := exporter(t, js, c)
+	if err := x.Step(ctx); err != nil {
+		t.Fatal(err)
+	}
+	for _, junk := range [][]byte{[]byte("not a record"), nil} {
+		if _, err := js.Publish(ctx, bus.AuditSubject(), junk); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := StreamLastSeq(ctx, js); !errors.Is(err, ErrLastNotRecord) {
+			t.Fatalf("last message %q: %v, want ErrLastNotRecord", junk, err)
+		}
+		c.add(t, 3)
+		if err := x.Step(ctx); err != nil {
+			t.Fatalf("export after %q: %v", junk, err)
+		}
+	}
+	if c.exported != 11 {
+		t.Fatalf("exported through %d, want 11", c.exported)
+	}
+	if last, err := StreamLastSeq(ctx, js); err != nil || last != 11 {
+		t.Fatalf("stream's last record %d, %v; want 11", last, err)
+	}
+	msgs := streamMsgs(t, js)
+	if _, err := VerifyStored(msgs); !errors.Is(err, ErrBroken) || !strings.Contains(err.Error(), "stream sequence 6") {
+		t.Fatalf("verify: %v, want the message at stream sequence 6 named", err)
+	}
+}
