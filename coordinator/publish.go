@@ -1,13 +1,16 @@
 package coordinator
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
 	"log/slog"
+	"strings"
 	"sync"
 	"time"
 
+	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/switchyard/switchyard/bus"
@@ -36,6 +39,15 @@ type publisher struct {
 	// (or this coordinator does not publish); lastErr is the latest failure.
 	failingSince time.Time
 	lastErr      error
+	// suspect are the documents a message landed on that the leader is to
+	// read again (see watch); checkAt is when it may next, and checking
+	// says a check is scheduled.
+	suspect  map[docKey]bool
+	checkAt  time.Time
+	checking bool
+	// written is the value this leader last wrote or found verified, by
+	// document: a message of the same bytes is not suspect.
+	written map[docKey][]byte
 }
 
 // health says whether this coordinator's writes to the bus are failing:
@@ -86,7 +98,82 @@ func (p *publisher) push(k docKey, value []byte, log *slog.Logger) {
 }
 
 func newPublisher(s *Server) *publisher {
-	return &publisher{s: s, dirty: map[docKey]bool{}, committedAt: map[string]time.Time{}, wake: make(chan struct{}, 1)}
+	return &publisher{s: s, dirty: map[docKey]bool{}, committedAt: map[string]time.Time{}, wake: make(chan struct{}, 1),
+		suspect: map[docKey]bool{}, written: map[docKey][]byte{}}
+}
+
+// wrote records value as what the bucket holds, verified, for k.
+func (p *publisher) wrote(k docKey, value []byte) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	p.written[k] = value
+}
+
+// suspectEvery is how often, at most, the leader reads again the documents
+// messages landed on.
+const suspectEvery = time.Second
+
+// watch follows every message that lands on the buckets' keys while this
+// coordinator publishes, and has the documents they landed on read again
+// (and written again when the bucket no longer holds a verified one), at
+// most once every suspectEvery. Only coordinators may write the buckets,
+// but whoever may read them through the JetStream API (agents, operators)
+// can name a key's subject as the reply subject of an API request, and the
+// NATS server then stores its answer there, in place of the signed
+// document; without this, it would stay until the periodic round. The
+// leader's own writes land there too and cost one read each.
+func (p *publisher) watch() (stop func(), err error) {
+	var subs []*nats.Subscription
+	stop = func() {
+		for _, sub := range subs {
+			_ = sub.Unsubscribe()
+		}
+	}
+	for _, w := range []struct {
+		drill  bool
+		prefix string
+	}{{false, bus.DesiredKeySubject("")}, {true, bus.DrillKeySubject("")}} {
+		sub, err := p.s.nc.Subscribe(w.prefix+">", func(m *nats.Msg) {
+			if m.Header.Get(bus.KVOperationHeader) != "" {
+				return // a delete or purge: the leader's own
+			}
+			p.suspectKey(docKey{w.drill, strings.TrimPrefix(m.Subject, w.prefix)}, m.Data)
+		})
+		if err != nil {
+			stop()
+			return nil, err
+		}
+		subs = append(subs, sub)
+	}
+	return stop, nil
+}
+
+// suspectKey has k read again, now or once suspectEvery has passed since
+// the last time, unless value is what this leader wrote there last.
+func (p *publisher) suspectKey(k docKey, value []byte) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if w, ok := p.written[k]; ok && bytes.Equal(w, value) {
+		return
+	}
+	p.suspect[k] = true
+	if p.checking {
+		return
+	}
+	p.checking = true
+	time.AfterFunc(time.Until(p.checkAt), func() {
+		p.mu.Lock()
+		var keys []docKey
+		for k := range p.suspect {
+			keys = append(keys, k)
+		}
+		clear(p.suspect)
+		p.checking, p.checkAt = false, time.Now().Add(suspectEvery)
+		p.mu.Unlock()
+		for _, k := range keys {
+			p.markKeys(k.drill, []string{k.name})
+		}
+	})
 }
 
 // mark records services whose desired state changed. It never blocks: it is
@@ -178,6 +265,11 @@ func (p *publisher) run(ctx context.Context) {
 		case <-time.After(time.Second):
 		}
 	}
+	if stop, err := p.watch(); err != nil {
+		s.log.Warn("cannot follow the buckets' keys; documents written there by others are replaced at the periodic round", "err", err)
+	} else {
+		defer stop()
+	}
 	p.markAll()
 	// The first round of a new leader pushes the documents it finds
 	// already written as well: the leader before may have been killed
@@ -223,6 +315,9 @@ func (p *publisher) run(ctx context.Context) {
 				// Someone without a trusted key wrote the bucket.
 				s.metrics.publishes.WithLabelValues("replaced_unverified").Inc()
 				log.Warn("the bucket held a document no trusted key signed; overwritten with the current one")
+			}
+			if res.Value != nil && (err == nil || errors.Is(err, bus.ErrStaleGeneration)) {
+				p.wrote(k, res.Value)
 			}
 			if err == nil || (first && errors.Is(err, bus.ErrStaleGeneration) && res.Value != nil) {
 				p.push(k, res.Value, log)

@@ -142,3 +142,62 @@ func TestSecured_AnswersGoToInboxesOnly(t *testing.T) {
 		t.Fatal("web's document is gone from the bucket")
 	}
 }
+
+// The NATS server answers a JetStream API request on whatever reply
+// subject the request names, and stores the answer when a stream captures
+// that subject: an agent or an operator, who may read the desired-state
+// bucket through the API, can so replace a service's signed document with
+// the server's JSON. The leader follows the buckets' keys and writes the
+// document again at once, instead of at its periodic round (30 s).
+func TestSecured_ADocumentReplacedThroughAJetStreamReplyIsWrittenAgain(t *testing.T) {
+	b := startSecuredBus(t)
+	c := startCoordinatorWith(t, b.url, t.TempDir(), func(c *Config) {
+		c.NATS = bus.Security{Creds: b.credsFile(t, bus.RoleCoordinator, "c1"), CA: b.ca.CAPath()}
+	})
+	operator := b.connect(t, bus.RoleOperator, "alice")
+	if res := send(t, operator, applyIntent("i-1", "web-1")); !res.GetAccepted() {
+		t.Fatalf("apply: %v", res)
+	}
+	watcher := b.connect(t, bus.RoleCoordinator, "watcher")
+	waitFor(t, "the signed document of web in the bucket", 10*time.Second, func() bool {
+		return desiredInBucket(t, watcher, "web").GetRolloutId() == "web-1"
+	})
+	js, err := jetstream.New(watcher)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	kv, err := js.KeyValue(ctx, bus.DesiredBucket)
+	if err != nil {
+		t.Fatal(err)
+	}
+	before, err := kv.Get(ctx, "web")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, who := range []*nats.Conn{operator, b.connect(t, bus.RoleAgent, "edge-1")} {
+		if err := who.PublishRequest("$JS.API.STREAM.INFO.KV_"+bus.DesiredBucket, bus.DesiredKeySubject("web"), nil); err != nil {
+			t.Fatal(err)
+		}
+		if err := who.Flush(); err != nil {
+			t.Fatal(err)
+		}
+	}
+	waitFor(t, "the bucket to hold the server's answer", 10*time.Second, func() bool {
+		e, err := kv.Get(ctx, "web")
+		return err == nil && e.Revision() > before.Revision()
+	})
+	waitFor(t, "web's signed document written again", 10*time.Second, func() bool {
+		e, err := kv.Get(ctx, "web")
+		if err != nil {
+			return false
+		}
+		ds, _, err := testTrust.OpenDesired(e.Value(), "web", time.Now())
+		return err == nil && ds.GetRolloutId() == "web-1"
+	})
+	if got := testutil.ToFloat64(c.srv.metrics.publishes.WithLabelValues("replaced_unverified")); got < 1 {
+		t.Errorf("switchyard_coordinator_publishes_total{result=\"replaced_unverified\"} %v, want at least 1", got)
+	}
+}
+

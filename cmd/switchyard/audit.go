@@ -8,6 +8,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"strconv"
 	"strings"
 	"time"
 
@@ -190,6 +191,18 @@ func auditVerify(ctx context.Context, c clientFlags, js jetstream.JetStream, nc 
 		return fmt.Errorf("%w: %v", errChainBroken, err)
 	}
 	fmt.Fprintf(stdout, "stream %s: records 1..%d verify; head %s\n", bus.AuditStream, v.Last, audit.Short(v.Head))
+	if n := len(v.Foreign); n > 0 {
+		seqs := make([]string, 0, min(n, 10))
+		for _, s := range v.Foreign[:min(n, 10)] {
+			seqs = append(seqs, strconv.FormatUint(s, 10))
+		}
+		if n > 10 {
+			seqs = append(seqs, "…")
+		}
+		fmt.Fprintf(stdout, "stream %s: %d messages are not records (stream sequences %s): not part of the chain; "+
+			"the NATS server stores a JetStream API answer there when a request names the stream's subject as its reply subject\n",
+			bus.AuditStream, n, strings.Join(seqs, ", "))
+	}
 	// What the first answer says was exported must be in the stream; the
 	// records are compared with an answer at least as new as the stream.
 	exported := ans.GetHead().GetExported()

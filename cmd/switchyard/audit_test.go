@@ -116,6 +116,27 @@ func TestCLI_AuditVerifyCatchesARecordAppendedPastTheCoordinatorsHead(t *testing
 	}
 }
 
+// Whoever may read the audit stream through the JetStream API (a viewer)
+// can name its subject as the reply subject of an API request, and the
+// NATS server stores its JSON answer in the stream. Such a message claims
+// no record: verify says the chain holds and names the message apart.
+func TestCLI_AuditVerifyNamesAJetStreamAnswerStoredInTheStream(t *testing.T) {
+	url, nc := runNATS(t)
+	real := sealChain(t, 3, decisions)
+	publishAudit(t, nc, real...)
+	answerAudit(t, nc, real)
+	if err := nc.PublishRequest("$JS.API.STREAM.INFO."+bus.AuditStream, bus.AuditSubject(), nil); err != nil {
+		t.Fatal(err)
+	}
+	if err := nc.Flush(); err != nil {
+		t.Fatal(err)
+	}
+	code, out, stderr := runCLI(t, "audit", "verify", "--nats", url, "--timeout", "5s")
+	if code != exitOK || !strings.Contains(out, "records 1..3 verify") || !strings.Contains(out, "1 messages are not records (stream sequences 4)") {
+		t.Fatalf("the chain and a JetStream answer after it: exit %d\n%s%s", code, out, stderr)
+	}
+}
+
 // A record about a rollout altered in the stream no longer verifies;
 // `audit log --rollout` still shows it, marked, rather than leaving it out
 // of the one view an operator reconstructing that rollout reads.

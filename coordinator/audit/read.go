@@ -68,9 +68,29 @@ func ReadStream(ctx context.Context, js jetstream.JetStream, after uint64) ([]St
 
 // VerifyStored recomputes the chain over the stream's messages, in the
 // order of the record sequences they claim, from record 1. A message that
-// does not decode, a record whose hash or link is wrong, a missing record
-// and a record stored twice are each reported as the first broken link.
+// claims a record but does not decode, a record whose hash or link is
+// wrong, a missing record and a record stored twice are each reported as
+// the first broken link. A message that claims no record (no sequence in
+// its header or its bytes) is not part of the chain: Verified.Foreign
+// lists it. The NATS server writes such messages when a JetStream API
+// request names the stream's subject as its reply subject (anyone who may
+// read the stream can send one), so they must not break the chain; every
+// record must still be there, linked.
 func VerifyStored(msgs []Stored) (Verified, error) {
+	var foreign []uint64
+	msgs = slices.DeleteFunc(slices.Clone(msgs), func(m Stored) bool {
+		if m.Seq == 0 {
+			foreign = append(foreign, m.StreamSeq)
+			return true
+		}
+		return false
+	})
+	v, err := verifyStored(msgs)
+	v.Foreign = foreign
+	return v, err
+}
+
+func verifyStored(msgs []Stored) (Verified, error) {
 	sorted := slices.Clone(msgs)
 	slices.SortStableFunc(sorted, func(a, b Stored) int {
 		switch {
