@@ -200,4 +200,3 @@ func TestSecured_ADocumentReplacedThroughAJetStreamReplyIsWrittenAgain(t *testin
 		t.Errorf("switchyard_coordinator_publishes_total{result=\"replaced_unverified\"} %v, want at least 1", got)
 	}
 }
-
