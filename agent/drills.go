@@ -106,6 +106,8 @@ type faultSpan struct {
 // those that target this node, and reverts each at its end by a local
 // timer, with or without the bus and the coordinators.
 type drillFollower struct {
+	// refusals bounds the warnings of ignored documents.
+	refusals  refusalLog
 	node      string
 	labels    map[string]string
 	drivers   map[string]driver.Driver // by service
@@ -454,11 +456,19 @@ func (f *drillFollower) forget(name string) {
 
 func (f *drillFollower) reject(reason, drill string, gen uint64, err error) {
 	f.m.drillRejected.WithLabelValues(reason).Inc()
-	level := slog.LevelWarn
 	if reason == drillStale {
-		level = slog.LevelDebug
+		f.log.Debug("drill document ignored", "reason", reason, "drill", drill, "generation", gen, "err", err)
+		return
 	}
-	f.log.Log(context.Background(), level, "drill document ignored", "reason", reason, "drill", drill, "generation", gen, "err", err)
+	ok, since := f.refusals.warn(reason, f.clock.Now())
+	if !ok {
+		return
+	}
+	args := []any{"reason", reason, "drill", drill, "generation", gen, "err", err}
+	if since > 0 {
+		args = append(args, "ignored_for_this_reason_since_the_last_warning", since)
+	}
+	f.log.Warn("drill document ignored", args...)
 }
 
 // drillFence is a drill document's fence.

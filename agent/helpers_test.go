@@ -5,6 +5,7 @@ import (
 	"context"
 	"crypto/ed25519"
 	"fmt"
+	"io"
 	"log/slog"
 	"maps"
 	"slices"
@@ -304,9 +305,15 @@ func runAgent(t *testing.T, cfg *Config, drivers map[string]*fakeDriver) (*runni
 // runAgentWith starts an agent with any driver factory.
 func runAgentWith(t *testing.T, cfg *Config, factory DriverFactory) (*runningAgent, error) {
 	t.Helper()
+	return runAgentLogging(t, cfg, factory, t.Output())
+}
+
+// runAgentLogging is runAgentWith logging to log.
+func runAgentLogging(t *testing.T, cfg *Config, factory DriverFactory, log io.Writer) (*runningAgent, error) {
+	t.Helper()
 	reg := prometheus.NewRegistry()
 	a, err := New(cfg, Options{
-		Logger:        slog.New(slog.NewTextHandler(t.Output(), &slog.HandlerOptions{Level: slog.LevelInfo})),
+		Logger:        slog.New(slog.NewTextHandler(log, &slog.HandlerOptions{Level: slog.LevelInfo})),
 		Registerer:    reg,
 		DriverFactory: factory,
 		Version:       "test",

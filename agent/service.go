@@ -152,13 +152,15 @@ type localRollbackRequest struct {
 // touched only by run's goroutine, which serializes the handling of the
 // service's documents.
 type serviceWorker struct {
-	name   string
-	node   string
-	labels map[string]string
-	drv    driver.Driver
-	store  StateStore
-	log    *slog.Logger
-	m      *metrics
+	// refusals bounds the warnings of refused documents.
+	refusals refusalLog
+	name     string
+	node     string
+	labels   map[string]string
+	drv      driver.Driver
+	store    StateStore
+	log      *slog.Logger
+	m        *metrics
 	// series are m's series of this service that move on every apply.
 	series *serviceSeries
 	clock  clock.Clock
@@ -717,12 +719,19 @@ func (w *serviceWorker) reject(reason string, ds *sv1.DesiredState, h bus.Header
 	// Every refusal is a warning, stale ones included: the same document
 	// signed again is a renewal and a poll that a push overtook is not
 	// refused, so an older document pushed to the agent is a replay or a
-	// deposed leader's write.
-	level := slog.LevelWarn
+	// deposed leader's write. Bounded (refusalLog): the counter has them
+	// all.
+	ok, since := w.refusals.warn(reason, w.clock.Now())
+	if !ok {
+		return
+	}
 	// Only a verified header is worth logging; the fields of a forgery are
 	// whatever its author chose.
-	w.log.Log(context.Background(), level, "desired state refused; keeping the applied state", "reason", reason,
-		"fence", h.Fence.String(), "key_id", h.KeyID, "rollout", ds.GetRolloutId(), "err", err)
+	args := []any{"reason", reason, "fence", h.Fence.String(), "key_id", h.KeyID, "rollout", ds.GetRolloutId(), "err", err}
+	if since > 0 {
+		args = append(args, "refused_for_this_reason_since_the_last_warning", since)
+	}
+	w.log.Warn("desired state refused; keeping the applied state", args...)
 }
 
 // step applies the pending document and then checks the proxy, as far as the
