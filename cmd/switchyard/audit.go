@@ -169,6 +169,18 @@ func printAuditRecord(w io.Writer, m audit.Stored, rollout string, asJSON bool) 
 	}
 }
 
+// streamSeqs lists the first ten of seqs.
+func streamSeqs(seqs []uint64) string {
+	out := make([]string, 0, min(len(seqs), 10)+1)
+	for _, s := range seqs[:min(len(seqs), 10)] {
+		out = append(out, strconv.FormatUint(s, 10))
+	}
+	if len(seqs) > 10 {
+		out = append(out, "…")
+	}
+	return strings.Join(out, ", ")
+}
+
 // errChainBroken is returned when audit verify finds a broken link.
 var errChainBroken = errors.New("audit chain does not verify")
 
@@ -191,17 +203,16 @@ func auditVerify(ctx context.Context, c clientFlags, js jetstream.JetStream, nc 
 		return fmt.Errorf("%w: %v", errChainBroken, err)
 	}
 	fmt.Fprintf(stdout, "stream %s: records 1..%d verify; head %s\n", bus.AuditStream, v.Last, audit.Short(v.Head))
-	if n := len(v.Foreign); n > 0 {
-		seqs := make([]string, 0, min(n, 10))
-		for _, s := range v.Foreign[:min(n, 10)] {
-			seqs = append(seqs, strconv.FormatUint(s, 10))
+	for _, apart := range []struct {
+		seqs []uint64
+		what string
+	}{{v.Foreign, "messages are not records"}, {v.Copies, "messages are second copies of records"}} {
+		if len(apart.seqs) == 0 {
+			continue
 		}
-		if n > 10 {
-			seqs = append(seqs, "…")
-		}
-		fmt.Fprintf(stdout, "stream %s: %d messages are not records (stream sequences %s): not part of the chain; "+
+		fmt.Fprintf(stdout, "stream %s: %d %s (stream sequences %s): not part of the chain; "+
 			"the NATS server stores a JetStream API answer there when a request names the stream's subject as its reply subject\n",
-			bus.AuditStream, n, strings.Join(seqs, ", "))
+			bus.AuditStream, len(apart.seqs), apart.what, streamSeqs(apart.seqs))
 	}
 	// What the first answer says was exported must be in the stream; the
 	// records are compared with an answer at least as new as the stream.

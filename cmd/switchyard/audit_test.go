@@ -118,9 +118,11 @@ func TestCLI_AuditVerifyCatchesARecordAppendedPastTheCoordinatorsHead(t *testing
 
 // Whoever may read the audit stream through the JetStream API (a viewer)
 // can name its subject as the reply subject of an API request, and the
-// NATS server stores its JSON answer in the stream. Such a message claims
-// no record: verify says the chain holds and names the message apart.
-func TestCLI_AuditVerifyNamesAJetStreamAnswerStoredInTheStream(t *testing.T) {
+// NATS server stores its answer in the stream: JSON, or for a direct get,
+// a copy of the record read (kept once the stream's duplicate window has
+// passed). Neither is part of the chain: verify says the chain holds and
+// names them apart.
+func TestCLI_AuditVerifyNamesJetStreamAnswersStoredInTheStream(t *testing.T) {
 	url, nc := runNATS(t)
 	real := sealChain(t, 3, decisions)
 	publishAudit(t, nc, real...)
@@ -131,9 +133,28 @@ func TestCLI_AuditVerifyNamesAJetStreamAnswerStoredInTheStream(t *testing.T) {
 	if err := nc.Flush(); err != nil {
 		t.Fatal(err)
 	}
+	// The copy a direct get of record 2 leaves after the duplicate window
+	// (two minutes): its headers and bytes, no message id left to match.
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	js, err := jetstream.New(nc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, err := proto.Marshal(real[1])
+	if err != nil {
+		t.Fatal(err)
+	}
+	m := nats.NewMsg(bus.AuditSubject())
+	m.Data = b
+	m.Header.Set(bus.AuditSeqHeader, "2")
+	if _, err := js.PublishMsg(ctx, m); err != nil {
+		t.Fatal(err)
+	}
 	code, out, stderr := runCLI(t, "audit", "verify", "--nats", url, "--timeout", "5s")
-	if code != exitOK || !strings.Contains(out, "records 1..3 verify") || !strings.Contains(out, "1 messages are not records (stream sequences 4)") {
-		t.Fatalf("the chain and a JetStream answer after it: exit %d\n%s%s", code, out, stderr)
+	if code != exitOK || !strings.Contains(out, "records 1..3 verify") || !strings.Contains(out, "1 messages are not records (stream sequences 4)") ||
+		!strings.Contains(out, "1 messages are second copies of records (stream sequences 5)") {
+		t.Fatalf("the chain, a JetStream answer and a copy of record 2 after it: exit %d\n%s%s", code, out, stderr)
 	}
 }
 

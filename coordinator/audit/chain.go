@@ -69,9 +69,9 @@ type Verified struct {
 	// Records are the decoded records, in order, and Hashes their hashes.
 	Records []*sv1.AuditRecord
 	Hashes  [][]byte
-	// Foreign are the stream sequences of messages that claim no record
-	// (VerifyStored).
-	Foreign []uint64
+	// Foreign are the stream sequences of messages that claim no record,
+	// and Copies those of second copies of a record (VerifyStored).
+	Foreign, Copies []uint64
 }
 
 // Verify recomputes the chain over links in order. With fromGenesis the

@@ -209,7 +209,17 @@ func TestAudit_VerifyNamesTheFirstBrokenLink(t *testing.T) {
 	flipped := stored()
 	flipped[2].Entry.Record[4] ^= 1
 	missing := append(stored()[:1], stored()[2:]...)
-	dup := append(stored(), stored()[3])
+	// A byte-for-byte copy of record 4 is listed apart; another record 4
+	// breaks the chain.
+	copied := append(stored(), stored()[3])
+	copied[5].StreamSeq = 6
+	if v, err := VerifyStored(copied); err != nil || v.Last != 5 || !slices.Equal(v.Copies, []uint64{6}) {
+		t.Fatalf("a copy of record 4: %v (last %d, copies %v); want the chain whole and stream sequence 6 listed", err, v.Last, v.Copies)
+	}
+	other, _ := Open(stored()[3].Entry)
+	other.Message = "another record 4"
+	otherEntry, _ := Seal(other.GetPrevHash(), other)
+	dup := append(stored(), Stored{StreamSeq: 6, Seq: 4, Entry: otherEntry})
 	relinked := stored()
 	// A record rewritten with a matching hash still breaks the next link.
 	rec, _ := Open(relinked[1].Entry)
@@ -223,7 +233,7 @@ func TestAudit_VerifyNamesTheFirstBrokenLink(t *testing.T) {
 	}{
 		{"flipped byte", flipped, "record 3 (stream sequence 3): hash"},
 		{"missing record", missing, "record 3 follows record 1 (gap)"},
-		{"stored twice", dup, "record 4 follows record 4 (duplicate"},
+		{"another record of the same sequence", dup, "record 4 follows record 4 (duplicate"},
 		{"rewritten and rehashed", relinked, "record 3 (stream sequence 3): record 3 names previous hash"},
 	} {
 		_, err := VerifyStored(cs.msgs)

@@ -69,13 +69,16 @@ func ReadStream(ctx context.Context, js jetstream.JetStream, after uint64) ([]St
 // VerifyStored recomputes the chain over the stream's messages, in the
 // order of the record sequences they claim, from record 1. A message that
 // claims a record but does not decode, a record whose hash or link is
-// wrong, a missing record and a record stored twice are each reported as
-// the first broken link. A message that claims no record (no sequence in
-// its header or its bytes) is not part of the chain: Verified.Foreign
-// lists it. The NATS server writes such messages when a JetStream API
-// request names the stream's subject as its reply subject (anyone who may
-// read the stream can send one), so they must not break the chain; every
-// record must still be there, linked.
+// wrong, a missing record and two different records of one sequence are
+// each reported as the first broken link. Two kinds of message are not
+// part of the chain and are listed apart: one that claims no record (no
+// sequence in its header or its bytes; Verified.Foreign), and a second
+// copy, byte for byte, of a record the stream holds (Verified.Copies). The
+// NATS server writes both when a JetStream API request names the stream's
+// subject as its reply subject (anyone who may read the stream can send
+// one; a direct get answered there is a copy of the record it read), so
+// they must not break the chain; neither can change what it says, and
+// every record must still be there, linked.
 func VerifyStored(msgs []Stored) (Verified, error) {
 	var foreign []uint64
 	msgs = slices.DeleteFunc(slices.Clone(msgs), func(m Stored) bool {
@@ -85,14 +88,7 @@ func VerifyStored(msgs []Stored) (Verified, error) {
 		}
 		return false
 	})
-	v, err := verifyStored(msgs)
-	v.Foreign = foreign
-	return v, err
-}
-
-func verifyStored(msgs []Stored) (Verified, error) {
-	sorted := slices.Clone(msgs)
-	slices.SortStableFunc(sorted, func(a, b Stored) int {
+	slices.SortStableFunc(msgs, func(a, b Stored) int {
 		switch {
 		case a.Seq < b.Seq:
 			return -1
@@ -101,6 +97,22 @@ func verifyStored(msgs []Stored) (Verified, error) {
 		}
 		return 0
 	})
+	var copies []uint64
+	kept := msgs[:0]
+	for _, m := range msgs {
+		if n := len(kept); n > 0 && kept[n-1].Seq == m.Seq && kept[n-1].Err == nil && m.Err == nil && proto.Equal(kept[n-1].Entry, m.Entry) {
+			copies = append(copies, m.StreamSeq)
+			continue
+		}
+		kept = append(kept, m)
+	}
+	v, err := verifySorted(kept)
+	v.Foreign, v.Copies = foreign, copies
+	return v, err
+}
+
+// verifySorted verifies msgs, sorted by the record sequences they claim.
+func verifySorted(sorted []Stored) (Verified, error) {
 	links := make([]Link, 0, len(sorted))
 	for _, m := range sorted {
 		where := fmt.Sprintf("record %d (stream sequence %d)", m.Seq, m.StreamSeq)
