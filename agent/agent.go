@@ -554,6 +554,15 @@ func (a *Agent) Run(ctx context.Context) error {
 	// behind a connection that is still up (a PoP's leaf server without the
 	// hub).
 	if _, err := nc.Subscribe(bus.FleetAll(), func(m *nats.Msg) {
+		if len(m.Data) > 0 {
+			// The coordinators' carry no body; this is a JetStream API
+			// answer someone named the subject for (docs/security.md).
+			// Taken for a beacon it would hide a silent leader from the
+			// local guard, and for an ask it would have every agent
+			// publish its status.
+			a.m.fleetIgnored.Inc()
+			return
+		}
 		switch m.Subject {
 		case bus.StatusAskSubject:
 			a.statusDirty()

@@ -105,18 +105,21 @@ type metrics struct {
 	resyncErrors      prometheus.Counter
 	busConnected      prometheus.Gauge
 	silentServersLeft prometheus.Counter
-	busRefused        *prometheus.CounterVec
-	reports           *prometheus.CounterVec
-	logLines          *prometheus.CounterVec
-	probes            *prometheus.CounterVec
-	localRollbacks    *prometheus.CounterVec
-	droppedLogLines   *prometheus.CounterVec
-	faultsActive      *prometheus.GaugeVec
-	faults            *prometheus.CounterVec
-	drillRejected     *prometheus.CounterVec
-	journalDamaged    prometheus.Counter
-	inboxDropped      *prometheus.CounterVec
-	hookRuns          *prometheus.CounterVec
+	// fleetIgnored counts messages on the fleet subjects that are not the
+	// coordinators' (theirs carry no body).
+	fleetIgnored    prometheus.Counter
+	busRefused      *prometheus.CounterVec
+	reports         *prometheus.CounterVec
+	logLines        *prometheus.CounterVec
+	probes          *prometheus.CounterVec
+	localRollbacks  *prometheus.CounterVec
+	droppedLogLines *prometheus.CounterVec
+	faultsActive    *prometheus.GaugeVec
+	faults          *prometheus.CounterVec
+	drillRejected   *prometheus.CounterVec
+	journalDamaged  prometheus.Counter
+	inboxDropped    *prometheus.CounterVec
+	hookRuns        *prometheus.CounterVec
 }
 
 func newMetrics(reg prometheus.Registerer) (*metrics, error) {
@@ -170,6 +173,11 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 		resyncErrors: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "switchyard_agent_resync_errors_total",
 			Help: "Failed reads of a desired state from the bucket during a resync.",
+		}),
+		fleetIgnored: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "switchyard_agent_fleet_messages_ignored_total",
+			Help: "Messages on switchyard.fleet.* (the leader's beacon, a coordinator's status ask) ignored because they carry a body, " +
+				"which the coordinators' never do: a JetStream API answer someone had the NATS server send there.",
 		}),
 		silentServersLeft: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "switchyard_agent_bus_silent_servers_left_total",
@@ -232,7 +240,7 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 	for _, c := range []prometheus.Collector{
 		m.applies, m.applySeconds, m.applyStages, m.rejected, m.drift, m.observedMatch, m.appliedGeneration, m.documentExpired, m.appliedEpoch,
 		m.driverDegraded, m.stateSaveErrors, m.busReconnects, m.resyncErrors,
-		m.busConnected, m.silentServersLeft, m.busRefused, m.reports, m.logLines, m.probes, m.localRollbacks, m.droppedLogLines,
+		m.busConnected, m.silentServersLeft, m.fleetIgnored, m.busRefused, m.reports, m.logLines, m.probes, m.localRollbacks, m.droppedLogLines,
 		m.faultsActive, m.faults, m.drillRejected, m.journalDamaged, m.inboxDropped, m.hookRuns,
 	} {
 		if err := reg.Register(c); err != nil {

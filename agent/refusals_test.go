@@ -8,6 +8,7 @@ import (
 	"time"
 
 	"github.com/switchyard/switchyard/agent/driver"
+	"github.com/switchyard/switchyard/bus"
 )
 
 func TestRefusalLog_WarnsOnceAMinutePerReasonWithTheCountBetween(t *testing.T) {
@@ -65,5 +66,36 @@ func TestAgent_RefusalsAreCountedEachAndWarnedOfOnce(t *testing.T) {
 	ra.waitMetric(t, n, "switchyard_agent_documents_rejected_total", "service", "web", "reason", "malformed")
 	if got := log.count("desired state refused"); got != 1 {
 		t.Fatalf("%d warnings for %d refused documents, want 1:\n%s", got, n, log.b.String())
+	}
+}
+
+// The coordinators' beacon and status ask carry no body. A message with
+// one on those subjects is a JetStream API answer someone had the NATS
+// server send there: taken for a beacon it would hide a silent leader from
+// the local guard, so it is counted and ignored.
+func TestAgent_FleetMessagesWithABodyAreIgnored(t *testing.T) {
+	b := startBus(t)
+	ra := startAgent(t, testConfig(t, b.url), map[string]*fakeDriver{"web": newFakeDriver()})
+	for _, subject := range []string{bus.BeaconSubject, bus.StatusAskSubject} {
+		if err := b.nc.Publish(subject, []byte(`{"type":"io.nats.jetstream.api.v1.stream_info_response"}`)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := b.nc.Flush(); err != nil {
+		t.Fatal(err)
+	}
+	ra.waitMetric(t, 2, "switchyard_agent_fleet_messages_ignored_total")
+	if ra.lastBeacon.Load() != 0 {
+		t.Fatal("a beacon with a body was taken for the leader's")
+	}
+	if err := b.nc.Publish(bus.BeaconSubject, nil); err != nil {
+		t.Fatal(err)
+	}
+	deadline := time.Now().Add(10 * time.Second)
+	for ra.lastBeacon.Load() == 0 {
+		if time.Now().After(deadline) {
+			t.Fatal("the leader's beacon was not heard")
+		}
+		time.Sleep(10 * time.Millisecond)
 	}
 }
