@@ -80,6 +80,9 @@ func runAudit(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 		return auditVerify(ctx, c, js, nc, stdout)
 	}
 	var after uint64
+	// seen are the hashes of the records printed, by sequence: a second
+	// copy of one is said to be one.
+	seen := map[uint64][]byte{}
 	for {
 		rctx, cancel := context.WithTimeout(ctx, c.timeout)
 		msgs, last, err := audit.ReadStream(rctx, js, after)
@@ -93,6 +96,17 @@ func runAudit(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 			return err
 		}
 		for _, m := range msgs {
+			if apart := notInChain(m, seen); apart != "" {
+				if *rollout == "" {
+					printApart(stdout, m, apart, c.output == "json")
+				}
+				continue
+			}
+			if _, ok := seen[m.Seq]; !ok && m.Err == nil {
+				if _, err := audit.Open(m.Entry); err == nil {
+					seen[m.Seq] = m.Entry.GetHash()
+				}
+			}
 			printAuditRecord(stdout, m, *rollout, c.output == "json")
 		}
 		after = last
@@ -105,6 +119,32 @@ func runAudit(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 		case <-time.After(500 * time.Millisecond):
 		}
 	}
+}
+
+// notInChain says why m is not part of the chain (audit.VerifyStored),
+// or "" when it is a record: it claims none, or it is a second copy of a
+// record in seen.
+func notInChain(m audit.Stored, seen map[uint64][]byte) string {
+	if m.Seq == 0 {
+		return "not an audit record"
+	}
+	// The same hash, and bytes that hash to it: the same record.
+	if h, ok := seen[m.Seq]; ok && m.Err == nil && bytes.Equal(h, m.Entry.GetHash()) {
+		if _, err := audit.Open(m.Entry); err == nil {
+			return fmt.Sprintf("a second copy of record %d", m.Seq)
+		}
+	}
+	return ""
+}
+
+// printApart prints a message of the stream that is not part of the chain.
+func printApart(w io.Writer, m audit.Stored, why string, asJSON bool) {
+	if asJSON {
+		b, _ := json.Marshal(map[string]any{"streamSequence": m.StreamSeq, "notInChain": why})
+		fmt.Fprintln(w, string(b))
+		return
+	}
+	fmt.Fprintf(w, "(stream sequence %d: %s; not part of the chain)\n", m.StreamSeq, why)
 }
 
 func printAuditRecord(w io.Writer, m audit.Stored, rollout string, asJSON bool) {

@@ -156,6 +156,13 @@ func TestCLI_AuditVerifyNamesJetStreamAnswersStoredInTheStream(t *testing.T) {
 		!strings.Contains(out, "1 messages are second copies of records (stream sequences 5)") {
 		t.Fatalf("the chain, a JetStream answer and a copy of record 2 after it: exit %d\n%s%s", code, out, stderr)
 	}
+	// The log says what they are, where they stand.
+	code, out, stderr = runCLI(t, "audit", "log", "--nats", url, "--timeout", "5s")
+	lines := strings.Split(strings.TrimSpace(out), "\n")
+	if code != exitOK || len(lines) != 5 || lines[3] != "(stream sequence 4: not an audit record; not part of the chain)" ||
+		lines[4] != "(stream sequence 5: a second copy of record 2; not part of the chain)" {
+		t.Fatalf("audit log: exit %d\n%s%s", code, out, stderr)
+	}
 }
 
 // A record about a rollout altered in the stream no longer verifies;
