@@ -26,18 +26,7 @@ import (
 // there (overwriting the signed document of a service, a record in the
 // audit chain): answers go to inboxes only, and the others are counted.
 func TestSecured_AnswersGoToInboxesOnly(t *testing.T) {
-	b := startSecuredBus(t)
-	c := startCoordinatorWith(t, b.url, t.TempDir(), func(c *Config) {
-		c.NATS = bus.Security{Creds: b.credsFile(t, bus.RoleCoordinator, "c1"), CA: b.ca.CAPath()}
-	})
-	operator := b.connect(t, bus.RoleOperator, "alice")
-	if res := send(t, operator, applyIntent("i-1", "web-1")); !res.GetAccepted() {
-		t.Fatalf("apply: %v", res)
-	}
-	watcher := b.connect(t, bus.RoleCoordinator, "watcher")
-	waitFor(t, "the signed document of web in the bucket", 10*time.Second, func() bool {
-		return desiredInBucket(t, watcher, "web").GetRolloutId() == "web-1"
-	})
+	b, c, operator, watcher := securedRollout(t)
 
 	// What lands, from here on, on the subjects the coordinator alone may
 	// write that a coordinator's identity may read (the buckets) or an
@@ -150,18 +139,7 @@ func TestSecured_AnswersGoToInboxesOnly(t *testing.T) {
 // the server's JSON. The leader follows the buckets' keys and writes the
 // document again at once, instead of at its periodic round (30 s).
 func TestSecured_ADocumentReplacedThroughAJetStreamReplyIsWrittenAgain(t *testing.T) {
-	b := startSecuredBus(t)
-	c := startCoordinatorWith(t, b.url, t.TempDir(), func(c *Config) {
-		c.NATS = bus.Security{Creds: b.credsFile(t, bus.RoleCoordinator, "c1"), CA: b.ca.CAPath()}
-	})
-	operator := b.connect(t, bus.RoleOperator, "alice")
-	if res := send(t, operator, applyIntent("i-1", "web-1")); !res.GetAccepted() {
-		t.Fatalf("apply: %v", res)
-	}
-	watcher := b.connect(t, bus.RoleCoordinator, "watcher")
-	waitFor(t, "the signed document of web in the bucket", 10*time.Second, func() bool {
-		return desiredInBucket(t, watcher, "web").GetRolloutId() == "web-1"
-	})
+	b, c, operator, watcher := securedRollout(t)
 	js, err := jetstream.New(watcher)
 	if err != nil {
 		t.Fatal(err)
@@ -199,4 +177,23 @@ func TestSecured_ADocumentReplacedThroughAJetStreamReplyIsWrittenAgain(t *testin
 	if got := testutil.ToFloat64(c.srv.metrics.publishes.WithLabelValues("replaced_unverified")); got < 1 {
 		t.Errorf("switchyard_coordinator_publishes_total{result=\"replaced_unverified\"} %v, want at least 1", got)
 	}
+}
+
+// securedRollout starts a coordinator on a secured bus and has an operator
+// apply rollout web-1; watcher holds a coordinator's identity.
+func securedRollout(t *testing.T) (b *securedBus, c *testCoordinator, operator, watcher *nats.Conn) {
+	t.Helper()
+	b = startSecuredBus(t)
+	c = startCoordinatorWith(t, b.url, t.TempDir(), func(c *Config) {
+		c.NATS = bus.Security{Creds: b.credsFile(t, bus.RoleCoordinator, "c1"), CA: b.ca.CAPath()}
+	})
+	operator = b.connect(t, bus.RoleOperator, "alice")
+	if res := send(t, operator, applyIntent("i-1", "web-1")); !res.GetAccepted() {
+		t.Fatalf("apply: %v", res)
+	}
+	watcher = b.connect(t, bus.RoleCoordinator, "watcher")
+	waitFor(t, "the signed document of web in the bucket", 10*time.Second, func() bool {
+		return desiredInBucket(t, watcher, "web").GetRolloutId() == "web-1"
+	})
+	return b, c, operator, watcher
 }

@@ -13,6 +13,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/nats-io/nats-server/v2/server"
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 	"github.com/prometheus/client_golang/prometheus"
@@ -103,8 +104,10 @@ func streamMsgs(t *testing.T, js jetstream.JetStream) []Stored {
 	return msgs
 }
 
-func TestAudit_ExportResumesAfterALeaderDiedBeforeRecordingProgress(t *testing.T) {
-	dir := t.TempDir()
+// auditStream runs a NATS server storing in dir with the audit stream,
+// and connects to it (reconnecting for as long as the test runs).
+func auditStream(t *testing.T, dir string) (*server.Server, jetstream.JetStream) {
+	t.Helper()
 	ns, err := bus.RunEmbedded(bus.EmbeddedOptions{StoreDir: dir})
 	if err != nil {
 		t.Fatal(err)
@@ -115,12 +118,23 @@ func TestAudit_ExportResumesAfterALeaderDiedBeforeRecordingProgress(t *testing.T
 		t.Fatal(err)
 	}
 	t.Cleanup(nc.Close)
-	js, _ := jetstream.New(nc)
+	js, err := jetstream.New(nc)
+	if err != nil {
+		t.Fatal(err)
+	}
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
 	if _, err := bus.EnsureAuditStream(ctx, js, 1); err != nil {
 		t.Fatal(err)
 	}
+	return ns, js
+}
+
+func TestAudit_ExportResumesAfterALeaderDiedBeforeRecordingProgress(t *testing.T) {
+	dir := t.TempDir()
+	ns, js := auditStream(t, dir)
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
 
 	c := &chain{}
 	c.add(t, 300) // more than one batch
@@ -260,22 +274,9 @@ func BenchmarkAudit_Seal(b *testing.B) {
 // rights), does not stop the export: it goes on after the replicated mark,
 // and verifying names the message apart from the chain.
 func TestAudit_ExportGoesOnPastAMessageThatIsNotARecord(t *testing.T) {
-	ns, err := bus.RunEmbedded(bus.EmbeddedOptions{StoreDir: t.TempDir()})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { ns.Shutdown(); ns.WaitForShutdown() })
-	nc, err := nats.Connect(ns.ClientURL())
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(nc.Close)
-	js, _ := jetstream.New(nc)
+	_, js := auditStream(t, t.TempDir())
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
-	if _, err := bus.EnsureAuditStream(ctx, js, 1); err != nil {
-		t.Fatal(err)
-	}
 	c := &chain{}
 	c.add(t, 5)
 	x := exporter(t, js, c)
