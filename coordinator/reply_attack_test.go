@@ -175,7 +175,7 @@ func TestSecured_ADocumentReplacedThroughAJetStreamReplyIsWrittenAgain(t *testin
 		return err == nil && ds.GetRolloutId() == "web-1"
 	})
 	if got := testutil.ToFloat64(c.srv.metrics.publishes.WithLabelValues("replaced_unverified")); got < 1 {
-		t.Errorf("switchyard_coordinator_publishes_total{result=\"replaced_unverified\"} %v, want at least 1", got)
+		t.Errorf("switchyard_coordinator_desired_publishes_total{result=\"replaced_unverified\"} %v, want at least 1", got)
 	}
 }
 
