@@ -218,3 +218,31 @@ func TestMetricNames_FindsSelectorsNotFunctionsOrLabels(t *testing.T) {
 		}
 	}
 }
+
+// Every metric the docs and the README name exists: a name written wrong
+// sends an operator to a query that never matches.
+func TestDocs_NameOnlyMetricsThatExist(t *testing.T) {
+	known := knownMetrics(t)
+	root := repoRoot(t)
+	files, err := filepath.Glob(filepath.Join(root, "docs", "*.md"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	files = append(files, filepath.Join(root, "README.md"))
+	// Whole names in the agents' and coordinators' namespaces; a prefix
+	// written before a brace or an ellipsis ends in "_" and is not one.
+	named := regexp.MustCompile(`switchyard_(?:agent|coordinator)_[a-z0-9_]*[a-z0-9]\b`)
+	for _, f := range files {
+		b, err := os.ReadFile(f)
+		if err != nil {
+			t.Fatal(err)
+		}
+		reported := map[string]bool{}
+		for _, m := range named.FindAllString(string(b), -1) {
+			if !known[m] && !reported[m] {
+				reported[m] = true
+				t.Errorf("%s names %s, which no code declares", filepath.Base(f), m)
+			}
+		}
+	}
+}
