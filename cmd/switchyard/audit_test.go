@@ -130,17 +130,30 @@ func TestCLI_AuditVerifyNamesJetStreamAnswersStoredInTheStream(t *testing.T) {
 	if err := nc.PublishRequest("$JS.API.STREAM.INFO."+bus.AuditStream, bus.AuditSubject(), nil); err != nil {
 		t.Fatal(err)
 	}
-	if err := nc.Flush(); err != nil {
-		t.Fatal(err)
-	}
-	// The copy a direct get of record 2 leaves after the duplicate window
-	// (two minutes): its headers and bytes, no message id left to match.
+	// The server answers the API request on its own time: wait for the
+	// answer to stand at sequence 4 before the copy goes in after it.
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
 	js, err := jetstream.New(nc)
 	if err != nil {
 		t.Fatal(err)
 	}
+	for {
+		s, err := js.Stream(ctx, bus.AuditStream)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if s.CachedInfo().State.LastSeq >= 4 {
+			break
+		}
+		select {
+		case <-ctx.Done():
+			t.Fatal("the JetStream answer never reached the audit stream")
+		case <-time.After(10 * time.Millisecond):
+		}
+	}
+	// The copy a direct get of record 2 leaves after the duplicate window
+	// (two minutes): its headers and bytes, no message id left to match.
 	b, err := proto.Marshal(real[1])
 	if err != nil {
 		t.Fatal(err)
