@@ -5,6 +5,7 @@ import (
 	"slices"
 	"strings"
 
+	"github.com/switchyard/switchyard/coordinator/hooks"
 	"github.com/switchyard/switchyard/internal/spec"
 	sv1 "github.com/switchyard/switchyard/proto/switchyard/v1"
 )
@@ -43,6 +44,24 @@ func (s *Server) checkAgentHooks(in *sv1.Intent) error {
 					"hook %q is not in the agent config of node(s) %s; add it under hooks: there, or remove it here",
 					name, strings.Join(lack, ", "))})
 			}
+		}
+	}
+	if len(errs) > 0 {
+		return errs
+	}
+	return nil
+}
+
+// checkWebhookURLs refuses a rollout whose webhook names, by address, a
+// destination the leader would not connect to: better now, by the field,
+// than as a failed call once the rollout reached the hook point. Names are
+// checked when the leader resolves them, at each call.
+func (s *Server) checkWebhookURLs(in *sv1.Intent) error {
+	d := hooks.Destinations{Networks: s.cfg.WebhookNetworks}
+	var errs spec.Errors
+	for i, w := range in.GetApplyRollout().GetSpec().GetHooks().GetWebhooks() {
+		if err := d.CheckURL(w.GetUrl()); err != nil {
+			errs = append(errs, &spec.FieldError{Path: fmt.Sprintf("spec.hooks.webhooks[%d].url", i), Problem: err.Error()})
 		}
 	}
 	if len(errs) > 0 {

@@ -2,7 +2,9 @@ package coordinator
 
 import (
 	"errors"
+	"fmt"
 	"log/slog"
+	"net/netip"
 	"strings"
 	"testing"
 	"time"
@@ -12,6 +14,7 @@ import (
 	"google.golang.org/protobuf/proto"
 
 	"github.com/switchyard/switchyard/bus"
+	"github.com/switchyard/switchyard/coordinator/state"
 	"github.com/switchyard/switchyard/internal/spec"
 	sv1 "github.com/switchyard/switchyard/proto/switchyard/v1"
 )
@@ -49,5 +52,46 @@ func TestCoordinator_AgentHookCheckNamesFieldAndNodes(t *testing.T) {
 	status("edge-1", "warm")
 	if err := s.checkAgentHooks(apply("warm")); err != nil {
 		t.Fatalf("stale nodes counted: %v", err)
+	}
+}
+
+// A rollout whose webhook names, by address, where the leader does not
+// connect (cloud instance metadata by default; anything outside
+// --webhook-networks when given) is refused when applied, naming the
+// field, and nothing of it is committed.
+func TestIntents_WebhookAtARefusedAddressIsRefusedNamingTheField(t *testing.T) {
+	nc, url := startNATS(t)
+	startCoordinatorWith(t, url, t.TempDir(), func(c *Config) {
+		c.WebhookNetworks = []netip.Prefix{netip.MustParsePrefix("10.0.0.0/8"), netip.MustParsePrefix("169.254.0.0/16")}
+	})
+	hooked := func(id, name, url string) *sv1.Intent {
+		in := applyIntent(id, name)
+		in.GetApplyRollout().GetSpec().Hooks = &sv1.HooksSpec{Webhooks: []*sv1.Webhook{
+			{Name: "ok", Point: sv1.HookPoint_HOOK_POINT_POST_ROLLOUT, Url: "https://hooks.example.com/done"},
+			{Name: "steal", Point: sv1.HookPoint_HOOK_POINT_ROLLBACK, Url: url},
+		}}
+		return in
+	}
+	res := send(t, nc, hooked("i-1", "web-1", "http://192.168.1.1/"))
+	if res.GetAccepted() || res.GetCode() != state.CodeInvalid ||
+		!strings.Contains(res.GetError(), "spec.hooks.webhooks[1].url: destination 192.168.1.1 refused (outside the webhook networks)") {
+		t.Fatalf("webhook outside the networks: %v", res)
+	}
+	// What the networks allow passes, link-local included when named.
+	if res := send(t, nc, hooked("i-2", "web-2", "http://169.254.10.1/")); !res.GetAccepted() {
+		t.Fatalf("webhook inside the networks: %v", res)
+	}
+
+	// The default refuses instance metadata only.
+	nc, url = startNATS(t)
+	startCoordinator(t, url, t.TempDir())
+	for i, u := range []string{"http://169.254.169.254/latest/meta-data/iam/security-credentials/", "http://[fd00:ec2::254]/latest/api/token"} {
+		res := send(t, nc, hooked(fmt.Sprintf("m-%d", i), fmt.Sprintf("web-m%d", i), u))
+		if res.GetAccepted() || !strings.Contains(res.GetError(), "spec.hooks.webhooks[1].url: destination") {
+			t.Fatalf("%s: %v", u, res)
+		}
+	}
+	if res := send(t, nc, hooked("i-3", "web-3", "http://10.0.0.5:8080/page")); !res.GetAccepted() {
+		t.Fatalf("webhook at a private address: %v", res)
 	}
 }

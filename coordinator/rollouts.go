@@ -2,7 +2,6 @@ package coordinator
 
 import (
 	"context"
-	"net/http"
 	"time"
 
 	"google.golang.org/protobuf/proto"
@@ -57,7 +56,7 @@ func (s *Server) runWebhooks(ctx context.Context) {
 	c := &hooks.Caller{
 		State:   pendingReader{s},
 		Raft:    raftShim{s},
-		Client:  &http.Client{},
+		Client:  hooks.NewClient(hooks.Destinations{Networks: s.cfg.WebhookNetworks}),
 		Log:     s.log,
 		Now:     s.cfg.Clock.Now,
 		Backoff: 500 * time.Millisecond,

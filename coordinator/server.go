@@ -11,6 +11,7 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"net/netip"
 	"os"
 	"path/filepath"
 	"runtime/pprof"
@@ -115,6 +116,12 @@ type Config struct {
 	ViewerTokenFile string
 	// AclBootstrap is the first admin of a new cluster; optional.
 	AclBootstrap AclBootstrap
+	// WebhookNetworks, when set, are the only networks the leader's
+	// rollout webhook calls may connect to; empty allows any address but
+	// link-local ones (cloud instance metadata) and a few no webhook has
+	// (see hooks.Destinations). A rollout naming a webhook by a refused
+	// address is refused when it is applied.
+	WebhookNetworks []netip.Prefix
 	// Notify are the receivers the leader tells of phase changes,
 	// rollbacks and drill reports (see coordinator/notify).
 	Notify []notify.Target

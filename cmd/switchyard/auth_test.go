@@ -1,6 +1,7 @@
 package main
 
 import (
+	"fmt"
 	"os"
 	"path/filepath"
 	"strings"
@@ -161,6 +162,8 @@ func TestCLI_CoordinatorConfigFileMistakesNameTheKey(t *testing.T) {
 		{"nodeId: c1\nforgetFinishedAfter: -24h\n", "forgetFinishedAfter: -24h0m0s is negative"},
 		{"nodeId: c1\nforgetFinishedAfter: a year\n", `forgetFinishedAfter: "a year" is not a duration`},
 		{"nodeId: c1\nnotifications: [{url: 'http://x', timeout: soon}]\n", `notifications[0].timeout: "soon" is not a duration`},
+		{"nodeId: c1\nwebhookNetworks: [10.0.0.0/8, internal]\n", `webhookNetworks[1]: "internal" is not a network`},
+		{"nodeId: c1\nwebhookNetworks: 10.0.0.0/8\n", "webhookNetworks: want a list"},
 		// The coordinator reads the streams of the servers it connects to;
 		// the key was accepted and then ignored.
 		{"nodeId: c1\nnatsClient: {jetstreamDomain: hub}\n", "natsClient.jetstreamDomain: not used by a coordinator"},
@@ -248,5 +251,28 @@ func TestCLI_CoordinatorConfigFileRolloutRetention(t *testing.T) {
 		if cfg.ForgetFinishedAfter != c.want {
 			t.Errorf("%q: ForgetFinishedAfter %s, want %s", c.doc, cfg.ForgetFinishedAfter, c.want)
 		}
+	}
+}
+
+// The networks rollout webhooks may reach, from the file or the flag (the
+// flag wins); a value that is not a network is named.
+func TestCLI_CoordinatorWebhookNetworks(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "c.yaml")
+	if err := os.WriteFile(path, []byte("nodeId: c1\nwebhookNetworks: [10.20.0.0/16, 192.0.2.7]\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	var (
+		cfg     coordinator.Config
+		signing signingFlags
+	)
+	if _, err := loadCoordinatorFile(path, &cfg, &signing); err != nil {
+		t.Fatal(err)
+	}
+	if got := fmt.Sprint(cfg.WebhookNetworks); got != "[10.20.0.0/16 192.0.2.7/32]" {
+		t.Fatalf("webhookNetworks %s", got)
+	}
+	code, _, stderr := runCLI(t, "coordinator", "--config", path, "--data-dir", t.TempDir(), "--webhook-networks", "10.0.0.0/8,nowhere")
+	if code == exitOK || !strings.Contains(stderr, `--webhook-networks[1]: "nowhere" is not a network (want CIDR such as 10.0.0.0/8, or an address)`) {
+		t.Fatalf("exit %d, stderr %q; want the flag's bad value named", code, stderr)
 	}
 }

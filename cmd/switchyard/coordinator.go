@@ -21,6 +21,7 @@ import (
 
 	"github.com/switchyard/switchyard/bus"
 	"github.com/switchyard/switchyard/coordinator"
+	"github.com/switchyard/switchyard/coordinator/hooks"
 	"github.com/switchyard/switchyard/coordinator/notify"
 	"github.com/switchyard/switchyard/internal/certs"
 	"github.com/switchyard/switchyard/internal/strictyaml"
@@ -113,6 +114,8 @@ type coordinatorFile struct {
 	// Notifications are the receivers of phase changes, rollbacks and
 	// drill reports.
 	Notifications []notify.Target `yaml:"notifications"`
+	// WebhookNetworks are the only networks rollout webhooks may reach.
+	WebhookNetworks []string `yaml:"webhookNetworks"`
 }
 
 // loadCoordinatorFile fills cfg and signing from the file at path; it
@@ -180,6 +183,9 @@ func loadCoordinatorFile(path string, cfg *coordinator.Config, signing *signingF
 	}
 	cfg.AclBootstrap = coordinator.AclBootstrap{Key: f.AclBootstrap.Admin, Name: f.AclBootstrap.Name}
 	cfg.Notify = f.Notifications
+	if cfg.WebhookNetworks, err = hooks.ParseNetworks("webhookNetworks", f.WebhookNetworks); err != nil {
+		return false, fmt.Errorf("--config %s: %w", path, err)
+	}
 	return f.BootstrapExpect != nil, nil
 }
 
@@ -209,8 +215,9 @@ func runCoordinator(ctx context.Context, args []string, stdout, stderr io.Writer
 		aclAdmin  string
 		aclName   string
 		notifyF   notifyFlags
+		webhookNs stringList
 	)
-	configFile := fs.String("config", "", "YAML config file with the same keys (nodeId, dataDir, raftAddr, raftAdvertise, httpAddr, nats, natsClient {creds, ca, cert, key}, clusterTLS {ca, cert, key}, bootstrapExpect, retryJoin, replicas, forgetNodesAfter, forgetFinishedAfter, signing {key, trusted, validity}, viewerTokenFile, aclBootstrap {admin, name}, notifications [{name, url, format, events, timeout, retries}]); flags override it")
+	configFile := fs.String("config", "", "YAML config file with the same keys (nodeId, dataDir, raftAddr, raftAdvertise, httpAddr, nats, natsClient {creds, ca, cert, key}, clusterTLS {ca, cert, key}, bootstrapExpect, retryJoin, replicas, forgetNodesAfter, forgetFinishedAfter, signing {key, trusted, validity}, viewerTokenFile, aclBootstrap {admin, name}, notifications [{name, url, format, events, timeout, retries}], webhookNetworks); flags override it")
 	fs.StringVar(&cfg.NodeID, "node-id", "", "this coordinator's id in the cluster (required)")
 	fs.StringVar(&cfg.DataDir, "data-dir", "", "directory for the Raft log and snapshots (required)")
 	fs.StringVar(&cfg.RaftAddr, "raft-addr", "127.0.0.1:7000", "address Raft listens on and, without --raft-advertise, other coordinators reach it at")
@@ -232,6 +239,7 @@ func runCoordinator(ctx context.Context, args []string, stdout, stderr io.Writer
 	fs.IntVar(&cfg.Replicas, "replicas", 0, "replicas of the intent stream and the buckets (1..5); 0 matches the NATS cluster: 3 on 3 or more servers, else 1. Never lowers what a stream has")
 	fs.StringVar(&aclAdmin, "acl-bootstrap-admin", envOr("SWITCHYARD_ACL_BOOTSTRAP_ADMIN", ""), "the first admin's key (U… nkey, ed25519:…, or a creds/.pub/key file), committed once when the cluster has no admin; from then on roles change only by signed intents (env SWITCHYARD_ACL_BOOTSTRAP_ADMIN)")
 	fs.StringVar(&aclName, "acl-bootstrap-name", "admin", "the first admin's name, shown in history and audit")
+	fs.Var(&webhookNs, "webhook-networks", "the only networks (CIDR, e.g. 10.20.0.0/16, or an address; repeatable, or comma-separated) rollout webhooks may connect to, checked on the address a name resolves to; a rollout naming a webhook by an address outside is refused. Default: any address but link-local ones, where cloud instance metadata answers")
 	logf.register(fs)
 	if err := parse(fs, args); err != nil {
 		return err
@@ -301,6 +309,16 @@ func runCoordinator(ctx context.Context, args []string, stdout, stderr io.Writer
 		if !given["notify"] && !given["notify-slack"] {
 			cfg.Notify = fromFile.Notify
 		}
+		if !given["webhook-networks"] {
+			cfg.WebhookNetworks = fromFile.WebhookNetworks
+		}
+	}
+	if len(webhookNs) > 0 {
+		nets, err := hooks.ParseNetworks("--webhook-networks", webhookNs)
+		if err != nil {
+			return err
+		}
+		cfg.WebhookNetworks = nets
 	}
 	if aclAdmin != "" {
 		k, err := resolveKey(aclAdmin)

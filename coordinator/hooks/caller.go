@@ -3,6 +3,7 @@ package hooks
 import (
 	"bytes"
 	"context"
+	"errors"
 	"fmt"
 	"io"
 	"log/slog"
@@ -112,7 +113,8 @@ func (c *Caller) call(ctx context.Context, p state.PendingCall, id string) {
 	delay := c.Backoff
 	for attempts <= w.GetRetries() {
 		attempts++
-		ok, detail = c.attempt(ctx, p, id, attempts)
+		var final bool
+		ok, detail, final = c.attempt(ctx, p, id, attempts)
 		if ctx.Err() != nil {
 			log.Info("webhook call stopped: leadership ended; the next leader makes it", "attempts", attempts)
 			return
@@ -121,7 +123,7 @@ func (c *Caller) call(ctx context.Context, p state.PendingCall, id string) {
 			break
 		}
 		log.Warn("webhook attempt failed", "attempt", attempts, "detail", detail)
-		if attempts > w.GetRetries() {
+		if final || attempts > w.GetRetries() {
 			break
 		}
 		select {
@@ -163,16 +165,18 @@ func Body(p state.PendingCall, id string, attempt uint32) *sv1.WebhookBody {
 	return b
 }
 
-func (c *Caller) attempt(ctx context.Context, p state.PendingCall, id string, n uint32) (bool, string) {
+// attempt makes one attempt of a call; final says that another would
+// fail the same way (a destination the coordinator does not connect to).
+func (c *Caller) attempt(ctx context.Context, p state.PendingCall, id string, n uint32) (ok bool, detail string, final bool) {
 	body, err := protojson.MarshalOptions{UseProtoNames: true}.Marshal(Body(p, id, n))
 	if err != nil {
-		return false, "encode body: " + err.Error()
+		return false, "encode body: " + err.Error(), false
 	}
 	actx, cancel := context.WithTimeout(ctx, p.Webhook.GetTimeout().AsDuration())
 	defer cancel()
 	req, err := http.NewRequestWithContext(actx, http.MethodPost, p.Webhook.GetUrl(), bytes.NewReader(body))
 	if err != nil {
-		return false, "request: " + err.Error()
+		return false, "request: " + err.Error(), false
 	}
 	req.Header.Set("Content-Type", "application/json")
 	req.Header.Set(IdempotencyHeader, id)
@@ -186,20 +190,23 @@ func (c *Caller) attempt(ctx context.Context, p state.PendingCall, id string, n 
 	resp, err := client.Do(req)
 	if err != nil {
 		if actx.Err() == context.DeadlineExceeded && ctx.Err() == nil {
-			return false, fmt.Sprintf("timed out after %s", p.Webhook.GetTimeout().AsDuration())
+			return false, fmt.Sprintf("timed out after %s", p.Webhook.GetTimeout().AsDuration()), false
 		}
-		return false, trim(err.Error())
+		if r := (*RefusedError)(nil); errors.As(err, &r) {
+			return false, trim(r.Error()), true
+		}
+		return false, trim(err.Error()), false
 	}
 	defer resp.Body.Close()
 	text, _ := io.ReadAll(io.LimitReader(resp.Body, maxDetail))
-	detail := resp.Status
+	detail = resp.Status
 	if loc := resp.Header.Get("Location"); loc != "" {
 		detail += " (redirect to " + loc + " not followed)"
 	}
 	if s := strings.TrimSpace(string(text)); s != "" {
 		detail += ": " + s
 	}
-	return resp.StatusCode >= 200 && resp.StatusCode < 300, trim(detail)
+	return resp.StatusCode >= 200 && resp.StatusCode < 300, trim(detail), false
 }
 
 // trim makes s fit the replicated detail: valid UTF-8, which a protobuf
