@@ -295,6 +295,12 @@ func (p *Process) Restart() error {
 func (p *Process) WaitForStdoutLine(ctx context.Context, prefix string) (string, error) {
 	var line string
 	err := Poll(ctx, 50*time.Millisecond, func(context.Context) error {
+		// Whether it runs is asked before the file is read: a process
+		// that printed the line and exited between a read and the
+		// question would be taken for one that exited without it. The
+		// child writes to the file itself, so once it exited everything
+		// it printed is there.
+		running := p.Running()
 		b, err := os.ReadFile(p.StdoutPath())
 		if err != nil {
 			return err
@@ -309,7 +315,7 @@ func (p *Process) WaitForStdoutLine(ctx context.Context, prefix string) (string,
 				return nil
 			}
 		}
-		if !p.Running() {
+		if !running {
 			return Permanent(fmt.Errorf("%s exited before printing %q: %v", p.spec.Name, prefix, p.exitError(p.current())))
 		}
 		return fmt.Errorf("%s has not printed %q yet", p.spec.Name, prefix)
