@@ -153,6 +153,19 @@ func TestCLI_CoordinatorConfigFileBootstrapExpectZero(t *testing.T) {
 // Mistakes in a coordinator config file name the key by its path and say
 // what it wants, like the agent's; a key the coordinator would not use, or
 // a second document, is refused rather than silently dropped.
+// loadCoordinatorYAML writes doc as a coordinator's config file and loads
+// it as --config would.
+func loadCoordinatorYAML(t *testing.T, doc string) (path string, cfg coordinator.Config, err error) {
+	t.Helper()
+	path = filepath.Join(t.TempDir(), "c.yaml")
+	if err := os.WriteFile(path, []byte(doc), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	var signing signingFlags
+	_, err = loadCoordinatorFile(path, &cfg, &signing)
+	return path, cfg, err
+}
+
 func TestCLI_CoordinatorConfigFileMistakesNameTheKey(t *testing.T) {
 	for _, c := range []struct{ doc, want string }{
 		{"nodeId: c1\nreplicas: three\n", `replicas: "three" is not a whole number`},
@@ -170,29 +183,13 @@ func TestCLI_CoordinatorConfigFileMistakesNameTheKey(t *testing.T) {
 		// Everything after the first document was ignored.
 		{"nodeId: c1\n---\nnodeId: c2\n", "want one YAML document, found more"},
 	} {
-		path := filepath.Join(t.TempDir(), "c.yaml")
-		if err := os.WriteFile(path, []byte(c.doc), 0o600); err != nil {
-			t.Fatal(err)
-		}
-		var (
-			cfg     coordinator.Config
-			signing signingFlags
-		)
-		_, err := loadCoordinatorFile(path, &cfg, &signing)
+		path, _, err := loadCoordinatorYAML(t, c.doc)
 		if err == nil || !strings.Contains(err.Error(), c.want) || !strings.Contains(err.Error(), path) {
 			t.Errorf("%q: error %v; want one naming %s and %q", c.doc, err, path, c.want)
 		}
 	}
 	// A file of comments only leaves everything to the flags, as before.
-	path := filepath.Join(t.TempDir(), "c.yaml")
-	if err := os.WriteFile(path, []byte("# all given as flags\n"), 0o600); err != nil {
-		t.Fatal(err)
-	}
-	var (
-		cfg     coordinator.Config
-		signing signingFlags
-	)
-	if _, err := loadCoordinatorFile(path, &cfg, &signing); err != nil {
+	if _, _, err := loadCoordinatorYAML(t, "# all given as flags\n"); err != nil {
 		t.Errorf("comments only: %v", err)
 	}
 }
@@ -237,15 +234,8 @@ func TestCLI_CoordinatorConfigFileRolloutRetention(t *testing.T) {
 		{"nodeId: c1\nforgetFinishedAfter: 0s\n", coordinator.KeepFinished},
 		{"nodeId: c1\nforgetFinishedAfter: 720h\n", 720 * time.Hour},
 	} {
-		path := filepath.Join(t.TempDir(), "c.yaml")
-		if err := os.WriteFile(path, []byte(c.doc), 0o600); err != nil {
-			t.Fatal(err)
-		}
-		var (
-			cfg     coordinator.Config
-			signing signingFlags
-		)
-		if _, err := loadCoordinatorFile(path, &cfg, &signing); err != nil {
+		_, cfg, err := loadCoordinatorYAML(t, c.doc)
+		if err != nil {
 			t.Fatalf("%q: %v", c.doc, err)
 		}
 		if cfg.ForgetFinishedAfter != c.want {
@@ -257,15 +247,8 @@ func TestCLI_CoordinatorConfigFileRolloutRetention(t *testing.T) {
 // The networks rollout webhooks may reach, from the file or the flag (the
 // flag wins); a value that is not a network is named.
 func TestCLI_CoordinatorWebhookNetworks(t *testing.T) {
-	path := filepath.Join(t.TempDir(), "c.yaml")
-	if err := os.WriteFile(path, []byte("nodeId: c1\nwebhookNetworks: [10.20.0.0/16, 192.0.2.7]\n"), 0o600); err != nil {
-		t.Fatal(err)
-	}
-	var (
-		cfg     coordinator.Config
-		signing signingFlags
-	)
-	if _, err := loadCoordinatorFile(path, &cfg, &signing); err != nil {
+	path, cfg, err := loadCoordinatorYAML(t, "nodeId: c1\nwebhookNetworks: [10.20.0.0/16, 192.0.2.7]\n")
+	if err != nil {
 		t.Fatal(err)
 	}
 	if got := fmt.Sprint(cfg.WebhookNetworks); got != "[10.20.0.0/16 192.0.2.7/32]" {
