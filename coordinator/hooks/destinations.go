@@ -68,6 +68,9 @@ func ParseNetworks(field string, list []string) ([]netip.Prefix, error) {
 			return nil, fmt.Errorf("%s[%d]: %q is not a network (want CIDR such as 10.0.0.0/8, or an address)", field, i, s)
 		}
 		if p.Addr().Is4In6() {
+			if p.Bits() < 96 {
+				return nil, fmt.Errorf("%s[%d]: %q mixes IPv4-mapped and other IPv6 addresses; give the IPv4 network (such as 10.0.0.0/8)", field, i, s)
+			}
 			p = netip.PrefixFrom(p.Addr().Unmap(), p.Bits()-96)
 		}
 		out = append(out, p.Masked())
@@ -101,7 +104,7 @@ func (d Destinations) CheckURL(raw string) error {
 	if err != nil {
 		return nil // the spec's own checks name it
 	}
-	a, err := netip.ParseAddr(strings.TrimSuffix(strings.TrimPrefix(u.Hostname(), "["), "]"))
+	a, err := netip.ParseAddr(u.Hostname())
 	if err != nil {
 		return nil
 	}

@@ -58,6 +58,9 @@ func TestDestinations_RefuseMetadataByDefaultAndAllOutsideTheNetworksGiven(t *te
 	if err := (Destinations{}).CheckURL("http://metadata.internal/"); err != nil {
 		t.Errorf("a name is checked when it resolves, not before: %v", err)
 	}
+	if _, err := ParseNetworks("--webhook-networks", []string{"::ffff:0:0/80"}); err == nil || !strings.Contains(err.Error(), "IPv4-mapped") {
+		t.Errorf("an IPv4-mapped network wider than IPv4: %v", err)
+	}
 	if _, err := ParseNetworks("--webhook-networks", []string{"10.0.0.0/8", "10.0.0.0/33"}); err == nil || !strings.Contains(err.Error(), `--webhook-networks[1]: "10.0.0.0/33" is not a network`) {
 		t.Errorf("bad network: %v", err)
 	}
