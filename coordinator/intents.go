@@ -227,9 +227,9 @@ func (s *Server) handleIntent(ctx context.Context, msg jetstream.Msg) {
 	}
 	if err == nil && in.GetApplyRollout() != nil {
 		err = s.checkAgentHooks(in)
-	}
-	if err == nil && in.GetApplyRollout() != nil {
-		err = s.checkWebhookURLs(in)
+		if err == nil {
+			err = s.checkWebhookURLs(in)
+		}
 	}
 	if err == nil {
 		code, err = s.checkCurrent(in, opened.Signer)

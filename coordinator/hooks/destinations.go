@@ -19,7 +19,7 @@ import (
 // reach, the cloud's instance metadata (and its credentials) first.
 type Destinations struct {
 	// Networks, when set, are the only networks a webhook may connect to.
-	// Empty: any address but those DefaultRefused names.
+	// Empty: any address but those defaultRefused names.
 	Networks []netip.Prefix
 }
 
@@ -60,7 +60,8 @@ func ParseNetworks(field string, list []string) ([]netip.Prefix, error) {
 	for i, s := range list {
 		s = strings.TrimSpace(s)
 		if a, err := netip.ParseAddr(s); err == nil {
-			out = append(out, netip.PrefixFrom(a.Unmap(), a.Unmap().BitLen()))
+			a = a.Unmap()
+			out = append(out, netip.PrefixFrom(a, a.BitLen()))
 			continue
 		}
 		p, err := netip.ParsePrefix(s)
