@@ -18,6 +18,7 @@ import (
 
 	"github.com/switchyard/switchyard/bus"
 	"github.com/switchyard/switchyard/coordinator/analysis"
+	"github.com/switchyard/switchyard/coordinator/drill"
 	"github.com/switchyard/switchyard/internal/sketch"
 	sv1 "github.com/switchyard/switchyard/proto/switchyard/v1"
 )
@@ -271,5 +272,14 @@ func TestIntake_RefusesReportsDatedAheadOfItsClockAndCountsLateOnes(t *testing.T
 		if !strings.Contains(logs.String(), want) {
 			t.Fatalf("log does not say %q: %s", want, logs.String())
 		}
+	}
+}
+
+// The drill controller leaves a drill's targets out of the fleet's last
+// drill.Lookback of traffic, which needs each node's own counts: the
+// store keeps them for analysis.NodeDetail.
+func TestIntake_NodeDetailCoversTheDrillLookback(t *testing.T) {
+	if drill.Lookback > analysis.NodeDetail {
+		t.Fatalf("the drill controller reads %v of each node's traffic, the store keeps %v", drill.Lookback, analysis.NodeDetail)
 	}
 }

@@ -58,7 +58,7 @@ func (v Verdict) String() string {
 type Store struct {
 	mu       sync.Mutex
 	services map[string]map[int64]map[cellKey]*cell // service -> unix second of window end -> cell
-	nodes    map[string]map[int64]map[nodeID]nodeCell
+	nodes    map[string]map[int64]*healthSecond
 	newest   map[string]int64
 	// newestNode is the newest second in nodes, per service; old seconds
 	// are dropped when it moves.
@@ -229,11 +229,34 @@ func (s *Store) forgetNodes(before int64) {
 	}
 }
 
-// nodeCell is all of one node's traffic in one second, whatever the rollout:
-// drills and fleet-wide checks look at nodes, not backends.
-type nodeCell struct {
+// healthSecond is a service's traffic in one second, whatever the
+// rollout: drills and fleet-wide checks look at nodes, not backends. It
+// keeps every node's own counts for NodeDetail only; after that the sums
+// and which nodes reported.
+type healthSecond struct {
+	requests, errors uint64
+	nodes            idSet
+	// each is every report's counts, a node's twice if its report for the
+	// second came in two parts; nil once the second is older than
+	// NodeDetail (brief).
+	each  []nodeHealth
+	brief bool
+}
+
+type nodeHealth struct {
+	id               nodeID
 	requests, errors uint64
 }
+
+func (h *healthSecond) bytes() int64 {
+	return healthSecondBytes + int64(h.nodes.bytes()) + nodeHealthBytes*int64(cap(h.each))
+}
+
+// NodeDetail is how long the store keeps each node's own traffic of a
+// second, which NodeHealth needs to leave some nodes out (a drill's
+// targets, over the drill controller's last 10 seconds); the service's
+// sums and which nodes reported stay for Retention.
+const NodeDetail = 30 * time.Second
 
 type cellKey struct {
 	rollout string
@@ -245,17 +268,16 @@ type cell struct {
 	requests, errors uint64
 	latency          *sketch.Sketch
 	maxQueue         uint32
-	// nodes that reported into the cell; a node reporting twice in one
-	// second appears twice, windows count distinct nodes.
-	nodes []nodeID
+	// nodes that reported into the cell.
+	nodes idSet
 	// down are the nodes among them whose proxy held the backend out of
 	// rotation on its own (failing health checks) while it was weighted;
 	// idle those that did so at weight 0.
-	down, idle []nodeID
+	down, idle idSet
 }
 
 // idBytes is what the cell's lists of nodes take.
-func (c *cell) idBytes() int { return 4 * (cap(c.nodes) + cap(c.down) + cap(c.idle)) }
+func (c *cell) idBytes() int { return c.nodes.bytes() + c.down.bytes() + c.idle.bytes() }
 
 type cacheKey struct {
 	rollout string
@@ -267,7 +289,7 @@ type cacheKey struct {
 
 // NewStore returns an empty store.
 func NewStore() *Store {
-	return &Store{services: map[string]map[int64]map[cellKey]*cell{}, nodes: map[string]map[int64]map[nodeID]nodeCell{}, ids: map[string]nodeID{},
+	return &Store{services: map[string]map[int64]map[cellKey]*cell{}, nodes: map[string]map[int64]*healthSecond{}, ids: map[string]nodeID{},
 		newest: map[string]int64{}, newestNode: map[string]int64{}, cache: map[cacheKey]WindowResult{},
 		reports: map[string]map[int64][]*nodeReport{}, newestReport: map[string]int64{}, runs: map[string]*seqRun{}, judged: map[string][2]string{},
 		shed: map[string]map[int64]uint64{}}
@@ -346,8 +368,8 @@ func (s *Store) forgetQuiet() {
 		if newest >= cut {
 			continue
 		}
-		for _, cells := range s.nodes[svc] {
-			s.size.bytes -= int64(len(cells)) * nodeCellBytes
+		for _, h := range s.nodes[svc] {
+			s.size.bytes -= h.bytes()
 		}
 		delete(s.nodes, svc)
 		delete(s.newestNode, svc)
@@ -396,12 +418,12 @@ func (s *Store) addRollout(r *Report, id nodeID) {
 		before := c.latency.SizeBytes() + c.idBytes()
 		c.latency.Merge(b.Latency)
 		c.maxQueue = max(c.maxQueue, b.Queued)
-		c.nodes = append(c.nodes, id)
+		c.nodes.add(id)
 		switch {
 		case b.Down && b.Weight > 0:
-			c.down = append(c.down, id)
+			c.down.add(id)
 		case b.Down:
-			c.idle = append(c.idle, id)
+			c.idle.add(id)
 		}
 		s.size.bytes += int64(c.latency.SizeBytes() + c.idBytes() - before)
 	}
@@ -425,31 +447,49 @@ func (s *Store) addNode(r *Report, id nodeID) {
 	sec := r.End
 	series := s.nodes[r.Service]
 	if series == nil {
-		series = map[int64]map[nodeID]nodeCell{}
+		series = map[int64]*healthSecond{}
 		s.nodes[r.Service] = series
 	}
-	cells := series[sec]
-	if cells == nil {
-		// Sized for as many nodes as the second before: a fleet's map
-		// would otherwise grow and rehash its way there every second.
-		cells = make(map[nodeID]nodeCell, len(series[sec-1]))
-		series[sec] = cells
+	h := series[sec]
+	if h == nil {
+		h = &healthSecond{}
+		if prev := series[sec-1]; prev != nil {
+			// Sized for as many nodes as the second before: a fleet's
+			// would otherwise grow its way there every second.
+			h.nodes = prev.nodes.sizedLike()
+			h.each = make([]nodeHealth, 0, len(prev.each))
+		}
+		series[sec] = h
+		h.brief = sec < s.newestNode[r.Service]-int64(NodeDetail/time.Second)
+		if h.brief {
+			h.each = nil
+		}
+		s.size.bytes += h.bytes()
 	}
-	c, ok := cells[id]
-	if !ok {
-		s.size.bytes += nodeCellBytes
-	}
+	before := h.bytes()
+	var requests, errors uint64
 	for _, b := range r.Backends {
-		c.requests += b.Requests
-		c.errors += b.Errors
+		requests += b.Requests
+		errors += b.Errors
 	}
-	cells[id] = c
+	h.requests += requests
+	h.errors += errors
+	h.nodes.add(id)
+	if !h.brief {
+		h.each = append(h.each, nodeHealth{id: id, requests: requests, errors: errors})
+	}
+	s.size.bytes += h.bytes() - before
 	if sec > s.newestNode[r.Service] {
 		s.newestNode[r.Service] = sec
-		for t, cells := range series {
-			if t < sec-int64(Retention/time.Second) {
-				s.size.bytes -= int64(len(cells)) * nodeCellBytes
+		detail := sec - int64(NodeDetail/time.Second)
+		for t, h := range series {
+			switch {
+			case t < sec-int64(Retention/time.Second):
+				s.size.bytes -= h.bytes()
 				delete(series, t)
+			case t < detail && !h.brief:
+				s.size.bytes -= nodeHealthBytes * int64(cap(h.each))
+				h.each, h.brief = nil, true
 			}
 		}
 	}
@@ -457,23 +497,39 @@ func (s *Store) addNode(r *Report, id nodeID) {
 
 // NodeHealth sums the traffic of a service's nodes over (start, end],
 // leaving out the excluded nodes: what the rest of the fleet sees while a
-// drill hurts its targets.
+// drill hurts its targets. Leaving nodes out needs their own counts, kept
+// for NodeDetail: with exclude given, a second older than that is left
+// out whole.
 func (s *Store) NodeHealth(service string, exclude map[string]bool, start, end time.Time) (requests, errors uint64, nodes int) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	seen := map[nodeID]bool{}
-	series := s.nodes[service]
-	for sec := start.Unix() + 1; sec <= end.Unix(); sec++ {
-		for id, c := range series[sec] {
-			if exclude[s.names[id]] {
-				continue
-			}
-			seen[id] = true
-			requests += c.requests
-			errors += c.errors
+	var out bitset
+	for name, ok := range exclude {
+		if id, known := s.ids[name]; ok && known {
+			out.set(id)
 		}
 	}
-	return requests, errors, len(seen)
+	var seen bitset
+	series := s.nodes[service]
+	for sec := start.Unix() + 1; sec <= end.Unix(); sec++ {
+		h := series[sec]
+		switch {
+		case h == nil:
+		case len(out) == 0:
+			requests += h.requests
+			errors += h.errors
+			h.nodes.addTo(&seen)
+		case !h.brief:
+			for _, e := range h.each {
+				if !out.has(e.id) {
+					seen.set(e.id)
+					requests += e.requests
+					errors += e.errors
+				}
+			}
+		}
+	}
+	return requests, errors, seen.count()
 }
 
 // Aggregate is one backend's merged telemetry over a window.
@@ -490,21 +546,15 @@ type Aggregate struct {
 	Down, OutOfRotation []string
 }
 
-func (a *Aggregate) add(c *cell, nodes, down, out map[nodeID]struct{}) {
+func (a *Aggregate) add(c *cell, nodes, down, out *bitset) {
 	a.Requests += c.requests
 	a.Errors += c.errors
 	a.Latency.Merge(c.latency)
 	a.MaxQueue = max(a.MaxQueue, c.maxQueue)
-	for _, n := range c.nodes {
-		nodes[n] = struct{}{}
-	}
-	for _, n := range c.down {
-		down[n] = struct{}{}
-		out[n] = struct{}{}
-	}
-	for _, n := range c.idle {
-		out[n] = struct{}{}
-	}
+	c.nodes.addTo(nodes)
+	c.down.addTo(down)
+	c.down.addTo(out)
+	c.idle.addTo(out)
 }
 
 // Window merges the cells of [start, end) for a rollout's backend, from the
@@ -517,26 +567,24 @@ func (s *Store) Window(service, rollout, backend string, wave int32, start, end 
 
 func (s *Store) window(service, rollout, backend string, wave int32, start, end time.Time) *Aggregate {
 	agg := &Aggregate{Latency: sketch.New()}
-	nodes, down, out := map[nodeID]struct{}{}, map[nodeID]struct{}{}, map[nodeID]struct{}{}
+	var nodes, down, out bitset
 	series := s.services[service]
 	for sec := start.Unix() + 1; sec <= end.Unix(); sec++ {
 		for k, c := range series[sec] {
 			if k.rollout == rollout && k.backend == backend && (wave == AnyWave || k.wave == wave) {
-				agg.add(c, nodes, down, out)
+				agg.add(c, &nodes, &down, &out)
 			}
 		}
 	}
-	agg.Nodes = len(nodes)
+	agg.Nodes = nodes.count()
 	agg.Down, agg.OutOfRotation = s.nameAll(down), s.nameAll(out)
 	return agg
 }
 
 // nameAll is the names of ids, sorted; nil for none.
-func (s *Store) nameAll(ids map[nodeID]struct{}) []string {
+func (s *Store) nameAll(ids bitset) []string {
 	var out []string
-	for id := range ids {
-		out = append(out, s.names[id])
-	}
+	ids.each(func(id nodeID) { out = append(out, s.names[id]) })
 	slices.Sort(out)
 	return out
 }

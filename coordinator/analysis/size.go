@@ -10,8 +10,11 @@ import (
 // map entries, structs and slice headers. They make the size gauge
 // proportional to memory use, not equal to it.
 const (
-	cellBytes     = 160
-	nodeCellBytes = 40
+	cellBytes = 160
+	// healthSecondBytes is a service's second of node health beside its
+	// bitset and its nodes' own counts, nodeHealthBytes one node's.
+	healthSecondBytes = 120
+	nodeHealthBytes   = 24
 	// nodeIDBytes is a node's entry in the numbering, beside its name.
 	nodeIDBytes     = 40
 	reportBytes     = 80
@@ -65,7 +68,13 @@ func (s *Store) Size() Size {
 		out.Seconds += len(series)
 		newest := s.newestNode[svc]
 		// The newest second may still be filling.
-		out.Nodes += max(len(series[newest]), len(series[newest-1]))
+		n := 0
+		for _, h := range []*healthSecond{series[newest], series[newest-1]} {
+			if h != nil {
+				n = max(n, h.nodes.count())
+			}
+		}
+		out.Nodes += n
 	}
 	for _, series := range s.services {
 		out.Seconds += len(series)
