@@ -82,9 +82,10 @@ bench-scale: ## the fleet-scale benchmark alone (100, 1,000, 10,000 agents), wit
 
 # AGENTS are the fleet sizes of bench-procs, comma-separated; raise them to
 # find where a machine stops keeping up (docs/operations.md, Fleet scale).
-AGENTS ?= 100
+# 500 nodes take about 4 GiB and two minutes on 2 cores.
+AGENTS ?= 100,500
 .PHONY: bench-procs
-bench-procs: ## fleet scale with agents as real processes, one HAProxy each, at AGENTS agents (default 100), beside in-process and raw NATS
+bench-procs: ## fleet scale with agents as real processes, one HAProxy each, at AGENTS agents (default 100,500), beside in-process and raw NATS
 	@scripts/ensure-haproxy
 	SWITCHYARD_PROCESS_AGENTS=$(AGENTS) $(GO) test -count=1 -run '^$$' -bench '^BenchmarkScale_ProcessAgents$$' -benchtime 1x -timeout 60m ./integration/
 

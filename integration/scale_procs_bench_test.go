@@ -111,12 +111,14 @@ func runProcessFleet(tb testing.TB, o procRun) *procFigures {
 	nb := harnesstest.StartNATS(tb)
 	c := harnesstest.StartCluster(tb, ctx, harness.ClusterOptions{Size: o.coordinators, Switchyard: sy, NATS: nb, Log: io.Discard})
 	phase(fmt.Sprintf("NATS and %d coordinators started", o.coordinators))
-	// Telemetry and heartbeat every 5 s, resync every minute: the settings
-	// of the in-process benchmark, so the two differ in the processes only.
+	// Telemetry, heartbeat and proxy read-backs every 5 s, resync every
+	// minute: the settings of the in-process benchmark, so the two differ
+	// in the processes only.
 	fleet := harnesstest.StartProcessFleet(tb, ctx, harness.ProcessFleetOptions{
 		Nodes: o.agents, Switchyard: sy, Backend: backend, NATS: nb,
 		TrustKeys: []string{c.TrustKey()},
 		Heartbeat: 5 * time.Second, Resync: time.Minute, TelemetryInterval: 5 * time.Second,
+		ObserveInterval: 5 * time.Second,
 		Nice: o.nice,
 	})
 	phase(fmt.Sprintf("%d agent processes and their HAProxy started", o.agents))
@@ -441,9 +443,9 @@ func rawsubDelay(path string, seq uint64) (time.Duration, bool, error) {
 }
 
 // procAgentsEnv names the environment variable with the agent counts of
-// BenchmarkScale_ProcessAgents, comma-separated ("100" when unset: on 2
-// cores an idle node costs about 8 ms of CPU a second, and 200 nodes beside
-// other work no longer keep up).
+// BenchmarkScale_ProcessAgents, comma-separated ("100" when unset, as
+// make bench runs it; make bench-procs runs 100 and 500, which on 2 cores
+// take about two minutes and 4 GiB).
 const procAgentsEnv = "SWITCHYARD_PROCESS_AGENTS"
 
 // procNiceEnv names the environment variable with the niceness the
