@@ -119,7 +119,7 @@ func runProcessFleet(tb testing.TB, o procRun) *procFigures {
 		TrustKeys: []string{c.TrustKey()},
 		Heartbeat: 5 * time.Second, Resync: time.Minute, TelemetryInterval: 5 * time.Second,
 		ObserveInterval: 5 * time.Second,
-		Nice: o.nice,
+		Nice:            o.nice,
 	})
 	phase(fmt.Sprintf("%d agent processes and their HAProxy started", o.agents))
 	nodes := fleet.NodeIDs()
