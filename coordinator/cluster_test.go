@@ -155,9 +155,27 @@ func TestCluster_FormsFailsOverAndRestartsWithSameState(t *testing.T) {
 			return proto.Equal(n.srv.fsm.State().Snapshot(), want)
 		})
 	}
+	// web-1 is rolling back with no live node to wait for: the leader
+	// confirms that once it has waited for the fleet's statuses after its
+	// start, which on a loaded machine may come before the next intent.
+	// A second rollout is refused while web-1 rolls back, and accepted only
+	// after the rollback was confirmed.
 	res := send(t, nc, applyIntent("i-3", "web-2"))
-	if res.GetAccepted() {
-		t.Fatalf("second rollout accepted while web-1 is still rolling back: %v", res)
+	var confirmed uint64
+	var now *clusterNode
+	waitFor(t, "a leader", 15*time.Second, func() bool { now = leaderOf(nodes); return now != nil })
+	for _, r := range now.srv.fsm.State().Rollouts() {
+		for _, e := range r.GetHistory() {
+			if r.GetId() == "web-1" && e.GetPhase() == sv1.RolloutPhase_ROLLOUT_PHASE_ROLLED_BACK {
+				confirmed = e.GetIndex()
+			}
+		}
+	}
+	switch {
+	case res.GetAccepted() && (confirmed == 0 || confirmed > res.GetIndex()):
+		t.Fatalf("second rollout accepted while web-1 is still rolling back: %v (rollback confirmed at index %d)", res, confirmed)
+	case !res.GetAccepted() && !strings.Contains(res.GetError(), "web-1"):
+		t.Fatalf("second rollout refused for another reason than web-1: %v", res)
 	}
 }
 
