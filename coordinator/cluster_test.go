@@ -164,11 +164,9 @@ func TestCluster_FormsFailsOverAndRestartsWithSameState(t *testing.T) {
 	var confirmed uint64
 	var now *clusterNode
 	waitFor(t, "a leader", 15*time.Second, func() bool { now = leaderOf(nodes); return now != nil })
-	for _, r := range now.srv.fsm.State().Rollouts() {
-		for _, e := range r.GetHistory() {
-			if r.GetId() == "web-1" && e.GetPhase() == sv1.RolloutPhase_ROLLOUT_PHASE_ROLLED_BACK {
-				confirmed = e.GetIndex()
-			}
+	for _, e := range now.srv.fsm.State().Rollout("web-1").GetHistory() {
+		if e.GetPhase() == sv1.RolloutPhase_ROLLOUT_PHASE_ROLLED_BACK {
+			confirmed = e.GetIndex()
 		}
 	}
 	switch {

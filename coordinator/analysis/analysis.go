@@ -452,18 +452,16 @@ func (s *Store) addNode(r *Report, id nodeID) {
 	}
 	h := series[sec]
 	if h == nil {
-		h = &healthSecond{}
+		h = &healthSecond{brief: sec < s.newestNode[r.Service]-int64(NodeDetail/time.Second)}
 		if prev := series[sec-1]; prev != nil {
 			// Sized for as many nodes as the second before: a fleet's
 			// would otherwise grow its way there every second.
 			h.nodes = prev.nodes.sizedLike()
-			h.each = make([]nodeHealth, 0, len(prev.each))
+			if !h.brief {
+				h.each = make([]nodeHealth, 0, len(prev.each))
+			}
 		}
 		series[sec] = h
-		h.brief = sec < s.newestNode[r.Service]-int64(NodeDetail/time.Second)
-		if h.brief {
-			h.each = nil
-		}
 		s.size.bytes += h.bytes()
 	}
 	before := h.bytes()

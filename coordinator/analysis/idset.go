@@ -80,9 +80,9 @@ func (s *idSet) add(id nodeID) {
 		return
 	}
 	s.top = max(s.top, id)
-	if n := len(s.list); n == cap(s.list) && n >= listToBits && 8*(int(s.top)/64+1) <= 8*n {
-		// The list would grow to 8 bytes a number held; the bitset is
-		// no larger.
+	if n := len(s.list); n == cap(s.list) && n >= listToBits && int(s.top)/64+1 <= n {
+		// The list would grow to 8 bytes a number held (4 each, doubled);
+		// the bitset, a word of 8 bytes per 64 numbers, is no larger.
 		s.bits = make(bitset, 0, int(s.top)/64+1)
 		for _, v := range s.list {
 			s.bits.set(v)
@@ -110,9 +110,8 @@ func (s *idSet) count() int {
 	if s.bits != nil {
 		return s.bits.count()
 	}
-	var b bitset
-	s.addTo(&b)
-	return b.count()
+	// A short list, of numbers that may be far apart: sorted, not set.
+	return len(slices.Compact(slices.Sorted(slices.Values(s.list))))
 }
 
 // sizedLike returns an empty set with room for as many numbers as s

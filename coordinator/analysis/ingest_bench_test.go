@@ -16,17 +16,26 @@ import (
 )
 
 // benchWire is n nodes' reports for one second, 10 backends each, encoded.
-func benchWire(b *testing.B, nodes int, end int64) [][]byte {
+func benchWire(tb testing.TB, nodes int, end int64) [][]byte {
 	r := rand.New(rand.NewPCG(1, 2))
 	wire := make([][]byte, nodes)
 	for i := range wire {
 		w, err := proto.Marshal(testReport(fmt.Sprintf("edge-%d", i), end, 10, r))
 		if err != nil {
-			b.Fatal(err)
+			tb.Fatal(err)
 		}
 		wire[i] = w
 	}
 	return wire
+}
+
+// benchCanary is the rollout of benchWire's reports, from b0 to b1, made
+// the second before base.
+func benchCanary(base int64) *sv1.Rollout {
+	sp := &sv1.RolloutSpec{Name: "web-1", Service: "web", From: "b0", To: "b1"}
+	spec.Default(sp)
+	created := time.Unix(base-1, 0)
+	return &sv1.Rollout{Id: "web-1", Generation: 7, Spec: sp, CreatedAt: timestamppb.New(created), StepStartedAt: timestamppb.New(created)}
 }
 
 // BenchmarkStore_DecodeAndMerge is the intake's work per report on one
@@ -72,10 +81,7 @@ func BenchmarkStore_DecodeMergeAndJudge(b *testing.B) {
 	const nodes = 10_000
 	base := int64(1_700_000_000)
 	wire := benchWire(b, nodes, base)
-	sp := &sv1.RolloutSpec{Name: "web-1", Service: "web", From: "b0", To: "b1"}
-	spec.Default(sp)
-	created := time.Unix(base-1, 0)
-	rollout := &sv1.Rollout{Id: "web-1", Generation: 7, Spec: sp, CreatedAt: timestamppb.New(created), StepStartedAt: timestamppb.New(created)}
+	rollout := benchCanary(base)
 	var d Decoder
 	s := NewStore()
 	batch := make([]*Report, 0, 256)

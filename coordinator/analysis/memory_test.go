@@ -2,16 +2,9 @@ package analysis
 
 import (
 	"fmt"
-	"math/rand/v2"
 	"runtime"
 	"testing"
 	"time"
-
-	"google.golang.org/protobuf/proto"
-	"google.golang.org/protobuf/types/known/timestamppb"
-
-	"github.com/switchyard/switchyard/internal/spec"
-	sv1 "github.com/switchyard/switchyard/proto/switchyard/v1"
 )
 
 // What a coordinator holds for a fleet in a canary once the telemetry it
@@ -19,24 +12,12 @@ import (
 // second for Retention and two minutes more, the sequential judge reading
 // each second as a leader's does.
 
-// fillRetention feeds s nodes' reports for that long and returns the
-// second of the last ones.
-func fillRetention(tb testing.TB, s *Store, nodes int) int64 {
+// fillRetention feeds s nodes' reports for that long.
+func fillRetention(tb testing.TB, s *Store, nodes int) {
 	tb.Helper()
-	r := rand.New(rand.NewPCG(3, 4))
 	base := int64(1_700_000_000)
-	wire := make([][]byte, nodes)
-	for i := range wire {
-		w, err := proto.Marshal(testReport(fmt.Sprintf("edge-%05d", i), base, 10, r))
-		if err != nil {
-			tb.Fatal(err)
-		}
-		wire[i] = w
-	}
-	sp := &sv1.RolloutSpec{Name: "web-1", Service: "web", From: "b0", To: "b1"}
-	spec.Default(sp)
-	created := time.Unix(base-1, 0)
-	rollout := &sv1.Rollout{Id: "web-1", Generation: 7, Spec: sp, CreatedAt: timestamppb.New(created), StepStartedAt: timestamppb.New(created)}
+	wire := benchWire(tb, nodes, base)
+	rollout := benchCanary(base)
 	var d Decoder
 	batch := make([]*Report, 0, 256)
 	last := base + int64((Retention+2*time.Minute)/time.Second)
@@ -56,7 +37,6 @@ func fillRetention(tb testing.TB, s *Store, nodes int) int64 {
 		}
 		s.Assess(rollout, time.Unix(sec, 0).Add(Grace))
 	}
-	return last
 }
 
 // TestStore_MemoryPerNodeOverRetentionIsSmall: what each node more costs
