@@ -486,8 +486,9 @@ func benchFleet(b testing.TB, run fleetRun) figures {
 	// Raw fan-out: one publish to n core subscribers, perConn to a
 	// connection, on the same server, on a subject the coordinator role
 	// may use both ways.
-	raw, rawAll := rawFanout(b, ctx, func() *nats.Conn { return dial(bus.RoleCoordinator, "bench") }, nc, n, perConn, run.rollouts*2)
+	raw, rawAll, rawCPU := rawFanout(b, ctx, func() *nats.Conn { return dial(bus.RoleCoordinator, "bench") }, nc, n, perConn, run.rollouts*2)
 	r50, r99, _ := quantiles(raw)
+	fig["nats_cpu_us/agent"] = perAgent(rawCPU)
 	ra50, ra99, _ := quantiles(rawAll)
 	fig["nats_fanout_p50_ms"] = ms(r50)
 	fig["nats_fanout_p99_ms"] = ms(r99)
@@ -549,8 +550,11 @@ func BenchmarkScale_DecisionToAppliedSecured(b *testing.B) {
 
 // rawFanout publishes msgs messages, one at a time, from pub to n core
 // subscribers, perConn to a connection made by dial, and returns each
-// subscriber's delay and, per message, the slowest one's.
-func rawFanout(tb testing.TB, ctx context.Context, dial func() *nats.Conn, pub *nats.Conn, n, perConn, msgs int) (each, all []time.Duration) {
+// subscriber's delay, per message the slowest one's, and the CPU this
+// process spent from each publish to its last delivery (the server's, the
+// client's and the subscribers', as cpu_to_applied_us/agent counts the
+// decision path's; the idle fleet still running beside it included).
+func rawFanout(tb testing.TB, ctx context.Context, dial func() *nats.Conn, pub *nats.Conn, n, perConn, msgs int) (each, all []time.Duration, cpu time.Duration) {
 	subject := bus.QuerySubject("bench-fanout")
 	got := make(chan time.Duration, n)
 	var c *nats.Conn
@@ -573,6 +577,7 @@ func rawFanout(tb testing.TB, ctx context.Context, dial func() *nats.Conn, pub *
 		}
 	}
 	for range msgs {
+		cpu0 := processCPU()
 		now, _ := time.Now().MarshalBinary()
 		if err := pub.Publish(subject, now); err != nil {
 			tb.Fatal(err)
@@ -588,8 +593,9 @@ func rawFanout(tb testing.TB, ctx context.Context, dial func() *nats.Conn, pub *
 			}
 		}
 		all = append(all, last)
+		cpu += processCPU() - cpu0
 	}
-	return each, all
+	return each, all, cpu
 }
 
 // TestScale_FleetBenchmarkRunsShort is make bench's fleet benchmark on a
@@ -612,7 +618,7 @@ func TestScale_FleetBenchmarkRunsShort(t *testing.T) {
 			fig := benchFleet(t, run)
 			want := []string{"agent_apply_p50_ms", "agent_apply_p99_ms", "all_applied_p50_ms", "all_applied_p99_ms",
 				"cpu_to_applied_us/agent", "cpu_to_reported_us/agent", "cpu_idle_us/agent/s", "alloc_to_applied_KB/agent",
-				"gc_cycles_in_decisions", "nats_fanout_p50_ms", "nats_fanout_p99_ms", "nats_all_p50_ms", "nats_all_p99_ms"}
+				"gc_cycles_in_decisions", "nats_fanout_p50_ms", "nats_fanout_p99_ms", "nats_all_p50_ms", "nats_all_p99_ms", "nats_cpu_us/agent"}
 			for _, st := range stageOrder {
 				want = append(want, "stage_"+st+"_p50_ms", "stage_"+st+"_p99_ms")
 			}

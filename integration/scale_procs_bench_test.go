@@ -321,7 +321,8 @@ func rawFanoutConns(tb testing.TB, ctx context.Context, nb harness.Bus, n, msgs 
 	}
 	pub := dial()
 	defer pub.Close()
-	return rawFanout(tb, ctx, dial, pub, n, 1, msgs)
+	each, all, _ = rawFanout(tb, ctx, dial, pub, n, 1, msgs)
+	return each, all
 }
 
 // rawFanoutProcesses starts n rawsub processes, publishes msgs messages to
