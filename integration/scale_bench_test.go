@@ -141,9 +141,16 @@ type fleetRun struct {
 	agents, perConn int
 	bus             busSecurity
 	keys            keyringUse
-	rollouts        int
-	settle, window  time.Duration
-	timeout         time.Duration
+	// natsProcess runs the NATS server as a nats-server process of its own
+	// (one server, TLS and operator JWT, so bus must be securedBus) instead
+	// of in this process: 10,000 agents with a connection each need 10,000
+	// files here and 10,000 in the server, more than one process may open
+	// on this machine (20,000). The server's CPU is counted with this
+	// process's in every CPU figure.
+	natsProcess    bool
+	rollouts       int
+	settle, window time.Duration
+	timeout        time.Duration
 }
 
 // benchRun is the run of make bench: five switches and five aborts, the
@@ -180,34 +187,58 @@ func benchFleet(b testing.TB, run fleetRun) figures {
 	fig := figures{}
 	ctx, cancel := context.WithTimeout(context.Background(), run.timeout)
 	defer cancel()
-	opts := bus.EmbeddedOptions{StoreDir: b.TempDir()}
-	var sb *harness.SecuredBus
-	if mode != plainBus {
-		if mode == securedBus && perConn != 1 {
-			b.Fatal("a secured bus needs one connection per agent")
+	if mode == securedBus && perConn != 1 {
+		b.Fatal("a secured bus needs one connection per agent")
+	}
+	var nb harness.Bus
+	// cpuNow is the CPU used so far by this process and, when it runs
+	// apart, the NATS server.
+	cpuNow := processCPU
+	if run.natsProcess {
+		if mode != securedBus {
+			b.Fatal("a NATS server process runs secured: TLS and operator JWT")
 		}
-		var err error
-		if sb, err = harness.NewSecuredBus(b.TempDir()); err != nil {
+		nc, err := harness.StartNATSCluster(ctx, harness.NATSClusterOptions{Binary: natsServerBin.get(b), Dir: b.TempDir(), Servers: 1})
+		if err != nil {
 			b.Fatal(err)
 		}
-		opts = sb.EmbeddedOptions(opts.StoreDir)
+		defer nc.Close()
+		nb = nc.Bus()
+		pid := nc.Servers[0].Pid()
+		cpuNow = func() time.Duration {
+			server, err := harness.ProcCPU(pid)
+			if err != nil {
+				b.Fatalf("NATS server CPU: %v", err)
+			}
+			return processCPU() + server
+		}
+	} else {
+		opts := bus.EmbeddedOptions{StoreDir: b.TempDir()}
+		var sb *harness.SecuredBus
+		if mode != plainBus {
+			var err error
+			if sb, err = harness.NewSecuredBus(b.TempDir()); err != nil {
+				b.Fatal(err)
+			}
+			opts = sb.EmbeddedOptions(opts.StoreDir)
+			if mode == tlsBus {
+				opts.AuthConfig = ""
+			}
+		}
+		ns, err := bus.RunEmbedded(opts)
+		if err != nil {
+			b.Fatal(err)
+		}
+		defer func() { ns.Shutdown(); ns.WaitForShutdown() }()
+		nb = harness.Bus{URL: ns.ClientURL()}
+		if sb != nil {
+			nb = sb.Bus(nb.URL)
+		}
 		if mode == tlsBus {
-			opts.AuthConfig = ""
+			nb.AuthDir = ""
 		}
 	}
-	ns, err := bus.RunEmbedded(opts)
-	if err != nil {
-		b.Fatal(err)
-	}
-	defer func() { ns.Shutdown(); ns.WaitForShutdown() }()
-	url := ns.ClientURL()
-	nb := harness.Bus{URL: url}
-	if sb != nil {
-		nb = sb.Bus(url)
-	}
-	if mode == tlsBus {
-		nb.AuthDir = ""
-	}
+	url := nb.URL
 	security := func(role bus.Role, name string) bus.Security {
 		sec, err := nb.Security(role, name)
 		if err != nil {
@@ -349,9 +380,9 @@ func benchFleet(b testing.TB, run fleetRun) figures {
 	profileName := strings.NewReplacer("/", "_", "=", "-").Replace(b.Name())
 	time.Sleep(run.settle)
 	stopIdleProfile := startProfile(b, profileName+"_idle")
-	idle0, idleStart := processCPU(), time.Now()
+	idle0, idleStart := cpuNow(), time.Now()
 	time.Sleep(run.window)
-	idleCPU := float64((processCPU() - idle0).Nanoseconds()) / time.Since(idleStart).Seconds()
+	idleCPU := float64((cpuNow() - idle0).Nanoseconds()) / time.Since(idleStart).Seconds()
 	stopIdleProfile()
 	stopProfile := startProfile(b, profileName)
 	defer stopProfile()
@@ -366,7 +397,7 @@ func benchFleet(b testing.TB, run fleetRun) figures {
 				<-r.applied
 			}
 		}
-		cpu0, alloc0, gc0 := processCPU(), heapAllocated(), gcCycles()
+		cpu0, alloc0, gc0 := cpuNow(), heapAllocated(), gcCycles()
 		timings.mu.Lock()
 		decode0 := timings.decodeCPU
 		timings.mu.Unlock()
@@ -409,7 +440,7 @@ func benchFleet(b testing.TB, run fleetRun) figures {
 			}
 		}
 		toAll = append(toAll, last)
-		cpuApplied += processCPU() - cpu0
+		cpuApplied += cpuNow() - cpu0
 		allocApplied += heapAllocated() - alloc0
 		gcs := gcCycles() - gc0
 		gcDuring += gcs
@@ -443,7 +474,7 @@ func benchFleet(b testing.TB, run fleetRun) figures {
 		b.Logf("%s: generation %d on all %d agents %v after the decision; GC cycles meanwhile: %d; slowest of each stage, ms: %s",
 			in.GetId(), ds.GetGeneration(), n, last.Round(time.Millisecond), gcs, timings.collect(ctx, b, pub, n, stages))
 		timings.mu.Lock()
-		cpuReported += processCPU() - cpu0 - (timings.decodeCPU - decode0)
+		cpuReported += cpuNow() - cpu0 - (timings.decodeCPU - decode0)
 		timings.mu.Unlock()
 	}
 	waitPhase := func(name string, phase sv1.RolloutPhase) {
@@ -484,9 +515,17 @@ func benchFleet(b testing.TB, run fleetRun) figures {
 	fig["gc_cycles_in_decisions"] = float64(gcDuring)
 
 	// Raw fan-out: one publish to n core subscribers, perConn to a
-	// connection, on the same server, on a subject the coordinator role
-	// may use both ways.
-	raw, rawAll, rawCPU := rawFanout(b, ctx, func() *nats.Conn { return dial(bus.RoleCoordinator, "bench") }, nc, n, perConn, run.rollouts*2)
+	// connection of the coordinator role, on the same server, on a subject
+	// that role may use both ways. With the NATS server apart, every agent
+	// holds a connection here and the subscribers would need as many
+	// again, more than this process may open: the fleet stops first, and
+	// the raw fan-out runs without the idle fleet's load beside it (the
+	// decisions had it).
+	if run.natsProcess {
+		acancel()
+		awg.Wait()
+	}
+	raw, rawAll, rawCPU := rawFanout(b, ctx, func() *nats.Conn { return dial(bus.RoleCoordinator, "bench") }, nc, n, perConn, run.rollouts*2, cpuNow)
 	r50, r99, _ := quantiles(raw)
 	fig["nats_cpu_us/agent"] = perAgent(rawCPU)
 	ra50, ra99, _ := quantiles(rawAll)
@@ -548,13 +587,37 @@ func BenchmarkScale_DecisionToAppliedSecured(b *testing.B) {
 	}
 }
 
+// BenchmarkScale_DecisionToAppliedOwnConnections is the fleet as it is
+// deployed: every agent on a connection of its own with an identity of its
+// own, TLS, the NATS server a nats-server process apart, beside the raw
+// fan-out to as many connections of their own on that server, at 1,000 and
+// 10,000 agents, each with every agent checking signatures itself and with
+// one shared keyring (see BenchmarkScale_DecisionToApplied).
+func BenchmarkScale_DecisionToAppliedOwnConnections(b *testing.B) {
+	for _, n := range []int{1000, 10000} {
+		for _, keys := range []struct {
+			name string
+			use  keyringUse
+		}{{"own", ownKeyring}, {"shared", sharedKeyring}} {
+			b.Run(fmt.Sprintf("agents=%d/keyring=%s", n, keys.name), func(b *testing.B) {
+				for range b.N {
+					run := benchRun(n, 1, securedBus, keys.use)
+					run.natsProcess = true
+					benchFleet(b, run).report(b)
+				}
+			})
+		}
+	}
+}
+
 // rawFanout publishes msgs messages, one at a time, from pub to n core
 // subscribers, perConn to a connection made by dial, and returns each
 // subscriber's delay, per message the slowest one's, and the CPU this
 // process spent from each publish to its last delivery (the server's, the
 // client's and the subscribers', as cpu_to_applied_us/agent counts the
-// decision path's; the idle fleet still running beside it included).
-func rawFanout(tb testing.TB, ctx context.Context, dial func() *nats.Conn, pub *nats.Conn, n, perConn, msgs int) (each, all []time.Duration, cpu time.Duration) {
+// decision path's; the idle fleet still running beside it included), read
+// with cpuNow.
+func rawFanout(tb testing.TB, ctx context.Context, dial func() *nats.Conn, pub *nats.Conn, n, perConn, msgs int, cpuNow func() time.Duration) (each, all []time.Duration, cpu time.Duration) {
 	subject := bus.QuerySubject("bench-fanout")
 	got := make(chan time.Duration, n)
 	var c *nats.Conn
@@ -577,7 +640,7 @@ func rawFanout(tb testing.TB, ctx context.Context, dial func() *nats.Conn, pub *
 		}
 	}
 	for range msgs {
-		cpu0 := processCPU()
+		cpu0 := cpuNow()
 		now, _ := time.Now().MarshalBinary()
 		if err := pub.Publish(subject, now); err != nil {
 			tb.Fatal(err)
@@ -593,7 +656,7 @@ func rawFanout(tb testing.TB, ctx context.Context, dial func() *nats.Conn, pub *
 			}
 		}
 		all = append(all, last)
-		cpu += processCPU() - cpu0
+		cpu += cpuNow() - cpu0
 	}
 	return each, all, cpu
 }
@@ -611,6 +674,7 @@ func TestScale_FleetBenchmarkRunsShort(t *testing.T) {
 	}{
 		{"bus=plain/conns=shared", fleetRun{agents: 30, perConn: 10, bus: plainBus, keys: ownKeyring}},
 		{"bus=tls+auth/conns=per-agent", fleetRun{agents: 8, perConn: 1, bus: securedBus, keys: sharedKeyring}},
+		{"bus=tls+auth/conns=per-agent/nats=process", fleetRun{agents: 8, perConn: 1, bus: securedBus, keys: ownKeyring, natsProcess: true}},
 	} {
 		t.Run(c.name, func(t *testing.T) {
 			run := c.run

@@ -321,7 +321,7 @@ func rawFanoutConns(tb testing.TB, ctx context.Context, nb harness.Bus, n, msgs 
 	}
 	pub := dial()
 	defer pub.Close()
-	each, all, _ = rawFanout(tb, ctx, dial, pub, n, 1, msgs)
+	each, all, _ = rawFanout(tb, ctx, dial, pub, n, 1, msgs, processCPU)
 	return each, all
 }
 

@@ -26,7 +26,8 @@ type NATSClusterOptions struct {
 	Binary string
 	// Dir holds each server's config, JetStream store and logs. Required.
 	Dir string
-	// Servers is the cluster size; 3 when zero.
+	// Servers is the cluster size; 3 when zero. One server runs without a
+	// cluster block.
 	Servers int
 	// Leaves are the names of leaf servers (one per PoP) attached to the
 	// cluster, which runs JetStream for them; none when empty.
@@ -161,23 +162,29 @@ func StartNATSCluster(ctx context.Context, o NATSClusterOptions) (c *NATSCluster
 		if err != nil {
 			return c, err
 		}
-		conf := fmt.Sprintf(`server_name: %s
-listen: 127.0.0.1:%d
-%s
-jetstream { store_dir: %q, domain: %s }
-cluster {
+		// One server is no cluster: JetStream with a cluster block waits
+		// for peers that never come.
+		cluster := ""
+		if o.Servers > 1 {
+			cluster = fmt.Sprintf(`cluster {
   name: switchyard-hub
   listen: 127.0.0.1:%d
   routes: [%s]
   %s
   %s
-}
+}`, routePorts[i], strings.Join(routesOf(i), ", "), advertise, tlsBlock)
+		}
+		conf := fmt.Sprintf(`server_name: %s
+listen: 127.0.0.1:%d
+%s
+jetstream { store_dir: %q, domain: %s }
+%s
 leafnodes {
   listen: 127.0.0.1:%d
   %s
 }
 include %q
-`, name, clientPorts[i], tlsBlock, filepath.Join(dir, "js"), HubDomain, routePorts[i], strings.Join(routesOf(i), ", "), advertise, tlsBlock, leafPorts[i], tlsBlock, filepath.Base(ac))
+`, name, clientPorts[i], tlsBlock, filepath.Join(dir, "js"), HubDomain, cluster, leafPorts[i], tlsBlock, filepath.Base(ac))
 		if err := c.startServer(o, name, dir, conf, &c.Servers); err != nil {
 			return c, err
 		}
