@@ -590,23 +590,33 @@ func BenchmarkScale_DecisionToAppliedSecured(b *testing.B) {
 // BenchmarkScale_DecisionToAppliedOwnConnections is the fleet as it is
 // deployed: every agent on a connection of its own with an identity of its
 // own, TLS, the NATS server a nats-server process apart, beside the raw
-// fan-out to as many connections of their own on that server, at 1,000 and
-// 10,000 agents, each with every agent checking signatures itself and with
-// one shared keyring (see BenchmarkScale_DecisionToApplied).
+// fan-out to as many connections of their own on that server: 1,000 agents
+// each checking signatures itself and with one shared keyring (see
+// BenchmarkScale_DecisionToApplied), 10,000 with the shared keyring.
+//
+// 10,000 agents on connections of their own that each check every
+// signature do not run on this machine: in two tries (2026-12-05) one ran
+// out of files in the benchmark process at 8,463 agents (the hard limit is
+// 20,000 here) and the other had started 8,408 agents when the run's
+// 10-minute bound ended it. BenchmarkScale_DecisionToApplied measures
+// 10,000 agents that check signatures themselves, ten to a connection.
 func BenchmarkScale_DecisionToAppliedOwnConnections(b *testing.B) {
-	for _, n := range []int{1000, 10000} {
-		for _, keys := range []struct {
-			name string
-			use  keyringUse
-		}{{"own", ownKeyring}, {"shared", sharedKeyring}} {
-			b.Run(fmt.Sprintf("agents=%d/keyring=%s", n, keys.name), func(b *testing.B) {
-				for range b.N {
-					run := benchRun(n, 1, securedBus, keys.use)
-					run.natsProcess = true
-					benchFleet(b, run).report(b)
-				}
-			})
-		}
+	for _, c := range []struct {
+		agents int
+		keys   string
+		use    keyringUse
+	}{
+		{1000, "own", ownKeyring},
+		{1000, "shared", sharedKeyring},
+		{10000, "shared", sharedKeyring},
+	} {
+		b.Run(fmt.Sprintf("agents=%d/keyring=%s", c.agents, c.keys), func(b *testing.B) {
+			for range b.N {
+				run := benchRun(c.agents, 1, securedBus, c.use)
+				run.natsProcess = true
+				benchFleet(b, run).report(b)
+			}
+		})
 	}
 }
 
